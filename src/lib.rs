@@ -1,0 +1,8 @@
+//! Portcullis: a security-hardened MCP gateway.
+//!
+//! Layers, each knowing only the one below it:
+//! `downstream` (HTTP transport, sessions) -> `router` (catalog, naming, id remapping)
+//! -> `upstream` (one connection to one MCP server) -> `sandbox` (how a server runs).
+//! `policy` and `mcp` are shared vocabulary.
+
+pub mod policy;

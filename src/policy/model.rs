@@ -1,0 +1,275 @@
+//! The validated policy: plain types that the rest of the gateway reads.
+//!
+//! Parsing and validation (with file:line:column errors) turn a TOML document into these;
+//! nothing downstream of `policy` ever sees raw TOML.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A complete, validated policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// Where the policy came from (a path, or `<embedded default>`), for messages.
+    pub origin: String,
+    pub gateway: Gateway,
+    /// Servers by name. Names match `^[a-zA-Z0-9-]{1,32}$` so that `name__tool` stays readable.
+    pub servers: BTreeMap<String, Server>,
+    /// Clients by name (authentication and authorization arrive with the access layer).
+    pub clients: BTreeMap<String, Client>,
+}
+
+/// The listener and protocol-level settings of the gateway itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gateway {
+    pub listen: SocketAddr,
+    pub naming: Naming,
+    /// Extra `Origin` values accepted besides loopback origins (exact match, e.g. `https://app.example`).
+    pub allowed_origins: Vec<String>,
+    /// Extra `Host` header values accepted besides loopback hosts (host or host:port).
+    pub allowed_hosts: Vec<String>,
+    /// Largest accepted request body.
+    pub max_body_bytes: usize,
+    /// How long an upstream may take to answer one request before the client gets an error.
+    pub request_timeout: Duration,
+    /// Sessions with no request for this long are closed.
+    pub session_idle_timeout: Duration,
+    /// Upper bound on concurrently open sessions.
+    pub max_sessions: usize,
+    /// Items per page in aggregated `*/list` answers.
+    pub page_size: usize,
+    /// Interval between SSE keep-alive comments.
+    pub sse_keepalive: Duration,
+}
+
+/// How aggregated tool and prompt names are formed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Naming {
+    /// `passthrough` when exactly one server is configured, `prefix` otherwise.
+    Auto,
+    /// `server__tool`.
+    Prefix,
+    /// Upstream names unchanged (only valid with one server).
+    Passthrough,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Server {
+    pub name: String,
+    pub runtime: Runtime,
+    pub lifecycle: Lifecycle,
+    pub egress: Egress,
+    pub limits: Limits,
+    /// Environment variable name -> where its value comes from.
+    pub secrets: BTreeMap<String, SecretRef>,
+    pub rate: Option<Rate>,
+    pub tools: ToolFilter,
+    /// Time allowed for start-up plus the initialize handshake.
+    pub startup_timeout: Duration,
+    /// Overrides the gateway's request timeout for this server.
+    pub request_timeout: Option<Duration>,
+}
+
+/// How the server is run or reached.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Runtime {
+    /// A child process of the gateway speaking MCP over stdio.
+    Process(ProcessSpec),
+    /// A hardened container speaking MCP over its attached stdio.
+    Docker(DockerSpec),
+    /// A remote MCP server over Streamable HTTP (or legacy SSE).
+    Remote(RemoteSpec),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProcessSpec {
+    pub command: String,
+    pub args: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub cwd: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DockerSpec {
+    pub image: String,
+    /// Overrides the image's command when non-empty.
+    pub command: Vec<String>,
+    pub env: BTreeMap<String, String>,
+    pub user: Option<String>,
+    pub mounts: Vec<Mount>,
+    pub pool: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Mount {
+    pub source: PathBuf,
+    pub target: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RemoteSpec {
+    pub url: String,
+    /// Header name -> value template (may reference `${secret:NAME}`).
+    pub headers: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lifecycle {
+    Shared,
+    PerSession,
+    PerCall,
+}
+
+/// Allowed egress destinations. Empty means no network at all (default deny).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Egress {
+    pub allow: Vec<EgressRule>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressRule {
+    pub host: EgressHost,
+    /// `None` means any port.
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum EgressHost {
+    /// An exact DNS name, lower-cased, without a trailing dot.
+    Name(String),
+    /// `*.example.com`: any name strictly below `example.com` (not `example.com` itself).
+    Wildcard(String),
+    /// An address range in CIDR form; a single address is a /32 or /128.
+    Cidr { addr: std::net::IpAddr, prefix: u8 },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: u64,
+    pub cpus: f64,
+    pub pids: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_bytes: 512 * 1024 * 1024,
+            cpus: 1.0,
+            pids: 128,
+        }
+    }
+}
+
+/// Where a secret value is read from. The value itself is never stored in the policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `env:NAME`
+    Env(String),
+    /// `file:/run/secrets/x`
+    File(PathBuf),
+    /// `dotenv:.env#NAME`
+    Dotenv { path: PathBuf, key: String },
+}
+
+/// A quota such as `"120/min"` with an optional burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    pub count: u32,
+    pub per: Duration,
+    pub burst: u32,
+}
+
+/// Tool name patterns (`*` globs) matched against the upstream tool name.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ToolFilter {
+    /// Empty means every tool.
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Client {
+    pub name: String,
+    /// Hex SHA-256 of the client's bearer token.
+    pub token_sha256: Option<String>,
+    /// `server__tool` patterns (`*` globs).
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+}
+
+impl Policy {
+    /// The naming mode in effect once `auto` is resolved against the server count.
+    pub fn effective_naming(&self) -> Naming {
+        match self.gateway.naming {
+            Naming::Auto if self.servers.len() == 1 => Naming::Passthrough,
+            Naming::Auto => Naming::Prefix,
+            other => other,
+        }
+    }
+}
+
+impl ToolFilter {
+    /// Whether `tool` passes this filter: deny wins, then an empty allow list allows all.
+    pub fn permits(&self, tool: &str) -> bool {
+        if self.deny.iter().any(|p| glob_match(p, tool)) {
+            return false;
+        }
+        self.allow.is_empty() || self.allow.iter().any(|p| glob_match(p, tool))
+    }
+}
+
+/// `*` matches any run of characters (including none); every other character is literal.
+pub fn glob_match(pattern: &str, text: &str) -> bool {
+    let p = pattern.as_bytes();
+    let t = text.as_bytes();
+    let (mut pi, mut ti) = (0usize, 0usize);
+    let mut star: Option<(usize, usize)> = None;
+    while ti < t.len() {
+        if pi < p.len() && p[pi] == b'*' {
+            star = Some((pi, ti));
+            pi += 1;
+        } else if pi < p.len() && p[pi] == t[ti] {
+            pi += 1;
+            ti += 1;
+        } else if let Some((sp, st)) = star {
+            pi = sp + 1;
+            ti = st + 1;
+            star = Some((sp, st + 1));
+        } else {
+            return false;
+        }
+    }
+    while pi < p.len() && p[pi] == b'*' {
+        pi += 1;
+    }
+    pi == p.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_matches_like_a_user_expects() {
+        assert!(glob_match("*", "anything"));
+        assert!(glob_match("git_*", "git_status"));
+        assert!(!glob_match("git_*", "xgit_status"));
+        assert!(glob_match("*_status", "git_status"));
+        assert!(glob_match("a*b*c", "aXXbYYc"));
+        assert!(!glob_match("a*b*c", "aXXbYY"));
+        assert!(glob_match("exact", "exact"));
+        assert!(!glob_match("exact", "exactly"));
+    }
+
+    #[test]
+    fn deny_wins_over_allow() {
+        let f = ToolFilter {
+            allow: vec!["*".into()],
+            deny: vec!["delete_*".into()],
+        };
+        assert!(f.permits("read_file"));
+        assert!(!f.permits("delete_repo"));
+    }
+}
