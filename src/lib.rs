@@ -5,4 +5,11 @@
 //! -> `upstream` (one connection to one MCP server) -> `sandbox` (how a server runs).
 //! `policy` and `mcp` are shared vocabulary.
 
+pub mod cli;
+pub mod downstream;
+pub mod mcp;
 pub mod policy;
+pub mod router;
+pub mod sandbox;
+pub mod secrets;
+pub mod upstream;

@@ -1,24 +1,67 @@
-//! The policy: model, parsing, validation, import. (Parsing lands with the policy work.)
+//! The policy: model, parsing, validation with file:line:column errors, import, display.
 
+mod diagnose;
+pub mod egress;
+pub mod error;
+pub mod import;
+pub mod location;
 pub mod model;
-pub use model::*;
+mod raw;
+pub mod show;
+pub mod units;
+mod validate;
 
-/// A policy that could not be loaded: what is wrong and where.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct PolicyError(pub String);
+pub use error::{Diagnostic, Diagnostics, PolicyError};
+pub use import::import;
+pub use model::*;
+pub use validate::{is_server_name, parse_secret_ref, secret_refs};
+
+use std::path::Path;
 
 /// The default policy shipped inside the binary.
 pub const DEFAULT_POLICY_TOML: &str = include_str!("../../policy/default.toml");
 
-/// Parses and validates a policy document; `origin` names it in error messages.
-pub fn parse(_src: &str, origin: &str) -> Result<Policy, PolicyError> {
-    Err(PolicyError(format!("{origin}: policy parsing is not implemented yet")))
+/// How the embedded default policy is named in messages.
+pub const DEFAULT_POLICY_ORIGIN: &str = "<embedded default>";
+
+/// Parses and validates a policy document; `origin` names it in error messages. Relative paths
+/// stay relative (use [`load`] to resolve them against the file's directory).
+pub fn parse(src: &str, origin: &str) -> Result<Policy, PolicyError> {
+    parse_in(src, origin, None)
 }
 
-/// Reads, parses and validates a policy file.
-pub fn load(path: &std::path::Path) -> Result<Policy, PolicyError> {
-    let src = std::fs::read_to_string(path)
-        .map_err(|e| PolicyError(format!("{}: cannot read policy: {e}", path.display())))?;
-    parse(&src, &path.display().to_string())
+/// Like [`parse`], resolving relative paths (cwd, mount sources, `file:` and `dotenv:` secrets)
+/// against `base`.
+pub fn parse_in(src: &str, origin: &str, base: Option<&Path>) -> Result<Policy, PolicyError> {
+    let raw = raw::from_str(src).map_err(|(e, path)| {
+        PolicyError::Invalid(Diagnostics(vec![diagnose::from_toml_error(
+            src, origin, &e, &path,
+        )]))
+    })?;
+    validate::validate(raw, src, origin, base).map_err(|d| PolicyError::Invalid(Diagnostics(d)))
 }
+
+/// Reads, parses and validates a policy file; relative paths in it are relative to its directory.
+pub fn load(path: &Path) -> Result<Policy, PolicyError> {
+    let origin = path.display().to_string();
+    let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: origin.clone(),
+        source,
+    })?;
+    let base = path.parent().map(|p| {
+        if p.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            p
+        }
+    });
+    parse_in(&src, &origin, base)
+}
+
+/// The embedded default policy, validated.
+pub fn default_policy() -> Result<Policy, PolicyError> {
+    parse(DEFAULT_POLICY_TOML, DEFAULT_POLICY_ORIGIN)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,48 @@
+# Portcullis: the two commands a new machine needs are `make run` and `make test`.
+# Both install what is missing first (apt packages, and MCP test peers into .peers/).
+
+SHELL := /bin/bash
+CARGO ?= cargo
+POLICY ?= policy/default.toml
+PEERS := $(CURDIR)/.peers
+export PATH := $(PEERS)/venv/bin:$(HOME)/.cargo/bin:$(PATH)
+
+.PHONY: run test deps peers build lint fmt conformance python-tests rust-tests clean
+
+## make run: build and start the gateway on $(POLICY) (default: policy/default.toml).
+run: deps
+	$(CARGO) build --release --bin portcullis
+	./target/release/portcullis serve --policy $(POLICY)
+
+## make test: build and run the whole suite (Rust, Python SDK client, conformance).
+test: deps
+	$(CARGO) build --bins
+	$(MAKE) rust-tests python-tests conformance
+
+deps:
+	@bash tests/setup/install-deps.sh all
+
+peers:
+	@bash tests/setup/install-deps.sh peers
+
+build:
+	$(CARGO) build --bins
+
+rust-tests:
+	$(CARGO) test --all-targets -- --test-threads=2
+
+python-tests:
+	$(PEERS)/venv/bin/python -m pytest -q tests/python
+
+conformance:
+	bash tests/conformance/gateway.sh
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+clean:
+	$(CARGO) clean

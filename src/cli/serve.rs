@@ -1,0 +1,67 @@
+//! `portcullis serve`: load the policy, start the servers, listen, stop cleanly on a signal.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+
+use crate::downstream::Listener;
+use crate::policy::{self, Policy};
+use crate::router::Router;
+use crate::sandbox::process::ProcessRuntime;
+
+#[derive(Debug, clap::Args)]
+pub struct ServeArgs {
+    /// Policy file; without it the embedded default policy is used.
+    #[arg(long, env = "PORTCULLIS_POLICY")]
+    pub policy: Option<PathBuf>,
+    /// Overrides gateway.listen from the policy.
+    #[arg(long)]
+    pub listen: Option<SocketAddr>,
+}
+
+pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
+    match path {
+        Some(p) => Ok(policy::load(p)?),
+        None => Ok(policy::default_policy()?),
+    }
+}
+
+pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    let mut policy = load_policy(args.policy.as_ref())?;
+    if let Some(listen) = args.listen {
+        policy.gateway.listen = listen;
+    }
+    tracing::info!(policy = %policy.origin, servers = policy.servers.len(), "policy loaded");
+    let router = Router::start(&policy, Arc::new(ProcessRuntime));
+    let listener = Listener::bind(&policy.gateway, router.clone())
+        .await
+        .context("starting the listener")?;
+    let addr = listener.local_addr().context("reading the bound address")?;
+    let url = format!("http://{addr}/mcp");
+    tracing::info!(%url, "portcullis listening");
+    // The banner goes to stdout so scripts (and people) can pick up the URL.
+    println!("Portcullis is listening on {url}");
+    println!("Connect Claude Code with:  claude mcp add --transport http portcullis {url}");
+    listener.serve(shutdown_signal()).await;
+    tracing::info!("shutting down: stopping servers");
+    router.shutdown().await;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the gateway");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

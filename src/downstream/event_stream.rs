@@ -1,0 +1,275 @@
+//! Resumable SSE streams.
+//!
+//! Every message for a client is appended to an `EventStream` (the session's standalone stream,
+//! or the stream of one POST). A connected HTTP response reads from it; when the connection
+//! drops, the events stay buffered (bounded) so that the client can resume with
+//! `Last-Event-ID` and miss nothing.
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http_body_util::StreamBody;
+use hyper::body::Frame;
+use tokio::sync::Notify;
+
+use crate::router::MessageSink;
+
+/// Buffered events per stream before the oldest are dropped.
+const MAX_EVENTS: usize = 1024;
+/// Buffered bytes per stream before the oldest events are dropped.
+const MAX_BYTES: usize = 8 * 1024 * 1024;
+
+pub struct EventStream {
+    /// Unique within its session; part of every event id.
+    pub number: u64,
+    state: Mutex<State>,
+    notify: Notify,
+}
+
+struct State {
+    events: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+    next_seq: u64,
+    closed: bool,
+    attached: bool,
+    /// Highest sequence number a reader has been handed (for re-attaching without an id).
+    delivered: u64,
+    closed_at: Option<std::time::Instant>,
+}
+
+impl EventStream {
+    pub fn new(number: u64) -> Arc<EventStream> {
+        Arc::new(EventStream {
+            number,
+            state: Mutex::new(State {
+                events: VecDeque::new(),
+                bytes: 0,
+                next_seq: 1,
+                closed: false,
+                attached: false,
+                delivered: 0,
+                closed_at: None,
+            }),
+            notify: Notify::new(),
+        })
+    }
+
+    pub fn push(&self, message: Bytes) {
+        if let Ok(mut s) = self.state.lock() {
+            if s.closed {
+                return;
+            }
+            let seq = s.next_seq;
+            s.next_seq += 1;
+            s.bytes += message.len();
+            s.events.push_back((seq, message));
+            while s.events.len() > MAX_EVENTS || s.bytes > MAX_BYTES {
+                match s.events.pop_front() {
+                    Some((_, old)) => s.bytes -= old.len(),
+                    None => break,
+                }
+            }
+        }
+        self.notify.notify_waiters();
+    }
+
+    /// No more events will come; readers end after draining.
+    pub fn close(&self) {
+        if let Ok(mut s) = self.state.lock() {
+            s.closed = true;
+            s.closed_at.get_or_insert_with(std::time::Instant::now);
+        }
+        self.notify.notify_waiters();
+    }
+
+    pub fn closed_for(&self) -> Option<Duration> {
+        self.state.lock().ok()?.closed_at.map(|t| t.elapsed())
+    }
+
+    /// Claims the stream for one reader. `after` is the last sequence the client saw, or `None`
+    /// to continue from what was last delivered. Fails if another reader holds it.
+    pub fn attach(self: &Arc<Self>, after: Option<u64>) -> Option<Reader> {
+        let mut s = self.state.lock().ok()?;
+        if s.attached {
+            return None;
+        }
+        s.attached = true;
+        let cursor = after.unwrap_or(s.delivered);
+        Some(Reader {
+            stream: self.clone(),
+            cursor,
+        })
+    }
+
+    fn event_id(&self, seq: u64) -> String {
+        format!("{}-{}", self.number, seq)
+    }
+}
+
+/// Parses an event id of ours into (stream number, sequence).
+pub fn parse_event_id(id: &str) -> Option<(u64, u64)> {
+    let (stream, seq) = id.trim().split_once('-')?;
+    Some((stream.parse().ok()?, seq.parse().ok()?))
+}
+
+impl MessageSink for EventStream {
+    fn send(&self, message: Bytes) {
+        self.push(message);
+    }
+}
+
+/// One HTTP response reading a stream. Dropping it (the client went away) releases the stream.
+pub struct Reader {
+    stream: Arc<EventStream>,
+    cursor: u64,
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.stream.state.lock() {
+            s.attached = false;
+            s.delivered = s.delivered.max(self.cursor);
+        }
+    }
+}
+
+enum Next {
+    Data(Bytes),
+    End,
+}
+
+impl Reader {
+    async fn next(&mut self, keepalive: Duration) -> Next {
+        loop {
+            let notified = self.stream.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let Ok(mut s) = self.stream.state.lock() else {
+                    return Next::End;
+                };
+                let cursor = self.cursor;
+                let mut out = BytesMut::new();
+                for (seq, msg) in s.events.iter().filter(|(seq, _)| *seq > cursor) {
+                    frame_event(&mut out, &self.stream.event_id(*seq), msg);
+                    self.cursor = *seq;
+                }
+                s.delivered = s.delivered.max(self.cursor);
+                if !out.is_empty() {
+                    return Next::Data(out.freeze());
+                }
+                if s.closed {
+                    return Next::End;
+                }
+            }
+            tokio::select! {
+                _ = &mut notified => {}
+                _ = tokio::time::sleep(keepalive) => {
+                    return Next::Data(Bytes::from_static(b": keep-alive\n\n"));
+                }
+            }
+        }
+    }
+}
+
+fn frame_event(out: &mut BytesMut, id: &str, data: &[u8]) {
+    out.put_slice(b"id: ");
+    out.put_slice(id.as_bytes());
+    out.put_slice(b"\nevent: message\ndata: ");
+    // Serialized JSON has no raw newlines, so one data line carries the whole message.
+    out.put_slice(data);
+    out.put_slice(b"\n\n");
+}
+
+pub type SseBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// The response body for a reader: an optional priming event, then events until the stream ends.
+pub fn body(reader: Reader, priming: bool, keepalive: Duration) -> SseBody {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let first = if priming {
+        // Priming: an event id with empty data, so the client can resume even before the first
+        // real event (spec 2025-11-25).
+        let id = reader.stream.event_id(reader.cursor);
+        Some(Bytes::from(format!("id: {id}\ndata: \n\n")))
+    } else {
+        None
+    };
+    let stream =
+        futures_util::stream::unfold((reader, first), move |(mut reader, first)| async move {
+            if let Some(b) = first {
+                return Some((b, (reader, None)));
+            }
+            match reader.next(keepalive).await {
+                Next::Data(b) => Some((b, (reader, None))),
+                Next::End => None,
+            }
+        });
+    BodyExt::boxed(StreamBody::new(
+        stream.map(|b| Ok::<_, Infallible>(Frame::data(b))),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    async fn collect(body: SseBody) -> String {
+        let bytes = body.collect().await.unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn delivers_then_ends_when_closed() {
+        let s = EventStream::new(3);
+        s.push(Bytes::from_static(b"{\"a\":1}"));
+        s.push(Bytes::from_static(b"{\"a\":2}"));
+        s.close();
+        let text = collect(body(s.attach(None).unwrap(), true, Duration::from_secs(5))).await;
+        assert!(text.starts_with("id: 3-0\ndata: \n\n"), "{text}");
+        assert!(text.contains("id: 3-1\nevent: message\ndata: {\"a\":1}\n\n"));
+        assert!(text.contains("id: 3-2\n"));
+    }
+
+    #[tokio::test]
+    async fn resumes_after_last_event_id_and_refuses_second_reader() {
+        let s = EventStream::new(1);
+        for i in 0..3 {
+            s.push(Bytes::from(format!("{{\"n\":{i}}}")));
+        }
+        let r = s.attach(None).unwrap();
+        assert!(s.attach(None).is_none(), "second concurrent reader");
+        drop(r);
+        s.close();
+        let text = collect(body(
+            s.attach(Some(2)).unwrap(),
+            false,
+            Duration::from_secs(5),
+        ))
+        .await;
+        assert!(
+            !text.contains("\"n\":0") && !text.contains("\"n\":1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("id: 1-3\n") && text.contains("\"n\":2"),
+            "{text}"
+        );
+        assert_eq!(parse_event_id("1-3"), Some((1, 3)));
+        assert_eq!(parse_event_id("x"), None);
+    }
+
+    #[tokio::test]
+    async fn keepalive_comments_flow_while_idle() {
+        let s = EventStream::new(0);
+        let mut reader = s.attach(None).unwrap();
+        match reader.next(Duration::from_millis(10)).await {
+            Next::Data(b) => assert_eq!(&b[..], b": keep-alive\n\n"),
+            Next::End => panic!("ended"),
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! What clients talk to: the Streamable HTTP endpoint `/mcp`, plus `/health` and `/ready`.
+//!
+//! Every request passes the Host/Origin guard first. Session state lives here; everything MCP
+//! is the router's business.
+
+mod event_stream;
+mod guard;
+mod reply;
+mod session;
+mod streamable;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{Method, Request, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::mcp::ErrorCode;
+use crate::policy::Gateway;
+use crate::router::Router;
+use reply::Reply;
+
+/// Open connections before new ones wait to be accepted.
+const MAX_CONNECTIONS: usize = 4096;
+/// Time for a client to send its request headers.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time for a client to send its request body.
+const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct Shared {
+    router: Arc<Router>,
+    sessions: session::Sessions,
+    guard: guard::Guard,
+    max_body_bytes: usize,
+    body_timeout: Duration,
+    keepalive: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}{hint}")]
+    Bind {
+        addr: SocketAddr,
+        hint: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A bound listener, ready to serve.
+pub struct Listener {
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    idle_timeout: Duration,
+}
+
+impl Listener {
+    pub async fn bind(gateway: &Gateway, router: Arc<Router>) -> Result<Listener, ServeError> {
+        let listener = TcpListener::bind(gateway.listen)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr: gateway.listen,
+                hint: if source.kind() == std::io::ErrorKind::AddrInUse {
+                    " (is another Portcullis already running? change gateway.listen or pass --listen)"
+                } else {
+                    ""
+                },
+                source,
+            })?;
+        Ok(Listener {
+            listener,
+            shared: Arc::new(Shared {
+                router,
+                sessions: session::Sessions::new(gateway.max_sessions),
+                guard: guard::Guard::new(&gateway.allowed_hosts, &gateway.allowed_origins),
+                max_body_bytes: gateway.max_body_bytes,
+                body_timeout: BODY_TIMEOUT,
+                keepalive: gateway.sse_keepalive,
+            }),
+            idle_timeout: gateway.session_idle_timeout,
+        })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Serves until `shutdown` resolves, then closes every session.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
+        let shared = self.shared.clone();
+        let sweeper = tokio::spawn(sweep_idle(shared.clone(), self.idle_timeout));
+        let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+        tokio::pin!(shutdown);
+        loop {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = &mut shutdown => break,
+            };
+            let (stream, peer) = tokio::select! {
+                r = self.listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = &mut shutdown => break,
+            };
+            let _ = stream.set_nodelay(true);
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let shared = shared.clone();
+                    async move { Ok::<_, std::convert::Infallible>(route(&shared, req).await) }
+                });
+                let mut builder =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(HEADER_TIMEOUT);
+                if let Err(e) = builder
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await
+                {
+                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                }
+                drop(permit);
+            });
+        }
+        sweeper.abort();
+        for id in shared.sessions.drain() {
+            shared.router.close_session(&id).await;
+        }
+    }
+}
+
+async fn sweep_idle(shared: Arc<Shared>, limit: Duration) {
+    let period = (limit / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        tokio::time::sleep(period).await;
+        for id in shared.sessions.expire(limit) {
+            tracing::info!(session = %streamable::short(&id), "session expired after being idle");
+            shared.router.close_session(&id).await;
+        }
+    }
+}
+
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
+    let (parts, body) = req.into_parts();
+    if let Err(rejection) = shared
+        .guard
+        .check(&parts.headers, parts.uri.authority().map(|a| a.as_str()))
+    {
+        tracing::warn!(%rejection, path = parts.uri.path(), "request refused by the Host/Origin guard");
+        let status = StatusCode::FORBIDDEN;
+        return reply::rpc_error(
+            status,
+            None,
+            ErrorCode::INVALID_REQUEST,
+            &rejection.to_string(),
+        );
+    }
+    let path = parts.uri.path();
+    match (path, &parts.method) {
+        ("/mcp" | "/mcp/", m) => streamable::handle(shared, m, &parts.headers, body).await,
+        ("/health", &Method::GET) => reply::plain_json(
+            StatusCode::OK,
+            &json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "sessions": shared.sessions.len()}),
+        ),
+        ("/ready", &Method::GET) => ready(shared),
+        (p, _) if p.starts_with("/.well-known/oauth-") => reply::plain_json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not_found", "error_description": "this gateway does not use OAuth: no authorization server or protected-resource metadata"}),
+        ),
+        (p, _) => reply::plain_json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not_found", "error_description": format!("no such endpoint `{p}`; MCP is served at /mcp")}),
+        ),
+    }
+}
+
+fn ready(shared: &Shared) -> Reply {
+    let servers = shared.router.readiness();
+    let all_ready = shared.router.is_settled() && servers.iter().all(|(_, s)| s.is_ok());
+    let detail: serde_json::Map<String, serde_json::Value> = servers
+        .into_iter()
+        .map(|(name, s)| {
+            let v = match s {
+                Ok(()) => json!({"ready": true}),
+                Err(reason) => json!({"ready": false, "reason": reason}),
+            };
+            (name, v)
+        })
+        .collect();
+    let status = if all_ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    reply::plain_json(status, &json!({"ready": all_ready, "servers": detail}))
+}

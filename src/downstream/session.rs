@@ -1,0 +1,189 @@
+//! Downstream sessions: the id a client got at initialize, what it negotiated, its streams.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use super::event_stream::EventStream;
+
+/// Finished POST streams kept for resumption, per session.
+const MAX_RETAINED_STREAMS: usize = 64;
+/// How long a finished POST stream stays resumable.
+const RETAIN_FINISHED: Duration = Duration::from_secs(120);
+
+pub struct Session {
+    pub id: Arc<str>,
+    pub protocol: &'static str,
+    /// Messages not tied to a request (list changes, relayed requests with no open POST).
+    pub standalone: Arc<EventStream>,
+    streams: Mutex<HashMap<u64, Arc<EventStream>>>,
+    next_stream: AtomicU64,
+    last_seen: Mutex<Instant>,
+}
+
+impl Session {
+    fn new(id: Arc<str>, protocol: &'static str) -> Session {
+        Session {
+            id,
+            protocol,
+            standalone: EventStream::new(0),
+            streams: Mutex::new(HashMap::new()),
+            next_stream: AtomicU64::new(1),
+            last_seen: Mutex::new(Instant::now()),
+        }
+    }
+
+    pub fn touch(&self) {
+        if let Ok(mut t) = self.last_seen.lock() {
+            *t = Instant::now();
+        }
+    }
+
+    fn idle_for(&self) -> Duration {
+        self.last_seen
+            .lock()
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// A new stream for the response to one POST.
+    pub fn open_stream(&self) -> Arc<EventStream> {
+        let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let stream = EventStream::new(n);
+        if let Ok(mut m) = self.streams.lock() {
+            m.retain(|_, s| s.closed_for().is_none_or(|d| d < RETAIN_FINISHED));
+            if m.len() >= MAX_RETAINED_STREAMS {
+                let oldest_closed = m
+                    .iter()
+                    .filter(|(_, s)| s.closed_for().is_some())
+                    .map(|(k, _)| *k)
+                    .min();
+                if let Some(k) = oldest_closed {
+                    m.remove(&k);
+                }
+            }
+            m.insert(n, stream.clone());
+        }
+        stream
+    }
+
+    /// The stream an event id belongs to (0 is the standalone stream).
+    pub fn stream(&self, number: u64) -> Option<Arc<EventStream>> {
+        if number == 0 {
+            return Some(self.standalone.clone());
+        }
+        self.streams.lock().ok()?.get(&number).cloned()
+    }
+
+    fn close_all(&self) {
+        self.standalone.close();
+        if let Ok(m) = self.streams.lock() {
+            for s in m.values() {
+                s.close();
+            }
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("too many open sessions (limit {0}); close unused sessions or raise gateway.max_sessions")]
+pub struct TooManySessions(pub usize);
+
+pub struct Sessions {
+    map: RwLock<HashMap<Arc<str>, Arc<Session>>>,
+    max: usize,
+}
+
+impl Sessions {
+    pub fn new(max: usize) -> Sessions {
+        Sessions {
+            map: RwLock::new(HashMap::new()),
+            max,
+        }
+    }
+
+    pub fn create(&self, protocol: &'static str) -> Result<Arc<Session>, TooManySessions> {
+        let mut m = self.map.write().map_err(|_| TooManySessions(self.max))?;
+        if m.len() >= self.max {
+            return Err(TooManySessions(self.max));
+        }
+        let id: Arc<str> = Arc::from(new_session_id());
+        let s = Arc::new(Session::new(id.clone(), protocol));
+        m.insert(id, s.clone());
+        Ok(s)
+    }
+
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        self.map.read().ok()?.get(id).cloned()
+    }
+
+    pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
+        let s = self.map.write().ok()?.remove(id)?;
+        s.close_all();
+        Some(s)
+    }
+
+    /// Removes sessions idle longer than `limit`; returns their ids.
+    pub fn expire(&self, limit: Duration) -> Vec<Arc<str>> {
+        let Ok(mut m) = self.map.write() else {
+            return Vec::new();
+        };
+        let stale: Vec<Arc<str>> = m
+            .iter()
+            .filter(|(_, s)| s.idle_for() > limit)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &stale {
+            if let Some(s) = m.remove(k) {
+                s.close_all();
+            }
+        }
+        stale
+    }
+
+    pub fn drain(&self) -> Vec<Arc<str>> {
+        let Ok(mut m) = self.map.write() else {
+            return Vec::new();
+        };
+        m.drain()
+            .map(|(k, s)| {
+                s.close_all();
+                k
+            })
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+/// 256 bits from the OS CSPRNG, hex-encoded: unguessable, and visible ASCII as the spec asks.
+fn new_session_id() -> String {
+    let mut buf = [0u8; 32];
+    if getrandom::getrandom(&mut buf).is_err() {
+        // Without OS randomness there is no safe session id; refuse rather than guess.
+        // Failing here is effectively impossible on Linux (getrandom(2) blocks until seeded).
+        std::process::abort();
+    }
+    hex::encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_random_and_capacity_is_enforced() {
+        let s = Sessions::new(2);
+        let a = s.create("2025-11-25").unwrap();
+        let b = s.create("2025-11-25").unwrap();
+        assert_ne!(a.id, b.id);
+        assert_eq!(a.id.len(), 64);
+        assert!(s.create("2025-11-25").is_err());
+        assert!(s.remove(&a.id).is_some());
+        assert!(s.get(&a.id).is_none());
+        assert!(s.create("2025-11-25").is_ok());
+    }
+}

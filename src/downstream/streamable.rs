@@ -1,0 +1,475 @@
+//! The Streamable HTTP transport on `/mcp`: POST carries client messages, GET opens the
+//! standalone stream (or resumes one), DELETE ends the session.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::Value;
+
+use super::event_stream::{self, parse_event_id};
+use super::reply::{self, Reply, PROTOCOL_HEADER, SESSION_HEADER};
+use super::session::Session;
+use super::Shared;
+use crate::mcp::{methods, protocol, Body, ErrorCode, Message, Request};
+use crate::router::{ClientCaps, MessageSink, SessionInfo};
+
+/// Methods whose answers may be preceded by related messages (progress, logging, relayed
+/// requests) and therefore stream when the client accepts SSE.
+fn streams(method: &str) -> bool {
+    matches!(
+        method,
+        methods::TOOLS_CALL
+            | methods::PROMPTS_GET
+            | methods::RESOURCES_READ
+            | methods::COMPLETION_COMPLETE
+    )
+}
+
+struct Accept {
+    json: bool,
+    sse: bool,
+}
+
+fn accept(headers: &HeaderMap) -> Accept {
+    let mut a = Accept {
+        json: false,
+        sse: false,
+    };
+    let mut any = false;
+    for v in headers.get_all(header::ACCEPT) {
+        for part in v.to_str().unwrap_or("").split(',') {
+            let media = part
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase();
+            match media.as_str() {
+                "application/json" => a.json = true,
+                "text/event-stream" => a.sse = true,
+                "*/*" | "application/*" | "text/*" => any = true,
+                _ => {}
+            }
+        }
+    }
+    if headers.get(header::ACCEPT).is_none() || any {
+        a.json = true;
+        a.sse = true;
+    }
+    a
+}
+
+pub async fn handle(
+    shared: &Arc<Shared>,
+    method: &Method,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Reply {
+    match *method {
+        Method::POST => post(shared, headers, body).await,
+        Method::GET => get(shared, headers),
+        Method::DELETE => delete(shared, headers).await,
+        _ => {
+            let mut r = reply::rpc_error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                None,
+                ErrorCode::INVALID_REQUEST,
+                "use POST to send messages, GET to open a stream, DELETE to end a session",
+            );
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST, DELETE"));
+            r
+        }
+    }
+}
+
+fn bad(status: StatusCode, message: &str) -> Reply {
+    reply::rpc_error(status, None, ErrorCode::INVALID_REQUEST, message)
+}
+
+/// Finds the session a request names, with the statuses the spec asks for.
+fn session_of(shared: &Shared, headers: &HeaderMap) -> Result<Arc<Session>, Box<Reply>> {
+    let Some(id) = headers.get(SESSION_HEADER) else {
+        return Err(Box::new(bad(
+            StatusCode::BAD_REQUEST,
+            "missing Mcp-Session-Id header: send initialize first and echo the session id it returns",
+        )));
+    };
+    let id = id.to_str().unwrap_or("");
+    match shared.sessions.get(id) {
+        Some(s) => {
+            s.touch();
+            Ok(s)
+        }
+        None => Err(Box::new(reply::rpc_error(
+            StatusCode::NOT_FOUND,
+            None,
+            ErrorCode::INVALID_REQUEST,
+            "unknown or expired session: initialize a new session",
+        ))),
+    }
+}
+
+/// `MCP-Protocol-Version` must be one we speak and, on a session, the one it negotiated.
+fn check_protocol_header(headers: &HeaderMap, session: Option<&Session>) -> Result<(), Box<Reply>> {
+    let Some(v) = headers.get(PROTOCOL_HEADER) else {
+        return Ok(());
+    };
+    let v = v.to_str().unwrap_or("<non-ASCII>");
+    if !protocol::is_supported(v) {
+        return Err(Box::new(bad(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "unsupported MCP-Protocol-Version `{v}`; this gateway supports {}",
+                protocol::SUPPORTED.join(", ")
+            ),
+        )));
+    }
+    if let Some(s) = session {
+        if v != s.protocol {
+            return Err(Box::new(bad(
+                StatusCode::BAD_REQUEST,
+                &format!("MCP-Protocol-Version `{v}` does not match the session's negotiated version `{}`", s.protocol),
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn read_body(
+    shared: &Shared,
+    headers: &HeaderMap,
+    body: Incoming,
+) -> Result<Bytes, Box<Reply>> {
+    let limit = shared.max_body_bytes;
+    let too_big = || {
+        reply::rpc_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            None,
+            ErrorCode::INVALID_REQUEST,
+            &format!("request body over {limit} bytes (gateway.max_body_bytes)"),
+        )
+    };
+    if headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|n| n > limit)
+    {
+        return Err(Box::new(too_big()));
+    }
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(shared.body_timeout, limited.collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e))
+            if e.downcast_ref::<http_body_util::LengthLimitError>()
+                .is_some() =>
+        {
+            Err(Box::new(too_big()))
+        }
+        Ok(Err(e)) => Err(Box::new(bad(
+            StatusCode::BAD_REQUEST,
+            &format!("could not read the request body: {e}"),
+        ))),
+        Err(_) => Err(Box::new(bad(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body not received in time",
+        ))),
+    }
+}
+
+async fn post(shared: &Arc<Shared>, headers: &HeaderMap, body: Incoming) -> Reply {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !ct
+        .split(';')
+        .next()
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+    {
+        return bad(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("Content-Type must be application/json, got `{ct}`"),
+        );
+    }
+    let acc = accept(headers);
+    if !acc.json && !acc.sse {
+        return bad(
+            StatusCode::NOT_ACCEPTABLE,
+            "Accept must include application/json and text/event-stream",
+        );
+    }
+    let bytes = match read_body(shared, headers, body).await {
+        Ok(b) => b,
+        Err(r) => return *r,
+    };
+    let parsed = match Body::parse(&bytes) {
+        Ok(b) => b,
+        Err(e) => return reply::json(StatusCode::BAD_REQUEST, e.to_response_bytes()),
+    };
+
+    // Messages that may come without a session.
+    if let Body::Single(Message::Request(req)) = &parsed {
+        if req.method == methods::INITIALIZE {
+            if headers.contains_key(SESSION_HEADER) {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    "initialize must not carry Mcp-Session-Id: it creates a new session",
+                );
+            }
+            return initialize(shared, req, &acc);
+        }
+        if req.method == methods::SERVER_DISCOVER && !headers.contains_key(SESSION_HEADER) {
+            // The 2026-07-28 era probe: a plain JSON-RPC error tells dual-era clients to fall
+            // back to the initialize handshake.
+            return reply::rpc_error(
+                StatusCode::BAD_REQUEST,
+                Some(&req.id),
+                ErrorCode::METHOD_NOT_FOUND,
+                "server/discover is not supported: use the initialize handshake (protocol versions 2024-11-05 to 2025-11-25)",
+            );
+        }
+    }
+
+    let session = match session_of(shared, headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if let Err(r) = check_protocol_header(headers, Some(&session)) {
+        return *r;
+    }
+    match parsed {
+        Body::Single(Message::Request(req)) => {
+            if req.method == methods::INITIALIZE {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    "this session is already initialized",
+                );
+            }
+            if acc.sse && streams(&req.method) {
+                stream_request(shared, &session, req)
+            } else {
+                let out = shared.router.handle_request(&session.id, req, None).await;
+                reply::json(StatusCode::OK, out)
+            }
+        }
+        Body::Single(other) => {
+            deliver(shared, &session, other).await;
+            reply::status(StatusCode::ACCEPTED)
+        }
+        Body::Batch(items) => batch(shared, &session, items).await,
+    }
+}
+
+fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept) -> Reply {
+    let params: Value = req
+        .params
+        .as_deref()
+        .and_then(|p| serde_json::from_str(p.get()).ok())
+        .unwrap_or(Value::Null);
+    let Some(requested) = params.get("protocolVersion").and_then(Value::as_str) else {
+        return reply::rpc_error(
+            StatusCode::BAD_REQUEST,
+            Some(&req.id),
+            ErrorCode::INVALID_PARAMS,
+            "initialize needs params.protocolVersion",
+        );
+    };
+    let negotiated = protocol::negotiate(requested);
+    let session = match shared.sessions.create(negotiated) {
+        Ok(s) => s,
+        Err(e) => {
+            return reply::rpc_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(&req.id),
+                ErrorCode::OVER_CAPACITY,
+                &e.to_string(),
+            )
+        }
+    };
+    shared.router.open_session(SessionInfo {
+        key: session.id.clone(),
+        caps: ClientCaps::from_initialize(&params),
+        sink: session.standalone.clone() as Arc<dyn MessageSink>,
+    });
+    let client = params
+        .get("clientInfo")
+        .and_then(|c| c.get("name"))
+        .and_then(|n| n.as_str())
+        .unwrap_or("?");
+    tracing::info!(session = %short(&session.id), protocol = negotiated, client, "session opened");
+    let result = shared.router.initialize_result(negotiated);
+    let out = Message::Response(crate::mcp::Response {
+        id: req.id.clone(),
+        outcome: Ok(result),
+    })
+    .to_bytes();
+    let mut r = if acc.json {
+        reply::json(StatusCode::OK, out)
+    } else {
+        // A client that accepts only SSE gets the answer as a one-event stream.
+        let stream = session.open_stream();
+        stream.push(out);
+        stream.close();
+        match stream.attach(None) {
+            Some(reader) => reply::sse(event_stream::body(reader, false, shared.keepalive)),
+            None => reply::status(StatusCode::INTERNAL_SERVER_ERROR),
+        }
+    };
+    if let Ok(v) = HeaderValue::from_str(&session.id) {
+        r.headers_mut().insert(SESSION_HEADER, v);
+    }
+    r
+}
+
+/// Answers one request as an SSE stream: related messages first, then the response. The call
+/// runs in its own task so that a dropped connection does not abandon it; the client can
+/// resume the stream with Last-Event-ID.
+fn stream_request(shared: &Arc<Shared>, session: &Arc<Session>, req: Request) -> Reply {
+    let stream = session.open_stream();
+    let Some(reader) = stream.attach(None) else {
+        return reply::status(StatusCode::INTERNAL_SERVER_ERROR);
+    };
+    let router = shared.router.clone();
+    let key = session.id.clone();
+    let s = stream.clone();
+    tokio::spawn(async move {
+        let out = router
+            .handle_request(&key, req, Some(s.clone() as Arc<dyn MessageSink>))
+            .await;
+        s.push(out);
+        s.close();
+    });
+    reply::sse(event_stream::body(
+        reader,
+        protocol::wants_priming_event(session.protocol),
+        shared.keepalive,
+    ))
+}
+
+async fn deliver(shared: &Shared, session: &Session, message: Message) {
+    match message {
+        Message::Notification(n) => shared.router.handle_notification(&session.id, n).await,
+        Message::Response(r) => shared.router.handle_response(&session.id, r).await,
+        Message::Request(_) => {}
+    }
+}
+
+async fn batch(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    items: Vec<Result<Message, crate::mcp::ParseError>>,
+) -> Reply {
+    if !protocol::allows_batches(session.protocol) {
+        return bad(
+            StatusCode::BAD_REQUEST,
+            &format!(
+                "JSON-RPC batches are not part of protocol version {}; send one message per request",
+                session.protocol
+            ),
+        );
+    }
+    let mut answers = Vec::new();
+    let mut calls = Vec::new();
+    for item in items {
+        match item {
+            Ok(Message::Request(req)) if req.method == methods::INITIALIZE => {
+                answers.push(crate::mcp::error_response_bytes(
+                    Some(&req.id),
+                    ErrorCode::INVALID_REQUEST,
+                    "initialize cannot be part of a batch",
+                ));
+            }
+            Ok(Message::Request(req)) => {
+                calls.push(shared.router.handle_request(&session.id, req, None))
+            }
+            Ok(other) => deliver(shared, session, other).await,
+            Err(e) => answers.push(e.to_response_bytes()),
+        }
+    }
+    answers.extend(futures_util::future::join_all(calls).await);
+    if answers.is_empty() {
+        return reply::status(StatusCode::ACCEPTED);
+    }
+    let mut out = Vec::with_capacity(answers.iter().map(|a| a.len() + 1).sum::<usize>() + 2);
+    out.push(b'[');
+    for (i, a) in answers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(a);
+    }
+    out.push(b']');
+    reply::json(StatusCode::OK, Bytes::from(out))
+}
+
+fn get(shared: &Arc<Shared>, headers: &HeaderMap) -> Reply {
+    if !accept(headers).sse {
+        return bad(
+            StatusCode::NOT_ACCEPTABLE,
+            "GET opens an SSE stream: Accept must include text/event-stream",
+        );
+    }
+    let session = match session_of(shared, headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    if let Err(r) = check_protocol_header(headers, Some(&session)) {
+        return *r;
+    }
+    let last = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.to_owned());
+    let (stream, after, priming) = match last {
+        Some(id) => {
+            let Some((number, seq)) = parse_event_id(&id) else {
+                return bad(
+                    StatusCode::BAD_REQUEST,
+                    &format!("Last-Event-ID `{id}` was not issued by this gateway"),
+                );
+            };
+            let Some(stream) = session.stream(number) else {
+                return reply::rpc_error(
+                    StatusCode::NOT_FOUND,
+                    None,
+                    ErrorCode::INVALID_REQUEST,
+                    &format!("stream of event `{id}` is no longer resumable"),
+                );
+            };
+            (stream, Some(seq), false)
+        }
+        None => (
+            session.standalone.clone(),
+            None,
+            protocol::wants_priming_event(session.protocol),
+        ),
+    };
+    match stream.attach(after) {
+        Some(reader) => reply::sse(event_stream::body(reader, priming, shared.keepalive)),
+        None => bad(
+            StatusCode::CONFLICT,
+            "this stream is already open on another connection; close it first",
+        ),
+    }
+}
+
+async fn delete(shared: &Arc<Shared>, headers: &HeaderMap) -> Reply {
+    let session = match session_of(shared, headers) {
+        Ok(s) => s,
+        Err(r) => return *r,
+    };
+    shared.sessions.remove(&session.id);
+    shared.router.close_session(&session.id).await;
+    tracing::info!(session = %short(&session.id), "session closed by the client");
+    reply::status(StatusCode::OK)
+}
+
+/// A session id prefix for logs: enough to correlate, not enough to hijack.
+pub fn short(id: &str) -> &str {
+    &id[..id.len().min(8)]
+}

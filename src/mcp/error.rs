@@ -1,0 +1,49 @@
+//! JSON-RPC error codes used by the gateway, and the error object it sends.
+
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+/// Error codes: JSON-RPC's own, MCP's, and the gateway's (in the implementation-defined range).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorCode(pub i64);
+
+impl ErrorCode {
+    pub const PARSE_ERROR: ErrorCode = ErrorCode(-32700);
+    pub const INVALID_REQUEST: ErrorCode = ErrorCode(-32600);
+    pub const METHOD_NOT_FOUND: ErrorCode = ErrorCode(-32601);
+    pub const INVALID_PARAMS: ErrorCode = ErrorCode(-32602);
+    pub const INTERNAL_ERROR: ErrorCode = ErrorCode(-32603);
+    /// MCP: the request was cancelled.
+    pub const REQUEST_CANCELLED: ErrorCode = ErrorCode(-32800);
+    /// MCP: resource not found.
+    pub const RESOURCE_NOT_FOUND: ErrorCode = ErrorCode(-32002);
+    /// Gateway: the upstream server is not running or its connection broke.
+    pub const UPSTREAM_UNAVAILABLE: ErrorCode = ErrorCode(-32010);
+    /// Gateway: the upstream server did not answer in time.
+    pub const UPSTREAM_TIMEOUT: ErrorCode = ErrorCode(-32011);
+    /// Gateway: the session or the gateway is over a capacity limit.
+    pub const OVER_CAPACITY: ErrorCode = ErrorCode(-32012);
+}
+
+#[derive(Serialize)]
+struct ErrorObject<'a> {
+    code: i64,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<&'a serde_json::Value>,
+}
+
+/// Serializes a JSON-RPC error object (the value of a response's `error` member).
+pub fn error_object(
+    code: ErrorCode,
+    message: &str,
+    data: Option<&serde_json::Value>,
+) -> Box<RawValue> {
+    let obj = ErrorObject {
+        code: code.0,
+        message,
+        data,
+    };
+    // Serializing a number and two strings cannot fail; `null` keeps the message well-formed anyway.
+    serde_json::value::to_raw_value(&obj).unwrap_or_else(|_| RawValue::NULL.to_owned())
+}

@@ -1,0 +1,182 @@
+//! Serde structs mirroring the TOML text exactly, with spans where a later check needs a location.
+//!
+//! Every struct denies unknown keys. While deserializing, the table path being read is kept in a
+//! thread-local so that a serde error (which only knows a byte span) can name the table it is in.
+
+use serde::de::{Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+use toml::{Spanned, Value};
+
+pub type Str = Spanned<String>;
+pub type StrMap = BTreeMap<Str, Str>;
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPolicy {
+    #[serde(default, deserialize_with = "in_gateway")]
+    pub gateway: Option<RawGateway>,
+    #[serde(default, deserialize_with = "in_servers")]
+    pub servers: Named<RawServer>,
+    #[serde(default, deserialize_with = "in_clients")]
+    pub clients: Named<RawClient>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    pub listen: Option<Str>,
+    pub naming: Option<Str>,
+    pub allowed_origins: Option<Vec<Str>>,
+    pub allowed_hosts: Option<Vec<Str>>,
+    pub max_body_bytes: Option<Spanned<Value>>,
+    pub request_timeout: Option<Spanned<Value>>,
+    pub session_idle_timeout: Option<Spanned<Value>>,
+    pub max_sessions: Option<Spanned<u64>>,
+    pub page_size: Option<Spanned<u64>>,
+    pub sse_keepalive: Option<Spanned<Value>>,
+}
+
+/// One `[servers.NAME]` table. It holds the keys of every runtime; validation refuses the ones
+/// that do not belong to the chosen runtime, with their location.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    pub runtime: Str,
+    /// A string for `process`, an array for `docker`.
+    pub command: Option<Spanned<Value>>,
+    pub args: Option<Spanned<Vec<String>>>,
+    pub env: Option<Spanned<StrMap>>,
+    pub cwd: Option<Str>,
+    pub image: Option<Str>,
+    pub user: Option<Str>,
+    #[serde(default, deserialize_with = "in_mounts")]
+    pub mounts: Option<Spanned<Vec<RawMount>>>,
+    pub pool: Option<Spanned<u64>>,
+    pub url: Option<Str>,
+    pub headers: Option<Spanned<StrMap>>,
+    pub lifecycle: Option<Str>,
+    #[serde(default, deserialize_with = "in_egress")]
+    pub egress: Option<RawEgress>,
+    #[serde(default, deserialize_with = "in_limits")]
+    pub limits: Option<RawLimits>,
+    pub secrets: Option<StrMap>,
+    /// `"120/min"` or `{ quota = "120/min", burst = 20 }`.
+    pub rate: Option<Spanned<Value>>,
+    #[serde(default, deserialize_with = "in_tools")]
+    pub tools: Option<RawPatterns>,
+    pub startup_timeout: Option<Spanned<Value>>,
+    pub request_timeout: Option<Spanned<Value>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMount {
+    pub source: Str,
+    pub target: Str,
+    pub read_only: Option<Spanned<bool>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawEgress {
+    pub allow: Option<Vec<Str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub memory: Option<Spanned<Value>>,
+    pub cpus: Option<Spanned<Value>>,
+    pub pids: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPatterns {
+    pub allow: Option<Vec<Str>>,
+    pub deny: Option<Vec<Str>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    pub token_sha256: Option<Str>,
+    pub allow: Option<Vec<Str>>,
+    pub deny: Option<Vec<Str>>,
+}
+
+/// A table of named entries in document order, keeping each name's span.
+#[derive(Debug)]
+pub struct Named<T>(pub Vec<(Str, T)>);
+
+impl<T> Default for Named<T> {
+    fn default() -> Self {
+        Named(Vec::new())
+    }
+}
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for Named<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for V<T> {
+            type Value = Named<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a table of named entries")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut out = Vec::new();
+                while let Some(name) = map.next_key::<Str>()? {
+                    let value = within(name.get_ref(), || map.next_value::<T>())?;
+                    out.push((name, value));
+                }
+                Ok(Named(out))
+            }
+        }
+        d.deserialize_map(V(PhantomData))
+    }
+}
+
+thread_local! {
+    static PATH: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` with `segment` appended to the current table path. The segment stays on failure:
+/// deserialization stops at the first error, so what is left is the path of the failing table.
+fn within<T, E>(segment: &str, f: impl FnOnce() -> Result<T, E>) -> Result<T, E> {
+    PATH.with(|p| p.borrow_mut().push(segment.to_string()));
+    let r = f();
+    if r.is_ok() {
+        PATH.with(|p| {
+            p.borrow_mut().pop();
+        });
+    }
+    r
+}
+
+/// Deserializes a whole document, returning the table path at the point of failure with the error.
+pub fn from_str(src: &str) -> Result<RawPolicy, (toml::de::Error, Vec<String>)> {
+    PATH.with(|p| p.borrow_mut().clear());
+    let r = toml::from_str::<RawPolicy>(src);
+    let path = PATH.with(|p| std::mem::take(&mut *p.borrow_mut()));
+    r.map_err(|e| (e, path))
+}
+
+macro_rules! in_table {
+    ($name:ident, $segment:literal, $ty:ty) => {
+        fn $name<'de, D: Deserializer<'de>>(d: D) -> Result<$ty, D::Error> {
+            within($segment, || <$ty>::deserialize(d))
+        }
+    };
+}
+
+in_table!(in_gateway, "gateway", Option<RawGateway>);
+in_table!(in_servers, "servers", Named<RawServer>);
+in_table!(in_clients, "clients", Named<RawClient>);
+in_table!(in_mounts, "mounts", Option<Spanned<Vec<RawMount>>>);
+in_table!(in_egress, "egress", Option<RawEgress>);
+in_table!(in_limits, "limits", Option<RawLimits>);
+in_table!(in_tools, "tools", Option<RawPatterns>);

@@ -1,0 +1,247 @@
+//! The effective policy, every default filled in, as a human reads it.
+
+use super::model::*;
+use super::units::{format_duration, format_rate, format_size};
+use std::fmt::Write;
+
+/// Renders `p` for `portcullis policy show`. Secrets appear only as references, never values.
+pub fn render(p: &Policy) -> String {
+    let mut o = String::new();
+    let g = &p.gateway;
+    let naming = |n: Naming| match n {
+        Naming::Auto => "auto",
+        Naming::Prefix => "prefix",
+        Naming::Passthrough => "passthrough",
+    };
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "(none)".to_string()
+        } else {
+            v.join(", ")
+        }
+    };
+    // `write!` into a String cannot fail; the results are ignored for that reason.
+    let _ = writeln!(o, "policy {}", p.origin);
+    let _ = writeln!(o, "\n[gateway]");
+    let _ = writeln!(o, "  listen                {}", g.listen);
+    let _ = writeln!(
+        o,
+        "  naming                {} (effective: {})",
+        naming(g.naming),
+        naming(p.effective_naming())
+    );
+    let _ = writeln!(
+        o,
+        "  allowed_origins       loopback{}",
+        extra(&g.allowed_origins)
+    );
+    let _ = writeln!(
+        o,
+        "  allowed_hosts         loopback{}",
+        extra(&g.allowed_hosts)
+    );
+    let _ = writeln!(
+        o,
+        "  max_body_bytes        {} ({} bytes)",
+        format_size(g.max_body_bytes as u64),
+        g.max_body_bytes
+    );
+    let _ = writeln!(
+        o,
+        "  request_timeout       {}",
+        format_duration(g.request_timeout)
+    );
+    let _ = writeln!(
+        o,
+        "  session_idle_timeout  {}",
+        format_duration(g.session_idle_timeout)
+    );
+    let _ = writeln!(o, "  max_sessions          {}", g.max_sessions);
+    let _ = writeln!(o, "  page_size             {}", g.page_size);
+    let _ = writeln!(
+        o,
+        "  sse_keepalive         {}",
+        format_duration(g.sse_keepalive)
+    );
+    for s in p.servers.values() {
+        let _ = writeln!(o, "\n[servers.{}]", s.name);
+        match &s.runtime {
+            Runtime::Process(x) => {
+                let _ = writeln!(
+                    o,
+                    "  runtime               process (not sandboxed: host network and files)"
+                );
+                let _ = writeln!(o, "  command               {}", x.command);
+                let _ = writeln!(o, "  args                  {}", quoted(&x.args));
+                env_lines(&mut o, &x.env);
+                let _ = writeln!(
+                    o,
+                    "  cwd                   {}",
+                    x.cwd
+                        .as_ref()
+                        .map_or("(gateway's)".to_string(), |c| c.display().to_string())
+                );
+            }
+            Runtime::Docker(x) => {
+                let _ = writeln!(o, "  runtime               docker");
+                let _ = writeln!(o, "  image                 {}", x.image);
+                let _ = writeln!(
+                    o,
+                    "  command               {}",
+                    if x.command.is_empty() {
+                        "(image default)".to_string()
+                    } else {
+                        quoted(&x.command)
+                    }
+                );
+                env_lines(&mut o, &x.env);
+                let _ = writeln!(
+                    o,
+                    "  user                  {}",
+                    x.user.as_deref().unwrap_or("(image default)")
+                );
+                if x.mounts.is_empty() {
+                    let _ = writeln!(o, "  mounts                (none)");
+                }
+                for m in &x.mounts {
+                    let _ = writeln!(
+                        o,
+                        "  mount                 {} -> {} ({})",
+                        m.source.display(),
+                        m.target.display(),
+                        if m.read_only {
+                            "read-only"
+                        } else {
+                            "READ-WRITE"
+                        }
+                    );
+                }
+                let _ = writeln!(o, "  pool                  {}", x.pool);
+                let _ = writeln!(
+                    o,
+                    "  limits                memory {}, cpus {}, pids {}",
+                    format_size(s.limits.memory_bytes),
+                    s.limits.cpus,
+                    s.limits.pids
+                );
+            }
+            Runtime::Remote(x) => {
+                let _ = writeln!(o, "  runtime               remote");
+                let _ = writeln!(o, "  url                   {}", x.url);
+                for (k, v) in &x.headers {
+                    let _ = writeln!(
+                        o,
+                        "  header                {k}: {}",
+                        header_for_display(k, v)
+                    );
+                }
+            }
+        }
+        let lc = match s.lifecycle {
+            Lifecycle::Shared => "shared",
+            Lifecycle::PerSession => "per-session",
+            Lifecycle::PerCall => "per-call",
+        };
+        let _ = writeln!(o, "  lifecycle             {lc}");
+        if !matches!(s.runtime, Runtime::Remote(_)) {
+            let egress = if s.egress.allow.is_empty() {
+                "none (default deny)".to_string()
+            } else {
+                s.egress
+                    .allow
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let _ = writeln!(o, "  egress                {egress}");
+        }
+        for (k, r) in &s.secrets {
+            let src = match r {
+                SecretRef::Env(n) => format!("env:{n}"),
+                SecretRef::File(f) => format!("file:{}", f.display()),
+                SecretRef::Dotenv { path, key } => format!("dotenv:{}#{key}", path.display()),
+            };
+            let _ = writeln!(o, "  secret                {k} <- {src}");
+        }
+        let rate = s.rate.map_or("unlimited".to_string(), |r| {
+            format!("{} (burst {})", format_rate(r.count, r.per), r.burst)
+        });
+        let _ = writeln!(o, "  rate                  {rate}");
+        let _ = writeln!(
+            o,
+            "  tools                 allow {}; deny {}",
+            if s.tools.allow.is_empty() {
+                "all".into()
+            } else {
+                s.tools.allow.join(", ")
+            },
+            list(&s.tools.deny)
+        );
+        let _ = writeln!(
+            o,
+            "  startup_timeout       {}",
+            format_duration(s.startup_timeout)
+        );
+        let _ = writeln!(
+            o,
+            "  request_timeout       {}",
+            format_duration(s.request_timeout.unwrap_or(g.request_timeout))
+        );
+    }
+    for c in p.clients.values() {
+        let _ = writeln!(o, "\n[clients.{}]", c.name);
+        let _ = writeln!(
+            o,
+            "  token_sha256          {}",
+            c.token_sha256
+                .as_deref()
+                .unwrap_or("(none: cannot authenticate)")
+        );
+        let _ = writeln!(
+            o,
+            "  allow                 {}",
+            if c.allow.is_empty() {
+                "all".into()
+            } else {
+                c.allow.join(", ")
+            }
+        );
+        let _ = writeln!(o, "  deny                  {}", list(&c.deny));
+    }
+    o
+}
+
+fn quoted(v: &[String]) -> String {
+    let items: Vec<String> = v
+        .iter()
+        .map(|a| toml::Value::String(a.clone()).to_string())
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+fn env_lines(o: &mut String, env: &std::collections::BTreeMap<String, String>) {
+    for (k, v) in env {
+        let _ = writeln!(o, "  env                   {k}={v}");
+    }
+}
+
+fn extra(v: &[String]) -> String {
+    v.iter().map(|x| format!(", {x}")).collect()
+}
+
+/// Header values are shown unless they look like a literal credential: `show` output gets pasted
+/// into tickets, and a policy that (wrongly) holds a token should not spread it further.
+fn header_for_display(name: &str, value: &str) -> String {
+    let n = name.to_ascii_lowercase();
+    let sensitive = n == "authorization"
+        || n == "cookie"
+        || n.contains("token")
+        || n.contains("key")
+        || n.contains("secret");
+    if sensitive && !value.contains("${secret:") {
+        "<literal value hidden; use ${secret:NAME}>".to_string()
+    } else {
+        value.to_string()
+    }
+}

@@ -1,0 +1,307 @@
+//! Whole-document behaviour of `parse` and `load`: defaults, locations, collected errors.
+
+use super::*;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn errors(src: &str) -> Vec<String> {
+    match parse(src, "p.toml") {
+        Ok(p) => panic!("accepted: {p:?}"),
+        Err(e) => e.diagnostics().iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn one_error(src: &str) -> String {
+    let e = errors(src);
+    assert_eq!(e.len(), 1, "{e:#?}");
+    e[0].clone()
+}
+
+const TIME: &str = "[servers.time]\nruntime = \"process\"\ncommand = \"mcp-server-time\"\n";
+
+#[test]
+fn every_shipped_policy_parses() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policy");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            load(&path).unwrap_or_else(|e| panic!("{e}"));
+            seen += 1;
+        }
+    }
+    assert!(
+        seen >= 3,
+        "expected default, devcontainer and seed in {dir:?}"
+    );
+    let d = default_policy().unwrap();
+    assert_eq!(d.gateway.listen.to_string(), "127.0.0.1:8811");
+    assert!(d.servers.contains_key("time"));
+}
+
+#[test]
+fn defaults_are_filled_in() {
+    let p = parse(TIME, "p.toml").unwrap();
+    let g = &p.gateway;
+    assert_eq!(g.listen.to_string(), "127.0.0.1:8811");
+    assert_eq!(g.naming, Naming::Auto);
+    assert_eq!(p.effective_naming(), Naming::Passthrough);
+    assert_eq!(g.max_body_bytes, 4 << 20);
+    assert_eq!(g.request_timeout, Duration::from_secs(60));
+    assert_eq!(g.session_idle_timeout, Duration::from_secs(1800));
+    assert_eq!(g.max_sessions, 10_000);
+    assert_eq!(g.page_size, 200);
+    assert_eq!(g.sse_keepalive, Duration::from_secs(15));
+    let s = &p.servers["time"];
+    assert_eq!(s.lifecycle, Lifecycle::Shared);
+    assert_eq!(s.startup_timeout, Duration::from_secs(30));
+    assert_eq!(s.request_timeout, None);
+    assert!(s.egress.allow.is_empty());
+    assert_eq!(s.limits, Limits::default());
+    assert_eq!(s.rate, None);
+}
+
+#[test]
+fn a_full_server_is_read_exactly() {
+    let src = r#"
+[gateway]
+max_body_bytes = 1048576
+[servers.fs]
+runtime = "docker"
+image = "img:1"
+command = ["serve", "/data"]
+env = { LOG = "debug" }
+user = "1000:1000"
+mounts = [{ source = "data", target = "/data" }, { source = "/abs", target = "/w", read_only = false }]
+lifecycle = "per-call"
+pool = 3
+egress.allow = ["api.github.com:443", "[2001:db8::/32]:443"]
+limits = { memory = "1g", cpus = 2, pids = 50 }
+secrets = { TOKEN = "env:GH_TOKEN", KEY = "file:keys/k", DB = "dotenv:.env#DB_URL" }
+rate = { quota = "10/s", burst = 20 }
+tools = { allow = ["read_*"], deny = ["read_secret"] }
+startup_timeout = "250ms"
+request_timeout = "5m"
+"#;
+    let p = parse_in(src, "p.toml", Some(std::path::Path::new("/etc/pc"))).unwrap();
+    assert_eq!(p.gateway.max_body_bytes, 1 << 20);
+    let s = &p.servers["fs"];
+    let Runtime::Docker(d) = &s.runtime else {
+        panic!("{:?}", s.runtime)
+    };
+    assert_eq!(d.command, ["serve", "/data"]);
+    assert_eq!(d.mounts[0].source, PathBuf::from("/etc/pc/data"));
+    assert!(d.mounts[0].read_only);
+    assert_eq!(d.mounts[1].source, PathBuf::from("/abs"));
+    assert!(!d.mounts[1].read_only);
+    assert_eq!(d.pool, 3);
+    assert_eq!(s.lifecycle, Lifecycle::PerCall);
+    assert_eq!(s.egress.allow.len(), 2);
+    assert_eq!(
+        s.limits,
+        Limits {
+            memory_bytes: 1 << 30,
+            cpus: 2.0,
+            pids: 50
+        }
+    );
+    assert_eq!(s.secrets["TOKEN"], SecretRef::Env("GH_TOKEN".into()));
+    assert_eq!(s.secrets["KEY"], SecretRef::File("/etc/pc/keys/k".into()));
+    assert_eq!(
+        s.secrets["DB"],
+        SecretRef::Dotenv {
+            path: "/etc/pc/.env".into(),
+            key: "DB_URL".into()
+        }
+    );
+    assert_eq!(
+        s.rate,
+        Some(Rate {
+            count: 10,
+            per: Duration::from_secs(1),
+            burst: 20
+        })
+    );
+    assert!(
+        s.tools.permits("read_file")
+            && !s.tools.permits("read_secret")
+            && !s.tools.permits("write")
+    );
+    assert_eq!(s.startup_timeout, Duration::from_millis(250));
+    assert_eq!(s.request_timeout, Some(Duration::from_secs(300)));
+}
+
+#[test]
+fn unknown_keys_are_located_and_named() {
+    let e = one_error("[servers.time]\nruntime = \"process\"\ncomand = \"x\"\n");
+    assert!(
+        e.starts_with("p.toml:3:1: error: unknown key `comand` in [servers.time]; expected one of: runtime, command,"),
+        "{e}"
+    );
+    assert!(e.ends_with("(did you mean `command`?)"), "{e}");
+    let e = one_error("[gateway]\nlisten = \"127.0.0.1:1\"\nlisen = 1\n");
+    assert!(
+        e.starts_with("p.toml:3:1: error: unknown key `lisen` in [gateway]"),
+        "{e}"
+    );
+    let e = one_error("[serverz.time]\n");
+    assert!(
+        e.starts_with("p.toml:1:2: error: unknown key `serverz` at the top level"),
+        "{e}"
+    );
+    let e = one_error(&format!("{TIME}egress = {{ allow = [], deny = [] }}\n"));
+    assert!(
+        e.starts_with("p.toml:4:24: error: unknown key `deny` in [servers.time.egress]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn type_errors_are_located() {
+    let e = one_error(&format!("{TIME}[servers.time.limits]\npids = \"many\"\n"));
+    assert_eq!(
+        e,
+        "p.toml:5:8: error: wrong type for `pids` in [servers.time.limits]: found string \"many\"; expected a non-negative integer"
+    );
+    let e = one_error("[gateway]\npage_size = \"x\"\n");
+    assert!(
+        e.starts_with("p.toml:2:13: error: wrong type for `page_size` in [gateway]"),
+        "{e}"
+    );
+}
+
+#[test]
+fn missing_runtime_and_syntax_errors() {
+    let e = one_error("[servers.time]\ncommand = \"x\"\n");
+    assert!(
+        e.contains("missing required key `runtime` in [servers.time]"),
+        "{e}"
+    );
+    let e = one_error("[servers.time]\nruntime = \"process\"\nruntime = \"docker\"\n");
+    assert!(e.starts_with("p.toml:3:"), "{e}");
+    assert!(e.contains("invalid TOML"), "{e}");
+}
+
+#[test]
+fn semantic_errors_are_all_reported() {
+    let src = r#"[gateway]
+naming = "passthrough"
+listen = "localhost:8811"
+[servers.a_b]
+runtime = "process"
+command = "x"
+image = "y"
+[servers.c]
+runtime = "remote"
+url = "ftp://x"
+egress.allow = ["*.com:443"]
+"#;
+    let e = errors(src);
+    let want = [
+        "p.toml:3:10: error: invalid listen address",
+        "p.toml:4:10: error: server name `a_b` is invalid",
+        "p.toml:7:1: error: `image` is not a key of a runtime = \"process\" server",
+        "p.toml:10:7: error: url \"ftp://x\"",
+        "p.toml:11:17: error: wildcard",
+        "p.toml:2:10: error: naming = \"passthrough\" needs exactly one server, but 2",
+    ];
+    assert_eq!(e.len(), want.len(), "{e:#?}");
+    for w in want {
+        assert!(e.iter().any(|x| x.starts_with(w)), "no {w:?} in {e:#?}");
+    }
+}
+
+#[test]
+fn runtime_rules() {
+    let e = one_error(
+        "[servers.t]\nruntime = \"process\"\ncommand = \"x\"\nlifecycle = \"per-session\"\n",
+    );
+    assert!(
+        e.starts_with("p.toml:4:1: error: lifecycle = \"per-session\" needs runtime = \"docker\""),
+        "{e}"
+    );
+    let e = one_error("[servers.t]\nruntime = \"docker\"\nimage = \"i\"\npool = 2\n");
+    assert!(e.contains("warm pool"), "{e}");
+    let e = one_error("[servers.t]\nruntime = \"docker\"\n");
+    assert!(
+        e.starts_with("p.toml:2:11: error: [servers.t] has runtime = \"docker\" but no `image`"),
+        "{e}"
+    );
+    let e = one_error("[servers.t]\nruntime = \"lambda\"\n");
+    assert!(e.contains("unknown runtime \"lambda\""), "{e}");
+    let e = one_error("[servers.t]\nruntime = \"remote\"\nurl = \"https://x/mcp\"\nheaders = { A = \"${secret:T}\" }\n");
+    assert!(e.contains("declares no secret `T`"), "{e}");
+    let e = one_error("[servers.t]\nruntime = \"remote\"\nurl = \"http://x/mcp\"\nheaders = { A = \"${secret:T}\" }\nsecrets = { T = \"env:T\" }\n");
+    assert!(e.contains("plain http"), "{e}");
+    let e = one_error(&format!(
+        "{TIME}env = {{ T = \"a\" }}\nsecrets = {{ T = \"env:T\" }}\n"
+    ));
+    assert!(e.contains("both in env and in secrets"), "{e}");
+    let e = one_error(&format!("{TIME}secrets = {{ T = \"ghp_pasted_value\" }}\n"));
+    assert!(
+        !e.contains("ghp_pasted_value"),
+        "a secret value must not be echoed: {e}"
+    );
+}
+
+#[test]
+fn clients() {
+    let ok = format!(
+        "{TIME}[clients.ci]\ntoken_sha256 = \"{}\"\nallow = [\"time__*\"]\n",
+        "ab".repeat(32)
+    );
+    let p = parse(&ok, "p.toml").unwrap();
+    assert_eq!(p.clients["ci"].allow, ["time__*"]);
+    let e = one_error(&ok.replace("time__*", "tme__*"));
+    assert!(
+        e.contains("names server `tme`, which is not configured; configured servers: time"),
+        "{e}"
+    );
+    let e = one_error(&ok.replace(&"ab".repeat(32), &"AB".repeat(32)));
+    assert!(e.contains("lower-case"), "{e}");
+    let two = format!(
+        "{ok}[clients.other]\ntoken_sha256 = \"{}\"\n",
+        "ab".repeat(32)
+    );
+    assert!(one_error(&two).contains("same token"));
+}
+
+#[test]
+fn load_reports_unreadable_files() {
+    let e = load(std::path::Path::new("/nonexistent/p.toml")).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("/nonexistent/p.toml: error: cannot read policy"),
+        "{e}"
+    );
+}
+
+#[test]
+fn damaged_documents_give_errors_not_panics() {
+    let seed =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policy/seed.toml"))
+            .unwrap();
+    let cuts: Vec<usize> = seed.char_indices().map(|(i, _)| i).step_by(7).collect();
+    for &i in &cuts {
+        let _ = parse(&seed[..i], "cut.toml");
+        let mut spliced = seed.clone();
+        spliced.insert_str(i, "\"x\" = [1, \"é\"]\n");
+        if let Err(e) = parse(&spliced, "spliced.toml") {
+            for d in e.diagnostics() {
+                assert!(d.line >= 1 && d.column >= 1, "{d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn show_hides_literal_credentials() {
+    let p = parse(
+        "[servers.r]\nruntime = \"remote\"\nurl = \"https://x/mcp\"\nheaders = { Authorization = \"Bearer abc123\", X-Team = \"core\" }\n",
+        "p.toml",
+    )
+    .unwrap();
+    let out = show::render(&p);
+    assert!(!out.contains("abc123"), "{out}");
+    assert!(out.contains("X-Team: core"), "{out}");
+}

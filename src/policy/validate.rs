@@ -1,0 +1,929 @@
+//! Raw TOML structs -> the validated [`Policy`]. Collects every semantic error instead of stopping
+//! at the first, so one `policy check` run shows everything to fix.
+
+use super::egress::parse_egress;
+use super::error::Diagnostic;
+use super::location::{key_start, line_col};
+use super::model::*;
+use super::raw::*;
+use super::units::{parse_duration, parse_rate, parse_size};
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use toml::{Spanned, Value};
+
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8811";
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
+pub const DEFAULT_PAGE_SIZE: usize = 200;
+pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Docker refuses containers with less memory than this.
+const MIN_MEMORY: u64 = 6 << 20;
+const MAX_POOL: u64 = 32;
+
+const PROCESS_KEYS: &[&str] = &["command", "args", "env", "cwd"];
+const DOCKER_KEYS: &[&str] = &["image", "command", "env", "user", "mounts", "pool"];
+const REMOTE_KEYS: &[&str] = &["url", "headers"];
+
+struct Checker<'a> {
+    src: &'a str,
+    origin: &'a str,
+    base: Option<&'a Path>,
+    diags: Vec<Diagnostic>,
+}
+
+/// Validates `raw`; `base` is the policy file's directory, against which relative paths resolve.
+pub fn validate(
+    raw: RawPolicy,
+    src: &str,
+    origin: &str,
+    base: Option<&Path>,
+) -> Result<Policy, Vec<Diagnostic>> {
+    let mut c = Checker {
+        src,
+        origin,
+        base,
+        diags: Vec::new(),
+    };
+    let (gateway, naming_at) = c.gateway(raw.gateway.unwrap_or_default());
+    // Judged on what was written, so a server that fails validation still counts.
+    let written_servers = raw.servers.0.len();
+    let server_names: BTreeSet<String> = raw
+        .servers
+        .0
+        .iter()
+        .map(|(n, _)| n.get_ref().clone())
+        .collect();
+    let mut servers = BTreeMap::new();
+    for (name, rs) in raw.servers.0 {
+        if let Some(s) = c.server(&name, rs) {
+            servers.insert(name.into_inner(), s);
+        }
+    }
+    if gateway.naming == Naming::Passthrough && written_servers != 1 {
+        c.error(
+            naming_at,
+            format!(
+                "naming = \"passthrough\" needs exactly one server, but {} are configured; use \"prefix\" or \"auto\" so tool names stay unique",
+                written_servers
+            ),
+        );
+    }
+    let mut clients = BTreeMap::new();
+    let mut tokens: BTreeMap<String, String> = BTreeMap::new();
+    for (name, rc) in raw.clients.0 {
+        if let Some(cl) = c.client(&name, rc, &server_names, &mut tokens) {
+            clients.insert(name.into_inner(), cl);
+        }
+    }
+    if !c.diags.is_empty() {
+        return Err(c.diags);
+    }
+    Ok(Policy {
+        origin: origin.to_string(),
+        gateway,
+        servers,
+        clients,
+    })
+}
+
+pub(crate) fn is_env_name(s: &str) -> bool {
+    let mut b = s.bytes();
+    b.next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == b'_')
+        && b.all(|c| c.is_ascii_alphanumeric() || c == b'_')
+}
+
+pub fn is_server_name(s: &str) -> bool {
+    (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// A valid server name close to `s`, for suggestions.
+pub fn sanitize_server_name(s: &str) -> String {
+    let mut out = String::new();
+    for ch in s.chars() {
+        if ch.is_ascii_alphanumeric() {
+            out.push(ch);
+        } else if !out.ends_with('-') && !out.is_empty() {
+            out.push('-');
+        }
+    }
+    let mut out: String = out.chars().take(32).collect();
+    while out.ends_with('-') {
+        out.pop();
+    }
+    if out.is_empty() {
+        "server".to_string()
+    } else {
+        out
+    }
+}
+
+fn value_kind(v: &Value) -> &'static str {
+    match v {
+        Value::String(_) => "a string",
+        Value::Integer(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Boolean(_) => "a boolean",
+        Value::Datetime(_) => "a date-time",
+        Value::Array(_) => "an array",
+        Value::Table(_) => "a table",
+    }
+}
+
+impl Checker<'_> {
+    fn error(&mut self, at: usize, message: impl Into<String>) {
+        let (line, column) = line_col(self.src, at);
+        self.diags.push(Diagnostic {
+            origin: self.origin.to_string(),
+            line,
+            column,
+            message: message.into(),
+        });
+    }
+
+    /// Where to point for a problem with key `key` whose value starts at `value_at`.
+    fn key_at(&self, value_at: usize, key: &str) -> usize {
+        key_start(self.src, value_at, key).unwrap_or(value_at)
+    }
+
+    fn resolve(&self, p: &str) -> PathBuf {
+        let p = PathBuf::from(p);
+        match self.base {
+            Some(base) if p.is_relative() => base.join(p),
+            _ => p,
+        }
+    }
+
+    fn duration(&mut self, v: &Option<Spanned<Value>>, key: &str) -> Option<Duration> {
+        let v = v.as_ref()?;
+        let at = v.span().start;
+        match v.get_ref() {
+            Value::String(s) => match parse_duration(s) {
+                Ok(d) => Some(d),
+                Err(e) => {
+                    self.error(at, format!("`{key}`: {e}"));
+                    None
+                }
+            },
+            Value::Integer(n) => {
+                self.error(at, format!("`{key}` needs a unit; write \"{n}s\" for seconds or \"{n}ms\" for milliseconds"));
+                None
+            }
+            other => {
+                self.error(
+                    at,
+                    format!(
+                        "`{key}` must be a duration string like \"30s\", not {}",
+                        value_kind(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, v: &Option<Spanned<Value>>, key: &str) -> Option<u64> {
+        let v = v.as_ref()?;
+        let at = v.span().start;
+        match v.get_ref() {
+            Value::String(s) => match parse_size(s) {
+                Ok(n) => Some(n),
+                Err(e) => {
+                    self.error(at, format!("`{key}`: {e}"));
+                    None
+                }
+            },
+            Value::Integer(n) if *n > 0 => Some(*n as u64),
+            Value::Integer(_) => {
+                self.error(at, format!("`{key}` must be greater than zero"));
+                None
+            }
+            other => {
+                self.error(
+                    at,
+                    format!(
+                        "`{key}` must be a size like \"512m\" or a number of bytes, not {}",
+                        value_kind(other)
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    fn count(&mut self, v: &Option<Spanned<u64>>, key: &str, range: (u64, u64)) -> Option<u64> {
+        let v = v.as_ref()?;
+        let n = *v.get_ref();
+        if n < range.0 || n > range.1 {
+            self.error(
+                v.span().start,
+                format!(
+                    "`{key}` = {n} is out of range; use {} to {}",
+                    range.0, range.1
+                ),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
+    fn strings(v: &Option<Vec<Str>>) -> Vec<String> {
+        v.iter().flatten().map(|s| s.get_ref().clone()).collect()
+    }
+
+    fn gateway(&mut self, g: RawGateway) -> (Gateway, usize) {
+        let listen = match &g.listen {
+            None => SocketAddr::from(([127, 0, 0, 1], 8811)),
+            Some(l) => l.get_ref().parse().unwrap_or_else(|_| {
+                self.error(l.span().start, format!("invalid listen address \"{}\"; use IP:PORT, like \"{DEFAULT_LISTEN}\" (host names are not resolved)", l.get_ref()));
+                SocketAddr::from(([127, 0, 0, 1], 8811))
+            }),
+        };
+        let naming_at = g.naming.as_ref().map_or(0, |n| n.span().start);
+        let naming = match g.naming.as_ref().map(|n| n.get_ref().as_str()) {
+            None | Some("auto") => Naming::Auto,
+            Some("prefix") => Naming::Prefix,
+            Some("passthrough") => Naming::Passthrough,
+            Some(other) => {
+                self.error(
+                    naming_at,
+                    format!(
+                        "unknown naming \"{other}\"; use \"auto\", \"prefix\" or \"passthrough\""
+                    ),
+                );
+                Naming::Auto
+            }
+        };
+        for o in g.allowed_origins.iter().flatten() {
+            if let Err(e) = check_origin(o.get_ref()) {
+                self.error(o.span().start, e);
+            }
+        }
+        for h in g.allowed_hosts.iter().flatten() {
+            let s = h.get_ref();
+            if s.is_empty()
+                || s.contains("://")
+                || s.contains('/')
+                || s.chars().any(char::is_whitespace)
+            {
+                self.error(h.span().start, format!("invalid allowed host \"{s}\"; write a Host header value: a host or host:port, like \"gateway.internal:8811\""));
+            }
+        }
+        let max_body_bytes = self
+            .size(&g.max_body_bytes, "max_body_bytes")
+            .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let gw = Gateway {
+            listen,
+            naming,
+            allowed_origins: Self::strings(&g.allowed_origins),
+            allowed_hosts: Self::strings(&g.allowed_hosts),
+            max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            request_timeout: self
+                .duration(&g.request_timeout, "request_timeout")
+                .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
+            session_idle_timeout: self
+                .duration(&g.session_idle_timeout, "session_idle_timeout")
+                .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT),
+            max_sessions: self
+                .count(&g.max_sessions, "max_sessions", (1, 1_000_000))
+                .map_or(DEFAULT_MAX_SESSIONS, |n| n as usize),
+            page_size: self
+                .count(&g.page_size, "page_size", (1, 10_000))
+                .map_or(DEFAULT_PAGE_SIZE, |n| n as usize),
+            sse_keepalive: self
+                .duration(&g.sse_keepalive, "sse_keepalive")
+                .unwrap_or(DEFAULT_SSE_KEEPALIVE),
+        };
+        (gw, naming_at)
+    }
+
+    fn server(&mut self, name: &Str, rs: RawServer) -> Option<Server> {
+        let n = name.get_ref().as_str();
+        let before = self.diags.len();
+        if !is_server_name(n) {
+            let why = if n.contains('_') {
+                "`_` is not allowed because `__` separates server and tool in `server__tool`"
+            } else {
+                "names are 1-32 letters, digits or `-`"
+            };
+            self.error(
+                name.span().start,
+                format!(
+                    "server name `{n}` is invalid: {why}; rename it, e.g. `{}`",
+                    sanitize_server_name(n)
+                ),
+            );
+        }
+        let rt = rs.runtime.get_ref().as_str();
+        let allowed = match rt {
+            "process" => PROCESS_KEYS,
+            "docker" => DOCKER_KEYS,
+            "remote" => REMOTE_KEYS,
+            other => {
+                self.error(
+                    rs.runtime.span().start,
+                    format!("unknown runtime \"{other}\" in [servers.{n}]; use \"process\", \"docker\" or \"remote\""),
+                );
+                return None;
+            }
+        };
+        let present: [(&str, Option<usize>); 10] = [
+            ("command", rs.command.as_ref().map(|v| v.span().start)),
+            ("args", rs.args.as_ref().map(|v| v.span().start)),
+            ("env", rs.env.as_ref().map(|v| v.span().start)),
+            ("cwd", rs.cwd.as_ref().map(|v| v.span().start)),
+            ("image", rs.image.as_ref().map(|v| v.span().start)),
+            ("user", rs.user.as_ref().map(|v| v.span().start)),
+            ("mounts", rs.mounts.as_ref().map(|v| v.span().start)),
+            ("pool", rs.pool.as_ref().map(|v| v.span().start)),
+            ("url", rs.url.as_ref().map(|v| v.span().start)),
+            ("headers", rs.headers.as_ref().map(|v| v.span().start)),
+        ];
+        for (key, at) in present {
+            if let (Some(at), false) = (at, allowed.contains(&key)) {
+                let owners: Vec<&str> = [
+                    ("process", PROCESS_KEYS),
+                    ("docker", DOCKER_KEYS),
+                    ("remote", REMOTE_KEYS),
+                ]
+                .iter()
+                .filter(|(_, keys)| keys.contains(&key))
+                .map(|(r, _)| *r)
+                .collect();
+                self.error(
+                    self.key_at(at, key),
+                    format!(
+                        "`{key}` is not a key of a runtime = \"{rt}\" server [servers.{n}] (it belongs to runtime = \"{}\"); remove it, or use only: {}",
+                        owners.join("\" or \""),
+                        allowed.join(", ")
+                    ),
+                );
+            }
+        }
+
+        let secrets = self.secrets(&rs.secrets);
+        let env = self.env(&rs.env, &rs.secrets);
+        let runtime = match rt {
+            "process" => self.process(n, &rs, env),
+            "docker" => self.docker(n, &rs, env),
+            _ => self.remote(n, &rs, &secrets),
+        };
+
+        let lifecycle = match rs
+            .lifecycle
+            .as_ref()
+            .map(|l| (l.get_ref().as_str(), l.span().start))
+        {
+            None | Some(("shared", _)) => Lifecycle::Shared,
+            Some((l @ ("per-session" | "per-call"), at)) => {
+                if rt != "docker" {
+                    self.error(
+                        self.key_at(at, "lifecycle"),
+                        format!("lifecycle = \"{l}\" needs runtime = \"docker\" ([servers.{n}] is \"{rt}\"); use lifecycle = \"shared\" or run the server in Docker"),
+                    );
+                }
+                if l == "per-session" {
+                    Lifecycle::PerSession
+                } else {
+                    Lifecycle::PerCall
+                }
+            }
+            Some((other, at)) => {
+                self.error(at, format!("unknown lifecycle \"{other}\"; use \"shared\", \"per-session\" or \"per-call\""));
+                Lifecycle::Shared
+            }
+        };
+        if let (Some(p), Lifecycle::Shared, "docker") = (&rs.pool, lifecycle, rt) {
+            if *p.get_ref() > 0 {
+                self.error(
+                    self.key_at(p.span().start, "pool"),
+                    "a warm pool only helps lifecycle = \"per-session\" or \"per-call\"; remove `pool` or change the lifecycle",
+                );
+            }
+        }
+
+        let mut egress = Egress::default();
+        for r in rs.egress.iter().flat_map(|e| e.allow.iter().flatten()) {
+            match parse_egress(r.get_ref()) {
+                Ok(rule) => egress.allow.push(rule),
+                Err(e) => self.error(r.span().start, e),
+            }
+        }
+
+        let limits = self.limits(rs.limits.unwrap_or_default());
+        let rate = self.rate(&rs.rate);
+        let tools = ToolFilter {
+            allow: self.patterns(&rs.tools.as_ref().and_then(|t| t.allow.clone()), false),
+            deny: self.patterns(&rs.tools.as_ref().and_then(|t| t.deny.clone()), false),
+        };
+        let startup_timeout = self
+            .duration(&rs.startup_timeout, "startup_timeout")
+            .unwrap_or(DEFAULT_STARTUP_TIMEOUT);
+        let request_timeout = self.duration(&rs.request_timeout, "request_timeout");
+
+        if self.diags.len() != before {
+            return None;
+        }
+        Some(Server {
+            name: n.to_string(),
+            runtime: runtime?,
+            lifecycle,
+            egress,
+            limits,
+            secrets,
+            rate,
+            tools,
+            startup_timeout,
+            request_timeout,
+        })
+    }
+
+    fn secrets(&mut self, raw: &Option<StrMap>) -> BTreeMap<String, SecretRef> {
+        let mut out = BTreeMap::new();
+        for (k, v) in raw.iter().flatten() {
+            if !is_env_name(k.get_ref()) {
+                self.error(k.span().start, format!("secret name `{}` is not a valid environment variable name; use letters, digits and `_`, not starting with a digit", k.get_ref()));
+            }
+            match parse_secret_ref(v.get_ref()) {
+                Ok(r) => {
+                    let r = match r {
+                        SecretRef::File(p) => SecretRef::File(self.resolve(&p.to_string_lossy())),
+                        SecretRef::Dotenv { path, key } => SecretRef::Dotenv {
+                            path: self.resolve(&path.to_string_lossy()),
+                            key,
+                        },
+                        env => env,
+                    };
+                    out.insert(k.get_ref().clone(), r);
+                }
+                Err(e) => self.error(v.span().start, e),
+            }
+        }
+        out
+    }
+
+    fn env(
+        &mut self,
+        raw: &Option<Spanned<StrMap>>,
+        secrets: &Option<StrMap>,
+    ) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        for (k, v) in raw.iter().flat_map(|m| m.get_ref().iter()) {
+            let name = k.get_ref();
+            if !is_env_name(name) {
+                self.error(k.span().start, format!("environment variable name `{name}` is invalid; use letters, digits and `_`, not starting with a digit"));
+            }
+            if secrets.iter().flatten().any(|(s, _)| s.get_ref() == name) {
+                self.error(
+                    k.span().start,
+                    format!("`{name}` is set both in env and in secrets; keep it only in secrets"),
+                );
+            }
+            out.insert(name.clone(), v.get_ref().clone());
+        }
+        out
+    }
+
+    fn process(
+        &mut self,
+        n: &str,
+        rs: &RawServer,
+        env: BTreeMap<String, String>,
+    ) -> Option<Runtime> {
+        let command = match rs.command.as_ref().map(|c| (c.get_ref(), c.span().start)) {
+            Some((Value::String(s), at)) if s.trim().is_empty() => {
+                self.error(at, "`command` is empty; name the program to run");
+                None
+            }
+            Some((Value::String(s), _)) => Some(s.clone()),
+            Some((Value::Array(_), at)) => {
+                self.error(at, "for runtime = \"process\", `command` is a string (the program) and its arguments go in `args`, like command = \"uvx\", args = [\"mcp-server-time\"]");
+                None
+            }
+            Some((other, at)) => {
+                self.error(
+                    at,
+                    format!("`command` must be a string, not {}", value_kind(other)),
+                );
+                None
+            }
+            None => {
+                self.error(self.server_at(rs), format!("[servers.{n}] has runtime = \"process\" but no `command`; add command = \"program\""));
+                None
+            }
+        }?;
+        Some(Runtime::Process(ProcessSpec {
+            command,
+            args: rs
+                .args
+                .as_ref()
+                .map(|a| a.get_ref().clone())
+                .unwrap_or_default(),
+            env,
+            cwd: rs.cwd.as_ref().map(|c| self.resolve(c.get_ref())),
+        }))
+    }
+
+    fn server_at(&self, rs: &RawServer) -> usize {
+        rs.runtime.span().start
+    }
+
+    fn docker(
+        &mut self,
+        n: &str,
+        rs: &RawServer,
+        env: BTreeMap<String, String>,
+    ) -> Option<Runtime> {
+        let image = match &rs.image {
+            Some(i)
+                if i.get_ref().trim().is_empty()
+                    || i.get_ref().chars().any(char::is_whitespace) =>
+            {
+                self.error(
+                    i.span().start,
+                    format!(
+                        "invalid image \"{}\"; name an image like \"portcullis/mcp-time:local\"",
+                        i.get_ref()
+                    ),
+                );
+                None
+            }
+            Some(i) => Some(i.get_ref().clone()),
+            None => {
+                self.error(self.server_at(rs), format!("[servers.{n}] has runtime = \"docker\" but no `image`; add image = \"name:tag\""));
+                None
+            }
+        };
+        let command = match rs.command.as_ref().map(|c| (c.get_ref(), c.span().start)) {
+            None => Vec::new(),
+            Some((Value::Array(items), at)) => {
+                let strs: Vec<String> = items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect();
+                if strs.len() != items.len() {
+                    self.error(at, "every element of `command` must be a string");
+                }
+                strs
+            }
+            Some((Value::String(s), at)) => {
+                self.error(
+                    at,
+                    format!(
+                        "for runtime = \"docker\", `command` is an array, like command = [{}]",
+                        toml::Value::String(s.clone())
+                    ),
+                );
+                Vec::new()
+            }
+            Some((other, at)) => {
+                self.error(
+                    at,
+                    format!(
+                        "`command` must be an array of strings, not {}",
+                        value_kind(other)
+                    ),
+                );
+                Vec::new()
+            }
+        };
+        if let Some(u) = &rs.user {
+            let user = u.get_ref();
+            let uid = user.split(':').next().unwrap_or_default();
+            if uid == "root" || uid == "0" {
+                self.error(u.span().start, format!("user = \"{user}\" runs the server as root inside its container; use a non-root user like \"65534:65534\" or leave `user` out to keep the image's non-root user"));
+            }
+        }
+        let mut mounts = Vec::new();
+        for m in rs.mounts.iter().flat_map(|m| m.get_ref().iter()) {
+            let src = m.source.get_ref();
+            let tgt = m.target.get_ref();
+            if src.trim().is_empty() {
+                self.error(
+                    m.source.span().start,
+                    "mount `source` is empty; name a host path",
+                );
+            } else if src.trim_end_matches('/').is_empty() {
+                self.error(m.source.span().start, "mounting the host's root directory gives the server the whole machine; mount only the directory it needs");
+            } else if src.ends_with("docker.sock") {
+                self.error(m.source.span().start, "mounting the Docker socket lets the server escape its sandbox; remove this mount");
+            }
+            if !tgt.starts_with('/') {
+                self.error(m.target.span().start, format!("mount target \"{tgt}\" must be an absolute path inside the container, like \"/workspace\""));
+            }
+            mounts.push(Mount {
+                source: self.resolve(src),
+                target: PathBuf::from(tgt),
+                read_only: m.read_only.as_ref().is_none_or(|r| *r.get_ref()),
+            });
+        }
+        let pool = self.count(&rs.pool, "pool", (0, MAX_POOL)).unwrap_or(0) as usize;
+        Some(Runtime::Docker(DockerSpec {
+            image: image?,
+            command,
+            env,
+            user: rs.user.as_ref().map(|u| u.get_ref().clone()),
+            mounts,
+            pool,
+        }))
+    }
+
+    fn remote(
+        &mut self,
+        n: &str,
+        rs: &RawServer,
+        secrets: &BTreeMap<String, SecretRef>,
+    ) -> Option<Runtime> {
+        let url = match &rs.url {
+            Some(u) => match check_url(u.get_ref()) {
+                Ok(()) => Some(u.get_ref().clone()),
+                Err(e) => {
+                    self.error(u.span().start, e);
+                    None
+                }
+            },
+            None => {
+                self.error(self.server_at(rs), format!("[servers.{n}] has runtime = \"remote\" but no `url`; add url = \"https://...\""));
+                None
+            }
+        };
+        let plain_http = url.as_deref().is_some_and(|u| u.starts_with("http://"));
+        let mut headers = BTreeMap::new();
+        for (k, v) in rs.headers.iter().flat_map(|h| h.get_ref().iter()) {
+            let name = k.get_ref();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+            {
+                self.error(k.span().start, format!("invalid HTTP header name `{name}`"));
+            }
+            match secret_refs(v.get_ref()) {
+                Ok(refs) => {
+                    for r in &refs {
+                        if !secrets.contains_key(r) {
+                            self.error(v.span().start, format!("header `{name}` uses ${{secret:{r}}} but [servers.{n}] declares no secret `{r}`; add secrets = {{ {r} = \"env:{r}\" }}"));
+                        }
+                    }
+                    if plain_http && !refs.is_empty() {
+                        self.error(v.span().start, format!("header `{name}` would send a secret over plain http; use an https:// url"));
+                    }
+                }
+                Err(e) => self.error(v.span().start, e),
+            }
+            headers.insert(name.clone(), v.get_ref().clone());
+        }
+        Some(Runtime::Remote(RemoteSpec { url: url?, headers }))
+    }
+
+    fn limits(&mut self, l: RawLimits) -> Limits {
+        let d = Limits::default();
+        let memory_bytes = match self.size(&l.memory, "memory") {
+            Some(m) if m < MIN_MEMORY => {
+                let at = l.memory.as_ref().map_or(0, |m| m.span().start);
+                self.error(
+                    at,
+                    "`memory` is below Docker's minimum of 6m; use at least \"6m\"",
+                );
+                d.memory_bytes
+            }
+            Some(m) => m,
+            None => d.memory_bytes,
+        };
+        let cpus = match l.cpus.as_ref().map(|c| (c.get_ref(), c.span().start)) {
+            None => d.cpus,
+            Some((v, at)) => {
+                let x = match v {
+                    Value::Float(f) => Some(*f),
+                    Value::Integer(i) => Some(*i as f64),
+                    _ => None,
+                };
+                match x {
+                    Some(x) if x.is_finite() && x > 0.0 && x <= 1024.0 => x,
+                    _ => {
+                        self.error(at, "`cpus` must be a number greater than 0, like 0.5 or 2");
+                        d.cpus
+                    }
+                }
+            }
+        };
+        let pids = self
+            .count(&l.pids, "pids", (1, 1 << 22))
+            .map_or(d.pids, |n| n as u32);
+        Limits {
+            memory_bytes,
+            cpus,
+            pids,
+        }
+    }
+
+    fn rate(&mut self, v: &Option<Spanned<Value>>) -> Option<Rate> {
+        let v = v.as_ref()?;
+        let at = v.span().start;
+        let (quota, quota_at, burst) = match v.get_ref() {
+            Value::String(s) => (s.clone(), at, None),
+            Value::Table(t) => {
+                for k in t.keys() {
+                    if k != "quota" && k != "burst" {
+                        self.error(
+                            at,
+                            format!("unknown key `{k}` in `rate`; expected one of: quota, burst"),
+                        );
+                        return None;
+                    }
+                }
+                let quota = match t.get("quota") {
+                    Some(Value::String(s)) => s.clone(),
+                    _ => {
+                        self.error(at, "`rate` needs quota = \"120/min\" (a string)");
+                        return None;
+                    }
+                };
+                let burst = match t.get("burst") {
+                    None => None,
+                    Some(Value::Integer(b)) if *b >= 1 && *b <= i64::from(u32::MAX) => {
+                        Some(*b as u32)
+                    }
+                    Some(_) => {
+                        self.error(
+                            at,
+                            "`rate.burst` must be a whole number of calls, at least 1",
+                        );
+                        return None;
+                    }
+                };
+                (quota, at, burst)
+            }
+            other => {
+                self.error(at, format!("`rate` must be a string like \"120/min\" or a table like {{ quota = \"120/min\", burst = 20 }}, not {}", value_kind(other)));
+                return None;
+            }
+        };
+        match parse_rate(&quota) {
+            Ok((count, per)) => Some(Rate {
+                count,
+                per,
+                burst: burst.unwrap_or(count),
+            }),
+            Err(e) => {
+                self.error(quota_at, e);
+                None
+            }
+        }
+    }
+
+    /// Tool patterns (`qualified` = client patterns, written `server__tool`).
+    fn patterns(&mut self, v: &Option<Vec<Str>>, qualified: bool) -> Vec<String> {
+        let mut out = Vec::new();
+        for p in v.iter().flatten() {
+            let s = p.get_ref();
+            if s.is_empty() || s.chars().any(char::is_whitespace) {
+                self.error(p.span().start, format!("invalid tool pattern \"{s}\"; use a tool name, optionally with `*`, like \"get_*\""));
+            } else if !qualified && s.contains("__") {
+                self.error(p.span().start, format!("tool pattern \"{s}\" contains `__`; server tool filters match the server's own tool names, so leave out the `server__` prefix"));
+            }
+            out.push(s.clone());
+        }
+        out
+    }
+
+    fn client(
+        &mut self,
+        name: &Str,
+        rc: RawClient,
+        servers: &BTreeSet<String>,
+        tokens: &mut BTreeMap<String, String>,
+    ) -> Option<Client> {
+        let n = name.get_ref();
+        let before = self.diags.len();
+        if n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            self.error(
+                name.span().start,
+                format!("client name `{n}` is invalid; use 1-64 letters, digits, `-`, `_` or `.`"),
+            );
+        }
+        if let Some(t) = &rc.token_sha256 {
+            let h = t.get_ref();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                self.error(t.span().start, "`token_sha256` must be 64 hex digits: the SHA-256 of the token, e.g. from `printf %s \"$TOKEN\" | sha256sum`");
+            } else if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.error(
+                    t.span().start,
+                    format!(
+                        "`token_sha256` must be lower-case hex; write \"{}\"",
+                        h.to_ascii_lowercase()
+                    ),
+                );
+            } else if let Some(other) = tokens.insert(h.clone(), n.clone()) {
+                self.error(t.span().start, format!("client `{n}` has the same token as client `{other}`; give every client its own token"));
+            }
+        }
+        let allow = self.patterns(&rc.allow, true);
+        let deny = self.patterns(&rc.deny, true);
+        for p in rc.allow.iter().chain(rc.deny.iter()).flatten() {
+            if let Some((server, _)) = p.get_ref().split_once("__") {
+                if !server.contains('*') && !servers.contains(server) && is_server_name(server) {
+                    self.error(p.span().start, format!("pattern \"{}\" names server `{server}`, which is not configured; configured servers: {}", p.get_ref(), if servers.is_empty() { "(none)".to_string() } else { servers.iter().cloned().collect::<Vec<_>>().join(", ") }));
+                }
+            }
+        }
+        if self.diags.len() != before {
+            return None;
+        }
+        Some(Client {
+            name: n.clone(),
+            token_sha256: rc.token_sha256.map(|t| t.into_inner()),
+            allow,
+            deny,
+        })
+    }
+}
+
+fn check_origin(o: &str) -> Result<(), String> {
+    let bad = || {
+        format!("invalid allowed origin \"{o}\"; write scheme://host[:port] without a path, like \"https://app.example.com\"")
+    };
+    let rest = o
+        .strip_prefix("https://")
+        .or_else(|| o.strip_prefix("http://"))
+        .ok_or_else(bad)?;
+    if rest.is_empty() || rest.contains('/') || rest.chars().any(char::is_whitespace) {
+        return Err(bad());
+    }
+    Ok(())
+}
+
+fn check_url(u: &str) -> Result<(), String> {
+    let rest = u
+        .strip_prefix("https://")
+        .or_else(|| u.strip_prefix("http://"))
+        .ok_or_else(|| format!("url \"{u}\" must start with https:// (or http://)"))?;
+    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if host.is_empty() || host.contains('@') || u.chars().any(char::is_whitespace) {
+        return Err(format!("url \"{u}\" has no valid host; write it like \"https://mcp.example.com/mcp\" (credentials go in headers and secrets, not the url)"));
+    }
+    Ok(())
+}
+
+/// Parses `env:NAME`, `file:/path` or `dotenv:.env#NAME` (paths not yet resolved).
+pub fn parse_secret_ref(s: &str) -> Result<SecretRef, String> {
+    const HOW: &str = "use \"env:NAME\", \"file:/run/secrets/name\" or \"dotenv:.env#NAME\"; the secret's value itself never goes in the policy";
+    if let Some(name) = s.strip_prefix("env:") {
+        if is_env_name(name) {
+            return Ok(SecretRef::Env(name.to_string()));
+        }
+        return Err(format!(
+            "invalid environment variable name in \"{s}\"; {HOW}"
+        ));
+    }
+    if let Some(path) = s.strip_prefix("file:") {
+        if !path.is_empty() {
+            return Ok(SecretRef::File(PathBuf::from(path)));
+        }
+        return Err(format!("\"{s}\" names no file; {HOW}"));
+    }
+    if let Some(rest) = s.strip_prefix("dotenv:") {
+        if let Some((path, key)) = rest.rsplit_once('#') {
+            if !path.is_empty() && is_env_name(key) {
+                return Ok(SecretRef::Dotenv {
+                    path: PathBuf::from(path),
+                    key: key.to_string(),
+                });
+            }
+        }
+        return Err(format!("invalid dotenv reference \"{s}\"; {HOW}"));
+    }
+    // The value is not echoed: someone may have pasted the secret itself here.
+    Err(format!("unknown secret source; {HOW}"))
+}
+
+/// The `NAME`s of every `${secret:NAME}` in a header template.
+pub fn secret_refs(t: &str) -> Result<BTreeSet<String>, String> {
+    let mut out = BTreeSet::new();
+    let mut rest = t;
+    while let Some(i) = rest.find("${") {
+        let after = &rest[i + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unclosed `${` in header value; write ${secret:NAME}".to_string())?;
+        let inner = &after[..end];
+        match inner.strip_prefix("secret:") {
+            Some(name) if is_env_name(name) => {
+                out.insert(name.to_string());
+            }
+            _ => return Err(format!("`${{{inner}}}` in header value is not a secret reference; write ${{secret:NAME}} and declare NAME in `secrets`")),
+        }
+        rest = &after[end + 1..];
+    }
+    Ok(out)
+}

@@ -1,0 +1,245 @@
+//! Forwarding one client request to its server: id and progress-token remapping, timeouts,
+//! and cancellation in both directions.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use tokio::sync::oneshot;
+
+use super::{Failure, MessageSink, Router};
+use crate::mcp::{methods, ErrorCode, Id};
+use crate::upstream::{Upstream, UpstreamError};
+
+/// A request in flight at a server, seen from the server's side.
+struct Flight {
+    session: Arc<str>,
+    client_id: Id,
+    related: Option<Arc<dyn MessageSink>>,
+    /// Order of arrival, so that server-initiated messages go to the newest caller.
+    seq: u64,
+    cancel: Option<oneshot::Sender<()>>,
+    progress_token: Option<String>,
+}
+
+/// A session waiting on a server, and the stream of its request if it has one.
+pub(super) type Caller = (Arc<str>, Option<Arc<dyn MessageSink>>);
+
+/// Where a progress notification carrying a gateway token goes.
+#[derive(Clone)]
+pub(super) struct ProgressRoute {
+    pub session: Arc<str>,
+    pub original: Value,
+    pub related: Option<Arc<dyn MessageSink>>,
+}
+
+#[derive(Default)]
+struct Table {
+    by_upstream: HashMap<(Arc<str>, u64), Flight>,
+    by_client: HashMap<(Arc<str>, Id), (Arc<str>, u64)>,
+    progress: HashMap<String, ProgressRoute>,
+    seq: u64,
+}
+
+#[derive(Default)]
+pub(super) struct Flights {
+    table: Mutex<Table>,
+}
+
+impl Flights {
+    fn begin(
+        &self,
+        server: &Arc<str>,
+        upstream_id: u64,
+        mut flight: Flight,
+        progress: Option<ProgressRoute>,
+    ) {
+        let Ok(mut t) = self.table.lock() else { return };
+        t.seq += 1;
+        flight.seq = t.seq;
+        t.by_client.insert(
+            (flight.session.clone(), flight.client_id.clone()),
+            (server.clone(), upstream_id),
+        );
+        if let (Some(token), Some(route)) = (&flight.progress_token, progress) {
+            t.progress.insert(token.clone(), route);
+        }
+        t.by_upstream.insert((server.clone(), upstream_id), flight);
+    }
+
+    fn end(&self, server: &Arc<str>, upstream_id: u64) {
+        let Ok(mut t) = self.table.lock() else { return };
+        if let Some(f) = t.by_upstream.remove(&(server.clone(), upstream_id)) {
+            t.by_client.remove(&(f.session, f.client_id));
+            if let Some(tok) = f.progress_token {
+                t.progress.remove(&tok);
+            }
+        }
+    }
+
+    /// Fires the local cancellation of a client's request; returns where it was sent.
+    fn cancel(&self, session: &str, client_id: &Id) -> Option<(Arc<str>, u64)> {
+        let Ok(mut t) = self.table.lock() else {
+            return None;
+        };
+        let key = (Arc::<str>::from(session), client_id.clone());
+        let (server, upstream_id) = t.by_client.get(&key).cloned()?;
+        if let Some(f) = t.by_upstream.get_mut(&(server.clone(), upstream_id)) {
+            if let Some(c) = f.cancel.take() {
+                let _ = c.send(());
+            }
+        }
+        Some((server, upstream_id))
+    }
+
+    pub fn progress_route(&self, token: &str) -> Option<ProgressRoute> {
+        self.table.lock().ok()?.progress.get(token).cloned()
+    }
+
+    /// The newest request in flight at `server`: whose session a server-initiated message is for.
+    pub fn newest_at(&self, server: &str) -> Option<Caller> {
+        let t = self.table.lock().ok()?;
+        t.by_upstream
+            .iter()
+            .filter(|((s, _), _)| &**s == server)
+            .max_by_key(|(_, f)| f.seq)
+            .map(|(_, f)| (f.session.clone(), f.related.clone()))
+    }
+}
+
+/// Ends a flight however the forwarding future finishes; when it is abandoned before the server
+/// answered (client gone, timeout), tells the server to stop working on it.
+struct FlightGuard<'a> {
+    flights: &'a Flights,
+    up: &'a Arc<Upstream>,
+    server: Arc<str>,
+    upstream_id: u64,
+    notify_server: bool,
+}
+
+impl Drop for FlightGuard<'_> {
+    fn drop(&mut self) {
+        self.flights.end(&self.server, self.upstream_id);
+        if self.notify_server {
+            let up = self.up.clone();
+            let id = self.upstream_id;
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                rt.spawn(async move {
+                    let params = crate::mcp::to_raw(&json!({
+                        "requestId": id,
+                        "reason": "the client abandoned the request or it timed out at the gateway"
+                    }));
+                    up.notify(methods::CANCELLED, Some(params)).await;
+                });
+            }
+        }
+    }
+}
+
+impl Router {
+    pub(super) async fn forward(
+        &self,
+        key: &str,
+        client_id: &Id,
+        server: &Arc<str>,
+        method: &str,
+        mut params: Map<String, Value>,
+        related: Option<Arc<dyn MessageSink>>,
+    ) -> Result<Box<RawValue>, Failure> {
+        let up = self.upstreams.get(server).ok_or_else(|| {
+            Failure::Gateway(
+                ErrorCode::UPSTREAM_UNAVAILABLE,
+                format!("server `{server}` is not configured"),
+            )
+        })?;
+        let session: Arc<str> = self
+            .sessions
+            .get(key)
+            .map(|e| e.info.key.clone())
+            .unwrap_or_else(|| Arc::from(key));
+        let upstream_id = up.next_request_id();
+
+        let mut progress = None;
+        let mut progress_token = None;
+        if let Some(Value::Object(meta)) = params.get_mut("_meta") {
+            if let Some(original) = meta.get("progressToken").cloned() {
+                let token = format!("pc-{}", self.next_token());
+                meta.insert("progressToken".into(), Value::String(token.clone()));
+                progress = Some(ProgressRoute {
+                    session: session.clone(),
+                    original,
+                    related: related.clone(),
+                });
+                progress_token = Some(token);
+            }
+        }
+        let (cancel_tx, cancel_rx) = oneshot::channel();
+        self.flights.begin(
+            server,
+            upstream_id,
+            Flight {
+                session,
+                client_id: client_id.clone(),
+                related,
+                seq: 0,
+                cancel: Some(cancel_tx),
+                progress_token,
+            },
+            progress,
+        );
+        let mut guard = FlightGuard {
+            flights: &self.flights,
+            up,
+            server: server.clone(),
+            upstream_id,
+            notify_server: true,
+        };
+        let call = up.call(
+            upstream_id,
+            method,
+            Some(crate::mcp::to_raw(&params)),
+            self.timeout_for(server),
+        );
+        tokio::select! {
+            outcome = call => {
+                guard.notify_server = matches!(outcome, Err(UpstreamError::Timeout { .. }));
+                match outcome {
+                    Ok(Ok(result)) => Ok(result),
+                    Ok(Err(error)) => Err(Failure::Raw(error)),
+                    Err(e @ UpstreamError::Timeout { .. }) => {
+                        Err(Failure::Gateway(ErrorCode::UPSTREAM_TIMEOUT, e.to_string()))
+                    }
+                    Err(e) => Err(Failure::Gateway(ErrorCode::UPSTREAM_UNAVAILABLE, e.to_string())),
+                }
+            }
+            _ = cancel_rx => {
+                // The client's own notifications/cancelled was already passed on to the server.
+                guard.notify_server = false;
+                Err(Failure::Gateway(ErrorCode::REQUEST_CANCELLED, "request cancelled by the client".into()))
+            }
+        }
+    }
+
+    pub(super) async fn cancel_from_client(&self, key: &str, params: Option<&RawValue>) {
+        let Some(params) = params.and_then(|p| serde_json::from_str::<Value>(p.get()).ok()) else {
+            return;
+        };
+        let Some(request_id) = params
+            .get("requestId")
+            .and_then(|v| serde_json::from_value::<Id>(v.clone()).ok())
+        else {
+            return;
+        };
+        if let Some((server, upstream_id)) = self.flights.cancel(key, &request_id) {
+            if let Some(up) = self.upstreams.get(&server) {
+                let mut out = json!({ "requestId": upstream_id });
+                if let Some(reason) = params.get("reason") {
+                    out["reason"] = reason.clone();
+                }
+                up.notify(methods::CANCELLED, Some(crate::mcp::to_raw(&out)))
+                    .await;
+            }
+        }
+    }
+}

@@ -1,0 +1,639 @@
+//! The router: one aggregated MCP server made of many upstream ones.
+//!
+//! It answers catalog requests from the merged catalog, forwards calls to the owning server
+//! with gateway-assigned ids and progress tokens, and relays what servers send on their own
+//! (progress, logging, list changes, sampling/elicitation/roots requests) to the session that
+//! caused it. It knows sessions only as keys with message sinks; HTTP is the layer above.
+
+pub mod catalog;
+mod forward;
+pub mod naming;
+mod relay;
+mod sessions;
+pub mod uri_template;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use serde_json::{json, Map, Value};
+use tokio::sync::{mpsc, watch};
+
+use crate::mcp::{
+    error_response_bytes, methods, ErrorCode, Message, Notification, Request, Response,
+};
+use crate::policy::{Naming, Policy};
+use crate::sandbox::Runtime;
+use crate::upstream::{Upstream, UpstreamEvent};
+use catalog::{Catalog, Kind, KINDS};
+pub use sessions::{ClientCaps, MessageSink, SessionInfo};
+
+/// Queue between upstream readers and the router's event task.
+const EVENT_QUEUE: usize = 4096;
+/// How long catalog requests wait for servers that are still starting.
+const CATALOG_WAIT: Duration = Duration::from_secs(30);
+/// Pages fetched from one server for one list before the gateway stops following cursors.
+const MAX_UPSTREAM_PAGES: usize = 1000;
+
+pub struct Router {
+    upstreams: BTreeMap<Arc<str>, Arc<Upstream>>,
+    catalog: Catalog,
+    sessions: sessions::Sessions,
+    flights: forward::Flights,
+    relay: relay::Relay,
+    request_timeout: Duration,
+    server_timeouts: HashMap<Arc<str>, Duration>,
+    page_size: usize,
+    passthrough_instructions: bool,
+    /// Becomes true once every server has started (or failed to) and its lists are loaded.
+    settled: watch::Receiver<bool>,
+    settled_tx: watch::Sender<bool>,
+    pending_first: AtomicUsize,
+    refresh_locks: HashMap<Arc<str>, tokio::sync::Mutex<()>>,
+    token_counter: AtomicU64,
+}
+
+impl Router {
+    /// Starts every server in `policy` and the event task; returns the running router.
+    pub fn start(policy: &Policy, runtime: Arc<dyn Runtime>) -> Arc<Router> {
+        let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
+        let mut upstreams = BTreeMap::new();
+        let mut filters = HashMap::new();
+        let mut server_timeouts = HashMap::new();
+        let mut refresh_locks = HashMap::new();
+        for (name, server) in &policy.servers {
+            let up = Upstream::start(server.clone(), runtime.clone(), events_tx.clone());
+            let key = up.name().clone();
+            filters.insert(name.clone(), server.tools.clone());
+            if let Some(t) = server.request_timeout {
+                server_timeouts.insert(key.clone(), t);
+            }
+            refresh_locks.insert(key.clone(), tokio::sync::Mutex::new(()));
+            upstreams.insert(key, up);
+        }
+        let prefix = policy.effective_naming() == Naming::Prefix;
+        let (settled_tx, settled) = watch::channel(upstreams.is_empty());
+        let router = Arc::new(Router {
+            pending_first: AtomicUsize::new(upstreams.len()),
+            upstreams,
+            catalog: Catalog::new(prefix, filters),
+            sessions: sessions::Sessions::default(),
+            flights: forward::Flights::default(),
+            relay: relay::Relay::default(),
+            request_timeout: policy.gateway.request_timeout,
+            server_timeouts,
+            page_size: policy.gateway.page_size,
+            passthrough_instructions: !prefix,
+            settled,
+            settled_tx,
+            refresh_locks,
+            token_counter: AtomicU64::new(1),
+        });
+        tokio::spawn(router.clone().run_events(events_rx));
+        router
+    }
+
+    /// Server names and whether each is ready, for `/ready`.
+    pub fn readiness(&self) -> Vec<(String, Result<(), String>)> {
+        self.upstreams
+            .iter()
+            .map(|(name, up)| {
+                let state = match up.state() {
+                    crate::upstream::State::Ready(_) => Ok(()),
+                    crate::upstream::State::Starting => Err("starting".to_owned()),
+                    crate::upstream::State::Down { reason } => Err(reason),
+                    crate::upstream::State::Stopped => Err("stopped".to_owned()),
+                };
+                (name.to_string(), state)
+            })
+            .collect()
+    }
+
+    pub fn is_settled(&self) -> bool {
+        *self.settled.borrow()
+    }
+
+    /// Stops every server and waits (bounded) for them to exit.
+    pub async fn shutdown(&self) {
+        for up in self.upstreams.values() {
+            up.shutdown();
+        }
+        let all = futures_util::future::join_all(self.upstreams.values().map(|u| u.stopped()));
+        let _ = tokio::time::timeout(Duration::from_secs(10), all).await;
+    }
+
+    /// The result of `initialize` for a client that asked for `requested`.
+    pub fn initialize_result(&self, negotiated: &str) -> Box<RawValue> {
+        let mut result = json!({
+            "protocolVersion": negotiated,
+            "capabilities": {
+                "tools": {"listChanged": true},
+                "prompts": {"listChanged": true},
+                "resources": {"subscribe": true, "listChanged": true},
+                "logging": {},
+                "completions": {}
+            },
+            "serverInfo": {
+                "name": "portcullis",
+                "title": "Portcullis MCP gateway",
+                "version": env!("CARGO_PKG_VERSION")
+            }
+        });
+        if let Some(text) = self.instructions() {
+            result["instructions"] = Value::String(text);
+        }
+        crate::mcp::to_raw(&result)
+    }
+
+    fn instructions(&self) -> Option<String> {
+        if self.passthrough_instructions {
+            return self
+                .upstreams
+                .values()
+                .next()
+                .and_then(|u| u.init_info())
+                .and_then(|i| i.instructions.clone());
+        }
+        let parts: Vec<String> = self
+            .upstreams
+            .values()
+            .filter_map(|u| {
+                let info = u.init_info()?;
+                let text = info.instructions.as_ref()?;
+                Some(format!(
+                    "## {} (tools named `{}__*`)\n{}",
+                    u.name(),
+                    u.name(),
+                    text
+                ))
+            })
+            .collect();
+        (!parts.is_empty()).then(|| parts.join("\n\n"))
+    }
+
+    pub fn open_session(&self, info: SessionInfo) {
+        self.sessions.open(info);
+    }
+
+    /// Forgets a session: its subscriptions, in-flight relays and pending server requests.
+    pub async fn close_session(&self, key: &str) {
+        self.sessions.close(key);
+        for (server, uri) in self.relay.drop_session(key) {
+            if let Some(up) = self.upstreams.get(&server) {
+                let params = crate::mcp::to_raw(&json!({ "uri": uri }));
+                let id = up.next_request_id();
+                let _ = up
+                    .call(
+                        id,
+                        methods::RESOURCES_UNSUBSCRIBE,
+                        Some(params),
+                        self.request_timeout,
+                    )
+                    .await;
+            }
+        }
+        for (server, id) in self.relay.drop_pending_for(key) {
+            if let Some(up) = self.upstreams.get(&server) {
+                let err = crate::mcp::error::error_object(
+                    ErrorCode::INTERNAL_ERROR,
+                    "the client session that this request was relayed to has ended",
+                    None,
+                );
+                up.respond(id, Err(err)).await;
+            }
+        }
+    }
+
+    /// Handles one request from session `key`; `related` carries messages tied to it (the SSE
+    /// stream of its POST), when there is one. Returns the serialized response.
+    pub async fn handle_request(
+        &self,
+        key: &str,
+        req: Request,
+        related: Option<Arc<dyn MessageSink>>,
+    ) -> Bytes {
+        let id = req.id.clone();
+        match self.dispatch(key, req, related).await {
+            Ok(result) => Message::Response(Response {
+                id,
+                outcome: Ok(result),
+            })
+            .to_bytes(),
+            Err(Failure::Raw(error)) => Message::Response(Response {
+                id,
+                outcome: Err(error),
+            })
+            .to_bytes(),
+            Err(Failure::Gateway(code, message)) => error_response_bytes(Some(&id), code, &message),
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        key: &str,
+        req: Request,
+        related: Option<Arc<dyn MessageSink>>,
+    ) -> Result<Box<RawValue>, Failure> {
+        let params = object_params(req.params.as_deref())?;
+        match req.method.as_str() {
+            methods::PING => Ok(crate::mcp::to_raw(&json!({}))),
+            methods::INITIALIZE => Err(Failure::Gateway(
+                ErrorCode::INVALID_REQUEST,
+                "this session is already initialized; open a new session to initialize again"
+                    .into(),
+            )),
+            methods::TOOLS_LIST => self.list(Kind::Tools, &params).await,
+            methods::PROMPTS_LIST => self.list(Kind::Prompts, &params).await,
+            methods::RESOURCES_LIST => self.list(Kind::Resources, &params).await,
+            methods::RESOURCE_TEMPLATES_LIST => self.list(Kind::Templates, &params).await,
+            methods::TOOLS_CALL => {
+                self.wait_settled().await;
+                let name = str_param(&params, "name")?;
+                let agg = self.catalog.snapshot();
+                let route = agg.tool(name).ok_or_else(|| {
+                    Failure::Gateway(
+                        ErrorCode::INVALID_PARAMS,
+                        format!("unknown tool `{name}`: it is not in this gateway's tools/list"),
+                    )
+                })?;
+                let mut params = params;
+                params.insert("name".into(), Value::String(route.name.clone()));
+                let server = route.server.clone();
+                self.forward(key, &req.id, &server, &req.method, params, related)
+                    .await
+            }
+            methods::PROMPTS_GET => {
+                self.wait_settled().await;
+                let name = str_param(&params, "name")?;
+                let agg = self.catalog.snapshot();
+                let route = agg.prompt(name).ok_or_else(|| {
+                    Failure::Gateway(
+                        ErrorCode::INVALID_PARAMS,
+                        format!(
+                            "unknown prompt `{name}`: it is not in this gateway's prompts/list"
+                        ),
+                    )
+                })?;
+                let mut params = params;
+                params.insert("name".into(), Value::String(route.name.clone()));
+                let server = route.server.clone();
+                self.forward(key, &req.id, &server, &req.method, params, related)
+                    .await
+            }
+            methods::RESOURCES_READ
+            | methods::RESOURCES_SUBSCRIBE
+            | methods::RESOURCES_UNSUBSCRIBE => {
+                self.wait_settled().await;
+                let uri = str_param(&params, "uri")?.to_owned();
+                let server = self.resource_owner(&uri)?;
+                if req.method == methods::RESOURCES_UNSUBSCRIBE {
+                    // Other sessions may still want updates for this URI; the server keeps
+                    // its subscription until the last one leaves.
+                    if !self.relay.unsubscribe(key, &server, &uri) {
+                        return Ok(crate::mcp::to_raw(&json!({})));
+                    }
+                }
+                let result = self
+                    .forward(key, &req.id, &server, &req.method, params, related)
+                    .await;
+                if req.method == methods::RESOURCES_SUBSCRIBE && result.is_ok() {
+                    self.relay.subscribe(key, &server, &uri);
+                }
+                result
+            }
+            methods::COMPLETION_COMPLETE => {
+                self.wait_settled().await;
+                let server = self.completion_target(&params)?;
+                let mut params = params;
+                if let Some(Value::Object(r)) = params.get_mut("ref") {
+                    if r.get("type").and_then(Value::as_str) == Some("ref/prompt") {
+                        if let Some(route) = r
+                            .get("name")
+                            .and_then(Value::as_str)
+                            .and_then(|n| self.catalog.snapshot().prompt(n).cloned())
+                        {
+                            r.insert("name".into(), Value::String(route.name));
+                        }
+                    }
+                }
+                self.forward(key, &req.id, &server, &req.method, params, related)
+                    .await
+            }
+            methods::LOGGING_SET_LEVEL => {
+                let level = str_param(&params, "level")?;
+                let Some(rank) = sessions::level_rank(level) else {
+                    return Err(Failure::Gateway(
+                        ErrorCode::INVALID_PARAMS,
+                        format!("unknown log level `{level}`; use one of debug, info, notice, warning, error, critical, alert, emergency"),
+                    ));
+                };
+                self.sessions.set_level(key, rank);
+                self.push_log_level().await;
+                Ok(crate::mcp::to_raw(&json!({})))
+            }
+            methods::SERVER_DISCOVER => Err(Failure::Gateway(
+                ErrorCode::METHOD_NOT_FOUND,
+                "server/discover is not supported: this gateway speaks the initialize handshake"
+                    .into(),
+            )),
+            other => Err(Failure::Gateway(
+                ErrorCode::METHOD_NOT_FOUND,
+                format!("method `{other}` is not supported by this gateway"),
+            )),
+        }
+    }
+
+    fn resource_owner(&self, uri: &str) -> Result<Arc<str>, Failure> {
+        if let Some(s) = self.catalog.snapshot().resource_server(uri) {
+            return Ok(s.clone());
+        }
+        // With a single server there is no ambiguity: let it decide whether the URI exists.
+        if self.upstreams.len() == 1 {
+            if let Some(name) = self.upstreams.keys().next() {
+                return Ok(name.clone());
+            }
+        }
+        Err(Failure::Gateway(
+            ErrorCode::RESOURCE_NOT_FOUND,
+            format!("resource `{uri}` is not offered by any server behind this gateway"),
+        ))
+    }
+
+    fn completion_target(&self, params: &Map<String, Value>) -> Result<Arc<str>, Failure> {
+        let r = params
+            .get("ref")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                Failure::Gateway(ErrorCode::INVALID_PARAMS, "`ref` must be an object".into())
+            })?;
+        match r.get("type").and_then(Value::as_str) {
+            Some("ref/prompt") => {
+                let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+                self.catalog
+                    .snapshot()
+                    .prompt(name)
+                    .map(|route| route.server.clone())
+                    .ok_or_else(|| {
+                        Failure::Gateway(
+                            ErrorCode::INVALID_PARAMS,
+                            format!("unknown prompt `{name}`"),
+                        )
+                    })
+            }
+            Some("ref/resource") => {
+                let uri = r.get("uri").and_then(Value::as_str).unwrap_or_default();
+                self.resource_owner(uri)
+            }
+            _ => Err(Failure::Gateway(
+                ErrorCode::INVALID_PARAMS,
+                "`ref.type` must be `ref/prompt` or `ref/resource`".into(),
+            )),
+        }
+    }
+
+    async fn list(
+        &self,
+        kind: Kind,
+        params: &Map<String, Value>,
+    ) -> Result<Box<RawValue>, Failure> {
+        self.wait_settled().await;
+        let cursor = match params.get("cursor") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.as_str()),
+            Some(_) => {
+                return Err(Failure::Gateway(
+                    ErrorCode::INVALID_PARAMS,
+                    "`cursor` must be a string".into(),
+                ))
+            }
+        };
+        self.catalog
+            .page(kind, cursor, self.page_size)
+            .map_err(|e| Failure::Gateway(ErrorCode::INVALID_PARAMS, e.to_string()))
+    }
+
+    async fn wait_settled(&self) {
+        let mut rx = self.settled.clone();
+        let _ = tokio::time::timeout(CATALOG_WAIT, rx.wait_for(|s| *s)).await;
+    }
+
+    fn timeout_for(&self, server: &str) -> Duration {
+        self.server_timeouts
+            .get(server)
+            .copied()
+            .unwrap_or(self.request_timeout)
+    }
+
+    /// Handles a notification from a client session.
+    pub async fn handle_notification(&self, key: &str, n: Notification) {
+        match n.method.as_str() {
+            methods::CANCELLED => self.cancel_from_client(key, n.params.as_deref()).await,
+            methods::ROOTS_LIST_CHANGED => {
+                for up in self.upstreams.values() {
+                    up.notify(methods::ROOTS_LIST_CHANGED, None).await;
+                }
+            }
+            methods::INITIALIZED => {}
+            other => tracing::debug!(
+                session = key,
+                method = other,
+                "ignoring client notification"
+            ),
+        }
+    }
+
+    /// Handles a client's answer to a request that a server sent through the gateway.
+    pub async fn handle_response(&self, key: &str, resp: Response) {
+        match self.relay.take_pending(key, &resp.id) {
+            Some((server, upstream_id)) => {
+                if let Some(up) = self.upstreams.get(&server) {
+                    up.respond(upstream_id, resp.outcome).await;
+                }
+            }
+            None => {
+                tracing::debug!(session = key, id = %resp.id, "answer to no pending server request")
+            }
+        }
+    }
+
+    async fn run_events(self: Arc<Self>, mut rx: mpsc::Receiver<UpstreamEvent>) {
+        let mut first_seen: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
+        while let Some(ev) = rx.recv().await {
+            match ev {
+                UpstreamEvent::Ready { server } => {
+                    let me = self.clone();
+                    let first = first_seen.insert(server.clone());
+                    tokio::spawn(async move {
+                        me.refresh(&server, &KINDS).await;
+                        if first {
+                            me.mark_first_settled();
+                        }
+                    });
+                }
+                UpstreamEvent::Down { server, reason } => {
+                    tracing::debug!(server = %server, %reason, "upstream down");
+                    if first_seen.insert(server) {
+                        self.mark_first_settled();
+                    }
+                }
+                UpstreamEvent::Notification { server, message } => {
+                    let kinds = Kind::from_list_changed(&message.method);
+                    if !kinds.is_empty() {
+                        let me = self.clone();
+                        tokio::spawn(async move { me.refresh(&server, kinds).await });
+                    } else {
+                        self.relay_notification(&server, message);
+                    }
+                }
+                UpstreamEvent::Request { server, message } => {
+                    self.relay_request(&server, message).await;
+                }
+            }
+        }
+    }
+
+    fn mark_first_settled(&self) {
+        if self.pending_first.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let _ = self.settled_tx.send(true);
+        }
+    }
+
+    /// Reloads `kinds` from `server` and tells every session about lists that changed.
+    async fn refresh(&self, server: &Arc<str>, kinds: &[Kind]) {
+        let Some(up) = self.upstreams.get(server) else {
+            return;
+        };
+        let _serial = match self.refresh_locks.get(server) {
+            Some(l) => Some(l.lock().await),
+            None => None,
+        };
+        let Some(info) = up.init_info() else {
+            return;
+        };
+        let mut changed: Vec<Kind> = Vec::new();
+        for &kind in kinds {
+            let items = if info.has_capability(kind.capability()) {
+                match self.fetch_all(up, kind).await {
+                    Ok(items) => items,
+                    Err(e) => {
+                        tracing::warn!(server = %server, list = kind.list_method(), error = %e, "could not load list");
+                        continue;
+                    }
+                }
+            } else {
+                Vec::new()
+            };
+            if self.catalog.set(server, kind, items) {
+                changed.push(kind);
+            }
+        }
+        let mut sent = Vec::new();
+        for kind in changed {
+            let method = kind.changed_notification();
+            if !sent.contains(&method) {
+                sent.push(method);
+                self.sessions.broadcast(&notification_bytes(method, None));
+            }
+        }
+    }
+
+    async fn fetch_all(
+        &self,
+        up: &Upstream,
+        kind: Kind,
+    ) -> Result<Vec<Map<String, Value>>, String> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_UPSTREAM_PAGES {
+            let params = cursor
+                .as_ref()
+                .map(|c| crate::mcp::to_raw(&json!({ "cursor": c })));
+            let id = up.next_request_id();
+            let outcome = up
+                .call(id, kind.list_method(), params, self.timeout_for(up.name()))
+                .await
+                .map_err(|e| e.to_string())?;
+            let result = outcome.map_err(|e| format!("server error: {}", e.get()))?;
+            let mut page: Map<String, Value> = serde_json::from_str(result.get())
+                .map_err(|e| format!("unreadable result: {e}"))?;
+            if let Some(Value::Array(items)) = page.remove(kind.result_key()) {
+                out.extend(items.into_iter().filter_map(|v| match v {
+                    Value::Object(m) => Some(m),
+                    _ => None,
+                }));
+            }
+            match page.remove("nextCursor") {
+                Some(Value::String(c)) if !c.is_empty() => cursor = Some(c),
+                _ => return Ok(out),
+            }
+        }
+        Err(format!(
+            "more than {MAX_UPSTREAM_PAGES} pages; stopped following cursors"
+        ))
+    }
+
+    /// Sends the most verbose level any session asked for to every server with logging, so that
+    /// each session can be filtered at the gateway.
+    async fn push_log_level(&self) {
+        let Some(level) = self.sessions.most_verbose_level() else {
+            return;
+        };
+        let params = crate::mcp::to_raw(&json!({ "level": level }));
+        for up in self.upstreams.values() {
+            if up.init_info().is_some_and(|i| i.has_capability("logging")) {
+                let id = up.next_request_id();
+                let _ = up
+                    .call(
+                        id,
+                        methods::LOGGING_SET_LEVEL,
+                        Some(params.clone()),
+                        self.timeout_for(up.name()),
+                    )
+                    .await;
+            }
+        }
+    }
+
+    fn next_token(&self) -> u64 {
+        self.token_counter.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Why a request failed: the server's own error object, or one the gateway made.
+enum Failure {
+    Raw(Box<RawValue>),
+    Gateway(ErrorCode, String),
+}
+
+fn object_params(params: Option<&RawValue>) -> Result<Map<String, Value>, Failure> {
+    match params {
+        None => Ok(Map::new()),
+        Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
+            Ok(Value::Object(m)) => Ok(m),
+            _ => Err(Failure::Gateway(
+                ErrorCode::INVALID_PARAMS,
+                "`params` must be an object".into(),
+            )),
+        },
+    }
+}
+
+fn str_param<'a>(params: &'a Map<String, Value>, key: &str) -> Result<&'a str, Failure> {
+    params.get(key).and_then(Value::as_str).ok_or_else(|| {
+        Failure::Gateway(
+            ErrorCode::INVALID_PARAMS,
+            format!("`{key}` must be a string"),
+        )
+    })
+}
+
+fn notification_bytes(method: &str, params: Option<Box<RawValue>>) -> Bytes {
+    Message::Notification(Notification {
+        method: method.to_owned(),
+        params,
+    })
+    .to_bytes()
+}

@@ -1,0 +1,131 @@
+//! The client sessions the router can deliver to, with what each client can do and hear.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, RwLock};
+
+use bytes::Bytes;
+
+/// Somewhere to deliver a serialized message to a client: a session's standalone stream, or
+/// the stream of one request.
+pub trait MessageSink: Send + Sync {
+    fn send(&self, message: Bytes);
+}
+
+/// Client capabilities that decide whether a server's request can be relayed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClientCaps {
+    pub sampling: bool,
+    pub elicitation: bool,
+    pub roots: bool,
+}
+
+impl ClientCaps {
+    /// Reads the capabilities object of an `initialize` request.
+    pub fn from_initialize(params: &serde_json::Value) -> ClientCaps {
+        let caps = params.get("capabilities");
+        let has = |k: &str| caps.and_then(|c| c.get(k)).is_some_and(|v| !v.is_null());
+        ClientCaps {
+            sampling: has("sampling"),
+            elicitation: has("elicitation"),
+            roots: has("roots"),
+        }
+    }
+}
+
+pub struct SessionInfo {
+    pub key: Arc<str>,
+    pub caps: ClientCaps,
+    pub sink: Arc<dyn MessageSink>,
+}
+
+pub(super) struct Entry {
+    pub info: SessionInfo,
+    /// Index into `LEVELS` of the least severe level this client wants; `UNSET` until it asks.
+    level: AtomicU8,
+}
+
+const UNSET: u8 = u8::MAX;
+
+/// RFC 5424 severities as MCP names them, least severe first.
+pub const LEVELS: [&str; 8] = [
+    "debug",
+    "info",
+    "notice",
+    "warning",
+    "error",
+    "critical",
+    "alert",
+    "emergency",
+];
+
+pub fn level_rank(level: &str) -> Option<u8> {
+    LEVELS
+        .iter()
+        .position(|l| *l == level)
+        .and_then(|i| u8::try_from(i).ok())
+}
+
+impl Entry {
+    /// Whether a log message at `level` should reach this client.
+    pub fn wants_log(&self, level: &str) -> bool {
+        let min = self.level.load(Ordering::Relaxed);
+        min == UNSET || level_rank(level).is_none_or(|r| r >= min)
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Sessions {
+    map: RwLock<HashMap<Arc<str>, Arc<Entry>>>,
+}
+
+impl Sessions {
+    pub fn open(&self, info: SessionInfo) {
+        if let Ok(mut m) = self.map.write() {
+            m.insert(
+                info.key.clone(),
+                Arc::new(Entry {
+                    info,
+                    level: AtomicU8::new(UNSET),
+                }),
+            );
+        }
+    }
+
+    pub fn close(&self, key: &str) {
+        if let Ok(mut m) = self.map.write() {
+            m.remove(key);
+        }
+    }
+
+    pub fn get(&self, key: &str) -> Option<Arc<Entry>> {
+        self.map.read().ok().and_then(|m| m.get(key).cloned())
+    }
+
+    pub fn set_level(&self, key: &str, rank: u8) {
+        if let Some(e) = self.get(key) {
+            e.level.store(rank, Ordering::Relaxed);
+        }
+    }
+
+    /// The most verbose level any session asked for, if any did.
+    pub fn most_verbose_level(&self) -> Option<&'static str> {
+        let m = self.map.read().ok()?;
+        let min = m
+            .values()
+            .map(|e| e.level.load(Ordering::Relaxed))
+            .filter(|l| *l != UNSET)
+            .min()?;
+        LEVELS.get(usize::from(min)).copied()
+    }
+
+    pub fn broadcast(&self, message: &Bytes) {
+        let entries: Vec<Arc<Entry>> = match self.map.read() {
+            Ok(m) => m.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for e in entries {
+            e.info.sink.send(message.clone());
+        }
+    }
+}

@@ -1,0 +1,100 @@
+//! Secret values: read from their sources at the moment a server starts, never stored in the
+//! policy, never logged.
+
+use std::path::Path;
+
+use crate::policy::SecretRef;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error("secret `{name}`: environment variable `{var}` is not set on the gateway")]
+    MissingEnv { name: String, var: String },
+    #[error("secret `{name}`: cannot read file `{path}`: {reason}")]
+    File {
+        name: String,
+        path: String,
+        reason: String,
+    },
+    #[error("secret `{name}`: key `{key}` not found in dotenv file `{path}`")]
+    MissingDotenvKey {
+        name: String,
+        path: String,
+        key: String,
+    },
+}
+
+/// Reads the value of secret `name` from its source.
+pub fn resolve(name: &str, source: &SecretRef) -> Result<String, SecretError> {
+    match source {
+        SecretRef::Env(var) => std::env::var(var).map_err(|_| SecretError::MissingEnv {
+            name: name.to_owned(),
+            var: var.clone(),
+        }),
+        SecretRef::File(path) => {
+            read(name, path).map(|s| s.trim_end_matches(['\n', '\r']).to_owned())
+        }
+        SecretRef::Dotenv { path, key } => {
+            let text = read(name, path)?;
+            dotenv_lookup(&text, key).ok_or_else(|| SecretError::MissingDotenvKey {
+                name: name.to_owned(),
+                path: path.display().to_string(),
+                key: key.clone(),
+            })
+        }
+    }
+}
+
+fn read(name: &str, path: &Path) -> Result<String, SecretError> {
+    std::fs::read_to_string(path).map_err(|e| SecretError::File {
+        name: name.to_owned(),
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Finds `KEY=value` in dotenv text (optional `export `, optional single or double quotes).
+fn dotenv_lookup(text: &str, key: &str) -> Option<String> {
+    text.lines().find_map(|line| {
+        let line = line.trim();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let (k, v) = line.split_once('=')?;
+        if k.trim() != key {
+            return None;
+        }
+        let v = v.trim();
+        let unquoted = v
+            .strip_prefix('"')
+            .and_then(|s| s.strip_suffix('"'))
+            .or_else(|| v.strip_prefix('\'').and_then(|s| s.strip_suffix('\'')))
+            .unwrap_or(v);
+        Some(unquoted.to_owned())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dotenv_handles_quotes_and_export() {
+        let text = "# c\nA=1\nexport B=\"two words\"\nC='x=y'\n";
+        assert_eq!(dotenv_lookup(text, "A").as_deref(), Some("1"));
+        assert_eq!(dotenv_lookup(text, "B").as_deref(), Some("two words"));
+        assert_eq!(dotenv_lookup(text, "C").as_deref(), Some("x=y"));
+        assert_eq!(dotenv_lookup(text, "D"), None);
+    }
+
+    #[test]
+    fn missing_env_names_the_secret_and_source() {
+        let e = resolve(
+            "TOKEN",
+            &SecretRef::Env("PORTCULLIS_TEST_SURELY_UNSET".into()),
+        )
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            msg.contains("TOKEN") && msg.contains("PORTCULLIS_TEST_SURELY_UNSET"),
+            "{msg}"
+        );
+    }
+}

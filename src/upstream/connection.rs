@@ -1,0 +1,262 @@
+//! The message layer over one live stdio pair: newline-delimited JSON-RPC, a writer task, a
+//! reader task, and the table of requests waiting for answers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use serde_json::value::RawValue;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Outcome, UpstreamEvent};
+use crate::mcp::{Id, Message, Notification, Request, Response};
+use crate::sandbox::{BoxRead, BoxWrite};
+
+/// Longest line accepted from a server; a longer one is a protocol violation that ends the
+/// connection rather than growing memory without bound.
+const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+/// Messages queued for the writer before senders wait.
+const OUTBOX_CAPACITY: usize = 1024;
+
+type Waiter = oneshot::Sender<Result<Outcome, String>>;
+
+pub struct Connection {
+    outbox: mpsc::Sender<Bytes>,
+    pending: Mutex<HashMap<u64, Waiter>>,
+}
+
+impl Connection {
+    /// Starts the writer and reader tasks. The returned future of the reader resolves with the
+    /// reason the stream ended.
+    pub(super) fn start(
+        server: Arc<str>,
+        stdin: BoxWrite,
+        stdout: BoxRead,
+        events: mpsc::Sender<UpstreamEvent>,
+    ) -> (Arc<Connection>, tokio::task::JoinHandle<String>) {
+        let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
+        let conn = Arc::new(Connection {
+            outbox: tx,
+            pending: Mutex::new(HashMap::new()),
+        });
+        tokio::spawn(write_loop(stdin, rx));
+        let reader = tokio::spawn(read_loop(server, stdout, conn.clone(), events));
+        (conn, reader)
+    }
+
+    /// Queues request `id`; the receiver gets the answer, or the reason there will be none.
+    pub(super) async fn request(
+        &self,
+        id: u64,
+        method: &str,
+        params: Option<Box<RawValue>>,
+    ) -> Result<oneshot::Receiver<Result<Outcome, String>>, String> {
+        let (tx, rx) = oneshot::channel();
+        let Ok(id_num) = i64::try_from(id) else {
+            return Err("request id space exhausted".to_owned());
+        };
+        if let Ok(mut p) = self.pending.lock() {
+            p.insert(id, tx);
+        }
+        let msg = Message::Request(Request {
+            id: Id::Num(id_num),
+            method: method.to_owned(),
+            params,
+        });
+        if self.outbox.send(msg.to_bytes()).await.is_err() {
+            self.forget(id);
+            return Err("the connection closed".to_owned());
+        }
+        Ok(rx)
+    }
+
+    pub(super) async fn notify(&self, method: &str, params: Option<Box<RawValue>>) {
+        let msg = Message::Notification(Notification {
+            method: method.to_owned(),
+            params,
+        });
+        let _ = self.outbox.send(msg.to_bytes()).await;
+    }
+
+    pub(super) async fn respond(&self, id: Id, outcome: Outcome) {
+        let msg = Message::Response(Response { id, outcome });
+        let _ = self.outbox.send(msg.to_bytes()).await;
+    }
+
+    fn forget(&self, id: u64) {
+        if let Ok(mut p) = self.pending.lock() {
+            p.remove(&id);
+        }
+    }
+
+    fn complete(&self, id: u64, outcome: Outcome) -> bool {
+        let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
+        match waiter {
+            Some(w) => {
+                let _ = w.send(Ok(outcome));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Fails every waiting request at once with `reason`.
+    pub(super) fn fail_all(&self, reason: &str) {
+        let waiters: Vec<Waiter> = match self.pending.lock() {
+            Ok(mut p) => p.drain().map(|(_, w)| w).collect(),
+            Err(_) => Vec::new(),
+        };
+        for w in waiters {
+            let _ = w.send(Err(reason.to_owned()));
+        }
+    }
+}
+
+/// Removes a request from the pending table when its caller gives up (timeout, cancellation).
+pub(super) struct PendingGuard<'a> {
+    conn: &'a Connection,
+    id: u64,
+    armed: bool,
+}
+
+impl<'a> PendingGuard<'a> {
+    pub(super) fn new(conn: &'a Connection, id: u64) -> Self {
+        PendingGuard {
+            conn,
+            id,
+            armed: true,
+        }
+    }
+
+    pub(super) fn disarm(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.conn.forget(self.id);
+        }
+    }
+}
+
+async fn write_loop(mut stdin: BoxWrite, mut rx: mpsc::Receiver<Bytes>) {
+    let mut buf = Vec::with_capacity(8192);
+    while let Some(first) = rx.recv().await {
+        buf.clear();
+        buf.extend_from_slice(&first);
+        buf.push(b'\n');
+        // Coalesce whatever else is queued into one write: under load this turns many small
+        // pipe writes into one.
+        while buf.len() < 256 * 1024 {
+            match rx.try_recv() {
+                Ok(more) => {
+                    buf.extend_from_slice(&more);
+                    buf.push(b'\n');
+                }
+                Err(_) => break,
+            }
+        }
+        if stdin.write_all(&buf).await.is_err() || stdin.flush().await.is_err() {
+            break;
+        }
+    }
+    let _ = stdin.shutdown().await;
+}
+
+async fn read_loop(
+    server: Arc<str>,
+    stdout: BoxRead,
+    conn: Arc<Connection>,
+    events: mpsc::Sender<UpstreamEvent>,
+) -> String {
+    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
+    let mut line = Vec::with_capacity(8192);
+    loop {
+        line.clear();
+        let n = match read_bounded_line(&mut reader, &mut line).await {
+            Ok(n) => n,
+            Err(e) => return e,
+        };
+        if n == 0 {
+            return "closed its stdout".to_owned();
+        }
+        let text = trim_line(&line);
+        if text.is_empty() {
+            continue;
+        }
+        match Message::parse(text) {
+            Ok(Message::Response(resp)) => {
+                let known = match &resp.id {
+                    Id::Num(n) => u64::try_from(*n).is_ok_and(|id| conn.complete(id, resp.outcome)),
+                    Id::Str(_) => false,
+                };
+                if !known {
+                    tracing::debug!(server = %server, id = %resp.id, "answer to an unknown or abandoned request");
+                }
+            }
+            Ok(Message::Notification(message)) => {
+                let ev = UpstreamEvent::Notification {
+                    server: server.clone(),
+                    message,
+                };
+                if events.send(ev).await.is_err() {
+                    return "gateway stopped".to_owned();
+                }
+            }
+            Ok(Message::Request(message)) => {
+                let ev = UpstreamEvent::Request {
+                    server: server.clone(),
+                    message,
+                };
+                if events.send(ev).await.is_err() {
+                    return "gateway stopped".to_owned();
+                }
+            }
+            Err(e) => {
+                // Servers sometimes print banners to stdout; skip the line rather than kill them.
+                tracing::warn!(server = %server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a stdout line that is not JSON-RPC");
+            }
+        }
+    }
+}
+
+async fn read_bounded_line(
+    reader: &mut BufReader<BoxRead>,
+    out: &mut Vec<u8>,
+) -> Result<usize, String> {
+    let mut total = 0;
+    loop {
+        let available = match reader.fill_buf().await {
+            Ok(b) => b,
+            Err(e) => return Err(format!("stdout read failed: {e}")),
+        };
+        if available.is_empty() {
+            return Ok(total);
+        }
+        let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
+            Some(i) => (&available[..=i], true),
+            None => (available, false),
+        };
+        let len = chunk.len();
+        if out.len() + len > MAX_LINE_BYTES {
+            return Err(format!("sent a message over {MAX_LINE_BYTES} bytes"));
+        }
+        out.extend_from_slice(chunk);
+        reader.consume(len);
+        total += len;
+        if done {
+            return Ok(total);
+        }
+    }
+}
+
+fn trim_line(line: &[u8]) -> &[u8] {
+    let mut end = line.len();
+    while end > 0 && (line[end - 1] == b'\n' || line[end - 1] == b'\r') {
+        end -= 1;
+    }
+    &line[..end]
+}

@@ -1,0 +1,257 @@
+//! One connection to one MCP server, kept alive.
+//!
+//! An `Upstream` owns a supervisor task that starts the server through a sandbox runtime,
+//! performs the initialize handshake, and restarts it with exponential backoff when it dies.
+//! Requests get gateway-assigned numeric ids; server-initiated messages are handed to the layer
+//! above as `UpstreamEvent`s.
+
+mod connection;
+mod supervisor;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, watch};
+
+use crate::mcp::{Id, Notification, Request};
+use crate::policy::Server;
+use crate::sandbox::Runtime;
+
+pub use connection::Connection;
+
+/// What the handshake told us about the server.
+#[derive(Debug, Clone)]
+pub struct InitInfo {
+    pub protocol_version: String,
+    pub capabilities: serde_json::Value,
+    pub server_info: serde_json::Value,
+    pub instructions: Option<String>,
+}
+
+impl InitInfo {
+    /// Whether the server declared capability `name` (e.g. "tools").
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.get(name).is_some_and(|v| !v.is_null())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum State {
+    Starting,
+    Ready(Arc<InitInfo>),
+    /// Not running; `reason` says why (exit status, start failure).
+    Down {
+        reason: String,
+    },
+    Stopped,
+}
+
+/// Messages the server sent on its own initiative, and changes of its state.
+#[derive(Debug)]
+pub enum UpstreamEvent {
+    Ready {
+        server: Arc<str>,
+    },
+    Down {
+        server: Arc<str>,
+        reason: String,
+    },
+    Notification {
+        server: Arc<str>,
+        message: Notification,
+    },
+    Request {
+        server: Arc<str>,
+        message: Request,
+    },
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("server `{server}` is unavailable: {reason}")]
+    Unavailable { server: String, reason: String },
+    #[error("server `{server}` did not answer `{method}` within {}s", timeout.as_secs_f32())]
+    Timeout {
+        server: String,
+        method: String,
+        timeout: Duration,
+    },
+    #[error("server `{server}` went away while handling `{method}`: {reason}")]
+    Lost {
+        server: String,
+        method: String,
+        reason: String,
+    },
+}
+
+/// The outcome of a request: the server's raw `result` or raw `error` object.
+pub type Outcome = Result<Box<RawValue>, Box<RawValue>>;
+
+pub struct Upstream {
+    name: Arc<str>,
+    state: watch::Receiver<State>,
+    connection: Arc<Mutex<Option<Arc<Connection>>>>,
+    next_id: AtomicU64,
+    shutdown: watch::Sender<bool>,
+}
+
+impl Upstream {
+    /// Starts supervising `server`; events go to `events`.
+    pub fn start(
+        server: Server,
+        runtime: Arc<dyn Runtime>,
+        events: mpsc::Sender<UpstreamEvent>,
+    ) -> Arc<Upstream> {
+        let name: Arc<str> = Arc::from(server.name.as_str());
+        let (state_tx, state_rx) = watch::channel(State::Starting);
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let connection = Arc::new(Mutex::new(None));
+        let sup = supervisor::Supervisor {
+            server,
+            name: name.clone(),
+            runtime,
+            events,
+            state: state_tx,
+            connection: connection.clone(),
+            shutdown: shutdown_rx,
+        };
+        tokio::spawn(sup.run());
+        Arc::new(Upstream {
+            name,
+            state: state_rx,
+            connection,
+            next_id: AtomicU64::new(1),
+            shutdown: shutdown_tx,
+        })
+    }
+
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    pub fn state(&self) -> State {
+        self.state.borrow().clone()
+    }
+
+    pub fn init_info(&self) -> Option<Arc<InitInfo>> {
+        match &*self.state.borrow() {
+            State::Ready(info) => Some(info.clone()),
+            _ => None,
+        }
+    }
+
+    /// A fresh id for a request to this server.
+    pub fn next_request_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Waits until the server is ready (or has failed), at most `limit`.
+    pub async fn ready(&self, limit: Duration) -> Result<Arc<Connection>, UpstreamError> {
+        let mut rx = self.state.clone();
+        let wait = rx.wait_for(|s| !matches!(s, State::Starting));
+        let state = match tokio::time::timeout(limit, wait).await {
+            Ok(Ok(s)) => s.clone(),
+            Ok(Err(_)) => State::Stopped,
+            Err(_) => {
+                return Err(UpstreamError::Unavailable {
+                    server: self.name.to_string(),
+                    reason: format!("still starting after {}s", limit.as_secs_f32()),
+                })
+            }
+        };
+        match state {
+            State::Ready(_) => self.current().ok_or_else(|| self.unavailable("restarting")),
+            State::Down { reason } => Err(self.unavailable(&reason)),
+            State::Stopped => Err(self.unavailable("stopped")),
+            State::Starting => Err(self.unavailable("starting")),
+        }
+    }
+
+    fn current(&self) -> Option<Arc<Connection>> {
+        self.connection.lock().ok().and_then(|c| c.clone())
+    }
+
+    fn unavailable(&self, reason: &str) -> UpstreamError {
+        UpstreamError::Unavailable {
+            server: self.name.to_string(),
+            reason: reason.to_owned(),
+        }
+    }
+
+    /// Sends request `id` and waits for its answer, at most `timeout` (start-up wait included).
+    /// Dropping the future forgets the request; the caller sends `notifications/cancelled`.
+    pub async fn call(
+        &self,
+        id: u64,
+        method: &str,
+        params: Option<Box<RawValue>>,
+        timeout: Duration,
+    ) -> Result<Outcome, UpstreamError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let conn = self.ready(timeout).await?;
+        let answer = conn.request(id, method, params).await;
+        let answer = match answer {
+            Ok(rx) => rx,
+            Err(reason) => {
+                return Err(UpstreamError::Lost {
+                    server: self.name.to_string(),
+                    method: method.to_owned(),
+                    reason,
+                })
+            }
+        };
+        let guard = connection::PendingGuard::new(&conn, id);
+        let lost = |reason: String| UpstreamError::Lost {
+            server: self.name.to_string(),
+            method: method.to_owned(),
+            reason,
+        };
+        match tokio::time::timeout_at(deadline, answer).await {
+            Ok(Ok(Ok(outcome))) => {
+                guard.disarm();
+                Ok(outcome)
+            }
+            Ok(Ok(Err(reason))) => Err(lost(reason)),
+            Ok(Err(_)) => Err(lost("the connection closed".to_owned())),
+            Err(_) => Err(UpstreamError::Timeout {
+                server: self.name.to_string(),
+                method: method.to_owned(),
+                timeout,
+            }),
+        }
+    }
+
+    /// Sends a notification if the server is connected; dropped otherwise (notifications to a
+    /// server that is down have no one to act on them).
+    pub async fn notify(&self, method: &str, params: Option<Box<RawValue>>) {
+        if let Some(conn) = self.current() {
+            conn.notify(method, params).await;
+        }
+    }
+
+    /// Answers a request the server sent (sampling, elicitation, roots).
+    pub async fn respond(&self, id: Id, outcome: Outcome) {
+        if let Some(conn) = self.current() {
+            conn.respond(id, outcome).await;
+        }
+    }
+
+    /// Stops the server for good.
+    pub fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+    }
+
+    /// Waits until the supervisor has stopped the server.
+    pub async fn stopped(&self) {
+        let mut rx = self.state.clone();
+        let _ = rx.wait_for(|s| matches!(s, State::Stopped)).await;
+    }
+}
+
+impl Drop for Upstream {
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+    }
+}

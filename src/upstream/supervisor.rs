@@ -1,0 +1,223 @@
+//! Keeps one server running: start, handshake, watch, restart with exponential backoff.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::sync::{mpsc, watch};
+
+use super::connection::{Connection, PendingGuard};
+use super::{InitInfo, State, UpstreamEvent};
+use crate::mcp::{methods, protocol, to_raw};
+use crate::policy::Server;
+use crate::sandbox::{BoxRead, Runtime, Spawned};
+
+const BACKOFF_START: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// A server that stayed up this long is considered healthy again: its next crash restarts fast.
+const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// Longest stderr line forwarded to the log.
+const MAX_STDERR_LINE: usize = 4096;
+
+pub(super) struct Supervisor {
+    pub server: Server,
+    pub name: Arc<str>,
+    pub runtime: Arc<dyn Runtime>,
+    pub events: mpsc::Sender<UpstreamEvent>,
+    pub state: watch::Sender<State>,
+    pub connection: Arc<Mutex<Option<Arc<Connection>>>>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+impl Supervisor {
+    pub(super) async fn run(mut self) {
+        let mut backoff = BACKOFF_START;
+        loop {
+            if *self.shutdown.borrow() {
+                break;
+            }
+            self.state.send_replace(State::Starting);
+            let started = tokio::time::Instant::now();
+            let reason = match self.start().await {
+                Ok(mut running) => {
+                    self.state.send_replace(State::Ready(running.info.clone()));
+                    tracing::info!(server = %self.name, instance = %running.spawned_desc, protocol = %running.info.protocol_version, "server ready");
+                    let _ = self
+                        .events
+                        .send(UpstreamEvent::Ready {
+                            server: self.name.clone(),
+                        })
+                        .await;
+                    let reason = tokio::select! {
+                        r = running.instance.wait() => r,
+                        r = &mut running.reader => {
+                            let r = r.unwrap_or_else(|e| format!("reader failed: {e}"));
+                            running.instance.kill().await;
+                            r
+                        }
+                        _ = self.shutdown.changed() => {
+                            running.instance.kill().await;
+                            "stopped by the gateway".to_owned()
+                        }
+                    };
+                    running
+                        .conn
+                        .fail_all(&format!("server `{}` {reason}", self.name));
+                    reason
+                }
+                Err(reason) => reason,
+            };
+            if let Ok(mut c) = self.connection.lock() {
+                *c = None;
+            }
+            if *self.shutdown.borrow() {
+                break;
+            }
+            if started.elapsed() > HEALTHY_AFTER {
+                backoff = BACKOFF_START;
+            }
+            tracing::warn!(server = %self.name, %reason, retry_in_ms = backoff.as_millis() as u64, "server down");
+            self.state.send_replace(State::Down {
+                reason: reason.clone(),
+            });
+            let _ = self
+                .events
+                .send(UpstreamEvent::Down {
+                    server: self.name.clone(),
+                    reason,
+                })
+                .await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = self.shutdown.changed() => break,
+            }
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+        self.state.send_replace(State::Stopped);
+    }
+
+    async fn start(&self) -> Result<Running, String> {
+        let env = self.resolve_secrets()?;
+        let Spawned {
+            stdin,
+            stdout,
+            stderr,
+            mut instance,
+        } = self
+            .runtime
+            .spawn(&self.server, &env)
+            .await
+            .map_err(|e| e.to_string())?;
+        let spawned_desc = instance.describe();
+        if let Some(stderr) = stderr {
+            tokio::spawn(forward_stderr(self.name.clone(), stderr));
+        }
+        let (conn, reader) =
+            Connection::start(self.name.clone(), stdin, stdout, self.events.clone());
+        let handshake = tokio::time::timeout(self.server.startup_timeout, handshake(&conn));
+        let info = match handshake.await {
+            Ok(Ok(info)) => info,
+            Ok(Err(e)) => {
+                instance.kill().await;
+                return Err(format!("initialize failed: {e}"));
+            }
+            Err(_) => {
+                instance.kill().await;
+                return Err(format!(
+                    "did not complete the initialize handshake within {}s",
+                    self.server.startup_timeout.as_secs_f32()
+                ));
+            }
+        };
+        if let Ok(mut c) = self.connection.lock() {
+            *c = Some(conn.clone());
+        }
+        Ok(Running {
+            conn,
+            reader,
+            instance,
+            info: Arc::new(info),
+            spawned_desc,
+        })
+    }
+
+    fn resolve_secrets(&self) -> Result<Vec<(String, String)>, String> {
+        self.server
+            .secrets
+            .iter()
+            .map(|(name, source)| {
+                crate::secrets::resolve(name, source)
+                    .map(|v| (name.clone(), v))
+                    .map_err(|e| e.to_string())
+            })
+            .collect()
+    }
+}
+
+struct Running {
+    conn: Arc<Connection>,
+    reader: tokio::task::JoinHandle<String>,
+    instance: Box<dyn crate::sandbox::Instance>,
+    info: Arc<InitInfo>,
+    spawned_desc: String,
+}
+
+/// The client side of the MCP initialize handshake, as the gateway speaks it upstream.
+async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
+    const INIT_ID: u64 = 0;
+    let params = json!({
+        "protocolVersion": protocol::LATEST,
+        // The gateway relays these to whichever client session caused the request; a client
+        // that lacks one gets an error back upstream.
+        "capabilities": {
+            "roots": {"listChanged": true},
+            "sampling": {},
+            "elicitation": {}
+        },
+        "clientInfo": {"name": "portcullis", "version": env!("CARGO_PKG_VERSION")}
+    });
+    let rx = conn
+        .request(INIT_ID, methods::INITIALIZE, Some(to_raw(&params)))
+        .await?;
+    let guard = PendingGuard::new(conn, INIT_ID);
+    let outcome = rx
+        .await
+        .map_err(|_| "the server closed the connection".to_owned())??;
+    guard.disarm();
+    let result =
+        outcome.map_err(|err| format!("the server answered with an error: {}", err.get()))?;
+    let v: serde_json::Value = serde_json::from_str(result.get())
+        .map_err(|e| format!("unreadable initialize result: {e}"))?;
+    let version = v
+        .get("protocolVersion")
+        .and_then(|p| p.as_str())
+        .ok_or("initialize result has no protocolVersion")?;
+    if !protocol::is_supported(version) {
+        return Err(format!(
+            "the server chose protocol version {version}, which Portcullis does not speak (supported: {})",
+            protocol::SUPPORTED.join(", ")
+        ));
+    }
+    conn.notify(methods::INITIALIZED, None).await;
+    Ok(InitInfo {
+        protocol_version: version.to_owned(),
+        capabilities: v.get("capabilities").cloned().unwrap_or(json!({})),
+        server_info: v.get("serverInfo").cloned().unwrap_or(json!({})),
+        instructions: v
+            .get("instructions")
+            .and_then(|i| i.as_str())
+            .map(str::to_owned),
+    })
+}
+
+async fn forward_stderr(server: Arc<str>, stderr: BoxRead) {
+    let mut lines = BufReader::new(stderr).split(b'\n');
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
+        let text = text.trim_end();
+        if !text.is_empty() {
+            tracing::info!(target: "portcullis::upstream::stderr", server = %server, "{text}");
+        }
+    }
+}

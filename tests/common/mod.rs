@@ -1,0 +1,197 @@
+//! Shared test harness: start the real gateway binary on a policy, find MCP peers.
+#![allow(dead_code)]
+
+pub mod client;
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn gateway_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+}
+
+pub fn fixture_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portcullis-fixture-server"))
+}
+
+/// A peer installed by `make test` into `.peers/`. Missing peers fail under CI and skip loudly
+/// otherwise (returns `None`).
+pub fn peer(rel: &str) -> Option<PathBuf> {
+    let p = repo_root().join(".peers").join(rel);
+    if p.exists() {
+        return Some(p);
+    }
+    let msg = format!(
+        "MCP peer `{}` is missing: run `make test` (or `bash tests/setup/install-deps.sh peers`)",
+        p.display()
+    );
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
+    None
+}
+
+/// A running gateway; killed on drop. Its stderr is collected for assertions.
+pub struct Gateway {
+    pub child: Child,
+    pub base: String,
+    pub url: String,
+    pub stderr: Arc<Mutex<String>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    /// Starts `portcullis serve` on a policy (TOML text; `{fixture}` is replaced by the fixture
+    /// server's path, `{peers}` by the peers folder) on a free loopback port.
+    pub fn start(policy: &str) -> Gateway {
+        Self::start_with(policy, &[])
+    }
+
+    pub fn start_with(policy: &str, env: &[(&str, &str)]) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = policy
+            .replace("{fixture}", &fixture_bin().display().to_string())
+            .replace("{peers}", &repo_root().join(".peers").display().to_string())
+            .replace("{tmp}", &dir.path().display().to_string());
+        let path = dir.path().join("policy.toml");
+        std::fs::write(&path, text).expect("write policy");
+        let mut cmd = Command::new(gateway_bin());
+        cmd.args(["serve", "--policy"])
+            .arg(&path)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("RUST_LOG", "info,portcullis=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start gateway");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut err = child.stderr.take().expect("stderr");
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = err.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let s = String::from_utf8_lossy(&buf[..n]).to_string();
+                eprint!("{s}");
+                sink.lock().unwrap().push_str(&s);
+            }
+        });
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if let Some(rest) = line.strip_prefix("Portcullis is listening on ") {
+                    let _ = tx.send(rest.trim().to_owned());
+                }
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!("gateway did not start; stderr:\n{}", stderr.lock().unwrap())
+            });
+        let base = url.trim_end_matches("/mcp").to_owned();
+        let gw = Gateway {
+            child,
+            base,
+            url,
+            stderr,
+            _dir: dir,
+        };
+        gw.wait_ready(Duration::from_secs(60));
+        gw
+    }
+
+    /// Waits until `/ready` says every server is up.
+    pub fn wait_ready(&self, limit: Duration) {
+        let start = Instant::now();
+        loop {
+            if let Ok((200, _)) = http_get(&format!("{}/ready", self.base)) {
+                return;
+            }
+            if start.elapsed() > limit {
+                let body = http_get(&format!("{}/ready", self.base))
+                    .map(|r| r.1)
+                    .unwrap_or_default();
+                panic!(
+                    "gateway not ready after {limit:?}: {body}\nstderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    pub fn port(&self) -> u16 {
+        self.base.rsplit(':').next().unwrap().parse().unwrap()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Minimal blocking GET for readiness polling (keeps the harness free of async).
+pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let mut s = std::net::TcpStream::connect(hostport)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    Ok((status, body))
+}
+
+pub fn fixture_policy() -> String {
+    r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[servers.fixture]
+runtime = "process"
+command = "{fixture}"
+"#
+    .to_owned()
+}
+
+pub fn exists(p: &Path) -> bool {
+    p.exists()
+}
