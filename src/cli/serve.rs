@@ -10,6 +10,7 @@ use crate::downstream::Listener;
 use crate::policy::{self, Policy};
 use crate::router::Router;
 use crate::sandbox::process::ProcessRuntime;
+use crate::sandbox::Runtimes;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -34,7 +35,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         policy.gateway.listen = listen;
     }
     tracing::info!(policy = %policy.origin, servers = policy.servers.len(), "policy loaded");
-    let router = Router::start(&policy, Arc::new(ProcessRuntime));
+    let runtimes = Runtimes {
+        process: Arc::new(ProcessRuntime),
+        docker: None,
+    };
+    let router = Router::start(&policy, Arc::new(runtimes));
     let listener = Listener::bind(&policy.gateway, router.clone())
         .await
         .context("starting the listener")?;

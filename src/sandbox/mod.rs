@@ -20,6 +20,68 @@ pub struct Spawned {
     pub stdout: BoxRead,
     pub stderr: Option<BoxRead>,
     pub instance: Box<dyn Instance>,
+    pub info: InstanceInfo,
+}
+
+/// What the audit log records about an instance.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct InstanceInfo {
+    /// A process id or a container id.
+    pub id: String,
+    /// The resolved image digest (`sha256:...`) for containers.
+    pub image_digest: Option<String>,
+}
+
+/// Why an instance is being started, recorded in container labels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Purpose {
+    Shared,
+    Session,
+    Call,
+    /// Started ahead of time for the warm pool.
+    Pool,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Shared => "shared",
+            Purpose::Session => "per-session",
+            Purpose::Call => "per-call",
+            Purpose::Pool => "pool",
+        }
+    }
+}
+
+/// Everything a runtime needs besides the server's policy to start one instance.
+#[derive(Clone, Default)]
+pub struct SpawnContext {
+    /// Resolved secret values as environment variables. Never logged.
+    pub secrets: Vec<(String, String)>,
+    /// The client session the instance is dedicated to, if any.
+    pub session: Option<std::sync::Arc<str>>,
+    /// Hash of the policy that asked for the instance (labels, audit).
+    pub policy_hash: String,
+    pub purpose: Option<Purpose>,
+}
+
+impl std::fmt::Debug for SpawnContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Secret values must never reach a log line, even through Debug.
+        f.debug_struct("SpawnContext")
+            .field(
+                "secrets",
+                &self
+                    .secrets
+                    .iter()
+                    .map(|(k, _)| k.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field("session", &self.session)
+            .field("policy_hash", &self.policy_hash)
+            .field("purpose", &self.purpose)
+            .finish()
+    }
 }
 
 /// A running instance the gateway owns: it can wait for it to end and stop it.
@@ -37,8 +99,41 @@ pub trait Runtime: Send + Sync {
     fn spawn<'a>(
         &'a self,
         server: &'a crate::policy::Server,
-        env: &'a [(String, String)],
+        ctx: &'a SpawnContext,
     ) -> BoxFuture<'a, Result<Spawned, SandboxError>>;
+}
+
+/// Picks the backend each server's policy names.
+pub struct Runtimes {
+    pub process: std::sync::Arc<dyn Runtime>,
+    /// `None` when Docker is not available; docker servers then fail to start with a clear error.
+    pub docker: Option<std::sync::Arc<dyn Runtime>>,
+}
+
+impl Runtime for Runtimes {
+    fn spawn<'a>(
+        &'a self,
+        server: &'a crate::policy::Server,
+        ctx: &'a SpawnContext,
+    ) -> BoxFuture<'a, Result<Spawned, SandboxError>> {
+        use crate::policy::Runtime as Spec;
+        match (&server.runtime, &self.docker) {
+            (Spec::Process(_), _) => self.process.spawn(server, ctx),
+            (Spec::Docker(_), Some(docker)) => docker.spawn(server, ctx),
+            (Spec::Docker(_), None) => Box::pin(async move {
+                Err(SandboxError::Unsupported {
+                    server: server.name.clone(),
+                    runtime: "docker (the Docker engine is not reachable)",
+                })
+            }),
+            (Spec::Remote(_), _) => Box::pin(async move {
+                Err(SandboxError::Unsupported {
+                    server: server.name.clone(),
+                    runtime: "remote (not a sandboxed runtime)",
+                })
+            }),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +146,7 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
-    #[error("server `{server}`: runtime `{runtime}` is not available in this build of Portcullis")]
+    #[error("server `{server}`: runtime `{runtime}` cannot start it")]
     Unsupported {
         server: String,
         runtime: &'static str,

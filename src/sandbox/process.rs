@@ -22,9 +22,9 @@ impl Runtime for ProcessRuntime {
     fn spawn<'a>(
         &'a self,
         server: &'a Server,
-        env: &'a [(String, String)],
+        ctx: &'a super::SpawnContext,
     ) -> BoxFuture<'a, Result<Spawned, SandboxError>> {
-        Box::pin(async move { spawn(server, env) })
+        Box::pin(async move { spawn(server, &ctx.secrets) })
     }
 }
 
@@ -32,7 +32,7 @@ fn spawn(server: &Server, extra_env: &[(String, String)]) -> Result<Spawned, San
     let RuntimeSpec::Process(spec) = &server.runtime else {
         return Err(SandboxError::Unsupported {
             server: server.name.clone(),
-            runtime: "non-process",
+            runtime: "process",
         });
     };
     let mut cmd = Command::new(&spec.command);
@@ -72,7 +72,12 @@ fn spawn(server: &Server, extra_env: &[(String, String)]) -> Result<Spawned, San
         });
     };
     let stderr = child.stderr.take();
+    let info = super::InstanceInfo {
+        id: child.id().map(|p| format!("pid:{p}")).unwrap_or_default(),
+        image_digest: None,
+    };
     Ok(Spawned {
+        info,
         stdin: Box::new(stdin),
         stdout: Box::new(stdout),
         stderr: stderr.map(|s| Box::new(s) as super::BoxRead),

@@ -11,7 +11,7 @@ use super::connection::{Connection, PendingGuard};
 use super::{InitInfo, State, UpstreamEvent};
 use crate::mcp::{methods, protocol, to_raw};
 use crate::policy::Server;
-use crate::sandbox::{BoxRead, Runtime, Spawned};
+use crate::sandbox::{BoxRead, Purpose, Runtime, SpawnContext, Spawned};
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -98,15 +98,21 @@ impl Supervisor {
     }
 
     async fn start(&self) -> Result<Running, String> {
-        let env = self.resolve_secrets()?;
+        let ctx = SpawnContext {
+            secrets: self.resolve_secrets()?,
+            session: None,
+            policy_hash: String::new(),
+            purpose: Some(Purpose::Shared),
+        };
         let Spawned {
             stdin,
             stdout,
             stderr,
             mut instance,
+            info: _,
         } = self
             .runtime
-            .spawn(&self.server, &env)
+            .spawn(&self.server, &ctx)
             .await
             .map_err(|e| e.to_string())?;
         let spawned_desc = instance.describe();
