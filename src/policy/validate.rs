@@ -381,10 +381,11 @@ impl Checker<'_> {
         {
             None | Some(("shared", _)) => Lifecycle::Shared,
             Some((l @ ("per-session" | "per-call"), at)) => {
-                if rt != "docker" {
+                // A remote server is one endpoint: the gateway cannot start copies of it.
+                if rt == "remote" {
                     self.error(
                         self.key_at(at, "lifecycle"),
-                        format!("lifecycle = \"{l}\" needs runtime = \"docker\" ([servers.{n}] is \"{rt}\"); use lifecycle = \"shared\" or run the server in Docker"),
+                        format!("lifecycle = \"{l}\" needs a runtime the gateway starts itself (\"docker\" or \"process\"); [servers.{n}] is \"remote\", so use lifecycle = \"shared\""),
                     );
                 }
                 if l == "per-session" {

@@ -30,7 +30,7 @@ impl Connection {
     /// Starts the writer and reader tasks. The returned future of the reader resolves with the
     /// reason the stream ended.
     pub(super) fn start(
-        server: Arc<str>,
+        source: Arc<super::Source>,
         stdin: BoxWrite,
         stdout: BoxRead,
         events: mpsc::Sender<UpstreamEvent>,
@@ -41,7 +41,7 @@ impl Connection {
             pending: Mutex::new(HashMap::new()),
         });
         tokio::spawn(write_loop(stdin, rx));
-        let reader = tokio::spawn(read_loop(server, stdout, conn.clone(), events));
+        let reader = tokio::spawn(read_loop(source, stdout, conn.clone(), events));
         (conn, reader)
     }
 
@@ -167,7 +167,7 @@ async fn write_loop(mut stdin: BoxWrite, mut rx: mpsc::Receiver<Bytes>) {
 }
 
 async fn read_loop(
-    server: Arc<str>,
+    source: Arc<super::Source>,
     stdout: BoxRead,
     conn: Arc<Connection>,
     events: mpsc::Sender<UpstreamEvent>,
@@ -194,12 +194,12 @@ async fn read_loop(
                     Id::Str(_) => false,
                 };
                 if !known {
-                    tracing::debug!(server = %server, id = %resp.id, "answer to an unknown or abandoned request");
+                    tracing::debug!(server = %source.server, id = %resp.id, "answer to an unknown or abandoned request");
                 }
             }
             Ok(Message::Notification(message)) => {
                 let ev = UpstreamEvent::Notification {
-                    server: server.clone(),
+                    from: source.clone(),
                     message,
                 };
                 if events.send(ev).await.is_err() {
@@ -208,7 +208,7 @@ async fn read_loop(
             }
             Ok(Message::Request(message)) => {
                 let ev = UpstreamEvent::Request {
-                    server: server.clone(),
+                    from: source.clone(),
                     message,
                 };
                 if events.send(ev).await.is_err() {
@@ -217,7 +217,7 @@ async fn read_loop(
             }
             Err(e) => {
                 // Servers sometimes print banners to stdout; skip the line rather than kill them.
-                tracing::warn!(server = %server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a stdout line that is not JSON-RPC");
+                tracing::warn!(server = %source.server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a stdout line that is not JSON-RPC");
             }
         }
     }
