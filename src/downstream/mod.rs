@@ -39,6 +39,7 @@ pub(crate) struct Shared {
     max_body_bytes: usize,
     body_timeout: Duration,
     keepalive: Duration,
+    sse_poll: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +48,6 @@ pub enum ServeError {
     Bind {
         addr: SocketAddr,
         hint: &'static str,
-        #[source]
         source: std::io::Error,
     },
 }
@@ -81,6 +81,7 @@ impl Listener {
                 max_body_bytes: gateway.max_body_bytes,
                 body_timeout: BODY_TIMEOUT,
                 keepalive: gateway.sse_keepalive,
+                sse_poll: gateway.sse_poll_interval,
             }),
             idle_timeout: gateway.session_idle_timeout,
         })

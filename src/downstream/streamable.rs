@@ -113,8 +113,11 @@ fn session_of(shared: &Shared, headers: &HeaderMap) -> Result<Arc<Session>, Box<
     }
 }
 
-/// `MCP-Protocol-Version` must be one we speak and, on a session, the one it negotiated.
-fn check_protocol_header(headers: &HeaderMap, session: Option<&Session>) -> Result<(), Box<Reply>> {
+/// `MCP-Protocol-Version` must be a revision we speak. It is not required to equal the
+/// session's negotiated one: clients in the wild (the conformance suite among them) send a
+/// fixed older revision on every request, and the spec only asks servers to reject invalid
+/// or unsupported values.
+fn check_protocol_header(headers: &HeaderMap) -> Result<(), Box<Reply>> {
     let Some(v) = headers.get(PROTOCOL_HEADER) else {
         return Ok(());
     };
@@ -127,14 +130,6 @@ fn check_protocol_header(headers: &HeaderMap, session: Option<&Session>) -> Resu
                 protocol::SUPPORTED.join(", ")
             ),
         )));
-    }
-    if let Some(s) = session {
-        if v != s.protocol {
-            return Err(Box::new(bad(
-                StatusCode::BAD_REQUEST,
-                &format!("MCP-Protocol-Version `{v}` does not match the session's negotiated version `{}`", s.protocol),
-            )));
-        }
     }
     Ok(())
 }
@@ -239,7 +234,7 @@ async fn post(shared: &Arc<Shared>, headers: &HeaderMap, body: Incoming) -> Repl
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if let Err(r) = check_protocol_header(headers, Some(&session)) {
+    if let Err(r) = check_protocol_header(headers) {
         return *r;
     }
     match parsed {
@@ -316,7 +311,7 @@ fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept) -> Reply {
         stream.push(out);
         stream.close();
         match stream.attach(None) {
-            Some(reader) => reply::sse(event_stream::body(reader, false, shared.keepalive)),
+            Some(reader) => reply::sse(event_stream::body(reader, false, shared.keepalive, None)),
             None => reply::status(StatusCode::INTERNAL_SERVER_ERROR),
         }
     };
@@ -348,6 +343,7 @@ fn stream_request(shared: &Arc<Shared>, session: &Arc<Session>, req: Request) ->
         reader,
         protocol::wants_priming_event(session.protocol),
         shared.keepalive,
+        shared.sse_poll,
     ))
 }
 
@@ -418,7 +414,7 @@ fn get(shared: &Arc<Shared>, headers: &HeaderMap) -> Reply {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if let Err(r) = check_protocol_header(headers, Some(&session)) {
+    if let Err(r) = check_protocol_header(headers) {
         return *r;
     }
     let last = headers
@@ -450,7 +446,7 @@ fn get(shared: &Arc<Shared>, headers: &HeaderMap) -> Reply {
         ),
     };
     match stream.attach(after) {
-        Some(reader) => reply::sse(event_stream::body(reader, priming, shared.keepalive)),
+        Some(reader) => reply::sse(event_stream::body(reader, priming, shared.keepalive, None)),
         None => bad(
             StatusCode::CONFLICT,
             "this stream is already open on another connection; close it first",

@@ -41,6 +41,10 @@ pub struct Gateway {
     pub page_size: usize,
     /// Interval between SSE keep-alive comments.
     pub sse_keepalive: Duration,
+    /// When set, a POST's SSE stream is closed after this long and the client resumes it with
+    /// `GET` + `Last-Event-ID` (SSE polling, SEP-1699): no connection is held open for the whole
+    /// of a long call, which suits proxies with idle timeouts.
+    pub sse_poll_interval: Option<Duration>,
 }
 
 /// How aggregated tool and prompt names are formed.

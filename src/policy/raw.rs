@@ -38,6 +38,7 @@ pub struct RawGateway {
     pub max_sessions: Option<Spanned<u64>>,
     pub page_size: Option<Spanned<u64>>,
     pub sse_keepalive: Option<Spanned<Value>>,
+    pub sse_poll_interval: Option<Spanned<Value>>,
 }
 
 /// One `[servers.NAME]` table. It holds the keys of every runtime; validation refuses the ones

@@ -298,6 +298,7 @@ impl Checker<'_> {
             sse_keepalive: self
                 .duration(&g.sse_keepalive, "sse_keepalive")
                 .unwrap_or(DEFAULT_SSE_KEEPALIVE),
+            sse_poll_interval: self.duration(&g.sse_poll_interval, "sse_poll_interval"),
         };
         (gw, naming_at)
     }

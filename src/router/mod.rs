@@ -468,7 +468,11 @@ impl Router {
                         }
                     }
                 }
-                UpstreamEvent::Notification { from, message } => {
+                UpstreamEvent::Notification {
+                    from,
+                    message,
+                    handled: _handled,
+                } => {
                     let kinds = Kind::from_list_changed(&message.method);
                     if !kinds.is_empty() {
                         if let Some(up) = self.servers.instance(from.instance) {
@@ -479,7 +483,11 @@ impl Router {
                         self.relay_notification(&from, message);
                     }
                 }
-                UpstreamEvent::Request { from, message } => {
+                UpstreamEvent::Request {
+                    from,
+                    message,
+                    handled: _handled,
+                } => {
                     self.relay_request(&from, message).await;
                 }
             }

@@ -9,13 +9,16 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Outcome, UpstreamEvent};
+use super::{Handled, Outcome, UpstreamEvent};
 use crate::mcp::{Id, Message, Notification, Request, Response};
 use crate::sandbox::{BoxRead, BoxWrite};
 
 /// Longest line accepted from a server; a longer one is a protocol violation that ends the
 /// connection rather than growing memory without bound.
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+/// Longest wait for the router to take a server-initiated message before reading on; the
+/// router handles these without waiting on the network, so this only bounds a stall.
+const HANDLED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Messages queued for the writer before senders wait.
 const OUTBOX_CAPACITY: usize = 1024;
 
@@ -198,22 +201,28 @@ async fn read_loop(
                 }
             }
             Ok(Message::Notification(message)) => {
+                let (handled, done) = Handled::new();
                 let ev = UpstreamEvent::Notification {
                     from: source.clone(),
                     message,
+                    handled,
                 };
                 if events.send(ev).await.is_err() {
                     return "gateway stopped".to_owned();
                 }
+                let _ = tokio::time::timeout(HANDLED_WAIT, done).await;
             }
             Ok(Message::Request(message)) => {
+                let (handled, done) = Handled::new();
                 let ev = UpstreamEvent::Request {
                     from: source.clone(),
                     message,
+                    handled,
                 };
                 if events.send(ev).await.is_err() {
                     return "gateway stopped".to_owned();
                 }
+                let _ = tokio::time::timeout(HANDLED_WAIT, done).await;
             }
             Err(e) => {
                 // Servers sometimes print banners to stdout; skip the line rather than kill them.

@@ -72,11 +72,36 @@ pub enum UpstreamEvent {
     Notification {
         from: Arc<Source>,
         message: Notification,
+        handled: Handled,
     },
     Request {
         from: Arc<Source>,
         message: Request,
+        handled: Handled,
     },
+}
+
+/// Signals the connection's reader when the router is done with a message, by being dropped.
+///
+/// The reader waits for it before reading on, so that a server's progress or log message
+/// written before its response reaches the client before that response does: responses take a
+/// direct path, server-initiated messages go through the router's event task.
+#[derive(Debug)]
+pub struct Handled(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Handled {
+    pub(crate) fn new() -> (Handled, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Handled(Some(tx)), rx)
+    }
+}
+
+impl Drop for Handled {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
 }
 
 /// How an upstream is started.

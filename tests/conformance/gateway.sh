@@ -16,10 +16,14 @@ cat > "$work/policy.toml" <<TOML
 [gateway]
 listen = "127.0.0.1:0"
 naming = "passthrough"
+# Exercises SSE polling: POST streams close early and the client resumes them.
+sse_poll_interval = "500ms"
 
 [servers.fixture]
 runtime = "process"
 command = "$PWD/$FIXTURE"
+# Longer than sse_poll_interval, so the stream really closes before the answer.
+env = { FIXTURE_RECONNECT_DELAY_MS = "1500" }
 TOML
 "$BIN" serve --policy "$work/policy.toml" >"$work/out" 2>"$work/gateway.log" &
 gw_pid=$!
