@@ -155,6 +155,12 @@ impl Router {
             )
         })?;
         let up = &lease.up;
+        let _slot = self
+            .access
+            .limits
+            .slot(server)
+            .await
+            .map_err(|b| Failure::Gateway(ErrorCode::BUSY, b.to_string()))?;
         let upstream_id = up.next_request_id();
 
         let mut progress = None;

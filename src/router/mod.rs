@@ -23,6 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::access::{Access, Identity, Limited};
 use crate::mcp::{
     error_response_bytes, methods, ErrorCode, Message, Notification, Request, Response,
 };
@@ -57,11 +58,12 @@ pub struct Router {
     /// Each server's `instructions` from its handshake, merged into ours.
     instructions: std::sync::Mutex<std::collections::BTreeMap<Arc<str>, String>>,
     token_counter: AtomicU64,
+    access: Arc<Access>,
 }
 
 impl Router {
     /// Starts every server in `policy` and the event task; returns the running router.
-    pub fn start(policy: &Policy, runtime: Arc<dyn Runtime>) -> Arc<Router> {
+    pub fn start(policy: &Policy, runtime: Arc<dyn Runtime>, access: Arc<Access>) -> Arc<Router> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let servers = servers::Servers::start(policy, runtime, events_tx);
         let mut filters = HashMap::new();
@@ -93,6 +95,7 @@ impl Router {
             refresh_locks,
             instructions: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             token_counter: AtomicU64::new(1),
+            access,
         });
         tokio::spawn(router.clone().run_events(events_rx));
         router
@@ -191,30 +194,71 @@ impl Router {
     pub async fn handle_request(
         &self,
         key: &str,
+        identity: &Identity,
         req: Request,
         related: Option<Arc<dyn MessageSink>>,
-    ) -> Bytes {
+        admission: Option<Admission>,
+    ) -> Answer {
         let id = req.id.clone();
-        match self.dispatch(key, req, related).await {
-            Ok(result) => Message::Response(Response {
-                id,
-                outcome: Ok(result),
-            })
-            .to_bytes(),
-            Err(Failure::Raw(error)) => Message::Response(Response {
-                id,
-                outcome: Err(error),
-            })
-            .to_bytes(),
-            Err(Failure::Gateway(code, message)) => error_response_bytes(Some(&id), code, &message),
+        match self.dispatch(key, identity, req, related, admission).await {
+            Ok(result) => Answer::ok(
+                Message::Response(Response {
+                    id,
+                    outcome: Ok(result),
+                })
+                .to_bytes(),
+            ),
+            Err(f) => f.answer(&id),
         }
+    }
+
+    /// Authorization and rate limits for a request, before it is answered: lets the transport
+    /// refuse with HTTP 403/429 rather than inside an already-started stream. The returned
+    /// admission is handed to `handle_request`, so quotas are taken once.
+    pub fn admit(&self, identity: &Identity, req: &Request) -> Result<Option<Admission>, Answer> {
+        if req.method != methods::TOOLS_CALL {
+            return Ok(None);
+        }
+        let Some(name) = req
+            .params
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+            .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned))
+        else {
+            return Ok(None);
+        };
+        let agg = self.catalog.snapshot();
+        let Some(route) = agg.tool(&name) else {
+            return Ok(None);
+        };
+        self.check_call(identity, route)
+            .map(|()| Some(Admission(())))
+            .map_err(|f| f.answer(&req.id))
+    }
+
+    fn check_call(&self, identity: &Identity, route: &catalog::Route) -> Result<(), Failure> {
+        if !identity.rules.permits(&route.server, &route.name) {
+            return Err(Failure::Gateway(
+                ErrorCode::FORBIDDEN,
+                format!(
+                    "client `{}` may not call `{}__{}` (clients.{}.allow/deny in the policy)",
+                    identity.client, route.server, route.name, identity.client
+                ),
+            ));
+        }
+        self.access
+            .limits
+            .check(&identity.client, &route.server, Some(&route.name))
+            .map_err(Failure::Limited)
     }
 
     async fn dispatch(
         &self,
         key: &str,
+        identity: &Identity,
         req: Request,
         related: Option<Arc<dyn MessageSink>>,
+        admission: Option<Admission>,
     ) -> Result<Box<RawValue>, Failure> {
         let params = object_params(req.params.as_deref())?;
         match req.method.as_str() {
@@ -224,10 +268,10 @@ impl Router {
                 "this session is already initialized; open a new session to initialize again"
                     .into(),
             )),
-            methods::TOOLS_LIST => self.list(Kind::Tools, &params).await,
-            methods::PROMPTS_LIST => self.list(Kind::Prompts, &params).await,
-            methods::RESOURCES_LIST => self.list(Kind::Resources, &params).await,
-            methods::RESOURCE_TEMPLATES_LIST => self.list(Kind::Templates, &params).await,
+            methods::TOOLS_LIST => self.list(Kind::Tools, &params, identity).await,
+            methods::PROMPTS_LIST => self.list(Kind::Prompts, &params, identity).await,
+            methods::RESOURCES_LIST => self.list(Kind::Resources, &params, identity).await,
+            methods::RESOURCE_TEMPLATES_LIST => self.list(Kind::Templates, &params, identity).await,
             methods::TOOLS_CALL => {
                 self.wait_settled().await;
                 let name = str_param(&params, "name")?;
@@ -238,6 +282,9 @@ impl Router {
                         format!("unknown tool `{name}`: it is not in this gateway's tools/list"),
                     )
                 })?;
+                if admission.is_none() {
+                    self.check_call(identity, route)?;
+                }
                 let mut params = params;
                 params.insert("name".into(), Value::String(route.name.clone()));
                 let server = route.server.clone();
@@ -377,6 +424,7 @@ impl Router {
         &self,
         kind: Kind,
         params: &Map<String, Value>,
+        identity: &Identity,
     ) -> Result<Box<RawValue>, Failure> {
         self.wait_settled().await;
         let cursor = match params.get("cursor") {
@@ -390,7 +438,9 @@ impl Router {
             }
         };
         self.catalog
-            .page(kind, cursor, self.page_size)
+            .page(kind, cursor, self.page_size, &|r| {
+                identity.rules.permits(&r.server, &r.name)
+            })
             .map_err(|e| Failure::Gateway(ErrorCode::INVALID_PARAMS, e.to_string()))
     }
 
@@ -606,7 +656,69 @@ impl Router {
 enum Failure {
     Raw(Box<RawValue>),
     Gateway(ErrorCode, String),
+    Limited(Limited),
 }
+
+impl Failure {
+    fn answer(self, id: &crate::mcp::Id) -> Answer {
+        match self {
+            Failure::Raw(error) => Answer::ok(
+                Message::Response(Response {
+                    id: id.clone(),
+                    outcome: Err(error),
+                })
+                .to_bytes(),
+            ),
+            Failure::Gateway(code, message) => Answer {
+                bytes: error_response_bytes(Some(id), code, &message),
+                refusal: (code == ErrorCode::FORBIDDEN).then_some(Refusal::Forbidden),
+            },
+            Failure::Limited(l) => {
+                let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let message = format!("rate limited: {} exhausted; retry in {secs}s", l.scope);
+                let data = json!({ "retryAfterSeconds": secs, "scope": l.scope });
+                Answer {
+                    bytes: crate::mcp::error_response_with_data(
+                        Some(id),
+                        ErrorCode::RATE_LIMITED,
+                        &message,
+                        Some(&data),
+                    ),
+                    refusal: Some(Refusal::RateLimited {
+                        retry_after_secs: secs,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// The serialized response to one request, and whether it was a refusal the transport should
+/// reflect in its status (HTTP 403 / 429 with `Retry-After`).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub bytes: Bytes,
+    pub refusal: Option<Refusal>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Forbidden,
+    RateLimited { retry_after_secs: u64 },
+}
+
+impl Answer {
+    fn ok(bytes: Bytes) -> Answer {
+        Answer {
+            bytes,
+            refusal: None,
+        }
+    }
+}
+
+/// Proof that `Router::admit` already authorized a call and took its quota.
+#[derive(Debug)]
+pub struct Admission(());
 
 fn object_params(params: Option<&RawValue>) -> Result<Map<String, Value>, Failure> {
     match params {

@@ -3,8 +3,9 @@
 # server behind it in passthrough naming. Starts and stops the gateway itself.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-BIN=${PORTCULLIS_BIN:-target/debug/portcullis}
-FIXTURE=${FIXTURE_BIN:-target/debug/portcullis-fixture-server}
+TARGET=${CARGO_TARGET_DIR:-target}
+BIN=${PORTCULLIS_BIN:-$TARGET/debug/portcullis}
+FIXTURE=${FIXTURE_BIN:-$TARGET/debug/portcullis-fixture-server}
 [ -x "$BIN" ] && [ -x "$FIXTURE" ] || { echo "build first: cargo build --bins" >&2; exit 2; }
 work=$(mktemp -d)
 cleanup() {
@@ -21,7 +22,7 @@ sse_poll_interval = "500ms"
 
 [servers.fixture]
 runtime = "process"
-command = "$PWD/$FIXTURE"
+command = "$(realpath "$FIXTURE")"
 # Longer than sse_poll_interval, so the stream really closes before the answer.
 env = { FIXTURE_RECONNECT_DELAY_MS = "1500" }
 TOML
