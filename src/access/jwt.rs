@@ -93,6 +93,13 @@ impl JwtVerifier {
     pub fn verify(&self, token: &str) -> Result<String, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed JWT: {e}"))?;
+        if !self.validation.algorithms.contains(&header.alg) {
+            return Err("the JWT algorithm is not accepted".into());
+        }
+        // Validate against the token's own (allowed) algorithm only: the library insists that
+        // every algorithm of a validation matches the key's family.
+        let mut validation = self.validation.clone();
+        validation.algorithms = vec![header.alg];
         let candidates: Vec<DecodingKey> = match &self.keys {
             Keys::One(keys) => keys.clone(),
             Keys::Set(set) => {
@@ -108,7 +115,7 @@ impl JwtVerifier {
         };
         let mut last = String::from("no key");
         for key in &candidates {
-            match jsonwebtoken::decode::<Value>(token, key, &self.validation) {
+            match jsonwebtoken::decode::<Value>(token, key, &validation) {
                 Ok(data) => {
                     return match data.claims.get(&self.client_claim) {
                         Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
