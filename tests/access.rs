@@ -166,7 +166,7 @@ async fn a_session_id_is_useless_to_another_identity() {
 #[tokio::test]
 async fn rate_limits_count_exactly_and_refused_calls_never_reach_the_server() {
     let gw = Gateway::start(&token_policy("rate = { quota = \"3/hour\", burst = 3 }"));
-    let mut alice = init_as(&gw, Some(ALICE)).await;
+    let alice = init_as(&gw, Some(ALICE)).await;
     let mut statuses = Vec::new();
     for i in 0..5 {
         let r = alice
