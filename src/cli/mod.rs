@@ -1,5 +1,6 @@
 //! The command line: argument parsing and the commands themselves, at the binary's edge.
 
+pub mod doctor;
 pub mod policy;
 pub mod serve;
 
@@ -30,6 +31,8 @@ pub enum Command {
     /// Validate, import or show policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Check that what a policy needs (Docker engine, images) is present, with a fix for each problem.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]

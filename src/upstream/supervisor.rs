@@ -12,6 +12,7 @@ use super::{InitInfo, State, UpstreamEvent};
 use crate::mcp::{methods, protocol, to_raw};
 use crate::policy::Server;
 use crate::sandbox::{BoxRead, Purpose, Runtime, SpawnContext, Spawned};
+use crate::secrets::Redactor;
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -98,8 +99,12 @@ impl Supervisor {
     }
 
     async fn start(&self) -> Result<Running, String> {
+        let secrets = self.resolve_secrets()?;
+        let redactor = Arc::new(Redactor::new(
+            secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ));
         let ctx = SpawnContext {
-            secrets: self.resolve_secrets()?,
+            secrets,
             session: None,
             policy_hash: String::new(),
             purpose: Some(Purpose::Shared),
@@ -117,7 +122,7 @@ impl Supervisor {
             .map_err(|e| e.to_string())?;
         let spawned_desc = instance.describe();
         if let Some(stderr) = stderr {
-            tokio::spawn(forward_stderr(self.name.clone(), stderr));
+            tokio::spawn(forward_stderr(self.name.clone(), stderr, redactor.clone()));
         }
         let (conn, reader) =
             Connection::start(self.name.clone(), stdin, stdout, self.events.clone());
@@ -126,7 +131,8 @@ impl Supervisor {
             Ok(Ok(info)) => info,
             Ok(Err(e)) => {
                 instance.kill().await;
-                return Err(format!("initialize failed: {e}"));
+                // The server's own error text may quote its environment.
+                return Err(format!("initialize failed: {}", redactor.redact(&e)));
             }
             Err(_) => {
                 instance.kill().await;
@@ -217,13 +223,53 @@ async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
     })
 }
 
-async fn forward_stderr(server: Arc<str>, stderr: BoxRead) {
+async fn forward_stderr(server: Arc<str>, stderr: BoxRead, redactor: Arc<Redactor>) {
     let mut lines = BufReader::new(stderr).split(b'\n');
     while let Ok(Some(line)) = lines.next_segment().await {
         let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
-        let text = text.trim_end();
+        let text = redactor.redact(text.trim_end());
         if !text.is_empty() {
             tracing::info!(target: "portcullis::upstream::stderr", server = %server, "{text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Captures what forward_stderr logs.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn stderr_forwarding_redacts_secrets() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let redactor = Arc::new(Redactor::new([("API_KEY", "sk-live-0123456789")]));
+        let input: BoxRead = Box::new(std::io::Cursor::new(
+            b"starting with key sk-live-0123456789\nok\n".to_vec(),
+        ));
+        forward_stderr("srv".into(), input, redactor).await;
+        let logged = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("[REDACTED:API_KEY]"), "{logged}");
+        assert!(!logged.contains("sk-live-0123456789"), "{logged}");
     }
 }
