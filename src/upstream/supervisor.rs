@@ -18,6 +18,8 @@ const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A server that stayed up this long is considered healthy again: its next crash restarts fast.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// How long to wait for an instance's exit status once its stdout has closed.
+const EXIT_REASON_GRACE: Duration = Duration::from_secs(1);
 /// Longest stderr line forwarded to the log.
 const MAX_STDERR_LINE: usize = 4096;
 
@@ -54,6 +56,11 @@ impl Supervisor {
                         r = running.instance.wait() => r,
                         r = &mut running.reader => {
                             let r = r.unwrap_or_else(|e| format!("reader failed: {e}"));
+                            // stdout usually closes because the instance is exiting; its exit
+                            // status ("OOM-killed", "exited with status 3") says more.
+                            let r = tokio::time::timeout(EXIT_REASON_GRACE, running.instance.wait())
+                                .await
+                                .unwrap_or(r);
                             running.instance.kill().await;
                             r
                         }
