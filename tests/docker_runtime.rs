@@ -13,7 +13,7 @@ use bollard::query_parameters::{
     RemoveContainerOptionsBuilder,
 };
 use common::client::{tool_text, Mcp, LATEST};
-use common::docker::{containers_in, runtime, Scope, FIXTURE_IMAGE};
+use common::docker::{containers_in, require_image, runtime, Scope, FIXTURE_IMAGE, TIME_IMAGE};
 use common::Gateway;
 use portcullis::sandbox::docker::DockerRuntime;
 use portcullis::sandbox::{Purpose, Runtime, SandboxError, SpawnContext};
@@ -524,4 +524,37 @@ async fn missing_image_is_a_clear_error() {
         text.contains("docker: engine 20.") || text.contains("docker: engine"),
         "{text}"
     );
+}
+
+#[tokio::test]
+async fn reference_python_server_runs_in_the_sandbox() {
+    let scope = Scope::new("time");
+    let Some(rt) = runtime(&scope.name).await else {
+        return;
+    };
+    let how = "install the peers (`make peers`), then run tests/docker/build-images.sh";
+    if require_image(&rt, TIME_IMAGE, how).await.is_none() {
+        return;
+    }
+    let policy = format!(
+        "[servers.time]\nruntime = \"docker\"\nimage = \"{TIME_IMAGE}\"\ncommand = [\"--local-timezone\", \"UTC\"]\nlimits = {{ memory = \"128m\", pids = 64 }}\n"
+    );
+    let gw = gateway(&scope, &policy, &[]);
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    let r = c
+        .call_tool("get_current_time", json!({"timezone": "UTC"}))
+        .await;
+    let text = tool_text(&r);
+    assert!(text.contains("\"timezone\": \"UTC\""), "{text}");
+    let id = only_container(&rt, &scope.name, "time").await;
+    let info = rt
+        .api()
+        .inspect_container(&id, None::<InspectContainerOptions>)
+        .await
+        .unwrap();
+    let h = info.host_config.unwrap();
+    assert_eq!(h.readonly_rootfs, Some(true));
+    assert_eq!(h.cap_drop, Some(vec!["ALL".to_owned()]));
+    assert_eq!(info.config.unwrap().user.as_deref(), Some("65534:65534"));
 }

@@ -18,6 +18,8 @@ use std::sync::OnceLock;
 use portcullis::sandbox::docker::DockerRuntime;
 
 pub const FIXTURE_IMAGE: &str = "portcullis/fixture:test";
+/// The reference `mcp-server-time` (Python) assembled by tests/docker/time-image.sh.
+pub const TIME_IMAGE: &str = "portcullis/mcp-time:test";
 const SOCKET: &str = "/var/run/docker.sock";
 const STATE_DIR: &str = "/tmp/portcullis-dockerd";
 
@@ -144,4 +146,13 @@ pub async fn containers_in(
         .into_iter()
         .map(|c| (c.id.unwrap_or_default(), c.labels.unwrap_or_default()))
         .collect()
+}
+
+/// Whether an optional test image exists; a missing one fails under CI and skips loudly locally.
+pub async fn require_image(rt: &DockerRuntime, image: &str, how: &str) -> Option<()> {
+    match rt.image(image).await {
+        Ok(Some(_)) => Some(()),
+        Ok(None) => skip_or_fail(&format!("test image {image} is missing: {how}")),
+        Err(e) => skip_or_fail(&format!("Docker is not usable: {e}")),
+    }
 }
