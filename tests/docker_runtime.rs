@@ -558,3 +558,27 @@ async fn reference_python_server_runs_in_the_sandbox() {
     assert_eq!(h.cap_drop, Some(vec!["ALL".to_owned()]));
     assert_eq!(info.config.unwrap().user.as_deref(), Some("65534:65534"));
 }
+
+#[test]
+fn unreachable_engine_is_reported_with_a_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("p.toml");
+    std::fs::write(
+        &p,
+        format!("[servers.box]\nruntime = \"docker\"\nimage = \"{FIXTURE_IMAGE}\"\n"),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::gateway_bin())
+        .args(["doctor", "--policy"])
+        .arg(&p)
+        .env("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("[FAIL] docker: the Docker engine is not reachable"),
+        "{text}"
+    );
+    assert!(text.contains("fix: install the engine"), "{text}");
+}

@@ -185,9 +185,24 @@ impl DockerRuntime {
             })
     }
 
-    /// Removes every container this process started and has not removed yet. Returns how many
-    /// were removed.
+    /// Removes every container this process started and has not removed yet, including any the
+    /// engine created after a call timed out on our side (found by this process's label).
+    /// Returns how many were removed.
     pub async fn shutdown(&self) -> usize {
+        let tracked = self.remove_tracked().await;
+        let gateway = self.gateway.clone();
+        let untracked = self
+            .reconcile(|l| l.get(labels::GATEWAY).map(String::as_str) != Some(&*gateway))
+            .await
+            .map(|r| r.containers.len())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not list this gateway's containers at shutdown");
+                0
+            });
+        tracked + untracked
+    }
+
+    async fn remove_tracked(&self) -> usize {
         let ids: Vec<String> = match self.started.lock() {
             Ok(s) => s.iter().cloned().collect(),
             Err(_) => return 0,
@@ -234,11 +249,16 @@ impl DockerRuntime {
                 runtime: "docker",
             });
         };
+        // The engine echoes some invalid input back in its errors; never let that be a secret.
+        let redactor = crate::secrets::Redactor::new(
+            ctx.secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
         let failed = |op: &'static str| {
+            let redactor = &redactor;
             move |e: DockerFailure| SandboxError::Docker {
                 server: server.name.clone(),
                 op,
-                reason: e.to_string(),
+                reason: redactor.redact(&e.to_string()).into_owned(),
             }
         };
         let image = images::resolve(&self.docker, &spec.image)
