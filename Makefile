@@ -7,7 +7,7 @@ POLICY ?= policy/default.toml
 PEERS := $(CURDIR)/.peers
 export PATH := $(PEERS)/venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test deps peers build lint fmt conformance python-tests rust-tests clean
+.PHONY: run test deps peers build lint fmt conformance python-tests rust-tests docker-images dockerd-stop clean
 
 ## make run: build and start the gateway on $(POLICY) (default: policy/default.toml).
 run: deps
@@ -28,8 +28,19 @@ peers:
 build:
 	$(CARGO) build --bins
 
+# Docker tests start dockerd themselves when /var/run/docker.sock is missing (and stop it after
+# the last test process exits) and build their images: see tests/common/docker.rs.
 rust-tests:
 	$(CARGO) test --all-targets -- --test-threads=2
+
+## make docker-images: build the test images offline (fixture, and mcp-server-time when peers exist).
+docker-images:
+	bash tests/setup/dockerd.sh start
+	bash tests/docker/build-images.sh
+
+## make dockerd-stop: stop a dockerd that the test harness started (never one it did not start).
+dockerd-stop:
+	bash tests/setup/dockerd.sh stop
 
 python-tests:
 	$(PEERS)/venv/bin/python -m pytest -q tests/python

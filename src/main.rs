@@ -10,17 +10,15 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Import { file }) => cli::policy::import(&file),
         Command::Policy(PolicyCommand::Show { file }) => cli::policy::show(&file),
         Command::Token(TokenCommand::New { client }) => cli::token_new(&client),
+        Command::Doctor(doctor) => match async_runtime() {
+            Ok(rt) => rt.block_on(cli::doctor::run(doctor)),
+            Err(code) => code,
+        },
         Command::Serve(serve) => {
             cli::init_logging(args.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match async_runtime() {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(cli::serve::run(serve)) {
                 Ok(()) => ExitCode::SUCCESS,
@@ -31,4 +29,14 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn async_runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the async runtime: {e}");
+            ExitCode::FAILURE
+        })
 }

@@ -1,5 +1,6 @@
 //! The command line: argument parsing and the commands themselves, at the binary's edge.
 
+pub mod doctor;
 pub mod policy;
 pub mod serve;
 
@@ -33,6 +34,8 @@ pub enum Command {
     /// Client bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Check that what a policy needs (Docker engine, images) is present, with a fix for each problem.
+    Doctor(doctor::DoctorArgs),
 }
 
 #[derive(Debug, Subcommand)]

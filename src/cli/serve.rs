@@ -10,8 +10,9 @@ use crate::access::Access;
 use crate::downstream::Listener;
 use crate::policy::{self, Policy};
 use crate::router::Router;
+use crate::sandbox::docker::{self, DockerRuntime};
 use crate::sandbox::process::ProcessRuntime;
-use crate::sandbox::Runtimes;
+use crate::sandbox::{Runtime, Runtimes};
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -21,6 +22,11 @@ pub struct ServeArgs {
     /// Overrides gateway.listen from the policy.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Reconciliation scope: at start-up the gateway removes the Docker containers and networks
+    /// a previous gateway of the same scope left behind. Gateways sharing one engine need
+    /// distinct scopes.
+    #[arg(long, env = "PORTCULLIS_DOCKER_SCOPE", default_value = docker::DEFAULT_SCOPE)]
+    pub docker_scope: String,
 }
 
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -36,9 +42,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         policy.gateway.listen = listen;
     }
     tracing::info!(policy = %policy.origin, servers = policy.servers.len(), "policy loaded");
+    let docker = connect_docker(&policy, &args.docker_scope).await;
     let runtimes = Runtimes {
         process: Arc::new(ProcessRuntime),
-        docker: None,
+        docker: docker.runtime(),
     };
     check_listener_safety(&policy)?;
     let access =
@@ -61,7 +68,59 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     listener.serve(shutdown_signal()).await;
     tracing::info!("shutting down: stopping servers");
     router.shutdown().await;
+    if let DockerState::Connected(d) = &docker {
+        let removed = d.shutdown().await;
+        tracing::info!(removed, "removed this gateway's containers");
+    }
     Ok(())
+}
+
+enum DockerState {
+    NotNeeded,
+    Connected(DockerRuntime),
+    Unreachable(String),
+}
+
+impl DockerState {
+    fn runtime(&self) -> Option<Arc<dyn Runtime>> {
+        match self {
+            DockerState::NotNeeded => None,
+            DockerState::Connected(d) => Some(Arc::new(d.clone())),
+            DockerState::Unreachable(reason) => Some(Arc::new(docker::Unavailable {
+                reason: reason.clone(),
+            })),
+        }
+    }
+}
+
+/// Connects to Docker only when the policy has docker servers; an unreachable engine fails those
+/// servers (with the reason) and leaves the others running.
+async fn connect_docker(policy: &Policy, scope: &str) -> DockerState {
+    let wanted = policy
+        .servers
+        .values()
+        .any(|s| matches!(s.runtime, policy::Runtime::Docker(_)));
+    if !wanted {
+        return DockerState::NotNeeded;
+    }
+    let d = match DockerRuntime::connect_scoped(scope).await {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "docker servers will not start");
+            return DockerState::Unreachable(e.to_string());
+        }
+    };
+    match d.engine().await {
+        Ok(info) => {
+            tracing::info!(engine = %info.version, api = %info.api_version, gateway = d.gateway_id(), scope, "connected to Docker")
+        }
+        Err(e) => tracing::warn!(error = %e, "cannot read the Docker engine's version"),
+    }
+    // Nothing is running yet, so everything of this scope is a leftover of an earlier gateway.
+    if let Err(e) = d.reconcile(|_| false).await {
+        tracing::warn!(error = %e, "could not remove leftover containers");
+    }
+    DockerState::Connected(d)
 }
 
 /// The policy check covers `gateway.listen`; `--listen` can move the listener afterwards, so

@@ -620,7 +620,7 @@ impl Checker<'_> {
             let user = u.get_ref();
             let uid = user.split(':').next().unwrap_or_default();
             if uid == "root" || uid == "0" {
-                self.error(u.span().start, format!("user = \"{user}\" runs the server as root inside its container; use a non-root user like \"65534:65534\" or leave `user` out to keep the image's non-root user"));
+                self.error(u.span().start, format!("user = \"{user}\" runs the server as root inside its container; use a non-root user like \"65534:65534\" or leave `user` out to run as nobody (65534:65534)"));
             }
         }
         let mut mounts = Vec::new();

@@ -3,6 +3,7 @@
 //! A runtime turns a server's policy into a running instance with stdio pipes. What happens on
 //! those pipes (MCP) is the upstream layer's business.
 
+pub mod docker;
 pub mod process;
 
 use std::future::Future;
@@ -150,5 +151,16 @@ pub enum SandboxError {
     Unsupported {
         server: String,
         runtime: &'static str,
+    },
+    #[error("the Docker engine is not reachable: {reason}; start dockerd (or mount /var/run/docker.sock into the gateway's container) and run `portcullis doctor`")]
+    EngineUnreachable { reason: String },
+    #[error("server `{server}`: image `{image}` is not in the local Docker engine and Portcullis never pulls; build it (`docker build -t {image} .`) or load it (`docker load -i image.tar`) first")]
+    ImageMissing { server: String, image: String },
+    /// A Docker API call failed. `reason` comes from the engine, which never echoes env values.
+    #[error("server `{server}`: Docker {op} failed: {reason}")]
+    Docker {
+        server: String,
+        op: &'static str,
+        reason: String,
     },
 }

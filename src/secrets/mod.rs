@@ -1,6 +1,7 @@
 //! Secret values: read from their sources at the moment a server starts, never stored in the
 //! policy, never logged.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use crate::policy::SecretRef;
@@ -71,9 +72,75 @@ fn dotenv_lookup(text: &str, key: &str) -> Option<String> {
     })
 }
 
+/// Shortest value the redactor scrubs: shorter ones would shred ordinary log text and are not
+/// credentials anyone should be using.
+pub const MIN_REDACTED_LEN: usize = 4;
+
+/// Scrubs loaded secret values out of text before it is logged.
+#[derive(Default, Clone)]
+pub struct Redactor {
+    /// (value, replacement), longest value first so that a secret containing another is
+    /// replaced whole.
+    entries: Vec<(String, String)>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("secrets", &self.entries.len())
+            .finish()
+    }
+}
+
+impl Redactor {
+    /// Builds a redactor from `(NAME, value)` pairs.
+    pub fn new<'a>(secrets: impl IntoIterator<Item = (&'a str, &'a str)>) -> Redactor {
+        let mut entries: Vec<(String, String)> = secrets
+            .into_iter()
+            .filter(|(_, v)| v.len() >= MIN_REDACTED_LEN)
+            .map(|(name, v)| (v.to_owned(), format!("[REDACTED:{name}]")))
+            .collect();
+        entries.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then_with(|| a.0.cmp(&b.0)));
+        entries.dedup_by(|a, b| a.0 == b.0);
+        Redactor { entries }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// `text` with every secret value replaced by `[REDACTED:NAME]`; borrowed when there was
+    /// nothing to replace (the common case costs no allocation).
+    pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
+        let mut out = Cow::Borrowed(text);
+        for (value, replacement) in &self.entries {
+            if out.contains(value.as_str()) {
+                out = Cow::Owned(out.replace(value.as_str(), replacement));
+            }
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redactor_replaces_values_with_their_names() {
+        let r = Redactor::new([
+            ("TOKEN", "ghp_abcdef123456"),
+            ("INNER", "abcdef"),
+            ("SHORT", "abc"),
+        ]);
+        assert_eq!(
+            r.redact("auth ghp_abcdef123456 then abcdef and abc"),
+            "auth [REDACTED:TOKEN] then [REDACTED:INNER] and abc"
+        );
+        assert!(matches!(r.redact("nothing here"), Cow::Borrowed(_)));
+        assert!(Redactor::new([]).is_empty());
+        assert!(!format!("{r:?}").contains("ghp_"));
+    }
 
     #[test]
     fn dotenv_handles_quotes_and_export() {

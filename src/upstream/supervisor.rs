@@ -12,11 +12,14 @@ use super::{InitInfo, State, UpstreamEvent};
 use crate::mcp::{methods, protocol, to_raw};
 use crate::policy::Server;
 use crate::sandbox::{BoxRead, Runtime, SpawnContext, Spawned};
+use crate::secrets::Redactor;
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// A server that stayed up this long is considered healthy again: its next crash restarts fast.
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
+/// How long to wait for an instance's exit status once its stdout has closed.
+const EXIT_REASON_GRACE: Duration = Duration::from_secs(1);
 /// Longest stderr line forwarded to the log.
 const MAX_STDERR_LINE: usize = 4096;
 
@@ -55,6 +58,11 @@ impl Supervisor {
                         r = running.instance.wait() => r,
                         r = &mut running.reader => {
                             let r = r.unwrap_or_else(|e| format!("reader failed: {e}"));
+                            // stdout usually closes because the instance is exiting; its exit
+                            // status ("OOM-killed", "exited with status 3") says more.
+                            let r = tokio::time::timeout(EXIT_REASON_GRACE, running.instance.wait())
+                                .await
+                                .unwrap_or(r);
                             running.instance.kill().await;
                             r
                         }
@@ -111,8 +119,12 @@ impl Supervisor {
     }
 
     async fn start(&self) -> Result<Running, String> {
+        let secrets = self.resolve_secrets()?;
+        let redactor = Arc::new(Redactor::new(
+            secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        ));
         let ctx = SpawnContext {
-            secrets: self.resolve_secrets()?,
+            secrets,
             session: self.options.owner.clone(),
             policy_hash: self.options.policy_hash.clone(),
             purpose: Some(self.options.purpose),
@@ -130,7 +142,7 @@ impl Supervisor {
             .map_err(|e| e.to_string())?;
         let spawned_desc = instance.describe();
         if let Some(stderr) = stderr {
-            tokio::spawn(forward_stderr(self.name.clone(), stderr));
+            tokio::spawn(forward_stderr(self.name.clone(), stderr, redactor.clone()));
         }
         let (conn, reader) =
             Connection::start(self.source.clone(), stdin, stdout, self.events.clone());
@@ -139,7 +151,8 @@ impl Supervisor {
             Ok(Ok(info)) => info,
             Ok(Err(e)) => {
                 instance.kill().await;
-                return Err(format!("initialize failed: {e}"));
+                // The server's own error text may quote its environment.
+                return Err(format!("initialize failed: {}", redactor.redact(&e)));
             }
             Err(_) => {
                 instance.kill().await;
@@ -230,13 +243,53 @@ async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
     })
 }
 
-async fn forward_stderr(server: Arc<str>, stderr: BoxRead) {
+async fn forward_stderr(server: Arc<str>, stderr: BoxRead, redactor: Arc<Redactor>) {
     let mut lines = BufReader::new(stderr).split(b'\n');
     while let Ok(Some(line)) = lines.next_segment().await {
         let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
-        let text = text.trim_end();
+        let text = redactor.redact(text.trim_end());
         if !text.is_empty() {
             tracing::info!(target: "portcullis::upstream::stderr", server = %server, "{text}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Captures what forward_stderr logs.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn stderr_forwarding_redacts_secrets() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let redactor = Arc::new(Redactor::new([("API_KEY", "sk-live-0123456789")]));
+        let input: BoxRead = Box::new(std::io::Cursor::new(
+            b"starting with key sk-live-0123456789\nok\n".to_vec(),
+        ));
+        forward_stderr("srv".into(), input, redactor).await;
+        let logged = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("[REDACTED:API_KEY]"), "{logged}");
+        assert!(!logged.contains("sk-live-0123456789"), "{logged}");
     }
 }

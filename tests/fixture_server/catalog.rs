@@ -135,7 +135,24 @@ pub fn tools(extra: usize) -> Vec<Value> {
             string_arg("uri", "Resource URI"),
         ),
         tool("pid", "The fixture's process id", no_args()),
-
+        tool(
+            "spawn_threads",
+            "Tries to start `count` threads (at most 4096) that each live 2 s; returns how many started. Used to hit a sandbox's pids limit (threads count as tasks).",
+            json!({
+                "type": "object",
+                "properties": { "count": { "type": "integer", "minimum": 1, "maximum": 4096 } },
+                "required": ["count"]
+            }),
+        ),
+        tool(
+            "alloc_mb",
+            "Allocates and touches `mb` MiB (at most 2048), holds it 1 s, frees it; returns ok. Used to trip a sandbox's memory limit.",
+            json!({
+                "type": "object",
+                "properties": { "mb": { "type": "integer", "minimum": 1, "maximum": 2048 } },
+                "required": ["mb"]
+            }),
+        ),
     ];
     for i in 0..extra {
         list.push(tool(

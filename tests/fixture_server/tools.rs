@@ -252,6 +252,23 @@ pub async fn call(
             }
         }
         "pid" => text(std::process::id().to_string()),
+        "spawn_threads" => {
+            let count = args
+                .get("count")
+                .and_then(Value::as_u64)
+                .filter(|n| (1..=4096).contains(n))
+                .ok_or_else(|| RpcError::new(INVALID_PARAMS, "count must be 1..=4096"))?;
+            text(spawn_threads(count))
+        }
+        "alloc_mb" => {
+            let mb = args
+                .get("mb")
+                .and_then(Value::as_u64)
+                .filter(|n| (1..=2048).contains(n))
+                .ok_or_else(|| RpcError::new(INVALID_PARAMS, "mb must be 1..=2048"))?;
+            alloc_mb(mb as usize).await;
+            text("ok")
+        }
         other => match other
             .strip_prefix("extra_")
             .and_then(|n| n.parse::<usize>().ok())
@@ -306,4 +323,38 @@ async fn slow(server: &Server, ms: u64, token: Option<&Value>, cancel: &Cancel) 
         }
     }
     text("done")
+}
+
+/// Starts up to `count` short-lived threads and reports how many the kernel allowed. Bounded
+/// both in number and in lifetime so that, outside a sandbox, it is harmless.
+fn spawn_threads(count: u64) -> String {
+    let mut started = 0u64;
+    let mut failure = None;
+    for _ in 0..count {
+        let spawned = std::thread::Builder::new()
+            .stack_size(64 * 1024)
+            .spawn(|| std::thread::sleep(Duration::from_secs(2)));
+        match spawned {
+            Ok(_) => started += 1,
+            Err(e) => {
+                failure = Some(e.to_string());
+                break;
+            }
+        }
+    }
+    match failure {
+        Some(e) => format!("started {started} of {count} threads; then: {e}"),
+        None => format!("started {started} of {count} threads"),
+    }
+}
+
+/// Touches every page so the memory is really committed (and counted by the cgroup).
+async fn alloc_mb(mb: usize) {
+    let mut chunks: Vec<Vec<u8>> = Vec::with_capacity(mb);
+    for _ in 0..mb {
+        chunks.push(vec![1u8; 1024 * 1024]);
+    }
+    std::hint::black_box(&chunks);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    drop(chunks);
 }

@@ -1,0 +1,563 @@
+//! The `docker` runtime: each server instance is a hardened container created through the Docker
+//! Engine API (never the docker CLI), with MCP over the container's attached stdio.
+//!
+//! Every container carries ownership labels (see `labels`) so that reconciliation can remove what
+//! a crashed gateway left behind without touching anything else on the engine.
+
+pub mod attach;
+mod images;
+pub mod labels;
+mod reconcile;
+pub mod spec;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bollard::errors::Error as ApiError;
+use bollard::query_parameters::{
+    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
+    RemoveContainerOptionsBuilder, WaitContainerOptionsBuilder,
+};
+use bollard::Docker;
+use futures_util::StreamExt;
+
+pub use images::ResolvedImage;
+pub use reconcile::Reconciled;
+pub use spec::Network;
+
+use super::{BoxFuture, Instance, InstanceInfo, Runtime, SandboxError, SpawnContext, Spawned};
+use crate::policy::{Runtime as RuntimeSpec, Server};
+
+/// Upper bound for ordinary API calls (inspect, list, start, remove).
+pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(30);
+/// Creating a container can be slow on a loaded engine (overlay setup).
+const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Reaching the engine at all.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// The reconciliation scope used when the operator names none.
+pub const DEFAULT_SCOPE: &str = "default";
+
+/// One failed Docker API call.
+#[derive(Debug, thiserror::Error)]
+pub enum DockerFailure {
+    #[error("{op}: {source}")]
+    Api {
+        op: &'static str,
+        #[source]
+        source: ApiError,
+    },
+    #[error("{op}: no answer from the Docker engine within {}s", limit.as_secs())]
+    Timeout { op: &'static str, limit: Duration },
+}
+
+impl DockerFailure {
+    fn is_not_found(&self) -> bool {
+        matches!(
+            self,
+            DockerFailure::Api {
+                source: ApiError::DockerResponseServerError {
+                    status_code: 404,
+                    ..
+                },
+                ..
+            }
+        )
+    }
+}
+
+/// Runs one API call with a deadline, so a wedged engine can never hang the gateway.
+pub(crate) async fn timed<T>(
+    op: &'static str,
+    limit: Duration,
+    call: impl Future<Output = Result<T, ApiError>>,
+) -> Result<T, DockerFailure> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(DockerFailure::Api { op, source }),
+        Err(_) => Err(DockerFailure::Timeout { op, limit }),
+    }
+}
+
+/// The engine's self-description, for `doctor` and the startup log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineInfo {
+    pub version: String,
+    pub api_version: String,
+}
+
+/// A connection to the Docker engine plus the bookkeeping of what this process started.
+#[derive(Clone)]
+pub struct DockerRuntime {
+    docker: Docker,
+    /// Random per process: labels tell which gateway created a container.
+    gateway: Arc<str>,
+    scope: Arc<str>,
+    /// Ids of containers this process created and has not removed yet.
+    started: Arc<Mutex<HashSet<String>>>,
+}
+
+impl std::fmt::Debug for DockerRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerRuntime")
+            .field("gateway", &self.gateway)
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerRuntime {
+    /// Connects to the local engine (`DOCKER_HOST` or `/var/run/docker.sock`) in the default
+    /// reconciliation scope.
+    pub async fn connect() -> Result<DockerRuntime, SandboxError> {
+        Self::connect_scoped(DEFAULT_SCOPE).await
+    }
+
+    /// Connects and negotiates the API version: the engine may be older than bollard's default.
+    pub async fn connect_scoped(scope: &str) -> Result<DockerRuntime, SandboxError> {
+        let unreachable = |reason: String| SandboxError::EngineUnreachable { reason };
+        let docker =
+            Docker::connect_with_local_defaults().map_err(|e| unreachable(e.to_string()))?;
+        let docker = match tokio::time::timeout(CONNECT_TIMEOUT, docker.negotiate_version()).await {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => return Err(unreachable(e.to_string())),
+            Err(_) => {
+                return Err(unreachable(format!(
+                    "no answer within {}s",
+                    CONNECT_TIMEOUT.as_secs()
+                )))
+            }
+        };
+        Ok(DockerRuntime {
+            docker,
+            gateway: random_hex(8).into(),
+            scope: scope.into(),
+            started: Arc::default(),
+        })
+    }
+
+    /// This process's instance id, as found in the `io.portcullis.gateway` label.
+    pub fn gateway_id(&self) -> &str {
+        &self.gateway
+    }
+
+    pub fn scope(&self) -> &str {
+        &self.scope
+    }
+
+    /// The underlying API client (doctor, tests).
+    pub fn api(&self) -> &Docker {
+        &self.docker
+    }
+
+    pub async fn engine(&self) -> Result<EngineInfo, SandboxError> {
+        let v = timed("version", API_TIMEOUT, self.docker.version())
+            .await
+            .map_err(|e| SandboxError::EngineUnreachable {
+                reason: e.to_string(),
+            })?;
+        Ok(EngineInfo {
+            version: v.version.unwrap_or_default(),
+            api_version: v.api_version.unwrap_or_default(),
+        })
+    }
+
+    /// Looks an image up locally; `Ok(None)` when it is missing (it is never pulled).
+    pub async fn image(&self, image: &str) -> Result<Option<ResolvedImage>, SandboxError> {
+        images::resolve(&self.docker, image)
+            .await
+            .map_err(|e| SandboxError::EngineUnreachable {
+                reason: e.to_string(),
+            })
+    }
+
+    /// Removes the containers and networks of this scope that `keep` does not claim (it sees each
+    /// object's labels). Objects without Portcullis's owner label are never looked at.
+    pub async fn reconcile(
+        &self,
+        keep: impl Fn(&HashMap<String, String>) -> bool + Sync,
+    ) -> Result<Reconciled, SandboxError> {
+        reconcile::run(self, &keep)
+            .await
+            .map_err(|e| SandboxError::EngineUnreachable {
+                reason: e.to_string(),
+            })
+    }
+
+    /// Removes every container this process started and has not removed yet, including any the
+    /// engine created after a call timed out on our side (found by this process's label).
+    /// Returns how many were removed.
+    pub async fn shutdown(&self) -> usize {
+        let tracked = self.remove_tracked().await;
+        let gateway = self.gateway.clone();
+        let untracked = self
+            .reconcile(|l| l.get(labels::GATEWAY).map(String::as_str) != Some(&*gateway))
+            .await
+            .map(|r| r.containers.len())
+            .unwrap_or_else(|e| {
+                tracing::warn!(error = %e, "could not list this gateway's containers at shutdown");
+                0
+            });
+        tracked + untracked
+    }
+
+    async fn remove_tracked(&self) -> usize {
+        let ids: Vec<String> = match self.started.lock() {
+            Ok(s) => s.iter().cloned().collect(),
+            Err(_) => return 0,
+        };
+        let removals = ids.iter().map(|id| async move {
+            match remove(&self.docker, id).await {
+                Ok(()) => {
+                    self.forget(id);
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(container = %short(id), error = %e, "could not remove container at shutdown");
+                    false
+                }
+            }
+        });
+        futures_util::future::join_all(removals)
+            .await
+            .into_iter()
+            .filter(|ok| *ok)
+            .count()
+    }
+
+    fn track(&self, id: &str) {
+        if let Ok(mut s) = self.started.lock() {
+            s.insert(id.to_owned());
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut s) = self.started.lock() {
+            s.remove(id);
+        }
+    }
+
+    async fn spawn_container(
+        &self,
+        server: &Server,
+        ctx: &SpawnContext,
+    ) -> Result<Spawned, SandboxError> {
+        let RuntimeSpec::Docker(spec) = &server.runtime else {
+            return Err(SandboxError::Unsupported {
+                server: server.name.clone(),
+                runtime: "docker",
+            });
+        };
+        // The engine echoes some invalid input back in its errors; never let that be a secret.
+        let redactor = crate::secrets::Redactor::new(
+            ctx.secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())),
+        );
+        let failed = |op: &'static str| {
+            let redactor = &redactor;
+            move |e: DockerFailure| SandboxError::Docker {
+                server: server.name.clone(),
+                op,
+                reason: redactor.redact(&e.to_string()).into_owned(),
+            }
+        };
+        let image = images::resolve(&self.docker, &spec.image)
+            .await
+            .map_err(failed("image inspect"))?
+            .ok_or_else(|| SandboxError::ImageMissing {
+                server: server.name.clone(),
+                image: spec.image.clone(),
+            })?;
+        let mut labels = labels::for_container(&server.name, ctx, &self.gateway, &self.scope);
+        labels.insert(labels::IMAGE.to_owned(), spec.image.clone());
+        // Create from the resolved id, so that a tag moved after the lookup cannot swap the image
+        // the audit log names.
+        let config = spec::container_config(
+            spec,
+            &server.limits,
+            spec::Inputs {
+                image: &image.id,
+                labels,
+                secrets: &ctx.secrets,
+                network: Network::None,
+            },
+        );
+        let name = format!("portcullis-{}-{}", server.name, random_hex(4));
+        let created = timed(
+            "container create",
+            CREATE_TIMEOUT,
+            self.docker.create_container(
+                Some(CreateContainerOptionsBuilder::new().name(&name).build()),
+                config,
+            ),
+        )
+        .await
+        .map_err(failed("container create"))?;
+        let id = created.id;
+        self.track(&id);
+        let instance = ContainerInstance {
+            rt: self.clone(),
+            id: id.clone(),
+            name,
+            memory_bytes: server.limits.memory_bytes,
+            removed: false,
+        };
+        // From here on, dropping `instance` on an error path removes the container.
+        let attached = timed(
+            "container attach",
+            API_TIMEOUT,
+            self.docker.attach_container(
+                &id,
+                Some(
+                    AttachContainerOptionsBuilder::new()
+                        .stdin(true)
+                        .stdout(true)
+                        .stderr(true)
+                        .stream(true)
+                        .logs(false)
+                        .build(),
+                ),
+            ),
+        )
+        .await
+        .map_err(failed("container attach"))?;
+        // Attached before start: not one byte of the server's output can be missed.
+        timed(
+            "container start",
+            API_TIMEOUT,
+            self.docker.start_container(&id, None),
+        )
+        .await
+        .map_err(failed("container start"))?;
+        let (stdout, stderr) = attach::demux(server.name.clone(), attached.output);
+        Ok(Spawned {
+            stdin: Box::new(attached.input),
+            stdout,
+            stderr: Some(stderr),
+            instance: Box::new(instance),
+            info: InstanceInfo {
+                id,
+                image_digest: Some(image.audit_digest()),
+            },
+        })
+    }
+}
+
+impl Runtime for DockerRuntime {
+    fn spawn<'a>(
+        &'a self,
+        server: &'a Server,
+        ctx: &'a SpawnContext,
+    ) -> BoxFuture<'a, Result<Spawned, SandboxError>> {
+        Box::pin(self.spawn_container(server, ctx))
+    }
+}
+
+/// Stands in for the Docker runtime when the engine could not be reached at start-up, so docker
+/// servers fail with the reason while process servers keep working.
+pub struct Unavailable {
+    pub reason: String,
+}
+
+impl Runtime for Unavailable {
+    fn spawn<'a>(
+        &'a self,
+        _server: &'a Server,
+        _ctx: &'a SpawnContext,
+    ) -> BoxFuture<'a, Result<Spawned, SandboxError>> {
+        Box::pin(async move {
+            Err(SandboxError::EngineUnreachable {
+                reason: self.reason.clone(),
+            })
+        })
+    }
+}
+
+struct ContainerInstance {
+    rt: DockerRuntime,
+    id: String,
+    name: String,
+    memory_bytes: u64,
+    removed: bool,
+}
+
+impl ContainerInstance {
+    async fn exit_reason(&self) -> String {
+        let waited = self
+            .rt
+            .docker
+            .wait_container(
+                &self.id,
+                Some(
+                    WaitContainerOptionsBuilder::new()
+                        .condition("not-running")
+                        .build(),
+                ),
+            )
+            .next()
+            .await;
+        // A long poll by design: it returns when the container stops, however long that is.
+        let code = match waited {
+            Some(Ok(r)) => Some(r.status_code),
+            Some(Err(ApiError::DockerContainerWaitError { code, .. })) => Some(code),
+            Some(Err(ApiError::DockerResponseServerError {
+                status_code: 404, ..
+            })) => return "removed".to_owned(),
+            Some(Err(e)) => return format!("lost track of its container: {e}"),
+            None => None,
+        };
+        let state = timed(
+            "container inspect",
+            API_TIMEOUT,
+            self.rt
+                .docker
+                .inspect_container(&self.id, None::<InspectContainerOptions>),
+        )
+        .await;
+        match state {
+            Ok(info) => {
+                let state = info.state.unwrap_or_default();
+                if state.oom_killed == Some(true) {
+                    format!(
+                        "OOM-killed (memory limit {} MiB)",
+                        self.memory_bytes / (1024 * 1024)
+                    )
+                } else {
+                    describe_exit(state.exit_code.or(code))
+                }
+            }
+            Err(e) if e.is_not_found() => "removed".to_owned(),
+            Err(_) => describe_exit(code),
+        }
+    }
+}
+
+fn describe_exit(code: Option<i64>) -> String {
+    match code {
+        // The init process reports a child killed by signal N as 128+N.
+        Some(c @ 129..=159) => format!("exited with status {c} (killed by signal {})", c - 128),
+        Some(c) => format!("exited with status {c}"),
+        None => "stopped".to_owned(),
+    }
+}
+
+impl Instance for ContainerInstance {
+    fn describe(&self) -> String {
+        format!("container {} ({})", self.name, short(&self.id))
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, String> {
+        Box::pin(self.exit_reason())
+    }
+
+    fn kill(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if self.removed {
+                return;
+            }
+            match remove(&self.rt.docker, &self.id).await {
+                Ok(()) => {
+                    self.removed = true;
+                    self.rt.forget(&self.id);
+                }
+                // Still tracked: `shutdown` tries again.
+                Err(e) => {
+                    tracing::warn!(container = %self.name, error = %e, "could not remove container")
+                }
+            }
+        })
+    }
+}
+
+impl Drop for ContainerInstance {
+    fn drop(&mut self) {
+        if self.removed {
+            return;
+        }
+        // Dropped without kill (an error path, a cancelled task): remove it in the background
+        // rather than leak a running container.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let rt = self.rt.clone();
+            let id = std::mem::take(&mut self.id);
+            handle.spawn(async move {
+                match remove(&rt.docker, &id).await {
+                    Ok(()) => rt.forget(&id),
+                    Err(e) => tracing::warn!(container = %short(&id), error = %e, "could not remove dropped container"),
+                }
+            });
+        }
+    }
+}
+
+/// Force-removes a container (kills it first); an already removed container counts as success.
+async fn remove(docker: &Docker, id: &str) -> Result<(), DockerFailure> {
+    let removed = timed(
+        "container remove",
+        API_TIMEOUT,
+        docker.remove_container(
+            id,
+            Some(
+                RemoveContainerOptionsBuilder::new()
+                    .force(true)
+                    .v(true)
+                    .build(),
+            ),
+        ),
+    )
+    .await;
+    match removed {
+        Err(e) if e.is_not_found() => Ok(()),
+        // 409: removal already in progress (a concurrent kill or reconcile).
+        Err(DockerFailure::Api {
+            source:
+                ApiError::DockerResponseServerError {
+                    status_code: 409, ..
+                },
+            ..
+        }) => Ok(()),
+        other => other,
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..12).unwrap_or(id)
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    if getrandom::getrandom(&mut buf).is_err() {
+        // Uniqueness, not secrecy, is what matters here; fall back to time and pid.
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        return format!("{:x}{:x}", t, std::process::id())
+            .chars()
+            .rev()
+            .take(bytes * 2)
+            .collect();
+    }
+    hex::encode(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_reasons_read_well() {
+        assert_eq!(describe_exit(Some(3)), "exited with status 3");
+        assert_eq!(
+            describe_exit(Some(137)),
+            "exited with status 137 (killed by signal 9)"
+        );
+        assert_eq!(describe_exit(None), "stopped");
+    }
+
+    #[test]
+    fn random_names_are_hex() {
+        let r = random_hex(4);
+        assert_eq!(r.len(), 8);
+        assert!(r.chars().all(|c| c.is_ascii_hexdigit()));
+    }
+}

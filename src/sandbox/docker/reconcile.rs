@@ -1,0 +1,113 @@
+//! Removing what a previous (or this) gateway left behind. Only objects carrying both Portcullis's
+//! owner label and this gateway's scope are candidates; the caller decides which of those are
+//! still owned by a live session.
+
+use std::collections::HashMap;
+
+use bollard::query_parameters::{
+    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
+};
+
+use super::{labels, timed, DockerFailure, DockerRuntime, API_TIMEOUT};
+
+/// What a reconciliation pass did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Reconciled {
+    /// Names of removed containers.
+    pub containers: Vec<String>,
+    /// Names of removed networks.
+    pub networks: Vec<String>,
+    /// Objects that should have gone but could not be removed, with why.
+    pub failed: Vec<String>,
+}
+
+pub(super) async fn run(
+    rt: &DockerRuntime,
+    keep: &(dyn Fn(&HashMap<String, String>) -> bool + Sync),
+) -> Result<Reconciled, DockerFailure> {
+    let filters = HashMap::from([(
+        "label",
+        vec![labels::owner_filter(), labels::scope_filter(&rt.scope)],
+    )]);
+    let mut done = Reconciled::default();
+
+    let containers = timed(
+        "container list",
+        API_TIMEOUT,
+        rt.docker.list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        )),
+    )
+    .await?;
+    for c in containers {
+        let found = c.labels.unwrap_or_default();
+        let Some(id) = c.id else { continue };
+        if !labels::is_ours(&found, &rt.scope) || keep(&found) {
+            continue;
+        }
+        let name = c
+            .names
+            .and_then(|n| n.into_iter().next())
+            .map(|n| n.trim_start_matches('/').to_owned())
+            .unwrap_or_else(|| id.clone());
+        let removed = timed(
+            "container remove",
+            API_TIMEOUT,
+            rt.docker.remove_container(
+                &id,
+                Some(
+                    RemoveContainerOptionsBuilder::new()
+                        .force(true)
+                        .v(true)
+                        .build(),
+                ),
+            ),
+        )
+        .await;
+        match removed {
+            Ok(())
+            | Err(DockerFailure::Api {
+                source:
+                    bollard::errors::Error::DockerResponseServerError {
+                        status_code: 404, ..
+                    },
+                ..
+            }) => {
+                rt.forget(&id);
+                done.containers.push(name)
+            }
+            Err(e) => done.failed.push(format!("container {name}: {e}")),
+        }
+    }
+
+    let networks = timed(
+        "network list",
+        API_TIMEOUT,
+        rt.docker.list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&filters).build(),
+        )),
+    )
+    .await?;
+    for n in networks {
+        let found = n.labels.unwrap_or_default();
+        let Some(id) = n.id else { continue };
+        if !labels::is_ours(&found, &rt.scope) || keep(&found) {
+            continue;
+        }
+        let name = n.name.unwrap_or_else(|| id.clone());
+        match timed("network remove", API_TIMEOUT, rt.docker.remove_network(&id)).await {
+            Ok(()) => done.networks.push(name),
+            Err(e) => done.failed.push(format!("network {name}: {e}")),
+        }
+    }
+    if !done.containers.is_empty() || !done.networks.is_empty() {
+        tracing::info!(containers = ?done.containers, networks = ?done.networks, "removed orphaned Docker objects");
+    }
+    for f in &done.failed {
+        tracing::warn!(object = %f, "could not remove an orphaned Docker object");
+    }
+    Ok(done)
+}

@@ -1,0 +1,158 @@
+//! Docker for tests: makes sure an engine is running and the test images are built.
+//!
+//! dockerd: when `/var/run/docker.sock` is missing, `tests/setup/dockerd.sh start LOCK` starts one.
+//! Every test process that needs the engine holds a shared flock on LOCK for its whole life; the
+//! script's reaper takes the lock exclusively, which succeeds only once the last test process has
+//! exited (the kernel drops a process's locks when it exits, even when it crashes), and then stops
+//! the dockerd it started. An engine that was already running is never stopped.
+//!
+//! Under `CI=true` a missing engine or image fails the test; locally the test is skipped with a
+//! loud message.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+
+use portcullis::sandbox::docker::DockerRuntime;
+
+pub const FIXTURE_IMAGE: &str = "portcullis/fixture:test";
+/// The reference `mcp-server-time` (Python) assembled by tests/docker/time-image.sh.
+pub const TIME_IMAGE: &str = "portcullis/mcp-time:test";
+const SOCKET: &str = "/var/run/docker.sock";
+const STATE_DIR: &str = "/tmp/portcullis-dockerd";
+
+/// Held for the life of the test process (see the module comment).
+static USER_LOCK: OnceLock<Result<nix::fcntl::Flock<File>, String>> = OnceLock::new();
+static READY: OnceLock<Result<(), String>> = OnceLock::new();
+
+fn skip_or_fail(msg: &str) -> Option<()> {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
+    None
+}
+
+fn lock_path() -> PathBuf {
+    PathBuf::from(STATE_DIR).join("users.lock")
+}
+
+fn take_user_lock() -> Result<nix::fcntl::Flock<File>, String> {
+    std::fs::create_dir_all(STATE_DIR).map_err(|e| format!("{STATE_DIR}: {e}"))?;
+    let f = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(lock_path())
+        .map_err(|e| format!("{}: {e}", lock_path().display()))?;
+    // Blocks while a reaper is stopping an engine; we then start a fresh one.
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockShared)
+        .map_err(|(_, e)| format!("flock {}: {e}", lock_path().display()))
+}
+
+fn prepare() -> Result<(), String> {
+    if let Err(e) = USER_LOCK.get_or_init(take_user_lock) {
+        return Err(e.clone());
+    }
+    let root = super::repo_root();
+    if !std::path::Path::new(SOCKET).exists() {
+        let st = Command::new("bash")
+            .arg(root.join("tests/setup/dockerd.sh"))
+            .arg("start")
+            .arg(lock_path())
+            .status()
+            .map_err(|e| format!("running tests/setup/dockerd.sh: {e}"))?;
+        if !st.success() {
+            return Err(format!(
+                "could not start dockerd (tests/setup/dockerd.sh start: {st}); install it with `bash tests/setup/install-deps.sh system`"
+            ));
+        }
+    }
+    let st = Command::new("bash")
+        .arg(root.join("tests/docker/build-images.sh"))
+        .status()
+        .map_err(|e| format!("running tests/docker/build-images.sh: {e}"))?;
+    if !st.success() {
+        return Err(format!("building the test images failed ({st})"));
+    }
+    Ok(())
+}
+
+/// A connected runtime in a fresh reconciliation scope, or `None` (skip) when Docker is missing.
+pub async fn runtime(scope: &str) -> Option<DockerRuntime> {
+    if let Err(e) = READY.get_or_init(prepare) {
+        return skip_or_fail(&format!("Docker is not usable: {e}")).map(|_| unreachable!());
+    }
+    match DockerRuntime::connect_scoped(scope).await {
+        Ok(rt) => Some(rt),
+        Err(e) => skip_or_fail(&format!("Docker is not usable: {e}")).map(|_| unreachable!()),
+    }
+}
+
+/// A reconciliation scope unique to one test, so parallel tests never touch each other's
+/// containers. Removes whatever is left in it when dropped (the gateway under test is killed
+/// with SIGKILL and cannot clean up after itself).
+pub struct Scope {
+    pub name: String,
+}
+
+impl Scope {
+    pub fn new(test: &str) -> Scope {
+        let mut b = [0u8; 4];
+        getrandom::getrandom(&mut b).expect("random");
+        Scope {
+            name: format!("test-{test}-{}", hex::encode(b)),
+        }
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        let scope = self.name.clone();
+        // Drop may run inside a runtime; do the async work on a thread with its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(async {
+                if let Ok(d) = DockerRuntime::connect_scoped(&scope).await {
+                    let _ = d.reconcile(|_| false).await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Labelled containers of a scope (id -> labels).
+pub async fn containers_in(
+    rt: &DockerRuntime,
+    scope: &str,
+) -> HashMap<String, HashMap<String, String>> {
+    use bollard::query_parameters::ListContainersOptionsBuilder;
+    let filters = HashMap::from([("label", vec![format!("io.portcullis.scope={scope}")])]);
+    rt.api()
+        .list_containers(Some(
+            ListContainersOptionsBuilder::new()
+                .all(true)
+                .filters(&filters)
+                .build(),
+        ))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .map(|c| (c.id.unwrap_or_default(), c.labels.unwrap_or_default()))
+        .collect()
+}
+
+/// Whether an optional test image exists; a missing one fails under CI and skips loudly locally.
+pub async fn require_image(rt: &DockerRuntime, image: &str, how: &str) -> Option<()> {
+    match rt.image(image).await {
+        Ok(Some(_)) => Some(()),
+        Ok(None) => skip_or_fail(&format!("test image {image} is missing: {how}")),
+        Err(e) => skip_or_fail(&format!("Docker is not usable: {e}")),
+    }
+}
