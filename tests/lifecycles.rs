@@ -138,3 +138,39 @@ async fn shared_servers_serve_every_session() {
         tool_text(&b.call_tool("pid", json!({})).await)
     );
 }
+
+#[tokio::test]
+async fn process_servers_get_a_scrubbed_environment_plus_their_secrets() {
+    let gw = Gateway::start_with(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[servers.fixture]
+runtime = "process"
+command = "{fixture}"
+secrets = { API_TOKEN = "env:PORTCULLIS_TEST_SECRET" }
+"#,
+        &[
+            ("PORTCULLIS_TEST_SECRET", "s3cr3t-value-for-env-test"),
+            ("GATEWAY_ONLY_CREDENTIAL", "must-not-leak"),
+        ],
+    );
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    // The gateway's own environment (which may hold credentials) does not reach servers...
+    assert_eq!(
+        tool_text(&c.call_tool("env_get", json!({"name": "GATEWAY_ONLY_CREDENTIAL"})).await),
+        "<unset>"
+    );
+    assert_eq!(
+        tool_text(&c.call_tool("env_get", json!({"name": "PORTCULLIS_TEST_SECRET"})).await),
+        "<unset>"
+    );
+    // ...only the secrets the policy maps to it, under the names it chose.
+    assert_eq!(
+        tool_text(&c.call_tool("env_get", json!({"name": "API_TOKEN"})).await),
+        "s3cr3t-value-for-env-test"
+    );
+    assert!(!gw.stderr().contains("s3cr3t-value-for-env-test"), "secret in the gateway log");
+}
