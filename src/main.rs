@@ -10,6 +10,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Import { file }) => cli::policy::import(&file),
         Command::Policy(PolicyCommand::Show { file }) => cli::policy::show(&file),
         Command::Token(TokenCommand::New { client }) => cli::token_new(&client),
+        Command::ClientConfig(args) => cli::client_config::run(args),
         Command::Doctor(doctor) => match async_runtime() {
             Ok(rt) => rt.block_on(cli::doctor::run(doctor)),
             Err(code) => code,

@@ -1,5 +1,6 @@
 //! The command line: argument parsing and the commands themselves, at the binary's edge.
 
+pub mod client_config;
 pub mod doctor;
 pub mod policy;
 pub mod serve;
@@ -34,6 +35,8 @@ pub enum Command {
     /// Client bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Print the command or JSON that connects a client (claude, cursor, vscode).
+    ClientConfig(client_config::ClientConfigArgs),
     /// Check that what a policy needs (Docker engine, images) is present, with a fix for each problem.
     Doctor(doctor::DoctorArgs),
 }
