@@ -163,7 +163,7 @@ mod tests {
             true,
         );
         assert!(out.starts_with("claude mcp add --transport http --scope project --header \"Authorization: Bearer ${PORTCULLIS_TOKEN}\" portcullis"), "{out}");
-        let json_part = &out[out.find('{').unwrap()..];
+        let json_part = &out[out.find("\n{").unwrap() + 1..];
         let v: serde_json::Value = serde_json::from_str(json_part).unwrap();
         assert_eq!(v["mcpServers"]["portcullis"]["type"], "http");
         assert_eq!(
@@ -176,7 +176,7 @@ mod tests {
     fn cursor_and_vscode_documents_parse() {
         for c in [Client::Cursor, Client::Vscode] {
             let out = render(&args(c, Scope::Project), "https://127.0.0.1:8811/mcp", true);
-            let json_part = &out[out.find('{').unwrap()..];
+            let json_part = &out[out.find("\n{").unwrap() + 1..];
             let v: serde_json::Value = serde_json::from_str(json_part).unwrap();
             assert!(v.to_string().contains("https://127.0.0.1:8811/mcp"), "{v}");
             assert!(v.to_string().contains("Authorization"), "{v}");
