@@ -9,6 +9,7 @@ pub mod access;
 pub mod cli;
 pub mod downstream;
 pub mod mcp;
+pub mod metrics;
 pub mod policy;
 pub mod router;
 pub mod sandbox;

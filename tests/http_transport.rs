@@ -589,3 +589,30 @@ async fn sse_polling_closes_long_calls_and_the_client_resumes() {
         "{resumed}"
     );
 }
+
+fn metric(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series).map(|v| v.trim().parse().unwrap()))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn metrics_move_with_calls() {
+    let gw = Gateway::start(&fixture_policy());
+    let scrape = || common::http_get(&format!("{}/metrics", gw.base)).unwrap();
+    let (status, before) = scrape();
+    assert_eq!(status, 200);
+    assert!(before.contains("# TYPE portcullis_calls_total counter"), "{before}");
+    let echo = "portcullis_calls_total{server=\"fixture\",tool=\"echo\",outcome=\"ok\"}";
+    let sessions = "portcullis_sessions_open";
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    for _ in 0..3 {
+        c.call_tool("echo", json!({"text": "m"})).await;
+    }
+    let (_, after) = scrape();
+    assert_eq!(metric(&after, echo) - metric(&before, echo), 3, "{after}");
+    assert_eq!(metric(&after, sessions), metric(&before, sessions) + 1);
+    assert!(metric(&after, "portcullis_upstream_starts_total{server=\"fixture\"}") >= 1);
+    assert!(after.contains("portcullis_call_duration_seconds_count{server=\"fixture\"}"));
+}

@@ -207,6 +207,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             Ok(identity) => streamable::handle(shared, m, &parts.headers, body, identity).await,
             Err(e) => {
                 tracing::info!(reason = %e, "request refused: not authenticated");
+                crate::metrics::global().refusal("unauthenticated");
                 let mut r = reply::rpc_error(
                     StatusCode::UNAUTHORIZED,
                     None,
@@ -233,6 +234,17 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             &json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "sessions": shared.sessions.len()}),
         ),
         ("/ready", &Method::GET) => ready(shared),
+        ("/metrics", &Method::GET) => {
+            let mut r = reply::json(
+                StatusCode::OK,
+                bytes::Bytes::from(crate::metrics::global().render()),
+            );
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4"),
+            );
+            r
+        }
         (p, _) if p.starts_with("/.well-known/oauth-") => reply::plain_json(
             StatusCode::NOT_FOUND,
             &json!({"error": "not_found", "error_description": "this gateway does not use OAuth: no authorization server or protected-resource metadata"}),

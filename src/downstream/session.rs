@@ -119,6 +119,7 @@ impl Sessions {
         let id: Arc<str> = Arc::from(new_session_id());
         let s = Arc::new(Session::new(id.clone(), protocol, identity));
         m.insert(id, s.clone());
+        crate::metrics::global().sessions(1);
         Ok(s)
     }
 
@@ -128,6 +129,7 @@ impl Sessions {
 
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
         let s = self.map.write().ok()?.remove(id)?;
+        crate::metrics::global().sessions(-1);
         s.close_all();
         Some(s)
     }
@@ -144,6 +146,7 @@ impl Sessions {
             .collect();
         for k in &stale {
             if let Some(s) = m.remove(k) {
+                crate::metrics::global().sessions(-1);
                 s.close_all();
             }
         }
@@ -156,6 +159,7 @@ impl Sessions {
         };
         m.drain()
             .map(|(k, s)| {
+                crate::metrics::global().sessions(-1);
                 s.close_all();
                 k
             })

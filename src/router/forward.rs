@@ -203,24 +203,31 @@ impl Router {
             Some(crate::mcp::to_raw(&params)),
             self.timeout_for(server),
         );
-        tokio::select! {
+        let started = std::time::Instant::now();
+        let (result, outcome_label) = tokio::select! {
             outcome = call => {
                 guard.notify_server = matches!(outcome, Err(UpstreamError::Timeout { .. }));
                 match outcome {
-                    Ok(Ok(result)) => Ok(result),
-                    Ok(Err(error)) => Err(Failure::Raw(error)),
+                    Ok(Ok(result)) => (Ok(result), "ok"),
+                    Ok(Err(error)) => (Err(Failure::Raw(error)), "error"),
                     Err(e @ UpstreamError::Timeout { .. }) => {
-                        Err(Failure::Gateway(ErrorCode::UPSTREAM_TIMEOUT, e.to_string()))
+                        (Err(Failure::Gateway(ErrorCode::UPSTREAM_TIMEOUT, e.to_string())), "timeout")
                     }
-                    Err(e) => Err(Failure::Gateway(ErrorCode::UPSTREAM_UNAVAILABLE, e.to_string())),
+                    Err(e) => (Err(Failure::Gateway(ErrorCode::UPSTREAM_UNAVAILABLE, e.to_string())), "unavailable"),
                 }
             }
             _ = cancel_rx => {
                 // The client's own notifications/cancelled was already passed on to the server.
                 guard.notify_server = false;
-                Err(Failure::Gateway(ErrorCode::REQUEST_CANCELLED, "request cancelled by the client".into()))
+                (Err(Failure::Gateway(ErrorCode::REQUEST_CANCELLED, "request cancelled by the client".into())), "cancelled")
             }
-        }
+        };
+        let tool = match params.get("name").and_then(Value::as_str) {
+            Some(name) if method == methods::TOOLS_CALL => name,
+            _ => method,
+        };
+        crate::metrics::global().call(server, tool, outcome_label, started.elapsed());
+        result
     }
 
     pub(super) async fn cancel_from_client(&self, key: &str, params: Option<&RawValue>) {

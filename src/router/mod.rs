@@ -669,11 +669,19 @@ impl Failure {
                 })
                 .to_bytes(),
             ),
-            Failure::Gateway(code, message) => Answer {
-                bytes: error_response_bytes(Some(id), code, &message),
-                refusal: (code == ErrorCode::FORBIDDEN).then_some(Refusal::Forbidden),
-            },
+            Failure::Gateway(code, message) => {
+                match code {
+                    ErrorCode::FORBIDDEN => crate::metrics::global().refusal("forbidden"),
+                    ErrorCode::BUSY => crate::metrics::global().refusal("busy"),
+                    _ => {}
+                }
+                Answer {
+                    bytes: error_response_bytes(Some(id), code, &message),
+                    refusal: (code == ErrorCode::FORBIDDEN).then_some(Refusal::Forbidden),
+                }
+            }
             Failure::Limited(l) => {
+                crate::metrics::global().refusal("rate_limited");
                 let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
                 let message = format!("rate limited: {} exhausted; retry in {secs}s", l.scope);
                 let data = json!({ "retryAfterSeconds": secs, "scope": l.scope });

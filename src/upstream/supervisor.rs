@@ -48,6 +48,7 @@ impl Supervisor {
                 Ok(mut running) => {
                     self.state.send_replace(State::Ready(running.info.clone()));
                     tracing::info!(server = %self.name, instance = %running.spawned_desc, protocol = %running.info.protocol_version, "server ready");
+                    crate::metrics::global().upstream_up(&self.name, true);
                     let _ = self
                         .events
                         .send(UpstreamEvent::Ready {
@@ -78,6 +79,7 @@ impl Supervisor {
                 }
                 Err(reason) => reason,
             };
+            crate::metrics::global().upstream_up(&self.name, false);
             if let Ok(mut c) = self.connection.lock() {
                 *c = None;
             }
@@ -141,6 +143,7 @@ impl Supervisor {
             .await
             .map_err(|e| e.to_string())?;
         let spawned_desc = instance.describe();
+        crate::metrics::global().upstream_started(&self.name);
         if let Some(stderr) = stderr {
             tokio::spawn(forward_stderr(self.name.clone(), stderr, redactor.clone()));
         }

@@ -1,0 +1,317 @@
+//! Process-wide counters, gauges and latency histograms, rendered in the Prometheus text format
+//! on `/metrics`.
+//!
+//! A leaf module: any layer records into it, only the downstream layer renders it. Label sets
+//! come from the policy (servers, tools, clients) and from a fixed list of outcomes, so the
+//! number of series is bounded by the configuration, not by traffic.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::Duration;
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 14] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0, 30.0,
+];
+
+/// Series per metric before new label sets are folded into `other`, a guard against label
+/// values that were not meant to come from traffic.
+const MAX_SERIES: usize = 10_000;
+
+type Labels = Vec<(&'static str, String)>;
+
+#[derive(Default)]
+struct Histogram {
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    /// Sum in microseconds.
+    sum_us: AtomicU64,
+}
+
+#[derive(Default)]
+struct Family<T> {
+    help: &'static str,
+    series: RwLock<BTreeMap<Labels, Arc<T>>>,
+}
+
+impl<T: Default> Family<T> {
+    fn get(&self, labels: Labels) -> Arc<T> {
+        if let Some(v) = self
+            .series
+            .read()
+            .ok()
+            .and_then(|m| m.get(&labels).cloned())
+        {
+            return v;
+        }
+        let Ok(mut m) = self.series.write() else {
+            return Arc::new(T::default());
+        };
+        let labels = if m.len() >= MAX_SERIES && !m.contains_key(&labels) {
+            labels
+                .into_iter()
+                .map(|(k, _)| (k, "other".to_owned()))
+                .collect()
+        } else {
+            labels
+        };
+        m.entry(labels).or_default().clone()
+    }
+}
+
+#[derive(Default)]
+pub struct Metrics {
+    calls: Family<AtomicU64>,
+    call_seconds: Family<Histogram>,
+    refusals: Family<AtomicU64>,
+    upstream_starts: Family<AtomicU64>,
+    upstream_up: Family<AtomicI64>,
+    sessions: Family<AtomicI64>,
+    egress_denied: Family<AtomicU64>,
+    audit_queue: Family<AtomicI64>,
+    audit_fsync_seconds: Family<Histogram>,
+}
+
+pub fn global() -> &'static Metrics {
+    static M: OnceLock<Metrics> = OnceLock::new();
+    M.get_or_init(|| Metrics {
+        calls: family("Calls forwarded to servers, by server, tool and outcome."),
+        call_seconds: family("Latency of calls forwarded to servers, as seen by the gateway."),
+        refusals: family("Requests refused by the gateway, by reason (unauthenticated, forbidden, rate_limited, busy)."),
+        upstream_starts: family("Server instances started (processes or containers)."),
+        upstream_up: family("Whether a shared server instance is up (1) or not (0)."),
+        sessions: family("Open client sessions."),
+        egress_denied: family("Egress attempts denied by the firewall, by server."),
+        audit_queue: family("Audit records waiting to be written."),
+        audit_fsync_seconds: family("Latency of audit log fsyncs."),
+    })
+}
+
+fn family<T>(help: &'static str) -> Family<T> {
+    Family {
+        help,
+        series: RwLock::new(BTreeMap::new()),
+    }
+}
+
+fn observe(h: &Histogram, d: Duration) {
+    let secs = d.as_secs_f64();
+    for (i, b) in BUCKETS.iter().enumerate() {
+        if secs <= *b {
+            h.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    h.count.fetch_add(1, Ordering::Relaxed);
+    h.sum_us.fetch_add(
+        u64::try_from(d.as_micros()).unwrap_or(u64::MAX),
+        Ordering::Relaxed,
+    );
+}
+
+impl Metrics {
+    pub fn call(&self, server: &str, tool: &str, outcome: &str, latency: Duration) {
+        self.calls
+            .get(vec![
+                ("server", server.to_owned()),
+                ("tool", tool.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+        observe(
+            &self.call_seconds.get(vec![("server", server.to_owned())]),
+            latency,
+        );
+    }
+
+    pub fn refusal(&self, reason: &'static str) {
+        self.refusals
+            .get(vec![("reason", reason.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn upstream_started(&self, server: &str) {
+        self.upstream_starts
+            .get(vec![("server", server.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn upstream_up(&self, server: &str, up: bool) {
+        self.upstream_up
+            .get(vec![("server", server.to_owned())])
+            .store(i64::from(up), Ordering::Relaxed);
+    }
+
+    pub fn sessions(&self, delta: i64) {
+        self.sessions
+            .get(Vec::new())
+            .fetch_add(delta, Ordering::Relaxed);
+    }
+
+    pub fn egress_denied(&self, server: &str, n: u64) {
+        self.egress_denied
+            .get(vec![("server", server.to_owned())])
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn audit_queue(&self, depth: i64) {
+        self.audit_queue
+            .get(Vec::new())
+            .store(depth, Ordering::Relaxed);
+    }
+
+    pub fn audit_fsync(&self, d: Duration) {
+        observe(&self.audit_fsync_seconds.get(Vec::new()), d);
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut o = String::with_capacity(4096);
+        counter(&mut o, "portcullis_calls_total", &self.calls);
+        histogram(
+            &mut o,
+            "portcullis_call_duration_seconds",
+            &self.call_seconds,
+        );
+        counter(&mut o, "portcullis_refusals_total", &self.refusals);
+        counter(
+            &mut o,
+            "portcullis_upstream_starts_total",
+            &self.upstream_starts,
+        );
+        gauge(&mut o, "portcullis_upstream_up", &self.upstream_up);
+        gauge(&mut o, "portcullis_sessions_open", &self.sessions);
+        counter(
+            &mut o,
+            "portcullis_egress_denied_total",
+            &self.egress_denied,
+        );
+        gauge(&mut o, "portcullis_audit_queue_depth", &self.audit_queue);
+        histogram(
+            &mut o,
+            "portcullis_audit_fsync_seconds",
+            &self.audit_fsync_seconds,
+        );
+        o
+    }
+}
+
+fn label_text(labels: &Labels, extra: Option<(&str, &str)>) -> String {
+    let mut parts: Vec<String> = labels
+        .iter()
+        .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
+        .collect();
+    if let Some((k, v)) = extra {
+        parts.push(format!("{k}=\"{v}\""));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("{{{}}}", parts.join(","))
+    }
+}
+
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+fn header(o: &mut String, name: &str, help: &str, kind: &str) {
+    let _ = writeln!(o, "# HELP {name} {help}");
+    let _ = writeln!(o, "# TYPE {name} {kind}");
+}
+
+fn counter(o: &mut String, name: &str, f: &Family<AtomicU64>) {
+    header(o, name, f.help, "counter");
+    if let Ok(m) = f.series.read() {
+        for (labels, v) in m.iter() {
+            let _ = writeln!(
+                o,
+                "{name}{} {}",
+                label_text(labels, None),
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+fn gauge(o: &mut String, name: &str, f: &Family<AtomicI64>) {
+    header(o, name, f.help, "gauge");
+    if let Ok(m) = f.series.read() {
+        for (labels, v) in m.iter() {
+            let _ = writeln!(
+                o,
+                "{name}{} {}",
+                label_text(labels, None),
+                v.load(Ordering::Relaxed)
+            );
+        }
+    }
+}
+
+fn histogram(o: &mut String, name: &str, f: &Family<Histogram>) {
+    header(o, name, f.help, "histogram");
+    if let Ok(m) = f.series.read() {
+        for (labels, h) in m.iter() {
+            for (i, b) in BUCKETS.iter().enumerate() {
+                let le = format!("{b}");
+                let _ = writeln!(
+                    o,
+                    "{name}_bucket{} {}",
+                    label_text(labels, Some(("le", &le))),
+                    h.buckets[i].load(Ordering::Relaxed)
+                );
+            }
+            let count = h.count.load(Ordering::Relaxed);
+            let _ = writeln!(
+                o,
+                "{name}_bucket{} {count}",
+                label_text(labels, Some(("le", "+Inf")))
+            );
+            let sum = h.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+            let _ = writeln!(o, "{name}_sum{} {sum}", label_text(labels, None));
+            let _ = writeln!(o, "{name}_count{} {count}", label_text(labels, None));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_counters_and_cumulative_buckets() {
+        let m = Metrics {
+            calls: family("c"),
+            call_seconds: family("h"),
+            ..Metrics::default()
+        };
+        m.call("git", "git_status", "ok", Duration::from_micros(300));
+        m.call("git", "git_status", "ok", Duration::from_millis(2));
+        let text = m.render();
+        assert!(
+            text.contains(
+                "portcullis_calls_total{server=\"git\",tool=\"git_status\",outcome=\"ok\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "portcullis_call_duration_seconds_bucket{server=\"git\",le=\"0.0005\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "portcullis_call_duration_seconds_bucket{server=\"git\",le=\"0.0025\"} 2"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("portcullis_call_duration_seconds_count{server=\"git\"} 2"),
+            "{text}"
+        );
+    }
+}
