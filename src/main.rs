@@ -9,6 +9,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { file }) => cli::policy::check(&file),
         Command::Policy(PolicyCommand::Import { file }) => cli::policy::import(&file),
         Command::Policy(PolicyCommand::Show { file }) => cli::policy::show(&file),
+        Command::Audit(cmd) => cli::audit::run(cmd),
         Command::Serve(serve) => {
             cli::init_logging(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -1,5 +1,6 @@
 //! The command line: argument parsing and the commands themselves, at the binary's edge.
 
+pub mod audit;
 pub mod policy;
 pub mod serve;
 
@@ -30,6 +31,9 @@ pub enum Command {
     /// Validate, import or show policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Audit log: keys, offline verification, tail, inclusion proofs, export.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
 }
 
 #[derive(Debug, Subcommand)]

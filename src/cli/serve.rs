@@ -20,6 +20,9 @@ pub struct ServeArgs {
     /// Overrides gateway.listen from the policy.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// Overrides [audit] dir from the policy.
+    #[arg(long, env = "PORTCULLIS_AUDIT_DIR")]
+    pub audit_dir: Option<PathBuf>,
 }
 
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -33,6 +36,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let mut policy = load_policy(args.policy.as_ref())?;
     if let Some(listen) = args.listen {
         policy.gateway.listen = listen;
+    }
+    if let Some(dir) = args.audit_dir {
+        policy.audit.dir = dir;
     }
     tracing::info!(policy = %policy.origin, servers = policy.servers.len(), "policy loaded");
     let runtimes = Runtimes {
