@@ -45,11 +45,8 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
                 record = Some(String::from_utf8_lossy(&line.bytes).into_owned());
             }
             // Cheap pre-filter: only checkpoint lines are parsed.
-            if line
-                .bytes
-                .windows(20)
-                .any(|w| w == b"\"kind\":\"checkpoint\"")
-            {
+            const NEEDLE: &[u8] = b"\"kind\":\"checkpoint\"";
+            if line.bytes.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
                 if let Ok(v) = serde_json::from_slice::<Value>(&line.bytes) {
                     latest = Some(v);
                 }

@@ -171,6 +171,15 @@ pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Fail
         prev_index = Some(*index);
         st.report.segments += 1;
     }
+    if st.report.records == 0 {
+        let (_, last) = &segs[segs.len() - 1];
+        return Err(Failure {
+            file: last.display().to_string(),
+            line: 0,
+            seq: None,
+            what: "the log holds no records (emptied?)".into(),
+        });
+    }
     st.report.log_id = st.log_id.unwrap_or_default();
     st.report.uncovered = match &st.report.last_checkpoint {
         Some((size, _)) => st.report.records.saturating_sub(size + 1),
