@@ -35,7 +35,11 @@ fn a_torn_final_record_is_cut_recorded_and_the_chain_continues() {
     let torn = br#"{"bytes_in":100,"client":"cli"#;
     bytes.extend_from_slice(torn);
     std::fs::write(&seg, &bytes).expect("write");
-    assert_ne!(verify(&dir, &pk).code, 0, "a torn log must not verify before recovery");
+    assert_ne!(
+        verify(&dir, &pk).code,
+        0,
+        "a torn log must not verify before recovery"
+    );
     write(&cfg, &key, 10, 1);
     let r = verify(&dir, &pk);
     assert_eq!(r.code, 0, "{}", r.stderr);
@@ -66,9 +70,11 @@ fn a_crash_without_final_checkpoint_is_noted() {
     write(&cfg, &key, 5, 1);
     assert_eq!(verify(&dir, &pk).code, 0);
     let recs = records(&dir);
-    assert!(recs
-        .iter()
-        .any(|v| v["kind"] == "recovery" && v["detail"].as_str().unwrap_or("").contains("without a final checkpoint")));
+    assert!(recs.iter().any(|v| v["kind"] == "recovery"
+        && v["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("without a final checkpoint")));
 }
 
 #[test]
@@ -111,7 +117,10 @@ fn group_commit_64_concurrent_appenders() {
     }
     for s in &seqs {
         let k = &recs[*s as usize]["kind"];
-        assert!(k == "call" || k == "result", "seq {s} is an appended event, got {k}");
+        assert!(
+            k == "call" || k == "result",
+            "seq {s} is an appended event, got {k}"
+        );
     }
     assert_eq!(verify(&dir, &pk).code, 0);
 }
@@ -124,7 +133,8 @@ fn break_segment(path: &std::path::Path) -> (std::fs::File, i32) {
         if std::fs::read_link(e.path()).ok().as_deref() == Some(target.as_path()) {
             let n: i32 = e.file_name().to_string_lossy().parse().expect("fd");
             // Our own handles are read-only; the writer's has write access (octal flags).
-            let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap_or_default();
+            let info =
+                std::fs::read_to_string(format!("/proc/self/fdinfo/{n}")).unwrap_or_default();
             let flags = info
                 .lines()
                 .find_map(|l| l.strip_prefix("flags:"))
@@ -137,7 +147,10 @@ fn break_segment(path: &std::path::Path) -> (std::fs::File, i32) {
     }
     let fd = fd.expect("the writer's segment fd");
     let saved = nix::unistd::dup(fd).expect("dup");
-    let full = std::fs::OpenOptions::new().write(true).open("/dev/full").expect("/dev/full");
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .expect("/dev/full");
     nix::unistd::dup2(full.as_raw_fd(), fd).expect("dup2");
     (full, saved)
     // `saved` keeps the real file so a test can put it back.
@@ -166,7 +179,10 @@ fn fail_closed_refuses_every_append_after_a_write_error() {
         let log = AuditLog::open(&cfg, Some(key)).expect("open");
         log.append(event(0)).await.expect("first append");
         let (_full, _saved) = break_segment(&segment(&dir, 1));
-        let e = log.append(event(1)).await.expect_err("write to a full disk");
+        let e = log
+            .append(event(1))
+            .await
+            .expect_err("write to a full disk");
         assert!(matches!(e, AuditError::Io(_)), "{e:?}");
         assert!(log.failure().is_some());
         for i in 2..5 {
@@ -237,7 +253,10 @@ fn reserved_kinds_are_refused() {
     let cfg = config(&tmp.path().join("log"));
     rt().block_on(async {
         let log = AuditLog::open(&cfg, None).expect("open");
-        let e = log.append(AuditEvent::new(Kind::Checkpoint)).await.expect_err("reserved");
+        let e = log
+            .append(AuditEvent::new(Kind::Checkpoint))
+            .await
+            .expect_err("reserved");
         assert_eq!(e, AuditError::Reserved("checkpoint"));
         log.shutdown().await.expect("shutdown");
     });
@@ -277,8 +296,12 @@ fn segments_link_and_prove_and_export_work() {
     let v: Value = serde_json::from_str(first).expect("json");
     assert_eq!(v["kind"], "segment_start");
     assert_eq!(v["prev_segment"], "audit-000001.jsonl");
-    let last_of_1: Value = serde_json::from_str(lines(&segment(&dir, 1)).last().expect("l")).expect("json");
-    assert_eq!(last_of_1["kind"], "checkpoint", "a segment is closed by a checkpoint");
+    let last_of_1: Value =
+        serde_json::from_str(lines(&segment(&dir, 1)).last().expect("l")).expect("json");
+    assert_eq!(
+        last_of_1["kind"], "checkpoint",
+        "a segment is closed by a checkpoint"
+    );
     assert_eq!(verify(&dir, &pk).code, 0);
 
     // Removing a whole middle segment is found.
@@ -314,19 +337,40 @@ fn segments_link_and_prove_and_export_work() {
         assert!(!o.status.success());
     }
 
-    let e = portcullis(&["audit", "export", "--from", "10", "--to", "19", "--format", "jsonl"], &dir);
+    let e = portcullis(
+        &[
+            "audit", "export", "--from", "10", "--to", "19", "--format", "jsonl",
+        ],
+        &dir,
+    );
     assert_eq!(e.code, 0);
     let seqs: Vec<u64> = e
         .stdout
         .lines()
-        .map(|l| serde_json::from_str::<Value>(l).expect("json")["seq"].as_u64().expect("seq"))
+        .map(|l| {
+            serde_json::from_str::<Value>(l).expect("json")["seq"]
+                .as_u64()
+                .expect("seq")
+        })
         .collect();
     assert_eq!(seqs, (10..=19).collect::<Vec<_>>());
-    let c = portcullis(&["audit", "export", "--from", "10", "--to", "12", "--format", "cef"], &dir);
+    let c = portcullis(
+        &[
+            "audit", "export", "--from", "10", "--to", "12", "--format", "cef",
+        ],
+        &dir,
+    );
     assert_eq!(c.stdout.lines().count(), 3);
-    assert!(c.stdout.lines().all(|l| l.starts_with("CEF:0|Portcullis|portcullis|")));
+    assert!(c
+        .stdout
+        .lines()
+        .all(|l| l.starts_with("CEF:0|Portcullis|portcullis|")));
 
     let t = portcullis(&["audit", "tail", "-n", "5", "--kind", "checkpoint"], &dir);
     assert_eq!(t.code, 0);
-    assert!(t.stdout.lines().count() <= 5 && t.stdout.contains("tree_size="), "{}", t.stdout);
+    assert!(
+        t.stdout.lines().count() <= 5 && t.stdout.contains("tree_size="),
+        "{}",
+        t.stdout
+    );
 }

@@ -61,13 +61,20 @@ async fn append_stream(log: &AuditLog, n: u64, mut mid: impl FnMut()) -> Vec<Seq
 fn check_delivery(got: &[(String, u64, String)], last: u64) {
     let mut by_key: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
     for (id, seq, body) in got {
-        by_key.entry((id.clone(), *seq)).or_default().insert(body.clone());
+        by_key
+            .entry((id.clone(), *seq))
+            .or_default()
+            .insert(body.clone());
     }
     let seqs: BTreeSet<u64> = by_key.keys().map(|(_, s)| *s).collect();
     let missing: Vec<u64> = (0..=last).filter(|s| !seqs.contains(s)).collect();
     assert!(missing.is_empty(), "lost records: {missing:?}");
     for (k, bodies) in &by_key {
-        assert_eq!(bodies.len(), 1, "different payloads under one dedupe key {k:?}");
+        assert_eq!(
+            bodies.len(),
+            1,
+            "different payloads under one dedupe key {k:?}"
+        );
     }
     let logs: BTreeSet<&String> = by_key.keys().map(|(id, _)| id).collect();
     assert_eq!(logs.len(), 1);
@@ -129,7 +136,10 @@ impl Drop for Rsyslog {
 }
 
 fn rsyslogd_available() -> bool {
-    let ok = Command::new("rsyslogd").arg("-v").output().is_ok_and(|o| o.status.success());
+    let ok = Command::new("rsyslogd")
+        .arg("-v")
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !ok {
         let msg = "rsyslogd is missing: `apt-get install rsyslog rsyslog-gnutls` (tests/setup/install-deps.sh)";
         if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -159,7 +169,9 @@ fn rsyslog_conf(dir: &Path, port: u16, out: &Path, tls: Option<(&Path, &Path, &P
         }
         None => c.push_str("module(load=\"imtcp\")\n"),
     }
-    c.push_str(&format!("input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n"));
+    c.push_str(&format!(
+        "input(type=\"imtcp\" address=\"127.0.0.1\" port=\"{port}\")\n"
+    ));
     c.push_str("template(name=\"sdmsg\" type=\"string\" string=\"%structured-data% %msg%\\n\")\n");
     c.push_str(&format!(
         "action(type=\"omfile\" file=\"{}\" template=\"sdmsg\" flushOnTXEnd=\"on\" asyncWriting=\"off\")\n",
@@ -187,7 +199,11 @@ fn parse_rsyslog_out(out: &Path) -> Vec<(String, u64, String)> {
         let sd = &line[..i];
         let seq = v["seq"].as_u64().expect("seq");
         assert!(sd.contains(&format!("seq=\"{seq}\"")), "{line}");
-        got.push((v["log_id"].as_str().unwrap_or("").to_string(), seq, body.to_string()));
+        got.push((
+            v["log_id"].as_str().unwrap_or("").to_string(),
+            seq,
+            body.to_string(),
+        ));
     }
     got
 }
@@ -204,7 +220,9 @@ fn syslog_round_trip(tls: bool) {
         tmp.path(),
         port,
         &out,
-        certs.as_ref().map(|c| (c.0.as_path(), c.1.as_path(), c.2.as_path())),
+        certs
+            .as_ref()
+            .map(|c| (c.0.as_path(), c.1.as_path(), c.2.as_path())),
     );
     rs.start();
     wait_port(port);
@@ -235,7 +253,9 @@ fn syslog_round_trip(tls: bool) {
         .await;
         // Down for a while longer, with appends still succeeding.
         for i in 0..50 {
-            log.append(event(1000 + i)).await.expect("append while receiver down");
+            log.append(event(1000 + i))
+                .await
+                .expect("append while receiver down");
         }
         {
             let mut g = rs.lock().expect("lock");
@@ -263,10 +283,9 @@ fn syslog_round_trip(tls: bool) {
     rs.lock().expect("lock").stop();
     let got = parse_rsyslog_out(&out);
     check_delivery(&got, last);
-    let cursor: serde_json::Value = serde_json::from_slice(
-        &std::fs::read(dir.join("cursors/siem.json")).expect("cursor file"),
-    )
-    .expect("cursor json");
+    let cursor: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("cursors/siem.json")).expect("cursor file"))
+            .expect("cursor json");
     assert!(cursor["last_seq"].as_u64().is_some());
 }
 
@@ -294,12 +313,65 @@ fn make_certs(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     )
     .expect("ext");
     let run = |args: &[&str]| {
-        let o = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl");
-        assert!(o.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        let o = Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl");
+        assert!(
+            o.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     };
-    run(&["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2", "-subj", "/CN=portcullis test CA", "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign"]);
-    run(&["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=localhost"]);
-    run(&["x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out", "server.pem", "-days", "2", "-extfile", "ext.cnf"]);
+    run(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=portcullis test CA",
+        "-addext",
+        "basicConstraints=critical,CA:TRUE",
+        "-addext",
+        "keyUsage=critical,keyCertSign,cRLSign",
+    ]);
+    run(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "server.key",
+        "-out",
+        "server.csr",
+        "-subj",
+        "/CN=localhost",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "server.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+    ]);
     let _ = (ca_key, csr);
     (ca, cert, key)
 }
@@ -320,9 +392,11 @@ struct Receiver {
 
 impl Receiver {
     async fn start(&mut self) {
-        use hyper::service::service_fn;
         use http_body_util::BodyExt;
-        let l = tokio::net::TcpListener::bind(("127.0.0.1", self.port)).await.expect("bind receiver");
+        use hyper::service::service_fn;
+        let l = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("bind receiver");
         self.port = l.local_addr().expect("addr").port();
         let got = self.got.clone();
         self.task = Some(tokio::spawn(async move {
@@ -335,9 +409,18 @@ impl Receiver {
                         let got = got.clone();
                         async move {
                             let headers = req.headers().clone();
-                            let body = req.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes().to_vec())
+                                .unwrap_or_default();
                             got.lock().expect("lock").bodies.push((headers, body));
-                            Ok::<_, std::convert::Infallible>(http::Response::new(http_body_util::Full::new(bytes::Bytes::from_static(b"{\"text\":\"Success\",\"code\":0}"))))
+                            Ok::<_, std::convert::Infallible>(http::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(
+                                    b"{\"text\":\"Success\",\"code\":0}",
+                                )),
+                            ))
                         }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
@@ -364,14 +447,22 @@ fn http_round_trip(hec: bool) {
     let cfg = config(&dir);
     let rt = rt();
     let (got, last) = rt.block_on(async {
-        let mut rx = Receiver { port: 0, got: Arc::default(), task: None };
+        let mut rx = Receiver {
+            port: 0,
+            got: Arc::default(),
+            task: None,
+        };
         rx.start().await;
         let sref = SecretRef::File(secret_file.clone());
         let sink = AuditSink {
             name: "hook".into(),
             kind: SinkKind::Http {
                 url: format!("http://127.0.0.1:{}/services/collector/event", rx.port),
-                auth: if hec { HttpSinkAuth::HecToken(sref) } else { HttpSinkAuth::HmacSecret(sref) },
+                auth: if hec {
+                    HttpSinkAuth::HecToken(sref)
+                } else {
+                    HttpSinkAuth::HmacSecret(sref)
+                },
                 ca_file: None,
             },
         };
@@ -396,7 +487,10 @@ fn http_round_trip(hec: bool) {
         let got = rx.lock().await.got.clone();
         let end = Instant::now() + Duration::from_secs(60);
         loop {
-            let have: BTreeSet<u64> = decode(&got.lock().expect("lock").bodies, hec, secret).iter().map(|g| g.1).collect();
+            let have: BTreeSet<u64> = decode(&got.lock().expect("lock").bodies, hec, secret)
+                .iter()
+                .map(|g| g.1)
+                .collect();
             if (0..=last).all(|s| have.contains(&s)) || Instant::now() > end {
                 break;
             }
@@ -412,27 +506,41 @@ fn http_round_trip(hec: bool) {
 }
 
 /// Checks auth on every request and returns `(log_id, seq, record)` of every event received.
-fn decode(bodies: &[(http::HeaderMap, Vec<u8>)], hec: bool, secret: &str) -> Vec<(String, u64, String)> {
+fn decode(
+    bodies: &[(http::HeaderMap, Vec<u8>)],
+    hec: bool,
+    secret: &str,
+) -> Vec<(String, u64, String)> {
     use hmac::Mac;
     let mut out = Vec::new();
     for (h, body) in bodies {
         if hec {
             assert_eq!(h["authorization"], format!("Splunk {secret}"));
-            let stream = serde_json::Deserializer::from_slice(body).into_iter::<serde_json::Value>();
+            let stream =
+                serde_json::Deserializer::from_slice(body).into_iter::<serde_json::Value>();
             for ev in stream {
                 let ev = ev.expect("HEC event");
                 assert!(ev["time"].is_number());
                 let r = &ev["event"];
-                out.push((r["log_id"].as_str().unwrap_or("").into(), r["seq"].as_u64().expect("seq"), r.to_string()));
+                out.push((
+                    r["log_id"].as_str().unwrap_or("").into(),
+                    r["seq"].as_u64().expect("seq"),
+                    r.to_string(),
+                ));
             }
         } else {
-            let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("mac");
+            let mut mac =
+                hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("mac");
             mac.update(body);
             let want = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
             assert_eq!(h["x-portcullis-signature"], want.as_str());
             for l in body.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
                 let r: serde_json::Value = serde_json::from_slice(l).expect("record");
-                out.push((r["log_id"].as_str().unwrap_or("").into(), r["seq"].as_u64().expect("seq"), String::from_utf8_lossy(l).into_owned()));
+                out.push((
+                    r["log_id"].as_str().unwrap_or("").into(),
+                    r["seq"].as_u64().expect("seq"),
+                    String::from_utf8_lossy(l).into_owned(),
+                ));
             }
         }
     }

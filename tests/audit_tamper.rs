@@ -67,7 +67,11 @@ fn truncation_mid_file_is_found() {
     std::fs::write(&seg, &bytes[..bytes.len() / 2]).expect("truncate");
     let r = verify(&dir, &pk);
     assert_ne!(r.code, 0);
-    assert!(r.stderr.contains("audit-000001.jsonl:") && r.stderr.contains("truncated"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("audit-000001.jsonl:") && r.stderr.contains("truncated"),
+        "{}",
+        r.stderr
+    );
 }
 
 /// Re-signs the final checkpoint with another key (as an attacker who rewrote records would).
@@ -88,7 +92,12 @@ fn a_checkpoint_signed_by_another_key_is_found() {
     v["sig"] = checkpoint::sign(&other, &log_id, size, &root).into();
     l[last] = String::from_utf8(canonical::to_vec(&v).expect("canon")).expect("utf8");
     write_lines(&seg, &l);
-    assert_detected(&dir, &pk, &format!("audit-000001.jsonl:{} seq={last}", last + 1), "key id");
+    assert_detected(
+        &dir,
+        &pk,
+        &format!("audit-000001.jsonl:{} seq={last}", last + 1),
+        "key id",
+    );
     // The same with the genuine key id: the signature itself fails.
     let real = keys::key_id(&keys::read_verifying(&pk).expect("pk"));
     v["key_id"] = real.into();
@@ -135,7 +144,11 @@ fn garbage_files_give_errors_not_panics() {
         std::fs::write(segment(&dir, 1), &c).expect("write");
         let r = verify(&dir, &pk);
         assert_eq!(r.code, 1, "{}", r.stderr);
-        assert!(r.stderr.contains("audit-000001.jsonl") || r.stderr.contains("no audit"), "{}", r.stderr);
+        assert!(
+            r.stderr.contains("audit-000001.jsonl") || r.stderr.contains("no audit"),
+            "{}",
+            r.stderr
+        );
     }
 }
 
@@ -158,5 +171,8 @@ fn an_untouched_log_of_100000_records_verifies() {
                 .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".jsonl"))
         })
         .count();
-    assert!(segs > 1, "expected rotation into several segments, got {segs}");
+    assert!(
+        segs > 1,
+        "expected rotation into several segments, got {segs}"
+    );
 }

@@ -32,10 +32,7 @@ pub fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
         Value::Number(n) => {
             if let Some(u) = n.as_u64().filter(|u| *u <= MAX_SAFE_INTEGER) {
                 out.extend_from_slice(u.to_string().as_bytes());
-            } else if let Some(i) = n
-                .as_i64()
-                .filter(|i| i.unsigned_abs() <= MAX_SAFE_INTEGER)
-            {
+            } else if let Some(i) = n.as_i64().filter(|i| i.unsigned_abs() <= MAX_SAFE_INTEGER) {
                 out.extend_from_slice(i.to_string().as_bytes());
             } else {
                 return Err(CanonicalError::Number(n.to_string()));

@@ -21,11 +21,20 @@ pub fn sign(key: &SigningKey, log_id: &str, tree_size: u64, root: &Hash) -> Stri
     hex::encode(key.sign(&message(log_id, tree_size, root)).to_bytes())
 }
 
-pub fn verify(key: &VerifyingKey, log_id: &str, tree_size: u64, root: &Hash, sig_hex: &str) -> bool {
+pub fn verify(
+    key: &VerifyingKey,
+    log_id: &str,
+    tree_size: u64,
+    root: &Hash,
+    sig_hex: &str,
+) -> bool {
     let mut sig = [0u8; 64];
     if hex::decode_to_slice(sig_hex, &mut sig).is_err() {
         return false;
     }
-    key.verify(&message(log_id, tree_size, root), &Signature::from_bytes(&sig))
-        .is_ok()
+    key.verify(
+        &message(log_id, tree_size, root),
+        &Signature::from_bytes(&sig),
+    )
+    .is_ok()
 }

@@ -15,7 +15,8 @@ pub fn each_record(
     mut f: impl FnMut(&[u8], &Value) -> std::io::Result<()>,
 ) -> Result<(), String> {
     for (_, path) in segment::list(dir).map_err(|e| format!("{}: {e}", dir.display()))? {
-        let mut lines = segment::open_lines(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut lines =
+            segment::open_lines(&path).map_err(|e| format!("{}: {e}", path.display()))?;
         while let Some(line) = lines
             .next_line()
             .map_err(|e| format!("{}: {e}", path.display()))?
@@ -51,7 +52,7 @@ pub fn to_cef(v: &Value) -> String {
     let severity = match kind {
         "tamper" | "recovery" => 7,
         "denied" | "egress_denied" => 5,
-        _ if outcome != "" && outcome != "ok" => 5,
+        _ if !outcome.is_empty() && outcome != "ok" => 5,
         _ => 3,
     };
     let mut ext: Vec<(String, String)> = Vec::new();
@@ -84,7 +85,11 @@ pub fn to_cef(v: &Value) -> String {
             add(&format!("cs{}", i + 1), s(key));
         }
     }
-    for (k, key) in [("cn1", "latency_us"), ("in", "bytes_in"), ("out", "bytes_out")] {
+    for (k, key) in [
+        ("cn1", "latency_us"),
+        ("in", "bytes_in"),
+        ("out", "bytes_out"),
+    ] {
         if let Some(n) = v.get(key).and_then(Value::as_u64) {
             if k == "cn1" {
                 ext.push(("cn1Label".into(), "latency_us".into()));
@@ -106,7 +111,9 @@ pub fn to_cef(v: &Value) -> String {
 }
 
 fn cef_header_escape(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('|', "\\|").replace(['\n', '\r'], " ")
+    s.replace('\\', "\\\\")
+        .replace('|', "\\|")
+        .replace(['\n', '\r'], " ")
 }
 
 fn cef_ext_escape(s: &str) -> String {

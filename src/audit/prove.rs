@@ -33,7 +33,8 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
     let mut record: Option<String> = None;
     let mut latest: Option<Value> = None;
     for (_, path) in &segs {
-        let mut lines = segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut lines =
+            segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
         while let Some(line) = lines
             .next_line()
             .map_err(|e| format!("{}: {e}", path.display()))?
@@ -54,9 +55,15 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
             leaves.push(leaf_hash(&line.bytes));
         }
     }
-    let record = record.ok_or_else(|| format!("no record with seq {seq} (the log has {})", leaves.len()))?;
+    let record =
+        record.ok_or_else(|| format!("no record with seq {seq} (the log has {})", leaves.len()))?;
     let cp = latest.ok_or("the log has no checkpoint yet")?;
-    let get = |k: &str| cp.get(k).and_then(Value::as_str).unwrap_or_default().to_string();
+    let get = |k: &str| {
+        cp.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
     let size = cp.get("tree_size").and_then(Value::as_u64).unwrap_or(0);
     if seq >= size {
         return Err(format!(
@@ -65,7 +72,9 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
         ));
     }
     let size_us = usize::try_from(size).map_err(|_| "tree too large")?;
-    let covered = leaves.get(..size_us).ok_or("checkpoint tree_size is beyond the log")?;
+    let covered = leaves
+        .get(..size_us)
+        .ok_or("checkpoint tree_size is beyond the log")?;
     let idx = usize::try_from(seq).map_err(|_| "seq too large")?;
     let path = inclusion_proof(idx, covered).ok_or("cannot build the proof")?;
     Ok(Proof {
@@ -84,7 +93,8 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
 
 /// Checks a proof: the record hashes to the leaf, the path leads to the root, the root is signed.
 pub fn verify_proof(p: &Proof, key: Option<&VerifyingKey>) -> Result<(), String> {
-    let rec: Value = serde_json::from_str(&p.record).map_err(|e| format!("record is not JSON: {e}"))?;
+    let rec: Value =
+        serde_json::from_str(&p.record).map_err(|e| format!("record is not JSON: {e}"))?;
     if rec.get("seq").and_then(Value::as_u64) != Some(p.seq) {
         return Err("the record's seq differs from the proof's".into());
     }
@@ -101,7 +111,11 @@ pub fn verify_proof(p: &Proof, key: Option<&VerifyingKey>) -> Result<(), String>
     }
     if let Some(k) = key {
         if keys::key_id(k) != p.key_id {
-            return Err(format!("checkpoint key id {} is not the given key's {}", p.key_id, keys::key_id(k)));
+            return Err(format!(
+                "checkpoint key id {} is not the given key's {}",
+                p.key_id,
+                keys::key_id(k)
+            ));
         }
         if !checkpoint::verify(k, &p.log_id, p.tree_size, &root, &p.sig) {
             return Err("checkpoint signature does not verify".into());

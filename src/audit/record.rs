@@ -268,9 +268,7 @@ impl AuditEvent {
 
 /// RFC 3339 UTC with milliseconds, e.g. `2026-11-24T16:53:51.123Z`.
 pub fn format_ts(t: std::time::SystemTime) -> String {
-    let d = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs();
     let ms = d.subsec_millis();
     let days = (secs / 86_400) as i64;

@@ -50,7 +50,8 @@ pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
     let mut prev = GENESIS;
     let mut last: Option<Vec<u8>> = None;
     for (_, path) in &segs {
-        let mut lines = segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut lines =
+            segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
         while let Some(line) = lines
             .next_line()
             .map_err(|e| format!("{}: {e}", path.display()))?
@@ -70,8 +71,9 @@ pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
     let (log_id, next_seq, last_kind) = match last {
         None => (None, 0, None),
         Some(bytes) => {
-            let v: Value = serde_json::from_slice(&bytes)
-                .map_err(|e| format!("the last record is not JSON ({e}); run `portcullis audit verify`"))?;
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                format!("the last record is not JSON ({e}); run `portcullis audit verify`")
+            })?;
             let log_id = v.get("log_id").and_then(Value::as_str).map(str::to_string);
             let seq = v.get("seq").and_then(Value::as_u64);
             match (log_id, seq) {
@@ -81,7 +83,10 @@ pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
                     v.get("kind").and_then(Value::as_str).map(str::to_string),
                 ),
                 _ => {
-                    return Err("the last record has no log_id or seq; run `portcullis audit verify`".into())
+                    return Err(
+                        "the last record has no log_id or seq; run `portcullis audit verify`"
+                            .into(),
+                    )
                 }
             }
         }

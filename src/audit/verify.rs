@@ -75,7 +75,9 @@ pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Fail
     };
     let segs = segment::list(dir).map_err(|e| dir_fail(format!("cannot list: {e}")))?;
     if segs.is_empty() {
-        return Err(dir_fail("no audit segments (audit-NNNNNN.jsonl) here".into()));
+        return Err(dir_fail(
+            "no audit segments (audit-NNNNNN.jsonl) here".into(),
+        ));
     }
     let mut st = State {
         key,
@@ -150,7 +152,13 @@ pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Fail
                 }
                 let pv = v.get("prev_segment").and_then(Value::as_str);
                 if pv != prev_name.as_deref() {
-                    return Err(at(seq, format!("segment_start says the previous segment is {:?}, but it is {:?}", pv, prev_name)));
+                    return Err(at(
+                        seq,
+                        format!(
+                            "segment_start says the previous segment is {:?}, but it is {:?}",
+                            pv, prev_name
+                        ),
+                    ));
                 }
             }
             first = false;
@@ -190,13 +198,26 @@ pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Fail
 
 fn check_line(st: &mut State<'_>, line: &segment::Line) -> Result<Value, (Option<u64>, String)> {
     if line.too_long {
-        return Err((None, format!("line longer than {} bytes: not a record", segment::MAX_LINE_BYTES)));
+        return Err((
+            None,
+            format!(
+                "line longer than {} bytes: not a record",
+                segment::MAX_LINE_BYTES
+            ),
+        ));
     }
     if !line.complete {
-        return Err((None, "truncated record (the file ends without a newline)".into()));
+        return Err((
+            None,
+            "truncated record (the file ends without a newline)".into(),
+        ));
     }
-    let v: Value = serde_json::from_slice(&line.bytes)
-        .map_err(|e| (None, format!("not valid JSON ({e}): the record was altered or damaged")))?;
+    let v: Value = serde_json::from_slice(&line.bytes).map_err(|e| {
+        (
+            None,
+            format!("not valid JSON ({e}): the record was altered or damaged"),
+        )
+    })?;
     let seq = v.get("seq").and_then(Value::as_u64);
     let bad = |what: String| (seq, what);
     if !v.is_object() {
@@ -204,11 +225,17 @@ fn check_line(st: &mut State<'_>, line: &segment::Line) -> Result<Value, (Option
     }
     match canonical::to_vec(&v) {
         Ok(c) if c == line.bytes => {}
-        Ok(_) => return Err(bad("not in canonical JSON form (the record was edited)".into())),
+        Ok(_) => {
+            return Err(bad(
+                "not in canonical JSON form (the record was edited)".into()
+            ))
+        }
         Err(e) => return Err(bad(format!("not canonical: {e}"))),
     }
     if v.get("v").and_then(Value::as_u64) != Some(FORMAT_VERSION) {
-        return Err(bad(format!("unknown format version `v` (expected {FORMAT_VERSION})")));
+        return Err(bad(format!(
+            "unknown format version `v` (expected {FORMAT_VERSION})"
+        )));
     }
     let log_id = v
         .get("log_id")
@@ -216,9 +243,9 @@ fn check_line(st: &mut State<'_>, line: &segment::Line) -> Result<Value, (Option
         .ok_or_else(|| bad("no `log_id`".into()))?;
     match &st.log_id {
         None => st.log_id = Some(log_id.to_string()),
-        Some(id) if id != log_id => {
-            return Err(bad(format!("log_id {log_id} differs from the log's {id} (records from another log spliced in?)")))
-        }
+        Some(id) if id != log_id => return Err(bad(format!(
+            "log_id {log_id} differs from the log's {id} (records from another log spliced in?)"
+        ))),
         Some(_) => {}
     }
     let Some(seq_n) = seq else {
@@ -242,8 +269,14 @@ fn check_line(st: &mut State<'_>, line: &segment::Line) -> Result<Value, (Option
         };
         return Err(bad(what));
     }
-    if v.get("ts").and_then(Value::as_str).and_then(parse_ts_ms).is_none() {
-        return Err(bad("`ts` is not an RFC 3339 UTC timestamp with milliseconds".into()));
+    if v.get("ts")
+        .and_then(Value::as_str)
+        .and_then(parse_ts_ms)
+        .is_none()
+    {
+        return Err(bad(
+            "`ts` is not an RFC 3339 UTC timestamp with milliseconds".into(),
+        ));
     }
     let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
     if Kind::parse(kind).is_none() {
@@ -262,7 +295,9 @@ fn check_line(st: &mut State<'_>, line: &segment::Line) -> Result<Value, (Option
 fn check_checkpoint(st: &mut State<'_>, v: &Value, seq: u64) -> Result<(), String> {
     let size = v.get("tree_size").and_then(Value::as_u64);
     if size != Some(seq) {
-        return Err(format!("checkpoint tree_size {size:?} is not its own seq {seq}"));
+        return Err(format!(
+            "checkpoint tree_size {size:?} is not its own seq {seq}"
+        ));
     }
     let root_hex = v.get("root").and_then(Value::as_str).unwrap_or_default();
     let expect = st.frontier.root();
@@ -282,7 +317,10 @@ fn check_checkpoint(st: &mut State<'_>, v: &Value, seq: u64) -> Result<(), Strin
         }
         let log_id = st.log_id.as_deref().unwrap_or_default();
         if !checkpoint::verify(key, log_id, seq, &expect, sig) {
-            return Err("checkpoint signature does not verify with the public key (forged checkpoint)".into());
+            return Err(
+                "checkpoint signature does not verify with the public key (forged checkpoint)"
+                    .into(),
+            );
         }
     }
     st.report.checkpoints += 1;

@@ -107,7 +107,8 @@ impl AuditLog {
             Some((i, p, len)) => (*i, p.clone(), *len, false),
             None => (1, dir.join(segment::name(1)), 0, true),
         };
-        let file = open_segment(&path, fresh).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let file =
+            open_segment(&path, fresh).map_err(|e| err(format!("{}: {e}", path.display())))?;
         let mut w = Writer {
             dir: dir.clone(),
             cfg: config.clone(),
@@ -576,7 +577,11 @@ impl Writer {
     }
 
     /// Adds the header, serializes, and advances the chain state (in memory only).
-    fn encode(&mut self, buf: &mut Vec<u8>, mut fields: Map<String, Value>) -> Result<Seq, AuditError> {
+    fn encode(
+        &mut self,
+        buf: &mut Vec<u8>,
+        mut fields: Map<String, Value>,
+    ) -> Result<Seq, AuditError> {
         let seq = self.next_seq;
         fields.insert("v".into(), FORMAT_VERSION.into());
         fields.insert("log_id".into(), self.log_id.clone().into());
@@ -627,7 +632,11 @@ impl Writer {
         Ok(())
     }
 
-    fn segment_start(&mut self, buf: &mut Vec<u8>, prev_segment: Option<String>) -> Result<Seq, AuditError> {
+    fn segment_start(
+        &mut self,
+        buf: &mut Vec<u8>,
+        prev_segment: Option<String>,
+    ) -> Result<Seq, AuditError> {
         let mut m = Map::new();
         m.insert("kind".into(), Kind::SegmentStart.as_str().into());
         m.insert("segment".into(), segment::name(self.seg_index).into());
@@ -654,7 +663,8 @@ impl Writer {
         self.seg_records = 0;
         self.seg_opened = Instant::now();
         let mut buf = Vec::new();
-        self.segment_start(&mut buf, Some(old)).map_err(|e| e.to_string())?;
+        self.segment_start(&mut buf, Some(old))
+            .map_err(|e| e.to_string())?;
         self.write_durable(&buf, self.cfg.fsync != FsyncMode::None)
             .map_err(|e| format!("{}: {e}", self.seg_path.display()))
     }
@@ -690,10 +700,7 @@ impl Writer {
             return Err(AuditError::Failed(reason));
         }
         if self.since_checkpoint > 0 {
-            self.standalone_checkpoint().map_err(|e| {
-                let e = self.fail(&e);
-                e
-            })?;
+            self.standalone_checkpoint().map_err(|e| self.fail(&e))?;
         }
         self.file
             .sync_all()

@@ -185,7 +185,10 @@ fn verify_cmd(pubkey: Option<&Path>, dir: &Path) -> ExitCode {
             }
             if r.signatures_checked {
                 if let Some(k) = &key {
-                    s.push_str(&format!(", signatures verified (key id {})", keys::key_id(k)));
+                    s.push_str(&format!(
+                        ", signatures verified (key id {})",
+                        keys::key_id(k)
+                    ));
                 }
             }
             out(&format!("{s}\n"));

@@ -227,14 +227,31 @@ fn audit(o: &mut String, a: &Audit) {
             |k| k.display().to_string()
         )
     );
-    let _ = writeln!(o, "  checkpoint_interval   {}", format_duration(a.checkpoint_interval));
+    let _ = writeln!(
+        o,
+        "  checkpoint_interval   {}",
+        format_duration(a.checkpoint_interval)
+    );
     let _ = writeln!(o, "  checkpoint_every      {}", a.checkpoint_every);
-    let _ = writeln!(o, "  max_segment_bytes     {}", format_size(a.max_segment_bytes));
-    let _ = writeln!(o, "  rotate_interval       {}", format_duration(a.rotate_interval));
+    let _ = writeln!(
+        o,
+        "  max_segment_bytes     {}",
+        format_size(a.max_segment_bytes)
+    );
+    let _ = writeln!(
+        o,
+        "  rotate_interval       {}",
+        format_duration(a.rotate_interval)
+    );
     let _ = writeln!(o, "  record_arguments      {}", a.record_arguments);
     for s in &a.sinks {
         let what = match &s.kind {
-            SinkKind::Syslog { address, tls, format, .. } => format!(
+            SinkKind::Syslog {
+                address,
+                tls,
+                format,
+                ..
+            } => format!(
                 "syslog {address} ({}, {})",
                 if *tls { "TLS" } else { "plain TCP" },
                 match format {

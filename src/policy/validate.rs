@@ -871,7 +871,10 @@ impl Checker<'_> {
         };
         let dir = match &a.dir {
             Some(p) if p.get_ref().trim().is_empty() => {
-                self.error(p.span().start, "audit `dir` is empty; name a directory, like \"./portcullis-audit\"");
+                self.error(
+                    p.span().start,
+                    "audit `dir` is empty; name a directory, like \"./portcullis-audit\"",
+                );
                 d.dir.clone()
             }
             Some(p) => self.resolve(p.get_ref()),
@@ -933,7 +936,12 @@ impl Checker<'_> {
             "http" => &["url", "hec_token", "hmac_secret", "ca_file"],
             "journald" => &[],
             other => {
-                self.error(at, format!("unknown sink type \"{other}\"; use \"syslog\", \"http\" or \"journald\""));
+                self.error(
+                    at,
+                    format!(
+                        "unknown sink type \"{other}\"; use \"syslog\", \"http\" or \"journald\""
+                    ),
+                );
                 return None;
             }
         };
@@ -941,11 +949,17 @@ impl Checker<'_> {
             ("address", rs.address.as_ref().map(|v| v.span().start)),
             ("tls", rs.tls.as_ref().map(|v| v.span().start)),
             ("ca_file", rs.ca_file.as_ref().map(|v| v.span().start)),
-            ("server_name", rs.server_name.as_ref().map(|v| v.span().start)),
+            (
+                "server_name",
+                rs.server_name.as_ref().map(|v| v.span().start),
+            ),
             ("format", rs.format.as_ref().map(|v| v.span().start)),
             ("url", rs.url.as_ref().map(|v| v.span().start)),
             ("hec_token", rs.hec_token.as_ref().map(|v| v.span().start)),
-            ("hmac_secret", rs.hmac_secret.as_ref().map(|v| v.span().start)),
+            (
+                "hmac_secret",
+                rs.hmac_secret.as_ref().map(|v| v.span().start),
+            ),
             ("name", None),
         ];
         let before = self.diags.len();
@@ -953,15 +967,26 @@ impl Checker<'_> {
             if let Some(pos) = pos {
                 if !allowed.contains(&k) {
                     let kat = self.key_at(pos, k);
-                    self.error(kat, format!("`{k}` does not apply to a sink of type \"{ty}\""));
+                    self.error(
+                        kat,
+                        format!("`{k}` does not apply to a sink of type \"{ty}\""),
+                    );
                 }
             }
         }
         let name = match &rs.name {
             Some(n) => {
                 let v = n.get_ref();
-                if v.is_empty() || v.len() > 64 || !v.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
-                    self.error(n.span().start, format!("sink name `{v}` is invalid; use 1-64 letters, digits, `-` or `_`"));
+                if v.is_empty()
+                    || v.len() > 64
+                    || !v
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                {
+                    self.error(
+                        n.span().start,
+                        format!("sink name `{v}` is invalid; use 1-64 letters, digits, `-` or `_`"),
+                    );
                 }
                 v.clone()
             }
@@ -988,11 +1013,18 @@ impl Checker<'_> {
                 if !tls && rs.ca_file.is_some() {
                     self.error(at, "`ca_file` is set but `tls` is not; add tls = true");
                 }
-                let format = match rs.format.as_ref().map(|f| (f.get_ref().as_str(), f.span().start)) {
+                let format = match rs
+                    .format
+                    .as_ref()
+                    .map(|f| (f.get_ref().as_str(), f.span().start))
+                {
                     None | Some(("json", _)) => SinkFormat::Json,
                     Some(("cef", _)) => SinkFormat::Cef,
                     Some((other, fat)) => {
-                        self.error(fat, format!("unknown format \"{other}\"; use \"json\" or \"cef\""));
+                        self.error(
+                            fat,
+                            format!("unknown format \"{other}\"; use \"json\" or \"cef\""),
+                        );
                         SinkFormat::Json
                     }
                 };
@@ -1020,8 +1052,13 @@ impl Checker<'_> {
                 let mut secret = |v: &Option<Str>| -> Option<SecretRef> {
                     let v = v.as_ref()?;
                     match parse_secret_ref(v.get_ref()) {
-                        Ok(SecretRef::File(p)) => Some(SecretRef::File(self.resolve(&p.to_string_lossy()))),
-                        Ok(SecretRef::Dotenv { path, key }) => Some(SecretRef::Dotenv { path: self.resolve(&path.to_string_lossy()), key }),
+                        Ok(SecretRef::File(p)) => {
+                            Some(SecretRef::File(self.resolve(&p.to_string_lossy())))
+                        }
+                        Ok(SecretRef::Dotenv { path, key }) => Some(SecretRef::Dotenv {
+                            path: self.resolve(&path.to_string_lossy()),
+                            key,
+                        }),
                         Ok(r) => Some(r),
                         Err(e) => {
                             self.error(v.span().start, e);
@@ -1040,8 +1077,14 @@ impl Checker<'_> {
                     (None, Some(h)) => HttpSinkAuth::HmacSecret(h),
                     (None, None) => HttpSinkAuth::None,
                 };
-                if matches!(auth, HttpSinkAuth::HecToken(_)) && url.starts_with("http://") && !is_loopback_url(&url) {
-                    self.error(at, "the HEC token would be sent over plain http; use an https:// url");
+                if matches!(auth, HttpSinkAuth::HecToken(_))
+                    && url.starts_with("http://")
+                    && !is_loopback_url(&url)
+                {
+                    self.error(
+                        at,
+                        "the HEC token would be sent over plain http; use an https:// url",
+                    );
                 }
                 SinkKind::Http { url, auth, ca_file }
             }
@@ -1058,7 +1101,10 @@ impl Checker<'_> {
 pub fn validate_host_port(s: &str) -> Option<(String, u16)> {
     let (host, port) = s.rsplit_once(':')?;
     let port: u16 = port.parse().ok().filter(|p| *p > 0)?;
-    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
     if host.is_empty() || host.chars().any(|c| c.is_whitespace() || c == '/') {
         return None;
     }

@@ -31,7 +31,10 @@ pub struct Http {
     port: u16,
     path: String,
     host_header: String,
-    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     auth: Auth,
     timeout: Duration,
 }
@@ -56,7 +59,10 @@ impl Http {
             },
             _ => (authority.to_string(), if https { 443 } else { 80 }),
         };
-        let bare = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let tls = if https {
             Some((tls::client_config(ca_file)?, tls::server_name(&bare)?))
         } else {
@@ -108,13 +114,21 @@ impl Http {
         let body = self.body(items);
         tokio::time::timeout(self.timeout, self.post(body))
             .await
-            .map_err(|_| format!("no answer from {}:{} within {:?}", self.host, self.port, self.timeout))?
+            .map_err(|_| {
+                format!(
+                    "no answer from {}:{} within {:?}",
+                    self.host, self.port, self.timeout
+                )
+            })?
     }
 
     async fn post(&self, body: Vec<u8>) -> Result<(), String> {
         let mut req = http::Request::post(self.path.as_str())
             .header(http::header::HOST, self.host_header.as_str())
-            .header(http::header::USER_AGENT, concat!("portcullis/", env!("CARGO_PKG_VERSION")));
+            .header(
+                http::header::USER_AGENT,
+                concat!("portcullis/", env!("CARGO_PKG_VERSION")),
+            );
         match &self.auth {
             Auth::Hec(token) => {
                 req = req
@@ -122,8 +136,8 @@ impl Http {
                     .header(http::header::CONTENT_TYPE, "application/json");
             }
             Auth::Hmac(secret) => {
-                let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes())
-                    .map_err(|e| e.to_string())?;
+                let mut mac =
+                    Hmac::<Sha256>::new_from_slice(secret.as_bytes()).map_err(|e| e.to_string())?;
                 mac.update(&body);
                 let sig = hex::encode(mac.finalize().into_bytes());
                 req = req
@@ -176,7 +190,9 @@ where
         Ok(r) => {
             let status = r.status();
             // Drain a bounded amount so the receiver sees a clean exchange.
-            let _ = http_body_util::Limited::new(r.into_body(), 64 << 10).collect().await;
+            let _ = http_body_util::Limited::new(r.into_body(), 64 << 10)
+                .collect()
+                .await;
             Ok(status)
         }
         Err(e) => Err(e),

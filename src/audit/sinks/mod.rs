@@ -113,7 +113,8 @@ impl Sinks {
                 SinkKind::Http { url, auth, ca_file } => {
                     let auth = match auth {
                         HttpSinkAuth::HecToken(r) => http::Auth::Hec(
-                            crate::secrets::resolve("hec_token", r).map_err(|e| setup(e.to_string()))?,
+                            crate::secrets::resolve("hec_token", r)
+                                .map_err(|e| setup(e.to_string()))?,
                         ),
                         HttpSinkAuth::HmacSecret(r) => http::Auth::Hmac(
                             crate::secrets::resolve("hmac_secret", r)
@@ -123,20 +124,16 @@ impl Sinks {
                     };
                     Transport::Http(http::Http::new(url, auth, ca_file.as_deref()).map_err(setup)?)
                 }
-                SinkKind::Journald => Transport::Journald(journald::Journald::new().map_err(setup)?),
+                SinkKind::Journald => {
+                    Transport::Journald(journald::Journald::new().map_err(setup)?)
+                }
             };
             transports.push((s.name.clone(), t));
         }
         let tasks = transports
             .into_iter()
             .map(|(name, t)| {
-                tokio::spawn(run(
-                    name,
-                    dir.to_path_buf(),
-                    t,
-                    opts.clone(),
-                    rx.clone(),
-                ))
+                tokio::spawn(run(name, dir.to_path_buf(), t, opts.clone(), rx.clone()))
             })
             .collect();
         Ok(Sinks { stop, tasks })
@@ -168,7 +165,11 @@ fn save(path: &Path, c: &Cursor, name: &str) {
     }
 }
 
-async fn read(dir: PathBuf, from: Cursor, opts: &SinkOptions) -> Result<(Vec<cursor::Item>, Cursor), String> {
+async fn read(
+    dir: PathBuf,
+    from: Cursor,
+    opts: &SinkOptions,
+) -> Result<(Vec<cursor::Item>, Cursor), String> {
     let (n, b) = (opts.batch_records, opts.batch_bytes);
     tokio::task::spawn_blocking(move || cursor::read_batch(&dir, &from, n, b))
         .await

@@ -29,7 +29,10 @@ enum Conn {
 
 pub struct Syslog {
     address: String,
-    tls: Option<(Arc<rustls::ClientConfig>, rustls::pki_types::ServerName<'static>)>,
+    tls: Option<(
+        Arc<rustls::ClientConfig>,
+        rustls::pki_types::ServerName<'static>,
+    )>,
     format: SinkFormat,
     hostname: String,
     conn: Option<Conn>,
@@ -99,7 +102,11 @@ impl Syslog {
             SinkFormat::Json => String::from_utf8_lossy(&item.line).into_owned(),
             SinkFormat::Cef => to_cef(&v),
         };
-        let msgid: String = kind.chars().filter(|c| c.is_ascii_graphic()).take(32).collect();
+        let msgid: String = kind
+            .chars()
+            .filter(|c| c.is_ascii_graphic())
+            .take(32)
+            .collect();
         let msg = format!(
             "<{}>1 {ts} {} portcullis {} {} [{SD_ID} log_id=\"{}\" seq=\"{}\"] {body}",
             FACILITY * 8 + severity,
@@ -155,7 +162,12 @@ impl Syslog {
     }
 }
 
-async fn write_flush<S: tokio::io::AsyncWrite + Unpin>(s: &mut S, buf: &[u8]) -> Result<(), String> {
-    s.write_all(buf).await.map_err(|e| format!("syslog write: {e}"))?;
+async fn write_flush<S: tokio::io::AsyncWrite + Unpin>(
+    s: &mut S,
+    buf: &[u8],
+) -> Result<(), String> {
+    s.write_all(buf)
+        .await
+        .map_err(|e| format!("syslog write: {e}"))?;
     s.flush().await.map_err(|e| format!("syslog flush: {e}"))
 }
