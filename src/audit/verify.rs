@@ -243,9 +243,11 @@ fn check_line(st: &mut State<'_>, line: &segment::Line) -> Result<Value, (Option
         .ok_or_else(|| bad("no `log_id`".into()))?;
     match &st.log_id {
         None => st.log_id = Some(log_id.to_string()),
-        Some(id) if id != log_id => return Err(bad(format!(
+        Some(id) if id != log_id => {
+            return Err(bad(format!(
             "log_id {log_id} differs from the log's {id} (records from another log spliced in?)"
-        ))),
+        )))
+        }
         Some(_) => {}
     }
     let Some(seq_n) = seq else {

@@ -130,11 +130,18 @@ impl Syslog {
         for i in items {
             buf.extend_from_slice(&self.frame(i));
         }
-        let r = match self.conn.as_mut() {
-            Some(Conn::Plain(s)) => write_flush(s, &buf).await,
-            Some(Conn::Tls(s)) => write_flush(s.as_mut(), &buf).await,
-            None => Err("not connected".into()),
+        // A receiver that stops reading fills the TCP window; do not wait on it forever.
+        let limit = self.connect_timeout * 3;
+        let write = async {
+            match self.conn.as_mut() {
+                Some(Conn::Plain(s)) => write_flush(s, &buf).await,
+                Some(Conn::Tls(s)) => write_flush(s.as_mut(), &buf).await,
+                None => Err("not connected".into()),
+            }
         };
+        let r = tokio::time::timeout(limit, write)
+            .await
+            .unwrap_or_else(|_| Err(format!("syslog write blocked for {limit:?}")));
         if r.is_err() {
             self.conn = None;
         }
