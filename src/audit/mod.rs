@@ -56,7 +56,8 @@
 //! last record, and any change to a checkpoint or a record a checkpoint covers. Cutting records
 //! off the end of the log, back to a record boundary, is only visible against a checkpoint held
 //! elsewhere (the SIEM receives every checkpoint); verify reports how many records follow the
-//! last checkpoint.
+//! last checkpoint. Likewise the fields of the very last record that its checkpoint signature
+//! does not cover (its `ts`) are protected only once a later record links to it.
 
 pub mod canonical;
 pub mod chain;
