@@ -109,6 +109,10 @@ impl AuditLog {
         };
         let file =
             open_segment(&path, fresh).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        if fresh {
+            // The new file's directory entry must be durable before any record in it counts.
+            sync_dir(&dir).map_err(|e| err(e.to_string()))?;
+        }
         let mut w = Writer {
             dir: dir.clone(),
             cfg: config.clone(),
