@@ -5,6 +5,7 @@
 //! -> `upstream` (one connection to one MCP server) -> `sandbox` (how a server runs).
 //! `policy` and `mcp` are shared vocabulary.
 
+pub mod access;
 pub mod audit;
 pub mod cli;
 pub mod downstream;

@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use portcullis::cli::{self, Cli, Command, PolicyCommand};
+use portcullis::cli::{self, Cli, Command, PolicyCommand, TokenCommand};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -10,6 +10,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Import { file }) => cli::policy::import(&file),
         Command::Policy(PolicyCommand::Show { file }) => cli::policy::show(&file),
         Command::Audit(cmd) => cli::audit::run(cmd),
+        Command::Token(TokenCommand::New { client }) => cli::token_new(&client),
         Command::Serve(serve) => {
             cli::init_logging(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -157,7 +157,11 @@ async fn bad_input_gets_clear_errors_and_the_daemon_keeps_serving() {
             &[("mcp-protocol-version", "2025-06-18")],
         )
         .await;
-    assert_eq!(r.status, 400, "version other than negotiated: {}", r.body);
+    assert_eq!(
+        r.status, 200,
+        "another supported version than the negotiated one is accepted: {}",
+        r.body
+    );
 
     let r = c
         .post_with(r#"{"jsonrpc":"2.0","id":null,"method":"ping"}"#, &[])
@@ -546,4 +550,42 @@ tools = { deny = ["crash"] }
         .request("prompts/get", json!({"name": "beta__test_simple_prompt"}))
         .await;
     assert!(got.get("result").is_some(), "{got}");
+}
+
+#[tokio::test]
+async fn sse_polling_closes_long_calls_and_the_client_resumes() {
+    let gw = Gateway::start(&fixture_policy().replace(
+        "listen = \"127.0.0.1:0\"",
+        "listen = \"127.0.0.1:0\"\nsse_poll_interval = \"300ms\"",
+    ));
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    // The POST stream ends before the 1 s call does: only the priming event arrives.
+    let r = c
+        .post(&json!({"jsonrpc":"2.0","id":31,"method":"tools/call","params":{"name":"slow","arguments":{"ms":1000}}}))
+        .await;
+    let events = sse_events(&r.body);
+    assert_eq!(events.len(), 1, "only the priming event: {events:?}");
+    assert!(
+        r.body.contains("retry: "),
+        "tells the client when to reconnect: {}",
+        r.body
+    );
+    let last = events[0].0.clone().expect("event id");
+    let resumed = c
+        .http
+        .get(&gw.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", c.session.clone().unwrap())
+        .header("last-event-id", &last)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        resumed.contains("\"id\":31") && resumed.contains("done"),
+        "{resumed}"
+    );
 }

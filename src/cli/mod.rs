@@ -34,6 +34,39 @@ pub enum Command {
     /// Audit log: keys, offline verification, tail, inclusion proofs, export.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Client bearer tokens.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Print a fresh client token and the hash to put in the policy.
+    New {
+        /// The client name used in the printed policy snippet.
+        #[arg(long, default_value = "my-client")]
+        client: String,
+    },
+}
+
+/// `portcullis token new`: the token goes to the client, only its hash into the policy.
+pub fn token_new(client: &str) -> std::process::ExitCode {
+    match crate::access::token::generate() {
+        Ok(token) => {
+            let hash = crate::access::token::hash(&token);
+            println!("token:        {token}");
+            println!("token_sha256: {hash}");
+            println!();
+            println!("# policy: give the token to the client, keep only the hash here");
+            println!("[clients.{client}]");
+            println!("token_sha256 = \"{hash}\"");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: no randomness from the operating system: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::Context;
 
+use crate::access::Access;
 use crate::downstream::Listener;
 use crate::policy::{self, Policy};
 use crate::router::Router;
@@ -45,12 +46,20 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         process: Arc::new(ProcessRuntime),
         docker: None,
     };
-    let router = Router::start(&policy, Arc::new(runtimes));
-    let listener = Listener::bind(&policy.gateway, router.clone())
+    check_listener_safety(&policy)?;
+    let access =
+        Arc::new(Access::from_policy(&policy).context("setting up client authentication")?);
+    let router = Router::start(&policy, Arc::new(runtimes), access.clone());
+    let listener = Listener::bind(&policy.gateway, router.clone(), access)
         .await
         .context("starting the listener")?;
     let addr = listener.local_addr().context("reading the bound address")?;
-    let url = format!("http://{addr}/mcp");
+    let scheme = if policy.gateway.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    let url = format!("{scheme}://{addr}/mcp");
     tracing::info!(%url, "portcullis listening");
     // The banner goes to stdout so scripts (and people) can pick up the URL.
     println!("Portcullis is listening on {url}");
@@ -59,6 +68,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("shutting down: stopping servers");
     router.shutdown().await;
     Ok(())
+}
+
+/// The policy check covers `gateway.listen`; `--listen` can move the listener afterwards, so
+/// the rule is enforced again on what will actually be bound.
+fn check_listener_safety(policy: &Policy) -> anyhow::Result<()> {
+    let addr = policy.gateway.listen;
+    if addr.ip().is_loopback() {
+        return Ok(());
+    }
+    let mut missing = Vec::new();
+    if policy.gateway.tls.is_none() {
+        missing.push("TLS ([gateway.tls] cert and key)");
+    }
+    if !policy.requires_auth() {
+        missing.push("client authentication ([clients.NAME] token_sha256 or [auth.jwt])");
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "refusing to listen on {addr}: it is not a loopback address, and anything that can reach it could use every tool behind this gateway; configure {} or listen on 127.0.0.1",
+        missing.join(" and ")
+    )
 }
 
 async fn shutdown_signal() {

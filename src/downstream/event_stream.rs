@@ -17,6 +17,8 @@ use tokio::sync::Notify;
 
 use crate::router::MessageSink;
 
+/// How long a client should wait before reconnecting a dropped stream (SSE `retry:`).
+const RECONNECT_MS: u64 = 1000;
 /// Buffered events per stream before the oldest are dropped.
 const MAX_EVENTS: usize = 1024;
 /// Buffered bytes per stream before the oldest events are dropped.
@@ -142,7 +144,9 @@ enum Next {
 }
 
 impl Reader {
-    async fn next(&mut self, keepalive: Duration) -> Next {
+    /// The next bytes to send; `End` when the stream is finished or `cutoff` has passed (the
+    /// stream itself then stays resumable).
+    async fn next(&mut self, keepalive: Duration, cutoff: Option<tokio::time::Instant>) -> Next {
         loop {
             let notified = self.stream.notify.notified();
             tokio::pin!(notified);
@@ -165,11 +169,13 @@ impl Reader {
                     return Next::End;
                 }
             }
+            let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(keepalive) => {
                     return Next::Data(Bytes::from_static(b": keep-alive\n\n"));
                 }
+                _ = tokio::time::sleep_until(cutoff.unwrap_or(far)) => return Next::End,
             }
         }
     }
@@ -186,15 +192,19 @@ fn frame_event(out: &mut BytesMut, id: &str, data: &[u8]) {
 
 pub type SseBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-/// The response body for a reader: an optional priming event, then events until the stream ends.
-pub fn body(reader: Reader, priming: bool, keepalive: Duration) -> SseBody {
+/// The response body for a reader: an optional priming event, then events until the stream
+/// ends or, with `poll`, until that much time has passed (the client then resumes with GET).
+pub fn body(reader: Reader, priming: bool, keepalive: Duration, poll: Option<Duration>) -> SseBody {
+    let cutoff = poll.map(|d| tokio::time::Instant::now() + d);
     use futures_util::StreamExt;
     use http_body_util::BodyExt;
     let first = if priming {
         // Priming: an event id with empty data, so the client can resume even before the first
         // real event (spec 2025-11-25).
         let id = reader.stream.event_id(reader.cursor);
-        Some(Bytes::from(format!("id: {id}\ndata: \n\n")))
+        Some(Bytes::from(format!(
+            "id: {id}\nretry: {RECONNECT_MS}\ndata: \n\n"
+        )))
     } else {
         None
     };
@@ -203,7 +213,7 @@ pub fn body(reader: Reader, priming: bool, keepalive: Duration) -> SseBody {
             if let Some(b) = first {
                 return Some((b, (reader, None)));
             }
-            match reader.next(keepalive).await {
+            match reader.next(keepalive, cutoff).await {
                 Next::Data(b) => Some((b, (reader, None))),
                 Next::End => None,
             }
@@ -229,8 +239,17 @@ mod tests {
         s.push(Bytes::from_static(b"{\"a\":1}"));
         s.push(Bytes::from_static(b"{\"a\":2}"));
         s.close();
-        let text = collect(body(s.attach(None).unwrap(), true, Duration::from_secs(5))).await;
-        assert!(text.starts_with("id: 3-0\ndata: \n\n"), "{text}");
+        let text = collect(body(
+            s.attach(None).unwrap(),
+            true,
+            Duration::from_secs(5),
+            None,
+        ))
+        .await;
+        assert!(
+            text.starts_with("id: 3-0\nretry: 1000\ndata: \n\n"),
+            "{text}"
+        );
         assert!(text.contains("id: 3-1\nevent: message\ndata: {\"a\":1}\n\n"));
         assert!(text.contains("id: 3-2\n"));
     }
@@ -249,6 +268,7 @@ mod tests {
             s.attach(Some(2)).unwrap(),
             false,
             Duration::from_secs(5),
+            None,
         ))
         .await;
         assert!(
@@ -264,10 +284,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn polling_ends_the_response_but_keeps_the_stream() {
+        let s = EventStream::new(4);
+        let early = collect(body(
+            s.attach(None).unwrap(),
+            true,
+            Duration::from_secs(5),
+            Some(Duration::from_millis(20)),
+        ))
+        .await;
+        assert!(early.starts_with("id: 4-0\n"), "{early}");
+        s.push(Bytes::from_static(b"{\"late\":true}"));
+        s.close();
+        let rest = collect(body(
+            s.attach(Some(0)).unwrap(),
+            false,
+            Duration::from_secs(5),
+            None,
+        ))
+        .await;
+        assert!(
+            rest.contains("id: 4-1\n") && rest.contains("late"),
+            "{rest}"
+        );
+    }
+
+    #[tokio::test]
     async fn keepalive_comments_flow_while_idle() {
         let s = EventStream::new(0);
         let mut reader = s.attach(None).unwrap();
-        match reader.next(Duration::from_millis(10)).await {
+        match reader.next(Duration::from_millis(10), None).await {
             Next::Data(b) => assert_eq!(&b[..], b": keep-alive\n\n"),
             Next::End => panic!("ended"),
         }

@@ -8,6 +8,7 @@ mod guard;
 mod reply;
 mod session;
 mod streamable;
+mod tls;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use serde_json::json;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
+use crate::access::Access;
 use crate::mcp::ErrorCode;
 use crate::policy::Gateway;
 use crate::router::Router;
@@ -34,20 +36,24 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) struct Shared {
     router: Arc<Router>,
+    access: Arc<Access>,
+    tls: bool,
     sessions: session::Sessions,
     guard: guard::Guard,
     max_body_bytes: usize,
     body_timeout: Duration,
     keepalive: Duration,
+    sse_poll: Option<Duration>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("cannot listen on {addr}: {source}{hint}")]
     Bind {
         addr: SocketAddr,
         hint: &'static str,
-        #[source]
         source: std::io::Error,
     },
 }
@@ -55,12 +61,18 @@ pub enum ServeError {
 /// A bound listener, ready to serve.
 pub struct Listener {
     listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     idle_timeout: Duration,
 }
 
 impl Listener {
-    pub async fn bind(gateway: &Gateway, router: Arc<Router>) -> Result<Listener, ServeError> {
+    pub async fn bind(
+        gateway: &Gateway,
+        router: Arc<Router>,
+        access: Arc<Access>,
+    ) -> Result<Listener, ServeError> {
+        let tls = gateway.tls.as_ref().map(tls::acceptor).transpose()?;
         let listener = TcpListener::bind(gateway.listen)
             .await
             .map_err(|source| ServeError::Bind {
@@ -76,13 +88,17 @@ impl Listener {
             listener,
             shared: Arc::new(Shared {
                 router,
+                access,
+                tls: tls.is_some(),
                 sessions: session::Sessions::new(gateway.max_sessions),
                 guard: guard::Guard::new(&gateway.allowed_hosts, &gateway.allowed_origins),
                 max_body_bytes: gateway.max_body_bytes,
                 body_timeout: BODY_TIMEOUT,
                 keepalive: gateway.sse_keepalive,
+                sse_poll: gateway.sse_poll_interval,
             }),
             idle_timeout: gateway.session_idle_timeout,
+            tls,
         })
     }
 
@@ -114,22 +130,20 @@ impl Listener {
             };
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
+            let tls = self.tls.clone();
             tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let shared = shared.clone();
-                    async move { Ok::<_, std::convert::Infallible>(route(&shared, req).await) }
-                });
-                let mut builder =
-                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-                builder
-                    .http1()
-                    .timer(TokioTimer::new())
-                    .header_read_timeout(HEADER_TIMEOUT);
-                if let Err(e) = builder
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await
-                {
-                    tracing::debug!(%peer, error = %e, "connection ended with an error");
+                match tls {
+                    None => serve_connection(shared, stream, peer).await,
+                    Some(acceptor) => {
+                        // A client that never finishes the handshake must not hold a slot.
+                        match tokio::time::timeout(HEADER_TIMEOUT, acceptor.accept(stream)).await {
+                            Ok(Ok(s)) => serve_connection(shared, s, peer).await,
+                            Ok(Err(e)) => {
+                                tracing::info!(%peer, error = %e, "TLS handshake refused")
+                            }
+                            Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                        }
+                    }
                 }
                 drop(permit);
             });
@@ -141,10 +155,29 @@ impl Listener {
     }
 }
 
+async fn serve_connection<I>(shared: Arc<Shared>, io: I, peer: SocketAddr)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let shared = shared.clone();
+        async move { Ok::<_, std::convert::Infallible>(route(&shared, req).await) }
+    });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
 async fn sweep_idle(shared: Arc<Shared>, limit: Duration) {
     let period = (limit / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::time::sleep(period).await;
+        shared.access.limits.sweep();
         for id in shared.sessions.expire(limit) {
             tracing::info!(session = %streamable::short(&id), "session expired after being idle");
             shared.router.close_session(&id).await;
@@ -168,8 +201,33 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
         );
     }
     let path = parts.uri.path();
+    let base = base_url(shared, &parts);
     match (path, &parts.method) {
-        ("/mcp" | "/mcp/", m) => streamable::handle(shared, m, &parts.headers, body).await,
+        ("/mcp" | "/mcp/", m) => match shared.access.authenticate(&parts.headers) {
+            Ok(identity) => streamable::handle(shared, m, &parts.headers, body, identity).await,
+            Err(e) => {
+                tracing::info!(reason = %e, "request refused: not authenticated");
+                let mut r = reply::rpc_error(
+                    StatusCode::UNAUTHORIZED,
+                    None,
+                    ErrorCode::INVALID_REQUEST,
+                    &e.reason,
+                );
+                if let Ok(v) = http::HeaderValue::from_str(&shared.access.challenge(&e, &base)) {
+                    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+                }
+                r
+            }
+        },
+        (p, &Method::GET) if p.starts_with("/.well-known/oauth-protected-resource") => {
+            match shared.access.resource_metadata(&base) {
+                Some(meta) => reply::plain_json(StatusCode::OK, &meta),
+                None => reply::plain_json(
+                    StatusCode::NOT_FOUND,
+                    &json!({"error": "not_found", "error_description": "this gateway does not use OAuth: no protected-resource metadata"}),
+                ),
+            }
+        }
         ("/health", &Method::GET) => reply::plain_json(
             StatusCode::OK,
             &json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "sessions": shared.sessions.len()}),
@@ -184,6 +242,18 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             &json!({"error": "not_found", "error_description": format!("no such endpoint `{p}`; MCP is served at /mcp")}),
         ),
     }
+}
+
+/// This gateway's origin as the client addressed it, for metadata URLs.
+fn base_url(shared: &Shared, parts: &http::request::Parts) -> String {
+    let host = parts
+        .headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.authority().map(|a| a.as_str()))
+        .unwrap_or("localhost");
+    let scheme = if shared.tls { "https" } else { "http" };
+    format!("{scheme}://{host}")
 }
 
 fn ready(shared: &Shared) -> Reply {

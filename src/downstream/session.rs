@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::event_stream::EventStream;
+use crate::access::Identity;
 
 /// Finished POST streams kept for resumption, per session.
 const MAX_RETAINED_STREAMS: usize = 64;
@@ -15,6 +16,8 @@ const RETAIN_FINISHED: Duration = Duration::from_secs(120);
 pub struct Session {
     pub id: Arc<str>,
     pub protocol: &'static str,
+    /// Who created the session; only they may use it.
+    pub identity: Identity,
     /// Messages not tied to a request (list changes, relayed requests with no open POST).
     pub standalone: Arc<EventStream>,
     streams: Mutex<HashMap<u64, Arc<EventStream>>>,
@@ -23,10 +26,11 @@ pub struct Session {
 }
 
 impl Session {
-    fn new(id: Arc<str>, protocol: &'static str) -> Session {
+    fn new(id: Arc<str>, protocol: &'static str, identity: Identity) -> Session {
         Session {
             id,
             protocol,
+            identity,
             standalone: EventStream::new(0),
             streams: Mutex::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
@@ -103,13 +107,17 @@ impl Sessions {
         }
     }
 
-    pub fn create(&self, protocol: &'static str) -> Result<Arc<Session>, TooManySessions> {
+    pub fn create(
+        &self,
+        protocol: &'static str,
+        identity: Identity,
+    ) -> Result<Arc<Session>, TooManySessions> {
         let mut m = self.map.write().map_err(|_| TooManySessions(self.max))?;
         if m.len() >= self.max {
             return Err(TooManySessions(self.max));
         }
         let id: Arc<str> = Arc::from(new_session_id());
-        let s = Arc::new(Session::new(id.clone(), protocol));
+        let s = Arc::new(Session::new(id.clone(), protocol, identity));
         m.insert(id, s.clone());
         Ok(s)
     }
@@ -174,16 +182,23 @@ fn new_session_id() -> String {
 mod tests {
     use super::*;
 
+    fn anon() -> Identity {
+        Identity {
+            client: Arc::from("anonymous"),
+            rules: Arc::default(),
+        }
+    }
+
     #[test]
     fn ids_are_random_and_capacity_is_enforced() {
         let s = Sessions::new(2);
-        let a = s.create("2025-11-25").unwrap();
-        let b = s.create("2025-11-25").unwrap();
+        let a = s.create("2025-11-25", anon()).unwrap();
+        let b = s.create("2025-11-25", anon()).unwrap();
         assert_ne!(a.id, b.id);
         assert_eq!(a.id.len(), 64);
-        assert!(s.create("2025-11-25").is_err());
+        assert!(s.create("2025-11-25", anon()).is_err());
         assert!(s.remove(&a.id).is_some());
         assert!(s.get(&a.id).is_none());
-        assert!(s.create("2025-11-25").is_ok());
+        assert!(s.create("2025-11-25", anon()).is_ok());
     }
 }

@@ -13,8 +13,9 @@ use super::event_stream::{self, parse_event_id};
 use super::reply::{self, Reply, PROTOCOL_HEADER, SESSION_HEADER};
 use super::session::Session;
 use super::Shared;
+use crate::access::Identity;
 use crate::mcp::{methods, protocol, Body, ErrorCode, Message, Request};
-use crate::router::{ClientCaps, MessageSink, SessionInfo};
+use crate::router::{Admission, Answer, ClientCaps, MessageSink, Refusal, SessionInfo};
 
 /// Methods whose answers may be preceded by related messages (progress, logging, relayed
 /// requests) and therefore stream when the client accepts SSE.
@@ -67,11 +68,12 @@ pub async fn handle(
     method: &Method,
     headers: &HeaderMap,
     body: Incoming,
+    identity: Identity,
 ) -> Reply {
     match *method {
-        Method::POST => post(shared, headers, body).await,
-        Method::GET => get(shared, headers),
-        Method::DELETE => delete(shared, headers).await,
+        Method::POST => post(shared, headers, body, identity).await,
+        Method::GET => get(shared, headers, &identity),
+        Method::DELETE => delete(shared, headers, &identity).await,
         _ => {
             let mut r = reply::rpc_error(
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -90,8 +92,14 @@ fn bad(status: StatusCode, message: &str) -> Reply {
     reply::rpc_error(status, None, ErrorCode::INVALID_REQUEST, message)
 }
 
-/// Finds the session a request names, with the statuses the spec asks for.
-fn session_of(shared: &Shared, headers: &HeaderMap) -> Result<Arc<Session>, Box<Reply>> {
+/// Finds the session a request names, with the statuses the spec asks for. A session used by
+/// another identity than the one that created it is reported as unknown (404), so a stolen
+/// session id is worth nothing and its existence is not confirmed.
+fn session_of(
+    shared: &Shared,
+    headers: &HeaderMap,
+    identity: &Identity,
+) -> Result<Arc<Session>, Box<Reply>> {
     let Some(id) = headers.get(SESSION_HEADER) else {
         return Err(Box::new(bad(
             StatusCode::BAD_REQUEST,
@@ -100,9 +108,18 @@ fn session_of(shared: &Shared, headers: &HeaderMap) -> Result<Arc<Session>, Box<
     };
     let id = id.to_str().unwrap_or("");
     match shared.sessions.get(id) {
-        Some(s) => {
+        Some(s) if s.identity == *identity => {
             s.touch();
             Ok(s)
+        }
+        Some(_) => {
+            tracing::warn!(session = %short(id), client = %identity.client, "session id presented by another identity; refused as unknown");
+            Err(Box::new(reply::rpc_error(
+                StatusCode::NOT_FOUND,
+                None,
+                ErrorCode::INVALID_REQUEST,
+                "unknown or expired session: initialize a new session",
+            )))
         }
         None => Err(Box::new(reply::rpc_error(
             StatusCode::NOT_FOUND,
@@ -113,8 +130,11 @@ fn session_of(shared: &Shared, headers: &HeaderMap) -> Result<Arc<Session>, Box<
     }
 }
 
-/// `MCP-Protocol-Version` must be one we speak and, on a session, the one it negotiated.
-fn check_protocol_header(headers: &HeaderMap, session: Option<&Session>) -> Result<(), Box<Reply>> {
+/// `MCP-Protocol-Version` must be a revision we speak. It is not required to equal the
+/// session's negotiated one: clients in the wild (the conformance suite among them) send a
+/// fixed older revision on every request, and the spec only asks servers to reject invalid
+/// or unsupported values.
+fn check_protocol_header(headers: &HeaderMap) -> Result<(), Box<Reply>> {
     let Some(v) = headers.get(PROTOCOL_HEADER) else {
         return Ok(());
     };
@@ -127,14 +147,6 @@ fn check_protocol_header(headers: &HeaderMap, session: Option<&Session>) -> Resu
                 protocol::SUPPORTED.join(", ")
             ),
         )));
-    }
-    if let Some(s) = session {
-        if v != s.protocol {
-            return Err(Box::new(bad(
-                StatusCode::BAD_REQUEST,
-                &format!("MCP-Protocol-Version `{v}` does not match the session's negotiated version `{}`", s.protocol),
-            )));
-        }
     }
     Ok(())
 }
@@ -181,7 +193,12 @@ async fn read_body(
     }
 }
 
-async fn post(shared: &Arc<Shared>, headers: &HeaderMap, body: Incoming) -> Reply {
+async fn post(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    body: Incoming,
+    identity: Identity,
+) -> Reply {
     let ct = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -221,7 +238,7 @@ async fn post(shared: &Arc<Shared>, headers: &HeaderMap, body: Incoming) -> Repl
                     "initialize must not carry Mcp-Session-Id: it creates a new session",
                 );
             }
-            return initialize(shared, req, &acc);
+            return initialize(shared, req, &acc, identity);
         }
         if req.method == methods::SERVER_DISCOVER && !headers.contains_key(SESSION_HEADER) {
             // The 2026-07-28 era probe: a plain JSON-RPC error tells dual-era clients to fall
@@ -235,11 +252,11 @@ async fn post(shared: &Arc<Shared>, headers: &HeaderMap, body: Incoming) -> Repl
         }
     }
 
-    let session = match session_of(shared, headers) {
+    let session = match session_of(shared, headers, &identity) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if let Err(r) = check_protocol_header(headers, Some(&session)) {
+    if let Err(r) = check_protocol_header(headers) {
         return *r;
     }
     match parsed {
@@ -250,11 +267,18 @@ async fn post(shared: &Arc<Shared>, headers: &HeaderMap, body: Incoming) -> Repl
                     "this session is already initialized",
                 );
             }
+            let admission = match shared.router.admit(&session.identity, &req) {
+                Ok(a) => a,
+                Err(refused) => return answer_reply(refused),
+            };
             if acc.sse && streams(&req.method) {
-                stream_request(shared, &session, req)
+                stream_request(shared, &session, req, admission)
             } else {
-                let out = shared.router.handle_request(&session.id, req, None).await;
-                reply::json(StatusCode::OK, out)
+                let out = shared
+                    .router
+                    .handle_request(&session.id, &session.identity, req, None, admission)
+                    .await;
+                answer_reply(out)
             }
         }
         Body::Single(other) => {
@@ -265,7 +289,7 @@ async fn post(shared: &Arc<Shared>, headers: &HeaderMap, body: Incoming) -> Repl
     }
 }
 
-fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept) -> Reply {
+fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept, identity: Identity) -> Reply {
     let params: Value = req
         .params
         .as_deref()
@@ -280,7 +304,7 @@ fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept) -> Reply {
         );
     };
     let negotiated = protocol::negotiate(requested);
-    let session = match shared.sessions.create(negotiated) {
+    let session = match shared.sessions.create(negotiated, identity) {
         Ok(s) => s,
         Err(e) => {
             return reply::rpc_error(
@@ -316,7 +340,7 @@ fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept) -> Reply {
         stream.push(out);
         stream.close();
         match stream.attach(None) {
-            Some(reader) => reply::sse(event_stream::body(reader, false, shared.keepalive)),
+            Some(reader) => reply::sse(event_stream::body(reader, false, shared.keepalive, None)),
             None => reply::status(StatusCode::INTERNAL_SERVER_ERROR),
         }
     };
@@ -329,25 +353,38 @@ fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept) -> Reply {
 /// Answers one request as an SSE stream: related messages first, then the response. The call
 /// runs in its own task so that a dropped connection does not abandon it; the client can
 /// resume the stream with Last-Event-ID.
-fn stream_request(shared: &Arc<Shared>, session: &Arc<Session>, req: Request) -> Reply {
+fn stream_request(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    req: Request,
+    admission: Option<Admission>,
+) -> Reply {
     let stream = session.open_stream();
     let Some(reader) = stream.attach(None) else {
         return reply::status(StatusCode::INTERNAL_SERVER_ERROR);
     };
     let router = shared.router.clone();
     let key = session.id.clone();
+    let identity = session.identity.clone();
     let s = stream.clone();
     tokio::spawn(async move {
         let out = router
-            .handle_request(&key, req, Some(s.clone() as Arc<dyn MessageSink>))
+            .handle_request(
+                &key,
+                &identity,
+                req,
+                Some(s.clone() as Arc<dyn MessageSink>),
+                admission,
+            )
             .await;
-        s.push(out);
+        s.push(out.bytes);
         s.close();
     });
     reply::sse(event_stream::body(
         reader,
         protocol::wants_priming_event(session.protocol),
         shared.keepalive,
+        shared.sse_poll,
     ))
 }
 
@@ -384,14 +421,23 @@ async fn batch(
                     "initialize cannot be part of a batch",
                 ));
             }
-            Ok(Message::Request(req)) => {
-                calls.push(shared.router.handle_request(&session.id, req, None))
-            }
+            Ok(Message::Request(req)) => calls.push(shared.router.handle_request(
+                &session.id,
+                &session.identity,
+                req,
+                None,
+                None,
+            )),
             Ok(other) => deliver(shared, session, other).await,
             Err(e) => answers.push(e.to_response_bytes()),
         }
     }
-    answers.extend(futures_util::future::join_all(calls).await);
+    answers.extend(
+        futures_util::future::join_all(calls)
+            .await
+            .into_iter()
+            .map(|a| a.bytes),
+    );
     if answers.is_empty() {
         return reply::status(StatusCode::ACCEPTED);
     }
@@ -407,18 +453,18 @@ async fn batch(
     reply::json(StatusCode::OK, Bytes::from(out))
 }
 
-fn get(shared: &Arc<Shared>, headers: &HeaderMap) -> Reply {
+fn get(shared: &Arc<Shared>, headers: &HeaderMap, identity: &Identity) -> Reply {
     if !accept(headers).sse {
         return bad(
             StatusCode::NOT_ACCEPTABLE,
             "GET opens an SSE stream: Accept must include text/event-stream",
         );
     }
-    let session = match session_of(shared, headers) {
+    let session = match session_of(shared, headers, identity) {
         Ok(s) => s,
         Err(r) => return *r,
     };
-    if let Err(r) = check_protocol_header(headers, Some(&session)) {
+    if let Err(r) = check_protocol_header(headers) {
         return *r;
     }
     let last = headers
@@ -450,7 +496,7 @@ fn get(shared: &Arc<Shared>, headers: &HeaderMap) -> Reply {
         ),
     };
     match stream.attach(after) {
-        Some(reader) => reply::sse(event_stream::body(reader, priming, shared.keepalive)),
+        Some(reader) => reply::sse(event_stream::body(reader, priming, shared.keepalive, None)),
         None => bad(
             StatusCode::CONFLICT,
             "this stream is already open on another connection; close it first",
@@ -458,8 +504,8 @@ fn get(shared: &Arc<Shared>, headers: &HeaderMap) -> Reply {
     }
 }
 
-async fn delete(shared: &Arc<Shared>, headers: &HeaderMap) -> Reply {
-    let session = match session_of(shared, headers) {
+async fn delete(shared: &Arc<Shared>, headers: &HeaderMap, identity: &Identity) -> Reply {
+    let session = match session_of(shared, headers, identity) {
         Ok(s) => s,
         Err(r) => return *r,
     };
@@ -472,4 +518,18 @@ async fn delete(shared: &Arc<Shared>, headers: &HeaderMap) -> Reply {
 /// A session id prefix for logs: enough to correlate, not enough to hijack.
 pub fn short(id: &str) -> &str {
     &id[..id.len().min(8)]
+}
+
+/// A JSON answer, with the status and `Retry-After` a refusal calls for.
+fn answer_reply(a: Answer) -> Reply {
+    match a.refusal {
+        None => reply::json(StatusCode::OK, a.bytes),
+        Some(Refusal::Forbidden) => reply::json(StatusCode::FORBIDDEN, a.bytes),
+        Some(Refusal::RateLimited { retry_after_secs }) => {
+            let mut r = reply::json(StatusCode::TOO_MANY_REQUESTS, a.bytes);
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after_secs));
+            r
+        }
+    }
 }

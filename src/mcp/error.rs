@@ -23,6 +23,12 @@ impl ErrorCode {
     pub const UPSTREAM_TIMEOUT: ErrorCode = ErrorCode(-32011);
     /// Gateway: the session or the gateway is over a capacity limit.
     pub const OVER_CAPACITY: ErrorCode = ErrorCode(-32012);
+    /// Gateway: the client may not use this tool.
+    pub const FORBIDDEN: ErrorCode = ErrorCode(-32013);
+    /// Gateway: a rate limit refused the call; `data.retryAfterSeconds` says when to retry.
+    pub const RATE_LIMITED: ErrorCode = ErrorCode(-32014);
+    /// Gateway: the server's concurrency cap and its queue are full.
+    pub const BUSY: ErrorCode = ErrorCode(-32015);
 }
 
 #[derive(Serialize)]

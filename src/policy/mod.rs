@@ -10,6 +10,7 @@ mod raw;
 pub mod show;
 pub mod units;
 mod validate;
+mod validate_access;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use import::import;

@@ -16,10 +16,62 @@ pub struct Policy {
     pub gateway: Gateway,
     /// Servers by name. Names match `^[a-zA-Z0-9-]{1,32}$` so that `name__tool` stays readable.
     pub servers: BTreeMap<String, Server>,
-    /// Clients by name (authentication and authorization arrive with the access layer).
+    /// Clients by name: who may connect, with which credentials, to which tools, how often.
     pub clients: BTreeMap<String, Client>,
     /// The audit log and its SIEM sinks.
     pub audit: Audit,
+    /// How clients prove who they are beyond static tokens (JWT), and what the gateway
+    /// advertises about it.
+    pub auth: Auth,
+}
+
+/// Client authentication settings besides per-client token hashes.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Auth {
+    pub jwt: Option<Jwt>,
+    /// This gateway's public URL as an OAuth protected resource (RFC 9728 `resource`).
+    pub resource: Option<String>,
+    /// Authorization servers named in the protected-resource metadata.
+    pub authorization_servers: Vec<String>,
+}
+
+/// JSON Web Token verification.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Jwt {
+    pub issuer: String,
+    pub audience: String,
+    /// Accepted `alg` values; never `none`.
+    pub algorithms: Vec<JwtAlgorithm>,
+    pub key: JwtKey,
+    /// The claim whose value names the client (`sub` by default).
+    pub client_claim: String,
+    /// Clock skew tolerated on `exp` and `nbf`.
+    pub leeway: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JwtAlgorithm {
+    Hs256,
+    Rs256,
+    EdDsa,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum JwtKey {
+    /// Shared secret for HS256, read like any other secret.
+    Secret(SecretRef),
+    /// A PEM public key (RSA or Ed25519).
+    PublicKeyPem(PathBuf),
+    /// A JWKS document on disk.
+    Jwks(PathBuf),
+}
+
+/// The listener's TLS identity and, for mTLS, the CA that client certificates must chain to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Option<PathBuf>,
 }
 
 /// The `[audit]` table: where and how the tamper-evident audit log is written.
@@ -149,6 +201,12 @@ pub struct Gateway {
     pub page_size: usize,
     /// Interval between SSE keep-alive comments.
     pub sse_keepalive: Duration,
+    /// When set, a POST's SSE stream is closed after this long and the client resumes it with
+    /// `GET` + `Last-Event-ID` (SSE polling, SEP-1699): no connection is held open for the whole
+    /// of a long call, which suits proxies with idle timeouts.
+    pub sse_poll_interval: Option<Duration>,
+    /// TLS for the listener; required (with client authentication) off loopback.
+    pub tls: Option<Tls>,
 }
 
 /// How aggregated tool and prompt names are formed.
@@ -177,6 +235,12 @@ pub struct Server {
     pub startup_timeout: Duration,
     /// Overrides the gateway's request timeout for this server.
     pub request_timeout: Option<Duration>,
+    /// Quotas for single tools (upstream names), shared by every client.
+    pub tool_rates: BTreeMap<String, Rate>,
+    /// Calls in flight at this server at once; more wait in a bounded queue.
+    pub max_in_flight: Option<u32>,
+    /// How long a call may wait for a free slot before it is refused.
+    pub queue_timeout: Duration,
 }
 
 /// How the server is run or reached.
@@ -302,12 +366,25 @@ pub struct Client {
     pub name: String,
     /// Hex SHA-256 of the client's bearer token.
     pub token_sha256: Option<String>,
+    /// The JWT claim value (see `auth.jwt.client_claim`) that identifies this client.
+    pub jwt_subject: Option<String>,
+    /// This client's quota across all its calls.
+    pub rate: Option<Rate>,
     /// `server__tool` patterns (`*` globs).
     pub allow: Vec<String>,
     pub deny: Vec<String>,
 }
 
 impl Policy {
+    /// Whether clients must authenticate: some client has a token, or JWTs are configured.
+    pub fn requires_auth(&self) -> bool {
+        self.auth.jwt.is_some()
+            || self
+                .clients
+                .values()
+                .any(|c| c.token_sha256.is_some() || c.jwt_subject.is_some())
+    }
+
     /// The naming mode in effect once `auto` is resolved against the server count.
     pub fn effective_naming(&self) -> Naming {
         match self.gateway.naming {

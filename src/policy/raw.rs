@@ -23,6 +23,8 @@ pub struct RawPolicy {
     pub servers: Named<RawServer>,
     #[serde(default, deserialize_with = "in_clients")]
     pub clients: Named<RawClient>,
+    #[serde(default, deserialize_with = "in_auth")]
+    pub auth: Option<RawAuth>,
     #[serde(default, deserialize_with = "in_audit")]
     pub audit: Option<RawAudit>,
 }
@@ -74,6 +76,39 @@ pub struct RawGateway {
     pub max_sessions: Option<Spanned<u64>>,
     pub page_size: Option<Spanned<u64>>,
     pub sse_keepalive: Option<Spanned<Value>>,
+    pub sse_poll_interval: Option<Spanned<Value>>,
+    #[serde(default, deserialize_with = "in_tls")]
+    pub tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    pub cert: Str,
+    pub key: Str,
+    pub client_ca: Option<Str>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuth {
+    #[serde(default, deserialize_with = "in_jwt")]
+    pub jwt: Option<Spanned<RawJwt>>,
+    pub resource: Option<Str>,
+    pub authorization_servers: Option<Vec<Str>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJwt {
+    pub issuer: Str,
+    pub audience: Str,
+    pub algorithms: Option<Vec<Str>>,
+    pub secret: Option<Str>,
+    pub public_key: Option<Str>,
+    pub jwks: Option<Str>,
+    pub client_claim: Option<Str>,
+    pub leeway: Option<Spanned<Value>>,
 }
 
 /// One `[servers.NAME]` table. It holds the keys of every runtime; validation refuses the ones
@@ -106,6 +141,9 @@ pub struct RawServer {
     pub tools: Option<RawPatterns>,
     pub startup_timeout: Option<Spanned<Value>>,
     pub request_timeout: Option<Spanned<Value>>,
+    pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
+    pub max_in_flight: Option<Spanned<u64>>,
+    pub queue_timeout: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +179,8 @@ pub struct RawPatterns {
 #[serde(deny_unknown_fields)]
 pub struct RawClient {
     pub token_sha256: Option<Str>,
+    pub jwt_subject: Option<Str>,
+    pub rate: Option<Spanned<Value>>,
     pub allow: Option<Vec<Str>>,
     pub deny: Option<Vec<Str>>,
 }
@@ -217,4 +257,7 @@ in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
 in_table!(in_mounts, "mounts", Option<Spanned<Vec<RawMount>>>);
 in_table!(in_egress, "egress", Option<RawEgress>);
 in_table!(in_limits, "limits", Option<RawLimits>);
+in_table!(in_auth, "auth", Option<RawAuth>);
+in_table!(in_jwt, "jwt", Option<Spanned<RawJwt>>);
+in_table!(in_tls, "tls", Option<Spanned<RawTls>>);
 in_table!(in_tools, "tools", Option<RawPatterns>);

@@ -63,6 +63,12 @@ pub fn render(p: &Policy) -> String {
         "  sse_keepalive         {}",
         format_duration(g.sse_keepalive)
     );
+    let _ = writeln!(
+        o,
+        "  sse_poll_interval     {}",
+        g.sse_poll_interval
+            .map_or_else(|| "off".to_owned(), format_duration)
+    );
     for s in p.servers.values() {
         let _ = writeln!(o, "\n[servers.{}]", s.name);
         match &s.runtime {

@@ -214,12 +214,19 @@ egress.allow = ["*.com:443"]
 #[test]
 fn runtime_rules() {
     let e = one_error(
-        "[servers.t]\nruntime = \"process\"\ncommand = \"x\"\nlifecycle = \"per-session\"\n",
+        "[servers.t]\nruntime = \"remote\"\nurl = \"https://mcp.example/mcp\"\nlifecycle = \"per-session\"\n",
     );
     assert!(
-        e.starts_with("p.toml:4:1: error: lifecycle = \"per-session\" needs runtime = \"docker\""),
+        e.starts_with(
+            "p.toml:4:1: error: lifecycle = \"per-session\" needs a runtime the gateway starts"
+        ),
         "{e}"
     );
+    assert!(crate::policy::parse(
+        "[servers.t]\nruntime = \"process\"\ncommand = \"x\"\nlifecycle = \"per-call\"\n",
+        "p.toml"
+    )
+    .is_ok());
     let e = one_error("[servers.t]\nruntime = \"docker\"\nimage = \"i\"\npool = 2\n");
     assert!(e.contains("warm pool"), "{e}");
     let e = one_error("[servers.t]\nruntime = \"docker\"\n");

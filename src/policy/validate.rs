@@ -21,6 +21,7 @@ pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_PAGE_SIZE: usize = 200;
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Docker refuses containers with less memory than this.
 const MIN_MEMORY: u64 = 6 << 20;
 const MAX_POOL: u64 = 32;
@@ -29,7 +30,7 @@ const PROCESS_KEYS: &[&str] = &["command", "args", "env", "cwd"];
 const DOCKER_KEYS: &[&str] = &["image", "command", "env", "user", "mounts", "pool"];
 const REMOTE_KEYS: &[&str] = &["url", "headers"];
 
-struct Checker<'a> {
+pub(super) struct Checker<'a> {
     src: &'a str,
     origin: &'a str,
     base: Option<&'a Path>,
@@ -49,7 +50,9 @@ pub fn validate(
         base,
         diags: Vec::new(),
     };
-    let (gateway, naming_at) = c.gateway(raw.gateway.unwrap_or_default());
+    let raw_gateway = raw.gateway.unwrap_or_default();
+    let listen_at = raw_gateway.listen.as_ref().map_or(0, |l| l.span().start);
+    let (gateway, naming_at) = c.gateway(raw_gateway);
     // Judged on what was written, so a server that fails validation still counts.
     let written_servers = raw.servers.0.len();
     let server_names: BTreeSet<String> = raw
@@ -80,6 +83,8 @@ pub fn validate(
             clients.insert(name.into_inner(), cl);
         }
     }
+    let auth = c.auth(raw.auth.unwrap_or_default());
+    c.listener_safety(&gateway, &clients, &auth, listen_at);
     let audit = c.audit(raw.audit.unwrap_or_default());
     if !c.diags.is_empty() {
         return Err(c.diags);
@@ -89,6 +94,7 @@ pub fn validate(
         gateway,
         servers,
         clients,
+        auth,
         audit,
     })
 }
@@ -138,7 +144,7 @@ fn value_kind(v: &Value) -> &'static str {
 }
 
 impl Checker<'_> {
-    fn error(&mut self, at: usize, message: impl Into<String>) {
+    pub(super) fn error(&mut self, at: usize, message: impl Into<String>) {
         let (line, column) = line_col(self.src, at);
         self.diags.push(Diagnostic {
             origin: self.origin.to_string(),
@@ -149,11 +155,11 @@ impl Checker<'_> {
     }
 
     /// Where to point for a problem with key `key` whose value starts at `value_at`.
-    fn key_at(&self, value_at: usize, key: &str) -> usize {
+    pub(super) fn key_at(&self, value_at: usize, key: &str) -> usize {
         key_start(self.src, value_at, key).unwrap_or(value_at)
     }
 
-    fn resolve(&self, p: &str) -> PathBuf {
+    pub(super) fn resolve(&self, p: &str) -> PathBuf {
         let p = PathBuf::from(p);
         match self.base {
             Some(base) if p.is_relative() => base.join(p),
@@ -161,7 +167,7 @@ impl Checker<'_> {
         }
     }
 
-    fn duration(&mut self, v: &Option<Spanned<Value>>, key: &str) -> Option<Duration> {
+    pub(super) fn duration(&mut self, v: &Option<Spanned<Value>>, key: &str) -> Option<Duration> {
         let v = v.as_ref()?;
         let at = v.span().start;
         match v.get_ref() {
@@ -218,7 +224,12 @@ impl Checker<'_> {
         }
     }
 
-    fn count(&mut self, v: &Option<Spanned<u64>>, key: &str, range: (u64, u64)) -> Option<u64> {
+    pub(super) fn count(
+        &mut self,
+        v: &Option<Spanned<u64>>,
+        key: &str,
+        range: (u64, u64),
+    ) -> Option<u64> {
         let v = v.as_ref()?;
         let n = *v.get_ref();
         if n < range.0 || n > range.1 {
@@ -234,7 +245,7 @@ impl Checker<'_> {
         Some(n)
     }
 
-    fn strings(v: &Option<Vec<Str>>) -> Vec<String> {
+    pub(super) fn strings(v: &Option<Vec<Str>>) -> Vec<String> {
         v.iter().flatten().map(|s| s.get_ref().clone()).collect()
     }
 
@@ -300,6 +311,8 @@ impl Checker<'_> {
             sse_keepalive: self
                 .duration(&g.sse_keepalive, "sse_keepalive")
                 .unwrap_or(DEFAULT_SSE_KEEPALIVE),
+            sse_poll_interval: self.duration(&g.sse_poll_interval, "sse_poll_interval"),
+            tls: g.tls.as_ref().map(|t| self.tls(t)),
         };
         (gw, naming_at)
     }
@@ -383,10 +396,11 @@ impl Checker<'_> {
         {
             None | Some(("shared", _)) => Lifecycle::Shared,
             Some((l @ ("per-session" | "per-call"), at)) => {
-                if rt != "docker" {
+                // A remote server is one endpoint: the gateway cannot start copies of it.
+                if rt == "remote" {
                     self.error(
                         self.key_at(at, "lifecycle"),
-                        format!("lifecycle = \"{l}\" needs runtime = \"docker\" ([servers.{n}] is \"{rt}\"); use lifecycle = \"shared\" or run the server in Docker"),
+                        format!("lifecycle = \"{l}\" needs a runtime the gateway starts itself (\"docker\" or \"process\"); [servers.{n}] is \"remote\", so use lifecycle = \"shared\""),
                     );
                 }
                 if l == "per-session" {
@@ -427,6 +441,13 @@ impl Checker<'_> {
             .duration(&rs.startup_timeout, "startup_timeout")
             .unwrap_or(DEFAULT_STARTUP_TIMEOUT);
         let request_timeout = self.duration(&rs.request_timeout, "request_timeout");
+        let tool_rates = self.tool_rates(&rs.tool_rates);
+        let max_in_flight = self
+            .count(&rs.max_in_flight, "max_in_flight", (1, 100_000))
+            .map(|n| n as u32);
+        let queue_timeout = self
+            .duration(&rs.queue_timeout, "queue_timeout")
+            .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
 
         if self.diags.len() != before {
             return None;
@@ -442,6 +463,9 @@ impl Checker<'_> {
             tools,
             startup_timeout,
             request_timeout,
+            tool_rates,
+            max_in_flight,
+            queue_timeout,
         })
     }
 
@@ -724,7 +748,7 @@ impl Checker<'_> {
         }
     }
 
-    fn rate(&mut self, v: &Option<Spanned<Value>>) -> Option<Rate> {
+    pub(super) fn rate(&mut self, v: &Option<Spanned<Value>>) -> Option<Rate> {
         let v = v.as_ref()?;
         let at = v.span().start;
         let (quota, quota_at, burst) = match v.get_ref() {
@@ -842,9 +866,12 @@ impl Checker<'_> {
         if self.diags.len() != before {
             return None;
         }
+        let rate = self.rate(&rc.rate);
         Some(Client {
             name: n.clone(),
             token_sha256: rc.token_sha256.map(|t| t.into_inner()),
+            jwt_subject: rc.jwt_subject.map(|t| t.into_inner()),
+            rate,
             allow,
             deny,
         })

@@ -84,6 +84,8 @@ pub struct Route {
 pub struct Aggregate {
     pub generation: u64,
     entries: [Vec<Box<RawValue>>; 4],
+    /// Where each tools entry leads, by index, for per-client filtering.
+    tool_entry_routes: Vec<Route>,
     tool_routes: HashMap<String, Route>,
     prompt_routes: HashMap<String, Route>,
     resource_routes: HashMap<String, Arc<str>>,
@@ -217,13 +219,14 @@ impl Catalog {
                     tracing::warn!(server = %server, name, "duplicate name; keeping the first");
                     return;
                 }
-                routes.insert(
-                    exposed.clone(),
-                    Route {
-                        server: server.clone(),
-                        name: name.to_owned(),
-                    },
-                );
+                let route = Route {
+                    server: server.clone(),
+                    name: name.to_owned(),
+                };
+                if kind == Kind::Tools {
+                    agg.tool_entry_routes.push(route.clone());
+                }
+                routes.insert(exposed.clone(), route);
                 let mut out = item.clone();
                 out.insert("name".to_owned(), Value::String(exposed));
                 agg.entries[kind as usize].push(crate::mcp::to_raw(&out));
@@ -254,12 +257,15 @@ impl Catalog {
         }
     }
 
-    /// One page of the merged `kind` list as a complete result object.
+    /// One page of the merged `kind` list as a complete result object. `visible` hides tools a
+    /// client may not use; cursors count positions in the unfiltered list, so they stay valid
+    /// whatever the filter.
     pub fn page(
         &self,
         kind: Kind,
         cursor: Option<&str>,
         page_size: usize,
+        visible: &dyn Fn(&Route) -> bool,
     ) -> Result<Box<RawValue>, CursorError> {
         let agg = self.snapshot();
         let entries = &agg.entries[kind as usize];
@@ -270,26 +276,34 @@ impl Catalog {
         if start > entries.len() {
             return Err(CursorError);
         }
-        let end = entries.len().min(start + page_size.max(1));
+        let shown =
+            |i: usize| kind != Kind::Tools || agg.tool_entry_routes.get(i).is_none_or(visible);
         let mut out = String::with_capacity(
-            64 + entries[start..end]
+            64 + entries[start..]
                 .iter()
+                .take(page_size)
                 .map(|e| e.get().len() + 1)
                 .sum::<usize>(),
         );
         out.push_str("{\"");
         out.push_str(kind.result_key());
         out.push_str("\":[");
-        for (i, e) in entries[start..end].iter().enumerate() {
-            if i > 0 {
-                out.push(',');
+        let mut taken = 0;
+        let mut i = start;
+        while i < entries.len() && taken < page_size.max(1) {
+            if shown(i) {
+                if taken > 0 {
+                    out.push(',');
+                }
+                out.push_str(entries[i].get());
+                taken += 1;
             }
-            out.push_str(e.get());
+            i += 1;
         }
         out.push(']');
-        if end < entries.len() {
+        if (i..entries.len()).any(shown) {
             out.push_str(",\"nextCursor\":\"");
-            out.push_str(&encode_cursor(kind, agg.generation, end));
+            out.push_str(&encode_cursor(kind, agg.generation, i));
             out.push('"');
         }
         out.push('}');
@@ -351,21 +365,23 @@ mod tests {
         let c = Catalog::new(false, HashMap::new());
         let a: Arc<str> = Arc::from("a");
         c.set(&a, Kind::Tools, tools(&["t1", "t2", "t3"]));
-        let p1: Value = serde_json::from_str(c.page(Kind::Tools, None, 2).unwrap().get()).unwrap();
+        let p1: Value =
+            serde_json::from_str(c.page(Kind::Tools, None, 2, &|_| true).unwrap().get()).unwrap();
         assert_eq!(p1["tools"].as_array().unwrap().len(), 2);
         let cur = p1["nextCursor"].as_str().unwrap();
         let p2: Value =
-            serde_json::from_str(c.page(Kind::Tools, Some(cur), 2).unwrap().get()).unwrap();
+            serde_json::from_str(c.page(Kind::Tools, Some(cur), 2, &|_| true).unwrap().get())
+                .unwrap();
         assert_eq!(p2["tools"][0]["name"], "t3");
         assert!(p2.get("nextCursor").is_none());
-        assert!(c.page(Kind::Tools, Some("garbage"), 2).is_err());
+        assert!(c.page(Kind::Tools, Some("garbage"), 2, &|_| true).is_err());
         assert!(
-            c.page(Kind::Prompts, Some(cur), 2).is_err(),
+            c.page(Kind::Prompts, Some(cur), 2, &|_| true).is_err(),
             "cursor of another list"
         );
         c.set(&a, Kind::Tools, tools(&["t1"]));
         assert!(
-            c.page(Kind::Tools, Some(cur), 2).is_err(),
+            c.page(Kind::Tools, Some(cur), 2, &|_| true).is_err(),
             "cursor of an older catalog"
         );
     }

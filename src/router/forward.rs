@@ -14,6 +14,7 @@ use crate::upstream::{Upstream, UpstreamError};
 
 /// A request in flight at a server, seen from the server's side.
 struct Flight {
+    up: Arc<Upstream>,
     session: Arc<str>,
     client_id: Id,
     related: Option<Arc<dyn MessageSink>>,
@@ -34,10 +35,11 @@ pub(super) struct ProgressRoute {
     pub related: Option<Arc<dyn MessageSink>>,
 }
 
+/// Upstream request ids are unique across the process, so they key flights alone.
 #[derive(Default)]
 struct Table {
-    by_upstream: HashMap<(Arc<str>, u64), Flight>,
-    by_client: HashMap<(Arc<str>, Id), (Arc<str>, u64)>,
+    by_upstream: HashMap<u64, Flight>,
+    by_client: HashMap<(Arc<str>, Id), u64>,
     progress: HashMap<String, ProgressRoute>,
     seq: u64,
 }
@@ -48,29 +50,23 @@ pub(super) struct Flights {
 }
 
 impl Flights {
-    fn begin(
-        &self,
-        server: &Arc<str>,
-        upstream_id: u64,
-        mut flight: Flight,
-        progress: Option<ProgressRoute>,
-    ) {
+    fn begin(&self, upstream_id: u64, mut flight: Flight, progress: Option<ProgressRoute>) {
         let Ok(mut t) = self.table.lock() else { return };
         t.seq += 1;
         flight.seq = t.seq;
         t.by_client.insert(
             (flight.session.clone(), flight.client_id.clone()),
-            (server.clone(), upstream_id),
+            upstream_id,
         );
         if let (Some(token), Some(route)) = (&flight.progress_token, progress) {
             t.progress.insert(token.clone(), route);
         }
-        t.by_upstream.insert((server.clone(), upstream_id), flight);
+        t.by_upstream.insert(upstream_id, flight);
     }
 
-    fn end(&self, server: &Arc<str>, upstream_id: u64) {
+    fn end(&self, upstream_id: u64) {
         let Ok(mut t) = self.table.lock() else { return };
-        if let Some(f) = t.by_upstream.remove(&(server.clone(), upstream_id)) {
+        if let Some(f) = t.by_upstream.remove(&upstream_id) {
             t.by_client.remove(&(f.session, f.client_id));
             if let Some(tok) = f.progress_token {
                 t.progress.remove(&tok);
@@ -79,32 +75,33 @@ impl Flights {
     }
 
     /// Fires the local cancellation of a client's request; returns where it was sent.
-    fn cancel(&self, session: &str, client_id: &Id) -> Option<(Arc<str>, u64)> {
+    fn cancel(&self, session: &str, client_id: &Id) -> Option<(Arc<Upstream>, u64)> {
         let Ok(mut t) = self.table.lock() else {
             return None;
         };
         let key = (Arc::<str>::from(session), client_id.clone());
-        let (server, upstream_id) = t.by_client.get(&key).cloned()?;
-        if let Some(f) = t.by_upstream.get_mut(&(server.clone(), upstream_id)) {
-            if let Some(c) = f.cancel.take() {
-                let _ = c.send(());
-            }
+        let upstream_id = *t.by_client.get(&key)?;
+        let f = t.by_upstream.get_mut(&upstream_id)?;
+        if let Some(c) = f.cancel.take() {
+            let _ = c.send(());
         }
-        Some((server, upstream_id))
+        Some((f.up.clone(), upstream_id))
     }
 
     pub fn progress_route(&self, token: &str) -> Option<ProgressRoute> {
         self.table.lock().ok()?.progress.get(token).cloned()
     }
 
-    /// The newest request in flight at `server`: whose session a server-initiated message is for.
-    pub fn newest_at(&self, server: &str) -> Option<Caller> {
+    /// The newest request in flight at `instance` (of `session`, when given): whose session a
+    /// server-initiated message is for, and the stream it belongs on.
+    pub fn newest_at(&self, instance: u64, session: Option<&str>) -> Option<Caller> {
         let t = self.table.lock().ok()?;
         t.by_upstream
-            .iter()
-            .filter(|((s, _), _)| &**s == server)
-            .max_by_key(|(_, f)| f.seq)
-            .map(|(_, f)| (f.session.clone(), f.related.clone()))
+            .values()
+            .filter(|f| f.up.instance() == instance)
+            .filter(|f| session.is_none_or(|s| &*f.session == s))
+            .max_by_key(|f| f.seq)
+            .map(|f| (f.session.clone(), f.related.clone()))
     }
 }
 
@@ -113,14 +110,13 @@ impl Flights {
 struct FlightGuard<'a> {
     flights: &'a Flights,
     up: &'a Arc<Upstream>,
-    server: Arc<str>,
     upstream_id: u64,
     notify_server: bool,
 }
 
 impl Drop for FlightGuard<'_> {
     fn drop(&mut self) {
-        self.flights.end(&self.server, self.upstream_id);
+        self.flights.end(self.upstream_id);
         if self.notify_server {
             let up = self.up.clone();
             let id = self.upstream_id;
@@ -147,17 +143,24 @@ impl Router {
         mut params: Map<String, Value>,
         related: Option<Arc<dyn MessageSink>>,
     ) -> Result<Box<RawValue>, Failure> {
-        let up = self.upstreams.get(server).ok_or_else(|| {
-            Failure::Gateway(
-                ErrorCode::UPSTREAM_UNAVAILABLE,
-                format!("server `{server}` is not configured"),
-            )
-        })?;
         let session: Arc<str> = self
             .sessions
             .get(key)
             .map(|e| e.info.key.clone())
             .unwrap_or_else(|| Arc::from(key));
+        let lease = self.servers.acquire(server, &session).ok_or_else(|| {
+            Failure::Gateway(
+                ErrorCode::UPSTREAM_UNAVAILABLE,
+                format!("server `{server}` is not configured"),
+            )
+        })?;
+        let up = &lease.up;
+        let _slot = self
+            .access
+            .limits
+            .slot(server)
+            .await
+            .map_err(|b| Failure::Gateway(ErrorCode::BUSY, b.to_string()))?;
         let upstream_id = up.next_request_id();
 
         let mut progress = None;
@@ -176,9 +179,9 @@ impl Router {
         }
         let (cancel_tx, cancel_rx) = oneshot::channel();
         self.flights.begin(
-            server,
             upstream_id,
             Flight {
+                up: up.clone(),
                 session,
                 client_id: client_id.clone(),
                 related,
@@ -191,7 +194,6 @@ impl Router {
         let mut guard = FlightGuard {
             flights: &self.flights,
             up,
-            server: server.clone(),
             upstream_id,
             notify_server: true,
         };
@@ -231,15 +233,13 @@ impl Router {
         else {
             return;
         };
-        if let Some((server, upstream_id)) = self.flights.cancel(key, &request_id) {
-            if let Some(up) = self.upstreams.get(&server) {
-                let mut out = json!({ "requestId": upstream_id });
-                if let Some(reason) = params.get("reason") {
-                    out["reason"] = reason.clone();
-                }
-                up.notify(methods::CANCELLED, Some(crate::mcp::to_raw(&out)))
-                    .await;
+        if let Some((up, upstream_id)) = self.flights.cancel(key, &request_id) {
+            let mut out = json!({ "requestId": upstream_id });
+            if let Some(reason) = params.get("reason") {
+                out["reason"] = reason.clone();
             }
+            up.notify(methods::CANCELLED, Some(crate::mcp::to_raw(&out)))
+                .await;
         }
     }
 }

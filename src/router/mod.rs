@@ -9,10 +9,11 @@ pub mod catalog;
 mod forward;
 pub mod naming;
 mod relay;
+mod servers;
 mod sessions;
 pub mod uri_template;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
+use crate::access::{Access, Identity, Limited};
 use crate::mcp::{
     error_response_bytes, methods, ErrorCode, Message, Notification, Request, Response,
 };
@@ -39,7 +41,7 @@ const CATALOG_WAIT: Duration = Duration::from_secs(30);
 const MAX_UPSTREAM_PAGES: usize = 1000;
 
 pub struct Router {
-    upstreams: BTreeMap<Arc<str>, Arc<Upstream>>,
+    servers: servers::Servers,
     catalog: Catalog,
     sessions: sessions::Sessions,
     flights: forward::Flights,
@@ -53,32 +55,33 @@ pub struct Router {
     settled_tx: watch::Sender<bool>,
     pending_first: AtomicUsize,
     refresh_locks: HashMap<Arc<str>, tokio::sync::Mutex<()>>,
+    /// Each server's `instructions` from its handshake, merged into ours.
+    instructions: std::sync::Mutex<std::collections::BTreeMap<Arc<str>, String>>,
     token_counter: AtomicU64,
+    access: Arc<Access>,
 }
 
 impl Router {
     /// Starts every server in `policy` and the event task; returns the running router.
-    pub fn start(policy: &Policy, runtime: Arc<dyn Runtime>) -> Arc<Router> {
+    pub fn start(policy: &Policy, runtime: Arc<dyn Runtime>, access: Arc<Access>) -> Arc<Router> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let mut upstreams = BTreeMap::new();
+        let servers = servers::Servers::start(policy, runtime, events_tx);
         let mut filters = HashMap::new();
         let mut server_timeouts = HashMap::new();
         let mut refresh_locks = HashMap::new();
         for (name, server) in &policy.servers {
-            let up = Upstream::start(server.clone(), runtime.clone(), events_tx.clone());
-            let key = up.name().clone();
+            let key: Arc<str> = Arc::from(name.as_str());
             filters.insert(name.clone(), server.tools.clone());
             if let Some(t) = server.request_timeout {
                 server_timeouts.insert(key.clone(), t);
             }
-            refresh_locks.insert(key.clone(), tokio::sync::Mutex::new(()));
-            upstreams.insert(key, up);
+            refresh_locks.insert(key, tokio::sync::Mutex::new(()));
         }
         let prefix = policy.effective_naming() == Naming::Prefix;
-        let (settled_tx, settled) = watch::channel(upstreams.is_empty());
+        let (settled_tx, settled) = watch::channel(servers.len() == 0);
         let router = Arc::new(Router {
-            pending_first: AtomicUsize::new(upstreams.len()),
-            upstreams,
+            pending_first: AtomicUsize::new(servers.len()),
+            servers,
             catalog: Catalog::new(prefix, filters),
             sessions: sessions::Sessions::default(),
             flights: forward::Flights::default(),
@@ -90,7 +93,9 @@ impl Router {
             settled,
             settled_tx,
             refresh_locks,
+            instructions: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             token_counter: AtomicU64::new(1),
+            access,
         });
         tokio::spawn(router.clone().run_events(events_rx));
         router
@@ -98,18 +103,7 @@ impl Router {
 
     /// Server names and whether each is ready, for `/ready`.
     pub fn readiness(&self) -> Vec<(String, Result<(), String>)> {
-        self.upstreams
-            .iter()
-            .map(|(name, up)| {
-                let state = match up.state() {
-                    crate::upstream::State::Ready(_) => Ok(()),
-                    crate::upstream::State::Starting => Err("starting".to_owned()),
-                    crate::upstream::State::Down { reason } => Err(reason),
-                    crate::upstream::State::Stopped => Err("stopped".to_owned()),
-                };
-                (name.to_string(), state)
-            })
-            .collect()
+        self.servers.readiness()
     }
 
     pub fn is_settled(&self) -> bool {
@@ -118,11 +112,7 @@ impl Router {
 
     /// Stops every server and waits (bounded) for them to exit.
     pub async fn shutdown(&self) {
-        for up in self.upstreams.values() {
-            up.shutdown();
-        }
-        let all = futures_util::future::join_all(self.upstreams.values().map(|u| u.stopped()));
-        let _ = tokio::time::timeout(Duration::from_secs(10), all).await;
+        self.servers.shutdown().await;
     }
 
     /// The result of `initialize` for a client that asked for `requested`.
@@ -149,27 +139,13 @@ impl Router {
     }
 
     fn instructions(&self) -> Option<String> {
+        let all = self.instructions.lock().ok()?;
         if self.passthrough_instructions {
-            return self
-                .upstreams
-                .values()
-                .next()
-                .and_then(|u| u.init_info())
-                .and_then(|i| i.instructions.clone());
+            return all.values().next().cloned();
         }
-        let parts: Vec<String> = self
-            .upstreams
-            .values()
-            .filter_map(|u| {
-                let info = u.init_info()?;
-                let text = info.instructions.as_ref()?;
-                Some(format!(
-                    "## {} (tools named `{}__*`)\n{}",
-                    u.name(),
-                    u.name(),
-                    text
-                ))
-            })
+        let parts: Vec<String> = all
+            .iter()
+            .map(|(name, text)| format!("## {name} (tools named `{name}__*`)\n{text}"))
             .collect();
         (!parts.is_empty()).then(|| parts.join("\n\n"))
     }
@@ -178,14 +154,19 @@ impl Router {
         self.sessions.open(info);
     }
 
-    /// Forgets a session: its subscriptions, in-flight relays and pending server requests.
+    /// Forgets a session: its subscriptions, dedicated instances and pending server requests.
     pub async fn close_session(&self, key: &str) {
         self.sessions.close(key);
+        let session: Arc<str> = Arc::from(key);
         for (server, uri) in self.relay.drop_session(key) {
-            if let Some(up) = self.upstreams.get(&server) {
+            if !self.servers.is_shared(&server) {
+                continue;
+            }
+            if let Some(lease) = self.servers.acquire(&server, &session) {
                 let params = crate::mcp::to_raw(&json!({ "uri": uri }));
-                let id = up.next_request_id();
-                let _ = up
+                let id = lease.up.next_request_id();
+                let _ = lease
+                    .up
                     .call(
                         id,
                         methods::RESOURCES_UNSUBSCRIBE,
@@ -195,8 +176,8 @@ impl Router {
                     .await;
             }
         }
-        for (server, id) in self.relay.drop_pending_for(key) {
-            if let Some(up) = self.upstreams.get(&server) {
+        for (instance, id) in self.relay.drop_pending_for(key) {
+            if let Some(up) = self.servers.instance(instance) {
                 let err = crate::mcp::error::error_object(
                     ErrorCode::INTERNAL_ERROR,
                     "the client session that this request was relayed to has ended",
@@ -205,6 +186,7 @@ impl Router {
                 up.respond(id, Err(err)).await;
             }
         }
+        self.servers.close_session(key);
     }
 
     /// Handles one request from session `key`; `related` carries messages tied to it (the SSE
@@ -212,30 +194,71 @@ impl Router {
     pub async fn handle_request(
         &self,
         key: &str,
+        identity: &Identity,
         req: Request,
         related: Option<Arc<dyn MessageSink>>,
-    ) -> Bytes {
+        admission: Option<Admission>,
+    ) -> Answer {
         let id = req.id.clone();
-        match self.dispatch(key, req, related).await {
-            Ok(result) => Message::Response(Response {
-                id,
-                outcome: Ok(result),
-            })
-            .to_bytes(),
-            Err(Failure::Raw(error)) => Message::Response(Response {
-                id,
-                outcome: Err(error),
-            })
-            .to_bytes(),
-            Err(Failure::Gateway(code, message)) => error_response_bytes(Some(&id), code, &message),
+        match self.dispatch(key, identity, req, related, admission).await {
+            Ok(result) => Answer::ok(
+                Message::Response(Response {
+                    id,
+                    outcome: Ok(result),
+                })
+                .to_bytes(),
+            ),
+            Err(f) => f.answer(&id),
         }
+    }
+
+    /// Authorization and rate limits for a request, before it is answered: lets the transport
+    /// refuse with HTTP 403/429 rather than inside an already-started stream. The returned
+    /// admission is handed to `handle_request`, so quotas are taken once.
+    pub fn admit(&self, identity: &Identity, req: &Request) -> Result<Option<Admission>, Answer> {
+        if req.method != methods::TOOLS_CALL {
+            return Ok(None);
+        }
+        let Some(name) = req
+            .params
+            .as_deref()
+            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
+            .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned))
+        else {
+            return Ok(None);
+        };
+        let agg = self.catalog.snapshot();
+        let Some(route) = agg.tool(&name) else {
+            return Ok(None);
+        };
+        self.check_call(identity, route)
+            .map(|()| Some(Admission(())))
+            .map_err(|f| f.answer(&req.id))
+    }
+
+    fn check_call(&self, identity: &Identity, route: &catalog::Route) -> Result<(), Failure> {
+        if !identity.rules.permits(&route.server, &route.name) {
+            return Err(Failure::Gateway(
+                ErrorCode::FORBIDDEN,
+                format!(
+                    "client `{}` may not call `{}__{}` (clients.{}.allow/deny in the policy)",
+                    identity.client, route.server, route.name, identity.client
+                ),
+            ));
+        }
+        self.access
+            .limits
+            .check(&identity.client, &route.server, Some(&route.name))
+            .map_err(Failure::Limited)
     }
 
     async fn dispatch(
         &self,
         key: &str,
+        identity: &Identity,
         req: Request,
         related: Option<Arc<dyn MessageSink>>,
+        admission: Option<Admission>,
     ) -> Result<Box<RawValue>, Failure> {
         let params = object_params(req.params.as_deref())?;
         match req.method.as_str() {
@@ -245,10 +268,10 @@ impl Router {
                 "this session is already initialized; open a new session to initialize again"
                     .into(),
             )),
-            methods::TOOLS_LIST => self.list(Kind::Tools, &params).await,
-            methods::PROMPTS_LIST => self.list(Kind::Prompts, &params).await,
-            methods::RESOURCES_LIST => self.list(Kind::Resources, &params).await,
-            methods::RESOURCE_TEMPLATES_LIST => self.list(Kind::Templates, &params).await,
+            methods::TOOLS_LIST => self.list(Kind::Tools, &params, identity).await,
+            methods::PROMPTS_LIST => self.list(Kind::Prompts, &params, identity).await,
+            methods::RESOURCES_LIST => self.list(Kind::Resources, &params, identity).await,
+            methods::RESOURCE_TEMPLATES_LIST => self.list(Kind::Templates, &params, identity).await,
             methods::TOOLS_CALL => {
                 self.wait_settled().await;
                 let name = str_param(&params, "name")?;
@@ -259,6 +282,9 @@ impl Router {
                         format!("unknown tool `{name}`: it is not in this gateway's tools/list"),
                     )
                 })?;
+                if admission.is_none() {
+                    self.check_call(identity, route)?;
+                }
                 let mut params = params;
                 params.insert("name".into(), Value::String(route.name.clone()));
                 let server = route.server.clone();
@@ -351,8 +377,8 @@ impl Router {
             return Ok(s.clone());
         }
         // With a single server there is no ambiguity: let it decide whether the URI exists.
-        if self.upstreams.len() == 1 {
-            if let Some(name) = self.upstreams.keys().next() {
+        if self.servers.len() == 1 {
+            if let Some(name) = self.servers.names().next() {
                 return Ok(name.clone());
             }
         }
@@ -398,6 +424,7 @@ impl Router {
         &self,
         kind: Kind,
         params: &Map<String, Value>,
+        identity: &Identity,
     ) -> Result<Box<RawValue>, Failure> {
         self.wait_settled().await;
         let cursor = match params.get("cursor") {
@@ -411,7 +438,9 @@ impl Router {
             }
         };
         self.catalog
-            .page(kind, cursor, self.page_size)
+            .page(kind, cursor, self.page_size, &|r| {
+                identity.rules.permits(&r.server, &r.name)
+            })
             .map_err(|e| Failure::Gateway(ErrorCode::INVALID_PARAMS, e.to_string()))
     }
 
@@ -432,7 +461,7 @@ impl Router {
         match n.method.as_str() {
             methods::CANCELLED => self.cancel_from_client(key, n.params.as_deref()).await,
             methods::ROOTS_LIST_CHANGED => {
-                for up in self.upstreams.values() {
+                for up in self.servers.for_session(key) {
                     up.notify(methods::ROOTS_LIST_CHANGED, None).await;
                 }
             }
@@ -448,8 +477,8 @@ impl Router {
     /// Handles a client's answer to a request that a server sent through the gateway.
     pub async fn handle_response(&self, key: &str, resp: Response) {
         match self.relay.take_pending(key, &resp.id) {
-            Some((server, upstream_id)) => {
-                if let Some(up) = self.upstreams.get(&server) {
+            Some((instance, upstream_id)) => {
+                if let Some(up) = self.servers.instance(instance) {
                     up.respond(upstream_id, resp.outcome).await;
                 }
             }
@@ -463,33 +492,53 @@ impl Router {
         let mut first_seen: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
         while let Some(ev) = rx.recv().await {
             match ev {
-                UpstreamEvent::Ready { server } => {
+                UpstreamEvent::Ready { from } => {
+                    if !self.servers.is_catalog_source(&from.server, from.instance) {
+                        continue;
+                    }
+                    let Some(up) = self.servers.instance(from.instance) else {
+                        continue;
+                    };
                     let me = self.clone();
-                    let first = first_seen.insert(server.clone());
+                    let first = first_seen.insert(from.server.clone());
                     tokio::spawn(async move {
-                        me.refresh(&server, &KINDS).await;
+                        me.refresh(&up, &KINDS).await;
+                        me.servers.catalog_loaded(&from.server);
                         if first {
                             me.mark_first_settled();
                         }
                     });
                 }
-                UpstreamEvent::Down { server, reason } => {
-                    tracing::debug!(server = %server, %reason, "upstream down");
-                    if first_seen.insert(server) {
-                        self.mark_first_settled();
+                UpstreamEvent::Down { from, reason } => {
+                    tracing::debug!(server = %from.server, %reason, "upstream down");
+                    if self.servers.is_catalog_source(&from.server, from.instance) {
+                        self.servers.note_error(&from.server, &reason);
+                        if first_seen.insert(from.server.clone()) {
+                            self.mark_first_settled();
+                        }
                     }
                 }
-                UpstreamEvent::Notification { server, message } => {
+                UpstreamEvent::Notification {
+                    from,
+                    message,
+                    handled: _handled,
+                } => {
                     let kinds = Kind::from_list_changed(&message.method);
                     if !kinds.is_empty() {
-                        let me = self.clone();
-                        tokio::spawn(async move { me.refresh(&server, kinds).await });
+                        if let Some(up) = self.servers.instance(from.instance) {
+                            let me = self.clone();
+                            tokio::spawn(async move { me.refresh(&up, kinds).await });
+                        }
                     } else {
-                        self.relay_notification(&server, message);
+                        self.relay_notification(&from, message);
                     }
                 }
-                UpstreamEvent::Request { server, message } => {
-                    self.relay_request(&server, message).await;
+                UpstreamEvent::Request {
+                    from,
+                    message,
+                    handled: _handled,
+                } => {
+                    self.relay_request(&from, message).await;
                 }
             }
         }
@@ -502,10 +551,8 @@ impl Router {
     }
 
     /// Reloads `kinds` from `server` and tells every session about lists that changed.
-    async fn refresh(&self, server: &Arc<str>, kinds: &[Kind]) {
-        let Some(up) = self.upstreams.get(server) else {
-            return;
-        };
+    async fn refresh(&self, up: &Arc<Upstream>, kinds: &[Kind]) {
+        let server = up.name();
         let _serial = match self.refresh_locks.get(server) {
             Some(l) => Some(l.lock().await),
             None => None,
@@ -513,6 +560,9 @@ impl Router {
         let Some(info) = up.init_info() else {
             return;
         };
+        if let (Some(text), Ok(mut all)) = (&info.instructions, self.instructions.lock()) {
+            all.insert(server.clone(), text.clone());
+        }
         let mut changed: Vec<Kind> = Vec::new();
         for &kind in kinds {
             let items = if info.has_capability(kind.capability()) {
@@ -582,7 +632,7 @@ impl Router {
             return;
         };
         let params = crate::mcp::to_raw(&json!({ "level": level }));
-        for up in self.upstreams.values() {
+        for up in self.servers.live() {
             if up.init_info().is_some_and(|i| i.has_capability("logging")) {
                 let id = up.next_request_id();
                 let _ = up
@@ -606,7 +656,69 @@ impl Router {
 enum Failure {
     Raw(Box<RawValue>),
     Gateway(ErrorCode, String),
+    Limited(Limited),
 }
+
+impl Failure {
+    fn answer(self, id: &crate::mcp::Id) -> Answer {
+        match self {
+            Failure::Raw(error) => Answer::ok(
+                Message::Response(Response {
+                    id: id.clone(),
+                    outcome: Err(error),
+                })
+                .to_bytes(),
+            ),
+            Failure::Gateway(code, message) => Answer {
+                bytes: error_response_bytes(Some(id), code, &message),
+                refusal: (code == ErrorCode::FORBIDDEN).then_some(Refusal::Forbidden),
+            },
+            Failure::Limited(l) => {
+                let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+                let message = format!("rate limited: {} exhausted; retry in {secs}s", l.scope);
+                let data = json!({ "retryAfterSeconds": secs, "scope": l.scope });
+                Answer {
+                    bytes: crate::mcp::error_response_with_data(
+                        Some(id),
+                        ErrorCode::RATE_LIMITED,
+                        &message,
+                        Some(&data),
+                    ),
+                    refusal: Some(Refusal::RateLimited {
+                        retry_after_secs: secs,
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// The serialized response to one request, and whether it was a refusal the transport should
+/// reflect in its status (HTTP 403 / 429 with `Retry-After`).
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub bytes: Bytes,
+    pub refusal: Option<Refusal>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    Forbidden,
+    RateLimited { retry_after_secs: u64 },
+}
+
+impl Answer {
+    fn ok(bytes: Bytes) -> Answer {
+        Answer {
+            bytes,
+            refusal: None,
+        }
+    }
+}
+
+/// Proof that `Router::admit` already authorized a call and took its quota.
+#[derive(Debug)]
+pub struct Admission(());
 
 fn object_params(params: Option<&RawValue>) -> Result<Map<String, Value>, Failure> {
     match params {

@@ -9,13 +9,15 @@ use serde_json::{json, Value};
 
 use super::{notification_bytes, MessageSink, Router};
 use crate::mcp::{methods, ErrorCode, Id, Message, Notification, Request};
+use crate::upstream::Source;
 
 /// Server requests awaiting a client's answer, per session, before new ones are refused.
 const MAX_PENDING_PER_SESSION: usize = 64;
 
 struct Pending {
     session: Arc<str>,
-    server: Arc<str>,
+    /// The instance that asked, which must get the answer.
+    instance: u64,
     upstream_id: Id,
 }
 
@@ -32,12 +34,7 @@ pub(super) struct Relay {
 }
 
 impl Relay {
-    fn add_pending(
-        &self,
-        session: &Arc<str>,
-        server: &Arc<str>,
-        upstream_id: Id,
-    ) -> Option<String> {
+    fn add_pending(&self, session: &Arc<str>, instance: u64, upstream_id: Id) -> Option<String> {
         let mut t = self.table.lock().ok()?;
         if t.pending.values().filter(|p| p.session == *session).count() >= MAX_PENDING_PER_SESSION {
             return None;
@@ -47,33 +44,33 @@ impl Relay {
             id.clone(),
             Pending {
                 session: session.clone(),
-                server: server.clone(),
+                instance,
                 upstream_id,
             },
         );
         Some(id)
     }
 
-    pub fn take_pending(&self, session: &str, id: &Id) -> Option<(Arc<str>, Id)> {
+    pub fn take_pending(&self, session: &str, id: &Id) -> Option<(u64, Id)> {
         let Id::Str(key) = id else { return None };
         let mut t = self.table.lock().ok()?;
         // Only the session the request went to may answer it.
         if t.pending.get(key).is_some_and(|p| &*p.session == session) {
-            t.pending.remove(key).map(|p| (p.server, p.upstream_id))
+            t.pending.remove(key).map(|p| (p.instance, p.upstream_id))
         } else {
             None
         }
     }
 
-    fn downstream_id_of(&self, server: &str, upstream_id: &Id) -> Option<(String, Arc<str>)> {
+    fn downstream_id_of(&self, instance: u64, upstream_id: &Id) -> Option<(String, Arc<str>)> {
         let t = self.table.lock().ok()?;
         t.pending
             .iter()
-            .find(|(_, p)| &*p.server == server && p.upstream_id == *upstream_id)
+            .find(|(_, p)| p.instance == instance && p.upstream_id == *upstream_id)
             .map(|(k, p)| (k.clone(), p.session.clone()))
     }
 
-    pub fn drop_pending_for(&self, session: &str) -> Vec<(Arc<str>, Id)> {
+    pub fn drop_pending_for(&self, session: &str) -> Vec<(u64, Id)> {
         let Ok(mut t) = self.table.lock() else {
             return Vec::new();
         };
@@ -85,7 +82,7 @@ impl Relay {
             .collect();
         keys.into_iter()
             .filter_map(|k| t.pending.remove(&k))
-            .map(|p| (p.server, p.upstream_id))
+            .map(|p| (p.instance, p.upstream_id))
             .collect()
     }
 
@@ -162,7 +159,21 @@ impl Router {
         }
     }
 
-    pub(super) fn relay_notification(&self, server: &Arc<str>, n: Notification) {
+    /// Who a server-initiated message from `from` is for: its owner session for a dedicated
+    /// instance, otherwise the newest caller in flight there.
+    fn addressee(&self, from: &Source) -> Option<super::forward::Caller> {
+        match from.owner.get() {
+            Some(owner) => Some(
+                self.flights
+                    .newest_at(from.instance, Some(owner))
+                    .unwrap_or_else(|| (owner.clone(), None)),
+            ),
+            None => self.flights.newest_at(from.instance, None),
+        }
+    }
+
+    pub(super) fn relay_notification(&self, from: &Arc<Source>, n: Notification) {
+        let server = &from.server;
         let params: Option<Value> = n
             .params
             .as_deref()
@@ -190,7 +201,7 @@ impl Router {
                     .and_then(|p| p.get("level"))
                     .and_then(Value::as_str)
                     .unwrap_or("info");
-                match self.flights.newest_at(server) {
+                match self.addressee(from) {
                     Some((session, related)) => {
                         if self
                             .sessions
@@ -219,7 +230,10 @@ impl Router {
                 };
                 let msg = Message::Notification(n.clone()).to_bytes();
                 for session in self.relay.subscribers(server, uri) {
-                    self.deliver(&session, None, msg.clone());
+                    // A dedicated instance's updates are its owner's business only.
+                    if from.owner.get().is_none_or(|o| *o == session) {
+                        self.deliver(&session, None, msg.clone());
+                    }
                 }
             }
             methods::CANCELLED => {
@@ -230,7 +244,8 @@ impl Router {
                 else {
                     return;
                 };
-                if let Some((down_id, session)) = self.relay.downstream_id_of(server, &up_id) {
+                if let Some((down_id, session)) = self.relay.downstream_id_of(from.instance, &up_id)
+                {
                     params["requestId"] = Value::String(down_id);
                     let msg =
                         notification_bytes(methods::CANCELLED, Some(crate::mcp::to_raw(&params)));
@@ -243,8 +258,9 @@ impl Router {
         }
     }
 
-    pub(super) async fn relay_request(&self, server: &Arc<str>, req: Request) {
-        let Some(up) = self.upstreams.get(server) else {
+    pub(super) async fn relay_request(&self, from: &Arc<Source>, req: Request) {
+        let server = &from.server;
+        let Some(up) = self.servers.instance(from.instance) else {
             return;
         };
         let refuse = |code: ErrorCode, message: String| {
@@ -265,7 +281,7 @@ impl Router {
                 return;
             }
         };
-        let Some((session, related)) = self.flights.newest_at(server) else {
+        let Some((session, related)) = self.addressee(from) else {
             let msg = format!(
                 "no client session is waiting on server `{server}`, so `{}` has no one to ask",
                 req.method
@@ -286,7 +302,10 @@ impl Router {
                 .await;
             return;
         }
-        let Some(down_id) = self.relay.add_pending(&session, server, req.id.clone()) else {
+        let Some(down_id) = self
+            .relay
+            .add_pending(&session, from.instance, req.id.clone())
+        else {
             let msg = "too many requests waiting on this client".to_owned();
             up.respond(req.id, refuse(ErrorCode::OVER_CAPACITY, msg))
                 .await;

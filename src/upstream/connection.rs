@@ -9,13 +9,16 @@ use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Outcome, UpstreamEvent};
+use super::{Handled, Outcome, UpstreamEvent};
 use crate::mcp::{Id, Message, Notification, Request, Response};
 use crate::sandbox::{BoxRead, BoxWrite};
 
 /// Longest line accepted from a server; a longer one is a protocol violation that ends the
 /// connection rather than growing memory without bound.
 const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
+/// Longest wait for the router to take a server-initiated message before reading on; the
+/// router handles these without waiting on the network, so this only bounds a stall.
+const HANDLED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Messages queued for the writer before senders wait.
 const OUTBOX_CAPACITY: usize = 1024;
 
@@ -30,7 +33,7 @@ impl Connection {
     /// Starts the writer and reader tasks. The returned future of the reader resolves with the
     /// reason the stream ended.
     pub(super) fn start(
-        server: Arc<str>,
+        source: Arc<super::Source>,
         stdin: BoxWrite,
         stdout: BoxRead,
         events: mpsc::Sender<UpstreamEvent>,
@@ -41,7 +44,7 @@ impl Connection {
             pending: Mutex::new(HashMap::new()),
         });
         tokio::spawn(write_loop(stdin, rx));
-        let reader = tokio::spawn(read_loop(server, stdout, conn.clone(), events));
+        let reader = tokio::spawn(read_loop(source, stdout, conn.clone(), events));
         (conn, reader)
     }
 
@@ -167,7 +170,7 @@ async fn write_loop(mut stdin: BoxWrite, mut rx: mpsc::Receiver<Bytes>) {
 }
 
 async fn read_loop(
-    server: Arc<str>,
+    source: Arc<super::Source>,
     stdout: BoxRead,
     conn: Arc<Connection>,
     events: mpsc::Sender<UpstreamEvent>,
@@ -194,30 +197,36 @@ async fn read_loop(
                     Id::Str(_) => false,
                 };
                 if !known {
-                    tracing::debug!(server = %server, id = %resp.id, "answer to an unknown or abandoned request");
+                    tracing::debug!(server = %source.server, id = %resp.id, "answer to an unknown or abandoned request");
                 }
             }
             Ok(Message::Notification(message)) => {
+                let (handled, done) = Handled::new();
                 let ev = UpstreamEvent::Notification {
-                    server: server.clone(),
+                    from: source.clone(),
                     message,
+                    handled,
                 };
                 if events.send(ev).await.is_err() {
                     return "gateway stopped".to_owned();
                 }
+                let _ = tokio::time::timeout(HANDLED_WAIT, done).await;
             }
             Ok(Message::Request(message)) => {
+                let (handled, done) = Handled::new();
                 let ev = UpstreamEvent::Request {
-                    server: server.clone(),
+                    from: source.clone(),
                     message,
+                    handled,
                 };
                 if events.send(ev).await.is_err() {
                     return "gateway stopped".to_owned();
                 }
+                let _ = tokio::time::timeout(HANDLED_WAIT, done).await;
             }
             Err(e) => {
                 // Servers sometimes print banners to stdout; skip the line rather than kill them.
-                tracing::warn!(server = %server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a stdout line that is not JSON-RPC");
+                tracing::warn!(server = %source.server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a stdout line that is not JSON-RPC");
             }
         }
     }

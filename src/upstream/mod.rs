@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::mcp::{Id, Notification, Request};
 use crate::policy::Server;
-use crate::sandbox::Runtime;
+use crate::sandbox::{Purpose, Runtime};
 
 pub use connection::Connection;
 
@@ -48,25 +48,87 @@ pub enum State {
     Stopped,
 }
 
+/// Which running instance an event came from.
+#[derive(Debug)]
+pub struct Source {
+    pub server: Arc<str>,
+    /// Unique among all upstreams of this gateway process.
+    pub instance: u64,
+    /// The client session a dedicated instance belongs to; set once, when a pooled instance is
+    /// handed to a session.
+    pub owner: std::sync::OnceLock<Arc<str>>,
+}
+
 /// Messages the server sent on its own initiative, and changes of its state.
 #[derive(Debug)]
 pub enum UpstreamEvent {
     Ready {
-        server: Arc<str>,
+        from: Arc<Source>,
     },
     Down {
-        server: Arc<str>,
+        from: Arc<Source>,
         reason: String,
     },
     Notification {
-        server: Arc<str>,
+        from: Arc<Source>,
         message: Notification,
+        handled: Handled,
     },
     Request {
-        server: Arc<str>,
+        from: Arc<Source>,
         message: Request,
+        handled: Handled,
     },
 }
+
+/// Signals the connection's reader when the router is done with a message, by being dropped.
+///
+/// The reader waits for it before reading on, so that a server's progress or log message
+/// written before its response reaches the client before that response does: responses take a
+/// direct path, server-initiated messages go through the router's event task.
+#[derive(Debug)]
+pub struct Handled(Option<tokio::sync::oneshot::Sender<()>>);
+
+impl Handled {
+    pub(crate) fn new() -> (Handled, tokio::sync::oneshot::Receiver<()>) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        (Handled(Some(tx)), rx)
+    }
+}
+
+impl Drop for Handled {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// How an upstream is started.
+#[derive(Debug, Clone)]
+pub struct StartOptions {
+    pub owner: Option<Arc<str>>,
+    pub purpose: Purpose,
+    /// Restart with backoff when the server dies (false for single-use instances).
+    pub restart: bool,
+    pub policy_hash: String,
+}
+
+impl Default for StartOptions {
+    fn default() -> Self {
+        StartOptions {
+            owner: None,
+            purpose: Purpose::Shared,
+            restart: true,
+            policy_hash: String::new(),
+        }
+    }
+}
+
+/// Request ids are unique across every upstream of the process, so that a request is
+/// identified by its id alone wherever it is tracked.
+static NEXT_REQUEST_ID: AtomicU64 = AtomicU64::new(1);
+static NEXT_INSTANCE: AtomicU64 = AtomicU64::new(1);
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum UpstreamError {
@@ -91,9 +153,9 @@ pub type Outcome = Result<Box<RawValue>, Box<RawValue>>;
 
 pub struct Upstream {
     name: Arc<str>,
+    source: Arc<Source>,
     state: watch::Receiver<State>,
     connection: Arc<Mutex<Option<Arc<Connection>>>>,
-    next_id: AtomicU64,
     shutdown: watch::Sender<bool>,
 }
 
@@ -103,14 +165,25 @@ impl Upstream {
         server: Server,
         runtime: Arc<dyn Runtime>,
         events: mpsc::Sender<UpstreamEvent>,
+        options: StartOptions,
     ) -> Arc<Upstream> {
         let name: Arc<str> = Arc::from(server.name.as_str());
+        let source = Arc::new(Source {
+            server: name.clone(),
+            instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
+            owner: std::sync::OnceLock::new(),
+        });
+        if let Some(o) = &options.owner {
+            let _ = source.owner.set(o.clone());
+        }
         let (state_tx, state_rx) = watch::channel(State::Starting);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let connection = Arc::new(Mutex::new(None));
         let sup = supervisor::Supervisor {
             server,
             name: name.clone(),
+            source: source.clone(),
+            options,
             runtime,
             events,
             state: state_tx,
@@ -120,15 +193,23 @@ impl Upstream {
         tokio::spawn(sup.run());
         Arc::new(Upstream {
             name,
+            source,
             state: state_rx,
             connection,
-            next_id: AtomicU64::new(1),
             shutdown: shutdown_tx,
         })
     }
 
     pub fn name(&self) -> &Arc<str> {
         &self.name
+    }
+
+    pub fn source(&self) -> &Arc<Source> {
+        &self.source
+    }
+
+    pub fn instance(&self) -> u64 {
+        self.source.instance
     }
 
     pub fn state(&self) -> State {
@@ -144,7 +225,7 @@ impl Upstream {
 
     /// A fresh id for a request to this server.
     pub fn next_request_id(&self) -> u64 {
-        self.next_id.fetch_add(1, Ordering::Relaxed)
+        NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed)
     }
 
     /// Waits until the server is ready (or has failed), at most `limit`.

@@ -11,7 +11,7 @@ use super::connection::{Connection, PendingGuard};
 use super::{InitInfo, State, UpstreamEvent};
 use crate::mcp::{methods, protocol, to_raw};
 use crate::policy::Server;
-use crate::sandbox::{BoxRead, Purpose, Runtime, SpawnContext, Spawned};
+use crate::sandbox::{BoxRead, Runtime, SpawnContext, Spawned};
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -23,6 +23,8 @@ const MAX_STDERR_LINE: usize = 4096;
 pub(super) struct Supervisor {
     pub server: Server,
     pub name: Arc<str>,
+    pub source: Arc<super::Source>,
+    pub options: super::StartOptions,
     pub runtime: Arc<dyn Runtime>,
     pub events: mpsc::Sender<UpstreamEvent>,
     pub state: watch::Sender<State>,
@@ -46,7 +48,7 @@ impl Supervisor {
                     let _ = self
                         .events
                         .send(UpstreamEvent::Ready {
-                            server: self.name.clone(),
+                            from: self.source.clone(),
                         })
                         .await;
                     let reason = tokio::select! {
@@ -74,6 +76,17 @@ impl Supervisor {
             if *self.shutdown.borrow() {
                 break;
             }
+            if !self.options.restart {
+                tracing::info!(server = %self.name, %reason, "single-use server ended");
+                let _ = self
+                    .events
+                    .send(UpstreamEvent::Down {
+                        from: self.source.clone(),
+                        reason,
+                    })
+                    .await;
+                break;
+            }
             if started.elapsed() > HEALTHY_AFTER {
                 backoff = BACKOFF_START;
             }
@@ -84,7 +97,7 @@ impl Supervisor {
             let _ = self
                 .events
                 .send(UpstreamEvent::Down {
-                    server: self.name.clone(),
+                    from: self.source.clone(),
                     reason,
                 })
                 .await;
@@ -100,9 +113,9 @@ impl Supervisor {
     async fn start(&self) -> Result<Running, String> {
         let ctx = SpawnContext {
             secrets: self.resolve_secrets()?,
-            session: None,
-            policy_hash: String::new(),
-            purpose: Some(Purpose::Shared),
+            session: self.options.owner.clone(),
+            policy_hash: self.options.policy_hash.clone(),
+            purpose: Some(self.options.purpose),
         };
         let Spawned {
             stdin,
@@ -120,7 +133,7 @@ impl Supervisor {
             tokio::spawn(forward_stderr(self.name.clone(), stderr));
         }
         let (conn, reader) =
-            Connection::start(self.name.clone(), stdin, stdout, self.events.clone());
+            Connection::start(self.source.clone(), stdin, stdout, self.events.clone());
         let handshake = tokio::time::timeout(self.server.startup_timeout, handshake(&conn));
         let info = match handshake.await {
             Ok(Ok(info)) => info,

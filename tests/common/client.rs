@@ -74,6 +74,8 @@ pub struct Mcp {
     pub url: String,
     pub session: Option<String>,
     pub protocol: String,
+    /// Sent as `Authorization: Bearer ...` when set.
+    pub bearer: Option<String>,
     next: u64,
 }
 
@@ -84,6 +86,7 @@ impl Mcp {
             url: url.to_owned(),
             session: None,
             protocol: LATEST.to_owned(),
+            bearer: None,
             next: 1,
         }
     }
@@ -110,6 +113,9 @@ impl Mcp {
         }
         if let Some(s) = &self.session {
             req = req.header("mcp-session-id", s);
+        }
+        if let Some(t) = &self.bearer {
+            req = req.header("authorization", format!("Bearer {t}"));
         }
         let resp = req.send().await.expect("request failed");
         let status = resp.status().as_u16();

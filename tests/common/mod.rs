@@ -56,6 +56,14 @@ impl Gateway {
     }
 
     pub fn start_with(policy: &str, env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::spawn(policy, env);
+        gw.wait_ready(Duration::from_secs(60));
+        gw
+    }
+
+    /// Starts the gateway without waiting for `/ready` (for listeners the harness cannot
+    /// reach on its own, such as mTLS).
+    pub fn spawn(policy: &str, env: &[(&str, &str)]) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
@@ -105,28 +113,40 @@ impl Gateway {
                 panic!("gateway did not start; stderr:\n{}", stderr.lock().unwrap())
             });
         let base = url.trim_end_matches("/mcp").to_owned();
-        let gw = Gateway {
+        Gateway {
             child,
             base,
             url,
             stderr,
             _dir: dir,
-        };
-        gw.wait_ready(Duration::from_secs(60));
-        gw
+        }
     }
 
     /// Waits until `/ready` says every server is up.
     pub fn wait_ready(&self, limit: Duration) {
         let start = Instant::now();
+        let ready = |base: &str| -> (u16, String) {
+            if base.starts_with("https://") {
+                // Readiness only; certificate checks are the TLS tests' business.
+                let out = Command::new("curl")
+                    .args(["-sk", "-o", "-", "-w", "\n%{http_code}"])
+                    .arg(format!("{base}/ready"))
+                    .output();
+                let text = out
+                    .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+                    .unwrap_or_default();
+                let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+                (code.trim().parse().unwrap_or(0), body.to_owned())
+            } else {
+                http_get(&format!("{base}/ready")).unwrap_or((0, String::new()))
+            }
+        };
         loop {
-            if let Ok((200, _)) = http_get(&format!("{}/ready", self.base)) {
+            let (status, body) = ready(&self.base);
+            if status == 200 {
                 return;
             }
             if start.elapsed() > limit {
-                let body = http_get(&format!("{}/ready", self.base))
-                    .map(|r| r.1)
-                    .unwrap_or_default();
                 panic!(
                     "gateway not ready after {limit:?}: {body}\nstderr:\n{}",
                     self.stderr()

@@ -135,6 +135,7 @@ pub fn tools(extra: usize) -> Vec<Value> {
             string_arg("uri", "Resource URI"),
         ),
         tool("pid", "The fixture's process id", no_args()),
+
     ];
     for i in 0..extra {
         list.push(tool(

@@ -15,8 +15,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 PEERS = ROOT / ".peers"
-GATEWAY = Path(os.environ.get("PORTCULLIS_BIN", ROOT / "target" / "debug" / "portcullis"))
-FIXTURE = ROOT / "target" / "debug" / "portcullis-fixture-server"
+TARGET = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target"))
+GATEWAY = Path(os.environ.get("PORTCULLIS_BIN", TARGET / "debug" / "portcullis"))
+FIXTURE = TARGET / "debug" / "portcullis-fixture-server"
 EVERYTHING = PEERS / "node" / "node_modules" / "@modelcontextprotocol" / "server-everything" / "dist" / "index.js"
 
 

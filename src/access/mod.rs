@@ -1,0 +1,189 @@
+//! Who may call what, and how often: client authentication (token hashes, JWT), per-client
+//! tool authorization, rate limits and concurrency caps.
+
+pub mod jwt;
+pub mod limits;
+pub mod rules;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use crate::policy::Policy;
+pub use limits::{Busy, Limited, Limits};
+pub use rules::ToolRules;
+
+/// An authenticated (or, with auth off, anonymous) caller.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The policy's client name; `anonymous` when authentication is off.
+    pub client: Arc<str>,
+    pub rules: Arc<ToolRules>,
+}
+
+impl PartialEq for Identity {
+    fn eq(&self, other: &Self) -> bool {
+        self.client == other.client
+    }
+}
+
+/// Why a request was not authenticated; becomes a 401 with `WWW-Authenticate`.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{reason}")]
+pub struct Unauthorized {
+    pub reason: String,
+    /// `invalid_request` (no credentials) or `invalid_token`.
+    pub error: &'static str,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtSetupError),
+}
+
+pub struct Access {
+    required: bool,
+    anonymous: Identity,
+    /// token hash -> client
+    tokens: Vec<([u8; 64], Identity)>,
+    jwt: Option<jwt::JwtVerifier>,
+    jwt_clients: HashMap<String, Identity>,
+    pub limits: Limits,
+    resource: Option<String>,
+    authorization_servers: Vec<String>,
+}
+
+impl Access {
+    pub fn from_policy(policy: &Policy) -> Result<Access, AccessError> {
+        let mut tokens = Vec::new();
+        let mut jwt_clients = HashMap::new();
+        for (name, c) in &policy.clients {
+            let id = Identity {
+                client: Arc::from(name.as_str()),
+                rules: Arc::new(ToolRules::for_client(c)),
+            };
+            if let Some(h) = &c.token_sha256 {
+                let mut buf = [0u8; 64];
+                if h.len() == 64 {
+                    buf.copy_from_slice(h.as_bytes());
+                    tokens.push((buf, id.clone()));
+                }
+            }
+            if let Some(sub) = &c.jwt_subject {
+                jwt_clients.insert(sub.clone(), id);
+            }
+        }
+        let jwt = policy
+            .auth
+            .jwt
+            .as_ref()
+            .map(jwt::JwtVerifier::new)
+            .transpose()?;
+        // With authentication off, a `[clients.anonymous]` entry (if any) still scopes tools.
+        let anonymous = Identity {
+            client: Arc::from("anonymous"),
+            rules: Arc::new(
+                policy
+                    .clients
+                    .get("anonymous")
+                    .map(ToolRules::for_client)
+                    .unwrap_or_default(),
+            ),
+        };
+        Ok(Access {
+            required: policy.requires_auth(),
+            anonymous,
+            tokens,
+            jwt,
+            jwt_clients,
+            limits: Limits::from_policy(policy),
+            resource: policy.auth.resource.clone(),
+            authorization_servers: policy.auth.authorization_servers.clone(),
+        })
+    }
+
+    pub fn required(&self) -> bool {
+        self.required
+    }
+
+    /// Identifies the caller of a request from its `Authorization` header.
+    pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Unauthorized> {
+        if !self.required {
+            return Ok(self.anonymous.clone());
+        }
+        let Some(value) = headers.get(http::header::AUTHORIZATION) else {
+            return Err(Unauthorized {
+                reason:
+                    "this gateway requires a bearer token: send `Authorization: Bearer <token>`"
+                        .into(),
+                error: "invalid_request",
+            });
+        };
+        let value = value.to_str().unwrap_or("");
+        let token = match value.split_once(' ') {
+            Some((scheme, t)) if scheme.eq_ignore_ascii_case("bearer") => t.trim(),
+            _ => {
+                return Err(Unauthorized {
+                    reason: "the Authorization header must use the Bearer scheme".into(),
+                    error: "invalid_request",
+                })
+            }
+        };
+        let hash = token::hash(token);
+        // Every stored hash is compared, so timing says nothing about which one (if any) matched.
+        let mut found: Option<&Identity> = None;
+        for (h, id) in &self.tokens {
+            if token::constant_time_eq(h, hash.as_bytes()) {
+                found = Some(id);
+            }
+        }
+        if let Some(id) = found {
+            return Ok(id.clone());
+        }
+        if let Some(v) = &self.jwt {
+            if token.matches('.').count() == 2 {
+                let subject = v.verify(token).map_err(|reason| Unauthorized {
+                    reason,
+                    error: "invalid_token",
+                })?;
+                return self.jwt_clients.get(&subject).cloned().ok_or_else(|| Unauthorized {
+                    reason: format!("the JWT names `{subject}`, which is not a configured client (clients.NAME.jwt_subject)"),
+                    error: "invalid_token",
+                });
+            }
+        }
+        Err(Unauthorized {
+            reason: "the bearer token is not valid for this gateway".into(),
+            error: "invalid_token",
+        })
+    }
+
+    /// The `WWW-Authenticate` header value for a 401.
+    pub fn challenge(&self, err: &Unauthorized, base_url: &str) -> String {
+        let desc = err.reason.replace('"', "'");
+        let mut v = format!(
+            "Bearer realm=\"portcullis\", error=\"{}\", error_description=\"{desc}\"",
+            err.error
+        );
+        if self.jwt.is_some() {
+            v.push_str(&format!(
+                ", resource_metadata=\"{base_url}/.well-known/oauth-protected-resource\""
+            ));
+        }
+        v
+    }
+
+    /// RFC 9728 protected-resource metadata, when OAuth-style (JWT) tokens are configured.
+    pub fn resource_metadata(&self, base_url: &str) -> Option<serde_json::Value> {
+        self.jwt.as_ref()?;
+        Some(serde_json::json!({
+            "resource": self.resource.clone().unwrap_or_else(|| format!("{base_url}/mcp")),
+            "authorization_servers": self.authorization_servers,
+            "bearer_methods_supported": ["header"],
+            "resource_name": "Portcullis MCP gateway"
+        }))
+    }
+}

@@ -1,0 +1,140 @@
+//! Server lifecycles with the process runtime: shared, per-session, per-call.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::client::{tool_text, Mcp, LATEST};
+use common::Gateway;
+use serde_json::json;
+
+fn policy(lifecycle: &str) -> String {
+    format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[servers.fixture]
+runtime = "process"
+command = "{{fixture}}"
+lifecycle = "{lifecycle}"
+"#
+    )
+}
+
+/// Child processes of the gateway (its running servers).
+fn children(gw: &Gateway) -> Vec<u32> {
+    let me = gw.child.id();
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_owned()) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(me)
+            && fields.first() != Some(&"Z")
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+#[tokio::test]
+async fn per_call_gives_a_fresh_server_every_call_and_leaves_nothing() {
+    let gw = Gateway::start(&policy("per-call"));
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    let a = tool_text(&c.call_tool("pid", json!({})).await);
+    let b = tool_text(&c.call_tool("pid", json!({})).await);
+    assert_ne!(a, b, "two calls, two processes");
+    // A fresh process has served exactly one call: no state carried over.
+    assert_eq!(tool_text(&c.call_tool("count_calls", json!({})).await), "1");
+    assert_eq!(tool_text(&c.call_tool("count_calls", json!({})).await), "1");
+
+    let mut calls = Vec::new();
+    for i in 0..40 {
+        let url = gw.url.clone();
+        let sid = c.session.clone();
+        calls.push(tokio::spawn(async move {
+            let mut c = Mcp::new(&url);
+            c.session = sid;
+            tool_text(&c.call_tool("echo", json!({"text": format!("n{i}")})).await)
+        }));
+    }
+    for (i, call) in calls.into_iter().enumerate() {
+        assert_eq!(call.await.unwrap(), format!("n{i}"));
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || children(&gw).is_empty()),
+        "per-call processes left behind: {:?}",
+        children(&gw)
+    );
+}
+
+#[tokio::test]
+async fn per_session_servers_are_private_and_end_with_the_session() {
+    let gw = Gateway::start(&policy("per-session"));
+    let mut a = Mcp::new(&gw.url);
+    a.initialize(LATEST).await;
+    let mut b = Mcp::new(&gw.url);
+    b.initialize(LATEST).await;
+    let pa1 = tool_text(&a.call_tool("pid", json!({})).await);
+    let pa2 = tool_text(&a.call_tool("pid", json!({})).await);
+    let pb = tool_text(&b.call_tool("pid", json!({})).await);
+    assert_eq!(pa1, pa2, "a session keeps its server");
+    assert_ne!(pa1, pb, "sessions do not share a server");
+    assert_eq!(tool_text(&a.call_tool("count_calls", json!({})).await), "3");
+    assert_eq!(tool_text(&b.call_tool("count_calls", json!({})).await), "2");
+
+    let pid: u32 = pa1.parse().unwrap();
+    assert!(children(&gw).contains(&pid));
+    let del = a
+        .http
+        .delete(&gw.url)
+        .header("mcp-session-id", a.session.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(del.status(), 200);
+    assert!(
+        wait_until(Duration::from_secs(10), || !children(&gw).contains(&pid)),
+        "the deleted session's server still runs"
+    );
+    assert_eq!(
+        tool_text(&b.call_tool("pid", json!({})).await),
+        pb,
+        "the other session is untouched"
+    );
+}
+
+#[tokio::test]
+async fn shared_servers_serve_every_session() {
+    let gw = Gateway::start(&policy("shared"));
+    let mut a = Mcp::new(&gw.url);
+    a.initialize(LATEST).await;
+    let mut b = Mcp::new(&gw.url);
+    b.initialize(LATEST).await;
+    assert_eq!(
+        tool_text(&a.call_tool("pid", json!({})).await),
+        tool_text(&b.call_tool("pid", json!({})).await)
+    );
+}
