@@ -126,7 +126,8 @@ fn group_commit_64_concurrent_appenders() {
 }
 
 /// Points the writer's open segment at /dev/full (ENOSPC on every write), as a full disk would.
-fn break_segment(path: &std::path::Path) -> (std::fs::File, i32) {
+/// Returns `(writer fd, saved duplicate of the real file)`.
+fn break_segment(path: &std::path::Path) -> (i32, i32) {
     let target = std::fs::canonicalize(path).expect("canonical");
     let mut fd = None;
     for e in std::fs::read_dir("/proc/self/fd").expect("fds").flatten() {
@@ -152,19 +153,13 @@ fn break_segment(path: &std::path::Path) -> (std::fs::File, i32) {
         .open("/dev/full")
         .expect("/dev/full");
     nix::unistd::dup2(full.as_raw_fd(), fd).expect("dup2");
-    (full, saved)
-    // `saved` keeps the real file so a test can put it back.
+    (fd, saved)
 }
 
-fn restore_segment(path: &std::path::Path, saved: i32) {
-    let full = std::fs::canonicalize("/dev/full").expect("devfull");
-    for e in std::fs::read_dir("/proc/self/fd").expect("fds").flatten() {
-        if std::fs::read_link(e.path()).ok().as_deref() == Some(full.as_path()) {
-            let n: i32 = e.file_name().to_string_lossy().parse().expect("fd");
-            let _ = nix::unistd::dup2(saved, n);
-        }
-    }
-    let _ = path;
+/// Puts the real file back under the writer's fd (only that fd: tests run in parallel).
+fn restore_segment(fd: i32, saved: i32) {
+    nix::unistd::dup2(saved, fd).expect("dup2 back");
+    let _ = nix::unistd::close(saved);
 }
 
 #[test]
@@ -178,7 +173,7 @@ fn fail_closed_refuses_every_append_after_a_write_error() {
     rt().block_on(async {
         let log = AuditLog::open(&cfg, Some(key)).expect("open");
         log.append(event(0)).await.expect("first append");
-        let (_full, _saved) = break_segment(&segment(&dir, 1));
+        let _ = break_segment(&segment(&dir, 1));
         let e = log
             .append(event(1))
             .await
@@ -205,10 +200,10 @@ fn fail_open_loses_the_batch_but_keeps_the_chain_intact() {
     rt().block_on(async {
         let log = AuditLog::open(&cfg, Some(key)).expect("open");
         log.append(event(0)).await.expect("first append");
-        let (_full, saved) = break_segment(&segment(&dir, 1));
+        let (fd, saved) = break_segment(&segment(&dir, 1));
         assert!(log.append(event(1)).await.is_err());
         assert!(log.failure().is_none(), "fail-open does not stop the log");
-        restore_segment(&segment(&dir, 1), saved);
+        restore_segment(fd, saved);
         log.append(event(2)).await.expect("appends work again");
         log.shutdown().await.expect("shutdown");
     });
