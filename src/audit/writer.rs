@@ -379,7 +379,11 @@ impl Writer {
             let prev_segment = (self.seg_index > 1).then(|| segment::name(self.seg_index - 1));
             self.segment_start(&mut buf, prev_segment)?;
         }
-        let unclean = tail.next_seq > 0 && tail.last_kind.as_deref() != Some("checkpoint");
+        // A clean stop ends with a checkpoint, and rotation writes a segment's header at once,
+        // so an empty newest segment after earlier records also means the run was cut short.
+        let empty_newest = matches!(&tail.segment, Some((_, _, 0)));
+        let unclean =
+            tail.next_seq > 0 && (tail.last_kind.as_deref() != Some("checkpoint") || empty_newest);
         if tail.truncated.is_some() || unclean {
             let mut m = Map::new();
             m.insert("kind".into(), Kind::Recovery.as_str().into());
