@@ -6,6 +6,7 @@
 //! `policy` and `mcp` are shared vocabulary.
 
 pub mod access;
+pub mod audit;
 pub mod cli;
 pub mod downstream;
 pub mod mcp;

@@ -9,6 +9,7 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { file }) => cli::policy::check(&file),
         Command::Policy(PolicyCommand::Import { file }) => cli::policy::import(&file),
         Command::Policy(PolicyCommand::Show { file }) => cli::policy::show(&file),
+        Command::Audit(cmd) => cli::audit::run(cmd),
         Command::Token(TokenCommand::New { client }) => cli::token_new(&client),
         Command::ClientConfig(args) => cli::client_config::run(args),
         Command::Doctor(doctor) => match async_runtime() {

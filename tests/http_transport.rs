@@ -602,7 +602,10 @@ async fn metrics_move_with_calls() {
     let scrape = || common::http_get(&format!("{}/metrics", gw.base)).unwrap();
     let (status, before) = scrape();
     assert_eq!(status, 200);
-    assert!(before.contains("# TYPE portcullis_calls_total counter"), "{before}");
+    assert!(
+        before.contains("# TYPE portcullis_calls_total counter"),
+        "{before}"
+    );
     let echo = "portcullis_calls_total{server=\"fixture\",tool=\"echo\",outcome=\"ok\"}";
     let sessions = "portcullis_sessions_open";
     let mut c = Mcp::new(&gw.url);
@@ -613,6 +616,11 @@ async fn metrics_move_with_calls() {
     let (_, after) = scrape();
     assert_eq!(metric(&after, echo) - metric(&before, echo), 3, "{after}");
     assert_eq!(metric(&after, sessions), metric(&before, sessions) + 1);
-    assert!(metric(&after, "portcullis_upstream_starts_total{server=\"fixture\"}") >= 1);
+    assert!(
+        metric(
+            &after,
+            "portcullis_upstream_starts_total{server=\"fixture\"}"
+        ) >= 1
+    );
     assert!(after.contains("portcullis_call_duration_seconds_count{server=\"fixture\"}"));
 }

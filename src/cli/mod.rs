@@ -1,5 +1,6 @@
 //! The command line: argument parsing and the commands themselves, at the binary's edge.
 
+pub mod audit;
 pub mod client_config;
 pub mod doctor;
 pub mod policy;
@@ -32,6 +33,9 @@ pub enum Command {
     /// Validate, import or show policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Audit log: keys, offline verification, tail, inclusion proofs, export.
+    #[command(subcommand)]
+    Audit(audit::AuditCommand),
     /// Client bearer tokens.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -81,15 +85,32 @@ pub enum PolicyCommand {
     Show { file: PathBuf },
 }
 
-/// Sets up logging to stderr; `RUST_LOG` overrides the default `info` filter.
+/// Sets up logging to stderr; `RUST_LOG` overrides the default `info` filter. When the systemd
+/// journal's socket exists, operational logs also go to journald (structured fields kept);
+/// without it, or if connecting fails, stderr alone is used.
 pub fn init_logging(format: LogFormat) {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Pretty => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let fmt = match format {
+        LogFormat::Pretty => fmt.boxed(),
+        LogFormat::Json => fmt.json().boxed(),
+    };
+    let journald = if std::path::Path::new(JOURNALD_SOCKET).exists() {
+        tracing_journald::layer()
+            .ok()
+            .map(|l| l.with_syslog_identifier("portcullis".into()))
+    } else {
+        None
+    };
+    let _ = tracing_subscriber::registry()
+        .with(filter)
+        .with(fmt)
+        .with(journald)
+        .try_init();
 }
+
+const JOURNALD_SOCKET: &str = "/run/systemd/journal/socket";

@@ -7,8 +7,10 @@ use std::sync::Arc;
 use anyhow::Context;
 
 use crate::access::Access;
+use crate::audit::{AuditConfig, AuditEvent, AuditLog, Kind, RedactStrings};
 use crate::downstream::Listener;
 use crate::policy::{self, Policy};
+use crate::router::audit_trail::AuditTrail;
 use crate::router::Router;
 use crate::sandbox::docker::{self, DockerRuntime};
 use crate::sandbox::process::ProcessRuntime;
@@ -27,6 +29,9 @@ pub struct ServeArgs {
     /// distinct scopes.
     #[arg(long, env = "PORTCULLIS_DOCKER_SCOPE", default_value = docker::DEFAULT_SCOPE)]
     pub docker_scope: String,
+    /// Overrides [audit] dir from the policy.
+    #[arg(long, env = "PORTCULLIS_AUDIT_DIR")]
+    pub audit_dir: Option<PathBuf>,
 }
 
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -41,17 +46,44 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(listen) = args.listen {
         policy.gateway.listen = listen;
     }
+    if let Some(dir) = args.audit_dir {
+        policy.audit.dir = dir;
+    }
     tracing::info!(policy = %policy.origin, servers = policy.servers.len(), "policy loaded");
+    check_listener_safety(&policy)?;
+    let audit_log = open_audit(&policy).await?;
+    let trail = AuditTrail::new(audit_log.clone());
+    let sinks = match &audit_log {
+        Some(log) if !policy.audit.sinks.is_empty() => Some(
+            crate::audit::sinks::Sinks::start(log.dir(), &policy.audit.sinks, Default::default())
+                .context("starting the audit sinks")?,
+        ),
+        _ => None,
+    };
+    trail
+        .record(AuditEvent::new(Kind::GatewayStart).detail(format!(
+            "portcullis {} pid {}",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id()
+        )))
+        .await?;
+    trail
+        .record(AuditEvent::new(Kind::PolicyLoad).detail(format!(
+            "{} ({} servers: {})",
+            policy.origin,
+            policy.servers.len(),
+            policy.servers.keys().cloned().collect::<Vec<_>>().join(", ")
+        )))
+        .await?;
     let docker = connect_docker(&policy, &args.docker_scope).await;
     let runtimes = Runtimes {
         process: Arc::new(ProcessRuntime),
         docker: docker.runtime(),
     };
-    check_listener_safety(&policy)?;
     let access =
         Arc::new(Access::from_policy(&policy).context("setting up client authentication")?);
-    let router = Router::start(&policy, Arc::new(runtimes), access.clone());
-    let listener = Listener::bind(&policy.gateway, router.clone(), access)
+    let router = Router::start(&policy, Arc::new(runtimes), access.clone(), trail.clone());
+    let listener = Listener::bind(&policy.gateway, router.clone(), access, trail.clone())
         .await
         .context("starting the listener")?;
     let addr = listener.local_addr().context("reading the bound address")?;
@@ -72,7 +104,49 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let removed = d.shutdown().await;
         tracing::info!(removed, "removed this gateway's containers");
     }
+    let _ = trail
+        .record(AuditEvent::new(Kind::GatewayStop).detail("signal"))
+        .await;
+    if let Some(log) = &audit_log {
+        if let Err(e) = log.shutdown().await {
+            tracing::error!(error = %e, "audit log did not close cleanly");
+        }
+    }
+    if let Some(s) = sinks {
+        // Give sinks a moment to ship the final checkpoint; they resume from their cursors.
+        s.stop(std::time::Duration::from_secs(3)).await;
+    }
     Ok(())
+}
+
+/// Opens the audit log when the policy has it on, with every secret value the policy can name
+/// in its redaction set.
+async fn open_audit(policy: &Policy) -> anyhow::Result<Option<Arc<AuditLog>>> {
+    if !policy.audit.enabled {
+        tracing::warn!("audit log disabled by the policy ([audit] enabled = false)");
+        return Ok(None);
+    }
+    let config = AuditConfig::from_policy(&policy.audit);
+    let dir = config.dir.clone();
+    // Opening scans and may repair the existing log: file I/O, kept off the async workers.
+    let log = tokio::task::spawn_blocking(move || AuditLog::open(&config, None))
+        .await
+        .context("audit log start-up task")?
+        .with_context(|| format!("opening the audit log in {}", dir.display()))?;
+    let mut secrets = Vec::new();
+    for server in policy.servers.values() {
+        for (name, source) in &server.secrets {
+            if let Ok(v) = crate::secrets::resolve(name, source) {
+                // Arguments are JSON text: a secret appears there escaped as well as plain.
+                let escaped = serde_json::to_string(&v).unwrap_or_default();
+                secrets.push(escaped.trim_matches('"').to_owned());
+                secrets.push(v);
+            }
+        }
+    }
+    log.set_redactor(Arc::new(RedactStrings(secrets)));
+    tracing::info!(dir = %log.dir().display(), key_id = log.key_id(), log_id = log.log_id(), "audit log open");
+    Ok(Some(Arc::new(log)))
 }
 
 enum DockerState {

@@ -39,6 +39,8 @@ struct State {
     attached: bool,
     /// Highest sequence number a reader has been handed (for re-attaching without an id).
     delivered: u64,
+    /// Bumped by every attach, so a reader that was taken over knows to end.
+    reader_gen: u64,
     closed_at: Option<std::time::Instant>,
 }
 
@@ -53,6 +55,7 @@ impl EventStream {
                 closed: false,
                 attached: false,
                 delivered: 0,
+                reader_gen: 0,
                 closed_at: None,
             }),
             notify: Notify::new(),
@@ -92,17 +95,24 @@ impl EventStream {
     }
 
     /// Claims the stream for one reader. `after` is the last sequence the client saw, or `None`
-    /// to continue from what was last delivered. Fails if another reader holds it.
+    /// to continue from what was last delivered. Without `after`, fails if another reader holds
+    /// the stream; with it (a client resuming after a broken connection, which the server may
+    /// not have noticed yet) the new reader takes over and the old one ends.
     pub fn attach(self: &Arc<Self>, after: Option<u64>) -> Option<Reader> {
         let mut s = self.state.lock().ok()?;
-        if s.attached {
+        if s.attached && after.is_none() {
             return None;
         }
         s.attached = true;
+        s.reader_gen += 1;
         let cursor = after.unwrap_or(s.delivered);
+        let generation = s.reader_gen;
+        drop(s);
+        self.notify.notify_waiters();
         Some(Reader {
             stream: self.clone(),
             cursor,
+            generation,
         })
     }
 
@@ -127,13 +137,16 @@ impl MessageSink for EventStream {
 pub struct Reader {
     stream: Arc<EventStream>,
     cursor: u64,
+    generation: u64,
 }
 
 impl Drop for Reader {
     fn drop(&mut self) {
         if let Ok(mut s) = self.stream.state.lock() {
-            s.attached = false;
-            s.delivered = s.delivered.max(self.cursor);
+            if s.reader_gen == self.generation {
+                s.attached = false;
+                s.delivered = s.delivered.max(self.cursor);
+            }
         }
     }
 }
@@ -155,6 +168,10 @@ impl Reader {
                 let Ok(mut s) = self.stream.state.lock() else {
                     return Next::End;
                 };
+                if s.reader_gen != self.generation {
+                    // Another connection resumed this stream.
+                    return Next::End;
+                }
                 let cursor = self.cursor;
                 let mut out = BytesMut::new();
                 for (seq, msg) in s.events.iter().filter(|(seq, _)| *seq > cursor) {

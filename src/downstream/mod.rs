@@ -24,6 +24,7 @@ use tokio::sync::Semaphore;
 use crate::access::Access;
 use crate::mcp::ErrorCode;
 use crate::policy::Gateway;
+use crate::router::audit_trail::AuditTrail;
 use crate::router::Router;
 use reply::Reply;
 
@@ -37,6 +38,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 pub(crate) struct Shared {
     router: Arc<Router>,
     access: Arc<Access>,
+    audit: AuditTrail,
     tls: bool,
     sessions: session::Sessions,
     guard: guard::Guard,
@@ -71,6 +73,7 @@ impl Listener {
         gateway: &Gateway,
         router: Arc<Router>,
         access: Arc<Access>,
+        audit: AuditTrail,
     ) -> Result<Listener, ServeError> {
         let tls = gateway.tls.as_ref().map(tls::acceptor).transpose()?;
         let listener = TcpListener::bind(gateway.listen)
@@ -89,6 +92,7 @@ impl Listener {
             shared: Arc::new(Shared {
                 router,
                 access,
+                audit,
                 tls: tls.is_some(),
                 sessions: session::Sessions::new(gateway.max_sessions),
                 guard: guard::Guard::new(&gateway.allowed_hosts, &gateway.allowed_origins),
@@ -208,6 +212,14 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
             Err(e) => {
                 tracing::info!(reason = %e, "request refused: not authenticated");
                 crate::metrics::global().refusal("unauthenticated");
+                shared.audit.record_later(AuditTrail::denied(
+                    None,
+                    None,
+                    None,
+                    None,
+                    crate::audit::Outcome::DeniedAuth,
+                    &e.reason,
+                ));
                 let mut r = reply::rpc_error(
                     StatusCode::UNAUTHORIZED,
                     None,

@@ -267,7 +267,7 @@ async fn post(
                     "this session is already initialized",
                 );
             }
-            let admission = match shared.router.admit(&session.identity, &req) {
+            let admission = match shared.router.admit(&session.id, &session.identity, &req) {
                 Ok(a) => a,
                 Err(refused) => return answer_reply(refused),
             };

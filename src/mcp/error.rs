@@ -29,6 +29,8 @@ impl ErrorCode {
     pub const RATE_LIMITED: ErrorCode = ErrorCode(-32014);
     /// Gateway: the server's concurrency cap and its queue are full.
     pub const BUSY: ErrorCode = ErrorCode(-32015);
+    /// Gateway: the audit log cannot be written and the gateway is fail-closed.
+    pub const AUDIT_UNAVAILABLE: ErrorCode = ErrorCode(-32016);
 }
 
 #[derive(Serialize)]

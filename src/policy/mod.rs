@@ -15,7 +15,7 @@ mod validate_access;
 pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use import::import;
 pub use model::*;
-pub use validate::{is_server_name, parse_secret_ref, secret_refs};
+pub use validate::{is_server_name, parse_secret_ref, secret_refs, validate_host_port};
 
 use std::path::Path;
 

@@ -18,6 +18,8 @@ pub struct Policy {
     pub servers: BTreeMap<String, Server>,
     /// Clients by name: who may connect, with which credentials, to which tools, how often.
     pub clients: BTreeMap<String, Client>,
+    /// The audit log and its SIEM sinks.
+    pub audit: Audit,
     /// How clients prove who they are beyond static tokens (JWT), and what the gateway
     /// advertises about it.
     pub auth: Auth,
@@ -70,6 +72,112 @@ pub struct Tls {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: Option<PathBuf>,
+}
+
+/// The `[audit]` table: where and how the tamper-evident audit log is written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Audit {
+    pub enabled: bool,
+    /// Resolved against the policy file's directory when relative.
+    pub dir: PathBuf,
+    pub fsync: FsyncMode,
+    /// Refuse calls when the log cannot be written.
+    pub fail_closed: bool,
+    /// Private key for checkpoints; `None` = `DIR/signing.key`, generated at first start.
+    pub signing_key: Option<PathBuf>,
+    pub checkpoint_interval: Duration,
+    pub checkpoint_every: u64,
+    pub max_segment_bytes: u64,
+    pub rotate_interval: Duration,
+    /// Write call arguments (redacted) besides their SHA-256.
+    pub record_arguments: bool,
+    pub sinks: Vec<AuditSink>,
+}
+
+/// Default audit directory, relative to the policy file (or the working directory for the
+/// embedded default policy).
+pub const DEFAULT_AUDIT_DIR: &str = "portcullis-audit";
+
+impl Default for Audit {
+    fn default() -> Self {
+        Audit {
+            enabled: true,
+            dir: PathBuf::from(DEFAULT_AUDIT_DIR),
+            fsync: FsyncMode::Group,
+            fail_closed: true,
+            signing_key: None,
+            checkpoint_interval: Duration::from_secs(60),
+            checkpoint_every: 10_000,
+            max_segment_bytes: 64 << 20,
+            rotate_interval: Duration::from_secs(24 * 3600),
+            record_arguments: false,
+            sinks: Vec::new(),
+        }
+    }
+}
+
+/// When an appended record counts as durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FsyncMode {
+    /// `fdatasync` after every record.
+    Always,
+    /// One `fdatasync` per batch of queued records (group commit).
+    Group,
+    /// After `write(2)` only: survives a gateway crash, not a machine crash.
+    None,
+}
+
+impl FsyncMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FsyncMode::Always => "always",
+            FsyncMode::Group => "group",
+            FsyncMode::None => "none",
+        }
+    }
+}
+
+/// One `[[audit.sinks]]` entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AuditSink {
+    /// Names the sink's cursor file `DIR/cursors/NAME.json`; default `TYPE-N` (1-based).
+    pub name: String,
+    pub kind: SinkKind,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum SinkKind {
+    /// RFC 5424 over TCP (octet counting), optionally TLS.
+    Syslog {
+        /// `host:port`.
+        address: String,
+        tls: bool,
+        ca_file: Option<PathBuf>,
+        /// TLS server name; default the host part of `address`.
+        server_name: Option<String>,
+        format: SinkFormat,
+    },
+    /// Splunk HEC (`hec_token`) or a generic webhook (`hmac_secret`).
+    Http {
+        url: String,
+        auth: HttpSinkAuth,
+        ca_file: Option<PathBuf>,
+    },
+    /// The local systemd journal.
+    Journald,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SinkFormat {
+    Json,
+    Cef,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HttpSinkAuth {
+    HecToken(SecretRef),
+    HmacSecret(SecretRef),
+    None,
 }
 
 /// The listener and protocol-level settings of the gateway itself.

@@ -25,6 +25,42 @@ pub struct RawPolicy {
     pub clients: Named<RawClient>,
     #[serde(default, deserialize_with = "in_auth")]
     pub auth: Option<RawAuth>,
+    #[serde(default, deserialize_with = "in_audit")]
+    pub audit: Option<RawAudit>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAudit {
+    pub enabled: Option<Spanned<bool>>,
+    pub dir: Option<Str>,
+    pub fsync: Option<Str>,
+    pub fail_closed: Option<Spanned<bool>>,
+    pub signing_key: Option<Str>,
+    pub checkpoint_interval: Option<Spanned<Value>>,
+    pub checkpoint_every: Option<Spanned<u64>>,
+    pub max_segment_bytes: Option<Spanned<Value>>,
+    pub rotate_interval: Option<Spanned<Value>>,
+    pub record_arguments: Option<Spanned<bool>>,
+    #[serde(default, deserialize_with = "in_sinks")]
+    pub sinks: Option<Vec<RawSink>>,
+}
+
+/// One `[[audit.sinks]]` entry; keys of the other sink types are refused during validation.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSink {
+    #[serde(rename = "type")]
+    pub kind: Str,
+    pub name: Option<Str>,
+    pub address: Option<Str>,
+    pub tls: Option<Spanned<bool>>,
+    pub ca_file: Option<Str>,
+    pub server_name: Option<Str>,
+    pub format: Option<Str>,
+    pub url: Option<Str>,
+    pub hec_token: Option<Str>,
+    pub hmac_secret: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -216,6 +252,8 @@ macro_rules! in_table {
 in_table!(in_gateway, "gateway", Option<RawGateway>);
 in_table!(in_servers, "servers", Named<RawServer>);
 in_table!(in_clients, "clients", Named<RawClient>);
+in_table!(in_audit, "audit", Option<RawAudit>);
+in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
 in_table!(in_mounts, "mounts", Option<Spanned<Vec<RawMount>>>);
 in_table!(in_egress, "egress", Option<RawEgress>);
 in_table!(in_limits, "limits", Option<RawLimits>);

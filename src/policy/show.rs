@@ -215,7 +215,68 @@ pub fn render(p: &Policy) -> String {
         );
         let _ = writeln!(o, "  deny                  {}", list(&c.deny));
     }
+    audit(&mut o, &p.audit);
     o
+}
+
+fn audit(o: &mut String, a: &Audit) {
+    let _ = writeln!(o, "\n[audit]");
+    let _ = writeln!(o, "  enabled               {}", a.enabled);
+    let _ = writeln!(o, "  dir                   {}", a.dir.display());
+    let _ = writeln!(o, "  fsync                 {}", a.fsync.as_str());
+    let _ = writeln!(o, "  fail_closed           {}", a.fail_closed);
+    let _ = writeln!(
+        o,
+        "  signing_key           {}",
+        a.signing_key.as_ref().map_or_else(
+            || format!("{}/signing.key (generated at first start)", a.dir.display()),
+            |k| k.display().to_string()
+        )
+    );
+    let _ = writeln!(
+        o,
+        "  checkpoint_interval   {}",
+        format_duration(a.checkpoint_interval)
+    );
+    let _ = writeln!(o, "  checkpoint_every      {}", a.checkpoint_every);
+    let _ = writeln!(
+        o,
+        "  max_segment_bytes     {}",
+        format_size(a.max_segment_bytes)
+    );
+    let _ = writeln!(
+        o,
+        "  rotate_interval       {}",
+        format_duration(a.rotate_interval)
+    );
+    let _ = writeln!(o, "  record_arguments      {}", a.record_arguments);
+    for s in &a.sinks {
+        let what = match &s.kind {
+            SinkKind::Syslog {
+                address,
+                tls,
+                format,
+                ..
+            } => format!(
+                "syslog {address} ({}, {})",
+                if *tls { "TLS" } else { "plain TCP" },
+                match format {
+                    SinkFormat::Json => "json",
+                    SinkFormat::Cef => "cef",
+                }
+            ),
+            SinkKind::Http { url, auth, .. } => format!(
+                "http {url} ({})",
+                match auth {
+                    HttpSinkAuth::HecToken(_) => "Splunk HEC",
+                    HttpSinkAuth::HmacSecret(_) => "webhook, HMAC-signed",
+                    HttpSinkAuth::None => "webhook, unsigned",
+                }
+            ),
+            SinkKind::Journald => "journald".to_string(),
+        };
+        let _ = writeln!(o, "  sink {:<16} {what}", s.name);
+    }
 }
 
 fn quoted(v: &[String]) -> String {

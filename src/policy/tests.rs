@@ -312,3 +312,77 @@ fn show_hides_literal_credentials() {
     assert!(!out.contains("abc123"), "{out}");
     assert!(out.contains("X-Team: core"), "{out}");
 }
+
+#[test]
+fn audit_defaults_and_keys() {
+    let p = parse(TIME, "p.toml").unwrap();
+    assert_eq!(p.audit, Audit::default());
+    assert!(p.audit.enabled && p.audit.fail_closed);
+    assert_eq!(p.audit.fsync, FsyncMode::Group);
+    let src = format!(
+        "{TIME}[audit]\ndir = \"logs/audit\"\nfsync = \"always\"\nfail_closed = false\nsigning_key = \"keys/cp.key\"\ncheckpoint_interval = \"10s\"\ncheckpoint_every = 500\nmax_segment_bytes = \"1m\"\nrotate_interval = \"1h\"\nrecord_arguments = true\n\n[[audit.sinks]]\ntype = \"syslog\"\naddress = \"siem.example.com:6514\"\ntls = true\nca_file = \"ca.pem\"\nformat = \"cef\"\n\n[[audit.sinks]]\ntype = \"http\"\nname = \"splunk\"\nurl = \"https://splunk.example.com:8088/services/collector/event\"\nhec_token = \"env:HEC_TOKEN\"\n\n[[audit.sinks]]\ntype = \"journald\"\n"
+    );
+    let p = parse_in(&src, "p.toml", Some(std::path::Path::new("/etc/pc"))).unwrap();
+    let a = &p.audit;
+    assert_eq!(a.dir, PathBuf::from("/etc/pc/logs/audit"));
+    assert_eq!(a.fsync, FsyncMode::Always);
+    assert!(!a.fail_closed && a.record_arguments);
+    assert_eq!(a.signing_key, Some(PathBuf::from("/etc/pc/keys/cp.key")));
+    assert_eq!(a.checkpoint_interval, Duration::from_secs(10));
+    assert_eq!(a.checkpoint_every, 500);
+    assert_eq!(a.max_segment_bytes, 1 << 20);
+    assert_eq!(a.rotate_interval, Duration::from_secs(3600));
+    assert_eq!(a.sinks.len(), 3);
+    assert_eq!(a.sinks[0].name, "syslog-1");
+    assert_eq!(
+        a.sinks[0].kind,
+        SinkKind::Syslog {
+            address: "siem.example.com:6514".into(),
+            tls: true,
+            ca_file: Some(PathBuf::from("/etc/pc/ca.pem")),
+            server_name: None,
+            format: SinkFormat::Cef,
+        }
+    );
+    assert_eq!(a.sinks[1].name, "splunk");
+    assert!(matches!(
+        &a.sinks[1].kind,
+        SinkKind::Http { auth: HttpSinkAuth::HecToken(SecretRef::Env(v)), .. } if v == "HEC_TOKEN"
+    ));
+    assert_eq!(a.sinks[2].kind, SinkKind::Journald);
+    assert!(show::render(&p).contains("sink splunk"));
+}
+
+#[test]
+fn audit_errors_are_located() {
+    let e = one_error(&format!("{TIME}[audit]\nfsynk = \"group\"\n"));
+    assert!(
+        e.starts_with("p.toml:5:1: error: unknown key `fsynk` in [audit]")
+            && e.contains("did you mean `fsync`"),
+        "{e}"
+    );
+    let e = one_error(&format!("{TIME}[audit]\nfsync = \"sometimes\"\n"));
+    assert!(
+        e.starts_with("p.toml:5:9: error: unknown fsync mode"),
+        "{e}"
+    );
+    let e = one_error(&format!(
+        "{TIME}[[audit.sinks]]\ntype = \"syslog\"\naddress = \"x:1\"\nurl = \"https://a\"\n"
+    ));
+    assert!(
+        e.starts_with("p.toml:7:1: error: `url` does not apply to a sink of type \"syslog\""),
+        "{e}"
+    );
+    let e = one_error(&format!("{TIME}[[audit.sinks]]\ntype = \"http\"\nurl = \"https://a.example\"\nhec_tokn = \"env:X\"\n"));
+    assert!(
+        e.starts_with("p.toml:7:1: error: unknown key `hec_tokn` in [audit.sinks]"),
+        "{e}"
+    );
+    let e = one_error(&format!("{TIME}[[audit.sinks]]\ntype = \"kafka\"\n"));
+    assert!(e.contains("unknown sink type \"kafka\""), "{e}");
+    let e = one_error(&format!("{TIME}[[audit.sinks]]\ntype = \"http\"\nurl = \"https://a.example\"\nhmac_secret = \"hunter2\"\n"));
+    assert!(
+        e.contains("unknown secret source") && !e.contains("hunter2"),
+        "{e}"
+    );
+}

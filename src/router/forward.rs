@@ -8,7 +8,10 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio::sync::oneshot;
 
+use super::audit_trail::{self, AuditTrail};
 use super::{Failure, MessageSink, Router};
+use crate::access::Identity;
+use crate::audit::Outcome;
 use crate::mcp::{methods, ErrorCode, Id};
 use crate::upstream::{Upstream, UpstreamError};
 
@@ -134,9 +137,11 @@ impl Drop for FlightGuard<'_> {
 }
 
 impl Router {
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn forward(
         &self,
         key: &str,
+        identity: &Identity,
         client_id: &Id,
         server: &Arc<str>,
         method: &str,
@@ -203,6 +208,27 @@ impl Router {
             Some(crate::mcp::to_raw(&params)),
             self.timeout_for(server),
         );
+        let tool_name = params
+            .get("name")
+            .and_then(Value::as_str)
+            .filter(|_| method == methods::TOOLS_CALL)
+            .map(str::to_owned);
+        let args = match (method, params.get("arguments")) {
+            (methods::TOOLS_CALL, Some(a)) => a.to_string(),
+            (methods::TOOLS_CALL, None) => "{}".to_owned(),
+            _ => Value::Object(params.clone()).to_string(),
+        };
+        let mut call_record =
+            AuditTrail::call(identity, key, server, method, tool_name.as_deref(), &args);
+        if let Some(info) = up.init_info() {
+            call_record.container = Some(info.instance.id.clone());
+            call_record.image_digest = info.instance.image_digest.clone();
+        }
+        // Durable before the request leaves: a call that cannot be recorded does not run.
+        self.audit
+            .record(call_record.clone())
+            .await
+            .map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
         let started = std::time::Instant::now();
         let (result, outcome_label) = tokio::select! {
             outcome = call => {
@@ -222,11 +248,37 @@ impl Router {
                 (Err(Failure::Gateway(ErrorCode::REQUEST_CANCELLED, "request cancelled by the client".into())), "cancelled")
             }
         };
-        let tool = match params.get("name").and_then(Value::as_str) {
-            Some(name) if method == methods::TOOLS_CALL => name,
-            _ => method,
+        let latency = started.elapsed();
+        crate::metrics::global().call(
+            server,
+            tool_name.as_deref().unwrap_or(method),
+            outcome_label,
+            latency,
+        );
+        let (outcome, bytes_out) = match &result {
+            Ok(r) => (Outcome::Ok, r.get().len()),
+            Err(Failure::Raw(e)) => (
+                Outcome::Error(
+                    serde_json::from_str::<Value>(e.get())
+                        .ok()
+                        .and_then(|v| v.get("code").and_then(Value::as_i64))
+                        .unwrap_or(0),
+                ),
+                e.get().len(),
+            ),
+            Err(Failure::Gateway(code, m)) => (audit_trail::outcome_of(*code), m.len()),
+            Err(Failure::Limited(_)) => (Outcome::RateLimited, 0),
         };
-        crate::metrics::global().call(server, tool, outcome_label, started.elapsed());
+        // Durable before the response is released.
+        self.audit
+            .record(AuditTrail::result(
+                &call_record,
+                outcome,
+                latency,
+                bytes_out,
+            ))
+            .await
+            .map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
         result
     }
 

@@ -5,6 +5,7 @@
 //! (progress, logging, list changes, sampling/elicitation/roots requests) to the session that
 //! caused it. It knows sessions only as keys with message sinks; HTTP is the layer above.
 
+pub mod audit_trail;
 pub mod catalog;
 mod forward;
 pub mod naming;
@@ -59,11 +60,17 @@ pub struct Router {
     instructions: std::sync::Mutex<std::collections::BTreeMap<Arc<str>, String>>,
     token_counter: AtomicU64,
     access: Arc<Access>,
+    audit: audit_trail::AuditTrail,
 }
 
 impl Router {
     /// Starts every server in `policy` and the event task; returns the running router.
-    pub fn start(policy: &Policy, runtime: Arc<dyn Runtime>, access: Arc<Access>) -> Arc<Router> {
+    pub fn start(
+        policy: &Policy,
+        runtime: Arc<dyn Runtime>,
+        access: Arc<Access>,
+        audit: audit_trail::AuditTrail,
+    ) -> Arc<Router> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let servers = servers::Servers::start(policy, runtime, events_tx);
         let mut filters = HashMap::new();
@@ -96,6 +103,7 @@ impl Router {
             instructions: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             token_counter: AtomicU64::new(1),
             access,
+            audit,
         });
         tokio::spawn(router.clone().run_events(events_rx));
         router
@@ -215,7 +223,12 @@ impl Router {
     /// Authorization and rate limits for a request, before it is answered: lets the transport
     /// refuse with HTTP 403/429 rather than inside an already-started stream. The returned
     /// admission is handed to `handle_request`, so quotas are taken once.
-    pub fn admit(&self, identity: &Identity, req: &Request) -> Result<Option<Admission>, Answer> {
+    pub fn admit(
+        &self,
+        session: &str,
+        identity: &Identity,
+        req: &Request,
+    ) -> Result<Option<Admission>, Answer> {
         if req.method != methods::TOOLS_CALL {
             return Ok(None);
         }
@@ -231,25 +244,45 @@ impl Router {
         let Some(route) = agg.tool(&name) else {
             return Ok(None);
         };
-        self.check_call(identity, route)
+        self.check_call(identity, session, route)
             .map(|()| Some(Admission(())))
             .map_err(|f| f.answer(&req.id))
     }
 
-    fn check_call(&self, identity: &Identity, route: &catalog::Route) -> Result<(), Failure> {
-        if !identity.rules.permits(&route.server, &route.name) {
-            return Err(Failure::Gateway(
-                ErrorCode::FORBIDDEN,
-                format!(
-                    "client `{}` may not call `{}__{}` (clients.{}.allow/deny in the policy)",
-                    identity.client, route.server, route.name, identity.client
-                ),
+    fn check_call(
+        &self,
+        identity: &Identity,
+        session: &str,
+        route: &catalog::Route,
+    ) -> Result<(), Failure> {
+        let deny = |outcome, reason: &str| {
+            self.audit.record_later(audit_trail::AuditTrail::denied(
+                Some(identity),
+                Some(session),
+                Some(&route.server),
+                Some(&route.name),
+                outcome,
+                reason,
             ));
+        };
+        if !identity.rules.permits(&route.server, &route.name) {
+            let reason = format!(
+                "client `{}` may not call `{}__{}` (clients.{}.allow/deny in the policy)",
+                identity.client, route.server, route.name, identity.client
+            );
+            deny(
+                crate::audit::Outcome::Error(ErrorCode::FORBIDDEN.0),
+                &reason,
+            );
+            return Err(Failure::Gateway(ErrorCode::FORBIDDEN, reason));
         }
         self.access
             .limits
             .check(&identity.client, &route.server, Some(&route.name))
-            .map_err(Failure::Limited)
+            .map_err(|l| {
+                deny(crate::audit::Outcome::RateLimited, &l.scope);
+                Failure::Limited(l)
+            })
     }
 
     async fn dispatch(
@@ -283,13 +316,21 @@ impl Router {
                     )
                 })?;
                 if admission.is_none() {
-                    self.check_call(identity, route)?;
+                    self.check_call(identity, key, route)?;
                 }
                 let mut params = params;
                 params.insert("name".into(), Value::String(route.name.clone()));
                 let server = route.server.clone();
-                self.forward(key, &req.id, &server, &req.method, params, related)
-                    .await
+                self.forward(
+                    key,
+                    identity,
+                    &req.id,
+                    &server,
+                    &req.method,
+                    params,
+                    related,
+                )
+                .await
             }
             methods::PROMPTS_GET => {
                 self.wait_settled().await;
@@ -306,8 +347,16 @@ impl Router {
                 let mut params = params;
                 params.insert("name".into(), Value::String(route.name.clone()));
                 let server = route.server.clone();
-                self.forward(key, &req.id, &server, &req.method, params, related)
-                    .await
+                self.forward(
+                    key,
+                    identity,
+                    &req.id,
+                    &server,
+                    &req.method,
+                    params,
+                    related,
+                )
+                .await
             }
             methods::RESOURCES_READ
             | methods::RESOURCES_SUBSCRIBE
@@ -323,7 +372,15 @@ impl Router {
                     }
                 }
                 let result = self
-                    .forward(key, &req.id, &server, &req.method, params, related)
+                    .forward(
+                        key,
+                        identity,
+                        &req.id,
+                        &server,
+                        &req.method,
+                        params,
+                        related,
+                    )
                     .await;
                 if req.method == methods::RESOURCES_SUBSCRIBE && result.is_ok() {
                     self.relay.subscribe(key, &server, &uri);
@@ -345,8 +402,16 @@ impl Router {
                         }
                     }
                 }
-                self.forward(key, &req.id, &server, &req.method, params, related)
-                    .await
+                self.forward(
+                    key,
+                    identity,
+                    &req.id,
+                    &server,
+                    &req.method,
+                    params,
+                    related,
+                )
+                .await
             }
             methods::LOGGING_SET_LEVEL => {
                 let level = str_param(&params, "level")?;
@@ -493,6 +558,24 @@ impl Router {
         while let Some(ev) = rx.recv().await {
             match ev {
                 UpstreamEvent::Ready { from } => {
+                    if let Some(info) = self
+                        .servers
+                        .instance(from.instance)
+                        .and_then(|u| u.init_info())
+                    {
+                        let mut ev =
+                            crate::audit::AuditEvent::new(crate::audit::Kind::ContainerStart)
+                                .server(from.server.to_string())
+                                .container(info.instance.id.clone())
+                                .detail(format!("protocol {}", info.protocol_version));
+                        if let Some(d) = &info.instance.image_digest {
+                            ev = ev.image_digest(d.clone());
+                        }
+                        if let Some(owner) = from.owner.get() {
+                            ev = ev.session(audit_trail::session_tag(owner));
+                        }
+                        self.audit.record_later(ev);
+                    }
                     if !self.servers.is_catalog_source(&from.server, from.instance) {
                         continue;
                     }
@@ -511,6 +594,11 @@ impl Router {
                 }
                 UpstreamEvent::Down { from, reason } => {
                     tracing::debug!(server = %from.server, %reason, "upstream down");
+                    self.audit.record_later(
+                        crate::audit::AuditEvent::new(crate::audit::Kind::ContainerStop)
+                            .server(from.server.to_string())
+                            .detail(reason.clone()),
+                    );
                     if self.servers.is_catalog_source(&from.server, from.instance) {
                         self.servers.note_error(&from.server, &reason);
                         if first_seen.insert(from.server.clone()) {

@@ -24,6 +24,8 @@ pub use connection::Connection;
 /// What the handshake told us about the server.
 #[derive(Debug, Clone)]
 pub struct InitInfo {
+    /// The running instance (process or container) that completed the handshake.
+    pub instance: crate::sandbox::InstanceInfo,
     pub protocol_version: String,
     pub capabilities: serde_json::Value,
     pub server_info: serde_json::Value,

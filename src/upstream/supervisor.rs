@@ -136,7 +136,7 @@ impl Supervisor {
             stdout,
             stderr,
             mut instance,
-            info: _,
+            info: instance_info,
         } = self
             .runtime
             .spawn(&self.server, &ctx)
@@ -151,7 +151,10 @@ impl Supervisor {
             Connection::start(self.source.clone(), stdin, stdout, self.events.clone());
         let handshake = tokio::time::timeout(self.server.startup_timeout, handshake(&conn));
         let info = match handshake.await {
-            Ok(Ok(info)) => info,
+            Ok(Ok(info)) => InitInfo {
+                instance: instance_info,
+                ..info
+            },
             Ok(Err(e)) => {
                 instance.kill().await;
                 // The server's own error text may quote its environment.
@@ -236,6 +239,7 @@ async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
     }
     conn.notify(methods::INITIALIZED, None).await;
     Ok(InitInfo {
+        instance: crate::sandbox::InstanceInfo::default(),
         protocol_version: version.to_owned(),
         capabilities: v.get("capabilities").cloned().unwrap_or(json!({})),
         server_info: v.get("serverInfo").cloned().unwrap_or(json!({})),

@@ -1,0 +1,125 @@
+//! RFC 9162 inclusion proofs of one record against the latest checkpoint.
+
+use std::path::Path;
+
+use ed25519_dalek::VerifyingKey;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::chain::{from_hex, leaf_hash, to_hex, Hash};
+use super::merkle::{inclusion_proof, root_from_inclusion};
+use super::{checkpoint, keys, segment};
+
+/// Everything an auditor needs to check that one record is in a signed checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Proof {
+    pub log_id: String,
+    pub seq: u64,
+    /// The record's canonical line; its leaf hash is SHA-256(0x00 || record).
+    pub record: String,
+    pub leaf_hash: String,
+    pub tree_size: u64,
+    pub root: String,
+    pub checkpoint_seq: u64,
+    pub key_id: String,
+    pub sig: String,
+    /// Sibling hashes, leaf upwards (RFC 9162 section 2.1.3).
+    pub path: Vec<String>,
+}
+
+pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
+    let segs = segment::list(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let mut leaves: Vec<Hash> = Vec::new();
+    let mut record: Option<String> = None;
+    let mut latest: Option<Value> = None;
+    for (_, path) in &segs {
+        let mut lines =
+            segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        while let Some(line) = lines
+            .next_line()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+        {
+            if !line.complete {
+                break;
+            }
+            if leaves.len() as u64 == seq {
+                record = Some(String::from_utf8_lossy(&line.bytes).into_owned());
+            }
+            // Cheap pre-filter: only checkpoint lines are parsed.
+            const NEEDLE: &[u8] = b"\"kind\":\"checkpoint\"";
+            if line.bytes.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
+                if let Ok(v) = serde_json::from_slice::<Value>(&line.bytes) {
+                    latest = Some(v);
+                }
+            }
+            leaves.push(leaf_hash(&line.bytes));
+        }
+    }
+    let record =
+        record.ok_or_else(|| format!("no record with seq {seq} (the log has {})", leaves.len()))?;
+    let cp = latest.ok_or("the log has no checkpoint yet")?;
+    let get = |k: &str| {
+        cp.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let size = cp.get("tree_size").and_then(Value::as_u64).unwrap_or(0);
+    if seq >= size {
+        return Err(format!(
+            "record {seq} is not covered by the latest checkpoint yet (it covers seq 0..{}); retry after the next checkpoint",
+            size.saturating_sub(1)
+        ));
+    }
+    let size_us = usize::try_from(size).map_err(|_| "tree too large")?;
+    let covered = leaves
+        .get(..size_us)
+        .ok_or("checkpoint tree_size is beyond the log")?;
+    let idx = usize::try_from(seq).map_err(|_| "seq too large")?;
+    let path = inclusion_proof(idx, covered).ok_or("cannot build the proof")?;
+    Ok(Proof {
+        log_id: get("log_id"),
+        seq,
+        leaf_hash: to_hex(&covered[idx]),
+        record,
+        tree_size: size,
+        root: get("root"),
+        checkpoint_seq: cp.get("seq").and_then(Value::as_u64).unwrap_or(0),
+        key_id: get("key_id"),
+        sig: get("sig"),
+        path: path.iter().map(to_hex).collect(),
+    })
+}
+
+/// Checks a proof: the record hashes to the leaf, the path leads to the root, the root is signed.
+pub fn verify_proof(p: &Proof, key: Option<&VerifyingKey>) -> Result<(), String> {
+    let rec: Value =
+        serde_json::from_str(&p.record).map_err(|e| format!("record is not JSON: {e}"))?;
+    if rec.get("seq").and_then(Value::as_u64) != Some(p.seq) {
+        return Err("the record's seq differs from the proof's".into());
+    }
+    let leaf = leaf_hash(p.record.as_bytes());
+    if to_hex(&leaf) != p.leaf_hash {
+        return Err("leaf_hash is not the hash of the record".into());
+    }
+    let path: Option<Vec<Hash>> = p.path.iter().map(|h| from_hex(h)).collect();
+    let path = path.ok_or("malformed hash in path")?;
+    let root = from_hex(&p.root).ok_or("malformed root")?;
+    match root_from_inclusion(p.seq, p.tree_size, &leaf, &path) {
+        Some(r) if r == root => {}
+        _ => return Err("the inclusion path does not lead to the checkpoint root".into()),
+    }
+    if let Some(k) = key {
+        if keys::key_id(k) != p.key_id {
+            return Err(format!(
+                "checkpoint key id {} is not the given key's {}",
+                p.key_id,
+                keys::key_id(k)
+            ));
+        }
+        if !checkpoint::verify(k, &p.log_id, p.tree_size, &root, &p.sig) {
+            return Err("checkpoint signature does not verify".into());
+        }
+    }
+    Ok(())
+}

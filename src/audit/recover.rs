@@ -1,0 +1,128 @@
+//! Start-up: find where the log ends, cut a torn final record, and rebuild the chain state.
+//!
+//! Every existing record is hashed once to rebuild the Merkle frontier (the log does not persist
+//! its tree), so start-up reads the whole log sequentially; only the last record is parsed.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::chain::{leaf_hash, record_hash, Hash, GENESIS};
+use super::merkle::Frontier;
+use super::segment;
+
+/// Where the existing log leaves off.
+pub(crate) struct Tail {
+    /// `None` for a new, empty log.
+    pub log_id: Option<String>,
+    pub next_seq: u64,
+    pub prev: Hash,
+    pub frontier: Frontier,
+    /// The newest segment `(index, path, length after truncation)`, if any.
+    pub segment: Option<(u64, PathBuf, u64)>,
+    /// What was cut off the end: `(segment name, offset, bytes)`.
+    pub truncated: Option<(String, u64, u64)>,
+    /// The last record's kind (a clean stop ends with a checkpoint).
+    pub last_kind: Option<String>,
+}
+
+pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
+    let segs = segment::list(dir).map_err(|e| format!("cannot list: {e}"))?;
+    let mut truncated = None;
+    if let Some((_, path)) = segs.last() {
+        if let Some(cut) = torn_tail(path)? {
+            let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+            let f = std::fs::OpenOptions::new()
+                .write(true)
+                .open(path)
+                .map_err(|e| format!("cannot open {} to cut a torn record: {e}", path.display()))?;
+            f.set_len(cut)
+                .and_then(|()| f.sync_all())
+                .map_err(|e| format!("cannot cut a torn record off {}: {e}", path.display()))?;
+            let name = path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            truncated = Some((name, cut, len - cut));
+        }
+    }
+    let mut frontier = Frontier::new();
+    let mut prev = GENESIS;
+    let mut last: Option<Vec<u8>> = None;
+    for (_, path) in &segs {
+        let mut lines =
+            segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        while let Some(line) = lines
+            .next_line()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+        {
+            frontier.push(leaf_hash(&line.bytes));
+            prev = record_hash(&line.bytes);
+            last = Some(line.bytes);
+        }
+    }
+    let segment = match segs.last() {
+        Some((i, p)) => {
+            let len = std::fs::metadata(p).map_err(|e| e.to_string())?.len();
+            Some((*i, p.clone(), len))
+        }
+        None => None,
+    };
+    let (log_id, next_seq, last_kind) = match last {
+        None => (None, 0, None),
+        Some(bytes) => {
+            let v: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                format!("the last record is not JSON ({e}); run `portcullis audit verify`")
+            })?;
+            let log_id = v.get("log_id").and_then(Value::as_str).map(str::to_string);
+            let seq = v.get("seq").and_then(Value::as_u64);
+            match (log_id, seq) {
+                (Some(id), Some(seq)) => (
+                    Some(id),
+                    seq + 1,
+                    v.get("kind").and_then(Value::as_str).map(str::to_string),
+                ),
+                _ => {
+                    return Err(
+                        "the last record has no log_id or seq; run `portcullis audit verify`"
+                            .into(),
+                    )
+                }
+            }
+        }
+    };
+    Ok(Tail {
+        log_id,
+        next_seq,
+        prev,
+        frontier,
+        segment,
+        truncated,
+        last_kind,
+    })
+}
+
+/// The offset to cut the newest segment at: a final line without its newline, and a last
+/// complete line that is not a JSON object (a crash mid-write of a page can leave either).
+fn torn_tail(path: &Path) -> Result<Option<u64>, String> {
+    let mut lines = segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let mut last_complete: Option<(u64, bool)> = None;
+    let mut cut = None;
+    while let Some(line) = lines
+        .next_line()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+    {
+        if !line.complete || line.too_long {
+            cut = Some(line.offset);
+            break;
+        }
+        let ok = serde_json::from_slice::<Value>(&line.bytes).is_ok_and(|v| v.is_object());
+        last_complete = Some((line.offset, ok));
+    }
+    if let Some((offset, false)) = last_complete {
+        // Only the very last complete line: damage further back is tampering, not a torn write,
+        // and is left for `audit verify` to report.
+        return Ok(Some(offset));
+    }
+    Ok(cut)
+}

@@ -1,0 +1,331 @@
+//! Offline verification of a whole log directory.
+//!
+//! Checks, record by record in order: the line is complete, is a JSON object in canonical form,
+//! `v` is known, `log_id` is the log's, `seq` is the previous plus one, `prev` is the SHA-256 of
+//! the previous line, `ts` is well-formed, every segment starts with a `segment_start` naming
+//! itself and its predecessor, and every checkpoint's `tree_size` equals its `seq`, its `root`
+//! equals the root recomputed from all records before it, and its signature verifies with the
+//! public key (whose id must match `key_id`).
+//!
+//! Consistency between checkpoints: because every root is checked against the tree recomputed
+//! from the records themselves, each later root provably extends each earlier one (both are
+//! prefixes of the same leaf sequence), and tree sizes increase with `seq`. No RFC 9162
+//! consistency proof is needed when the verifier has all records; [`super::prove`] provides
+//! inclusion proofs for auditors that hold only a checkpoint.
+
+use std::path::Path;
+
+use ed25519_dalek::VerifyingKey;
+use serde_json::Value;
+
+use super::chain::{from_hex, leaf_hash, record_hash, to_hex, Hash, GENESIS};
+use super::merkle::Frontier;
+use super::record::{parse_ts_ms, Kind, FORMAT_VERSION};
+use super::{canonical, checkpoint, keys, segment};
+
+/// What an intact log contains.
+#[derive(Debug, Clone, Default)]
+pub struct Report {
+    pub log_id: String,
+    pub records: u64,
+    pub segments: usize,
+    pub checkpoints: u64,
+    /// `(tree_size, root)` of the last checkpoint.
+    pub last_checkpoint: Option<(u64, String)>,
+    /// Records after the last checkpoint: chained but not yet signed.
+    pub uncovered: u64,
+    pub signatures_checked: bool,
+}
+
+/// The first bad place in a log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub file: String,
+    pub line: u64,
+    pub seq: Option<u64>,
+    pub what: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.seq {
+            Some(s) => write!(f, "{}:{} seq={s}: {}", self.file, self.line, self.what),
+            None => write!(f, "{}:{}: {}", self.file, self.line, self.what),
+        }
+    }
+}
+
+struct State<'k> {
+    key: Option<&'k VerifyingKey>,
+    key_id: Option<String>,
+    log_id: Option<String>,
+    expect_seq: u64,
+    prev: Hash,
+    prev_at: String,
+    frontier: Frontier,
+    report: Report,
+}
+
+pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Failure> {
+    let dir_fail = |what: String| Failure {
+        file: dir.display().to_string(),
+        line: 0,
+        seq: None,
+        what,
+    };
+    let segs = segment::list(dir).map_err(|e| dir_fail(format!("cannot list: {e}")))?;
+    if segs.is_empty() {
+        return Err(dir_fail(
+            "no audit segments (audit-NNNNNN.jsonl) here".into(),
+        ));
+    }
+    let mut st = State {
+        key,
+        key_id: key.map(keys::key_id),
+        log_id: None,
+        expect_seq: 0,
+        prev: GENESIS,
+        prev_at: String::new(),
+        frontier: Frontier::new(),
+        report: Report {
+            signatures_checked: key.is_some(),
+            ..Report::default()
+        },
+    };
+    let mut prev_name: Option<String> = None;
+    let mut prev_index: Option<u64> = None;
+    for (index, path) in &segs {
+        let name = segment::name(*index);
+        let file = path.display().to_string();
+        if let Some(p) = prev_index {
+            if *index != p + 1 {
+                return Err(Failure {
+                    file,
+                    line: 0,
+                    seq: None,
+                    what: format!("segment(s) missing between {} and {name}", segment::name(p)),
+                });
+            }
+        }
+        let mut lines = segment::open_lines(path).map_err(|e| Failure {
+            file: file.clone(),
+            line: 0,
+            seq: None,
+            what: format!("cannot read: {e}"),
+        })?;
+        let mut first = true;
+        loop {
+            let line = match lines.next_line() {
+                Ok(Some(l)) => l,
+                Ok(None) => break,
+                Err(e) => {
+                    return Err(Failure {
+                        file,
+                        line: 0,
+                        seq: None,
+                        what: format!("read error: {e}"),
+                    })
+                }
+            };
+            let at = |seq: Option<u64>, what: String| Failure {
+                file: file.clone(),
+                line: line.number,
+                seq,
+                what,
+            };
+            let v = check_line(&mut st, &line).map_err(|(seq, what)| at(seq, what))?;
+            let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
+            let seq = v.get("seq").and_then(Value::as_u64);
+            if first != (kind == Kind::SegmentStart.as_str()) {
+                return Err(at(
+                    seq,
+                    if first {
+                        format!("the first record of {name} is `{kind}`, not `segment_start` (records removed from the start of the segment?)")
+                    } else {
+                        "a `segment_start` record in the middle of a segment".into()
+                    },
+                ));
+            }
+            if first {
+                if v.get("segment").and_then(Value::as_str) != Some(name.as_str()) {
+                    return Err(at(seq, format!("segment_start names segment {:?}, but the file is {name} (segments renamed?)", v.get("segment").and_then(Value::as_str).unwrap_or(""))));
+                }
+                let pv = v.get("prev_segment").and_then(Value::as_str);
+                if pv != prev_name.as_deref() {
+                    return Err(at(
+                        seq,
+                        format!(
+                            "segment_start says the previous segment is {:?}, but it is {:?}",
+                            pv, prev_name
+                        ),
+                    ));
+                }
+            }
+            first = false;
+            st.prev_at = format!("{file}:{} seq={}", line.number, seq.unwrap_or_default());
+        }
+        if first {
+            // An empty segment is only what a crash right after rotation leaves.
+            if *index != segs.last().map_or(0, |s| s.0) {
+                return Err(Failure {
+                    file,
+                    line: 0,
+                    seq: None,
+                    what: "empty segment in the middle of the log (records removed?)".into(),
+                });
+            }
+        }
+        prev_name = Some(name);
+        prev_index = Some(*index);
+        st.report.segments += 1;
+    }
+    if st.report.records == 0 {
+        let (_, last) = &segs[segs.len() - 1];
+        return Err(Failure {
+            file: last.display().to_string(),
+            line: 0,
+            seq: None,
+            what: "the log holds no records (emptied?)".into(),
+        });
+    }
+    st.report.log_id = st.log_id.unwrap_or_default();
+    st.report.uncovered = match &st.report.last_checkpoint {
+        Some((size, _)) => st.report.records.saturating_sub(size + 1),
+        None => st.report.records,
+    };
+    Ok(st.report)
+}
+
+fn check_line(st: &mut State<'_>, line: &segment::Line) -> Result<Value, (Option<u64>, String)> {
+    if line.too_long {
+        return Err((
+            None,
+            format!(
+                "line longer than {} bytes: not a record",
+                segment::MAX_LINE_BYTES
+            ),
+        ));
+    }
+    if !line.complete {
+        return Err((
+            None,
+            "truncated record (the file ends without a newline)".into(),
+        ));
+    }
+    let v: Value = serde_json::from_slice(&line.bytes).map_err(|e| {
+        (
+            None,
+            format!("not valid JSON ({e}): the record was altered or damaged"),
+        )
+    })?;
+    let seq = v.get("seq").and_then(Value::as_u64);
+    let bad = |what: String| (seq, what);
+    if !v.is_object() {
+        return Err(bad("not a JSON object".into()));
+    }
+    match canonical::to_vec(&v) {
+        Ok(c) if c == line.bytes => {}
+        Ok(_) => {
+            return Err(bad(
+                "not in canonical JSON form (the record was edited)".into()
+            ))
+        }
+        Err(e) => return Err(bad(format!("not canonical: {e}"))),
+    }
+    if v.get("v").and_then(Value::as_u64) != Some(FORMAT_VERSION) {
+        return Err(bad(format!(
+            "unknown format version `v` (expected {FORMAT_VERSION})"
+        )));
+    }
+    let log_id = v
+        .get("log_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad("no `log_id`".into()))?;
+    match &st.log_id {
+        None => st.log_id = Some(log_id.to_string()),
+        Some(id) if id != log_id => {
+            return Err(bad(format!(
+            "log_id {log_id} differs from the log's {id} (records from another log spliced in?)"
+        )))
+        }
+        Some(_) => {}
+    }
+    let Some(seq_n) = seq else {
+        return Err(bad("no `seq`".into()));
+    };
+    if seq_n != st.expect_seq {
+        return Err(bad(format!(
+            "seq is {seq_n}, expected {}: a record is missing, duplicated or out of order",
+            st.expect_seq
+        )));
+    }
+    let prev = v.get("prev").and_then(Value::as_str).and_then(from_hex);
+    if prev != Some(st.prev) {
+        let what = if st.expect_seq == 0 {
+            "the first record's `prev` is not 64 zeros".to_string()
+        } else {
+            format!(
+                "`prev` does not match the hash of the preceding record ({}): that record or this one was altered",
+                st.prev_at
+            )
+        };
+        return Err(bad(what));
+    }
+    if v.get("ts")
+        .and_then(Value::as_str)
+        .and_then(parse_ts_ms)
+        .is_none()
+    {
+        return Err(bad(
+            "`ts` is not an RFC 3339 UTC timestamp with milliseconds".into(),
+        ));
+    }
+    let kind = v.get("kind").and_then(Value::as_str).unwrap_or_default();
+    if Kind::parse(kind).is_none() {
+        return Err(bad(format!("unknown kind `{kind}`")));
+    }
+    if kind == Kind::Checkpoint.as_str() {
+        check_checkpoint(st, &v, seq_n).map_err(bad)?;
+    }
+    st.frontier.push(leaf_hash(&line.bytes));
+    st.prev = record_hash(&line.bytes);
+    st.expect_seq += 1;
+    st.report.records += 1;
+    Ok(v)
+}
+
+fn check_checkpoint(st: &mut State<'_>, v: &Value, seq: u64) -> Result<(), String> {
+    let size = v.get("tree_size").and_then(Value::as_u64);
+    if size != Some(seq) {
+        return Err(format!(
+            "checkpoint tree_size {size:?} is not its own seq {seq}"
+        ));
+    }
+    let root_hex = v.get("root").and_then(Value::as_str).unwrap_or_default();
+    let expect = st.frontier.root();
+    if from_hex(root_hex) != Some(expect) {
+        return Err(format!(
+            "checkpoint root {root_hex} differs from the root {} recomputed from records 0..{seq}: an earlier record was altered",
+            to_hex(&expect)
+        ));
+    }
+    let key_id = v.get("key_id").and_then(Value::as_str).unwrap_or_default();
+    let sig = v.get("sig").and_then(Value::as_str).unwrap_or_default();
+    if let (Some(key), Some(want)) = (st.key, &st.key_id) {
+        if key_id != want {
+            return Err(format!(
+                "checkpoint is signed by key id {key_id}, not by the given public key ({want})"
+            ));
+        }
+        let log_id = st.log_id.as_deref().unwrap_or_default();
+        if !checkpoint::verify(key, log_id, seq, &expect, sig) {
+            return Err(
+                "checkpoint signature does not verify with the public key (forged checkpoint)"
+                    .into(),
+            );
+        }
+    }
+    st.report.checkpoints += 1;
+    st.report.last_checkpoint = Some((seq, root_hex.to_string()));
+    Ok(())
+}

@@ -1,0 +1,717 @@
+//! The log: [`AuditLog`] (async front, bounded) and the writer thread (blocking file I/O,
+//! group commit, checkpoints, rotation).
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use ed25519_dalek::SigningKey;
+use serde_json::{Map, Value};
+use tokio::sync::{oneshot, OwnedSemaphorePermit, Semaphore};
+
+use super::chain::{leaf_hash, record_hash, to_hex, Hash, GENESIS};
+use super::config::AuditConfig;
+use super::error::AuditError;
+use super::merkle::Frontier;
+use super::record::{format_ts, AuditEvent, Kind, Redact, FORMAT_VERSION};
+use super::{canonical, checkpoint, keys, recover, segment};
+use crate::policy::FsyncMode;
+
+/// A record's sequence number.
+pub type Seq = u64;
+
+/// File name of the key generated when the policy names none.
+pub const GENERATED_KEY_FILE: &str = "signing.key";
+
+enum Msg {
+    Append {
+        event: Map<String, Value>,
+        reply: oneshot::Sender<Result<Seq, AuditError>>,
+        // Held until the writer has taken the record: this is the queue bound.
+        _slot: OwnedSemaphorePermit,
+    },
+    Shutdown(oneshot::Sender<Result<(), AuditError>>),
+}
+
+struct Shared {
+    failed: Mutex<Option<String>>,
+    is_failed: AtomicBool,
+}
+
+impl Shared {
+    fn failure(&self) -> Option<String> {
+        if !self.is_failed.load(Ordering::Acquire) {
+            return None;
+        }
+        self.failed.lock().ok().and_then(|g| g.clone())
+    }
+}
+
+/// The audit log. Cheap to clone; all clones write to the same log.
+#[derive(Clone)]
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    tx: Mutex<Option<Sender<Msg>>>,
+    slots: Arc<Semaphore>,
+    shared: Arc<Shared>,
+    redactor: RwLock<Option<Arc<dyn Redact>>>,
+    record_arguments: bool,
+    fail_closed: bool,
+    append_timeout: Duration,
+    log_id: String,
+    dir: PathBuf,
+    key_id: String,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AuditLog")
+            .field("dir", &self.inner.dir)
+            .field("log_id", &self.inner.log_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AuditLog {
+    /// Opens (or creates) the log in `config.dir`: takes an exclusive lock on the directory,
+    /// cuts a torn final record and records that it did, and starts the writer thread.
+    ///
+    /// `key`: the checkpoint signing key; `None` reads `config.signing_key`, or else
+    /// `DIR/signing.key`, which is generated (0600, with `signing.key.pub`) if missing.
+    pub fn open(config: &AuditConfig, key: Option<SigningKey>) -> Result<AuditLog, AuditError> {
+        let dir = config.dir.clone();
+        let err = |reason: String| AuditError::Open {
+            dir: dir.display().to_string(),
+            reason,
+        };
+        create_private_dir(&dir).map_err(|e| err(format!("cannot create: {e}")))?;
+        let lock = lock_dir(&dir).map_err(err)?;
+        let key = match key {
+            Some(k) => k,
+            None => load_or_generate_key(config).map_err(err)?,
+        };
+        let key_id = keys::key_id(&key.verifying_key());
+        let tail = recover::scan(&dir).map_err(err)?;
+        let log_id = match &tail.log_id {
+            Some(id) => id.clone(),
+            None => new_log_id().map_err(err)?,
+        };
+        let (index, path, len, fresh) = match &tail.segment {
+            Some((i, p, len)) => (*i, p.clone(), *len, false),
+            None => (1, dir.join(segment::name(1)), 0, true),
+        };
+        let file =
+            open_segment(&path, fresh).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        if fresh {
+            // The new file's directory entry must be durable before any record in it counts.
+            sync_dir(&dir).map_err(|e| err(e.to_string()))?;
+        }
+        let mut w = Writer {
+            dir: dir.clone(),
+            cfg: config.clone(),
+            key,
+            key_id: key_id.clone(),
+            log_id: log_id.clone(),
+            next_seq: tail.next_seq,
+            prev: tail.prev,
+            frontier: tail.frontier.clone(),
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+            seg_index: index,
+            seg_path: path,
+            seg_len: len,
+            seg_records: 0,
+            seg_opened: Instant::now(),
+            file,
+            dirty: false,
+            shared: Arc::new(Shared {
+                failed: Mutex::new(None),
+                is_failed: AtomicBool::new(false),
+            }),
+            _lock: lock,
+        };
+        if tail.next_seq > 0 && tail.prev == GENESIS {
+            return Err(err("inconsistent log state".into()));
+        }
+        w.start(&tail).map_err(|e| err(e.to_string()))?;
+        let shared = w.shared.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || w.run(rx))
+            .map_err(|e| err(format!("cannot start the writer thread: {e}")))?;
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                tx: Mutex::new(Some(tx)),
+                slots: Arc::new(Semaphore::new(config.queue_capacity.max(1))),
+                shared,
+                redactor: RwLock::new(None),
+                record_arguments: config.record_arguments,
+                fail_closed: config.fail_closed,
+                append_timeout: config.append_timeout,
+                log_id,
+                dir,
+                key_id,
+            }),
+        })
+    }
+
+    /// Appends one record. Resolves with its `seq` once the record is durable as the fsync mode
+    /// says: `always`/`group` after `fdatasync` of the batch holding it, `none` after `write(2)`.
+    /// Waits (asynchronously) while the queue is full.
+    ///
+    /// Errors: [`AuditError::Failed`] once the log is fail-closed after a write error (every
+    /// later append too); [`AuditError::Io`] for the batch that hit the error; `Timeout`, `Closed`,
+    /// `Reserved`, `Encode` as documented there. When [`AuditLog::fail_closed`] is true the
+    /// gateway must refuse the call on any error.
+    pub fn append(
+        &self,
+        event: AuditEvent,
+    ) -> impl std::future::Future<Output = Result<Seq, AuditError>> + Send + 'static {
+        let inner = self.inner.clone();
+        async move {
+            if event.kind.log_only() {
+                return Err(AuditError::Reserved(event.kind.as_str()));
+            }
+            if let Some(reason) = inner.shared.failure() {
+                return Err(AuditError::Failed(reason));
+            }
+            let limit = inner.append_timeout;
+            let work = async {
+                let slot = inner
+                    .slots
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| AuditError::Closed)?;
+                let (reply, rx) = oneshot::channel();
+                let event = inner.prepare(event);
+                let sent = match inner.tx.lock() {
+                    Ok(g) => g.as_ref().map(|tx| {
+                        tx.send(Msg::Append {
+                            event,
+                            reply,
+                            _slot: slot,
+                        })
+                    }),
+                    Err(_) => None,
+                };
+                match sent {
+                    Some(Ok(())) => {}
+                    _ => return Err(AuditError::Closed),
+                }
+                rx.await.map_err(|_| AuditError::Closed)?
+            };
+            tokio::time::timeout(limit, work)
+                .await
+                .map_err(|_| AuditError::Timeout(limit))?
+        }
+    }
+
+    /// Writes a final checkpoint, syncs, and stops the writer. Later appends fail with `Closed`.
+    pub async fn shutdown(&self) -> Result<(), AuditError> {
+        let (reply, rx) = oneshot::channel();
+        let tx = self.inner.tx.lock().ok().and_then(|mut g| g.take());
+        let Some(tx) = tx else {
+            return Err(AuditError::Closed);
+        };
+        tx.send(Msg::Shutdown(reply))
+            .map_err(|_| AuditError::Closed)?;
+        tokio::time::timeout(self.inner.append_timeout, rx)
+            .await
+            .map_err(|_| AuditError::Timeout(self.inner.append_timeout))?
+            .map_err(|_| AuditError::Closed)?
+    }
+
+    /// Sets what replaces secret values in `detail` and recorded arguments. Until one is set,
+    /// arguments are never written even with `record_arguments = true`.
+    pub fn set_redactor(&self, r: Arc<dyn Redact>) {
+        if let Ok(mut g) = self.inner.redactor.write() {
+            *g = Some(r);
+        }
+    }
+
+    /// Whether the gateway must refuse calls when `append` fails.
+    pub fn fail_closed(&self) -> bool {
+        self.inner.fail_closed
+    }
+
+    /// The reason the log stopped accepting records, if it did.
+    pub fn failure(&self) -> Option<String> {
+        self.inner.shared.failure()
+    }
+
+    pub fn log_id(&self) -> &str {
+        &self.inner.log_id
+    }
+
+    pub fn key_id(&self) -> &str {
+        &self.inner.key_id
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+impl Inner {
+    fn prepare(&self, event: AuditEvent) -> Map<String, Value> {
+        let red = self.redactor.read().ok().and_then(|g| g.clone());
+        event.into_fields(self.record_arguments, red.as_deref())
+    }
+}
+
+fn create_private_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// One writer per directory: a second gateway on the same log would fork the chain.
+fn lock_dir(dir: &Path) -> Result<File, String> {
+    use std::os::fd::AsRawFd;
+    let path = dir.join(".lock");
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    #[allow(deprecated)]
+    nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock)
+        .map_err(|e| format!("another process is writing this log ({e})"))?;
+    Ok(f)
+}
+
+fn load_or_generate_key(config: &AuditConfig) -> Result<SigningKey, String> {
+    if let Some(p) = &config.signing_key {
+        return keys::read_signing(p).map_err(|e| e.to_string());
+    }
+    let p = config.dir.join(GENERATED_KEY_FILE);
+    if p.exists() {
+        return keys::read_signing(&p).map_err(|e| e.to_string());
+    }
+    let k = keys::generate().map_err(|e| e.to_string())?;
+    keys::write_pair(&p, &k).map_err(|e| e.to_string())?;
+    tracing::warn!(
+        key = %p.display(),
+        public = %keys::pub_path(&p).display(),
+        key_id = %keys::key_id(&k.verifying_key()),
+        "generated an audit signing key inside the audit directory; copy the .pub file somewhere trusted for `audit verify --pubkey`, and set [audit] signing_key to a key kept outside the log directory"
+    );
+    Ok(k)
+}
+
+fn new_log_id() -> Result<String, String> {
+    let mut b = [0u8; 16];
+    getrandom::getrandom(&mut b).map_err(|e| e.to_string())?;
+    Ok(hex::encode(b))
+}
+
+fn open_segment(path: &Path, create: bool) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut o = std::fs::OpenOptions::new();
+    o.append(true).mode(0o600);
+    if create {
+        // Never adopt a file someone else put there.
+        o.create_new(true);
+    }
+    o.open(path)
+}
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+struct Writer {
+    dir: PathBuf,
+    cfg: AuditConfig,
+    key: SigningKey,
+    key_id: String,
+    log_id: String,
+    next_seq: Seq,
+    prev: Hash,
+    frontier: Frontier,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+    seg_index: u64,
+    seg_path: PathBuf,
+    seg_len: u64,
+    /// Records in the current segment written by this process.
+    seg_records: u64,
+    seg_opened: Instant,
+    file: File,
+    /// Bytes of an unfinished batch may be in the file.
+    dirty: bool,
+    shared: Arc<Shared>,
+    _lock: File,
+}
+
+/// Chain state to return to when a batch could not be written.
+struct Snapshot {
+    next_seq: Seq,
+    prev: Hash,
+    frontier: Frontier,
+    since_checkpoint: u64,
+    seg_len: u64,
+    seg_records: u64,
+}
+
+type Reply = oneshot::Sender<Result<Seq, AuditError>>;
+
+impl Writer {
+    /// Records written synchronously at open: the new segment's header and what recovery did.
+    fn start(&mut self, tail: &recover::Tail) -> Result<(), AuditError> {
+        let mut buf = Vec::new();
+        if self.seg_len == 0 {
+            let prev_segment = (self.seg_index > 1).then(|| segment::name(self.seg_index - 1));
+            self.segment_start(&mut buf, prev_segment)?;
+        }
+        // A clean stop ends with a checkpoint, and rotation writes a segment's header at once,
+        // so an empty newest segment after earlier records also means the run was cut short.
+        let empty_newest = matches!(&tail.segment, Some((_, _, 0)));
+        let unclean =
+            tail.next_seq > 0 && (tail.last_kind.as_deref() != Some("checkpoint") || empty_newest);
+        if tail.truncated.is_some() || unclean {
+            let mut m = Map::new();
+            m.insert("kind".into(), Kind::Recovery.as_str().into());
+            let detail = match &tail.truncated {
+                Some((name, offset, bytes)) => {
+                    m.insert("segment".into(), name.clone().into());
+                    m.insert("offset".into(), (*offset).into());
+                    m.insert("truncated_bytes".into(), (*bytes).into());
+                    format!(
+                        "cut a torn final record of {bytes} bytes at offset {offset} of {name}; records from seq {} on continue the chain",
+                        self.next_seq
+                    )
+                }
+                None => "the previous run stopped without a final checkpoint (crash or kill); the chain continues".to_string(),
+            };
+            tracing::warn!(detail = %detail, "audit log recovery");
+            m.insert("detail".into(), detail.into());
+            self.encode(&mut buf, m)?;
+        }
+        if buf.is_empty() {
+            return Ok(());
+        }
+        self.write_durable(&buf, true)
+            .map_err(|e| AuditError::Io(e.to_string()))
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            let wait = self
+                .next_deadline()
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_secs(1));
+            let first = match rx.recv_timeout(wait) {
+                Ok(m) => m,
+                Err(RecvTimeoutError::Timeout) => {
+                    self.tick();
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let _ = self.finish();
+                    return;
+                }
+            };
+            let mut appends = Vec::new();
+            let mut shutdown = None;
+            let mut push = |m: Msg, appends: &mut Vec<(Map<String, Value>, Reply)>| match m {
+                Msg::Append { event, reply, .. } => appends.push((event, reply)),
+                Msg::Shutdown(tx) => shutdown = Some(tx),
+            };
+            push(first, &mut appends);
+            while appends.len() < self.cfg.max_batch.max(1) {
+                match rx.try_recv() {
+                    Ok(m) => push(m, &mut appends),
+                    Err(_) => break,
+                }
+            }
+            if self.cfg.fsync == FsyncMode::Always {
+                for a in appends {
+                    self.commit(vec![a]);
+                }
+            } else if !appends.is_empty() {
+                self.commit(appends);
+            }
+            self.tick();
+            if let Some(tx) = shutdown {
+                let _ = tx.send(self.finish());
+                return;
+            }
+        }
+    }
+
+    fn next_deadline(&self) -> Instant {
+        let mut d = self.seg_opened + self.cfg.rotate_interval;
+        if self.since_checkpoint > 0 {
+            d = d.min(self.last_checkpoint + self.cfg.checkpoint_interval);
+        }
+        d
+    }
+
+    fn tick(&mut self) {
+        if self.shared.failure().is_some() {
+            return;
+        }
+        let now = Instant::now();
+        let r = if now >= self.seg_opened + self.cfg.rotate_interval && self.seg_records > 1 {
+            self.rotate()
+        } else if self.since_checkpoint > 0
+            && now >= self.last_checkpoint + self.cfg.checkpoint_interval
+        {
+            self.standalone_checkpoint()
+        } else {
+            Ok(())
+        };
+        if let Err(e) = r {
+            self.fail(&e);
+        }
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            next_seq: self.next_seq,
+            prev: self.prev,
+            frontier: self.frontier.clone(),
+            since_checkpoint: self.since_checkpoint,
+            seg_len: self.seg_len,
+            seg_records: self.seg_records,
+        }
+    }
+
+    fn restore(&mut self, s: Snapshot) -> std::io::Result<()> {
+        self.next_seq = s.next_seq;
+        self.prev = s.prev;
+        self.frontier = s.frontier;
+        self.since_checkpoint = s.since_checkpoint;
+        self.seg_records = s.seg_records;
+        if std::mem::take(&mut self.dirty) {
+            // A partial (or unsynced) write would otherwise sit in front of the next record.
+            self.file.set_len(s.seg_len)?;
+        }
+        self.seg_len = s.seg_len;
+        Ok(())
+    }
+
+    fn commit(&mut self, appends: Vec<(Map<String, Value>, Reply)>) {
+        if let Some(reason) = self.shared.failure() {
+            for (_, r) in appends {
+                let _ = r.send(Err(AuditError::Failed(reason.clone())));
+            }
+            return;
+        }
+        if self.seg_len >= self.cfg.max_segment_bytes {
+            if let Err(e) = self.rotate() {
+                let e = self.fail(&e);
+                for (_, r) in appends {
+                    let _ = r.send(Err(e.clone()));
+                }
+                return;
+            }
+        }
+        let snap = self.snapshot();
+        let mut buf = Vec::with_capacity(appends.len() * 320);
+        let mut waiting = Vec::with_capacity(appends.len());
+        for (fields, reply) in appends {
+            match self.encode(&mut buf, fields) {
+                Ok(seq) => waiting.push((seq, reply)),
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                }
+            }
+        }
+        if self.since_checkpoint >= self.cfg.checkpoint_every {
+            if let Err(e) = self.checkpoint(&mut buf) {
+                for (_, r) in waiting {
+                    let _ = r.send(Err(e.clone()));
+                }
+                return;
+            }
+        }
+        let sync = self.cfg.fsync != FsyncMode::None;
+        match self.write_durable(&buf, sync) {
+            Ok(()) => {
+                for (seq, r) in waiting {
+                    let _ = r.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                let mut err = e.to_string();
+                if let Err(e2) = self.restore(snap) {
+                    err = format!("{err}; and cannot undo the partial write: {e2}");
+                    self.set_failed(&err);
+                }
+                let e = self.fail(&err);
+                for (_, r) in waiting {
+                    let _ = r.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Handles a write failure; returns the error the affected appenders get.
+    fn fail(&mut self, err: &(impl std::fmt::Display + ?Sized)) -> AuditError {
+        let err = err.to_string();
+        if self.cfg.fail_closed {
+            self.set_failed(&err);
+            tracing::error!(error = %err, dir = %self.dir.display(), "AUDIT LOG FAILED: fail_closed is on, every call is now refused until the log is fixed and the gateway restarted");
+        } else {
+            tracing::error!(error = %err, dir = %self.dir.display(), "AUDIT RECORDS LOST: the audit log cannot be written and fail_closed is off, so calls continue unaudited");
+        }
+        AuditError::Io(err)
+    }
+
+    fn set_failed(&self, err: &str) {
+        if let Ok(mut g) = self.shared.failed.lock() {
+            if g.is_none() {
+                *g = Some(err.to_string());
+            }
+        }
+        self.shared.is_failed.store(true, Ordering::Release);
+    }
+
+    /// Adds the header, serializes, and advances the chain state (in memory only).
+    fn encode(
+        &mut self,
+        buf: &mut Vec<u8>,
+        mut fields: Map<String, Value>,
+    ) -> Result<Seq, AuditError> {
+        let seq = self.next_seq;
+        fields.insert("v".into(), FORMAT_VERSION.into());
+        fields.insert("log_id".into(), self.log_id.clone().into());
+        fields.insert("seq".into(), seq.into());
+        fields.insert("ts".into(), format_ts(SystemTime::now()).into());
+        fields.insert("prev".into(), to_hex(&self.prev).into());
+        let bytes = canonical::to_vec(&Value::Object(fields))
+            .map_err(|e| AuditError::Encode(e.to_string()))?;
+        self.prev = record_hash(&bytes);
+        self.frontier.push(leaf_hash(&bytes));
+        self.next_seq += 1;
+        self.since_checkpoint += 1;
+        self.seg_records += 1;
+        buf.extend_from_slice(&bytes);
+        buf.push(b'\n');
+        Ok(seq)
+    }
+
+    fn checkpoint(&mut self, buf: &mut Vec<u8>) -> Result<Seq, AuditError> {
+        let size = self.next_seq;
+        let root = self.frontier.root();
+        let mut m = Map::new();
+        m.insert("kind".into(), Kind::Checkpoint.as_str().into());
+        m.insert("tree_size".into(), size.into());
+        m.insert("root".into(), to_hex(&root).into());
+        m.insert("key_id".into(), self.key_id.clone().into());
+        m.insert(
+            "sig".into(),
+            checkpoint::sign(&self.key, &self.log_id, size, &root).into(),
+        );
+        let seq = self.encode(buf, m)?;
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        Ok(seq)
+    }
+
+    fn standalone_checkpoint(&mut self) -> Result<(), String> {
+        let snap = self.snapshot();
+        let mut buf = Vec::new();
+        self.checkpoint(&mut buf).map_err(|e| e.to_string())?;
+        let sync = self.cfg.fsync != FsyncMode::None;
+        if let Err(e) = self.write_durable(&buf, sync) {
+            if let Err(e2) = self.restore(snap) {
+                self.set_failed(&format!("{e}; and cannot undo the partial write: {e2}"));
+            }
+            return Err(e.to_string());
+        }
+        Ok(())
+    }
+
+    fn segment_start(
+        &mut self,
+        buf: &mut Vec<u8>,
+        prev_segment: Option<String>,
+    ) -> Result<Seq, AuditError> {
+        let mut m = Map::new();
+        m.insert("kind".into(), Kind::SegmentStart.as_str().into());
+        m.insert("segment".into(), segment::name(self.seg_index).into());
+        if let Some(p) = prev_segment {
+            m.insert("prev_segment".into(), p.into());
+        }
+        self.encode(buf, m)
+    }
+
+    /// Closes the segment with a checkpoint and starts the next one with its header.
+    fn rotate(&mut self) -> Result<(), String> {
+        if self.since_checkpoint > 0 {
+            self.standalone_checkpoint()?;
+        }
+        let next = self.seg_index + 1;
+        let path = self.dir.join(segment::name(next));
+        let file = open_segment(&path, true).map_err(|e| format!("{}: {e}", path.display()))?;
+        sync_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let old = segment::name(self.seg_index);
+        self.file = file;
+        self.seg_index = next;
+        self.seg_path = path;
+        self.seg_len = 0;
+        self.seg_records = 0;
+        self.seg_opened = Instant::now();
+        let mut buf = Vec::new();
+        self.segment_start(&mut buf, Some(old))
+            .map_err(|e| e.to_string())?;
+        self.write_durable(&buf, self.cfg.fsync != FsyncMode::None)
+            .map_err(|e| format!("{}: {e}", self.seg_path.display()))
+    }
+
+    fn write_durable(&mut self, buf: &[u8], sync: bool) -> std::io::Result<()> {
+        let mut rest = buf;
+        while !rest.is_empty() {
+            match self.file.write(rest) {
+                Ok(0) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::WriteZero,
+                        "the segment accepted no more bytes",
+                    ))
+                }
+                Ok(n) => {
+                    self.dirty = true;
+                    rest = &rest[n..];
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        if sync {
+            self.file.sync_data()?;
+        }
+        self.dirty = false;
+        self.seg_len += buf.len() as u64;
+        Ok(())
+    }
+
+    fn finish(&mut self) -> Result<(), AuditError> {
+        if let Some(reason) = self.shared.failure() {
+            return Err(AuditError::Failed(reason));
+        }
+        if self.since_checkpoint > 0 {
+            self.standalone_checkpoint().map_err(|e| self.fail(&e))?;
+        }
+        self.file
+            .sync_all()
+            .map_err(|e| AuditError::Io(e.to_string()))
+    }
+}

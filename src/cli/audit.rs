@@ -1,0 +1,348 @@
+//! `portcullis audit keygen|verify|tail|prove|verify-proof|export`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Subcommand, ValueEnum};
+use serde_json::Value;
+
+use crate::audit::{export, keys, prove, segment, verify, writer::GENERATED_KEY_FILE};
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Write an Ed25519 checkpoint key pair: PATH (private, 0600) and PATH.pub (hex).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check a log offline: seq continuity, hash links, checkpoint roots and signatures.
+    /// Exits 0 when intact, 1 naming the first bad record as FILE:LINE seq=N otherwise.
+    Verify {
+        /// Public key file (from `audit keygen`, or signing.key.pub). Without it the key in DIR is
+        /// used, with a warning, and without either signatures are not checked.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        dir: PathBuf,
+    },
+    /// Print records readably, optionally following new ones.
+    Tail {
+        #[arg(long, short)]
+        follow: bool,
+        /// Show only this kind (call, result, denied, checkpoint, ...).
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long)]
+        server: Option<String>,
+        #[arg(long)]
+        client: Option<String>,
+        /// Number of past records to show first (0 = all).
+        #[arg(long, short = 'n', default_value_t = 20)]
+        lines: usize,
+        dir: PathBuf,
+    },
+    /// Print an RFC 9162 inclusion proof of record N against the latest checkpoint (JSON).
+    Prove {
+        #[arg(long)]
+        seq: u64,
+        dir: PathBuf,
+    },
+    /// Check a proof printed by `audit prove` (FILE, or - for stdin).
+    VerifyProof {
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        proof: PathBuf,
+    },
+    /// Print records with from <= seq <= to as JSON Lines or CEF.
+    Export {
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = u64::MAX)]
+        to: u64,
+        #[arg(long, value_enum, default_value_t = ExportFormat::Jsonl)]
+        format: ExportFormat,
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Jsonl,
+    Cef,
+}
+
+pub fn run(cmd: AuditCommand) -> ExitCode {
+    match cmd {
+        AuditCommand::Keygen { out } => keygen(&out),
+        AuditCommand::Verify { pubkey, dir } => verify_cmd(pubkey.as_deref(), &dir),
+        AuditCommand::Tail {
+            follow,
+            kind,
+            server,
+            client,
+            lines,
+            dir,
+        } => tail(
+            &dir,
+            follow,
+            &Filter {
+                kind,
+                server,
+                client,
+            },
+            lines,
+        ),
+        AuditCommand::Prove { seq, dir } => match prove::prove(&dir, seq) {
+            Ok(p) => match serde_json::to_string_pretty(&p) {
+                Ok(s) => {
+                    out(&format!("{s}\n"));
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e.to_string()),
+            },
+            Err(e) => fail(&e),
+        },
+        AuditCommand::VerifyProof { pubkey, proof } => verify_proof(pubkey.as_deref(), &proof),
+        AuditCommand::Export {
+            from,
+            to,
+            format,
+            dir,
+        } => {
+            let stdout = std::io::stdout();
+            let mut w = std::io::BufWriter::new(stdout.lock());
+            let r = export::each_record(&dir, from, to, |bytes, v| match format {
+                ExportFormat::Jsonl => {
+                    w.write_all(bytes)?;
+                    w.write_all(b"\n")
+                }
+                ExportFormat::Cef => writeln!(w, "{}", export::to_cef(v)),
+            });
+            let _ = w.flush();
+            match r {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+fn keygen(path: &Path) -> ExitCode {
+    let key = match keys::generate() {
+        Ok(k) => k,
+        Err(e) => return fail(&e.to_string()),
+    };
+    match keys::write_pair(path, &key) {
+        Ok(()) => {
+            out(&format!(
+                "wrote {} (private, mode 0600) and {} (public); key id {}\n",
+                path.display(),
+                keys::pub_path(path).display(),
+                keys::key_id(&key.verifying_key())
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn verify_cmd(pubkey: Option<&Path>, dir: &Path) -> ExitCode {
+    let key = match pubkey {
+        Some(p) => match keys::read_verifying(p) {
+            Ok(k) => Some(k),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        None => {
+            let p = keys::pub_path(&dir.join(GENERATED_KEY_FILE));
+            match keys::read_verifying(&p) {
+                Ok(k) => {
+                    eprintln!("warning: using {} from the log directory itself; whoever can rewrite the log can replace it too, so pass --pubkey with a copy kept elsewhere", p.display());
+                    Some(k)
+                }
+                Err(_) => {
+                    eprintln!("warning: no --pubkey and no {}: checkpoint signatures are NOT checked (chain and Merkle roots are)", p.display());
+                    None
+                }
+            }
+        }
+    };
+    match verify::verify_dir(dir, key.as_ref()) {
+        Ok(r) => {
+            let mut s = format!(
+                "{}: ok: {} records in {} segment(s), log {}, {} checkpoint(s)",
+                dir.display(),
+                r.records,
+                r.segments,
+                r.log_id,
+                r.checkpoints
+            );
+            if let Some((size, root)) = &r.last_checkpoint {
+                s.push_str(&format!(", last covers {size} records with root {root}"));
+            }
+            if r.signatures_checked {
+                if let Some(k) = &key {
+                    s.push_str(&format!(
+                        ", signatures verified (key id {})",
+                        keys::key_id(k)
+                    ));
+                }
+            }
+            out(&format!("{s}\n"));
+            if r.uncovered > 0 {
+                eprintln!("warning: the last {} record(s) come after the last checkpoint: they are hash-chained but not yet signed (a crash, or the log is still being written)", r.uncovered);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            eprintln!("TAMPERED or damaged audit log: {f}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn verify_proof(pubkey: Option<&Path>, proof: &Path) -> ExitCode {
+    let text = if proof == Path::new("-") {
+        let mut s = String::new();
+        if let Err(e) = std::io::Read::read_to_string(&mut std::io::stdin(), &mut s) {
+            return fail(&e.to_string());
+        }
+        s
+    } else {
+        match std::fs::read_to_string(proof) {
+            Ok(s) => s,
+            Err(e) => return fail(&format!("{}: {e}", proof.display())),
+        }
+    };
+    let p: prove::Proof = match serde_json::from_str(&text) {
+        Ok(p) => p,
+        Err(e) => return fail(&format!("not a proof: {e}")),
+    };
+    let key = match pubkey.map(keys::read_verifying).transpose() {
+        Ok(k) => k,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if key.is_none() {
+        eprintln!("warning: no --pubkey: the checkpoint signature is not checked");
+    }
+    match prove::verify_proof(&p, key.as_ref()) {
+        Ok(()) => {
+            out(&format!(
+                "ok: record seq={} is included in the checkpoint of tree size {} (root {})\n",
+                p.seq, p.tree_size, p.root
+            ));
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&format!("proof does not verify: {e}")),
+    }
+}
+
+struct Filter {
+    kind: Option<String>,
+    server: Option<String>,
+    client: Option<String>,
+}
+
+impl Filter {
+    fn matches(&self, v: &Value) -> bool {
+        let eq = |want: &Option<String>, k: &str| {
+            want.as_deref()
+                .is_none_or(|w| v.get(k).and_then(Value::as_str) == Some(w))
+        };
+        eq(&self.kind, "kind") && eq(&self.server, "server") && eq(&self.client, "client")
+    }
+}
+
+fn pretty(v: &Value) -> String {
+    let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
+    let mut line = format!(
+        "{} #{:<7} {:<15}",
+        s("ts"),
+        v.get("seq").and_then(Value::as_u64).unwrap_or(0),
+        s("kind")
+    );
+    for k in ["client", "server", "tool", "method", "outcome"] {
+        if !s(k).is_empty() {
+            line.push_str(&format!(" {k}={}", s(k)));
+        }
+    }
+    if let Some(c) = v.get("error_code").and_then(Value::as_i64) {
+        line.push_str(&format!(" code={c}"));
+    }
+    if let Some(l) = v.get("latency_us").and_then(Value::as_u64) {
+        line.push_str(&format!(" {:.1}ms", l as f64 / 1000.0));
+    }
+    if let Some(n) = v.get("tree_size").and_then(Value::as_u64) {
+        line.push_str(&format!(" tree_size={n} key={}", s("key_id")));
+    }
+    if !s("detail").is_empty() {
+        line.push_str(&format!(" \"{}\"", s("detail").replace(['\n', '\r'], " ")));
+    }
+    line
+}
+
+fn tail(dir: &Path, follow: bool, filter: &Filter, n: usize) -> ExitCode {
+    // Where reading stopped: (segment index, byte offset).
+    let mut pos: Option<(u64, u64)> = None;
+    let mut first = true;
+    loop {
+        let segs = match segment::list(dir) {
+            Ok(s) => s,
+            Err(e) => return fail(&format!("{}: {e}", dir.display())),
+        };
+        let mut shown: std::collections::VecDeque<String> = std::collections::VecDeque::new();
+        for (index, path) in &segs {
+            let start = match pos {
+                Some((i, _)) if *index < i => continue,
+                Some((i, off)) if *index == i => off,
+                _ => 0,
+            };
+            let Ok(mut f) = std::fs::File::open(path) else {
+                continue;
+            };
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(start)).is_err() {
+                continue;
+            }
+            let mut lines = segment::Lines::new(f, start, len.saturating_sub(start));
+            let mut end = start;
+            while let Ok(Some(line)) = lines.next_line() {
+                if !line.complete {
+                    break;
+                }
+                end = line.offset + line.bytes.len() as u64 + 1;
+                let Ok(v) = serde_json::from_slice::<Value>(&line.bytes) else {
+                    continue;
+                };
+                if filter.matches(&v) {
+                    shown.push_back(pretty(&v));
+                    if first && n > 0 && shown.len() > n {
+                        shown.pop_front();
+                    }
+                }
+            }
+            pos = Some((*index, end));
+        }
+        let text: String = shown.into_iter().map(|l| l + "\n").collect();
+        out(&text);
+        if !follow {
+            return ExitCode::SUCCESS;
+        }
+        first = false;
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn out(s: &str) {
+    let mut o = std::io::stdout().lock();
+    let _ = o.write_all(s.as_bytes());
+    let _ = o.flush();
+}
+
+fn fail(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}");
+    ExitCode::FAILURE
+}

@@ -1,0 +1,138 @@
+//! What the router writes into the audit log: a `call` record before a request leaves for its
+//! server and a `result` record before its response is released, both durable; `denied` records
+//! for refusals; container start and stop.
+//!
+//! With `fail_closed` (the default) a call whose record cannot be written is refused, and a
+//! response whose result record cannot be written is withheld: nothing runs unaudited.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+use crate::access::Identity;
+use crate::audit::{AuditEvent, AuditLog, Kind, Outcome};
+use crate::mcp::ErrorCode;
+
+/// Session ids are credentials for their session; the log keeps a correlating digest instead.
+pub fn session_tag(session: &str) -> String {
+    hex::encode(&Sha256::digest(session.as_bytes())[..8])
+}
+
+#[derive(Clone, Default)]
+pub struct AuditTrail {
+    log: Option<Arc<AuditLog>>,
+}
+
+/// The audit log refused a record that the gateway must not go without.
+#[derive(Debug, thiserror::Error)]
+#[error("the audit log cannot be written ({0}); calls are refused rather than run unaudited")]
+pub struct Unaudited(pub String);
+
+impl AuditTrail {
+    pub fn new(log: Option<Arc<AuditLog>>) -> AuditTrail {
+        AuditTrail { log }
+    }
+
+    /// Writes `event` and waits until it is durable. An error is returned only when the log is
+    /// fail-closed; otherwise the loss is logged and the caller goes on.
+    pub async fn record(&self, event: AuditEvent) -> Result<(), Unaudited> {
+        let Some(log) = &self.log else { return Ok(()) };
+        match log.append(event).await {
+            Ok(_) => Ok(()),
+            Err(e) if log.fail_closed() => Err(Unaudited(e.to_string())),
+            Err(e) => {
+                tracing::error!(error = %e, "audit record lost (fail_closed = false)");
+                Ok(())
+            }
+        }
+    }
+
+    /// Writes `event` without waiting (refusals, lifecycle events).
+    pub fn record_later(&self, event: AuditEvent) {
+        if let Some(log) = &self.log {
+            let write = log.append(event);
+            tokio::spawn(async move {
+                if let Err(e) = write.await {
+                    tracing::error!(error = %e, "audit record lost");
+                }
+            });
+        }
+    }
+
+    pub fn call(
+        identity: &Identity,
+        session: &str,
+        server: &str,
+        method: &str,
+        tool: Option<&str>,
+        args: &str,
+    ) -> AuditEvent {
+        let mut ev = AuditEvent::new(Kind::Call)
+            .client(identity.client.to_string())
+            .session(session_tag(session))
+            .server(server)
+            .method(method)
+            .arguments(args)
+            .bytes_in(args.len() as u64);
+        if let Some(t) = tool {
+            ev = ev.tool(t);
+        }
+        ev
+    }
+
+    pub fn result(
+        call: &AuditEvent,
+        outcome: Outcome,
+        latency: Duration,
+        bytes_out: usize,
+    ) -> AuditEvent {
+        let mut ev = AuditEvent::new(Kind::Result)
+            .outcome(outcome)
+            .latency_us(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX))
+            .bytes_out(bytes_out as u64);
+        ev.client = call.client.clone();
+        ev.session = call.session.clone();
+        ev.server = call.server.clone();
+        ev.method = call.method.clone();
+        ev.tool = call.tool.clone();
+        ev.container = call.container.clone();
+        ev.image_digest = call.image_digest.clone();
+        ev.args_sha256 = call.args_sha256.clone();
+        ev
+    }
+
+    pub fn denied(
+        identity: Option<&Identity>,
+        session: Option<&str>,
+        server: Option<&str>,
+        tool: Option<&str>,
+        outcome: Outcome,
+        reason: &str,
+    ) -> AuditEvent {
+        let mut ev = AuditEvent::new(Kind::Denied)
+            .outcome(outcome)
+            .detail(reason);
+        if let Some(i) = identity {
+            ev = ev.client(i.client.to_string());
+        }
+        if let Some(s) = session {
+            ev = ev.session(session_tag(s));
+        }
+        if let Some(s) = server {
+            ev = ev.server(s);
+        }
+        if let Some(t) = tool {
+            ev = ev.tool(t);
+        }
+        ev
+    }
+}
+
+/// The audit outcome of a JSON-RPC error code.
+pub fn outcome_of(code: ErrorCode) -> Outcome {
+    match code {
+        ErrorCode::RATE_LIMITED => Outcome::RateLimited,
+        _ => Outcome::Error(code.0),
+    }
+}

@@ -1,0 +1,334 @@
+//! The audit log as the running gateway writes it: every call and result, every refusal,
+//! verifiable offline, free of secrets, durable across kill -9, and fail-closed.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::client::{tool_text, Mcp, LATEST};
+use common::{gateway_bin, Gateway};
+use serde_json::{json, Value};
+
+const SECRET: &str = "audit-test-secret-value-7Q9";
+
+fn records(dir: &Path) -> Vec<Value> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| serde_json::from_str::<Value>(l).unwrap())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn verify(dir: &Path) -> (bool, String) {
+    let out = Command::new(gateway_bin())
+        .args(["audit", "verify"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+fn policy(audit_dir: &Path, extra: &str) -> String {
+    format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[audit]
+dir = "{}"
+{extra}
+
+[servers.fixture]
+runtime = "process"
+command = "{{fixture}}"
+secrets = {{ API_KEY = "env:AUDIT_TEST_SECRET" }}
+tool_rates = {{ pid = {{ quota = "1/hour", burst = 1 }} }}
+"#,
+        audit_dir.display()
+    )
+}
+
+#[tokio::test]
+async fn calls_results_and_refusals_are_recorded_and_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    {
+        let gw = Gateway::start_with(
+            &policy(&audit, "record_arguments = true"),
+            &[("AUDIT_TEST_SECRET", SECRET)],
+        );
+        let mut c = Mcp::new(&gw.url);
+        c.initialize(LATEST).await;
+        assert_eq!(
+            tool_text(&c.call_tool("echo", json!({"text": "hello audit"})).await),
+            "hello audit"
+        );
+        // A secret passed as an argument must not reach the log.
+        c.call_tool("echo", json!({"text": format!("token={SECRET}")}))
+            .await;
+        // The env_get answer carries the secret: results are not logged, only their size.
+        c.call_tool("env_get", json!({"name": "API_KEY"})).await;
+        c.call_tool("pid", json!({})).await;
+        let limited = c.call_tool("pid", json!({})).await;
+        assert_eq!(limited["error"]["code"], -32014, "{limited}");
+        let err = c.call_tool("no_such_tool", json!({})).await;
+        assert!(err.get("error").is_some());
+        // Graceful stop writes gateway_stop and a final checkpoint.
+        let pid = nix::unistd::Pid::from_raw(gw.child.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+        let mut gw = gw;
+        let _ = gw.child.wait();
+    }
+    let (ok, out) = verify(&audit);
+    assert!(ok, "audit verify failed: {out}");
+    let recs = records(&audit);
+    let kinds: Vec<&str> = recs.iter().map(|r| r["kind"].as_str().unwrap()).collect();
+    for k in [
+        "gateway_start",
+        "policy_load",
+        "container_start",
+        "call",
+        "result",
+        "denied",
+        "gateway_stop",
+        "checkpoint",
+    ] {
+        assert!(kinds.contains(&k), "no {k} record in {kinds:?}");
+    }
+    let echo_calls: Vec<&Value> = recs
+        .iter()
+        .filter(|r| r["kind"] == "call" && r["tool"] == "echo")
+        .collect();
+    assert_eq!(echo_calls.len(), 2);
+    assert_eq!(echo_calls[0]["client"], "anonymous");
+    assert_eq!(echo_calls[0]["server"], "fixture");
+    assert!(echo_calls[0]["args_sha256"].as_str().unwrap().len() == 64);
+    let results: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "result").collect();
+    assert!(
+        results.iter().all(|r| r.get("latency_us").is_some()),
+        "{results:?}"
+    );
+    let denied: Vec<&Value> = recs.iter().filter(|r| r["kind"] == "denied").collect();
+    assert!(
+        denied
+            .iter()
+            .any(|r| r["outcome"] == "rate_limited" && r["tool"] == "pid"),
+        "{denied:?}"
+    );
+    let raw: String = std::fs::read_dir(&audit)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .map(|e| std::fs::read_to_string(e.path()).unwrap())
+        .collect();
+    assert!(
+        raw.contains("hello audit"),
+        "record_arguments keeps arguments"
+    );
+    assert!(
+        !raw.contains(SECRET),
+        "a secret value reached the audit log"
+    );
+    // Session ids are credentials; only a digest is kept.
+    assert!(recs
+        .iter()
+        .filter_map(|r| r["session"].as_str())
+        .all(|s| s.len() == 16));
+}
+
+#[tokio::test]
+async fn unauthenticated_requests_are_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let p = policy(&audit, "").replace(
+        "[servers.fixture]",
+        "[clients.ci]\ntoken_sha256 = \"0000000000000000000000000000000000000000000000000000000000000000\"\n\n[servers.fixture]",
+    );
+    let gw = Gateway::start_with(&p, &[("AUDIT_TEST_SECRET", SECRET)]);
+    let c = Mcp::new(&gw.url);
+    let r = c.post(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":LATEST,"capabilities":{},"clientInfo":{"name":"t","version":"0"}}})).await;
+    assert_eq!(r.status, 401);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        if records(&audit)
+            .iter()
+            .any(|r| r["kind"] == "denied" && r["outcome"] == "denied_auth")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no denied_auth record"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn every_answered_call_survives_kill_9() {
+    use sha2::{Digest, Sha256};
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let mut answered: Vec<String> = Vec::new();
+    for round in 0..4u64 {
+        let gw = Gateway::start_with(&policy(&audit, ""), &[("AUDIT_TEST_SECRET", SECRET)]);
+        let mut c = Mcp::new(&gw.url);
+        c.initialize(LATEST).await;
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut tasks = Vec::new();
+        // 16 callers, each calling until the gateway dies.
+        for worker in 0..16u64 {
+            let (url, sid, done) = (gw.url.clone(), c.session.clone().unwrap(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut mine = Vec::new();
+                for i in 0..10_000u64 {
+                    let text = format!("r{round}-w{worker}-{i}");
+                    let body = json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":"echo","arguments":{"text":text}}});
+                    let sent = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("accept", "application/json")
+                        .header("mcp-session-id", &sid)
+                        .body(body.to_string())
+                        .send()
+                        .await;
+                    let Ok(r) = sent else { break };
+                    match r.json::<Value>().await {
+                        Ok(v) if v["result"]["content"][0]["text"] == text => {
+                            mine.push(text);
+                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        _ => break,
+                    }
+                }
+                mine
+            }));
+        }
+        // Kill at a different moment each round, with calls in flight.
+        let target = 100 + 37 * round as usize;
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while done.load(std::sync::atomic::Ordering::Relaxed) < target
+            && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let pid = nix::unistd::Pid::from_raw(gw.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        for t in tasks {
+            answered.extend(t.await.unwrap());
+        }
+        drop(gw);
+    }
+    // The next start recovers any torn tail; then every answered call must be in the log.
+    {
+        let _gw = Gateway::start_with(&policy(&audit, ""), &[("AUDIT_TEST_SECRET", SECRET)]);
+    }
+    let (ok, out) = verify(&audit);
+    assert!(ok, "verify after kill -9: {out}");
+    let results: std::collections::HashSet<String> = records(&audit)
+        .iter()
+        .filter(|r| r["kind"] == "result" && r["outcome"] == "ok")
+        .filter_map(|r| r["args_sha256"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        answered.len() > 100,
+        "too few calls answered to mean anything: {}",
+        answered.len()
+    );
+    for text in &answered {
+        let args = json!({"text": text}).to_string();
+        let h = hex::encode(Sha256::digest(args.as_bytes()));
+        assert!(
+            results.contains(&h),
+            "answered call {text} has no durable result record"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_full_disk_refuses_calls_instead_of_running_them_unaudited() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    std::fs::create_dir_all(&audit).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=512k", "tmpfs"])
+        .arg(&audit)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if !mounted {
+        let msg = "cannot mount a tmpfs (needs root) for the full-disk test";
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}");
+        }
+        eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
+        return;
+    }
+    struct Unmount<'a>(&'a Path);
+    impl Drop for Unmount<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(self.0).status();
+        }
+    }
+    let _guard = Unmount(&audit);
+    let gw = Gateway::start_with(&policy(&audit, ""), &[("AUDIT_TEST_SECRET", SECRET)]);
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    assert_eq!(
+        tool_text(&c.call_tool("echo", json!({"text": "before"})).await),
+        "before"
+    );
+    // Fill the disk.
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=4k", "count=1000"])
+        .arg(format!("of={}", audit.join("filler").display()))
+        .output();
+    // Records land in the file's last page until it is full; then writes fail.
+    let mut first_refusal = None;
+    for i in 0..500 {
+        let r = c
+            .call_tool("echo", json!({"text": format!("after-{i}")}))
+            .await;
+        if r.get("error").is_some() {
+            first_refusal = Some(r);
+            break;
+        }
+    }
+    let refused = first_refusal.expect("a full audit disk never refused a call");
+    assert_eq!(refused["error"]["code"], -32016, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("audit"),
+        "{refused}"
+    );
+    // Fail-closed stays closed: later calls are refused before they reach the server.
+    for _ in 0..3 {
+        let again = c.call_tool("echo", json!({"text": "again"})).await;
+        assert_eq!(again["error"]["code"], -32016, "{again}");
+    }
+}
