@@ -160,11 +160,17 @@ secrets = { API_TOKEN = "env:PORTCULLIS_TEST_SECRET" }
     c.initialize(LATEST).await;
     // The gateway's own environment (which may hold credentials) does not reach servers...
     assert_eq!(
-        tool_text(&c.call_tool("env_get", json!({"name": "GATEWAY_ONLY_CREDENTIAL"})).await),
+        tool_text(
+            &c.call_tool("env_get", json!({"name": "GATEWAY_ONLY_CREDENTIAL"}))
+                .await
+        ),
         "<unset>"
     );
     assert_eq!(
-        tool_text(&c.call_tool("env_get", json!({"name": "PORTCULLIS_TEST_SECRET"})).await),
+        tool_text(
+            &c.call_tool("env_get", json!({"name": "PORTCULLIS_TEST_SECRET"}))
+                .await
+        ),
         "<unset>"
     );
     // ...only the secrets the policy maps to it, under the names it chose.
@@ -172,5 +178,8 @@ secrets = { API_TOKEN = "env:PORTCULLIS_TEST_SECRET" }
         tool_text(&c.call_tool("env_get", json!({"name": "API_TOKEN"})).await),
         "s3cr3t-value-for-env-test"
     );
-    assert!(!gw.stderr().contains("s3cr3t-value-for-env-test"), "secret in the gateway log");
+    assert!(
+        !gw.stderr().contains("s3cr3t-value-for-env-test"),
+        "secret in the gateway log"
+    );
 }
