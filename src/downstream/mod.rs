@@ -1,10 +1,12 @@
-//! What clients talk to: the Streamable HTTP endpoint `/mcp`, plus `/health` and `/ready`.
+//! What clients talk to: the Streamable HTTP endpoint `/mcp`, the legacy HTTP+SSE endpoints
+//! `/sse` and `/messages`, plus `/health` and `/ready`.
 //!
 //! Every request passes the Host/Origin guard first. Session state lives here; everything MCP
 //! is the router's business.
 
 mod event_stream;
 mod guard;
+mod legacy_sse;
 mod reply;
 mod session;
 mod streamable;
@@ -207,8 +209,22 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
     let path = parts.uri.path();
     let base = base_url(shared, &parts);
     match (path, &parts.method) {
-        ("/mcp" | "/mcp/", m) => match shared.access.authenticate(&parts.headers) {
-            Ok(identity) => streamable::handle(shared, m, &parts.headers, body, identity).await,
+        ("/mcp" | "/mcp/" | "/sse" | "/messages" | "/messages/", m) => match shared
+            .access
+            .authenticate(&parts.headers)
+        {
+            Ok(identity) => match (path, m) {
+                ("/sse", &Method::GET) => legacy_sse::open(shared, identity),
+                ("/messages" | "/messages/", &Method::POST) => {
+                    legacy_sse::message(shared, parts.uri.query(), &parts.headers, body, identity)
+                        .await
+                }
+                ("/sse" | "/messages" | "/messages/", _) => reply::plain_json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    &json!({"error": "method_not_allowed", "error_description": "legacy transport: GET /sse opens the stream, POST /messages?session_id=ID sends a message"}),
+                ),
+                _ => streamable::handle(shared, m, &parts.headers, body, identity).await,
+            },
             Err(e) => {
                 tracing::info!(reason = %e, "request refused: not authenticated");
                 crate::metrics::global().refusal("unauthenticated");

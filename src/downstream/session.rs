@@ -23,6 +23,9 @@ pub struct Session {
     streams: Mutex<HashMap<u64, Arc<EventStream>>>,
     next_stream: AtomicU64,
     last_seen: Mutex<Instant>,
+    /// Whether the router knows the session: always for `/mcp` (created by initialize), only
+    /// after the client's initialize for a legacy `/sse` session (created by its GET).
+    pub initialized: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -35,6 +38,7 @@ impl Session {
             streams: Mutex::new(HashMap::new()),
             next_stream: AtomicU64::new(1),
             last_seen: Mutex::new(Instant::now()),
+            initialized: std::sync::atomic::AtomicBool::new(true),
         }
     }
 

@@ -151,7 +151,7 @@ fn check_protocol_header(headers: &HeaderMap) -> Result<(), Box<Reply>> {
     Ok(())
 }
 
-async fn read_body(
+pub(super) async fn read_body(
     shared: &Shared,
     headers: &HeaderMap,
     body: Incoming,
@@ -521,7 +521,7 @@ pub fn short(id: &str) -> &str {
 }
 
 /// A JSON answer, with the status and `Retry-After` a refusal calls for.
-fn answer_reply(a: Answer) -> Reply {
+pub(super) fn answer_reply(a: Answer) -> Reply {
     match a.refusal {
         None => reply::json(StatusCode::OK, a.bytes),
         Some(Refusal::Forbidden) => reply::json(StatusCode::FORBIDDEN, a.bytes),

@@ -285,6 +285,8 @@ pub struct RemoteSpec {
     pub url: String,
     /// Header name -> value template (may reference `${secret:NAME}`).
     pub headers: BTreeMap<String, String>,
+    /// PEM bundle of the CAs trusted for this server's TLS, instead of the system store.
+    pub ca_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

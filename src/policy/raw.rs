@@ -129,6 +129,7 @@ pub struct RawServer {
     pub pool: Option<Spanned<u64>>,
     pub url: Option<Str>,
     pub headers: Option<Spanned<StrMap>>,
+    pub ca_file: Option<Str>,
     pub lifecycle: Option<Str>,
     #[serde(default, deserialize_with = "in_egress")]
     pub egress: Option<RawEgress>,

@@ -28,7 +28,7 @@ const MAX_POOL: u64 = 32;
 
 const PROCESS_KEYS: &[&str] = &["command", "args", "env", "cwd"];
 const DOCKER_KEYS: &[&str] = &["image", "command", "env", "user", "mounts", "pool"];
-const REMOTE_KEYS: &[&str] = &["url", "headers"];
+const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file"];
 
 pub(super) struct Checker<'a> {
     src: &'a str,
@@ -347,7 +347,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let present: [(&str, Option<usize>); 10] = [
+        let present: [(&str, Option<usize>); 11] = [
             ("command", rs.command.as_ref().map(|v| v.span().start)),
             ("args", rs.args.as_ref().map(|v| v.span().start)),
             ("env", rs.env.as_ref().map(|v| v.span().start)),
@@ -358,6 +358,7 @@ impl Checker<'_> {
             ("pool", rs.pool.as_ref().map(|v| v.span().start)),
             ("url", rs.url.as_ref().map(|v| v.span().start)),
             ("headers", rs.headers.as_ref().map(|v| v.span().start)),
+            ("ca_file", rs.ca_file.as_ref().map(|v| v.span().start)),
         ];
         for (key, at) in present {
             if let (Some(at), false) = (at, allowed.contains(&key)) {
@@ -678,7 +679,11 @@ impl Checker<'_> {
                 None
             }
         };
-        let plain_http = url.as_deref().is_some_and(|u| u.starts_with("http://"));
+        // Plain http may carry secrets only to a loopback address: those bytes never leave
+        // the machine (this is how a sidecar or a test server on 127.0.0.1 is reached).
+        let plain_http = url
+            .as_deref()
+            .is_some_and(|u| u.starts_with("http://") && !is_loopback_url(u));
         let mut headers = BTreeMap::new();
         for (k, v) in rs.headers.iter().flat_map(|h| h.get_ref().iter()) {
             let name = k.get_ref();
@@ -704,7 +709,12 @@ impl Checker<'_> {
             }
             headers.insert(name.clone(), v.get_ref().clone());
         }
-        Some(Runtime::Remote(RemoteSpec { url: url?, headers }))
+        let ca_file = rs.ca_file.as_ref().map(|p| self.resolve(p.get_ref()));
+        Some(Runtime::Remote(RemoteSpec {
+            url: url?,
+            headers,
+            ca_file,
+        }))
     }
 
     fn limits(&mut self, l: RawLimits) -> Limits {
@@ -1138,13 +1148,6 @@ pub fn validate_host_port(s: &str) -> Option<(String, u16)> {
     Some((host.to_string(), port))
 }
 
-fn is_loopback_url(u: &str) -> bool {
-    let rest = u.strip_prefix("http://").unwrap_or(u);
-    let host = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    let host = host.rsplit_once(':').map_or(host, |(h, _)| h);
-    matches!(host, "127.0.0.1" | "localhost" | "[::1]")
-}
-
 fn check_origin(o: &str) -> Result<(), String> {
     let bad = || {
         format!("invalid allowed origin \"{o}\"; write scheme://host[:port] without a path, like \"https://app.example.com\"")
@@ -1157,6 +1160,19 @@ fn check_origin(o: &str) -> Result<(), String> {
         return Err(bad());
     }
     Ok(())
+}
+
+/// Whether an `http://` url names a loopback IP literal (127.0.0.0/8 or [::1]).
+fn is_loopback_url(u: &str) -> bool {
+    let rest = u.strip_prefix("http://").unwrap_or(u);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let host = if let Some(v6) = authority.strip_prefix('[') {
+        v6.split(']').next().unwrap_or_default()
+    } else {
+        authority.split(':').next().unwrap_or_default()
+    };
+    host.parse::<std::net::IpAddr>()
+        .is_ok_and(|ip| ip.is_loopback())
 }
 
 fn check_url(u: &str) -> Result<(), String> {

@@ -1,5 +1,7 @@
-//! The message layer over one live stdio pair: newline-delimited JSON-RPC, a writer task, a
-//! reader task, and the table of requests waiting for answers.
+//! The message layer over one live server: the table of requests waiting for answers, the
+//! outbox a transport drains, and the dispatch of incoming messages. The stdio transport
+//! (newline-delimited JSON-RPC over a pipe pair) lives here too; the HTTP transport in
+//! `super::http` feeds the same `dispatch`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -38,14 +40,34 @@ impl Connection {
         stdout: BoxRead,
         events: mpsc::Sender<UpstreamEvent>,
     ) -> (Arc<Connection>, tokio::task::JoinHandle<String>) {
+        let (conn, rx) = Connection::detached();
+        tokio::spawn(write_loop(stdin, rx));
+        let reader = tokio::spawn(read_loop(source, stdout, conn.clone(), events));
+        (conn, reader)
+    }
+
+    /// A connection without a transport: the caller drains the returned outbox (messages as
+    /// serialized JSON) and feeds what arrives to [`dispatch`].
+    pub(super) fn detached() -> (Arc<Connection>, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
         let conn = Arc::new(Connection {
             outbox: tx,
             pending: Mutex::new(HashMap::new()),
         });
-        tokio::spawn(write_loop(stdin, rx));
-        let reader = tokio::spawn(read_loop(source, stdout, conn.clone(), events));
-        (conn, reader)
+        (conn, rx)
+    }
+
+    /// Fails one waiting request (its message could not be delivered).
+    pub(super) fn fail(&self, id: u64, reason: &str) {
+        let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
+        if let Some(w) = waiter {
+            let _ = w.send(Err(reason.to_owned()));
+        }
+    }
+
+    /// Whether request `id` still waits for an answer.
+    pub(super) fn is_pending(&self, id: u64) -> bool {
+        self.pending.lock().is_ok_and(|p| p.contains_key(&id))
     }
 
     /// Queues request `id`; the receiver gets the answer, or the reason there will be none.
@@ -190,46 +212,60 @@ async fn read_loop(
         if text.is_empty() {
             continue;
         }
-        match Message::parse(text) {
-            Ok(Message::Response(resp)) => {
-                let known = match &resp.id {
-                    Id::Num(n) => u64::try_from(*n).is_ok_and(|id| conn.complete(id, resp.outcome)),
-                    Id::Str(_) => false,
-                };
-                if !known {
-                    tracing::debug!(server = %source.server, id = %resp.id, "answer to an unknown or abandoned request");
-                }
-            }
-            Ok(Message::Notification(message)) => {
-                let (handled, done) = Handled::new();
-                let ev = UpstreamEvent::Notification {
-                    from: source.clone(),
-                    message,
-                    handled,
-                };
-                if events.send(ev).await.is_err() {
-                    return "gateway stopped".to_owned();
-                }
-                let _ = tokio::time::timeout(HANDLED_WAIT, done).await;
-            }
-            Ok(Message::Request(message)) => {
-                let (handled, done) = Handled::new();
-                let ev = UpstreamEvent::Request {
-                    from: source.clone(),
-                    message,
-                    handled,
-                };
-                if events.send(ev).await.is_err() {
-                    return "gateway stopped".to_owned();
-                }
-                let _ = tokio::time::timeout(HANDLED_WAIT, done).await;
-            }
-            Err(e) => {
-                // Servers sometimes print banners to stdout; skip the line rather than kill them.
-                tracing::warn!(server = %source.server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a stdout line that is not JSON-RPC");
-            }
+        if let Err(reason) = dispatch(&source, &conn, &events, text).await {
+            return reason;
         }
     }
+}
+
+/// Hands one incoming message to its waiter (responses) or to the router (everything else),
+/// waiting for the router's ack so that order is kept. `Err` means the gateway is stopping.
+pub(super) async fn dispatch(
+    source: &Arc<super::Source>,
+    conn: &Connection,
+    events: &mpsc::Sender<UpstreamEvent>,
+    text: &[u8],
+) -> Result<(), String> {
+    match Message::parse(text) {
+        Ok(Message::Response(resp)) => {
+            let known = match &resp.id {
+                Id::Num(n) => u64::try_from(*n).is_ok_and(|id| conn.complete(id, resp.outcome)),
+                Id::Str(_) => false,
+            };
+            if !known {
+                tracing::debug!(server = %source.server, id = %resp.id, "answer to an unknown or abandoned request");
+            }
+        }
+        Ok(Message::Notification(message)) => {
+            let (handled, done) = Handled::new();
+            let ev = UpstreamEvent::Notification {
+                from: source.clone(),
+                message,
+                handled,
+            };
+            if events.send(ev).await.is_err() {
+                return Err("gateway stopped".to_owned());
+            }
+            let _ = tokio::time::timeout(HANDLED_WAIT, done).await;
+        }
+        Ok(Message::Request(message)) => {
+            let (handled, done) = Handled::new();
+            let ev = UpstreamEvent::Request {
+                from: source.clone(),
+                message,
+                handled,
+            };
+            if events.send(ev).await.is_err() {
+                return Err("gateway stopped".to_owned());
+            }
+            let _ = tokio::time::timeout(HANDLED_WAIT, done).await;
+        }
+        Err(e) => {
+            // Servers sometimes print banners to stdout; skip the line rather than kill them.
+            tracing::warn!(server = %source.server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a message that is not JSON-RPC");
+        }
+    }
+    Ok(())
 }
 
 async fn read_bounded_line(

@@ -6,6 +6,7 @@
 //! above as `UpstreamEvent`s.
 
 mod connection;
+pub mod http;
 mod supervisor;
 
 use std::sync::atomic::{AtomicU64, Ordering};

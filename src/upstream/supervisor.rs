@@ -125,6 +125,9 @@ impl Supervisor {
         let redactor = Arc::new(Redactor::new(
             secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         ));
+        if matches!(self.server.runtime, crate::policy::Runtime::Remote(_)) {
+            return self.start_remote(&secrets, redactor).await;
+        }
         let ctx = SpawnContext {
             secrets,
             session: self.options.owner.clone(),
@@ -180,6 +183,72 @@ impl Supervisor {
         })
     }
 
+    /// Connects to a remote server over HTTP. The "instance" is the HTTP session: it ends when
+    /// the server becomes unreachable, and the usual restart-with-backoff reconnects.
+    async fn start_remote(
+        &self,
+        secrets: &[(String, String)],
+        redactor: Arc<Redactor>,
+    ) -> Result<Running, String> {
+        let connect = super::http::connect(
+            &self.server,
+            self.source.clone(),
+            self.events.clone(),
+            secrets,
+            redactor.clone(),
+        );
+        let connected = match tokio::time::timeout(self.server.startup_timeout, connect).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return Err(redactor.redact(&e).into_owned()),
+            Err(_) => {
+                return Err(format!(
+                    "did not complete the initialize handshake within {}s",
+                    self.server.startup_timeout.as_secs_f32()
+                ))
+            }
+        };
+        let remote = connected.remote;
+        let info = match connected.info {
+            Some(info) => info,
+            None => {
+                let hs =
+                    tokio::time::timeout(self.server.startup_timeout, handshake(&connected.conn))
+                        .await;
+                match hs {
+                    Ok(Ok(info)) => info,
+                    Ok(Err(e)) => {
+                        remote.close().await;
+                        return Err(format!("initialize failed: {}", redactor.redact(&e)));
+                    }
+                    Err(_) => {
+                        remote.close().await;
+                        return Err(format!(
+                            "did not complete the initialize handshake within {}s",
+                            self.server.startup_timeout.as_secs_f32()
+                        ));
+                    }
+                }
+            }
+        };
+        let mut dead = remote.dead();
+        let reader = tokio::spawn(async move {
+            match dead.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => "the connection closed".to_owned(),
+            }
+        });
+        if let Ok(mut c) = self.connection.lock() {
+            *c = Some(connected.conn.clone());
+        }
+        Ok(Running {
+            conn: connected.conn,
+            reader,
+            spawned_desc: remote.describe(),
+            instance: Box::new(RemoteInstance { remote }),
+            info: Arc::new(info),
+        })
+    }
+
     fn resolve_secrets(&self) -> Result<Vec<(String, String)>, String> {
         self.server
             .secrets
@@ -201,10 +270,34 @@ struct Running {
     spawned_desc: String,
 }
 
-/// The client side of the MCP initialize handshake, as the gateway speaks it upstream.
-async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
-    const INIT_ID: u64 = 0;
-    let params = json!({
+/// A remote server's HTTP session, seen as an instance the supervisor watches.
+struct RemoteInstance {
+    remote: Arc<super::http::Remote>,
+}
+
+impl crate::sandbox::Instance for RemoteInstance {
+    fn describe(&self) -> String {
+        self.remote.describe()
+    }
+
+    fn wait(&mut self) -> crate::sandbox::BoxFuture<'_, String> {
+        let mut dead = self.remote.dead();
+        Box::pin(async move {
+            match dead.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => "the connection closed".to_owned(),
+            }
+        })
+    }
+
+    fn kill(&mut self) -> crate::sandbox::BoxFuture<'_, ()> {
+        Box::pin(async move { self.remote.close().await })
+    }
+}
+
+/// The params of the gateway's `initialize` request to a server.
+pub(super) fn init_params() -> serde_json::Value {
+    json!({
         "protocolVersion": protocol::LATEST,
         // The gateway relays these to whichever client session caused the request; a client
         // that lacks one gets an error back upstream.
@@ -214,15 +307,11 @@ async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
             "elicitation": {}
         },
         "clientInfo": {"name": "portcullis", "version": env!("CARGO_PKG_VERSION")}
-    });
-    let rx = conn
-        .request(INIT_ID, methods::INITIALIZE, Some(to_raw(&params)))
-        .await?;
-    let guard = PendingGuard::new(conn, INIT_ID);
-    let outcome = rx
-        .await
-        .map_err(|_| "the server closed the connection".to_owned())??;
-    guard.disarm();
+    })
+}
+
+/// Reads a server's answer to `initialize`.
+pub(super) fn parse_init(outcome: super::Outcome) -> Result<InitInfo, String> {
     let result =
         outcome.map_err(|err| format!("the server answered with an error: {}", err.get()))?;
     let v: serde_json::Value = serde_json::from_str(result.get())
@@ -237,7 +326,6 @@ async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
             protocol::SUPPORTED.join(", ")
         ));
     }
-    conn.notify(methods::INITIALIZED, None).await;
     Ok(InitInfo {
         instance: crate::sandbox::InstanceInfo::default(),
         protocol_version: version.to_owned(),
@@ -248,6 +336,22 @@ async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
             .and_then(|i| i.as_str())
             .map(str::to_owned),
     })
+}
+
+/// The client side of the MCP initialize handshake, as the gateway speaks it upstream.
+pub(super) async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
+    const INIT_ID: u64 = 0;
+    let rx = conn
+        .request(INIT_ID, methods::INITIALIZE, Some(to_raw(&init_params())))
+        .await?;
+    let guard = PendingGuard::new(conn, INIT_ID);
+    let outcome = rx
+        .await
+        .map_err(|_| "the server closed the connection".to_owned())??;
+    guard.disarm();
+    let info = parse_init(outcome)?;
+    conn.notify(methods::INITIALIZED, None).await;
+    Ok(info)
 }
 
 async fn forward_stderr(server: Arc<str>, stderr: BoxRead, redactor: Arc<Redactor>) {

@@ -201,6 +201,30 @@ pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     Ok((status, body))
 }
 
+/// Minimal blocking POST with an empty body; returns the status.
+pub fn http_post(url: &str) -> u16 {
+    use std::io::Write;
+    let rest = url.strip_prefix("http://").unwrap_or(url);
+    let (hostport, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((rest, "/".into()));
+    let Ok(mut s) = std::net::TcpStream::connect(hostport) else {
+        return 0;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: {hostport}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn fixture_policy() -> String {
     r#"
 [gateway]

@@ -1,0 +1,844 @@
+//! The HTTP transport to a remote MCP server: Streamable HTTP, with a fallback to the legacy
+//! HTTP+SSE transport for servers that predate it.
+//!
+//! It plugs into the same [`Connection`] as the stdio transport: the connection's outbox is
+//! drained here (one POST per message) and whatever the server sends (JSON bodies, SSE events
+//! on a POST's response or on the standalone GET stream) goes through the same `dispatch`, so
+//! the router cannot tell a remote server from a local one.
+//!
+//! Configured headers (credentials from `${secret:NAME}`) go on every request and nowhere
+//! else: they are marked sensitive, never logged, and scrubbed from any error text.
+
+mod connector;
+pub mod egress;
+pub mod sse;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use http::{HeaderMap, Method, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::{mpsc, watch, Semaphore};
+
+use super::connection::{dispatch, Connection};
+use super::supervisor::{init_params, parse_init};
+use super::{InitInfo, Source, UpstreamEvent};
+use crate::mcp::{methods, to_raw, Body, Id, Message, Notification, Request as RpcRequest};
+use crate::policy::{RemoteSpec, Server};
+use crate::secrets::Redactor;
+
+const SESSION_HEADER: &str = "mcp-session-id";
+const PROTOCOL_HEADER: &str = "mcp-protocol-version";
+/// Largest JSON body or SSE event accepted from a remote server.
+const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+/// Time for a server to send response headers to a notification or response we POST.
+const SHORT_EXCHANGE: Duration = Duration::from_secs(30);
+/// Upper bound for one request's exchange (headers plus body). The caller's own request
+/// timeout is usually shorter and answers the client first; this only frees the task.
+const LONG_EXCHANGE: Duration = Duration::from_secs(15 * 60);
+/// An SSE stream with no bytes at all (not even keep-alives) for this long is dead.
+const SSE_IDLE: Duration = Duration::from_secs(5 * 60);
+/// POSTs in flight at once to one server.
+const MAX_IN_FLIGHT_POSTS: usize = 256;
+/// Delay before reopening the standalone GET stream after it ended normally.
+const GET_REOPEN: Duration = Duration::from_secs(1);
+/// Longest error-body excerpt quoted in an error.
+const ERROR_EXCERPT: usize = 300;
+
+type HttpClient = Client<connector::Connector, Full<Bytes>>;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Mode {
+    Streamable,
+    Legacy,
+}
+
+/// One live connection to a remote server (one MCP session with it).
+pub(super) struct Remote {
+    server: Arc<str>,
+    source: Arc<Source>,
+    events: mpsc::Sender<UpstreamEvent>,
+    conn: Arc<Connection>,
+    client: HttpClient,
+    url: Uri,
+    headers: HeaderMap,
+    redactor: Arc<Redactor>,
+    /// Streamable HTTP: the session id and protocol version the server gave us.
+    session: Mutex<Option<HeaderValue>>,
+    protocol: Mutex<Option<HeaderValue>>,
+    /// Serializes re-initialization after the server expired our session.
+    reinit: tokio::sync::Mutex<()>,
+    /// Set once, with the reason, when the server is considered gone.
+    dead: watch::Sender<Option<String>>,
+    tasks: Mutex<Vec<tokio::task::AbortHandle>>,
+    startup_timeout: Duration,
+}
+
+/// What [`connect`] established.
+pub(super) struct Connected {
+    pub remote: Arc<Remote>,
+    pub conn: Arc<Connection>,
+    /// The handshake result; `None` when it still has to run over `conn` (legacy transport).
+    pub info: Option<InitInfo>,
+}
+
+fn spec(server: &Server) -> Result<&RemoteSpec, String> {
+    match &server.runtime {
+        crate::policy::Runtime::Remote(r) => Ok(r),
+        _ => Err("not a remote server".to_owned()),
+    }
+}
+
+/// Replaces every `${secret:NAME}` in a header template with the secret's value.
+fn render(template: &str, secrets: &[(String, String)]) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(i) = rest.find("${secret:") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + "${secret:".len()..];
+        let end = after
+            .find('}')
+            .ok_or("unclosed ${secret: in a header template")?;
+        let name = &after[..end];
+        let value = secrets
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .ok_or_else(|| format!("header uses secret `{name}`, which is not declared"))?;
+        out.push_str(value);
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Connects to a remote server: builds the client, tries Streamable HTTP, falls back to the
+/// legacy HTTP+SSE transport, and starts the tasks that carry messages.
+pub(super) async fn connect(
+    server: &Server,
+    source: Arc<Source>,
+    events: mpsc::Sender<UpstreamEvent>,
+    secrets: &[(String, String)],
+    redactor: Arc<Redactor>,
+) -> Result<Connected, String> {
+    let spec = spec(server)?;
+    let url: Uri = spec
+        .url
+        .parse()
+        .map_err(|e| format!("invalid url `{}`: {e}", spec.url))?;
+    let mut headers = HeaderMap::new();
+    for (name, template) in &spec.headers {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name `{name}`"))?;
+        let value = render(template, secrets)?;
+        // The error must not quote the value: it holds a secret.
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("header `{name}` has a value that is not valid in HTTP"))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    let tls = connector::tls_config(spec.ca_file.as_deref()).map_err(|e| e.to_string())?;
+    let egress = egress::Egress::new(server.egress.allow.clone());
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector::Connector::new(egress.clone(), tls.clone()));
+    let (conn, outbox) = Connection::detached();
+    let (dead, _) = watch::channel(None);
+    let remote = Arc::new(Remote {
+        server: Arc::from(server.name.as_str()),
+        source,
+        events,
+        conn: conn.clone(),
+        client,
+        url,
+        headers,
+        redactor,
+        session: Mutex::new(None),
+        protocol: Mutex::new(None),
+        reinit: tokio::sync::Mutex::new(()),
+        dead,
+        tasks: Mutex::new(Vec::new()),
+        startup_timeout: server.startup_timeout,
+    });
+    match remote.initialize().await {
+        Ok(Some(info)) => {
+            remote.start_tasks(Mode::Streamable, outbox, None);
+            Ok(Connected {
+                remote,
+                conn,
+                info: Some(info),
+            })
+        }
+        Ok(None) => {
+            // Not a Streamable HTTP endpoint: try the 2024-11-05 HTTP+SSE transport.
+            let legacy = remote.open_legacy().await?;
+            remote.start_tasks(Mode::Legacy, outbox, Some(legacy));
+            Ok(Connected {
+                remote,
+                conn,
+                info: None,
+            })
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// How a POST went, as far as the sender cares.
+enum Posted {
+    /// A response whose body the caller reads.
+    Response(http::Response<Incoming>),
+    /// The server no longer knows our session (404 with a session id).
+    SessionExpired,
+}
+
+impl Remote {
+    fn die(&self, reason: String) {
+        self.dead.send_if_modified(|d| {
+            if d.is_none() {
+                *d = Some(reason);
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    pub(super) fn dead(&self) -> watch::Receiver<Option<String>> {
+        self.dead.subscribe()
+    }
+
+    fn is_dead(&self) -> bool {
+        self.dead.borrow().is_some()
+    }
+
+    pub(super) fn describe(&self) -> String {
+        format!(
+            "{}://{}",
+            self.url.scheme_str().unwrap_or("http"),
+            self.url.authority().map(|a| a.as_str()).unwrap_or("")
+        )
+    }
+
+    fn redact(&self, text: &str) -> String {
+        self.redactor.redact(text).into_owned()
+    }
+
+    fn track(&self, handle: tokio::task::AbortHandle) {
+        if let Ok(mut t) = self.tasks.lock() {
+            t.retain(|h| !h.is_finished());
+            t.push(handle);
+        }
+    }
+
+    /// A request to `uri` with the configured headers and, in Streamable mode, the session's.
+    async fn build(
+        &self,
+        method: Method,
+        uri: &Uri,
+        accept: &'static str,
+        body: Option<Bytes>,
+        with_session: bool,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        let mut req = Request::builder().method(method).uri(uri.clone());
+        if let Some(h) = req.headers_mut() {
+            for (k, v) in &self.headers {
+                h.insert(k, v.clone());
+            }
+            h.insert(ACCEPT, HeaderValue::from_static(accept));
+            if body.is_some() {
+                h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
+            if with_session {
+                if let Some(s) = self.session.lock().ok().and_then(|s| s.clone()) {
+                    h.insert(SESSION_HEADER, s);
+                }
+                if let Some(p) = self.protocol.lock().ok().and_then(|p| p.clone()) {
+                    h.insert(PROTOCOL_HEADER, p);
+                }
+            }
+        }
+        req.body(Full::new(body.unwrap_or_default()))
+            .map_err(|e| format!("cannot build the request: {e}"))
+    }
+
+    async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        limit: Duration,
+    ) -> Result<http::Response<Incoming>, String> {
+        match tokio::time::timeout(limit, self.client.request(req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(self.redact(&error_chain(&e))),
+            Err(_) => Err(format!("no response within {}s", limit.as_secs())),
+        }
+    }
+
+    /// The Streamable HTTP handshake: POST initialize, read the answer (JSON or SSE), keep the
+    /// session id, send `notifications/initialized`. `Ok(None)` means the endpoint does not
+    /// speak Streamable HTTP (a 4xx without a JSON-RPC answer), so the legacy transport may.
+    async fn initialize(&self) -> Result<Option<InitInfo>, String> {
+        let msg = Message::Request(RpcRequest {
+            id: Id::Num(0),
+            method: methods::INITIALIZE.to_owned(),
+            params: Some(to_raw(&init_params())),
+        })
+        .to_bytes();
+        let req = self
+            .build(
+                Method::POST,
+                &self.url,
+                "application/json, text/event-stream",
+                Some(msg),
+                false,
+            )
+            .await?;
+        let resp = self.send(req, self.startup_timeout).await?;
+        let status = resp.status();
+        if matches!(
+            status,
+            StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
+        ) {
+            tracing::info!(server = %self.server, %status, "initialize over Streamable HTTP refused; trying the legacy HTTP+SSE transport");
+            return Ok(None);
+        }
+        if !status.is_success() {
+            return Err(self.status_error(resp, "initialize").await);
+        }
+        let session = resp.headers().get(SESSION_HEADER).cloned();
+        let mut answer = None;
+        self.read_messages(resp, self.startup_timeout, |m| {
+            if let Message::Response(r) = m {
+                if r.id == Id::Num(0) {
+                    answer = Some(r.outcome.clone());
+                }
+            }
+        })
+        .await?;
+        let outcome = answer.ok_or("the server sent no answer to initialize")?;
+        let info = parse_init(outcome)?;
+        if let Ok(mut s) = self.session.lock() {
+            *s = session;
+        }
+        if let Ok(mut p) = self.protocol.lock() {
+            *p = HeaderValue::from_str(&info.protocol_version).ok();
+        }
+        let note = Message::Notification(Notification {
+            method: methods::INITIALIZED.to_owned(),
+            params: None,
+        })
+        .to_bytes();
+        let req = self
+            .build(
+                Method::POST,
+                &self.url,
+                "application/json, text/event-stream",
+                Some(note),
+                true,
+            )
+            .await?;
+        let resp = self.send(req, SHORT_EXCHANGE).await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(resp, "notifications/initialized").await);
+        }
+        Ok(Some(info))
+    }
+
+    /// Reads a JSON or SSE response body, handing each JSON-RPC message to `each`; messages
+    /// the handshake does not need are dispatched like any other.
+    async fn read_messages(
+        &self,
+        resp: http::Response<Incoming>,
+        limit: Duration,
+        mut each: impl FnMut(&Message),
+    ) -> Result<(), String> {
+        let sse = is_sse(resp.headers());
+        let body = resp.into_body();
+        if !sse {
+            let bytes = read_json_body(body, limit).await?;
+            if bytes.iter().all(u8::is_ascii_whitespace) {
+                return Ok(());
+            }
+            return match Body::parse(&bytes) {
+                Ok(Body::Single(m)) => {
+                    each(&m);
+                    self.deliver(m).await;
+                    Ok(())
+                }
+                Ok(Body::Batch(items)) => {
+                    for m in items.into_iter().flatten() {
+                        each(&m);
+                        self.deliver(m).await;
+                    }
+                    Ok(())
+                }
+                Err(e) => Err(format!("the server sent a body that is not JSON-RPC: {e}")),
+            };
+        }
+        let mut reader = SseReader::new(body);
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, reader.next())
+                .await
+                .map_err(|_| format!("no complete answer within {}s", limit.as_secs()))??;
+            let Some(ev) = ev else { return Ok(()) };
+            if ev.event != "message" || ev.data.trim().is_empty() {
+                continue;
+            }
+            match Message::parse(ev.data.as_bytes()) {
+                Ok(m) => {
+                    each(&m);
+                    let done = matches!(m, Message::Response(_));
+                    self.deliver(m).await;
+                    // A response ends what the handshake waits for; servers may keep the
+                    // stream open.
+                    if done {
+                        return Ok(());
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(server = %self.server, error = %e, "ignoring an SSE event that is not JSON-RPC")
+                }
+            }
+        }
+    }
+
+    /// Dispatches a message that is not the handshake's own answer.
+    async fn deliver(&self, m: Message) {
+        if matches!(&m, Message::Response(r) if r.id == Id::Num(0)) {
+            return;
+        }
+        let bytes = m.to_bytes();
+        if let Err(reason) = dispatch(&self.source, &self.conn, &self.events, &bytes).await {
+            self.die(reason);
+        }
+    }
+
+    async fn status_error(&self, resp: http::Response<Incoming>, what: &str) -> String {
+        let status = resp.status();
+        let body = tokio::time::timeout(
+            Duration::from_secs(5),
+            http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect(),
+        )
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .map(|c| c.to_bytes())
+        .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_EXCERPT)]).into_owned();
+        let text = self.redact(text.trim());
+        if text.is_empty() {
+            format!("`{what}` answered HTTP {status}")
+        } else {
+            format!("`{what}` answered HTTP {status}: {text}")
+        }
+    }
+
+    fn start_tasks(
+        self: &Arc<Self>,
+        mode: Mode,
+        outbox: mpsc::Receiver<Bytes>,
+        legacy: Option<(Uri, SseReader)>,
+    ) {
+        match legacy {
+            Some((endpoint, reader)) => {
+                let me = self.clone();
+                let h = tokio::spawn(async move { me.legacy_read_loop(reader).await });
+                self.track(h.abort_handle());
+                let me = self.clone();
+                let h = tokio::spawn(async move { me.write_loop(mode, outbox, endpoint).await });
+                self.track(h.abort_handle());
+            }
+            None => {
+                let me = self.clone();
+                let url = self.url.clone();
+                let h = tokio::spawn(async move { me.write_loop(mode, outbox, url).await });
+                self.track(h.abort_handle());
+                let me = self.clone();
+                let h = tokio::spawn(async move { me.get_loop().await });
+                self.track(h.abort_handle());
+            }
+        }
+    }
+
+    /// Drains the connection's outbox: one POST per message, concurrently (a long tool call
+    /// must not hold up a `notifications/cancelled` behind it).
+    async fn write_loop(self: Arc<Self>, mode: Mode, mut outbox: mpsc::Receiver<Bytes>, to: Uri) {
+        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_POSTS));
+        while let Some(msg) = outbox.recv().await {
+            let Ok(permit) = permits.clone().acquire_owned().await else {
+                break;
+            };
+            let me = self.clone();
+            let to = to.clone();
+            tokio::spawn(async move {
+                me.post(mode, &to, msg).await;
+                drop(permit);
+            });
+        }
+    }
+
+    /// Sends one message and handles what comes back.
+    async fn post(&self, mode: Mode, to: &Uri, msg: Bytes) {
+        let request_id = match Message::parse(&msg) {
+            Ok(Message::Request(r)) => match r.id {
+                Id::Num(n) => u64::try_from(n).ok(),
+                Id::Str(_) => None,
+            },
+            _ => None,
+        };
+        let limit = if request_id.is_some() {
+            LONG_EXCHANGE
+        } else {
+            SHORT_EXCHANGE
+        };
+        let fail = |reason: String| {
+            if let Some(id) = request_id {
+                self.conn.fail(id, &reason);
+            }
+        };
+        let mut retried = false;
+        let resp = loop {
+            match self.post_once(mode, to, msg.clone(), limit).await {
+                Ok(Posted::Response(r)) => break r,
+                Ok(Posted::SessionExpired) if !retried => {
+                    retried = true;
+                    let used = self.session.lock().ok().and_then(|s| s.clone());
+                    if let Err(e) = self.reinitialize(used).await {
+                        fail(format!(
+                            "the server expired our session and re-initializing failed: {e}"
+                        ));
+                        self.die(format!("session expired and re-initialize failed: {e}"));
+                        return;
+                    }
+                }
+                Ok(Posted::SessionExpired) => {
+                    fail(
+                        "the server expired the session again right after re-initializing"
+                            .to_owned(),
+                    );
+                    return;
+                }
+                Err(e) => {
+                    // A connection-level failure: the server is gone. Fail this request at once
+                    // and let the supervisor reconnect (it fails every other pending request).
+                    fail(format!("lost the connection to the server: {e}"));
+                    self.die(e);
+                    return;
+                }
+            }
+        };
+        let status = resp.status();
+        if !status.is_success() {
+            let e = self.status_error(resp, "POST").await;
+            fail(e);
+            return;
+        }
+        if mode == Mode::Legacy || status == StatusCode::ACCEPTED {
+            return; // answers arrive on the SSE stream
+        }
+        let read = self.read_messages(resp, limit, |_| {}).await;
+        if let Some(id) = request_id {
+            if self.conn.is_pending(id) {
+                let why = match read {
+                    Err(e) => format!("the server's answer broke off: {e}"),
+                    Ok(()) => "the server ended its response without answering".to_owned(),
+                };
+                self.conn.fail(id, &why);
+            }
+        }
+    }
+
+    async fn post_once(
+        &self,
+        mode: Mode,
+        to: &Uri,
+        msg: Bytes,
+        limit: Duration,
+    ) -> Result<Posted, String> {
+        let with_session = mode == Mode::Streamable;
+        let had_session = with_session && self.session.lock().is_ok_and(|s| s.is_some());
+        let req = self
+            .build(
+                Method::POST,
+                to,
+                "application/json, text/event-stream",
+                Some(msg),
+                with_session,
+            )
+            .await?;
+        let resp = self.send(req, limit).await?;
+        if resp.status() == StatusCode::NOT_FOUND && had_session {
+            return Ok(Posted::SessionExpired);
+        }
+        Ok(Posted::Response(resp))
+    }
+
+    /// Starts a new MCP session after the server forgot ours. Concurrent callers that used
+    /// the same old session wait for one re-initialization.
+    async fn reinitialize(&self, used: Option<HeaderValue>) -> Result<(), String> {
+        let _one = self.reinit.lock().await;
+        let current = self.session.lock().ok().and_then(|s| s.clone());
+        if current != used {
+            return Ok(()); // someone else already did it
+        }
+        tracing::info!(server = %self.server, "the server expired our session; initializing a new one");
+        if let Ok(mut s) = self.session.lock() {
+            *s = None;
+        }
+        match self.initialize().await? {
+            Some(_) => Ok(()),
+            None => Err("the server refused initialize".to_owned()),
+        }
+    }
+
+    /// Streamable HTTP: keeps the standalone GET stream open for server-initiated messages
+    /// (list_changed, requests), reopening it when it ends.
+    async fn get_loop(self: Arc<Self>) {
+        while !self.is_dead() {
+            let req = match self
+                .build(Method::GET, &self.url, "text/event-stream", None, true)
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::warn!(server = %self.server, error = %e, "cannot open the GET stream");
+                    tokio::time::sleep(GET_REOPEN * 5).await;
+                    continue;
+                }
+            };
+            let resp = match self.send(req, SHORT_EXCHANGE).await {
+                Ok(r) => r,
+                Err(e) => {
+                    self.die(format!("lost the connection to the server: {e}"));
+                    return;
+                }
+            };
+            match resp.status() {
+                StatusCode::METHOD_NOT_ALLOWED => return, // the server offers no GET stream
+                StatusCode::NOT_FOUND => {
+                    let used = self.session.lock().ok().and_then(|s| s.clone());
+                    if let Err(e) = self.reinitialize(used).await {
+                        self.die(format!("session expired and re-initialize failed: {e}"));
+                        return;
+                    }
+                    continue;
+                }
+                s if s.is_success() && is_sse(resp.headers()) => {
+                    let mut reader = SseReader::new(resp.into_body());
+                    loop {
+                        match reader.next().await {
+                            Ok(Some(ev)) => self.deliver_event(ev).await,
+                            Ok(None) => break,
+                            Err(e) => {
+                                tracing::debug!(server = %self.server, error = %e, "GET stream ended");
+                                break;
+                            }
+                        }
+                    }
+                }
+                s => {
+                    tracing::debug!(server = %self.server, status = %s, "GET stream refused; not retrying");
+                    return;
+                }
+            }
+            tokio::time::sleep(GET_REOPEN).await;
+        }
+    }
+
+    async fn deliver_event(&self, ev: sse::Event) {
+        if ev.event != "message" || ev.data.trim().is_empty() {
+            return;
+        }
+        if let Err(reason) =
+            dispatch(&self.source, &self.conn, &self.events, ev.data.as_bytes()).await
+        {
+            self.die(reason);
+        }
+    }
+
+    /// Legacy transport: GET the SSE endpoint and wait for the `endpoint` event naming where
+    /// to POST.
+    async fn open_legacy(&self) -> Result<(Uri, SseReader), String> {
+        let req = self
+            .build(Method::GET, &self.url, "text/event-stream", None, false)
+            .await?;
+        let resp = self.send(req, self.startup_timeout).await?;
+        if !resp.status().is_success() || !is_sse(resp.headers()) {
+            return Err(format!(
+                "the url speaks neither Streamable HTTP nor HTTP+SSE ({})",
+                self.status_error(resp, "GET").await
+            ));
+        }
+        let mut reader = SseReader::new(resp.into_body());
+        let deadline = tokio::time::Instant::now() + self.startup_timeout;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, reader.next())
+                .await
+                .map_err(|_| "the SSE stream sent no `endpoint` event in time".to_owned())??
+                .ok_or("the SSE stream ended before its `endpoint` event")?;
+            if ev.event == "endpoint" {
+                let endpoint = resolve_endpoint(&self.url, ev.data.trim())?;
+                tracing::info!(server = %self.server, "connected over the legacy HTTP+SSE transport");
+                return Ok((endpoint, reader));
+            }
+        }
+    }
+
+    async fn legacy_read_loop(self: Arc<Self>, mut reader: SseReader) {
+        loop {
+            match reader.next().await {
+                Ok(Some(ev)) => self.deliver_event(ev).await,
+                Ok(None) => {
+                    self.die("the server closed its SSE stream".to_owned());
+                    return;
+                }
+                Err(e) => {
+                    self.die(format!("the server's SSE stream broke: {e}"));
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Ends the session: stops the tasks and, for Streamable HTTP, tells the server (DELETE).
+    pub(super) async fn close(&self) {
+        self.die("stopped by the gateway".to_owned());
+        if let Ok(mut t) = self.tasks.lock() {
+            for h in t.drain(..) {
+                h.abort();
+            }
+        }
+        let has_session = self.session.lock().is_ok_and(|s| s.is_some());
+        if has_session {
+            if let Ok(req) = self
+                .build(Method::DELETE, &self.url, "application/json", None, true)
+                .await
+            {
+                let _ = self.send(req, Duration::from_secs(2)).await;
+            }
+        }
+    }
+}
+
+fn is_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/event-stream"))
+        })
+}
+
+/// The legacy `endpoint` event names a path (or URL) on the same server. A different origin is
+/// refused: following it would send our credentials wherever the server points.
+fn resolve_endpoint(base: &Uri, endpoint: &str) -> Result<Uri, String> {
+    let bad = || format!("the server's `endpoint` event is not usable: `{endpoint}`");
+    if endpoint.starts_with('/') && !endpoint.starts_with("//") {
+        let mut parts = base.clone().into_parts();
+        parts.path_and_query = Some(endpoint.parse().map_err(|_| bad())?);
+        return Uri::from_parts(parts).map_err(|_| bad());
+    }
+    let abs: Uri = endpoint.parse().map_err(|_| bad())?;
+    if abs.scheme() != base.scheme() || abs.authority() != base.authority() {
+        return Err(format!(
+            "the server's `endpoint` event points at another origin (`{endpoint}`); refusing to send messages there"
+        ));
+    }
+    Ok(abs)
+}
+
+async fn read_json_body(body: Incoming, limit: Duration) -> Result<Bytes, String> {
+    let limited = http_body_util::Limited::new(body, MAX_MESSAGE_BYTES);
+    match tokio::time::timeout(limit, limited.collect()).await {
+        Ok(Ok(c)) => Ok(c.to_bytes()),
+        Ok(Err(e)) => Err(format!("reading the response failed: {e}")),
+        Err(_) => Err(format!(
+            "response body not received within {}s",
+            limit.as_secs()
+        )),
+    }
+}
+
+/// Reads SSE events off a response body, with the parser's bounds and an idle timeout.
+pub(super) struct SseReader {
+    body: Incoming,
+    parser: sse::Parser,
+    ready: std::collections::VecDeque<sse::Event>,
+}
+
+impl SseReader {
+    fn new(body: Incoming) -> SseReader {
+        SseReader {
+            body,
+            parser: sse::Parser::new(MAX_MESSAGE_BYTES),
+            ready: std::collections::VecDeque::new(),
+        }
+    }
+
+    /// The next event, `None` at the end of the stream.
+    async fn next(&mut self) -> Result<Option<sse::Event>, String> {
+        loop {
+            if let Some(ev) = self.ready.pop_front() {
+                return Ok(Some(ev));
+            }
+            let frame = match tokio::time::timeout(SSE_IDLE, self.body.frame()).await {
+                Err(_) => return Err(format!("no data for {}s", SSE_IDLE.as_secs())),
+                Ok(None) => return Ok(None),
+                Ok(Some(Err(e))) => return Err(error_chain(&e)),
+                Ok(Some(Ok(f))) => f,
+            };
+            if let Ok(data) = frame.into_data() {
+                let evs = self.parser.feed(&data).map_err(|e| e.to_string())?;
+                self.ready.extend(evs);
+            }
+        }
+    }
+}
+
+/// An error with its causes (hyper's top-level messages, like "client error (Connect)", say
+/// little on their own).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_secret_references() {
+        let s = vec![("TOKEN".to_owned(), "abc".to_owned())];
+        assert_eq!(render("Bearer ${secret:TOKEN}", &s).unwrap(), "Bearer abc");
+        assert_eq!(render("plain", &s).unwrap(), "plain");
+        assert!(render("${secret:OTHER}", &s).is_err());
+        assert!(render("${secret:TOKEN", &s).is_err());
+    }
+
+    #[test]
+    fn endpoint_must_stay_on_the_same_origin() {
+        let base: Uri = "http://127.0.0.1:9000/sse".parse().unwrap();
+        assert_eq!(
+            resolve_endpoint(&base, "/messages?session_id=1")
+                .unwrap()
+                .to_string(),
+            "http://127.0.0.1:9000/messages?session_id=1"
+        );
+        assert!(resolve_endpoint(&base, "http://127.0.0.1:9000/m").is_ok());
+        assert!(resolve_endpoint(&base, "http://evil.example/m").is_err());
+        assert!(resolve_endpoint(&base, "//evil.example/m").is_err());
+    }
+}
