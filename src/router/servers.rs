@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 use crate::policy::{Lifecycle, Policy, Server};
 use crate::sandbox::{Purpose, Runtime};
@@ -54,7 +54,21 @@ impl Drop for Lease {
 
 pub(super) struct Servers {
     slots: BTreeMap<Arc<str>, Slot>,
-    instances: Mutex<HashMap<u64, Weak<Upstream>>>,
+    instances: Mutex<HashMap<u64, Registered>>,
+}
+
+/// An instance the router started. The state outlives the `Upstream`: an instance whose last
+/// handle is gone (a closed session's, a finished per-call lease's) is still being stopped by
+/// its supervisor, and shutdown must wait for that too.
+struct Registered {
+    up: Weak<Upstream>,
+    state: watch::Receiver<State>,
+}
+
+impl Registered {
+    fn finished(&self) -> bool {
+        self.up.strong_count() == 0 && matches!(*self.state.borrow(), State::Stopped)
+    }
 }
 
 impl Servers {
@@ -120,9 +134,15 @@ impl Servers {
     fn register(&self, up: &Arc<Upstream>) {
         if let Ok(mut m) = self.instances.lock() {
             if m.len() > 64 && m.len().is_power_of_two() {
-                m.retain(|_, w| w.strong_count() > 0);
+                m.retain(|_, r| !r.finished());
             }
-            m.insert(up.instance(), Arc::downgrade(up));
+            m.insert(
+                up.instance(),
+                Registered {
+                    up: Arc::downgrade(up),
+                    state: up.watch_state(),
+                },
+            );
         }
     }
 
@@ -140,7 +160,7 @@ impl Servers {
 
     /// The live instance with id `instance`.
     pub fn instance(&self, instance: u64) -> Option<Arc<Upstream>> {
-        self.instances.lock().ok()?.get(&instance)?.upgrade()
+        self.instances.lock().ok()?.get(&instance)?.up.upgrade()
     }
 
     /// Whether lists from `instance` define the catalog of its server.
@@ -292,7 +312,7 @@ impl Servers {
     pub fn live(&self) -> Vec<Arc<Upstream>> {
         self.instances
             .lock()
-            .map(|m| m.values().filter_map(Weak::upgrade).collect())
+            .map(|m| m.values().filter_map(|r| r.up.upgrade()).collect())
             .unwrap_or_default()
     }
 
@@ -331,12 +351,22 @@ impl Servers {
             .collect()
     }
 
+    /// Stops every instance and waits (bounded) until each supervisor has stopped its server,
+    /// including instances no one holds any more that are still being stopped, so that the
+    /// runtime's final sweep does not race their removal.
     pub async fn shutdown(&self) {
         let all = self.live();
         for up in &all {
             up.shutdown();
         }
-        let waits = futures_util::future::join_all(all.iter().map(|u| u.stopped()));
+        let states: Vec<watch::Receiver<State>> = self
+            .instances
+            .lock()
+            .map(|m| m.values().map(|r| r.state.clone()).collect())
+            .unwrap_or_default();
+        let waits = futures_util::future::join_all(states.into_iter().map(|mut rx| async move {
+            let _ = rx.wait_for(|s| matches!(s, State::Stopped)).await;
+        }));
         let _ = tokio::time::timeout(Duration::from_secs(10), waits).await;
     }
 }

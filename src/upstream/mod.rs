@@ -219,6 +219,12 @@ impl Upstream {
         self.state.borrow().clone()
     }
 
+    /// A receiver of this instance's state; it keeps reporting after the `Upstream` is dropped,
+    /// until the supervisor has stopped the server.
+    pub fn watch_state(&self) -> watch::Receiver<State> {
+        self.state.clone()
+    }
+
     pub fn init_info(&self) -> Option<Arc<InitInfo>> {
         match &*self.state.borrow() {
             State::Ready(info) => Some(info.clone()),

@@ -44,7 +44,15 @@ impl Supervisor {
             }
             self.state.send_replace(State::Starting);
             let started = tokio::time::Instant::now();
-            let reason = match self.start().await {
+            // A start (container create, handshake) can take long; shutdown must not wait
+            // for it. Whatever was created is dropped, and so removed (the runtime also
+            // tracks it for its final sweep).
+            let mut stop = self.shutdown.clone();
+            let attempt = tokio::select! {
+                r = self.start() => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let reason = match attempt {
                 Ok(mut running) => {
                     self.state.send_replace(State::Ready(running.info.clone()));
                     tracing::info!(server = %self.name, instance = %running.spawned_desc, protocol = %running.info.protocol_version, "server ready");

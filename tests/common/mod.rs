@@ -161,6 +161,32 @@ impl Gateway {
         self.stderr.lock().unwrap().clone()
     }
 
+    /// Stops the gateway gracefully with SIGTERM (what an orchestrator sends) and waits for it
+    /// to exit, at most `limit`; returns its exit status. Panics if it does not exit in time
+    /// (`Drop` then kills it).
+    pub fn terminate(&mut self, limit: Duration) -> std::process::ExitStatus {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        if let Some(status) = self.child.try_wait().expect("try_wait") {
+            return status;
+        }
+        kill(Pid::from_raw(pid), Signal::SIGTERM).expect("SIGTERM");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            if start.elapsed() > limit {
+                panic!(
+                    "gateway still running {limit:?} after SIGTERM; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     pub fn port(&self) -> u16 {
         self.base.rsplit(':').next().unwrap().parse().unwrap()
     }

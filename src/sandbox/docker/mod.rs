@@ -490,6 +490,9 @@ impl Drop for ContainerInstance {
 }
 
 /// Force-removes a container (kills it first); an already removed container counts as success.
+/// When another request is already removing it, waits until it is gone: "in progress" is not
+/// "done", and a gateway that exits while the other request is in flight (a supervisor's kill
+/// racing the shutdown sweep) would otherwise leave the container behind.
 async fn remove(docker: &Docker, id: &str) -> Result<(), DockerFailure> {
     let removed = timed(
         "container remove",
@@ -514,8 +517,33 @@ async fn remove(docker: &Docker, id: &str) -> Result<(), DockerFailure> {
                     status_code: 409, ..
                 },
             ..
-        }) => Ok(()),
+        }) => wait_gone(docker, id).await,
         other => other,
+    }
+}
+
+/// Waits until the engine no longer knows container `id`, at most `API_TIMEOUT`.
+async fn wait_gone(docker: &Docker, id: &str) -> Result<(), DockerFailure> {
+    const POLL: Duration = Duration::from_millis(50);
+    let deadline = tokio::time::Instant::now() + API_TIMEOUT;
+    loop {
+        match timed(
+            "container inspect",
+            API_TIMEOUT,
+            docker.inspect_container(id, None::<InspectContainerOptions>),
+        )
+        .await
+        {
+            Err(e) if e.is_not_found() => return Ok(()),
+            Err(e) => return Err(e),
+            Ok(_) if tokio::time::Instant::now() >= deadline => {
+                return Err(DockerFailure::Timeout {
+                    op: "container remove",
+                    limit: API_TIMEOUT,
+                })
+            }
+            Ok(_) => tokio::time::sleep(POLL).await,
+        }
     }
 }
 

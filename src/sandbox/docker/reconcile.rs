@@ -4,9 +4,7 @@
 
 use std::collections::HashMap;
 
-use bollard::query_parameters::{
-    ListContainersOptionsBuilder, ListNetworksOptionsBuilder, RemoveContainerOptionsBuilder,
-};
+use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
 
 use super::{labels, timed, DockerFailure, DockerRuntime, API_TIMEOUT};
 
@@ -53,29 +51,8 @@ pub(super) async fn run(
             .and_then(|n| n.into_iter().next())
             .map(|n| n.trim_start_matches('/').to_owned())
             .unwrap_or_else(|| id.clone());
-        let removed = timed(
-            "container remove",
-            API_TIMEOUT,
-            rt.docker.remove_container(
-                &id,
-                Some(
-                    RemoveContainerOptionsBuilder::new()
-                        .force(true)
-                        .v(true)
-                        .build(),
-                ),
-            ),
-        )
-        .await;
-        match removed {
-            Ok(())
-            | Err(DockerFailure::Api {
-                source:
-                    bollard::errors::Error::DockerResponseServerError {
-                        status_code: 404, ..
-                    },
-                ..
-            }) => {
+        match super::remove(&rt.docker, &id).await {
+            Ok(()) => {
                 rt.forget(&id);
                 done.containers.push(name)
             }
