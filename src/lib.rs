@@ -7,6 +7,7 @@
 
 pub mod cli;
 pub mod downstream;
+pub mod egress;
 pub mod mcp;
 pub mod policy;
 pub mod router;

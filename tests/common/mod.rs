@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod netlab;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
