@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use portcullis::cli::{self, Cli, Command, PolicyCommand};
+use portcullis::cli::{self, Cli, Command, FirewallCommand, PolicyCommand};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -9,6 +9,8 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Check { file }) => cli::policy::check(&file),
         Command::Policy(PolicyCommand::Import { file }) => cli::policy::import(&file),
         Command::Policy(PolicyCommand::Show { file }) => cli::policy::show(&file),
+        Command::Firewall(FirewallCommand::Plan { file }) => cli::firewall::plan(&file),
+        Command::Firewall(FirewallCommand::Show) => cli::firewall::show(),
         Command::Serve(serve) => {
             cli::init_logging(args.log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread()

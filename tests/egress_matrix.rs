@@ -135,7 +135,14 @@ async fn attack_matrix() {
         name: net_b.netns.clone(),
     });
     // IPv6 on sandbox A, so the IPv6 case is about the firewall and not a missing route.
-    router.ip(&["addr", "add", "2001:db8:1::1/64", "dev", &net_a.iface, "nodad"]);
+    router.ip(&[
+        "addr",
+        "add",
+        "2001:db8:1::1/64",
+        "dev",
+        &net_a.iface,
+        "nodad",
+    ]);
     sb_a.ip(&["addr", "add", "2001:db8:1::2/64", "dev", "eth0", "nodad"]);
     sb_a.ip(&["-6", "route", "add", "default", "via", "2001:db8:1::1"]);
 
@@ -208,7 +215,8 @@ async fn attack_matrix() {
     let un = query(&sb_a, resolver, "unlisted.test", RecordType::A, false);
     r.check(
         "unlisted name refused",
-        rc(&un) == Some(ResponseCode::Refused) && un.as_ref().map(a_records).unwrap_or_default().is_empty(),
+        rc(&un) == Some(ResponseCode::Refused)
+            && un.as_ref().map(a_records).unwrap_or_default().is_empty(),
         format!("{:?}", rc(&un)),
     );
     r.check(
@@ -241,7 +249,8 @@ async fn attack_matrix() {
     );
     r.check(
         "CNAME target address pinned for the allowed name's port",
-        tcp_works(&sb_a, sa([198, 18, 0, 13], 443)) && !tcp_works(&sb_a, sa([198, 18, 0, 13], 8443)),
+        tcp_works(&sb_a, sa([198, 18, 0, 13], 443))
+            && !tcp_works(&sb_a, sa([198, 18, 0, 13], 8443)),
         "198.18.0.13:443 open, :8443 closed",
     );
     let target = query(&sb_a, resolver, "target.other.test", RecordType::A, false);
@@ -254,23 +263,37 @@ async fn attack_matrix() {
         let m = query(&sb_a, resolver, "api.example.test", ty, false);
         r.check(
             &format!("{ty} query for an allowed name refused"),
-            rc(&m) == Some(ResponseCode::Refused) && m.as_ref().is_some_and(|m| m.answers().is_empty()),
+            rc(&m) == Some(ResponseCode::Refused)
+                && m.as_ref().is_some_and(|m| m.answers().is_empty()),
             format!("{:?}", rc(&m)),
         );
     }
     let aaaa = query(&sb_a, resolver, "api.example.test", RecordType::AAAA, false);
     r.check(
         "AAAA for an allowed name: empty NOERROR",
-        rc(&aaaa) == Some(ResponseCode::NoError) && aaaa.as_ref().is_some_and(|m| m.answers().is_empty()),
+        rc(&aaaa) == Some(ResponseCode::NoError)
+            && aaaa.as_ref().is_some_and(|m| m.answers().is_empty()),
         format!("{:?}", rc(&aaaa)),
     );
-    let other_dns = query(&sb_a, sa([198, 18, 0, 53], 53), "unlisted.test", RecordType::A, false);
+    let other_dns = query(
+        &sb_a,
+        sa([198, 18, 0, 53], 53),
+        "unlisted.test",
+        RecordType::A,
+        false,
+    );
     r.check(
         "direct UDP to another DNS server blocked",
         other_dns.is_none(),
         "198.18.0.53:53/udp",
     );
-    let other_dns_tcp = query(&sb_a, sa([198, 18, 0, 53], 53), "unlisted.test", RecordType::A, true);
+    let other_dns_tcp = query(
+        &sb_a,
+        sa([198, 18, 0, 53], 53),
+        "unlisted.test",
+        RecordType::A,
+        true,
+    );
     r.check(
         "direct TCP to another DNS server blocked",
         other_dns_tcp.is_none(),
@@ -307,11 +330,15 @@ async fn attack_matrix() {
         !udp_works(&sb_a, sa([198, 18, 0, 10], 5353)),
         "198.18.0.10:5353/udp",
     );
-    for (n, what) in [("private.example.test", "10.0.0.5"), ("meta.example.test", "169.254.169.254")] {
+    for (n, what) in [
+        ("private.example.test", "10.0.0.5"),
+        ("meta.example.test", "169.254.169.254"),
+    ] {
         let m = query(&sb_a, resolver, n, RecordType::A, false);
         r.check(
             &format!("allowed name resolving to {what} not handed out"),
-            rc(&m) == Some(ResponseCode::Refused) && m.as_ref().map(a_records).unwrap_or_default().is_empty(),
+            rc(&m) == Some(ResponseCode::Refused)
+                && m.as_ref().map(a_records).unwrap_or_default().is_empty(),
             format!("{:?}", rc(&m)),
         );
     }
@@ -338,7 +365,14 @@ async fn attack_matrix() {
     );
     r.check(
         "another sandbox's resolver blocked",
-        query(&sb_a, prep_b.resolver, "api.example.test", RecordType::A, false).is_none(),
+        query(
+            &sb_a,
+            prep_b.resolver,
+            "api.example.test",
+            RecordType::A,
+            false,
+        )
+        .is_none(),
         format!("{}", prep_b.resolver),
     );
     r.check(
@@ -358,7 +392,8 @@ async fn attack_matrix() {
     let held = tcp_open(&sb_a, sa([198, 18, 0, 14], 443));
     r.check(
         "TTL-0 answer pinned for pin_ttl_min",
-        short.as_ref().map(a_records) == Some(vec![Ipv4Addr::new(198, 18, 0, 14)]) && held.is_some(),
+        short.as_ref().map(a_records) == Some(vec![Ipv4Addr::new(198, 18, 0, 14)])
+            && held.is_some(),
         "198.18.0.14:443 connected",
     );
     tokio::time::sleep(Duration::from_millis(3500)).await;
@@ -437,7 +472,8 @@ async fn attack_matrix() {
     let mut saw_event = false;
     let deadline = Instant::now() + Duration::from_secs(3);
     while Instant::now() < deadline && !saw_event {
-        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
+        {
             saw_event |= matches!(ev, EgressEvent::Denied { ref server, packets } if *server == name_a && packets > 0);
         }
     }
@@ -453,7 +489,8 @@ async fn attack_matrix() {
     let mut restored = false;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !restored {
-        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
+        {
             restored |= matches!(ev, EgressEvent::Restored { .. });
         }
     }
@@ -477,12 +514,24 @@ async fn attack_matrix() {
         "api.example.test:443",
     );
     // Deleting just one chain is noticed too.
-    let del = router.exec(&["nft", "flush", "chain", "inet", ruleset::TABLE, &ruleset::srv_chain(&name_a)]);
-    assert!(del.status.success(), "{}", String::from_utf8_lossy(&del.stderr));
+    let del = router.exec(&[
+        "nft",
+        "flush",
+        "chain",
+        "inet",
+        ruleset::TABLE,
+        &ruleset::srv_chain(&name_a),
+    ]);
+    assert!(
+        del.status.success(),
+        "{}",
+        String::from_utf8_lossy(&del.stderr)
+    );
     let mut restored = false;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !restored {
-        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await {
+        if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
+        {
             restored |= matches!(ev, EgressEvent::Restored { .. });
         }
     }
@@ -495,17 +544,33 @@ async fn attack_matrix() {
     // The process runtime's prefix gives the child the gateway as its only resolver.
     let mut cmd = net_a.command_prefix();
     cmd.extend(["cat".to_string(), "/etc/resolv.conf".to_string()]);
-    let out = std::process::Command::new(&cmd[0]).args(&cmd[1..]).output().unwrap();
+    let out = std::process::Command::new(&cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .unwrap();
     r.check(
         "process runtime: child sees only the gateway resolver",
         String::from_utf8_lossy(&out.stdout).contains(&format!("nameserver {}", net_a.gateway)),
-        String::from_utf8_lossy(&out.stdout).trim().replace('\n', " | "),
+        String::from_utf8_lossy(&out.stdout)
+            .trim()
+            .replace('\n', " | "),
     );
 
     egress.release(&name_a).await.expect("release a");
     egress.release(&name_b).await.expect("release b");
-    let gone = router.exec(&["nft", "list", "chain", "inet", ruleset::TABLE, &ruleset::srv_chain(&name_a)]);
-    r.check("release removes the server's chains", !gone.status.success(), "");
+    let gone = router.exec(&[
+        "nft",
+        "list",
+        "chain",
+        "inet",
+        ruleset::TABLE,
+        &ruleset::srv_chain(&name_a),
+    ]);
+    r.check(
+        "release removes the server's chains",
+        !gone.status.success(),
+        "",
+    );
     r.check(
         "released interface stays closed (default drop for pc-*)",
         !tcp_works(&sb_a, sa([198, 18, 0, 10], 443)),

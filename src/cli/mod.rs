@@ -1,5 +1,6 @@
 //! The command line: argument parsing and the commands themselves, at the binary's edge.
 
+pub mod firewall;
 pub mod policy;
 pub mod serve;
 
@@ -30,6 +31,17 @@ pub enum Command {
     /// Validate, import or show policy files.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Show the nftables egress rules: planned for a policy, or live.
+    #[command(subcommand)]
+    Firewall(FirewallCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirewallCommand {
+    /// Print the rule set a policy would program, in `nft` syntax.
+    Plan { file: PathBuf },
+    /// Print the live `table inet portcullis` with pinned addresses and remaining timeouts.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]

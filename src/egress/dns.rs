@@ -158,7 +158,10 @@ pub fn is_special(a: Ipv4Addr) -> bool {
 /// Latency samples (query received -> answer sent), bounded.
 #[derive(Debug, Default)]
 pub struct Stats {
+    /// Whole answers, pins included.
     pub samples: Vec<Duration>,
+    /// Just the pin: elements sent to the kernel until its acknowledgement.
+    pub pin_samples: Vec<Duration>,
 }
 
 const MAX_SAMPLES: usize = 100_000;
@@ -377,8 +380,14 @@ async fn decide(ctx: &Ctx, q: &Message) -> Message {
             .iter()
             .flat_map(|a| ports.iter().map(move |p| Pin { addr: *a, port: *p }))
             .collect();
+        let started = Instant::now();
         if ctx.pinner.pin(&ctx.server, pins, pin_for).await.is_err() {
             return reply(q, ResponseCode::ServFail);
+        }
+        if let Ok(mut s) = ctx.stats.lock() {
+            if s.pin_samples.len() < MAX_SAMPLES {
+                s.pin_samples.push(started.elapsed());
+            }
         }
     }
     let client_ttl = ttl.min(u32::try_from(pin_for.as_secs().saturating_sub(1)).unwrap_or(0));
@@ -436,7 +445,8 @@ async fn ask_upstream(ctx: &Ctx, name: &Name) -> Option<Message> {
     let sock = ctx.upstream.socks.lock().ok()?.pop()?;
     let mut answer = None;
     for up in &ctx.settings.upstream_resolvers {
-        if let Ok(Some(m)) = tokio::time::timeout(UPSTREAM_TIMEOUT, ask_one(&sock, *up, name)).await {
+        if let Ok(Some(m)) = tokio::time::timeout(UPSTREAM_TIMEOUT, ask_one(&sock, *up, name)).await
+        {
             answer = Some(m);
             break;
         }
@@ -504,7 +514,11 @@ mod tests {
 
     #[test]
     fn wildcards_match_strictly_below_the_domain() {
-        let a = allow(&["*.example.test:443", "api.other.test:443", "api.other.test:8443"]);
+        let a = allow(&[
+            "*.example.test:443",
+            "api.other.test:443",
+            "api.other.test:8443",
+        ]);
         assert_eq!(a.ports("a.example.test"), vec![Some(443)]);
         assert_eq!(a.ports("A.B.Example.Test."), vec![Some(443)]);
         assert!(a.ports("example.test").is_empty());

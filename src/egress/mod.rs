@@ -34,8 +34,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot};
 
-pub use crate::sandbox::BoxFuture;
 use crate::policy::{EgressSettings, Policy, Server};
+pub use crate::sandbox::BoxFuture;
 pub use nft::{NftError, Snapshot};
 use ruleset::ServerNet;
 pub use table::EgressEvent;
@@ -186,7 +186,10 @@ impl Egress {
         Self::start_with(policy, EgressOptions::default()).await
     }
 
-    pub async fn start_with(policy: &Policy, options: EgressOptions) -> Result<Egress, EgressError> {
+    pub async fn start_with(
+        policy: &Policy,
+        options: EgressOptions,
+    ) -> Result<Egress, EgressError> {
         let ns = options.netns.clone();
         let interval = options.watch_interval;
         let (worker, events) = tokio::task::spawn_blocking(move || table::spawn(ns, interval))
@@ -248,7 +251,12 @@ impl Egress {
             .map_err(|_| NftError::Io(std::io::Error::other("the nftables worker is gone")))?
     }
 
-    async fn apply(&self, state: &BTreeMap<String, Entry>, extra: Option<(&Server, &ServerNet)>, without: Option<&str>) -> Result<(), NftError> {
+    async fn apply(
+        &self,
+        state: &BTreeMap<String, Entry>,
+        extra: Option<(&Server, &ServerNet)>,
+        without: Option<&str>,
+    ) -> Result<(), NftError> {
         let mut servers: BTreeMap<String, (Server, ServerNet)> = state
             .iter()
             .filter(|(n, _)| Some(n.as_str()) != without)
@@ -262,7 +270,11 @@ impl Egress {
 
     /// Programs `server`'s rules on `attach` and starts its resolver. Fail closed: on error,
     /// nothing of this server is left programmed and the sandbox must not be started.
-    pub async fn prepare(&self, server: &Server, attach: Attachment) -> Result<Prepared, EgressError> {
+    pub async fn prepare(
+        &self,
+        server: &Server,
+        attach: Attachment,
+    ) -> Result<Prepared, EgressError> {
         let net = attach.net(&server.name);
         if !net.iface.starts_with(ruleset::IFACE_PREFIX) || net.iface.len() >= 16 {
             return Err(EgressError::BadInterface {
@@ -316,7 +328,11 @@ impl Egress {
         Ok(prepared)
     }
 
-    async fn start_resolver(&self, server: &Server, addr: SocketAddr) -> std::io::Result<dns::Resolver> {
+    async fn start_resolver(
+        &self,
+        server: &Server,
+        addr: SocketAddr,
+    ) -> std::io::Result<dns::Resolver> {
         let ns = self.inner.options.netns.clone();
         let (udp, tcp, upstream) = tokio::task::spawn_blocking(move || {
             netns::in_netns(ns.as_deref(), move || {
@@ -398,9 +414,19 @@ impl Egress {
             .unwrap_or_default()
     }
 
+    /// Pin latency samples (elements sent until the kernel's acknowledgement).
+    pub fn pin_latencies(&self) -> Vec<Duration> {
+        self.inner
+            .stats
+            .lock()
+            .map(|s| s.pin_samples.clone())
+            .unwrap_or_default()
+    }
+
     pub fn clear_latencies(&self) {
         if let Ok(mut s) = self.inner.stats.lock() {
             s.samples.clear();
+            s.pin_samples.clear();
         }
     }
 

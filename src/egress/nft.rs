@@ -107,7 +107,12 @@ owner!(
     sys::nftnl_rule_alloc,
     sys::nftnl_rule_free
 );
-owner!(NSet, sys::nftnl_set, sys::nftnl_set_alloc, sys::nftnl_set_free);
+owner!(
+    NSet,
+    sys::nftnl_set,
+    sys::nftnl_set_alloc,
+    sys::nftnl_set_free
+);
 
 /// A batch of nf_tables messages, framed by batch begin/end, sent in one `sendmsg`.
 pub struct Batch {
@@ -251,7 +256,11 @@ impl Batch {
             sys::nftnl_set_set_str(set.0, sys::NFTNL_SET_TABLE as u16, NFT_TABLE.as_ptr());
             sys::nftnl_set_set_str(set.0, sys::NFTNL_SET_NAME as u16, name.as_ptr());
             sys::nftnl_set_set_u32(set.0, sys::NFTNL_SET_FAMILY as u16, u32::from(FAMILY));
-            sys::nftnl_set_set_u32(set.0, sys::NFTNL_SET_FLAGS as u16, libc::NFT_SET_TIMEOUT as u32);
+            sys::nftnl_set_set_u32(
+                set.0,
+                sys::NFTNL_SET_FLAGS as u16,
+                libc::NFT_SET_TIMEOUT as u32,
+            );
             sys::nftnl_set_set_u32(set.0, sys::NFTNL_SET_KEY_TYPE as u16, ty);
             sys::nftnl_set_set_u32(set.0, sys::NFTNL_SET_KEY_LEN as u16, len);
             sys::nftnl_set_set_u32(set.0, sys::NFTNL_SET_ID as u16, id);
@@ -306,12 +315,7 @@ impl Batch {
         for c in &t.chains {
             self.add_chain(c)?;
         }
-        let ids = |name: &str| {
-            t.sets
-                .iter()
-                .position(|s| s.name == name)
-                .map_or(0, set_id)
-        };
+        let ids = |name: &str| t.sets.iter().position(|s| s.name == name).map_or(0, set_id);
         for c in &t.chains {
             for r in &c.rules {
                 self.add_rule(&c.name, r, &ids)?;
@@ -323,7 +327,11 @@ impl Batch {
     /// Adds (or refreshes) elements. The kernel does not extend the timeout of an element that
     /// already exists, so each element is added (a no-op if present), deleted, and added again
     /// with the new timeout, all in this one transaction.
-    pub fn put_elements(&mut self, set: &str, elems: &[(Vec<u8>, Duration)]) -> Result<(), NftError> {
+    pub fn put_elements(
+        &mut self,
+        set: &str,
+        elems: &[(Vec<u8>, Duration)],
+    ) -> Result<(), NftError> {
         if elems.is_empty() {
             return Ok(());
         }
@@ -505,7 +513,11 @@ impl Exprs<'_> {
             Match::CtEstablishedRelated => {
                 // SAFETY: valid expression pointer from `add`.
                 self.add(c"ct", |e| unsafe {
-                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_KEY as u16, libc::NFT_CT_STATE as u32);
+                    sys::nftnl_expr_set_u32(
+                        e,
+                        sys::NFTNL_EXPR_CT_KEY as u16,
+                        libc::NFT_CT_STATE as u32,
+                    );
                     sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_DREG as u16, REG1);
                     Ok(())
                 })?;
@@ -572,7 +584,11 @@ impl Exprs<'_> {
         };
         // SAFETY: libnftnl copies the chain name.
         self.add(c"immediate", |e| unsafe {
-            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_IMM_DREG as u16, libc::NFT_REG_VERDICT as u32);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_IMM_DREG as u16,
+                libc::NFT_REG_VERDICT as u32,
+            );
             sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_IMM_VERDICT as u16, code as u32);
             if let Some(c) = &chain {
                 sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_IMM_CHAIN as u16, c.as_ptr());
@@ -737,7 +753,11 @@ impl Netlink {
     }
 
     /// Runs a dump request for our table and returns the raw messages.
-    fn dump(&mut self, ty: u16, build: impl FnOnce(*mut libc::nlmsghdr)) -> Result<Vec<Vec<u8>>, NftError> {
+    fn dump(
+        &mut self,
+        ty: u16,
+        build: impl FnOnce(*mut libc::nlmsghdr),
+    ) -> Result<Vec<Vec<u8>>, NftError> {
         let seq = self.seq;
         self.seq = self.seq.wrapping_add(1);
         let mut s = scratch();
@@ -754,7 +774,8 @@ impl Netlink {
             (*nlh).nlmsg_len as usize
         };
         // SAFETY: len is within the scratch buffer.
-        let bytes = unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), len.min(MSG_BUF)) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), len.min(MSG_BUF)) };
         self.sock.send(bytes)?;
         let mut out = Vec::new();
         loop {
@@ -804,7 +825,8 @@ impl Netlink {
             (*nlh).nlmsg_len as usize
         };
         // SAFETY: len is within the scratch buffer.
-        let bytes = unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), len.min(MSG_BUF)) };
+        let bytes =
+            unsafe { std::slice::from_raw_parts(s.as_ptr().cast::<u8>(), len.min(MSG_BUF)) };
         self.sock.send(bytes)?;
         let mut found = false;
         loop {
@@ -838,7 +860,11 @@ impl Netlink {
         let chain_filter = NChain::new()?;
         // SAFETY: valid object.
         unsafe {
-            sys::nftnl_chain_set_str(chain_filter.0, sys::NFTNL_CHAIN_TABLE as u16, NFT_TABLE.as_ptr());
+            sys::nftnl_chain_set_str(
+                chain_filter.0,
+                sys::NFTNL_CHAIN_TABLE as u16,
+                NFT_TABLE.as_ptr(),
+            );
         }
         // SAFETY: the filter outlives the call.
         for raw in self.dump(GETCHAIN, |nlh| unsafe {
@@ -862,7 +888,11 @@ impl Netlink {
         let rule_filter = NRule::new()?;
         // SAFETY: valid object.
         unsafe {
-            sys::nftnl_rule_set_str(rule_filter.0, sys::NFTNL_RULE_TABLE as u16, NFT_TABLE.as_ptr());
+            sys::nftnl_rule_set_str(
+                rule_filter.0,
+                sys::NFTNL_RULE_TABLE as u16,
+                NFT_TABLE.as_ptr(),
+            );
         }
         // SAFETY: the filter outlives the call.
         for raw in self.dump(GETRULE, |nlh| unsafe {
@@ -891,7 +921,8 @@ impl Netlink {
                         break;
                     }
                     n += 1;
-                    if string(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16)) == "counter" {
+                    if string(sys::nftnl_expr_get_str(e, sys::NFTNL_EXPR_NAME as u16)) == "counter"
+                    {
                         packets += sys::nftnl_expr_get_u64(e, sys::NFTNL_EXPR_CTR_PACKETS as u16);
                     }
                 }
@@ -903,7 +934,11 @@ impl Netlink {
         let set_filter = NSet::new()?;
         // SAFETY: valid object.
         unsafe {
-            sys::nftnl_set_set_str(set_filter.0, sys::NFTNL_SET_TABLE as u16, NFT_TABLE.as_ptr());
+            sys::nftnl_set_set_str(
+                set_filter.0,
+                sys::NFTNL_SET_TABLE as u16,
+                NFT_TABLE.as_ptr(),
+            );
         }
         // SAFETY: the filter outlives the call.
         for raw in self.dump(GETSET, |nlh| unsafe {
@@ -917,8 +952,10 @@ impl Netlink {
                 }
                 let table = string(sys::nftnl_set_get_str(s.0, sys::NFTNL_SET_TABLE as u16));
                 if table == ruleset::TABLE {
-                    snap.sets
-                        .insert(string(sys::nftnl_set_get_str(s.0, sys::NFTNL_SET_NAME as u16)));
+                    snap.sets.insert(string(sys::nftnl_set_get_str(
+                        s.0,
+                        sys::NFTNL_SET_NAME as u16,
+                    )));
                 }
             }
         }

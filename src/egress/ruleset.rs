@@ -199,7 +199,10 @@ pub fn build(servers: &[(&Server, &ServerNet)]) -> Table {
             Match::OifPrefix(prefix.clone()),
         ]),
         rule(
-            vec![Match::OifPrefix(prefix.clone()), Match::CtEstablishedRelated],
+            vec![
+                Match::OifPrefix(prefix.clone()),
+                Match::CtEstablishedRelated,
+            ],
             Verdict::Accept,
         ),
         counted_drop(vec![Match::OifPrefix(prefix.clone())]),

@@ -37,7 +37,11 @@ impl Pin {
 }
 
 /// Pins grouped by set, ready for one batch.
-pub fn group(server: &str, pins: &[Pin], timeout: Duration) -> BTreeMap<String, Vec<(Vec<u8>, Duration)>> {
+pub fn group(
+    server: &str,
+    pins: &[Pin],
+    timeout: Duration,
+) -> BTreeMap<String, Vec<(Vec<u8>, Duration)>> {
     let mut out: BTreeMap<String, Vec<(Vec<u8>, Duration)>> = BTreeMap::new();
     for p in pins {
         out.entry(p.set_name(server))

@@ -84,8 +84,16 @@ pub fn render(p: &Policy) -> String {
                 .join(", ")
         }
     );
-    let _ = writeln!(o, "  pin_ttl_min           {}", format_duration(e.pin_ttl_min));
-    let _ = writeln!(o, "  pin_ttl_max           {}", format_duration(e.pin_ttl_max));
+    let _ = writeln!(
+        o,
+        "  pin_ttl_min           {}",
+        format_duration(e.pin_ttl_min)
+    );
+    let _ = writeln!(
+        o,
+        "  pin_ttl_max           {}",
+        format_duration(e.pin_ttl_max)
+    );
     let _ = writeln!(o, "  max_addresses_per_name {}", e.max_addresses_per_name);
     let _ = writeln!(
         o,

@@ -301,7 +301,10 @@ impl Checker<'_> {
             Some(p) => match parse_v4_pool(p.get_ref()) {
                 Ok(pool) => pool,
                 Err(why) => {
-                    self.error(p.span().start, format!("invalid `network_pool` \"{}\": {why}", p.get_ref()));
+                    self.error(
+                        p.span().start,
+                        format!("invalid `network_pool` \"{}\": {why}", p.get_ref()),
+                    );
                     d.network_pool
                 }
             },

@@ -188,7 +188,8 @@ fn zone_answer(zone: &Zone, q: &Message) -> Message {
     let name = query.name().to_ascii().to_ascii_lowercase();
     let name = name.trim_end_matches('.');
     let n = |s: &str| Name::from_ascii(format!("{s}.")).unwrap();
-    let a = |owner: &str, ttl: u32, ip: Ipv4Addr| Record::from_rdata(n(owner), ttl, RData::A(A(ip)));
+    let a =
+        |owner: &str, ttl: u32, ip: Ipv4Addr| Record::from_rdata(n(owner), ttl, RData::A(A(ip)));
     let k = zone.queries.fetch_add(1, Ordering::SeqCst);
     let mut answers = Vec::new();
     match (name, query.query_type()) {
@@ -275,7 +276,13 @@ pub fn dns_server(ns: &Ns, addr: SocketAddr, zone: Arc<Zone>) {
 }
 
 /// A DNS question from inside a namespace; `None` when nothing answered.
-pub fn query(ns: &Ns, server: SocketAddr, name: &str, ty: RecordType, tcp: bool) -> Option<Message> {
+pub fn query(
+    ns: &Ns,
+    server: SocketAddr,
+    name: &str,
+    ty: RecordType,
+    tcp: bool,
+) -> Option<Message> {
     let name = name.to_string();
     ns.run(move || {
         let mut m = Message::new();
