@@ -418,10 +418,8 @@ fn follow_chain(up: &Message, name: &Name) -> (Vec<Ipv4Addr>, u32) {
                     addrs.push(*a);
                     ttl = ttl.min(r.ttl());
                 }
-                RData::CNAME(c) => {
-                    if next.is_none() {
-                        next = Some((c.0.to_lowercase(), r.ttl()));
-                    }
+                RData::CNAME(c) if next.is_none() => {
+                    next = Some((c.0.to_lowercase(), r.ttl()));
                 }
                 _ => {}
             }
