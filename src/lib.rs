@@ -9,6 +9,7 @@ pub mod access;
 pub mod audit;
 pub mod cli;
 pub mod downstream;
+pub mod egress;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;

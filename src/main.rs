@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use portcullis::cli::{self, Cli, Command, PolicyCommand, TokenCommand};
+use portcullis::cli::{self, Cli, Command, FirewallCommand, PolicyCommand, TokenCommand};
 
 fn main() -> ExitCode {
     let args = Cli::parse();
@@ -16,6 +16,8 @@ fn main() -> ExitCode {
             Ok(rt) => rt.block_on(cli::doctor::run(doctor)),
             Err(code) => code,
         },
+        Command::Firewall(FirewallCommand::Plan { file }) => cli::firewall::plan(&file),
+        Command::Firewall(FirewallCommand::Show) => cli::firewall::show(),
         Command::Serve(serve) => {
             cli::init_logging(args.log_format);
             let runtime = match async_runtime() {

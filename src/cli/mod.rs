@@ -3,6 +3,7 @@
 pub mod audit;
 pub mod client_config;
 pub mod doctor;
+pub mod firewall;
 pub mod policy;
 pub mod serve;
 
@@ -43,6 +44,17 @@ pub enum Command {
     ClientConfig(client_config::ClientConfigArgs),
     /// Check that what a policy needs (Docker engine, images) is present, with a fix for each problem.
     Doctor(doctor::DoctorArgs),
+    /// Show the nftables egress rules: planned for a policy, or live.
+    #[command(subcommand)]
+    Firewall(FirewallCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirewallCommand {
+    /// Print the rule set a policy would program, in `nft` syntax.
+    Plan { file: PathBuf },
+    /// Print the live `table inet portcullis` with pinned addresses and remaining timeouts.
+    Show,
 }
 
 #[derive(Debug, Subcommand)]

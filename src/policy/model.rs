@@ -14,6 +14,8 @@ pub struct Policy {
     /// Where the policy came from (a path, or `<embedded default>`), for messages.
     pub origin: String,
     pub gateway: Gateway,
+    /// Gateway-wide egress settings (`[egress]`).
+    pub egress: EgressSettings,
     /// Servers by name. Names match `^[a-zA-Z0-9-]{1,32}$` so that `name__tool` stays readable.
     pub servers: BTreeMap<String, Server>,
     /// Clients by name: who may connect, with which credentials, to which tools, how often.
@@ -207,6 +209,35 @@ pub struct Gateway {
     pub sse_poll_interval: Option<Duration>,
     /// TLS for the listener; required (with client authentication) off loopback.
     pub tls: Option<Tls>,
+}
+
+/// Gateway-wide egress settings: how the pinning resolver answers and where sandbox networks live.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EgressSettings {
+    /// Where the pinning resolver forwards allowed questions. Empty means sandboxes resolve
+    /// nothing (every name query is refused), which is the safe default.
+    pub upstream_resolvers: Vec<SocketAddr>,
+    /// A pin lives at least this long even when the answer's TTL is shorter, so that a client
+    /// that connects a moment after a TTL-0 answer is not refused.
+    pub pin_ttl_min: Duration,
+    /// A pin lives at most this long even when the TTL is longer, so rotated-away addresses close.
+    pub pin_ttl_max: Duration,
+    /// Addresses taken from one answer; the rest are dropped from the answer (and not pinned).
+    pub max_addresses_per_name: usize,
+    /// The IPv4 range per-server networks (/29 each) are carved from.
+    pub network_pool: (std::net::Ipv4Addr, u8),
+}
+
+impl Default for EgressSettings {
+    fn default() -> Self {
+        EgressSettings {
+            upstream_resolvers: Vec::new(),
+            pin_ttl_min: Duration::from_secs(5),
+            pin_ttl_max: Duration::from_secs(300),
+            max_addresses_per_name: 8,
+            network_pool: (std::net::Ipv4Addr::new(10, 213, 0, 0), 16),
+        }
+    }
 }
 
 /// How aggregated tool and prompt names are formed.

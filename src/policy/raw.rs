@@ -19,6 +19,9 @@ pub type StrMap = BTreeMap<Str, Str>;
 pub struct RawPolicy {
     #[serde(default, deserialize_with = "in_gateway")]
     pub gateway: Option<RawGateway>,
+    /// Gateway-wide egress settings (the resolver, pin lifetimes, the network pool).
+    #[serde(default, deserialize_with = "in_egress_settings")]
+    pub egress: Option<RawEgressSettings>,
     #[serde(default, deserialize_with = "in_servers")]
     pub servers: Named<RawServer>,
     #[serde(default, deserialize_with = "in_clients")]
@@ -163,6 +166,16 @@ pub struct RawEgress {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+pub struct RawEgressSettings {
+    pub upstream_resolvers: Option<Vec<Str>>,
+    pub pin_ttl_min: Option<Spanned<Value>>,
+    pub pin_ttl_max: Option<Spanned<Value>>,
+    pub max_addresses_per_name: Option<Spanned<u64>>,
+    pub network_pool: Option<Str>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawLimits {
     pub memory: Option<Spanned<Value>>,
     pub cpus: Option<Spanned<Value>>,
@@ -251,6 +264,7 @@ macro_rules! in_table {
 }
 
 in_table!(in_gateway, "gateway", Option<RawGateway>);
+in_table!(in_egress_settings, "egress", Option<RawEgressSettings>);
 in_table!(in_servers, "servers", Named<RawServer>);
 in_table!(in_clients, "clients", Named<RawClient>);
 in_table!(in_audit, "audit", Option<RawAudit>);

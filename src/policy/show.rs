@@ -69,6 +69,37 @@ pub fn render(p: &Policy) -> String {
         g.sse_poll_interval
             .map_or_else(|| "off".to_owned(), format_duration)
     );
+    let e = &p.egress;
+    let _ = writeln!(o, "\n[egress]");
+    let _ = writeln!(
+        o,
+        "  upstream_resolvers    {}",
+        if e.upstream_resolvers.is_empty() {
+            "(none: sandboxes resolve no names)".to_owned()
+        } else {
+            e.upstream_resolvers
+                .iter()
+                .map(|a| a.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    let _ = writeln!(
+        o,
+        "  pin_ttl_min           {}",
+        format_duration(e.pin_ttl_min)
+    );
+    let _ = writeln!(
+        o,
+        "  pin_ttl_max           {}",
+        format_duration(e.pin_ttl_max)
+    );
+    let _ = writeln!(o, "  max_addresses_per_name {}", e.max_addresses_per_name);
+    let _ = writeln!(
+        o,
+        "  network_pool          {}/{}",
+        e.network_pool.0, e.network_pool.1
+    );
     for s in p.servers.values() {
         let _ = writeln!(o, "\n[servers.{}]", s.name);
         match &s.runtime {

@@ -53,6 +53,7 @@ pub fn validate(
     let raw_gateway = raw.gateway.unwrap_or_default();
     let listen_at = raw_gateway.listen.as_ref().map_or(0, |l| l.span().start);
     let (gateway, naming_at) = c.gateway(raw_gateway);
+    let egress = c.egress_settings(raw.egress.unwrap_or_default());
     // Judged on what was written, so a server that fails validation still counts.
     let written_servers = raw.servers.0.len();
     let server_names: BTreeSet<String> = raw
@@ -92,11 +93,30 @@ pub fn validate(
     Ok(Policy {
         origin: origin.to_string(),
         gateway,
+        egress,
         servers,
         clients,
         auth,
         audit,
     })
+}
+
+/// An IPv4 network for sandbox subnets: `a.b.c.d/n` with no host bits and room for /29s.
+fn parse_v4_pool(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
+    let (a, p) = s
+        .split_once('/')
+        .ok_or("write an IPv4 network like \"10.213.0.0/16\"")?;
+    let addr: std::net::Ipv4Addr = a.parse().map_err(|_| "not an IPv4 address".to_string())?;
+    let prefix: u8 = p
+        .parse()
+        .ok()
+        .filter(|n| (8..=28).contains(n))
+        .ok_or("the prefix length must be 8 to 28 (each server takes a /29)")?;
+    let mask = u32::MAX << (32 - u32::from(prefix));
+    if u32::from(addr) & !mask != 0 {
+        return Err("host bits are set".into());
+    }
+    Ok((addr, prefix))
 }
 
 pub(crate) fn is_env_name(s: &str) -> bool {
@@ -247,6 +267,68 @@ impl Checker<'_> {
 
     pub(super) fn strings(v: &Option<Vec<Str>>) -> Vec<String> {
         v.iter().flatten().map(|s| s.get_ref().clone()).collect()
+    }
+
+    fn egress_settings(&mut self, e: RawEgressSettings) -> EgressSettings {
+        let d = EgressSettings::default();
+        let mut upstream_resolvers = Vec::new();
+        for r in e.upstream_resolvers.iter().flatten() {
+            match r.get_ref().parse::<SocketAddr>() {
+                Ok(a) => upstream_resolvers.push(a),
+                Err(_) => self.error(
+                    r.span().start,
+                    format!(
+                        "invalid upstream resolver \"{}\"; use IP:PORT, like \"10.0.0.2:53\" (host names are not resolved)",
+                        r.get_ref()
+                    ),
+                ),
+            }
+        }
+        let pin_ttl_min = self
+            .duration(&e.pin_ttl_min, "pin_ttl_min")
+            .unwrap_or(d.pin_ttl_min);
+        let pin_ttl_max = self
+            .duration(&e.pin_ttl_max, "pin_ttl_max")
+            .unwrap_or(d.pin_ttl_max);
+        if pin_ttl_min > pin_ttl_max {
+            let at = e
+                .pin_ttl_min
+                .as_ref()
+                .or(e.pin_ttl_max.as_ref())
+                .map_or(0, |v| v.span().start);
+            self.error(
+                at,
+                format!("`pin_ttl_min` ({pin_ttl_min:?}) is longer than `pin_ttl_max` ({pin_ttl_max:?}); the floor must not exceed the cap"),
+            );
+        }
+        if pin_ttl_min.is_zero() {
+            if let Some(v) = &e.pin_ttl_min {
+                self.error(v.span().start, "`pin_ttl_min` must be at least 1s: a pin that expires at once would refuse the connection its answer was for");
+            }
+        }
+        let max_addresses_per_name = self
+            .count(&e.max_addresses_per_name, "max_addresses_per_name", (1, 64))
+            .map_or(d.max_addresses_per_name, |n| n as usize);
+        let network_pool = match &e.network_pool {
+            None => d.network_pool,
+            Some(p) => match parse_v4_pool(p.get_ref()) {
+                Ok(pool) => pool,
+                Err(why) => {
+                    self.error(
+                        p.span().start,
+                        format!("invalid `network_pool` \"{}\": {why}", p.get_ref()),
+                    );
+                    d.network_pool
+                }
+            },
+        };
+        EgressSettings {
+            upstream_resolvers,
+            pin_ttl_min,
+            pin_ttl_max,
+            max_addresses_per_name,
+            network_pool,
+        }
     }
 
     fn gateway(&mut self, g: RawGateway) -> (Gateway, usize) {

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod docker;
+pub mod netlab;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

@@ -1,0 +1,229 @@
+//! Egress benchmark (needs root, `ip`, `nft`; everything happens in namespaces made here).
+//!
+//! - pin latency: a DNS question received by the resolver until the answer is sent, with the
+//!   netlink ack of the pinned elements included (and the pin alone), median and p99;
+//! - rule-set programming: one atomic replacement of the table for 1, 10 and 100 servers,
+//!   including the read-back verification.
+//!
+//! `cargo bench --bench egress`. The upstream is a tiny DNS server on the namespace's loopback.
+
+use std::net::{Ipv4Addr, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use portcullis::egress::nft::{Netlink, Snapshot};
+use portcullis::egress::{netns, ruleset, Attachment, Egress, EgressOptions};
+
+struct Ns(String);
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).output();
+    }
+}
+
+fn ip(args: &[&str]) {
+    let o = Command::new("ip").args(args).output().expect("ip");
+    assert!(
+        o.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    if v.is_empty() {
+        return Duration::ZERO;
+    }
+    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+fn policy(n: usize) -> portcullis::policy::Policy {
+    let mut src =
+        String::from("[egress]\nupstream_resolvers = [\"127.0.0.53:53\"]\npin_ttl_min = \"30s\"\n");
+    for i in 0..n {
+        src.push_str(&format!(
+            "[servers.s{i}]\nruntime = \"docker\"\nimage = \"x\"\negress.allow = [\"*.bench.test:443\", \"api.bench.test:8443\", \"10.1.2.0/24:5432\"]\n"
+        ));
+    }
+    portcullis::policy::parse(&src, "<bench>").expect("policy")
+}
+
+fn main() {
+    if !netns::is_root() {
+        eprintln!("!!!!!!!!!! SKIPPED: the egress benchmark needs root, `ip` and `nft` !!!!!!!!!!");
+        return;
+    }
+    let name = format!("pcb-{}", std::process::id());
+    ip(&["netns", "add", &name]);
+    let ns = Ns(name.clone());
+    let path = PathBuf::from("/run/netns").join(&ns.0);
+    ip(&["-n", &name, "link", "set", "lo", "up"]);
+
+    // --- programming time -----------------------------------------------------------------
+    for n in [1usize, 10, 100] {
+        let p = policy(n);
+        let nets: Vec<ruleset::ServerNet> = ruleset::plan_nets(&p);
+        let pairs: Vec<_> = nets
+            .iter()
+            .map(|net| (&p.servers[&net.server], net))
+            .collect();
+        let table = ruleset::build(&pairs);
+        let chains = table.chains.len();
+        let rules: usize = table.chains.iter().map(|c| c.rules.len()).sum();
+        let path2 = path.clone();
+        let times = netns::in_netns(Some(&path2), move || {
+            let mut nl = Netlink::open().map_err(std::io::Error::other)?;
+            let mut times = Vec::new();
+            for _ in 0..20 {
+                let t = Instant::now();
+                let mut b = nl.batch();
+                b.replace_table(&table).map_err(std::io::Error::other)?;
+                nl.commit(b, "bench").map_err(std::io::Error::other)?;
+                let snap = nl.snapshot().map_err(std::io::Error::other)?;
+                assert!(snap.is_some_and(|s| s.same_shape(&Snapshot::expected(&table))));
+                times.push(t.elapsed());
+            }
+            Ok(times)
+        })
+        .expect("programming");
+        let mut t = times;
+        println!(
+            "program {n:>3} servers ({} chains, {} rules): median {:?}, p99 {:?}",
+            chains,
+            rules,
+            pct(&mut t, 0.5),
+            pct(&mut t, 0.99)
+        );
+    }
+
+    // --- pin latency ----------------------------------------------------------------------
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    // upstream: answers every A question with one address, TTL 60
+    let up_path = path.clone();
+    std::thread::spawn(move || {
+        if netns::enter(&up_path).is_err() {
+            return;
+        }
+        let Ok(s) = UdpSocket::bind("127.0.0.53:53") else {
+            return;
+        };
+        let mut buf = [0u8; 1500];
+        let mut k: u32 = 0;
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let mut m = Message::new();
+            m.set_id(q.id())
+                .set_message_type(MessageType::Response)
+                .set_op_code(OpCode::Query);
+            if let Some(qq) = q.queries().first() {
+                m.add_query(qq.clone());
+                k = k.wrapping_add(1);
+                let addr = Ipv4Addr::new(198, 18, (k >> 8) as u8, k as u8);
+                m.add_answer(Record::from_rdata(qq.name().clone(), 60, RData::A(A(addr))));
+            }
+            if let Ok(b) = m.to_vec() {
+                let _ = s.send_to(&b, from);
+            }
+        }
+    });
+    ip(&[
+        "-n",
+        &name,
+        "link",
+        "add",
+        "pc-bench0",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "pcb-peer0",
+    ]);
+    ip(&[
+        "-n",
+        &name,
+        "addr",
+        "add",
+        "10.213.0.1/29",
+        "dev",
+        "pc-bench0",
+    ]);
+    ip(&["-n", &name, "link", "set", "pc-bench0", "up"]);
+    let p = policy(1);
+    let server = p.servers["s0"].clone();
+    let (lat, pins) = rt.block_on(async {
+        let egress = Egress::start_with(
+            &p,
+            EgressOptions {
+                netns: Some(path.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("egress");
+        let prep = egress
+            .prepare(
+                &server,
+                Attachment::Veth {
+                    iface: "pc-bench0".into(),
+                    gateway: Ipv4Addr::new(10, 213, 0, 1),
+                },
+            )
+            .await
+            .expect("prepare");
+        let resolver = prep.resolver;
+        let qpath = path.clone();
+        tokio::task::spawn_blocking(move || {
+            netns::in_netns(Some(&qpath), move || {
+                let s = UdpSocket::bind("127.0.0.1:0")?;
+                s.set_read_timeout(Some(Duration::from_secs(2)))?;
+                let mut buf = [0u8; 1500];
+                for i in 0..5000u32 {
+                    let mut m = Message::new();
+                    m.set_id(i as u16)
+                        .set_message_type(MessageType::Query)
+                        .set_op_code(OpCode::Query);
+                    m.add_query(Query::query(
+                        Name::from_ascii(format!("n{i}.bench.test."))
+                            .map_err(std::io::Error::other)?,
+                        RecordType::A,
+                    ));
+                    s.send_to(&m.to_vec().map_err(std::io::Error::other)?, resolver)?;
+                    let _ = s.recv_from(&mut buf)?;
+                }
+                Ok(())
+            })
+        })
+        .await
+        .expect("join")
+        .expect("queries");
+        let r = (egress.latencies(), egress.pin_latencies());
+        egress.remove_table().await.expect("remove");
+        r
+    });
+    let (mut lat, mut pins) = (lat, pins);
+    println!(
+        "pin latency over {} answers (query received -> answer sent, incl. upstream on loopback and netlink ack): median {:?}, p99 {:?}",
+        lat.len(),
+        pct(&mut lat, 0.5),
+        pct(&mut lat, 0.99)
+    );
+    println!(
+        "pin only (elements sent -> kernel ack, {} pins per answer): median {:?}, p99 {:?}",
+        2,
+        pct(&mut pins, 0.5),
+        pct(&mut pins, 0.99)
+    );
+    drop(ns);
+}

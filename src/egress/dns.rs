@@ -1,0 +1,581 @@
+//! The pinning resolver: the only DNS server a sandbox can reach.
+//!
+//! One resolver per server, bound on UDP and TCP port 53 of the server's gateway address. It
+//! answers a question only when all of this holds, and otherwise says REFUSED:
+//! - opcode QUERY, exactly one question, class IN;
+//! - type A or AAAA (everything else, TXT, ANY, MX, SRV, PTR, ..., is refused);
+//! - the name is allowed for this server: an exact `name` rule, or a `*.domain` rule, which
+//!   matches any name strictly below `domain` at any depth (`a.domain`, `a.b.domain`) and never
+//!   `domain` itself. Names compare case-insensitively, without the trailing dot.
+//!
+//! AAAA questions for allowed names get an empty NOERROR answer (NODATA): sandbox networks are
+//! IPv4-only, so an IPv6 address could never be pinned; NODATA makes clients fall back to A at
+//! once instead of waiting.
+//!
+//! For an A question the resolver asks the policy's upstream resolvers (UDP, in order, 2 s each)
+//! and then:
+//! - **CNAME chains** are followed inside the upstream answer, up to 8 links. Only the *queried*
+//!   name has to be allowed; the names along the chain do not (a CDN alias is an implementation
+//!   detail of the allowed service). The addresses at the end of the chain are pinned only for
+//!   the queried name's ports, and the client gets a flattened answer (`queried-name A addr`),
+//!   so no other name ever appears in what the sandbox sees and caches.
+//! - **Address filter**: unspecified, loopback, RFC 1918 private, CGNAT (100.64/10),
+//!   link-local (169.254/16, which includes the 169.254.169.254 metadata service), multicast,
+//!   reserved (240/4) and broadcast addresses are removed, unless one of the server's CIDR rules
+//!   contains the address. If addresses were removed and none is left, the answer is REFUSED
+//!   (the policy, not the name, is the reason); an upstream answer with no address at all stays
+//!   an empty NOERROR.
+//! - At most `max_addresses_per_name` addresses are kept, in upstream order.
+//! - **Pin, then answer**: every kept address is added to the server's set for each port of the
+//!   matching rules (`ip . port`, TCP only; a rule without a port pins the address for every
+//!   TCP port), with timeout = clamp(TTL, pin_ttl_min, pin_ttl_max), where TTL is the smallest
+//!   along the chain. The answer is sent only after the kernel acknowledged the elements; if
+//!   pinning fails the answer is SERVFAIL (fail closed). The TTL given to the client is at most
+//!   the pin's lifetime minus one second, so a client never uses an address from its cache
+//!   after its pin ran out.
+//! - Upstream NXDOMAIN/SERVFAIL are passed on without records.
+//!
+//! Pins are TCP only: no allowed name opens UDP (so no QUIC and no DNS to other servers over
+//! an allowed address); the only UDP a sandbox can send is DNS to this resolver.
+//!
+//! Bytes that do not parse as a DNS message are dropped without an answer; nothing here panics
+//! on input. Work is bounded: UDP queries in flight and TCP connections are capped by
+//! semaphores, TCP connections time out.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::A;
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
+
+use super::sets::Pin;
+use crate::policy::{EgressHost, EgressSettings, Server};
+
+const MAX_CHAIN: usize = 8;
+const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
+const TCP_TIMEOUT: Duration = Duration::from_secs(10);
+const UDP_IN_FLIGHT: usize = 256;
+const TCP_CONNS: usize = 32;
+
+/// Pins addresses for one server; implemented by the egress service (netlink worker).
+pub trait Pinner: Send + Sync {
+    fn pin(
+        &self,
+        server: &str,
+        pins: Vec<Pin>,
+        timeout: Duration,
+    ) -> super::BoxFuture<'_, Result<(), String>>;
+}
+
+/// What a server may resolve.
+#[derive(Debug, Clone)]
+pub struct Allow {
+    /// (exact name, port)
+    names: Vec<(String, Option<u16>)>,
+    /// (domain under which names match, port)
+    wildcards: Vec<(String, Option<u16>)>,
+    /// CIDR rules, for the private-address exception.
+    cidrs: Vec<(IpAddr, u8)>,
+}
+
+impl Allow {
+    pub fn of(server: &Server) -> Allow {
+        let mut a = Allow {
+            names: vec![],
+            wildcards: vec![],
+            cidrs: vec![],
+        };
+        for r in &server.egress.allow {
+            match &r.host {
+                EgressHost::Name(n) => a.names.push((n.clone(), r.port)),
+                EgressHost::Wildcard(d) => a.wildcards.push((d.clone(), r.port)),
+                EgressHost::Cidr { addr, prefix } => a.cidrs.push((*addr, *prefix)),
+            }
+        }
+        a
+    }
+
+    /// The ports `name` is allowed on (`None` in the list: every port); empty if not allowed.
+    pub fn ports(&self, name: &str) -> Vec<Option<u16>> {
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        let mut out = Vec::new();
+        for (n, p) in &self.names {
+            if *n == name {
+                out.push(*p);
+            }
+        }
+        for (d, p) in &self.wildcards {
+            if name.len() > d.len() + 1
+                && name.ends_with(d.as_str())
+                && name.as_bytes()[name.len() - d.len() - 1] == b'.'
+            {
+                out.push(*p);
+            }
+        }
+        if out.contains(&None) {
+            return vec![None];
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
+    fn cidr_allows(&self, a: Ipv4Addr) -> bool {
+        self.cidrs.iter().any(|(net, prefix)| match net {
+            IpAddr::V4(n) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(*prefix)).unwrap_or(0);
+                u32::from(a) & mask == u32::from(*n) & mask
+            }
+            IpAddr::V6(_) => false,
+        })
+    }
+
+    /// Whether the address may be handed out.
+    pub fn address_ok(&self, a: Ipv4Addr) -> bool {
+        !is_special(a) || self.cidr_allows(a)
+    }
+}
+
+/// Addresses a sandbox must never learn from DNS unless the policy names their range.
+pub fn is_special(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    a.is_unspecified()
+        || a.is_loopback()
+        || a.is_private()
+        || a.is_link_local()
+        || a.is_multicast()
+        || a.is_broadcast()
+        || o[0] == 0
+        || o[0] >= 240
+        || (o[0] == 100 && (o[1] & 0xc0) == 64)
+}
+
+/// Latency samples (query received -> answer sent), bounded.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Whole answers, pins included.
+    pub samples: Vec<Duration>,
+    /// Just the pin: elements sent to the kernel until its acknowledgement.
+    pub pin_samples: Vec<Duration>,
+}
+
+const MAX_SAMPLES: usize = 100_000;
+
+/// UDP sockets for upstream questions, bound in the resolver's namespace ahead of time (a
+/// socket belongs to the namespace it was created in, and the async runtime's threads may be
+/// in another one).
+pub(crate) struct UpstreamPool {
+    socks: Mutex<Vec<UdpSocket>>,
+    limit: Semaphore,
+}
+
+impl UpstreamPool {
+    pub(crate) fn new(socks: Vec<std::net::UdpSocket>) -> std::io::Result<UpstreamPool> {
+        let n = socks.len();
+        let mut out = Vec::with_capacity(n);
+        for s in socks {
+            s.set_nonblocking(true)?;
+            out.push(UdpSocket::from_std(s)?);
+        }
+        Ok(UpstreamPool {
+            socks: Mutex::new(out),
+            limit: Semaphore::new(n),
+        })
+    }
+}
+
+pub(crate) struct Ctx {
+    pub upstream: UpstreamPool,
+    pub server: String,
+    pub allow: Allow,
+    pub settings: EgressSettings,
+    pub pinner: Arc<dyn Pinner>,
+    pub stats: Arc<Mutex<Stats>>,
+}
+
+/// A running resolver; dropping it stops it.
+pub struct Resolver {
+    pub addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Resolver {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Resolver {
+    /// Serves on already bound sockets (bound in the right namespace by the caller).
+    pub(crate) fn serve(
+        ctx: Ctx,
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+    ) -> std::io::Result<Resolver> {
+        udp.set_nonblocking(true)?;
+        tcp.set_nonblocking(true)?;
+        let addr = udp.local_addr()?;
+        let udp = Arc::new(UdpSocket::from_std(udp)?);
+        let tcp = TcpListener::from_std(tcp)?;
+        let ctx = Arc::new(ctx);
+        let u = tokio::spawn(serve_udp(ctx.clone(), udp));
+        let t = tokio::spawn(serve_tcp(ctx, tcp));
+        Ok(Resolver {
+            addr,
+            tasks: vec![u, t],
+        })
+    }
+}
+
+async fn serve_udp(ctx: Arc<Ctx>, sock: Arc<UdpSocket>) {
+    let limit = Arc::new(Semaphore::new(UDP_IN_FLIGHT));
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, peer) = match sock.recv_from(&mut buf).await {
+            Ok(x) => x,
+            Err(_) => continue,
+        };
+        let start = Instant::now();
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            // Saturated: dropping the datagram makes the client retry, which is what UDP
+            // clients expect under load.
+            continue;
+        };
+        let query = buf[..n].to_vec();
+        let ctx = ctx.clone();
+        let sock = sock.clone();
+        tokio::spawn(async move {
+            if let Some(answer) = handle(&ctx, &query).await {
+                let _ = sock.send_to(&answer, peer).await;
+                ctx.record(start);
+            }
+            drop(permit);
+        });
+    }
+}
+
+async fn serve_tcp(ctx: Arc<Ctx>, listener: TcpListener) {
+    let limit = Arc::new(Semaphore::new(TCP_CONNS));
+    loop {
+        let Ok((mut conn, _)) = listener.accept().await else {
+            continue;
+        };
+        let Ok(permit) = limit.clone().try_acquire_owned() else {
+            continue;
+        };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(TCP_TIMEOUT, async {
+                loop {
+                    let mut len = [0u8; 2];
+                    if conn.read_exact(&mut len).await.is_err() {
+                        return;
+                    }
+                    let mut q = vec![0u8; usize::from(u16::from_be_bytes(len))];
+                    if conn.read_exact(&mut q).await.is_err() {
+                        return;
+                    }
+                    let start = Instant::now();
+                    let Some(answer) = handle(&ctx, &q).await else {
+                        return;
+                    };
+                    let Ok(alen) = u16::try_from(answer.len()) else {
+                        return;
+                    };
+                    let mut out = alen.to_be_bytes().to_vec();
+                    out.extend_from_slice(&answer);
+                    if conn.write_all(&out).await.is_err() {
+                        return;
+                    }
+                    ctx.record(start);
+                }
+            })
+            .await;
+            drop(permit);
+        });
+    }
+}
+
+impl Ctx {
+    fn record(&self, start: Instant) {
+        if let Ok(mut s) = self.stats.lock() {
+            if s.samples.len() < MAX_SAMPLES {
+                s.samples.push(start.elapsed());
+            }
+        }
+    }
+}
+
+fn reply(q: &Message, code: ResponseCode) -> Message {
+    let mut m = Message::new();
+    m.set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(q.op_code())
+        .set_recursion_desired(q.recursion_desired())
+        .set_recursion_available(true)
+        .set_response_code(code);
+    for query in q.queries() {
+        m.add_query(query.clone());
+    }
+    m
+}
+
+/// Answers one query; `None` means drop it (not a DNS query at all).
+pub(crate) async fn handle(ctx: &Ctx, bytes: &[u8]) -> Option<Vec<u8>> {
+    let q = Message::from_vec(bytes).ok()?;
+    if q.message_type() != MessageType::Query {
+        return None;
+    }
+    let m = decide(ctx, &q).await;
+    m.to_vec().ok()
+}
+
+async fn decide(ctx: &Ctx, q: &Message) -> Message {
+    if q.op_code() != OpCode::Query || q.queries().len() != 1 {
+        return reply(q, ResponseCode::Refused);
+    }
+    let query = &q.queries()[0];
+    if query.query_class() != DNSClass::IN {
+        return reply(q, ResponseCode::Refused);
+    }
+    let name = query.name().to_ascii();
+    let ports = ctx.allow.ports(&name);
+    if ports.is_empty() {
+        return reply(q, ResponseCode::Refused);
+    }
+    match query.query_type() {
+        RecordType::A => {}
+        RecordType::AAAA => return reply(q, ResponseCode::NoError),
+        _ => return reply(q, ResponseCode::Refused),
+    }
+    let Some(up) = ask_upstream(ctx, query.name()).await else {
+        return reply(q, ResponseCode::ServFail);
+    };
+    if up.response_code() != ResponseCode::NoError {
+        return reply(q, up.response_code());
+    }
+    let (addrs, ttl) = follow_chain(&up, query.name());
+    let found = !addrs.is_empty();
+    let mut kept: Vec<Ipv4Addr> = Vec::new();
+    for a in addrs {
+        if ctx.allow.address_ok(a) && !kept.contains(&a) {
+            kept.push(a);
+        }
+    }
+    kept.truncate(ctx.settings.max_addresses_per_name);
+    if found && kept.is_empty() {
+        return reply(q, ResponseCode::Refused);
+    }
+    let pin_for = Duration::from_secs(u64::from(ttl))
+        .clamp(ctx.settings.pin_ttl_min, ctx.settings.pin_ttl_max);
+    if !kept.is_empty() {
+        let pins: Vec<Pin> = kept
+            .iter()
+            .flat_map(|a| ports.iter().map(move |p| Pin { addr: *a, port: *p }))
+            .collect();
+        let started = Instant::now();
+        if ctx.pinner.pin(&ctx.server, pins, pin_for).await.is_err() {
+            return reply(q, ResponseCode::ServFail);
+        }
+        if let Ok(mut s) = ctx.stats.lock() {
+            if s.pin_samples.len() < MAX_SAMPLES {
+                s.pin_samples.push(started.elapsed());
+            }
+        }
+    }
+    let client_ttl = ttl.min(u32::try_from(pin_for.as_secs().saturating_sub(1)).unwrap_or(0));
+    let mut m = reply(q, ResponseCode::NoError);
+    for a in kept {
+        m.add_answer(Record::from_rdata(
+            query.name().clone(),
+            client_ttl,
+            RData::A(A(a)),
+        ));
+    }
+    m
+}
+
+/// The A addresses at the end of the CNAME chain starting at `name`, and the smallest TTL seen.
+fn follow_chain(up: &Message, name: &Name) -> (Vec<Ipv4Addr>, u32) {
+    let mut current = name.to_lowercase();
+    let mut ttl = u32::MAX;
+    for _ in 0..=MAX_CHAIN {
+        let mut addrs = Vec::new();
+        let mut next = None;
+        for r in up.answers() {
+            if r.name().to_lowercase() != current {
+                continue;
+            }
+            match r.data() {
+                RData::A(A(a)) => {
+                    addrs.push(*a);
+                    ttl = ttl.min(r.ttl());
+                }
+                RData::CNAME(c) if next.is_none() => {
+                    next = Some((c.0.to_lowercase(), r.ttl()));
+                }
+                _ => {}
+            }
+        }
+        if !addrs.is_empty() {
+            return (addrs, ttl);
+        }
+        match next {
+            Some((n, t)) => {
+                ttl = ttl.min(t);
+                current = n;
+            }
+            None => break,
+        }
+    }
+    (Vec::new(), if ttl == u32::MAX { 0 } else { ttl })
+}
+
+async fn ask_upstream(ctx: &Ctx, name: &Name) -> Option<Message> {
+    let _permit = ctx.upstream.limit.acquire().await.ok()?;
+    let sock = ctx.upstream.socks.lock().ok()?.pop()?;
+    let mut answer = None;
+    for up in &ctx.settings.upstream_resolvers {
+        if let Ok(Some(m)) = tokio::time::timeout(UPSTREAM_TIMEOUT, ask_one(&sock, *up, name)).await
+        {
+            answer = Some(m);
+            break;
+        }
+    }
+    if let Ok(mut socks) = ctx.upstream.socks.lock() {
+        socks.push(sock);
+    }
+    answer
+}
+
+async fn ask_one(sock: &UdpSocket, up: SocketAddr, name: &Name) -> Option<Message> {
+    let mut id = [0u8; 2];
+    getrandom::getrandom(&mut id).ok()?;
+    let id = u16::from_ne_bytes(id);
+    let mut m = Message::new();
+    m.set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true);
+    m.add_query(Query::query(name.clone(), RecordType::A));
+    sock.send_to(&m.to_vec().ok()?, up).await.ok()?;
+    let mut buf = vec![0u8; 4096];
+    loop {
+        let (n, from) = sock.recv_from(&mut buf).await.ok()?;
+        // Anything that is not the answer to this question from this upstream (a spoof
+        // attempt, a late answer to an earlier question on this socket) is ignored; the
+        // timeout bounds the wait.
+        if from != up {
+            continue;
+        }
+        let Ok(r) = Message::from_vec(&buf[..n]) else {
+            continue;
+        };
+        let same_question = r
+            .queries()
+            .first()
+            .is_some_and(|q| q.name().to_lowercase() == name.to_lowercase());
+        if r.id() == id && r.message_type() == MessageType::Response && same_question {
+            return Some(r);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::egress::parse_egress;
+
+    fn allow(rules: &[&str]) -> Allow {
+        let mut a = Allow {
+            names: vec![],
+            wildcards: vec![],
+            cidrs: vec![],
+        };
+        for r in rules {
+            let r = parse_egress(r).unwrap();
+            match r.host {
+                EgressHost::Name(n) => a.names.push((n, r.port)),
+                EgressHost::Wildcard(d) => a.wildcards.push((d, r.port)),
+                EgressHost::Cidr { addr, prefix } => a.cidrs.push((addr, prefix)),
+            }
+        }
+        a
+    }
+
+    #[test]
+    fn wildcards_match_strictly_below_the_domain() {
+        let a = allow(&[
+            "*.example.test:443",
+            "api.other.test:443",
+            "api.other.test:8443",
+        ]);
+        assert_eq!(a.ports("a.example.test"), vec![Some(443)]);
+        assert_eq!(a.ports("A.B.Example.Test."), vec![Some(443)]);
+        assert!(a.ports("example.test").is_empty());
+        assert!(a.ports("badexample.test").is_empty());
+        assert!(a.ports("example.test.evil.test").is_empty());
+        assert_eq!(a.ports("api.other.test"), vec![Some(443), Some(8443)]);
+        assert!(a.ports("other.test").is_empty());
+    }
+
+    #[test]
+    fn special_addresses_need_a_cidr_rule() {
+        let a = allow(&["10.1.2.0/24:5432"]);
+        for s in [
+            "127.0.0.1",
+            "10.0.0.1",
+            "172.16.3.4",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "224.0.0.1",
+            "255.255.255.255",
+            "240.0.0.1",
+        ] {
+            assert!(!a.address_ok(s.parse().unwrap()), "{s}");
+        }
+        assert!(a.address_ok("10.1.2.7".parse().unwrap()));
+        assert!(a.address_ok("198.18.0.10".parse().unwrap()));
+    }
+
+    #[test]
+    fn chains_are_followed_and_bounded() {
+        let mut m = Message::new();
+        let n = |s: &str| Name::from_ascii(s).unwrap();
+        m.add_answer(Record::from_rdata(
+            n("a.example.test."),
+            60,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(n("b.cdn.test."))),
+        ));
+        m.add_answer(Record::from_rdata(
+            n("b.cdn.test."),
+            30,
+            RData::A(A(Ipv4Addr::new(198, 18, 0, 10))),
+        ));
+        let (addrs, ttl) = follow_chain(&m, &n("a.example.test."));
+        assert_eq!(addrs, vec![Ipv4Addr::new(198, 18, 0, 10)]);
+        assert_eq!(ttl, 30);
+        // A loop ends without addresses.
+        let mut l = Message::new();
+        l.add_answer(Record::from_rdata(
+            n("x.test."),
+            5,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(n("y.test."))),
+        ));
+        l.add_answer(Record::from_rdata(
+            n("y.test."),
+            5,
+            RData::CNAME(hickory_proto::rr::rdata::CNAME(n("x.test."))),
+        ));
+        assert!(follow_chain(&l, &n("x.test.")).0.is_empty());
+    }
+}

@@ -1,0 +1,445 @@
+//! Egress enforcement: nftables rules per sandboxed server, the pinning resolver, networks.
+//!
+//! How a runtime uses it (both the Docker and the process runtime), per server:
+//! 1. `let subnet = egress.allocate_subnet(&server.name)?` — a /29 from `[egress] network_pool`.
+//! 2. Create the attachment on it: a Docker bridge network ([`network::create`]) or a network
+//!    namespace with a veth pair ([`netns::ProcessNet::create`]).
+//! 3. `let prepared = egress.prepare(server, attachment).await?` — programs the rules keyed by
+//!    the host-side interface (atomically, read back and verified) and starts the resolver on
+//!    the gateway address. **If this fails the sandbox must not be started** (fail closed).
+//! 4. Start the sandbox with `prepared.resolver` as its only DNS server.
+//! 5. When the last instance of the server is gone: `egress.release(&server.name).await`, then
+//!    remove the attachment and `egress.free_subnet(&server.name)`.
+//!
+//! `prepare`/`release` are reference counted per server: each instance of a per-session server
+//! calls `prepare` and `release` once; the rules and the resolver stay while any instance runs.
+//!
+//! Events (denials, tamper restores, failed restores) arrive on [`Egress::take_events`]; the
+//! gateway writes them to the audit log and stops the listed servers on
+//! [`EgressEvent::RestoreFailed`].
+
+pub mod dns;
+pub mod netns;
+pub mod network;
+pub mod nft;
+pub mod ruleset;
+pub mod sets;
+pub mod table;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot};
+
+use crate::policy::{EgressSettings, Policy, Server};
+pub use crate::sandbox::BoxFuture;
+pub use nft::{NftError, Snapshot};
+use ruleset::ServerNet;
+pub use table::EgressEvent;
+use table::{Cmd, WorkerHandle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum EgressError {
+    #[error("egress: cannot start the nftables worker: {0}")]
+    Start(#[source] NftError),
+    #[error("egress for server `{server}`: programming nftables failed, the sandbox must not start: {source}")]
+    Program {
+        server: String,
+        #[source]
+        source: NftError,
+    },
+    #[error("egress for server `{server}`: cannot start the resolver on {addr}: {source}")]
+    Resolver {
+        server: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("egress for server `{server}`: network_pool {pool} has no free /29 left")]
+    PoolExhausted { server: String, pool: String },
+    #[error("egress for server `{server}`: interface `{iface}` is not a sandbox interface (names start with `{}`)", ruleset::IFACE_PREFIX)]
+    BadInterface { server: String, iface: String },
+    #[error("egress: the nftables worker is gone")]
+    WorkerGone,
+}
+
+/// Where a server's sandbox attaches on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Attachment {
+    /// A Docker bridge network created by [`network::create`].
+    Bridge {
+        iface: String,
+        gateway: Ipv4Addr,
+        subnet: (Ipv4Addr, u8),
+    },
+    /// A network namespace joined by a veth pair ([`netns::ProcessNet`]).
+    Veth { iface: String, gateway: Ipv4Addr },
+}
+
+impl Attachment {
+    fn net(&self, server: &str) -> ServerNet {
+        let (iface, gateway) = match self {
+            Attachment::Bridge { iface, gateway, .. } | Attachment::Veth { iface, gateway } => {
+                (iface.clone(), *gateway)
+            }
+        };
+        ServerNet {
+            server: server.to_string(),
+            iface,
+            gateway,
+        }
+    }
+}
+
+/// What the runtime needs to start the sandbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Prepared {
+    pub server: String,
+    pub iface: String,
+    /// The only DNS server the sandbox may use (`gateway:53`).
+    pub resolver: SocketAddr,
+}
+
+/// Options for tests and special deployments.
+#[derive(Debug, Clone)]
+pub struct EgressOptions {
+    /// Program the table and bind resolvers inside this network namespace (`/run/netns/NAME`)
+    /// instead of the current one.
+    pub netns: Option<PathBuf>,
+    /// How often the table is read back (tamper watch) and counters are turned into events.
+    pub watch_interval: Duration,
+    pub resolver_port: u16,
+}
+
+impl Default for EgressOptions {
+    fn default() -> Self {
+        EgressOptions {
+            netns: None,
+            watch_interval: Duration::from_secs(1),
+            resolver_port: 53,
+        }
+    }
+}
+
+struct Entry {
+    net: ServerNet,
+    server: Server,
+    refs: usize,
+    prepared: Prepared,
+    _resolver: dns::Resolver,
+}
+
+struct Inner {
+    worker: WorkerHandle,
+    settings: EgressSettings,
+    options: EgressOptions,
+    /// Serializes prepare/release so desired-state updates never interleave.
+    state: tokio::sync::Mutex<BTreeMap<String, Entry>>,
+    events: Mutex<Option<mpsc::Receiver<EgressEvent>>>,
+    stats: Arc<Mutex<dns::Stats>>,
+    slots: Mutex<BTreeMap<String, u32>>,
+}
+
+/// The egress service. Cheap to clone.
+#[derive(Clone)]
+pub struct Egress {
+    inner: Arc<Inner>,
+}
+
+struct WorkerPinner {
+    tx: std::sync::mpsc::SyncSender<Cmd>,
+}
+
+impl dns::Pinner for WorkerPinner {
+    fn pin(
+        &self,
+        server: &str,
+        pins: Vec<sets::Pin>,
+        timeout: Duration,
+    ) -> BoxFuture<'_, Result<(), String>> {
+        let server = server.to_string();
+        Box::pin(async move {
+            let (reply, rx) = oneshot::channel();
+            self.tx
+                .try_send(Cmd::Pin {
+                    server,
+                    pins,
+                    timeout,
+                    reply,
+                })
+                .map_err(|e| e.to_string())?;
+            match tokio::time::timeout(Duration::from_secs(2), rx).await {
+                Ok(Ok(r)) => r.map_err(|e| e.to_string()),
+                Ok(Err(_)) => Err("the nftables worker is gone".into()),
+                Err(_) => Err("the nftables worker did not answer in time".into()),
+            }
+        })
+    }
+}
+
+impl Egress {
+    /// Starts the worker in the current network namespace.
+    pub async fn start(policy: &Policy) -> Result<Egress, EgressError> {
+        Self::start_with(policy, EgressOptions::default()).await
+    }
+
+    pub async fn start_with(
+        policy: &Policy,
+        options: EgressOptions,
+    ) -> Result<Egress, EgressError> {
+        let ns = options.netns.clone();
+        let interval = options.watch_interval;
+        let (worker, events) = tokio::task::spawn_blocking(move || table::spawn(ns, interval))
+            .await
+            .map_err(|_| EgressError::WorkerGone)?
+            .map_err(EgressError::Start)?;
+        Ok(Egress {
+            inner: Arc::new(Inner {
+                worker,
+                settings: policy.egress.clone(),
+                options,
+                state: tokio::sync::Mutex::new(BTreeMap::new()),
+                events: Mutex::new(Some(events)),
+                stats: Arc::new(Mutex::new(dns::Stats::default())),
+                slots: Mutex::new(BTreeMap::new()),
+            }),
+        })
+    }
+
+    /// The event stream; only the first caller gets it.
+    pub fn take_events(&self) -> Option<mpsc::Receiver<EgressEvent>> {
+        self.inner.events.lock().ok()?.take()
+    }
+
+    /// A /29 for `server` (the same one while it is held).
+    pub fn allocate_subnet(&self, server: &str) -> Result<(Ipv4Addr, u8), EgressError> {
+        let pool = self.inner.settings.network_pool;
+        let exhausted = || EgressError::PoolExhausted {
+            server: server.to_string(),
+            pool: format!("{}/{}", pool.0, pool.1),
+        };
+        let mut slots = self.inner.slots.lock().map_err(|_| exhausted())?;
+        if let Some(s) = slots.get(server) {
+            return ruleset::subnet_slot(pool, *s).ok_or_else(exhausted);
+        }
+        let used: std::collections::BTreeSet<u32> = slots.values().copied().collect();
+        let mut slot = 0u32;
+        while used.contains(&slot) {
+            slot += 1;
+        }
+        let subnet = ruleset::subnet_slot(pool, slot).ok_or_else(exhausted)?;
+        slots.insert(server.to_string(), slot);
+        Ok(subnet)
+    }
+
+    pub fn free_subnet(&self, server: &str) {
+        if let Ok(mut slots) = self.inner.slots.lock() {
+            slots.remove(server);
+        }
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, NftError>>) -> Cmd,
+    ) -> Result<T, NftError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner.worker.send(make(tx))?;
+        rx.await
+            .map_err(|_| NftError::Io(std::io::Error::other("the nftables worker is gone")))?
+    }
+
+    async fn apply(
+        &self,
+        state: &BTreeMap<String, Entry>,
+        extra: Option<(&Server, &ServerNet)>,
+        without: Option<&str>,
+    ) -> Result<(), NftError> {
+        let mut servers: BTreeMap<String, (Server, ServerNet)> = state
+            .iter()
+            .filter(|(n, _)| Some(n.as_str()) != without)
+            .map(|(n, e)| (n.clone(), (e.server.clone(), e.net.clone())))
+            .collect();
+        if let Some((s, n)) = extra {
+            servers.insert(s.name.clone(), (s.clone(), n.clone()));
+        }
+        self.call(|reply| Cmd::Apply { servers, reply }).await
+    }
+
+    /// Programs `server`'s rules on `attach` and starts its resolver. Fail closed: on error,
+    /// nothing of this server is left programmed and the sandbox must not be started.
+    pub async fn prepare(
+        &self,
+        server: &Server,
+        attach: Attachment,
+    ) -> Result<Prepared, EgressError> {
+        let net = attach.net(&server.name);
+        if !net.iface.starts_with(ruleset::IFACE_PREFIX) || net.iface.len() >= 16 {
+            return Err(EgressError::BadInterface {
+                server: server.name.clone(),
+                iface: net.iface,
+            });
+        }
+        let mut state = self.inner.state.lock().await;
+        if let Some(e) = state.get_mut(&server.name) {
+            if e.net == net && e.server == *server {
+                e.refs += 1;
+                return Ok(e.prepared.clone());
+            }
+        }
+        let program_err = |source| EgressError::Program {
+            server: server.name.clone(),
+            source,
+        };
+        self.apply(&state, Some((server, &net)), None)
+            .await
+            .map_err(program_err)?;
+        let addr = SocketAddr::from((net.gateway, self.inner.options.resolver_port));
+        let resolver = match self.start_resolver(server, addr).await {
+            Ok(r) => r,
+            Err(source) => {
+                // Take the rules back out; if even that fails the watch keeps the table
+                // closed for this interface anyway (default drop of `pc-*`).
+                let _ = self.apply(&state, None, Some(&server.name)).await;
+                return Err(EgressError::Resolver {
+                    server: server.name.clone(),
+                    addr,
+                    source,
+                });
+            }
+        };
+        let prepared = Prepared {
+            server: server.name.clone(),
+            iface: net.iface.clone(),
+            resolver: resolver.addr,
+        };
+        state.insert(
+            server.name.clone(),
+            Entry {
+                net,
+                server: server.clone(),
+                refs: 1,
+                prepared: prepared.clone(),
+                _resolver: resolver,
+            },
+        );
+        Ok(prepared)
+    }
+
+    async fn start_resolver(
+        &self,
+        server: &Server,
+        addr: SocketAddr,
+    ) -> std::io::Result<dns::Resolver> {
+        let ns = self.inner.options.netns.clone();
+        let (udp, tcp, upstream) = tokio::task::spawn_blocking(move || {
+            netns::in_netns(ns.as_deref(), move || {
+                let udp = std::net::UdpSocket::bind(addr)?;
+                let tcp = std::net::TcpListener::bind(addr)?;
+                let mut up = Vec::new();
+                for _ in 0..8 {
+                    up.push(std::net::UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?);
+                }
+                Ok((udp, tcp, up))
+            })
+        })
+        .await
+        .map_err(|_| std::io::Error::other("resolver setup task failed"))??;
+        let ctx = dns::Ctx {
+            upstream: dns::UpstreamPool::new(upstream)?,
+            server: server.name.clone(),
+            allow: dns::Allow::of(server),
+            settings: self.inner.settings.clone(),
+            pinner: Arc::new(WorkerPinner {
+                tx: self.inner.worker.tx.clone(),
+            }),
+            stats: self.inner.stats.clone(),
+        };
+        dns::Resolver::serve(ctx, udp, tcp)
+    }
+
+    /// Drops one reference; the last one removes the server's rules, pins and resolver.
+    pub async fn release(&self, server: &str) -> Result<(), EgressError> {
+        let mut state = self.inner.state.lock().await;
+        let Some(e) = state.get_mut(server) else {
+            return Ok(());
+        };
+        e.refs = e.refs.saturating_sub(1);
+        if e.refs > 0 {
+            return Ok(());
+        }
+        let r = self.apply(&state, None, Some(server)).await;
+        // The resolver goes either way: its sandbox is gone.
+        state.remove(server);
+        r.map_err(|source| EgressError::Program {
+            server: server.to_string(),
+            source,
+        })
+    }
+
+    /// The table as read back from the kernel (`None`: it does not exist).
+    pub async fn snapshot(&self) -> Result<Option<Snapshot>, EgressError> {
+        self.call(|reply| Cmd::Snapshot { reply })
+            .await
+            .map_err(|source| EgressError::Program {
+                server: "*".into(),
+                source,
+            })
+    }
+
+    /// Dropped packets per server since the table was last programmed.
+    pub async fn denied(&self) -> Result<BTreeMap<String, u64>, EgressError> {
+        let snap = self.snapshot().await?.unwrap_or_default();
+        let state = self.inner.state.lock().await;
+        Ok(state
+            .keys()
+            .map(|n| {
+                let total = [ruleset::srv_chain(n), ruleset::in_chain(n)]
+                    .iter()
+                    .filter_map(|c| snap.counters.get(c))
+                    .sum();
+                (n.clone(), total)
+            })
+            .collect())
+    }
+
+    /// Resolver latency samples (query received -> answer sent, pins acknowledged).
+    pub fn latencies(&self) -> Vec<Duration> {
+        self.inner
+            .stats
+            .lock()
+            .map(|s| s.samples.clone())
+            .unwrap_or_default()
+    }
+
+    /// Pin latency samples (elements sent until the kernel's acknowledgement).
+    pub fn pin_latencies(&self) -> Vec<Duration> {
+        self.inner
+            .stats
+            .lock()
+            .map(|s| s.pin_samples.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn clear_latencies(&self) {
+        if let Ok(mut s) = self.inner.stats.lock() {
+            s.samples.clear();
+            s.pin_samples.clear();
+        }
+    }
+
+    /// Deletes the table. Only for teardown: without the table, sandbox interfaces are no
+    /// longer filtered, so callers stop every sandbox first.
+    pub async fn remove_table(&self) -> Result<(), EgressError> {
+        let mut state = self.inner.state.lock().await;
+        state.clear();
+        self.call(|reply| Cmd::Remove { reply })
+            .await
+            .map_err(|source| EgressError::Program {
+                server: "*".into(),
+                source,
+            })
+    }
+}

@@ -1,0 +1,166 @@
+//! Network namespaces: entering one from a thread, and the `process` runtime's sandbox.
+//!
+//! A socket belongs to the namespace of the thread that created it, for its whole life. So the
+//! netlink worker enters the namespace it programs once, and resolver sockets are created by a
+//! short-lived thread that enters the namespace, binds, and hands the socket back.
+//!
+//! ## Process sandbox
+//! When the gateway runs as root, a `process` server gets the same enforcement as a container:
+//! [`ProcessNet::create`] makes a namespace `pcs-<hash>` joined to the host by a veth pair whose
+//! host side is `pc-<hash>` (the same interface naming the rule set keys on) with a /29 from the
+//! pool, and a default route through the host side. The child is started with the command
+//! prefix from [`ProcessNet::command_prefix`] (`ip netns exec pcs-<hash>`). That was chosen over
+//! `setns` in `pre_exec` because `ip netns exec` also bind-mounts `/etc/netns/NAME/resolv.conf`
+//! over `/etc/resolv.conf` in a private mount namespace, which is how the child learns that its
+//! only resolver is the gateway's; a bare `setns` would leave it reading the host's resolver
+//! configuration (unreachable, but a confusing failure). Setup uses the `ip` tool, which is what
+//! the brief allows for setup; the firewall itself is programmed over netlink.
+
+use std::fs::File;
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use super::ruleset;
+
+/// Moves the calling thread into the network namespace at `path` (e.g. `/run/netns/NAME`).
+pub fn enter(path: &Path) -> io::Result<()> {
+    let f = File::open(path)?;
+    nix::sched::setns(f.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io::Error::from_raw_os_error(e as i32))
+}
+
+/// Runs `f` on a fresh thread inside the namespace at `path` (or in the current one for
+/// `None`), so the caller's own thread never changes namespace.
+pub fn in_netns<T: Send + 'static>(
+    path: Option<&Path>,
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    let path = path.map(Path::to_path_buf);
+    std::thread::Builder::new()
+        .name("portcullis-netns".into())
+        .spawn(move || {
+            if let Some(p) = &path {
+                enter(p)?;
+            }
+            f()
+        })?
+        .join()
+        .map_err(|_| io::Error::other("namespace helper thread panicked"))?
+}
+
+/// Whether this process may create namespaces and program nftables.
+pub fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+fn ip(args: &[&str]) -> io::Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(io::Error::other(format!(
+            "`ip {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+/// A server's namespace and veth pair. Dropping it removes both (and the resolv.conf).
+#[derive(Debug)]
+pub struct ProcessNet {
+    pub netns: String,
+    /// Host-side veth, the interface the rules key on.
+    pub iface: String,
+    /// Host address on the veth: the sandbox's gateway and resolver.
+    pub gateway: Ipv4Addr,
+    pub sandbox_addr: Ipv4Addr,
+    resolv_dir: PathBuf,
+}
+
+impl ProcessNet {
+    /// Creates the namespace for `server` on `subnet` (a /29 from the pool). `host_netns` is
+    /// the namespace the host side lives in (`None`: the current one, the normal case; tests
+    /// pass their router namespace).
+    pub fn create(
+        server: &str,
+        subnet: (Ipv4Addr, u8),
+        host_netns: Option<&str>,
+    ) -> io::Result<ProcessNet> {
+        let iface = ruleset::iface_name(server);
+        let netns = format!("pcs-{}", &iface[ruleset::IFACE_PREFIX.len()..]);
+        let gateway = ruleset::gateway_of(subnet);
+        let sandbox_addr = Ipv4Addr::from(u32::from(gateway) + 1);
+        let resolv_dir = PathBuf::from("/etc/netns").join(&netns);
+        let net = ProcessNet {
+            netns: netns.clone(),
+            iface: iface.clone(),
+            gateway,
+            sandbox_addr,
+            resolv_dir: resolv_dir.clone(),
+        };
+        // From here on, a failure drops `net`, which removes what was made so far.
+        ip(&["netns", "add", &netns])?;
+        let peer = "eth0";
+        let host = |args: &[&str]| -> io::Result<()> {
+            match host_netns {
+                None => ip(args),
+                Some(h) => {
+                    let mut a = vec!["-n", h];
+                    a.extend_from_slice(args);
+                    ip(&a)
+                }
+            }
+        };
+        host(&[
+            "link", "add", &iface, "type", "veth", "peer", "name", peer, "netns", &netns,
+        ])?;
+        let gw_cidr = format!("{gateway}/{}", subnet.1);
+        let sb_cidr = format!("{sandbox_addr}/{}", subnet.1);
+        host(&["addr", "add", &gw_cidr, "dev", &iface])?;
+        host(&["link", "set", &iface, "up"])?;
+        ip(&["-n", &netns, "addr", "add", &sb_cidr, "dev", peer])?;
+        ip(&["-n", &netns, "link", "set", peer, "up"])?;
+        ip(&["-n", &netns, "link", "set", "lo", "up"])?;
+        ip(&[
+            "-n",
+            &netns,
+            "route",
+            "add",
+            "default",
+            "via",
+            &gateway.to_string(),
+        ])?;
+        std::fs::create_dir_all(&resolv_dir)?;
+        std::fs::write(
+            resolv_dir.join("resolv.conf"),
+            format!("# written by portcullis: the gateway's pinning resolver is the only one\nnameserver {gateway}\n"),
+        )?;
+        Ok(net)
+    }
+
+    /// Prefix for the child's command line.
+    pub fn command_prefix(&self) -> Vec<String> {
+        vec![
+            "ip".into(),
+            "netns".into(),
+            "exec".into(),
+            self.netns.clone(),
+        ]
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.netns)
+    }
+}
+
+impl Drop for ProcessNet {
+    fn drop(&mut self) {
+        // Deleting the namespace destroys the veth pair with it.
+        let _ = ip(&["netns", "del", &self.netns]);
+        let _ = std::fs::remove_dir_all(&self.resolv_dir);
+    }
+}

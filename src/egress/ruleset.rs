@@ -1,0 +1,500 @@
+//! The rule set as data: policy -> [`Table`] -> `nft` syntax.
+//!
+//! This module is pure. The same [`Table`] value is rendered as text for `portcullis firewall
+//! plan` and translated to netlink messages by `nft.rs`, so what the plan shows is what gets
+//! programmed.
+//!
+//! Shape (one chain pair per sandboxed server):
+//! - `forward` and `input` base chains at priority `filter - 10`, policy accept: they only judge
+//!   traffic that touches a sandbox interface (`pc-*`), so the host's own traffic and Docker's
+//!   other networks are left to Docker's rules. Because the priority is lower than Docker's, a
+//!   drop here is final whatever Docker accepts later.
+//! - Sandbox to sandbox is dropped before anything else; traffic into a sandbox is only allowed
+//!   as part of a connection the sandbox opened.
+//! - `srv_NAME`: established/related, then the pinned `ip . port` set, then static CIDR rules,
+//!   then a counted drop. Only TCP is ever accepted (see `dns.rs` for why pins are TCP-only).
+//! - `in_NAME`: from the sandbox to the host, only DNS (UDP and TCP 53) to the server's resolver
+//!   address, then a counted drop.
+//! - Interfaces with the `pc-` prefix that no server owns are dropped (a stale bridge left by a
+//!   crash must not become an open one).
+
+use std::fmt::Write;
+use std::net::{IpAddr, Ipv4Addr};
+
+use sha2::{Digest, Sha256};
+
+use crate::policy::{EgressHost, Policy, Runtime, Server};
+
+pub const TABLE: &str = "portcullis";
+/// Every sandbox-side interface on the host is named `pc-<8 hex>` (veth or bridge).
+pub const IFACE_PREFIX: &str = "pc-";
+/// Lower than Docker's `filter` (0), so our verdicts come first.
+pub const PRIORITY: i32 = -10;
+
+/// The host-side interface name for `server`: deterministic, 11 characters (IFNAMSIZ is 16).
+pub fn iface_name(server: &str) -> String {
+    let digest = Sha256::digest(server.as_bytes());
+    format!("{IFACE_PREFIX}{}", hex::encode(&digest[..4]))
+}
+
+/// Chain and set names: server names are `[A-Za-z0-9-]`, and `-` is not valid in an unquoted
+/// nft identifier; `_` never occurs in a server name, so the mapping is one-to-one.
+pub fn ident(server: &str) -> String {
+    server.replace('-', "_")
+}
+
+pub fn pin_set(server: &str) -> String {
+    format!("pin_{}", ident(server))
+}
+
+/// The set for names allowed on every port (`host` without `:port`): keyed by address only.
+pub fn pin_any_set(server: &str) -> String {
+    format!("pinany_{}", ident(server))
+}
+
+pub fn srv_chain(server: &str) -> String {
+    format!("srv_{}", ident(server))
+}
+
+pub fn in_chain(server: &str) -> String {
+    format!("in_{}", ident(server))
+}
+
+/// Where one server's sandbox attaches on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerNet {
+    pub server: String,
+    /// Host-side interface (bridge for docker, veth for a process namespace).
+    pub iface: String,
+    /// The host's address on that interface; the resolver listens here.
+    pub gateway: Ipv4Addr,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hook {
+    Forward,
+    Input,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SetKind {
+    /// `ipv4_addr . inet_service`
+    AddrPort,
+    /// `ipv4_addr`
+    Addr,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SetDef {
+    pub name: String,
+    pub kind: SetKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Tcp,
+    Udp,
+}
+
+impl L4 {
+    pub fn number(self) -> u8 {
+        match self {
+            L4::Tcp => 6,
+            L4::Udp => 17,
+        }
+    }
+    fn name(self) -> &'static str {
+        match self {
+            L4::Tcp => "tcp",
+            L4::Udp => "udp",
+        }
+    }
+}
+
+/// One condition of a rule. Conditions are ANDed, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    Iif(String),
+    IifPrefix(String),
+    OifPrefix(String),
+    CtEstablishedRelated,
+    /// Destination inside an address range (the family is implied by the address).
+    Daddr(IpAddr, u8),
+    /// The transport protocol, optionally with a destination port.
+    Proto(L4, Option<u16>),
+    /// `ip daddr . tcp dport @set`
+    DaddrDportIn(String),
+    /// `ip daddr @set` (TCP only, checked by a preceding `Proto`)
+    DaddrIn(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Accept,
+    Drop,
+    Jump(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub matches: Vec<Match>,
+    pub counter: bool,
+    pub verdict: Verdict,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Chain {
+    pub name: String,
+    pub hook: Option<Hook>,
+    pub rules: Vec<Rule>,
+    /// The server this chain belongs to, for denial counters.
+    pub server: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Table {
+    pub sets: Vec<SetDef>,
+    pub chains: Vec<Chain>,
+}
+
+fn rule(matches: Vec<Match>, verdict: Verdict) -> Rule {
+    Rule {
+        matches,
+        counter: false,
+        verdict,
+    }
+}
+
+fn counted_drop(matches: Vec<Match>) -> Rule {
+    Rule {
+        matches,
+        counter: true,
+        verdict: Verdict::Drop,
+    }
+}
+
+/// Which sets a server needs, from its name rules.
+pub fn needs_sets(server: &Server) -> (bool, bool) {
+    let mut by_port = false;
+    let mut any_port = false;
+    for r in &server.egress.allow {
+        if matches!(r.host, EgressHost::Name(_) | EgressHost::Wildcard(_)) {
+            match r.port {
+                Some(_) => by_port = true,
+                None => any_port = true,
+            }
+        }
+    }
+    (by_port, any_port)
+}
+
+/// Builds the table for `servers` (each with its attachment). Servers are taken in the order
+/// given; callers sort for stable output.
+pub fn build(servers: &[(&Server, &ServerNet)]) -> Table {
+    let mut t = Table::default();
+    let prefix = IFACE_PREFIX.to_string();
+    let mut forward = vec![
+        counted_drop(vec![
+            Match::IifPrefix(prefix.clone()),
+            Match::OifPrefix(prefix.clone()),
+        ]),
+        rule(
+            vec![
+                Match::OifPrefix(prefix.clone()),
+                Match::CtEstablishedRelated,
+            ],
+            Verdict::Accept,
+        ),
+        counted_drop(vec![Match::OifPrefix(prefix.clone())]),
+    ];
+    let mut input = Vec::new();
+    let mut per_server = Vec::new();
+    for (server, net) in servers {
+        let (by_port, any_port) = needs_sets(server);
+        let mut srv = vec![rule(vec![Match::CtEstablishedRelated], Verdict::Accept)];
+        if by_port {
+            t.sets.push(SetDef {
+                name: pin_set(&server.name),
+                kind: SetKind::AddrPort,
+            });
+            srv.push(rule(
+                vec![
+                    Match::Proto(L4::Tcp, None),
+                    Match::DaddrDportIn(pin_set(&server.name)),
+                ],
+                Verdict::Accept,
+            ));
+        }
+        if any_port {
+            t.sets.push(SetDef {
+                name: pin_any_set(&server.name),
+                kind: SetKind::Addr,
+            });
+            srv.push(rule(
+                vec![
+                    Match::Proto(L4::Tcp, None),
+                    Match::DaddrIn(pin_any_set(&server.name)),
+                ],
+                Verdict::Accept,
+            ));
+        }
+        for r in &server.egress.allow {
+            if let EgressHost::Cidr { addr, prefix } = r.host {
+                srv.push(rule(
+                    vec![Match::Daddr(addr, prefix), Match::Proto(L4::Tcp, r.port)],
+                    Verdict::Accept,
+                ));
+            }
+        }
+        srv.push(counted_drop(vec![]));
+        forward.push(rule(
+            vec![Match::Iif(net.iface.clone())],
+            Verdict::Jump(srv_chain(&server.name)),
+        ));
+        input.push(rule(
+            vec![Match::Iif(net.iface.clone())],
+            Verdict::Jump(in_chain(&server.name)),
+        ));
+        let gw = IpAddr::V4(net.gateway);
+        let inc = vec![
+            rule(vec![Match::CtEstablishedRelated], Verdict::Accept),
+            rule(
+                vec![Match::Daddr(gw, 32), Match::Proto(L4::Udp, Some(53))],
+                Verdict::Accept,
+            ),
+            rule(
+                vec![Match::Daddr(gw, 32), Match::Proto(L4::Tcp, Some(53))],
+                Verdict::Accept,
+            ),
+            counted_drop(vec![]),
+        ];
+        per_server.push(Chain {
+            name: srv_chain(&server.name),
+            hook: None,
+            rules: srv,
+            server: Some(server.name.clone()),
+        });
+        per_server.push(Chain {
+            name: in_chain(&server.name),
+            hook: None,
+            rules: inc,
+            server: Some(server.name.clone()),
+        });
+    }
+    forward.push(counted_drop(vec![Match::IifPrefix(prefix.clone())]));
+    input.push(counted_drop(vec![Match::IifPrefix(prefix)]));
+    t.chains.push(Chain {
+        name: "forward".into(),
+        hook: Some(Hook::Forward),
+        rules: forward,
+        server: None,
+    });
+    t.chains.push(Chain {
+        name: "input".into(),
+        hook: Some(Hook::Input),
+        rules: input,
+        server: None,
+    });
+    t.chains.extend(per_server);
+    t
+}
+
+/// Whether a server runs in a sandbox this module firewalls (docker always; process servers
+/// when the gateway runs as root, see `netns.rs`).
+pub fn is_sandboxed(server: &Server) -> bool {
+    matches!(server.runtime, Runtime::Docker(_) | Runtime::Process(_))
+}
+
+/// Deterministic /29 subnets from the pool, in order: slot `i` is `pool + 8*i`.
+pub fn subnet_slot(pool: (Ipv4Addr, u8), slot: u32) -> Option<(Ipv4Addr, u8)> {
+    let size = 1u64 << (32 - u32::from(pool.1));
+    let offset = u64::from(slot) * 8;
+    if offset + 8 > size {
+        return None;
+    }
+    let base = u64::from(u32::from(pool.0)) + offset;
+    u32::try_from(base).ok().map(|b| (Ipv4Addr::from(b), 29))
+}
+
+/// The host's address in a /29 (the first usable one).
+pub fn gateway_of(subnet: (Ipv4Addr, u8)) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(subnet.0) + 1)
+}
+
+/// The attachments a fresh start would use, for `firewall plan`: sandboxed servers in name order
+/// take consecutive slots of the pool.
+pub fn plan_nets(policy: &Policy) -> Vec<ServerNet> {
+    policy
+        .servers
+        .values()
+        .filter(|s| is_sandboxed(s))
+        .enumerate()
+        .filter_map(|(i, s)| {
+            let slot = u32::try_from(i).ok()?;
+            let subnet = subnet_slot(policy.egress.network_pool, slot)?;
+            Some(ServerNet {
+                server: s.name.clone(),
+                iface: iface_name(&s.name),
+                gateway: gateway_of(subnet),
+            })
+        })
+        .collect()
+}
+
+/// The whole plan of a policy as `nft` text.
+pub fn plan(policy: &Policy) -> String {
+    let nets = plan_nets(policy);
+    let pairs: Vec<(&Server, &ServerNet)> = nets
+        .iter()
+        .filter_map(|n| policy.servers.get(&n.server).map(|s| (s, n)))
+        .collect();
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# Egress rule set for {} (rendered by `portcullis firewall plan`).",
+        policy.origin
+    );
+    let _ = writeln!(
+        out,
+        "# Programmed through netlink as one atomic batch; pin sets are filled at run time by"
+    );
+    let _ = writeln!(
+        out,
+        "# the resolver. Addresses are those a fresh start takes from network_pool {}/{}.",
+        policy.egress.network_pool.0, policy.egress.network_pool.1
+    );
+    for (s, n) in &pairs {
+        let kind = match s.runtime {
+            Runtime::Docker(_) => "docker bridge",
+            _ => "process netns veth (when running as root)",
+        };
+        let allow: Vec<String> = s.egress.allow.iter().map(|r| r.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "# server {}: {kind} {}, resolver {}:53, allow [{}]",
+            s.name,
+            n.iface,
+            n.gateway,
+            allow.join(", ")
+        );
+    }
+    out.push_str(&render(&build(&pairs)));
+    out
+}
+
+/// `nft -f` syntax for the table.
+pub fn render(t: &Table) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "table inet {TABLE} {{");
+    for s in &t.sets {
+        let ty = match s.kind {
+            SetKind::AddrPort => "ipv4_addr . inet_service",
+            SetKind::Addr => "ipv4_addr",
+        };
+        let _ = writeln!(
+            o,
+            "\tset {} {{\n\t\ttype {ty}\n\t\tflags timeout\n\t}}\n",
+            s.name
+        );
+    }
+    for (i, c) in t.chains.iter().enumerate() {
+        if i > 0 {
+            o.push('\n');
+        }
+        let _ = writeln!(o, "\tchain {} {{", c.name);
+        if let Some(h) = c.hook {
+            let hook = match h {
+                Hook::Forward => "forward",
+                Hook::Input => "input",
+            };
+            let _ = writeln!(
+                o,
+                "\t\ttype filter hook {hook} priority filter - {}; policy accept;",
+                -PRIORITY
+            );
+        }
+        for r in &c.rules {
+            let _ = writeln!(o, "\t\t{}", render_rule(r));
+        }
+        let _ = writeln!(o, "\t}}");
+    }
+    let _ = writeln!(o, "}}");
+    o
+}
+
+fn render_rule(r: &Rule) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < r.matches.len() {
+        let m = &r.matches[i];
+        match m {
+            Match::Iif(n) => parts.push(format!("iifname \"{n}\"")),
+            Match::IifPrefix(p) => parts.push(format!("iifname \"{p}*\"")),
+            Match::OifPrefix(p) => parts.push(format!("oifname \"{p}*\"")),
+            Match::CtEstablishedRelated => parts.push("ct state established,related".into()),
+            Match::Daddr(IpAddr::V4(a), 32) => parts.push(format!("ip daddr {a}")),
+            Match::Daddr(IpAddr::V4(a), p) => parts.push(format!("ip daddr {a}/{p}")),
+            Match::Daddr(IpAddr::V6(a), 128) => parts.push(format!("ip6 daddr {a}")),
+            Match::Daddr(IpAddr::V6(a), p) => parts.push(format!("ip6 daddr {a}/{p}")),
+            Match::Proto(l4, Some(port)) => parts.push(format!("{} dport {port}", l4.name())),
+            Match::Proto(l4, None) => {
+                // A bare protocol followed by a set lookup reads better folded into it.
+                match r.matches.get(i + 1) {
+                    Some(Match::DaddrDportIn(set)) => {
+                        parts.push(format!("ip daddr . {} dport @{set}", l4.name()));
+                        i += 1;
+                    }
+                    Some(Match::DaddrIn(set)) => {
+                        parts.push(format!("meta l4proto {} ip daddr @{set}", l4.name()));
+                        i += 1;
+                    }
+                    _ => parts.push(format!("meta l4proto {}", l4.name())),
+                }
+            }
+            Match::DaddrDportIn(set) => parts.push(format!("ip daddr . tcp dport @{set}")),
+            Match::DaddrIn(set) => parts.push(format!("ip daddr @{set}")),
+        }
+        i += 1;
+    }
+    if r.counter {
+        parts.push("counter".into());
+    }
+    parts.push(match &r.verdict {
+        Verdict::Accept => "accept".into(),
+        Verdict::Drop => "drop".into(),
+        Verdict::Jump(c) => format!("jump {c}"),
+    });
+    parts.join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_fit_and_are_stable() {
+        let a = iface_name("github");
+        assert_eq!(a, iface_name("github"));
+        assert!(a.len() < 16 && a.starts_with(IFACE_PREFIX));
+        assert_ne!(a, iface_name("github2"));
+        assert_eq!(ident("my-server"), "my_server");
+    }
+
+    #[test]
+    fn slots_are_slash_29s_inside_the_pool() {
+        let pool = (Ipv4Addr::new(10, 213, 0, 0), 16);
+        assert_eq!(
+            subnet_slot(pool, 0),
+            Some((Ipv4Addr::new(10, 213, 0, 0), 29))
+        );
+        assert_eq!(
+            subnet_slot(pool, 33),
+            Some((Ipv4Addr::new(10, 213, 1, 8), 29))
+        );
+        assert_eq!(subnet_slot(pool, 8192), None);
+        assert_eq!(
+            gateway_of((Ipv4Addr::new(10, 213, 1, 8), 29)),
+            Ipv4Addr::new(10, 213, 1, 9)
+        );
+    }
+}

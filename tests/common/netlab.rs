@@ -1,0 +1,369 @@
+//! A network lab made of namespaces, for the egress attack matrix.
+//!
+//! Nothing here touches the host's namespace or its resolver: every address is in ranges the
+//! lab assigns to its own veths (198.18.0.0/24 "external", 2001:db8::/32, 10.213.x sandbox
+//! subnets inside the router namespace), and names under `.test` are answered only by the lab's
+//! DNS server. Every namespace is deleted on drop, also when a test fails.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::{A, CNAME, TXT};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use portcullis::egress::netns;
+
+/// Whether the privileged lab can run here. Under CI a missing capability fails the test;
+/// locally it is skipped with a loud message.
+pub fn privileged() -> bool {
+    let root = netns::is_root();
+    let tools = ["ip", "nft"].iter().all(|t| {
+        Command::new(t)
+            .arg("-V")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let ok = root && tools;
+    if !ok {
+        let msg = format!(
+            "egress lab needs root, `ip` and `nft` (root: {root}, tools: {tools}); run as root after `bash tests/setup/install-deps.sh system`"
+        );
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("{msg}");
+        }
+        eprintln!("\n!!!!!!!!!! SKIPPED: {msg} !!!!!!!!!!\n");
+    }
+    ok
+}
+
+pub fn sh(args: &[&str]) {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A unique short tag for names in this test process.
+pub fn tag() -> String {
+    format!(
+        "{}x{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::SeqCst)
+    )
+}
+
+/// A namespace deleted on drop.
+pub struct Ns {
+    pub name: String,
+}
+
+impl Ns {
+    pub fn new(name: String) -> Ns {
+        sh(&["ip", "netns", "add", &name]);
+        let ns = Ns { name };
+        ns.ip(&["link", "set", "lo", "up"]);
+        ns
+    }
+
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from("/run/netns").join(&self.name)
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        let mut a = vec!["ip", "-n", &self.name];
+        a.extend_from_slice(args);
+        sh(&a);
+    }
+
+    pub fn exec(&self, args: &[&str]) -> std::process::Output {
+        let mut a = vec!["netns", "exec", &self.name];
+        a.extend_from_slice(args);
+        Command::new("ip").args(&a).output().expect("ip netns exec")
+    }
+
+    /// Runs `f` on a thread inside this namespace.
+    pub fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let p = self.path();
+        netns::in_netns(Some(&p), move || Ok(f())).expect("namespace thread")
+    }
+
+    /// Starts a background thread in this namespace (it lives until the process ends or its
+    /// sockets error out when the namespace goes away).
+    pub fn spawn(&self, f: impl FnOnce() + Send + 'static) {
+        let p = self.path();
+        std::thread::spawn(move || {
+            if netns::enter(&p).is_ok() {
+                f();
+            }
+        });
+    }
+}
+
+impl Drop for Ns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
+    }
+}
+
+/// A TCP listener that answers every connection with `banner` and then echoes.
+pub fn tcp_service(ns: &Ns, addr: SocketAddr, banner: &'static str) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let l = match TcpListener::bind(addr) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let _ = tx.send(Ok(()));
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            std::thread::spawn(move || {
+                let _ = c.write_all(banner.as_bytes());
+                let mut buf = [0u8; 512];
+                while let Ok(n) = c.read(&mut buf) {
+                    if n == 0 || c.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    rx.recv().expect("listener thread").expect("bind listener");
+}
+
+/// A UDP echo service.
+pub fn udp_echo(ns: &Ns, addr: SocketAddr) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let s = match UdpSocket::bind(addr) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(Err(e.to_string()));
+                return;
+            }
+        };
+        let _ = tx.send(Ok(()));
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    rx.recv().expect("udp thread").expect("bind udp");
+}
+
+/// The lab's authoritative DNS server for `.test` names: tiny TTLs, a rotating name, CNAMEs.
+pub struct Zone {
+    pub rotation: Vec<Ipv4Addr>,
+    pub queries: AtomicUsize,
+}
+
+fn zone_answer(zone: &Zone, q: &Message) -> Message {
+    let mut m = Message::new();
+    m.set_id(q.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(OpCode::Query)
+        .set_authoritative(true);
+    let Some(query) = q.queries().first() else {
+        m.set_response_code(ResponseCode::FormErr);
+        return m;
+    };
+    m.add_query(query.clone());
+    let name = query.name().to_ascii().to_ascii_lowercase();
+    let name = name.trim_end_matches('.');
+    let n = |s: &str| Name::from_ascii(format!("{s}.")).unwrap();
+    let a =
+        |owner: &str, ttl: u32, ip: Ipv4Addr| Record::from_rdata(n(owner), ttl, RData::A(A(ip)));
+    let k = zone.queries.fetch_add(1, Ordering::SeqCst);
+    let mut answers = Vec::new();
+    match (name, query.query_type()) {
+        (_, RecordType::TXT) | (_, RecordType::ANY) => answers.push(Record::from_rdata(
+            query.name().clone(),
+            1,
+            RData::TXT(TXT::new(vec!["secret-exfil-channel".into()])),
+        )),
+        ("api.example.test", RecordType::A) => answers.push(a(name, 1, [198, 18, 0, 10].into())),
+        ("short.example.test", RecordType::A) => answers.push(a(name, 0, [198, 18, 0, 14].into())),
+        ("rot.example.test", RecordType::A) => {
+            let ip = zone.rotation[k % zone.rotation.len()];
+            answers.push(a(name, 1, ip));
+        }
+        ("alias.example.test", RecordType::A) => {
+            answers.push(Record::from_rdata(
+                n(name),
+                1,
+                RData::CNAME(CNAME(n("target.other.test"))),
+            ));
+            answers.push(a("target.other.test", 1, [198, 18, 0, 13].into()));
+        }
+        ("target.other.test", RecordType::A) => answers.push(a(name, 1, [198, 18, 0, 13].into())),
+        ("unlisted.test", RecordType::A) => answers.push(a(name, 1, [198, 18, 0, 30].into())),
+        ("private.example.test", RecordType::A) => answers.push(a(name, 1, [10, 0, 0, 5].into())),
+        ("meta.example.test", RecordType::A) => {
+            answers.push(a(name, 1, [169, 254, 169, 254].into()))
+        }
+        ("mixed.example.test", RecordType::A) => {
+            answers.push(a(name, 1, [127, 0, 0, 1].into()));
+            answers.push(a(name, 1, [198, 18, 0, 15].into()));
+        }
+        (_, RecordType::A) | (_, RecordType::AAAA) => {}
+        _ => {}
+    }
+    if answers.is_empty() && !name.ends_with("example.test") && !name.ends_with("other.test") {
+        m.set_response_code(ResponseCode::NXDomain);
+    }
+    for r in answers {
+        m.add_answer(r);
+    }
+    m
+}
+
+pub fn dns_server(ns: &Ns, addr: SocketAddr, zone: Arc<Zone>) {
+    let z = zone.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let s = UdpSocket::bind(addr).expect("bind dns");
+        let _ = tx.send(());
+        let mut buf = [0u8; 1500];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            if let Ok(q) = Message::from_vec(&buf[..n]) {
+                if let Ok(b) = zone_answer(&z, &q).to_vec() {
+                    let _ = s.send_to(&b, from);
+                }
+            }
+        }
+    });
+    rx.recv().expect("dns thread");
+    let (tx, rx) = std::sync::mpsc::channel();
+    ns.spawn(move || {
+        let l = TcpListener::bind(addr).expect("bind dns tcp");
+        let _ = tx.send(());
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let mut len = [0u8; 2];
+            if c.read_exact(&mut len).is_err() {
+                continue;
+            }
+            let mut q = vec![0u8; u16::from_be_bytes(len) as usize];
+            if c.read_exact(&mut q).is_err() {
+                continue;
+            }
+            if let Ok(q) = Message::from_vec(&q) {
+                if let Ok(b) = zone_answer(&zone, &q).to_vec() {
+                    let _ = c.write_all(&(b.len() as u16).to_be_bytes());
+                    let _ = c.write_all(&b);
+                }
+            }
+        }
+    });
+    rx.recv().expect("dns tcp thread");
+}
+
+/// A DNS question from inside a namespace; `None` when nothing answered.
+pub fn query(
+    ns: &Ns,
+    server: SocketAddr,
+    name: &str,
+    ty: RecordType,
+    tcp: bool,
+) -> Option<Message> {
+    let name = name.to_string();
+    ns.run(move || {
+        let mut m = Message::new();
+        m.set_id(0x4242)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true);
+        m.add_query(Query::query(Name::from_ascii(format!("{name}.")).ok()?, ty));
+        let bytes = m.to_vec().ok()?;
+        let t = Duration::from_millis(1500);
+        if tcp {
+            let mut c = TcpStream::connect_timeout(&server, t).ok()?;
+            c.set_read_timeout(Some(t)).ok()?;
+            c.write_all(&(bytes.len() as u16).to_be_bytes()).ok()?;
+            c.write_all(&bytes).ok()?;
+            let mut len = [0u8; 2];
+            c.read_exact(&mut len).ok()?;
+            let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+            c.read_exact(&mut r).ok()?;
+            Message::from_vec(&r).ok()
+        } else {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+            s.set_read_timeout(Some(t)).ok()?;
+            s.send_to(&bytes, server).ok()?;
+            let mut buf = [0u8; 1500];
+            let (n, _) = s.recv_from(&mut buf).ok()?;
+            Message::from_vec(&buf[..n]).ok()
+        }
+    })
+}
+
+pub fn a_records(m: &Message) -> Vec<Ipv4Addr> {
+    m.answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::A(A(a)) => Some(*a),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Connects from inside `ns` and reads the service banner: `true` only for a working service.
+pub fn tcp_works(ns: &Ns, addr: SocketAddr) -> bool {
+    ns.run(move || {
+        let t = Duration::from_millis(700);
+        let Ok(mut c) = TcpStream::connect_timeout(&addr, t) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(t));
+        let mut b = [0u8; 2];
+        c.read_exact(&mut b).is_ok() && &b == b"ok"
+    })
+}
+
+/// An open connection made from inside `ns` (the stream itself is namespace-independent).
+pub fn tcp_open(ns: &Ns, addr: SocketAddr) -> Option<TcpStream> {
+    ns.run(move || {
+        let t = Duration::from_millis(700);
+        let mut c = TcpStream::connect_timeout(&addr, t).ok()?;
+        c.set_read_timeout(Some(t)).ok()?;
+        let mut b = [0u8; 2];
+        c.read_exact(&mut b).ok()?;
+        Some(c)
+    })
+}
+
+/// Sends one datagram from inside `ns` and waits for the echo.
+pub fn udp_works(ns: &Ns, addr: SocketAddr) -> bool {
+    ns.run(move || {
+        let bind: SocketAddr = match addr.ip() {
+            IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+            IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+        };
+        let Ok(s) = UdpSocket::bind(bind) else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_millis(700)));
+        if s.send_to(b"ping", addr).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 16];
+        s.recv_from(&mut buf).is_ok()
+    })
+}
