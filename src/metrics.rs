@@ -223,32 +223,38 @@ fn header(o: &mut String, name: &str, help: &str, kind: &str) {
     let _ = writeln!(o, "# TYPE {name} {kind}");
 }
 
-fn counter(o: &mut String, name: &str, f: &Family<AtomicU64>) {
-    header(o, name, f.help, "counter");
+/// A value series of a counter or gauge family.
+trait Value: Default {
+    fn text(&self) -> String;
+}
+
+impl Value for AtomicU64 {
+    fn text(&self) -> String {
+        self.load(Ordering::Relaxed).to_string()
+    }
+}
+
+impl Value for AtomicI64 {
+    fn text(&self) -> String {
+        self.load(Ordering::Relaxed).to_string()
+    }
+}
+
+fn scalar<T: Value>(o: &mut String, name: &str, kind: &str, f: &Family<T>) {
+    header(o, name, f.help, kind);
     if let Ok(m) = f.series.read() {
         for (labels, v) in m.iter() {
-            let _ = writeln!(
-                o,
-                "{name}{} {}",
-                label_text(labels, None),
-                v.load(Ordering::Relaxed)
-            );
+            let _ = writeln!(o, "{name}{} {}", label_text(labels, None), v.text());
         }
     }
 }
 
+fn counter(o: &mut String, name: &str, f: &Family<AtomicU64>) {
+    scalar(o, name, "counter", f);
+}
+
 fn gauge(o: &mut String, name: &str, f: &Family<AtomicI64>) {
-    header(o, name, f.help, "gauge");
-    if let Ok(m) = f.series.read() {
-        for (labels, v) in m.iter() {
-            let _ = writeln!(
-                o,
-                "{name}{} {}",
-                label_text(labels, None),
-                v.load(Ordering::Relaxed)
-            );
-        }
-    }
+    scalar(o, name, "gauge", f);
 }
 
 fn histogram(o: &mut String, name: &str, f: &Family<Histogram>) {

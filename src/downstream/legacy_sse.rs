@@ -186,22 +186,7 @@ async fn handle(shared: &Arc<Shared>, session: &Arc<Session>, message: Message) 
             };
             // Answered on the stream, so the call runs on its own: a slow tool must not hold
             // the POST (or the next message) up.
-            let router = shared.router.clone();
-            let key = session.id.clone();
-            let identity = session.identity.clone();
-            let sink = out.clone();
-            tokio::spawn(async move {
-                let answer = router
-                    .handle_request(
-                        &key,
-                        &identity,
-                        req,
-                        Some(sink.clone() as Arc<dyn MessageSink>),
-                        admission,
-                    )
-                    .await;
-                sink.push(answer.bytes);
-            });
+            super::streamable::answer_on(shared, session, req, admission, out.clone(), false);
         }
         Message::Notification(n) => {
             if session.initialized.load(Ordering::Acquire) {

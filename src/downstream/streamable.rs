@@ -363,23 +363,7 @@ fn stream_request(
     let Some(reader) = stream.attach(None) else {
         return reply::status(StatusCode::INTERNAL_SERVER_ERROR);
     };
-    let router = shared.router.clone();
-    let key = session.id.clone();
-    let identity = session.identity.clone();
-    let s = stream.clone();
-    tokio::spawn(async move {
-        let out = router
-            .handle_request(
-                &key,
-                &identity,
-                req,
-                Some(s.clone() as Arc<dyn MessageSink>),
-                admission,
-            )
-            .await;
-        s.push(out.bytes);
-        s.close();
-    });
+    answer_on(shared, session, req, admission, stream.clone(), true);
     reply::sse(event_stream::body(
         reader,
         protocol::wants_priming_event(session.protocol),
@@ -532,4 +516,35 @@ pub(super) fn answer_reply(a: Answer) -> Reply {
             r
         }
     }
+}
+
+/// Runs one request in its own task and appends its related messages and its answer to
+/// `stream` (closing it after when `close`): a slow tool holds neither the POST nor the
+/// connection, and a dropped connection does not abandon the call.
+pub(super) fn answer_on(
+    shared: &Arc<Shared>,
+    session: &Arc<Session>,
+    req: Request,
+    admission: Option<Admission>,
+    stream: Arc<super::event_stream::EventStream>,
+    close: bool,
+) {
+    let router = shared.router.clone();
+    let key = session.id.clone();
+    let identity = session.identity.clone();
+    tokio::spawn(async move {
+        let out = router
+            .handle_request(
+                &key,
+                &identity,
+                req,
+                Some(stream.clone() as Arc<dyn MessageSink>),
+                admission,
+            )
+            .await;
+        stream.push(out.bytes);
+        if close {
+            stream.close();
+        }
+    });
 }

@@ -305,45 +305,27 @@ impl Router {
             methods::PROMPTS_LIST => self.list(Kind::Prompts, &params, identity).await,
             methods::RESOURCES_LIST => self.list(Kind::Resources, &params, identity).await,
             methods::RESOURCE_TEMPLATES_LIST => self.list(Kind::Templates, &params, identity).await,
-            methods::TOOLS_CALL => {
+            methods::TOOLS_CALL | methods::PROMPTS_GET => {
                 self.wait_settled().await;
                 let name = str_param(&params, "name")?;
                 let agg = self.catalog.snapshot();
-                let route = agg.tool(name).ok_or_else(|| {
-                    Failure::Gateway(
-                        ErrorCode::INVALID_PARAMS,
-                        format!("unknown tool `{name}`: it is not in this gateway's tools/list"),
-                    )
-                })?;
-                if admission.is_none() {
-                    self.check_call(identity, key, route)?;
-                }
-                let mut params = params;
-                params.insert("name".into(), Value::String(route.name.clone()));
-                let server = route.server.clone();
-                self.forward(
-                    key,
-                    identity,
-                    &req.id,
-                    &server,
-                    &req.method,
-                    params,
-                    related,
-                )
-                .await
-            }
-            methods::PROMPTS_GET => {
-                self.wait_settled().await;
-                let name = str_param(&params, "name")?;
-                let agg = self.catalog.snapshot();
-                let route = agg.prompt(name).ok_or_else(|| {
+                let is_tool = req.method == methods::TOOLS_CALL;
+                let (route, what) = if is_tool {
+                    (agg.tool(name), "tool")
+                } else {
+                    (agg.prompt(name), "prompt")
+                };
+                let route = route.ok_or_else(|| {
                     Failure::Gateway(
                         ErrorCode::INVALID_PARAMS,
                         format!(
-                            "unknown prompt `{name}`: it is not in this gateway's prompts/list"
+                            "unknown {what} `{name}`: it is not in this gateway's {what}s/list"
                         ),
                     )
                 })?;
+                if is_tool && admission.is_none() {
+                    self.check_call(identity, key, route)?;
+                }
                 let mut params = params;
                 params.insert("name".into(), Value::String(route.name.clone()));
                 let server = route.server.clone();
