@@ -1,0 +1,117 @@
+//! Calls per second through the real gateway with the audit log on (fsync = group, the default)
+//! and off, in the same run, against our fixture server (process runtime). The figure that
+//! matters is the ratio: what durable auditing of every call costs.
+//!
+//!   cargo bench --bench gateway_audit        (AUDIT_BENCH_CALLS=4000, AUDIT_BENCH_CONCURRENCY=32)
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::client::{Mcp, LATEST};
+use common::Gateway;
+use serde_json::json;
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+async fn run(gw: &Gateway, calls: usize, concurrency: usize) -> (f64, Vec<Duration>) {
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    let sid = c.session.clone().unwrap_or_default();
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (url, sid, next) = (gw.url.clone(), sid.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let http = reqwest::Client::new();
+            let mut lat = Vec::new();
+            while next.fetch_add(1, Ordering::Relaxed) < calls {
+                let t = Instant::now();
+                let ok = http
+                    .post(&url)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json")
+                    .header("mcp-session-id", &sid)
+                    .body(json!({"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"echo","arguments":{"text":"x"}}}).to_string())
+                    .send()
+                    .await
+                    .map(|r| r.status().is_success())
+                    .unwrap_or(false);
+                if ok {
+                    lat.push(t.elapsed());
+                }
+            }
+            lat
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap_or_default());
+    }
+    let secs = start.elapsed().as_secs_f64();
+    all.sort();
+    (all.len() as f64 / secs, all)
+}
+
+fn q(v: &[Duration], p: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v[((v.len() - 1) as f64 * p) as usize].as_secs_f64() * 1e3
+}
+
+#[tokio::main]
+async fn main() {
+    let calls = env_num("AUDIT_BENCH_CALLS", 4000);
+    let conc = env_num("AUDIT_BENCH_CONCURRENCY", 32);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let policy = |audit: &str| {
+        format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\n{audit}\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n"
+        )
+    };
+    let mut rows = Vec::new();
+    for (name, audit) in [
+        ("audit off", "enabled = false".to_owned()),
+        (
+            "audit on, fsync=group",
+            format!(
+                "dir = \"{}\"\nfsync = \"group\"",
+                dir.path().join("group").display()
+            ),
+        ),
+        (
+            "audit on, fsync=always",
+            format!(
+                "dir = \"{}\"\nfsync = \"always\"",
+                dir.path().join("always").display()
+            ),
+        ),
+    ] {
+        let gw = Gateway::start(&policy(&audit));
+        let _ = run(&gw, 200, conc).await; // warm-up
+        let (rate, lat) = run(&gw, calls, conc).await;
+        rows.push((name, rate, q(&lat, 0.5), q(&lat, 0.99)));
+    }
+    let base = rows[0].1;
+    println!("\ncalls through the gateway, {calls} calls at concurrency {conc} (debug/release per the cargo profile)");
+    println!(
+        "{:<24} {:>10} {:>8} {:>9} {:>9}",
+        "case", "calls/s", "ratio", "p50 ms", "p99 ms"
+    );
+    for (name, rate, p50, p99) in &rows {
+        println!(
+            "{name:<24} {rate:>10.0} {:>8.2} {p50:>9.2} {p99:>9.2}",
+            rate / base
+        );
+    }
+}
