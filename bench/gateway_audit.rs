@@ -1,6 +1,7 @@
-//! Calls per second through the real gateway with the audit log on (fsync = group, the default)
-//! and off, in the same run, against our fixture server (process runtime). The figure that
-//! matters is the ratio: what durable auditing of every call costs.
+//! Calls per second through the real gateway, same run, against our fixture server (process
+//! runtime): the audit log off (baseline), on with fsync = group (the default) and = always, and
+//! access control on (bearer token + per-client tool rules + rate limits, audit off). The
+//! figures that matter are the ratios to the baseline: what each layer costs per call.
 //!
 //!   cargo bench --bench gateway_audit        (AUDIT_BENCH_CALLS=4000, AUDIT_BENCH_CONCURRENCY=32)
 
@@ -22,22 +23,35 @@ fn env_num(name: &str, default: usize) -> usize {
         .unwrap_or(default)
 }
 
-async fn run(gw: &Gateway, calls: usize, concurrency: usize) -> (f64, Vec<Duration>) {
+const TOKEN: &str = "pcs_bench-token-00000000000000000000000000000";
+
+async fn run(gw: &Gateway, calls: usize, concurrency: usize, auth: bool) -> (f64, Vec<Duration>) {
     let mut c = Mcp::new(&gw.url);
+    let bearer = if auth {
+        format!("Bearer {TOKEN}")
+    } else {
+        String::new()
+    };
+    if auth {
+        c.bearer = Some(TOKEN.to_owned());
+    }
     c.initialize(LATEST).await;
     let sid = c.session.clone().unwrap_or_default();
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (url, sid, next) = (gw.url.clone(), sid.clone(), next.clone());
+        let (url, sid, next, bearer) = (gw.url.clone(), sid.clone(), next.clone(), bearer.clone());
         tasks.push(tokio::spawn(async move {
             let http = reqwest::Client::new();
             let mut lat = Vec::new();
             while next.fetch_add(1, Ordering::Relaxed) < calls {
                 let t = Instant::now();
-                let ok = http
-                    .post(&url)
+                let mut req = http.post(&url);
+                if !bearer.is_empty() {
+                    req = req.header("authorization", &bearer);
+                }
+                let ok = req
                     .header("content-type", "application/json")
                     .header("accept", "application/json")
                     .header("mcp-session-id", &sid)
@@ -74,32 +88,43 @@ async fn main() {
     let calls = env_num("AUDIT_BENCH_CALLS", 4000);
     let conc = env_num("AUDIT_BENCH_CONCURRENCY", 32);
     let dir = tempfile::tempdir().expect("tempdir");
-    let policy = |audit: &str| {
+    let policy = |audit: &str, extra: &str| {
         format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\n{audit}\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n"
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\n{audit}\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n{extra}"
         )
     };
+    use sha2::Digest;
+    let access = format!(
+        "rate = {{ quota = \"1000000/s\", burst = 1000000 }}\n\n[clients.bench]\ntoken_sha256 = \"{}\"\nallow = [\"fixture__echo\", \"fixture__pid\"]\nrate = {{ quota = \"1000000/s\", burst = 1000000 }}\n",
+        hex::encode(sha2::Sha256::digest(TOKEN.as_bytes()))
+    );
     let mut rows = Vec::new();
-    for (name, audit) in [
-        ("audit off", "enabled = false".to_owned()),
+    let audit_at = |mode: &str| {
+        format!(
+            "dir = \"{}\"\nfsync = \"{mode}\"",
+            dir.path().join(mode).display()
+        )
+    };
+    let off = "enabled = false".to_owned();
+    for (name, audit, extra, auth) in [
+        ("audit off (baseline)", off.clone(), String::new(), false),
         (
             "audit on, fsync=group",
-            format!(
-                "dir = \"{}\"\nfsync = \"group\"",
-                dir.path().join("group").display()
-            ),
+            audit_at("group"),
+            String::new(),
+            false,
         ),
         (
             "audit on, fsync=always",
-            format!(
-                "dir = \"{}\"\nfsync = \"always\"",
-                dir.path().join("always").display()
-            ),
+            audit_at("always"),
+            String::new(),
+            false,
         ),
+        ("auth+rules+limits", off.clone(), access.clone(), true),
     ] {
-        let gw = Gateway::start(&policy(&audit));
-        let _ = run(&gw, 200, conc).await; // warm-up
-        let (rate, lat) = run(&gw, calls, conc).await;
+        let gw = Gateway::start(&policy(&audit, &extra));
+        let _ = run(&gw, 200, conc, auth).await; // warm-up
+        let (rate, lat) = run(&gw, calls, conc, auth).await;
         rows.push((name, rate, q(&lat, 0.5), q(&lat, 0.99)));
     }
     let base = rows[0].1;
