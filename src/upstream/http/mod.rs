@@ -839,7 +839,10 @@ impl Remote {
                 .build(Method::DELETE, &self.url, "application/json", None, true)
                 .await
             {
-                let _ = self.send(req, Duration::from_secs(2)).await;
+                // Bounded as a whole: with oauth it may first need a token, and shutdown
+                // must not wait on an authorization server.
+                let limit = Duration::from_secs(2);
+                let _ = tokio::time::timeout(limit, self.send(req, limit)).await;
             }
         }
     }
