@@ -32,6 +32,9 @@ pub struct ServeArgs {
     /// Overrides [audit] dir from the policy.
     #[arg(long, env = "PORTCULLIS_AUDIT_DIR")]
     pub audit_dir: Option<PathBuf>,
+    /// Overrides [gateway] state_dir from the policy (where OAuth token caches are kept).
+    #[arg(long, env = "PORTCULLIS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -48,6 +51,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(dir) = args.audit_dir {
         policy.audit.dir = dir;
+    }
+    if let Some(dir) = args.state_dir {
+        policy.set_state_dir(dir);
     }
     tracing::info!(policy = %policy.origin, servers = policy.servers.len(), "policy loaded");
     check_listener_safety(&policy)?;
@@ -144,7 +150,12 @@ async fn open_audit(policy: &Policy) -> anyhow::Result<Option<Arc<AuditLog>>> {
             }
         }
     }
-    log.set_redactor(Arc::new(RedactStrings(secrets)));
+    let policy_secrets = RedactStrings(secrets);
+    // OAuth tokens are obtained later; the live set covers them from the moment they arrive.
+    log.set_redactor(Arc::new(move |text: &str| {
+        let text = crate::audit::Redact::redact(&policy_secrets, text);
+        crate::secrets::live().redact(&text).into_owned()
+    }));
     tracing::info!(dir = %log.dir().display(), key_id = log.key_id(), log_id = log.log_id(), "audit log open");
     Ok(Some(Arc::new(log)))
 }

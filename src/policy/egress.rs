@@ -166,6 +166,63 @@ fn show_addr(a: IpAddr) -> String {
     a.to_string()
 }
 
+impl EgressRule {
+    fn port_ok(&self, port: u16) -> bool {
+        self.port.is_none_or(|p| p == port)
+    }
+
+    /// Whether this name rule (exact or `*.` wildcard) matches DNS name `host` on `port`.
+    /// `host` is compared case-insensitively, a trailing dot ignored; CIDR rules match no name.
+    pub fn permits_name(&self, host: &str, port: u16) -> bool {
+        let host = host.trim_end_matches('.').to_ascii_lowercase();
+        self.port_ok(port)
+            && match &self.host {
+                EgressHost::Name(n) => *n == host,
+                EgressHost::Wildcard(d) => host
+                    .strip_suffix(d.as_str())
+                    .is_some_and(|pre| pre.len() > 1 && pre.ends_with('.')),
+                EgressHost::Cidr { .. } => false,
+            }
+    }
+
+    /// Whether this CIDR rule covers `addr` (address and port); name rules cover no address.
+    pub fn covers(&self, addr: std::net::SocketAddr) -> bool {
+        match self.host {
+            EgressHost::Cidr { addr: net, prefix } => {
+                self.port_ok(addr.port()) && cidr_covers(net, prefix, addr.ip())
+            }
+            _ => false,
+        }
+    }
+}
+
+fn cidr_covers(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
+    match (net, ip) {
+        (IpAddr::V4(n), IpAddr::V4(a)) => {
+            let bits = u32::from(prefix.min(32));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u32::MAX << (32 - bits)
+            };
+            u32::from(n) & mask == u32::from(a) & mask
+        }
+        (IpAddr::V6(n), IpAddr::V6(a)) => {
+            let bits = u32::from(prefix.min(128));
+            let mask = if bits == 0 {
+                0
+            } else {
+                u128::MAX << (128 - bits)
+            };
+            u128::from(n) & mask == u128::from(a) & mask
+        }
+        (IpAddr::V4(_), IpAddr::V6(a)) => a
+            .to_ipv4_mapped()
+            .is_some_and(|a4| cidr_covers(net, prefix, IpAddr::V4(a4))),
+        _ => false,
+    }
+}
+
 impl fmt::Display for EgressRule {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.host {

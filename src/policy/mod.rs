@@ -11,6 +11,7 @@ pub mod show;
 pub mod units;
 mod validate;
 mod validate_access;
+mod validate_oauth;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use import::import;

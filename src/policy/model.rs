@@ -209,7 +209,14 @@ pub struct Gateway {
     pub sse_poll_interval: Option<Duration>,
     /// TLS for the listener; required (with client authentication) off loopback.
     pub tls: Option<Tls>,
+    /// Where the gateway keeps state between runs (the OAuth token caches); resolved against
+    /// the policy file's directory when relative.
+    pub state_dir: PathBuf,
 }
+
+/// Default state directory, relative to the policy file (or the working directory for the
+/// embedded default policy).
+pub const DEFAULT_STATE_DIR: &str = "portcullis-state";
 
 /// Gateway-wide egress settings: how the pinning resolver answers and where sandbox networks live.
 #[derive(Debug, Clone, PartialEq)]
@@ -318,6 +325,59 @@ pub struct RemoteSpec {
     pub headers: BTreeMap<String, String>,
     /// PEM bundle of the CAs trusted for this server's TLS, instead of the system store.
     pub ca_file: Option<PathBuf>,
+    /// The gateway gets its own access token for this server from an OAuth authorization
+    /// server and sends it as `Authorization: Bearer`.
+    pub oauth: Option<OAuth>,
+}
+
+/// OAuth 2.1 client settings of a remote server (the gateway is the OAuth client).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuth {
+    pub token_url: String,
+    pub client_id: String,
+    /// Name of the server secret holding the client secret (`${secret:NAME}`).
+    pub client_secret: Option<String>,
+    pub client_auth: ClientAuth,
+    pub scope: Option<String>,
+    /// Name of the server secret holding the first refresh token; set, it selects the
+    /// refresh_token grant.
+    pub refresh_token: Option<String>,
+    /// RFC 8707 resource indicator.
+    pub resource: Option<String>,
+    /// The `audience` parameter some authorization servers want instead of `resource`.
+    pub audience: Option<String>,
+    /// Where the tokens are cached between runs: `STATE_DIR/oauth/SERVER.json`.
+    pub cache_file: PathBuf,
+}
+
+impl OAuth {
+    pub fn grant(&self) -> OAuthGrant {
+        if self.refresh_token.is_some() {
+            OAuthGrant::RefreshToken
+        } else {
+            OAuthGrant::ClientCredentials
+        }
+    }
+
+    /// The cache file of server `server` under state directory `dir`.
+    pub fn cache_file_in(dir: &std::path::Path, server: &str) -> PathBuf {
+        dir.join("oauth").join(format!("{server}.json"))
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthGrant {
+    ClientCredentials,
+    RefreshToken,
+}
+
+/// How the client authenticates to the token endpoint (RFC 6749 section 2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic with the client id and secret (`client_secret_basic`).
+    Basic,
+    /// `client_id` and `client_secret` in the form body (`client_secret_post`).
+    Post,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -409,6 +469,16 @@ pub struct Client {
 }
 
 impl Policy {
+    /// Moves the state directory (e.g. `serve --state-dir`), and with it every token cache.
+    pub fn set_state_dir(&mut self, dir: PathBuf) {
+        for server in self.servers.values_mut() {
+            if let Runtime::Remote(RemoteSpec { oauth: Some(o), .. }) = &mut server.runtime {
+                o.cache_file = OAuth::cache_file_in(&dir, &server.name);
+            }
+        }
+        self.gateway.state_dir = dir;
+    }
+
     /// Whether clients must authenticate: some client has a token, or JWTs are configured.
     pub fn requires_auth(&self) -> bool {
         self.auth.jwt.is_some()

@@ -82,6 +82,7 @@ pub struct RawGateway {
     pub sse_poll_interval: Option<Spanned<Value>>,
     #[serde(default, deserialize_with = "in_tls")]
     pub tls: Option<Spanned<RawTls>>,
+    pub state_dir: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,6 +134,8 @@ pub struct RawServer {
     pub url: Option<Str>,
     pub headers: Option<Spanned<StrMap>>,
     pub ca_file: Option<Str>,
+    #[serde(default, deserialize_with = "in_oauth")]
+    pub oauth: Option<Spanned<RawOAuth>>,
     pub lifecycle: Option<Str>,
     #[serde(default, deserialize_with = "in_egress")]
     pub egress: Option<RawEgress>,
@@ -148,6 +151,20 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
+}
+
+/// `oauth = { ... }` of a remote server.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOAuth {
+    pub token_url: Str,
+    pub client_id: Str,
+    pub client_secret: Option<Str>,
+    pub client_auth: Option<Str>,
+    pub scope: Option<Str>,
+    pub refresh_token: Option<Str>,
+    pub audience: Option<Str>,
+    pub resource: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -276,3 +293,4 @@ in_table!(in_auth, "auth", Option<RawAuth>);
 in_table!(in_jwt, "jwt", Option<Spanned<RawJwt>>);
 in_table!(in_tls, "tls", Option<Spanned<RawTls>>);
 in_table!(in_tools, "tools", Option<RawPatterns>);
+in_table!(in_oauth, "oauth", Option<Spanned<RawOAuth>>);

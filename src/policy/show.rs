@@ -4,6 +4,34 @@ use super::model::*;
 use super::units::{format_duration, format_rate, format_size};
 use std::fmt::Write;
 
+fn oauth_lines(o: &mut String, a: &OAuth) {
+    let grant = match a.grant() {
+        OAuthGrant::ClientCredentials => "client_credentials",
+        OAuthGrant::RefreshToken => "refresh_token",
+    };
+    let secret = |n: &Option<String>| {
+        n.as_ref()
+            .map_or_else(|| "(none)".to_owned(), |n| format!("${{secret:{n}}}"))
+    };
+    let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".to_owned());
+    let _ = writeln!(o, "  oauth.grant           {grant}");
+    let _ = writeln!(o, "  oauth.token_url       {}", a.token_url);
+    let _ = writeln!(o, "  oauth.client_id       {}", a.client_id);
+    let _ = writeln!(o, "  oauth.client_secret   {}", secret(&a.client_secret));
+    if a.client_secret.is_some() {
+        let auth = match a.client_auth {
+            ClientAuth::Basic => "basic",
+            ClientAuth::Post => "post",
+        };
+        let _ = writeln!(o, "  oauth.client_auth     {auth}");
+    }
+    let _ = writeln!(o, "  oauth.refresh_token   {}", secret(&a.refresh_token));
+    let _ = writeln!(o, "  oauth.scope           {}", opt(&a.scope));
+    let _ = writeln!(o, "  oauth.resource        {}", opt(&a.resource));
+    let _ = writeln!(o, "  oauth.audience        {}", opt(&a.audience));
+    let _ = writeln!(o, "  oauth.token cache     {}", a.cache_file.display());
+}
+
 /// Renders `p` for `portcullis policy show`. Secrets appear only as references, never values.
 pub fn render(p: &Policy) -> String {
     let mut o = String::new();
@@ -69,6 +97,7 @@ pub fn render(p: &Policy) -> String {
         g.sse_poll_interval
             .map_or_else(|| "off".to_owned(), format_duration)
     );
+    let _ = writeln!(o, "  state_dir             {}", g.state_dir.display());
     let e = &p.egress;
     let _ = writeln!(o, "\n[egress]");
     let _ = writeln!(
@@ -171,6 +200,12 @@ pub fn render(p: &Policy) -> String {
                         "  header                {k}: {}",
                         header_for_display(k, v)
                     );
+                }
+                if let Some(ca) = &x.ca_file {
+                    let _ = writeln!(o, "  ca_file               {}", ca.display());
+                }
+                if let Some(a) = &x.oauth {
+                    oauth_lines(&mut o, a);
                 }
             }
         }

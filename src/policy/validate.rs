@@ -28,13 +28,15 @@ const MAX_POOL: u64 = 32;
 
 const PROCESS_KEYS: &[&str] = &["command", "args", "env", "cwd"];
 const DOCKER_KEYS: &[&str] = &["image", "command", "env", "user", "mounts", "pool"];
-const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file"];
+const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file", "oauth"];
 
 pub(super) struct Checker<'a> {
     src: &'a str,
     origin: &'a str,
     base: Option<&'a Path>,
-    diags: Vec<Diagnostic>,
+    pub(super) diags: Vec<Diagnostic>,
+    /// `[gateway] state_dir`, resolved; token caches of OAuth servers live below it.
+    pub(super) state_dir: PathBuf,
 }
 
 /// Validates `raw`; `base` is the policy file's directory, against which relative paths resolve.
@@ -49,6 +51,7 @@ pub fn validate(
         origin,
         base,
         diags: Vec::new(),
+        state_dir: PathBuf::new(),
     };
     let raw_gateway = raw.gateway.unwrap_or_default();
     let listen_at = raw_gateway.listen.as_ref().map_or(0, |l| l.span().start);
@@ -372,6 +375,17 @@ impl Checker<'_> {
         let max_body_bytes = self
             .size(&g.max_body_bytes, "max_body_bytes")
             .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        self.state_dir = match &g.state_dir {
+            Some(p) if p.get_ref().trim().is_empty() => {
+                self.error(
+                    p.span().start,
+                    "`state_dir` is empty; name a directory, like \"./portcullis-state\"",
+                );
+                self.resolve(DEFAULT_STATE_DIR)
+            }
+            Some(p) => self.resolve(p.get_ref()),
+            None => self.resolve(DEFAULT_STATE_DIR),
+        };
         let gw = Gateway {
             listen,
             naming,
@@ -395,6 +409,7 @@ impl Checker<'_> {
                 .unwrap_or(DEFAULT_SSE_KEEPALIVE),
             sse_poll_interval: self.duration(&g.sse_poll_interval, "sse_poll_interval"),
             tls: g.tls.as_ref().map(|t| self.tls(t)),
+            state_dir: self.state_dir.clone(),
         };
         (gw, naming_at)
     }
@@ -429,7 +444,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let present: [(&str, Option<usize>); 11] = [
+        let present: [(&str, Option<usize>); 12] = [
             ("command", rs.command.as_ref().map(|v| v.span().start)),
             ("args", rs.args.as_ref().map(|v| v.span().start)),
             ("env", rs.env.as_ref().map(|v| v.span().start)),
@@ -441,6 +456,7 @@ impl Checker<'_> {
             ("url", rs.url.as_ref().map(|v| v.span().start)),
             ("headers", rs.headers.as_ref().map(|v| v.span().start)),
             ("ca_file", rs.ca_file.as_ref().map(|v| v.span().start)),
+            ("oauth", rs.oauth.as_ref().map(|v| v.span().start)),
         ];
         for (key, at) in present {
             if let (Some(at), false) = (at, allowed.contains(&key)) {
@@ -466,10 +482,18 @@ impl Checker<'_> {
 
         let secrets = self.secrets(&rs.secrets);
         let env = self.env(&rs.env, &rs.secrets);
+        let mut egress = Egress::default();
+        for r in rs.egress.iter().flat_map(|e| e.allow.iter().flatten()) {
+            match parse_egress(r.get_ref()) {
+                Ok(rule) => egress.allow.push(rule),
+                Err(e) => self.error(r.span().start, e),
+            }
+        }
+
         let runtime = match rt {
             "process" => self.process(n, &rs, env),
             "docker" => self.docker(n, &rs, env),
-            _ => self.remote(n, &rs, &secrets),
+            _ => self.remote(n, &rs, &secrets, &egress),
         };
 
         let lifecycle = match rs
@@ -503,14 +527,6 @@ impl Checker<'_> {
                     self.key_at(p.span().start, "pool"),
                     "a warm pool only helps lifecycle = \"per-session\" or \"per-call\"; remove `pool` or change the lifecycle",
                 );
-            }
-        }
-
-        let mut egress = Egress::default();
-        for r in rs.egress.iter().flat_map(|e| e.allow.iter().flatten()) {
-            match parse_egress(r.get_ref()) {
-                Ok(rule) => egress.allow.push(rule),
-                Err(e) => self.error(r.span().start, e),
             }
         }
 
@@ -747,6 +763,7 @@ impl Checker<'_> {
         n: &str,
         rs: &RawServer,
         secrets: &BTreeMap<String, SecretRef>,
+        egress: &Egress,
     ) -> Option<Runtime> {
         let url = match &rs.url {
             Some(u) => match check_url(u.get_ref()) {
@@ -792,10 +809,28 @@ impl Checker<'_> {
             headers.insert(name.clone(), v.get_ref().clone());
         }
         let ca_file = rs.ca_file.as_ref().map(|p| self.resolve(p.get_ref()));
+        let oauth = match &rs.oauth {
+            Some(o) => {
+                if let Some(k) = rs
+                    .headers
+                    .iter()
+                    .flat_map(|h| h.get_ref().keys())
+                    .find(|k| k.get_ref().eq_ignore_ascii_case("authorization"))
+                {
+                    self.error(k.span().start, format!("header `{}` conflicts with `oauth`, which sends its own `Authorization: Bearer` access token; remove the header", k.get_ref()));
+                }
+                if plain_http {
+                    self.error(o.span().start, "`oauth` would send access tokens over plain http; use an https:// url (plain http is accepted only to a loopback IP literal)");
+                }
+                self.oauth(n, o, secrets, egress)
+            }
+            None => None,
+        };
         Some(Runtime::Remote(RemoteSpec {
             url: url?,
             headers,
             ca_file,
+            oauth,
         }))
     }
 
@@ -1245,7 +1280,7 @@ fn check_origin(o: &str) -> Result<(), String> {
 }
 
 /// Whether an `http://` url names a loopback IP literal (127.0.0.0/8 or [::1]).
-fn is_loopback_url(u: &str) -> bool {
+pub(super) fn is_loopback_url(u: &str) -> bool {
     let rest = u.strip_prefix("http://").unwrap_or(u);
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     let host = if let Some(v6) = authority.strip_prefix('[') {
@@ -1257,7 +1292,7 @@ fn is_loopback_url(u: &str) -> bool {
         .is_ok_and(|ip| ip.is_loopback())
 }
 
-fn check_url(u: &str) -> Result<(), String> {
+pub(super) fn check_url(u: &str) -> Result<(), String> {
     let rest = u
         .strip_prefix("https://")
         .or_else(|| u.strip_prefix("http://"))

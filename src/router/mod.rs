@@ -316,12 +316,23 @@ impl Router {
                     (agg.prompt(name), "prompt")
                 };
                 let route = route.ok_or_else(|| {
-                    Failure::Gateway(
-                        ErrorCode::INVALID_PARAMS,
-                        format!(
-                            "unknown {what} `{name}`: it is not in this gateway's {what}s/list"
-                        ),
-                    )
+                    let mut msg = format!(
+                        "unknown {what} `{name}`: it is not in this gateway's {what}s/list"
+                    );
+                    // A server that is down contributes nothing to the lists; say which and
+                    // why, or the caller cannot tell a typo from an outage.
+                    let down: Vec<String> = self
+                        .readiness()
+                        .into_iter()
+                        .filter_map(|(server, r)| r.err().map(|why| format!("`{server}`: {why}")))
+                        .collect();
+                    if !down.is_empty() {
+                        msg.push_str(&format!(
+                            "; servers not ready, whose {what}s are missing: {}",
+                            down.join("; ")
+                        ));
+                    }
+                    Failure::Gateway(ErrorCode::INVALID_PARAMS, msg)
                 })?;
                 if is_tool && admission.is_none() {
                     self.check_call(identity, key, route)?;

@@ -6,6 +6,9 @@ use std::path::Path;
 
 use crate::policy::SecretRef;
 
+mod live;
+pub use live::{live, LiveSecrets};
+
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
     #[error("secret `{name}`: environment variable `{var}` is not set on the gateway")]
@@ -109,14 +112,18 @@ impl Redactor {
         self.entries.is_empty()
     }
 
-    /// `text` with every secret value replaced by `[REDACTED:NAME]`; borrowed when there was
-    /// nothing to replace (the common case costs no allocation).
+    /// `text` with every secret value (and every [`live`] one) replaced by `[REDACTED:NAME]`;
+    /// borrowed when there was nothing to replace (the common case costs no allocation).
     pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
         let mut out = Cow::Borrowed(text);
         for (value, replacement) in &self.entries {
             if out.contains(value.as_str()) {
                 out = Cow::Owned(out.replace(value.as_str(), replacement));
             }
+        }
+        // Tokens obtained at run time (OAuth) are scrubbed wherever policy secrets are.
+        if let Cow::Owned(scrubbed) = live().redact(&out) {
+            return Cow::Owned(scrubbed);
         }
         out
     }

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod docker;
 pub mod netlab;
+pub mod remote;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

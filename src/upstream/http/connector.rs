@@ -74,17 +74,36 @@ pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, C
     Ok(Arc::new(cfg))
 }
 
+/// Why a TLS handshake failed, with the fix when it is the certificate that was not trusted.
+fn tls_reason(e: &io::Error, custom_ca: bool) -> String {
+    let bad_certificate = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
+    if !bad_certificate {
+        return e.to_string();
+    }
+    if custom_ca {
+        format!("{e}; the certificate does not chain to the CAs in the server's ca_file, or does not name this host")
+    } else {
+        format!("{e}; if the server's certificate comes from a private CA, name that CA's PEM file in the server's ca_file")
+    }
+}
+
 #[derive(Clone)]
 pub struct Connector {
     egress: Arc<Egress>,
     tls: Arc<rustls::ClientConfig>,
+    /// The policy named a `ca_file` (for the hint when a certificate is refused).
+    custom_ca: bool,
 }
 
 impl Connector {
-    pub fn new(egress: Egress, tls: Arc<rustls::ClientConfig>) -> Connector {
+    pub fn new(egress: Egress, tls: Arc<rustls::ClientConfig>, custom_ca: bool) -> Connector {
         Connector {
             egress: Arc::new(egress),
             tls,
+            custom_ca,
         }
     }
 
@@ -129,8 +148,8 @@ impl Connector {
                 reason: "handshake timed out".to_owned(),
             })?
             .map_err(|e| ConnectError::Tls {
+                reason: tls_reason(&e, self.custom_ca),
                 host: bare,
-                reason: e.to_string(),
             })?;
         Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
     }

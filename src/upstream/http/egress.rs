@@ -67,37 +67,6 @@ fn is_special_v4(ip: Ipv4Addr) -> bool {
         || o[0] >= 240 // reserved
 }
 
-fn cidr_covers(net: IpAddr, prefix: u8, ip: IpAddr) -> bool {
-    match (net, ip) {
-        (IpAddr::V4(n), IpAddr::V4(a)) => {
-            let bits = u32::from(prefix.min(32));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u32::MAX << (32 - bits)
-            };
-            u32::from(n) & mask == u32::from(a) & mask
-        }
-        (IpAddr::V6(n), IpAddr::V6(a)) => {
-            let bits = u32::from(prefix.min(128));
-            let mask = if bits == 0 {
-                0
-            } else {
-                u128::MAX << (128 - bits)
-            };
-            u128::from(n) & mask == u128::from(a) & mask
-        }
-        (IpAddr::V4(_), IpAddr::V6(a)) => a
-            .to_ipv4_mapped()
-            .is_some_and(|a4| cidr_covers(net, prefix, IpAddr::V4(a4))),
-        _ => false,
-    }
-}
-
-fn port_ok(rule: &EgressRule, port: u16) -> bool {
-    rule.port.is_none_or(|p| p == port)
-}
-
 /// The egress rules of one remote server.
 #[derive(Debug, Clone)]
 pub struct Egress {
@@ -121,17 +90,7 @@ impl Egress {
         if names.peek().is_none() {
             return Ok(());
         }
-        let ok = names.any(|r| {
-            port_ok(r, port)
-                && match &r.host {
-                    EgressHost::Name(n) => *n == host,
-                    EgressHost::Wildcard(d) => host
-                        .strip_suffix(d.as_str())
-                        .is_some_and(|pre| pre.len() > 1 && pre.ends_with('.')),
-                    EgressHost::Cidr { .. } => false,
-                }
-        });
-        if ok {
+        if names.any(|r| r.permits_name(&host, port)) {
             Ok(())
         } else {
             Err(EgressError::HostNotAllowed { host })
@@ -144,12 +103,7 @@ impl Egress {
         if !is_special(addr.ip()) {
             return true;
         }
-        self.rules.iter().any(|r| match r.host {
-            EgressHost::Cidr { addr: net, prefix } => {
-                port_ok(r, addr.port()) && cidr_covers(net, prefix, addr.ip())
-            }
-            _ => false,
-        })
+        self.rules.iter().any(|r| r.covers(addr))
     }
 
     /// Resolves `host` and returns the addresses that may be dialled, in resolver order.

@@ -7,17 +7,21 @@
 //! the router cannot tell a remote server from a local one.
 //!
 //! Configured headers (credentials from `${secret:NAME}`) go on every request and nowhere
-//! else: they are marked sensitive, never logged, and scrubbed from any error text.
+//! else: they are marked sensitive, never logged, and scrubbed from any error text. With
+//! `oauth`, an access token the gateway obtained itself goes in `Authorization` (see [`oauth`]).
 
 mod connector;
 pub mod egress;
+mod oauth;
 pub mod sse;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{HeaderName, HeaderValue, ACCEPT, CONTENT_TYPE};
+use http::header::{
+    HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE,
+};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -68,6 +72,8 @@ pub(super) struct Remote {
     url: Uri,
     headers: HeaderMap,
     redactor: Arc<Redactor>,
+    /// Where the access token comes from when the policy configures `oauth`.
+    oauth: Option<Arc<oauth::TokenSource>>,
     /// Streamable HTTP: the session id and protocol version the server gave us.
     session: Mutex<Option<HeaderValue>>,
     protocol: Mutex<Option<HeaderValue>>,
@@ -146,7 +152,21 @@ pub(super) async fn connect(
     let egress = egress::Egress::new(server.egress.allow.clone());
     let client: HttpClient = Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector::Connector::new(egress.clone(), tls.clone()));
+        .build(connector::Connector::new(
+            egress.clone(),
+            tls.clone(),
+            spec.ca_file.is_some(),
+        ));
+    let oauth = match &spec.oauth {
+        Some(o) => Some(Arc::new(oauth::TokenSource::new(
+            &server.name,
+            o,
+            secrets,
+            client.clone(),
+            redactor.clone(),
+        )?)),
+        None => None,
+    };
     let (conn, outbox) = Connection::detached();
     let (dead, _) = watch::channel(None);
     let remote = Arc::new(Remote {
@@ -158,6 +178,7 @@ pub(super) async fn connect(
         url,
         headers,
         redactor,
+        oauth,
         session: Mutex::new(None),
         protocol: Mutex::new(None),
         reinit: tokio::sync::Mutex::new(()),
@@ -186,6 +207,42 @@ pub(super) async fn connect(
         }
         Err(e) => Err(e),
     }
+}
+
+/// Why a request got no HTTP answer.
+enum SendError {
+    /// The server could not be reached, or did not answer in time.
+    Connection(String),
+    /// No access token could be obtained for it (the server itself may be fine).
+    Token(String),
+}
+
+impl From<SendError> for String {
+    fn from(e: SendError) -> String {
+        match e {
+            SendError::Connection(s) | SendError::Token(s) => s,
+        }
+    }
+}
+
+/// A copy of a request with `Authorization: Bearer token`.
+fn with_bearer(
+    parts: &http::request::Parts,
+    body: Full<Bytes>,
+    token: &str,
+) -> Result<Request<Full<Bytes>>, SendError> {
+    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
+        .map_err(|_| SendError::Token("the access token is not valid in a header".to_owned()))?;
+    value.set_sensitive(true);
+    let mut req = Request::builder()
+        .method(parts.method.clone())
+        .uri(parts.uri.clone())
+        .version(parts.version)
+        .body(body)
+        .map_err(|e| SendError::Connection(format!("cannot build the request: {e}")))?;
+    *req.headers_mut() = parts.headers.clone();
+    req.headers_mut().insert(AUTHORIZATION, value);
+    Ok(req)
 }
 
 /// How a POST went, as far as the sender cares.
@@ -266,7 +323,45 @@ impl Remote {
             .map_err(|e| format!("cannot build the request: {e}"))
     }
 
+    /// Sends a request, with the access token when `oauth` is configured. A 401 gets one new
+    /// token and one retry: a token refused twice is a configuration problem (scope, audience),
+    /// not an expiry, and retrying further would only hammer the authorization server.
     async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        limit: Duration,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        let Some(oauth) = &self.oauth else {
+            return self
+                .send_once(req, limit)
+                .await
+                .map_err(SendError::Connection);
+        };
+        let (parts, body) = req.into_parts();
+        let token = oauth
+            .bearer()
+            .await
+            .map_err(|e| SendError::Token(e.to_string()))?;
+        let first = with_bearer(&parts, body.clone(), &token)?;
+        let resp = self
+            .send_once(first, limit)
+            .await
+            .map_err(SendError::Connection)?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        drop(resp);
+        let token = oauth
+            .renew(&token)
+            .await
+            .map_err(|e| SendError::Token(e.to_string()))?;
+        let retry = with_bearer(&parts, body, &token)?;
+        self.send_once(retry, limit)
+            .await
+            .map_err(SendError::Connection)
+    }
+
+    async fn send_once(
         &self,
         req: Request<Full<Bytes>>,
         limit: Duration,
@@ -420,6 +515,12 @@ impl Remote {
 
     async fn status_error(&self, resp: http::Response<Incoming>, what: &str) -> String {
         let status = resp.status();
+        // Says why a credential was refused (RFC 6750 section 3); quoted, without secrets.
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| self.redact(&v.chars().take(ERROR_EXCERPT).collect::<String>()));
         let body = tokio::time::timeout(
             Duration::from_secs(5),
             http_body_util::Limited::new(resp.into_body(), 64 * 1024).collect(),
@@ -431,11 +532,18 @@ impl Remote {
         .unwrap_or_default();
         let text = String::from_utf8_lossy(&body[..body.len().min(ERROR_EXCERPT)]).into_owned();
         let text = self.redact(text.trim());
-        if text.is_empty() {
+        let mut out = if text.is_empty() {
             format!("`{what}` answered HTTP {status}")
         } else {
             format!("`{what}` answered HTTP {status}: {text}")
+        };
+        if let Some(challenge) = challenge {
+            out.push_str(&format!(" (WWW-Authenticate: {challenge})"));
         }
+        if status == StatusCode::UNAUTHORIZED && self.oauth.is_some() {
+            out.push_str("; the server refused a freshly issued oauth access token: check the oauth scope, resource and audience");
+        }
+        out
     }
 
     fn start_tasks(
@@ -523,7 +631,13 @@ impl Remote {
                     );
                     return;
                 }
-                Err(e) => {
+                Err(SendError::Token(e)) => {
+                    // The server may be fine; only this request goes without a token. The
+                    // next one tries the authorization server again.
+                    fail(e);
+                    return;
+                }
+                Err(SendError::Connection(e)) => {
                     // A connection-level failure: the server is gone. Fail this request at once
                     // and let the supervisor reconnect (it fails every other pending request).
                     fail(format!("lost the connection to the server: {e}"));
@@ -559,7 +673,7 @@ impl Remote {
         to: &Uri,
         msg: Bytes,
         limit: Duration,
-    ) -> Result<Posted, String> {
+    ) -> Result<Posted, SendError> {
         let with_session = mode == Mode::Streamable;
         let had_session = with_session && self.session.lock().is_ok_and(|s| s.is_some());
         let req = self
@@ -570,7 +684,8 @@ impl Remote {
                 Some(msg),
                 with_session,
             )
-            .await?;
+            .await
+            .map_err(SendError::Connection)?;
         let resp = self.send(req, limit).await?;
         if resp.status() == StatusCode::NOT_FOUND && had_session {
             return Ok(Posted::SessionExpired);
@@ -613,7 +728,12 @@ impl Remote {
             };
             let resp = match self.send(req, SHORT_EXCHANGE).await {
                 Ok(r) => r,
-                Err(e) => {
+                Err(SendError::Token(e)) => {
+                    tracing::warn!(server = %self.server, error = %e, "cannot open the GET stream without an access token");
+                    tokio::time::sleep(GET_REOPEN * 5).await;
+                    continue;
+                }
+                Err(SendError::Connection(e)) => {
                     self.die(format!("lost the connection to the server: {e}"));
                     return;
                 }
@@ -719,7 +839,10 @@ impl Remote {
                 .build(Method::DELETE, &self.url, "application/json", None, true)
                 .await
             {
-                let _ = self.send(req, Duration::from_secs(2)).await;
+                // Bounded as a whole: with oauth it may first need a token, and shutdown
+                // must not wait on an authorization server.
+                let limit = Duration::from_secs(2);
+                let _ = tokio::time::timeout(limit, self.send(req, limit)).await;
             }
         }
     }
