@@ -454,10 +454,15 @@ async fn broken_policies_are_rejected_and_the_old_one_keeps_serving() {
     );
     assert_eq!(s.tool_changes(), 0);
 
-    // Fixed: accepted.
-    gw.write_policy(&policy(&(server("a", "") + &server("b", ""))));
+    // Fixed: accepted. A listener setting in it waits for a restart; the rest applies.
+    let fixed = policy(&(server("a", "") + &server("b", ""))).replace(
+        "naming = \"prefix\"",
+        "naming = \"prefix\"\nmax_sessions = 5",
+    );
+    gw.write_policy(&fixed);
     s.heard(1).await;
     assert_eq!(s.call("b__echo", json!({"text": "b"})).await.unwrap(), "b");
+    logged(&gw, "needs a restart of the gateway", 1).await;
     s.client.cancel().await.ok();
 
     let log = stop_and_verify(gw);
@@ -479,6 +484,47 @@ async fn broken_policies_are_rejected_and_the_old_one_keeps_serving() {
     assert!(r[2].1["error"].as_str().unwrap().contains("no `command`"));
     // Rejected files never became the policy in force.
     assert_eq!(r[3].1["sha256"]["from"], r[0].1["sha256"]["from"]);
+    assert_eq!(r[3].1["requires_restart"], json!(["gateway.max_sessions"]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_file_restarts_its_server_on_sighup() {
+    let secret = |gw_dir: &Path, v: &str| std::fs::write(gw_dir.join("token"), v).unwrap();
+    let body = server("a", "secrets = { TOKEN = \"file:{tmp}/token\" }") + &server("b", "");
+    // The secret file must exist before the gateway starts its server.
+    let dir = tempfile::tempdir().unwrap();
+    let with_file = policy(&body).replace(
+        "{tmp}/token",
+        &dir.path().join("token").display().to_string(),
+    );
+    secret(dir.path(), "first-secret-value");
+    let gw = unwatched(&with_file);
+    let s = Session::open(&gw, None).await;
+    let token = || s.call("a__env_get", json!({"name": "TOKEN"}));
+    assert_eq!(token().await.unwrap(), "first-secret-value");
+    let pid_b = s.pid("b").await;
+
+    secret(dir.path(), "second-secret-value");
+    gw.sighup();
+    logged(&gw, "policy reloaded", 1).await;
+    assert_eq!(token().await.unwrap(), "second-secret-value");
+    assert_eq!(s.pid("b").await, pid_b, "the other server kept running");
+    s.client.cancel().await.ok();
+
+    let log = stop_and_verify(gw);
+    let r = reloads(&log);
+    assert_eq!(
+        r[0].1["servers"]["restarted"],
+        json!({"a": ["secret values"]})
+    );
+    let text = records(&log)
+        .iter()
+        .map(Value::to_string)
+        .collect::<String>();
+    assert!(
+        !text.contains("first-secret-value") && !text.contains("second-secret-value"),
+        "a secret value reached the audit log"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
