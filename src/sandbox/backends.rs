@@ -71,6 +71,13 @@ impl Backends {
     }
 }
 
+// TODO(egress-wire): when the egress module is attached to the runtimes, build them with its
+// handle here, so that a runtime created by a reload (Docker connected late) enforces egress
+// like the one created at start-up. Reloads stop and start servers only through these runtimes
+// (spawn / Instance::kill), and a replaced server's new instances start after the old ones
+// reached `Stopped`, i.e. after `kill` returned, so per-server prepare/release there do not
+// overlap. Two exceptions: an instance interrupted while still starting is removed in the
+// background, and one that does not stop within the bound (router/servers.rs) is left behind.
 fn runtimes(docker: &DockerState) -> Arc<dyn Runtime> {
     let docker: Option<Arc<dyn Runtime>> = match docker {
         DockerState::NotNeeded => None,
