@@ -13,6 +13,7 @@ pub mod egress;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;
+pub mod reload;
 pub mod router;
 pub mod sandbox;
 pub mod secrets;

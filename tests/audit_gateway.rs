@@ -8,47 +8,10 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::client::{tool_text, Mcp, LATEST};
-use common::{gateway_bin, Gateway};
+use common::{audit_records as records, audit_verify as verify, Gateway};
 use serde_json::{json, Value};
 
 const SECRET: &str = "audit-test-secret-value-7Q9";
-
-fn records(dir: &Path) -> Vec<Value> {
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap()
-                .lines()
-                .filter(|l| !l.trim().is_empty())
-                .map(|l| serde_json::from_str::<Value>(l).unwrap())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
-fn verify(dir: &Path) -> (bool, String) {
-    let out = Command::new(gateway_bin())
-        .args(["audit", "verify"])
-        .arg(dir)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
 
 fn policy(audit_dir: &Path, extra: &str) -> String {
     format!(

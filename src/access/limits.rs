@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -46,12 +46,27 @@ struct Slots {
     timeout: Duration,
 }
 
+/// A limiter together with the quota it was built from, so a reload can tell whether to keep it.
+struct Kept<L> {
+    rate: Rate,
+    limiter: Arc<L>,
+}
+
+type Direct = Kept<DefaultDirectRateLimiter>;
+type Keyed = Kept<DefaultKeyedRateLimiter<String>>;
+
+/// The quotas and caps of one policy.
+#[derive(Default)]
+struct Table {
+    clients: HashMap<String, Direct>,
+    servers: HashMap<String, Keyed>,
+    tools: HashMap<(String, String), Keyed>,
+    slots: HashMap<String, Arc<Slots>>,
+}
+
 pub struct Limits {
     clock: DefaultClock,
-    clients: HashMap<String, DefaultDirectRateLimiter>,
-    servers: HashMap<String, DefaultKeyedRateLimiter<String>>,
-    tools: HashMap<(String, String), DefaultKeyedRateLimiter<String>>,
-    slots: HashMap<String, Slots>,
+    table: RwLock<Arc<Table>>,
 }
 
 fn quota(r: &Rate) -> Option<Quota> {
@@ -62,53 +77,105 @@ fn quota(r: &Rate) -> Option<Quota> {
     Quota::with_period(period).map(|q| q.allow_burst(burst))
 }
 
-impl Limits {
-    pub fn from_policy(policy: &Policy) -> Limits {
-        let mut clients = HashMap::new();
+/// The limiter for `rate`: the previous one when its quota is unchanged (so a reload does not
+/// hand everyone a fresh burst), otherwise a new one.
+fn kept<K: Eq + std::hash::Hash, L>(
+    previous: Option<&HashMap<K, Kept<L>>>,
+    key: &K,
+    rate: &Rate,
+    make: impl FnOnce(Quota) -> L,
+) -> Option<Kept<L>> {
+    if let Some(k) = previous
+        .and_then(|p| p.get(key))
+        .filter(|k| k.rate == *rate)
+    {
+        return Some(Kept {
+            rate: *rate,
+            limiter: k.limiter.clone(),
+        });
+    }
+    quota(rate).map(|q| Kept {
+        rate: *rate,
+        limiter: Arc::new(make(q)),
+    })
+}
+
+impl Table {
+    fn build(policy: &Policy, previous: Option<&Table>) -> Table {
+        let mut t = Table::default();
         for (name, c) in &policy.clients {
-            if let Some(q) = c.rate.as_ref().and_then(quota) {
-                clients.insert(name.clone(), RateLimiter::direct(q));
+            if let Some(r) = &c.rate {
+                let prev = previous.map(|p| &p.clients);
+                if let Some(k) = kept(prev, name, r, RateLimiter::direct) {
+                    t.clients.insert(name.clone(), k);
+                }
             }
         }
-        let mut servers = HashMap::new();
-        let mut tools = HashMap::new();
-        let mut slots = HashMap::new();
         for (name, s) in &policy.servers {
-            if let Some(q) = s.rate.as_ref().and_then(quota) {
-                servers.insert(name.clone(), RateLimiter::keyed(q));
+            if let Some(r) = &s.rate {
+                let prev = previous.map(|p| &p.servers);
+                if let Some(k) = kept(prev, name, r, RateLimiter::keyed) {
+                    t.servers.insert(name.clone(), k);
+                }
             }
             for (tool, r) in &s.tool_rates {
-                if let Some(q) = quota(r) {
-                    tools.insert((name.clone(), tool.clone()), RateLimiter::keyed(q));
+                let key = (name.clone(), tool.clone());
+                let prev = previous.map(|p| &p.tools);
+                if let Some(k) = kept(prev, &key, r, RateLimiter::keyed) {
+                    t.tools.insert(key, k);
                 }
             }
             if let Some(max) = s.max_in_flight {
-                slots.insert(
-                    name.clone(),
-                    Slots {
+                let same = previous
+                    .and_then(|p| p.slots.get(name))
+                    .filter(|o| o.max == max && o.timeout == s.queue_timeout);
+                // A changed cap starts a new semaphore; calls holding the old one finish on it.
+                let slots = same.cloned().unwrap_or_else(|| {
+                    Arc::new(Slots {
                         sem: Arc::new(Semaphore::new(max as usize)),
                         max,
                         waiting: AtomicUsize::new(0),
                         timeout: s.queue_timeout,
-                    },
-                );
+                    })
+                });
+                t.slots.insert(name.clone(), slots);
             }
         }
+        t
+    }
+}
+
+impl Limits {
+    pub fn from_policy(policy: &Policy) -> Limits {
         Limits {
             clock: DefaultClock::default(),
-            clients,
-            servers,
-            tools,
-            slots,
+            table: RwLock::new(Arc::new(Table::build(policy, None))),
+        }
+    }
+
+    /// Puts the quotas of a reloaded policy in force, keeping the state of unchanged ones.
+    pub fn reload(&self, policy: &Policy) {
+        let next = Arc::new(Table::build(policy, Some(&self.table())));
+        match self.table.write() {
+            Ok(mut t) => *t = next,
+            Err(p) => *p.into_inner() = next,
+        }
+    }
+
+    fn table(&self) -> Arc<Table> {
+        match self.table.read() {
+            Ok(t) => t.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
     /// Takes one call from every quota that applies, most specific first.
     pub fn check(&self, client: &str, server: &str, tool: Option<&str>) -> Result<(), Limited> {
+        let t = self.table();
         let key = client.to_owned();
         if let Some(tool) = tool {
-            if let Some(l) = self.tools.get(&(server.to_owned(), tool.to_owned())) {
-                l.check_key(&key).map_err(|n| {
+            if let Some(l) = t.tools.get(&(server.to_owned(), tool.to_owned())) {
+                l.limiter.check_key(&key).map_err(|n| {
                     self.limited(
                         format!("tool `{server}__{tool}` quota for client `{client}`"),
                         n,
@@ -116,13 +183,14 @@ impl Limits {
                 })?;
             }
         }
-        if let Some(l) = self.servers.get(server) {
-            l.check_key(&key).map_err(|n| {
+        if let Some(l) = t.servers.get(server) {
+            l.limiter.check_key(&key).map_err(|n| {
                 self.limited(format!("server `{server}` quota for client `{client}`"), n)
             })?;
         }
-        if let Some(l) = self.clients.get(client) {
-            l.check()
+        if let Some(l) = t.clients.get(client) {
+            l.limiter
+                .check()
                 .map_err(|n| self.limited(format!("client `{client}` quota"), n))?;
         }
         Ok(())
@@ -141,7 +209,7 @@ impl Limits {
 
     /// Waits for a call slot at `server` (when it has a cap), within the bounded queue.
     pub async fn slot(&self, server: &str) -> Result<Option<OwnedSemaphorePermit>, Busy> {
-        let Some(s) = self.slots.get(server) else {
+        let Some(s) = self.table().slots.get(server).cloned() else {
             return Ok(None);
         };
         if let Ok(p) = s.sem.clone().try_acquire_owned() {
@@ -167,9 +235,10 @@ impl Limits {
 
     /// Drops per-client limiter state that has refilled completely (idle keys).
     pub fn sweep(&self) {
-        for l in self.servers.values().chain(self.tools.values()) {
-            l.retain_recent();
-            l.shrink_to_fit();
+        let t = self.table();
+        for l in t.servers.values().chain(t.tools.values()) {
+            l.limiter.retain_recent();
+            l.limiter.shrink_to_fit();
         }
     }
 }
@@ -220,5 +289,32 @@ mod tests {
         drop(held);
         assert!(l.slot("s").await.unwrap().is_some());
         assert!(l.slot("other").await.unwrap().is_none());
+    }
+
+    #[test]
+    fn a_reload_keeps_used_quotas_unless_they_change() {
+        let src = "[servers.s]\nruntime = \"process\"\ncommand = \"x\"\nrate = { quota = \"1/hour\", burst = 1 }\n";
+        let l = Limits::from_policy(&policy(src));
+        assert!(l.check("a", "s", None).is_ok());
+        assert!(l.check("a", "s", None).is_err());
+        l.reload(&policy(&format!("{src}max_in_flight = 2\n")));
+        assert!(
+            l.check("a", "s", None).is_err(),
+            "an unchanged quota is not refilled by a reload"
+        );
+        l.reload(&policy(&src.replace("1/hour", "2/hour")));
+        assert!(
+            l.check("a", "s", None).is_ok(),
+            "a changed quota starts afresh"
+        );
+        l.reload(&policy(
+            "[servers.s]\nruntime = \"process\"\ncommand = \"x\"\n",
+        ));
+        for _ in 0..5 {
+            assert!(
+                l.check("a", "s", None).is_ok(),
+                "a removed quota no longer applies"
+            );
+        }
     }
 }

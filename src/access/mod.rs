@@ -1,5 +1,6 @@
 //! Who may call what, and how often: client authentication (token hashes, JWT), per-client
-//! tool authorization, rate limits and concurrency caps.
+//! tool authorization, rate limits and concurrency caps. A policy reload replaces all of them at
+//! once ([`Access::replace`]).
 
 pub mod jwt;
 pub mod limits;
@@ -7,7 +8,7 @@ pub mod rules;
 pub mod token;
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use http::HeaderMap;
 
@@ -15,12 +16,13 @@ use crate::policy::Policy;
 pub use limits::{Busy, Limited, Limits};
 pub use rules::ToolRules;
 
-/// An authenticated (or, with auth off, anonymous) caller.
+/// An authenticated (or, with auth off, anonymous) caller. What the client may call is looked
+/// up in the policy in force at the time of each request ([`Access::rules`]), not fixed when
+/// its session opened, so that a reload applies to open sessions too.
 #[derive(Debug, Clone)]
 pub struct Identity {
     /// The policy's client name; `anonymous` when authentication is off.
     pub client: Arc<str>,
-    pub rules: Arc<ToolRules>,
 }
 
 impl PartialEq for Identity {
@@ -44,27 +46,31 @@ pub enum AccessError {
     Jwt(#[from] jwt::JwtSetupError),
 }
 
-pub struct Access {
+/// Who the clients are and what each may call, as one policy says; replaced whole on reload.
+pub struct Clients {
     required: bool,
     anonymous: Identity,
     /// token hash -> client
     tokens: Vec<([u8; 64], Identity)>,
     jwt: Option<jwt::JwtVerifier>,
     jwt_clients: HashMap<String, Identity>,
-    pub limits: Limits,
+    /// Tool rules by client name (with `anonymous` when authentication is off).
+    rules: HashMap<Arc<str>, Arc<ToolRules>>,
     resource: Option<String>,
     authorization_servers: Vec<String>,
 }
 
-impl Access {
-    pub fn from_policy(policy: &Policy) -> Result<Access, AccessError> {
+impl Clients {
+    /// Builds the client table of `policy`; fails when a JWT key cannot be read.
+    pub fn from_policy(policy: &Policy) -> Result<Clients, AccessError> {
         let mut tokens = Vec::new();
         let mut jwt_clients = HashMap::new();
+        let mut rules = HashMap::new();
         for (name, c) in &policy.clients {
             let id = Identity {
                 client: Arc::from(name.as_str()),
-                rules: Arc::new(ToolRules::for_client(c)),
             };
+            rules.insert(id.client.clone(), Arc::new(ToolRules::for_client(c)));
             if let Some(h) = &c.token_sha256 {
                 let mut buf = [0u8; 64];
                 if h.len() == 64 {
@@ -82,35 +88,96 @@ impl Access {
             .as_ref()
             .map(jwt::JwtVerifier::new)
             .transpose()?;
+        let required = policy.requires_auth();
         // With authentication off, a `[clients.anonymous]` entry (if any) still scopes tools.
         let anonymous = Identity {
             client: Arc::from("anonymous"),
-            rules: Arc::new(
-                policy
-                    .clients
-                    .get("anonymous")
-                    .map(ToolRules::for_client)
-                    .unwrap_or_default(),
-            ),
         };
-        Ok(Access {
-            required: policy.requires_auth(),
+        if !required {
+            rules
+                .entry(anonymous.client.clone())
+                .or_insert_with(|| Arc::new(ToolRules::default()));
+        }
+        Ok(Clients {
+            required,
             anonymous,
             tokens,
             jwt,
             jwt_clients,
-            limits: Limits::from_policy(policy),
+            rules,
             resource: policy.auth.resource.clone(),
             authorization_servers: policy.auth.authorization_servers.clone(),
         })
     }
 
+    /// What `client` may call. A client the policy no longer names may call nothing.
+    pub fn rules(&self, client: &str) -> Arc<ToolRules> {
+        self.rules
+            .get(client)
+            .cloned()
+            .unwrap_or_else(|| Arc::new(ToolRules::nothing()))
+    }
+}
+
+pub struct Access {
+    clients: RwLock<Arc<Clients>>,
+    pub limits: Limits,
+}
+
+impl Access {
+    pub fn from_policy(policy: &Policy) -> Result<Access, AccessError> {
+        Ok(Access {
+            clients: RwLock::new(Arc::new(Clients::from_policy(policy)?)),
+            limits: Limits::from_policy(policy),
+        })
+    }
+
+    /// The client table in force now.
+    pub fn clients(&self) -> Arc<Clients> {
+        match self.clients.read() {
+            Ok(c) => c.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
+    /// What `client` may call under the policy in force now.
+    pub fn rules(&self, client: &str) -> Arc<ToolRules> {
+        self.clients().rules(client)
+    }
+
+    /// Puts a reloaded policy's clients, rules and quotas in force; requests from here on see
+    /// them. Quotas whose settings did not change keep their state.
+    pub fn replace(&self, clients: Clients, policy: &Policy) {
+        let clients = Arc::new(clients);
+        match self.clients.write() {
+            Ok(mut c) => *c = clients,
+            Err(p) => *p.into_inner() = clients,
+        }
+        self.limits.reload(policy);
+    }
+
     pub fn required(&self) -> bool {
-        self.required
+        self.clients().required
     }
 
     /// Identifies the caller of a request from its `Authorization` header.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Unauthorized> {
+        self.clients().authenticate(headers)
+    }
+
+    /// The `WWW-Authenticate` header value for a 401.
+    pub fn challenge(&self, err: &Unauthorized, base_url: &str) -> String {
+        self.clients().challenge(err, base_url)
+    }
+
+    /// RFC 9728 protected-resource metadata, when OAuth-style (JWT) tokens are configured.
+    pub fn resource_metadata(&self, base_url: &str) -> Option<serde_json::Value> {
+        self.clients().resource_metadata(base_url)
+    }
+}
+
+impl Clients {
+    fn authenticate(&self, headers: &HeaderMap) -> Result<Identity, Unauthorized> {
         if !self.required {
             return Ok(self.anonymous.clone());
         }
@@ -161,8 +228,7 @@ impl Access {
         })
     }
 
-    /// The `WWW-Authenticate` header value for a 401.
-    pub fn challenge(&self, err: &Unauthorized, base_url: &str) -> String {
+    fn challenge(&self, err: &Unauthorized, base_url: &str) -> String {
         let desc = err.reason.replace('"', "'");
         let mut v = format!(
             "Bearer realm=\"portcullis\", error=\"{}\", error_description=\"{desc}\"",
@@ -176,8 +242,7 @@ impl Access {
         v
     }
 
-    /// RFC 9728 protected-resource metadata, when OAuth-style (JWT) tokens are configured.
-    pub fn resource_metadata(&self, base_url: &str) -> Option<serde_json::Value> {
+    fn resource_metadata(&self, base_url: &str) -> Option<serde_json::Value> {
         self.jwt.as_ref()?;
         Some(serde_json::json!({
             "resource": self.resource.clone().unwrap_or_else(|| format!("{base_url}/mcp")),

@@ -16,6 +16,14 @@ impl ToolRules {
         }
     }
 
+    /// Rules that permit nothing: for a client the policy no longer names.
+    pub fn nothing() -> ToolRules {
+        ToolRules {
+            allow: Vec::new(),
+            deny: vec!["*".to_owned()],
+        }
+    }
+
     /// Whether tool `tool` of `server` may be listed and called. Deny wins; an empty allow
     /// list allows everything not denied.
     pub fn permits(&self, server: &str, tool: &str) -> bool {
@@ -49,5 +57,6 @@ mod tests {
         assert!(r.permits("git", "git_status"));
         assert!(!r.permits("git", "git_commit"));
         assert!(ToolRules::default().permits("any", "thing"));
+        assert!(!ToolRules::nothing().permits("any", "thing"));
     }
 }

@@ -25,7 +25,8 @@
 //! `container`, `method`, `tool`, `args_sha256` (hex SHA-256 of the raw argument JSON),
 //! `args` (the argument JSON text, secrets redacted, only with `record_arguments = true` and a
 //! redactor installed), `outcome` (`ok`, `error` + `error_code`, `denied_auth`, `rate_limited`,
-//! `egress_denied`), `latency_us`, `bytes_in`, `bytes_out`, `detail` (redacted).
+//! `egress_denied`, `rejected` for a refused policy reload), `latency_us`, `bytes_in`,
+//! `bytes_out`, `detail` (redacted).
 //!
 //! Log-written records: `segment_start` (`segment` = its file name, `prev_segment`) is the first
 //! record of every segment; `checkpoint` (`tree_size`, `root`, `key_id`, `sig`) covers records

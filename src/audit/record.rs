@@ -87,6 +87,8 @@ pub enum Outcome {
     DeniedAuth,
     RateLimited,
     EgressDenied,
+    /// A request to change the gateway (a policy reload) that was refused.
+    Rejected,
 }
 
 impl Outcome {
@@ -97,6 +99,7 @@ impl Outcome {
             Outcome::DeniedAuth => "denied_auth",
             Outcome::RateLimited => "rate_limited",
             Outcome::EgressDenied => "egress_denied",
+            Outcome::Rejected => "rejected",
         }
     }
 }

@@ -1,20 +1,22 @@
-//! `portcullis serve`: load the policy, start the servers, listen, stop cleanly on a signal.
+//! `portcullis serve`: load the policy, start the servers, listen, reload the policy on SIGHUP
+//! or when its file changes, stop cleanly on SIGTERM or Ctrl-C.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 
 use crate::access::Access;
-use crate::audit::{AuditConfig, AuditEvent, AuditLog, Kind, RedactStrings};
+use crate::audit::{AuditConfig, AuditEvent, AuditLog, Kind};
 use crate::downstream::Listener;
 use crate::policy::{self, Policy};
+use crate::reload::{self, Overrides, Reloader};
 use crate::router::audit_trail::AuditTrail;
 use crate::router::Router;
-use crate::sandbox::docker::{self, DockerRuntime};
-use crate::sandbox::process::ProcessRuntime;
-use crate::sandbox::{Runtime, Runtimes};
+use crate::sandbox::backends::Backends;
+use crate::sandbox::docker;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -35,6 +37,12 @@ pub struct ServeArgs {
     /// Overrides [gateway] state_dir from the policy (where OAuth token caches are kept).
     #[arg(long, env = "PORTCULLIS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// How often the policy file is checked for changes (each change is reloaded).
+    #[arg(long, env = "PORTCULLIS_WATCH_INTERVAL", default_value = "1s", value_parser = policy::units::parse_duration)]
+    pub watch_interval: Duration,
+    /// Do not watch the policy file; reload only on SIGHUP.
+    #[arg(long, env = "PORTCULLIS_NO_WATCH")]
+    pub no_watch: bool,
 }
 
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -45,18 +53,17 @@ pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
 }
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let mut policy = load_policy(args.policy.as_ref())?;
-    if let Some(listen) = args.listen {
-        policy.gateway.listen = listen;
+    let overrides = Overrides {
+        listen: args.listen,
+        audit_dir: args.audit_dir.clone(),
+        state_dir: args.state_dir.clone(),
+    };
+    let (policy, text) = reload::load(args.policy.as_ref(), &overrides)?;
+    let sha256 = reload::text_sha256(&text);
+    tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, "policy loaded");
+    if let Some(why) = policy.listener_exposure() {
+        anyhow::bail!(why);
     }
-    if let Some(dir) = args.audit_dir {
-        policy.audit.dir = dir;
-    }
-    if let Some(dir) = args.state_dir {
-        policy.set_state_dir(dir);
-    }
-    tracing::info!(policy = %policy.origin, servers = policy.servers.len(), "policy loaded");
-    check_listener_safety(&policy)?;
     let audit_log = open_audit(&policy).await?;
     let trail = AuditTrail::new(audit_log.clone());
     let sinks = match &audit_log {
@@ -75,23 +82,45 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .await?;
     trail
         .record(AuditEvent::new(Kind::PolicyLoad).detail(format!(
-            "{} ({} servers: {})",
+            "{} ({} servers: {}) sha256 {sha256}",
             policy.origin,
             policy.servers.len(),
             policy.servers.keys().cloned().collect::<Vec<_>>().join(", ")
         )))
         .await?;
-    let docker = connect_docker(&policy, &args.docker_scope).await;
-    let runtimes = Runtimes {
-        process: Arc::new(ProcessRuntime),
-        docker: docker.runtime(),
-    };
+    let backends = Arc::new(Backends::new(&args.docker_scope));
+    let (runtime, runtime_generation) = backends.for_policy(&policy).await;
     let access =
         Arc::new(Access::from_policy(&policy).context("setting up client authentication")?);
-    let router = Router::start(&policy, Arc::new(runtimes), access.clone(), trail.clone());
-    let listener = Listener::bind(&policy.gateway, router.clone(), access, trail.clone())
-        .await
-        .context("starting the listener")?;
+    let router = Router::start(&policy, runtime, access.clone(), trail.clone());
+    let listener = Listener::bind(
+        &policy.gateway,
+        router.clone(),
+        access.clone(),
+        trail.clone(),
+    )
+    .await
+    .context("starting the listener")?;
+    let watch = match (&args.policy, args.no_watch) {
+        (Some(path), false) => Some((path.clone(), args.watch_interval)),
+        _ => None,
+    };
+    let reloader = Reloader::new(
+        args.policy.clone(),
+        overrides,
+        policy.clone(),
+        &text,
+        runtime_generation,
+        reload::Parts {
+            router: router.clone(),
+            access,
+            trail: trail.clone(),
+            audit_log: audit_log.clone(),
+            sessions: listener.sessions(),
+            backends: backends.clone(),
+        },
+    );
+    reload::triggers::start(Arc::new(reloader), watch).context("listening for SIGHUP")?;
     let addr = listener.local_addr().context("reading the bound address")?;
     let scheme = if policy.gateway.tls.is_some() {
         "https"
@@ -106,8 +135,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     listener.serve(shutdown_signal()).await;
     tracing::info!("shutting down: stopping servers");
     router.shutdown().await;
-    if let DockerState::Connected(d) = &docker {
-        let removed = d.shutdown().await;
+    if let Some(removed) = backends.shutdown().await {
         tracing::info!(removed, "removed this gateway's containers");
     }
     let _ = trail
@@ -139,96 +167,11 @@ async fn open_audit(policy: &Policy) -> anyhow::Result<Option<Arc<AuditLog>>> {
         .await
         .context("audit log start-up task")?
         .with_context(|| format!("opening the audit log in {}", dir.display()))?;
-    let mut secrets = Vec::new();
-    for server in policy.servers.values() {
-        for (name, source) in &server.secrets {
-            if let Ok(v) = crate::secrets::resolve(name, source) {
-                // Arguments are JSON text: a secret appears there escaped as well as plain.
-                let escaped = serde_json::to_string(&v).unwrap_or_default();
-                secrets.push(escaped.trim_matches('"').to_owned());
-                secrets.push(v);
-            }
-        }
-    }
-    let policy_secrets = RedactStrings(secrets);
-    // OAuth tokens are obtained later; the live set covers them from the moment they arrive.
-    log.set_redactor(Arc::new(move |text: &str| {
-        let text = crate::audit::Redact::redact(&policy_secrets, text);
-        crate::secrets::live().redact(&text).into_owned()
-    }));
+    log.set_redactor(Arc::new(crate::secrets::audit_redactor(
+        crate::secrets::redaction_values(policy),
+    )));
     tracing::info!(dir = %log.dir().display(), key_id = log.key_id(), log_id = log.log_id(), "audit log open");
     Ok(Some(Arc::new(log)))
-}
-
-enum DockerState {
-    NotNeeded,
-    Connected(DockerRuntime),
-    Unreachable(String),
-}
-
-impl DockerState {
-    fn runtime(&self) -> Option<Arc<dyn Runtime>> {
-        match self {
-            DockerState::NotNeeded => None,
-            DockerState::Connected(d) => Some(Arc::new(d.clone())),
-            DockerState::Unreachable(reason) => Some(Arc::new(docker::Unavailable {
-                reason: reason.clone(),
-            })),
-        }
-    }
-}
-
-/// Connects to Docker only when the policy has docker servers; an unreachable engine fails those
-/// servers (with the reason) and leaves the others running.
-async fn connect_docker(policy: &Policy, scope: &str) -> DockerState {
-    let wanted = policy
-        .servers
-        .values()
-        .any(|s| matches!(s.runtime, policy::Runtime::Docker(_)));
-    if !wanted {
-        return DockerState::NotNeeded;
-    }
-    let d = match DockerRuntime::connect_scoped(scope).await {
-        Ok(d) => d,
-        Err(e) => {
-            tracing::error!(error = %e, "docker servers will not start");
-            return DockerState::Unreachable(e.to_string());
-        }
-    };
-    match d.engine().await {
-        Ok(info) => {
-            tracing::info!(engine = %info.version, api = %info.api_version, gateway = d.gateway_id(), scope, "connected to Docker")
-        }
-        Err(e) => tracing::warn!(error = %e, "cannot read the Docker engine's version"),
-    }
-    // Nothing is running yet, so everything of this scope is a leftover of an earlier gateway.
-    if let Err(e) = d.reconcile(|_| false).await {
-        tracing::warn!(error = %e, "could not remove leftover containers");
-    }
-    DockerState::Connected(d)
-}
-
-/// The policy check covers `gateway.listen`; `--listen` can move the listener afterwards, so
-/// the rule is enforced again on what will actually be bound.
-fn check_listener_safety(policy: &Policy) -> anyhow::Result<()> {
-    let addr = policy.gateway.listen;
-    if addr.ip().is_loopback() {
-        return Ok(());
-    }
-    let mut missing = Vec::new();
-    if policy.gateway.tls.is_none() {
-        missing.push("TLS ([gateway.tls] cert and key)");
-    }
-    if !policy.requires_auth() {
-        missing.push("client authentication ([clients.NAME] token_sha256 or [auth.jwt])");
-    }
-    if missing.is_empty() {
-        return Ok(());
-    }
-    anyhow::bail!(
-        "refusing to listen on {addr}: it is not a loopback address, and anything that can reach it could use every tool behind this gateway; configure {} or listen on 127.0.0.1",
-        missing.join(" and ")
-    )
 }
 
 async fn shutdown_signal() {

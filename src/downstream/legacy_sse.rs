@@ -226,6 +226,7 @@ fn initialize(shared: &Arc<Shared>, session: &Arc<Session>, req: &Request) {
     let negotiated = protocol::negotiate(requested);
     shared.router.open_session(SessionInfo {
         key: session.id.clone(),
+        client: session.identity.client.clone(),
         caps: ClientCaps::from_initialize(&params),
         sink: session.standalone.clone() as Arc<dyn MessageSink>,
     });

@@ -112,6 +112,11 @@ impl Listener {
         self.listener.local_addr()
     }
 
+    /// A handle that ends sessions from outside the listener, for as long as it serves.
+    pub fn sessions(&self) -> SessionControl {
+        SessionControl(self.shared.clone())
+    }
+
     /// Serves until `shutdown` resolves, then closes every session.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
         let shared = self.shared.clone();
@@ -158,6 +163,28 @@ impl Listener {
         for id in shared.sessions.drain() {
             shared.router.close_session(&id).await;
         }
+    }
+}
+
+/// Ends client sessions on behalf of a policy reload that revoked their clients.
+#[derive(Clone)]
+pub struct SessionControl(Arc<Shared>);
+
+impl SessionControl {
+    /// Closes every open session of the named clients (their streams end; a request on one is
+    /// answered 404, as for any unknown session); returns how many were closed.
+    pub async fn close_clients(&self, clients: &[String]) -> usize {
+        if clients.is_empty() {
+            return 0;
+        }
+        let ids = self
+            .0
+            .sessions
+            .remove_where(|s| clients.iter().any(|c| **c == *s.identity.client));
+        for id in &ids {
+            self.0.router.close_session(id).await;
+        }
+        ids.len()
     }
 }
 

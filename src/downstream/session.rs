@@ -140,12 +140,17 @@ impl Sessions {
 
     /// Removes sessions idle longer than `limit`; returns their ids.
     pub fn expire(&self, limit: Duration) -> Vec<Arc<str>> {
+        self.remove_where(|s| s.idle_for() > limit)
+    }
+
+    /// Removes the sessions `doomed` picks, closing their streams; returns their ids.
+    pub fn remove_where(&self, doomed: impl Fn(&Session) -> bool) -> Vec<Arc<str>> {
         let Ok(mut m) = self.map.write() else {
             return Vec::new();
         };
         let stale: Vec<Arc<str>> = m
             .iter()
-            .filter(|(_, s)| s.idle_for() > limit)
+            .filter(|(_, s)| doomed(s))
             .map(|(k, _)| k.clone())
             .collect();
         for k in &stale {
@@ -193,7 +198,6 @@ mod tests {
     fn anon() -> Identity {
         Identity {
             client: Arc::from("anonymous"),
-            rules: Arc::default(),
         }
     }
 

@@ -317,6 +317,7 @@ fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept, identity: Ident
     };
     shared.router.open_session(SessionInfo {
         key: session.id.clone(),
+        client: session.identity.client.clone(),
         caps: ClientCaps::from_initialize(&params),
         sink: session.standalone.clone() as Arc<dyn MessageSink>,
     });

@@ -1,6 +1,7 @@
 //! The policy: model, parsing, validation with file:line:column errors, import, display.
 
 mod diagnose;
+pub mod diff;
 pub mod egress;
 pub mod error;
 pub mod import;
@@ -45,11 +46,27 @@ pub fn parse_in(src: &str, origin: &str, base: Option<&Path>) -> Result<Policy, 
 
 /// Reads, parses and validates a policy file; relative paths in it are relative to its directory.
 pub fn load(path: &Path) -> Result<Policy, PolicyError> {
-    let origin = path.display().to_string();
-    let src = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-        path: origin.clone(),
+    load_text(path).map(|(policy, _)| policy)
+}
+
+/// Like [`load`], also returning the text that was read (what a hot reload fingerprints).
+pub fn load_text(path: &Path) -> Result<(Policy, String), PolicyError> {
+    let src = read(path)?;
+    let policy = parse_file(path, &src)?;
+    Ok((policy, src))
+}
+
+/// The text of the policy file at `path`.
+pub fn read(path: &Path) -> Result<String, PolicyError> {
+    std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
+        path: path.display().to_string(),
         source,
-    })?;
+    })
+}
+
+/// Parses and validates `src`, read from the file at `path`: relative paths in it are relative
+/// to the file's directory.
+pub fn parse_file(path: &Path, src: &str) -> Result<Policy, PolicyError> {
     let base = path.parent().map(|p| {
         if p.as_os_str().is_empty() {
             Path::new(".")
@@ -57,7 +74,7 @@ pub fn load(path: &Path) -> Result<Policy, PolicyError> {
             p
         }
     });
-    parse_in(&src, &origin, base)
+    parse_in(src, &path.display().to_string(), base)
 }
 
 /// The embedded default policy, validated.

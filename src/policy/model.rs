@@ -488,6 +488,30 @@ impl Policy {
                 .any(|c| c.token_sha256.is_some() || c.jwt_subject.is_some())
     }
 
+    /// Why serving this policy would be unsafe, if it would: a listener off loopback without
+    /// TLS and client authentication. `gateway.listen` is checked when the file is validated;
+    /// this is for what is actually bound (`--listen`) and for reloads.
+    pub fn listener_exposure(&self) -> Option<String> {
+        let addr = self.gateway.listen;
+        if addr.ip().is_loopback() {
+            return None;
+        }
+        let mut missing = Vec::new();
+        if self.gateway.tls.is_none() {
+            missing.push("TLS ([gateway.tls] cert and key)");
+        }
+        if !self.requires_auth() {
+            missing.push("client authentication ([clients.NAME] token_sha256 or [auth.jwt])");
+        }
+        if missing.is_empty() {
+            return None;
+        }
+        Some(format!(
+            "refusing to listen on {addr}: it is not a loopback address, and anything that can reach it could use every tool behind this gateway; configure {} or listen on 127.0.0.1",
+            missing.join(" and ")
+        ))
+    }
+
     /// The naming mode in effect once `auto` is resolved against the server count.
     pub fn effective_naming(&self) -> Naming {
         match self.gateway.naming {

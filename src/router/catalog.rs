@@ -114,6 +114,31 @@ impl Aggregate {
     pub fn len(&self, kind: Kind) -> usize {
         self.entries[kind as usize].len()
     }
+
+    /// Whether entry `i` of the `kind` list is shown to a client that sees the tools `visible`
+    /// accepts (only tools are filtered per client).
+    fn shows(&self, kind: Kind, i: usize, visible: &dyn Fn(&Route) -> bool) -> bool {
+        kind != Kind::Tools || self.tool_entry_routes.get(i).is_none_or(visible)
+    }
+
+    /// Whether a client sees the same `kind` list here, through `before`, as in `after`,
+    /// through `visible_after`: decides who hears of a list change.
+    pub fn same_view(
+        &self,
+        after: &Aggregate,
+        kind: Kind,
+        before: &dyn Fn(&Route) -> bool,
+        visible_after: &dyn Fn(&Route) -> bool,
+    ) -> bool {
+        let old = &self.entries[kind as usize];
+        let new = &after.entries[kind as usize];
+        (0..old.len())
+            .filter(|&i| self.shows(kind, i, before))
+            .map(|i| old[i].get())
+            .eq((0..new.len())
+                .filter(|&i| after.shows(kind, i, visible_after))
+                .map(|i| new[i].get()))
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -123,10 +148,16 @@ pub struct CursorError;
 /// One server's lists, indexed by `Kind`.
 type ServerLists = [Vec<Map<String, Value>>; 4];
 
-pub struct Catalog {
+/// How server lists become the merged one: naming mode and per-server tool filters (a policy
+/// reload may change both), and the lists themselves.
+struct Lists {
     prefix: bool,
     filters: HashMap<String, ToolFilter>,
-    per_server: Mutex<BTreeMap<Arc<str>, ServerLists>>,
+    per_server: BTreeMap<Arc<str>, ServerLists>,
+}
+
+pub struct Catalog {
+    lists: Mutex<Lists>,
     current: RwLock<Arc<Aggregate>>,
     generation: AtomicU64,
 }
@@ -134,9 +165,11 @@ pub struct Catalog {
 impl Catalog {
     pub fn new(prefix: bool, filters: HashMap<String, ToolFilter>) -> Catalog {
         Catalog {
-            prefix,
-            filters,
-            per_server: Mutex::new(BTreeMap::new()),
+            lists: Mutex::new(Lists {
+                prefix,
+                filters,
+                per_server: BTreeMap::new(),
+            }),
             current: RwLock::new(Arc::new(Aggregate::default())),
             generation: AtomicU64::new(0),
         }
@@ -151,110 +184,47 @@ impl Catalog {
 
     /// Replaces one server's list of `kind`; returns whether what clients see changed.
     pub fn set(&self, server: &Arc<str>, kind: Kind, items: Vec<Map<String, Value>>) -> bool {
-        let Ok(mut per) = self.per_server.lock() else {
+        let Ok(mut lists) = self.lists.lock() else {
             return false;
         };
-        per.entry(server.clone()).or_default()[kind as usize] = items;
-        self.rebuild(&per, kind)
-    }
-
-    /// Forgets a server entirely; returns the kinds whose visible lists changed.
-    pub fn remove(&self, server: &str) -> Vec<Kind> {
-        let Ok(mut per) = self.per_server.lock() else {
-            return Vec::new();
-        };
-        if per.remove(server).is_none() {
-            return Vec::new();
-        }
-        KINDS
-            .into_iter()
-            .filter(|k| self.rebuild(&per, *k))
-            .collect()
-    }
-
-    fn rebuild(&self, per: &BTreeMap<Arc<str>, ServerLists>, changed: Kind) -> bool {
-        let mut agg = Aggregate::default();
-        for (server, lists) in per {
-            for kind in KINDS {
-                for item in &lists[kind as usize] {
-                    self.add(&mut agg, server, kind, item);
-                }
-            }
-        }
-        let old = self.snapshot();
-        let differs = old.entries[changed as usize]
+        lists.per_server.entry(server.clone()).or_default()[kind as usize] = items;
+        let (old, new) = self.rebuild(&lists);
+        old.entries[kind as usize]
             .iter()
             .map(|r| r.get())
-            .ne(agg.entries[changed as usize].iter().map(|r| r.get()));
-        agg.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
-        match self.current.write() {
-            Ok(mut c) => *c = Arc::new(agg),
-            Err(p) => *p.into_inner() = Arc::new(agg),
-        }
-        differs
+            .ne(new.entries[kind as usize].iter().map(|r| r.get()))
     }
 
-    fn add(&self, agg: &mut Aggregate, server: &Arc<str>, kind: Kind, item: &Map<String, Value>) {
-        match kind {
-            Kind::Tools | Kind::Prompts => {
-                let Some(name) = item.get("name").and_then(Value::as_str) else {
-                    tracing::warn!(server = %server, kind = kind.result_key(), "ignoring an entry without a name");
-                    return;
-                };
-                if kind == Kind::Tools
-                    && self
-                        .filters
-                        .get(server.as_ref())
-                        .is_some_and(|f| !f.permits(name))
-                {
-                    return;
+    /// Applies a reloaded policy: naming mode, tool filters, and the servers that are gone.
+    pub fn reconfigure(&self, prefix: bool, filters: HashMap<String, ToolFilter>, gone: &[String]) {
+        let Ok(mut lists) = self.lists.lock() else {
+            return;
+        };
+        lists.prefix = prefix;
+        lists.filters = filters;
+        for server in gone {
+            lists.per_server.remove(server.as_str());
+        }
+        self.rebuild(&lists);
+    }
+
+    /// Builds and publishes the merged catalog; returns the previous one and the new one.
+    fn rebuild(&self, lists: &Lists) -> (Arc<Aggregate>, Arc<Aggregate>) {
+        let mut agg = Aggregate::default();
+        for (server, per) in &lists.per_server {
+            for kind in KINDS {
+                for item in &per[kind as usize] {
+                    add(lists, &mut agg, server, kind, item);
                 }
-                let exposed = naming::expose(server, name, self.prefix);
-                let routes = if kind == Kind::Tools {
-                    &mut agg.tool_routes
-                } else {
-                    &mut agg.prompt_routes
-                };
-                if routes.contains_key(&exposed) {
-                    tracing::warn!(server = %server, name, "duplicate name; keeping the first");
-                    return;
-                }
-                let route = Route {
-                    server: server.clone(),
-                    name: name.to_owned(),
-                };
-                if kind == Kind::Tools {
-                    agg.tool_entry_routes.push(route.clone());
-                }
-                routes.insert(exposed.clone(), route);
-                let mut out = item.clone();
-                out.insert("name".to_owned(), Value::String(exposed));
-                agg.entries[kind as usize].push(crate::mcp::to_raw(&out));
-            }
-            Kind::Resources => {
-                let Some(uri) = item.get("uri").and_then(Value::as_str) else {
-                    return;
-                };
-                if agg.resource_routes.contains_key(uri) {
-                    tracing::warn!(server = %server, uri, "resource URI offered by two servers; keeping the first");
-                    return;
-                }
-                agg.resource_routes.insert(uri.to_owned(), server.clone());
-                agg.entries[kind as usize].push(crate::mcp::to_raw(item));
-            }
-            Kind::Templates => {
-                let Some(t) = item
-                    .get("uriTemplate")
-                    .and_then(Value::as_str)
-                    .and_then(UriTemplate::parse)
-                else {
-                    tracing::warn!(server = %server, "ignoring a resource template without a valid uriTemplate");
-                    return;
-                };
-                agg.template_routes.push((t, server.clone()));
-                agg.entries[kind as usize].push(crate::mcp::to_raw(item));
             }
         }
+        agg.generation = self.generation.fetch_add(1, Ordering::Relaxed) + 1;
+        let new = Arc::new(agg);
+        let old = match self.current.write() {
+            Ok(mut c) => std::mem::replace(&mut *c, new.clone()),
+            Err(p) => std::mem::replace(&mut *p.into_inner(), new.clone()),
+        };
+        (old, new)
     }
 
     /// One page of the merged `kind` list as a complete result object. `visible` hides tools a
@@ -276,8 +246,7 @@ impl Catalog {
         if start > entries.len() {
             return Err(CursorError);
         }
-        let shown =
-            |i: usize| kind != Kind::Tools || agg.tool_entry_routes.get(i).is_none_or(visible);
+        let shown = |i: usize| agg.shows(kind, i, visible);
         let mut out = String::with_capacity(
             64 + entries[start..]
                 .iter()
@@ -308,6 +277,75 @@ impl Catalog {
         }
         out.push('}');
         RawValue::from_string(out).map_err(|_| CursorError)
+    }
+}
+
+fn add(
+    lists: &Lists,
+    agg: &mut Aggregate,
+    server: &Arc<str>,
+    kind: Kind,
+    item: &Map<String, Value>,
+) {
+    match kind {
+        Kind::Tools | Kind::Prompts => {
+            let Some(name) = item.get("name").and_then(Value::as_str) else {
+                tracing::warn!(server = %server, kind = kind.result_key(), "ignoring an entry without a name");
+                return;
+            };
+            if kind == Kind::Tools
+                && lists
+                    .filters
+                    .get(server.as_ref())
+                    .is_some_and(|f| !f.permits(name))
+            {
+                return;
+            }
+            let exposed = naming::expose(server, name, lists.prefix);
+            let routes = if kind == Kind::Tools {
+                &mut agg.tool_routes
+            } else {
+                &mut agg.prompt_routes
+            };
+            if routes.contains_key(&exposed) {
+                tracing::warn!(server = %server, name, "duplicate name; keeping the first");
+                return;
+            }
+            let route = Route {
+                server: server.clone(),
+                name: name.to_owned(),
+            };
+            if kind == Kind::Tools {
+                agg.tool_entry_routes.push(route.clone());
+            }
+            routes.insert(exposed.clone(), route);
+            let mut out = item.clone();
+            out.insert("name".to_owned(), Value::String(exposed));
+            agg.entries[kind as usize].push(crate::mcp::to_raw(&out));
+        }
+        Kind::Resources => {
+            let Some(uri) = item.get("uri").and_then(Value::as_str) else {
+                return;
+            };
+            if agg.resource_routes.contains_key(uri) {
+                tracing::warn!(server = %server, uri, "resource URI offered by two servers; keeping the first");
+                return;
+            }
+            agg.resource_routes.insert(uri.to_owned(), server.clone());
+            agg.entries[kind as usize].push(crate::mcp::to_raw(item));
+        }
+        Kind::Templates => {
+            let Some(t) = item
+                .get("uriTemplate")
+                .and_then(Value::as_str)
+                .and_then(UriTemplate::parse)
+            else {
+                tracing::warn!(server = %server, "ignoring a resource template without a valid uriTemplate");
+                return;
+            };
+            agg.template_routes.push((t, server.clone()));
+            agg.entries[kind as usize].push(crate::mcp::to_raw(item));
+        }
     }
 }
 
@@ -403,6 +441,37 @@ mod tests {
         assert!(agg.tool("a__safe").is_some());
         assert!(agg.tool("a__danger_zone").is_none());
         assert_eq!(agg.len(Kind::Tools), 1);
+    }
+
+    #[test]
+    fn views_differ_only_for_clients_whose_visible_list_changed() {
+        let c = Catalog::new(true, HashMap::new());
+        let a: Arc<str> = Arc::from("a");
+        c.set(&a, Kind::Tools, tools(&["x", "y"]));
+        let before = c.snapshot();
+        let all = |_: &Route| true;
+        let only_x = |r: &Route| r.name == "x";
+        assert!(before.same_view(&before, Kind::Tools, &all, &all));
+        assert!(!before.same_view(&before, Kind::Tools, &all, &only_x));
+        // A tool filter hides `y`: who saw it is affected, who only saw `x` is not.
+        let mut f = HashMap::new();
+        f.insert(
+            "a".to_owned(),
+            ToolFilter {
+                allow: vec![],
+                deny: vec!["y".into()],
+            },
+        );
+        c.reconfigure(true, f, &[]);
+        let after = c.snapshot();
+        assert!(!before.same_view(&after, Kind::Tools, &all, &all));
+        assert!(before.same_view(&after, Kind::Tools, &only_x, &only_x));
+        assert!(before.same_view(&after, Kind::Prompts, &all, &all));
+        // Unprefixed names change every entry; a removed server empties its lists.
+        c.reconfigure(false, HashMap::new(), &[]);
+        assert!(c.snapshot().tool("x").is_some());
+        c.reconfigure(false, HashMap::new(), &["a".to_owned()]);
+        assert_eq!(c.snapshot().len(Kind::Tools), 0);
     }
 
     #[test]

@@ -10,13 +10,14 @@ pub mod catalog;
 mod forward;
 pub mod naming;
 mod relay;
+mod reload;
 mod servers;
 mod sessions;
 pub mod uri_template;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -47,20 +48,52 @@ pub struct Router {
     sessions: sessions::Sessions,
     flights: forward::Flights,
     relay: relay::Relay,
-    request_timeout: Duration,
-    server_timeouts: HashMap<Arc<str>, Duration>,
-    page_size: usize,
-    passthrough_instructions: bool,
+    settings: RwLock<Arc<Settings>>,
     /// Becomes true once every server has started (or failed to) and its lists are loaded.
     settled: watch::Receiver<bool>,
     settled_tx: watch::Sender<bool>,
-    pending_first: AtomicUsize,
-    refresh_locks: HashMap<Arc<str>, tokio::sync::Mutex<()>>,
+    /// Servers of the start-up policy that have not yet reported their first start.
+    unsettled: Mutex<HashSet<Arc<str>>>,
+    /// One list refresh at a time per server.
+    refresh_locks: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     /// Each server's `instructions` from its handshake, merged into ours.
     instructions: std::sync::Mutex<std::collections::BTreeMap<Arc<str>, String>>,
     token_counter: AtomicU64,
     access: Arc<Access>,
     audit: audit_trail::AuditTrail,
+}
+
+/// The router's settings from the policy; replaced whole by a reload.
+struct Settings {
+    request_timeout: Duration,
+    server_timeouts: HashMap<Arc<str>, Duration>,
+    page_size: usize,
+    passthrough_instructions: bool,
+}
+
+impl Settings {
+    fn of(policy: &Policy) -> Settings {
+        Settings {
+            request_timeout: policy.gateway.request_timeout,
+            server_timeouts: policy
+                .servers
+                .iter()
+                .filter_map(|(name, s)| Some((Arc::from(name.as_str()), s.request_timeout?)))
+                .collect(),
+            page_size: policy.gateway.page_size,
+            passthrough_instructions: policy.effective_naming() != Naming::Prefix,
+        }
+    }
+}
+
+/// What the catalog needs from a policy: prefixed names or not, and each server's tool filter.
+fn catalog_layout(policy: &Policy) -> (bool, HashMap<String, crate::policy::ToolFilter>) {
+    let filters = policy
+        .servers
+        .iter()
+        .map(|(name, s)| (name.clone(), s.tools.clone()))
+        .collect();
+    (policy.effective_naming() == Naming::Prefix, filters)
 }
 
 impl Router {
@@ -73,33 +106,19 @@ impl Router {
     ) -> Arc<Router> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
         let servers = servers::Servers::start(policy, runtime, events_tx);
-        let mut filters = HashMap::new();
-        let mut server_timeouts = HashMap::new();
-        let mut refresh_locks = HashMap::new();
-        for (name, server) in &policy.servers {
-            let key: Arc<str> = Arc::from(name.as_str());
-            filters.insert(name.clone(), server.tools.clone());
-            if let Some(t) = server.request_timeout {
-                server_timeouts.insert(key.clone(), t);
-            }
-            refresh_locks.insert(key, tokio::sync::Mutex::new(()));
-        }
-        let prefix = policy.effective_naming() == Naming::Prefix;
+        let (prefix, filters) = catalog_layout(policy);
         let (settled_tx, settled) = watch::channel(servers.len() == 0);
         let router = Arc::new(Router {
-            pending_first: AtomicUsize::new(servers.len()),
+            unsettled: Mutex::new(servers.names().into_iter().collect()),
             servers,
             catalog: Catalog::new(prefix, filters),
             sessions: sessions::Sessions::default(),
             flights: forward::Flights::default(),
             relay: relay::Relay::default(),
-            request_timeout: policy.gateway.request_timeout,
-            server_timeouts,
-            page_size: policy.gateway.page_size,
-            passthrough_instructions: !prefix,
+            settings: RwLock::new(Arc::new(Settings::of(policy))),
             settled,
             settled_tx,
-            refresh_locks,
+            refresh_locks: Mutex::new(HashMap::new()),
             instructions: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             token_counter: AtomicU64::new(1),
             access,
@@ -147,8 +166,9 @@ impl Router {
     }
 
     fn instructions(&self) -> Option<String> {
+        let passthrough = self.settings().passthrough_instructions;
         let all = self.instructions.lock().ok()?;
-        if self.passthrough_instructions {
+        if passthrough {
             return all.values().next().cloned();
         }
         let parts: Vec<String> = all
@@ -179,7 +199,7 @@ impl Router {
                         id,
                         methods::RESOURCES_UNSUBSCRIBE,
                         Some(params),
-                        self.request_timeout,
+                        self.timeout_for(&server),
                     )
                     .await;
             }
@@ -265,7 +285,11 @@ impl Router {
                 reason,
             ));
         };
-        if !identity.rules.permits(&route.server, &route.name) {
+        if !self
+            .access
+            .rules(&identity.client)
+            .permits(&route.server, &route.name)
+        {
             let reason = format!(
                 "client `{}` may not call `{}__{}` (clients.{}.allow/deny in the policy)",
                 identity.client, route.server, route.name, identity.client
@@ -435,10 +459,8 @@ impl Router {
             return Ok(s.clone());
         }
         // With a single server there is no ambiguity: let it decide whether the URI exists.
-        if self.servers.len() == 1 {
-            if let Some(name) = self.servers.names().next() {
-                return Ok(name.clone());
-            }
+        if let [only] = self.servers.names().as_slice() {
+            return Ok(only.clone());
         }
         Err(Failure::Gateway(
             ErrorCode::RESOURCE_NOT_FOUND,
@@ -495,9 +517,10 @@ impl Router {
                 ))
             }
         };
+        let rules = self.access.rules(&identity.client);
         self.catalog
-            .page(kind, cursor, self.page_size, &|r| {
-                identity.rules.permits(&r.server, &r.name)
+            .page(kind, cursor, self.settings().page_size, &|r| {
+                rules.permits(&r.server, &r.name)
             })
             .map_err(|e| Failure::Gateway(ErrorCode::INVALID_PARAMS, e.to_string()))
     }
@@ -507,11 +530,19 @@ impl Router {
         let _ = tokio::time::timeout(CATALOG_WAIT, rx.wait_for(|s| *s)).await;
     }
 
+    fn settings(&self) -> Arc<Settings> {
+        match self.settings.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
+    }
+
     fn timeout_for(&self, server: &str) -> Duration {
-        self.server_timeouts
+        let s = self.settings();
+        s.server_timeouts
             .get(server)
             .copied()
-            .unwrap_or(self.request_timeout)
+            .unwrap_or(s.request_timeout)
     }
 
     /// Handles a notification from a client session.
@@ -547,7 +578,6 @@ impl Router {
     }
 
     async fn run_events(self: Arc<Self>, mut rx: mpsc::Receiver<UpstreamEvent>) {
-        let mut first_seen: std::collections::HashSet<Arc<str>> = std::collections::HashSet::new();
         while let Some(ev) = rx.recv().await {
             match ev {
                 UpstreamEvent::Ready { from } => {
@@ -576,13 +606,10 @@ impl Router {
                         continue;
                     };
                     let me = self.clone();
-                    let first = first_seen.insert(from.server.clone());
                     tokio::spawn(async move {
                         me.refresh(&up, &KINDS).await;
                         me.servers.catalog_loaded(&from.server);
-                        if first {
-                            me.mark_first_settled();
-                        }
+                        me.mark_settled(&from.server);
                     });
                 }
                 UpstreamEvent::Down { from, reason } => {
@@ -594,9 +621,7 @@ impl Router {
                     );
                     if self.servers.is_catalog_source(&from.server, from.instance) {
                         self.servers.note_error(&from.server, &reason);
-                        if first_seen.insert(from.server.clone()) {
-                            self.mark_first_settled();
-                        }
+                        self.mark_settled(&from.server);
                     }
                 }
                 UpstreamEvent::Notification {
@@ -625,26 +650,37 @@ impl Router {
         }
     }
 
-    fn mark_first_settled(&self) {
-        if self.pending_first.fetch_sub(1, Ordering::AcqRel) == 1 {
+    /// Notes that `server` has started (or failed to) for the first time; the router is
+    /// settled once every server of the start-up policy has.
+    fn mark_settled(&self, server: &str) {
+        let Ok(mut pending) = self.unsettled.lock() else {
+            return;
+        };
+        if pending.remove(server) && pending.is_empty() {
             let _ = self.settled_tx.send(true);
         }
     }
 
-    /// Reloads `kinds` from `server` and tells every session about lists that changed.
+    /// Reloads `kinds` from `server` and tells the sessions whose view changed.
     async fn refresh(&self, up: &Arc<Upstream>, kinds: &[Kind]) {
         let server = up.name();
-        let _serial = match self.refresh_locks.get(server) {
+        let lock = self
+            .refresh_locks
+            .lock()
+            .ok()
+            .map(|mut m| m.entry(server.clone()).or_default().clone());
+        let _serial = match &lock {
             Some(l) => Some(l.lock().await),
             None => None,
         };
+        let before = self.catalog.snapshot();
         let Some(info) = up.init_info() else {
             return;
         };
         if let (Some(text), Ok(mut all)) = (&info.instructions, self.instructions.lock()) {
             all.insert(server.clone(), text.clone());
         }
-        let mut changed: Vec<Kind> = Vec::new();
+        let mut changed = false;
         for &kind in kinds {
             let items = if info.has_capability(kind.capability()) {
                 match self.fetch_all(up, kind).await {
@@ -657,17 +693,11 @@ impl Router {
             } else {
                 Vec::new()
             };
-            if self.catalog.set(server, kind, items) {
-                changed.push(kind);
-            }
+            changed |= self.catalog.set(server, kind, items);
         }
-        let mut sent = Vec::new();
-        for kind in changed {
-            let method = kind.changed_notification();
-            if !sent.contains(&method) {
-                sent.push(method);
-                self.sessions.broadcast(&notification_bytes(method, None));
-            }
+        if changed {
+            let rules = self.access.clients();
+            self.announce(&before, &rules);
         }
     }
 

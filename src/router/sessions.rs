@@ -35,6 +35,9 @@ impl ClientCaps {
 
 pub struct SessionInfo {
     pub key: Arc<str>,
+    /// The policy's name of the client that opened it: what it sees depends on that client's
+    /// rules, and so does whether a reload changes its lists.
+    pub client: Arc<str>,
     pub caps: ClientCaps,
     pub sink: Arc<dyn MessageSink>,
 }
@@ -119,13 +122,16 @@ impl Sessions {
         LEVELS.get(usize::from(min)).copied()
     }
 
-    pub fn broadcast(&self, message: &Bytes) {
-        let entries: Vec<Arc<Entry>> = match self.map.read() {
-            Ok(m) => m.values().cloned().collect(),
-            Err(_) => return,
-        };
-        for e in entries {
-            e.info.sink.send(message.clone());
+    /// The open sessions, grouped by the client that opened them.
+    pub fn by_client(&self) -> HashMap<Arc<str>, Vec<Arc<Entry>>> {
+        let mut out: HashMap<Arc<str>, Vec<Arc<Entry>>> = HashMap::new();
+        if let Ok(m) = self.map.read() {
+            for e in m.values() {
+                out.entry(e.info.client.clone())
+                    .or_default()
+                    .push(e.clone());
+            }
         }
+        out
     }
 }

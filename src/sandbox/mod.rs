@@ -3,6 +3,7 @@
 //! A runtime turns a server's policy into a running instance with stdio pipes. What happens on
 //! those pipes (MCP) is the upstream layer's business.
 
+pub mod backends;
 pub mod docker;
 pub mod process;
 

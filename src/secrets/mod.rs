@@ -75,6 +75,55 @@ fn dotenv_lookup(text: &str, key: &str) -> Option<String> {
     })
 }
 
+/// Every secret value `policy` names, as the audit log's redactor wants them: plain and as they
+/// appear inside JSON text (call arguments). Secrets that cannot be read now are left out.
+pub fn redaction_values(policy: &crate::policy::Policy) -> Vec<String> {
+    let mut out = Vec::new();
+    for server in policy.servers.values() {
+        for (name, source) in &server.secrets {
+            if let Ok(v) = resolve(name, source) {
+                let escaped = serde_json::to_string(&v).unwrap_or_default();
+                out.push(escaped.trim_matches('"').to_owned());
+                out.push(v);
+            }
+        }
+    }
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// What the audit log scrubs: `values` (the policy's secret values, [`redaction_values`]), then
+/// the credentials the gateway obtained at run time ([`live`]) from the moment they arrive.
+pub fn audit_redactor(values: Vec<String>) -> impl Fn(&str) -> String + Send + Sync + 'static {
+    let fixed = crate::audit::RedactStrings(values);
+    move |text: &str| {
+        let text = crate::audit::Redact::redact(&fixed, text);
+        live().redact(&text).into_owned()
+    }
+}
+
+/// A digest of the values `server`'s secrets have now (an unreadable one counts as its own
+/// value): a reload restarts a server whose digest changed, so a rotated secret file takes
+/// effect on SIGHUP. The values themselves are not kept.
+pub fn fingerprint(server: &crate::policy::Server) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (name, source) in &server.secrets {
+        h.update(name.len().to_le_bytes());
+        h.update(name.as_bytes());
+        match resolve(name, source) {
+            Ok(v) => {
+                h.update([1]);
+                h.update(v.len().to_le_bytes());
+                h.update(v.as_bytes());
+            }
+            Err(_) => h.update([0]),
+        }
+    }
+    hex::encode(h.finalize())
+}
+
 /// Shortest value the redactor scrubs: shorter ones would shred ordinary log text and are not
 /// credentials anyone should be using.
 pub const MIN_REDACTED_LEN: usize = 4;

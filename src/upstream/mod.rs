@@ -115,6 +115,10 @@ pub struct StartOptions {
     /// Restart with backoff when the server dies (false for single-use instances).
     pub restart: bool,
     pub policy_hash: String,
+    /// When set, the first start waits until it reads `true`: a server replaced by a policy
+    /// reload starts only once the instances it replaces have stopped, so that the two never
+    /// hold the server's resources (network, egress rules) at the same time.
+    pub start_after: Option<watch::Receiver<bool>>,
 }
 
 impl Default for StartOptions {
@@ -124,6 +128,7 @@ impl Default for StartOptions {
             purpose: Purpose::Shared,
             restart: true,
             policy_hash: String::new(),
+            start_after: None,
         }
     }
 }

@@ -37,6 +37,17 @@ pub(super) struct Supervisor {
 
 impl Supervisor {
     pub(super) async fn run(mut self) {
+        if let Some(mut gate) = self.options.start_after.take() {
+            let mut stop = self.shutdown.clone();
+            tokio::select! {
+                // A dropped sender opens the gate too: whoever held it is gone.
+                _ = gate.wait_for(|open| *open) => {}
+                _ = stop.wait_for(|s| *s) => {
+                    self.state.send_replace(State::Stopped);
+                    return;
+                }
+            }
+        }
         let mut backoff = BACKOFF_START;
         loop {
             if *self.shutdown.borrow() {

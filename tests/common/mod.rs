@@ -192,6 +192,49 @@ impl Gateway {
     pub fn port(&self) -> u16 {
         self.base.rsplit(':').next().unwrap().parse().unwrap()
     }
+
+    /// The folder holding the policy file (`{tmp}`); the default audit log lives below it.
+    pub fn dir(&self) -> &Path {
+        self._dir.path()
+    }
+
+    pub fn policy_path(&self) -> PathBuf {
+        self.dir().join("policy.toml")
+    }
+
+    /// Replaces the policy file the way editors do: write a new file, rename it over the old
+    /// one. Placeholders as in [`Gateway::start`].
+    pub fn write_policy(&self, policy: &str) {
+        let text = policy
+            .replace("{fixture}", &fixture_bin().display().to_string())
+            .replace("{peers}", &repo_root().join(".peers").display().to_string())
+            .replace("{tmp}", &self.dir().display().to_string());
+        let tmp = self.dir().join(".policy.toml.new");
+        std::fs::write(&tmp, text).expect("write policy");
+        std::fs::rename(&tmp, self.policy_path()).expect("replace policy");
+    }
+
+    /// Sends SIGHUP (reload the policy).
+    pub fn sighup(&self) {
+        use nix::sys::signal::{kill, Signal};
+        use nix::unistd::Pid;
+        let pid = i32::try_from(self.child.id()).expect("pid");
+        kill(Pid::from_raw(pid), Signal::SIGHUP).expect("SIGHUP");
+    }
+
+    /// Waits until `needle` occurs at least `times` times in the gateway's stderr.
+    pub fn wait_for_log(&self, needle: &str, times: usize, limit: Duration) {
+        let start = Instant::now();
+        while self.stderr().matches(needle).count() < times {
+            if start.elapsed() > limit {
+                panic!(
+                    "`{needle}` not logged {times} time(s) within {limit:?}; stderr:\n{}",
+                    self.stderr()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 }
 
 impl Drop for Gateway {
@@ -263,6 +306,45 @@ runtime = "process"
 command = "{fixture}"
 "#
     .to_owned()
+}
+
+/// Every record of the audit log in `dir`, in order. A line still being written (the gateway may
+/// be running) is skipped; `audit_verify` is what judges the log.
+pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .flat_map(|f| {
+            std::fs::read_to_string(f)
+                .unwrap()
+                .lines()
+                .filter_map(|l| serde_json::from_str(l).ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// `portcullis audit verify DIR`: whether it passed, and what it printed.
+pub fn audit_verify(dir: &Path) -> (bool, String) {
+    let out = Command::new(gateway_bin())
+        .args(["audit", "verify"])
+        .arg(dir)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
 }
 
 pub fn exists(p: &Path) -> bool {
