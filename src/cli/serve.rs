@@ -35,6 +35,13 @@ pub struct ServeArgs {
     /// Overrides [gateway] state_dir from the policy (where OAuth token caches are kept).
     #[arg(long, env = "PORTCULLIS_STATE_DIR")]
     pub state_dir: Option<PathBuf>,
+    /// For a gateway in a Docker container whose port is published only on the host's loopback
+    /// (compose `127.0.0.1:8811:8811`): allows a non-loopback --listen (`0.0.0.0:8811`) without
+    /// TLS and client authentication. Verified through the Docker API before listening (own
+    /// network namespace, every host binding on loopback); then only loopback and the host side
+    /// of the container's bridge networks may connect, so other containers are refused.
+    #[arg(long, env = "PORTCULLIS_PUBLISHED_ON_HOST_LOOPBACK")]
+    pub published_on_host_loopback: bool,
 }
 
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -56,7 +63,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         policy.set_state_dir(dir);
     }
     tracing::info!(policy = %policy.origin, servers = policy.servers.len(), "policy loaded");
-    check_listener_safety(&policy)?;
+    let published = match check_listener_safety(&policy, args.published_on_host_loopback)? {
+        Exposure::Direct => None,
+        Exposure::PublishedOnHostLoopback => Some(
+            super::container_listener::verify(policy.gateway.listen)
+                .await
+                .context("refusing to listen with --published-on-host-loopback")?,
+        ),
+    };
     let audit_log = open_audit(&policy).await?;
     let trail = AuditTrail::new(audit_log.clone());
     let sinks = match &audit_log {
@@ -92,7 +106,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let listener = Listener::bind(&policy.gateway, router.clone(), access, trail.clone())
         .await
         .context("starting the listener")?;
-    let addr = listener.local_addr().context("reading the bound address")?;
+    // In a container, clients connect to the published host address, not the bound one.
+    let (listener, addr) = match published {
+        Some(p) => {
+            let bound = listener.local_addr().context("reading the bound address")?;
+            let addr = p.host_addrs.first().copied().unwrap_or(bound);
+            (listener.only_from(p.peers), addr)
+        }
+        None => {
+            let addr = listener.local_addr().context("reading the bound address")?;
+            (listener, addr)
+        }
+    };
     let scheme = if policy.gateway.tls.is_some() {
         "https"
     } else {
@@ -208,12 +233,23 @@ async fn connect_docker(policy: &Policy, scope: &str) -> DockerState {
     DockerState::Connected(d)
 }
 
+/// How the listener may be reached.
+enum Exposure {
+    /// Loopback, or secured by TLS and client authentication.
+    Direct,
+    /// Off loopback with neither; allowed only after `container_listener::verify`.
+    PublishedOnHostLoopback,
+}
+
 /// The policy check covers `gateway.listen`; `--listen` can move the listener afterwards, so
 /// the rule is enforced again on what will actually be bound.
-fn check_listener_safety(policy: &Policy) -> anyhow::Result<()> {
+fn check_listener_safety(
+    policy: &Policy,
+    published_on_host_loopback: bool,
+) -> anyhow::Result<Exposure> {
     let addr = policy.gateway.listen;
     if addr.ip().is_loopback() {
-        return Ok(());
+        return Ok(Exposure::Direct);
     }
     let mut missing = Vec::new();
     if policy.gateway.tls.is_none() {
@@ -222,11 +258,14 @@ fn check_listener_safety(policy: &Policy) -> anyhow::Result<()> {
     if !policy.requires_auth() {
         missing.push("client authentication ([clients.NAME] token_sha256 or [auth.jwt])");
     }
+    if published_on_host_loopback {
+        return Ok(Exposure::PublishedOnHostLoopback);
+    }
     if missing.is_empty() {
-        return Ok(());
+        return Ok(Exposure::Direct);
     }
     anyhow::bail!(
-        "refusing to listen on {addr}: it is not a loopback address, and anything that can reach it could use every tool behind this gateway; configure {} or listen on 127.0.0.1",
+        "refusing to listen on {addr}: it is not a loopback address, and anything that can reach it could use every tool behind this gateway; configure {} or listen on 127.0.0.1 (in a container whose port is published only on the host's loopback, add --published-on-host-loopback)",
         missing.join(" and ")
     )
 }
