@@ -30,8 +30,10 @@ RUN apt-get update \
  && install -d -o 65532 -g 0 -m 0770 /var/lib/portcullis/audit
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
 COPY policy/compose.toml /etc/portcullis/policy.toml
-# The audit log goes to a volume (compose.yaml mounts a named one here).
-ENV PORTCULLIS_AUDIT_DIR=/var/lib/portcullis/audit
+# The audit log goes to a volume (compose.yaml mounts a named one here); `serve` and `doctor`
+# read this policy when given no --policy.
+ENV PORTCULLIS_AUDIT_DIR=/var/lib/portcullis/audit \
+    PORTCULLIS_POLICY=/etc/portcullis/policy.toml
 # Non-root by default: enough for process and remote servers, and for docker servers when the
 # socket's group is added (--group-add). Programming nftables needs CAP_NET_ADMIN, which Docker
 # gives only to uid 0: compose.yaml runs it as "0:0" with every other capability dropped.

@@ -249,6 +249,19 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
     let ports = stdout(&run(Command::new("docker").args(["port", &container])));
     assert_eq!(ports, format!("8811/tcp -> 127.0.0.1:{port}"), "{ports}");
 
+    // The engine runs the gateway as compose.yaml promises: one capability, nothing writable
+    // but the audit volume and /tmp, no new privileges.
+    let hardening = stdout(&run(Command::new("docker").args([
+        "inspect",
+        "--format",
+        "{{json .HostConfig.CapDrop}} {{json .HostConfig.CapAdd}} {{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.Privileged}}",
+        &container,
+    ])));
+    assert_eq!(
+        hardening, r#"["ALL"] ["NET_ADMIN"] true ["no-new-privileges:true"] false"#,
+        "{hardening}"
+    );
+
     // A real MCP client through the published port, to a server in its own sandbox.
     let url = format!("http://127.0.0.1:{port}/mcp");
     let client =
@@ -319,11 +332,11 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
         "/var/lib/portcullis/audit",
     ]));
     assert!(stdout(&verify).contains(": ok:"), "{}", stdout(&verify));
-    // And the doctor, in the deployment itself: engine, image, nftables, audit volume.
+    // And the doctor, in the deployment itself (the image points it at the mounted policy):
+    // engine, image, nftables, audit volume.
     let doctor = project
         .compose()
         .args(["exec", "-T", "portcullis", "portcullis", "doctor"])
-        .args(["--policy", "/etc/portcullis/policy.toml"])
         .output()
         .expect("run doctor in the container");
     let report = String::from_utf8_lossy(&doctor.stdout);

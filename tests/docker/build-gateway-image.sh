@@ -79,7 +79,11 @@ if [ "$current" = "$SUM" ]; then
   exit 0
 fi
 log "docker build $TAG (FROM scratch, offline)"
-DOCKER_BUILDKIT=0 docker build --quiet --label "io.portcullis.gateway-sha256=$SUM" -t "$TAG" "$ctx" >/dev/null
+# The legacy builder (no buildx here) prints a deprecation notice on every run: shown only on failure.
+if ! DOCKER_BUILDKIT=0 docker build --quiet --label "io.portcullis.gateway-sha256=$SUM" -t "$TAG" "$ctx" >/dev/null 2>"$ctx/build.log"; then
+  cat "$ctx/build.log" >&2
+  exit 1
+fi
 # The previous build of the tag is now dangling; remove it so repeated builds leave nothing.
 docker image prune --force --filter "label=io.portcullis.gateway-sha256" >/dev/null || true
 log "built $TAG ($(docker image inspect --format '{{.Size}}' "$TAG" | awk '{printf "%.1f MB", $1/1e6}'))"

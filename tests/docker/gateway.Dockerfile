@@ -3,7 +3,8 @@
 # runtime settings below in step with the root Dockerfile's final stage.
 FROM scratch
 ADD rootfs.tar /
-ENV PORTCULLIS_AUDIT_DIR=/var/lib/portcullis/audit
+ENV PORTCULLIS_AUDIT_DIR=/var/lib/portcullis/audit \
+    PORTCULLIS_POLICY=/etc/portcullis/policy.toml
 USER 65532:65532
 WORKDIR /var/lib/portcullis
 EXPOSE 8811
