@@ -27,12 +27,13 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/* \
  && groupadd --gid 65532 nonroot \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin nonroot \
- && install -d -o 65532 -g 0 -m 0770 /var/lib/portcullis/audit
+ && install -d -o 65532 -g 0 -m 0770 /var/lib/portcullis/audit /var/lib/portcullis/state
 COPY --from=build /src/target/release/portcullis /usr/local/bin/portcullis
 COPY policy/compose.toml /etc/portcullis/policy.toml
-# The audit log goes to a volume (compose.yaml mounts a named one here); `serve` and `doctor`
-# read this policy when given no --policy.
+# The audit log and the OAuth token caches go to volumes (compose.yaml mounts named ones here);
+# `serve` and `doctor` read this policy when given no --policy.
 ENV PORTCULLIS_AUDIT_DIR=/var/lib/portcullis/audit \
+    PORTCULLIS_STATE_DIR=/var/lib/portcullis/state \
     PORTCULLIS_POLICY=/etc/portcullis/policy.toml
 # Non-root by default: enough for process and remote servers, and for docker servers when the
 # socket's group is added (--group-add). Programming nftables needs CAP_NET_ADMIN, which Docker

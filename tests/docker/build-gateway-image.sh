@@ -30,7 +30,7 @@ ctx=$(mktemp -d)
 trap 'rm -rf "$ctx"' EXIT
 root=$ctx/rootfs
 mkdir -p "$root/usr/local/bin" "$root/etc/portcullis" "$root/etc/ssl/certs" \
-  "$root/var/lib/portcullis/audit" "$root/tmp"
+  "$root/var/lib/portcullis/audit" "$root/var/lib/portcullis/state" "$root/tmp"
 # Debug info is most of a debug build's size and nothing the container needs.
 strip -o "$root/usr/local/bin/portcullis" "$BIN"
 
@@ -60,15 +60,17 @@ cp policy/compose.toml "$root/etc/portcullis/policy.toml"
 chmod 0755 "$root/usr/local/bin/portcullis"
 chmod 0644 "$root/etc/passwd" "$root/etc/group" "$root/etc/nsswitch.conf" "$root/etc/portcullis/policy.toml"
 chmod 1777 "$root/tmp"
-# The audit directory belongs to the image's non-root user, with group 0 allowed in as well: a
-# compose deployment runs the gateway as uid 0 with no capabilities (no DAC_OVERRIDE), which
-# gets in through the group bits. Named volumes copy this ownership when they are first used.
-chmod 0770 "$root/var/lib/portcullis/audit"
+# The audit and state (OAuth token cache) directories belong to the image's non-root user, with
+# group 0 allowed in as well: a compose deployment runs the gateway as uid 0 with no
+# capabilities (no DAC_OVERRIDE), which gets in through the group bits. Named volumes copy this
+# ownership when they are first used.
+chmod 0770 "$root/var/lib/portcullis/audit" "$root/var/lib/portcullis/state"
 # One tar with fixed owners, order and times: the image (ADD unpacks it with those owners) and
 # its content hash depend only on what goes in.
 tar_() { tar -C "$root" --sort=name --mtime=@0 --numeric-owner "$@"; }
-tar_ --owner=0 --group=0 --exclude=./var/lib/portcullis/audit -cf "$ctx/rootfs.tar" .
-tar_ --owner=65532 --group=0 -rf "$ctx/rootfs.tar" ./var/lib/portcullis/audit
+tar_ --owner=0 --group=0 --exclude=./var/lib/portcullis/audit --exclude=./var/lib/portcullis/state \
+  -cf "$ctx/rootfs.tar" .
+tar_ --owner=65532 --group=0 -rf "$ctx/rootfs.tar" ./var/lib/portcullis/audit ./var/lib/portcullis/state
 rm -rf "$root"
 cp tests/docker/gateway.Dockerfile "$ctx/Dockerfile"
 

@@ -4,6 +4,7 @@
 FROM scratch
 ADD rootfs.tar /
 ENV PORTCULLIS_AUDIT_DIR=/var/lib/portcullis/audit \
+    PORTCULLIS_STATE_DIR=/var/lib/portcullis/state \
     PORTCULLIS_POLICY=/etc/portcullis/policy.toml
 USER 65532:65532
 WORKDIR /var/lib/portcullis
