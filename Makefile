@@ -7,7 +7,7 @@ POLICY ?= policy/default.toml
 PEERS := $(CURDIR)/.peers
 export PATH := $(PEERS)/venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test deps peers build lint fmt conformance python-tests rust-tests docker-images dockerd-stop clean
+.PHONY: run test deps peers build lint fmt conformance python-tests rust-tests docker-images images dockerd-stop clean
 
 ## make run: build and start the gateway on $(POLICY) (default: policy/default.toml).
 run: deps
@@ -37,6 +37,14 @@ rust-tests:
 docker-images:
 	bash tests/setup/dockerd.sh start
 	bash tests/docker/build-images.sh
+
+## make images: the images compose.yaml runs, built offline from this checkout: the gateway
+## (portcullis/gateway:local, FROM scratch + the host's release build) and the example server
+## (portcullis/mcp-time:local). With a registry, `docker-compose build` uses ./Dockerfile instead.
+images: deps
+	bash tests/setup/dockerd.sh start
+	bash tests/docker/build-gateway-image.sh portcullis/gateway:local
+	bash tests/docker/time-image.sh $(PEERS)/venv portcullis/mcp-time:local
 
 ## make dockerd-stop: stop a dockerd that the test harness started (never one it did not start).
 dockerd-stop:

@@ -16,6 +16,7 @@ fn main() -> ExitCode {
             Ok(rt) => rt.block_on(cli::doctor::run(doctor)),
             Err(code) => code,
         },
+        Command::Health(health) => cli::health::run(health),
         Command::Firewall(FirewallCommand::Plan { file }) => cli::firewall::plan(&file),
         Command::Firewall(FirewallCommand::Show) => cli::firewall::show(),
         Command::Serve(serve) => {

@@ -60,7 +60,12 @@ fn good_policy_is_ok() {
 #[test]
 fn shipped_policies_check_ok() {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("policy");
-    for name in ["default.toml", "devcontainer.toml", "seed.toml"] {
+    for name in [
+        "default.toml",
+        "devcontainer.toml",
+        "seed.toml",
+        "compose.toml",
+    ] {
         let r = portcullis(&["policy", "check"], &dir.join(name));
         assert_eq!(r.code, 0, "{name}: {}", r.stderr);
         assert!(r.stdout.contains(": ok ("), "{}", r.stdout);

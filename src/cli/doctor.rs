@@ -1,6 +1,10 @@
 //! `portcullis doctor`: checks that what a policy needs is present on this machine, and says how
-//! to fix what is not. Each check is a function returning `Finding`s, so new ones (nftables,
-//! audit log directory, ...) slot in without touching the others.
+//! to fix what is not. Each check is a function returning `Finding`s (the policy here, Docker
+//! below, nftables and the audit directory in their own modules), so new ones slot in without
+//! touching the others.
+
+mod audit_dir;
+mod nftables;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,6 +17,9 @@ pub struct DoctorArgs {
     /// Policy to check against; without it the embedded default policy is used.
     #[arg(long, env = "PORTCULLIS_POLICY")]
     pub policy: Option<PathBuf>,
+    /// Overrides [audit] dir from the policy, as `serve --audit-dir` does.
+    #[arg(long, env = "PORTCULLIS_AUDIT_DIR")]
+    pub audit_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,19 +63,21 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
         None => policy::default_policy(),
     };
     match loaded {
-        Ok(policy) => {
+        Ok(mut policy) => {
+            if let Some(dir) = args.audit_dir {
+                policy.audit.dir = dir;
+            }
+            let n = policy.servers.len();
             findings.push(Finding::ok(format!(
-                "policy {}: valid ({} servers)",
+                "policy {}: valid ({n} {})",
                 policy.origin,
-                policy.servers.len()
+                if n == 1 { "server" } else { "servers" }
             )));
             findings.extend(docker(&policy).await);
+            findings.extend(nftables::check(&policy).await);
+            findings.extend(audit_dir::check(&policy));
         }
-        Err(e) => findings.push(Finding::problem(
-            Status::Fail,
-            format!("policy: {e}"),
-            "fix the policy (`portcullis policy check FILE` lists every error)",
-        )),
+        Err(e) => findings.push(invalid_policy(&e)),
     }
     print(&findings);
     if findings.iter().any(|f| f.status == Status::Fail) {
@@ -78,6 +87,21 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
     }
 }
 
+/// Every diagnostic, each with its FILE:LINE:COLUMN, under one failure.
+fn invalid_policy(e: &policy::PolicyError) -> Finding {
+    let n = e.diagnostics().len();
+    let what = match n {
+        0 => format!("policy: {e}"),
+        1 => format!("policy is invalid:\n{e}"),
+        _ => format!("policy is invalid ({n} errors):\n{e}"),
+    };
+    Finding::problem(
+        Status::Fail,
+        what,
+        "edit the policy at the places listed; `portcullis policy check FILE` checks it again, and the other checks run once it is valid",
+    )
+}
+
 fn print(findings: &[Finding]) {
     for f in findings {
         let tag = match f.status {
@@ -85,7 +109,8 @@ fn print(findings: &[Finding]) {
             Status::Warn => "[warn]",
             Status::Fail => "[FAIL]",
         };
-        println!("{tag} {}", f.what);
+        // Continuation lines (diagnostics) line up under the first.
+        println!("{tag} {}", f.what.replace('\n', "\n       "));
         if let Some(fix) = &f.fix {
             println!("       fix: {fix}");
         }

@@ -2,8 +2,10 @@
 
 pub mod audit;
 pub mod client_config;
+pub mod container_listener;
 pub mod doctor;
 pub mod firewall;
+pub mod health;
 pub mod policy;
 pub mod serve;
 
@@ -42,8 +44,11 @@ pub enum Command {
     Token(TokenCommand),
     /// Print the command or JSON that connects a client (claude, cursor, vscode).
     ClientConfig(client_config::ClientConfigArgs),
-    /// Check that what a policy needs (Docker engine, images) is present, with a fix for each problem.
+    /// Check that what a policy needs (policy, Docker engine, images, nftables, audit directory)
+    /// is present, with a fix for each problem.
     Doctor(doctor::DoctorArgs),
+    /// Probe a running gateway's /health; exit 0 when it answers 200 (container HEALTHCHECKs).
+    Health(health::HealthArgs),
     /// Show the nftables egress rules: planned for a policy, or live.
     #[command(subcommand)]
     Firewall(FirewallCommand),
@@ -106,7 +111,11 @@ pub fn init_logging(format: LogFormat) {
     use tracing_subscriber::Layer;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    // Colour codes only for a terminal: container logs and journald get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi);
     let fmt = match format {
         LogFormat::Pretty => fmt.boxed(),
         LogFormat::Json => fmt.json().boxed(),

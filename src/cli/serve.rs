@@ -43,6 +43,13 @@ pub struct ServeArgs {
     /// Do not watch the policy file; reload only on SIGHUP.
     #[arg(long, env = "PORTCULLIS_NO_WATCH")]
     pub no_watch: bool,
+    /// For a gateway in a Docker container whose port is published only on the host's loopback
+    /// (compose `127.0.0.1:8811:8811`): allows a non-loopback --listen (`0.0.0.0:8811`) without
+    /// TLS and client authentication. Verified through the Docker API before listening (own
+    /// network namespace, every host binding on loopback); then only loopback and the host side
+    /// of the container's bridge networks may connect, so other containers are refused.
+    #[arg(long, env = "PORTCULLIS_PUBLISHED_ON_HOST_LOOPBACK")]
+    pub published_on_host_loopback: bool,
 }
 
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -61,9 +68,17 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (policy, text) = reload::load(args.policy.as_ref(), &overrides)?;
     let sha256 = reload::text_sha256(&text);
     tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, "policy loaded");
-    if let Some(why) = policy.listener_exposure() {
-        anyhow::bail!(why);
-    }
+    let published = match policy.listener_exposure() {
+        None => None,
+        Some(_) if args.published_on_host_loopback => Some(
+            super::container_listener::verify(policy.gateway.listen)
+                .await
+                .context("refusing to listen with --published-on-host-loopback")?,
+        ),
+        Some(why) => anyhow::bail!(
+            "{why} (in a container whose port is published only on the host's loopback, add --published-on-host-loopback)"
+        ),
+    };
     let audit_log = open_audit(&policy).await?;
     let trail = AuditTrail::new(audit_log.clone());
     let sinks = match &audit_log {
@@ -101,6 +116,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the listener")?;
+    // In a container, clients connect to the published host address, not the bound one.
+    let (listener, addr) = match published {
+        Some(p) => {
+            let bound = listener.local_addr().context("reading the bound address")?;
+            let addr = p.host_addrs.first().copied().unwrap_or(bound);
+            (listener.only_from(p.peers), addr)
+        }
+        None => {
+            let addr = listener.local_addr().context("reading the bound address")?;
+            (listener, addr)
+        }
+    };
     let watch = match (&args.policy, args.no_watch) {
         (Some(path), false) => Some((path.clone(), args.watch_interval)),
         _ => None,
@@ -121,7 +148,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     reload::triggers::start(Arc::new(reloader), watch).context("listening for SIGHUP")?;
-    let addr = listener.local_addr().context("reading the bound address")?;
     let scheme = if policy.gateway.tls.is_some() {
         "https"
     } else {

@@ -12,7 +12,7 @@ mod session;
 mod streamable;
 mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -68,6 +68,8 @@ pub struct Listener {
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     idle_timeout: Duration,
+    /// When set, only loopback and these peers may connect (see [`Listener::only_from`]).
+    peers: Option<Vec<IpAddr>>,
 }
 
 impl Listener {
@@ -105,7 +107,24 @@ impl Listener {
             }),
             idle_timeout: gateway.session_idle_timeout,
             tls,
+            peers: None,
         })
+    }
+
+    /// Accepts connections only from loopback and `peers`; any other peer is disconnected before
+    /// a byte is read. For a listener whose only legitimate way in is a port the engine publishes
+    /// on the host's loopback (`serve --published-on-host-loopback`).
+    pub fn only_from(mut self, peers: Vec<IpAddr>) -> Listener {
+        self.peers = Some(peers);
+        self
+    }
+
+    fn admits(&self, peer: IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        match &self.peers {
+            None => true,
+            Some(list) => peer.is_loopback() || list.contains(&peer),
+        }
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -139,6 +158,10 @@ impl Listener {
                 },
                 _ = &mut shutdown => break,
             };
+            if !self.admits(peer.ip()) {
+                tracing::warn!(%peer, "connection refused: only the host's loopback may reach this listener (it is published on the host's loopback only)");
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let shared = shared.clone();
             let tls = self.tls.clone();

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what `make run` / `make test` need on a fresh Debian machine.
 # Idempotent: every step checks first, so a warm machine pays almost nothing.
-#   system  apt packages (nftables, netlink libs, docker.io, iproute2, pkg-config, rsyslog)
+#   system  apt packages (nftables, netlink libs, docker.io, docker-compose, iproute2, pkg-config,
+#           rsyslog)
 #   peers   Python and npm MCP peers into the ignored folder .peers/
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -15,7 +16,9 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 install_system() {
   # rsyslog (+ gnutls, openssl for test certificates): the audit sink tests' real receiver.
-  local want=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 docker.io curl rsyslog rsyslog-gnutls openssl)
+  # docker-compose: compose.yaml and its test (tests/compose.rs). binutils: `strip` for the
+  # offline gateway image (tests/docker/build-gateway-image.sh).
+  local want=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 docker.io docker-compose binutils curl rsyslog rsyslog-gnutls openssl)
   local missing=()
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -7,6 +7,7 @@
 pub mod attach;
 mod images;
 pub mod labels;
+pub mod own_container;
 mod reconcile;
 pub mod spec;
 

@@ -1,0 +1,416 @@
+//! compose.yaml for real: the gateway image is built offline from the binary under test
+//! (tests/docker/build-gateway-image.sh), Debian's docker-compose brings the stack up under a
+//! unique project name on a free port of 127.0.0.1, the image's own healthcheck reports healthy,
+//! a real MCP client (rmcp) drives initialize, tools/list and tools/call through the published
+//! loopback port to a sandboxed server the gateway starts through the mounted Docker socket, and
+//! `docker-compose down -v` leaves no container, network or volume behind.
+//!
+//! Under `CI=true` a missing engine or docker-compose fails the test; locally it is skipped
+//! loudly.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use common::docker::{containers_in, runtime, Scope, FIXTURE_IMAGE};
+use common::{gateway_bin, repo_root};
+use rmcp::model::CallToolRequestParams;
+use rmcp::transport::StreamableHttpClientTransport;
+use rmcp::ServiceExt;
+
+const GATEWAY_IMAGE: &str = "portcullis/gateway:test";
+const SECRET: &str = "pc-compose-secret-51d2e8";
+/// Image pull-free start, first healthcheck after `interval` (5 s): generous for a loaded CI box.
+const HEALTHY_WITHIN: Duration = Duration::from_secs(180);
+
+fn skip_or_fail(msg: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("{msg}");
+    }
+    eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
+}
+
+fn run(cmd: &mut Command) -> Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{cmd:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    out
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+fn free_loopback_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    l.local_addr().expect("local addr").port()
+}
+
+/// One compose project: the repository's compose.yaml, run from a project directory holding the
+/// test's `.env` and policy. `down -v` runs on drop if the test did not get that far.
+struct Project {
+    name: String,
+    dir: tempfile::TempDir,
+    down: bool,
+}
+
+impl Project {
+    fn compose(&self) -> Command {
+        let mut c = Command::new("docker-compose");
+        c.arg("--project-name")
+            .arg(&self.name)
+            .arg("--file")
+            .arg(repo_root().join("compose.yaml"))
+            .arg("--project-directory")
+            .arg(self.dir.path())
+            .args(["--ansi", "never"]);
+        c
+    }
+
+    fn container(&self) -> String {
+        let id = stdout(&run(self.compose().args(["ps", "-q", "portcullis"])));
+        assert!(
+            !id.is_empty(),
+            "no portcullis container in project {}",
+            self.name
+        );
+        id
+    }
+
+    fn logs(&self) -> String {
+        self.compose()
+            .args(["logs", "--no-color", "portcullis"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+            .unwrap_or_default()
+    }
+
+    fn down(&mut self) {
+        self.down = true;
+        run(self
+            .compose()
+            .args(["down", "--volumes", "--remove-orphans", "--timeout", "30"]));
+    }
+
+    /// Objects of this project still on the engine, by kind.
+    fn leftovers(&self) -> Vec<String> {
+        let filter = format!("label=com.docker.compose.project={}", self.name);
+        let mut left = Vec::new();
+        for (kind, args) in [
+            ("container", vec!["ps", "-a", "-q", "--filter", &filter]),
+            ("network", vec!["network", "ls", "-q", "--filter", &filter]),
+            ("volume", vec!["volume", "ls", "-q", "--filter", &filter]),
+        ] {
+            let ids = stdout(&run(Command::new("docker").args(&args)));
+            left.extend(ids.lines().map(|id| format!("{kind} {id}")));
+        }
+        left
+    }
+}
+
+impl Drop for Project {
+    fn drop(&mut self) {
+        if !self.down {
+            eprintln!("--- gateway logs ---\n{}", self.logs());
+            let _ = self
+                .compose()
+                .args(["down", "--volumes", "--remove-orphans", "--timeout", "10"])
+                .output();
+        }
+    }
+}
+
+fn docker_compose_present() -> bool {
+    Command::new("docker-compose")
+        .arg("version")
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+/// Once per test process: the tests here run in parallel and share the tag.
+fn build_gateway_image() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        run(Command::new("bash")
+            .arg(repo_root().join("tests/docker/build-gateway-image.sh"))
+            .arg(GATEWAY_IMAGE)
+            .env("PORTCULLIS_GATEWAY_BIN", gateway_bin()));
+    });
+}
+
+fn write_project(dir: &Path, port: u16, scope: &str) -> PathBuf {
+    let policy = dir.join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            r#"
+[gateway]
+listen = "127.0.0.1:8811"
+
+[servers.fixture]
+runtime = "docker"
+image = "{FIXTURE_IMAGE}"
+secrets = {{ API_TOKEN = "env:FIXTURE_API_TOKEN" }}
+limits = {{ memory = "64m", cpus = 0.5, pids = 32 }}
+
+[audit]
+dir = "/var/lib/portcullis/audit"
+"#
+        ),
+    )
+    .expect("write policy");
+    // What a user's .env holds: compose settings and a secret for the policy.
+    std::fs::write(
+        dir.join(".env"),
+        format!(
+            "PORTCULLIS_PORT={port}\nPORTCULLIS_IMAGE={GATEWAY_IMAGE}\nPORTCULLIS_POLICY_FILE={}\nPORTCULLIS_DOCKER_SCOPE={scope}\nPORTCULLIS_LOG=info\nFIXTURE_API_TOKEN={SECRET}\n",
+            policy.display()
+        ),
+    )
+    .expect("write .env");
+    policy
+}
+
+fn health_of(container: &str) -> String {
+    stdout(&run(Command::new("docker").args([
+        "inspect",
+        "--format",
+        "{{.State.Health.Status}}",
+        container,
+    ])))
+}
+
+fn wait_healthy(project: &Project, container: &str) {
+    let start = Instant::now();
+    loop {
+        match health_of(container).as_str() {
+            "healthy" => return,
+            "unhealthy" => panic!(
+                "the gateway's healthcheck says unhealthy:\n{}",
+                project.logs()
+            ),
+            _ => {}
+        }
+        if start.elapsed() > HEALTHY_WITHIN {
+            panic!("not healthy after {HEALTHY_WITHIN:?}:\n{}", project.logs());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+fn text_of(r: &rmcp::model::CallToolResult) -> String {
+    let v = serde_json::to_value(r).expect("result as JSON");
+    v["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
+    let scope = Scope::new("compose");
+    let Some(rt) = runtime(&scope.name).await else {
+        return;
+    };
+    if !docker_compose_present() {
+        return skip_or_fail(
+            "docker-compose is not installed: run `bash tests/setup/install-deps.sh system`",
+        );
+    }
+    let began = Instant::now();
+    build_gateway_image();
+    let built = began.elapsed();
+
+    let mut rnd = [0u8; 4];
+    getrandom::getrandom(&mut rnd).expect("random");
+    let port = free_loopback_port();
+    let mut project = Project {
+        name: format!("pccompose{}", hex::encode(rnd)),
+        dir: tempfile::tempdir().expect("tempdir"),
+        down: false,
+    };
+    write_project(project.dir.path(), port, &scope.name);
+    run(project.compose().args(["up", "--detach", "--no-build"]));
+    let container = project.container();
+    wait_healthy(&project, &container);
+    let healthy = began.elapsed();
+
+    // Published on the host's loopback and nowhere else.
+    let ports = stdout(&run(Command::new("docker").args(["port", &container])));
+    assert_eq!(ports, format!("8811/tcp -> 127.0.0.1:{port}"), "{ports}");
+
+    // The engine runs the gateway as compose.yaml promises: one capability, nothing writable
+    // but the audit volume and /tmp, no new privileges.
+    let hardening = stdout(&run(Command::new("docker").args([
+        "inspect",
+        "--format",
+        "{{json .HostConfig.CapDrop}} {{json .HostConfig.CapAdd}} {{.HostConfig.ReadonlyRootfs}} {{json .HostConfig.SecurityOpt}} {{.HostConfig.Privileged}}",
+        &container,
+    ])));
+    assert_eq!(
+        hardening, r#"["ALL"] ["NET_ADMIN"] true ["no-new-privileges:true"] false"#,
+        "{hardening}"
+    );
+
+    // A real MCP client through the published port, to a server in its own sandbox.
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let client =
+        ().serve(StreamableHttpClientTransport::from_uri(url.as_str()))
+            .await
+            .expect("rmcp initializes through the published port");
+    let info = serde_json::to_value(&*client.peer_info().expect("server info")).unwrap();
+    assert_eq!(info["serverInfo"]["name"], "portcullis", "{info}");
+    let tools = client.list_all_tools().await.expect("tools/list");
+    assert!(tools.iter().any(|t| t.name == "echo"), "{tools:?}");
+    let call = |name: &str, args: serde_json::Value| {
+        CallToolRequestParams::new(name.to_owned())
+            .with_arguments(args.as_object().cloned().expect("object"))
+    };
+    let r = client
+        .call_tool(call("echo", serde_json::json!({"text": "through compose"})))
+        .await
+        .expect("tools/call echo");
+    assert_eq!(text_of(&r), "through compose");
+    // The secret went .env -> gateway container -> the one sandbox whose policy names it.
+    let r = client
+        .call_tool(call("env_get", serde_json::json!({"name": "API_TOKEN"})))
+        .await
+        .expect("tools/call env_get");
+    assert_eq!(text_of(&r), SECRET);
+    client.cancel().await.ok();
+    let sandboxes = containers_in(&rt, &scope.name).await;
+    assert_eq!(
+        sandboxes.len(),
+        1,
+        "the gateway started its server: {sandboxes:?}"
+    );
+
+    // Another container on the project's network reaches the gateway's address but is cut off
+    // before a byte is read; the host's loopback (above) and the container's own healthcheck
+    // are the only ways in.
+    let gateway_ip = stdout(&run(Command::new("docker").args([
+        "inspect",
+        "--format",
+        "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+        &container,
+    ])));
+    let neighbour = Command::new("docker")
+        .args(["run", "--rm", "--network"])
+        .arg(format!("{}_default", project.name))
+        .args(["--entrypoint", "/usr/local/bin/portcullis", GATEWAY_IMAGE])
+        .args(["health", "--addr", &format!("{gateway_ip}:8811")])
+        .output()
+        .expect("run a neighbour container");
+    let said = String::from_utf8_lossy(&neighbour.stderr);
+    assert!(!neighbour.status.success(), "a neighbour got in: {said}");
+    assert!(
+        project
+            .logs()
+            .contains("connection refused: only the host's loopback may reach this listener"),
+        "the refusal is the gateway's peer check, not a network failure: {said}\n{}",
+        project.logs()
+    );
+
+    // The audit log lives on the named volume despite the read-only root filesystem.
+    let verify = run(project.compose().args([
+        "exec",
+        "-T",
+        "portcullis",
+        "portcullis",
+        "audit",
+        "verify",
+        "/var/lib/portcullis/audit",
+    ]));
+    assert!(stdout(&verify).contains(": ok:"), "{}", stdout(&verify));
+    // And the doctor, in the deployment itself (the image points it at the mounted policy):
+    // engine, image, nftables, audit volume.
+    let doctor = project
+        .compose()
+        .args(["exec", "-T", "portcullis", "portcullis", "doctor"])
+        .output()
+        .expect("run doctor in the container");
+    let report = String::from_utf8_lossy(&doctor.stdout);
+    assert!(doctor.status.success(), "{report}");
+    for line in [
+        "[ok]   docker: engine",
+        &format!("[ok]   image {FIXTURE_IMAGE}"),
+        "[ok]   nftables: netlink answers",
+        "[ok]   audit dir /var/lib/portcullis/audit: writable",
+    ] {
+        assert!(report.contains(line), "missing `{line}` in:\n{report}");
+    }
+
+    project.down();
+    let leftovers = project.leftovers();
+    assert!(leftovers.is_empty(), "left behind: {leftovers:?}");
+    let sandboxes = containers_in(&rt, &scope.name).await;
+    assert!(
+        sandboxes.is_empty(),
+        "the gateway did not remove its server containers on stop: {sandboxes:?}"
+    );
+    eprintln!(
+        "compose test: image build {:.1}s, up to healthy {:.1}s, whole run {:.1}s",
+        built.as_secs_f64(),
+        (healthy - built).as_secs_f64(),
+        began.elapsed().as_secs_f64()
+    );
+}
+
+/// The opt-in is checked, not trusted: published on an address other than loopback (here the
+/// default bridge's own address, which is reachable without leaving the machine), the gateway
+/// refuses to start and says how to publish it instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_port_published_off_loopback_makes_the_gateway_refuse_to_start() {
+    let scope = Scope::new("compose-refuse");
+    if runtime(&scope.name).await.is_none() {
+        return;
+    }
+    build_gateway_image();
+    let bridge = stdout(&run(Command::new("docker").args([
+        "network",
+        "inspect",
+        "--format",
+        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+        "bridge",
+    ])));
+    assert!(
+        !bridge.is_empty(),
+        "the default bridge has no gateway address"
+    );
+    let port = free_loopback_port();
+    let out = Command::new("docker")
+        .args(["run", "--rm", "--user", "0:0", "--cap-drop", "ALL"])
+        .args(["--volume", "/var/run/docker.sock:/var/run/docker.sock"])
+        .args(["--env", &format!("PORTCULLIS_DOCKER_SCOPE={}", scope.name)])
+        .args(["--publish", &format!("{bridge}:{port}:8811"), GATEWAY_IMAGE])
+        .args(["serve", "--policy", "/etc/portcullis/policy.toml"])
+        .args(["--listen", "0.0.0.0:8811", "--published-on-host-loopback"])
+        .output()
+        .expect("docker run the gateway image");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {err}");
+    assert!(
+        err.contains(&format!("port 8811/tcp is published on {bridge}"))
+            && err.contains("127.0.0.1:8811:8811"),
+        "{err}"
+    );
+    // Without the opt-in the ordinary listener rule refuses 0.0.0.0 as well.
+    let out = Command::new("docker")
+        .args(["run", "--rm", GATEWAY_IMAGE])
+        .args(["serve", "--listen", "0.0.0.0:8811"])
+        .output()
+        .expect("docker run the gateway image");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {err}");
+    assert!(err.contains("--published-on-host-loopback"), "{err}");
+}
