@@ -179,20 +179,20 @@ fn reloads(dir: &Path) -> Vec<(String, Value)> {
         .collect()
 }
 
-/// Stops the gateway with SIGTERM and checks the audit log offline.
-fn stop_and_verify(mut gw: Gateway) -> std::path::PathBuf {
+/// Stops the gateway with SIGTERM and checks the audit log offline; returns a copy of the log
+/// (the gateway's own folder goes with it).
+fn stop_and_verify(mut gw: Gateway) -> tempfile::TempDir {
     gw.terminate(PATIENCE);
     let dir = audit_dir(&gw);
     let (ok, out) = audit_verify(&dir);
     assert!(ok, "audit verify: {out}");
-    // The log outlives the gateway's temporary folder for the caller's assertions.
-    let keep = tempfile::tempdir().unwrap().keep();
+    let copy = tempfile::tempdir().unwrap();
     for e in std::fs::read_dir(&dir).unwrap().flatten() {
         if e.path().is_file() {
-            std::fs::copy(e.path(), keep.join(e.file_name())).unwrap();
+            std::fs::copy(e.path(), copy.path().join(e.file_name())).unwrap();
         }
     }
-    keep
+    copy
 }
 
 /// Reload by watching the file (fast polling so the test does not idle).
@@ -241,7 +241,7 @@ async fn servers_added_and_removed_by_the_file_watch_reach_a_live_session() {
     s.client.cancel().await.ok();
 
     let log = stop_and_verify(gw);
-    let r = reloads(&log);
+    let r = reloads(log.path());
     assert_eq!(r.len(), 2, "{r:?}");
     assert!(r.iter().all(|(o, d)| o == "ok" && d["trigger"] == "file"));
     assert_eq!(r[0].1["servers"]["added"], json!(["b"]), "{r:?}");
@@ -399,7 +399,7 @@ async fn a_tool_taken_off_an_allow_list_by_sighup_is_hidden_and_refused() {
     again.client.cancel().await.ok();
 
     let log = stop_and_verify(gw);
-    let r = reloads(&log);
+    let r = reloads(log.path());
     assert_eq!(r.len(), 3, "{r:?}");
     assert!(r.iter().all(|(o, d)| o == "ok" && d["trigger"] == "sighup"));
     assert_eq!(r[0].1["clients"], json!(["alice"]));
@@ -466,7 +466,7 @@ async fn broken_policies_are_rejected_and_the_old_one_keeps_serving() {
     s.client.cancel().await.ok();
 
     let log = stop_and_verify(gw);
-    let r = reloads(&log);
+    let r = reloads(log.path());
     let outcomes: Vec<(&str, &str)> = r
         .iter()
         .map(|(o, d)| (o.as_str(), d["trigger"].as_str().unwrap()))
@@ -512,12 +512,12 @@ async fn a_rotated_secret_file_restarts_its_server_on_sighup() {
     s.client.cancel().await.ok();
 
     let log = stop_and_verify(gw);
-    let r = reloads(&log);
+    let r = reloads(log.path());
     assert_eq!(
         r[0].1["servers"]["restarted"],
         json!({"a": ["secret values"]})
     );
-    let text = records(&log)
+    let text = records(log.path())
         .iter()
         .map(Value::to_string)
         .collect::<String>();
@@ -579,7 +579,7 @@ async fn a_changed_server_restarts_and_a_removed_one_answers_its_call_in_flight(
     s.client.cancel().await.ok();
 
     let log = stop_and_verify(gw);
-    let r = reloads(&log);
+    let r = reloads(log.path());
     assert_eq!(r[0].1["servers"]["restarted"], json!({"b": ["process"]}));
     assert_eq!(r[1].1["servers"]["removed"], json!(["b"]));
 }
