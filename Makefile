@@ -33,13 +33,13 @@ build:
 rust-tests:
 	$(CARGO) test --all-targets -- --test-threads=2
 
-## make # Soak and fault test at full length (make test runs the same test for 30 s): 10 minutes of
+# Soak and fault test at full length (make test runs the same test for 30 s): 10 minutes of
 # mixed load with server kills and a policy reload every minute; prints start/end RSS and fds.
 SOAK_SECONDS ?= 600
 soak: deps build
 	SOAK_SECONDS=$(SOAK_SECONDS) cargo test --test soak -- --nocapture
 
-docker-images: build the test images offline (fixture, and mcp-server-time when peers exist).
+## make docker-images: build the test images offline (fixture, and mcp-server-time when peers exist).
 docker-images:
 	bash tests/setup/dockerd.sh start
 	bash tests/docker/build-images.sh
