@@ -37,7 +37,7 @@ rust-tests:
 # mixed load with server kills and a policy reload every minute; prints start/end RSS and fds.
 SOAK_SECONDS ?= 600
 soak: deps build
-	SOAK_SECONDS=$(SOAK_SECONDS) cargo test --test soak -- --nocapture
+	SOAK_SECONDS=$(SOAK_SECONDS) $(CARGO) test --test soak -- --nocapture
 
 ## make docker-images: build the test images offline (fixture, and mcp-server-time when peers exist).
 docker-images:
