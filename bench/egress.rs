@@ -178,6 +178,7 @@ fn main() {
                 Attachment::Veth {
                     iface: "pc-bench0".into(),
                     gateway: Ipv4Addr::new(10, 213, 0, 1),
+                    subnet: (Ipv4Addr::new(10, 213, 0, 0), 29),
                 },
             )
             .await
