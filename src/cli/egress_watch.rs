@@ -61,9 +61,27 @@ impl DenialThrottle {
     }
 }
 
-/// Logs, loudly, the servers whose egress rules cannot be enforced because the gateway is not
-/// root (they are refused at start unless the policy opts in).
-pub fn warn_if_unenforceable(policy: &Policy) {
+/// Logs what about the policy's egress will surprise: servers whose rules cannot be enforced
+/// because the gateway is not root (refused at start unless the policy opts in), and name rules
+/// that cannot resolve because no upstream resolver is set.
+pub fn warn_about_policy(policy: &Policy) {
+    let unresolvable: Vec<&str> = policy
+        .servers
+        .values()
+        .filter(|s| crate::egress::ruleset::is_firewalled(s))
+        .filter(|s| {
+            s.egress.allow.iter().any(|r| {
+                matches!(
+                    r.host,
+                    crate::policy::EgressHost::Name(_) | crate::policy::EgressHost::Wildcard(_)
+                )
+            })
+        })
+        .map(|s| s.name.as_str())
+        .collect();
+    if !unresolvable.is_empty() && policy.egress.upstream_resolvers.is_empty() {
+        tracing::warn!(servers = ?unresolvable, "these servers allow host names, but [egress] upstream_resolvers is empty: their sandboxes cannot resolve anything");
+    }
     if crate::egress::netns::is_root() {
         return;
     }

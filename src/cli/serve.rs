@@ -103,7 +103,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             policy.servers.keys().cloned().collect::<Vec<_>>().join(", ")
         )))
         .await?;
-    super::egress_watch::warn_if_unenforceable(&policy);
+    super::egress_watch::warn_about_policy(&policy);
     let backends = Arc::new(Backends::new(&args.docker_scope, &policy.egress));
     let egress_watch = super::egress_watch::spawn(backends.clone(), trail.clone());
     let (runtime, runtime_generation) = backends.for_policy(&policy).await;

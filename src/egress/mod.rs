@@ -13,10 +13,14 @@
 //!
 //! `prepare`/`release` are reference counted per server: each instance of a per-session server
 //! calls `prepare` and `release` once; the rules and the resolver stay while any instance runs.
+//! The runtimes do all of this through `sandbox::firewall::Firewall::attach`/`detach`, once per
+//! server network (see `sandbox::leases`). [`Egress::reprogram`] applies changed rules to a
+//! prepared server in place (policy reload).
 //!
 //! Events (denials, tamper restores, failed restores) arrive on [`Egress::take_events`]; the
-//! gateway writes them to the audit log and stops the listed servers on
-//! [`EgressEvent::RestoreFailed`].
+//! gateway (`cli::egress_watch`) writes them to the audit log and stops the listed servers on
+//! [`EgressEvent::RestoreFailed`]; [`Egress::is_enforcing`] stays false until the table is back,
+//! and no sandbox starts meanwhile.
 
 pub mod dns;
 pub mod host_forward;

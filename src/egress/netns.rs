@@ -14,7 +14,10 @@
 //! over `/etc/resolv.conf` in a private mount namespace, which is how the child learns that its
 //! only resolver is the gateway's; a bare `setns` would leave it reading the host's resolver
 //! configuration (unreachable, but a confusing failure). Setup uses the `ip` tool, which is what
-//! the brief allows for setup; the firewall itself is programmed over netlink.
+//! the brief allows for setup; the firewall itself is programmed over netlink. The sandbox's
+//! subnet is masqueraded by the table's `postrouting` chain (the veth attachment asks for it),
+//! and [`super::host_forward`] lets its traffic through a host whose forward policy drops (as
+//! Docker's does).
 
 use std::fs::File;
 use std::io;

@@ -535,6 +535,52 @@ mod tests {
     }
 
     #[test]
+    fn only_veth_sandboxes_are_masqueraded_and_servers_without_rules_get_nothing() {
+        let policy = crate::policy::parse(
+            r#"
+[servers.proc]
+runtime = "process"
+command = "x"
+egress.allow = ["api.example.test:443"]
+[servers.box]
+runtime = "docker"
+image = "i"
+egress.allow = ["10.1.2.0/24:5432"]
+[servers.quiet]
+runtime = "docker"
+image = "i"
+[servers.plain]
+runtime = "process"
+command = "x"
+"#,
+            "<test>",
+        )
+        .unwrap();
+        let nets = plan_nets(&policy);
+        let names: Vec<&str> = nets.iter().map(|n| n.server.as_str()).collect();
+        assert_eq!(
+            names,
+            ["box", "proc"],
+            "servers without rules are not firewalled"
+        );
+        assert_eq!(
+            nets[0].masquerade, None,
+            "Docker masquerades its own bridges"
+        );
+        assert_eq!(nets[1].masquerade, Some((Ipv4Addr::new(10, 213, 0, 8), 29)));
+        let text = plan(&policy);
+        assert!(text.contains(
+            "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.213.0.8/29 masquerade\n\t}"
+        ), "{text}");
+        assert!(!text.contains("quiet") && !text.contains("plain"), "{text}");
+        let table = build(&[(&policy.servers["box"], &nets[0])]);
+        assert!(table
+            .chains
+            .iter()
+            .all(|c| c.hook != Some(Hook::Postrouting)));
+    }
+
+    #[test]
     fn slots_are_slash_29s_inside_the_pool() {
         let pool = (Ipv4Addr::new(10, 213, 0, 0), 16);
         assert_eq!(

@@ -93,7 +93,9 @@ impl Runtime for ProcessRuntime {
                     runtime: "process",
                 });
             };
-            if !server.egress.allow.is_empty() && !program_exists(&spec.command) {
+            if !server.egress.allow.is_empty()
+                && !program_exists(&spec.command, spec.cwd.as_deref())
+            {
                 return Err(not_found(server, &spec.command));
             }
             let (prefix, lease) = self.network(server).await?;
@@ -120,12 +122,17 @@ impl Runtime for ProcessRuntime {
     }
 }
 
-/// Whether `command` names an executable (directly or on the gateway's PATH). Checked before a
-/// namespaced start, where a missing program would otherwise only show as `ip` failing.
-fn program_exists(command: &str) -> bool {
+/// Whether `command` names an executable (a path, relative to the child's working directory,
+/// or a name on the gateway's PATH). Checked before a namespaced start, where a missing program
+/// would otherwise only show as `ip` failing.
+fn program_exists(command: &str, cwd: Option<&std::path::Path>) -> bool {
     let runnable = |p: &std::path::Path| p.is_file();
     if command.contains('/') {
-        return runnable(std::path::Path::new(command));
+        let path = std::path::Path::new(command);
+        return match cwd {
+            Some(dir) if path.is_relative() => runnable(&dir.join(path)),
+            _ => runnable(path),
+        };
     }
     std::env::var_os("PATH")
         .map(|paths| std::env::split_paths(&paths).any(|d| runnable(&d.join(command))))
