@@ -145,6 +145,20 @@ impl Firewall {
         gone
     }
 
+    /// Makes sure a server joining an existing network runs under its current rules: the
+    /// network may have been made for the rules before a reload (an instance of the old
+    /// policy still being removed), so they are re-programmed in place if they differ. Then
+    /// checks that the table is in force ([`Self::check_enforcing`]).
+    pub async fn check_joined(&self, server: &Server) -> Result<(), SandboxError> {
+        self.reprogram(server)
+            .await
+            .map_err(|e| SandboxError::Egress {
+                server: server.name.clone(),
+                reason: e.to_string(),
+            })?;
+        self.check_enforcing(&server.name)
+    }
+
     /// Fails when the table could not be restored after tampering: no sandbox starts until
     /// it is in force again.
     pub fn check_enforcing(&self, server: &str) -> Result<(), SandboxError> {

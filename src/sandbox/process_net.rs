@@ -55,9 +55,9 @@ impl ProcessNets {
         let nets = self.clone();
         let name = server.name.clone();
         let lease = Lease::new(move || Box::pin(async move { nets.leave(&name).await }));
-        // A namespace that already exists is reused without programming anything, so this is
-        // where a lost table stops new children.
-        self.firewall.check_enforcing(&server.name)?;
+        // A namespace that already exists is reused without `prepare`, so this is where changed
+        // rules are applied and a lost table stops new children.
+        self.firewall.check_joined(server).await?;
         Ok((prefix, lease))
     }
 

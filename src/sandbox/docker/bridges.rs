@@ -66,9 +66,9 @@ impl Bridges {
         let bridges = self.clone();
         let name = server.name.clone();
         let lease = Lease::new(move || Box::pin(async move { bridges.leave(&name).await }));
-        // A network that already exists is reused without programming anything, so this is
-        // where a lost table stops new containers.
-        self.firewall.check_enforcing(&server.name)?;
+        // A network that already exists is reused without `prepare`, so this is where changed
+        // rules are applied and a lost table stops new containers.
+        self.firewall.check_joined(server).await?;
         Ok((joined, lease))
     }
 
