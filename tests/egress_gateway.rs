@@ -32,7 +32,7 @@ use bollard::query_parameters::{InspectContainerOptions, ListNetworksOptionsBuil
 use common::client::{Mcp, LATEST};
 use common::docker::{containers_in, runtime, Scope, FIXTURE_IMAGE};
 use common::netlab::{self, dns_server, sh, tcp_service, udp_echo, Ns, Zone};
-use common::{gateway_bin, http_get, Gateway};
+use common::{audit_records, audit_verify, gateway_bin, http_get, Gateway};
 use portcullis::egress::ruleset;
 use portcullis::sandbox::docker::DockerRuntime;
 use serde_json::{json, Value};
@@ -213,33 +213,11 @@ fn host_service() -> u16 {
     port
 }
 
-fn records(dir: &Path) -> Vec<Value> {
-    let Ok(entries) = std::fs::read_dir(dir) else {
-        return Vec::new();
-    };
-    let mut files: Vec<_> = entries
-        .flatten()
-        .map(|e| e.path())
-        .filter(|p| p.extension().is_some_and(|e| e == "jsonl"))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .flat_map(|f| {
-            std::fs::read_to_string(f)
-                .unwrap_or_default()
-                .lines()
-                .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 /// Waits until an audit record satisfies `pred`; panics with what was there after `limit`.
 async fn await_record(dir: &Path, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) {
     let deadline = Instant::now() + limit;
     loop {
-        let recs = records(dir);
+        let recs = audit_records(dir);
         if recs.iter().any(&pred) {
             return;
         }
@@ -670,7 +648,7 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
         r["kind"] == "egress_denied" && r["server"] == p.as_str()
     })
     .await;
-    let denied = records(&audit)
+    let denied = audit_records(&audit)
         .iter()
         .filter(|r| r["kind"] == "egress_denied")
         .count();
@@ -874,6 +852,77 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
         pid_before,
         "the process server was restarted"
     );
+    assert!(gw.terminate(Duration::from_secs(60)).success());
+    assert!(nft_table().is_none(), "table left after shutdown");
+    let (ok, out) = audit_verify(&audit);
+    assert!(
+        ok,
+        "the audit log with its tamper records does not verify: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
+    let Some(Setup {
+        _turn,
+        scope,
+        rt: _,
+        lab,
+        zone: _,
+        _audit_dir,
+        audit,
+        tag,
+    }) = setup("egressreload").await
+    else {
+        return;
+    };
+    let a = format!("ra{tag}");
+    let p = format!("rp{tag}");
+    let with = |allow: &str| {
+        policy(
+            &lab,
+            &audit,
+            &[
+                server(&a, "docker", &[allow]),
+                server(&p, "process", &[allow]),
+            ]
+            .concat(),
+        )
+    };
+    let mut gw = Gateway::start_with(
+        &with("api.example.test:443"),
+        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+    );
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    await_tools(&mut c, &[&a, &p]).await;
+    let connect = |name: &str| json!({"op": "resolve_connect", "name": name, "port": 443});
+    for s in [&a, &p] {
+        let out = probe(&mut c, s, connect("api.example.test")).await;
+        assert!(out.starts_with("connected"), "{s} before the reload: {out}");
+    }
+
+    // The policy now allows another name instead: the servers restart under the new rules.
+    gw.write_policy(&with("rot.example.test:443"));
+    gw.sighup();
+    for s in [&a, &p] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let old = probe(&mut c, s, connect("api.example.test")).await;
+            let new = probe(&mut c, s, connect("rot.example.test")).await;
+            if old.starts_with("rcode=REFUSED") && new.starts_with("connected") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{s}: the reloaded rules are not in force: api -> {old}; rot -> {new}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // What the old rules had opened is closed, also by address.
+        let out = probe(&mut c, s, tcp(&lab.sa(10, 443))).await;
+        assert!(blocked(&out), "{s}: the old pin survived the reload: {out}");
+    }
     assert!(gw.terminate(Duration::from_secs(60)).success());
     assert!(nft_table().is_none(), "table left after shutdown");
 }
