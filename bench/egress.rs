@@ -3,7 +3,10 @@
 //! - pin latency: a DNS question received by the resolver until the answer is sent, with the
 //!   netlink ack of the pinned elements included (and the pin alone), median and p99;
 //! - rule-set programming: one atomic replacement of the table for 1, 10 and 100 servers,
-//!   including the read-back verification.
+//!   including the read-back verification;
+//! - the baseline for the pin latency, measured in the same run: the client-side round trip of
+//!   the same questions sent straight to the upstream, against the round trip through the
+//!   pinning resolver (so the ratio is what pinning and filtering add).
 //!
 //! `cargo bench --bench egress`. The upstream is a tiny DNS server on the namespace's loopback.
 
@@ -162,7 +165,7 @@ fn main() {
     ip(&["-n", &name, "link", "set", "pc-bench0", "up"]);
     let p = policy(1);
     let server = p.servers["s0"].clone();
-    let (lat, pins) = rt.block_on(async {
+    let (mut lat, mut pins, mut direct, mut through) = rt.block_on(async {
         let egress = Egress::start_with(
             &p,
             EgressOptions {
@@ -178,41 +181,20 @@ fn main() {
                 Attachment::Veth {
                     iface: "pc-bench0".into(),
                     gateway: Ipv4Addr::new(10, 213, 0, 1),
+                    subnet: (Ipv4Addr::new(10, 213, 0, 0), 29),
                 },
             )
             .await
             .expect("prepare");
         let resolver = prep.resolver;
-        let qpath = path.clone();
-        tokio::task::spawn_blocking(move || {
-            netns::in_netns(Some(&qpath), move || {
-                let s = UdpSocket::bind("127.0.0.1:0")?;
-                s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                let mut buf = [0u8; 1500];
-                for i in 0..5000u32 {
-                    let mut m = Message::new();
-                    m.set_id(i as u16)
-                        .set_message_type(MessageType::Query)
-                        .set_op_code(OpCode::Query);
-                    m.add_query(Query::query(
-                        Name::from_ascii(format!("n{i}.bench.test."))
-                            .map_err(std::io::Error::other)?,
-                        RecordType::A,
-                    ));
-                    s.send_to(&m.to_vec().map_err(std::io::Error::other)?, resolver)?;
-                    let _ = s.recv_from(&mut buf)?;
-                }
-                Ok(())
-            })
-        })
-        .await
-        .expect("join")
-        .expect("queries");
-        let r = (egress.latencies(), egress.pin_latencies());
+        let upstream: std::net::SocketAddr = "127.0.0.53:53".parse().expect("addr");
+        // Baseline first, then through the resolver: the same questions, the same client.
+        let direct = round_trips(path.clone(), upstream, "d").await;
+        let through = round_trips(path.clone(), resolver, "n").await;
+        let r = (egress.latencies(), egress.pin_latencies(), direct, through);
         egress.remove_table().await.expect("remove");
         r
     });
-    let (mut lat, mut pins) = (lat, pins);
     println!(
         "pin latency over {} answers (query received -> answer sent, incl. upstream on loopback and netlink ack): median {:?}, p99 {:?}",
         lat.len(),
@@ -220,10 +202,53 @@ fn main() {
         pct(&mut lat, 0.99)
     );
     println!(
-        "pin only (elements sent -> kernel ack, {} pins per answer): median {:?}, p99 {:?}",
-        2,
+        "pin only (elements sent -> kernel ack, 1 pin per answer: *.bench.test:443): median {:?}, p99 {:?}",
         pct(&mut pins, 0.5),
         pct(&mut pins, 0.99)
     );
+    let (d50, d99) = (pct(&mut direct, 0.5), pct(&mut direct, 0.99));
+    let (t50, t99) = (pct(&mut through, 0.5), pct(&mut through, 0.99));
+    println!(
+        "client round trip, same run: straight to the upstream median {d50:?} p99 {d99:?}; through the pinning resolver median {t50:?} p99 {t99:?}; ratio {:.2}x median, {:.2}x p99",
+        t50.as_secs_f64() / d50.as_secs_f64().max(1e-9),
+        t99.as_secs_f64() / d99.as_secs_f64().max(1e-9)
+    );
     drop(ns);
+}
+
+/// Client-side round trips of 5,000 A questions (`<prefix><i>.bench.test`) to `server`, from
+/// inside the bench namespace.
+async fn round_trips(
+    ns: PathBuf,
+    server: std::net::SocketAddr,
+    prefix: &'static str,
+) -> Vec<Duration> {
+    tokio::task::spawn_blocking(move || {
+        netns::in_netns(Some(&ns), move || {
+            let s = UdpSocket::bind("127.0.0.1:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            let mut buf = [0u8; 1500];
+            let mut times = Vec::with_capacity(5000);
+            for i in 0..5000u32 {
+                let mut m = Message::new();
+                m.set_id(i as u16)
+                    .set_message_type(MessageType::Query)
+                    .set_op_code(OpCode::Query);
+                m.add_query(Query::query(
+                    Name::from_ascii(format!("{prefix}{i}.bench.test."))
+                        .map_err(std::io::Error::other)?,
+                    RecordType::A,
+                ));
+                let bytes = m.to_vec().map_err(std::io::Error::other)?;
+                let t = Instant::now();
+                s.send_to(&bytes, server)?;
+                let _ = s.recv_from(&mut buf)?;
+                times.push(t.elapsed());
+            }
+            Ok(times)
+        })
+    })
+    .await
+    .expect("join")
+    .expect("queries")
 }

@@ -152,6 +152,7 @@ async fn attack_matrix() {
             Attachment::Veth {
                 iface: net_a.iface.clone(),
                 gateway: net_a.gateway,
+                subnet: sub_a,
             },
         )
         .await
@@ -162,6 +163,7 @@ async fn attack_matrix() {
             Attachment::Veth {
                 iface: net_b.iface.clone(),
                 gateway: net_b.gateway,
+                subnet: sub_b,
             },
         )
         .await
@@ -170,6 +172,7 @@ async fn attack_matrix() {
 
     // --- services ------------------------------------------------------------------------
     let zone = Arc::new(Zone {
+        net: [198, 18, 0],
         rotation: vec![[198, 18, 0, 11].into(), [198, 18, 0, 12].into()],
         queries: AtomicUsize::new(0),
     });

@@ -157,8 +157,7 @@ async fn post(
         .lines()
         .filter_map(|l| l.strip_prefix("data:"))
         .map(str::trim)
-        .filter(|d| !d.is_empty())
-        .last()
+        .rfind(|d| !d.is_empty())
         .unwrap_or(text.trim())
         .to_owned();
     let value = serde_json::from_str(&data)

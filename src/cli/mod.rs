@@ -4,6 +4,7 @@ pub mod audit;
 pub mod client_config;
 pub mod container_listener;
 pub mod doctor;
+pub mod egress_watch;
 pub mod firewall;
 pub mod health;
 pub mod policy;

@@ -103,7 +103,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             policy.servers.keys().cloned().collect::<Vec<_>>().join(", ")
         )))
         .await?;
-    let backends = Arc::new(Backends::new(&args.docker_scope));
+    super::egress_watch::warn_about_policy(&policy);
+    let backends = Arc::new(Backends::new(&args.docker_scope, &policy.egress));
+    let egress_watch = super::egress_watch::spawn(backends.clone(), trail.clone());
     let (runtime, runtime_generation) = backends.for_policy(&policy).await;
     let access =
         Arc::new(Access::from_policy(&policy).context("setting up client authentication")?);
@@ -164,6 +166,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(removed) = backends.shutdown().await {
         tracing::info!(removed, "removed this gateway's containers");
     }
+    egress_watch.abort();
     let _ = trail
         .record(AuditEvent::new(Kind::GatewayStop).detail("signal"))
         .await;

@@ -84,12 +84,17 @@ pub struct Allow {
 }
 
 impl Allow {
-    pub fn of(server: &Server) -> Allow {
-        let mut a = Allow {
+    /// Allows nothing.
+    pub fn none() -> Allow {
+        Allow {
             names: vec![],
             wildcards: vec![],
             cidrs: vec![],
-        };
+        }
+    }
+
+    pub fn of(server: &Server) -> Allow {
+        let mut a = Allow::none();
         for r in &server.egress.allow {
             match &r.host {
                 EgressHost::Name(n) => a.names.push((n.clone(), r.port)),
@@ -192,7 +197,9 @@ impl UpstreamPool {
 pub(crate) struct Ctx {
     pub upstream: UpstreamPool,
     pub server: String,
-    pub allow: Allow,
+    /// Swapped in place when the server's rules change (policy reload); a question is judged
+    /// against one consistent list.
+    pub allow: std::sync::RwLock<Arc<Allow>>,
     pub settings: EgressSettings,
     pub pinner: Arc<dyn Pinner>,
     pub stats: Arc<Mutex<Stats>>,
@@ -201,6 +208,7 @@ pub(crate) struct Ctx {
 /// A running resolver; dropping it stops it.
 pub struct Resolver {
     pub addr: SocketAddr,
+    ctx: Arc<Ctx>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -226,11 +234,29 @@ impl Resolver {
         let tcp = TcpListener::from_std(tcp)?;
         let ctx = Arc::new(ctx);
         let u = tokio::spawn(serve_udp(ctx.clone(), udp));
-        let t = tokio::spawn(serve_tcp(ctx, tcp));
+        let t = tokio::spawn(serve_tcp(ctx.clone(), tcp));
         Ok(Resolver {
             addr,
+            ctx,
             tasks: vec![u, t],
         })
+    }
+
+    /// Answers from now on by `allow` (the server's rules changed).
+    pub fn set_allow(&self, allow: Allow) {
+        if let Ok(mut a) = self.ctx.allow.write() {
+            *a = Arc::new(allow);
+        }
+    }
+}
+
+impl Ctx {
+    fn allow(&self) -> Arc<Allow> {
+        match self.allow.read() {
+            Ok(a) => a.clone(),
+            // A writer panicked mid-swap: answer by nothing rather than by a half-made list.
+            Err(_) => Arc::new(Allow::none()),
+        }
     }
 }
 
@@ -346,7 +372,8 @@ async fn decide(ctx: &Ctx, q: &Message) -> Message {
         return reply(q, ResponseCode::Refused);
     }
     let name = query.name().to_ascii();
-    let ports = ctx.allow.ports(&name);
+    let allow = ctx.allow();
+    let ports = allow.ports(&name);
     if ports.is_empty() {
         return reply(q, ResponseCode::Refused);
     }
@@ -365,7 +392,7 @@ async fn decide(ctx: &Ctx, q: &Message) -> Message {
     let found = !addrs.is_empty();
     let mut kept: Vec<Ipv4Addr> = Vec::new();
     for a in addrs {
-        if ctx.allow.address_ok(a) && !kept.contains(&a) {
+        if allow.address_ok(a) && !kept.contains(&a) {
             kept.push(a);
         }
     }
@@ -494,11 +521,7 @@ mod tests {
     use crate::policy::egress::parse_egress;
 
     fn allow(rules: &[&str]) -> Allow {
-        let mut a = Allow {
-            names: vec![],
-            wildcards: vec![],
-            cidrs: vec![],
-        };
+        let mut a = Allow::none();
         for r in rules {
             let r = parse_egress(r).unwrap();
             match r.host {

@@ -13,12 +13,17 @@
 //!
 //! `prepare`/`release` are reference counted per server: each instance of a per-session server
 //! calls `prepare` and `release` once; the rules and the resolver stay while any instance runs.
+//! The runtimes do all of this through `sandbox::firewall::Firewall::attach`/`detach`, once per
+//! server network (see `sandbox::leases`). [`Egress::reprogram`] applies changed rules to a
+//! prepared server in place (policy reload).
 //!
 //! Events (denials, tamper restores, failed restores) arrive on [`Egress::take_events`]; the
-//! gateway writes them to the audit log and stops the listed servers on
-//! [`EgressEvent::RestoreFailed`].
+//! gateway (`cli::egress_watch`) writes them to the audit log and stops the listed servers on
+//! [`EgressEvent::RestoreFailed`]; [`Egress::is_enforcing`] stays false until the table is back,
+//! and no sandbox starts meanwhile.
 
 pub mod dns;
+pub mod host_forward;
 pub mod netns;
 pub mod network;
 pub mod nft;
@@ -64,6 +69,12 @@ pub enum EgressError {
     BadInterface { server: String, iface: String },
     #[error("egress: the nftables worker is gone")]
     WorkerGone,
+    #[error("egress for server `{server}`: already prepared on interface `{current}`, not `{asked}`; release it first")]
+    OtherAttachment {
+        server: String,
+        current: String,
+        asked: String,
+    },
 }
 
 /// Where a server's sandbox attaches on the host.
@@ -75,21 +86,30 @@ pub enum Attachment {
         gateway: Ipv4Addr,
         subnet: (Ipv4Addr, u8),
     },
-    /// A network namespace joined by a veth pair ([`netns::ProcessNet`]).
-    Veth { iface: String, gateway: Ipv4Addr },
+    /// A network namespace joined by a veth pair ([`netns::ProcessNet`]). Its subnet is
+    /// masqueraded by the table (Docker does that for its bridges).
+    Veth {
+        iface: String,
+        gateway: Ipv4Addr,
+        subnet: (Ipv4Addr, u8),
+    },
 }
 
 impl Attachment {
     fn net(&self, server: &str) -> ServerNet {
-        let (iface, gateway) = match self {
-            Attachment::Bridge { iface, gateway, .. } | Attachment::Veth { iface, gateway } => {
-                (iface.clone(), *gateway)
-            }
+        let (iface, gateway, masquerade) = match self {
+            Attachment::Bridge { iface, gateway, .. } => (iface.clone(), *gateway, None),
+            Attachment::Veth {
+                iface,
+                gateway,
+                subnet,
+            } => (iface.clone(), *gateway, Some(*subnet)),
         };
         ServerNet {
             server: server.to_string(),
             iface,
             gateway,
+            masquerade,
         }
     }
 }
@@ -129,7 +149,7 @@ struct Entry {
     server: Server,
     refs: usize,
     prepared: Prepared,
-    _resolver: dns::Resolver,
+    resolver: dns::Resolver,
 }
 
 struct Inner {
@@ -190,6 +210,14 @@ impl Egress {
         policy: &Policy,
         options: EgressOptions,
     ) -> Result<Egress, EgressError> {
+        Self::start_with_settings(&policy.egress, options).await
+    }
+
+    /// Starts the worker with the gateway-wide `[egress]` settings.
+    pub async fn start_with_settings(
+        settings: &EgressSettings,
+        options: EgressOptions,
+    ) -> Result<Egress, EgressError> {
         let ns = options.netns.clone();
         let interval = options.watch_interval;
         let (worker, events) = tokio::task::spawn_blocking(move || table::spawn(ns, interval))
@@ -199,7 +227,7 @@ impl Egress {
         Ok(Egress {
             inner: Arc::new(Inner {
                 worker,
-                settings: policy.egress.clone(),
+                settings: settings.clone(),
                 options,
                 state: tokio::sync::Mutex::new(BTreeMap::new()),
                 events: Mutex::new(Some(events)),
@@ -207,6 +235,15 @@ impl Egress {
                 slots: Mutex::new(BTreeMap::new()),
             }),
         })
+    }
+
+    /// Whether the table is known to be in force. False after a tamper restore failed, until a
+    /// later one succeeds; no sandbox may start meanwhile.
+    pub fn is_enforcing(&self) -> bool {
+        self.inner
+            .worker
+            .enforcing
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// The event stream; only the first caller gets it.
@@ -283,11 +320,22 @@ impl Egress {
             });
         }
         let mut state = self.inner.state.lock().await;
-        if let Some(e) = state.get_mut(&server.name) {
-            if e.net == net && e.server == *server {
-                e.refs += 1;
-                return Ok(e.prepared.clone());
+        if let Some(e) = state.get(&server.name) {
+            if e.net != net {
+                return Err(EgressError::OtherAttachment {
+                    server: server.name.clone(),
+                    current: e.net.iface.clone(),
+                    asked: net.iface,
+                });
             }
+            if e.server != *server {
+                self.update(&mut state, server).await?;
+            }
+            let Some(e) = state.get_mut(&server.name) else {
+                return Err(EgressError::WorkerGone);
+            };
+            e.refs += 1;
+            return Ok(e.prepared.clone());
         }
         let program_err = |source| EgressError::Program {
             server: server.name.clone(),
@@ -322,10 +370,50 @@ impl Egress {
                 server: server.clone(),
                 refs: 1,
                 prepared: prepared.clone(),
-                _resolver: resolver,
+                resolver,
             },
         );
         Ok(prepared)
+    }
+
+    /// Re-programs a prepared server after its policy changed (hot reload): its rules are
+    /// replaced in the table and its resolver answers by the new list, without touching its
+    /// network or its sandboxes. Pins of the old rules are dropped, so a removed destination
+    /// closes at once (connections already open survive). Returns `false` when the server has
+    /// nothing prepared (its rules are programmed when its first sandbox starts).
+    pub async fn reprogram(&self, server: &Server) -> Result<bool, EgressError> {
+        let mut state = self.inner.state.lock().await;
+        match state.get(&server.name) {
+            None => Ok(false),
+            Some(e) if e.server == *server => Ok(true),
+            Some(_) => self.update(&mut state, server).await.map(|()| true),
+        }
+    }
+
+    async fn update(
+        &self,
+        state: &mut BTreeMap<String, Entry>,
+        server: &Server,
+    ) -> Result<(), EgressError> {
+        let Some(net) = state.get(&server.name).map(|e| e.net.clone()) else {
+            return Ok(());
+        };
+        self.apply(state, Some((server, &net)), None)
+            .await
+            .map_err(|source| EgressError::Program {
+                server: server.name.clone(),
+                source,
+            })?;
+        if let Some(e) = state.get_mut(&server.name) {
+            e.server = server.clone();
+            e.resolver.set_allow(dns::Allow::of(server));
+        }
+        Ok(())
+    }
+
+    /// Whether `server` has rules programmed (a sandbox of it runs or is starting).
+    pub async fn is_prepared(&self, server: &str) -> bool {
+        self.inner.state.lock().await.contains_key(server)
     }
 
     async fn start_resolver(
@@ -350,7 +438,7 @@ impl Egress {
         let ctx = dns::Ctx {
             upstream: dns::UpstreamPool::new(upstream)?,
             server: server.name.clone(),
-            allow: dns::Allow::of(server),
+            allow: std::sync::RwLock::new(Arc::new(dns::Allow::of(server))),
             settings: self.inner.settings.clone(),
             pinner: Arc::new(WorkerPinner {
                 tx: self.inner.worker.tx.clone(),

@@ -14,7 +14,10 @@
 //! over `/etc/resolv.conf` in a private mount namespace, which is how the child learns that its
 //! only resolver is the gateway's; a bare `setns` would leave it reading the host's resolver
 //! configuration (unreachable, but a confusing failure). Setup uses the `ip` tool, which is what
-//! the brief allows for setup; the firewall itself is programmed over netlink.
+//! the brief allows for setup; the firewall itself is programmed over netlink. The sandbox's
+//! subnet is masqueraded by the table's `postrouting` chain (the veth attachment asks for it),
+//! and [`super::host_forward`] lets its traffic through a host whose forward policy drops (as
+//! Docker's does).
 
 use std::fs::File;
 use std::io;
@@ -79,6 +82,8 @@ pub struct ProcessNet {
     pub gateway: Ipv4Addr,
     pub sandbox_addr: Ipv4Addr,
     resolv_dir: PathBuf,
+    /// The host side is in this process's namespace, where [`host_forward`] opened it.
+    host_forward: bool,
 }
 
 impl ProcessNet {
@@ -95,13 +100,17 @@ impl ProcessNet {
         let gateway = ruleset::gateway_of(subnet);
         let sandbox_addr = Ipv4Addr::from(u32::from(gateway) + 1);
         let resolv_dir = PathBuf::from("/etc/netns").join(&netns);
-        let net = ProcessNet {
+        let mut net = ProcessNet {
             netns: netns.clone(),
             iface: iface.clone(),
             gateway,
             sandbox_addr,
             resolv_dir: resolv_dir.clone(),
+            host_forward: false,
         };
+        // A namespace of the same name is a leftover of a gateway that died: it is ours (the
+        // name is derived from the server's), so it goes first.
+        let _ = ip(&["netns", "del", &netns]);
         // From here on, a failure drops `net`, which removes what was made so far.
         ip(&["netns", "add", &netns])?;
         let peer = "eth0";
@@ -139,6 +148,10 @@ impl ProcessNet {
             resolv_dir.join("resolv.conf"),
             format!("# written by portcullis: the gateway's pinning resolver is the only one\nnameserver {gateway}\n"),
         )?;
+        if host_netns.is_none() {
+            net.host_forward = true;
+            super::host_forward::open(&net.iface)?;
+        }
         Ok(net)
     }
 
@@ -159,6 +172,9 @@ impl ProcessNet {
 
 impl Drop for ProcessNet {
     fn drop(&mut self) {
+        if self.host_forward {
+            super::host_forward::close(&self.iface);
+        }
         // Deleting the namespace destroys the veth pair with it.
         let _ = ip(&["netns", "del", &self.netns]);
         let _ = std::fs::remove_dir_all(&self.resolv_dir);

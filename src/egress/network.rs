@@ -1,13 +1,16 @@
 //! Per-server Docker bridge networks, created through the Engine API (bollard).
 //!
-//! Each docker server gets `portcullis-<server>`: a bridge whose host interface is named
-//! `pc-<hash>` (the name the rule set keys on, so rules can exist before any container does),
-//! inter-container traffic off, a /29 from the egress pool, IPv6 off, and ownership labels.
-//! The caller passes a client that has already run `negotiate_version()` (the engine in use
-//! is 20.10, older than bollard's default API version).
+//! Each firewalled docker server gets its own bridge whose host interface is named `pc-<hash>`
+//! (the name the rule set keys on, so rules can exist before any container does),
+//! inter-container traffic off, a /29 from the egress pool, IPv6 off, and the caller's
+//! ownership labels (so reconciliation finds leftovers of its scope). The caller passes a
+//! client that has already run `negotiate_version()` (the engine in use is 20.10, older than
+//! bollard's default API version).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
 use bollard::models::{Ipam, IpamConfig, NetworkCreateRequest};
 use bollard::Docker;
@@ -15,42 +18,82 @@ use bollard::Docker;
 use super::ruleset;
 use super::Attachment;
 
-pub const OWNER_LABEL: &str = "io.portcullis.owner";
-pub const SERVER_LABEL: &str = "io.portcullis.server";
+/// Upper bound for one network API call.
+const API_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetworkError {
-    #[error("docker network for server `{server}`: {source}")]
+    #[error("docker network `{network}` for server `{server}`: {op} failed: {source}")]
     Docker {
         server: String,
+        network: String,
+        op: &'static str,
         #[source]
         source: bollard::errors::Error,
     },
+    #[error("docker network `{network}` for server `{server}`: {op}: no answer from the Docker engine within {}s", API_TIMEOUT.as_secs())]
+    Timeout {
+        server: String,
+        network: String,
+        op: &'static str,
+    },
 }
 
-/// The network's name for `server`.
-pub fn network_name(server: &str) -> String {
-    format!("portcullis-{server}")
+/// What to create.
+#[derive(Debug, Clone)]
+pub struct NetworkSpec {
+    /// The Docker network's name.
+    pub name: String,
+    pub server: String,
+    /// A /29 from the egress pool.
+    pub subnet: (Ipv4Addr, u8),
+    pub labels: HashMap<String, String>,
 }
 
-/// Creates the server's network (replacing a stale one left by a crash) and returns the
-/// attachment to pass to [`super::Egress::prepare`].
-pub async fn create(
-    docker: &Docker,
-    server: &str,
-    subnet: (Ipv4Addr, u8),
-) -> Result<Attachment, NetworkError> {
-    let name = network_name(server);
-    let iface = ruleset::iface_name(server);
-    let gateway = ruleset::gateway_of(subnet);
-    let err = |source| NetworkError::Docker {
-        server: server.to_string(),
-        source,
-    };
+async fn timed<T>(
+    spec: &NetworkSpec,
+    op: &'static str,
+    call: impl Future<Output = Result<T, bollard::errors::Error>>,
+) -> Result<T, NetworkError> {
+    match tokio::time::timeout(API_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(source)) => Err(NetworkError::Docker {
+            server: spec.server.clone(),
+            network: spec.name.clone(),
+            op,
+            source,
+        }),
+        Err(_) => Err(NetworkError::Timeout {
+            server: spec.server.clone(),
+            network: spec.name.clone(),
+            op,
+        }),
+    }
+}
+
+fn is_not_found(e: &NetworkError) -> bool {
+    matches!(
+        e,
+        NetworkError::Docker {
+            source: bollard::errors::Error::DockerResponseServerError {
+                status_code: 404,
+                ..
+            },
+            ..
+        }
+    )
+}
+
+/// Creates the server's network (replacing a stale one of the same name left by a crash) and
+/// returns the attachment to pass to [`super::Egress::prepare`].
+pub async fn create(docker: &Docker, spec: &NetworkSpec) -> Result<Attachment, NetworkError> {
+    let iface = ruleset::iface_name(&spec.server);
+    let gateway = ruleset::gateway_of(spec.subnet);
     // A network of the same name from an earlier run may sit on another subnet; it is ours
     // (same name), so it is removed rather than reused.
-    if docker.inspect_network(&name, None).await.is_ok() {
-        docker.remove_network(&name).await.map_err(err)?;
+    match timed(spec, "network remove", docker.remove_network(&spec.name)).await {
+        Err(e) if !is_not_found(&e) => return Err(e),
+        _ => {}
     }
     let options = HashMap::from([
         ("com.docker.network.bridge.name".to_string(), iface.clone()),
@@ -59,20 +102,16 @@ pub async fn create(
             "false".to_string(),
         ),
     ]);
-    let labels = HashMap::from([
-        (OWNER_LABEL.to_string(), "portcullis".to_string()),
-        (SERVER_LABEL.to_string(), server.to_string()),
-    ]);
     let req = NetworkCreateRequest {
-        name: name.clone(),
+        name: spec.name.clone(),
         driver: Some("bridge".into()),
         enable_ipv6: Some(false),
         options: Some(options),
-        labels: Some(labels),
+        labels: Some(spec.labels.clone()),
         ipam: Some(Ipam {
             driver: Some("default".into()),
             config: Some(vec![IpamConfig {
-                subnet: Some(format!("{}/{}", subnet.0, subnet.1)),
+                subnet: Some(format!("{}/{}", spec.subnet.0, spec.subnet.1)),
                 gateway: Some(gateway.to_string()),
                 ..Default::default()
             }]),
@@ -80,21 +119,18 @@ pub async fn create(
         }),
         ..Default::default()
     };
-    docker.create_network(req).await.map_err(err)?;
+    timed(spec, "network create", docker.create_network(req)).await?;
     Ok(Attachment::Bridge {
         iface,
         gateway,
-        subnet,
+        subnet: spec.subnet,
     })
 }
 
-/// Removes the server's network (after its containers are gone).
-pub async fn remove(docker: &Docker, server: &str) -> Result<(), NetworkError> {
-    docker
-        .remove_network(&network_name(server))
-        .await
-        .map_err(|source| NetworkError::Docker {
-            server: server.to_string(),
-            source,
-        })
+/// Removes the server's network (after its containers are gone); a missing one is fine.
+pub async fn remove(docker: &Docker, spec: &NetworkSpec) -> Result<(), NetworkError> {
+    match timed(spec, "network remove", docker.remove_network(&spec.name)).await {
+        Err(e) if !is_not_found(&e) => Err(e),
+        _ => Ok(()),
+    }
 }

@@ -223,13 +223,16 @@ impl Batch {
             sys::nftnl_chain_set_str(ch.0, sys::NFTNL_CHAIN_NAME as u16, name.as_ptr());
             sys::nftnl_chain_set_u32(ch.0, sys::NFTNL_CHAIN_FAMILY as u16, u32::from(FAMILY));
             if let Some(h) = c.hook {
-                let hook = match h {
-                    Hook::Forward => libc::NF_INET_FORWARD,
-                    Hook::Input => libc::NF_INET_LOCAL_IN,
+                let (hook, prio, ty) = match h {
+                    Hook::Forward => (libc::NF_INET_FORWARD, ruleset::PRIORITY, c"filter"),
+                    Hook::Input => (libc::NF_INET_LOCAL_IN, ruleset::PRIORITY, c"filter"),
+                    Hook::Postrouting => {
+                        (libc::NF_INET_POST_ROUTING, ruleset::NAT_PRIORITY, c"nat")
+                    }
                 };
                 sys::nftnl_chain_set_u32(ch.0, sys::NFTNL_CHAIN_HOOKNUM as u16, hook as u32);
-                sys::nftnl_chain_set_s32(ch.0, sys::NFTNL_CHAIN_PRIO as u16, ruleset::PRIORITY);
-                sys::nftnl_chain_set_str(ch.0, sys::NFTNL_CHAIN_TYPE as u16, c"filter".as_ptr());
+                sys::nftnl_chain_set_s32(ch.0, sys::NFTNL_CHAIN_PRIO as u16, prio);
+                sys::nftnl_chain_set_str(ch.0, sys::NFTNL_CHAIN_TYPE as u16, ty.as_ptr());
                 sys::nftnl_chain_set_u32(
                     ch.0,
                     sys::NFTNL_CHAIN_POLICY as u16,
@@ -524,24 +527,8 @@ impl Exprs<'_> {
                 self.bitwise(&CT_ESTABLISHED_RELATED.to_ne_bytes())?;
                 self.cmp(libc::NFT_CMP_NEQ, &[0, 0, 0, 0])
             }
-            Match::Daddr(addr, prefix) => {
-                let (bytes, offset): (Vec<u8>, u32) = match addr {
-                    IpAddr::V4(a) => (a.octets().to_vec(), 16),
-                    IpAddr::V6(a) => (a.octets().to_vec(), 24),
-                };
-                self.nfproto(addr.is_ipv4())?;
-                self.payload(
-                    libc::NFT_PAYLOAD_NETWORK_HEADER,
-                    offset,
-                    bytes.len() as u32,
-                    REG1,
-                )?;
-                let bits = bytes.len() * 8;
-                if usize::from(*prefix) < bits {
-                    self.bitwise(&prefix_mask(bytes.len(), *prefix))?;
-                }
-                self.cmp(libc::NFT_CMP_EQ, &bytes)
-            }
+            Match::Daddr(addr, prefix) => self.addr_in(addr, *prefix, false),
+            Match::Saddr(addr, prefix) => self.addr_in(addr, *prefix, true),
             Match::Proto(l4, port) => {
                 self.meta(libc::NFT_META_L4PROTO, REG1)?;
                 self.cmp(libc::NFT_CMP_EQ, &[l4.number()])?;
@@ -565,6 +552,27 @@ impl Exprs<'_> {
         }
     }
 
+    /// `ip[6] saddr|daddr ADDR/PREFIX`.
+    fn addr_in(&mut self, addr: &IpAddr, prefix: u8, source: bool) -> Result<(), NftError> {
+        let (bytes, offset): (Vec<u8>, u32) = match (addr, source) {
+            (IpAddr::V4(a), false) => (a.octets().to_vec(), 16),
+            (IpAddr::V4(a), true) => (a.octets().to_vec(), 12),
+            (IpAddr::V6(a), false) => (a.octets().to_vec(), 24),
+            (IpAddr::V6(a), true) => (a.octets().to_vec(), 8),
+        };
+        self.nfproto(addr.is_ipv4())?;
+        self.payload(
+            libc::NFT_PAYLOAD_NETWORK_HEADER,
+            offset,
+            bytes.len() as u32,
+            REG1,
+        )?;
+        if usize::from(prefix) < bytes.len() * 8 {
+            self.bitwise(&prefix_mask(bytes.len(), prefix))?;
+        }
+        self.cmp(libc::NFT_CMP_EQ, &bytes)
+    }
+
     fn lookup(&mut self, set: &str, sreg: u32, id: u32) -> Result<(), NftError> {
         let name = cstr(set)?;
         // SAFETY: libnftnl copies the name.
@@ -581,6 +589,8 @@ impl Exprs<'_> {
             Verdict::Accept => (libc::NF_ACCEPT, None),
             Verdict::Drop => (libc::NF_DROP, None),
             Verdict::Jump(c) => (libc::NFT_JUMP, Some(cstr(c)?)),
+            // A terminal statement of its own: it sets the verdict itself.
+            Verdict::Masquerade => return self.add(c"masq", |_| Ok(())),
         };
         // SAFETY: libnftnl copies the chain name.
         self.add(c"immediate", |e| unsafe {
@@ -616,7 +626,7 @@ pub fn expr_count(r: &Rule) -> usize {
         n += match m {
             Match::Iif(_) | Match::IifPrefix(_) | Match::OifPrefix(_) => 2,
             Match::CtEstablishedRelated => 3,
-            Match::Daddr(a, p) => {
+            Match::Daddr(a, p) | Match::Saddr(a, p) => {
                 let bits = if a.is_ipv4() { 32 } else { 128 };
                 if *p < bits {
                     5

@@ -17,6 +17,9 @@
 //!   address, then a counted drop.
 //! - Interfaces with the `pc-` prefix that no server owns are dropped (a stale bridge left by a
 //!   crash must not become an open one).
+//! - `postrouting` (type nat, only when a process sandbox exists): a veth sandbox's subnet is
+//!   masqueraded behind the host's address, so allowed hosts can answer it. Docker does the same
+//!   for its bridges itself. NAT changes no verdict: the filter chains above decide.
 
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -30,6 +33,8 @@ pub const TABLE: &str = "portcullis";
 pub const IFACE_PREFIX: &str = "pc-";
 /// Lower than Docker's `filter` (0), so our verdicts come first.
 pub const PRIORITY: i32 = -10;
+/// The standard source-NAT priority (`srcnat`).
+pub const NAT_PRIORITY: i32 = 100;
 
 /// The host-side interface name for `server`: deterministic, 11 characters (IFNAMSIZ is 16).
 pub fn iface_name(server: &str) -> String {
@@ -68,12 +73,16 @@ pub struct ServerNet {
     pub iface: String,
     /// The host's address on that interface; the resolver listens here.
     pub gateway: Ipv4Addr,
+    /// The sandbox subnet to masquerade (veth sandboxes; Docker masquerades its bridges).
+    pub masquerade: Option<(Ipv4Addr, u8)>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Hook {
     Forward,
     Input,
+    /// Source NAT (a `nat` chain).
+    Postrouting,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,6 +129,8 @@ pub enum Match {
     CtEstablishedRelated,
     /// Destination inside an address range (the family is implied by the address).
     Daddr(IpAddr, u8),
+    /// Source inside an address range.
+    Saddr(IpAddr, u8),
     /// The transport protocol, optionally with a destination port.
     Proto(L4, Option<u16>),
     /// `ip daddr . tcp dport @set`
@@ -133,6 +144,8 @@ pub enum Verdict {
     Accept,
     Drop,
     Jump(String),
+    /// Source NAT to the outgoing interface's address (nat chains only).
+    Masquerade,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -208,6 +221,7 @@ pub fn build(servers: &[(&Server, &ServerNet)]) -> Table {
         counted_drop(vec![Match::OifPrefix(prefix.clone())]),
     ];
     let mut input = Vec::new();
+    let mut nat = Vec::new();
     let mut per_server = Vec::new();
     for (server, net) in servers {
         let (by_port, any_port) = needs_sets(server);
@@ -255,6 +269,12 @@ pub fn build(servers: &[(&Server, &ServerNet)]) -> Table {
             vec![Match::Iif(net.iface.clone())],
             Verdict::Jump(in_chain(&server.name)),
         ));
+        if let Some((addr, prefix)) = net.masquerade {
+            nat.push(rule(
+                vec![Match::Saddr(IpAddr::V4(addr), prefix)],
+                Verdict::Masquerade,
+            ));
+        }
         let gw = IpAddr::V4(net.gateway);
         let inc = vec![
             rule(vec![Match::CtEstablishedRelated], Verdict::Accept),
@@ -295,14 +315,25 @@ pub fn build(servers: &[(&Server, &ServerNet)]) -> Table {
         rules: input,
         server: None,
     });
+    if !nat.is_empty() {
+        t.chains.push(Chain {
+            name: "postrouting".into(),
+            hook: Some(Hook::Postrouting),
+            rules: nat,
+            server: None,
+        });
+    }
     t.chains.extend(per_server);
     t
 }
 
-/// Whether a server runs in a sandbox this module firewalls (docker always; process servers
-/// when the gateway runs as root, see `netns.rs`).
-pub fn is_sandboxed(server: &Server) -> bool {
+/// Whether a server gets a firewalled attachment: a docker or process server with at least one
+/// egress rule (process servers only when the gateway runs as root, see `netns.rs`). A docker
+/// server without rules has no network at all (`none`), so there is nothing to firewall; a
+/// process server without rules is a plain child process on the host's network.
+pub fn is_firewalled(server: &Server) -> bool {
     matches!(server.runtime, Runtime::Docker(_) | Runtime::Process(_))
+        && !server.egress.allow.is_empty()
 }
 
 /// Deterministic /29 subnets from the pool, in order: slot `i` is `pool + 8*i`.
@@ -321,13 +352,14 @@ pub fn gateway_of(subnet: (Ipv4Addr, u8)) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.0) + 1)
 }
 
-/// The attachments a fresh start would use, for `firewall plan`: sandboxed servers in name order
-/// take consecutive slots of the pool.
+/// The attachments for `firewall plan`: firewalled servers in name order take consecutive
+/// slots of the pool. At run time a server takes the first free slot when its first sandbox
+/// starts, so the addresses can differ; the rules are the same.
 pub fn plan_nets(policy: &Policy) -> Vec<ServerNet> {
     policy
         .servers
         .values()
-        .filter(|s| is_sandboxed(s))
+        .filter(|s| is_firewalled(s))
         .enumerate()
         .filter_map(|(i, s)| {
             let slot = u32::try_from(i).ok()?;
@@ -336,6 +368,7 @@ pub fn plan_nets(policy: &Policy) -> Vec<ServerNet> {
                 server: s.name.clone(),
                 iface: iface_name(&s.name),
                 gateway: gateway_of(subnet),
+                masquerade: matches!(s.runtime, Runtime::Process(_)).then_some(subnet),
             })
         })
         .collect()
@@ -360,8 +393,16 @@ pub fn plan(policy: &Policy) -> String {
     );
     let _ = writeln!(
         out,
-        "# the resolver. Addresses are those a fresh start takes from network_pool {}/{}.",
+        "# the resolver. Addresses are examples from network_pool {}/{}: at run time a server",
         policy.egress.network_pool.0, policy.egress.network_pool.1
+    );
+    let _ = writeln!(
+        out,
+        "# takes the first free /29 when its first sandbox starts. Servers without egress rules"
+    );
+    let _ = writeln!(
+        out,
+        "# are not listed: docker ones run with no network, process ones on the host's network."
     );
     for (s, n) in &pairs {
         let kind = match s.runtime {
@@ -403,15 +444,23 @@ pub fn render(t: &Table) -> String {
         }
         let _ = writeln!(o, "\tchain {} {{", c.name);
         if let Some(h) = c.hook {
-            let hook = match h {
-                Hook::Forward => "forward",
-                Hook::Input => "input",
+            let line = match h {
+                Hook::Forward | Hook::Input => {
+                    let hook = if h == Hook::Forward {
+                        "forward"
+                    } else {
+                        "input"
+                    };
+                    format!(
+                        "type filter hook {hook} priority filter - {}; policy accept;",
+                        -PRIORITY
+                    )
+                }
+                Hook::Postrouting => {
+                    "type nat hook postrouting priority srcnat; policy accept;".to_string()
+                }
             };
-            let _ = writeln!(
-                o,
-                "\t\ttype filter hook {hook} priority filter - {}; policy accept;",
-                -PRIORITY
-            );
+            let _ = writeln!(o, "\t\t{line}");
         }
         for r in &c.rules {
             let _ = writeln!(o, "\t\t{}", render_rule(r));
@@ -436,6 +485,10 @@ fn render_rule(r: &Rule) -> String {
             Match::Daddr(IpAddr::V4(a), p) => parts.push(format!("ip daddr {a}/{p}")),
             Match::Daddr(IpAddr::V6(a), 128) => parts.push(format!("ip6 daddr {a}")),
             Match::Daddr(IpAddr::V6(a), p) => parts.push(format!("ip6 daddr {a}/{p}")),
+            Match::Saddr(IpAddr::V4(a), 32) => parts.push(format!("ip saddr {a}")),
+            Match::Saddr(IpAddr::V4(a), p) => parts.push(format!("ip saddr {a}/{p}")),
+            Match::Saddr(IpAddr::V6(a), 128) => parts.push(format!("ip6 saddr {a}")),
+            Match::Saddr(IpAddr::V6(a), p) => parts.push(format!("ip6 saddr {a}/{p}")),
             Match::Proto(l4, Some(port)) => parts.push(format!("{} dport {port}", l4.name())),
             Match::Proto(l4, None) => {
                 // A bare protocol followed by a set lookup reads better folded into it.
@@ -463,6 +516,7 @@ fn render_rule(r: &Rule) -> String {
         Verdict::Accept => "accept".into(),
         Verdict::Drop => "drop".into(),
         Verdict::Jump(c) => format!("jump {c}"),
+        Verdict::Masquerade => "masquerade".into(),
     });
     parts.join(" ")
 }
@@ -478,6 +532,52 @@ mod tests {
         assert!(a.len() < 16 && a.starts_with(IFACE_PREFIX));
         assert_ne!(a, iface_name("github2"));
         assert_eq!(ident("my-server"), "my_server");
+    }
+
+    #[test]
+    fn only_veth_sandboxes_are_masqueraded_and_servers_without_rules_get_nothing() {
+        let policy = crate::policy::parse(
+            r#"
+[servers.proc]
+runtime = "process"
+command = "x"
+egress.allow = ["api.example.test:443"]
+[servers.box]
+runtime = "docker"
+image = "i"
+egress.allow = ["10.1.2.0/24:5432"]
+[servers.quiet]
+runtime = "docker"
+image = "i"
+[servers.plain]
+runtime = "process"
+command = "x"
+"#,
+            "<test>",
+        )
+        .unwrap();
+        let nets = plan_nets(&policy);
+        let names: Vec<&str> = nets.iter().map(|n| n.server.as_str()).collect();
+        assert_eq!(
+            names,
+            ["box", "proc"],
+            "servers without rules are not firewalled"
+        );
+        assert_eq!(
+            nets[0].masquerade, None,
+            "Docker masquerades its own bridges"
+        );
+        assert_eq!(nets[1].masquerade, Some((Ipv4Addr::new(10, 213, 0, 8), 29)));
+        let text = plan(&policy);
+        assert!(text.contains(
+            "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.213.0.8/29 masquerade\n\t}"
+        ), "{text}");
+        assert!(!text.contains("quiet") && !text.contains("plain"), "{text}");
+        let table = build(&[(&policy.servers["box"], &nets[0])]);
+        assert!(table
+            .chains
+            .iter()
+            .all(|c| c.hook != Some(Hook::Postrouting)));
     }
 
     #[test]

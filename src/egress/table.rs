@@ -10,12 +10,15 @@
 //! shape differs from what was programmed (a flushed ruleset, a deleted chain, an added or
 //! removed rule), programs it again and reports [`EgressEvent::Restored`]; if that fails it
 //! reports [`EgressEvent::RestoreFailed`] with the servers that are now unprotected, so the
-//! gateway can stop them. It also turns the drop counters into rate-limited
+//! gateway can stop them (once per loss; the watch keeps retrying, and [`super::Egress::is_enforcing`]
+//! stays false until a retry succeeds). It also turns the drop counters into rate-limited
 //! [`EgressEvent::Denied`] events (at most one per server per interval, carrying the count).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -60,6 +63,8 @@ pub(crate) enum Cmd {
 
 pub(crate) struct WorkerHandle {
     pub tx: SyncSender<Cmd>,
+    /// False from a failed restore until the table is programmed again.
+    pub enforcing: Arc<AtomicBool>,
 }
 
 /// Bounded: a flood of lookups waits here (and then fails closed) instead of growing memory.
@@ -73,6 +78,8 @@ pub(crate) fn spawn(
     let (tx, rx) = std::sync::mpsc::sync_channel::<Cmd>(QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENTS);
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), NftError>>();
+    let enforcing = Arc::new(AtomicBool::new(true));
+    let flag = enforcing.clone();
     std::thread::Builder::new()
         .name("portcullis-nft".into())
         .spawn(move || {
@@ -98,12 +105,13 @@ pub(crate) fn spawn(
                 counters: BTreeMap::new(),
                 events: ev_tx,
                 programmed: false,
+                enforcing: flag,
             }
             .run(rx, watch_interval);
         })
         .map_err(NftError::Io)?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok((WorkerHandle { tx }, ev_rx)),
+        Ok(Ok(())) => Ok((WorkerHandle { tx, enforcing }, ev_rx)),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(NftError::Io(std::io::Error::other(
             "the netlink worker exited at start",
@@ -133,6 +141,7 @@ struct Worker {
     /// Whether this worker has programmed the table (before that, the watch has nothing to
     /// protect and must not create one).
     programmed: bool,
+    enforcing: Arc<AtomicBool>,
 }
 
 impl Worker {
@@ -155,13 +164,27 @@ impl Worker {
         match cmd {
             Cmd::Apply { servers, reply } => {
                 let previous = std::mem::replace(&mut self.desired, servers);
-                for name in previous.keys() {
-                    if !self.desired.contains_key(name) {
-                        self.cache.forget_server(name);
-                        self.counters.remove(name);
+                for (name, (old, _)) in &previous {
+                    match self.desired.get(name) {
+                        None => {
+                            self.cache.forget_server(name);
+                            self.counters.remove(name);
+                        }
+                        // Changed rules: pins made under the old ones are not carried over,
+                        // so a destination the policy no longer allows closes at once.
+                        Some((new, _)) if new != old => self.cache.forget_server(name),
+                        Some(_) => {}
                     }
                 }
                 let r = self.program();
+                if r.is_ok() && !self.enforcing.swap(true, Ordering::SeqCst) {
+                    // The table was lost and could not be restored; this replacement (a server
+                    // added or removed) succeeded, so it is in force again.
+                    self.counters.clear();
+                    self.emit(EgressEvent::Restored {
+                        reason: "table inet portcullis had been lost; programmed again".into(),
+                    });
+                }
                 if r.is_err() {
                     // The kernel still holds the previous table (the batch was aborted), so
                     // the desired state goes back to what is actually enforced.
@@ -273,12 +296,20 @@ impl Worker {
             Ok(()) => {
                 // Counters restart from zero in the new table.
                 self.counters.clear();
+                self.enforcing.store(true, Ordering::SeqCst);
                 self.emit(EgressEvent::Restored { reason });
             }
-            Err(e) => self.emit(EgressEvent::RestoreFailed {
-                servers: self.desired.keys().cloned().collect(),
-                error: format!("{reason}; re-programming failed: {e}"),
-            }),
+            Err(e) => {
+                // Cleared before the event goes out, so no sandbox starts in between. Reported
+                // once per loss: the watch keeps trying every interval, and no sandbox can
+                // start meanwhile, so repeating it would only flood the audit log.
+                if self.enforcing.swap(false, Ordering::SeqCst) {
+                    self.emit(EgressEvent::RestoreFailed {
+                        servers: self.desired.keys().cloned().collect(),
+                        error: format!("{reason}; re-programming failed: {e}"),
+                    });
+                }
+            }
         }
     }
 

@@ -233,6 +233,9 @@ pub struct EgressSettings {
     pub max_addresses_per_name: usize,
     /// The IPv4 range per-server networks (/29 each) are carved from.
     pub network_pool: (std::net::Ipv4Addr, u8),
+    /// Whether a `process` server with egress rules may run without enforcement when the
+    /// gateway is not root (it then has the host's network). Off: such servers do not start.
+    pub allow_unconfined_process: bool,
 }
 
 impl Default for EgressSettings {
@@ -243,6 +246,7 @@ impl Default for EgressSettings {
             pin_ttl_max: Duration::from_secs(300),
             max_addresses_per_name: 8,
             network_pool: (std::net::Ipv4Addr::new(10, 213, 0, 0), 16),
+            allow_unconfined_process: false,
         }
     }
 }

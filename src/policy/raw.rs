@@ -189,6 +189,7 @@ pub struct RawEgressSettings {
     pub pin_ttl_max: Option<Spanned<Value>>,
     pub max_addresses_per_name: Option<Spanned<u64>>,
     pub network_pool: Option<Str>,
+    pub allow_unconfined_process: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

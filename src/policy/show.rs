@@ -129,13 +129,27 @@ pub fn render(p: &Policy) -> String {
         "  network_pool          {}/{}",
         e.network_pool.0, e.network_pool.1
     );
+    let _ = writeln!(
+        o,
+        "  allow_unconfined_process {}",
+        if e.allow_unconfined_process {
+            "true (process servers with egress rules run unenforced when not root)"
+        } else {
+            "false"
+        }
+    );
     for s in p.servers.values() {
         let _ = writeln!(o, "\n[servers.{}]", s.name);
         match &s.runtime {
             Runtime::Process(x) => {
                 let _ = writeln!(
                     o,
-                    "  runtime               process (not sandboxed: host network and files)"
+                    "  runtime               {}",
+                    if s.egress.allow.is_empty() {
+                        "process (not sandboxed: host network and files)"
+                    } else {
+                        "process (not sandboxed: host files; network confined to its egress rules when the gateway runs as root)"
+                    }
                 );
                 let _ = writeln!(o, "  command               {}", x.command);
                 let _ = writeln!(o, "  args                  {}", quoted(&x.args));

@@ -331,6 +331,9 @@ impl Checker<'_> {
             pin_ttl_max,
             max_addresses_per_name,
             network_pool,
+            allow_unconfined_process: e
+                .allow_unconfined_process
+                .unwrap_or(d.allow_unconfined_process),
         }
     }
 

@@ -1,13 +1,21 @@
 //! The runtimes a running gateway starts servers on, with the Docker engine connected when a
 //! policy first needs it: at start-up, or at a reload that adds the first docker server (or
 //! finds the engine reachable again after it was not).
+//!
+//! Both runtimes share one egress [`Firewall`] (started by the first server with egress rules),
+//! also in a runtime created by a reload. Reloads stop and start servers only through these
+//! runtimes (spawn / `Instance::kill`), and a replaced server's new instances start after the
+//! old ones' `kill` returned, which is after their network and rules were released; a start
+//! that still finds the old network (an instance interrupted while starting, removed in the
+//! background) re-programs the server's rules on it before the sandbox starts.
 
 use std::sync::Arc;
 
 use super::docker::{self, DockerRuntime};
+use super::firewall::Firewall;
 use super::process::ProcessRuntime;
 use super::{Runtime, Runtimes};
-use crate::policy::{self, Policy};
+use crate::policy::{self, EgressSettings, Policy};
 
 enum DockerState {
     NotNeeded,
@@ -24,21 +32,40 @@ struct State {
 
 pub struct Backends {
     scope: String,
+    firewall: Firewall,
+    process: Arc<ProcessRuntime>,
     state: tokio::sync::Mutex<State>,
 }
 
 impl Backends {
-    /// `scope` is the Docker reconciliation scope (see `serve --docker-scope`).
-    pub fn new(scope: &str) -> Backends {
+    /// `scope` is the Docker reconciliation scope (see `serve --docker-scope`); `egress` the
+    /// policy's `[egress]` settings at start-up (a reload keeps them, see `policy::diff`).
+    pub fn new(scope: &str, egress: &EgressSettings) -> Backends {
+        let firewall = Firewall::new(egress);
+        let process = Arc::new(ProcessRuntime::new(firewall.clone()));
         let docker = DockerState::NotNeeded;
         Backends {
             scope: scope.to_owned(),
             state: tokio::sync::Mutex::new(State {
-                runtime: runtimes(&docker),
+                runtime: runtimes(&docker, &process),
                 docker,
                 generation: 0,
             }),
+            firewall,
+            process,
         }
+    }
+
+    /// The egress firewall both runtimes enforce through (events, reprogramming).
+    pub fn firewall(&self) -> &Firewall {
+        &self.firewall
+    }
+
+    /// Stops every running instance of `server` on the current runtimes (its egress
+    /// enforcement was lost); returns how many.
+    pub async fn stop_server(&self, server: &str) -> usize {
+        let runtime = self.state.lock().await.runtime.clone();
+        runtime.stop_server(server).await
     }
 
     /// The runtimes servers start on, after connecting to Docker if `policy` has docker servers
@@ -53,32 +80,38 @@ impl Backends {
             .any(|s| matches!(s.runtime, policy::Runtime::Docker(_)));
         if wanted && !matches!(st.docker, DockerState::Connected(_)) {
             let was_unreachable = matches!(st.docker, DockerState::Unreachable(_));
-            st.docker = connect(&self.scope).await;
+            st.docker = connect(&self.scope, &self.firewall).await;
             if !(was_unreachable && matches!(st.docker, DockerState::Unreachable(_))) {
-                st.runtime = runtimes(&st.docker);
+                st.runtime = runtimes(&st.docker, &self.process);
                 st.generation += 1;
             }
         }
         (st.runtime.clone(), st.generation)
     }
 
-    /// Removes the containers and networks of this gateway's scope; returns how many containers.
+    /// Removes the containers and networks of this gateway's scope and the process servers'
+    /// namespaces, then the egress table if nothing is left that it must keep closed; returns
+    /// how many containers were removed (`None`: Docker was not connected). Call after the
+    /// router has stopped every server.
     pub async fn shutdown(&self) -> Option<usize> {
-        match &self.state.lock().await.docker {
-            DockerState::Connected(d) => Some(d.shutdown().await),
-            _ => None,
+        let (removed, mut clean) = match &self.state.lock().await.docker {
+            DockerState::Connected(d) => {
+                let (n, clean) = d.shutdown_all().await;
+                (Some(n), clean)
+            }
+            _ => (None, true),
+        };
+        clean &= self.process.shutdown().await;
+        if clean {
+            self.firewall.shutdown().await;
+        } else {
+            tracing::warn!("some sandboxes could not be removed: table inet portcullis stays, so their interfaces stay closed");
         }
+        removed
     }
 }
 
-// TODO(egress-wire): when the egress module is attached to the runtimes, build them with its
-// handle here, so that a runtime created by a reload (Docker connected late) enforces egress
-// like the one created at start-up. Reloads stop and start servers only through these runtimes
-// (spawn / Instance::kill), and a replaced server's new instances start after the old ones
-// reached `Stopped`, i.e. after `kill` returned, so per-server prepare/release there do not
-// overlap. Two exceptions: an instance interrupted while still starting is removed in the
-// background, and one that does not stop within the bound (router/servers.rs) is left behind.
-fn runtimes(docker: &DockerState) -> Arc<dyn Runtime> {
+fn runtimes(docker: &DockerState, process: &Arc<ProcessRuntime>) -> Arc<dyn Runtime> {
     let docker: Option<Arc<dyn Runtime>> = match docker {
         DockerState::NotNeeded => None,
         DockerState::Connected(d) => Some(Arc::new(d.clone())),
@@ -87,16 +120,16 @@ fn runtimes(docker: &DockerState) -> Arc<dyn Runtime> {
         })),
     };
     Arc::new(Runtimes {
-        process: Arc::new(ProcessRuntime),
+        process: process.clone(),
         docker,
     })
 }
 
 /// Connects to the engine; an unreachable engine fails docker servers (with the reason) and
 /// leaves the others running.
-async fn connect(scope: &str) -> DockerState {
+async fn connect(scope: &str, firewall: &Firewall) -> DockerState {
     let d = match DockerRuntime::connect_scoped(scope).await {
-        Ok(d) => d,
+        Ok(d) => d.with_firewall(firewall.clone()),
         Err(e) => {
             tracing::error!(error = %e, "docker servers will not start");
             return DockerState::Unreachable(e.to_string());
@@ -108,10 +141,10 @@ async fn connect(scope: &str) -> DockerState {
         }
         Err(e) => tracing::warn!(error = %e, "cannot read the Docker engine's version"),
     }
-    // Nothing of ours runs on it yet, so everything of this scope is a leftover of an earlier
-    // gateway.
+    // Nothing of ours runs on it yet, so everything of this scope (containers, then the sandbox
+    // networks they were on) is a leftover of an earlier gateway.
     if let Err(e) = d.reconcile(|_| false).await {
-        tracing::warn!(error = %e, "could not remove leftover containers");
+        tracing::warn!(error = %e, "could not remove leftover containers and networks");
     }
     DockerState::Connected(d)
 }

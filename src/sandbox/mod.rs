@@ -5,7 +5,10 @@
 
 pub mod backends;
 pub mod docker;
+pub mod firewall;
+pub mod leases;
 pub mod process;
+mod process_net;
 
 use std::future::Future;
 use std::pin::Pin;
@@ -103,6 +106,13 @@ pub trait Runtime: Send + Sync {
         server: &'a crate::policy::Server,
         ctx: &'a SpawnContext,
     ) -> BoxFuture<'a, Result<Spawned, SandboxError>>;
+
+    /// Stops every running instance of `server` at once (its egress enforcement is gone, or the
+    /// server was removed from the policy). Supervisors see the instances end and restart
+    /// them through the same checks as any start. Returns how many were stopped.
+    fn stop_server<'a>(&'a self, _server: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(async { 0 })
+    }
 }
 
 /// Picks the backend each server's policy names.
@@ -136,6 +146,16 @@ impl Runtime for Runtimes {
             }),
         }
     }
+
+    fn stop_server<'a>(&'a self, server: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            let mut n = self.process.stop_server(server).await;
+            if let Some(d) = &self.docker {
+                n += d.stop_server(server).await;
+            }
+            n
+        })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +177,11 @@ pub enum SandboxError {
     EngineUnreachable { reason: String },
     #[error("server `{server}`: image `{image}` is not in the local Docker engine and Portcullis never pulls; build it (`docker build -t {image} .`) or load it (`docker load -i image.tar`) first")]
     ImageMissing { server: String, image: String },
+    /// Egress could not be enforced for the server, so its sandbox was not started.
+    #[error("server `{server}`: egress enforcement failed, so it was not started (fail closed): {reason}")]
+    Egress { server: String, reason: String },
+    #[error("server `{server}` has egress rules, but the gateway does not run as root, so they cannot be enforced on a `process` server; run the gateway as root, move the server to runtime = \"docker\", or set `allow_unconfined_process = true` in [egress] to run it on the host's network without enforcement")]
+    Unenforceable { server: String },
     /// A Docker API call failed. `reason` comes from the engine, which never echoes env values.
     #[error("server `{server}`: Docker {op} failed: {reason}")]
     Docker {

@@ -67,6 +67,12 @@ impl Gateway {
     /// Starts the gateway without waiting for `/ready` (for listeners the harness cannot
     /// reach on its own, such as mTLS).
     pub fn spawn(policy: &str, env: &[(&str, &str)]) -> Gateway {
+        Self::spawn_as(policy, env, None)
+    }
+
+    /// [`Gateway::spawn`] as another user (`uid`, e.g. 65534 to see what happens without
+    /// root); the policy's folder is then made readable for it.
+    pub fn spawn_as(policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
@@ -75,6 +81,13 @@ impl Gateway {
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, text).expect("write policy");
         let mut cmd = Command::new(gateway_bin());
+        if let Some(uid) = uid {
+            use std::os::unix::fs::PermissionsExt;
+            use std::os::unix::process::CommandExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod policy dir");
+            cmd.uid(uid).gid(uid);
+        }
         cmd.args(["serve", "--policy"])
             .arg(&path)
             .args(["--listen", "127.0.0.1:0"])

@@ -169,9 +169,18 @@ pub fn udp_echo(ns: &Ns, addr: SocketAddr) {
 }
 
 /// The lab's authoritative DNS server for `.test` names: tiny TTLs, a rotating name, CNAMEs.
+/// Its public answers are in `net.0/24` (the matrix uses 198.18.0).
 pub struct Zone {
+    pub net: [u8; 3],
     pub rotation: Vec<Ipv4Addr>,
     pub queries: AtomicUsize,
+}
+
+impl Zone {
+    /// Address `.host` of the zone's /24.
+    pub fn ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(self.net[0], self.net[1], self.net[2], host)
+    }
 }
 
 fn zone_answer(zone: &Zone, q: &Message) -> Message {
@@ -198,8 +207,8 @@ fn zone_answer(zone: &Zone, q: &Message) -> Message {
             1,
             RData::TXT(TXT::new(vec!["secret-exfil-channel".into()])),
         )),
-        ("api.example.test", RecordType::A) => answers.push(a(name, 1, [198, 18, 0, 10].into())),
-        ("short.example.test", RecordType::A) => answers.push(a(name, 0, [198, 18, 0, 14].into())),
+        ("api.example.test", RecordType::A) => answers.push(a(name, 1, zone.ip(10))),
+        ("short.example.test", RecordType::A) => answers.push(a(name, 0, zone.ip(14))),
         ("rot.example.test", RecordType::A) => {
             let ip = zone.rotation[k % zone.rotation.len()];
             answers.push(a(name, 1, ip));
@@ -210,17 +219,17 @@ fn zone_answer(zone: &Zone, q: &Message) -> Message {
                 1,
                 RData::CNAME(CNAME(n("target.other.test"))),
             ));
-            answers.push(a("target.other.test", 1, [198, 18, 0, 13].into()));
+            answers.push(a("target.other.test", 1, zone.ip(13)));
         }
-        ("target.other.test", RecordType::A) => answers.push(a(name, 1, [198, 18, 0, 13].into())),
-        ("unlisted.test", RecordType::A) => answers.push(a(name, 1, [198, 18, 0, 30].into())),
+        ("target.other.test", RecordType::A) => answers.push(a(name, 1, zone.ip(13))),
+        ("unlisted.test", RecordType::A) => answers.push(a(name, 1, zone.ip(30))),
         ("private.example.test", RecordType::A) => answers.push(a(name, 1, [10, 0, 0, 5].into())),
         ("meta.example.test", RecordType::A) => {
             answers.push(a(name, 1, [169, 254, 169, 254].into()))
         }
         ("mixed.example.test", RecordType::A) => {
             answers.push(a(name, 1, [127, 0, 0, 1].into()));
-            answers.push(a(name, 1, [198, 18, 0, 15].into()));
+            answers.push(a(name, 1, zone.ip(15)));
         }
         (_, RecordType::A) | (_, RecordType::AAAA) => {}
         _ => {}

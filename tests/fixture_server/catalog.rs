@@ -136,6 +136,24 @@ pub fn tools(extra: usize) -> Vec<Value> {
         ),
         tool("pid", "The fixture's process id", no_args()),
         tool(
+            "net_probe",
+            "One network attempt from inside the sandbox (op = tcp | udp | dns | resolve_connect), reported as text; see tests/fixture_server/net_probe.rs",
+            json!({
+                "type": "object",
+                "properties": {
+                    "op": { "type": "string", "enum": ["tcp", "udp", "dns", "resolve_connect"] },
+                    "target": { "type": "string", "description": "ip:port for tcp and udp" },
+                    "server": { "type": "string", "description": "ip:port of a DNS server, or `system`" },
+                    "name": { "type": "string" },
+                    "qtype": { "type": "string" },
+                    "tcp": { "type": "boolean" },
+                    "port": { "type": "integer", "minimum": 1, "maximum": 65535 },
+                    "timeout_ms": { "type": "integer", "minimum": 100, "maximum": 10000 }
+                },
+                "required": ["op"]
+            }),
+        ),
+        tool(
             "spawn_threads",
             "Tries to start `count` threads (at most 4096) that each live 2 s; returns how many started. Used to hit a sandbox's pids limit (threads count as tasks).",
             json!({

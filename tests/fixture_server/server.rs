@@ -11,6 +11,7 @@
 //!   FIXTURE_REQUEST_TIMEOUT_MS   how long to wait for sampling/elicitation answers (default 60000)
 
 mod catalog;
+mod net_probe;
 mod tools;
 
 use std::collections::{HashMap, HashSet};

@@ -252,6 +252,14 @@ pub async fn call(
             }
         }
         "pid" => text(std::process::id().to_string()),
+        "net_probe" => {
+            // Blocking socket work with its own timeouts, off the runtime's workers.
+            let args = args.clone();
+            let out = tokio::task::spawn_blocking(move || crate::net_probe::run(&args))
+                .await
+                .unwrap_or_else(|e| format!("failed: probe task: {e}"));
+            text(out)
+        }
         "spawn_threads" => {
             let count = args
                 .get("count")

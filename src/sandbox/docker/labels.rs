@@ -56,6 +56,17 @@ pub fn for_container(
     ])
 }
 
+/// Labels for a server's sandbox network.
+pub fn for_network(server: &str, gateway: &str, scope: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (OWNER.to_owned(), OWNER_VALUE.to_owned()),
+        (SERVER.to_owned(), server.to_owned()),
+        (PURPOSE.to_owned(), "network".to_owned()),
+        (GATEWAY.to_owned(), gateway.to_owned()),
+        (SCOPE.to_owned(), scope.to_owned()),
+    ])
+}
+
 /// Whether a label set says "created by Portcullis in `scope`". Checked again on every object the
 /// engine's filter returned, so that a filter bug can never widen what reconciliation removes.
 pub fn is_ours(labels: &HashMap<String, String>, scope: &str) -> bool {

@@ -5,13 +5,14 @@
 //! a crashed gateway left behind without touching anything else on the engine.
 
 pub mod attach;
+mod bridges;
 mod images;
 pub mod labels;
 pub mod own_container;
 mod reconcile;
 pub mod spec;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,10 +25,13 @@ use bollard::query_parameters::{
 use bollard::Docker;
 use futures_util::StreamExt;
 
+pub use bridges::Joined;
 pub use images::ResolvedImage;
 pub use reconcile::Reconciled;
 pub use spec::Network;
 
+use super::firewall::Firewall;
+use super::leases::Lease;
 use super::{BoxFuture, Instance, InstanceInfo, Runtime, SandboxError, SpawnContext, Spawned};
 use crate::policy::{Runtime as RuntimeSpec, Server};
 
@@ -95,8 +99,11 @@ pub struct DockerRuntime {
     /// Random per process: labels tell which gateway created a container.
     gateway: Arc<str>,
     scope: Arc<str>,
-    /// Ids of containers this process created and has not removed yet.
-    started: Arc<Mutex<HashSet<String>>>,
+    /// Containers this process created and has not removed yet: id -> server.
+    started: Arc<Mutex<HashMap<String, String>>>,
+    /// Networks of firewalled servers; `None`: no firewall, so servers with egress rules are
+    /// refused (fail closed).
+    bridges: Option<Arc<bridges::Bridges>>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -135,7 +142,20 @@ impl DockerRuntime {
             gateway: random_hex(8).into(),
             scope: scope.into(),
             started: Arc::default(),
+            bridges: None,
         })
+    }
+
+    /// Enforces egress rules through `firewall`: servers with rules get their own bridge
+    /// network, programmed before their containers start.
+    pub fn with_firewall(mut self, firewall: Firewall) -> DockerRuntime {
+        self.bridges = Some(Arc::new(bridges::Bridges::new(
+            self.docker.clone(),
+            firewall,
+            self.scope.clone(),
+            self.gateway.clone(),
+        )));
+        self
     }
 
     /// This process's instance id, as found in the `io.portcullis.gateway` label.
@@ -190,6 +210,22 @@ impl DockerRuntime {
     /// engine created after a call timed out on our side (found by this process's label).
     /// Returns how many were removed.
     pub async fn shutdown(&self) -> usize {
+        self.shutdown_all().await.0
+    }
+
+    /// [`Self::shutdown`], then removes the sandbox networks and their egress rules; returns
+    /// the containers removed and whether everything (containers and networks) is gone.
+    pub async fn shutdown_all(&self) -> (usize, bool) {
+        let removed = self.remove_containers().await;
+        let containers_gone = self.started.lock().map(|s| s.is_empty()).unwrap_or(false);
+        let networks_gone = match &self.bridges {
+            Some(b) => b.shutdown().await,
+            None => true,
+        };
+        (removed, containers_gone && networks_gone)
+    }
+
+    async fn remove_containers(&self) -> usize {
         let tracked = self.remove_tracked().await;
         let gateway = self.gateway.clone();
         let untracked = self
@@ -205,7 +241,7 @@ impl DockerRuntime {
 
     async fn remove_tracked(&self) -> usize {
         let ids: Vec<String> = match self.started.lock() {
-            Ok(s) => s.iter().cloned().collect(),
+            Ok(s) => s.keys().cloned().collect(),
             Err(_) => return 0,
         };
         let removals = ids.iter().map(|id| async move {
@@ -227,10 +263,32 @@ impl DockerRuntime {
             .count()
     }
 
-    fn track(&self, id: &str) {
+    fn track(&self, id: &str, server: &str) {
         if let Ok(mut s) = self.started.lock() {
-            s.insert(id.to_owned());
+            s.insert(id.to_owned(), server.to_owned());
         }
+    }
+
+    /// The network a container of `server` joins, and its lease on it.
+    async fn network(&self, server: &Server) -> Result<(Network, Option<Lease>), SandboxError> {
+        if server.egress.allow.is_empty() {
+            return Ok((Network::None, None));
+        }
+        let Some(bridges) = &self.bridges else {
+            return Err(SandboxError::Egress {
+                server: server.name.clone(),
+                reason: "this Docker runtime has no egress firewall (DockerRuntime::with_firewall)"
+                    .into(),
+            });
+        };
+        let (joined, lease) = bridges.join(server).await?;
+        Ok((
+            Network::Bridge {
+                network: joined.network,
+                resolver: joined.resolver,
+            },
+            Some(lease),
+        ))
     }
 
     fn forget(&self, id: &str) {
@@ -271,6 +329,9 @@ impl DockerRuntime {
             })?;
         let mut labels = labels::for_container(&server.name, ctx, &self.gateway, &self.scope);
         labels.insert(labels::IMAGE.to_owned(), spec.image.clone());
+        // The rules exist before the container does; on any error below, dropping the lease
+        // takes them down again once the container is gone.
+        let (network, lease) = self.network(server).await?;
         // Create from the resolved id, so that a tag moved after the lookup cannot swap the image
         // the audit log names.
         let config = spec::container_config(
@@ -280,7 +341,7 @@ impl DockerRuntime {
                 image: &image.id,
                 labels,
                 secrets: &ctx.secrets,
-                network: Network::None,
+                network,
             },
         );
         let name = format!("portcullis-{}-{}", server.name, random_hex(4));
@@ -295,13 +356,14 @@ impl DockerRuntime {
         .await
         .map_err(failed("container create"))?;
         let id = created.id;
-        self.track(&id);
+        self.track(&id, &server.name);
         let instance = ContainerInstance {
             rt: self.clone(),
             id: id.clone(),
             name,
             memory_bytes: server.limits.memory_bytes,
             removed: false,
+            lease,
         };
         // From here on, dropping `instance` on an error path removes the container.
         let attached = timed(
@@ -352,6 +414,30 @@ impl Runtime for DockerRuntime {
     ) -> BoxFuture<'a, Result<Spawned, SandboxError>> {
         Box::pin(self.spawn_container(server, ctx))
     }
+
+    fn stop_server<'a>(&'a self, server: &'a str) -> BoxFuture<'a, usize> {
+        Box::pin(async move {
+            let ids: Vec<String> = match self.started.lock() {
+                Ok(s) => s
+                    .iter()
+                    .filter(|(_, srv)| srv.as_str() == server)
+                    .map(|(id, _)| id.clone())
+                    .collect(),
+                Err(_) => return 0,
+            };
+            let mut stopped = 0;
+            for id in &ids {
+                // The instance's own wait sees the container gone; it then releases the lease.
+                match remove(&self.docker, id).await {
+                    Ok(()) => stopped += 1,
+                    Err(e) => {
+                        tracing::error!(container = %short(id), %server, error = %e, "could not stop a container")
+                    }
+                }
+            }
+            stopped
+        })
+    }
 }
 
 /// Stands in for the Docker runtime when the engine could not be reached at start-up, so docker
@@ -380,6 +466,8 @@ struct ContainerInstance {
     name: String,
     memory_bytes: u64,
     removed: bool,
+    /// The server's network; released once the container is gone.
+    lease: Option<Lease>,
 }
 
 impl ContainerInstance {
@@ -460,6 +548,9 @@ impl Instance for ContainerInstance {
                 Ok(()) => {
                     self.removed = true;
                     self.rt.forget(&self.id);
+                    if let Some(l) = self.lease.take() {
+                        l.release().await;
+                    }
                 }
                 // Still tracked: `shutdown` tries again.
                 Err(e) => {
@@ -480,9 +571,17 @@ impl Drop for ContainerInstance {
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
             let rt = self.rt.clone();
             let id = std::mem::take(&mut self.id);
+            let lease = self.lease.take();
             handle.spawn(async move {
                 match remove(&rt.docker, &id).await {
-                    Ok(()) => rt.forget(&id),
+                    Ok(()) => {
+                        rt.forget(&id);
+                        if let Some(l) = lease {
+                            l.release().await;
+                        }
+                    }
+                    // The lease goes with this task: the network cannot be removed while the
+                    // container exists, and `shutdown` sweeps both.
                     Err(e) => tracing::warn!(container = %short(&id), error = %e, "could not remove dropped container"),
                 }
             });

@@ -15,18 +15,29 @@ pub const TMPFS_OPTIONS: &str = "rw,noexec,nosuid,nodev,size=64m";
 /// Which network a container joins.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Network {
-    /// No interface but loopback: the default until a server's egress rules exist.
+    /// No interface but loopback: servers without egress rules.
     None,
-    /// A per-server bridge network programmed by the egress layer (issue 4). The container must
-    /// only ever join it after its nftables rules are in place.
-    Bridge(String),
+    /// The server's own bridge network behind the egress firewall. The container must only
+    /// ever join it after its nftables rules are in place.
+    Bridge {
+        network: String,
+        /// The only DNS server the container is given: the server's pinning resolver.
+        resolver: std::net::IpAddr,
+    },
 }
 
 impl Network {
     fn mode(&self) -> String {
         match self {
             Network::None => "none".to_owned(),
-            Network::Bridge(name) => name.clone(),
+            Network::Bridge { network, .. } => network.clone(),
+        }
+    }
+
+    fn dns(&self) -> Option<Vec<String>> {
+        match self {
+            Network::None => None,
+            Network::Bridge { resolver, .. } => Some(vec![resolver.to_string()]),
         }
     }
 }
@@ -84,6 +95,8 @@ pub fn container_config(
         init: Some(true),
         mounts: (!mounts.is_empty()).then_some(mounts),
         network_mode: Some(inputs.network.mode()),
+        // Docker's embedded resolver in the container forwards to this one address only.
+        dns: inputs.network.dns(),
         // The gateway removes containers itself, after reading why they stopped.
         auto_remove: Some(false),
         // stdout is the MCP stream: Docker must not keep a copy of tool traffic on disk.
@@ -219,7 +232,15 @@ mod tests {
     }
 
     #[test]
-    fn bridge_network_hook() {
-        assert_eq!(Network::Bridge("pc-github".into()).mode(), "pc-github");
+    fn a_bridge_network_brings_its_resolver_as_the_only_dns_server() {
+        let n = Network::Bridge {
+            network: "portcullis-default-github".into(),
+            resolver: std::net::Ipv4Addr::new(10, 213, 0, 1).into(),
+        };
+        assert_eq!(n.mode(), "portcullis-default-github");
+        assert_eq!(n.dns(), Some(vec!["10.213.0.1".to_owned()]));
+        assert_eq!(Network::None.dns(), None);
+        let c = build(&spec(), &[]);
+        assert_eq!(c.host_config.unwrap().dns, None);
     }
 }

@@ -1,0 +1,1003 @@
+//! Egress enforcement through the real gateway: docker servers in real containers and a
+//! process server in its own network namespace try the bypasses of the attack matrix, driven
+//! through `tools/call` of the fixture's `net_probe` tool. Privileged (root, dockerd, `ip`,
+//! `nft`); see `common::netlab` and `common::docker`.
+//!
+//! Topology (the host's network namespace is the router here, because Docker's bridges live
+//! there):
+//! ```text
+//!  container a ──bridge pc-…──┐                        ┌─ veth plabK ── netns "external"
+//!  container b ──bridge pc-…──┤  host: table inet       │   198.18.K.10-15,30,53
+//!  process   p ──veth   pc-…──┘  portcullis, resolvers  │   169.254.169.254 (fake metadata)
+//!                                 10.214.K.0/24 pool ────┘   DNS server of the test (.53)
+//! ```
+//! Network safety: a policy-routing rule sends everything from the sandbox pool (other than
+//! sandbox-to-sandbox) into the test's external namespace, which forwards nothing; so even a
+//! broken firewall could not reach anything but hosts this test made. The external namespace
+//! has no route back to the pool: answers reach a sandbox only through NAT (Docker's for
+//! bridges, the table's for the process veth), as on a real host.
+
+mod common;
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::{InspectContainerOptions, ListNetworksOptionsBuilder};
+use common::client::{Mcp, LATEST};
+use common::docker::{containers_in, runtime, Scope, FIXTURE_IMAGE};
+use common::netlab::{self, dns_server, sh, tcp_service, udp_echo, Ns, Zone};
+use common::{audit_records, audit_verify, gateway_bin, http_get, Gateway};
+use portcullis::egress::ruleset;
+use portcullis::sandbox::docker::DockerRuntime;
+use serde_json::{json, Value};
+
+/// One `table inet portcullis` per host: the tests of this file take turns.
+static HOST_TABLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The fake outside world of one test (see the module comment); removed on drop.
+struct HostLab {
+    k: u8,
+    veth: String,
+    ext: Ns,
+    table: String,
+    prefs: [String; 2],
+    pool: String,
+}
+
+impl HostLab {
+    fn new() -> HostLab {
+        let t = netlab::tag();
+        let k = u8::try_from(1 + std::process::id() % 200).unwrap();
+        let veth = format!("plab{k}");
+        let pool = format!("10.214.{k}.0/24");
+        let table = format!("{}", 30000 + u32::from(k));
+        let prefs = [
+            format!("{}", 30000 + 2 * u32::from(k)),
+            format!("{}", 30001 + 2 * u32::from(k)),
+        ];
+        // Leftovers of a run of this test that died.
+        let _ = Command::new("ip").args(["link", "del", &veth]).output();
+        clear_rules(&prefs, &table);
+        let ext = Ns::new(format!("pcg-e{t}"));
+        sh(&[
+            "ip", "link", "add", &veth, "type", "veth", "peer", "name", "eth0", "netns", &ext.name,
+        ]);
+        let lab = HostLab {
+            k,
+            veth: veth.clone(),
+            ext,
+            table: table.clone(),
+            prefs: prefs.clone(),
+            pool: pool.clone(),
+        };
+        sh(&[
+            "ip",
+            "addr",
+            "add",
+            &format!("198.18.{k}.1/24"),
+            "dev",
+            &veth,
+        ]);
+        sh(&["ip", "link", "set", &veth, "up"]);
+        for h in [10, 11, 12, 13, 14, 15, 30, 53] {
+            lab.ext
+                .ip(&["addr", "add", &format!("198.18.{k}.{h}/24"), "dev", "eth0"]);
+        }
+        lab.ext
+            .ip(&["addr", "add", "169.254.169.254/32", "dev", "eth0"]);
+        lab.ext.ip(&["link", "set", "eth0", "up"]);
+        // Sandbox to sandbox stays on the host's own routes (so the firewall, not routing,
+        // decides); everything else from the pool goes to the external namespace only.
+        sh(&[
+            "ip", "rule", "add", "pref", &prefs[0], "from", &pool, "to", &pool, "lookup", "main",
+        ]);
+        sh(&[
+            "ip", "rule", "add", "pref", &prefs[1], "from", &pool, "lookup", &table,
+        ]);
+        sh(&[
+            "ip",
+            "route",
+            "add",
+            "default",
+            "via",
+            &format!("198.18.{k}.10"),
+            "dev",
+            &veth,
+            "table",
+            &table,
+        ]);
+        lab
+    }
+
+    fn ip(&self, host: u8) -> Ipv4Addr {
+        Ipv4Addr::new(198, 18, self.k, host)
+    }
+
+    fn sa(&self, host: u8, port: u16) -> String {
+        format!("198.18.{}.{host}:{port}", self.k)
+    }
+
+    /// The external services: the test's DNS zone, TCP banners, UDP echoes.
+    fn serve(&self) -> Arc<Zone> {
+        let zone = Arc::new(Zone {
+            net: [198, 18, self.k],
+            rotation: vec![self.ip(11), self.ip(12)],
+            queries: AtomicUsize::new(0),
+        });
+        dns_server(&self.ext, SocketAddr::from((self.ip(53), 53)), zone.clone());
+        for port in [443u16, 8443, 853, 80] {
+            tcp_service(
+                &self.ext,
+                SocketAddr::from((Ipv4Addr::UNSPECIFIED, port)),
+                "ok",
+            );
+        }
+        udp_echo(&self.ext, "0.0.0.0:443".parse().unwrap());
+        zone
+    }
+}
+
+fn clear_rules(prefs: &[String], table: &str) {
+    for pref in prefs {
+        while Command::new("ip")
+            .args(["rule", "del", "pref", pref])
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {}
+    }
+    let _ = Command::new("ip")
+        .args(["route", "flush", "table", table])
+        .output();
+}
+
+impl Drop for HostLab {
+    fn drop(&mut self) {
+        clear_rules(&self.prefs, &self.table);
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.veth])
+            .output();
+    }
+}
+
+/// The first IPv4 address of a host interface.
+fn iface_addr(iface: &str) -> Option<Ipv4Addr> {
+    let o = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", iface])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&o.stdout)
+        .split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// A DNS question from the host (the router) to the test's DNS server: the lab's control.
+fn host_dns_answers(server: SocketAddr) -> bool {
+    use hickory_proto::op::{Message, MessageType, OpCode, Query};
+    use hickory_proto::rr::{Name, RecordType};
+    let mut m = Message::new();
+    m.set_id(7)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query);
+    m.add_query(Query::query(
+        Name::from_ascii("unlisted.test.").unwrap(),
+        RecordType::A,
+    ));
+    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    s.send_to(&m.to_vec().unwrap(), server).unwrap();
+    let mut buf = [0u8; 1500];
+    s.recv_from(&mut buf).is_ok()
+}
+
+/// A TCP service in the host's own namespace (the gateway's host): a sandbox must not reach it.
+fn host_service() -> u16 {
+    let l = TcpListener::bind("0.0.0.0:0").expect("bind host service");
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let _ = c.write_all(b"ok");
+        }
+    });
+    port
+}
+
+/// Waits until an audit record satisfies `pred`; panics with what was there after `limit`.
+async fn await_record(dir: &Path, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) {
+    let deadline = Instant::now() + limit;
+    loop {
+        let recs = audit_records(dir);
+        if recs.iter().any(&pred) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no audit record for {what} within {limit:?}; records: {recs:#?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until each server's tools are in the catalog (`/ready` can answer a moment before a
+/// just-started server's tools are listed).
+async fn await_tools(c: &mut Mcp, servers: &[&str]) {
+    for s in servers {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let r = c
+                .call_tool(&format!("{s}__echo"), json!({"text": "up"}))
+                .await;
+            if r["result"]["content"][0]["text"] == "up" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{s} never served a call: {r}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+async fn probe(c: &mut Mcp, server: &str, args: Value) -> String {
+    let r = c.call_tool(&format!("{server}__net_probe"), args).await;
+    match r["result"]["content"][0]["text"].as_str() {
+        Some(t) => t.to_owned(),
+        None => format!("call failed: {r}"),
+    }
+}
+
+fn tcp(target: &str) -> Value {
+    json!({"op": "tcp", "target": target, "timeout_ms": 1000})
+}
+
+struct Cases(Vec<(String, bool, String)>);
+
+impl Cases {
+    fn check(&mut self, case: &str, ok: bool, detail: &str) {
+        eprintln!("[{}] {case}: {detail}", if ok { "PASS" } else { "FAIL" });
+        self.0.push((case.to_owned(), ok, detail.to_owned()));
+    }
+
+    fn finish(self) {
+        eprintln!("\n| case | outcome |\n|---|---|");
+        for (case, ok, _) in &self.0 {
+            eprintln!("| {case} | {} |", if *ok { "pass" } else { "FAIL" });
+        }
+        let failed: Vec<_> = self.0.iter().filter(|(_, ok, _)| !ok).collect();
+        assert!(failed.is_empty(), "failed cases: {failed:#?}");
+    }
+}
+
+fn blocked(out: &str) -> bool {
+    out.starts_with("failed")
+}
+
+/// The address of a container on its (only) network, and that network's gateway.
+async fn container_addr(rt: &DockerRuntime, scope: &str, server: &str) -> (Ipv4Addr, Ipv4Addr) {
+    let id = containers_in(rt, scope)
+        .await
+        .into_iter()
+        .find(|(_, l)| l.get("io.portcullis.server").map(String::as_str) == Some(server))
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("no container of {server}"));
+    let info = rt
+        .api()
+        .inspect_container(&id, None::<InspectContainerOptions>)
+        .await
+        .expect("inspect");
+    let nets = info
+        .network_settings
+        .and_then(|n| n.networks)
+        .unwrap_or_default();
+    let (_, ep) = nets.into_iter().next().expect("a network");
+    (
+        ep.ip_address.unwrap_or_default().parse().expect("ip"),
+        ep.gateway.unwrap_or_default().parse().expect("gateway"),
+    )
+}
+
+fn nft_table() -> Option<String> {
+    let o = Command::new("nft")
+        .args(["list", "table", "inet", ruleset::TABLE])
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+fn names(tag: &str) -> (String, String, String, String) {
+    (
+        format!("ea{tag}"),
+        format!("eb{tag}"),
+        format!("ep{tag}"),
+        format!("en{tag}"),
+    )
+}
+
+/// A policy on the lab: its resolver, its pool, the audit folder, then `servers` (TOML).
+fn policy(lab: &HostLab, audit: &Path, servers: &str) -> String {
+    format!(
+        r#"
+[gateway]
+naming = "prefix"
+
+[egress]
+upstream_resolvers = ["{dns}"]
+pin_ttl_min = "2s"
+pin_ttl_max = "30s"
+network_pool = "{pool}"
+
+[audit]
+dir = "{audit}"
+{servers}"#,
+        dns = lab.sa(53, 53),
+        pool = lab.pool,
+        audit = audit.display(),
+    )
+}
+
+/// A server of `runtime` (docker: the fixture image; process: the fixture binary) with rules.
+fn server(name: &str, runtime: &str, allow: &[&str]) -> String {
+    let run = match runtime {
+        "docker" => format!("runtime = \"docker\"\nimage = \"{FIXTURE_IMAGE}\""),
+        _ => "runtime = \"process\"\ncommand = \"{fixture}\"".to_owned(),
+    };
+    let allow: Vec<String> = allow.iter().map(|r| format!("\"{r}\"")).collect();
+    format!(
+        "\n[servers.{name}]\n{run}\negress.allow = [{}]\n",
+        allow.join(", ")
+    )
+}
+
+/// What every test here needs: its turn at the host's table, Docker in a fresh scope, the
+/// lab with its services, an audit folder, and a tag for unique server names.
+struct Setup {
+    _turn: tokio::sync::MutexGuard<'static, ()>,
+    scope: Scope,
+    rt: DockerRuntime,
+    lab: HostLab,
+    zone: Arc<Zone>,
+    _audit_dir: tempfile::TempDir,
+    audit: std::path::PathBuf,
+    tag: String,
+}
+
+/// `None`: skipped (locally, without the privileges; under CI that fails instead).
+async fn setup(test: &str) -> Option<Setup> {
+    let turn = HOST_TABLE.lock().await;
+    if !netlab::privileged() {
+        return None;
+    }
+    let scope = Scope::new(test);
+    let rt = runtime(&scope.name).await?;
+    let lab = HostLab::new();
+    let zone = lab.serve();
+    let audit_dir = tempfile::tempdir().unwrap();
+    Some(Setup {
+        _turn: turn,
+        scope,
+        rt,
+        lab,
+        zone,
+        audit: audit_dir.path().to_path_buf(),
+        _audit_dir: audit_dir,
+        tag: netlab::tag().replace('x', ""),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
+    // Named bindings (not `..`): the turn and the audit folder must live to the end.
+    let Some(Setup {
+        _turn,
+        scope,
+        rt,
+        lab,
+        zone,
+        _audit_dir,
+        audit,
+        tag,
+    }) = setup("egress").await
+    else {
+        return;
+    };
+    let host_port = host_service();
+    let (a, b, p, n) = names(&tag);
+    let servers = [
+        server(
+            &a,
+            "docker",
+            &[
+                "api.example.test:443",
+                "meta.example.test:80",
+                "*.wild.example.test:443",
+            ],
+        ),
+        server(&b, "docker", &["api.example.test:443"]),
+        server(&n, "docker", &[]),
+        server(&p, "process", &["api.example.test:443"]),
+    ];
+    let mut gw = Gateway::start_with(
+        &policy(&lab, &audit, &servers.concat()),
+        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+    );
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    await_tools(&mut c, &[&a, &b, &p, &n]).await;
+    let mut r = Cases(Vec::new());
+
+    // The lab works from the host (the router): every "blocked" below is the firewall's doing.
+    assert!(
+        host_dns_answers(SocketAddr::from((lab.ip(53), 53))),
+        "lab broken: the test's DNS server does not answer the host"
+    );
+    for port in [443, 853] {
+        assert!(
+            std::net::TcpStream::connect_timeout(
+                &SocketAddr::from((lab.ip(30), port)),
+                Duration::from_secs(2)
+            )
+            .is_ok(),
+            "lab broken: the host cannot reach the external namespace on {port}"
+        );
+    }
+
+    let (a_ip, a_gw) = container_addr(&rt, &scope.name, &a).await;
+    let (b_ip, b_gw) = container_addr(&rt, &scope.name, &b).await;
+    let b_resolver = format!("{b_gw}:53");
+    let p_gw = iface_addr(&ruleset::iface_name(&p)).expect("the process sandbox's veth");
+    for (server, gw_ip) in [(a.as_str(), a_gw), (p.as_str(), p_gw)] {
+        let kind = if server == p { "process" } else { "docker" };
+        let case = |what: &str| format!("{kind}: {what}");
+        let out = probe(
+            &mut c,
+            server,
+            json!({"op": "resolve_connect", "name": "api.example.test", "port": 443}),
+        )
+        .await;
+        r.check(
+            &case("allowed name resolves and connects"),
+            out == format!("connected ip={} banner=ok", lab.ip(10)),
+            &out,
+        );
+        let out = probe(
+            &mut c,
+            server,
+            json!({"op": "dns", "server": "system", "name": "unlisted.test"}),
+        )
+        .await;
+        r.check(
+            &case("unlisted name refused"),
+            out.starts_with("rcode=REFUSED a= "),
+            &out,
+        );
+        let out = probe(&mut c, server, tcp(&lab.sa(30, 443))).await;
+        r.check(
+            &case("hardcoded IP of an unlisted host blocked"),
+            blocked(&out),
+            &out,
+        );
+        let out = probe(&mut c, server, tcp(&lab.sa(10, 8443))).await;
+        r.check(
+            &case("allowed host on another port blocked"),
+            blocked(&out),
+            &out,
+        );
+        for over_tcp in [false, true] {
+            let out = probe(
+                &mut c,
+                server,
+                json!({"op": "dns", "server": lab.sa(53, 53), "name": "unlisted.test", "tcp": over_tcp, "timeout_ms": 1000}),
+            )
+            .await;
+            r.check(
+                &case(&format!(
+                    "other DNS server ({}) blocked",
+                    if over_tcp { "TCP" } else { "UDP" }
+                )),
+                blocked(&out),
+                &out,
+            );
+        }
+        let out = probe(&mut c, server, tcp(&lab.sa(53, 853))).await;
+        r.check(&case("DoT (853) blocked"), blocked(&out), &out);
+        let out = probe(
+            &mut c,
+            server,
+            json!({"op": "udp", "target": lab.sa(10, 443), "timeout_ms": 1000}),
+        )
+        .await;
+        r.check(&case("UDP to an allowed IP blocked"), blocked(&out), &out);
+        let out = probe(&mut c, server, tcp("169.254.169.254:80")).await;
+        r.check(
+            &case("metadata address 169.254.169.254 blocked"),
+            blocked(&out),
+            &out,
+        );
+        for target in [
+            format!("{}:{host_port}", lab.ip(1)),
+            format!("{gw_ip}:{host_port}"),
+        ] {
+            let out = probe(&mut c, server, tcp(&target)).await;
+            r.check(
+                &case(&format!("host's own service {target} blocked")),
+                blocked(&out),
+                &out,
+            );
+        }
+        let other = if server == a { b_ip } else { a_ip };
+        let out = probe(&mut c, server, tcp(&format!("{other}:443"))).await;
+        r.check(
+            &case("another sandbox's container blocked"),
+            blocked(&out) && !out.contains("refused"),
+            &out,
+        );
+        let out = probe(
+            &mut c,
+            server,
+            json!({"op": "dns", "server": b_resolver, "name": "api.example.test", "timeout_ms": 1000}),
+        )
+        .await;
+        r.check(
+            &case("another sandbox's resolver blocked"),
+            blocked(&out),
+            &out,
+        );
+    }
+    // Docker-only cases: the metadata name, and a server without rules has no network at all.
+    let out = probe(
+        &mut c,
+        &a,
+        json!({"op": "dns", "server": "system", "name": "meta.example.test"}),
+    )
+    .await;
+    r.check(
+        "docker: allowed name resolving to 169.254.169.254 not handed out",
+        out.starts_with("rcode=REFUSED a= "),
+        &out,
+    );
+    let out = probe(
+        &mut c,
+        &n,
+        json!({"op": "tcp", "target": lab.sa(10, 443), "timeout_ms": 1000}),
+    )
+    .await;
+    r.check(
+        "docker: server without rules has no route at all",
+        out.starts_with("failed") && out.contains("unreachable"),
+        &out,
+    );
+    let n_id = containers_in(&rt, &scope.name)
+        .await
+        .into_iter()
+        .find(|(_, l)| l.get("io.portcullis.server") == Some(&n))
+        .map(|(id, _)| id)
+        .expect("container of the server without rules");
+    let n_mode = rt
+        .api()
+        .inspect_container(&n_id, None::<InspectContainerOptions>)
+        .await
+        .unwrap()
+        .host_config
+        .and_then(|h| h.network_mode);
+    r.check(
+        "docker: server without rules stays on network none",
+        n_mode.as_deref() == Some("none"),
+        &format!("{n_mode:?}"),
+    );
+    let a_cfg = rt
+        .api()
+        .inspect_container(
+            &containers_in(&rt, &scope.name)
+                .await
+                .into_iter()
+                .find(|(_, l)| l.get("io.portcullis.server") == Some(&a))
+                .map(|(id, _)| id)
+                .unwrap(),
+            None::<InspectContainerOptions>,
+        )
+        .await
+        .unwrap()
+        .host_config
+        .unwrap();
+    r.check(
+        "docker: the container's only DNS server is its resolver",
+        a_cfg.dns == Some(vec![a_gw.to_string()]),
+        &format!("{:?}", a_cfg.dns),
+    );
+
+    // The live table, through the CLI, right after a lookup pinned an address.
+    let out = probe(
+        &mut c,
+        &a,
+        json!({"op": "resolve_connect", "name": "api.example.test", "port": 443}),
+    )
+    .await;
+    assert!(out.starts_with("connected"), "{out}");
+    let show = Command::new(gateway_bin())
+        .args(["firewall", "show"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&show.stdout).to_string();
+    r.check(
+        "`portcullis firewall show` lists the live table with its pins",
+        show.status.success()
+            && text.contains(&ruleset::srv_chain(&a))
+            && text.contains(&ruleset::srv_chain(&p))
+            && text.contains(&format!("{} . 443", lab.ip(10)))
+            && text.contains("expires"),
+        &text.replace('\n', " | "),
+    );
+
+    // Denials reach the audit log and /metrics.
+    await_record(&audit, Duration::from_secs(15), "egress_denied of a", |r| {
+        r["kind"] == "egress_denied" && r["server"] == a.as_str()
+    })
+    .await;
+    await_record(&audit, Duration::from_secs(15), "egress_denied of p", |r| {
+        r["kind"] == "egress_denied" && r["server"] == p.as_str()
+    })
+    .await;
+    let denied = audit_records(&audit)
+        .iter()
+        .filter(|r| r["kind"] == "egress_denied")
+        .count();
+    // Rate-limited: far fewer records than blocked attempts (each made several packets).
+    r.check(
+        "denials written to the audit log, rate-limited per server",
+        (2..=8).contains(&denied),
+        &format!("{denied} egress_denied records"),
+    );
+    let (_, metrics) = http_get(&format!("{}/metrics", gw.base)).unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("portcullis_egress_denied_total") && l.contains(&a))
+        .unwrap_or("")
+        .to_owned();
+    let count: f64 = line
+        .rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    r.check("denials counted in /metrics", count > 0.0, &line);
+
+    // Tampering: the table flushed by hand is detected, restored and audited.
+    sh(&["nft", "flush", "table", "inet", ruleset::TABLE]);
+    await_record(&audit, Duration::from_secs(10), "tamper restored", |r| {
+        r["kind"] == "tamper" && r["detail"].as_str().is_some_and(|d| d.contains("restored"))
+    })
+    .await;
+    let out = probe(&mut c, &a, tcp(&lab.sa(30, 443))).await;
+    r.check(
+        "after the restore: unlisted IP still blocked",
+        blocked(&out),
+        &out,
+    );
+    let out = probe(
+        &mut c,
+        &a,
+        json!({"op": "resolve_connect", "name": "api.example.test", "port": 443}),
+    )
+    .await;
+    r.check(
+        "after the restore: allowed name works",
+        out.starts_with("connected"),
+        &out,
+    );
+    assert!(zone.queries.load(std::sync::atomic::Ordering::SeqCst) > 0);
+
+    // Shutdown removes networks, namespaces, host-forward rules and the table.
+    let iface_p = ruleset::iface_name(&p);
+    let status = gw.terminate(Duration::from_secs(60));
+    r.check(
+        "gateway stops cleanly",
+        status.success(),
+        &format!("{status}"),
+    );
+    let filters = HashMap::from([("label", vec![format!("io.portcullis.scope={}", scope.name)])]);
+    let left = rt
+        .api()
+        .list_networks(Some(
+            ListNetworksOptionsBuilder::new().filters(&filters).build(),
+        ))
+        .await
+        .unwrap();
+    r.check(
+        "shutdown removes the sandbox networks",
+        left.is_empty(),
+        &format!("{} left", left.len()),
+    );
+    r.check(
+        "shutdown removes the table",
+        nft_table().is_none(),
+        "table inet portcullis",
+    );
+    let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
+    let netns = String::from_utf8_lossy(&netns.stdout).to_string();
+    let docker_user = Command::new("iptables")
+        .args(["-S", "DOCKER-USER"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
+    r.check(
+        "shutdown removes the process namespace and its forward rules",
+        !netns.contains(&format!("pcs-{}", &iface_p[3..])) && !docker_user.contains(&iface_p),
+        &iface_p,
+    );
+    r.finish();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
+    let Some(Setup {
+        _turn,
+        scope,
+        rt,
+        lab,
+        zone: _,
+        _audit_dir,
+        audit,
+        tag,
+    }) = setup("egressfail").await
+    else {
+        return;
+    };
+    let a = format!("fa{tag}");
+    let p = format!("fp{tag}");
+    let policy = policy(
+        &lab,
+        &audit,
+        &[
+            server(&a, "docker", &["api.example.test:443"]),
+            server(&p, "process", &["api.example.test:443"]),
+        ]
+        .concat(),
+    );
+    let mut gw = Gateway::start_with(&policy, &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())]);
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    await_tools(&mut c, &[&a, &p]).await;
+    let allowed = json!({"op": "resolve_connect", "name": "api.example.test", "port": 443});
+    for s in [&a, &p] {
+        let out = probe(&mut c, s, allowed.clone()).await;
+        assert!(out.starts_with("connected"), "{s}: {out}");
+    }
+    let pid_before = probe_pid(&mut c, &p).await;
+
+    // Someone replaces the table with one they own: the gateway cannot put its own back.
+    let mut thief = Command::new("nft")
+        .arg("-i")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("nft -i");
+    let mut stdin = thief.stdin.take().unwrap();
+    writeln!(
+        stdin,
+        "delete table inet {t}; add table inet {t} {{ flags owner; }}",
+        t = ruleset::TABLE
+    )
+    .unwrap();
+    stdin.flush().unwrap();
+
+    await_record(&audit, Duration::from_secs(10), "restore failed", |r| {
+        r["kind"] == "tamper"
+            && r["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("re-programming failed") && d.contains(&a))
+    })
+    .await;
+    // Every sandbox is stopped and none comes back while the table is not in force.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = containers_in(&rt, &scope.name).await.len();
+        if left == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{left} containers still running");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let out = probe(&mut c, &a, allowed.clone()).await;
+    assert!(
+        out.starts_with("call failed"),
+        "docker server still answers: {out}"
+    );
+    let out = probe(&mut c, &p, allowed.clone()).await;
+    assert!(
+        out.starts_with("call failed"),
+        "process server still answers: {out}"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        containers_in(&rt, &scope.name).await.is_empty(),
+        "a container started while the table was not in force"
+    );
+
+    // The owner goes away: the gateway restores its table and the servers come back, enforced.
+    drop(stdin);
+    let _ = thief.kill();
+    let _ = thief.wait();
+    await_record(&audit, Duration::from_secs(10), "restored", |r| {
+        r["kind"] == "tamper" && r["detail"].as_str().is_some_and(|d| d.contains("restored"))
+    })
+    .await;
+    for s in [&a, &p] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let out = probe(&mut c, s, allowed.clone()).await;
+            if out.starts_with("connected") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{s} never came back: {out}");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let out = probe(&mut c, s, tcp(&lab.sa(30, 443))).await;
+        assert!(
+            blocked(&out),
+            "{s}: unlisted host reachable after recovery: {out}"
+        );
+    }
+    assert_ne!(
+        probe_pid(&mut c, &p).await,
+        pid_before,
+        "the process server was restarted"
+    );
+    assert!(gw.terminate(Duration::from_secs(60)).success());
+    assert!(nft_table().is_none(), "table left after shutdown");
+    let (ok, out) = audit_verify(&audit);
+    assert!(
+        ok,
+        "the audit log with its tamper records does not verify: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
+    let Some(Setup {
+        _turn,
+        scope,
+        rt: _,
+        lab,
+        zone: _,
+        _audit_dir,
+        audit,
+        tag,
+    }) = setup("egressreload").await
+    else {
+        return;
+    };
+    let a = format!("ra{tag}");
+    let p = format!("rp{tag}");
+    let with = |allow: &str| {
+        policy(
+            &lab,
+            &audit,
+            &[
+                server(&a, "docker", &[allow]),
+                server(&p, "process", &[allow]),
+            ]
+            .concat(),
+        )
+    };
+    let mut gw = Gateway::start_with(
+        &with("api.example.test:443"),
+        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+    );
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    await_tools(&mut c, &[&a, &p]).await;
+    let connect = |name: &str| json!({"op": "resolve_connect", "name": name, "port": 443});
+    for s in [&a, &p] {
+        let out = probe(&mut c, s, connect("api.example.test")).await;
+        assert!(out.starts_with("connected"), "{s} before the reload: {out}");
+    }
+
+    // The policy now allows another name instead: the servers restart under the new rules.
+    gw.write_policy(&with("rot.example.test:443"));
+    gw.sighup();
+    for s in [&a, &p] {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let old = probe(&mut c, s, connect("api.example.test")).await;
+            let new = probe(&mut c, s, connect("rot.example.test")).await;
+            if old.starts_with("rcode=REFUSED") && new.starts_with("connected") {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{s}: the reloaded rules are not in force: api -> {old}; rot -> {new}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        // What the old rules had opened is closed, also by address.
+        let out = probe(&mut c, s, tcp(&lab.sa(10, 443))).await;
+        assert!(blocked(&out), "{s}: the old pin survived the reload: {out}");
+    }
+    assert!(gw.terminate(Duration::from_secs(60)).success());
+    assert!(nft_table().is_none(), "table left after shutdown");
+}
+
+async fn probe_pid(c: &mut Mcp, server: &str) -> String {
+    let r = c.call_tool(&format!("{server}__pid"), json!({})).await;
+    r["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn without_root_a_process_server_with_egress_rules_is_refused_unless_opted_in() {
+    if !netlab::privileged() {
+        return;
+    }
+    let policy = |opt_in: bool| {
+        format!(
+            r#"
+[gateway]
+naming = "prefix"
+[egress]
+allow_unconfined_process = {opt_in}
+[audit]
+enabled = false
+[servers.ruled]
+runtime = "process"
+command = "{{fixture}}"
+egress.allow = ["api.example.test:443"]
+[servers.plain]
+runtime = "process"
+command = "{{fixture}}"
+"#
+        )
+    };
+    // As nobody: the rules cannot be enforced, so the server does not start; the other does.
+    let gw = Gateway::spawn_as(&policy(false), &[], Some(65534));
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let body = loop {
+        let (_, body) = http_get(&format!("{}/ready", gw.base)).unwrap_or_default();
+        if body.contains("allow_unconfined_process") {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no refusal in /ready: {body}\n{}",
+            gw.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(body.contains("does not run as root"), "{body}");
+    assert!(
+        gw.stderr().contains("cannot be enforced"),
+        "{}",
+        gw.stderr()
+    );
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    let r = c.call_tool("plain__echo", json!({"text": "up"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "up", "{r}");
+    let r = c.call_tool("ruled__echo", json!({"text": "up"})).await;
+    assert!(r.get("error").is_some(), "a refused server answered: {r}");
+    drop(gw);
+
+    // Opted in: it runs, unenforced, and the log says so loudly.
+    let gw = Gateway::spawn_as(&policy(true), &[], Some(65534));
+    gw.wait_ready(Duration::from_secs(30));
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    let r = c.call_tool("ruled__echo", json!({"text": "up"})).await;
+    assert_eq!(r["result"]["content"][0]["text"], "up", "{r}");
+    assert!(
+        gw.stderr().contains("EGRESS NOT ENFORCED"),
+        "{}",
+        gw.stderr()
+    );
+}
