@@ -7,7 +7,7 @@ POLICY ?= policy/default.toml
 PEERS := $(CURDIR)/.peers
 export PATH := $(PEERS)/venv/bin:$(HOME)/.cargo/bin:$(PATH)
 
-.PHONY: run test deps peers build lint fmt conformance python-tests rust-tests docker-images images dockerd-stop clean soak
+.PHONY: run test deps peers build lint fmt conformance python-tests rust-tests docker-images images dockerd-stop clean soak fuzz fuzz-ci
 
 ## make run: build and start the gateway on $(POLICY) (default: policy/default.toml).
 run: deps
@@ -61,6 +61,17 @@ python-tests:
 
 conformance:
 	bash tests/conformance/gateway.sh
+
+## make fuzz: every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 300) each, on the stable
+## toolchain; fails if one crashed (README, "Fuzzing"). FUZZ_JOBS targets run at once (default 1).
+fuzz:
+	@bash tests/setup/install-deps.sh fuzz
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),300) FUZZ_JOBS=$(or $(FUZZ_JOBS),1) bash fuzz/run.sh
+
+## make fuzz-ci: the short run of CI: 60 s per target (or FUZZ_SECONDS), two targets at a time.
+fuzz-ci:
+	@bash tests/setup/install-deps.sh fuzz
+	FUZZ_SECONDS=$(or $(FUZZ_SECONDS),60) FUZZ_JOBS=$(or $(FUZZ_JOBS),2) bash fuzz/run.sh
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -10,6 +10,8 @@ pub mod audit;
 pub mod cli;
 pub mod downstream;
 pub mod egress;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;

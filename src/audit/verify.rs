@@ -67,18 +67,58 @@ struct State<'k> {
 }
 
 pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Failure> {
-    let dir_fail = |what: String| Failure {
+    let segs = segment::list(dir).map_err(|e| Failure {
         file: dir.display().to_string(),
         line: 0,
         seq: None,
-        what,
-    };
-    let segs = segment::list(dir).map_err(|e| dir_fail(format!("cannot list: {e}")))?;
+        what: format!("cannot list: {e}"),
+    })?;
     if segs.is_empty() {
-        return Err(dir_fail(
-            "no audit segments (audit-NNNNNN.jsonl) here".into(),
-        ));
+        return Err(Failure {
+            file: dir.display().to_string(),
+            line: 0,
+            seq: None,
+            what: "no audit segments (audit-NNNNNN.jsonl) here".into(),
+        });
     }
+    let named = segs
+        .iter()
+        .map(|(index, path)| (*index, path.display().to_string()))
+        .collect();
+    verify_each(named, key, |i| segment::open_lines(&segs[i].1))
+}
+
+/// Verifies segments held in memory, `(index, content)` in index order, exactly as
+/// [`verify_dir`] verifies the same files; failures name the segment file names.
+pub fn verify_segments(
+    segs: &[(u64, &[u8])],
+    key: Option<&VerifyingKey>,
+) -> Result<Report, Failure> {
+    if segs.is_empty() {
+        return Err(Failure {
+            file: String::new(),
+            line: 0,
+            seq: None,
+            what: "no audit segments".into(),
+        });
+    }
+    let named = segs
+        .iter()
+        .map(|(index, _)| (*index, segment::name(*index)))
+        .collect();
+    verify_each(named, key, |i| {
+        let bytes = segs[i].1;
+        Ok(segment::Lines::new(bytes, 0, bytes.len() as u64))
+    })
+}
+
+/// Walks non-empty `segs` (index and the file name failures report) in order; `open(i)` reads
+/// the lines of the `i`-th.
+fn verify_each<R: std::io::Read>(
+    segs: Vec<(u64, String)>,
+    key: Option<&VerifyingKey>,
+    mut open: impl FnMut(usize) -> std::io::Result<segment::Lines<R>>,
+) -> Result<Report, Failure> {
     let mut st = State {
         key,
         key_id: key.map(keys::key_id),
@@ -92,13 +132,15 @@ pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Fail
             ..Report::default()
         },
     };
+    let last_index = segs.last().map_or(0, |s| s.0);
     let mut prev_name: Option<String> = None;
     let mut prev_index: Option<u64> = None;
-    for (index, path) in &segs {
-        let name = segment::name(*index);
-        let file = path.display().to_string();
+    for (i, (index, file)) in segs.iter().enumerate() {
+        let index = *index;
+        let name = segment::name(index);
+        let file = file.clone();
         if let Some(p) = prev_index {
-            if *index != p + 1 {
+            if index != p + 1 {
                 return Err(Failure {
                     file,
                     line: 0,
@@ -107,7 +149,7 @@ pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Fail
                 });
             }
         }
-        let mut lines = segment::open_lines(path).map_err(|e| Failure {
+        let mut lines = open(i).map_err(|e| Failure {
             file: file.clone(),
             line: 0,
             seq: None,
@@ -166,7 +208,7 @@ pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Fail
         }
         if first {
             // An empty segment is only what a crash right after rotation leaves.
-            if *index != segs.last().map_or(0, |s| s.0) {
+            if index != last_index {
                 return Err(Failure {
                     file,
                     line: 0,
@@ -176,13 +218,13 @@ pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Fail
             }
         }
         prev_name = Some(name);
-        prev_index = Some(*index);
+        prev_index = Some(index);
         st.report.segments += 1;
     }
     if st.report.records == 0 {
-        let (_, last) = &segs[segs.len() - 1];
+        let last = segs.last().map(|s| s.1.clone()).unwrap_or_default();
         return Err(Failure {
-            file: last.display().to_string(),
+            file: last,
             line: 0,
             seq: None,
             what: "the log holds no records (emptied?)".into(),

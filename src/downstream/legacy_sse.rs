@@ -15,14 +15,14 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::{HeaderMap, StatusCode};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Frame, SizeHint};
 use serde_json::Value;
 
 use super::event_stream::{self, SseBody};
 use super::reply::{self, Reply};
 use super::session::Session;
 use super::streamable::{read_body, short};
-use super::Shared;
+use super::{RequestBody, Shared};
 use crate::access::Identity;
 use crate::mcp::{methods, protocol, Body, ErrorCode, Message, Request};
 use crate::router::{ClientCaps, MessageSink, SessionInfo};
@@ -111,11 +111,11 @@ fn session_id(query: Option<&str>) -> Option<&str> {
 }
 
 /// `POST /messages?session_id=ID`.
-pub async fn message(
+pub async fn message<B: RequestBody>(
     shared: &Arc<Shared>,
     query: Option<&str>,
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
     identity: Identity,
 ) -> Reply {
     let Some(id) = session_id(query) else {

@@ -16,8 +16,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use serde_json::json;
 use tokio::net::TcpListener;
@@ -28,7 +28,7 @@ use crate::mcp::ErrorCode;
 use crate::policy::Gateway;
 use crate::router::audit_trail::AuditTrail;
 use crate::router::Router;
-use reply::Reply;
+pub use reply::Reply;
 
 /// Open connections before new ones wait to be accepted.
 const MAX_CONNECTIONS: usize = 4096;
@@ -62,6 +62,79 @@ pub enum ServeError {
     },
 }
 
+/// What a request body must be: hyper's `Incoming` on served connections, any body of the same
+/// shape for requests handled in process ([`InProcess`]).
+pub trait RequestBody:
+    hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+{
+}
+
+impl<B> RequestBody for B where
+    B: hyper::body::Body<Data = Bytes, Error: Into<Box<dyn std::error::Error + Send + Sync>>>
+{
+}
+
+impl Shared {
+    fn new(
+        gateway: &Gateway,
+        router: Arc<Router>,
+        access: Arc<Access>,
+        audit: AuditTrail,
+        tls: bool,
+    ) -> Shared {
+        Shared {
+            router,
+            access,
+            audit,
+            tls,
+            sessions: session::Sessions::new(gateway.max_sessions),
+            guard: guard::Guard::new(&gateway.allowed_hosts, &gateway.allowed_origins),
+            max_body_bytes: gateway.max_body_bytes,
+            body_timeout: BODY_TIMEOUT,
+            keepalive: gateway.sse_keepalive,
+            sse_poll: gateway.sse_poll_interval,
+        }
+    }
+
+    /// Ends every session, as at shutdown.
+    async fn close_all_sessions(&self) {
+        for id in self.sessions.drain() {
+            self.router.close_session(&id).await;
+        }
+    }
+}
+
+/// The request handler without a socket: requests go in as values and replies come out,
+/// through the same Host/Origin guard, authentication, sessions and router as on a served
+/// connection. The HTTP fuzz target drives the gateway through it (src/fuzzing/http.rs).
+#[doc(hidden)]
+pub struct InProcess {
+    shared: Arc<Shared>,
+}
+
+impl InProcess {
+    pub fn new(
+        gateway: &Gateway,
+        router: Arc<Router>,
+        access: Arc<Access>,
+        audit: AuditTrail,
+    ) -> InProcess {
+        InProcess {
+            shared: Arc::new(Shared::new(gateway, router, access, audit, false)),
+        }
+    }
+
+    /// Handles one request exactly as a served connection would.
+    pub async fn handle<B: RequestBody>(&self, req: Request<B>) -> Reply {
+        route(&self.shared, req).await
+    }
+
+    /// Ends every session, as the listener does at shutdown.
+    pub async fn close_all_sessions(&self) {
+        self.shared.close_all_sessions().await;
+    }
+}
+
 /// A bound listener, ready to serve.
 pub struct Listener {
     listener: TcpListener,
@@ -93,18 +166,7 @@ impl Listener {
             })?;
         Ok(Listener {
             listener,
-            shared: Arc::new(Shared {
-                router,
-                access,
-                audit,
-                tls: tls.is_some(),
-                sessions: session::Sessions::new(gateway.max_sessions),
-                guard: guard::Guard::new(&gateway.allowed_hosts, &gateway.allowed_origins),
-                max_body_bytes: gateway.max_body_bytes,
-                body_timeout: BODY_TIMEOUT,
-                keepalive: gateway.sse_keepalive,
-                sse_poll: gateway.sse_poll_interval,
-            }),
+            shared: Arc::new(Shared::new(gateway, router, access, audit, tls.is_some())),
             idle_timeout: gateway.session_idle_timeout,
             tls,
             peers: None,
@@ -183,9 +245,7 @@ impl Listener {
             });
         }
         sweeper.abort();
-        for id in shared.sessions.drain() {
-            shared.router.close_session(&id).await;
-        }
+        shared.close_all_sessions().await;
     }
 }
 
@@ -241,7 +301,7 @@ async fn sweep_idle(shared: Arc<Shared>, limit: Duration) {
     }
 }
 
-async fn route(shared: &Arc<Shared>, req: Request<Incoming>) -> Reply {
+async fn route<B: RequestBody>(shared: &Arc<Shared>, req: Request<B>) -> Reply {
     let (parts, body) = req.into_parts();
     if let Err(rejection) = shared
         .guard

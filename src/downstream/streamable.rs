@@ -6,13 +6,12 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::event_stream::{self, parse_event_id};
 use super::reply::{self, Reply, PROTOCOL_HEADER, SESSION_HEADER};
 use super::session::Session;
-use super::Shared;
+use super::{RequestBody, Shared};
 use crate::access::Identity;
 use crate::mcp::{methods, protocol, Body, ErrorCode, Message, Request};
 use crate::router::{Admission, Answer, ClientCaps, MessageSink, Refusal, SessionInfo};
@@ -63,11 +62,11 @@ fn accept(headers: &HeaderMap) -> Accept {
     a
 }
 
-pub async fn handle(
+pub async fn handle<B: RequestBody>(
     shared: &Arc<Shared>,
     method: &Method,
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
     identity: Identity,
 ) -> Reply {
     match *method {
@@ -151,10 +150,10 @@ fn check_protocol_header(headers: &HeaderMap) -> Result<(), Box<Reply>> {
     Ok(())
 }
 
-pub(super) async fn read_body(
+pub(super) async fn read_body<B: RequestBody>(
     shared: &Shared,
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
 ) -> Result<Bytes, Box<Reply>> {
     let limit = shared.max_body_bytes;
     let too_big = || {
@@ -193,10 +192,10 @@ pub(super) async fn read_body(
     }
 }
 
-async fn post(
+async fn post<B: RequestBody>(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
-    body: Incoming,
+    body: B,
     identity: Identity,
 ) -> Reply {
     let ct = headers

@@ -54,7 +54,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::Semaphore;
 
 use super::sets::Pin;
-use crate::policy::{EgressHost, EgressSettings, Server};
+use crate::policy::{EgressHost, EgressRule, EgressSettings, Server};
 
 const MAX_CHAIN: usize = 8;
 const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
@@ -94,8 +94,13 @@ impl Allow {
     }
 
     pub fn of(server: &Server) -> Allow {
+        Allow::from_rules(&server.egress.allow)
+    }
+
+    /// What a list of egress rules allows.
+    pub fn from_rules(rules: &[EgressRule]) -> Allow {
         let mut a = Allow::none();
-        for r in &server.egress.allow {
+        for r in rules {
             match &r.host {
                 EgressHost::Name(n) => a.names.push((n.clone(), r.port)),
                 EgressHost::Wildcard(d) => a.wildcards.push((d.clone(), r.port)),
@@ -364,51 +369,26 @@ pub(crate) async fn handle(ctx: &Ctx, bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 async fn decide(ctx: &Ctx, q: &Message) -> Message {
-    if q.op_code() != OpCode::Query || q.queries().len() != 1 {
-        return reply(q, ResponseCode::Refused);
-    }
-    let query = &q.queries()[0];
-    if query.query_class() != DNSClass::IN {
-        return reply(q, ResponseCode::Refused);
-    }
-    let name = query.name().to_ascii();
     let allow = ctx.allow();
-    let ports = allow.ports(&name);
-    if ports.is_empty() {
-        return reply(q, ResponseCode::Refused);
-    }
-    match query.query_type() {
-        RecordType::A => {}
-        RecordType::AAAA => return reply(q, ResponseCode::NoError),
-        _ => return reply(q, ResponseCode::Refused),
-    }
+    let (query, ports) = match judge(&allow, q) {
+        Judgement::Answer(m) => return m,
+        Judgement::Resolve { query, ports } => (query, ports),
+    };
     let Some(up) = ask_upstream(ctx, query.name()).await else {
         return reply(q, ResponseCode::ServFail);
     };
-    if up.response_code() != ResponseCode::NoError {
-        return reply(q, up.response_code());
-    }
-    let (addrs, ttl) = follow_chain(&up, query.name());
-    let found = !addrs.is_empty();
-    let mut kept: Vec<Ipv4Addr> = Vec::new();
-    for a in addrs {
-        if allow.address_ok(a) && !kept.contains(&a) {
-            kept.push(a);
-        }
-    }
-    kept.truncate(ctx.settings.max_addresses_per_name);
-    if found && kept.is_empty() {
-        return reply(q, ResponseCode::Refused);
-    }
-    let pin_for = Duration::from_secs(u64::from(ttl))
-        .clamp(ctx.settings.pin_ttl_min, ctx.settings.pin_ttl_max);
-    if !kept.is_empty() {
-        let pins: Vec<Pin> = kept
-            .iter()
-            .flat_map(|a| ports.iter().map(move |p| Pin { addr: *a, port: *p }))
-            .collect();
+    let resolution = match resolve(&allow, &ctx.settings, &up, query.name()) {
+        Ok(r) => r,
+        Err(code) => return reply(q, code),
+    };
+    if !resolution.addrs.is_empty() {
         let started = Instant::now();
-        if ctx.pinner.pin(&ctx.server, pins, pin_for).await.is_err() {
+        if ctx
+            .pinner
+            .pin(&ctx.server, resolution.pins(&ports), resolution.pin_for)
+            .await
+            .is_err()
+        {
             return reply(q, ResponseCode::ServFail);
         }
         if let Ok(mut s) = ctx.stats.lock() {
@@ -417,13 +397,102 @@ async fn decide(ctx: &Ctx, q: &Message) -> Message {
             }
         }
     }
+    answer(q, query, &resolution)
+}
+
+/// What a query gets before anything is asked upstream.
+pub(crate) enum Judgement<'q> {
+    /// The final answer (REFUSED, or NODATA for AAAA).
+    Answer(Message),
+    /// An allowed A question: ask upstream, then pin for these ports.
+    Resolve {
+        query: &'q Query,
+        ports: Vec<Option<u16>>,
+    },
+}
+
+/// Decides what can be decided from the query alone: the opcode, the question, the name rules.
+pub(crate) fn judge<'q>(allow: &Allow, q: &'q Message) -> Judgement<'q> {
+    if q.op_code() != OpCode::Query || q.queries().len() != 1 {
+        return Judgement::Answer(reply(q, ResponseCode::Refused));
+    }
+    let query = &q.queries()[0];
+    if query.query_class() != DNSClass::IN {
+        return Judgement::Answer(reply(q, ResponseCode::Refused));
+    }
+    let name = query.name().to_ascii();
+    let ports = allow.ports(&name);
+    if ports.is_empty() {
+        return Judgement::Answer(reply(q, ResponseCode::Refused));
+    }
+    match query.query_type() {
+        RecordType::A => Judgement::Resolve { query, ports },
+        RecordType::AAAA => Judgement::Answer(reply(q, ResponseCode::NoError)),
+        _ => Judgement::Answer(reply(q, ResponseCode::Refused)),
+    }
+}
+
+/// The addresses an upstream answer yields for the queried name, once filtered.
+#[derive(Debug)]
+pub(crate) struct Resolution {
+    /// To pin and to hand out, in upstream order.
+    pub addrs: Vec<Ipv4Addr>,
+    pub pin_for: Duration,
+    /// The TTL the client gets: never longer than the pin lives.
+    pub client_ttl: u32,
+}
+
+impl Resolution {
+    fn pins(&self, ports: &[Option<u16>]) -> Vec<Pin> {
+        self.addrs
+            .iter()
+            .flat_map(|a| ports.iter().map(move |p| Pin { addr: *a, port: *p }))
+            .collect()
+    }
+}
+
+/// Follows the upstream answer's chain for `name` and filters its addresses; `Err` is the
+/// response code to answer with instead (upstream's error, or REFUSED when the filter removed
+/// every address).
+pub(crate) fn resolve(
+    allow: &Allow,
+    settings: &EgressSettings,
+    up: &Message,
+    name: &Name,
+) -> Result<Resolution, ResponseCode> {
+    if up.response_code() != ResponseCode::NoError {
+        return Err(up.response_code());
+    }
+    let (addrs, ttl) = follow_chain(up, name);
+    let found = !addrs.is_empty();
+    let mut kept: Vec<Ipv4Addr> = Vec::new();
+    for a in addrs {
+        if allow.address_ok(a) && !kept.contains(&a) {
+            kept.push(a);
+        }
+    }
+    kept.truncate(settings.max_addresses_per_name);
+    if found && kept.is_empty() {
+        return Err(ResponseCode::Refused);
+    }
+    let pin_for =
+        Duration::from_secs(u64::from(ttl)).clamp(settings.pin_ttl_min, settings.pin_ttl_max);
     let client_ttl = ttl.min(u32::try_from(pin_for.as_secs().saturating_sub(1)).unwrap_or(0));
+    Ok(Resolution {
+        addrs: kept,
+        pin_for,
+        client_ttl,
+    })
+}
+
+/// The flattened answer: the queried name with the kept addresses, nothing else.
+pub(crate) fn answer(q: &Message, query: &Query, r: &Resolution) -> Message {
     let mut m = reply(q, ResponseCode::NoError);
-    for a in kept {
+    for a in &r.addrs {
         m.add_answer(Record::from_rdata(
             query.name().clone(),
-            client_ttl,
-            RData::A(A(a)),
+            r.client_ttl,
+            RData::A(A(*a)),
         ));
     }
     m
@@ -521,16 +590,8 @@ mod tests {
     use crate::policy::egress::parse_egress;
 
     fn allow(rules: &[&str]) -> Allow {
-        let mut a = Allow::none();
-        for r in rules {
-            let r = parse_egress(r).unwrap();
-            match r.host {
-                EgressHost::Name(n) => a.names.push((n, r.port)),
-                EgressHost::Wildcard(d) => a.wildcards.push((d, r.port)),
-                EgressHost::Cidr { addr, prefix } => a.cidrs.push((addr, prefix)),
-            }
-        }
-        a
+        let rules: Vec<EgressRule> = rules.iter().map(|r| parse_egress(r).unwrap()).collect();
+        Allow::from_rules(&rules)
     }
 
     #[test]

@@ -21,9 +21,10 @@ pub fn import(src: &str, origin: &str) -> Result<String, PolicyError> {
         }]))
     };
     let doc: Value = serde_json::from_str(src).map_err(|e| {
+        let (line, column) = json_error_position(src, &e);
         fail(
-            e.line(),
-            e.column(),
+            line,
+            column,
             format!("invalid JSON: {e}; fix the syntax here"),
         )
     })?;
@@ -106,6 +107,18 @@ pub fn import(src: &str, origin: &str) -> Result<String, PolicyError> {
 }
 
 /// Where the entry `name` is written (the first `"name":`), for messages; 1:1 if not found.
+/// Where a JSON syntax error is, as diagnostics count: serde_json counts columns in bytes and
+/// reports column 0 at the very start of a line (an empty file, say); diagnostics count
+/// characters from 1.
+fn json_error_position(src: &str, e: &serde_json::Error) -> (usize, usize) {
+    let line_start: usize = src
+        .split_inclusive('\n')
+        .take(e.line().saturating_sub(1))
+        .map(str::len)
+        .sum();
+    line_col(src, line_start + e.column().saturating_sub(1))
+}
+
 fn locate(src: &str, name: &str) -> (usize, usize) {
     let quoted = serde_json::to_string(name).unwrap_or_default();
     let mut from = 0;
@@ -440,6 +453,19 @@ mod tests {
             .to_string();
         assert!(e.starts_with("a.json:2:"), "{e}");
         assert!(import("{}", "a.json").is_err());
+    }
+
+    #[test]
+    fn json_errors_point_at_a_character_of_the_file() {
+        // Found by fuzzing (fuzz/regressions/policy_import/empty-file): an empty file was
+        // reported at column 0.
+        let e = import("", "a.json").unwrap_err().to_string();
+        assert!(e.starts_with("a.json:1:1: error: invalid JSON"), "{e}");
+        // Columns count characters, not UTF-8 bytes.
+        let e = import("{\"\u{e9}\u{e9}\": [1,}", "a.json")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("a.json:1:11: error: invalid JSON"), "{e}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 #   system  apt packages (nftables, netlink libs, docker.io, docker-compose, iproute2, pkg-config,
 #           rsyslog)
 #   peers   Python and npm MCP peers into the ignored folder .peers/
+#   fuzz    cargo-fuzz and a C++ compiler for libFuzzer (only `make fuzz` / `make fuzz-ci` need them)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -60,11 +61,25 @@ install_npm_peers() {
   fi
 }
 
+install_fuzz() {
+  # libfuzzer-sys compiles libFuzzer's C++ sources.
+  if ! command -v c++ >/dev/null; then
+    log "apt-get install g++"
+    sudo_ apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive sudo_ apt-get install -y -qq --no-install-recommends g++ >/dev/null
+  fi
+  if ! cargo fuzz --version >/dev/null 2>&1; then
+    log "cargo install cargo-fuzz"
+    cargo install cargo-fuzz --locked --version 0.13.2 >/dev/null
+  fi
+}
+
 case "$what" in
   system) install_system ;;
   peers) install_python_peers; install_npm_peers ;;
   python) install_python_peers ;;
   npm) install_npm_peers ;;
+  fuzz) install_fuzz ;;
   all) install_system; install_python_peers; install_npm_peers ;;
-  *) echo "usage: $0 [all|system|peers|python|npm]" >&2; exit 2 ;;
+  *) echo "usage: $0 [all|system|peers|python|npm|fuzz]" >&2; exit 2 ;;
 esac

@@ -861,7 +861,7 @@ fn is_sse(headers: &HeaderMap) -> bool {
 
 /// The legacy `endpoint` event names a path (or URL) on the same server. A different origin is
 /// refused: following it would send our credentials wherever the server points.
-fn resolve_endpoint(base: &Uri, endpoint: &str) -> Result<Uri, String> {
+pub(crate) fn resolve_endpoint(base: &Uri, endpoint: &str) -> Result<Uri, String> {
     let bad = || format!("the server's `endpoint` event is not usable: `{endpoint}`");
     if endpoint.starts_with('/') && !endpoint.starts_with("//") {
         let mut parts = base.clone().into_parts();
