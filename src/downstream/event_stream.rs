@@ -90,6 +90,11 @@ impl EventStream {
         self.notify.notify_waiters();
     }
 
+    /// Whether `close` was called (cheaper than `closed_for`: no clock read).
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.closed)
+    }
+
     pub fn closed_for(&self) -> Option<Duration> {
         self.state.lock().ok()?.closed_at.map(|t| t.elapsed())
     }
@@ -186,13 +191,14 @@ impl Reader {
                     return Next::End;
                 }
             }
-            let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
+            // A disabled branch's sleep is never polled, so it never enters the timer wheel.
+            let until = cutoff.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(keepalive) => {
                     return Next::Data(Bytes::from_static(b": keep-alive\n\n"));
                 }
-                _ = tokio::time::sleep_until(cutoff.unwrap_or(far)) => return Next::End,
+                _ = tokio::time::sleep_until(until), if cutoff.is_some() => return Next::End,
             }
         }
     }
