@@ -90,6 +90,28 @@ impl EventStream {
         self.notify.notify_waiters();
     }
 
+    /// Waits until the stream has an event or is closed, at most `limit`.
+    pub async fn first_event(&self, limit: Duration) {
+        let wait = async {
+            loop {
+                let notified = self.notify.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                match self.state.lock() {
+                    Ok(s) if s.events.is_empty() && !s.closed => {}
+                    _ => return,
+                }
+                notified.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, wait).await;
+    }
+
+    /// Whether `close` was called (cheaper than `closed_for`: no clock read).
+    pub fn is_closed(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.closed)
+    }
+
     pub fn closed_for(&self) -> Option<Duration> {
         self.state.lock().ok()?.closed_at.map(|t| t.elapsed())
     }
@@ -186,13 +208,14 @@ impl Reader {
                     return Next::End;
                 }
             }
-            let far = tokio::time::Instant::now() + Duration::from_secs(86_400);
+            // A disabled branch's sleep is never polled, so it never enters the timer wheel.
+            let until = cutoff.unwrap_or_else(tokio::time::Instant::now);
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(keepalive) => {
                     return Next::Data(Bytes::from_static(b": keep-alive\n\n"));
                 }
-                _ = tokio::time::sleep_until(cutoff.unwrap_or(far)) => return Next::End,
+                _ = tokio::time::sleep_until(until), if cutoff.is_some() => return Next::End,
             }
         }
     }
@@ -324,6 +347,39 @@ mod tests {
             rest.contains("id: 4-1\n") && rest.contains("late"),
             "{rest}"
         );
+    }
+
+    #[tokio::test]
+    async fn first_event_returns_on_the_first_push_or_at_the_bound() {
+        let s = EventStream::new(5);
+        // Nothing comes: it gives up at its bound rather than waiting for ever.
+        let gave_up = tokio::time::timeout(
+            Duration::from_secs(10),
+            s.first_event(Duration::from_millis(5)),
+        )
+        .await;
+        assert!(gave_up.is_ok(), "did not return at its bound");
+        // A push wakes it long before its (one-hour) bound.
+        let pusher = s.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            pusher.push(Bytes::from_static(b"{}"));
+        });
+        let woke = tokio::time::timeout(
+            Duration::from_secs(10),
+            s.first_event(Duration::from_secs(3600)),
+        )
+        .await;
+        assert!(woke.is_ok(), "a push did not end the wait");
+        // A closed stream has nothing more to wait for.
+        let closed = EventStream::new(6);
+        closed.close();
+        let done = tokio::time::timeout(
+            Duration::from_secs(10),
+            closed.first_event(Duration::from_secs(3600)),
+        )
+        .await;
+        assert!(done.is_ok(), "waited on a closed stream");
     }
 
     #[tokio::test]

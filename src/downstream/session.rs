@@ -1,6 +1,6 @@
 //! Downstream sessions: the id a client got at initialize, what it negotiated, its streams.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -12,6 +12,8 @@ use crate::access::Identity;
 const MAX_RETAINED_STREAMS: usize = 64;
 /// How long a finished POST stream stays resumable.
 const RETAIN_FINISHED: Duration = Duration::from_secs(120);
+/// Longest interval between sweeps of expired POST streams.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
 pub struct Session {
     pub id: Arc<str>,
@@ -20,7 +22,8 @@ pub struct Session {
     pub identity: Identity,
     /// Messages not tied to a request (list changes, relayed requests with no open POST).
     pub standalone: Arc<EventStream>,
-    streams: Mutex<HashMap<u64, Arc<EventStream>>>,
+    /// POST streams by number, which is also their order of creation.
+    streams: Mutex<Retained>,
     next_stream: AtomicU64,
     last_seen: Mutex<Instant>,
     /// Whether the router knows the session: always for `/mcp` (created by initialize), only
@@ -35,7 +38,10 @@ impl Session {
             protocol,
             identity,
             standalone: EventStream::new(0),
-            streams: Mutex::new(HashMap::new()),
+            streams: Mutex::new(Retained {
+                streams: BTreeMap::new(),
+                swept: Instant::now(),
+            }),
             next_stream: AtomicU64::new(1),
             last_seen: Mutex::new(Instant::now()),
             initialized: std::sync::atomic::AtomicBool::new(true),
@@ -56,22 +62,31 @@ impl Session {
     }
 
     /// A new stream for the response to one POST.
+    ///
+    /// This runs on every streamed request, so the expiry sweep (which looks at every retained
+    /// stream) runs at most once per `SWEEP_EVERY`; when the table is full in between, the
+    /// oldest finished stream (the first one in creation order) makes room.
     pub fn open_stream(&self) -> Arc<EventStream> {
         let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let stream = EventStream::new(n);
-        if let Ok(mut m) = self.streams.lock() {
-            m.retain(|_, s| s.closed_for().is_none_or(|d| d < RETAIN_FINISHED));
-            if m.len() >= MAX_RETAINED_STREAMS {
-                let oldest_closed = m
+        if let Ok(mut r) = self.streams.lock() {
+            let now = Instant::now();
+            if now.duration_since(r.swept) >= SWEEP_EVERY {
+                r.swept = now;
+                r.streams
+                    .retain(|_, s| s.closed_for().is_none_or(|d| d < RETAIN_FINISHED));
+            }
+            if r.streams.len() >= MAX_RETAINED_STREAMS {
+                let oldest_closed = r
+                    .streams
                     .iter()
-                    .filter(|(_, s)| s.closed_for().is_some())
-                    .map(|(k, _)| *k)
-                    .min();
+                    .find(|(_, s)| s.is_closed())
+                    .map(|(k, _)| *k);
                 if let Some(k) = oldest_closed {
-                    m.remove(&k);
+                    r.streams.remove(&k);
                 }
             }
-            m.insert(n, stream.clone());
+            r.streams.insert(n, stream.clone());
         }
         stream
     }
@@ -81,17 +96,29 @@ impl Session {
         if number == 0 {
             return Some(self.standalone.clone());
         }
-        self.streams.lock().ok()?.get(&number).cloned()
+        let r = self.streams.lock().ok()?;
+        let s = r.streams.get(&number)?;
+        // Between sweeps an expired stream may still be in the table; it is gone all the same.
+        if s.closed_for().is_some_and(|d| d >= RETAIN_FINISHED) {
+            return None;
+        }
+        Some(s.clone())
     }
 
     fn close_all(&self) {
         self.standalone.close();
-        if let Ok(m) = self.streams.lock() {
-            for s in m.values() {
+        if let Ok(r) = self.streams.lock() {
+            for s in r.streams.values() {
                 s.close();
             }
         }
     }
+}
+
+/// Finished POST streams kept for resumption, and when expired ones were last dropped.
+struct Retained {
+    streams: BTreeMap<u64, Arc<EventStream>>,
+    swept: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +226,38 @@ mod tests {
         Identity {
             client: Arc::from("anonymous"),
         }
+    }
+
+    #[test]
+    fn a_full_stream_table_drops_the_oldest_finished_stream_only() {
+        let s = Session::new(Arc::from("s"), "2025-11-25", anon());
+        let streams: Vec<_> = (0..MAX_RETAINED_STREAMS).map(|_| s.open_stream()).collect();
+        streams[5].close();
+        streams[9].close();
+        let newest = s.open_stream();
+        assert!(
+            s.stream(streams[5].number).is_none(),
+            "oldest finished stream kept"
+        );
+        assert!(
+            s.stream(streams[9].number).is_some(),
+            "a newer finished stream was dropped"
+        );
+        assert!(
+            s.stream(streams[0].number).is_some(),
+            "an open stream was dropped"
+        );
+        assert!(s.stream(newest.number).is_some());
+        let more = s.open_stream();
+        assert!(s.stream(streams[9].number).is_none());
+        assert!(s.stream(more.number).is_some());
+        // With every stream still open there is nothing to drop: the table grows rather than
+        // forget a stream that a client may still be reading.
+        let open = Session::new(Arc::from("o"), "2025-11-25", anon());
+        let all: Vec<_> = (0..=MAX_RETAINED_STREAMS)
+            .map(|_| open.open_stream())
+            .collect();
+        assert!(all.iter().all(|st| open.stream(st.number).is_some()));
     }
 
     #[test]

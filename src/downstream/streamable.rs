@@ -16,6 +16,10 @@ use crate::access::Identity;
 use crate::mcp::{methods, protocol, Body, ErrorCode, Message, Request};
 use crate::router::{Admission, Answer, ClientCaps, MessageSink, Refusal, SessionInfo};
 
+/// Longest wait for a streamed request's first event before its response starts (see
+/// `stream_request`).
+const FIRST_EVENT_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+
 /// Methods whose answers may be preceded by related messages (progress, logging, relayed
 /// requests) and therefore stream when the client accepts SSE.
 fn streams(method: &str) -> bool {
@@ -271,7 +275,7 @@ async fn post<B: RequestBody>(
                 Err(refused) => return answer_reply(refused),
             };
             if acc.sse && streams(&req.method) {
-                stream_request(shared, &session, req, admission)
+                stream_request(shared, &session, req, admission).await
             } else {
                 let out = shared
                     .router
@@ -353,7 +357,11 @@ fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept, identity: Ident
 /// Answers one request as an SSE stream: related messages first, then the response. The call
 /// runs in its own task so that a dropped connection does not abandon it; the client can
 /// resume the stream with Last-Event-ID.
-fn stream_request(
+///
+/// The response starts when the stream has its first event, or after [`FIRST_EVENT_WAIT`]: a
+/// call answered by then goes out in one write (headers, priming event, answer, end of
+/// stream) rather than two, with the same bytes; a slower one starts streaming at the bound.
+async fn stream_request(
     shared: &Arc<Shared>,
     session: &Arc<Session>,
     req: Request,
@@ -364,6 +372,7 @@ fn stream_request(
         return reply::status(StatusCode::INTERNAL_SERVER_ERROR);
     };
     answer_on(shared, session, req, admission, stream.clone(), true);
+    stream.first_event(FIRST_EVENT_WAIT).await;
     reply::sse(event_stream::body(
         reader,
         protocol::wants_priming_event(session.protocol),

@@ -227,7 +227,24 @@ pub(super) async fn dispatch(
     text: &[u8],
 ) -> Result<(), String> {
     match Message::parse(text) {
-        Ok(Message::Response(resp)) => {
+        Ok(message) => dispatch_message(source, conn, events, message).await,
+        Err(e) => {
+            // Servers sometimes print banners to stdout; skip the line rather than kill them.
+            tracing::warn!(server = %source.server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a message that is not JSON-RPC");
+            Ok(())
+        }
+    }
+}
+
+/// [`dispatch`] for a message already parsed (the HTTP transport parses bodies itself).
+pub(super) async fn dispatch_message(
+    source: &Arc<super::Source>,
+    conn: &Connection,
+    events: &mpsc::Sender<UpstreamEvent>,
+    message: Message,
+) -> Result<(), String> {
+    match message {
+        Message::Response(resp) => {
             let known = match &resp.id {
                 Id::Num(n) => u64::try_from(*n).is_ok_and(|id| conn.complete(id, resp.outcome)),
                 Id::Str(_) => false,
@@ -236,7 +253,7 @@ pub(super) async fn dispatch(
                 tracing::debug!(server = %source.server, id = %resp.id, "answer to an unknown or abandoned request");
             }
         }
-        Ok(Message::Notification(message)) => {
+        Message::Notification(message) => {
             let (handled, done) = Handled::new();
             let ev = UpstreamEvent::Notification {
                 from: source.clone(),
@@ -248,7 +265,7 @@ pub(super) async fn dispatch(
             }
             let _ = tokio::time::timeout(HANDLED_WAIT, done).await;
         }
-        Ok(Message::Request(message)) => {
+        Message::Request(message) => {
             let (handled, done) = Handled::new();
             let ev = UpstreamEvent::Request {
                 from: source.clone(),
@@ -259,10 +276,6 @@ pub(super) async fn dispatch(
                 return Err("gateway stopped".to_owned());
             }
             let _ = tokio::time::timeout(HANDLED_WAIT, done).await;
-        }
-        Err(e) => {
-            // Servers sometimes print banners to stdout; skip the line rather than kill them.
-            tracing::warn!(server = %source.server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a message that is not JSON-RPC");
         }
     }
     Ok(())

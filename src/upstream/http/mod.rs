@@ -29,7 +29,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::connection::{dispatch, Connection};
+use super::connection::{dispatch, dispatch_message, Connection};
 use super::supervisor::{init_params, parse_init};
 use super::{InitInfo, Source, UpstreamEvent};
 use crate::mcp::{methods, to_raw, Body, Id, Message, Notification, Request as RpcRequest};
@@ -507,8 +507,7 @@ impl Remote {
         if matches!(&m, Message::Response(r) if r.id == Id::Num(0)) {
             return;
         }
-        let bytes = m.to_bytes();
-        if let Err(reason) = dispatch(&self.source, &self.conn, &self.events, &bytes).await {
+        if let Err(reason) = dispatch_message(&self.source, &self.conn, &self.events, m).await {
             self.die(reason);
         }
     }

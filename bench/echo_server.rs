@@ -1,0 +1,229 @@
+//! `portcullis-bench-echo`: the benchmark's upstream MCP server, as small and fast as an MCP
+//! server can be, so that what the benchmark measures is the gateway in front of it.
+//!
+//!   portcullis-bench-echo --http 127.0.0.1:PORT [--tools N]   Streamable HTTP on /mcp (JSON answers)
+//!   portcullis-bench-echo --stdio [--tools N]                 newline-delimited JSON-RPC on stdio
+//!
+//! Tools: `echo` (returns its `text` argument) plus `tool_1` .. `tool_{N-1}` that behave the same,
+//! so that `tools/list` can be made as long as a benchmark needs. Only loopback addresses are
+//! accepted for `--http`: this server exists for benchmarks on one machine.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+
+const VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
+
+struct Server {
+    /// The `tools/list` result, serialized once.
+    tools: Box<serde_json::value::RawValue>,
+    sessions: AtomicU64,
+}
+
+impl Server {
+    fn new(tool_count: usize) -> Server {
+        let schema =
+            json!({"type":"object","properties":{"text":{"type":"string"}},"required":["text"]});
+        let tools: Vec<Value> = (0..tool_count.max(1))
+            .map(|i| {
+                let name = if i == 0 {
+                    "echo".to_owned()
+                } else {
+                    format!("tool_{i}")
+                };
+                json!({"name": name, "description": "Returns its `text` argument", "inputSchema": schema})
+            })
+            .collect();
+        let raw = match serde_json::value::to_raw_value(&json!({ "tools": tools })) {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("portcullis-bench-echo: cannot build tools/list: {e}");
+                std::process::exit(1)
+            }
+        };
+        Server {
+            tools: raw,
+            sessions: AtomicU64::new(1),
+        }
+    }
+
+    /// The answer to one message, serialized; `None` for notifications and responses.
+    fn answer(&self, body: &[u8]) -> Option<Vec<u8>> {
+        let msg: Value = match serde_json::from_slice(body) {
+            Ok(v) => v,
+            Err(e) => return Some(error(&Value::Null, -32700, &format!("parse error: {e}"))),
+        };
+        let id = msg.get("id")?;
+        let method = msg.get("method").and_then(Value::as_str)?;
+        let params = msg.get("params");
+        let result = match method {
+            "initialize" => {
+                let asked = params
+                    .and_then(|p| p.get("protocolVersion"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let version = VERSIONS
+                    .iter()
+                    .find(|v| **v == asked)
+                    .unwrap_or(&VERSIONS[3]);
+                json!({"protocolVersion": version, "capabilities": {"tools": {}},
+                       "serverInfo": {"name": "portcullis-bench-echo", "version": "1"}})
+            }
+            "ping" => json!({}),
+            "tools/list" => {
+                return Some(
+                    format!(
+                        r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
+                        id,
+                        self.tools.get()
+                    )
+                    .into_bytes(),
+                )
+            }
+            "tools/call" => {
+                let text = params
+                    .and_then(|p| p.get("arguments"))
+                    .and_then(|a| a.get("text"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                json!({"content": [{"type": "text", "text": text}]})
+            }
+            other => return Some(error(id, -32601, &format!("method `{other}` not found"))),
+        };
+        serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "result": result})).ok()
+    }
+}
+
+fn error(id: &Value, code: i64, message: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({"jsonrpc":"2.0","id":id,"error":{"code":code,"message":message}}))
+        .unwrap_or_default()
+}
+
+fn reply(status: StatusCode, body: Vec<u8>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r
+}
+
+async fn handle(server: Arc<Server>, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match *req.method() {
+        Method::POST => {}
+        Method::DELETE => return reply(StatusCode::OK, Vec::new()),
+        // No server-initiated messages: no standalone stream.
+        _ => return reply(StatusCode::METHOD_NOT_ALLOWED, Vec::new()),
+    }
+    let Ok(body) = req.into_body().collect().await.map(|c| c.to_bytes()) else {
+        return reply(StatusCode::BAD_REQUEST, Vec::new());
+    };
+    let initialize = body
+        .windows(b"\"initialize\"".len())
+        .any(|w| w == b"\"initialize\"");
+    match server.answer(&body) {
+        None => reply(StatusCode::ACCEPTED, Vec::new()),
+        Some(out) => {
+            let mut r = reply(StatusCode::OK, out);
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("application/json"),
+            );
+            if initialize {
+                let n = server.sessions.fetch_add(1, Ordering::Relaxed);
+                if let Ok(v) = header::HeaderValue::from_str(&format!("echo-{n:016x}")) {
+                    r.headers_mut().insert("mcp-session-id", v);
+                }
+            }
+            r
+        }
+    }
+}
+
+async fn serve_http(addr: SocketAddr, server: Arc<Server>) -> std::io::Result<()> {
+    let listener = TcpListener::bind(addr).await?;
+    println!("listening on http://{}/mcp", listener.local_addr()?);
+    loop {
+        let (stream, _) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let server = server.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let server = server.clone();
+                async move { Ok::<_, Infallible>(handle(server, req).await) }
+            });
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .http1_only()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn serve_stdio(server: Arc<Server>) -> std::io::Result<()> {
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let mut out = tokio::io::stdout();
+    while let Some(line) = lines.next_line().await? {
+        if line.trim().is_empty() {
+            continue;
+        }
+        if let Some(mut answer) = server.answer(line.as_bytes()) {
+            answer.push(b'\n');
+            out.write_all(&answer).await?;
+            out.flush().await?;
+        }
+    }
+    Ok(())
+}
+
+fn usage() -> ! {
+    eprintln!("usage: portcullis-bench-echo (--http 127.0.0.1:PORT | --stdio) [--tools N]");
+    std::process::exit(2)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut http = None;
+    let mut stdio = false;
+    let mut tools = 1usize;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--http" => {
+                http = args.get(i + 1).and_then(|a| a.parse::<SocketAddr>().ok());
+                i += 1;
+            }
+            "--stdio" => stdio = true,
+            "--tools" => {
+                tools = args.get(i + 1).and_then(|a| a.parse().ok()).unwrap_or(0);
+                i += 1;
+            }
+            _ => usage(),
+        }
+        i += 1;
+    }
+    let server = Arc::new(Server::new(tools));
+    let result = match (http, stdio) {
+        (Some(addr), false) if addr.ip().is_loopback() => serve_http(addr, server).await,
+        (Some(addr), false) => {
+            eprintln!(
+                "refusing to listen on {addr}: the benchmark server listens on loopback only"
+            );
+            std::process::exit(2)
+        }
+        (None, true) => serve_stdio(server).await,
+        _ => usage(),
+    };
+    if let Err(e) = result {
+        eprintln!("portcullis-bench-echo: {e}");
+        std::process::exit(1);
+    }
+}

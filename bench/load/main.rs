@@ -1,0 +1,448 @@
+//! `make bench` (= `cargo bench --bench load`): throughput and latency of MCP `tools/call`
+//! through Portcullis, against a direct baseline and against peer gateways, all in one run on
+//! one machine, all on loopback.
+//!
+//! Scenarios (32 concurrent sessions is the headline; each is also run with 1 session, which
+//! shows the per-hop latency without queueing):
+//!   (a) direct to our echo upstream (Streamable HTTP)                        the baseline
+//!   (b) Portcullis (runtime = remote) -> the same echo upstream, audit off
+//!   (c) Portcullis -> the fixture server over stdio: process runtime, and the shared Docker
+//!       container when dockerd is usable (skipped loudly otherwise)
+//!   (d) (b) with the audit log on, fsync = group
+//!   (e) tools/list over 50 servers x 20 tools
+//!   peers: ContextForge -> echo upstream (compare with b); supergateway -> fixture over stdio
+//!   (compare with c, process)
+//!   memory: gateway RSS with 1,000 open sessions
+//!
+//! Added latency = (b) - (a) per percentile; throughput as a ratio to (a). The load generator
+//! shares the CPU with everything it measures: its own CPU share is reported per scenario.
+//! Writes bench/results/latest.json and bench/results/latest.md.
+//!
+//! Knobs (environment): BENCH_SESSIONS=32 BENCH_CALLS=2000 (per session) BENCH_PEER_CALLS=100
+//! BENCH_RSS_SESSIONS=1000 BENCH_CF_WORKERS=2.
+
+#[path = "../../tests/common/mod.rs"]
+mod common;
+mod drive;
+mod peers;
+mod procs;
+mod report;
+
+use std::time::Duration;
+
+use drive::{Plan, Target, Work};
+use report::{Cpu, Row};
+
+fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Processes whose CPU time a scenario reports, by role.
+#[derive(Clone, Copy, Default)]
+struct Watch {
+    gateway: Option<u32>,
+    upstream: Option<u32>,
+}
+
+async fn measure(
+    id: &str,
+    label: &str,
+    target: &Target,
+    plan: Plan,
+    watch: Watch,
+) -> Result<Row, String> {
+    let me = std::process::id();
+    let probe = move || {
+        [
+            Some(procs::cpu(me)),
+            watch.gateway.map(procs::tree_cpu),
+            watch.upstream.map(procs::tree_cpu),
+        ]
+    };
+    let perf = profile(id, watch.gateway);
+    let (stats, before, after) = drive::run(target, plan, &probe).await?;
+    drop(perf);
+    let secs = stats.wall.as_secs_f64().max(1e-9);
+    let cores = |i: usize| match (before[i], after[i]) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b).as_secs_f64() / secs),
+        _ => None,
+    };
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let row = Row {
+        id: id.to_owned(),
+        label: label.to_owned(),
+        sessions: plan.sessions,
+        cpu: Cpu {
+            loadgen_share: cores(0).unwrap_or(0.0) / ncpu,
+            gateway_cores: cores(1),
+            upstream_cores: cores(2),
+        },
+        stats,
+    };
+    eprintln!("[bench] {}", row.line());
+    if row.stats.errors > 0 {
+        eprintln!(
+            "[bench]   {} errors; first: {}",
+            row.stats.errors,
+            row.stats.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    Ok(row)
+}
+
+/// With `BENCH_PERF=ID,...`, samples the gateway's CPU with `perf record` (cpu-clock; this
+/// machine has no hardware counters) while scenario ID runs, into `bench/results/perf-ID.data`.
+fn profile(id: &str, pid: Option<u32>) -> Option<procs::Proc> {
+    let wanted = std::env::var("BENCH_PERF").ok()?;
+    let pid = pid?;
+    if !wanted.split(',').any(|w| w == id) {
+        return None;
+    }
+    let out = common::repo_root().join(format!("bench/results/perf-{id}.data"));
+    let mut cmd = std::process::Command::new("perf");
+    cmd.args(["record", "-e", "cpu-clock", "-F", "1999", "-g", "-p"])
+        .arg(pid.to_string())
+        .arg("-o")
+        .arg(&out);
+    let log = std::env::temp_dir().join(format!("perf-{id}.log"));
+    match procs::Proc::spawn("perf", cmd, &log) {
+        Ok(p) => {
+            std::thread::sleep(Duration::from_millis(300));
+            Some(p)
+        }
+        Err(e) => {
+            eprintln!("[bench] cannot profile: {e}");
+            None
+        }
+    }
+}
+
+/// `BENCH_ONLY=a,b,...`: run only these scenarios (for profiling); results are not written.
+fn wanted(id: &str) -> bool {
+    std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|w| w == id))
+}
+
+fn gateway(policy: &str) -> common::Gateway {
+    // `info` is the gateway's default filter; the harness's own default is louder.
+    common::Gateway::start_with(policy, &[("RUST_LOG", "info")])
+}
+
+/// Runs each plan (id suffix, plan) of one scenario against a running gateway.
+async fn through(
+    gw: &common::Gateway,
+    upstream: Option<u32>,
+    id: &str,
+    label: &str,
+    work: Work,
+    plans: &[(&str, Plan)],
+) -> Result<Vec<Row>, String> {
+    let watch = Watch {
+        gateway: Some(gw.child.id()),
+        upstream,
+    };
+    let target = Target {
+        url: gw.url.clone(),
+        work,
+        bearer: None,
+    };
+    let mut rows = Vec::new();
+    for (suffix, plan) in plans {
+        rows.push(measure(&format!("{id}{suffix}"), label, &target, *plan, watch).await?);
+    }
+    Ok(rows)
+}
+
+fn remote_policy(echo: &str, audit: &str) -> String {
+    let port = echo
+        .trim_start_matches("http://127.0.0.1:")
+        .split('/')
+        .next()
+        .unwrap_or("0");
+    format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\n{audit}\n\n[servers.echo]\nruntime = \"remote\"\nurl = \"{echo}\"\negress = {{ allow = [\"127.0.0.1/32:{port}\"] }}\n"
+    )
+}
+
+fn catalog_policy(servers: usize, tools: usize) -> String {
+    let mut p = "[gateway]\nlisten = \"127.0.0.1:0\"\nnaming = \"prefix\"\npage_size = 10000\n\n[audit]\nenabled = false\n".to_owned();
+    for i in 0..servers {
+        p.push_str(&format!(
+            "\n[servers.s{i:02}]\nruntime = \"process\"\ncommand = \"{}\"\nargs = [\"--stdio\", \"--tools\", \"{tools}\"]\n",
+            procs::echo_bin().display()
+        ));
+    }
+    p
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    if let Err(e) = run().await {
+        eprintln!("\n[bench] FAILED: {e}");
+        std::process::exit(1);
+    }
+}
+
+async fn run() -> Result<(), String> {
+    let sessions = env_num("BENCH_SESSIONS", 32);
+    let calls = env_num("BENCH_CALLS", 2000);
+    let peer_calls = env_num("BENCH_PEER_CALLS", 100);
+    let rss_sessions = env_num("BENCH_RSS_SESSIONS", 1000);
+    let cf_workers = env_num("BENCH_CF_WORKERS", 2);
+    let single_calls = (calls * 2).max(200);
+    let load_before = report::load_average();
+    let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
+    let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+    let heavy = Plan {
+        sessions,
+        calls,
+        warmup: 50,
+        deadline: None,
+    };
+    let single = Plan {
+        sessions: 1,
+        calls: single_calls,
+        warmup: 200,
+        deadline: None,
+    };
+    let call = |url: &str, tool: &str| Target {
+        url: url.to_owned(),
+        work: Work::Call(tool.to_owned()),
+        bearer: None,
+    };
+
+    let echo = procs::Echo::start(dir.path())?;
+    let up = Watch {
+        gateway: None,
+        upstream: Some(echo.proc.pid()),
+    };
+
+    // (a) the baseline: straight to the upstream.
+    let direct = call(&echo.url, "echo");
+    if wanted("a") {
+        rows.push(measure("a", "direct to echo upstream", &direct, heavy, up).await?);
+        rows.push(measure("a1", "direct to echo upstream", &direct, single, up).await?);
+    }
+
+    // (b) through Portcullis to the same upstream, audit off.
+    let both = [("", heavy), ("1", single)];
+    let echo_pid = Some(echo.proc.pid());
+    if wanted("b") {
+        let gw = gateway(&remote_policy(&echo.url, "enabled = false"));
+        let label = "Portcullis -> echo (remote)";
+        rows.extend(through(&gw, echo_pid, "b", label, Work::Call("echo".into()), &both).await?);
+    }
+
+    // (d) the same with the audit log on, fsync = group, on the real disk.
+    if wanted("d") {
+        let audit_dir =
+            tempfile::tempdir_in(common::repo_root().join("bench")).map_err(|e| e.to_string())?;
+        let audit = format!(
+            "dir = \"{}\"\nfsync = \"group\"",
+            audit_dir.path().join("log").display()
+        );
+        let gw = gateway(&remote_policy(&echo.url, &audit));
+        let label = "Portcullis -> echo, audit fsync=group";
+        rows.extend(through(&gw, echo_pid, "d", label, Work::Call("echo".into()), &both).await?);
+    }
+
+    // (c) stdio upstream: our fixture server as a child process, and in the shared container.
+    if wanted("c") {
+        let gw = gateway(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{fixture}\"\n",
+        );
+        let label = "Portcullis -> fixture (process, stdio)";
+        rows.extend(through(&gw, None, "c", label, Work::Call("echo".into()), &both).await?);
+    }
+    if wanted("c_docker") {
+        match docker_scenario(&both).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => {
+                let msg = format!("(c) shared Docker container skipped: {e}");
+                eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+                notes.push(msg);
+            }
+        }
+    }
+
+    // (e) tools/list over 50 servers x 20 tools.
+    if wanted("e") {
+        let gw = gateway(&catalog_policy(50, 20));
+        let plan = Plan {
+            calls: (calls / 10).max(20),
+            warmup: 5,
+            ..heavy
+        };
+        let label = "Portcullis tools/list, 50 servers x 20 tools";
+        rows.extend(through(&gw, None, "e", label, Work::List, &[("", plan)]).await?);
+    }
+
+    // Peers.
+    let peer_plan = Plan {
+        sessions,
+        calls: peer_calls,
+        warmup: 5,
+        deadline: Some(Duration::from_secs(60)),
+    };
+    let cf = if wanted("cf") {
+        Some(peers::contextforge(dir.path(), &echo.url, cf_workers).await)
+    } else {
+        None
+    };
+    match cf {
+        None => {}
+        Some(Ok(cf)) => {
+            let w = Watch {
+                gateway: Some(cf.proc.pid()),
+                ..up
+            };
+            let t = Target {
+                url: cf.url.clone(),
+                work: Work::Call(cf.tool.clone()),
+                bearer: cf.bearer.clone(),
+            };
+            let label = format!("ContextForge {} -> echo ({cf_workers} workers)", cf.version);
+            match measure("cf", &label, &t, peer_plan, w).await {
+                Ok(r) => rows.push(r),
+                Err(e) => notes.push(format!("ContextForge run failed: {e}")),
+            }
+            let one = Plan {
+                sessions: 1,
+                calls: peer_calls * 2,
+                warmup: 5,
+                deadline: Some(Duration::from_secs(30)),
+            };
+            match measure("cf1", &label, &t, one, w).await {
+                Ok(r) => rows.push(r),
+                Err(e) => notes.push(format!("ContextForge single-session run failed: {e}")),
+            }
+        }
+        Some(Err(e)) => {
+            let msg = format!("ContextForge not measured: {e}");
+            eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+            notes.push(msg);
+        }
+    }
+    let sg = if wanted("sg") {
+        Some(peers::supergateway(dir.path(), &common::fixture_bin()).await)
+    } else {
+        None
+    };
+    match sg {
+        None => {}
+        Some(Ok(sg)) => {
+            let w = Watch {
+                gateway: Some(sg.proc.pid()),
+                upstream: None,
+            };
+            let t = call(&sg.url, &sg.tool);
+            let label = format!("supergateway {} -> fixture (stdio, stateful)", sg.version);
+            let plan = Plan {
+                calls: (calls / 4).max(50),
+                ..peer_plan
+            };
+            match measure("sg", &label, &t, plan, w).await {
+                Ok(r) => rows.push(r),
+                Err(e) => notes.push(format!("supergateway run failed: {e}")),
+            }
+        }
+        Some(Err(e)) => {
+            let msg = format!("supergateway not measured: {e}");
+            eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+            notes.push(msg);
+        }
+    }
+
+    // Memory: a fresh gateway, idle and then with 1,000 open sessions (each initialized, one
+    // call made, its keep-alive connection still open).
+    if std::env::var("BENCH_ONLY").is_ok() && !wanted("rss") {
+        eprintln!("[bench] BENCH_ONLY is set: results not written");
+        return Ok(());
+    }
+    let rss = {
+        let gw = gateway(&remote_policy(&echo.url, "enabled = false"));
+        let pid = gw.child.id();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let idle = procs::rss_kib(pid).unwrap_or(0);
+        let held = drive::hold(&call(&gw.url, "echo"), rss_sessions).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let loaded = procs::rss_kib(pid).unwrap_or(0);
+        drop(held);
+        report::Rss {
+            sessions: rss_sessions,
+            idle_kib: idle,
+            loaded_kib: loaded,
+        }
+    };
+    eprintln!(
+        "[bench] gateway RSS: idle {:.1} MiB, with {} open sessions {:.1} MiB",
+        rss.idle_kib as f64 / 1024.0,
+        rss.sessions,
+        rss.loaded_kib as f64 / 1024.0
+    );
+
+    if std::env::var("BENCH_ONLY").is_ok() {
+        eprintln!("[bench] BENCH_ONLY is set: results not written");
+        return Ok(());
+    }
+    let context = report::Context {
+        fsync: probe_fsync(&common::repo_root().join("bench"))?,
+        load_before,
+        load_after: report::load_average(),
+    };
+    let out = common::repo_root().join("bench/results");
+    let summary = report::write(&out, &rows, &rss, &notes, &context)?;
+    println!("{summary}");
+    Ok(())
+}
+
+/// Latency of one small append + `fdatasync` on the disk the audit scenario wrote to, the floor
+/// under every audited call (two of them per call): p50 and p99 in microseconds.
+fn probe_fsync(dir: &std::path::Path) -> Result<(f64, f64), String> {
+    use std::io::Write;
+    let tmp = tempfile::tempdir_in(dir).map_err(|e| e.to_string())?;
+    let mut f = std::fs::File::create(tmp.path().join("probe")).map_err(|e| e.to_string())?;
+    let record = [b'x'; 320];
+    let mut lat = Vec::with_capacity(500);
+    for _ in 0..500 {
+        let t = std::time::Instant::now();
+        f.write_all(&record).map_err(|e| e.to_string())?;
+        f.sync_data().map_err(|e| e.to_string())?;
+        lat.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    lat.sort_by(|a, b| a.total_cmp(b));
+    Ok((lat[lat.len() / 2], lat[lat.len() * 99 / 100]))
+}
+
+/// (c) with the fixture server in the shared Docker container, when dockerd is usable.
+async fn docker_scenario(plans: &[(&str, Plan)]) -> Result<Vec<Row>, String> {
+    // Locally a missing engine skips; under CI=true the harness panics, which is the rule.
+    let scope = common::docker::Scope::new("bench-load");
+    let Some(_rt) = common::docker::runtime(&scope.name).await else {
+        return Err("Docker is not usable (see the message above)".to_owned());
+    };
+    let policy = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"docker\"\nimage = \"{}\"\nlifecycle = \"shared\"\nlimits = {{ memory = \"64m\", pids = 32 }}\n",
+        common::docker::FIXTURE_IMAGE
+    );
+    let gw = common::Gateway::start_with(
+        &policy,
+        &[
+            ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    let label = "Portcullis -> fixture (Docker, shared)";
+    through(
+        &gw,
+        None,
+        "c_docker",
+        label,
+        Work::Call("echo".into()),
+        plans,
+    )
+    .await
+}
