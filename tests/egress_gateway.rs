@@ -200,6 +200,31 @@ fn host_dns_answers(server: SocketAddr) -> bool {
     s.recv_from(&mut buf).is_ok()
 }
 
+/// What a gateway killed by a failing test leaves on the host (a gateway that stops normally
+/// removes it all itself): the namespaces of its process servers with their host-forward rules
+/// and resolver configuration, and the table. Declared before the gateway, so it runs after
+/// the gateway is killed.
+struct Leftovers(Vec<String>);
+
+impl Drop for Leftovers {
+    fn drop(&mut self) {
+        for server in &self.0 {
+            let iface = ruleset::iface_name(server);
+            let netns = format!("pcs-{}", &iface[ruleset::IFACE_PREFIX.len()..]);
+            let _ = Command::new("ip").args(["netns", "del", &netns]).output();
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&netns));
+            for dir in ["-i", "-o"] {
+                let _ = Command::new("iptables")
+                    .args(["-D", "DOCKER-USER", dir, &iface, "-j", "ACCEPT"])
+                    .output();
+            }
+        }
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", ruleset::TABLE])
+            .output();
+    }
+}
+
 /// A TCP service in the host's own namespace (the gateway's host): a sandbox must not reach it.
 fn host_service() -> u16 {
     let l = TcpListener::bind("0.0.0.0:0").expect("bind host service");
@@ -413,6 +438,7 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     };
     let host_port = host_service();
     let (a, b, p, n) = names(&tag);
+    let _leftovers = Leftovers(vec![p.clone()]);
     let servers = [
         server(
             &a,
@@ -754,6 +780,7 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
     };
     let a = format!("fa{tag}");
     let p = format!("fp{tag}");
+    let _leftovers = Leftovers(vec![p.clone()]);
     let policy = policy(
         &lab,
         &audit,
@@ -775,20 +802,7 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
     let pid_before = probe_pid(&mut c, &p).await;
 
     // Someone replaces the table with one they own: the gateway cannot put its own back.
-    let mut thief = Command::new("nft")
-        .arg("-i")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("nft -i");
-    let mut stdin = thief.stdin.take().unwrap();
-    writeln!(
-        stdin,
-        "delete table inet {t}; add table inet {t} {{ flags owner; }}",
-        t = ruleset::TABLE
-    )
-    .unwrap();
-    stdin.flush().unwrap();
+    let thief = Thief::take_table();
 
     await_record(&audit, Duration::from_secs(10), "restore failed", |r| {
         r["kind"] == "tamper"
@@ -824,9 +838,7 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
     );
 
     // The owner goes away: the gateway restores its table and the servers come back, enforced.
-    drop(stdin);
-    let _ = thief.kill();
-    let _ = thief.wait();
+    drop(thief);
     await_record(&audit, Duration::from_secs(10), "restored", |r| {
         r["kind"] == "tamper" && r["detail"].as_str().is_some_and(|d| d.contains("restored"))
     })
@@ -878,6 +890,7 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
     };
     let a = format!("ra{tag}");
     let p = format!("rp{tag}");
+    let _leftovers = Leftovers(vec![p.clone()]);
     let with = |allow: &str| {
         policy(
             &lab,
@@ -925,6 +938,39 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
     }
     assert!(gw.terminate(Duration::from_secs(60)).success());
     assert!(nft_table().is_none(), "table left after shutdown");
+}
+
+/// An `nft -i` session that replaced the table with one it owns (`flags owner`): no other
+/// netlink socket may change or delete it while the session lives. Killed on drop (also when
+/// the test fails), which makes the kernel delete its table.
+struct Thief(std::process::Child);
+
+impl Thief {
+    fn take_table() -> Thief {
+        let mut child = Command::new("nft")
+            .arg("-i")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("nft -i");
+        let stdin = child.stdin.as_mut().expect("stdin");
+        // One line is one transaction: the table is never missing in between.
+        writeln!(
+            stdin,
+            "delete table inet {t}; add table inet {t} {{ flags owner; }}",
+            t = ruleset::TABLE
+        )
+        .expect("write to nft");
+        stdin.flush().expect("flush nft");
+        Thief(child)
+    }
+}
+
+impl Drop for Thief {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 async fn probe_pid(c: &mut Mcp, server: &str) -> String {
