@@ -6,7 +6,7 @@
 # Env: FUZZ_SECONDS=300     time per target
 #      FUZZ_JOBS=1          targets run at once (each is one libFuzzer process on one core)
 #      FUZZ_SANITIZER=none  or address (AddressSanitizer; slower, needs the toolchain's ASan runtime)
-#      FUZZ_TOOLCHAIN=stable
+#      FUZZ_TOOLCHAIN=         a rustup toolchain name (e.g. stable); default: the one cargo runs
 #
 # cargo-fuzz passes unstable compiler flags (-Z..., --cfg fuzzing). RUSTC_BOOTSTRAP=1 lets the
 # stable toolchain accept them, and without a sanitizer no nightly-only runtime is needed, so a
@@ -17,27 +17,30 @@ cd "$(dirname "$0")"
 SECONDS_EACH=${FUZZ_SECONDS:-300}
 JOBS=${FUZZ_JOBS:-1}
 SANITIZER=${FUZZ_SANITIZER:-none}
-TOOLCHAIN=${FUZZ_TOOLCHAIN:-stable}
+TOOLCHAIN=${FUZZ_TOOLCHAIN:-}
+# A fresh machine may name its one toolchain by version only: no +toolchain unless asked.
+tc=()
+[ -n "$TOOLCHAIN" ] && tc=("+$TOOLCHAIN")
 export RUSTC_BOOTSTRAP=1
 command -v cargo-fuzz >/dev/null || { echo "fuzz/run.sh: cargo-fuzz is missing: bash tests/setup/install-deps.sh fuzz" >&2; exit 2; }
 
 if [ $# -gt 0 ]; then
   targets=("$@")
 else
-  mapfile -t targets < <(cargo "+$TOOLCHAIN" fuzz list)
+  mapfile -t targets < <(cargo "${tc[@]}" fuzz list)
 fi
 logs=$(mktemp -d)
 trap 'rm -rf "$logs"' EXIT
 
-echo "fuzz: building ${#targets[@]} target(s) with $(cargo "+$TOOLCHAIN" --version) (sanitizer: $SANITIZER)"
-cargo "+$TOOLCHAIN" fuzz build -s "$SANITIZER" >"$logs/build" 2>&1 || { cat "$logs/build" >&2; exit 2; }
+echo "fuzz: building ${#targets[@]} target(s) with $(cargo "${tc[@]}" --version) (sanitizer: $SANITIZER)"
+cargo "${tc[@]}" fuzz build -s "$SANITIZER" >"$logs/build" 2>&1 || { cat "$logs/build" >&2; exit 2; }
 
 run_one() {
   local t=$1 dict=()
   [ -f "dict/$t.dict" ] && dict=("-dict=dict/$t.dict")
   mkdir -p "corpus/$t"
   # -timeout: one input may take 10 s at most (a hang is a finding too).
-  cargo "+$TOOLCHAIN" fuzz run -s "$SANITIZER" "$t" "corpus/$t" -- \
+  cargo "${tc[@]}" fuzz run -s "$SANITIZER" "$t" "corpus/$t" -- \
     -max_total_time="$SECONDS_EACH" -timeout=10 -print_final_stats=1 "${dict[@]}" \
     >"$logs/$t" 2>&1
 }
@@ -77,7 +80,7 @@ if [ ${#failed[@]} -gt 0 ]; then
   done
   echo
   echo "fuzz: ${#failed[@]} target(s) crashed: ${failed[*]}"
-  echo "Reproduce: cargo +$TOOLCHAIN fuzz run -s $SANITIZER TARGET fuzz/artifacts/TARGET/FILE (with RUSTC_BOOTSTRAP=1)."
+  echo "Reproduce: cargo ${tc[*]} fuzz run -s $SANITIZER TARGET fuzz/artifacts/TARGET/FILE (with RUSTC_BOOTSTRAP=1)."
   echo "Once fixed, add the input to fuzz/regressions/TARGET/ and a unit test with it."
   exit 1
 fi
