@@ -237,7 +237,10 @@ async fn run() -> Result<(), String> {
     }
 
     // (d) the same with the audit log on, fsync = group, on the real disk.
+    let mut fsync = None;
     if wanted("d") {
+        // The disk's own fsync latency right before the audited run: the floor under it.
+        fsync = Some(probe_fsync(&common::repo_root().join("bench"))?);
         let audit_dir =
             tempfile::tempdir_in(common::repo_root().join("bench")).map_err(|e| e.to_string())?;
         let audit = format!(
@@ -389,7 +392,10 @@ async fn run() -> Result<(), String> {
         return Ok(());
     }
     let context = report::Context {
-        fsync: probe_fsync(&common::repo_root().join("bench"))?,
+        fsync: match fsync {
+            Some(f) => f,
+            None => probe_fsync(&common::repo_root().join("bench"))?,
+        },
         load_before,
         load_after: report::load_average(),
     };
