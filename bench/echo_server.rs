@@ -19,7 +19,6 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 
 const VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-25"];
@@ -167,17 +166,20 @@ async fn serve_http(addr: SocketAddr, server: Arc<Server>) -> std::io::Result<()
     }
 }
 
-async fn serve_stdio(server: Arc<Server>) -> std::io::Result<()> {
-    let mut lines = BufReader::new(tokio::io::stdin()).lines();
-    let mut out = tokio::io::stdout();
-    while let Some(line) = lines.next_line().await? {
+/// One line in, one line out: nothing to overlap, so plain blocking I/O.
+fn serve_stdio(server: &Server) -> std::io::Result<()> {
+    use std::io::{BufRead, Write};
+    let stdin = std::io::stdin();
+    let mut out = std::io::stdout().lock();
+    for line in stdin.lock().lines() {
+        let line = line?;
         if line.trim().is_empty() {
             continue;
         }
         if let Some(mut answer) = server.answer(line.as_bytes()) {
             answer.push(b'\n');
-            out.write_all(&answer).await?;
-            out.flush().await?;
+            out.write_all(&answer)?;
+            out.flush()?;
         }
     }
     Ok(())
@@ -188,8 +190,7 @@ fn usage() -> ! {
     std::process::exit(2)
 }
 
-#[tokio::main]
-async fn main() {
+fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let mut http = None;
     let mut stdio = false;
@@ -212,14 +213,16 @@ async fn main() {
     }
     let server = Arc::new(Server::new(tools));
     let result = match (http, stdio) {
-        (Some(addr), false) if addr.ip().is_loopback() => serve_http(addr, server).await,
+        (Some(addr), false) if addr.ip().is_loopback() => {
+            tokio::runtime::Runtime::new().and_then(|rt| rt.block_on(serve_http(addr, server)))
+        }
         (Some(addr), false) => {
             eprintln!(
                 "refusing to listen on {addr}: the benchmark server listens on loopback only"
             );
             std::process::exit(2)
         }
-        (None, true) => serve_stdio(server).await,
+        (None, true) => serve_stdio(&server),
         _ => usage(),
     };
     if let Err(e) = result {

@@ -186,7 +186,7 @@ pub fn write(
     let m = &summary["machine"];
     let _ = writeln!(
         md,
-        "Measured {} on {} ({} cores, {} GiB RAM, Linux {}); load generator, gateways and upstreams share those cores. Load average before / after the run: {:.1} / {:.1}; fdatasync of a 320-byte append on the audit disk: p50 {:.0} µs, p99 {:.0} µs.\n",
+        "Measured {} on {} ({} cores, {} GiB RAM, Linux {}); load generator, gateways and upstreams share those cores. Load average before / after the run: {:.1} / {:.1}; fdatasync of a 320-byte append on the audit disk right before (d): p50 {:.0} µs, p99 {:.0} µs.\n",
         date,
         m["cpu_model"].as_str().unwrap_or("?"),
         m["cores"],
