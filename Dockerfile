@@ -12,10 +12,12 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends pkg-config libnftnl-dev libmnl-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-# The manifest names these targets, so they must exist for cargo to read it.
+# The manifest names these targets, so they must exist for cargo to read it; the binary embeds
+# policy/default.toml.
 COPY Cargo.toml Cargo.lock ./
 COPY bench/ bench/
 COPY tests/fixture_server/ tests/fixture_server/
+COPY policy/default.toml policy/default.toml
 COPY src/ src/
 RUN cargo build --release --locked --bin portcullis \
  && strip target/release/portcullis
@@ -24,7 +26,7 @@ FROM ${RUNTIME_IMAGE}
 # libnftnl/libmnl: the egress table is programmed over netlink in process (no nft binary needed).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends libnftnl11 libmnl0 ca-certificates \
- && rm -rf /var/lib/apt/lists/* \
+ && rm -rf /var/lib/apt/lists/* /var/cache/apt/*.bin \
  && groupadd --gid 65532 nonroot \
  && useradd --uid 65532 --gid 65532 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin nonroot \
  && install -d -o 65532 -g 0 -m 0770 /var/lib/portcullis/audit /var/lib/portcullis/state

@@ -287,13 +287,43 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
         .await
         .expect("tools/call env_get");
     assert_eq!(text_of(&r), SECRET);
-    client.cancel().await.ok();
     let sandboxes = containers_in(&rt, &scope.name).await;
     assert_eq!(
         sandboxes.len(),
         1,
         "the gateway started its server: {sandboxes:?}"
     );
+
+    // Editing the mounted policy and sending SIGHUP (through the container's init) reloads it
+    // under the live session: the listener opt-in carries over to reloads.
+    let policy = project.dir.path().join("policy.toml");
+    let mut text = std::fs::read_to_string(&policy).expect("read policy");
+    text.push_str("\n[servers.fixture.tools]\ndeny = [\"echo\"]\n");
+    // In place (same inode): a single-file bind mount keeps showing the file it was given.
+    std::fs::write(&policy, text).expect("edit policy");
+    run(project.compose().args(["kill", "-s", "HUP", "portcullis"]));
+    let start = Instant::now();
+    loop {
+        let tools = client
+            .list_all_tools()
+            .await
+            .expect("tools/list after reload");
+        if !tools.iter().any(|t| t.name == "echo") {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "echo still listed after the reload:\n{}",
+            project.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        !project.logs().contains("policy reload rejected"),
+        "{}",
+        project.logs()
+    );
+    client.cancel().await.ok();
 
     // Another container on the project's network reaches the gateway's address but is cut off
     // before a byte is read; the host's loopback (above) and the container's own healthcheck

@@ -64,6 +64,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         listen: args.listen,
         audit_dir: args.audit_dir.clone(),
         state_dir: args.state_dir.clone(),
+        published_on_host_loopback: args.published_on_host_loopback,
     };
     let (policy, text) = reload::load(args.policy.as_ref(), &overrides)?;
     let sha256 = reload::text_sha256(&text);

@@ -57,6 +57,10 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub audit_dir: Option<PathBuf>,
     pub state_dir: Option<PathBuf>,
+    /// `serve --published-on-host-loopback`: the listener was verified at start-up and accepts
+    /// only loopback and bridge-gateway peers, whatever a reloaded policy says about TLS and
+    /// clients (its address cannot change without a restart).
+    pub published_on_host_loopback: bool,
 }
 
 impl Overrides {
@@ -341,7 +345,9 @@ impl Reloader {
         };
         let requires_restart = diff::keep_running(&mut policy, &running.policy);
         if let Some(why) = policy.listener_exposure() {
-            return Err((Some(sha256), why));
+            if !self.overrides.published_on_host_loopback {
+                return Err((Some(sha256), why));
+            }
         }
         let mut d = diff::diff(&running.policy, &policy);
         for (name, digest) in &secrets {
