@@ -24,27 +24,7 @@ lifecycle = "{lifecycle}"
 
 /// Child processes of the gateway (its running servers).
 fn children(gw: &Gateway) -> Vec<u32> {
-    let me = gw.child.id();
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        // Fields after the command name, which is in parentheses and may hold spaces.
-        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r.to_owned()) else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(me)
-            && fields.first() != Some(&"Z")
-        {
-            out.push(pid);
-        }
-    }
-    out
+    common::child_pids(gw.child.id())
 }
 
 fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {

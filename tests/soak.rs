@@ -95,29 +95,6 @@ fn open_fds(pid: u32) -> usize {
         .unwrap_or(0)
 }
 
-/// Live (non-zombie) child processes of `parent`.
-fn children(parent: u32) -> Vec<u32> {
-    let mut out = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
-            continue;
-        };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-            continue;
-        };
-        let Some((_, rest)) = stat.rsplit_once(')') else {
-            continue;
-        };
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
-            && fields.first() != Some(&"Z")
-        {
-            out.push(pid);
-        }
-    }
-    out
-}
-
 #[derive(Default)]
 struct Tally {
     requests: AtomicU64,
@@ -307,7 +284,7 @@ async fn mixed_load_with_kills_and_reloads_loses_nothing_and_leaks_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
         if Instant::now() >= next_kill {
             next_kill += kill_every;
-            let victims = children(pid);
+            let victims = common::child_pids(pid);
             if let Some(v) = victims.get(kills as usize % victims.len().max(1)) {
                 let _ = nix::sys::signal::kill(
                     nix::unistd::Pid::from_raw(*v as i32),
@@ -347,7 +324,7 @@ async fn mixed_load_with_kills_and_reloads_loses_nothing_and_leaks_nothing() {
     // Let per-session servers and restarted ones settle, then compare with the baseline.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let (rss_end, fds_end) = (rss_kb(pid), open_fds(pid));
-    let kids = children(pid);
+    let kids = common::child_pids(pid);
     let t = &tally;
     eprintln!(
         "soak: {secs} s, {} sessions, {} requests: {} ok, {} errors, {} unanswered; \

@@ -363,3 +363,27 @@ pub fn audit_verify(dir: &Path) -> (bool, String) {
 pub fn exists(p: &Path) -> bool {
     p.exists()
 }
+
+/// Live (non-zombie) child processes of `parent`, read from /proc.
+pub fn child_pids(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
+        // Fields after the command name, which is in parentheses and may hold spaces.
+        let Some((_, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.get(1).and_then(|p| p.parse::<u32>().ok()) == Some(parent)
+            && fields.first() != Some(&"Z")
+        {
+            out.push(pid);
+        }
+    }
+    out
+}
