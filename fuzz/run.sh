@@ -7,6 +7,7 @@
 #      FUZZ_JOBS=1          targets run at once (each is one libFuzzer process on one core)
 #      FUZZ_SANITIZER=none  or address (AddressSanitizer; slower, needs the toolchain's ASan runtime)
 #      FUZZ_TOOLCHAIN=         a rustup toolchain name (e.g. stable); default: the one cargo runs
+#      FUZZ_LOG_DIR=        keep each target's libFuzzer output there (default: a temporary folder)
 #
 # cargo-fuzz passes unstable compiler flags (-Z..., --cfg fuzzing). RUSTC_BOOTSTRAP=1 lets the
 # stable toolchain accept them, and without a sanitizer no nightly-only runtime is needed, so a
@@ -29,8 +30,14 @@ if [ $# -gt 0 ]; then
 else
   mapfile -t targets < <(cargo "${tc[@]}" fuzz list)
 fi
-logs=$(mktemp -d)
-trap 'rm -rf "$logs"' EXIT
+if [ -n "${FUZZ_LOG_DIR:-}" ]; then
+  logs=$FUZZ_LOG_DIR
+  mkdir -p "$logs"
+  rm -f "$logs"/*.ok
+else
+  logs=$(mktemp -d)
+  trap 'rm -rf "$logs"' EXIT
+fi
 
 echo "fuzz: building ${#targets[@]} target(s) with $(cargo "${tc[@]}" --version) (sanitizer: $SANITIZER)"
 cargo "${tc[@]}" fuzz build -s "$SANITIZER" >"$logs/build" 2>&1 || { cat "$logs/build" >&2; exit 2; }

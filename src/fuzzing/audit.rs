@@ -7,7 +7,7 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 
 use crate::audit::verify::verify_segments;
 
-/// The seed of the checkpoint key the committed seed logs were signed with (fuzz/seeds/README.md).
+/// The seed of the checkpoint key the committed seed logs are signed with (fuzz/seeds/README.md).
 /// A fuzzing key: it protects nothing.
 pub const SEED_LOG_KEY: [u8; 32] = [0x42; 32];
 
