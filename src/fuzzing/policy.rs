@@ -1,12 +1,16 @@
 //! The policy: TOML -> validated policy with located diagnostics, and `policy import`.
 
+use std::collections::BTreeSet;
+use std::sync::OnceLock;
+
 use crate::egress::ruleset;
-use crate::policy::{self, show, PolicyError};
+use crate::policy::diff::{diff, keep_running};
+use crate::policy::{self, show, Policy, PolicyError};
 
 const ORIGIN: &str = "fuzz.toml";
 
-/// A policy file: either a valid policy that `policy show` and `firewall plan` can render, or
-/// diagnostics that point inside the file.
+/// A policy file: either a valid policy that `policy show` and `firewall plan` can render and
+/// that hot reload compares sanely, or diagnostics that point inside the file.
 pub fn policy_toml(data: &[u8]) {
     // The loader reads files as UTF-8 and refuses anything else before parsing.
     let Ok(src) = std::str::from_utf8(data) else {
@@ -16,9 +20,36 @@ pub fn policy_toml(data: &[u8]) {
         Ok(p) => {
             let _ = show::render(&p);
             let _ = ruleset::plan(&p);
+            check_reload(&p);
         }
         Err(e) => check_diagnostics(src, &e),
     }
+}
+
+/// Reloading an unchanged file changes nothing (no server restarts, no session revoked), and a
+/// change seen from either side adds what the other removes.
+fn check_reload(p: &Policy) {
+    let same = diff(p, p);
+    assert!(
+        same.is_empty(),
+        "reloading the same policy changes {same:?}"
+    );
+    let mut copy = p.clone();
+    let kept = keep_running(&mut copy, p);
+    assert!(
+        kept.is_empty(),
+        "the same policy needs a restart for {kept:?}"
+    );
+
+    static DEFAULT: OnceLock<Option<Policy>> = OnceLock::new();
+    let Some(default) = DEFAULT.get_or_init(|| policy::default_policy().ok()) else {
+        return;
+    };
+    let forward = diff(default, p);
+    let backward = diff(p, default);
+    let set = |v: &[String]| v.iter().cloned().collect::<BTreeSet<_>>();
+    assert_eq!(set(&forward.servers.added), set(&backward.servers.removed));
+    assert_eq!(set(&forward.servers.removed), set(&backward.servers.added));
 }
 
 /// A Claude `.mcp.json` or `servers.json`: its import is a policy that passes `parse`, as
