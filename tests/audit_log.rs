@@ -188,6 +188,49 @@ fn fail_closed_refuses_every_append_after_a_write_error() {
     });
 }
 
+/// Puts a pipe under the writer's fd: `write(2)` still succeeds, `fdatasync` fails (EINVAL).
+/// Returns the read end, which must stay open for the writes to succeed.
+fn unsyncable_segment(path: &std::path::Path) -> std::os::fd::OwnedFd {
+    let (fd, saved) = break_segment(path);
+    let _ = nix::unistd::close(saved);
+    let (read, write) = nix::unistd::pipe().expect("pipe");
+    nix::unistd::dup2(write.as_raw_fd(), fd).expect("dup2 pipe");
+    read
+}
+
+#[test]
+fn a_failed_fdatasync_in_group_mode_acknowledges_nothing_and_stops_the_log() {
+    // Whatever fail_closed says: after a failed fdatasync the kernel may have dropped the
+    // batch's pages, so no record written since can be called durable.
+    for fail_closed in [true, false] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let (key, _) = keygen(tmp.path(), "k");
+        let dir = tmp.path().join("log");
+        let mut cfg = config(&dir);
+        cfg.fsync = FsyncMode::Group;
+        cfg.fail_closed = fail_closed;
+        let key = keys::read_signing(&key).expect("key");
+        rt().block_on(async {
+            let log = AuditLog::open(&cfg, Some(key)).expect("open");
+            log.append(event(0)).await.expect("first append");
+            let _pipe = unsyncable_segment(&segment(&dir, 1));
+            let appends: Vec<_> = (1..9).map(|i| log.append(event(i))).collect();
+            for r in futures_util::future::join_all(appends).await {
+                let e = r.expect_err("no record may be acknowledged without a good sync");
+                let text = e.to_string();
+                assert!(
+                    text.contains("fdatasync failed") || matches!(e, AuditError::Failed(_)),
+                    "{text}"
+                );
+            }
+            let failure = log.failure().expect("the log stopped");
+            assert!(failure.contains("fdatasync failed"), "{failure}");
+            let e = log.append(event(9)).await.expect_err("stopped");
+            assert!(matches!(e, AuditError::Failed(_)), "{e:?}");
+        });
+    }
+}
+
 #[test]
 fn fail_open_loses_the_batch_but_keeps_the_chain_intact() {
     let tmp = tempfile::tempdir().expect("tempdir");

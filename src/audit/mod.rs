@@ -73,6 +73,7 @@ pub mod record;
 mod recover;
 pub mod segment;
 pub mod sinks;
+mod syncer;
 pub mod verify;
 pub mod writer;
 

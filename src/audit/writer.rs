@@ -18,6 +18,7 @@ use super::config::AuditConfig;
 use super::error::AuditError;
 use super::merkle::Frontier;
 use super::record::{format_ts, AuditEvent, Kind, Redact, FORMAT_VERSION};
+use super::syncer::{self, Job, Reply, Syncer};
 use super::{canonical, checkpoint, keys, recover, segment};
 use crate::policy::FsyncMode;
 
@@ -43,6 +44,15 @@ struct Shared {
 }
 
 impl Shared {
+    fn set_failed(&self, err: &str) {
+        if let Ok(mut g) = self.failed.lock() {
+            if g.is_none() {
+                *g = Some(err.to_string());
+            }
+        }
+        self.is_failed.store(true, Ordering::Release);
+    }
+
     fn failure(&self) -> Option<String> {
         if !self.is_failed.load(Ordering::Acquire) {
             return None;
@@ -109,6 +119,17 @@ impl AuditLog {
         };
         let file =
             open_segment(&path, fresh).map_err(|e| err(format!("{}: {e}", path.display())))?;
+        let shared = Arc::new(Shared {
+            failed: Mutex::new(None),
+            is_failed: AtomicBool::new(false),
+        });
+        let syncer = match config.fsync {
+            FsyncMode::Group => Some(
+                Syncer::start(sync_failure(shared.clone(), dir.clone()))
+                    .map_err(|e| err(format!("cannot start the sync thread: {e}")))?,
+            ),
+            FsyncMode::Always | FsyncMode::None => None,
+        };
         if fresh {
             // The new file's directory entry must be durable before any record in it counts.
             sync_dir(&dir).map_err(|e| err(e.to_string()))?;
@@ -129,12 +150,10 @@ impl AuditLog {
             seg_len: len,
             seg_records: 0,
             seg_opened: Instant::now(),
-            file,
+            file: Arc::new(file),
             dirty: false,
-            shared: Arc::new(Shared {
-                failed: Mutex::new(None),
-                is_failed: AtomicBool::new(false),
-            }),
+            shared,
+            syncer,
             _lock: lock,
         };
         if tail.next_seq > 0 && tail.prev == GENESIS {
@@ -352,10 +371,12 @@ struct Writer {
     /// Records in the current segment written by this process.
     seg_records: u64,
     seg_opened: Instant,
-    file: File,
+    file: Arc<File>,
     /// Bytes of an unfinished batch may be in the file.
     dirty: bool,
     shared: Arc<Shared>,
+    /// Group mode: batches are synced and acknowledged there while the next one is written.
+    syncer: Option<Syncer>,
     _lock: File,
 }
 
@@ -369,7 +390,17 @@ struct Snapshot {
     seg_records: u64,
 }
 
-type Reply = oneshot::Sender<Result<Seq, AuditError>>;
+/// What the sync thread does when `fdatasync` fails: the log stops whatever `fail_closed`
+/// says, because the records of that batch (and any written after it) cannot be proven durable;
+/// with `fail_closed = false` the gateway goes on unaudited.
+fn sync_failure(shared: Arc<Shared>, dir: PathBuf) -> syncer::OnFailure {
+    Box::new(move |e: &str| {
+        let err = format!("fdatasync failed: {e}");
+        shared.set_failed(&err);
+        tracing::error!(error = %err, dir = %dir.display(), "AUDIT LOG FAILED: records written since the last good sync may be lost; the log accepts no more records until the gateway is restarted");
+        AuditError::Io(err)
+    })
+}
 
 impl Writer {
     /// Records written synchronously at open: the new segment's header and what recovery did.
@@ -542,13 +573,24 @@ impl Writer {
                 return;
             }
         }
-        let sync = self.cfg.fsync != FsyncMode::None;
+        let sync = self.cfg.fsync == FsyncMode::Always;
         match self.write_durable(&buf, sync) {
-            Ok(()) => {
-                for (seq, r) in waiting {
-                    let _ = r.send(Ok(seq));
+            Ok(()) => match &self.syncer {
+                Some(s) => {
+                    if let Err(Job::Written { waiting, .. }) = s.submit(self.file.clone(), waiting)
+                    {
+                        let e = self.fail("the audit sync thread is gone");
+                        for (_, r) in waiting {
+                            let _ = r.send(Err(e.clone()));
+                        }
+                    }
                 }
-            }
+                None => {
+                    for (seq, r) in waiting {
+                        let _ = r.send(Ok(seq));
+                    }
+                }
+            },
             Err(e) => {
                 let mut err = e.to_string();
                 if let Err(e2) = self.restore(snap) {
@@ -576,12 +618,7 @@ impl Writer {
     }
 
     fn set_failed(&self, err: &str) {
-        if let Ok(mut g) = self.shared.failed.lock() {
-            if g.is_none() {
-                *g = Some(err.to_string());
-            }
-        }
-        self.shared.is_failed.store(true, Ordering::Release);
+        self.shared.set_failed(err);
     }
 
     /// Adds the header, serializes, and advances the chain state (in memory only).
@@ -664,7 +701,8 @@ impl Writer {
         let file = open_segment(&path, true).map_err(|e| format!("{}: {e}", path.display()))?;
         sync_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let old = segment::name(self.seg_index);
-        self.file = file;
+        // Batches still waiting for their sync keep the old file open until it is done.
+        self.file = Arc::new(file);
         self.seg_index = next;
         self.seg_path = path;
         self.seg_len = 0;
@@ -680,7 +718,7 @@ impl Writer {
     fn write_durable(&mut self, buf: &[u8], sync: bool) -> std::io::Result<()> {
         let mut rest = buf;
         while !rest.is_empty() {
-            match self.file.write(rest) {
+            match (&*self.file).write(rest) {
                 Ok(0) => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::WriteZero,
@@ -704,6 +742,10 @@ impl Writer {
     }
 
     fn finish(&mut self) -> Result<(), AuditError> {
+        if let Some(s) = self.syncer.take() {
+            // Joins the sync thread after every handed-over batch is acknowledged.
+            drop(s);
+        }
         if let Some(reason) = self.shared.failure() {
             return Err(AuditError::Failed(reason));
         }

@@ -557,13 +557,24 @@ impl Remote {
                 let h = tokio::spawn(async move { me.legacy_read_loop(reader).await });
                 self.track(h.abort_handle());
                 let me = self.clone();
-                let h = tokio::spawn(async move { me.write_loop(mode, outbox, endpoint).await });
+                let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_POSTS));
+                let h =
+                    tokio::spawn(
+                        async move { me.write_loop(mode, outbox, endpoint, permits).await },
+                    );
                 self.track(h.abort_handle());
             }
             None => {
+                let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_POSTS));
+                self.conn.set_direct(Box::new(DirectPost {
+                    remote: Arc::downgrade(self),
+                    to: self.url.clone(),
+                    permits: permits.clone(),
+                }));
                 let me = self.clone();
                 let url = self.url.clone();
-                let h = tokio::spawn(async move { me.write_loop(mode, outbox, url).await });
+                let h =
+                    tokio::spawn(async move { me.write_loop(mode, outbox, url, permits).await });
                 self.track(h.abort_handle());
                 let me = self.clone();
                 let h = tokio::spawn(async move { me.get_loop().await });
@@ -573,31 +584,37 @@ impl Remote {
     }
 
     /// Drains the connection's outbox: one POST per message, concurrently (a long tool call
-    /// must not hold up a `notifications/cancelled` behind it).
-    async fn write_loop(self: Arc<Self>, mode: Mode, mut outbox: mpsc::Receiver<Bytes>, to: Uri) {
-        let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_POSTS));
+    /// must not hold up a `notifications/cancelled` behind it). In Streamable mode this only
+    /// sees what [`DirectPost`] gave back for lack of a free slot, and what was queued before.
+    async fn write_loop(
+        self: Arc<Self>,
+        mode: Mode,
+        mut outbox: mpsc::Receiver<Bytes>,
+        to: Uri,
+        permits: Arc<Semaphore>,
+    ) {
         while let Some(msg) = outbox.recv().await {
             let Ok(permit) = permits.clone().acquire_owned().await else {
                 break;
             };
+            let request_id = match Message::parse(&msg) {
+                Ok(Message::Request(r)) => match r.id {
+                    Id::Num(n) => u64::try_from(n).ok(),
+                    Id::Str(_) => None,
+                },
+                _ => None,
+            };
             let me = self.clone();
             let to = to.clone();
             tokio::spawn(async move {
-                me.post(mode, &to, msg).await;
+                me.post(mode, &to, msg, request_id).await;
                 drop(permit);
             });
         }
     }
 
     /// Sends one message and handles what comes back.
-    async fn post(&self, mode: Mode, to: &Uri, msg: Bytes) {
-        let request_id = match Message::parse(&msg) {
-            Ok(Message::Request(r)) => match r.id {
-                Id::Num(n) => u64::try_from(n).ok(),
-                Id::Str(_) => None,
-            },
-            _ => None,
-        };
+    async fn post(&self, mode: Mode, to: &Uri, msg: Bytes, request_id: Option<u64>) {
         let limit = if request_id.is_some() {
             LONG_EXCHANGE
         } else {
@@ -935,6 +952,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     out
+}
+
+/// Streamable HTTP's direct path: the caller's message becomes its own POST task at once.
+struct DirectPost {
+    // Weak: the connection (which holds this) is owned by the remote.
+    remote: std::sync::Weak<Remote>,
+    to: Uri,
+    permits: Arc<Semaphore>,
+}
+
+impl super::connection::Direct for DirectPost {
+    fn try_take(&self, msg: Bytes, request_id: Option<u64>) -> Result<(), Bytes> {
+        let Some(remote) = self.remote.upgrade() else {
+            return Err(msg);
+        };
+        if remote.is_dead() {
+            return Err(msg);
+        }
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+            return Err(msg);
+        };
+        let to = self.to.clone();
+        tokio::spawn(async move {
+            remote.post(Mode::Streamable, &to, msg, request_id).await;
+            drop(permit);
+        });
+        Ok(())
+    }
 }
 
 #[cfg(test)]
