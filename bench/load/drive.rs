@@ -40,12 +40,18 @@ pub enum Work {
 
 /// How much load: `sessions` concurrent sessions, each doing `warmup` unmeasured requests and
 /// then `calls` measured ones; a session stops early at `deadline` (slow peers).
+///
+/// `rate`: `None` sends each request as soon as the previous answer arrived (closed loop: the
+/// run finds the capacity, and latency is mostly queueing once the CPU is saturated). `Some(r)`
+/// offers `r` requests/s in total, spread evenly over the sessions and over time, so that the
+/// latency shows what a request costs below saturation.
 #[derive(Clone, Copy, Debug)]
 pub struct Plan {
     pub sessions: usize,
     pub calls: usize,
     pub warmup: usize,
     pub deadline: Option<Duration>,
+    pub rate: Option<f64>,
 }
 
 /// What one run measured.
@@ -241,8 +247,14 @@ pub async fn run<P>(
     }
     let gate = Arc::new(tokio::sync::Barrier::new(plan.sessions + 1));
     let mut tasks = Vec::with_capacity(plan.sessions);
-    for mut s in sessions {
+    // Paced: session i sends at start + (i / sessions + k) * interval, k = 0, 1, ...
+    let interval = plan
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(plan.sessions as f64 / r));
+    for (i, mut s) in sessions.into_iter().enumerate() {
         let gate = gate.clone();
+        let offset = interval.map(|iv| iv.mul_f64(i as f64 / plan.sessions as f64));
         tasks.push(tokio::spawn(async move {
             let mut out = Stats {
                 latencies: Vec::with_capacity(plan.calls),
@@ -256,9 +268,15 @@ pub async fn run<P>(
             }
             gate.wait().await;
             let start = Instant::now();
-            for _ in 0..plan.calls {
+            for k in 0..plan.calls {
                 if plan.deadline.is_some_and(|d| start.elapsed() > d) {
                     break;
+                }
+                if let (Some(iv), Some(off)) = (interval, offset) {
+                    // A late answer delays only this session's next request, never the others:
+                    // latency is taken from the actual send, which is right below saturation.
+                    let at = start + off + iv.mul_f64(k as f64);
+                    tokio::time::sleep_until(at.into()).await;
                 }
                 let t = Instant::now();
                 match s.request().await {

@@ -8,7 +8,7 @@
 //!   (b) Portcullis (runtime = remote) -> the same echo upstream, audit off
 //!   (c) Portcullis -> the fixture server over stdio: process runtime, and the shared Docker
 //!       container when dockerd is usable (skipped loudly otherwise)
-//!   (d) (b) with the audit log on, fsync = group
+//!   (d) (b) with the audit log on, fsync = group; (dc) the same for (c), process runtime
 //!   (e) tools/list over 50 servers x 20 tools
 //!   peers: ContextForge -> echo upstream (compare with b); supergateway -> fixture over stdio
 //!   (compare with c, process)
@@ -18,8 +18,12 @@
 //! shares the CPU with everything it measures: its own CPU share is reported per scenario.
 //! Writes bench/results/latest.json and bench/results/latest.md.
 //!
+//! (a), (b) and (d) also run paced: the same 32 sessions offered BENCH_PACED_RATE requests/s
+//! in total (rows ap, bp, dp), which shows the added latency below saturation; the closed-loop
+//! rows show it at saturation, where on a small machine it is mostly queueing for the CPU.
+//!
 //! Knobs (environment): BENCH_SESSIONS=32 BENCH_CALLS=2000 (per session) BENCH_PEER_CALLS=100
-//! BENCH_RSS_SESSIONS=1000 BENCH_CF_WORKERS=2.
+//! BENCH_RSS_SESSIONS=1000 BENCH_CF_WORKERS=2 BENCH_PACED_RATE=8000.
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
@@ -73,7 +77,10 @@ async fn measure(
     let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let row = Row {
         id: id.to_owned(),
-        label: label.to_owned(),
+        label: match plan.rate {
+            Some(r) => format!("{label}, paced {r:.0}/s"),
+            None => label.to_owned(),
+        },
         sessions: plan.sessions,
         cpu: Cpu {
             loadgen_share: cores(0).unwrap_or(0.0) / ncpu,
@@ -197,6 +204,7 @@ async fn run() -> Result<(), String> {
     let peer_calls = env_num("BENCH_PEER_CALLS", 100);
     let rss_sessions = env_num("BENCH_RSS_SESSIONS", 1000);
     let cf_workers = env_num("BENCH_CF_WORKERS", 2);
+    let paced_rate = env_num("BENCH_PACED_RATE", 8000) as f64;
     let single_calls = (calls * 2).max(200);
     let load_before = report::load_average();
     let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
@@ -207,12 +215,22 @@ async fn run() -> Result<(), String> {
         calls,
         warmup: 50,
         deadline: None,
+        rate: None,
     };
     let single = Plan {
         sessions: 1,
         calls: single_calls,
         warmup: 200,
         deadline: None,
+        rate: None,
+    };
+    // The same sessions offered a fixed rate well below the machine's capacity (about 3 s).
+    let paced = Plan {
+        sessions,
+        calls: ((paced_rate * 3.0) as usize / sessions.max(1)).max(10),
+        warmup: 50,
+        deadline: None,
+        rate: Some(paced_rate),
     };
     let call = |url: &str, tool: &str| Target {
         url: url.to_owned(),
@@ -231,15 +249,17 @@ async fn run() -> Result<(), String> {
     if wanted("a") {
         rows.push(measure("a", "direct to echo upstream", &direct, heavy, up).await?);
         rows.push(measure("a1", "direct to echo upstream", &direct, single, up).await?);
+        rows.push(measure("ap", "direct to echo upstream", &direct, paced, up).await?);
     }
 
     // (b) through Portcullis to the same upstream, audit off.
     let both = [("", heavy), ("1", single)];
+    let three = [("", heavy), ("1", single), ("p", paced)];
     let echo_pid = Some(echo.proc.pid());
     if wanted("b") {
         let gw = gateway(&remote_policy(&echo.url, "enabled = false"));
         let label = "Portcullis -> echo (remote)";
-        rows.extend(through(&gw, echo_pid, "b", label, Work::Call("echo".into()), &both).await?);
+        rows.extend(through(&gw, echo_pid, "b", label, Work::Call("echo".into()), &three).await?);
     }
 
     // (d) the same with the audit log on, fsync = group, on the real disk.
@@ -255,7 +275,7 @@ async fn run() -> Result<(), String> {
         );
         let gw = gateway(&remote_policy(&echo.url, &audit));
         let label = "Portcullis -> echo, audit fsync=group";
-        rows.extend(through(&gw, echo_pid, "d", label, Work::Call("echo".into()), &both).await?);
+        rows.extend(through(&gw, echo_pid, "d", label, Work::Call("echo".into()), &three).await?);
     }
 
     // (c) stdio upstream: our fixture server as a child process, and in the shared container.
@@ -265,6 +285,17 @@ async fn run() -> Result<(), String> {
         );
         let label = "Portcullis -> fixture (process, stdio)";
         rows.extend(through(&gw, None, "c", label, Work::Call("echo".into()), &both).await?);
+    }
+    // (dc) (c) with the audit log on: the stdio path is the common deployment.
+    if wanted("dc") {
+        let audit_dir =
+            tempfile::tempdir_in(common::repo_root().join("bench")).map_err(|e| e.to_string())?;
+        let gw = gateway(&format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\ndir = \"{}\"\nfsync = \"group\"\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n",
+            audit_dir.path().join("log").display()
+        ));
+        let label = "Portcullis -> fixture (process, stdio), audit fsync=group";
+        rows.extend(through(&gw, None, "dc", label, Work::Call("echo".into()), &both).await?);
     }
     if wanted("c_docker") {
         match docker_scenario(&both).await {
@@ -295,6 +326,7 @@ async fn run() -> Result<(), String> {
         calls: peer_calls,
         warmup: 5,
         deadline: Some(Duration::from_secs(60)),
+        rate: None,
     };
     let cf = if wanted("cf") {
         Some(peers::contextforge(dir.path(), &echo.url, cf_workers).await)
@@ -323,6 +355,7 @@ async fn run() -> Result<(), String> {
                 calls: peer_calls * 2,
                 warmup: 5,
                 deadline: Some(Duration::from_secs(30)),
+                rate: None,
             };
             match measure("cf1", &label, &t, one, w).await {
                 Ok(r) => rows.push(r),

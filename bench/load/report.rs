@@ -26,6 +26,16 @@ pub struct Row {
 }
 
 impl Row {
+    /// The gateway's CPU time per answered call (µs): what the gateway costs regardless of how
+    /// busy the machine was.
+    pub fn gateway_cpu_us_per_call(&self) -> Option<f64> {
+        let rate = self.stats.rate();
+        self.cpu
+            .gateway_cores
+            .filter(|_| rate > 0.0)
+            .map(|c| c / rate * 1e6)
+    }
+
     pub fn line(&self) -> String {
         format!(
             "{:<10} {:<52} sessions {:>3}  {:>9.0} calls/s  p50 {:>8.0}us  p99 {:>8.0}us  loadgen cpu {:>3.0}%  gateway {} upstream {} cores",
@@ -57,6 +67,7 @@ impl Row {
             "max_us": s.max_us(),
             "loadgen_cpu_share": self.cpu.loadgen_share,
             "gateway_cpu_cores": self.cpu.gateway_cores,
+            "gateway_cpu_us_per_call": self.gateway_cpu_us_per_call(),
             "upstream_cpu_cores": self.cpu.upstream_cores,
         })
     }
@@ -159,9 +170,17 @@ pub fn write(
         "added_latency_p99_us": added(rows, "b", "a", 0.99),
         "added_latency_single_session_p50_us": added(rows, "b1", "a1", 0.5),
         "added_latency_single_session_p99_us": added(rows, "b1", "a1", 0.99),
+        "paced_rate_calls_per_s": find(rows, "ap").map(|r| r.stats.rate()),
+        "added_latency_paced_p50_us": added(rows, "bp", "ap", 0.5),
+        "added_latency_paced_p99_us": added(rows, "bp", "ap", 0.99),
+        "added_latency_paced_audit_on_p50_us": added(rows, "dp", "ap", 0.5),
+        "added_latency_paced_audit_on_p99_us": added(rows, "dp", "ap", 0.99),
+        "gateway_cpu_us_per_call": find(rows, "b").and_then(Row::gateway_cpu_us_per_call),
+        "gateway_cpu_us_per_call_audit_on": find(rows, "d").and_then(Row::gateway_cpu_us_per_call),
         "throughput_calls_per_s_direct": headline("a"),
         "throughput_calls_per_s_audit_off": headline("b"),
         "throughput_calls_per_s_audit_on": headline("d"),
+        "throughput_calls_per_s_audit_on_stdio": headline("dc"),
         "throughput_ratio_to_direct": ratio(find(rows, "b"), find(rows, "a")),
         "throughput_ratio_audit_on_to_direct": ratio(find(rows, "d"), find(rows, "a")),
         "ratio_vs_contextforge": ratio(find(rows, "b"), find(rows, "cf")),
@@ -199,17 +218,24 @@ pub fn write(
     );
     let _ = writeln!(
         md,
-        "| scenario | sessions | calls/s | vs direct | p50 µs | p90 µs | p99 µs | max µs | errors | load gen CPU | gateway cores |"
+        "| scenario | sessions | calls/s | vs direct | p50 µs | p90 µs | p99 µs | max µs | errors | load gen CPU | gateway cores | gateway CPU µs/call |"
     );
-    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
+    let _ = writeln!(md, "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|");
     let base = find(rows, "a");
     let base1 = find(rows, "a1");
+    let base_paced = find(rows, "ap");
     for r in rows {
-        let b = if r.sessions == 1 { base1 } else { base };
+        let b = if r.sessions == 1 {
+            base1
+        } else if r.label.contains(", paced ") {
+            base_paced
+        } else {
+            base
+        };
         let s = &r.stats;
         let _ = writeln!(
             md,
-            "| ({}) {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0}% | {} |",
+            "| ({}) {} | {} | {:.0} | {} | {:.0} | {:.0} | {:.0} | {:.0} | {} | {:.0}% | {} | {} |",
             r.id,
             r.label,
             r.sessions,
@@ -221,7 +247,8 @@ pub fn write(
             s.max_us(),
             s.errors,
             r.cpu.loadgen_share * 100.0,
-            opt(r.cpu.gateway_cores, 2)
+            opt(r.cpu.gateway_cores, 2),
+            opt(r.gateway_cpu_us_per_call(), 1)
         );
     }
     let f = |k: &str| opt(summary[k].as_f64(), 1);
@@ -231,13 +258,26 @@ pub fn write(
     let _ = writeln!(md, "|---|--:|--:|");
     let _ = writeln!(
         md,
-        "| added latency p50, 32 sessions (b − a) | {} µs | ≤ 100 µs |",
+        "| added latency p50, 32 sessions closed loop (b − a) | {} µs | ≤ 100 µs |",
         f("added_latency_p50_us")
     );
     let _ = writeln!(
         md,
-        "| added latency p99, 32 sessions (b − a) | {} µs | ≤ 1000 µs |",
+        "| added latency p99, 32 sessions closed loop (b − a) | {} µs | ≤ 1000 µs |",
         f("added_latency_p99_us")
+    );
+    let _ = writeln!(
+        md,
+        "| added latency p50 / p99, 32 sessions paced at {} calls/s (bp − ap) | {} / {} µs | ≤ 100 / ≤ 1000 µs |",
+        opt(summary["paced_rate_calls_per_s"].as_f64(), 0),
+        f("added_latency_paced_p50_us"),
+        f("added_latency_paced_p99_us")
+    );
+    let _ = writeln!(
+        md,
+        "| the same with audit on (dp − ap) | {} / {} µs | |",
+        f("added_latency_paced_audit_on_p50_us"),
+        f("added_latency_paced_audit_on_p99_us")
     );
     let _ = writeln!(
         md,
@@ -247,8 +287,15 @@ pub fn write(
     );
     let _ = writeln!(
         md,
-        "| throughput, audit on (d) | {} calls/s | ≥ 20000 |",
-        opt(summary["throughput_calls_per_s_audit_on"].as_f64(), 0)
+        "| gateway CPU per call, audit off / on (b, d) | {} / {} µs | |",
+        f("gateway_cpu_us_per_call"),
+        f("gateway_cpu_us_per_call_audit_on")
+    );
+    let _ = writeln!(
+        md,
+        "| throughput, audit on: remote upstream (d) / stdio process (dc) | {} / {} calls/s | ≥ 20000 |",
+        opt(summary["throughput_calls_per_s_audit_on"].as_f64(), 0),
+        opt(summary["throughput_calls_per_s_audit_on_stdio"].as_f64(), 0)
     );
     let _ = writeln!(
         md,
