@@ -4,7 +4,10 @@
 //! `super::http` feeds the same `dispatch`.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
@@ -26,12 +29,47 @@ const OUTBOX_CAPACITY: usize = 1024;
 
 type Waiter = oneshot::Sender<Result<Outcome, String>>;
 
+/// The work of delivering one request, driven by whoever waits for its answer.
+pub(super) type Delivery = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 /// A transport that takes each message itself instead of through the outbox queue (HTTP: one
-/// POST task per message), which saves a queue hop and a task wake-up per call.
+/// POST per message), which saves a queue hop and task wake-ups per call.
 pub(super) trait Direct: Send + Sync {
-    /// Takes `msg` now, or gives it back when it cannot (the message then goes through the
-    /// outbox, whose drainer waits for room). `request_id`: the id when `msg` is a request.
-    fn try_take(&self, msg: Bytes, request_id: Option<u64>) -> Result<(), Bytes>;
+    /// Takes `msg` now (delivering it in a task of its own), or gives it back when it cannot
+    /// (the message then goes through the outbox, whose drainer waits for room).
+    fn try_take(&self, msg: Bytes) -> Result<(), Bytes>;
+
+    /// For request `id`: the delivery as a future for the caller to drive while it waits for
+    /// the answer (no task, no hand-off), or the message back when it cannot be taken now.
+    fn deliver(&self, msg: Bytes, id: u64) -> Result<Delivery, Bytes>;
+}
+
+/// The answer to one request. Awaiting it also drives the request's delivery when the transport
+/// left that to the caller; dropping it abandons both.
+pub(super) struct Answer {
+    rx: oneshot::Receiver<Result<Outcome, String>>,
+    delivery: Option<Delivery>,
+}
+
+impl Future for Answer {
+    type Output = Result<Result<Outcome, String>, oneshot::error::RecvError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        if let Some(d) = self.delivery.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                self.delivery = None;
+            }
+        }
+        let answer = Pin::new(&mut self.rx).poll(cx);
+        if answer.is_ready() {
+            if let Some(rest) = self.delivery.take() {
+                // The answer came before the end of its response (an SSE stream): reading
+                // that to the end lets the connection be reused.
+                tokio::spawn(rest);
+            }
+        }
+        answer
+    }
 }
 
 pub struct Connection {
@@ -73,9 +111,9 @@ impl Connection {
     }
 
     /// Hands `msg` to the direct transport if there is one and it takes it, else queues it.
-    async fn send(&self, msg: Bytes, request_id: Option<u64>) -> Result<(), ()> {
+    async fn send(&self, msg: Bytes) -> Result<(), ()> {
         let msg = match self.direct.get() {
-            Some(d) => match d.try_take(msg, request_id) {
+            Some(d) => match d.try_take(msg) {
                 Ok(()) => return Ok(()),
                 Err(msg) => msg,
             },
@@ -103,7 +141,7 @@ impl Connection {
         id: u64,
         method: &str,
         params: Option<Box<RawValue>>,
-    ) -> Result<oneshot::Receiver<Result<Outcome, String>>, String> {
+    ) -> Result<Answer, String> {
         let (tx, rx) = oneshot::channel();
         let Ok(id_num) = i64::try_from(id) else {
             return Err("request id space exhausted".to_owned());
@@ -116,11 +154,23 @@ impl Connection {
             method: method.to_owned(),
             params,
         });
-        if self.send(msg.to_bytes(), Some(id)).await.is_err() {
+        let mut msg = msg.to_bytes();
+        if let Some(d) = self.direct.get() {
+            match d.deliver(msg, id) {
+                Ok(delivery) => {
+                    return Ok(Answer {
+                        rx,
+                        delivery: Some(delivery),
+                    })
+                }
+                Err(back) => msg = back,
+            }
+        }
+        if self.outbox.send(msg).await.is_err() {
             self.forget(id);
             return Err("the connection closed".to_owned());
         }
-        Ok(rx)
+        Ok(Answer { rx, delivery: None })
     }
 
     pub(super) async fn notify(&self, method: &str, params: Option<Box<RawValue>>) {
@@ -128,12 +178,12 @@ impl Connection {
             method: method.to_owned(),
             params,
         });
-        let _ = self.send(msg.to_bytes(), None).await;
+        let _ = self.send(msg.to_bytes()).await;
     }
 
     pub(super) async fn respond(&self, id: Id, outcome: Outcome) {
         let msg = Message::Response(Response { id, outcome });
-        let _ = self.send(msg.to_bytes(), None).await;
+        let _ = self.send(msg.to_bytes()).await;
     }
 
     fn forget(&self, id: u64) {

@@ -962,23 +962,39 @@ struct DirectPost {
     permits: Arc<Semaphore>,
 }
 
-impl super::connection::Direct for DirectPost {
-    fn try_take(&self, msg: Bytes, request_id: Option<u64>) -> Result<(), Bytes> {
-        let Some(remote) = self.remote.upgrade() else {
-            return Err(msg);
-        };
+impl DirectPost {
+    fn take(&self) -> Option<(Arc<Remote>, tokio::sync::OwnedSemaphorePermit)> {
+        let remote = self.remote.upgrade()?;
         if remote.is_dead() {
-            return Err(msg);
+            return None;
         }
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        Some((remote, permit))
+    }
+}
+
+impl super::connection::Direct for DirectPost {
+    fn try_take(&self, msg: Bytes) -> Result<(), Bytes> {
+        let Some((remote, permit)) = self.take() else {
             return Err(msg);
         };
         let to = self.to.clone();
         tokio::spawn(async move {
-            remote.post(Mode::Streamable, &to, msg, request_id).await;
+            remote.post(Mode::Streamable, &to, msg, None).await;
             drop(permit);
         });
         Ok(())
+    }
+
+    fn deliver(&self, msg: Bytes, id: u64) -> Result<super::connection::Delivery, Bytes> {
+        let Some((remote, permit)) = self.take() else {
+            return Err(msg);
+        };
+        let to = self.to.clone();
+        Ok(Box::pin(async move {
+            remote.post(Mode::Streamable, &to, msg, Some(id)).await;
+            drop(permit);
+        }))
     }
 }
 
