@@ -4,7 +4,7 @@ use clap::Parser;
 use portcullis::cli::{self, Cli, Command, FirewallCommand, PolicyCommand, TokenCommand};
 
 // glibc malloc took ~12 % of the gateway's CPU under load (arena locks between the runtime's
-// worker threads, consolidation); see bench/results for the before/after figures.
+// worker threads, consolidation); the A/B figures are in the commit that added it.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -20,23 +20,20 @@ const QUEUE: usize = 256;
 
 pub(super) type Reply = oneshot::Sender<Result<Seq, AuditError>>;
 
-pub(super) enum Job {
-    /// Records written to `file`, to acknowledge once it is synced.
-    Written {
-        file: Arc<File>,
-        waiting: Vec<(Seq, Reply)>,
-    },
-    /// Answered once every batch handed over before it has been synced (or failed).
-    Barrier(SyncSender<()>),
+/// Records written to `file`, to acknowledge once it is synced.
+struct Written {
+    file: Arc<File>,
+    waiting: Vec<(Seq, Reply)>,
 }
 
 /// Called with the error when an `fdatasync` fails: after such a failure the kernel may have
 /// dropped the dirty pages, so no later sync can prove those records durable.
 pub(super) type OnFailure = Box<dyn Fn(&str) -> AuditError + Send>;
 
-/// The writer's handle on the sync thread.
+/// The writer's handle on the sync thread. Dropping it waits until every batch handed over
+/// has been synced and acknowledged.
 pub(super) struct Syncer {
-    tx: SyncSender<Job>,
+    tx: Option<SyncSender<Written>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -47,89 +44,66 @@ impl Syncer {
             .name("audit-sync".into())
             .spawn(move || run(rx, on_failure))?;
         Ok(Syncer {
-            tx,
+            tx: Some(tx),
             thread: Some(thread),
         })
     }
 
-    /// Hands over a written batch. Gives the batch back if the sync thread is gone.
-    pub(super) fn submit(&self, file: Arc<File>, waiting: Vec<(Seq, Reply)>) -> Result<(), Job> {
-        self.tx
-            .send(Job::Written { file, waiting })
-            .map_err(|e| e.0)
-    }
-
-    /// Waits until everything submitted so far is synced and acknowledged.
-    pub(super) fn drain(&self) {
-        let (tx, rx) = std::sync::mpsc::sync_channel(1);
-        if self.tx.send(Job::Barrier(tx)).is_ok() {
-            let _ = rx.recv();
-        }
+    /// Hands over a batch written to `file`. Gives the replies back if the sync thread is gone.
+    pub(super) fn submit(
+        &self,
+        file: Arc<File>,
+        waiting: Vec<(Seq, Reply)>,
+    ) -> Result<(), Vec<(Seq, Reply)>> {
+        let Some(tx) = &self.tx else {
+            return Err(waiting);
+        };
+        tx.send(Written { file, waiting }).map_err(|e| e.0.waiting)
     }
 }
 
 impl Drop for Syncer {
     fn drop(&mut self) {
-        self.drain();
-        // The thread ends when its queue closes; replace the sender to close it.
-        let (closed, _) = std::sync::mpsc::sync_channel(1);
-        drop(std::mem::replace(&mut self.tx, closed));
+        // The thread drains its queue, then ends when the queue is closed.
+        self.tx = None;
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-fn run(rx: Receiver<Job>, on_failure: OnFailure) {
+fn run(rx: Receiver<Written>, on_failure: OnFailure) {
     let mut failed: Option<AuditError> = None;
-    let gather = std::env::var("PC_GATHER_US")
-        .ok()
-        .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(0);
     while let Ok(first) = rx.recv() {
-        if gather > 0 {
-            std::thread::sleep(std::time::Duration::from_micros(gather));
-        }
-        let mut jobs = vec![first];
-        while jobs.len() < QUEUE {
+        let mut batches = vec![first];
+        while batches.len() < QUEUE {
             match rx.try_recv() {
-                Ok(j) => jobs.push(j),
+                Ok(b) => batches.push(b),
                 Err(_) => break,
             }
         }
         if failed.is_none() {
-            if let Err(e) = sync_files(&jobs) {
+            if let Err(e) = sync_files(&batches) {
                 failed = Some(on_failure(&e.to_string()));
             }
         }
-        for job in jobs {
-            match job {
-                Job::Written { waiting, .. } => {
-                    for (seq, reply) in waiting {
-                        let _ = reply.send(match &failed {
-                            None => Ok(seq),
-                            Some(e) => Err(e.clone()),
-                        });
-                    }
-                }
-                Job::Barrier(done) => {
-                    let _ = done.send(());
-                }
-            }
+        for (seq, reply) in batches.into_iter().flat_map(|b| b.waiting) {
+            let _ = reply.send(match &failed {
+                None => Ok(seq),
+                Some(e) => Err(e.clone()),
+            });
         }
     }
 }
 
 /// One `fdatasync` per distinct file (a rotation puts two in one round), in write order.
-fn sync_files(jobs: &[Job]) -> std::io::Result<()> {
+fn sync_files(batches: &[Written]) -> std::io::Result<()> {
     let mut done: Vec<*const File> = Vec::new();
-    for job in jobs {
-        if let Job::Written { file, .. } = job {
-            let id = Arc::as_ptr(file);
-            if !done.contains(&id) {
-                file.sync_data()?;
-                done.push(id);
-            }
+    for b in batches {
+        let id = Arc::as_ptr(&b.file);
+        if !done.contains(&id) {
+            b.file.sync_data()?;
+            done.push(id);
         }
     }
     Ok(())

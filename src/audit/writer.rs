@@ -18,7 +18,7 @@ use super::config::AuditConfig;
 use super::error::AuditError;
 use super::merkle::Frontier;
 use super::record::{format_ts, AuditEvent, Kind, Redact, FORMAT_VERSION};
-use super::syncer::{self, Job, Reply, Syncer};
+use super::syncer::{self, Reply, Syncer};
 use super::{canonical, checkpoint, keys, recover, segment};
 use crate::policy::FsyncMode;
 
@@ -577,8 +577,7 @@ impl Writer {
         match self.write_durable(&buf, sync) {
             Ok(()) => match &self.syncer {
                 Some(s) => {
-                    if let Err(Job::Written { waiting, .. }) = s.submit(self.file.clone(), waiting)
-                    {
+                    if let Err(waiting) = s.submit(self.file.clone(), waiting) {
                         let e = self.fail("the audit sync thread is gone");
                         for (_, r) in waiting {
                             let _ = r.send(Err(e.clone()));
@@ -742,10 +741,8 @@ impl Writer {
     }
 
     fn finish(&mut self) -> Result<(), AuditError> {
-        if let Some(s) = self.syncer.take() {
-            // Joins the sync thread after every handed-over batch is acknowledged.
-            drop(s);
-        }
+        // Joins the sync thread after every handed-over batch is acknowledged.
+        drop(self.syncer.take());
         if let Some(reason) = self.shared.failure() {
             return Err(AuditError::Failed(reason));
         }
