@@ -35,13 +35,11 @@ pub(super) type Delivery = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// A transport that takes each message itself instead of through the outbox queue (HTTP: one
 /// POST per message), which saves a queue hop and task wake-ups per call.
 pub(super) trait Direct: Send + Sync {
-    /// Takes `msg` now (delivering it in a task of its own), or gives it back when it cannot
-    /// (the message then goes through the outbox, whose drainer waits for room).
-    fn try_take(&self, msg: Bytes) -> Result<(), Bytes>;
-
-    /// For request `id`: the delivery as a future for the caller to drive while it waits for
-    /// the answer (no task, no hand-off), or the message back when it cannot be taken now.
-    fn deliver(&self, msg: Bytes, id: u64) -> Result<Delivery, Bytes>;
+    /// The delivery of `msg` as a future (a request's is driven by the caller waiting for its
+    /// answer, anything else runs in a task of its own), or the message back when it cannot be
+    /// taken now: it then goes through the outbox, whose drainer waits for room.
+    /// `request_id`: the id when `msg` is a request.
+    fn deliver(&self, msg: Bytes, request_id: Option<u64>) -> Result<Delivery, Bytes>;
 }
 
 /// The answer to one request. Awaiting it also drives the request's delivery when the transport
@@ -113,8 +111,11 @@ impl Connection {
     /// Hands `msg` to the direct transport if there is one and it takes it, else queues it.
     async fn send(&self, msg: Bytes) -> Result<(), ()> {
         let msg = match self.direct.get() {
-            Some(d) => match d.try_take(msg) {
-                Ok(()) => return Ok(()),
+            Some(d) => match d.deliver(msg, None) {
+                Ok(delivery) => {
+                    tokio::spawn(delivery);
+                    return Ok(());
+                }
                 Err(msg) => msg,
             },
             None => msg,
@@ -156,7 +157,7 @@ impl Connection {
         });
         let mut msg = msg.to_bytes();
         if let Some(d) = self.direct.get() {
-            match d.deliver(msg, id) {
+            match d.deliver(msg, Some(id)) {
                 Ok(delivery) => {
                     return Ok(Answer {
                         rx,

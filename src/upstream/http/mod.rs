@@ -954,7 +954,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-/// Streamable HTTP's direct path: the caller's message becomes its own POST task at once.
+/// Streamable HTTP's direct path: each message is its own POST, sent without the outbox.
 struct DirectPost {
     // Weak: the connection (which holds this) is owned by the remote.
     remote: std::sync::Weak<Remote>,
@@ -962,37 +962,21 @@ struct DirectPost {
     permits: Arc<Semaphore>,
 }
 
-impl DirectPost {
-    fn take(&self) -> Option<(Arc<Remote>, tokio::sync::OwnedSemaphorePermit)> {
-        let remote = self.remote.upgrade()?;
-        if remote.is_dead() {
-            return None;
-        }
-        let permit = self.permits.clone().try_acquire_owned().ok()?;
-        Some((remote, permit))
-    }
-}
-
 impl super::connection::Direct for DirectPost {
-    fn try_take(&self, msg: Bytes) -> Result<(), Bytes> {
-        let Some((remote, permit)) = self.take() else {
+    fn deliver(
+        &self,
+        msg: Bytes,
+        request_id: Option<u64>,
+    ) -> Result<super::connection::Delivery, Bytes> {
+        let Some(remote) = self.remote.upgrade().filter(|r| !r.is_dead()) else {
             return Err(msg);
         };
-        let to = self.to.clone();
-        tokio::spawn(async move {
-            remote.post(Mode::Streamable, &to, msg, None).await;
-            drop(permit);
-        });
-        Ok(())
-    }
-
-    fn deliver(&self, msg: Bytes, id: u64) -> Result<super::connection::Delivery, Bytes> {
-        let Some((remote, permit)) = self.take() else {
+        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
             return Err(msg);
         };
         let to = self.to.clone();
         Ok(Box::pin(async move {
-            remote.post(Mode::Streamable, &to, msg, Some(id)).await;
+            remote.post(Mode::Streamable, &to, msg, request_id).await;
             drop(permit);
         }))
     }
