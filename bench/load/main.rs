@@ -127,6 +127,12 @@ fn profile(id: &str, pid: Option<u32>) -> Option<procs::Proc> {
     }
 }
 
+/// A scenario or peer that could not be measured: said loudly now and noted in the results.
+fn loud(notes: &mut Vec<String>, msg: String) {
+    eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
+    notes.push(msg);
+}
+
 /// `BENCH_ONLY=a,b,...`: run only these scenarios (for profiling); results are not written.
 fn wanted(id: &str) -> bool {
     std::env::var("BENCH_ONLY").map_or(true, |only| only.split(',').any(|w| w == id))
@@ -300,11 +306,10 @@ async fn run() -> Result<(), String> {
     if wanted("c_docker") {
         match docker_scenario(&both).await {
             Ok(r) => rows.extend(r),
-            Err(e) => {
-                let msg = format!("(c) shared Docker container skipped: {e}");
-                eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
-                notes.push(msg);
-            }
+            Err(e) => loud(
+                &mut notes,
+                format!("(c) shared Docker container skipped: {e}"),
+            ),
         }
     }
 
@@ -362,11 +367,7 @@ async fn run() -> Result<(), String> {
                 Err(e) => notes.push(format!("ContextForge single-session run failed: {e}")),
             }
         }
-        Some(Err(e)) => {
-            let msg = format!("ContextForge not measured: {e}");
-            eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
-            notes.push(msg);
-        }
+        Some(Err(e)) => loud(&mut notes, format!("ContextForge not measured: {e}")),
     }
     let sg = if wanted("sg") {
         Some(peers::supergateway(dir.path(), &common::fixture_bin()).await)
@@ -391,11 +392,7 @@ async fn run() -> Result<(), String> {
                 Err(e) => notes.push(format!("supergateway run failed: {e}")),
             }
         }
-        Some(Err(e)) => {
-            let msg = format!("supergateway not measured: {e}");
-            eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
-            notes.push(msg);
-        }
+        Some(Err(e)) => loud(&mut notes, format!("supergateway not measured: {e}")),
     }
 
     // Memory: a fresh gateway, idle and then with 1,000 open sessions (each initialized, one
