@@ -163,3 +163,30 @@ secrets = { API_TOKEN = "env:PORTCULLIS_TEST_SECRET" }
         "secret in the gateway log"
     );
 }
+
+#[tokio::test]
+async fn a_server_that_dies_during_the_handshake_is_reported_with_its_exit_status() {
+    // It reads the gateway's `initialize` and exits without answering. The startup timeout
+    // is long on purpose: the reason must come from the exit, not from the timeout.
+    let gw = Gateway::spawn(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[servers.dies]
+runtime = "process"
+command = "/bin/sh"
+args = ["-c", "read line; exit 3"]
+startup_timeout = "600s"
+"#,
+        &[],
+    );
+    let mut last = String::new();
+    let found = wait_until(Duration::from_secs(60), || {
+        last = common::http_get(&format!("{}/ready", gw.base))
+            .map(|(_, body)| body)
+            .unwrap_or_default();
+        last.contains("exited with status 3 during the initialize handshake")
+    });
+    assert!(found, "/ready said: {last}\nstderr:\n{}", gw.stderr());
+}

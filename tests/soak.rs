@@ -23,8 +23,10 @@ use common::Gateway;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
-/// Answers slower than this count as hangs.
-const ANSWER_LIMIT: Duration = Duration::from_secs(30);
+/// Answers slower than this count as hangs. It is longer than the gateway's own limits in the
+/// policy below (start-up 20 s, or 60 s in Docker, plus a request's 20 s), so that a call the
+/// gateway ends with a timeout error counts as answered, and only a real hang as unanswered.
+const ANSWER_LIMIT: Duration = Duration::from_secs(90);
 const WORKERS: u64 = 8;
 
 fn soak_seconds() -> u64 {
@@ -39,6 +41,7 @@ fn policy(audit: &Path, with_docker: bool, extra: bool) -> String {
         r#"
 [gateway]
 listen = "127.0.0.1:0"
+request_timeout = "20s"
 
 [audit]
 enabled = true
@@ -48,11 +51,13 @@ fsync = "group"
 [servers.shared]
 runtime = "process"
 command = "{{fixture}}"
+startup_timeout = "20s"
 
 [servers.session]
 runtime = "process"
 command = "{{fixture}}"
 lifecycle = "per-session"
+startup_timeout = "20s"
 "#,
         audit.display()
     );
@@ -62,7 +67,7 @@ lifecycle = "per-session"
 [servers.boxed]
 runtime = "docker"
 image = "{FIXTURE_IMAGE}"
-startup_timeout = "120s"
+startup_timeout = "60s"
 limits = {{ memory = "64m", pids = 32 }}
 "#
         ));
@@ -74,6 +79,7 @@ limits = {{ memory = "64m", pids = 32 }}
 [servers.extra]
 runtime = "process"
 command = "{fixture}"
+startup_timeout = "20s"
 "#,
         );
     }

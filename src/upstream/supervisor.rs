@@ -169,10 +169,23 @@ impl Supervisor {
         if let Some(stderr) = stderr {
             tokio::spawn(forward_stderr(self.name.clone(), stderr, redactor.clone()));
         }
-        let (conn, reader) =
+        let (conn, mut reader) =
             Connection::start(self.source.clone(), stdin, stdout, self.events.clone());
         let handshake = tokio::time::timeout(self.server.startup_timeout, handshake(&conn));
-        let info = match handshake.await {
+        // A server that dies during the handshake closes its stdout: report that at once,
+        // with its exit status, instead of waiting out the whole startup timeout.
+        let outcome = tokio::select! {
+            r = handshake => r,
+            r = &mut reader => {
+                let r = r.unwrap_or_else(|e| format!("reader failed: {e}"));
+                let r = tokio::time::timeout(EXIT_REASON_GRACE, instance.wait())
+                    .await
+                    .unwrap_or(r);
+                instance.kill().await;
+                return Err(format!("{r} during the initialize handshake"));
+            }
+        };
+        let info = match outcome {
             Ok(Ok(info)) => InitInfo {
                 instance: instance_info,
                 ..info
