@@ -480,7 +480,11 @@ impl Writer {
             }
             self.tick();
             if let Some(tx) = shutdown {
-                let _ = tx.send(self.finish());
+                let done = self.finish();
+                // Release the directory lock before answering: whoever waits for the shutdown
+                // may open the log again at once.
+                drop(self);
+                let _ = tx.send(done);
                 return;
             }
         }
