@@ -188,14 +188,18 @@ fn fail_closed_refuses_every_append_after_a_write_error() {
     });
 }
 
-/// Puts a pipe under the writer's fd: `write(2)` still succeeds, `fdatasync` fails (EINVAL).
-/// Returns the read end, which must stay open for the writes to succeed.
+/// Puts `/dev/null` under the writer's fd: writes still succeed, `fdatasync` fails (EINVAL).
 fn unsyncable_segment(path: &std::path::Path) -> std::os::fd::OwnedFd {
     let (fd, saved) = break_segment(path);
     let _ = nix::unistd::close(saved);
-    let (read, write) = nix::unistd::pipe().expect("pipe");
-    nix::unistd::dup2(write.as_raw_fd(), fd).expect("dup2 pipe");
-    read
+    // Writes to /dev/null succeed (at any offset); fdatasync on it fails with EINVAL.
+    let null: std::os::fd::OwnedFd = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/null")
+        .expect("open /dev/null")
+        .into();
+    nix::unistd::dup2(null.as_raw_fd(), fd).expect("dup2 /dev/null");
+    null
 }
 
 #[test]
@@ -411,4 +415,89 @@ fn segments_link_and_prove_and_export_work() {
         "{}",
         t.stdout
     );
+}
+
+/// The bytes of a segment up to its first zero byte, and the file's length.
+fn records_end(path: &std::path::Path) -> (usize, u64) {
+    let bytes = std::fs::read(path).expect("read segment");
+    let end = bytes.iter().position(|&b| b == 0).unwrap_or(bytes.len());
+    (end, bytes.len() as u64)
+}
+
+#[test]
+fn segment_space_is_allocated_ahead_while_written_and_given_back_at_the_end() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (key, pk) = keygen(tmp.path(), "k");
+    let dir = tmp.path().join("log");
+    let mut cfg = config(&dir);
+    cfg.fsync = FsyncMode::Group;
+    let key = keys::read_signing(&key).expect("key");
+    rt().block_on(async {
+        let log = AuditLog::open(&cfg, Some(key)).expect("open");
+        for i in 0..20 {
+            log.append(event(i)).await.expect("append");
+        }
+        // Live: the records, then zeros up to the allocated size. `audit verify` reads the
+        // live log as it is.
+        let (end, len) = records_end(&segment(&dir, 1));
+        assert!(len > end as u64, "no space allocated ahead: {len} bytes");
+        assert!(std::fs::read(segment(&dir, 1)).expect("read")[end..]
+            .iter()
+            .all(|&b| b == 0));
+        let out = verify(&dir, &pk);
+        assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+        log.shutdown().await.expect("shutdown");
+    });
+    let (end, len) = records_end(&segment(&dir, 1));
+    assert_eq!(len, end as u64, "a closed segment keeps no zeros");
+    assert_eq!(verify(&dir, &pk).code, 0);
+}
+
+#[test]
+fn a_crash_leaves_allocated_space_that_the_next_open_cuts_without_calling_it_lost() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let (key, pk) = keygen(tmp.path(), "k");
+    let dir = tmp.path().join("log");
+    let crashed = tmp.path().join("crashed");
+    let mut cfg = config(&dir);
+    cfg.fsync = FsyncMode::Group;
+    let signing = keys::read_signing(&key).expect("key");
+    rt().block_on(async {
+        let log = AuditLog::open(&cfg, Some(signing)).expect("open");
+        for i in 0..10 {
+            log.append(event(i)).await.expect("append");
+        }
+        // What a kill -9 leaves: the durable records and the zeros after them.
+        std::fs::create_dir(&crashed).expect("mkdir");
+        std::fs::copy(segment(&dir, 1), segment(&crashed, 1)).expect("copy");
+        log.shutdown().await.expect("shutdown");
+    });
+    let (end, len) = records_end(&segment(&crashed, 1));
+    assert!(len > end as u64);
+    let mut cfg = config(&crashed);
+    cfg.fsync = FsyncMode::Group;
+    let signing = keys::read_signing(&key).expect("key");
+    rt().block_on(async {
+        let log = AuditLog::open(&cfg, Some(signing)).expect("reopen");
+        log.append(event(10)).await.expect("append after the crash");
+        log.shutdown().await.expect("shutdown");
+    });
+    let recs = records(&crashed);
+    let recovery: Vec<&Value> = recs.iter().filter(|v| v["kind"] == "recovery").collect();
+    assert_eq!(recovery.len(), 1, "{recs:?}");
+    assert!(
+        recovery[0].get("truncated_bytes").is_none(),
+        "zeros are not lost records: {}",
+        recovery[0]
+    );
+    assert_eq!(
+        recs.iter()
+            .filter(|v| v["kind"] != "segment_start"
+                && v["kind"] != "checkpoint"
+                && v["kind"] != "recovery")
+            .count(),
+        11
+    );
+    let out = verify(&crashed, &pk);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
 }

@@ -211,3 +211,23 @@ fn random_byte_flips_never_panic_and_are_found() {
     std::fs::write(&seg, &orig).expect("restore");
     assert!(verify_dir(&dir, Some(&key)).is_ok());
 }
+
+#[test]
+fn records_zeroed_out_to_look_like_unused_space_are_found() {
+    // A live segment ends in zeros (space allocated ahead), so readers stop at the first zero
+    // byte; zeros with records after them must not pass for that.
+    let (_t, dir, pk) = fixture();
+    let seg = segment(&dir, 1);
+    let mut bytes = std::fs::read(&seg).expect("read");
+    let l = lines(&seg);
+    let start: usize = l[..100].iter().map(|s| s.len() + 1).sum();
+    let len: usize = l[100..102].iter().map(|s| s.len() + 1).sum();
+    bytes[start..start + len].fill(0);
+    std::fs::write(&seg, &bytes).expect("write");
+    assert_detected(
+        &dir,
+        &pk,
+        &format!("data at byte {}", start + len),
+        "records were zeroed out",
+    );
+}

@@ -30,20 +30,27 @@ pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
     let segs = segment::list(dir).map_err(|e| format!("cannot list: {e}"))?;
     let mut truncated = None;
     if let Some((_, path)) = segs.last() {
-        if let Some(cut) = torn_tail(path)? {
-            let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+        let tail = torn_tail(path)?;
+        let len = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+        // Space allocated ahead of the records goes too: writing resumes at the records' end.
+        let keep = tail.cut.unwrap_or(tail.end);
+        if keep < len {
             let f = std::fs::OpenOptions::new()
                 .write(true)
                 .open(path)
-                .map_err(|e| format!("cannot open {} to cut a torn record: {e}", path.display()))?;
-            f.set_len(cut)
+                .map_err(|e| format!("cannot open {} to cut its tail: {e}", path.display()))?;
+            f.set_len(keep)
                 .and_then(|()| f.sync_all())
-                .map_err(|e| format!("cannot cut a torn record off {}: {e}", path.display()))?;
+                .map_err(|e| format!("cannot cut the tail off {}: {e}", path.display()))?;
+        }
+        if tail.cut.is_some() || tail.data_after_end {
             let name = path
                 .file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default();
-            truncated = Some((name, cut, len - cut));
+            // Zeros are unused space, not lost data, unless data follows them.
+            let lost = if tail.data_after_end { len } else { tail.end };
+            truncated = Some((name, keep, lost - keep));
         }
     }
     let mut frontier = Frontier::new();
@@ -102,9 +109,20 @@ pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
     })
 }
 
-/// The offset to cut the newest segment at: a final line without its newline, and a last
-/// complete line that is not a JSON object (a crash mid-write of a page can leave either).
-fn torn_tail(path: &Path) -> Result<Option<u64>, String> {
+/// How the newest segment ends.
+struct TornTail {
+    /// Where to cut a torn record, if there is one.
+    cut: Option<u64>,
+    /// Where the records end (space allocated ahead follows).
+    end: u64,
+    /// Non-zero bytes follow the end: a write torn across pages by a crash.
+    data_after_end: bool,
+}
+
+/// Where the newest segment's records end, and where to cut it: at a final line without its
+/// newline, or a last complete line that is not a JSON object (a crash mid-write of a page can
+/// leave either).
+fn torn_tail(path: &Path) -> Result<TornTail, String> {
     let mut lines = segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let mut last_complete: Option<(u64, bool)> = None;
     let mut cut = None;
@@ -112,9 +130,13 @@ fn torn_tail(path: &Path) -> Result<Option<u64>, String> {
         .next_line()
         .map_err(|e| format!("{}: {e}", path.display()))?
     {
+        if cut.is_some() {
+            // Read on to find where the records end.
+            continue;
+        }
         if !line.complete || line.too_long {
             cut = Some(line.offset);
-            break;
+            continue;
         }
         let ok = serde_json::from_slice::<Value>(&line.bytes).is_ok_and(|v| v.is_object());
         last_complete = Some((line.offset, ok));
@@ -122,7 +144,16 @@ fn torn_tail(path: &Path) -> Result<Option<u64>, String> {
     if let Some((offset, false)) = last_complete {
         // Only the very last complete line: damage further back is tampering, not a torn write,
         // and is left for `audit verify` to report.
-        return Ok(Some(offset));
+        cut = Some(offset);
     }
-    Ok(cut)
+    let end = lines.end_of_records();
+    let data_after_end = lines
+        .data_after_end()
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .is_some();
+    Ok(TornTail {
+        cut,
+        end,
+        data_after_end,
+    })
 }

@@ -1,4 +1,8 @@
 //! Segment files (`DIR/audit-NNNNNN.jsonl`) and reading their lines with bounded memory.
+//!
+//! The writer allocates a segment's space ahead of its records (see `writer.rs`), so a segment
+//! being written, or one left by a crash, ends in zero bytes. Records never contain a zero byte
+//! (they are JSON text), so the first zero byte marks the end of the records.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -48,10 +52,13 @@ pub struct Line {
 }
 
 /// Reads lines of at most [`MAX_LINE_BYTES`]; never reads past `limit` bytes of the file.
+/// Reading ends at the first zero byte (the end of the records).
 pub struct Lines<R> {
     inner: BufReader<std::io::Take<R>>,
     offset: u64,
     number: u64,
+    /// A zero byte was reached at `offset`.
+    at_zero: bool,
 }
 
 impl<R: Read> Lines<R> {
@@ -60,6 +67,35 @@ impl<R: Read> Lines<R> {
             inner: BufReader::with_capacity(256 << 10, r.take(limit)),
             offset: start_offset,
             number: 0,
+            at_zero: false,
+        }
+    }
+
+    /// Where the records end: the offset after the last byte read so far. Once
+    /// [`Self::next_line`] has returned `None`, the end of the records in the file.
+    pub fn end_of_records(&self) -> u64 {
+        self.offset
+    }
+
+    /// After the records ended at a zero byte: where the first non-zero byte after it is, if
+    /// there is one. Space allocated ahead is all zeros, so data there means records were
+    /// zeroed out, or a write was torn by a crash. Reads the rest of the file.
+    pub fn data_after_end(&mut self) -> std::io::Result<Option<u64>> {
+        if !self.at_zero {
+            return Ok(None);
+        }
+        let mut at = self.offset;
+        loop {
+            let buf = self.inner.fill_buf()?;
+            if buf.is_empty() {
+                return Ok(None);
+            }
+            if let Some(i) = buf.iter().position(|&b| b != 0) {
+                return Ok(Some(at + i as u64));
+            }
+            let n = buf.len();
+            self.inner.consume(n);
+            at += n as u64;
         }
     }
 
@@ -68,7 +104,11 @@ impl<R: Read> Lines<R> {
         let mut too_long = false;
         let start = self.offset;
         loop {
-            let buf = self.inner.fill_buf()?;
+            let buf = if self.at_zero {
+                &[][..]
+            } else {
+                self.inner.fill_buf()?
+            };
             if buf.is_empty() {
                 if bytes.is_empty() && !too_long {
                     return Ok(None);
@@ -82,7 +122,18 @@ impl<R: Read> Lines<R> {
                     too_long,
                 }));
             }
-            let (take, done) = match buf.iter().position(|&b| b == b'\n') {
+            let (take, done) = match buf.iter().position(|&b| b == b'\n' || b == 0) {
+                Some(i) if buf[i] == 0 => {
+                    // The end of the records: what came before it is a final line without
+                    // its newline, as if the file ended here.
+                    self.at_zero = true;
+                    let room = MAX_LINE_BYTES.saturating_sub(bytes.len());
+                    too_long |= i > room;
+                    bytes.extend_from_slice(&buf[..i.min(room)]);
+                    self.inner.consume(i);
+                    self.offset += i as u64;
+                    continue;
+                }
                 Some(i) => (i + 1, true),
                 None => (buf.len(), false),
             };
@@ -114,4 +165,57 @@ pub fn open_lines(path: &Path) -> std::io::Result<Lines<std::fs::File>> {
     let f = std::fs::File::open(path)?;
     let len = f.metadata()?.len();
     Ok(Lines::new(f, 0, len))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `(offset, bytes, complete)` of one line.
+    type Read = (u64, Vec<u8>, bool);
+
+    fn read_all(data: &[u8]) -> (Vec<Read>, u64, Option<u64>) {
+        let mut l = Lines::new(data, 0, data.len() as u64);
+        let mut out = Vec::new();
+        while let Some(line) = l.next_line().expect("read") {
+            out.push((line.offset, line.bytes, line.complete));
+        }
+        let end = l.end_of_records();
+        (out, end, l.data_after_end().expect("scan"))
+    }
+
+    #[test]
+    fn space_allocated_ahead_ends_the_records() {
+        let (lines, end, after) = read_all(b"{\"a\":1}\n{\"b\":2}\n\0\0\0\0\0\0");
+        assert_eq!(lines.len(), 2);
+        assert!(lines.iter().all(|l| l.2));
+        assert_eq!(end, 16);
+        assert_eq!(after, None);
+    }
+
+    #[test]
+    fn a_record_cut_by_the_zeros_is_an_incomplete_final_line() {
+        let (lines, end, after) = read_all(b"{\"a\":1}\n{\"b\0\0\0\0");
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1], (8, b"{\"b".to_vec(), false));
+        assert_eq!(end, 11);
+        assert_eq!(after, None);
+    }
+
+    #[test]
+    fn data_after_zeros_is_reported_with_its_offset() {
+        let (lines, end, after) = read_all(b"{\"a\":1}\n\0\0\0{\"c\":3}\n\0\0");
+        assert_eq!(lines.len(), 1);
+        assert_eq!(end, 8);
+        assert_eq!(after, Some(11));
+    }
+
+    #[test]
+    fn a_file_without_zeros_reads_as_before() {
+        let (lines, end, after) = read_all(b"{\"a\":1}\n{\"b\"");
+        assert_eq!(lines.len(), 2);
+        assert!(!lines[1].2);
+        assert_eq!(end, 12);
+        assert_eq!(after, None);
+    }
 }

@@ -206,6 +206,27 @@ fn verify_each<R: std::io::Read>(
             first = false;
             st.prev_at = format!("{file}:{} seq={}", line.number, seq.unwrap_or_default());
         }
+        // Records end at the first zero byte; the space allocated after them is all zeros.
+        let end = lines.end_of_records();
+        match lines.data_after_end() {
+            Ok(None) => {}
+            Ok(Some(at)) => {
+                return Err(Failure {
+                    file,
+                    line: 0,
+                    seq: None,
+                    what: format!("data at byte {at}, after the records end at byte {end} (zero bytes between): records were zeroed out, or a crash tore a write and the gateway has not been restarted since"),
+                })
+            }
+            Err(e) => {
+                return Err(Failure {
+                    file,
+                    line: 0,
+                    seq: None,
+                    what: format!("read error: {e}"),
+                })
+            }
+        }
         if first {
             // An empty segment is only what a crash right after rotation leaves.
             if index != last_index {

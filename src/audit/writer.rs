@@ -2,7 +2,6 @@
 //! group commit, checkpoints, rotation).
 
 use std::fs::File;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
@@ -27,6 +26,9 @@ pub type Seq = u64;
 
 /// File name of the key generated when the policy names none.
 pub const GENERATED_KEY_FILE: &str = "signing.key";
+
+/// How much segment space is allocated ahead of the records at a time.
+const PREALLOCATE_STEP: u64 = 1 << 20;
 
 enum Msg {
     Append {
@@ -148,6 +150,8 @@ impl AuditLog {
             seg_index: index,
             seg_path: path,
             seg_len: len,
+            seg_allocated: len,
+            preallocate: true,
             seg_records: 0,
             seg_opened: Instant::now(),
             file: Arc::new(file),
@@ -342,7 +346,8 @@ fn new_log_id() -> Result<String, String> {
 fn open_segment(path: &Path, create: bool) -> std::io::Result<File> {
     use std::os::unix::fs::OpenOptionsExt;
     let mut o = std::fs::OpenOptions::new();
-    o.append(true).mode(0o600);
+    // Not O_APPEND: records go at the end of the records, inside space allocated ahead.
+    o.write(true).mode(0o600);
     if create {
         // Never adopt a file someone else put there.
         o.create_new(true);
@@ -368,6 +373,10 @@ struct Writer {
     seg_index: u64,
     seg_path: PathBuf,
     seg_len: u64,
+    /// The segment file's length: zeros from `seg_len` on.
+    seg_allocated: u64,
+    /// Whether the file system can allocate space ahead (`fallocate`).
+    preallocate: bool,
     /// Records in the current segment written by this process.
     seg_records: u64,
     seg_opened: Instant,
@@ -537,6 +546,7 @@ impl Writer {
         if std::mem::take(&mut self.dirty) {
             // A partial (or unsynced) write would otherwise sit in front of the next record.
             self.file.set_len(s.seg_len)?;
+            self.seg_allocated = s.seg_len;
         }
         self.seg_len = s.seg_len;
         Ok(())
@@ -704,11 +714,17 @@ impl Writer {
         let file = open_segment(&path, true).map_err(|e| format!("{}: {e}", path.display()))?;
         sync_dir(&self.dir).map_err(|e| format!("{}: {e}", self.dir.display()))?;
         let old = segment::name(self.seg_index);
+        // A finished segment keeps no space allocated ahead. Readers would stop at the zeros
+        // anyway, so a failure here costs disk space only.
+        if let Err(e) = self.trim() {
+            tracing::warn!(error = %e, segment = %old, "could not trim a finished audit segment");
+        }
         // Batches still waiting for their sync keep the old file open until it is done.
         self.file = Arc::new(file);
         self.seg_index = next;
         self.seg_path = path;
         self.seg_len = 0;
+        self.seg_allocated = 0;
         self.seg_records = 0;
         self.seg_opened = Instant::now();
         let mut buf = Vec::new();
@@ -718,10 +734,50 @@ impl Writer {
             .map_err(|e| format!("{}: {e}", self.seg_path.display()))
     }
 
+    /// Allocates the segment's space ahead of its records, in steps of [`PREALLOCATE_STEP`].
+    /// The file's size then changes once per step instead of with every batch, so that
+    /// `fdatasync` need not write the inode each time (about a third of its latency on ext4).
+    fn allocate_for(&mut self, end: u64) {
+        if !self.preallocate || end <= self.seg_allocated {
+            return;
+        }
+        let to = end.div_ceil(PREALLOCATE_STEP) * PREALLOCATE_STEP;
+        let (Ok(off), Ok(len)) = (
+            i64::try_from(self.seg_allocated),
+            i64::try_from(to - self.seg_allocated),
+        ) else {
+            return;
+        };
+        use std::os::fd::AsRawFd;
+        match nix::fcntl::fallocate(
+            self.file.as_raw_fd(),
+            nix::fcntl::FallocateFlags::empty(),
+            off,
+            len,
+        ) {
+            Ok(()) => self.seg_allocated = to,
+            Err(nix::errno::Errno::EOPNOTSUPP) => self.preallocate = false,
+            // Out of space and the like: the write itself will tell.
+            Err(_) => {}
+        }
+    }
+
+    /// Gives back the space allocated ahead of the current segment's records.
+    fn trim(&mut self) -> std::io::Result<()> {
+        if self.seg_allocated > self.seg_len {
+            self.file.set_len(self.seg_len)?;
+            self.seg_allocated = self.seg_len;
+        }
+        Ok(())
+    }
+
     fn write_durable(&mut self, buf: &[u8], sync: bool) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        self.allocate_for(self.seg_len + buf.len() as u64);
         let mut rest = buf;
+        let mut at = self.seg_len;
         while !rest.is_empty() {
-            match (&*self.file).write(rest) {
+            match self.file.write_at(rest, at) {
                 Ok(0) => {
                     return Err(std::io::Error::new(
                         std::io::ErrorKind::WriteZero,
@@ -731,6 +787,7 @@ impl Writer {
                 Ok(n) => {
                     self.dirty = true;
                     rest = &rest[n..];
+                    at += n as u64;
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
@@ -753,6 +810,7 @@ impl Writer {
         if self.since_checkpoint > 0 {
             self.standalone_checkpoint().map_err(|e| self.fail(&e))?;
         }
+        self.trim().map_err(|e| AuditError::Io(e.to_string()))?;
         self.file
             .sync_all()
             .map_err(|e| AuditError::Io(e.to_string()))
