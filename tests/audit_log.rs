@@ -10,6 +10,13 @@ use portcullis::audit::{keys, AuditError, AuditEvent, AuditLog, Kind, RedactStri
 use portcullis::policy::FsyncMode;
 use serde_json::Value;
 
+/// Opens a group-commit log in `dir` signed with the key in `key` (call inside a runtime).
+fn open_group(dir: &std::path::Path, key: &std::path::Path) -> AuditLog {
+    let mut cfg = config(dir);
+    cfg.fsync = FsyncMode::Group;
+    AuditLog::open(&cfg, Some(keys::read_signing(key).expect("key"))).expect("open")
+}
+
 fn records(dir: &std::path::Path) -> Vec<Value> {
     let mut out = Vec::new();
     let mut i = 1;
@@ -167,11 +174,8 @@ fn fail_closed_refuses_every_append_after_a_write_error() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (key, _) = keygen(tmp.path(), "k");
     let dir = tmp.path().join("log");
-    let mut cfg = config(&dir);
-    cfg.fsync = FsyncMode::Group;
-    let key = keys::read_signing(&key).expect("key");
     rt().block_on(async {
-        let log = AuditLog::open(&cfg, Some(key)).expect("open");
+        let log = open_group(&dir, &key);
         log.append(event(0)).await.expect("first append");
         let _ = break_segment(&segment(&dir, 1));
         let e = log
@@ -429,11 +433,8 @@ fn segment_space_is_allocated_ahead_while_written_and_given_back_at_the_end() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (key, pk) = keygen(tmp.path(), "k");
     let dir = tmp.path().join("log");
-    let mut cfg = config(&dir);
-    cfg.fsync = FsyncMode::Group;
-    let key = keys::read_signing(&key).expect("key");
     rt().block_on(async {
-        let log = AuditLog::open(&cfg, Some(key)).expect("open");
+        let log = open_group(&dir, &key);
         for i in 0..20 {
             log.append(event(i)).await.expect("append");
         }
@@ -459,11 +460,8 @@ fn a_crash_leaves_allocated_space_that_the_next_open_cuts_without_calling_it_los
     let (key, pk) = keygen(tmp.path(), "k");
     let dir = tmp.path().join("log");
     let crashed = tmp.path().join("crashed");
-    let mut cfg = config(&dir);
-    cfg.fsync = FsyncMode::Group;
-    let signing = keys::read_signing(&key).expect("key");
     rt().block_on(async {
-        let log = AuditLog::open(&cfg, Some(signing)).expect("open");
+        let log = open_group(&dir, &key);
         for i in 0..10 {
             log.append(event(i)).await.expect("append");
         }
@@ -474,11 +472,8 @@ fn a_crash_leaves_allocated_space_that_the_next_open_cuts_without_calling_it_los
     });
     let (end, len) = records_end(&segment(&crashed, 1));
     assert!(len > end as u64);
-    let mut cfg = config(&crashed);
-    cfg.fsync = FsyncMode::Group;
-    let signing = keys::read_signing(&key).expect("key");
     rt().block_on(async {
-        let log = AuditLog::open(&cfg, Some(signing)).expect("reopen");
+        let log = open_group(&crashed, &key);
         log.append(event(10)).await.expect("append after the crash");
         log.shutdown().await.expect("shutdown");
     });

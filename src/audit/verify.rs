@@ -208,24 +208,18 @@ fn verify_each<R: std::io::Read>(
         }
         // Records end at the first zero byte; the space allocated after them is all zeros.
         let end = lines.end_of_records();
-        match lines.data_after_end() {
-            Ok(None) => {}
-            Ok(Some(at)) => {
-                return Err(Failure {
-                    file,
-                    line: 0,
-                    seq: None,
-                    what: format!("data at byte {at}, after the records end at byte {end} (zero bytes between): records were zeroed out, or a crash tore a write and the gateway has not been restarted since"),
-                })
-            }
-            Err(e) => {
-                return Err(Failure {
-                    file,
-                    line: 0,
-                    seq: None,
-                    what: format!("read error: {e}"),
-                })
-            }
+        let after_end = match lines.data_after_end() {
+            Ok(None) => None,
+            Ok(Some(at)) => Some(format!("data at byte {at}, after the records end at byte {end} (zero bytes between): records were zeroed out, or a crash tore a write and the gateway has not been restarted since")),
+            Err(e) => Some(format!("read error: {e}")),
+        };
+        if let Some(what) = after_end {
+            return Err(Failure {
+                file,
+                line: 0,
+                seq: None,
+                what,
+            });
         }
         if first {
             // An empty segment is only what a crash right after rotation leaves.
