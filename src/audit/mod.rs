@@ -10,8 +10,8 @@
 //! formatting JCS asks for is plain decimal. A line that is not exactly its own canonical form
 //! fails verification.
 //!
-//! The segment being written has space allocated 1 MiB ahead of its records, which reads as
-//! zero bytes (so that an `fdatasync` rarely has to write the file's size). Records are JSON
+//! The segment being written has zeros written 1 MiB ahead of its records (so that an
+//! `fdatasync` rarely has to write the file's size). Records are JSON
 //! text and never contain a zero byte, so the first zero byte of a segment ends its records;
 //! readers stop there. Only zeros may follow: any other byte after them fails verification
 //! (records zeroed out, or a crash that tore a write). The writer cuts the zeros when it closes
