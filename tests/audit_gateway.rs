@@ -269,9 +269,10 @@ async fn a_full_disk_refuses_calls_instead_of_running_them_unaudited() {
         .args(["if=/dev/zero", "bs=4k", "count=1000"])
         .arg(format!("of={}", audit.join("filler").display()))
         .output();
-    // Records land in the file's last page until it is full; then writes fail.
+    // Records fill the space the log wrote ahead of them (up to 1 MiB, less on a full disk);
+    // then writes fail.
     let mut first_refusal = None;
-    for i in 0..500 {
+    for i in 0..5000 {
         let r = c
             .call_tool("echo", json!({"text": format!("after-{i}")}))
             .await;
