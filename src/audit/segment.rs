@@ -127,12 +127,7 @@ impl<R: Read> Lines<R> {
                     // The end of the records: what came before it is a final line without
                     // its newline, as if the file ended here.
                     self.at_zero = true;
-                    let room = MAX_LINE_BYTES.saturating_sub(bytes.len());
-                    too_long |= i > room;
-                    bytes.extend_from_slice(&buf[..i.min(room)]);
-                    self.inner.consume(i);
-                    self.offset += i as u64;
-                    continue;
+                    (i, false)
                 }
                 Some(i) => (i + 1, true),
                 None => (buf.len(), false),
