@@ -22,8 +22,12 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Health(health) => cli::health::run(health),
-        Command::Firewall(FirewallCommand::Plan { file }) => cli::firewall::plan(&file),
-        Command::Firewall(FirewallCommand::Show) => cli::firewall::show(),
+        Command::Firewall(FirewallCommand::Plan { file, instance }) => {
+            cli::firewall::plan(&file, instance.as_deref())
+        }
+        Command::Firewall(FirewallCommand::Show { instance }) => {
+            cli::firewall::show(instance.as_deref())
+        }
         Command::Serve(serve) => {
             cli::init_logging(args.log_format);
             let runtime = match async_runtime() {

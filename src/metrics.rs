@@ -70,6 +70,7 @@ pub struct Metrics {
     upstream_up: Family<AtomicI64>,
     sessions: Family<AtomicI64>,
     egress_denied: Family<AtomicU64>,
+    egress_protection: Family<AtomicI64>,
     audit_queue: Family<AtomicI64>,
     audit_fsync_seconds: Family<Histogram>,
 }
@@ -84,6 +85,7 @@ pub fn global() -> &'static Metrics {
         upstream_up: family("Whether a shared server instance is up (1) or not (0)."),
         sessions: family("Open client sessions."),
         egress_denied: family("Egress attempts denied by the firewall, by server."),
+        egress_protection: family("How the egress table is protected: 1 for the mode in force (owner: created with NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, nobody else can change it; watch: the kernel lacks the flags, changes are undone by the read-back watch)."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
     })
@@ -155,6 +157,15 @@ impl Metrics {
             .fetch_add(n, Ordering::Relaxed);
     }
 
+    /// The egress table's protection mode (`owner` or `watch`) is now `mode`.
+    pub fn egress_protection(&self, mode: &str) {
+        for m in ["owner", "watch"] {
+            self.egress_protection
+                .get(vec![("mode", m.to_owned())])
+                .store(i64::from(m == mode), Ordering::Relaxed);
+        }
+    }
+
     pub fn audit_queue(&self, depth: i64) {
         self.audit_queue
             .get(Vec::new())
@@ -186,6 +197,11 @@ impl Metrics {
             &mut o,
             "portcullis_egress_denied_total",
             &self.egress_denied,
+        );
+        gauge(
+            &mut o,
+            "portcullis_egress_table_protection",
+            &self.egress_protection,
         );
         gauge(&mut o, "portcullis_audit_queue_depth", &self.audit_queue);
         histogram(

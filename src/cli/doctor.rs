@@ -20,6 +20,9 @@ pub struct DoctorArgs {
     /// Overrides [audit] dir from the policy, as `serve --audit-dir` does.
     #[arg(long, env = "PORTCULLIS_AUDIT_DIR")]
     pub audit_dir: Option<PathBuf>,
+    /// The gateway instance to check, as `serve --instance`.
+    #[arg(long, env = "PORTCULLIS_INSTANCE")]
+    pub instance: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,7 +77,7 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
                 if n == 1 { "server" } else { "servers" }
             )));
             findings.extend(docker(&policy).await);
-            findings.extend(nftables::check(&policy).await);
+            findings.extend(nftables::check(&policy, args.instance.as_deref()).await);
             findings.extend(audit_dir::check(&policy));
         }
         Err(e) => findings.push(invalid_policy(&e)),

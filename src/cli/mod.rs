@@ -7,6 +7,7 @@ pub mod doctor;
 pub mod egress_watch;
 pub mod firewall;
 pub mod health;
+pub mod instance;
 pub mod policy;
 pub mod serve;
 
@@ -58,9 +59,20 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum FirewallCommand {
     /// Print the rule set a policy would program, in `nft` syntax.
-    Plan { file: PathBuf },
-    /// Print the live `table inet portcullis` with pinned addresses and remaining timeouts.
-    Show,
+    Plan {
+        file: PathBuf,
+        /// The gateway instance to plan for (default: the policy's [gateway] instance, or the
+        /// one derived from its state directory, as `serve` does).
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Print an instance's live table (`inet portcullis_<instance>`) with pinned addresses and
+    /// remaining timeouts. Without --instance: the only Portcullis table of this network
+    /// namespace (several: they are listed).
+    Show {
+        #[arg(long, env = "PORTCULLIS_INSTANCE")]
+        instance: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -26,6 +26,9 @@ pub fn check(path: &Path) -> ExitCode {
                 path.display(),
                 names.len()
             ));
+            if let Some(w) = crate::egress::subnets::pool_warning(&p) {
+                out(&format!("{}: warning: {w}\n", path.display()));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),

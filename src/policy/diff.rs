@@ -205,6 +205,7 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
         max_sessions => "gateway.max_sessions",
         sse_keepalive => "gateway.sse_keepalive",
         sse_poll_interval => "gateway.sse_poll_interval",
+        instance => "gateway.instance",
     );
     if new.audit != running.audit {
         kept.push("audit");

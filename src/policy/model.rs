@@ -209,9 +209,12 @@ pub struct Gateway {
     pub sse_poll_interval: Option<Duration>,
     /// TLS for the listener; required (with client authentication) off loopback.
     pub tls: Option<Tls>,
-    /// Where the gateway keeps state between runs (the OAuth token caches); resolved against
-    /// the policy file's directory when relative.
+    /// Where the gateway keeps state between runs (the OAuth token caches, the instance lock);
+    /// resolved against the policy file's directory when relative.
     pub state_dir: PathBuf,
+    /// The gateway's instance id (`crate::instance`): names every kernel and Docker object it
+    /// makes. `None`: derived from `state_dir`.
+    pub instance: Option<String>,
 }
 
 /// Default state directory, relative to the policy file (or the working directory for the

@@ -98,6 +98,13 @@ pub fn render(p: &Policy) -> String {
             .map_or_else(|| "off".to_owned(), format_duration)
     );
     let _ = writeln!(o, "  state_dir             {}", g.state_dir.display());
+    let _ = writeln!(
+        o,
+        "  instance              {}",
+        g.instance
+            .as_deref()
+            .unwrap_or("(derived from state_dir at start)")
+    );
     let e = &p.egress;
     let _ = writeln!(o, "\n[egress]");
     let _ = writeln!(

@@ -389,6 +389,16 @@ impl Checker<'_> {
             Some(p) => self.resolve(p.get_ref()),
             None => self.resolve(DEFAULT_STATE_DIR),
         };
+        let instance =
+            g.instance
+                .as_ref()
+                .and_then(|i| match crate::instance::check(i.get_ref()) {
+                    Ok(()) => Some(i.get_ref().clone()),
+                    Err(e) => {
+                        self.error(i.span().start, e);
+                        None
+                    }
+                });
         let gw = Gateway {
             listen,
             naming,
@@ -413,6 +423,7 @@ impl Checker<'_> {
             sse_poll_interval: self.duration(&g.sse_poll_interval, "sse_poll_interval"),
             tls: g.tls.as_ref().map(|t| self.tls(t)),
             state_dir: self.state_dir.clone(),
+            instance,
         };
         (gw, naming_at)
     }

@@ -61,10 +61,15 @@ pub struct Overrides {
     /// only loopback and bridge-gateway peers, whatever a reloaded policy says about TLS and
     /// clients (its address cannot change without a restart).
     pub published_on_host_loopback: bool,
+    /// `serve --instance`: overrides `[gateway] instance`.
+    pub instance: Option<String>,
 }
 
 impl Overrides {
     pub fn apply(&self, policy: &mut Policy) {
+        if let Some(id) = &self.instance {
+            policy.gateway.instance = Some(id.clone());
+        }
         if let Some(listen) = self.listen {
             policy.gateway.listen = listen;
         }
