@@ -186,6 +186,9 @@ pub enum HttpSinkAuth {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
     pub listen: SocketAddr,
+    /// A loopback listener that serves `/health`, `/ready` and `/metrics` (without a token);
+    /// when set, the main listener no longer serves `/ready` and `/metrics`.
+    pub admin_listen: Option<SocketAddr>,
     pub naming: Naming,
     /// Extra `Origin` values accepted besides loopback origins (exact match, e.g. `https://app.example`).
     pub allowed_origins: Vec<String>,

@@ -345,6 +345,20 @@ impl Checker<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 8811))
             }),
         };
+        let admin_listen = g.admin_listen.as_ref().and_then(|a| {
+            let text = a.get_ref();
+            match text.parse::<SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => Some(addr),
+                Ok(_) => {
+                    self.error(a.span().start, format!("admin_listen \"{text}\" is not a loopback address; /ready and /metrics name every server, tool and client, so they are served without a token only on loopback (off loopback, reach them through `listen` with a client token)"));
+                    None
+                }
+                Err(_) => {
+                    self.error(a.span().start, format!("invalid admin_listen address \"{text}\"; use a loopback IP:PORT, like \"127.0.0.1:9811\""));
+                    None
+                }
+            }
+        });
         let naming_at = g.naming.as_ref().map_or(0, |n| n.span().start);
         let naming = match g.naming.as_ref().map(|n| n.get_ref().as_str()) {
             None | Some("auto") => Naming::Auto,
@@ -391,6 +405,7 @@ impl Checker<'_> {
         };
         let gw = Gateway {
             listen,
+            admin_listen,
             naming,
             allowed_origins: Self::strings(&g.allowed_origins),
             allowed_hosts: Self::strings(&g.allowed_hosts),

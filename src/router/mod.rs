@@ -12,6 +12,7 @@ mod forward;
 pub mod naming;
 mod relay;
 mod reload;
+mod resolve;
 mod servers;
 mod sessions;
 pub mod uri_template;
@@ -33,6 +34,7 @@ use crate::sandbox::Runtime;
 use crate::upstream::{Upstream, UpstreamEvent};
 use catalog::{Catalog, Kind, KINDS};
 pub use dispatch::Admission;
+pub use resolve::forwarded_methods;
 pub use sessions::{ClientCaps, MessageSink, SessionInfo};
 
 /// Queue between upstream readers and the router's event task.
