@@ -191,8 +191,9 @@ impl Access {
             .decide(&identity.client, target)
     }
 
-    /// The decision, then every quota that applies to `target` (the client's, the server's,
-    /// the tool's), each taking one request. A refused request takes nothing from the quotas.
+    /// The decision, then every quota that applies to `target` (the tool's, the server's, the
+    /// client's, most specific first), each taking one request. A request the rules refuse
+    /// takes nothing from any quota.
     pub fn admit(&self, identity: &Identity, target: &Target) -> Result<Permit, Refused> {
         match self.decide(identity, target) {
             Decision::Deny(d) => Err(Refused::Forbidden(d)),

@@ -16,8 +16,22 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The gateway binary under test: this build's, or `PORTCULLIS_BIN` (as for the Python tests),
+/// which runs a test against another build, such as the one before a fix.
 pub fn gateway_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+    std::env::var_os("PORTCULLIS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")))
+}
+
+/// The `token_sha256` a policy names for bearer token `token`.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn bench_echo_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portcullis-bench-echo"))
 }
 
 pub fn fixture_bin() -> PathBuf {
