@@ -458,14 +458,9 @@ fn base_url(shared: &Shared, parts: &http::request::Parts) -> String {
 fn unauthenticated(shared: &Shared, e: &crate::access::Unauthorized, base: &str) -> Reply {
     tracing::info!(reason = %e, "request refused: not authenticated");
     crate::metrics::global().refusal("unauthenticated");
-    shared.audit.record_later(AuditTrail::denied(
-        None,
-        None,
-        None,
-        None,
-        crate::audit::Outcome::DeniedAuth,
-        &e.reason,
-    ));
+    shared
+        .audit
+        .record_later(AuditTrail::unauthenticated(&e.reason));
     let mut r = reply::rpc_error(
         StatusCode::UNAUTHORIZED,
         None,

@@ -127,30 +127,11 @@ impl AuditTrail {
         ev
     }
 
-    pub fn denied(
-        identity: Option<&Identity>,
-        session: Option<&str>,
-        server: Option<&str>,
-        tool: Option<&str>,
-        outcome: Outcome,
-        reason: &str,
-    ) -> AuditEvent {
-        let mut ev = AuditEvent::new(Kind::Denied)
-            .outcome(outcome)
-            .detail(reason);
-        if let Some(i) = identity {
-            ev = ev.client(i.client.to_string());
-        }
-        if let Some(s) = session {
-            ev = ev.session(session_tag(s));
-        }
-        if let Some(s) = server {
-            ev = ev.server(s);
-        }
-        if let Some(t) = tool {
-            ev = ev.tool(t);
-        }
-        ev
+    /// The `denied` record of a request without valid credentials.
+    pub fn unauthenticated(reason: &str) -> AuditEvent {
+        AuditEvent::new(Kind::Denied)
+            .outcome(Outcome::DeniedAuth)
+            .detail(reason)
     }
 }
 
