@@ -309,6 +309,15 @@ async fn uri_patterns_grant_exactly_their_resources() {
             "{uri}"
         );
     }
+    // A pattern sees text; a server may resolve dot segments. They are refused to clients with
+    // rules, also percent-encoded.
+    for uri in ["test://template/../data", "test://template/%2e%2e/data"] {
+        let r = c.request("resources/read", read(uri)).await;
+        assert!(
+            refused(&r) && r.to_string().contains("segments"),
+            "{uri}: {r}"
+        );
+    }
     let complete = |r: Value, arg: &str| json!({"ref": r, "argument": {"name": arg, "value": ""}});
     let by_template = c
         .request(

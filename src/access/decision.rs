@@ -62,6 +62,22 @@ impl<'a> Target<'a> {
         }
     }
 
+    /// The concrete URI a read, subscription or resource completion names.
+    fn uri(&self) -> Option<&'a str> {
+        match *self {
+            Target::Resource { uri, .. }
+            | Target::Subscription { uri, .. }
+            | Target::Completion {
+                of: Completed::Resource(uri),
+                ..
+            } => Some(uri),
+            Target::Tool { .. }
+            | Target::Prompt { .. }
+            | Target::Template { .. }
+            | Target::Completion { .. } => None,
+        }
+    }
+
     /// The tool, for a tool call: what per-tool quotas count and the audit's `tool` field.
     pub fn tool(&self) -> Option<&'a str> {
         match *self {
@@ -138,16 +154,40 @@ pub struct Denied {
     pub reason: String,
 }
 
+/// Whether `uri` has `.` or `..` path segments, literally or percent-encoded, also behind an
+/// encoded `/` or a `\`: a server may resolve them (`file:///docs/../.ssh/id_rsa`) where a
+/// pattern such as `fs__file:///docs/*` only sees text.
+fn dot_segments(uri: &str) -> bool {
+    let decoded: Vec<u8> = percent_encoding::percent_decode_str(uri).collect();
+    decoded
+        .split(|&b| b == b'/' || b == b'\\')
+        .any(|seg| seg == b"." || seg == b"..")
+}
+
 impl Rules {
-    /// Whether `target` is granted: the list filter's question, without a permit.
+    /// Whether `target` is granted: the list filter's question, without a permit. A client
+    /// with rules never gets a URI with dot segments, which its patterns cannot judge.
     pub fn allows(&self, target: &Target) -> bool {
-        self.permits(target.server(), target.item())
+        if self.is_unrestricted() {
+            return true;
+        }
+        !target.uri().is_some_and(dot_segments) && self.permits(target.server(), target.item())
     }
 
     /// The access decision for `client` under these rules.
     pub fn decide(&self, client: &str, target: &Target) -> Decision {
         if self.allows(target) {
             return Decision::Allow(Permit::of(target));
+        }
+        if target.uri().is_some_and(dot_segments) {
+            return Decision::Deny(Denied {
+                reason: format!(
+                    "client `{client}` may not {} `{}__{}`: its path has `.` or `..` segments, which rule patterns cannot judge; ask for the URI without them",
+                    target.action(),
+                    target.server(),
+                    target.item()
+                ),
+            });
         }
         Decision::Deny(Denied {
             reason: format!(
@@ -219,6 +259,35 @@ mod tests {
             server: "ev",
             uri: "demo://resource/dynamic/text/1"
         }));
+    }
+
+    #[test]
+    fn dot_segments_are_refused_to_clients_with_rules() {
+        let r = rules(&["fs__file:///docs/*"]);
+        let read = |uri| Target::Resource { server: "fs", uri };
+        assert!(r.allows(&read("file:///docs/a.md")));
+        for sneaky in [
+            "file:///docs/../etc/passwd",
+            "file:///docs/%2e%2e/etc/passwd",
+            "file:///docs/..%2fetc/passwd",
+            "file:///docs/..%5Cetc",
+            "file:///docs/./a.md",
+            "file:///docs/..",
+        ] {
+            assert!(!r.allows(&read(sneaky)), "{sneaky}");
+            let Decision::Deny(d) = r.decide("bob", &read(sneaky)) else {
+                panic!("{sneaky}");
+            };
+            assert!(d.reason.contains("segments"), "{}", d.reason);
+        }
+        assert!(
+            r.allows(&read("file:///docs/a..b/c.md")),
+            "dots inside a name"
+        );
+        assert!(
+            Rules::default().allows(&read("file:///docs/../x")),
+            "an unrestricted client may read anything anyway"
+        );
     }
 
     #[test]

@@ -87,6 +87,17 @@ impl Gateway {
     /// [`Gateway::spawn`] as another user (`uid`, e.g. 65534 to see what happens without
     /// root); the policy's folder is then made readable for it.
     pub fn spawn_as(policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
+        Self::spawn_bin(&gateway_bin(), policy, env, uid)
+    }
+
+    /// [`Gateway::start_with`] with another gateway binary (a benchmark's baseline build).
+    pub fn start_bin(bin: &Path, policy: &str, env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::spawn_bin(bin, policy, env, None);
+        gw.wait_ready(Duration::from_secs(60));
+        gw
+    }
+
+    fn spawn_bin(bin: &Path, policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
@@ -94,7 +105,7 @@ impl Gateway {
             .replace("{tmp}", &dir.path().display().to_string());
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, text).expect("write policy");
-        let mut cmd = Command::new(gateway_bin());
+        let mut cmd = Command::new(bin);
         if let Some(uid) = uid {
             use std::os::unix::fs::PermissionsExt;
             use std::os::unix::process::CommandExt;
