@@ -770,7 +770,12 @@ impl Checker<'_> {
     ) -> Option<Runtime> {
         let url = match &rs.url {
             Some(u) => match check_url(u.get_ref()) {
-                Ok(()) => Some(u.get_ref().clone()),
+                Ok(()) => {
+                    if let Some(why) = unreachable_without_rule(u.get_ref(), egress) {
+                        self.error(u.span().start, format!("[servers.{n}] {why}"));
+                    }
+                    Some(u.get_ref().clone())
+                }
                 Err(e) => {
                     self.error(u.span().start, e);
                     None
@@ -1293,6 +1298,52 @@ pub(super) fn is_loopback_url(u: &str) -> bool {
     };
     host.parse::<std::net::IpAddr>()
         .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A remote server's url that names a private, loopback or link-local address as an IP literal can be reached only when a CIDR rule allows it: the gateway refuses such
+/// addresses otherwise, at every connection. Returns the address and the rule that allows it.
+pub(super) fn private_target_rule(u: &str, egress: &Egress) -> Option<(std::net::IpAddr, String)> {
+    let (https, rest) = match u.strip_prefix("https://") {
+        Some(r) => (true, r),
+        None => (false, u.strip_prefix("http://")?),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok()?,
+        None if https => 443,
+        None => 80,
+    };
+    // Names are checked when they resolve (and by `doctor`): only literals are known here.
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    if !super::egress::is_special(ip) {
+        return None;
+    }
+    let addr = std::net::SocketAddr::new(ip, port);
+    if egress.allow.iter().any(|r| r.covers(addr)) {
+        return None;
+    }
+    let rule = if ip.is_ipv4() {
+        format!("{ip}:{port}")
+    } else {
+        format!("[{ip}]:{port}")
+    };
+    Some((ip, rule))
+}
+
+fn unreachable_without_rule(u: &str, egress: &Egress) -> Option<String> {
+    let (ip, rule) = private_target_rule(u, egress)?;
+    Some(format!(
+        "url \"{u}\" names {ip}, a private/loopback address that remote servers may reach only when an egress rule allows it; every connection would be refused. add egress.allow = [\"{rule}\"]"
+    ))
 }
 
 pub(super) fn check_url(u: &str) -> Result<(), String> {
