@@ -624,3 +624,43 @@ async fn metrics_move_with_calls() {
     );
     assert!(after.contains("portcullis_call_duration_seconds_count{server=\"fixture\"}"));
 }
+
+#[tokio::test]
+async fn unknown_tools_name_only_the_relevant_server_that_is_down_and_suggest_a_prefix() {
+    let gw = Gateway::spawn(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[servers.alpha]
+runtime = "process"
+command = "{fixture}"
+
+[servers.broken]
+runtime = "process"
+command = "/nonexistent/portcullis-missing-server"
+"#,
+        &[],
+    );
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    let err = |r: &Value| {
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // The prefix names a healthy server: the broken one is not the reason.
+    let m = err(&c.call_tool("alpha__nope", json!({})).await);
+    assert!(m.starts_with("unknown tool `alpha__nope`"), "{m}");
+    assert!(!m.contains("broken"), "{m}");
+    // The prefix names the broken server: say why it is missing.
+    let m = err(&c.call_tool("broken__anything", json!({})).await);
+    assert!(
+        m.contains("servers not ready") && m.contains("`broken`"),
+        "{m}"
+    );
+    // An unprefixed name that matches exactly one prefixed tool.
+    let m = err(&c.call_tool("pid", json!({})).await);
+    assert!(m.contains("did you mean `alpha__pid`?"), "{m}");
+}
