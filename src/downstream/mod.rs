@@ -141,6 +141,7 @@ pub struct Listener {
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     idle_timeout: Duration,
+    unused_timeout: Duration,
     /// When set, only loopback and these peers may connect (see [`Listener::only_from`]).
     peers: Option<Vec<IpAddr>>,
 }
@@ -168,6 +169,7 @@ impl Listener {
             listener,
             shared: Arc::new(Shared::new(gateway, router, access, audit, tls.is_some())),
             idle_timeout: gateway.session_idle_timeout,
+            unused_timeout: gateway.unused_session_timeout,
             tls,
             peers: None,
         })
@@ -201,7 +203,11 @@ impl Listener {
     /// Serves until `shutdown` resolves, then closes every session.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
         let shared = self.shared.clone();
-        let sweeper = tokio::spawn(sweep_idle(shared.clone(), self.idle_timeout));
+        let sweeper = tokio::spawn(sweep_idle(
+            shared.clone(),
+            self.idle_timeout,
+            self.unused_timeout,
+        ));
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         tokio::pin!(shutdown);
         loop {
@@ -289,13 +295,17 @@ where
     }
 }
 
-async fn sweep_idle(shared: Arc<Shared>, limit: Duration) {
-    let period = (limit / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+async fn sweep_idle(shared: Arc<Shared>, limit: Duration, unused: Duration) {
+    let period = (limit.min(unused) / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::time::sleep(period).await;
         shared.access.limits.sweep();
-        for id in shared.sessions.expire(limit) {
-            tracing::info!(session = %streamable::short(&id), "session expired after being idle");
+        for (id, why) in shared.sessions.expire(limit, unused) {
+            let why = match why {
+                session::Expiry::Idle => "idle",
+                session::Expiry::Unused => "used only for initialize and lists, then idle",
+            };
+            tracing::info!(session = %streamable::short(&id), "session expired: {why}");
             shared.router.close_session(&id).await;
         }
     }

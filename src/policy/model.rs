@@ -197,6 +197,10 @@ pub struct Gateway {
     pub request_timeout: Duration,
     /// Sessions with no request for this long are closed.
     pub session_idle_timeout: Duration,
+    /// Sessions that only initialized or listed (no call, no read, no stream held open) are
+    /// closed after this long without a request: health checks such as `claude mcp list` and
+    /// the Inspector's CLI never send DELETE. Never longer than `session_idle_timeout`.
+    pub unused_session_timeout: Duration,
     /// Upper bound on concurrently open sessions.
     pub max_sessions: usize,
     /// Items per page in aggregated `*/list` answers.

@@ -76,6 +76,7 @@ pub struct RawGateway {
     pub max_body_bytes: Option<Spanned<Value>>,
     pub request_timeout: Option<Spanned<Value>>,
     pub session_idle_timeout: Option<Spanned<Value>>,
+    pub unused_session_timeout: Option<Spanned<Value>>,
     pub max_sessions: Option<Spanned<u64>>,
     pub page_size: Option<Spanned<u64>>,
     pub sse_keepalive: Option<Spanned<Value>>,

@@ -17,6 +17,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8811";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_UNUSED_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_PAGE_SIZE: usize = 200;
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -345,6 +346,9 @@ impl Checker<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 8811))
             }),
         };
+        let session_idle_timeout = self
+            .duration(&g.session_idle_timeout, "session_idle_timeout")
+            .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT);
         let naming_at = g.naming.as_ref().map_or(0, |n| n.span().start);
         let naming = match g.naming.as_ref().map(|n| n.get_ref().as_str()) {
             None | Some("auto") => Naming::Auto,
@@ -398,9 +402,11 @@ impl Checker<'_> {
             request_timeout: self
                 .duration(&g.request_timeout, "request_timeout")
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
-            session_idle_timeout: self
-                .duration(&g.session_idle_timeout, "session_idle_timeout")
-                .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT),
+            session_idle_timeout,
+            unused_session_timeout: self
+                .duration(&g.unused_session_timeout, "unused_session_timeout")
+                .unwrap_or(DEFAULT_UNUSED_SESSION_TIMEOUT)
+                .min(session_idle_timeout),
             max_sessions: self
                 .count(&g.max_sessions, "max_sessions", (1, 1_000_000))
                 .map_or(DEFAULT_MAX_SESSIONS, |n| n as usize),
