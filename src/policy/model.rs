@@ -287,6 +287,32 @@ pub struct Server {
     pub max_in_flight: Option<u32>,
     /// How long a call may wait for a free slot before it is refused.
     pub queue_timeout: Duration,
+    /// What the gateway answers the server's `roots/list` with when no client session can be
+    /// asked (shared servers between calls, clients without roots): `file://` URIs.
+    pub roots: Vec<String>,
+    /// Client capabilities the gateway declares to the server in its `initialize`.
+    pub client_capabilities: ClientCapabilities,
+}
+
+/// The client capabilities declared to a server. Sampling and elicitation requests are relayed
+/// to the client session that caused them (refused when it lacks the capability); roots are
+/// relayed too, or answered from the server's `roots` when no session can be asked. Leaving one
+/// out hides features from servers that adapt their tools to what the client can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCapabilities {
+    pub roots: bool,
+    pub sampling: bool,
+    pub elicitation: bool,
+}
+
+impl Default for ClientCapabilities {
+    fn default() -> Self {
+        ClientCapabilities {
+            roots: true,
+            sampling: true,
+            elicitation: true,
+        }
+    }
 }
 
 /// How the server is run or reached.

@@ -152,6 +152,8 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
+    pub roots: Option<Vec<Str>>,
+    pub client_capabilities: Option<Vec<Str>>,
 }
 
 /// `oauth = { ... }` of a remote server.

@@ -556,6 +556,8 @@ impl Checker<'_> {
         let queue_timeout = self
             .duration(&rs.queue_timeout, "queue_timeout")
             .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+        let roots = self.roots(&rs.roots);
+        let client_capabilities = self.client_capabilities(&rs.client_capabilities);
 
         if self.diags.len() != before {
             return None;
@@ -573,6 +575,8 @@ impl Checker<'_> {
             request_timeout,
             tool_rates,
             max_in_flight,
+            roots,
+            client_capabilities,
             queue_timeout,
         })
     }
@@ -846,6 +850,45 @@ impl Checker<'_> {
             ca_file,
             oauth,
         }))
+    }
+
+    fn roots(&mut self, v: &Option<Vec<Str>>) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in v.iter().flatten() {
+            let uri = r.get_ref();
+            if uri.strip_prefix("file:///").is_none() || uri.chars().any(char::is_whitespace) {
+                self.error(
+                    r.span().start,
+                    format!("root \"{uri}\" must be a file:// URI of an absolute path, like \"file:///workspace\""),
+                );
+            } else {
+                out.push(uri.clone());
+            }
+        }
+        out
+    }
+
+    fn client_capabilities(&mut self, v: &Option<Vec<Str>>) -> ClientCapabilities {
+        let Some(list) = v else {
+            return ClientCapabilities::default();
+        };
+        let mut caps = ClientCapabilities {
+            roots: false,
+            sampling: false,
+            elicitation: false,
+        };
+        for c in list {
+            match c.get_ref().as_str() {
+                "roots" => caps.roots = true,
+                "sampling" => caps.sampling = true,
+                "elicitation" => caps.elicitation = true,
+                other => self.error(
+                    c.span().start,
+                    format!("unknown client capability \"{other}\"; use \"roots\", \"sampling\" or \"elicitation\""),
+                ),
+            }
+        }
+        caps
     }
 
     fn limits(&mut self, l: RawLimits) -> Limits {

@@ -171,7 +171,10 @@ impl Supervisor {
         }
         let (conn, mut reader) =
             Connection::start(self.source.clone(), stdin, stdout, self.events.clone());
-        let handshake = tokio::time::timeout(self.server.startup_timeout, handshake(&conn));
+        let handshake = tokio::time::timeout(
+            self.server.startup_timeout,
+            handshake(&conn, self.server.client_capabilities),
+        );
         // A server that dies during the handshake closes its stdout: report that at once,
         // with its exit status, instead of waiting out the whole startup timeout.
         let outcome = tokio::select! {
@@ -243,9 +246,11 @@ impl Supervisor {
         let info = match connected.info {
             Some(info) => info,
             None => {
-                let hs =
-                    tokio::time::timeout(self.server.startup_timeout, handshake(&connected.conn))
-                        .await;
+                let hs = tokio::time::timeout(
+                    self.server.startup_timeout,
+                    handshake(&connected.conn, self.server.client_capabilities),
+                )
+                .await;
                 match hs {
                     Ok(Ok(info)) => info,
                     Ok(Err(e)) => {
@@ -328,16 +333,22 @@ impl crate::sandbox::Instance for RemoteInstance {
 }
 
 /// The params of the gateway's `initialize` request to a server.
-pub(super) fn init_params() -> serde_json::Value {
+pub(super) fn init_params(caps: crate::policy::ClientCapabilities) -> serde_json::Value {
+    // The gateway relays these to whichever client session caused the request; a client that
+    // lacks one gets an error back upstream (roots: the server's configured roots instead).
+    let mut capabilities = serde_json::Map::new();
+    if caps.roots {
+        capabilities.insert("roots".into(), json!({"listChanged": true}));
+    }
+    if caps.sampling {
+        capabilities.insert("sampling".into(), json!({}));
+    }
+    if caps.elicitation {
+        capabilities.insert("elicitation".into(), json!({}));
+    }
     json!({
         "protocolVersion": protocol::LATEST,
-        // The gateway relays these to whichever client session caused the request; a client
-        // that lacks one gets an error back upstream.
-        "capabilities": {
-            "roots": {"listChanged": true},
-            "sampling": {},
-            "elicitation": {}
-        },
+        "capabilities": capabilities,
         "clientInfo": {"name": "portcullis", "version": env!("CARGO_PKG_VERSION")}
     })
 }
@@ -371,10 +382,17 @@ pub(super) fn parse_init(outcome: super::Outcome) -> Result<InitInfo, String> {
 }
 
 /// The client side of the MCP initialize handshake, as the gateway speaks it upstream.
-pub(super) async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
+pub(super) async fn handshake(
+    conn: &Connection,
+    caps: crate::policy::ClientCapabilities,
+) -> Result<InitInfo, String> {
     const INIT_ID: u64 = 0;
     let rx = conn
-        .request(INIT_ID, methods::INITIALIZE, Some(to_raw(&init_params())))
+        .request(
+            INIT_ID,
+            methods::INITIALIZE,
+            Some(to_raw(&init_params(caps))),
+        )
         .await?;
     let guard = PendingGuard::new(conn, INIT_ID);
     let outcome = rx

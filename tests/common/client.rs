@@ -139,10 +139,19 @@ impl Mcp {
     }
 
     pub async fn initialize(&mut self, version: &str) -> Value {
+        self.initialize_with(
+            version,
+            json!({"sampling": {}, "elicitation": {}, "roots": {"listChanged": true}}),
+        )
+        .await
+    }
+
+    /// `initialize` declaring `capabilities`.
+    pub async fn initialize_with(&mut self, version: &str, capabilities: Value) -> Value {
         let r = self
             .post(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
                 "protocolVersion": version,
-                "capabilities": {"sampling": {}, "elicitation": {}, "roots": {"listChanged": true}},
+                "capabilities": capabilities,
                 "clientInfo": {"name": "portcullis-test", "version": "0"}
             }}))
             .await;
