@@ -393,15 +393,35 @@ async fn route<B: RequestBody>(shared: &Arc<Shared>, req: Request<B>) -> Reply {
             );
             r
         }
-        (p, _) if p.starts_with("/.well-known/oauth-") => reply::plain_json(
+        // OAuth-capable clients (mcp-remote, SDK auth helpers) that get a 401 look for an
+        // authorization server at the gateway's origin and try to register: say plainly that
+        // there is none, so that what they print explains the real problem (the token).
+        (p, _) if is_oauth_endpoint(p) => reply::plain_json(
             StatusCode::NOT_FOUND,
-            &json!({"error": "not_found", "error_description": "this gateway does not use OAuth: no authorization server or protected-resource metadata"}),
+            &json!({"error": "invalid_request", "error_description": NO_AUTHORIZATION_SERVER}),
         ),
         (p, _) => reply::plain_json(
             StatusCode::NOT_FOUND,
             &json!({"error": "not_found", "error_description": format!("no such endpoint `{p}`; MCP is served at /mcp")}),
         ),
     }
+}
+
+/// What OAuth discovery and registration requests are told (see `route`).
+const NO_AUTHORIZATION_SERVER: &str = "Portcullis has no OAuth authorization server: clients authenticate with a bearer token that the gateway's operator issues (`portcullis token new`), sent as `Authorization: Bearer <token>`. The request to /mcp was refused because its token was missing or not accepted; configure the client with the right token instead of signing in";
+
+fn is_oauth_endpoint(path: &str) -> bool {
+    path.starts_with("/.well-known/oauth-")
+        || path.starts_with("/.well-known/openid-configuration")
+        || matches!(
+            path,
+            "/register"
+                | "/authorize"
+                | "/token"
+                | "/oauth/register"
+                | "/oauth/authorize"
+                | "/oauth/token"
+        )
 }
 
 /// This gateway's origin as the client addressed it, for metadata URLs.
