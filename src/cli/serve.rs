@@ -105,6 +105,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )))
         .await?;
     super::egress_watch::warn_about_policy(&policy);
+    crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
     let backends = Arc::new(Backends::new(&args.docker_scope, &policy.egress));
     let egress_watch = super::egress_watch::spawn(backends.clone(), trail.clone());
     let (runtime, runtime_generation) = backends.for_policy(&policy).await;

@@ -302,10 +302,12 @@ async fn sweep_idle(shared: Arc<Shared>, limit: Duration, unused: Duration) {
         shared.access.limits.sweep();
         for (id, why) in shared.sessions.expire(limit, unused) {
             let why = match why {
-                session::Expiry::Idle => "idle",
-                session::Expiry::Unused => "used only for initialize and lists, then idle",
+                session::Expiry::Idle => "session expired after being idle",
+                session::Expiry::Unused => {
+                    "session expired after being used only for initialize and lists"
+                }
             };
-            tracing::info!(session = %streamable::short(&id), "session expired: {why}");
+            tracing::info!(session = %streamable::short(&id), "{why}");
             shared.router.close_session(&id).await;
         }
     }

@@ -17,7 +17,9 @@ mod validate_oauth;
 pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use import::import;
 pub use model::*;
-pub use validate::{is_server_name, parse_secret_ref, secret_refs, validate_host_port};
+pub use validate::{
+    is_server_name, parse_secret_ref, secret_refs, validate_host_port, DEFAULT_SERVER_LOG_RATE,
+};
 
 use std::path::Path;
 

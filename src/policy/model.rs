@@ -201,6 +201,9 @@ pub struct Gateway {
     /// closed after this long without a request: health checks such as `claude mcp list` and
     /// the Inspector's CLI never send DELETE. Never longer than `session_idle_timeout`.
     pub unused_session_timeout: Duration,
+    /// How many lines of a server's stderr reach the gateway's log (per server, every instance
+    /// together); beyond it lines are counted, not logged. A server's `log_rate` overrides it.
+    pub server_log_rate: Rate,
     /// Upper bound on concurrently open sessions.
     pub max_sessions: usize,
     /// Items per page in aggregated `*/list` answers.
@@ -292,6 +295,8 @@ pub struct Server {
     pub roots: Vec<String>,
     /// Client capabilities the gateway declares to the server in its `initialize`.
     pub client_capabilities: ClientCapabilities,
+    /// Overrides `[gateway] server_log_rate` for this server.
+    pub log_rate: Option<Rate>,
 }
 
 /// The client capabilities declared to a server. Sampling and elicitation requests are relayed

@@ -77,6 +77,7 @@ pub struct RawGateway {
     pub request_timeout: Option<Spanned<Value>>,
     pub session_idle_timeout: Option<Spanned<Value>>,
     pub unused_session_timeout: Option<Spanned<Value>>,
+    pub server_log_rate: Option<Spanned<Value>>,
     pub max_sessions: Option<Spanned<u64>>,
     pub page_size: Option<Spanned<u64>>,
     pub sse_keepalive: Option<Spanned<Value>>,
@@ -154,6 +155,7 @@ pub struct RawServer {
     pub queue_timeout: Option<Spanned<Value>>,
     pub roots: Option<Vec<Str>>,
     pub client_capabilities: Option<Vec<Str>>,
+    pub log_rate: Option<Spanned<Value>>,
 }
 
 /// `oauth = { ... }` of a remote server.

@@ -18,6 +18,13 @@ pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_UNUSED_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// 50 lines a second with bursts of 200: a chatty server at start-up is logged whole, a flood
+/// is not.
+pub const DEFAULT_SERVER_LOG_RATE: Rate = Rate {
+    count: 50,
+    per: Duration::from_secs(1),
+    burst: 200,
+};
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_PAGE_SIZE: usize = 200;
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -403,6 +410,9 @@ impl Checker<'_> {
                 .duration(&g.request_timeout, "request_timeout")
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
             session_idle_timeout,
+            server_log_rate: self
+                .rate(&g.server_log_rate)
+                .unwrap_or(DEFAULT_SERVER_LOG_RATE),
             unused_session_timeout: self
                 .duration(&g.unused_session_timeout, "unused_session_timeout")
                 .unwrap_or(DEFAULT_UNUSED_SESSION_TIMEOUT)
@@ -558,6 +568,7 @@ impl Checker<'_> {
             .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
         let roots = self.roots(&rs.roots);
         let client_capabilities = self.client_capabilities(&rs.client_capabilities);
+        let log_rate = self.rate(&rs.log_rate);
 
         if self.diags.len() != before {
             return None;
@@ -577,6 +588,7 @@ impl Checker<'_> {
             max_in_flight,
             roots,
             client_capabilities,
+            log_rate,
             queue_timeout,
         })
     }

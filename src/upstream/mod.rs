@@ -7,6 +7,7 @@
 
 mod connection;
 pub mod http;
+pub mod stderr;
 mod supervisor;
 
 use std::sync::atomic::{AtomicU64, Ordering};
