@@ -232,7 +232,15 @@ mod tests {
         assert!(resolve("sh", "/nonexistent:/bin:/usr/bin").is_some());
         assert!(resolve("portcullis-no-such-program", "/bin:/usr/bin").is_none());
         assert!(resolve("/bin/sh", "").is_some());
-        assert!(resolve("/etc/hostname", "").is_none(), "not executable");
+        let plain = tempfile_path();
+        assert!(resolve(&plain, "").is_none(), "not executable");
+        let _ = std::fs::remove_file(&plain);
+    }
+
+    fn tempfile_path() -> String {
+        let p = std::env::temp_dir().join(format!("portcullis-doctor-{}", std::process::id()));
+        std::fs::write(&p, "not a program").unwrap();
+        p.display().to_string()
     }
 
     #[test]
