@@ -84,6 +84,20 @@ fn approve_project_server(home: &Path, project: &Path) {
     std::fs::write(&state, doc.to_string()).unwrap();
 }
 
+/// The `portcullis:` row of `claude mcp list`, run with or without the token in its environment.
+fn gateway_row(bin: &Path, home: &Path, project: &Path, token: Option<&str>, case: &str) -> String {
+    let out = in_home(bin, home, project, token)
+        .args(["mcp", "list"])
+        .output()
+        .unwrap();
+    let listed = text(&out);
+    listed
+        .lines()
+        .find(|l| l.starts_with("portcullis:"))
+        .unwrap_or_else(|| panic!("{case}: no portcullis row in\n{listed}"))
+        .to_owned()
+}
+
 /// Every file below `dir` whose bytes contain `needle`.
 fn files_containing(dir: &Path, needle: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
@@ -176,16 +190,8 @@ fn pasted_client_config_lines_connect_claude_code_and_keep_the_token_out_of_its_
                 assert!(leaked.is_empty(), "{case}: token stored in {leaked:?}");
             }
 
-            let listed = in_home(&bin, home.path(), project.path(), Some(TOKEN))
-                .args(["mcp", "list"])
-                .output()
-                .unwrap();
-            let listed = text(&listed);
-            let row = listed
-                .lines()
-                .find(|l| l.starts_with("portcullis:"))
-                .unwrap_or_else(|| panic!("{case}: no portcullis row in\n{listed}"));
-            assert!(row.contains("Connected"), "{case}: {listed}");
+            let row = gateway_row(&bin, home.path(), project.path(), Some(TOKEN), &case);
+            assert!(row.contains("Connected"), "{case}: {row}");
             let suffix = if transport == "sse" { "/sse" } else { "/mcp" };
             assert!(
                 row.contains(&format!("{}{suffix}", gw.base)),
@@ -193,16 +199,8 @@ fn pasted_client_config_lines_connect_claude_code_and_keep_the_token_out_of_its_
             );
 
             // Without the variable the header is empty and the gateway refuses the client.
-            let refused = in_home(&bin, home.path(), project.path(), None)
-                .args(["mcp", "list"])
-                .output()
-                .unwrap();
-            let refused = text(&refused);
-            let row = refused
-                .lines()
-                .find(|l| l.starts_with("portcullis:"))
-                .unwrap_or_else(|| panic!("{case}: no portcullis row in\n{refused}"));
-            assert!(!row.contains("Connected"), "{case}: {refused}");
+            let row = gateway_row(&bin, home.path(), project.path(), None, &case);
+            assert!(!row.contains("Connected"), "{case}: {row}");
         }
     }
 }
