@@ -141,12 +141,7 @@ impl Checker<'_> {
         let name = match &rs.name {
             Some(n) => {
                 let v = n.get_ref();
-                if v.is_empty()
-                    || v.len() > 64
-                    || !v
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
+                if !is_outlet_name(v) {
                     self.error(
                         n.span().start,
                         format!("sink name `{v}` is invalid; use 1-64 letters, digits, `-` or `_`"),
@@ -301,12 +296,7 @@ impl Checker<'_> {
             Some(n) => n.get_ref().clone(),
             None => format!("witness-{}", i + 1),
         };
-        if name.is_empty()
-            || name.len() > 64
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-        {
+        if !is_outlet_name(&name) {
             self.error(
                 at,
                 format!("witness name `{name}` is invalid; use 1-64 letters, digits, `-` or `_`"),
@@ -377,4 +367,13 @@ impl Checker<'_> {
             witness: true,
         })
     }
+}
+
+/// A sink's or witness's name, which names its cursor file.
+fn is_outlet_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
