@@ -113,6 +113,16 @@ impl Aggregate {
         self.prompt_routes.get(exposed)
     }
 
+    /// Every exposed tool (`Kind::Tools`) or prompt name with its route.
+    pub fn names(&self, kind: Kind) -> Box<dyn Iterator<Item = (&str, &Route)> + '_> {
+        let routes = match kind {
+            Kind::Tools => &self.tool_routes,
+            Kind::Prompts => &self.prompt_routes,
+            _ => return Box::new(std::iter::empty()),
+        };
+        Box::new(routes.iter().map(|(n, r)| (n.as_str(), r)))
+    }
+
     /// The server owning `uri`: a listed resource first, then a template written exactly so
     /// (completions name templates), then the first template that matches.
     pub fn resource_server(&self, uri: &str) -> Option<&Arc<str>> {

@@ -54,7 +54,7 @@ impl Router {
         // What does not resolve yet is reported by `dispatch`, once the catalog has settled.
         let Some(call) = object_params(req.params.as_deref())
             .ok()
-            .and_then(|params| self.resolve(method, params).ok())
+            .and_then(|params| self.resolve(identity, method, params).ok())
         else {
             return Ok(None);
         };
@@ -119,7 +119,7 @@ impl Router {
             Method::List(kind) => self.list(kind, &params, identity).await,
             Method::Forward(method) => {
                 self.wait_settled().await;
-                let call = self.resolve(method, params)?;
+                let call = self.resolve(identity, method, params)?;
                 let permit = self.authorize(identity, key, &call)?;
                 self.send(key, identity, &req.id, call, permit, related)
                     .await

@@ -9,6 +9,7 @@ pub mod audit_trail;
 pub mod catalog;
 mod dispatch;
 mod forward;
+mod hints;
 pub mod naming;
 mod relay;
 mod reload;

@@ -11,8 +11,8 @@ use std::sync::Arc;
 use serde_json::{Map, Value};
 
 use super::catalog::Kind;
-use super::{Failure, Router};
-use crate::access::{Completed, Target};
+use super::{hints, Failure, Router};
+use crate::access::{Completed, Identity, Target};
 use crate::mcp::{methods, ErrorCode};
 
 /// The client requests the router forwards to a server.
@@ -124,6 +124,7 @@ impl Router {
     /// Finds what a forwarded request reaches in the catalog in force now.
     pub(super) fn resolve(
         &self,
+        identity: &Identity,
         method: Forwarded,
         mut params: Map<String, Value>,
     ) -> Result<Call, Failure> {
@@ -138,12 +139,14 @@ impl Router {
             Forwarded::ToolsCall | Forwarded::PromptsGet => {
                 let name = str_param(&params, "name")?;
                 let agg = self.catalog.snapshot();
-                let (route, what) = if method == Forwarded::ToolsCall {
-                    (agg.tool(name), "tool")
+                let (route, kind) = if method == Forwarded::ToolsCall {
+                    (agg.tool(name), Kind::Tools)
                 } else {
-                    (agg.prompt(name), "prompt")
+                    (agg.prompt(name), Kind::Prompts)
                 };
-                let route = route.cloned().ok_or_else(|| self.unknown(what, name))?;
+                let route = route
+                    .cloned()
+                    .ok_or_else(|| self.unknown(identity, kind, name))?;
                 params.insert("name".into(), Value::String(route.name.clone()));
                 Ok(call(route.server, route.name, false, params))
             }
@@ -195,22 +198,37 @@ impl Router {
         }
     }
 
-    /// An unknown tool or prompt, with the servers that are down (whose lists are missing), so
-    /// that the caller can tell a typo from an outage.
-    fn unknown(&self, what: &str, name: &str) -> Failure {
-        let mut msg = format!("unknown {what} `{name}`: it is not in this gateway's {what}s/list");
-        let down: Vec<String> = self
+    /// An unknown tool or prompt, with the servers that are down (whose lists are missing) and
+    /// the name probably meant, among those `identity` may see, so that the caller can tell a
+    /// typo from an outage without learning names outside its view.
+    fn unknown(&self, identity: &Identity, kind: Kind, name: &str) -> Failure {
+        let down: Vec<(String, String)> = self
             .readiness()
             .into_iter()
-            .filter_map(|(server, r)| r.err().map(|why| format!("`{server}`: {why}")))
+            .filter_map(|(server, r)| r.err().map(|why| (server, why)))
             .collect();
-        if !down.is_empty() {
-            msg.push_str(&format!(
-                "; servers not ready, whose {what}s are missing: {}",
-                down.join("; ")
-            ));
-        }
-        Failure::Gateway(ErrorCode::INVALID_PARAMS, msg)
+        let rules = self.access.rules(&identity.client);
+        let agg = self.catalog.snapshot();
+        let visible: Vec<&str> = agg
+            .names(kind)
+            .filter(|(_, r)| {
+                let (server, name) = (&*r.server, r.name.as_str());
+                rules.allows(&match kind {
+                    Kind::Prompts => Target::Prompt { server, name },
+                    _ => Target::Tool { server, name },
+                })
+            })
+            .map(|(n, _)| n)
+            .collect();
+        let what = if kind == Kind::Prompts {
+            "prompt"
+        } else {
+            "tool"
+        };
+        Failure::Gateway(
+            ErrorCode::INVALID_PARAMS,
+            hints::unknown_item(what, name, &down, &visible),
+        )
     }
 
     /// The server that owns `uri`: the one listing it, else the one with a template for it (an
