@@ -832,8 +832,10 @@ fn a_pool_without_a_free_subnet_fails_closed_and_overlapping_routes_are_warned_a
     // Something else of the namespace (a VPN, another tool) has addresses in both /29s of
     // the pool.
     lab.gw.ip(&["link", "add", "dummy0", "type", "dummy"]);
-    lab.gw.ip(&["addr", "add", "10.217.0.1/29", "dev", "dummy0"]);
-    lab.gw.ip(&["addr", "add", "10.217.0.9/29", "dev", "dummy0"]);
+    lab.gw
+        .ip(&["addr", "add", "10.217.0.1/29", "dev", "dummy0"]);
+    lab.gw
+        .ip(&["addr", "add", "10.217.0.9/29", "dev", "dummy0"]);
     lab.gw.ip(&["link", "set", "dummy0", "up"]);
     let text = policy("a", &["srva"], &[]).replace(POOL, "10.217.0.0/28");
     let gw = Gateway::spawn_in(&text, &[], &lab.gw.path(), &[]);
@@ -841,8 +843,9 @@ fn a_pool_without_a_free_subnet_fails_closed_and_overlapping_routes_are_warned_a
     let deadline = Instant::now() + Duration::from_secs(60);
     let body = loop {
         let u = url.clone();
-        let (_, body) =
-            netlab::run_in(&lab.gw.path(), move || common::http_get(&u).unwrap_or_default());
+        let (_, body) = netlab::run_in(&lab.gw.path(), move || {
+            common::http_get(&u).unwrap_or_default()
+        });
         if body.contains("no free /29") || Instant::now() > deadline {
             break body;
         }

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::chain::{from_hex, leaf_hash, to_hex, Hash};
-use super::merkle::{inclusion_proof, root_from_inclusion};
+use super::merkle::{inclusion_proof, inclusion_proof_after, root_from_inclusion, Frontier};
 use super::{checkpoint, keys, segment};
 
 /// Everything an auditor needs to check that one record is in a signed checkpoint.
@@ -25,10 +25,37 @@ pub struct Proof {
     pub sig: String,
     /// Sibling hashes, leaf upwards (RFC 9162 section 2.1.3).
     pub path: Vec<String>,
+    /// The `key_rotation` records before the checkpoint, in order: each certifies the key
+    /// that signs after it, from the log's first key to the checkpoint's.
+    #[serde(default)]
+    pub certificates: Vec<String>,
 }
 
 pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
     let segs = segment::list(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // A log shortened by retention: the removed records are known by the anchor's frontier, and
+    // their key rotations by its certificates.
+    let (prefix, mut rotations) = match segs.first().filter(|(i, _)| *i > 1) {
+        Some((first, _)) => {
+            let (a, _) = super::anchor::read(dir, *first)?.ok_or_else(|| {
+                format!("{} is missing", super::anchor::path(dir, *first).display())
+            })?;
+            let start = super::anchor::start(&a)?;
+            let certs = a
+                .certificates
+                .iter()
+                .map(|c| (0u64, c.clone()))
+                .collect::<Vec<_>>();
+            (start.frontier, certs)
+        }
+        None => (Frontier::new(), Vec::new()),
+    };
+    let base = prefix.size();
+    if seq < base {
+        return Err(format!(
+            "record {seq} was removed by retention (the log starts at seq {base}); restore its archived segment to prove it"
+        ));
+    }
     let mut leaves: Vec<Hash> = Vec::new();
     let mut record: Option<String> = None;
     let mut latest: Option<Value> = None;
@@ -42,21 +69,31 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
             if !line.complete {
                 break;
             }
-            if leaves.len() as u64 == seq {
+            if base + leaves.len() as u64 == seq {
                 record = Some(String::from_utf8_lossy(&line.bytes).into_owned());
             }
-            // Cheap pre-filter: only checkpoint lines are parsed.
+            // Cheap pre-filter: only checkpoint and rotation lines are parsed.
             const NEEDLE: &[u8] = b"\"kind\":\"checkpoint\"";
+            const ROTATION: &[u8] = b"\"kind\":\"key_rotation\"";
             if line.bytes.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
                 if let Ok(v) = serde_json::from_slice::<Value>(&line.bytes) {
                     latest = Some(v);
                 }
+            } else if line.bytes.windows(ROTATION.len()).any(|w| w == ROTATION) {
+                rotations.push((
+                    base + leaves.len() as u64,
+                    String::from_utf8_lossy(&line.bytes).into_owned(),
+                ));
             }
             leaves.push(leaf_hash(&line.bytes));
         }
     }
-    let record =
-        record.ok_or_else(|| format!("no record with seq {seq} (the log has {})", leaves.len()))?;
+    let record = record.ok_or_else(|| {
+        format!(
+            "no record with seq {seq} (the log has seq {base}..{})",
+            base + leaves.len() as u64
+        )
+    })?;
     let cp = latest.ok_or("the log has no checkpoint yet")?;
     let get = |k: &str| {
         cp.get(k)
@@ -71,12 +108,23 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
             size.saturating_sub(1)
         ));
     }
-    let size_us = usize::try_from(size).map_err(|_| "tree too large")?;
+    let size_us = usize::try_from(size - base).map_err(|_| "tree too large")?;
     let covered = leaves
         .get(..size_us)
         .ok_or("checkpoint tree_size is beyond the log")?;
-    let idx = usize::try_from(seq).map_err(|_| "seq too large")?;
-    let path = inclusion_proof(idx, covered).ok_or("cannot build the proof")?;
+    let checkpoint_seq = cp.get("seq").and_then(Value::as_u64).unwrap_or(0);
+    let certificates = rotations
+        .into_iter()
+        .filter(|(s, _)| *s < checkpoint_seq)
+        .map(|(_, line)| line)
+        .collect();
+    let idx = usize::try_from(seq - base).map_err(|_| "seq too large")?;
+    let path = if base == 0 {
+        inclusion_proof(idx, covered)
+    } else {
+        inclusion_proof_after(seq, &prefix, covered)
+    }
+    .ok_or("cannot build the proof")?;
     Ok(Proof {
         log_id: get("log_id"),
         seq,
@@ -84,11 +132,32 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
         record,
         tree_size: size,
         root: get("root"),
-        checkpoint_seq: cp.get("seq").and_then(Value::as_u64).unwrap_or(0),
+        checkpoint_seq,
         key_id: get("key_id"),
         sig: get("sig"),
         path: path.iter().map(to_hex).collect(),
+        certificates,
     })
+}
+
+/// The key that signs at the proof's checkpoint: `first`, then each key a certificate names,
+/// each certificate checked with the key before it.
+fn follow_certificates(p: &Proof, first: &VerifyingKey) -> Result<VerifyingKey, String> {
+    let mut key = *first;
+    for c in &p.certificates {
+        let v: Value = serde_json::from_str(c).map_err(|e| format!("certificate: {e}"))?;
+        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
+        let size = v.get("tree_size").and_then(Value::as_u64).unwrap_or(0);
+        let root = from_hex(s("root")).ok_or("certificate: malformed root")?;
+        if s("log_id") != p.log_id || s("key_id") != keys::key_id(&key) {
+            return Err(format!(
+                "certificate at tree size {size} is not signed by the key that precedes it"
+            ));
+        }
+        key = super::epochs::verify(&key, &p.log_id, size, &root, s("next_public_key"), s("sig"))
+            .ok_or_else(|| format!("certificate at tree size {size} does not verify"))?;
+    }
+    Ok(key)
 }
 
 /// Checks a proof: the record hashes to the leaf, the path leads to the root, the root is signed.
@@ -109,7 +178,8 @@ pub fn verify_proof(p: &Proof, key: Option<&VerifyingKey>) -> Result<(), String>
         Some(r) if r == root => {}
         _ => return Err("the inclusion path does not lead to the checkpoint root".into()),
     }
-    if let Some(k) = key {
+    if let Some(first) = key {
+        let k = &follow_certificates(p, first)?;
         if keys::key_id(k) != p.key_id {
             return Err(format!(
                 "checkpoint key id {} is not the given key's {}",

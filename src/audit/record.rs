@@ -28,6 +28,10 @@ pub enum Kind {
     Checkpoint,
     /// Log only.
     SegmentStart,
+    /// Log only: a checkpoint by the current epoch's key that certifies the next one.
+    KeyRotation,
+    /// Log only: retention removed (or archived) the oldest segment.
+    Retention,
 }
 
 impl Kind {
@@ -47,6 +51,8 @@ impl Kind {
         Kind::Recovery,
         Kind::Checkpoint,
         Kind::SegmentStart,
+        Kind::KeyRotation,
+        Kind::Retention,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +72,8 @@ impl Kind {
             Kind::Recovery => "recovery",
             Kind::Checkpoint => "checkpoint",
             Kind::SegmentStart => "segment_start",
+            Kind::KeyRotation => "key_rotation",
+            Kind::Retention => "retention",
         }
     }
 
@@ -74,7 +82,14 @@ impl Kind {
     }
 
     pub fn log_only(self) -> bool {
-        matches!(self, Kind::Recovery | Kind::Checkpoint | Kind::SegmentStart)
+        matches!(
+            self,
+            Kind::Recovery
+                | Kind::Checkpoint
+                | Kind::SegmentStart
+                | Kind::KeyRotation
+                | Kind::Retention
+        )
     }
 }
 
@@ -144,6 +159,8 @@ pub struct AuditEvent {
     pub container: Option<String>,
     pub method: Option<String>,
     pub tool: Option<String>,
+    /// What a request other than a tool call reached: a prompt name, resource URI or template.
+    pub item: Option<String>,
     pub args_sha256: Option<String>,
     /// The raw arguments; written (redacted, as a JSON text string) only when the policy sets
     /// `record_arguments = true`, and never held in the record otherwise.
@@ -181,6 +198,7 @@ impl AuditEvent {
             container: None,
             method: None,
             tool: None,
+            item: None,
             args_sha256: None,
             args: None,
             outcome: None,
@@ -198,6 +216,7 @@ impl AuditEvent {
     setter!(container, String);
     setter!(method, String);
     setter!(tool, String);
+    setter!(item, String);
     setter!(outcome, Outcome);
     setter!(latency_us, u64);
     setter!(bytes_in, u64);
@@ -233,6 +252,7 @@ impl AuditEvent {
             ("container", self.container),
             ("method", self.method),
             ("tool", self.tool),
+            ("item", self.item),
             ("args_sha256", self.args_sha256),
         ];
         for (k, v) in strs {
@@ -300,6 +320,14 @@ pub fn parse_ts_ms(s: &str) -> Option<u64> {
     let days = days_from_civil(y, mo, d);
     let t = days * 86_400_000 + h * 3_600_000 + mi * 60_000 + se * 1000 + ms;
     u64::try_from(t).ok()
+}
+
+/// Like [`parse_ts_ms`], also accepting whole seconds (`2026-12-05T18:00:00Z`).
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    match s.strip_suffix('Z') {
+        Some(head) if head.len() == 19 => parse_ts_ms(&format!("{head}.000Z")),
+        _ => parse_ts_ms(s),
+    }
 }
 
 // Howard Hinnant's civil-calendar algorithms.

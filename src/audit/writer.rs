@@ -18,7 +18,7 @@ use super::error::AuditError;
 use super::merkle::Frontier;
 use super::record::{format_ts, AuditEvent, Kind, Redact, FORMAT_VERSION};
 use super::syncer::{self, Reply, Syncer};
-use super::{canonical, checkpoint, keys, recover, segment};
+use super::{canonical, checkpoint, epochs, keys, recover, segment};
 use crate::policy::FsyncMode;
 
 /// A record's sequence number.
@@ -38,6 +38,11 @@ enum Msg {
         _slot: OwnedSemaphorePermit,
     },
     Shutdown(oneshot::Sender<Result<(), AuditError>>),
+    /// A record of the log's own (retention), written and synced on its own.
+    LogOnly {
+        event: Map<String, Value>,
+        reply: oneshot::Sender<Result<Seq, AuditError>>,
+    },
 }
 
 struct Shared {
@@ -80,6 +85,7 @@ struct Inner {
     log_id: String,
     dir: PathBuf,
     key_id: String,
+    stop_retention: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -105,12 +111,23 @@ impl AuditLog {
         };
         create_private_dir(&dir).map_err(|e| err(format!("cannot create: {e}")))?;
         let lock = lock_dir(&dir).map_err(err)?;
+        let tail = recover::scan(&dir).map_err(err)?;
+        // A key handed in by the caller lives in memory only: its epochs are not persisted.
+        let key_path = key.is_none().then(|| key_file(config));
+        if let Some(p) = &key_path {
+            if p.exists() {
+                let done = epochs::reconcile(p, tail.current_key.as_deref())
+                    .map_err(|e| err(e.to_string()))?;
+                if done != epochs::Reconciled::Current {
+                    tracing::warn!(key = %p.display(), outcome = ?done, "audit key rotation was cut short by a crash; completed it");
+                }
+            }
+        }
         let key = match key {
             Some(k) => k,
             None => load_or_generate_key(config).map_err(err)?,
         };
         let key_id = keys::key_id(&key.verifying_key());
-        let tail = recover::scan(&dir).map_err(err)?;
         let log_id = match &tail.log_id {
             Some(id) => id.clone(),
             None => new_log_id().map_err(err)?,
@@ -136,10 +153,26 @@ impl AuditLog {
             // The new file's directory entry must be durable before any record in it counts.
             sync_dir(&dir).map_err(|e| err(e.to_string()))?;
         }
+        // The epoch began at the last rotation (or the log's first record): restarts do not
+        // extend it.
+        let epoch_age = tail
+            .epoch_began_ms
+            .map(|ms| {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                now.saturating_sub(Duration::from_millis(ms))
+            })
+            .unwrap_or_default();
+        let epoch_began = Instant::now()
+            .checked_sub(epoch_age)
+            .unwrap_or_else(Instant::now);
         let mut w = Writer {
             dir: dir.clone(),
             cfg: config.clone(),
             key,
+            key_path,
+            epoch_began,
             key_id: key_id.clone(),
             log_id: log_id.clone(),
             next_seq: tail.next_seq,
@@ -169,6 +202,11 @@ impl AuditLog {
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| err(format!("cannot start the writer thread: {e}")))?;
+        let stop_retention = Arc::new(AtomicBool::new(false));
+        if let Some(r) = &config.retention {
+            start_retention(dir.clone(), r.clone(), tx.clone(), stop_retention.clone())
+                .map_err(|e| err(format!("cannot start the retention thread: {e}")))?;
+        }
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
@@ -181,6 +219,7 @@ impl AuditLog {
                 log_id,
                 dir,
                 key_id,
+                stop_retention,
             }),
         })
     }
@@ -239,6 +278,7 @@ impl AuditLog {
 
     /// Writes a final checkpoint, syncs, and stops the writer. Later appends fail with `Closed`.
     pub async fn shutdown(&self) -> Result<(), AuditError> {
+        self.inner.stop_retention.store(true, Ordering::Release);
         let (reply, rx) = oneshot::channel();
         let tx = self.inner.tx.lock().ok().and_then(|mut g| g.take());
         let Some(tx) = tx else {
@@ -283,11 +323,76 @@ impl AuditLog {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The retention thread holds a sender to the writer: let both end.
+        self.stop_retention.store(true, Ordering::Release);
+    }
+}
+
 impl Inner {
     fn prepare(&self, event: AuditEvent) -> Map<String, Value> {
         let red = self.redactor.read().ok().and_then(|g| g.clone());
         event.into_fields(self.record_arguments, red.as_deref())
     }
+}
+
+/// Runs retention on its own thread: it reads sealed segments (never the one being written), so
+/// appends are not held up while it does; its records go through the writer.
+fn start_retention(
+    dir: PathBuf,
+    r: super::retention::Retention,
+    tx: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    use super::retention::{step, Held};
+    std::thread::Builder::new()
+        .name("audit-retention".into())
+        .spawn(move || {
+            let append = |event: Map<String, Value>| -> Result<Seq, String> {
+                let (reply, rx) = oneshot::channel();
+                tx.send(Msg::LogOnly { event, reply })
+                    .map_err(|_| "the audit log is closed".to_owned())?;
+                rx.blocking_recv()
+                    .map_err(|_| "the audit log is closed".to_owned())?
+                    .map_err(|e| e.to_string())
+            };
+            let mut last_held: Option<Held> = None;
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Acquire) {
+                if Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                next = Instant::now() + r.check_every;
+                // Bounded per round, so that a stop request is heard.
+                for _ in 0..1000 {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    match step(&dir, &r, &append) {
+                        Ok(Ok(removed)) => {
+                            tracing::info!(segment = removed.segment, records = removed.records, bytes = removed.bytes, archived = ?removed.archived, "audit retention removed a sealed segment");
+                            last_held = None;
+                        }
+                        Ok(Err(held)) => {
+                            if let (Held::Unacknowledged { sink }, false) =
+                                (&held, last_held.as_ref() == Some(&held))
+                            {
+                                tracing::warn!(sink = %sink, "audit retention waits: a sink or witness has not acknowledged the oldest segment (the log grows until it does)");
+                            }
+                            last_held = Some(held);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, dir = %dir.display(), "audit retention failed; the log keeps its segments");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -315,6 +420,14 @@ fn lock_dir(dir: &Path) -> Result<File, String> {
     nix::fcntl::flock(f.as_raw_fd(), nix::fcntl::FlockArg::LockExclusiveNonblock)
         .map_err(|e| format!("another process is writing this log ({e})"))?;
     Ok(f)
+}
+
+/// The file holding the current epoch's signing key.
+fn key_file(config: &AuditConfig) -> PathBuf {
+    config
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| config.dir.join(GENERATED_KEY_FILE))
 }
 
 fn load_or_generate_key(config: &AuditConfig) -> Result<SigningKey, String> {
@@ -362,6 +475,9 @@ struct Writer {
     dir: PathBuf,
     cfg: AuditConfig,
     key: SigningKey,
+    /// Where the current epoch's key is kept; `None`: in memory only.
+    key_path: Option<PathBuf>,
+    epoch_began: Instant,
     key_id: String,
     log_id: String,
     next_seq: Seq,
@@ -466,9 +582,11 @@ impl Writer {
             };
             let mut appends = Vec::new();
             let mut shutdown = None;
+            let mut log_only = Vec::new();
             let mut push = |m: Msg, appends: &mut Vec<(Map<String, Value>, Reply)>| match m {
                 Msg::Append { event, reply, .. } => appends.push((event, reply)),
                 Msg::Shutdown(tx) => shutdown = Some(tx),
+                Msg::LogOnly { event, reply } => log_only.push((event, reply)),
             };
             push(first, &mut appends);
             while appends.len() < self.cfg.max_batch.max(1) {
@@ -483,6 +601,9 @@ impl Writer {
                 }
             } else if !appends.is_empty() {
                 self.commit(appends);
+            }
+            for (event, reply) in log_only {
+                let _ = reply.send(self.log_only(event));
             }
             self.tick();
             if let Some(tx) = shutdown {
@@ -501,6 +622,9 @@ impl Writer {
         if self.since_checkpoint > 0 {
             d = d.min(self.last_checkpoint + self.cfg.checkpoint_interval);
         }
+        if let Some(epoch) = self.cfg.key_epoch {
+            d = d.min(self.epoch_began + epoch);
+        }
         d
     }
 
@@ -509,6 +633,16 @@ impl Writer {
             return;
         }
         let now = Instant::now();
+        if self
+            .cfg
+            .key_epoch
+            .is_some_and(|e| now >= self.epoch_began + e)
+        {
+            if let Err(e) = self.rotate_key() {
+                self.fail(&e);
+                return;
+            }
+        }
         let r = if now >= self.seg_opened + self.cfg.rotate_interval && self.seg_records > 1 {
             self.rotate()
         } else if self.since_checkpoint > 0
@@ -670,6 +804,77 @@ impl Writer {
         let seq = self.encode(buf, m)?;
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
+        Ok(seq)
+    }
+
+    /// Ends the key's epoch: the next key is durable first, then its certificate (a
+    /// `key_rotation` record signed by this key) is durable, then this key is destroyed. See
+    /// [`epochs`] for what a crash between the steps leaves.
+    fn rotate_key(&mut self) -> Result<(), String> {
+        let next = keys::generate().map_err(|e| e.to_string())?;
+        if let Some(p) = &self.key_path {
+            epochs::stage_next(p, &next)
+                .map_err(|e| format!("cannot store the next checkpoint key: {e}"))?;
+        }
+        let snap = self.snapshot();
+        let mut buf = Vec::new();
+        let size = self.next_seq;
+        let root = self.frontier.root();
+        let next_public = next.verifying_key();
+        let mut m = Map::new();
+        m.insert("kind".into(), Kind::KeyRotation.as_str().into());
+        m.insert("tree_size".into(), size.into());
+        m.insert("root".into(), to_hex(&root).into());
+        m.insert("key_id".into(), self.key_id.clone().into());
+        m.insert("next_key_id".into(), keys::key_id(&next_public).into());
+        m.insert(
+            "next_public_key".into(),
+            hex::encode(next_public.as_bytes()).into(),
+        );
+        m.insert(
+            "sig".into(),
+            epochs::sign(&self.key, &self.log_id, size, &root, &next_public).into(),
+        );
+        self.encode(&mut buf, m).map_err(|e| e.to_string())?;
+        if let Err(e) = self.write_durable(&buf, true) {
+            if let Err(e2) = self.restore(snap) {
+                self.set_failed(&format!("{e}; and cannot undo the partial write: {e2}"));
+            }
+            // The staged key certifies nothing: start-up would destroy it; do so now.
+            if let Some(p) = &self.key_path {
+                let _ = epochs::destroy(&epochs::next_path(p));
+                let _ = std::fs::remove_file(epochs::next_path(p));
+            }
+            return Err(format!("cannot write the key rotation record: {e}"));
+        }
+        if let Some(p) = &self.key_path {
+            epochs::promote_next(p).map_err(|e| {
+                format!("the key rotation is recorded but the old key could not be destroyed: {e}")
+            })?;
+        }
+        // A rotation seals everything before it, like a checkpoint.
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.key_id = keys::key_id(&next_public);
+        self.key = next;
+        self.epoch_began = Instant::now();
+        Ok(())
+    }
+
+    /// Writes one log-only record durably (a retention removal waits for it).
+    fn log_only(&mut self, fields: Map<String, Value>) -> Result<Seq, AuditError> {
+        if let Some(reason) = self.shared.failure() {
+            return Err(AuditError::Failed(reason));
+        }
+        let snap = self.snapshot();
+        let mut buf = Vec::new();
+        let seq = self.encode(&mut buf, fields)?;
+        if let Err(e) = self.write_durable(&buf, self.cfg.fsync != FsyncMode::None) {
+            if let Err(e2) = self.restore(snap) {
+                self.set_failed(&format!("{e}; and cannot undo the partial write: {e2}"));
+            }
+            return Err(self.fail(&e));
+        }
         Ok(seq)
     }
 

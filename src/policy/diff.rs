@@ -197,11 +197,13 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
     }
     keep!(
         listen => "gateway.listen",
+        admin_listen => "gateway.admin_listen",
         tls => "gateway.tls",
         allowed_origins => "gateway.allowed_origins",
         allowed_hosts => "gateway.allowed_hosts",
         max_body_bytes => "gateway.max_body_bytes",
         session_idle_timeout => "gateway.session_idle_timeout",
+        unused_session_timeout => "gateway.unused_session_timeout",
         max_sessions => "gateway.max_sessions",
         sse_keepalive => "gateway.sse_keepalive",
         sse_poll_interval => "gateway.sse_poll_interval",

@@ -47,6 +47,33 @@ pub struct RawAudit {
     pub record_arguments: Option<Spanned<bool>>,
     #[serde(default, deserialize_with = "in_sinks")]
     pub sinks: Option<Vec<RawSink>>,
+    pub key_epoch: Option<Spanned<Value>>,
+    #[serde(default, deserialize_with = "in_retention")]
+    pub retention: Option<Spanned<RawRetention>>,
+    #[serde(default, deserialize_with = "in_witness")]
+    pub witness: Option<Vec<RawWitness>>,
+}
+
+/// `[audit] retention = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub max_age: Option<Spanned<Value>>,
+    pub max_bytes: Option<Spanned<Value>>,
+    pub archive_dir: Option<Str>,
+}
+
+/// One `[[audit.witness]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWitness {
+    #[serde(rename = "type")]
+    pub kind: Str,
+    pub name: Option<Str>,
+    pub path: Option<Str>,
+    pub url: Option<Str>,
+    pub hmac_secret: Option<Str>,
+    pub ca_file: Option<Str>,
 }
 
 /// One `[[audit.sinks]]` entry; keys of the other sink types are refused during validation.
@@ -70,12 +97,15 @@ pub struct RawSink {
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     pub listen: Option<Str>,
+    pub admin_listen: Option<Str>,
     pub naming: Option<Str>,
     pub allowed_origins: Option<Vec<Str>>,
     pub allowed_hosts: Option<Vec<Str>>,
     pub max_body_bytes: Option<Spanned<Value>>,
     pub request_timeout: Option<Spanned<Value>>,
     pub session_idle_timeout: Option<Spanned<Value>>,
+    pub unused_session_timeout: Option<Spanned<Value>>,
+    pub server_log_rate: Option<Spanned<Value>>,
     pub max_sessions: Option<Spanned<u64>>,
     pub page_size: Option<Spanned<u64>>,
     pub sse_keepalive: Option<Spanned<Value>>,
@@ -152,6 +182,9 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
+    pub roots: Option<Vec<Str>>,
+    pub client_capabilities: Option<Vec<Str>>,
+    pub log_rate: Option<Spanned<Value>>,
 }
 
 /// `oauth = { ... }` of a remote server.
@@ -288,6 +321,8 @@ in_table!(in_servers, "servers", Named<RawServer>);
 in_table!(in_clients, "clients", Named<RawClient>);
 in_table!(in_audit, "audit", Option<RawAudit>);
 in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
+in_table!(in_witness, "witness", Option<Vec<RawWitness>>);
+in_table!(in_retention, "retention", Option<Spanned<RawRetention>>);
 in_table!(in_mounts, "mounts", Option<Spanned<Vec<RawMount>>>);
 in_table!(in_egress, "egress", Option<RawEgress>);
 in_table!(in_limits, "limits", Option<RawLimits>);

@@ -52,6 +52,9 @@ pub fn render(p: &Policy) -> String {
     let _ = writeln!(o, "policy {}", p.origin);
     let _ = writeln!(o, "\n[gateway]");
     let _ = writeln!(o, "  listen                {}", g.listen);
+    if let Some(a) = g.admin_listen {
+        let _ = writeln!(o, "  admin_listen          {a} (/ready, /metrics)");
+    }
     let _ = writeln!(
         o,
         "  naming                {} (effective: {})",
@@ -83,6 +86,11 @@ pub fn render(p: &Policy) -> String {
         o,
         "  session_idle_timeout  {}",
         format_duration(g.session_idle_timeout)
+    );
+    let _ = writeln!(
+        o,
+        "  unused_session_timeout {}",
+        format_duration(g.unused_session_timeout)
     );
     let _ = writeln!(o, "  max_sessions          {}", g.max_sessions);
     let _ = writeln!(o, "  page_size             {}", g.page_size);
@@ -337,7 +345,33 @@ fn audit(o: &mut String, a: &Audit) {
         format_duration(a.rotate_interval)
     );
     let _ = writeln!(o, "  record_arguments      {}", a.record_arguments);
-    for s in &a.sinks {
+    let _ = writeln!(
+        o,
+        "  key_epoch             {}",
+        a.key_epoch
+            .map(format_duration)
+            .unwrap_or_else(|| "off (one key for the life of the log)".into())
+    );
+    match &a.retention {
+        None => {
+            let _ = writeln!(o, "  retention             none (the log keeps everything)");
+        }
+        Some(r) => {
+            let mut parts = Vec::new();
+            if let Some(d) = r.max_age {
+                parts.push(format!("max_age {}", format_duration(d)));
+            }
+            if let Some(b) = r.max_bytes {
+                parts.push(format!("max_bytes {}", format_size(b)));
+            }
+            parts.push(match &r.archive_dir {
+                Some(p) => format!("archived to {}", p.display()),
+                None => "deleted".to_owned(),
+            });
+            let _ = writeln!(o, "  retention             {}", parts.join(", "));
+        }
+    }
+    for s in a.sinks.iter().chain(&a.witnesses) {
         let what = match &s.kind {
             SinkKind::Syslog {
                 address,
@@ -361,8 +395,10 @@ fn audit(o: &mut String, a: &Audit) {
                 }
             ),
             SinkKind::Journald => "journald".to_string(),
+            SinkKind::WitnessDir { path } => format!("directory {}", path.display()),
         };
-        let _ = writeln!(o, "  sink {:<16} {what}", s.name);
+        let role = if s.witness { "witness" } else { "sink" };
+        let _ = writeln!(o, "  {role} {:<16} {what}", s.name);
     }
 }
 

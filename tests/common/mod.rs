@@ -16,8 +16,22 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The gateway binary under test: this build's, or `PORTCULLIS_BIN` (as for the Python tests),
+/// which runs a test against another build, such as the one before a fix.
 pub fn gateway_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+    std::env::var_os("PORTCULLIS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")))
+}
+
+/// The `token_sha256` a policy names for bearer token `token`.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn bench_echo_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portcullis-bench-echo"))
 }
 
 pub fn fixture_bin() -> PathBuf {
@@ -48,6 +62,8 @@ pub struct Gateway {
     pub base: String,
     pub url: String,
     pub stderr: Arc<Mutex<String>>,
+    /// Every line the gateway printed on stdout (its banner).
+    pub stdout: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -73,7 +89,14 @@ impl Gateway {
     /// [`Gateway::spawn`] as another user (`uid`, e.g. 65534 to see what happens without
     /// root); the policy's folder is then made readable for it.
     pub fn spawn_as(policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
-        Self::spawn_full(policy, env, uid, None, &[])
+        Self::spawn_full(&gateway_bin(), policy, env, uid, None, &[])
+    }
+
+    /// [`Gateway::start_with`] with another gateway binary (a benchmark's baseline build).
+    pub fn start_bin(bin: &Path, policy: &str, env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::spawn_full(bin, policy, env, None, None, &[]);
+        gw.wait_ready(Duration::from_secs(60));
+        gw
     }
 
     /// [`Gateway::spawn`] with the gateway in the network namespace at `netns` (only its
@@ -81,7 +104,7 @@ impl Gateway {
     /// makes are visible here) and extra `serve` arguments. Its listener is then reachable only
     /// from inside that namespace: wait with [`Gateway::wait_ready_in`].
     pub fn spawn_in(policy: &str, env: &[(&str, &str)], netns: &Path, args: &[&str]) -> Gateway {
-        Self::spawn_full(policy, env, None, Some(netns), args)
+        Self::spawn_full(&gateway_bin(), policy, env, None, Some(netns), args)
     }
 
     /// Like [`Gateway::spawn_in`], but for a start that is expected to fail: the exit status
@@ -95,7 +118,7 @@ impl Gateway {
     ) -> Option<(std::process::ExitStatus, String)> {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = Self::write_policy_in(dir.path(), policy);
-        let mut cmd = Self::command(&path, env, None, Some(netns), args);
+        let mut cmd = Self::command(&gateway_bin(), &path, env, None, Some(netns), args);
         cmd.stdout(Stdio::null()).stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("start gateway");
         let start = Instant::now();
@@ -127,13 +150,14 @@ impl Gateway {
     }
 
     fn command(
+        bin: &Path,
         path: &Path,
         env: &[(&str, &str)],
         uid: Option<u32>,
         netns: Option<&Path>,
         args: &[&str],
     ) -> Command {
-        let mut cmd = Command::new(gateway_bin());
+        let mut cmd = Command::new(bin);
         if let Some(uid) = uid {
             use std::os::unix::process::CommandExt;
             cmd.uid(uid).gid(uid);
@@ -168,6 +192,7 @@ impl Gateway {
     }
 
     fn spawn_full(
+        bin: &Path,
         policy: &str,
         env: &[(&str, &str)],
         uid: Option<u32>,
@@ -181,7 +206,7 @@ impl Gateway {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
                 .expect("chmod policy dir");
         }
-        let mut cmd = Self::command(&path, env, uid, netns, args);
+        let mut cmd = Self::command(bin, &path, env, uid, netns, args);
         let mut child = cmd.spawn().expect("start gateway");
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("stderr");
@@ -199,12 +224,15 @@ impl Gateway {
         });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let out_lines = Arc::new(Mutex::new(Vec::new()));
+        let out_sink = out_lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.strip_prefix("Portcullis is listening on ") {
                     let _ = tx.send(rest.trim().to_owned());
                 }
+                out_sink.lock().unwrap().push(line);
             }
         });
         let url = rx
@@ -218,6 +246,7 @@ impl Gateway {
             base,
             url,
             stderr,
+            stdout: out_lines,
             _dir: dir,
         }
     }
