@@ -168,6 +168,11 @@ impl ProcessNet {
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.netns)
     }
+
+    /// The sandbox's resolver configuration, which its children see as `/etc/resolv.conf`.
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.resolv_dir.join("resolv.conf")
+    }
 }
 
 impl Drop for ProcessNet {
