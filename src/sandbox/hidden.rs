@@ -1,5 +1,9 @@
 //! What a `process` server must never read: the gateway's own secrets, taken from the policy.
 //!
+//! The audit key, the state directory and secret files are checked by mode as well (their
+//! content is a credential); the audit directory (its files are 0600, written by the gateway),
+//! the policy file (reviewed text, token hashes only) and the engine sockets are only hidden.
+//!
 //! The confinement helper covers these paths in the server's mount view
 //! ([`super::confine`]); start-up and `portcullis doctor` also check that the server's uid
 //! could not read them anyway ([`super::confine::readable`]), so that a server without a mount
@@ -23,8 +27,8 @@ pub struct Sensitive {
     pub what: String,
 }
 
-/// The gateway's secrets under `policy`: the audit directory and signing key, the state
-/// directory, the policy file, and every server's secret files.
+/// The gateway's secrets under `policy`, whose modes must keep process servers out: the audit
+/// signing key, the state directory (OAuth token caches), and every server's secret files.
 pub fn sensitive(policy: &Policy) -> Vec<Sensitive> {
     let mut out = Vec::new();
     let mut add = |path: PathBuf, what: String| {
@@ -33,25 +37,25 @@ pub fn sensitive(policy: &Policy) -> Vec<Sensitive> {
         }
     };
     if policy.audit.enabled {
-        add(policy.audit.dir.clone(), "the audit directory".into());
-        if let Some(k) = &policy.audit.signing_key {
-            add(k.clone(), "the audit signing key".into());
-        }
+        let key = match &policy.audit.signing_key {
+            Some(k) => k.clone(),
+            None => policy
+                .audit
+                .dir
+                .join(crate::audit::writer::GENERATED_KEY_FILE),
+        };
+        add(key, "the audit signing key".into());
     }
     add(
         policy.gateway.state_dir.clone(),
         "the state directory".into(),
     );
-    let origin = PathBuf::from(&policy.origin);
-    if origin.is_absolute() {
-        add(origin, "the policy file".into());
-    }
     for s in policy.servers.values() {
         for (name, r) in &s.secrets {
             let path = match r {
                 SecretRef::File(p) => p.clone(),
                 SecretRef::Dotenv { path, .. } => path.clone(),
-                _ => continue,
+                SecretRef::Env(_) => continue,
             };
             add(path, format!("secret {name} of server {}", s.name));
         }
@@ -59,9 +63,17 @@ pub fn sensitive(policy: &Policy) -> Vec<Sensitive> {
     out
 }
 
-/// What the mount view covers: [`sensitive`] plus the container engines' sockets.
+/// What the mount view covers: [`sensitive`], the audit directory, the policy file (what
+/// other servers are and get), and the container engines' sockets.
 pub fn hidden_paths(policy: &Policy) -> Vec<PathBuf> {
     let mut out: Vec<PathBuf> = sensitive(policy).into_iter().map(|s| s.path).collect();
+    if policy.audit.enabled {
+        out.push(policy.audit.dir.clone());
+    }
+    let origin = PathBuf::from(&policy.origin);
+    if origin.is_absolute() {
+        out.push(origin);
+    }
     out.extend(ENGINE_SOCKETS.iter().map(PathBuf::from));
     out
 }

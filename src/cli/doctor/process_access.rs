@@ -23,7 +23,7 @@ pub fn check(policy: &Policy) -> Vec<Finding> {
     let exposed = hidden::exposures(policy);
     if exposed.is_empty() {
         return vec![Finding::ok(
-            "process servers: their users cannot read the audit log and key, the state directory, the policy or the secret files",
+            "process servers: their users cannot read the audit signing key, the state directory or the secret files (by mode; their mount view also hides them)",
         )];
     }
     exposed
