@@ -233,8 +233,16 @@ fn hide(paths: &[PathBuf]) -> Result<(), ConfineError> {
     use std::os::unix::fs::OpenOptionsExt;
     let blank = Path::new("/tmp/.portcullis-hidden");
     let mut made = false;
-    for p in paths {
-        let Ok(meta) = std::fs::symlink_metadata(p) else {
+    // One cover per file: a second bind onto the same file (`/var/run/x` and `/run/x`) would
+    // land on the blank itself.
+    let mut real: Vec<PathBuf> = paths
+        .iter()
+        .filter_map(|p| std::fs::canonicalize(p).ok())
+        .collect();
+    real.sort();
+    real.dedup();
+    for p in &real {
+        let Ok(meta) = std::fs::metadata(p) else {
             continue;
         };
         if meta.is_dir() {
