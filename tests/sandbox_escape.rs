@@ -190,8 +190,14 @@ async fn hostile_servers_cannot_leave_their_sandbox() {
     let (p, d, v) = (format!("xp{t}"), format!("xd{t}"), format!("xv{t}"));
     let _leftovers = Leftovers(vec![p.clone()]);
     // What must stay out of reach: the audit log with its signing key, the state directory,
-    // and a secret file of another server (root-owned, as an operator would leave them).
+    // and a secret file of another server. Their modes are left open on purpose (0755 folders,
+    // a 0644 file): the gateway must say so at start-up, and the mount view must hide them
+    // anyway.
     let private = tempfile::tempdir().unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(private.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
     let audit = private.path().join("audit");
     let state = private.path().join("state");
     let secret = private.path().join("victim-token");
@@ -255,6 +261,14 @@ secrets = {{ VICTIM_TOKEN = "file:{secret}" }}
         },
     });
     let mut failed = Vec::new();
+    for what in [
+        format!("secret VICTIM_TOKEN of server {v} is readable by the server's user"),
+        "the state directory is readable by the server's user".to_owned(),
+    ] {
+        if !gw.stderr().contains(&what) {
+            failed.push(format!("start-up did not warn: {what}"));
+        }
+    }
     let process = escape(&mut c, &p, args.clone()).await;
     judge("process", &process, &mut failed);
     let docker = escape(&mut c, &d, args).await;

@@ -2,9 +2,10 @@
 //!
 //! - The host's filesystem, read-only and `nosuid` (every mount, recursively): programs,
 //!   interpreters and virtualenvs work unchanged, and nothing on the host can be changed.
-//! - The policy's `mounts`: `source` bound at `target` (a path that exists on the host), read-only
-//!   unless `read_only = false`.
-//! - A private, empty `/tmp` and `/dev/shm` (tmpfs), shared with no other process.
+//! - A private, empty `/tmp` and `/dev/shm` (tmpfs), shared with no other process: the host's
+//!   `/tmp` is not in the view.
+//! - The policy's `mounts`: `source` bound at `target` (a path that exists on the host, or one
+//!   under the private `/tmp`, which is made), read-only unless `read_only = false`.
 //! - A fresh `/proc` of the server's PID namespace: other processes are not there. Its `sys`,
 //!   `sysrq-trigger`, `irq`, `bus` and `fs` are read-only (a server running as uid 0 without
 //!   capabilities could otherwise write root-owned sysctls and trigger SysRq).
@@ -161,14 +162,23 @@ pub fn build(view: &View<'_>) -> Result<(), ConfineError> {
         // someone else's alive a little longer, so that is not worth failing for.
         let _ = umount2(&point, MntFlags::MNT_DETACH);
     }
-    for m in view.mounts {
-        if !m.target.exists() {
-            return Err(ConfineError::Invalid(format!(
-                "mount target {} does not exist; for a process server the target is a path on the host's filesystem (the view is the host's, read-only), create it first",
-                m.target.display()
-            )));
-        }
-        bind(&m.source, &m.target)?;
+    // Sources are held open first: one under the host's /tmp is out of sight once the private
+    // /tmp is mounted.
+    let sources = view
+        .mounts
+        .iter()
+        .map(|m| open_path(&m.source))
+        .collect::<Result<Vec<_>, _>>()?;
+    // The private /tmp and /dev/shm come before the binds, so that a target may be in /tmp.
+    tmpfs(Path::new("/tmp"), "mode=1777,size=256m", false)?;
+    let shm = Path::new("/dev/shm").is_dir();
+    if shm {
+        tmpfs(Path::new("/dev/shm"), "mode=1777,size=64m", false)?;
+    }
+    for (m, src) in view.mounts.iter().zip(&sources) {
+        let is_dir = src.metadata().is_ok_and(|md| md.is_dir());
+        prepare_target(m, is_dir)?;
+        bind(&fd_path(src), &m.target)?;
     }
     if let Some(rc) = view.resolv_conf {
         bind(rc, Path::new("/etc/resolv.conf"))?;
@@ -179,12 +189,18 @@ pub fn build(view: &View<'_>) -> Result<(), ConfineError> {
         MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID,
         0,
     )?;
-    for m in view.mounts.iter().filter(|m| m.writable) {
-        setattr(&m.target, false, 0, MOUNT_ATTR_RDONLY)?;
+    let mut writable: Vec<&Path> = vec![Path::new("/tmp")];
+    if shm {
+        writable.push(Path::new("/dev/shm"));
     }
-    tmpfs(Path::new("/tmp"), "mode=1777,size=256m", false)?;
-    if Path::new("/dev/shm").is_dir() {
-        tmpfs(Path::new("/dev/shm"), "mode=1777,size=64m", false)?;
+    writable.extend(
+        view.mounts
+            .iter()
+            .filter(|m| m.writable)
+            .map(|m| m.target.as_path()),
+    );
+    for p in writable {
+        setattr(p, false, 0, MOUNT_ATTR_RDONLY)?;
     }
     hide(view.hide)?;
     mount(
@@ -206,6 +222,45 @@ pub fn build(view: &View<'_>) -> Result<(), ConfineError> {
         .map_err(|e| ConfineError::sys("mount /sys for the network namespace", e))?;
     }
     Ok(())
+}
+
+/// `path` opened without reading it (`O_PATH`), to bind from later.
+fn open_path(path: &Path) -> Result<std::fs::File, ConfineError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_PATH)
+        .open(path)
+        .map_err(|e| ConfineError::sys(format!("open mount source {}", path.display()), e))
+}
+
+/// The `/proc` link of an open file: a bind from it binds what the file is.
+fn fd_path(f: &std::fs::File) -> PathBuf {
+    use std::os::fd::AsRawFd;
+    PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()))
+}
+
+/// A policy mount's target must exist in the view: in the private /tmp it is made (the host's
+/// /tmp is not there); anywhere else it must exist on the host.
+fn prepare_target(m: &BindMount, is_dir: bool) -> Result<(), ConfineError> {
+    if m.target.exists() {
+        return Ok(());
+    }
+    if !m.target.starts_with("/tmp") {
+        return Err(ConfineError::Invalid(format!(
+            "mount target {} does not exist; for a process server the target is a path on the host's filesystem (the view is the host's, read-only) or under its private /tmp; create it first",
+            m.target.display()
+        )));
+    }
+    let made = if is_dir {
+        std::fs::create_dir_all(&m.target)
+    } else {
+        m.target
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|()| std::fs::write(&m.target, b""))
+    };
+    made.map_err(|e| ConfineError::sys(format!("create mount target {}", m.target.display()), e))
 }
 
 /// The parts of the fresh `/proc` that change the host rather than describe a process.
