@@ -166,19 +166,7 @@ pub fn render(p: &Policy) -> String {
                         ""
                     }
                 );
-                for m in &x.mounts {
-                    let _ = writeln!(
-                        o,
-                        "  mount                 {} -> {} ({})",
-                        m.source.display(),
-                        m.target.display(),
-                        if m.read_only {
-                            "read-only"
-                        } else {
-                            "READ-WRITE"
-                        }
-                    );
-                }
+                mount_lines(&mut o, &x.mounts);
                 process_sandbox_lines(&mut o, s, x);
             }
             Runtime::Docker(x) => {
@@ -202,19 +190,7 @@ pub fn render(p: &Policy) -> String {
                 if x.mounts.is_empty() {
                     let _ = writeln!(o, "  mounts                (none)");
                 }
-                for m in &x.mounts {
-                    let _ = writeln!(
-                        o,
-                        "  mount                 {} -> {} ({})",
-                        m.source.display(),
-                        m.target.display(),
-                        if m.read_only {
-                            "read-only"
-                        } else {
-                            "READ-WRITE"
-                        }
-                    );
-                }
+                mount_lines(&mut o, &x.mounts);
                 let _ = writeln!(o, "  pool                  {}", x.pool);
                 let _ = writeln!(
                     o,
@@ -413,6 +389,22 @@ fn header_for_display(name: &str, value: &str) -> String {
         "<literal value hidden; use ${secret:NAME}>".to_string()
     } else {
         value.to_string()
+    }
+}
+
+fn mount_lines(o: &mut String, mounts: &[crate::policy::Mount]) {
+    for m in mounts {
+        let mode = if m.read_only {
+            "read-only"
+        } else {
+            "READ-WRITE"
+        };
+        let _ = writeln!(
+            o,
+            "  mount                 {} -> {} ({mode})",
+            m.source.display(),
+            m.target.display()
+        );
     }
 }
 

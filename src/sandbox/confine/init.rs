@@ -48,16 +48,18 @@ pub fn run(args: Vec<OsString>) -> i32 {
             return SETUP_FAILED;
         }
     };
-    match supervise(&spec, &argv) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!(
-                "portcullis: server `{}`: cannot confine it: {e}",
-                spec.server
-            );
-            SETUP_FAILED
-        }
-    }
+    outcome(&spec, supervise(&spec, &argv))
+}
+
+/// The exit status for a step's result; a failure is said on stderr (the gateway's log).
+fn outcome(spec: &Confinement, r: Result<i32, ConfineError>) -> i32 {
+    r.unwrap_or_else(|e| {
+        eprintln!(
+            "portcullis: server `{}`: cannot confine it: {e}",
+            spec.server
+        );
+        SETUP_FAILED
+    })
 }
 
 fn parse(args: Vec<OsString>) -> Result<(Confinement, Vec<CString>), ConfineError> {
@@ -108,17 +110,8 @@ fn supervise(spec: &Confinement, argv: &[CString]) -> Result<i32, ConfineError> 
                 waited: &waited,
                 original: &original,
             };
-            let code = match pid1(spec, argv, isolation, &filters, signals, supervisor) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!(
-                        "portcullis: server `{}`: cannot confine it: {e}",
-                        spec.server
-                    );
-                    SETUP_FAILED
-                }
-            };
-            std::process::exit(code)
+            let r = pid1(spec, argv, isolation, &filters, signals, supervisor);
+            std::process::exit(outcome(spec, r))
         }
     }
 }
