@@ -113,6 +113,15 @@ impl Drop for Leftovers {
     }
 }
 
+/// A Python every user can run (the server runs as nobody): the system's, not one under a
+/// home directory such as pyenv's.
+fn system_python() -> &'static str {
+    ["/usr/bin/python3", "/usr/local/bin/python3"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+        .expect("a system python3 (apt-get install python3)")
+}
+
 fn hostile_dir() -> PathBuf {
     repo_root().join("tests/hostile")
 }
@@ -219,7 +228,7 @@ dir = "{audit}"
 
 [servers.{p}]
 runtime = "process"
-command = "python3"
+command = "{python}"
 args = ["{script}"]
 egress.allow = ["api.example.test:443"]
 
@@ -241,6 +250,7 @@ secrets = {{ VICTIM_TOKEN = "file:{secret}" }}
         dns = lab.sa(53, 53),
         k = lab.k,
         audit = audit.display(),
+        python = system_python(),
         script = hostile_dir().join("escape_server.py").display(),
         hostile = hostile_dir().display(),
         secret = secret.display(),
