@@ -19,7 +19,7 @@ install_system() {
   # rsyslog (+ gnutls, openssl for test certificates): the audit sink tests' real receiver.
   # docker-compose: compose.yaml and its test (tests/compose.rs). binutils: `strip` for the
   # offline gateway image (tests/docker/build-gateway-image.sh).
-  local want=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 docker.io docker-compose binutils curl rsyslog rsyslog-gnutls openssl)
+  local want=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 docker.io docker-compose binutils curl rsyslog rsyslog-gnutls openssl python3-venv)
   local missing=()
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
