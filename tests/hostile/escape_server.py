@@ -185,7 +185,11 @@ def attempts(args):
     # A mount is seen by the whole mount namespace (not just the child that made it), so it
     # goes on a fresh directory and is taken off again.
     import tempfile
-    where = tempfile.mkdtemp()
+    try:
+        where = tempfile.mkdtemp()
+    except OSError:
+        # No writable directory (a read-only container without a /tmp): try an existing one.
+        where = "/mnt" if os.path.isdir("/mnt") else "/"
 
     def do_mount():
         ok = LIBC.mount(b"none", where.encode(), b"tmpfs", 0, None) == 0
