@@ -97,6 +97,7 @@ pub struct RawSink {
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     pub listen: Option<Str>,
+    pub admin_listen: Option<Str>,
     pub naming: Option<Str>,
     pub allowed_origins: Option<Vec<Str>>,
     pub allowed_hosts: Option<Vec<Str>>,

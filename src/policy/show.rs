@@ -52,6 +52,9 @@ pub fn render(p: &Policy) -> String {
     let _ = writeln!(o, "policy {}", p.origin);
     let _ = writeln!(o, "\n[gateway]");
     let _ = writeln!(o, "  listen                {}", g.listen);
+    if let Some(a) = g.admin_listen {
+        let _ = writeln!(o, "  admin_listen          {a} (/ready, /metrics)");
+    }
     let _ = writeln!(
         o,
         "  naming                {} (effective: {})",

@@ -361,6 +361,20 @@ impl Checker<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 8811))
             }),
         };
+        let admin_listen = g.admin_listen.as_ref().and_then(|a| {
+            let text = a.get_ref();
+            match text.parse::<SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => Some(addr),
+                Ok(_) => {
+                    self.error(a.span().start, format!("admin_listen \"{text}\" is not a loopback address; /ready and /metrics name every server, tool and client, so they are served without a token only on loopback (off loopback, reach them through `listen` with a client token)"));
+                    None
+                }
+                Err(_) => {
+                    self.error(a.span().start, format!("invalid admin_listen address \"{text}\"; use a loopback IP:PORT, like \"127.0.0.1:9811\""));
+                    None
+                }
+            }
+        });
         let session_idle_timeout = self
             .duration(&g.session_idle_timeout, "session_idle_timeout")
             .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT);
@@ -410,6 +424,7 @@ impl Checker<'_> {
         };
         let gw = Gateway {
             listen,
+            admin_listen,
             naming,
             allowed_origins: Self::strings(&g.allowed_origins),
             allowed_hosts: Self::strings(&g.allowed_hosts),
