@@ -369,6 +369,32 @@ pub struct ProcessSpec {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: Option<PathBuf>,
+    /// The uid and gid the server runs as when the gateway is root (default 65534:65534).
+    pub user: ProcessUser,
+    /// Host paths bound into the server's read-only view (`target` is a host path too).
+    pub mounts: Vec<Mount>,
+}
+
+/// `user` of a process server; uid 0 only with `allow_root = true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for ProcessUser {
+    fn default() -> ProcessUser {
+        ProcessUser {
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -159,6 +159,8 @@ pub struct RawServer {
     pub cwd: Option<Str>,
     pub image: Option<Str>,
     pub user: Option<Str>,
+    /// A process server may run as uid 0 only with this set.
+    pub allow_root: Option<Spanned<bool>>,
     #[serde(default, deserialize_with = "in_mounts")]
     pub mounts: Option<Spanned<Vec<RawMount>>>,
     pub pool: Option<Spanned<u64>>,
