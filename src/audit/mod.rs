@@ -26,7 +26,7 @@
 //! | `seq` | 0, 1, 2, ... across all segments, no gaps |
 //! | `ts` | RFC 3339 UTC with milliseconds, `2026-11-24T16:53:51.123Z` (writer's clock; not used for ordering) |
 //! | `prev` | hex SHA-256 of the previous record's line (without `\n`); 64 zeros for `seq` 0 |
-//! | `kind` | `call`, `result`, `denied`, `egress_denied`, `policy_load`, `policy_reload`, `container_start`, `container_stop`, `firewall`, `tamper`, `gateway_start`, `gateway_stop`, and, written by the log itself, `segment_start`, `checkpoint`, `recovery` |
+//! | `kind` | `call`, `result`, `denied`, `egress_denied`, `policy_load`, `policy_reload`, `container_start`, `container_stop`, `firewall`, `tamper`, `gateway_start`, `gateway_stop`, `catalog_unstable`, and, written by the log itself, `segment_start`, `checkpoint`, `recovery` |
 //!
 //! Optional event fields ([`AuditEvent`]): `client`, `session`, `server`, `image_digest`,
 //! `container`, `method`, `tool`, `args_sha256` (hex SHA-256 of the raw argument JSON),
