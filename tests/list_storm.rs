@@ -205,12 +205,66 @@ async fn list_names(c: &mut Mcp, method: &str) -> Vec<String> {
     panic!("{method}: more than 100 pages");
 }
 
-async fn stats(c: &mut Mcp) -> Value {
-    let r = c.call_tool("storm__stats", json!({})).await;
+/// What the storm server saw (its `stats` tool, exposed as `tool`).
+async fn stats(c: &mut Mcp, tool: &str) -> Value {
+    let r = c.call_tool(tool, json!({})).await;
     let text = r["result"]["content"][0]["text"]
         .as_str()
         .unwrap_or_else(|| panic!("stats: {r}"));
     serde_json::from_str(text).unwrap()
+}
+
+/// Waits until the storm server has sent all `count` notifications.
+async fn storm_over(probe: &mut Mcp, tool: &str, count: u64) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let s = stats(probe, tool).await;
+        if s["sent"] == count && s["running"] == false {
+            return;
+        }
+        assert!(Instant::now() < deadline, "storm not over: {s}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until every watcher's latest listing equals the server's last answer to that list
+/// (`server_list` reads it from the stats, under the names clients see); returns the stats.
+async fn caught_up(
+    watchers: &[Watcher],
+    probe: &mut Mcp,
+    tool: &str,
+    server_list: impl Fn(&Value) -> Vec<String>,
+) -> Value {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let s = stats(probe, tool).await;
+        let server = server_list(&s);
+        let prefix = tool.strip_suffix("stats").unwrap_or_default();
+        let same = |l: Vec<String>| {
+            let mine: Vec<String> = l.into_iter().filter(|n| n.starts_with(prefix)).collect();
+            mine == server
+        };
+        if watchers
+            .iter()
+            .all(|w| w.idle() && w.listed().is_some_and(same))
+        {
+            return s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sessions never listed the server's final list {server:?}: {:?}",
+            watchers.iter().map(Watcher::listed).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn strings(v: &Value, prefix: &str) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|n| format!("{prefix}{}", n.as_str().unwrap()))
+        .collect()
 }
 
 /// The most a throttled sender may send in `elapsed`: one at once, one per interval after
@@ -292,8 +346,12 @@ async fn a_tool_list_storm_is_coalesced_upstream_and_debounced_downstream() {
     let never = Arc::new(AtomicBool::new(false));
     let baseline = median(echo_latencies(gw.url.clone(), never, 30).await);
 
-    let storm_over = Arc::new(AtomicBool::new(false));
-    let neighbour = tokio::spawn(echo_latencies(gw.url.clone(), storm_over.clone(), 2000));
+    let storm_over_flag = Arc::new(AtomicBool::new(false));
+    let neighbour = tokio::spawn(echo_latencies(
+        gw.url.clone(),
+        storm_over_flag.clone(),
+        2000,
+    ));
     let trigger = Instant::now();
     let r = watchers[0]
         .client
@@ -305,43 +363,13 @@ async fn a_tool_list_storm_is_coalesced_upstream_and_debounced_downstream() {
     // must come to show the server's last list.
     let mut probe = Mcp::new(&gw.url);
     probe.initialize(LATEST).await;
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let s = stats(&mut probe).await;
-        if s["sent"] == STORM && s["running"] == false {
-            break;
-        }
-        assert!(Instant::now() < deadline, "storm not over: {s}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    storm_over.store(true, Ordering::SeqCst);
+    storm_over(&mut probe, "storm__stats", STORM).await;
+    storm_over_flag.store(true, Ordering::SeqCst);
     let during = neighbour.await.unwrap();
-    let final_list = loop {
-        let s = stats(&mut probe).await;
-        let server: Vec<String> = s["last_tools"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| format!("storm__{}", n.as_str().unwrap()))
-            .collect();
-        let caught_up = watchers.iter().all(|w| {
-            w.idle()
-                && w.listed().is_some_and(|l| {
-                    let mine: Vec<&String> =
-                        l.iter().filter(|n| n.starts_with("storm__")).collect();
-                    mine.len() == server.len() && mine.iter().zip(&server).all(|(a, b)| *a == b)
-                })
-        });
-        if caught_up {
-            break server;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sessions never listed the server's final list {server:?}: {:?}",
-            watchers.iter().map(Watcher::listed).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let settled = caught_up(&watchers, &mut probe, "storm__stats", |s| {
+        strings(&s["last_tools"], "storm__")
+    })
+    .await;
     wait_quiet(&watchers, trigger).await;
 
     for (i, w) in watchers.iter().enumerate() {
@@ -357,11 +385,10 @@ async fn a_tool_list_storm_is_coalesced_upstream_and_debounced_downstream() {
             bound(elapsed)
         );
     }
-    let s = stats(&mut probe).await;
+    let s = stats(&mut probe, "storm__stats").await;
     assert_eq!(
-        s["last_tools"].as_array().unwrap().len(),
-        final_list.len(),
-        "the server's list moved after the sessions settled: the gateway kept listing ({s})"
+        s["last_tools"], settled["last_tools"],
+        "the server's list moved after the sessions settled: the gateway kept listing"
     );
     let lists = s["lists"]["tools/list"].as_u64().unwrap_or(0) as usize;
     let span = Duration::from_secs_f64(s["last_list_after"]["tools/list"].as_f64().unwrap_or(0.0));
@@ -397,6 +424,9 @@ async fn a_tool_list_storm_is_coalesced_upstream_and_debounced_downstream() {
         let detail: Value = serde_json::from_str(r["detail"].as_str().unwrap()).unwrap();
         let count = detail["count"].as_u64().unwrap();
         assert!(count > 1000, "{r}");
+        assert_eq!(detail["lists"]["tools"], count, "{r}");
+        assert_eq!(detail["limit"], 1000, "{r}");
+        assert_eq!(detail["window_ms"], 2000, "{r}");
         total += count;
     }
     assert!(total <= STORM, "{records:?}");
@@ -455,33 +485,11 @@ async fn prompts_resources_and_updates_storms_are_bounded_per_kind_and_uri() {
     assert_eq!(r["result"]["content"][0]["text"], "storming", "{r}");
     let mut probe = Mcp::new(&gw.url);
     probe.initialize(LATEST).await;
-    let stats = |v: Value| -> Value {
-        serde_json::from_str(v["result"]["content"][0]["text"].as_str().unwrap()).unwrap()
-    };
-    let deadline = Instant::now() + PATIENCE;
-    let server = loop {
-        let s = stats(probe.call_tool("stats", json!({})).await);
-        let last: Vec<String> = s["last_resources"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|u| u.as_str().unwrap().to_owned())
-            .collect();
-        let done = s["sent"] == 30_000 && s["running"] == false;
-        if done
-            && watchers
-                .iter()
-                .all(|w| w.idle() && w.listed() == Some(last.clone()))
-        {
-            break s;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sessions never listed the server's final resources {last:?}: {:?}",
-            watchers.iter().map(Watcher::listed).collect::<Vec<_>>()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    storm_over(&mut probe, "stats", 30_000).await;
+    let server = caught_up(&watchers, &mut probe, "stats", |s| {
+        strings(&s["last_resources"], "")
+    })
+    .await;
     wait_quiet(&watchers, trigger).await;
 
     for (i, w) in watchers.iter().enumerate() {

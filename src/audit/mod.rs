@@ -35,6 +35,9 @@
 //! `egress_denied`, `rejected` for a refused policy reload), `latency_us`, `bytes_in`,
 //! `bytes_out`, `detail` (redacted).
 //!
+//! `catalog_unstable` (a server sent more list changes than `unstable_list_changes` within
+//! `unstable_window`) has `server` and `detail` = JSON `{"count", "lists", "limit", "window_ms"}`.
+//!
 //! Log-written records: `segment_start` (`segment` = its file name, `prev_segment`) is the first
 //! record of every segment; `checkpoint` (`tree_size`, `root`, `key_id`, `sig`) covers records
 //! `0..tree_size` with `tree_size == seq`; `recovery` (`detail`, and for a cut torn record

@@ -1,7 +1,7 @@
 //! Making a server whose lists keep changing visible: more than `unstable_list_changes`
 //! list-change notifications from one server within `unstable_window` give one
 //! `catalog_unstable` audit record (server; `detail` = `{"count", "lists", "limit",
-//! "window_seconds"}`), one warning in the log and one count in
+//! "window_ms"}`), one warning in the log and one count in
 //! `portcullis_catalog_unstable_total`, written when the window ends.
 //!
 //! A window opens at the first change after the previous one closed. One record per window,
@@ -117,7 +117,7 @@ impl Router {
                 "count": report.count,
                 "lists": report.lists,
                 "limit": lc.unstable_after,
-                "window_seconds": lc.window.as_secs_f64(),
+                "window_ms": u64::try_from(lc.window.as_millis()).unwrap_or(u64::MAX),
             });
             me.audit.record_later(
                 AuditEvent::new(Kind::CatalogUnstable)
