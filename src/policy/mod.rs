@@ -12,6 +12,7 @@ pub mod show;
 pub mod units;
 mod validate;
 mod validate_access;
+mod validate_audit;
 mod validate_oauth;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
