@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::client::{sse_events, Mcp, LATEST};
-use common::{audit_records, http_get, repo_root, Gateway};
+use common::{audit_records, audit_verify, http_get, repo_root, Gateway};
 use serde_json::{json, Value};
 use tokio::sync::mpsc;
 
@@ -336,7 +336,7 @@ fn unstable_records(gw: &Gateway) -> Vec<Value> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tool_list_storm_is_coalesced_upstream_and_debounced_downstream() {
-    let gw = Gateway::start(&policy(
+    let mut gw = Gateway::start(&policy(
         "list_changed_interval = \"250ms\"\nunstable_list_changes = 1000\nunstable_window = \"2s\"",
         &(storm_server("storm")
             + "\n[servers.calm]\nruntime = \"process\"\ncommand = \"{fixture}\"\n"),
@@ -451,6 +451,9 @@ async fn a_tool_list_storm_is_coalesced_upstream_and_debounced_downstream() {
             .is_some_and(|n| n as usize >= records.len().min(1)),
         "no catalog_unstable metric"
     );
+    gw.terminate(PATIENCE);
+    let (ok, out) = audit_verify(&gw.dir().join("portcullis-audit"));
+    assert!(ok, "audit verify: {out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
