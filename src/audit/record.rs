@@ -31,6 +31,8 @@ pub enum Kind {
     SegmentStart,
     /// Log only: a checkpoint by the current epoch's key that certifies the next one.
     KeyRotation,
+    /// Log only: retention removed (or archived) the oldest segment.
+    Retention,
 }
 
 impl Kind {
@@ -52,6 +54,7 @@ impl Kind {
         Kind::Checkpoint,
         Kind::SegmentStart,
         Kind::KeyRotation,
+        Kind::Retention,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +76,7 @@ impl Kind {
             Kind::Checkpoint => "checkpoint",
             Kind::SegmentStart => "segment_start",
             Kind::KeyRotation => "key_rotation",
+            Kind::Retention => "retention",
         }
     }
 
@@ -83,7 +87,11 @@ impl Kind {
     pub fn log_only(self) -> bool {
         matches!(
             self,
-            Kind::Recovery | Kind::Checkpoint | Kind::SegmentStart | Kind::KeyRotation
+            Kind::Recovery
+                | Kind::Checkpoint
+                | Kind::SegmentStart
+                | Kind::KeyRotation
+                | Kind::Retention
         )
     }
 }
