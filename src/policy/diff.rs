@@ -205,6 +205,7 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
     }
     keep!(
         listen => "gateway.listen",
+        admin_listen => "gateway.admin_listen",
         tls => "gateway.tls",
         allowed_origins => "gateway.allowed_origins",
         allowed_hosts => "gateway.allowed_hosts",

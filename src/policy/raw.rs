@@ -97,6 +97,7 @@ pub struct RawSink {
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     pub listen: Option<Str>,
+    pub admin_listen: Option<Str>,
     pub naming: Option<Str>,
     pub allowed_origins: Option<Vec<Str>>,
     pub allowed_hosts: Option<Vec<Str>>,
@@ -160,6 +161,8 @@ pub struct RawServer {
     pub cwd: Option<Str>,
     pub image: Option<Str>,
     pub user: Option<Str>,
+    /// A process server may run as uid 0 only with this set.
+    pub allow_root: Option<Spanned<bool>>,
     #[serde(default, deserialize_with = "in_mounts")]
     pub mounts: Option<Spanned<Vec<RawMount>>>,
     pub pool: Option<Spanned<u64>>,

@@ -489,6 +489,54 @@ fn list_change_pacing_is_read_and_bounded() {
 }
 
 #[test]
+fn a_process_server_runs_as_nobody_unless_its_user_says_otherwise() {
+    let p = parse(TIME, "p.toml").unwrap();
+    let Runtime::Process(x) = &p.servers["time"].runtime else {
+        panic!("not a process server")
+    };
+    assert_eq!((x.user.uid, x.user.gid), (65534, 65534));
+    assert!(x.mounts.is_empty());
+    let src = format!("{TIME}user = \"1000:100\"\nmounts = [{{ source = \"/srv/data\", target = \"/srv/data\", read_only = false }}]\n");
+    let p = parse(&src, "p.toml").unwrap();
+    let Runtime::Process(x) = &p.servers["time"].runtime else {
+        panic!("not a process server")
+    };
+    assert_eq!((x.user.uid, x.user.gid), (1000, 100));
+    assert!(!x.mounts[0].read_only);
+    let p = parse(&format!("{TIME}user = \"1000\"\n"), "p.toml").unwrap();
+    let Runtime::Process(x) = &p.servers["time"].runtime else {
+        panic!("not a process server")
+    };
+    assert_eq!((x.user.uid, x.user.gid), (1000, 1000));
+}
+
+#[test]
+fn root_needs_allow_root_and_names_need_numbers() {
+    let e = one_error(&format!("{TIME}user = \"0:0\"\n"));
+    assert!(
+        e.starts_with("p.toml:4:8") && e.contains("allow_root = true"),
+        "{e}"
+    );
+    let p = parse(
+        &format!("{TIME}user = \"0:0\"\nallow_root = true\n"),
+        "p.toml",
+    )
+    .unwrap();
+    let Runtime::Process(x) = &p.servers["time"].runtime else {
+        panic!("not a process server")
+    };
+    assert_eq!(x.user.uid, 0);
+    let e = one_error(&format!("{TIME}user = \"nobody\"\n"));
+    assert!(e.contains("must be numeric"), "{e}");
+    let docker = "[servers.d]\nruntime = \"docker\"\nimage = \"x:y\"\nallow_root = true\n";
+    let e = one_error(docker);
+    assert!(
+        e.contains("`allow_root` is not a key of a runtime = \"docker\""),
+        "{e}"
+    );
+}
+
+#[test]
 fn a_remote_url_on_a_private_address_needs_an_egress_rule() {
     let e = one_error("[servers.r]\nruntime = \"remote\"\nurl = \"http://127.0.0.1:9000/mcp\"\n");
     assert!(e.starts_with("p.toml:3:7:"), "{e}");
