@@ -114,6 +114,9 @@ pub struct RawGateway {
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
     pub instance: Option<Str>,
+    pub list_changed_interval: Option<Spanned<Value>>,
+    pub unstable_list_changes: Option<Spanned<u64>>,
+    pub unstable_window: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]

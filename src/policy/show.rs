@@ -113,6 +113,18 @@ pub fn render(p: &Policy) -> String {
             .as_deref()
             .unwrap_or("(derived from state_dir at start)")
     );
+    let lc = &g.list_changes;
+    let _ = writeln!(
+        o,
+        "  list_changed_interval {}",
+        format_duration(lc.interval)
+    );
+    let _ = writeln!(
+        o,
+        "  unstable_list_changes more than {} per {}",
+        lc.unstable_after,
+        format_duration(lc.window)
+    );
     let e = &p.egress;
     let _ = writeln!(o, "\n[egress]");
     let _ = writeln!(

@@ -242,7 +242,7 @@ impl Router {
                         .get(&session)
                         .is_some_and(|e| clients.rules(&e.info.client).allows(&target));
                     if owner_ok && may_read {
-                        self.deliver(&session, None, msg.clone());
+                        self.tell(&session, methods::RESOURCES_UPDATED, uri, msg.clone());
                     }
                 }
             }

@@ -42,10 +42,22 @@ peers_python() {
   fi
 }
 
+# Whether every user may run `$1`: the file is world-executable and every directory above its
+# real path is world-searchable. Checked by mode rather than by running it as nobody, because
+# some kernels let an exec through where the server's confined view would not.
+usable_by_everyone() {
+  local p
+  p=$(readlink -f "$1") || return 1
+  [ $(( 8#$(stat -c %a "$p") & 1 )) = 1 ] || return 1
+  while [ "$p" != / ]; do
+    p=$(dirname "$p")
+    [ $(( 8#$(stat -c %a "$p") & 1 )) = 1 ] || return 1
+  done
+}
+
 install_python_peers() {
   local venv=$PEERS/venv
-  if [ -x "$venv/bin/python" ] && ! setpriv --reuid 65534 --regid 65534 --clear-groups \
-      "$venv/bin/python" -c '' 2>/dev/null && [ "$(id -u)" = 0 ]; then
+  if [ -x "$venv/bin/python" ] && [ "$(id -u)" = 0 ] && ! usable_by_everyone "$venv/bin/python"; then
     log "python venv at $venv: its interpreter is not usable by nobody (65534); making it again"
     rm -rf "$venv"
   fi
