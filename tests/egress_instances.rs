@@ -831,12 +831,16 @@ fn a_pool_without_a_free_subnet_fails_closed_and_overlapping_routes_are_warned_a
     let mut r = Cases(Vec::new());
     // Something else of the namespace (a VPN, another tool) has addresses in both /29s of
     // the pool.
-    lab.gw.ip(&["link", "add", "dummy0", "type", "dummy"]);
+    // A veth pair rather than a dummy interface: not every kernel has the dummy driver.
+    lab.gw.ip(&[
+        "link", "add", "dummy0", "type", "veth", "peer", "name", "dummy0p",
+    ]);
     lab.gw
         .ip(&["addr", "add", "10.217.0.1/29", "dev", "dummy0"]);
     lab.gw
         .ip(&["addr", "add", "10.217.0.9/29", "dev", "dummy0"]);
     lab.gw.ip(&["link", "set", "dummy0", "up"]);
+    lab.gw.ip(&["link", "set", "dummy0p", "up"]);
     let text = policy("a", &["srva"], &[]).replace(POOL, "10.217.0.0/28");
     let gw = Gateway::spawn_in(&text, &[], &lab.gw.path(), &[]);
     let url = format!("{}/ready", gw.base);
