@@ -386,3 +386,51 @@ fn audit_errors_are_located() {
         "{e}"
     );
 }
+
+#[test]
+fn stderr_budgets_default_and_override_per_server() {
+    let p = parse(TIME, "p.toml").unwrap();
+    assert_eq!(p.gateway.server_log_rate, DEFAULT_SERVER_LOG_RATE);
+    assert_eq!(p.servers["time"].log_rate, DEFAULT_SERVER_LOG_RATE);
+
+    let src = format!(
+        "[gateway]\nserver_log_rate = \"20/s\"\n{TIME}[servers.loud]\nruntime = \"process\"\ncommand = \"loud\"\nlog_rate = {{ quota = \"600/min\", burst = 1000 }}\n"
+    );
+    let p = parse(&src, "p.toml").unwrap();
+    let per_second = |count, burst| Rate {
+        count,
+        per: Duration::from_secs(1),
+        burst,
+    };
+    assert_eq!(p.gateway.server_log_rate, per_second(20, 20));
+    assert_eq!(p.servers["time"].log_rate, per_second(20, 20));
+    assert_eq!(
+        p.servers["loud"].log_rate,
+        Rate {
+            count: 600,
+            per: Duration::from_secs(60),
+            burst: 1000
+        }
+    );
+    let shown = show::render(&p);
+    assert!(
+        shown.contains("server_log_rate       20/s stderr lines (burst 20)"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("log_rate              600/min stderr lines (burst 1000)"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn stderr_budget_errors_are_located() {
+    let e = one_error(&format!("[gateway]\nserver_log_rate = \"0/s\"\n{TIME}"));
+    assert!(e.starts_with("p.toml:2:"), "{e}");
+    assert!(e.contains("`server_log_rate` = \"0/s\" allows no lines"), "{e}");
+    let e = one_error(&format!("{TIME}log_rate = {{ quota = \"5/s\", burst = 0 }}\n"));
+    assert!(e.starts_with("p.toml:4:"), "{e}");
+    assert!(e.contains("`log_rate.burst` must be a whole number of lines"), "{e}");
+    let e = one_error(&format!("{TIME}log_rate = 5\n"));
+    assert!(e.contains("`log_rate` must be a string like"), "{e}");
+}
