@@ -68,7 +68,10 @@ async fn forged_lines_and_ansi_escapes_stay_escaped_and_attributed_in_text_logs(
     let Some(log) = forged_log("pretty").await else {
         return;
     };
-    assert!(!has_raw_controls(&log), "raw control characters in the log:\n{log:?}");
+    assert!(
+        !has_raw_controls(&log),
+        "raw control characters in the log:\n{log:?}"
+    );
     let prefix = "  INFO portcullis::upstream::stderr: server=noisy ";
     let from_noisy: Vec<&str> = log
         .lines()
@@ -81,7 +84,10 @@ async fn forged_lines_and_ansi_escapes_stay_escaped_and_attributed_in_text_logs(
         let (stamp, _) = l
             .split_once(prefix)
             .unwrap_or_else(|| panic!("not attributed to noisy: {l}"));
-        assert!(!stamp.contains(' ') && !stamp.starts_with("2026-12-05T10:00:00"), "{l}");
+        assert!(
+            !stamp.contains(' ') && !stamp.starts_with("2026-12-05T10:00:00"),
+            "{l}"
+        );
     }
     assert!(
         log.contains(r"server=noisy ok\r2026-12-05T10:00:00.000000Z ERROR portcullis::router: level=ERROR server=other forged"),

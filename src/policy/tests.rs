@@ -427,10 +427,18 @@ fn stderr_budgets_default_and_override_per_server() {
 fn stderr_budget_errors_are_located() {
     let e = one_error(&format!("[gateway]\nserver_log_rate = \"0/s\"\n{TIME}"));
     assert!(e.starts_with("p.toml:2:"), "{e}");
-    assert!(e.contains("`server_log_rate` = \"0/s\" allows no lines"), "{e}");
-    let e = one_error(&format!("{TIME}log_rate = {{ quota = \"5/s\", burst = 0 }}\n"));
+    assert!(
+        e.contains("`server_log_rate` = \"0/s\" allows no lines"),
+        "{e}"
+    );
+    let e = one_error(&format!(
+        "{TIME}log_rate = {{ quota = \"5/s\", burst = 0 }}\n"
+    ));
     assert!(e.starts_with("p.toml:4:"), "{e}");
-    assert!(e.contains("`log_rate.burst` must be a whole number of lines"), "{e}");
+    assert!(
+        e.contains("`log_rate.burst` must be a whole number of lines"),
+        "{e}"
+    );
     let e = one_error(&format!("{TIME}log_rate = 5\n"));
     assert!(e.contains("`log_rate` must be a string like"), "{e}");
 }

@@ -16,8 +16,12 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The gateway under test; `PORTCULLIS_TEST_GATEWAY_BIN` runs the tests against another build
+/// (e.g. one of `main`, to show that a new test fails without the fix).
 pub fn gateway_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+    std::env::var_os("PORTCULLIS_TEST_GATEWAY_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")))
 }
 
 pub fn fixture_bin() -> PathBuf {
@@ -73,14 +77,32 @@ impl Gateway {
     /// [`Gateway::spawn`] as another user (`uid`, e.g. 65534 to see what happens without
     /// root); the policy's folder is then made readable for it.
     pub fn spawn_as(policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Self::spawn_in(tempfile::tempdir().expect("tempdir"), policy, env, uid, &[])
+    }
+
+    /// [`Gateway::spawn`] in folder `dir` (`{tmp}`), with the gateway's command line run by
+    /// `wrapper` (e.g. `["nsenter", "-t", PID, "-m", "--"]` to run it in another namespace).
+    pub fn spawn_in(
+        dir: tempfile::TempDir,
+        policy: &str,
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+        wrapper: &[&str],
+    ) -> Gateway {
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
             .replace("{peers}", &repo_root().join(".peers").display().to_string())
             .replace("{tmp}", &dir.path().display().to_string());
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, text).expect("write policy");
-        let mut cmd = Command::new(gateway_bin());
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = Command::new(program);
+                c.args(args).arg(gateway_bin());
+                c
+            }
+            None => Command::new(gateway_bin()),
+        };
         if let Some(uid) = uid {
             use std::os::unix::fs::PermissionsExt;
             use std::os::unix::process::CommandExt;

@@ -55,7 +55,9 @@ async fn neighbour_calls(client: &mut Mcp, n: usize) -> Vec<Duration> {
     for i in 0..n {
         let text = format!("ping {i}");
         let t = Instant::now();
-        let r = client.call_tool("quiet__echo", json!({ "text": text })).await;
+        let r = client
+            .call_tool("quiet__echo", json!({ "text": text }))
+            .await;
         out.push(t.elapsed());
         assert_eq!(tool_text(&r), text, "{r}");
     }
@@ -156,7 +158,11 @@ pub async fn flood(gw: &Gateway, lines: u64) -> Flood {
 /// is counted, the gateway's memory stays flat and the neighbour keeps answering about as fast.
 pub fn assert_bounded(f: &Flood) {
     eprintln!("flood figures: {f:#?}");
-    assert_eq!(f.forwarded + f.suppressed, f.lines + 1, "every line is counted");
+    assert_eq!(
+        f.forwarded + f.suppressed,
+        f.lines + 1,
+        "every line is counted"
+    );
     let budget = BURST + (RATE as f64 * (f.seconds + 1.0)).ceil() as u64;
     assert!(
         f.logged <= budget,
@@ -165,7 +171,10 @@ pub fn assert_bounded(f: &Flood) {
         f.lines,
         f.seconds
     );
-    assert_eq!(f.logged, f.forwarded, "the log holds what /metrics counts as forwarded");
+    assert_eq!(
+        f.logged, f.forwarded,
+        "the log holds what /metrics counts as forwarded"
+    );
     assert!(
         f.summaries.len() as f64 <= f.seconds / 5.0 + 2.0,
         "one summary per 5 s at most: {:?} in {:.1} s",
