@@ -72,7 +72,6 @@ pub struct Metrics {
     egress_denied: Family<AtomicU64>,
     audit_queue: Family<AtomicI64>,
     audit_fsync_seconds: Family<Histogram>,
-    server_stderr: Family<AtomicU64>,
 }
 
 pub fn global() -> &'static Metrics {
@@ -87,7 +86,6 @@ pub fn global() -> &'static Metrics {
         egress_denied: family("Egress attempts denied by the firewall, by server."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
-        server_stderr: family("Servers' stderr lines, by server and outcome: forwarded to the gateway's log, or suppressed (over the server's log_rate, counted only)."),
     })
 }
 
@@ -157,18 +155,6 @@ impl Metrics {
             .fetch_add(n, Ordering::Relaxed);
     }
 
-    /// The (forwarded, suppressed) stderr line counters of `server`, kept by the caller so that
-    /// counting a line costs one atomic add.
-    pub fn server_stderr(&self, server: &str) -> (Arc<AtomicU64>, Arc<AtomicU64>) {
-        let series = |outcome: &str| {
-            self.server_stderr.get(vec![
-                ("server", server.to_owned()),
-                ("outcome", outcome.to_owned()),
-            ])
-        };
-        (series("forwarded"), series("suppressed"))
-    }
-
     pub fn audit_queue(&self, depth: i64) {
         self.audit_queue
             .get(Vec::new())
@@ -206,11 +192,6 @@ impl Metrics {
             &mut o,
             "portcullis_audit_fsync_seconds",
             &self.audit_fsync_seconds,
-        );
-        counter(
-            &mut o,
-            "portcullis_server_stderr_lines_total",
-            &self.server_stderr,
         );
         o
     }

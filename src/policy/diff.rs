@@ -3,10 +3,9 @@
 //! Servers are sorted into three groups: added, removed, and changed. A change is either one
 //! that needs the server's instances replaced (`restart`: how it runs, what it may reach, which
 //! secrets it gets) or one the router applies in place (`reconfigure`: tool filter, quotas,
-//! timeouts, the stderr budget). Settings the running listener, audit log or egress worker were
-//! built from cannot change live: [`keep_running`] puts the running values back into the new
-//! policy and names them, so that the rest of the new file still applies and the operator learns
-//! a restart is due.
+//! timeouts). Settings the running listener, audit log or egress worker were built from cannot
+//! change live: [`keep_running`] puts the running values back into the new policy and names them,
+//! so that the rest of the new file still applies and the operator learns a restart is due.
 
 use super::model::{Policy, Server};
 
@@ -179,7 +178,7 @@ fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
 
 /// Keys of a server the router and the rate limiter apply without touching its instances.
 fn live_keys(o: &Server, n: &Server) -> Vec<&'static str> {
-    differing!(o, n; tools, rate, tool_rates, max_in_flight, queue_timeout, request_timeout, log_rate)
+    differing!(o, n; tools, rate, tool_rates, max_in_flight, queue_timeout, request_timeout)
 }
 
 /// Puts the running values of settings that cannot change live back into `new` and returns the
@@ -291,20 +290,6 @@ allow = ["a__*"]
         let d = diff(&p(BASE), &p(&quota_only));
         assert!(d.servers.restarted.is_empty());
         assert_eq!(d.servers.reconfigured, vec![("b".to_owned(), vec!["rate"])]);
-        // The stderr budget applies live too, also when it comes from [gateway].
-        let quieter = BASE.replace(
-            "naming = \"prefix\"",
-            "naming = \"prefix\"\nserver_log_rate = \"5/s\"",
-        );
-        let d = diff(&p(BASE), &p(&quieter));
-        assert!(d.servers.restarted.is_empty());
-        assert_eq!(
-            d.servers.reconfigured,
-            vec![
-                ("a".to_owned(), vec!["log_rate"]),
-                ("b".to_owned(), vec!["log_rate"])
-            ]
-        );
     }
 
     #[test]

@@ -212,18 +212,7 @@ pub struct Gateway {
     /// Where the gateway keeps state between runs (the OAuth token caches); resolved against
     /// the policy file's directory when relative.
     pub state_dir: PathBuf,
-    /// How many stderr lines of each server reach the gateway's log (`server_log_rate`); a
-    /// server's own `log_rate` overrides it. Lines beyond it are counted, not logged.
-    pub server_log_rate: Rate,
 }
-
-/// The default stderr budget of a server: a steady 50 lines a second, and room for a start-up
-/// banner or a stack trace of 200 lines at once.
-pub const DEFAULT_SERVER_LOG_RATE: Rate = Rate {
-    count: 50,
-    per: Duration::from_secs(1),
-    burst: 200,
-};
 
 /// Default state directory, relative to the policy file (or the working directory for the
 /// embedded default policy).
@@ -294,9 +283,6 @@ pub struct Server {
     pub max_in_flight: Option<u32>,
     /// How long a call may wait for a free slot before it is refused.
     pub queue_timeout: Duration,
-    /// Budget of stderr lines this server may put into the gateway's log (its own `log_rate`,
-    /// else `[gateway] server_log_rate`).
-    pub log_rate: Rate,
 }
 
 /// How the server is run or reached.

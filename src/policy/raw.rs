@@ -83,8 +83,6 @@ pub struct RawGateway {
     #[serde(default, deserialize_with = "in_tls")]
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
-    /// Budget for every server's forwarded stderr lines: `"50/s"` or `{ quota, burst }`.
-    pub server_log_rate: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -153,8 +151,6 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
-    /// This server's stderr budget, instead of `[gateway] server_log_rate`.
-    pub log_rate: Option<Spanned<Value>>,
 }
 
 /// `oauth = { ... }` of a remote server.

@@ -98,11 +98,6 @@ pub fn render(p: &Policy) -> String {
             .map_or_else(|| "off".to_owned(), format_duration)
     );
     let _ = writeln!(o, "  state_dir             {}", g.state_dir.display());
-    let _ = writeln!(
-        o,
-        "  server_log_rate       {}",
-        log_rate_text(&g.server_log_rate)
-    );
     let e = &p.egress;
     let _ = writeln!(o, "\n[egress]");
     let _ = writeln!(
@@ -259,7 +254,6 @@ pub fn render(p: &Policy) -> String {
             format!("{} (burst {})", format_rate(r.count, r.per), r.burst)
         });
         let _ = writeln!(o, "  rate                  {rate}");
-        let _ = writeln!(o, "  log_rate              {}", log_rate_text(&s.log_rate));
         let _ = writeln!(
             o,
             "  tools                 allow {}; deny {}",
@@ -303,14 +297,6 @@ pub fn render(p: &Policy) -> String {
     }
     audit(&mut o, &p.audit);
     o
-}
-
-fn log_rate_text(r: &Rate) -> String {
-    format!(
-        "{} stderr lines (burst {}); more are counted, not logged",
-        format_rate(r.count, r.per),
-        r.burst
-    )
 }
 
 fn audit(o: &mut String, a: &Audit) {

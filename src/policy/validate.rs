@@ -37,8 +37,6 @@ pub(super) struct Checker<'a> {
     pub(super) diags: Vec<Diagnostic>,
     /// `[gateway] state_dir`, resolved; token caches of OAuth servers live below it.
     pub(super) state_dir: PathBuf,
-    /// `[gateway] server_log_rate`: the stderr budget of servers without their own `log_rate`.
-    server_log_rate: Rate,
 }
 
 /// Validates `raw`; `base` is the policy file's directory, against which relative paths resolve.
@@ -54,7 +52,6 @@ pub fn validate(
         base,
         diags: Vec::new(),
         state_dir: PathBuf::new(),
-        server_log_rate: DEFAULT_SERVER_LOG_RATE,
     };
     let raw_gateway = raw.gateway.unwrap_or_default();
     let listen_at = raw_gateway.listen.as_ref().map_or(0, |l| l.span().start);
@@ -392,9 +389,6 @@ impl Checker<'_> {
             Some(p) => self.resolve(p.get_ref()),
             None => self.resolve(DEFAULT_STATE_DIR),
         };
-        self.server_log_rate = self
-            .rate_of(&g.server_log_rate, "server_log_rate", "lines")
-            .unwrap_or(DEFAULT_SERVER_LOG_RATE);
         let gw = Gateway {
             listen,
             naming,
@@ -419,7 +413,6 @@ impl Checker<'_> {
             sse_poll_interval: self.duration(&g.sse_poll_interval, "sse_poll_interval"),
             tls: g.tls.as_ref().map(|t| self.tls(t)),
             state_dir: self.state_dir.clone(),
-            server_log_rate: self.server_log_rate,
         };
         (gw, naming_at)
     }
@@ -557,9 +550,6 @@ impl Checker<'_> {
         let queue_timeout = self
             .duration(&rs.queue_timeout, "queue_timeout")
             .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
-        let log_rate = self
-            .rate_of(&rs.log_rate, "log_rate", "lines")
-            .unwrap_or(self.server_log_rate);
 
         if self.diags.len() != before {
             return None;
@@ -578,7 +568,6 @@ impl Checker<'_> {
             tool_rates,
             max_in_flight,
             queue_timeout,
-            log_rate,
         })
     }
 
@@ -890,17 +879,6 @@ impl Checker<'_> {
     }
 
     pub(super) fn rate(&mut self, v: &Option<Spanned<Value>>) -> Option<Rate> {
-        self.rate_of(v, "rate", "calls")
-    }
-
-    /// A quota written as `"120/min"` or `{ quota = "120/min", burst = 20 }` under `key`;
-    /// `unit` names what it counts, for messages.
-    pub(super) fn rate_of(
-        &mut self,
-        v: &Option<Spanned<Value>>,
-        key: &str,
-        unit: &str,
-    ) -> Option<Rate> {
         let v = v.as_ref()?;
         let at = v.span().start;
         let (quota, quota_at, burst) = match v.get_ref() {
@@ -910,7 +888,7 @@ impl Checker<'_> {
                     if k != "quota" && k != "burst" {
                         self.error(
                             at,
-                            format!("unknown key `{k}` in `{key}`; expected one of: quota, burst"),
+                            format!("unknown key `{k}` in `rate`; expected one of: quota, burst"),
                         );
                         return None;
                     }
@@ -918,7 +896,7 @@ impl Checker<'_> {
                 let quota = match t.get("quota") {
                     Some(Value::String(s)) => s.clone(),
                     _ => {
-                        self.error(at, format!("`{key}` needs quota = \"120/min\" (a string)"));
+                        self.error(at, "`rate` needs quota = \"120/min\" (a string)");
                         return None;
                     }
                 };
@@ -930,7 +908,7 @@ impl Checker<'_> {
                     Some(_) => {
                         self.error(
                             at,
-                            format!("`{key}.burst` must be a whole number of {unit}, at least 1"),
+                            "`rate.burst` must be a whole number of calls, at least 1",
                         );
                         return None;
                     }
@@ -938,7 +916,7 @@ impl Checker<'_> {
                 (quota, at, burst)
             }
             other => {
-                self.error(at, format!("`{key}` must be a string like \"120/min\" or a table like {{ quota = \"120/min\", burst = 20 }}, not {}", value_kind(other)));
+                self.error(at, format!("`rate` must be a string like \"120/min\" or a table like {{ quota = \"120/min\", burst = 20 }}, not {}", value_kind(other)));
                 return None;
             }
         };
@@ -948,15 +926,6 @@ impl Checker<'_> {
                 per,
                 burst: burst.unwrap_or(count),
             }),
-            Err(_) if unit != "calls" && quota.trim().starts_with("0/") => {
-                self.error(
-                    quota_at,
-                    format!(
-                        "`{key}` = \"{quota}\" allows no {unit}; give at least 1, like \"10/min\""
-                    ),
-                );
-                None
-            }
             Err(e) => {
                 self.error(quota_at, e);
                 None

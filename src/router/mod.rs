@@ -133,13 +133,6 @@ impl Router {
         self.servers.readiness()
     }
 
-    /// The last lines `server` wrote to its stderr, oldest first, redacted and escaped as in
-    /// the gateway's log, whether they were logged or over its budget; for telling why a server
-    /// failed (`/ready`, `doctor`). `None` for a server this gateway does not run.
-    pub fn stderr_tail(&self, server: &str) -> Option<Vec<String>> {
-        self.servers.stderr_tail(server)
-    }
-
     pub fn is_settled(&self) -> bool {
         *self.settled.borrow()
     }

@@ -21,7 +21,6 @@ use tokio::sync::{mpsc, watch};
 use crate::policy::diff::ServerChanges;
 use crate::policy::{Lifecycle, Policy, Server};
 use crate::sandbox::{Purpose, Runtime};
-use crate::upstream::stderr::ServerStderr;
 use crate::upstream::{StartOptions, State, Upstream, UpstreamEvent};
 
 /// How long a retired instance that is still busy may finish its calls before it is stopped.
@@ -48,7 +47,6 @@ pub(super) struct Dedicated {
     bootstrap: Mutex<Option<Arc<Upstream>>>,
     catalog_loaded: AtomicBool,
     last_error: Mutex<Option<String>>,
-    stderr: Arc<ServerStderr>,
 }
 
 pub(super) enum Slot {
@@ -85,9 +83,6 @@ pub(super) struct Servers {
     /// What servers started from now on run on (a reload may connect Docker late).
     runtime: RwLock<Arc<dyn Runtime>>,
     events: mpsc::Sender<UpstreamEvent>,
-    /// Each server's stderr (budget, last lines), kept across the slots that replace one
-    /// another on reloads, so that a reload neither refills the budget nor forgets the lines.
-    stderr: Mutex<HashMap<Arc<str>, Arc<ServerStderr>>>,
 }
 
 /// An instance the router started. The state outlives the `Upstream`: an instance whose last
@@ -116,7 +111,6 @@ impl Servers {
             instances: Mutex::new(HashMap::new()),
             runtime: RwLock::new(runtime),
             events,
-            stderr: Mutex::new(HashMap::new()),
         };
         let policy_hash = policy_hash(policy);
         let slots: BTreeMap<Arc<str>, Arc<Slot>> = policy
@@ -142,7 +136,6 @@ impl Servers {
             Ok(r) => r.clone(),
             Err(p) => p.into_inner().clone(),
         };
-        let stderr = self.stderr_of(server);
         let slot = match server.lifecycle {
             Lifecycle::Shared => {
                 let up = Upstream::start(
@@ -152,7 +145,6 @@ impl Servers {
                     StartOptions {
                         policy_hash: policy_hash.to_owned(),
                         start_after,
-                        stderr: Some(stderr),
                         ..StartOptions::default()
                     },
                 );
@@ -179,7 +171,6 @@ impl Servers {
                     bootstrap: Mutex::new(None),
                     catalog_loaded: AtomicBool::new(false),
                     last_error: Mutex::new(None),
-                    stderr,
                 });
                 // Restarts until the catalog has been read once.
                 let boot = d.launch(Purpose::Pool, None, true);
@@ -219,15 +210,6 @@ impl Servers {
         for name in &changes.removed {
             if let Some(old) = slots.remove(name.as_str()) {
                 retiring.push(self.retire(old, drain(name), None));
-            }
-            if let Ok(mut logs) = self.stderr.lock() {
-                logs.remove(name.as_str());
-            }
-        }
-        // Servers changed in place may have a new log budget.
-        for (name, _) in &changes.reconfigured {
-            if let Some(server) = policy.servers.get(name) {
-                self.stderr_of(server);
             }
         }
         for (name, _) in &changes.restarted {
@@ -313,28 +295,6 @@ impl Servers {
                 let _ = open.send(true);
             }
         }
-    }
-
-    /// The stderr of `server`, made on first use; its budget follows the server's `log_rate`.
-    fn stderr_of(&self, server: &Server) -> Arc<ServerStderr> {
-        let mut logs = match self.stderr.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
-        let log = logs
-            .entry(Arc::from(server.name.as_str()))
-            .or_insert_with(|| ServerStderr::new(&server.name, server.log_rate));
-        if log.rate() != server.log_rate {
-            log.set_rate(server.log_rate);
-        }
-        log.clone()
-    }
-
-    /// The last stderr lines of `server` (any of its instances), redacted and escaped; `None`
-    /// for a server this gateway does not run.
-    pub fn stderr_tail(&self, server: &str) -> Option<Vec<String>> {
-        let logs = self.stderr.lock().ok()?;
-        logs.get(server).map(|l| l.tail())
     }
 
     fn slot(&self, server: &str) -> Option<Arc<Slot>> {
@@ -616,7 +576,6 @@ impl Dedicated {
                 restart,
                 policy_hash: self.policy_hash.clone(),
                 start_after: self.start_after.clone(),
-                stderr: Some(self.stderr.clone()),
             },
         )
     }

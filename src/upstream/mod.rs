@@ -7,7 +7,6 @@
 
 mod connection;
 pub mod http;
-pub mod stderr;
 mod supervisor;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -120,9 +119,6 @@ pub struct StartOptions {
     /// reload starts only once the instances it replaces have stopped, so that the two never
     /// hold the server's resources (network, egress rules) at the same time.
     pub start_after: Option<watch::Receiver<bool>>,
-    /// Where the instance's stderr goes; instances of one server share it (one budget, one
-    /// tail). `None`: a fresh one with the server's `log_rate`.
-    pub stderr: Option<Arc<stderr::ServerStderr>>,
 }
 
 impl Default for StartOptions {
@@ -133,7 +129,6 @@ impl Default for StartOptions {
             restart: true,
             policy_hash: String::new(),
             start_after: None,
-            stderr: None,
         }
     }
 }
@@ -170,7 +165,6 @@ pub struct Upstream {
     state: watch::Receiver<State>,
     connection: Arc<Mutex<Option<Arc<Connection>>>>,
     shutdown: watch::Sender<bool>,
-    stderr: Arc<stderr::ServerStderr>,
 }
 
 impl Upstream {
@@ -193,10 +187,6 @@ impl Upstream {
         let (state_tx, state_rx) = watch::channel(State::Starting);
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let connection = Arc::new(Mutex::new(None));
-        let stderr = options
-            .stderr
-            .clone()
-            .unwrap_or_else(|| stderr::ServerStderr::new(&server.name, server.log_rate));
         let sup = supervisor::Supervisor {
             server,
             name: name.clone(),
@@ -207,7 +197,6 @@ impl Upstream {
             state: state_tx,
             connection: connection.clone(),
             shutdown: shutdown_rx,
-            stderr: stderr.clone(),
         };
         tokio::spawn(sup.run());
         Arc::new(Upstream {
@@ -216,7 +205,6 @@ impl Upstream {
             state: state_rx,
             connection,
             shutdown: shutdown_tx,
-            stderr,
         })
     }
 
@@ -230,11 +218,6 @@ impl Upstream {
 
     pub fn instance(&self) -> u64 {
         self.source.instance
-    }
-
-    /// The server's stderr: its last lines (why it failed) and its log budget.
-    pub fn stderr(&self) -> &Arc<stderr::ServerStderr> {
-        &self.stderr
     }
 
     pub fn state(&self) -> State {

@@ -4,13 +4,14 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use super::connection::{Connection, PendingGuard};
 use super::{InitInfo, State, UpstreamEvent};
 use crate::mcp::{methods, protocol, to_raw};
 use crate::policy::Server;
-use crate::sandbox::{Runtime, SpawnContext, Spawned};
+use crate::sandbox::{BoxRead, Runtime, SpawnContext, Spawned};
 use crate::secrets::Redactor;
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -19,6 +20,8 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// How long to wait for an instance's exit status once its stdout has closed.
 const EXIT_REASON_GRACE: Duration = Duration::from_secs(1);
+/// Longest stderr line forwarded to the log.
+const MAX_STDERR_LINE: usize = 4096;
 
 pub(super) struct Supervisor {
     pub server: Server,
@@ -30,8 +33,6 @@ pub(super) struct Supervisor {
     pub state: watch::Sender<State>,
     pub connection: Arc<Mutex<Option<Arc<Connection>>>>,
     pub shutdown: watch::Receiver<bool>,
-    /// Where the instances' stderr goes (shared by every instance of the server).
-    pub stderr: Arc<super::stderr::ServerStderr>,
 }
 
 impl Supervisor {
@@ -166,11 +167,7 @@ impl Supervisor {
         let spawned_desc = instance.describe();
         crate::metrics::global().upstream_started(&self.name);
         if let Some(stderr) = stderr {
-            tokio::spawn(super::stderr::forward(
-                self.stderr.clone(),
-                stderr,
-                redactor.clone(),
-            ));
+            tokio::spawn(forward_stderr(self.name.clone(), stderr, redactor.clone()));
         }
         let (conn, mut reader) =
             Connection::start(self.source.clone(), stdin, stdout, self.events.clone());
@@ -387,4 +384,55 @@ pub(super) async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
     let info = parse_init(outcome)?;
     conn.notify(methods::INITIALIZED, None).await;
     Ok(info)
+}
+
+async fn forward_stderr(server: Arc<str>, stderr: BoxRead, redactor: Arc<Redactor>) {
+    let mut lines = BufReader::new(stderr).split(b'\n');
+    while let Ok(Some(line)) = lines.next_segment().await {
+        let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
+        let text = redactor.redact(text.trim_end());
+        if !text.is_empty() {
+            tracing::info!(target: "portcullis::upstream::stderr", server = %server, "{text}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Captures what forward_stderr logs.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut v) = self.0.lock() {
+                v.extend_from_slice(buf);
+            }
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn stderr_forwarding_redacts_secrets() {
+        let sink = Sink::default();
+        let writer = sink.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        let _guard = tracing::subscriber::set_default(subscriber);
+        let redactor = Arc::new(Redactor::new([("API_KEY", "sk-live-0123456789")]));
+        let input: BoxRead = Box::new(std::io::Cursor::new(
+            b"starting with key sk-live-0123456789\nok\n".to_vec(),
+        ));
+        forward_stderr("srv".into(), input, redactor).await;
+        let logged = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
+        assert!(logged.contains("[REDACTED:API_KEY]"), "{logged}");
+        assert!(!logged.contains("sk-live-0123456789"), "{logged}");
+    }
 }
