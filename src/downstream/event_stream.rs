@@ -2,8 +2,17 @@
 //!
 //! Every message for a client is appended to an `EventStream` (the session's standalone stream,
 //! or the stream of one POST). A connected HTTP response reads from it; when the connection
-//! drops, the events stay buffered (bounded) so that the client can resume with
-//! `Last-Event-ID` and miss nothing.
+//! drops, the events stay buffered so that the client can resume with `Last-Event-ID`.
+//!
+//! The buffer's contract: answers (responses) and requests to the client are never dropped,
+//! whatever their size; they wait until the stream is read or expires with its session.
+//! Notifications are bounded ([`MAX_EVENTS`], [`MAX_BYTES`]): past that the oldest are dropped.
+//! When notifications a client has not read are dropped, the next reader gets one
+//! `notifications/message` warning saying how many, in their place and before anything
+//! after them (once per burst), and `/metrics` counts them by session and server.
+//!
+//! Messages go out as they were buffered: a large one is handed to the connection as the same
+//! shared bytes, never copied into its SSE frame.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,21 +28,37 @@ use crate::router::MessageSink;
 
 /// How long a client should wait before reconnecting a dropped stream (SSE `retry:`).
 const RECONNECT_MS: u64 = 1000;
-/// Buffered events per stream before the oldest are dropped.
-const MAX_EVENTS: usize = 1024;
-/// Buffered bytes per stream before the oldest events are dropped.
-const MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Buffered notifications per stream before the oldest are dropped.
+pub const MAX_EVENTS: usize = 1024;
+/// Buffered notification bytes per stream before the oldest are dropped (the newest is kept
+/// even when it alone is larger).
+pub const MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Messages up to this size are copied into their frame; larger ones are sent as they are.
+const COPY_BELOW: usize = 16 * 1024;
 
 pub struct EventStream {
     /// Unique within its session; part of every event id.
     pub number: u64,
+    /// The session's digest, for metrics.
+    session: Arc<str>,
     state: Mutex<State>,
     notify: Notify,
 }
 
+struct Event {
+    seq: u64,
+    message: Bytes,
+    /// A notification (may be dropped under pressure), and who sent it.
+    notification: Option<Arc<str>>,
+}
+
 struct State {
-    events: VecDeque<(u64, Bytes)>,
-    bytes: usize,
+    events: VecDeque<Event>,
+    /// Notifications in `events`, and their bytes.
+    notifications: usize,
+    notification_bytes: usize,
+    /// Notifications dropped before any reader had them, since the last warning.
+    unreported: u64,
     next_seq: u64,
     closed: bool,
     attached: bool,
@@ -45,12 +70,16 @@ struct State {
 }
 
 impl EventStream {
-    pub fn new(number: u64) -> Arc<EventStream> {
+    /// A stream of the session whose audit digest is `session`.
+    pub fn new(number: u64, session: Arc<str>) -> Arc<EventStream> {
         Arc::new(EventStream {
             number,
+            session,
             state: Mutex::new(State {
                 events: VecDeque::new(),
-                bytes: 0,
+                notifications: 0,
+                notification_bytes: 0,
+                unreported: 0,
                 next_seq: 1,
                 closed: false,
                 attached: false,
@@ -62,23 +91,57 @@ impl EventStream {
         })
     }
 
+    /// Appends a message the gateway itself sends.
     pub fn push(&self, message: Bytes) {
+        self.append(None, message);
+    }
+
+    fn append(&self, server: Option<&str>, message: Bytes) {
         if let Ok(mut s) = self.state.lock() {
             if s.closed {
                 return;
             }
             let seq = s.next_seq;
             s.next_seq += 1;
-            s.bytes += message.len();
-            s.events.push_back((seq, message));
-            while s.events.len() > MAX_EVENTS || s.bytes > MAX_BYTES {
-                match s.events.pop_front() {
-                    Some((_, old)) => s.bytes -= old.len(),
-                    None => break,
-                }
+            let notification = crate::mcp::is_notification(&message)
+                .then(|| Arc::from(server.unwrap_or("gateway")));
+            if notification.is_some() {
+                s.notifications += 1;
+                s.notification_bytes += message.len();
             }
+            s.events.push_back(Event {
+                seq,
+                message,
+                notification,
+            });
+            self.evict(&mut s);
         }
         self.notify.notify_waiters();
+    }
+
+    /// Drops the oldest notifications while over the bounds, never the newest event.
+    fn evict(&self, s: &mut State) {
+        while s.notifications > MAX_EVENTS || s.notification_bytes > MAX_BYTES {
+            let newest = s.events.len().saturating_sub(1);
+            let Some(i) = s
+                .events
+                .iter()
+                .take(newest)
+                .position(|e| e.notification.is_some())
+            else {
+                return;
+            };
+            let Some(old) = s.events.remove(i) else {
+                return;
+            };
+            s.notifications -= 1;
+            s.notification_bytes -= old.message.len();
+            if old.seq > s.delivered {
+                s.unreported += 1;
+                let server = old.notification.as_deref().unwrap_or("gateway");
+                crate::metrics::global().stream_dropped(&self.session, server);
+            }
+        }
     }
 
     /// No more events will come; readers end after draining.
@@ -151,7 +214,11 @@ pub fn parse_event_id(id: &str) -> Option<(u64, u64)> {
 
 impl MessageSink for EventStream {
     fn send(&self, message: Bytes) {
-        self.push(message);
+        self.append(None, message);
+    }
+
+    fn send_from(&self, server: &str, message: Bytes) {
+        self.append(Some(server), message);
     }
 }
 
@@ -174,7 +241,8 @@ impl Drop for Reader {
 }
 
 enum Next {
-    Data(Bytes),
+    /// Frames to write, in order.
+    Data(VecDeque<Bytes>),
     End,
 }
 
@@ -194,15 +262,19 @@ impl Reader {
                     // Another connection resumed this stream.
                     return Next::End;
                 }
+                let mut out = Frames::default();
+                if s.unreported > 0 {
+                    warn(&self.stream, &mut self.cursor, &mut s, &mut out);
+                }
                 let cursor = self.cursor;
-                let mut out = BytesMut::new();
-                for (seq, msg) in s.events.iter().filter(|(seq, _)| *seq > cursor) {
-                    frame_event(&mut out, &self.stream.event_id(*seq), msg);
-                    self.cursor = *seq;
+                for ev in s.events.iter().filter(|e| e.seq > cursor) {
+                    out.event(&self.stream.event_id(ev.seq), &ev.message);
+                    self.cursor = ev.seq;
                 }
                 s.delivered = s.delivered.max(self.cursor);
-                if !out.is_empty() {
-                    return Next::Data(out.freeze());
+                let frames = out.finish();
+                if !frames.is_empty() {
+                    return Next::Data(frames);
                 }
                 if s.closed {
                     return Next::End;
@@ -213,7 +285,7 @@ impl Reader {
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(keepalive) => {
-                    return Next::Data(Bytes::from_static(b": keep-alive\n\n"));
+                    return Next::Data(VecDeque::from([Bytes::from_static(b": keep-alive\n\n")]));
                 }
                 _ = tokio::time::sleep_until(until), if cutoff.is_some() => return Next::End,
             }
@@ -221,13 +293,70 @@ impl Reader {
     }
 }
 
-fn frame_event(out: &mut BytesMut, id: &str, data: &[u8]) {
-    out.put_slice(b"id: ");
-    out.put_slice(id.as_bytes());
-    out.put_slice(b"\nevent: message\ndata: ");
-    // Serialized JSON has no raw newlines, so one data line carries the whole message.
-    out.put_slice(data);
-    out.put_slice(b"\n\n");
+/// Writes the warning about dropped notifications where they were: before the first event
+/// still buffered after `cursor`. Its id is the one before that event's, so a client that
+/// resumes after the warning misses nothing that is left.
+fn warn(stream: &EventStream, cursor: &mut u64, s: &mut State, out: &mut Frames) {
+    let dropped = std::mem::take(&mut s.unreported);
+    let next = s
+        .events
+        .iter()
+        .find(|e| e.seq > *cursor)
+        .map_or(s.next_seq, |e| e.seq);
+    let id = (next - 1).max(*cursor);
+    out.event(&stream.event_id(id), &drop_warning(dropped));
+    *cursor = id;
+    crate::metrics::global().stream_drop_warning(&stream.session);
+}
+
+/// The `notifications/message` that tells a client its stream lost notifications.
+fn drop_warning(dropped: u64) -> Bytes {
+    let params = serde_json::json!({
+        "level": "warning",
+        "logger": "portcullis",
+        "data": format!(
+            "portcullis dropped {dropped} notification(s) from this stream: more arrived than the \
+             client read ({MAX_EVENTS} notifications or {} MiB are kept per stream). Answers are \
+             never dropped.",
+            MAX_BYTES >> 20
+        ),
+    });
+    crate::mcp::Message::Notification(crate::mcp::Notification {
+        method: crate::mcp::methods::MESSAGE.to_owned(),
+        params: Some(crate::mcp::to_raw(&params)),
+    })
+    .to_bytes()
+}
+
+/// SSE frames for a batch of events: small events are copied into one buffer, a large message
+/// becomes a frame of its own that shares the buffered bytes.
+#[derive(Default)]
+struct Frames {
+    done: VecDeque<Bytes>,
+    current: BytesMut,
+}
+
+impl Frames {
+    fn event(&mut self, id: &str, data: &Bytes) {
+        self.current.put_slice(b"id: ");
+        self.current.put_slice(id.as_bytes());
+        // Serialized JSON has no raw newlines, so one data line carries the whole message.
+        self.current.put_slice(b"\nevent: message\ndata: ");
+        if data.len() < COPY_BELOW {
+            self.current.put_slice(data);
+        } else {
+            self.done.push_back(self.current.split().freeze());
+            self.done.push_back(data.clone());
+        }
+        self.current.put_slice(b"\n\n");
+    }
+
+    fn finish(mut self) -> VecDeque<Bytes> {
+        if !self.current.is_empty() {
+            self.done.push_back(self.current.freeze());
+        }
+        self.done
+    }
 }
 
 pub type SseBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -248,13 +377,17 @@ pub fn body(reader: Reader, priming: bool, keepalive: Duration, poll: Option<Dur
     } else {
         None
     };
+    let queue: VecDeque<Bytes> = first.into_iter().collect();
     let stream =
-        futures_util::stream::unfold((reader, first), move |(mut reader, first)| async move {
-            if let Some(b) = first {
-                return Some((b, (reader, None)));
+        futures_util::stream::unfold((reader, queue), move |(mut reader, mut queue)| async move {
+            if let Some(b) = queue.pop_front() {
+                return Some((b, (reader, queue)));
             }
             match reader.next(keepalive, cutoff).await {
-                Next::Data(b) => Some((b, (reader, None))),
+                Next::Data(mut frames) => {
+                    let b = frames.pop_front()?;
+                    Some((b, (reader, frames)))
+                }
                 Next::End => None,
             }
         });
@@ -275,7 +408,7 @@ mod tests {
 
     #[tokio::test]
     async fn delivers_then_ends_when_closed() {
-        let s = EventStream::new(3);
+        let s = EventStream::new(3, Arc::from("t"));
         s.push(Bytes::from_static(b"{\"a\":1}"));
         s.push(Bytes::from_static(b"{\"a\":2}"));
         s.close();
@@ -296,7 +429,7 @@ mod tests {
 
     #[tokio::test]
     async fn resumes_after_last_event_id_and_refuses_second_reader() {
-        let s = EventStream::new(1);
+        let s = EventStream::new(1, Arc::from("t"));
         for i in 0..3 {
             s.push(Bytes::from(format!("{{\"n\":{i}}}")));
         }
@@ -325,7 +458,7 @@ mod tests {
 
     #[tokio::test]
     async fn polling_ends_the_response_but_keeps_the_stream() {
-        let s = EventStream::new(4);
+        let s = EventStream::new(4, Arc::from("t"));
         let early = collect(body(
             s.attach(None).unwrap(),
             true,
@@ -351,7 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn first_event_returns_on_the_first_push_or_at_the_bound() {
-        let s = EventStream::new(5);
+        let s = EventStream::new(5, Arc::from("t"));
         // Nothing comes: it gives up at its bound rather than waiting for ever.
         let gave_up = tokio::time::timeout(
             Duration::from_secs(10),
@@ -372,7 +505,7 @@ mod tests {
         .await;
         assert!(woke.is_ok(), "a push did not end the wait");
         // A closed stream has nothing more to wait for.
-        let closed = EventStream::new(6);
+        let closed = EventStream::new(6, Arc::from("t"));
         closed.close();
         let done = tokio::time::timeout(
             Duration::from_secs(10),
@@ -382,12 +515,135 @@ mod tests {
         assert!(done.is_ok(), "waited on a closed stream");
     }
 
+    fn notification(i: usize) -> Bytes {
+        Bytes::from(format!(
+            r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"level":"info","data":"n{i}"}}}}"#
+        ))
+    }
+
+    fn response(len: usize) -> Bytes {
+        let mut v = br#"{"jsonrpc":"2.0","id":1,"result":{"t":""#.to_vec();
+        v.resize(len - 3, b'a');
+        v.extend_from_slice(br#""}}"#);
+        Bytes::from(v)
+    }
+
+    #[tokio::test]
+    async fn a_message_larger_than_the_whole_buffer_is_delivered_unchanged() {
+        // The regression of issue 29: an answer over MAX_BYTES was evicted as it was pushed.
+        let s = EventStream::new(2, Arc::from("t"));
+        let answer = response(MAX_BYTES + (1 << 20));
+        s.push(answer.clone());
+        s.close();
+        let mut reader = s.attach(None).unwrap();
+        let Next::Data(frames) = reader.next(Duration::from_secs(5), None).await else {
+            panic!("ended without the answer");
+        };
+        assert!(
+            frames
+                .iter()
+                .any(|f| f.as_ptr() == answer.as_ptr() && f.len() == answer.len()),
+            "the answer was copied or cut rather than sent as it was buffered"
+        );
+        let text: Vec<u8> = frames.iter().flat_map(|f| f.to_vec()).collect();
+        assert!(text.starts_with(b"id: 2-1\nevent: message\ndata: {"));
+        assert!(text.ends_with(b"\"}}\n\n"));
+    }
+
+    #[tokio::test]
+    async fn under_pressure_notifications_go_the_answer_stays_and_the_client_is_told_once() {
+        let s = EventStream::new(7, Arc::from("t"));
+        for i in 0..2000 {
+            s.push(notification(i));
+        }
+        let answer = response(20 << 20);
+        s.push(answer.clone());
+        s.close();
+        let text = collect(body(
+            s.attach(Some(0)).unwrap(),
+            false,
+            Duration::from_secs(5),
+            None,
+        ))
+        .await;
+        let dropped = 2000 - MAX_EVENTS;
+        let warning = text.find("dropped").expect("no warning");
+        assert!(
+            text.contains(&format!("portcullis dropped {dropped} notification(s)")),
+            "{}",
+            &text[..400]
+        );
+        // In place of what was dropped: before the first notification left, with the id just
+        // before it, so resuming after the warning misses nothing.
+        let first_left = text.find(&format!("\"n{dropped}\"")).unwrap();
+        assert!(warning < first_left);
+        assert!(
+            text.starts_with(&format!("id: 7-{dropped}\n")),
+            "{}",
+            &text[..100]
+        );
+        assert!(!text.contains(&format!("\"n{}\"", dropped - 1)));
+        assert_eq!(
+            text.matches("portcullis dropped").count(),
+            1,
+            "one warning per burst"
+        );
+        assert!(text.contains(&format!("id: 7-{}\n", 2001)));
+        assert!(
+            text.contains(std::str::from_utf8(&answer).unwrap()),
+            "the answer is whole"
+        );
+        // Nothing new was dropped: a second reader gets no second warning.
+        let again = collect(body(
+            s.attach(Some(0)).unwrap(),
+            false,
+            Duration::from_secs(5),
+            None,
+        ))
+        .await;
+        assert!(!again.contains("dropped"));
+    }
+
+    #[tokio::test]
+    async fn notification_bytes_are_bounded_but_the_newest_is_kept() {
+        let s = EventStream::new(8, Arc::from("t"));
+        let big = |i: usize| {
+            let mut v = notification(i).to_vec();
+            v.truncate(v.len() - 3);
+            v.resize(3 << 20, b'x');
+            v.extend_from_slice(b"\"}}");
+            Bytes::from(v)
+        };
+        for i in 0..4 {
+            s.push(big(i));
+        }
+        let st = s.state.lock().unwrap();
+        assert!(
+            st.notification_bytes <= MAX_BYTES,
+            "{}",
+            st.notification_bytes
+        );
+        assert_eq!(st.unreported, 2);
+        drop(st);
+        let huge = Bytes::from({
+            let mut v = notification(9).to_vec();
+            v.truncate(v.len() - 3);
+            v.resize(MAX_BYTES + 1, b'y');
+            v.extend_from_slice(b"\"}}");
+            v
+        });
+        s.push(huge);
+        let st = s.state.lock().unwrap();
+        assert_eq!(st.events.len(), 1, "only the newest is left");
+        assert!(st.notification_bytes > MAX_BYTES);
+    }
+
     #[tokio::test]
     async fn keepalive_comments_flow_while_idle() {
-        let s = EventStream::new(0);
+        let s = EventStream::new(0, Arc::from("t"));
         let mut reader = s.attach(None).unwrap();
         match reader.next(Duration::from_millis(10), None).await {
-            Next::Data(b) => assert_eq!(&b[..], b": keep-alive\n\n"),
+            Next::Data(b) => assert_eq!(&b[0][..], b": keep-alive\n\n"),
             Next::End => panic!("ended"),
         }
     }

@@ -74,6 +74,7 @@ pub struct RawGateway {
     pub allowed_origins: Option<Vec<Str>>,
     pub allowed_hosts: Option<Vec<Str>>,
     pub max_body_bytes: Option<Spanned<Value>>,
+    pub max_message_bytes: Option<Spanned<Value>>,
     pub request_timeout: Option<Spanned<Value>>,
     pub session_idle_timeout: Option<Spanned<Value>>,
     pub max_sessions: Option<Spanned<u64>>,
@@ -151,6 +152,7 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
+    pub max_message_bytes: Option<Spanned<Value>>,
 }
 
 /// `oauth = { ... }` of a remote server.

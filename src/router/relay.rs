@@ -143,17 +143,19 @@ impl Relay {
 }
 
 impl Router {
+    /// Hands `message`, from `server`, to the request's stream or else the session's.
     fn deliver(
         &self,
+        server: &str,
         session: &str,
         related: Option<&Arc<dyn MessageSink>>,
         message: bytes::Bytes,
     ) {
         match related {
-            Some(r) => r.send(message),
+            Some(r) => r.send_from(server, message),
             None => {
                 if let Some(e) = self.sessions.get(session) {
-                    e.info.sink.send(message);
+                    e.info.sink.send_from(server, message);
                 }
             }
         }
@@ -190,7 +192,7 @@ impl Router {
                 };
                 params["progressToken"] = route.original.clone();
                 let msg = notification_bytes(methods::PROGRESS, Some(crate::mcp::to_raw(&params)));
-                self.deliver(&route.session, route.related.as_ref(), msg);
+                self.deliver(server, &route.session, route.related.as_ref(), msg);
             }
             methods::MESSAGE => {
                 // Log messages are not tied to a request on the wire; the newest caller at this
@@ -209,6 +211,7 @@ impl Router {
                             .is_some_and(|e| e.wants_log(level))
                         {
                             self.deliver(
+                                server,
                                 &session,
                                 related.as_ref(),
                                 Message::Notification(n).to_bytes(),
@@ -232,7 +235,7 @@ impl Router {
                 for session in self.relay.subscribers(server, uri) {
                     // A dedicated instance's updates are its owner's business only.
                     if from.owner.get().is_none_or(|o| *o == session) {
-                        self.deliver(&session, None, msg.clone());
+                        self.deliver(server, &session, None, msg.clone());
                     }
                 }
             }
@@ -249,7 +252,7 @@ impl Router {
                     params["requestId"] = Value::String(down_id);
                     let msg =
                         notification_bytes(methods::CANCELLED, Some(crate::mcp::to_raw(&params)));
-                    self.deliver(&session, None, msg);
+                    self.deliver(server, &session, None, msg);
                 }
             }
             other => {
@@ -317,6 +320,6 @@ impl Router {
             params: req.params,
         })
         .to_bytes();
-        self.deliver(&session, related.as_ref(), msg);
+        self.deliver(server, &session, related.as_ref(), msg);
     }
 }
