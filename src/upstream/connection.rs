@@ -286,25 +286,23 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-/// Hands one incoming message to its waiter (responses) or to the router (everything else),
-/// waiting for the router's ack so that order is kept. `Err` means the gateway is stopping.
-pub(super) async fn dispatch(
-    source: &Arc<super::Source>,
-    conn: &Connection,
-    events: &mpsc::Sender<UpstreamEvent>,
-    text: &[u8],
-) -> Result<(), String> {
+/// Parses one incoming message; one that is not JSON-RPC is logged and skipped (servers
+/// sometimes print banners to stdout), not a reason to drop the server.
+///
+/// Transports parse, then let go of what they read, then [`dispatch_message`]: the parsed
+/// message holds its own copy, and a large answer should not be held twice while it travels on.
+pub(super) fn parse_incoming(source: &super::Source, text: &[u8]) -> Option<Message> {
     match Message::parse(text) {
-        Ok(message) => dispatch_message(source, conn, events, message).await,
+        Ok(message) => Some(message),
         Err(e) => {
-            // Servers sometimes print banners to stdout; skip the line rather than kill them.
             tracing::warn!(server = %source.server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a message that is not JSON-RPC");
-            Ok(())
+            None
         }
     }
 }
 
-/// [`dispatch`] for a message already parsed (the HTTP transport parses bodies itself).
+/// Hands one incoming message to its waiter (responses) or to the router (everything else),
+/// waiting for the router's ack so that order is kept. `Err` means the gateway is stopping.
 pub(super) async fn dispatch_message(
     source: &Arc<super::Source>,
     conn: &Connection,

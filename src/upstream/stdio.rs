@@ -11,7 +11,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-use super::connection::{dispatch, oversized, Connection};
+use super::connection::{dispatch_message, oversized, parse_incoming, Connection};
 use super::UpstreamEvent;
 use crate::sandbox::{BoxRead, BoxWrite};
 
@@ -75,7 +75,12 @@ pub(super) async fn read_loop(
                 if text.is_empty() {
                     continue;
                 }
-                if let Err(reason) = dispatch(&source, &conn, &events, text).await {
+                let parsed = parse_incoming(&source, text);
+                if line.capacity() > KEEP_BUFFER {
+                    line = Vec::with_capacity(8192);
+                }
+                let Some(message) = parsed else { continue };
+                if let Err(reason) = dispatch_message(&source, &conn, &events, message).await {
                     return reason;
                 }
             }

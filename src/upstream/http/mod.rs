@@ -30,7 +30,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::connection::{dispatch, dispatch_message, Broken, Connection};
+use super::connection::{dispatch_message, parse_incoming, Broken, Connection};
 use super::supervisor::{init_params, parse_init};
 use super::{InitInfo, Source, UpstreamEvent};
 use crate::mcp::{methods, to_raw, Body, Id, Message, Notification, Request as RpcRequest};
@@ -462,7 +462,10 @@ impl Remote {
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 return Ok(());
             }
-            return match Body::parse(&bytes) {
+            let parsed = Body::parse(&bytes);
+            // The parsed message holds its own copy: the body goes before it travels on.
+            drop(bytes);
+            return match parsed {
                 Ok(Body::Single(m)) => {
                     each(&m);
                     self.deliver(m).await;
@@ -492,7 +495,9 @@ impl Remote {
             if ev.event != "message" || ev.data.trim().is_empty() {
                 continue;
             }
-            match Message::parse(ev.data.as_bytes()) {
+            let parsed = Message::parse(ev.data.as_bytes());
+            drop(ev);
+            match parsed {
                 Ok(m) => {
                     each(&m);
                     let done = matches!(m, Message::Response(_));
@@ -813,8 +818,11 @@ impl Remote {
         if ev.event != "message" || ev.data.trim().is_empty() {
             return;
         }
-        if let Err(reason) =
-            dispatch(&self.source, &self.conn, &self.events, ev.data.as_bytes()).await
+        let Some(message) = parse_incoming(&self.source, ev.data.as_bytes()) else {
+            return;
+        };
+        drop(ev);
+        if let Err(reason) = dispatch_message(&self.source, &self.conn, &self.events, message).await
         {
             self.die(reason);
         }
