@@ -515,6 +515,12 @@ mod tests {
         assert!(done.is_ok(), "waited on a closed stream");
     }
 
+    /// Everything a reader resuming after `seq` gets from a closed stream.
+    async fn read_from(s: &Arc<EventStream>, seq: u64) -> String {
+        let reader = s.attach(Some(seq)).unwrap();
+        collect(body(reader, false, Duration::from_secs(5), None)).await
+    }
+
     fn notification(i: usize) -> Bytes {
         Bytes::from(format!(
             r#"{{"jsonrpc":"2.0","method":"notifications/message","params":{{"level":"info","data":"n{i}"}}}}"#
@@ -559,13 +565,7 @@ mod tests {
         let answer = response(20 << 20);
         s.push(answer.clone());
         s.close();
-        let text = collect(body(
-            s.attach(Some(0)).unwrap(),
-            false,
-            Duration::from_secs(5),
-            None,
-        ))
-        .await;
+        let text = read_from(&s, 0).await;
         let dropped = 2000 - MAX_EVENTS;
         let warning = text.find("dropped").expect("no warning");
         assert!(
@@ -594,13 +594,7 @@ mod tests {
             "the answer is whole"
         );
         // Nothing new was dropped: a second reader gets no second warning.
-        let again = collect(body(
-            s.attach(Some(0)).unwrap(),
-            false,
-            Duration::from_secs(5),
-            None,
-        ))
-        .await;
+        let again = read_from(&s, 0).await;
         assert!(!again.contains("dropped"));
     }
 
