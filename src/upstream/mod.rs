@@ -7,8 +7,8 @@
 
 mod connection;
 pub mod http;
-mod stdio;
 pub mod stderr;
+mod stdio;
 mod supervisor;
 
 use std::sync::atomic::{AtomicU64, Ordering};
