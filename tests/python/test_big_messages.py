@@ -116,6 +116,8 @@ args = ["{SERVER}", "stdio"]
 max_message_bytes = "8m"
 {remote_sse.section("remote")}
 {remote_json.section("remotejson")}
+{remote_sse.section("remotecapped")}max_message_bytes = "8m"
+{remote_json.section("remotejsoncapped")}max_message_bytes = "8m"
 """
     )
     yield gw
@@ -211,6 +213,22 @@ async def test_remote_upstream_big_answers_arrive_whole(big_gateway, server):
         for tool, mib in PLAN if server == "remote" else TS_PLAN:
             result = await session.call_tool(f"{server}__{tool}", {"mib": mib})
             check_whole(result, mib, f"{tool} {mib} MiB from {server}")
+
+
+@pytest.mark.parametrize("server", ["remotecapped", "remotejsoncapped"])
+async def test_a_remote_answer_over_the_limit_aborts_that_response_only(big_gateway, server):
+    # Over SSE the gateway stops reading at the limit; a JSON body declares its length.
+    async with python_session(big_gateway, "sse") as session:
+        with pytest.raises(MCPError) as e:
+            await session.call_tool(f"{server}__big_text", {"mib": 9})
+        small = await session.call_tool(f"{server}__big_image", {"mib": 1})
+    assert e.value.code == -32017, e.value
+    assert f"server `{server}`" in e.value.message and f"limit of {8 * MIB} bytes" in e.value.message
+    if server == "remotejsoncapped":
+        assert e.value.data["size"] > 9 * MIB, e.value.data
+    else:
+        assert e.value.data["size"] is None and f"more than {8 * MIB}" in e.value.message
+    check_whole(small, 1, f"the next answer from {server}")
 
 
 def audit_records(gw: Gateway) -> list[dict]:
