@@ -50,6 +50,8 @@ struct Event {
     message: Bytes,
     /// A notification (may be dropped under pressure), and who sent it.
     notification: Option<Arc<str>>,
+    /// An answer already let go of (see [`EventStream::let_go`]): only a stand-in is left.
+    spent: bool,
 }
 
 struct State {
@@ -59,6 +61,10 @@ struct State {
     notification_bytes: usize,
     /// Notifications dropped before any reader had them, since the last warning.
     unreported: u64,
+    /// Answers (and requests) a reader has been handed that are still buffered, and their
+    /// bytes: kept for resumption within the same bounds as notifications.
+    sent_answers: usize,
+    sent_answer_bytes: usize,
     next_seq: u64,
     closed: bool,
     attached: bool,
@@ -80,6 +86,8 @@ impl EventStream {
                 notifications: 0,
                 notification_bytes: 0,
                 unreported: 0,
+                sent_answers: 0,
+                sent_answer_bytes: 0,
                 next_seq: 1,
                 closed: false,
                 attached: false,
@@ -113,24 +121,37 @@ impl EventStream {
                 seq,
                 message,
                 notification,
+                spent: false,
             });
             self.evict(&mut s);
         }
         self.notify.notify_waiters();
     }
 
-    /// Drops the oldest notifications while over the bounds, never the newest event.
+    /// Keeps what is buffered within the bounds: drops the oldest notifications (never the one
+    /// just pushed) and lets go of answers already handed to a reader, oldest first. An answer
+    /// no reader has had is never touched.
     fn evict(&self, s: &mut State) {
-        while s.notifications > MAX_EVENTS || s.notification_bytes > MAX_BYTES {
+        while s.notifications + s.sent_answers > MAX_EVENTS
+            || s.notification_bytes + s.sent_answer_bytes > MAX_BYTES
+        {
             let newest = s.events.len().saturating_sub(1);
+            let delivered = s.delivered;
             let Some(i) = s
                 .events
                 .iter()
-                .take(newest)
-                .position(|e| e.notification.is_some())
+                .enumerate()
+                .position(|(i, e)| match &e.notification {
+                    Some(_) => i < newest,
+                    None => e.seq <= delivered,
+                })
             else {
                 return;
             };
+            if s.events[i].notification.is_none() {
+                self.let_go(s, i);
+                continue;
+            }
             let Some(old) = s.events.remove(i) else {
                 return;
             };
@@ -141,6 +162,34 @@ impl EventStream {
                 let server = old.notification.as_deref().unwrap_or("gateway");
                 crate::metrics::global().stream_dropped(&self.session, server);
             }
+        }
+    }
+
+    /// Lets go of the answer at `i`, which a reader already had: a large one is replaced by an
+    /// error for the same request, so that a client resuming from before it (its connection
+    /// broke while the answer was on its way) learns to ask again instead of waiting.
+    fn let_go(&self, s: &mut State, i: usize) {
+        let ev = &mut s.events[i];
+        let len = ev.message.len();
+        if !ev.spent && len >= COPY_BELOW {
+            let head = crate::mcp::head::read(&ev.message[..len.min(4096)]);
+            if let (Some(id), true) = (head.id, head.is_response) {
+                ev.message = crate::mcp::error_response_bytes(
+                    Some(&id),
+                    crate::mcp::ErrorCode::OVER_CAPACITY,
+                    &format!(
+                        "the answer to this request ({len} bytes) was sent on an earlier connection and is no longer kept for resumption (a stream keeps {} MiB of what it sent): send the request again",
+                        MAX_BYTES >> 20
+                    ),
+                );
+                ev.spent = true;
+                s.sent_answer_bytes = s.sent_answer_bytes - len + ev.message.len();
+                return;
+            }
+        }
+        if let Some(old) = s.events.remove(i) {
+            s.sent_answers -= 1;
+            s.sent_answer_bytes -= old.message.len();
         }
     }
 
@@ -234,7 +283,7 @@ impl Drop for Reader {
         if let Ok(mut s) = self.stream.state.lock() {
             if s.reader_gen == self.generation {
                 s.attached = false;
-                s.delivered = s.delivered.max(self.cursor);
+                mark_delivered(&mut s, self.cursor);
             }
         }
     }
@@ -271,7 +320,10 @@ impl Reader {
                     out.event(&self.stream.event_id(ev.seq), &ev.message);
                     self.cursor = ev.seq;
                 }
-                s.delivered = s.delivered.max(self.cursor);
+                mark_delivered(&mut s, self.cursor);
+                // What was just handed out counts against the bounds from now on: a large
+                // answer on a finished stream is let go of once it is on its way.
+                self.stream.evict(&mut s);
                 let frames = out.finish();
                 if !frames.is_empty() {
                     return Next::Data(frames);
@@ -291,6 +343,21 @@ impl Reader {
             }
         }
     }
+}
+
+/// Moves the delivered mark to `upto`, counting the answers it passes.
+fn mark_delivered(s: &mut State, upto: u64) {
+    if upto <= s.delivered {
+        return;
+    }
+    let from = s.delivered;
+    for e in s.events.iter() {
+        if e.seq > from && e.seq <= upto && e.notification.is_none() {
+            s.sent_answers += 1;
+            s.sent_answer_bytes += e.message.len();
+        }
+    }
+    s.delivered = upto;
 }
 
 /// Writes the warning about dropped notifications where they were: before the first event

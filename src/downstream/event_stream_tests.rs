@@ -243,3 +243,38 @@ async fn keepalive_comments_flow_while_idle() {
         Next::End => panic!("ended"),
     }
 }
+
+#[tokio::test]
+async fn answers_already_sent_are_kept_within_the_bounds_and_a_late_resume_is_told() {
+    // A long-lived stream (legacy SSE, the standalone stream) carries answer after answer.
+    let s = EventStream::new(9, Arc::from("t"));
+    let mut reader = s.attach(None).unwrap();
+    for _ in 0..40 {
+        s.push(response(1 << 20));
+        let Next::Data(_) = reader.next(Duration::from_secs(5), None).await else {
+            panic!("ended");
+        };
+    }
+    {
+        let st = s.state.lock().unwrap();
+        let kept: usize = st.events.iter().map(|e| e.message.len()).sum();
+        assert!(kept <= MAX_BYTES, "{kept} bytes of sent answers kept");
+        assert_eq!(st.unreported, 0, "sent answers are not reported as dropped");
+    }
+    drop(reader);
+    // A finished stream lets go of a large answer once it is on its way; a client whose
+    // connection broke before it arrived gets an error for that request, not silence.
+    let s = EventStream::new(10, Arc::from("t"));
+    s.push(response(20 << 20));
+    s.close();
+    let first = read_from(&s, 0).await;
+    assert!(first.len() > 20 << 20);
+    let again = read_from(&s, 0).await;
+    assert!(again.contains("id: 10-1\n"), "{again}");
+    assert!(
+        again.contains(r#""id":1,"error":{"code":-32012"#)
+            && again.contains("send the request again"),
+        "{again}"
+    );
+    assert!(again.len() < 4096, "the answer itself is no longer held");
+}
