@@ -260,24 +260,38 @@ async fn records_reach_a_real_journal_with_their_fields_and_survive_a_journald_r
         return;
     };
     journal.start_journald();
-    let policy = r#"
+    let gw_dir = tempfile::tempdir().expect("tempdir");
+    let audit = gw_dir.path().join("audit");
+    let policy = format!(
+        r#"
 [servers.fixture]
 runtime = "process"
-command = "{fixture}"
+command = "{{fixture}}"
 
 [audit]
-dir = "{tmp}/audit"
+dir = "{audit}"
 
 [[audit.sinks]]
 type = "journald"
 name = "journal"
-"#;
-    let wrapper = journal.nsenter();
-    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
-    let gw_dir = tempfile::tempdir().expect("tempdir");
-    let audit = gw_dir.path().join("audit");
-    let gw = Gateway::spawn_in(gw_dir, policy, &[], None, &wrapper);
-    gw.wait_ready(Duration::from_secs(60));
+"#,
+        audit = audit.display()
+    );
+    // The gateway runs in the journal's mount namespace (where its socket is the test's
+    // journald): a wrapper script stands in for the gateway binary.
+    let wrapper = gw_dir.path().join("portcullis-in-journal-ns");
+    let mut script = String::from("#!/bin/sh\nexec");
+    for arg in journal.nsenter() {
+        script.push_str(&format!(" '{arg}'"));
+    }
+    script.push_str(&format!(" '{}' \"$@\"\n", common::gateway_bin().display()));
+    std::fs::write(&wrapper, script).expect("write the wrapper");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+            .expect("chmod the wrapper");
+    }
+    let gw = Gateway::start_bin(&wrapper, &policy, &[]);
     let mut client = Mcp::new(&gw.url);
     client.initialize(LATEST).await;
     calls(&mut client, 10, "before").await;

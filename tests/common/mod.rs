@@ -16,12 +16,22 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The gateway under test; `PORTCULLIS_TEST_GATEWAY_BIN` runs the tests against another build
-/// (e.g. one of `main`, to show that a new test fails without the fix).
+/// The gateway binary under test: this build's, or `PORTCULLIS_BIN` (as for the Python tests),
+/// which runs a test against another build, such as the one before a fix.
 pub fn gateway_bin() -> PathBuf {
-    std::env::var_os("PORTCULLIS_TEST_GATEWAY_BIN")
+    std::env::var_os("PORTCULLIS_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")))
+}
+
+/// The `token_sha256` a policy names for bearer token `token`.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn bench_echo_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portcullis-bench-echo"))
 }
 
 pub fn fixture_bin() -> PathBuf {
@@ -79,32 +89,25 @@ impl Gateway {
     /// [`Gateway::spawn`] as another user (`uid`, e.g. 65534 to see what happens without
     /// root); the policy's folder is then made readable for it.
     pub fn spawn_as(policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
-        Self::spawn_in(tempfile::tempdir().expect("tempdir"), policy, env, uid, &[])
+        Self::spawn_bin(&gateway_bin(), policy, env, uid)
     }
 
-    /// [`Gateway::spawn`] in folder `dir` (`{tmp}`), with the gateway's command line run by
-    /// `wrapper` (e.g. `["nsenter", "-t", PID, "-m", "--"]` to run it in another namespace).
-    pub fn spawn_in(
-        dir: tempfile::TempDir,
-        policy: &str,
-        env: &[(&str, &str)],
-        uid: Option<u32>,
-        wrapper: &[&str],
-    ) -> Gateway {
+    /// [`Gateway::start_with`] with another gateway binary (a benchmark's baseline build).
+    pub fn start_bin(bin: &Path, policy: &str, env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::spawn_bin(bin, policy, env, None);
+        gw.wait_ready(Duration::from_secs(60));
+        gw
+    }
+
+    fn spawn_bin(bin: &Path, policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
             .replace("{peers}", &repo_root().join(".peers").display().to_string())
             .replace("{tmp}", &dir.path().display().to_string());
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, text).expect("write policy");
-        let mut cmd = match wrapper.split_first() {
-            Some((program, args)) => {
-                let mut c = Command::new(program);
-                c.args(args).arg(gateway_bin());
-                c
-            }
-            None => Command::new(gateway_bin()),
-        };
+        let mut cmd = Command::new(bin);
         if let Some(uid) = uid {
             use std::os::unix::fs::PermissionsExt;
             use std::os::unix::process::CommandExt;
