@@ -32,9 +32,11 @@
 //! compiled rules, not the router.
 
 mod decision;
+pub mod fair_slots;
 pub mod jwt;
 pub mod limits;
 pub mod rules;
+pub mod session_quotas;
 pub mod token;
 
 use std::collections::HashMap;
@@ -46,6 +48,7 @@ use crate::policy::Policy;
 pub use decision::{Completed, Decision, Denied, Permit, Target};
 pub use limits::{Busy, Limited, Limits};
 pub use rules::Rules;
+pub use session_quotas::{SessionLimit, SessionQuotas};
 
 /// An authenticated (or, with auth off, anonymous) caller. What the client may use is looked
 /// up in the policy in force at the time of each request ([`Access::rules`]), not fixed when
@@ -162,6 +165,8 @@ impl Clients {
 pub struct Access {
     clients: RwLock<Arc<Clients>>,
     pub limits: Limits,
+    /// How many sessions each client may hold, and how fast it may open them.
+    pub sessions: SessionQuotas,
 }
 
 impl Access {
@@ -169,6 +174,7 @@ impl Access {
         Ok(Access {
             clients: RwLock::new(Arc::new(Clients::from_policy(policy)?)),
             limits: Limits::from_policy(policy),
+            sessions: SessionQuotas::from_policy(policy),
         })
     }
 
@@ -215,6 +221,7 @@ impl Access {
             Err(p) => *p.into_inner() = clients,
         }
         self.limits.reload(policy);
+        self.sessions.reload(policy);
     }
 
     pub fn required(&self) -> bool {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod import;
 pub mod location;
 pub mod model;
+pub mod quotas;
 mod raw;
 pub mod show;
 pub mod units;
@@ -18,6 +19,7 @@ mod validate_oauth;
 pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use import::import;
 pub use model::*;
+pub use quotas::ClientQuotas;
 pub use validate::{
     is_server_name, parse_secret_ref, secret_refs, validate_host_port, DEFAULT_SERVER_LOG_RATE,
 };
