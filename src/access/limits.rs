@@ -15,6 +15,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use super::fair_slots::{FairSlots, SlotPermit, Wait};
+use super::session_quotas::{SessionLimit, SessionTable};
 use crate::policy::{Policy, Rate};
 
 /// Waiting calls allowed per in-flight slot, for each client, before its new ones are refused
@@ -64,7 +65,6 @@ type Direct = Kept<DefaultDirectRateLimiter>;
 type Keyed = Kept<DefaultKeyedRateLimiter<String>>;
 
 /// The quotas and caps of one policy.
-#[derive(Default)]
 struct Table {
     clients: HashMap<String, Direct>,
     servers: HashMap<String, Keyed>,
@@ -72,6 +72,7 @@ struct Table {
     slots: HashMap<String, Arc<FairSlots>>,
     /// `clients.NAME.weight`, where set.
     weights: HashMap<String, u32>,
+    sessions: SessionTable,
 }
 
 pub struct Limits {
@@ -112,7 +113,14 @@ pub(super) fn kept<K: Eq + std::hash::Hash, L>(
 
 impl Table {
     fn build(policy: &Policy, previous: Option<&Table>) -> Table {
-        let mut t = Table::default();
+        let mut t = Table {
+            clients: HashMap::new(),
+            servers: HashMap::new(),
+            tools: HashMap::new(),
+            slots: HashMap::new(),
+            weights: HashMap::new(),
+            sessions: SessionTable::build(policy, previous.map(|p| &p.sessions)),
+        };
         for (name, c) in &policy.clients {
             if let Some(w) = c.weight {
                 t.weights.insert(name.clone(), w);
@@ -218,6 +226,16 @@ impl Limits {
             scope,
             retry_after: n.wait_time_from(self.clock.now()),
         }
+    }
+
+    /// How many sessions `client` may hold open at once.
+    pub fn session_limit(&self, client: &str) -> SessionLimit {
+        self.table().sessions.limit(client)
+    }
+
+    /// Takes one session from `client`'s creation rate (`session_rate`).
+    pub fn check_session_rate(&self, client: &str) -> Result<(), Limited> {
+        self.table().sessions.check_rate(client, self.clock.now())
     }
 
     /// Waits for a call slot at `server` (when it has a cap) for a call of `client`, in that

@@ -48,7 +48,7 @@ use crate::policy::Policy;
 pub use decision::{Completed, Decision, Denied, Permit, Target};
 pub use limits::{Busy, Limited, Limits};
 pub use rules::Rules;
-pub use session_quotas::{SessionLimit, SessionQuotas};
+pub use session_quotas::SessionLimit;
 
 /// An authenticated (or, with auth off, anonymous) caller. What the client may use is looked
 /// up in the policy in force at the time of each request ([`Access::rules`]), not fixed when
@@ -164,9 +164,8 @@ impl Clients {
 
 pub struct Access {
     clients: RwLock<Arc<Clients>>,
+    /// Call rates, call slots, and how many sessions each client may hold and open.
     pub limits: Limits,
-    /// How many sessions each client may hold, and how fast it may open them.
-    pub sessions: SessionQuotas,
 }
 
 impl Access {
@@ -174,7 +173,6 @@ impl Access {
         Ok(Access {
             clients: RwLock::new(Arc::new(Clients::from_policy(policy)?)),
             limits: Limits::from_policy(policy),
-            sessions: SessionQuotas::from_policy(policy),
         })
     }
 
@@ -221,7 +219,6 @@ impl Access {
             Err(p) => *p.into_inner() = clients,
         }
         self.limits.reload(policy);
-        self.sessions.reload(policy);
     }
 
     pub fn required(&self) -> bool {

@@ -1,13 +1,13 @@
 //! Per-client session quotas: how many sessions one client may hold open at once
 //! (`clients.NAME.max_sessions`) and how fast it may open them (`session_rate`).
 //!
-//! The downstream layer asks before it creates a session. Numbers come from the policy in
-//! force, so a reload applies to the next session at once; a rate whose setting did not change
-//! keeps its state across a reload (no fresh burst). The implicit `anonymous` client (no
-//! credentials configured) is one client here: every anonymous caller shares its quota.
+//! The downstream layer asks [`super::Limits`] before it creates a session; this table is part of
+//! the quotas it rebuilds from each policy, so a reload applies to the next session at once and
+//! a rate whose setting did not change keeps its state (no fresh burst). The implicit
+//! `anonymous` client (no credentials configured) is one client here: every anonymous caller
+//! shares its quota.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, RateLimiter};
@@ -28,20 +28,15 @@ struct Entry {
     rate: Option<Kept<DefaultDirectRateLimiter>>,
 }
 
-struct Table {
+pub(super) struct SessionTable {
     clients: HashMap<String, Entry>,
     /// For a name the policy does not know (a client removed by a reload): the defaults, and
     /// no creation rate, since such a client can no longer authenticate to open sessions.
     fallback: ClientQuotas,
 }
 
-pub struct SessionQuotas {
-    clock: DefaultClock,
-    table: RwLock<Arc<Table>>,
-}
-
-impl Table {
-    fn build(policy: &Policy, previous: Option<&Table>) -> Table {
+impl SessionTable {
+    pub(super) fn build(policy: &Policy, previous: Option<&SessionTable>) -> SessionTable {
         let mut names: Vec<&str> = policy.clients.keys().map(String::as_str).collect();
         if !policy.clients.contains_key("anonymous") {
             names.push("anonymous");
@@ -67,54 +62,30 @@ impl Table {
                 (name.to_owned(), Entry { quotas, rate })
             })
             .collect();
-        Table {
+        SessionTable {
             clients,
             fallback: policy.client_quotas(""),
         }
     }
-}
 
-impl SessionQuotas {
-    pub fn from_policy(policy: &Policy) -> SessionQuotas {
-        SessionQuotas {
-            clock: DefaultClock::default(),
-            table: RwLock::new(Arc::new(Table::build(policy, None))),
-        }
-    }
-
-    /// Puts the quotas of a reloaded policy in force, keeping the state of unchanged rates.
-    pub fn reload(&self, policy: &Policy) {
-        let next = Arc::new(Table::build(policy, Some(&self.table())));
-        match self.table.write() {
-            Ok(mut t) => *t = next,
-            Err(p) => *p.into_inner() = next,
-        }
-    }
-
-    fn table(&self) -> Arc<Table> {
-        match self.table.read() {
-            Ok(t) => t.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
-    }
-
-    /// How many sessions `client` may hold open at once.
-    pub fn limit(&self, client: &str) -> SessionLimit {
-        let t = self.table();
-        let q = t.clients.get(client).map_or(t.fallback, |e| e.quotas);
+    pub(super) fn limit(&self, client: &str) -> SessionLimit {
+        let q = self.clients.get(client).map_or(self.fallback, |e| e.quotas);
         SessionLimit {
             max: q.max_sessions,
             set: q.max_sessions_set,
         }
     }
 
-    /// Takes one session from `client`'s creation rate.
-    pub fn check_rate(&self, client: &str) -> Result<(), Limited> {
-        let t = self.table();
+    /// Takes one session from `client`'s creation rate (`now` for the time to wait).
+    pub(super) fn check_rate(
+        &self,
+        client: &str,
+        now: <DefaultClock as Clock>::Instant,
+    ) -> Result<(), Limited> {
         let Some(Entry {
             quotas,
             rate: Some(k),
-        }) = t.clients.get(client)
+        }) = self.clients.get(client)
         else {
             return Ok(());
         };
@@ -126,7 +97,7 @@ impl SessionQuotas {
                     format_rate(r.count, r.per),
                     r.burst
                 ),
-                retry_after: n.wait_time_from(self.clock.now()),
+                retry_after: n.wait_time_from(now),
             }
         })
     }
@@ -134,7 +105,9 @@ impl SessionQuotas {
 
 #[cfg(test)]
 mod tests {
+    use super::super::Limits;
     use super::*;
+    use std::time::Duration;
 
     fn policy(src: &str) -> Policy {
         crate::policy::parse(src, "t.toml").unwrap()
@@ -143,32 +116,36 @@ mod tests {
     #[test]
     fn limits_and_rates_are_per_client_and_survive_an_unchanged_reload() {
         let src = "[gateway]\nmax_sessions = 40\n[clients.a]\nmax_sessions = 30\nsession_rate = { quota = \"1/hour\", burst = 2 }\n[clients.b]\n";
-        let q = SessionQuotas::from_policy(&policy(src));
-        assert_eq!(q.limit("a"), SessionLimit { max: 30, set: true });
+        let q = Limits::from_policy(&policy(src));
+        assert_eq!(q.session_limit("a"), SessionLimit { max: 30, set: true });
         assert_eq!(
-            q.limit("b"),
+            q.session_limit("b"),
             SessionLimit {
                 max: 20,
                 set: false
             }
         );
-        assert_eq!(q.limit("anonymous").max, 20);
-        assert!(q.check_rate("a").is_ok() && q.check_rate("a").is_ok());
-        let e = q.check_rate("a").unwrap_err();
+        assert_eq!(q.session_limit("anonymous").max, 20);
+        assert!(q.check_session_rate("a").is_ok() && q.check_session_rate("a").is_ok());
+        let e = q.check_session_rate("a").unwrap_err();
         assert!(
             e.scope.contains("client `a`") && e.scope.contains("1/hour"),
             "{e:?}"
         );
-        assert!(q.check_rate("b").is_ok(), "b has its own rate");
+        assert!(e.retry_after > Duration::from_secs(60));
+        assert!(q.check_session_rate("b").is_ok(), "b has its own rate");
         q.reload(&policy(
             &src.replace("max_sessions = 30", "max_sessions = 10"),
         ));
-        assert_eq!(q.limit("a").max, 10);
+        assert_eq!(q.session_limit("a").max, 10);
         assert!(
-            q.check_rate("a").is_err(),
+            q.check_session_rate("a").is_err(),
             "an unchanged rate is not refilled by a reload"
         );
         q.reload(&policy(&src.replace("1/hour", "2/hour")));
-        assert!(q.check_rate("a").is_ok(), "a changed rate starts afresh");
+        assert!(
+            q.check_session_rate("a").is_ok(),
+            "a changed rate starts afresh"
+        );
     }
 }

@@ -23,13 +23,12 @@ pub(super) fn open(
     protocol: &'static str,
     identity: Identity,
 ) -> Result<Arc<Session>, Refused> {
-    let quotas = &shared.access.sessions;
-    let limit = quotas.limit(&identity.client);
+    let quotas = &shared.access.limits;
+    let limit = quotas.session_limit(&identity.client);
     let client = identity.client.clone();
-    match shared
-        .sessions
-        .create(protocol, identity, limit, || quotas.check_rate(&client))
-    {
+    match shared.sessions.create(protocol, identity, limit, || {
+        quotas.check_session_rate(&client)
+    }) {
         Ok(Created { session, evicted }) => {
             if let Some(old) = evicted {
                 tracing::info!(
