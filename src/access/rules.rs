@@ -9,6 +9,7 @@
 //! item alone, so `a__*` never reaches into server `a-b`; a pattern without `__` (`*`, `git*`)
 //! matches the whole `server__item`. Deny wins; an empty allow list allows what is not denied.
 
+use crate::policy::glob::{self, Joined};
 use crate::policy::Client;
 
 /// A compiled `*` glob.
@@ -44,65 +45,9 @@ impl Glob {
             Glob::Prefix(p) => text.starts_with(&**p),
             Glob::Suffix(s) => text.ends_with(&**s),
             Glob::Contains(c) => text.contains(&**c),
-            Glob::General(p) => glob(p, &Joined::one(text.as_bytes())),
+            Glob::General(p) => glob::matches(p, &Joined::one(text.as_bytes())),
         }
     }
-}
-
-/// `server__item` without building the string: patterns without `__` match across the join.
-struct Joined<'a> {
-    parts: [&'a [u8]; 3],
-}
-
-impl<'a> Joined<'a> {
-    fn one(text: &'a [u8]) -> Joined<'a> {
-        Joined {
-            parts: [text, b"", b""],
-        }
-    }
-
-    fn name(server: &'a str, item: &'a str) -> Joined<'a> {
-        Joined {
-            parts: [server.as_bytes(), b"__", item.as_bytes()],
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.parts.iter().map(|p| p.len()).sum()
-    }
-
-    fn at(&self, mut i: usize) -> u8 {
-        for p in &self.parts {
-            if i < p.len() {
-                return p[i];
-            }
-            i -= p.len();
-        }
-        0
-    }
-}
-
-/// `*` matching with one backtrack point: linear in practice, never exponential.
-fn glob(p: &[u8], t: &Joined) -> bool {
-    let n = t.len();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < n {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t.at(ti) {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    p[pi..].iter().all(|&b| b == b'*')
 }
 
 /// One `allow`/`deny` entry.
@@ -141,7 +86,7 @@ impl Pattern {
     fn matches(&self, server: &str, item: &str) -> bool {
         match self {
             Pattern::Split { server: s, item: i } => s.matches(server) && i.matches(item),
-            Pattern::Whole(p) => glob(p, &Joined::name(server, item)),
+            Pattern::Whole(p) => glob::matches(p, &Joined::name(server, item)),
             Pattern::AnyName => true,
         }
     }

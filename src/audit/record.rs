@@ -22,6 +22,7 @@ pub enum Kind {
     Tamper,
     GatewayStart,
     GatewayStop,
+    CatalogUnstable,
     /// Log only.
     Recovery,
     /// Log only.
@@ -48,6 +49,7 @@ impl Kind {
         Kind::Tamper,
         Kind::GatewayStart,
         Kind::GatewayStop,
+        Kind::CatalogUnstable,
         Kind::Recovery,
         Kind::Checkpoint,
         Kind::SegmentStart,
@@ -69,6 +71,7 @@ impl Kind {
             Kind::Tamper => "tamper",
             Kind::GatewayStart => "gateway_start",
             Kind::GatewayStop => "gateway_stop",
+            Kind::CatalogUnstable => "catalog_unstable",
             Kind::Recovery => "recovery",
             Kind::Checkpoint => "checkpoint",
             Kind::SegmentStart => "segment_start",
@@ -104,6 +107,9 @@ pub enum Outcome {
     EgressDenied,
     /// A request to change the gateway (a policy reload) that was refused.
     Rejected,
+    /// The answer was over `max_message_bytes` and the caller got an error instead;
+    /// `bytes_out` is the answer's size (or the limit, when reading stopped at it).
+    TooLarge,
 }
 
 impl Outcome {
@@ -115,6 +121,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::EgressDenied => "egress_denied",
             Outcome::Rejected => "rejected",
+            Outcome::TooLarge => "too_large",
         }
     }
 }
