@@ -1,10 +1,11 @@
 //! `portcullis doctor`: checks that what a policy needs is present on this machine, and says how
 //! to fix what is not. Each check is a function returning `Finding`s (the policy here, Docker
-//! below, nftables and the audit directory in their own modules), so new ones slot in without
+//! below, who may change the policy, nftables and the audit directory in their own modules), so new ones slot in without
 //! touching the others.
 
 mod audit_dir;
 mod nftables;
+mod policy_trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +21,9 @@ pub struct DoctorArgs {
     /// Overrides [audit] dir from the policy, as `serve --audit-dir` does.
     #[arg(long, env = "PORTCULLIS_AUDIT_DIR")]
     pub audit_dir: Option<PathBuf>,
+    /// Who may change the policy, as `serve` is told.
+    #[command(flatten)]
+    pub gate: super::policy_gate::PolicyGateArgs,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +77,11 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
                 policy.origin,
                 if n == 1 { "server" } else { "servers" }
             )));
+            findings.extend(policy_trust::check(
+                &args.gate,
+                args.policy.as_deref(),
+                &policy,
+            ));
             findings.extend(docker(&policy).await);
             findings.extend(nftables::check(&policy).await);
             findings.extend(audit_dir::check(&policy));

@@ -50,6 +50,8 @@ pub struct ServeArgs {
     /// of the container's bridge networks may connect, so other containers are refused.
     #[arg(long, env = "PORTCULLIS_PUBLISHED_ON_HOST_LOOPBACK")]
     pub published_on_host_loopback: bool,
+    #[command(flatten)]
+    pub gate: super::policy_gate::PolicyGateArgs,
 }
 
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -65,10 +67,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         audit_dir: args.audit_dir.clone(),
         state_dir: args.state_dir.clone(),
         published_on_host_loopback: args.published_on_host_loopback,
+        gate: args.gate.gate()?,
     };
-    let (policy, text) = reload::load(args.policy.as_ref(), &overrides)?;
-    let sha256 = reload::text_sha256(&text);
-    tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, "policy loaded");
+    let admitted = reload::load(args.policy.as_ref(), &overrides)?;
+    let (policy, sha256) = (admitted.policy.clone(), admitted.sha256.clone());
+    let serial = admitted.signed.as_ref().map(|s| s.serial);
+    tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, ?serial, "policy loaded");
     let published = match policy.listener_exposure() {
         None => None,
         Some(_) if args.published_on_host_loopback => Some(
@@ -97,12 +101,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )))
         .await?;
     trail
-        .record(AuditEvent::new(Kind::PolicyLoad).detail(format!(
-            "{} ({} servers: {}) sha256 {sha256}",
-            policy.origin,
-            policy.servers.len(),
-            policy.servers.keys().cloned().collect::<Vec<_>>().join(", ")
-        )))
+        .record(AuditEvent::new(Kind::PolicyLoad).detail(admitted.describe(&overrides.gate)))
         .await?;
     super::egress_watch::warn_about_policy(&policy);
     let backends = Arc::new(Backends::new(&args.docker_scope, &policy.egress));
@@ -138,8 +137,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let reloader = Reloader::new(
         args.policy.clone(),
         overrides,
-        policy.clone(),
-        &text,
+        admitted,
         runtime_generation,
         reload::Parts {
             router: router.clone(),

@@ -9,6 +9,8 @@ pub mod location;
 pub mod model;
 mod raw;
 pub mod show;
+pub mod signature;
+pub mod trust;
 pub mod units;
 mod validate;
 mod validate_access;

@@ -212,6 +212,9 @@ pub struct Gateway {
     /// Where the gateway keeps state between runs (the OAuth token caches); resolved against
     /// the policy file's directory when relative.
     pub state_dir: PathBuf,
+    /// The policy's version number (`[gateway] serial`). A gateway that requires signed
+    /// policies loads none without it and none whose serial is lower than the one in force.
+    pub serial: Option<u64>,
 }
 
 /// Default state directory, relative to the policy file (or the working directory for the

@@ -83,6 +83,7 @@ pub struct RawGateway {
     #[serde(default, deserialize_with = "in_tls")]
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
+    pub serial: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -98,6 +98,9 @@ pub fn render(p: &Policy) -> String {
             .map_or_else(|| "off".to_owned(), format_duration)
     );
     let _ = writeln!(o, "  state_dir             {}", g.state_dir.display());
+    if let Some(serial) = g.serial {
+        let _ = writeln!(o, "  serial                {serial}");
+    }
     let e = &p.egress;
     let _ = writeln!(o, "\n[egress]");
     let _ = writeln!(

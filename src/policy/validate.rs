@@ -413,6 +413,7 @@ impl Checker<'_> {
             sse_poll_interval: self.duration(&g.sse_poll_interval, "sse_poll_interval"),
             tls: g.tls.as_ref().map(|t| self.tls(t)),
             state_dir: self.state_dir.clone(),
+            serial: self.count(&g.serial, "serial", (0, i64::MAX as u64)),
         };
         (gw, naming_at)
     }

@@ -13,6 +13,7 @@
 //! the gateway; a reload keeps their running values, applies the rest and names them
 //! ("requires restart") in the log and the audit record.
 
+pub mod gate;
 pub mod triggers;
 
 use std::collections::BTreeMap;
@@ -32,6 +33,7 @@ use crate::router::audit_trail::AuditTrail;
 use crate::router::Router;
 use crate::sandbox::backends::Backends;
 use crate::sandbox::Runtime;
+pub use gate::{Gate, Refused, Signed};
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +63,9 @@ pub struct Overrides {
     /// only loopback and bridge-gateway peers, whatever a reloaded policy says about TLS and
     /// clients (its address cannot change without a restart).
     pub published_on_host_loopback: bool,
+    /// Who may own the policy and the key that must sign it (`--trusted-policy-owner`,
+    /// `--insecure-policy-permissions`, `--policy-pubkey`).
+    pub gate: Gate,
 }
 
 impl Overrides {
@@ -91,8 +96,10 @@ struct Running {
     policy: Policy,
     /// Hex SHA-256 of the text `policy` was parsed from.
     sha256: String,
-    /// Hex SHA-256 of the text last tried, accepted or not: a file change to the same text is
-    /// not tried again.
+    /// The signature it was accepted on, in signed mode.
+    signed: Option<Signed>,
+    /// Fingerprint ([`gate::Read::fingerprint`]) of the text (and signature) last tried,
+    /// accepted or not: a file change to the same bytes is not tried again.
     tried: String,
     /// Per server, the digest of its secret values when its instances were started.
     secrets: BTreeMap<String, String>,
@@ -131,21 +138,68 @@ pub fn text_sha256(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// Reads and validates the policy (file or embedded default), with `overrides` applied.
-pub fn load(
-    path: Option<&PathBuf>,
-    overrides: &Overrides,
-) -> Result<(Policy, String), policy::PolicyError> {
-    let text = read(path)?;
-    let policy = parse(path, &text, overrides)?;
-    Ok((policy, text))
+/// A policy that passed every check at start, with what it was read from.
+pub struct Admitted {
+    pub policy: Policy,
+    pub text: String,
+    /// Hex SHA-256 of `text`.
+    pub sha256: String,
+    fingerprint: String,
+    /// The signature it was accepted on, in signed mode.
+    pub signed: Option<Signed>,
 }
 
-fn read(path: Option<&PathBuf>) -> Result<String, policy::PolicyError> {
-    match path {
-        Some(p) => policy::read(p),
-        None => Ok(policy::DEFAULT_POLICY_TOML.to_owned()),
+impl Admitted {
+    /// The `detail` of the `policy_load` audit record: which policy, which servers, which
+    /// signed serial is in force from here on.
+    pub fn describe(&self, gate: &Gate) -> String {
+        let p = &self.policy;
+        let mut d = format!(
+            "{} ({} servers: {}) sha256 {}",
+            p.origin,
+            p.servers.len(),
+            p.servers.keys().cloned().collect::<Vec<_>>().join(", "),
+            self.sha256
+        );
+        if let Some(s) = &self.signed {
+            d.push_str(&format!(" signed serial {} key {}", s.serial, s.key_id));
+        }
+        if gate.trust().insecure() {
+            d.push_str(" insecure-policy-permissions");
+        }
+        d
     }
+}
+
+/// Reads the policy (file or embedded default) and checks it as a start-up must: who may
+/// write it or its signature, validity, the files it reads, its serial against the one this
+/// gateway last put in force. File I/O.
+pub fn load(path: Option<&PathBuf>, overrides: &Overrides) -> Result<Admitted, Refused> {
+    let gate = &overrides.gate;
+    gate.warn_if_insecure();
+    let read = match path {
+        Some(p) => {
+            let read = gate.read(p)?;
+            gate.vouch_for_file(p)?;
+            gate.verify(p, &read)?;
+            read
+        }
+        None if gate.key_id().is_some() => return Err(Refused::Embedded),
+        None => gate::Read::embedded(),
+    };
+    let policy = parse(path, &read.text, overrides)?;
+    let floor = gate.recorded_serial(&policy)?;
+    let signed = gate.admit(&policy, floor)?;
+    if let Some(s) = &signed {
+        gate.record_serial(&policy, s);
+    }
+    Ok(Admitted {
+        policy,
+        text: read.text,
+        sha256: read.sha256,
+        fingerprint: read.fingerprint,
+        signed,
+    })
 }
 
 fn parse(
@@ -161,66 +215,91 @@ fn parse(
     Ok(p)
 }
 
-/// A policy read for a reload that parsed and validated.
+/// A policy read for a reload that passed every check.
 struct Valid {
     policy: Policy,
     sha256: String,
+    fingerprint: String,
+    signed: Option<Signed>,
     clients: Clients,
     secrets: BTreeMap<String, String>,
 }
 
-/// What reading the policy for a reload found.
-enum Loaded {
-    /// A file change to text already tried.
-    Tried,
-    Valid(Box<Valid>),
-    /// Unreadable or invalid; the hash when the text could be read.
-    Invalid {
-        sha256: Option<String>,
-        error: String,
-    },
+/// Why a reload was refused, and what of the file could be read.
+struct Rejection {
+    /// Hex SHA-256 of the text, when it could be read.
+    sha256: Option<String>,
+    /// What the next file change is compared with, when the text could be read.
+    fingerprint: Option<String>,
+    error: String,
 }
 
-/// Reads, hashes and checks the policy, and reads what it refers to (secret files, JWT keys):
-/// file I/O, for a blocking thread.
+impl Rejection {
+    fn of(read: Option<&gate::Read>, error: impl std::fmt::Display) -> Rejection {
+        Rejection {
+            sha256: read.map(|r| r.sha256.clone()),
+            fingerprint: read.map(|r| r.fingerprint.clone()),
+            error: error.to_string(),
+        }
+    }
+}
+
+/// What reading the policy for a reload found.
+enum Loaded {
+    /// A file change to bytes already tried.
+    Tried,
+    Valid(Box<Valid>),
+    Invalid(Rejection),
+}
+
+/// Reads the policy, checks who could have written it, then (unless a file change brought
+/// bytes already tried) its signature, its content, its serial against `in_force`, and what it
+/// refers to (secret files, JWT keys): file I/O, for a blocking thread.
 fn load_for_reload(
     path: Option<&PathBuf>,
     overrides: &Overrides,
     trigger: Trigger,
     tried: &str,
+    in_force: Option<u64>,
 ) -> Loaded {
-    let text = match read(path) {
-        Ok(t) => t,
-        Err(e) => {
-            return Loaded::Invalid {
-                sha256: None,
-                error: e.to_string(),
-            }
-        }
+    let gate = &overrides.gate;
+    let read = match path {
+        Some(p) => match gate.read(p) {
+            Ok(r) => r,
+            Err(e) => return Loaded::Invalid(Rejection::of(None, e)),
+        },
+        None => gate::Read::embedded(),
     };
-    let sha256 = text_sha256(&text);
-    if trigger == Trigger::File && sha256 == tried {
+    let invalid = |e: &dyn std::fmt::Display| Loaded::Invalid(Rejection::of(Some(&read), e));
+    // Before the skip: a file whose mode or owner changed is reported even if its bytes did not.
+    if let Some(Err(e)) = path.map(|p| gate.vouch_for_file(p)) {
+        return invalid(&e);
+    }
+    if trigger == Trigger::File && read.fingerprint == tried {
         return Loaded::Tried;
     }
-    let checked = parse(path, &text, overrides).map(|policy| {
-        let clients = Clients::from_policy(&policy).map_err(|e| e.to_string());
-        (policy, clients)
-    });
-    match checked {
-        Ok((policy, Ok(clients))) => Loaded::Valid(Box::new(Valid {
+    if let Some(Err(e)) = path.map(|p| gate.verify(p, &read)) {
+        return invalid(&e);
+    }
+    let policy = match parse(path, &read.text, overrides) {
+        Ok(p) => p,
+        Err(e) => return invalid(&e),
+    };
+    let floor = in_force.map(|s| (s, "the serial in force".to_owned()));
+    let signed = match gate.admit(&policy, floor) {
+        Ok(s) => s,
+        Err(e) => return invalid(&e),
+    };
+    match Clients::from_policy(&policy) {
+        Ok(clients) => Loaded::Valid(Box::new(Valid {
             secrets: fingerprints(&policy),
             policy,
-            sha256,
+            sha256: read.sha256,
+            fingerprint: read.fingerprint,
+            signed,
             clients,
         })),
-        Ok((_, Err(error))) => Loaded::Invalid {
-            sha256: Some(sha256),
-            error,
-        },
-        Err(e) => Loaded::Invalid {
-            sha256: Some(sha256),
-            error: e.to_string(),
-        },
+        Err(e) => invalid(&e),
     }
 }
 
@@ -228,6 +307,8 @@ fn load_for_reload(
 struct Candidate {
     policy: Policy,
     sha256: String,
+    fingerprint: String,
+    signed: Option<Signed>,
     diff: PolicyDiff,
     requires_restart: Vec<&'static str>,
     clients: Clients,
@@ -237,26 +318,32 @@ struct Candidate {
 }
 
 impl Reloader {
-    /// `policy` is the policy in force, loaded from `text`; the router runs its servers on the
-    /// runtime of generation `runtime_generation`.
+    /// `admitted` is the policy in force; the router runs its servers on the runtime of
+    /// generation `runtime_generation`.
     pub fn new(
         path: Option<PathBuf>,
         overrides: Overrides,
-        policy: Policy,
-        text: &str,
+        admitted: Admitted,
         runtime_generation: u64,
         parts: Parts,
     ) -> Reloader {
+        let Admitted {
+            policy,
+            sha256,
+            fingerprint,
+            signed,
+            ..
+        } = admitted;
         let secrets = fingerprints(&policy);
-        let sha256 = text_sha256(text);
         let redacted = crate::secrets::redaction_values(&policy);
         Reloader {
             path,
             overrides,
             running: tokio::sync::Mutex::new(Running {
                 policy,
-                tried: sha256.clone(),
+                tried: fingerprint,
                 sha256,
+                signed,
                 secrets,
                 redacted,
                 runtime_generation,
@@ -270,9 +357,19 @@ impl Reloader {
         }
     }
 
-    /// Reads the policy again and, if it is valid, puts it in force. One reload runs at a time.
+    /// The files whose change asks for a reload (the policy, and its signature in signed mode).
+    pub fn watched(&self) -> Vec<PathBuf> {
+        self.path
+            .as_deref()
+            .map(|p| self.overrides.gate.watched(p))
+            .unwrap_or_default()
+    }
+
+    /// Reads the policy again and, if it passes every check, puts it in force. One reload runs
+    /// at a time.
     pub async fn reload(&self, trigger: Trigger) -> Reloaded {
         let mut running = self.running.lock().await;
+        self.overrides.gate.warn_if_insecure();
         let origin = self
             .path
             .as_ref()
@@ -281,9 +378,13 @@ impl Reloader {
         let candidate = match self.prepare(&running, trigger).await {
             Ok(Some(c)) => c,
             Ok(None) => return Reloaded::Skipped,
-            Err((sha256, error)) => {
-                if let Some(s) = &sha256 {
-                    running.tried = s.clone();
+            Err(Rejection {
+                sha256,
+                fingerprint,
+                error,
+            }) => {
+                if let Some(f) = fingerprint {
+                    running.tried = f;
                 }
                 tracing::error!(policy = %origin, trigger = trigger.as_str(), "policy reload rejected; the policy in force stays:\n{error}");
                 let mut detail = Map::new();
@@ -293,6 +394,9 @@ impl Reloader {
                     "sha256".into(),
                     json!({ "from": running.sha256, "to": sha256 }),
                 );
+                if let Some(s) = &running.signed {
+                    detail.insert("serial_in_force".into(), s.serial.into());
+                }
                 detail.insert("error".into(), error.clone().into());
                 self.trail.record_later(
                     AuditEvent::new(Kind::PolicyReload)
@@ -302,8 +406,16 @@ impl Reloader {
                 return Reloaded::Rejected(error);
             }
         };
-        running.tried = candidate.sha256.clone();
-        let detail = describe(trigger, &origin, &running.sha256, &candidate);
+        running.tried = candidate.fingerprint.clone();
+        let mut detail = describe(trigger, &origin, &running.sha256, &candidate);
+        if let (Some(to), Value::Object(m)) = (&candidate.signed, &mut detail) {
+            let from = running.signed.as_ref().map(|s| s.serial);
+            m.insert("serial".into(), json!({ "from": from, "to": to.serial }));
+            m.insert("key_id".into(), to.key_id.clone().into());
+        }
+        if let (true, Value::Object(m)) = (self.overrides.gate.trust().insecure(), &mut detail) {
+            m.insert("insecure_policy_permissions".into(), true.into());
+        }
         // Nothing changes unaudited: an accepted reload is recorded before it is applied.
         let record = AuditEvent::new(Kind::PolicyReload)
             .outcome(Outcome::Ok)
@@ -318,35 +430,41 @@ impl Reloader {
         Reloaded::Applied
     }
 
-    /// Loads and checks the policy. `Ok(None)`: a file change to text already tried.
-    /// `Err((sha256 of the text if it was read, why))`: rejected.
+    /// Loads and checks the policy. `Ok(None)`: a file change to bytes already tried.
     async fn prepare(
         &self,
         running: &Running,
         trigger: Trigger,
-    ) -> Result<Option<Candidate>, (Option<String>, String)> {
+    ) -> Result<Option<Candidate>, Rejection> {
         let path = self.path.clone();
         let overrides = self.overrides.clone();
         let tried = running.tried.clone();
+        let in_force = running.signed.as_ref().map(|s| s.serial);
         let loaded = tokio::task::spawn_blocking(move || {
-            load_for_reload(path.as_ref(), &overrides, trigger, &tried)
+            load_for_reload(path.as_ref(), &overrides, trigger, &tried, in_force)
         })
         .await
-        .map_err(|e| (None, format!("the policy loading task failed: {e}")))?;
+        .map_err(|e| Rejection::of(None, format!("the policy loading task failed: {e}")))?;
         let Valid {
             mut policy,
             sha256,
+            fingerprint,
+            signed,
             clients,
             secrets,
         } = match loaded {
             Loaded::Tried => return Ok(None),
-            Loaded::Invalid { sha256, error } => return Err((sha256, error)),
+            Loaded::Invalid(r) => return Err(r),
             Loaded::Valid(v) => *v,
         };
         let requires_restart = diff::keep_running(&mut policy, &running.policy);
         if let Some(why) = policy.listener_exposure() {
             if !self.overrides.published_on_host_loopback {
-                return Err((Some(sha256), why));
+                return Err(Rejection {
+                    sha256: Some(sha256),
+                    fingerprint: Some(fingerprint),
+                    error: why,
+                });
             }
         }
         let mut d = diff::diff(&running.policy, &policy);
@@ -369,6 +487,8 @@ impl Reloader {
         Ok(Some(Candidate {
             policy,
             sha256,
+            fingerprint,
+            signed,
             diff: d,
             requires_restart,
             clients,
@@ -382,6 +502,8 @@ impl Reloader {
         let Candidate {
             policy,
             sha256,
+            fingerprint: _,
+            signed,
             diff,
             requires_restart,
             clients,
@@ -417,8 +539,14 @@ impl Reloader {
                 "this setting changed in the policy file but needs a restart of the gateway; the running value stays until then"
             );
         }
+        if let Some(s) = &signed {
+            let (gate, policy, s) = (self.overrides.gate.clone(), policy.clone(), s.clone());
+            // A small file and an fsync: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || gate.record_serial(&policy, &s)).await;
+        }
         running.policy = policy;
         running.sha256 = sha256;
+        running.signed = signed;
         running.secrets = secrets;
     }
 }

@@ -80,6 +80,18 @@ impl Gateway {
             .replace("{tmp}", &dir.path().display().to_string());
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, text).expect("write policy");
+        Self::launch(dir, &path, env, uid, &[])
+    }
+
+    /// Starts `portcullis serve --policy PATH ARGS...` on a policy the caller prepared in `dir`
+    /// (kept until the gateway is dropped); waits for the listening banner, not for `/ready`.
+    pub fn launch(
+        dir: tempfile::TempDir,
+        path: &Path,
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+        args: &[&str],
+    ) -> Gateway {
         let mut cmd = Command::new(gateway_bin());
         if let Some(uid) = uid {
             use std::os::unix::fs::PermissionsExt;
@@ -89,8 +101,9 @@ impl Gateway {
             cmd.uid(uid).gid(uid);
         }
         cmd.args(["serve", "--policy"])
-            .arg(&path)
+            .arg(path)
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "info,portcullis=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
