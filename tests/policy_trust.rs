@@ -133,13 +133,17 @@ async fn a_reload_of_a_policy_others_can_write_is_rejected_and_audited_while_the
     assert!(!tools.contains("pwn__"), "{tools}");
     assert!(!marker.exists(), "the appended server ran");
 
-    // The same through a world-writable directory: the file is put back and made private (its
-    // own content, accepted), then the directory is opened and nobody swaps the file.
+    // Making the file private again does not make the watch apply what was written while it
+    // was open (the next record is the clean text's, not the appended server's) ...
+    chmod(&file, 0o644);
+    std::thread::sleep(std::time::Duration::from_secs(1));
     let good = policy(None, "");
     replace(&file, good.as_bytes());
-    chmod(&file, 0o644);
     let (outcome, detail) = nth_reload(&gw, &audit, 4);
     assert_eq!(outcome, "ok", "{detail}");
+    assert!(detail.get("servers").is_none(), "{detail}");
+    assert!(!marker.exists(), "the appended server ran");
+    // ... and the same attack through a world-writable directory: nobody swaps the file.
     chmod(&conf, 0o777);
     let (ok, out) = as_nobody(&format!(
         "cat {p} - > {p}.new <<'EOF' && mv -f {p}.new {p}\n{}\nEOF",

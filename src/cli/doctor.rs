@@ -21,6 +21,10 @@ pub struct DoctorArgs {
     /// Overrides [audit] dir from the policy, as `serve --audit-dir` does.
     #[arg(long, env = "PORTCULLIS_AUDIT_DIR")]
     pub audit_dir: Option<PathBuf>,
+    /// Overrides [gateway] state_dir, as `serve --state-dir` does (where the signed serial in
+    /// force is recorded).
+    #[arg(long, env = "PORTCULLIS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Who may change the policy, as `serve` is told.
     #[command(flatten)]
     pub gate: super::policy_gate::PolicyGateArgs,
@@ -70,6 +74,9 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
         Ok(mut policy) => {
             if let Some(dir) = args.audit_dir {
                 policy.audit.dir = dir;
+            }
+            if let Some(dir) = args.state_dir {
+                policy.set_state_dir(dir);
             }
             let n = policy.servers.len();
             findings.push(Finding::ok(format!(

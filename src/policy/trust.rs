@@ -43,7 +43,24 @@ pub struct Trust {
 
 /// Why a file the gateway relies on is not trusted.
 #[derive(Debug, thiserror::Error)]
-pub enum Untrusted {
+#[error(transparent)]
+pub struct Untrusted(Box<Why>);
+
+impl Untrusted {
+    pub fn why(&self) -> &Why {
+        &self.0
+    }
+}
+
+impl From<Why> for Untrusted {
+    fn from(w: Why) -> Untrusted {
+        Untrusted(Box::new(w))
+    }
+}
+
+/// The ways a file fails the rule.
+#[derive(Debug, thiserror::Error)]
+pub enum Why {
     #[error("{role} {path} is not trusted: {culprit} ({kind}) {why}; anyone who can write it can change what the gateway enforces. Fix: {fix}")]
     Writable {
         role: String,
@@ -92,7 +109,7 @@ impl Trust {
         let absolute = if path.is_absolute() {
             path.to_path_buf()
         } else {
-            let cwd = std::env::current_dir().map_err(|source| Untrusted::Io {
+            let cwd = std::env::current_dir().map_err(|source| Why::Io {
                 role: role.to_owned(),
                 path: path.display().to_string(),
                 culprit: ".".to_owned(),
@@ -173,10 +190,11 @@ impl Walk<'_> {
                         // The link lives in `at`, already checked: only its target remains.
                         self.links += 1;
                         if self.links > MAX_LINKS {
-                            return Err(Untrusted::Links {
+                            return Err(Why::Links {
                                 role: self.role.to_owned(),
                                 path: self.path.display().to_string(),
-                            });
+                            }
+                            .into());
                         }
                         let target = std::fs::read_link(&next).map_err(|e| self.io(&next, e))?;
                         at = self.walk_from(at, &target, last && last_is_target)?;
@@ -242,24 +260,26 @@ impl Walk<'_> {
         };
         match why {
             None => Ok(()),
-            Some((why, fix)) => Err(Untrusted::Writable {
+            Some((why, fix)) => Err(Why::Writable {
                 role: self.role.to_owned(),
                 path: self.path.display().to_string(),
                 culprit: shown.to_string(),
                 kind,
                 why,
                 fix: format!("{fix}. (--insecure-policy-permissions turns this check off, for development only.)"),
-            }),
+            }
+            .into()),
         }
     }
 
     fn io(&self, culprit: &Path, source: std::io::Error) -> Untrusted {
-        Untrusted::Io {
+        Why::Io {
             role: self.role.to_owned(),
             path: self.path.display().to_string(),
             culprit: culprit.display().to_string(),
             source,
         }
+        .into()
     }
 }
 
@@ -390,7 +410,7 @@ mod tests {
         std::os::unix::fs::symlink(&b, &a).unwrap();
         std::os::unix::fs::symlink(&a, &b).unwrap();
         let e = trust().check("policy file", &a).unwrap_err();
-        assert!(matches!(e, Untrusted::Links { .. }), "{e}");
+        assert!(matches!(e.why(), Why::Links { .. }), "{e}");
     }
 
     #[test]

@@ -91,7 +91,7 @@ pub enum Refused {
     Embedded,
     #[error("{origin}: a signed policy needs `serial` in [gateway] (an integer, raised with every change) so that an older signed policy cannot be put back; add it and sign again")]
     NoSerial { origin: String },
-    #[error("{origin}: serial {serial} is lower than {floor_from} ({floor}); an older signed policy cannot be put back. Sign the policy to apply with a serial of at least {floor}")]
+    #[error("{origin}: serial {serial} is lower than {floor}, {floor_from}; an older signed policy cannot be put back. Sign the policy to apply with a serial of at least {floor}")]
     Rollback {
         origin: String,
         serial: u64,
@@ -268,7 +268,7 @@ impl Gate {
         Ok(Some((
             serial,
             format!(
-                "the highest serial this gateway put in force ({})",
+                "the highest serial this gateway put in force (recorded in {})",
                 path.display()
             ),
         )))
