@@ -130,6 +130,19 @@ impl Project {
         }
     }
 
+    /// `portcullis doctor` in the gateway's container: whether it passed, and its report.
+    fn doctor(&self) -> (bool, String) {
+        let out = self
+            .compose()
+            .args(["exec", "-T", "portcullis", "portcullis", "doctor"])
+            .output()
+            .expect("run doctor in the container");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    }
+
     /// Objects of this project still on the engine, by kind.
     fn leftovers(&self) -> Vec<String> {
         let filter = format!("label=com.docker.compose.project={}", self.name);
@@ -422,15 +435,10 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
         "/var/lib/portcullis/audit",
     ]));
     assert!(stdout(&verify).contains(": ok:"), "{}", stdout(&verify));
-    // And the doctor, in the deployment itself (the image points it at the mounted policy):
-    // engine, image, nftables, audit volume.
-    let doctor = project
-        .compose()
-        .args(["exec", "-T", "portcullis", "portcullis", "doctor"])
-        .output()
-        .expect("run doctor in the container");
-    let report = String::from_utf8_lossy(&doctor.stdout);
-    assert!(doctor.status.success(), "{report}");
+    // And the doctor, in the deployment itself (the image points it at its own policy): who
+    // can change the policy, engine, image, nftables, audit volume.
+    let (ok, report) = project.doctor();
+    assert!(ok, "{report}");
     for line in [
         "[ok]   policy file /etc/portcullis/policy.toml: it and the directories above it are writable only by trusted owners",
         "[ok]   docker: engine",
@@ -642,12 +650,7 @@ async fn with_compose_signed_only_the_security_teams_signed_policy_changes_the_g
         "{tail}"
     );
     assert!(tail.contains(r#""serial":{"from":1,"to":2}"#), "{tail}");
-    let doctor = project
-        .compose()
-        .args(["exec", "-T", "portcullis", "portcullis", "doctor"])
-        .output()
-        .expect("run doctor in the container");
-    let report = String::from_utf8_lossy(&doctor.stdout);
+    let (_, report) = project.doctor();
     assert!(
         report.contains("[ok]   policy signature /etc/portcullis/signed/policy.toml.sig: verified"),
         "{report}"

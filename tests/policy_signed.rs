@@ -43,9 +43,8 @@ fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
     (key, public.trim().to_owned())
 }
 
-/// Writes `text` signed with `key` in place of `policy` (signed beside it first, then the
-/// signature and the policy renamed into place, one after the other as a deploy would).
-fn deploy(policy: &Path, key: &Path, text: &str) {
+/// Writes `text` beside `policy` as `staged.toml` and signs it with `key` (`staged.toml.sig`).
+fn stage_signed(policy: &Path, key: &Path, text: &str) -> PathBuf {
     let staged = policy.with_file_name("staged.toml");
     std::fs::write(&staged, text).unwrap();
     let (ok, out) = portcullis(&[
@@ -56,7 +55,14 @@ fn deploy(policy: &Path, key: &Path, text: &str) {
         staged.to_str().unwrap(),
     ]);
     assert!(ok, "{out}");
-    std::fs::rename(staged.with_extension("toml.sig"), sig(policy)).unwrap();
+    staged
+}
+
+/// Writes `text` signed with `key` in place of `policy` (signed beside it first, then the
+/// signature and the policy renamed into place, one after the other as a deploy would).
+fn deploy(policy: &Path, key: &Path, text: &str) {
+    let staged = stage_signed(policy, key, text);
+    std::fs::rename(sig(&staged), sig(policy)).unwrap();
     std::fs::rename(&staged, policy).unwrap();
 }
 
@@ -166,22 +172,13 @@ async fn only_a_policy_signed_by_the_key_with_a_serial_not_lower_is_put_in_force
     // An editor that writes the policy, then its signature a moment later: the first read is
     // rejected, the signature's arrival is tried again and accepted.
     let next = policy(Some(4), "");
-    let staged = file.with_file_name("staged.toml");
-    std::fs::write(&staged, &next).unwrap();
-    let (ok, out) = portcullis(&[
-        "policy",
-        "sign",
-        "--key",
-        key.to_str().unwrap(),
-        staged.to_str().unwrap(),
-    ]);
-    assert!(ok, "{out}");
+    let staged = stage_signed(&file, &key, &next);
     std::fs::write(&file, &next).unwrap();
     let d = reload_until(&gw, &audit, &mut seen, |_, d| {
         error_of(d).contains("does not match")
     });
     assert!(error_of(&d).contains("tried again when"), "{d}");
-    std::fs::rename(staged.with_extension("toml.sig"), sig(&file)).unwrap();
+    std::fs::rename(sig(&staged), sig(&file)).unwrap();
     let d = reload_until(&gw, &audit, &mut seen, |o, _| o == "ok");
     assert_eq!(d["serial"], json!({"from": 3, "to": 4}), "{d}");
     assert!(

@@ -102,13 +102,6 @@ pub enum Refused {
     SerialFile { path: String, why: String },
 }
 
-impl Refused {
-    /// A signature that did not match may be one being rewritten: worth saying so in the log.
-    pub fn signature_mismatch(&self) -> bool {
-        matches!(self, Refused::Signature(SignatureError::Mismatch { .. }))
-    }
-}
-
 impl Gate {
     /// `owners`: `--trusted-policy-owner`; `insecure`: `--insecure-policy-permissions`;
     /// `pubkey`: `--policy-pubkey`, 64 hex digits or a key file (which must pass the ownership
