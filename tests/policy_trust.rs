@@ -252,12 +252,13 @@ fn a_trusted_owner_and_the_development_switch_are_explicit() {
 fn doctor_reports_who_can_change_the_policy() {
     let layout = Layout::new();
     layout.write(&policy(None, ""));
-    let doctor = || {
+    let doctor_with = |extra: &[&str]| {
         let out = std::process::Command::new(common::gateway_bin())
             .args(["doctor", "--policy"])
             .arg(layout.policy())
             .arg("--audit-dir")
             .arg(layout.audit())
+            .args(extra)
             .output()
             .expect("run doctor");
         (
@@ -265,6 +266,7 @@ fn doctor_reports_who_can_change_the_policy() {
             String::from_utf8_lossy(&out.stdout).to_string(),
         )
     };
+    let doctor = || doctor_with(&[]);
     let (_, report) = doctor();
     let ok_line = format!(
         "[ok]   policy file {}: it and the directories above it are writable only by trusted owners",
@@ -281,5 +283,18 @@ fn doctor_reports_who_can_change_the_policy() {
             layout.conf().display()
         )),
         "{report}"
+    );
+    // `doctor --start` starts every server "as the gateway would": not from a policy others
+    // can change.
+    layout.write(&policy(None, &pwn(&layout.marker())));
+    let (ok, report) = doctor_with(&["--start"]);
+    assert!(!ok, "{report}");
+    assert!(
+        report.contains("[FAIL] --start: no server started, because the policy fails the rule"),
+        "{report}"
+    );
+    assert!(
+        !layout.marker().exists(),
+        "doctor --start ran the appended server"
     );
 }

@@ -1,11 +1,12 @@
 //! `portcullis doctor`: checks that what a policy needs is present on this machine, and says how
 //! to fix what is not. Each check is a function returning `Finding`s (the policy here, Docker
-//! below, who may change the policy, nftables and the audit directory in their own modules), so new ones slot in without
-//! touching the others.
+//! below, who may change the policy, servers, nftables and the audit directory in their own
+//! modules), so new ones slot in without touching the others.
 
 mod audit_dir;
 mod nftables;
 mod policy_trust;
+mod servers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,6 +29,13 @@ pub struct DoctorArgs {
     /// Who may change the policy, as `serve` is told.
     #[command(flatten)]
     pub gate: super::policy_gate::PolicyGateArgs,
+    /// Also start every server once, as the gateway would, and report its `initialize` answer
+    /// or why it failed (with the tail of its stderr). Stops them again.
+    #[arg(long)]
+    pub start: bool,
+    /// Docker scope of the containers `--start` creates (removed again before doctor exits).
+    #[arg(long, env = "PORTCULLIS_DOCKER_SCOPE", default_value = "doctor")]
+    pub docker_scope: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,14 +92,25 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
                 policy.origin,
                 if n == 1 { "server" } else { "servers" }
             )));
-            findings.extend(policy_trust::check(
-                &args.gate,
-                args.policy.as_deref(),
-                &policy,
-            ));
+            let trust = policy_trust::check(&args.gate, args.policy.as_deref(), &policy);
+            let trusted = !trust.iter().any(|f| f.status == Status::Fail);
+            findings.extend(trust);
+            findings.extend(servers::check(&policy).await);
             findings.extend(docker(&policy).await);
             findings.extend(nftables::check(&policy).await);
             findings.extend(audit_dir::check(&policy));
+            match (args.start, trusted) {
+                (true, true) => {
+                    findings.extend(servers::start_each(&policy, &args.docker_scope).await)
+                }
+                // A policy others could have written may name any command: not run.
+                (true, false) => findings.push(Finding::problem(
+                    Status::Fail,
+                    "--start: no server started, because the policy fails the rule on who may change it (above)",
+                    "fix that first; the gateway would refuse this policy too",
+                )),
+                (false, _) => {}
+            }
         }
         Err(e) => findings.push(invalid_policy(&e)),
     }

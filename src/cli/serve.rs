@@ -69,7 +69,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         published_on_host_loopback: args.published_on_host_loopback,
         gate: args.gate.gate()?,
     };
-    let admitted = reload::load(args.policy.as_ref(), &overrides)?;
+    let admitted = reload::load(args.policy.as_ref(), &overrides).map_err(refused)?;
     let (policy, sha256) = (admitted.policy.clone(), admitted.sha256.clone());
     let serial = admitted.signed.as_ref().map(|s| s.serial);
     tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, ?serial, "policy loaded");
@@ -104,6 +104,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .record(AuditEvent::new(Kind::PolicyLoad).detail(admitted.describe(&overrides.gate)))
         .await?;
     super::egress_watch::warn_about_policy(&policy);
+    crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
     let backends = Arc::new(Backends::new(&args.docker_scope, &policy.egress));
     let egress_watch = super::egress_watch::spawn(backends.clone(), trail.clone());
     let (runtime, runtime_generation) = backends.for_policy(&policy).await;
@@ -149,16 +150,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     reload::triggers::start(Arc::new(reloader), watch).context("listening for SIGHUP")?;
-    let scheme = if policy.gateway.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let url = format!("{scheme}://{addr}/mcp");
+    let base = super::client_config::base_url(&policy, addr);
+    let url = format!("{base}/mcp");
     tracing::info!(%url, "portcullis listening");
-    // The banner goes to stdout so scripts (and people) can pick up the URL.
+    // The banner goes to stdout so scripts (and people) can pick up the URL; the command is the
+    // one `client-config claude` prints, token header included when clients must authenticate.
     println!("Portcullis is listening on {url}");
-    println!("Connect Claude Code with:  claude mcp add --transport http portcullis {url}");
+    let auth_env = policy.requires_auth().then_some("PORTCULLIS_TOKEN");
+    println!(
+        "Connect Claude Code with:  {}",
+        super::client_config::claude_command(
+            "portcullis",
+            &base,
+            super::client_config::Transport::Http,
+            super::client_config::Scope::User,
+            auth_env,
+        )
+    );
+    if auth_env.is_some() {
+        println!("  (export PORTCULLIS_TOKEN=<the client's token> before starting Claude Code)");
+    }
     listener.serve(shutdown_signal()).await;
     tracing::info!("shutting down: stopping servers");
     router.shutdown().await;
@@ -179,6 +190,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         s.stop(std::time::Duration::from_secs(3)).await;
     }
     Ok(())
+}
+
+/// A refused policy as the binary's edge reports it: the policy's own diagnostics stay a
+/// `PolicyError` (printed as they are, one `FILE:LINE:COL: error:` per line).
+fn refused(e: reload::Refused) -> anyhow::Error {
+    match e {
+        reload::Refused::Policy(p) => p.into(),
+        other => other.into(),
+    }
 }
 
 /// Opens the audit log when the policy has it on, with every secret value the policy can name

@@ -197,6 +197,13 @@ pub struct Gateway {
     pub request_timeout: Duration,
     /// Sessions with no request for this long are closed.
     pub session_idle_timeout: Duration,
+    /// Sessions that only initialized or listed (no call, no read, no stream held open) are
+    /// closed after this long without a request: health checks such as `claude mcp list` and
+    /// the Inspector's CLI never send DELETE. Never longer than `session_idle_timeout`.
+    pub unused_session_timeout: Duration,
+    /// How many lines of a server's stderr reach the gateway's log (per server, every instance
+    /// together); beyond it lines are counted, not logged. A server's `log_rate` overrides it.
+    pub server_log_rate: Rate,
     /// Upper bound on concurrently open sessions.
     pub max_sessions: usize,
     /// Items per page in aggregated `*/list` answers.
@@ -286,6 +293,34 @@ pub struct Server {
     pub max_in_flight: Option<u32>,
     /// How long a call may wait for a free slot before it is refused.
     pub queue_timeout: Duration,
+    /// What the gateway answers the server's `roots/list` with when no client session can be
+    /// asked (shared servers between calls, clients without roots): `file://` URIs.
+    pub roots: Vec<String>,
+    /// Client capabilities the gateway declares to the server in its `initialize`.
+    pub client_capabilities: ClientCapabilities,
+    /// Overrides `[gateway] server_log_rate` for this server.
+    pub log_rate: Option<Rate>,
+}
+
+/// The client capabilities declared to a server. Sampling and elicitation requests are relayed
+/// to the client session that caused them (refused when it lacks the capability); roots are
+/// relayed too, or answered from the server's `roots` when no session can be asked. Leaving one
+/// out hides features from servers that adapt their tools to what the client can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCapabilities {
+    pub roots: bool,
+    pub sampling: bool,
+    pub elicitation: bool,
+}
+
+impl Default for ClientCapabilities {
+    fn default() -> Self {
+        ClientCapabilities {
+            roots: true,
+            sampling: true,
+            elicitation: true,
+        }
+    }
 }
 
 /// How the server is run or reached.

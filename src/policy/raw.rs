@@ -76,6 +76,8 @@ pub struct RawGateway {
     pub max_body_bytes: Option<Spanned<Value>>,
     pub request_timeout: Option<Spanned<Value>>,
     pub session_idle_timeout: Option<Spanned<Value>>,
+    pub unused_session_timeout: Option<Spanned<Value>>,
+    pub server_log_rate: Option<Spanned<Value>>,
     pub max_sessions: Option<Spanned<u64>>,
     pub page_size: Option<Spanned<u64>>,
     pub sse_keepalive: Option<Spanned<Value>>,
@@ -152,6 +154,9 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
+    pub roots: Option<Vec<Str>>,
+    pub client_capabilities: Option<Vec<Str>>,
+    pub log_rate: Option<Spanned<Value>>,
 }
 
 /// `oauth = { ... }` of a remote server.

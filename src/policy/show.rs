@@ -84,6 +84,11 @@ pub fn render(p: &Policy) -> String {
         "  session_idle_timeout  {}",
         format_duration(g.session_idle_timeout)
     );
+    let _ = writeln!(
+        o,
+        "  unused_session_timeout {}",
+        format_duration(g.unused_session_timeout)
+    );
     let _ = writeln!(o, "  max_sessions          {}", g.max_sessions);
     let _ = writeln!(o, "  page_size             {}", g.page_size);
     let _ = writeln!(

@@ -17,6 +17,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8811";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_UNUSED_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// 50 lines a second with bursts of 200: a chatty server at start-up is logged whole, a flood
+/// is not.
+pub const DEFAULT_SERVER_LOG_RATE: Rate = Rate {
+    count: 50,
+    per: Duration::from_secs(1),
+    burst: 200,
+};
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_PAGE_SIZE: usize = 200;
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -345,6 +353,9 @@ impl Checker<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 8811))
             }),
         };
+        let session_idle_timeout = self
+            .duration(&g.session_idle_timeout, "session_idle_timeout")
+            .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT);
         let naming_at = g.naming.as_ref().map_or(0, |n| n.span().start);
         let naming = match g.naming.as_ref().map(|n| n.get_ref().as_str()) {
             None | Some("auto") => Naming::Auto,
@@ -398,9 +409,14 @@ impl Checker<'_> {
             request_timeout: self
                 .duration(&g.request_timeout, "request_timeout")
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
-            session_idle_timeout: self
-                .duration(&g.session_idle_timeout, "session_idle_timeout")
-                .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT),
+            session_idle_timeout,
+            server_log_rate: self
+                .rate(&g.server_log_rate)
+                .unwrap_or(DEFAULT_SERVER_LOG_RATE),
+            unused_session_timeout: self
+                .duration(&g.unused_session_timeout, "unused_session_timeout")
+                .unwrap_or(DEFAULT_UNUSED_SESSION_TIMEOUT)
+                .min(session_idle_timeout),
             max_sessions: self
                 .count(&g.max_sessions, "max_sessions", (1, 1_000_000))
                 .map_or(DEFAULT_MAX_SESSIONS, |n| n as usize),
@@ -551,6 +567,9 @@ impl Checker<'_> {
         let queue_timeout = self
             .duration(&rs.queue_timeout, "queue_timeout")
             .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+        let roots = self.roots(&rs.roots);
+        let client_capabilities = self.client_capabilities(&rs.client_capabilities);
+        let log_rate = self.rate(&rs.log_rate);
 
         if self.diags.len() != before {
             return None;
@@ -568,6 +587,9 @@ impl Checker<'_> {
             request_timeout,
             tool_rates,
             max_in_flight,
+            roots,
+            client_capabilities,
+            log_rate,
             queue_timeout,
         })
     }
@@ -771,7 +793,12 @@ impl Checker<'_> {
     ) -> Option<Runtime> {
         let url = match &rs.url {
             Some(u) => match check_url(u.get_ref()) {
-                Ok(()) => Some(u.get_ref().clone()),
+                Ok(()) => {
+                    if let Some(why) = unreachable_without_rule(u.get_ref(), egress) {
+                        self.error(u.span().start, format!("[servers.{n}] {why}"));
+                    }
+                    Some(u.get_ref().clone())
+                }
                 Err(e) => {
                     self.error(u.span().start, e);
                     None
@@ -836,6 +863,45 @@ impl Checker<'_> {
             ca_file,
             oauth,
         }))
+    }
+
+    fn roots(&mut self, v: &Option<Vec<Str>>) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in v.iter().flatten() {
+            let uri = r.get_ref();
+            if uri.strip_prefix("file:///").is_none() || uri.chars().any(char::is_whitespace) {
+                self.error(
+                    r.span().start,
+                    format!("root \"{uri}\" must be a file:// URI of an absolute path, like \"file:///workspace\""),
+                );
+            } else {
+                out.push(uri.clone());
+            }
+        }
+        out
+    }
+
+    fn client_capabilities(&mut self, v: &Option<Vec<Str>>) -> ClientCapabilities {
+        let Some(list) = v else {
+            return ClientCapabilities::default();
+        };
+        let mut caps = ClientCapabilities {
+            roots: false,
+            sampling: false,
+            elicitation: false,
+        };
+        for c in list {
+            match c.get_ref().as_str() {
+                "roots" => caps.roots = true,
+                "sampling" => caps.sampling = true,
+                "elicitation" => caps.elicitation = true,
+                other => self.error(
+                    c.span().start,
+                    format!("unknown client capability \"{other}\"; use \"roots\", \"sampling\" or \"elicitation\""),
+                ),
+            }
+        }
+        caps
     }
 
     fn limits(&mut self, l: RawLimits) -> Limits {
@@ -1294,6 +1360,52 @@ pub(super) fn is_loopback_url(u: &str) -> bool {
     };
     host.parse::<std::net::IpAddr>()
         .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A remote server's url that names a private, loopback or link-local address as an IP literal can be reached only when a CIDR rule allows it: the gateway refuses such
+/// addresses otherwise, at every connection. Returns the address and the rule that allows it.
+pub(super) fn private_target_rule(u: &str, egress: &Egress) -> Option<(std::net::IpAddr, String)> {
+    let (https, rest) = match u.strip_prefix("https://") {
+        Some(r) => (true, r),
+        None => (false, u.strip_prefix("http://")?),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok()?,
+        None if https => 443,
+        None => 80,
+    };
+    // Names are checked when they resolve (and by `doctor`): only literals are known here.
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    if !super::egress::is_special(ip) {
+        return None;
+    }
+    let addr = std::net::SocketAddr::new(ip, port);
+    if egress.allow.iter().any(|r| r.covers(addr)) {
+        return None;
+    }
+    let rule = if ip.is_ipv4() {
+        format!("{ip}:{port}")
+    } else {
+        format!("[{ip}]:{port}")
+    };
+    Some((ip, rule))
+}
+
+fn unreachable_without_rule(u: &str, egress: &Egress) -> Option<String> {
+    let (ip, rule) = private_target_rule(u, egress)?;
+    Some(format!(
+        "url \"{u}\" names {ip}, a private/loopback address that remote servers may reach only when an egress rule allows it; every connection would be refused. add egress.allow = [\"{rule}\"]"
+    ))
 }
 
 pub(super) fn check_url(u: &str) -> Result<(), String> {
