@@ -86,10 +86,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let audit_log = open_audit(&policy).await?;
     let trail = AuditTrail::new(audit_log.clone());
+    // SIEM sinks and witnesses read the log the same way; witnesses keep only its seals.
+    let outlets: Vec<crate::policy::AuditSink> = policy
+        .audit
+        .sinks
+        .iter()
+        .chain(&policy.audit.witnesses)
+        .cloned()
+        .collect();
     let sinks = match &audit_log {
-        Some(log) if !policy.audit.sinks.is_empty() => Some(
-            crate::audit::sinks::Sinks::start(log.dir(), &policy.audit.sinks, Default::default())
-                .context("starting the audit sinks")?,
+        Some(log) if !outlets.is_empty() => Some(
+            crate::audit::sinks::Sinks::start(log.dir(), &outlets, Default::default())
+                .context("starting the audit sinks and witnesses")?,
         ),
         _ => None,
     };

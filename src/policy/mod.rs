@@ -14,6 +14,7 @@ pub mod trust;
 pub mod units;
 mod validate;
 mod validate_access;
+mod validate_audit;
 mod validate_oauth;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};

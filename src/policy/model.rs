@@ -93,7 +93,12 @@ pub struct Audit {
     pub rotate_interval: Duration,
     /// Write call arguments (redacted) besides their SHA-256.
     pub record_arguments: bool,
+    /// Each checkpoint key signs for this long, then certifies the next and is destroyed;
+    /// `None` (`key_epoch = "off"`): one key for the life of the log.
+    pub key_epoch: Option<Duration>,
     pub sinks: Vec<AuditSink>,
+    /// Where checkpoints and key rotations are also written, for `audit verify --witness`.
+    pub witnesses: Vec<AuditSink>,
 }
 
 /// Default audit directory, relative to the policy file (or the working directory for the
@@ -113,7 +118,9 @@ impl Default for Audit {
             max_segment_bytes: 64 << 20,
             rotate_interval: Duration::from_secs(24 * 3600),
             record_arguments: false,
+            key_epoch: Some(Duration::from_secs(3600)),
             sinks: Vec::new(),
+            witnesses: Vec::new(),
         }
     }
 }
@@ -145,6 +152,8 @@ pub struct AuditSink {
     /// Names the sink's cursor file `DIR/cursors/NAME.json`; default `TYPE-N` (1-based).
     pub name: String,
     pub kind: SinkKind,
+    /// A witness: only checkpoints and key rotations are sent.
+    pub witness: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +176,9 @@ pub enum SinkKind {
     },
     /// The local systemd journal.
     Journald,
+    /// Appended to `DIR/witness-LOG_ID.jsonl` with an fsync per batch (a witness on another
+    /// volume or mount).
+    WitnessDir { path: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -47,6 +47,22 @@ pub struct RawAudit {
     pub record_arguments: Option<Spanned<bool>>,
     #[serde(default, deserialize_with = "in_sinks")]
     pub sinks: Option<Vec<RawSink>>,
+    pub key_epoch: Option<Spanned<Value>>,
+    #[serde(default, deserialize_with = "in_witness")]
+    pub witness: Option<Vec<RawWitness>>,
+}
+
+/// One `[[audit.witness]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWitness {
+    #[serde(rename = "type")]
+    pub kind: Str,
+    pub name: Option<Str>,
+    pub path: Option<Str>,
+    pub url: Option<Str>,
+    pub hmac_secret: Option<Str>,
+    pub ca_file: Option<Str>,
 }
 
 /// One `[[audit.sinks]]` entry; keys of the other sink types are refused during validation.
@@ -293,6 +309,7 @@ in_table!(in_servers, "servers", Named<RawServer>);
 in_table!(in_clients, "clients", Named<RawClient>);
 in_table!(in_audit, "audit", Option<RawAudit>);
 in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
+in_table!(in_witness, "witness", Option<Vec<RawWitness>>);
 in_table!(in_mounts, "mounts", Option<Spanned<Vec<RawMount>>>);
 in_table!(in_egress, "egress", Option<RawEgress>);
 in_table!(in_limits, "limits", Option<RawLimits>);

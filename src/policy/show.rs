@@ -338,7 +338,14 @@ fn audit(o: &mut String, a: &Audit) {
         format_duration(a.rotate_interval)
     );
     let _ = writeln!(o, "  record_arguments      {}", a.record_arguments);
-    for s in &a.sinks {
+    let _ = writeln!(
+        o,
+        "  key_epoch             {}",
+        a.key_epoch
+            .map(format_duration)
+            .unwrap_or_else(|| "off (one key for the life of the log)".into())
+    );
+    for s in a.sinks.iter().chain(&a.witnesses) {
         let what = match &s.kind {
             SinkKind::Syslog {
                 address,
@@ -362,8 +369,10 @@ fn audit(o: &mut String, a: &Audit) {
                 }
             ),
             SinkKind::Journald => "journald".to_string(),
+            SinkKind::WitnessDir { path } => format!("directory {}", path.display()),
         };
-        let _ = writeln!(o, "  sink {:<16} {what}", s.name);
+        let role = if s.witness { "witness" } else { "sink" };
+        let _ = writeln!(o, "  {role} {:<16} {what}", s.name);
     }
 }
 

@@ -380,6 +380,36 @@ fn audit_defaults_and_keys() {
 }
 
 #[test]
+fn key_epochs_and_witnesses_are_read() {
+    let p = parse(
+        &format!("{TIME}[audit]\nkey_epoch = \"15m\"\n[[audit.witness]]\ntype = \"dir\"\npath = \"/mnt/w\"\n[[audit.witness]]\ntype = \"http\"\nname = \"far\"\nurl = \"https://w.example.com/seals\"\n"),
+        "p.toml",
+    )
+    .unwrap();
+    assert_eq!(p.audit.key_epoch, Some(Duration::from_secs(900)));
+    assert_eq!(p.audit.witnesses.len(), 2);
+    assert!(p.audit.witnesses.iter().all(|w| w.witness));
+    assert_eq!(p.audit.witnesses[0].name, "witness-1");
+    assert_eq!(
+        p.audit.witnesses[0].kind,
+        SinkKind::WitnessDir {
+            path: PathBuf::from("/mnt/w")
+        }
+    );
+    assert!(show::render(&p).contains("witness far"));
+    let off = parse(&format!("{TIME}[audit]\nkey_epoch = \"off\"\n"), "p.toml").unwrap();
+    assert_eq!(off.audit.key_epoch, None);
+    assert_eq!(
+        parse(TIME, "p.toml").unwrap().audit.key_epoch,
+        Some(Duration::from_secs(3600))
+    );
+    let e = one_error(&format!("{TIME}[audit]\nkey_epoch = \"100ms\"\n"));
+    assert!(e.contains("at least"), "{e}");
+    let e = one_error(&format!("{TIME}[[audit.witness]]\ntype = \"dir\"\n"));
+    assert!(e.contains("needs `path`"), "{e}");
+}
+
+#[test]
 fn audit_errors_are_located() {
     let e = one_error(&format!("{TIME}[audit]\nfsynk = \"group\"\n"));
     assert!(
