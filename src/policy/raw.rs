@@ -48,8 +48,19 @@ pub struct RawAudit {
     #[serde(default, deserialize_with = "in_sinks")]
     pub sinks: Option<Vec<RawSink>>,
     pub key_epoch: Option<Spanned<Value>>,
+    #[serde(default, deserialize_with = "in_retention")]
+    pub retention: Option<Spanned<RawRetention>>,
     #[serde(default, deserialize_with = "in_witness")]
     pub witness: Option<Vec<RawWitness>>,
+}
+
+/// `[audit] retention = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub max_age: Option<Spanned<Value>>,
+    pub max_bytes: Option<Spanned<Value>>,
+    pub archive_dir: Option<Str>,
 }
 
 /// One `[[audit.witness]]` entry.
@@ -86,10 +97,12 @@ pub struct RawSink {
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     pub listen: Option<Str>,
+    pub admin_listen: Option<Str>,
     pub naming: Option<Str>,
     pub allowed_origins: Option<Vec<Str>>,
     pub allowed_hosts: Option<Vec<Str>>,
     pub max_body_bytes: Option<Spanned<Value>>,
+    pub max_message_bytes: Option<Spanned<Value>>,
     pub request_timeout: Option<Spanned<Value>>,
     pub session_idle_timeout: Option<Spanned<Value>>,
     pub unused_session_timeout: Option<Spanned<Value>>,
@@ -102,6 +115,9 @@ pub struct RawGateway {
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
     pub serial: Option<Spanned<u64>>,
+    pub list_changed_interval: Option<Spanned<Value>>,
+    pub unstable_list_changes: Option<Spanned<u64>>,
+    pub unstable_window: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -147,6 +163,8 @@ pub struct RawServer {
     pub cwd: Option<Str>,
     pub image: Option<Str>,
     pub user: Option<Str>,
+    /// A process server may run as uid 0 only with this set.
+    pub allow_root: Option<Spanned<bool>>,
     #[serde(default, deserialize_with = "in_mounts")]
     pub mounts: Option<Spanned<Vec<RawMount>>>,
     pub pool: Option<Spanned<u64>>,
@@ -170,6 +188,7 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
+    pub max_message_bytes: Option<Spanned<Value>>,
     pub roots: Option<Vec<Str>>,
     pub client_capabilities: Option<Vec<Str>>,
     pub log_rate: Option<Spanned<Value>>,
@@ -310,6 +329,7 @@ in_table!(in_clients, "clients", Named<RawClient>);
 in_table!(in_audit, "audit", Option<RawAudit>);
 in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
 in_table!(in_witness, "witness", Option<Vec<RawWitness>>);
+in_table!(in_retention, "retention", Option<Spanned<RawRetention>>);
 in_table!(in_mounts, "mounts", Option<Spanned<Vec<RawMount>>>);
 in_table!(in_egress, "egress", Option<RawEgress>);
 in_table!(in_limits, "limits", Option<RawLimits>);
