@@ -69,6 +69,8 @@ pub struct Metrics {
     upstream_starts: Family<AtomicU64>,
     upstream_up: Family<AtomicI64>,
     sessions: Family<AtomicI64>,
+    client_sessions: Family<AtomicI64>,
+    calls_queued: Family<AtomicI64>,
     sessions_expired: Family<AtomicU64>,
     server_stderr: Family<AtomicU64>,
     egress_denied: Family<AtomicU64>,
@@ -91,8 +93,10 @@ pub fn global() -> &'static Metrics {
         upstream_starts: family("Server instances started (processes or containers)."),
         upstream_up: family("Whether a shared server instance is up (1) or not (0)."),
         sessions: family("Open client sessions."),
+        client_sessions: family("Open sessions by client (all anonymous callers are the client `anonymous`)."),
+        calls_queued: family("Calls waiting for a call slot of a server (max_in_flight), by server and client."),
         server_stderr: family("Lines servers wrote on stderr, by server and outcome (logged, or suppressed beyond server_log_rate)."),
-        sessions_expired: family("Client sessions closed by the gateway for inactivity, by reason (idle: no request for session_idle_timeout; unused: only initialize and lists, then nothing for unused_session_timeout)."),
+        sessions_expired: family("Client sessions closed by the gateway, by reason (idle: no request for session_idle_timeout; unused: only initialize and lists, then nothing for unused_session_timeout; evicted: closed while idle to make room for another client's session when max_sessions was reached)."),
         egress_denied: family("Egress attempts denied by the firewall, by server."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
@@ -163,6 +167,23 @@ impl Metrics {
         self.sessions
             .get(Vec::new())
             .fetch_add(delta, Ordering::Relaxed);
+    }
+
+    /// Sets how many sessions `client` holds open.
+    pub fn client_sessions(&self, client: &str, open: usize) {
+        self.client_sessions
+            .get(vec![("client", client.to_owned())])
+            .store(i64::try_from(open).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Sets how many calls of `client` wait for a call slot of `server`.
+    pub fn calls_queued(&self, server: &str, client: &str, queued: usize) {
+        self.calls_queued
+            .get(vec![
+                ("server", server.to_owned()),
+                ("client", client.to_owned()),
+            ])
+            .store(i64::try_from(queued).unwrap_or(i64::MAX), Ordering::Relaxed);
     }
 
     pub fn session_expired(&self, reason: &'static str) {
@@ -258,6 +279,12 @@ impl Metrics {
         );
         gauge(&mut o, "portcullis_upstream_up", &self.upstream_up);
         gauge(&mut o, "portcullis_sessions_open", &self.sessions);
+        gauge(
+            &mut o,
+            "portcullis_client_sessions_open",
+            &self.client_sessions,
+        );
+        gauge(&mut o, "portcullis_calls_queued", &self.calls_queued);
         counter(
             &mut o,
             "portcullis_sessions_expired_total",

@@ -8,6 +8,7 @@ pub mod glob;
 pub mod import;
 pub mod location;
 pub mod model;
+pub mod quotas;
 mod raw;
 pub mod show;
 pub mod signature;
@@ -22,6 +23,7 @@ pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use glob::glob_match;
 pub use import::import;
 pub use model::*;
+pub use quotas::ClientQuotas;
 pub use validate::{
     is_server_name, parse_secret_ref, secret_refs, validate_host_port, DEFAULT_SERVER_LOG_RATE,
 };

@@ -590,6 +590,12 @@ pub struct Client {
     pub jwt_subject: Option<String>,
     /// This client's quota across all its calls.
     pub rate: Option<Rate>,
+    /// Sessions it may hold open at once; `None`: the default share ([`Policy::client_quotas`]).
+    pub max_sessions: Option<usize>,
+    /// How fast it may open sessions; `None`: the default.
+    pub session_rate: Option<Rate>,
+    /// Its share of a contended server's call slots against other clients'; `None`: 1.
+    pub weight: Option<u32>,
     /// `server__tool` patterns (`*` globs).
     pub allow: Vec<String>,
     pub deny: Vec<String>,

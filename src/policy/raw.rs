@@ -254,6 +254,9 @@ pub struct RawClient {
     pub token_sha256: Option<Str>,
     pub jwt_subject: Option<Str>,
     pub rate: Option<Spanned<Value>>,
+    pub max_sessions: Option<Spanned<u64>>,
+    pub session_rate: Option<Spanned<Value>>,
+    pub weight: Option<Spanned<u64>>,
     pub allow: Option<Vec<Str>>,
     pub deny: Option<Vec<Str>>,
 }

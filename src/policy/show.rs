@@ -328,9 +328,48 @@ pub fn render(p: &Policy) -> String {
             }
         );
         let _ = writeln!(o, "  deny                  {}", list(&c.deny));
+        quota_lines(&mut o, p, &c.name);
+    }
+    if !p.requires_auth() && !p.clients.contains_key("anonymous") {
+        let _ = writeln!(
+            o,
+            "\n[clients.anonymous]  (implicit: every caller, as no credentials are configured; one shared quota)"
+        );
+        quota_lines(&mut o, p, "anonymous");
     }
     audit(&mut o, &p.audit);
     o
+}
+
+/// A client's session quota, session rate and call-slot weight, defaults filled in.
+fn quota_lines(o: &mut String, p: &Policy, client: &str) {
+    let q = p.client_quotas(client);
+    let rate = p
+        .clients
+        .get(client)
+        .and_then(|c| c.rate)
+        .map_or("unlimited".to_string(), |r| {
+            format!("{} (burst {})", format_rate(r.count, r.per), r.burst)
+        });
+    let _ = writeln!(o, "  rate                  {rate}");
+    let _ = writeln!(
+        o,
+        "  max_sessions          {}{}",
+        q.max_sessions,
+        if q.max_sessions_set {
+            ""
+        } else {
+            " (default: 256, at most half of gateway.max_sessions)"
+        }
+    );
+    let r = q.session_rate;
+    let _ = writeln!(
+        o,
+        "  session_rate          {} (burst {})",
+        format_rate(r.count, r.per),
+        r.burst
+    );
+    let _ = writeln!(o, "  weight                {}", q.weight);
 }
 
 fn audit(o: &mut String, a: &Audit) {

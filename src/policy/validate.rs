@@ -107,7 +107,7 @@ pub fn validate(
     let mut clients = BTreeMap::new();
     let mut tokens: BTreeMap<String, String> = BTreeMap::new();
     for (name, rc) in raw.clients.0 {
-        if let Some(cl) = c.client(&name, rc, &server_names, &mut tokens) {
+        if let Some(cl) = c.client(&name, rc, &server_names, &mut tokens, gateway.max_sessions) {
             clients.insert(name.into_inner(), cl);
         }
     }
@@ -1144,6 +1144,7 @@ impl Checker<'_> {
         rc: RawClient,
         servers: &BTreeSet<String>,
         tokens: &mut BTreeMap<String, String>,
+        gateway_max_sessions: usize,
     ) -> Option<Client> {
         let n = name.get_ref();
         let before = self.diags.len();
@@ -1183,6 +1184,7 @@ impl Checker<'_> {
                 }
             }
         }
+        let quotas = self.client_quotas(n, &rc, gateway_max_sessions);
         if self.diags.len() != before {
             return None;
         }
@@ -1192,6 +1194,9 @@ impl Checker<'_> {
             token_sha256: rc.token_sha256.map(|t| t.into_inner()),
             jwt_subject: rc.jwt_subject.map(|t| t.into_inner()),
             rate,
+            max_sessions: quotas.max_sessions,
+            session_rate: quotas.session_rate,
+            weight: quotas.weight,
             allow,
             deny,
         })
