@@ -21,7 +21,11 @@ fn main() -> ExitCode {
     }
     let args = Cli::parse();
     match args.command {
-        Command::Policy(PolicyCommand::Check { file }) => cli::policy::check(&file),
+        Command::Policy(PolicyCommand::Check { file, pubkey }) => {
+            cli::policy::check(&file, pubkey.as_deref())
+        }
+        Command::Policy(PolicyCommand::Keygen { out }) => cli::policy_sign::keygen(&out),
+        Command::Policy(PolicyCommand::Sign { key, file }) => cli::policy_sign::sign(&key, &file),
         Command::Policy(PolicyCommand::Import { file }) => cli::policy::import(&file),
         Command::Policy(PolicyCommand::Show { file }) => cli::policy::show(&file),
         Command::Audit(cmd) => cli::audit::run(cmd),

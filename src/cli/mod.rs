@@ -9,6 +9,8 @@ pub mod firewall;
 pub mod health;
 pub mod instance;
 pub mod policy;
+pub mod policy_gate;
+pub mod policy_sign;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -108,7 +110,27 @@ pub fn token_new(client: &str) -> std::process::ExitCode {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy file; errors are printed as FILE:LINE:COLUMN.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        /// Also verify FILE.sig against this key (64 hex digits or a `.pub` file), as a gateway
+        /// started with --policy-pubkey would.
+        #[arg(long, value_name = "KEY")]
+        pubkey: Option<String>,
+    },
+    /// Write an Ed25519 policy signing key: PATH (private, 0600) and PATH.pub (hex), the key
+    /// for `serve --policy-pubkey`.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a policy file: writes FILE.sig, an Ed25519 signature over its exact bytes. The
+    /// policy must be valid and carry `[gateway] serial`.
+    Sign {
+        /// The private key from `portcullis policy keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        file: PathBuf,
+    },
     /// Convert a Claude `.mcp.json` or a `servers.json` into a policy (printed to stdout).
     Import { file: PathBuf },
     /// Print the effective policy with every default filled in.

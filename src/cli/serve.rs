@@ -54,6 +54,8 @@ pub struct ServeArgs {
     /// of the container's bridge networks may connect, so other containers are refused.
     #[arg(long, env = "PORTCULLIS_PUBLISHED_ON_HOST_LOOPBACK")]
     pub published_on_host_loopback: bool,
+    #[command(flatten)]
+    pub gate: super::policy_gate::PolicyGateArgs,
 }
 
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -70,10 +72,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         published_on_host_loopback: args.published_on_host_loopback,
         instance: args.instance.clone(),
+        gate: args.gate.gate()?,
     };
-    let (policy, text) = reload::load(args.policy.as_ref(), &overrides)?;
-    let sha256 = reload::text_sha256(&text);
-    tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, "policy loaded");
+    let admitted = reload::load(args.policy.as_ref(), &overrides).map_err(refused)?;
+    let (policy, sha256) = (admitted.policy.clone(), admitted.sha256.clone());
+    let serial = admitted.signed.as_ref().map(|s| s.serial);
+    tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, ?serial, "policy loaded");
     // Before anything is touched: this instance is ours, or the start is refused.
     let mut held = super::instance::hold(&policy, args.policy.as_deref()).await?;
     let instance = held.id.clone();
@@ -118,12 +122,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .await?;
     }
     trail
-        .record(AuditEvent::new(Kind::PolicyLoad).detail(format!(
-            "{} ({} servers: {}) sha256 {sha256}",
-            policy.origin,
-            policy.servers.len(),
-            policy.servers.keys().cloned().collect::<Vec<_>>().join(", ")
-        )))
+        .record(AuditEvent::new(Kind::PolicyLoad).detail(admitted.describe(&overrides.gate)))
         .await?;
     super::egress_watch::warn_about_policy(&policy);
     crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
@@ -182,8 +181,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let reloader = Reloader::new(
         args.policy.clone(),
         overrides,
-        policy.clone(),
-        &text,
+        admitted,
         runtime_generation,
         reload::Parts {
             router: router.clone(),
@@ -244,6 +242,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // The instance is free once everything of it is gone.
     drop(held);
     Ok(())
+}
+
+/// A refused policy as the binary's edge reports it: the policy's own diagnostics stay a
+/// `PolicyError` (printed as they are, one `FILE:LINE:COL: error:` per line).
+fn refused(e: reload::Refused) -> anyhow::Error {
+    match e {
+        reload::Refused::Policy(p) => p.into(),
+        other => other.into(),
+    }
 }
 
 /// Opens the audit log when the policy has it on, with every secret value the policy can name

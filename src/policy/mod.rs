@@ -11,6 +11,8 @@ pub mod model;
 pub mod quotas;
 mod raw;
 pub mod show;
+pub mod signature;
+pub mod trust;
 pub mod units;
 mod validate;
 mod validate_access;

@@ -253,6 +253,9 @@ pub struct Gateway {
     /// The gateway's instance id (`crate::instance`): names every kernel and Docker object it
     /// makes. `None`: derived from `state_dir`.
     pub instance: Option<String>,
+    /// The policy's version number (`[gateway] serial`). A gateway that requires signed
+    /// policies loads none without it and none whose serial is lower than the one in force.
+    pub serial: Option<u64>,
     /// How servers' list changes are paced and when a server counts as unstable.
     pub list_changes: ListChanges,
 }

@@ -115,6 +115,7 @@ pub struct RawGateway {
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
     pub instance: Option<Str>,
+    pub serial: Option<Spanned<u64>>,
     pub list_changed_interval: Option<Spanned<Value>>,
     pub unstable_list_changes: Option<Spanned<u64>>,
     pub unstable_window: Option<Spanned<Value>>,

@@ -119,6 +119,9 @@ pub fn render(p: &Policy) -> String {
             .as_deref()
             .unwrap_or("(derived from state_dir at start)")
     );
+    if let Some(serial) = g.serial {
+        let _ = writeln!(o, "  serial                {serial}");
+    }
     let lc = &g.list_changes;
     let _ = writeln!(
         o,

@@ -490,6 +490,7 @@ impl Checker<'_> {
             tls: g.tls.as_ref().map(|t| self.tls(t)),
             state_dir: self.state_dir.clone(),
             instance,
+            serial: self.count(&g.serial, "serial", (0, i64::MAX as u64)),
             list_changes: self.list_changes(&g),
         };
         (gw, naming_at)

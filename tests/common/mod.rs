@@ -206,7 +206,30 @@ impl Gateway {
             std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
                 .expect("chmod policy dir");
         }
-        let mut cmd = Self::command(bin, &path, env, uid, netns, args);
+        let cmd = Self::command(bin, &path, env, uid, netns, args);
+        Self::started(cmd, dir)
+    }
+
+    /// Starts `portcullis serve --policy PATH ARGS...` on a policy the caller prepared in `dir`
+    /// (kept until the gateway is dropped); waits for the listening banner, not for `/ready`.
+    pub fn launch(
+        dir: tempfile::TempDir,
+        path: &Path,
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+        args: &[&str],
+    ) -> Gateway {
+        if uid.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod policy dir");
+        }
+        let cmd = Self::command(&gateway_bin(), path, env, uid, None, args);
+        Self::started(cmd, dir)
+    }
+
+    /// Spawns `cmd` and waits for the listening banner; `dir` lives as long as the gateway.
+    fn started(mut cmd: Command, dir: tempfile::TempDir) -> Gateway {
         let mut child = cmd.spawn().expect("start gateway");
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("stderr");
