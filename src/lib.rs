@@ -14,6 +14,7 @@ pub mod egress;
 pub mod fuzzing;
 pub mod mcp;
 pub mod metrics;
+pub mod openapi;
 pub mod policy;
 pub mod reload;
 pub mod router;
