@@ -16,8 +16,8 @@ pub struct Answer<'a> {
     pub reason: &'a str,
     pub content_type: Option<&'a str>,
     pub body: &'a str,
-    /// The body was not text (it is then not quoted).
-    pub binary: bool,
+    /// The body was not text: its length (it is then not quoted, and `body` is empty).
+    pub binary: Option<usize>,
 }
 
 /// The `CallToolResult` for `answer`.
@@ -26,8 +26,8 @@ pub fn result(tool: &Tool, answer: &Answer<'_>) -> Value {
         .trim_end()
         .to_owned();
     let ct = answer.content_type.unwrap_or("no content type");
-    if answer.binary {
-        let text = format!("{status}: {} bytes of `{ct}`, not shown", answer.body.len());
+    if let Some(len) = answer.binary {
+        let text = format!("{status}: {len} bytes of `{ct}`, not shown");
         return error_or_text(!(200..300).contains(&answer.status), text);
     }
     if !(200..300).contains(&answer.status) {

@@ -328,7 +328,7 @@ fn results_carry_structured_content_and_errors_carry_the_status() {
                 reason: "OK",
                 content_type: Some(ct),
                 body,
-                binary: false,
+                binary: None,
             },
         )
     };

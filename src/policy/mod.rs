@@ -14,6 +14,7 @@ mod validate;
 mod validate_access;
 mod validate_audit;
 mod validate_oauth;
+mod validate_openapi;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use import::import;

@@ -37,6 +37,15 @@ const MAX_POOL: u64 = 32;
 const PROCESS_KEYS: &[&str] = &["command", "args", "env", "cwd"];
 const DOCKER_KEYS: &[&str] = &["image", "command", "env", "user", "mounts", "pool"];
 const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file", "oauth"];
+const OPENAPI_KEYS: &[&str] = &[
+    "spec",
+    "base_url",
+    "headers",
+    "ca_file",
+    "oauth",
+    "operations",
+    "max_response_bytes",
+];
 
 pub(super) struct Checker<'a> {
     src: &'a str,
@@ -455,15 +464,16 @@ impl Checker<'_> {
             "process" => PROCESS_KEYS,
             "docker" => DOCKER_KEYS,
             "remote" => REMOTE_KEYS,
+            "openapi" => OPENAPI_KEYS,
             other => {
                 self.error(
                     rs.runtime.span().start,
-                    format!("unknown runtime \"{other}\" in [servers.{n}]; use \"process\", \"docker\" or \"remote\""),
+                    format!("unknown runtime \"{other}\" in [servers.{n}]; use \"process\", \"docker\", \"remote\" or \"openapi\""),
                 );
                 return None;
             }
         };
-        let present: [(&str, Option<usize>); 12] = [
+        let present: [(&str, Option<usize>); 16] = [
             ("command", rs.command.as_ref().map(|v| v.span().start)),
             ("args", rs.args.as_ref().map(|v| v.span().start)),
             ("env", rs.env.as_ref().map(|v| v.span().start)),
@@ -476,6 +486,13 @@ impl Checker<'_> {
             ("headers", rs.headers.as_ref().map(|v| v.span().start)),
             ("ca_file", rs.ca_file.as_ref().map(|v| v.span().start)),
             ("oauth", rs.oauth.as_ref().map(|v| v.span().start)),
+            ("spec", rs.spec.as_ref().map(|v| v.span().start)),
+            ("base_url", rs.base_url.as_ref().map(|v| v.span().start)),
+            ("operations", rs.operations.as_ref().map(|v| v.span().start)),
+            (
+                "max_response_bytes",
+                rs.max_response_bytes.as_ref().map(|v| v.span().start),
+            ),
         ];
         for (key, at) in present {
             if let (Some(at), false) = (at, allowed.contains(&key)) {
@@ -483,6 +500,7 @@ impl Checker<'_> {
                     ("process", PROCESS_KEYS),
                     ("docker", DOCKER_KEYS),
                     ("remote", REMOTE_KEYS),
+                    ("openapi", OPENAPI_KEYS),
                 ]
                 .iter()
                 .filter(|(_, keys)| keys.contains(&key))
@@ -512,6 +530,7 @@ impl Checker<'_> {
         let runtime = match rt {
             "process" => self.process(n, &rs, env),
             "docker" => self.docker(n, &rs, env),
+            "openapi" => self.openapi(n, &rs, &secrets, &egress),
             _ => self.remote(n, &rs, &secrets, &egress),
         };
 
@@ -523,10 +542,10 @@ impl Checker<'_> {
             None | Some(("shared", _)) => Lifecycle::Shared,
             Some((l @ ("per-session" | "per-call"), at)) => {
                 // A remote server is one endpoint: the gateway cannot start copies of it.
-                if rt == "remote" {
+                if rt == "remote" || rt == "openapi" {
                     self.error(
                         self.key_at(at, "lifecycle"),
-                        format!("lifecycle = \"{l}\" needs a runtime the gateway starts itself (\"docker\" or \"process\"); [servers.{n}] is \"remote\", so use lifecycle = \"shared\""),
+                        format!("lifecycle = \"{l}\" needs a runtime the gateway starts itself (\"docker\" or \"process\"); [servers.{n}] is \"{rt}\", so use lifecycle = \"shared\""),
                     );
                 }
                 if l == "per-session" {
@@ -808,11 +827,29 @@ impl Checker<'_> {
                 None
             }
         };
+        let (headers, ca_file, oauth) =
+            self.http_credentials(n, rs, secrets, egress, url.as_deref());
+        Some(Runtime::Remote(RemoteSpec {
+            url: url?,
+            headers,
+            ca_file,
+            oauth,
+        }))
+    }
+
+    /// `headers`, `ca_file` and `oauth` of a server the gateway reaches over HTTP (`remote`,
+    /// `openapi`); `url` is where requests go.
+    pub(super) fn http_credentials(
+        &mut self,
+        n: &str,
+        rs: &RawServer,
+        secrets: &BTreeMap<String, SecretRef>,
+        egress: &Egress,
+        url: Option<&str>,
+    ) -> (BTreeMap<String, String>, Option<PathBuf>, Option<OAuth>) {
         // Plain http may carry secrets only to a loopback address: those bytes never leave
         // the machine (this is how a sidecar or a test server on 127.0.0.1 is reached).
-        let plain_http = url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("http://") && !is_loopback_url(u));
+        let plain_http = url.is_some_and(|u| u.starts_with("http://") && !is_loopback_url(u));
         let mut headers = BTreeMap::new();
         for (k, v) in rs.headers.iter().flat_map(|h| h.get_ref().iter()) {
             let name = k.get_ref();
@@ -856,12 +893,7 @@ impl Checker<'_> {
             }
             None => None,
         };
-        Some(Runtime::Remote(RemoteSpec {
-            url: url?,
-            headers,
-            ca_file,
-            oauth,
-        }))
+        (headers, ca_file, oauth)
     }
 
     fn roots(&mut self, v: &Option<Vec<Str>>) -> Vec<String> {
@@ -1154,7 +1186,7 @@ pub(super) fn private_target_rule(u: &str, egress: &Egress) -> Option<(std::net:
     Some((ip, rule))
 }
 
-fn unreachable_without_rule(u: &str, egress: &Egress) -> Option<String> {
+pub(super) fn unreachable_without_rule(u: &str, egress: &Egress) -> Option<String> {
     let (ip, rule) = private_target_rule(u, egress)?;
     Some(format!(
         "url \"{u}\" names {ip}, a private/loopback address that remote servers may reach only when an egress rule allows it; every connection would be refused. add egress.allow = [\"{rule}\"]"

@@ -150,8 +150,12 @@ impl Supervisor {
         let redactor = Arc::new(Redactor::new(
             secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         ));
-        if matches!(self.server.runtime, crate::policy::Runtime::Remote(_)) {
-            return self.start_remote(&secrets, redactor).await;
+        match self.server.runtime {
+            crate::policy::Runtime::Remote(_) => {
+                return self.start_remote(&secrets, redactor).await
+            }
+            crate::policy::Runtime::OpenApi(_) => return self.start_openapi(&secrets, redactor),
+            _ => {}
         }
         let ctx = SpawnContext {
             secrets,
@@ -315,6 +319,41 @@ impl Supervisor {
         })
     }
 
+    /// Starts an openapi server. There is no handshake: the gateway makes the server itself,
+    /// and the "instance" runs until it is stopped (a failing API fails calls, not the server).
+    fn start_openapi(
+        &self,
+        secrets: &[(String, String)],
+        redactor: Arc<Redactor>,
+    ) -> Result<Running, String> {
+        let (api, conn, info) = super::openapi::start(
+            &self.server,
+            self.source.clone(),
+            self.events.clone(),
+            secrets,
+            redactor.clone(),
+        )
+        .map_err(|e| redactor.redact(&e).into_owned())?;
+        let mut dead = api.dead();
+        let reader = tokio::spawn(async move {
+            match dead.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => "stopped".to_owned(),
+            }
+        });
+        if let Ok(mut c) = self.connection.lock() {
+            *c = Some(conn.clone());
+        }
+        Ok(Running {
+            conn,
+            reader,
+            spawned_desc: api.describe(),
+            instance: Box::new(OpenApiInstance { api }),
+            info: Arc::new(info),
+            stderr_task: None,
+        })
+    }
+
     fn resolve_secrets(&self) -> Result<Vec<(String, String)>, String> {
         self.server
             .secrets
@@ -360,6 +399,32 @@ impl crate::sandbox::Instance for RemoteInstance {
 
     fn kill(&mut self) -> crate::sandbox::BoxFuture<'_, ()> {
         Box::pin(async move { self.remote.close().await })
+    }
+}
+
+/// An openapi server, seen as an instance the supervisor watches.
+struct OpenApiInstance {
+    api: Arc<super::openapi::OpenApi>,
+}
+
+impl crate::sandbox::Instance for OpenApiInstance {
+    fn describe(&self) -> String {
+        self.api.describe()
+    }
+
+    fn wait(&mut self) -> crate::sandbox::BoxFuture<'_, String> {
+        let mut dead = self.api.dead();
+        Box::pin(async move {
+            match dead.wait_for(Option::is_some).await {
+                Ok(reason) => reason.clone().unwrap_or_default(),
+                Err(_) => "stopped".to_owned(),
+            }
+        })
+    }
+
+    fn kill(&mut self) -> crate::sandbox::BoxFuture<'_, ()> {
+        self.api.close();
+        Box::pin(async {})
     }
 }
 

@@ -5,6 +5,7 @@ pub mod client;
 pub mod docker;
 pub mod netlab;
 pub mod remote;
+pub mod rest;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};

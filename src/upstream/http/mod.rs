@@ -10,9 +10,9 @@
 //! else: they are marked sensitive, never logged, and scrubbed from any error text. With
 //! `oauth`, an access token the gateway obtained itself goes in `Authorization` (see [`oauth`]).
 
-mod connector;
+pub(super) mod connector;
 pub mod egress;
-mod oauth;
+pub(super) mod oauth;
 pub mod sse;
 
 use std::sync::{Arc, Mutex};
@@ -54,7 +54,7 @@ const GET_REOPEN: Duration = Duration::from_secs(1);
 /// Longest error-body excerpt quoted in an error.
 const ERROR_EXCERPT: usize = 300;
 
-type HttpClient = Client<connector::Connector, Full<Bytes>>;
+pub(super) type HttpClient = Client<connector::Connector, Full<Bytes>>;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -102,7 +102,7 @@ fn spec(server: &Server) -> Result<&RemoteSpec, String> {
 }
 
 /// Replaces every `${secret:NAME}` in a header template with the secret's value.
-fn render(template: &str, secrets: &[(String, String)]) -> Result<String, String> {
+pub(super) fn render(template: &str, secrets: &[(String, String)]) -> Result<String, String> {
     let mut out = String::with_capacity(template.len());
     let mut rest = template;
     while let Some(i) = rest.find("${secret:") {
@@ -124,6 +124,53 @@ fn render(template: &str, secrets: &[(String, String)]) -> Result<String, String
     Ok(out)
 }
 
+/// The policy's `headers` with their `${secret:NAME}`s filled in, marked sensitive.
+pub(super) fn configured_headers(
+    templates: &std::collections::BTreeMap<String, String>,
+    secrets: &[(String, String)],
+) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::new();
+    for (name, template) in templates {
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| format!("invalid header name `{name}`"))?;
+        let value = render(template, secrets)?;
+        // The error must not quote the value: it holds a secret.
+        let mut value = HeaderValue::from_str(&value)
+            .map_err(|_| format!("header `{name}` has a value that is not valid in HTTP"))?;
+        value.set_sensitive(true);
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
+/// The HTTP client of a server the gateway reaches itself: dials only what the server's
+/// egress rules allow, verifies TLS (system roots or `ca_file`); with `oauth`, the source of
+/// its access tokens (fetched through the same client, so under the same rules).
+pub(super) fn client(
+    server: &Server,
+    ca_file: Option<&std::path::Path>,
+    oauth: Option<&crate::policy::OAuth>,
+    secrets: &[(String, String)],
+    redactor: &Arc<Redactor>,
+) -> Result<(HttpClient, Option<Arc<oauth::TokenSource>>), String> {
+    let tls = connector::tls_config(ca_file).map_err(|e| e.to_string())?;
+    let egress = egress::Egress::new(server.egress.allow.clone());
+    let client: HttpClient = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .build(connector::Connector::new(egress, tls, ca_file.is_some()));
+    let oauth = match oauth {
+        Some(o) => Some(Arc::new(oauth::TokenSource::new(
+            &server.name,
+            o,
+            secrets,
+            client.clone(),
+            redactor.clone(),
+        )?)),
+        None => None,
+    };
+    Ok((client, oauth))
+}
+
 /// Connects to a remote server: builds the client, tries Streamable HTTP, falls back to the
 /// legacy HTTP+SSE transport, and starts the tasks that carry messages.
 pub(super) async fn connect(
@@ -138,36 +185,14 @@ pub(super) async fn connect(
         .url
         .parse()
         .map_err(|e| format!("invalid url `{}`: {e}", spec.url))?;
-    let mut headers = HeaderMap::new();
-    for (name, template) in &spec.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name `{name}`"))?;
-        let value = render(template, secrets)?;
-        // The error must not quote the value: it holds a secret.
-        let mut value = HeaderValue::from_str(&value)
-            .map_err(|_| format!("header `{name}` has a value that is not valid in HTTP"))?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
-    let tls = connector::tls_config(spec.ca_file.as_deref()).map_err(|e| e.to_string())?;
-    let egress = egress::Egress::new(server.egress.allow.clone());
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector::Connector::new(
-            egress.clone(),
-            tls.clone(),
-            spec.ca_file.is_some(),
-        ));
-    let oauth = match &spec.oauth {
-        Some(o) => Some(Arc::new(oauth::TokenSource::new(
-            &server.name,
-            o,
-            secrets,
-            client.clone(),
-            redactor.clone(),
-        )?)),
-        None => None,
-    };
+    let headers = configured_headers(&spec.headers, secrets)?;
+    let (client, oauth) = client(
+        server,
+        spec.ca_file.as_deref(),
+        spec.oauth.as_ref(),
+        secrets,
+        &redactor,
+    )?;
     let (conn, outbox) = Connection::detached();
     let (dead, _) = watch::channel(None);
     let remote = Arc::new(Remote {
@@ -212,7 +237,7 @@ pub(super) async fn connect(
 }
 
 /// Why a request got no HTTP answer.
-enum SendError {
+pub(super) enum SendError {
     /// The server could not be reached, or did not answer in time.
     Connection(String),
     /// No access token could be obtained for it (the server itself may be fine).
@@ -228,7 +253,7 @@ impl From<SendError> for String {
 }
 
 /// A copy of a request with `Authorization: Bearer token`.
-fn with_bearer(
+pub(super) fn with_bearer(
     parts: &http::request::Parts,
     body: Full<Bytes>,
     token: &str,
@@ -245,6 +270,65 @@ fn with_bearer(
     *req.headers_mut() = parts.headers.clone();
     req.headers_mut().insert(AUTHORIZATION, value);
     Ok(req)
+}
+
+/// Sends requests with a server's client and, when `oauth` is configured, its access token.
+pub(super) struct Sender<'a> {
+    pub client: &'a HttpClient,
+    pub oauth: Option<&'a oauth::TokenSource>,
+    pub redactor: &'a Redactor,
+}
+
+impl Sender<'_> {
+    /// Sends a request, with the access token when `oauth` is configured. A 401 gets one new
+    /// token and one retry: a token refused twice is a configuration problem (scope, audience),
+    /// not an expiry, and retrying further would only hammer the authorization server.
+    pub(super) async fn send(
+        &self,
+        req: Request<Full<Bytes>>,
+        limit: Duration,
+    ) -> Result<http::Response<Incoming>, SendError> {
+        let Some(oauth) = self.oauth else {
+            return self
+                .send_once(req, limit)
+                .await
+                .map_err(SendError::Connection);
+        };
+        let (parts, body) = req.into_parts();
+        let token = oauth
+            .bearer()
+            .await
+            .map_err(|e| SendError::Token(e.to_string()))?;
+        let first = with_bearer(&parts, body.clone(), &token)?;
+        let resp = self
+            .send_once(first, limit)
+            .await
+            .map_err(SendError::Connection)?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        drop(resp);
+        let token = oauth
+            .renew(&token)
+            .await
+            .map_err(|e| SendError::Token(e.to_string()))?;
+        let retry = with_bearer(&parts, body, &token)?;
+        self.send_once(retry, limit)
+            .await
+            .map_err(SendError::Connection)
+    }
+
+    async fn send_once(
+        &self,
+        req: Request<Full<Bytes>>,
+        limit: Duration,
+    ) -> Result<http::Response<Incoming>, String> {
+        match tokio::time::timeout(limit, self.client.request(req)).await {
+            Ok(Ok(r)) => Ok(r),
+            Ok(Err(e)) => Err(self.redactor.redact(&error_chain(&e)).into_owned()),
+            Err(_) => Err(format!("no response within {}s", limit.as_secs())),
+        }
+    }
 }
 
 /// How a POST went, as far as the sender cares.
@@ -325,54 +409,17 @@ impl Remote {
             .map_err(|e| format!("cannot build the request: {e}"))
     }
 
-    /// Sends a request, with the access token when `oauth` is configured. A 401 gets one new
-    /// token and one retry: a token refused twice is a configuration problem (scope, audience),
-    /// not an expiry, and retrying further would only hammer the authorization server.
     async fn send(
         &self,
         req: Request<Full<Bytes>>,
         limit: Duration,
     ) -> Result<http::Response<Incoming>, SendError> {
-        let Some(oauth) = &self.oauth else {
-            return self
-                .send_once(req, limit)
-                .await
-                .map_err(SendError::Connection);
+        let sender = Sender {
+            client: &self.client,
+            oauth: self.oauth.as_deref(),
+            redactor: &self.redactor,
         };
-        let (parts, body) = req.into_parts();
-        let token = oauth
-            .bearer()
-            .await
-            .map_err(|e| SendError::Token(e.to_string()))?;
-        let first = with_bearer(&parts, body.clone(), &token)?;
-        let resp = self
-            .send_once(first, limit)
-            .await
-            .map_err(SendError::Connection)?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return Ok(resp);
-        }
-        drop(resp);
-        let token = oauth
-            .renew(&token)
-            .await
-            .map_err(|e| SendError::Token(e.to_string()))?;
-        let retry = with_bearer(&parts, body, &token)?;
-        self.send_once(retry, limit)
-            .await
-            .map_err(SendError::Connection)
-    }
-
-    async fn send_once(
-        &self,
-        req: Request<Full<Bytes>>,
-        limit: Duration,
-    ) -> Result<http::Response<Incoming>, String> {
-        match tokio::time::timeout(limit, self.client.request(req)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(self.redact(&error_chain(&e))),
-            Err(_) => Err(format!("no response within {}s", limit.as_secs())),
-        }
+        sender.send(req, limit).await
     }
 
     /// The Streamable HTTP handshake: POST initialize, read the answer (JSON or SSE), keep the
@@ -945,7 +992,7 @@ impl SseReader {
 
 /// An error with its causes (hyper's top-level messages, like "client error (Connect)", say
 /// little on their own).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
