@@ -344,3 +344,81 @@ async fn private_addresses_need_an_egress_rule_and_slow_apis_time_out() {
     let r = c.call_tool("getPet", json!({"pet_id": 1})).await;
     assert_eq!(r["result"]["structuredContent"]["name"], "Rex", "{r}");
 }
+
+/// Runs `portcullis policy ARGS` on a policy whose openapi server reads `spec` (YAML text).
+fn policy_cli(cmd: &str, spec: &str, server_extra: &str) -> (i32, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    if !spec.is_empty() {
+        std::fs::write(dir.path().join("api.yaml"), spec).unwrap();
+    }
+    let policy = dir.path().join("policy.toml");
+    std::fs::write(
+        &policy,
+        format!(
+            "[servers.api]\nruntime = \"openapi\"\nspec = \"api.yaml\"\nbase_url = \"https://api.example.com/v1\"\n{server_extra}\n"
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(common::gateway_bin())
+        .args(["policy", cmd])
+        .arg(&policy)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+const GOOD: &str = "openapi: 3.0.3\ninfo: {title: Demo, version: '2'}\npaths:\n  /items/{id}:\n    get:\n      operationId: getItem\n      parameters: [{name: id, in: path, required: true, schema: {type: string}}]\n      responses: {'200': {description: ok}}\n    delete:\n      responses: {'204': {description: gone}}\n";
+
+#[test]
+fn policy_check_and_show_read_the_document() {
+    let (code, out, err) = policy_cli("check", GOOD, "");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("ok (1 server: api)"), "{out}");
+    let (code, out, err) = policy_cli("show", GOOD, "tools = { deny = [\"delete_*\"] }");
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("runtime               openapi"), "{out}");
+    assert!(out.contains("api                   Demo 2 (2 tools)"), "{out}");
+    assert!(out.contains("tool                  getItem = GET /items/{id}"), "{out}");
+    assert!(
+        out.contains("tool                  delete_items_id = DELETE /items/{id} (hidden by tools)"),
+        "{out}"
+    );
+}
+
+#[test]
+fn policy_check_names_where_a_document_is_wrong() {
+    // An unknown $ref: the policy line of `spec`, the document, and the JSON pointer.
+    let bad = GOOD.replace("{type: string}", "{$ref: '#/components/schemas/Id'}");
+    let (code, _, err) = policy_cli("check", &bad, "");
+    assert_eq!(code, 1);
+    assert!(err.contains("policy.toml:3:8"), "{err}");
+    assert!(
+        err.contains("api.yaml` at /paths/~1items~1{id}/get/parameters/0/schema/$ref: unknown `$ref` \"#/components/schemas/Id\""),
+        "{err}"
+    );
+    // YAML that does not parse: its own line.
+    let (code, _, err) = policy_cli("check", "openapi: 3.1.0\ninfo: [oops\n", "");
+    assert_eq!(code, 1);
+    assert!(err.contains("not valid YAML") && err.contains("line 3"), "{err}");
+    // Structure: a parameter in a place OpenAPI does not have.
+    let (code, _, err) = policy_cli("check", &GOOD.replace("in: path", "in: body"), "");
+    assert_eq!(code, 1);
+    assert!(err.contains("/paths/~1items~1{id}/get/parameters/0"), "{err}");
+    // An operations entry that names nothing (a typo in deny would expose the operation).
+    let (code, _, err) = policy_cli("check", GOOD, "operations = { deny = [\"getItems\"] }");
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("policy.toml:5:24")
+            && err.contains("operations.deny entry \"getItems\"")
+            && err.contains("getItem (GET /items/{id})"),
+        "{err}"
+    );
+    // A missing document.
+    let (code, _, err) = policy_cli("check", "", "");
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot read OpenAPI document"), "{err}");
+}
