@@ -133,7 +133,11 @@ fn openapi_tools_inputs() {
             })
         })
         .count();
-    assert_eq!(with_tools, seeds.len(), "every seed is a document that makes tools");
+    assert_eq!(
+        with_tools,
+        seeds.len(),
+        "every seed is a document that makes tools"
+    );
 }
 
 #[test]

@@ -6,6 +6,7 @@
 //! is sent but never logged, audited or shown.
 
 mod common;
+mod oauth_support;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -381,10 +382,18 @@ fn policy_check_and_show_read_the_document() {
     let (code, out, err) = policy_cli("show", GOOD, "tools = { deny = [\"delete_*\"] }");
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("runtime               openapi"), "{out}");
-    assert!(out.contains("api                   Demo 2 (2 tools)"), "{out}");
-    assert!(out.contains("tool                  getItem = GET /items/{id}"), "{out}");
     assert!(
-        out.contains("tool                  delete_items_id = DELETE /items/{id} (hidden by tools)"),
+        out.contains("api                   Demo 2 (2 tools)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("tool                  getItem = GET /items/{id}"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "tool                  delete_items_id = DELETE /items/{id} (hidden by tools)"
+        ),
         "{out}"
     );
 }
@@ -403,11 +412,17 @@ fn policy_check_names_where_a_document_is_wrong() {
     // YAML that does not parse: its own line.
     let (code, _, err) = policy_cli("check", "openapi: 3.1.0\ninfo: [oops\n", "");
     assert_eq!(code, 1);
-    assert!(err.contains("not valid YAML") && err.contains("line 3"), "{err}");
+    assert!(
+        err.contains("not valid YAML") && err.contains("line 3"),
+        "{err}"
+    );
     // Structure: a parameter in a place OpenAPI does not have.
     let (code, _, err) = policy_cli("check", &GOOD.replace("in: path", "in: body"), "");
     assert_eq!(code, 1);
-    assert!(err.contains("/paths/~1items~1{id}/get/parameters/0"), "{err}");
+    assert!(
+        err.contains("/paths/~1items~1{id}/get/parameters/0"),
+        "{err}"
+    );
     // An operations entry that names nothing (a typo in deny would expose the operation).
     let (code, _, err) = policy_cli("check", GOOD, "operations = { deny = [\"getItems\"] }");
     assert_eq!(code, 1);
@@ -421,4 +436,62 @@ fn policy_check_names_where_a_document_is_wrong() {
     let (code, _, err) = policy_cli("check", "", "");
     assert_eq!(code, 1);
     assert!(err.contains("cannot read OpenAPI document"), "{err}");
+}
+
+#[tokio::test]
+async fn oauth_tokens_are_fetched_sent_and_never_shown() {
+    let Some(api) = RestApi::start("http://evil.invalid/") else {
+        return;
+    };
+    let auth = oauth_support::AuthServer::start("gw-client", "cs-openapi-41d2", None);
+    let spec = api.spec_file();
+    let text = policy(&spec, &api, "")
+        .replace("headers = {", "# headers = {")
+        .replace(
+            "secrets = { API_TOKEN = \"env:PETS_API_TOKEN\" }",
+            &format!(
+                "secrets = {{ CS = \"env:PETS_CLIENT_SECRET\" }}\noauth = {{ token_url = \"{}\", client_id = \"gw-client\", client_secret = \"${{secret:CS}}\" }}",
+                auth.token_url()
+            ),
+        )
+        .replace(
+            &format!("\"127.0.0.1/32:{}\"", api.port),
+            &format!("\"127.0.0.1/32:{}\", \"127.0.0.1/32:{}\"", api.port, auth.port()),
+        )
+        .replace("[audit]", "[audit]\n# state below the policy\n")
+        .replace("[gateway]", "[gateway]\nstate_dir = \"{tmp}/state\"");
+    let gw = Gateway::start_with(&text, &[("PETS_CLIENT_SECRET", "cs-openapi-41d2")]);
+    let mut c = client(&gw).await;
+    let r = c.call_tool("getPet", json!({"pet_id": 1})).await;
+    assert_eq!(r["result"]["structuredContent"]["name"], "Rex", "{r}");
+    let issued = auth.issued();
+    assert!(!issued.is_empty(), "no token was issued");
+    let sent = api
+        .requests()
+        .into_iter()
+        .find(|r| r["path"] == "/pets/1")
+        .expect("the API saw the call");
+    let bearer = sent["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        issued.iter().any(|t| bearer == format!("Bearer {t}")),
+        "{bearer}"
+    );
+    // The API echoes the token: the client sees it redacted; no log or audit record has it.
+    let r = c.call_tool("whoAmI", json!({})).await;
+    let shown = r.to_string();
+    let log = gw.stderr();
+    let audit = all_text(&gw.dir().join("audit"));
+    assert!(shown.contains("Bearer [REDACTED:"), "{shown}");
+    for t in &issued {
+        assert!(
+            !shown.contains(t.as_str()),
+            "token shown to the client: {shown}"
+        );
+        assert!(!log.contains(t.as_str()), "token in the gateway's log");
+        assert!(!audit.contains(t.as_str()), "token in the audit log");
+    }
+    assert!(!log.contains("cs-openapi-41d2") && !audit.contains("cs-openapi-41d2"));
 }

@@ -35,7 +35,11 @@ pub fn openapi_tools(data: &[u8]) {
             "tool name {:?}",
             tool.name
         );
-        assert!(names.insert(tool.name.clone()), "duplicate tool {}", tool.name);
+        assert!(
+            names.insert(tool.name.clone()),
+            "duplicate tool {}",
+            tool.name
+        );
         assert_eq!(tool.definition["inputSchema"]["type"], "object");
         let mut args = Map::new();
         for p in &tool.params {
@@ -58,7 +62,10 @@ pub fn openapi_tools(data: &[u8]) {
 }
 
 fn args_of(v: Value, tool: &crate::openapi::Tool) -> Map<String, Value> {
-    tool.params.iter().map(|p| (p.arg.clone(), v.clone())).collect()
+    tool.params
+        .iter()
+        .map(|p| (p.arg.clone(), v.clone()))
+        .collect()
 }
 
 /// Nothing the arguments added climbs the path, starts a fragment, or breaks the URL.
@@ -71,7 +78,10 @@ fn check_request(template: &str, path_and_query: &str) {
         );
     }
     if !template.contains('#') && !template.contains('?') {
-        assert!(!path_and_query.contains('#'), "a fragment in {path_and_query}");
+        assert!(
+            !path_and_query.contains('#'),
+            "a fragment in {path_and_query}"
+        );
         assert_eq!(
             path_and_query.matches('?').count(),
             usize::from(path_and_query.contains('?')),
@@ -80,7 +90,9 @@ fn check_request(template: &str, path_and_query: &str) {
     }
     if template.bytes().all(|b| b.is_ascii_graphic()) {
         assert!(
-            format!("http://h{path_and_query}").parse::<http::Uri>().is_ok(),
+            format!("http://h{path_and_query}")
+                .parse::<http::Uri>()
+                .is_ok(),
             "not a URL: {path_and_query}"
         );
     }
