@@ -228,13 +228,19 @@ async fn operations_allow_and_deny_choose_the_tools() {
 }
 
 #[tokio::test]
-async fn every_parameter_style_of_a_yaml_30_document_round_trips() {
+async fn every_parameter_style_round_trips_with_30_yaml_and_31_json() {
     let Some(api) = RestApi::start("http://evil.invalid/") else {
         return;
     };
-    let spec = common::repo_root().join("tests/openapi/styles-3.0.yaml");
-    let gw = Gateway::start_with(&policy(&spec, &api, ""), &[("PETS_API_TOKEN", SECRET)]);
-    let mut c = client(&gw).await;
+    for doc in ["styles-3.0.yaml", "styles-3.1.json"] {
+        let spec = common::repo_root().join("tests/openapi").join(doc);
+        let gw = Gateway::start_with(&policy(&spec, &api, ""), &[("PETS_API_TOKEN", SECRET)]);
+        round_trip(&gw).await;
+    }
+}
+
+async fn round_trip(gw: &Gateway) {
+    let mut c = client(gw).await;
     let echo = |r: &Value| -> Value {
         assert!(!is_error(r), "{r}");
         r["result"]["structuredContent"].clone()

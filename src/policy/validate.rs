@@ -810,18 +810,7 @@ impl Checker<'_> {
         egress: &Egress,
     ) -> Option<Runtime> {
         let url = match &rs.url {
-            Some(u) => match check_url(u.get_ref()) {
-                Ok(()) => {
-                    if let Some(why) = unreachable_without_rule(u.get_ref(), egress) {
-                        self.error(u.span().start, format!("[servers.{n}] {why}"));
-                    }
-                    Some(u.get_ref().clone())
-                }
-                Err(e) => {
-                    self.error(u.span().start, e);
-                    None
-                }
-            },
+            Some(u) => self.endpoint_url(n, u, egress, "url"),
             None => {
                 self.error(self.server_at(rs), format!("[servers.{n}] has runtime = \"remote\" but no `url`; add url = \"https://...\""));
                 None
@@ -835,6 +824,33 @@ impl Checker<'_> {
             ca_file,
             oauth,
         }))
+    }
+
+    /// A server's `url` (or `base_url`, named by `key`): well-formed, and reachable under its
+    /// egress rules when it names a private address.
+    pub(super) fn endpoint_url(
+        &mut self,
+        n: &str,
+        u: &Str,
+        egress: &Egress,
+        key: &str,
+    ) -> Option<String> {
+        let named = |msg: String| match msg.strip_prefix("url ") {
+            Some(rest) => format!("{key} {rest}"),
+            None => msg,
+        };
+        match check_url(u.get_ref()) {
+            Ok(()) => {
+                if let Some(why) = unreachable_without_rule(u.get_ref(), egress) {
+                    self.error(u.span().start, format!("[servers.{n}] {}", named(why)));
+                }
+                Some(u.get_ref().clone())
+            }
+            Err(e) => {
+                self.error(u.span().start, named(e));
+                None
+            }
+        }
     }
 
     /// `headers`, `ca_file` and `oauth` of a server the gateway reaches over HTTP (`remote`,
@@ -1186,7 +1202,7 @@ pub(super) fn private_target_rule(u: &str, egress: &Egress) -> Option<(std::net:
     Some((ip, rule))
 }
 
-pub(super) fn unreachable_without_rule(u: &str, egress: &Egress) -> Option<String> {
+fn unreachable_without_rule(u: &str, egress: &Egress) -> Option<String> {
     let (ip, rule) = private_target_rule(u, egress)?;
     Some(format!(
         "url \"{u}\" names {ip}, a private/loopback address that remote servers may reach only when an egress rule allows it; every connection would be refused. add egress.allow = [\"{rule}\"]"

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::model::{glob_match, Egress, OpenApiSpec, Runtime, SecretRef, ToolFilter};
 use super::raw::{RawServer, Str};
-use super::validate::{check_url, unreachable_without_rule, Checker};
+use super::validate::Checker;
 use crate::openapi::{Document, OperationRef, SpecError};
 
 /// Default cap on one API answer.
@@ -25,18 +25,7 @@ impl Checker<'_> {
     ) -> Option<Runtime> {
         let at = rs.runtime.span().start;
         let base_url = match &rs.base_url {
-            Some(u) => match check_url(u.get_ref()) {
-                Ok(()) => {
-                    if let Some(why) = unreachable_without_rule(u.get_ref(), egress) {
-                        self.error(u.span().start, format!("[servers.{n}] base_{why}"));
-                    }
-                    Some(u.get_ref().clone())
-                }
-                Err(e) => {
-                    self.error(u.span().start, format!("base_{e}"));
-                    None
-                }
-            },
+            Some(u) => self.endpoint_url(n, u, egress, "base_url"),
             None => {
                 self.error(at, format!("[servers.{n}] has runtime = \"openapi\" but no `base_url`; add base_url = \"https://api.example.com/v1\" (where requests go; the document's own `servers` are not used)"));
                 None

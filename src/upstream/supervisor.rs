@@ -299,13 +299,7 @@ impl Supervisor {
                 }
             }
         };
-        let mut dead = remote.dead();
-        let reader = tokio::spawn(async move {
-            match dead.wait_for(Option::is_some).await {
-                Ok(reason) => reason.clone().unwrap_or_default(),
-                Err(_) => "the connection closed".to_owned(),
-            }
-        });
+        let reader = tokio::spawn(until_dead(remote.dead(), "the connection closed"));
         if let Ok(mut c) = self.connection.lock() {
             *c = Some(connected.conn.clone());
         }
@@ -334,13 +328,7 @@ impl Supervisor {
             redactor.clone(),
         )
         .map_err(|e| redactor.redact(&e).into_owned())?;
-        let mut dead = api.dead();
-        let reader = tokio::spawn(async move {
-            match dead.wait_for(Option::is_some).await {
-                Ok(reason) => reason.clone().unwrap_or_default(),
-                Err(_) => "stopped".to_owned(),
-            }
-        });
+        let reader = tokio::spawn(until_dead(api.dead(), "stopped"));
         if let Ok(mut c) = self.connection.lock() {
             *c = Some(conn.clone());
         }
@@ -377,6 +365,15 @@ struct Running {
     stderr_task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The reason an in-process instance (an HTTP session, an openapi server) ended, once it has;
+/// `closed` when its sender went away without one.
+async fn until_dead(mut dead: watch::Receiver<Option<String>>, closed: &'static str) -> String {
+    match dead.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone().unwrap_or_default(),
+        Err(_) => closed.to_owned(),
+    }
+}
+
 /// A remote server's HTTP session, seen as an instance the supervisor watches.
 struct RemoteInstance {
     remote: Arc<super::http::Remote>,
@@ -388,13 +385,7 @@ impl crate::sandbox::Instance for RemoteInstance {
     }
 
     fn wait(&mut self) -> crate::sandbox::BoxFuture<'_, String> {
-        let mut dead = self.remote.dead();
-        Box::pin(async move {
-            match dead.wait_for(Option::is_some).await {
-                Ok(reason) => reason.clone().unwrap_or_default(),
-                Err(_) => "the connection closed".to_owned(),
-            }
-        })
+        Box::pin(until_dead(self.remote.dead(), "the connection closed"))
     }
 
     fn kill(&mut self) -> crate::sandbox::BoxFuture<'_, ()> {
@@ -413,13 +404,7 @@ impl crate::sandbox::Instance for OpenApiInstance {
     }
 
     fn wait(&mut self) -> crate::sandbox::BoxFuture<'_, String> {
-        let mut dead = self.api.dead();
-        Box::pin(async move {
-            match dead.wait_for(Option::is_some).await {
-                Ok(reason) => reason.clone().unwrap_or_default(),
-                Err(_) => "stopped".to_owned(),
-            }
-        })
+        Box::pin(until_dead(self.api.dead(), "stopped"))
     }
 
     fn kill(&mut self) -> crate::sandbox::BoxFuture<'_, ()> {

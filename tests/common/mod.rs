@@ -264,6 +264,15 @@ impl Drop for Gateway {
     }
 }
 
+/// A JSON Lines file as values (none when it does not exist yet).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 /// Minimal blocking GET for readiness polling (keeps the harness free of async).
 pub fn http_get(url: &str) -> std::io::Result<(u16, String)> {
     use std::io::Write;

@@ -87,11 +87,7 @@ impl RestApi {
 
     /// Every request the app received (method, path, raw_path, query, headers, body).
     pub fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        super::read_jsonl(&self.log)
     }
 }
 

@@ -125,7 +125,7 @@ pub(super) fn render(template: &str, secrets: &[(String, String)]) -> Result<Str
 }
 
 /// The policy's `headers` with their `${secret:NAME}`s filled in, marked sensitive.
-pub(super) fn configured_headers(
+fn configured_headers(
     templates: &std::collections::BTreeMap<String, String>,
     secrets: &[(String, String)],
 ) -> Result<HeaderMap, String> {
@@ -143,16 +143,27 @@ pub(super) fn configured_headers(
     Ok(headers)
 }
 
-/// The HTTP client of a server the gateway reaches itself: dials only what the server's
-/// egress rules allow, verifies TLS (system roots or `ca_file`); with `oauth`, the source of
-/// its access tokens (fetched through the same client, so under the same rules).
-pub(super) fn client(
+/// How the gateway reaches a server over HTTP (`remote`, `openapi`).
+pub(super) struct Reach {
+    /// The policy's headers, secrets filled in, marked sensitive.
+    pub headers: HeaderMap,
+    /// Dials only what the server's egress rules allow; verifies TLS (system roots or
+    /// `ca_file`).
+    pub client: HttpClient,
+    /// With `oauth`: the source of access tokens (fetched through the same client, so under
+    /// the same rules).
+    pub oauth: Option<Arc<oauth::TokenSource>>,
+}
+
+pub(super) fn reach(
     server: &Server,
+    headers: &std::collections::BTreeMap<String, String>,
     ca_file: Option<&std::path::Path>,
     oauth: Option<&crate::policy::OAuth>,
     secrets: &[(String, String)],
     redactor: &Arc<Redactor>,
-) -> Result<(HttpClient, Option<Arc<oauth::TokenSource>>), String> {
+) -> Result<Reach, String> {
+    let headers = configured_headers(headers, secrets)?;
     let tls = connector::tls_config(ca_file).map_err(|e| e.to_string())?;
     let egress = egress::Egress::new(server.egress.allow.clone());
     let client: HttpClient = Client::builder(TokioExecutor::new())
@@ -168,7 +179,11 @@ pub(super) fn client(
         )?)),
         None => None,
     };
-    Ok((client, oauth))
+    Ok(Reach {
+        headers,
+        client,
+        oauth,
+    })
 }
 
 /// Connects to a remote server: builds the client, tries Streamable HTTP, falls back to the
@@ -185,9 +200,13 @@ pub(super) async fn connect(
         .url
         .parse()
         .map_err(|e| format!("invalid url `{}`: {e}", spec.url))?;
-    let headers = configured_headers(&spec.headers, secrets)?;
-    let (client, oauth) = client(
+    let Reach {
+        headers,
+        client,
+        oauth,
+    } = reach(
         server,
+        &spec.headers,
         spec.ca_file.as_deref(),
         spec.oauth.as_ref(),
         secrets,

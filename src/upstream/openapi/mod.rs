@@ -68,9 +68,9 @@ pub(super) fn start(
         .base_url
         .parse()
         .map_err(|e| format!("invalid base_url `{}`: {e}", spec.base_url))?;
-    let headers = super::http::configured_headers(&spec.headers, secrets)?;
-    let (client, oauth) = super::http::client(
+    let reach = super::http::reach(
         server,
+        &spec.headers,
         spec.ca_file.as_deref(),
         spec.oauth.as_ref(),
         secrets,
@@ -79,9 +79,9 @@ pub(super) fn start(
     let calls = call::Caller {
         api: spec.api.clone(),
         base,
-        headers,
-        client,
-        oauth,
+        headers: reach.headers,
+        client: reach.client,
+        oauth: reach.oauth,
         redactor,
         max_response: usize::try_from(spec.max_response_bytes).unwrap_or(usize::MAX),
         limit: server.request_timeout.unwrap_or(LONG_EXCHANGE),
