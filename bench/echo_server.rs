@@ -1,12 +1,13 @@
 //! `portcullis-bench-echo`: the benchmark's upstream MCP server, as small and fast as an MCP
 //! server can be, so that what the benchmark measures is the gateway in front of it.
 //!
-//!   portcullis-bench-echo --http 127.0.0.1:PORT [--tools N]   Streamable HTTP on /mcp (JSON answers)
-//!   portcullis-bench-echo --stdio [--tools N]                 newline-delimited JSON-RPC on stdio
+//!   portcullis-bench-echo --http 127.0.0.1:PORT [--tools N] [--resources N]   Streamable HTTP on /mcp
+//!   portcullis-bench-echo --stdio [--tools N] [--resources N]                 JSON-RPC lines on stdio
 //!
 //! Tools: `echo` (returns its `text` argument) plus `tool_1` .. `tool_{N-1}` that behave the same,
-//! so that `tools/list` can be made as long as a benchmark needs. Only loopback addresses are
-//! accepted for `--http`: this server exists for benchmarks on one machine.
+//! so that `tools/list` can be made as long as a benchmark needs. With `--resources N`, also
+//! resources `bench://r/0` .. `bench://r/{N-1}` (for `resources/list`). Only loopback addresses
+//! are accepted for `--http`: this server exists for benchmarks on one machine.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -26,11 +27,23 @@ const VERSIONS: [&str; 4] = ["2024-11-05", "2025-03-26", "2025-06-18", "2025-11-
 struct Server {
     /// The `tools/list` result, serialized once.
     tools: Box<serde_json::value::RawValue>,
+    /// The `resources/list` result, when the server has resources.
+    resources: Option<Box<serde_json::value::RawValue>>,
     sessions: AtomicU64,
 }
 
+fn raw(v: &Value, what: &str) -> Box<serde_json::value::RawValue> {
+    match serde_json::value::to_raw_value(v) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("portcullis-bench-echo: cannot build {what}: {e}");
+            std::process::exit(1)
+        }
+    }
+}
+
 impl Server {
-    fn new(tool_count: usize) -> Server {
+    fn new(tool_count: usize, resource_count: usize) -> Server {
         let schema =
             json!({"type":"object","properties":{"text":{"type":"string"}},"required":["text"]});
         let tools: Vec<Value> = (0..tool_count.max(1))
@@ -43,15 +56,13 @@ impl Server {
                 json!({"name": name, "description": "Returns its `text` argument", "inputSchema": schema})
             })
             .collect();
-        let raw = match serde_json::value::to_raw_value(&json!({ "tools": tools })) {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("portcullis-bench-echo: cannot build tools/list: {e}");
-                std::process::exit(1)
-            }
-        };
+        let resources: Vec<Value> = (0..resource_count)
+            .map(|i| json!({"uri": format!("bench://r/{i}"), "name": format!("r{i}"), "mimeType": "text/plain"}))
+            .collect();
         Server {
-            tools: raw,
+            tools: raw(&json!({ "tools": tools }), "tools/list"),
+            resources: (resource_count > 0)
+                .then(|| raw(&json!({ "resources": resources }), "resources/list")),
             sessions: AtomicU64::new(1),
         }
     }
@@ -75,19 +86,20 @@ impl Server {
                     .iter()
                     .find(|v| **v == asked)
                     .unwrap_or(&VERSIONS[3]);
-                json!({"protocolVersion": version, "capabilities": {"tools": {}},
+                let capabilities = match self.resources {
+                    Some(_) => json!({"tools": {}, "resources": {}}),
+                    None => json!({"tools": {}}),
+                };
+                json!({"protocolVersion": version, "capabilities": capabilities,
                        "serverInfo": {"name": "portcullis-bench-echo", "version": "1"}})
             }
             "ping" => json!({}),
-            "tools/list" => {
-                return Some(
-                    format!(
-                        r#"{{"jsonrpc":"2.0","id":{},"result":{}}}"#,
-                        id,
-                        self.tools.get()
-                    )
-                    .into_bytes(),
-                )
+            "tools/list" => return Some(cached(id, &self.tools)),
+            "resources/list" if self.resources.is_some() => {
+                return self.resources.as_ref().map(|r| cached(id, r))
+            }
+            "resources/templates/list" if self.resources.is_some() => {
+                json!({"resourceTemplates": []})
             }
             "tools/call" => {
                 let text = params
@@ -101,6 +113,10 @@ impl Server {
         };
         serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": id, "result": result})).ok()
     }
+}
+
+fn cached(id: &Value, result: &serde_json::value::RawValue) -> Vec<u8> {
+    format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{}}}"#, result.get()).into_bytes()
 }
 
 fn error(id: &Value, code: i64, message: &str) -> Vec<u8> {
@@ -186,7 +202,9 @@ fn serve_stdio(server: &Server) -> std::io::Result<()> {
 }
 
 fn usage() -> ! {
-    eprintln!("usage: portcullis-bench-echo (--http 127.0.0.1:PORT | --stdio) [--tools N]");
+    eprintln!(
+        "usage: portcullis-bench-echo (--http 127.0.0.1:PORT | --stdio) [--tools N] [--resources N]"
+    );
     std::process::exit(2)
 }
 
@@ -195,6 +213,7 @@ fn main() {
     let mut http = None;
     let mut stdio = false;
     let mut tools = 1usize;
+    let mut resources = 0usize;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -207,11 +226,15 @@ fn main() {
                 tools = args.get(i + 1).and_then(|a| a.parse().ok()).unwrap_or(0);
                 i += 1;
             }
+            "--resources" => {
+                resources = args.get(i + 1).and_then(|a| a.parse().ok()).unwrap_or(0);
+                i += 1;
+            }
             _ => usage(),
         }
         i += 1;
     }
-    let server = Arc::new(Server::new(tools));
+    let server = Arc::new(Server::new(tools, resources));
     let result = match (http, stdio) {
         (Some(addr), false) if addr.ip().is_loopback() => {
             tokio::runtime::Runtime::new().and_then(|rt| rt.block_on(serve_http(addr, server)))

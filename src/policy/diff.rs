@@ -20,7 +20,8 @@ pub struct PolicyDiff {
     pub revoked: Vec<String>,
     /// `[auth]` changed (JWT settings, advertised metadata).
     pub auth: bool,
-    /// Router settings of `[gateway]` that apply live (`request_timeout`, `page_size`, `naming`).
+    /// Router settings of `[gateway]` that apply live (`request_timeout`, `page_size`, `naming`,
+    /// the pacing of list changes).
     pub gateway: Vec<&'static str>,
 }
 
@@ -138,6 +139,13 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     if old.effective_naming() != new.effective_naming() {
         gateway.push("gateway.naming");
     }
+    let (o, n) = (&old.gateway.list_changes, &new.gateway.list_changes);
+    if o.interval != n.interval {
+        gateway.push("gateway.list_changed_interval");
+    }
+    if (o.unstable_after, o.window) != (n.unstable_after, n.window) {
+        gateway.push("gateway.unstable_list_changes");
+    }
     PolicyDiff {
         servers,
         clients,
@@ -198,6 +206,7 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
     }
     keep!(
         listen => "gateway.listen",
+        admin_listen => "gateway.admin_listen",
         tls => "gateway.tls",
         allowed_origins => "gateway.allowed_origins",
         allowed_hosts => "gateway.allowed_hosts",

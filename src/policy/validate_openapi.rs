@@ -5,7 +5,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use super::model::{glob_match, Egress, OpenApiSpec, Runtime, SecretRef, ToolFilter};
+use super::glob::glob_match;
+use super::model::{Egress, OpenApiSpec, Runtime, SecretRef, ToolFilter};
 use super::raw::{RawServer, Str};
 use super::validate::Checker;
 use crate::openapi::{Document, OperationRef, SpecError};

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::audit_trail::{self, AuditTrail};
 use super::{Failure, MessageSink, Router};
-use crate::access::Identity;
+use crate::access::{Identity, Permit};
 use crate::audit::Outcome;
 use crate::mcp::{methods, ErrorCode, Id};
 use crate::upstream::{Upstream, UpstreamError};
@@ -143,11 +143,12 @@ impl Router {
         key: &str,
         identity: &Identity,
         client_id: &Id,
-        server: &Arc<str>,
+        permit: Permit,
         method: &str,
         mut params: Map<String, Value>,
         related: Option<Arc<dyn MessageSink>>,
     ) -> Result<Box<RawValue>, Failure> {
+        let server = permit.server();
         let session: Arc<str> = self
             .sessions
             .get(key)
@@ -208,18 +209,13 @@ impl Router {
             Some(crate::mcp::to_raw(&params)),
             self.timeout_for(server),
         );
-        let tool_name = params
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|_| method == methods::TOOLS_CALL)
-            .map(str::to_owned);
+        let tool_name = permit.tool();
         let args = match (method, params.get("arguments")) {
             (methods::TOOLS_CALL, Some(a)) => a.to_string(),
             (methods::TOOLS_CALL, None) => "{}".to_owned(),
             _ => Value::Object(params.clone()).to_string(),
         };
-        let mut call_record =
-            AuditTrail::call(identity, key, server, method, tool_name.as_deref(), &args);
+        let mut call_record = AuditTrail::call(identity, key, &permit, method, &args);
         if let Some(info) = up.init_info() {
             call_record.container = Some(info.instance.id.clone());
             call_record.image_digest = info.instance.image_digest.clone();
@@ -249,12 +245,7 @@ impl Router {
             }
         };
         let latency = started.elapsed();
-        crate::metrics::global().call(
-            server,
-            tool_name.as_deref().unwrap_or(method),
-            outcome_label,
-            latency,
-        );
+        crate::metrics::global().call(server, tool_name.unwrap_or(method), outcome_label, latency);
         let (outcome, bytes_out) = match &result {
             Ok(r) => (Outcome::Ok, r.get().len()),
             Err(Failure::Raw(e)) => (

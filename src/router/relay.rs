@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 use super::{notification_bytes, MessageSink, Router};
+use crate::access::Target;
 use crate::mcp::{methods, ErrorCode, Id, Message, Notification, Request};
 use crate::upstream::Source;
 
@@ -229,10 +230,19 @@ impl Router {
                     return;
                 };
                 let msg = Message::Notification(n.clone()).to_bytes();
+                let target = Target::Resource { server, uri };
+                let clients = self.access.clients();
                 for session in self.relay.subscribers(server, uri) {
-                    // A dedicated instance's updates are its owner's business only.
-                    if from.owner.get().is_none_or(|o| *o == session) {
-                        self.deliver(&session, None, msg.clone());
+                    // A dedicated instance's updates are its owner's business only, and an
+                    // update goes only to a session whose client may read the URI now (a
+                    // reload may have taken the grant away since it subscribed).
+                    let owner_ok = from.owner.get().is_none_or(|o| *o == session);
+                    let may_read = self
+                        .sessions
+                        .get(&session)
+                        .is_some_and(|e| clients.rules(&e.info.client).allows(&target));
+                    if owner_ok && may_read {
+                        self.tell(&session, methods::RESOURCES_UPDATED, uri, msg.clone());
                     }
                 }
             }
