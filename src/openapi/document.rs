@@ -5,6 +5,7 @@
 //! not only those the typed model knows); the typed model checks the shape of the document and
 //! gives typed parameters, bodies and responses.
 
+use std::io::Read;
 use std::path::Path;
 
 use http::Method;
@@ -51,14 +52,27 @@ impl Document {
             origin: origin.clone(),
             reason,
         };
+        let too_big = || {
+            read_err(format!(
+                "it is larger than the {MAX_DOCUMENT_BYTES} bytes accepted"
+            ))
+        };
         let meta = std::fs::metadata(path).map_err(|e| read_err(e.to_string()))?;
-        if meta.len() > MAX_DOCUMENT_BYTES {
-            return Err(read_err(format!(
-                "it is {} bytes, more than the {MAX_DOCUMENT_BYTES} accepted",
-                meta.len()
-            )));
+        // Not a device or a pipe: `/dev/zero` never ends, a FIFO may never answer.
+        if !meta.is_file() {
+            return Err(read_err("it is not a regular file".to_owned()));
         }
-        let text = std::fs::read_to_string(path).map_err(|e| read_err(e.to_string()))?;
+        if meta.len() > MAX_DOCUMENT_BYTES {
+            return Err(too_big());
+        }
+        // Bounded again while reading: the file may grow after the check.
+        let mut text = String::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_DOCUMENT_BYTES + 1).read_to_string(&mut text))
+            .map_err(|e| read_err(e.to_string()))?;
+        if text.len() as u64 > MAX_DOCUMENT_BYTES {
+            return Err(too_big());
+        }
         Document::parse(&text, &origin)
     }
 

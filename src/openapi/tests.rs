@@ -361,3 +361,27 @@ fn results_carry_structured_content_and_errors_carry_the_status() {
     let r = ok("getPet", 200, "text/html", "<html>");
     assert_eq!(r["isError"], true);
 }
+
+#[test]
+fn only_regular_files_of_bounded_size_are_read() {
+    let e = Document::read(std::path::Path::new("/dev/zero")).unwrap_err();
+    assert!(e.to_string().contains("not a regular file"), "{e}");
+    let dir = tempfile::tempdir().unwrap();
+    let big = dir.path().join("big.yaml");
+    std::fs::write(&big, vec![b' '; (16 << 20) + 1]).unwrap();
+    let e = Document::read(&big).unwrap_err();
+    assert!(e.to_string().contains("larger than"), "{e}");
+}
+
+#[test]
+fn yaml_alias_bombs_are_refused() {
+    let mut doc = String::from("openapi: 3.1.0\ninfo: {title: t, version: '1'}\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    for i in 1..10 {
+        let p = i - 1;
+        doc.push_str(&format!(
+            "a{i}: &a{i} [*a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}, *a{p}]\n"
+        ));
+    }
+    let e = Document::parse(&doc, "bomb.yaml").unwrap_err();
+    assert!(e.to_string().contains("not valid YAML"), "{e}");
+}
