@@ -297,6 +297,13 @@ fn bad_documents_are_refused_with_where() {
     let e = err(&format!(
         "{HEAD}paths:\n  /a:\n    post:\n      requestBody:\n        content:\n          multipart/form-data: {{}}\n      responses: {{}}\n    get:\n      parameters:\n        - {{name: p, in: path, required: true, style: form, schema: {{type: string}}}}\n      responses: {{}}\n"
     ));
+    let e2 = err(&format!(
+        "{HEAD}paths:\n  /a/{{id}}:\n    get:\n      responses: {{}}\n"
+    ));
+    assert!(
+        e2.contains("at /paths/~1a~1{id}/get: the path has a placeholder `{id}`"),
+        "{e2}"
+    );
     assert!(
         e.contains("at /paths/~1a/post/requestBody/content: request body types `multipart/form-data` are not supported")
             && e.contains("at /paths/~1a/get/parameters/0/style"),
@@ -375,7 +382,9 @@ fn only_regular_files_of_bounded_size_are_read() {
 
 #[test]
 fn yaml_alias_bombs_are_refused() {
-    let mut doc = String::from("openapi: 3.1.0\ninfo: {title: t, version: '1'}\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n");
+    let mut doc = String::from(
+        "openapi: 3.1.0\ninfo: {title: t, version: '1'}\na0: &a0 [x, x, x, x, x, x, x, x, x, x]\n",
+    );
     for i in 1..10 {
         let p = i - 1;
         doc.push_str(&format!(

@@ -83,6 +83,17 @@ impl Document {
                 Err(e) => problems.push(e),
             }
         }
+        for placeholder in placeholders(&op.path) {
+            let declared = params
+                .iter()
+                .any(|p| p.location == Location::Path && p.name == placeholder);
+            if !declared {
+                problems.push(Problem {
+                    pointer: op.pointer.clone(),
+                    message: format!("the path has a placeholder `{{{placeholder}}}` that no path parameter of this operation defines"),
+                });
+            }
+        }
         let body = match raw.get("requestBody") {
             Some(_) => {
                 let arg = body_arg(&params);
@@ -337,6 +348,20 @@ impl Document {
             None => Ok((Output::Untyped, None)),
         }
     }
+}
+
+/// The `{name}`s of a path template.
+fn placeholders(path: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        let Some(len) = rest[open..].find('}') else {
+            break;
+        };
+        out.push(&rest[open + 1..open + len]);
+        rest = &rest[open + len + 1..];
+    }
+    out
 }
 
 fn style_for(location: Location, style: Option<ParameterStyle>) -> Option<Style> {

@@ -86,7 +86,7 @@ impl Caller {
             .map_err(|e| format!("the arguments make no valid URL: {e}"))?;
         let mut method = tool.method.clone();
         let mut body = built.body.clone();
-        tracing::debug!(server = %self.server, tool = %tool.name, %method, path = %uri.path(), "openapi call");
+        tracing::debug!(server = %self.server, tool = %tool.name, %method, path = %self.redactor.redact(uri.path()), "openapi call");
         for _ in 0..=MAX_REDIRECTS {
             let req = self.request(&method, &uri, &built.headers, body.as_ref())?;
             let sender = Sender {
