@@ -378,7 +378,7 @@ fn policy_cli(cmd: &str, spec: &str, server_extra: &str) -> (i32, String, String
     )
 }
 
-const GOOD: &str = "openapi: 3.0.3\ninfo: {title: Demo, version: '2'}\npaths:\n  /items/{id}:\n    get:\n      operationId: getItem\n      parameters: [{name: id, in: path, required: true, schema: {type: string}}]\n      responses: {'200': {description: ok}}\n    delete:\n      responses: {'204': {description: gone}}\n";
+const GOOD: &str = "openapi: 3.0.3\ninfo: {title: Demo, version: '2'}\npaths:\n  /items/{id}:\n    parameters: [{name: id, in: path, required: true, schema: {type: string}}]\n    get:\n      operationId: getItem\n      responses: {'200': {description: ok}}\n    delete:\n      responses: {'204': {description: gone}}\n";
 
 #[test]
 fn policy_check_and_show_read_the_document() {
@@ -412,7 +412,7 @@ fn policy_check_names_where_a_document_is_wrong() {
     assert_eq!(code, 1);
     assert!(err.contains("policy.toml:3:8"), "{err}");
     assert!(
-        err.contains("api.yaml` at /paths/~1items~1{id}/get/parameters/0/schema/$ref: unknown `$ref` \"#/components/schemas/Id\""),
+        err.contains("api.yaml` at /paths/~1items~1{id}/parameters/0/schema/$ref: unknown `$ref` \"#/components/schemas/Id\""),
         "{err}"
     );
     // YAML that does not parse: its own line.
@@ -426,7 +426,7 @@ fn policy_check_names_where_a_document_is_wrong() {
     let (code, _, err) = policy_cli("check", &GOOD.replace("in: path", "in: body"), "");
     assert_eq!(code, 1);
     assert!(
-        err.contains("/paths/~1items~1{id}/get/parameters/0"),
+        err.contains("/paths/~1items~1{id}/parameters/0: not a valid OpenAPI object here"),
         "{err}"
     );
     // An operations entry that names nothing (a typo in deny would expose the operation).
@@ -500,4 +500,39 @@ async fn oauth_tokens_are_fetched_sent_and_never_shown() {
         assert!(!audit.contains(t.as_str()), "token in the audit log");
     }
     assert!(!log.contains("cs-openapi-41d2") && !audit.contains("cs-openapi-41d2"));
+}
+
+#[tokio::test]
+async fn a_changed_document_takes_effect_on_sighup() {
+    let Some(api) = RestApi::start("http://evil.invalid/") else {
+        return;
+    };
+    let spec = api.spec_file();
+    let gw = Gateway::start_with(&policy(&spec, &api, ""), &[("PETS_API_TOKEN", SECRET)]);
+    let mut c = client(&gw).await;
+    assert!(names(&c.request("tools/list", json!({})).await).contains(&"getPet".to_owned()));
+    let text = std::fs::read_to_string(&spec).unwrap();
+    std::fs::write(&spec, text.replace("\"getPet\"", "\"fetchPet\"")).unwrap();
+    gw.sighup();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = names(&c.request("tools/list", json!({})).await);
+        if listed.contains(&"fetchPet".to_owned()) {
+            assert!(!listed.contains(&"getPet".to_owned()), "{listed:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the new document never took effect: {listed:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let r = c.call_tool("fetchPet", json!({"pet_id": 2})).await;
+    assert_eq!(r["result"]["structuredContent"]["name"], "Tom", "{r}");
+    // A broken document is refused on reload: the running tools stay.
+    std::fs::write(&spec, "openapi: 3.1.0\ninfo: [broken\n").unwrap();
+    gw.sighup();
+    gw.wait_for_log("not valid YAML", 1, Duration::from_secs(20));
+    let r = c.call_tool("fetchPet", json!({"pet_id": 1})).await;
+    assert_eq!(r["result"]["structuredContent"]["name"], "Rex", "{r}");
 }

@@ -117,7 +117,7 @@ impl Document {
         }
         let spec: oas3::Spec = serde_path_to_error::deserialize(&raw).map_err(|e| {
             let pointer = path_to_pointer(e.path());
-            invalid(&pointer, e.into_inner().to_string())
+            invalid(&pointer, structural(&e.into_inner().to_string()))
         })?;
         Ok(Document {
             origin: origin.to_owned(),
@@ -238,6 +238,16 @@ fn to_value(text: &str, origin: &str) -> Result<Value, SpecError> {
             format: "YAML",
             reason: e.to_string(),
         })
+    }
+}
+
+/// serde's message, in words for a policy author: an object that is neither a valid object of
+/// its kind nor a `$ref` only says which Rust enum failed.
+fn structural(message: &str) -> String {
+    if message.contains("did not match any variant of untagged enum") {
+        "not a valid OpenAPI object here (a field is missing, misspelt or has a value OpenAPI does not allow), and not a `$ref` either".to_owned()
+    } else {
+        message.to_owned()
     }
 }
 

@@ -17,6 +17,25 @@ const COMPONENT: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'_')
     .remove(b'~');
 
+/// What may stand in a URL path as it is (RFC 3986 `pchar`, `/`, and `%` for what the document
+/// already encoded); the rest of a document's literal path is encoded.
+const PATH_LITERAL: &AsciiSet = &COMPONENT
+    .remove(b'!')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'\'')
+    .remove(b'(')
+    .remove(b')')
+    .remove(b'*')
+    .remove(b'+')
+    .remove(b',')
+    .remove(b';')
+    .remove(b'=')
+    .remove(b':')
+    .remove(b'@')
+    .remove(b'/')
+    .remove(b'%');
+
 /// What a call sends, before the base URL and the configured headers are added.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
@@ -64,7 +83,7 @@ pub fn build(
             Some(v) => Ok(Some(v)),
         }
     };
-    let mut path = tool.path.clone();
+    let mut filled: Vec<(&str, String)> = Vec::new();
     let mut query: Vec<String> = Vec::new();
     let mut headers = Vec::new();
     let mut cookies: Vec<String> = Vec::new();
@@ -76,10 +95,7 @@ pub fn build(
             v.clone()
         };
         match p.location {
-            Location::Path => {
-                let placeholder = format!("{{{}}}", p.name);
-                path = path.replace(&placeholder, &path_value(p, &v));
-            }
+            Location::Path => filled.push((p.name.as_str(), path_value(p, &v))),
             Location::Query => query.extend(query_pairs(p, &v)),
             Location::Header => {
                 let text = simple(&v, p.explode, |s| s.to_owned());
@@ -97,14 +113,7 @@ pub fn build(
             }
         }
     }
-    if let Some(open) = path.find('{') {
-        let end = path[open..].find('}').map_or(path.len(), |e| open + e + 1);
-        return Err(format!(
-            "the path `{}` has a placeholder `{}` that no parameter fills",
-            tool.path,
-            &path[open..end]
-        ));
-    }
+    let path = template(&tool.path, &filled)?;
     if !cookies.is_empty() {
         headers.push(("cookie".to_owned(), cookies.join("; ")));
     }
@@ -131,6 +140,27 @@ pub fn build(
         headers,
         body,
     })
+}
+
+/// The path with its placeholders filled; the document's own characters are encoded where a
+/// URL path cannot carry them as they are (a space, `<`, `"`).
+fn template(path: &str, filled: &[(&str, String)]) -> Result<String, String> {
+    let mut out = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(open) = rest.find('{') {
+        let Some(len) = rest[open..].find('}') else {
+            break;
+        };
+        out.push_str(&utf8_percent_encode(&rest[..open], PATH_LITERAL).to_string());
+        let name = &rest[open + 1..open + len];
+        let value = filled.iter().find(|(n, _)| *n == name).ok_or_else(|| {
+            format!("the path `{path}` has a placeholder `{{{name}}}` that no parameter fills")
+        })?;
+        out.push_str(&value.1);
+        rest = &rest[open + len + 1..];
+    }
+    out.push_str(&utf8_percent_encode(rest, PATH_LITERAL).to_string());
+    Ok(out)
 }
 
 fn encode_body(encoding: BodyEncoding, arg: &str, v: &Value) -> Result<Vec<u8>, String> {

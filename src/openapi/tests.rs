@@ -141,6 +141,19 @@ fn path_parameters_are_templated_and_escaped() {
 }
 
 #[test]
+fn literal_path_characters_a_url_cannot_carry_are_encoded() {
+    let doc = format!(
+        "{HEAD}paths:\n  '/a b/<x>/{{id}}/caf\u{e9}:1@x':\n    get:\n      operationId: odd\n      parameters: [{{name: id, in: path, required: true, schema: {{type: string}}}}]\n      responses: {{}}\n"
+    );
+    let a = api(&doc);
+    let r = build(&a, "odd", json!({"id": "v"}));
+    assert_eq!(r.path_and_query, "/base/a%20b/%3Cx%3E/v/caf%C3%A9:1@x");
+    assert!(format!("http://h{}", r.path_and_query)
+        .parse::<http::Uri>()
+        .is_ok());
+}
+
+#[test]
 fn query_styles_serialize_as_openapi_says() {
     let a = api(STYLES_30);
     let r = build(
