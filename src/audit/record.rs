@@ -107,6 +107,9 @@ pub enum Outcome {
     EgressDenied,
     /// A request to change the gateway (a policy reload) that was refused.
     Rejected,
+    /// The answer was over `max_message_bytes` and the caller got an error instead;
+    /// `bytes_out` is the answer's size (or the limit, when reading stopped at it).
+    TooLarge,
 }
 
 impl Outcome {
@@ -118,6 +121,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::EgressDenied => "egress_denied",
             Outcome::Rejected => "rejected",
+            Outcome::TooLarge => "too_large",
         }
     }
 }

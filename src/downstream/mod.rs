@@ -121,7 +121,8 @@ impl Shared {
             tls,
             sessions: session::Sessions::new(gateway.max_sessions),
             guard: guard::Guard::new(&gateway.allowed_hosts, &gateway.allowed_origins),
-            max_body_bytes: gateway.max_body_bytes,
+            // No message in either direction is larger than max_message_bytes.
+            max_body_bytes: gateway.max_body_bytes.min(gateway.max_message_bytes),
             body_timeout: BODY_TIMEOUT,
             keepalive: gateway.sse_keepalive,
             sse_poll: gateway.sse_poll_interval,

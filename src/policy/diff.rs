@@ -181,7 +181,9 @@ fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
             _ => "runtime",
         });
     }
-    keys.extend(differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout));
+    keys.extend(
+        differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes),
+    );
     keys
 }
 
@@ -211,6 +213,7 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
         allowed_origins => "gateway.allowed_origins",
         allowed_hosts => "gateway.allowed_hosts",
         max_body_bytes => "gateway.max_body_bytes",
+        max_message_bytes => "gateway.max_message_bytes",
         session_idle_timeout => "gateway.session_idle_timeout",
         unused_session_timeout => "gateway.unused_session_timeout",
         max_sessions => "gateway.max_sessions",

@@ -222,6 +222,8 @@ pub struct Gateway {
     pub allowed_hosts: Vec<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Largest JSON-RPC message read from a server or sent to a client; servers may override it.
+    pub max_message_bytes: usize,
     /// How long an upstream may take to answer one request before the client gets an error.
     pub request_timeout: Duration,
     /// Sessions with no request for this long are closed.
@@ -344,6 +346,9 @@ pub struct Server {
     pub max_in_flight: Option<u32>,
     /// How long a call may wait for a free slot before it is refused.
     pub queue_timeout: Duration,
+    /// Largest message this server may send (and the gateway may relay from it): its own
+    /// `max_message_bytes`, else the gateway's.
+    pub max_message_bytes: usize,
     /// What the gateway answers the server's `roots/list` with when no client session can be
     /// asked (shared servers between calls, clients without roots): `file://` URIs.
     pub roots: Vec<String>,

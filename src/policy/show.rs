@@ -146,6 +146,12 @@ pub fn render(p: &Policy) -> String {
     );
     let _ = writeln!(
         o,
+        "  max_message_bytes     {} ({} bytes)",
+        format_size(g.max_message_bytes as u64),
+        g.max_message_bytes
+    );
+    let _ = writeln!(
+        o,
         "  request_timeout       {}",
         format_duration(g.request_timeout)
     );
@@ -348,6 +354,12 @@ pub fn render(p: &Policy) -> String {
             o,
             "  request_timeout       {}",
             format_duration(s.request_timeout.unwrap_or(g.request_timeout))
+        );
+        let _ = writeln!(
+            o,
+            "  max_message_bytes     {} ({} bytes)",
+            format_size(s.max_message_bytes as u64),
+            s.max_message_bytes
         );
     }
     for c in p.clients.values() {

@@ -212,6 +212,27 @@ fn missing_runtime_and_syntax_errors() {
 }
 
 #[test]
+fn message_size_limit_defaults_to_64_mib_and_servers_may_override_it() {
+    let p = parse(TIME, "p.toml").unwrap();
+    assert_eq!(p.gateway.max_message_bytes, 64 << 20);
+    assert_eq!(p.servers["time"].max_message_bytes, 64 << 20);
+    let src = format!(
+        "[gateway]\nmax_message_bytes = \"16m\"\n{TIME}[servers.big]\nruntime = \"process\"\ncommand = \"x\"\nmax_message_bytes = \"256m\"\n"
+    );
+    let p = parse(&src, "p.toml").unwrap();
+    assert_eq!(p.gateway.max_message_bytes, 16 << 20);
+    assert_eq!(p.servers["time"].max_message_bytes, 16 << 20, "inherits");
+    assert_eq!(p.servers["big"].max_message_bytes, 256 << 20);
+    let e = one_error(&format!("{TIME}max_message_bytes = \"1k\"\n"));
+    assert!(
+        e.starts_with("p.toml:4:21: error: `max_message_bytes` must be between 64k and 1g"),
+        "{e}"
+    );
+    let e = one_error("[gateway]\nmax_message_bytes = \"2g\"\n");
+    assert!(e.contains("between 64k and 1g"), "{e}");
+}
+
+#[test]
 fn semantic_errors_are_all_reported() {
     let src = r#"[gateway]
 naming = "passthrough"

@@ -15,6 +15,10 @@ use toml::{Spanned, Value};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8811";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 64 << 20;
+/// Below this not even an ordinary `tools/list` fits; above it one message alone could take
+/// most of a small machine's memory.
+const MESSAGE_BYTES_RANGE: (u64, u64) = (64 << 10, 1 << 30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_UNUSED_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -62,6 +66,8 @@ pub(super) struct Checker<'a> {
     pub(super) diags: Vec<Diagnostic>,
     /// `[gateway] state_dir`, resolved; token caches of OAuth servers live below it.
     pub(super) state_dir: PathBuf,
+    /// `[gateway] max_message_bytes`: what a server without its own limit gets.
+    message_limit: usize,
 }
 
 /// Validates `raw`; `base` is the policy file's directory, against which relative paths resolve.
@@ -77,10 +83,12 @@ pub fn validate(
         base,
         diags: Vec::new(),
         state_dir: PathBuf::new(),
+        message_limit: DEFAULT_MAX_MESSAGE_BYTES as usize,
     };
     let raw_gateway = raw.gateway.unwrap_or_default();
     let listen_at = raw_gateway.listen.as_ref().map_or(0, |l| l.span().start);
     let (gateway, naming_at) = c.gateway(raw_gateway);
+    c.message_limit = gateway.max_message_bytes;
     let egress = c.egress_settings(raw.egress.unwrap_or_default());
     // Judged on what was written, so a server that fails validation still counts.
     let written_servers = raw.servers.0.len();
@@ -272,6 +280,21 @@ impl Checker<'_> {
         }
     }
 
+    /// A `max_message_bytes` value, inside [`MESSAGE_BYTES_RANGE`].
+    fn message_bytes(&mut self, v: &Option<Spanned<Value>>) -> Option<u64> {
+        let n = self.size(v, "max_message_bytes")?;
+        let (min, max) = MESSAGE_BYTES_RANGE;
+        if !(min..=max).contains(&n) {
+            let at = v.as_ref().map_or(0, |v| v.span().start);
+            self.error(
+                at,
+                format!("`max_message_bytes` must be between 64k and 1g (it is {n} bytes); the default is \"64m\""),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
     pub(super) fn count(
         &mut self,
         v: &Option<Spanned<u64>>,
@@ -420,6 +443,9 @@ impl Checker<'_> {
         let max_body_bytes = self
             .size(&g.max_body_bytes, "max_body_bytes")
             .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_message_bytes = self
+            .message_bytes(&g.max_message_bytes)
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         self.state_dir = match &g.state_dir {
             Some(p) if p.get_ref().trim().is_empty() => {
                 self.error(
@@ -438,6 +464,7 @@ impl Checker<'_> {
             allowed_origins: Self::strings(&g.allowed_origins),
             allowed_hosts: Self::strings(&g.allowed_hosts),
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
             request_timeout: self
                 .duration(&g.request_timeout, "request_timeout")
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
@@ -647,6 +674,11 @@ impl Checker<'_> {
         let queue_timeout = self
             .duration(&rs.queue_timeout, "queue_timeout")
             .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+        let max_message_bytes = self
+            .message_bytes(&rs.max_message_bytes)
+            .map_or(self.message_limit, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            });
         let roots = self.roots(&rs.roots);
         let client_capabilities = self.client_capabilities(&rs.client_capabilities);
         let log_rate = self.rate(&rs.log_rate);
@@ -671,6 +703,7 @@ impl Checker<'_> {
             client_capabilities,
             log_rate,
             queue_timeout,
+            max_message_bytes,
         })
     }
 

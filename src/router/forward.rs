@@ -226,12 +226,31 @@ impl Router {
             .await
             .map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
         let started = std::time::Instant::now();
+        let limit = up.max_message_bytes();
+        let mut too_large = None;
         let (result, outcome_label) = tokio::select! {
             outcome = call => {
                 guard.notify_server = matches!(outcome, Err(UpstreamError::Timeout { .. }));
+                // The answer goes out with the client's id around it: checked as it will leave.
+                let outcome = match outcome {
+                    Ok(Ok(r)) if r.get().len() + client_id_len(client_id) + ENVELOPE > limit => {
+                        Err(UpstreamError::TooLarge {
+                            server: server.to_string(),
+                            method: method.to_owned(),
+                            size: Some((r.get().len() + client_id_len(client_id) + ENVELOPE) as u64),
+                            limit,
+                        })
+                    }
+                    other => other,
+                };
                 match outcome {
                     Ok(Ok(result)) => (Ok(result), "ok"),
                     Ok(Err(error)) => (Err(Failure::Raw(error)), "error"),
+                    Err(UpstreamError::TooLarge { server, method, size, limit }) => {
+                        let (failure, seen) = too_large_failure(server, method, size, limit);
+                        too_large = Some(seen);
+                        (Err(failure), "too_large")
+                    }
                     Err(e @ UpstreamError::Timeout { .. }) => {
                         (Err(Failure::Gateway(ErrorCode::UPSTREAM_TIMEOUT, e.to_string())), "timeout")
                     }
@@ -246,9 +265,10 @@ impl Router {
         };
         let latency = started.elapsed();
         crate::metrics::global().call(server, tool_name.unwrap_or(method), outcome_label, latency);
-        let (outcome, bytes_out) = match &result {
-            Ok(r) => (Outcome::Ok, r.get().len()),
-            Err(Failure::Raw(e)) => (
+        let (outcome, bytes_out) = match (&result, too_large) {
+            (_, Some(size)) => (Outcome::TooLarge, size),
+            (Ok(r), None) => (Outcome::Ok, r.get().len()),
+            (Err(Failure::Raw(e)), None) => (
                 Outcome::Error(
                     serde_json::from_str::<Value>(e.get())
                         .ok()
@@ -257,17 +277,19 @@ impl Router {
                 ),
                 e.get().len(),
             ),
-            Err(Failure::Gateway(code, m)) => (audit_trail::outcome_of(*code), m.len()),
-            Err(Failure::Limited(_)) => (Outcome::RateLimited, 0),
+            (Err(Failure::Gateway(code, m)), None) => (audit_trail::outcome_of(*code), m.len()),
+            (Err(Failure::Limited(_)), None) => (Outcome::RateLimited, 0),
         };
         // Durable before the response is released.
+        let mut result_record = AuditTrail::result(&call_record, outcome, latency, bytes_out);
+        if too_large.is_some() {
+            result_record = result_record.detail(format!(
+                "answer of {bytes_out} bytes over max_message_bytes ({limit} bytes); the caller got error {}",
+                ErrorCode::MESSAGE_TOO_LARGE.0
+            ));
+        }
         self.audit
-            .record(AuditTrail::result(
-                &call_record,
-                outcome,
-                latency,
-                bytes_out,
-            ))
+            .record(result_record)
             .await
             .map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
         result
@@ -292,4 +314,36 @@ impl Router {
                 .await;
         }
     }
+}
+
+/// Bytes of a response around its result and id: `{"jsonrpc":"2.0","id":,"result":}`.
+const ENVELOPE: usize = 32;
+
+fn client_id_len(id: &Id) -> usize {
+    match id {
+        Id::Num(n) => n.to_string().len(),
+        // Escaping can at most sextuple a string (`\u00XX`), plus its quotes.
+        Id::Str(s) => s.len() * 6 + 2,
+    }
+}
+
+/// The error a caller gets for an answer over the limit, and the size the audit records (the
+/// limit itself when the transport stopped reading there).
+fn too_large_failure(
+    server: String,
+    method: String,
+    size: Option<u64>,
+    limit: usize,
+) -> (Failure, usize) {
+    let e = UpstreamError::TooLarge {
+        server: server.clone(),
+        method: method.clone(),
+        size,
+        limit,
+    };
+    let data = json!({ "server": server, "method": method, "size": size, "limit": limit });
+    let seen = size.map_or(limit, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let error =
+        crate::mcp::error::error_object(ErrorCode::MESSAGE_TOO_LARGE, &e.to_string(), Some(&data));
+    (Failure::Raw(error), seen)
 }

@@ -144,17 +144,19 @@ impl Relay {
 }
 
 impl Router {
+    /// Hands `message`, from `server`, to the request's stream or else the session's.
     fn deliver(
         &self,
+        server: &str,
         session: &str,
         related: Option<&Arc<dyn MessageSink>>,
         message: bytes::Bytes,
     ) {
         match related {
-            Some(r) => r.send(message),
+            Some(r) => r.send_from(server, message),
             None => {
                 if let Some(e) = self.sessions.get(session) {
-                    e.info.sink.send(message);
+                    e.info.sink.send_from(server, message);
                 }
             }
         }
@@ -191,7 +193,7 @@ impl Router {
                 };
                 params["progressToken"] = route.original.clone();
                 let msg = notification_bytes(methods::PROGRESS, Some(crate::mcp::to_raw(&params)));
-                self.deliver(&route.session, route.related.as_ref(), msg);
+                self.deliver(server, &route.session, route.related.as_ref(), msg);
             }
             methods::MESSAGE => {
                 // Log messages are not tied to a request on the wire; the newest caller at this
@@ -210,6 +212,7 @@ impl Router {
                             .is_some_and(|e| e.wants_log(level))
                         {
                             self.deliver(
+                                server,
                                 &session,
                                 related.as_ref(),
                                 Message::Notification(n).to_bytes(),
@@ -259,7 +262,7 @@ impl Router {
                     params["requestId"] = Value::String(down_id);
                     let msg =
                         notification_bytes(methods::CANCELLED, Some(crate::mcp::to_raw(&params)));
-                    self.deliver(&session, None, msg);
+                    self.deliver(server, &session, None, msg);
                 }
             }
             other => {
@@ -339,6 +342,6 @@ impl Router {
             params: req.params,
         })
         .to_bytes();
-        self.deliver(&session, related.as_ref(), msg);
+        self.deliver(server, &session, related.as_ref(), msg);
     }
 }
