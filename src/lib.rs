@@ -15,6 +15,7 @@ pub mod fuzzing;
 pub mod instance;
 pub mod mcp;
 pub mod metrics;
+pub mod openapi;
 pub mod policy;
 pub mod reload;
 pub mod router;

@@ -170,13 +170,14 @@ macro_rules! differing {
 
 /// Keys of a server whose change needs new instances: what runs, how, with what.
 fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
-    use super::Runtime::{Docker, Process, Remote};
+    use super::Runtime::{Docker, OpenApi, Process, Remote};
     let mut keys = Vec::new();
     if o.runtime != n.runtime {
         keys.push(match (&o.runtime, &n.runtime) {
             (Docker(_), Docker(_)) => "docker",
             (Process(_), Process(_)) => "process",
             (Remote(_), Remote(_)) => "remote",
+            (OpenApi(_), OpenApi(_)) => "openapi",
             _ => "runtime",
         });
     }

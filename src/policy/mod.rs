@@ -18,6 +18,7 @@ mod validate;
 mod validate_access;
 mod validate_audit;
 mod validate_oauth;
+mod validate_openapi;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use glob::glob_match;

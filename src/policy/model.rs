@@ -394,6 +394,8 @@ pub enum Runtime {
     Docker(DockerSpec),
     /// A remote MCP server over Streamable HTTP (or legacy SSE).
     Remote(RemoteSpec),
+    /// A REST API described by an OpenAPI document; each operation is a tool.
+    OpenApi(OpenApiSpec),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -458,6 +460,26 @@ pub struct RemoteSpec {
     /// The gateway gets its own access token for this server from an OAuth authorization
     /// server and sends it as `Authorization: Bearer`.
     pub oauth: Option<OAuth>,
+}
+
+/// A REST API served as MCP tools (`runtime = "openapi"`): the gateway itself makes the HTTP
+/// requests, with the same egress check, credentials and redaction as for a remote server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenApiSpec {
+    /// The OpenAPI document, resolved against the policy file's directory.
+    pub spec: PathBuf,
+    /// Where requests go (the document's own `servers` are ignored: the policy decides).
+    pub base_url: String,
+    /// Header name -> value template (may reference `${secret:NAME}`).
+    pub headers: BTreeMap<String, String>,
+    pub ca_file: Option<PathBuf>,
+    pub oauth: Option<OAuth>,
+    /// Which operations become tools: globs over the operationId or `METHOD /path`.
+    pub operations: ToolFilter,
+    /// Larger answers become tool errors.
+    pub max_response_bytes: u64,
+    /// The tools the document makes, read when the policy was validated.
+    pub api: std::sync::Arc<crate::openapi::Api>,
 }
 
 /// OAuth 2.1 client settings of a remote server (the gateway is the OAuth client).
@@ -608,7 +630,12 @@ impl Policy {
     /// Moves the state directory (e.g. `serve --state-dir`), and with it every token cache.
     pub fn set_state_dir(&mut self, dir: PathBuf) {
         for server in self.servers.values_mut() {
-            if let Runtime::Remote(RemoteSpec { oauth: Some(o), .. }) = &mut server.runtime {
+            let oauth = match &mut server.runtime {
+                Runtime::Remote(RemoteSpec { oauth, .. }) => oauth.as_mut(),
+                Runtime::OpenApi(OpenApiSpec { oauth, .. }) => oauth.as_mut(),
+                _ => None,
+            };
+            if let Some(o) = oauth {
                 o.cache_file = OAuth::cache_file_in(&dir, &server.name);
             }
         }

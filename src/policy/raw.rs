@@ -174,6 +174,11 @@ pub struct RawServer {
     pub ca_file: Option<Str>,
     #[serde(default, deserialize_with = "in_oauth")]
     pub oauth: Option<Spanned<RawOAuth>>,
+    pub spec: Option<Str>,
+    pub base_url: Option<Str>,
+    #[serde(default, deserialize_with = "in_operations")]
+    pub operations: Option<Spanned<RawPatterns>>,
+    pub max_response_bytes: Option<Spanned<Value>>,
     pub lifecycle: Option<Str>,
     #[serde(default, deserialize_with = "in_egress")]
     pub egress: Option<RawEgress>,
@@ -342,3 +347,4 @@ in_table!(in_jwt, "jwt", Option<Spanned<RawJwt>>);
 in_table!(in_tls, "tls", Option<Spanned<RawTls>>);
 in_table!(in_tools, "tools", Option<RawPatterns>);
 in_table!(in_oauth, "oauth", Option<Spanned<RawOAuth>>);
+in_table!(in_operations, "operations", Option<Spanned<RawPatterns>>);

@@ -32,6 +32,73 @@ fn oauth_lines(o: &mut String, a: &OAuth) {
     let _ = writeln!(o, "  oauth.token cache     {}", a.cache_file.display());
 }
 
+/// How the gateway reaches a server over HTTP: headers (secrets as references), CAs, OAuth.
+fn http_lines(
+    o: &mut String,
+    headers: &std::collections::BTreeMap<String, String>,
+    ca_file: Option<&std::path::Path>,
+    oauth: Option<&OAuth>,
+) {
+    for (k, v) in headers {
+        let _ = writeln!(
+            o,
+            "  header                {k}: {}",
+            header_for_display(k, v)
+        );
+    }
+    if let Some(ca) = ca_file {
+        let _ = writeln!(o, "  ca_file               {}", ca.display());
+    }
+    if let Some(a) = oauth {
+        oauth_lines(o, a);
+    }
+}
+
+/// An openapi server: where requests go, with what, and every tool the document makes.
+fn openapi_lines(o: &mut String, s: &Server, x: &OpenApiSpec) {
+    let _ = writeln!(o, "  runtime               openapi");
+    let _ = writeln!(o, "  spec                  {}", x.spec.display());
+    let _ = writeln!(o, "  base_url              {}", x.base_url);
+    http_lines(o, &x.headers, x.ca_file.as_deref(), x.oauth.as_ref());
+    let patterns = |v: &[String], none: &str| {
+        if v.is_empty() {
+            none.to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(
+        o,
+        "  operations            allow {}; deny {}",
+        patterns(&x.operations.allow, "all"),
+        patterns(&x.operations.deny, "(none)")
+    );
+    let _ = writeln!(
+        o,
+        "  max_response_bytes    {}",
+        format_size(x.max_response_bytes)
+    );
+    let _ = writeln!(
+        o,
+        "  api                   {} {} ({} tools)",
+        x.api.title,
+        x.api.version,
+        x.api.tools.len()
+    );
+    for t in &x.api.tools {
+        let hidden = if s.tools.permits(&t.name) {
+            ""
+        } else {
+            " (hidden by tools)"
+        };
+        let _ = writeln!(
+            o,
+            "  tool                  {} = {} {}{hidden}",
+            t.name, t.method, t.path
+        );
+    }
+}
+
 /// Renders `p` for `portcullis policy show`. Secrets appear only as references, never values.
 pub fn render(p: &Policy) -> String {
     let mut o = String::new();
@@ -239,20 +306,9 @@ pub fn render(p: &Policy) -> String {
             Runtime::Remote(x) => {
                 let _ = writeln!(o, "  runtime               remote");
                 let _ = writeln!(o, "  url                   {}", x.url);
-                for (k, v) in &x.headers {
-                    let _ = writeln!(
-                        o,
-                        "  header                {k}: {}",
-                        header_for_display(k, v)
-                    );
-                }
-                if let Some(ca) = &x.ca_file {
-                    let _ = writeln!(o, "  ca_file               {}", ca.display());
-                }
-                if let Some(a) = &x.oauth {
-                    oauth_lines(&mut o, a);
-                }
+                http_lines(&mut o, &x.headers, x.ca_file.as_deref(), x.oauth.as_ref());
             }
+            Runtime::OpenApi(x) => openapi_lines(&mut o, s, x),
         }
         let lc = match s.lifecycle {
             Lifecycle::Shared => "shared",

@@ -5,6 +5,7 @@ pub mod client;
 pub mod docker;
 pub mod netlab;
 pub mod remote;
+pub mod rest;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -463,6 +464,15 @@ pub fn table_protection(metrics: &str) -> String {
                 .map(str::to_owned)
         })
         .unwrap_or_default()
+}
+
+/// A JSON Lines file as values (none when it does not exist yet).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Minimal blocking GET for readiness polling (keeps the harness free of async).

@@ -3,18 +3,19 @@
 
 use super::{Finding, Status};
 use crate::egress::nft::{Netlink, TableInfo, TABLE_F_OWNER, TABLE_F_PERSIST};
-use crate::egress::{names, subnets, Names};
-use crate::policy::{Policy, Runtime};
+use crate::egress::{names, ruleset, subnets, Names};
+use crate::policy::Policy;
 
 /// `CAP_NET_ADMIN`'s bit in the capability sets (linux/capability.h).
 const CAP_NET_ADMIN: u32 = 12;
 
 pub async fn check(policy: &Policy, instance: Option<&str>) -> Vec<Finding> {
-    // Servers whose sandbox gets an egress rule set; remote servers are checked in process.
+    // Servers whose sandbox gets an egress rule set; remote and openapi servers are checked in
+    // process.
     let needing: Vec<&str> = policy
         .servers
         .values()
-        .filter(|s| !s.egress.allow.is_empty() && !matches!(s.runtime, Runtime::Remote(_)))
+        .filter(|s| ruleset::is_firewalled(s))
         .map(|s| s.name.as_str())
         .collect();
     let severity = if needing.is_empty() {

@@ -24,6 +24,7 @@ pub async fn check(policy: &Policy) -> Vec<Finding> {
         match &server.runtime {
             Runtime::Process(p) => out.push(process_command(server, &p.command, &p.env)),
             Runtime::Remote(r) => out.push(remote_url(server, &r.url).await),
+            Runtime::OpenApi(o) => out.push(remote_url(server, &o.base_url).await),
             Runtime::Docker(_) => {}
         }
     }
@@ -203,6 +204,9 @@ async fn start_one(server: &Server, runtime: Arc<dyn crate::sandbox::Runtime>) -
             match server.runtime {
                 Runtime::Remote(_) => format!(
                     "check [servers.{name}] url, egress.allow and credentials (headers, oauth, secrets)"
+                ),
+                Runtime::OpenApi(_) => format!(
+                    "check [servers.{name}] spec, base_url, egress.allow and credentials (headers, oauth, secrets)"
                 ),
                 _ => format!(
                     "run its command by hand to see it fail, then fix [servers.{name}] (command, args, env, secrets) or install what it needs"
