@@ -7,6 +7,7 @@
 mod event_stream;
 mod guard;
 mod legacy_sse;
+mod modern;
 mod reply;
 mod session;
 mod streamable;
@@ -39,6 +40,11 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) struct Shared {
     router: Arc<Router>,
+    /// What stateless (2026-07-28) clients carry between requests: held calls, task handles.
+    bridge: Arc<crate::bridge::ClientSide>,
+    tasks: crate::bridge::Tasks,
+    /// Open `subscriptions/listen` streams.
+    listens: modern::Streams,
     access: Arc<Access>,
     audit: AuditTrail,
     tls: bool,
@@ -82,7 +88,11 @@ impl Shared {
         audit: AuditTrail,
         tls: bool,
     ) -> Shared {
+        let seal = Arc::new(crate::bridge::Seal::new());
         Shared {
+            bridge: crate::bridge::ClientSide::new(router.clone(), seal.clone()),
+            tasks: crate::bridge::Tasks::new(router.clone(), seal),
+            listens: modern::Streams::default(),
             router,
             access,
             audit,
@@ -98,6 +108,7 @@ impl Shared {
 
     /// Ends every session, as at shutdown.
     async fn close_all_sessions(&self) {
+        self.listens.close_all();
         for id in self.sessions.drain() {
             self.router.close_session(&id).await;
         }

@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use super::event_stream::EventStream;
 use crate::access::Identity;
+use crate::mcp::{ClientCaps, Request, RequestContext};
+use crate::router::Inbound;
 
 /// Finished POST streams kept for resumption, per session.
 const MAX_RETAINED_STREAMS: usize = 64;
@@ -29,6 +31,8 @@ pub struct Session {
     /// Whether the router knows the session: always for `/mcp` (created by initialize), only
     /// after the client's initialize for a legacy `/sse` session (created by its GET).
     pub initialized: std::sync::atomic::AtomicBool,
+    /// What the client's initialize declared.
+    caps: std::sync::OnceLock<ClientCaps>,
 }
 
 impl Session {
@@ -45,6 +49,24 @@ impl Session {
             next_stream: AtomicU64::new(1),
             last_seen: Mutex::new(Instant::now()),
             initialized: std::sync::atomic::AtomicBool::new(true),
+            caps: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// Records the capabilities the client's initialize declared (the first time only).
+    pub fn set_caps(&self, caps: ClientCaps) {
+        let _ = self.caps.set(caps);
+    }
+
+    /// One request of this session in the router's model.
+    pub fn inbound(&self, request: Request) -> Inbound {
+        let caps = self.caps.get().copied().unwrap_or_default();
+        let context = RequestContext::of_session(self.protocol, caps, request.params.as_deref());
+        Inbound {
+            identity: self.identity.clone(),
+            session: self.id.clone(),
+            request,
+            context,
         }
     }
 

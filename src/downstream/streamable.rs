@@ -75,6 +75,9 @@ pub async fn handle<B: RequestBody>(
 ) -> Reply {
     match *method {
         Method::POST => post(shared, headers, body, identity).await,
+        Method::GET | Method::DELETE if super::modern::claims_other(headers) => {
+            super::modern::method_not_allowed()
+        }
         Method::GET => get(shared, headers, &identity),
         Method::DELETE => delete(shared, headers, &identity).await,
         _ => {
@@ -243,16 +246,9 @@ async fn post<B: RequestBody>(
             }
             return initialize(shared, req, &acc, identity);
         }
-        if req.method == methods::SERVER_DISCOVER && !headers.contains_key(SESSION_HEADER) {
-            // The 2026-07-28 era probe: a plain JSON-RPC error tells dual-era clients to fall
-            // back to the initialize handshake.
-            return reply::rpc_error(
-                StatusCode::BAD_REQUEST,
-                Some(&req.id),
-                ErrorCode::METHOD_NOT_FOUND,
-                "server/discover is not supported: use the initialize handshake (protocol versions 2024-11-05 to 2025-11-25)",
-            );
-        }
+    }
+    if super::modern::claims(headers, &parsed) {
+        return super::modern::post(shared, headers, parsed, acc.sse, identity).await;
     }
 
     let session = match session_of(shared, headers, &identity) {
@@ -279,7 +275,7 @@ async fn post<B: RequestBody>(
             } else {
                 let out = shared
                     .router
-                    .handle_request(&session.id, &session.identity, req, None, admission)
+                    .handle_request(session.inbound(req), None, admission)
                     .await;
                 answer_reply(out)
             }
@@ -318,10 +314,13 @@ fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept, identity: Ident
             )
         }
     };
+    let caps = ClientCaps::from_initialize(&params);
+    session.set_caps(caps);
     shared.router.open_session(SessionInfo {
         key: session.id.clone(),
         client: session.identity.client.clone(),
-        caps: ClientCaps::from_initialize(&params),
+        caps,
+        log: crate::mcp::LogLevel::Unset,
         sink: session.standalone.clone() as Arc<dyn MessageSink>,
     });
     let client = params
@@ -415,9 +414,7 @@ async fn batch(
                 ));
             }
             Ok(Message::Request(req)) => calls.push(shared.router.handle_request(
-                &session.id,
-                &session.identity,
-                req,
+                session.inbound(req),
                 None,
                 None,
             )),
@@ -539,14 +536,11 @@ pub(super) fn answer_on(
     close: bool,
 ) {
     let router = shared.router.clone();
-    let key = session.id.clone();
-    let identity = session.identity.clone();
+    let inbound = session.inbound(req);
     tokio::spawn(async move {
         let out = router
             .handle_request(
-                &key,
-                &identity,
-                req,
+                inbound,
                 Some(stream.clone() as Arc<dyn MessageSink>),
                 admission,
             )

@@ -135,6 +135,9 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     if old.gateway.page_size != new.gateway.page_size {
         gateway.push("gateway.page_size");
     }
+    if old.gateway.list_ttl != new.gateway.list_ttl {
+        gateway.push("gateway.list_ttl");
+    }
     if old.effective_naming() != new.effective_naming() {
         gateway.push("gateway.naming");
     }

@@ -201,6 +201,9 @@ pub struct Gateway {
     pub max_sessions: usize,
     /// Items per page in aggregated `*/list` answers.
     pub page_size: usize,
+    /// How long 2026-07-28 clients may consider the gateway's lists fresh (`ttlMs`); list
+    /// changes still reach `subscriptions/listen` streams at once.
+    pub list_ttl: Duration,
     /// Interval between SSE keep-alive comments.
     pub sse_keepalive: Duration,
     /// When set, a POST's SSE stream is closed after this long and the client resumes it with

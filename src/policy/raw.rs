@@ -78,6 +78,7 @@ pub struct RawGateway {
     pub session_idle_timeout: Option<Spanned<Value>>,
     pub max_sessions: Option<Spanned<u64>>,
     pub page_size: Option<Spanned<u64>>,
+    pub list_ttl: Option<Spanned<Value>>,
     pub sse_keepalive: Option<Spanned<Value>>,
     pub sse_poll_interval: Option<Spanned<Value>>,
     #[serde(default, deserialize_with = "in_tls")]

@@ -86,6 +86,7 @@ pub fn render(p: &Policy) -> String {
     );
     let _ = writeln!(o, "  max_sessions          {}", g.max_sessions);
     let _ = writeln!(o, "  page_size             {}", g.page_size);
+    let _ = writeln!(o, "  list_ttl              {}", format_duration(g.list_ttl));
     let _ = writeln!(
         o,
         "  sse_keepalive         {}",

@@ -20,6 +20,7 @@ pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_PAGE_SIZE: usize = 200;
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+pub const DEFAULT_LIST_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Docker refuses containers with less memory than this.
@@ -407,6 +408,9 @@ impl Checker<'_> {
             page_size: self
                 .count(&g.page_size, "page_size", (1, 10_000))
                 .map_or(DEFAULT_PAGE_SIZE, |n| n as usize),
+            list_ttl: self
+                .duration(&g.list_ttl, "list_ttl")
+                .unwrap_or(DEFAULT_LIST_TTL),
             sse_keepalive: self
                 .duration(&g.sse_keepalive, "sse_keepalive")
                 .unwrap_or(DEFAULT_SSE_KEEPALIVE),

@@ -11,9 +11,10 @@ use serde_json::{Map, Value};
 
 use super::naming;
 use super::uri_template::UriTemplate;
+use crate::mcp::headers::{self, ParamHeader};
 use crate::policy::ToolFilter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Tools = 0,
     Prompts = 1,
@@ -61,6 +62,11 @@ impl Kind {
         }
     }
 
+    /// The list a `*/list` method returns.
+    pub fn of_list_method(method: &str) -> Option<Kind> {
+        KINDS.into_iter().find(|k| k.list_method() == method)
+    }
+
     pub fn from_list_changed(method: &str) -> &'static [Kind] {
         use crate::mcp::methods::*;
         match method {
@@ -87,6 +93,8 @@ pub struct Aggregate {
     /// Where each tools entry leads, by index, for per-client filtering.
     tool_entry_routes: Vec<Route>,
     tool_routes: HashMap<String, Route>,
+    /// The arguments each tool mirrors into `Mcp-Param-*` headers (tools that mirror any).
+    tool_mirrors: HashMap<String, Arc<[ParamHeader]>>,
     prompt_routes: HashMap<String, Route>,
     resource_routes: HashMap<String, Arc<str>>,
     template_routes: Vec<(UriTemplate, Arc<str>)>,
@@ -95,6 +103,11 @@ pub struct Aggregate {
 impl Aggregate {
     pub fn tool(&self, exposed: &str) -> Option<&Route> {
         self.tool_routes.get(exposed)
+    }
+
+    /// The arguments tool `exposed` mirrors into request headers, when it mirrors any.
+    pub fn tool_mirrors(&self, exposed: &str) -> Option<&Arc<[ParamHeader]>> {
+        self.tool_mirrors.get(exposed)
     }
 
     pub fn prompt(&self, exposed: &str) -> Option<&Route> {
@@ -237,7 +250,17 @@ impl Catalog {
         page_size: usize,
         visible: &dyn Fn(&Route) -> bool,
     ) -> Result<Box<RawValue>, CursorError> {
-        let agg = self.snapshot();
+        Self::page_of(&self.snapshot(), kind, cursor, page_size, visible)
+    }
+
+    /// [`Catalog::page`] of a given snapshot.
+    pub fn page_of(
+        agg: &Aggregate,
+        kind: Kind,
+        cursor: Option<&str>,
+        page_size: usize,
+        visible: &dyn Fn(&Route) -> bool,
+    ) -> Result<Box<RawValue>, CursorError> {
         let entries = &agg.entries[kind as usize];
         let start = match cursor {
             None => 0,
@@ -317,6 +340,17 @@ fn add(
             };
             if kind == Kind::Tools {
                 agg.tool_entry_routes.push(route.clone());
+                if let Some(schema) = item.get("inputSchema") {
+                    match headers::annotations(schema) {
+                        Ok(a) if a.is_empty() => {}
+                        Ok(a) => {
+                            agg.tool_mirrors.insert(exposed.clone(), a.into());
+                        }
+                        Err(e) => {
+                            tracing::warn!(server = %server, tool = name, error = %e, "tool mirrors no argument into headers; 2026-07-28 clients will not list it")
+                        }
+                    }
+                }
             }
             routes.insert(exposed.clone(), route);
             let mut out = item.clone();

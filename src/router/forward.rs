@@ -12,7 +12,7 @@ use super::audit_trail::{self, AuditTrail};
 use super::{Failure, MessageSink, Router};
 use crate::access::Identity;
 use crate::audit::Outcome;
-use crate::mcp::{methods, ErrorCode, Id};
+use crate::mcp::{methods, ErrorCode, Id, RequestContext};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// A request in flight at a server, seen from the server's side.
@@ -146,6 +146,9 @@ impl Router {
         server: &Arc<str>,
         method: &str,
         mut params: Map<String, Value>,
+        // What an upstream encoder needs to write the request for the server's era; servers of
+        // the 2025 era get `params` as they are (trace keys included).
+        _context: &RequestContext,
         related: Option<Arc<dyn MessageSink>>,
     ) -> Result<Box<RawValue>, Failure> {
         let session: Arc<str> = self

@@ -8,12 +8,16 @@
 pub mod audit_trail;
 pub mod catalog;
 mod forward;
+pub mod inbound;
+mod list_cache;
 pub mod naming;
 mod relay;
 mod reload;
 mod servers;
 mod sessions;
+mod tasks;
 pub mod uri_template;
+pub mod views;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,12 +31,14 @@ use tokio::sync::{mpsc, watch};
 
 use crate::access::{Access, Identity, Limited};
 use crate::mcp::{
-    error_response_bytes, methods, ErrorCode, Message, Notification, Request, Response,
+    error_response_bytes, methods, ErrorCode, Message, Notification, Request, RequestContext,
+    Response,
 };
 use crate::policy::{Naming, Policy};
 use crate::sandbox::Runtime;
 use crate::upstream::{Upstream, UpstreamEvent};
 use catalog::{Catalog, Kind, KINDS};
+pub use inbound::Inbound;
 pub use sessions::{ClientCaps, MessageSink, SessionInfo};
 
 /// Queue between upstream readers and the router's event task.
@@ -45,6 +51,8 @@ const MAX_UPSTREAM_PAGES: usize = 1000;
 pub struct Router {
     servers: servers::Servers,
     catalog: Catalog,
+    /// Pages of the merged lists as each client sees them, until the catalog or rules change.
+    pages: list_cache::ListCache,
     sessions: sessions::Sessions,
     flights: forward::Flights,
     relay: relay::Relay,
@@ -68,6 +76,7 @@ struct Settings {
     request_timeout: Duration,
     server_timeouts: HashMap<Arc<str>, Duration>,
     page_size: usize,
+    list_ttl: Duration,
     passthrough_instructions: bool,
 }
 
@@ -81,6 +90,7 @@ impl Settings {
                 .filter_map(|(name, s)| Some((Arc::from(name.as_str()), s.request_timeout?)))
                 .collect(),
             page_size: policy.gateway.page_size,
+            list_ttl: policy.gateway.list_ttl,
             passthrough_instructions: policy.effective_naming() != Naming::Prefix,
         }
     }
@@ -112,6 +122,7 @@ impl Router {
             unsettled: Mutex::new(servers.names().into_iter().collect()),
             servers,
             catalog: Catalog::new(prefix, filters),
+            pages: list_cache::ListCache::default(),
             sessions: sessions::Sessions::default(),
             flights: forward::Flights::default(),
             relay: relay::Relay::default(),
@@ -153,11 +164,7 @@ impl Router {
                 "logging": {},
                 "completions": {}
             },
-            "serverInfo": {
-                "name": "portcullis",
-                "title": "Portcullis MCP gateway",
-                "version": env!("CARGO_PKG_VERSION")
-            }
+            "serverInfo": views::server_info()
         });
         if let Some(text) = self.instructions() {
             result["instructions"] = Value::String(text);
@@ -217,18 +224,16 @@ impl Router {
         self.servers.close_session(key);
     }
 
-    /// Handles one request from session `key`; `related` carries messages tied to it (the SSE
-    /// stream of its POST), when there is one. Returns the serialized response.
+    /// Handles one request; `related` carries messages tied to it (the SSE stream of its
+    /// POST), when there is one. Returns the serialized response.
     pub async fn handle_request(
         &self,
-        key: &str,
-        identity: &Identity,
-        req: Request,
+        inbound: Inbound,
         related: Option<Arc<dyn MessageSink>>,
         admission: Option<Admission>,
     ) -> Answer {
-        let id = req.id.clone();
-        match self.dispatch(key, identity, req, related, admission).await {
+        let id = inbound.request.id.clone();
+        match self.handle(inbound, related, admission).await {
             Ok(result) => Answer::ok(
                 Message::Response(Response {
                     id,
@@ -236,8 +241,27 @@ impl Router {
                 })
                 .to_bytes(),
             ),
-            Err(f) => f.answer(&id),
+            Err(refused) => refused,
         }
+    }
+
+    /// Handles one request: its result object, or its serialized error response.
+    pub async fn handle(
+        &self,
+        inbound: Inbound,
+        related: Option<Arc<dyn MessageSink>>,
+        admission: Option<Admission>,
+    ) -> Result<Box<RawValue>, Answer> {
+        let Inbound {
+            identity,
+            session,
+            request,
+            context,
+        } = inbound;
+        let id = request.id.clone();
+        self.dispatch(&session, &identity, request, &context, related, admission)
+            .await
+            .map_err(|f| f.answer(&id))
     }
 
     /// Authorization and rate limits for a request, before it is answered: lets the transport
@@ -314,6 +338,7 @@ impl Router {
         key: &str,
         identity: &Identity,
         req: Request,
+        context: &RequestContext,
         related: Option<Arc<dyn MessageSink>>,
         admission: Option<Admission>,
     ) -> Result<Box<RawValue>, Failure> {
@@ -371,6 +396,7 @@ impl Router {
                     &server,
                     &req.method,
                     params,
+                    context,
                     related,
                 )
                 .await
@@ -396,6 +422,7 @@ impl Router {
                         &server,
                         &req.method,
                         params,
+                        context,
                         related,
                     )
                     .await;
@@ -426,6 +453,7 @@ impl Router {
                     &server,
                     &req.method,
                     params,
+                    context,
                     related,
                 )
                 .await
@@ -507,22 +535,14 @@ impl Router {
         identity: &Identity,
     ) -> Result<Box<RawValue>, Failure> {
         self.wait_settled().await;
-        let cursor = match params.get("cursor") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => {
-                return Err(Failure::Gateway(
-                    ErrorCode::INVALID_PARAMS,
-                    "`cursor` must be a string".into(),
-                ))
-            }
-        };
-        let rules = self.access.rules(&identity.client);
-        self.catalog
-            .page(kind, cursor, self.settings().page_size, &|r| {
-                rules.permits(&r.server, &r.name)
-            })
-            .map_err(|e| Failure::Gateway(ErrorCode::INVALID_PARAMS, e.to_string()))
+        let cursor = cursor_param(params)?;
+        let page = self.cached_page(kind, cursor, identity)?;
+        RawValue::from_string(page.to_string()).map_err(|e| {
+            Failure::Gateway(
+                ErrorCode::INTERNAL_ERROR,
+                format!("list page is not JSON: {e}"),
+            )
+        })
     }
 
     async fn wait_settled(&self) {
@@ -773,13 +793,20 @@ enum Failure {
 impl Failure {
     fn answer(self, id: &crate::mcp::Id) -> Answer {
         match self {
-            Failure::Raw(error) => Answer::ok(
-                Message::Response(Response {
-                    id: id.clone(),
-                    outcome: Err(error),
-                })
-                .to_bytes(),
-            ),
+            Failure::Raw(error) => {
+                let code = serde_json::from_str::<Value>(error.get())
+                    .ok()
+                    .and_then(|v| v.get("code").and_then(Value::as_i64));
+                Answer {
+                    bytes: Message::Response(Response {
+                        id: id.clone(),
+                        outcome: Err(error),
+                    })
+                    .to_bytes(),
+                    refusal: None,
+                    code,
+                }
+            }
             Failure::Gateway(code, message) => {
                 match code {
                     ErrorCode::FORBIDDEN => crate::metrics::global().refusal("forbidden"),
@@ -789,6 +816,7 @@ impl Failure {
                 Answer {
                     bytes: error_response_bytes(Some(id), code, &message),
                     refusal: (code == ErrorCode::FORBIDDEN).then_some(Refusal::Forbidden),
+                    code: Some(code.0),
                 }
             }
             Failure::Limited(l) => {
@@ -806,6 +834,7 @@ impl Failure {
                     refusal: Some(Refusal::RateLimited {
                         retry_after_secs: secs,
                     }),
+                    code: Some(ErrorCode::RATE_LIMITED.0),
                 }
             }
         }
@@ -818,6 +847,8 @@ impl Failure {
 pub struct Answer {
     pub bytes: Bytes,
     pub refusal: Option<Refusal>,
+    /// The JSON-RPC error code, when the response is an error.
+    pub code: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -831,6 +862,16 @@ impl Answer {
         Answer {
             bytes,
             refusal: None,
+            code: None,
+        }
+    }
+
+    /// An error response the caller made itself (outside the router).
+    pub fn error(id: Option<&crate::mcp::Id>, code: ErrorCode, message: &str) -> Answer {
+        Answer {
+            bytes: error_response_bytes(id, code, message),
+            refusal: (code == ErrorCode::FORBIDDEN).then_some(Refusal::Forbidden),
+            code: Some(code.0),
         }
     }
 }
@@ -849,6 +890,17 @@ fn object_params(params: Option<&RawValue>) -> Result<Map<String, Value>, Failur
                 "`params` must be an object".into(),
             )),
         },
+    }
+}
+
+fn cursor_param(params: &Map<String, Value>) -> Result<Option<&str>, Failure> {
+    match params.get("cursor") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(Failure::Gateway(
+            ErrorCode::INVALID_PARAMS,
+            "`cursor` must be a string".into(),
+        )),
     }
 }
 
