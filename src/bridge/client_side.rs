@@ -135,6 +135,30 @@ struct Exchange {
     progress: Mutex<Progress>,
 }
 
+/// How waiting on an exchange ended.
+enum Waited {
+    /// The server answered the call (its result or its error).
+    Server(Result<Box<RawValue>, Answer>),
+    /// The call is held for the client's input: an `InputRequiredResult` of ours.
+    Held(Box<RawValue>),
+    /// The gateway ended it (cancelled, refused).
+    Gateway(Answer),
+}
+
+impl Waited {
+    /// The answer for the client; `wrap` sees the server's own results only.
+    fn into_answer(
+        self,
+        wrap: impl FnOnce(Box<RawValue>) -> Box<RawValue>,
+    ) -> Result<Box<RawValue>, Answer> {
+        match self {
+            Waited::Server(Ok(r)) => Ok(wrap(r)),
+            Waited::Server(Err(a)) | Waited::Gateway(a) => Err(a),
+            Waited::Held(r) => Ok(r),
+        }
+    }
+}
+
 pub struct ClientSide {
     router: Arc<Router>,
     seal: Arc<Seal>,
@@ -281,13 +305,10 @@ impl ClientSide {
             let r = router.handle(inbound, Some(related), admission).await;
             let _ = tx.send(Event::Done(r)).await;
         });
-        let answer = self.wait(&ex, gone).await;
-        match (answer, owner) {
-            (Ok(result), Some((server, tool))) => {
-                Ok(self.wrap_upstream(&ex, result, &server, &tool))
-            }
-            (other, _) => other,
-        }
+        self.wait(&ex, gone).await.into_answer(|r| match &owner {
+            Some((server, tool)) => self.wrap_upstream(&ex, r, server, tool),
+            None => r,
+        })
     }
 
     async fn resume(
@@ -359,23 +380,17 @@ impl ClientSide {
             p.remove(&ex.id);
         }
         ex.sink.set_out(Some(out));
-        let answer = self.wait(&ex, gone).await;
-        match (answer, self.router.owner_of(&call.method, &call.params)) {
-            (Ok(result), Some((server, tool))) => {
-                Ok(self.wrap_upstream(&ex, result, &server, &tool))
-            }
-            (other, _) => other,
-        }
+        let owner = self.router.owner_of(&call.method, &call.params);
+        self.wait(&ex, gone).await.into_answer(|r| match &owner {
+            Some((server, tool)) => self.wrap_upstream(&ex, r, server, tool),
+            None => r,
+        })
     }
 
     /// Waits for the call's result or the server's next request to the client.
-    async fn wait(
-        self: &Arc<Self>,
-        ex: &Arc<Exchange>,
-        mut gone: oneshot::Receiver<()>,
-    ) -> Result<Box<RawValue>, Answer> {
+    async fn wait(self: &Arc<Self>, ex: &Arc<Exchange>, mut gone: oneshot::Receiver<()>) -> Waited {
         let Ok(mut events) = ex.events.try_lock() else {
-            return Err(invalid(
+            return Waited::Gateway(invalid(
                 &ex.first_id,
                 "this call is already being continued by another request".into(),
             ));
@@ -386,7 +401,7 @@ impl ClientSide {
                 _ = &mut gone => {
                     drop(events);
                     self.end(ex, "the client closed the response stream").await;
-                    return Err(Answer::error(Some(&ex.first_id), ErrorCode::REQUEST_CANCELLED, "request cancelled by the client"));
+                    return Waited::Gateway(Answer::error(Some(&ex.first_id), ErrorCode::REQUEST_CANCELLED, "request cancelled by the client"));
                 }
             };
             let req = match event {
@@ -394,12 +409,12 @@ impl ClientSide {
                 Some(Event::Done(result)) => {
                     drop(events);
                     self.finish(ex).await;
-                    return result;
+                    return Waited::Server(result);
                 }
                 None => {
                     drop(events);
                     self.finish(ex).await;
-                    return Err(Answer::error(
+                    return Waited::Gateway(Answer::error(
                         Some(&ex.first_id),
                         ErrorCode::INTERNAL_ERROR,
                         "the call ended without an answer",
@@ -432,7 +447,7 @@ impl ClientSide {
                 let data = json!({
                     "requiredCapabilities": ClientCaps::required_for(&req.method).unwrap_or_else(|| json!({}))
                 });
-                return Err(Answer {
+                return Waited::Gateway(Answer {
                     bytes: crate::mcp::error_response_with_data(
                         Some(&ex.first_id),
                         ErrorCode::MISSING_CLIENT_CAPABILITY,
@@ -466,7 +481,7 @@ impl ClientSide {
             }
             ex.sink.set_out(None);
             self.expire_later(ex.clone(), round);
-            return Ok(self.input_required(ex));
+            return Waited::Held(self.input_required(ex));
         }
     }
 
