@@ -606,7 +606,19 @@ async fn a_servers_own_request_state_and_task_ids_reach_the_client_only_sealed()
     assert_eq!(task["result"]["resultType"], "task", "{task}");
     let handle = task["result"]["taskId"].as_str().unwrap().to_owned();
     assert_ne!(handle, "job-42");
-    let got = request(&alice, 5, "tasks/get", json!({"taskId": handle}), json!({})).await;
+    let tasks = json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
+    // Task methods belong to the extension: a request that does not declare it is refused.
+    let r = request(&alice, 5, "tasks/get", json!({"taskId": handle}), json!({})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], -32021);
+    let got = request(
+        &alice,
+        5,
+        "tasks/get",
+        json!({"taskId": handle}),
+        tasks.clone(),
+    )
+    .await;
     assert_eq!(got.status, 200, "{}", got.body);
     let got = got.json();
     assert_eq!(got["result"]["status"], "completed", "{got}");
@@ -623,18 +635,11 @@ async fn a_servers_own_request_state_and_task_ids_reach_the_client_only_sealed()
         (7, &bob, "tasks/cancel", handle.as_str()),
         (8, &alice, "tasks/get", "job-42"),
     ] {
-        let r = request(who, id, method, json!({"taskId": task_id}), json!({})).await;
+        let r = request(who, id, method, json!({"taskId": task_id}), tasks.clone()).await;
         assert_eq!(r.status, 400, "{method}: {}", r.body);
         assert_eq!(r.json()["error"]["code"], -32602);
     }
-    let cancel = request(
-        &alice,
-        9,
-        "tasks/cancel",
-        json!({"taskId": handle}),
-        json!({}),
-    )
-    .await;
+    let cancel = request(&alice, 9, "tasks/cancel", json!({"taskId": handle}), tasks).await;
     assert_eq!(cancel.status, 200, "{}", cancel.body);
 }
 
@@ -744,7 +749,6 @@ async fn closing_the_response_cancels_the_call_at_the_server() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit");
     let gw = Gateway::start(&policy(&audit));
-    let alice = client(&gw, Some(ALICE));
     let b = body(
         1,
         "tools/call",

@@ -86,7 +86,8 @@ impl MessageSink for ExchangeSink {
     fn send(&self, message: Bytes) {
         match Message::parse(&message) {
             Ok(Message::Request(req)) => {
-                if self.events.try_send(Event::Request(req)).is_err() {
+                let refused = self.events.try_send(Event::Request(req)).is_err();
+                if refused {
                     tracing::warn!("server request to a held call dropped: its queue is full");
                 }
             }

@@ -235,6 +235,9 @@ async fn post<B: RequestBody>(
         Err(e) => return reply::json(StatusCode::BAD_REQUEST, e.to_response_bytes()),
     };
 
+    if super::modern::claims(headers, &parsed) {
+        return super::modern::post(shared, headers, parsed, acc.sse, identity).await;
+    }
     // Messages that may come without a session.
     if let Body::Single(Message::Request(req)) = &parsed {
         if req.method == methods::INITIALIZE {
@@ -246,9 +249,6 @@ async fn post<B: RequestBody>(
             }
             return initialize(shared, req, &acc, identity);
         }
-    }
-    if super::modern::claims(headers, &parsed) {
-        return super::modern::post(shared, headers, parsed, acc.sse, identity).await;
     }
 
     let session = match session_of(shared, headers, &identity) {

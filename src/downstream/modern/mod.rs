@@ -57,9 +57,15 @@ const REMOVED: [(&str, &str); 6] = [
     (methods::TASKS_RESULT, "poll tasks/get: a finished task carries its result"),
 ];
 
-/// Whether a POST belongs to the stateless era (see the module documentation). `initialize`
-/// never does.
+/// Whether a POST belongs to the stateless era (see the module documentation).
 pub(super) fn claims(headers: &HeaderMap, body: &Body) -> bool {
+    if let Body::Single(Message::Request(r)) = body {
+        if r.method == methods::INITIALIZE {
+            // A handshake is the 2025 era's, unless the client says it speaks 2026-07-28 (it is
+            // then told that the revision has no initialize).
+            return claims_other(headers);
+        }
+    }
     if let Some(v) = headers.get(PROTOCOL_HEADER) {
         let v = v.to_str().unwrap_or("");
         if protocol::is_supported(v) {
@@ -218,6 +224,14 @@ async fn request(
             "subscriptions/listen answers with an event stream: Accept must include text/event-stream",
         ),
         methods::SUBSCRIPTIONS_LISTEN => listen::open(shared, identity, d).await,
+        methods::TASKS_GET | methods::TASKS_UPDATE | methods::TASKS_CANCEL if !d.context.caps.tasks => {
+            let mut rej = Rejection::new(
+                ErrorCode::MISSING_CLIENT_CAPABILITY,
+                format!("`{method}` belongs to the tasks extension: declare `{}` in clientCapabilities.extensions", meta::TASKS_EXTENSION),
+            );
+            rej.data = Some(json!({ "requiredCapabilities": { "extensions": { meta::TASKS_EXTENSION: {} } } }));
+            rejection(&rej, Some(&d.id))
+        }
         methods::TASKS_GET | methods::TASKS_UPDATE | methods::TASKS_CANCEL => {
             let id = d.id.clone();
             match shared.tasks.serve(call(identity, d)).await {
