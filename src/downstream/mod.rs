@@ -7,7 +7,7 @@
 mod event_stream;
 mod guard;
 mod legacy_sse;
-mod modern;
+pub(crate) mod modern;
 mod reply;
 mod session;
 mod streamable;

@@ -22,10 +22,10 @@
 //! Every result gets `resultType` and `io.modelcontextprotocol/serverInfo` ([`encode`]).
 //! Closing a response before its answer cancels the request at the server ([`outbox`]).
 
-mod encode;
-mod envelope;
+pub(crate) mod encode;
+pub(crate) mod envelope;
 mod listen;
-mod mirror;
+pub(crate) mod mirror;
 mod outbox;
 
 use std::sync::atomic::{AtomicU64, Ordering};
