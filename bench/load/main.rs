@@ -10,6 +10,8 @@
 //!       container when dockerd is usable (skipped loudly otherwise)
 //!   (d) (b) with the audit log on, fsync = group; (dc) the same for (c), process runtime
 //!   (e) tools/list over 50 servers x 20 tools
+//!   (cm) (c) as stateless 2026-07-28 requests (no session; envelope and headers on each)
+//!   (em) (e) as stateless 2026-07-28 requests (the page comes from the gateway's list cache)
 //!   peers: ContextForge -> echo upstream (compare with b); supergateway -> fixture over stdio
 //!   (compare with c, process)
 //!   memory: gateway RSS with 1,000 open sessions
@@ -285,12 +287,20 @@ async fn run() -> Result<(), String> {
     }
 
     // (c) stdio upstream: our fixture server as a child process, and in the shared container.
-    if wanted("c") {
+    if wanted("c") || wanted("cm") {
         let gw = gateway(
             "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{fixture}\"\n",
         );
-        let label = "Portcullis -> fixture (process, stdio)";
-        rows.extend(through(&gw, None, "c", label, Work::Call("echo".into()), &both).await?);
+        if wanted("c") {
+            let label = "Portcullis -> fixture (process, stdio)";
+            rows.extend(through(&gw, None, "c", label, Work::Call("echo".into()), &both).await?);
+        }
+        // The same gateway and server, stateless 2026-07-28 calls: compare with (c).
+        if wanted("cm") {
+            let label = "Portcullis -> fixture (process, stdio), 2026-07-28 stateless";
+            let work = Work::ModernCall("echo".into());
+            rows.extend(through(&gw, None, "cm", label, work, &both).await?);
+        }
     }
     // (dc) (c) with the audit log on: the stdio path is the common deployment.
     if wanted("dc") {
@@ -314,15 +324,22 @@ async fn run() -> Result<(), String> {
     }
 
     // (e) tools/list over 50 servers x 20 tools.
-    if wanted("e") {
+    if wanted("e") || wanted("em") {
         let gw = gateway(&catalog_policy(50, 20));
         let plan = Plan {
             calls: (calls / 10).max(20),
             warmup: 5,
             ..heavy
         };
-        let label = "Portcullis tools/list, 50 servers x 20 tools";
-        rows.extend(through(&gw, None, "e", label, Work::List, &[("", plan)]).await?);
+        if wanted("e") {
+            let label = "Portcullis tools/list, 50 servers x 20 tools";
+            rows.extend(through(&gw, None, "e", label, Work::List, &[("", plan)]).await?);
+        }
+        // The same list for stateless 2026-07-28 clients, from the gateway's page cache.
+        if wanted("em") {
+            let label = "Portcullis tools/list, 50 servers x 20 tools, 2026-07-28 stateless";
+            rows.extend(through(&gw, None, "em", label, Work::ModernList, &[("", plan)]).await?);
+        }
     }
 
     // Peers.
