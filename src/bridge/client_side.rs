@@ -28,6 +28,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::legacy_tasks;
 use super::results::{self, Shape};
 use super::seal::{Held, Seal};
 use crate::access::Identity;
@@ -131,6 +132,8 @@ struct Exchange {
     item: String,
     /// The first request's id: how the router knows the call in flight.
     first_id: Id,
+    /// The call was sent as a 2025-11-25 task.
+    legacy_task: bool,
     sink: Arc<ExchangeSink>,
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     progress: Mutex<Progress>,
@@ -245,11 +248,26 @@ impl ClientSide {
 
     async fn start(
         self: &Arc<Self>,
-        call: Call,
+        mut call: Call,
         item: String,
         out: Arc<dyn MessageSink>,
         gone: oneshot::Receiver<()>,
     ) -> Result<Box<RawValue>, Answer> {
+        // A tool its 2025-11-25 server runs as a task is called as one when the client takes
+        // tasks (and cannot be called by a client that does not, when it must).
+        let task_support = (call.method == methods::TOOLS_CALL)
+            .then(|| self.router.task_support(&item))
+            .flatten();
+        let legacy_task = match task_support {
+            Some(true) if !call.context.caps.tasks => {
+                return Err(legacy_tasks::needs_extension(&call.id, &item))
+            }
+            Some(_) if call.context.caps.tasks => {
+                legacy_tasks::augment(&mut call.params);
+                true
+            }
+            _ => false,
+        };
         let (tx, rx) = mpsc::channel(EVENTS);
         let sink = Arc::new(ExchangeSink {
             events: tx.clone(),
@@ -278,6 +296,7 @@ impl ClientSide {
             method: call.method.clone(),
             item,
             first_id: call.id.clone(),
+            legacy_task,
             sink: sink.clone(),
             events: tokio::sync::Mutex::new(rx),
             progress: Mutex::new(Progress::default()),
@@ -542,6 +561,20 @@ impl ClientSide {
         server: &str,
         tool: &str,
     ) -> Box<RawValue> {
+        if ex.legacy_task {
+            if let Some((task, fields)) = legacy_tasks::created(&result) {
+                let held = Held::Task {
+                    server: server.to_owned(),
+                    tool: tool.to_owned(),
+                    task,
+                    legacy: true,
+                };
+                let handle =
+                    self.seal
+                        .make(held, &ex.identity.client, "", "", super::tasks::HANDLE_FOR);
+                return legacy_tasks::created_result(&fields, &handle);
+            }
+        }
         let held = |shape: &Shape| match shape {
             Shape::InputRequired { state } => Some((
                 Held::UpstreamState {
@@ -556,6 +589,7 @@ impl ClientSide {
                     server: server.to_owned(),
                     tool: tool.to_owned(),
                     task: task.clone(),
+                    legacy: false,
                 },
                 "taskId",
                 super::tasks::HANDLE_FOR,

@@ -43,6 +43,10 @@ pub enum Held {
         /// The tool whose call created the task (the server's own name for it).
         tool: String,
         task: String,
+        /// The task is one of the 2025-11-25 experimental tasks (polled with that revision's
+        /// `tasks/get` and `tasks/result`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        legacy: bool,
     },
 }
 

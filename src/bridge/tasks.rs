@@ -40,11 +40,22 @@ impl Tasks {
             .seal
             .open(&handle, &call.identity.client, None)
             .map_err(|why| invalid(format!("taskId refused: {why}")))?;
-        let Held::Task { server, tool, task } = claims.held else {
+        let Held::Task {
+            server,
+            tool,
+            task,
+            legacy,
+        } = claims.held
+        else {
             return Err(invalid(
                 "taskId is not a task handle of this gateway".into(),
             ));
         };
+        if legacy {
+            let server = Arc::from(server.as_str());
+            return super::legacy_tasks::serve(&self.router, &call, server, &tool, &task, &handle)
+                .await;
+        }
         let mut params = call.params;
         params.insert("taskId".into(), Value::String(task));
         let inbound = Inbound {

@@ -95,6 +95,9 @@ pub struct Aggregate {
     tool_routes: HashMap<String, Route>,
     /// The arguments each tool mirrors into `Mcp-Param-*` headers (tools that mirror any).
     tool_mirrors: HashMap<String, Arc<[ParamHeader]>>,
+    /// Tools whose listing says they run as 2025-11-25 tasks (`execution.taskSupport`), and
+    /// whether they must.
+    tool_tasks: HashMap<String, bool>,
     prompt_routes: HashMap<String, Route>,
     resource_routes: HashMap<String, Arc<str>>,
     template_routes: Vec<(UriTemplate, Arc<str>)>,
@@ -108,6 +111,12 @@ impl Aggregate {
     /// The arguments tool `exposed` mirrors into request headers, when it mirrors any.
     pub fn tool_mirrors(&self, exposed: &str) -> Option<&Arc<[ParamHeader]>> {
         self.tool_mirrors.get(exposed)
+    }
+
+    /// Whether tool `exposed` runs as a task of its server (2025-11-25 `execution.taskSupport`
+    /// `optional` or `required`): `Some(true)` when it must.
+    pub fn tool_task_support(&self, exposed: &str) -> Option<bool> {
+        self.tool_tasks.get(exposed).copied()
     }
 
     pub fn prompt(&self, exposed: &str) -> Option<&Route> {
@@ -340,6 +349,19 @@ fn add(
             };
             if kind == Kind::Tools {
                 agg.tool_entry_routes.push(route.clone());
+                match item
+                    .get("execution")
+                    .and_then(|e| e.get("taskSupport"))
+                    .and_then(Value::as_str)
+                {
+                    Some("required") => {
+                        agg.tool_tasks.insert(exposed.clone(), true);
+                    }
+                    Some("optional") => {
+                        agg.tool_tasks.insert(exposed.clone(), false);
+                    }
+                    _ => {}
+                }
                 if let Some(schema) = item.get("inputSchema") {
                     match headers::annotations(schema) {
                         Ok(a) if a.is_empty() => {}

@@ -55,6 +55,23 @@ impl Router {
         self.catalog.snapshot().tool_mirrors(tool).cloned()
     }
 
+    /// Whether tool `tool` (its exposed name) runs as a task of a 2025-11-25 server that takes
+    /// task-augmented calls: `Some(true)` when the tool must, `Some(false)` when it may.
+    pub fn task_support(&self, tool: &str) -> Option<bool> {
+        let agg = self.catalog.snapshot();
+        let support = agg.tool_task_support(tool)?;
+        let server = &agg.tool(tool)?.server;
+        let takes_tasks = self.servers.live().iter().any(|up| {
+            up.name() == server
+                && up.init_info().is_some_and(|i| {
+                    i.capabilities
+                        .pointer("/tasks/requests/tools/call")
+                        .is_some_and(|v| !v.is_null())
+                })
+        });
+        takes_tasks.then_some(support)
+    }
+
     /// The server a request's named tool, prompt or resource belongs to, and the item's name
     /// there, for audit records of requests refused before routing. Read from the body only.
     pub fn owner_of(
