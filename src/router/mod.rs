@@ -276,11 +276,16 @@ impl Router {
         if req.method != methods::TOOLS_CALL {
             return Ok(None);
         }
+        // Only the name is needed: the rest of the params is skipped, not built.
+        #[derive(serde::Deserialize)]
+        struct Named {
+            name: Option<String>,
+        }
         let Some(name) = req
             .params
             .as_deref()
-            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
-            .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|p| serde_json::from_str::<Named>(p.get()).ok())
+            .and_then(|n| n.name)
         else {
             return Ok(None);
         };
