@@ -305,17 +305,20 @@ async fn header_mismatch_attacks_are_refused_and_audited() {
             json!({}),
         )
     };
-    let baseline = text(
-        &request(
-            &alice,
-            1,
-            "tools/call",
-            json!({"name": "fixture__count_calls", "arguments": {}}),
-            json!({}),
-        )
-        .await
-        .message(),
-    );
+    // How many tool calls reached the fixture (its counter is one of them).
+    let counter = |id| {
+        let alice = &alice;
+        async move {
+            let r = send(
+                alice,
+                &calls(id),
+                &headers("tools/call", Some("fixture__count_calls")),
+            )
+            .await;
+            text(&r.message()).parse::<u64>().unwrap()
+        }
+    };
+    let before = counter(1).await;
 
     // Mcp-Name names a tool alice may call while the body calls one she may not.
     let denied = body(
@@ -377,19 +380,11 @@ async fn header_mismatch_attacks_are_refused_and_audited() {
     assert_eq!(r.status, 403, "{}", r.body);
 
     // None of the refused calls reached the server.
-    let after = text(
-        &request(
-            &alice,
-            7,
-            "tools/call",
-            json!({"name": "fixture__count_calls", "arguments": {}}),
-            json!({}),
-        )
-        .await
-        .message(),
+    assert_eq!(
+        counter(7).await,
+        before + 1,
+        "only the final counter call ran"
     );
-    let (before, after): (u64, u64) = (baseline.parse().unwrap(), after.parse().unwrap());
-    assert_eq!(after, before + 1, "only the final counter call ran");
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(
