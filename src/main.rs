@@ -33,7 +33,14 @@ fn main() -> ExitCode {
             match runtime.block_on(cli::serve::run(serve)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("error: {e:#}");
+                    // Policy diagnostics already read `FILE:LINE:COL: error: ...`, one per line.
+                    if e.downcast_ref::<portcullis::policy::PolicyError>()
+                        .is_some()
+                    {
+                        eprintln!("{e}");
+                    } else {
+                        eprintln!("error: {e:#}");
+                    }
                     ExitCode::FAILURE
                 }
             }

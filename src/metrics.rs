@@ -69,6 +69,8 @@ pub struct Metrics {
     upstream_starts: Family<AtomicU64>,
     upstream_up: Family<AtomicI64>,
     sessions: Family<AtomicI64>,
+    sessions_expired: Family<AtomicU64>,
+    server_stderr: Family<AtomicU64>,
     egress_denied: Family<AtomicU64>,
     audit_queue: Family<AtomicI64>,
     audit_fsync_seconds: Family<Histogram>,
@@ -83,6 +85,8 @@ pub fn global() -> &'static Metrics {
         upstream_starts: family("Server instances started (processes or containers)."),
         upstream_up: family("Whether a shared server instance is up (1) or not (0)."),
         sessions: family("Open client sessions."),
+        server_stderr: family("Lines servers wrote on stderr, by server and outcome (logged, or suppressed beyond server_log_rate)."),
+        sessions_expired: family("Client sessions closed by the gateway for inactivity, by reason (idle: no request for session_idle_timeout; unused: only initialize and lists, then nothing for unused_session_timeout)."),
         egress_denied: family("Egress attempts denied by the firewall, by server."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
@@ -149,6 +153,21 @@ impl Metrics {
             .fetch_add(delta, Ordering::Relaxed);
     }
 
+    pub fn session_expired(&self, reason: &'static str) {
+        self.sessions_expired
+            .get(vec![("reason", reason.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn server_stderr(&self, server: &str, outcome: &'static str) {
+        self.server_stderr
+            .get(vec![
+                ("server", server.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn egress_denied(&self, server: &str, n: u64) {
         self.egress_denied
             .get(vec![("server", server.to_owned())])
@@ -182,6 +201,16 @@ impl Metrics {
         );
         gauge(&mut o, "portcullis_upstream_up", &self.upstream_up);
         gauge(&mut o, "portcullis_sessions_open", &self.sessions);
+        counter(
+            &mut o,
+            "portcullis_sessions_expired_total",
+            &self.sessions_expired,
+        );
+        counter(
+            &mut o,
+            "portcullis_server_stderr_lines_total",
+            &self.server_stderr,
+        );
         counter(
             &mut o,
             "portcullis_egress_denied_total",

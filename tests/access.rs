@@ -694,3 +694,39 @@ fn retry_curl(url: &str, extra: &[&str]) -> (bool, String) {
     }
     curl_init(url, extra)
 }
+
+/// `mcp-remote` (npm) as a user would run it with a wrong token: it treats the 401 as an OAuth
+/// challenge and tries to register with the gateway; what it prints must name the real problem.
+#[test]
+fn an_oauth_client_with_a_wrong_token_is_told_there_is_no_authorization_server() {
+    let Some(bin) = common::peer("node/node_modules/.bin/mcp-remote-client") else {
+        return;
+    };
+    let gw = Gateway::start(&token_policy(""));
+    let run = |token: &str| {
+        let home = tempfile::tempdir().unwrap();
+        let out = Command::new("timeout")
+            .arg("60")
+            .arg(&bin)
+            .arg(&gw.url)
+            .args(["--header", &format!("Authorization: Bearer {token}")])
+            .env("HOME", home.path())
+            .env("MCP_REMOTE_CONFIG_DIR", home.path().join(".mcp-auth"))
+            .env("BROWSER", "true")
+            .output()
+            .unwrap();
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let refused = run("pcs_not-a-token-of-this-gateway");
+    assert!(
+        refused.contains("Portcullis has no OAuth authorization server"),
+        "{refused}"
+    );
+    let works = run(ALICE);
+    assert!(works.contains("Connected successfully"), "{works}");
+    assert!(!works.contains("authorization server"), "{works}");
+}

@@ -14,6 +14,17 @@ use portcullis::audit::{AuditEvent, AuditLog, Kind};
 use portcullis::policy::FsyncMode;
 
 const CHILD_ENV: &str = "PORTCULLIS_AUDIT_CRASH_DIR";
+/// Set: the writer rotates its checkpoint key every this many milliseconds.
+const EPOCH_ENV: &str = "PORTCULLIS_AUDIT_CRASH_EPOCH_MS";
+
+fn child_config(dir: &std::path::Path) -> portcullis::audit::AuditConfig {
+    let mut cfg = config(dir);
+    cfg.key_epoch = std::env::var(EPOCH_ENV)
+        .ok()
+        .and_then(|ms| ms.parse().ok())
+        .map(Duration::from_millis);
+    cfg
+}
 
 /// Not a test on its own: the writer process the crash test starts (and kills).
 #[test]
@@ -21,7 +32,7 @@ fn crash_child_writer() {
     let Ok(dir) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let mut cfg = config(std::path::Path::new(&dir));
+    let mut cfg = child_config(std::path::Path::new(&dir));
     cfg.fsync = FsyncMode::Group;
     cfg.checkpoint_every = 97;
     cfg.max_segment_bytes = 64 << 10;
@@ -59,17 +70,48 @@ fn random_ms(lo: u64, hi: u64) -> u64 {
 fn kill_9_under_load_loses_no_acknowledged_record() {
     let tmp = tempfile::tempdir().expect("tempdir");
     let dir = tmp.path().join("log");
+    kill_rounds(&dir, 8, (5, 300), None);
+}
+
+/// The same with the checkpoint key rotating every second: kills land before, during and after
+/// rotations, and every restart continues a log that verifies against its first public key.
+#[test]
+fn kill_9_across_key_rotations_keeps_the_log_verifiable_with_the_first_key() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    kill_rounds(&dir, 6, (300, 2000), Some(1000));
+    let rotations = (1..)
+        .map(|i| segment(&dir, i))
+        .take_while(|p| p.exists())
+        .flat_map(|p| lines(&p))
+        .filter(|l| l.contains(r#""kind":"key_rotation""#))
+        .count();
+    assert!(rotations >= 3, "only {rotations} key rotations happened");
+}
+
+/// `rounds` times: start a writer, kill -9 it after `kill_after_ms` (random in the range) once
+/// it is acknowledging, reopen and verify. Then every acknowledged record must be on disk.
+fn kill_rounds(
+    dir: &std::path::Path,
+    rounds: u32,
+    kill_after_ms: (u64, u64),
+    epoch_ms: Option<u64>,
+) {
     let me = std::env::current_exe().expect("exe");
     let mut acked_all: BTreeSet<u64> = BTreeSet::new();
-    for round in 0..8 {
-        let mut child = Command::new(&me)
+    for round in 0..rounds {
+        let mut cmd = Command::new(&me);
+        if let Some(ms) = epoch_ms {
+            cmd.env(EPOCH_ENV, ms.to_string());
+        }
+        let mut child = cmd
             .args([
                 "--exact",
                 "crash_child_writer",
                 "--nocapture",
                 "--test-threads=1",
             ])
-            .env(CHILD_ENV, &dir)
+            .env(CHILD_ENV, dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -93,7 +135,10 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
         while acked.lock().expect("lock").is_empty() && start.elapsed() < Duration::from_secs(30) {
             std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(Duration::from_millis(random_ms(5, 300)));
+        std::thread::sleep(Duration::from_millis(random_ms(
+            kill_after_ms.0,
+            kill_after_ms.1,
+        )));
         let _ = nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(child.id() as i32),
             nix::sys::signal::Signal::SIGKILL,
@@ -108,21 +153,26 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
         acked_all.extend(acked);
 
         // Restart: recovery runs, the chain continues.
+        let mut reopen = config(dir);
+        reopen.key_epoch = epoch_ms.map(Duration::from_millis);
         rt().block_on(async {
-            let log = AuditLog::open(&config(&dir), None).expect("reopen after kill -9");
+            let log = AuditLog::open(&reopen, None).expect("reopen after kill -9");
             log.append(AuditEvent::new(Kind::GatewayStart).detail(format!("round {round}")))
                 .await
                 .expect("append after recovery");
             log.shutdown().await.expect("shutdown");
         });
-        let r = portcullis(&["audit", "verify"], &dir);
+        // The first key, as an auditor holds it (the generated key's .pub is never rewritten).
+        let first = portcullis::audit::keys::pub_path(&dir.join("signing.key"));
+        let pk = first.display().to_string();
+        let r = portcullis(&["audit", "verify", "--pubkey", &pk], dir);
         assert_eq!(r.code, 0, "round {round}: {}", r.stderr);
     }
     let mut on_disk = BTreeSet::new();
     let mut recoveries = 0;
     let mut i = 1;
-    while segment(&dir, i).exists() {
-        for l in lines(&segment(&dir, i)) {
+    while segment(dir, i).exists() {
+        for l in lines(&segment(dir, i)) {
             let v: serde_json::Value = serde_json::from_str(&l).expect("json");
             if v["kind"] == "call" || v["kind"] == "result" {
                 on_disk.insert(v["seq"].as_u64().expect("seq"));
@@ -134,7 +184,7 @@ fn kill_9_under_load_loses_no_acknowledged_record() {
         i += 1;
     }
     eprintln!(
-        "{} acknowledged appends over 8 kills, {} call/result records on disk, {recoveries} recovery records",
+        "{} acknowledged appends over {rounds} kills, {} call/result records on disk, {recoveries} recovery records",
         acked_all.len(),
         on_disk.len()
     );

@@ -296,3 +296,53 @@ async fn a_full_disk_refuses_calls_instead_of_running_them_unaudited() {
         assert_eq!(again["error"]["code"], -32016, "{again}");
     }
 }
+
+/// The gateway as configured for evidence against root on its host: key epochs and a witness
+/// directory. Calls over several epochs verify against the first public key and the witness.
+#[tokio::test]
+async fn a_gateway_with_key_epochs_and_a_witness_writes_evidence_that_verifies() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let witness = dir.path().join("witness");
+    let extra = format!(
+        "key_epoch = \"1s\"\ncheckpoint_interval = \"1s\"\n[[audit.witness]]\ntype = \"dir\"\npath = \"{}\"",
+        witness.display()
+    );
+    let mut gw = Gateway::start_with(&policy(&audit, &extra), &[("AUDIT_TEST_SECRET", SECRET)]);
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    for i in 0..30 {
+        let text = format!("epoch call {i}");
+        assert_eq!(
+            tool_text(&c.call_tool("echo", json!({"text": text})).await),
+            text
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let status = gw.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status}");
+    let rotations = records(&audit)
+        .iter()
+        .filter(|r| r["kind"] == "key_rotation")
+        .count();
+    assert!(rotations >= 2, "{rotations} rotations");
+    let first = audit.join("signing.key.pub");
+    let out = Command::new(common::gateway_bin())
+        .args(["audit", "verify", "--pubkey"])
+        .arg(&first)
+        .arg("--witness")
+        .arg(&witness)
+        .arg(&audit)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("key rotation(s) followed") && text.contains("checkpoint(s) match"),
+        "{text}"
+    );
+}

@@ -237,6 +237,7 @@ fn syslog_round_trip(tls: bool) {
             server_name: Some("localhost".into()),
             format: SinkFormat::Json,
         },
+        witness: false,
     };
     let rs = Arc::new(Mutex::new(rs));
     let rt = rt();
@@ -465,6 +466,7 @@ fn http_round_trip(hec: bool) {
                 },
                 ca_file: None,
             },
+            witness: false,
         };
         let log = AuditLog::open(&cfg, None).expect("open");
         let sinks = Sinks::start(&dir, &[sink], opts()).expect("sinks");
@@ -555,4 +557,101 @@ fn splunk_hec_survives_a_receiver_restart() {
 #[test]
 fn hmac_webhook_survives_a_receiver_restart() {
     http_round_trip(false);
+}
+
+/// The SIEM as a witness: what rsyslog stored (JSON and CEF bodies alike) becomes a witness
+/// file with `audit witness-import`, and `audit verify --witness` finds a cut tail with it.
+#[test]
+fn what_rsyslog_stored_is_a_witness_that_finds_a_cut_tail() {
+    if !rsyslogd_available() {
+        return;
+    }
+    for format in [SinkFormat::Json, SinkFormat::Cef] {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let port = free_port();
+        let out = tmp.path().join("received.log");
+        let mut rs = rsyslog_conf(tmp.path(), port, &out, None);
+        rs.start();
+        wait_port(port);
+        let dir = tmp.path().join("log");
+        let mut cfg = config(&dir);
+        cfg.key_epoch = Some(Duration::from_secs(1));
+        let sink = AuditSink {
+            name: "siem".into(),
+            kind: SinkKind::Syslog {
+                address: format!("127.0.0.1:{port}"),
+                tls: false,
+                ca_file: None,
+                server_name: None,
+                format,
+            },
+            witness: false,
+        };
+        let last = rt().block_on(async {
+            let log = AuditLog::open(&cfg, None).expect("open");
+            let sinks = Sinks::start(&dir, &[sink], opts()).expect("sinks");
+            let seqs = append_stream(&log, 200, || {
+                std::thread::sleep(Duration::from_millis(1200))
+            })
+            .await;
+            log.shutdown().await.expect("shutdown");
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            sinks.stop(Duration::from_secs(3)).await;
+            seqs.last().copied().unwrap_or(0)
+        });
+        wait_for(
+            || {
+                std::fs::read_to_string(&out)
+                    .unwrap_or_default()
+                    .contains(&format!(":{}", last + 1))
+                    || std::fs::read_to_string(&out)
+                        .unwrap_or_default()
+                        .contains(&format!("seq=\"{}\"", last + 1))
+            },
+            "the final checkpoint at the receiver",
+        );
+        rs.stop();
+        let witness = tmp.path().join("witness.jsonl");
+        let imported = std::process::Command::new(bin())
+            .args(["audit", "witness-import", "--out"])
+            .arg(&witness)
+            .arg(&out)
+            .output()
+            .expect("witness-import");
+        assert!(
+            imported.status.success(),
+            "{format:?}: {}",
+            String::from_utf8_lossy(&imported.stderr)
+        );
+        let pk = portcullis::audit::keys::pub_path(&dir.join("signing.key"));
+        let verify = |dir: &Path| {
+            portcullis(
+                &[
+                    "audit",
+                    "verify",
+                    "--pubkey",
+                    &pk.display().to_string(),
+                    "--witness",
+                    &witness.display().to_string(),
+                ],
+                dir,
+            )
+        };
+        let ok = verify(&dir);
+        assert_eq!(ok.code, 0, "{format:?}: {}{}", ok.stdout, ok.stderr);
+        let seg = segment(&dir, 1);
+        let all = lines(&seg);
+        write_lines(&seg, &all[..all.len() - 60]);
+        let cut = verify(&dir);
+        assert_eq!(
+            cut.code, 1,
+            "{format:?}: cut tail not found: {}",
+            cut.stdout
+        );
+        assert!(
+            cut.stderr.contains("lacks the seal"),
+            "{format:?}: {}",
+            cut.stderr
+        );
+    }
 }

@@ -249,6 +249,23 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
     let ports = stdout(&run(Command::new("docker").args(["port", &container])));
     assert_eq!(ports, format!("8811/tcp -> 127.0.0.1:{port}"), "{ports}");
 
+    // The gateway's own log is rotated, as compose.yaml says and the engine applied.
+    let config = stdout(&run(project.compose().arg("config")));
+    assert!(
+        config.contains("max-size: 10m") && config.contains("max-file: '5'"),
+        "{config}"
+    );
+    let log_config = stdout(&run(Command::new("docker").args([
+        "inspect",
+        "--format",
+        "{{json .HostConfig.LogConfig}}",
+        &container,
+    ])));
+    assert_eq!(
+        log_config,
+        r#"{"Type":"json-file","Config":{"max-file":"5","max-size":"10m"}}"#
+    );
+
     // The engine runs the gateway as compose.yaml promises: one capability, nothing writable
     // but the audit volume and /tmp, no new privileges.
     let hardening = stdout(&run(Command::new("docker").args([

@@ -582,3 +582,62 @@ fn unreachable_engine_is_reported_with_a_fix() {
     );
     assert!(text.contains("fix: install the engine"), "{text}");
 }
+
+/// The stderr flood of `tests/server_output.rs`, from a container: its attach stream goes
+/// through the same per-server budget.
+#[tokio::test]
+async fn a_container_flooding_stderr_is_held_to_its_log_budget() {
+    let scope = Scope::new("stderr");
+    let Some(_rt) = runtime(&scope.name).await else {
+        return;
+    };
+    let policy = format!(
+        r#"
+[gateway]
+naming = "prefix"
+
+[servers.loud]
+runtime = "docker"
+image = "{FIXTURE_IMAGE}"
+log_rate = {{ quota = "10/s", burst = 20 }}
+"#
+    );
+    let gw = gateway(&scope, &policy, &[]);
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    let started = std::time::Instant::now();
+    let r = c
+        .call_tool("loud__stderr_flood", json!({"lines": 100000}))
+        .await;
+    assert_eq!(tool_text(&r), "wrote 100000 lines");
+    let series = |m: &str, outcome: &str| -> u64 {
+        let key = format!(
+            "portcullis_server_stderr_lines_total{{server=\"loud\",outcome=\"{outcome}\"}}"
+        );
+        m.lines()
+            .find_map(|l| l.strip_prefix(key.as_str())?.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let (logged, suppressed) = loop {
+        let (_, m) = common::http_get(&format!("{}/metrics", gw.base)).unwrap();
+        let (l, s) = (series(&m, "logged"), series(&m, "suppressed"));
+        if l + s >= 100_000 || std::time::Instant::now() > deadline {
+            break (l, s);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    // The fixture also says hello on stderr when it starts.
+    assert!(logged + suppressed >= 100_000, "{logged} + {suppressed}");
+    let budget = 20.0 + 10.0 * started.elapsed().as_secs_f64();
+    assert!(
+        (logged as f64) <= budget,
+        "{logged} logged, budget {budget}"
+    );
+    let in_log = gw
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("server stderr") && l.contains("server=loud"))
+        .count();
+    assert_eq!(in_log as u64, logged);
+}

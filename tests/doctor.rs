@@ -206,3 +206,69 @@ fn egress_without_net_admin_fails_naming_the_servers() {
     );
     assert!(fix.contains("CAP_NET_ADMIN"), "{fix}");
 }
+
+/// What goes wrong in a quickstart: the server's program is not installed, a server dies at
+/// start, a loopback remote server the egress check will refuse. `doctor` names each with a fix
+/// and exits non-zero; `--start` shows what a dying server wrote on stderr.
+#[test]
+fn servers_that_cannot_start_fail_with_a_fix_each() {
+    let dir = tempfile::tempdir().unwrap();
+    let hostile = common::repo_root().join("tests/hostile/server.py");
+    let policy = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            r#"
+[servers.missing]
+runtime = "process"
+command = "portcullis-no-such-mcp-server"
+
+[servers.dies]
+runtime = "process"
+command = "python3"
+args = ["{}", "--die-at-start", "3"]
+
+[servers.local]
+runtime = "remote"
+url = "http://localhost:9/mcp"
+
+[servers.fine]
+runtime = "process"
+command = "{}"
+"#,
+            hostile.display(),
+            common::fixture_bin().display()
+        ),
+    );
+    let r = doctor(&policy, &dir.path().join("audit"));
+    assert!(!r.ok, "{}", r.text);
+    let (line, fix) = finding(&r, "[FAIL]", "server missing").expect(&r.text);
+    assert!(line.contains("not on the gateway's PATH"), "{line}");
+    assert!(fix.contains("absolute path"), "{fix}");
+    let (line, fix) = finding(&r, "[FAIL]", "server local").expect(&r.text);
+    assert!(line.contains("127.0.0.1"), "{line}");
+    assert!(fix.contains("egress.allow"), "{fix}");
+    assert!(finding(&r, "[ok]", "server fine").is_some(), "{}", r.text);
+
+    let out = Command::new(gateway_bin())
+        .args(["doctor", "--start", "--policy"])
+        .arg(&policy)
+        .arg("--audit-dir")
+        .arg(dir.path().join("audit"))
+        .env_remove("PORTCULLIS_AUDIT_DIR")
+        .output()
+        .unwrap();
+    let r = Report {
+        ok: out.status.success(),
+        text: String::from_utf8_lossy(&out.stdout).into_owned(),
+    };
+    assert!(!r.ok, "{}", r.text);
+    let (line, _) = finding(&r, "[FAIL]", "server dies: did not start").expect(&r.text);
+    assert!(line.contains("exited with status 3"), "{line}");
+    assert!(
+        line.contains("fatal: cannot read /etc/hostile/config.toml"),
+        "{line}"
+    );
+    let (line, _) = finding(&r, "[ok]", "server fine: started").expect(&r.text);
+    assert!(line.contains("initialize answered"), "{line}");
+}

@@ -626,3 +626,96 @@ async fn metrics_move_with_calls() {
     );
     assert!(after.contains("portcullis_call_duration_seconds_count{server=\"fixture\"}"));
 }
+
+#[tokio::test]
+async fn unknown_tools_name_only_the_relevant_server_that_is_down_and_suggest_a_prefix() {
+    let gw = Gateway::spawn(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[servers.alpha]
+runtime = "process"
+command = "{fixture}"
+
+[servers.broken]
+runtime = "process"
+command = "/nonexistent/portcullis-missing-server"
+"#,
+        &[],
+    );
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    let err = |r: &Value| {
+        r["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    // The prefix names a healthy server: the broken one is not the reason.
+    let m = err(&c.call_tool("alpha__nope", json!({})).await);
+    assert!(m.starts_with("unknown tool `alpha__nope`"), "{m}");
+    assert!(!m.contains("broken"), "{m}");
+    // The prefix names the broken server: say why it is missing.
+    let m = err(&c.call_tool("broken__anything", json!({})).await);
+    assert!(
+        m.contains("servers not ready") && m.contains("`broken`"),
+        "{m}"
+    );
+    // An unprefixed name that matches exactly one prefixed tool.
+    let m = err(&c.call_tool("pid", json!({})).await);
+    assert!(m.contains("did you mean `alpha__pid`?"), "{m}");
+}
+
+#[tokio::test]
+async fn sessions_used_only_to_list_expire_sooner_than_sessions_in_use() {
+    let gw = Gateway::start(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+unused_session_timeout = "2s"
+
+[servers.fixture]
+runtime = "process"
+command = "{fixture}"
+"#,
+    );
+    // What `claude mcp list` or the Inspector's CLI does: initialize, list, leave.
+    let mut checked = Mcp::new(&gw.url);
+    checked.initialize(LATEST).await;
+    checked.request("tools/list", json!({})).await;
+    // A session that calls a tool, and one that listens on its stream.
+    let mut caller = Mcp::new(&gw.url);
+    caller.initialize(LATEST).await;
+    caller.call_tool("echo", json!({"text": "hi"})).await;
+    let mut listener = Mcp::new(&gw.url);
+    listener.initialize(LATEST).await;
+    let stream = listener
+        .http
+        .get(&gw.url)
+        .header("accept", "text/event-stream")
+        .header("mcp-session-id", listener.session.clone().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+
+    tokio::time::sleep(std::time::Duration::from_secs(4)).await;
+    let gone = checked
+        .post(&json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}))
+        .await;
+    assert_eq!(gone.status, 404, "{}", gone.body);
+    let r = caller
+        .call_tool("echo", json!({"text": "still here"}))
+        .await;
+    assert!(r.get("result").is_some(), "{r}");
+    let r = listener.request("tools/list", json!({})).await;
+    assert!(r.get("result").is_some(), "{r}");
+    let (_, metrics) = common::http_get(&format!("{}/metrics", gw.base)).unwrap();
+    assert!(
+        metrics.contains("portcullis_sessions_expired_total{reason=\"unused\"} 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("portcullis_sessions_open 2"), "{metrics}");
+    drop(stream);
+}

@@ -285,3 +285,30 @@ fn show_prints_effective_defaults() {
         r.stdout
     );
 }
+
+#[test]
+fn serve_and_check_report_every_unknown_key_with_one_error_prefix() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "p.toml",
+        "[gateway]\nlisen = \"127.0.0.1:0\"\n[servers.time]\nruntime = \"process\"\ncomand = \"x\"\n",
+    );
+    let p = path.display().to_string();
+    for args in [&["policy", "check"][..], &["serve", "--policy"][..]] {
+        let r = portcullis(args, &path);
+        assert_eq!(r.code, 1, "{args:?}: {}", r.stderr);
+        let lines: Vec<&str> = r.stderr.lines().filter(|l| l.contains("error:")).collect();
+        assert_eq!(lines.len(), 2, "{args:?}: {}", r.stderr);
+        assert!(
+            lines[0].starts_with(&format!("{p}:2:1: error: unknown key `lisen`")),
+            "{args:?}: {}",
+            r.stderr
+        );
+        assert!(
+            lines[1].starts_with(&format!("{p}:5:1: error: unknown key `comand`")),
+            "{args:?}: {}",
+            r.stderr
+        );
+    }
+}

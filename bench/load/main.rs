@@ -286,6 +286,30 @@ async fn run() -> Result<(), String> {
         rows.extend(through(&gw, echo_pid, "d", label, Work::Call("echo".into()), &three).await?);
     }
 
+    // (dk) = (d) with the checkpoint key rotated every second (the default epoch is an hour):
+    // what forward-secure keys cost under load.
+    if wanted("dk") {
+        let audit_dir =
+            tempfile::tempdir_in(common::repo_root().join("bench")).map_err(|e| e.to_string())?;
+        let audit = format!(
+            "dir = \"{}\"\nfsync = \"group\"\nkey_epoch = \"1s\"",
+            audit_dir.path().join("log").display()
+        );
+        let gw = gateway(&remote_policy(&echo.url, &audit));
+        let label = "Portcullis -> echo, audit fsync=group, key rotated every 1 s";
+        rows.extend(
+            through(
+                &gw,
+                echo_pid,
+                "dk",
+                label,
+                Work::Call("echo".into()),
+                &three,
+            )
+            .await?,
+        );
+    }
+
     // (c) stdio upstream: our fixture server as a child process, and in the shared container.
     if wanted("c") || wanted("cm") {
         let gw = gateway(

@@ -17,6 +17,8 @@ pub struct AuditConfig {
     pub max_segment_bytes: u64,
     pub rotate_interval: Duration,
     pub record_arguments: bool,
+    /// Length of a checkpoint key's epoch; `None`: one key for the life of the log.
+    pub key_epoch: Option<Duration>,
     /// Appends waiting for the writer at most; further appenders wait for room (backpressure).
     pub queue_capacity: usize,
     /// Records written with one `fdatasync` at most (group mode).
@@ -45,6 +47,7 @@ impl AuditConfig {
             max_segment_bytes: a.max_segment_bytes,
             rotate_interval: a.rotate_interval,
             record_arguments: a.record_arguments,
+            key_epoch: a.key_epoch,
             queue_capacity: 4096,
             max_batch: 1024,
             append_timeout: Duration::from_secs(30),

@@ -97,6 +97,17 @@ pub fn to_cef(v: &Value) -> String {
             ext.push((k.into(), n.to_string()));
         }
     }
+    // A seal travels whole, as the last extension, so that `audit witness-import` can turn what
+    // the SIEM stored back into a witness.
+    if matches!(kind, "checkpoint" | "key_rotation") {
+        if let Ok(bytes) = super::canonical::to_vec(v) {
+            ext.push(("flexString1Label".into(), "seal".into()));
+            ext.push((
+                "flexString1".into(),
+                String::from_utf8_lossy(&bytes).into_owned(),
+            ));
+        }
+    }
     let ext: Vec<String> = ext
         .into_iter()
         .map(|(k, v)| format!("{k}={}", cef_ext_escape(&v)))

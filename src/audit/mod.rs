@@ -26,7 +26,7 @@
 //! | `seq` | 0, 1, 2, ... across all segments, no gaps |
 //! | `ts` | RFC 3339 UTC with milliseconds, `2026-11-24T16:53:51.123Z` (writer's clock; not used for ordering) |
 //! | `prev` | hex SHA-256 of the previous record's line (without `\n`); 64 zeros for `seq` 0 |
-//! | `kind` | `call`, `result`, `denied`, `egress_denied`, `policy_load`, `policy_reload`, `container_start`, `container_stop`, `firewall`, `tamper`, `gateway_start`, `gateway_stop`, and, written by the log itself, `segment_start`, `checkpoint`, `recovery` |
+//! | `kind` | `call`, `result`, `denied`, `egress_denied`, `policy_load`, `policy_reload`, `container_start`, `container_stop`, `firewall`, `tamper`, `gateway_start`, `gateway_stop`, and, written by the log itself, `segment_start`, `checkpoint`, `key_rotation`, `recovery` |
 //!
 //! Optional event fields ([`AuditEvent`]): `client`, `session`, `server`, `image_digest`,
 //! `container`, `method`, `tool`, `args_sha256` (hex SHA-256 of the raw argument JSON),
@@ -38,7 +38,9 @@
 //! Log-written records: `segment_start` (`segment` = its file name, `prev_segment`) is the first
 //! record of every segment; `checkpoint` (`tree_size`, `root`, `key_id`, `sig`) covers records
 //! `0..tree_size` with `tree_size == seq`; `recovery` (`detail`, and for a cut torn record
-//! `segment`, `offset`, `truncated_bytes`) follows a start-up after a crash.
+//! `segment`, `offset`, `truncated_bytes`) follows a start-up after a crash; `key_rotation`
+//! (`tree_size`, `root`, `key_id`, `next_key_id`, `next_public_key`, `sig`) is a checkpoint
+//! that also certifies the key signing from the next record on (see [`epochs`]).
 //!
 //! # Checkpoints
 //!
@@ -58,19 +60,30 @@
 //! most `max_batch`. The queue is bounded (`queue_capacity`): appenders wait asynchronously for
 //! room. The writer does blocking I/O on its own thread, never on the async runtime.
 //!
+//! # Key epochs
+//!
+//! Each checkpoint key signs for one epoch (`[audit] key_epoch`, default 1 h), then certifies the
+//! next key in a `key_rotation` record and is destroyed ([`epochs`]). Verification starts from
+//! the log's first public key and follows the certificates, so root on the host in epoch N,
+//! holding only epoch N's key, can re-sign nothing sealed in an earlier epoch.
+//!
 //! # What verification proves, and what it cannot
 //!
 //! `audit verify` detects any change, removal, insertion or reordering of records before the
-//! last record, and any change to a checkpoint or a record a checkpoint covers. Cutting records
-//! off the end of the log, back to a record boundary, is only visible against a checkpoint held
-//! elsewhere (the SIEM receives every checkpoint); verify reports how many records follow the
-//! last checkpoint. Likewise the fields of the very last record that its checkpoint signature
-//! does not cover (its `ts`) are protected only once a later record links to it.
+//! last record, and any change to a checkpoint or a record a checkpoint covers; with the first
+//! public key, any seal of an earlier epoch re-signed with a later key. Cutting records off the
+//! end of the log, back to a record boundary, and a rewrite of the current epoch (whose key is on
+//! the host) are visible only against seals held elsewhere: `--witness` (a witness directory, or
+//! what a SIEM stored, imported with `audit witness-import`; see [`witness`]) or `--expect-until`
+//! (the auditor knows until when the gateway ran). Likewise the fields of the very last record
+//! that its checkpoint signature does not cover (its `ts`) are protected only once a later
+//! record links to it.
 
 pub mod canonical;
 pub mod chain;
 pub mod checkpoint;
 pub mod config;
+pub mod epochs;
 pub mod error;
 pub mod export;
 pub mod keys;
@@ -82,6 +95,7 @@ pub mod segment;
 pub mod sinks;
 mod syncer;
 pub mod verify;
+pub mod witness;
 pub mod writer;
 
 pub use config::AuditConfig;

@@ -25,6 +25,10 @@ pub struct Proof {
     pub sig: String,
     /// Sibling hashes, leaf upwards (RFC 9162 section 2.1.3).
     pub path: Vec<String>,
+    /// The `key_rotation` records before the checkpoint, in order: each certifies the key
+    /// that signs after it, from the log's first key to the checkpoint's.
+    #[serde(default)]
+    pub certificates: Vec<String>,
 }
 
 pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
@@ -32,6 +36,7 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
     let mut leaves: Vec<Hash> = Vec::new();
     let mut record: Option<String> = None;
     let mut latest: Option<Value> = None;
+    let mut rotations: Vec<(u64, String)> = Vec::new();
     for (_, path) in &segs {
         let mut lines =
             segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -45,12 +50,18 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
             if leaves.len() as u64 == seq {
                 record = Some(String::from_utf8_lossy(&line.bytes).into_owned());
             }
-            // Cheap pre-filter: only checkpoint lines are parsed.
+            // Cheap pre-filter: only checkpoint and rotation lines are parsed.
             const NEEDLE: &[u8] = b"\"kind\":\"checkpoint\"";
+            const ROTATION: &[u8] = b"\"kind\":\"key_rotation\"";
             if line.bytes.windows(NEEDLE.len()).any(|w| w == NEEDLE) {
                 if let Ok(v) = serde_json::from_slice::<Value>(&line.bytes) {
                     latest = Some(v);
                 }
+            } else if line.bytes.windows(ROTATION.len()).any(|w| w == ROTATION) {
+                rotations.push((
+                    leaves.len() as u64,
+                    String::from_utf8_lossy(&line.bytes).into_owned(),
+                ));
             }
             leaves.push(leaf_hash(&line.bytes));
         }
@@ -75,6 +86,12 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
     let covered = leaves
         .get(..size_us)
         .ok_or("checkpoint tree_size is beyond the log")?;
+    let checkpoint_seq = cp.get("seq").and_then(Value::as_u64).unwrap_or(0);
+    let certificates = rotations
+        .into_iter()
+        .filter(|(s, _)| *s < checkpoint_seq)
+        .map(|(_, line)| line)
+        .collect();
     let idx = usize::try_from(seq).map_err(|_| "seq too large")?;
     let path = inclusion_proof(idx, covered).ok_or("cannot build the proof")?;
     Ok(Proof {
@@ -84,11 +101,32 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
         record,
         tree_size: size,
         root: get("root"),
-        checkpoint_seq: cp.get("seq").and_then(Value::as_u64).unwrap_or(0),
+        checkpoint_seq,
         key_id: get("key_id"),
         sig: get("sig"),
         path: path.iter().map(to_hex).collect(),
+        certificates,
     })
+}
+
+/// The key that signs at the proof's checkpoint: `first`, then each key a certificate names,
+/// each certificate checked with the key before it.
+fn follow_certificates(p: &Proof, first: &VerifyingKey) -> Result<VerifyingKey, String> {
+    let mut key = *first;
+    for c in &p.certificates {
+        let v: Value = serde_json::from_str(c).map_err(|e| format!("certificate: {e}"))?;
+        let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
+        let size = v.get("tree_size").and_then(Value::as_u64).unwrap_or(0);
+        let root = from_hex(s("root")).ok_or("certificate: malformed root")?;
+        if s("log_id") != p.log_id || s("key_id") != keys::key_id(&key) {
+            return Err(format!(
+                "certificate at tree size {size} is not signed by the key that precedes it"
+            ));
+        }
+        key = super::epochs::verify(&key, &p.log_id, size, &root, s("next_public_key"), s("sig"))
+            .ok_or_else(|| format!("certificate at tree size {size} does not verify"))?;
+    }
+    Ok(key)
 }
 
 /// Checks a proof: the record hashes to the leaf, the path leads to the root, the root is signed.
@@ -109,7 +147,8 @@ pub fn verify_proof(p: &Proof, key: Option<&VerifyingKey>) -> Result<(), String>
         Some(r) if r == root => {}
         _ => return Err("the inclusion path does not lead to the checkpoint root".into()),
     }
-    if let Some(k) = key {
+    if let Some(first) = key {
+        let k = &follow_certificates(p, first)?;
         if keys::key_id(k) != p.key_id {
             return Err(format!(
                 "checkpoint key id {} is not the given key's {}",

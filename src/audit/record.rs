@@ -28,6 +28,8 @@ pub enum Kind {
     Checkpoint,
     /// Log only.
     SegmentStart,
+    /// Log only: a checkpoint by the current epoch's key that certifies the next one.
+    KeyRotation,
 }
 
 impl Kind {
@@ -47,6 +49,7 @@ impl Kind {
         Kind::Recovery,
         Kind::Checkpoint,
         Kind::SegmentStart,
+        Kind::KeyRotation,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -66,6 +69,7 @@ impl Kind {
             Kind::Recovery => "recovery",
             Kind::Checkpoint => "checkpoint",
             Kind::SegmentStart => "segment_start",
+            Kind::KeyRotation => "key_rotation",
         }
     }
 
@@ -74,7 +78,10 @@ impl Kind {
     }
 
     pub fn log_only(self) -> bool {
-        matches!(self, Kind::Recovery | Kind::Checkpoint | Kind::SegmentStart)
+        matches!(
+            self,
+            Kind::Recovery | Kind::Checkpoint | Kind::SegmentStart | Kind::KeyRotation
+        )
     }
 }
 
@@ -300,6 +307,14 @@ pub fn parse_ts_ms(s: &str) -> Option<u64> {
     let days = days_from_civil(y, mo, d);
     let t = days * 86_400_000 + h * 3_600_000 + mi * 60_000 + se * 1000 + ms;
     u64::try_from(t).ok()
+}
+
+/// Like [`parse_ts_ms`], also accepting whole seconds (`2026-12-05T18:00:00Z`).
+pub fn parse_rfc3339_ms(s: &str) -> Option<u64> {
+    match s.strip_suffix('Z') {
+        Some(head) if head.len() == 19 => parse_ts_ms(&format!("{head}.000Z")),
+        _ => parse_ts_ms(s),
+    }
 }
 
 // Howard Hinnant's civil-calendar algorithms.

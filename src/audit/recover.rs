@@ -24,6 +24,10 @@ pub(crate) struct Tail {
     pub truncated: Option<(String, u64, u64)>,
     /// The last record's kind (a clean stop ends with a checkpoint).
     pub last_kind: Option<String>,
+    /// The key id the last `key_rotation` certified, and when that epoch began (ms since the
+    /// Unix epoch); without a rotation, `None` and the first record's time.
+    pub current_key: Option<String>,
+    pub epoch_began_ms: Option<u64>,
 }
 
 pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
@@ -56,6 +60,8 @@ pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
     let mut frontier = Frontier::new();
     let mut prev = GENESIS;
     let mut last: Option<Vec<u8>> = None;
+    let mut current_key = None;
+    let mut epoch_began_ms = None;
     for (_, path) in &segs {
         let mut lines =
             segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -65,6 +71,26 @@ pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
         {
             frontier.push(leaf_hash(&line.bytes));
             prev = record_hash(&line.bytes);
+            // Records are canonical JSON: only rotations hold this text, so only they (and the
+            // very first record) are parsed.
+            let rotation = contains(&line.bytes, br#""kind":"key_rotation""#);
+            if rotation || epoch_began_ms.is_none() {
+                if let Ok(v) = serde_json::from_slice::<Value>(&line.bytes) {
+                    let ts = v
+                        .get("ts")
+                        .and_then(Value::as_str)
+                        .and_then(super::record::parse_ts_ms);
+                    if rotation {
+                        current_key = v
+                            .get("next_key_id")
+                            .and_then(Value::as_str)
+                            .map(str::to_owned);
+                        epoch_began_ms = ts;
+                    } else {
+                        epoch_began_ms = epoch_began_ms.or(ts);
+                    }
+                }
+            }
             last = Some(line.bytes);
         }
     }
@@ -106,7 +132,13 @@ pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
         segment,
         truncated,
         last_kind,
+        current_key,
+        epoch_began_ms,
     })
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
 }
 
 /// How the newest segment ends.

@@ -7,6 +7,11 @@
 //! equals the root recomputed from all records before it, and its signature verifies with the
 //! public key (whose id must match `key_id`).
 //!
+//! Key epochs: a `key_rotation` record is a checkpoint that also certifies the next key; from
+//! the record after it on, checkpoints must be signed by that key. Verification starts from the
+//! first key (the auditor's copy) and follows the certificates, so a checkpoint re-signed with a
+//! later key (the one found on a compromised host) fails. See [`super::epochs`].
+//!
 //! Consistency between checkpoints: because every root is checked against the tree recomputed
 //! from the records themselves, each later root provably extends each earlier one (both are
 //! prefixes of the same leaf sequence), and tree sizes increase with `seq`. No RFC 9162
@@ -21,7 +26,7 @@ use serde_json::Value;
 use super::chain::{from_hex, leaf_hash, record_hash, to_hex, Hash, GENESIS};
 use super::merkle::Frontier;
 use super::record::{parse_ts_ms, Kind, FORMAT_VERSION};
-use super::{canonical, checkpoint, keys, segment};
+use super::{canonical, checkpoint, epochs, keys, segment};
 
 /// What an intact log contains.
 #[derive(Debug, Clone, Default)]
@@ -35,6 +40,12 @@ pub struct Report {
     /// Records after the last checkpoint: chained but not yet signed.
     pub uncovered: u64,
     pub signatures_checked: bool,
+    /// Key rotations followed (each a checkpoint too).
+    pub rotations: u64,
+    /// `ts` of the last checkpoint or rotation.
+    pub last_seal_ts: Option<String>,
+    /// Every checkpoint and rotation by `seq`: its line, for comparison with a witness.
+    pub seals: std::collections::BTreeMap<u64, Vec<u8>>,
 }
 
 /// The first bad place in a log.
@@ -55,8 +66,9 @@ impl std::fmt::Display for Failure {
     }
 }
 
-struct State<'k> {
-    key: Option<&'k VerifyingKey>,
+struct State {
+    /// The key that signs now: the given first key, then each key a rotation certified.
+    key: Option<VerifyingKey>,
     key_id: Option<String>,
     log_id: Option<String>,
     expect_seq: u64,
@@ -120,7 +132,7 @@ fn verify_each<R: std::io::Read>(
     mut open: impl FnMut(usize) -> std::io::Result<segment::Lines<R>>,
 ) -> Result<Report, Failure> {
     let mut st = State {
-        key,
+        key: key.copied(),
         key_id: key.map(keys::key_id),
         log_id: None,
         expect_seq: 0,
@@ -253,7 +265,7 @@ fn verify_each<R: std::io::Read>(
     Ok(st.report)
 }
 
-fn check_line(st: &mut State<'_>, line: &segment::Line) -> Result<Value, (Option<u64>, String)> {
+fn check_line(st: &mut State, line: &segment::Line) -> Result<Value, (Option<u64>, String)> {
     if line.too_long {
         return Err((
             None,
@@ -341,8 +353,10 @@ fn check_line(st: &mut State<'_>, line: &segment::Line) -> Result<Value, (Option
     if Kind::parse(kind).is_none() {
         return Err(bad(format!("unknown kind `{kind}`")));
     }
-    if kind == Kind::Checkpoint.as_str() {
+    if kind == Kind::Checkpoint.as_str() || kind == Kind::KeyRotation.as_str() {
         check_checkpoint(st, &v, seq_n).map_err(bad)?;
+        st.report.seals.insert(seq_n, line.bytes.clone());
+        st.report.last_seal_ts = v.get("ts").and_then(Value::as_str).map(str::to_owned);
     }
     st.frontier.push(leaf_hash(&line.bytes));
     st.prev = record_hash(&line.bytes);
@@ -351,7 +365,8 @@ fn check_line(st: &mut State<'_>, line: &segment::Line) -> Result<Value, (Option
     Ok(v)
 }
 
-fn check_checkpoint(st: &mut State<'_>, v: &Value, seq: u64) -> Result<(), String> {
+fn check_checkpoint(st: &mut State, v: &Value, seq: u64) -> Result<(), String> {
+    let rotation = v.get("kind").and_then(Value::as_str) == Some(Kind::KeyRotation.as_str());
     let size = v.get("tree_size").and_then(Value::as_u64);
     if size != Some(seq) {
         return Err(format!(
@@ -368,14 +383,50 @@ fn check_checkpoint(st: &mut State<'_>, v: &Value, seq: u64) -> Result<(), Strin
     }
     let key_id = v.get("key_id").and_then(Value::as_str).unwrap_or_default();
     let sig = v.get("sig").and_then(Value::as_str).unwrap_or_default();
-    if let (Some(key), Some(want)) = (st.key, &st.key_id) {
+    if let Some(want) = &st.key_id {
         if key_id != want {
+            let whose = if st.report.rotations == 0 {
+                "the given public key".to_owned()
+            } else {
+                "the key the last key_rotation certified".to_owned()
+            };
             return Err(format!(
-                "checkpoint is signed by key id {key_id}, not by the given public key ({want})"
+                "checkpoint is signed by key id {key_id}, not by {whose} ({want}): re-signed with another key (a key found on the host signs only its own epoch)"
             ));
         }
-        let log_id = st.log_id.as_deref().unwrap_or_default();
-        if !checkpoint::verify(key, log_id, seq, &expect, sig) {
+    }
+    let log_id = st.log_id.clone().unwrap_or_default();
+    if rotation {
+        let next_hex = v
+            .get("next_public_key")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let next_id = v
+            .get("next_key_id")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let Some(next) = epochs::parse_public(next_hex) else {
+            return Err("key_rotation has no valid `next_public_key`".into());
+        };
+        if keys::key_id(&next) != next_id {
+            return Err(format!(
+                "key_rotation's next_key_id {next_id} is not the id of its next_public_key ({})",
+                keys::key_id(&next)
+            ));
+        }
+        if let Some(key) = &st.key {
+            if epochs::verify(key, &log_id, seq, &expect, next_hex, sig).is_none() {
+                return Err(
+                    "key_rotation signature does not verify with the current key (forged rotation)"
+                        .into(),
+                );
+            }
+            st.key = Some(next);
+        }
+        st.key_id = Some(next_id.to_owned());
+        st.report.rotations += 1;
+    } else if let Some(key) = &st.key {
+        if !checkpoint::verify(key, &log_id, seq, &expect, sig) {
             return Err(
                 "checkpoint signature does not verify with the public key (forged checkpoint)"
                     .into(),

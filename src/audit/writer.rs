@@ -18,7 +18,7 @@ use super::error::AuditError;
 use super::merkle::Frontier;
 use super::record::{format_ts, AuditEvent, Kind, Redact, FORMAT_VERSION};
 use super::syncer::{self, Reply, Syncer};
-use super::{canonical, checkpoint, keys, recover, segment};
+use super::{canonical, checkpoint, epochs, keys, recover, segment};
 use crate::policy::FsyncMode;
 
 /// A record's sequence number.
@@ -105,12 +105,23 @@ impl AuditLog {
         };
         create_private_dir(&dir).map_err(|e| err(format!("cannot create: {e}")))?;
         let lock = lock_dir(&dir).map_err(err)?;
+        let tail = recover::scan(&dir).map_err(err)?;
+        // A key handed in by the caller lives in memory only: its epochs are not persisted.
+        let key_path = key.is_none().then(|| key_file(config));
+        if let Some(p) = &key_path {
+            if p.exists() {
+                let done = epochs::reconcile(p, tail.current_key.as_deref())
+                    .map_err(|e| err(e.to_string()))?;
+                if done != epochs::Reconciled::Current {
+                    tracing::warn!(key = %p.display(), outcome = ?done, "audit key rotation was cut short by a crash; completed it");
+                }
+            }
+        }
         let key = match key {
             Some(k) => k,
             None => load_or_generate_key(config).map_err(err)?,
         };
         let key_id = keys::key_id(&key.verifying_key());
-        let tail = recover::scan(&dir).map_err(err)?;
         let log_id = match &tail.log_id {
             Some(id) => id.clone(),
             None => new_log_id().map_err(err)?,
@@ -136,10 +147,26 @@ impl AuditLog {
             // The new file's directory entry must be durable before any record in it counts.
             sync_dir(&dir).map_err(|e| err(e.to_string()))?;
         }
+        // The epoch began at the last rotation (or the log's first record): restarts do not
+        // extend it.
+        let epoch_age = tail
+            .epoch_began_ms
+            .map(|ms| {
+                let now = SystemTime::now()
+                    .duration_since(SystemTime::UNIX_EPOCH)
+                    .unwrap_or_default();
+                now.saturating_sub(Duration::from_millis(ms))
+            })
+            .unwrap_or_default();
+        let epoch_began = Instant::now()
+            .checked_sub(epoch_age)
+            .unwrap_or_else(Instant::now);
         let mut w = Writer {
             dir: dir.clone(),
             cfg: config.clone(),
             key,
+            key_path,
+            epoch_began,
             key_id: key_id.clone(),
             log_id: log_id.clone(),
             next_seq: tail.next_seq,
@@ -317,6 +344,14 @@ fn lock_dir(dir: &Path) -> Result<File, String> {
     Ok(f)
 }
 
+/// The file holding the current epoch's signing key.
+fn key_file(config: &AuditConfig) -> PathBuf {
+    config
+        .signing_key
+        .clone()
+        .unwrap_or_else(|| config.dir.join(GENERATED_KEY_FILE))
+}
+
 fn load_or_generate_key(config: &AuditConfig) -> Result<SigningKey, String> {
     if let Some(p) = &config.signing_key {
         return keys::read_signing(p).map_err(|e| e.to_string());
@@ -362,6 +397,9 @@ struct Writer {
     dir: PathBuf,
     cfg: AuditConfig,
     key: SigningKey,
+    /// Where the current epoch's key is kept; `None`: in memory only.
+    key_path: Option<PathBuf>,
+    epoch_began: Instant,
     key_id: String,
     log_id: String,
     next_seq: Seq,
@@ -501,6 +539,9 @@ impl Writer {
         if self.since_checkpoint > 0 {
             d = d.min(self.last_checkpoint + self.cfg.checkpoint_interval);
         }
+        if let Some(epoch) = self.cfg.key_epoch {
+            d = d.min(self.epoch_began + epoch);
+        }
         d
     }
 
@@ -509,6 +550,16 @@ impl Writer {
             return;
         }
         let now = Instant::now();
+        if self
+            .cfg
+            .key_epoch
+            .is_some_and(|e| now >= self.epoch_began + e)
+        {
+            if let Err(e) = self.rotate_key() {
+                self.fail(&e);
+                return;
+            }
+        }
         let r = if now >= self.seg_opened + self.cfg.rotate_interval && self.seg_records > 1 {
             self.rotate()
         } else if self.since_checkpoint > 0
@@ -671,6 +722,60 @@ impl Writer {
         self.since_checkpoint = 0;
         self.last_checkpoint = Instant::now();
         Ok(seq)
+    }
+
+    /// Ends the key's epoch: the next key is durable first, then its certificate (a
+    /// `key_rotation` record signed by this key) is durable, then this key is destroyed. See
+    /// [`epochs`] for what a crash between the steps leaves.
+    fn rotate_key(&mut self) -> Result<(), String> {
+        let next = keys::generate().map_err(|e| e.to_string())?;
+        if let Some(p) = &self.key_path {
+            epochs::stage_next(p, &next)
+                .map_err(|e| format!("cannot store the next checkpoint key: {e}"))?;
+        }
+        let snap = self.snapshot();
+        let mut buf = Vec::new();
+        let size = self.next_seq;
+        let root = self.frontier.root();
+        let next_public = next.verifying_key();
+        let mut m = Map::new();
+        m.insert("kind".into(), Kind::KeyRotation.as_str().into());
+        m.insert("tree_size".into(), size.into());
+        m.insert("root".into(), to_hex(&root).into());
+        m.insert("key_id".into(), self.key_id.clone().into());
+        m.insert("next_key_id".into(), keys::key_id(&next_public).into());
+        m.insert(
+            "next_public_key".into(),
+            hex::encode(next_public.as_bytes()).into(),
+        );
+        m.insert(
+            "sig".into(),
+            epochs::sign(&self.key, &self.log_id, size, &root, &next_public).into(),
+        );
+        self.encode(&mut buf, m).map_err(|e| e.to_string())?;
+        if let Err(e) = self.write_durable(&buf, true) {
+            if let Err(e2) = self.restore(snap) {
+                self.set_failed(&format!("{e}; and cannot undo the partial write: {e2}"));
+            }
+            // The staged key certifies nothing: start-up would destroy it; do so now.
+            if let Some(p) = &self.key_path {
+                let _ = epochs::destroy(&epochs::next_path(p));
+                let _ = std::fs::remove_file(epochs::next_path(p));
+            }
+            return Err(format!("cannot write the key rotation record: {e}"));
+        }
+        if let Some(p) = &self.key_path {
+            epochs::promote_next(p).map_err(|e| {
+                format!("the key rotation is recorded but the old key could not be destroyed: {e}")
+            })?;
+        }
+        // A rotation seals everything before it, like a checkpoint.
+        self.since_checkpoint = 0;
+        self.last_checkpoint = Instant::now();
+        self.key_id = keys::key_id(&next_public);
+        self.key = next;
+        self.epoch_began = Instant::now();
+        Ok(())
     }
 
     fn standalone_checkpoint(&mut self) -> Result<(), String> {

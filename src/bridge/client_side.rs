@@ -276,12 +276,13 @@ impl ClientSide {
         self.router.open_session(SessionInfo {
             key: call.session.clone(),
             client: call.identity.client.clone(),
-            // Every server request must reach this module: it alone answers the client when
-            // the client cannot take the request, and it checks `call.context.caps` for that.
+            // Sampling and elicitation requests must reach this module: it alone answers the
+            // client when the client cannot take them (it checks `call.context.caps`). Roots
+            // of a client without them come from the policy, in the router, as for any client.
             caps: ClientCaps {
                 sampling: true,
                 elicitation: true,
-                roots: true,
+                roots: call.context.caps.roots,
                 tasks: call.context.caps.tasks,
             },
             log: call.context.log,

@@ -20,11 +20,35 @@ pub enum AuditCommand {
     /// Check a log offline: seq continuity, hash links, checkpoint roots and signatures.
     /// Exits 0 when intact, 1 naming the first bad record as FILE:LINE seq=N otherwise.
     Verify {
-        /// Public key file (from `audit keygen`, or signing.key.pub). Without it the key in DIR is
-        /// used, with a warning, and without either signatures are not checked.
+        /// Public key file (from `audit keygen`, or signing.key.pub): the log's FIRST key. Later
+        /// epochs' keys are followed through the log's key_rotation certificates. Without it
+        /// the key in DIR is used, with a warning, and without either signatures are not checked.
         #[arg(long)]
         pubkey: Option<PathBuf>,
+        /// A witness (file, or directory of witness-LOG_ID.jsonl files): fails when the log lacks
+        /// a checkpoint the witness holds, or holds a different one (cut tail, rollback, fork).
+        /// May be given several times.
+        #[arg(long)]
+        witness: Vec<PathBuf>,
+        /// Fails when the log's last signed checkpoint is older than TIME (RFC 3339, e.g.
+        /// 2026-12-05T18:00:00Z): the gateway is known to have run until then.
+        #[arg(long, value_name = "TIME", conflicts_with = "now")]
+        expect_until: Option<String>,
+        /// `--expect-until` now, less `--grace` (default 120s: a running log seals at least
+        /// every checkpoint_interval while it gets records).
+        #[arg(long)]
+        now: bool,
+        #[arg(long, default_value = "120s", value_parser = crate::policy::units::parse_duration)]
+        grace: Duration,
         dir: PathBuf,
+    },
+    /// Turn what a SIEM stored (an rsyslog file, a Splunk HEC export as JSON lines, CEF lines)
+    /// into a witness file for `audit verify --witness`.
+    WitnessImport {
+        /// Where to write the witness (JSON lines of seal records).
+        #[arg(long)]
+        out: PathBuf,
+        files: Vec<PathBuf>,
     },
     /// Print records readably, optionally following new ones.
     Tail {
@@ -75,7 +99,41 @@ pub enum ExportFormat {
 pub fn run(cmd: AuditCommand) -> ExitCode {
     match cmd {
         AuditCommand::Keygen { out } => keygen(&out),
-        AuditCommand::Verify { pubkey, dir } => verify_cmd(pubkey.as_deref(), &dir),
+        AuditCommand::Verify {
+            pubkey,
+            witness,
+            expect_until,
+            now,
+            grace,
+            dir,
+        } => {
+            let until = match (expect_until, now) {
+                (Some(t), _) => match crate::audit::record::parse_rfc3339_ms(&t) {
+                    Some(ms) => Some((ms, t)),
+                    None => {
+                        eprintln!("error: --expect-until `{t}` is not an RFC 3339 UTC time like 2026-12-05T18:00:00Z");
+                        return ExitCode::from(2);
+                    }
+                },
+                (None, true) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .saturating_sub(grace);
+                    let ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+                    Some((
+                        ms,
+                        format!(
+                            "{} (now less {grace:?})",
+                            crate::audit::record::format_ts(std::time::UNIX_EPOCH + now)
+                        ),
+                    ))
+                }
+                (None, false) => None,
+            };
+            verify_cmd(pubkey.as_deref(), &dir, &witness, until)
+        }
+        AuditCommand::WitnessImport { out, files } => witness_import(&out, &files),
         AuditCommand::Tail {
             follow,
             kind,
@@ -147,7 +205,12 @@ fn keygen(path: &Path) -> ExitCode {
     }
 }
 
-fn verify_cmd(pubkey: Option<&Path>, dir: &Path) -> ExitCode {
+fn verify_cmd(
+    pubkey: Option<&Path>,
+    dir: &Path,
+    witnesses: &[PathBuf],
+    until: Option<(u64, String)>,
+) -> ExitCode {
     let key = match pubkey {
         Some(p) => match keys::read_verifying(p) {
             Ok(k) => Some(k),
@@ -186,22 +249,99 @@ fn verify_cmd(pubkey: Option<&Path>, dir: &Path) -> ExitCode {
             if r.signatures_checked {
                 if let Some(k) = &key {
                     s.push_str(&format!(
-                        ", signatures verified (key id {})",
-                        keys::key_id(k)
+                        ", signatures verified (first key id {}{})",
+                        keys::key_id(k),
+                        if r.rotations > 0 {
+                            format!(", {} key rotation(s) followed", r.rotations)
+                        } else {
+                            String::new()
+                        }
                     ));
                 }
             }
             out(&format!("{s}\n"));
+            let mut failed = false;
+            for w in witnesses {
+                let checked = crate::audit::witness::read(w)
+                    .map_err(|e| e.to_string())
+                    .and_then(|seals| {
+                        crate::audit::witness::check(&r, w, &seals).map_err(|e| e.to_string())
+                    });
+                match checked {
+                    Ok(c) => out(&format!(
+                        "witness {}: ok: {} checkpoint(s) match{}\n",
+                        w.display(),
+                        c.seals,
+                        c.newest
+                            .map(|(seq, ts)| format!(", the newest at seq {seq} ({ts})"))
+                            .unwrap_or_default()
+                    )),
+                    Err(e) => {
+                        eprintln!("TAMPERED audit log: witness {}: {e}", w.display());
+                        failed = true;
+                    }
+                }
+            }
+            if let Some((ms, text)) = &until {
+                if let Err(e) = crate::audit::witness::expect_until(&r, *ms, text) {
+                    eprintln!("INCOMPLETE audit log: {e}");
+                    failed = true;
+                }
+            }
             if r.uncovered > 0 {
                 eprintln!("warning: the last {} record(s) come after the last checkpoint: they are hash-chained but not yet signed (a crash, or the log is still being written)", r.uncovered);
             }
-            ExitCode::SUCCESS
+            if witnesses.is_empty() && until.is_none() {
+                eprintln!("note: records cut off the end at a record boundary are found only with --witness or --expect-until");
+            }
+            if failed {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
         }
         Err(f) => {
             eprintln!("TAMPERED or damaged audit log: {f}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn witness_import(out_path: &Path, files: &[PathBuf]) -> ExitCode {
+    let mut text = String::new();
+    for f in files {
+        match std::fs::read(f) {
+            Ok(b) => {
+                text.push_str(&String::from_utf8_lossy(&b));
+                text.push('\n');
+            }
+            Err(e) => return fail(&format!("{}: {e}", f.display())),
+        }
+    }
+    let (seals, other) = crate::audit::witness::import(&text);
+    if seals.is_empty() {
+        return fail(&format!(
+            "no checkpoint or key_rotation records in {} line(s): the receiver must store the records (syslog format json or cef, or the HTTP sink's events)",
+            other
+        ));
+    }
+    let mut buf = Vec::new();
+    for s in &seals {
+        buf.extend_from_slice(&s.line);
+        buf.push(b'\n');
+    }
+    if let Err(e) = std::fs::write(out_path, buf) {
+        return fail(&format!("{}: {e}", out_path.display()));
+    }
+    let logs: std::collections::BTreeSet<&str> = seals.iter().map(|s| s.log_id.as_str()).collect();
+    out(&format!(
+        "wrote {} seal(s) of {} log(s) to {} ({} other line(s) skipped)\n",
+        seals.len(),
+        logs.len(),
+        out_path.display(),
+        other
+    ));
+    ExitCode::SUCCESS
 }
 
 fn verify_proof(pubkey: Option<&Path>, proof: &Path) -> ExitCode {

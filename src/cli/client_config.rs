@@ -20,11 +20,21 @@ pub enum Scope {
     Project,
 }
 
+/// Which transport the client uses: Streamable HTTP (`/mcp`) or the deprecated HTTP+SSE one
+/// (`/sse`), for clients that only speak the latter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Http,
+    Sse,
+}
+
 #[derive(Debug, clap::Args)]
 pub struct ClientConfigArgs {
     pub client: Client,
     #[arg(long, value_enum, default_value_t = Scope::User)]
     pub scope: Scope,
+    #[arg(long, value_enum, default_value_t = Transport::Http)]
+    pub transport: Transport,
     /// Policy whose listener to point at; the embedded default otherwise.
     #[arg(long)]
     pub policy: Option<PathBuf>,
@@ -45,48 +55,101 @@ pub fn run(args: ClientConfigArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let addr = policy.gateway.listen;
+    // A wildcard listen address is not something a client can connect to.
+    let host = if addr.ip().is_unspecified() {
+        std::net::IpAddr::from([127, 0, 0, 1])
+    } else {
+        addr.ip()
+    };
+    let base = base_url(&policy, std::net::SocketAddr::new(host, addr.port()));
+    print!("{}", render(&args, &base, policy.requires_auth()));
+    ExitCode::SUCCESS
+}
+
+/// `http://HOST:PORT` (or `https`) of a gateway listening on `addr` with `policy`.
+pub fn base_url(policy: &crate::policy::Policy, addr: std::net::SocketAddr) -> String {
     let scheme = if policy.gateway.tls.is_some() {
         "https"
     } else {
         "http"
     };
-    let addr = policy.gateway.listen;
-    // A wildcard listen address is not something a client can connect to.
-    let host = if addr.ip().is_unspecified() {
-        "127.0.0.1".to_owned()
-    } else {
-        addr.ip().to_string()
-    };
-    let url = format!("{scheme}://{host}:{}/mcp", addr.port());
-    let auth = policy.requires_auth();
-    print!("{}", render(&args, &url, auth));
-    ExitCode::SUCCESS
+    format!("{scheme}://{addr}")
 }
 
-fn render(args: &ClientConfigArgs, url: &str, auth: bool) -> String {
+/// The `claude mcp add` command line for a gateway at `base`. The name and URL come before
+/// `--header`, whose argument list is variadic in Claude Code and would otherwise swallow them;
+/// the header is single-quoted so that the shell leaves `${VAR}` alone and Claude Code expands
+/// it each time it connects, so the token never lands in its configuration file.
+pub fn claude_command(
+    name: &str,
+    base: &str,
+    transport: Transport,
+    scope: Scope,
+    auth_env: Option<&str>,
+) -> String {
+    let (kind, url) = endpoint(base, transport);
+    let scope = match scope {
+        Scope::User => "user",
+        Scope::Project => "project",
+    };
+    let mut line = format!(
+        "claude mcp add --transport {kind} --scope {scope} {} {}",
+        shell_word(name),
+        shell_word(&url)
+    );
+    if let Some(env) = auth_env {
+        line.push_str(&format!(" --header 'Authorization: Bearer ${{{env}}}'"));
+    }
+    line
+}
+
+fn endpoint(base: &str, transport: Transport) -> (&'static str, String) {
+    match transport {
+        Transport::Http => ("http", format!("{base}/mcp")),
+        Transport::Sse => ("sse", format!("{base}/sse")),
+    }
+}
+
+/// Quotes `s` for a POSIX shell when it holds anything but plain characters.
+fn shell_word(s: &str) -> String {
+    let plain = !s.is_empty()
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:@%+=,".contains(c));
+    if plain {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+fn render(args: &ClientConfigArgs, base: &str, auth: bool) -> String {
     let name = &args.name;
     let env = &args.token_env;
+    let (kind, url) = endpoint(base, args.transport);
     match args.client {
         Client::Claude => {
-            let scope = match args.scope {
-                Scope::User => "user",
-                Scope::Project => "project",
-            };
-            let header = if auth {
-                format!(" --header \"Authorization: Bearer ${{{env}}}\"")
-            } else {
-                String::new()
-            };
-            let mut out =
-                format!("claude mcp add --transport http --scope {scope}{header} {name} {url}\n");
+            let mut out = claude_command(
+                name,
+                base,
+                args.transport,
+                args.scope,
+                auth.then_some(env.as_str()),
+            );
+            out.push('\n');
             if matches!(args.scope, Scope::Project) {
-                let mut server = json!({"type": "http", "url": url});
+                let mut server = json!({"type": kind, "url": url});
                 if auth {
                     server["headers"] = json!({"Authorization": format!("Bearer ${{{env}}}")});
                 }
                 let doc = json!({"mcpServers": {name.as_str(): server}});
                 out.push_str("\n# or commit this as .mcp.json in the project root:\n");
                 out.push_str(&pretty(&doc));
+            }
+            if auth {
+                out.push_str(&format!(
+                    "\n# Claude Code reads the token from ${env} whenever it connects: export {env}=<your token> before starting it.\n"
+                ));
             }
             out
         }
@@ -105,7 +168,7 @@ fn render(args: &ClientConfigArgs, url: &str, auth: bool) -> String {
             )
         }
         Client::Vscode => {
-            let mut server = json!({"type": "http", "url": url});
+            let mut server = json!({"type": kind, "url": url});
             let mut doc = json!({"servers": {}});
             if auth {
                 server["headers"] = json!({"Authorization": "Bearer ${input:portcullis-token}"});
@@ -141,6 +204,7 @@ mod tests {
             client,
             scope,
             policy: None,
+            transport: Transport::Http,
             token_env: "PORTCULLIS_TOKEN".into(),
             name: "portcullis".into(),
         }
@@ -150,7 +214,7 @@ mod tests {
     fn claude_line_and_project_json() {
         let out = render(
             &args(Client::Claude, Scope::User),
-            "http://127.0.0.1:8811/mcp",
+            "http://127.0.0.1:8811",
             false,
         );
         assert_eq!(
@@ -159,11 +223,11 @@ mod tests {
         );
         let out = render(
             &args(Client::Claude, Scope::Project),
-            "http://127.0.0.1:8811/mcp",
+            "http://127.0.0.1:8811",
             true,
         );
-        assert!(out.starts_with("claude mcp add --transport http --scope project --header \"Authorization: Bearer ${PORTCULLIS_TOKEN}\" portcullis"), "{out}");
-        let json_part = &out[out.find("\n{").unwrap() + 1..];
+        assert!(out.starts_with("claude mcp add --transport http --scope project portcullis http://127.0.0.1:8811/mcp --header 'Authorization: Bearer ${PORTCULLIS_TOKEN}'\n"), "{out}");
+        let json_part = &out[out.find("\n{").unwrap() + 1..out.rfind("}\n").unwrap() + 1];
         let v: serde_json::Value = serde_json::from_str(json_part).unwrap();
         assert_eq!(v["mcpServers"]["portcullis"]["type"], "http");
         assert_eq!(
@@ -173,9 +237,25 @@ mod tests {
     }
 
     #[test]
+    fn sse_transport_and_odd_names_are_quoted() {
+        let line = claude_command(
+            "my gw",
+            "http://127.0.0.1:9",
+            Transport::Sse,
+            Scope::User,
+            Some("TOK"),
+        );
+        assert_eq!(
+            line,
+            "claude mcp add --transport sse --scope user 'my gw' http://127.0.0.1:9/sse --header 'Authorization: Bearer ${TOK}'"
+        );
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+    }
+
+    #[test]
     fn cursor_and_vscode_documents_parse() {
         for c in [Client::Cursor, Client::Vscode] {
-            let out = render(&args(c, Scope::Project), "https://127.0.0.1:8811/mcp", true);
+            let out = render(&args(c, Scope::Project), "https://127.0.0.1:8811", true);
             let json_part = &out[out.find("\n{").unwrap() + 1..];
             let v: serde_json::Value = serde_json::from_str(json_part).unwrap();
             assert!(v.to_string().contains("https://127.0.0.1:8811/mcp"), "{v}");

@@ -5,6 +5,7 @@
 
 mod audit_dir;
 mod nftables;
+mod servers;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -20,6 +21,13 @@ pub struct DoctorArgs {
     /// Overrides [audit] dir from the policy, as `serve --audit-dir` does.
     #[arg(long, env = "PORTCULLIS_AUDIT_DIR")]
     pub audit_dir: Option<PathBuf>,
+    /// Also start every server once, as the gateway would, and report its `initialize` answer
+    /// or why it failed (with the tail of its stderr). Stops them again.
+    #[arg(long)]
+    pub start: bool,
+    /// Docker scope of the containers `--start` creates (removed again before doctor exits).
+    #[arg(long, env = "PORTCULLIS_DOCKER_SCOPE", default_value = "doctor")]
+    pub docker_scope: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,9 +81,13 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
                 policy.origin,
                 if n == 1 { "server" } else { "servers" }
             )));
+            findings.extend(servers::check(&policy).await);
             findings.extend(docker(&policy).await);
             findings.extend(nftables::check(&policy).await);
             findings.extend(audit_dir::check(&policy));
+            if args.start {
+                findings.extend(servers::start_each(&policy, &args.docker_scope).await);
+            }
         }
         Err(e) => findings.push(invalid_policy(&e)),
     }

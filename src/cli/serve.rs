@@ -82,10 +82,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let audit_log = open_audit(&policy).await?;
     let trail = AuditTrail::new(audit_log.clone());
+    // SIEM sinks and witnesses read the log the same way; witnesses keep only its seals.
+    let outlets: Vec<crate::policy::AuditSink> = policy
+        .audit
+        .sinks
+        .iter()
+        .chain(&policy.audit.witnesses)
+        .cloned()
+        .collect();
     let sinks = match &audit_log {
-        Some(log) if !policy.audit.sinks.is_empty() => Some(
-            crate::audit::sinks::Sinks::start(log.dir(), &policy.audit.sinks, Default::default())
-                .context("starting the audit sinks")?,
+        Some(log) if !outlets.is_empty() => Some(
+            crate::audit::sinks::Sinks::start(log.dir(), &outlets, Default::default())
+                .context("starting the audit sinks and witnesses")?,
         ),
         _ => None,
     };
@@ -105,6 +113,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         )))
         .await?;
     super::egress_watch::warn_about_policy(&policy);
+    crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
     let backends = Arc::new(Backends::new(&args.docker_scope, &policy.egress));
     let egress_watch = super::egress_watch::spawn(backends.clone(), trail.clone());
     let (runtime, runtime_generation) = backends.for_policy(&policy).await;
@@ -151,16 +160,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         },
     );
     reload::triggers::start(Arc::new(reloader), watch).context("listening for SIGHUP")?;
-    let scheme = if policy.gateway.tls.is_some() {
-        "https"
-    } else {
-        "http"
-    };
-    let url = format!("{scheme}://{addr}/mcp");
+    let base = super::client_config::base_url(&policy, addr);
+    let url = format!("{base}/mcp");
     tracing::info!(%url, "portcullis listening");
-    // The banner goes to stdout so scripts (and people) can pick up the URL.
+    // The banner goes to stdout so scripts (and people) can pick up the URL; the command is the
+    // one `client-config claude` prints, token header included when clients must authenticate.
     println!("Portcullis is listening on {url}");
-    println!("Connect Claude Code with:  claude mcp add --transport http portcullis {url}");
+    let auth_env = policy.requires_auth().then_some("PORTCULLIS_TOKEN");
+    println!(
+        "Connect Claude Code with:  {}",
+        super::client_config::claude_command(
+            "portcullis",
+            &base,
+            super::client_config::Transport::Http,
+            super::client_config::Scope::User,
+            auth_env,
+        )
+    );
+    if auth_env.is_some() {
+        println!("  (export PORTCULLIS_TOKEN=<the client's token> before starting Claude Code)");
+    }
     listener.serve(shutdown_signal()).await;
     tracing::info!("shutting down: stopping servers");
     router.shutdown().await;

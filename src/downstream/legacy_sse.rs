@@ -41,6 +41,8 @@ pub fn open(shared: &Arc<Shared>, identity: Identity) -> Reply {
         Err(e) => return bad(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
     };
     session.initialized.store(false, Ordering::Release);
+    // The transport's stream is open for the session's whole life: it is in use.
+    session.engage();
     let Some(reader) = session.standalone.attach(None) else {
         return reply::status(StatusCode::INTERNAL_SERVER_ERROR);
     };

@@ -152,6 +152,7 @@ pub struct Listener {
     tls: Option<tokio_rustls::TlsAcceptor>,
     shared: Arc<Shared>,
     idle_timeout: Duration,
+    unused_timeout: Duration,
     /// When set, only loopback and these peers may connect (see [`Listener::only_from`]).
     peers: Option<Vec<IpAddr>>,
 }
@@ -179,6 +180,7 @@ impl Listener {
             listener,
             shared: Arc::new(Shared::new(gateway, router, access, audit, tls.is_some())),
             idle_timeout: gateway.session_idle_timeout,
+            unused_timeout: gateway.unused_session_timeout,
             tls,
             peers: None,
         })
@@ -212,7 +214,11 @@ impl Listener {
     /// Serves until `shutdown` resolves, then closes every session.
     pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) {
         let shared = self.shared.clone();
-        let sweeper = tokio::spawn(sweep_idle(shared.clone(), self.idle_timeout));
+        let sweeper = tokio::spawn(sweep_idle(
+            shared.clone(),
+            self.idle_timeout,
+            self.unused_timeout,
+        ));
         let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         tokio::pin!(shutdown);
         loop {
@@ -300,13 +306,19 @@ where
     }
 }
 
-async fn sweep_idle(shared: Arc<Shared>, limit: Duration) {
-    let period = (limit / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
+async fn sweep_idle(shared: Arc<Shared>, limit: Duration, unused: Duration) {
+    let period = (limit.min(unused) / 4).clamp(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         tokio::time::sleep(period).await;
         shared.access.limits.sweep();
-        for id in shared.sessions.expire(limit) {
-            tracing::info!(session = %streamable::short(&id), "session expired after being idle");
+        for (id, why) in shared.sessions.expire(limit, unused) {
+            let why = match why {
+                session::Expiry::Idle => "session expired after being idle",
+                session::Expiry::Unused => {
+                    "session expired after being used only for initialize and lists"
+                }
+            };
+            tracing::info!(session = %streamable::short(&id), "{why}");
             shared.router.close_session(&id).await;
         }
     }
@@ -394,15 +406,35 @@ async fn route<B: RequestBody>(shared: &Arc<Shared>, req: Request<B>) -> Reply {
             );
             r
         }
-        (p, _) if p.starts_with("/.well-known/oauth-") => reply::plain_json(
+        // OAuth-capable clients (mcp-remote, SDK auth helpers) that get a 401 look for an
+        // authorization server at the gateway's origin and try to register: say plainly that
+        // there is none, so that what they print explains the real problem (the token).
+        (p, _) if is_oauth_endpoint(p) => reply::plain_json(
             StatusCode::NOT_FOUND,
-            &json!({"error": "not_found", "error_description": "this gateway does not use OAuth: no authorization server or protected-resource metadata"}),
+            &json!({"error": "invalid_request", "error_description": NO_AUTHORIZATION_SERVER}),
         ),
         (p, _) => reply::plain_json(
             StatusCode::NOT_FOUND,
             &json!({"error": "not_found", "error_description": format!("no such endpoint `{p}`; MCP is served at /mcp")}),
         ),
     }
+}
+
+/// What OAuth discovery and registration requests are told (see `route`).
+const NO_AUTHORIZATION_SERVER: &str = "Portcullis has no OAuth authorization server: clients authenticate with a bearer token that the gateway's operator issues (`portcullis token new`), sent as `Authorization: Bearer <token>`. The request to /mcp was refused because its token was missing or not accepted; configure the client with the right token instead of signing in";
+
+fn is_oauth_endpoint(path: &str) -> bool {
+    path.starts_with("/.well-known/oauth-")
+        || path.starts_with("/.well-known/openid-configuration")
+        || matches!(
+            path,
+            "/register"
+                | "/authorize"
+                | "/token"
+                | "/oauth/register"
+                | "/oauth/authorize"
+                | "/oauth/token"
+        )
 }
 
 /// This gateway's origin as the client addressed it, for metadata URLs.

@@ -33,6 +33,9 @@ pub struct Session {
     pub initialized: std::sync::atomic::AtomicBool,
     /// What the client's initialize declared.
     caps: std::sync::OnceLock<ClientCaps>,
+    /// Whether the client did more than initialize and list: called, read, answered a server,
+    /// or held a stream open. Sessions that never do expire sooner (health checks).
+    engaged: std::sync::atomic::AtomicBool,
 }
 
 impl Session {
@@ -50,6 +53,7 @@ impl Session {
             last_seen: Mutex::new(Instant::now()),
             initialized: std::sync::atomic::AtomicBool::new(true),
             caps: std::sync::OnceLock::new(),
+            engaged: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -68,6 +72,15 @@ impl Session {
             request,
             context,
         }
+    }
+
+    /// Notes that the client uses the session for more than a health check.
+    pub fn engage(&self) {
+        self.engaged.store(true, Ordering::Relaxed);
+    }
+
+    fn is_engaged(&self) -> bool {
+        self.engaged.load(Ordering::Relaxed)
     }
 
     pub fn touch(&self) {
@@ -143,6 +156,24 @@ struct Retained {
     swept: Instant,
 }
 
+/// Why a session was expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expiry {
+    /// No request for `session_idle_timeout`.
+    Idle,
+    /// Only initialize and lists, then nothing for `unused_session_timeout`.
+    Unused,
+}
+
+impl Expiry {
+    pub fn label(self) -> &'static str {
+        match self {
+            Expiry::Idle => "idle",
+            Expiry::Unused => "unused",
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("too many open sessions (limit {0}); close unused sessions or raise gateway.max_sessions")]
 pub struct TooManySessions(pub usize);
@@ -187,9 +218,35 @@ impl Sessions {
         Some(s)
     }
 
-    /// Removes sessions idle longer than `limit`; returns their ids.
-    pub fn expire(&self, limit: Duration) -> Vec<Arc<str>> {
-        self.remove_where(|s| s.idle_for() > limit)
+    /// Removes sessions idle longer than `limit`, and sessions never used for more than
+    /// initialize and lists idle longer than `unused`; returns their ids with the reason.
+    pub fn expire(&self, limit: Duration, unused: Duration) -> Vec<(Arc<str>, Expiry)> {
+        let why = |s: &Session| {
+            let idle = s.idle_for();
+            if idle > limit {
+                Some(Expiry::Idle)
+            } else if idle > unused && !s.is_engaged() {
+                Some(Expiry::Unused)
+            } else {
+                None
+            }
+        };
+        let Ok(mut m) = self.map.write() else {
+            return Vec::new();
+        };
+        let stale: Vec<(Arc<str>, Expiry)> = m
+            .iter()
+            .filter_map(|(k, s)| why(s).map(|w| (k.clone(), w)))
+            .collect();
+        for (k, why) in &stale {
+            if let Some(s) = m.remove(k) {
+                let metrics = crate::metrics::global();
+                metrics.sessions(-1);
+                metrics.session_expired(why.label());
+                s.close_all();
+            }
+        }
+        stale
     }
 
     /// Removes the sessions `doomed` picks, closing their streams; returns their ids.
@@ -280,6 +337,20 @@ mod tests {
             .map(|_| open.open_stream())
             .collect();
         assert!(all.iter().all(|st| open.stream(st.number).is_some()));
+    }
+
+    #[test]
+    fn sessions_used_only_for_lists_expire_first() {
+        let s = Sessions::new(10);
+        let checked = s.create("2025-11-25", anon()).unwrap();
+        let used = s.create("2025-11-25", anon()).unwrap();
+        used.engage();
+        std::thread::sleep(Duration::from_millis(30));
+        let gone = s.expire(Duration::from_secs(60), Duration::from_millis(10));
+        assert_eq!(gone, vec![(checked.id.clone(), Expiry::Unused)]);
+        assert!(s.get(&used.id).is_some());
+        let gone = s.expire(Duration::from_millis(10), Duration::from_millis(10));
+        assert_eq!(gone, vec![(used.id.clone(), Expiry::Idle)]);
     }
 
     #[test]

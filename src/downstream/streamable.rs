@@ -37,6 +37,20 @@ struct Accept {
     sse: bool,
 }
 
+/// Requests a health check or a catalog browse makes; a session that only sends these is not
+/// yet in use (see `unused_session_timeout`).
+fn preliminary(method: &str) -> bool {
+    matches!(
+        method,
+        methods::PING
+            | methods::TOOLS_LIST
+            | methods::PROMPTS_LIST
+            | methods::RESOURCES_LIST
+            | methods::RESOURCE_TEMPLATES_LIST
+            | methods::LOGGING_SET_LEVEL
+    )
+}
+
 fn accept(headers: &HeaderMap) -> Accept {
     let mut a = Accept {
         json: false,
@@ -266,6 +280,9 @@ async fn post<B: RequestBody>(
                     "this session is already initialized",
                 );
             }
+            if !preliminary(&req.method) {
+                session.engage();
+            }
             let admission = match shared.router.admit(&session.id, &session.identity, &req) {
                 Ok(a) => a,
                 Err(refused) => return answer_reply(refused),
@@ -281,6 +298,9 @@ async fn post<B: RequestBody>(
             }
         }
         Body::Single(other) => {
+            if matches!(other, Message::Response(_)) {
+                session.engage();
+            }
             deliver(shared, &session, other).await;
             reply::status(StatusCode::ACCEPTED)
         }
@@ -413,11 +433,14 @@ async fn batch(
                     "initialize cannot be part of a batch",
                 ));
             }
-            Ok(Message::Request(req)) => calls.push(shared.router.handle_request(
-                session.inbound(req),
-                None,
-                None,
-            )),
+            Ok(Message::Request(req)) => calls.push({
+                if !preliminary(&req.method) {
+                    session.engage();
+                }
+                shared
+                    .router
+                    .handle_request(session.inbound(req), None, None)
+            }),
             Ok(other) => deliver(shared, session, other).await,
             Err(e) => answers.push(e.to_response_bytes()),
         }
@@ -485,6 +508,8 @@ fn get(shared: &Arc<Shared>, headers: &HeaderMap, identity: &Identity) -> Reply 
             protocol::wants_priming_event(session.protocol),
         ),
     };
+    // A client that listens for the server's messages is using the session.
+    session.engage();
     match stream.attach(after) {
         Some(reader) => reply::sse(event_stream::body(reader, priming, shared.keepalive, None)),
         None => bad(

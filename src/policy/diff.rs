@@ -205,6 +205,7 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
         allowed_hosts => "gateway.allowed_hosts",
         max_body_bytes => "gateway.max_body_bytes",
         session_idle_timeout => "gateway.session_idle_timeout",
+        unused_session_timeout => "gateway.unused_session_timeout",
         max_sessions => "gateway.max_sessions",
         sse_keepalive => "gateway.sse_keepalive",
         sse_poll_interval => "gateway.sse_poll_interval",

@@ -352,6 +352,15 @@ fn remote(out: &mut String, name: &str, obj: &Map<String, Value>) -> Result<(), 
     }
     let _ = writeln!(out, "runtime = \"remote\"");
     let _ = writeln!(out, "url = {}", json_str(url));
+    if let Some((ip, rule)) =
+        super::validate::private_target_rule(url, &super::model::Egress::default())
+    {
+        let _ = writeln!(
+            out,
+            "# REVIEW: {ip} is a private/loopback address; the gateway reaches it only because of this rule."
+        );
+        let _ = writeln!(out, "egress.allow = [{}]", json_str(&rule));
+    }
     let mut headers = BTreeMap::new();
     let mut secrets = BTreeMap::new();
     for (h, v) in string_map(obj.get("headers"), "headers")? {
@@ -444,6 +453,20 @@ mod tests {
             ),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_loopback_url_gets_the_egress_rule_it_needs_marked_for_review() {
+        let out = import(
+            r#"{"mcpServers": {"local": {"type": "http", "url": "http://127.0.0.1:3000/mcp"}}}"#,
+            ".mcp.json",
+        )
+        .unwrap();
+        assert!(
+            out.contains("# REVIEW: 127.0.0.1 is a private/loopback address"),
+            "{out}"
+        );
+        assert!(out.contains("egress.allow = [\"127.0.0.1:3000\"]"), "{out}");
     }
 
     #[test]

@@ -12,12 +12,15 @@ pub mod show;
 pub mod units;
 mod validate;
 mod validate_access;
+mod validate_audit;
 mod validate_oauth;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use import::import;
 pub use model::*;
-pub use validate::{is_server_name, parse_secret_ref, secret_refs, validate_host_port};
+pub use validate::{
+    is_server_name, parse_secret_ref, secret_refs, validate_host_port, DEFAULT_SERVER_LOG_RATE,
+};
 
 use std::path::Path;
 
@@ -36,12 +39,73 @@ pub fn parse(src: &str, origin: &str) -> Result<Policy, PolicyError> {
 /// Like [`parse`], resolving relative paths (cwd, mount sources, `file:` and `dotenv:` secrets)
 /// against `base`.
 pub fn parse_in(src: &str, origin: &str, base: Option<&Path>) -> Result<Policy, PolicyError> {
-    let raw = raw::from_str(src).map_err(|(e, path)| {
-        PolicyError::Invalid(Diagnostics(vec![diagnose::from_toml_error(
-            src, origin, &e, &path,
-        )]))
-    })?;
-    validate::validate(raw, src, origin, base).map_err(|d| PolicyError::Invalid(Diagnostics(d)))
+    let (raw, text) = raw_collecting_unknown_keys(src, origin)?;
+    validate::validate(raw, &text, origin, base).map_err(|d| PolicyError::Invalid(Diagnostics(d)))
+}
+
+/// Unknown keys reported in one run, not one per edit: serde stops at the first, so each one
+/// that stands alone on its line is commented out (bytes replaced one for one, so every later
+/// location stays right) and the document read again. An unknown key elsewhere (a table
+/// header, inside an inline table) or any other error ends the search, with what was found.
+/// Validation runs only on a document without unknown keys: a misspelt key is usually a
+/// required one, and "missing `command`" next to "unknown key `comand`" says nothing new.
+fn raw_collecting_unknown_keys(
+    src: &str,
+    origin: &str,
+) -> Result<(raw::RawPolicy, String), PolicyError> {
+    /// More unknown keys than this in one file is not a typo; stop reporting.
+    const MAX_UNKNOWN: usize = 50;
+    let mut text = src.to_owned();
+    let mut diags = Vec::new();
+    for _ in 0..=MAX_UNKNOWN {
+        let (e, path) = match raw::from_str(&text) {
+            Ok(raw) if diags.is_empty() => return Ok((raw, text)),
+            Ok(_) => break,
+            Err(err) => err,
+        };
+        let unknown = e.message().starts_with("unknown field `");
+        if !unknown && !diags.is_empty() {
+            // Possibly a consequence of a key taken out; what was found is already useful.
+            break;
+        }
+        diags.push(diagnose::from_toml_error(&text, origin, &e, &path));
+        match (unknown, e.span()) {
+            (true, Some(span)) => match comment_out_key_line(&text, span.start) {
+                Some(next) => text = next,
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    Err(PolicyError::Invalid(Diagnostics(diags)))
+}
+
+/// `text` with the `key = value` line whose key starts at byte `at` turned into a comment, or
+/// `None` when the key is not the first thing on its line or its value continues past it.
+fn comment_out_key_line(text: &str, at: usize) -> Option<String> {
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    if !text[line_start..at].trim().is_empty() {
+        return None;
+    }
+    let line_end = text[at..].find('\n').map_or(text.len(), |i| at + i);
+    let line = &text[at..line_end];
+    let value = line.split_once('=')?.1.trim_start();
+    // Arrays, inline tables and multi-line strings may span lines: leave those alone.
+    if value.starts_with('[')
+        || value.starts_with('{')
+        || value.starts_with("\"\"\"")
+        || value.starts_with("'''")
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..at]);
+    out.push('#');
+    // The key's first character may be several bytes long: pad to keep every offset.
+    let first = text[at..].chars().next()?;
+    out.push_str(&" ".repeat(first.len_utf8() - 1));
+    out.push_str(&text[at + first.len_utf8()..]);
+    Some(out)
 }
 
 /// Reads, parses and validates a policy file; relative paths in it are relative to its directory.

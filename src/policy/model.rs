@@ -93,7 +93,12 @@ pub struct Audit {
     pub rotate_interval: Duration,
     /// Write call arguments (redacted) besides their SHA-256.
     pub record_arguments: bool,
+    /// Each checkpoint key signs for this long, then certifies the next and is destroyed;
+    /// `None` (`key_epoch = "off"`): one key for the life of the log.
+    pub key_epoch: Option<Duration>,
     pub sinks: Vec<AuditSink>,
+    /// Where checkpoints and key rotations are also written, for `audit verify --witness`.
+    pub witnesses: Vec<AuditSink>,
 }
 
 /// Default audit directory, relative to the policy file (or the working directory for the
@@ -113,7 +118,9 @@ impl Default for Audit {
             max_segment_bytes: 64 << 20,
             rotate_interval: Duration::from_secs(24 * 3600),
             record_arguments: false,
+            key_epoch: Some(Duration::from_secs(3600)),
             sinks: Vec::new(),
+            witnesses: Vec::new(),
         }
     }
 }
@@ -145,6 +152,8 @@ pub struct AuditSink {
     /// Names the sink's cursor file `DIR/cursors/NAME.json`; default `TYPE-N` (1-based).
     pub name: String,
     pub kind: SinkKind,
+    /// A witness: only checkpoints and key rotations are sent.
+    pub witness: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -167,6 +176,9 @@ pub enum SinkKind {
     },
     /// The local systemd journal.
     Journald,
+    /// Appended to `DIR/witness-LOG_ID.jsonl` with an fsync per batch (a witness on another
+    /// volume or mount).
+    WitnessDir { path: PathBuf },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,6 +209,13 @@ pub struct Gateway {
     pub request_timeout: Duration,
     /// Sessions with no request for this long are closed.
     pub session_idle_timeout: Duration,
+    /// Sessions that only initialized or listed (no call, no read, no stream held open) are
+    /// closed after this long without a request: health checks such as `claude mcp list` and
+    /// the Inspector's CLI never send DELETE. Never longer than `session_idle_timeout`.
+    pub unused_session_timeout: Duration,
+    /// How many lines of a server's stderr reach the gateway's log (per server, every instance
+    /// together); beyond it lines are counted, not logged. A server's `log_rate` overrides it.
+    pub server_log_rate: Rate,
     /// Upper bound on concurrently open sessions.
     pub max_sessions: usize,
     /// Items per page in aggregated `*/list` answers.
@@ -286,6 +305,34 @@ pub struct Server {
     pub max_in_flight: Option<u32>,
     /// How long a call may wait for a free slot before it is refused.
     pub queue_timeout: Duration,
+    /// What the gateway answers the server's `roots/list` with when no client session can be
+    /// asked (shared servers between calls, clients without roots): `file://` URIs.
+    pub roots: Vec<String>,
+    /// Client capabilities the gateway declares to the server in its `initialize`.
+    pub client_capabilities: ClientCapabilities,
+    /// Overrides `[gateway] server_log_rate` for this server.
+    pub log_rate: Option<Rate>,
+}
+
+/// The client capabilities declared to a server. Sampling and elicitation requests are relayed
+/// to the client session that caused them (refused when it lacks the capability); roots are
+/// relayed too, or answered from the server's `roots` when no session can be asked. Leaving one
+/// out hides features from servers that adapt their tools to what the client can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientCapabilities {
+    pub roots: bool,
+    pub sampling: bool,
+    pub elicitation: bool,
+}
+
+impl Default for ClientCapabilities {
+    fn default() -> Self {
+        ClientCapabilities {
+            roots: true,
+            sampling: true,
+            elicitation: true,
+        }
+    }
 }
 
 /// How the server is run or reached.

@@ -47,6 +47,22 @@ pub struct RawAudit {
     pub record_arguments: Option<Spanned<bool>>,
     #[serde(default, deserialize_with = "in_sinks")]
     pub sinks: Option<Vec<RawSink>>,
+    pub key_epoch: Option<Spanned<Value>>,
+    #[serde(default, deserialize_with = "in_witness")]
+    pub witness: Option<Vec<RawWitness>>,
+}
+
+/// One `[[audit.witness]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWitness {
+    #[serde(rename = "type")]
+    pub kind: Str,
+    pub name: Option<Str>,
+    pub path: Option<Str>,
+    pub url: Option<Str>,
+    pub hmac_secret: Option<Str>,
+    pub ca_file: Option<Str>,
 }
 
 /// One `[[audit.sinks]]` entry; keys of the other sink types are refused during validation.
@@ -76,6 +92,8 @@ pub struct RawGateway {
     pub max_body_bytes: Option<Spanned<Value>>,
     pub request_timeout: Option<Spanned<Value>>,
     pub session_idle_timeout: Option<Spanned<Value>>,
+    pub unused_session_timeout: Option<Spanned<Value>>,
+    pub server_log_rate: Option<Spanned<Value>>,
     pub max_sessions: Option<Spanned<u64>>,
     pub page_size: Option<Spanned<u64>>,
     pub list_ttl: Option<Spanned<Value>>,
@@ -152,6 +170,9 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
+    pub roots: Option<Vec<Str>>,
+    pub client_capabilities: Option<Vec<Str>>,
+    pub log_rate: Option<Spanned<Value>>,
 }
 
 /// `oauth = { ... }` of a remote server.
@@ -288,6 +309,7 @@ in_table!(in_servers, "servers", Named<RawServer>);
 in_table!(in_clients, "clients", Named<RawClient>);
 in_table!(in_audit, "audit", Option<RawAudit>);
 in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
+in_table!(in_witness, "witness", Option<Vec<RawWitness>>);
 in_table!(in_mounts, "mounts", Option<Spanned<Vec<RawMount>>>);
 in_table!(in_egress, "egress", Option<RawEgress>);
 in_table!(in_limits, "limits", Option<RawLimits>);

@@ -84,6 +84,11 @@ pub fn render(p: &Policy) -> String {
         "  session_idle_timeout  {}",
         format_duration(g.session_idle_timeout)
     );
+    let _ = writeln!(
+        o,
+        "  unused_session_timeout {}",
+        format_duration(g.unused_session_timeout)
+    );
     let _ = writeln!(o, "  max_sessions          {}", g.max_sessions);
     let _ = writeln!(o, "  page_size             {}", g.page_size);
     let _ = writeln!(o, "  list_ttl              {}", format_duration(g.list_ttl));
@@ -331,7 +336,14 @@ fn audit(o: &mut String, a: &Audit) {
         format_duration(a.rotate_interval)
     );
     let _ = writeln!(o, "  record_arguments      {}", a.record_arguments);
-    for s in &a.sinks {
+    let _ = writeln!(
+        o,
+        "  key_epoch             {}",
+        a.key_epoch
+            .map(format_duration)
+            .unwrap_or_else(|| "off (one key for the life of the log)".into())
+    );
+    for s in a.sinks.iter().chain(&a.witnesses) {
         let what = match &s.kind {
             SinkKind::Syslog {
                 address,
@@ -355,8 +367,10 @@ fn audit(o: &mut String, a: &Audit) {
                 }
             ),
             SinkKind::Journald => "journald".to_string(),
+            SinkKind::WitnessDir { path } => format!("directory {}", path.display()),
         };
-        let _ = writeln!(o, "  sink {:<16} {what}", s.name);
+        let role = if s.witness { "witness" } else { "sink" };
+        let _ = writeln!(o, "  {role} {:<16} {what}", s.name);
     }
 }
 

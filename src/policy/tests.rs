@@ -132,6 +132,32 @@ request_timeout = "5m"
 }
 
 #[test]
+fn every_unknown_key_is_reported_in_one_run() {
+    let e = errors(
+        "[gateway]\nlisen = 1\n[servers.time]\nruntime = \"process\"\ncomand = \"x\"\n  argz = [\"a\",\n \"b\"]\nlifecycle = \"forever\"\n",
+    );
+    assert_eq!(e.len(), 3, "{e:#?}");
+    assert!(
+        e[0].starts_with("p.toml:2:1: error: unknown key `lisen` in [gateway]"),
+        "{e:#?}"
+    );
+    assert!(
+        e[1].starts_with("p.toml:5:1: error: unknown key `comand` in [servers.time]"),
+        "{e:#?}"
+    );
+    // A multi-line value cannot be taken out safely: the search stops there.
+    assert!(
+        e[2].starts_with("p.toml:6:3: error: unknown key `argz`"),
+        "{e:#?}"
+    );
+    // With every unknown key taken out the rest would be valid: still refused.
+    let e = errors(
+        "[gateway]\nlisen = 1\nport = 2\n[servers.time]\nruntime = \"process\"\ncommand = \"x\"\n",
+    );
+    assert_eq!(e.len(), 2, "{e:#?}");
+}
+
+#[test]
 fn unknown_keys_are_located_and_named() {
     let e = one_error("[servers.time]\nruntime = \"process\"\ncomand = \"x\"\n");
     assert!(
@@ -354,6 +380,36 @@ fn audit_defaults_and_keys() {
 }
 
 #[test]
+fn key_epochs_and_witnesses_are_read() {
+    let p = parse(
+        &format!("{TIME}[audit]\nkey_epoch = \"15m\"\n[[audit.witness]]\ntype = \"dir\"\npath = \"/mnt/w\"\n[[audit.witness]]\ntype = \"http\"\nname = \"far\"\nurl = \"https://w.example.com/seals\"\n"),
+        "p.toml",
+    )
+    .unwrap();
+    assert_eq!(p.audit.key_epoch, Some(Duration::from_secs(900)));
+    assert_eq!(p.audit.witnesses.len(), 2);
+    assert!(p.audit.witnesses.iter().all(|w| w.witness));
+    assert_eq!(p.audit.witnesses[0].name, "witness-1");
+    assert_eq!(
+        p.audit.witnesses[0].kind,
+        SinkKind::WitnessDir {
+            path: PathBuf::from("/mnt/w")
+        }
+    );
+    assert!(show::render(&p).contains("witness far"));
+    let off = parse(&format!("{TIME}[audit]\nkey_epoch = \"off\"\n"), "p.toml").unwrap();
+    assert_eq!(off.audit.key_epoch, None);
+    assert_eq!(
+        parse(TIME, "p.toml").unwrap().audit.key_epoch,
+        Some(Duration::from_secs(3600))
+    );
+    let e = one_error(&format!("{TIME}[audit]\nkey_epoch = \"100ms\"\n"));
+    assert!(e.contains("at least"), "{e}");
+    let e = one_error(&format!("{TIME}[[audit.witness]]\ntype = \"dir\"\n"));
+    assert!(e.contains("needs `path`"), "{e}");
+}
+
+#[test]
 fn audit_errors_are_located() {
     let e = one_error(&format!("{TIME}[audit]\nfsynk = \"group\"\n"));
     assert!(
@@ -385,4 +441,27 @@ fn audit_errors_are_located() {
         e.contains("unknown secret source") && !e.contains("hunter2"),
         "{e}"
     );
+}
+
+#[test]
+fn a_remote_url_on_a_private_address_needs_an_egress_rule() {
+    let e = one_error("[servers.r]\nruntime = \"remote\"\nurl = \"http://127.0.0.1:9000/mcp\"\n");
+    assert!(e.starts_with("p.toml:3:7:"), "{e}");
+    assert!(e.contains("add egress.allow = [\"127.0.0.1:9000\"]"), "{e}");
+    let e = one_error("[servers.r]\nruntime = \"remote\"\nurl = \"https://10.0.0.7/mcp\"\n");
+    assert!(e.contains("\"10.0.0.7:443\""), "{e}");
+    let e = one_error("[servers.r]\nruntime = \"remote\"\nurl = \"http://[::1]:81/\"\n");
+    assert!(e.contains("\"[::1]:81\""), "{e}");
+    // A covering rule, a public address or a name (checked when resolved) are fine.
+    for ok in [
+        "url = \"http://127.0.0.1:9000/mcp\"\negress.allow = [\"127.0.0.0/8:9000\"]",
+        "url = \"https://93.184.215.14/mcp\"",
+        "url = \"https://mcp.example.com/mcp\"",
+    ] {
+        parse(
+            &format!("[servers.r]\nruntime = \"remote\"\n{ok}\n"),
+            "p.toml",
+        )
+        .unwrap_or_else(|e| panic!("{ok}: {e}"));
+    }
 }

@@ -17,6 +17,14 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8811";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+pub const DEFAULT_UNUSED_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
+/// 50 lines a second with bursts of 200: a chatty server at start-up is logged whole, a flood
+/// is not.
+pub const DEFAULT_SERVER_LOG_RATE: Rate = Rate {
+    count: 50,
+    per: Duration::from_secs(1),
+    burst: 200,
+};
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_PAGE_SIZE: usize = 200;
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
@@ -219,7 +227,7 @@ impl Checker<'_> {
         }
     }
 
-    fn size(&mut self, v: &Option<Spanned<Value>>, key: &str) -> Option<u64> {
+    pub(super) fn size(&mut self, v: &Option<Spanned<Value>>, key: &str) -> Option<u64> {
         let v = v.as_ref()?;
         let at = v.span().start;
         match v.get_ref() {
@@ -346,6 +354,9 @@ impl Checker<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 8811))
             }),
         };
+        let session_idle_timeout = self
+            .duration(&g.session_idle_timeout, "session_idle_timeout")
+            .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT);
         let naming_at = g.naming.as_ref().map_or(0, |n| n.span().start);
         let naming = match g.naming.as_ref().map(|n| n.get_ref().as_str()) {
             None | Some("auto") => Naming::Auto,
@@ -399,9 +410,14 @@ impl Checker<'_> {
             request_timeout: self
                 .duration(&g.request_timeout, "request_timeout")
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
-            session_idle_timeout: self
-                .duration(&g.session_idle_timeout, "session_idle_timeout")
-                .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT),
+            session_idle_timeout,
+            server_log_rate: self
+                .rate(&g.server_log_rate)
+                .unwrap_or(DEFAULT_SERVER_LOG_RATE),
+            unused_session_timeout: self
+                .duration(&g.unused_session_timeout, "unused_session_timeout")
+                .unwrap_or(DEFAULT_UNUSED_SESSION_TIMEOUT)
+                .min(session_idle_timeout),
             max_sessions: self
                 .count(&g.max_sessions, "max_sessions", (1, 1_000_000))
                 .map_or(DEFAULT_MAX_SESSIONS, |n| n as usize),
@@ -554,6 +570,9 @@ impl Checker<'_> {
         let queue_timeout = self
             .duration(&rs.queue_timeout, "queue_timeout")
             .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+        let roots = self.roots(&rs.roots);
+        let client_capabilities = self.client_capabilities(&rs.client_capabilities);
+        let log_rate = self.rate(&rs.log_rate);
 
         if self.diags.len() != before {
             return None;
@@ -571,6 +590,9 @@ impl Checker<'_> {
             request_timeout,
             tool_rates,
             max_in_flight,
+            roots,
+            client_capabilities,
+            log_rate,
             queue_timeout,
         })
     }
@@ -774,7 +796,12 @@ impl Checker<'_> {
     ) -> Option<Runtime> {
         let url = match &rs.url {
             Some(u) => match check_url(u.get_ref()) {
-                Ok(()) => Some(u.get_ref().clone()),
+                Ok(()) => {
+                    if let Some(why) = unreachable_without_rule(u.get_ref(), egress) {
+                        self.error(u.span().start, format!("[servers.{n}] {why}"));
+                    }
+                    Some(u.get_ref().clone())
+                }
                 Err(e) => {
                     self.error(u.span().start, e);
                     None
@@ -839,6 +866,45 @@ impl Checker<'_> {
             ca_file,
             oauth,
         }))
+    }
+
+    fn roots(&mut self, v: &Option<Vec<Str>>) -> Vec<String> {
+        let mut out = Vec::new();
+        for r in v.iter().flatten() {
+            let uri = r.get_ref();
+            if uri.strip_prefix("file:///").is_none() || uri.chars().any(char::is_whitespace) {
+                self.error(
+                    r.span().start,
+                    format!("root \"{uri}\" must be a file:// URI of an absolute path, like \"file:///workspace\""),
+                );
+            } else {
+                out.push(uri.clone());
+            }
+        }
+        out
+    }
+
+    fn client_capabilities(&mut self, v: &Option<Vec<Str>>) -> ClientCapabilities {
+        let Some(list) = v else {
+            return ClientCapabilities::default();
+        };
+        let mut caps = ClientCapabilities {
+            roots: false,
+            sampling: false,
+            elicitation: false,
+        };
+        for c in list {
+            match c.get_ref().as_str() {
+                "roots" => caps.roots = true,
+                "sampling" => caps.sampling = true,
+                "elicitation" => caps.elicitation = true,
+                other => self.error(
+                    c.span().start,
+                    format!("unknown client capability \"{other}\"; use \"roots\", \"sampling\" or \"elicitation\""),
+                ),
+            }
+        }
+        caps
     }
 
     fn limits(&mut self, l: RawLimits) -> Limits {
@@ -1012,252 +1078,6 @@ impl Checker<'_> {
     }
 }
 
-impl Checker<'_> {
-    fn audit(&mut self, a: RawAudit) -> Audit {
-        let d = Audit::default();
-        let fsync = match &a.fsync {
-            None => d.fsync,
-            Some(f) => match f.get_ref().as_str() {
-                "always" => FsyncMode::Always,
-                "group" => FsyncMode::Group,
-                "none" => FsyncMode::None,
-                other => {
-                    self.error(
-                        f.span().start,
-                        format!("unknown fsync mode \"{other}\"; use \"group\" (default), \"always\" or \"none\""),
-                    );
-                    d.fsync
-                }
-            },
-        };
-        let dir = match &a.dir {
-            Some(p) if p.get_ref().trim().is_empty() => {
-                self.error(
-                    p.span().start,
-                    "audit `dir` is empty; name a directory, like \"./portcullis-audit\"",
-                );
-                d.dir.clone()
-            }
-            Some(p) => self.resolve(p.get_ref()),
-            None => self.resolve(DEFAULT_AUDIT_DIR),
-        };
-        let signing_key = match &a.signing_key {
-            Some(p) if p.get_ref().trim().is_empty() => {
-                self.error(p.span().start, "`signing_key` is empty; name the private key file written by `portcullis audit keygen --out PATH`, or leave it out");
-                None
-            }
-            Some(p) => Some(self.resolve(p.get_ref())),
-            None => None,
-        };
-        let checkpoint_every = self
-            .count(&a.checkpoint_every, "checkpoint_every", (1, 10_000_000))
-            .unwrap_or(d.checkpoint_every);
-        let max_segment_bytes = match self.size(&a.max_segment_bytes, "max_segment_bytes") {
-            Some(n) if n < 4096 => {
-                let at = a.max_segment_bytes.as_ref().map_or(0, |v| v.span().start);
-                self.error(at, "`max_segment_bytes` must be at least 4k");
-                d.max_segment_bytes
-            }
-            Some(n) => n,
-            None => d.max_segment_bytes,
-        };
-        let mut sinks = Vec::new();
-        let mut names = BTreeSet::new();
-        for (i, rs) in a.sinks.into_iter().flatten().enumerate() {
-            if let Some(s) = self.sink(i, rs, &mut names) {
-                sinks.push(s);
-            }
-        }
-        Audit {
-            enabled: a.enabled.map_or(d.enabled, |b| b.into_inner()),
-            dir,
-            fsync,
-            fail_closed: a.fail_closed.map_or(d.fail_closed, |b| b.into_inner()),
-            signing_key,
-            checkpoint_interval: self
-                .duration(&a.checkpoint_interval, "checkpoint_interval")
-                .unwrap_or(d.checkpoint_interval),
-            checkpoint_every,
-            max_segment_bytes,
-            rotate_interval: self
-                .duration(&a.rotate_interval, "rotate_interval")
-                .unwrap_or(d.rotate_interval),
-            record_arguments: a
-                .record_arguments
-                .map_or(d.record_arguments, |b| b.into_inner()),
-            sinks,
-        }
-    }
-
-    fn sink(&mut self, i: usize, rs: RawSink, names: &mut BTreeSet<String>) -> Option<AuditSink> {
-        let at = rs.kind.span().start;
-        let ty = rs.kind.get_ref().clone();
-        let allowed: &[&str] = match ty.as_str() {
-            "syslog" => &["address", "tls", "ca_file", "server_name", "format"],
-            "http" => &["url", "hec_token", "hmac_secret", "ca_file"],
-            "journald" => &[],
-            other => {
-                self.error(
-                    at,
-                    format!(
-                        "unknown sink type \"{other}\"; use \"syslog\", \"http\" or \"journald\""
-                    ),
-                );
-                return None;
-            }
-        };
-        let present: [(&str, Option<usize>); 9] = [
-            ("address", rs.address.as_ref().map(|v| v.span().start)),
-            ("tls", rs.tls.as_ref().map(|v| v.span().start)),
-            ("ca_file", rs.ca_file.as_ref().map(|v| v.span().start)),
-            (
-                "server_name",
-                rs.server_name.as_ref().map(|v| v.span().start),
-            ),
-            ("format", rs.format.as_ref().map(|v| v.span().start)),
-            ("url", rs.url.as_ref().map(|v| v.span().start)),
-            ("hec_token", rs.hec_token.as_ref().map(|v| v.span().start)),
-            (
-                "hmac_secret",
-                rs.hmac_secret.as_ref().map(|v| v.span().start),
-            ),
-            ("name", None),
-        ];
-        let before = self.diags.len();
-        for (k, pos) in present {
-            if let Some(pos) = pos {
-                if !allowed.contains(&k) {
-                    let kat = self.key_at(pos, k);
-                    self.error(
-                        kat,
-                        format!("`{k}` does not apply to a sink of type \"{ty}\""),
-                    );
-                }
-            }
-        }
-        let name = match &rs.name {
-            Some(n) => {
-                let v = n.get_ref();
-                if v.is_empty()
-                    || v.len() > 64
-                    || !v
-                        .bytes()
-                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-                {
-                    self.error(
-                        n.span().start,
-                        format!("sink name `{v}` is invalid; use 1-64 letters, digits, `-` or `_`"),
-                    );
-                }
-                v.clone()
-            }
-            None => format!("{ty}-{}", i + 1),
-        };
-        if !names.insert(name.clone()) {
-            self.error(at, format!("two sinks are named `{name}`; give each its own `name` (it names the sink's cursor file)"));
-        }
-        let ca_file = rs.ca_file.as_ref().map(|c| self.resolve(c.get_ref()));
-        let kind = match ty.as_str() {
-            "syslog" => {
-                let address = match &rs.address {
-                    Some(a) if validate_host_port(a.get_ref()).is_some() => a.get_ref().clone(),
-                    Some(a) => {
-                        self.error(a.span().start, format!("syslog `address` \"{}\" must be HOST:PORT, like \"siem.example.com:6514\"", a.get_ref()));
-                        String::new()
-                    }
-                    None => {
-                        self.error(at, "a syslog sink needs `address` = \"HOST:PORT\"");
-                        String::new()
-                    }
-                };
-                let tls = rs.tls.as_ref().is_some_and(|t| *t.get_ref());
-                if !tls && rs.ca_file.is_some() {
-                    self.error(at, "`ca_file` is set but `tls` is not; add tls = true");
-                }
-                let format = match rs
-                    .format
-                    .as_ref()
-                    .map(|f| (f.get_ref().as_str(), f.span().start))
-                {
-                    None | Some(("json", _)) => SinkFormat::Json,
-                    Some(("cef", _)) => SinkFormat::Cef,
-                    Some((other, fat)) => {
-                        self.error(
-                            fat,
-                            format!("unknown format \"{other}\"; use \"json\" or \"cef\""),
-                        );
-                        SinkFormat::Json
-                    }
-                };
-                SinkKind::Syslog {
-                    address,
-                    tls,
-                    ca_file,
-                    server_name: rs.server_name.as_ref().map(|s| s.get_ref().clone()),
-                    format,
-                }
-            }
-            "http" => {
-                let url = match &rs.url {
-                    Some(u) => {
-                        if let Err(e) = check_url(u.get_ref()) {
-                            self.error(u.span().start, e);
-                        }
-                        u.get_ref().clone()
-                    }
-                    None => {
-                        self.error(at, "an http sink needs `url`");
-                        String::new()
-                    }
-                };
-                let mut secret = |v: &Option<Str>| -> Option<SecretRef> {
-                    let v = v.as_ref()?;
-                    match parse_secret_ref(v.get_ref()) {
-                        Ok(SecretRef::File(p)) => {
-                            Some(SecretRef::File(self.resolve(&p.to_string_lossy())))
-                        }
-                        Ok(SecretRef::Dotenv { path, key }) => Some(SecretRef::Dotenv {
-                            path: self.resolve(&path.to_string_lossy()),
-                            key,
-                        }),
-                        Ok(r) => Some(r),
-                        Err(e) => {
-                            self.error(v.span().start, e);
-                            None
-                        }
-                    }
-                };
-                let hec = secret(&rs.hec_token);
-                let hmac = secret(&rs.hmac_secret);
-                let auth = match (hec, hmac) {
-                    (Some(_), Some(_)) => {
-                        self.error(at, "an http sink takes `hec_token` (Splunk HEC) or `hmac_secret` (webhook), not both");
-                        HttpSinkAuth::None
-                    }
-                    (Some(h), None) => HttpSinkAuth::HecToken(h),
-                    (None, Some(h)) => HttpSinkAuth::HmacSecret(h),
-                    (None, None) => HttpSinkAuth::None,
-                };
-                if matches!(auth, HttpSinkAuth::HecToken(_))
-                    && url.starts_with("http://")
-                    && !is_loopback_url(&url)
-                {
-                    self.error(
-                        at,
-                        "the HEC token would be sent over plain http; use an https:// url",
-                    );
-                }
-                SinkKind::Http { url, auth, ca_file }
-            }
-            _ => SinkKind::Journald,
-        };
-        if self.diags.len() != before {
-            return None;
-        }
-        Some(AuditSink { name, kind })
-    }
-}
-
 /// `host:port` with a non-empty host and a valid port (IPv6 in brackets).
 pub fn validate_host_port(s: &str) -> Option<(String, u16)> {
     let (host, port) = s.rsplit_once(':')?;
@@ -1297,6 +1117,52 @@ pub(super) fn is_loopback_url(u: &str) -> bool {
     };
     host.parse::<std::net::IpAddr>()
         .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// A remote server's url that names a private, loopback or link-local address as an IP literal can be reached only when a CIDR rule allows it: the gateway refuses such
+/// addresses otherwise, at every connection. Returns the address and the rule that allows it.
+pub(super) fn private_target_rule(u: &str, egress: &Egress) -> Option<(std::net::IpAddr, String)> {
+    let (https, rest) = match u.strip_prefix("https://") {
+        Some(r) => (true, r),
+        None => (false, u.strip_prefix("http://")?),
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (h, after) = v6.split_once(']')?;
+        (h, after.strip_prefix(':'))
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    let port = match port {
+        Some(p) => p.parse::<u16>().ok()?,
+        None if https => 443,
+        None => 80,
+    };
+    // Names are checked when they resolve (and by `doctor`): only literals are known here.
+    let ip: std::net::IpAddr = host.parse().ok()?;
+    if !super::egress::is_special(ip) {
+        return None;
+    }
+    let addr = std::net::SocketAddr::new(ip, port);
+    if egress.allow.iter().any(|r| r.covers(addr)) {
+        return None;
+    }
+    let rule = if ip.is_ipv4() {
+        format!("{ip}:{port}")
+    } else {
+        format!("[{ip}]:{port}")
+    };
+    Some((ip, rule))
+}
+
+fn unreachable_without_rule(u: &str, egress: &Egress) -> Option<String> {
+    let (ip, rule) = private_target_rule(u, egress)?;
+    Some(format!(
+        "url \"{u}\" names {ip}, a private/loopback address that remote servers may reach only when an egress rule allows it; every connection would be refused. add egress.allow = [\"{rule}\"]"
+    ))
 }
 
 pub(super) fn check_url(u: &str) -> Result<(), String> {

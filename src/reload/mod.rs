@@ -399,6 +399,7 @@ impl Reloader {
             running.runtime_generation = generation;
             rt
         });
+        crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
         self.router.reload(&policy, &diff.servers, runtime, &before);
         if let Some(log) = &self.audit_log {
             // Old values stay: records about the old servers may still be written.

@@ -123,6 +123,16 @@ impl Aggregate {
         self.prompt_routes.get(exposed)
     }
 
+    /// Every exposed tool (`Kind::Tools`) or prompt name with its route.
+    pub fn names(&self, kind: Kind) -> Box<dyn Iterator<Item = (&str, &Route)> + '_> {
+        let routes = match kind {
+            Kind::Tools => &self.tool_routes,
+            Kind::Prompts => &self.prompt_routes,
+            _ => return Box::new(std::iter::empty()),
+        };
+        Box::new(routes.iter().map(|(n, r)| (n.as_str(), r)))
+    }
+
     /// The server owning `uri`: a listed resource first, then the first matching template.
     pub fn resource_server(&self, uri: &str) -> Option<&Arc<str>> {
         self.resource_routes.get(uri).or_else(|| {

@@ -8,6 +8,7 @@
 pub mod audit_trail;
 pub mod catalog;
 mod forward;
+mod hints;
 pub mod inbound;
 mod list_cache;
 pub mod naming;
@@ -370,23 +371,24 @@ impl Router {
                     (agg.prompt(name), "prompt")
                 };
                 let route = route.ok_or_else(|| {
-                    let mut msg = format!(
-                        "unknown {what} `{name}`: it is not in this gateway's {what}s/list"
-                    );
                     // A server that is down contributes nothing to the lists; say which and
                     // why, or the caller cannot tell a typo from an outage.
-                    let down: Vec<String> = self
+                    let down: Vec<(String, String)> = self
                         .readiness()
                         .into_iter()
-                        .filter_map(|(server, r)| r.err().map(|why| format!("`{server}`: {why}")))
+                        .filter_map(|(server, r)| r.err().map(|why| (server, why)))
                         .collect();
-                    if !down.is_empty() {
-                        msg.push_str(&format!(
-                            "; servers not ready, whose {what}s are missing: {}",
-                            down.join("; ")
-                        ));
-                    }
-                    Failure::Gateway(ErrorCode::INVALID_PARAMS, msg)
+                    let rules = self.access.rules(&identity.client);
+                    let kind = if is_tool { Kind::Tools } else { Kind::Prompts };
+                    let visible: Vec<&str> = agg
+                        .names(kind)
+                        .filter(|(_, r)| rules.permits(&r.server, &r.name))
+                        .map(|(n, _)| n)
+                        .collect();
+                    Failure::Gateway(
+                        ErrorCode::INVALID_PARAMS,
+                        hints::unknown_item(what, name, &down, &visible),
+                    )
                 })?;
                 if is_tool && admission.is_none() {
                     self.check_call(identity, key, route)?;

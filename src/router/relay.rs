@@ -281,16 +281,28 @@ impl Router {
                 return;
             }
         };
-        let Some((session, related)) = self.addressee(from) else {
+        let addressee = self.addressee(from).and_then(|(session, related)| {
+            let entry = self.sessions.get(&session)?;
+            Some((session, related, entry))
+        });
+        // A server asking for roots when no session can be asked (a shared server between
+        // calls) or of a client without roots gets the policy's roots, not an error.
+        if req.method == methods::ROOTS_LIST
+            && addressee
+                .as_ref()
+                .is_none_or(|(_, _, e)| !e.info.caps.roots)
+        {
+            up.respond(req.id, Ok(crate::mcp::to_raw(&up.configured_roots())))
+                .await;
+            return;
+        }
+        let Some((session, related, entry)) = addressee else {
             let msg = format!(
                 "no client session is waiting on server `{server}`, so `{}` has no one to ask",
                 req.method
             );
             up.respond(req.id, refuse(ErrorCode::INTERNAL_ERROR, msg))
                 .await;
-            return;
-        };
-        let Some(entry) = self.sessions.get(&session) else {
             return;
         };
         if !needs(&entry.info.caps) {

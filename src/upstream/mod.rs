@@ -7,6 +7,7 @@
 
 mod connection;
 pub mod http;
+pub mod stderr;
 mod supervisor;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -165,6 +166,8 @@ pub struct Upstream {
     state: watch::Receiver<State>,
     connection: Arc<Mutex<Option<Arc<Connection>>>>,
     shutdown: watch::Sender<bool>,
+    /// The policy's `roots` of this server.
+    roots: Arc<[String]>,
 }
 
 impl Upstream {
@@ -176,6 +179,7 @@ impl Upstream {
         options: StartOptions,
     ) -> Arc<Upstream> {
         let name: Arc<str> = Arc::from(server.name.as_str());
+        let roots: Arc<[String]> = server.roots.clone().into();
         let source = Arc::new(Source {
             server: name.clone(),
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
@@ -205,7 +209,18 @@ impl Upstream {
             state: state_rx,
             connection,
             shutdown: shutdown_tx,
+            roots,
         })
+    }
+
+    /// What `roots/list` is answered with when no client session can be asked.
+    pub fn configured_roots(&self) -> serde_json::Value {
+        let roots: Vec<serde_json::Value> = self
+            .roots
+            .iter()
+            .map(|uri| serde_json::json!({ "uri": uri }))
+            .collect();
+        serde_json::json!({ "roots": roots })
     }
 
     pub fn name(&self) -> &Arc<str> {

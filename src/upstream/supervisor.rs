@@ -4,14 +4,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::json;
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::sync::{mpsc, watch};
 
 use super::connection::{Connection, PendingGuard};
 use super::{InitInfo, State, UpstreamEvent};
 use crate::mcp::{methods, protocol, to_raw};
 use crate::policy::Server;
-use crate::sandbox::{BoxRead, Runtime, SpawnContext, Spawned};
+use crate::sandbox::{Runtime, SpawnContext, Spawned};
 use crate::secrets::Redactor;
 
 const BACKOFF_START: Duration = Duration::from_millis(250);
@@ -20,8 +19,10 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 const HEALTHY_AFTER: Duration = Duration::from_secs(60);
 /// How long to wait for an instance's exit status once its stdout has closed.
 const EXIT_REASON_GRACE: Duration = Duration::from_secs(1);
-/// Longest stderr line forwarded to the log.
-const MAX_STDERR_LINE: usize = 4096;
+/// How long a failure report waits for the rest of the server's stderr.
+const STDERR_DRAIN: Duration = Duration::from_millis(300);
+/// Stderr lines quoted in a failure report (and so in `/ready`).
+const STDERR_IN_REASON: usize = 5;
 
 pub(super) struct Supervisor {
     pub server: Server,
@@ -94,7 +95,12 @@ impl Supervisor {
                     running
                         .conn
                         .fail_all(&format!("server `{}` {reason}", self.name));
-                    reason
+                    if *self.shutdown.borrow() {
+                        reason
+                    } else {
+                        // For `/ready` and the log: what the server said before it went.
+                        self.with_stderr(&mut running.stderr_task, &reason).await
+                    }
                 }
                 Err(reason) => reason,
             };
@@ -166,12 +172,20 @@ impl Supervisor {
             .map_err(|e| e.to_string())?;
         let spawned_desc = instance.describe();
         crate::metrics::global().upstream_started(&self.name);
-        if let Some(stderr) = stderr {
-            tokio::spawn(forward_stderr(self.name.clone(), stderr, redactor.clone()));
-        }
+        let mut stderr_task = stderr.map(|stderr| {
+            tokio::spawn(super::stderr::forward(
+                self.name.clone(),
+                stderr,
+                redactor.clone(),
+                self.server.log_rate,
+            ))
+        });
         let (conn, mut reader) =
             Connection::start(self.source.clone(), stdin, stdout, self.events.clone());
-        let handshake = tokio::time::timeout(self.server.startup_timeout, handshake(&conn));
+        let handshake = tokio::time::timeout(
+            self.server.startup_timeout,
+            handshake(&conn, self.server.client_capabilities),
+        );
         // A server that dies during the handshake closes its stdout: report that at once,
         // with its exit status, instead of waiting out the whole startup timeout.
         let outcome = tokio::select! {
@@ -182,7 +196,8 @@ impl Supervisor {
                     .await
                     .unwrap_or(r);
                 instance.kill().await;
-                return Err(format!("{r} during the initialize handshake"));
+                let r = format!("{r} during the initialize handshake");
+                return Err(self.with_stderr(&mut stderr_task, &r).await);
             }
         };
         let info = match outcome {
@@ -193,14 +208,16 @@ impl Supervisor {
             Ok(Err(e)) => {
                 instance.kill().await;
                 // The server's own error text may quote its environment.
-                return Err(format!("initialize failed: {}", redactor.redact(&e)));
+                let r = format!("initialize failed: {}", redactor.redact(&e));
+                return Err(self.with_stderr(&mut stderr_task, &r).await);
             }
             Err(_) => {
                 instance.kill().await;
-                return Err(format!(
+                let r = format!(
                     "did not complete the initialize handshake within {}s",
                     self.server.startup_timeout.as_secs_f32()
-                ));
+                );
+                return Err(self.with_stderr(&mut stderr_task, &r).await);
             }
         };
         if let Ok(mut c) = self.connection.lock() {
@@ -212,7 +229,21 @@ impl Supervisor {
             instance,
             info: Arc::new(info),
             spawned_desc,
+            stderr_task,
         })
+    }
+
+    /// `reason` with the server's last stderr lines, once what it wrote before dying has been
+    /// read (briefly waited for: the pipe drains after the process is gone).
+    async fn with_stderr(
+        &self,
+        task: &mut Option<tokio::task::JoinHandle<()>>,
+        reason: &str,
+    ) -> String {
+        if let Some(t) = task.take() {
+            let _ = tokio::time::timeout(STDERR_DRAIN, t).await;
+        }
+        super::stderr::with_tail(&self.name, reason, STDERR_IN_REASON)
     }
 
     /// Connects to a remote server over HTTP. The "instance" is the HTTP session: it ends when
@@ -243,9 +274,11 @@ impl Supervisor {
         let info = match connected.info {
             Some(info) => info,
             None => {
-                let hs =
-                    tokio::time::timeout(self.server.startup_timeout, handshake(&connected.conn))
-                        .await;
+                let hs = tokio::time::timeout(
+                    self.server.startup_timeout,
+                    handshake(&connected.conn, self.server.client_capabilities),
+                )
+                .await;
                 match hs {
                     Ok(Ok(info)) => info,
                     Ok(Err(e)) => {
@@ -278,6 +311,7 @@ impl Supervisor {
             spawned_desc: remote.describe(),
             instance: Box::new(RemoteInstance { remote }),
             info: Arc::new(info),
+            stderr_task: None,
         })
     }
 
@@ -300,6 +334,8 @@ struct Running {
     instance: Box<dyn crate::sandbox::Instance>,
     info: Arc<InitInfo>,
     spawned_desc: String,
+    /// Reads the server's stderr; `None` for remote servers.
+    stderr_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// A remote server's HTTP session, seen as an instance the supervisor watches.
@@ -328,16 +364,22 @@ impl crate::sandbox::Instance for RemoteInstance {
 }
 
 /// The params of the gateway's `initialize` request to a server.
-pub(super) fn init_params() -> serde_json::Value {
+pub(super) fn init_params(caps: crate::policy::ClientCapabilities) -> serde_json::Value {
+    // The gateway relays these to whichever client session caused the request; a client that
+    // lacks one gets an error back upstream (roots: the server's configured roots instead).
+    let mut capabilities = serde_json::Map::new();
+    if caps.roots {
+        capabilities.insert("roots".into(), json!({"listChanged": true}));
+    }
+    if caps.sampling {
+        capabilities.insert("sampling".into(), json!({}));
+    }
+    if caps.elicitation {
+        capabilities.insert("elicitation".into(), json!({}));
+    }
     json!({
         "protocolVersion": protocol::LATEST,
-        // The gateway relays these to whichever client session caused the request; a client
-        // that lacks one gets an error back upstream.
-        "capabilities": {
-            "roots": {"listChanged": true},
-            "sampling": {},
-            "elicitation": {}
-        },
+        "capabilities": capabilities,
         "clientInfo": {"name": "portcullis", "version": env!("CARGO_PKG_VERSION")}
     })
 }
@@ -371,10 +413,17 @@ pub(super) fn parse_init(outcome: super::Outcome) -> Result<InitInfo, String> {
 }
 
 /// The client side of the MCP initialize handshake, as the gateway speaks it upstream.
-pub(super) async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
+pub(super) async fn handshake(
+    conn: &Connection,
+    caps: crate::policy::ClientCapabilities,
+) -> Result<InitInfo, String> {
     const INIT_ID: u64 = 0;
     let rx = conn
-        .request(INIT_ID, methods::INITIALIZE, Some(to_raw(&init_params())))
+        .request(
+            INIT_ID,
+            methods::INITIALIZE,
+            Some(to_raw(&init_params(caps))),
+        )
         .await?;
     let guard = PendingGuard::new(conn, INIT_ID);
     let outcome = rx
@@ -384,55 +433,4 @@ pub(super) async fn handshake(conn: &Connection) -> Result<InitInfo, String> {
     let info = parse_init(outcome)?;
     conn.notify(methods::INITIALIZED, None).await;
     Ok(info)
-}
-
-async fn forward_stderr(server: Arc<str>, stderr: BoxRead, redactor: Arc<Redactor>) {
-    let mut lines = BufReader::new(stderr).split(b'\n');
-    while let Ok(Some(line)) = lines.next_segment().await {
-        let text = String::from_utf8_lossy(&line[..line.len().min(MAX_STDERR_LINE)]);
-        let text = redactor.redact(text.trim_end());
-        if !text.is_empty() {
-            tracing::info!(target: "portcullis::upstream::stderr", server = %server, "{text}");
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Captures what forward_stderr logs.
-    #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Sink {
-        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-            if let Ok(mut v) = self.0.lock() {
-                v.extend_from_slice(buf);
-            }
-            Ok(buf.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-
-    #[tokio::test]
-    async fn stderr_forwarding_redacts_secrets() {
-        let sink = Sink::default();
-        let writer = sink.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .with_writer(move || writer.clone())
-            .with_ansi(false)
-            .finish();
-        let _guard = tracing::subscriber::set_default(subscriber);
-        let redactor = Arc::new(Redactor::new([("API_KEY", "sk-live-0123456789")]));
-        let input: BoxRead = Box::new(std::io::Cursor::new(
-            b"starting with key sk-live-0123456789\nok\n".to_vec(),
-        ));
-        forward_stderr("srv".into(), input, redactor).await;
-        let logged = String::from_utf8(sink.0.lock().unwrap().clone()).unwrap();
-        assert!(logged.contains("[REDACTED:API_KEY]"), "{logged}");
-        assert!(!logged.contains("sk-live-0123456789"), "{logged}");
-    }
 }

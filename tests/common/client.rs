@@ -139,12 +139,23 @@ impl Mcp {
     }
 
     pub async fn initialize(&mut self, version: &str) -> Value {
+        self.initialize_with(
+            version,
+            json!({"sampling": {}, "elicitation": {}, "roots": {"listChanged": true}}),
+        )
+        .await
+    }
+
+    /// `initialize` declaring `capabilities`.
+    pub async fn initialize_with(&mut self, version: &str, capabilities: Value) -> Value {
         let r = self
-            .post(&json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
-                "protocolVersion": version,
-                "capabilities": {"sampling": {}, "elicitation": {}, "roots": {"listChanged": true}},
-                "clientInfo": {"name": "portcullis-test", "version": "0"}
-            }}))
+            .post(
+                &json!({"jsonrpc":"2.0","id":1,"method":"initialize","params":{
+                    "protocolVersion": version,
+                    "capabilities": capabilities,
+                    "clientInfo": {"name": "portcullis-test", "version": "0"}
+                }}),
+            )
             .await;
         assert_eq!(r.status, 200, "initialize: {}", r.body);
         let sid = r

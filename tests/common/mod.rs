@@ -48,6 +48,8 @@ pub struct Gateway {
     pub base: String,
     pub url: String,
     pub stderr: Arc<Mutex<String>>,
+    /// Every line the gateway printed on stdout (its banner).
+    pub stdout: Arc<Mutex<Vec<String>>>,
     _dir: tempfile::TempDir,
 }
 
@@ -115,12 +117,15 @@ impl Gateway {
         });
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = std::sync::mpsc::channel();
+        let out_lines = Arc::new(Mutex::new(Vec::new()));
+        let out_sink = out_lines.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
                 if let Some(rest) = line.strip_prefix("Portcullis is listening on ") {
                     let _ = tx.send(rest.trim().to_owned());
                 }
+                out_sink.lock().unwrap().push(line);
             }
         });
         let url = rx
@@ -134,6 +139,7 @@ impl Gateway {
             base,
             url,
             stderr,
+            stdout: out_lines,
             _dir: dir,
         }
     }

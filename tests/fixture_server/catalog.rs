@@ -136,6 +136,15 @@ pub fn tools(extra: usize) -> Vec<Value> {
         ),
         tool("pid", "The fixture's process id", no_args()),
         tool(
+            "stderr_flood",
+            "Writes `lines` lines of 300 bytes to stderr",
+            json!({
+                "type": "object",
+                "properties": { "lines": { "type": "integer", "minimum": 1, "maximum": 1000000 } },
+                "required": ["lines"]
+            }),
+        ),
+        tool(
             "net_probe",
             "One network attempt from inside the sandbox (op = tcp | udp | dns | resolve_connect), reported as text; see tests/fixture_server/net_probe.rs",
             json!({

@@ -252,6 +252,14 @@ pub async fn call(
             }
         }
         "pid" => text(std::process::id().to_string()),
+        "stderr_flood" => {
+            let lines = args
+                .get("lines")
+                .and_then(Value::as_u64)
+                .filter(|n| (1..=1_000_000).contains(n))
+                .ok_or_else(|| RpcError::new(INVALID_PARAMS, "lines must be 1..=1000000"))?;
+            text(stderr_flood(lines))
+        }
         "net_probe" => {
             // Blocking socket work with its own timeouts, off the runtime's workers.
             let args = args.clone();
@@ -291,6 +299,19 @@ pub async fn call(
         },
     };
     Ok(result)
+}
+
+/// Writes `lines` lines of 300 bytes to stderr, as a server gone haywire would.
+fn stderr_flood(lines: u64) -> String {
+    use std::io::Write;
+    let body = "x".repeat(290);
+    let mut err = std::io::stderr().lock();
+    for i in 0..lines {
+        if writeln!(err, "{i:08} {body}").is_err() {
+            return format!("stderr closed after {i} lines");
+        }
+    }
+    format!("wrote {lines} lines")
 }
 
 async fn elicit(server: &Server, message: &str, schema: Value, label: &str) -> Value {

