@@ -317,15 +317,24 @@ async fn list(shared: &Shared, identity: &Identity, kind: Kind, d: &Decoded) -> 
 
 /// Answers its `Final` into the outbox even when the task running the call ends some other
 /// way, so that a response never waits for an answer that cannot come.
-struct Answering(Arc<Outbox>, Id);
+struct Answering(Arc<Outbox>, Id, bool);
+
+impl Answering {
+    fn finish(mut self, answer: Final) {
+        self.0.finish(answer);
+        self.2 = true;
+    }
+}
 
 impl Drop for Answering {
     fn drop(&mut self) {
-        self.0.finish(final_error(&Answer::error(
-            Some(&self.1),
-            ErrorCode::INTERNAL_ERROR,
-            "the request ended without an answer",
-        )));
+        if !self.2 {
+            self.0.finish(final_error(&Answer::error(
+                Some(&self.1),
+                ErrorCode::INTERNAL_ERROR,
+                "the request ended without an answer",
+            )));
+        }
     }
 }
 
@@ -338,10 +347,9 @@ async fn forwarded(shared: &Arc<Shared>, identity: Identity, d: Decoded, sse: bo
     let (gone_tx, gone_rx) = tokio::sync::oneshot::channel::<()>();
     let bridge = shared.bridge.clone();
     let shared_lists = shared.router.lists_are_shared();
-    let answering = Answering(outbox.clone(), id.clone());
+    let answering = Answering(outbox.clone(), id.clone(), false);
     tokio::spawn(async move {
-        let out = answering.0.clone();
-        let sink = out.clone() as Arc<dyn crate::router::MessageSink>;
+        let sink = answering.0.clone() as Arc<dyn crate::router::MessageSink>;
         let answer = bridge.serve(call(identity, d), sink, gone_rx).await;
         let done = match answer {
             Ok(result) => {
@@ -354,7 +362,7 @@ async fn forwarded(shared: &Arc<Shared>, identity: Identity, d: Decoded, sse: bo
             }
             Err(a) => final_error(&a),
         };
-        out.finish(done);
+        answering.finish(done);
     });
     outbox::respond(outbox, sse, shared.keepalive, gone_tx).await
 }
