@@ -16,6 +16,8 @@ use portcullis::policy::FsyncMode;
 const CHILD_ENV: &str = "PORTCULLIS_AUDIT_CRASH_DIR";
 /// Set: the writer rotates its checkpoint key every this many milliseconds.
 const EPOCH_ENV: &str = "PORTCULLIS_AUDIT_CRASH_EPOCH_MS";
+/// Set: retention archives sealed segments into this directory as fast as it can.
+const ARCHIVE_ENV: &str = "PORTCULLIS_AUDIT_CRASH_ARCHIVE";
 
 fn child_config(dir: &std::path::Path) -> portcullis::audit::AuditConfig {
     let mut cfg = config(dir);
@@ -23,7 +25,18 @@ fn child_config(dir: &std::path::Path) -> portcullis::audit::AuditConfig {
         .ok()
         .and_then(|ms| ms.parse().ok())
         .map(Duration::from_millis);
+    cfg.retention = std::env::var(ARCHIVE_ENV).ok().map(retention_into);
     cfg
+}
+
+fn retention_into(archive: String) -> portcullis::audit::retention::Retention {
+    portcullis::audit::retention::Retention {
+        max_age: None,
+        max_bytes: Some(96 << 10),
+        archive_dir: Some(archive.into()),
+        sinks: Vec::new(),
+        check_every: Duration::from_millis(10),
+    }
 }
 
 /// Not a test on its own: the writer process the crash test starts (and kills).
@@ -97,12 +110,37 @@ fn kill_rounds(
     kill_after_ms: (u64, u64),
     epoch_ms: Option<u64>,
 ) {
+    kill_rounds_with(dir, rounds, kill_after_ms, epoch_ms, None);
+}
+
+/// Retention archiving segments as fast as the writer seals them, killed at random moments:
+/// every acknowledged record is on disk or in the archive, and the log verifies every time.
+#[test]
+fn kill_9_during_retention_loses_nothing_and_the_log_verifies() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("log");
+    let archive = tmp.path().join("archive");
+    kill_rounds_with(&dir, 6, (100, 1200), None, Some(&archive));
+    let archived = std::fs::read_dir(&archive).map(|d| d.count()).unwrap_or(0);
+    assert!(archived >= 3, "only {archived} segments were archived");
+}
+
+fn kill_rounds_with(
+    dir: &std::path::Path,
+    rounds: u32,
+    kill_after_ms: (u64, u64),
+    epoch_ms: Option<u64>,
+    archive: Option<&std::path::Path>,
+) {
     let me = std::env::current_exe().expect("exe");
     let mut acked_all: BTreeSet<u64> = BTreeSet::new();
     for round in 0..rounds {
         let mut cmd = Command::new(&me);
         if let Some(ms) = epoch_ms {
             cmd.env(EPOCH_ENV, ms.to_string());
+        }
+        if let Some(a) = archive {
+            cmd.env(ARCHIVE_ENV, a);
         }
         let mut child = cmd
             .args([
@@ -155,6 +193,7 @@ fn kill_rounds(
         // Restart: recovery runs, the chain continues.
         let mut reopen = config(dir);
         reopen.key_epoch = epoch_ms.map(Duration::from_millis);
+        reopen.retention = archive.map(|a| retention_into(a.display().to_string()));
         rt().block_on(async {
             let log = AuditLog::open(&reopen, None).expect("reopen after kill -9");
             log.append(AuditEvent::new(Kind::GatewayStart).detail(format!("round {round}")))
@@ -170,10 +209,32 @@ fn kill_rounds(
     }
     let mut on_disk = BTreeSet::new();
     let mut recoveries = 0;
-    let mut i = 1;
-    while segment(dir, i).exists() {
-        for l in lines(&segment(dir, i)) {
-            let v: serde_json::Value = serde_json::from_str(&l).expect("json");
+    let mut texts: Vec<String> = portcullis::audit::segment::list(dir)
+        .expect("list")
+        .iter()
+        .map(|(_, p)| std::fs::read_to_string(p).expect("read segment"))
+        .collect();
+    // What retention archived counts: it was moved, not lost.
+    if let Some(a) = archive {
+        for e in std::fs::read_dir(a).into_iter().flatten().flatten() {
+            let mut t = String::new();
+            if e.path().extension().is_some_and(|x| x == "gz") {
+                std::io::Read::read_to_string(
+                    &mut flate2::read::GzDecoder::new(std::fs::File::open(e.path()).expect("gz")),
+                    &mut t,
+                )
+                .expect("gunzip");
+                texts.push(t);
+            }
+        }
+    }
+    for text in &texts {
+        for l in text.lines().filter(|l| !l.starts_with('\0')) {
+            let l = l.trim_end_matches('\0');
+            if l.is_empty() {
+                continue;
+            }
+            let v: serde_json::Value = serde_json::from_str(l).expect("json");
             if v["kind"] == "call" || v["kind"] == "result" {
                 on_disk.insert(v["seq"].as_u64().expect("seq"));
             }
@@ -181,7 +242,6 @@ fn kill_rounds(
                 recoveries += 1;
             }
         }
-        i += 1;
     }
     eprintln!(
         "{} acknowledged appends over {rounds} kills, {} call/result records on disk, {recoveries} recovery records",

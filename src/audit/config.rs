@@ -19,6 +19,8 @@ pub struct AuditConfig {
     pub record_arguments: bool,
     /// Length of a checkpoint key's epoch; `None`: one key for the life of the log.
     pub key_epoch: Option<Duration>,
+    /// Removal of old sealed segments; `None`: the log keeps everything.
+    pub retention: Option<super::retention::Retention>,
     /// Appends waiting for the writer at most; further appenders wait for room (backpressure).
     pub queue_capacity: usize,
     /// Records written with one `fdatasync` at most (group mode).
@@ -48,6 +50,19 @@ impl AuditConfig {
             rotate_interval: a.rotate_interval,
             record_arguments: a.record_arguments,
             key_epoch: a.key_epoch,
+            retention: a.retention.as_ref().map(|r| super::retention::Retention {
+                max_age: r.max_age,
+                max_bytes: r.max_bytes,
+                archive_dir: r.archive_dir.clone(),
+                // Every outlet reads the log through its cursor; none may miss a record.
+                sinks: a
+                    .sinks
+                    .iter()
+                    .chain(&a.witnesses)
+                    .map(|s| s.name.clone())
+                    .collect(),
+                check_every: Duration::from_secs(60),
+            }),
             queue_capacity: 4096,
             max_batch: 1024,
             append_timeout: Duration::from_secs(30),

@@ -22,6 +22,19 @@ impl Frontier {
         self.size
     }
 
+    /// `(height, root)` of each perfect subtree, largest first.
+    pub fn peaks(&self) -> &[(u32, Hash)] {
+        &self.peaks
+    }
+
+    /// The frontier of a tree of `size` leaves from its peaks; `None` unless the heights are
+    /// exactly the set bits of `size`, largest first.
+    pub fn from_peaks(size: u64, peaks: Vec<(u32, Hash)>) -> Option<Frontier> {
+        let bits: Vec<u32> = (0..64u32).rev().filter(|b| size & (1 << b) != 0).collect();
+        let heights: Vec<u32> = peaks.iter().map(|(h, _)| *h).collect();
+        (bits == heights).then_some(Frontier { size, peaks })
+    }
+
     pub fn push(&mut self, leaf: Hash) {
         let mut node = (0u32, leaf);
         while let Some(&(h, left)) = self.peaks.last() {
@@ -95,6 +108,59 @@ pub fn inclusion_proof(m: usize, leaves: &[Hash]) -> Option<Vec<Hash>> {
     Some(out)
 }
 
+/// [`inclusion_proof`] for a tree whose first `prefix.size()` leaves are known only by their
+/// frontier (retention removed them) and whose later leaves are `leaves`; `m` counts from the
+/// tree's start and must be one of the later leaves. Every sibling such a proof needs is a
+/// frontier peak, a subtree of later leaves, or one that straddles both and splits into those.
+pub fn inclusion_proof_after(m: u64, prefix: &Frontier, leaves: &[Hash]) -> Option<Vec<Hash>> {
+    let n = prefix.size();
+    let size = n + leaves.len() as u64;
+    if m < n || m >= size {
+        return None;
+    }
+    let mut out = Vec::new();
+    let (mut lo, mut hi) = (0u64, size);
+    while hi - lo > 1 {
+        let k = largest_power_of_two_below(hi - lo);
+        if m - lo < k {
+            out.push(sparse_root(lo + k, hi, prefix, leaves)?);
+            hi = lo + k;
+        } else {
+            out.push(sparse_root(lo, lo + k, prefix, leaves)?);
+            lo += k;
+        }
+    }
+    out.reverse();
+    Some(out)
+}
+
+/// MTH of leaves `lo..hi` of a tree known as `prefix` peaks followed by `leaves`.
+fn sparse_root(lo: u64, hi: u64, prefix: &Frontier, leaves: &[Hash]) -> Option<Hash> {
+    let n = prefix.size();
+    if lo >= n {
+        let a = usize::try_from(lo - n).ok()?;
+        let b = usize::try_from(hi - n).ok()?;
+        return Some(subtree_root(leaves.get(a..b)?));
+    }
+    // A peak covers exactly its aligned range.
+    let mut start = 0u64;
+    for (h, root) in prefix.peaks() {
+        let end = start + (1u64 << h);
+        if start == lo && end == hi {
+            return Some(*root);
+        }
+        start = end;
+    }
+    if hi - lo < 2 {
+        return None;
+    }
+    let k = largest_power_of_two_below(hi - lo);
+    Some(node_hash(
+        &sparse_root(lo, lo + k, prefix, leaves)?,
+        &sparse_root(lo + k, hi, prefix, leaves)?,
+    ))
+}
+
 /// RFC 9162 2.1.3.2: the root implied by an inclusion proof, or `None` if the proof is malformed.
 pub fn root_from_inclusion(index: u64, size: u64, leaf: &Hash, path: &[Hash]) -> Option<Hash> {
     if index >= size {
@@ -127,6 +193,28 @@ pub fn root_from_inclusion(index: u64, size: u64, leaf: &Hash, path: &[Hash]) ->
 mod tests {
     use super::*;
     use crate::audit::chain::leaf_hash;
+
+    #[test]
+    fn proofs_after_a_removed_prefix_match_full_proofs() {
+        let leaves: Vec<Hash> = (0..41u32).map(|i| leaf_hash(&i.to_be_bytes())).collect();
+        for n in 1..leaves.len() {
+            let mut prefix = Frontier::new();
+            for l in &leaves[..n] {
+                prefix.push(*l);
+            }
+            let copy = Frontier::from_peaks(prefix.size(), prefix.peaks().to_vec()).unwrap();
+            for size in n + 1..=leaves.len() {
+                for m in n..size {
+                    assert_eq!(
+                        inclusion_proof_after(m as u64, &copy, &leaves[n..size]),
+                        inclusion_proof(m, &leaves[..size]),
+                        "n={n} size={size} m={m}"
+                    );
+                }
+            }
+        }
+        assert!(Frontier::from_peaks(6, vec![(2, [0; 32])]).is_none());
+    }
 
     #[test]
     fn frontier_matches_recursive_definition_and_proofs_verify() {

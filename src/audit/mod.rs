@@ -79,6 +79,7 @@
 //! that its checkpoint signature does not cover (its `ts`) are protected only once a later
 //! record links to it.
 
+pub mod anchor;
 pub mod canonical;
 pub mod chain;
 pub mod checkpoint;
@@ -91,6 +92,7 @@ pub mod merkle;
 pub mod prove;
 pub mod record;
 mod recover;
+pub mod retention;
 pub mod segment;
 pub mod sinks;
 mod syncer;

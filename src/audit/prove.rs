@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::chain::{from_hex, leaf_hash, to_hex, Hash};
-use super::merkle::{inclusion_proof, root_from_inclusion};
+use super::merkle::{inclusion_proof, inclusion_proof_after, root_from_inclusion, Frontier};
 use super::{checkpoint, keys, segment};
 
 /// Everything an auditor needs to check that one record is in a signed checkpoint.
@@ -33,10 +33,32 @@ pub struct Proof {
 
 pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
     let segs = segment::list(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // A log shortened by retention: the removed records are known by the anchor's frontier, and
+    // their key rotations by its certificates.
+    let (prefix, mut rotations) = match segs.first().filter(|(i, _)| *i > 1) {
+        Some((first, _)) => {
+            let (a, _) = super::anchor::read(dir, *first)?.ok_or_else(|| {
+                format!("{} is missing", super::anchor::path(dir, *first).display())
+            })?;
+            let start = super::anchor::start(&a)?;
+            let certs = a
+                .certificates
+                .iter()
+                .map(|c| (0u64, c.clone()))
+                .collect::<Vec<_>>();
+            (start.frontier, certs)
+        }
+        None => (Frontier::new(), Vec::new()),
+    };
+    let base = prefix.size();
+    if seq < base {
+        return Err(format!(
+            "record {seq} was removed by retention (the log starts at seq {base}); restore its archived segment to prove it"
+        ));
+    }
     let mut leaves: Vec<Hash> = Vec::new();
     let mut record: Option<String> = None;
     let mut latest: Option<Value> = None;
-    let mut rotations: Vec<(u64, String)> = Vec::new();
     for (_, path) in &segs {
         let mut lines =
             segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -47,7 +69,7 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
             if !line.complete {
                 break;
             }
-            if leaves.len() as u64 == seq {
+            if base + leaves.len() as u64 == seq {
                 record = Some(String::from_utf8_lossy(&line.bytes).into_owned());
             }
             // Cheap pre-filter: only checkpoint and rotation lines are parsed.
@@ -59,15 +81,19 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
                 }
             } else if line.bytes.windows(ROTATION.len()).any(|w| w == ROTATION) {
                 rotations.push((
-                    leaves.len() as u64,
+                    base + leaves.len() as u64,
                     String::from_utf8_lossy(&line.bytes).into_owned(),
                 ));
             }
             leaves.push(leaf_hash(&line.bytes));
         }
     }
-    let record =
-        record.ok_or_else(|| format!("no record with seq {seq} (the log has {})", leaves.len()))?;
+    let record = record.ok_or_else(|| {
+        format!(
+            "no record with seq {seq} (the log has seq {base}..{})",
+            base + leaves.len() as u64
+        )
+    })?;
     let cp = latest.ok_or("the log has no checkpoint yet")?;
     let get = |k: &str| {
         cp.get(k)
@@ -82,7 +108,7 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
             size.saturating_sub(1)
         ));
     }
-    let size_us = usize::try_from(size).map_err(|_| "tree too large")?;
+    let size_us = usize::try_from(size - base).map_err(|_| "tree too large")?;
     let covered = leaves
         .get(..size_us)
         .ok_or("checkpoint tree_size is beyond the log")?;
@@ -92,8 +118,13 @@ pub fn prove(dir: &Path, seq: u64) -> Result<Proof, String> {
         .filter(|(s, _)| *s < checkpoint_seq)
         .map(|(_, line)| line)
         .collect();
-    let idx = usize::try_from(seq).map_err(|_| "seq too large")?;
-    let path = inclusion_proof(idx, covered).ok_or("cannot build the proof")?;
+    let idx = usize::try_from(seq - base).map_err(|_| "seq too large")?;
+    let path = if base == 0 {
+        inclusion_proof(idx, covered)
+    } else {
+        inclusion_proof_after(seq, &prefix, covered)
+    }
+    .ok_or("cannot build the proof")?;
     Ok(Proof {
         log_id: get("log_id"),
         seq,

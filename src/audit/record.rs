@@ -30,6 +30,8 @@ pub enum Kind {
     SegmentStart,
     /// Log only: a checkpoint by the current epoch's key that certifies the next one.
     KeyRotation,
+    /// Log only: retention removed (or archived) the oldest segment.
+    Retention,
 }
 
 impl Kind {
@@ -50,6 +52,7 @@ impl Kind {
         Kind::Checkpoint,
         Kind::SegmentStart,
         Kind::KeyRotation,
+        Kind::Retention,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -70,6 +73,7 @@ impl Kind {
             Kind::Checkpoint => "checkpoint",
             Kind::SegmentStart => "segment_start",
             Kind::KeyRotation => "key_rotation",
+            Kind::Retention => "retention",
         }
     }
 
@@ -80,7 +84,11 @@ impl Kind {
     pub fn log_only(self) -> bool {
         matches!(
             self,
-            Kind::Recovery | Kind::Checkpoint | Kind::SegmentStart | Kind::KeyRotation
+            Kind::Recovery
+                | Kind::Checkpoint
+                | Kind::SegmentStart
+                | Kind::KeyRotation
+                | Kind::Retention
         )
     }
 }

@@ -62,6 +62,36 @@ pub(crate) fn scan(dir: &Path) -> Result<Tail, String> {
     let mut last: Option<Vec<u8>> = None;
     let mut current_key = None;
     let mut epoch_began_ms = None;
+    // A log that retention shortened starts from its anchor.
+    if let Some((first, _)) = segs.first().filter(|(i, _)| *i > 1) {
+        let (a, _) = super::anchor::read(dir, *first)?.ok_or_else(|| {
+            format!(
+                "the log starts at {} but has no {}: segments were removed without retention; run `portcullis audit verify`",
+                segment::name(*first),
+                super::anchor::path(dir, *first).display()
+            )
+        })?;
+        let s = super::anchor::start(&a)?;
+        frontier = s.frontier;
+        prev = s.prev;
+        epoch_began_ms = s
+            .seal
+            .get("ts")
+            .and_then(Value::as_str)
+            .and_then(super::record::parse_ts_ms);
+        if let Some(cert) = a.certificates.last() {
+            if let Ok(v) = serde_json::from_str::<Value>(cert) {
+                current_key = v
+                    .get("next_key_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned);
+                epoch_began_ms = v
+                    .get("ts")
+                    .and_then(Value::as_str)
+                    .and_then(super::record::parse_ts_ms);
+            }
+        }
+    }
     for (_, path) in &segs {
         let mut lines =
             segment::open_lines(path).map_err(|e| format!("{}: {e}", path.display()))?;

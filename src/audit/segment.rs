@@ -36,6 +36,29 @@ pub fn list(dir: &Path) -> std::io::Result<Vec<(u64, PathBuf)>> {
     Ok(out)
 }
 
+/// Where a segment's records end: its length, less the zeros written ahead of the records (a
+/// binary search: records hold no zero byte, and only zeros follow them).
+pub fn records_end(path: &Path) -> std::io::Result<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let len = f.metadata()?.len();
+    let zero_at = |pos: u64| -> std::io::Result<bool> {
+        let mut b = [0u8; 1];
+        f.read_exact_at(&mut b, pos)?;
+        Ok(b[0] == 0)
+    };
+    let (mut lo, mut hi) = (0u64, len);
+    while lo < hi {
+        let mid = lo + (hi - lo) / 2;
+        if zero_at(mid)? {
+            hi = mid;
+        } else {
+            lo = mid + 1;
+        }
+    }
+    Ok(lo)
+}
+
 /// One line of a segment.
 #[derive(Debug)]
 pub struct Line {
@@ -164,6 +187,24 @@ pub fn open_lines(path: &Path) -> std::io::Result<Lines<std::fs::File>> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn records_end_skips_the_space_written_ahead() {
+        let dir = std::env::temp_dir().join(format!("pc-seg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let p = dir.join("s");
+        for (records, zeros) in [(0usize, 0usize), (10, 0), (10, 4096), (0, 100), (1, 1)] {
+            let mut b = vec![b'x'; records];
+            b.extend(vec![0u8; zeros]);
+            std::fs::write(&p, &b).unwrap();
+            assert_eq!(
+                records_end(&p).unwrap(),
+                records as u64,
+                "{records}+{zeros}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
     use super::*;
 
     /// `(offset, bytes, complete)` of one line.

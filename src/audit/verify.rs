@@ -46,6 +46,12 @@ pub struct Report {
     pub last_seal_ts: Option<String>,
     /// Every checkpoint and rotation by `seq`: its line, for comparison with a witness.
     pub seals: std::collections::BTreeMap<u64, Vec<u8>>,
+    /// `seq` of the first record present (retention removed those before it).
+    pub first_seq: u64,
+    /// SHA-256 of the retention anchor the log starts from, if it does.
+    pub anchor_sha256: Option<String>,
+    /// The last `retention` record: (first segment it retained, its anchor's SHA-256).
+    pub last_retention: Option<(u64, String)>,
 }
 
 /// The first bad place in a log.
@@ -93,11 +99,37 @@ pub fn verify_dir(dir: &Path, key: Option<&VerifyingKey>) -> Result<Report, Fail
             what: "no audit segments (audit-NNNNNN.jsonl) here".into(),
         });
     }
-    let named = segs
+    let named: Vec<(u64, String)> = segs
         .iter()
         .map(|(index, path)| (*index, path.display().to_string()))
         .collect();
-    verify_each(named, key, |i| segment::open_lines(&segs[i].1))
+    // A log that retention shortened starts at its anchor.
+    let anchor = match named.first() {
+        Some((first, file)) if *first > 1 => match super::anchor::read(dir, *first) {
+            Ok(Some(a)) => Some(a),
+            Ok(None) => {
+                return Err(Failure {
+                    file: file.clone(),
+                    line: 0,
+                    seq: None,
+                    what: format!(
+                        "the log starts at segment {first}, but {} is missing: earlier segments were removed, and not by retention",
+                        super::anchor::path(dir, *first).display()
+                    ),
+                })
+            }
+            Err(what) => {
+                return Err(Failure {
+                    file: file.clone(),
+                    line: 0,
+                    seq: None,
+                    what,
+                })
+            }
+        },
+        _ => None,
+    };
+    verify_each(named, key, anchor, |i| segment::open_lines(&segs[i].1))
 }
 
 /// Verifies segments held in memory, `(index, content)` in index order, exactly as
@@ -118,7 +150,7 @@ pub fn verify_segments(
         .iter()
         .map(|(index, _)| (*index, segment::name(*index)))
         .collect();
-    verify_each(named, key, |i| {
+    verify_each(named, key, None, |i| {
         let bytes = segs[i].1;
         Ok(segment::Lines::new(bytes, 0, bytes.len() as u64))
     })
@@ -129,6 +161,7 @@ pub fn verify_segments(
 fn verify_each<R: std::io::Read>(
     segs: Vec<(u64, String)>,
     key: Option<&VerifyingKey>,
+    anchor: Option<(super::anchor::Anchor, Vec<u8>)>,
     mut open: impl FnMut(usize) -> std::io::Result<segment::Lines<R>>,
 ) -> Result<Report, Failure> {
     let mut st = State {
@@ -146,6 +179,16 @@ fn verify_each<R: std::io::Read>(
     };
     let last_index = segs.last().map_or(0, |s| s.0);
     let mut prev_name: Option<String> = None;
+    if let Some((a, bytes)) = &anchor {
+        let file = segs.first().map(|s| s.1.clone()).unwrap_or_default();
+        start_at_anchor(&mut st, a, bytes).map_err(|what| Failure {
+            file,
+            line: 0,
+            seq: None,
+            what: format!("anchor-{:06}.json: {what}", a.first_segment),
+        })?;
+        prev_name = Some(segment::name(a.first_segment - 1));
+    }
     let mut prev_index: Option<u64> = None;
     for (i, (index, file)) in segs.iter().enumerate() {
         let index = *index;
@@ -258,11 +301,76 @@ fn verify_each<R: std::io::Read>(
         });
     }
     st.report.log_id = st.log_id.unwrap_or_default();
+    let end = st.report.first_seq + st.report.records;
     st.report.uncovered = match &st.report.last_checkpoint {
-        Some((size, _)) => st.report.records.saturating_sub(size + 1),
+        Some((size, _)) => end.saturating_sub(size + 1),
         None => st.report.records,
     };
+    let lowest = segs.first().map_or(1, |s| s.0);
+    check_retention(&st.report, lowest).map_err(|what| Failure {
+        file: segs.first().map(|s| s.1.clone()).unwrap_or_default(),
+        line: 0,
+        seq: None,
+        what,
+    })?;
     Ok(st.report)
+}
+
+/// The log may start later than segment 1 only as its last `retention` record says: at the
+/// segment it retained (with the anchor it names), or one before when the removal was cut short.
+fn check_retention(r: &Report, lowest: u64) -> Result<(), String> {
+    match (&r.last_retention, lowest) {
+        (None, 1) => Ok(()),
+        (None, l) => Err(format!(
+            "the log starts at segment {l}, but no retention record says earlier segments were removed"
+        )),
+        (Some((first, sha)), l) if *first == l => match &r.anchor_sha256 {
+            Some(a) if a == sha => Ok(()),
+            _ => Err(format!(
+                "the anchor of segment {l} is not the one the last retention record names (sha256 {sha})"
+            )),
+        },
+        // The record was written, the segment not yet removed (a crash in between).
+        (Some((first, _)), l) if *first == l + 1 => Ok(()),
+        (Some((first, _)), l) => Err(format!(
+            "the log starts at segment {l}, but its last retention record kept segments from {first} on: segments were removed beyond what retention recorded"
+        )),
+    }
+}
+
+/// Takes the chain state from a retention anchor: its seal's signature under the key chain its
+/// certificates continue from the first key, its root over its frontier.
+fn start_at_anchor(st: &mut State, a: &super::anchor::Anchor, bytes: &[u8]) -> Result<(), String> {
+    let s = super::anchor::start(a)?;
+    st.log_id = Some(a.log_id.clone());
+    for cert in &a.certificates {
+        let v: Value = serde_json::from_str(cert).map_err(|e| format!("certificate: {e}"))?;
+        let seq = v.get("seq").and_then(Value::as_u64).unwrap_or(0);
+        let root = v
+            .get("root")
+            .and_then(Value::as_str)
+            .and_then(from_hex)
+            .ok_or("certificate without root")?;
+        check_seal_signature(st, &v, seq, &root)
+            .map_err(|e| format!("certificate at seq {seq}: {e}"))?;
+    }
+    let seal_seq = s.seal.get("seq").and_then(Value::as_u64).unwrap_or(0);
+    if s.seal.get("kind").and_then(Value::as_str) == Some(Kind::Checkpoint.as_str()) {
+        let root = s
+            .seal
+            .get("root")
+            .and_then(Value::as_str)
+            .and_then(from_hex)
+            .ok_or("seal without root")?;
+        check_seal_signature(st, &s.seal, seal_seq, &root).map_err(|e| format!("the seal: {e}"))?;
+    }
+    st.expect_seq = s.next_seq;
+    st.prev = s.prev;
+    st.frontier = s.frontier;
+    st.prev_at = format!("the anchor's seal (seq {seal_seq})");
+    st.report.first_seq = s.next_seq;
+    st.report.anchor_sha256 = Some(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(bytes)));
+    Ok(())
 }
 
 fn check_line(st: &mut State, line: &segment::Line) -> Result<Value, (Option<u64>, String)> {
@@ -353,6 +461,15 @@ fn check_line(st: &mut State, line: &segment::Line) -> Result<Value, (Option<u64
     if Kind::parse(kind).is_none() {
         return Err(bad(format!("unknown kind `{kind}`")));
     }
+    if kind == Kind::Retention.as_str() {
+        let first = v.get("first_retained").and_then(Value::as_u64).unwrap_or(0);
+        let sha = v
+            .get("anchor_sha256")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        st.report.last_retention = Some((first, sha));
+    }
     if kind == Kind::Checkpoint.as_str() || kind == Kind::KeyRotation.as_str() {
         check_checkpoint(st, &v, seq_n).map_err(bad)?;
         st.report.seals.insert(seq_n, line.bytes.clone());
@@ -366,7 +483,6 @@ fn check_line(st: &mut State, line: &segment::Line) -> Result<Value, (Option<u64
 }
 
 fn check_checkpoint(st: &mut State, v: &Value, seq: u64) -> Result<(), String> {
-    let rotation = v.get("kind").and_then(Value::as_str) == Some(Kind::KeyRotation.as_str());
     let size = v.get("tree_size").and_then(Value::as_u64);
     if size != Some(seq) {
         return Err(format!(
@@ -381,6 +497,16 @@ fn check_checkpoint(st: &mut State, v: &Value, seq: u64) -> Result<(), String> {
             to_hex(&expect)
         ));
     }
+    check_seal_signature(st, v, seq, &expect)?;
+    st.report.checkpoints += 1;
+    st.report.last_checkpoint = Some((seq, root_hex.to_string()));
+    Ok(())
+}
+
+/// The seal `v` (checkpoint or key rotation over `root` at `seq`) is signed by the key in force;
+/// a rotation then puts the key it certifies in force.
+fn check_seal_signature(st: &mut State, v: &Value, seq: u64, root: &Hash) -> Result<(), String> {
+    let rotation = v.get("kind").and_then(Value::as_str) == Some(Kind::KeyRotation.as_str());
     let key_id = v.get("key_id").and_then(Value::as_str).unwrap_or_default();
     let sig = v.get("sig").and_then(Value::as_str).unwrap_or_default();
     if let Some(want) = &st.key_id {
@@ -415,7 +541,7 @@ fn check_checkpoint(st: &mut State, v: &Value, seq: u64) -> Result<(), String> {
             ));
         }
         if let Some(key) = &st.key {
-            if epochs::verify(key, &log_id, seq, &expect, next_hex, sig).is_none() {
+            if epochs::verify(key, &log_id, seq, root, next_hex, sig).is_none() {
                 return Err(
                     "key_rotation signature does not verify with the current key (forged rotation)"
                         .into(),
@@ -426,14 +552,12 @@ fn check_checkpoint(st: &mut State, v: &Value, seq: u64) -> Result<(), String> {
         st.key_id = Some(next_id.to_owned());
         st.report.rotations += 1;
     } else if let Some(key) = &st.key {
-        if !checkpoint::verify(key, &log_id, seq, &expect, sig) {
+        if !checkpoint::verify(key, &log_id, seq, root, sig) {
             return Err(
                 "checkpoint signature does not verify with the public key (forged checkpoint)"
                     .into(),
             );
         }
     }
-    st.report.checkpoints += 1;
-    st.report.last_checkpoint = Some((seq, root_hex.to_string()));
     Ok(())
 }

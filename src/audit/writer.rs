@@ -38,6 +38,11 @@ enum Msg {
         _slot: OwnedSemaphorePermit,
     },
     Shutdown(oneshot::Sender<Result<(), AuditError>>),
+    /// A record of the log's own (retention), written and synced on its own.
+    LogOnly {
+        event: Map<String, Value>,
+        reply: oneshot::Sender<Result<Seq, AuditError>>,
+    },
 }
 
 struct Shared {
@@ -80,6 +85,7 @@ struct Inner {
     log_id: String,
     dir: PathBuf,
     key_id: String,
+    stop_retention: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -196,6 +202,11 @@ impl AuditLog {
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| err(format!("cannot start the writer thread: {e}")))?;
+        let stop_retention = Arc::new(AtomicBool::new(false));
+        if let Some(r) = &config.retention {
+            start_retention(dir.clone(), r.clone(), tx.clone(), stop_retention.clone())
+                .map_err(|e| err(format!("cannot start the retention thread: {e}")))?;
+        }
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tx: Mutex::new(Some(tx)),
@@ -208,6 +219,7 @@ impl AuditLog {
                 log_id,
                 dir,
                 key_id,
+                stop_retention,
             }),
         })
     }
@@ -266,6 +278,7 @@ impl AuditLog {
 
     /// Writes a final checkpoint, syncs, and stops the writer. Later appends fail with `Closed`.
     pub async fn shutdown(&self) -> Result<(), AuditError> {
+        self.inner.stop_retention.store(true, Ordering::Release);
         let (reply, rx) = oneshot::channel();
         let tx = self.inner.tx.lock().ok().and_then(|mut g| g.take());
         let Some(tx) = tx else {
@@ -310,11 +323,76 @@ impl AuditLog {
     }
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The retention thread holds a sender to the writer: let both end.
+        self.stop_retention.store(true, Ordering::Release);
+    }
+}
+
 impl Inner {
     fn prepare(&self, event: AuditEvent) -> Map<String, Value> {
         let red = self.redactor.read().ok().and_then(|g| g.clone());
         event.into_fields(self.record_arguments, red.as_deref())
     }
+}
+
+/// Runs retention on its own thread: it reads sealed segments (never the one being written), so
+/// appends are not held up while it does; its records go through the writer.
+fn start_retention(
+    dir: PathBuf,
+    r: super::retention::Retention,
+    tx: Sender<Msg>,
+    stop: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    use super::retention::{step, Held};
+    std::thread::Builder::new()
+        .name("audit-retention".into())
+        .spawn(move || {
+            let append = |event: Map<String, Value>| -> Result<Seq, String> {
+                let (reply, rx) = oneshot::channel();
+                tx.send(Msg::LogOnly { event, reply })
+                    .map_err(|_| "the audit log is closed".to_owned())?;
+                rx.blocking_recv()
+                    .map_err(|_| "the audit log is closed".to_owned())?
+                    .map_err(|e| e.to_string())
+            };
+            let mut last_held: Option<Held> = None;
+            let mut next = Instant::now();
+            while !stop.load(Ordering::Acquire) {
+                if Instant::now() < next {
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+                next = Instant::now() + r.check_every;
+                // Bounded per round, so that a stop request is heard.
+                for _ in 0..1000 {
+                    if stop.load(Ordering::Acquire) {
+                        return;
+                    }
+                    match step(&dir, &r, &append) {
+                        Ok(Ok(removed)) => {
+                            tracing::info!(segment = removed.segment, records = removed.records, bytes = removed.bytes, archived = ?removed.archived, "audit retention removed a sealed segment");
+                            last_held = None;
+                        }
+                        Ok(Err(held)) => {
+                            if let (Held::Unacknowledged { sink }, false) =
+                                (&held, last_held.as_ref() == Some(&held))
+                            {
+                                tracing::warn!(sink = %sink, "audit retention waits: a sink or witness has not acknowledged the oldest segment (the log grows until it does)");
+                            }
+                            last_held = Some(held);
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, dir = %dir.display(), "audit retention failed; the log keeps its segments");
+                            break;
+                        }
+                    }
+                }
+            }
+        })
+        .map(|_| ())
 }
 
 fn create_private_dir(dir: &Path) -> std::io::Result<()> {
@@ -504,9 +582,11 @@ impl Writer {
             };
             let mut appends = Vec::new();
             let mut shutdown = None;
+            let mut log_only = Vec::new();
             let mut push = |m: Msg, appends: &mut Vec<(Map<String, Value>, Reply)>| match m {
                 Msg::Append { event, reply, .. } => appends.push((event, reply)),
                 Msg::Shutdown(tx) => shutdown = Some(tx),
+                Msg::LogOnly { event, reply } => log_only.push((event, reply)),
             };
             push(first, &mut appends);
             while appends.len() < self.cfg.max_batch.max(1) {
@@ -521,6 +601,9 @@ impl Writer {
                 }
             } else if !appends.is_empty() {
                 self.commit(appends);
+            }
+            for (event, reply) in log_only {
+                let _ = reply.send(self.log_only(event));
             }
             self.tick();
             if let Some(tx) = shutdown {
@@ -776,6 +859,23 @@ impl Writer {
         self.key = next;
         self.epoch_began = Instant::now();
         Ok(())
+    }
+
+    /// Writes one log-only record durably (a retention removal waits for it).
+    fn log_only(&mut self, fields: Map<String, Value>) -> Result<Seq, AuditError> {
+        if let Some(reason) = self.shared.failure() {
+            return Err(AuditError::Failed(reason));
+        }
+        let snap = self.snapshot();
+        let mut buf = Vec::new();
+        let seq = self.encode(&mut buf, fields)?;
+        if let Err(e) = self.write_durable(&buf, self.cfg.fsync != FsyncMode::None) {
+            if let Err(e2) = self.restore(snap) {
+                self.set_failed(&format!("{e}; and cannot undo the partial write: {e2}"));
+            }
+            return Err(self.fail(&e));
+        }
+        Ok(seq)
     }
 
     fn standalone_checkpoint(&mut self) -> Result<(), String> {

@@ -99,6 +99,17 @@ pub struct Audit {
     pub sinks: Vec<AuditSink>,
     /// Where checkpoints and key rotations are also written, for `audit verify --witness`.
     pub witnesses: Vec<AuditSink>,
+    /// How long sealed segments are kept; `None`: forever.
+    pub retention: Option<AuditRetention>,
+}
+
+/// `[audit] retention = { max_age, max_bytes, archive_dir }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRetention {
+    pub max_age: Option<Duration>,
+    pub max_bytes: Option<u64>,
+    /// Removed segments are gzipped here; `None`: deleted.
+    pub archive_dir: Option<PathBuf>,
 }
 
 /// Default audit directory, relative to the policy file (or the working directory for the
@@ -121,6 +132,7 @@ impl Default for Audit {
             key_epoch: Some(Duration::from_secs(3600)),
             sinks: Vec::new(),
             witnesses: Vec::new(),
+            retention: None,
         }
     }
 }

@@ -48,8 +48,19 @@ pub struct RawAudit {
     #[serde(default, deserialize_with = "in_sinks")]
     pub sinks: Option<Vec<RawSink>>,
     pub key_epoch: Option<Spanned<Value>>,
+    #[serde(default, deserialize_with = "in_retention")]
+    pub retention: Option<Spanned<RawRetention>>,
     #[serde(default, deserialize_with = "in_witness")]
     pub witness: Option<Vec<RawWitness>>,
+}
+
+/// `[audit] retention = { ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetention {
+    pub max_age: Option<Spanned<Value>>,
+    pub max_bytes: Option<Spanned<Value>>,
+    pub archive_dir: Option<Str>,
 }
 
 /// One `[[audit.witness]]` entry.
@@ -310,6 +321,7 @@ in_table!(in_clients, "clients", Named<RawClient>);
 in_table!(in_audit, "audit", Option<RawAudit>);
 in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
 in_table!(in_witness, "witness", Option<Vec<RawWitness>>);
+in_table!(in_retention, "retention", Option<Spanned<RawRetention>>);
 in_table!(in_mounts, "mounts", Option<Spanned<Vec<RawMount>>>);
 in_table!(in_egress, "egress", Option<RawEgress>);
 in_table!(in_limits, "limits", Option<RawLimits>);

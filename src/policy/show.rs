@@ -343,6 +343,25 @@ fn audit(o: &mut String, a: &Audit) {
             .map(format_duration)
             .unwrap_or_else(|| "off (one key for the life of the log)".into())
     );
+    match &a.retention {
+        None => {
+            let _ = writeln!(o, "  retention             none (the log keeps everything)");
+        }
+        Some(r) => {
+            let mut parts = Vec::new();
+            if let Some(d) = r.max_age {
+                parts.push(format!("max_age {}", format_duration(d)));
+            }
+            if let Some(b) = r.max_bytes {
+                parts.push(format!("max_bytes {}", format_size(b)));
+            }
+            parts.push(match &r.archive_dir {
+                Some(p) => format!("archived to {}", p.display()),
+                None => "deleted".to_owned(),
+            });
+            let _ = writeln!(o, "  retention             {}", parts.join(", "));
+        }
+    }
     for s in a.sinks.iter().chain(&a.witnesses) {
         let what = match &s.kind {
             SinkKind::Syslog {

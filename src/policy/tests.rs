@@ -410,6 +410,28 @@ fn key_epochs_and_witnesses_are_read() {
 }
 
 #[test]
+fn retention_is_read_and_checked() {
+    let p = parse(
+        &format!("{TIME}[audit]\nretention = {{ max_age = \"90d\", max_bytes = \"10GiB\", archive_dir = \"/srv/archive\" }}\n"),
+        "p.toml",
+    )
+    .unwrap();
+    let r = p.audit.retention.clone().unwrap();
+    assert_eq!(r.max_age, Some(Duration::from_secs(90 * 86_400)));
+    assert_eq!(r.max_bytes, Some(10 << 30));
+    assert_eq!(r.archive_dir, Some(PathBuf::from("/srv/archive")));
+    assert!(show::render(&p).contains("retention             max_age"));
+    let e = one_error(&format!(
+        "{TIME}[audit]\nretention = {{ archive_dir = \"/x\" }}\n"
+    ));
+    assert!(e.contains("needs max_age"), "{e}");
+    let e = one_error(&format!(
+        "{TIME}[audit]\nretention = {{ max_bytes = \"1k\" }}\n"
+    ));
+    assert!(e.contains("at least"), "{e}");
+}
+
+#[test]
 fn audit_errors_are_located() {
     let e = one_error(&format!("{TIME}[audit]\nfsynk = \"group\"\n"));
     assert!(

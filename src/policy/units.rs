@@ -9,7 +9,8 @@ fn split_number(s: &str) -> (&str, &str) {
 
 /// `"250ms"`, `"30s"`, `"5m"`, `"1h"`. Zero is refused: no timeout or interval in the policy means "never".
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    const HOW: &str = "write a whole number followed by ms, s, m or h, like \"30s\" or \"5m\"";
+    const HOW: &str =
+        "write a whole number followed by ms, s, m, h or d, like \"30s\", \"5m\" or \"90d\"";
     let t = s.trim();
     let (num, unit) = split_number(t);
     let n: u64 = num
@@ -20,6 +21,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         "s" => 1_000,
         "m" | "min" => 60_000,
         "h" => 3_600_000,
+        "d" => 86_400_000,
         "" => return Err(format!("duration \"{s}\" has no unit; {HOW}")),
         _ => {
             return Err(format!(

@@ -87,6 +87,7 @@ impl Checker<'_> {
                 .record_arguments
                 .map_or(d.record_arguments, |b| b.into_inner()),
             key_epoch: self.key_epoch(&a.key_epoch, d.key_epoch),
+            retention: a.retention.as_ref().and_then(|r| self.retention(r)),
             sinks,
             witnesses,
         }
@@ -256,6 +257,32 @@ impl Checker<'_> {
             name,
             kind,
             witness: false,
+        })
+    }
+
+    fn retention(&mut self, r: &toml::Spanned<RawRetention>) -> Option<AuditRetention> {
+        let raw = r.get_ref();
+        let max_age = self.duration(&raw.max_age, "max_age");
+        let max_bytes = self.size(&raw.max_bytes, "max_bytes");
+        if max_age.is_none() && max_bytes.is_none() {
+            self.error(
+                r.span().start,
+                "`retention` needs max_age (like \"90d\") or max_bytes (like \"10GiB\"), or both",
+            );
+            return None;
+        }
+        if let Some(b) = &raw.max_bytes {
+            if max_bytes.is_some_and(|n| n < 1 << 20) {
+                self.error(
+                    b.span().start,
+                    "`retention.max_bytes` must be at least \"1m\"",
+                );
+            }
+        }
+        Some(AuditRetention {
+            max_age,
+            max_bytes,
+            archive_dir: raw.archive_dir.as_ref().map(|p| self.resolve(p.get_ref())),
         })
     }
 
