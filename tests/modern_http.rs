@@ -9,18 +9,13 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::client::{sse_events, Mcp, Raw};
+use common::client::{sse_events, Mcp};
+use common::modern::{body, client, headers, request, send, sha, text, MODERN};
 use common::{audit_records, audit_verify, Gateway};
 use serde_json::{json, Value};
 
-const MODERN: &str = "2026-07-28";
 const ALICE: &str = "alice-modern-token";
 const BOB: &str = "bob-modern-token";
-
-fn sha(t: &str) -> String {
-    use sha2::{Digest, Sha256};
-    hex::encode(Sha256::digest(t.as_bytes()))
-}
 
 fn shapes_server() -> String {
     format!(
@@ -61,75 +56,6 @@ token_sha256 = "{}"
         sha(ALICE),
         sha(BOB)
     )
-}
-
-fn client(gw: &Gateway, token: Option<&str>) -> Mcp {
-    let mut c = Mcp::new(&gw.url);
-    c.bearer = token.map(str::to_owned);
-    c
-}
-
-fn envelope(caps: Value) -> Value {
-    json!({
-        "io.modelcontextprotocol/protocolVersion": MODERN,
-        "io.modelcontextprotocol/clientCapabilities": caps,
-        "io.modelcontextprotocol/clientInfo": {"name": "modern-test", "version": "1"}
-    })
-}
-
-/// A request body with the envelope merged into `params._meta`.
-fn body(id: u64, method: &str, mut params: Value, caps: Value) -> String {
-    let mut meta = envelope(caps);
-    if let Some(extra) = params.get("_meta").and_then(Value::as_object) {
-        for (k, v) in extra {
-            meta[k] = v.clone();
-        }
-    }
-    params["_meta"] = meta;
-    json!({"jsonrpc": "2.0", "id": id, "method": method, "params": params}).to_string()
-}
-
-/// The request metadata headers a conforming client sends for `method` on `name`.
-fn headers(method: &str, name: Option<&str>) -> Vec<(String, String)> {
-    let mut h = vec![
-        ("mcp-protocol-version".to_owned(), MODERN.to_owned()),
-        ("mcp-method".to_owned(), method.to_owned()),
-    ];
-    if let Some(n) = name {
-        h.push(("mcp-name".to_owned(), n.to_owned()));
-    }
-    h
-}
-
-async fn send(c: &Mcp, body: &str, headers: &[(String, String)]) -> Raw {
-    let h: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    c.post_with(body, &h).await
-}
-
-/// A conforming request: body and matching headers.
-async fn request(c: &Mcp, id: u64, method: &str, params: Value, caps: Value) -> Raw {
-    let name = params
-        .get("name")
-        .or_else(|| params.get("uri"))
-        .and_then(Value::as_str)
-        .filter(|_| matches!(method, "tools/call" | "prompts/get" | "resources/read"))
-        .map(str::to_owned);
-    send(
-        c,
-        &body(id, method, params, caps),
-        &headers(method, name.as_deref()),
-    )
-    .await
-}
-
-fn text(msg: &Value) -> String {
-    msg["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no text in {msg}"))
-        .to_owned()
 }
 
 #[tokio::test]

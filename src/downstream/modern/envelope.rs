@@ -219,10 +219,19 @@ pub fn decode(headers: &HeaderMap, req: &Request) -> Result<Decoded, Rejection> 
             ))
         }
     };
-    let client_info = envelope
-        .get(meta::CLIENT_INFO)
-        .filter(|v| v.is_object())
-        .map(crate::mcp::to_raw);
+    let client_info = match envelope.get(meta::CLIENT_INFO) {
+        None | Some(Value::Null) => None,
+        Some(v @ Value::Object(_)) => Some(crate::mcp::to_raw(v)),
+        Some(_) => {
+            return Err(Rejection::new(
+                ErrorCode::INVALID_PARAMS,
+                format!(
+                    "{} must be an object (an Implementation with name and version)",
+                    meta::CLIENT_INFO
+                ),
+            ))
+        }
+    };
     for key in meta::REQUEST_ENVELOPE {
         envelope.remove(key);
     }
@@ -299,6 +308,21 @@ mod tests {
         let kept = d.params["_meta"].as_object().unwrap();
         assert_eq!(kept.len(), 2, "{kept:?}");
         assert!(kept.contains_key("progressToken") && kept.contains_key("traceparent"));
+    }
+
+    #[test]
+    fn a_client_info_that_is_not_an_object_is_refused() {
+        let h = heads(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+        ]);
+        let mut meta = envelope();
+        meta["io.modelcontextprotocol/clientInfo"] = json!("x".repeat(1000));
+        let rej = decode(&h, &request("tools/list", json!({"_meta": meta}))).unwrap_err();
+        assert_eq!(rej.code, ErrorCode::INVALID_PARAMS);
+        assert!(rej.message.contains("clientInfo"), "{}", rej.message);
+        meta["io.modelcontextprotocol/clientInfo"] = Value::Null;
+        assert!(decode(&h, &request("tools/list", json!({"_meta": meta}))).is_ok());
     }
 
     #[test]
