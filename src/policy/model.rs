@@ -394,6 +394,31 @@ pub struct RemoteSpec {
     /// The gateway gets its own access token for this server from an OAuth authorization
     /// server and sends it as `Authorization: Bearer`.
     pub oauth: Option<OAuth>,
+    /// Which protocol era the gateway speaks to the server.
+    pub protocol: ProtocolChoice,
+}
+
+/// `protocol` of a remote server: probe for 2026-07-28 and fall back (`auto`), or pin an era.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProtocolChoice {
+    /// `server/discover` first; the initialize handshake when the server does not answer it as
+    /// a 2026-07-28 server.
+    #[default]
+    Auto,
+    /// The initialize handshake only (2025-11-25 and earlier), no probe.
+    Legacy,
+    /// 2026-07-28 only: a server that does not speak it fails to start, with the reason.
+    Modern,
+}
+
+impl ProtocolChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolChoice::Auto => "auto",
+            ProtocolChoice::Legacy => "legacy",
+            ProtocolChoice::Modern => "2026-07-28",
+        }
+    }
 }
 
 /// OAuth 2.1 client settings of a remote server (the gateway is the OAuth client).

@@ -166,6 +166,7 @@ pub struct RawServer {
     pub ca_file: Option<Str>,
     #[serde(default, deserialize_with = "in_oauth")]
     pub oauth: Option<Spanned<RawOAuth>>,
+    pub protocol: Option<Str>,
     pub lifecycle: Option<Str>,
     #[serde(default, deserialize_with = "in_egress")]
     pub egress: Option<RawEgress>,

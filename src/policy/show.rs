@@ -227,6 +227,7 @@ pub fn render(p: &Policy) -> String {
                 if let Some(a) = &x.oauth {
                     oauth_lines(&mut o, a);
                 }
+                let _ = writeln!(o, "  protocol              {}", x.protocol.as_str());
             }
         }
         let lc = match s.lifecycle {

@@ -37,7 +37,7 @@ const MAX_POOL: u64 = 32;
 
 const PROCESS_KEYS: &[&str] = &["command", "args", "env", "cwd"];
 const DOCKER_KEYS: &[&str] = &["image", "command", "env", "user", "mounts", "pool"];
-const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file", "oauth"];
+const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file", "oauth", "protocol"];
 
 pub(super) struct Checker<'a> {
     src: &'a str,
@@ -467,7 +467,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let present: [(&str, Option<usize>); 12] = [
+        let present: [(&str, Option<usize>); 13] = [
             ("command", rs.command.as_ref().map(|v| v.span().start)),
             ("args", rs.args.as_ref().map(|v| v.span().start)),
             ("env", rs.env.as_ref().map(|v| v.span().start)),
@@ -480,6 +480,7 @@ impl Checker<'_> {
             ("headers", rs.headers.as_ref().map(|v| v.span().start)),
             ("ca_file", rs.ca_file.as_ref().map(|v| v.span().start)),
             ("oauth", rs.oauth.as_ref().map(|v| v.span().start)),
+            ("protocol", rs.protocol.as_ref().map(|v| v.span().start)),
         ];
         for (key, at) in present {
             if let (Some(at), false) = (at, allowed.contains(&key)) {
@@ -860,11 +861,25 @@ impl Checker<'_> {
             }
             None => None,
         };
+        let protocol = match rs
+            .protocol
+            .as_ref()
+            .map(|p| (p.get_ref().as_str(), p.span().start))
+        {
+            None | Some(("auto", _)) => ProtocolChoice::Auto,
+            Some(("legacy", _)) => ProtocolChoice::Legacy,
+            Some(("2026-07-28", _)) => ProtocolChoice::Modern,
+            Some((other, at)) => {
+                self.error(at, format!("unknown protocol \"{other}\" in [servers.{n}]; use \"auto\" (probe with server/discover, fall back to initialize), \"legacy\" (initialize only) or \"2026-07-28\" (stateless only)"));
+                ProtocolChoice::Auto
+            }
+        };
         Some(Runtime::Remote(RemoteSpec {
             url: url?,
             headers,
             ca_file,
             oauth,
+            protocol,
         }))
     }
 

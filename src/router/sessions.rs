@@ -44,6 +44,15 @@ fn level_code(log: LogLevel) -> u8 {
 }
 
 impl Entry {
+    /// The log level this client asked for, however it asked (handshake era or per request).
+    pub fn log_level(&self) -> LogLevel {
+        match self.level.load(Ordering::Relaxed) {
+            UNSET => LogLevel::Unset,
+            SILENT => LogLevel::Silent,
+            rank => LogLevel::AtLeast(rank),
+        }
+    }
+
     /// Whether a log message at `level` should reach this client.
     pub fn wants_log(&self, level: &str) -> bool {
         match self.level.load(Ordering::Relaxed) {

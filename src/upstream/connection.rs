@@ -3,7 +3,7 @@
 //! (newline-delimited JSON-RPC over a pipe pair) lives here too; the HTTP transport in
 //! `super::http` feeds the same `dispatch`.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,9 +12,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
-use super::{Handled, Outcome, UpstreamEvent};
+use super::{Era, Handled, Outcome, UpstreamEvent};
 use crate::mcp::{Id, Message, Notification, Request, Response};
 use crate::sandbox::{BoxRead, BoxWrite};
 
@@ -74,6 +74,22 @@ pub struct Connection {
     outbox: mpsc::Sender<Bytes>,
     direct: OnceLock<Box<dyn Direct>>,
     pending: Mutex<HashMap<u64, Waiter>>,
+    /// Set once the probe or the handshake has settled it; `Legacy` until then.
+    era: OnceLock<Era>,
+    /// The resource URIs a 2026-07-28 server's `subscriptions/listen` stream asks updates for
+    /// (its transport watches this and reopens the stream when it changes).
+    listen: watch::Sender<ListenSet>,
+    /// The generation of [`ListenSet`] the server last acknowledged (`u64::MAX` once it is
+    /// known that nothing will be acknowledged).
+    listen_acked: watch::Sender<u64>,
+}
+
+/// What a 2026-07-28 server's listen stream should ask for, with a generation that grows with
+/// each change.
+#[derive(Debug, Default, Clone)]
+pub(super) struct ListenSet {
+    pub uris: BTreeSet<String>,
+    pub generation: u64,
 }
 
 impl Connection {
@@ -99,8 +115,31 @@ impl Connection {
             outbox: tx,
             direct: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
+            era: OnceLock::new(),
+            listen: watch::channel(ListenSet::default()).0,
+            listen_acked: watch::channel(0).0,
         });
         (conn, rx)
+    }
+
+    /// The era the server on the other end speaks.
+    pub(super) fn era(&self) -> Era {
+        self.era.get().copied().unwrap_or_default()
+    }
+
+    /// Records the era the probe settled. Set once; a second call is ignored.
+    pub(super) fn set_era(&self, era: Era) {
+        let _ = self.era.set(era);
+    }
+
+    /// The resource URIs to listen to (2026-07-28 servers).
+    pub(super) fn listen(&self) -> &watch::Sender<ListenSet> {
+        &self.listen
+    }
+
+    /// Which generation of the listen set the server has acknowledged.
+    pub(super) fn listen_acked(&self) -> &watch::Sender<u64> {
+        &self.listen_acked
     }
 
     /// From now on messages go to `direct` first. Set once; a second call is ignored.
@@ -290,22 +329,24 @@ async fn read_loop(
         if text.is_empty() {
             continue;
         }
-        if let Err(reason) = dispatch(&source, &conn, &events, text).await {
+        if let Err(reason) = dispatch(&source, &conn, &events, text, None).await {
             return reason;
         }
     }
 }
 
 /// Hands one incoming message to its waiter (responses) or to the router (everything else),
-/// waiting for the router's ack so that order is kept. `Err` means the gateway is stopping.
+/// waiting for the router's ack so that order is kept. `related`: the request it came for,
+/// when the transport knows. `Err` means the gateway is stopping.
 pub(super) async fn dispatch(
     source: &Arc<super::Source>,
     conn: &Connection,
     events: &mpsc::Sender<UpstreamEvent>,
     text: &[u8],
+    related: Option<u64>,
 ) -> Result<(), String> {
     match Message::parse(text) {
-        Ok(message) => dispatch_message(source, conn, events, message).await,
+        Ok(message) => dispatch_message(source, conn, events, message, related).await,
         Err(e) => {
             // Servers sometimes print banners to stdout; skip the line rather than kill them.
             tracing::warn!(server = %source.server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a message that is not JSON-RPC");
@@ -320,6 +361,7 @@ pub(super) async fn dispatch_message(
     conn: &Connection,
     events: &mpsc::Sender<UpstreamEvent>,
     message: Message,
+    related: Option<u64>,
 ) -> Result<(), String> {
     match message {
         Message::Response(resp) => {
@@ -337,6 +379,7 @@ pub(super) async fn dispatch_message(
                 from: source.clone(),
                 message,
                 handled,
+                related,
             };
             if events.send(ev).await.is_err() {
                 return Err("gateway stopped".to_owned());
@@ -349,6 +392,7 @@ pub(super) async fn dispatch_message(
                 from: source.clone(),
                 message,
                 handled,
+                related,
             };
             if events.send(ev).await.is_err() {
                 return Err("gateway stopped".to_owned());

@@ -403,6 +403,7 @@ pub(super) fn parse_init(outcome: super::Outcome) -> Result<InitInfo, String> {
     Ok(InitInfo {
         instance: crate::sandbox::InstanceInfo::default(),
         protocol_version: version.to_owned(),
+        era: super::Era::Legacy,
         capabilities: v.get("capabilities").cloned().unwrap_or(json!({})),
         server_info: v.get("serverInfo").cloned().unwrap_or(json!({})),
         instructions: v
