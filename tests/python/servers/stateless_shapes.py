@@ -5,7 +5,9 @@ must handle with care: a tool whose arguments are mirrored into `Mcp-Param-*` he
 tool that answers with a task handle, plus `tasks/get` / `tasks/cancel` for it.
 
 It records what it received in the file named by `SHAPES_LOG` (one JSON line per request), so a
-test can see exactly what reached the server. Bounded: it reads at most MAX_LINES lines and ends
+test can see exactly what reached the server. With `SHAPES_TTL_MS` set, its `tools/list` carries
+that `ttlMs` and a tool `grow` adds a tool `grown` without announcing the change (the server
+declares no `listChanged`), so only a client that honours `ttlMs` ever sees it. Bounded: it reads at most MAX_LINES lines and ends
 when stdin closes.
 """
 
@@ -15,6 +17,7 @@ import sys
 
 MAX_LINES = 100_000
 LOG = os.environ.get("SHAPES_LOG")
+TTL_MS = os.environ.get("SHAPES_TTL_MS")
 SERVER_STATE = "server-state-7f3a"
 TASK_ID = "job-42"
 
@@ -43,6 +46,9 @@ TOOLS = [
         "inputSchema": {"type": "object", "properties": {}},
     },
 ]
+
+
+GROW = {"name": "grow", "description": "Adds the tool `grown`, silently", "inputSchema": {"type": "object"}}
 
 
 def send(msg):
@@ -85,6 +91,10 @@ def call(params):
             raise ValueError(f"unknown requestState {state!r}")
         answer = (params.get("inputResponses") or {}).get("who") or {}
         return text("answered by " + str((answer.get("content") or {}).get("name")))
+    if name == "grow" and TTL_MS:
+        if not any(t["name"] == "grown" for t in TOOLS):
+            TOOLS.append({"name": "grown", "description": "Added without notice", "inputSchema": {"type": "object"}})
+        return text("grown")
     if name == "start_job":
         return {
             "resultType": "task",
@@ -119,6 +129,8 @@ def handle(msg):
             "serverInfo": {"name": "stateless-shapes", "version": "1"},
         }
     if method == "tools/list":
+        if TTL_MS:
+            return {"tools": TOOLS + [GROW], "ttlMs": int(TTL_MS)}
         return {"tools": TOOLS}
     if method == "tools/call":
         return call(params)
