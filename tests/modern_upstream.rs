@@ -381,6 +381,37 @@ async fn a_server_that_predates_2026_gets_the_initialize_handshake() {
 }
 
 #[tokio::test]
+async fn a_restarted_server_is_probed_again() {
+    let Some(mut remote) = Remote::modern("modern") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let gw = Gateway::start(&policy(&remote, &dir.path().join("audit"), ""));
+    let mut c = legacy_client(&gw, BOB).await;
+    assert_eq!(
+        tool_text(&c.call_tool("modern__echo", json!({"text": "1"})).await),
+        "echo: 1"
+    );
+    remote.stop();
+    ready_says(&gw, "\"modern\":{\"ready\":false");
+    remote.restart();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = c.call_tool("modern__echo", json!({"text": "2"})).await;
+        if r["result"]["content"][0]["text"] == "echo: 2" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recovered: {r}");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(
+        received(&remote, "server/discover").len(),
+        2,
+        "one probe per start"
+    );
+}
+
+#[tokio::test]
 async fn a_pinned_protocol_is_kept_or_the_server_fails_with_the_reason() {
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit");

@@ -12,7 +12,8 @@
 //! - The `subscriptions/listen` stream replaces the GET stream: it asks for the list changes the
 //!   server's capabilities offer and for updates of the resources some client subscribed to,
 //!   and is reopened when that set changes or the stream ends. What arrives on it is dispatched
-//!   like any server notification, without the stream's `subscriptionId`.
+//!   like any server notification, without the stream's `subscriptionId`. A server that cannot
+//!   be reached to reopen it is gone: the supervisor reconnects (and probes again).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -97,6 +98,8 @@ enum Ended {
     Failed(String),
     /// The server does not offer `subscriptions/listen`: stop asking.
     Unsupported(String),
+    /// The server cannot be reached: it is gone (the supervisor reconnects, and probes again).
+    Lost(String),
 }
 
 /// An error response's body, bounded in size and time (empty when it cannot be read).
@@ -349,6 +352,10 @@ impl Remote {
                     acked.send_replace(u64::MAX);
                     return;
                 }
+                Ended::Lost(why) => {
+                    self.die(format!("lost the connection to the server: {why}"));
+                    return;
+                }
                 Ended::Closed => {
                     wait = LISTEN_RETRY_START;
                     false
@@ -377,7 +384,8 @@ impl Remote {
         // reader's idle timeout.
         let resp = match self.send(req, self.startup_timeout).await {
             Ok(r) => r,
-            Err(SendError::Token(e) | SendError::Connection(e)) => return Ended::Failed(e),
+            Err(SendError::Token(e)) => return Ended::Failed(e),
+            Err(SendError::Connection(e)) => return Ended::Lost(e),
         };
         let status = resp.status();
         if status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED {
