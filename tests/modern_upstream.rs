@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use common::client::{tool_text, Mcp, LATEST};
 use common::modern::{body, client, headers, request, send, sha, text, MODERN};
 use common::remote::Remote;
-use common::{audit_records, http_get, Gateway};
+use common::{audit_records, Gateway};
 use serde_json::{json, Value};
 
 const ALICE: &str = "alice-upstream-token";
@@ -110,22 +110,6 @@ async fn legacy_client(gw: &Gateway, token: &str) -> Mcp {
     let mut c = client(gw, Some(token));
     c.initialize(LATEST).await;
     c
-}
-
-/// Polls `/ready` until its body mentions `needle`; returns the body.
-fn ready_says(gw: &Gateway, needle: &str) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let (_, body) = http_get(&format!("{}/ready", gw.base)).unwrap_or((0, String::new()));
-        if body.contains(needle) {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "/ready never said `{needle}`: {body}"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 #[tokio::test]
@@ -393,7 +377,7 @@ async fn a_restarted_server_is_probed_again() {
         "echo: 1"
     );
     remote.stop();
-    ready_says(&gw, "\"modern\":{\"ready\":false");
+    gw.ready_says("\"modern\":{\"ready\":false");
     remote.restart();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -418,7 +402,7 @@ async fn a_pinned_protocol_is_kept_or_the_server_fails_with_the_reason() {
     // A modern-only server pinned to the handshake: its refusal names the revision it speaks.
     if let Some(remote) = Remote::modern("modern") {
         let gw = Gateway::spawn(&policy(&remote, &audit, "protocol = \"legacy\""), &[]);
-        ready_says(&gw, "2026-07-28");
+        gw.ready_says("2026-07-28");
         assert!(
             received(&remote, "server/discover").is_empty(),
             "no probe when pinned"
@@ -427,7 +411,7 @@ async fn a_pinned_protocol_is_kept_or_the_server_fails_with_the_reason() {
     // A server that predates 2026-07-28, required to speak it.
     if let Some(remote) = Remote::modern("legacy") {
         let gw = Gateway::spawn(&policy(&remote, &audit, "protocol = \"2026-07-28\""), &[]);
-        let body = ready_says(&gw, "does not speak 2026-07-28");
+        let body = gw.ready_says("does not speak 2026-07-28");
         assert!(body.contains("protocol = "), "says which setting: {body}");
         assert!(
             received(&remote, "initialize").is_empty(),

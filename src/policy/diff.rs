@@ -175,7 +175,7 @@ fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
             _ => "runtime",
         });
     }
-    keys.extend(differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout));
+    keys.extend(differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout, protocol));
     keys
 }
 

@@ -322,6 +322,8 @@ pub struct Server {
     pub roots: Vec<String>,
     /// Client capabilities the gateway declares to the server in its `initialize`.
     pub client_capabilities: ClientCapabilities,
+    /// Which protocol era the gateway speaks to the server.
+    pub protocol: ProtocolChoice,
     /// Overrides `[gateway] server_log_rate` for this server.
     pub log_rate: Option<Rate>,
 }
@@ -394,11 +396,9 @@ pub struct RemoteSpec {
     /// The gateway gets its own access token for this server from an OAuth authorization
     /// server and sends it as `Authorization: Bearer`.
     pub oauth: Option<OAuth>,
-    /// Which protocol era the gateway speaks to the server.
-    pub protocol: ProtocolChoice,
 }
 
-/// `protocol` of a remote server: probe for 2026-07-28 and fall back (`auto`), or pin an era.
+/// `protocol` of a server: probe for 2026-07-28 and fall back (`auto`), or pin an era.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum ProtocolChoice {
     /// `server/discover` first; the initialize handshake when the server does not answer it as

@@ -227,9 +227,9 @@ pub fn render(p: &Policy) -> String {
                 if let Some(a) = &x.oauth {
                     oauth_lines(&mut o, a);
                 }
-                let _ = writeln!(o, "  protocol              {}", x.protocol.as_str());
             }
         }
+        let _ = writeln!(o, "  protocol              {}", s.protocol.as_str());
         let lc = match s.lifecycle {
             Lifecycle::Shared => "shared",
             Lifecycle::PerSession => "per-session",

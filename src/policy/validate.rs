@@ -37,7 +37,7 @@ const MAX_POOL: u64 = 32;
 
 const PROCESS_KEYS: &[&str] = &["command", "args", "env", "cwd"];
 const DOCKER_KEYS: &[&str] = &["image", "command", "env", "user", "mounts", "pool"];
-const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file", "oauth", "protocol"];
+const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file", "oauth"];
 
 pub(super) struct Checker<'a> {
     src: &'a str,
@@ -467,7 +467,7 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let present: [(&str, Option<usize>); 13] = [
+        let present: [(&str, Option<usize>); 12] = [
             ("command", rs.command.as_ref().map(|v| v.span().start)),
             ("args", rs.args.as_ref().map(|v| v.span().start)),
             ("env", rs.env.as_ref().map(|v| v.span().start)),
@@ -480,7 +480,6 @@ impl Checker<'_> {
             ("headers", rs.headers.as_ref().map(|v| v.span().start)),
             ("ca_file", rs.ca_file.as_ref().map(|v| v.span().start)),
             ("oauth", rs.oauth.as_ref().map(|v| v.span().start)),
-            ("protocol", rs.protocol.as_ref().map(|v| v.span().start)),
         ];
         for (key, at) in present {
             if let (Some(at), false) = (at, allowed.contains(&key)) {
@@ -574,6 +573,7 @@ impl Checker<'_> {
         let roots = self.roots(&rs.roots);
         let client_capabilities = self.client_capabilities(&rs.client_capabilities);
         let log_rate = self.rate(&rs.log_rate);
+        let protocol = self.protocol(n, &rs.protocol);
 
         if self.diags.len() != before {
             return None;
@@ -595,7 +595,20 @@ impl Checker<'_> {
             client_capabilities,
             log_rate,
             queue_timeout,
+            protocol,
         })
+    }
+
+    fn protocol(&mut self, n: &str, v: &Option<Str>) -> ProtocolChoice {
+        match v.as_ref().map(|p| (p.get_ref().as_str(), p.span().start)) {
+            None | Some(("auto", _)) => ProtocolChoice::Auto,
+            Some(("legacy", _)) => ProtocolChoice::Legacy,
+            Some(("2026-07-28", _)) => ProtocolChoice::Modern,
+            Some((other, at)) => {
+                self.error(at, format!("unknown protocol \"{other}\" in [servers.{n}]; use \"auto\" (probe with server/discover, fall back to initialize), \"legacy\" (initialize only) or \"2026-07-28\" (stateless only)"));
+                ProtocolChoice::Auto
+            }
+        }
     }
 
     fn secrets(&mut self, raw: &Option<StrMap>) -> BTreeMap<String, SecretRef> {
@@ -861,25 +874,11 @@ impl Checker<'_> {
             }
             None => None,
         };
-        let protocol = match rs
-            .protocol
-            .as_ref()
-            .map(|p| (p.get_ref().as_str(), p.span().start))
-        {
-            None | Some(("auto", _)) => ProtocolChoice::Auto,
-            Some(("legacy", _)) => ProtocolChoice::Legacy,
-            Some(("2026-07-28", _)) => ProtocolChoice::Modern,
-            Some((other, at)) => {
-                self.error(at, format!("unknown protocol \"{other}\" in [servers.{n}]; use \"auto\" (probe with server/discover, fall back to initialize), \"legacy\" (initialize only) or \"2026-07-28\" (stateless only)"));
-                ProtocolChoice::Auto
-            }
-        };
         Some(Runtime::Remote(RemoteSpec {
             url: url?,
             headers,
             ca_file,
             oauth,
-            protocol,
         }))
     }
 

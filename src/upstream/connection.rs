@@ -3,7 +3,7 @@
 //! (newline-delimited JSON-RPC over a pipe pair) lives here too; the HTTP transport in
 //! `super::http` feeds the same `dispatch`.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -12,8 +12,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
+use super::modern::Listening;
 use super::{Era, Handled, Outcome, UpstreamEvent};
 use crate::mcp::{Id, Message, Notification, Request, Response};
 use crate::sandbox::{BoxRead, BoxWrite};
@@ -76,20 +77,11 @@ pub struct Connection {
     pending: Mutex<HashMap<u64, Waiter>>,
     /// Set once the probe or the handshake has settled it; `Legacy` until then.
     era: OnceLock<Era>,
-    /// The resource URIs a 2026-07-28 server's `subscriptions/listen` stream asks updates for
-    /// (its transport watches this and reopens the stream when it changes).
-    listen: watch::Sender<ListenSet>,
-    /// The generation of [`ListenSet`] the server last acknowledged (`u64::MAX` once it is
-    /// known that nothing will be acknowledged).
-    listen_acked: watch::Sender<u64>,
-}
-
-/// What a 2026-07-28 server's listen stream should ask for, with a generation that grows with
-/// each change.
-#[derive(Debug, Default, Clone)]
-pub(super) struct ListenSet {
-    pub uris: BTreeSet<String>,
-    pub generation: u64,
+    /// A stdio connection, where a client cancels a request with `notifications/cancelled`
+    /// in every era (over HTTP, a 2026-07-28 client closes the request's stream instead).
+    stdio: bool,
+    /// 2026-07-28: the `subscriptions/listen` stream the transport keeps open.
+    listening: Listening,
 }
 
 impl Connection {
@@ -101,7 +93,7 @@ impl Connection {
         stdout: BoxRead,
         events: mpsc::Sender<UpstreamEvent>,
     ) -> (Arc<Connection>, tokio::task::JoinHandle<String>) {
-        let (conn, rx) = Connection::detached();
+        let (conn, rx) = Connection::new(true);
         tokio::spawn(write_loop(stdin, rx));
         let reader = tokio::spawn(read_loop(source, stdout, conn.clone(), events));
         (conn, reader)
@@ -110,16 +102,25 @@ impl Connection {
     /// A connection without a transport: the caller drains the returned outbox (messages as
     /// serialized JSON) and feeds what arrives to [`dispatch`].
     pub(super) fn detached() -> (Arc<Connection>, mpsc::Receiver<Bytes>) {
+        Connection::new(false)
+    }
+
+    fn new(stdio: bool) -> (Arc<Connection>, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
         let conn = Arc::new(Connection {
             outbox: tx,
             direct: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
             era: OnceLock::new(),
-            listen: watch::channel(ListenSet::default()).0,
-            listen_acked: watch::channel(0).0,
+            stdio,
+            listening: Listening::default(),
         });
         (conn, rx)
+    }
+
+    /// Whether this is a stdio connection.
+    pub(super) fn is_stdio(&self) -> bool {
+        self.stdio
     }
 
     /// The era the server on the other end speaks.
@@ -132,14 +133,9 @@ impl Connection {
         let _ = self.era.set(era);
     }
 
-    /// The resource URIs to listen to (2026-07-28 servers).
-    pub(super) fn listen(&self) -> &watch::Sender<ListenSet> {
-        &self.listen
-    }
-
-    /// Which generation of the listen set the server has acknowledged.
-    pub(super) fn listen_acked(&self) -> &watch::Sender<u64> {
-        &self.listen_acked
+    /// The `subscriptions/listen` stream of a 2026-07-28 server.
+    pub(super) fn listening(&self) -> &Listening {
+        &self.listening
     }
 
     /// From now on messages go to `direct` first. Set once; a second call is ignored.
@@ -224,6 +220,11 @@ impl Connection {
     pub(super) async fn respond(&self, id: Id, outcome: Outcome) {
         let msg = Message::Response(Response { id, outcome });
         let _ = self.send(msg.to_bytes()).await;
+    }
+
+    /// Stops waiting for request `id` (the caller ends it another way).
+    pub(super) fn forget_request(&self, id: u64) {
+        self.forget(id);
     }
 
     fn forget(&self, id: u64) {
@@ -374,6 +375,13 @@ pub(super) async fn dispatch_message(
             }
         }
         Message::Notification(message) => {
+            let message = match conn.era() {
+                Era::Modern => match conn.listening.incoming(message) {
+                    Some(m) => m,
+                    None => return Ok(()),
+                },
+                Era::Legacy => message,
+            };
             let (handled, done) = Handled::new();
             let ev = UpstreamEvent::Notification {
                 from: source.clone(),

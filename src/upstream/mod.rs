@@ -226,6 +226,7 @@ impl Upstream {
             state: state_tx,
             connection: connection.clone(),
             shutdown: shutdown_rx,
+            probe_broke: std::sync::atomic::AtomicBool::new(false),
         };
         tokio::spawn(sup.run());
         Arc::new(Upstream {
@@ -397,7 +398,7 @@ impl Upstream {
     /// server that is down have no one to act on them).
     pub async fn notify(&self, method: &str, params: Option<Box<RawValue>>) {
         if let Some(conn) = self.current() {
-            if conn.era() == Era::Modern && !modern::takes_notification(method) {
+            if conn.era() == Era::Modern && !modern::takes_notification(&conn, method) {
                 return;
             }
             conn.notify(method, params).await;

@@ -145,6 +145,22 @@ impl Gateway {
         }
     }
 
+    /// Polls `/ready` (30 s at most) until its body mentions `needle`; returns the body.
+    pub fn ready_says(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = http_get(&format!("{}/ready", self.base)).unwrap_or((0, String::new()));
+            if body.contains(needle) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/ready never said `{needle}`: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until `/ready` says every server is up.
     pub fn wait_ready(&self, limit: Duration) {
         let start = Instant::now();

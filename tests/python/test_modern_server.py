@@ -1,9 +1,9 @@
 """Servers of the 2026-07-28 era behind the gateway, used by the official Python SDK (2.3) as a
 client of every era: mode="2026-07-28" (stateless, no probe), mode="auto" (probes
 server/discover) and mode="legacy" (the initialize handshake). The servers are the SDK's own
-(tests/python/servers/modern_server.py), one speaking only 2026-07-28 and one dual-era, both over
-Streamable HTTP; the gateway speaks 2026-07-28 to both. So each pair of client era and server era
-is covered, for tools, prompts, resources, elicitation, sampling and roots (multi round-trip
+(tests/python/servers/modern_server.py): over Streamable HTTP one speaking only 2026-07-28 and one
+dual-era, and a dual-era one over stdio; the gateway probes each and speaks 2026-07-28 to all
+three. So each pair of client era and server era is covered, for tools, prompts, resources, elicitation, sampling and roots (multi round-trip
 requests for a 2026-07-28 client, requests on the session's stream for a 2025-era one), progress,
 logs, list changes and resource updates, and cancellation. (tests/python/test_modern_client.py
 covers 2025-era servers.)"""
@@ -27,7 +27,8 @@ from mcp_types import CreateMessageResult, ElicitResult, ListRootsResult, Root, 
 pytestmark = pytest.mark.anyio
 
 MODES = ["2026-07-28", "auto", "legacy"]
-SERVERS = ["modern", "dual"]
+SERVERS = ["modern", "dual", "stdio"]
+HTTP_SERVERS = ["modern", "dual"]
 SCRIPT = Path(__file__).parent / "servers" / "modern_server.py"
 
 
@@ -43,12 +44,16 @@ def free_port() -> int:
 
 
 class Server:
-    """modern_server.py in one mode on a free loopback port."""
+    """modern_server.py in one mode on a free loopback port (stdio: started by the gateway)."""
 
     def __init__(self, mode: str, folder: Path):
         self.port = free_port()
         self.log = folder / f"{mode}.jsonl"
         python = _need(PEERS / "venv" / "bin" / "python")
+        self.command = [str(python), str(SCRIPT), mode, str(self.port), str(self.log)]
+        self.proc = None
+        if mode == "stdio":
+            return
         self.proc = subprocess.Popen(
             [str(python), str(SCRIPT), mode, str(self.port), str(self.log)],
             stdout=subprocess.DEVNULL,
@@ -71,6 +76,8 @@ class Server:
         return [json.loads(line) for line in self.log.read_text().splitlines() if line.strip()]
 
     def stop(self) -> None:
+        if self.proc is None:
+            return
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
@@ -92,6 +99,16 @@ def servers():
 def modern_gateway(servers):
     policy = '[gateway]\nlisten = "127.0.0.1:0"\nrequest_timeout = "30s"\n'
     for name, s in servers.items():
+        if name == "stdio":
+            command, *args = s.command
+            policy += f"""
+[servers.{name}]
+runtime = "process"
+command = "{command}"
+args = {json.dumps(args)}
+roots = ["file:///policy-root"]
+"""
+            continue
         policy += f"""
 [servers.{name}]
 runtime = "remote"
@@ -141,9 +158,11 @@ async def test_tools_prompts_and_resources(modern_gateway, servers, server, mode
         assert read.contents[0].text == "static text of a modern server"
         templates = (await c.list_resource_templates()).resource_templates
         assert any(t.uri_template == f"test://{server}/items/{{item}}" for t in templates)
-    # Whatever the client's era, the server saw 2026-07-28 requests only.
-    seen = [e for e in servers[server].entries() if "headers" in e]
-    assert seen and all(e["headers"].get("mcp-protocol-version") == "2026-07-28" for e in seen)
+        # Whatever the client's era, the server is spoken to in 2026-07-28.
+        assert texts(await c.call_tool(f"{server}__era", {})) == "2026-07-28"
+    if server in HTTP_SERVERS:
+        seen = [e for e in servers[server].entries() if "headers" in e]
+        assert seen and all(e["headers"].get("mcp-protocol-version") == "2026-07-28" for e in seen)
 
 
 @pytest.mark.parametrize("server", SERVERS)
@@ -216,13 +235,16 @@ async def test_progress_and_logs_reach_the_caller(modern_gateway, server, mode):
     assert not any("steps debug message" in d for d in data), "below the requested level"
 
 
+@pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize("mode", ["2026-07-28", "auto"])
-async def test_listen_hears_a_modern_servers_changes(modern_gateway, mode):
+async def test_listen_hears_a_modern_servers_changes(modern_gateway, server, mode):
+    fresh = f"fresh_{mode.replace('-', '_')}"
     async with client(modern_gateway, mode) as c, client(modern_gateway, mode) as other:
-        async with c.listen(tools_list_changed=True, resource_subscriptions=["test://modern/static"]) as sub:
-            assert sub.honored.resource_subscriptions == ["test://modern/static"]
-            await other.call_tool("modern__add_tool", {"name": f"fresh_{mode.replace('-', '_')}"})
-            await other.call_tool("modern__touch", {"uri": "test://modern/static"})
+        uri = f"test://{server}/static"
+        async with c.listen(tools_list_changed=True, resource_subscriptions=[uri]) as sub:
+            assert sub.honored.resource_subscriptions == [uri]
+            await other.call_tool(f"{server}__add_tool", {"name": fresh})
+            await other.call_tool(f"{server}__touch", {"uri": uri})
             events = set()
             with anyio.fail_after(15):
                 async for event in sub:
@@ -230,10 +252,11 @@ async def test_listen_hears_a_modern_servers_changes(modern_gateway, mode):
                     if {"ToolsListChanged", "ResourceUpdated"} <= events:
                         break
         names = {t.name for t in (await c.list_tools()).tools}
-        assert f"modern__fresh_{mode.replace('-', '_')}" in names
+        assert f"{server}__{fresh}" in names
 
 
-async def test_a_legacy_session_hears_a_modern_servers_changes(modern_gateway):
+@pytest.mark.parametrize("server", SERVERS)
+async def test_a_legacy_session_hears_a_modern_servers_changes(modern_gateway, server):
     heard: list[str] = []
 
     async def on_message(message):
@@ -244,27 +267,32 @@ async def test_a_legacy_session_hears_a_modern_servers_changes(modern_gateway):
     async with client(modern_gateway, "legacy", message_handler=on_message) as c, client(
         modern_gateway, "legacy"
     ) as other:
-        await c.subscribe_resource("test://modern/items/7")
-        await other.call_tool("dual__add_tool", {"name": "fresh_legacy"})
-        await other.call_tool("modern__touch", {"uri": "test://modern/items/7"})
+        await c.subscribe_resource(f"test://{server}/items/7")
+        await other.call_tool(f"{server}__add_tool", {"name": "fresh_legacy"})
+        await other.call_tool(f"{server}__touch", {"uri": f"test://{server}/items/7"})
         # An update of a resource nobody subscribed to reaches no one.
-        await other.call_tool("modern__touch", {"uri": "test://modern/items/8"})
+        await other.call_tool(f"{server}__touch", {"uri": f"test://{server}/items/8"})
         with anyio.fail_after(15):
             while not {"notifications/tools/list_changed", "notifications/resources/updated"} <= set(heard):
                 await anyio.sleep(0.1)
-        assert "dual__fresh_legacy" in {t.name for t in (await c.list_tools()).tools}
+        assert f"{server}__fresh_legacy" in {t.name for t in (await c.list_tools()).tools}
         await anyio.sleep(0.3)
     assert heard.count("notifications/resources/updated") == 1, heard
 
 
+@pytest.mark.parametrize("server", SERVERS)
 @pytest.mark.parametrize("mode", MODES)
-async def test_abandoning_a_call_cancels_it_at_the_server(modern_gateway, servers, mode):
-    before = sum(1 for e in servers["modern"].entries() if e.get("cancelled") == "slow")
+async def test_abandoning_a_call_cancels_it_at_the_server(modern_gateway, servers, server, mode):
+    # Over HTTP the gateway closes the request's stream; over stdio it sends notifications/cancelled.
+    def cancelled():
+        return sum(1 for e in servers[server].entries() if e.get("cancelled") == "slow")
+
+    before = cancelled()
     async with client(modern_gateway, mode) as c:
         started = time.monotonic()
         with anyio.move_on_after(1.0):
-            await c.call_tool("modern__slow", {"seconds": 30})
+            await c.call_tool(f"{server}__slow", {"seconds": 30})
         assert time.monotonic() - started < 5
         with anyio.fail_after(10):
-            while sum(1 for e in servers["modern"].entries() if e.get("cancelled") == "slow") <= before:
+            while cancelled() <= before:
                 await anyio.sleep(0.1)

@@ -194,7 +194,7 @@ pub(super) async fn connect(
         client_capabilities: server.client_capabilities,
         mirrors: modern::Mirrors::default(),
     });
-    if let Some(info) = remote.probe(spec.protocol).await? {
+    if let Some(info) = remote.probe(server.protocol).await? {
         conn.set_era(super::Era::Modern);
         remote.start_tasks(Mode::Modern, outbox, None);
         let caps = info.capabilities.clone();

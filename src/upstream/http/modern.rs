@@ -15,7 +15,7 @@
 //!   like any server notification, without the stream's `subscriptionId`. A server that cannot
 //!   be reached to reopen it is gone: the supervisor reconnects (and probes again).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -25,13 +25,13 @@ use http::{Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use super::{dispatch_message, is_sse, Remote, SendError, SseReader};
 use crate::mcp::headers::{self, ParamHeader};
-use crate::mcp::{meta, methods, Id, Message, Notification, Request as RpcRequest};
+use crate::mcp::{methods, Id, Message, Request as RpcRequest};
 use crate::policy::ProtocolChoice;
-use crate::upstream::modern::envelope;
+use crate::upstream::modern::listen;
 use crate::upstream::modern::probe::{self, Verdict, VERSION};
 use crate::upstream::InitInfo;
 
@@ -113,51 +113,6 @@ async fn read_probe_body(resp: http::Response<hyper::body::Incoming>) -> Bytes {
     .and_then(Result::ok)
     .map(|c| c.to_bytes())
     .unwrap_or_default()
-}
-
-/// The `notifications` filter of the gateway's listen stream; `None` when there is nothing to
-/// listen for.
-fn listen_filter(caps: &Value, uris: &BTreeSet<String>) -> Option<Value> {
-    let flag = |kind: &str, key: &str| {
-        caps.get(kind)
-            .and_then(|c| c.get(key))
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
-    };
-    let mut f = Map::new();
-    for (kind, field) in [
-        ("tools", "toolsListChanged"),
-        ("prompts", "promptsListChanged"),
-        ("resources", "resourcesListChanged"),
-    ] {
-        if flag(kind, "listChanged") {
-            f.insert(field.into(), Value::Bool(true));
-        }
-    }
-    if flag("resources", "subscribe") && !uris.is_empty() {
-        f.insert("resourceSubscriptions".into(), json!(uris));
-    }
-    (!f.is_empty()).then_some(Value::Object(f))
-}
-
-/// `n` without the listen stream's `subscriptionId` (ours, not the client's).
-fn without_subscription_id(mut n: Notification) -> Notification {
-    let Some(raw) = n.params.as_deref() else {
-        return n;
-    };
-    if !raw.get().contains(meta::SUBSCRIPTION_ID) {
-        return n;
-    }
-    if let Ok(Value::Object(mut params)) = serde_json::from_str::<Value>(raw.get()) {
-        if let Some(Value::Object(m)) = params.get_mut("_meta") {
-            m.remove(meta::SUBSCRIPTION_ID);
-            if m.is_empty() {
-                params.remove("_meta");
-            }
-        }
-        n.params = Some(crate::mcp::to_raw(&params));
-    }
-    n
 }
 
 impl Remote {
@@ -310,36 +265,33 @@ impl Remote {
     /// Keeps a `subscriptions/listen` stream open while the server lives (see the module
     /// documentation); `caps` are the server's capabilities from its discover result.
     pub(super) async fn listen_loop(self: std::sync::Arc<Self>, caps: Value) {
-        let mut uris = self.conn.listen().subscribe();
+        let mut uris = self.conn.listening().watch();
         let mut wait = LISTEN_RETRY_START;
         let mut n = 0u64;
-        let acked = self.conn.listen_acked();
+        let listening = self.conn.listening();
         while !self.is_dead() {
             let (filter, generation) = {
                 let set = uris.borrow_and_update();
-                (listen_filter(&caps, &set.uris), set.generation)
+                (listen::filter(&caps, &set.uris), set.generation)
             };
             let Some(filter) = filter else {
-                acked.send_replace(generation);
+                listening.settled(generation);
                 if uris.changed().await.is_err() {
                     return;
                 }
                 continue;
             };
             n += 1;
-            let params = envelope::encode(
-                &Map::from_iter([("notifications".to_owned(), filter)]),
-                None,
-                self.client_capabilities,
-            );
+            let id = Id::Str(format!("pc-listen-{n}"));
+            listening.opened(id.clone(), generation);
             let msg = Message::Request(RpcRequest {
-                id: Id::Str(format!("pc-listen-{n}")),
+                id,
                 method: methods::SUBSCRIPTIONS_LISTEN.to_owned(),
-                params: Some(params),
+                params: Some(listen::params(filter, self.client_capabilities)),
             })
             .to_bytes();
             let ended = tokio::select! {
-                e = self.listen_once(msg, generation) => e,
+                e = self.listen_once(msg) => e,
                 // A new set of URIs: dropping the stream ends the old subscription.
                 r = uris.changed() => match r {
                     Ok(()) => continue,
@@ -349,7 +301,7 @@ impl Remote {
             let failed = match ended {
                 Ended::Unsupported(why) => {
                     tracing::info!(server = %self.server, reason = %why, "the server offers no subscriptions/listen; list changes are not followed");
-                    acked.send_replace(u64::MAX);
+                    listening.settled(u64::MAX);
                     return;
                 }
                 Ended::Lost(why) => {
@@ -375,7 +327,7 @@ impl Remote {
         }
     }
 
-    async fn listen_once(&self, msg: Bytes, generation: u64) -> Ended {
+    async fn listen_once(&self, msg: Bytes) -> Ended {
         let req = match self.build_modern(&self.url, msg).await {
             Ok(r) => r,
             Err(e) => return Ended::Failed(e),
@@ -416,12 +368,8 @@ impl Remote {
                 continue;
             }
             match Message::parse(ev.data.as_bytes()) {
-                Ok(Message::Notification(n)) if n.method == methods::SUBSCRIPTIONS_ACKNOWLEDGED => {
-                    tracing::debug!(server = %self.server, generation, "subscriptions/listen acknowledged");
-                    self.conn.listen_acked().send_replace(generation);
-                }
-                Ok(Message::Notification(n)) => {
-                    let m = Message::Notification(without_subscription_id(n));
+                // The acknowledgement and the subscription id are the connection's business.
+                Ok(m @ Message::Notification(_)) => {
                     if let Err(reason) =
                         dispatch_message(&self.source, &self.conn, &self.events, m, None).await
                     {
@@ -445,36 +393,7 @@ impl Remote {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_filter_follows_capabilities_and_subscriptions() {
-        let caps = json!({"tools": {"listChanged": true}, "resources": {"subscribe": true}});
-        let none = BTreeSet::new();
-        assert_eq!(
-            listen_filter(&caps, &none),
-            Some(json!({"toolsListChanged": true}))
-        );
-        let uris: BTreeSet<String> = ["file:///a".to_owned()].into();
-        assert_eq!(
-            listen_filter(&caps, &uris),
-            Some(json!({"toolsListChanged": true, "resourceSubscriptions": ["file:///a"]}))
-        );
-        assert_eq!(listen_filter(&json!({"tools": {}}), &uris), None);
-    }
-
-    #[test]
-    fn the_subscription_id_is_removed_and_the_rest_kept() {
-        let n = Notification {
-            method: "notifications/resources/updated".into(),
-            params: Some(crate::mcp::to_raw(&json!({
-                "uri": "file:///a",
-                "_meta": {"io.modelcontextprotocol/subscriptionId": "pc-listen-1", "k": 1}
-            }))),
-        };
-        let out: Value =
-            serde_json::from_str(without_subscription_id(n).params.unwrap().get()).unwrap();
-        assert_eq!(out, json!({"uri": "file:///a", "_meta": {"k": 1}}));
-    }
+    use serde_json::json;
 
     #[test]
     fn mirrors_are_learned_from_tool_lists() {

@@ -20,6 +20,7 @@
 
 pub(super) mod envelope;
 mod input;
+pub(super) mod listen;
 pub(super) mod probe;
 
 use std::sync::Arc;
@@ -33,6 +34,7 @@ use super::{Outcome, Upstream, UpstreamError};
 use crate::mcp::error::error_object;
 use crate::mcp::{methods, ErrorCode, RequestContext};
 pub(super) use input::Asks;
+pub(super) use listen::Listening;
 
 /// Rounds of input one request may ask for before the gateway gives up on it.
 const MAX_ROUNDS: usize = 16;
@@ -50,10 +52,11 @@ pub(super) struct Call<'a> {
     pub timeout: Duration,
 }
 
-/// Whether a client notification is sent to a modern server over HTTP: none is (the core
-/// protocol defines no client notifications there; cancellation is closing the stream).
-pub(super) fn takes_notification(_method: &str) -> bool {
-    false
+/// Whether a client notification is sent to a modern server: over stdio only
+/// `notifications/cancelled` (the one client notification the revision keeps), over HTTP none
+/// (cancellation is closing the request's stream).
+pub(super) fn takes_notification(conn: &Connection, method: &str) -> bool {
+    conn.is_stdio() && method == methods::CANCELLED
 }
 
 fn ok_empty() -> Outcome {
@@ -91,25 +94,11 @@ impl Upstream {
                     ));
                 };
                 let on = call.method == methods::RESOURCES_SUBSCRIBE;
-                let mut generation = None;
-                conn.listen().send_if_modified(|set| {
-                    let changed = if on {
-                        set.uris.insert(uri.to_owned())
-                    } else {
-                        set.uris.remove(uri)
-                    };
-                    if changed {
-                        set.generation += 1;
-                        generation = Some(set.generation);
-                    }
-                    changed
-                });
+                let generation = conn.listening().change(uri, on);
                 // Answered once the server has acknowledged the new stream (bounded), so that
                 // an update right after the answer is not lost.
                 if let (true, Some(g)) = (on, generation) {
-                    let mut acked = conn.listen_acked().subscribe();
-                    let _ =
-                        tokio::time::timeout(LISTEN_ACK_WAIT, acked.wait_for(|a| *a >= g)).await;
+                    conn.listening().acknowledged(g, LISTEN_ACK_WAIT).await;
                 }
                 return Ok(ok_empty());
             }

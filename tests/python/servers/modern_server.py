@@ -1,6 +1,6 @@
 """A remote MCP server of the 2026-07-28 era for the gateway's tests, on the Python SDK 2.3.
 
-    python modern_server.py {modern|dual|legacy} PORT LOG
+    python modern_server.py {modern|dual|legacy|stdio} PORT LOG
 
 `dual`: the SDK's Streamable HTTP app as it is, which serves both eras on one endpoint.
 `modern`: the same app behind a filter that refuses everything of the 2025 era, as a server
@@ -9,6 +9,7 @@ with an UnsupportedProtocolVersionError naming the one revision it serves, GET a
 405. So a 2025-era client reaches it only through a gateway that speaks 2026-07-28 upstream.
 `legacy`: the reverse, a server that predates 2026-07-28: a 2026-07-28 request gets the 400
 "no session" answer a 2025-era Streamable HTTP server gives to a request outside a session.
+`stdio`: the SDK's stdio server (dual-era: the first request decides the era), PORT unused.
 
 Every HTTP request is appended to LOG as one JSON object per line (method, headers, JSON-RPC
 body), each answer as `{"reply": TEXT}` (JSON or SSE text, the first 64 KiB) once it is
@@ -60,6 +61,12 @@ def answer(ctx: Context, key: str):
 def echo(text: str) -> str:
     """Returns its input."""
     return f"echo: {text}"
+
+
+@server.tool()
+def era(ctx: Context) -> str:
+    """The protocol revision this request came in."""
+    return str(ctx.protocol_version)
 
 
 @server.tool()
@@ -245,4 +252,7 @@ def logged(app):
     return wrapped
 
 
-uvicorn.run(logged(server.streamable_http_app(host="127.0.0.1")), host="127.0.0.1", port=port, log_level="warning")
+if mode == "stdio":
+    server.run("stdio")
+else:
+    uvicorn.run(logged(server.streamable_http_app(host="127.0.0.1")), host="127.0.0.1", port=port, log_level="warning")
