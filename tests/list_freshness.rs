@@ -16,7 +16,7 @@ async fn a_list_is_read_again_when_its_freshness_runs_out() {
         return;
     }
     let policy = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[servers.shapes]\nruntime = \"process\"\ncommand = \"{{peers}}/venv/bin/python\"\nargs = [\"{}\"]\nenv = {{ SHAPES_TTL_MS = \"1000\", SHAPES_LOG = \"{{tmp}}/shapes.log\" }}\n",
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[servers.shapes]\nruntime = \"process\"\ncommand = \"{{peers}}/venv/bin/python\"\nargs = [\"{}\"]\nenv = {{ SHAPES_TTL_MS = \"1000\", SHAPES_LOG = \"{{shared}}/shapes.log\" }}\nmounts = [{{ source = \"{{shared}}\", target = \"{{shared}}\", read_only = false }}]\n",
         common::repo_root()
             .join("tests/python/servers/stateless_shapes.py")
             .display()
@@ -40,7 +40,7 @@ async fn a_list_is_read_again_when_its_freshness_runs_out() {
         );
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let reads = std::fs::read_to_string(gw.dir().join("shapes.log"))
+    let reads = std::fs::read_to_string(gw.dir().join("shared/shapes.log"))
         .unwrap_or_default()
         .lines()
         .filter(|l| l.contains("\"tools/list\""))

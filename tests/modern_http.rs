@@ -19,7 +19,7 @@ const BOB: &str = "bob-modern-token";
 
 fn shapes_server() -> String {
     format!(
-        "[servers.shapes]\nruntime = \"process\"\ncommand = \"{{peers}}/venv/bin/python\"\nargs = [\"{}\"]\nenv = {{ SHAPES_LOG = \"{{tmp}}/shapes.log\" }}\n",
+        "[servers.shapes]\nruntime = \"process\"\ncommand = \"{{peers}}/venv/bin/python\"\nargs = [\"{}\"]\nenv = {{ SHAPES_LOG = \"{{shared}}/shapes.log\" }}\nmounts = [{{ source = \"{{shared}}\", target = \"{{shared}}\", read_only = false }}]\n",
         common::repo_root()
             .join("tests/python/servers/stateless_shapes.py")
             .display()
@@ -471,7 +471,7 @@ async fn a_servers_own_request_state_and_task_ids_reach_the_client_only_sealed()
     ));
     let alice = client(&gw, Some(ALICE));
     let bob = client(&gw, Some(BOB));
-    let log = gw.dir().join("shapes.log");
+    let log = gw.dir().join("shared/shapes.log");
 
     let first = request(
         &alice,

@@ -49,7 +49,8 @@ listen = "127.0.0.1:0"
 [servers.sdk]
 runtime = "process"
 command = "{python}"
-args = ["{script}", "stdio", "0", "{{tmp}}/sdk.log"]
+args = ["{script}", "stdio", "0", "{{shared}}/sdk.log"]
+mounts = [{{ source = "{{shared}}", target = "{{shared}}", read_only = false }}]
 
 [servers.silent]
 runtime = "process"

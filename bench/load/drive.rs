@@ -34,8 +34,8 @@ pub struct Target {
 pub enum Work {
     /// `tools/call` of this tool with `{"text": "..."}`.
     Call(String),
-    /// `tools/list` (first page).
-    List,
+    /// A list method (`tools/list`, `resources/list`), first page.
+    List(&'static str),
     /// The same as stateless 2026-07-28 requests: no session, the envelope in `_meta`, the
     /// request metadata headers.
     ModernCall(String),
@@ -237,7 +237,9 @@ impl Session {
             Work::Call(tool) => format!(
                 r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"bench-{id}"}}}}}}"#
             ),
-            Work::List => format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#),
+            Work::List(method) => {
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}"}}"#)
+            }
             Work::ModernCall(tool) => format!(
                 r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"bench-{id}"}},{ENVELOPE}}}}}"#
             ),

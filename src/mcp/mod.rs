@@ -4,6 +4,7 @@
 
 pub mod context;
 pub mod error;
+pub mod head;
 pub mod headers;
 pub mod message;
 pub mod meta;
@@ -14,6 +15,6 @@ pub mod result;
 pub use context::{ClientCaps, LogLevel, RequestContext, TraceContext};
 pub use error::ErrorCode;
 pub use message::{
-    error_response_bytes, error_response_with_data, to_raw, Body, Id, Message, Notification,
-    ParseError, Request, Response,
+    error_response_bytes, error_response_with_data, is_notification, to_raw, Body, Id, Message,
+    Notification, ParseError, Request, Response,
 };

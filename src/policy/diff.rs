@@ -20,7 +20,8 @@ pub struct PolicyDiff {
     pub revoked: Vec<String>,
     /// `[auth]` changed (JWT settings, advertised metadata).
     pub auth: bool,
-    /// Router settings of `[gateway]` that apply live (`request_timeout`, `page_size`, `naming`).
+    /// Router settings of `[gateway]` that apply live (`request_timeout`, `page_size`, `naming`,
+    /// the pacing of list changes).
     pub gateway: Vec<&'static str>,
 }
 
@@ -141,6 +142,13 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     if old.effective_naming() != new.effective_naming() {
         gateway.push("gateway.naming");
     }
+    let (o, n) = (&old.gateway.list_changes, &new.gateway.list_changes);
+    if o.interval != n.interval {
+        gateway.push("gateway.list_changed_interval");
+    }
+    if (o.unstable_after, o.window) != (n.unstable_after, n.window) {
+        gateway.push("gateway.unstable_list_changes");
+    }
     PolicyDiff {
         servers,
         clients,
@@ -175,7 +183,7 @@ fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
             _ => "runtime",
         });
     }
-    keys.extend(differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout, protocol));
+    keys.extend(differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes, protocol));
     keys
 }
 
@@ -200,10 +208,12 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
     }
     keep!(
         listen => "gateway.listen",
+        admin_listen => "gateway.admin_listen",
         tls => "gateway.tls",
         allowed_origins => "gateway.allowed_origins",
         allowed_hosts => "gateway.allowed_hosts",
         max_body_bytes => "gateway.max_body_bytes",
+        max_message_bytes => "gateway.max_message_bytes",
         session_idle_timeout => "gateway.session_idle_timeout",
         unused_session_timeout => "gateway.unused_session_timeout",
         max_sessions => "gateway.max_sessions",

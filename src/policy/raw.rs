@@ -97,10 +97,12 @@ pub struct RawSink {
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     pub listen: Option<Str>,
+    pub admin_listen: Option<Str>,
     pub naming: Option<Str>,
     pub allowed_origins: Option<Vec<Str>>,
     pub allowed_hosts: Option<Vec<Str>>,
     pub max_body_bytes: Option<Spanned<Value>>,
+    pub max_message_bytes: Option<Spanned<Value>>,
     pub request_timeout: Option<Spanned<Value>>,
     pub session_idle_timeout: Option<Spanned<Value>>,
     pub unused_session_timeout: Option<Spanned<Value>>,
@@ -113,6 +115,9 @@ pub struct RawGateway {
     #[serde(default, deserialize_with = "in_tls")]
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
+    pub list_changed_interval: Option<Spanned<Value>>,
+    pub unstable_list_changes: Option<Spanned<u64>>,
+    pub unstable_window: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -158,6 +163,8 @@ pub struct RawServer {
     pub cwd: Option<Str>,
     pub image: Option<Str>,
     pub user: Option<Str>,
+    /// A process server may run as uid 0 only with this set.
+    pub allow_root: Option<Spanned<bool>>,
     #[serde(default, deserialize_with = "in_mounts")]
     pub mounts: Option<Spanned<Vec<RawMount>>>,
     pub pool: Option<Spanned<u64>>,
@@ -182,6 +189,7 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
+    pub max_message_bytes: Option<Spanned<Value>>,
     pub roots: Option<Vec<Str>>,
     pub client_capabilities: Option<Vec<Str>>,
     pub log_rate: Option<Spanned<Value>>,

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 
 use super::catalog::{Catalog, Kind};
 use super::{Failure, Router};
-use crate::access::{Identity, ToolRules};
+use crate::access::{Identity, Rules};
 use crate::mcp::ErrorCode;
 
 /// Pages kept before the cache starts over (a page per client, list and cursor).
@@ -23,7 +23,7 @@ struct Key {
 /// A page and what it was computed from; stale once any of these differs.
 struct Page {
     generation: u64,
-    rules: Arc<ToolRules>,
+    rules: Arc<Rules>,
     page_size: usize,
     json: Arc<str>,
 }
@@ -59,10 +59,8 @@ impl Router {
                 }
             }
         }
-        let page = Catalog::page_of(&agg, kind, cursor, page_size, &|r| {
-            rules.permits(&r.server, &r.name)
-        })
-        .map_err(|e| Failure::Gateway(ErrorCode::INVALID_PARAMS, e.to_string()))?;
+        let page = Catalog::page_of(&agg, kind, cursor, page_size, &|t| rules.allows(t))
+            .map_err(|e| Failure::Gateway(ErrorCode::INVALID_PARAMS, e.to_string()))?;
         let json: Arc<str> = Arc::from(page.get());
         if let Ok(mut pages) = self.pages.pages.lock() {
             if pages.len() >= MAX_PAGES {

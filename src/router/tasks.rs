@@ -5,7 +5,10 @@
 use std::sync::Arc;
 
 use super::audit_trail::AuditTrail;
-use super::{object_params, Answer, Failure, MessageSink, Router};
+use super::dispatch::object_params;
+use super::{Answer, Failure, MessageSink, Router};
+use crate::access::{Decision, Target};
+use crate::audit::Outcome;
 use crate::mcp::ErrorCode;
 use crate::router::Inbound;
 
@@ -28,30 +31,30 @@ impl Router {
         } = inbound;
         let id = request.id.clone();
         let fail = |f: Failure| f.answer(&id);
-        if !self.access.rules(&identity.client).permits(&server, tool) {
-            let reason = format!(
-                "client `{}` may no longer call `{server}__{tool}`, whose task this is",
-                identity.client
-            );
-            self.audit.record_later(AuditTrail::denied(
-                Some(&identity),
-                Some(&session),
-                Some(&server),
-                Some(tool),
-                crate::audit::Outcome::Error(ErrorCode::FORBIDDEN.0),
-                &reason,
+        let target = Target::Tool {
+            server: &server,
+            name: tool,
+        };
+        let refused = |outcome, reason: &str| {
+            self.audit.record_later(AuditTrail::refused(
+                &identity,
+                &session,
+                &request.method,
+                &target,
+                outcome,
+                reason,
             ));
-            return Err(fail(Failure::Gateway(ErrorCode::FORBIDDEN, reason)));
-        }
+        };
+        let permit = match self.access.decide(&identity, &target) {
+            Decision::Allow(p) => p,
+            Decision::Deny(d) => {
+                let reason = format!("{}; the task was made by that tool", d.reason);
+                refused(Outcome::Error(ErrorCode::FORBIDDEN.0), &reason);
+                return Err(fail(Failure::Gateway(ErrorCode::FORBIDDEN, reason)));
+            }
+        };
         if let Err(l) = self.access.limits.check(&identity.client, &server, None) {
-            self.audit.record_later(AuditTrail::denied(
-                Some(&identity),
-                Some(&session),
-                Some(&server),
-                Some(tool),
-                crate::audit::Outcome::RateLimited,
-                &l.scope,
-            ));
+            refused(Outcome::RateLimited, &l.scope);
             return Err(fail(Failure::Limited(l)));
         }
         let params = object_params(request.params.as_deref()).map_err(fail)?;
@@ -59,7 +62,7 @@ impl Router {
             &session,
             &identity,
             &id,
-            &server,
+            permit,
             &request.method,
             params,
             &context,

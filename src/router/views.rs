@@ -105,7 +105,7 @@ impl Router {
         id: &Id,
     ) -> Result<Arc<str>, Answer> {
         self.wait_settled().await;
-        super::cursor_param(params)
+        super::dispatch::cursor_param(params)
             .and_then(|cursor| self.cached_page(kind, cursor, identity))
             .map_err(|f| f.answer(id))
     }

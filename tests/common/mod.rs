@@ -17,8 +17,22 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The gateway binary under test: this build's, or `PORTCULLIS_BIN` (as for the Python tests),
+/// which runs a test against another build, such as the one before a fix.
 pub fn gateway_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+    std::env::var_os("PORTCULLIS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")))
+}
+
+/// The `token_sha256` a policy names for bearer token `token`.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn bench_echo_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portcullis-bench-echo"))
 }
 
 pub fn fixture_bin() -> PathBuf {
@@ -76,14 +90,29 @@ impl Gateway {
     /// [`Gateway::spawn`] as another user (`uid`, e.g. 65534 to see what happens without
     /// root); the policy's folder is then made readable for it.
     pub fn spawn_as(policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
+        Self::spawn_bin(&gateway_bin(), policy, env, uid)
+    }
+
+    /// [`Gateway::start_with`] with another gateway binary (a benchmark's baseline build).
+    pub fn start_bin(bin: &Path, policy: &str, env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::spawn_bin(bin, policy, env, None);
+        gw.wait_ready(Duration::from_secs(60));
+        gw
+    }
+
+    fn spawn_bin(bin: &Path, policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
+        if policy.contains("{shared}") {
+            shared_dir(dir.path());
+        }
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
             .replace("{peers}", &repo_root().join(".peers").display().to_string())
+            .replace("{shared}", &dir.path().join("shared").display().to_string())
             .replace("{tmp}", &dir.path().display().to_string());
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, text).expect("write policy");
-        let mut cmd = Command::new(gateway_bin());
+        let mut cmd = Command::new(bin);
         if let Some(uid) = uid {
             use std::os::unix::fs::PermissionsExt;
             use std::os::unix::process::CommandExt;
@@ -278,6 +307,18 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `{shared}` in a policy: `DIR/shared`, a folder that confined process servers (another user,
+/// a private `/tmp`) can write when the policy mounts it, e.g. for a test server's log:
+/// `mounts = [{ source = "{shared}", target = "{shared}", read_only = false }]`. The gateway's
+/// folder becomes traversable (not listable) by others for it.
+fn shared_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).expect("create the shared folder");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
 }
 
 /// Minimal blocking GET for readiness polling (keeps the harness free of async).

@@ -11,6 +11,7 @@ covers 2025-era servers.)"""
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -88,6 +89,8 @@ class Server:
 @pytest.fixture(scope="module")
 def servers():
     folder = tempfile.TemporaryDirectory()
+    # The stdio server runs confined, as another user: its log folder must be writable for it.
+    os.chmod(folder.name, 0o777)
     started = {mode: Server(mode, Path(folder.name)) for mode in SERVERS}
     yield started
     for s in started.values():
@@ -107,6 +110,7 @@ runtime = "process"
 command = "{command}"
 args = {json.dumps(args)}
 roots = ["file:///policy-root"]
+mounts = [{{ source = "{s.log.parent}", target = "{s.log.parent}", read_only = false }}]
 """
             continue
         policy += f"""

@@ -37,9 +37,9 @@ use serde_json::{json, Map, Value};
 use super::reply::{self, Reply, PROTOCOL_HEADER, SESSION_HEADER};
 use super::Shared;
 use crate::access::Identity;
+use crate::audit::{AuditEvent, Kind as AuditKind};
 use crate::bridge::Call;
 use crate::mcp::{meta, methods, protocol, Body, ErrorCode, Id, Message, Request};
-use crate::router::audit_trail::AuditTrail;
 use crate::router::catalog::Kind;
 use crate::router::Answer;
 use envelope::{Decoded, Rejection};
@@ -259,17 +259,20 @@ fn refused(shared: &Shared, identity: &Identity, req: &Request, rej: &Rejection)
         .unwrap_or_default();
     let owner = shared.router.owner_of(&req.method, &params);
     tracing::warn!(client = %identity.client, method = %req.method, reason = %rej.message, "request refused: its headers disagree with its body");
-    shared.audit.record_later(
-        AuditTrail::denied(
-            Some(identity),
-            None,
-            owner.as_ref().map(|(s, _)| &**s),
-            owner.as_ref().map(|(_, n)| n.as_str()),
-            crate::audit::Outcome::Error(rej.code.0),
-            &rej.message,
-        )
-        .method(req.method.clone()),
-    );
+    // No session to name: a stateless request has none.
+    let mut event = AuditEvent::new(AuditKind::Denied)
+        .outcome(crate::audit::Outcome::Error(rej.code.0))
+        .detail(&rej.message)
+        .client(identity.client.to_string())
+        .method(req.method.clone());
+    if let Some((server, item)) = &owner {
+        event = event.server(&**server);
+        event = match req.method.as_str() {
+            methods::TOOLS_CALL => event.tool(item),
+            _ => event.item(item),
+        };
+    }
+    shared.audit.record_later(event);
 }
 
 fn call(identity: Identity, d: Decoded) -> Call {

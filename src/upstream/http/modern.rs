@@ -348,21 +348,26 @@ impl Remote {
         }
         if !is_sse(resp.headers()) {
             // An immediate JSON answer: an error (or a closure) instead of a stream.
-            let body = super::read_json_body(resp.into_body(), Duration::from_secs(5))
-                .await
-                .unwrap_or_default();
+            let body = super::body::json(
+                resp.into_body(),
+                None,
+                PROBE_BODY_BYTES,
+                Duration::from_secs(5),
+            )
+            .await
+            .unwrap_or_default();
             return match probe::error_in_body(&body) {
                 Some(e) if e.contains("-32601") => Ended::Unsupported(e),
                 Some(e) => Ended::Failed(e),
                 None => Ended::Closed,
             };
         }
-        let mut reader = SseReader::new(resp.into_body());
+        let mut reader = SseReader::new(resp.into_body(), self.source.max_message_bytes);
         loop {
             let ev = match reader.next().await {
                 Ok(Some(ev)) => ev,
                 Ok(None) => return Ended::Closed,
-                Err(e) => return Ended::Failed(e),
+                Err(e) => return Ended::Failed(e.to_string()),
             };
             if ev.event != "message" || ev.data.trim().is_empty() {
                 continue;

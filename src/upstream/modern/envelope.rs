@@ -9,7 +9,9 @@
 //!   gateway, which answers `roots/list` from the policy when the caller cannot; a
 //!   2026-07-28 caller answers multi round-trip requests itself, so only its own capabilities
 //!   count. The tasks extension is declared only for a caller that declared it.
-//! - `logLevel`: the caller's, when it asked for logs.
+//! - `logLevel`: the caller's, when it asked for logs; for a 2025-era caller that never set a
+//!   level, `debug` (a 2025-era server sends its logs without being asked, and the gateway
+//!   relays them all to such a caller).
 //!
 //! Every other member of `_meta` (progress token, trace context) is kept as the caller sent it.
 
@@ -68,10 +70,13 @@ pub fn encode(
         meta::CLIENT_CAPABILITIES.into(),
         capabilities(caller, policy),
     );
-    if let Some(LogLevel::AtLeast(rank)) = caller.map(|c| c.log) {
-        if let Some(level) = context::LEVELS.get(usize::from(rank)) {
-            m.insert(meta::LOG_LEVEL.into(), Value::String((*level).into()));
-        }
+    let level = match caller.map(|c| c.log) {
+        Some(LogLevel::AtLeast(rank)) => context::LEVELS.get(usize::from(rank)).copied(),
+        Some(LogLevel::Unset) => context::LEVELS.first().copied(),
+        Some(LogLevel::Silent) | None => None,
+    };
+    if let Some(level) = level {
+        m.insert(meta::LOG_LEVEL.into(), Value::String(level.into()));
     }
     params.insert("_meta".into(), Value::Object(m));
     crate::mcp::to_raw(&params)
@@ -118,6 +123,20 @@ mod tests {
         );
         assert_eq!(m["io.modelcontextprotocol/logLevel"], "warning");
         assert_eq!(out["name"], "t");
+        let level = |log| {
+            let c = caller("2025-11-25", ClientCaps::default(), log);
+            let out: Value = serde_json::from_str(
+                encode(&Map::new(), Some(&c), ClientCapabilities::default()).get(),
+            )
+            .unwrap();
+            out["_meta"]["io.modelcontextprotocol/logLevel"].clone()
+        };
+        assert_eq!(
+            level(LogLevel::Unset),
+            "debug",
+            "a 2025 caller that never chose hears all"
+        );
+        assert_eq!(level(LogLevel::Silent), Value::Null);
     }
 
     #[test]
