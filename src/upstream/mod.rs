@@ -10,6 +10,7 @@
 mod connection;
 pub mod http;
 mod modern;
+mod openapi;
 pub mod stderr;
 mod stdio;
 mod supervisor;
