@@ -9,8 +9,10 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::client::{sse_events, Mcp};
-use common::modern::{body, client, headers, request, send, sha, text, MODERN};
+use common::client::sse_events;
+use common::modern::{
+    body, client, headers, listen_for_tools, read_for, request, send, sha, text, MODERN,
+};
 use common::{audit_records, audit_verify, Gateway};
 use serde_json::{json, Value};
 
@@ -697,44 +699,6 @@ async fn closing_the_response_cancels_the_call_at_the_server() {
         .into_iter()
         .any(|r| r["kind"] == "result" && r["tool"] == "slow" && r["error_code"] == -32800);
     assert!(cancelled, "the call's result record says it was cancelled");
-}
-
-/// Opens a `subscriptions/listen` stream of `c` for tool list changes.
-async fn listen_for_tools(c: &Mcp, url: &str, id: u64) -> reqwest::Response {
-    let b = body(
-        id,
-        "subscriptions/listen",
-        json!({"notifications": {"toolsListChanged": true}}),
-        json!({}),
-    );
-    let mut req = c
-        .http
-        .post(url)
-        .body(b)
-        .header("content-type", "application/json")
-        .header("accept", "application/json, text/event-stream");
-    for (k, v) in headers("subscriptions/listen", None) {
-        req = req.header(k, v);
-    }
-    if let Some(t) = &c.bearer {
-        req = req.header("authorization", format!("Bearer {t}"));
-    }
-    let resp = req.send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    resp
-}
-
-/// Reads `resp` until its text holds `needle` or `limit` passes; the text read.
-async fn read_for(resp: &mut reqwest::Response, needle: &str, limit: Duration) -> String {
-    let mut text = String::new();
-    let deadline = tokio::time::Instant::now() + limit;
-    while !text.contains(needle) {
-        match tokio::time::timeout_at(deadline, resp.chunk()).await {
-            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
-            _ => break,
-        }
-    }
-    text
 }
 
 #[tokio::test]

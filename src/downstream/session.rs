@@ -213,16 +213,21 @@ pub enum Refused {
     Rate(Limited),
 }
 
+/// Where a client's session quota comes from, for a refusal's advice.
+pub(super) fn quota_source(client: &str, limit: SessionLimit) -> String {
+    if limit.set {
+        format!("clients.{client}.max_sessions")
+    } else {
+        format!("the default: 256, at most half of gateway.max_sessions; set clients.{client}.max_sessions to change it")
+    }
+}
+
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refused::GatewayFull(max) => write!(f, "too many open sessions (limit {max}), and every one is in use; close unused sessions or raise gateway.max_sessions"),
             Refused::ClientLimit { client, limit } => {
-                let source = if limit.set {
-                    format!("clients.{client}.max_sessions")
-                } else {
-                    format!("the default: 256, at most half of gateway.max_sessions; set clients.{client}.max_sessions to change it")
-                };
+                let source = quota_source(client, *limit);
                 write!(f, "client `{client}` already has {} open sessions, its limit ({source}); end sessions it no longer uses (HTTP DELETE) before opening more", limit.max)
             }
             Refused::Rate(l) => {

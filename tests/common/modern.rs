@@ -83,3 +83,51 @@ pub fn text(msg: &Value) -> String {
         .unwrap_or_else(|| panic!("no text in {msg}"))
         .to_owned()
 }
+
+/// Opens a `subscriptions/listen` stream of `c` for tool list changes; the answer as it came
+/// (a refusal is a JSON body).
+pub async fn open_listen(c: &Mcp, url: &str, id: u64) -> reqwest::Response {
+    let b = body(
+        id,
+        "subscriptions/listen",
+        json!({"notifications": {"toolsListChanged": true}}),
+        json!({}),
+    );
+    let mut req = c
+        .http
+        .post(url)
+        .body(b)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream");
+    for (k, v) in headers("subscriptions/listen", None) {
+        req = req.header(k, v);
+    }
+    if let Some(t) = &c.bearer {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    req.send().await.unwrap()
+}
+
+/// [`open_listen`], which must open.
+pub async fn listen_for_tools(c: &Mcp, url: &str, id: u64) -> reqwest::Response {
+    let resp = open_listen(c, url, id).await;
+    assert_eq!(resp.status(), 200);
+    resp
+}
+
+/// Reads `resp` until its text holds `needle` or `limit` passes; the text read.
+pub async fn read_for(
+    resp: &mut reqwest::Response,
+    needle: &str,
+    limit: std::time::Duration,
+) -> String {
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + limit;
+    while !text.contains(needle) {
+        match tokio::time::timeout_at(deadline, resp.chunk()).await {
+            Ok(Ok(Some(c))) => text.push_str(&String::from_utf8_lossy(&c)),
+            _ => break,
+        }
+    }
+    text
+}

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -144,24 +144,50 @@ fn notification(method: &str, params: Map<String, Value>) -> Bytes {
     .to_bytes()
 }
 
-/// Open streams, for a graceful end at shutdown.
+/// One open stream: its listen request, where its messages go, and whose it is.
+struct Open {
+    id: Id,
+    outbox: Weak<Outbox>,
+    client: Arc<str>,
+}
+
+/// Open streams: counted per client against its quota, and ended gracefully at shutdown.
 #[derive(Default)]
 pub struct Streams {
-    open: Mutex<HashMap<u64, (Id, Weak<Outbox>)>>,
+    open: Mutex<HashMap<u64, Open>>,
     next: AtomicU64,
 }
 
 impl Streams {
+    /// Counts a new stream of `client`, unless it holds `max` already; its number.
+    fn reserve(&self, client: &Arc<str>, max: usize, id: &Id, outbox: &Arc<Outbox>) -> Option<u64> {
+        // Counted and inserted under one lock, so concurrent opens cannot pass the quota.
+        let mut m = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if m.values().filter(|o| o.client == *client).count() >= max {
+            return None;
+        }
+        let number = self.next.fetch_add(1, Ordering::Relaxed);
+        m.insert(
+            number,
+            Open {
+                id: id.clone(),
+                outbox: Arc::downgrade(outbox),
+                client: client.clone(),
+            },
+        );
+        Some(number)
+    }
+
     /// Ends every stream with its listen request's result (the graceful close).
     pub fn close_all(&self) {
-        let open: Vec<(Id, Weak<Outbox>)> = self
+        let open: Vec<Open> = self
             .open
             .lock()
             .map(|mut m| m.drain().map(|(_, v)| v).collect())
             .unwrap_or_default();
-        for (id, outbox) in open {
-            if let Some(o) = outbox.upgrade() {
-                o.finish(closing(&id));
+        for o in open {
+            if let Some(outbox) = o.outbox.upgrade() {
+                outbox.finish(closing(&o.id));
             }
         }
     }
@@ -209,6 +235,20 @@ pub async fn open(shared: &Arc<Shared>, identity: Identity, d: Decoded) -> Reply
     };
     let key: Arc<str> = Arc::from(super::session_key("listen").as_str());
     let outbox = Outbox::new();
+    let limit = shared.access.limits.session_limit(&identity.client);
+    let Some(number) = shared
+        .listens
+        .reserve(&identity.client, limit.max, &d.id, &outbox)
+    else {
+        return super::super::session_open::listen_refused(shared, &identity.client, limit, &d.id);
+    };
+    // From here the stream is counted: the closer forgets it (and the router session with
+    // its subscriptions) however this ends, also when the client goes during the subscribing.
+    let closer = Closer {
+        shared: Arc::downgrade(shared),
+        key: key.clone(),
+        number,
+    };
     // Subscribe at the servers first, through the router like any request (each is audited
     // and decided on); a URI no server would subscribe to is left out of the acknowledgement.
     let mut honoured = filter.clone();
@@ -247,15 +287,6 @@ pub async fn open(shared: &Arc<Shared>, identity: Identity, d: Decoded) -> Reply
     ack.insert("notifications".into(), honoured.to_json());
     tag(&mut ack, &d.id);
     outbox.send(notification(methods::SUBSCRIPTIONS_ACKNOWLEDGED, ack));
-    let number = shared.listens.next.fetch_add(1, Ordering::Relaxed);
-    if let Ok(mut m) = shared.listens.open.lock() {
-        m.insert(number, (d.id.clone(), Arc::downgrade(&outbox)));
-    }
     tracing::info!(client = %identity.client, filter = %honoured.to_json(), "subscriptions/listen stream opened");
-    let closer = Closer {
-        shared: Arc::downgrade(shared),
-        key,
-        number,
-    };
     reply::sse(outbox::stream(outbox, shared.keepalive, closer))
 }
