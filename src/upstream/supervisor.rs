@@ -9,7 +9,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::connection::{Connection, PendingGuard};
 use super::modern::listen;
-use super::modern::probe::{self, Verdict};
+use super::modern::stdio_probe::{self, settle};
 use super::{InitInfo, State, UpstreamEvent};
 use crate::mcp::{methods, protocol, to_raw};
 use crate::policy::{ProtocolChoice, Server};
@@ -204,7 +204,7 @@ impl Supervisor {
             _ if self.probe_broke.load(Ordering::Relaxed) => None,
             choice => {
                 let wait = PROBE_WAIT.min(self.server.startup_timeout);
-                let probe = tokio::time::timeout(wait, stdio_probe(&conn));
+                let probe = tokio::time::timeout(wait, stdio_probe::send(&conn));
                 let verdict = tokio::select! {
                     v = probe => v,
                     r = &mut reader => {
@@ -465,50 +465,6 @@ impl crate::sandbox::Instance for RemoteInstance {
     fn kill(&mut self) -> crate::sandbox::BoxFuture<'_, ()> {
         Box::pin(async move { self.remote.close().await })
     }
-}
-
-/// Sends `server/discover` on a stdio connection and reads the verdict.
-async fn stdio_probe(conn: &Connection) -> Verdict {
-    let id = super::NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed);
-    let params = Some(to_raw(&probe::discover_params()));
-    let Ok(rx) = conn.request(id, methods::SERVER_DISCOVER, params).await else {
-        return Verdict::Legacy("the probe could not be sent".into());
-    };
-    let guard = PendingGuard::new(conn, id);
-    let verdict = match rx.await {
-        Ok(Ok(Ok(result))) => probe::verdict(Ok(result.get())),
-        Ok(Ok(Err(error))) => probe::verdict(Err(error.get())),
-        _ => Verdict::Legacy("the probe got no answer".into()),
-    };
-    guard.disarm();
-    verdict
-}
-
-/// What a stdio probe means for a server configured with `choice`: its `InitInfo` when it is
-/// to be spoken to in 2026-07-28, `None` for the handshake, or why it cannot start.
-fn settle(
-    choice: ProtocolChoice,
-    verdict: Result<Verdict, tokio::time::error::Elapsed>,
-    waited: Duration,
-) -> Result<Option<InitInfo>, String> {
-    let why = match verdict {
-        Ok(Verdict::Modern(info)) => return Ok(Some(*info)),
-        Ok(Verdict::Refused(why)) => return Err(why),
-        Ok(Verdict::Legacy(why)) => why,
-        Err(_) => format!(
-            "no answer to server/discover within {}s",
-            waited.as_secs_f32()
-        ),
-    };
-    if choice == ProtocolChoice::Modern {
-        return Err(format!(
-            "the server does not speak {}, which the policy requires (protocol = \"{}\"): {why}",
-            probe::VERSION,
-            probe::VERSION
-        ));
-    }
-    tracing::info!(reason = %why, "the server speaks the 2025 era; using the initialize handshake");
-    Ok(None)
 }
 
 /// An openapi server, seen as an instance the supervisor watches.

@@ -22,6 +22,7 @@ pub(super) mod envelope;
 mod input;
 pub(super) mod listen;
 pub(super) mod probe;
+pub(super) mod stdio_probe;
 
 use std::sync::Arc;
 use std::time::Duration;
