@@ -91,6 +91,23 @@ fn http_request_inputs() {
 }
 
 #[test]
+fn modern_request_inputs() {
+    let seeds = replay("modern_request");
+    // The seeds reach the decoder's accepting path, not only its refusals.
+    let stateless = seeds
+        .iter()
+        .filter(|s| {
+            std::str::from_utf8(s).is_ok_and(|t| t.contains("MCP-Protocol-Version: 2026-07-28"))
+        })
+        .count();
+    assert!(
+        stateless * 2 > seeds.len(),
+        "{stateless} of {} seeds are stateless requests",
+        seeds.len()
+    );
+}
+
+#[test]
 fn sse_stream_inputs() {
     replay("sse_stream");
 }

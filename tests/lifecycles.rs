@@ -166,8 +166,10 @@ secrets = { API_TOKEN = "env:PORTCULLIS_TEST_SECRET" }
 
 #[tokio::test]
 async fn a_server_that_dies_during_the_handshake_is_reported_with_its_exit_status() {
-    // It reads the gateway's `initialize` and exits without answering. The startup timeout
-    // is long on purpose: the reason must come from the exit, not from the timeout.
+    // It reads the gateway's first message and exits without answering: first the
+    // `server/discover` probe, then (a server that died on the probe is not probed again)
+    // `initialize`. The startup timeout is long on purpose: the reason must come from the
+    // exit, not from the timeout.
     let gw = Gateway::spawn(
         r#"
 [gateway]

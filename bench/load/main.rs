@@ -11,6 +11,8 @@
 //!   (d) (b) with the audit log on, fsync = group; (dc) the same for (c), process runtime
 //!   (e) cached tools/list and resources/list over 50 servers x 20 items, without and with
 //!       client rules (bench/load/catalog.rs; BENCH_BASELINE_BIN compares with another build)
+//!   (em) (e)'s tools/list as stateless 2026-07-28 requests (the page from the gateway's cache)
+//!   (cm) (c) as stateless 2026-07-28 requests (no session; envelope and headers on each)
 //!   peers: ContextForge -> echo upstream (compare with b); supergateway -> fixture over stdio
 //!   (compare with c, process)
 //!   memory: gateway RSS with 1,000 open sessions
@@ -305,12 +307,20 @@ async fn run() -> Result<(), String> {
     }
 
     // (c) stdio upstream: our fixture server as a child process, and in the shared container.
-    if wanted("c") {
+    if wanted("c") || wanted("cm") {
         let gw = gateway(&format!(
             "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n{ONE_CLIENT_MANY_SESSIONS}",
         ));
-        let label = "Portcullis -> fixture (process, stdio)";
-        rows.extend(through(&gw, None, "c", label, Work::Call("echo".into()), &both).await?);
+        if wanted("c") {
+            let label = "Portcullis -> fixture (process, stdio)";
+            rows.extend(through(&gw, None, "c", label, Work::Call("echo".into()), &both).await?);
+        }
+        // The same gateway and server, stateless 2026-07-28 calls: compare with (c).
+        if wanted("cm") {
+            let label = "Portcullis -> fixture (process, stdio), 2026-07-28 stateless";
+            let work = Work::ModernCall("echo".into());
+            rows.extend(through(&gw, None, "cm", label, work, &both).await?);
+        }
     }
     // (dc) (c) with the audit log on: the stdio path is the common deployment.
     if wanted("dc") {
@@ -333,8 +343,8 @@ async fn run() -> Result<(), String> {
         }
     }
 
-    // (e) cached tools/list and resources/list over 50 servers x 20 items.
-    if wanted("e") {
+    // (e) cached tools/list and resources/list over 50 servers x 20 items (and em).
+    if wanted("e") || wanted("em") {
         let plan = Plan {
             calls: (calls / 10).max(20),
             warmup: 5,

@@ -186,6 +186,9 @@ pub fn write(
         "ratio_vs_contextforge": ratio(find(rows, "b"), find(rows, "cf")),
         "ratio_vs_contextforge_audit_on": ratio(find(rows, "d"), find(rows, "cf")),
         "ratio_vs_supergateway_stdio": ratio(find(rows, "c"), find(rows, "sg")),
+        "ratio_stateless_call_to_session_call": ratio(find(rows, "cm"), find(rows, "c")),
+        "ratio_stateless_list_to_session_list": ratio(find(rows, "em"), find(rows, "e")),
+        "stateless_list_calls_per_s": headline("em"),
         "gateway_rss_mib_idle": rss.idle_kib as f64 / 1024.0,
         "gateway_rss_mib_at_sessions": rss.loaded_kib as f64 / 1024.0,
         "rss_sessions": rss.sessions,
@@ -307,6 +310,17 @@ pub fn write(
         md,
         "| Portcullis / supergateway, stdio (c / sg) | {}× | |",
         f2("ratio_vs_supergateway_stdio")
+    );
+    let _ = writeln!(
+        md,
+        "| 2026-07-28 stateless tools/call / session tools/call, stdio (cm / c) | {}× | ≥ 1× |",
+        f2("ratio_stateless_call_to_session_call")
+    );
+    let _ = writeln!(
+        md,
+        "| 2026-07-28 tools/list from the cache / session tools/list, 50 x 20 tools (em / e) | {}× ({} calls/s) | ≥ 5× the (e) of before the cache (9279 calls/s on 2026-11-25) |",
+        f2("ratio_stateless_list_to_session_list"),
+        opt(summary["stateless_list_calls_per_s"].as_f64(), 0)
     );
     let _ = writeln!(
         md,

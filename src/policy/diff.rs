@@ -136,6 +136,9 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     if old.gateway.page_size != new.gateway.page_size {
         gateway.push("gateway.page_size");
     }
+    if old.gateway.list_ttl != new.gateway.list_ttl {
+        gateway.push("gateway.list_ttl");
+    }
     if old.effective_naming() != new.effective_naming() {
         gateway.push("gateway.naming");
     }
@@ -181,9 +184,7 @@ fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
             _ => "runtime",
         });
     }
-    keys.extend(
-        differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes),
-    );
+    keys.extend(differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes, protocol));
     keys
 }
 

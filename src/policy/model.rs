@@ -239,6 +239,9 @@ pub struct Gateway {
     pub max_sessions: usize,
     /// Items per page in aggregated `*/list` answers.
     pub page_size: usize,
+    /// How long 2026-07-28 clients may consider the gateway's lists fresh (`ttlMs`); list
+    /// changes still reach `subscriptions/listen` streams at once.
+    pub list_ttl: Duration,
     /// Interval between SSE keep-alive comments.
     pub sse_keepalive: Duration,
     /// When set, a POST's SSE stream is closed after this long and the client resumes it with
@@ -360,6 +363,8 @@ pub struct Server {
     pub roots: Vec<String>,
     /// Client capabilities the gateway declares to the server in its `initialize`.
     pub client_capabilities: ClientCapabilities,
+    /// Which protocol era the gateway speaks to the server.
+    pub protocol: ProtocolChoice,
     /// Overrides `[gateway] server_log_rate` for this server.
     pub log_rate: Option<Rate>,
 }
@@ -460,6 +465,29 @@ pub struct RemoteSpec {
     /// The gateway gets its own access token for this server from an OAuth authorization
     /// server and sends it as `Authorization: Bearer`.
     pub oauth: Option<OAuth>,
+}
+
+/// `protocol` of a server: probe for 2026-07-28 and fall back (`auto`), or pin an era.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProtocolChoice {
+    /// `server/discover` first; the initialize handshake when the server does not answer it as
+    /// a 2026-07-28 server.
+    #[default]
+    Auto,
+    /// The initialize handshake only (2025-11-25 and earlier), no probe.
+    Legacy,
+    /// 2026-07-28 only: a server that does not speak it fails to start, with the reason.
+    Modern,
+}
+
+impl ProtocolChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolChoice::Auto => "auto",
+            ProtocolChoice::Legacy => "legacy",
+            ProtocolChoice::Modern => "2026-07-28",
+        }
+    }
 }
 
 /// A REST API served as MCP tools (`runtime = "openapi"`): the gateway itself makes the HTTP

@@ -109,6 +109,7 @@ pub struct RawGateway {
     pub server_log_rate: Option<Spanned<Value>>,
     pub max_sessions: Option<Spanned<u64>>,
     pub page_size: Option<Spanned<u64>>,
+    pub list_ttl: Option<Spanned<Value>>,
     pub sse_keepalive: Option<Spanned<Value>>,
     pub sse_poll_interval: Option<Spanned<Value>>,
     #[serde(default, deserialize_with = "in_tls")]
@@ -174,6 +175,7 @@ pub struct RawServer {
     pub ca_file: Option<Str>,
     #[serde(default, deserialize_with = "in_oauth")]
     pub oauth: Option<Spanned<RawOAuth>>,
+    pub protocol: Option<Str>,
     pub spec: Option<Str>,
     pub base_url: Option<Str>,
     #[serde(default, deserialize_with = "in_operations")]

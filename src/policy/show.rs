@@ -167,6 +167,7 @@ pub fn render(p: &Policy) -> String {
     );
     let _ = writeln!(o, "  max_sessions          {}", g.max_sessions);
     let _ = writeln!(o, "  page_size             {}", g.page_size);
+    let _ = writeln!(o, "  list_ttl              {}", format_duration(g.list_ttl));
     let _ = writeln!(
         o,
         "  sse_keepalive         {}",
@@ -309,6 +310,10 @@ pub fn render(p: &Policy) -> String {
                 http_lines(&mut o, &x.headers, x.ca_file.as_deref(), x.oauth.as_ref());
             }
             Runtime::OpenApi(x) => openapi_lines(&mut o, s, x),
+        }
+        // An openapi server's MCP side is the gateway's own: it has no era to show.
+        if !matches!(s.runtime, Runtime::OpenApi(_)) {
+            let _ = writeln!(o, "  protocol              {}", s.protocol.as_str());
         }
         let lc = match s.lifecycle {
             Lifecycle::Shared => "shared",

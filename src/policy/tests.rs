@@ -302,6 +302,31 @@ fn runtime_rules() {
 }
 
 #[test]
+fn the_protocol_of_a_server() {
+    let remote = "[servers.r]\nruntime = \"remote\"\nurl = \"https://mcp.example/mcp\"\n";
+    let choice = |src: &str| match parse(src, "p.toml") {
+        Ok(p) => p.servers.values().next().unwrap().protocol,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(choice(remote), ProtocolChoice::Auto);
+    assert_eq!(choice(TIME), ProtocolChoice::Auto);
+    assert_eq!(
+        choice(&format!("{remote}protocol = \"legacy\"\n")),
+        ProtocolChoice::Legacy
+    );
+    assert_eq!(
+        choice(&format!("{TIME}protocol = \"2026-07-28\"\n")),
+        ProtocolChoice::Modern
+    );
+    let e = one_error(&format!("{remote}protocol = \"2025-11-25\"\n"));
+    assert!(
+        e.starts_with("p.toml:4:12: error: unknown protocol \"2025-11-25\"")
+            && e.contains("\"legacy\""),
+        "{e}"
+    );
+}
+
+#[test]
 fn clients() {
     let ok = format!(
         "{TIME}[clients.ci]\ntoken_sha256 = \"{}\"\nallow = [\"time__*\"]\n",

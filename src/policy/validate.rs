@@ -32,6 +32,7 @@ pub const DEFAULT_SERVER_LOG_RATE: Rate = Rate {
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_PAGE_SIZE: usize = 200;
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+pub const DEFAULT_LIST_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Docker refuses containers with less memory than this.
@@ -492,6 +493,9 @@ impl Checker<'_> {
             page_size: self
                 .count(&g.page_size, "page_size", (1, 10_000))
                 .map_or(DEFAULT_PAGE_SIZE, |n| n as usize),
+            list_ttl: self
+                .duration(&g.list_ttl, "list_ttl")
+                .unwrap_or(DEFAULT_LIST_TTL),
             sse_keepalive: self
                 .duration(&g.sse_keepalive, "sse_keepalive")
                 .unwrap_or(DEFAULT_SSE_KEEPALIVE),
@@ -694,6 +698,7 @@ impl Checker<'_> {
         let roots = self.roots(&rs.roots);
         let client_capabilities = self.client_capabilities(&rs.client_capabilities);
         let log_rate = self.rate(&rs.log_rate);
+        let protocol = self.protocol(n, rt, &rs.protocol);
 
         if self.diags.len() != before {
             return None;
@@ -716,7 +721,26 @@ impl Checker<'_> {
             log_rate,
             queue_timeout,
             max_message_bytes,
+            protocol,
         })
+    }
+
+    fn protocol(&mut self, n: &str, rt: &str, v: &Option<Str>) -> ProtocolChoice {
+        if let (Some(p), "openapi") = (v, rt) {
+            // The gateway answers an openapi server's MCP itself: there is no era to choose.
+            let at = self.key_at(p.span().start, "protocol");
+            self.error(at, format!("`protocol` does not apply to a runtime = \"openapi\" server [servers.{n}] (the gateway makes its MCP side itself); remove it"));
+            return ProtocolChoice::Auto;
+        }
+        match v.as_ref().map(|p| (p.get_ref().as_str(), p.span().start)) {
+            None | Some(("auto", _)) => ProtocolChoice::Auto,
+            Some(("legacy", _)) => ProtocolChoice::Legacy,
+            Some(("2026-07-28", _)) => ProtocolChoice::Modern,
+            Some((other, at)) => {
+                self.error(at, format!("unknown protocol \"{other}\" in [servers.{n}]; use \"auto\" (probe with server/discover, fall back to initialize), \"legacy\" (initialize only) or \"2026-07-28\" (stateless only)"));
+                ProtocolChoice::Auto
+            }
+        }
     }
 
     fn secrets(&mut self, raw: &Option<StrMap>) -> BTreeMap<String, SecretRef> {

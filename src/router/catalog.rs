@@ -15,9 +15,10 @@ use serde_json::{Map, Value};
 use super::naming;
 use super::uri_template::UriTemplate;
 use crate::access::Target;
+use crate::mcp::headers::{self, ParamHeader};
 use crate::policy::ToolFilter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Tools = 0,
     Prompts = 1,
@@ -65,6 +66,11 @@ impl Kind {
         }
     }
 
+    /// The list a `*/list` method returns.
+    pub fn of_list_method(method: &str) -> Option<Kind> {
+        KINDS.into_iter().find(|k| k.list_method() == method)
+    }
+
     pub fn from_list_changed(method: &str) -> &'static [Kind] {
         use crate::mcp::methods::*;
         match method {
@@ -99,6 +105,11 @@ pub struct Aggregate {
     /// Whose each entry is, by kind and index, for per-client filtering.
     owners: [Vec<Owner>; 4],
     tool_routes: HashMap<String, Route>,
+    /// The arguments each tool mirrors into `Mcp-Param-*` headers (tools that mirror any).
+    tool_mirrors: HashMap<String, Arc<[ParamHeader]>>,
+    /// Tools whose listing says they run as 2025-11-25 tasks (`execution.taskSupport`), and
+    /// whether they must.
+    tool_tasks: HashMap<String, bool>,
     prompt_routes: HashMap<String, Route>,
     resource_routes: HashMap<String, Arc<str>>,
     template_routes: Vec<(UriTemplate, Arc<str>)>,
@@ -107,6 +118,17 @@ pub struct Aggregate {
 impl Aggregate {
     pub fn tool(&self, exposed: &str) -> Option<&Route> {
         self.tool_routes.get(exposed)
+    }
+
+    /// The arguments tool `exposed` mirrors into request headers, when it mirrors any.
+    pub fn tool_mirrors(&self, exposed: &str) -> Option<&Arc<[ParamHeader]>> {
+        self.tool_mirrors.get(exposed)
+    }
+
+    /// Whether tool `exposed` runs as a task of its server (2025-11-25 `execution.taskSupport`
+    /// `optional` or `required`): `Some(true)` when it must.
+    pub fn tool_task_support(&self, exposed: &str) -> Option<bool> {
+        self.tool_tasks.get(exposed).copied()
     }
 
     pub fn prompt(&self, exposed: &str) -> Option<&Route> {
@@ -287,7 +309,17 @@ impl Catalog {
         page_size: usize,
         visible: &dyn Fn(&Target) -> bool,
     ) -> Result<Box<RawValue>, CursorError> {
-        let agg = self.snapshot();
+        Self::page_of(&self.snapshot(), kind, cursor, page_size, visible)
+    }
+
+    /// [`Catalog::page`] of a given snapshot.
+    pub fn page_of(
+        agg: &Aggregate,
+        kind: Kind,
+        cursor: Option<&str>,
+        page_size: usize,
+        visible: &dyn Fn(&Target) -> bool,
+    ) -> Result<Box<RawValue>, CursorError> {
         let entries = &agg.entries[kind as usize];
         let start = match cursor {
             None => 0,
@@ -365,6 +397,32 @@ fn add(
                 server: server.clone(),
                 name: name.to_owned(),
             };
+            if kind == Kind::Tools {
+                match item
+                    .get("execution")
+                    .and_then(|e| e.get("taskSupport"))
+                    .and_then(Value::as_str)
+                {
+                    Some("required") => {
+                        agg.tool_tasks.insert(exposed.clone(), true);
+                    }
+                    Some("optional") => {
+                        agg.tool_tasks.insert(exposed.clone(), false);
+                    }
+                    _ => {}
+                }
+                if let Some(schema) = item.get("inputSchema") {
+                    match headers::annotations(schema) {
+                        Ok(a) if a.is_empty() => {}
+                        Ok(a) => {
+                            agg.tool_mirrors.insert(exposed.clone(), a.into());
+                        }
+                        Err(e) => {
+                            tracing::warn!(server = %server, tool = name, error = %e, "tool mirrors no argument into headers; 2026-07-28 clients will not list it")
+                        }
+                    }
+                }
+            }
             routes.insert(exposed.clone(), route);
             let mut out = item.clone();
             out.insert("name".to_owned(), Value::String(exposed));

@@ -12,6 +12,8 @@ mod dispatch;
 mod flapping;
 mod forward;
 mod hints;
+pub mod inbound;
+mod list_cache;
 pub mod naming;
 mod refresh;
 mod relay;
@@ -19,7 +21,9 @@ mod reload;
 mod resolve;
 mod servers;
 mod sessions;
+mod tasks;
 pub mod uri_template;
+pub mod views;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +42,7 @@ use crate::sandbox::Runtime;
 use crate::upstream::UpstreamEvent;
 use catalog::{Catalog, Kind, KINDS};
 pub use dispatch::Admission;
+pub use inbound::Inbound;
 pub use resolve::forwarded_methods;
 pub use sessions::{ClientCaps, MessageSink, SessionInfo};
 
@@ -49,6 +54,8 @@ const CATALOG_WAIT: Duration = Duration::from_secs(30);
 pub struct Router {
     servers: servers::Servers,
     catalog: Catalog,
+    /// Pages of the merged lists as each client sees them, until the catalog or rules change.
+    pages: list_cache::ListCache,
     sessions: sessions::Sessions,
     flights: forward::Flights,
     relay: relay::Relay,
@@ -61,6 +68,8 @@ pub struct Router {
     /// One list refresh at a time per server.
     refresh_locks: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     refreshes: refresh::Refreshes,
+    /// Lists waiting for their `ttlMs` to run out, by instance.
+    ttl_timers: Mutex<HashSet<(u64, Kind)>>,
     flapping: flapping::Flapping,
     debounce: Arc<debounce::Debouncer>,
     /// Each server's `instructions` from its handshake, merged into ours.
@@ -75,6 +84,7 @@ struct Settings {
     request_timeout: Duration,
     server_timeouts: HashMap<Arc<str>, Duration>,
     page_size: usize,
+    list_ttl: Duration,
     passthrough_instructions: bool,
     list_changes: crate::policy::ListChanges,
 }
@@ -89,6 +99,7 @@ impl Settings {
                 .filter_map(|(name, s)| Some((Arc::from(name.as_str()), s.request_timeout?)))
                 .collect(),
             page_size: policy.gateway.page_size,
+            list_ttl: policy.gateway.list_ttl,
             passthrough_instructions: policy.effective_naming() != Naming::Prefix,
             list_changes: policy.gateway.list_changes,
         }
@@ -121,6 +132,7 @@ impl Router {
             unsettled: Mutex::new(servers.names().into_iter().collect()),
             servers,
             catalog: Catalog::new(prefix, filters),
+            pages: list_cache::ListCache::default(),
             sessions: sessions::Sessions::default(),
             flights: forward::Flights::default(),
             relay: relay::Relay::default(),
@@ -129,6 +141,7 @@ impl Router {
             settled_tx,
             refresh_locks: Mutex::new(HashMap::new()),
             refreshes: refresh::Refreshes::default(),
+            ttl_timers: Mutex::new(HashSet::new()),
             flapping: flapping::Flapping::default(),
             debounce: Arc::default(),
             instructions: std::sync::Mutex::new(std::collections::BTreeMap::new()),
@@ -165,11 +178,7 @@ impl Router {
                 "logging": {},
                 "completions": {}
             },
-            "serverInfo": {
-                "name": "portcullis",
-                "title": "Portcullis MCP gateway",
-                "version": env!("CARGO_PKG_VERSION")
-            }
+            "serverInfo": views::server_info()
         });
         if let Some(text) = self.instructions() {
             result["instructions"] = Value::String(text);
@@ -212,6 +221,7 @@ impl Router {
                         id,
                         methods::RESOURCES_UNSUBSCRIBE,
                         Some(params),
+                        None,
                         self.timeout_for(&server),
                     )
                     .await;
@@ -333,20 +343,22 @@ impl Router {
                     from,
                     message,
                     handled: _handled,
+                    related,
                 } => {
                     let kinds = Kind::from_list_changed(&message.method);
                     if !kinds.is_empty() {
                         self.list_changed(&from, &message.method, kinds);
                     } else {
-                        self.relay_notification(&from, message);
+                        self.relay_notification(&from, message, related);
                     }
                 }
                 UpstreamEvent::Request {
                     from,
                     message,
                     handled: _handled,
+                    related,
                 } => {
-                    self.relay_request(&from, message).await;
+                    self.relay_request(&from, message, related).await;
                 }
             }
         }
@@ -378,6 +390,7 @@ impl Router {
                         id,
                         methods::LOGGING_SET_LEVEL,
                         Some(params.clone()),
+                        None,
                         self.timeout_for(up.name()),
                     )
                     .await;
@@ -400,13 +413,20 @@ enum Failure {
 impl Failure {
     fn answer(self, id: &crate::mcp::Id) -> Answer {
         match self {
-            Failure::Raw(error) => Answer::ok(
-                Message::Response(Response {
-                    id: id.clone(),
-                    outcome: Err(error),
-                })
-                .to_bytes(),
-            ),
+            Failure::Raw(error) => {
+                let code = serde_json::from_str::<Value>(error.get())
+                    .ok()
+                    .and_then(|v| v.get("code").and_then(Value::as_i64));
+                Answer {
+                    bytes: Message::Response(Response {
+                        id: id.clone(),
+                        outcome: Err(error),
+                    })
+                    .to_bytes(),
+                    refusal: None,
+                    code,
+                }
+            }
             Failure::Gateway(code, message) => {
                 match code {
                     ErrorCode::FORBIDDEN => crate::metrics::global().refusal("forbidden"),
@@ -416,6 +436,7 @@ impl Failure {
                 Answer {
                     bytes: error_response_bytes(Some(id), code, &message),
                     refusal: (code == ErrorCode::FORBIDDEN).then_some(Refusal::Forbidden),
+                    code: Some(code.0),
                 }
             }
             Failure::Limited(l) => {
@@ -433,6 +454,7 @@ impl Failure {
                     refusal: Some(Refusal::RateLimited {
                         retry_after_secs: secs,
                     }),
+                    code: Some(ErrorCode::RATE_LIMITED.0),
                 }
             }
         }
@@ -445,6 +467,8 @@ impl Failure {
 pub struct Answer {
     pub bytes: Bytes,
     pub refusal: Option<Refusal>,
+    /// The JSON-RPC error code, when the response is an error.
+    pub code: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -458,6 +482,16 @@ impl Answer {
         Answer {
             bytes,
             refusal: None,
+            code: None,
+        }
+    }
+
+    /// An error response the caller made itself (outside the router).
+    pub fn error(id: Option<&crate::mcp::Id>, code: ErrorCode, message: &str) -> Answer {
+        Answer {
+            bytes: error_response_bytes(id, code, message),
+            refusal: (code == ErrorCode::FORBIDDEN).then_some(Refusal::Forbidden),
+            code: Some(code.0),
         }
     }
 }

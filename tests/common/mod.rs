@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod docker;
+pub mod modern;
 pub mod netlab;
 pub mod remote;
 pub mod rest;
@@ -141,9 +142,13 @@ impl Gateway {
     }
 
     fn write_policy_in(dir: &Path, policy: &str) -> PathBuf {
+        if policy.contains("{shared}") {
+            shared_dir(dir);
+        }
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
             .replace("{peers}", &repo_root().join(".peers").display().to_string())
+            .replace("{shared}", &dir.join("shared").display().to_string())
             .replace("{tmp}", &dir.display().to_string());
         let path = dir.join("policy.toml");
         std::fs::write(&path, text).expect("write policy");
@@ -272,6 +277,22 @@ impl Gateway {
             stderr,
             stdout: out_lines,
             _dir: dir,
+        }
+    }
+
+    /// Polls `/ready` (30 s at most) until its body mentions `needle`; returns the body.
+    pub fn ready_says(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = http_get(&format!("{}/ready", self.base)).unwrap_or((0, String::new()));
+            if body.contains(needle) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/ready never said `{needle}`: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
         }
     }
 
@@ -422,6 +443,18 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `{shared}` in a policy: `DIR/shared`, a folder that confined process servers (another user,
+/// a private `/tmp`) can write when the policy mounts it, e.g. for a test server's log:
+/// `mounts = [{ source = "{shared}", target = "{shared}", read_only = false }]`. The gateway's
+/// folder becomes traversable (not listable) by others for it.
+fn shared_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).expect("create the shared folder");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
 }
 
 /// The named checks of a test that reports every case before it fails: `[PASS]`/`[FAIL]` lines

@@ -193,9 +193,16 @@ async fn start_one(server: &Server, runtime: Arc<dyn crate::sandbox::Runtime>) -
                 })
                 .filter(|w| !w.is_empty())
                 .unwrap_or_else(|| "the server".to_owned());
-            let protocol = info.map(|i| i.protocol_version.clone()).unwrap_or_default();
+            let protocol = info
+                .as_ref()
+                .map(|i| i.protocol_version.clone())
+                .unwrap_or_default();
+            let asked = match info.map(|i| i.era) {
+                Some(crate::upstream::Era::Modern) => "server/discover",
+                _ => "initialize",
+            };
             Finding::ok(format!(
-                "server {name}: started; initialize answered by {who} (protocol {protocol})"
+                "server {name}: started; {asked} answered by {who} (protocol {protocol})"
             ))
         }
         Ok(Err(reason)) => Finding::problem(
