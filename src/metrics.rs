@@ -74,6 +74,10 @@ pub struct Metrics {
     egress_denied: Family<AtomicU64>,
     audit_queue: Family<AtomicI64>,
     audit_fsync_seconds: Family<Histogram>,
+    list_changed_received: Family<AtomicU64>,
+    list_fetches: Family<AtomicU64>,
+    list_changed_sent: Family<AtomicU64>,
+    catalog_unstable: Family<AtomicU64>,
 }
 
 pub fn global() -> &'static Metrics {
@@ -90,6 +94,10 @@ pub fn global() -> &'static Metrics {
         egress_denied: family("Egress attempts denied by the firewall, by server."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
+        list_changed_received: family("List-change notifications received from servers, by server and list."),
+        list_fetches: family("Lists fetched whole from servers (at start and after changes), by server and list."),
+        list_changed_sent: family("List-change and resource-update notifications sent to client sessions, by list."),
+        catalog_unstable: family("Windows in which a server sent more list changes than `unstable_list_changes` (each audited as catalog_unstable)."),
     })
 }
 
@@ -184,6 +192,36 @@ impl Metrics {
         observe(&self.audit_fsync_seconds.get(Vec::new()), d);
     }
 
+    pub fn list_changed_received(&self, server: &str, list: &str) {
+        self.list_changed_received
+            .get(vec![
+                ("server", server.to_owned()),
+                ("list", list.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn list_fetched(&self, server: &str, list: &str) {
+        self.list_fetches
+            .get(vec![
+                ("server", server.to_owned()),
+                ("list", list.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn list_changed_sent(&self, list: &str) {
+        self.list_changed_sent
+            .get(vec![("list", list.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn catalog_unstable(&self, server: &str) {
+        self.catalog_unstable
+            .get(vec![("server", server.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
@@ -221,6 +259,26 @@ impl Metrics {
             &mut o,
             "portcullis_audit_fsync_seconds",
             &self.audit_fsync_seconds,
+        );
+        counter(
+            &mut o,
+            "portcullis_upstream_list_changed_total",
+            &self.list_changed_received,
+        );
+        counter(
+            &mut o,
+            "portcullis_upstream_list_fetches_total",
+            &self.list_fetches,
+        );
+        counter(
+            &mut o,
+            "portcullis_client_list_changed_total",
+            &self.list_changed_sent,
+        );
+        counter(
+            &mut o,
+            "portcullis_catalog_unstable_total",
+            &self.catalog_unstable,
         );
         o
     }

@@ -275,6 +275,8 @@ fn show_prints_effective_defaults() {
         "session_idle_timeout  30m",
         "startup_timeout       30s",
         "egress                none (default deny)",
+        "list_changed_interval 250ms",
+        "unstable_list_changes more than 60 per 1m",
     ] {
         assert!(r.stdout.contains(want), "missing {want:?} in\n{}", r.stdout);
     }

@@ -41,7 +41,8 @@ pub fn each_record(
     Ok(())
 }
 
-/// ArcSight CEF:0. Severity: 7 for tamper/recovery, 5 for denials and errors, 3 otherwise.
+/// ArcSight CEF:0. Severity: 7 for tamper/recovery, 5 for denials, errors and unstable
+/// catalogs, 3 otherwise.
 /// Extension keys: `rt` (ms since epoch), `externalId` (`log_id:seq`, the dedupe key), `suser`
 /// (client), `outcome`, `msg` (detail), and labelled custom strings cs1=server, cs2=tool,
 /// cs3=session, cs4=method, cs5=args_sha256, cs6=prev; cn1=latency_us; `in`/`out` bytes.
@@ -51,7 +52,7 @@ pub fn to_cef(v: &Value) -> String {
     let outcome = s("outcome");
     let severity = match kind {
         "tamper" | "recovery" => 7,
-        "denied" | "egress_denied" => 5,
+        "denied" | "egress_denied" | "catalog_unstable" => 5,
         _ if !outcome.is_empty() && outcome != "ok" => 5,
         _ => 3,
     };

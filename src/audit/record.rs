@@ -22,6 +22,7 @@ pub enum Kind {
     Tamper,
     GatewayStart,
     GatewayStop,
+    CatalogUnstable,
     /// Log only.
     Recovery,
     /// Log only.
@@ -48,6 +49,7 @@ impl Kind {
         Kind::Tamper,
         Kind::GatewayStart,
         Kind::GatewayStop,
+        Kind::CatalogUnstable,
         Kind::Recovery,
         Kind::Checkpoint,
         Kind::SegmentStart,
@@ -69,6 +71,7 @@ impl Kind {
             Kind::Tamper => "tamper",
             Kind::GatewayStart => "gateway_start",
             Kind::GatewayStop => "gateway_stop",
+            Kind::CatalogUnstable => "catalog_unstable",
             Kind::Recovery => "recovery",
             Kind::Checkpoint => "checkpoint",
             Kind::SegmentStart => "segment_start",

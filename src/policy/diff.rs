@@ -20,7 +20,8 @@ pub struct PolicyDiff {
     pub revoked: Vec<String>,
     /// `[auth]` changed (JWT settings, advertised metadata).
     pub auth: bool,
-    /// Router settings of `[gateway]` that apply live (`request_timeout`, `page_size`, `naming`).
+    /// Router settings of `[gateway]` that apply live (`request_timeout`, `page_size`, `naming`,
+    /// the pacing of list changes).
     pub gateway: Vec<&'static str>,
 }
 
@@ -137,6 +138,13 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     }
     if old.effective_naming() != new.effective_naming() {
         gateway.push("gateway.naming");
+    }
+    let (o, n) = (&old.gateway.list_changes, &new.gateway.list_changes);
+    if o.interval != n.interval {
+        gateway.push("gateway.list_changed_interval");
+    }
+    if (o.unstable_after, o.window) != (n.unstable_after, n.window) {
+        gateway.push("gateway.unstable_list_changes");
     }
     PolicyDiff {
         servers,

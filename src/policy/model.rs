@@ -243,6 +243,31 @@ pub struct Gateway {
     /// Where the gateway keeps state between runs (the OAuth token caches); resolved against
     /// the policy file's directory when relative.
     pub state_dir: PathBuf,
+    /// How servers' list changes are paced and when a server counts as unstable.
+    pub list_changes: ListChanges,
+}
+
+/// `[gateway] list_changed_interval`, `unstable_list_changes` and `unstable_window`: what keeps
+/// a server that floods `*/list_changed` from reaching every client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListChanges {
+    /// At most one `*/list_changed` per session and list (and one `resources/updated` per
+    /// session and URI), and one list request per server and list, this often.
+    pub interval: Duration,
+    /// More list changes than this from one server within `window` are audited as
+    /// `catalog_unstable`.
+    pub unstable_after: u64,
+    pub window: Duration,
+}
+
+impl Default for ListChanges {
+    fn default() -> Self {
+        ListChanges {
+            interval: Duration::from_millis(250),
+            unstable_after: 60,
+            window: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Default state directory, relative to the policy file (or the working directory for the

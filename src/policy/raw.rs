@@ -112,6 +112,9 @@ pub struct RawGateway {
     #[serde(default, deserialize_with = "in_tls")]
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
+    pub list_changed_interval: Option<Spanned<Value>>,
+    pub unstable_list_changes: Option<Spanned<u64>>,
+    pub unstable_window: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]

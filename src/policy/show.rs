@@ -103,6 +103,18 @@ pub fn render(p: &Policy) -> String {
             .map_or_else(|| "off".to_owned(), format_duration)
     );
     let _ = writeln!(o, "  state_dir             {}", g.state_dir.display());
+    let lc = &g.list_changes;
+    let _ = writeln!(
+        o,
+        "  list_changed_interval {}",
+        format_duration(lc.interval)
+    );
+    let _ = writeln!(
+        o,
+        "  unstable_list_changes more than {} per {}",
+        lc.unstable_after,
+        format_duration(lc.window)
+    );
     let e = &p.egress;
     let _ = writeln!(o, "\n[egress]");
     let _ = writeln!(

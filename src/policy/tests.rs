@@ -52,6 +52,9 @@ fn defaults_are_filled_in() {
     assert_eq!(g.max_sessions, 10_000);
     assert_eq!(g.page_size, 200);
     assert_eq!(g.sse_keepalive, Duration::from_secs(15));
+    assert_eq!(g.list_changes.interval, Duration::from_millis(250));
+    assert_eq!(g.list_changes.unstable_after, 60);
+    assert_eq!(g.list_changes.window, Duration::from_secs(60));
     let s = &p.servers["time"];
     assert_eq!(s.lifecycle, Lifecycle::Shared);
     assert_eq!(s.startup_timeout, Duration::from_secs(30));
@@ -463,6 +466,26 @@ fn audit_errors_are_located() {
         e.contains("unknown secret source") && !e.contains("hunter2"),
         "{e}"
     );
+}
+
+#[test]
+fn list_change_pacing_is_read_and_bounded() {
+    let p = parse(
+        &format!("[gateway]\nlist_changed_interval = \"1s\"\nunstable_list_changes = 500\nunstable_window = \"10s\"\n{TIME}"),
+        "p.toml",
+    )
+    .unwrap();
+    let lc = p.gateway.list_changes;
+    assert_eq!(lc.interval, Duration::from_secs(1));
+    assert_eq!(lc.unstable_after, 500);
+    assert_eq!(lc.window, Duration::from_secs(10));
+    assert_eq!(
+        one_error("[gateway]\nlist_changed_interval = \"2m\"\n"),
+        "p.toml:2:25: error: `list_changed_interval` is too long; use at most \"60s\""
+    );
+    assert!(one_error("[gateway]\nunstable_list_changes = 0\n")
+        .contains("`unstable_list_changes` = 0 is out of range; use 1 to 1000000"));
+    assert!(one_error("[gateway]\nunstable_window = 5\n").contains("needs a unit"));
 }
 
 #[test]

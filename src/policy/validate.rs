@@ -429,8 +429,46 @@ impl Checker<'_> {
             sse_poll_interval: self.duration(&g.sse_poll_interval, "sse_poll_interval"),
             tls: g.tls.as_ref().map(|t| self.tls(t)),
             state_dir: self.state_dir.clone(),
+            list_changes: self.list_changes(&g),
         };
         (gw, naming_at)
+    }
+
+    fn list_changes(&mut self, g: &RawGateway) -> ListChanges {
+        let d = ListChanges::default();
+        let mut within = |v: &Option<Spanned<Value>>, key: &str, max: Duration| {
+            let at = v.as_ref().map_or(0, |v| v.span().start);
+            let got = self.duration(v, key)?;
+            if got > max {
+                self.error(
+                    at,
+                    format!("`{key}` is too long; use at most \"{}s\"", max.as_secs()),
+                );
+                return None;
+            }
+            Some(got)
+        };
+        ListChanges {
+            interval: within(
+                &g.list_changed_interval,
+                "list_changed_interval",
+                Duration::from_secs(60),
+            )
+            .unwrap_or(d.interval),
+            window: within(
+                &g.unstable_window,
+                "unstable_window",
+                Duration::from_secs(3600),
+            )
+            .unwrap_or(d.window),
+            unstable_after: self
+                .count(
+                    &g.unstable_list_changes,
+                    "unstable_list_changes",
+                    (1, 1_000_000),
+                )
+                .unwrap_or(d.unstable_after),
+        }
     }
 
     fn server(&mut self, name: &Str, rs: RawServer) -> Option<Server> {

@@ -7,9 +7,12 @@
 
 pub mod audit_trail;
 pub mod catalog;
+mod debounce;
+mod flapping;
 mod forward;
 mod hints;
 pub mod naming;
+mod refresh;
 mod relay;
 mod reload;
 mod servers;
@@ -32,7 +35,7 @@ use crate::mcp::{
 };
 use crate::policy::{Naming, Policy};
 use crate::sandbox::Runtime;
-use crate::upstream::{Upstream, UpstreamEvent};
+use crate::upstream::UpstreamEvent;
 use catalog::{Catalog, Kind, KINDS};
 pub use sessions::{ClientCaps, MessageSink, SessionInfo};
 
@@ -40,8 +43,6 @@ pub use sessions::{ClientCaps, MessageSink, SessionInfo};
 const EVENT_QUEUE: usize = 4096;
 /// How long catalog requests wait for servers that are still starting.
 const CATALOG_WAIT: Duration = Duration::from_secs(30);
-/// Pages fetched from one server for one list before the gateway stops following cursors.
-const MAX_UPSTREAM_PAGES: usize = 1000;
 
 pub struct Router {
     servers: servers::Servers,
@@ -57,6 +58,9 @@ pub struct Router {
     unsettled: Mutex<HashSet<Arc<str>>>,
     /// One list refresh at a time per server.
     refresh_locks: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+    refreshes: refresh::Refreshes,
+    flapping: flapping::Flapping,
+    debounce: Arc<debounce::Debouncer>,
     /// Each server's `instructions` from its handshake, merged into ours.
     instructions: std::sync::Mutex<std::collections::BTreeMap<Arc<str>, String>>,
     token_counter: AtomicU64,
@@ -70,6 +74,7 @@ struct Settings {
     server_timeouts: HashMap<Arc<str>, Duration>,
     page_size: usize,
     passthrough_instructions: bool,
+    list_changes: crate::policy::ListChanges,
 }
 
 impl Settings {
@@ -83,6 +88,7 @@ impl Settings {
                 .collect(),
             page_size: policy.gateway.page_size,
             passthrough_instructions: policy.effective_naming() != Naming::Prefix,
+            list_changes: policy.gateway.list_changes,
         }
     }
 }
@@ -120,6 +126,9 @@ impl Router {
             settled,
             settled_tx,
             refresh_locks: Mutex::new(HashMap::new()),
+            refreshes: refresh::Refreshes::default(),
+            flapping: flapping::Flapping::default(),
+            debounce: Arc::default(),
             instructions: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             token_counter: AtomicU64::new(1),
             access,
@@ -186,6 +195,7 @@ impl Router {
     /// Forgets a session: its subscriptions, dedicated instances and pending server requests.
     pub async fn close_session(&self, key: &str) {
         self.sessions.close(key);
+        self.debounce.forget(key);
         let session: Arc<str> = Arc::from(key);
         for (server, uri) in self.relay.drop_session(key) {
             if !self.servers.is_shared(&server) {
@@ -633,10 +643,7 @@ impl Router {
                 } => {
                     let kinds = Kind::from_list_changed(&message.method);
                     if !kinds.is_empty() {
-                        if let Some(up) = self.servers.instance(from.instance) {
-                            let me = self.clone();
-                            tokio::spawn(async move { me.refresh(&up, kinds).await });
-                        }
+                        self.list_changed(&from, &message.method, kinds);
                     } else {
                         self.relay_notification(&from, message);
                     }
@@ -661,81 +668,6 @@ impl Router {
         if pending.remove(server) && pending.is_empty() {
             let _ = self.settled_tx.send(true);
         }
-    }
-
-    /// Reloads `kinds` from `server` and tells the sessions whose view changed.
-    async fn refresh(&self, up: &Arc<Upstream>, kinds: &[Kind]) {
-        let server = up.name();
-        let lock = self
-            .refresh_locks
-            .lock()
-            .ok()
-            .map(|mut m| m.entry(server.clone()).or_default().clone());
-        let _serial = match &lock {
-            Some(l) => Some(l.lock().await),
-            None => None,
-        };
-        let before = self.catalog.snapshot();
-        let Some(info) = up.init_info() else {
-            return;
-        };
-        if let (Some(text), Ok(mut all)) = (&info.instructions, self.instructions.lock()) {
-            all.insert(server.clone(), text.clone());
-        }
-        let mut changed = false;
-        for &kind in kinds {
-            let items = if info.has_capability(kind.capability()) {
-                match self.fetch_all(up, kind).await {
-                    Ok(items) => items,
-                    Err(e) => {
-                        tracing::warn!(server = %server, list = kind.list_method(), error = %e, "could not load list");
-                        continue;
-                    }
-                }
-            } else {
-                Vec::new()
-            };
-            changed |= self.catalog.set(server, kind, items);
-        }
-        if changed {
-            let rules = self.access.clients();
-            self.announce(&before, &rules);
-        }
-    }
-
-    async fn fetch_all(
-        &self,
-        up: &Upstream,
-        kind: Kind,
-    ) -> Result<Vec<Map<String, Value>>, String> {
-        let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..MAX_UPSTREAM_PAGES {
-            let params = cursor
-                .as_ref()
-                .map(|c| crate::mcp::to_raw(&json!({ "cursor": c })));
-            let id = up.next_request_id();
-            let outcome = up
-                .call(id, kind.list_method(), params, self.timeout_for(up.name()))
-                .await
-                .map_err(|e| e.to_string())?;
-            let result = outcome.map_err(|e| format!("server error: {}", e.get()))?;
-            let mut page: Map<String, Value> = serde_json::from_str(result.get())
-                .map_err(|e| format!("unreadable result: {e}"))?;
-            if let Some(Value::Array(items)) = page.remove(kind.result_key()) {
-                out.extend(items.into_iter().filter_map(|v| match v {
-                    Value::Object(m) => Some(m),
-                    _ => None,
-                }));
-            }
-            match page.remove("nextCursor") {
-                Some(Value::String(c)) if !c.is_empty() => cursor = Some(c),
-                _ => return Ok(out),
-            }
-        }
-        Err(format!(
-            "more than {MAX_UPSTREAM_PAGES} pages; stopped following cursors"
-        ))
     }
 
     /// Sends the most verbose level any session asked for to every server with logging, so that

@@ -232,7 +232,7 @@ impl Router {
                 for session in self.relay.subscribers(server, uri) {
                     // A dedicated instance's updates are its owner's business only.
                     if from.owner.get().is_none_or(|o| *o == session) {
-                        self.deliver(&session, None, msg.clone());
+                        self.tell(&session, methods::RESOURCES_UPDATED, uri, msg.clone());
                     }
                 }
             }

@@ -69,8 +69,9 @@ impl Router {
     }
 
     /// Sends `notifications/*/list_changed` to every session whose lists differ between
-    /// `before` (seen through `rules_before`) and the catalog and client rules in force now.
-    /// Sessions of one client see the same lists, so each client is compared once.
+    /// `before` (seen through `rules_before`) and the catalog and client rules in force now,
+    /// paced per session (see `debounce`). Sessions of one client see the same lists, so each
+    /// client is compared once.
     pub(super) fn announce(&self, before: &Aggregate, rules_before: &Clients) {
         let after = self.catalog.snapshot();
         let rules_after = self.access.clients();
@@ -93,7 +94,7 @@ impl Router {
                 tracing::debug!(%client, sessions = sessions.len(), method, "list changed");
                 let message = notification_bytes(method, None);
                 for s in &sessions {
-                    s.info.sink.send(message.clone());
+                    self.tell(&s.info.key, method, "", message.clone());
                 }
             }
         }
