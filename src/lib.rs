@@ -12,6 +12,7 @@ pub mod downstream;
 pub mod egress;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod mcp;
 pub mod metrics;
 pub mod policy;

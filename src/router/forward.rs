@@ -248,6 +248,10 @@ impl Router {
                 (Err(Failure::Gateway(ErrorCode::REQUEST_CANCELLED, "request cancelled by the client".into())), "cancelled")
             }
         };
+        let (result, report) = match result {
+            Ok(r) => self.check_answer(server, r),
+            Err(e) => (Err(e), Default::default()),
+        };
         let latency = started.elapsed();
         crate::metrics::global().call(
             server,
@@ -269,14 +273,13 @@ impl Router {
             Err(Failure::Gateway(code, m)) => (audit_trail::outcome_of(*code), m.len()),
             Err(Failure::Limited(_)) => (Outcome::RateLimited, 0),
         };
+        let mut result_record = AuditTrail::result(&call_record, outcome, latency, bytes_out);
+        if !report.is_empty() {
+            result_record = result_record.detail(report.to_json().to_string());
+        }
         // Durable before the response is released.
         self.audit
-            .record(AuditTrail::result(
-                &call_record,
-                outcome,
-                latency,
-                bytes_out,
-            ))
+            .record(result_record)
             .await
             .map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
         result

@@ -10,6 +10,7 @@ pub mod catalog;
 mod debounce;
 mod flapping;
 mod forward;
+mod guarded;
 mod hints;
 pub mod naming;
 mod refresh;
@@ -66,6 +67,8 @@ pub struct Router {
     token_counter: AtomicU64,
     access: Arc<Access>,
     audit: audit_trail::AuditTrail,
+    /// Guard findings already audited.
+    reported: guarded::Reported,
 }
 
 /// The router's settings from the policy; replaced whole by a reload.
@@ -75,11 +78,26 @@ struct Settings {
     page_size: usize,
     passthrough_instructions: bool,
     list_changes: crate::policy::ListChanges,
+    /// Servers whose `sanitize` is not the default.
+    sanitize: HashMap<Arc<str>, crate::policy::Sanitize>,
+    /// Secret values injected into servers, which answers must not echo.
+    injected: Arc<crate::secrets::Redactor>,
 }
 
 impl Settings {
+    fn sanitize_of(&self, server: &str) -> crate::policy::Sanitize {
+        self.sanitize.get(server).copied().unwrap_or_default()
+    }
+
     fn of(policy: &Policy) -> Settings {
         Settings {
+            sanitize: policy
+                .servers
+                .iter()
+                .filter(|(_, s)| s.sanitize != crate::policy::Sanitize::default())
+                .map(|(name, s)| (Arc::from(name.as_str()), s.sanitize))
+                .collect(),
+            injected: Arc::new(crate::secrets::injected(policy)),
             request_timeout: policy.gateway.request_timeout,
             server_timeouts: policy
                 .servers
@@ -133,6 +151,7 @@ impl Router {
             token_counter: AtomicU64::new(1),
             access,
             audit,
+            reported: guarded::Reported::default(),
         });
         tokio::spawn(router.clone().run_events(events_rx));
         router
@@ -350,6 +369,10 @@ impl Router {
                 } else {
                     (agg.prompt(name), "prompt")
                 };
+                let kind = if is_tool { Kind::Tools } else { Kind::Prompts };
+                if route.is_none() {
+                    self.refuse_withheld(identity, key, &agg, kind, name)?;
+                }
                 let route = route.ok_or_else(|| {
                     // A server that is down contributes nothing to the lists; say which and
                     // why, or the caller cannot tell a typo from an outage.
@@ -359,7 +382,6 @@ impl Router {
                         .filter_map(|(server, r)| r.err().map(|why| (server, why)))
                         .collect();
                     let rules = self.access.rules(&identity.client);
-                    let kind = if is_tool { Kind::Tools } else { Kind::Prompts };
                     let visible: Vec<&str> = agg
                         .names(kind)
                         .filter(|(_, r)| rules.permits(&r.server, &r.name))
@@ -467,8 +489,12 @@ impl Router {
     }
 
     fn resource_owner(&self, uri: &str) -> Result<Arc<str>, Failure> {
-        if let Some(s) = self.catalog.snapshot().resource_server(uri) {
+        let agg = self.catalog.snapshot();
+        if let Some(s) = agg.resource_server(uri) {
             return Ok(s.clone());
+        }
+        if let Some((_, why)) = agg.withheld_template(uri) {
+            return Err(Failure::Gateway(ErrorCode::WITHHELD, why.to_owned()));
         }
         // With a single server there is no ambiguity: let it decide whether the URI exists.
         if let [only] = self.servers.names().as_slice() {
@@ -478,6 +504,38 @@ impl Router {
             ErrorCode::RESOURCE_NOT_FOUND,
             format!("resource `{uri}` is not offered by any server behind this gateway"),
         ))
+    }
+
+    /// Refuses a call of a withheld tool or prompt with the reason, when the caller may see
+    /// it; `Ok` when `exposed` is not withheld (or not the caller's to know about).
+    fn refuse_withheld(
+        &self,
+        identity: &Identity,
+        session: &str,
+        agg: &catalog::Aggregate,
+        kind: Kind,
+        exposed: &str,
+    ) -> Result<(), Failure> {
+        let Some((route, why)) = agg.withheld(kind, exposed) else {
+            return Ok(());
+        };
+        if !self
+            .access
+            .rules(&identity.client)
+            .permits(&route.server, &route.name)
+        {
+            return Ok(());
+        }
+        self.audit.record_later(audit_trail::AuditTrail::denied(
+            Some(identity),
+            Some(session),
+            Some(&route.server),
+            Some(&route.name),
+            crate::audit::Outcome::Error(ErrorCode::WITHHELD.0),
+            why,
+        ));
+        crate::metrics::global().refusal("withheld");
+        Err(Failure::Gateway(ErrorCode::WITHHELD, why.to_owned()))
     }
 
     fn completion_target(&self, params: &Map<String, Value>) -> Result<Arc<str>, Failure> {

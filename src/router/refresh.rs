@@ -131,8 +131,14 @@ impl Router {
         let Some(info) = up.init_info() else {
             return;
         };
-        if let (Some(text), Ok(mut all)) = (&info.instructions, self.instructions.lock()) {
-            all.insert(server.clone(), text.clone());
+        if let Some(text) = &info.instructions {
+            let shown = self.sanitize_instructions(server, text);
+            if let Ok(mut all) = self.instructions.lock() {
+                match shown {
+                    Some(t) => all.insert(server.clone(), t),
+                    None => all.remove(server),
+                };
+            }
         }
         let mut changed = false;
         for &kind in kinds {
@@ -164,7 +170,9 @@ impl Router {
     /// least once after its last change). The tool-definition lock checks `items` here before
     /// they are adopted.
     fn adopt(&self, server: &Arc<str>, kind: Kind, items: Vec<Map<String, Value>>) -> bool {
-        self.catalog.set(server, kind, items)
+        let mut withheld = Vec::new();
+        let items = self.sanitize_definitions(server, kind, items, &mut withheld);
+        self.catalog.set(server, kind, items, withheld)
     }
 
     async fn fetch_all(
