@@ -24,6 +24,10 @@ fn main() -> ExitCode {
         Command::Health(health) => cli::health::run(health),
         Command::Firewall(FirewallCommand::Plan { file }) => cli::firewall::plan(&file),
         Command::Firewall(FirewallCommand::Show) => cli::firewall::show(),
+        Command::Tools(cmd) => {
+            cli::init_logging(args.log_format);
+            cli::tools::run(cmd)
+        }
         Command::Serve(serve) => {
             cli::init_logging(args.log_format);
             let runtime = match async_runtime() {

@@ -290,6 +290,7 @@ async fn runtime_spawns_over_attach_reports_exits_and_cleans_up() {
         session: Some("sess-1".into()),
         policy_hash: "abc123".into(),
         purpose: Some(Purpose::Session),
+        image_pin: None,
     };
     let mut times = Vec::new();
     for round in 0..3 {

@@ -9,6 +9,7 @@ pub mod firewall;
 pub mod health;
 pub mod policy;
 pub mod serve;
+pub mod tools;
 
 use std::path::PathBuf;
 
@@ -53,6 +54,10 @@ pub enum Command {
     /// Show the nftables egress rules: planned for a policy, or live.
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// Pin what servers offer: write the lock file of approved tool definitions, or show what
+    /// changed since.
+    #[command(subcommand)]
+    Tools(tools::ToolsCommand),
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,4 +14,6 @@
 
 pub mod canonical;
 pub mod content;
+pub mod lock;
+pub mod review;
 pub mod sanitize;

@@ -117,6 +117,11 @@ fn class_of(c: char) -> Option<Class> {
     }
 }
 
+/// Whether `c` is one of the characters [`strip`] removes (escape sequences aside).
+pub fn is_hidden(c: char) -> bool {
+    class_of(c).is_some()
+}
+
 /// Whether `text` holds anything [`strip`] would remove (a quick scan, no allocation).
 pub fn is_clean(text: &str) -> bool {
     // Printable ASCII (and tab/LF/CR) is the common case; only other bytes need a closer look.

@@ -29,7 +29,7 @@ use crate::downstream::SessionControl;
 use crate::policy::diff::{self, PolicyDiff};
 use crate::policy::{self, Policy};
 use crate::router::audit_trail::AuditTrail;
-use crate::router::Router;
+use crate::router::{ActiveLock, Router};
 use crate::sandbox::backends::Backends;
 use crate::sandbox::Runtime;
 
@@ -167,6 +167,8 @@ struct Valid {
     sha256: String,
     clients: Clients,
     secrets: BTreeMap<String, String>,
+    /// Its lock file (`[gateway] lock`), read again.
+    lock: Option<ActiveLock>,
 }
 
 /// What reading the policy for a reload found.
@@ -206,13 +208,26 @@ fn load_for_reload(
         let clients = Clients::from_policy(&policy).map_err(|e| e.to_string());
         (policy, clients)
     });
+    let lock = |policy: &Policy| match &policy.gateway.lock {
+        Some(settings) => ActiveLock::load(settings, &policy.origin)
+            .map(Some)
+            .map_err(|e| e.to_string()),
+        None => Ok(None),
+    };
     match checked {
-        Ok((policy, Ok(clients))) => Loaded::Valid(Box::new(Valid {
-            secrets: fingerprints(&policy),
-            policy,
-            sha256,
-            clients,
-        })),
+        Ok((policy, Ok(clients))) => match lock(&policy) {
+            Ok(lock) => Loaded::Valid(Box::new(Valid {
+                secrets: fingerprints(&policy),
+                policy,
+                sha256,
+                clients,
+                lock,
+            })),
+            Err(error) => Loaded::Invalid {
+                sha256: Some(sha256),
+                error,
+            },
+        },
         Ok((_, Err(error))) => Loaded::Invalid {
             sha256: Some(sha256),
             error,
@@ -234,6 +249,7 @@ struct Candidate {
     secrets: BTreeMap<String, String>,
     /// A runtime (and its generation) newer than the one servers were started on.
     runtime: Option<(Arc<dyn Runtime>, u64)>,
+    lock: Option<ActiveLock>,
 }
 
 impl Reloader {
@@ -338,6 +354,7 @@ impl Reloader {
             sha256,
             clients,
             secrets,
+            lock,
         } = match loaded {
             Loaded::Tried => return Ok(None),
             Loaded::Invalid { sha256, error } => return Err((sha256, error)),
@@ -374,6 +391,7 @@ impl Reloader {
             clients,
             secrets,
             runtime,
+            lock,
         }))
     }
 
@@ -387,6 +405,7 @@ impl Reloader {
             clients,
             secrets,
             runtime,
+            lock,
         } = c;
         let before = self.access.clients();
         // The new client table replaces the old in one step: no request sees a mix.
@@ -400,6 +419,8 @@ impl Reloader {
             rt
         });
         crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
+        // Before servers (re)start, so that they start under the new lock's image pins.
+        self.router.set_lock(lock);
         self.router.reload(&policy, &diff.servers, runtime, &before);
         if let Some(log) = &self.audit_log {
             // Old values stay: records about the old servers may still be written.

@@ -12,6 +12,7 @@ mod flapping;
 mod forward;
 mod guarded;
 mod hints;
+mod locked;
 pub mod naming;
 mod refresh;
 mod relay;
@@ -38,6 +39,7 @@ use crate::policy::{Naming, Policy};
 use crate::sandbox::Runtime;
 use crate::upstream::UpstreamEvent;
 use catalog::{Catalog, Kind, KINDS};
+pub use locked::ActiveLock;
 pub use sessions::{ClientCaps, MessageSink, SessionInfo};
 
 /// Queue between upstream readers and the router's event task.
@@ -69,6 +71,8 @@ pub struct Router {
     audit: audit_trail::AuditTrail,
     /// Guard findings already audited.
     reported: guarded::Reported,
+    /// The lock file in force (`[gateway] lock`).
+    lock: RwLock<Option<Arc<ActiveLock>>>,
 }
 
 /// The router's settings from the policy; replaced whole by a reload.
@@ -129,8 +133,24 @@ impl Router {
         access: Arc<Access>,
         audit: audit_trail::AuditTrail,
     ) -> Arc<Router> {
+        Self::start_locked(policy, runtime, access, audit, None)
+    }
+
+    /// [`Router::start`] with the lock file `lock` in force from the first start of every
+    /// server (image pins included).
+    pub fn start_locked(
+        policy: &Policy,
+        runtime: Arc<dyn Runtime>,
+        access: Arc<Access>,
+        audit: audit_trail::AuditTrail,
+        lock: Option<ActiveLock>,
+    ) -> Arc<Router> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let servers = servers::Servers::start(policy, runtime, events_tx);
+        let pins = Arc::new(crate::sandbox::ImagePins::default());
+        if let Some(l) = &lock {
+            pins.replace(l.image_pins());
+        }
+        let servers = servers::Servers::start(policy, runtime, events_tx, pins);
         let (prefix, filters) = catalog_layout(policy);
         let (settled_tx, settled) = watch::channel(servers.len() == 0);
         let router = Arc::new(Router {
@@ -152,6 +172,7 @@ impl Router {
             access,
             audit,
             reported: guarded::Reported::default(),
+            lock: RwLock::new(lock.map(Arc::new)),
         });
         tokio::spawn(router.clone().run_events(events_rx));
         router

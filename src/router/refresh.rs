@@ -15,15 +15,12 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::catalog::{Kind, KINDS};
 use super::Router;
 use crate::upstream::{Source, Upstream};
-
-/// Pages fetched from one server for one list before the gateway stops following cursors.
-const MAX_UPSTREAM_PAGES: usize = 1000;
 
 /// The lists of one server waiting for the next round, and the instance to ask.
 struct Dirty<U> {
@@ -144,7 +141,14 @@ impl Router {
         for &kind in kinds {
             let items = if info.has_capability(kind.capability()) {
                 crate::metrics::global().list_fetched(server, kind.result_key());
-                match self.fetch_all(up, kind).await {
+                let fetched = up
+                    .fetch_list(
+                        kind.list_method(),
+                        kind.result_key(),
+                        self.timeout_for(server),
+                    )
+                    .await;
+                match fetched {
                     Ok(items) => items,
                     Err(e) => {
                         tracing::warn!(server = %server, list = kind.list_method(), error = %e, "could not load list");
@@ -171,43 +175,10 @@ impl Router {
     /// they are adopted.
     fn adopt(&self, server: &Arc<str>, kind: Kind, items: Vec<Map<String, Value>>) -> bool {
         let mut withheld = Vec::new();
+        // The lock judges what the server sent; sanitizing comes after, on what is kept.
+        let items = self.lock_definitions(server, kind, items, &mut withheld);
         let items = self.sanitize_definitions(server, kind, items, &mut withheld);
         self.catalog.set(server, kind, items, withheld)
-    }
-
-    async fn fetch_all(
-        &self,
-        up: &Upstream,
-        kind: Kind,
-    ) -> Result<Vec<Map<String, Value>>, String> {
-        let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..MAX_UPSTREAM_PAGES {
-            let params = cursor
-                .as_ref()
-                .map(|c| crate::mcp::to_raw(&json!({ "cursor": c })));
-            let id = up.next_request_id();
-            let outcome = up
-                .call(id, kind.list_method(), params, self.timeout_for(up.name()))
-                .await
-                .map_err(|e| e.to_string())?;
-            let result = outcome.map_err(|e| format!("server error: {}", e.get()))?;
-            let mut page: Map<String, Value> = serde_json::from_str(result.get())
-                .map_err(|e| format!("unreadable result: {e}"))?;
-            if let Some(Value::Array(items)) = page.remove(kind.result_key()) {
-                out.extend(items.into_iter().filter_map(|v| match v {
-                    Value::Object(m) => Some(m),
-                    _ => None,
-                }));
-            }
-            match page.remove("nextCursor") {
-                Some(Value::String(c)) if !c.is_empty() => cursor = Some(c),
-                _ => return Ok(out),
-            }
-        }
-        Err(format!(
-            "more than {MAX_UPSTREAM_PAGES} pages; stopped following cursors"
-        ))
     }
 }
 
