@@ -8,6 +8,7 @@
 
 mod audit;
 mod dns;
+mod guard;
 mod http;
 mod mcp;
 mod policy;
@@ -15,6 +16,7 @@ mod sse;
 
 pub use audit::{audit_verify, SEED_LOG_KEY};
 pub use dns::dns_query;
+pub use guard::tool_definition;
 pub use http::http_request;
 pub use mcp::mcp_message;
 pub use policy::{policy_import, policy_toml};
@@ -33,4 +35,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("policy_import", policy_import),
     ("dns_query", dns_query),
     ("audit_verify", audit_verify),
+    ("tool_definition", tool_definition),
 ];

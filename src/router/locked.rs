@@ -99,6 +99,41 @@ impl Router {
         }
     }
 
+    /// A server instance is up on image `running` (an id): in `warn` mode it may differ from
+    /// the locked one (in `enforce` mode it would not have started); reported once.
+    pub(super) fn check_running_image(&self, server: &Arc<str>, running: Option<&str>) {
+        let (Some(active), Some(found)) = (self.active_lock(), running) else {
+            return;
+        };
+        let Some(locked) = active
+            .lock
+            .servers
+            .get(server.as_ref())
+            .and_then(|s| s.image.as_ref())
+        else {
+            return;
+        };
+        if locked.id == found || !self.reported.first(format!("image\0{server}\0{found}")) {
+            return;
+        }
+        crate::metrics::global().lock_mismatch(server, "image", "image");
+        tracing::warn!(server = %server, locked = %locked.id, found, mode = active.settings.mode.as_str(), "a server runs an image other than the one in the lock file");
+        let detail = json!({
+            "list": "image",
+            "change": "image",
+            "locked": locked.id,
+            "found": found,
+            "mode": active.settings.mode.as_str(),
+            "action": "allowed",
+        });
+        self.audit.record_later(
+            AuditEvent::new(AuditKind::LockMismatch)
+                .server(server.to_string())
+                .image_digest(found)
+                .detail(detail.to_string()),
+        );
+    }
+
     fn active_lock(&self) -> Option<Arc<ActiveLock>> {
         match self.lock.read() {
             Ok(l) => l.clone(),

@@ -685,6 +685,7 @@ impl Router {
                         if let Some(d) = &info.instance.image_digest {
                             ev = ev.image_digest(d.clone());
                         }
+                        self.check_running_image(&from.server, info.instance.image_id.as_deref());
                         if let Some(owner) = from.owner.get() {
                             ev = ev.session(audit_trail::session_tag(owner));
                         }
