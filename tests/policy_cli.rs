@@ -277,6 +277,8 @@ fn show_prints_effective_defaults() {
         "egress                none (default deny)",
         "list_changed_interval 250ms",
         "unstable_list_changes more than 60 per 1m",
+        "lock                  none",
+        "sanitize              strip",
     ] {
         assert!(r.stdout.contains(want), "missing {want:?} in\n{}", r.stdout);
     }
