@@ -9,6 +9,16 @@ use portcullis::cli::{self, Cli, Command, FirewallCommand, PolicyCommand, TokenC
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // The confinement helper of process servers (see `sandbox::confine`): dispatched before
+    // argument parsing, logging or the async runtime, since it must stay single-threaded and
+    // its environment is the server's, not the gateway's.
+    let mut argv = std::env::args_os().skip(1);
+    if argv
+        .next()
+        .is_some_and(|a| a == portcullis::sandbox::confine::SUBCOMMAND)
+    {
+        std::process::exit(portcullis::sandbox::confine::run(argv.collect()));
+    }
     let args = Cli::parse();
     match args.command {
         Command::Policy(PolicyCommand::Check { file }) => cli::policy::check(&file),

@@ -74,6 +74,8 @@ pub struct Metrics {
     egress_denied: Family<AtomicU64>,
     audit_queue: Family<AtomicI64>,
     audit_fsync_seconds: Family<Histogram>,
+    stream_dropped: Family<AtomicU64>,
+    stream_drop_warnings: Family<AtomicU64>,
     list_changed_received: Family<AtomicU64>,
     list_fetches: Family<AtomicU64>,
     list_changed_sent: Family<AtomicU64>,
@@ -97,6 +99,8 @@ pub fn global() -> &'static Metrics {
         egress_denied: family("Egress attempts denied by the firewall, by server."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
+        stream_dropped: family("Notifications dropped from a client's resumption buffer before it read them, by session (the audit log's session digest) and the server that sent them (`gateway` for the gateway's own)."),
+        stream_drop_warnings: family("Warnings sent to clients that notifications were dropped from their stream (one per burst), by session."),
         list_changed_received: family("List-change notifications received from servers, by server and list."),
         list_fetches: family("Lists fetched whole from servers (at start and after changes), by server and list."),
         list_changed_sent: family("List-change and resource-update notifications sent to client sessions, by list."),
@@ -198,6 +202,21 @@ impl Metrics {
         observe(&self.audit_fsync_seconds.get(Vec::new()), d);
     }
 
+    pub fn stream_dropped(&self, session: &str, server: &str) {
+        self.stream_dropped
+            .get(vec![
+                ("session", session.to_owned()),
+                ("server", server.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stream_drop_warning(&self, session: &str) {
+        self.stream_drop_warnings
+            .get(vec![("session", session.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn list_changed_received(&self, server: &str, list: &str) {
         self.list_changed_received
             .get(vec![
@@ -291,6 +310,16 @@ impl Metrics {
             &mut o,
             "portcullis_audit_fsync_seconds",
             &self.audit_fsync_seconds,
+        );
+        counter(
+            &mut o,
+            "portcullis_stream_notifications_dropped_total",
+            &self.stream_dropped,
+        );
+        counter(
+            &mut o,
+            "portcullis_stream_drop_warnings_total",
+            &self.stream_drop_warnings,
         );
         counter(
             &mut o,

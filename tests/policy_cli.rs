@@ -274,11 +274,16 @@ fn show_prints_effective_defaults() {
         "max_body_bytes        4m",
         "session_idle_timeout  30m",
         "startup_timeout       30s",
-        "egress                none (default deny)",
         "list_changed_interval 250ms",
         "unstable_list_changes more than 60 per 1m",
         "lock                  none",
         "sanitize              strip",
+        "egress                no rules: the host's network",
+        // What the process server can and cannot do.
+        "user                  65534:65534",
+        "sandbox               gateway as root: runs as 65534:65534 with no capabilities",
+        "cannot: see or signal other processes (own PID namespace), read the audit log and key",
+        "gateway not root: the gateway's uid in a user namespace",
     ] {
         assert!(r.stdout.contains(want), "missing {want:?} in\n{}", r.stdout);
     }

@@ -34,8 +34,8 @@ pub struct Target {
 pub enum Work {
     /// `tools/call` of this tool with `{"text": "..."}`.
     Call(String),
-    /// `tools/list` (first page).
-    List,
+    /// A list method (`tools/list`, `resources/list`), first page.
+    List(&'static str),
 }
 
 /// How much load: `sessions` concurrent sessions, each doing `warmup` unmeasured requests and
@@ -213,7 +213,9 @@ impl Session {
             Work::Call(tool) => format!(
                 r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"bench-{id}"}}}}}}"#
             ),
-            Work::List => format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#),
+            Work::List(method) => {
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}"}}"#)
+            }
         };
         let a = self.post(body.into_bytes()).await?;
         if a.status != 200 {

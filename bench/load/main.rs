@@ -9,7 +9,8 @@
 //!   (c) Portcullis -> the fixture server over stdio: process runtime, and the shared Docker
 //!       container when dockerd is usable (skipped loudly otherwise)
 //!   (d) (b) with the audit log on, fsync = group; (dc) the same for (c), process runtime
-//!   (e) tools/list over 50 servers x 20 tools
+//!   (e) cached tools/list and resources/list over 50 servers x 20 items, without and with
+//!       client rules (bench/load/catalog.rs; BENCH_BASELINE_BIN compares with another build)
 //!   peers: ContextForge -> echo upstream (compare with b); supergateway -> fixture over stdio
 //!   (compare with c, process)
 //!   memory: gateway RSS with 1,000 open sessions
@@ -23,8 +24,10 @@
 //! rows show it at saturation, where on a small machine it is mostly queueing for the CPU.
 //!
 //! Knobs (environment): BENCH_SESSIONS=32 BENCH_CALLS=2000 (per session) BENCH_PEER_CALLS=100
-//! BENCH_RSS_SESSIONS=1000 BENCH_CF_WORKERS=2 BENCH_PACED_RATE=8000.
+//! BENCH_RSS_SESSIONS=1000 BENCH_CF_WORKERS=2 BENCH_PACED_RATE=8000; BENCH_BASELINE_BIN=PATH
+//! (catalog rows against another build too, see bench/load/catalog.rs).
 
+mod catalog;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod drive;
@@ -179,17 +182,6 @@ fn remote_policy(echo: &str, audit: &str) -> String {
     )
 }
 
-fn catalog_policy(servers: usize, tools: usize) -> String {
-    let mut p = "[gateway]\nlisten = \"127.0.0.1:0\"\nnaming = \"prefix\"\npage_size = 10000\n\n[audit]\nenabled = false\n".to_owned();
-    for i in 0..servers {
-        p.push_str(&format!(
-            "\n[servers.s{i:02}]\nruntime = \"process\"\ncommand = \"{}\"\nargs = [\"--stdio\", \"--tools\", \"{tools}\"]\n",
-            procs::echo_bin().display()
-        ));
-    }
-    p
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     // `cargo test --all-targets` (make test, CI) runs bench binaries without `--bench`: there
@@ -337,16 +329,14 @@ async fn run() -> Result<(), String> {
         }
     }
 
-    // (e) tools/list over 50 servers x 20 tools.
+    // (e) cached tools/list and resources/list over 50 servers x 20 items.
     if wanted("e") {
-        let gw = gateway(&catalog_policy(50, 20));
         let plan = Plan {
             calls: (calls / 10).max(20),
             warmup: 5,
             ..heavy
         };
-        let label = "Portcullis tools/list, 50 servers x 20 tools";
-        rows.extend(through(&gw, None, "e", label, Work::List, &[("", plan)]).await?);
+        rows.extend(catalog::run(plan, &mut notes).await?);
     }
 
     // Peers.

@@ -44,7 +44,7 @@ pub fn each_record(
 /// ArcSight CEF:0. Severity: 7 for tamper/recovery, 5 for denials, errors and unstable
 /// catalogs, 3 otherwise.
 /// Extension keys: `rt` (ms since epoch), `externalId` (`log_id:seq`, the dedupe key), `suser`
-/// (client), `outcome`, `msg` (detail), and labelled custom strings cs1=server, cs2=tool,
+/// (client), `outcome`, `msg` (detail), and labelled custom strings cs1=server, cs2=tool (or item),
 /// cs3=session, cs4=method, cs5=args_sha256, cs6=prev; cn1=latency_us; `in`/`out` bytes.
 pub fn to_cef(v: &Value) -> String {
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
@@ -70,9 +70,11 @@ pub fn to_cef(v: &Value) -> String {
     add("suser", s("client"));
     add("outcome", outcome);
     add("msg", s("detail"));
+    // CEF has six custom strings: a record names a tool or another item, never both.
+    let what = if s("tool").is_empty() { "item" } else { "tool" };
     for (i, (label, key)) in [
         ("server", "server"),
-        ("tool", "tool"),
+        (what, what),
         ("session", "session"),
         ("method", "method"),
         ("args_sha256", "args_sha256"),

@@ -115,6 +115,9 @@ pub enum Outcome {
     EgressDenied,
     /// A request to change the gateway (a policy reload) that was refused.
     Rejected,
+    /// The answer was over `max_message_bytes` and the caller got an error instead;
+    /// `bytes_out` is the answer's size (or the limit, when reading stopped at it).
+    TooLarge,
 }
 
 impl Outcome {
@@ -126,6 +129,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::EgressDenied => "egress_denied",
             Outcome::Rejected => "rejected",
+            Outcome::TooLarge => "too_large",
         }
     }
 }
@@ -170,6 +174,8 @@ pub struct AuditEvent {
     pub container: Option<String>,
     pub method: Option<String>,
     pub tool: Option<String>,
+    /// What a request other than a tool call reached: a prompt name, resource URI or template.
+    pub item: Option<String>,
     pub args_sha256: Option<String>,
     /// The raw arguments; written (redacted, as a JSON text string) only when the policy sets
     /// `record_arguments = true`, and never held in the record otherwise.
@@ -207,6 +213,7 @@ impl AuditEvent {
             container: None,
             method: None,
             tool: None,
+            item: None,
             args_sha256: None,
             args: None,
             outcome: None,
@@ -224,6 +231,7 @@ impl AuditEvent {
     setter!(container, String);
     setter!(method, String);
     setter!(tool, String);
+    setter!(item, String);
     setter!(outcome, Outcome);
     setter!(latency_us, u64);
     setter!(bytes_in, u64);
@@ -259,6 +267,7 @@ impl AuditEvent {
             ("container", self.container),
             ("method", self.method),
             ("tool", self.tool),
+            ("item", self.item),
             ("args_sha256", self.args_sha256),
         ];
         for (k, v) in strs {

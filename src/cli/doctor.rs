@@ -1,10 +1,11 @@
 //! `portcullis doctor`: checks that what a policy needs is present on this machine, and says how
 //! to fix what is not. Each check is a function returning `Finding`s (the policy here, Docker
-//! below, nftables and the audit directory in their own modules), so new ones slot in without
+//! below, nftables, the audit directory and what process servers can read in their own modules), so new ones slot in without
 //! touching the others.
 
 mod audit_dir;
 mod nftables;
+mod process_access;
 mod servers;
 
 use std::path::PathBuf;
@@ -85,6 +86,7 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
             findings.extend(docker(&policy).await);
             findings.extend(nftables::check(&policy).await);
             findings.extend(audit_dir::check(&policy));
+            findings.extend(process_access::check(&policy));
             if args.start {
                 findings.extend(servers::start_each(&policy, &args.docker_scope).await);
             }

@@ -139,6 +139,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the listener")?;
+    let admin = match policy.gateway.admin_listen {
+        Some(addr) => {
+            let l = Listener::bind_admin(
+                &policy.gateway,
+                addr,
+                router.clone(),
+                access.clone(),
+                trail.clone(),
+            )
+            .await
+            .context("starting the admin listener (gateway.admin_listen)")?;
+            let bound = l.local_addr().context("reading the admin address")?;
+            tracing::info!(%bound, "admin listener: /health, /ready, /metrics");
+            // It holds no sessions; it stops with the process.
+            Some((bound, tokio::spawn(l.serve(std::future::pending()))))
+        }
+        None => None,
+    };
     // In a container, clients connect to the published host address, not the bound one.
     let (listener, addr) = match published {
         Some(p) => {
@@ -191,7 +209,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if auth_env.is_some() {
         println!("  (export PORTCULLIS_TOKEN=<the client's token> before starting Claude Code)");
     }
+    if let Some((bound, _)) = &admin {
+        println!("Admin endpoints (/ready, /metrics) on http://{bound}");
+    }
     listener.serve(shutdown_signal()).await;
+    if let Some((_, task)) = admin {
+        task.abort();
+    }
     tracing::info!("shutting down: stopping servers");
     router.shutdown().await;
     if let Some(removed) = backends.shutdown().await {

@@ -22,6 +22,8 @@ pub struct Session {
     pub identity: Identity,
     /// Messages not tied to a request (list changes, relayed requests with no open POST).
     pub standalone: Arc<EventStream>,
+    /// The session's digest as the audit log writes it; labels its streams' metrics.
+    tag: Arc<str>,
     /// POST streams by number, which is also their order of creation.
     streams: Mutex<Retained>,
     next_stream: AtomicU64,
@@ -36,11 +38,13 @@ pub struct Session {
 
 impl Session {
     fn new(id: Arc<str>, protocol: &'static str, identity: Identity) -> Session {
+        let tag: Arc<str> = Arc::from(crate::router::audit_trail::session_tag(&id));
         Session {
             id,
             protocol,
             identity,
-            standalone: EventStream::new(0),
+            standalone: EventStream::new(0, tag.clone()),
+            tag,
             streams: Mutex::new(Retained {
                 streams: BTreeMap::new(),
                 swept: Instant::now(),
@@ -81,7 +85,7 @@ impl Session {
     /// oldest finished stream (the first one in creation order) makes room.
     pub fn open_stream(&self) -> Arc<EventStream> {
         let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let stream = EventStream::new(n);
+        let stream = EventStream::new(n, self.tag.clone());
         if let Ok(mut r) = self.streams.lock() {
             let now = Instant::now();
             if now.duration_since(r.swept) >= SWEEP_EVERY {

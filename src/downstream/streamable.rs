@@ -179,7 +179,9 @@ pub(super) async fn read_body<B: RequestBody>(
             StatusCode::PAYLOAD_TOO_LARGE,
             None,
             ErrorCode::INVALID_REQUEST,
-            &format!("request body over {limit} bytes (gateway.max_body_bytes)"),
+            &format!(
+                "request body over {limit} bytes (gateway.max_body_bytes, at most gateway.max_message_bytes)"
+            ),
         )
     };
     if headers

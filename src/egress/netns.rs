@@ -8,13 +8,10 @@
 //! When the gateway runs as root, a `process` server gets the same enforcement as a container:
 //! [`ProcessNet::create`] makes a namespace `pcs-<hash>` joined to the host by a veth pair whose
 //! host side is `pc-<hash>` (the same interface naming the rule set keys on) with a /29 from the
-//! pool, and a default route through the host side. The child is started with the command
-//! prefix from [`ProcessNet::command_prefix`] (`ip netns exec pcs-<hash>`). That was chosen over
-//! `setns` in `pre_exec` because `ip netns exec` also bind-mounts `/etc/netns/NAME/resolv.conf`
-//! over `/etc/resolv.conf` in a private mount namespace, which is how the child learns that its
-//! only resolver is the gateway's; a bare `setns` would leave it reading the host's resolver
-//! configuration (unreachable, but a confusing failure). Setup uses the `ip` tool, which is what
-//! the brief allows for setup; the firewall itself is programmed over netlink. The sandbox's
+//! pool, and a default route through the host side. The child's confinement helper enters it
+//! with `setns` ([`ProcessNet::path`]) and binds [`ProcessNet::resolv_conf`] over its view's
+//! `/etc/resolv.conf` (what `ip netns exec` used to do), so its only resolver is the gateway's.
+//! Setup uses the `ip` tool, which is what the brief allows for setup; the firewall itself is programmed over netlink. The sandbox's
 //! subnet is masqueraded by the table's `postrouting` chain (the veth attachment asks for it),
 //! and [`super::host_forward`] lets its traffic through a host whose forward policy drops (as
 //! Docker's does).
@@ -167,6 +164,11 @@ impl ProcessNet {
 
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.netns)
+    }
+
+    /// The sandbox's resolver configuration, which its children see as `/etc/resolv.conf`.
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.resolv_dir.join("resolv.conf")
     }
 }
 

@@ -37,6 +37,9 @@ impl ErrorCode {
     /// Gateway: the server's answer held hidden characters and its policy says
     /// `sanitize = "refuse"`.
     pub const CONTENT_REFUSED: ErrorCode = ErrorCode(-32031);
+    /// Gateway: a message is over `max_message_bytes`; `data` names the server, the method,
+    /// the size and the limit.
+    pub const MESSAGE_TOO_LARGE: ErrorCode = ErrorCode(-32017);
 }
 
 #[derive(Serialize)]

@@ -184,7 +184,9 @@ fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
         });
     }
     // `sanitize`: a new instance lists again, so its definitions are judged under the new mode.
-    keys.extend(differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout, sanitize));
+    keys.extend(differing!(
+        o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes, sanitize
+    ));
     keys
 }
 
@@ -209,10 +211,12 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
     }
     keep!(
         listen => "gateway.listen",
+        admin_listen => "gateway.admin_listen",
         tls => "gateway.tls",
         allowed_origins => "gateway.allowed_origins",
         allowed_hosts => "gateway.allowed_hosts",
         max_body_bytes => "gateway.max_body_bytes",
+        max_message_bytes => "gateway.max_message_bytes",
         session_idle_timeout => "gateway.session_idle_timeout",
         unused_session_timeout => "gateway.unused_session_timeout",
         max_sessions => "gateway.max_sessions",

@@ -4,6 +4,7 @@ mod diagnose;
 pub mod diff;
 pub mod egress;
 pub mod error;
+pub mod glob;
 pub mod import;
 pub mod location;
 pub mod model;
@@ -17,6 +18,7 @@ mod validate_guard;
 mod validate_oauth;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
+pub use glob::glob_match;
 pub use import::import;
 pub use model::*;
 pub use validate::{

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::glob::glob_match;
+
 /// A complete, validated policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -210,6 +212,9 @@ pub enum HttpSinkAuth {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
     pub listen: SocketAddr,
+    /// A loopback listener that serves `/health`, `/ready` and `/metrics` (without a token);
+    /// when set, the main listener no longer serves `/ready` and `/metrics`.
+    pub admin_listen: Option<SocketAddr>,
     pub naming: Naming,
     /// Extra `Origin` values accepted besides loopback origins (exact match, e.g. `https://app.example`).
     pub allowed_origins: Vec<String>,
@@ -217,6 +222,8 @@ pub struct Gateway {
     pub allowed_hosts: Vec<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Largest JSON-RPC message read from a server or sent to a client; servers may override it.
+    pub max_message_bytes: usize,
     /// How long an upstream may take to answer one request before the client gets an error.
     pub request_timeout: Duration,
     /// Sessions with no request for this long are closed.
@@ -394,6 +401,9 @@ pub struct Server {
     pub max_in_flight: Option<u32>,
     /// How long a call may wait for a free slot before it is refused.
     pub queue_timeout: Duration,
+    /// Largest message this server may send (and the gateway may relay from it): its own
+    /// `max_message_bytes`, else the gateway's.
+    pub max_message_bytes: usize,
     /// What the gateway answers the server's `roots/list` with when no client session can be
     /// asked (shared servers between calls, clients without roots): `file://` URIs.
     pub roots: Vec<String>,
@@ -443,6 +453,32 @@ pub struct ProcessSpec {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: Option<PathBuf>,
+    /// The uid and gid the server runs as when the gateway is root (default 65534:65534).
+    pub user: ProcessUser,
+    /// Host paths bound into the server's read-only view (`target` is a host path too).
+    pub mounts: Vec<Mount>,
+}
+
+/// `user` of a process server; uid 0 only with `allow_root = true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for ProcessUser {
+    fn default() -> ProcessUser {
+        ProcessUser {
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -683,33 +719,6 @@ impl ToolFilter {
         }
         self.allow.is_empty() || self.allow.iter().any(|p| glob_match(p, tool))
     }
-}
-
-/// `*` matches any run of characters (including none); every other character is literal.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p = pattern.as_bytes();
-    let t = text.as_bytes();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 #[cfg(test)]

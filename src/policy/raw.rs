@@ -97,10 +97,12 @@ pub struct RawSink {
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     pub listen: Option<Str>,
+    pub admin_listen: Option<Str>,
     pub naming: Option<Str>,
     pub allowed_origins: Option<Vec<Str>>,
     pub allowed_hosts: Option<Vec<Str>>,
     pub max_body_bytes: Option<Spanned<Value>>,
+    pub max_message_bytes: Option<Spanned<Value>>,
     pub request_timeout: Option<Spanned<Value>>,
     pub session_idle_timeout: Option<Spanned<Value>>,
     pub unused_session_timeout: Option<Spanned<Value>>,
@@ -163,6 +165,8 @@ pub struct RawServer {
     pub cwd: Option<Str>,
     pub image: Option<Str>,
     pub user: Option<Str>,
+    /// A process server may run as uid 0 only with this set.
+    pub allow_root: Option<Spanned<bool>>,
     #[serde(default, deserialize_with = "in_mounts")]
     pub mounts: Option<Spanned<Vec<RawMount>>>,
     pub pool: Option<Spanned<u64>>,
@@ -186,6 +190,7 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
+    pub max_message_bytes: Option<Spanned<Value>>,
     pub roots: Option<Vec<Str>>,
     pub client_capabilities: Option<Vec<Str>>,
     pub log_rate: Option<Spanned<Value>>,

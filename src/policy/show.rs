@@ -52,6 +52,9 @@ pub fn render(p: &Policy) -> String {
     let _ = writeln!(o, "policy {}", p.origin);
     let _ = writeln!(o, "\n[gateway]");
     let _ = writeln!(o, "  listen                {}", g.listen);
+    if let Some(a) = g.admin_listen {
+        let _ = writeln!(o, "  admin_listen          {a} (/ready, /metrics)");
+    }
     let _ = writeln!(
         o,
         "  naming                {} (effective: {})",
@@ -73,6 +76,12 @@ pub fn render(p: &Policy) -> String {
         "  max_body_bytes        {} ({} bytes)",
         format_size(g.max_body_bytes as u64),
         g.max_body_bytes
+    );
+    let _ = writeln!(
+        o,
+        "  max_message_bytes     {} ({} bytes)",
+        format_size(g.max_message_bytes as u64),
+        g.max_message_bytes
     );
     let _ = writeln!(
         o,
@@ -166,12 +175,7 @@ pub fn render(p: &Policy) -> String {
             Runtime::Process(x) => {
                 let _ = writeln!(
                     o,
-                    "  runtime               {}",
-                    if s.egress.allow.is_empty() {
-                        "process (not sandboxed: host network and files)"
-                    } else {
-                        "process (not sandboxed: host files; network confined to its egress rules when the gateway runs as root)"
-                    }
+                    "  runtime               process (confined child, see `sandbox`)"
                 );
                 let _ = writeln!(o, "  command               {}", x.command);
                 let _ = writeln!(o, "  args                  {}", quoted(&x.args));
@@ -183,6 +187,18 @@ pub fn render(p: &Policy) -> String {
                         .as_ref()
                         .map_or("(gateway's)".to_string(), |c| c.display().to_string())
                 );
+                let _ = writeln!(
+                    o,
+                    "  user                  {}{}",
+                    x.user,
+                    if x.user.uid == 0 {
+                        " (ROOT: allow_root = true)"
+                    } else {
+                        ""
+                    }
+                );
+                mount_lines(&mut o, &x.mounts);
+                process_sandbox_lines(&mut o, s, x);
             }
             Runtime::Docker(x) => {
                 let _ = writeln!(o, "  runtime               docker");
@@ -205,19 +221,7 @@ pub fn render(p: &Policy) -> String {
                 if x.mounts.is_empty() {
                     let _ = writeln!(o, "  mounts                (none)");
                 }
-                for m in &x.mounts {
-                    let _ = writeln!(
-                        o,
-                        "  mount                 {} -> {} ({})",
-                        m.source.display(),
-                        m.target.display(),
-                        if m.read_only {
-                            "read-only"
-                        } else {
-                            "READ-WRITE"
-                        }
-                    );
-                }
+                mount_lines(&mut o, &x.mounts);
                 let _ = writeln!(o, "  pool                  {}", x.pool);
                 let _ = writeln!(
                     o,
@@ -253,7 +257,11 @@ pub fn render(p: &Policy) -> String {
         let _ = writeln!(o, "  lifecycle             {lc}");
         if !matches!(s.runtime, Runtime::Remote(_)) {
             let egress = if s.egress.allow.is_empty() {
-                "none (default deny)".to_string()
+                if matches!(s.runtime, Runtime::Process(_)) {
+                    "no rules: the host's network".to_string()
+                } else {
+                    "none (default deny)".to_string()
+                }
             } else {
                 s.egress
                     .allow
@@ -297,6 +305,12 @@ pub fn render(p: &Policy) -> String {
             format_duration(s.request_timeout.unwrap_or(g.request_timeout))
         );
         let _ = writeln!(o, "  sanitize              {}", s.sanitize.as_str());
+        let _ = writeln!(
+            o,
+            "  max_message_bytes     {} ({} bytes)",
+            format_size(s.max_message_bytes as u64),
+            s.max_message_bytes
+        );
     }
     for c in p.clients.values() {
         let _ = writeln!(o, "\n[clients.{}]", c.name);
@@ -441,5 +455,46 @@ fn header_for_display(name: &str, value: &str) -> String {
         "<literal value hidden; use ${secret:NAME}>".to_string()
     } else {
         value.to_string()
+    }
+}
+
+fn mount_lines(o: &mut String, mounts: &[crate::policy::Mount]) {
+    for m in mounts {
+        let mode = if m.read_only {
+            "read-only"
+        } else {
+            "READ-WRITE"
+        };
+        let _ = writeln!(
+            o,
+            "  mount                 {} -> {} ({mode})",
+            m.source.display(),
+            m.target.display()
+        );
+    }
+}
+
+/// What a process server can and cannot do (SECURITY.md, "Process servers", says the same and
+/// names the tests).
+fn process_sandbox_lines(
+    o: &mut String,
+    s: &crate::policy::Server,
+    x: &crate::policy::ProcessSpec,
+) {
+    let network = if s.egress.allow.is_empty() {
+        "the host's network (no egress rules)"
+    } else {
+        "its own network namespace: only its egress rules, through the gateway's resolver"
+    };
+    let lines = [
+        format!("gateway as root: runs as {} with no capabilities (all five sets empty), no_new_privs and a seccomp filter", x.user),
+        "can: read what the host lets its user read, through a read-only view; write only its private /tmp and /dev/shm and read-write mounts".to_string(),
+        format!("network: {network}"),
+        "cannot: see or signal other processes (own PID namespace), read the audit log and key, the state directory, the policy or other servers' secret files (hidden), create namespaces, mount, ptrace, use bpf, perf, modules or raw sockets".to_string(),
+        "gateway not root: the gateway's uid in a user namespace (same view, `user` not applied); if the kernel refuses user namespaces, only no_new_privs, seccomp and closed descriptors".to_string(),
+    ];
+    for (i, l) in lines.iter().enumerate() {
+        let key = if i == 0 { "sandbox" } else { "" };
+        let _ = writeln!(o, "  {key:<21} {l}");
     }
 }

@@ -16,6 +16,10 @@ use toml::{Spanned, Value};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8811";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 64 << 20;
+/// Below this not even an ordinary `tools/list` fits; above it one message alone could take
+/// most of a small machine's memory.
+const MESSAGE_BYTES_RANGE: (u64, u64) = (64 << 10, 1 << 30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_UNUSED_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -35,7 +39,15 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 const MIN_MEMORY: u64 = 6 << 20;
 const MAX_POOL: u64 = 32;
 
-const PROCESS_KEYS: &[&str] = &["command", "args", "env", "cwd"];
+const PROCESS_KEYS: &[&str] = &[
+    "command",
+    "args",
+    "env",
+    "cwd",
+    "user",
+    "allow_root",
+    "mounts",
+];
 const DOCKER_KEYS: &[&str] = &["image", "command", "env", "user", "mounts", "pool"];
 const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file", "oauth"];
 
@@ -46,6 +58,8 @@ pub(super) struct Checker<'a> {
     pub(super) diags: Vec<Diagnostic>,
     /// `[gateway] state_dir`, resolved; token caches of OAuth servers live below it.
     pub(super) state_dir: PathBuf,
+    /// `[gateway] max_message_bytes`: what a server without its own limit gets.
+    message_limit: usize,
 }
 
 /// Validates `raw`; `base` is the policy file's directory, against which relative paths resolve.
@@ -61,10 +75,12 @@ pub fn validate(
         base,
         diags: Vec::new(),
         state_dir: PathBuf::new(),
+        message_limit: DEFAULT_MAX_MESSAGE_BYTES as usize,
     };
     let raw_gateway = raw.gateway.unwrap_or_default();
     let listen_at = raw_gateway.listen.as_ref().map_or(0, |l| l.span().start);
     let (gateway, naming_at) = c.gateway(raw_gateway);
+    c.message_limit = gateway.max_message_bytes;
     let egress = c.egress_settings(raw.egress.unwrap_or_default());
     // Judged on what was written, so a server that fails validation still counts.
     let written_servers = raw.servers.0.len();
@@ -265,6 +281,21 @@ impl Checker<'_> {
         }
     }
 
+    /// A `max_message_bytes` value, inside [`MESSAGE_BYTES_RANGE`].
+    fn message_bytes(&mut self, v: &Option<Spanned<Value>>) -> Option<u64> {
+        let n = self.size(v, "max_message_bytes")?;
+        let (min, max) = MESSAGE_BYTES_RANGE;
+        if !(min..=max).contains(&n) {
+            let at = v.as_ref().map_or(0, |v| v.span().start);
+            self.error(
+                at,
+                format!("`max_message_bytes` must be between 64k and 1g (it is {n} bytes); the default is \"64m\""),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
     pub(super) fn count(
         &mut self,
         v: &Option<Spanned<u64>>,
@@ -363,6 +394,20 @@ impl Checker<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 8811))
             }),
         };
+        let admin_listen = g.admin_listen.as_ref().and_then(|a| {
+            let text = a.get_ref();
+            match text.parse::<SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => Some(addr),
+                Ok(_) => {
+                    self.error(a.span().start, format!("admin_listen \"{text}\" is not a loopback address; /ready and /metrics name every server, tool and client, so they are served without a token only on loopback (off loopback, reach them through `listen` with a client token)"));
+                    None
+                }
+                Err(_) => {
+                    self.error(a.span().start, format!("invalid admin_listen address \"{text}\"; use a loopback IP:PORT, like \"127.0.0.1:9811\""));
+                    None
+                }
+            }
+        });
         let session_idle_timeout = self
             .duration(&g.session_idle_timeout, "session_idle_timeout")
             .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT);
@@ -399,6 +444,9 @@ impl Checker<'_> {
         let max_body_bytes = self
             .size(&g.max_body_bytes, "max_body_bytes")
             .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_message_bytes = self
+            .message_bytes(&g.max_message_bytes)
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         self.state_dir = match &g.state_dir {
             Some(p) if p.get_ref().trim().is_empty() => {
                 self.error(
@@ -412,10 +460,12 @@ impl Checker<'_> {
         };
         let gw = Gateway {
             listen,
+            admin_listen,
             naming,
             allowed_origins: Self::strings(&g.allowed_origins),
             allowed_hosts: Self::strings(&g.allowed_hosts),
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
             request_timeout: self
                 .duration(&g.request_timeout, "request_timeout")
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
@@ -516,13 +566,14 @@ impl Checker<'_> {
                 return None;
             }
         };
-        let present: [(&str, Option<usize>); 12] = [
+        let present: [(&str, Option<usize>); 13] = [
             ("command", rs.command.as_ref().map(|v| v.span().start)),
             ("args", rs.args.as_ref().map(|v| v.span().start)),
             ("env", rs.env.as_ref().map(|v| v.span().start)),
             ("cwd", rs.cwd.as_ref().map(|v| v.span().start)),
             ("image", rs.image.as_ref().map(|v| v.span().start)),
             ("user", rs.user.as_ref().map(|v| v.span().start)),
+            ("allow_root", rs.allow_root.as_ref().map(|v| v.span().start)),
             ("mounts", rs.mounts.as_ref().map(|v| v.span().start)),
             ("pool", rs.pool.as_ref().map(|v| v.span().start)),
             ("url", rs.url.as_ref().map(|v| v.span().start)),
@@ -619,6 +670,11 @@ impl Checker<'_> {
         let queue_timeout = self
             .duration(&rs.queue_timeout, "queue_timeout")
             .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+        let max_message_bytes = self
+            .message_bytes(&rs.max_message_bytes)
+            .map_or(self.message_limit, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            });
         let roots = self.roots(&rs.roots);
         let client_capabilities = self.client_capabilities(&rs.client_capabilities);
         let log_rate = self.rate(&rs.log_rate);
@@ -645,6 +701,7 @@ impl Checker<'_> {
             log_rate,
             queue_timeout,
             sanitize,
+            max_message_bytes,
         })
     }
 
@@ -722,6 +779,8 @@ impl Checker<'_> {
                 None
             }
         }?;
+        let user = self.process_user(n, rs);
+        let mounts = self.mounts(rs);
         Some(Runtime::Process(ProcessSpec {
             command,
             args: rs
@@ -731,7 +790,55 @@ impl Checker<'_> {
                 .unwrap_or_default(),
             env,
             cwd: rs.cwd.as_ref().map(|c| self.resolve(c.get_ref())),
+            user,
+            mounts,
         }))
+    }
+
+    /// `mounts` of a docker or process server.
+    fn mounts(&mut self, rs: &RawServer) -> Vec<Mount> {
+        let mut mounts = Vec::new();
+        for m in rs.mounts.iter().flat_map(|m| m.get_ref().iter()) {
+            let src = m.source.get_ref();
+            let tgt = m.target.get_ref();
+            if src.trim().is_empty() {
+                self.error(
+                    m.source.span().start,
+                    "mount `source` is empty; name a host path",
+                );
+            } else if src.trim_end_matches('/').is_empty() {
+                self.error(m.source.span().start, "mounting the host's root directory gives the server the whole machine; mount only the directory it needs");
+            } else if src.ends_with("docker.sock") {
+                self.error(m.source.span().start, "mounting the Docker socket lets the server escape its sandbox; remove this mount");
+            }
+            if !tgt.starts_with('/') {
+                self.error(m.target.span().start, format!("mount target \"{tgt}\" must be an absolute path (inside the container for docker, in the host's filesystem for process), like \"/workspace\""));
+            }
+            mounts.push(Mount {
+                source: self.resolve(src),
+                target: PathBuf::from(tgt),
+                read_only: m.read_only.as_ref().is_none_or(|r| *r.get_ref()),
+            });
+        }
+        mounts
+    }
+
+    /// `user` (numeric `uid:gid`, or `uid` for both) and `allow_root` of a process server.
+    fn process_user(&mut self, n: &str, rs: &RawServer) -> ProcessUser {
+        let allow_root = rs.allow_root.as_ref().is_some_and(|a| *a.get_ref());
+        let Some(u) = &rs.user else {
+            return ProcessUser::default();
+        };
+        let text = u.get_ref().trim();
+        let (uid, gid) = text.split_once(':').unwrap_or((text, text));
+        let (Ok(uid), Ok(gid)) = (uid.parse::<u32>(), gid.parse::<u32>()) else {
+            self.error(u.span().start, format!("user = \"{text}\" of [servers.{n}] must be numeric, \"UID:GID\" like \"65534:65534\" (a process server's user is not looked up by name)"));
+            return ProcessUser::default();
+        };
+        if uid == 0 && !allow_root {
+            self.error(u.span().start, format!("user = \"{text}\" runs [servers.{n}] as root (no capabilities, but root's files); use a non-root user like \"65534:65534\", or set allow_root = true if this server really needs root-owned files"));
+        }
+        ProcessUser { uid, gid }
     }
 
     fn server_at(&self, rs: &RawServer) -> usize {
@@ -810,29 +917,7 @@ impl Checker<'_> {
                 self.error(u.span().start, format!("user = \"{user}\" runs the server as root inside its container; use a non-root user like \"65534:65534\" or leave `user` out to run as nobody (65534:65534)"));
             }
         }
-        let mut mounts = Vec::new();
-        for m in rs.mounts.iter().flat_map(|m| m.get_ref().iter()) {
-            let src = m.source.get_ref();
-            let tgt = m.target.get_ref();
-            if src.trim().is_empty() {
-                self.error(
-                    m.source.span().start,
-                    "mount `source` is empty; name a host path",
-                );
-            } else if src.trim_end_matches('/').is_empty() {
-                self.error(m.source.span().start, "mounting the host's root directory gives the server the whole machine; mount only the directory it needs");
-            } else if src.ends_with("docker.sock") {
-                self.error(m.source.span().start, "mounting the Docker socket lets the server escape its sandbox; remove this mount");
-            }
-            if !tgt.starts_with('/') {
-                self.error(m.target.span().start, format!("mount target \"{tgt}\" must be an absolute path inside the container, like \"/workspace\""));
-            }
-            mounts.push(Mount {
-                source: self.resolve(src),
-                target: PathBuf::from(tgt),
-                read_only: m.read_only.as_ref().is_none_or(|r| *r.get_ref()),
-            });
-        }
+        let mounts = self.mounts(rs);
         let pool = self.count(&rs.pool, "pool", (0, MAX_POOL)).unwrap_or(0) as usize;
         Some(Runtime::Docker(DockerSpec {
             image: image?,

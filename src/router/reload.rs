@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::catalog::{Aggregate, Kind, Route};
+use super::catalog::{Aggregate, Kind};
 use super::{catalog_layout, notification_bytes, Router, Settings};
-use crate::access::Clients;
+use crate::access::{Clients, Target};
 use crate::mcp::methods;
 use crate::policy::diff::ServerChanges;
 use crate::policy::Policy;
@@ -77,8 +77,8 @@ impl Router {
         let rules_after = self.access.clients();
         for (client, sessions) in self.sessions.by_client() {
             let (was, is) = (rules_before.rules(&client), rules_after.rules(&client));
-            let saw = |r: &Route| was.permits(&r.server, &r.name);
-            let sees = |r: &Route| is.permits(&r.server, &r.name);
+            let saw = |t: &Target| was.allows(t);
+            let sees = |t: &Target| is.allows(t);
             let differs = |kind| !before.same_view(&after, kind, &saw, &sees);
             let mut changed = Vec::new();
             if differs(Kind::Tools) {

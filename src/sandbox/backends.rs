@@ -73,6 +73,22 @@ impl Backends {
     /// generation means docker servers started earlier ran on a runtime that could not start
     /// them, and should be restarted on this one.
     pub async fn for_policy(&self, policy: &Policy) -> (Arc<dyn Runtime>, u64) {
+        // Process servers started from now on hide this policy's secrets; their modes are the
+        // second line, for a child without a mount view.
+        self.process.set_hidden(super::hidden::hidden_paths(policy));
+        if crate::egress::netns::is_root() {
+            for e in super::hidden::exposures(policy) {
+                tracing::error!(
+                    server = %e.server,
+                    uid = e.uid,
+                    path = %e.path.display(),
+                    "{} is readable by the server's user ({}); its mount view covers it, but fix the mode: `chmod go-rwx {}` (or close a directory above it)",
+                    e.what,
+                    e.why,
+                    e.path.display()
+                );
+            }
+        }
         let mut st = self.state.lock().await;
         let wanted = policy
             .servers

@@ -4,8 +4,10 @@
 //! those pipes (MCP) is the upstream layer's business.
 
 pub mod backends;
+pub mod confine;
 pub mod docker;
 pub mod firewall;
+pub mod hidden;
 pub mod leases;
 pub mod process;
 mod process_net;

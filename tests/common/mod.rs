@@ -16,8 +16,22 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The gateway binary under test: this build's, or `PORTCULLIS_BIN` (as for the Python tests),
+/// which runs a test against another build, such as the one before a fix.
 pub fn gateway_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+    std::env::var_os("PORTCULLIS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")))
+}
+
+/// The `token_sha256` a policy names for bearer token `token`.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn bench_echo_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portcullis-bench-echo"))
 }
 
 pub fn fixture_bin() -> PathBuf {
@@ -75,6 +89,17 @@ impl Gateway {
     /// [`Gateway::spawn`] as another user (`uid`, e.g. 65534 to see what happens without
     /// root); the policy's folder is then made readable for it.
     pub fn spawn_as(policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
+        Self::spawn_bin(&gateway_bin(), policy, env, uid)
+    }
+
+    /// [`Gateway::start_with`] with another gateway binary (a benchmark's baseline build).
+    pub fn start_bin(bin: &Path, policy: &str, env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::spawn_bin(bin, policy, env, None);
+        gw.wait_ready(Duration::from_secs(60));
+        gw
+    }
+
+    fn spawn_bin(bin: &Path, policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
         let dir = tempfile::tempdir().expect("tempdir");
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
@@ -82,7 +107,7 @@ impl Gateway {
             .replace("{tmp}", &dir.path().display().to_string());
         let path = dir.path().join("policy.toml");
         std::fs::write(&path, text).expect("write policy");
-        let mut cmd = Command::new(gateway_bin());
+        let mut cmd = Command::new(bin);
         if let Some(uid) = uid {
             use std::os::unix::fs::PermissionsExt;
             use std::os::unix::process::CommandExt;

@@ -10,6 +10,7 @@
 //! else: they are marked sensitive, never logged, and scrubbed from any error text. With
 //! `oauth`, an access token the gateway obtained itself goes in `Authorization` (see [`oauth`]).
 
+mod body;
 mod connector;
 pub mod egress;
 mod oauth;
@@ -29,24 +30,21 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::connection::{dispatch, dispatch_message, Connection};
+use super::connection::{dispatch_message, parse_incoming, Broken, Connection};
 use super::supervisor::{init_params, parse_init};
 use super::{InitInfo, Source, UpstreamEvent};
 use crate::mcp::{methods, to_raw, Body, Id, Message, Notification, Request as RpcRequest};
 use crate::policy::{RemoteSpec, Server};
 use crate::secrets::Redactor;
+use body::{ReadError, SseReader};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const PROTOCOL_HEADER: &str = "mcp-protocol-version";
-/// Largest JSON body or SSE event accepted from a remote server.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Time for a server to send response headers to a notification or response we POST.
 const SHORT_EXCHANGE: Duration = Duration::from_secs(30);
 /// Upper bound for one request's exchange (headers plus body). The caller's own request
 /// timeout is usually shorter and answers the client first; this only frees the task.
 const LONG_EXCHANGE: Duration = Duration::from_secs(15 * 60);
-/// An SSE stream with no bytes at all (not even keep-alives) for this long is dead.
-const SSE_IDLE: Duration = Duration::from_secs(5 * 60);
 /// POSTs in flight at once to one server.
 const MAX_IN_FLIGHT_POSTS: usize = 256;
 /// Delay before reopening the standalone GET stream after it ended normally.
@@ -452,15 +450,24 @@ impl Remote {
         resp: http::Response<Incoming>,
         limit: Duration,
         mut each: impl FnMut(&Message),
-    ) -> Result<(), String> {
+    ) -> Result<(), ReadError> {
         let sse = is_sse(resp.headers());
+        let declared = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let body = resp.into_body();
+        let max = self.source.max_message_bytes;
         if !sse {
-            let bytes = read_json_body(body, limit).await?;
+            let bytes = body::json(body, declared, max, limit).await?;
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 return Ok(());
             }
-            return match Body::parse(&bytes) {
+            let parsed = Body::parse(&bytes);
+            // The parsed message holds its own copy: the body goes before it travels on.
+            drop(bytes);
+            return match parsed {
                 Ok(Body::Single(m)) => {
                     each(&m);
                     self.deliver(m).await;
@@ -473,20 +480,26 @@ impl Remote {
                     }
                     Ok(())
                 }
-                Err(e) => Err(format!("the server sent a body that is not JSON-RPC: {e}")),
+                Err(e) => Err(ReadError::Failed(format!(
+                    "the server sent a body that is not JSON-RPC: {e}"
+                ))),
             };
         }
-        let mut reader = SseReader::new(body);
+        let mut reader = SseReader::new(body, max);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let ev = tokio::time::timeout_at(deadline, reader.next())
                 .await
-                .map_err(|_| format!("no complete answer within {}s", limit.as_secs()))??;
+                .map_err(|_| {
+                    ReadError::Failed(format!("no complete answer within {}s", limit.as_secs()))
+                })??;
             let Some(ev) = ev else { return Ok(()) };
             if ev.event != "message" || ev.data.trim().is_empty() {
                 continue;
             }
-            match Message::parse(ev.data.as_bytes()) {
+            let parsed = Message::parse(ev.data.as_bytes());
+            drop(ev);
+            match parsed {
                 Ok(m) => {
                     each(&m);
                     let done = matches!(m, Message::Response(_));
@@ -674,13 +687,22 @@ impl Remote {
             return; // answers arrive on the SSE stream
         }
         let read = self.read_messages(resp, limit, |_| {}).await;
+        if let Err(ReadError::TooLarge { size, limit }) = &read {
+            // The response is dropped unread (aborted): the connection and every other
+            // request go on.
+            let size = size.map_or_else(|| format!("more than {limit}"), |n| n.to_string());
+            tracing::warn!(server = %self.server, size = %size, limit, "aborted a response over max_message_bytes");
+        }
         if let Some(id) = request_id {
             if self.conn.is_pending(id) {
                 let why = match read {
-                    Err(e) => format!("the server's answer broke off: {e}"),
-                    Ok(()) => "the server ended its response without answering".to_owned(),
+                    Err(ReadError::TooLarge { size, limit }) => Broken::TooLarge { size, limit },
+                    Err(e) => Broken::Lost(format!("the server's answer broke off: {e}")),
+                    Ok(()) => {
+                        Broken::Lost("the server ended its response without answering".to_owned())
+                    }
                 };
-                self.conn.fail(id, &why);
+                self.conn.break_off(id, why);
             }
         }
     }
@@ -767,11 +789,17 @@ impl Remote {
                     continue;
                 }
                 s if s.is_success() && is_sse(resp.headers()) => {
-                    let mut reader = SseReader::new(resp.into_body());
+                    let mut reader =
+                        SseReader::new(resp.into_body(), self.source.max_message_bytes);
                     loop {
                         match reader.next().await {
                             Ok(Some(ev)) => self.deliver_event(ev).await,
                             Ok(None) => break,
+                            Err(e @ ReadError::TooLarge { .. }) => {
+                                // Only this stream is dropped; it is opened again below.
+                                tracing::warn!(server = %self.server, error = %e, "aborted the GET stream: an event over max_message_bytes");
+                                break;
+                            }
                             Err(e) => {
                                 tracing::debug!(server = %self.server, error = %e, "GET stream ended");
                                 break;
@@ -792,8 +820,11 @@ impl Remote {
         if ev.event != "message" || ev.data.trim().is_empty() {
             return;
         }
-        if let Err(reason) =
-            dispatch(&self.source, &self.conn, &self.events, ev.data.as_bytes()).await
+        let Some(message) = parse_incoming(&self.source, ev.data.as_bytes()) else {
+            return;
+        };
+        drop(ev);
+        if let Err(reason) = dispatch_message(&self.source, &self.conn, &self.events, message).await
         {
             self.die(reason);
         }
@@ -812,7 +843,7 @@ impl Remote {
                 self.status_error(resp, "GET").await
             ));
         }
-        let mut reader = SseReader::new(resp.into_body());
+        let mut reader = SseReader::new(resp.into_body(), self.source.max_message_bytes);
         let deadline = tokio::time::Instant::now() + self.startup_timeout;
         loop {
             let ev = tokio::time::timeout_at(deadline, reader.next())
@@ -895,57 +926,9 @@ pub(crate) fn resolve_endpoint(base: &Uri, endpoint: &str) -> Result<Uri, String
     Ok(abs)
 }
 
-async fn read_json_body(body: Incoming, limit: Duration) -> Result<Bytes, String> {
-    let limited = http_body_util::Limited::new(body, MAX_MESSAGE_BYTES);
-    match tokio::time::timeout(limit, limited.collect()).await {
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) => Err(format!("reading the response failed: {e}")),
-        Err(_) => Err(format!(
-            "response body not received within {}s",
-            limit.as_secs()
-        )),
-    }
-}
-
-/// Reads SSE events off a response body, with the parser's bounds and an idle timeout.
-pub(super) struct SseReader {
-    body: Incoming,
-    parser: sse::Parser,
-    ready: std::collections::VecDeque<sse::Event>,
-}
-
-impl SseReader {
-    fn new(body: Incoming) -> SseReader {
-        SseReader {
-            body,
-            parser: sse::Parser::new(MAX_MESSAGE_BYTES),
-            ready: std::collections::VecDeque::new(),
-        }
-    }
-
-    /// The next event, `None` at the end of the stream.
-    async fn next(&mut self) -> Result<Option<sse::Event>, String> {
-        loop {
-            if let Some(ev) = self.ready.pop_front() {
-                return Ok(Some(ev));
-            }
-            let frame = match tokio::time::timeout(SSE_IDLE, self.body.frame()).await {
-                Err(_) => return Err(format!("no data for {}s", SSE_IDLE.as_secs())),
-                Ok(None) => return Ok(None),
-                Ok(Some(Err(e))) => return Err(error_chain(&e)),
-                Ok(Some(Ok(f))) => f,
-            };
-            if let Ok(data) = frame.into_data() {
-                let evs = self.parser.feed(&data).map_err(|e| e.to_string())?;
-                self.ready.extend(evs);
-            }
-        }
-    }
-}
-
 /// An error with its causes (hyper's top-level messages, like "client error (Connect)", say
 /// little on their own).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
