@@ -57,7 +57,10 @@ async fn warn_mode_serves_the_change_and_audits_it_once() {
             assert!(list.iter().any(|t| t["name"] == "exfiltrate"), "{tools}");
             break;
         }
-        assert!(Instant::now() < deadline, "the change never showed: {tools}");
+        assert!(
+            Instant::now() < deadline,
+            "the change never showed: {tools}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let r = c.call_tool("add", json!({"a": 2, "b": 2})).await;
@@ -71,14 +74,23 @@ async fn warn_mode_serves_the_change_and_audits_it_once() {
         .filter(|r| r["kind"] == "lock_mismatch")
         .cloned()
         .collect();
-    assert_eq!(mismatches.len(), 2, "add (changed) and exfiltrate (added), once each: {mismatches:?}");
+    assert_eq!(
+        mismatches.len(),
+        2,
+        "add (changed) and exfiltrate (added), once each: {mismatches:?}"
+    );
     for m in &mismatches {
         let d: Value = serde_json::from_str(m["detail"].as_str().unwrap()).unwrap();
-        assert_eq!((d["mode"].as_str(), d["action"].as_str()), (Some("warn"), Some("allowed")));
+        assert_eq!(
+            (d["mode"].as_str(), d["action"].as_str()),
+            (Some("warn"), Some("allowed"))
+        );
     }
     let (_, metrics) = http_get(&format!("{}/metrics", gw.base)).unwrap();
     assert!(
-        metrics.contains("portcullis_lock_mismatch_total{server=\"rp\",list=\"tools\",change=\"added\"} 1"),
+        metrics.contains(
+            "portcullis_lock_mismatch_total{server=\"rp\",list=\"tools\",change=\"added\"} 1"
+        ),
         "{metrics}"
     );
     assert!(gw.stderr().contains("differs from the approved definition"));
@@ -122,7 +134,11 @@ async fn an_unreadable_lock_stops_the_gateway_and_rejects_a_reload() {
     std::fs::write(&lock, "{ not a lock").unwrap();
     gw.sighup();
     gw.wait_for_log("policy reload rejected", 1, Duration::from_secs(30));
-    assert!(gw.stderr().contains("is not a Portcullis lock file"), "{}", gw.stderr());
+    assert!(
+        gw.stderr().contains("is not a Portcullis lock file"),
+        "{}",
+        gw.stderr()
+    );
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
     let r = c.call_tool("add", json!({"a": 1, "b": 1})).await;

@@ -206,9 +206,19 @@ async fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
 async fn observe(policy: &Policy, target: &Target) -> anyhow::Result<Lock> {
     let backends = Arc::new(Backends::new(&target.docker_scope, &policy.egress));
     let (runtime, _) = backends.for_policy(policy).await;
-    // The supervisor reports state changes here; nobody needs them.
+    // The supervisor reports state changes here: why a server went down is kept for the error.
     let (events, mut drain) = mpsc::channel(1024);
-    tokio::spawn(async move { while drain.recv().await.is_some() {} });
+    let downs: Arc<std::sync::Mutex<BTreeMap<String, String>>> = Arc::default();
+    let sink = downs.clone();
+    tokio::spawn(async move {
+        while let Some(ev) = drain.recv().await {
+            if let crate::upstream::UpstreamEvent::Down { from, reason } = ev {
+                if let Ok(mut d) = sink.lock() {
+                    d.insert(from.server.to_string(), reason);
+                }
+            }
+        }
+    });
     let servers: Vec<_> = policy
         .servers
         .values()
@@ -244,7 +254,15 @@ async fn observe(policy: &Policy, target: &Target) -> anyhow::Result<Lock> {
             Ok(entry) => {
                 lock.servers.insert(server.name.clone(), entry);
             }
-            Err(e) => failed.push(format!("server `{}`: {e}", server.name)),
+            Err(e) => {
+                let why = downs
+                    .lock()
+                    .ok()
+                    .and_then(|d| d.get(&server.name).cloned())
+                    .map(|r| format!(" ({r})"))
+                    .unwrap_or_default();
+                failed.push(format!("server `{}`: {e:#}{why}", server.name));
+            }
         }
     }
     if !failed.is_empty() {

@@ -700,18 +700,25 @@ mod tests {
         let c = Catalog::new(true, HashMap::new());
         let ev: Arc<str> = Arc::from("ev");
         let time: Arc<str> = Arc::from("time");
-        c.set(&ev, Kind::Tools, tools(&["echo"]));
-        c.set(&time, Kind::Tools, tools(&["now"]));
-        c.set(&ev, Kind::Prompts, items("name", &["simple", "complex"]));
+        c.set(&ev, Kind::Tools, tools(&["echo"]), vec![]);
+        c.set(&time, Kind::Tools, tools(&["now"]), vec![]);
+        c.set(
+            &ev,
+            Kind::Prompts,
+            items("name", &["simple", "complex"]),
+            vec![],
+        );
         c.set(
             &ev,
             Kind::Resources,
             items("uri", &["demo://static/a", "demo://other/b"]),
+            vec![],
         );
         c.set(
             &ev,
             Kind::Templates,
             items("uriTemplate", &["demo://static/{id}"]),
+            vec![],
         );
         let rules = crate::access::Rules::compile(
             &[

