@@ -107,7 +107,7 @@ pub fn global() -> &'static Metrics {
         catalog_unstable: family("Windows in which a server sent more list changes than `unstable_list_changes` (each audited as catalog_unstable)."),
         sanitized: family("Hidden characters removed (or refused) in what servers sent, by server, place (definition, result) and class (ansi, zero_width, bidi, tags)."),
         secret_echo: family("Answers that echoed a secret the gateway injected (redacted before release), by server."),
-        lock_mismatch: family("Definitions and images that differ from the lock file, each counted once, by server, list and change (added, changed, image)."),
+        lock_mismatch: family("Definitions that differ from the lock file (each counted once), images that differ from it or from a pinned digest (each refused start, or once in warn mode), by server, list and change (added, changed, image)."),
     })
 }
 
