@@ -13,8 +13,10 @@ pub mod egress;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;
+pub mod instance;
 pub mod mcp;
 pub mod metrics;
+pub mod openapi;
 pub mod policy;
 pub mod reload;
 pub mod router;

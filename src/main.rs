@@ -21,7 +21,11 @@ fn main() -> ExitCode {
     }
     let args = Cli::parse();
     match args.command {
-        Command::Policy(PolicyCommand::Check { file }) => cli::policy::check(&file),
+        Command::Policy(PolicyCommand::Check { file, pubkey }) => {
+            cli::policy::check(&file, pubkey.as_deref())
+        }
+        Command::Policy(PolicyCommand::Keygen { out }) => cli::policy_sign::keygen(&out),
+        Command::Policy(PolicyCommand::Sign { key, file }) => cli::policy_sign::sign(&key, &file),
         Command::Policy(PolicyCommand::Import { file }) => cli::policy::import(&file),
         Command::Policy(PolicyCommand::Show { file }) => cli::policy::show(&file),
         Command::Audit(cmd) => cli::audit::run(cmd),
@@ -32,8 +36,12 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Health(health) => cli::health::run(health),
-        Command::Firewall(FirewallCommand::Plan { file }) => cli::firewall::plan(&file),
-        Command::Firewall(FirewallCommand::Show) => cli::firewall::show(),
+        Command::Firewall(FirewallCommand::Plan { file, instance }) => {
+            cli::firewall::plan(&file, instance.as_deref())
+        }
+        Command::Firewall(FirewallCommand::Show { instance }) => {
+            cli::firewall::show(instance.as_deref())
+        }
         Command::Tools(cmd) => {
             cli::init_logging(args.log_format);
             cli::tools::run(cmd)

@@ -69,9 +69,12 @@ pub struct Metrics {
     upstream_starts: Family<AtomicU64>,
     upstream_up: Family<AtomicI64>,
     sessions: Family<AtomicI64>,
+    client_sessions: Family<AtomicI64>,
+    calls_queued: Family<AtomicI64>,
     sessions_expired: Family<AtomicU64>,
     server_stderr: Family<AtomicU64>,
     egress_denied: Family<AtomicU64>,
+    egress_protection: Family<AtomicI64>,
     audit_queue: Family<AtomicI64>,
     audit_fsync_seconds: Family<Histogram>,
     stream_dropped: Family<AtomicU64>,
@@ -94,9 +97,12 @@ pub fn global() -> &'static Metrics {
         upstream_starts: family("Server instances started (processes or containers)."),
         upstream_up: family("Whether a shared server instance is up (1) or not (0)."),
         sessions: family("Open client sessions."),
+        client_sessions: family("Open sessions by client (all anonymous callers are the client `anonymous`)."),
+        calls_queued: family("Calls waiting for a call slot of a server (max_in_flight), by server and client."),
         server_stderr: family("Lines servers wrote on stderr, by server and outcome (logged, or suppressed beyond server_log_rate)."),
-        sessions_expired: family("Client sessions closed by the gateway for inactivity, by reason (idle: no request for session_idle_timeout; unused: only initialize and lists, then nothing for unused_session_timeout)."),
+        sessions_expired: family("Client sessions closed by the gateway, by reason (idle: no request for session_idle_timeout; unused: only initialize and lists, then nothing for unused_session_timeout; evicted: closed while idle to make room for another client's session when max_sessions was reached)."),
         egress_denied: family("Egress attempts denied by the firewall, by server."),
+        egress_protection: family("How the egress table is protected: 1 for the mode in force (owner: created with NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, nobody else can change it; watch: the kernel lacks the flags, changes are undone by the read-back watch)."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
         stream_dropped: family("Notifications dropped from a client's resumption buffer before it read them, by session (the audit log's session digest) and the server that sent them (`gateway` for the gateway's own)."),
@@ -171,6 +177,23 @@ impl Metrics {
             .fetch_add(delta, Ordering::Relaxed);
     }
 
+    /// Sets how many sessions `client` holds open.
+    pub fn client_sessions(&self, client: &str, open: usize) {
+        self.client_sessions
+            .get(vec![("client", client.to_owned())])
+            .store(i64::try_from(open).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Sets how many calls of `client` wait for a call slot of `server`.
+    pub fn calls_queued(&self, server: &str, client: &str, queued: usize) {
+        self.calls_queued
+            .get(vec![
+                ("server", server.to_owned()),
+                ("client", client.to_owned()),
+            ])
+            .store(i64::try_from(queued).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
     pub fn session_expired(&self, reason: &'static str) {
         self.sessions_expired
             .get(vec![("reason", reason.to_owned())])
@@ -190,6 +213,15 @@ impl Metrics {
         self.egress_denied
             .get(vec![("server", server.to_owned())])
             .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The egress table's protection mode (`owner` or `watch`) is now `mode`.
+    pub fn egress_protection(&self, mode: &str) {
+        for m in ["owner", "watch"] {
+            self.egress_protection
+                .get(vec![("mode", m.to_owned())])
+                .store(i64::from(m == mode), Ordering::Relaxed);
+        }
     }
 
     pub fn audit_queue(&self, depth: i64) {
@@ -290,6 +322,12 @@ impl Metrics {
         );
         gauge(&mut o, "portcullis_upstream_up", &self.upstream_up);
         gauge(&mut o, "portcullis_sessions_open", &self.sessions);
+        gauge(
+            &mut o,
+            "portcullis_client_sessions_open",
+            &self.client_sessions,
+        );
+        gauge(&mut o, "portcullis_calls_queued", &self.calls_queued);
         counter(
             &mut o,
             "portcullis_sessions_expired_total",
@@ -304,6 +342,11 @@ impl Metrics {
             &mut o,
             "portcullis_egress_denied_total",
             &self.egress_denied,
+        );
+        gauge(
+            &mut o,
+            "portcullis_egress_table_protection",
+            &self.egress_protection,
         );
         gauge(&mut o, "portcullis_audit_queue_depth", &self.audit_queue);
         histogram(

@@ -32,12 +32,15 @@ use bollard::query_parameters::{InspectContainerOptions, ListNetworksOptionsBuil
 use common::client::{Mcp, LATEST};
 use common::docker::{containers_in, runtime, Scope, FIXTURE_IMAGE};
 use common::netlab::{self, dns_server, sh, tcp_service, udp_echo, Ns, Zone};
-use common::{audit_records, audit_verify, gateway_bin, http_get, Gateway};
-use portcullis::egress::ruleset;
+use common::{
+    audit_records, audit_verify, gateway_bin, http_get, table_protection, Cases, Gateway,
+};
+use portcullis::egress::{ruleset, Names};
+use portcullis::instance::InstanceId;
 use portcullis::sandbox::docker::DockerRuntime;
 use serde_json::{json, Value};
 
-/// One `table inet portcullis` per host: the tests of this file take turns.
+/// The tests of this file share the host's namespace, its lab routes and Docker: they take turns.
 static HOST_TABLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The fake outside world of one test (see the module comment); removed on drop.
@@ -204,13 +207,13 @@ fn host_dns_answers(server: SocketAddr) -> bool {
 /// removes it all itself): the namespaces of its process servers with their host-forward rules
 /// and resolver configuration, and the table. Declared before the gateway, so it runs after
 /// the gateway is killed.
-struct Leftovers(Vec<String>);
+struct Leftovers(Names, Vec<String>);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        for server in &self.0 {
-            let iface = ruleset::iface_name(server);
-            let netns = format!("pcs-{}", &iface[ruleset::IFACE_PREFIX.len()..]);
+        for server in &self.1 {
+            let iface = self.0.iface(server);
+            let netns = self.0.netns(server);
             let _ = Command::new("ip").args(["netns", "del", &netns]).output();
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&netns));
             for dir in ["-i", "-o"] {
@@ -220,9 +223,20 @@ impl Drop for Leftovers {
             }
         }
         let _ = Command::new("nft")
-            .args(["delete", "table", "inet", ruleset::TABLE])
+            .args(["delete", "table", "inet", &self.0.table()])
             .output();
     }
+}
+
+/// The names of the objects of the gateway instance `id`.
+fn names_of(id: &str) -> Names {
+    Names::new(InstanceId::parse(id).expect("instance id"))
+}
+
+/// The table protection a gateway reports on `/metrics`: `owner` or `watch`.
+fn protection_mode(gw: &Gateway) -> String {
+    let (_, metrics) = http_get(&format!("{}/metrics", gw.base)).unwrap();
+    table_protection(&metrics)
 }
 
 /// A TCP service in the host's own namespace (the gateway's host): a sandbox must not reach it.
@@ -284,24 +298,6 @@ fn tcp(target: &str) -> Value {
     json!({"op": "tcp", "target": target, "timeout_ms": 1000})
 }
 
-struct Cases(Vec<(String, bool, String)>);
-
-impl Cases {
-    fn check(&mut self, case: &str, ok: bool, detail: &str) {
-        eprintln!("[{}] {case}: {detail}", if ok { "PASS" } else { "FAIL" });
-        self.0.push((case.to_owned(), ok, detail.to_owned()));
-    }
-
-    fn finish(self) {
-        eprintln!("\n| case | outcome |\n|---|---|");
-        for (case, ok, _) in &self.0 {
-            eprintln!("| {case} | {} |", if *ok { "pass" } else { "FAIL" });
-        }
-        let failed: Vec<_> = self.0.iter().filter(|(_, ok, _)| !ok).collect();
-        assert!(failed.is_empty(), "failed cases: {failed:#?}");
-    }
-}
-
 fn blocked(out: &str) -> bool {
     out.starts_with("failed")
 }
@@ -330,9 +326,9 @@ async fn container_addr(rt: &DockerRuntime, scope: &str, server: &str) -> (Ipv4A
     )
 }
 
-fn nft_table() -> Option<String> {
+fn nft_table(names: &Names) -> Option<String> {
     let o = Command::new("nft")
-        .args(["list", "table", "inet", ruleset::TABLE])
+        .args(["list", "table", "inet", &names.table()])
         .output()
         .ok()?;
     o.status
@@ -438,7 +434,8 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     };
     let host_port = host_service();
     let (a, b, p, n) = names(&tag);
-    let _leftovers = Leftovers(vec![p.clone()]);
+    let names = names_of(&scope.name);
+    let _leftovers = Leftovers(names.clone(), vec![p.clone()]);
     let servers = [
         server(
             &a,
@@ -455,7 +452,10 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     ];
     let mut gw = Gateway::start_with(
         &policy(&lab, &audit, &servers.concat()),
-        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+        &[
+            ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
+            ("PORTCULLIS_INSTANCE", scope.name.as_str()),
+        ],
     );
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
@@ -481,7 +481,7 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     let (a_ip, a_gw) = container_addr(&rt, &scope.name, &a).await;
     let (b_ip, b_gw) = container_addr(&rt, &scope.name, &b).await;
     let b_resolver = format!("{b_gw}:53");
-    let p_gw = iface_addr(&ruleset::iface_name(&p)).expect("the process sandbox's veth");
+    let p_gw = iface_addr(&names.iface(&p)).expect("the process sandbox's veth");
     for (server, gw_ip) in [(a.as_str(), a_gw), (p.as_str(), p_gw)] {
         let kind = if server == p { "process" } else { "docker" };
         let case = |what: &str| format!("{kind}: {what}");
@@ -651,7 +651,7 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     .await;
     assert!(out.starts_with("connected"), "{out}");
     let show = Command::new(gateway_bin())
-        .args(["firewall", "show"])
+        .args(["firewall", "show", "--instance", &scope.name])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&show.stdout).to_string();
@@ -697,12 +697,32 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
         .unwrap_or(0.0);
     r.check("denials counted in /metrics", count > 0.0, &line);
 
-    // Tampering: the table flushed by hand is detected, restored and audited.
-    sh(&["nft", "flush", "table", "inet", ruleset::TABLE]);
-    await_record(&audit, Duration::from_secs(10), "tamper restored", |r| {
-        r["kind"] == "tamper" && r["detail"].as_str().is_some_and(|d| d.contains("restored"))
-    })
-    .await;
+    // Tampering: root flushes the table by hand. An owned table refuses (EPERM); without
+    // ownership it is detected, restored and audited.
+    let mode = protection_mode(&gw);
+    let flush = Command::new("nft")
+        .args(["flush", "table", "inet", &names.table()])
+        .output()
+        .unwrap();
+    if mode == "owner" {
+        let err = String::from_utf8_lossy(&flush.stderr).to_string();
+        r.check(
+            "root cannot flush the owned table (EPERM)",
+            !flush.status.success() && err.contains("Operation not permitted"),
+            err.trim(),
+        );
+    } else {
+        r.check(
+            "the table protection is reported on /metrics",
+            mode == "watch",
+            &mode,
+        );
+        assert!(flush.status.success());
+        await_record(&audit, Duration::from_secs(10), "tamper restored", |r| {
+            r["kind"] == "tamper" && r["detail"].as_str().is_some_and(|d| d.contains("restored"))
+        })
+        .await;
+    }
     let out = probe(&mut c, &a, tcp(&lab.sa(30, 443))).await;
     r.check(
         "after the restore: unlisted IP still blocked",
@@ -723,7 +743,7 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     assert!(zone.queries.load(std::sync::atomic::Ordering::SeqCst) > 0);
 
     // Shutdown removes networks, namespaces, host-forward rules and the table.
-    let iface_p = ruleset::iface_name(&p);
+    let iface_p = names.iface(&p);
     let status = gw.terminate(Duration::from_secs(60));
     r.check(
         "gateway stops cleanly",
@@ -745,8 +765,8 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     );
     r.check(
         "shutdown removes the table",
-        nft_table().is_none(),
-        "table inet portcullis",
+        nft_table(&names).is_none(),
+        &names.table(),
     );
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let netns = String::from_utf8_lossy(&netns.stdout).to_string();
@@ -780,7 +800,8 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
     };
     let a = format!("fa{tag}");
     let p = format!("fp{tag}");
-    let _leftovers = Leftovers(vec![p.clone()]);
+    let names = names_of(&scope.name);
+    let _leftovers = Leftovers(names.clone(), vec![p.clone()]);
     let policy = policy(
         &lab,
         &audit,
@@ -790,7 +811,17 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
         ]
         .concat(),
     );
-    let mut gw = Gateway::start_with(&policy, &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())]);
+    // Without table ownership (as on a kernel before 6.9): only then can someone take the
+    // table away from a running gateway.
+    let mut gw = Gateway::start_with(
+        &policy,
+        &[
+            ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
+            ("PORTCULLIS_INSTANCE", scope.name.as_str()),
+            ("PORTCULLIS_EGRESS_TABLE_FLAGS", "off"),
+        ],
+    );
+    assert_eq!(protection_mode(&gw), "watch");
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
     await_tools(&mut c, &[&a, &p]).await;
@@ -802,7 +833,7 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
     let pid_before = probe_pid(&mut c, &p).await;
 
     // Someone replaces the table with one they own: the gateway cannot put its own back.
-    let thief = Thief::take_table();
+    let thief = Thief::take_table(&names);
 
     await_record(&audit, Duration::from_secs(10), "restore failed", |r| {
         r["kind"] == "tamper"
@@ -865,7 +896,7 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
         "the process server was restarted"
     );
     assert!(gw.terminate(Duration::from_secs(60)).success());
-    assert!(nft_table().is_none(), "table left after shutdown");
+    assert!(nft_table(&names).is_none(), "table left after shutdown");
     let (ok, out) = audit_verify(&audit);
     assert!(
         ok,
@@ -890,7 +921,8 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
     };
     let a = format!("ra{tag}");
     let p = format!("rp{tag}");
-    let _leftovers = Leftovers(vec![p.clone()]);
+    let names = names_of(&scope.name);
+    let _leftovers = Leftovers(names.clone(), vec![p.clone()]);
     let with = |allow: &str| {
         policy(
             &lab,
@@ -904,7 +936,10 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
     };
     let mut gw = Gateway::start_with(
         &with("api.example.test:443"),
-        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+        &[
+            ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
+            ("PORTCULLIS_INSTANCE", scope.name.as_str()),
+        ],
     );
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
@@ -937,7 +972,7 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
         assert!(blocked(&out), "{s}: the old pin survived the reload: {out}");
     }
     assert!(gw.terminate(Duration::from_secs(60)).success());
-    assert!(nft_table().is_none(), "table left after shutdown");
+    assert!(nft_table(&names).is_none(), "table left after shutdown");
 }
 
 /// An `nft -i` session that replaced the table with one it owns (`flags owner`): no other
@@ -946,7 +981,7 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
 struct Thief(std::process::Child);
 
 impl Thief {
-    fn take_table() -> Thief {
+    fn take_table(names: &Names) -> Thief {
         let mut child = Command::new("nft")
             .arg("-i")
             .stdin(Stdio::piped())
@@ -958,7 +993,7 @@ impl Thief {
         writeln!(
             stdin,
             "delete table inet {t}; add table inet {t} {{ flags owner; }}",
-            t = ruleset::TABLE
+            t = names.table()
         )
         .expect("write to nft");
         stdin.flush().expect("flush nft");

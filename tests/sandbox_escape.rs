@@ -94,21 +94,19 @@ impl Drop for Lab {
 }
 
 /// What a gateway killed by a failing test leaves behind (a clean stop removes it itself).
-struct Leftovers(Vec<String>);
+struct Leftovers(portcullis::egress::Names, Vec<String>);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        use portcullis::egress::ruleset;
-        for server in &self.0 {
-            let iface = ruleset::iface_name(server);
-            let netns = format!("pcs-{}", &iface[ruleset::IFACE_PREFIX.len()..]);
+        for server in &self.1 {
+            let netns = self.0.netns(server);
             let _ = std::process::Command::new("ip")
                 .args(["netns", "del", &netns])
                 .output();
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&netns));
         }
         let _ = std::process::Command::new("nft")
-            .args(["delete", "table", "inet", ruleset::TABLE])
+            .args(["delete", "table", "inet", &self.0.table()])
             .output();
     }
 }
@@ -197,7 +195,11 @@ async fn hostile_servers_cannot_leave_their_sandbox() {
     let lab = Lab::new();
     let t = netlab::tag().replace('x', "");
     let (p, d, v) = (format!("xp{t}"), format!("xd{t}"), format!("xv{t}"));
-    let _leftovers = Leftovers(vec![p.clone()]);
+    let instance = format!("escape-{t}");
+    let names = portcullis::egress::Names::new(
+        portcullis::instance::InstanceId::parse(&instance).expect("instance id"),
+    );
+    let _leftovers = Leftovers(names, vec![p.clone()]);
     // What must stay out of reach: the audit log with its signing key, the state directory,
     // and a secret file of another server. Their modes are left open on purpose (0755 folders,
     // a 0644 file): the gateway must say so at start-up, and the mount view must hide them
@@ -218,6 +220,7 @@ async fn hostile_servers_cannot_leave_their_sandbox() {
 [gateway]
 naming = "prefix"
 state_dir = "{state}"
+instance = "{instance}"
 
 [egress]
 upstream_resolvers = ["{dns}"]
@@ -247,6 +250,7 @@ command = "{{fixture}}"
 secrets = {{ VICTIM_TOKEN = "file:{secret}" }}
 "#,
         state = state.display(),
+        instance = instance,
         dns = lab.sa(53, 53),
         k = lab.k,
         audit = audit.display(),

@@ -178,9 +178,13 @@ fn remote_policy(echo: &str, audit: &str) -> String {
         .next()
         .unwrap_or("0");
     format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\n{audit}\n\n[servers.echo]\nruntime = \"remote\"\nurl = \"{echo}\"\negress = {{ allow = [\"127.0.0.1/32:{port}\"] }}\n"
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\n{audit}\n\n[servers.echo]\nruntime = \"remote\"\nurl = \"{echo}\"\negress = {{ allow = [\"127.0.0.1/32:{port}\"] }}\n{ONE_CLIENT_MANY_SESSIONS}"
     )
 }
+
+/// The load generator is one (anonymous) client holding up to `BENCH_RSS_SESSIONS` sessions,
+/// opened as fast as it can: lift its session quota and creation rate.
+const ONE_CLIENT_MANY_SESSIONS: &str = "\n[clients.anonymous]\nmax_sessions = 5000\nsession_rate = { quota = \"100000/s\", burst = 100000 }\n";
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -302,9 +306,9 @@ async fn run() -> Result<(), String> {
 
     // (c) stdio upstream: our fixture server as a child process, and in the shared container.
     if wanted("c") {
-        let gw = gateway(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{fixture}\"\n",
-        );
+        let gw = gateway(&format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n{ONE_CLIENT_MANY_SESSIONS}",
+        ));
         let label = "Portcullis -> fixture (process, stdio)";
         rows.extend(through(&gw, None, "c", label, Work::Call("echo".into()), &both).await?);
     }
@@ -313,7 +317,7 @@ async fn run() -> Result<(), String> {
         let audit_dir =
             tempfile::tempdir_in(common::repo_root().join("bench")).map_err(|e| e.to_string())?;
         let gw = gateway(&format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\ndir = \"{}\"\nfsync = \"group\"\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n",
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\ndir = \"{}\"\nfsync = \"group\"\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n{ONE_CLIENT_MANY_SESSIONS}",
             audit_dir.path().join("log").display()
         ));
         let label = "Portcullis -> fixture (process, stdio), audit fsync=group";
@@ -481,7 +485,7 @@ async fn docker_scenario(plans: &[(&str, Plan)]) -> Result<Vec<Row>, String> {
         return Err("Docker is not usable (see the message above)".to_owned());
     };
     let policy = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"docker\"\nimage = \"{}\"\nlifecycle = \"shared\"\nlimits = {{ memory = \"64m\", pids = 32 }}\n",
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"docker\"\nimage = \"{}\"\nlifecycle = \"shared\"\nlimits = {{ memory = \"64m\", pids = 32 }}\n{ONE_CLIENT_MANY_SESSIONS}",
         common::docker::FIXTURE_IMAGE
     );
     let gw = common::Gateway::start_with(

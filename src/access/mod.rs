@@ -32,9 +32,11 @@
 //! compiled rules, not the router.
 
 mod decision;
+pub mod fair_slots;
 pub mod jwt;
 pub mod limits;
 pub mod rules;
+pub mod session_quotas;
 pub mod token;
 
 use std::collections::HashMap;
@@ -46,6 +48,7 @@ use crate::policy::Policy;
 pub use decision::{Completed, Decision, Denied, Permit, Target};
 pub use limits::{Busy, Limited, Limits};
 pub use rules::Rules;
+pub use session_quotas::SessionLimit;
 
 /// An authenticated (or, with auth off, anonymous) caller. What the client may use is looked
 /// up in the policy in force at the time of each request ([`Access::rules`]), not fixed when
@@ -161,6 +164,7 @@ impl Clients {
 
 pub struct Access {
     clients: RwLock<Arc<Clients>>,
+    /// Call rates, call slots, and how many sessions each client may hold and open.
     pub limits: Limits,
 }
 

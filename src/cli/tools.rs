@@ -204,7 +204,8 @@ async fn diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
 
 /// Starts the servers (all, or `--server`), reads what each offers, stops them.
 async fn observe(policy: &Policy, target: &Target) -> anyhow::Result<Lock> {
-    let backends = Arc::new(Backends::new(&target.docker_scope, &policy.egress));
+    let firewall = crate::sandbox::firewall::Firewall::transient(&policy.egress, "tools");
+    let backends = Arc::new(Backends::new(&target.docker_scope, firewall));
     let (runtime, _) = backends.for_policy(policy).await;
     // The supervisor reports state changes here: why a server went down is kept for the error.
     let (events, mut drain) = mpsc::channel(1024);

@@ -224,6 +224,11 @@ impl EventStream {
         self.state.lock().is_ok_and(|s| s.closed)
     }
 
+    /// Whether a connection is reading the stream now.
+    pub fn is_attached(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.attached)
+    }
+
     pub fn closed_for(&self) -> Option<Duration> {
         self.state.lock().ok()?.closed_at.map(|t| t.elapsed())
     }

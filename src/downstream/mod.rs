@@ -9,10 +9,13 @@
 //! to that (loopback) listener, which serves nothing else but `/health`.
 
 mod event_stream;
+mod eviction;
 mod guard;
 mod legacy_sse;
+mod refusal_bursts;
 mod reply;
 mod session;
+mod session_open;
 mod streamable;
 mod tls;
 
@@ -68,6 +71,8 @@ pub(crate) struct Shared {
     audit: AuditTrail,
     tls: bool,
     sessions: session::Sessions,
+    /// Session refusals being counted, audited once per burst.
+    session_refusals: refusal_bursts::Bursts,
     guard: guard::Guard,
     max_body_bytes: usize,
     body_timeout: Duration,
@@ -120,6 +125,7 @@ impl Shared {
             audit,
             tls,
             sessions: session::Sessions::new(gateway.max_sessions),
+            session_refusals: refusal_bursts::Bursts::default(),
             guard: guard::Guard::new(&gateway.allowed_hosts, &gateway.allowed_origins),
             // No message in either direction is larger than max_message_bytes.
             max_body_bytes: gateway.max_body_bytes.min(gateway.max_message_bytes),
@@ -129,10 +135,20 @@ impl Shared {
         }
     }
 
-    /// Ends every session, as at shutdown.
+    /// Ends every session, as at shutdown, and audits the bursts of refusals still counting.
     async fn close_all_sessions(&self) {
         for id in self.sessions.drain() {
             self.router.close_session(&id).await;
+        }
+        self.audit_ended_bursts(true).await;
+    }
+
+    /// Writes the summary of each burst of session refusals that ended (every one when `all`).
+    async fn audit_ended_bursts(&self, all: bool) {
+        for ended in self.session_refusals.ended(all) {
+            if let Some(event) = session_open::burst_summary(&ended) {
+                let _ = self.audit.record(event).await;
+            }
         }
     }
 }
@@ -366,6 +382,7 @@ async fn sweep_idle(shared: Arc<Shared>, limit: Duration, unused: Duration) {
     loop {
         tokio::time::sleep(period).await;
         shared.access.limits.sweep();
+        shared.audit_ended_bursts(false).await;
         for (id, why) in shared.sessions.expire(limit, unused) {
             let why = match why {
                 session::Expiry::Idle => "session expired after being idle",

@@ -11,6 +11,7 @@ mod dns;
 mod guard;
 mod http;
 mod mcp;
+mod openapi;
 mod policy;
 mod sse;
 
@@ -19,6 +20,7 @@ pub use dns::dns_query;
 pub use guard::tool_definition;
 pub use http::http_request;
 pub use mcp::mcp_message;
+pub use openapi::openapi_tools;
 pub use policy::{policy_import, policy_toml};
 pub use sse::sse_stream;
 
@@ -36,4 +38,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("dns_query", dns_query),
     ("audit_verify", audit_verify),
     ("tool_definition", tool_definition),
+    ("openapi_tools", openapi_tools),
 ];

@@ -173,13 +173,14 @@ macro_rules! differing {
 
 /// Keys of a server whose change needs new instances: what runs, how, with what.
 fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
-    use super::Runtime::{Docker, Process, Remote};
+    use super::Runtime::{Docker, OpenApi, Process, Remote};
     let mut keys = Vec::new();
     if o.runtime != n.runtime {
         keys.push(match (&o.runtime, &n.runtime) {
             (Docker(_), Docker(_)) => "docker",
             (Process(_), Process(_)) => "process",
             (Remote(_), Remote(_)) => "remote",
+            (OpenApi(_), OpenApi(_)) => "openapi",
             _ => "runtime",
         });
     }
@@ -222,6 +223,7 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
         max_sessions => "gateway.max_sessions",
         sse_keepalive => "gateway.sse_keepalive",
         sse_poll_interval => "gateway.sse_poll_interval",
+        instance => "gateway.instance",
     );
     if new.audit != running.audit {
         kept.push("audit");

@@ -247,9 +247,15 @@ pub struct Gateway {
     pub sse_poll_interval: Option<Duration>,
     /// TLS for the listener; required (with client authentication) off loopback.
     pub tls: Option<Tls>,
-    /// Where the gateway keeps state between runs (the OAuth token caches); resolved against
-    /// the policy file's directory when relative.
+    /// Where the gateway keeps state between runs (the OAuth token caches, the instance lock);
+    /// resolved against the policy file's directory when relative.
     pub state_dir: PathBuf,
+    /// The gateway's instance id (`crate::instance`): names every kernel and Docker object it
+    /// makes. `None`: derived from `state_dir`.
+    pub instance: Option<String>,
+    /// The policy's version number (`[gateway] serial`). A gateway that requires signed
+    /// policies loads none without it and none whose serial is lower than the one in force.
+    pub serial: Option<u64>,
     /// How servers' list changes are paced and when a server counts as unstable.
     pub list_changes: ListChanges,
     /// The approved tool definitions (`[gateway] lock`), and what a difference from them does.
@@ -445,6 +451,8 @@ pub enum Runtime {
     Docker(DockerSpec),
     /// A remote MCP server over Streamable HTTP (or legacy SSE).
     Remote(RemoteSpec),
+    /// A REST API described by an OpenAPI document; each operation is a tool.
+    OpenApi(OpenApiSpec),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -510,6 +518,26 @@ pub struct RemoteSpec {
     /// The gateway gets its own access token for this server from an OAuth authorization
     /// server and sends it as `Authorization: Bearer`.
     pub oauth: Option<OAuth>,
+}
+
+/// A REST API served as MCP tools (`runtime = "openapi"`): the gateway itself makes the HTTP
+/// requests, with the same egress check, credentials and redaction as for a remote server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenApiSpec {
+    /// The OpenAPI document, resolved against the policy file's directory.
+    pub spec: PathBuf,
+    /// Where requests go (the document's own `servers` are ignored: the policy decides).
+    pub base_url: String,
+    /// Header name -> value template (may reference `${secret:NAME}`).
+    pub headers: BTreeMap<String, String>,
+    pub ca_file: Option<PathBuf>,
+    pub oauth: Option<OAuth>,
+    /// Which operations become tools: globs over the operationId or `METHOD /path`.
+    pub operations: ToolFilter,
+    /// Larger answers become tool errors.
+    pub max_response_bytes: u64,
+    /// The tools the document makes, read when the policy was validated.
+    pub api: std::sync::Arc<crate::openapi::Api>,
 }
 
 /// OAuth 2.1 client settings of a remote server (the gateway is the OAuth client).
@@ -645,6 +673,12 @@ pub struct Client {
     pub jwt_subject: Option<String>,
     /// This client's quota across all its calls.
     pub rate: Option<Rate>,
+    /// Sessions it may hold open at once; `None`: the default share ([`Policy::client_quotas`]).
+    pub max_sessions: Option<usize>,
+    /// How fast it may open sessions; `None`: the default.
+    pub session_rate: Option<Rate>,
+    /// Its share of a contended server's call slots against other clients'; `None`: 1.
+    pub weight: Option<u32>,
     /// `server__tool` patterns (`*` globs).
     pub allow: Vec<String>,
     pub deny: Vec<String>,
@@ -661,7 +695,12 @@ impl Policy {
     /// Moves the state directory (e.g. `serve --state-dir`), and with it every token cache.
     pub fn set_state_dir(&mut self, dir: PathBuf) {
         for server in self.servers.values_mut() {
-            if let Runtime::Remote(RemoteSpec { oauth: Some(o), .. }) = &mut server.runtime {
+            let oauth = match &mut server.runtime {
+                Runtime::Remote(RemoteSpec { oauth, .. }) => oauth.as_mut(),
+                Runtime::OpenApi(OpenApiSpec { oauth, .. }) => oauth.as_mut(),
+                _ => None,
+            };
+            if let Some(o) = oauth {
                 o.cache_file = OAuth::cache_file_in(&dir, &server.name);
             }
         }

@@ -114,6 +114,8 @@ pub struct RawGateway {
     #[serde(default, deserialize_with = "in_tls")]
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
+    pub instance: Option<Str>,
+    pub serial: Option<Spanned<u64>>,
     pub list_changed_interval: Option<Spanned<Value>>,
     pub unstable_list_changes: Option<Spanned<u64>>,
     pub unstable_window: Option<Spanned<Value>>,
@@ -175,6 +177,11 @@ pub struct RawServer {
     pub ca_file: Option<Str>,
     #[serde(default, deserialize_with = "in_oauth")]
     pub oauth: Option<Spanned<RawOAuth>>,
+    pub spec: Option<Str>,
+    pub base_url: Option<Str>,
+    #[serde(default, deserialize_with = "in_operations")]
+    pub operations: Option<Spanned<RawPatterns>>,
+    pub max_response_bytes: Option<Spanned<Value>>,
     pub lifecycle: Option<Str>,
     #[serde(default, deserialize_with = "in_egress")]
     pub egress: Option<RawEgress>,
@@ -257,6 +264,9 @@ pub struct RawClient {
     pub token_sha256: Option<Str>,
     pub jwt_subject: Option<Str>,
     pub rate: Option<Spanned<Value>>,
+    pub max_sessions: Option<Spanned<u64>>,
+    pub session_rate: Option<Spanned<Value>>,
+    pub weight: Option<Spanned<u64>>,
     pub allow: Option<Vec<Str>>,
     pub deny: Option<Vec<Str>>,
 }
@@ -341,3 +351,4 @@ in_table!(in_jwt, "jwt", Option<Spanned<RawJwt>>);
 in_table!(in_tls, "tls", Option<Spanned<RawTls>>);
 in_table!(in_tools, "tools", Option<RawPatterns>);
 in_table!(in_oauth, "oauth", Option<Spanned<RawOAuth>>);
+in_table!(in_operations, "operations", Option<Spanned<RawPatterns>>);

@@ -32,6 +32,73 @@ fn oauth_lines(o: &mut String, a: &OAuth) {
     let _ = writeln!(o, "  oauth.token cache     {}", a.cache_file.display());
 }
 
+/// How the gateway reaches a server over HTTP: headers (secrets as references), CAs, OAuth.
+fn http_lines(
+    o: &mut String,
+    headers: &std::collections::BTreeMap<String, String>,
+    ca_file: Option<&std::path::Path>,
+    oauth: Option<&OAuth>,
+) {
+    for (k, v) in headers {
+        let _ = writeln!(
+            o,
+            "  header                {k}: {}",
+            header_for_display(k, v)
+        );
+    }
+    if let Some(ca) = ca_file {
+        let _ = writeln!(o, "  ca_file               {}", ca.display());
+    }
+    if let Some(a) = oauth {
+        oauth_lines(o, a);
+    }
+}
+
+/// An openapi server: where requests go, with what, and every tool the document makes.
+fn openapi_lines(o: &mut String, s: &Server, x: &OpenApiSpec) {
+    let _ = writeln!(o, "  runtime               openapi");
+    let _ = writeln!(o, "  spec                  {}", x.spec.display());
+    let _ = writeln!(o, "  base_url              {}", x.base_url);
+    http_lines(o, &x.headers, x.ca_file.as_deref(), x.oauth.as_ref());
+    let patterns = |v: &[String], none: &str| {
+        if v.is_empty() {
+            none.to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(
+        o,
+        "  operations            allow {}; deny {}",
+        patterns(&x.operations.allow, "all"),
+        patterns(&x.operations.deny, "(none)")
+    );
+    let _ = writeln!(
+        o,
+        "  max_response_bytes    {}",
+        format_size(x.max_response_bytes)
+    );
+    let _ = writeln!(
+        o,
+        "  api                   {} {} ({} tools)",
+        x.api.title,
+        x.api.version,
+        x.api.tools.len()
+    );
+    for t in &x.api.tools {
+        let hidden = if s.tools.permits(&t.name) {
+            ""
+        } else {
+            " (hidden by tools)"
+        };
+        let _ = writeln!(
+            o,
+            "  tool                  {} = {} {}{hidden}",
+            t.name, t.method, t.path
+        );
+    }
+}
+
 /// Renders `p` for `portcullis policy show`. Secrets appear only as references, never values.
 pub fn render(p: &Policy) -> String {
     let mut o = String::new();
@@ -112,6 +179,16 @@ pub fn render(p: &Policy) -> String {
             .map_or_else(|| "off".to_owned(), format_duration)
     );
     let _ = writeln!(o, "  state_dir             {}", g.state_dir.display());
+    let _ = writeln!(
+        o,
+        "  instance              {}",
+        g.instance
+            .as_deref()
+            .unwrap_or("(derived from state_dir at start)")
+    );
+    if let Some(serial) = g.serial {
+        let _ = writeln!(o, "  serial                {serial}");
+    }
     let lc = &g.list_changes;
     let _ = writeln!(
         o,
@@ -234,20 +311,9 @@ pub fn render(p: &Policy) -> String {
             Runtime::Remote(x) => {
                 let _ = writeln!(o, "  runtime               remote");
                 let _ = writeln!(o, "  url                   {}", x.url);
-                for (k, v) in &x.headers {
-                    let _ = writeln!(
-                        o,
-                        "  header                {k}: {}",
-                        header_for_display(k, v)
-                    );
-                }
-                if let Some(ca) = &x.ca_file {
-                    let _ = writeln!(o, "  ca_file               {}", ca.display());
-                }
-                if let Some(a) = &x.oauth {
-                    oauth_lines(&mut o, a);
-                }
+                http_lines(&mut o, &x.headers, x.ca_file.as_deref(), x.oauth.as_ref());
             }
+            Runtime::OpenApi(x) => openapi_lines(&mut o, s, x),
         }
         let lc = match s.lifecycle {
             Lifecycle::Shared => "shared",
@@ -331,9 +397,48 @@ pub fn render(p: &Policy) -> String {
             }
         );
         let _ = writeln!(o, "  deny                  {}", list(&c.deny));
+        quota_lines(&mut o, p, &c.name);
+    }
+    if !p.requires_auth() && !p.clients.contains_key("anonymous") {
+        let _ = writeln!(
+            o,
+            "\n[clients.anonymous]  (implicit: every caller, as no credentials are configured; one shared quota)"
+        );
+        quota_lines(&mut o, p, "anonymous");
     }
     audit(&mut o, &p.audit);
     o
+}
+
+/// A client's session quota, session rate and call-slot weight, defaults filled in.
+fn quota_lines(o: &mut String, p: &Policy, client: &str) {
+    let q = p.client_quotas(client);
+    let rate = p
+        .clients
+        .get(client)
+        .and_then(|c| c.rate)
+        .map_or("unlimited".to_string(), |r| {
+            format!("{} (burst {})", format_rate(r.count, r.per), r.burst)
+        });
+    let _ = writeln!(o, "  rate                  {rate}");
+    let _ = writeln!(
+        o,
+        "  max_sessions          {}{}",
+        q.max_sessions,
+        if q.max_sessions_set {
+            ""
+        } else {
+            " (default: 256, at most half of gateway.max_sessions)"
+        }
+    );
+    let r = q.session_rate;
+    let _ = writeln!(
+        o,
+        "  session_rate          {} (burst {})",
+        format_rate(r.count, r.per),
+        r.burst
+    );
+    let _ = writeln!(o, "  weight                {}", q.weight);
 }
 
 fn audit(o: &mut String, a: &Audit) {

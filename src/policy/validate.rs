@@ -50,6 +50,15 @@ const PROCESS_KEYS: &[&str] = &[
 ];
 const DOCKER_KEYS: &[&str] = &["image", "command", "env", "user", "mounts", "pool"];
 const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file", "oauth"];
+const OPENAPI_KEYS: &[&str] = &[
+    "spec",
+    "base_url",
+    "headers",
+    "ca_file",
+    "oauth",
+    "operations",
+    "max_response_bytes",
+];
 
 pub(super) struct Checker<'a> {
     src: &'a str,
@@ -114,7 +123,7 @@ pub fn validate(
     let mut clients = BTreeMap::new();
     let mut tokens: BTreeMap<String, String> = BTreeMap::new();
     for (name, rc) in raw.clients.0 {
-        if let Some(cl) = c.client(&name, rc, &server_names, &mut tokens) {
+        if let Some(cl) = c.client(&name, rc, &server_names, &mut tokens, gateway.max_sessions) {
             clients.insert(name.into_inner(), cl);
         }
     }
@@ -458,6 +467,16 @@ impl Checker<'_> {
             Some(p) => self.resolve(p.get_ref()),
             None => self.resolve(DEFAULT_STATE_DIR),
         };
+        let instance =
+            g.instance
+                .as_ref()
+                .and_then(|i| match crate::instance::check(i.get_ref()) {
+                    Ok(()) => Some(i.get_ref().clone()),
+                    Err(e) => {
+                        self.error(i.span().start, e);
+                        None
+                    }
+                });
         let gw = Gateway {
             listen,
             admin_listen,
@@ -489,6 +508,8 @@ impl Checker<'_> {
             sse_poll_interval: self.duration(&g.sse_poll_interval, "sse_poll_interval"),
             tls: g.tls.as_ref().map(|t| self.tls(t)),
             state_dir: self.state_dir.clone(),
+            instance,
+            serial: self.count(&g.serial, "serial", (0, i64::MAX as u64)),
             list_changes: self.list_changes(&g),
             lock: self.lock(&g),
             require_image_digest: g
@@ -558,15 +579,16 @@ impl Checker<'_> {
             "process" => PROCESS_KEYS,
             "docker" => DOCKER_KEYS,
             "remote" => REMOTE_KEYS,
+            "openapi" => OPENAPI_KEYS,
             other => {
                 self.error(
                     rs.runtime.span().start,
-                    format!("unknown runtime \"{other}\" in [servers.{n}]; use \"process\", \"docker\" or \"remote\""),
+                    format!("unknown runtime \"{other}\" in [servers.{n}]; use \"process\", \"docker\", \"remote\" or \"openapi\""),
                 );
                 return None;
             }
         };
-        let present: [(&str, Option<usize>); 13] = [
+        let present: [(&str, Option<usize>); 17] = [
             ("command", rs.command.as_ref().map(|v| v.span().start)),
             ("args", rs.args.as_ref().map(|v| v.span().start)),
             ("env", rs.env.as_ref().map(|v| v.span().start)),
@@ -580,6 +602,13 @@ impl Checker<'_> {
             ("headers", rs.headers.as_ref().map(|v| v.span().start)),
             ("ca_file", rs.ca_file.as_ref().map(|v| v.span().start)),
             ("oauth", rs.oauth.as_ref().map(|v| v.span().start)),
+            ("spec", rs.spec.as_ref().map(|v| v.span().start)),
+            ("base_url", rs.base_url.as_ref().map(|v| v.span().start)),
+            ("operations", rs.operations.as_ref().map(|v| v.span().start)),
+            (
+                "max_response_bytes",
+                rs.max_response_bytes.as_ref().map(|v| v.span().start),
+            ),
         ];
         for (key, at) in present {
             if let (Some(at), false) = (at, allowed.contains(&key)) {
@@ -587,6 +616,7 @@ impl Checker<'_> {
                     ("process", PROCESS_KEYS),
                     ("docker", DOCKER_KEYS),
                     ("remote", REMOTE_KEYS),
+                    ("openapi", OPENAPI_KEYS),
                 ]
                 .iter()
                 .filter(|(_, keys)| keys.contains(&key))
@@ -616,6 +646,7 @@ impl Checker<'_> {
         let runtime = match rt {
             "process" => self.process(n, &rs, env),
             "docker" => self.docker(n, &rs, env),
+            "openapi" => self.openapi(n, &rs, &secrets, &egress),
             _ => self.remote(n, &rs, &secrets, &egress),
         };
 
@@ -627,10 +658,10 @@ impl Checker<'_> {
             None | Some(("shared", _)) => Lifecycle::Shared,
             Some((l @ ("per-session" | "per-call"), at)) => {
                 // A remote server is one endpoint: the gateway cannot start copies of it.
-                if rt == "remote" {
+                if rt == "remote" || rt == "openapi" {
                     self.error(
                         self.key_at(at, "lifecycle"),
-                        format!("lifecycle = \"{l}\" needs a runtime the gateway starts itself (\"docker\" or \"process\"); [servers.{n}] is \"remote\", so use lifecycle = \"shared\""),
+                        format!("lifecycle = \"{l}\" needs a runtime the gateway starts itself (\"docker\" or \"process\"); [servers.{n}] is \"{rt}\", so use lifecycle = \"shared\""),
                     );
                 }
                 if l == "per-session" {
@@ -937,28 +968,62 @@ impl Checker<'_> {
         egress: &Egress,
     ) -> Option<Runtime> {
         let url = match &rs.url {
-            Some(u) => match check_url(u.get_ref()) {
-                Ok(()) => {
-                    if let Some(why) = unreachable_without_rule(u.get_ref(), egress) {
-                        self.error(u.span().start, format!("[servers.{n}] {why}"));
-                    }
-                    Some(u.get_ref().clone())
-                }
-                Err(e) => {
-                    self.error(u.span().start, e);
-                    None
-                }
-            },
+            Some(u) => self.endpoint_url(n, u, egress, "url"),
             None => {
                 self.error(self.server_at(rs), format!("[servers.{n}] has runtime = \"remote\" but no `url`; add url = \"https://...\""));
                 None
             }
         };
+        let (headers, ca_file, oauth) =
+            self.http_credentials(n, rs, secrets, egress, url.as_deref());
+        Some(Runtime::Remote(RemoteSpec {
+            url: url?,
+            headers,
+            ca_file,
+            oauth,
+        }))
+    }
+
+    /// A server's `url` (or `base_url`, named by `key`): well-formed, and reachable under its
+    /// egress rules when it names a private address.
+    pub(super) fn endpoint_url(
+        &mut self,
+        n: &str,
+        u: &Str,
+        egress: &Egress,
+        key: &str,
+    ) -> Option<String> {
+        let named = |msg: String| match msg.strip_prefix("url ") {
+            Some(rest) => format!("{key} {rest}"),
+            None => msg,
+        };
+        match check_url(u.get_ref()) {
+            Ok(()) => {
+                if let Some(why) = unreachable_without_rule(u.get_ref(), egress) {
+                    self.error(u.span().start, format!("[servers.{n}] {}", named(why)));
+                }
+                Some(u.get_ref().clone())
+            }
+            Err(e) => {
+                self.error(u.span().start, named(e));
+                None
+            }
+        }
+    }
+
+    /// `headers`, `ca_file` and `oauth` of a server the gateway reaches over HTTP (`remote`,
+    /// `openapi`); `url` is where requests go.
+    pub(super) fn http_credentials(
+        &mut self,
+        n: &str,
+        rs: &RawServer,
+        secrets: &BTreeMap<String, SecretRef>,
+        egress: &Egress,
+        url: Option<&str>,
+    ) -> (BTreeMap<String, String>, Option<PathBuf>, Option<OAuth>) {
         // Plain http may carry secrets only to a loopback address: those bytes never leave
         // the machine (this is how a sidecar or a test server on 127.0.0.1 is reached).
-        let plain_http = url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("http://") && !is_loopback_url(u));
+        let plain_http = url.is_some_and(|u| u.starts_with("http://") && !is_loopback_url(u));
         let mut headers = BTreeMap::new();
         for (k, v) in rs.headers.iter().flat_map(|h| h.get_ref().iter()) {
             let name = k.get_ref();
@@ -1002,12 +1067,7 @@ impl Checker<'_> {
             }
             None => None,
         };
-        Some(Runtime::Remote(RemoteSpec {
-            url: url?,
-            headers,
-            ca_file,
-            oauth,
-        }))
+        (headers, ca_file, oauth)
     }
 
     fn roots(&mut self, v: &Option<Vec<Str>>) -> Vec<String> {
@@ -1166,6 +1226,7 @@ impl Checker<'_> {
         rc: RawClient,
         servers: &BTreeSet<String>,
         tokens: &mut BTreeMap<String, String>,
+        gateway_max_sessions: usize,
     ) -> Option<Client> {
         let n = name.get_ref();
         let before = self.diags.len();
@@ -1205,6 +1266,7 @@ impl Checker<'_> {
                 }
             }
         }
+        let quotas = self.client_quotas(n, &rc, gateway_max_sessions);
         if self.diags.len() != before {
             return None;
         }
@@ -1214,6 +1276,9 @@ impl Checker<'_> {
             token_sha256: rc.token_sha256.map(|t| t.into_inner()),
             jwt_subject: rc.jwt_subject.map(|t| t.into_inner()),
             rate,
+            max_sessions: quotas.max_sessions,
+            session_rate: quotas.session_rate,
+            weight: quotas.weight,
             allow,
             deny,
         })

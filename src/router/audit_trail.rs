@@ -127,6 +127,16 @@ impl AuditTrail {
         ev
     }
 
+    /// The `denied` record of a session that `client` was not allowed to open (its quota, its
+    /// creation rate, or a full gateway); `detail` says which, and how many in the burst.
+    pub fn session_refused(client: &str, outcome: Outcome, detail: &str) -> AuditEvent {
+        AuditEvent::new(Kind::Denied)
+            .outcome(outcome)
+            .detail(detail)
+            .client(client)
+            .method(crate::mcp::methods::INITIALIZE)
+    }
+
     /// The `denied` record of a request without valid credentials.
     pub fn unauthenticated(reason: &str) -> AuditEvent {
         AuditEvent::new(Kind::Denied)

@@ -164,7 +164,7 @@ impl Router {
         let _slot = self
             .access
             .limits
-            .slot(server)
+            .slot(server, &identity.client)
             .await
             .map_err(|b| Failure::Gateway(ErrorCode::BUSY, b.to_string()))?;
         let upstream_id = up.next_request_id();

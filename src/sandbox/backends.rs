@@ -15,7 +15,7 @@ use super::docker::{self, DockerRuntime};
 use super::firewall::Firewall;
 use super::process::ProcessRuntime;
 use super::{Runtime, Runtimes};
-use crate::policy::{self, EgressSettings, Policy};
+use crate::policy::{self, Policy};
 
 enum DockerState {
     NotNeeded,
@@ -38,10 +38,10 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// `scope` is the Docker reconciliation scope (see `serve --docker-scope`); `egress` the
-    /// policy's `[egress]` settings at start-up (a reload keeps them, see `policy::diff`).
-    pub fn new(scope: &str, egress: &EgressSettings) -> Backends {
-        let firewall = Firewall::new(egress);
+    /// `scope` is the Docker reconciliation scope (see `serve --docker-scope`, by default the
+    /// instance id); `firewall` is made from the policy's `[egress]` settings at start-up (a
+    /// reload keeps them, see `policy::diff`) for this gateway's instance.
+    pub fn new(scope: &str, firewall: Firewall) -> Backends {
         let process = Arc::new(ProcessRuntime::new(firewall.clone()));
         let docker = DockerState::NotNeeded;
         Backends {
@@ -121,7 +121,7 @@ impl Backends {
         if clean {
             self.firewall.shutdown().await;
         } else {
-            tracing::warn!("some sandboxes could not be removed: table inet portcullis stays, so their interfaces stay closed");
+            tracing::warn!(table = %self.firewall.names().table(), "some sandboxes could not be removed: the egress table stays, so their interfaces stay closed");
         }
         removed
     }

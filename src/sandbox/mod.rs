@@ -172,10 +172,10 @@ impl Runtime for Runtimes {
                     runtime: "docker (the Docker engine is not reachable)",
                 })
             }),
-            (Spec::Remote(_), _) => Box::pin(async move {
+            (Spec::Remote(_) | Spec::OpenApi(_), _) => Box::pin(async move {
                 Err(SandboxError::Unsupported {
                     server: server.name.clone(),
-                    runtime: "remote (not a sandboxed runtime)",
+                    runtime: "remote or openapi (not a sandboxed runtime)",
                 })
             }),
         }

@@ -77,10 +77,12 @@ impl ProcessNets {
                 server,
                 |subnet| async move {
                     let name = server.name.clone();
-                    let made =
-                        tokio::task::spawn_blocking(move || ProcessNet::create(&name, subnet, None))
-                            .await
-                            .map_err(|e| format!("namespace setup task: {e}"))?;
+                    let names = self.firewall.names().clone();
+                    let made = tokio::task::spawn_blocking(move || {
+                        ProcessNet::create(&names, &name, subnet, None)
+                    })
+                    .await
+                    .map_err(|e| format!("namespace setup task: {e}"))?;
                     let net = made.map_err(|e| {
                         format!("cannot create its network namespace (needs root and the `ip` tool): {e}")
                     })?;

@@ -7,6 +7,7 @@
 
 mod connection;
 pub mod http;
+mod openapi;
 pub mod stderr;
 mod stdio;
 mod supervisor;

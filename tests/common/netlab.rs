@@ -8,7 +8,7 @@
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -63,6 +63,13 @@ pub fn tag() -> String {
         std::process::id() % 100_000,
         NEXT.fetch_add(1, Ordering::SeqCst)
     )
+}
+
+/// Runs `f` on a thread inside the namespace at `path`; panics when it cannot be entered (a
+/// probe that silently ran nowhere would look like a blocked one).
+pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    netns::in_netns(Some(path), move || Ok(f()))
+        .unwrap_or_else(|e| panic!("cannot enter the namespace {}: {e}", path.display()))
 }
 
 /// A namespace deleted on drop.
@@ -292,8 +299,19 @@ pub fn query(
     ty: RecordType,
     tcp: bool,
 ) -> Option<Message> {
+    query_in(&ns.path(), server, name, ty, tcp)
+}
+
+/// [`query`] from inside the namespace at `path` (e.g. `/proc/PID/ns/net`).
+pub fn query_in(
+    path: &Path,
+    server: SocketAddr,
+    name: &str,
+    ty: RecordType,
+    tcp: bool,
+) -> Option<Message> {
     let name = name.to_string();
-    ns.run(move || {
+    run_in(path, move || {
         let mut m = Message::new();
         m.set_id(0x4242)
             .set_message_type(MessageType::Query)
@@ -335,7 +353,12 @@ pub fn a_records(m: &Message) -> Vec<Ipv4Addr> {
 
 /// Connects from inside `ns` and reads the service banner: `true` only for a working service.
 pub fn tcp_works(ns: &Ns, addr: SocketAddr) -> bool {
-    ns.run(move || {
+    tcp_works_in(&ns.path(), addr)
+}
+
+/// [`tcp_works`] from inside the namespace at `path`.
+pub fn tcp_works_in(path: &Path, addr: SocketAddr) -> bool {
+    run_in(path, move || {
         let t = Duration::from_millis(700);
         let Ok(mut c) = TcpStream::connect_timeout(&addr, t) else {
             return false;

@@ -74,6 +74,13 @@ install_python_peers() {
       "mcp==2.3.0" mcp-server-time mcp-server-git pytest
     touch "$stamp"
   fi
+  # FastAPI: the real REST API behind the `runtime = "openapi"` tests (tests/openapi.rs).
+  local stamp_rest=$venv/.portcullis-peers-rest-v1
+  if [ ! -f "$stamp_rest" ]; then
+    log "pip install fastapi (REST API for the openapi runtime tests)"
+    "$venv/bin/pip" install -q --disable-pip-version-check fastapi uvicorn
+    touch "$stamp_rest"
+  fi
 }
 
 install_npm_peers() {

@@ -11,23 +11,21 @@
 //! `oauth`, an access token the gateway obtained itself goes in `Authorization` (see [`oauth`]).
 
 mod body;
-mod connector;
+pub(super) mod connector;
 pub mod egress;
-mod oauth;
+pub(super) mod oauth;
+mod reach;
 pub mod sse;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{
-    HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE,
-};
+use http::header::{HeaderValue, ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::connection::{dispatch_message, parse_incoming, Broken, Connection};
@@ -52,7 +50,9 @@ const GET_REOPEN: Duration = Duration::from_secs(1);
 /// Longest error-body excerpt quoted in an error.
 const ERROR_EXCERPT: usize = 300;
 
-type HttpClient = Client<connector::Connector, Full<Bytes>>;
+pub(super) use reach::{reach, Reach, SendError, Sender};
+
+pub(super) type HttpClient = Client<connector::Connector, Full<Bytes>>;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -99,29 +99,6 @@ fn spec(server: &Server) -> Result<&RemoteSpec, String> {
     }
 }
 
-/// Replaces every `${secret:NAME}` in a header template with the secret's value.
-fn render(template: &str, secrets: &[(String, String)]) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(i) = rest.find("${secret:") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + "${secret:".len()..];
-        let end = after
-            .find('}')
-            .ok_or("unclosed ${secret: in a header template")?;
-        let name = &after[..end];
-        let value = secrets
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .ok_or_else(|| format!("header uses secret `{name}`, which is not declared"))?;
-        out.push_str(value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 /// Connects to a remote server: builds the client, tries Streamable HTTP, falls back to the
 /// legacy HTTP+SSE transport, and starts the tasks that carry messages.
 pub(super) async fn connect(
@@ -136,36 +113,18 @@ pub(super) async fn connect(
         .url
         .parse()
         .map_err(|e| format!("invalid url `{}`: {e}", spec.url))?;
-    let mut headers = HeaderMap::new();
-    for (name, template) in &spec.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name `{name}`"))?;
-        let value = render(template, secrets)?;
-        // The error must not quote the value: it holds a secret.
-        let mut value = HeaderValue::from_str(&value)
-            .map_err(|_| format!("header `{name}` has a value that is not valid in HTTP"))?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
-    let tls = connector::tls_config(spec.ca_file.as_deref()).map_err(|e| e.to_string())?;
-    let egress = egress::Egress::new(server.egress.allow.clone());
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector::Connector::new(
-            egress.clone(),
-            tls.clone(),
-            spec.ca_file.is_some(),
-        ));
-    let oauth = match &spec.oauth {
-        Some(o) => Some(Arc::new(oauth::TokenSource::new(
-            &server.name,
-            o,
-            secrets,
-            client.clone(),
-            redactor.clone(),
-        )?)),
-        None => None,
-    };
+    let Reach {
+        headers,
+        client,
+        oauth,
+    } = reach(
+        server,
+        &spec.headers,
+        spec.ca_file.as_deref(),
+        spec.oauth.as_ref(),
+        secrets,
+        &redactor,
+    )?;
     let (conn, outbox) = Connection::detached();
     let (dead, _) = watch::channel(None);
     let remote = Arc::new(Remote {
@@ -207,42 +166,6 @@ pub(super) async fn connect(
         }
         Err(e) => Err(e),
     }
-}
-
-/// Why a request got no HTTP answer.
-enum SendError {
-    /// The server could not be reached, or did not answer in time.
-    Connection(String),
-    /// No access token could be obtained for it (the server itself may be fine).
-    Token(String),
-}
-
-impl From<SendError> for String {
-    fn from(e: SendError) -> String {
-        match e {
-            SendError::Connection(s) | SendError::Token(s) => s,
-        }
-    }
-}
-
-/// A copy of a request with `Authorization: Bearer token`.
-fn with_bearer(
-    parts: &http::request::Parts,
-    body: Full<Bytes>,
-    token: &str,
-) -> Result<Request<Full<Bytes>>, SendError> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| SendError::Token("the access token is not valid in a header".to_owned()))?;
-    value.set_sensitive(true);
-    let mut req = Request::builder()
-        .method(parts.method.clone())
-        .uri(parts.uri.clone())
-        .version(parts.version)
-        .body(body)
-        .map_err(|e| SendError::Connection(format!("cannot build the request: {e}")))?;
-    *req.headers_mut() = parts.headers.clone();
-    req.headers_mut().insert(AUTHORIZATION, value);
-    Ok(req)
 }
 
 /// How a POST went, as far as the sender cares.
@@ -323,54 +246,17 @@ impl Remote {
             .map_err(|e| format!("cannot build the request: {e}"))
     }
 
-    /// Sends a request, with the access token when `oauth` is configured. A 401 gets one new
-    /// token and one retry: a token refused twice is a configuration problem (scope, audience),
-    /// not an expiry, and retrying further would only hammer the authorization server.
     async fn send(
         &self,
         req: Request<Full<Bytes>>,
         limit: Duration,
     ) -> Result<http::Response<Incoming>, SendError> {
-        let Some(oauth) = &self.oauth else {
-            return self
-                .send_once(req, limit)
-                .await
-                .map_err(SendError::Connection);
+        let sender = Sender {
+            client: &self.client,
+            oauth: self.oauth.as_deref(),
+            redactor: &self.redactor,
         };
-        let (parts, body) = req.into_parts();
-        let token = oauth
-            .bearer()
-            .await
-            .map_err(|e| SendError::Token(e.to_string()))?;
-        let first = with_bearer(&parts, body.clone(), &token)?;
-        let resp = self
-            .send_once(first, limit)
-            .await
-            .map_err(SendError::Connection)?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return Ok(resp);
-        }
-        drop(resp);
-        let token = oauth
-            .renew(&token)
-            .await
-            .map_err(|e| SendError::Token(e.to_string()))?;
-        let retry = with_bearer(&parts, body, &token)?;
-        self.send_once(retry, limit)
-            .await
-            .map_err(SendError::Connection)
-    }
-
-    async fn send_once(
-        &self,
-        req: Request<Full<Bytes>>,
-        limit: Duration,
-    ) -> Result<http::Response<Incoming>, String> {
-        match tokio::time::timeout(limit, self.client.request(req)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(self.redact(&error_chain(&e))),
-            Err(_) => Err(format!("no response within {}s", limit.as_secs())),
-        }
+        sender.send(req, limit).await
     }
 
     /// The Streamable HTTP handshake: POST initialize, read the answer (JSON or SSE), keep the
@@ -970,15 +856,6 @@ impl super::connection::Direct for DirectPost {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn renders_secret_references() {
-        let s = vec![("TOKEN".to_owned(), "abc".to_owned())];
-        assert_eq!(render("Bearer ${secret:TOKEN}", &s).unwrap(), "Bearer abc");
-        assert_eq!(render("plain", &s).unwrap(), "plain");
-        assert!(render("${secret:OTHER}", &s).is_err());
-        assert!(render("${secret:TOKEN", &s).is_err());
-    }
 
     #[test]
     fn endpoint_must_stay_on_the_same_origin() {
