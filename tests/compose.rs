@@ -493,16 +493,10 @@ async fn a_port_published_off_loopback_makes_the_gateway_refuse_to_start() {
         return;
     }
     build_gateway_image();
-    let bridge = stdout(&run(Command::new("docker").args([
-        "network",
-        "inspect",
-        "--format",
-        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
-        "bridge",
-    ])));
+    let bridge = default_bridge_address();
     assert!(
         !bridge.is_empty(),
-        "the default bridge has no gateway address"
+        "the default bridge has no gateway address (neither in docker network inspect nor on docker0)"
     );
     let port = free_loopback_port();
     let out = Command::new("docker")
@@ -675,4 +669,31 @@ async fn with_compose_signed_only_the_security_teams_signed_policy_changes_the_g
     );
     project.down();
     assert!(project.leftovers().is_empty(), "{:?}", project.leftovers());
+}
+
+/// The default bridge's own address. An engine started moments ago (or restarted under another
+/// process) can report an empty IPAM gateway while docker0 already carries the address, so the
+/// interface is asked when the engine does not say.
+fn default_bridge_address() -> String {
+    let said = stdout(&run(Command::new("docker").args([
+        "network",
+        "inspect",
+        "--format",
+        "{{range .IPAM.Config}}{{.Gateway}}{{end}}",
+        "bridge",
+    ])));
+    if !said.is_empty() {
+        return said;
+    }
+    let ip = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "dev", "docker0"])
+        .output()
+        .expect("run ip addr");
+    let text = String::from_utf8_lossy(&ip.stdout);
+    text.split_whitespace()
+        .skip_while(|w| *w != "inet")
+        .nth(1)
+        .and_then(|cidr| cidr.split('/').next())
+        .unwrap_or_default()
+        .to_owned()
 }

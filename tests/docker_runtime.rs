@@ -604,10 +604,11 @@ image = "{FIXTURE_IMAGE}"
 log_rate = {{ quota = "10/s", burst = 20 }}
 "#
     );
+    // The budget's bucket fills from the moment the server starts, which is after this.
+    let started = std::time::Instant::now();
     let gw = gateway(&scope, &policy, &[]);
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
-    let started = std::time::Instant::now();
     let r = c
         .call_tool("loud__stderr_flood", json!({"lines": 100000}))
         .await;

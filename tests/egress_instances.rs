@@ -94,9 +94,16 @@ impl Lab {
         };
         // The lab works: from the gateways' namespace both hosts answer (then the counter
         // starts from zero).
+        // A fresh veth pair can take a moment to carry traffic: up to 10 tries, 0.3 s apart.
         for h in [10, 30] {
+            let reachable = (0..10).any(|i| {
+                if i > 0 {
+                    std::thread::sleep(Duration::from_millis(300));
+                }
+                tcp_works_in(&lab.gw.path(), SocketAddr::from((ext(h), 443)))
+            });
             assert!(
-                tcp_works_in(&lab.gw.path(), SocketAddr::from((ext(h), 443))),
+                reachable,
                 "lab broken: {} unreachable from the gateways' namespace",
                 ext(h)
             );
