@@ -33,7 +33,8 @@
 //! `args` (the argument JSON text, secrets redacted, only with `record_arguments = true` and a
 //! redactor installed), `outcome` (`ok`, `error` + `error_code`, `denied_auth`, `rate_limited`,
 //! `egress_denied`, `rejected` for a refused policy reload), `latency_us`, `bytes_in`,
-//! `bytes_out`, `detail` (redacted).
+//! `bytes_out`, `detail` (redacted), `policy_serial` (the signed policy's serial in force, on
+//! every record the router writes, in signed mode only).
 //!
 //! `catalog_unstable` (a server sent more list changes than `unstable_list_changes` within
 //! `unstable_window`) has `server` and `detail` = JSON `{"count", "lists", "limit", "window_ms"}`.

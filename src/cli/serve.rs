@@ -94,6 +94,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let audit_log = open_audit(&policy).await?;
     let trail = AuditTrail::new(audit_log.clone());
+    trail.set_policy_serial(serial);
     // SIEM sinks and witnesses read the log the same way; witnesses keep only its seals.
     let outlets: Vec<crate::policy::AuditSink> = policy
         .audit

@@ -397,6 +397,8 @@ impl Reloader {
         }
         running.policy = policy;
         running.sha256 = sha256;
+        self.trail
+            .set_policy_serial(signed.as_ref().map(|s| s.serial));
         running.signed = signed;
         running.secrets = secrets;
     }
