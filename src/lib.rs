@@ -14,6 +14,7 @@ pub mod downstream;
 pub mod egress;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod guard;
 pub mod instance;
 pub mod mcp;
 pub mod metrics;

@@ -83,6 +83,9 @@ pub struct Metrics {
     list_fetches: Family<AtomicU64>,
     list_changed_sent: Family<AtomicU64>,
     catalog_unstable: Family<AtomicU64>,
+    sanitized: Family<AtomicU64>,
+    secret_echo: Family<AtomicU64>,
+    lock_mismatch: Family<AtomicU64>,
 }
 
 pub fn global() -> &'static Metrics {
@@ -108,6 +111,9 @@ pub fn global() -> &'static Metrics {
         list_fetches: family("Lists fetched whole from servers (at start and after changes), by server and list."),
         list_changed_sent: family("List-change and resource-update notifications sent to client sessions, by list."),
         catalog_unstable: family("Windows in which a server sent more list changes than `unstable_list_changes` (each audited as catalog_unstable)."),
+        sanitized: family("Hidden characters removed (or refused) in what servers sent, by server, place (definition, result) and class (ansi, zero_width, bidi, tags)."),
+        secret_echo: family("Answers that echoed a secret the gateway injected (redacted before release), by server."),
+        lock_mismatch: family("Definitions that differ from the lock file (each counted once), images that differ from it or from a pinned digest (each refused start, or once in warn mode), by server, list and change (added, changed, image)."),
     })
 }
 
@@ -273,6 +279,32 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn sanitized(&self, server: &str, place: &'static str, class: &'static str, n: u64) {
+        self.sanitized
+            .get(vec![
+                ("server", server.to_owned()),
+                ("place", place.to_owned()),
+                ("class", class.to_owned()),
+            ])
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn secret_echo(&self, server: &str) {
+        self.secret_echo
+            .get(vec![("server", server.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn lock_mismatch(&self, server: &str, list: &str, change: &'static str) {
+        self.lock_mismatch
+            .get(vec![
+                ("server", server.to_owned()),
+                ("list", list.to_owned()),
+                ("change", change.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
@@ -351,6 +383,13 @@ impl Metrics {
             &mut o,
             "portcullis_catalog_unstable_total",
             &self.catalog_unstable,
+        );
+        counter(&mut o, "portcullis_sanitized_total", &self.sanitized);
+        counter(&mut o, "portcullis_secret_echo_total", &self.secret_echo);
+        counter(
+            &mut o,
+            "portcullis_lock_mismatch_total",
+            &self.lock_mismatch,
         );
         o
     }

@@ -138,6 +138,17 @@ fn policy_import_inputs() {
 }
 
 #[test]
+fn tool_definition_inputs() {
+    let seeds = replay("tool_definition");
+    // The seeds cover definitions with every class of hidden character.
+    let all = seeds.concat();
+    let all = String::from_utf8_lossy(&all);
+    for needle in ["\\u001b", "\\u200b", "\\u202e", "\\udb40"] {
+        assert!(all.contains(needle), "no seed holds {needle}");
+    }
+}
+
+#[test]
 fn openapi_tools_inputs() {
     let seeds = replay("openapi_tools");
     let with_tools = seeds

@@ -153,10 +153,12 @@ secrets = { API_TOKEN = "env:PORTCULLIS_TEST_SECRET" }
         ),
         "<unset>"
     );
-    // ...only the secrets the policy maps to it, under the names it chose.
+    // ...only the secrets the policy maps to it, under the names it chose. The answer echoes
+    // the value, so the gateway redacts it: the name in the redaction proves the server holds
+    // exactly the policy's value.
     assert_eq!(
         tool_text(&c.call_tool("env_get", json!({"name": "API_TOKEN"})).await),
-        "s3cr3t-value-for-env-test"
+        "[REDACTED:API_TOKEN]"
     );
     assert!(
         !gw.stderr().contains("s3cr3t-value-for-env-test"),

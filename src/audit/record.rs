@@ -23,6 +23,10 @@ pub enum Kind {
     GatewayStart,
     GatewayStop,
     CatalogUnstable,
+    /// Hidden characters found in a server's definition (stripped or withheld).
+    Sanitized,
+    /// A definition or image that differs from the lock file.
+    LockMismatch,
     /// Log only.
     Recovery,
     /// Log only.
@@ -50,6 +54,8 @@ impl Kind {
         Kind::GatewayStart,
         Kind::GatewayStop,
         Kind::CatalogUnstable,
+        Kind::Sanitized,
+        Kind::LockMismatch,
         Kind::Recovery,
         Kind::Checkpoint,
         Kind::SegmentStart,
@@ -72,6 +78,8 @@ impl Kind {
             Kind::GatewayStart => "gateway_start",
             Kind::GatewayStop => "gateway_stop",
             Kind::CatalogUnstable => "catalog_unstable",
+            Kind::Sanitized => "sanitized",
+            Kind::LockMismatch => "lock_mismatch",
             Kind::Recovery => "recovery",
             Kind::Checkpoint => "checkpoint",
             Kind::SegmentStart => "segment_start",

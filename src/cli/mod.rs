@@ -12,6 +12,7 @@ pub mod policy;
 pub mod policy_gate;
 pub mod policy_sign;
 pub mod serve;
+pub mod tools;
 
 use std::path::PathBuf;
 
@@ -56,6 +57,10 @@ pub enum Command {
     /// Show the nftables egress rules: planned for a policy, or live.
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// Pin what servers offer: write the lock file of approved tool definitions, or show what
+    /// changed since.
+    #[command(subcommand)]
+    Tools(tools::ToolsCommand),
 }
 
 #[derive(Debug, Subcommand)]

@@ -8,6 +8,7 @@
 
 mod audit;
 mod dns;
+mod guard;
 mod http;
 mod mcp;
 mod modern;
@@ -17,6 +18,7 @@ mod sse;
 
 pub use audit::{audit_verify, SEED_LOG_KEY};
 pub use dns::dns_query;
+pub use guard::tool_definition;
 pub use http::http_request;
 pub use mcp::mcp_message;
 pub use modern::modern_request;
@@ -38,5 +40,6 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("policy_import", policy_import),
     ("dns_query", dns_query),
     ("audit_verify", audit_verify),
+    ("tool_definition", tool_definition),
     ("openapi_tools", openapi_tools),
 ];

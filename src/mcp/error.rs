@@ -38,6 +38,12 @@ impl ErrorCode {
     pub const BUSY: ErrorCode = ErrorCode(-32015);
     /// Gateway: the audit log cannot be written and the gateway is fail-closed.
     pub const AUDIT_UNAVAILABLE: ErrorCode = ErrorCode(-32016);
+    /// Gateway: the tool, prompt or resource template is withheld: it differs from the lock
+    /// file, or its definition holds hidden characters the policy refuses.
+    pub const WITHHELD: ErrorCode = ErrorCode(-32030);
+    /// Gateway: the server's answer held hidden characters and its policy says
+    /// `sanitize = "refuse"`.
+    pub const CONTENT_REFUSED: ErrorCode = ErrorCode(-32031);
     /// Gateway: a message is over `max_message_bytes`; `data` names the server, the method,
     /// the size and the limit.
     pub const MESSAGE_TOO_LARGE: ErrorCode = ErrorCode(-32017);

@@ -149,6 +149,9 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     if (o.unstable_after, o.window) != (n.unstable_after, n.window) {
         gateway.push("gateway.unstable_list_changes");
     }
+    if old.gateway.lock != new.gateway.lock {
+        gateway.push("gateway.lock");
+    }
     PolicyDiff {
         servers,
         clients,
@@ -184,7 +187,11 @@ fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
             _ => "runtime",
         });
     }
-    keys.extend(differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes, protocol));
+    // `sanitize`: a new instance lists again, so its definitions are judged under the new mode.
+    keys.extend(differing!(
+        o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes, protocol,
+        sanitize
+    ));
     keys
 }
 

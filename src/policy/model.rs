@@ -261,6 +261,61 @@ pub struct Gateway {
     pub serial: Option<u64>,
     /// How servers' list changes are paced and when a server counts as unstable.
     pub list_changes: ListChanges,
+    /// The approved tool definitions (`[gateway] lock`), and what a difference from them does.
+    pub lock: Option<LockSettings>,
+    /// Docker servers must name their image by digest (`name@sha256:...`).
+    pub require_image_digest: bool,
+}
+
+/// `[gateway] lock` and `lock_mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockSettings {
+    /// The lock file written by `portcullis tools lock`; resolved against the policy file's
+    /// directory when relative.
+    pub path: PathBuf,
+    pub mode: LockMode,
+}
+
+/// What a definition (or image) that differs from the lock does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Withheld from lists and refused on call; a docker server whose image differs does not
+    /// start.
+    Enforce,
+    /// Shown and callable; logged, audited and counted.
+    Warn,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Enforce => "enforce",
+            LockMode::Warn => "warn",
+        }
+    }
+}
+
+/// `[servers.X] sanitize`: what happens to hidden characters (ANSI escapes, zero-width, bidi
+/// controls, Unicode tags) in a server's definitions and answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sanitize {
+    /// Removed before a client sees them.
+    #[default]
+    Strip,
+    /// A definition holding one is withheld; an answer holding one becomes an error.
+    Refuse,
+    /// Passed through.
+    Off,
+}
+
+impl Sanitize {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sanitize::Strip => "strip",
+            Sanitize::Refuse => "refuse",
+            Sanitize::Off => "off",
+        }
+    }
 }
 
 /// `[gateway] list_changed_interval`, `unstable_list_changes` and `unstable_window`: what keeps
@@ -367,6 +422,8 @@ pub struct Server {
     pub protocol: ProtocolChoice,
     /// Overrides `[gateway] server_log_rate` for this server.
     pub log_rate: Option<Rate>,
+    /// Hidden characters in this server's definitions and answers.
+    pub sanitize: Sanitize,
 }
 
 /// The client capabilities declared to a server. Sampling and elicitation requests are relayed
@@ -439,6 +496,7 @@ impl std::fmt::Display for ProcessUser {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerSpec {
+    /// As written: `name[:tag]`, optionally followed by `@sha256:<64 hex>` (pinned).
     pub image: String,
     /// Overrides the image's command when non-empty.
     pub command: Vec<String>,
@@ -652,6 +710,13 @@ pub struct Client {
     /// `server__tool` patterns (`*` globs).
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+}
+
+impl DockerSpec {
+    /// The digest the image is pinned to (`sha256:...`), when `image` names one.
+    pub fn pinned_digest(&self) -> Option<&str> {
+        self.image.rsplit_once('@').map(|(_, d)| d)
+    }
 }
 
 impl Policy {

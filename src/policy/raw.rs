@@ -120,6 +120,9 @@ pub struct RawGateway {
     pub list_changed_interval: Option<Spanned<Value>>,
     pub unstable_list_changes: Option<Spanned<u64>>,
     pub unstable_window: Option<Spanned<Value>>,
+    pub lock: Option<Str>,
+    pub lock_mode: Option<Str>,
+    pub require_image_digest: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +203,7 @@ pub struct RawServer {
     pub roots: Option<Vec<Str>>,
     pub client_capabilities: Option<Vec<Str>>,
     pub log_rate: Option<Spanned<Value>>,
+    pub sanitize: Option<Str>,
 }
 
 /// `oauth = { ... }` of a remote server.

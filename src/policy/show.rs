@@ -202,6 +202,11 @@ pub fn render(p: &Policy) -> String {
         lc.unstable_after,
         format_duration(lc.window)
     );
+    let lock = g.lock.as_ref().map_or("none".to_owned(), |l| {
+        format!("{} ({})", l.path.display(), l.mode.as_str())
+    });
+    let _ = writeln!(o, "  lock                  {lock}");
+    let _ = writeln!(o, "  require_image_digest  {}", g.require_image_digest);
     let e = &p.egress;
     let _ = writeln!(o, "\n[egress]");
     let _ = writeln!(
@@ -370,6 +375,7 @@ pub fn render(p: &Policy) -> String {
             "  request_timeout       {}",
             format_duration(s.request_timeout.unwrap_or(g.request_timeout))
         );
+        let _ = writeln!(o, "  sanitize              {}", s.sanitize.as_str());
         let _ = writeln!(
             o,
             "  max_message_bytes     {} ({} bytes)",

@@ -7,6 +7,7 @@ use super::location::{key_start, line_col};
 use super::model::*;
 use super::raw::*;
 use super::units::{parse_duration, parse_rate, parse_size};
+use super::validate_guard::check_image_ref;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -100,6 +101,12 @@ pub fn validate(
         .map(|(n, _)| n.get_ref().clone())
         .collect();
     let mut servers = BTreeMap::new();
+    let image_spans: BTreeMap<String, usize> = raw
+        .servers
+        .0
+        .iter()
+        .filter_map(|(n, rs)| Some((n.get_ref().clone(), rs.image.as_ref()?.span().start)))
+        .collect();
     for (name, rs) in raw.servers.0 {
         if let Some(s) = c.server(&name, rs) {
             servers.insert(name.into_inner(), s);
@@ -124,6 +131,9 @@ pub fn validate(
     let auth = c.auth(raw.auth.unwrap_or_default());
     c.listener_safety(&gateway, &clients, &auth, listen_at);
     let audit = c.audit(raw.audit.unwrap_or_default());
+    if gateway.require_image_digest {
+        c.image_digests(&servers, &image_spans);
+    }
     if !c.diags.is_empty() {
         return Err(c.diags);
     }
@@ -505,6 +515,11 @@ impl Checker<'_> {
             instance,
             serial: self.count(&g.serial, "serial", (0, i64::MAX as u64)),
             list_changes: self.list_changes(&g),
+            lock: self.lock(&g),
+            require_image_digest: g
+                .require_image_digest
+                .as_ref()
+                .is_some_and(|r| *r.get_ref()),
         };
         (gw, naming_at)
     }
@@ -699,6 +714,7 @@ impl Checker<'_> {
         let client_capabilities = self.client_capabilities(&rs.client_capabilities);
         let log_rate = self.rate(&rs.log_rate);
         let protocol = self.protocol(n, rt, &rs.protocol);
+        let sanitize = self.sanitize(&rs.sanitize);
 
         if self.diags.len() != before {
             return None;
@@ -720,6 +736,7 @@ impl Checker<'_> {
             client_capabilities,
             log_rate,
             queue_timeout,
+            sanitize,
             max_message_bytes,
             protocol,
         })
@@ -903,7 +920,13 @@ impl Checker<'_> {
                 );
                 None
             }
-            Some(i) => Some(i.get_ref().clone()),
+            Some(i) => match check_image_ref(i.get_ref()) {
+                Ok(()) => Some(i.get_ref().clone()),
+                Err(why) => {
+                    self.error(i.span().start, why);
+                    None
+                }
+            },
             None => {
                 self.error(self.server_at(rs), format!("[servers.{n}] has runtime = \"docker\" but no `image`; add image = \"name:tag\""));
                 None

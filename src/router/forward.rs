@@ -276,6 +276,10 @@ impl Router {
                 (Err(Failure::Gateway(ErrorCode::REQUEST_CANCELLED, "request cancelled by the client".into())), "cancelled")
             }
         };
+        let (result, report) = match result {
+            Ok(r) => self.check_answer(server, r),
+            Err(e) => (Err(e), Default::default()),
+        };
         let latency = started.elapsed();
         crate::metrics::global().call(server, tool_name.unwrap_or(method), outcome_label, latency);
         let (outcome, bytes_out) = match (&result, too_large) {
@@ -295,6 +299,9 @@ impl Router {
         };
         // Durable before the response is released.
         let mut result_record = AuditTrail::result(&call_record, outcome, latency, bytes_out);
+        if !report.is_empty() {
+            result_record = result_record.detail(report.to_json().to_string());
+        }
         if too_large.is_some() {
             result_record = result_record.detail(format!(
                 "answer of {bytes_out} bytes over max_message_bytes ({limit} bytes); the caller got error {}",

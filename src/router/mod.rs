@@ -11,9 +11,11 @@ mod debounce;
 mod dispatch;
 mod flapping;
 mod forward;
+mod guarded;
 mod hints;
 pub mod inbound;
 mod list_cache;
+mod locked;
 pub mod naming;
 mod refresh;
 mod relay;
@@ -43,6 +45,7 @@ use crate::upstream::UpstreamEvent;
 use catalog::{Catalog, Kind, KINDS};
 pub use dispatch::Admission;
 pub use inbound::Inbound;
+pub use locked::ActiveLock;
 pub use resolve::forwarded_methods;
 pub use sessions::{ClientCaps, MessageSink, SessionInfo};
 
@@ -77,6 +80,10 @@ pub struct Router {
     token_counter: AtomicU64,
     access: Arc<Access>,
     audit: audit_trail::AuditTrail,
+    /// Guard findings already audited.
+    reported: guarded::Reported,
+    /// The lock file in force (`[gateway] lock`).
+    lock: RwLock<Option<Arc<ActiveLock>>>,
 }
 
 /// The router's settings from the policy; replaced whole by a reload.
@@ -87,11 +94,26 @@ struct Settings {
     list_ttl: Duration,
     passthrough_instructions: bool,
     list_changes: crate::policy::ListChanges,
+    /// Servers whose `sanitize` is not the default.
+    sanitize: HashMap<Arc<str>, crate::policy::Sanitize>,
+    /// Secret values injected into servers, which answers must not echo.
+    injected: Arc<crate::secrets::Redactor>,
 }
 
 impl Settings {
+    fn sanitize_of(&self, server: &str) -> crate::policy::Sanitize {
+        self.sanitize.get(server).copied().unwrap_or_default()
+    }
+
     fn of(policy: &Policy) -> Settings {
         Settings {
+            sanitize: policy
+                .servers
+                .iter()
+                .filter(|(_, s)| s.sanitize != crate::policy::Sanitize::default())
+                .map(|(name, s)| (Arc::from(name.as_str()), s.sanitize))
+                .collect(),
+            injected: Arc::new(crate::secrets::injected(policy)),
             request_timeout: policy.gateway.request_timeout,
             server_timeouts: policy
                 .servers
@@ -124,8 +146,24 @@ impl Router {
         access: Arc<Access>,
         audit: audit_trail::AuditTrail,
     ) -> Arc<Router> {
+        Self::start_locked(policy, runtime, access, audit, None)
+    }
+
+    /// [`Router::start`] with the lock file `lock` in force from the first start of every
+    /// server (image pins included).
+    pub fn start_locked(
+        policy: &Policy,
+        runtime: Arc<dyn Runtime>,
+        access: Arc<Access>,
+        audit: audit_trail::AuditTrail,
+        lock: Option<ActiveLock>,
+    ) -> Arc<Router> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let servers = servers::Servers::start(policy, runtime, events_tx);
+        let pins = Arc::new(crate::sandbox::ImagePins::default());
+        if let Some(l) = &lock {
+            pins.replace(l.image_pins());
+        }
+        let servers = servers::Servers::start(policy, runtime, events_tx, pins);
         let (prefix, filters) = catalog_layout(policy);
         let (settled_tx, settled) = watch::channel(servers.len() == 0);
         let router = Arc::new(Router {
@@ -148,6 +186,8 @@ impl Router {
             token_counter: AtomicU64::new(1),
             access,
             audit,
+            reported: guarded::Reported::default(),
+            lock: RwLock::new(lock.map(Arc::new)),
         });
         tokio::spawn(router.clone().run_events(events_rx));
         router
@@ -309,6 +349,7 @@ impl Router {
                         if let Some(d) = &info.instance.image_digest {
                             ev = ev.image_digest(d.clone());
                         }
+                        self.check_running_image(&from.server, info.instance.image_id.as_deref());
                         if let Some(owner) = from.owner.get() {
                             ev = ev.session(audit_trail::session_tag(owner));
                         }

@@ -23,15 +23,13 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::catalog::{Kind, KINDS};
 use super::Router;
 use crate::upstream::{InitInfo, Source, Upstream};
 
-/// Pages fetched from one server for one list before the gateway stops following cursors.
-const MAX_UPSTREAM_PAGES: usize = 1000;
 /// The shortest interval at which a list is re-read for its `ttlMs`.
 const MIN_TTL_REFRESH: Duration = Duration::from_secs(5);
 /// The longest: a server's day-long freshness is not trusted for longer than this.
@@ -157,14 +155,27 @@ impl Router {
         let Some(info) = up.init_info() else {
             return;
         };
-        if let (Some(text), Ok(mut all)) = (&info.instructions, self.instructions.lock()) {
-            all.insert(server.clone(), text.clone());
+        if let Some(text) = &info.instructions {
+            let shown = self.sanitize_instructions(server, text);
+            if let Ok(mut all) = self.instructions.lock() {
+                match shown {
+                    Some(t) => all.insert(server.clone(), t),
+                    None => all.remove(server),
+                };
+            }
         }
         let mut changed = false;
         for &kind in kinds {
             let items = if info.has_capability(kind.capability()) {
                 crate::metrics::global().list_fetched(server, kind.result_key());
-                match self.fetch_all(up, kind).await {
+                let fetched = up
+                    .fetch_list(
+                        kind.list_method(),
+                        kind.result_key(),
+                        self.timeout_for(server),
+                    )
+                    .await;
+                match fetched {
                     Ok((items, ttl)) => {
                         if let Some(ttl) = ttl {
                             self.refresh_after(up, kind, ttl, pushes_changes(&info, kind));
@@ -195,53 +206,11 @@ impl Router {
     /// least once after its last change). The tool-definition lock checks `items` here before
     /// they are adopted.
     fn adopt(&self, server: &Arc<str>, kind: Kind, items: Vec<Map<String, Value>>) -> bool {
-        self.catalog.set(server, kind, items)
-    }
-
-    /// Every page of `kind` at `up`, and the shortest `ttlMs` a page gave (2026-07-28).
-    async fn fetch_all(
-        &self,
-        up: &Upstream,
-        kind: Kind,
-    ) -> Result<(Vec<Map<String, Value>>, Option<u64>), String> {
-        let mut out = Vec::new();
-        let mut ttl: Option<u64> = None;
-        let mut cursor: Option<String> = None;
-        for _ in 0..MAX_UPSTREAM_PAGES {
-            let params = cursor
-                .as_ref()
-                .map(|c| crate::mcp::to_raw(&json!({ "cursor": c })));
-            let id = up.next_request_id();
-            let outcome = up
-                .call(
-                    id,
-                    kind.list_method(),
-                    params,
-                    None,
-                    self.timeout_for(up.name()),
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-            let result = outcome.map_err(|e| format!("server error: {}", e.get()))?;
-            let mut page: Map<String, Value> = serde_json::from_str(result.get())
-                .map_err(|e| format!("unreadable result: {e}"))?;
-            if let Some(t) = page.get("ttlMs").and_then(Value::as_u64) {
-                ttl = Some(ttl.map_or(t, |m| m.min(t)));
-            }
-            if let Some(Value::Array(items)) = page.remove(kind.result_key()) {
-                out.extend(items.into_iter().filter_map(|v| match v {
-                    Value::Object(m) => Some(m),
-                    _ => None,
-                }));
-            }
-            match page.remove("nextCursor") {
-                Some(Value::String(c)) if !c.is_empty() => cursor = Some(c),
-                _ => return Ok((out, ttl)),
-            }
-        }
-        Err(format!(
-            "more than {MAX_UPSTREAM_PAGES} pages; stopped following cursors"
-        ))
+        let mut withheld = Vec::new();
+        // The lock judges what the server sent; sanitizing comes after, on what is kept.
+        let items = self.lock_definitions(server, kind, items, &mut withheld);
+        let items = self.sanitize_definitions(server, kind, items, &mut withheld);
+        self.catalog.set(server, kind, items, withheld)
     }
 
     /// Has `kind` at `up` read again once `ttl_ms` has passed (see the module documentation).

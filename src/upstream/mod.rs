@@ -142,6 +142,8 @@ pub struct StartOptions {
     /// reload starts only once the instances it replaces have stopped, so that the two never
     /// hold the server's resources (network, egress rules) at the same time.
     pub start_after: Option<watch::Receiver<bool>>,
+    /// Images docker servers must run (the lock file's), looked up at every start.
+    pub image_pins: Option<Arc<crate::sandbox::ImagePins>>,
 }
 
 impl Default for StartOptions {
@@ -152,9 +154,16 @@ impl Default for StartOptions {
             restart: true,
             policy_hash: String::new(),
             start_after: None,
+            image_pins: None,
         }
     }
 }
+
+/// Pages fetched from one server for one list before the gateway stops following cursors.
+const MAX_LIST_PAGES: usize = 1000;
+
+/// A server's list: its entries, and the shortest `ttlMs` one of its pages gave.
+pub type FetchedList = (Vec<serde_json::Map<String, serde_json::Value>>, Option<u64>);
 
 /// Request ids are unique across every upstream of the process, so that a request is
 /// identified by its id alone wherever it is tracked.
@@ -418,6 +427,50 @@ impl Upstream {
                 timeout,
             }),
         }
+    }
+
+    /// Every entry of one of the server's lists (`method`, e.g. `tools/list`, whose result holds
+    /// the entries under `key`), following cursors; entries that are not objects are dropped.
+    /// With them, the shortest `ttlMs` a page gave (2026-07-28 servers).
+    pub async fn fetch_list(
+        &self,
+        method: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<FetchedList, String> {
+        use serde_json::Value;
+        let mut out = Vec::new();
+        let mut ttl: Option<u64> = None;
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let params = cursor
+                .as_ref()
+                .map(|c| crate::mcp::to_raw(&serde_json::json!({ "cursor": c })));
+            let id = self.next_request_id();
+            let outcome = self
+                .call(id, method, params, None, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let result = outcome.map_err(|e| format!("server error: {}", e.get()))?;
+            let mut page: serde_json::Map<String, Value> = serde_json::from_str(result.get())
+                .map_err(|e| format!("unreadable result: {e}"))?;
+            if let Some(t) = page.get("ttlMs").and_then(Value::as_u64) {
+                ttl = Some(ttl.map_or(t, |m| m.min(t)));
+            }
+            if let Some(Value::Array(items)) = page.remove(key) {
+                out.extend(items.into_iter().filter_map(|v| match v {
+                    Value::Object(m) => Some(m),
+                    _ => None,
+                }));
+            }
+            match page.remove("nextCursor") {
+                Some(Value::String(c)) if !c.is_empty() => cursor = Some(c),
+                _ => return Ok((out, ttl)),
+            }
+        }
+        Err(format!(
+            "more than {MAX_LIST_PAGES} pages; stopped following cursors"
+        ))
     }
 
     /// Sends a notification if the server is connected; dropped otherwise (notifications to a

@@ -174,6 +174,11 @@ impl Supervisor {
             session: self.options.owner.clone(),
             policy_hash: self.options.policy_hash.clone(),
             purpose: Some(self.options.purpose),
+            image_pin: self
+                .options
+                .image_pins
+                .as_ref()
+                .and_then(|p| p.get(&self.server.name)),
         };
         let Spawned {
             stdin,
