@@ -72,6 +72,7 @@ pub struct Metrics {
     sessions_expired: Family<AtomicU64>,
     server_stderr: Family<AtomicU64>,
     egress_denied: Family<AtomicU64>,
+    egress_dns: Family<AtomicU64>,
     audit_queue: Family<AtomicI64>,
     audit_fsync_seconds: Family<Histogram>,
 }
@@ -88,6 +89,7 @@ pub fn global() -> &'static Metrics {
         server_stderr: family("Lines servers wrote on stderr, by server and outcome (logged, or suppressed beyond server_log_rate)."),
         sessions_expired: family("Client sessions closed by the gateway for inactivity, by reason (idle: no request for session_idle_timeout; unused: only initialize and lists, then nothing for unused_session_timeout)."),
         egress_denied: family("Egress attempts denied by the firewall, by server."),
+        egress_dns: family("Allowed DNS questions from sandboxes, by server and outcome (cached: answered from the server's cache; forwarded: asked upstream; over_budget: refused beyond the server's dns_rate)."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
     })
@@ -174,6 +176,15 @@ impl Metrics {
             .fetch_add(n, Ordering::Relaxed);
     }
 
+    pub fn egress_dns(&self, server: &str, outcome: &'static str) {
+        self.egress_dns
+            .get(vec![
+                ("server", server.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn audit_queue(&self, depth: i64) {
         self.audit_queue
             .get(Vec::new())
@@ -215,6 +226,11 @@ impl Metrics {
             &mut o,
             "portcullis_egress_denied_total",
             &self.egress_denied,
+        );
+        counter(
+            &mut o,
+            "portcullis_egress_dns_questions_total",
+            &self.egress_dns,
         );
         gauge(&mut o, "portcullis_audit_queue_depth", &self.audit_queue);
         histogram(

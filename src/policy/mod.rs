@@ -13,6 +13,7 @@ pub mod units;
 mod validate;
 mod validate_access;
 mod validate_audit;
+mod validate_egress;
 mod validate_oauth;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
