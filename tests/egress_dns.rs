@@ -1,0 +1,369 @@
+//! A hostile sandbox against the pinning resolver, through the real gateway: a Docker server
+//! floods its resolver (the same name again and again, then distinct names under a wildcard
+//! rule) while a neighbouring server keeps resolving, connecting and answering calls; and the
+//! resolver's cache never hands out an answer that outlives its pin. Privileged (root, dockerd,
+//! `ip`, `nft`): the lab is `common::hostlab`.
+//!
+//! The flood is sent from inside the flooding server's container network namespace
+//! (`/proc/PID/ns/net`), so it takes exactly the way the server's own process would take. What
+//! reaches the upstream resolvers is counted at the test's own DNS server.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::client::{Mcp, LATEST};
+use common::hostlab::{
+    await_record, await_tools, container_addr, container_netns, policy, probe, server, setup, tcp,
+    Cases, Setup,
+};
+use common::netlab::{self, a_records, Flood};
+use common::{audit_records, http_get, Gateway};
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::RecordType;
+use portcullis::egress::ruleset;
+use serde_json::json;
+
+/// `[egress] dns_rate` when the policy says nothing: 50 a second, bursts of 100.
+const RATE: f64 = 50.0;
+const BURST: f64 = 100.0;
+
+/// The most a budget of RATE/BURST lets through in `elapsed`, with a little room for the
+/// flood's last questions arriving after its clock stopped.
+fn budget_bound(elapsed: Duration) -> usize {
+    (BURST + RATE * (elapsed.as_secs_f64() + 0.5)).ceil() as usize
+}
+
+/// The value of a `/metrics` series whose line contains every one of `parts`.
+fn metric(text: &str, name: &str, parts: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && parts.iter().all(|p| l.contains(p)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .fold(0.0, |sum, v| sum + v)
+}
+
+async fn flood(
+    netns: &Path,
+    resolver: SocketAddr,
+    name: impl Fn(usize) -> String + Send + 'static,
+) -> Flood {
+    let netns = netns.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        netlab::flood(&netns, resolver, name, 2000, 20_000, Duration::from_secs(3))
+    })
+    .await
+    .expect("flood")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dns_flood_from_one_sandbox_is_capped_upstream_while_its_neighbour_keeps_working() {
+    let Some(Setup {
+        _turn,
+        scope,
+        rt,
+        lab,
+        zone,
+        _audit_dir,
+        audit,
+        tag,
+    }) = setup("egressdns").await
+    else {
+        return;
+    };
+    let a = format!("fa{tag}");
+    let b = format!("fb{tag}");
+    let servers = [
+        server(
+            &a,
+            "docker",
+            &["short.example.test:443", "*.wild.example.test:443"],
+        ),
+        server(&b, "docker", &["api.example.test:443"]),
+    ];
+    let gw = Gateway::start_with(
+        &policy(&lab, &audit, &servers.concat()),
+        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+    );
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    await_tools(&mut c, &[&a, &b]).await;
+    let mut r = Cases(Vec::new());
+    let (_, a_gw) = container_addr(&rt, &scope.name, &a).await;
+    let resolver = SocketAddr::from((a_gw, 53));
+    let a_ns = container_netns(&rt, &scope.name, &a).await;
+    let connect = json!({"op": "resolve_connect", "name": "api.example.test", "port": 443});
+    let out = probe(&mut c, &b, connect.clone()).await;
+    assert!(out.starts_with("connected"), "lab broken: {out}");
+
+    // 1. The same name (TTL 0, so never cached) as fast as the sandbox can; meanwhile the
+    //    neighbour resolves, connects and answers calls.
+    let flooding = tokio::spawn({
+        let ns = a_ns.clone();
+        async move { flood(&ns, resolver, |_| "short.example.test".into()).await }
+    });
+    let mut neighbour = Vec::new();
+    while !flooding.is_finished() {
+        let out = probe(&mut c, &b, connect.clone()).await;
+        let echo = c
+            .call_tool(&format!("{b}__echo"), json!({"text": "still here"}))
+            .await;
+        neighbour.push((out, echo["result"]["content"][0]["text"].clone()));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let f = flooding.await.unwrap();
+    let upstream = zone.asked(|n| n == "short.example.test");
+    r.check(
+        "same-name flood: what reaches the upstream resolver is capped by the budget",
+        f.sent >= 3000 && upstream <= budget_bound(f.elapsed),
+        &format!(
+            "{} questions in {:?}, {upstream} reached the test's DNS server (budget allows {})",
+            f.sent,
+            f.elapsed,
+            budget_bound(f.elapsed)
+        ),
+    );
+    // Questions that arrive while the name is being forwarded share that answer (NOERROR)
+    // without reaching upstream; the rest, beyond the budget, are refused.
+    r.check(
+        "same-name flood: beyond the budget the sandbox gets REFUSED",
+        f.refused > 0,
+        &format!("{f:?}"),
+    );
+    let ok = neighbour
+        .iter()
+        .filter(|(o, e)| o.starts_with("connected") && *e == "still here")
+        .count();
+    r.check(
+        "the neighbour resolves, connects and answers every call during the flood",
+        ok == neighbour.len() && ok >= 3,
+        &format!("{ok}/{} rounds ok; {neighbour:?}", neighbour.len()),
+    );
+
+    // 2. Distinct names under the wildcard rule, once the bucket has refilled.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let tag2 = tag.clone();
+    let f = flood(&a_ns, resolver, move |i| {
+        format!("n{i}x{tag2}.wild.example.test")
+    })
+    .await;
+    let upstream = zone.asked(|n| n.ends_with(".wild.example.test"));
+    r.check(
+        "wildcard flood of distinct names: capped upstream the same way",
+        f.sent >= 3000 && upstream <= budget_bound(f.elapsed) && f.refused > 0,
+        &format!(
+            "{} distinct names in {:?}, {upstream} reached the test's DNS server (budget allows {}); {f:?}",
+            f.sent,
+            f.elapsed,
+            budget_bound(f.elapsed)
+        ),
+    );
+    let out = probe(&mut c, &b, connect.clone()).await;
+    r.check(
+        "the neighbour still works after the floods",
+        out.starts_with("connected"),
+        &out,
+    );
+
+    // 3. Counted in /metrics, audited once per server per interval, the neighbour in neither.
+    let (_, m) = http_get(&format!("{}/metrics", gw.base)).unwrap();
+    let name = "portcullis_egress_dns_questions_total";
+    let over_a = metric(&m, name, &[&a, "over_budget"]);
+    let over_b = metric(&m, name, &[&b, "over_budget"]);
+    r.check(
+        "refusals counted in /metrics for the flooding server only",
+        over_a > 0.0 && over_b == 0.0,
+        &format!("{a}: {over_a}, {b}: {over_b}"),
+    );
+    await_record(
+        &audit,
+        Duration::from_secs(15),
+        "over-budget record",
+        |rec| rec["kind"] == "egress_denied" && rec["server"] == a.as_str(),
+    )
+    .await;
+    let records: Vec<_> = audit_records(&audit)
+        .into_iter()
+        .filter(|rec| rec["kind"] == "egress_denied" && rec["outcome"] == "rate_limited")
+        .collect();
+    let for_a = records
+        .iter()
+        .filter(|rec| rec["server"] == a.as_str())
+        .count();
+    let for_b = records
+        .iter()
+        .filter(|rec| rec["server"] == b.as_str())
+        .count();
+    let detail = records
+        .first()
+        .and_then(|rec| rec["detail"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    // About 10 s of floods and pauses: the first record at once, then one per 10 s.
+    r.check(
+        "one audit record per server per interval, none for the neighbour",
+        (1..=3).contains(&for_a)
+            && for_b == 0
+            && detail.contains(
+                "DNS question(s) refused: over the server's DNS budget (dns_rate 50/s, burst 100)",
+            ),
+        &format!("{for_a} for {a}, {for_b} for {b}; {detail}"),
+    );
+    r.finish();
+}
+
+/// `expires` of the element `elem` (`ip . port`) in `server`'s pin set, from `nft list set`.
+fn pin_expires(server: &str, elem: &str) -> Option<Duration> {
+    let o = std::process::Command::new("nft")
+        .args([
+            "list",
+            "set",
+            "inet",
+            ruleset::TABLE,
+            &ruleset::pin_set(server),
+        ])
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&o.stdout).into_owned();
+    let after = &text[text.find(&format!("{elem} "))?..];
+    let after = &after[after.find("expires ")? + "expires ".len()..];
+    let word = after.split([' ', ',', '}', '\n']).next()?;
+    nft_duration(word)
+}
+
+/// nft's `1h2m3s400ms`.
+fn nft_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        total += match (c, chars.peek()) {
+            ('m', Some('s')) => {
+                chars.next();
+                Duration::from_millis(n)
+            }
+            ('d', _) => Duration::from_secs(n * 86_400),
+            ('h', _) => Duration::from_secs(n * 3_600),
+            ('m', _) => Duration::from_secs(n * 60),
+            ('s', _) => Duration::from_secs(n),
+            _ => return None,
+        };
+    }
+    num.is_empty().then_some(total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cached_answers_never_outlive_their_pins() {
+    let Some(Setup {
+        _turn,
+        scope,
+        rt,
+        lab,
+        zone,
+        _audit_dir,
+        audit,
+        tag,
+    }) = setup("egressdnscache").await
+    else {
+        return;
+    };
+    let a = format!("ca{tag}");
+    let gw = Gateway::start_with(
+        &policy(
+            &lab,
+            &audit,
+            &server(
+                &a,
+                "docker",
+                &[
+                    "long.example.test:443",
+                    "mixed.example.test:443",
+                    "nodata.example.test:443",
+                ],
+            ),
+        ),
+        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+    );
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    await_tools(&mut c, &[&a]).await;
+    let mut r = Cases(Vec::new());
+    let (_, a_gw) = container_addr(&rt, &scope.name, &a).await;
+    let resolver = SocketAddr::from((a_gw, 53));
+    let ns = container_netns(&rt, &scope.name, &a).await;
+    let ip = lab.ip(15);
+    let elem = format!("{ip} . 443");
+    // Every answer for the long name: its TTL against what is left of its pin, read back from
+    // the kernel right after (a client may use the address for TTL seconds; the pin must last
+    // at least that long, with the resolver's one second of margin, less read-back slack).
+    let answer = |when: &str, r: &mut Cases| -> u32 {
+        let m = netlab::query_at(&ns, resolver, "long.example.test", RecordType::A, false);
+        let ttl = m
+            .as_ref()
+            .and_then(|m| m.answers().first().map(|rec| rec.ttl()))
+            .unwrap_or(u32::MAX);
+        let left = pin_expires(&a, &elem);
+        r.check(
+            &format!("{when}: the TTL handed out ends before the pin does"),
+            m.as_ref().map(a_records) == Some(vec![ip])
+                && left.is_some_and(|l| {
+                    l + Duration::from_millis(200) >= Duration::from_secs(u64::from(ttl) + 1)
+                }),
+            &format!("ttl {ttl}, pin left {left:?}"),
+        );
+        ttl
+    };
+
+    // TTL 60 upstream, pin_ttl_max 30 s: the first answer says 29.
+    let first = answer("fresh answer", &mut r);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second = answer("repeated from the cache 2 s later", &mut r);
+    r.check(
+        "the repeated answer comes from the cache and counts down",
+        zone.asked(|n| n == "long.example.test") == 1 && second + 2 <= first && second > 0,
+        &format!(
+            "first ttl {first}, second {second}, upstream asked {} time(s)",
+            zone.asked(|n| n == "long.example.test")
+        ),
+    );
+
+    // Another name with a TTL of 1 answers with the same address: pinned again for 2 s
+    // (pin_ttl_min), which must not cut the pin the cached answer counts on.
+    let mixed = netlab::query_at(&ns, resolver, "mixed.example.test", RecordType::A, false);
+    r.check(
+        "another name resolves to the same address with a short TTL",
+        mixed.as_ref().map(a_records) == Some(vec![ip]),
+        &format!("{:?}", mixed.map(|m| a_records(&m))),
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let third = answer("repeated after the short answer's pin ran out", &mut r);
+    let out = probe(&mut c, &a, tcp(&format!("{ip}:443"))).await;
+    r.check(
+        "a client holding the cached answer can still connect",
+        out.starts_with("connected") && third > 0,
+        &format!("ttl {third}: {out}"),
+    );
+
+    // Negative answers are kept briefly too.
+    let started = Instant::now();
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let m = netlab::query_at(&ns, resolver, "nodata.example.test", RecordType::A, false);
+        codes.push(m.map(|m| (m.response_code(), m.answers().len())));
+    }
+    let asked = zone.asked(|n| n == "nodata.example.test");
+    r.check(
+        "a NODATA answer is repeated from the cache",
+        codes.iter().all(|c| *c == Some((ResponseCode::NoError, 0)))
+            && (asked == 1 || started.elapsed() > Duration::from_secs(4)),
+        &format!("upstream asked {asked} time(s) for 20 questions; {codes:?}"),
+    );
+    r.finish();
+}
