@@ -13,6 +13,8 @@
 //!   peers: ContextForge -> echo upstream (compare with b); supergateway -> fixture over stdio
 //!   (compare with c, process)
 //!   memory: gateway RSS with 1,000 open sessions
+//!   DNS (privileged, see dns.rs): questions/s from the resolver's cache (qc) vs forwarded (qf);
+//!   a neighbour's tools/call quiet (nq) and while another sandbox floods DNS (nf)
 //!
 //! Added latency = (b) - (a) per percentile; throughput as a ratio to (a). The load generator
 //! shares the CPU with everything it measures: its own CPU share is reported per scenario.
@@ -27,6 +29,7 @@
 
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod dns;
 mod drive;
 mod peers;
 mod procs;
@@ -347,6 +350,14 @@ async fn run() -> Result<(), String> {
         };
         let label = "Portcullis tools/list, 50 servers x 20 tools";
         rows.extend(through(&gw, None, "e", label, Work::List, &[("", plan)]).await?);
+    }
+
+    // DNS: the resolver's cache and budget, and a neighbour under a DNS flood.
+    if dns::IDS.iter().any(|id| wanted(id)) {
+        match dns::scenarios(wanted, &mut notes).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => loud(&mut notes, format!("DNS rows not measured: {e}")),
+        }
     }
 
     // Peers.

@@ -170,7 +170,7 @@ pub fn udp_echo(ns: &Ns, addr: SocketAddr) {
 }
 
 /// The lab's authoritative DNS server for `.test` names: tiny TTLs, a rotating name, CNAMEs,
-/// one long TTL (`long.example.test`, 60 s). Its public answers are in `net.0/24` (the matrix
+/// one long TTL (`long.example.test`, 60 s), and any name below `any.example.test` (60 s). Its public answers are in `net.0/24` (the matrix
 /// uses 198.18.0). It counts what it is asked, in total and per name.
 pub struct Zone {
     pub net: [u8; 3],
@@ -261,6 +261,9 @@ fn zone_answer(zone: &Zone, q: &Message) -> Message {
         ("mixed.example.test", RecordType::A) => {
             answers.push(a(name, 1, [127, 0, 0, 1].into()));
             answers.push(a(name, 1, zone.ip(15)));
+        }
+        (n, RecordType::A) if n.ends_with(".any.example.test") => {
+            answers.push(a(name, 60, zone.ip(10)))
         }
         (_, RecordType::A) | (_, RecordType::AAAA) => {}
         _ => {}
