@@ -73,22 +73,25 @@ fn main() {
     // --- programming time -----------------------------------------------------------------
     for n in [1usize, 10, 100] {
         let p = policy(n);
-        let nets: Vec<ruleset::ServerNet> = ruleset::plan_nets(&p);
+        let names = portcullis::egress::Names::default();
+        let nets: Vec<ruleset::ServerNet> = ruleset::plan_nets(&p, &names);
         let pairs: Vec<_> = nets
             .iter()
             .map(|net| (&p.servers[&net.server], net))
             .collect();
-        let table = ruleset::build(&pairs);
+        let table = ruleset::build(&names.iface_prefix(), &pairs);
+        let table_name = names.table();
         let chains = table.chains.len();
         let rules: usize = table.chains.iter().map(|c| c.rules.len()).sum();
         let path2 = path.clone();
         let times = netns::in_netns(Some(&path2), move || {
-            let mut nl = Netlink::open().map_err(std::io::Error::other)?;
+            let mut nl = Netlink::open(&table_name).map_err(std::io::Error::other)?;
             let mut times = Vec::new();
             for _ in 0..20 {
                 let t = Instant::now();
                 let mut b = nl.batch();
-                b.replace_table(&table).map_err(std::io::Error::other)?;
+                b.replace_table(&table, 0, None)
+                    .map_err(std::io::Error::other)?;
                 nl.commit(b, "bench").map_err(std::io::Error::other)?;
                 let snap = nl.snapshot().map_err(std::io::Error::other)?;
                 assert!(snap.is_some_and(|s| s.same_shape(&Snapshot::expected(&table))));
@@ -108,6 +111,8 @@ fn main() {
     }
 
     // --- pin latency ----------------------------------------------------------------------
+    // The sandbox interface must carry the instance's name for `prepare` to accept it.
+    let bench_iface = portcullis::egress::Names::default().iface("s0");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -148,7 +153,7 @@ fn main() {
         &name,
         "link",
         "add",
-        "pc-bench0",
+        &bench_iface,
         "type",
         "veth",
         "peer",
@@ -162,16 +167,18 @@ fn main() {
         "add",
         "10.213.0.1/29",
         "dev",
-        "pc-bench0",
+        &bench_iface,
     ]);
-    ip(&["-n", &name, "link", "set", "pc-bench0", "up"]);
+    ip(&["-n", &name, "link", "set", &bench_iface, "up"]);
     let p = policy(1);
     let server = p.servers["s0"].clone();
+    let names = portcullis::egress::Names::default();
     let (mut lat, mut pins, mut direct, mut through) = rt.block_on(async {
         let egress = Egress::start_with(
             &p,
             EgressOptions {
                 netns: Some(path.clone()),
+                names,
                 ..Default::default()
             },
         )
@@ -181,7 +188,7 @@ fn main() {
             .prepare(
                 &server,
                 Attachment::Veth {
-                    iface: "pc-bench0".into(),
+                    iface: bench_iface.clone(),
                     gateway: Ipv4Addr::new(10, 213, 0, 1),
                     subnet: (Ipv4Addr::new(10, 213, 0, 0), 29),
                 },

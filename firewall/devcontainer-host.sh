@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Host firewall for a devcontainer that runs Portcullis (README: "Devcontainer firewall").
 #
-# Portcullis itself programs `table inet portcullis` (per-server sandbox rules). This script
-# hardens the machine around it, in its own table `inet portcullis_host`, so the two never
-# overwrite each other:
+# Each Portcullis gateway programs its own `table inet portcullis_<instance>` (per-server
+# sandbox rules). This script hardens the machine around them, in its own table
+# `inet portcullis_host` (no gateway instance may be called `host`), so they never overwrite
+# each other:
 #   1. The gateway port (default 8811) accepts connections only over loopback: no other
 #      machine, container or sandbox can talk to the MCP endpoint.
-#   2. Sandbox interfaces (`pc-*`) can never reach the host's other bridges (docker0, compose
-#      networks) or the host's own addresses, even if `table portcullis` is missing (before the
-#      gateway starts, or after it crashed): the sandboxes are closed while nobody watches.
+#   2. Sandbox interfaces (`pc*`: every gateway instance names them `pc` + 13 hex digits) can
+#      never reach the host's other bridges (docker0, compose networks) or the host's own
+#      addresses, even if a gateway's table is missing (before the gateway first starts, or
+#      after someone removed a dead gateway's table): the sandboxes are closed while nobody
+#      watches.
 #   3. Optionally (EGRESS_ALLOW set) the devcontainer itself is default-deny outbound: only
 #      loopback, established traffic, DNS to RESOLVERS and the listed CIDR:port pairs leave.
 #   4. net.ipv4.conf.all.route_localnet=0, so 127.0.0.0/8 can never be routed to from a bridge.
@@ -29,21 +32,21 @@ rules() {
   echo "    type filter hook input priority filter - 5; policy accept;"
   echo "    iif \"lo\" accept"
   echo "    tcp dport $port ct state new counter drop comment \"gateway is loopback-only\""
-  echo "    iifname \"pc-*\" ct state established,related accept"
-  echo "    iifname \"pc-*\" meta l4proto { udp, tcp } th dport 53 accept comment \"only the pinning resolver (table portcullis narrows it to the bridge gateway)\""
-  echo "    iifname \"pc-*\" counter drop"
+  echo "    iifname \"pc*\" ct state established,related accept"
+  echo "    iifname \"pc*\" meta l4proto { udp, tcp } th dport 53 accept comment \"only the pinning resolver (the gateway's table narrows it to the bridge gateway)\""
+  echo "    iifname \"pc*\" counter drop"
   echo "  }"
   echo "  chain forward {"
   echo "    type filter hook forward priority filter - 5; policy accept;"
-  echo "    iifname \"pc-*\" oifname != \"pc-*\" ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16, 127.0.0.0/8 } counter drop comment \"sandboxes never reach private ranges unless table portcullis accepted them first\""
-  echo "    iifname \"pc-*\" meta nfproto ipv6 counter drop"
+  echo "    iifname \"pc*\" oifname != \"pc*\" ip daddr { 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, 100.64.0.0/10, 169.254.0.0/16, 127.0.0.0/8 } counter drop comment \"sandboxes never reach private ranges unless the gateway's table accepted them first\""
+  echo "    iifname \"pc*\" meta nfproto ipv6 counter drop"
   echo "  }"
   if [ -n "$allow" ]; then
     echo "  chain output {"
     echo "    type filter hook output priority filter - 5; policy drop;"
     echo "    oif \"lo\" accept"
     echo "    ct state established,related accept"
-    echo "    oifname \"pc-*\" accept comment \"answers to sandboxes (their traffic is judged in forward)\""
+    echo "    oifname \"pc*\" accept comment \"answers to sandboxes (their traffic is judged in forward)\""
     for r in $resolvers; do
       echo "    ip daddr $r meta l4proto { udp, tcp } th dport 53 accept"
     done

@@ -12,8 +12,10 @@ pub mod downstream;
 pub mod egress;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod instance;
 pub mod mcp;
 pub mod metrics;
+pub mod openapi;
 pub mod policy;
 pub mod reload;
 pub mod router;

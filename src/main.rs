@@ -9,9 +9,23 @@ use portcullis::cli::{self, Cli, Command, FirewallCommand, PolicyCommand, TokenC
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // The confinement helper of process servers (see `sandbox::confine`): dispatched before
+    // argument parsing, logging or the async runtime, since it must stay single-threaded and
+    // its environment is the server's, not the gateway's.
+    let mut argv = std::env::args_os().skip(1);
+    if argv
+        .next()
+        .is_some_and(|a| a == portcullis::sandbox::confine::SUBCOMMAND)
+    {
+        std::process::exit(portcullis::sandbox::confine::run(argv.collect()));
+    }
     let args = Cli::parse();
     match args.command {
-        Command::Policy(PolicyCommand::Check { file }) => cli::policy::check(&file),
+        Command::Policy(PolicyCommand::Check { file, pubkey }) => {
+            cli::policy::check(&file, pubkey.as_deref())
+        }
+        Command::Policy(PolicyCommand::Keygen { out }) => cli::policy_sign::keygen(&out),
+        Command::Policy(PolicyCommand::Sign { key, file }) => cli::policy_sign::sign(&key, &file),
         Command::Policy(PolicyCommand::Import { file }) => cli::policy::import(&file),
         Command::Policy(PolicyCommand::Show { file }) => cli::policy::show(&file),
         Command::Audit(cmd) => cli::audit::run(cmd),
@@ -22,8 +36,12 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Health(health) => cli::health::run(health),
-        Command::Firewall(FirewallCommand::Plan { file }) => cli::firewall::plan(&file),
-        Command::Firewall(FirewallCommand::Show) => cli::firewall::show(),
+        Command::Firewall(FirewallCommand::Plan { file, instance }) => {
+            cli::firewall::plan(&file, instance.as_deref())
+        }
+        Command::Firewall(FirewallCommand::Show { instance }) => {
+            cli::firewall::show(instance.as_deref())
+        }
         Command::Serve(serve) => {
             cli::init_logging(args.log_format);
             let runtime = match async_runtime() {

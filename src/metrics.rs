@@ -69,12 +69,21 @@ pub struct Metrics {
     upstream_starts: Family<AtomicU64>,
     upstream_up: Family<AtomicI64>,
     sessions: Family<AtomicI64>,
+    client_sessions: Family<AtomicI64>,
+    calls_queued: Family<AtomicI64>,
     sessions_expired: Family<AtomicU64>,
     server_stderr: Family<AtomicU64>,
     egress_denied: Family<AtomicU64>,
     egress_dns: Family<AtomicU64>,
+    egress_protection: Family<AtomicI64>,
     audit_queue: Family<AtomicI64>,
     audit_fsync_seconds: Family<Histogram>,
+    stream_dropped: Family<AtomicU64>,
+    stream_drop_warnings: Family<AtomicU64>,
+    list_changed_received: Family<AtomicU64>,
+    list_fetches: Family<AtomicU64>,
+    list_changed_sent: Family<AtomicU64>,
+    catalog_unstable: Family<AtomicU64>,
 }
 
 pub fn global() -> &'static Metrics {
@@ -86,12 +95,21 @@ pub fn global() -> &'static Metrics {
         upstream_starts: family("Server instances started (processes or containers)."),
         upstream_up: family("Whether a shared server instance is up (1) or not (0)."),
         sessions: family("Open client sessions."),
+        client_sessions: family("Open sessions by client (all anonymous callers are the client `anonymous`)."),
+        calls_queued: family("Calls waiting for a call slot of a server (max_in_flight), by server and client."),
         server_stderr: family("Lines servers wrote on stderr, by server and outcome (logged, or suppressed beyond server_log_rate)."),
-        sessions_expired: family("Client sessions closed by the gateway for inactivity, by reason (idle: no request for session_idle_timeout; unused: only initialize and lists, then nothing for unused_session_timeout)."),
+        sessions_expired: family("Client sessions closed by the gateway, by reason (idle: no request for session_idle_timeout; unused: only initialize and lists, then nothing for unused_session_timeout; evicted: closed while idle to make room for another client's session when max_sessions was reached)."),
         egress_denied: family("Egress attempts denied by the firewall, by server."),
         egress_dns: family("Allowed DNS questions from sandboxes, by server and outcome (cached: answered from the server's cache; forwarded: asked upstream; over_budget: refused beyond the server's dns_rate)."),
+        egress_protection: family("How the egress table is protected: 1 for the mode in force (owner: created with NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, nobody else can change it; watch: the kernel lacks the flags, changes are undone by the read-back watch)."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
+        stream_dropped: family("Notifications dropped from a client's resumption buffer before it read them, by session (the audit log's session digest) and the server that sent them (`gateway` for the gateway's own)."),
+        stream_drop_warnings: family("Warnings sent to clients that notifications were dropped from their stream (one per burst), by session."),
+        list_changed_received: family("List-change notifications received from servers, by server and list."),
+        list_fetches: family("Lists fetched whole from servers (at start and after changes), by server and list."),
+        list_changed_sent: family("List-change and resource-update notifications sent to client sessions, by list."),
+        catalog_unstable: family("Windows in which a server sent more list changes than `unstable_list_changes` (each audited as catalog_unstable)."),
     })
 }
 
@@ -155,6 +173,23 @@ impl Metrics {
             .fetch_add(delta, Ordering::Relaxed);
     }
 
+    /// Sets how many sessions `client` holds open.
+    pub fn client_sessions(&self, client: &str, open: usize) {
+        self.client_sessions
+            .get(vec![("client", client.to_owned())])
+            .store(i64::try_from(open).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
+    /// Sets how many calls of `client` wait for a call slot of `server`.
+    pub fn calls_queued(&self, server: &str, client: &str, queued: usize) {
+        self.calls_queued
+            .get(vec![
+                ("server", server.to_owned()),
+                ("client", client.to_owned()),
+            ])
+            .store(i64::try_from(queued).unwrap_or(i64::MAX), Ordering::Relaxed);
+    }
+
     pub fn session_expired(&self, reason: &'static str) {
         self.sessions_expired
             .get(vec![("reason", reason.to_owned())])
@@ -185,6 +220,15 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    /// The egress table's protection mode (`owner` or `watch`) is now `mode`.
+    pub fn egress_protection(&self, mode: &str) {
+        for m in ["owner", "watch"] {
+            self.egress_protection
+                .get(vec![("mode", m.to_owned())])
+                .store(i64::from(m == mode), Ordering::Relaxed);
+        }
+    }
+
     pub fn audit_queue(&self, depth: i64) {
         self.audit_queue
             .get(Vec::new())
@@ -193,6 +237,51 @@ impl Metrics {
 
     pub fn audit_fsync(&self, d: Duration) {
         observe(&self.audit_fsync_seconds.get(Vec::new()), d);
+    }
+
+    pub fn stream_dropped(&self, session: &str, server: &str) {
+        self.stream_dropped
+            .get(vec![
+                ("session", session.to_owned()),
+                ("server", server.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn stream_drop_warning(&self, session: &str) {
+        self.stream_drop_warnings
+            .get(vec![("session", session.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn list_changed_received(&self, server: &str, list: &str) {
+        self.list_changed_received
+            .get(vec![
+                ("server", server.to_owned()),
+                ("list", list.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn list_fetched(&self, server: &str, list: &str) {
+        self.list_fetches
+            .get(vec![
+                ("server", server.to_owned()),
+                ("list", list.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn list_changed_sent(&self, list: &str) {
+        self.list_changed_sent
+            .get(vec![("list", list.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn catalog_unstable(&self, server: &str) {
+        self.catalog_unstable
+            .get(vec![("server", server.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (format 0.0.4).
@@ -212,6 +301,12 @@ impl Metrics {
         );
         gauge(&mut o, "portcullis_upstream_up", &self.upstream_up);
         gauge(&mut o, "portcullis_sessions_open", &self.sessions);
+        gauge(
+            &mut o,
+            "portcullis_client_sessions_open",
+            &self.client_sessions,
+        );
+        gauge(&mut o, "portcullis_calls_queued", &self.calls_queued);
         counter(
             &mut o,
             "portcullis_sessions_expired_total",
@@ -232,11 +327,46 @@ impl Metrics {
             "portcullis_egress_dns_questions_total",
             &self.egress_dns,
         );
+        gauge(
+            &mut o,
+            "portcullis_egress_table_protection",
+            &self.egress_protection,
+        );
         gauge(&mut o, "portcullis_audit_queue_depth", &self.audit_queue);
         histogram(
             &mut o,
             "portcullis_audit_fsync_seconds",
             &self.audit_fsync_seconds,
+        );
+        counter(
+            &mut o,
+            "portcullis_stream_notifications_dropped_total",
+            &self.stream_dropped,
+        );
+        counter(
+            &mut o,
+            "portcullis_stream_drop_warnings_total",
+            &self.stream_drop_warnings,
+        );
+        counter(
+            &mut o,
+            "portcullis_upstream_list_changed_total",
+            &self.list_changed_received,
+        );
+        counter(
+            &mut o,
+            "portcullis_upstream_list_fetches_total",
+            &self.list_fetches,
+        );
+        counter(
+            &mut o,
+            "portcullis_client_list_changed_total",
+            &self.list_changed_sent,
+        );
+        counter(
+            &mut o,
+            "portcullis_catalog_unstable_total",
+            &self.catalog_unstable,
         );
         o
     }

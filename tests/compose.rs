@@ -1,14 +1,20 @@
 //! compose.yaml for real: the gateway image is built offline from the binary under test
-//! (tests/docker/build-gateway-image.sh), Debian's docker-compose brings the stack up under a
+//! (tests/docker/build-gateway-image.sh) and the test's policy baked into an image of its own (as
+//! a deployment bakes policy/compose.toml), Debian's docker-compose brings the stack up under a
 //! unique project name on a free port of 127.0.0.1, the image's own healthcheck reports healthy,
 //! a real MCP client (rmcp) drives initialize, tools/list and tools/call through the published
 //! loopback port to a sandboxed server the gateway starts through the mounted Docker socket, and
 //! `docker-compose down -v` leaves no container, network or volume behind.
 //!
+//! Who can change the policy (issue 34): the shipped stack's policy, edited from the host by the
+//! non-root user who owns the project (the workspace), changes nothing; with compose.signed.yaml
+//! the policy lives in a directory that user writes, and only a signed higher serial reloads.
+//!
 //! Under `CI=true` a missing engine or docker-compose fails the test; locally it is skipped
 //! loudly.
 
 mod common;
+mod policy_support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -62,16 +68,35 @@ struct Project {
     name: String,
     dir: tempfile::TempDir,
     down: bool,
+    /// Merge compose.signed.yaml over compose.yaml.
+    signed: bool,
+    /// Images built for this project, removed with it.
+    images: Vec<String>,
 }
 
 impl Project {
+    fn new(signed: bool) -> Project {
+        let mut rnd = [0u8; 4];
+        getrandom::getrandom(&mut rnd).expect("random");
+        Project {
+            name: format!("pccompose{}", hex::encode(rnd)),
+            dir: tempfile::tempdir().expect("tempdir"),
+            down: false,
+            signed,
+            images: Vec::new(),
+        }
+    }
+
     fn compose(&self) -> Command {
         let mut c = Command::new("docker-compose");
         c.arg("--project-name")
             .arg(&self.name)
             .arg("--file")
-            .arg(repo_root().join("compose.yaml"))
-            .arg("--project-directory")
+            .arg(repo_root().join("compose.yaml"));
+        if self.signed {
+            c.arg("--file").arg(repo_root().join("compose.signed.yaml"));
+        }
+        c.arg("--project-directory")
             .arg(self.dir.path())
             .args(["--ansi", "never"]);
         c
@@ -100,6 +125,22 @@ impl Project {
         run(self
             .compose()
             .args(["down", "--volumes", "--remove-orphans", "--timeout", "30"]));
+        for image in self.images.drain(..) {
+            run(Command::new("docker").args(["rmi", &image]));
+        }
+    }
+
+    /// `portcullis doctor` in the gateway's container: whether it passed, and its report.
+    fn doctor(&self) -> (bool, String) {
+        let out = self
+            .compose()
+            .args(["exec", "-T", "portcullis", "portcullis", "doctor"])
+            .output()
+            .expect("run doctor in the container");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
     }
 
     /// Objects of this project still on the engine, by kind.
@@ -126,6 +167,9 @@ impl Drop for Project {
                 .compose()
                 .args(["down", "--volumes", "--remove-orphans", "--timeout", "10"])
                 .output();
+            for image in &self.images {
+                let _ = Command::new("docker").args(["rmi", image]).output();
+            }
         }
     }
 }
@@ -148,37 +192,81 @@ fn build_gateway_image() {
     });
 }
 
-fn write_project(dir: &Path, port: u16, scope: &str) -> PathBuf {
-    let policy = dir.join("policy.toml");
-    std::fs::write(
-        &policy,
-        format!(
-            r#"
+fn policy_text(serial: u64, extra: &str) -> String {
+    format!(
+        r#"
 [gateway]
 listen = "127.0.0.1:8811"
+serial = {serial}
 
 [servers.fixture]
 runtime = "docker"
 image = "{FIXTURE_IMAGE}"
 secrets = {{ API_TOKEN = "env:FIXTURE_API_TOKEN" }}
 limits = {{ memory = "64m", cpus = 0.5, pids = 32 }}
-
+{extra}
 [audit]
 dir = "/var/lib/portcullis/audit"
 "#
-        ),
     )
-    .expect("write policy");
-    // What a user's .env holds: compose settings and a secret for the policy.
+}
+
+/// The project as a developer has it: the policy in the project directory (the workspace),
+/// owned by the developer's non-root user (here nobody), and `.env` with compose settings, a
+/// secret for the policy and `extra` lines. Returns the policy's path.
+fn write_project(dir: &Path, port: u16, scope: &str, image: &str, extra: &str) -> PathBuf {
+    let policy = dir.join("policy.toml");
+    std::fs::write(&policy, policy_text(1, "")).expect("write policy");
+    give_to_nobody(dir);
     std::fs::write(
         dir.join(".env"),
         format!(
-            "PORTCULLIS_PORT={port}\nPORTCULLIS_IMAGE={GATEWAY_IMAGE}\nPORTCULLIS_POLICY_FILE={}\nPORTCULLIS_DOCKER_SCOPE={scope}\nPORTCULLIS_LOG=info\nFIXTURE_API_TOKEN={SECRET}\n",
-            policy.display()
+            "PORTCULLIS_PORT={port}\nPORTCULLIS_IMAGE={image}\nPORTCULLIS_DOCKER_SCOPE={scope}\nPORTCULLIS_LOG=info\nFIXTURE_API_TOKEN={SECRET}\n{extra}"
         ),
     )
     .expect("write .env");
     policy
+}
+
+/// Makes `dir` and the files in it the workspace user's (nobody's).
+fn give_to_nobody(dir: &Path) {
+    let nobody = Some(nix::unistd::Uid::from_raw(policy_support::NOBODY));
+    let nogroup = Some(nix::unistd::Gid::from_raw(policy_support::NOBODY));
+    nix::unistd::chown(dir, nobody, nogroup).expect("chown");
+    for e in std::fs::read_dir(dir).expect("read dir").flatten() {
+        nix::unistd::chown(&e.path(), nobody, nogroup).expect("chown");
+    }
+    policy_support::chmod(dir, 0o755);
+}
+
+/// The gateway image with `policy` baked in at /etc/portcullis/policy.toml, as a deployment
+/// builds it from its reviewed policy: tagged `tag`.
+fn bake_policy_image(policy: &Path, tag: &str) {
+    let ctx = tempfile::tempdir().expect("tempdir");
+    std::fs::copy(policy, ctx.path().join("policy.toml")).expect("copy policy");
+    policy_support::chmod(&ctx.path().join("policy.toml"), 0o644);
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {GATEWAY_IMAGE}\nCOPY policy.toml /etc/portcullis/policy.toml\n"),
+    )
+    .expect("write Dockerfile");
+    run(Command::new("docker")
+        .args(["build", "--quiet", "--tag", tag])
+        .arg(ctx.path())
+        .env("DOCKER_BUILDKIT", "0"));
+}
+
+/// Waits until the gateway's log holds `needle` `times` times.
+fn logged(project: &Project, needle: &str, times: usize) {
+    let start = Instant::now();
+    while project.logs().matches(needle).count() < times {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "`{needle}` not logged {times}x:\n{}",
+            project.logs()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
 }
 
 fn health_of(container: &str) -> String {
@@ -231,15 +319,12 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
     build_gateway_image();
     let built = began.elapsed();
 
-    let mut rnd = [0u8; 4];
-    getrandom::getrandom(&mut rnd).expect("random");
     let port = free_loopback_port();
-    let mut project = Project {
-        name: format!("pccompose{}", hex::encode(rnd)),
-        dir: tempfile::tempdir().expect("tempdir"),
-        down: false,
-    };
-    write_project(project.dir.path(), port, &scope.name);
+    let mut project = Project::new(false);
+    let baked = format!("portcullis/gateway:{}", project.name);
+    let policy = write_project(project.dir.path(), port, &scope.name, &baked, "");
+    bake_policy_image(&policy, &baked);
+    project.images.push(baked);
     run(project.compose().args(["up", "--detach", "--no-build"]));
     let container = project.container();
     wait_healthy(&project, &container);
@@ -311,32 +396,20 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
         "the gateway started its server: {sandboxes:?}"
     );
 
-    // Editing the mounted policy and sending SIGHUP (through the container's init) reloads it
-    // under the live session: the listener opt-in carries over to reloads.
-    let policy = project.dir.path().join("policy.toml");
-    let mut text = std::fs::read_to_string(&policy).expect("read policy");
-    text.push_str("\n[servers.fixture.tools]\ndeny = [\"echo\"]\n");
-    // In place (same inode): a single-file bind mount keeps showing the file it was given.
-    std::fs::write(&policy, text).expect("edit policy");
+    // The workspace's copy of the policy, edited from the host by its non-root owner, then a
+    // reload (SIGHUP through the container's init): the policy in force is the image's, so
+    // nothing changes. The listener opt-in carries over to the reload.
+    let (ok, out) = policy_support::as_nobody(&format!(
+        "printf '\\n[servers.fixture.tools]\\ndeny = [\"echo\"]\\n' >> {}",
+        policy.display()
+    ));
+    assert!(ok, "the workspace user could not edit the policy: {out}");
     run(project.compose().args(["kill", "-s", "HUP", "portcullis"]));
-    let start = Instant::now();
-    loop {
-        let tools = client
-            .list_all_tools()
-            .await
-            .expect("tools/list after reload");
-        if !tools.iter().any(|t| t.name == "echo") {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "echo still listed after the reload:\n{}",
-            project.logs()
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    logged(&project, "policy reloaded", 1);
+    let tools = client.list_all_tools().await.expect("tools/list");
+    assert!(tools.iter().any(|t| t.name == "echo"), "{tools:?}");
     assert!(
-        !project.logs().contains("policy reload rejected"),
+        project.logs().contains(r#""unchanged":true"#),
         "{}",
         project.logs()
     );
@@ -379,16 +452,12 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
         "/var/lib/portcullis/audit",
     ]));
     assert!(stdout(&verify).contains(": ok:"), "{}", stdout(&verify));
-    // And the doctor, in the deployment itself (the image points it at the mounted policy):
-    // engine, image, nftables, audit volume.
-    let doctor = project
-        .compose()
-        .args(["exec", "-T", "portcullis", "portcullis", "doctor"])
-        .output()
-        .expect("run doctor in the container");
-    let report = String::from_utf8_lossy(&doctor.stdout);
-    assert!(doctor.status.success(), "{report}");
+    // And the doctor, in the deployment itself (the image points it at its own policy): who
+    // can change the policy, engine, image, nftables, audit volume.
+    let (ok, report) = project.doctor();
+    assert!(ok, "{report}");
     for line in [
+        "[ok]   policy file /etc/portcullis/policy.toml: it and the directories above it are writable only by trusted owners",
         "[ok]   docker: engine",
         &format!("[ok]   image {FIXTURE_IMAGE}"),
         "[ok]   nftables: netlink answers",
@@ -460,4 +529,149 @@ async fn a_port_published_off_loopback_makes_the_gateway_refuse_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "it started: {err}");
     assert!(err.contains("--published-on-host-loopback"), "{err}");
+}
+
+/// `portcullis policy ARGS` on the host, as the security team runs it.
+fn policy_cli(args: &[&str]) -> String {
+    stdout(&run(Command::new(gateway_bin()).arg("policy").args(args)))
+}
+
+/// compose.signed.yaml: the policy lives in a directory of the workspace that its non-root user
+/// writes. Their edit is rejected (the policy in force keeps serving); the security team's
+/// signed higher serial, synced into the same directory, reloads live.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_compose_signed_only_the_security_teams_signed_policy_changes_the_gateway() {
+    let scope = Scope::new("compose-signed");
+    if runtime(&scope.name).await.is_none() {
+        return;
+    }
+    if !docker_compose_present() {
+        return skip_or_fail(
+            "docker-compose is not installed: run `bash tests/setup/install-deps.sh system`",
+        );
+    }
+    build_gateway_image();
+    let port = free_loopback_port();
+    let mut project = Project::new(true);
+    // The security team's key, off the workspace.
+    let team = tempfile::tempdir().expect("tempdir");
+    let key = team.path().join("policy.key");
+    policy_cli(&["keygen", "--out", key.to_str().unwrap()]);
+    let public = std::fs::read_to_string(team.path().join("policy.key.pub")).unwrap();
+    let sign = |serial: u64, extra: &str| -> (String, String) {
+        let staged = team.path().join("policy.toml");
+        std::fs::write(&staged, policy_text(serial, extra)).unwrap();
+        policy_cli(&[
+            "sign",
+            "--key",
+            key.to_str().unwrap(),
+            staged.to_str().unwrap(),
+        ]);
+        (
+            std::fs::read_to_string(&staged).unwrap(),
+            std::fs::read_to_string(team.path().join("policy.toml.sig")).unwrap(),
+        )
+    };
+    let workspace = project.dir.path().join("team-policy");
+    std::fs::create_dir(&workspace).unwrap();
+    let (text, sig) = sign(1, "");
+    std::fs::write(workspace.join("policy.toml"), text).unwrap();
+    std::fs::write(workspace.join("policy.toml.sig"), sig).unwrap();
+    give_to_nobody(&workspace);
+    let extra = format!(
+        "PORTCULLIS_POLICY_PUBKEY={}\nPORTCULLIS_POLICY_DIR={}\n",
+        public.trim(),
+        workspace.display()
+    );
+    write_project(project.dir.path(), port, &scope.name, GATEWAY_IMAGE, &extra);
+    run(project.compose().args(["up", "--detach", "--no-build"]));
+    let container = project.container();
+    wait_healthy(&project, &container);
+    let url = format!("http://127.0.0.1:{port}/mcp");
+    let client =
+        ().serve(StreamableHttpClientTransport::from_uri(url.as_str()))
+            .await
+            .expect("rmcp initializes through the published port");
+    let echo = || {
+        CallToolRequestParams::new("echo".to_owned()).with_arguments(
+            serde_json::json!({"text": "in force"})
+                .as_object()
+                .cloned()
+                .expect("object"),
+        )
+    };
+    let r = client.call_tool(echo()).await.expect("tools/call echo");
+    assert_eq!(text_of(&r), "in force");
+
+    // The workspace user edits the policy (unsigned): rejected, and echo still served.
+    let policy = workspace.join("policy.toml");
+    let (ok, out) = policy_support::as_nobody(&format!(
+        "printf '\\n[servers.fixture.tools]\\ndeny = [\"echo\"]\\n' >> {}",
+        policy.display()
+    ));
+    assert!(ok, "the workspace user could not edit the policy: {out}");
+    logged(&project, "policy reload rejected", 1);
+    assert!(
+        project.logs().contains("does not match"),
+        "{}",
+        project.logs()
+    );
+    let r = client.call_tool(echo()).await.expect("tools/call echo");
+    assert_eq!(text_of(&r), "in force");
+
+    // The security team's change, signed with a higher serial, arrives (a sync as the
+    // workspace user): echo goes, live.
+    let (text, sig) = sign(2, "\n[servers.fixture.tools]\ndeny = [\"echo\"]\n");
+    let staged = project.dir.path().join("incoming");
+    std::fs::create_dir(&staged).unwrap();
+    std::fs::write(staged.join("policy.toml"), text).unwrap();
+    std::fs::write(staged.join("policy.toml.sig"), sig).unwrap();
+    give_to_nobody(&staged);
+    let (ok, out) = policy_support::as_nobody(&format!(
+        "cp {s}/policy.toml.sig {w}/.sig.new && cp {s}/policy.toml {w}/.policy.new && mv -f {w}/.sig.new {w}/policy.toml.sig && mv -f {w}/.policy.new {w}/policy.toml",
+        s = staged.display(),
+        w = workspace.display()
+    ));
+    assert!(ok, "sync failed: {out}");
+    let start = Instant::now();
+    while client
+        .list_all_tools()
+        .await
+        .expect("tools/list")
+        .iter()
+        .any(|t| t.name == "echo")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the signed policy was not put in force:\n{}",
+            project.logs()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    client.cancel().await.ok();
+    let tail = stdout(&run(project.compose().args([
+        "exec",
+        "-T",
+        "portcullis",
+        "portcullis",
+        "audit",
+        "tail",
+        "-n",
+        "0",
+        "--kind",
+        "policy_reload",
+        "/var/lib/portcullis/audit",
+    ])));
+    assert!(
+        tail.contains("outcome=rejected") && tail.contains("does not match"),
+        "{tail}"
+    );
+    assert!(tail.contains(r#""serial":{"from":1,"to":2}"#), "{tail}");
+    let (_, report) = project.doctor();
+    assert!(
+        report.contains("[ok]   policy signature /etc/portcullis/signed/policy.toml.sig: verified"),
+        "{report}"
+    );
+    project.down();
+    assert!(project.leftovers().is_empty(), "{:?}", project.leftovers());
 }

@@ -207,6 +207,49 @@ fn egress_without_net_admin_fails_naming_the_servers() {
     assert!(fix.contains("CAP_NET_ADMIN"), "{fix}");
 }
 
+#[test]
+fn a_secret_file_or_key_a_process_servers_user_could_read_fails() {
+    use std::os::unix::fs::PermissionsExt;
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("skipped: the check applies when the gateway runs as root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let secret = write(dir.path(), "token", "s3cr3t\n");
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let p = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[servers.t]\nruntime = \"process\"\ncommand = \"true\"\nsecrets = {{ TOKEN = \"file:{}\" }}\n",
+            secret.display()
+        ),
+    );
+    let audit = dir.path().join("audit");
+    let r = doctor(&p, &audit);
+    assert!(!r.ok, "{}", r.text);
+    let (what, fix) = finding(
+        &r,
+        "[FAIL]",
+        "process server t (uid 65534) could read secret TOKEN",
+    )
+    .expect(&r.text);
+    assert!(what.contains("mode 644"), "{what}");
+    assert!(
+        fix.contains(&format!("chmod go-rwx {}", secret.display())),
+        "{fix}"
+    );
+    // Closed by its mode: the finding turns into an ok.
+    std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let r = doctor(&p, &audit);
+    assert!(
+        finding(&r, "[ok]", "process servers: their users cannot read").is_some(),
+        "{}",
+        r.text
+    );
+}
+
 /// What goes wrong in a quickstart: the server's program is not installed, a server dies at
 /// start, a loopback remote server the egress check will refuse. `doctor` names each with a fix
 /// and exits non-zero; `--start` shows what a dying server wrote on stderr.

@@ -16,14 +16,14 @@ use std::time::{Duration, Instant};
 
 use common::client::{Mcp, LATEST};
 use common::hostlab::{
-    await_record, await_tools, container_addr, container_netns, policy, probe, server, setup, tcp,
-    Cases, Setup,
+    await_record, await_tools, container_addr, container_netns, names_of, policy, probe, server,
+    setup, tcp, Leftovers, Setup,
 };
 use common::netlab::{self, a_records, Flood};
-use common::{audit_records, http_get, Gateway};
+use common::{audit_records, http_get, Cases, Gateway};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-use portcullis::egress::ruleset;
+use portcullis::egress::{ruleset, Names};
 use serde_json::json;
 
 /// `[egress] dns_rate` when the policy says nothing: 50 a second, bursts of 100.
@@ -82,9 +82,14 @@ async fn a_dns_flood_from_one_sandbox_is_capped_upstream_while_its_neighbour_kee
         ),
         server(&b, "docker", &["api.example.test:443"]),
     ];
+    let names = names_of(&scope.name);
+    let _leftovers = Leftovers(names.clone(), Vec::new());
     let gw = Gateway::start_with(
         &policy(&lab, &audit, &servers.concat()),
-        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+        &[
+            ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
+            ("PORTCULLIS_INSTANCE", scope.name.as_str()),
+        ],
     );
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
@@ -214,13 +219,13 @@ async fn a_dns_flood_from_one_sandbox_is_capped_upstream_while_its_neighbour_kee
 }
 
 /// `expires` of the element `elem` (`ip . port`) in `server`'s pin set, from `nft list set`.
-fn pin_expires(server: &str, elem: &str) -> Option<Duration> {
+fn pin_expires(names: &Names, server: &str, elem: &str) -> Option<Duration> {
     let o = std::process::Command::new("nft")
         .args([
             "list",
             "set",
             "inet",
-            ruleset::TABLE,
+            &names.table(),
             &ruleset::pin_set(server),
         ])
         .output()
@@ -275,6 +280,8 @@ async fn cached_answers_never_outlive_their_pins() {
         return;
     };
     let a = format!("ca{tag}");
+    let names = names_of(&scope.name);
+    let _leftovers = Leftovers(names.clone(), Vec::new());
     let gw = Gateway::start_with(
         &policy(
             &lab,
@@ -289,7 +296,10 @@ async fn cached_answers_never_outlive_their_pins() {
                 ],
             ),
         ),
-        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+        &[
+            ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
+            ("PORTCULLIS_INSTANCE", scope.name.as_str()),
+        ],
     );
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
@@ -304,12 +314,12 @@ async fn cached_answers_never_outlive_their_pins() {
     // the kernel right after (a client may use the address for TTL seconds; the pin must last
     // at least that long, with the resolver's one second of margin, less read-back slack).
     let answer = |when: &str, r: &mut Cases| -> u32 {
-        let m = netlab::query_at(&ns, resolver, "long.example.test", RecordType::A, false);
+        let m = netlab::query_in(&ns, resolver, "long.example.test", RecordType::A, false);
         let ttl = m
             .as_ref()
             .and_then(|m| m.answers().first().map(|rec| rec.ttl()))
             .unwrap_or(u32::MAX);
-        let left = pin_expires(&a, &elem);
+        let left = pin_expires(&names, &a, &elem);
         r.check(
             &format!("{when}: the TTL handed out ends before the pin does"),
             m.as_ref().map(a_records) == Some(vec![ip])
@@ -336,7 +346,7 @@ async fn cached_answers_never_outlive_their_pins() {
 
     // Another name with a TTL of 1 answers with the same address: pinned again for 2 s
     // (pin_ttl_min), which must not cut the pin the cached answer counts on.
-    let mixed = netlab::query_at(&ns, resolver, "mixed.example.test", RecordType::A, false);
+    let mixed = netlab::query_in(&ns, resolver, "mixed.example.test", RecordType::A, false);
     r.check(
         "another name resolves to the same address with a short TTL",
         mixed.as_ref().map(a_records) == Some(vec![ip]),
@@ -361,7 +371,7 @@ async fn cached_answers_never_outlive_their_pins() {
     let started = Instant::now();
     let mut codes = Vec::new();
     for _ in 0..20 {
-        let m = netlab::query_at(&ns, resolver, "nodata.example.test", RecordType::A, false);
+        let m = netlab::query_in(&ns, resolver, "nodata.example.test", RecordType::A, false);
         codes.push(m.map(|m| (m.response_code(), m.answers().len())));
     }
     let asked = zone.asked(|n| n == "nodata.example.test");

@@ -15,13 +15,21 @@ use bollard::query_parameters::{InspectContainerOptions, ListNetworksOptionsBuil
 use common::client::{Mcp, LATEST};
 use common::docker::containers_in;
 use common::hostlab::{
-    await_record, await_tools, blocked, container_addr, host_dns_answers, iface_addr, nft_table,
-    policy, probe, server, setup, tcp, Cases, Leftovers, Setup,
+    await_record, await_tools, blocked, container_addr, host_dns_answers, iface_addr, names_of,
+    nft_table, policy, probe, server, setup, tcp, Leftovers, Setup,
 };
-use common::netlab::{self, sh};
-use common::{audit_records, audit_verify, gateway_bin, http_get, Gateway};
-use portcullis::egress::ruleset;
+use common::netlab;
+use common::{
+    audit_records, audit_verify, gateway_bin, http_get, table_protection, Cases, Gateway,
+};
+use portcullis::egress::{ruleset, Names};
 use serde_json::json;
+
+/// The table protection a gateway reports on `/metrics`: `owner` or `watch`.
+fn protection_mode(gw: &Gateway) -> String {
+    let (_, metrics) = http_get(&format!("{}/metrics", gw.base)).unwrap();
+    table_protection(&metrics)
+}
 
 /// A TCP service in the host's own namespace (the gateway's host): a sandbox must not reach it.
 fn host_service() -> u16 {
@@ -63,7 +71,8 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     };
     let host_port = host_service();
     let (a, b, p, n) = names(&tag);
-    let _leftovers = Leftovers(vec![p.clone()]);
+    let names = names_of(&scope.name);
+    let _leftovers = Leftovers(names.clone(), vec![p.clone()]);
     let servers = [
         server(
             &a,
@@ -80,7 +89,10 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     ];
     let mut gw = Gateway::start_with(
         &policy(&lab, &audit, &servers.concat()),
-        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+        &[
+            ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
+            ("PORTCULLIS_INSTANCE", scope.name.as_str()),
+        ],
     );
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
@@ -106,7 +118,7 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     let (a_ip, a_gw) = container_addr(&rt, &scope.name, &a).await;
     let (b_ip, b_gw) = container_addr(&rt, &scope.name, &b).await;
     let b_resolver = format!("{b_gw}:53");
-    let p_gw = iface_addr(&ruleset::iface_name(&p)).expect("the process sandbox's veth");
+    let p_gw = iface_addr(&names.iface(&p)).expect("the process sandbox's veth");
     for (server, gw_ip) in [(a.as_str(), a_gw), (p.as_str(), p_gw)] {
         let kind = if server == p { "process" } else { "docker" };
         let case = |what: &str| format!("{kind}: {what}");
@@ -276,7 +288,7 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     .await;
     assert!(out.starts_with("connected"), "{out}");
     let show = Command::new(gateway_bin())
-        .args(["firewall", "show"])
+        .args(["firewall", "show", "--instance", &scope.name])
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&show.stdout).to_string();
@@ -322,12 +334,32 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
         .unwrap_or(0.0);
     r.check("denials counted in /metrics", count > 0.0, &line);
 
-    // Tampering: the table flushed by hand is detected, restored and audited.
-    sh(&["nft", "flush", "table", "inet", ruleset::TABLE]);
-    await_record(&audit, Duration::from_secs(10), "tamper restored", |r| {
-        r["kind"] == "tamper" && r["detail"].as_str().is_some_and(|d| d.contains("restored"))
-    })
-    .await;
+    // Tampering: root flushes the table by hand. An owned table refuses (EPERM); without
+    // ownership it is detected, restored and audited.
+    let mode = protection_mode(&gw);
+    let flush = Command::new("nft")
+        .args(["flush", "table", "inet", &names.table()])
+        .output()
+        .unwrap();
+    if mode == "owner" {
+        let err = String::from_utf8_lossy(&flush.stderr).to_string();
+        r.check(
+            "root cannot flush the owned table (EPERM)",
+            !flush.status.success() && err.contains("Operation not permitted"),
+            err.trim(),
+        );
+    } else {
+        r.check(
+            "the table protection is reported on /metrics",
+            mode == "watch",
+            &mode,
+        );
+        assert!(flush.status.success());
+        await_record(&audit, Duration::from_secs(10), "tamper restored", |r| {
+            r["kind"] == "tamper" && r["detail"].as_str().is_some_and(|d| d.contains("restored"))
+        })
+        .await;
+    }
     let out = probe(&mut c, &a, tcp(&lab.sa(30, 443))).await;
     r.check(
         "after the restore: unlisted IP still blocked",
@@ -348,7 +380,7 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     assert!(zone.queries.load(std::sync::atomic::Ordering::SeqCst) > 0);
 
     // Shutdown removes networks, namespaces, host-forward rules and the table.
-    let iface_p = ruleset::iface_name(&p);
+    let iface_p = names.iface(&p);
     let status = gw.terminate(Duration::from_secs(60));
     r.check(
         "gateway stops cleanly",
@@ -370,8 +402,8 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     );
     r.check(
         "shutdown removes the table",
-        nft_table().is_none(),
-        "table inet portcullis",
+        nft_table(&names).is_none(),
+        &names.table(),
     );
     let netns = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let netns = String::from_utf8_lossy(&netns.stdout).to_string();
@@ -405,7 +437,8 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
     };
     let a = format!("fa{tag}");
     let p = format!("fp{tag}");
-    let _leftovers = Leftovers(vec![p.clone()]);
+    let names = names_of(&scope.name);
+    let _leftovers = Leftovers(names.clone(), vec![p.clone()]);
     let policy = policy(
         &lab,
         &audit,
@@ -415,7 +448,17 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
         ]
         .concat(),
     );
-    let mut gw = Gateway::start_with(&policy, &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())]);
+    // Without table ownership (as on a kernel before 6.9): only then can someone take the
+    // table away from a running gateway.
+    let mut gw = Gateway::start_with(
+        &policy,
+        &[
+            ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
+            ("PORTCULLIS_INSTANCE", scope.name.as_str()),
+            ("PORTCULLIS_EGRESS_TABLE_FLAGS", "off"),
+        ],
+    );
+    assert_eq!(protection_mode(&gw), "watch");
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
     await_tools(&mut c, &[&a, &p]).await;
@@ -427,7 +470,7 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
     let pid_before = probe_pid(&mut c, &p).await;
 
     // Someone replaces the table with one they own: the gateway cannot put its own back.
-    let thief = Thief::take_table();
+    let thief = Thief::take_table(&names);
 
     await_record(&audit, Duration::from_secs(10), "restore failed", |r| {
         r["kind"] == "tamper"
@@ -490,7 +533,7 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
         "the process server was restarted"
     );
     assert!(gw.terminate(Duration::from_secs(60)).success());
-    assert!(nft_table().is_none(), "table left after shutdown");
+    assert!(nft_table(&names).is_none(), "table left after shutdown");
     let (ok, out) = audit_verify(&audit);
     assert!(
         ok,
@@ -515,7 +558,8 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
     };
     let a = format!("ra{tag}");
     let p = format!("rp{tag}");
-    let _leftovers = Leftovers(vec![p.clone()]);
+    let names = names_of(&scope.name);
+    let _leftovers = Leftovers(names.clone(), vec![p.clone()]);
     let with = |allow: &str| {
         policy(
             &lab,
@@ -529,7 +573,10 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
     };
     let mut gw = Gateway::start_with(
         &with("api.example.test:443"),
-        &[("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str())],
+        &[
+            ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
+            ("PORTCULLIS_INSTANCE", scope.name.as_str()),
+        ],
     );
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
@@ -562,7 +609,7 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
         assert!(blocked(&out), "{s}: the old pin survived the reload: {out}");
     }
     assert!(gw.terminate(Duration::from_secs(60)).success());
-    assert!(nft_table().is_none(), "table left after shutdown");
+    assert!(nft_table(&names).is_none(), "table left after shutdown");
 }
 
 /// An `nft -i` session that replaced the table with one it owns (`flags owner`): no other
@@ -571,7 +618,7 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
 struct Thief(std::process::Child);
 
 impl Thief {
-    fn take_table() -> Thief {
+    fn take_table(names: &Names) -> Thief {
         let mut child = Command::new("nft")
             .arg("-i")
             .stdin(Stdio::piped())
@@ -583,7 +630,7 @@ impl Thief {
         writeln!(
             stdin,
             "delete table inet {t}; add table inet {t} {{ flags owner; }}",
-            t = ruleset::TABLE
+            t = names.table()
         )
         .expect("write to nft");
         stdin.flush().expect("flush nft");

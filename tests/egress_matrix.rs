@@ -3,8 +3,8 @@
 //!
 //! Topology (all namespaces made here, deleted on drop):
 //! ```text
-//!  sandbox A (pcs-…) ──veth pc-…── router ──veth ext0── external
-//!  sandbox B (pcs-…) ──veth pc-…──┘   table inet portcullis      198.18.0.10-15,30,53 + 169.254.169.254
+//!  sandbox A (pcs-…) ──veth pc…─── router ──veth ext0── external
+//!  sandbox B (pcs-…) ──veth pc…───┘   table inet portcullis_mx…  198.18.0.10-15,30,53 + 169.254.169.254
 //!                                     resolvers on 10.213.0.1 / .9    2001:db8:ff::10
 //! ```
 //! The router namespace stands in for the host: the table and the resolvers live there. The
@@ -21,7 +21,10 @@ use common::netlab::*;
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 use portcullis::egress::netns::ProcessNet;
-use portcullis::egress::{ruleset, Attachment, Egress, EgressEvent, EgressOptions};
+use portcullis::egress::{
+    ruleset, Attachment, Egress, EgressEvent, EgressOptions, Names, Protection,
+};
+use portcullis::instance::InstanceId;
 
 fn policy(a: &str, b: &str) -> portcullis::policy::Policy {
     let src = format!(
@@ -114,16 +117,22 @@ async fn attack_matrix() {
             netns: Some(router.path()),
             watch_interval: Duration::from_millis(300),
             resolver_port: 53,
+            names: Names::new(InstanceId::parse(&format!("mx{t}")).expect("instance id")),
+            ..Default::default()
         },
     )
     .await
     .expect("egress start");
     let mut events = egress.take_events().expect("events");
+    let table = egress.names().table();
+    let owned = *egress.protection() == Protection::Owned;
 
     let sub_a = egress.allocate_subnet(&name_a).unwrap();
     let sub_b = egress.allocate_subnet(&name_b).unwrap();
-    let net_a = ProcessNet::create(&name_a, sub_a, Some(&router.name)).expect("netns a");
-    let net_b = ProcessNet::create(&name_b, sub_b, Some(&router.name)).expect("netns b");
+    let net_a =
+        ProcessNet::create(egress.names(), &name_a, sub_a, Some(&router.name)).expect("netns a");
+    let net_b =
+        ProcessNet::create(egress.names(), &name_b, sub_b, Some(&router.name)).expect("netns b");
     let sb_a = Ns {
         name: net_a.netns.clone(),
     };
@@ -487,23 +496,29 @@ async fn attack_matrix() {
         format!("{a_denied} packets"),
     );
 
-    // Tampering: flush the whole ruleset of the router namespace by hand.
+    // Tampering: flush the whole ruleset of the router namespace by hand. An owned table is
+    // passed by (the kernel skips tables owned by another socket); without ownership the watch
+    // puts it back.
     let flush = router.exec(&["nft", "flush", "ruleset"]);
     assert!(flush.status.success());
     let mut restored = false;
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let deadline = Instant::now() + Duration::from_secs(if owned { 1 } else { 5 });
     while Instant::now() < deadline && !restored {
         if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
         {
             restored |= matches!(ev, EgressEvent::Restored { .. });
         }
     }
-    let listed = router.exec(&["nft", "list", "table", "inet", ruleset::TABLE]);
+    let listed = router.exec(&["nft", "list", "table", "inet", &table]);
     let text = String::from_utf8_lossy(&listed.stdout).to_string();
     r.check(
-        "flushed ruleset detected and restored",
-        restored && listed.status.success() && text.contains(&ruleset::srv_chain(&name_a)),
-        format!("restored event: {restored}"),
+        if owned {
+            "flushed ruleset passes the owned table by"
+        } else {
+            "flushed ruleset detected and restored"
+        },
+        restored != owned && listed.status.success() && text.contains(&ruleset::srv_chain(&name_a)),
+        format!("owned: {owned}, restored event: {restored}"),
     );
     r.check(
         "after restore: unlisted IP still blocked",
@@ -517,21 +532,30 @@ async fn attack_matrix() {
             && tcp_works(&sb_a, sa([198, 18, 0, 10], 443)),
         "api.example.test:443",
     );
-    // Deleting just one chain is noticed too.
+    // Flushing just one chain: refused for an owned table, noticed and undone otherwise.
     let del = router.exec(&[
         "nft",
         "flush",
         "chain",
         "inet",
-        ruleset::TABLE,
+        &table,
         &ruleset::srv_chain(&name_a),
     ]);
-    assert!(
-        del.status.success(),
-        "{}",
-        String::from_utf8_lossy(&del.stderr)
-    );
-    let mut restored = false;
+    if owned {
+        let err = String::from_utf8_lossy(&del.stderr).to_string();
+        r.check(
+            "flushing a chain of the owned table is refused (EPERM)",
+            !del.status.success() && err.contains("Operation not permitted"),
+            err.trim().replace('\n', " | "),
+        );
+    } else {
+        assert!(
+            del.status.success(),
+            "{}",
+            String::from_utf8_lossy(&del.stderr)
+        );
+    }
+    let mut restored = owned;
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline && !restored {
         if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
@@ -540,9 +564,9 @@ async fn attack_matrix() {
         }
     }
     r.check(
-        "flushed chain detected and restored",
+        "after the chain flush: unlisted IP still blocked",
         restored && !tcp_works(&sb_a, sa([198, 18, 0, 30], 443)),
-        format!("restored event: {restored}"),
+        format!("owned: {owned}, restored event: {restored}"),
     );
 
     // The process runtime's prefix gives the child the gateway as its only resolver.
@@ -567,7 +591,7 @@ async fn attack_matrix() {
         "list",
         "chain",
         "inet",
-        ruleset::TABLE,
+        &table,
         &ruleset::srv_chain(&name_a),
     ]);
     r.check(
@@ -576,7 +600,7 @@ async fn attack_matrix() {
         "",
     );
     r.check(
-        "released interface stays closed (default drop for pc-*)",
+        "released interface stays closed (the instance's catch-all drop)",
         !tcp_works(&sb_a, sa([198, 18, 0, 10], 443)),
         "",
     );

@@ -13,6 +13,8 @@ fn plans_match_the_golden_files() {
         let out = Command::new(common::gateway_bin())
             .current_dir(&root)
             .args(["firewall", "plan", &format!("policy/{name}.toml")])
+            // A fixed instance: the default one is derived from where the checkout lives.
+            .args(["--instance", "example"])
             .output()
             .expect("run portcullis");
         assert!(

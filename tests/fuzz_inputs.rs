@@ -121,6 +121,26 @@ fn policy_import_inputs() {
 }
 
 #[test]
+fn openapi_tools_inputs() {
+    let seeds = replay("openapi_tools");
+    let with_tools = seeds
+        .iter()
+        .filter(|s| {
+            std::str::from_utf8(s).is_ok_and(|text| {
+                portcullis::openapi::Document::parse(text, "seed")
+                    .and_then(|d| d.tools(|_| true))
+                    .is_ok_and(|api| !api.tools.is_empty())
+            })
+        })
+        .count();
+    assert_eq!(
+        with_tools,
+        seeds.len(),
+        "every seed is a document that makes tools"
+    );
+}
+
+#[test]
 fn dns_query_inputs() {
     replay("dns_query");
 }

@@ -274,7 +274,14 @@ fn show_prints_effective_defaults() {
         "max_body_bytes        4m",
         "session_idle_timeout  30m",
         "startup_timeout       30s",
-        "egress                none (default deny)",
+        "list_changed_interval 250ms",
+        "unstable_list_changes more than 60 per 1m",
+        "egress                no rules: the host's network",
+        // What the process server can and cannot do.
+        "user                  65534:65534",
+        "sandbox               gateway as root: runs as 65534:65534 with no capabilities",
+        "cannot: see or signal other processes (own PID namespace), read the audit log and key",
+        "gateway not root: the gateway's uid in a user namespace",
     ] {
         assert!(r.stdout.contains(want), "missing {want:?} in\n{}", r.stdout);
     }
@@ -310,5 +317,55 @@ fn serve_and_check_report_every_unknown_key_with_one_error_prefix() {
             "{args:?}: {}",
             r.stderr
         );
+    }
+}
+
+#[test]
+fn show_prints_every_client_quota_and_the_shared_anonymous_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(
+        dir.path(),
+        "p.toml",
+        "[gateway]\nmax_sessions = 100\n\n[clients.anonymous]\nmax_sessions = 80\nsession_rate = { quota = \"2/s\", burst = 5 }\nweight = 3\n",
+    );
+    let r = portcullis(&["policy", "show"], &path);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for want in [
+        "[clients.anonymous]\n",
+        "max_sessions          80\n",
+        "session_rate          2/s (burst 5)",
+        "weight                3",
+    ] {
+        assert!(r.stdout.contains(want), "missing {want:?} in\n{}", r.stdout);
+    }
+    // Without an entry, every anonymous caller shares one quota, shown with its defaults.
+    let path = write(dir.path(), "q.toml", "[gateway]\nmax_sessions = 100\n");
+    let r = portcullis(&["policy", "show"], &path);
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    for want in [
+        "[clients.anonymous]  (implicit: every caller",
+        "max_sessions          50 (default: 256, at most half of gateway.max_sessions)",
+        "session_rate          10/s (burst 20)",
+        "weight                1",
+    ] {
+        assert!(r.stdout.contains(want), "missing {want:?} in\n{}", r.stdout);
+    }
+}
+
+#[test]
+fn bad_client_quotas_are_refused_with_what_to_write() {
+    for (quota, want) in [
+        ("max_sessions = 0", "4:16: error: `max_sessions` = 0 is out of range; use 1 to 1000000"),
+        ("max_sessions = 500", "4:16: error: client `c` has max_sessions = 500, more than the gateway's own limit (gateway.max_sessions = 100); lower it to at most 100"),
+        ("weight = 0", "4:10: error: `weight` = 0 is out of range; use 1 to 100"),
+        ("weight = 101", "4:10: error: `weight` = 101 is out of range; use 1 to 100"),
+        ("session_rate = \"0/s\"", "4:16: error: rate \"0/s\" allows no calls"),
+        ("session_rate = \"fast\"", "4:16: error: invalid rate \"fast\""),
+    ] {
+        let (path, line) = check_fails(&format!(
+            "[gateway]\nmax_sessions = 100\n[clients.c]\n{quota}\n"
+        ));
+        let want = format!("{path}:{want}");
+        assert!(line.starts_with(&want), "{quota}: {line}\nwanted: {want}");
     }
 }

@@ -333,7 +333,9 @@ impl Stream {
 async fn a_tool_taken_off_an_allow_list_by_sighup_is_hidden_and_refused() {
     let all = "[\"a__*\"]";
     let only_echo = "[\"a__echo\"]";
-    let gw = unwatched(&policy(&(server("a", "") + &clients(all, all, ALICE))));
+    // Bob may also see every server's `test_simple_prompt`: the marker below.
+    let bob_all = "[\"a__*\", \"*__test_simple_prompt\"]";
+    let gw = unwatched(&policy(&(server("a", "") + &clients(all, bob_all, ALICE))));
     let alice = Session::open(&gw, Some(ALICE)).await;
     let (_alice_raw, mut alice_stream) = Stream::open(&gw, ALICE).await;
     let (mut bob, mut bob_stream) = Stream::open(&gw, BOB).await;
@@ -341,7 +343,7 @@ async fn a_tool_taken_off_an_allow_list_by_sighup_is_hidden_and_refused() {
     alice.pid("a").await;
 
     gw.write_policy(&policy(
-        &(server("a", "") + &clients(only_echo, all, ALICE)),
+        &(server("a", "") + &clients(only_echo, bob_all, ALICE)),
     ));
     gw.sighup();
     alice.heard(1).await;
@@ -366,10 +368,10 @@ async fn a_tool_taken_off_an_allow_list_by_sighup_is_hidden_and_refused() {
     let bob_tools = bob.request("tools/list", json!({})).await;
     assert!(bob_tools.to_string().contains("a__pid"), "{bob_tools}");
 
-    // A server added next changes everyone's prompt list: that notification marks a point on
-    // bob's stream before which alice's rule change must not have reached him.
+    // A server added next changes bob's prompt list: that notification marks a point on his
+    // stream before which alice's rule change must not have reached him.
     gw.write_policy(&policy(
-        &(server("a", "") + &server("b", "") + &clients(only_echo, all, ALICE)),
+        &(server("a", "") + &server("b", "") + &clients(only_echo, bob_all, ALICE)),
     ));
     gw.sighup();
     let before_marker = bob_stream.until("notifications/prompts/list_changed").await;
@@ -380,7 +382,7 @@ async fn a_tool_taken_off_an_allow_list_by_sighup_is_hidden_and_refused() {
 
     // A rotated token ends the sessions the old one opened; the new token works.
     gw.write_policy(&policy(
-        &(server("a", "") + &server("b", "") + &clients(only_echo, all, ALICE_ROTATED)),
+        &(server("a", "") + &server("b", "") + &clients(only_echo, bob_all, ALICE_ROTATED)),
     ));
     gw.sighup();
     alice_stream.ends().await;
@@ -587,7 +589,12 @@ async fn a_changed_server_restarts_and_a_removed_one_answers_its_call_in_flight(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upstream_list_change_reaches_the_sessions_that_can_see_it() {
     let gw = unwatched(&policy(
-        &(server("a", "") + &clients("[\"a__*\"]", "[\"a__echo\"]", ALICE)),
+        &(server("a", "")
+            + &clients(
+                "[\"a__*\"]",
+                "[\"a__echo\", \"*__test_simple_prompt\"]",
+                ALICE,
+            )),
     ));
     let alice = Session::open(&gw, Some(ALICE)).await;
     let (_bob, mut bob_stream) = Stream::open(&gw, BOB).await;
@@ -602,9 +609,16 @@ async fn an_upstream_list_change_reaches_the_sessions_that_can_see_it() {
         "extra_0"
     );
     // Bob may not see `extra_*`, so his list did not change. A server added afterwards changes
-    // everyone's prompt list: the mark on his stream before which nothing may have arrived.
+    // his prompt list (he may see every `test_simple_prompt`): the mark on his stream before
+    // which nothing may have arrived.
     gw.write_policy(&policy(
-        &(server("a", "") + &server("b", "") + &clients("[\"a__*\"]", "[\"a__echo\"]", ALICE)),
+        &(server("a", "")
+            + &server("b", "")
+            + &clients(
+                "[\"a__*\"]",
+                "[\"a__echo\", \"*__test_simple_prompt\"]",
+                ALICE,
+            )),
     ));
     gw.sighup();
     let before_marker = bob_stream.until("notifications/prompts/list_changed").await;

@@ -13,8 +13,9 @@
 //! after go into the notes.
 //!
 //! Privileged (root, `ip`, `nft`): the servers are process servers in their own network
-//! namespaces, on the host's own `table inet portcullis`, so nothing else may program it
-//! meanwhile (run it under the same lock as the egress tests). The outside world and the DNS
+//! namespaces, on the host's own table of the bench's instance (`benchdns`), beside the
+//! sandboxes of any other gateway on the host (run it under the same lock as the egress tests
+//! all the same: the lab's routes and the CPU are shared). The outside world and the DNS
 //! server are the test lab's (`tests/common/hostlab.rs`): nothing leaves the machine.
 
 use std::net::{Ipv4Addr, SocketAddr, UdpSocket};
@@ -23,7 +24,8 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
-use portcullis::egress::{netns, ruleset};
+use portcullis::egress::{netns, Names};
+use portcullis::instance::InstanceId;
 
 use super::common::hostlab::{iface_addr, HostLab, Leftovers};
 use super::common::netlab;
@@ -41,6 +43,8 @@ const CLIENTS: usize = 4;
 const FLOOD_RATE: usize = 4000;
 /// Alternating rounds of (nq) and (nf).
 const ROUNDS: usize = 3;
+/// The gateway instance of the bench: its table, interfaces and namespaces are named from it.
+const INSTANCE: &str = "benchdns";
 /// The default `[egress] dns_rate`, which the flooding server keeps.
 const RATE: f64 = 50.0;
 const BURST: f64 = 100.0;
@@ -81,10 +85,9 @@ egress.allow = ["*.wild.example.test:443"]
 }
 
 /// A process server's namespace and its resolver, once its sandbox is up.
-async fn sandbox(server: &str) -> Result<(PathBuf, SocketAddr), String> {
-    let iface = ruleset::iface_name(server);
-    let ns =
-        PathBuf::from("/run/netns").join(format!("pcs-{}", &iface[ruleset::IFACE_PREFIX.len()..]));
+async fn sandbox(names: &Names, server: &str) -> Result<(PathBuf, SocketAddr), String> {
+    let iface = names.iface(server);
+    let ns = PathBuf::from("/run/netns").join(names.netns(server));
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if let (Some(gw), true) = (iface_addr(&iface), ns.exists()) {
@@ -118,10 +121,14 @@ pub async fn scenarios(
     let lab = HostLab::new();
     let zone = lab.serve();
     // Declared before the gateway: if the bench dies, the namespaces still go.
-    let _leftovers = Leftovers(vec!["dq".into(), "nb".into(), "fl".into()]);
-    let mut gw = super::gateway(&policy(&lab));
-    let (dq_ns, dq) = sandbox("dq").await?;
-    let (fl_ns, fl) = sandbox("fl").await?;
+    let names = Names::new(InstanceId::parse(INSTANCE)?);
+    let _leftovers = Leftovers(names.clone(), vec!["dq".into(), "nb".into(), "fl".into()]);
+    let mut gw = super::common::Gateway::start_with(
+        &policy(&lab),
+        &[("RUST_LOG", "info"), ("PORTCULLIS_INSTANCE", INSTANCE)],
+    );
+    let (dq_ns, dq) = sandbox(&names, "dq").await?;
+    let (fl_ns, fl) = sandbox(&names, "fl").await?;
     let mut rows = Vec::new();
     let gw_pid = gw.child.id();
 

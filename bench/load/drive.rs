@@ -20,6 +20,8 @@ use tokio::net::TcpStream;
 pub const PROTOCOL: &str = "2025-11-25";
 /// The longest any single request may take before the run counts it as failed.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+/// Retries of an `initialize` refused with 429 (100 ms apart) before giving up.
+const OPEN_RETRIES: usize = 600;
 
 /// Where the load goes and what it sends.
 #[derive(Clone, Debug)]
@@ -34,8 +36,8 @@ pub struct Target {
 pub enum Work {
     /// `tools/call` of this tool with `{"text": "..."}`.
     Call(String),
-    /// `tools/list` (first page).
-    List,
+    /// A list method (`tools/list`, `resources/list`), first page.
+    List(&'static str),
 }
 
 /// How much load: `sessions` concurrent sessions, each doing `warmup` unmeasured requests and
@@ -141,7 +143,17 @@ impl Session {
         let init = format!(
             r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"{PROTOCOL}","capabilities":{{}},"clientInfo":{{"name":"portcullis-bench","version":"1"}}}}}}"#
         );
-        let a = s.post(init.into_bytes()).await?;
+        // A gateway with a session creation rate (Portcullis' `session_rate`) refuses sessions
+        // opened faster than it allows with 429: wait and retry, as a client would. Opening is
+        // not measured.
+        let mut a = s.post(init.clone().into_bytes()).await?;
+        for _ in 0..OPEN_RETRIES {
+            if a.status != 429 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            a = s.post(init.clone().into_bytes()).await?;
+        }
         if a.status != 200 || !has(&a.body, b"\"result\"") {
             return Err(format!(
                 "initialize answered HTTP {}: {}",
@@ -213,7 +225,9 @@ impl Session {
             Work::Call(tool) => format!(
                 r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"bench-{id}"}}}}}}"#
             ),
-            Work::List => format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list"}}"#),
+            Work::List(method) => {
+                format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}"}}"#)
+            }
         };
         let a = self.post(body.into_bytes()).await?;
         if a.status != 200 {

@@ -9,7 +9,8 @@
 //!   (c) Portcullis -> the fixture server over stdio: process runtime, and the shared Docker
 //!       container when dockerd is usable (skipped loudly otherwise)
 //!   (d) (b) with the audit log on, fsync = group; (dc) the same for (c), process runtime
-//!   (e) tools/list over 50 servers x 20 tools
+//!   (e) cached tools/list and resources/list over 50 servers x 20 items, without and with
+//!       client rules (bench/load/catalog.rs; BENCH_BASELINE_BIN compares with another build)
 //!   peers: ContextForge -> echo upstream (compare with b); supergateway -> fixture over stdio
 //!   (compare with c, process)
 //!   memory: gateway RSS with 1,000 open sessions
@@ -25,8 +26,10 @@
 //! rows show it at saturation, where on a small machine it is mostly queueing for the CPU.
 //!
 //! Knobs (environment): BENCH_SESSIONS=32 BENCH_CALLS=2000 (per session) BENCH_PEER_CALLS=100
-//! BENCH_RSS_SESSIONS=1000 BENCH_CF_WORKERS=2 BENCH_PACED_RATE=8000.
+//! BENCH_RSS_SESSIONS=1000 BENCH_CF_WORKERS=2 BENCH_PACED_RATE=8000; BENCH_BASELINE_BIN=PATH
+//! (catalog rows against another build too, see bench/load/catalog.rs).
 
+mod catalog;
 #[path = "../../tests/common/mod.rs"]
 mod common;
 mod dns;
@@ -178,20 +181,13 @@ fn remote_policy(echo: &str, audit: &str) -> String {
         .next()
         .unwrap_or("0");
     format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\n{audit}\n\n[servers.echo]\nruntime = \"remote\"\nurl = \"{echo}\"\negress = {{ allow = [\"127.0.0.1/32:{port}\"] }}\n"
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\n{audit}\n\n[servers.echo]\nruntime = \"remote\"\nurl = \"{echo}\"\negress = {{ allow = [\"127.0.0.1/32:{port}\"] }}\n{ONE_CLIENT_MANY_SESSIONS}"
     )
 }
 
-fn catalog_policy(servers: usize, tools: usize) -> String {
-    let mut p = "[gateway]\nlisten = \"127.0.0.1:0\"\nnaming = \"prefix\"\npage_size = 10000\n\n[audit]\nenabled = false\n".to_owned();
-    for i in 0..servers {
-        p.push_str(&format!(
-            "\n[servers.s{i:02}]\nruntime = \"process\"\ncommand = \"{}\"\nargs = [\"--stdio\", \"--tools\", \"{tools}\"]\n",
-            procs::echo_bin().display()
-        ));
-    }
-    p
-}
+/// The load generator is one (anonymous) client holding up to `BENCH_RSS_SESSIONS` sessions,
+/// opened as fast as it can: lift its session quota and creation rate.
+const ONE_CLIENT_MANY_SESSIONS: &str = "\n[clients.anonymous]\nmax_sessions = 5000\nsession_rate = { quota = \"100000/s\", burst = 100000 }\n";
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
@@ -313,9 +309,9 @@ async fn run() -> Result<(), String> {
 
     // (c) stdio upstream: our fixture server as a child process, and in the shared container.
     if wanted("c") {
-        let gw = gateway(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{fixture}\"\n",
-        );
+        let gw = gateway(&format!(
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n{ONE_CLIENT_MANY_SESSIONS}",
+        ));
         let label = "Portcullis -> fixture (process, stdio)";
         rows.extend(through(&gw, None, "c", label, Work::Call("echo".into()), &both).await?);
     }
@@ -324,7 +320,7 @@ async fn run() -> Result<(), String> {
         let audit_dir =
             tempfile::tempdir_in(common::repo_root().join("bench")).map_err(|e| e.to_string())?;
         let gw = gateway(&format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\ndir = \"{}\"\nfsync = \"group\"\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n",
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\ndir = \"{}\"\nfsync = \"group\"\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n{ONE_CLIENT_MANY_SESSIONS}",
             audit_dir.path().join("log").display()
         ));
         let label = "Portcullis -> fixture (process, stdio), audit fsync=group";
@@ -340,16 +336,14 @@ async fn run() -> Result<(), String> {
         }
     }
 
-    // (e) tools/list over 50 servers x 20 tools.
+    // (e) cached tools/list and resources/list over 50 servers x 20 items.
     if wanted("e") {
-        let gw = gateway(&catalog_policy(50, 20));
         let plan = Plan {
             calls: (calls / 10).max(20),
             warmup: 5,
             ..heavy
         };
-        let label = "Portcullis tools/list, 50 servers x 20 tools";
-        rows.extend(through(&gw, None, "e", label, Work::List, &[("", plan)]).await?);
+        rows.extend(catalog::run(plan, &mut notes).await?);
     }
 
     // DNS: the resolver's cache and budget, and a neighbour under a DNS flood.
@@ -502,7 +496,7 @@ async fn docker_scenario(plans: &[(&str, Plan)]) -> Result<Vec<Row>, String> {
         return Err("Docker is not usable (see the message above)".to_owned());
     };
     let policy = format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"docker\"\nimage = \"{}\"\nlifecycle = \"shared\"\nlimits = {{ memory = \"64m\", pids = 32 }}\n",
+        "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"docker\"\nimage = \"{}\"\nlifecycle = \"shared\"\nlimits = {{ memory = \"64m\", pids = 32 }}\n{ONE_CLIENT_MANY_SESSIONS}",
         common::docker::FIXTURE_IMAGE
     );
     let gw = common::Gateway::start_with(

@@ -3,21 +3,23 @@
 //! Quotas: `clients.NAME.rate` bounds one client across everything; `servers.NAME.rate` and
 //! `servers.NAME.tool_rates` bound each client separately at that server or tool, so one client
 //! cannot use up another's share. Per-client limiters are keyed by client name and swept of idle
-//! keys, so memory stays bounded whoever connects.
+//! keys, so memory stays bounded whoever connects. A server's `max_in_flight` slots are shared
+//! fairly between clients ([`super::fair_slots`]): queues, their bound and timeout are per client.
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLimiter};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::fair_slots::{FairSlots, SlotPermit, Wait};
+use super::session_quotas::{SessionLimit, SessionTable};
 use crate::policy::{Policy, Rate};
 
-/// Waiting calls allowed per in-flight slot before new ones are refused at once.
+/// Waiting calls allowed per in-flight slot, for each client, before its new ones are refused
+/// at once.
 const QUEUE_PER_SLOT: usize = 4;
 
 #[derive(Debug, Clone, PartialEq)]
@@ -29,39 +31,48 @@ pub struct Limited {
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum Busy {
-    #[error("server `{server}` already has {max} calls in flight and {queued} waiting; try again shortly")]
+    #[error("server `{server}` has all {max} call slots (max_in_flight) busy and {queued} calls of client `{client}` already waiting, the most one client may queue; try again shortly")]
     QueueFull {
         server: String,
+        client: String,
         max: u32,
         queued: usize,
     },
-    #[error("server `{server}` had no free call slot within {}s", .waited.as_secs_f32())]
-    Timeout { server: String, waited: Duration },
-}
-
-struct Slots {
-    sem: Arc<Semaphore>,
-    max: u32,
-    waiting: AtomicUsize,
-    timeout: Duration,
+    #[error("server `{server}` had no free call slot for client `{client}` within {}s (queue_timeout)", .waited.as_secs_f32())]
+    Timeout {
+        server: String,
+        client: String,
+        waited: Duration,
+    },
 }
 
 /// A limiter together with the quota it was built from, so a reload can tell whether to keep it.
-struct Kept<L> {
-    rate: Rate,
-    limiter: Arc<L>,
+pub(super) struct Kept<L> {
+    pub rate: Rate,
+    pub limiter: Arc<L>,
+}
+
+impl<L> Clone for Kept<L> {
+    fn clone(&self) -> Self {
+        Kept {
+            rate: self.rate,
+            limiter: self.limiter.clone(),
+        }
+    }
 }
 
 type Direct = Kept<DefaultDirectRateLimiter>;
 type Keyed = Kept<DefaultKeyedRateLimiter<String>>;
 
 /// The quotas and caps of one policy.
-#[derive(Default)]
 struct Table {
     clients: HashMap<String, Direct>,
     servers: HashMap<String, Keyed>,
     tools: HashMap<(String, String), Keyed>,
-    slots: HashMap<String, Arc<Slots>>,
+    slots: HashMap<String, Arc<FairSlots>>,
+    /// `clients.NAME.weight`, where set.
+    weights: HashMap<String, u32>,
+    sessions: SessionTable,
 }
 
 pub struct Limits {
@@ -79,7 +90,7 @@ pub(crate) fn quota(r: &Rate) -> Option<Quota> {
 
 /// The limiter for `rate`: the previous one when its quota is unchanged (so a reload does not
 /// hand everyone a fresh burst), otherwise a new one.
-fn kept<K: Eq + std::hash::Hash, L>(
+pub(super) fn kept<K: Eq + std::hash::Hash, L>(
     previous: Option<&HashMap<K, Kept<L>>>,
     key: &K,
     rate: &Rate,
@@ -102,8 +113,18 @@ fn kept<K: Eq + std::hash::Hash, L>(
 
 impl Table {
     fn build(policy: &Policy, previous: Option<&Table>) -> Table {
-        let mut t = Table::default();
+        let mut t = Table {
+            clients: HashMap::new(),
+            servers: HashMap::new(),
+            tools: HashMap::new(),
+            slots: HashMap::new(),
+            weights: HashMap::new(),
+            sessions: SessionTable::build(policy, previous.map(|p| &p.sessions)),
+        };
         for (name, c) in &policy.clients {
+            if let Some(w) = c.weight {
+                t.weights.insert(name.clone(), w);
+            }
             if let Some(r) = &c.rate {
                 let prev = previous.map(|p| &p.clients);
                 if let Some(k) = kept(prev, name, r, RateLimiter::direct) {
@@ -129,14 +150,14 @@ impl Table {
                 let same = previous
                     .and_then(|p| p.slots.get(name))
                     .filter(|o| o.max == max && o.timeout == s.queue_timeout);
-                // A changed cap starts a new semaphore; calls holding the old one finish on it.
+                // A changed cap starts new slots; calls holding the old ones finish on them.
                 let slots = same.cloned().unwrap_or_else(|| {
-                    Arc::new(Slots {
-                        sem: Arc::new(Semaphore::new(max as usize)),
+                    Arc::new(FairSlots::new(
+                        name,
                         max,
-                        waiting: AtomicUsize::new(0),
-                        timeout: s.queue_timeout,
-                    })
+                        s.queue_timeout,
+                        max as usize * QUEUE_PER_SLOT,
+                    ))
                 });
                 t.slots.insert(name.clone(), slots);
             }
@@ -207,27 +228,36 @@ impl Limits {
         }
     }
 
-    /// Waits for a call slot at `server` (when it has a cap), within the bounded queue.
-    pub async fn slot(&self, server: &str) -> Result<Option<OwnedSemaphorePermit>, Busy> {
-        let Some(s) = self.table().slots.get(server).cloned() else {
+    /// How many sessions `client` may hold open at once.
+    pub fn session_limit(&self, client: &str) -> SessionLimit {
+        self.table().sessions.limit(client)
+    }
+
+    /// Takes one session from `client`'s creation rate (`session_rate`).
+    pub fn check_session_rate(&self, client: &str) -> Result<(), Limited> {
+        self.table().sessions.check_rate(client, self.clock.now())
+    }
+
+    /// Waits for a call slot at `server` (when it has a cap) for a call of `client`, in that
+    /// client's bounded queue.
+    pub async fn slot(&self, server: &str, client: &str) -> Result<Option<SlotPermit>, Busy> {
+        let t = self.table();
+        let Some(s) = t.slots.get(server).cloned() else {
             return Ok(None);
         };
-        if let Ok(p) = s.sem.clone().try_acquire_owned() {
-            return Ok(Some(p));
-        }
-        let queued = s.waiting.fetch_add(1, Ordering::AcqRel);
-        let _leave = Leave(&s.waiting);
-        if queued >= s.max as usize * QUEUE_PER_SLOT {
-            return Err(Busy::QueueFull {
+        let weight = t.weights.get(client).copied().unwrap_or(1);
+        drop(t);
+        match s.acquire(client, weight).await {
+            Ok(p) => Ok(Some(p)),
+            Err(Wait::QueueFull { queued }) => Err(Busy::QueueFull {
                 server: server.to_owned(),
+                client: client.to_owned(),
                 max: s.max,
                 queued,
-            });
-        }
-        match tokio::time::timeout(s.timeout, s.sem.clone().acquire_owned()).await {
-            Ok(Ok(p)) => Ok(Some(p)),
-            _ => Err(Busy::Timeout {
+            }),
+            Err(Wait::Timeout) => Err(Busy::Timeout {
                 server: server.to_owned(),
+                client: client.to_owned(),
                 waited: s.timeout,
             }),
         }
@@ -240,14 +270,6 @@ impl Limits {
             l.limiter.retain_recent();
             l.limiter.shrink_to_fit();
         }
-    }
-}
-
-struct Leave<'a>(&'a AtomicUsize);
-
-impl Drop for Leave<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -283,12 +305,12 @@ mod tests {
             "[servers.s]\nruntime = \"process\"\ncommand = \"x\"\nmax_in_flight = 1\nqueue_timeout = \"50ms\"\n",
         );
         let l = Limits::from_policy(&p);
-        let held = l.slot("s").await.unwrap();
+        let held = l.slot("s", "a").await.unwrap();
         assert!(held.is_some());
-        assert!(matches!(l.slot("s").await, Err(Busy::Timeout { .. })));
+        assert!(matches!(l.slot("s", "a").await, Err(Busy::Timeout { .. })));
         drop(held);
-        assert!(l.slot("s").await.unwrap().is_some());
-        assert!(l.slot("other").await.unwrap().is_none());
+        assert!(l.slot("s", "a").await.unwrap().is_some());
+        assert!(l.slot("other", "a").await.unwrap().is_none());
     }
 
     #[test]

@@ -1,10 +1,42 @@
-//! Who may call what, and how often: client authentication (token hashes, JWT), per-client
-//! tool authorization, rate limits and concurrency caps. A policy reload replaces all of them at
-//! once ([`Access::replace`]).
+//! Who may call what, and how often: client authentication (token hashes, JWT), the access
+//! decision, rate limits and concurrency caps.
+//!
+//! # The access decision
+//!
+//! Everything that reaches a server is one [`Target`]: a capability kind (tool, prompt,
+//! resource, resource template, completion, subscription) carrying the server and the item.
+//! [`Access::decide`] answers for a client under the policy in force now: a [`Permit`], or a
+//! [`Denied`] naming the client, the item and the policy keys. [`Access::admit`] adds the
+//! quotas: the client's `rate`, the server's `rate` (per client), and for a tool call the
+//! tool's `tool_rates` entry, each taking one request.
+//!
+//! The contract the router keeps:
+//! - every request it forwards is admitted first, and forwarding takes the [`Permit`] by value
+//!   (only this module makes them), so a method forwarded without a decision does not compile;
+//! - every list entry it shows and every notification about an item it relays passes
+//!   [`Rules::allows`] with the same [`Target`] the request for that item would have;
+//! - rules are looked up per request ([`Access::rules`]), never fixed when a session opens, so
+//!   a reload that takes a grant away applies at once to open sessions.
+//!
+//! Rules are compiled once per policy ([`rules`]), so a decision is a few byte comparisons and
+//! list filtering costs nothing measurable.
+//!
+//! # Extending it
+//!
+//! A new kind of request gets a [`Target`] variant; the exhaustive matches here then make the
+//! build fail until its item and refusal text are named. What later revisions add fits as:
+//! a `subscriptions/listen` filter is one decision per item it names (and its notifications
+//! pass the same filter as today's); a task handle is decided as the target of the request that
+//! created it, plus ownership by the client; a multi-round-trip retry is decided afresh as its
+//! original request. Conditions on arguments or human approval extend [`Decision`] and the
+//! compiled rules, not the router.
 
+mod decision;
+pub mod fair_slots;
 pub mod jwt;
 pub mod limits;
 pub mod rules;
+pub mod session_quotas;
 pub mod token;
 
 use std::collections::HashMap;
@@ -13,10 +45,12 @@ use std::sync::{Arc, RwLock};
 use http::HeaderMap;
 
 use crate::policy::Policy;
+pub use decision::{Completed, Decision, Denied, Permit, Target};
 pub use limits::{Busy, Limited, Limits};
-pub use rules::ToolRules;
+pub use rules::Rules;
+pub use session_quotas::SessionLimit;
 
-/// An authenticated (or, with auth off, anonymous) caller. What the client may call is looked
+/// An authenticated (or, with auth off, anonymous) caller. What the client may use is looked
 /// up in the policy in force at the time of each request ([`Access::rules`]), not fixed when
 /// its session opened, so that a reload applies to open sessions too.
 #[derive(Debug, Clone)]
@@ -40,6 +74,15 @@ pub struct Unauthorized {
     pub error: &'static str,
 }
 
+/// Why [`Access::admit`] refused a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refused {
+    /// The rules do not grant the target.
+    Forbidden(Denied),
+    /// A quota is used up.
+    Limited(Limited),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum AccessError {
     #[error(transparent)]
@@ -54,8 +97,8 @@ pub struct Clients {
     tokens: Vec<([u8; 64], Identity)>,
     jwt: Option<jwt::JwtVerifier>,
     jwt_clients: HashMap<String, Identity>,
-    /// Tool rules by client name (with `anonymous` when authentication is off).
-    rules: HashMap<Arc<str>, Arc<ToolRules>>,
+    /// Compiled rules by client name (with `anonymous` when authentication is off).
+    rules: HashMap<Arc<str>, Arc<Rules>>,
     resource: Option<String>,
     authorization_servers: Vec<String>,
 }
@@ -70,7 +113,7 @@ impl Clients {
             let id = Identity {
                 client: Arc::from(name.as_str()),
             };
-            rules.insert(id.client.clone(), Arc::new(ToolRules::for_client(c)));
+            rules.insert(id.client.clone(), Arc::new(Rules::for_client(c)));
             if let Some(h) = &c.token_sha256 {
                 let mut buf = [0u8; 64];
                 if h.len() == 64 {
@@ -89,14 +132,14 @@ impl Clients {
             .map(jwt::JwtVerifier::new)
             .transpose()?;
         let required = policy.requires_auth();
-        // With authentication off, a `[clients.anonymous]` entry (if any) still scopes tools.
+        // With authentication off, a `[clients.anonymous]` entry (if any) still scopes access.
         let anonymous = Identity {
             client: Arc::from("anonymous"),
         };
         if !required {
             rules
                 .entry(anonymous.client.clone())
-                .or_insert_with(|| Arc::new(ToolRules::default()));
+                .or_insert_with(|| Arc::new(Rules::default()));
         }
         Ok(Clients {
             required,
@@ -111,16 +154,17 @@ impl Clients {
     }
 
     /// What `client` may call. A client the policy no longer names may call nothing.
-    pub fn rules(&self, client: &str) -> Arc<ToolRules> {
+    pub fn rules(&self, client: &str) -> Arc<Rules> {
         self.rules
             .get(client)
             .cloned()
-            .unwrap_or_else(|| Arc::new(ToolRules::nothing()))
+            .unwrap_or_else(|| Arc::new(Rules::nothing()))
     }
 }
 
 pub struct Access {
     clients: RwLock<Arc<Clients>>,
+    /// Call rates, call slots, and how many sessions each client may hold and open.
     pub limits: Limits,
 }
 
@@ -140,9 +184,30 @@ impl Access {
         }
     }
 
-    /// What `client` may call under the policy in force now.
-    pub fn rules(&self, client: &str) -> Arc<ToolRules> {
+    /// What `client` may use under the policy in force now.
+    pub fn rules(&self, client: &str) -> Arc<Rules> {
         self.clients().rules(client)
+    }
+
+    /// The access decision: may `identity` reach `target` under the policy in force now?
+    pub fn decide(&self, identity: &Identity, target: &Target) -> Decision {
+        self.rules(&identity.client)
+            .decide(&identity.client, target)
+    }
+
+    /// The decision, then every quota that applies to `target` (the tool's, the server's, the
+    /// client's, most specific first), each taking one request. A request the rules refuse
+    /// takes nothing from any quota.
+    pub fn admit(&self, identity: &Identity, target: &Target) -> Result<Permit, Refused> {
+        match self.decide(identity, target) {
+            Decision::Deny(d) => Err(Refused::Forbidden(d)),
+            Decision::Allow(permit) => {
+                self.limits
+                    .check(&identity.client, target.server(), target.tool())
+                    .map_err(Refused::Limited)?;
+                Ok(permit)
+            }
+        }
     }
 
     /// Puts a reloaded policy's clients, rules and quotas in force; requests from here on see

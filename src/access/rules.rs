@@ -1,40 +1,132 @@
-//! Per-client tool authorization on canonical `server__tool` names.
+//! A client's `allow`/`deny` patterns, compiled once per policy, and the question they answer:
+//! may this client use item `item` of server `server`?
+//!
+//! Every capability kind is named the same way, `server__item`: a tool or prompt by its name
+//! on its server (`time__get_current_time`), a resource by its URI (`fs__file:///docs/a.md`), a
+//! resource template by its URI template (`fs__file:///docs/{name}`). `*` matches any run of
+//! characters, `/` and `__` included. The part of a pattern before its first `__`, when it is a
+//! server name (letters, digits, `-`, `*`), matches the server alone and the rest matches the
+//! item alone, so `a__*` never reaches into server `a-b`; a pattern without `__` (`*`, `git*`)
+//! matches the whole `server__item`. Deny wins; an empty allow list allows what is not denied.
 
-use crate::policy::{glob_match, Client};
+use crate::policy::glob::{self, Joined};
+use crate::policy::Client;
 
-#[derive(Debug, Clone, Default)]
-pub struct ToolRules {
-    allow: Vec<String>,
-    deny: Vec<String>,
+/// A compiled `*` glob.
+#[derive(Debug, Clone, PartialEq)]
+enum Glob {
+    Any,
+    Exact(Box<str>),
+    Prefix(Box<str>),
+    Suffix(Box<str>),
+    Contains(Box<str>),
+    General(Box<[u8]>),
 }
 
-impl ToolRules {
-    pub fn for_client(c: &Client) -> ToolRules {
-        ToolRules {
-            allow: c.allow.clone(),
-            deny: c.deny.clone(),
+impl Glob {
+    fn compile(pattern: &str) -> Glob {
+        let stars = pattern.bytes().filter(|&b| b == b'*').count();
+        let (first, last) = (pattern.starts_with('*'), pattern.ends_with('*'));
+        let inner = || pattern[1..pattern.len() - 1].into();
+        match stars {
+            0 => Glob::Exact(pattern.into()),
+            _ if stars == pattern.len() => Glob::Any,
+            1 if last => Glob::Prefix(pattern[..pattern.len() - 1].into()),
+            1 if first => Glob::Suffix(pattern[1..].into()),
+            2 if first && last => Glob::Contains(inner()),
+            _ => Glob::General(pattern.as_bytes().into()),
+        }
+    }
+
+    fn matches(&self, text: &str) -> bool {
+        match self {
+            Glob::Any => true,
+            Glob::Exact(e) => **e == *text,
+            Glob::Prefix(p) => text.starts_with(&**p),
+            Glob::Suffix(s) => text.ends_with(&**s),
+            Glob::Contains(c) => text.contains(&**c),
+            Glob::General(p) => glob::matches(p, &Joined::one(text.as_bytes())),
+        }
+    }
+}
+
+/// One `allow`/`deny` entry.
+#[derive(Debug, Clone, PartialEq)]
+enum Pattern {
+    /// `server__item`: each part matched on its own.
+    Split {
+        server: Glob,
+        item: Glob,
+    },
+    /// No server part: matched against the whole `server__item`.
+    Whole(Box<[u8]>),
+    AnyName,
+}
+
+impl Pattern {
+    fn compile(pattern: &str) -> Pattern {
+        if let Some((server, item)) = pattern.split_once("__") {
+            let server_glob = !server.is_empty()
+                && server
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'*');
+            if server_glob {
+                return Pattern::Split {
+                    server: Glob::compile(server),
+                    item: Glob::compile(item),
+                };
+            }
+        }
+        if pattern.bytes().all(|b| b == b'*') {
+            return Pattern::AnyName;
+        }
+        Pattern::Whole(pattern.as_bytes().into())
+    }
+
+    fn matches(&self, server: &str, item: &str) -> bool {
+        match self {
+            Pattern::Split { server: s, item: i } => s.matches(server) && i.matches(item),
+            Pattern::Whole(p) => glob::matches(p, &Joined::name(server, item)),
+            Pattern::AnyName => true,
+        }
+    }
+}
+
+/// One client's rules, compiled. Cheap to ask: a list of a thousand entries is filtered with
+/// a few byte comparisons per entry and pattern, and nothing is allocated.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Rules {
+    allow: Vec<Pattern>,
+    deny: Vec<Pattern>,
+}
+
+impl Rules {
+    pub fn for_client(c: &Client) -> Rules {
+        Rules::compile(&c.allow, &c.deny)
+    }
+
+    pub fn compile(allow: &[String], deny: &[String]) -> Rules {
+        Rules {
+            allow: allow.iter().map(|p| Pattern::compile(p)).collect(),
+            deny: deny.iter().map(|p| Pattern::compile(p)).collect(),
         }
     }
 
     /// Rules that permit nothing: for a client the policy no longer names.
-    pub fn nothing() -> ToolRules {
-        ToolRules {
+    pub fn nothing() -> Rules {
+        Rules {
             allow: Vec::new(),
-            deny: vec!["*".to_owned()],
+            deny: vec![Pattern::AnyName],
         }
     }
 
-    /// Whether tool `tool` of `server` may be listed and called. Deny wins; an empty allow
-    /// list allows everything not denied.
-    pub fn permits(&self, server: &str, tool: &str) -> bool {
-        if self.allow.is_empty() && self.deny.is_empty() {
-            return true;
-        }
-        let name = format!("{server}__{tool}");
-        if self.deny.iter().any(|p| glob_match(p, &name)) {
+    /// Whether item `item` of `server` is granted. Deny wins; an empty allow list allows
+    /// everything not denied.
+    pub fn permits(&self, server: &str, item: &str) -> bool {
+        if self.deny.iter().any(|p| p.matches(server, item)) {
             return false;
         }
-        self.allow.is_empty() || self.allow.iter().any(|p| glob_match(p, &name))
+        self.allow.is_empty() || self.allow.iter().any(|p| p.matches(server, item))
     }
 
     pub fn is_unrestricted(&self) -> bool {
@@ -46,17 +138,100 @@ impl ToolRules {
 mod tests {
     use super::*;
 
+    fn rules(allow: &[&str], deny: &[&str]) -> Rules {
+        let s = |v: &[&str]| v.iter().map(|p| p.to_string()).collect::<Vec<_>>();
+        Rules::compile(&s(allow), &s(deny))
+    }
+
     #[test]
     fn deny_wins_and_allow_restricts() {
-        let r = ToolRules {
-            allow: vec!["time__*".into(), "git__git_status".into()],
-            deny: vec!["time__convert*".into()],
-        };
+        let r = rules(&["time__*", "git__git_status"], &["time__convert*"]);
         assert!(r.permits("time", "get_current_time"));
         assert!(!r.permits("time", "convert_time"));
         assert!(r.permits("git", "git_status"));
         assert!(!r.permits("git", "git_commit"));
-        assert!(ToolRules::default().permits("any", "thing"));
-        assert!(!ToolRules::nothing().permits("any", "thing"));
+        assert!(Rules::default().permits("any", "thing"));
+        assert!(!Rules::nothing().permits("any", "thing"));
+    }
+
+    #[test]
+    fn uri_patterns_grant_exactly_their_resources() {
+        let r = rules(&["fs__file:///workspace/docs/*"], &["fs__*.key"]);
+        assert!(r.permits("fs", "file:///workspace/docs/a.md"));
+        assert!(
+            r.permits("fs", "file:///workspace/docs/{name}"),
+            "the template"
+        );
+        assert!(!r.permits("fs", "file:///workspace/src/main.rs"));
+        assert!(!r.permits("fs", "file:///workspace/docs/tls.key"));
+        assert!(!r.permits("fs2", "file:///workspace/docs/a.md"));
+    }
+
+    #[test]
+    fn the_server_part_matches_the_server_alone() {
+        let r = rules(&["a__*"], &[]);
+        assert!(r.permits("a", "x__y"));
+        assert!(!r.permits("a-b", "x"));
+        assert!(!r.permits("ab", "x"));
+        let r = rules(&["*__read*"], &[]);
+        assert!(r.permits("fs", "read_file"));
+        assert!(!r.permits("fs", "write_file"));
+        let r = rules(&["e*__x"], &[]);
+        assert!(r.permits("ev", "x"));
+        assert!(!r.permits("ev", "y__x"), "the item is matched on its own");
+    }
+
+    #[test]
+    fn patterns_without_a_server_part_match_the_whole_name() {
+        let r = rules(&["git*"], &[]);
+        assert!(r.permits("git", "status"));
+        assert!(r.permits("github", "issues"));
+        assert!(!r.permits("time", "now"));
+        let r = rules(&["*_status"], &[]);
+        assert!(r.permits("git", "git_status"));
+        assert!(!r.permits("git", "git_log"));
+        let r = rules(&["*"], &[]);
+        assert!(r.permits("x", "demo://anything"));
+        let r = rules(&["g*t__status"], &[]);
+        assert!(r.permits("git", "status"));
+    }
+
+    #[test]
+    fn compiled_globs_agree_with_the_policy_glob() {
+        let names = [
+            ("git", "git_status"),
+            ("ev", "demo://resource/static/document/a.md"),
+            ("ev", "demo://resource/dynamic/text/{resourceId}"),
+            ("time", "get_current_time"),
+            ("a", "b__c"),
+            ("x", ""),
+        ];
+        let patterns = [
+            "*",
+            "**",
+            "git__*",
+            "*__*",
+            "ev__demo://*",
+            "ev__*.md",
+            "*time*",
+            "ev__*dynamic*",
+            "a__b__c",
+            "a__b*",
+            "x__",
+            "*__git_*",
+            "ev__demo://resource/*/text/*",
+            "t*__*_time",
+        ];
+        for p in patterns {
+            let compiled = Pattern::compile(p);
+            for (s, i) in names {
+                let whole = format!("{s}__{i}");
+                assert_eq!(
+                    compiled.matches(s, i),
+                    crate::policy::glob_match(p, &whole),
+                    "pattern {p} on {whole}"
+                );
+            }
+        }
     }
 }

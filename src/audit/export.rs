@@ -41,9 +41,10 @@ pub fn each_record(
     Ok(())
 }
 
-/// ArcSight CEF:0. Severity: 7 for tamper/recovery, 5 for denials and errors, 3 otherwise.
+/// ArcSight CEF:0. Severity: 7 for tamper/recovery, 5 for denials, errors and unstable
+/// catalogs, 3 otherwise.
 /// Extension keys: `rt` (ms since epoch), `externalId` (`log_id:seq`, the dedupe key), `suser`
-/// (client), `outcome`, `msg` (detail), and labelled custom strings cs1=server, cs2=tool,
+/// (client), `outcome`, `msg` (detail), and labelled custom strings cs1=server, cs2=tool (or item),
 /// cs3=session, cs4=method, cs5=args_sha256, cs6=prev; cn1=latency_us; `in`/`out` bytes.
 pub fn to_cef(v: &Value) -> String {
     let s = |k: &str| v.get(k).and_then(Value::as_str).unwrap_or_default();
@@ -51,7 +52,7 @@ pub fn to_cef(v: &Value) -> String {
     let outcome = s("outcome");
     let severity = match kind {
         "tamper" | "recovery" => 7,
-        "denied" | "egress_denied" => 5,
+        "denied" | "egress_denied" | "catalog_unstable" => 5,
         _ if !outcome.is_empty() && outcome != "ok" => 5,
         _ => 3,
     };
@@ -69,9 +70,11 @@ pub fn to_cef(v: &Value) -> String {
     add("suser", s("client"));
     add("outcome", outcome);
     add("msg", s("detail"));
+    // CEF has six custom strings: a record names a tool or another item, never both.
+    let what = if s("tool").is_empty() { "item" } else { "tool" };
     for (i, (label, key)) in [
         ("server", "server"),
-        ("tool", "tool"),
+        (what, what),
         ("session", "session"),
         ("method", "method"),
         ("args_sha256", "args_sha256"),

@@ -26,7 +26,7 @@
 //! | `seq` | 0, 1, 2, ... across all segments, no gaps |
 //! | `ts` | RFC 3339 UTC with milliseconds, `2026-11-24T16:53:51.123Z` (writer's clock; not used for ordering) |
 //! | `prev` | hex SHA-256 of the previous record's line (without `\n`); 64 zeros for `seq` 0 |
-//! | `kind` | `call`, `result`, `denied`, `egress_denied`, `policy_load`, `policy_reload`, `container_start`, `container_stop`, `firewall`, `tamper`, `gateway_start`, `gateway_stop`, and, written by the log itself, `segment_start`, `checkpoint`, `key_rotation`, `recovery` |
+//! | `kind` | `call`, `result`, `denied`, `egress_denied`, `policy_load`, `policy_reload`, `container_start`, `container_stop`, `firewall`, `tamper`, `gateway_start`, `gateway_stop`, `catalog_unstable`, and, written by the log itself, `segment_start`, `checkpoint`, `key_rotation`, `recovery` |
 //!
 //! Optional event fields ([`AuditEvent`]): `client`, `session`, `server`, `image_digest`,
 //! `container`, `method`, `tool`, `args_sha256` (hex SHA-256 of the raw argument JSON),
@@ -34,6 +34,9 @@
 //! redactor installed), `outcome` (`ok`, `error` + `error_code`, `denied_auth`, `rate_limited`,
 //! `egress_denied`, `rejected` for a refused policy reload), `latency_us`, `bytes_in`,
 //! `bytes_out`, `detail` (redacted).
+//!
+//! `catalog_unstable` (a server sent more list changes than `unstable_list_changes` within
+//! `unstable_window`) has `server` and `detail` = JSON `{"count", "lists", "limit", "window_ms"}`.
 //!
 //! Log-written records: `segment_start` (`segment` = its file name, `prev_segment`) is the first
 //! record of every segment; `checkpoint` (`tree_size`, `root`, `key_id`, `sig`) covers records

@@ -22,6 +22,7 @@ pub enum Kind {
     Tamper,
     GatewayStart,
     GatewayStop,
+    CatalogUnstable,
     /// Log only.
     Recovery,
     /// Log only.
@@ -48,6 +49,7 @@ impl Kind {
         Kind::Tamper,
         Kind::GatewayStart,
         Kind::GatewayStop,
+        Kind::CatalogUnstable,
         Kind::Recovery,
         Kind::Checkpoint,
         Kind::SegmentStart,
@@ -69,6 +71,7 @@ impl Kind {
             Kind::Tamper => "tamper",
             Kind::GatewayStart => "gateway_start",
             Kind::GatewayStop => "gateway_stop",
+            Kind::CatalogUnstable => "catalog_unstable",
             Kind::Recovery => "recovery",
             Kind::Checkpoint => "checkpoint",
             Kind::SegmentStart => "segment_start",
@@ -104,6 +107,9 @@ pub enum Outcome {
     EgressDenied,
     /// A request to change the gateway (a policy reload) that was refused.
     Rejected,
+    /// The answer was over `max_message_bytes` and the caller got an error instead;
+    /// `bytes_out` is the answer's size (or the limit, when reading stopped at it).
+    TooLarge,
 }
 
 impl Outcome {
@@ -115,6 +121,7 @@ impl Outcome {
             Outcome::RateLimited => "rate_limited",
             Outcome::EgressDenied => "egress_denied",
             Outcome::Rejected => "rejected",
+            Outcome::TooLarge => "too_large",
         }
     }
 }
@@ -159,6 +166,8 @@ pub struct AuditEvent {
     pub container: Option<String>,
     pub method: Option<String>,
     pub tool: Option<String>,
+    /// What a request other than a tool call reached: a prompt name, resource URI or template.
+    pub item: Option<String>,
     pub args_sha256: Option<String>,
     /// The raw arguments; written (redacted, as a JSON text string) only when the policy sets
     /// `record_arguments = true`, and never held in the record otherwise.
@@ -196,6 +205,7 @@ impl AuditEvent {
             container: None,
             method: None,
             tool: None,
+            item: None,
             args_sha256: None,
             args: None,
             outcome: None,
@@ -213,6 +223,7 @@ impl AuditEvent {
     setter!(container, String);
     setter!(method, String);
     setter!(tool, String);
+    setter!(item, String);
     setter!(outcome, Outcome);
     setter!(latency_us, u64);
     setter!(bytes_in, u64);
@@ -248,6 +259,7 @@ impl AuditEvent {
             ("container", self.container),
             ("method", self.method),
             ("tool", self.tool),
+            ("item", self.item),
             ("args_sha256", self.args_sha256),
         ];
         for (k, v) in strs {

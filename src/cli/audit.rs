@@ -404,7 +404,7 @@ fn pretty(v: &Value) -> String {
         v.get("seq").and_then(Value::as_u64).unwrap_or(0),
         s("kind")
     );
-    for k in ["client", "server", "tool", "method", "outcome"] {
+    for k in ["client", "server", "tool", "item", "method", "outcome"] {
         if !s(k).is_empty() {
             line.push_str(&format!(" {k}={}", s(k)));
         }

@@ -1,10 +1,12 @@
 //! `portcullis doctor`: checks that what a policy needs is present on this machine, and says how
 //! to fix what is not. Each check is a function returning `Finding`s (the policy here, Docker
-//! below, nftables and the audit directory in their own modules), so new ones slot in without
-//! touching the others.
+//! below, who may change the policy, servers, nftables, the audit directory and what process
+//! servers can read in their own modules), so new ones slot in without touching the others.
 
 mod audit_dir;
 mod nftables;
+mod policy_trust;
+mod process_access;
 mod servers;
 
 use std::path::PathBuf;
@@ -21,6 +23,16 @@ pub struct DoctorArgs {
     /// Overrides [audit] dir from the policy, as `serve --audit-dir` does.
     #[arg(long, env = "PORTCULLIS_AUDIT_DIR")]
     pub audit_dir: Option<PathBuf>,
+    /// The gateway instance to check, as `serve --instance`.
+    #[arg(long, env = "PORTCULLIS_INSTANCE")]
+    pub instance: Option<String>,
+    /// Overrides [gateway] state_dir, as `serve --state-dir` does (where the signed serial in
+    /// force is recorded).
+    #[arg(long, env = "PORTCULLIS_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Who may change the policy, as `serve` is told.
+    #[command(flatten)]
+    pub gate: super::policy_gate::PolicyGateArgs,
     /// Also start every server once, as the gateway would, and report its `initialize` answer
     /// or why it failed (with the tail of its stderr). Stops them again.
     #[arg(long)]
@@ -75,18 +87,34 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
             if let Some(dir) = args.audit_dir {
                 policy.audit.dir = dir;
             }
+            if let Some(dir) = args.state_dir {
+                policy.set_state_dir(dir);
+            }
             let n = policy.servers.len();
             findings.push(Finding::ok(format!(
                 "policy {}: valid ({n} {})",
                 policy.origin,
                 if n == 1 { "server" } else { "servers" }
             )));
+            let trust = policy_trust::check(&args.gate, args.policy.as_deref(), &policy);
+            let trusted = !trust.iter().any(|f| f.status == Status::Fail);
+            findings.extend(trust);
             findings.extend(servers::check(&policy).await);
             findings.extend(docker(&policy).await);
-            findings.extend(nftables::check(&policy).await);
+            findings.extend(nftables::check(&policy, args.instance.as_deref()).await);
             findings.extend(audit_dir::check(&policy));
-            if args.start {
-                findings.extend(servers::start_each(&policy, &args.docker_scope).await);
+            findings.extend(process_access::check(&policy));
+            match (args.start, trusted) {
+                (true, true) => {
+                    findings.extend(servers::start_each(&policy, &args.docker_scope).await)
+                }
+                // A policy others could have written may name any command: not run.
+                (true, false) => findings.push(Finding::problem(
+                    Status::Fail,
+                    "--start: no server started, because the policy fails the rule on who may change it (above)",
+                    "fix that first; the gateway would refuse this policy too",
+                )),
+                (false, _) => {}
             }
         }
         Err(e) => findings.push(invalid_policy(&e)),

@@ -199,8 +199,7 @@ async fn handle(
         }
         EgressEvent::Restored { reason } => {
             tracing::warn!(%reason, "egress firewall was tampered with and has been restored");
-            let ev = AuditEvent::new(Kind::Tamper)
-                .detail(format!("{reason}; table inet portcullis restored"));
+            let ev = AuditEvent::new(Kind::Tamper).detail(format!("{reason}; table restored"));
             if let Err(e) = trail.record(ev).await {
                 tracing::error!(error = %e, "tamper record not written");
             }

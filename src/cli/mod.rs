@@ -7,7 +7,10 @@ pub mod doctor;
 pub mod egress_watch;
 pub mod firewall;
 pub mod health;
+pub mod instance;
 pub mod policy;
+pub mod policy_gate;
+pub mod policy_sign;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -58,9 +61,20 @@ pub enum Command {
 #[derive(Debug, Subcommand)]
 pub enum FirewallCommand {
     /// Print the rule set a policy would program, in `nft` syntax.
-    Plan { file: PathBuf },
-    /// Print the live `table inet portcullis` with pinned addresses and remaining timeouts.
-    Show,
+    Plan {
+        file: PathBuf,
+        /// The gateway instance to plan for (default: the policy's [gateway] instance, or the
+        /// one derived from its state directory, as `serve` does).
+        #[arg(long)]
+        instance: Option<String>,
+    },
+    /// Print an instance's live table (`inet portcullis_<instance>`) with pinned addresses and
+    /// remaining timeouts. Without --instance: the only Portcullis table of this network
+    /// namespace (several: they are listed).
+    Show {
+        #[arg(long, env = "PORTCULLIS_INSTANCE")]
+        instance: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -96,7 +110,27 @@ pub fn token_new(client: &str) -> std::process::ExitCode {
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
     /// Validate a policy file; errors are printed as FILE:LINE:COLUMN.
-    Check { file: PathBuf },
+    Check {
+        file: PathBuf,
+        /// Also verify FILE.sig against this key (64 hex digits or a `.pub` file), as a gateway
+        /// started with --policy-pubkey would.
+        #[arg(long, value_name = "KEY")]
+        pubkey: Option<String>,
+    },
+    /// Write an Ed25519 policy signing key: PATH (private, 0600) and PATH.pub (hex), the key
+    /// for `serve --policy-pubkey`.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Sign a policy file: writes FILE.sig, an Ed25519 signature over its exact bytes. The
+    /// policy must be valid and carry `[gateway] serial`.
+    Sign {
+        /// The private key from `portcullis policy keygen`.
+        #[arg(long)]
+        key: PathBuf,
+        file: PathBuf,
+    },
     /// Convert a Claude `.mcp.json` or a `servers.json` into a policy (printed to stdout).
     Import { file: PathBuf },
     /// Print the effective policy with every default filled in.

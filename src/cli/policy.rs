@@ -6,8 +6,19 @@ use std::path::Path;
 use std::process::ExitCode;
 
 /// Validates the policy at `path`: `PATH: ok (N servers: a, b)` on stdout, or every diagnostic on
-/// stderr and exit status 1.
-pub fn check(path: &Path) -> ExitCode {
+/// stderr and exit status 1. With `pubkey`, also verifies `PATH.sig` and the serial as a gateway
+/// started with `--policy-pubkey` would, and names the serial and key.
+pub fn check(path: &Path, pubkey: Option<&str>) -> ExitCode {
+    let signed = match pubkey {
+        None => None,
+        Some(key) => match verify_signature(path, key) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = writeln!(std::io::stderr().lock(), "{e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
     match policy::load(path) {
         Ok(p) => {
             let names: Vec<&str> = p.servers.keys().map(String::as_str).collect();
@@ -21,15 +32,34 @@ pub fn check(path: &Path) -> ExitCode {
             } else {
                 format!(": {}", names.join(", "))
             };
+            let signature = signed
+                .map(|s| format!(", signed: serial {} key {}", s.serial, s.key_id))
+                .unwrap_or_default();
             out(&format!(
-                "{}: ok ({} {noun}{list})\n",
+                "{}: ok ({} {noun}{list}){signature}\n",
                 path.display(),
                 names.len()
             ));
+            if let Some(w) = crate::egress::subnets::pool_warning(&p) {
+                out(&format!("{}: warning: {w}\n", path.display()));
+            }
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e),
     }
+}
+
+/// What a gateway in signed mode checks before it parses: the signature, then the serial.
+/// Ownership is the gateway's machine's business (`portcullis doctor`), not checked here.
+fn verify_signature(
+    path: &Path,
+    key: &str,
+) -> Result<Option<crate::reload::Signed>, crate::reload::Refused> {
+    let gate = crate::reload::Gate::new(&[], true, Some(key))?;
+    let read = gate.read(path)?;
+    gate.verify(path, &read)?;
+    let policy = policy::parse_file(path, &read.text)?;
+    gate.admit(&policy, None)
 }
 
 /// Converts a Claude `.mcp.json` or a `servers.json` at `path` into policy TOML on stdout.

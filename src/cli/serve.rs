@@ -16,7 +16,6 @@ use crate::reload::{self, Overrides, Reloader};
 use crate::router::audit_trail::AuditTrail;
 use crate::router::Router;
 use crate::sandbox::backends::Backends;
-use crate::sandbox::docker;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -26,11 +25,16 @@ pub struct ServeArgs {
     /// Overrides gateway.listen from the policy.
     #[arg(long)]
     pub listen: Option<SocketAddr>,
+    /// This gateway's instance id (overrides [gateway] instance): every kernel and Docker object
+    /// it makes is named from it, and it cleans up only its own instance's leftovers. Default:
+    /// derived from the state directory. A second start with an id in use is refused.
+    #[arg(long, env = "PORTCULLIS_INSTANCE")]
+    pub instance: Option<String>,
     /// Reconciliation scope: at start-up the gateway removes the Docker containers and networks
-    /// a previous gateway of the same scope left behind. Gateways sharing one engine need
-    /// distinct scopes.
-    #[arg(long, env = "PORTCULLIS_DOCKER_SCOPE", default_value = docker::DEFAULT_SCOPE)]
-    pub docker_scope: String,
+    /// a previous gateway of the same scope left behind. Default: the instance id, so gateways
+    /// sharing one engine keep to their own.
+    #[arg(long, env = "PORTCULLIS_DOCKER_SCOPE")]
+    pub docker_scope: Option<String>,
     /// Overrides [audit] dir from the policy.
     #[arg(long, env = "PORTCULLIS_AUDIT_DIR")]
     pub audit_dir: Option<PathBuf>,
@@ -50,6 +54,8 @@ pub struct ServeArgs {
     /// of the container's bridge networks may connect, so other containers are refused.
     #[arg(long, env = "PORTCULLIS_PUBLISHED_ON_HOST_LOOPBACK")]
     pub published_on_host_loopback: bool,
+    #[command(flatten)]
+    pub gate: super::policy_gate::PolicyGateArgs,
 }
 
 pub fn load_policy(path: Option<&PathBuf>) -> anyhow::Result<Policy> {
@@ -65,10 +71,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         audit_dir: args.audit_dir.clone(),
         state_dir: args.state_dir.clone(),
         published_on_host_loopback: args.published_on_host_loopback,
+        instance: args.instance.clone(),
+        gate: args.gate.gate()?,
     };
-    let (policy, text) = reload::load(args.policy.as_ref(), &overrides)?;
-    let sha256 = reload::text_sha256(&text);
-    tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, "policy loaded");
+    let admitted = reload::load(args.policy.as_ref(), &overrides).map_err(refused)?;
+    let (policy, sha256) = (admitted.policy.clone(), admitted.sha256.clone());
+    let serial = admitted.signed.as_ref().map(|s| s.serial);
+    tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, ?serial, "policy loaded");
+    // Before anything is touched: this instance is ours, or the start is refused.
+    let mut held = super::instance::hold(&policy, args.policy.as_deref()).await?;
+    let instance = held.id.clone();
     let published = match policy.listener_exposure() {
         None => None,
         Some(_) if args.published_on_host_loopback => Some(
@@ -99,22 +111,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     trail
         .record(AuditEvent::new(Kind::GatewayStart).detail(format!(
-            "portcullis {} pid {}",
+            "portcullis {} pid {} instance {instance}",
             env!("CARGO_PKG_VERSION"),
             std::process::id()
         )))
         .await?;
+    if let Some(what) = held.took_over() {
+        trail
+            .record(AuditEvent::new(Kind::Firewall).detail(what))
+            .await?;
+    }
     trail
-        .record(AuditEvent::new(Kind::PolicyLoad).detail(format!(
-            "{} ({} servers: {}) sha256 {sha256}",
-            policy.origin,
-            policy.servers.len(),
-            policy.servers.keys().cloned().collect::<Vec<_>>().join(", ")
-        )))
+        .record(AuditEvent::new(Kind::PolicyLoad).detail(admitted.describe(&overrides.gate)))
         .await?;
     super::egress_watch::warn_about_policy(&policy);
     crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
-    let backends = Arc::new(Backends::new(&args.docker_scope, &policy.egress));
+    let scope = args
+        .docker_scope
+        .clone()
+        .unwrap_or_else(|| instance.to_string());
+    let backends = Arc::new(Backends::new(&scope, held.firewall.clone()));
     let egress_watch = super::egress_watch::spawn(backends.clone(), trail.clone());
     let (runtime, runtime_generation) = backends.for_policy(&policy).await;
     let access =
@@ -128,6 +144,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     )
     .await
     .context("starting the listener")?;
+    let admin = match policy.gateway.admin_listen {
+        Some(addr) => {
+            let l = Listener::bind_admin(
+                &policy.gateway,
+                addr,
+                router.clone(),
+                access.clone(),
+                trail.clone(),
+            )
+            .await
+            .context("starting the admin listener (gateway.admin_listen)")?;
+            let bound = l.local_addr().context("reading the admin address")?;
+            tracing::info!(%bound, "admin listener: /health, /ready, /metrics");
+            // It holds no sessions; it stops with the process.
+            Some((bound, tokio::spawn(l.serve(std::future::pending()))))
+        }
+        None => None,
+    };
     // In a container, clients connect to the published host address, not the bound one.
     let (listener, addr) = match published {
         Some(p) => {
@@ -147,8 +181,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let reloader = Reloader::new(
         args.policy.clone(),
         overrides,
-        policy.clone(),
-        &text,
+        admitted,
         runtime_generation,
         reload::Parts {
             router: router.clone(),
@@ -162,7 +195,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     reload::triggers::start(Arc::new(reloader), watch).context("listening for SIGHUP")?;
     let base = super::client_config::base_url(&policy, addr);
     let url = format!("{base}/mcp");
-    tracing::info!(%url, "portcullis listening");
+    held.set_listener(&url);
+    tracing::info!(%url, %instance, "portcullis listening");
     // The banner goes to stdout so scripts (and people) can pick up the URL; the command is the
     // one `client-config claude` prints, token header included when clients must authenticate.
     println!("Portcullis is listening on {url}");
@@ -180,7 +214,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if auth_env.is_some() {
         println!("  (export PORTCULLIS_TOKEN=<the client's token> before starting Claude Code)");
     }
+    if let Some((bound, _)) = &admin {
+        println!("Admin endpoints (/ready, /metrics) on http://{bound}");
+    }
     listener.serve(shutdown_signal()).await;
+    if let Some((_, task)) = admin {
+        task.abort();
+    }
     tracing::info!("shutting down: stopping servers");
     router.shutdown().await;
     if let Some(removed) = backends.shutdown().await {
@@ -199,7 +239,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         // Give sinks a moment to ship the final checkpoint; they resume from their cursors.
         s.stop(std::time::Duration::from_secs(3)).await;
     }
+    // The instance is free once everything of it is gone.
+    drop(held);
     Ok(())
+}
+
+/// A refused policy as the binary's edge reports it: the policy's own diagnostics stay a
+/// `PolicyError` (printed as they are, one `FILE:LINE:COL: error:` per line).
+fn refused(e: reload::Refused) -> anyhow::Error {
+    match e {
+        reload::Refused::Policy(p) => p.into(),
+        other => other.into(),
+    }
 }
 
 /// Opens the audit log when the policy has it on, with every secret value the policy can name

@@ -2,8 +2,17 @@
 //!
 //! Every message for a client is appended to an `EventStream` (the session's standalone stream,
 //! or the stream of one POST). A connected HTTP response reads from it; when the connection
-//! drops, the events stay buffered (bounded) so that the client can resume with
-//! `Last-Event-ID` and miss nothing.
+//! drops, the events stay buffered so that the client can resume with `Last-Event-ID`.
+//!
+//! The buffer's contract: answers (responses) and requests to the client are never dropped,
+//! whatever their size; they wait until the stream is read or expires with its session.
+//! Notifications are bounded ([`MAX_EVENTS`], [`MAX_BYTES`]): past that the oldest are dropped.
+//! When notifications a client has not read are dropped, the next reader gets one
+//! `notifications/message` warning saying how many, in their place and before anything
+//! after them (once per burst), and `/metrics` counts them by session and server.
+//!
+//! Messages go out as they were buffered: a large one is handed to the connection as the same
+//! shared bytes, never copied into its SSE frame.
 
 use std::collections::VecDeque;
 use std::convert::Infallible;
@@ -19,21 +28,43 @@ use crate::router::MessageSink;
 
 /// How long a client should wait before reconnecting a dropped stream (SSE `retry:`).
 const RECONNECT_MS: u64 = 1000;
-/// Buffered events per stream before the oldest are dropped.
-const MAX_EVENTS: usize = 1024;
-/// Buffered bytes per stream before the oldest events are dropped.
-const MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Buffered notifications per stream before the oldest are dropped.
+pub const MAX_EVENTS: usize = 1024;
+/// Buffered notification bytes per stream before the oldest are dropped (the newest is kept
+/// even when it alone is larger).
+pub const MAX_BYTES: usize = 8 * 1024 * 1024;
+/// Messages up to this size are copied into their frame; larger ones are sent as they are.
+const COPY_BELOW: usize = 16 * 1024;
 
 pub struct EventStream {
     /// Unique within its session; part of every event id.
     pub number: u64,
+    /// The session's digest, for metrics.
+    session: Arc<str>,
     state: Mutex<State>,
     notify: Notify,
 }
 
+struct Event {
+    seq: u64,
+    message: Bytes,
+    /// A notification (may be dropped under pressure), and who sent it.
+    notification: Option<Arc<str>>,
+    /// An answer already let go of (see [`EventStream::let_go`]): only a stand-in is left.
+    spent: bool,
+}
+
 struct State {
-    events: VecDeque<(u64, Bytes)>,
-    bytes: usize,
+    events: VecDeque<Event>,
+    /// Notifications in `events`, and their bytes.
+    notifications: usize,
+    notification_bytes: usize,
+    /// Notifications dropped before any reader had them, since the last warning.
+    unreported: u64,
+    /// Answers (and requests) a reader has been handed that are still buffered, and their
+    /// bytes: kept for resumption within the same bounds as notifications.
+    sent_answers: usize,
+    sent_answer_bytes: usize,
     next_seq: u64,
     closed: bool,
     attached: bool,
@@ -45,12 +76,18 @@ struct State {
 }
 
 impl EventStream {
-    pub fn new(number: u64) -> Arc<EventStream> {
+    /// A stream of the session whose audit digest is `session`.
+    pub fn new(number: u64, session: Arc<str>) -> Arc<EventStream> {
         Arc::new(EventStream {
             number,
+            session,
             state: Mutex::new(State {
                 events: VecDeque::new(),
-                bytes: 0,
+                notifications: 0,
+                notification_bytes: 0,
+                unreported: 0,
+                sent_answers: 0,
+                sent_answer_bytes: 0,
                 next_seq: 1,
                 closed: false,
                 attached: false,
@@ -62,23 +99,98 @@ impl EventStream {
         })
     }
 
+    /// Appends a message the gateway itself sends.
     pub fn push(&self, message: Bytes) {
+        self.append(None, message);
+    }
+
+    fn append(&self, server: Option<&str>, message: Bytes) {
         if let Ok(mut s) = self.state.lock() {
             if s.closed {
                 return;
             }
             let seq = s.next_seq;
             s.next_seq += 1;
-            s.bytes += message.len();
-            s.events.push_back((seq, message));
-            while s.events.len() > MAX_EVENTS || s.bytes > MAX_BYTES {
-                match s.events.pop_front() {
-                    Some((_, old)) => s.bytes -= old.len(),
-                    None => break,
-                }
+            let notification = crate::mcp::is_notification(&message)
+                .then(|| Arc::from(server.unwrap_or("gateway")));
+            if notification.is_some() {
+                s.notifications += 1;
+                s.notification_bytes += message.len();
             }
+            s.events.push_back(Event {
+                seq,
+                message,
+                notification,
+                spent: false,
+            });
+            self.evict(&mut s);
         }
         self.notify.notify_waiters();
+    }
+
+    /// Keeps what is buffered within the bounds: drops the oldest notifications (never the one
+    /// just pushed) and lets go of answers already handed to a reader, oldest first. An answer
+    /// no reader has had is never touched.
+    fn evict(&self, s: &mut State) {
+        while s.notifications + s.sent_answers > MAX_EVENTS
+            || s.notification_bytes + s.sent_answer_bytes > MAX_BYTES
+        {
+            let newest = s.events.len().saturating_sub(1);
+            let delivered = s.delivered;
+            let Some(i) = s
+                .events
+                .iter()
+                .enumerate()
+                .position(|(i, e)| match &e.notification {
+                    Some(_) => i < newest,
+                    None => e.seq <= delivered,
+                })
+            else {
+                return;
+            };
+            if s.events[i].notification.is_none() {
+                self.let_go(s, i);
+                continue;
+            }
+            let Some(old) = s.events.remove(i) else {
+                return;
+            };
+            s.notifications -= 1;
+            s.notification_bytes -= old.message.len();
+            if old.seq > s.delivered {
+                s.unreported += 1;
+                let server = old.notification.as_deref().unwrap_or("gateway");
+                crate::metrics::global().stream_dropped(&self.session, server);
+            }
+        }
+    }
+
+    /// Lets go of the answer at `i`, which a reader already had: a large one is replaced by an
+    /// error for the same request, so that a client resuming from before it (its connection
+    /// broke while the answer was on its way) learns to ask again instead of waiting.
+    fn let_go(&self, s: &mut State, i: usize) {
+        let ev = &mut s.events[i];
+        let len = ev.message.len();
+        if !ev.spent && len >= COPY_BELOW {
+            let head = crate::mcp::head::read(&ev.message[..len.min(4096)]);
+            if let (Some(id), true) = (head.id, head.is_response) {
+                ev.message = crate::mcp::error_response_bytes(
+                    Some(&id),
+                    crate::mcp::ErrorCode::OVER_CAPACITY,
+                    &format!(
+                        "the answer to this request ({len} bytes) was sent on an earlier connection and is no longer kept for resumption (a stream keeps {} MiB of what it sent): send the request again",
+                        MAX_BYTES >> 20
+                    ),
+                );
+                ev.spent = true;
+                s.sent_answer_bytes = s.sent_answer_bytes - len + ev.message.len();
+                return;
+            }
+        }
+        if let Some(old) = s.events.remove(i) {
+            s.sent_answers -= 1;
+            s.sent_answer_bytes -= old.message.len();
+        }
     }
 
     /// No more events will come; readers end after draining.
@@ -110,6 +222,11 @@ impl EventStream {
     /// Whether `close` was called (cheaper than `closed_for`: no clock read).
     pub fn is_closed(&self) -> bool {
         self.state.lock().is_ok_and(|s| s.closed)
+    }
+
+    /// Whether a connection is reading the stream now.
+    pub fn is_attached(&self) -> bool {
+        self.state.lock().is_ok_and(|s| s.attached)
     }
 
     pub fn closed_for(&self) -> Option<Duration> {
@@ -151,7 +268,11 @@ pub fn parse_event_id(id: &str) -> Option<(u64, u64)> {
 
 impl MessageSink for EventStream {
     fn send(&self, message: Bytes) {
-        self.push(message);
+        self.append(None, message);
+    }
+
+    fn send_from(&self, server: &str, message: Bytes) {
+        self.append(Some(server), message);
     }
 }
 
@@ -167,14 +288,15 @@ impl Drop for Reader {
         if let Ok(mut s) = self.stream.state.lock() {
             if s.reader_gen == self.generation {
                 s.attached = false;
-                s.delivered = s.delivered.max(self.cursor);
+                mark_delivered(&mut s, self.cursor);
             }
         }
     }
 }
 
 enum Next {
-    Data(Bytes),
+    /// Frames to write, in order.
+    Data(VecDeque<Bytes>),
     End,
 }
 
@@ -194,15 +316,22 @@ impl Reader {
                     // Another connection resumed this stream.
                     return Next::End;
                 }
-                let cursor = self.cursor;
-                let mut out = BytesMut::new();
-                for (seq, msg) in s.events.iter().filter(|(seq, _)| *seq > cursor) {
-                    frame_event(&mut out, &self.stream.event_id(*seq), msg);
-                    self.cursor = *seq;
+                let mut out = Frames::default();
+                if s.unreported > 0 {
+                    warn(&self.stream, &mut self.cursor, &mut s, &mut out);
                 }
-                s.delivered = s.delivered.max(self.cursor);
-                if !out.is_empty() {
-                    return Next::Data(out.freeze());
+                let cursor = self.cursor;
+                for ev in s.events.iter().filter(|e| e.seq > cursor) {
+                    out.event(&self.stream.event_id(ev.seq), &ev.message);
+                    self.cursor = ev.seq;
+                }
+                mark_delivered(&mut s, self.cursor);
+                // What was just handed out counts against the bounds from now on: a large
+                // answer on a finished stream is let go of once it is on its way.
+                self.stream.evict(&mut s);
+                let frames = out.finish();
+                if !frames.is_empty() {
+                    return Next::Data(frames);
                 }
                 if s.closed {
                     return Next::End;
@@ -213,7 +342,7 @@ impl Reader {
             tokio::select! {
                 _ = &mut notified => {}
                 _ = tokio::time::sleep(keepalive) => {
-                    return Next::Data(Bytes::from_static(b": keep-alive\n\n"));
+                    return Next::Data(VecDeque::from([Bytes::from_static(b": keep-alive\n\n")]));
                 }
                 _ = tokio::time::sleep_until(until), if cutoff.is_some() => return Next::End,
             }
@@ -221,13 +350,85 @@ impl Reader {
     }
 }
 
-fn frame_event(out: &mut BytesMut, id: &str, data: &[u8]) {
-    out.put_slice(b"id: ");
-    out.put_slice(id.as_bytes());
-    out.put_slice(b"\nevent: message\ndata: ");
-    // Serialized JSON has no raw newlines, so one data line carries the whole message.
-    out.put_slice(data);
-    out.put_slice(b"\n\n");
+/// Moves the delivered mark to `upto`, counting the answers it passes.
+fn mark_delivered(s: &mut State, upto: u64) {
+    if upto <= s.delivered {
+        return;
+    }
+    let from = s.delivered;
+    for e in s.events.iter() {
+        if e.seq > from && e.seq <= upto && e.notification.is_none() {
+            s.sent_answers += 1;
+            s.sent_answer_bytes += e.message.len();
+        }
+    }
+    s.delivered = upto;
+}
+
+/// Writes the warning about dropped notifications where they were: before the first event
+/// still buffered after `cursor`. Its id is the one before that event's, so a client that
+/// resumes after the warning misses nothing that is left.
+fn warn(stream: &EventStream, cursor: &mut u64, s: &mut State, out: &mut Frames) {
+    let dropped = std::mem::take(&mut s.unreported);
+    let next = s
+        .events
+        .iter()
+        .find(|e| e.seq > *cursor)
+        .map_or(s.next_seq, |e| e.seq);
+    let id = (next - 1).max(*cursor);
+    out.event(&stream.event_id(id), &drop_warning(dropped));
+    *cursor = id;
+    crate::metrics::global().stream_drop_warning(&stream.session);
+}
+
+/// The `notifications/message` that tells a client its stream lost notifications.
+fn drop_warning(dropped: u64) -> Bytes {
+    let params = serde_json::json!({
+        "level": "warning",
+        "logger": "portcullis",
+        "data": format!(
+            "portcullis dropped {dropped} notification(s) from this stream: more arrived than the \
+             client read ({MAX_EVENTS} notifications or {} MiB are kept per stream). Answers are \
+             never dropped.",
+            MAX_BYTES >> 20
+        ),
+    });
+    crate::mcp::Message::Notification(crate::mcp::Notification {
+        method: crate::mcp::methods::MESSAGE.to_owned(),
+        params: Some(crate::mcp::to_raw(&params)),
+    })
+    .to_bytes()
+}
+
+/// SSE frames for a batch of events: small events are copied into one buffer, a large message
+/// becomes a frame of its own that shares the buffered bytes.
+#[derive(Default)]
+struct Frames {
+    done: VecDeque<Bytes>,
+    current: BytesMut,
+}
+
+impl Frames {
+    fn event(&mut self, id: &str, data: &Bytes) {
+        self.current.put_slice(b"id: ");
+        self.current.put_slice(id.as_bytes());
+        // Serialized JSON has no raw newlines, so one data line carries the whole message.
+        self.current.put_slice(b"\nevent: message\ndata: ");
+        if data.len() < COPY_BELOW {
+            self.current.put_slice(data);
+        } else {
+            self.done.push_back(self.current.split().freeze());
+            self.done.push_back(data.clone());
+        }
+        self.current.put_slice(b"\n\n");
+    }
+
+    fn finish(mut self) -> VecDeque<Bytes> {
+        if !self.current.is_empty() {
+            self.done.push_back(self.current.freeze());
+        }
+        self.done
+    }
 }
 
 pub type SseBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
@@ -248,13 +449,17 @@ pub fn body(reader: Reader, priming: bool, keepalive: Duration, poll: Option<Dur
     } else {
         None
     };
+    let queue: VecDeque<Bytes> = first.into_iter().collect();
     let stream =
-        futures_util::stream::unfold((reader, first), move |(mut reader, first)| async move {
-            if let Some(b) = first {
-                return Some((b, (reader, None)));
+        futures_util::stream::unfold((reader, queue), move |(mut reader, mut queue)| async move {
+            if let Some(b) = queue.pop_front() {
+                return Some((b, (reader, queue)));
             }
             match reader.next(keepalive, cutoff).await {
-                Next::Data(b) => Some((b, (reader, None))),
+                Next::Data(mut frames) => {
+                    let b = frames.pop_front()?;
+                    Some((b, (reader, frames)))
+                }
                 Next::End => None,
             }
         });
@@ -264,131 +469,5 @@ pub fn body(reader: Reader, priming: bool, keepalive: Duration, poll: Option<Dur
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use http_body_util::BodyExt;
-
-    async fn collect(body: SseBody) -> String {
-        let bytes = body.collect().await.unwrap().to_bytes();
-        String::from_utf8(bytes.to_vec()).unwrap()
-    }
-
-    #[tokio::test]
-    async fn delivers_then_ends_when_closed() {
-        let s = EventStream::new(3);
-        s.push(Bytes::from_static(b"{\"a\":1}"));
-        s.push(Bytes::from_static(b"{\"a\":2}"));
-        s.close();
-        let text = collect(body(
-            s.attach(None).unwrap(),
-            true,
-            Duration::from_secs(5),
-            None,
-        ))
-        .await;
-        assert!(
-            text.starts_with("id: 3-0\nretry: 1000\ndata: \n\n"),
-            "{text}"
-        );
-        assert!(text.contains("id: 3-1\nevent: message\ndata: {\"a\":1}\n\n"));
-        assert!(text.contains("id: 3-2\n"));
-    }
-
-    #[tokio::test]
-    async fn resumes_after_last_event_id_and_refuses_second_reader() {
-        let s = EventStream::new(1);
-        for i in 0..3 {
-            s.push(Bytes::from(format!("{{\"n\":{i}}}")));
-        }
-        let r = s.attach(None).unwrap();
-        assert!(s.attach(None).is_none(), "second concurrent reader");
-        drop(r);
-        s.close();
-        let text = collect(body(
-            s.attach(Some(2)).unwrap(),
-            false,
-            Duration::from_secs(5),
-            None,
-        ))
-        .await;
-        assert!(
-            !text.contains("\"n\":0") && !text.contains("\"n\":1"),
-            "{text}"
-        );
-        assert!(
-            text.contains("id: 1-3\n") && text.contains("\"n\":2"),
-            "{text}"
-        );
-        assert_eq!(parse_event_id("1-3"), Some((1, 3)));
-        assert_eq!(parse_event_id("x"), None);
-    }
-
-    #[tokio::test]
-    async fn polling_ends_the_response_but_keeps_the_stream() {
-        let s = EventStream::new(4);
-        let early = collect(body(
-            s.attach(None).unwrap(),
-            true,
-            Duration::from_secs(5),
-            Some(Duration::from_millis(20)),
-        ))
-        .await;
-        assert!(early.starts_with("id: 4-0\n"), "{early}");
-        s.push(Bytes::from_static(b"{\"late\":true}"));
-        s.close();
-        let rest = collect(body(
-            s.attach(Some(0)).unwrap(),
-            false,
-            Duration::from_secs(5),
-            None,
-        ))
-        .await;
-        assert!(
-            rest.contains("id: 4-1\n") && rest.contains("late"),
-            "{rest}"
-        );
-    }
-
-    #[tokio::test]
-    async fn first_event_returns_on_the_first_push_or_at_the_bound() {
-        let s = EventStream::new(5);
-        // Nothing comes: it gives up at its bound rather than waiting for ever.
-        let gave_up = tokio::time::timeout(
-            Duration::from_secs(10),
-            s.first_event(Duration::from_millis(5)),
-        )
-        .await;
-        assert!(gave_up.is_ok(), "did not return at its bound");
-        // A push wakes it long before its (one-hour) bound.
-        let pusher = s.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            pusher.push(Bytes::from_static(b"{}"));
-        });
-        let woke = tokio::time::timeout(
-            Duration::from_secs(10),
-            s.first_event(Duration::from_secs(3600)),
-        )
-        .await;
-        assert!(woke.is_ok(), "a push did not end the wait");
-        // A closed stream has nothing more to wait for.
-        let closed = EventStream::new(6);
-        closed.close();
-        let done = tokio::time::timeout(
-            Duration::from_secs(10),
-            closed.first_event(Duration::from_secs(3600)),
-        )
-        .await;
-        assert!(done.is_ok(), "waited on a closed stream");
-    }
-
-    #[tokio::test]
-    async fn keepalive_comments_flow_while_idle() {
-        let s = EventStream::new(0);
-        let mut reader = s.attach(None).unwrap();
-        match reader.next(Duration::from_millis(10), None).await {
-            Next::Data(b) => assert_eq!(&b[..], b": keep-alive\n\n"),
-            Next::End => panic!("ended"),
-        }
-    }
-}
+#[path = "event_stream_tests.rs"]
+mod tests;

@@ -36,9 +36,9 @@ fn bad(status: StatusCode, message: &str) -> Reply {
 
 /// `GET /sse`.
 pub fn open(shared: &Arc<Shared>, identity: Identity) -> Reply {
-    let session = match shared.sessions.create(LEGACY_PROTOCOL, identity) {
+    let session = match super::session_open::open(shared, LEGACY_PROTOCOL, identity) {
         Ok(s) => s,
-        Err(e) => return bad(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(refused) => return super::session_open::refusal_reply(&refused, None),
     };
     session.initialized.store(false, Ordering::Release);
     // The transport's stream is open for the session's whole life: it is in use.

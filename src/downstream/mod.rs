@@ -1,14 +1,21 @@
 //! What clients talk to: the Streamable HTTP endpoint `/mcp`, the legacy HTTP+SSE endpoints
-//! `/sse` and `/messages`, plus `/health` and `/ready`.
+//! `/sse` and `/messages`, plus `/health`, `/ready` and `/metrics`.
 //!
 //! Every request passes the Host/Origin guard first. Session state lives here; everything MCP
 //! is the router's business.
+//!
+//! `/ready` and `/metrics` name every server, tool and client: on a loopback listener they are
+//! open, on any other they need a valid client token, and with `gateway.admin_listen` they move
+//! to that (loopback) listener, which serves nothing else but `/health`.
 
 mod event_stream;
+mod eviction;
 mod guard;
 mod legacy_sse;
+mod refusal_bursts;
 mod reply;
 mod session;
+mod session_open;
 mod streamable;
 mod tls;
 
@@ -37,12 +44,35 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time for a client to send its request body.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Who may read `/ready` and `/metrics` on a listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Admin {
+    /// A loopback listener: only this host reaches it.
+    Open,
+    /// Off loopback: a valid client token, as for `/mcp`.
+    Token,
+    /// Moved to `gateway.admin_listen`.
+    Elsewhere(SocketAddr),
+}
+
+/// What a listener serves: everything, or (the admin listener) only health, readiness and
+/// metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    Main,
+    Admin,
+}
+
 pub(crate) struct Shared {
+    role: Role,
+    admin: Admin,
     router: Arc<Router>,
     access: Arc<Access>,
     audit: AuditTrail,
     tls: bool,
     sessions: session::Sessions,
+    /// Session refusals being counted, audited once per burst.
+    session_refusals: refusal_bursts::Bursts,
     guard: guard::Guard,
     max_body_bytes: usize,
     body_timeout: Duration,
@@ -82,24 +112,43 @@ impl Shared {
         audit: AuditTrail,
         tls: bool,
     ) -> Shared {
+        let admin = match gateway.admin_listen {
+            Some(addr) => Admin::Elsewhere(addr),
+            None if gateway.listen.ip().is_loopback() => Admin::Open,
+            None => Admin::Token,
+        };
         Shared {
+            role: Role::Main,
+            admin,
             router,
             access,
             audit,
             tls,
             sessions: session::Sessions::new(gateway.max_sessions),
+            session_refusals: refusal_bursts::Bursts::default(),
             guard: guard::Guard::new(&gateway.allowed_hosts, &gateway.allowed_origins),
-            max_body_bytes: gateway.max_body_bytes,
+            // No message in either direction is larger than max_message_bytes.
+            max_body_bytes: gateway.max_body_bytes.min(gateway.max_message_bytes),
             body_timeout: BODY_TIMEOUT,
             keepalive: gateway.sse_keepalive,
             sse_poll: gateway.sse_poll_interval,
         }
     }
 
-    /// Ends every session, as at shutdown.
+    /// Ends every session, as at shutdown, and audits the bursts of refusals still counting.
     async fn close_all_sessions(&self) {
         for id in self.sessions.drain() {
             self.router.close_session(&id).await;
+        }
+        self.audit_ended_bursts(true).await;
+    }
+
+    /// Writes the summary of each burst of session refusals that ended (every one when `all`).
+    async fn audit_ended_bursts(&self, all: bool) {
+        for ended in self.session_refusals.ended(all) {
+            if let Some(event) = session_open::burst_summary(&ended) {
+                let _ = self.audit.record(event).await;
+            }
         }
     }
 }
@@ -171,6 +220,39 @@ impl Listener {
             idle_timeout: gateway.session_idle_timeout,
             unused_timeout: gateway.unused_session_timeout,
             tls,
+            peers: None,
+        })
+    }
+
+    /// Binds `gateway.admin_listen` (validated to be loopback), which serves `/health`,
+    /// `/ready` and `/metrics` without a token and nothing else.
+    pub async fn bind_admin(
+        gateway: &Gateway,
+        addr: SocketAddr,
+        router: Arc<Router>,
+        access: Arc<Access>,
+        audit: AuditTrail,
+    ) -> Result<Listener, ServeError> {
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| ServeError::Bind {
+                addr,
+                hint: if source.kind() == std::io::ErrorKind::AddrInUse {
+                    " (change gateway.admin_listen)"
+                } else {
+                    ""
+                },
+                source,
+            })?;
+        let mut shared = Shared::new(gateway, router, access, audit, false);
+        shared.role = Role::Admin;
+        shared.admin = Admin::Open;
+        Ok(Listener {
+            listener,
+            shared: Arc::new(shared),
+            idle_timeout: gateway.session_idle_timeout,
+            unused_timeout: gateway.unused_session_timeout,
+            tls: None,
             peers: None,
         })
     }
@@ -300,6 +382,7 @@ async fn sweep_idle(shared: Arc<Shared>, limit: Duration, unused: Duration) {
     loop {
         tokio::time::sleep(period).await;
         shared.access.limits.sweep();
+        shared.audit_ended_bursts(false).await;
         for (id, why) in shared.sessions.expire(limit, unused) {
             let why = match why {
                 session::Expiry::Idle => "session expired after being idle",
@@ -330,6 +413,12 @@ async fn route<B: RequestBody>(shared: &Arc<Shared>, req: Request<B>) -> Reply {
     }
     let path = parts.uri.path();
     let base = base_url(shared, &parts);
+    if shared.role == Role::Admin && !matches!(path, "/health" | "/ready" | "/metrics") {
+        return reply::plain_json(
+            StatusCode::NOT_FOUND,
+            &json!({"error": "not_found", "error_description": format!("no such endpoint `{path}` on the admin listener: it serves /health, /ready and /metrics; MCP is served on gateway.listen")}),
+        );
+    }
     match (path, &parts.method) {
         ("/mcp" | "/mcp/" | "/sse" | "/messages" | "/messages/", m) => match shared
             .access
@@ -347,28 +436,7 @@ async fn route<B: RequestBody>(shared: &Arc<Shared>, req: Request<B>) -> Reply {
                 ),
                 _ => streamable::handle(shared, m, &parts.headers, body, identity).await,
             },
-            Err(e) => {
-                tracing::info!(reason = %e, "request refused: not authenticated");
-                crate::metrics::global().refusal("unauthenticated");
-                shared.audit.record_later(AuditTrail::denied(
-                    None,
-                    None,
-                    None,
-                    None,
-                    crate::audit::Outcome::DeniedAuth,
-                    &e.reason,
-                ));
-                let mut r = reply::rpc_error(
-                    StatusCode::UNAUTHORIZED,
-                    None,
-                    ErrorCode::INVALID_REQUEST,
-                    &e.reason,
-                );
-                if let Ok(v) = http::HeaderValue::from_str(&shared.access.challenge(&e, &base)) {
-                    r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
-                }
-                r
-            }
+            Err(e) => unauthenticated(shared, &e, &base),
         },
         (p, &Method::GET) if p.starts_with("/.well-known/oauth-protected-resource") => {
             match shared.access.resource_metadata(&base) {
@@ -383,18 +451,17 @@ async fn route<B: RequestBody>(shared: &Arc<Shared>, req: Request<B>) -> Reply {
             StatusCode::OK,
             &json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "sessions": shared.sessions.len()}),
         ),
-        ("/ready", &Method::GET) => ready(shared),
-        ("/metrics", &Method::GET) => {
-            let mut r = reply::json(
-                StatusCode::OK,
-                bytes::Bytes::from(crate::metrics::global().render()),
-            );
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4"),
-            );
-            r
-        }
+        ("/ready" | "/metrics", &Method::GET) => match shared.admin {
+            Admin::Open => admin_endpoint(shared, path),
+            Admin::Token => match shared.access.authenticate(&parts.headers) {
+                Ok(_) => admin_endpoint(shared, path),
+                Err(e) => unauthenticated(shared, &e, &base),
+            },
+            Admin::Elsewhere(addr) => reply::plain_json(
+                StatusCode::NOT_FOUND,
+                &json!({"error": "not_found", "error_description": format!("{path} is served on the admin listener http://{addr}{path} (gateway.admin_listen)")}),
+            ),
+        },
         // OAuth-capable clients (mcp-remote, SDK auth helpers) that get a 401 look for an
         // authorization server at the gateway's origin and try to register: say plainly that
         // there is none, so that what they print explains the real problem (the token).
@@ -436,6 +503,41 @@ fn base_url(shared: &Shared, parts: &http::request::Parts) -> String {
         .unwrap_or("localhost");
     let scheme = if shared.tls { "https" } else { "http" };
     format!("{scheme}://{host}")
+}
+
+/// A 401 for a request without valid credentials, audited and counted.
+fn unauthenticated(shared: &Shared, e: &crate::access::Unauthorized, base: &str) -> Reply {
+    tracing::info!(reason = %e, "request refused: not authenticated");
+    crate::metrics::global().refusal("unauthenticated");
+    shared
+        .audit
+        .record_later(AuditTrail::unauthenticated(&e.reason));
+    let mut r = reply::rpc_error(
+        StatusCode::UNAUTHORIZED,
+        None,
+        ErrorCode::INVALID_REQUEST,
+        &e.reason,
+    );
+    if let Ok(v) = http::HeaderValue::from_str(&shared.access.challenge(e, base)) {
+        r.headers_mut().insert(http::header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+/// `/ready` or `/metrics`, once the caller may see them.
+fn admin_endpoint(shared: &Shared, path: &str) -> Reply {
+    if path == "/ready" {
+        return ready(shared);
+    }
+    let mut r = reply::json(
+        StatusCode::OK,
+        bytes::Bytes::from(crate::metrics::global().render()),
+    );
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    r
 }
 
 fn ready(shared: &Shared) -> Reply {

@@ -1,12 +1,17 @@
 //! Downstream sessions: the id a client got at initialize, what it negotiated, its streams.
+//!
+//! The table keeps a count of sessions per client. Creating a session checks the client's own
+//! quota first; when the gateway-wide limit is reached, an idle session is evicted to make room
+//! ([`super::eviction`]). A session is idle when no request of its own is being handled and no
+//! stream of it is open or unfinished, so eviction never cuts off work in progress.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockWriteGuard};
 use std::time::{Duration, Instant};
 
 use super::event_stream::EventStream;
-use crate::access::Identity;
+use crate::access::{Identity, Limited, SessionLimit};
 
 /// Finished POST streams kept for resumption, per session.
 const MAX_RETAINED_STREAMS: usize = 64;
@@ -22,6 +27,8 @@ pub struct Session {
     pub identity: Identity,
     /// Messages not tied to a request (list changes, relayed requests with no open POST).
     pub standalone: Arc<EventStream>,
+    /// The session's digest as the audit log writes it; labels its streams' metrics.
+    tag: Arc<str>,
     /// POST streams by number, which is also their order of creation.
     streams: Mutex<Retained>,
     next_stream: AtomicU64,
@@ -32,15 +39,19 @@ pub struct Session {
     /// Whether the client did more than initialize and list: called, read, answered a server,
     /// or held a stream open. Sessions that never do expire sooner (health checks).
     engaged: std::sync::atomic::AtomicBool,
+    /// Requests of this session being handled now ([`InUse`] guards).
+    in_flight: AtomicUsize,
 }
 
 impl Session {
     fn new(id: Arc<str>, protocol: &'static str, identity: Identity) -> Session {
+        let tag: Arc<str> = Arc::from(crate::router::audit_trail::session_tag(&id));
         Session {
             id,
             protocol,
             identity,
-            standalone: EventStream::new(0),
+            standalone: EventStream::new(0, tag.clone()),
+            tag,
             streams: Mutex::new(Retained {
                 streams: BTreeMap::new(),
                 swept: Instant::now(),
@@ -49,7 +60,21 @@ impl Session {
             last_seen: Mutex::new(Instant::now()),
             initialized: std::sync::atomic::AtomicBool::new(true),
             engaged: std::sync::atomic::AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
         }
+    }
+
+    /// Whether the session has work in progress: a request being handled, a stream a client
+    /// reads, or a POST stream whose answer is not written yet. Such a session is never evicted.
+    pub fn busy(&self) -> bool {
+        if self.in_flight.load(Ordering::Acquire) > 0 || self.standalone.is_attached() {
+            return true;
+        }
+        self.streams.lock().is_ok_and(|r| {
+            r.streams
+                .values()
+                .any(|s| !s.is_closed() || s.is_attached())
+        })
     }
 
     /// Notes that the client uses the session for more than a health check.
@@ -67,7 +92,7 @@ impl Session {
         }
     }
 
-    fn idle_for(&self) -> Duration {
+    pub(super) fn idle_for(&self) -> Duration {
         self.last_seen
             .lock()
             .map(|t| t.elapsed())
@@ -81,7 +106,7 @@ impl Session {
     /// oldest finished stream (the first one in creation order) makes room.
     pub fn open_stream(&self) -> Arc<EventStream> {
         let n = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let stream = EventStream::new(n);
+        let stream = EventStream::new(n, self.tag.clone());
         if let Ok(mut r) = self.streams.lock() {
             let now = Instant::now();
             if now.duration_since(r.swept) >= SWEEP_EVERY {
@@ -152,48 +177,171 @@ impl Expiry {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("too many open sessions (limit {0}); close unused sessions or raise gateway.max_sessions")]
-pub struct TooManySessions(pub usize);
+/// Why a session was not created.
+#[derive(Debug)]
+pub enum Refused {
+    /// The gateway holds `max_sessions` sessions and none of them may be evicted.
+    GatewayFull(usize),
+    /// The client holds as many sessions as its quota allows.
+    ClientLimit {
+        client: Arc<str>,
+        limit: SessionLimit,
+    },
+    /// The client opens sessions faster than its `session_rate`.
+    Rate(Limited),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::GatewayFull(max) => write!(f, "too many open sessions (limit {max}), and every one is in use; close unused sessions or raise gateway.max_sessions"),
+            Refused::ClientLimit { client, limit } => {
+                let source = if limit.set {
+                    format!("clients.{client}.max_sessions")
+                } else {
+                    format!("the default: 256, at most half of gateway.max_sessions; set clients.{client}.max_sessions to change it")
+                };
+                write!(f, "client `{client}` already has {} open sessions, its limit ({source}); end sessions it no longer uses (HTTP DELETE) before opening more", limit.max)
+            }
+            Refused::Rate(l) => {
+                let secs = l.retry_after.as_secs_f64().ceil().max(1.0);
+                write!(f, "rate limited: {}; retry in {secs}s", l.scope)
+            }
+        }
+    }
+}
+
+/// A new session, and the idle session closed to make room for it (to be closed in the router).
+pub struct Created {
+    pub session: Arc<Session>,
+    pub evicted: Option<Arc<Session>>,
+}
+
+/// A request of a session being handled: while one lives, the session is busy (not evicted).
+pub struct InUse(Arc<Session>);
+
+impl std::ops::Deref for InUse {
+    type Target = Arc<Session>;
+    fn deref(&self) -> &Arc<Session> {
+        &self.0
+    }
+}
+
+impl Drop for InUse {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[derive(Default)]
+struct Table {
+    map: HashMap<Arc<str>, Arc<Session>>,
+    per_client: HashMap<Arc<str>, usize>,
+}
+
+impl Table {
+    fn insert(&mut self, s: Arc<Session>) {
+        self.map.insert(s.id.clone(), s.clone());
+        let n = self
+            .per_client
+            .entry(s.identity.client.clone())
+            .or_default();
+        *n += 1;
+        let metrics = crate::metrics::global();
+        metrics.sessions(1);
+        metrics.client_sessions(&s.identity.client, *n);
+    }
+
+    /// Takes a session out of the table and closes its streams.
+    fn take(&mut self, id: &str) -> Option<Arc<Session>> {
+        let s = self.map.remove(id)?;
+        let client = &s.identity.client;
+        let left = match self.per_client.get_mut(client) {
+            Some(n) => {
+                *n = n.saturating_sub(1);
+                *n
+            }
+            None => 0,
+        };
+        if left == 0 {
+            self.per_client.remove(client);
+        }
+        let metrics = crate::metrics::global();
+        metrics.sessions(-1);
+        metrics.client_sessions(client, left);
+        s.close_all();
+        Some(s)
+    }
+}
 
 pub struct Sessions {
-    map: RwLock<HashMap<Arc<str>, Arc<Session>>>,
+    table: RwLock<Table>,
     max: usize,
 }
 
 impl Sessions {
     pub fn new(max: usize) -> Sessions {
         Sessions {
-            map: RwLock::new(HashMap::new()),
+            table: RwLock::new(Table::default()),
             max,
         }
     }
 
+    fn write(&self) -> RwLockWriteGuard<'_, Table> {
+        match self.table.write() {
+            Ok(t) => t,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Creates a session for `identity` within its quota (`limit`) and creation rate (`rate`,
+    /// asked only when the quota allows, so refusals take nothing from it). When the gateway is
+    /// full, the idle session [`super::eviction::victim`] picks makes room.
     pub fn create(
         &self,
         protocol: &'static str,
         identity: Identity,
-    ) -> Result<Arc<Session>, TooManySessions> {
-        let mut m = self.map.write().map_err(|_| TooManySessions(self.max))?;
-        if m.len() >= self.max {
-            return Err(TooManySessions(self.max));
+        limit: SessionLimit,
+        rate: impl FnOnce() -> Result<(), Limited>,
+    ) -> Result<Created, Refused> {
+        let mut t = self.write();
+        let client = identity.client.clone();
+        let held = t.per_client.get(&client).copied().unwrap_or(0);
+        if held >= limit.max {
+            return Err(Refused::ClientLimit { client, limit });
         }
+        rate().map_err(Refused::Rate)?;
+        let evicted = if t.map.len() >= self.max {
+            let victim = super::eviction::victim(t.map.values(), &t.per_client, &client)
+                .ok_or(Refused::GatewayFull(self.max))?;
+            t.take(&victim)
+        } else {
+            None
+        };
         let id: Arc<str> = Arc::from(new_session_id());
-        let s = Arc::new(Session::new(id.clone(), protocol, identity));
-        m.insert(id, s.clone());
-        crate::metrics::global().sessions(1);
-        Ok(s)
+        let s = Arc::new(Session::new(id, protocol, identity));
+        t.insert(s.clone());
+        Ok(Created {
+            session: s,
+            evicted,
+        })
     }
 
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
-        self.map.read().ok()?.get(id).cloned()
+        self.table.read().ok()?.map.get(id).cloned()
+    }
+
+    /// The session `id`, marked busy until the guard drops. Marked under the table's lock, so
+    /// an eviction either sees the request or happened before it (and the request gets 404).
+    pub fn enter(&self, id: &str) -> Option<InUse> {
+        let t = self.table.read().ok()?;
+        let s = t.map.get(id)?.clone();
+        s.in_flight.fetch_add(1, Ordering::AcqRel);
+        Some(InUse(s))
     }
 
     pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
-        let s = self.map.write().ok()?.remove(id)?;
-        crate::metrics::global().sessions(-1);
-        s.close_all();
-        Some(s)
+        self.write().take(id)
     }
 
     /// Removes sessions idle longer than `limit`, and sessions never used for more than
@@ -209,19 +357,15 @@ impl Sessions {
                 None
             }
         };
-        let Ok(mut m) = self.map.write() else {
-            return Vec::new();
-        };
-        let stale: Vec<(Arc<str>, Expiry)> = m
+        let mut t = self.write();
+        let stale: Vec<(Arc<str>, Expiry)> = t
+            .map
             .iter()
             .filter_map(|(k, s)| why(s).map(|w| (k.clone(), w)))
             .collect();
         for (k, why) in &stale {
-            if let Some(s) = m.remove(k) {
-                let metrics = crate::metrics::global();
-                metrics.sessions(-1);
-                metrics.session_expired(why.label());
-                s.close_all();
+            if t.take(k).is_some() {
+                crate::metrics::global().session_expired(why.label());
             }
         }
         stale
@@ -229,38 +373,25 @@ impl Sessions {
 
     /// Removes the sessions `doomed` picks, closing their streams; returns their ids.
     pub fn remove_where(&self, doomed: impl Fn(&Session) -> bool) -> Vec<Arc<str>> {
-        let Ok(mut m) = self.map.write() else {
-            return Vec::new();
-        };
-        let stale: Vec<Arc<str>> = m
+        let mut t = self.write();
+        let stale: Vec<Arc<str>> = t
+            .map
             .iter()
             .filter(|(_, s)| doomed(s))
             .map(|(k, _)| k.clone())
             .collect();
         for k in &stale {
-            if let Some(s) = m.remove(k) {
-                crate::metrics::global().sessions(-1);
-                s.close_all();
-            }
+            t.take(k);
         }
         stale
     }
 
     pub fn drain(&self) -> Vec<Arc<str>> {
-        let Ok(mut m) = self.map.write() else {
-            return Vec::new();
-        };
-        m.drain()
-            .map(|(k, s)| {
-                crate::metrics::global().sessions(-1);
-                s.close_all();
-                k
-            })
-            .collect()
+        self.remove_where(|_| true)
     }
 
     pub fn len(&self) -> usize {
-        self.map.read().map(|m| m.len()).unwrap_or(0)
+        self.table.read().map(|t| t.map.len()).unwrap_or(0)
     }
 }
 
@@ -276,7 +407,7 @@ fn new_session_id() -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn anon() -> Identity {
@@ -317,11 +448,27 @@ mod tests {
         assert!(all.iter().all(|st| open.stream(st.number).is_some()));
     }
 
+    pub(in crate::downstream) fn who(client: &str) -> Identity {
+        Identity {
+            client: Arc::from(client),
+        }
+    }
+
+    /// Opens a session for `client` with quota `max` and no creation rate.
+    pub(in crate::downstream) fn open(
+        s: &Sessions,
+        client: &str,
+        max: usize,
+    ) -> Result<Created, Refused> {
+        let limit = SessionLimit { max, set: false };
+        s.create("2025-11-25", who(client), limit, || Ok(()))
+    }
+
     #[test]
     fn sessions_used_only_for_lists_expire_first() {
         let s = Sessions::new(10);
-        let checked = s.create("2025-11-25", anon()).unwrap();
-        let used = s.create("2025-11-25", anon()).unwrap();
+        let checked = open(&s, "anonymous", 10).unwrap().session;
+        let used = open(&s, "anonymous", 10).unwrap().session;
         used.engage();
         std::thread::sleep(Duration::from_millis(30));
         let gone = s.expire(Duration::from_secs(60), Duration::from_millis(10));
@@ -332,15 +479,47 @@ mod tests {
     }
 
     #[test]
-    fn ids_are_random_and_capacity_is_enforced() {
-        let s = Sessions::new(2);
-        let a = s.create("2025-11-25", anon()).unwrap();
-        let b = s.create("2025-11-25", anon()).unwrap();
+    fn ids_are_random_and_the_client_quota_comes_before_the_rate() {
+        let s = Sessions::new(10);
+        let a = open(&s, "bob", 2).unwrap().session;
+        let b = open(&s, "bob", 2).unwrap().session;
         assert_ne!(a.id, b.id);
         assert_eq!(a.id.len(), 64);
-        assert!(s.create("2025-11-25", anon()).is_err());
+        let limit = SessionLimit { max: 2, set: true };
+        let refused = s.create("2025-11-25", who("bob"), limit, || {
+            panic!("a refused session took from the creation rate")
+        });
+        let Err(e) = refused else {
+            panic!("over quota")
+        };
+        let text = e.to_string();
+        assert!(
+            text.contains("client `bob` already has 2 open sessions")
+                && text.contains("clients.bob.max_sessions"),
+            "{text}"
+        );
+        assert!(
+            open(&s, "alice", 2).is_ok(),
+            "another client has its own quota"
+        );
         assert!(s.remove(&a.id).is_some());
         assert!(s.get(&a.id).is_none());
-        assert!(s.create("2025-11-25", anon()).is_ok());
+        assert!(open(&s, "bob", 2).is_ok());
+    }
+
+    #[test]
+    fn a_full_gateway_evicts_an_idle_session_and_never_a_busy_one() {
+        let s = Sessions::new(2);
+        let first = open(&s, "bob", 5).unwrap().session;
+        let second = open(&s, "bob", 5).unwrap().session;
+        let calling = s.enter(&first.id).unwrap();
+        let _reading = second.standalone.attach(None).unwrap();
+        assert!(matches!(open(&s, "alice", 5), Err(Refused::GatewayFull(2))));
+        drop(calling);
+        let made = open(&s, "alice", 5).unwrap();
+        let evicted = made.evicted.expect("an idle session made room");
+        assert_eq!(evicted.id, first.id);
+        assert!(s.get(&first.id).is_none() && s.get(&second.id).is_some());
+        assert_eq!(s.len(), 2);
     }
 }

@@ -10,7 +10,7 @@ use serde_json::Value;
 
 use super::event_stream::{self, parse_event_id};
 use super::reply::{self, Reply, PROTOCOL_HEADER, SESSION_HEADER};
-use super::session::Session;
+use super::session::{InUse, Session};
 use super::{RequestBody, Shared};
 use crate::access::Identity;
 use crate::mcp::{methods, protocol, Body, ErrorCode, Message, Request};
@@ -112,11 +112,12 @@ fn bad(status: StatusCode, message: &str) -> Reply {
 /// Finds the session a request names, with the statuses the spec asks for. A session used by
 /// another identity than the one that created it is reported as unknown (404), so a stolen
 /// session id is worth nothing and its existence is not confirmed.
+/// The session comes marked busy (see [`InUse`]) for as long as the request is handled.
 fn session_of(
     shared: &Shared,
     headers: &HeaderMap,
     identity: &Identity,
-) -> Result<Arc<Session>, Box<Reply>> {
+) -> Result<InUse, Box<Reply>> {
     let Some(id) = headers.get(SESSION_HEADER) else {
         return Err(Box::new(bad(
             StatusCode::BAD_REQUEST,
@@ -124,7 +125,7 @@ fn session_of(
         )));
     };
     let id = id.to_str().unwrap_or("");
-    match shared.sessions.get(id) {
+    match shared.sessions.enter(id) {
         Some(s) if s.identity == *identity => {
             s.touch();
             Ok(s)
@@ -179,7 +180,9 @@ pub(super) async fn read_body<B: RequestBody>(
             StatusCode::PAYLOAD_TOO_LARGE,
             None,
             ErrorCode::INVALID_REQUEST,
-            &format!("request body over {limit} bytes (gateway.max_body_bytes)"),
+            &format!(
+                "request body over {limit} bytes (gateway.max_body_bytes, at most gateway.max_message_bytes)"
+            ),
         )
     };
     if headers
@@ -327,16 +330,9 @@ fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept, identity: Ident
         );
     };
     let negotiated = protocol::negotiate(requested);
-    let session = match shared.sessions.create(negotiated, identity) {
+    let session = match super::session_open::open(shared, negotiated, identity) {
         Ok(s) => s,
-        Err(e) => {
-            return reply::rpc_error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(&req.id),
-                ErrorCode::OVER_CAPACITY,
-                &e.to_string(),
-            )
-        }
+        Err(refused) => return super::session_open::refusal_reply(&refused, Some(&req.id)),
     };
     shared.router.open_session(SessionInfo {
         key: session.id.clone(),

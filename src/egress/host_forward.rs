@@ -8,9 +8,9 @@
 //! `-i IFACE -j ACCEPT` and `-o IFACE -j ACCEPT` into `DOCKER-USER` (with the `iptables` tool,
 //! which is Docker's own interface to that table) and delete them when the sandbox goes.
 //!
-//! That is safe because `table inet portcullis` judges the same packets first (priority
-//! `filter - 10`) and its drops are final: what reaches `DOCKER-USER` from a sandbox
-//! interface has already been allowed by the server's rules. Docker bridges need none of
+//! That is safe because the instance's table (`inet portcullis_<instance>`) judges the same
+//! packets first (priority `filter - 10`) and its drops are final: what reaches `DOCKER-USER`
+//! from a sandbox interface has already been allowed by the server's rules. Docker bridges need none of
 //! this: Docker accepts and masquerades its own networks.
 
 use std::io;

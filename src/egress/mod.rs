@@ -1,7 +1,13 @@
 //! Egress enforcement: nftables rules per sandboxed server, the pinning resolver, networks.
 //!
+//! One [`Egress`] serves one gateway instance: its table, interfaces and namespaces are named
+//! from the instance id ([`names::Names`], in [`EgressOptions::names`]), so several gateways
+//! share a network namespace without touching each other's objects. The table is owned by the
+//! service's one netlink socket when the kernel allows it ([`Protection`], see `table.rs`).
+//!
 //! How a runtime uses it (both the Docker and the process runtime), per server:
-//! 1. `let subnet = egress.allocate_subnet(&server.name)?` — a /29 from `[egress] network_pool`.
+//! 1. `let subnet = egress.allocate_subnet(&server.name)?` — a /29 from `[egress] network_pool`
+//!    that no interface of the namespace has an address in (see `subnets.rs`).
 //! 2. Create the attachment on it: a Docker bridge network ([`network::create`]) or a network
 //!    namespace with a veth pair ([`netns::ProcessNet::create`]).
 //! 3. `let prepared = egress.prepare(server, attachment).await?` — programs the rules keyed by
@@ -28,11 +34,14 @@ mod dns_cache;
 mod dns_lookup;
 mod dns_upstream;
 pub mod host_forward;
+pub mod leftovers;
+pub mod names;
 pub mod netns;
 pub mod network;
 pub mod nft;
 pub mod ruleset;
 pub mod sets;
+pub mod subnets;
 pub mod table;
 
 use std::collections::BTreeMap;
@@ -45,10 +54,11 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::policy::{EgressSettings, Policy, Server};
 pub use crate::sandbox::BoxFuture;
+pub use names::Names;
 pub use nft::{NftError, Snapshot};
 use ruleset::ServerNet;
-pub use table::EgressEvent;
 use table::{Cmd, WorkerHandle};
+pub use table::{EgressEvent, Protection, Startup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -67,10 +77,31 @@ pub enum EgressError {
         #[source]
         source: std::io::Error,
     },
-    #[error("egress for server `{server}`: network_pool {pool} has no free /29 left")]
-    PoolExhausted { server: String, pool: String },
-    #[error("egress for server `{server}`: interface `{iface}` is not a sandbox interface (names start with `{}`)", ruleset::IFACE_PREFIX)]
-    BadInterface { server: String, iface: String },
+    #[error("egress for server `{server}`: network_pool {pool} has no free /29 left ({why}); the sandbox does not start. Widen [egress] network_pool, or give each gateway of this network namespace a pool of its own")]
+    PoolExhausted {
+        server: String,
+        pool: String,
+        why: String,
+    },
+    #[error("egress for server `{server}`: interface `{iface}` is not a sandbox interface of this instance (names start with `{prefix}`)")]
+    BadInterface {
+        server: String,
+        iface: String,
+        prefix: String,
+    },
+    #[error("egress: table inet {table} is held by another live process (netlink port {owner}{}): that gateway runs this instance; stop it first, or give this gateway its own instance (`--instance` / [gateway] instance)", holder.as_ref().map(|h| format!(", which says \"{h}\"")).unwrap_or_default())]
+    InUse {
+        table: String,
+        owner: u32,
+        /// The table's comment (who created it).
+        holder: Option<String>,
+    },
+    #[error("egress: instance `{ours}` and instance `{theirs}` (whose table is in this network namespace) would both name their interfaces `{prefix}*`, and each one's rules would then judge the other's sandboxes; give this gateway another instance id (`--instance` / [gateway] instance)")]
+    NameClash {
+        ours: String,
+        theirs: String,
+        prefix: String,
+    },
     #[error("egress: the nftables worker is gone")]
     WorkerGone,
     #[error("egress for server `{server}`: already prepared on interface `{current}`, not `{asked}`; release it first")]
@@ -127,7 +158,7 @@ pub struct Prepared {
     pub resolver: SocketAddr,
 }
 
-/// Options for tests and special deployments.
+/// Where and as which instance the service runs.
 #[derive(Debug, Clone)]
 pub struct EgressOptions {
     /// Program the table and bind resolvers inside this network namespace (`/run/netns/NAME`)
@@ -136,6 +167,13 @@ pub struct EgressOptions {
     /// How often the table is read back (tamper watch) and counters are turned into events.
     pub watch_interval: Duration,
     pub resolver_port: u16,
+    /// The instance whose objects this service makes.
+    pub names: Names,
+    /// Create the table with OWNER | PERSIST when the kernel has them (off only to exercise
+    /// the fallback: `PORTCULLIS_EGRESS_TABLE_FLAGS=off`).
+    pub table_flags: bool,
+    /// The table's comment, naming who made it (see `instance::lock::comment_for`).
+    pub comment: String,
 }
 
 impl Default for EgressOptions {
@@ -144,6 +182,9 @@ impl Default for EgressOptions {
             netns: None,
             watch_interval: Duration::from_secs(1),
             resolver_port: 53,
+            names: Names::default(),
+            table_flags: true,
+            comment: format!("portcullis pid {}", std::process::id()),
         }
     }
 }
@@ -158,6 +199,7 @@ struct Entry {
 
 struct Inner {
     worker: WorkerHandle,
+    startup: Startup,
     settings: EgressSettings,
     options: EgressOptions,
     /// Serializes prepare/release so desired-state updates never interleave.
@@ -224,13 +266,19 @@ impl Egress {
     ) -> Result<Egress, EgressError> {
         let ns = options.netns.clone();
         let interval = options.watch_interval;
-        let (worker, events) = tokio::task::spawn_blocking(move || table::spawn(ns, interval))
-            .await
-            .map_err(|_| EgressError::WorkerGone)?
-            .map_err(EgressError::Start)?;
+        let claim = table::Claim {
+            names: options.names.clone(),
+            owned: options.table_flags,
+            comment: options.comment.clone(),
+        };
+        let (worker, events, startup) =
+            tokio::task::spawn_blocking(move || table::spawn(ns, interval, claim))
+                .await
+                .map_err(|_| EgressError::WorkerGone)??;
         Ok(Egress {
             inner: Arc::new(Inner {
                 worker,
+                startup,
                 settings: settings.clone(),
                 options,
                 state: tokio::sync::Mutex::new(BTreeMap::new()),
@@ -250,28 +298,52 @@ impl Egress {
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// How the table is protected, and what was taken over at start.
+    pub fn startup(&self) -> &Startup {
+        &self.inner.startup
+    }
+
+    pub fn protection(&self) -> &Protection {
+        &self.inner.startup.protection
+    }
+
+    /// The names of this service's instance.
+    pub fn names(&self) -> &Names {
+        &self.inner.options.names
+    }
+
     /// The event stream; only the first caller gets it.
     pub fn take_events(&self) -> Option<mpsc::Receiver<EgressEvent>> {
         self.inner.events.lock().ok()?.take()
     }
 
-    /// A /29 for `server` (the same one while it is held).
+    /// A /29 for `server` (the same one while it is held): the first slot of the pool that
+    /// this service does not hold and that no interface of its namespace has an address in.
+    /// Blocking (it lists the namespace's addresses): call it off the async workers. Callers
+    /// that share the namespace with other gateways hold a [`subnets::PoolLock`] until the
+    /// subnet's interface has its address.
     pub fn allocate_subnet(&self, server: &str) -> Result<(Ipv4Addr, u8), EgressError> {
         let pool = self.inner.settings.network_pool;
-        let exhausted = || EgressError::PoolExhausted {
+        let exhausted = |why: String| EgressError::PoolExhausted {
             server: server.to_string(),
             pool: format!("{}/{}", pool.0, pool.1),
+            why,
         };
-        let mut slots = self.inner.slots.lock().map_err(|_| exhausted())?;
+        let mut slots = self
+            .inner
+            .slots
+            .lock()
+            .map_err(|_| exhausted("allocation state poisoned".into()))?;
         if let Some(s) = slots.get(server) {
-            return ruleset::subnet_slot(pool, *s).ok_or_else(exhausted);
+            return ruleset::subnet_slot(pool, *s).ok_or_else(|| exhausted("slot gone".into()));
         }
-        let used: std::collections::BTreeSet<u32> = slots.values().copied().collect();
-        let mut slot = 0u32;
-        while used.contains(&slot) {
-            slot += 1;
-        }
-        let subnet = ruleset::subnet_slot(pool, slot).ok_or_else(exhausted)?;
+        let present = subnets::interface_addrs(self.inner.options.netns.as_deref())
+            .map_err(|e| exhausted(format!("cannot list the addresses in use: {e}")))?;
+        let ours: std::collections::BTreeSet<u32> = slots.values().copied().collect();
+        let slot =
+            subnets::first_free(pool, &ours, &present).map_err(|e| exhausted(e.to_string()))?;
+        let subnet =
+            ruleset::subnet_slot(pool, slot).ok_or_else(|| exhausted("slot gone".into()))?;
         slots.insert(server.to_string(), slot);
         Ok(subnet)
     }
@@ -317,10 +389,11 @@ impl Egress {
         attach: Attachment,
     ) -> Result<Prepared, EgressError> {
         let net = attach.net(&server.name);
-        if !net.iface.starts_with(ruleset::IFACE_PREFIX) || net.iface.len() >= 16 {
+        if !self.names().owns_iface(&net.iface) {
             return Err(EgressError::BadInterface {
                 server: server.name.clone(),
                 iface: net.iface,
+                prefix: self.names().iface_prefix(),
             });
         }
         let mut state = self.inner.state.lock().await;
@@ -352,8 +425,8 @@ impl Egress {
         let resolver = match self.start_resolver(server, addr).await {
             Ok(r) => r,
             Err(source) => {
-                // Take the rules back out; if even that fails the watch keeps the table
-                // closed for this interface anyway (default drop of `pc-*`).
+                // Take the rules back out; if even that fails the table keeps this interface
+                // closed anyway (the instance's catch-all drop of `pc<tag>*`).
                 let _ = self.apply(&state, None, Some(&server.name)).await;
                 return Err(EgressError::Resolver {
                     server: server.name.clone(),
@@ -534,8 +607,8 @@ impl Egress {
         }
     }
 
-    /// Deletes the table. Only for teardown: without the table, sandbox interfaces are no
-    /// longer filtered, so callers stop every sandbox first.
+    /// Deletes the table. Only for teardown: without the table, this instance's sandbox
+    /// interfaces are no longer filtered, so callers stop every sandbox first.
     pub async fn remove_table(&self) -> Result<(), EgressError> {
         let mut state = self.inner.state.lock().await;
         state.clear();

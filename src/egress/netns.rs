@@ -6,15 +6,13 @@
 //!
 //! ## Process sandbox
 //! When the gateway runs as root, a `process` server gets the same enforcement as a container:
-//! [`ProcessNet::create`] makes a namespace `pcs-<hash>` joined to the host by a veth pair whose
-//! host side is `pc-<hash>` (the same interface naming the rule set keys on) with a /29 from the
-//! pool, and a default route through the host side. The child is started with the command
-//! prefix from [`ProcessNet::command_prefix`] (`ip netns exec pcs-<hash>`). That was chosen over
-//! `setns` in `pre_exec` because `ip netns exec` also bind-mounts `/etc/netns/NAME/resolv.conf`
-//! over `/etc/resolv.conf` in a private mount namespace, which is how the child learns that its
-//! only resolver is the gateway's; a bare `setns` would leave it reading the host's resolver
-//! configuration (unreachable, but a confusing failure). Setup uses the `ip` tool, which is what
-//! the brief allows for setup; the firewall itself is programmed over netlink. The sandbox's
+//! [`ProcessNet::create`] makes a namespace `pcs-<tag><hash>` joined to the host by a veth pair
+//! whose host side is `pc<tag><hash>` (the instance's interface naming that its rule set keys
+//! on, see `names.rs`) with a /29 from the pool, and a default route through the host side. The
+//! child's confinement helper enters it with `setns` ([`ProcessNet::path`]) and binds
+//! [`ProcessNet::resolv_conf`] over its view's `/etc/resolv.conf` (what `ip netns exec` used to
+//! do), so its only resolver is the gateway's. Setup uses the `ip` tool, which is what the brief
+//! allows for setup; the firewall itself is programmed over netlink. The sandbox's
 //! subnet is masqueraded by the table's `postrouting` chain (the veth attachment asks for it),
 //! and [`super::host_forward`] lets its traffic through a host whose forward policy drops (as
 //! Docker's does).
@@ -26,6 +24,7 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use super::names::Names;
 use super::ruleset;
 
 /// Moves the calling thread into the network namespace at `path` (e.g. `/run/netns/NAME`).
@@ -59,7 +58,7 @@ pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
-fn ip(args: &[&str]) -> io::Result<()> {
+pub(super) fn ip(args: &[&str]) -> io::Result<()> {
     let out = Command::new("ip").args(args).output()?;
     if out.status.success() {
         Ok(())
@@ -84,19 +83,22 @@ pub struct ProcessNet {
     resolv_dir: PathBuf,
     /// The host side is in this process's namespace, where [`host_forward`] opened it.
     host_forward: bool,
+    /// Where the host side lives (`None`: this process's namespace).
+    host_netns: Option<String>,
 }
 
 impl ProcessNet {
-    /// Creates the namespace for `server` on `subnet` (a /29 from the pool). `host_netns` is
-    /// the namespace the host side lives in (`None`: the current one, the normal case; tests
-    /// pass their router namespace).
+    /// Creates the namespace for `server` of the instance `names` on `subnet` (a /29 from the
+    /// pool). `host_netns` is the namespace the host side lives in (`None`: the current one,
+    /// the normal case; tests pass their router namespace).
     pub fn create(
+        names: &Names,
         server: &str,
         subnet: (Ipv4Addr, u8),
         host_netns: Option<&str>,
     ) -> io::Result<ProcessNet> {
-        let iface = ruleset::iface_name(server);
-        let netns = format!("pcs-{}", &iface[ruleset::IFACE_PREFIX.len()..]);
+        let iface = names.iface(server);
+        let netns = names.netns(server);
         let gateway = ruleset::gateway_of(subnet);
         let sandbox_addr = Ipv4Addr::from(u32::from(gateway) + 1);
         let resolv_dir = PathBuf::from("/etc/netns").join(&netns);
@@ -107,10 +109,13 @@ impl ProcessNet {
             sandbox_addr,
             resolv_dir: resolv_dir.clone(),
             host_forward: false,
+            host_netns: host_netns.map(str::to_owned),
         };
-        // A namespace of the same name is a leftover of a gateway that died: it is ours (the
-        // name is derived from the server's), so it goes first.
+        // A namespace or host-side interface of the same name is a leftover of an earlier
+        // sandbox of this instance (the names are derived from the instance and the server,
+        // and this gateway holds the instance), so it goes first.
         let _ = ip(&["netns", "del", &netns]);
+        net.delete_host_side();
         // From here on, a failure drops `net`, which removes what was made so far.
         ip(&["netns", "add", &netns])?;
         let peer = "eth0";
@@ -168,6 +173,21 @@ impl ProcessNet {
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.netns)
     }
+
+    /// The sandbox's resolver configuration, which its children see as `/etc/resolv.conf`.
+    pub fn resolv_conf(&self) -> PathBuf {
+        self.resolv_dir.join("resolv.conf")
+    }
+}
+
+impl ProcessNet {
+    /// Deletes the host side of the veth pair (and so the pair), if it exists.
+    fn delete_host_side(&self) {
+        let _ = match &self.host_netns {
+            None => ip(&["link", "del", &self.iface]),
+            Some(h) => ip(&["-n", h, "link", "del", &self.iface]),
+        };
+    }
 }
 
 impl Drop for ProcessNet {
@@ -175,7 +195,11 @@ impl Drop for ProcessNet {
         if self.host_forward {
             super::host_forward::close(&self.iface);
         }
-        // Deleting the namespace destroys the veth pair with it.
+        // The veth pair goes explicitly: deleting the namespace's name destroys it only when
+        // nothing runs in the namespace any more, and a process that outlived its sandbox
+        // (one that left the server's process group, say) would otherwise keep a link to the
+        // host after this instance's rules for it are gone.
+        self.delete_host_side();
         let _ = ip(&["netns", "del", &self.netns]);
         let _ = std::fs::remove_dir_all(&self.resolv_dir);
     }

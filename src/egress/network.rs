@@ -1,7 +1,8 @@
 //! Per-server Docker bridge networks, created through the Engine API (bollard).
 //!
-//! Each firewalled docker server gets its own bridge whose host interface is named `pc-<hash>`
-//! (the name the rule set keys on, so rules can exist before any container does),
+//! Each firewalled docker server gets its own bridge whose host interface is named
+//! `pc<tag><hash>` (the instance's name for the server, which its rule set keys on, so rules
+//! can exist before any container does),
 //! inter-container traffic off, a /29 from the egress pool, IPv6 off, and the caller's
 //! ownership labels (so reconciliation finds leftovers of its scope). The caller passes a
 //! client that has already run `negotiate_version()` (the engine in use is 20.10, older than
@@ -45,6 +46,8 @@ pub struct NetworkSpec {
     /// The Docker network's name.
     pub name: String,
     pub server: String,
+    /// The bridge's host interface (`Names::iface`).
+    pub iface: String,
     /// A /29 from the egress pool.
     pub subnet: (Ipv4Addr, u8),
     pub labels: HashMap<String, String>,
@@ -87,7 +90,7 @@ fn is_not_found(e: &NetworkError) -> bool {
 /// Creates the server's network (replacing a stale one of the same name left by a crash) and
 /// returns the attachment to pass to [`super::Egress::prepare`].
 pub async fn create(docker: &Docker, spec: &NetworkSpec) -> Result<Attachment, NetworkError> {
-    let iface = ruleset::iface_name(&spec.server);
+    let iface = spec.iface.clone();
     let gateway = ruleset::gateway_of(spec.subnet);
     // A network of the same name from an earlier run may sit on another subnet; it is ours
     // (same name), so it is removed rather than reused.

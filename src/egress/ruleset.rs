@@ -4,19 +4,21 @@
 //! plan` and translated to netlink messages by `nft.rs`, so what the plan shows is what gets
 //! programmed.
 //!
-//! Shape (one chain pair per sandboxed server):
+//! One table per gateway instance (`inet portcullis_<instance>`, see `names.rs`). Shape (one
+//! chain pair per sandboxed server):
 //! - `forward` and `input` base chains at priority `filter - 10`, policy accept: they only judge
-//!   traffic that touches a sandbox interface (`pc-*`), so the host's own traffic and Docker's
-//!   other networks are left to Docker's rules. Because the priority is lower than Docker's, a
-//!   drop here is final whatever Docker accepts later.
+//!   traffic that touches a sandbox interface **of this instance** (`pc<tag>*`), so the host's
+//!   own traffic, Docker's other networks and other instances' sandboxes are left to their own
+//!   rules. Because the priority is lower than Docker's, a drop here is final whatever Docker
+//!   (or another instance's table) accepts.
 //! - Sandbox to sandbox is dropped before anything else; traffic into a sandbox is only allowed
 //!   as part of a connection the sandbox opened.
 //! - `srv_NAME`: established/related, then the pinned `ip . port` set, then static CIDR rules,
 //!   then a counted drop. Only TCP is ever accepted (see `dns.rs` for why pins are TCP-only).
 //! - `in_NAME`: from the sandbox to the host, only DNS (UDP and TCP 53) to the server's resolver
 //!   address, then a counted drop.
-//! - Interfaces with the `pc-` prefix that no server owns are dropped (a stale bridge left by a
-//!   crash must not become an open one).
+//! - Interfaces with this instance's prefix that no server owns are dropped (a stale bridge
+//!   left by a crash must not become an open one).
 //! - `postrouting` (type nat, only when a process sandbox exists): a veth sandbox's subnet is
 //!   masqueraded behind the host's address, so allowed hosts can answer it. Docker does the same
 //!   for its bridges itself. NAT changes no verdict: the filter chains above decide.
@@ -24,23 +26,13 @@
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
 
-use sha2::{Digest, Sha256};
-
+use super::names::Names;
 use crate::policy::{EgressHost, Policy, Runtime, Server};
 
-pub const TABLE: &str = "portcullis";
-/// Every sandbox-side interface on the host is named `pc-<8 hex>` (veth or bridge).
-pub const IFACE_PREFIX: &str = "pc-";
 /// Lower than Docker's `filter` (0), so our verdicts come first.
 pub const PRIORITY: i32 = -10;
 /// The standard source-NAT priority (`srcnat`).
 pub const NAT_PRIORITY: i32 = 100;
-
-/// The host-side interface name for `server`: deterministic, 11 characters (IFNAMSIZ is 16).
-pub fn iface_name(server: &str) -> String {
-    let digest = Sha256::digest(server.as_bytes());
-    format!("{IFACE_PREFIX}{}", hex::encode(&digest[..4]))
-}
 
 /// Chain and set names: server names are `[A-Za-z0-9-]`, and `-` is not valid in an unquoted
 /// nft identifier; `_` never occurs in a server name, so the mapping is one-to-one.
@@ -201,11 +193,12 @@ pub fn needs_sets(server: &Server) -> (bool, bool) {
     (by_port, any_port)
 }
 
-/// Builds the table for `servers` (each with its attachment). Servers are taken in the order
-/// given; callers sort for stable output.
-pub fn build(servers: &[(&Server, &ServerNet)]) -> Table {
+/// Builds the table for `servers` (each with its attachment) of the instance whose interfaces
+/// start with `prefix` ([`Names::iface_prefix`]). Servers are taken in the order given;
+/// callers sort for stable output.
+pub fn build(prefix: &str, servers: &[(&Server, &ServerNet)]) -> Table {
     let mut t = Table::default();
-    let prefix = IFACE_PREFIX.to_string();
+    let prefix = prefix.to_string();
     let mut forward = vec![
         counted_drop(vec![
             Match::IifPrefix(prefix.clone()),
@@ -355,7 +348,7 @@ pub fn gateway_of(subnet: (Ipv4Addr, u8)) -> Ipv4Addr {
 /// The attachments for `firewall plan`: firewalled servers in name order take consecutive
 /// slots of the pool. At run time a server takes the first free slot when its first sandbox
 /// starts, so the addresses can differ; the rules are the same.
-pub fn plan_nets(policy: &Policy) -> Vec<ServerNet> {
+pub fn plan_nets(policy: &Policy, names: &Names) -> Vec<ServerNet> {
     policy
         .servers
         .values()
@@ -366,7 +359,7 @@ pub fn plan_nets(policy: &Policy) -> Vec<ServerNet> {
             let subnet = subnet_slot(policy.egress.network_pool, slot)?;
             Some(ServerNet {
                 server: s.name.clone(),
-                iface: iface_name(&s.name),
+                iface: names.iface(&s.name),
                 gateway: gateway_of(subnet),
                 masquerade: matches!(s.runtime, Runtime::Process(_)).then_some(subnet),
             })
@@ -374,9 +367,9 @@ pub fn plan_nets(policy: &Policy) -> Vec<ServerNet> {
         .collect()
 }
 
-/// The whole plan of a policy as `nft` text.
-pub fn plan(policy: &Policy) -> String {
-    let nets = plan_nets(policy);
+/// The whole plan of a policy for instance `names` as `nft` text.
+pub fn plan(policy: &Policy, names: &Names) -> String {
+    let nets = plan_nets(policy, names);
     let pairs: Vec<(&Server, &ServerNet)> = nets
         .iter()
         .filter_map(|n| policy.servers.get(&n.server).map(|s| (s, n)))
@@ -404,6 +397,16 @@ pub fn plan(policy: &Policy) -> String {
         out,
         "# are not listed: docker ones run with no network, process ones on the host's network."
     );
+    let _ = writeln!(
+        out,
+        "# Instance {}: its table and interface names (`{}*`) are its own; other gateways'",
+        names.instance(),
+        names.iface_prefix()
+    );
+    let _ = writeln!(
+        out,
+        "# tables judge only their own interfaces. Created with flags owner and persist."
+    );
     for (s, n) in &pairs {
         let kind = match s.runtime {
             Runtime::Docker(_) => "docker bridge",
@@ -419,14 +422,17 @@ pub fn plan(policy: &Policy) -> String {
             allow.join(", ")
         );
     }
-    out.push_str(&render(&build(&pairs)));
+    out.push_str(&render(
+        &names.table(),
+        &build(&names.iface_prefix(), &pairs),
+    ));
     out
 }
 
-/// `nft -f` syntax for the table.
-pub fn render(t: &Table) -> String {
+/// `nft -f` syntax for the table named `table`.
+pub fn render(table: &str, t: &Table) -> String {
     let mut o = String::new();
-    let _ = writeln!(o, "table inet {TABLE} {{");
+    let _ = writeln!(o, "table inet {table} {{");
     for s in &t.sets {
         let ty = match s.kind {
             SetKind::AddrPort => "ipv4_addr . inet_service",
@@ -526,12 +532,31 @@ mod tests {
     use super::*;
 
     #[test]
-    fn interface_names_fit_and_are_stable() {
-        let a = iface_name("github");
-        assert_eq!(a, iface_name("github"));
-        assert!(a.len() < 16 && a.starts_with(IFACE_PREFIX));
-        assert_ne!(a, iface_name("github2"));
+    fn identifiers_map_dashes() {
         assert_eq!(ident("my-server"), "my_server");
+    }
+
+    #[test]
+    fn an_instance_judges_only_its_own_interfaces() {
+        let policy = crate::policy::parse(
+            "[servers.p]\nruntime = \"process\"\ncommand = \"x\"\negress.allow = [\"10.1.2.0/24:5432\"]\n",
+            "<test>",
+        )
+        .unwrap();
+        let names = Names::new(crate::instance::InstanceId::parse("team-a").unwrap());
+        let other = Names::new(crate::instance::InstanceId::parse("team-b").unwrap());
+        let text = plan(&policy, &names);
+        assert!(text.contains("table inet portcullis_team_a {"), "{text}");
+        let prefix = format!("\"{}*\"", names.iface_prefix());
+        // Every wildcard match is this instance's; another instance's never appears.
+        for line in text
+            .lines()
+            .filter(|l| l.contains('*') && !l.starts_with('#'))
+        {
+            assert!(line.contains(&prefix), "{line}");
+        }
+        assert!(!text.contains(&other.iface_prefix()), "{text}");
+        assert!(!text.contains("\"pc-*\""), "{text}");
     }
 
     #[test]
@@ -556,7 +581,8 @@ command = "x"
             "<test>",
         )
         .unwrap();
-        let nets = plan_nets(&policy);
+        let inst = Names::default();
+        let nets = plan_nets(&policy, &inst);
         let names: Vec<&str> = nets.iter().map(|n| n.server.as_str()).collect();
         assert_eq!(
             names,
@@ -568,12 +594,12 @@ command = "x"
             "Docker masquerades its own bridges"
         );
         assert_eq!(nets[1].masquerade, Some((Ipv4Addr::new(10, 213, 0, 8), 29)));
-        let text = plan(&policy);
+        let text = plan(&policy, &inst);
         assert!(text.contains(
             "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.213.0.8/29 masquerade\n\t}"
         ), "{text}");
         assert!(!text.contains("quiet") && !text.contains("plain"), "{text}");
-        let table = build(&[(&policy.servers["box"], &nets[0])]);
+        let table = build(&inst.iface_prefix(), &[(&policy.servers["box"], &nets[0])]);
         assert!(table
             .chains
             .iter()

@@ -1,13 +1,28 @@
-//! The worker thread that owns the netlink socket and `table inet portcullis`.
+//! The worker thread that owns the netlink socket and the instance's table
+//! (`inet portcullis_<instance>`, see `names.rs`).
 //!
-//! Everything that touches the kernel goes through this one thread, in order: table
-//! replacements, pin additions and the periodic watch. That ordering is what makes replaying the
+//! Everything that touches the kernel goes through this one thread and its one socket, in
+//! order: table replacements, pin additions and the periodic watch. One socket for the worker's
+//! whole life is also what ownership needs: the table is created with
+//! `NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST`, so only this socket may change or delete it
+//! (anyone else, root included, gets EPERM, and `nft flush ruleset` passes it by), and when the
+//! socket closes (the gateway exits or dies) the kernel keeps the table, still filtering, as an
+//! orphan that the next start of the same instance adopts.
+//!
+//! At start ([`spawn`]) the worker probes whether the kernel has both flags ([`Protection`]:
+//! without them it falls back to the watch alone) and claims the instance's table: one that
+//! another live socket owns means another gateway runs this instance (refused); one left by an
+//! earlier run of this instance (an orphan, or a table without flags) is replaced in one
+//! transaction by an empty table of ours, which keeps the leftover sandbox interfaces closed
+//! until they are cleaned up; and a table of another instance whose interface prefix equals
+//! ours is refused (their rules would judge each other's sandboxes). That ordering is what makes replaying the
 //! pin cache during a replacement race-free (no pin can be acknowledged between the snapshot of
 //! the cache and the commit of the new table). Netlink calls block, so they live here and never
 //! on the async runtime.
 //!
-//! The watch runs every `watch_interval`: it reads the table back and, if it is missing or its
-//! shape differs from what was programmed (a flushed ruleset, a deleted chain, an added or
+//! The watch runs every `watch_interval` (the second line behind ownership, and the only one
+//! without it): it reads the table back and, if it is missing or its shape differs from what
+//! was programmed (a flushed ruleset, a deleted chain, an added or
 //! removed rule), programs it again and reports [`EgressEvent::Restored`]; if that fails it
 //! reports [`EgressEvent::RestoreFailed`] with the servers that are now unprotected, so the
 //! gateway can stop them (once per loss; the watch keeps retrying, and [`super::Egress::is_enforcing`]
@@ -23,10 +38,51 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
-use super::nft::{Netlink, NftError, Snapshot};
+use super::names::{self, Names};
+use super::nft::{Netlink, NftError, Snapshot, TABLE_F_OWNER, TABLE_F_PERSIST};
 use super::ruleset::{self, ServerNet, Table};
 use super::sets::{Pin, PinCache};
+use super::EgressError;
 use crate::policy::Server;
+
+/// How the table is protected against changes by anyone but this gateway.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Protection {
+    /// Created with OWNER | PERSIST: nobody else can change it, and it outlives a crash. The
+    /// watch still reads it back every interval.
+    Owned,
+    /// The kernel lacks the flags (or they were turned off): the watch alone restores what is
+    /// changed, within one interval. `reason` says why.
+    Watched { reason: String },
+}
+
+impl Protection {
+    /// `owner` or `watch`, for `/metrics` and `doctor`.
+    pub fn mode(&self) -> &'static str {
+        match self {
+            Protection::Owned => "owner",
+            Protection::Watched { .. } => "watch",
+        }
+    }
+}
+
+/// What to claim: the instance's names and how to mark the table.
+#[derive(Debug, Clone)]
+pub(crate) struct Claim {
+    pub names: Names,
+    /// Use OWNER | PERSIST when the kernel has them.
+    pub owned: bool,
+    /// The table's comment: who created it (see `instance::lock::comment_for`).
+    pub comment: String,
+}
+
+/// What the worker found at start.
+#[derive(Debug, Clone)]
+pub struct Startup {
+    pub protection: Protection,
+    /// Set when a table of an earlier run of this instance was taken over: what it was.
+    pub adopted: Option<String>,
+}
 
 /// What the gateway should audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,7 +118,7 @@ pub(crate) enum Cmd {
     Snapshot {
         reply: oneshot::Sender<Result<Option<Snapshot>, NftError>>,
     },
-    /// Deletes the table (used on shutdown).
+    /// Deletes the table (used on shutdown, after every sandbox is gone).
     Remove {
         reply: oneshot::Sender<Result<(), NftError>>,
     },
@@ -80,13 +136,17 @@ pub(crate) struct WorkerHandle {
 const QUEUE: usize = 1024;
 const EVENTS: usize = 256;
 
+pub(crate) type Spawned = (WorkerHandle, mpsc::Receiver<EgressEvent>, Startup);
+
+/// Starts the worker in `netns` (or the current namespace) and claims `claim`'s table.
 pub(crate) fn spawn(
     netns: Option<PathBuf>,
     watch_interval: Duration,
-) -> Result<(WorkerHandle, mpsc::Receiver<EgressEvent>), NftError> {
+    claim: Claim,
+) -> Result<Spawned, EgressError> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<Cmd>(QUEUE);
     let (ev_tx, ev_rx) = mpsc::channel(EVENTS);
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<(), NftError>>();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Startup, EgressError>>();
     let enforcing = Arc::new(AtomicBool::new(true));
     let flag = enforcing.clone();
     let events = ev_tx.clone();
@@ -95,20 +155,22 @@ pub(crate) fn spawn(
         .spawn(move || {
             if let Some(ns) = &netns {
                 if let Err(e) = super::netns::enter(ns) {
-                    let _ = ready_tx.send(Err(NftError::Io(e)));
+                    let _ = ready_tx.send(Err(EgressError::Start(NftError::Io(e))));
                     return;
                 }
             }
-            let nl = match Netlink::open() {
+            let nl = match Netlink::open(&claim.names.table()) {
                 Ok(nl) => nl,
                 Err(e) => {
-                    let _ = ready_tx.send(Err(e));
+                    let _ = ready_tx.send(Err(EgressError::Start(e)));
                     return;
                 }
             };
-            let _ = ready_tx.send(Ok(()));
-            Worker {
+            let mut worker = Worker {
                 nl,
+                names: claim.names.clone(),
+                flags: 0,
+                comment: claim.comment.clone(),
                 desired: BTreeMap::new(),
                 table: Table::default(),
                 cache: PinCache::default(),
@@ -116,23 +178,33 @@ pub(crate) fn spawn(
                 events: ev_tx,
                 programmed: false,
                 enforcing: flag,
+            };
+            match worker.claim(claim.owned) {
+                Ok(startup) => {
+                    let _ = ready_tx.send(Ok(startup));
+                }
+                Err(e) => {
+                    let _ = ready_tx.send(Err(e));
+                    return;
+                }
             }
-            .run(rx, watch_interval);
+            worker.run(rx, watch_interval);
         })
-        .map_err(NftError::Io)?;
+        .map_err(|e| EgressError::Start(NftError::Io(e)))?;
     match ready_rx.recv() {
-        Ok(Ok(())) => Ok((
+        Ok(Ok(startup)) => Ok((
             WorkerHandle {
                 tx,
                 enforcing,
                 events,
             },
             ev_rx,
+            startup,
         )),
         Ok(Err(e)) => Err(e),
-        Err(_) => Err(NftError::Io(std::io::Error::other(
+        Err(_) => Err(EgressError::Start(NftError::Io(std::io::Error::other(
             "the netlink worker exited at start",
-        ))),
+        )))),
     }
 }
 
@@ -149,6 +221,10 @@ impl WorkerHandle {
 
 struct Worker {
     nl: Netlink,
+    names: Names,
+    /// Table flags of every table this worker creates: OWNER | PERSIST, or none (watch only).
+    flags: u32,
+    comment: String,
     desired: BTreeMap<String, (Server, ServerNet)>,
     table: Table,
     cache: PinCache,
@@ -162,6 +238,71 @@ struct Worker {
 }
 
 impl Worker {
+    /// Decides the protection and takes the instance's table (see the module comment).
+    fn claim(&mut self, owned: bool) -> Result<Startup, EgressError> {
+        let wanted = TABLE_F_OWNER | TABLE_F_PERSIST;
+        let protection = if !owned {
+            Protection::Watched {
+                reason: "table flags turned off (PORTCULLIS_EGRESS_TABLE_FLAGS=off)".into(),
+            }
+        } else if self
+            .nl
+            .supports_table_flags(wanted)
+            .map_err(EgressError::Start)?
+        {
+            self.flags = wanted;
+            Protection::Owned
+        } else {
+            Protection::Watched {
+                reason:
+                    "the kernel lacks NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST (Linux 6.9 has both)"
+                        .into(),
+            }
+        };
+        let table = self.names.table();
+        let prefix = self.names.iface_prefix();
+        let mut adopted = None;
+        for t in self.nl.tables().map_err(EgressError::Start)? {
+            if t.name == table {
+                if t.is_owned() && Some(self.nl.port_id()) != t.owner {
+                    return Err(EgressError::InUse {
+                        table,
+                        owner: t.owner.unwrap_or(0),
+                        holder: t.comment,
+                    });
+                }
+                adopted = Some(if t.is_orphan() {
+                    format!("table inet {table} left by an earlier run of this instance ({}), kept in force since it ended", t.comment.as_deref().unwrap_or("no comment"))
+                } else {
+                    format!("table inet {table} left by an earlier run of this instance, without owner flags")
+                });
+                continue;
+            }
+            if let Some(other) = names::instance_of_table(&t.name) {
+                if names::tag_of(&other) == self.names.tag() {
+                    return Err(EgressError::NameClash {
+                        ours: self.names.instance().to_string(),
+                        theirs: other,
+                        prefix,
+                    });
+                }
+            }
+        }
+        if adopted.is_some() {
+            // Replaced in one transaction by an empty table of ours: every leftover interface
+            // of this instance stays dropped by its catch-all rules, and from here on only this
+            // socket can change it.
+            self.program().map_err(|source| EgressError::Program {
+                server: "*".into(),
+                source,
+            })?;
+        }
+        Ok(Startup {
+            protection,
+            adopted,
+        })
+    }
+
     fn run(mut self, rx: Receiver<Cmd>, interval: Duration) {
         let mut next_watch = Instant::now() + interval;
         loop {
@@ -199,14 +340,17 @@ impl Worker {
                     // added or removed) succeeded, so it is in force again.
                     self.counters.clear();
                     self.emit(EgressEvent::Restored {
-                        reason: "table inet portcullis had been lost; programmed again".into(),
+                        reason: format!(
+                            "table inet {} had been lost; programmed again",
+                            self.names.table()
+                        ),
                     });
                 }
                 if r.is_err() {
                     // The kernel still holds the previous table (the batch was aborted), so
                     // the desired state goes back to what is actually enforced.
                     self.desired = previous;
-                    self.table = build(&self.desired);
+                    self.table = self.build();
                 }
                 let _ = reply.send(r);
             }
@@ -236,7 +380,8 @@ impl Worker {
         let mut b = self.nl.batch();
         b.add_table()?;
         b.del_table()?;
-        self.nl.commit(b, "deleting table inet portcullis")
+        let what = format!("deleting table inet {}", self.names.table());
+        self.nl.commit(b, &what)
     }
 
     fn pin(&mut self, server: &str, pins: &[Pin], timeout: Duration) -> Result<(), NftError> {
@@ -258,11 +403,11 @@ impl Worker {
 
     /// Replaces the table with the desired one plus the live pins, then reads it back.
     fn program(&mut self) -> Result<(), NftError> {
-        let table = build(&self.desired);
+        let table = self.build();
         let now = Instant::now();
         self.cache.prune(now);
         let mut b = self.nl.batch();
-        b.replace_table(&table)?;
+        b.replace_table(&table, self.flags, Some(&self.comment))?;
         let live_sets: std::collections::BTreeSet<&str> =
             table.sets.iter().map(|s| s.name.as_str()).collect();
         for (set, elems) in self.cache.replay(now) {
@@ -270,7 +415,8 @@ impl Worker {
                 b.put_elements(&set, &elems)?;
             }
         }
-        self.nl.commit(b, "replacing table inet portcullis")?;
+        let what = format!("replacing table inet {}", self.names.table());
+        self.nl.commit(b, &what)?;
         self.table = table;
         self.programmed = true;
         self.verify()
@@ -280,12 +426,14 @@ impl Worker {
         let expected = Snapshot::expected(&self.table);
         match self.nl.snapshot()? {
             Some(s) if s.same_shape(&expected) => Ok(()),
-            Some(_) => Err(NftError::Io(std::io::Error::other(
-                "read-back of table inet portcullis differs from what was programmed",
-            ))),
-            None => Err(NftError::Io(std::io::Error::other(
-                "table inet portcullis is missing right after programming it",
-            ))),
+            Some(_) => Err(NftError::Io(std::io::Error::other(format!(
+                "read-back of table inet {} differs from what was programmed",
+                self.names.table()
+            )))),
+            None => Err(NftError::Io(std::io::Error::other(format!(
+                "table inet {} is missing right after programming it",
+                self.names.table()
+            )))),
         }
     }
 
@@ -301,14 +449,15 @@ impl Worker {
         }
         self.cache.prune(Instant::now());
         let expected = Snapshot::expected(&self.table);
+        let table = self.names.table();
         let reason = match self.nl.snapshot() {
             Ok(Some(s)) if s.same_shape(&expected) => {
                 self.report_denials(&s);
                 return;
             }
-            Ok(Some(_)) => "table inet portcullis was altered".to_string(),
-            Ok(None) => "table inet portcullis was removed".to_string(),
-            Err(e) => format!("table inet portcullis could not be read back: {e}"),
+            Ok(Some(_)) => format!("table inet {table} was altered"),
+            Ok(None) => format!("table inet {table} was removed"),
+            Err(e) => format!("table inet {table} could not be read back: {e}"),
         };
         match self.program() {
             Ok(()) => {
@@ -348,7 +497,10 @@ impl Worker {
     }
 }
 
-fn build(desired: &BTreeMap<String, (Server, ServerNet)>) -> Table {
-    let pairs: Vec<(&Server, &ServerNet)> = desired.values().map(|(s, n)| (s, n)).collect();
-    ruleset::build(&pairs)
+impl Worker {
+    fn build(&self) -> Table {
+        let pairs: Vec<(&Server, &ServerNet)> =
+            self.desired.values().map(|(s, n)| (s, n)).collect();
+        ruleset::build(&self.names.iface_prefix(), &pairs)
+    }
 }

@@ -33,7 +33,8 @@ const OTHER_TOKEN: &str = "other-token";
 /// Paths that need a credential.
 const MCP_PATHS: &[&str] = &["/mcp", "/mcp/", "/sse", "/messages", "/messages/"];
 
-/// No servers, two clients with tokens, one extra host and origin, a small body limit.
+/// No servers, two clients with tokens, one extra host and origin, a small body limit. The
+/// fuzzer opens sessions far faster than any client would: creation rates would hide paths.
 fn policy_toml() -> String {
     let hash = |t: &str| hex::encode(Sha256::digest(t.as_bytes()));
     format!(
@@ -46,10 +47,12 @@ max_sessions = 16
 
 [clients.fuzz]
 token_sha256 = "{}"
+session_rate = "1000000/s"
 
 [clients.other]
 token_sha256 = "{}"
 deny = ["*"]
+session_rate = "1000000/s"
 "#,
         hash(TOKEN),
         hash(OTHER_TOKEN)

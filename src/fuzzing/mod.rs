@@ -10,6 +10,7 @@ mod audit;
 mod dns;
 mod http;
 mod mcp;
+mod openapi;
 mod policy;
 mod sse;
 
@@ -17,6 +18,7 @@ pub use audit::{audit_verify, SEED_LOG_KEY};
 pub use dns::dns_query;
 pub use http::http_request;
 pub use mcp::mcp_message;
+pub use openapi::openapi_tools;
 pub use policy::{policy_import, policy_toml};
 pub use sse::sse_stream;
 
@@ -33,4 +35,5 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("policy_import", policy_import),
     ("dns_query", dns_query),
     ("audit_verify", audit_verify),
+    ("openapi_tools", openapi_tools),
 ];

@@ -19,7 +19,7 @@ pub fn policy_toml(data: &[u8]) {
     match policy::parse(src, ORIGIN) {
         Ok(p) => {
             let _ = show::render(&p);
-            let _ = ruleset::plan(&p);
+            let _ = ruleset::plan(&p, &crate::egress::Names::default());
             check_reload(&p);
         }
         Err(e) => check_diagnostics(src, &e),

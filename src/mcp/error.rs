@@ -31,6 +31,9 @@ impl ErrorCode {
     pub const BUSY: ErrorCode = ErrorCode(-32015);
     /// Gateway: the audit log cannot be written and the gateway is fail-closed.
     pub const AUDIT_UNAVAILABLE: ErrorCode = ErrorCode(-32016);
+    /// Gateway: a message is over `max_message_bytes`; `data` names the server, the method,
+    /// the size and the limit.
+    pub const MESSAGE_TOO_LARGE: ErrorCode = ErrorCode(-32017);
 }
 
 #[derive(Serialize)]

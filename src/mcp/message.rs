@@ -151,35 +151,65 @@ impl Message {
     }
 
     pub fn to_bytes(&self) -> Bytes {
-        let out = match self {
-            Message::Request(r) => serde_json::to_vec(&WireOut {
-                jsonrpc: "2.0",
-                id: Some(&r.id),
-                method: Some(&r.method),
-                params: r.params.as_deref(),
-                result: None,
-                error: None,
-            }),
-            Message::Notification(n) => serde_json::to_vec(&WireOut {
-                jsonrpc: "2.0",
-                id: None,
-                method: Some(&n.method),
-                params: n.params.as_deref(),
-                result: None,
-                error: None,
-            }),
-            Message::Response(r) => serde_json::to_vec(&WireOut {
-                jsonrpc: "2.0",
-                id: Some(&r.id),
-                method: None,
-                params: None,
-                result: r.outcome.as_ref().ok().map(|v| &**v),
-                error: r.outcome.as_ref().err().map(|v| &**v),
-            }),
+        let raw_len = |v: Option<&RawValue>| v.map_or(0, |v| v.get().len());
+        let (wire, payload) = match self {
+            Message::Request(r) => (
+                WireOut {
+                    jsonrpc: "2.0",
+                    id: Some(&r.id),
+                    method: Some(&r.method),
+                    params: r.params.as_deref(),
+                    result: None,
+                    error: None,
+                },
+                raw_len(r.params.as_deref()) + r.method.len(),
+            ),
+            Message::Notification(n) => (
+                WireOut {
+                    jsonrpc: "2.0",
+                    id: None,
+                    method: Some(&n.method),
+                    params: n.params.as_deref(),
+                    result: None,
+                    error: None,
+                },
+                raw_len(n.params.as_deref()) + n.method.len(),
+            ),
+            Message::Response(r) => {
+                let result = r.outcome.as_ref().ok().map(|v| &**v);
+                let error = r.outcome.as_ref().err().map(|v| &**v);
+                (
+                    WireOut {
+                        jsonrpc: "2.0",
+                        id: Some(&r.id),
+                        method: None,
+                        params: None,
+                        result,
+                        error,
+                    },
+                    raw_len(result) + raw_len(error),
+                )
+            }
         };
+        // Sized up front: a large result is copied once, not once per doubling of the buffer.
+        let id_len = match wire.id {
+            Some(Id::Str(s)) => s.len() * 6 + 2,
+            _ => 20,
+        };
+        let mut out = Vec::with_capacity(payload + id_len + 64);
         // Serializing ids, strings and already-valid raw JSON cannot fail.
-        Bytes::from(out.unwrap_or_default())
+        if serde_json::to_writer(&mut out, &wire).is_err() {
+            out.clear();
+        }
+        Bytes::from(out)
     }
+}
+
+/// Whether `serialized` (as [`Message::to_bytes`] and [`error_response_bytes`] write messages)
+/// is a notification. Both write `jsonrpc` first and `id` right after it whenever a message has
+/// one, so a notification is the only kind that has `method` second.
+pub fn is_notification(serialized: &[u8]) -> bool {
+    serialized.starts_with(br#"{"jsonrpc":"2.0","method":"#)
 }
 
 #[derive(Serialize)]
@@ -360,6 +390,27 @@ mod tests {
         assert!(items[0].is_ok());
         assert!(items[1].is_err());
         assert!(Body::parse(b"[]").is_err());
+    }
+
+    #[test]
+    fn only_notifications_are_told_apart_as_notifications() {
+        let n =
+            Message::parse(br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{}}"#)
+                .unwrap()
+                .to_bytes();
+        assert!(is_notification(&n));
+        for src in [
+            &br#"{"jsonrpc":"2.0","id":1,"method":"sampling/createMessage","params":{}}"#[..],
+            br#"{"jsonrpc":"2.0","id":"a","result":{}}"#,
+            br#"{"jsonrpc":"2.0","id":2,"error":{"code":1,"message":"m"}}"#,
+        ] {
+            assert!(!is_notification(&Message::parse(src).unwrap().to_bytes()));
+        }
+        assert!(!is_notification(&error_response_bytes(
+            None,
+            ErrorCode::PARSE_ERROR,
+            "x"
+        )));
     }
 
     #[test]

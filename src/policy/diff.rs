@@ -20,7 +20,8 @@ pub struct PolicyDiff {
     pub revoked: Vec<String>,
     /// `[auth]` changed (JWT settings, advertised metadata).
     pub auth: bool,
-    /// Router settings of `[gateway]` that apply live (`request_timeout`, `page_size`, `naming`).
+    /// Router settings of `[gateway]` that apply live (`request_timeout`, `page_size`, `naming`,
+    /// the pacing of list changes).
     pub gateway: Vec<&'static str>,
 }
 
@@ -138,6 +139,13 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     if old.effective_naming() != new.effective_naming() {
         gateway.push("gateway.naming");
     }
+    let (o, n) = (&old.gateway.list_changes, &new.gateway.list_changes);
+    if o.interval != n.interval {
+        gateway.push("gateway.list_changed_interval");
+    }
+    if (o.unstable_after, o.window) != (n.unstable_after, n.window) {
+        gateway.push("gateway.unstable_list_changes");
+    }
     PolicyDiff {
         servers,
         clients,
@@ -162,17 +170,20 @@ macro_rules! differing {
 
 /// Keys of a server whose change needs new instances: what runs, how, with what.
 fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
-    use super::Runtime::{Docker, Process, Remote};
+    use super::Runtime::{Docker, OpenApi, Process, Remote};
     let mut keys = Vec::new();
     if o.runtime != n.runtime {
         keys.push(match (&o.runtime, &n.runtime) {
             (Docker(_), Docker(_)) => "docker",
             (Process(_), Process(_)) => "process",
             (Remote(_), Remote(_)) => "remote",
+            (OpenApi(_), OpenApi(_)) => "openapi",
             _ => "runtime",
         });
     }
-    keys.extend(differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout));
+    keys.extend(
+        differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes),
+    );
     keys
 }
 
@@ -197,15 +208,18 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
     }
     keep!(
         listen => "gateway.listen",
+        admin_listen => "gateway.admin_listen",
         tls => "gateway.tls",
         allowed_origins => "gateway.allowed_origins",
         allowed_hosts => "gateway.allowed_hosts",
         max_body_bytes => "gateway.max_body_bytes",
+        max_message_bytes => "gateway.max_message_bytes",
         session_idle_timeout => "gateway.session_idle_timeout",
         unused_session_timeout => "gateway.unused_session_timeout",
         max_sessions => "gateway.max_sessions",
         sse_keepalive => "gateway.sse_keepalive",
         sse_poll_interval => "gateway.sse_poll_interval",
+        instance => "gateway.instance",
     );
     if new.audit != running.audit {
         kept.push("audit");

@@ -4,21 +4,28 @@ mod diagnose;
 pub mod diff;
 pub mod egress;
 pub mod error;
+pub mod glob;
 pub mod import;
 pub mod location;
 pub mod model;
+pub mod quotas;
 mod raw;
 pub mod show;
+pub mod signature;
+pub mod trust;
 pub mod units;
 mod validate;
 mod validate_access;
 mod validate_audit;
 mod validate_egress;
 mod validate_oauth;
+mod validate_openapi;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
+pub use glob::glob_match;
 pub use import::import;
 pub use model::*;
+pub use quotas::ClientQuotas;
 pub use validate::{
     is_server_name, parse_secret_ref, secret_refs, validate_host_port, DEFAULT_SERVER_LOG_RATE,
 };

@@ -8,6 +8,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use super::glob::glob_match;
+
 /// A complete, validated policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -210,6 +212,9 @@ pub enum HttpSinkAuth {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
     pub listen: SocketAddr,
+    /// A loopback listener that serves `/health`, `/ready` and `/metrics` (without a token);
+    /// when set, the main listener no longer serves `/ready` and `/metrics`.
+    pub admin_listen: Option<SocketAddr>,
     pub naming: Naming,
     /// Extra `Origin` values accepted besides loopback origins (exact match, e.g. `https://app.example`).
     pub allowed_origins: Vec<String>,
@@ -217,6 +222,8 @@ pub struct Gateway {
     pub allowed_hosts: Vec<String>,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
+    /// Largest JSON-RPC message read from a server or sent to a client; servers may override it.
+    pub max_message_bytes: usize,
     /// How long an upstream may take to answer one request before the client gets an error.
     pub request_timeout: Duration,
     /// Sessions with no request for this long are closed.
@@ -240,9 +247,40 @@ pub struct Gateway {
     pub sse_poll_interval: Option<Duration>,
     /// TLS for the listener; required (with client authentication) off loopback.
     pub tls: Option<Tls>,
-    /// Where the gateway keeps state between runs (the OAuth token caches); resolved against
-    /// the policy file's directory when relative.
+    /// Where the gateway keeps state between runs (the OAuth token caches, the instance lock);
+    /// resolved against the policy file's directory when relative.
     pub state_dir: PathBuf,
+    /// The gateway's instance id (`crate::instance`): names every kernel and Docker object it
+    /// makes. `None`: derived from `state_dir`.
+    pub instance: Option<String>,
+    /// The policy's version number (`[gateway] serial`). A gateway that requires signed
+    /// policies loads none without it and none whose serial is lower than the one in force.
+    pub serial: Option<u64>,
+    /// How servers' list changes are paced and when a server counts as unstable.
+    pub list_changes: ListChanges,
+}
+
+/// `[gateway] list_changed_interval`, `unstable_list_changes` and `unstable_window`: what keeps
+/// a server that floods `*/list_changed` from reaching every client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ListChanges {
+    /// At most one `*/list_changed` per session and list (and one `resources/updated` per
+    /// session and URI), and one list request per server and list, this often.
+    pub interval: Duration,
+    /// More list changes than this from one server within `window` are audited as
+    /// `catalog_unstable`.
+    pub unstable_after: u64,
+    pub window: Duration,
+}
+
+impl Default for ListChanges {
+    fn default() -> Self {
+        ListChanges {
+            interval: Duration::from_millis(250),
+            unstable_after: 60,
+            window: Duration::from_secs(60),
+        }
+    }
 }
 
 /// Default state directory, relative to the policy file (or the working directory for the
@@ -326,6 +364,9 @@ pub struct Server {
     pub max_in_flight: Option<u32>,
     /// How long a call may wait for a free slot before it is refused.
     pub queue_timeout: Duration,
+    /// Largest message this server may send (and the gateway may relay from it): its own
+    /// `max_message_bytes`, else the gateway's.
+    pub max_message_bytes: usize,
     /// What the gateway answers the server's `roots/list` with when no client session can be
     /// asked (shared servers between calls, clients without roots): `file://` URIs.
     pub roots: Vec<String>,
@@ -365,6 +406,8 @@ pub enum Runtime {
     Docker(DockerSpec),
     /// A remote MCP server over Streamable HTTP (or legacy SSE).
     Remote(RemoteSpec),
+    /// A REST API described by an OpenAPI document; each operation is a tool.
+    OpenApi(OpenApiSpec),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -373,6 +416,32 @@ pub struct ProcessSpec {
     pub args: Vec<String>,
     pub env: BTreeMap<String, String>,
     pub cwd: Option<PathBuf>,
+    /// The uid and gid the server runs as when the gateway is root (default 65534:65534).
+    pub user: ProcessUser,
+    /// Host paths bound into the server's read-only view (`target` is a host path too).
+    pub mounts: Vec<Mount>,
+}
+
+/// `user` of a process server; uid 0 only with `allow_root = true`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ProcessUser {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl Default for ProcessUser {
+    fn default() -> ProcessUser {
+        ProcessUser {
+            uid: 65534,
+            gid: 65534,
+        }
+    }
+}
+
+impl std::fmt::Display for ProcessUser {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.uid, self.gid)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -403,6 +472,26 @@ pub struct RemoteSpec {
     /// The gateway gets its own access token for this server from an OAuth authorization
     /// server and sends it as `Authorization: Bearer`.
     pub oauth: Option<OAuth>,
+}
+
+/// A REST API served as MCP tools (`runtime = "openapi"`): the gateway itself makes the HTTP
+/// requests, with the same egress check, credentials and redaction as for a remote server.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OpenApiSpec {
+    /// The OpenAPI document, resolved against the policy file's directory.
+    pub spec: PathBuf,
+    /// Where requests go (the document's own `servers` are ignored: the policy decides).
+    pub base_url: String,
+    /// Header name -> value template (may reference `${secret:NAME}`).
+    pub headers: BTreeMap<String, String>,
+    pub ca_file: Option<PathBuf>,
+    pub oauth: Option<OAuth>,
+    /// Which operations become tools: globs over the operationId or `METHOD /path`.
+    pub operations: ToolFilter,
+    /// Larger answers become tool errors.
+    pub max_response_bytes: u64,
+    /// The tools the document makes, read when the policy was validated.
+    pub api: std::sync::Arc<crate::openapi::Api>,
 }
 
 /// OAuth 2.1 client settings of a remote server (the gateway is the OAuth client).
@@ -547,6 +636,12 @@ pub struct Client {
     pub jwt_subject: Option<String>,
     /// This client's quota across all its calls.
     pub rate: Option<Rate>,
+    /// Sessions it may hold open at once; `None`: the default share ([`Policy::client_quotas`]).
+    pub max_sessions: Option<usize>,
+    /// How fast it may open sessions; `None`: the default.
+    pub session_rate: Option<Rate>,
+    /// Its share of a contended server's call slots against other clients'; `None`: 1.
+    pub weight: Option<u32>,
     /// `server__tool` patterns (`*` globs).
     pub allow: Vec<String>,
     pub deny: Vec<String>,
@@ -556,7 +651,12 @@ impl Policy {
     /// Moves the state directory (e.g. `serve --state-dir`), and with it every token cache.
     pub fn set_state_dir(&mut self, dir: PathBuf) {
         for server in self.servers.values_mut() {
-            if let Runtime::Remote(RemoteSpec { oauth: Some(o), .. }) = &mut server.runtime {
+            let oauth = match &mut server.runtime {
+                Runtime::Remote(RemoteSpec { oauth, .. }) => oauth.as_mut(),
+                Runtime::OpenApi(OpenApiSpec { oauth, .. }) => oauth.as_mut(),
+                _ => None,
+            };
+            if let Some(o) = oauth {
                 o.cache_file = OAuth::cache_file_in(&dir, &server.name);
             }
         }
@@ -614,33 +714,6 @@ impl ToolFilter {
         }
         self.allow.is_empty() || self.allow.iter().any(|p| glob_match(p, tool))
     }
-}
-
-/// `*` matches any run of characters (including none); every other character is literal.
-pub fn glob_match(pattern: &str, text: &str) -> bool {
-    let p = pattern.as_bytes();
-    let t = text.as_bytes();
-    let (mut pi, mut ti) = (0usize, 0usize);
-    let mut star: Option<(usize, usize)> = None;
-    while ti < t.len() {
-        if pi < p.len() && p[pi] == b'*' {
-            star = Some((pi, ti));
-            pi += 1;
-        } else if pi < p.len() && p[pi] == t[ti] {
-            pi += 1;
-            ti += 1;
-        } else if let Some((sp, st)) = star {
-            pi = sp + 1;
-            ti = st + 1;
-            star = Some((sp, st + 1));
-        } else {
-            return false;
-        }
-    }
-    while pi < p.len() && p[pi] == b'*' {
-        pi += 1;
-    }
-    pi == p.len()
 }
 
 #[cfg(test)]

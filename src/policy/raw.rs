@@ -97,10 +97,12 @@ pub struct RawSink {
 #[serde(deny_unknown_fields)]
 pub struct RawGateway {
     pub listen: Option<Str>,
+    pub admin_listen: Option<Str>,
     pub naming: Option<Str>,
     pub allowed_origins: Option<Vec<Str>>,
     pub allowed_hosts: Option<Vec<Str>>,
     pub max_body_bytes: Option<Spanned<Value>>,
+    pub max_message_bytes: Option<Spanned<Value>>,
     pub request_timeout: Option<Spanned<Value>>,
     pub session_idle_timeout: Option<Spanned<Value>>,
     pub unused_session_timeout: Option<Spanned<Value>>,
@@ -112,6 +114,11 @@ pub struct RawGateway {
     #[serde(default, deserialize_with = "in_tls")]
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
+    pub instance: Option<Str>,
+    pub serial: Option<Spanned<u64>>,
+    pub list_changed_interval: Option<Spanned<Value>>,
+    pub unstable_list_changes: Option<Spanned<u64>>,
+    pub unstable_window: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -157,6 +164,8 @@ pub struct RawServer {
     pub cwd: Option<Str>,
     pub image: Option<Str>,
     pub user: Option<Str>,
+    /// A process server may run as uid 0 only with this set.
+    pub allow_root: Option<Spanned<bool>>,
     #[serde(default, deserialize_with = "in_mounts")]
     pub mounts: Option<Spanned<Vec<RawMount>>>,
     pub pool: Option<Spanned<u64>>,
@@ -165,6 +174,11 @@ pub struct RawServer {
     pub ca_file: Option<Str>,
     #[serde(default, deserialize_with = "in_oauth")]
     pub oauth: Option<Spanned<RawOAuth>>,
+    pub spec: Option<Str>,
+    pub base_url: Option<Str>,
+    #[serde(default, deserialize_with = "in_operations")]
+    pub operations: Option<Spanned<RawPatterns>>,
+    pub max_response_bytes: Option<Spanned<Value>>,
     pub lifecycle: Option<Str>,
     #[serde(default, deserialize_with = "in_egress")]
     pub egress: Option<RawEgress>,
@@ -180,6 +194,7 @@ pub struct RawServer {
     pub tool_rates: Option<Spanned<BTreeMap<Str, Spanned<Value>>>>,
     pub max_in_flight: Option<Spanned<u64>>,
     pub queue_timeout: Option<Spanned<Value>>,
+    pub max_message_bytes: Option<Spanned<Value>>,
     pub roots: Option<Vec<Str>>,
     pub client_capabilities: Option<Vec<Str>>,
     pub log_rate: Option<Spanned<Value>>,
@@ -247,6 +262,9 @@ pub struct RawClient {
     pub token_sha256: Option<Str>,
     pub jwt_subject: Option<Str>,
     pub rate: Option<Spanned<Value>>,
+    pub max_sessions: Option<Spanned<u64>>,
+    pub session_rate: Option<Spanned<Value>>,
+    pub weight: Option<Spanned<u64>>,
     pub allow: Option<Vec<Str>>,
     pub deny: Option<Vec<Str>>,
 }
@@ -331,3 +349,4 @@ in_table!(in_jwt, "jwt", Option<Spanned<RawJwt>>);
 in_table!(in_tls, "tls", Option<Spanned<RawTls>>);
 in_table!(in_tools, "tools", Option<RawPatterns>);
 in_table!(in_oauth, "oauth", Option<Spanned<RawOAuth>>);
+in_table!(in_operations, "operations", Option<Spanned<RawPatterns>>);

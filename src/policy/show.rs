@@ -32,6 +32,73 @@ fn oauth_lines(o: &mut String, a: &OAuth) {
     let _ = writeln!(o, "  oauth.token cache     {}", a.cache_file.display());
 }
 
+/// How the gateway reaches a server over HTTP: headers (secrets as references), CAs, OAuth.
+fn http_lines(
+    o: &mut String,
+    headers: &std::collections::BTreeMap<String, String>,
+    ca_file: Option<&std::path::Path>,
+    oauth: Option<&OAuth>,
+) {
+    for (k, v) in headers {
+        let _ = writeln!(
+            o,
+            "  header                {k}: {}",
+            header_for_display(k, v)
+        );
+    }
+    if let Some(ca) = ca_file {
+        let _ = writeln!(o, "  ca_file               {}", ca.display());
+    }
+    if let Some(a) = oauth {
+        oauth_lines(o, a);
+    }
+}
+
+/// An openapi server: where requests go, with what, and every tool the document makes.
+fn openapi_lines(o: &mut String, s: &Server, x: &OpenApiSpec) {
+    let _ = writeln!(o, "  runtime               openapi");
+    let _ = writeln!(o, "  spec                  {}", x.spec.display());
+    let _ = writeln!(o, "  base_url              {}", x.base_url);
+    http_lines(o, &x.headers, x.ca_file.as_deref(), x.oauth.as_ref());
+    let patterns = |v: &[String], none: &str| {
+        if v.is_empty() {
+            none.to_owned()
+        } else {
+            v.join(", ")
+        }
+    };
+    let _ = writeln!(
+        o,
+        "  operations            allow {}; deny {}",
+        patterns(&x.operations.allow, "all"),
+        patterns(&x.operations.deny, "(none)")
+    );
+    let _ = writeln!(
+        o,
+        "  max_response_bytes    {}",
+        format_size(x.max_response_bytes)
+    );
+    let _ = writeln!(
+        o,
+        "  api                   {} {} ({} tools)",
+        x.api.title,
+        x.api.version,
+        x.api.tools.len()
+    );
+    for t in &x.api.tools {
+        let hidden = if s.tools.permits(&t.name) {
+            ""
+        } else {
+            " (hidden by tools)"
+        };
+        let _ = writeln!(
+            o,
+            "  tool                  {} = {} {}{hidden}",
+            t.name, t.method, t.path
+        );
+    }
+}
+
 /// Renders `p` for `portcullis policy show`. Secrets appear only as references, never values.
 pub fn render(p: &Policy) -> String {
     let mut o = String::new();
@@ -52,6 +119,9 @@ pub fn render(p: &Policy) -> String {
     let _ = writeln!(o, "policy {}", p.origin);
     let _ = writeln!(o, "\n[gateway]");
     let _ = writeln!(o, "  listen                {}", g.listen);
+    if let Some(a) = g.admin_listen {
+        let _ = writeln!(o, "  admin_listen          {a} (/ready, /metrics)");
+    }
     let _ = writeln!(
         o,
         "  naming                {} (effective: {})",
@@ -73,6 +143,12 @@ pub fn render(p: &Policy) -> String {
         "  max_body_bytes        {} ({} bytes)",
         format_size(g.max_body_bytes as u64),
         g.max_body_bytes
+    );
+    let _ = writeln!(
+        o,
+        "  max_message_bytes     {} ({} bytes)",
+        format_size(g.max_message_bytes as u64),
+        g.max_message_bytes
     );
     let _ = writeln!(
         o,
@@ -103,6 +179,28 @@ pub fn render(p: &Policy) -> String {
             .map_or_else(|| "off".to_owned(), format_duration)
     );
     let _ = writeln!(o, "  state_dir             {}", g.state_dir.display());
+    let _ = writeln!(
+        o,
+        "  instance              {}",
+        g.instance
+            .as_deref()
+            .unwrap_or("(derived from state_dir at start)")
+    );
+    if let Some(serial) = g.serial {
+        let _ = writeln!(o, "  serial                {serial}");
+    }
+    let lc = &g.list_changes;
+    let _ = writeln!(
+        o,
+        "  list_changed_interval {}",
+        format_duration(lc.interval)
+    );
+    let _ = writeln!(
+        o,
+        "  unstable_list_changes more than {} per {}",
+        lc.unstable_after,
+        format_duration(lc.window)
+    );
     let e = &p.egress;
     let _ = writeln!(o, "\n[egress]");
     let _ = writeln!(
@@ -154,12 +252,7 @@ pub fn render(p: &Policy) -> String {
             Runtime::Process(x) => {
                 let _ = writeln!(
                     o,
-                    "  runtime               {}",
-                    if s.egress.allow.is_empty() {
-                        "process (not sandboxed: host network and files)"
-                    } else {
-                        "process (not sandboxed: host files; network confined to its egress rules when the gateway runs as root)"
-                    }
+                    "  runtime               process (confined child, see `sandbox`)"
                 );
                 let _ = writeln!(o, "  command               {}", x.command);
                 let _ = writeln!(o, "  args                  {}", quoted(&x.args));
@@ -171,6 +264,18 @@ pub fn render(p: &Policy) -> String {
                         .as_ref()
                         .map_or("(gateway's)".to_string(), |c| c.display().to_string())
                 );
+                let _ = writeln!(
+                    o,
+                    "  user                  {}{}",
+                    x.user,
+                    if x.user.uid == 0 {
+                        " (ROOT: allow_root = true)"
+                    } else {
+                        ""
+                    }
+                );
+                mount_lines(&mut o, &x.mounts);
+                process_sandbox_lines(&mut o, s, x);
             }
             Runtime::Docker(x) => {
                 let _ = writeln!(o, "  runtime               docker");
@@ -193,19 +298,7 @@ pub fn render(p: &Policy) -> String {
                 if x.mounts.is_empty() {
                     let _ = writeln!(o, "  mounts                (none)");
                 }
-                for m in &x.mounts {
-                    let _ = writeln!(
-                        o,
-                        "  mount                 {} -> {} ({})",
-                        m.source.display(),
-                        m.target.display(),
-                        if m.read_only {
-                            "read-only"
-                        } else {
-                            "READ-WRITE"
-                        }
-                    );
-                }
+                mount_lines(&mut o, &x.mounts);
                 let _ = writeln!(o, "  pool                  {}", x.pool);
                 let _ = writeln!(
                     o,
@@ -218,20 +311,9 @@ pub fn render(p: &Policy) -> String {
             Runtime::Remote(x) => {
                 let _ = writeln!(o, "  runtime               remote");
                 let _ = writeln!(o, "  url                   {}", x.url);
-                for (k, v) in &x.headers {
-                    let _ = writeln!(
-                        o,
-                        "  header                {k}: {}",
-                        header_for_display(k, v)
-                    );
-                }
-                if let Some(ca) = &x.ca_file {
-                    let _ = writeln!(o, "  ca_file               {}", ca.display());
-                }
-                if let Some(a) = &x.oauth {
-                    oauth_lines(&mut o, a);
-                }
+                http_lines(&mut o, &x.headers, x.ca_file.as_deref(), x.oauth.as_ref());
             }
+            Runtime::OpenApi(x) => openapi_lines(&mut o, s, x),
         }
         let lc = match s.lifecycle {
             Lifecycle::Shared => "shared",
@@ -241,7 +323,11 @@ pub fn render(p: &Policy) -> String {
         let _ = writeln!(o, "  lifecycle             {lc}");
         if !matches!(s.runtime, Runtime::Remote(_)) {
             let egress = if s.egress.allow.is_empty() {
-                "none (default deny)".to_string()
+                if matches!(s.runtime, Runtime::Process(_)) {
+                    "no rules: the host's network".to_string()
+                } else {
+                    "none (default deny)".to_string()
+                }
             } else {
                 s.egress
                     .allow
@@ -287,6 +373,12 @@ pub fn render(p: &Policy) -> String {
             "  request_timeout       {}",
             format_duration(s.request_timeout.unwrap_or(g.request_timeout))
         );
+        let _ = writeln!(
+            o,
+            "  max_message_bytes     {} ({} bytes)",
+            format_size(s.max_message_bytes as u64),
+            s.max_message_bytes
+        );
     }
     for c in p.clients.values() {
         let _ = writeln!(o, "\n[clients.{}]", c.name);
@@ -307,9 +399,48 @@ pub fn render(p: &Policy) -> String {
             }
         );
         let _ = writeln!(o, "  deny                  {}", list(&c.deny));
+        quota_lines(&mut o, p, &c.name);
+    }
+    if !p.requires_auth() && !p.clients.contains_key("anonymous") {
+        let _ = writeln!(
+            o,
+            "\n[clients.anonymous]  (implicit: every caller, as no credentials are configured; one shared quota)"
+        );
+        quota_lines(&mut o, p, "anonymous");
     }
     audit(&mut o, &p.audit);
     o
+}
+
+/// A client's session quota, session rate and call-slot weight, defaults filled in.
+fn quota_lines(o: &mut String, p: &Policy, client: &str) {
+    let q = p.client_quotas(client);
+    let rate = p
+        .clients
+        .get(client)
+        .and_then(|c| c.rate)
+        .map_or("unlimited".to_string(), |r| {
+            format!("{} (burst {})", format_rate(r.count, r.per), r.burst)
+        });
+    let _ = writeln!(o, "  rate                  {rate}");
+    let _ = writeln!(
+        o,
+        "  max_sessions          {}{}",
+        q.max_sessions,
+        if q.max_sessions_set {
+            ""
+        } else {
+            " (default: 256, at most half of gateway.max_sessions)"
+        }
+    );
+    let r = q.session_rate;
+    let _ = writeln!(
+        o,
+        "  session_rate          {} (burst {})",
+        format_rate(r.count, r.per),
+        r.burst
+    );
+    let _ = writeln!(o, "  weight                {}", q.weight);
 }
 
 fn audit(o: &mut String, a: &Audit) {
@@ -435,5 +566,46 @@ fn header_for_display(name: &str, value: &str) -> String {
         "<literal value hidden; use ${secret:NAME}>".to_string()
     } else {
         value.to_string()
+    }
+}
+
+fn mount_lines(o: &mut String, mounts: &[crate::policy::Mount]) {
+    for m in mounts {
+        let mode = if m.read_only {
+            "read-only"
+        } else {
+            "READ-WRITE"
+        };
+        let _ = writeln!(
+            o,
+            "  mount                 {} -> {} ({mode})",
+            m.source.display(),
+            m.target.display()
+        );
+    }
+}
+
+/// What a process server can and cannot do (SECURITY.md, "Process servers", says the same and
+/// names the tests).
+fn process_sandbox_lines(
+    o: &mut String,
+    s: &crate::policy::Server,
+    x: &crate::policy::ProcessSpec,
+) {
+    let network = if s.egress.allow.is_empty() {
+        "the host's network (no egress rules)"
+    } else {
+        "its own network namespace: only its egress rules, through the gateway's resolver"
+    };
+    let lines = [
+        format!("gateway as root: runs as {} with no capabilities (all five sets empty), no_new_privs and a seccomp filter", x.user),
+        "can: read what the host lets its user read, through a read-only view; write only its private /tmp and /dev/shm and read-write mounts".to_string(),
+        format!("network: {network}"),
+        "cannot: see or signal other processes (own PID namespace), read the audit log and key, the state directory, the policy or other servers' secret files (hidden), create namespaces, mount, ptrace, use bpf, perf, modules or raw sockets".to_string(),
+        "gateway not root: the gateway's uid in a user namespace (same view, `user` not applied); if the kernel refuses user namespaces, only no_new_privs, seccomp and closed descriptors".to_string(),
+    ];
+    for (i, l) in lines.iter().enumerate() {
+        let key = if i == 0 { "sandbox" } else { "" };
+        let _ = writeln!(o, "  {key:<21} {l}");
     }
 }

@@ -52,6 +52,9 @@ fn defaults_are_filled_in() {
     assert_eq!(g.max_sessions, 10_000);
     assert_eq!(g.page_size, 200);
     assert_eq!(g.sse_keepalive, Duration::from_secs(15));
+    assert_eq!(g.list_changes.interval, Duration::from_millis(250));
+    assert_eq!(g.list_changes.unstable_after, 60);
+    assert_eq!(g.list_changes.window, Duration::from_secs(60));
     let s = &p.servers["time"];
     assert_eq!(s.lifecycle, Lifecycle::Shared);
     assert_eq!(s.startup_timeout, Duration::from_secs(30));
@@ -206,6 +209,27 @@ fn missing_runtime_and_syntax_errors() {
     let e = one_error("[servers.time]\nruntime = \"process\"\nruntime = \"docker\"\n");
     assert!(e.starts_with("p.toml:3:"), "{e}");
     assert!(e.contains("invalid TOML"), "{e}");
+}
+
+#[test]
+fn message_size_limit_defaults_to_64_mib_and_servers_may_override_it() {
+    let p = parse(TIME, "p.toml").unwrap();
+    assert_eq!(p.gateway.max_message_bytes, 64 << 20);
+    assert_eq!(p.servers["time"].max_message_bytes, 64 << 20);
+    let src = format!(
+        "[gateway]\nmax_message_bytes = \"16m\"\n{TIME}[servers.big]\nruntime = \"process\"\ncommand = \"x\"\nmax_message_bytes = \"256m\"\n"
+    );
+    let p = parse(&src, "p.toml").unwrap();
+    assert_eq!(p.gateway.max_message_bytes, 16 << 20);
+    assert_eq!(p.servers["time"].max_message_bytes, 16 << 20, "inherits");
+    assert_eq!(p.servers["big"].max_message_bytes, 256 << 20);
+    let e = one_error(&format!("{TIME}max_message_bytes = \"1k\"\n"));
+    assert!(
+        e.starts_with("p.toml:4:21: error: `max_message_bytes` must be between 64k and 1g"),
+        "{e}"
+    );
+    let e = one_error("[gateway]\nmax_message_bytes = \"2g\"\n");
+    assert!(e.contains("between 64k and 1g"), "{e}");
 }
 
 #[test]
@@ -461,6 +485,74 @@ fn audit_errors_are_located() {
     let e = one_error(&format!("{TIME}[[audit.sinks]]\ntype = \"http\"\nurl = \"https://a.example\"\nhmac_secret = \"hunter2\"\n"));
     assert!(
         e.contains("unknown secret source") && !e.contains("hunter2"),
+        "{e}"
+    );
+}
+
+#[test]
+fn list_change_pacing_is_read_and_bounded() {
+    let p = parse(
+        &format!("[gateway]\nlist_changed_interval = \"1s\"\nunstable_list_changes = 500\nunstable_window = \"10s\"\n{TIME}"),
+        "p.toml",
+    )
+    .unwrap();
+    let lc = p.gateway.list_changes;
+    assert_eq!(lc.interval, Duration::from_secs(1));
+    assert_eq!(lc.unstable_after, 500);
+    assert_eq!(lc.window, Duration::from_secs(10));
+    assert_eq!(
+        one_error("[gateway]\nlist_changed_interval = \"2m\"\n"),
+        "p.toml:2:25: error: `list_changed_interval` is too long; use at most \"60s\""
+    );
+    assert!(one_error("[gateway]\nunstable_list_changes = 0\n")
+        .contains("`unstable_list_changes` = 0 is out of range; use 1 to 1000000"));
+    assert!(one_error("[gateway]\nunstable_window = 5\n").contains("needs a unit"));
+}
+
+#[test]
+fn a_process_server_runs_as_nobody_unless_its_user_says_otherwise() {
+    let p = parse(TIME, "p.toml").unwrap();
+    let Runtime::Process(x) = &p.servers["time"].runtime else {
+        panic!("not a process server")
+    };
+    assert_eq!((x.user.uid, x.user.gid), (65534, 65534));
+    assert!(x.mounts.is_empty());
+    let src = format!("{TIME}user = \"1000:100\"\nmounts = [{{ source = \"/srv/data\", target = \"/srv/data\", read_only = false }}]\n");
+    let p = parse(&src, "p.toml").unwrap();
+    let Runtime::Process(x) = &p.servers["time"].runtime else {
+        panic!("not a process server")
+    };
+    assert_eq!((x.user.uid, x.user.gid), (1000, 100));
+    assert!(!x.mounts[0].read_only);
+    let p = parse(&format!("{TIME}user = \"1000\"\n"), "p.toml").unwrap();
+    let Runtime::Process(x) = &p.servers["time"].runtime else {
+        panic!("not a process server")
+    };
+    assert_eq!((x.user.uid, x.user.gid), (1000, 1000));
+}
+
+#[test]
+fn root_needs_allow_root_and_names_need_numbers() {
+    let e = one_error(&format!("{TIME}user = \"0:0\"\n"));
+    assert!(
+        e.starts_with("p.toml:4:8") && e.contains("allow_root = true"),
+        "{e}"
+    );
+    let p = parse(
+        &format!("{TIME}user = \"0:0\"\nallow_root = true\n"),
+        "p.toml",
+    )
+    .unwrap();
+    let Runtime::Process(x) = &p.servers["time"].runtime else {
+        panic!("not a process server")
+    };
+    assert_eq!(x.user.uid, 0);
+    let e = one_error(&format!("{TIME}user = \"nobody\"\n"));
+    assert!(e.contains("must be numeric"), "{e}");
+    let docker = "[servers.d]\nruntime = \"docker\"\nimage = \"x:y\"\nallow_root = true\n";
+    let e = one_error(docker);
+    assert!(
+        e.contains("`allow_root` is not a key of a runtime = \"docker\""),
         "{e}"
     );
 }

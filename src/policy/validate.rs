@@ -14,6 +14,10 @@ use toml::{Spanned, Value};
 
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8811";
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 4 << 20;
+pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 64 << 20;
+/// Below this not even an ordinary `tools/list` fits; above it one message alone could take
+/// most of a small machine's memory.
+const MESSAGE_BYTES_RANGE: (u64, u64) = (64 << 10, 1 << 30);
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
 pub const DEFAULT_SESSION_IDLE_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_UNUSED_SESSION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,9 +37,26 @@ pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 const MIN_MEMORY: u64 = 6 << 20;
 const MAX_POOL: u64 = 32;
 
-const PROCESS_KEYS: &[&str] = &["command", "args", "env", "cwd"];
+const PROCESS_KEYS: &[&str] = &[
+    "command",
+    "args",
+    "env",
+    "cwd",
+    "user",
+    "allow_root",
+    "mounts",
+];
 const DOCKER_KEYS: &[&str] = &["image", "command", "env", "user", "mounts", "pool"];
 const REMOTE_KEYS: &[&str] = &["url", "headers", "ca_file", "oauth"];
+const OPENAPI_KEYS: &[&str] = &[
+    "spec",
+    "base_url",
+    "headers",
+    "ca_file",
+    "oauth",
+    "operations",
+    "max_response_bytes",
+];
 
 pub(super) struct Checker<'a> {
     src: &'a str,
@@ -44,6 +65,8 @@ pub(super) struct Checker<'a> {
     pub(super) diags: Vec<Diagnostic>,
     /// `[gateway] state_dir`, resolved; token caches of OAuth servers live below it.
     pub(super) state_dir: PathBuf,
+    /// `[gateway] max_message_bytes`: what a server without its own limit gets.
+    message_limit: usize,
 }
 
 /// Validates `raw`; `base` is the policy file's directory, against which relative paths resolve.
@@ -59,10 +82,12 @@ pub fn validate(
         base,
         diags: Vec::new(),
         state_dir: PathBuf::new(),
+        message_limit: DEFAULT_MAX_MESSAGE_BYTES as usize,
     };
     let raw_gateway = raw.gateway.unwrap_or_default();
     let listen_at = raw_gateway.listen.as_ref().map_or(0, |l| l.span().start);
     let (gateway, naming_at) = c.gateway(raw_gateway);
+    c.message_limit = gateway.max_message_bytes;
     let egress = c.egress_settings(raw.egress.unwrap_or_default());
     // Judged on what was written, so a server that fails validation still counts.
     let written_servers = raw.servers.0.len();
@@ -90,7 +115,7 @@ pub fn validate(
     let mut clients = BTreeMap::new();
     let mut tokens: BTreeMap<String, String> = BTreeMap::new();
     for (name, rc) in raw.clients.0 {
-        if let Some(cl) = c.client(&name, rc, &server_names, &mut tokens) {
+        if let Some(cl) = c.client(&name, rc, &server_names, &mut tokens, gateway.max_sessions) {
             clients.insert(name.into_inner(), cl);
         }
     }
@@ -236,6 +261,21 @@ impl Checker<'_> {
         }
     }
 
+    /// A `max_message_bytes` value, inside [`MESSAGE_BYTES_RANGE`].
+    fn message_bytes(&mut self, v: &Option<Spanned<Value>>) -> Option<u64> {
+        let n = self.size(v, "max_message_bytes")?;
+        let (min, max) = MESSAGE_BYTES_RANGE;
+        if !(min..=max).contains(&n) {
+            let at = v.as_ref().map_or(0, |v| v.span().start);
+            self.error(
+                at,
+                format!("`max_message_bytes` must be between 64k and 1g (it is {n} bytes); the default is \"64m\""),
+            );
+            return None;
+        }
+        Some(n)
+    }
+
     pub(super) fn count(
         &mut self,
         v: &Option<Spanned<u64>>,
@@ -269,6 +309,20 @@ impl Checker<'_> {
                 SocketAddr::from(([127, 0, 0, 1], 8811))
             }),
         };
+        let admin_listen = g.admin_listen.as_ref().and_then(|a| {
+            let text = a.get_ref();
+            match text.parse::<SocketAddr>() {
+                Ok(addr) if addr.ip().is_loopback() => Some(addr),
+                Ok(_) => {
+                    self.error(a.span().start, format!("admin_listen \"{text}\" is not a loopback address; /ready and /metrics name every server, tool and client, so they are served without a token only on loopback (off loopback, reach them through `listen` with a client token)"));
+                    None
+                }
+                Err(_) => {
+                    self.error(a.span().start, format!("invalid admin_listen address \"{text}\"; use a loopback IP:PORT, like \"127.0.0.1:9811\""));
+                    None
+                }
+            }
+        });
         let session_idle_timeout = self
             .duration(&g.session_idle_timeout, "session_idle_timeout")
             .unwrap_or(DEFAULT_SESSION_IDLE_TIMEOUT);
@@ -305,6 +359,9 @@ impl Checker<'_> {
         let max_body_bytes = self
             .size(&g.max_body_bytes, "max_body_bytes")
             .unwrap_or(DEFAULT_MAX_BODY_BYTES);
+        let max_message_bytes = self
+            .message_bytes(&g.max_message_bytes)
+            .unwrap_or(DEFAULT_MAX_MESSAGE_BYTES);
         self.state_dir = match &g.state_dir {
             Some(p) if p.get_ref().trim().is_empty() => {
                 self.error(
@@ -316,12 +373,24 @@ impl Checker<'_> {
             Some(p) => self.resolve(p.get_ref()),
             None => self.resolve(DEFAULT_STATE_DIR),
         };
+        let instance =
+            g.instance
+                .as_ref()
+                .and_then(|i| match crate::instance::check(i.get_ref()) {
+                    Ok(()) => Some(i.get_ref().clone()),
+                    Err(e) => {
+                        self.error(i.span().start, e);
+                        None
+                    }
+                });
         let gw = Gateway {
             listen,
+            admin_listen,
             naming,
             allowed_origins: Self::strings(&g.allowed_origins),
             allowed_hosts: Self::strings(&g.allowed_hosts),
             max_body_bytes: usize::try_from(max_body_bytes).unwrap_or(usize::MAX),
+            max_message_bytes: usize::try_from(max_message_bytes).unwrap_or(usize::MAX),
             request_timeout: self
                 .duration(&g.request_timeout, "request_timeout")
                 .unwrap_or(DEFAULT_REQUEST_TIMEOUT),
@@ -345,8 +414,48 @@ impl Checker<'_> {
             sse_poll_interval: self.duration(&g.sse_poll_interval, "sse_poll_interval"),
             tls: g.tls.as_ref().map(|t| self.tls(t)),
             state_dir: self.state_dir.clone(),
+            instance,
+            serial: self.count(&g.serial, "serial", (0, i64::MAX as u64)),
+            list_changes: self.list_changes(&g),
         };
         (gw, naming_at)
+    }
+
+    fn list_changes(&mut self, g: &RawGateway) -> ListChanges {
+        let d = ListChanges::default();
+        let mut within = |v: &Option<Spanned<Value>>, key: &str, max: Duration| {
+            let at = v.as_ref().map_or(0, |v| v.span().start);
+            let got = self.duration(v, key)?;
+            if got > max {
+                self.error(
+                    at,
+                    format!("`{key}` is too long; use at most \"{}s\"", max.as_secs()),
+                );
+                return None;
+            }
+            Some(got)
+        };
+        ListChanges {
+            interval: within(
+                &g.list_changed_interval,
+                "list_changed_interval",
+                Duration::from_secs(60),
+            )
+            .unwrap_or(d.interval),
+            window: within(
+                &g.unstable_window,
+                "unstable_window",
+                Duration::from_secs(3600),
+            )
+            .unwrap_or(d.window),
+            unstable_after: self
+                .count(
+                    &g.unstable_list_changes,
+                    "unstable_list_changes",
+                    (1, 1_000_000),
+                )
+                .unwrap_or(d.unstable_after),
+        }
     }
 
     fn server(&mut self, name: &Str, rs: RawServer) -> Option<Server> {
@@ -371,27 +480,36 @@ impl Checker<'_> {
             "process" => PROCESS_KEYS,
             "docker" => DOCKER_KEYS,
             "remote" => REMOTE_KEYS,
+            "openapi" => OPENAPI_KEYS,
             other => {
                 self.error(
                     rs.runtime.span().start,
-                    format!("unknown runtime \"{other}\" in [servers.{n}]; use \"process\", \"docker\" or \"remote\""),
+                    format!("unknown runtime \"{other}\" in [servers.{n}]; use \"process\", \"docker\", \"remote\" or \"openapi\""),
                 );
                 return None;
             }
         };
-        let present: [(&str, Option<usize>); 12] = [
+        let present: [(&str, Option<usize>); 17] = [
             ("command", rs.command.as_ref().map(|v| v.span().start)),
             ("args", rs.args.as_ref().map(|v| v.span().start)),
             ("env", rs.env.as_ref().map(|v| v.span().start)),
             ("cwd", rs.cwd.as_ref().map(|v| v.span().start)),
             ("image", rs.image.as_ref().map(|v| v.span().start)),
             ("user", rs.user.as_ref().map(|v| v.span().start)),
+            ("allow_root", rs.allow_root.as_ref().map(|v| v.span().start)),
             ("mounts", rs.mounts.as_ref().map(|v| v.span().start)),
             ("pool", rs.pool.as_ref().map(|v| v.span().start)),
             ("url", rs.url.as_ref().map(|v| v.span().start)),
             ("headers", rs.headers.as_ref().map(|v| v.span().start)),
             ("ca_file", rs.ca_file.as_ref().map(|v| v.span().start)),
             ("oauth", rs.oauth.as_ref().map(|v| v.span().start)),
+            ("spec", rs.spec.as_ref().map(|v| v.span().start)),
+            ("base_url", rs.base_url.as_ref().map(|v| v.span().start)),
+            ("operations", rs.operations.as_ref().map(|v| v.span().start)),
+            (
+                "max_response_bytes",
+                rs.max_response_bytes.as_ref().map(|v| v.span().start),
+            ),
         ];
         for (key, at) in present {
             if let (Some(at), false) = (at, allowed.contains(&key)) {
@@ -399,6 +517,7 @@ impl Checker<'_> {
                     ("process", PROCESS_KEYS),
                     ("docker", DOCKER_KEYS),
                     ("remote", REMOTE_KEYS),
+                    ("openapi", OPENAPI_KEYS),
                 ]
                 .iter()
                 .filter(|(_, keys)| keys.contains(&key))
@@ -422,6 +541,7 @@ impl Checker<'_> {
         let runtime = match rt {
             "process" => self.process(n, &rs, env),
             "docker" => self.docker(n, &rs, env),
+            "openapi" => self.openapi(n, &rs, &secrets, &egress),
             _ => self.remote(n, &rs, &secrets, &egress),
         };
 
@@ -433,10 +553,10 @@ impl Checker<'_> {
             None | Some(("shared", _)) => Lifecycle::Shared,
             Some((l @ ("per-session" | "per-call"), at)) => {
                 // A remote server is one endpoint: the gateway cannot start copies of it.
-                if rt == "remote" {
+                if rt == "remote" || rt == "openapi" {
                     self.error(
                         self.key_at(at, "lifecycle"),
-                        format!("lifecycle = \"{l}\" needs a runtime the gateway starts itself (\"docker\" or \"process\"); [servers.{n}] is \"remote\", so use lifecycle = \"shared\""),
+                        format!("lifecycle = \"{l}\" needs a runtime the gateway starts itself (\"docker\" or \"process\"); [servers.{n}] is \"{rt}\", so use lifecycle = \"shared\""),
                     );
                 }
                 if l == "per-session" {
@@ -476,6 +596,11 @@ impl Checker<'_> {
         let queue_timeout = self
             .duration(&rs.queue_timeout, "queue_timeout")
             .unwrap_or(DEFAULT_QUEUE_TIMEOUT);
+        let max_message_bytes = self
+            .message_bytes(&rs.max_message_bytes)
+            .map_or(self.message_limit, |n| {
+                usize::try_from(n).unwrap_or(usize::MAX)
+            });
         let roots = self.roots(&rs.roots);
         let client_capabilities = self.client_capabilities(&rs.client_capabilities);
         let log_rate = self.rate(&rs.log_rate);
@@ -500,6 +625,7 @@ impl Checker<'_> {
             client_capabilities,
             log_rate,
             queue_timeout,
+            max_message_bytes,
         })
     }
 
@@ -577,6 +703,8 @@ impl Checker<'_> {
                 None
             }
         }?;
+        let user = self.process_user(n, rs);
+        let mounts = self.mounts(rs);
         Some(Runtime::Process(ProcessSpec {
             command,
             args: rs
@@ -586,7 +714,55 @@ impl Checker<'_> {
                 .unwrap_or_default(),
             env,
             cwd: rs.cwd.as_ref().map(|c| self.resolve(c.get_ref())),
+            user,
+            mounts,
         }))
+    }
+
+    /// `mounts` of a docker or process server.
+    fn mounts(&mut self, rs: &RawServer) -> Vec<Mount> {
+        let mut mounts = Vec::new();
+        for m in rs.mounts.iter().flat_map(|m| m.get_ref().iter()) {
+            let src = m.source.get_ref();
+            let tgt = m.target.get_ref();
+            if src.trim().is_empty() {
+                self.error(
+                    m.source.span().start,
+                    "mount `source` is empty; name a host path",
+                );
+            } else if src.trim_end_matches('/').is_empty() {
+                self.error(m.source.span().start, "mounting the host's root directory gives the server the whole machine; mount only the directory it needs");
+            } else if src.ends_with("docker.sock") {
+                self.error(m.source.span().start, "mounting the Docker socket lets the server escape its sandbox; remove this mount");
+            }
+            if !tgt.starts_with('/') {
+                self.error(m.target.span().start, format!("mount target \"{tgt}\" must be an absolute path (inside the container for docker, in the host's filesystem for process), like \"/workspace\""));
+            }
+            mounts.push(Mount {
+                source: self.resolve(src),
+                target: PathBuf::from(tgt),
+                read_only: m.read_only.as_ref().is_none_or(|r| *r.get_ref()),
+            });
+        }
+        mounts
+    }
+
+    /// `user` (numeric `uid:gid`, or `uid` for both) and `allow_root` of a process server.
+    fn process_user(&mut self, n: &str, rs: &RawServer) -> ProcessUser {
+        let allow_root = rs.allow_root.as_ref().is_some_and(|a| *a.get_ref());
+        let Some(u) = &rs.user else {
+            return ProcessUser::default();
+        };
+        let text = u.get_ref().trim();
+        let (uid, gid) = text.split_once(':').unwrap_or((text, text));
+        let (Ok(uid), Ok(gid)) = (uid.parse::<u32>(), gid.parse::<u32>()) else {
+            self.error(u.span().start, format!("user = \"{text}\" of [servers.{n}] must be numeric, \"UID:GID\" like \"65534:65534\" (a process server's user is not looked up by name)"));
+            return ProcessUser::default();
+        };
+        if uid == 0 && !allow_root {
+            self.error(u.span().start, format!("user = \"{text}\" runs [servers.{n}] as root (no capabilities, but root's files); use a non-root user like \"65534:65534\", or set allow_root = true if this server really needs root-owned files"));
+        }
+        ProcessUser { uid, gid }
     }
 
     fn server_at(&self, rs: &RawServer) -> usize {
@@ -659,29 +835,7 @@ impl Checker<'_> {
                 self.error(u.span().start, format!("user = \"{user}\" runs the server as root inside its container; use a non-root user like \"65534:65534\" or leave `user` out to run as nobody (65534:65534)"));
             }
         }
-        let mut mounts = Vec::new();
-        for m in rs.mounts.iter().flat_map(|m| m.get_ref().iter()) {
-            let src = m.source.get_ref();
-            let tgt = m.target.get_ref();
-            if src.trim().is_empty() {
-                self.error(
-                    m.source.span().start,
-                    "mount `source` is empty; name a host path",
-                );
-            } else if src.trim_end_matches('/').is_empty() {
-                self.error(m.source.span().start, "mounting the host's root directory gives the server the whole machine; mount only the directory it needs");
-            } else if src.ends_with("docker.sock") {
-                self.error(m.source.span().start, "mounting the Docker socket lets the server escape its sandbox; remove this mount");
-            }
-            if !tgt.starts_with('/') {
-                self.error(m.target.span().start, format!("mount target \"{tgt}\" must be an absolute path inside the container, like \"/workspace\""));
-            }
-            mounts.push(Mount {
-                source: self.resolve(src),
-                target: PathBuf::from(tgt),
-                read_only: m.read_only.as_ref().is_none_or(|r| *r.get_ref()),
-            });
-        }
+        let mounts = self.mounts(rs);
         let pool = self.count(&rs.pool, "pool", (0, MAX_POOL)).unwrap_or(0) as usize;
         Some(Runtime::Docker(DockerSpec {
             image: image?,
@@ -701,28 +855,62 @@ impl Checker<'_> {
         egress: &Egress,
     ) -> Option<Runtime> {
         let url = match &rs.url {
-            Some(u) => match check_url(u.get_ref()) {
-                Ok(()) => {
-                    if let Some(why) = unreachable_without_rule(u.get_ref(), egress) {
-                        self.error(u.span().start, format!("[servers.{n}] {why}"));
-                    }
-                    Some(u.get_ref().clone())
-                }
-                Err(e) => {
-                    self.error(u.span().start, e);
-                    None
-                }
-            },
+            Some(u) => self.endpoint_url(n, u, egress, "url"),
             None => {
                 self.error(self.server_at(rs), format!("[servers.{n}] has runtime = \"remote\" but no `url`; add url = \"https://...\""));
                 None
             }
         };
+        let (headers, ca_file, oauth) =
+            self.http_credentials(n, rs, secrets, egress, url.as_deref());
+        Some(Runtime::Remote(RemoteSpec {
+            url: url?,
+            headers,
+            ca_file,
+            oauth,
+        }))
+    }
+
+    /// A server's `url` (or `base_url`, named by `key`): well-formed, and reachable under its
+    /// egress rules when it names a private address.
+    pub(super) fn endpoint_url(
+        &mut self,
+        n: &str,
+        u: &Str,
+        egress: &Egress,
+        key: &str,
+    ) -> Option<String> {
+        let named = |msg: String| match msg.strip_prefix("url ") {
+            Some(rest) => format!("{key} {rest}"),
+            None => msg,
+        };
+        match check_url(u.get_ref()) {
+            Ok(()) => {
+                if let Some(why) = unreachable_without_rule(u.get_ref(), egress) {
+                    self.error(u.span().start, format!("[servers.{n}] {}", named(why)));
+                }
+                Some(u.get_ref().clone())
+            }
+            Err(e) => {
+                self.error(u.span().start, named(e));
+                None
+            }
+        }
+    }
+
+    /// `headers`, `ca_file` and `oauth` of a server the gateway reaches over HTTP (`remote`,
+    /// `openapi`); `url` is where requests go.
+    pub(super) fn http_credentials(
+        &mut self,
+        n: &str,
+        rs: &RawServer,
+        secrets: &BTreeMap<String, SecretRef>,
+        egress: &Egress,
+        url: Option<&str>,
+    ) -> (BTreeMap<String, String>, Option<PathBuf>, Option<OAuth>) {
         // Plain http may carry secrets only to a loopback address: those bytes never leave
         // the machine (this is how a sidecar or a test server on 127.0.0.1 is reached).
-        let plain_http = url
-            .as_deref()
-            .is_some_and(|u| u.starts_with("http://") && !is_loopback_url(u));
+        let plain_http = url.is_some_and(|u| u.starts_with("http://") && !is_loopback_url(u));
         let mut headers = BTreeMap::new();
         for (k, v) in rs.headers.iter().flat_map(|h| h.get_ref().iter()) {
             let name = k.get_ref();
@@ -766,12 +954,7 @@ impl Checker<'_> {
             }
             None => None,
         };
-        Some(Runtime::Remote(RemoteSpec {
-            url: url?,
-            headers,
-            ca_file,
-            oauth,
-        }))
+        (headers, ca_file, oauth)
     }
 
     fn roots(&mut self, v: &Option<Vec<Str>>) -> Vec<String> {
@@ -936,6 +1119,7 @@ impl Checker<'_> {
         rc: RawClient,
         servers: &BTreeSet<String>,
         tokens: &mut BTreeMap<String, String>,
+        gateway_max_sessions: usize,
     ) -> Option<Client> {
         let n = name.get_ref();
         let before = self.diags.len();
@@ -975,6 +1159,7 @@ impl Checker<'_> {
                 }
             }
         }
+        let quotas = self.client_quotas(n, &rc, gateway_max_sessions);
         if self.diags.len() != before {
             return None;
         }
@@ -984,6 +1169,9 @@ impl Checker<'_> {
             token_sha256: rc.token_sha256.map(|t| t.into_inner()),
             jwt_subject: rc.jwt_subject.map(|t| t.into_inner()),
             rate,
+            max_sessions: quotas.max_sessions,
+            session_rate: quotas.session_rate,
+            weight: quotas.weight,
             allow,
             deny,
         })

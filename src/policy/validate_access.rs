@@ -1,15 +1,25 @@
-//! Validation of who may connect: the listener's TLS, JWT settings, client quotas, and the
-//! rule that a listener off loopback needs both TLS and client authentication.
+//! Validation of who may connect: the listener's TLS, JWT settings, client quotas (call rates,
+//! sessions, share of call slots), and the rule that a listener off loopback needs both TLS and
+//! client authentication.
 
 use std::collections::BTreeMap;
 
 use toml::{Spanned, Value};
 
 use super::model::{Auth, Client, Gateway, Jwt, JwtAlgorithm, JwtKey, Rate, Tls};
-use super::raw::{RawAuth, RawTls, Str};
+use super::quotas::MAX_WEIGHT;
+use super::raw::{RawAuth, RawClient, RawTls, Str};
 use super::validate::{parse_secret_ref, Checker};
 
 const DEFAULT_LEEWAY: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A client's session and slot quotas as written (defaults are filled in by
+/// [`super::Policy::client_quotas`]).
+pub(super) struct WrittenQuotas {
+    pub max_sessions: Option<usize>,
+    pub session_rate: Option<Rate>,
+    pub weight: Option<u32>,
+}
 
 impl Checker<'_> {
     pub(super) fn tls(&mut self, t: &Spanned<RawTls>) -> Tls {
@@ -35,6 +45,32 @@ impl Checker<'_> {
             }
         }
         out
+    }
+
+    /// `max_sessions`, `session_rate` and `weight` of client `name`; a session quota above the
+    /// gateway's own limit could never be reached, so it is refused rather than capped silently.
+    pub(super) fn client_quotas(
+        &mut self,
+        name: &str,
+        rc: &RawClient,
+        gateway_max_sessions: usize,
+    ) -> WrittenQuotas {
+        let max_sessions = self
+            .count(&rc.max_sessions, "max_sessions", (1, 1_000_000))
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX));
+        if let (Some(n), Some(at)) = (max_sessions, &rc.max_sessions) {
+            if n > gateway_max_sessions {
+                self.error(at.span().start, format!("client `{name}` has max_sessions = {n}, more than the gateway's own limit (gateway.max_sessions = {gateway_max_sessions}); lower it to at most {gateway_max_sessions}, or raise gateway.max_sessions"));
+            }
+        }
+        let weight = self
+            .count(&rc.weight, "weight", (1, u64::from(MAX_WEIGHT)))
+            .map(|n| u32::try_from(n).unwrap_or(MAX_WEIGHT));
+        WrittenQuotas {
+            max_sessions,
+            session_rate: self.rate(&rc.session_rate),
+            weight,
+        }
     }
 
     pub(super) fn auth(&mut self, a: RawAuth) -> Auth {

@@ -1,7 +1,8 @@
 //! Hot reload of the policy while the gateway serves.
 //!
 //! SIGHUP or a change of the policy file ([`triggers`]) asks for a reload. The new file is read,
-//! parsed and validated in full, and everything that can fail (the client table with its JWT
+//! held to the rules of [`gate`] (who may write it; or its signature and serial), parsed and
+//! validated in full, and everything that can fail (the client table with its JWT
 //! keys, the listener safety rule, the audit record) is done before anything changes: a file
 //! that fails any of it is rejected, logged with its diagnostics and audited, and the policy in
 //! force stays. An accepted file is audited first (policy hashes old and new, servers added,
@@ -13,6 +14,8 @@
 //! the gateway; a reload keeps their running values, applies the rest and names them
 //! ("requires restart") in the log and the audit record.
 
+pub mod gate;
+mod load;
 pub mod triggers;
 
 use std::collections::BTreeMap;
@@ -32,6 +35,9 @@ use crate::router::audit_trail::AuditTrail;
 use crate::router::Router;
 use crate::sandbox::backends::Backends;
 use crate::sandbox::Runtime;
+pub use gate::{Gate, Refused, Signed};
+pub use load::{load, Admitted};
+use load::{load_for_reload, Loaded, Rejection, Valid};
 
 /// What asked for a reload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,10 +67,18 @@ pub struct Overrides {
     /// only loopback and bridge-gateway peers, whatever a reloaded policy says about TLS and
     /// clients (its address cannot change without a restart).
     pub published_on_host_loopback: bool,
+    /// `serve --instance`: overrides `[gateway] instance`.
+    pub instance: Option<String>,
+    /// Who may own the policy and the key that must sign it (`--trusted-policy-owner`,
+    /// `--insecure-policy-permissions`, `--policy-pubkey`).
+    pub gate: Gate,
 }
 
 impl Overrides {
     pub fn apply(&self, policy: &mut Policy) {
+        if let Some(id) = &self.instance {
+            policy.gateway.instance = Some(id.clone());
+        }
         if let Some(listen) = self.listen {
             policy.gateway.listen = listen;
         }
@@ -91,8 +105,10 @@ struct Running {
     policy: Policy,
     /// Hex SHA-256 of the text `policy` was parsed from.
     sha256: String,
-    /// Hex SHA-256 of the text last tried, accepted or not: a file change to the same text is
-    /// not tried again.
+    /// The signature it was accepted on, in signed mode.
+    signed: Option<Signed>,
+    /// Fingerprint ([`gate::Read::fingerprint`]) of the text (and signature) last tried,
+    /// accepted or not: a file change to the same bytes is not tried again.
     tried: String,
     /// Per server, the digest of its secret values when its instances were started.
     secrets: BTreeMap<String, String>,
@@ -131,103 +147,12 @@ pub fn text_sha256(text: &str) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// Reads and validates the policy (file or embedded default), with `overrides` applied.
-pub fn load(
-    path: Option<&PathBuf>,
-    overrides: &Overrides,
-) -> Result<(Policy, String), policy::PolicyError> {
-    let text = read(path)?;
-    let policy = parse(path, &text, overrides)?;
-    Ok((policy, text))
-}
-
-fn read(path: Option<&PathBuf>) -> Result<String, policy::PolicyError> {
-    match path {
-        Some(p) => policy::read(p),
-        None => Ok(policy::DEFAULT_POLICY_TOML.to_owned()),
-    }
-}
-
-fn parse(
-    path: Option<&PathBuf>,
-    text: &str,
-    overrides: &Overrides,
-) -> Result<Policy, policy::PolicyError> {
-    let mut p = match path {
-        Some(path) => policy::parse_file(path, text)?,
-        None => policy::parse(text, policy::DEFAULT_POLICY_ORIGIN)?,
-    };
-    overrides.apply(&mut p);
-    Ok(p)
-}
-
-/// A policy read for a reload that parsed and validated.
-struct Valid {
-    policy: Policy,
-    sha256: String,
-    clients: Clients,
-    secrets: BTreeMap<String, String>,
-}
-
-/// What reading the policy for a reload found.
-enum Loaded {
-    /// A file change to text already tried.
-    Tried,
-    Valid(Box<Valid>),
-    /// Unreadable or invalid; the hash when the text could be read.
-    Invalid {
-        sha256: Option<String>,
-        error: String,
-    },
-}
-
-/// Reads, hashes and checks the policy, and reads what it refers to (secret files, JWT keys):
-/// file I/O, for a blocking thread.
-fn load_for_reload(
-    path: Option<&PathBuf>,
-    overrides: &Overrides,
-    trigger: Trigger,
-    tried: &str,
-) -> Loaded {
-    let text = match read(path) {
-        Ok(t) => t,
-        Err(e) => {
-            return Loaded::Invalid {
-                sha256: None,
-                error: e.to_string(),
-            }
-        }
-    };
-    let sha256 = text_sha256(&text);
-    if trigger == Trigger::File && sha256 == tried {
-        return Loaded::Tried;
-    }
-    let checked = parse(path, &text, overrides).map(|policy| {
-        let clients = Clients::from_policy(&policy).map_err(|e| e.to_string());
-        (policy, clients)
-    });
-    match checked {
-        Ok((policy, Ok(clients))) => Loaded::Valid(Box::new(Valid {
-            secrets: fingerprints(&policy),
-            policy,
-            sha256,
-            clients,
-        })),
-        Ok((_, Err(error))) => Loaded::Invalid {
-            sha256: Some(sha256),
-            error,
-        },
-        Err(e) => Loaded::Invalid {
-            sha256: Some(sha256),
-            error: e.to_string(),
-        },
-    }
-}
-
 /// A new policy, checked and prepared, not yet in force.
 struct Candidate {
     policy: Policy,
     sha256: String,
+    fingerprint: String,
+    signed: Option<Signed>,
     diff: PolicyDiff,
     requires_restart: Vec<&'static str>,
     clients: Clients,
@@ -237,26 +162,32 @@ struct Candidate {
 }
 
 impl Reloader {
-    /// `policy` is the policy in force, loaded from `text`; the router runs its servers on the
-    /// runtime of generation `runtime_generation`.
+    /// `admitted` is the policy in force; the router runs its servers on the runtime of
+    /// generation `runtime_generation`.
     pub fn new(
         path: Option<PathBuf>,
         overrides: Overrides,
-        policy: Policy,
-        text: &str,
+        admitted: Admitted,
         runtime_generation: u64,
         parts: Parts,
     ) -> Reloader {
+        let Admitted {
+            policy,
+            sha256,
+            fingerprint,
+            signed,
+            ..
+        } = admitted;
         let secrets = fingerprints(&policy);
-        let sha256 = text_sha256(text);
         let redacted = crate::secrets::redaction_values(&policy);
         Reloader {
             path,
             overrides,
             running: tokio::sync::Mutex::new(Running {
                 policy,
-                tried: sha256.clone(),
+                tried: fingerprint,
                 sha256,
+                signed,
                 secrets,
                 redacted,
                 runtime_generation,
@@ -270,9 +201,19 @@ impl Reloader {
         }
     }
 
-    /// Reads the policy again and, if it is valid, puts it in force. One reload runs at a time.
+    /// The files whose change asks for a reload (the policy, and its signature in signed mode).
+    pub fn watched(&self) -> Vec<PathBuf> {
+        self.path
+            .as_deref()
+            .map(|p| self.overrides.gate.watched(p))
+            .unwrap_or_default()
+    }
+
+    /// Reads the policy again and, if it passes every check, puts it in force. One reload runs
+    /// at a time.
     pub async fn reload(&self, trigger: Trigger) -> Reloaded {
         let mut running = self.running.lock().await;
+        self.overrides.gate.warn_if_insecure();
         let origin = self
             .path
             .as_ref()
@@ -281,9 +222,13 @@ impl Reloader {
         let candidate = match self.prepare(&running, trigger).await {
             Ok(Some(c)) => c,
             Ok(None) => return Reloaded::Skipped,
-            Err((sha256, error)) => {
-                if let Some(s) = &sha256 {
-                    running.tried = s.clone();
+            Err(Rejection {
+                sha256,
+                fingerprint,
+                error,
+            }) => {
+                if let Some(f) = fingerprint {
+                    running.tried = f;
                 }
                 tracing::error!(policy = %origin, trigger = trigger.as_str(), "policy reload rejected; the policy in force stays:\n{error}");
                 let mut detail = Map::new();
@@ -293,6 +238,9 @@ impl Reloader {
                     "sha256".into(),
                     json!({ "from": running.sha256, "to": sha256 }),
                 );
+                if let Some(s) = &running.signed {
+                    detail.insert("serial_in_force".into(), s.serial.into());
+                }
                 detail.insert("error".into(), error.clone().into());
                 self.trail.record_later(
                     AuditEvent::new(Kind::PolicyReload)
@@ -302,8 +250,16 @@ impl Reloader {
                 return Reloaded::Rejected(error);
             }
         };
-        running.tried = candidate.sha256.clone();
-        let detail = describe(trigger, &origin, &running.sha256, &candidate);
+        running.tried = candidate.fingerprint.clone();
+        let mut detail = describe(trigger, &origin, &running.sha256, &candidate);
+        if let (Some(to), Value::Object(m)) = (&candidate.signed, &mut detail) {
+            let from = running.signed.as_ref().map(|s| s.serial);
+            m.insert("serial".into(), json!({ "from": from, "to": to.serial }));
+            m.insert("key_id".into(), to.key_id.clone().into());
+        }
+        if let (true, Value::Object(m)) = (self.overrides.gate.trust().insecure(), &mut detail) {
+            m.insert("insecure_policy_permissions".into(), true.into());
+        }
         // Nothing changes unaudited: an accepted reload is recorded before it is applied.
         let record = AuditEvent::new(Kind::PolicyReload)
             .outcome(Outcome::Ok)
@@ -318,35 +274,41 @@ impl Reloader {
         Reloaded::Applied
     }
 
-    /// Loads and checks the policy. `Ok(None)`: a file change to text already tried.
-    /// `Err((sha256 of the text if it was read, why))`: rejected.
+    /// Loads and checks the policy. `Ok(None)`: a file change to bytes already tried.
     async fn prepare(
         &self,
         running: &Running,
         trigger: Trigger,
-    ) -> Result<Option<Candidate>, (Option<String>, String)> {
+    ) -> Result<Option<Candidate>, Rejection> {
         let path = self.path.clone();
         let overrides = self.overrides.clone();
         let tried = running.tried.clone();
+        let in_force = running.signed.as_ref().map(|s| s.serial);
         let loaded = tokio::task::spawn_blocking(move || {
-            load_for_reload(path.as_ref(), &overrides, trigger, &tried)
+            load_for_reload(path.as_ref(), &overrides, trigger, &tried, in_force)
         })
         .await
-        .map_err(|e| (None, format!("the policy loading task failed: {e}")))?;
+        .map_err(|e| Rejection::of(None, format!("the policy loading task failed: {e}")))?;
         let Valid {
             mut policy,
             sha256,
+            fingerprint,
+            signed,
             clients,
             secrets,
         } = match loaded {
             Loaded::Tried => return Ok(None),
-            Loaded::Invalid { sha256, error } => return Err((sha256, error)),
+            Loaded::Invalid(r) => return Err(r),
             Loaded::Valid(v) => *v,
         };
         let requires_restart = diff::keep_running(&mut policy, &running.policy);
         if let Some(why) = policy.listener_exposure() {
             if !self.overrides.published_on_host_loopback {
-                return Err((Some(sha256), why));
+                return Err(Rejection {
+                    sha256: Some(sha256),
+                    fingerprint: Some(fingerprint),
+                    error: why,
+                });
             }
         }
         let mut d = diff::diff(&running.policy, &policy);
@@ -369,6 +331,8 @@ impl Reloader {
         Ok(Some(Candidate {
             policy,
             sha256,
+            fingerprint,
+            signed,
             diff: d,
             requires_restart,
             clients,
@@ -382,6 +346,8 @@ impl Reloader {
         let Candidate {
             policy,
             sha256,
+            fingerprint: _,
+            signed,
             diff,
             requires_restart,
             clients,
@@ -418,8 +384,14 @@ impl Reloader {
                 "this setting changed in the policy file but needs a restart of the gateway; the running value stays until then"
             );
         }
+        if let Some(s) = &signed {
+            let (gate, policy, s) = (self.overrides.gate.clone(), policy.clone(), s.clone());
+            // A small file and an fsync: off the async workers.
+            let _ = tokio::task::spawn_blocking(move || gate.record_serial(&policy, &s)).await;
+        }
         running.policy = policy;
         running.sha256 = sha256;
+        running.signed = signed;
         running.secrets = secrets;
     }
 }

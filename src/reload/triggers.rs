@@ -1,4 +1,5 @@
-//! What starts a reload: SIGHUP, and a change of the policy file seen by polling it.
+//! What starts a reload: SIGHUP, and a change of the policy file (or, for a signed policy, of
+//! its signature file) seen by polling them.
 //!
 //! Polling (metadata every interval, no new dependency) rather than inotify: it also sees a
 //! file replaced by rename (how editors and Kubernetes ConfigMaps write) and files on mounts
@@ -21,8 +22,9 @@ const MAX_SETTLE_ROUNDS: usize = 25;
 const QUEUE: usize = 2;
 
 /// Starts listening for SIGHUP and, with `watch = Some((path, interval))`, polling the policy
-/// file; reloads run one after another on a task of their own. The SIGHUP handler is in place
-/// when this returns (SIGHUP would otherwise end the process).
+/// file and what else the reloader reads with it ([`Reloader::watched`]); reloads run one after
+/// another on a task of their own. The SIGHUP handler is in place when this returns (SIGHUP
+/// would otherwise end the process).
 pub fn start(reloader: Arc<Reloader>, watch: Option<(PathBuf, Duration)>) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hup = signal(SignalKind::hangup())?;
@@ -37,8 +39,12 @@ pub fn start(reloader: Arc<Reloader>, watch: Option<(PathBuf, Duration)>) -> std
         }
     });
     if let Some((path, interval)) = watch {
-        tracing::info!(policy = %path.display(), interval_ms = interval.as_millis() as u64, "watching the policy file for changes");
-        tokio::spawn(poll(path, interval, tx));
+        let mut files = reloader.watched();
+        if files.is_empty() {
+            files.push(path.clone());
+        }
+        tracing::info!(policy = %path.display(), files = files.len(), interval_ms = interval.as_millis() as u64, "watching the policy file for changes");
+        tokio::spawn(poll(files, interval, tx));
     }
     tokio::spawn(async move {
         while let Some(trigger) = rx.recv().await {
@@ -57,6 +63,15 @@ struct Stamp {
     changed: i64,
 }
 
+/// The stamps of every watched file; a file that is missing is `None`.
+async fn stamps(files: &[PathBuf]) -> Vec<Option<Stamp>> {
+    let mut out = Vec::with_capacity(files.len());
+    for f in files {
+        out.push(stamp(f).await);
+    }
+    out
+}
+
 async fn stamp(path: &Path) -> Option<Stamp> {
     use std::os::unix::fs::MetadataExt;
     let m = tokio::fs::metadata(path).await.ok()?;
@@ -68,24 +83,26 @@ async fn stamp(path: &Path) -> Option<Stamp> {
     })
 }
 
-/// Sends `Trigger::File` whenever the file at `path` changed and then stayed still.
-async fn poll(path: PathBuf, interval: Duration, tx: mpsc::Sender<Trigger>) {
-    let mut last = stamp(&path).await;
+/// Sends `Trigger::File` whenever one of `files` (the policy first) changed and then all stayed
+/// still: a policy and its signature written one after the other within the settle time are
+/// read together.
+async fn poll(files: Vec<PathBuf>, interval: Duration, tx: mpsc::Sender<Trigger>) {
+    let mut last = stamps(&files).await;
     loop {
         tokio::time::sleep(interval).await;
-        let mut now = stamp(&path).await;
+        let mut now = stamps(&files).await;
         if now == last {
             continue;
         }
-        if now.is_none() {
+        if now.first().is_some_and(Option::is_none) {
             // Deleted, or between an editor's delete and rename: the policy in force stays.
-            tracing::warn!(policy = %path.display(), "the policy file is gone; the policy in force stays until it is back");
-            last = None;
+            tracing::warn!(policy = %files[0].display(), "the policy file is gone; the policy in force stays until it is back");
+            last = now;
             continue;
         }
         for _ in 0..MAX_SETTLE_ROUNDS {
             tokio::time::sleep(SETTLE).await;
-            let again = stamp(&path).await;
+            let again = stamps(&files).await;
             if again == now {
                 break;
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use crate::access::Identity;
+use crate::access::{Identity, Permit, Target};
 use crate::audit::{AuditEvent, AuditLog, Kind, Outcome};
 use crate::mcp::ErrorCode;
 
@@ -60,25 +60,49 @@ impl AuditTrail {
         }
     }
 
+    /// The `call` record of a permitted request: the tool (for a tool call) or the item it
+    /// reaches (a prompt, URI or template), and the hash of its arguments.
     pub fn call(
         identity: &Identity,
         session: &str,
-        server: &str,
+        permit: &Permit,
         method: &str,
-        tool: Option<&str>,
         args: &str,
     ) -> AuditEvent {
-        let mut ev = AuditEvent::new(Kind::Call)
+        let ev = AuditEvent::new(Kind::Call)
             .client(identity.client.to_string())
             .session(session_tag(session))
-            .server(server)
+            .server(&**permit.server())
             .method(method)
             .arguments(args)
             .bytes_in(args.len() as u64);
-        if let Some(t) = tool {
-            ev = ev.tool(t);
+        match permit.tool() {
+            Some(t) => ev.tool(t),
+            None => ev.item(permit.item()),
         }
-        ev
+    }
+
+    /// The `denied` record of a request the access decision or a quota refused: the method and
+    /// the item, never the arguments.
+    pub fn refused(
+        identity: &Identity,
+        session: &str,
+        method: &str,
+        target: &Target,
+        outcome: Outcome,
+        reason: &str,
+    ) -> AuditEvent {
+        let ev = AuditEvent::new(Kind::Denied)
+            .outcome(outcome)
+            .detail(reason)
+            .client(identity.client.to_string())
+            .session(session_tag(session))
+            .server(target.server())
+            .method(method);
+        match target.tool() {
+            Some(t) => ev.tool(t),
+            None => ev.item(target.item()),
+        }
     }
 
     pub fn result(
@@ -96,36 +120,28 @@ impl AuditTrail {
         ev.server = call.server.clone();
         ev.method = call.method.clone();
         ev.tool = call.tool.clone();
+        ev.item = call.item.clone();
         ev.container = call.container.clone();
         ev.image_digest = call.image_digest.clone();
         ev.args_sha256 = call.args_sha256.clone();
         ev
     }
 
-    pub fn denied(
-        identity: Option<&Identity>,
-        session: Option<&str>,
-        server: Option<&str>,
-        tool: Option<&str>,
-        outcome: Outcome,
-        reason: &str,
-    ) -> AuditEvent {
-        let mut ev = AuditEvent::new(Kind::Denied)
+    /// The `denied` record of a session that `client` was not allowed to open (its quota, its
+    /// creation rate, or a full gateway); `detail` says which, and how many in the burst.
+    pub fn session_refused(client: &str, outcome: Outcome, detail: &str) -> AuditEvent {
+        AuditEvent::new(Kind::Denied)
             .outcome(outcome)
-            .detail(reason);
-        if let Some(i) = identity {
-            ev = ev.client(i.client.to_string());
-        }
-        if let Some(s) = session {
-            ev = ev.session(session_tag(s));
-        }
-        if let Some(s) = server {
-            ev = ev.server(s);
-        }
-        if let Some(t) = tool {
-            ev = ev.tool(t);
-        }
-        ev
+            .detail(detail)
+            .client(client)
+            .method(crate::mcp::methods::INITIALIZE)
+    }
+
+    /// The `denied` record of a request without valid credentials.
+    pub fn unauthenticated(reason: &str) -> AuditEvent {
+        AuditEvent::new(Kind::Denied)
+            .outcome(Outcome::DeniedAuth)
+            .detail(reason)
     }
 }
 

@@ -1,5 +1,8 @@
 //! The aggregated catalog: every server's tools, prompts, resources and templates under the
 //! names clients see, the routes back to their servers, and pagination over the merged lists.
+//!
+//! Each entry remembers its server and item, so that a client's view of any list is the entries
+//! whose [`Target`] the access rules allow, the same question a request for that item asks.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,6 +14,7 @@ use serde_json::{Map, Value};
 
 use super::naming;
 use super::uri_template::UriTemplate;
+use crate::access::Target;
 use crate::policy::ToolFilter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -79,13 +83,21 @@ pub struct Route {
     pub name: String,
 }
 
+/// The server of a list entry and its item (upstream name, URI or URI template), which the
+/// access rules judge.
+#[derive(Debug, Clone)]
+struct Owner {
+    server: Arc<str>,
+    item: Box<str>,
+}
+
 /// One immutable view of the merged catalog; replaced whole when anything changes.
 #[derive(Default)]
 pub struct Aggregate {
     pub generation: u64,
     entries: [Vec<Box<RawValue>>; 4],
-    /// Where each tools entry leads, by index, for per-client filtering.
-    tool_entry_routes: Vec<Route>,
+    /// Whose each entry is, by kind and index, for per-client filtering.
+    owners: [Vec<Owner>; 4],
     tool_routes: HashMap<String, Route>,
     prompt_routes: HashMap<String, Route>,
     resource_routes: HashMap<String, Arc<str>>,
@@ -111,13 +123,21 @@ impl Aggregate {
         Box::new(routes.iter().map(|(n, r)| (n.as_str(), r)))
     }
 
-    /// The server owning `uri`: a listed resource first, then the first matching template.
+    /// The server owning `uri`: a listed resource first, then a template written exactly so
+    /// (completions name templates), then the first template that matches.
     pub fn resource_server(&self, uri: &str) -> Option<&Arc<str>> {
         self.resource_routes.get(uri).or_else(|| {
-            self.template_routes
+            let templates = &self.owners[Kind::Templates as usize];
+            templates
                 .iter()
-                .find(|(t, _)| t.matches(uri))
-                .map(|(_, s)| s)
+                .find(|o| &*o.item == uri)
+                .map(|o| &o.server)
+                .or_else(|| {
+                    self.template_routes
+                        .iter()
+                        .find(|(t, _)| t.matches(uri))
+                        .map(|(_, s)| s)
+                })
         })
     }
 
@@ -125,10 +145,30 @@ impl Aggregate {
         self.entries[kind as usize].len()
     }
 
-    /// Whether entry `i` of the `kind` list is shown to a client that sees the tools `visible`
-    /// accepts (only tools are filtered per client).
-    fn shows(&self, kind: Kind, i: usize, visible: &dyn Fn(&Route) -> bool) -> bool {
-        kind != Kind::Tools || self.tool_entry_routes.get(i).is_none_or(visible)
+    fn push(&mut self, kind: Kind, server: &Arc<str>, item: &str, entry: Box<RawValue>) {
+        self.entries[kind as usize].push(entry);
+        self.owners[kind as usize].push(Owner {
+            server: server.clone(),
+            item: item.into(),
+        });
+    }
+
+    /// Whether entry `i` of the `kind` list is shown to a client that sees what `visible`
+    /// accepts.
+    fn shows(&self, kind: Kind, i: usize, visible: &dyn Fn(&Target) -> bool) -> bool {
+        let Some(o) = self.owners[kind as usize].get(i) else {
+            return false;
+        };
+        let (server, item) = (&*o.server, &*o.item);
+        visible(&match kind {
+            Kind::Tools => Target::Tool { server, name: item },
+            Kind::Prompts => Target::Prompt { server, name: item },
+            Kind::Resources => Target::Resource { server, uri: item },
+            Kind::Templates => Target::Template {
+                server,
+                uri_template: item,
+            },
+        })
     }
 
     /// Whether a client sees the same `kind` list here, through `before`, as in `after`,
@@ -137,8 +177,8 @@ impl Aggregate {
         &self,
         after: &Aggregate,
         kind: Kind,
-        before: &dyn Fn(&Route) -> bool,
-        visible_after: &dyn Fn(&Route) -> bool,
+        before: &dyn Fn(&Target) -> bool,
+        visible_after: &dyn Fn(&Target) -> bool,
     ) -> bool {
         let old = &self.entries[kind as usize];
         let new = &after.entries[kind as usize];
@@ -237,15 +277,15 @@ impl Catalog {
         (old, new)
     }
 
-    /// One page of the merged `kind` list as a complete result object. `visible` hides tools a
-    /// client may not use; cursors count positions in the unfiltered list, so they stay valid
-    /// whatever the filter.
+    /// One page of the merged `kind` list as a complete result object. `visible` hides what
+    /// a client may not use; cursors count positions in the unfiltered list, so they stay
+    /// valid whatever the filter.
     pub fn page(
         &self,
         kind: Kind,
         cursor: Option<&str>,
         page_size: usize,
-        visible: &dyn Fn(&Route) -> bool,
+        visible: &dyn Fn(&Target) -> bool,
     ) -> Result<Box<RawValue>, CursorError> {
         let agg = self.snapshot();
         let entries = &agg.entries[kind as usize];
@@ -325,13 +365,10 @@ fn add(
                 server: server.clone(),
                 name: name.to_owned(),
             };
-            if kind == Kind::Tools {
-                agg.tool_entry_routes.push(route.clone());
-            }
             routes.insert(exposed.clone(), route);
             let mut out = item.clone();
             out.insert("name".to_owned(), Value::String(exposed));
-            agg.entries[kind as usize].push(crate::mcp::to_raw(&out));
+            agg.push(kind, server, name, crate::mcp::to_raw(&out));
         }
         Kind::Resources => {
             let Some(uri) = item.get("uri").and_then(Value::as_str) else {
@@ -342,19 +379,19 @@ fn add(
                 return;
             }
             agg.resource_routes.insert(uri.to_owned(), server.clone());
-            agg.entries[kind as usize].push(crate::mcp::to_raw(item));
+            agg.push(kind, server, uri, crate::mcp::to_raw(item));
         }
         Kind::Templates => {
-            let Some(t) = item
+            let Some((text, t)) = item
                 .get("uriTemplate")
                 .and_then(Value::as_str)
-                .and_then(UriTemplate::parse)
+                .and_then(|text| Some((text, UriTemplate::parse(text)?)))
             else {
                 tracing::warn!(server = %server, "ignoring a resource template without a valid uriTemplate");
                 return;
             };
             agg.template_routes.push((t, server.clone()));
-            agg.entries[kind as usize].push(crate::mcp::to_raw(item));
+            agg.push(kind, server, text, crate::mcp::to_raw(item));
         }
     }
 }
@@ -459,8 +496,8 @@ mod tests {
         let a: Arc<str> = Arc::from("a");
         c.set(&a, Kind::Tools, tools(&["x", "y"]));
         let before = c.snapshot();
-        let all = |_: &Route| true;
-        let only_x = |r: &Route| r.name == "x";
+        let all = |_: &Target| true;
+        let only_x = |t: &Target| t.item() == "x";
         assert!(before.same_view(&before, Kind::Tools, &all, &all));
         assert!(!before.same_view(&before, Kind::Tools, &all, &only_x));
         // A tool filter hides `y`: who saw it is affected, who only saw `x` is not.
@@ -511,5 +548,77 @@ mod tests {
         );
         assert_eq!(agg.resource_server("test://t/9").map(|s| &**s), Some("a"));
         assert!(agg.resource_server("test://nope").is_none());
+    }
+
+    fn items(kind: &str, values: &[&str]) -> Vec<Map<String, Value>> {
+        values
+            .iter()
+            .map(|v| json!({ kind: v }).as_object().cloned().unwrap())
+            .collect()
+    }
+
+    fn shown(c: &Catalog, kind: Kind, visible: &dyn Fn(&Target) -> bool) -> Vec<String> {
+        let page: Value =
+            serde_json::from_str(c.page(kind, None, 100, visible).unwrap().get()).unwrap();
+        let key = match kind {
+            Kind::Tools | Kind::Prompts => "name",
+            Kind::Resources => "uri",
+            Kind::Templates => "uriTemplate",
+        };
+        page[kind.result_key()]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e[key].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn every_list_kind_is_filtered_by_its_own_targets() {
+        let c = Catalog::new(true, HashMap::new());
+        let ev: Arc<str> = Arc::from("ev");
+        let time: Arc<str> = Arc::from("time");
+        c.set(&ev, Kind::Tools, tools(&["echo"]));
+        c.set(&time, Kind::Tools, tools(&["now"]));
+        c.set(&ev, Kind::Prompts, items("name", &["simple", "complex"]));
+        c.set(
+            &ev,
+            Kind::Resources,
+            items("uri", &["demo://static/a", "demo://other/b"]),
+        );
+        c.set(
+            &ev,
+            Kind::Templates,
+            items("uriTemplate", &["demo://static/{id}"]),
+        );
+        let rules = crate::access::Rules::compile(
+            &[
+                "time__*".into(),
+                "ev__demo://static/*".into(),
+                "ev__simple".into(),
+            ],
+            &[],
+        );
+        let visible = |t: &Target| rules.allows(t);
+        assert_eq!(shown(&c, Kind::Tools, &visible), vec!["time__now"]);
+        assert_eq!(shown(&c, Kind::Prompts, &visible), vec!["ev__simple"]);
+        assert_eq!(
+            shown(&c, Kind::Resources, &visible),
+            vec!["demo://static/a"]
+        );
+        assert_eq!(
+            shown(&c, Kind::Templates, &visible),
+            vec!["demo://static/{id}"]
+        );
+        let none = crate::access::Rules::nothing();
+        for kind in KINDS {
+            assert!(shown(&c, kind, &|t| none.allows(t)).is_empty(), "{kind:?}");
+        }
+        let agg = c.snapshot();
+        assert_eq!(
+            agg.resource_server("demo://static/{id}").map(|s| &**s),
+            Some("ev"),
+            "a completion names the template itself"
+        );
     }
 }

@@ -10,7 +10,7 @@ use tokio::sync::oneshot;
 
 use super::audit_trail::{self, AuditTrail};
 use super::{Failure, MessageSink, Router};
-use crate::access::Identity;
+use crate::access::{Identity, Permit};
 use crate::audit::Outcome;
 use crate::mcp::{methods, ErrorCode, Id};
 use crate::upstream::{Upstream, UpstreamError};
@@ -143,11 +143,12 @@ impl Router {
         key: &str,
         identity: &Identity,
         client_id: &Id,
-        server: &Arc<str>,
+        permit: Permit,
         method: &str,
         mut params: Map<String, Value>,
         related: Option<Arc<dyn MessageSink>>,
     ) -> Result<Box<RawValue>, Failure> {
+        let server = permit.server();
         let session: Arc<str> = self
             .sessions
             .get(key)
@@ -163,7 +164,7 @@ impl Router {
         let _slot = self
             .access
             .limits
-            .slot(server)
+            .slot(server, &identity.client)
             .await
             .map_err(|b| Failure::Gateway(ErrorCode::BUSY, b.to_string()))?;
         let upstream_id = up.next_request_id();
@@ -208,18 +209,13 @@ impl Router {
             Some(crate::mcp::to_raw(&params)),
             self.timeout_for(server),
         );
-        let tool_name = params
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|_| method == methods::TOOLS_CALL)
-            .map(str::to_owned);
+        let tool_name = permit.tool();
         let args = match (method, params.get("arguments")) {
             (methods::TOOLS_CALL, Some(a)) => a.to_string(),
             (methods::TOOLS_CALL, None) => "{}".to_owned(),
             _ => Value::Object(params.clone()).to_string(),
         };
-        let mut call_record =
-            AuditTrail::call(identity, key, server, method, tool_name.as_deref(), &args);
+        let mut call_record = AuditTrail::call(identity, key, &permit, method, &args);
         if let Some(info) = up.init_info() {
             call_record.container = Some(info.instance.id.clone());
             call_record.image_digest = info.instance.image_digest.clone();
@@ -230,12 +226,31 @@ impl Router {
             .await
             .map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
         let started = std::time::Instant::now();
+        let limit = up.max_message_bytes();
+        let mut too_large = None;
         let (result, outcome_label) = tokio::select! {
             outcome = call => {
                 guard.notify_server = matches!(outcome, Err(UpstreamError::Timeout { .. }));
+                // The answer goes out with the client's id around it: checked as it will leave.
+                let outcome = match outcome {
+                    Ok(Ok(r)) if r.get().len() + client_id_len(client_id) + ENVELOPE > limit => {
+                        Err(UpstreamError::TooLarge {
+                            server: server.to_string(),
+                            method: method.to_owned(),
+                            size: Some((r.get().len() + client_id_len(client_id) + ENVELOPE) as u64),
+                            limit,
+                        })
+                    }
+                    other => other,
+                };
                 match outcome {
                     Ok(Ok(result)) => (Ok(result), "ok"),
                     Ok(Err(error)) => (Err(Failure::Raw(error)), "error"),
+                    Err(UpstreamError::TooLarge { server, method, size, limit }) => {
+                        let (failure, seen) = too_large_failure(server, method, size, limit);
+                        too_large = Some(seen);
+                        (Err(failure), "too_large")
+                    }
                     Err(e @ UpstreamError::Timeout { .. }) => {
                         (Err(Failure::Gateway(ErrorCode::UPSTREAM_TIMEOUT, e.to_string())), "timeout")
                     }
@@ -249,15 +264,11 @@ impl Router {
             }
         };
         let latency = started.elapsed();
-        crate::metrics::global().call(
-            server,
-            tool_name.as_deref().unwrap_or(method),
-            outcome_label,
-            latency,
-        );
-        let (outcome, bytes_out) = match &result {
-            Ok(r) => (Outcome::Ok, r.get().len()),
-            Err(Failure::Raw(e)) => (
+        crate::metrics::global().call(server, tool_name.unwrap_or(method), outcome_label, latency);
+        let (outcome, bytes_out) = match (&result, too_large) {
+            (_, Some(size)) => (Outcome::TooLarge, size),
+            (Ok(r), None) => (Outcome::Ok, r.get().len()),
+            (Err(Failure::Raw(e)), None) => (
                 Outcome::Error(
                     serde_json::from_str::<Value>(e.get())
                         .ok()
@@ -266,17 +277,19 @@ impl Router {
                 ),
                 e.get().len(),
             ),
-            Err(Failure::Gateway(code, m)) => (audit_trail::outcome_of(*code), m.len()),
-            Err(Failure::Limited(_)) => (Outcome::RateLimited, 0),
+            (Err(Failure::Gateway(code, m)), None) => (audit_trail::outcome_of(*code), m.len()),
+            (Err(Failure::Limited(_)), None) => (Outcome::RateLimited, 0),
         };
         // Durable before the response is released.
+        let mut result_record = AuditTrail::result(&call_record, outcome, latency, bytes_out);
+        if too_large.is_some() {
+            result_record = result_record.detail(format!(
+                "answer of {bytes_out} bytes over max_message_bytes ({limit} bytes); the caller got error {}",
+                ErrorCode::MESSAGE_TOO_LARGE.0
+            ));
+        }
         self.audit
-            .record(AuditTrail::result(
-                &call_record,
-                outcome,
-                latency,
-                bytes_out,
-            ))
+            .record(result_record)
             .await
             .map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
         result
@@ -301,4 +314,36 @@ impl Router {
                 .await;
         }
     }
+}
+
+/// Bytes of a response around its result and id: `{"jsonrpc":"2.0","id":,"result":}`.
+const ENVELOPE: usize = 32;
+
+fn client_id_len(id: &Id) -> usize {
+    match id {
+        Id::Num(n) => n.to_string().len(),
+        // Escaping can at most sextuple a string (`\u00XX`), plus its quotes.
+        Id::Str(s) => s.len() * 6 + 2,
+    }
+}
+
+/// The error a caller gets for an answer over the limit, and the size the audit records (the
+/// limit itself when the transport stopped reading there).
+fn too_large_failure(
+    server: String,
+    method: String,
+    size: Option<u64>,
+    limit: usize,
+) -> (Failure, usize) {
+    let e = UpstreamError::TooLarge {
+        server: server.clone(),
+        method: method.clone(),
+        size,
+        limit,
+    };
+    let data = json!({ "server": server, "method": method, "size": size, "limit": limit });
+    let seen = size.map_or(limit, |n| usize::try_from(n).unwrap_or(usize::MAX));
+    let error =
+        crate::mcp::error::error_object(ErrorCode::MESSAGE_TOO_LARGE, &e.to_string(), Some(&data));
+    (Failure::Raw(error), seen)
 }

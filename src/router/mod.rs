@@ -7,11 +7,16 @@
 
 pub mod audit_trail;
 pub mod catalog;
+mod debounce;
+mod dispatch;
+mod flapping;
 mod forward;
 mod hints;
 pub mod naming;
+mod refresh;
 mod relay;
 mod reload;
+mod resolve;
 mod servers;
 mod sessions;
 pub mod uri_template;
@@ -23,25 +28,23 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 
-use crate::access::{Access, Identity, Limited};
-use crate::mcp::{
-    error_response_bytes, methods, ErrorCode, Message, Notification, Request, Response,
-};
+use crate::access::{Access, Limited};
+use crate::mcp::{error_response_bytes, methods, ErrorCode, Message, Notification, Response};
 use crate::policy::{Naming, Policy};
 use crate::sandbox::Runtime;
-use crate::upstream::{Upstream, UpstreamEvent};
+use crate::upstream::UpstreamEvent;
 use catalog::{Catalog, Kind, KINDS};
+pub use dispatch::Admission;
+pub use resolve::forwarded_methods;
 pub use sessions::{ClientCaps, MessageSink, SessionInfo};
 
 /// Queue between upstream readers and the router's event task.
 const EVENT_QUEUE: usize = 4096;
 /// How long catalog requests wait for servers that are still starting.
 const CATALOG_WAIT: Duration = Duration::from_secs(30);
-/// Pages fetched from one server for one list before the gateway stops following cursors.
-const MAX_UPSTREAM_PAGES: usize = 1000;
 
 pub struct Router {
     servers: servers::Servers,
@@ -57,6 +60,9 @@ pub struct Router {
     unsettled: Mutex<HashSet<Arc<str>>>,
     /// One list refresh at a time per server.
     refresh_locks: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
+    refreshes: refresh::Refreshes,
+    flapping: flapping::Flapping,
+    debounce: Arc<debounce::Debouncer>,
     /// Each server's `instructions` from its handshake, merged into ours.
     instructions: std::sync::Mutex<std::collections::BTreeMap<Arc<str>, String>>,
     token_counter: AtomicU64,
@@ -70,6 +76,7 @@ struct Settings {
     server_timeouts: HashMap<Arc<str>, Duration>,
     page_size: usize,
     passthrough_instructions: bool,
+    list_changes: crate::policy::ListChanges,
 }
 
 impl Settings {
@@ -83,6 +90,7 @@ impl Settings {
                 .collect(),
             page_size: policy.gateway.page_size,
             passthrough_instructions: policy.effective_naming() != Naming::Prefix,
+            list_changes: policy.gateway.list_changes,
         }
     }
 }
@@ -120,6 +128,9 @@ impl Router {
             settled,
             settled_tx,
             refresh_locks: Mutex::new(HashMap::new()),
+            refreshes: refresh::Refreshes::default(),
+            flapping: flapping::Flapping::default(),
+            debounce: Arc::default(),
             instructions: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             token_counter: AtomicU64::new(1),
             access,
@@ -186,6 +197,7 @@ impl Router {
     /// Forgets a session: its subscriptions, dedicated instances and pending server requests.
     pub async fn close_session(&self, key: &str) {
         self.sessions.close(key);
+        self.debounce.forget(key);
         let session: Arc<str> = Arc::from(key);
         for (server, uri) in self.relay.drop_session(key) {
             if !self.servers.is_shared(&server) {
@@ -216,315 +228,6 @@ impl Router {
             }
         }
         self.servers.close_session(key);
-    }
-
-    /// Handles one request from session `key`; `related` carries messages tied to it (the SSE
-    /// stream of its POST), when there is one. Returns the serialized response.
-    pub async fn handle_request(
-        &self,
-        key: &str,
-        identity: &Identity,
-        req: Request,
-        related: Option<Arc<dyn MessageSink>>,
-        admission: Option<Admission>,
-    ) -> Answer {
-        let id = req.id.clone();
-        match self.dispatch(key, identity, req, related, admission).await {
-            Ok(result) => Answer::ok(
-                Message::Response(Response {
-                    id,
-                    outcome: Ok(result),
-                })
-                .to_bytes(),
-            ),
-            Err(f) => f.answer(&id),
-        }
-    }
-
-    /// Authorization and rate limits for a request, before it is answered: lets the transport
-    /// refuse with HTTP 403/429 rather than inside an already-started stream. The returned
-    /// admission is handed to `handle_request`, so quotas are taken once.
-    pub fn admit(
-        &self,
-        session: &str,
-        identity: &Identity,
-        req: &Request,
-    ) -> Result<Option<Admission>, Answer> {
-        if req.method != methods::TOOLS_CALL {
-            return Ok(None);
-        }
-        let Some(name) = req
-            .params
-            .as_deref()
-            .and_then(|p| serde_json::from_str::<Value>(p.get()).ok())
-            .and_then(|v| v.get("name").and_then(Value::as_str).map(str::to_owned))
-        else {
-            return Ok(None);
-        };
-        let agg = self.catalog.snapshot();
-        let Some(route) = agg.tool(&name) else {
-            return Ok(None);
-        };
-        self.check_call(identity, session, route)
-            .map(|()| Some(Admission(())))
-            .map_err(|f| f.answer(&req.id))
-    }
-
-    fn check_call(
-        &self,
-        identity: &Identity,
-        session: &str,
-        route: &catalog::Route,
-    ) -> Result<(), Failure> {
-        let deny = |outcome, reason: &str| {
-            self.audit.record_later(audit_trail::AuditTrail::denied(
-                Some(identity),
-                Some(session),
-                Some(&route.server),
-                Some(&route.name),
-                outcome,
-                reason,
-            ));
-        };
-        if !self
-            .access
-            .rules(&identity.client)
-            .permits(&route.server, &route.name)
-        {
-            let reason = format!(
-                "client `{}` may not call `{}__{}` (clients.{}.allow/deny in the policy)",
-                identity.client, route.server, route.name, identity.client
-            );
-            deny(
-                crate::audit::Outcome::Error(ErrorCode::FORBIDDEN.0),
-                &reason,
-            );
-            return Err(Failure::Gateway(ErrorCode::FORBIDDEN, reason));
-        }
-        self.access
-            .limits
-            .check(&identity.client, &route.server, Some(&route.name))
-            .map_err(|l| {
-                deny(crate::audit::Outcome::RateLimited, &l.scope);
-                Failure::Limited(l)
-            })
-    }
-
-    async fn dispatch(
-        &self,
-        key: &str,
-        identity: &Identity,
-        req: Request,
-        related: Option<Arc<dyn MessageSink>>,
-        admission: Option<Admission>,
-    ) -> Result<Box<RawValue>, Failure> {
-        let params = object_params(req.params.as_deref())?;
-        match req.method.as_str() {
-            methods::PING => Ok(crate::mcp::to_raw(&json!({}))),
-            methods::INITIALIZE => Err(Failure::Gateway(
-                ErrorCode::INVALID_REQUEST,
-                "this session is already initialized; open a new session to initialize again"
-                    .into(),
-            )),
-            methods::TOOLS_LIST => self.list(Kind::Tools, &params, identity).await,
-            methods::PROMPTS_LIST => self.list(Kind::Prompts, &params, identity).await,
-            methods::RESOURCES_LIST => self.list(Kind::Resources, &params, identity).await,
-            methods::RESOURCE_TEMPLATES_LIST => self.list(Kind::Templates, &params, identity).await,
-            methods::TOOLS_CALL | methods::PROMPTS_GET => {
-                self.wait_settled().await;
-                let name = str_param(&params, "name")?;
-                let agg = self.catalog.snapshot();
-                let is_tool = req.method == methods::TOOLS_CALL;
-                let (route, what) = if is_tool {
-                    (agg.tool(name), "tool")
-                } else {
-                    (agg.prompt(name), "prompt")
-                };
-                let route = route.ok_or_else(|| {
-                    // A server that is down contributes nothing to the lists; say which and
-                    // why, or the caller cannot tell a typo from an outage.
-                    let down: Vec<(String, String)> = self
-                        .readiness()
-                        .into_iter()
-                        .filter_map(|(server, r)| r.err().map(|why| (server, why)))
-                        .collect();
-                    let rules = self.access.rules(&identity.client);
-                    let kind = if is_tool { Kind::Tools } else { Kind::Prompts };
-                    let visible: Vec<&str> = agg
-                        .names(kind)
-                        .filter(|(_, r)| rules.permits(&r.server, &r.name))
-                        .map(|(n, _)| n)
-                        .collect();
-                    Failure::Gateway(
-                        ErrorCode::INVALID_PARAMS,
-                        hints::unknown_item(what, name, &down, &visible),
-                    )
-                })?;
-                if is_tool && admission.is_none() {
-                    self.check_call(identity, key, route)?;
-                }
-                let mut params = params;
-                params.insert("name".into(), Value::String(route.name.clone()));
-                let server = route.server.clone();
-                self.forward(
-                    key,
-                    identity,
-                    &req.id,
-                    &server,
-                    &req.method,
-                    params,
-                    related,
-                )
-                .await
-            }
-            methods::RESOURCES_READ
-            | methods::RESOURCES_SUBSCRIBE
-            | methods::RESOURCES_UNSUBSCRIBE => {
-                self.wait_settled().await;
-                let uri = str_param(&params, "uri")?.to_owned();
-                let server = self.resource_owner(&uri)?;
-                if req.method == methods::RESOURCES_UNSUBSCRIBE {
-                    // Other sessions may still want updates for this URI; the server keeps
-                    // its subscription until the last one leaves.
-                    if !self.relay.unsubscribe(key, &server, &uri) {
-                        return Ok(crate::mcp::to_raw(&json!({})));
-                    }
-                }
-                let result = self
-                    .forward(
-                        key,
-                        identity,
-                        &req.id,
-                        &server,
-                        &req.method,
-                        params,
-                        related,
-                    )
-                    .await;
-                if req.method == methods::RESOURCES_SUBSCRIBE && result.is_ok() {
-                    self.relay.subscribe(key, &server, &uri);
-                }
-                result
-            }
-            methods::COMPLETION_COMPLETE => {
-                self.wait_settled().await;
-                let server = self.completion_target(&params)?;
-                let mut params = params;
-                if let Some(Value::Object(r)) = params.get_mut("ref") {
-                    if r.get("type").and_then(Value::as_str) == Some("ref/prompt") {
-                        if let Some(route) = r
-                            .get("name")
-                            .and_then(Value::as_str)
-                            .and_then(|n| self.catalog.snapshot().prompt(n).cloned())
-                        {
-                            r.insert("name".into(), Value::String(route.name));
-                        }
-                    }
-                }
-                self.forward(
-                    key,
-                    identity,
-                    &req.id,
-                    &server,
-                    &req.method,
-                    params,
-                    related,
-                )
-                .await
-            }
-            methods::LOGGING_SET_LEVEL => {
-                let level = str_param(&params, "level")?;
-                let Some(rank) = sessions::level_rank(level) else {
-                    return Err(Failure::Gateway(
-                        ErrorCode::INVALID_PARAMS,
-                        format!("unknown log level `{level}`; use one of debug, info, notice, warning, error, critical, alert, emergency"),
-                    ));
-                };
-                self.sessions.set_level(key, rank);
-                self.push_log_level().await;
-                Ok(crate::mcp::to_raw(&json!({})))
-            }
-            methods::SERVER_DISCOVER => Err(Failure::Gateway(
-                ErrorCode::METHOD_NOT_FOUND,
-                "server/discover is not supported: this gateway speaks the initialize handshake"
-                    .into(),
-            )),
-            other => Err(Failure::Gateway(
-                ErrorCode::METHOD_NOT_FOUND,
-                format!("method `{other}` is not supported by this gateway"),
-            )),
-        }
-    }
-
-    fn resource_owner(&self, uri: &str) -> Result<Arc<str>, Failure> {
-        if let Some(s) = self.catalog.snapshot().resource_server(uri) {
-            return Ok(s.clone());
-        }
-        // With a single server there is no ambiguity: let it decide whether the URI exists.
-        if let [only] = self.servers.names().as_slice() {
-            return Ok(only.clone());
-        }
-        Err(Failure::Gateway(
-            ErrorCode::RESOURCE_NOT_FOUND,
-            format!("resource `{uri}` is not offered by any server behind this gateway"),
-        ))
-    }
-
-    fn completion_target(&self, params: &Map<String, Value>) -> Result<Arc<str>, Failure> {
-        let r = params
-            .get("ref")
-            .and_then(Value::as_object)
-            .ok_or_else(|| {
-                Failure::Gateway(ErrorCode::INVALID_PARAMS, "`ref` must be an object".into())
-            })?;
-        match r.get("type").and_then(Value::as_str) {
-            Some("ref/prompt") => {
-                let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
-                self.catalog
-                    .snapshot()
-                    .prompt(name)
-                    .map(|route| route.server.clone())
-                    .ok_or_else(|| {
-                        Failure::Gateway(
-                            ErrorCode::INVALID_PARAMS,
-                            format!("unknown prompt `{name}`"),
-                        )
-                    })
-            }
-            Some("ref/resource") => {
-                let uri = r.get("uri").and_then(Value::as_str).unwrap_or_default();
-                self.resource_owner(uri)
-            }
-            _ => Err(Failure::Gateway(
-                ErrorCode::INVALID_PARAMS,
-                "`ref.type` must be `ref/prompt` or `ref/resource`".into(),
-            )),
-        }
-    }
-
-    async fn list(
-        &self,
-        kind: Kind,
-        params: &Map<String, Value>,
-        identity: &Identity,
-    ) -> Result<Box<RawValue>, Failure> {
-        self.wait_settled().await;
-        let cursor = match params.get("cursor") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => {
-                return Err(Failure::Gateway(
-                    ErrorCode::INVALID_PARAMS,
-                    "`cursor` must be a string".into(),
-                ))
-            }
-        };
-        let rules = self.access.rules(&identity.client);
-        self.catalog
-            .page(kind, cursor, self.settings().page_size, &|r| {
-                rules.permits(&r.server, &r.name)
-            })
-            .map_err(|e| Failure::Gateway(ErrorCode::INVALID_PARAMS, e.to_string()))
     }
 
     async fn wait_settled(&self) {
@@ -633,10 +336,7 @@ impl Router {
                 } => {
                     let kinds = Kind::from_list_changed(&message.method);
                     if !kinds.is_empty() {
-                        if let Some(up) = self.servers.instance(from.instance) {
-                            let me = self.clone();
-                            tokio::spawn(async move { me.refresh(&up, kinds).await });
-                        }
+                        self.list_changed(&from, &message.method, kinds);
                     } else {
                         self.relay_notification(&from, message);
                     }
@@ -661,81 +361,6 @@ impl Router {
         if pending.remove(server) && pending.is_empty() {
             let _ = self.settled_tx.send(true);
         }
-    }
-
-    /// Reloads `kinds` from `server` and tells the sessions whose view changed.
-    async fn refresh(&self, up: &Arc<Upstream>, kinds: &[Kind]) {
-        let server = up.name();
-        let lock = self
-            .refresh_locks
-            .lock()
-            .ok()
-            .map(|mut m| m.entry(server.clone()).or_default().clone());
-        let _serial = match &lock {
-            Some(l) => Some(l.lock().await),
-            None => None,
-        };
-        let before = self.catalog.snapshot();
-        let Some(info) = up.init_info() else {
-            return;
-        };
-        if let (Some(text), Ok(mut all)) = (&info.instructions, self.instructions.lock()) {
-            all.insert(server.clone(), text.clone());
-        }
-        let mut changed = false;
-        for &kind in kinds {
-            let items = if info.has_capability(kind.capability()) {
-                match self.fetch_all(up, kind).await {
-                    Ok(items) => items,
-                    Err(e) => {
-                        tracing::warn!(server = %server, list = kind.list_method(), error = %e, "could not load list");
-                        continue;
-                    }
-                }
-            } else {
-                Vec::new()
-            };
-            changed |= self.catalog.set(server, kind, items);
-        }
-        if changed {
-            let rules = self.access.clients();
-            self.announce(&before, &rules);
-        }
-    }
-
-    async fn fetch_all(
-        &self,
-        up: &Upstream,
-        kind: Kind,
-    ) -> Result<Vec<Map<String, Value>>, String> {
-        let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..MAX_UPSTREAM_PAGES {
-            let params = cursor
-                .as_ref()
-                .map(|c| crate::mcp::to_raw(&json!({ "cursor": c })));
-            let id = up.next_request_id();
-            let outcome = up
-                .call(id, kind.list_method(), params, self.timeout_for(up.name()))
-                .await
-                .map_err(|e| e.to_string())?;
-            let result = outcome.map_err(|e| format!("server error: {}", e.get()))?;
-            let mut page: Map<String, Value> = serde_json::from_str(result.get())
-                .map_err(|e| format!("unreadable result: {e}"))?;
-            if let Some(Value::Array(items)) = page.remove(kind.result_key()) {
-                out.extend(items.into_iter().filter_map(|v| match v {
-                    Value::Object(m) => Some(m),
-                    _ => None,
-                }));
-            }
-            match page.remove("nextCursor") {
-                Some(Value::String(c)) if !c.is_empty() => cursor = Some(c),
-                _ => return Ok(out),
-            }
-        }
-        Err(format!(
-            "more than {MAX_UPSTREAM_PAGES} pages; stopped following cursors"
-        ))
     }
 
     /// Sends the most verbose level any session asked for to every server with logging, so that
@@ -835,32 +460,6 @@ impl Answer {
             refusal: None,
         }
     }
-}
-
-/// Proof that `Router::admit` already authorized a call and took its quota.
-#[derive(Debug)]
-pub struct Admission(());
-
-fn object_params(params: Option<&RawValue>) -> Result<Map<String, Value>, Failure> {
-    match params {
-        None => Ok(Map::new()),
-        Some(raw) => match serde_json::from_str::<Value>(raw.get()) {
-            Ok(Value::Object(m)) => Ok(m),
-            _ => Err(Failure::Gateway(
-                ErrorCode::INVALID_PARAMS,
-                "`params` must be an object".into(),
-            )),
-        },
-    }
-}
-
-fn str_param<'a>(params: &'a Map<String, Value>, key: &str) -> Result<&'a str, Failure> {
-    params.get(key).and_then(Value::as_str).ok_or_else(|| {
-        Failure::Gateway(
-            ErrorCode::INVALID_PARAMS,
-            format!("`{key}` must be a string"),
-        )
-    })
 }
 
 fn notification_bytes(method: &str, params: Option<Box<RawValue>>) -> Bytes {

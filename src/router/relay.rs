@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use serde_json::{json, Value};
 
 use super::{notification_bytes, MessageSink, Router};
+use crate::access::Target;
 use crate::mcp::{methods, ErrorCode, Id, Message, Notification, Request};
 use crate::upstream::Source;
 
@@ -143,17 +144,19 @@ impl Relay {
 }
 
 impl Router {
+    /// Hands `message`, from `server`, to the request's stream or else the session's.
     fn deliver(
         &self,
+        server: &str,
         session: &str,
         related: Option<&Arc<dyn MessageSink>>,
         message: bytes::Bytes,
     ) {
         match related {
-            Some(r) => r.send(message),
+            Some(r) => r.send_from(server, message),
             None => {
                 if let Some(e) = self.sessions.get(session) {
-                    e.info.sink.send(message);
+                    e.info.sink.send_from(server, message);
                 }
             }
         }
@@ -190,7 +193,7 @@ impl Router {
                 };
                 params["progressToken"] = route.original.clone();
                 let msg = notification_bytes(methods::PROGRESS, Some(crate::mcp::to_raw(&params)));
-                self.deliver(&route.session, route.related.as_ref(), msg);
+                self.deliver(server, &route.session, route.related.as_ref(), msg);
             }
             methods::MESSAGE => {
                 // Log messages are not tied to a request on the wire; the newest caller at this
@@ -209,6 +212,7 @@ impl Router {
                             .is_some_and(|e| e.wants_log(level))
                         {
                             self.deliver(
+                                server,
                                 &session,
                                 related.as_ref(),
                                 Message::Notification(n).to_bytes(),
@@ -229,10 +233,19 @@ impl Router {
                     return;
                 };
                 let msg = Message::Notification(n.clone()).to_bytes();
+                let target = Target::Resource { server, uri };
+                let clients = self.access.clients();
                 for session in self.relay.subscribers(server, uri) {
-                    // A dedicated instance's updates are its owner's business only.
-                    if from.owner.get().is_none_or(|o| *o == session) {
-                        self.deliver(&session, None, msg.clone());
+                    // A dedicated instance's updates are its owner's business only, and an
+                    // update goes only to a session whose client may read the URI now (a
+                    // reload may have taken the grant away since it subscribed).
+                    let owner_ok = from.owner.get().is_none_or(|o| *o == session);
+                    let may_read = self
+                        .sessions
+                        .get(&session)
+                        .is_some_and(|e| clients.rules(&e.info.client).allows(&target));
+                    if owner_ok && may_read {
+                        self.tell(&session, methods::RESOURCES_UPDATED, uri, msg.clone());
                     }
                 }
             }
@@ -249,7 +262,7 @@ impl Router {
                     params["requestId"] = Value::String(down_id);
                     let msg =
                         notification_bytes(methods::CANCELLED, Some(crate::mcp::to_raw(&params)));
-                    self.deliver(&session, None, msg);
+                    self.deliver(server, &session, None, msg);
                 }
             }
             other => {
@@ -329,6 +342,6 @@ impl Router {
             params: req.params,
         })
         .to_bytes();
-        self.deliver(&session, related.as_ref(), msg);
+        self.deliver(server, &session, related.as_ref(), msg);
     }
 }

@@ -4,9 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::catalog::{Aggregate, Kind, Route};
+use super::catalog::{Aggregate, Kind};
 use super::{catalog_layout, notification_bytes, Router, Settings};
-use crate::access::Clients;
+use crate::access::{Clients, Target};
 use crate::mcp::methods;
 use crate::policy::diff::ServerChanges;
 use crate::policy::Policy;
@@ -69,15 +69,16 @@ impl Router {
     }
 
     /// Sends `notifications/*/list_changed` to every session whose lists differ between
-    /// `before` (seen through `rules_before`) and the catalog and client rules in force now.
-    /// Sessions of one client see the same lists, so each client is compared once.
+    /// `before` (seen through `rules_before`) and the catalog and client rules in force now,
+    /// paced per session (see `debounce`). Sessions of one client see the same lists, so each
+    /// client is compared once.
     pub(super) fn announce(&self, before: &Aggregate, rules_before: &Clients) {
         let after = self.catalog.snapshot();
         let rules_after = self.access.clients();
         for (client, sessions) in self.sessions.by_client() {
             let (was, is) = (rules_before.rules(&client), rules_after.rules(&client));
-            let saw = |r: &Route| was.permits(&r.server, &r.name);
-            let sees = |r: &Route| is.permits(&r.server, &r.name);
+            let saw = |t: &Target| was.allows(t);
+            let sees = |t: &Target| is.allows(t);
             let differs = |kind| !before.same_view(&after, kind, &saw, &sees);
             let mut changed = Vec::new();
             if differs(Kind::Tools) {
@@ -93,7 +94,7 @@ impl Router {
                 tracing::debug!(%client, sessions = sessions.len(), method, "list changed");
                 let message = notification_bytes(method, None);
                 for s in &sessions {
-                    s.info.sink.send(message.clone());
+                    self.tell(&s.info.key, method, "", message.clone());
                 }
             }
         }

@@ -10,6 +10,13 @@ use bytes::Bytes;
 /// the stream of one request.
 pub trait MessageSink: Send + Sync {
     fn send(&self, message: Bytes);
+
+    /// [`MessageSink::send`] for a message that `server` sent; sinks that keep count of what
+    /// they drop by origin use it.
+    fn send_from(&self, server: &str, message: Bytes) {
+        let _ = server;
+        self.send(message);
+    }
 }
 
 /// Client capabilities that decide whether a server's request can be relayed.

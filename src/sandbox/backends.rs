@@ -15,7 +15,7 @@ use super::docker::{self, DockerRuntime};
 use super::firewall::Firewall;
 use super::process::ProcessRuntime;
 use super::{Runtime, Runtimes};
-use crate::policy::{self, EgressSettings, Policy};
+use crate::policy::{self, Policy};
 
 enum DockerState {
     NotNeeded,
@@ -38,10 +38,10 @@ pub struct Backends {
 }
 
 impl Backends {
-    /// `scope` is the Docker reconciliation scope (see `serve --docker-scope`); `egress` the
-    /// policy's `[egress]` settings at start-up (a reload keeps them, see `policy::diff`).
-    pub fn new(scope: &str, egress: &EgressSettings) -> Backends {
-        let firewall = Firewall::new(egress);
+    /// `scope` is the Docker reconciliation scope (see `serve --docker-scope`, by default the
+    /// instance id); `firewall` is made from the policy's `[egress]` settings at start-up (a
+    /// reload keeps them, see `policy::diff`) for this gateway's instance.
+    pub fn new(scope: &str, firewall: Firewall) -> Backends {
         let process = Arc::new(ProcessRuntime::new(firewall.clone()));
         let docker = DockerState::NotNeeded;
         Backends {
@@ -73,6 +73,22 @@ impl Backends {
     /// generation means docker servers started earlier ran on a runtime that could not start
     /// them, and should be restarted on this one.
     pub async fn for_policy(&self, policy: &Policy) -> (Arc<dyn Runtime>, u64) {
+        // Process servers started from now on hide this policy's secrets; their modes are the
+        // second line, for a child without a mount view.
+        self.process.set_hidden(super::hidden::hidden_paths(policy));
+        if crate::egress::netns::is_root() {
+            for e in super::hidden::exposures(policy) {
+                tracing::error!(
+                    server = %e.server,
+                    uid = e.uid,
+                    path = %e.path.display(),
+                    "{} is readable by the server's user ({}); its mount view covers it, but fix the mode: `chmod go-rwx {}` (or close a directory above it)",
+                    e.what,
+                    e.why,
+                    e.path.display()
+                );
+            }
+        }
         let mut st = self.state.lock().await;
         let wanted = policy
             .servers
@@ -105,7 +121,7 @@ impl Backends {
         if clean {
             self.firewall.shutdown().await;
         } else {
-            tracing::warn!("some sandboxes could not be removed: table inet portcullis stays, so their interfaces stay closed");
+            tracing::warn!(table = %self.firewall.names().table(), "some sandboxes could not be removed: the egress table stays, so their interfaces stay closed");
         }
         removed
     }

@@ -1,10 +1,15 @@
 //! The egress service as the runtimes see it: one [`Egress`] shared by the docker and process
-//! runtimes, started when the first firewalled sandbox needs it.
+//! runtimes, for this gateway's instance.
 //!
-//! Starting on first need (rather than at gateway start) means a gateway whose servers have no
-//! egress rules never touches the host's nftables, and a policy reload that adds the first
-//! server with rules gets enforcement without a restart. A failed start is not cached: the
-//! next sandbox tries again, and until then no firewalled sandbox starts (fail closed).
+//! A gateway running as root starts it at once ([`Firewall::claim`]): that is where a second
+//! gateway of the same instance is refused (the table is owned by the first one's socket),
+//! where a table left by an earlier run of this instance is taken over, and where that run's
+//! leftover namespaces and interfaces are removed. Reading the table list is all it does to
+//! nftables then; the table itself is created when the first firewalled sandbox needs it (or
+//! was left by the earlier run). Otherwise the service starts on first need, and a policy reload
+//! that adds the first server with rules gets enforcement without a restart. A failed start is
+//! not cached: the next sandbox tries again, and until then no firewalled sandbox starts (fail
+//! closed).
 //!
 //! For hot reload: [`Firewall::reprogram`] applies a server's changed rules to its running
 //! sandboxes; removing a server is [`super::Runtime::stop_server`], after which its network
@@ -16,7 +21,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::egress::{Attachment, Egress, EgressError, EgressOptions, Prepared};
+use crate::egress::leftovers::Removed;
+use crate::egress::subnets::PoolLock;
+use crate::egress::{Attachment, Egress, EgressError, EgressOptions, Names, Prepared};
 use crate::policy::{EgressSettings, Server};
 
 use super::SandboxError;
@@ -64,8 +71,22 @@ impl Firewall {
         &self.inner.settings
     }
 
+    /// The names of this gateway instance's objects.
+    pub fn names(&self) -> &Names {
+        &self.inner.options.names
+    }
+
     /// The running service, starting it if needed; `server` names who asked, for the error.
     pub async fn egress(&self, server: &str) -> Result<Egress, SandboxError> {
+        self.start().await.map_err(|e| SandboxError::Egress {
+            server: server.to_owned(),
+            reason: format!(
+                "{e} (programming nftables needs root with CAP_NET_ADMIN and the nf_tables kernel module)"
+            ),
+        })
+    }
+
+    async fn start(&self) -> Result<Egress, EgressError> {
         if let Some(e) = self.running() {
             return Ok(e);
         }
@@ -73,20 +94,40 @@ impl Firewall {
         if let Some(e) = self.running() {
             return Ok(e);
         }
-        match Egress::start_with_settings(&self.inner.settings, self.inner.options.clone()).await
-        {
-            Ok(e) => {
-                tracing::info!("egress firewall started: table inet portcullis is programmed for firewalled sandboxes");
-                self.inner.running.send_replace(Some(e.clone()));
-                Ok(e)
+        let e =
+            Egress::start_with_settings(&self.inner.settings, self.inner.options.clone()).await?;
+        let table = self.names().table();
+        crate::metrics::global().egress_protection(e.protection().mode());
+        match e.protection() {
+            crate::egress::Protection::Owned => {
+                tracing::info!(%table, "egress firewall started: the table is owned by this gateway (NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST): nobody else can change it, and it stays in force if the gateway dies")
             }
-            Err(e) => Err(SandboxError::Egress {
-                server: server.to_owned(),
-                reason: format!(
-                    "{e} (programming nftables needs root with CAP_NET_ADMIN and the nf_tables kernel module)"
-                ),
-            }),
+            crate::egress::Protection::Watched { reason } => {
+                tracing::error!(%table, %reason, "!!! egress firewall started WITHOUT table ownership: anyone with CAP_NET_ADMIN can change the table, and changes are undone only by the read-back watch (within one interval) !!!")
+            }
         }
+        self.inner.running.send_replace(Some(e.clone()));
+        Ok(e)
+    }
+
+    /// Starts the service now (a gateway running as root does so at start-up) and removes the
+    /// leftovers of an earlier run of this instance. Call only while holding the instance's
+    /// lock. Fails when another live gateway owns this instance's table, or when another
+    /// instance's table would share this one's interface names.
+    pub async fn claim(&self) -> Result<(Egress, Removed), EgressError> {
+        let e = self.start().await?;
+        if let Some(what) = &e.startup().adopted {
+            tracing::warn!(table = %self.names().table(), "took over {what}");
+        }
+        let names = self.names().clone();
+        let removed =
+            tokio::task::spawn_blocking(move || crate::egress::leftovers::remove(&names, None))
+                .await
+                .unwrap_or_default();
+        if !removed.is_empty() {
+            tracing::warn!(namespaces = ?removed.namespaces, interfaces = ?removed.interfaces, processes = ?removed.processes, "removed the leftovers of an earlier run of this instance");
+        }
+        Ok((e, removed))
     }
 
     /// Takes a subnet for `server`, lets `make` build the attachment on it (a Docker network, a
@@ -109,10 +150,20 @@ impl Firewall {
             reason,
         };
         let egress = self.egress(&server.name).await?;
-        let subnet = egress
-            .allocate_subnet(&server.name)
+        // Held until the subnet's interface carries its address, so another gateway of this
+        // namespace choosing at the same moment sees it.
+        let pool_lock = PoolLock::acquire()
+            .await
             .map_err(|e| failed(e.to_string()))?;
-        let (made, attachment) = match make(subnet).await {
+        let name = server.name.clone();
+        let e = egress.clone();
+        let subnet = tokio::task::spawn_blocking(move || e.allocate_subnet(&name))
+            .await
+            .map_err(|e| failed(format!("subnet allocation task: {e}")))?
+            .map_err(|e| failed(e.to_string()))?;
+        let made = make(subnet).await;
+        drop(pool_lock);
+        let (made, attachment) = match made {
             Ok(m) => m,
             Err(reason) => {
                 egress.free_subnet(&server.name);
@@ -165,7 +216,7 @@ impl Firewall {
         match self.running() {
             Some(e) if !e.is_enforcing() => Err(SandboxError::Egress {
                 server: server.to_owned(),
-                reason: "table inet portcullis was altered and could not be restored; no firewalled sandbox starts until it is".into(),
+                reason: format!("table inet {} was altered and could not be restored; no firewalled sandbox starts until it is", self.names().table()),
             }),
             _ => Ok(()),
         }
@@ -201,12 +252,32 @@ impl Firewall {
     }
 
     /// Deletes the table, if this gateway programmed it. Call only once every sandbox is gone:
-    /// a sandbox interface left without the table would be unfiltered.
+    /// a sandbox interface left without the table would be unfiltered, so the table stays (it
+    /// outlives the gateway, and the next start of this instance removes both) while any
+    /// interface of this instance is still there.
     pub async fn shutdown(&self) {
         if let Some(e) = self.running() {
+            let table = self.names().table();
+            let (names, ns) = (self.names().clone(), self.inner.options.netns.clone());
+            let left = tokio::task::spawn_blocking(move || {
+                crate::egress::leftovers::interfaces(&names, ns.as_deref())
+            })
+            .await;
+            match left {
+                Ok(Ok(left)) if left.is_empty() => {}
+                Ok(Ok(left)) => {
+                    tracing::warn!(%table, interfaces = ?left, "sandbox interfaces of this instance are still there: the egress table stays, so they stay closed (the next start of this instance removes both)");
+                    return;
+                }
+                Ok(Err(err)) => {
+                    tracing::warn!(%table, error = %err, "cannot list this instance's interfaces: the egress table stays");
+                    return;
+                }
+                Err(_) => return,
+            }
             match e.remove_table().await {
-                Ok(()) => tracing::info!("egress firewall removed (table inet portcullis)"),
-                Err(e) => tracing::warn!(error = %e, "could not remove table inet portcullis"),
+                Ok(()) => tracing::info!(%table, "egress firewall removed"),
+                Err(e) => tracing::warn!(%table, error = %e, "could not remove the egress table"),
             }
         }
     }

@@ -4,8 +4,10 @@
 //! those pipes (MCP) is the upstream layer's business.
 
 pub mod backends;
+pub mod confine;
 pub mod docker;
 pub mod firewall;
+pub mod hidden;
 pub mod leases;
 pub mod process;
 mod process_net;
@@ -138,10 +140,10 @@ impl Runtime for Runtimes {
                     runtime: "docker (the Docker engine is not reachable)",
                 })
             }),
-            (Spec::Remote(_), _) => Box::pin(async move {
+            (Spec::Remote(_) | Spec::OpenApi(_), _) => Box::pin(async move {
                 Err(SandboxError::Unsupported {
                     server: server.name.clone(),
-                    runtime: "remote (not a sandboxed runtime)",
+                    runtime: "remote or openapi (not a sandboxed runtime)",
                 })
             }),
         }

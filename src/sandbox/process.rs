@@ -2,7 +2,12 @@
 //!
 //! The child gets a scrubbed environment (the gateway's own variables may hold credentials), its
 //! own process group (so that killing it also kills whatever it forked), and is killed when the
-//! gateway drops it.
+//! gateway drops it. It never runs with the gateway's privileges: the gateway starts its own
+//! binary as the confinement helper ([`super::confine`]), which switches to the policy's `user`,
+//! drops every capability, installs the seccomp filter and builds the private mount and PID
+//! namespaces before it `exec`s the server. When the gateway is not root, the helper keeps the
+//! gateway's uid inside an unprivileged user namespace (or, where the kernel refuses one, applies
+//! only `no_new_privs`, the filter and closed descriptors, and says so).
 //!
 //! Egress: a server with `egress.allow` rules gets its own network namespace behind the
 //! firewall when the gateway runs as root ([`super::process_net`]); its only way out is what
@@ -11,15 +16,17 @@
 //! which case it runs on the host's network with a loud warning. A server without rules is a
 //! plain child process on the host's network (the process runtime is not a sandbox).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::process::{Child, Command};
 
+use super::confine::{self, BindMount, Confinement};
 use super::firewall::Firewall;
 use super::leases::Lease;
-use super::process_net::ProcessNets;
+use super::process_net::{NetPaths, ProcessNets};
 use super::{BoxFuture, Instance, Runtime, SandboxError, Spawned};
 use crate::egress::netns;
 use crate::policy::{Runtime as RuntimeSpec, Server};
@@ -34,6 +41,10 @@ type Children = Arc<Mutex<HashMap<u32, String>>>;
 pub struct ProcessRuntime {
     nets: Arc<ProcessNets>,
     children: Children,
+    /// Covered in every child's mount view ([`super::hidden`]); replaced at each policy load.
+    hidden: RwLock<Vec<PathBuf>>,
+    /// Servers whose `allow_root` was already announced (once per server, not per child).
+    root_announced: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for ProcessRuntime {
@@ -48,7 +59,55 @@ impl ProcessRuntime {
         ProcessRuntime {
             nets: ProcessNets::new(firewall),
             children: Arc::default(),
+            hidden: RwLock::default(),
+            root_announced: Mutex::default(),
         }
+    }
+
+    /// The paths children must not see, from the policy in force.
+    pub fn set_hidden(&self, paths: Vec<PathBuf>) {
+        if let Ok(mut h) = self.hidden.write() {
+            *h = paths;
+        }
+    }
+
+    fn confinement(&self, server: &Server, net: Option<&NetPaths>) -> Option<Confinement> {
+        let RuntimeSpec::Process(spec) = &server.runtime else {
+            return None;
+        };
+        let privileged = netns::is_root();
+        if privileged && spec.user.uid == 0 {
+            let first = self
+                .root_announced
+                .lock()
+                .map(|mut a| a.insert(server.name.clone()))
+                .unwrap_or(true);
+            if first {
+                tracing::warn!(
+                    server = %server.name,
+                    "!!! PROCESS SERVER RUNS AS ROOT (uid 0, allow_root = true): it has no capabilities, but it owns every root-owned file the read-only view shows !!!"
+                );
+            }
+        }
+        Some(Confinement {
+            server: server.name.clone(),
+            uid: spec.user.uid,
+            gid: spec.user.gid,
+            privileged,
+            netns: net.map(|n| n.netns.clone()),
+            resolv_conf: net.map(|n| n.resolv_conf.clone()),
+            mounts: spec
+                .mounts
+                .iter()
+                .map(|m| BindMount {
+                    source: m.source.clone(),
+                    target: m.target.clone(),
+                    writable: !m.read_only,
+                })
+                .collect(),
+            hide: self.hidden.read().map(|h| h.clone()).unwrap_or_default(),
+            cwd: spec.cwd.clone(),
+        })
     }
 
     /// Removes the namespaces left (call after every child is gone); whether no child is left.
@@ -57,11 +116,11 @@ impl ProcessRuntime {
         self.children.lock().map(|c| c.is_empty()).unwrap_or(false)
     }
 
-    /// Where the child's network comes from: a command prefix that enters its namespace and a
-    /// lease on it, or nothing (host network).
-    async fn network(&self, server: &Server) -> Result<(Vec<String>, Option<Lease>), SandboxError> {
+    /// Where the child's network comes from: its namespace and a lease on it, or nothing
+    /// (host network).
+    async fn network(&self, server: &Server) -> Result<Option<(NetPaths, Lease)>, SandboxError> {
         if server.egress.allow.is_empty() {
-            return Ok((Vec::new(), None));
+            return Ok(None);
         }
         if !netns::is_root() {
             if self.nets.firewall().settings().allow_unconfined_process {
@@ -69,14 +128,13 @@ impl ProcessRuntime {
                     server = %server.name,
                     "!!! EGRESS NOT ENFORCED: the gateway is not root, so this process server runs on the host's network despite its egress rules (allow_unconfined_process = true) !!!"
                 );
-                return Ok((Vec::new(), None));
+                return Ok(None);
             }
             return Err(SandboxError::Unenforceable {
                 server: server.name.clone(),
             });
         }
-        let (prefix, lease) = self.nets.join(server).await?;
-        Ok((prefix, Some(lease)))
+        Ok(Some(self.nets.join(server).await?))
     }
 }
 
@@ -93,14 +151,28 @@ impl Runtime for ProcessRuntime {
                     runtime: "process",
                 });
             };
-            if !server.egress.allow.is_empty()
-                && !program_exists(&spec.command, spec.cwd.as_deref())
-            {
+            // The helper always starts, so a missing program would only show as its exit.
+            if !program_exists(&spec.command, spec.cwd.as_deref()) {
                 return Err(not_found(server, &spec.command));
             }
-            let (prefix, lease) = self.network(server).await?;
+            let (net, lease) = match self.network(server).await? {
+                Some((paths, lease)) => (Some(paths), Some(lease)),
+                None => (None, None),
+            };
+            let Some(confinement) = self.confinement(server, net.as_ref()) else {
+                return Err(SandboxError::Unsupported {
+                    server: server.name.clone(),
+                    runtime: "process",
+                });
+            };
             // On an error below the lease is dropped, which releases it in the background.
-            spawn(server, &ctx.secrets, &prefix, lease, self.children.clone())
+            spawn(
+                server,
+                &ctx.secrets,
+                &confinement,
+                lease,
+                self.children.clone(),
+            )
         })
     }
 
@@ -123,8 +195,7 @@ impl Runtime for ProcessRuntime {
 }
 
 /// Whether `command` names an executable (a path, relative to the child's working directory,
-/// or a name on the gateway's PATH). Checked before a namespaced start, where a missing program
-/// would otherwise only show as `ip` failing.
+/// or a name on the gateway's PATH).
 fn program_exists(command: &str, cwd: Option<&std::path::Path>) -> bool {
     let runnable = |p: &std::path::Path| p.is_file();
     if command.contains('/') {
@@ -157,10 +228,14 @@ fn kill_group(pid: u32) {
     }
 }
 
+/// Where the helper comes from: the gateway's own binary, as the kernel knows it (still right
+/// when the file was replaced on disk by an upgrade).
+const HELPER: &str = "/proc/self/exe";
+
 fn spawn(
     server: &Server,
     extra_env: &[(String, String)],
-    prefix: &[String],
+    confinement: &Confinement,
     lease: Option<Lease>,
     children: Children,
 ) -> Result<Spawned, SandboxError> {
@@ -170,15 +245,9 @@ fn spawn(
             runtime: "process",
         });
     };
-    let mut cmd = match prefix.split_first() {
-        Some((first, rest)) => {
-            let mut c = Command::new(first);
-            c.args(rest).arg(&spec.command);
-            c
-        }
-        None => Command::new(&spec.command),
-    };
-    cmd.args(&spec.args)
+    let mut cmd = Command::new(HELPER);
+    cmd.arg0(format!("portcullis-confine:{}", server.name))
+        .args(confine::helper_args(confinement, &spec.command, &spec.args))
         .env_clear()
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -190,11 +259,14 @@ fn spawn(
             cmd.env(key, v);
         }
     }
+    if confinement.privileged && confinement.uid != nix::unistd::getuid().as_raw() {
+        // The gateway's home is not the server user's (and not readable for it); the private
+        // /tmp is the one writable place it has. The policy's `env` may say otherwise.
+        cmd.env("HOME", "/tmp");
+    }
     cmd.envs(&spec.env);
     cmd.envs(extra_env.iter().map(|(k, v)| (k, v)));
-    if let Some(cwd) = &spec.cwd {
-        cmd.current_dir(cwd);
-    }
+    // The working directory is entered by the helper, as the server's user.
     let mut child = cmd.spawn().map_err(|source| SandboxError::Spawn {
         server: server.name.clone(),
         command: spec.command.clone(),

@@ -3,9 +3,11 @@
 //! One namespace per server, shared by all its instances (per-session and per-call children
 //! join the same one), created with the first instance and removed after the last: a /29 from
 //! the pool, a veth pair whose host side the rule set keys on ([`ProcessNet`]), the server's
-//! rules and resolver ([`Egress::prepare`]), then the child runs under `ip netns exec`. If any
-//! step fails, what was made is taken down again and the child does not start (fail closed).
+//! rules and resolver ([`Egress::prepare`]), then the child's confinement helper enters it
+//! ([`super::confine`]). If any step fails, what was made is taken down again and the child
+//! does not start (fail closed).
 
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use crate::egress::netns::ProcessNet;
@@ -20,7 +22,14 @@ use super::SandboxError;
 struct Joined {
     /// Taken out (and dropped on a blocking thread, since removal runs `ip`) at teardown.
     net: Mutex<Option<ProcessNet>>,
-    prefix: Vec<String>,
+    paths: NetPaths,
+}
+
+/// Where a child finds its server's namespace and resolver configuration.
+#[derive(Debug, Clone)]
+pub(super) struct NetPaths {
+    pub netns: PathBuf,
+    pub resolv_conf: PathBuf,
 }
 
 pub(super) struct ProcessNets {
@@ -40,17 +49,17 @@ impl ProcessNets {
         &self.firewall
     }
 
-    /// Joins `server`'s namespace (creating it for the first child); returns the command
-    /// prefix that starts a child inside it, and the child's lease on it.
+    /// Joins `server`'s namespace (creating it for the first child); returns where it is,
+    /// and the child's lease on it.
     pub async fn join(
         self: &Arc<Self>,
         server: &Server,
-    ) -> Result<(Vec<String>, Lease), SandboxError> {
+    ) -> Result<(NetPaths, Lease), SandboxError> {
         let joined = self
             .leases
             .acquire(&server.name, || self.create(server))
             .await?;
-        let prefix = joined.prefix.clone();
+        let paths = joined.paths.clone();
         drop(joined);
         let nets = self.clone();
         let name = server.name.clone();
@@ -58,7 +67,7 @@ impl ProcessNets {
         // A namespace that already exists is reused without `prepare`, so this is where changed
         // rules are applied and a lost table stops new children.
         self.firewall.check_joined(server).await?;
-        Ok((prefix, lease))
+        Ok((paths, lease))
     }
 
     async fn create(&self, server: &Server) -> Result<Arc<Joined>, SandboxError> {
@@ -68,10 +77,12 @@ impl ProcessNets {
                 server,
                 |subnet| async move {
                     let name = server.name.clone();
-                    let made =
-                        tokio::task::spawn_blocking(move || ProcessNet::create(&name, subnet, None))
-                            .await
-                            .map_err(|e| format!("namespace setup task: {e}"))?;
+                    let names = self.firewall.names().clone();
+                    let made = tokio::task::spawn_blocking(move || {
+                        ProcessNet::create(&names, &name, subnet, None)
+                    })
+                    .await
+                    .map_err(|e| format!("namespace setup task: {e}"))?;
                     let net = made.map_err(|e| {
                         format!("cannot create its network namespace (needs root and the `ip` tool): {e}")
                     })?;
@@ -87,7 +98,10 @@ impl ProcessNets {
             .await?;
         tracing::info!(server = %server.name, netns = %net.netns, iface = %net.iface, "process sandbox network ready");
         Ok(Arc::new(Joined {
-            prefix: net.command_prefix(),
+            paths: NetPaths {
+                netns: net.path(),
+                resolv_conf: net.resolv_conf(),
+            },
             net: Mutex::new(Some(net)),
         }))
     }

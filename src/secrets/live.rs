@@ -66,6 +66,14 @@ impl LiveSecrets {
         }
         out
     }
+
+    /// The longest end of cut `text` that begins a remembered value (see
+    /// [`super::Redactor::redact_cut`]), as (its length in bytes, the replacement).
+    pub fn cut_secret(&self, text: &str) -> Option<(usize, String)> {
+        let entries = self.entries.read().ok()?;
+        super::cut_secret(text, entries.iter().map(|(v, r)| (v.as_str(), r.as_str())))
+            .map(|(n, r)| (n, r.to_owned()))
+    }
 }
 
 #[cfg(test)]

@@ -176,11 +176,68 @@ impl Redactor {
         }
         out
     }
+
+    /// [`Redactor::redact`] for text whose end was cut off: a cut through a secret leaves only
+    /// its beginning, which `redact` cannot recognise, so an end that begins a secret (at least
+    /// [`CUT_PREFIX_MIN`] bytes of it) is replaced as well.
+    pub fn redact_cut(&self, text: &str) -> String {
+        let mut out = self.redact(text).into_owned();
+        let entries = self.entries.iter().map(|(v, r)| (v.as_str(), r.as_str()));
+        let ours = cut_secret(&out, entries).map(|(n, r)| (n, r.to_owned()));
+        let theirs = live().cut_secret(&out);
+        if let Some((n, replacement)) = ours.into_iter().chain(theirs).max_by_key(|(n, _)| *n) {
+            out.truncate(out.len() - n);
+            out.push_str(&replacement);
+        }
+        out
+    }
+}
+
+/// Shorter beginnings of a secret at the end of cut text are left alone: they tell little, and
+/// masking them would mangle ordinary text that happens to end the way a secret starts.
+pub const CUT_PREFIX_MIN: usize = 4;
+
+/// The longest end of `text` that is a proper beginning of one of the `(value, replacement)`
+/// entries, as (its length in bytes, the replacement).
+fn cut_secret<'a>(
+    text: &str,
+    entries: impl Iterator<Item = (&'a str, &'a str)>,
+) -> Option<(usize, &'a str)> {
+    entries
+        .filter_map(|(value, replacement)| {
+            (CUT_PREFIX_MIN..value.len())
+                .rev()
+                .filter(|&n| value.is_char_boundary(n))
+                .find(|&n| text.ends_with(&value[..n]))
+                .map(|n| (n, replacement))
+        })
+        .max_by_key(|(n, _)| *n)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cut_through_a_secret_does_not_leak_its_beginning() {
+        let r = Redactor::new([("TOKEN", "ghp_abcdef123456")]);
+        assert_eq!(r.redact_cut("key ghp_abcdef12"), "key [REDACTED:TOKEN]");
+        assert_eq!(
+            r.redact_cut("ghp_abcdef123456 then ghp_ab"),
+            "[REDACTED:TOKEN] then [REDACTED:TOKEN]"
+        );
+        assert_eq!(
+            r.redact_cut("ends with gh"),
+            "ends with gh",
+            "too short to mask"
+        );
+        assert_eq!(r.redact_cut("nothing here"), "nothing here");
+        crate::secrets::live().remember("oauth:cut-test", "live-token-abcdefgh");
+        assert_eq!(
+            r.redact_cut("bearer live-token-ab"),
+            "bearer [REDACTED:oauth:cut-test]"
+        );
+    }
 
     #[test]
     fn redactor_replaces_values_with_their_names() {

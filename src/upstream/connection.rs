@@ -11,23 +11,50 @@ use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Handled, Outcome, UpstreamEvent};
 use crate::mcp::{Id, Message, Notification, Request, Response};
 use crate::sandbox::{BoxRead, BoxWrite};
 
-/// Longest line accepted from a server; a longer one is a protocol violation that ends the
-/// connection rather than growing memory without bound.
-const MAX_LINE_BYTES: usize = 64 * 1024 * 1024;
 /// Longest wait for the router to take a server-initiated message before reading on; the
 /// router handles these without waiting on the network, so this only bounds a stall.
 const HANDLED_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Messages queued for the writer before senders wait.
 const OUTBOX_CAPACITY: usize = 1024;
 
-type Waiter = oneshot::Sender<Result<Outcome, String>>;
+type Waiter = oneshot::Sender<Result<Outcome, Broken>>;
+
+/// Why a request got no answer from its server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Broken {
+    /// The connection, or this request's exchange, failed.
+    Lost(String),
+    /// The answer was over the server's message-size limit and was dropped unread; `size` is
+    /// `None` when the transport stopped reading before it could tell.
+    TooLarge { size: Option<u64>, limit: usize },
+}
+
+impl std::fmt::Display for Broken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Broken::Lost(reason) => f.write_str(reason),
+            Broken::TooLarge { size, limit } => {
+                match size {
+                    Some(n) => write!(f, "its answer of {n} bytes")?,
+                    None => write!(f, "its answer of more than {limit} bytes")?,
+                }
+                write!(f, " is over the limit of {limit} bytes (max_message_bytes)")
+            }
+        }
+    }
+}
+
+impl From<Broken> for String {
+    fn from(b: Broken) -> String {
+        b.to_string()
+    }
+}
 
 /// The work of delivering one request, driven by whoever waits for its answer.
 pub(super) type Delivery = Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -45,12 +72,12 @@ pub(super) trait Direct: Send + Sync {
 /// The answer to one request. Awaiting it also drives the request's delivery when the transport
 /// left that to the caller; dropping it abandons both.
 pub(super) struct Answer {
-    rx: oneshot::Receiver<Result<Outcome, String>>,
+    rx: oneshot::Receiver<Result<Outcome, Broken>>,
     delivery: Option<Delivery>,
 }
 
 impl Future for Answer {
-    type Output = Result<Result<Outcome, String>, oneshot::error::RecvError>;
+    type Output = Result<Result<Outcome, Broken>, oneshot::error::RecvError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         if let Some(d) = self.delivery.as_mut() {
@@ -86,8 +113,13 @@ impl Connection {
         events: mpsc::Sender<UpstreamEvent>,
     ) -> (Arc<Connection>, tokio::task::JoinHandle<String>) {
         let (conn, rx) = Connection::detached();
-        tokio::spawn(write_loop(stdin, rx));
-        let reader = tokio::spawn(read_loop(source, stdout, conn.clone(), events));
+        tokio::spawn(super::stdio::write_loop(stdin, rx));
+        let reader = tokio::spawn(super::stdio::read_loop(
+            source,
+            stdout,
+            conn.clone(),
+            events,
+        ));
         (conn, reader)
     }
 
@@ -125,9 +157,18 @@ impl Connection {
 
     /// Fails one waiting request (its message could not be delivered).
     pub(super) fn fail(&self, id: u64, reason: &str) {
+        self.break_off(id, Broken::Lost(reason.to_owned()));
+    }
+
+    /// Ends one waiting request without an answer, for `why`; false if it was not waiting.
+    pub(super) fn break_off(&self, id: u64, why: Broken) -> bool {
         let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&id));
-        if let Some(w) = waiter {
-            let _ = w.send(Err(reason.to_owned()));
+        match waiter {
+            Some(w) => {
+                let _ = w.send(Err(why));
+                true
+            }
+            None => false,
         }
     }
 
@@ -211,7 +252,7 @@ impl Connection {
             Err(_) => Vec::new(),
         };
         for w in waiters {
-            let _ = w.send(Err(reason.to_owned()));
+            let _ = w.send(Err(Broken::Lost(reason.to_owned())));
         }
     }
 }
@@ -245,76 +286,23 @@ impl Drop for PendingGuard<'_> {
     }
 }
 
-async fn write_loop(mut stdin: BoxWrite, mut rx: mpsc::Receiver<Bytes>) {
-    let mut buf = Vec::with_capacity(8192);
-    while let Some(first) = rx.recv().await {
-        buf.clear();
-        buf.extend_from_slice(&first);
-        buf.push(b'\n');
-        // Coalesce whatever else is queued into one write: under load this turns many small
-        // pipe writes into one.
-        while buf.len() < 256 * 1024 {
-            match rx.try_recv() {
-                Ok(more) => {
-                    buf.extend_from_slice(&more);
-                    buf.push(b'\n');
-                }
-                Err(_) => break,
-            }
-        }
-        if stdin.write_all(&buf).await.is_err() || stdin.flush().await.is_err() {
-            break;
-        }
-    }
-    let _ = stdin.shutdown().await;
-}
-
-async fn read_loop(
-    source: Arc<super::Source>,
-    stdout: BoxRead,
-    conn: Arc<Connection>,
-    events: mpsc::Sender<UpstreamEvent>,
-) -> String {
-    let mut reader = BufReader::with_capacity(64 * 1024, stdout);
-    let mut line = Vec::with_capacity(8192);
-    loop {
-        line.clear();
-        let n = match read_bounded_line(&mut reader, &mut line).await {
-            Ok(n) => n,
-            Err(e) => return e,
-        };
-        if n == 0 {
-            return "closed its stdout".to_owned();
-        }
-        let text = trim_line(&line);
-        if text.is_empty() {
-            continue;
-        }
-        if let Err(reason) = dispatch(&source, &conn, &events, text).await {
-            return reason;
+/// Parses one incoming message; one that is not JSON-RPC is logged and skipped (servers
+/// sometimes print banners to stdout), not a reason to drop the server.
+///
+/// Transports parse, then let go of what they read, then [`dispatch_message`]: the parsed
+/// message holds its own copy, and a large answer should not be held twice while it travels on.
+pub(super) fn parse_incoming(source: &super::Source, text: &[u8]) -> Option<Message> {
+    match Message::parse(text) {
+        Ok(message) => Some(message),
+        Err(e) => {
+            tracing::warn!(server = %source.server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a message that is not JSON-RPC");
+            None
         }
     }
 }
 
 /// Hands one incoming message to its waiter (responses) or to the router (everything else),
 /// waiting for the router's ack so that order is kept. `Err` means the gateway is stopping.
-pub(super) async fn dispatch(
-    source: &Arc<super::Source>,
-    conn: &Connection,
-    events: &mpsc::Sender<UpstreamEvent>,
-    text: &[u8],
-) -> Result<(), String> {
-    match Message::parse(text) {
-        Ok(message) => dispatch_message(source, conn, events, message).await,
-        Err(e) => {
-            // Servers sometimes print banners to stdout; skip the line rather than kill them.
-            tracing::warn!(server = %source.server, error = %e, line = %String::from_utf8_lossy(&text[..text.len().min(200)]), "ignoring a message that is not JSON-RPC");
-            Ok(())
-        }
-    }
-}
-
-/// [`dispatch`] for a message already parsed (the HTTP transport parses bodies itself).
 pub(super) async fn dispatch_message(
     source: &Arc<super::Source>,
     conn: &Connection,
@@ -359,40 +347,49 @@ pub(super) async fn dispatch_message(
     Ok(())
 }
 
-async fn read_bounded_line(
-    reader: &mut BufReader<BoxRead>,
-    out: &mut Vec<u8>,
-) -> Result<usize, String> {
-    let mut total = 0;
-    loop {
-        let available = match reader.fill_buf().await {
-            Ok(b) => b,
-            Err(e) => return Err(format!("stdout read failed: {e}")),
-        };
-        if available.is_empty() {
-            return Ok(total);
+/// Deals with a message over the size limit that was skipped unread; `head` is its first bytes
+/// and `size` its length when the transport read to its end. The request it answers fails with
+/// [`Broken::TooLarge`] when its id can be read in `head` (otherwise it fails at its timeout); a
+/// request from the server gets an error back, so that the server does not wait for ever.
+pub(super) async fn oversized(
+    source: &super::Source,
+    conn: &Connection,
+    head: &[u8],
+    size: Option<u64>,
+    limit: usize,
+) {
+    let h = crate::mcp::head::read(head);
+    let what = match (&h.id, h.has_method) {
+        (Some(id), false) => {
+            let pending = match id {
+                Id::Num(n) => u64::try_from(*n)
+                    .is_ok_and(|n| conn.break_off(n, Broken::TooLarge { size, limit })),
+                Id::Str(_) => false,
+            };
+            if pending {
+                format!("the answer to request {id}, which fails with an error")
+            } else {
+                format!("an answer to request {id}, which is not waiting")
+            }
         }
-        let (chunk, done) = match available.iter().position(|b| *b == b'\n') {
-            Some(i) => (&available[..=i], true),
-            None => (available, false),
-        };
-        let len = chunk.len();
-        if out.len() + len > MAX_LINE_BYTES {
-            return Err(format!("sent a message over {MAX_LINE_BYTES} bytes"));
+        (None, false) if h.is_response => {
+            "an answer whose id is not at its start: its request fails at its timeout".to_owned()
         }
-        out.extend_from_slice(chunk);
-        reader.consume(len);
-        total += len;
-        if done {
-            return Ok(total);
+        (Some(id), true) => {
+            let message = format!(
+                "the gateway refused a request of more than {limit} bytes (max_message_bytes)"
+            );
+            let error = crate::mcp::error::error_object(
+                crate::mcp::ErrorCode::MESSAGE_TOO_LARGE,
+                &message,
+                None,
+            );
+            conn.respond(id.clone(), Err(error)).await;
+            format!("request {id} from the server, refused")
         }
-    }
-}
-
-fn trim_line(line: &[u8]) -> &[u8] {
-    let mut end = line.len();
-    while end > 0 && (line[end - 1] == b'\n' || line[end - 1] == b'\r') {
-        end -= 1;
-    }
-    &line[..end]
+        (None, true) => "a notification, dropped".to_owned(),
+        (None, false) => "a message whose start is not JSON-RPC, dropped".to_owned(),
+    };
+    let size = size.map_or_else(|| format!("more than {limit}"), |n| n.to_string());
+    tracing::warn!(server = %source.server, size = %size, limit, "skipped a message over max_message_bytes: {what}");
 }

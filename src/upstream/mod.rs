@@ -7,7 +7,9 @@
 
 mod connection;
 pub mod http;
+mod openapi;
 pub mod stderr;
+mod stdio;
 mod supervisor;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -61,6 +63,8 @@ pub struct Source {
     /// The client session a dedicated instance belongs to; set once, when a pooled instance is
     /// handed to a session.
     pub owner: std::sync::OnceLock<Arc<str>>,
+    /// Largest message accepted from this server (its `max_message_bytes`).
+    pub max_message_bytes: usize,
 }
 
 /// Messages the server sent on its own initiative, and changes of its state.
@@ -155,6 +159,14 @@ pub enum UpstreamError {
         method: String,
         reason: String,
     },
+    #[error("server `{server}` answered `{method}` with a message of {} bytes, over the limit of {limit} bytes: raise max_message_bytes (for this server or the gateway) or ask for less", size.map_or_else(|| format!("more than {limit}"), |n| n.to_string()))]
+    TooLarge {
+        server: String,
+        method: String,
+        /// `None` when the transport stopped reading before the end of the message.
+        size: Option<u64>,
+        limit: usize,
+    },
 }
 
 /// The outcome of a request: the server's raw `result` or raw `error` object.
@@ -184,6 +196,7 @@ impl Upstream {
             server: name.clone(),
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
             owner: std::sync::OnceLock::new(),
+            max_message_bytes: server.max_message_bytes,
         });
         if let Some(o) = &options.owner {
             let _ = source.owner.set(o.clone());
@@ -233,6 +246,11 @@ impl Upstream {
 
     pub fn instance(&self) -> u64 {
         self.source.instance
+    }
+
+    /// Largest message this server may send, and the gateway relay from it.
+    pub fn max_message_bytes(&self) -> usize {
+        self.source.max_message_bytes
     }
 
     pub fn state(&self) -> State {
@@ -323,7 +341,15 @@ impl Upstream {
                 guard.disarm();
                 Ok(outcome)
             }
-            Ok(Ok(Err(reason))) => Err(lost(reason)),
+            Ok(Ok(Err(connection::Broken::TooLarge { size, limit }))) => {
+                Err(UpstreamError::TooLarge {
+                    server: self.name.to_string(),
+                    method: method.to_owned(),
+                    size,
+                    limit,
+                })
+            }
+            Ok(Ok(Err(connection::Broken::Lost(reason)))) => Err(lost(reason)),
             Ok(Err(_)) => Err(lost("the connection closed".to_owned())),
             Err(_) => Err(UpstreamError::Timeout {
                 server: self.name.to_string(),

@@ -219,7 +219,12 @@ fn emit(server: &Arc<str>, log: &ServerLog, redactor: &Redactor, raw: &[u8], ski
     if text.trim().is_empty() && skipped == 0 {
         return;
     }
-    let mut text = redactor.redact(text).into_owned();
+    // A cut line may end inside a secret, whose beginning plain redaction does not see.
+    let mut text = if skipped > 0 {
+        redactor.redact_cut(text)
+    } else {
+        redactor.redact(text).into_owned()
+    };
     if skipped > 0 {
         text.push_str(&format!(" [cut: {skipped} more bytes]"));
     }
@@ -376,6 +381,22 @@ mod tests {
             assert!(!lines[1].starts_with("2026-01-01"), "{out}");
             assert!(lines[2].contains("\\u{1b}[31mred"), "{out}");
         }
+    }
+
+    #[tokio::test]
+    async fn a_secret_the_cut_goes_through_is_redacted_too() {
+        // The secret straddles MAX_LINE: only its beginning is kept, which a plain redaction
+        // does not recognise.
+        let mut input = vec![b'y'; MAX_LINE - 10];
+        input.extend_from_slice(b"sk-live-0123456789 and more\n");
+        let out = logged("t-cut-secret", input, false, rate(100, 100)).await;
+        assert!(
+            !out.contains("sk-live"),
+            "the secret's beginning leaked: {out}"
+        );
+        assert!(out.contains("[REDACTED:API_KEY]"), "{out}");
+        let t = tail("t-cut-secret").join("\n");
+        assert!(!t.contains("sk-live"), "{t}");
     }
 
     #[tokio::test]

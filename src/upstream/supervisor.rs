@@ -150,8 +150,12 @@ impl Supervisor {
         let redactor = Arc::new(Redactor::new(
             secrets.iter().map(|(k, v)| (k.as_str(), v.as_str())),
         ));
-        if matches!(self.server.runtime, crate::policy::Runtime::Remote(_)) {
-            return self.start_remote(&secrets, redactor).await;
+        match self.server.runtime {
+            crate::policy::Runtime::Remote(_) => {
+                return self.start_remote(&secrets, redactor).await
+            }
+            crate::policy::Runtime::OpenApi(_) => return self.start_openapi(&secrets, redactor),
+            _ => {}
         }
         let ctx = SpawnContext {
             secrets,
@@ -295,13 +299,7 @@ impl Supervisor {
                 }
             }
         };
-        let mut dead = remote.dead();
-        let reader = tokio::spawn(async move {
-            match dead.wait_for(Option::is_some).await {
-                Ok(reason) => reason.clone().unwrap_or_default(),
-                Err(_) => "the connection closed".to_owned(),
-            }
-        });
+        let reader = tokio::spawn(until_dead(remote.dead(), "the connection closed"));
         if let Ok(mut c) = self.connection.lock() {
             *c = Some(connected.conn.clone());
         }
@@ -310,6 +308,35 @@ impl Supervisor {
             reader,
             spawned_desc: remote.describe(),
             instance: Box::new(RemoteInstance { remote }),
+            info: Arc::new(info),
+            stderr_task: None,
+        })
+    }
+
+    /// Starts an openapi server. There is no handshake: the gateway makes the server itself,
+    /// and the "instance" runs until it is stopped (a failing API fails calls, not the server).
+    fn start_openapi(
+        &self,
+        secrets: &[(String, String)],
+        redactor: Arc<Redactor>,
+    ) -> Result<Running, String> {
+        let (api, conn, info) = super::openapi::start(
+            &self.server,
+            self.source.clone(),
+            self.events.clone(),
+            secrets,
+            redactor.clone(),
+        )
+        .map_err(|e| redactor.redact(&e).into_owned())?;
+        let reader = tokio::spawn(until_dead(api.dead(), "stopped"));
+        if let Ok(mut c) = self.connection.lock() {
+            *c = Some(conn.clone());
+        }
+        Ok(Running {
+            conn,
+            reader,
+            spawned_desc: api.describe(),
+            instance: Box::new(OpenApiInstance { api }),
             info: Arc::new(info),
             stderr_task: None,
         })
@@ -338,6 +365,15 @@ struct Running {
     stderr_task: Option<tokio::task::JoinHandle<()>>,
 }
 
+/// The reason an in-process instance (an HTTP session, an openapi server) ended, once it has;
+/// `closed` when its sender went away without one.
+async fn until_dead(mut dead: watch::Receiver<Option<String>>, closed: &'static str) -> String {
+    match dead.wait_for(Option::is_some).await {
+        Ok(reason) => reason.clone().unwrap_or_default(),
+        Err(_) => closed.to_owned(),
+    }
+}
+
 /// A remote server's HTTP session, seen as an instance the supervisor watches.
 struct RemoteInstance {
     remote: Arc<super::http::Remote>,
@@ -349,17 +385,31 @@ impl crate::sandbox::Instance for RemoteInstance {
     }
 
     fn wait(&mut self) -> crate::sandbox::BoxFuture<'_, String> {
-        let mut dead = self.remote.dead();
-        Box::pin(async move {
-            match dead.wait_for(Option::is_some).await {
-                Ok(reason) => reason.clone().unwrap_or_default(),
-                Err(_) => "the connection closed".to_owned(),
-            }
-        })
+        Box::pin(until_dead(self.remote.dead(), "the connection closed"))
     }
 
     fn kill(&mut self) -> crate::sandbox::BoxFuture<'_, ()> {
         Box::pin(async move { self.remote.close().await })
+    }
+}
+
+/// An openapi server, seen as an instance the supervisor watches.
+struct OpenApiInstance {
+    api: Arc<super::openapi::OpenApi>,
+}
+
+impl crate::sandbox::Instance for OpenApiInstance {
+    fn describe(&self) -> String {
+        self.api.describe()
+    }
+
+    fn wait(&mut self) -> crate::sandbox::BoxFuture<'_, String> {
+        Box::pin(until_dead(self.api.dead(), "stopped"))
+    }
+
+    fn kill(&mut self) -> crate::sandbox::BoxFuture<'_, ()> {
+        self.api.close();
+        Box::pin(async {})
     }
 }
 

@@ -1,6 +1,7 @@
 //! Docker for tests: makes sure an engine is running and the test images are built.
 //!
-//! dockerd: when `/var/run/docker.sock` is missing, `tests/setup/dockerd.sh start LOCK` starts one.
+//! dockerd: when no engine answers on `/var/run/docker.sock` (the socket is missing, or it is a
+//! stale file left by a dockerd that died), `tests/setup/dockerd.sh start LOCK` starts one.
 //! Every test process that needs the engine holds a shared flock on LOCK for its whole life; the
 //! script's reaper takes the lock exclusively, which succeeds only once the last test process has
 //! exited (the kernel drops a process's locks when it exits, even when it crashes), and then stops
@@ -11,9 +12,11 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
+use std::time::Duration;
 
 use portcullis::sandbox::docker::DockerRuntime;
 
@@ -22,6 +25,8 @@ pub const FIXTURE_IMAGE: &str = "portcullis/fixture:test";
 pub const TIME_IMAGE: &str = "portcullis/mcp-time:test";
 const SOCKET: &str = "/var/run/docker.sock";
 const STATE_DIR: &str = "/tmp/portcullis-dockerd";
+/// How long an engine may take to answer `GET /_ping` before it counts as not answering.
+const PING_LIMIT: Duration = Duration::from_secs(5);
 
 /// Held for the life of the test process (see the module comment).
 static USER_LOCK: OnceLock<Result<nix::fcntl::Flock<File>, String>> = OnceLock::new();
@@ -52,12 +57,73 @@ fn take_user_lock() -> Result<nix::fcntl::Flock<File>, String> {
         .map_err(|(_, e)| format!("flock {}: {e}", lock_path().display()))
 }
 
+/// What is at the engine's socket path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Engine {
+    /// An engine answered `GET /_ping`.
+    Answers,
+    /// Nothing at the path.
+    Missing,
+    /// Something is at the path but no engine answers there, and why.
+    Silent(String),
+}
+
+/// Asks whatever is at `socket` for `GET /_ping` (HTTP over the unix socket), within `limit`,
+/// as `tests/setup/dockerd.sh` does with `docker version`. A socket file whose dockerd was
+/// killed refuses the connection.
+pub fn probe(socket: &Path, limit: Duration) -> Engine {
+    if std::fs::symlink_metadata(socket).is_err() {
+        return Engine::Missing;
+    }
+    let mut s = match std::os::unix::net::UnixStream::connect(socket) {
+        Ok(s) => s,
+        Err(e) => return Engine::Silent(format!("connecting to it failed: {e}")),
+    };
+    let _ = s.set_read_timeout(Some(limit));
+    let _ = s.set_write_timeout(Some(limit));
+    if let Err(e) = s.write_all(b"GET /_ping HTTP/1.0\r\nHost: docker\r\n\r\n") {
+        return Engine::Silent(format!("sending it a ping failed: {e}"));
+    }
+    let mut head = [0u8; 64];
+    let mut got = 0;
+    while got < head.len() {
+        match s.read(&mut head[got..]) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) => {
+                return Engine::Silent(format!("no answer to a ping within {limit:?}: {e}"));
+            }
+        }
+    }
+    let status = String::from_utf8_lossy(&head[..got]);
+    let status = status.lines().next().unwrap_or_default();
+    if status.starts_with("HTTP/1.") && status.split_whitespace().nth(1) == Some("200") {
+        Engine::Answers
+    } else {
+        Engine::Silent(format!("it answered a ping with {status:?}"))
+    }
+}
+
+/// Why an engine must be started for the tests, or `None` when one answers at `socket`.
+pub fn start_reason(socket: &Path, engine: &Engine) -> Option<String> {
+    match engine {
+        Engine::Answers => None,
+        Engine::Missing => Some(format!("{} does not exist", socket.display())),
+        Engine::Silent(why) => Some(format!(
+            "{} exists but no Docker engine answers on it ({why}); a dockerd that died without removing its socket leaves it so",
+            socket.display()
+        )),
+    }
+}
+
 fn prepare() -> Result<(), String> {
     if let Err(e) = USER_LOCK.get_or_init(take_user_lock) {
         return Err(e.clone());
     }
     let root = super::repo_root();
-    if !std::path::Path::new(SOCKET).exists() {
+    let socket = Path::new(SOCKET);
+    if let Some(why) = start_reason(socket, &probe(socket, PING_LIMIT)) {
+        eprintln!("[docker] {why}: starting an engine with tests/setup/dockerd.sh");
         let st = Command::new("bash")
             .arg(root.join("tests/setup/dockerd.sh"))
             .arg("start")
@@ -66,7 +132,7 @@ fn prepare() -> Result<(), String> {
             .map_err(|e| format!("running tests/setup/dockerd.sh: {e}"))?;
         if !st.success() {
             return Err(format!(
-                "could not start dockerd (tests/setup/dockerd.sh start: {st}); install it with `bash tests/setup/install-deps.sh system`"
+                "{why}, and starting dockerd failed (tests/setup/dockerd.sh start: {st}; its log: {STATE_DIR}/dockerd.log); install it with `bash tests/setup/install-deps.sh system`"
             ));
         }
     }

@@ -24,7 +24,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::InspectContainerOptions;
-use portcullis::egress::ruleset;
+use portcullis::egress::Names;
+use portcullis::instance::InstanceId;
 use portcullis::sandbox::docker::DockerRuntime;
 use serde_json::{json, Value};
 
@@ -33,8 +34,8 @@ use super::client::Mcp;
 use super::docker::{containers_in, runtime, Scope, FIXTURE_IMAGE};
 use super::netlab::{self, dns_server, sh, tcp_service, udp_echo, Ns, Zone};
 
-/// One `table inet portcullis` per host: the tests of a test binary take turns (binaries take
-/// turns through the privileged-test lock).
+/// The tests of a test binary share the host's namespace, its lab routes and Docker: they take
+/// turns (binaries take turns through the privileged-test lock).
 pub static HOST_TABLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The fake outside world of one test (see the module comment); removed on drop.
@@ -197,13 +198,13 @@ pub fn host_dns_answers(server: SocketAddr) -> bool {
 /// removes it all itself): the namespaces of its process servers with their host-forward rules
 /// and resolver configuration, and the table. Declared before the gateway, so it runs after
 /// the gateway is killed.
-pub struct Leftovers(pub Vec<String>);
+pub struct Leftovers(pub Names, pub Vec<String>);
 
 impl Drop for Leftovers {
     fn drop(&mut self) {
-        for server in &self.0 {
-            let iface = ruleset::iface_name(server);
-            let netns = format!("pcs-{}", &iface[ruleset::IFACE_PREFIX.len()..]);
+        for server in &self.1 {
+            let iface = self.0.iface(server);
+            let netns = self.0.netns(server);
             let _ = Command::new("ip").args(["netns", "del", &netns]).output();
             let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&netns));
             for dir in ["-i", "-o"] {
@@ -213,9 +214,14 @@ impl Drop for Leftovers {
             }
         }
         let _ = Command::new("nft")
-            .args(["delete", "table", "inet", ruleset::TABLE])
+            .args(["delete", "table", "inet", &self.0.table()])
             .output();
     }
+}
+
+/// The names of the objects of the gateway instance `id`.
+pub fn names_of(id: &str) -> Names {
+    Names::new(InstanceId::parse(id).expect("instance id"))
 }
 
 /// Waits until an audit record satisfies `pred`; panics with what was there after `limit`.
@@ -262,24 +268,6 @@ pub async fn probe(c: &mut Mcp, server: &str, args: Value) -> String {
 
 pub fn tcp(target: &str) -> Value {
     json!({"op": "tcp", "target": target, "timeout_ms": 1000})
-}
-
-pub struct Cases(pub Vec<(String, bool, String)>);
-
-impl Cases {
-    pub fn check(&mut self, case: &str, ok: bool, detail: &str) {
-        eprintln!("[{}] {case}: {detail}", if ok { "PASS" } else { "FAIL" });
-        self.0.push((case.to_owned(), ok, detail.to_owned()));
-    }
-
-    pub fn finish(self) {
-        eprintln!("\n| case | outcome |\n|---|---|");
-        for (case, ok, _) in &self.0 {
-            eprintln!("| {case} | {} |", if *ok { "pass" } else { "FAIL" });
-        }
-        let failed: Vec<_> = self.0.iter().filter(|(_, ok, _)| !ok).collect();
-        assert!(failed.is_empty(), "failed cases: {failed:#?}");
-    }
 }
 
 pub fn blocked(out: &str) -> bool {
@@ -330,9 +318,9 @@ pub async fn container_netns(rt: &DockerRuntime, scope: &str, server: &str) -> s
     std::path::PathBuf::from(format!("/proc/{pid}/ns/net"))
 }
 
-pub fn nft_table() -> Option<String> {
+pub fn nft_table(names: &Names) -> Option<String> {
     let o = Command::new("nft")
-        .args(["list", "table", "inet", ruleset::TABLE])
+        .args(["list", "table", "inet", &names.table()])
         .output()
         .ok()?;
     o.status

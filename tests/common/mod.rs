@@ -6,6 +6,7 @@ pub mod docker;
 pub mod hostlab;
 pub mod netlab;
 pub mod remote;
+pub mod rest;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
@@ -17,8 +18,22 @@ pub fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
+/// The gateway binary under test: this build's, or `PORTCULLIS_BIN` (as for the Python tests),
+/// which runs a test against another build, such as the one before a fix.
 pub fn gateway_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_portcullis"))
+    std::env::var_os("PORTCULLIS_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")))
+}
+
+/// The `token_sha256` a policy names for bearer token `token`.
+pub fn token_hash(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(token.as_bytes()))
+}
+
+pub fn bench_echo_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_portcullis-bench-echo"))
 }
 
 pub fn fixture_bin() -> PathBuf {
@@ -76,24 +91,98 @@ impl Gateway {
     /// [`Gateway::spawn`] as another user (`uid`, e.g. 65534 to see what happens without
     /// root); the policy's folder is then made readable for it.
     pub fn spawn_as(policy: &str, env: &[(&str, &str)], uid: Option<u32>) -> Gateway {
+        Self::spawn_full(&gateway_bin(), policy, env, uid, None, &[])
+    }
+
+    /// [`Gateway::start_with`] with another gateway binary (a benchmark's baseline build).
+    pub fn start_bin(bin: &Path, policy: &str, env: &[(&str, &str)]) -> Gateway {
+        let gw = Self::spawn_full(bin, policy, env, None, None, &[]);
+        gw.wait_ready(Duration::from_secs(60));
+        gw
+    }
+
+    /// [`Gateway::spawn`] with the gateway in the network namespace at `netns` (only its
+    /// network namespace changes: it shares this process's mounts, so `/run/netns` names it
+    /// makes are visible here) and extra `serve` arguments. Its listener is then reachable only
+    /// from inside that namespace: wait with [`Gateway::wait_ready_in`].
+    pub fn spawn_in(policy: &str, env: &[(&str, &str)], netns: &Path, args: &[&str]) -> Gateway {
+        Self::spawn_full(&gateway_bin(), policy, env, None, Some(netns), args)
+    }
+
+    /// Like [`Gateway::spawn_in`], but for a start that is expected to fail: the exit status
+    /// and stderr of a gateway that exits (or `None` if it is still running after `limit`).
+    pub fn run_in(
+        policy: &str,
+        env: &[(&str, &str)],
+        netns: &Path,
+        args: &[&str],
+        limit: Duration,
+    ) -> Option<(std::process::ExitStatus, String)> {
         let dir = tempfile::tempdir().expect("tempdir");
+        let path = Self::write_policy_in(dir.path(), policy);
+        let mut cmd = Self::command(&gateway_bin(), &path, env, None, Some(netns), args);
+        cmd.stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("start gateway");
+        let start = Instant::now();
+        loop {
+            if let Some(status) = child.try_wait().expect("try_wait") {
+                let mut err = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = e.read_to_string(&mut err);
+                }
+                return Some((status, err));
+            }
+            if start.elapsed() > limit {
+                let _ = child.kill();
+                let _ = child.wait();
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn write_policy_in(dir: &Path, policy: &str) -> PathBuf {
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
             .replace("{peers}", &repo_root().join(".peers").display().to_string())
-            .replace("{tmp}", &dir.path().display().to_string());
-        let path = dir.path().join("policy.toml");
+            .replace("{tmp}", &dir.display().to_string());
+        let path = dir.join("policy.toml");
         std::fs::write(&path, text).expect("write policy");
-        let mut cmd = Command::new(gateway_bin());
+        path
+    }
+
+    fn command(
+        bin: &Path,
+        path: &Path,
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+        netns: Option<&Path>,
+        args: &[&str],
+    ) -> Command {
+        let mut cmd = Command::new(bin);
         if let Some(uid) = uid {
-            use std::os::unix::fs::PermissionsExt;
             use std::os::unix::process::CommandExt;
-            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
-                .expect("chmod policy dir");
             cmd.uid(uid).gid(uid);
         }
+        if let Some(ns) = netns {
+            use std::os::fd::AsRawFd;
+            use std::os::unix::process::CommandExt;
+            let file = std::fs::File::open(ns).expect("open the network namespace");
+            // SAFETY: only setns(2) between fork and exec; the file stays open (it is moved
+            // into the closure, which the Command keeps until spawn).
+            unsafe {
+                cmd.pre_exec(move || {
+                    if nix::libc::setns(file.as_raw_fd(), nix::libc::CLONE_NEWNET) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.args(["serve", "--policy"])
-            .arg(&path)
+            .arg(path)
             .args(["--listen", "127.0.0.1:0"])
+            .args(args)
             .env("RUST_LOG", "info,portcullis=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -101,6 +190,48 @@ impl Gateway {
         for (k, v) in env {
             cmd.env(k, v);
         }
+        cmd
+    }
+
+    fn spawn_full(
+        bin: &Path,
+        policy: &str,
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+        netns: Option<&Path>,
+        args: &[&str],
+    ) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = Self::write_policy_in(dir.path(), policy);
+        if uid.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod policy dir");
+        }
+        let cmd = Self::command(bin, &path, env, uid, netns, args);
+        Self::started(cmd, dir)
+    }
+
+    /// Starts `portcullis serve --policy PATH ARGS...` on a policy the caller prepared in `dir`
+    /// (kept until the gateway is dropped); waits for the listening banner, not for `/ready`.
+    pub fn launch(
+        dir: tempfile::TempDir,
+        path: &Path,
+        env: &[(&str, &str)],
+        uid: Option<u32>,
+        args: &[&str],
+    ) -> Gateway {
+        if uid.is_some() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("chmod policy dir");
+        }
+        let cmd = Self::command(&gateway_bin(), path, env, uid, None, args);
+        Self::started(cmd, dir)
+    }
+
+    /// Spawns `cmd` and waits for the listening banner; `dir` lives as long as the gateway.
+    fn started(mut cmd: Command, dir: tempfile::TempDir) -> Gateway {
         let mut child = cmd.spawn().expect("start gateway");
         let stderr = Arc::new(Mutex::new(String::new()));
         let mut err = child.stderr.take().expect("stderr");
@@ -177,6 +308,36 @@ impl Gateway {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// [`Gateway::wait_ready`] for a gateway in the network namespace at `netns`.
+    pub fn wait_ready_in(&self, netns: &Path, limit: Duration) -> Result<(), String> {
+        let start = Instant::now();
+        let url = format!("{}/ready", self.base);
+        loop {
+            let u = url.clone();
+            let (status, body) = portcullis::egress::netns::in_netns(Some(netns), move || {
+                Ok(http_get(&u).unwrap_or((0, String::new())))
+            })
+            .unwrap_or((0, String::new()));
+            if status == 200 {
+                return Ok(());
+            }
+            if start.elapsed() > limit {
+                return Err(format!("not ready after {limit:?}: {body}"));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Kills the gateway with SIGKILL (no clean-up of its own) and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn stderr(&self) -> String {
@@ -262,6 +423,57 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// The named checks of a test that reports every case before it fails: `[PASS]`/`[FAIL]` lines
+/// as it goes, a table at the end, one assertion listing every failed case.
+pub struct Cases(pub Vec<(String, bool, String)>);
+
+impl Cases {
+    pub fn check(&mut self, case: &str, ok: bool, detail: &str) {
+        eprintln!("[{}] {case}: {detail}", if ok { "PASS" } else { "FAIL" });
+        self.0.push((case.to_owned(), ok, detail.to_owned()));
+    }
+
+    pub fn result(&mut self, case: &str, r: Result<(), String>) {
+        match r {
+            Ok(()) => self.check(case, true, ""),
+            Err(e) => self.check(case, false, &e),
+        }
+    }
+
+    pub fn finish(self) {
+        eprintln!("\n| case | outcome |\n|---|---|");
+        for (case, ok, _) in &self.0 {
+            eprintln!("| {case} | {} |", if *ok { "pass" } else { "FAIL" });
+        }
+        let failed: Vec<_> = self.0.iter().filter(|(_, ok, _)| !ok).collect();
+        assert!(failed.is_empty(), "failed cases: {failed:#?}");
+    }
+}
+
+/// The egress table protection in force, from a `/metrics` text: `owner`, `watch` or empty.
+pub fn table_protection(metrics: &str) -> String {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("portcullis_egress_table_protection{") && l.ends_with(" 1"))
+        .find_map(|l| {
+            l.split("mode=\"")
+                .nth(1)?
+                .split('"')
+                .next()
+                .map(str::to_owned)
+        })
+        .unwrap_or_default()
+}
+
+/// A JSON Lines file as values (none when it does not exist yet).
+pub fn read_jsonl(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 /// Minimal blocking GET for readiness polling (keeps the harness free of async).

@@ -66,6 +66,13 @@ pub fn tag() -> String {
     )
 }
 
+/// Runs `f` on a thread inside the namespace at `path`; panics when it cannot be entered (a
+/// probe that silently ran nowhere would look like a blocked one).
+pub fn run_in<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
+    netns::in_netns(Some(path), move || Ok(f()))
+        .unwrap_or_else(|e| panic!("cannot enter the namespace {}: {e}", path.display()))
+}
+
 /// A namespace deleted on drop.
 pub struct Ns {
     pub name: String,
@@ -326,50 +333,46 @@ pub fn query(
     ty: RecordType,
     tcp: bool,
 ) -> Option<Message> {
-    query_at(&ns.path(), server, name, ty, tcp)
+    query_in(&ns.path(), server, name, ty, tcp)
 }
 
-/// A DNS question from inside the network namespace at `netns` (`/run/netns/NAME`, or a
-/// process's `/proc/PID/ns/net`).
-pub fn query_at(
-    netns: &Path,
+/// [`query`] from inside the namespace at `path` (e.g. `/proc/PID/ns/net`).
+pub fn query_in(
+    path: &Path,
     server: SocketAddr,
     name: &str,
     ty: RecordType,
     tcp: bool,
 ) -> Option<Message> {
     let name = name.to_string();
-    netns::in_netns(Some(netns), move || Ok(ask(server, &name, ty, tcp))).expect("namespace thread")
-}
-
-/// One DNS question from the calling thread's namespace.
-fn ask(server: SocketAddr, name: &str, ty: RecordType, tcp: bool) -> Option<Message> {
-    let mut m = Message::new();
-    m.set_id(0x4242)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(true);
-    m.add_query(Query::query(Name::from_ascii(format!("{name}.")).ok()?, ty));
-    let bytes = m.to_vec().ok()?;
-    let t = Duration::from_millis(1500);
-    if tcp {
-        let mut c = TcpStream::connect_timeout(&server, t).ok()?;
-        c.set_read_timeout(Some(t)).ok()?;
-        c.write_all(&(bytes.len() as u16).to_be_bytes()).ok()?;
-        c.write_all(&bytes).ok()?;
-        let mut len = [0u8; 2];
-        c.read_exact(&mut len).ok()?;
-        let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
-        c.read_exact(&mut r).ok()?;
-        Message::from_vec(&r).ok()
-    } else {
-        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
-        s.set_read_timeout(Some(t)).ok()?;
-        s.send_to(&bytes, server).ok()?;
-        let mut buf = [0u8; 1500];
-        let (n, _) = s.recv_from(&mut buf).ok()?;
-        Message::from_vec(&buf[..n]).ok()
-    }
+    run_in(path, move || {
+        let mut m = Message::new();
+        m.set_id(0x4242)
+            .set_message_type(MessageType::Query)
+            .set_op_code(OpCode::Query)
+            .set_recursion_desired(true);
+        m.add_query(Query::query(Name::from_ascii(format!("{name}.")).ok()?, ty));
+        let bytes = m.to_vec().ok()?;
+        let t = Duration::from_millis(1500);
+        if tcp {
+            let mut c = TcpStream::connect_timeout(&server, t).ok()?;
+            c.set_read_timeout(Some(t)).ok()?;
+            c.write_all(&(bytes.len() as u16).to_be_bytes()).ok()?;
+            c.write_all(&bytes).ok()?;
+            let mut len = [0u8; 2];
+            c.read_exact(&mut len).ok()?;
+            let mut r = vec![0u8; u16::from_be_bytes(len) as usize];
+            c.read_exact(&mut r).ok()?;
+            Message::from_vec(&r).ok()
+        } else {
+            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).ok()?;
+            s.set_read_timeout(Some(t)).ok()?;
+            s.send_to(&bytes, server).ok()?;
+            let mut buf = [0u8; 1500];
+            let (n, _) = s.recv_from(&mut buf).ok()?;
+            Message::from_vec(&buf[..n]).ok()
+        }
+    })
 }
 
 pub fn a_records(m: &Message) -> Vec<Ipv4Addr> {
@@ -384,7 +387,12 @@ pub fn a_records(m: &Message) -> Vec<Ipv4Addr> {
 
 /// Connects from inside `ns` and reads the service banner: `true` only for a working service.
 pub fn tcp_works(ns: &Ns, addr: SocketAddr) -> bool {
-    ns.run(move || {
+    tcp_works_in(&ns.path(), addr)
+}
+
+/// [`tcp_works`] from inside the namespace at `path`.
+pub fn tcp_works_in(path: &Path, addr: SocketAddr) -> bool {
+    run_in(path, move || {
         let t = Duration::from_millis(700);
         let Ok(mut c) = TcpStream::connect_timeout(&addr, t) else {
             return false;

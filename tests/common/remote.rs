@@ -117,11 +117,7 @@ impl Remote {
     /// Every request the server received: method, path, headers (and, with `--introspect`,
     /// `auth`: "ok" or "refused").
     pub fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap())
-            .collect()
+        super::read_jsonl(&self.log)
     }
 }
 

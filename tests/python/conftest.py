@@ -84,12 +84,22 @@ class Gateway:
 
 @pytest.fixture(scope="session")
 def git_repo(tmp_path_factory) -> Path:
-    repo = tmp_path_factory.mktemp("repo")
+    # A root gateway runs process servers as nobody (65534), in a view where the host's /tmp
+    # is replaced by a private one: the policy mounts the repository in, and it is handed to
+    # nobody (git refuses a repository another user owns).
+    repo = Path(tempfile.mkdtemp(prefix="portcullis-git-")) / "repo"
+    repo.mkdir()
     run = lambda *a: subprocess.run(a, cwd=repo, check=True, capture_output=True)  # noqa: E731
     run("git", "init", "-q", "-b", "main")
     (repo / "hello.txt").write_text("hello\n")
     run("git", "add", "hello.txt")
     run("git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-q", "-m", "first commit")
+    os.chmod(repo.parent, 0o755)
+    if os.geteuid() == 0:
+        for d, _, files in os.walk(repo):
+            os.chown(d, 65534, 65534)
+            for f in files:
+                os.chown(os.path.join(d, f), 65534, 65534)
     return repo
 
 
@@ -109,6 +119,7 @@ args = ["--local-timezone", "UTC"]
 runtime = "process"
 command = "{_need(PEERS / 'venv' / 'bin' / 'mcp-server-git')}"
 args = ["--repository", "{git_repo}"]
+mounts = [{{ source = "{git_repo}", target = "{git_repo}", read_only = false }}]
 
 [servers.everything]
 runtime = "process"

@@ -2,7 +2,7 @@
 # Installs what `make run` / `make test` need on a fresh Debian machine.
 # Idempotent: every step checks first, so a warm machine pays almost nothing.
 #   system  apt packages (nftables, netlink libs, docker.io, docker-compose, iproute2, pkg-config,
-#           rsyslog)
+#           rsyslog, systemd)
 #   peers   Python and npm MCP peers into the ignored folder .peers/
 #   fuzz    cargo-fuzz and a C++ compiler for libFuzzer (only `make fuzz` / `make fuzz-ci` need them)
 set -euo pipefail
@@ -18,8 +18,10 @@ sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 install_system() {
   # rsyslog (+ gnutls, openssl for test certificates): the audit sink tests' real receiver.
   # docker-compose: compose.yaml and its test (tests/compose.rs). binutils: `strip` for the
-  # offline gateway image (tests/docker/build-gateway-image.sh).
-  local want=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 docker.io docker-compose binutils curl rsyslog rsyslog-gnutls openssl)
+  # offline gateway image (tests/docker/build-gateway-image.sh). systemd: a real systemd-journald
+  # and journalctl for the journald sink's test (tests/audit_journald.rs; journald runs in a mount
+  # namespace of its own, systemd need not be PID 1).
+  local want=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 docker.io docker-compose binutils curl rsyslog rsyslog-gnutls openssl python3-venv systemd)
   local missing=()
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -31,11 +33,39 @@ install_system() {
   fi
 }
 
+# Process servers run as nobody (65534), so the venv's interpreter and standard library must be
+# readable by every user: a pyenv or similar interpreter under /root (mode 0700) is not. The
+# system interpreter is preferred; a venv made from an unreadable one is made again.
+peers_python() {
+  if [ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import venv, ensurepip' 2>/dev/null; then
+    echo /usr/bin/python3
+  else
+    command -v python3
+  fi
+}
+
+# Whether every user may run `$1`: the file is world-executable and every directory above its
+# real path is world-searchable. Checked by mode rather than by running it as nobody, because
+# some kernels let an exec through where the server's confined view would not.
+usable_by_everyone() {
+  local p
+  p=$(readlink -f "$1") || return 1
+  [ $(( 8#$(stat -c %a "$p") & 1 )) = 1 ] || return 1
+  while [ "$p" != / ]; do
+    p=$(dirname "$p")
+    [ $(( 8#$(stat -c %a "$p") & 1 )) = 1 ] || return 1
+  done
+}
+
 install_python_peers() {
   local venv=$PEERS/venv
+  if [ -x "$venv/bin/python" ] && [ "$(id -u)" = 0 ] && ! usable_by_everyone "$venv/bin/python"; then
+    log "python venv at $venv: its interpreter is not usable by nobody (65534); making it again"
+    rm -rf "$venv"
+  fi
   if [ ! -x "$venv/bin/python" ]; then
     log "python venv at $venv"
-    python3 -m venv "$venv"
+    "$(peers_python)" -m venv "$venv"
   fi
   local stamp=$venv/.portcullis-peers-v1
   if [ ! -f "$stamp" ]; then
@@ -43,6 +73,13 @@ install_python_peers() {
     "$venv/bin/pip" install -q --disable-pip-version-check \
       "mcp==2.3.0" mcp-server-time mcp-server-git pytest
     touch "$stamp"
+  fi
+  # FastAPI: the real REST API behind the `runtime = "openapi"` tests (tests/openapi.rs).
+  local stamp_rest=$venv/.portcullis-peers-rest-v1
+  if [ ! -f "$stamp_rest" ]; then
+    log "pip install fastapi (REST API for the openapi runtime tests)"
+    "$venv/bin/pip" install -q --disable-pip-version-check fastapi uvicorn
+    touch "$stamp_rest"
   fi
 }
 

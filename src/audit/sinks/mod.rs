@@ -68,7 +68,7 @@ impl Transport {
         match self {
             Transport::Syslog(s) => s.send(items).await,
             Transport::Http(h) => h.send(items).await,
-            Transport::Journald(j) => j.send(items),
+            Transport::Journald(j) => j.send(items).await,
             Transport::WitnessDir(w) => w.send(items),
         }
     }

@@ -1,19 +1,21 @@
-//! Can this process program nftables (the egress layer), and is Portcullis's table there?
+//! Can this process program nftables (the egress layer), how will the table be protected,
+//! what state is this instance's table in, and does the sandbox pool overlap routes here?
 
 use super::{Finding, Status};
-use crate::egress::nft::Netlink;
-use crate::egress::ruleset;
-use crate::policy::{Policy, Runtime};
+use crate::egress::nft::{Netlink, TableInfo, TABLE_F_OWNER, TABLE_F_PERSIST};
+use crate::egress::{names, ruleset, subnets, Names};
+use crate::policy::Policy;
 
 /// `CAP_NET_ADMIN`'s bit in the capability sets (linux/capability.h).
 const CAP_NET_ADMIN: u32 = 12;
 
-pub async fn check(policy: &Policy) -> Vec<Finding> {
-    // Servers whose sandbox gets an egress rule set; remote servers are checked in process.
+pub async fn check(policy: &Policy, instance: Option<&str>) -> Vec<Finding> {
+    // Servers whose sandbox gets an egress rule set; remote and openapi servers are checked in
+    // process.
     let needing: Vec<&str> = policy
         .servers
         .values()
-        .filter(|s| !s.egress.allow.is_empty() && !matches!(s.runtime, Runtime::Remote(_)))
+        .filter(|s| ruleset::is_firewalled(s))
         .map(|s| s.name.as_str())
         .collect();
     let severity = if needing.is_empty() {
@@ -21,21 +23,33 @@ pub async fn check(policy: &Policy) -> Vec<Finding> {
     } else {
         Status::Fail
     };
+    let names = match crate::cli::firewall::instance_of(policy, instance) {
+        Ok(id) => Names::new(id),
+        Err(e) => {
+            return vec![Finding::problem(
+                Status::Fail,
+                format!("instance: {e}"),
+                "fix --instance / [gateway] instance",
+            )]
+        }
+    };
     let cap = net_admin_in_effect();
+    let table = names.table();
     // Netlink calls block (with a receive timeout): keep them off the async workers.
-    let listed =
-        tokio::task::spawn_blocking(|| Netlink::open().and_then(|mut nl| nl.table_exists())).await;
-    let table = ruleset::TABLE;
-    match listed {
-        Ok(Ok(present)) => {
-            let state = if present {
-                format!("table inet {table} is programmed (`portcullis firewall show` lists it)")
-            } else {
-                format!("table inet {table} is not programmed yet (the gateway creates it when a server with egress rules starts)")
-            };
-            vec![Finding::ok(format!(
-                "nftables: netlink answers (CAP_NET_ADMIN in effect); {state}"
-            ))]
+    let read = tokio::task::spawn_blocking(move || -> Result<_, crate::egress::NftError> {
+        let mut nl = Netlink::open(&table)?;
+        let flags = nl.supports_table_flags(TABLE_F_OWNER | TABLE_F_PERSIST)?;
+        Ok((flags, nl.tables()?))
+    })
+    .await;
+    let mut findings = match read {
+        Ok(Ok((flags, tables))) => {
+            let mut f = vec![Finding::ok(
+                "nftables: netlink answers (CAP_NET_ADMIN in effect)".to_owned(),
+            )];
+            f.push(protection(flags));
+            f.extend(instance_tables(&names, &tables));
+            f
         }
         Ok(Err(e)) => {
             let why = if cap == Some(false) {
@@ -62,7 +76,85 @@ pub async fn check(policy: &Policy) -> Vec<Finding> {
             format!("nftables: the check did not finish: {e}"),
             "run `portcullis doctor` again; report a bug if it persists",
         )],
+    };
+    findings.extend(pool(policy));
+    findings
+}
+
+/// Which protection the gateway's table gets here.
+fn protection(flags: bool) -> Finding {
+    if flags {
+        Finding::ok("egress table protection: owner (the kernel has NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST: while the gateway runs nobody else can change its table, and it stays in force if the gateway dies)")
+    } else {
+        Finding::problem(
+            Status::Warn,
+            "egress table protection: watch (the kernel lacks NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST): anyone with CAP_NET_ADMIN can change the gateway's table, and it restores it only at its next read-back (every second), and a table of a gateway that died can be removed by anyone",
+            "run on Linux 6.9 or later",
+        )
     }
+}
+
+/// The policy's instance's table, and the other instances' tables of this namespace.
+fn instance_tables(names: &Names, tables: &[TableInfo]) -> Vec<Finding> {
+    let mut f = Vec::new();
+    let ours = names.table();
+    let others: Vec<String> = tables
+        .iter()
+        .filter(|t| t.name != ours)
+        .filter_map(|t| names::instance_of_table(&t.name))
+        .collect();
+    match tables.iter().find(|t| t.name == ours) {
+        None => f.push(Finding::ok(format!("instance {}: table inet {ours} is not programmed (a gateway of this instance creates it when a server with egress rules starts)", names.instance()))),
+        Some(t) if t.is_owned() => f.push(Finding::ok(format!(
+            "instance {}: table inet {ours} is owned by a running gateway (netlink port {}{}); `portcullis firewall show --instance {}` lists it",
+            names.instance(),
+            t.owner.unwrap_or(0),
+            t.comment.as_deref().map(|c| format!(", \"{c}\"")).unwrap_or_default(),
+            names.instance()
+        ))),
+        Some(t) if t.is_orphan() => f.push(Finding::problem(
+            Status::Warn,
+            format!("instance {}: table inet {ours} was left by a gateway that ended without removing it; it still keeps that gateway's sandboxes closed", names.instance()),
+            "start the gateway of this instance: it takes the table over and removes the leftovers",
+        )),
+        Some(_) => f.push(Finding::problem(
+            Status::Warn,
+            format!("instance {}: table inet {ours} exists without owner flags (a gateway in watch mode, or left by one)", names.instance()),
+            "start the gateway of this instance on Linux 6.9 or later",
+        )),
+    }
+    if !others.is_empty() {
+        f.push(Finding::ok(format!(
+            "other gateway instances in this network namespace: {} (each judges only its own interfaces)",
+            others.join(", ")
+        )));
+    }
+    if let Some(clash) = others.iter().find(|o| names::tag_of(o) == names.tag()) {
+        f.push(Finding::problem(
+            Status::Fail,
+            format!(
+                "instance {} and instance {clash} would both name their interfaces `{}*`: the gateway refuses to start next to it",
+                names.instance(),
+                names.iface_prefix()
+            ),
+            "choose another instance id (--instance / [gateway] instance)",
+        ));
+    }
+    f
+}
+
+/// Whether `[egress] network_pool` overlaps routes of this namespace.
+fn pool(policy: &Policy) -> Vec<Finding> {
+    subnets::pool_warning(policy)
+        .map(|w| {
+            Finding::problem(
+                Status::Warn,
+                format!("network_pool: {w}"),
+                "set [egress] network_pool to a range no route here uses",
+            )
+        })
+        .into_iter()
+        .collect()
 }
 
 /// Whether `CAP_NET_ADMIN` is in this process's effective set; `None` when it cannot be read.

@@ -24,6 +24,7 @@ pub async fn check(policy: &Policy) -> Vec<Finding> {
         match &server.runtime {
             Runtime::Process(p) => out.push(process_command(server, &p.command, &p.env)),
             Runtime::Remote(r) => out.push(remote_url(server, &r.url).await),
+            Runtime::OpenApi(o) => out.push(remote_url(server, &o.base_url).await),
             Runtime::Docker(_) => {}
         }
     }
@@ -126,10 +127,20 @@ fn host_port(url: &str) -> Option<(String, u16)> {
 
 /// `--start`: every server started once, as the gateway would, then stopped.
 pub async fn start_each(policy: &Policy, scope: &str) -> Vec<Finding> {
-    let backends = Arc::new(crate::sandbox::backends::Backends::new(
-        scope,
+    // Its own instance, so that the table and sandboxes it makes never touch a running
+    // gateway's, and no persistent table outlives it.
+    let names = crate::instance::InstanceId::parse(&format!("doctor-{}", std::process::id()))
+        .map(crate::egress::Names::new)
+        .unwrap_or_default();
+    let firewall = crate::sandbox::firewall::Firewall::with_options(
         &policy.egress,
-    ));
+        crate::egress::EgressOptions {
+            names,
+            table_flags: false,
+            ..Default::default()
+        },
+    );
+    let backends = Arc::new(crate::sandbox::backends::Backends::new(scope, firewall));
     let (runtime, _) = backends.for_policy(policy).await;
     crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
     let starts = policy.servers.values().map(|server| {
@@ -193,6 +204,9 @@ async fn start_one(server: &Server, runtime: Arc<dyn crate::sandbox::Runtime>) -
             match server.runtime {
                 Runtime::Remote(_) => format!(
                     "check [servers.{name}] url, egress.allow and credentials (headers, oauth, secrets)"
+                ),
+                Runtime::OpenApi(_) => format!(
+                    "check [servers.{name}] spec, base_url, egress.allow and credentials (headers, oauth, secrets)"
                 ),
                 _ => format!(
                     "run its command by hand to see it fail, then fix [servers.{name}] (command, args, env, secrets) or install what it needs"

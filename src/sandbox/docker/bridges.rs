@@ -1,7 +1,7 @@
 //! The bridge networks of firewalled containers (docker servers with egress rules).
 //!
 //! One network per server, shared by all its containers, created with the first container and
-//! removed after the last one: a /29 from the pool, a bridge named `pc-<hash>` with
+//! removed after the last one: a /29 from the pool, a bridge named `pc<tag><hash>` with
 //! inter-container traffic off ([`network::create`]), then the server's rules and resolver
 //! ([`crate::egress::Egress::prepare`]), all **before** the container is created. If any step
 //! fails, what was made is taken down again and the container is not created (fail closed).
@@ -76,6 +76,7 @@ impl Bridges {
         NetworkSpec {
             name: format!("portcullis-{}-{server}", self.scope),
             server: server.to_owned(),
+            iface: self.firewall.names().iface(server),
             subnet,
             labels: labels::for_network(server, &self.gateway, &self.scope),
         }

@@ -10,43 +10,39 @@
 //! else: they are marked sensitive, never logged, and scrubbed from any error text. With
 //! `oauth`, an access token the gateway obtained itself goes in `Authorization` (see [`oauth`]).
 
-mod connector;
+mod body;
+pub(super) mod connector;
 pub mod egress;
-mod oauth;
+pub(super) mod oauth;
+mod reach;
 pub mod sse;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::header::{
-    HeaderName, HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE,
-};
+use http::header::{HeaderValue, ACCEPT, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderMap, Method, Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::{mpsc, watch, Semaphore};
 
-use super::connection::{dispatch, dispatch_message, Connection};
+use super::connection::{dispatch_message, parse_incoming, Broken, Connection};
 use super::supervisor::{init_params, parse_init};
 use super::{InitInfo, Source, UpstreamEvent};
 use crate::mcp::{methods, to_raw, Body, Id, Message, Notification, Request as RpcRequest};
 use crate::policy::{RemoteSpec, Server};
 use crate::secrets::Redactor;
+use body::{ReadError, SseReader};
 
 const SESSION_HEADER: &str = "mcp-session-id";
 const PROTOCOL_HEADER: &str = "mcp-protocol-version";
-/// Largest JSON body or SSE event accepted from a remote server.
-const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Time for a server to send response headers to a notification or response we POST.
 const SHORT_EXCHANGE: Duration = Duration::from_secs(30);
 /// Upper bound for one request's exchange (headers plus body). The caller's own request
 /// timeout is usually shorter and answers the client first; this only frees the task.
 const LONG_EXCHANGE: Duration = Duration::from_secs(15 * 60);
-/// An SSE stream with no bytes at all (not even keep-alives) for this long is dead.
-const SSE_IDLE: Duration = Duration::from_secs(5 * 60);
 /// POSTs in flight at once to one server.
 const MAX_IN_FLIGHT_POSTS: usize = 256;
 /// Delay before reopening the standalone GET stream after it ended normally.
@@ -54,7 +50,9 @@ const GET_REOPEN: Duration = Duration::from_secs(1);
 /// Longest error-body excerpt quoted in an error.
 const ERROR_EXCERPT: usize = 300;
 
-type HttpClient = Client<connector::Connector, Full<Bytes>>;
+pub(super) use reach::{reach, Reach, SendError, Sender};
+
+pub(super) type HttpClient = Client<connector::Connector, Full<Bytes>>;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
@@ -101,29 +99,6 @@ fn spec(server: &Server) -> Result<&RemoteSpec, String> {
     }
 }
 
-/// Replaces every `${secret:NAME}` in a header template with the secret's value.
-fn render(template: &str, secrets: &[(String, String)]) -> Result<String, String> {
-    let mut out = String::with_capacity(template.len());
-    let mut rest = template;
-    while let Some(i) = rest.find("${secret:") {
-        out.push_str(&rest[..i]);
-        let after = &rest[i + "${secret:".len()..];
-        let end = after
-            .find('}')
-            .ok_or("unclosed ${secret: in a header template")?;
-        let name = &after[..end];
-        let value = secrets
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .ok_or_else(|| format!("header uses secret `{name}`, which is not declared"))?;
-        out.push_str(value);
-        rest = &after[end + 1..];
-    }
-    out.push_str(rest);
-    Ok(out)
-}
-
 /// Connects to a remote server: builds the client, tries Streamable HTTP, falls back to the
 /// legacy HTTP+SSE transport, and starts the tasks that carry messages.
 pub(super) async fn connect(
@@ -138,36 +113,18 @@ pub(super) async fn connect(
         .url
         .parse()
         .map_err(|e| format!("invalid url `{}`: {e}", spec.url))?;
-    let mut headers = HeaderMap::new();
-    for (name, template) in &spec.headers {
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| format!("invalid header name `{name}`"))?;
-        let value = render(template, secrets)?;
-        // The error must not quote the value: it holds a secret.
-        let mut value = HeaderValue::from_str(&value)
-            .map_err(|_| format!("header `{name}` has a value that is not valid in HTTP"))?;
-        value.set_sensitive(true);
-        headers.insert(name, value);
-    }
-    let tls = connector::tls_config(spec.ca_file.as_deref()).map_err(|e| e.to_string())?;
-    let egress = egress::Egress::new(server.egress.allow.clone());
-    let client: HttpClient = Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(30))
-        .build(connector::Connector::new(
-            egress.clone(),
-            tls.clone(),
-            spec.ca_file.is_some(),
-        ));
-    let oauth = match &spec.oauth {
-        Some(o) => Some(Arc::new(oauth::TokenSource::new(
-            &server.name,
-            o,
-            secrets,
-            client.clone(),
-            redactor.clone(),
-        )?)),
-        None => None,
-    };
+    let Reach {
+        headers,
+        client,
+        oauth,
+    } = reach(
+        server,
+        &spec.headers,
+        spec.ca_file.as_deref(),
+        spec.oauth.as_ref(),
+        secrets,
+        &redactor,
+    )?;
     let (conn, outbox) = Connection::detached();
     let (dead, _) = watch::channel(None);
     let remote = Arc::new(Remote {
@@ -209,42 +166,6 @@ pub(super) async fn connect(
         }
         Err(e) => Err(e),
     }
-}
-
-/// Why a request got no HTTP answer.
-enum SendError {
-    /// The server could not be reached, or did not answer in time.
-    Connection(String),
-    /// No access token could be obtained for it (the server itself may be fine).
-    Token(String),
-}
-
-impl From<SendError> for String {
-    fn from(e: SendError) -> String {
-        match e {
-            SendError::Connection(s) | SendError::Token(s) => s,
-        }
-    }
-}
-
-/// A copy of a request with `Authorization: Bearer token`.
-fn with_bearer(
-    parts: &http::request::Parts,
-    body: Full<Bytes>,
-    token: &str,
-) -> Result<Request<Full<Bytes>>, SendError> {
-    let mut value = HeaderValue::from_str(&format!("Bearer {token}"))
-        .map_err(|_| SendError::Token("the access token is not valid in a header".to_owned()))?;
-    value.set_sensitive(true);
-    let mut req = Request::builder()
-        .method(parts.method.clone())
-        .uri(parts.uri.clone())
-        .version(parts.version)
-        .body(body)
-        .map_err(|e| SendError::Connection(format!("cannot build the request: {e}")))?;
-    *req.headers_mut() = parts.headers.clone();
-    req.headers_mut().insert(AUTHORIZATION, value);
-    Ok(req)
 }
 
 /// How a POST went, as far as the sender cares.
@@ -325,54 +246,17 @@ impl Remote {
             .map_err(|e| format!("cannot build the request: {e}"))
     }
 
-    /// Sends a request, with the access token when `oauth` is configured. A 401 gets one new
-    /// token and one retry: a token refused twice is a configuration problem (scope, audience),
-    /// not an expiry, and retrying further would only hammer the authorization server.
     async fn send(
         &self,
         req: Request<Full<Bytes>>,
         limit: Duration,
     ) -> Result<http::Response<Incoming>, SendError> {
-        let Some(oauth) = &self.oauth else {
-            return self
-                .send_once(req, limit)
-                .await
-                .map_err(SendError::Connection);
+        let sender = Sender {
+            client: &self.client,
+            oauth: self.oauth.as_deref(),
+            redactor: &self.redactor,
         };
-        let (parts, body) = req.into_parts();
-        let token = oauth
-            .bearer()
-            .await
-            .map_err(|e| SendError::Token(e.to_string()))?;
-        let first = with_bearer(&parts, body.clone(), &token)?;
-        let resp = self
-            .send_once(first, limit)
-            .await
-            .map_err(SendError::Connection)?;
-        if resp.status() != StatusCode::UNAUTHORIZED {
-            return Ok(resp);
-        }
-        drop(resp);
-        let token = oauth
-            .renew(&token)
-            .await
-            .map_err(|e| SendError::Token(e.to_string()))?;
-        let retry = with_bearer(&parts, body, &token)?;
-        self.send_once(retry, limit)
-            .await
-            .map_err(SendError::Connection)
-    }
-
-    async fn send_once(
-        &self,
-        req: Request<Full<Bytes>>,
-        limit: Duration,
-    ) -> Result<http::Response<Incoming>, String> {
-        match tokio::time::timeout(limit, self.client.request(req)).await {
-            Ok(Ok(r)) => Ok(r),
-            Ok(Err(e)) => Err(self.redact(&error_chain(&e))),
-            Err(_) => Err(format!("no response within {}s", limit.as_secs())),
-        }
+        sender.send(req, limit).await
     }
 
     /// The Streamable HTTP handshake: POST initialize, read the answer (JSON or SSE), keep the
@@ -452,15 +336,24 @@ impl Remote {
         resp: http::Response<Incoming>,
         limit: Duration,
         mut each: impl FnMut(&Message),
-    ) -> Result<(), String> {
+    ) -> Result<(), ReadError> {
         let sse = is_sse(resp.headers());
+        let declared = resp
+            .headers()
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let body = resp.into_body();
+        let max = self.source.max_message_bytes;
         if !sse {
-            let bytes = read_json_body(body, limit).await?;
+            let bytes = body::json(body, declared, max, limit).await?;
             if bytes.iter().all(u8::is_ascii_whitespace) {
                 return Ok(());
             }
-            return match Body::parse(&bytes) {
+            let parsed = Body::parse(&bytes);
+            // The parsed message holds its own copy: the body goes before it travels on.
+            drop(bytes);
+            return match parsed {
                 Ok(Body::Single(m)) => {
                     each(&m);
                     self.deliver(m).await;
@@ -473,20 +366,26 @@ impl Remote {
                     }
                     Ok(())
                 }
-                Err(e) => Err(format!("the server sent a body that is not JSON-RPC: {e}")),
+                Err(e) => Err(ReadError::Failed(format!(
+                    "the server sent a body that is not JSON-RPC: {e}"
+                ))),
             };
         }
-        let mut reader = SseReader::new(body);
+        let mut reader = SseReader::new(body, max);
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let ev = tokio::time::timeout_at(deadline, reader.next())
                 .await
-                .map_err(|_| format!("no complete answer within {}s", limit.as_secs()))??;
+                .map_err(|_| {
+                    ReadError::Failed(format!("no complete answer within {}s", limit.as_secs()))
+                })??;
             let Some(ev) = ev else { return Ok(()) };
             if ev.event != "message" || ev.data.trim().is_empty() {
                 continue;
             }
-            match Message::parse(ev.data.as_bytes()) {
+            let parsed = Message::parse(ev.data.as_bytes());
+            drop(ev);
+            match parsed {
                 Ok(m) => {
                     each(&m);
                     let done = matches!(m, Message::Response(_));
@@ -674,13 +573,22 @@ impl Remote {
             return; // answers arrive on the SSE stream
         }
         let read = self.read_messages(resp, limit, |_| {}).await;
+        if let Err(ReadError::TooLarge { size, limit }) = &read {
+            // The response is dropped unread (aborted): the connection and every other
+            // request go on.
+            let size = size.map_or_else(|| format!("more than {limit}"), |n| n.to_string());
+            tracing::warn!(server = %self.server, size = %size, limit, "aborted a response over max_message_bytes");
+        }
         if let Some(id) = request_id {
             if self.conn.is_pending(id) {
                 let why = match read {
-                    Err(e) => format!("the server's answer broke off: {e}"),
-                    Ok(()) => "the server ended its response without answering".to_owned(),
+                    Err(ReadError::TooLarge { size, limit }) => Broken::TooLarge { size, limit },
+                    Err(e) => Broken::Lost(format!("the server's answer broke off: {e}")),
+                    Ok(()) => {
+                        Broken::Lost("the server ended its response without answering".to_owned())
+                    }
                 };
-                self.conn.fail(id, &why);
+                self.conn.break_off(id, why);
             }
         }
     }
@@ -767,11 +675,17 @@ impl Remote {
                     continue;
                 }
                 s if s.is_success() && is_sse(resp.headers()) => {
-                    let mut reader = SseReader::new(resp.into_body());
+                    let mut reader =
+                        SseReader::new(resp.into_body(), self.source.max_message_bytes);
                     loop {
                         match reader.next().await {
                             Ok(Some(ev)) => self.deliver_event(ev).await,
                             Ok(None) => break,
+                            Err(e @ ReadError::TooLarge { .. }) => {
+                                // Only this stream is dropped; it is opened again below.
+                                tracing::warn!(server = %self.server, error = %e, "aborted the GET stream: an event over max_message_bytes");
+                                break;
+                            }
                             Err(e) => {
                                 tracing::debug!(server = %self.server, error = %e, "GET stream ended");
                                 break;
@@ -792,8 +706,11 @@ impl Remote {
         if ev.event != "message" || ev.data.trim().is_empty() {
             return;
         }
-        if let Err(reason) =
-            dispatch(&self.source, &self.conn, &self.events, ev.data.as_bytes()).await
+        let Some(message) = parse_incoming(&self.source, ev.data.as_bytes()) else {
+            return;
+        };
+        drop(ev);
+        if let Err(reason) = dispatch_message(&self.source, &self.conn, &self.events, message).await
         {
             self.die(reason);
         }
@@ -812,7 +729,7 @@ impl Remote {
                 self.status_error(resp, "GET").await
             ));
         }
-        let mut reader = SseReader::new(resp.into_body());
+        let mut reader = SseReader::new(resp.into_body(), self.source.max_message_bytes);
         let deadline = tokio::time::Instant::now() + self.startup_timeout;
         loop {
             let ev = tokio::time::timeout_at(deadline, reader.next())
@@ -895,57 +812,9 @@ pub(crate) fn resolve_endpoint(base: &Uri, endpoint: &str) -> Result<Uri, String
     Ok(abs)
 }
 
-async fn read_json_body(body: Incoming, limit: Duration) -> Result<Bytes, String> {
-    let limited = http_body_util::Limited::new(body, MAX_MESSAGE_BYTES);
-    match tokio::time::timeout(limit, limited.collect()).await {
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e)) => Err(format!("reading the response failed: {e}")),
-        Err(_) => Err(format!(
-            "response body not received within {}s",
-            limit.as_secs()
-        )),
-    }
-}
-
-/// Reads SSE events off a response body, with the parser's bounds and an idle timeout.
-pub(super) struct SseReader {
-    body: Incoming,
-    parser: sse::Parser,
-    ready: std::collections::VecDeque<sse::Event>,
-}
-
-impl SseReader {
-    fn new(body: Incoming) -> SseReader {
-        SseReader {
-            body,
-            parser: sse::Parser::new(MAX_MESSAGE_BYTES),
-            ready: std::collections::VecDeque::new(),
-        }
-    }
-
-    /// The next event, `None` at the end of the stream.
-    async fn next(&mut self) -> Result<Option<sse::Event>, String> {
-        loop {
-            if let Some(ev) = self.ready.pop_front() {
-                return Ok(Some(ev));
-            }
-            let frame = match tokio::time::timeout(SSE_IDLE, self.body.frame()).await {
-                Err(_) => return Err(format!("no data for {}s", SSE_IDLE.as_secs())),
-                Ok(None) => return Ok(None),
-                Ok(Some(Err(e))) => return Err(error_chain(&e)),
-                Ok(Some(Ok(f))) => f,
-            };
-            if let Ok(data) = frame.into_data() {
-                let evs = self.parser.feed(&data).map_err(|e| e.to_string())?;
-                self.ready.extend(evs);
-            }
-        }
-    }
-}
-
 /// An error with its causes (hyper's top-level messages, like "client error (Connect)", say
 /// little on their own).
-fn error_chain(e: &dyn std::error::Error) -> String {
+pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut cur = e.source();
     while let Some(c) = cur {
@@ -987,15 +856,6 @@ impl super::connection::Direct for DirectPost {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn renders_secret_references() {
-        let s = vec![("TOKEN".to_owned(), "abc".to_owned())];
-        assert_eq!(render("Bearer ${secret:TOKEN}", &s).unwrap(), "Bearer abc");
-        assert_eq!(render("plain", &s).unwrap(), "plain");
-        assert!(render("${secret:OTHER}", &s).is_err());
-        assert!(render("${secret:TOKEN", &s).is_err());
-    }
 
     #[test]
     fn endpoint_must_stay_on_the_same_origin() {

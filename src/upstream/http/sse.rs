@@ -80,7 +80,7 @@ impl Parser {
                         }
                     }
                     let line = std::mem::take(&mut self.line);
-                    if let Some(ev) = self.process_line(&line)? {
+                    if let Some(ev) = self.process_line(line)? {
                         out.push(ev);
                     }
                 }
@@ -101,29 +101,34 @@ impl Parser {
         Ok(())
     }
 
-    fn process_line(&mut self, line: &[u8]) -> Result<Option<Event>, SseError> {
+    fn process_line(&mut self, line: Vec<u8>) -> Result<Option<Event>, SseError> {
         if line.is_empty() {
             return Ok(self.dispatch());
         }
         if line[0] == b':' {
             return Ok(None); // a comment (keep-alive)
         }
-        let (field, value) = match line.iter().position(|b| *b == b':') {
-            Some(i) => {
-                let v = &line[i + 1..];
-                (&line[..i], v.strip_prefix(b" ").unwrap_or(v))
-            }
-            None => (line, &[][..]),
+        let (field_end, value_start) = match line.iter().position(|b| *b == b':') {
+            Some(i) if line.get(i + 1) == Some(&b' ') => (i, i + 2),
+            Some(i) => (i, i + 1),
+            None => (line.len(), line.len()),
         };
-        match field {
+        let value = &line[value_start..];
+        match &line[..field_end] {
             b"data" => {
                 if self.data.len() + value.len() + 1 > self.max {
                     return Err(SseError::TooLarge(self.max));
                 }
                 if self.has_data {
                     self.data.push(b'\n');
+                    self.data.extend_from_slice(value);
+                } else {
+                    // The first data line becomes the event's buffer: a large event is not
+                    // held twice while it is read.
+                    let mut data = line;
+                    data.drain(..value_start);
+                    self.data = data;
                 }
-                self.data.extend_from_slice(value);
                 self.has_data = true;
             }
             b"event" => {
@@ -150,7 +155,8 @@ impl Parser {
             return None;
         }
         self.has_data = false;
-        let data = String::from_utf8_lossy(&std::mem::take(&mut self.data)).into_owned();
+        let data = String::from_utf8(std::mem::take(&mut self.data))
+            .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
         Some(Event {
             event: if event.is_empty() {
                 "message".to_owned()

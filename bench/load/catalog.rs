@@ -1,0 +1,121 @@
+//! (e) catalog requests answered from the gateway's cache: `tools/list` and `resources/list` over
+//! 50 servers with 20 tools and 20 resources each (one page of 1,000 entries), for a client
+//! without rules (e, er) and for one whose rules the gateway checks on every entry (ec, erc).
+//!
+//! With `BENCH_BASELINE_BIN=PATH` (another build of `portcullis`, e.g. the one before a change)
+//! every row also runs against that binary, on the same machine in the same run, alternating
+//! baseline and this build twice; rows `ID-base` are the baseline, and each pair's ratio (best
+//! throughput of its two runs, this build over the baseline) goes into the notes.
+
+use std::path::PathBuf;
+
+use crate::common::{self, token_hash};
+use crate::drive::{Plan, Work};
+use crate::report::Row;
+use crate::{measure, Watch};
+
+const SERVERS: usize = 50;
+const ITEMS: usize = 20;
+const OPEN: &str = "pcs_bench-open-client-token-000000000000000000";
+const RULED: &str = "pcs_bench-ruled-client-token-11111111111111111";
+
+/// 50 echo servers; client `open` has no rules, client `ruled` sees about half of the entries
+/// through a handful of patterns (both allow and deny are consulted for every entry).
+fn policy() -> String {
+    let mut p = format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nnaming = \"prefix\"\npage_size = 10000\n\n[audit]\nenabled = false\n\n[clients.open]\ntoken_sha256 = \"{}\"\n\n[clients.ruled]\ntoken_sha256 = \"{}\"\nallow = [\"s0*__*\", \"s1*__*\", \"*__tool_1*\", \"*__bench://r/1*\", \"s4*__echo\"]\ndeny = [\"s00__*\", \"*__tool_19\"]\n",
+        token_hash(OPEN),
+        token_hash(RULED)
+    );
+    for i in 0..SERVERS {
+        p.push_str(&format!(
+            "\n[servers.s{i:02}]\nruntime = \"process\"\ncommand = \"{}\"\nargs = [\"--stdio\", \"--tools\", \"{ITEMS}\", \"--resources\", \"{ITEMS}\"]\n",
+            crate::procs::echo_bin().display()
+        ));
+    }
+    p
+}
+
+struct Case {
+    id: &'static str,
+    label: &'static str,
+    method: &'static str,
+    token: &'static str,
+}
+
+const CASES: [Case; 4] = [
+    Case {
+        id: "e",
+        label: "Portcullis tools/list, 50 servers x 20 tools",
+        method: "tools/list",
+        token: OPEN,
+    },
+    Case {
+        id: "er",
+        label: "Portcullis resources/list, 50 servers x 20 resources",
+        method: "resources/list",
+        token: OPEN,
+    },
+    Case {
+        id: "ec",
+        label: "Portcullis tools/list, 50 x 20, client rules checked per entry",
+        method: "tools/list",
+        token: RULED,
+    },
+    Case {
+        id: "erc",
+        label: "Portcullis resources/list, 50 x 20, client rules checked per entry",
+        method: "resources/list",
+        token: RULED,
+    },
+];
+
+pub async fn run(plan: Plan, notes: &mut Vec<String>) -> Result<Vec<Row>, String> {
+    let env = [("RUST_LOG", "info")];
+    let ours = common::Gateway::start_with(&policy(), &env);
+    let base = std::env::var_os("BENCH_BASELINE_BIN")
+        .map(|bin| common::Gateway::start_bin(&PathBuf::from(bin), &policy(), &env));
+    let mut rows = Vec::new();
+    for case in &CASES {
+        let target = |gw: &common::Gateway| crate::drive::Target {
+            url: gw.url.clone(),
+            work: Work::List(case.method),
+            bearer: Some(case.token.to_owned()),
+        };
+        let watch = |gw: &common::Gateway| Watch {
+            gateway: Some(gw.child.id()),
+            upstream: None,
+        };
+        let Some(base) = &base else {
+            rows.push(measure(case.id, case.label, &target(&ours), plan, watch(&ours)).await?);
+            continue;
+        };
+        let base_id = format!("{}-base", case.id);
+        let base_label = format!("{} (baseline build)", case.label);
+        let mut runs: [Vec<Row>; 2] = [Vec::new(), Vec::new()];
+        for _ in 0..2 {
+            runs[0].push(measure(&base_id, &base_label, &target(base), plan, watch(base)).await?);
+            runs[1].push(measure(case.id, case.label, &target(&ours), plan, watch(&ours)).await?);
+        }
+        let [b, o] = runs.map(|r| {
+            r.into_iter()
+                .max_by(|x, y| x.stats.rate().total_cmp(&y.stats.rate()))
+                .expect("two runs")
+        });
+        let note = format!(
+            "{}: this build {:.0}/s p50 {:.0} us, baseline {:.0}/s p50 {:.0} us: throughput ratio {:.3}, p50 ratio {:.3} (best of two alternating runs each)",
+            case.id,
+            o.stats.rate(),
+            o.stats.pct_us(0.5),
+            b.stats.rate(),
+            b.stats.pct_us(0.5),
+            o.stats.rate() / b.stats.rate().max(1e-9),
+            o.stats.pct_us(0.5) / b.stats.pct_us(0.5).max(1e-9),
+        );
+        eprintln!("[bench] {note}");
+        notes.push(note);
+        rows.push(b);
+        rows.push(o);
+    }
+    Ok(rows)
+}
