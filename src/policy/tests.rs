@@ -661,4 +661,13 @@ fn dns_budget_errors_say_what_to_write() {
         ),
         "{e}"
     );
+    let e = errors(
+        "[servers.o]\nruntime = \"openapi\"\nspec = \"/nonexistent.json\"\nbase_url = \"https://api.example.test\"\negress.dns_rate = \"5/s\"\n",
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with(
+            "p.toml:5:8: error: `egress.dns_rate` budgets the DNS questions of a sandbox"
+        ) && e.contains("is \"openapi\"")),
+        "{e:?}"
+    );
 }

@@ -113,10 +113,12 @@ impl Checker<'_> {
                 Err(e) => self.error(r.span().start, e),
             }
         }
-        if let (Some(v), "remote") = (&raw.dns_rate, runtime) {
+        // A remote or openapi server has no sandbox resolver: the gateway resolves its names
+        // for itself, so a budget there would limit nothing.
+        if let (Some(v), "remote" | "openapi") = (&raw.dns_rate, runtime) {
             self.error(
                 self.key_at(v.span().start, "dns_rate"),
-                format!("`egress.dns_rate` budgets the DNS questions of a sandbox (runtime = \"docker\" or \"process\"); [servers.{server}] is \"remote\", whose names the gateway resolves for itself, so remove it"),
+                format!("`egress.dns_rate` budgets the DNS questions of a sandbox (runtime = \"docker\" or \"process\"); [servers.{server}] is \"{runtime}\", whose names the gateway resolves for itself, so remove it"),
             );
             return egress;
         }
