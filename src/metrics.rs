@@ -74,6 +74,7 @@ pub struct Metrics {
     sessions_expired: Family<AtomicU64>,
     server_stderr: Family<AtomicU64>,
     egress_denied: Family<AtomicU64>,
+    egress_dns: Family<AtomicU64>,
     egress_protection: Family<AtomicI64>,
     audit_queue: Family<AtomicI64>,
     audit_fsync_seconds: Family<Histogram>,
@@ -102,6 +103,7 @@ pub fn global() -> &'static Metrics {
         server_stderr: family("Lines servers wrote on stderr, by server and outcome (logged, or suppressed beyond server_log_rate)."),
         sessions_expired: family("Client sessions closed by the gateway, by reason (idle: no request for session_idle_timeout; unused: only initialize and lists, then nothing for unused_session_timeout; evicted: closed while idle to make room for another client's session when max_sessions was reached)."),
         egress_denied: family("Egress attempts denied by the firewall, by server."),
+        egress_dns: family("Allowed DNS questions from sandboxes, by server and outcome (cached: answered from the server's cache; forwarded: asked upstream; over_budget: refused beyond the server's dns_rate)."),
         egress_protection: family("How the egress table is protected: 1 for the mode in force (owner: created with NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, nobody else can change it; watch: the kernel lacks the flags, changes are undone by the read-back watch)."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
@@ -213,6 +215,15 @@ impl Metrics {
         self.egress_denied
             .get(vec![("server", server.to_owned())])
             .fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn egress_dns(&self, server: &str, outcome: &'static str) {
+        self.egress_dns
+            .get(vec![
+                ("server", server.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// The egress table's protection mode (`owner` or `watch`) is now `mode`.
@@ -342,6 +353,11 @@ impl Metrics {
             &mut o,
             "portcullis_egress_denied_total",
             &self.egress_denied,
+        );
+        counter(
+            &mut o,
+            "portcullis_egress_dns_questions_total",
+            &self.egress_dns,
         );
         gauge(
             &mut o,

@@ -16,6 +16,8 @@
 //!   peers: ContextForge -> echo upstream (compare with b); supergateway -> fixture over stdio
 //!   (compare with c, process)
 //!   memory: gateway RSS with 1,000 open sessions
+//!   DNS (privileged, see dns.rs): questions/s from the resolver's cache (qc) vs forwarded (qf);
+//!   a neighbour's tools/call quiet (nq) and while another sandbox floods DNS (nf)
 //!
 //! Added latency = (b) - (a) per percentile; throughput as a ratio to (a). The load generator
 //! shares the CPU with everything it measures: its own CPU share is reported per scenario.
@@ -32,6 +34,7 @@
 mod catalog;
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod dns;
 mod drive;
 mod peers;
 mod procs;
@@ -351,6 +354,14 @@ async fn run() -> Result<(), String> {
             ..heavy
         };
         rows.extend(catalog::run(plan, &mut notes).await?);
+    }
+
+    // DNS: the resolver's cache and budget, and a neighbour under a DNS flood.
+    if dns::IDS.iter().any(|id| wanted(id)) {
+        match dns::scenarios(wanted, &mut notes).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => loud(&mut notes, format!("DNS rows not measured: {e}")),
+        }
     }
 
     // Peers.

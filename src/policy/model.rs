@@ -363,7 +363,18 @@ pub struct EgressSettings {
     /// Whether a `process` server with egress rules may run without enforcement when the
     /// gateway is not root (it then has the host's network). Off: such servers do not start.
     pub allow_unconfined_process: bool,
+    /// Questions each server's resolver may forward to the upstream resolvers (cache misses);
+    /// beyond it the sandbox gets REFUSED. A server's `egress.dns_rate` overrides it.
+    pub dns_rate: Rate,
 }
+
+/// 50 questions a second per server, bursts of 100: far above what a well-behaved server asks
+/// once its answers are cached, far below what would load a shared resolver.
+pub const DEFAULT_DNS_RATE: Rate = Rate {
+    count: 50,
+    per: Duration::from_secs(1),
+    burst: 100,
+};
 
 impl Default for EgressSettings {
     fn default() -> Self {
@@ -374,6 +385,7 @@ impl Default for EgressSettings {
             max_addresses_per_name: 8,
             network_pool: (std::net::Ipv4Addr::new(10, 213, 0, 0), 16),
             allow_unconfined_process: false,
+            dns_rate: DEFAULT_DNS_RATE,
         }
     }
 }
@@ -629,6 +641,15 @@ pub enum Lifecycle {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Egress {
     pub allow: Vec<EgressRule>,
+    /// This server's own DNS budget; `None` follows `[egress] dns_rate`.
+    pub dns_rate: Option<Rate>,
+}
+
+impl Egress {
+    /// The DNS budget in force for this server.
+    pub fn dns_rate_in(&self, settings: &EgressSettings) -> Rate {
+        self.dns_rate.unwrap_or(settings.dns_rate)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -232,6 +232,7 @@ pub struct RawMount {
 #[serde(deny_unknown_fields)]
 pub struct RawEgress {
     pub allow: Option<Vec<Str>>,
+    pub dns_rate: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -243,6 +244,7 @@ pub struct RawEgressSettings {
     pub max_addresses_per_name: Option<Spanned<u64>>,
     pub network_pool: Option<Str>,
     pub allow_unconfined_process: Option<bool>,
+    pub dns_rate: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

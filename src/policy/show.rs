@@ -247,6 +247,11 @@ pub fn render(p: &Policy) -> String {
             "false"
         }
     );
+    let _ = writeln!(
+        o,
+        "  dns_rate              {} per server, answered from its cache first",
+        rate_text(e.dns_rate)
+    );
     for s in p.servers.values() {
         let _ = writeln!(o, "\n[servers.{}]", s.name);
         match &s.runtime {
@@ -342,6 +347,11 @@ pub fn render(p: &Policy) -> String {
                     .join(", ")
             };
             let _ = writeln!(o, "  egress                {egress}");
+            let dns = match s.egress.dns_rate {
+                Some(r) => rate_text(r),
+                None => format!("{} (from [egress])", rate_text(e.dns_rate)),
+            };
+            let _ = writeln!(o, "  egress.dns_rate       {dns}");
         }
         for (k, r) in &s.secrets {
             let src = match r {
@@ -351,9 +361,7 @@ pub fn render(p: &Policy) -> String {
             };
             let _ = writeln!(o, "  secret                {k} <- {src}");
         }
-        let rate = s.rate.map_or("unlimited".to_string(), |r| {
-            format!("{} (burst {})", format_rate(r.count, r.per), r.burst)
-        });
+        let rate = s.rate.map_or("unlimited".to_string(), rate_text);
         let _ = writeln!(o, "  rate                  {rate}");
         let _ = writeln!(
             o,
@@ -532,6 +540,10 @@ fn audit(o: &mut String, a: &Audit) {
         let role = if s.witness { "witness" } else { "sink" };
         let _ = writeln!(o, "  {role} {:<16} {what}", s.name);
     }
+}
+
+fn rate_text(r: Rate) -> String {
+    format!("{} (burst {})", format_rate(r.count, r.per), r.burst)
 }
 
 fn quoted(v: &[String]) -> String {

@@ -1,7 +1,6 @@
 //! Raw TOML structs -> the validated [`Policy`]. Collects every semantic error instead of stopping
 //! at the first, so one `policy check` run shows everything to fix.
 
-use super::egress::parse_egress;
 use super::error::Diagnostic;
 use super::location::{key_start, line_col};
 use super::model::*;
@@ -148,24 +147,6 @@ pub fn validate(
     })
 }
 
-/// An IPv4 network for sandbox subnets: `a.b.c.d/n` with no host bits and room for /29s.
-fn parse_v4_pool(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
-    let (a, p) = s
-        .split_once('/')
-        .ok_or("write an IPv4 network like \"10.213.0.0/16\"")?;
-    let addr: std::net::Ipv4Addr = a.parse().map_err(|_| "not an IPv4 address".to_string())?;
-    let prefix: u8 = p
-        .parse()
-        .ok()
-        .filter(|n| (8..=28).contains(n))
-        .ok_or("the prefix length must be 8 to 28 (each server takes a /29)")?;
-    let mask = u32::MAX << (32 - u32::from(prefix));
-    if u32::from(addr) & !mask != 0 {
-        return Err("host bits are set".into());
-    }
-    Ok((addr, prefix))
-}
-
 pub(crate) fn is_env_name(s: &str) -> bool {
     let mut b = s.bytes();
     b.next()
@@ -198,7 +179,7 @@ pub fn sanitize_server_name(s: &str) -> String {
     }
 }
 
-fn value_kind(v: &Value) -> &'static str {
+pub(super) fn value_kind(v: &Value) -> &'static str {
     match v {
         Value::String(_) => "a string",
         Value::Integer(_) => "an integer",
@@ -329,71 +310,6 @@ impl Checker<'_> {
 
     pub(super) fn strings(v: &Option<Vec<Str>>) -> Vec<String> {
         v.iter().flatten().map(|s| s.get_ref().clone()).collect()
-    }
-
-    fn egress_settings(&mut self, e: RawEgressSettings) -> EgressSettings {
-        let d = EgressSettings::default();
-        let mut upstream_resolvers = Vec::new();
-        for r in e.upstream_resolvers.iter().flatten() {
-            match r.get_ref().parse::<SocketAddr>() {
-                Ok(a) => upstream_resolvers.push(a),
-                Err(_) => self.error(
-                    r.span().start,
-                    format!(
-                        "invalid upstream resolver \"{}\"; use IP:PORT, like \"10.0.0.2:53\" (host names are not resolved)",
-                        r.get_ref()
-                    ),
-                ),
-            }
-        }
-        let pin_ttl_min = self
-            .duration(&e.pin_ttl_min, "pin_ttl_min")
-            .unwrap_or(d.pin_ttl_min);
-        let pin_ttl_max = self
-            .duration(&e.pin_ttl_max, "pin_ttl_max")
-            .unwrap_or(d.pin_ttl_max);
-        if pin_ttl_min > pin_ttl_max {
-            let at = e
-                .pin_ttl_min
-                .as_ref()
-                .or(e.pin_ttl_max.as_ref())
-                .map_or(0, |v| v.span().start);
-            self.error(
-                at,
-                format!("`pin_ttl_min` ({pin_ttl_min:?}) is longer than `pin_ttl_max` ({pin_ttl_max:?}); the floor must not exceed the cap"),
-            );
-        }
-        if pin_ttl_min.is_zero() {
-            if let Some(v) = &e.pin_ttl_min {
-                self.error(v.span().start, "`pin_ttl_min` must be at least 1s: a pin that expires at once would refuse the connection its answer was for");
-            }
-        }
-        let max_addresses_per_name = self
-            .count(&e.max_addresses_per_name, "max_addresses_per_name", (1, 64))
-            .map_or(d.max_addresses_per_name, |n| n as usize);
-        let network_pool = match &e.network_pool {
-            None => d.network_pool,
-            Some(p) => match parse_v4_pool(p.get_ref()) {
-                Ok(pool) => pool,
-                Err(why) => {
-                    self.error(
-                        p.span().start,
-                        format!("invalid `network_pool` \"{}\": {why}", p.get_ref()),
-                    );
-                    d.network_pool
-                }
-            },
-        };
-        EgressSettings {
-            upstream_resolvers,
-            pin_ttl_min,
-            pin_ttl_max,
-            max_addresses_per_name,
-            network_pool,
-            allow_unconfined_process: e
-                .allow_unconfined_process
-                .unwrap_or(d.allow_unconfined_process),
-        }
     }
 
     fn gateway(&mut self, g: RawGateway) -> (Gateway, usize) {
@@ -639,13 +555,7 @@ impl Checker<'_> {
 
         let secrets = self.secrets(&rs.secrets);
         let env = self.env(&rs.env, &rs.secrets);
-        let mut egress = Egress::default();
-        for r in rs.egress.iter().flat_map(|e| e.allow.iter().flatten()) {
-            match parse_egress(r.get_ref()) {
-                Ok(rule) => egress.allow.push(rule),
-                Err(e) => self.error(r.span().start, e),
-            }
-        }
+        let egress = self.server_egress(n, rt, rs.egress.as_ref());
 
         let runtime = match rt {
             "process" => self.process(n, &rs, env),
@@ -1175,6 +1085,12 @@ impl Checker<'_> {
     }
 
     pub(super) fn rate(&mut self, v: &Option<Spanned<Value>>) -> Option<Rate> {
+        self.rate_for(v, "rate")
+    }
+
+    /// A rate written as `"N/period"` or `{ quota = "N/period", burst = B }`; `key` names it in
+    /// messages.
+    pub(super) fn rate_for(&mut self, v: &Option<Spanned<Value>>, key: &str) -> Option<Rate> {
         let v = v.as_ref()?;
         let at = v.span().start;
         let (quota, quota_at, burst) = match v.get_ref() {
@@ -1184,7 +1100,7 @@ impl Checker<'_> {
                     if k != "quota" && k != "burst" {
                         self.error(
                             at,
-                            format!("unknown key `{k}` in `rate`; expected one of: quota, burst"),
+                            format!("unknown key `{k}` in `{key}`; expected one of: quota, burst"),
                         );
                         return None;
                     }
@@ -1192,7 +1108,7 @@ impl Checker<'_> {
                 let quota = match t.get("quota") {
                     Some(Value::String(s)) => s.clone(),
                     _ => {
-                        self.error(at, "`rate` needs quota = \"120/min\" (a string)");
+                        self.error(at, format!("`{key}` needs quota = \"120/min\" (a string)"));
                         return None;
                     }
                 };
@@ -1204,7 +1120,7 @@ impl Checker<'_> {
                     Some(_) => {
                         self.error(
                             at,
-                            "`rate.burst` must be a whole number of calls, at least 1",
+                            format!("`{key}.burst` must be a whole number, at least 1"),
                         );
                         return None;
                     }
@@ -1212,7 +1128,7 @@ impl Checker<'_> {
                 (quota, at, burst)
             }
             other => {
-                self.error(at, format!("`rate` must be a string like \"120/min\" or a table like {{ quota = \"120/min\", burst = 20 }}, not {}", value_kind(other)));
+                self.error(at, format!("`{key}` must be a string like \"120/min\" or a table like {{ quota = \"120/min\", burst = 20 }}, not {}", value_kind(other)));
                 return None;
             }
         };
