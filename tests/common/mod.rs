@@ -597,8 +597,15 @@ pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
 
 /// `portcullis audit verify DIR`: whether it passed, and what it printed.
 pub fn audit_verify(dir: &Path) -> (bool, String) {
+    audit_verify_with(dir, &[])
+}
+
+/// `portcullis audit verify ARGS... DIR` (e.g. `--pubkey`, `--witness`): whether it passed,
+/// and what it printed.
+pub fn audit_verify_with(dir: &Path, args: &[&std::ffi::OsStr]) -> (bool, String) {
     let out = Command::new(gateway_bin())
         .args(["audit", "verify"])
+        .args(args)
         .arg(dir)
         .output()
         .unwrap();
