@@ -12,7 +12,7 @@ use bollard::query_parameters::{
     CreateContainerOptionsBuilder, InspectContainerOptions, KillContainerOptions,
     RemoveContainerOptionsBuilder,
 };
-use common::client::{tool_text, Mcp, LATEST};
+use common::client::{median_call_ms, tool_text, Mcp, LATEST};
 use common::docker::{containers_in, require_image, runtime, Scope, FIXTURE_IMAGE, TIME_IMAGE};
 use common::Gateway;
 use portcullis::sandbox::docker::DockerRuntime;
@@ -586,7 +586,8 @@ fn unreachable_engine_is_reported_with_a_fix() {
 }
 
 /// The stderr flood of `tests/server_output.rs`, from a container: its attach stream goes
-/// through the same per-server budget.
+/// through the same per-server budget, the gateway's memory stays flat and a neighbouring
+/// container keeps answering.
 #[tokio::test]
 async fn a_container_flooding_stderr_is_held_to_its_log_budget() {
     let scope = Scope::new("stderr");
@@ -602,6 +603,10 @@ naming = "prefix"
 runtime = "docker"
 image = "{FIXTURE_IMAGE}"
 log_rate = {{ quota = "10/s", burst = 20 }}
+
+[servers.calm]
+runtime = "docker"
+image = "{FIXTURE_IMAGE}"
 "#
     );
     // The budget's bucket fills from the moment the server starts, which is after this.
@@ -609,9 +614,17 @@ log_rate = {{ quota = "10/s", burst = 20 }}
     let gw = gateway(&scope, &policy, &[]);
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
-    let r = c
-        .call_tool("loud__stderr_flood", json!({"lines": 100000}))
-        .await;
+    let quiet = median_call_ms(&mut c, "calm__echo", 40).await;
+    let rss_before = common::rss_kib(gw.child.id());
+    let url = gw.url.clone();
+    let flood = tokio::spawn(async move {
+        let mut f = Mcp::new(&url);
+        f.initialize(LATEST).await;
+        f.call_tool("loud__stderr_flood", json!({"lines": 100000}))
+            .await
+    });
+    let during = median_call_ms(&mut c, "calm__echo", 40).await;
+    let r = flood.await.expect("flood task");
     assert_eq!(tool_text(&r), "wrote 100000 lines");
     let series = |m: &str, outcome: &str| -> u64 {
         let key = format!(
@@ -643,4 +656,14 @@ log_rate = {{ quota = "10/s", burst = 20 }}
         .filter(|l| l.contains("server stderr") && l.contains("server=loud"))
         .count();
     assert_eq!(in_log as u64, logged);
+    let rss_after = common::rss_kib(gw.child.id());
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    // Loosely, as for the process server: the neighbour kept answering at a human-invisible cost.
+    assert!(
+        during < (quiet * 20.0).max(quiet + 100.0),
+        "calm__echo median {during:.2} ms during the flood, {quiet:.2} ms before"
+    );
 }
