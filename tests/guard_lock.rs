@@ -1,7 +1,8 @@
 //! The lock file in `warn` mode, and a lock that cannot be read.
 //!
 //! (`enforce` mode, `tools diff` and `--update` are driven through the official Python SDK in
-//! `tests/python/test_tool_lock.py`; images in `tests/docker_pinning.rs`.)
+//! `tests/python/test_tool_lock.py`, and through rmcp in `tests/rmcp_client.rs`; images in
+//! `tests/docker_pinning.rs`.)
 
 mod common;
 
@@ -9,40 +10,16 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::client::{tool_text, Mcp, LATEST};
-use common::{audit_records, gateway_bin, http_get, repo_root, Gateway};
+use common::lock::{rug_pull_policy, write_lock};
+use common::{audit_records, gateway_bin, http_get, Gateway};
 use serde_json::{json, Value};
-
-fn policy(lock: &std::path::Path, mode: &str) -> String {
-    let script = repo_root().join("tests/python/servers/rug_pull.py");
-    format!(
-        "[gateway]\nlisten = \"127.0.0.1:0\"\nlock = \"{}\"\nlock_mode = \"{mode}\"\n\n[servers.rp]\nruntime = \"process\"\ncommand = \"python3\"\nargs = [\"{}\"]\nenv = {{ RUG_PULL_AFTER = \"1\" }}\n",
-        lock.display(),
-        script.display()
-    )
-}
-
-fn lock_for(dir: &std::path::Path, text: &str) -> std::path::PathBuf {
-    let path = dir.join("policy.toml");
-    std::fs::write(&path, text).unwrap();
-    let out = Command::new(gateway_bin())
-        .args(["tools", "lock", "--policy"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    path
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn warn_mode_serves_the_change_and_audits_it_once() {
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("policy.toml.lock");
-    lock_for(dir.path(), &policy(&lock, "warn"));
-    let gw = Gateway::start(&policy(&lock, "warn"));
+    write_lock(dir.path(), &rug_pull_policy(&lock, "warn"));
+    let gw = Gateway::start(&rug_pull_policy(&lock, "warn"));
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
     let r = c.call_tool("add", json!({"a": 1, "b": 2})).await;
@@ -101,7 +78,7 @@ async fn an_unreadable_lock_stops_the_gateway_and_rejects_a_reload() {
     let dir = tempfile::tempdir().unwrap();
     let lock = dir.path().join("policy.toml.lock");
     let path = dir.path().join("policy.toml");
-    std::fs::write(&path, policy(&lock, "enforce")).unwrap();
+    std::fs::write(&path, rug_pull_policy(&lock, "enforce")).unwrap();
     let mut child = Command::new(gateway_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--policy"])
         .arg(&path)
@@ -129,8 +106,8 @@ async fn an_unreadable_lock_stops_the_gateway_and_rejects_a_reload() {
     );
 
     // With a lock in force, a reload whose lock cannot be read is rejected: the lock stays.
-    lock_for(dir.path(), &policy(&lock, "enforce"));
-    let gw = Gateway::start(&policy(&lock, "enforce"));
+    write_lock(dir.path(), &rug_pull_policy(&lock, "enforce"));
+    let gw = Gateway::start(&rug_pull_policy(&lock, "enforce"));
     std::fs::write(&lock, "{ not a lock").unwrap();
     gw.sighup();
     gw.wait_for_log("policy reload rejected", 1, Duration::from_secs(30));

@@ -4,6 +4,7 @@
 pub mod client;
 pub mod docker;
 pub mod hostlab;
+pub mod lock;
 pub mod modern;
 pub mod netlab;
 pub mod remote;
