@@ -657,3 +657,18 @@ pub fn rss_kib(pid: u32) -> u64 {
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .unwrap_or(0)
 }
+
+/// After a flood from one server: the gateway (`pid`) grew by less than 64 MiB over
+/// `rss_before` KiB, and the neighbour's median call (`calm__echo`, in ms) during the flood stayed
+/// within a loose bound of its quiet median, a cost no person at a client would notice.
+pub fn flood_was_harmless(pid: u32, rss_before: u64, quiet: f64, during: f64) {
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    assert!(
+        during < (quiet * 20.0).max(quiet + 100.0),
+        "calm__echo median {during:.2} ms during the flood, {quiet:.2} ms before"
+    );
+}
