@@ -11,22 +11,14 @@ use std::time::Duration;
 
 use common::client::sse_events;
 use common::modern::{
-    body, client, headers, listen_for_tools, read_for, request, send, sha, text, MODERN,
+    body, client, headers, listen_for_tools, read_for, request, send, sha, shapes_server, text,
+    MODERN,
 };
 use common::{audit_records, audit_verify, Gateway};
 use serde_json::{json, Value};
 
 const ALICE: &str = "alice-modern-token";
 const BOB: &str = "bob-modern-token";
-
-fn shapes_server() -> String {
-    format!(
-        "[servers.shapes]\nruntime = \"process\"\ncommand = \"{{peers}}/venv/bin/python\"\nargs = [\"{}\"]\nenv = {{ SHAPES_LOG = \"{{shared}}/shapes.log\" }}\nmounts = [{{ source = \"{{shared}}\", target = \"{{shared}}\", read_only = false }}]\n",
-        common::repo_root()
-            .join("tests/python/servers/stateless_shapes.py")
-            .display()
-    )
-}
 
 /// Two clients with tokens: alice may use the fixture's echo, elicitation and counter and every
 /// tool of `shapes`, with a quota on the elicitation tool; bob may use everything.

@@ -411,6 +411,7 @@ impl Gateway {
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
             .replace("{peers}", &repo_root().join(".peers").display().to_string())
+            .replace("{shared}", &self.dir().join("shared").display().to_string())
             .replace("{tmp}", &self.dir().display().to_string());
         let tmp = self.dir().join(".policy.toml.new");
         std::fs::write(&tmp, text).expect("write policy");

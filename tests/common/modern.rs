@@ -87,10 +87,20 @@ pub fn text(msg: &Value) -> String {
 /// Opens a `subscriptions/listen` stream of `c` for tool list changes; the answer as it came
 /// (a refusal is a JSON body).
 pub async fn open_listen(c: &Mcp, url: &str, id: u64) -> reqwest::Response {
+    open_listen_for(c, url, id, json!({"toolsListChanged": true})).await
+}
+
+/// [`open_listen`] with the filter `notifications`.
+pub async fn open_listen_for(
+    c: &Mcp,
+    url: &str,
+    id: u64,
+    notifications: Value,
+) -> reqwest::Response {
     let b = body(
         id,
         "subscriptions/listen",
-        json!({"notifications": {"toolsListChanged": true}}),
+        json!({ "notifications": notifications }),
         json!({}),
     );
     let mut req = c
@@ -130,4 +140,15 @@ pub async fn read_for(
         }
     }
     text
+}
+
+/// `shapes`: a script server answering in 2026-07-28 shapes (tasks, its own request state,
+/// mirrored arguments), logging every request it gets to `{shared}/shapes.log`.
+pub fn shapes_server() -> String {
+    format!(
+        "[servers.shapes]\nruntime = \"process\"\ncommand = \"{{peers}}/venv/bin/python\"\nargs = [\"{}\"]\nenv = {{ SHAPES_LOG = \"{{shared}}/shapes.log\" }}\nmounts = [{{ source = \"{{shared}}\", target = \"{{shared}}\", read_only = false }}]\n",
+        super::repo_root()
+            .join("tests/python/servers/stateless_shapes.py")
+            .display()
+    )
 }
