@@ -216,6 +216,12 @@ impl ClientSide {
             Ok(c) => c,
             Err(why) => {
                 tracing::warn!(client = %call.identity.client, method = %call.method, %why, "requestState refused");
+                self.router.audit_token_refused(
+                    &call.identity,
+                    &call.session,
+                    &call.method,
+                    &format!("requestState refused: {why}"),
+                );
                 return Err(invalid(
                     &call.id,
                     format!("requestState refused: {why}; send the request again without requestState and inputResponses"),

@@ -36,10 +36,15 @@ impl Tasks {
             return Err(invalid("`taskId` must be a string".into()));
         };
         let handle = handle.to_owned();
-        let claims = self
-            .seal
-            .open(&handle, &call.identity.client, None)
-            .map_err(|why| invalid(format!("taskId refused: {why}")))?;
+        let claims = match self.seal.open(&handle, &call.identity.client, None) {
+            Ok(c) => c,
+            Err(why) => {
+                let why = format!("taskId refused: {why}");
+                self.router
+                    .audit_token_refused(&call.identity, &call.session, &call.method, &why);
+                return Err(invalid(why));
+            }
+        };
         let Held::Task {
             server,
             tool,

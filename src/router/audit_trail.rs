@@ -158,6 +158,23 @@ impl AuditTrail {
             .method(crate::mcp::methods::INITIALIZE)
     }
 
+    /// The `denied` record of a request that carried a token of this gateway (a task handle or a
+    /// `requestState`) that was refused before any access decision: forged, altered, expired, or
+    /// issued to another client. Nothing reached a server; the record shows a client probing.
+    pub fn token_refused(
+        identity: &Identity,
+        session: &str,
+        method: &str,
+        reason: &str,
+    ) -> AuditEvent {
+        AuditEvent::new(Kind::Denied)
+            .outcome(Outcome::Error(ErrorCode::INVALID_PARAMS.0))
+            .detail(reason)
+            .client(identity.client.to_string())
+            .session(session_tag(session))
+            .method(method)
+    }
+
     /// The `denied` record of a request without valid credentials.
     pub fn unauthenticated(reason: &str) -> AuditEvent {
         AuditEvent::new(Kind::Denied)

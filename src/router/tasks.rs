@@ -13,6 +13,19 @@ use crate::mcp::ErrorCode;
 use crate::router::Inbound;
 
 impl Router {
+    /// Audits a request whose task handle or `requestState` was refused before any access
+    /// decision (see [`AuditTrail::token_refused`]).
+    pub fn audit_token_refused(
+        &self,
+        identity: &crate::access::Identity,
+        session: &str,
+        method: &str,
+        reason: &str,
+    ) {
+        self.audit
+            .record_later(AuditTrail::token_refused(identity, session, method, reason));
+    }
+
     /// Forwards `inbound` (a task request whose task id is already the server's own) to
     /// `server`, if the caller may still call `tool` there; quotas count it as a request to
     /// `server` (not to `tool`: polling a task is not calling the tool again).

@@ -419,6 +419,22 @@ async fn every_forwarded_2026_method_is_refused_without_a_grant() {
             "listen {uri}"
         );
     }
+    // A handle or state issued to another client is refused before the access decision, and
+    // audited all the same: a client probing other clients' tokens shows in the log.
+    let not_theirs = table
+        .iter()
+        .filter(|r| r.who == Who::Bob && r.want == Want::NotTheirs)
+        .count();
+    let token_refusals = bobs
+        .iter()
+        .filter(|r| {
+            r["kind"] == "denied"
+                && r["detail"]
+                    .as_str()
+                    .is_some_and(|d| d.contains("issued to another client"))
+        })
+        .count();
+    assert_eq!(token_refusals, not_theirs, "refused tokens audited");
     let carols = of("carol");
     for m in ["tasks/get", "tasks/update", "tasks/cancel"] {
         assert_eq!(denied(&carols, m, "shapes", "start_job"), 1, "carol {m}");
