@@ -86,10 +86,22 @@ async fn a_pinned_reference_starts_only_on_its_digest() {
     sp.instance.kill().await;
     // Once the pinned image is gone, the name alone is not enough: refused, saying which is
     // which.
-    let rmi = Command::new("docker")
+    // The killed container may still be on its way out: the engine refuses to delete an image
+    // a container uses, so ask again for a bounded while.
+    let mut rmi = Command::new("docker")
         .args(["rmi", &first])
         .output()
         .unwrap();
+    for _ in 0..50 {
+        if rmi.status.success() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        rmi = Command::new("docker")
+            .args(["rmi", &first])
+            .output()
+            .unwrap();
+    }
     assert!(
         rmi.status.success(),
         "{}",
