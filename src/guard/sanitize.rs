@@ -146,6 +146,11 @@ pub fn strip(text: &str) -> (Cow<'_, str>, Findings) {
     };
     let mut parser = vte::Parser::new();
     parser.advance(&mut keep, text.as_bytes());
+    // An escape sequence that another character aborts, or that the text ends inside, is
+    // dropped by the parser without a callback: it was removed all the same, so it counts.
+    if keep.found.is_empty() && keep.out != text {
+        keep.found.ansi += 1;
+    }
     (Cow::Owned(keep.out), keep.found)
 }
 
@@ -313,5 +318,24 @@ mod tests {
         let (found, _) = clean(&mut w, false, &[]);
         assert_eq!(found.bidi, 1);
         assert_eq!(w[0], "a\u{202e}b", "counting only changes nothing");
+    }
+}
+
+#[cfg(test)]
+mod aborted_escape_tests {
+    use super::*;
+
+    /// Found by fuzzing: an escape sequence cut short by a non-ASCII character vanished without
+    /// being counted, so the change went unaudited.
+    #[test]
+    fn an_aborted_escape_sequence_is_counted_when_removed() {
+        for text in [
+            "{plain \u{1b}\u{fffd}\u{fffd}\"\u{fffd}",
+            "ends inside \u{1b}",
+        ] {
+            let (out, found) = strip(text);
+            assert_ne!(out, text);
+            assert!(!found.is_empty(), "{text:?} -> {out:?}");
+        }
     }
 }
