@@ -436,6 +436,85 @@ async fn a_wrong_client_secret_is_a_clear_error_not_a_hang() {
     lab.assert_no_leaks(&gw);
 }
 
+/// MCP 2026-07-28 binds credentials to their issuer. With `oauth.issuer` the gateway sends
+/// its client secret only after the issuer's metadata names that very issuer and `token_url`;
+/// and a token cached for one issuer is not used once the policy names another.
+#[tokio::test]
+async fn credentials_go_only_to_the_named_issuer_and_its_cache_is_keyed_by_it() {
+    let Some(lab) = Lab::start() else { return };
+    let env = [("OAUTH_CLIENT_SECRET", CLIENT_SECRET)];
+    let issuer = lab.auth.issuer();
+    let policy = |issuer: &str| {
+        lab.policy(
+            &format!("client_secret = \"${{secret:CS}}\", issuer = \"{issuer}\""),
+            "CS = \"env:OAUTH_CLIENT_SECRET\"",
+        )
+    };
+    let metadata = |issuer: &str, token: &str| json!({ "issuer": issuer, "token_endpoint": token });
+
+    // Metadata that names another issuer, then another token endpoint: no credential is sent,
+    // and /ready and a call say why.
+    let lies = [
+        (
+            metadata(&format!("{issuer}/"), &lab.auth.token_url()),
+            format!("names issuer `{issuer}/`, not `{issuer}`"),
+        ),
+        (
+            metadata(&issuer, "http://127.0.0.1:9/token"),
+            "names `http://127.0.0.1:9/token` as its token endpoint, not the configured token_url"
+                .to_owned(),
+        ),
+    ];
+    for (doc, says) in lies {
+        lab.auth.with(|s| s.metadata = Some(doc));
+        let gw = Gateway::spawn(&policy(&issuer), &env);
+        ready_says(&gw, &says).await;
+        let mut c = client(&gw).await;
+        let msg = error_message(&c.call_tool("echo", json!({ "text": "x" })).await);
+        assert!(msg.contains(&says), "{msg}");
+        assert!(
+            lab.auth.requests().is_empty(),
+            "credentials reached the token endpoint: {:#?}",
+            lab.auth.requests()
+        );
+        assert!(lab.remote.requests().is_empty(), "reached the server");
+    }
+    // No metadata at all: the same, with the places looked at.
+    lab.auth.with(|s| s.metadata = None);
+    let gw = Gateway::spawn(&policy(&issuer), &env);
+    ready_says(&gw, "no authorization server metadata found").await;
+    assert!(lab.auth.requests().is_empty());
+    drop(gw);
+
+    // Honest metadata: the exchange goes ahead and the cache records the issuer.
+    lab.auth
+        .with(|s| s.metadata = Some(metadata(&issuer, &lab.auth.token_url())));
+    let gw = lab.gateway(&policy(&issuer), &env);
+    let mut c = client(&gw).await;
+    echo(&mut c, "from the named issuer").await;
+    assert_eq!(lab.auth.requests().len(), 1);
+    assert_eq!(lab.cache()["issuer"], issuer.as_str());
+    let first = lab.cache()["access_token"].clone();
+    drop(gw);
+
+    // The same token_url now answers for another issuer (the authorization server changed):
+    // the cached token is not used, a new one is obtained, and the cache is keyed anew.
+    let other = format!("{issuer}/tenant-b");
+    lab.auth
+        .with(|s| s.metadata = Some(metadata(&other, &lab.auth.token_url())));
+    let gw = lab.gateway(&policy(&other), &env);
+    let mut c = client(&gw).await;
+    echo(&mut c, "from the other issuer").await;
+    assert_eq!(
+        lab.auth.requests().len(),
+        2,
+        "the token cached for {issuer} was used for {other}"
+    );
+    assert_eq!(lab.cache()["issuer"], other.as_str());
+    assert_ne!(lab.cache()["access_token"], first);
+    lab.assert_no_leaks(&gw);
+}
+
 /// Proves "no token passthrough": a client authenticates to the gateway with its own bearer
 /// token, and the server (which has no credentials configured) sees no Authorization at all.
 #[tokio::test]

@@ -584,6 +584,10 @@ pub struct OpenApiSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub struct OAuth {
     pub token_url: String,
+    /// The authorization server's issuer identifier (RFC 8414). Set, the gateway checks the
+    /// server's metadata names this issuer and `token_url` before it sends credentials, and
+    /// the token cache is keyed by it.
+    pub issuer: Option<String>,
     pub client_id: String,
     /// Name of the server secret holding the client secret (`${secret:NAME}`).
     pub client_secret: Option<String>,

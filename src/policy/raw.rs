@@ -218,6 +218,7 @@ pub struct RawOAuth {
     pub refresh_token: Option<Str>,
     pub audience: Option<Str>,
     pub resource: Option<Str>,
+    pub issuer: Option<Str>,
 }
 
 #[derive(Debug, Deserialize)]

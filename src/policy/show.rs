@@ -16,6 +16,7 @@ fn oauth_lines(o: &mut String, a: &OAuth) {
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "(none)".to_owned());
     let _ = writeln!(o, "  oauth.grant           {grant}");
     let _ = writeln!(o, "  oauth.token_url       {}", a.token_url);
+    let _ = writeln!(o, "  oauth.issuer          {}", opt(&a.issuer));
     let _ = writeln!(o, "  oauth.client_id       {}", a.client_id);
     let _ = writeln!(o, "  oauth.client_secret   {}", secret(&a.client_secret));
     if a.client_secret.is_some() {

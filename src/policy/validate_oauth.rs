@@ -23,25 +23,16 @@ impl Checker<'_> {
         let before = self.diags.len();
 
         let token_url = o.token_url.get_ref();
-        let url_at = o.token_url.span().start;
-        match check_url(token_url) {
-            Err(e) => self.error(url_at, format!("oauth `token_url`: {e}")),
-            Ok(()) => {
-                if token_url.starts_with("http://") && !is_loopback_url(token_url) {
-                    self.error(url_at, "oauth `token_url` would send the client credentials over plain http; use https:// (plain http is accepted only to a loopback IP literal)");
-                }
-                if let Some((host, port)) = host_port(token_url) {
-                    if !egress_allows(egress, &host, port) {
-                        let rule = if host.contains(':') {
-                            format!("[{host}]:{port}")
-                        } else {
-                            format!("{host}:{port}")
-                        };
-                        self.error(url_at, format!("the oauth token endpoint `{rule}` is not in egress.allow of [servers.{server}]; the gateway reaches it under the same egress rules as the server, so add \"{rule}\" (an IP address needs a CIDR rule, like \"{rule}\" or a range)"));
-                    }
-                }
+        self.oauth_endpoint(server, "token_url", &o.token_url, egress);
+        let issuer = o.issuer.as_ref().map(|i| {
+            self.oauth_endpoint(server, "issuer", i, egress);
+            let v = i.get_ref();
+            // RFC 8414 section 2: an issuer has no query or fragment.
+            if v.contains('?') || v.contains('#') {
+                self.error(i.span().start, format!("oauth `issuer` \"{v}\" has a query or fragment; an issuer identifier is a plain https URL (RFC 8414 section 2), like \"https://auth.example.com\""));
             }
-        }
+            v.clone()
+        });
 
         if o.client_id.get_ref().trim().is_empty() {
             self.error(o.client_id.span().start, "oauth `client_id` is empty; use the client id the authorization server issued for the gateway");
@@ -81,6 +72,7 @@ impl Checker<'_> {
         }
         Some(OAuth {
             token_url: token_url.clone(),
+            issuer,
             client_id: o.client_id.get_ref().clone(),
             client_secret,
             client_auth,
@@ -90,6 +82,35 @@ impl Checker<'_> {
             audience,
             cache_file: OAuth::cache_file_in(&self.state_dir, server),
         })
+    }
+
+    /// A URL the gateway sends requests to for this server's tokens (`key` names it): http(s),
+    /// https unless loopback, and an allowed destination.
+    fn oauth_endpoint(&mut self, server: &str, key: &str, v: &Str, egress: &Egress) {
+        let url = v.get_ref();
+        let url_at = v.span().start;
+        if let Err(e) = check_url(url) {
+            self.error(url_at, format!("oauth `{key}`: {e}"));
+            return;
+        }
+        if url.starts_with("http://") && !is_loopback_url(url) {
+            self.error(url_at, format!("oauth `{key}` would be reached over plain http, where the tokens and credentials can be read or forged; use https:// (plain http is accepted only to a loopback IP literal)"));
+        }
+        if let Some((host, port)) = host_port(url) {
+            if !egress_allows(egress, &host, port) {
+                let rule = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                let what = if key == "issuer" {
+                    "the oauth issuer (where its metadata is read)"
+                } else {
+                    "the oauth token endpoint"
+                };
+                self.error(url_at, format!("{what} `{rule}` is not in egress.allow of [servers.{server}]; the gateway reaches it under the same egress rules as the server, so add \"{rule}\" (an IP address needs a CIDR rule, like \"{rule}\" or a range)"));
+            }
+        }
     }
 
     /// The NAME of a `"${secret:NAME}"` value, which must be declared in the server's secrets.
@@ -277,6 +298,45 @@ mod tests {
                 .contains("`127.0.0.1:9000` is not in egress.allow")
         );
         assert!(check(&format!("egress.allow = [\"127.0.0.0/8:9000\"]\n{lo}")).is_ok());
+    }
+
+    #[test]
+    fn the_issuer_is_a_plain_allowed_url() {
+        let cs = "secrets = { CS = \"env:CS\" }\n";
+        let with = |allow: &str, issuer: &str| {
+            format!("egress.allow = [\"mcp.example.com:443\", {allow}]\n{cs}oauth = {{ token_url = \"https://auth.example.com/t\", client_id = \"gw\", client_secret = \"${{secret:CS}}\", issuer = \"{issuer}\" }}\n")
+        };
+        let p = check(&with(
+            "\"auth.example.com:443\"",
+            "https://auth.example.com",
+        ))
+        .unwrap();
+        let Runtime::Remote(r) = &p.servers["r"].runtime else {
+            panic!("not remote")
+        };
+        let oauth = r.oauth.as_ref().unwrap();
+        assert_eq!(oauth.issuer.as_deref(), Some("https://auth.example.com"));
+        let e = one_error(&with(
+            "\"auth.example.com:443\"",
+            "https://id.example.org/tenant",
+        ));
+        assert!(
+            e.contains("the oauth issuer (where its metadata is read) `id.example.org:443` is not in egress.allow"),
+            "{e}"
+        );
+        let e = one_error(&with(
+            "\"auth.example.com:443\"",
+            "https://auth.example.com/?t=1",
+        ));
+        assert!(e.contains("has a query or fragment"), "{e}");
+        let e = one_error(&with(
+            "\"auth.example.com:443\", \"auth.example.com:80\"",
+            "http://auth.example.com",
+        ));
+        assert!(
+            e.contains("oauth `issuer` would be reached over plain http"),
+            "{e}"
+        );
     }
 
     #[test]

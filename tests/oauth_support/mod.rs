@@ -45,6 +45,11 @@ pub struct State {
     access: HashMap<String, Instant>,
     refresh: HashSet<String>,
     pub requests: Vec<TokenRequest>,
+    /// What `/.well-known/oauth-authorization-server` answers, with any path issuer appended
+    /// (404 while `None`).
+    pub metadata: Option<Value>,
+    /// How many times that document was asked for.
+    pub metadata_requests: usize,
     /// Every access and refresh token handed out (and every refresh token registered).
     pub issued: Vec<String>,
 }
@@ -95,6 +100,8 @@ impl AuthServer {
             access: HashMap::new(),
             refresh: HashSet::new(),
             requests: Vec::new(),
+            metadata: None,
+            metadata_requests: 0,
             issued: Vec::new(),
         }));
         let acceptor = tls.map(|(cert, key)| tls_acceptor(cert, key));
@@ -162,6 +169,11 @@ impl AuthServer {
 
     pub fn tls_token_url(&self) -> String {
         format!("https://{}/token", self.tls.expect("started without TLS"))
+    }
+
+    /// The issuer identifier this server would have: its own origin.
+    pub fn issuer(&self) -> String {
+        format!("http://{}", self.plain)
     }
 
     pub fn introspect_url(&self) -> String {
@@ -265,6 +277,13 @@ async fn handle(req: Request<Incoming>, state: &Mutex<State>, tls: bool) -> Resp
                 status,
             });
             reply(status, answer)
+        }
+        p if p.starts_with("/.well-known/oauth-authorization-server") => {
+            st.metadata_requests += 1;
+            match &st.metadata {
+                Some(m) => reply(200, m.clone()),
+                None => reply(404, json!({"error": "not_found"})),
+            }
         }
         _ => reply(404, json!({"error": "not_found"})),
     }

@@ -32,6 +32,10 @@ pub enum CacheError {
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 pub struct Stored {
     pub token_url: String,
+    /// The issuer the tokens came from (`oauth.issuer`); caches written before it was
+    /// recorded read as `None`.
+    #[serde(default)]
+    pub issuer: Option<String>,
     pub client_id: String,
     pub scope: Option<String>,
     pub resource: Option<String>,

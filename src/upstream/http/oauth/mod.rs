@@ -8,6 +8,7 @@
 
 mod cache_file;
 mod exchange;
+mod metadata;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,6 +39,8 @@ pub struct TokenSource {
 #[derive(Default)]
 struct Tokens {
     loaded: bool,
+    /// The issuer's metadata named our token endpoint (always true without `oauth.issuer`).
+    issuer_checked: bool,
     access: Option<Access>,
     refresh: Option<String>,
 }
@@ -167,7 +170,10 @@ impl TokenSource {
             }
         };
         let spec = &self.endpoint.spec;
+        // Credentials belong to the authorization server that issued them (MCP 2026-07-28):
+        // a cache written for another issuer is never used.
         let same_settings = stored.token_url == spec.token_url
+            && stored.issuer == spec.issuer
             && stored.client_id == spec.client_id
             && stored.scope == spec.scope
             && stored.resource == spec.resource
@@ -203,6 +209,12 @@ impl TokenSource {
     /// credentials. A client-credentials client whose (server-issued) refresh token is no longer
     /// accepted falls back to its credentials.
     async fn fetch(&self, tokens: &mut Tokens) -> Result<String, OAuthError> {
+        if let (Some(issuer), false) = (&self.endpoint.spec.issuer, tokens.issuer_checked) {
+            metadata::verify_issuer(&self.endpoint.http, issuer, &self.endpoint.spec.token_url)
+                .await?;
+            tracing::info!(server = %self.server, issuer = %issuer, "the authorization server's metadata names this issuer and our token_url");
+            tokens.issuer_checked = true;
+        }
         let grant_is_refresh = self.endpoint.spec.grant() == OAuthGrant::RefreshToken;
         let issued = match tokens.refresh.clone() {
             Some(refresh) => match self.endpoint.request(&Grant::Refresh(&refresh)).await {
@@ -254,6 +266,7 @@ impl TokenSource {
         let spec = &self.endpoint.spec;
         let stored = Stored {
             token_url: spec.token_url.clone(),
+            issuer: spec.issuer.clone(),
             client_id: spec.client_id.clone(),
             scope: spec.scope.clone(),
             resource: spec.resource.clone(),
