@@ -251,7 +251,8 @@ async fn opening_sessions_faster_than_the_default_session_rate_is_refused_with_r
     assert_eq!((status, code(&e)), (429, -32014), "{e}");
     let m = message(&e);
     assert!(
-        m.contains("client `bob` opens sessions too fast") && m.contains("10/s"),
+        m.contains("client `bob` opens sessions (or subscriptions/listen streams) too fast")
+            && m.contains("10/s"),
         "{m}"
     );
     assert!(e["error"]["data"]["retryAfterSeconds"]
@@ -259,6 +260,59 @@ async fn opening_sessions_faster_than_the_default_session_rate_is_refused_with_r
         .is_some_and(|s| s >= 1));
     // Another client's rate is its own.
     open(&gw, ALICE).await;
+}
+
+/// A 2026-07-28 client has no sessions, but its listen streams cost what sessions cost: opening
+/// and closing them at once (so the stream count never fills) is held to session_rate.
+#[tokio::test]
+async fn listen_streams_opened_and_closed_in_a_churn_are_held_to_the_session_rate() {
+    use common::modern::open_listen;
+    // Room for 100 streams per client: only the rate can refuse.
+    let gw = Gateway::start(&policy_with(200));
+    let bob = client(&gw, BOB);
+    let attempts = (0..40).map(|id| {
+        let bob = &bob;
+        let url = gw.url.clone();
+        async move {
+            let r = open_listen(bob, &url, id).await;
+            let status = r.status().as_u16();
+            let retry_after = r.headers().get("retry-after").cloned();
+            // Anything but a refusal is a stream: dropped at once, it frees its place.
+            let body = if status == 429 {
+                r.json::<Value>().await.ok()
+            } else {
+                None
+            };
+            (status, retry_after, body)
+        }
+    });
+    let results = futures_util::future::join_all(attempts).await;
+    let opened = results.iter().filter(|(s, ..)| *s == 200).count();
+    assert!(
+        (20..40).contains(&opened),
+        "the burst of 20 was not granted, or nothing was refused: {opened} of 40"
+    );
+    let (_, retry_after, e) = results.iter().find(|(s, ..)| *s == 429).expect("a refusal");
+    let e = e.as_ref().expect("a JSON-RPC error");
+    assert_eq!(code(e), -32014, "{e}");
+    assert!(
+        message(e)
+            .contains("client `bob` opens sessions (or subscriptions/listen streams) too fast"),
+        "{e}"
+    );
+    assert!(retry_after.is_some(), "no Retry-After");
+    let (_, metrics) = http_get(&format!("{}/metrics", gw.base)).unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_refusals_total{reason=\"session_rate\"}"
+        ),
+        Some((40 - opened) as i64),
+        "{metrics}"
+    );
+    // Another client's rate is its own.
+    let alice = client(&gw, ALICE);
+    assert_eq!(open_listen(&alice, &gw.url, 1).await.status(), 200);
 }
 
 #[tokio::test]

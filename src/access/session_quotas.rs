@@ -93,7 +93,7 @@ impl SessionTable {
             let r = quotas.session_rate;
             Limited {
                 scope: format!(
-                    "client `{client}` opens sessions too fast: session_rate {} (burst {})",
+                    "client `{client}` opens sessions (or subscriptions/listen streams) too fast: session_rate {} (burst {})",
                     format_rate(r.count, r.per),
                     r.burst
                 ),

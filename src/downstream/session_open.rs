@@ -44,7 +44,7 @@ pub(super) fn open(
             Ok(session)
         }
         Err(refused) => {
-            note_refusal(shared, &client, &refused);
+            note_refusal(shared, &client, &refused, None);
             Err(refused)
         }
     }
@@ -67,18 +67,41 @@ fn outcome_of(cause: Cause) -> Outcome {
     }
 }
 
-/// Counts a refusal; the first of a burst is logged and audited at once.
-fn note_refusal(shared: &Shared, client: &Arc<str>, refused: &Refused) {
+/// Counts a refusal; the first of a burst is logged and audited at once. `listen` says the
+/// refused thing was a `subscriptions/listen` stream, not a session.
+fn note_refusal(shared: &Shared, client: &Arc<str>, refused: &Refused, listen: Option<()>) {
     let cause = cause_of(refused);
     crate::metrics::global().refusal(cause.metric());
     if shared.session_refusals.note(client, cause) {
-        tracing::warn!(%client, reason = %refused, "session refused (further refusals of this burst are counted, not logged)");
-        shared.audit.record_later(AuditTrail::session_refused(
+        let what = if listen.is_some() {
+            "listen stream"
+        } else {
+            "session"
+        };
+        tracing::warn!(%client, reason = %refused, "{what} refused (further refusals of this burst are counted, not logged)");
+        let event = AuditTrail::session_refused(
             client,
             outcome_of(cause),
-            &format!("session refused: {refused}"),
-        ));
+            &format!("{what} refused: {refused}"),
+        );
+        shared.audit.record_later(match listen {
+            Some(()) => event.method(methods::SUBSCRIPTIONS_LISTEN),
+            None => event,
+        });
     }
+}
+
+/// Refuses a `subscriptions/listen` stream opened faster than the client's `session_rate`:
+/// the same 429 / -32014 with `Retry-After` as a session, counted and audited once per burst.
+pub(super) fn listen_rate_refused(
+    shared: &Shared,
+    client: &Arc<str>,
+    limited: crate::access::Limited,
+    id: &Id,
+) -> Reply {
+    let refused = Refused::Rate(limited);
+    note_refusal(shared, client, &refused, Some(()));
+    refusal_reply(&refused, Some(id))
 }
 
 /// The audit record summing up a burst of refusals that ended, when it had more than one.

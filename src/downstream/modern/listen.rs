@@ -233,6 +233,11 @@ pub async fn open(shared: &Arc<Shared>, identity: Identity, d: Decoded) -> Reply
             return reply::json(rej.status(), rej.bytes(Some(&d.id)));
         }
     };
+    // A stream costs what a session costs (subscriptions at every server it may see), so it
+    // is opened at the client's session_rate: open-and-close churn cannot bypass it.
+    if let Err(l) = shared.access.limits.check_session_rate(&identity.client) {
+        return super::super::session_open::listen_rate_refused(shared, &identity.client, l, &d.id);
+    }
     let key: Arc<str> = Arc::from(super::session_key("listen").as_str());
     let outbox = Outbox::new();
     let limit = shared.access.limits.session_limit(&identity.client);
