@@ -300,3 +300,42 @@ async def test_abandoning_a_call_cancels_it_at_the_server(modern_gateway, server
         with anyio.fail_after(10):
             while cancelled() <= before:
                 await anyio.sleep(0.1)
+
+
+SHAPES = Path(__file__).parent / "servers" / "stateless_shapes.py"
+
+
+async def test_a_legacy_client_answers_the_input_a_2026_servers_task_needs():
+    """A 2026-07-28 server runs `review` as a task of the tasks extension that needs input before
+    it completes. A 2025-era SDK client cannot follow tasks: the gateway follows it, relays the
+    task's elicitation to the client's session, sends the answer with `tasks/update`, and answers
+    the client's call with the task's result."""
+    folder = tempfile.TemporaryDirectory()
+    os.chmod(folder.name, 0o777)
+    log = Path(folder.name) / "shapes.log"
+    python = _need(PEERS / "venv" / "bin" / "python")
+    gw = Gateway(
+        f"""[gateway]
+listen = "127.0.0.1:0"
+request_timeout = "30s"
+
+[servers.shapes]
+runtime = "process"
+command = "{python}"
+args = ["{SHAPES}"]
+protocol = "2026-07-28"
+env = {{ SHAPES_MODERN = "1", SHAPES_LOG = "{log}" }}
+mounts = [{{ source = "{folder.name}", target = "{folder.name}", read_only = false }}]
+"""
+    )
+    try:
+        async with client(gw, "legacy", elicitation_callback=elicit) as c:
+            with anyio.fail_after(30):
+                assert texts(await c.call_tool("review", {})) == "reviewed by Ada Lovelace"
+        seen = [json.loads(line) for line in log.read_text().splitlines()]
+        updates = [m for m in seen if m.get("method") == "tasks/update"]
+        assert len(updates) == 1, seen
+        assert updates[0]["params"]["inputResponses"]["reviewer"]["content"] == {"name": "Ada Lovelace"}
+    finally:
+        gw.stop()
+        folder.cleanup()

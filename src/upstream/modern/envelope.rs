@@ -8,7 +8,8 @@
 //!   ask (`client_capabilities`). A 2025-era caller's server requests are relayed by the
 //!   gateway, which answers `roots/list` from the policy when the caller cannot; a
 //!   2026-07-28 caller answers multi round-trip requests itself, so only its own capabilities
-//!   count. The tasks extension is declared only for a caller that declared it.
+//!   count. The tasks extension is declared for a caller that declared it, and for every
+//!   2025-era caller, whose tasks the gateway follows itself (`task_follow`).
 //! - `logLevel`: the caller's, when it asked for logs; for a 2025-era caller that never set a
 //!   level, `debug` (a 2025-era server sends its logs without being asked, and the gateway
 //!   relays them all to such a caller).
@@ -44,7 +45,7 @@ pub fn capabilities(caller: Option<&RequestContext>, policy: ClientCapabilities)
     if policy.roots && (c.caps.roots || relayed) {
         caps.insert("roots".into(), json!({}));
     }
-    if c.caps.tasks && !relayed {
+    if c.caps.tasks || relayed {
         caps.insert("extensions".into(), json!({ meta::TASKS_EXTENSION: {} }));
     }
     Value::Object(caps)
@@ -149,10 +150,12 @@ mod tests {
         };
         let policy = ClientCapabilities::default();
         let legacy = capabilities(Some(&caller("2025-06-18", all, LogLevel::Unset)), policy);
-        // Roots of a 2025-era caller come from the policy when it has none: declared.
+        // Roots of a 2025-era caller come from the policy when it has none: declared; its
+        // tasks are followed by the gateway: the extension is declared.
+        let tasks = json!({"io.modelcontextprotocol/tasks": {}});
         assert_eq!(
             legacy,
-            json!({"sampling": {}, "elicitation": {}, "roots": {}})
+            json!({"sampling": {}, "elicitation": {}, "roots": {}, "extensions": tasks})
         );
         let modern = capabilities(Some(&caller("2026-07-28", all, LogLevel::Silent)), policy);
         assert_eq!(
@@ -166,7 +169,7 @@ mod tests {
         };
         assert_eq!(
             capabilities(Some(&caller("2025-06-18", all, LogLevel::Unset)), narrow),
-            json!({"elicitation": {}})
+            json!({"elicitation": {}, "extensions": tasks})
         );
         assert_eq!(capabilities(None, policy), json!({}));
     }

@@ -37,7 +37,14 @@ pub(super) fn asked(result: &RawValue) -> Option<Asked> {
     }
     let members = Members::of(result.get())?;
     let state = members.str("requestState");
-    let requests = members
+    let requests = requests_of(&members);
+    Some(Asked { requests, state })
+}
+
+/// The `inputRequests` of an `InputRequiredResult` or of a task that needs input, as (key,
+/// method, params).
+pub(super) fn requests_of(members: &Members) -> Vec<(String, String, Option<Box<RawValue>>)> {
+    members
         .get("inputRequests")
         .and_then(|r| serde_json::from_str::<Map<String, Value>>(r.get()).ok())
         .unwrap_or_default()
@@ -51,8 +58,7 @@ pub(super) fn asked(result: &RawValue) -> Option<Asked> {
             let params = req.get("params").map(crate::mcp::to_raw);
             (key, method, params)
         })
-        .collect();
-    Some(Asked { requests, state })
+        .collect()
 }
 
 /// Requests made on a modern server's behalf that wait for the client's answer.

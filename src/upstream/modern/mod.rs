@@ -23,6 +23,7 @@ mod input;
 pub(super) mod listen;
 pub(super) mod probe;
 pub(super) mod stdio_probe;
+mod task_follow;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -129,6 +130,11 @@ impl Upstream {
                 .await?;
             if !relayed {
                 return Ok(outcome);
+            }
+            if call.method == methods::TOOLS_CALL {
+                if let Some(task) = outcome.as_ref().ok().and_then(|r| task_follow::created(r)) {
+                    return self.follow_task(conn, &call, task).await;
+                }
             }
             let asked = match &outcome {
                 Ok(result) => input::asked(result),

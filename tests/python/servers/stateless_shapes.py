@@ -2,13 +2,16 @@
 """A stdio MCP server (newline-delimited JSON-RPC) that answers in 2026-07-28 shapes the gateway
 must handle with care: a tool whose arguments are mirrored into `Mcp-Param-*` headers
 (`x-mcp-header`), a tool that answers `InputRequiredResult` with its own `requestState`, and a
-tool that answers with a task handle, plus `tasks/get` / `tasks/cancel` for it.
+tool that answers with a task handle, plus `tasks/get` / `tasks/cancel` for it. More tasks:
+`review` needs input (`input_required`, answered with `tasks/update`), `failing` fails, and
+`forever` never ends (only `tasks/cancel` does).
 
 It records what it received in the file named by `SHAPES_LOG` (one JSON line per request), so a
 test can see exactly what reached the server. With `SHAPES_TTL_MS` set, its `tools/list` carries
 that `ttlMs` and a tool `grow` adds a tool `grown` without announcing the change (the server
 declares no `listChanged`), so only a client that honours `ttlMs` ever sees it. Bounded: it reads at most MAX_LINES lines and ends
-when stdin closes.
+when stdin closes. With `SHAPES_MODERN=1` it also answers `server/discover` as a 2026-07-28
+server offering the tasks extension, so the gateway speaks to it in that revision.
 """
 
 import json
@@ -18,6 +21,7 @@ import sys
 MAX_LINES = 100_000
 LOG = os.environ.get("SHAPES_LOG")
 TTL_MS = os.environ.get("SHAPES_TTL_MS")
+MODERN = os.environ.get("SHAPES_MODERN") == "1"
 SERVER_STATE = "server-state-7f3a"
 TASK_ID = "job-42"
 
@@ -45,7 +49,27 @@ TOOLS = [
         "description": "Answers with a task handle (resultType task)",
         "inputSchema": {"type": "object", "properties": {}},
     },
+    {
+        "name": "review",
+        "description": "A task that asks who reviews it before it completes",
+        "inputSchema": {"type": "object", "properties": {}},
+    },
+    {
+        "name": "failing",
+        "description": "A task that fails",
+        "inputSchema": {"type": "object", "properties": {}},
+    },
+    {
+        "name": "forever",
+        "description": "A task that works until it is cancelled",
+        "inputSchema": {"type": "object", "properties": {}},
+    },
 ]
+
+# Task id -> what its tasks/get answers next: "working", "input_required", "completed",
+# "failed", "cancelled"; and the reviewer's name once given.
+TASKS = {}
+REVIEWER = {}
 
 
 GROW = {"name": "grow", "description": "Adds the tool `grown`, silently", "inputSchema": {"type": "object"}}
@@ -96,32 +120,73 @@ def call(params):
             TOOLS.append({"name": "grown", "description": "Added without notice", "inputSchema": {"type": "object"}})
         return text("grown")
     if name == "start_job":
-        return {
-            "resultType": "task",
-            "taskId": TASK_ID,
-            "status": "working",
-            "createdAt": "2026-12-01T00:00:00Z",
-            "lastUpdatedAt": "2026-12-01T00:00:00Z",
-            "ttlMs": 60000,
-            "pollIntervalMs": 100,
-        }
+        return created(TASK_ID)
+    if name in ("review", "failing", "forever"):
+        task_id = f"{name}-{len(TASKS) + 1}"
+        TASKS[task_id] = {"review": "input_required", "failing": "failed", "forever": "working"}[name]
+        return created(task_id)
     raise ValueError(f"unknown tool {name!r}")
 
 
+def created(task_id):
+    return {
+        "resultType": "task",
+        "taskId": task_id,
+        "status": "working",
+        "createdAt": "2026-12-01T00:00:00Z",
+        "lastUpdatedAt": "2026-12-01T00:00:00Z",
+        "ttlMs": 60000,
+        "pollIntervalMs": 100,
+    }
+
+
 def task(method, params):
-    if params.get("taskId") != TASK_ID:
-        raise ValueError(f"unknown task {params.get('taskId')!r}")
-    base = {"taskId": TASK_ID, "createdAt": "2026-12-01T00:00:00Z", "lastUpdatedAt": "2026-12-01T00:00:01Z", "ttlMs": 60000}
-    if method == "tasks/get":
-        return {**base, "status": "completed", "result": text("job done")}
+    task_id = params.get("taskId")
+    if task_id != TASK_ID and task_id not in TASKS:
+        raise ValueError(f"unknown task {task_id!r}")
+    base = {"taskId": task_id, "createdAt": "2026-12-01T00:00:00Z", "lastUpdatedAt": "2026-12-01T00:00:01Z", "ttlMs": 60000}
     if method == "tasks/cancel":
+        if task_id in TASKS:
+            TASKS[task_id] = "cancelled"
         return {}
-    raise ValueError(method)
+    if method == "tasks/update":
+        answer = (params.get("inputResponses") or {}).get("reviewer") or {}
+        REVIEWER[task_id] = (answer.get("content") or {}).get("name")
+        TASKS[task_id] = "completed"
+        return {}
+    status = TASKS.get(task_id, "completed")
+    if status == "completed":
+        who = REVIEWER.get(task_id)
+        return {**base, "status": "completed", "result": text(f"reviewed by {who}" if who else "job done")}
+    if status == "input_required":
+        return {
+            **base,
+            "status": "input_required",
+            "inputRequests": {
+                "reviewer": {
+                    "method": "elicitation/create",
+                    "params": {
+                        "message": "Who reviews this?",
+                        "requestedSchema": {"type": "object", "properties": {"name": {"type": "string"}}},
+                    },
+                }
+            },
+        }
+    if status == "failed":
+        return {**base, "status": "failed", "error": {"code": -32603, "message": "the job broke"}}
+    return {**base, "status": status, "pollIntervalMs": 100}
 
 
 def handle(msg):
     method = msg.get("method")
     params = msg.get("params") or {}
+    if method == "server/discover" and MODERN:
+        return {
+            "resultType": "complete",
+            "supportedVersions": ["2026-07-28"],
+            "capabilities": {"tools": {}, "extensions": {"io.modelcontextprotocol/tasks": {}}},
+            "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "stateless-shapes", "version": "1"}},
+        }
     if method == "initialize":
         return {
             "protocolVersion": params.get("protocolVersion", "2025-11-25"),
@@ -134,7 +199,7 @@ def handle(msg):
         return {"tools": TOOLS}
     if method == "tools/call":
         return call(params)
-    if method in ("tasks/get", "tasks/cancel"):
+    if method in ("tasks/get", "tasks/cancel", "tasks/update"):
         return task(method, params)
     if method == "ping":
         return {}
