@@ -426,17 +426,7 @@ fn http_round_trip(hec: bool) {
         log.shutdown().await.expect("shutdown");
         let last = *seqs.iter().max().expect("max") + 1;
         let got = rx.lock().await.got.clone();
-        let end = Instant::now() + Duration::from_secs(60);
-        loop {
-            let have: BTreeSet<u64> = decode(&got.lock().expect("lock").bodies, hec, secret)
-                .iter()
-                .map(|g| g.1)
-                .collect();
-            if (0..=last).all(|s| have.contains(&s)) || Instant::now() > end {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for_seqs(&got, hec, secret, last).await;
         sinks.stop(Duration::from_secs(5)).await;
         rx.lock().await.stop();
         let bodies = std::mem::take(&mut got.lock().expect("lock").bodies);
@@ -444,6 +434,57 @@ fn http_round_trip(hec: bool) {
     });
     let items = decode(&got, hec, secret);
     check_delivery(&items, last);
+}
+
+/// `audit witness-import --out WITNESS STORED`, which must succeed (`what` names the case).
+fn import_witness(stored: &Path, witness: &Path, what: &str) {
+    let imported = Command::new(bin())
+        .args(["audit", "witness-import", "--out"])
+        .arg(witness)
+        .arg(stored)
+        .output()
+        .expect("witness-import");
+    assert!(
+        imported.status.success(),
+        "{what}: {}",
+        String::from_utf8_lossy(&imported.stderr)
+    );
+}
+
+/// `audit verify` of the log in `dir` with its first public key and `witness`.
+fn verify_with_witness(dir: &Path, witness: &Path) -> Out {
+    let pk = portcullis::audit::keys::pub_path(&dir.join("signing.key"));
+    portcullis(
+        &[
+            "audit",
+            "verify",
+            "--pubkey",
+            &pk.display().to_string(),
+            "--witness",
+            &witness.display().to_string(),
+        ],
+        dir,
+    )
+}
+
+/// Waits (at most a minute) until the receiver has every seq up to `last`.
+async fn wait_for_seqs(
+    got: &Arc<Mutex<audit_support::receiver::Received>>,
+    hec: bool,
+    secret: &str,
+    last: u64,
+) {
+    let end = Instant::now() + Duration::from_secs(60);
+    loop {
+        let have: BTreeSet<u64> = decode(&got.lock().expect("lock").bodies, hec, secret)
+            .iter()
+            .map(|g| g.1)
+            .collect();
+        if (0..=last).all(|s| have.contains(&s)) || Instant::now() > end {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Checks auth on every request and returns `(log_id, seq, record)` of every event received.
@@ -551,31 +592,8 @@ fn what_rsyslog_stored_is_a_witness_that_finds_a_cut_tail() {
         );
         rs.stop();
         let witness = tmp.path().join("witness.jsonl");
-        let imported = std::process::Command::new(bin())
-            .args(["audit", "witness-import", "--out"])
-            .arg(&witness)
-            .arg(&out)
-            .output()
-            .expect("witness-import");
-        assert!(
-            imported.status.success(),
-            "{format:?}: {}",
-            String::from_utf8_lossy(&imported.stderr)
-        );
-        let pk = portcullis::audit::keys::pub_path(&dir.join("signing.key"));
-        let verify = |dir: &Path| {
-            portcullis(
-                &[
-                    "audit",
-                    "verify",
-                    "--pubkey",
-                    &pk.display().to_string(),
-                    "--witness",
-                    &witness.display().to_string(),
-                ],
-                dir,
-            )
-        };
+        import_witness(&out, &witness, &format!("{format:?}"));
+        let verify = |dir: &Path| verify_with_witness(dir, &witness);
         let ok = verify(&dir);
         assert_eq!(ok.code, 0, "{format:?}: {}{}", ok.stdout, ok.stderr);
         let seg = segment(&dir, 1);
@@ -590,6 +608,97 @@ fn what_rsyslog_stored_is_a_witness_that_finds_a_cut_tail() {
         assert!(
             cut.stderr.contains("lacks the seal"),
             "{format:?}: {}",
+            cut.stderr
+        );
+    }
+}
+
+/// Splunk as a witness: the events that reached the HEC endpoint, stored as a HEC-compatible
+/// collector stores them (one `{"time", "event"}` per line) and as Splunk's search export gives
+/// them back (`{"result": {"_raw": "<record>"}}` per line), become witness files with
+/// `audit witness-import`, and `audit verify --witness` finds a cut tail with either.
+#[test]
+fn what_splunk_hec_received_is_a_witness_that_finds_a_cut_tail() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let secret_file = tmp.path().join("secret");
+    let secret = "hec-witness-token-value-456";
+    std::fs::write(&secret_file, secret).expect("secret");
+    let dir = tmp.path().join("log");
+    let mut cfg = config(&dir);
+    cfg.key_epoch = Some(Duration::from_secs(1));
+    let bodies = rt().block_on(async {
+        let mut rx = Receiver {
+            port: 0,
+            got: Arc::default(),
+            task: None,
+        };
+        rx.start().await;
+        let sink = AuditSink {
+            name: "splunk".into(),
+            kind: SinkKind::Http {
+                url: format!("http://127.0.0.1:{}/services/collector/event", rx.port),
+                auth: HttpSinkAuth::HecToken(SecretRef::File(secret_file.clone())),
+                ca_file: None,
+            },
+            witness: false,
+        };
+        let log = AuditLog::open(&cfg, None).expect("open");
+        let sinks = Sinks::start(&dir, &[sink], opts()).expect("sinks");
+        let seqs = append_stream(&log, 200, || {
+            std::thread::sleep(Duration::from_millis(1200))
+        })
+        .await;
+        log.shutdown().await.expect("shutdown");
+        // Everything up to the final checkpoint (written at shutdown) reaches the receiver.
+        let last = seqs.last().copied().unwrap_or(0) + 1;
+        wait_for_seqs(&rx.got, true, secret, last).await;
+        sinks.stop(Duration::from_secs(5)).await;
+        rx.stop();
+        let bodies = std::mem::take(&mut rx.got.lock().expect("lock").bodies);
+        bodies
+    });
+    let records: Vec<String> = decode(&bodies, true, secret)
+        .into_iter()
+        .map(|(_, _, r)| r)
+        .collect();
+    assert!(
+        records.iter().any(|r| r.contains("\"key_rotation\"")),
+        "no key rotation reached the receiver"
+    );
+    let collector: String = records
+        .iter()
+        .map(|r| format!("{{\"time\":1,\"event\":{r}}}\n"))
+        .collect();
+    let export: String = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let line = serde_json::json!({"preview": false, "offset": i, "result": {"_raw": r, "_time": "2026-12-06T00:00:00.000+00:00"}});
+            format!("{line}\n")
+        })
+        .collect();
+    let mut witnesses = Vec::new();
+    for (name, text) in [("collector", collector), ("export", export)] {
+        let stored = tmp.path().join(format!("{name}.jsonl"));
+        std::fs::write(&stored, text).expect("stored");
+        let witness = tmp.path().join(format!("{name}.witness"));
+        import_witness(&stored, &witness, name);
+        witnesses.push((name, witness));
+    }
+    let verify = |witness: &Path| verify_with_witness(&dir, witness);
+    for (name, w) in &witnesses {
+        let ok = verify(w);
+        assert_eq!(ok.code, 0, "{name}: {}{}", ok.stdout, ok.stderr);
+    }
+    let seg = segment(&dir, 1);
+    let all = lines(&seg);
+    write_lines(&seg, &all[..all.len() - 60]);
+    for (name, w) in &witnesses {
+        let cut = verify(w);
+        assert_eq!(cut.code, 1, "{name}: cut tail not found: {}", cut.stdout);
+        assert!(
+            cut.stderr.contains("lacks the seal"),
+            "{name}: {}",
             cut.stderr
         );
     }

@@ -189,8 +189,9 @@ fn human(d: std::time::Duration) -> String {
 }
 
 /// Seals found in what a receiver stored: an rsyslog file (RFC 5424 lines whose body is a
-/// record, or CEF with the seal in `flexString1`), Splunk HEC exports (`{"event": record}` per
-/// line), or plain records. Returns them sorted by log and seq, duplicates dropped, and how many
+/// record, or CEF with the seal in `flexString1`), HEC events as a collector stores them
+/// (`{"event": record}` per line), Splunk search exports (`{"result": {"_raw": "..."}}` per
+/// line, `_raw` being any of these), or plain records. Returns them sorted by log and seq, duplicates dropped, and how many
 /// lines held no seal.
 pub fn import(text: &str) -> (Vec<Seal>, usize) {
     let mut seals: BTreeMap<(String, u64), Seal> = BTreeMap::new();
@@ -217,6 +218,11 @@ fn seal_in_line(line: &str) -> Option<Seal> {
         let Ok(v) = serde_json::from_str::<Value>(&line[i..]) else {
             continue;
         };
+        // Splunk's search export wraps what was indexed as a string (`result._raw`), which may
+        // itself be a syslog line: read it like any other line (it is shorter, so this ends).
+        if let Some(raw) = v.pointer("/result/_raw").and_then(Value::as_str) {
+            return seal_in_line(raw);
+        }
         let record = match v.get("event") {
             Some(e) if e.is_object() => e.clone(),
             _ => v,
@@ -257,11 +263,14 @@ mod tests {
             r#"<134>1 2026-01-01T00:00:00.000Z host portcullis 1 checkpoint [portcullis@32473 log_id="L" seq="5"] {SEAL}"#
         );
         let hec = format!(r#"{{"time":1,"event":{SEAL}}}"#);
+        let export = serde_json::json!({"preview": false, "result": {"_raw": SEAL, "_time": "1"}})
+            .to_string();
+        let export_of_syslog = serde_json::json!({"result": {"_raw": syslog}}).to_string();
         let cef = format!(
             "CEF:0|Portcullis|portcullis|0.1.0|checkpoint|checkpoint|3|externalId=L:5 flexString1Label=seal flexString1={}",
             SEAL.replace('=', "\\=")
         );
-        for l in [syslog, hec, cef, SEAL.to_owned()] {
+        for l in [syslog, hec, cef, export, export_of_syslog, SEAL.to_owned()] {
             let s = seal_in_line(&l).unwrap_or_else(|| panic!("{l}"));
             assert_eq!((s.log_id.as_str(), s.seq), ("L", 5));
             assert_eq!(s.line, SEAL.as_bytes());
