@@ -205,15 +205,17 @@ pub fn render(r: &Report) -> String {
     s.push_str("</div><h2>Verification</h2>");
     verification_table(&mut s, r);
 
-    s.push_str("<h2>Calls</h2>");
+    s.push_str("<h2>Calls</h2><p class=\"muted\">per client</p>");
     s.push_str(&svg::bars(
         "calls per client",
         &counts_vec(&a.calls_by_client),
     ));
+    s.push_str("<p class=\"muted\">per server</p>");
     s.push_str(&svg::bars(
         "calls per server",
         &counts_vec(&a.calls_by_server),
     ));
+    s.push_str("<p class=\"muted\">per tool (server/tool)</p>");
     s.push_str(&svg::bars(
         "calls per tool (server/tool)",
         &counts_vec(&a.calls_by_tool),
