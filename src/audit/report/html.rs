@@ -339,7 +339,7 @@ pub fn render(r: &Report) -> String {
 
     s.push_str("<h2>Slowest and failing tools</h2>");
     let mut tools: Vec<(&String, &super::collect::ToolStats)> = a.tools.iter().collect();
-    tools.sort_by(|x, y| (y.1.errors, y.1.latency_p95_us).cmp(&(x.1.errors, x.1.latency_p95_us)));
+    tools.sort_by_key(|t| std::cmp::Reverse((t.1.errors, t.1.latency_p95_us)));
     head(
         &mut s,
         &[
