@@ -15,12 +15,19 @@ impl Checker<'_> {
         let endpoint = match &t.endpoint {
             Some(e) => {
                 let url = e.get_ref().trim().to_owned();
-                if !(url.starts_with("http://") || url.starts_with("https://"))
-                    || url.parse::<http::Uri>().is_err()
-                {
+                if url.starts_with("https://") {
+                    // No TLS stack is built into the exporters (the gateway's rustls is set up
+                    // for servers, not for a collector): refuse rather than fail every export.
                     self.error(
                         e.span().start,
-                        format!("telemetry `endpoint` \"{url}\" is not an http:// or https:// URL, like \"http://127.0.0.1:4318\""),
+                        format!("telemetry `endpoint` \"{url}\": https is not supported; export to a collector on http:// (an OpenTelemetry Collector sidecar can forward over TLS)"),
+                    );
+                    return None;
+                }
+                if !url.starts_with("http://") || url.parse::<http::Uri>().is_err() {
+                    self.error(
+                        e.span().start,
+                        format!("telemetry `endpoint` \"{url}\" is not an http:// URL, like \"http://127.0.0.1:4318\""),
                     );
                     return None;
                 }
@@ -115,5 +122,56 @@ impl Checker<'_> {
             timeout,
             queue,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::policy::model::{HeaderValue, OtlpProtocol, SecretRef};
+    use crate::policy::parse;
+
+    fn errors(src: &str) -> String {
+        match parse(src, "p.toml") {
+            Ok(p) => panic!("accepted: {:?}", p.telemetry),
+            Err(e) => e
+                .diagnostics()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("\n"),
+        }
+    }
+
+    #[test]
+    fn telemetry_is_read_with_secret_headers_and_bad_values_are_located() {
+        let p = parse(
+            "[telemetry]\nendpoint = \"http://127.0.0.1:4317\"\nprotocol = \"grpc\"\nheaders = { Authorization = \"env:OTLP_AUTH\", x-tenant = \"team-a\" }\nsampling = 0.25\n",
+            "p.toml",
+        )
+        .unwrap();
+        let t = p.telemetry.unwrap();
+        assert_eq!(t.protocol, OtlpProtocol::Grpc);
+        assert_eq!(t.sampling, 0.25);
+        assert_eq!(t.service_name, "portcullis");
+        assert!(t.headers.contains(&(
+            "Authorization".into(),
+            HeaderValue::Secret(SecretRef::Env("OTLP_AUTH".into()))
+        )));
+        assert!(t
+            .headers
+            .contains(&("x-tenant".into(), HeaderValue::Literal("team-a".into()))));
+        assert!(parse("", "p.toml").unwrap().telemetry.is_none());
+        let e = errors("[telemetry]\nendpoint = \"http://c:4318\"\nsampling = 2.0\n");
+        assert!(e.contains("p.toml:3") && e.contains("0.0 to 1.0"), "{e}");
+        let e = errors("[telemetry]\nendpoint = \"https://cloud.langfuse.com/api/public/otel\"\n");
+        assert!(e.contains("https is not supported"), "{e}");
+        let e = errors("[telemetry]\nendpoint = \"http://c:4318\"\nprotocol = \"udp\"\n");
+        assert!(e.contains("unknown telemetry protocol"), "{e}");
+        let e = errors("[telemetry]\nsampling = 1.0\n");
+        assert!(e.contains("needs `endpoint`"), "{e}");
+        let e = errors(
+            "[telemetry]\nendpoint = \"http://c:4318\"\nheaders = { A = \"env:not a name\" }\n",
+        );
+        assert!(e.contains("telemetry header `A`"), "{e}");
     }
 }
