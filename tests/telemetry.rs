@@ -23,6 +23,8 @@ const PARENT: &str = "b7ad6b7169203331";
 const COLLECTOR_TOKEN: &str = "Bearer otlp-collector-secret-5fK2";
 const SERVER_SECRET: &str = "server-secret-value-Zq81";
 const ARGUMENT: &str = "argument-marker-7Hx3";
+const HEADER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const HEADER_PARENT: &str = "00f067aa0ba902b7";
 
 #[derive(Default)]
 struct Received {
@@ -136,6 +138,20 @@ async fn spans_continue_the_callers_trace_to_the_server_without_arguments_or_sec
         )
         .await;
     assert_eq!(tool_text(&r), ARGUMENT);
+    // A client that sends the trace as HTTP headers rather than in `_meta`.
+    let body = json!({"jsonrpc": "2.0", "id": 99, "method": "tools/call",
+                      "params": {"name": "echo", "arguments": {"text": "by header"}}});
+    let header_tp = format!("00-{HEADER_TRACE}-{HEADER_PARENT}-01");
+    let r = c
+        .post_with(
+            &body.to_string(),
+            &[
+                ("traceparent", header_tp.as_str()),
+                ("mcp-protocol-version", LATEST),
+            ],
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     // The server holds a secret and answers with it (the gateway redacts the echo): it goes
     // through the gateway, and must reach no span.
     let env = c.call_tool("env_get", json!({"name": "API_KEY"})).await;
@@ -197,6 +213,22 @@ async fn spans_continue_the_callers_trace_to_the_server_without_arguments_or_sec
         hex::encode(&upstream.span_id)
     );
     gw.wait_for_log(&expected, 1, Duration::from_secs(10));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let found = got.lock().unwrap().spans.iter().any(|s| {
+            hex::encode(&s.trace_id) == HEADER_TRACE
+                && s.name == "mcp tools/call"
+                && hex::encode(&s.parent_span_id) == HEADER_PARENT
+        });
+        if found {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the traceparent header was not followed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // Nothing the caller sent as arguments, and no secret, in any exported byte.
     let g = got.lock().unwrap();
     let bytes = &g.bodies;
