@@ -33,11 +33,41 @@ struct Received {
     authorization: Vec<String>,
 }
 
-/// An OTLP/HTTP collector on loopback that keeps what it receives.
-async fn collector() -> (String, Arc<Mutex<Received>>) {
+/// Reads one export request (`path` checked, the protobuf after `skip` framing bytes) into
+/// `got`.
+async fn receive(
+    got: &Mutex<Received>,
+    req: hyper::Request<hyper::body::Incoming>,
+    path: &str,
+    skip: usize,
+) {
+    assert_eq!(req.uri().path(), path);
+    let auth = req
+        .headers()
+        .get("authorization")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = req.into_body().collect().await.unwrap().to_bytes();
+    let export = ExportTraceServiceRequest::decode(&body[skip..]).unwrap();
+    let mut g = got.lock().unwrap();
+    g.bodies.extend_from_slice(&body);
+    g.authorization.extend(auth);
+    for rs in export.resource_spans {
+        for ss in rs.scope_spans {
+            g.spans.extend(ss.spans);
+        }
+    }
+}
+
+/// A loopback listener, its URL, and where a collector keeps what it receives.
+async fn listening() -> (tokio::net::TcpListener, String, Arc<Mutex<Received>>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let got = Arc::new(Mutex::new(Received::default()));
+    (listener, url, Arc::new(Mutex::new(Received::default())))
+}
+
+/// An OTLP/HTTP collector on loopback that keeps what it receives.
+async fn collector() -> (String, Arc<Mutex<Received>>) {
+    let (listener, url, got) = listening().await;
     let keep = got.clone();
     tokio::spawn(async move {
         loop {
@@ -50,21 +80,7 @@ async fn collector() -> (String, Arc<Mutex<Received>>) {
                     move |req: hyper::Request<hyper::body::Incoming>| {
                         let got = got.clone();
                         async move {
-                            assert_eq!(req.uri().path(), "/v1/traces");
-                            let auth = req
-                                .headers()
-                                .get("authorization")
-                                .map(|v| v.to_str().unwrap().to_owned());
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            let export = ExportTraceServiceRequest::decode(body.as_ref()).unwrap();
-                            let mut g = got.lock().unwrap();
-                            g.bodies.extend_from_slice(&body);
-                            g.authorization.extend(auth);
-                            for rs in export.resource_spans {
-                                for ss in rs.scope_spans {
-                                    g.spans.extend(ss.spans);
-                                }
-                            }
+                            receive(&got, req, "/v1/traces", 0).await;
                             Ok::<_, std::convert::Infallible>(
                                 hyper::Response::builder()
                                     .header("content-type", "application/x-protobuf")
@@ -115,8 +131,12 @@ secrets = {{ API_KEY = "env:TELEMETRY_TEST_SECRET" }}
 }
 
 fn start(endpoint: &str) -> Gateway {
+    start_policy(&policy(endpoint))
+}
+
+fn start_policy(policy: &str) -> Gateway {
     Gateway::start_with(
-        &policy(endpoint),
+        policy,
         &[
             ("TELEMETRY_TEST_TOKEN", COLLECTOR_TOKEN),
             ("TELEMETRY_TEST_SECRET", SERVER_SECRET),
@@ -311,5 +331,99 @@ command = "{fixture}"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// A gRPC OTLP collector (h2c on loopback) written against the wire format: a 5-byte frame
+/// header and the protobuf, answered with an empty message and `grpc-status: 0`.
+async fn grpc_collector() -> (String, Arc<Mutex<Received>>) {
+    use http_body_util::StreamBody;
+    use hyper::body::Frame;
+    let (listener, url, got) = listening().await;
+    let keep = got.clone();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let got = keep.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let got = got.clone();
+                        async move {
+                            // gRPC framing: a compressed flag (0) and a 4-byte length first.
+                            receive(
+                                &got,
+                                req,
+                                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
+                                5,
+                            )
+                            .await;
+                            let mut trailers = http::HeaderMap::new();
+                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                            let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
+                                Ok(Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                                Ok(Frame::trailers(trailers)),
+                            ];
+                            Ok::<_, std::convert::Infallible>(
+                                hyper::Response::builder()
+                                    .header("content-type", "application/grpc")
+                                    .body(StreamBody::new(futures_util::stream::iter(frames)))
+                                    .unwrap(),
+                            )
+                        }
+                    },
+                );
+                let _ =
+                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+            });
+        }
+    });
+    (url, got)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_reach_a_grpc_collector() {
+    let (url, got) = grpc_collector().await;
+    let gw = start_policy(
+        &policy(&url).replace("timeout = \"1s\"", "timeout = \"1s\"\nprotocol = \"grpc\""),
+    );
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    let r = c
+        .request(
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": ARGUMENT},
+                   "_meta": {"traceparent": format!("00-{TRACE}-{PARENT}-01")}}),
+        )
+        .await;
+    assert_eq!(tool_text(&r), ARGUMENT);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let done = {
+            let g = got.lock().unwrap();
+            let found = g
+                .spans
+                .iter()
+                .find(|s| s.name == "mcp tools/call" && hex::encode(&s.trace_id) == TRACE);
+            if let Some(s) = found {
+                assert_eq!(hex::encode(&s.parent_span_id), PARENT);
+                assert_eq!(attr(s, "mcp.tool.name").as_deref(), Some("echo"));
+                assert!(
+                    g.authorization.iter().all(|a| a == COLLECTOR_TOKEN)
+                        && !g.authorization.is_empty()
+                );
+                assert!(!g
+                    .bodies
+                    .windows(ARGUMENT.len())
+                    .any(|w| w == ARGUMENT.as_bytes()));
+            }
+            found.is_some()
+        };
+        if done {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no span over gRPC");
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
