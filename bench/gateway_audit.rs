@@ -1,7 +1,9 @@
 //! Calls per second through the real gateway, same run, against our fixture server (process
 //! runtime): the audit log off (baseline), on with fsync = group (the default) and = always, and
-//! access control on (bearer token + per-client tool rules + rate limits, audit off). The
-//! figures that matter are the ratios to the baseline: what each layer costs per call.
+//! access control on (bearer token + per-client tool rules + rate limits, audit off), and trace
+//! export ([telemetry], audit off) to a collector that is down (a closed port) or that accepts
+//! and never answers. The figures that matter are the ratios to the baseline: what each layer
+//! costs per call.
 //!
 //!   cargo bench --bench gateway_audit        (AUDIT_BENCH_CALLS=4000, AUDIT_BENCH_CONCURRENCY=32)
 
@@ -106,6 +108,24 @@ async fn main() {
         )
     };
     let off = "enabled = false".to_owned();
+    // A closed port, and a listener that accepts and never answers (kept open for the run).
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let silent_addr = silent.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let telemetry = |addr: std::net::SocketAddr| {
+        format!("\n[telemetry]\nendpoint = \"http://{addr}\"\ntimeout = \"1s\"\n")
+    };
     for (name, audit, extra, auth) in [
         ("audit off (baseline)", off.clone(), String::new(), false),
         (
@@ -121,6 +141,18 @@ async fn main() {
             false,
         ),
         ("auth+rules+limits", off.clone(), access.clone(), true),
+        (
+            "traces, dead collector",
+            off.clone(),
+            telemetry(dead),
+            false,
+        ),
+        (
+            "traces, silent collector",
+            off.clone(),
+            telemetry(silent_addr),
+            false,
+        ),
     ] {
         let gw = Gateway::start(&policy(&audit, &extra));
         let _ = run(&gw, 200, conc, auth).await; // warm-up

@@ -24,4 +24,5 @@ pub mod reload;
 pub mod router;
 pub mod sandbox;
 pub mod secrets;
+pub mod telemetry;
 pub mod upstream;

@@ -66,6 +66,7 @@ pub struct Metrics {
     calls: Family<AtomicU64>,
     call_seconds: Family<Histogram>,
     refusals: Family<AtomicU64>,
+    telemetry_spans: Family<AtomicU64>,
     upstream_starts: Family<AtomicU64>,
     upstream_up: Family<AtomicI64>,
     sessions: Family<AtomicI64>,
@@ -95,6 +96,7 @@ pub fn global() -> &'static Metrics {
         calls: family("Calls forwarded to servers, by server, tool and outcome."),
         call_seconds: family("Latency of calls forwarded to servers, as seen by the gateway."),
         refusals: family("Requests refused by the gateway, by reason (unauthenticated, forbidden, rate_limited, busy)."),
+        telemetry_spans: family("Trace spans by what became of them: exported, dropped_queue_full (the export queue was full), export_failed, export_timeout (the collector was down or slow; never a call's failure)."),
         upstream_starts: family("Server instances started (processes or containers)."),
         upstream_up: family("Whether a shared server instance is up (1) or not (0)."),
         sessions: family("Open client sessions."),
@@ -159,6 +161,14 @@ impl Metrics {
         self.refusals
             .get(vec![("reason", reason.to_owned())])
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `n` trace spans that ended as `result` (exported, dropped_queue_full, export_failed,
+    /// export_timeout).
+    pub fn telemetry_spans(&self, result: &'static str, n: u64) {
+        self.telemetry_spans
+            .get(vec![("result", result.to_owned())])
+            .fetch_add(n, Ordering::Relaxed);
     }
 
     pub fn upstream_started(&self, server: &str) {
@@ -326,6 +336,11 @@ impl Metrics {
             &self.call_seconds,
         );
         counter(&mut o, "portcullis_refusals_total", &self.refusals);
+        counter(
+            &mut o,
+            "portcullis_telemetry_spans_total",
+            &self.telemetry_spans,
+        );
         counter(
             &mut o,
             "portcullis_upstream_starts_total",

@@ -107,6 +107,7 @@ pub mod merkle;
 pub mod prove;
 pub mod record;
 mod recover;
+pub mod report;
 pub mod retention;
 pub mod segment;
 pub mod sinks;

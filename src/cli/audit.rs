@@ -1,4 +1,4 @@
-//! `portcullis audit keygen|verify|tail|prove|verify-proof|export`.
+//! `portcullis audit keygen|verify|tail|prove|verify-proof|export|report`.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::{Subcommand, ValueEnum};
 use serde_json::Value;
 
-use crate::audit::{export, keys, prove, segment, verify, writer::GENERATED_KEY_FILE};
+use crate::audit::{export, keys, prove, report, segment, verify};
 
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
@@ -88,6 +88,36 @@ pub enum AuditCommand {
         format: ExportFormat,
         dir: PathBuf,
     },
+    /// A compliance report: verification (as `audit verify`), calls per client, server and tool
+    /// over time, refusals by reason, egress denials, policy reloads, slowest and failing tools.
+    /// HTML is one self-contained page (no script, no external assets). Exits 1 when the log
+    /// fails verification (the report is still written, and says so first).
+    Report {
+        /// Start of the window (RFC 3339, e.g. 2026-12-01T00:00:00Z); default: the first record.
+        #[arg(long, value_name = "TIME")]
+        from: Option<String>,
+        /// End of the window (exclusive); default: after the last record.
+        #[arg(long, value_name = "TIME")]
+        to: Option<String>,
+        /// Where to write the report; default: standard output.
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, value_enum, default_value_t = ReportFormat::Html)]
+        format: ReportFormat,
+        /// As for `audit verify`: the auditor's copy of the log's first public key.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// As for `audit verify`; may be given several times.
+        #[arg(long)]
+        witness: Vec<PathBuf>,
+        dir: PathBuf,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ReportFormat {
+    Html,
+    Json,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -161,6 +191,23 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
             },
             Err(e) => fail(&e),
         },
+        AuditCommand::Report {
+            from,
+            to,
+            out,
+            format,
+            pubkey,
+            witness,
+            dir,
+        } => super::audit_report::run(
+            &dir,
+            from.as_deref(),
+            to.as_deref(),
+            out.as_deref(),
+            format,
+            pubkey.as_deref(),
+            &witness,
+        ),
         AuditCommand::VerifyProof { pubkey, proof } => verify_proof(pubkey.as_deref(), &proof),
         AuditCommand::Export {
             from,
@@ -211,26 +258,18 @@ fn verify_cmd(
     witnesses: &[PathBuf],
     until: Option<(u64, String)>,
 ) -> ExitCode {
-    let key = match pubkey {
-        Some(p) => match keys::read_verifying(p) {
-            Ok(k) => Some(k),
-            Err(e) => {
-                eprintln!("error: {e}");
-                return ExitCode::from(2);
+    let key = match report::verifying_key(pubkey, dir) {
+        Ok((k, source)) => {
+            match &source {
+                report::KeySource::Given(_) => {}
+                report::KeySource::LogDir(p) => eprintln!("warning: using {} from the log directory itself; whoever can rewrite the log can replace it too, so pass --pubkey with a copy kept elsewhere", p.display()),
+                report::KeySource::Missing(p) => eprintln!("warning: no --pubkey and no {}: checkpoint signatures are NOT checked (chain and Merkle roots are)", p.display()),
             }
-        },
-        None => {
-            let p = keys::pub_path(&dir.join(GENERATED_KEY_FILE));
-            match keys::read_verifying(&p) {
-                Ok(k) => {
-                    eprintln!("warning: using {} from the log directory itself; whoever can rewrite the log can replace it too, so pass --pubkey with a copy kept elsewhere", p.display());
-                    Some(k)
-                }
-                Err(_) => {
-                    eprintln!("warning: no --pubkey and no {}: checkpoint signatures are NOT checked (chain and Merkle roots are)", p.display());
-                    None
-                }
-            }
+            k
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
         }
     };
     match verify::verify_dir(dir, key.as_ref()) {
@@ -476,13 +515,13 @@ fn tail(dir: &Path, follow: bool, filter: &Filter, n: usize) -> ExitCode {
     }
 }
 
-fn out(s: &str) {
+pub(super) fn out(s: &str) {
     let mut o = std::io::stdout().lock();
     let _ = o.write_all(s.as_bytes());
     let _ = o.flush();
 }
 
-fn fail(msg: &str) -> ExitCode {
+pub(super) fn fail(msg: &str) -> ExitCode {
     eprintln!("error: {msg}");
     ExitCode::FAILURE
 }

@@ -1,6 +1,7 @@
 //! The command line: argument parsing and the commands themselves, at the binary's edge.
 
 pub mod audit;
+mod audit_report;
 pub mod client_config;
 pub mod container_listener;
 pub mod doctor;

@@ -92,6 +92,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             "{why} (in a container whose port is published only on the host's loopback, add --published-on-host-loopback)"
         ),
     };
+    if let Some(t) = &policy.telemetry {
+        crate::telemetry::init(t).context("starting trace export ([telemetry])")?;
+        tracing::info!(endpoint = %t.endpoint, sampling = t.sampling, "trace spans are exported over OTLP");
+    }
     let audit_log = open_audit(&policy).await?;
     let trail = AuditTrail::new(audit_log.clone());
     trail.set_policy_serial(serial);

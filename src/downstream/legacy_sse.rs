@@ -188,7 +188,7 @@ async fn handle(shared: &Arc<Shared>, session: &Arc<Session>, message: Message) 
             };
             // Answered on the stream, so the call runs on its own: a slow tool must not hold
             // the POST (or the next message) up.
-            super::streamable::answer_on(shared, session, req, admission, out.clone(), false);
+            super::streamable::answer_on(shared, session, req, admission, out.clone(), false, None);
         }
         Message::Notification(n) => {
             if session.initialized.load(Ordering::Acquire) {

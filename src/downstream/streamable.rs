@@ -291,11 +291,11 @@ async fn post<B: RequestBody>(
                 Err(refused) => return answer_reply(refused),
             };
             if acc.sse && streams(&req.method) {
-                stream_request(shared, &session, req, admission).await
+                stream_request(shared, &session, req, admission, headers).await
             } else {
                 let out = shared
                     .router
-                    .handle_request(session.inbound(req), None, admission)
+                    .handle_request(inbound_of(&session, req, Some(headers)), None, admission)
                     .await;
                 answer_reply(out)
             }
@@ -381,12 +381,21 @@ async fn stream_request(
     session: &Arc<Session>,
     req: Request,
     admission: Option<Admission>,
+    headers: &HeaderMap,
 ) -> Reply {
     let stream = session.open_stream();
     let Some(reader) = stream.attach(None) else {
         return reply::status(StatusCode::INTERNAL_SERVER_ERROR);
     };
-    answer_on(shared, session, req, admission, stream.clone(), true);
+    answer_on(
+        shared,
+        session,
+        req,
+        admission,
+        stream.clone(),
+        true,
+        Some(headers),
+    );
     stream.first_event(FIRST_EVENT_WAIT).await;
     reply::sse(event_stream::body(
         reader,
@@ -435,7 +444,7 @@ async fn batch(
                 }
                 shared
                     .router
-                    .handle_request(session.inbound(req), None, None)
+                    .handle_request(inbound_of(session, req, None), None, None)
             }),
             Ok(other) => deliver(shared, session, other).await,
             Err(e) => answers.push(e.to_response_bytes()),
@@ -555,9 +564,10 @@ pub(super) fn answer_on(
     admission: Option<Admission>,
     stream: Arc<super::event_stream::EventStream>,
     close: bool,
+    headers: Option<&HeaderMap>,
 ) {
     let router = shared.router.clone();
-    let inbound = session.inbound(req);
+    let inbound = inbound_of(session, req, headers);
     tokio::spawn(async move {
         let out = router
             .handle_request(
@@ -571,4 +581,18 @@ pub(super) fn answer_on(
             stream.close();
         }
     });
+}
+
+/// The router's request model of `req` on `session`; a W3C `traceparent` in the POST's headers
+/// counts when the request's `_meta` names none.
+fn inbound_of(
+    session: &Session,
+    req: Request,
+    headers: Option<&HeaderMap>,
+) -> crate::router::Inbound {
+    let mut inbound = session.inbound(req);
+    if let Some(h) = headers {
+        inbound.context.trace.or_headers(h);
+    }
+    inbound
 }

@@ -122,6 +122,26 @@ impl TraceContext {
     }
 }
 
+impl TraceContext {
+    /// Takes `traceparent` and `tracestate` from HTTP request headers when `_meta` named no
+    /// trace (the request's own `_meta` wins: it travels with the message).
+    pub fn or_headers(&mut self, headers: &http::HeaderMap) {
+        if self.traceparent.is_some() {
+            return;
+        }
+        let get = |k: &str| {
+            headers
+                .get(k)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        };
+        self.traceparent = get(meta::TRACEPARENT);
+        if self.traceparent.is_some() {
+            self.tracestate = get(meta::TRACESTATE);
+        }
+    }
+}
+
 /// Everything about a request besides its method and parameters.
 #[derive(Debug, Clone)]
 pub struct RequestContext {

@@ -21,6 +21,7 @@ mod validate_egress;
 mod validate_guard;
 mod validate_oauth;
 mod validate_openapi;
+mod validate_telemetry;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use glob::glob_match;

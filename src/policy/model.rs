@@ -27,6 +27,39 @@ pub struct Policy {
     /// How clients prove who they are beyond static tokens (JWT), and what the gateway
     /// advertises about it.
     pub auth: Auth,
+    /// OpenTelemetry trace export (`[telemetry]`); `None`: no spans are made.
+    pub telemetry: Option<Telemetry>,
+}
+
+/// `[telemetry]`: where and how the gateway exports its trace spans (OTLP).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Telemetry {
+    /// The collector's base URL (`http://host:4318` for OTLP/HTTP, `http://host:4317` for gRPC);
+    /// for OTLP/HTTP `/v1/traces` is appended unless the URL already ends with it.
+    pub endpoint: String,
+    pub protocol: OtlpProtocol,
+    /// Request headers (OTLP/HTTP) or metadata (gRPC), e.g. `Authorization`.
+    pub headers: Vec<(String, HeaderValue)>,
+    /// Share of new traces kept, 0.0 to 1.0; a caller's sampled flag is followed.
+    pub sampling: f64,
+    pub service_name: String,
+    /// Longest one export may take; a slower collector loses that batch, never a call.
+    pub timeout: Duration,
+    /// Spans waiting for export at most; more are dropped (and counted).
+    pub queue: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OtlpProtocol {
+    HttpProtobuf,
+    Grpc,
+}
+
+/// A header value: written in the policy, or a secret read at start-up.
+#[derive(Debug, Clone, PartialEq)]
+pub enum HeaderValue {
+    Literal(String),
+    Secret(SecretRef),
 }
 
 /// Client authentication settings besides per-client token hashes.

@@ -30,6 +30,20 @@ pub struct RawPolicy {
     pub auth: Option<RawAuth>,
     #[serde(default, deserialize_with = "in_audit")]
     pub audit: Option<RawAudit>,
+    #[serde(default, deserialize_with = "in_telemetry")]
+    pub telemetry: Option<RawTelemetry>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTelemetry {
+    pub endpoint: Option<Str>,
+    pub protocol: Option<Str>,
+    pub headers: Option<Spanned<BTreeMap<String, Str>>>,
+    pub sampling: Option<Spanned<f64>>,
+    pub service_name: Option<Str>,
+    pub timeout: Option<Spanned<Value>>,
+    pub queue: Option<Spanned<u64>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -345,6 +359,7 @@ in_table!(in_egress_settings, "egress", Option<RawEgressSettings>);
 in_table!(in_servers, "servers", Named<RawServer>);
 in_table!(in_clients, "clients", Named<RawClient>);
 in_table!(in_audit, "audit", Option<RawAudit>);
+in_table!(in_telemetry, "telemetry", Option<RawTelemetry>);
 in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
 in_table!(in_witness, "witness", Option<Vec<RawWitness>>);
 in_table!(in_retention, "retention", Option<Spanned<RawRetention>>);

@@ -24,7 +24,20 @@ impl Router {
         admission: Option<Admission>,
     ) -> Answer {
         let id = inbound.request.id.clone();
-        match self.handle(inbound, related, admission).await {
+        let span = crate::telemetry::request(
+            &inbound.request.method,
+            &inbound.identity.client,
+            &inbound.context,
+        );
+        if admission.is_some() {
+            // The transport asked for the decision before the request was handled.
+            let _access = span_child(&span, "access", "allowed");
+        }
+        let handled = opentelemetry::context::FutureExt::with_context(
+            self.handle(inbound, related, admission),
+            span.context(),
+        );
+        let answer = match handled.await {
             Ok(result) => Answer::ok(
                 Message::Response(Response {
                     id,
@@ -33,7 +46,9 @@ impl Router {
                 .to_bytes(),
             ),
             Err(refused) => refused,
-        }
+        };
+        span.finish(answer.code);
+        answer
     }
 
     /// Handles one request: its result object, or its serialized error response.
@@ -90,7 +105,14 @@ impl Router {
         call: &Call,
     ) -> Result<Permit, Failure> {
         let target = call.target();
-        self.access.admit(identity, &target).map_err(|refused| {
+        let mut span = crate::telemetry::child("access");
+        let admitted = self.access.admit(identity, &target);
+        span.outcome(match &admitted {
+            Ok(_) => "allowed",
+            Err(Refused::Forbidden(_)) => "forbidden",
+            Err(Refused::Limited(_)) => "rate_limited",
+        });
+        admitted.map_err(|refused| {
             let (outcome, reason, failure) = match refused {
                 Refused::Forbidden(d) => (
                     Outcome::Error(ErrorCode::FORBIDDEN.0),
@@ -257,4 +279,16 @@ pub(super) fn object_params(params: Option<&RawValue>) -> Result<Map<String, Val
             )),
         },
     }
+}
+
+/// An already-ended child of `span` recording a decision taken before the request ran.
+fn span_child(
+    span: &crate::telemetry::RequestSpan,
+    name: &'static str,
+    outcome: &'static str,
+) -> crate::telemetry::Child {
+    let _in = span.context().attach();
+    let mut child = crate::telemetry::child(name);
+    child.outcome(outcome);
+    child
 }

@@ -214,6 +214,14 @@ impl Router {
             upstream_id,
             notify_server: true,
         };
+        crate::telemetry::annotate(server, permit.tool());
+        let mut upstream_span = crate::telemetry::child("upstream");
+        upstream_span.attribute("mcp.server", server.to_string());
+        if let Some(cx) = upstream_span.span_context() {
+            // The server's parent is the gateway's upstream span, in `_meta` (and, for HTTP
+            // servers, the `traceparent` header mirrored from it).
+            crate::telemetry::propagation::inject(&mut params, &cx);
+        }
         let caller = self.with_session_level(key, context);
         let call = up.call(
             upstream_id,
@@ -234,10 +242,12 @@ impl Router {
             call_record.image_digest = info.instance.image_digest.clone();
         }
         // Durable before the request leaves: a call that cannot be recorded does not run.
-        self.audit
-            .record(call_record.clone())
-            .await
-            .map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
+        let mut audit_span = crate::telemetry::child("audit");
+        audit_span.attribute("portcullis.audit.kind", "call".into());
+        let recorded = self.audit.record(call_record.clone()).await;
+        audit_span.outcome(if recorded.is_ok() { "ok" } else { "error" });
+        drop(audit_span);
+        recorded.map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
         let started = std::time::Instant::now();
         let limit = up.max_message_bytes();
         let mut too_large = None;
@@ -281,6 +291,8 @@ impl Router {
             Err(e) => (Err(e), Default::default()),
         };
         let latency = started.elapsed();
+        upstream_span.outcome(outcome_label);
+        drop(upstream_span);
         crate::metrics::global().call(server, tool_name.unwrap_or(method), outcome_label, latency);
         let (outcome, bytes_out) = match (&result, too_large) {
             (_, Some(size)) => (Outcome::TooLarge, size),
@@ -308,10 +320,12 @@ impl Router {
                 ErrorCode::MESSAGE_TOO_LARGE.0
             ));
         }
-        self.audit
-            .record(result_record)
-            .await
-            .map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
+        let mut audit_span = crate::telemetry::child("audit");
+        audit_span.attribute("portcullis.audit.kind", "result".into());
+        let recorded = self.audit.record(result_record).await;
+        audit_span.outcome(if recorded.is_ok() { "ok" } else { "error" });
+        drop(audit_span);
+        recorded.map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
         result
     }
 

@@ -9,6 +9,7 @@
 //!   FIXTURE_TOOL_COUNT=N         adds N trivial tools extra_0..extra_{N-1}
 //!   FIXTURE_RECONNECT_DELAY_MS   how long test_reconnection takes (default 500)
 //!   FIXTURE_REQUEST_TIMEOUT_MS   how long to wait for sampling/elicitation answers (default 60000)
+//!   FIXTURE_TRACE_STDERR=1       writes the `_meta.traceparent` of every tools/call (or `-`) to stderr
 
 mod catalog;
 mod net_probe;
@@ -274,6 +275,13 @@ impl Server {
             }
             "tools/call" => {
                 self.tool_calls.fetch_add(1, Ordering::SeqCst);
+                if std::env::var_os("FIXTURE_TRACE_STDERR").is_some() {
+                    let tp = params
+                        .pointer("/_meta/traceparent")
+                        .and_then(Value::as_str)
+                        .unwrap_or("-");
+                    eprintln!("fixture: traceparent {tp}");
+                }
                 tools::call(self, params, id, cancel).await
             }
             "resources/list" => Ok(json!({ "resources": catalog::resources() })),

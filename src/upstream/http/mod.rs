@@ -643,18 +643,20 @@ impl Remote {
         let with_session = mode == Mode::Streamable;
         let had_session = with_session && self.session.lock().is_ok_and(|s| s.is_some());
         let req = if mode == Mode::Modern {
-            self.build_modern(to, msg).await
+            self.build_modern(to, msg.clone()).await
         } else {
             self.build(
                 Method::POST,
                 to,
                 "application/json, text/event-stream",
-                Some(msg),
+                Some(msg.clone()),
                 with_session,
             )
             .await
         }
         .map_err(SendError::Connection)?;
+        let mut req = req;
+        crate::telemetry::propagation::mirror_headers(&msg, req.headers_mut());
         let resp = self.send(req, limit).await?;
         if resp.status() == StatusCode::NOT_FOUND && had_session {
             return Ok(Posted::SessionExpired);
