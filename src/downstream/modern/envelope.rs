@@ -239,7 +239,9 @@ pub fn decode(headers: &HeaderMap, req: &Request) -> Result<Decoded, Rejection> 
         // Progress tokens, trace context and anything else stay for the server.
         params.insert("_meta".into(), Value::Object(envelope));
     }
-    let trace = TraceContext::from_meta(params.get("_meta").and_then(Value::as_object));
+    let mut trace = TraceContext::from_meta(params.get("_meta").and_then(Value::as_object));
+    // As on the 2025 path: a W3C `traceparent` header counts when `_meta` names none.
+    trace.or_headers(headers);
     Ok(Decoded {
         id: req.id.clone(),
         method: req.method.clone(),
@@ -287,6 +289,23 @@ mod tests {
             "progressToken": 5,
             "traceparent": "00-0af7651916cd43dd8448eb211c80319c-00f067aa0ba902b7-01"
         })
+    }
+
+    #[test]
+    fn a_traceparent_header_counts_when_meta_names_none() {
+        const HEADER: &str = "00-11111111111111111111111111111111-2222222222222222-01";
+        let h = heads(&[
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", "tools/list"),
+            ("traceparent", HEADER),
+        ]);
+        let mut bare = envelope();
+        bare.as_object_mut().unwrap().remove("traceparent");
+        let d = decode(&h, &request("tools/list", json!({"_meta": bare}))).unwrap();
+        assert_eq!(d.context.trace.traceparent.as_deref(), Some(HEADER));
+        // The request's own `_meta` wins: it travels with the message.
+        let d = decode(&h, &request("tools/list", json!({"_meta": envelope()}))).unwrap();
+        assert_ne!(d.context.trace.traceparent.as_deref(), Some(HEADER));
     }
 
     #[test]
