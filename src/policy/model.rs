@@ -27,6 +27,8 @@ pub struct Policy {
     /// How clients prove who they are beyond static tokens (JWT), and what the gateway
     /// advertises about it.
     pub auth: Auth,
+    /// Where quotas are kept when several replicas share them (`[limits]`).
+    pub limits: super::fleet::SharedLimits,
 }
 
 /// Client authentication settings besides per-client token hashes.

@@ -30,6 +30,20 @@ pub struct RawPolicy {
     pub auth: Option<RawAuth>,
     #[serde(default, deserialize_with = "in_audit")]
     pub audit: Option<RawAudit>,
+    /// Gateway-wide quota settings (`[limits]`): where a fleet keeps its shared quotas.
+    #[serde(default, deserialize_with = "in_shared_limits")]
+    pub limits: Option<RawSharedLimits>,
+}
+
+/// `[limits]` at the top level (not a server's `limits`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSharedLimits {
+    pub store: Option<Str>,
+    pub password: Option<Str>,
+    pub on_store_error: Option<Str>,
+    pub replicas: Option<Spanned<u64>>,
+    pub store_timeout: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -350,6 +364,7 @@ in_table!(in_retention, "retention", Option<Spanned<RawRetention>>);
 in_table!(in_mounts, "mounts", Option<Spanned<Vec<RawMount>>>);
 in_table!(in_egress, "egress", Option<RawEgress>);
 in_table!(in_limits, "limits", Option<RawLimits>);
+in_table!(in_shared_limits, "limits", Option<RawSharedLimits>);
 in_table!(in_auth, "auth", Option<RawAuth>);
 in_table!(in_jwt, "jwt", Option<Spanned<RawJwt>>);
 in_table!(in_tls, "tls", Option<Spanned<RawTls>>);

@@ -130,6 +130,7 @@ pub fn validate(
     let auth = c.auth(raw.auth.unwrap_or_default());
     c.listener_safety(&gateway, &clients, &auth, listen_at);
     let audit = c.audit(raw.audit.unwrap_or_default());
+    let limits = c.shared_limits(raw.limits.unwrap_or_default());
     if gateway.require_image_digest {
         c.image_digests(&servers, &image_spans);
     }
@@ -144,6 +145,7 @@ pub fn validate(
         clients,
         auth,
         audit,
+        limits,
     })
 }
 

@@ -59,7 +59,7 @@ impl Router {
     /// lets the transport refuse with HTTP 403/429 rather than inside an already-started
     /// stream. The returned admission carries the resolved request and its permit to
     /// `handle_request`, so quotas are taken once and the request goes where it was decided.
-    pub fn admit(
+    pub async fn admit(
         &self,
         session: &str,
         identity: &Identity,
@@ -75,7 +75,7 @@ impl Router {
         else {
             return Ok(None);
         };
-        match self.authorize(identity, session, &call) {
+        match self.authorize(identity, session, &call).await {
             Ok(permit) => Ok(Some(Admission { call, permit })),
             Err(f) => Err(f.answer(&req.id)),
         }
@@ -83,32 +83,37 @@ impl Router {
 
     /// Asks the access decision and the quotas about `call`; a refusal is audited as `denied`
     /// with the method and the item (never the arguments).
-    fn authorize(
+    async fn authorize(
         &self,
         identity: &Identity,
         session: &str,
         call: &Call,
     ) -> Result<Permit, Failure> {
         let target = call.target();
-        self.access.admit(identity, &target).map_err(|refused| {
-            let (outcome, reason, failure) = match refused {
-                Refused::Forbidden(d) => (
-                    Outcome::Error(ErrorCode::FORBIDDEN.0),
-                    d.reason.clone(),
-                    Failure::Gateway(ErrorCode::FORBIDDEN, d.reason),
-                ),
-                Refused::Limited(l) => (Outcome::RateLimited, l.scope.clone(), Failure::Limited(l)),
-            };
-            self.audit.record_later(AuditTrail::refused(
-                identity,
-                session,
-                call.method.method(),
-                &target,
-                outcome,
-                &reason,
-            ));
-            failure
-        })
+        self.access
+            .admit(identity, &target)
+            .await
+            .map_err(|refused| {
+                let (outcome, reason, failure) = match refused {
+                    Refused::Forbidden(d) => (
+                        Outcome::Error(ErrorCode::FORBIDDEN.0),
+                        d.reason.clone(),
+                        Failure::Gateway(ErrorCode::FORBIDDEN, d.reason),
+                    ),
+                    Refused::Limited(l) => {
+                        (Outcome::RateLimited, l.scope.clone(), Failure::Limited(l))
+                    }
+                };
+                self.audit.record_later(AuditTrail::refused(
+                    identity,
+                    session,
+                    call.method.method(),
+                    &target,
+                    outcome,
+                    &reason,
+                ));
+                failure
+            })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -139,7 +144,7 @@ impl Router {
             Method::Forward(method) => {
                 self.wait_settled().await;
                 let call = self.resolve(identity, method, params)?;
-                let permit = self.authorize(identity, key, &call)?;
+                let permit = self.authorize(identity, key, &call).await?;
                 self.send(key, identity, &req.id, call, permit, context, related)
                     .await
             }

@@ -481,9 +481,14 @@ impl Failure {
                 }
             }
             Failure::Limited(l) => {
-                crate::metrics::global().refusal("rate_limited");
                 let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                let message = format!("rate limited: {} exhausted; retry in {secs}s", l.scope);
+                let message = if l.store_error {
+                    crate::metrics::global().refusal("quota_store_unavailable");
+                    format!("rate limit unavailable: {}; retry in {secs}s", l.scope)
+                } else {
+                    crate::metrics::global().refusal("rate_limited");
+                    format!("rate limited: {} exhausted; retry in {secs}s", l.scope)
+                };
                 let data = json!({ "retryAfterSeconds": secs, "scope": l.scope });
                 Answer {
                     bytes: crate::mcp::error_response_with_data(
