@@ -463,9 +463,9 @@ async fn route<B: RequestBody>(shared: &Arc<Shared>, req: Request<B>) -> Reply {
             &json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "sessions": shared.sessions.len()}),
         ),
         ("/ready" | "/metrics", &Method::GET) => match shared.admin {
-            Admin::Open => admin_endpoint(shared, path),
+            Admin::Open => admin_endpoint(shared, path).await,
             Admin::Token => match shared.access.authenticate(&parts.headers) {
-                Ok(_) => admin_endpoint(shared, path),
+                Ok(_) => admin_endpoint(shared, path).await,
                 Err(e) => unauthenticated(shared, &e, &base),
             },
             Admin::Elsewhere(addr) => reply::plain_json(
@@ -536,9 +536,9 @@ fn unauthenticated(shared: &Shared, e: &crate::access::Unauthorized, base: &str)
 }
 
 /// `/ready` or `/metrics`, once the caller may see them.
-fn admin_endpoint(shared: &Shared, path: &str) -> Reply {
+async fn admin_endpoint(shared: &Shared, path: &str) -> Reply {
     if path == "/ready" {
-        return ready(shared);
+        return ready(shared).await;
     }
     let mut r = reply::json(
         StatusCode::OK,
@@ -551,9 +551,26 @@ fn admin_endpoint(shared: &Shared, path: &str) -> Reply {
     r
 }
 
-fn ready(shared: &Shared) -> Reply {
+/// Whether this replica can serve: every server up, the audit log writable, and, when quotas
+/// are shared with `on_store_error = "deny"`, the quota store answering (a load balancer then
+/// sends calls elsewhere rather than to a replica that would refuse them all).
+async fn ready(shared: &Shared) -> Reply {
     let servers = shared.router.readiness();
-    let all_ready = shared.router.is_settled() && servers.iter().all(|(_, s)| s.is_ok());
+    let audit = shared.audit.failure();
+    let store = match shared.access.limits.store() {
+        Some(s) => {
+            let up = s.reachable().await;
+            let required = s.config.on_error == crate::policy::OnStoreError::Deny;
+            Some((s.config.display(), up, required))
+        }
+        None => None,
+    };
+    let all_ready = shared.router.is_settled()
+        && servers.iter().all(|(_, s)| s.is_ok())
+        && audit.is_none()
+        && store
+            .as_ref()
+            .is_none_or(|(_, up, required)| *up || !required);
     let detail: serde_json::Map<String, serde_json::Value> = servers
         .into_iter()
         .map(|(name, s)| {
@@ -569,5 +586,15 @@ fn ready(shared: &Shared) -> Reply {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    reply::plain_json(status, &json!({"ready": all_ready, "servers": detail}))
+    let mut body = json!({"ready": all_ready, "servers": detail});
+    if let Some(reason) = audit {
+        body["audit"] = json!({"ready": false, "reason": reason});
+    }
+    if let Some((addr, up, required)) = store {
+        body["quota_store"] = json!({"store": addr, "reachable": up, "required": required});
+    }
+    if let Some(r) = crate::fleet::replica::name() {
+        body["replica"] = json!(r);
+    }
+    reply::plain_json(status, &body)
 }

@@ -151,9 +151,7 @@ impl RedisQuotas {
         match self.manager.get_or_try_init(|| self.connect()).await {
             Ok(m) => Ok(m.clone()),
             Err(e) => {
-                if let Ok(mut f) = self.failed_at.lock() {
-                    *f = Some(Instant::now());
-                }
+                self.pause();
                 Err(e)
             }
         }
@@ -168,10 +166,21 @@ impl RedisQuotas {
         let started = Instant::now();
         let r = tokio::time::timeout(timeout, self.step_unbounded(steps)).await;
         crate::metrics::global().quota_store_step(started.elapsed(), r.is_ok());
-        r.map_err(|_| StoreError::Timeout {
+        let r = r.map_err(|_| StoreError::Timeout {
             store: self.store(),
             timeout,
-        })?
+        });
+        // A connect cut short by the timeout pauses connecting too, not only a failed one.
+        if matches!(r, Err(_) | Ok(Err(_))) && self.manager.get().is_none() {
+            self.pause();
+        }
+        r?
+    }
+
+    fn pause(&self) {
+        if let Ok(mut f) = self.failed_at.lock() {
+            *f = Some(Instant::now());
+        }
     }
 
     async fn step_unbounded(&self, steps: &[Step]) -> Result<Option<Full>, StoreError> {
