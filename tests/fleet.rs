@@ -263,9 +263,13 @@ async fn three_replicas_share_quotas_through_redis_behind_haproxy() {
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     };
+    let readiness: Vec<String> = gws
+        .iter()
+        .map(|g| format!("{:?}", common::http_get(&format!("{}/ready", g.base))))
+        .collect();
     assert_eq!(
         status, 404,
-        "a session of a dead replica is unknown elsewhere"
+        "a session of a dead replica is unknown elsewhere; replicas' /ready: {readiness:?}"
     );
     let mut again = session(&lb).await;
     let r = again.request("tools/list", json!({})).await;
