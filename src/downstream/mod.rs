@@ -13,6 +13,7 @@ mod eviction;
 mod guard;
 mod legacy_sse;
 pub(crate) mod modern;
+mod ready;
 mod refusal_bursts;
 mod reply;
 mod session;
@@ -344,6 +345,10 @@ impl Listener {
             });
         }
         sweeper.abort();
+        // Drain: no new connections (the socket closes), calls in flight get their answers.
+        drop(self.listener);
+        shared.router.drain();
+        ready::drain(&shared.router).await;
         shared.close_all_sessions().await;
     }
 }
@@ -538,7 +543,7 @@ fn unauthenticated(shared: &Shared, e: &crate::access::Unauthorized, base: &str)
 /// `/ready` or `/metrics`, once the caller may see them.
 async fn admin_endpoint(shared: &Shared, path: &str) -> Reply {
     if path == "/ready" {
-        return ready(shared).await;
+        return ready::ready(shared).await;
     }
     let mut r = reply::json(
         StatusCode::OK,
@@ -549,52 +554,4 @@ async fn admin_endpoint(shared: &Shared, path: &str) -> Reply {
         http::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     r
-}
-
-/// Whether this replica can serve: every server up, the audit log writable, and, when quotas
-/// are shared with `on_store_error = "deny"`, the quota store answering (a load balancer then
-/// sends calls elsewhere rather than to a replica that would refuse them all).
-async fn ready(shared: &Shared) -> Reply {
-    let servers = shared.router.readiness();
-    let audit = shared.audit.failure();
-    let store = match shared.access.limits.store() {
-        Some(s) => {
-            let up = s.reachable().await;
-            let required = s.config.on_error == crate::policy::OnStoreError::Deny;
-            Some((s.config.display(), up, required))
-        }
-        None => None,
-    };
-    let all_ready = shared.router.is_settled()
-        && servers.iter().all(|(_, s)| s.is_ok())
-        && audit.is_none()
-        && store
-            .as_ref()
-            .is_none_or(|(_, up, required)| *up || !required);
-    let detail: serde_json::Map<String, serde_json::Value> = servers
-        .into_iter()
-        .map(|(name, s)| {
-            let v = match s {
-                Ok(()) => json!({"ready": true}),
-                Err(reason) => json!({"ready": false, "reason": reason}),
-            };
-            (name, v)
-        })
-        .collect();
-    let status = if all_ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    let mut body = json!({"ready": all_ready, "servers": detail});
-    if let Some(reason) = audit {
-        body["audit"] = json!({"ready": false, "reason": reason});
-    }
-    if let Some((addr, up, required)) = store {
-        body["quota_store"] = json!({"store": addr, "reachable": up, "required": required});
-    }
-    if let Some(r) = crate::fleet::replica::name() {
-        body["replica"] = json!(r);
-    }
-    reply::plain_json(status, &body)
 }
