@@ -317,3 +317,28 @@ async fn three_replicas_share_quotas_through_redis_behind_haproxy() {
     assert!(text.contains("all 3 logs verified"), "{text}");
     drop(store);
 }
+
+/// SIGTERM drains: the socket stops taking connections and `/ready` would say so, while a call
+/// already in flight still gets its answer before the gateway exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_calls_in_flight_finish() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    let mut gw = Gateway::start(&common::fixture_policy());
+    let mut c = session(&gw.url).await;
+    let pending = tokio::spawn(async move { c.call_tool("slow", json!({"ms": 1500})).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    kill(Pid::from_raw(gw.pid() as i32), Signal::SIGTERM).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", gw.port())).is_err(),
+        "a draining gateway takes no new connections"
+    );
+    let r = tokio::time::timeout(Duration::from_secs(20), pending)
+        .await
+        .expect("the call in flight was answered")
+        .unwrap();
+    assert_eq!(common::client::tool_text(&r), "done", "{r}");
+    let status = gw.terminate(Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}
