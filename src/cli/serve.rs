@@ -87,6 +87,11 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (policy, sha256) = (admitted.policy.clone(), admitted.sha256.clone());
     let serial = admitted.signed.as_ref().map(|s| s.serial);
     tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, ?serial, "policy loaded");
+    // A fleet key that cannot be read would leave this replica unable to open what the others
+    // issued: refuse to start rather than serve half a fleet.
+    if let Some(r) = &policy.gateway.fleet_key {
+        crate::secrets::resolve("fleet_key", r).context("reading [gateway] fleet_key")?;
+    }
     // Before anything is touched: this instance is ours, or the start is refused.
     let mut held = super::instance::hold(&policy, args.policy.as_deref()).await?;
     let instance = held.id.clone();

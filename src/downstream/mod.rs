@@ -124,7 +124,7 @@ impl Shared {
             None if gateway.listen.ip().is_loopback() => Admin::Open,
             None => Admin::Token,
         };
-        let seal = Arc::new(crate::bridge::Seal::new());
+        let seal = Arc::new(crate::bridge::Seal::for_gateway(gateway));
         Shared {
             role: Role::Main,
             admin,

@@ -227,6 +227,20 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_key_is_a_secret_reference() {
+        let p =
+            crate::policy::parse("[gateway]\nfleet_key = \"env:FLEET_KEY\"\n", "t.toml").unwrap();
+        assert_eq!(
+            p.gateway.fleet_key,
+            Some(SecretRef::Env("FLEET_KEY".into()))
+        );
+        let e = crate::policy::parse("[gateway]\nfleet_key = \"hunter2\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`fleet_key`") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
     fn bad_settings_are_errors_with_a_way_out() {
         let e = limits("store = \"redis://:hunter2@h:6379/0\"").unwrap_err();
         assert!(e.contains("must not carry credentials"), "{e}");

@@ -130,6 +130,7 @@ pub struct RawGateway {
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
     pub instance: Option<Str>,
+    pub fleet_key: Option<Str>,
     pub serial: Option<Spanned<u64>>,
     pub list_changed_interval: Option<Spanned<Value>>,
     pub unstable_list_changes: Option<Spanned<u64>>,

@@ -396,7 +396,13 @@ impl Checker<'_> {
                         None
                     }
                 });
+        let fleet_key = g.fleet_key.as_ref().and_then(|v| {
+            parse_secret_ref(v.get_ref())
+                .map_err(|e| self.error(v.span().start, format!("`fleet_key`: {e}")))
+                .ok()
+        });
         let gw = Gateway {
+            fleet_key,
             listen,
             admin_listen,
             naming,
