@@ -342,3 +342,74 @@ async fn sigterm_lets_calls_in_flight_finish() {
     let status = gw.terminate(Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
 }
+
+/// Stateless 2026-07-28 clients through HAProxy round robin, and a multi round-trip retry that
+/// lands on another replica: with a shared fleet key the other replica reads the token and names
+/// its owner (the call is held open in the owner's process); the owner completes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stateless_clients_round_robin_and_a_retry_names_its_replica() {
+    use common::modern::request;
+    let Some(haproxy_bin) = tool("haproxy") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let p = common::fixture_policy().replace(
+        "listen = \"127.0.0.1:0\"\n",
+        "listen = \"127.0.0.1:0\"\nfleet_key = \"env:PORTCULLIS_TEST_FLEET_KEY\"\n",
+    );
+    let env = |n: &'static str| {
+        [
+            ("PORTCULLIS_REPLICA", n),
+            ("PORTCULLIS_TEST_FLEET_KEY", "a shared fleet secret"),
+        ]
+    };
+    let gws: Vec<Gateway> = ["gw-1", "gw-2", "gw-3"]
+        .iter()
+        .map(|n| Gateway::start_with(&p, &env(n)))
+        .collect();
+    let lb_port = free_port();
+    let ports: Vec<u16> = gws.iter().map(Gateway::port).collect();
+    let _lb = haproxy(&haproxy_bin, lb_port, &ports, tmp.path());
+    let lb = Mcp::new(&format!("http://127.0.0.1:{lb_port}/mcp"));
+    for id in 1..=6 {
+        let r = request(
+            &lb,
+            id,
+            "tools/call",
+            json!({"name": "echo", "arguments": {"text": "hi"}}),
+            json!({}),
+        )
+        .await
+        .message();
+        assert_eq!(common::modern::text(&r), "hi", "{r}");
+    }
+
+    let caps = json!({"elicitation": {}});
+    let elicit = json!({"name": "test_elicitation", "arguments": {"message": "who?"}});
+    let one = Mcp::new(&gws[0].url);
+    let two = Mcp::new(&gws[1].url);
+    let first = request(&one, 10, "tools/call", elicit.clone(), caps.clone())
+        .await
+        .message();
+    let r = &first["result"];
+    assert_eq!(r["resultType"], "input_required", "{first}");
+    let key = r["inputRequests"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .next()
+        .unwrap()
+        .clone();
+    let mut retry = elicit.clone();
+    retry["requestState"] = r["requestState"].clone();
+    retry["inputResponses"] = json!({ key: {"action": "accept", "content": {"name": "Ada"}} });
+    let elsewhere = request(&two, 11, "tools/call", retry.clone(), caps.clone()).await;
+    assert_eq!(elsewhere.status, 400, "{}", elsewhere.body);
+    assert!(
+        elsewhere.body.contains("replica `gw-1`"),
+        "{}",
+        elsewhere.body
+    );
+    let owner = request(&one, 12, "tools/call", retry, caps).await.message();
+    assert!(owner["result"]["content"].is_array(), "{owner}");
+}
