@@ -413,3 +413,39 @@ async fn stateless_clients_round_robin_and_a_retry_names_its_replica() {
     let owner = request(&one, 12, "tools/call", retry, caps).await.message();
     assert!(owner["result"]["content"].is_array(), "{owner}");
 }
+
+/// `on_store_error = "local"` with the store unreachable: each replica enforces its share of
+/// the quota (burst / replicas), so the fleet still admits about the quota, and says so loudly.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_store_with_local_fallback_enforces_each_replicas_share() {
+    // Nothing listens on this port: the store is down from the start.
+    let p = policy(free_port(), "local");
+    let gws: Vec<Gateway> = ["gw-1", "gw-2", "gw-3"]
+        .iter()
+        .map(|n| replica(&p, n))
+        .collect();
+    let mut direct = Vec::new();
+    for gw in &gws {
+        direct.push(session(&gw.url).await);
+    }
+    let mut admitted = 0;
+    for i in 0..(3 * QUOTA as usize) {
+        let r = call(&mut direct[i % 3]).await;
+        match code(&r) {
+            None => admitted += 1,
+            Some(-32014) => {
+                let msg = r["error"]["message"].as_str().unwrap_or_default();
+                assert!(
+                    !msg.contains("unavailable"),
+                    "local limits, not a store refusal: {r}"
+                );
+            }
+            Some(c) => panic!("unexpected error {c}: {r}"),
+        }
+    }
+    // Each replica: burst ceil(QUOTA / 3) = 2, so 3 x 2 = QUOTA.
+    assert_eq!(admitted, QUOTA, "each replica admitted its share");
+    for gw in &gws {
+        gw.wait_for_log("QUOTA STORE DOWN", 1, Duration::from_secs(5));
+    }
+}
