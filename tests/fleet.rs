@@ -449,7 +449,25 @@ async fn an_unreachable_store_with_local_fallback_enforces_each_replicas_share()
     }
     // Each replica: burst ceil(QUOTA / 3) = 2, so 3 x 2 = QUOTA.
     assert_eq!(admitted, QUOTA, "each replica admitted its share");
-    for gw in &gws {
+    for (i, gw) in gws.iter().enumerate() {
         gw.wait_for_log("QUOTA STORE DOWN", 1, Duration::from_secs(5));
+        // The replica's name is on every log line and every metric series.
+        let name = format!("gw-{}", i + 1);
+        let log = gw.stderr();
+        assert!(
+            log.lines()
+                .filter(|l| !l.trim().is_empty())
+                .all(|l| !l.contains(" INFO ") || l.starts_with(&format!("replica={name} "))),
+            "{log}"
+        );
+        let (_, metrics) = common::http_get(&format!("{}/metrics", gw.base)).unwrap();
+        let series: Vec<&str> = metrics.lines().filter(|l| !l.starts_with('#')).collect();
+        assert!(!series.is_empty());
+        assert!(
+            series
+                .iter()
+                .all(|l| l.contains(&format!("replica=\"{name}\""))),
+            "{metrics}"
+        );
     }
 }
