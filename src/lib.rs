@@ -12,6 +12,7 @@ pub mod bridge;
 pub mod cli;
 pub mod downstream;
 pub mod egress;
+pub mod fleet;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod guard;

@@ -88,6 +88,16 @@ pub struct Metrics {
     sanitized: Family<AtomicU64>,
     secret_echo: Family<AtomicU64>,
     lock_mismatch: Family<AtomicU64>,
+    quota_store_seconds: Family<Histogram>,
+}
+
+/// The replica name (`--replica`), added to every series so a fleet's metrics can be told apart
+/// where they are collected together.
+static REPLICA: OnceLock<String> = OnceLock::new();
+
+/// Sets the replica label once, at start-up; later calls are ignored.
+pub fn set_replica(name: &str) {
+    let _ = REPLICA.set(name.to_owned());
 }
 
 pub fn global() -> &'static Metrics {
@@ -117,6 +127,7 @@ pub fn global() -> &'static Metrics {
         catalog_unstable: family("Windows in which a server sent more list changes than `unstable_list_changes` (each audited as catalog_unstable)."),
         sanitized: family("Hidden characters removed (or refused) in what servers sent, by server, place (definition, result) and class (ansi, zero_width, bidi, tags)."),
         secret_echo: family("Answers that echoed a secret the gateway injected (redacted before release), by server."),
+        quota_store_seconds: family("Latency of one shared-quota step in the quota store (Redis), by outcome (answered, timeout)."),
         lock_mismatch: family("Definitions that differ from the lock file (each counted once), images that differ from it or from a pinned digest (each refused start, or once in warn mode), by server, list and change (added, changed, image)."),
     })
 }
@@ -153,6 +164,16 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
         observe(
             &self.call_seconds.get(vec![("server", server.to_owned())]),
+            latency,
+        );
+    }
+
+    pub fn quota_store_step(&self, latency: Duration, answered: bool) {
+        let outcome = if answered { "answered" } else { "timeout" };
+        observe(
+            &self
+                .quota_store_seconds
+                .get(vec![("outcome", outcome.to_owned())]),
             latency,
         );
     }
@@ -422,6 +443,11 @@ impl Metrics {
             "portcullis_lock_mismatch_total",
             &self.lock_mismatch,
         );
+        histogram(
+            &mut o,
+            "portcullis_quota_store_seconds",
+            &self.quota_store_seconds,
+        );
         o
     }
 }
@@ -431,6 +457,9 @@ fn label_text(labels: &Labels, extra: Option<(&str, &str)>) -> String {
         .iter()
         .map(|(k, v)| format!("{k}=\"{}\"", escape(v)))
         .collect();
+    if let Some(r) = REPLICA.get() {
+        parts.push(format!("replica=\"{}\"", escape(r)));
+    }
     if let Some((k, v)) = extra {
         parts.push(format!("{k}=\"{v}\""));
     }

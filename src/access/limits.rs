@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::num::NonZeroU32;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -16,7 +16,8 @@ use governor::{DefaultDirectRateLimiter, DefaultKeyedRateLimiter, Quota, RateLim
 
 use super::fair_slots::{FairSlots, SlotPermit, Wait};
 use super::session_quotas::{SessionLimit, SessionTable};
-use crate::policy::{Policy, Rate};
+use crate::fleet::{quota_store, RedisQuotas, Step, StoreError};
+use crate::policy::{OnStoreError, Policy, Rate};
 
 /// Waiting calls allowed per in-flight slot, for each client, before its new ones are refused
 /// at once.
@@ -24,9 +25,12 @@ const QUEUE_PER_SLOT: usize = 4;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limited {
-    /// Which quota was hit, for the error message and the audit record.
+    /// Which quota was hit, for the error message and the audit record; or, with
+    /// `store_error`, why the shared quotas could not be checked.
     pub scope: String,
     pub retry_after: Duration,
+    /// The shared quota store did not answer and `on_store_error = "deny"` refused the call.
+    pub store_error: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -73,11 +77,48 @@ struct Table {
     /// `clients.NAME.weight`, where set.
     weights: HashMap<String, u32>,
     sessions: SessionTable,
+    /// The policy's rates as written, for the shared store.
+    shared: SharedRates,
+}
+
+#[derive(Default)]
+struct SharedRates {
+    clients: HashMap<String, Rate>,
+    servers: HashMap<String, Rate>,
+    tools: HashMap<(String, String), Rate>,
 }
 
 pub struct Limits {
     clock: DefaultClock,
     table: RwLock<Arc<Table>>,
+    /// `[limits] store`: every rate quota is taken there, once for the whole fleet.
+    shared: RwLock<Option<Arc<RedisQuotas>>>,
+}
+
+/// How long a refused call is told to wait when the quota store is down.
+const STORE_DOWN_RETRY: Duration = Duration::from_secs(1);
+
+/// The shared store for `policy`: the previous one (and its connection) when its settings are
+/// unchanged.
+fn shared_store(policy: &Policy, previous: Option<&Arc<RedisQuotas>>) -> Option<Arc<RedisQuotas>> {
+    let config = policy.limits.store.as_ref()?;
+    match previous {
+        Some(p) if p.config == *config => Some(p.clone()),
+        _ => Some(Arc::new(RedisQuotas::new(config.clone()))),
+    }
+}
+
+/// Each replica's share of `r` when quotas fall back to this process (`on_store_error =
+/// "local"`): the same count over `replicas` times the period, the burst divided (at least 1).
+fn share(r: &Rate, replicas: u32) -> Rate {
+    if replicas <= 1 {
+        return *r;
+    }
+    Rate {
+        count: r.count,
+        per: r.per.saturating_mul(replicas),
+        burst: r.burst.div_ceil(replicas).max(1),
+    }
 }
 
 pub(crate) fn quota(r: &Rate) -> Option<Quota> {
@@ -113,6 +154,8 @@ pub(super) fn kept<K: Eq + std::hash::Hash, L>(
 
 impl Table {
     fn build(policy: &Policy, previous: Option<&Table>) -> Table {
+        // With a shared store these are only the fallback, so each replica gets its share.
+        let replicas = policy.limits.store.as_ref().map_or(1, |s| s.replicas);
         let mut t = Table {
             clients: HashMap::new(),
             servers: HashMap::new(),
@@ -120,12 +163,16 @@ impl Table {
             slots: HashMap::new(),
             weights: HashMap::new(),
             sessions: SessionTable::build(policy, previous.map(|p| &p.sessions)),
+            shared: SharedRates::default(),
         };
         for (name, c) in &policy.clients {
+            if let Some(r) = c.rate {
+                t.shared.clients.insert(name.clone(), r);
+            }
             if let Some(w) = c.weight {
                 t.weights.insert(name.clone(), w);
             }
-            if let Some(r) = &c.rate {
+            if let Some(r) = &c.rate.map(|r| share(&r, replicas)) {
                 let prev = previous.map(|p| &p.clients);
                 if let Some(k) = kept(prev, name, r, RateLimiter::direct) {
                     t.clients.insert(name.clone(), k);
@@ -133,13 +180,20 @@ impl Table {
             }
         }
         for (name, s) in &policy.servers {
-            if let Some(r) = &s.rate {
+            if let Some(r) = s.rate {
+                t.shared.servers.insert(name.clone(), r);
+            }
+            for (tool, r) in &s.tool_rates {
+                t.shared.tools.insert((name.clone(), tool.clone()), *r);
+            }
+            if let Some(r) = &s.rate.map(|r| share(&r, replicas)) {
                 let prev = previous.map(|p| &p.servers);
                 if let Some(k) = kept(prev, name, r, RateLimiter::keyed) {
                     t.servers.insert(name.clone(), k);
                 }
             }
             for (tool, r) in &s.tool_rates {
+                let r = &share(r, replicas);
                 let key = (name.clone(), tool.clone());
                 let prev = previous.map(|p| &p.tools);
                 if let Some(k) = kept(prev, &key, r, RateLimiter::keyed) {
@@ -166,11 +220,77 @@ impl Table {
     }
 }
 
+impl Table {
+    /// The shared-store steps of one call (most specific first, as locally) and the scope each
+    /// one names in a refusal. Shared quotas use the policy's rates unscaled.
+    fn shared_steps(
+        &self,
+        client: &str,
+        server: &str,
+        tool: Option<&str>,
+    ) -> (Vec<Step>, Vec<String>) {
+        let mut steps = Vec::new();
+        let mut scopes = Vec::new();
+        if let Some(tool) = tool {
+            if let Some(r) = self.shared.tools.get(&(server.to_owned(), tool.to_owned())) {
+                steps.push(Step {
+                    key: quota_store::key("tool", &[server, tool, client], r),
+                    rate: *r,
+                });
+                scopes.push(format!(
+                    "tool `{server}__{tool}` quota for client `{client}` (shared by the fleet)"
+                ));
+            }
+        }
+        if let Some(r) = self.shared.servers.get(server) {
+            steps.push(Step {
+                key: quota_store::key("server", &[server, client], r),
+                rate: *r,
+            });
+            scopes.push(format!(
+                "server `{server}` quota for client `{client}` (shared by the fleet)"
+            ));
+        }
+        if let Some(r) = self.shared.clients.get(client) {
+            steps.push(Step {
+                key: quota_store::key("client", &[client], r),
+                rate: *r,
+            });
+            scopes.push(format!("client `{client}` quota (shared by the fleet)"));
+        }
+        (steps, scopes)
+    }
+}
+
+/// Logged loudly, but at most once every few seconds: when the store is down every call would
+/// log otherwise.
+fn warn_store_down(e: &StoreError, mode: &str) {
+    static LAST: Mutex<Option<std::time::Instant>> = Mutex::new(None);
+    let due = LAST
+        .lock()
+        .map(|mut l| {
+            let due = l.is_none_or(|t| t.elapsed() >= Duration::from_secs(5));
+            if due {
+                *l = Some(std::time::Instant::now());
+            }
+            due
+        })
+        .unwrap_or(true);
+    if due {
+        if mode == "local" {
+            tracing::error!(error = %e, "QUOTA STORE DOWN: shared quotas are not enforced; on_store_error = \"local\" enforces each replica's share in this process until the store answers");
+        } else {
+            tracing::error!(error = %e, "QUOTA STORE DOWN: on_store_error = \"deny\" refuses rate-limited calls until the store answers");
+        }
+    }
+}
+
 impl Limits {
     pub fn from_policy(policy: &Policy) -> Limits {
         Limits {
             clock: DefaultClock::default(),
             table: RwLock::new(Arc::new(Table::build(policy, None))),
+            shared: RwLock::new(shared_store(policy, None)),
         }
     }
 
@@ -181,6 +301,19 @@ impl Limits {
             Ok(mut t) => *t = next,
             Err(p) => *p.into_inner() = next,
         }
+        let store = shared_store(policy, self.store().as_ref());
+        match self.shared.write() {
+            Ok(mut s) => *s = store,
+            Err(p) => *p.into_inner() = store,
+        }
+    }
+
+    /// The shared quota store in force, if the policy names one.
+    pub fn store(&self) -> Option<Arc<RedisQuotas>> {
+        match self.shared.read() {
+            Ok(s) => s.clone(),
+            Err(p) => p.into_inner().clone(),
+        }
     }
 
     fn table(&self) -> Arc<Table> {
@@ -190,8 +323,50 @@ impl Limits {
         }
     }
 
-    /// Takes one call from every quota that applies, most specific first.
-    pub fn check(&self, client: &str, server: &str, tool: Option<&str>) -> Result<(), Limited> {
+    /// Takes one call from every quota that applies: in the shared store when the policy names
+    /// one (all or nothing, in one step), otherwise (or as `on_store_error = "local"` says when
+    /// the store is down) in this process.
+    pub async fn check(
+        &self,
+        client: &str,
+        server: &str,
+        tool: Option<&str>,
+    ) -> Result<(), Limited> {
+        let Some(store) = self.store() else {
+            return self.check_local(client, server, tool);
+        };
+        let (steps, scopes) = self.table().shared_steps(client, server, tool);
+        match store.step(&steps).await {
+            Ok(None) => Ok(()),
+            Ok(Some(full)) => Err(Limited {
+                scope: scopes.get(full.index).cloned().unwrap_or_default(),
+                retry_after: full.retry_after,
+                store_error: false,
+            }),
+            Err(e) => match store.config.on_error {
+                OnStoreError::Deny => {
+                    warn_store_down(&e, "deny");
+                    Err(Limited {
+                        scope: format!("{e}; shared quotas cannot be checked and on_store_error = \"deny\" refuses calls until it answers"),
+                        retry_after: STORE_DOWN_RETRY,
+                        store_error: true,
+                    })
+                }
+                OnStoreError::Local => {
+                    warn_store_down(&e, "local");
+                    self.check_local(client, server, tool)
+                }
+            },
+        }
+    }
+
+    /// The governor quotas of this process, most specific first.
+    pub fn check_local(
+        &self,
+        client: &str,
+        server: &str,
+        tool: Option<&str>,
+    ) -> Result<(), Limited> {
         let t = self.table();
         let key = client.to_owned();
         if let Some(tool) = tool {
@@ -225,6 +400,7 @@ impl Limits {
         Limited {
             scope,
             retry_after: n.wait_time_from(self.clock.now()),
+            store_error: false,
         }
     }
 
@@ -288,13 +464,13 @@ mod tests {
         );
         let l = Limits::from_policy(&p);
         for _ in 0..3 {
-            assert!(l.check("a", "s", Some("t")).is_ok());
+            assert!(l.check_local("a", "s", Some("t")).is_ok());
         }
-        let e = l.check("a", "s", Some("t")).unwrap_err();
+        let e = l.check_local("a", "s", Some("t")).unwrap_err();
         assert!(e.scope.contains("server `s`"), "{e:?}");
         assert!(e.retry_after > Duration::from_secs(60));
         assert!(
-            l.check("b", "s", Some("t")).is_ok(),
+            l.check_local("b", "s", Some("t")).is_ok(),
             "another client has its own quota"
         );
     }
@@ -317,16 +493,16 @@ mod tests {
     fn a_reload_keeps_used_quotas_unless_they_change() {
         let src = "[servers.s]\nruntime = \"process\"\ncommand = \"x\"\nrate = { quota = \"1/hour\", burst = 1 }\n";
         let l = Limits::from_policy(&policy(src));
-        assert!(l.check("a", "s", None).is_ok());
-        assert!(l.check("a", "s", None).is_err());
+        assert!(l.check_local("a", "s", None).is_ok());
+        assert!(l.check_local("a", "s", None).is_err());
         l.reload(&policy(&format!("{src}max_in_flight = 2\n")));
         assert!(
-            l.check("a", "s", None).is_err(),
+            l.check_local("a", "s", None).is_err(),
             "an unchanged quota is not refilled by a reload"
         );
         l.reload(&policy(&src.replace("1/hour", "2/hour")));
         assert!(
-            l.check("a", "s", None).is_ok(),
+            l.check_local("a", "s", None).is_ok(),
             "a changed quota starts afresh"
         );
         l.reload(&policy(
@@ -334,7 +510,7 @@ mod tests {
         ));
         for _ in 0..5 {
             assert!(
-                l.check("a", "s", None).is_ok(),
+                l.check_local("a", "s", None).is_ok(),
                 "a removed quota no longer applies"
             );
         }

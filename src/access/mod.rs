@@ -204,12 +204,13 @@ impl Access {
     /// The decision, then every quota that applies to `target` (the tool's, the server's, the
     /// client's, most specific first), each taking one request. A request the rules refuse
     /// takes nothing from any quota.
-    pub fn admit(&self, identity: &Identity, target: &Target) -> Result<Permit, Refused> {
+    pub async fn admit(&self, identity: &Identity, target: &Target<'_>) -> Result<Permit, Refused> {
         match self.decide(identity, target) {
             Decision::Deny(d) => Err(Refused::Forbidden(d)),
             Decision::Allow(permit) => {
                 self.limits
                     .check(&identity.client, target.server(), target.tool())
+                    .await
                     .map_err(Refused::Limited)?;
                 Ok(permit)
             }

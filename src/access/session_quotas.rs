@@ -98,6 +98,7 @@ impl SessionTable {
                     r.burst
                 ),
                 retry_after: n.wait_time_from(now),
+                store_error: false,
             }
         })
     }

@@ -27,6 +27,9 @@ pub struct AuditConfig {
     pub max_batch: usize,
     /// An append that is not durable within this time fails with [`super::AuditError::Timeout`].
     pub append_timeout: Duration,
+    /// `serve --replica`: written as `replica` in every record, so a fleet's logs say which
+    /// replica wrote them even when collected together.
+    pub replica: Option<String>,
 }
 
 impl AuditConfig {
@@ -66,6 +69,7 @@ impl AuditConfig {
             queue_capacity: 4096,
             max_batch: 1024,
             append_timeout: Duration::from_secs(30),
+            replica: crate::fleet::replica::name().map(str::to_owned),
         }
     }
 }

@@ -774,6 +774,9 @@ impl Writer {
         let seq = self.next_seq;
         fields.insert("v".into(), FORMAT_VERSION.into());
         fields.insert("log_id".into(), self.log_id.clone().into());
+        if let Some(r) = &self.cfg.replica {
+            fields.insert("replica".into(), r.clone().into());
+        }
         fields.insert("seq".into(), seq.into());
         fields.insert("ts".into(), format_ts(SystemTime::now()).into());
         fields.insert("prev".into(), to_hex(&self.prev).into());

@@ -313,7 +313,11 @@ impl ClientSide {
             method: call.method,
             params: Some(crate::mcp::to_raw(&call.params)),
         };
-        let admission = match self.router.admit(&call.session, &call.identity, &request) {
+        let admission = match self
+            .router
+            .admit(&call.session, &call.identity, &request)
+            .await
+        {
             Ok(a) => a,
             Err(refused) => {
                 self.router.close_session(&call.session).await;
@@ -369,7 +373,7 @@ impl ClientSide {
             method: call.method.clone(),
             params: Some(crate::mcp::to_raw(&call.params)),
         };
-        if let Err(refused) = self.router.admit(&ex.session, &call.identity, &retry) {
+        if let Err(refused) = self.router.admit(&ex.session, &call.identity, &retry).await {
             self.end(&ex, "the policy refused the client's retry").await;
             return Err(refused);
         }

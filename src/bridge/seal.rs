@@ -63,6 +63,9 @@ pub struct Claims {
     pub n: String,
     /// Expiry, seconds since the Unix epoch.
     pub e: u64,
+    /// The replica that issued it (with a fleet key and `--replica`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub r: Option<String>,
 }
 
 /// Why a token was refused. The message is safe to show the client.
@@ -76,11 +79,15 @@ pub enum Refused {
     OtherClient,
     #[error("it was issued for another request ({0})")]
     OtherRequest(String),
+    #[error("it names state held by replica `{0}`, not this one: send it through the load balancer's route to that replica, or start the request again")]
+    OtherReplica(String),
 }
 
 /// Makes and checks tokens with one key.
 pub struct Seal {
     key: [u8; 32],
+    /// This replica's name, written into every token and checked against state only it holds.
+    replica: Option<String>,
 }
 
 impl Seal {
@@ -91,7 +98,37 @@ impl Seal {
             // Without OS randomness no token can be trusted; refuse rather than use a weak key.
             std::process::abort();
         }
-        Seal { key }
+        Seal { key, replica: None }
+    }
+
+    /// A seal every replica of a fleet shares: the key is derived from the fleet secret, and
+    /// tokens name `replica`. A call held open (an exchange) or a task lives in one replica's
+    /// process, so a token for one opens only there; a server's own `requestState` is
+    /// self-contained and opens on any replica.
+    pub fn fleet(secret: &[u8], replica: Option<&str>) -> Seal {
+        let mut h = Sha256::new();
+        h.update(b"portcullis fleet seal v1\0");
+        h.update(secret);
+        Seal {
+            key: h.finalize().into(),
+            replica: replica.map(str::to_owned),
+        }
+    }
+
+    /// The seal of a gateway under `gateway`'s policy: the fleet key when one is set and
+    /// readable, otherwise one made for this process (tokens then stay on this replica; `serve`
+    /// refuses to start when the fleet key cannot be read, so this is the in-process case).
+    pub fn for_gateway(gateway: &crate::policy::Gateway) -> Seal {
+        let Some(r) = &gateway.fleet_key else {
+            return Seal::new();
+        };
+        match crate::secrets::resolve("fleet_key", r) {
+            Ok(secret) => Seal::fleet(secret.as_bytes(), crate::fleet::replica::name()),
+            Err(e) => {
+                tracing::error!(error = %e, "fleet_key cannot be read: sealing with a key of this process only");
+                Seal::new()
+            }
+        }
     }
 
     /// A token for `held`, issued to `client` for `method` on `item`, good for `ttl`.
@@ -109,6 +146,7 @@ impl Seal {
             m: method.to_owned(),
             n: digest(item),
             e: now().saturating_add(ttl.as_secs().max(1)),
+            r: self.replica.clone(),
         };
         let payload = b64().encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signed = format!("{VERSION}.{payload}");
@@ -146,6 +184,12 @@ impl Seal {
         }
         if claims.c != client {
             return Err(Refused::OtherClient);
+        }
+        let in_process = !matches!(claims.held, Held::UpstreamState { .. });
+        if in_process && claims.r != self.replica {
+            return Err(Refused::OtherReplica(
+                claims.r.clone().unwrap_or_else(|| "(unnamed)".into()),
+            ));
         }
         if let Some((method, item)) = request {
             if claims.m != method || claims.n != digest(item) {
@@ -195,6 +239,52 @@ fn now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fleet_key_opens_self_contained_state_anywhere_and_held_state_only_at_its_owner() {
+        let a = Seal::fleet(b"fleet secret", Some("gw-1"));
+        let b = Seal::fleet(b"fleet secret", Some("gw-2"));
+        let state = Held::UpstreamState {
+            server: "s".into(),
+            state: Some("opaque".into()),
+        };
+        let t = a.make(
+            state.clone(),
+            "c",
+            "tools/call",
+            "s__t",
+            Duration::from_secs(60),
+        );
+        let claims = b.open(&t, "c", Some(("tools/call", "s__t"))).unwrap();
+        assert_eq!(claims.held, state);
+        assert_eq!(
+            claims.r.as_deref(),
+            Some("gw-1"),
+            "the token names its issuer"
+        );
+        let held = a.make(
+            Held::Exchange { id: 7, round: 1 },
+            "c",
+            "tools/call",
+            "s__t",
+            Duration::from_secs(60),
+        );
+        assert_eq!(
+            b.open(&held, "c", Some(("tools/call", "s__t"))),
+            Err(Refused::OtherReplica("gw-1".into()))
+        );
+        assert!(a.open(&held, "c", Some(("tools/call", "s__t"))).is_ok());
+        let other_fleet = Seal::fleet(b"another secret", Some("gw-1"));
+        assert_eq!(
+            other_fleet.open(&t, "c", Some(("tools/call", "s__t"))),
+            Err(Refused::Forged)
+        );
+        assert_eq!(
+            Seal::new().open(&t, "c", Some(("tools/call", "s__t"))),
+            Err(Refused::Forged),
+            "a per-process key does not open fleet tokens"
+        );
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
 
@@ -247,6 +337,7 @@ mod tests {
             m: "tools/call".into(),
             n: digest("x"),
             e: now() + 3600,
+            r: None,
         };
         let forged = format!(
             "v1.{}.{mac}",

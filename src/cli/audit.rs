@@ -40,7 +40,11 @@ pub enum AuditCommand {
         now: bool,
         #[arg(long, default_value = "120s", value_parser = crate::policy::units::parse_duration)]
         grace: Duration,
-        dir: PathBuf,
+        /// One log directory, or several (a fleet's replicas, each with its own chain and
+        /// keys): each is verified on its own and reported on its own line; the command fails
+        /// if any fails. --pubkey and --witness apply to a single directory only.
+        #[arg(required = true)]
+        dir: Vec<PathBuf>,
     },
     /// Turn what a SIEM stored (an rsyslog file, a Splunk HEC export as JSON lines, CEF lines)
     /// into a witness file for `audit verify --witness`.
@@ -161,7 +165,7 @@ pub fn run(cmd: AuditCommand) -> ExitCode {
                 }
                 (None, false) => None,
             };
-            verify_cmd(pubkey.as_deref(), &dir, &witness, until)
+            verify_dirs(pubkey.as_deref(), &dir, &witness, until)
         }
         AuditCommand::WitnessImport { out, files } => witness_import(&out, &files),
         AuditCommand::Tail {
@@ -249,6 +253,40 @@ fn keygen(path: &Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => fail(&e.to_string()),
+    }
+}
+
+/// `audit verify DIR...`: every replica's log on its own (they are separate chains), then
+/// one summary line when there are several.
+fn verify_dirs(
+    pubkey: Option<&Path>,
+    dirs: &[PathBuf],
+    witnesses: &[PathBuf],
+    until: Option<(u64, String)>,
+) -> ExitCode {
+    if let [dir] = dirs {
+        return verify_cmd(pubkey, dir, witnesses, until);
+    }
+    if pubkey.is_some() || !witnesses.is_empty() {
+        eprintln!("error: each replica's log has its own key and witnesses: give --pubkey and --witness with one directory at a time");
+        return ExitCode::from(2);
+    }
+    let failed: Vec<String> = dirs
+        .iter()
+        .filter(|d| verify_cmd(None, d, &[], until.clone()) != ExitCode::SUCCESS)
+        .map(|d| d.display().to_string())
+        .collect();
+    if failed.is_empty() {
+        out(&format!("all {} logs verified\n", dirs.len()));
+        ExitCode::SUCCESS
+    } else {
+        eprintln!(
+            "FAILED: {} of {} logs: {}",
+            failed.len(),
+            dirs.len(),
+            failed.join(", ")
+        );
+        ExitCode::FAILURE
     }
 }
 

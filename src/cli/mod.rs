@@ -157,9 +157,21 @@ pub fn init_logging(format: LogFormat) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
+    // Every line names the replica (`--replica`) when the gateway runs as one.
     let fmt = match format {
-        LogFormat::Pretty => fmt.boxed(),
-        LogFormat::Json => fmt.json().boxed(),
+        LogFormat::Pretty => fmt
+            .event_format(crate::fleet::replica::WithReplica {
+                inner: tracing_subscriber::fmt::format().with_ansi(ansi),
+                json: false,
+            })
+            .boxed(),
+        LogFormat::Json => fmt
+            .json()
+            .event_format(crate::fleet::replica::WithReplica {
+                inner: tracing_subscriber::fmt::format().json(),
+                json: true,
+            })
+            .boxed(),
     };
     let journald = if std::path::Path::new(JOURNALD_SOCKET).exists() {
         tracing_journald::layer()

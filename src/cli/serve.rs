@@ -30,6 +30,11 @@ pub struct ServeArgs {
     /// derived from the state directory. A second start with an id in use is refused.
     #[arg(long, env = "PORTCULLIS_INSTANCE")]
     pub instance: Option<String>,
+    /// This gateway's name in a fleet of replicas: written in every audit record, log line
+    /// and metric. A replica without --instance (or [gateway] instance) takes it as its
+    /// instance id, so replicas sharing a host or Docker engine keep to their own objects.
+    #[arg(long, env = "PORTCULLIS_REPLICA")]
+    pub replica: Option<String>,
     /// Reconciliation scope: at start-up the gateway removes the Docker containers and networks
     /// a previous gateway of the same scope left behind. Default: the instance id, so gateways
     /// sharing one engine keep to their own.
@@ -72,12 +77,21 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         state_dir: args.state_dir.clone(),
         published_on_host_loopback: args.published_on_host_loopback,
         instance: args.instance.clone(),
+        replica: args.replica.clone(),
         gate: args.gate.gate()?,
     };
+    if let Some(name) = &args.replica {
+        crate::fleet::replica::set(name).map_err(anyhow::Error::msg)?;
+    }
     let admitted = reload::load(args.policy.as_ref(), &overrides).map_err(refused)?;
     let (policy, sha256) = (admitted.policy.clone(), admitted.sha256.clone());
     let serial = admitted.signed.as_ref().map(|s| s.serial);
     tracing::info!(policy = %policy.origin, servers = policy.servers.len(), %sha256, ?serial, "policy loaded");
+    // A fleet key that cannot be read would leave this replica unable to open what the others
+    // issued: refuse to start rather than serve half a fleet.
+    if let Some(r) = &policy.gateway.fleet_key {
+        crate::secrets::resolve("fleet_key", r).context("reading [gateway] fleet_key")?;
+    }
     // Before anything is touched: this instance is ours, or the start is refused.
     let mut held = super::instance::hold(&policy, args.policy.as_deref()).await?;
     let instance = held.id.clone();

@@ -179,7 +179,11 @@ async fn handle(shared: &Arc<Shared>, session: &Arc<Session>, message: Message) 
                 ));
                 return;
             }
-            let admission = match shared.router.admit(&session.id, &session.identity, &req) {
+            let admission = match shared
+                .router
+                .admit(&session.id, &session.identity, &req)
+                .await
+            {
                 Ok(a) => a,
                 Err(refused) => {
                     out.push(refused.bytes);

@@ -13,6 +13,7 @@ mod eviction;
 mod guard;
 mod legacy_sse;
 pub(crate) mod modern;
+mod ready;
 mod refusal_bursts;
 mod reply;
 mod session;
@@ -123,7 +124,7 @@ impl Shared {
             None if gateway.listen.ip().is_loopback() => Admin::Open,
             None => Admin::Token,
         };
-        let seal = Arc::new(crate::bridge::Seal::new());
+        let seal = Arc::new(crate::bridge::Seal::for_gateway(gateway));
         Shared {
             role: Role::Main,
             admin,
@@ -344,6 +345,10 @@ impl Listener {
             });
         }
         sweeper.abort();
+        // Drain: no new connections (the socket closes), calls in flight get their answers.
+        drop(self.listener);
+        shared.router.drain();
+        ready::drain(&shared.router).await;
         shared.close_all_sessions().await;
     }
 }
@@ -463,9 +468,9 @@ async fn route<B: RequestBody>(shared: &Arc<Shared>, req: Request<B>) -> Reply {
             &json!({"status": "ok", "version": env!("CARGO_PKG_VERSION"), "sessions": shared.sessions.len()}),
         ),
         ("/ready" | "/metrics", &Method::GET) => match shared.admin {
-            Admin::Open => admin_endpoint(shared, path),
+            Admin::Open => admin_endpoint(shared, path).await,
             Admin::Token => match shared.access.authenticate(&parts.headers) {
-                Ok(_) => admin_endpoint(shared, path),
+                Ok(_) => admin_endpoint(shared, path).await,
                 Err(e) => unauthenticated(shared, &e, &base),
             },
             Admin::Elsewhere(addr) => reply::plain_json(
@@ -536,9 +541,9 @@ fn unauthenticated(shared: &Shared, e: &crate::access::Unauthorized, base: &str)
 }
 
 /// `/ready` or `/metrics`, once the caller may see them.
-fn admin_endpoint(shared: &Shared, path: &str) -> Reply {
+async fn admin_endpoint(shared: &Shared, path: &str) -> Reply {
     if path == "/ready" {
-        return ready(shared);
+        return ready::ready(shared).await;
     }
     let mut r = reply::json(
         StatusCode::OK,
@@ -549,25 +554,4 @@ fn admin_endpoint(shared: &Shared, path: &str) -> Reply {
         http::HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     r
-}
-
-fn ready(shared: &Shared) -> Reply {
-    let servers = shared.router.readiness();
-    let all_ready = shared.router.is_settled() && servers.iter().all(|(_, s)| s.is_ok());
-    let detail: serde_json::Map<String, serde_json::Value> = servers
-        .into_iter()
-        .map(|(name, s)| {
-            let v = match s {
-                Ok(()) => json!({"ready": true}),
-                Err(reason) => json!({"ready": false, "reason": reason}),
-            };
-            (name, v)
-        })
-        .collect();
-    let status = if all_ready {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    reply::plain_json(status, &json!({"ready": all_ready, "servers": detail}))
 }

@@ -286,7 +286,11 @@ async fn post<B: RequestBody>(
             if !preliminary(&req.method) {
                 session.engage();
             }
-            let admission = match shared.router.admit(&session.id, &session.identity, &req) {
+            let admission = match shared
+                .router
+                .admit(&session.id, &session.identity, &req)
+                .await
+            {
                 Ok(a) => a,
                 Err(refused) => return answer_reply(refused),
             };

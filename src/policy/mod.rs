@@ -4,6 +4,7 @@ mod diagnose;
 pub mod diff;
 pub mod egress;
 pub mod error;
+pub mod fleet;
 pub mod glob;
 pub mod import;
 pub mod location;
@@ -24,6 +25,7 @@ mod validate_openapi;
 mod validate_telemetry;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
+pub use fleet::{OnStoreError, QuotaStore, SharedLimits};
 pub use glob::glob_match;
 pub use import::import;
 pub use model::*;

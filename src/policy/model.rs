@@ -29,6 +29,8 @@ pub struct Policy {
     pub auth: Auth,
     /// OpenTelemetry trace export (`[telemetry]`); `None`: no spans are made.
     pub telemetry: Option<Telemetry>,
+    /// Where quotas are kept when several replicas share them (`[limits]`).
+    pub limits: super::fleet::SharedLimits,
 }
 
 /// `[telemetry]`: where and how the gateway exports its trace spans (OTLP).
@@ -289,6 +291,9 @@ pub struct Gateway {
     /// The gateway's instance id (`crate::instance`): names every kernel and Docker object it
     /// makes. `None`: derived from `state_dir`.
     pub instance: Option<String>,
+    /// `[gateway] fleet_key`: the secret every replica of a fleet seals `requestState` and task
+    /// handles with, so that a replica can check what another issued. `None`: a key per process.
+    pub fleet_key: Option<SecretRef>,
     /// The policy's version number (`[gateway] serial`). A gateway that requires signed
     /// policies loads none without it and none whose serial is lower than the one in force.
     pub serial: Option<u64>,

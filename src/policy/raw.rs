@@ -32,6 +32,9 @@ pub struct RawPolicy {
     pub audit: Option<RawAudit>,
     #[serde(default, deserialize_with = "in_telemetry")]
     pub telemetry: Option<RawTelemetry>,
+    /// Gateway-wide quota settings (`[limits]`): where a fleet keeps its shared quotas.
+    #[serde(default, deserialize_with = "in_shared_limits")]
+    pub limits: Option<RawSharedLimits>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -44,6 +47,17 @@ pub struct RawTelemetry {
     pub service_name: Option<Str>,
     pub timeout: Option<Spanned<Value>>,
     pub queue: Option<Spanned<u64>>,
+}
+
+/// `[limits]` at the top level (not a server's `limits`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSharedLimits {
+    pub store: Option<Str>,
+    pub password: Option<Str>,
+    pub on_store_error: Option<Str>,
+    pub replicas: Option<Spanned<u64>>,
+    pub store_timeout: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -130,6 +144,7 @@ pub struct RawGateway {
     pub tls: Option<Spanned<RawTls>>,
     pub state_dir: Option<Str>,
     pub instance: Option<Str>,
+    pub fleet_key: Option<Str>,
     pub serial: Option<Spanned<u64>>,
     pub list_changed_interval: Option<Spanned<Value>>,
     pub unstable_list_changes: Option<Spanned<u64>>,
@@ -366,6 +381,7 @@ in_table!(in_retention, "retention", Option<Spanned<RawRetention>>);
 in_table!(in_mounts, "mounts", Option<Spanned<Vec<RawMount>>>);
 in_table!(in_egress, "egress", Option<RawEgress>);
 in_table!(in_limits, "limits", Option<RawLimits>);
+in_table!(in_shared_limits, "limits", Option<RawSharedLimits>);
 in_table!(in_auth, "auth", Option<RawAuth>);
 in_table!(in_jwt, "jwt", Option<Spanned<RawJwt>>);
 in_table!(in_tls, "tls", Option<Spanned<RawTls>>);

@@ -131,6 +131,7 @@ pub fn validate(
     c.listener_safety(&gateway, &clients, &auth, listen_at);
     let audit = c.audit(raw.audit.unwrap_or_default());
     let telemetry = raw.telemetry.and_then(|t| c.telemetry(t));
+    let limits = c.shared_limits(raw.limits.unwrap_or_default());
     if gateway.require_image_digest {
         c.image_digests(&servers, &image_spans);
     }
@@ -146,6 +147,7 @@ pub fn validate(
         auth,
         audit,
         telemetry,
+        limits,
     })
 }
 
@@ -396,7 +398,13 @@ impl Checker<'_> {
                         None
                     }
                 });
+        let fleet_key = g.fleet_key.as_ref().and_then(|v| {
+            parse_secret_ref(v.get_ref())
+                .map_err(|e| self.error(v.span().start, format!("`fleet_key`: {e}")))
+                .ok()
+        });
         let gw = Gateway {
+            fleet_key,
             listen,
             admin_listen,
             naming,

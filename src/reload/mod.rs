@@ -69,6 +69,8 @@ pub struct Overrides {
     pub published_on_host_loopback: bool,
     /// `serve --instance`: overrides `[gateway] instance`.
     pub instance: Option<String>,
+    /// `serve --replica`: the instance id when neither `--instance` nor the policy names one.
+    pub replica: Option<String>,
     /// Who may own the policy and the key that must sign it (`--trusted-policy-owner`,
     /// `--insecure-policy-permissions`, `--policy-pubkey`).
     pub gate: Gate,
@@ -78,6 +80,8 @@ impl Overrides {
     pub fn apply(&self, policy: &mut Policy) {
         if let Some(id) = &self.instance {
             policy.gateway.instance = Some(id.clone());
+        } else if policy.gateway.instance.is_none() {
+            policy.gateway.instance = self.replica.clone();
         }
         if let Some(listen) = self.listen {
             policy.gateway.listen = listen;

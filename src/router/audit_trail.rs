@@ -42,6 +42,11 @@ impl AuditTrail {
     }
 
     /// Every record written from now on names this signed policy serial (`None`: unsigned).
+    /// Why the audit log can no longer take records, if it failed (fail-closed).
+    pub fn failure(&self) -> Option<String> {
+        self.log.as_ref().and_then(|l| l.failure())
+    }
+
     pub fn set_policy_serial(&self, serial: Option<u64>) {
         self.policy_serial
             .store(serial.unwrap_or(0), Ordering::Relaxed);

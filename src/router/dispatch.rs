@@ -74,7 +74,7 @@ impl Router {
     /// lets the transport refuse with HTTP 403/429 rather than inside an already-started
     /// stream. The returned admission carries the resolved request and its permit to
     /// `handle_request`, so quotas are taken once and the request goes where it was decided.
-    pub fn admit(
+    pub async fn admit(
         &self,
         session: &str,
         identity: &Identity,
@@ -90,7 +90,7 @@ impl Router {
         else {
             return Ok(None);
         };
-        match self.authorize(identity, session, &call) {
+        match self.authorize(identity, session, &call).await {
             Ok(permit) => Ok(Some(Admission { call, permit })),
             Err(f) => Err(f.answer(&req.id)),
         }
@@ -98,7 +98,7 @@ impl Router {
 
     /// Asks the access decision and the quotas about `call`; a refusal is audited as `denied`
     /// with the method and the item (never the arguments).
-    fn authorize(
+    async fn authorize(
         &self,
         identity: &Identity,
         session: &str,
@@ -106,7 +106,7 @@ impl Router {
     ) -> Result<Permit, Failure> {
         let target = call.target();
         let mut span = crate::telemetry::child("access");
-        let admitted = self.access.admit(identity, &target);
+        let admitted = self.access.admit(identity, &target).await;
         span.outcome(match &admitted {
             Ok(_) => "allowed",
             Err(Refused::Forbidden(_)) => "forbidden",
@@ -161,7 +161,7 @@ impl Router {
             Method::Forward(method) => {
                 self.wait_settled().await;
                 let call = self.resolve(identity, method, params)?;
-                let permit = self.authorize(identity, key, &call)?;
+                let permit = self.authorize(identity, key, &call).await?;
                 self.send(key, identity, &req.id, call, permit, context, related)
                     .await
             }

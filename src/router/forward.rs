@@ -53,6 +53,10 @@ pub(super) struct Flights {
 }
 
 impl Flights {
+    pub fn len(&self) -> usize {
+        self.table.lock().map(|t| t.by_upstream.len()).unwrap_or(0)
+    }
+
     fn begin(&self, upstream_id: u64, mut flight: Flight, progress: Option<ProgressRoute>) {
         let Ok(mut t) = self.table.lock() else { return };
         t.seq += 1;

@@ -68,6 +68,8 @@ pub struct Router {
     settled_tx: watch::Sender<bool>,
     /// Servers of the start-up policy that have not yet reported their first start.
     unsettled: Mutex<HashSet<Arc<str>>>,
+    /// Set at SIGTERM: this replica takes no new work and says so on `/ready`.
+    draining: std::sync::atomic::AtomicBool,
     /// One list refresh at a time per server.
     refresh_locks: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     refreshes: refresh::Refreshes,
@@ -168,6 +170,7 @@ impl Router {
         let (settled_tx, settled) = watch::channel(servers.len() == 0);
         let router = Arc::new(Router {
             unsettled: Mutex::new(servers.names().into_iter().collect()),
+            draining: std::sync::atomic::AtomicBool::new(false),
             servers,
             catalog: Catalog::new(prefix, filters),
             pages: list_cache::ListCache::default(),
@@ -200,6 +203,21 @@ impl Router {
 
     pub fn is_settled(&self) -> bool {
         *self.settled.borrow()
+    }
+
+    /// Marks this gateway as draining (SIGTERM): `/ready` answers 503 from now on.
+    pub fn drain(&self) {
+        self.draining
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Requests forwarded to servers and not yet answered.
+    pub fn calls_in_flight(&self) -> usize {
+        self.flights.len()
     }
 
     /// Stops every server and waits (bounded) for them to exit.
@@ -481,9 +499,14 @@ impl Failure {
                 }
             }
             Failure::Limited(l) => {
-                crate::metrics::global().refusal("rate_limited");
                 let secs = l.retry_after.as_secs_f64().ceil().max(1.0) as u64;
-                let message = format!("rate limited: {} exhausted; retry in {secs}s", l.scope);
+                let message = if l.store_error {
+                    crate::metrics::global().refusal("quota_store_unavailable");
+                    format!("rate limit unavailable: {}; retry in {secs}s", l.scope)
+                } else {
+                    crate::metrics::global().refusal("rate_limited");
+                    format!("rate limited: {} exhausted; retry in {secs}s", l.scope)
+                };
                 let data = json!({ "retryAfterSeconds": secs, "scope": l.scope });
                 Answer {
                     bytes: crate::mcp::error_response_with_data(

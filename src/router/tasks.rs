@@ -66,7 +66,12 @@ impl Router {
                 return Err(fail(Failure::Gateway(ErrorCode::FORBIDDEN, reason)));
             }
         };
-        if let Err(l) = self.access.limits.check(&identity.client, &server, None) {
+        if let Err(l) = self
+            .access
+            .limits
+            .check(&identity.client, &server, None)
+            .await
+        {
             refused(Outcome::RateLimited, &l.scope);
             return Err(fail(Failure::Limited(l)));
         }

@@ -79,13 +79,31 @@ fn dotenv_lookup(text: &str, key: &str) -> Option<String> {
 /// appear inside JSON text (call arguments). Secrets that cannot be read now are left out.
 pub fn redaction_values(policy: &crate::policy::Policy) -> Vec<String> {
     let mut out = Vec::new();
-    for server in policy.servers.values() {
-        for (name, source) in &server.secrets {
-            if let Ok(v) = resolve(name, source) {
-                let escaped = serde_json::to_string(&v).unwrap_or_default();
-                out.push(escaped.trim_matches('"').to_owned());
-                out.push(v);
-            }
+    // The gateway's own secrets (fleet key, quota store password) are never meant to appear
+    // in a record either.
+    let own = [
+        ("fleet_key", policy.gateway.fleet_key.as_ref()),
+        (
+            "password",
+            policy
+                .limits
+                .store
+                .as_ref()
+                .and_then(|s| s.password.as_ref()),
+        ),
+    ];
+    let own = own
+        .into_iter()
+        .filter_map(|(n, r)| Some((n.to_owned(), r?.clone())));
+    let servers = policy
+        .servers
+        .values()
+        .flat_map(|s| s.secrets.iter().map(|(n, r)| (n.clone(), r.clone())));
+    for (name, source) in own.chain(servers) {
+        if let Ok(v) = resolve(&name, &source) {
+            let escaped = serde_json::to_string(&v).unwrap_or_default();
+            out.push(escaped.trim_matches('"').to_owned());
+            out.push(v);
         }
     }
     out.sort();

@@ -2,7 +2,7 @@
 # Installs what `make run` / `make test` need on a fresh Debian machine.
 # Idempotent: every step checks first, so a warm machine pays almost nothing.
 #   system  apt packages (nftables, netlink libs, docker.io, docker-compose, iproute2, pkg-config,
-#           rsyslog, systemd, chromium)
+#           rsyslog, systemd, chromium, haproxy, redis-server)
 #   peers   Python and npm MCP peers into the ignored folder .peers/
 #   fuzz    cargo-fuzz and a C++ compiler for libFuzzer (only `make fuzz` / `make fuzz-ci` need them)
 set -euo pipefail
@@ -21,8 +21,9 @@ install_system() {
   # offline gateway image (tests/docker/build-gateway-image.sh). systemd: a real systemd-journald
   # and journalctl for the journald sink's test (tests/audit_journald.rs; journald runs in a mount
   # namespace of its own, systemd need not be PID 1). chromium: renders the audit report headless
-  # (tests/audit_report.rs).
-  local want=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 docker.io docker-compose binutils curl rsyslog rsyslog-gnutls openssl python3-venv systemd chromium)
+  # (tests/audit_report.rs). haproxy + redis-server: the fleet test (tests/fleet.rs) starts its
+  # own on free loopback ports; the packaged services are not used.
+  local want=(pkg-config libnftnl-dev libmnl-dev nftables iproute2 docker.io docker-compose binutils curl rsyslog rsyslog-gnutls openssl python3-venv systemd chromium haproxy redis-server)
   local missing=()
   for p in "${want[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
