@@ -51,6 +51,10 @@ pub struct ClientConfigArgs {
     /// `managed-settings.json` allows only the gateway's URL.
     #[arg(long)]
     pub managed: bool,
+    /// The gateway's base URL as the client sees it (`https://portcullis:8811` in the devcontainer
+    /// kit), instead of the one derived from the policy's listener.
+    #[arg(long)]
+    pub base_url: Option<String>,
     /// With `--managed`: write the two files into this directory instead of printing them.
     #[arg(long, requires = "managed")]
     pub out_dir: Option<PathBuf>,
@@ -74,7 +78,10 @@ pub fn run(args: ClientConfigArgs) -> ExitCode {
     } else {
         addr.ip()
     };
-    let base = base_url(&policy, std::net::SocketAddr::new(host, addr.port()));
+    let base = match &args.base_url {
+        Some(b) => b.trim_end_matches('/').to_owned(),
+        None => base_url(&policy, std::net::SocketAddr::new(host, addr.port())),
+    };
     if args.managed {
         return managed(&args, &base, policy.requires_auth());
     }
@@ -272,6 +279,7 @@ mod tests {
             token_env: "PORTCULLIS_TOKEN".into(),
             name: "portcullis".into(),
             managed: false,
+            base_url: None,
             out_dir: None,
         }
     }

@@ -27,6 +27,10 @@ pub struct Policy {
     /// How clients prove who they are beyond static tokens (JWT), and what the gateway
     /// advertises about it.
     pub auth: Auth,
+    /// `[workspace]`: where the devcontainer kit's workspace (the agent's own container) may
+    /// connect, in the syntax of a server's `egress.allow`. `None` without the section. The
+    /// egress agent of the kit enforces it; the gateway itself only validates and shows it.
+    pub workspace: Option<Egress>,
 }
 
 /// Client authentication settings besides per-client token hashes.

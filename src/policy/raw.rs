@@ -30,6 +30,9 @@ pub struct RawPolicy {
     pub auth: Option<RawAuth>,
     #[serde(default, deserialize_with = "in_audit")]
     pub audit: Option<RawAudit>,
+    /// The devcontainer kit's workspace: its own egress rules, written as a server's.
+    #[serde(default, deserialize_with = "in_workspace")]
+    pub workspace: Option<RawEgress>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -345,6 +348,7 @@ in_table!(in_egress_settings, "egress", Option<RawEgressSettings>);
 in_table!(in_servers, "servers", Named<RawServer>);
 in_table!(in_clients, "clients", Named<RawClient>);
 in_table!(in_audit, "audit", Option<RawAudit>);
+in_table!(in_workspace, "workspace", Option<RawEgress>);
 in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
 in_table!(in_witness, "witness", Option<Vec<RawWitness>>);
 in_table!(in_retention, "retention", Option<Spanned<RawRetention>>);

@@ -130,6 +130,11 @@ pub fn validate(
     let auth = c.auth(raw.auth.unwrap_or_default());
     c.listener_safety(&gateway, &clients, &auth, listen_at);
     let audit = c.audit(raw.audit.unwrap_or_default());
+    // The same parser and errors as a server's egress.allow; "docker" because the workspace is
+    // a container whose names the pinning resolver answers, so a DNS budget applies to it.
+    let workspace = raw
+        .workspace
+        .map(|w| c.server_egress("workspace", "docker", Some(&w)));
     if gateway.require_image_digest {
         c.image_digests(&servers, &image_spans);
     }
@@ -144,6 +149,7 @@ pub fn validate(
         clients,
         auth,
         audit,
+        workspace,
     })
 }
 
