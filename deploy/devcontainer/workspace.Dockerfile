@@ -3,7 +3,8 @@
 # user could use; compose.yaml drops every capability and sets no-new-privileges.
 # Claude Code's managed configuration names only the gateway (exclusive control) and allows only
 # its URL; it is root-owned and read-only to `node`. Regenerate it with
-#   portcullis client-config claude --managed --base-url https://portcullis:8811 --out-dir .
+#   portcullis client-config claude --managed --policy policy/policy.toml \
+#     --base-url https://portcullis:8811 --out-dir .
 ARG NODE_IMAGE=node:20-bookworm-slim
 FROM ${NODE_IMAGE}
 ARG CLAUDE_CODE_VERSION=latest
