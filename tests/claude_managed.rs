@@ -79,6 +79,24 @@ fn text(o: &Output) -> String {
     )
 }
 
+/// `claude mcp add` of an HTTP server `name` at `url` in the user's scope.
+fn add_user_server(bin: &Path, home: &Path, name: &str, url: &str) -> Output {
+    claude(
+        bin,
+        home,
+        &[
+            "mcp",
+            "add",
+            "--transport",
+            "http",
+            "--scope",
+            "user",
+            name,
+            url,
+        ],
+    )
+}
+
 /// The server rows of `claude mcp list` (`name: url (...) - status`).
 fn rows(bin: &Path, home: &Path) -> Vec<String> {
     let out = claude(bin, home, &["mcp", "list"]);
@@ -108,20 +126,7 @@ fn managed_files_leave_claude_code_only_the_gateway() {
     };
 
     // Without the managed files a user adds any server and the CLI uses it.
-    let added = claude(
-        &bin,
-        home.path(),
-        &[
-            "mcp",
-            "add",
-            "--transport",
-            "http",
-            "--scope",
-            "user",
-            "rogue",
-            ROGUE,
-        ],
-    );
+    let added = add_user_server(&bin, home.path(), "rogue", ROGUE);
     assert!(added.status.success(), "{}", text(&added));
     let before = rows(&bin, home.path());
     assert!(before.iter().any(|r| r.starts_with("rogue:")), "{before:?}");
@@ -155,40 +160,14 @@ fn managed_files_leave_claude_code_only_the_gateway() {
     assert!(listed[0].contains("Connected"), "{listed:?}");
 
     // Adding another server is refused by the CLI itself, and nothing new is listed.
-    let refused = claude(
-        &bin,
-        home.path(),
-        &[
-            "mcp",
-            "add",
-            "--transport",
-            "http",
-            "--scope",
-            "user",
-            "other",
-            "http://127.0.0.1:10/mcp",
-        ],
-    );
+    let refused = add_user_server(&bin, home.path(), "other", "http://127.0.0.1:10/mcp");
     assert!(!refused.status.success(), "{}", text(&refused));
     assert!(text(&refused).contains("enterprise"), "{}", text(&refused));
     assert_eq!(rows(&bin, home.path()), listed);
 
     // The settings file alone (no managed-mcp.json) still refuses a URL other than the gateway's.
     std::fs::remove_file(Path::new(MANAGED).join("managed-mcp.json")).unwrap();
-    let refused = claude(
-        &bin,
-        home.path(),
-        &[
-            "mcp",
-            "add",
-            "--transport",
-            "http",
-            "--scope",
-            "user",
-            "other",
-            "http://127.0.0.1:10/mcp",
-        ],
-    );
+    let refused = add_user_server(&bin, home.path(), "other", "http://127.0.0.1:10/mcp");
     assert!(!refused.status.success(), "{}", text(&refused));
     assert!(
         text(&refused).contains("not allowed by enterprise policy"),
