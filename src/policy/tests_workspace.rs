@@ -43,8 +43,8 @@ fn a_bad_workspace_rule_is_an_error_at_its_line_and_column() {
             .collect::<Vec<_>>(),
     };
     assert_eq!(errs.len(), 1, "{errs:#?}");
-    // Line 6 of the document, at the opening quote of the bad entry.
-    assert!(errs[0].contains("p.toml:6:27"), "{}", errs[0]);
+    // Line 6 of the document, column 28: the opening quote of the bad entry.
+    assert!(errs[0].contains("p.toml:6:28"), "{}", errs[0]);
     let unknown = format!("{TIME}\n[workspace]\ndeny = [\"x\"]\n");
     assert!(parse(&unknown, "p.toml").is_err());
 }
