@@ -18,6 +18,8 @@ COPY Cargo.toml Cargo.lock ./
 COPY bench/ bench/
 COPY tests/fixture_server/ tests/fixture_server/
 COPY policy/default.toml policy/default.toml
+# `portcullis init devcontainer` embeds the kit's files.
+COPY deploy/devcontainer/ deploy/devcontainer/
 COPY src/ src/
 RUN cargo build --release --locked --bin portcullis \
  && strip target/release/portcullis

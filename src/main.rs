@@ -31,6 +31,7 @@ fn main() -> ExitCode {
         Command::Audit(cmd) => cli::audit::run(cmd),
         Command::Token(TokenCommand::New { client }) => cli::token_new(&client),
         Command::ClientConfig(args) => cli::client_config::run(args),
+        Command::Init(cmd) => cli::init::run(cmd),
         Command::Doctor(doctor) => match async_runtime() {
             Ok(rt) => rt.block_on(cli::doctor::run(doctor)),
             Err(code) => code,

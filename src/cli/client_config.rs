@@ -45,7 +45,23 @@ pub struct ClientConfigArgs {
     /// The server name clients show.
     #[arg(long, default_value = "portcullis")]
     pub name: String,
+    /// Claude Code only: print the managed (enterprise) configuration instead, the two files an
+    /// administrator installs in `/etc/claude-code/`: `managed-mcp.json` names only the gateway,
+    /// which gives it exclusive control (`claude mcp add` is refused), and
+    /// `managed-settings.json` allows only the gateway's URL.
+    #[arg(long)]
+    pub managed: bool,
+    /// The gateway's base URL as the client sees it (`https://portcullis:8811` in the devcontainer
+    /// kit), instead of the one derived from the policy's listener.
+    #[arg(long)]
+    pub base_url: Option<String>,
+    /// With `--managed`: write the two files into this directory instead of printing them.
+    #[arg(long, requires = "managed")]
+    pub out_dir: Option<PathBuf>,
 }
+
+/// Where Claude Code reads its managed configuration on Linux (fixed in the CLI).
+pub const MANAGED_DIR: &str = "/etc/claude-code";
 
 pub fn run(args: ClientConfigArgs) -> ExitCode {
     let policy = match super::serve::load_policy(args.policy.as_ref()) {
@@ -62,9 +78,64 @@ pub fn run(args: ClientConfigArgs) -> ExitCode {
     } else {
         addr.ip()
     };
-    let base = base_url(&policy, std::net::SocketAddr::new(host, addr.port()));
+    let base = match &args.base_url {
+        Some(b) => b.trim_end_matches('/').to_owned(),
+        None => base_url(&policy, std::net::SocketAddr::new(host, addr.port())),
+    };
+    if args.managed {
+        return managed(&args, &base, policy.requires_auth());
+    }
     print!("{}", render(&args, &base, policy.requires_auth()));
     ExitCode::SUCCESS
+}
+
+fn managed(args: &ClientConfigArgs, base: &str, auth: bool) -> ExitCode {
+    if !matches!(args.client, Client::Claude) {
+        eprintln!("--managed is for Claude Code only (its /etc/claude-code/ files)");
+        return ExitCode::FAILURE;
+    }
+    let auth_env = auth.then_some(args.token_env.as_str());
+    let (mcp, settings) = managed_files(&args.name, base, args.transport, auth_env);
+    let Some(dir) = &args.out_dir else {
+        print!("# {MANAGED_DIR}/managed-mcp.json\n{mcp}");
+        print!("\n# {MANAGED_DIR}/managed-settings.json\n{settings}");
+        if let Some(env) = auth_env {
+            println!("\n# Claude Code expands ${{{env}}} whenever it connects: set {env} in its environment.");
+        }
+        return ExitCode::SUCCESS;
+    };
+    for (file, text) in [
+        ("managed-mcp.json", &mcp),
+        ("managed-settings.json", &settings),
+    ] {
+        let path = dir.join(file);
+        if let Err(e) = std::fs::create_dir_all(dir).and_then(|()| std::fs::write(&path, text)) {
+            eprintln!("writing {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+/// The two managed files for a gateway at `base`: `(managed-mcp.json, managed-settings.json)`.
+/// The token stays a `${VAR}` reference, which Claude Code expands in managed-mcp.json as in
+/// `.mcp.json`, so the files hold no secret and can be baked into an image.
+pub fn managed_files(
+    name: &str,
+    base: &str,
+    transport: Transport,
+    auth_env: Option<&str>,
+) -> (String, String) {
+    let (kind, url) = endpoint(base, transport);
+    let mut server = json!({"type": kind, "url": url});
+    if let Some(env) = auth_env {
+        server["headers"] = json!({"Authorization": format!("Bearer ${{{env}}}")});
+    }
+    let mcp = json!({"mcpServers": {name: server}});
+    // `serverUrl` is matched against a remote server's URL (wildcards allowed); naming the exact
+    // endpoint means a server that merely reuses the name `portcullis` elsewhere is not allowed.
+    let settings = json!({"allowedMcpServers": [{"serverUrl": url}]});
+    (pretty(&mcp), pretty(&settings))
 }
 
 /// `http://HOST:PORT` (or `https`) of a gateway listening on `addr` with `policy`.
@@ -207,7 +278,33 @@ mod tests {
             transport: Transport::Http,
             token_env: "PORTCULLIS_TOKEN".into(),
             name: "portcullis".into(),
+            managed: false,
+            base_url: None,
+            out_dir: None,
         }
+    }
+
+    #[test]
+    fn managed_files_name_only_the_gateway_and_keep_the_token_a_reference() {
+        let (mcp, settings) = managed_files(
+            "portcullis",
+            "http://127.0.0.1:8811",
+            Transport::Http,
+            Some("PORTCULLIS_TOKEN"),
+        );
+        let mcp: serde_json::Value = serde_json::from_str(&mcp).unwrap();
+        let servers = mcp["mcpServers"].as_object().unwrap();
+        assert_eq!(servers.len(), 1);
+        assert_eq!(servers["portcullis"]["url"], "http://127.0.0.1:8811/mcp");
+        assert_eq!(
+            servers["portcullis"]["headers"]["Authorization"],
+            "Bearer ${PORTCULLIS_TOKEN}"
+        );
+        let settings: serde_json::Value = serde_json::from_str(&settings).unwrap();
+        assert_eq!(
+            settings,
+            json!({"allowedMcpServers": [{"serverUrl": "http://127.0.0.1:8811/mcp"}]})
+        );
     }
 
     #[test]

@@ -8,6 +8,7 @@ pub mod doctor;
 pub mod egress_watch;
 pub mod firewall;
 pub mod health;
+pub mod init;
 pub mod instance;
 pub mod policy;
 pub mod policy_gate;
@@ -50,6 +51,9 @@ pub enum Command {
     Token(TokenCommand),
     /// Print the command or JSON that connects a client (claude, cursor, vscode).
     ClientConfig(client_config::ClientConfigArgs),
+    /// Write a deployment kit: `init devcontainer [DIR]` (the locked-down devcontainer).
+    #[command(subcommand)]
+    Init(init::InitCommand),
     /// Check that what a policy needs (policy, Docker engine, images, nftables, audit directory)
     /// is present, with a fix for each problem.
     Doctor(doctor::DoctorArgs),

@@ -160,3 +160,5 @@ pub fn default_policy() -> Result<Policy, PolicyError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_workspace;

@@ -31,6 +31,10 @@ pub struct Policy {
     pub telemetry: Option<Telemetry>,
     /// Where quotas are kept when several replicas share them (`[limits]`).
     pub limits: super::fleet::SharedLimits,
+    /// `[workspace]`: where the devcontainer kit's workspace (the agent's own container) may
+    /// connect, in the syntax of a server's `egress.allow`. `None` without the section. The
+    /// egress agent of the kit enforces it; the gateway itself only validates and shows it.
+    pub workspace: Option<Egress>,
 }
 
 /// `[telemetry]`: where and how the gateway exports its trace spans (OTLP).

@@ -35,6 +35,9 @@ pub struct RawPolicy {
     /// Gateway-wide quota settings (`[limits]`): where a fleet keeps its shared quotas.
     #[serde(default, deserialize_with = "in_shared_limits")]
     pub limits: Option<RawSharedLimits>,
+    /// The devcontainer kit's workspace: its own egress rules, written as a server's.
+    #[serde(default, deserialize_with = "in_workspace")]
+    pub workspace: Option<RawEgress>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -375,6 +378,7 @@ in_table!(in_servers, "servers", Named<RawServer>);
 in_table!(in_clients, "clients", Named<RawClient>);
 in_table!(in_audit, "audit", Option<RawAudit>);
 in_table!(in_telemetry, "telemetry", Option<RawTelemetry>);
+in_table!(in_workspace, "workspace", Option<RawEgress>);
 in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
 in_table!(in_witness, "witness", Option<Vec<RawWitness>>);
 in_table!(in_retention, "retention", Option<Spanned<RawRetention>>);

@@ -253,6 +253,19 @@ pub fn render(p: &Policy) -> String {
         "  dns_rate              {} per server, answered from its cache first",
         rate_text(e.dns_rate)
     );
+    if let Some(w) = &p.workspace {
+        let allow: Vec<String> = w.allow.iter().map(ToString::to_string).collect();
+        let _ = writeln!(
+            o,
+            "\n[workspace]  (enforced by the devcontainer kit's egress agent)"
+        );
+        let allow = if allow.is_empty() {
+            "none (default deny)".to_owned()
+        } else {
+            allow.join(", ")
+        };
+        let _ = writeln!(o, "  allow                 {allow}");
+    }
     for s in p.servers.values() {
         let _ = writeln!(o, "\n[servers.{}]", s.name);
         match &s.runtime {

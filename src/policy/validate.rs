@@ -132,6 +132,11 @@ pub fn validate(
     let audit = c.audit(raw.audit.unwrap_or_default());
     let telemetry = raw.telemetry.and_then(|t| c.telemetry(t));
     let limits = c.shared_limits(raw.limits.unwrap_or_default());
+    // The same parser and errors as a server's egress.allow; "docker" because the workspace is
+    // a container whose names the pinning resolver answers, so a DNS budget applies to it.
+    let workspace = raw
+        .workspace
+        .map(|w| c.server_egress("workspace", "docker", Some(&w)));
     if gateway.require_image_digest {
         c.image_digests(&servers, &image_spans);
     }
@@ -148,6 +153,7 @@ pub fn validate(
         audit,
         telemetry,
         limits,
+        workspace,
     })
 }
 
