@@ -21,6 +21,7 @@ mod validate_egress;
 mod validate_guard;
 mod validate_oauth;
 mod validate_openapi;
+mod validate_rules;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
 pub use glob::glob_match;
@@ -157,3 +158,5 @@ pub fn default_policy() -> Result<Policy, PolicyError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rules;

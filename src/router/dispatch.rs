@@ -89,24 +89,36 @@ impl Router {
         session: &str,
         call: &Call,
     ) -> Result<Permit, Failure> {
-        let target = call.target();
-        self.access.admit(identity, &target).map_err(|refused| {
-            let (outcome, reason, failure) = match refused {
+        let question = call.question();
+        self.access.admit(identity, &question).map_err(|refused| {
+            let (outcome, reason, rule, failure) = match refused {
                 Refused::Forbidden(d) => (
                     Outcome::Error(ErrorCode::FORBIDDEN.0),
                     d.reason.clone(),
+                    d.rule,
                     Failure::Gateway(ErrorCode::FORBIDDEN, d.reason),
                 ),
-                Refused::Limited(l) => (Outcome::RateLimited, l.scope.clone(), Failure::Limited(l)),
+                Refused::Limited(l) => (
+                    Outcome::RateLimited,
+                    l.scope.clone(),
+                    None,
+                    Failure::Limited(l),
+                ),
             };
-            self.audit.record_later(AuditTrail::refused(
-                identity,
-                session,
-                call.method.method(),
-                &target,
-                outcome,
-                &reason,
-            ));
+            if let Some(rule) = &rule {
+                tracing::info!(client = %identity.client, rule = rule.index, by_condition = rule.by_condition, "refused by a rule");
+            }
+            self.audit.record_later(
+                AuditTrail::refused(
+                    identity,
+                    session,
+                    call.method.method(),
+                    &question.target,
+                    outcome,
+                    &reason,
+                )
+                .rule_of(rule.as_ref()),
+            );
             failure
         })
     }
