@@ -37,6 +37,8 @@ pub enum Kind {
     KeyRotation,
     /// Log only: retention removed (or archived) the oldest segment.
     Retention,
+    /// A `confirm` rule's question to the caller, and its answer.
+    Approval,
 }
 
 impl Kind {
@@ -61,6 +63,7 @@ impl Kind {
         Kind::SegmentStart,
         Kind::KeyRotation,
         Kind::Retention,
+        Kind::Approval,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +88,7 @@ impl Kind {
             Kind::SegmentStart => "segment_start",
             Kind::KeyRotation => "key_rotation",
             Kind::Retention => "retention",
+            Kind::Approval => "approval",
         }
     }
 

@@ -204,6 +204,18 @@ impl Router {
         {
             return Ok(crate::mcp::to_raw(&json!({})));
         }
+        if let Some(confirm) = permit.confirm() {
+            self.approve(
+                key,
+                identity,
+                &permit,
+                confirm,
+                method.method(),
+                &params,
+                related.as_ref(),
+            )
+            .await?;
+        }
         let result = self
             .forward(
                 key,
