@@ -170,3 +170,26 @@ fn hostile_sources_never_panic() {
         let _ = c.eval(&Prepared::new(&facts(&args, None)).unwrap());
     }
 }
+
+#[test]
+fn the_recipes_of_the_policy_reference_compile() {
+    let readme = include_str!("../../../policy/README.md");
+    let mut seen = 0;
+    for line in readme.lines() {
+        if let Some(src) = line
+            .strip_prefix("when = '")
+            .and_then(|l| l.strip_suffix('\''))
+        {
+            Condition::compile(src).unwrap_or_else(|e| panic!("{src}: {e:?}"));
+            seen += 1;
+        }
+    }
+    assert!(seen >= 5, "{seen} recipes");
+    let read_only = Condition::compile(r#"!args.sql.matches("(?i)^\\s*select\\b")"#).unwrap();
+    let on = |sql: &str| {
+        let args = json!({ "sql": sql });
+        read_only.eval(&Prepared::new(&facts(&args, None)).unwrap())
+    };
+    assert_eq!(on("  SELECT * FROM t"), Evaluated::False);
+    assert_eq!(on("drop table t"), Evaluated::True);
+}
