@@ -35,11 +35,13 @@ const MAX_WAITING: usize = 1024;
 const MAX_SUMMARY: usize = 2000;
 
 type Answer = Result<Box<RawValue>, Box<RawValue>>;
+/// The session asked, and where its answer goes.
+type Asked = (Arc<str>, oneshot::Sender<Answer>);
 
 /// Questions sent and not yet answered, by request id.
 #[derive(Default)]
 pub(super) struct Approvals {
-    waiting: Mutex<HashMap<String, (Arc<str>, oneshot::Sender<Answer>)>>,
+    waiting: Mutex<HashMap<String, Asked>>,
     next: AtomicU64,
 }
 
