@@ -13,15 +13,8 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use common::client::{Mcp, LATEST};
-use common::Gateway;
+use common::{env_num, Gateway};
 use serde_json::json;
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 /// The gateway's CPU time so far (user + system), in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
