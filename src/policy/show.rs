@@ -404,7 +404,15 @@ pub fn render(p: &Policy) -> String {
             o,
             "  allow                 {}",
             if c.allow.is_empty() {
-                "all".into()
+                let by_rules = c
+                    .rules
+                    .iter()
+                    .any(|r| r.effect == super::model::Effect::Allow);
+                if by_rules {
+                    "(none here: only what the allow rules below grant)".into()
+                } else {
+                    "all".into()
+                }
             } else {
                 c.allow.join(", ")
             }

@@ -57,6 +57,13 @@ impl Approvals {
         Some((id, rx))
     }
 
+    /// Ends the questions asked of `session` (closed): their calls are refused.
+    pub fn drop_session(&self, session: &str) {
+        if let Ok(mut w) = self.waiting.lock() {
+            w.retain(|_, (s, _)| &**s != session);
+        }
+    }
+
     fn forget(&self, id: &str) {
         if let Ok(mut w) = self.waiting.lock() {
             w.remove(id);
@@ -260,5 +267,48 @@ impl Router {
             permit.server(),
             permit.item()
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn questions_never_show_secret_looking_arguments() {
+        let args = json!({"repo": "acme/site", "api_token": "t0ps3cret", "auth": {"Password": "p", "user": "ada"}, "list": [{"secret": 1}]});
+        let shown = redact_named(&args).to_string();
+        for secret in ["t0ps3cret", "\"p\"", ":1"] {
+            assert!(!shown.contains(secret), "{shown}");
+        }
+        assert!(
+            shown.contains("acme/site") && shown.contains("ada"),
+            "{shown}"
+        );
+    }
+
+    #[test]
+    fn answers_reach_only_the_question_of_their_session() {
+        let a = Approvals::default();
+        let s: Arc<str> = Arc::from("s1");
+        let (id, mut rx) = a.ask(&s).unwrap();
+        let resp = |id: &str| Response {
+            id: Id::Str(id.to_owned()),
+            outcome: Ok(crate::mcp::to_raw(&json!({"action": "accept"}))),
+        };
+        assert!(
+            a.answer("s2", resp(&id)).is_err(),
+            "another session's answer"
+        );
+        assert!(a.answer("s1", resp("portcullis-approval-999")).is_err());
+        assert!(rx.try_recv().is_err());
+        assert!(a.answer("s1", resp(&id)).is_ok());
+        assert!(rx.try_recv().is_ok_and(|r| r.is_ok()));
+        let (_, rx) = a.ask(&s).unwrap();
+        a.drop_session("s1");
+        assert!(
+            rx.blocking_recv().is_err(),
+            "a closed session's question ends"
+        );
     }
 }

@@ -251,6 +251,8 @@ impl Router {
     /// Forgets a session: its subscriptions, dedicated instances and pending server requests.
     pub async fn close_session(&self, key: &str) {
         self.sessions.close(key);
+        // Its unanswered approval questions end now, refusing their calls.
+        self.approvals.drop_session(key);
         self.debounce.forget(key);
         let session: Arc<str> = Arc::from(key);
         for (server, uri) in self.relay.drop_session(key) {
