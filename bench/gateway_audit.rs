@@ -15,15 +15,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::client::{Mcp, LATEST};
-use common::Gateway;
+use common::{env_num, Gateway};
 use serde_json::json;
-
-fn env_num(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const TOKEN: &str = "pcs_bench-token-00000000000000000000000000000";
 

@@ -28,6 +28,12 @@ fn main() -> ExitCode {
         Command::Policy(PolicyCommand::Sign { key, file }) => cli::policy_sign::sign(&key, &file),
         Command::Policy(PolicyCommand::Import { file }) => cli::policy::import(&file),
         Command::Policy(PolicyCommand::Show { file }) => cli::policy::show(&file),
+        Command::Policy(PolicyCommand::Test {
+            file,
+            client,
+            call,
+            expect,
+        }) => cli::policy_test::run(&file, &client, &call, expect),
         Command::Audit(cmd) => cli::audit::run(cmd),
         Command::Token(TokenCommand::New { client }) => cli::token_new(&client),
         Command::ClientConfig(args) => cli::client_config::run(args),

@@ -371,3 +371,60 @@ fn bad_client_quotas_are_refused_with_what_to_write() {
         assert!(line.starts_with(&want), "{quota}: {line}\nwanted: {want}");
     }
 }
+
+#[test]
+fn policy_test_decides_a_sample_call_and_show_explains_rules() {
+    let dir = tempfile::tempdir().unwrap();
+    let policy = write(
+        dir.path(),
+        "p.toml",
+        "[servers.git]\nruntime = \"process\"\ncommand = \"mcp-server-git\"\n\n[clients.ci]\nallow = [\"git__*\"]\n\n[[clients.ci.rules]]\ndeny = [\"git__git_push\"]\nwhen = 'args.branch in [\"main\", \"release\"]'\n\n[[clients.ci.rules]]\nconfirm = [\"git__git_reset\"]\n",
+    );
+    let call = |name: &str, args: serde_json::Value| {
+        let c = serde_json::json!({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": name, "arguments": args}});
+        write(dir.path(), "call.json", &c.to_string())
+    };
+    let test = |expect: &str| {
+        let path = dir.path().join("call.json");
+        let path = path.to_str().unwrap();
+        portcullis(
+            &[
+                "policy", "test", "--client", "ci", "--call", path, "--expect", expect,
+            ],
+            &policy,
+        )
+    };
+    call("git__git_push", serde_json::json!({"branch": "main"}));
+    let r = test("deny");
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert!(
+        r.stdout.starts_with("deny: ") && r.stdout.contains("rule: clients.ci.rules[0]"),
+        "{}",
+        r.stdout
+    );
+    call("git__git_push", serde_json::json!({"branch": "feature"}));
+    let r = test("deny");
+    assert_eq!(
+        r.code, 1,
+        "the expectation fails: {} {}",
+        r.stdout, r.stderr
+    );
+    assert_eq!(r.stdout.trim(), "allow");
+    call("git__git_reset", serde_json::json!({}));
+    let r = test("confirm");
+    assert_eq!(r.code, 0, "{} {}", r.stdout, r.stderr);
+    assert!(r.stdout.contains("rules[1]"), "{}", r.stdout);
+    let show = portcullis(&["policy", "show"], &policy);
+    assert!(
+        show.stdout
+            .contains("rules[0]              refuses git__git_push only when `args.branch in"),
+        "{}",
+        show.stdout
+    );
+    assert!(
+        show.stdout
+            .contains("asks the caller's person to approve git__git_reset"),
+        "{}",
+        show.stdout
+    );
+}

@@ -2,6 +2,9 @@
 //! that the router must hand over to forward the request, or the reason for a refusal.
 
 use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
 
 use super::rules::Rules;
 
@@ -87,7 +90,7 @@ impl<'a> Target<'a> {
     }
 
     /// What the client tried to do, for refusals: "call tool", "read resource", ...
-    fn action(&self) -> &'static str {
+    pub(super) fn action(&self) -> &'static str {
         match self {
             Target::Tool { .. } => "call tool",
             Target::Prompt { .. } => "get prompt",
@@ -106,6 +109,72 @@ impl<'a> Target<'a> {
     }
 }
 
+/// What the access decision is asked: a [`Target`], the method that reaches it, and the
+/// call's arguments, which `when` conditions judge.
+#[derive(Debug, Clone, Copy)]
+pub struct Question<'a> {
+    pub target: Target<'a>,
+    pub method: &'a str,
+    /// `arguments` of a tool call or prompt, what a completion completes; `None` when the
+    /// request has none (a read, a subscription, a list entry).
+    pub args: Option<&'a Value>,
+}
+
+impl<'a> Question<'a> {
+    pub fn new(target: Target<'a>, method: &'a str, args: Option<&'a Value>) -> Question<'a> {
+        Question {
+            target,
+            method,
+            args,
+        }
+    }
+
+    /// `tool`, `prompt` and `uri` as conditions see them (empty when not this kind).
+    pub(super) fn names(&self) -> (&'a str, &'a str, &'a str) {
+        match self.target {
+            Target::Tool { name, .. } => (name, "", ""),
+            Target::Prompt { name, .. }
+            | Target::Completion {
+                of: Completed::Prompt(name),
+                ..
+            } => ("", name, ""),
+            Target::Resource { uri, .. }
+            | Target::Subscription { uri, .. }
+            | Target::Completion {
+                of: Completed::Resource(uri),
+                ..
+            } => ("", "", uri),
+            Target::Template { uri_template, .. } => ("", "", uri_template),
+        }
+    }
+}
+
+/// The `[[clients.NAME.rules]]` entry that decided, for refusals, records and approvals.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Matched {
+    /// Its index in the client's `rules` (0-based, as in `rules[0]`).
+    pub index: usize,
+    /// The rule as written in one line.
+    pub text: Arc<str>,
+    /// Whether its `when` condition decided (it was true, false, or failed).
+    pub by_condition: bool,
+}
+
+impl Matched {
+    /// `rules[2] (deny = [...] when ...)`, for an audit record's `rule` field.
+    pub fn describe(&self) -> String {
+        format!("rules[{}] ({})", self.index, self.text)
+    }
+}
+
+/// A permitted call that needs a person's approval before it is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Confirm {
+    pub rule: Matched,
+    /// How long to wait for the answer.
+    pub timeout: Duration,
+}
+
 /// The answer to "may this client do this?".
 #[derive(Debug)]
 pub enum Decision {
@@ -121,15 +190,27 @@ pub struct Permit {
     server: Arc<str>,
     tool: Option<Box<str>>,
     item: Box<str>,
+    confirm: Option<Confirm>,
 }
 
 impl Permit {
-    fn of(target: &Target) -> Permit {
+    pub(super) fn of(target: &Target) -> Permit {
         Permit {
             server: Arc::from(target.server()),
             tool: target.tool().map(Box::from),
             item: Box::from(target.item()),
+            confirm: None,
         }
+    }
+
+    pub(super) fn confirmed_by(mut self, confirm: Option<Confirm>) -> Permit {
+        self.confirm = confirm;
+        self
+    }
+
+    /// The approval the call needs before it is forwarded, if a `confirm` rule applies.
+    pub fn confirm(&self) -> Option<&Confirm> {
+        self.confirm.as_ref()
     }
 
     /// The server the request may go to.
@@ -152,6 +233,14 @@ impl Permit {
 #[error("{reason}")]
 pub struct Denied {
     pub reason: String,
+    /// The rule that refused (or whose condition did not grant), when a rule entry decided.
+    pub rule: Option<Matched>,
+}
+
+impl Denied {
+    pub(super) fn new(reason: String) -> Denied {
+        Denied { reason, rule: None }
+    }
 }
 
 /// Whether `uri` has `.` or `..` path segments, literally or percent-encoded, also behind an
@@ -174,29 +263,31 @@ impl Rules {
         !target.uri().is_some_and(dot_segments) && self.permits(target.server(), target.item())
     }
 
-    /// The access decision for `client` under these rules.
-    pub fn decide(&self, client: &str, target: &Target) -> Decision {
-        if self.allows(target) {
+    /// The access decision for `client` (with its JWT claims, if any) under these rules.
+    pub fn decide(&self, client: &str, claims: Option<&Value>, question: &Question) -> Decision {
+        let target = &question.target;
+        if self.is_unrestricted() {
             return Decision::Allow(Permit::of(target));
         }
         if target.uri().is_some_and(dot_segments) {
-            return Decision::Deny(Denied {
-                reason: format!(
+            return Decision::Deny(Denied::new(format!(
                     "client `{client}` may not {} `{}__{}`: its path has `.` or `..` segments, which rule patterns cannot judge; ask for the URI without them",
                     target.action(),
                     target.server(),
-                    target.item()
-                ),
-            });
-        }
-        Decision::Deny(Denied {
-            reason: format!(
-                "client `{client}` may not {} `{}__{}` (clients.{client}.allow/deny in the policy)",
-                target.action(),
-                target.server(),
                 target.item()
-            ),
-        })
+            )));
+        }
+        self.weigh(client, claims, question)
+    }
+
+    /// The refusal by the flat `allow`/`deny` lists.
+    pub(super) fn refusal(client: &str, target: &Target) -> Denied {
+        Denied::new(format!(
+            "client `{client}` may not {} `{}__{}` (clients.{client}.allow/deny in the policy)",
+            target.action(),
+            target.server(),
+            target.item()
+        ))
     }
 }
 
@@ -218,7 +309,12 @@ mod tests {
             "ev__demo://resource/static/*",
             "ev__simple-prompt",
         ]);
-        let ev = |t: Target| matches!(r.decide("bob", &t), Decision::Allow(_));
+        let ev = |t: Target| {
+            matches!(
+                r.decide("bob", None, &Question::new(t, "m", None)),
+                Decision::Allow(_)
+            )
+        };
         assert!(ev(Target::Tool {
             server: "time",
             name: "now"
@@ -275,7 +371,8 @@ mod tests {
             "file:///docs/..",
         ] {
             assert!(!r.allows(&read(sneaky)), "{sneaky}");
-            let Decision::Deny(d) = r.decide("bob", &read(sneaky)) else {
+            let Decision::Deny(d) = r.decide("bob", None, &Question::new(read(sneaky), "m", None))
+            else {
                 panic!("{sneaky}");
             };
             assert!(d.reason.contains("segments"), "{}", d.reason);
@@ -293,26 +390,22 @@ mod tests {
     #[test]
     fn a_permit_names_the_server_and_a_refusal_says_why() {
         let r = rules(&["time__*"]);
-        let Decision::Allow(p) = r.decide(
-            "bob",
-            &Target::Tool {
-                server: "time",
-                name: "now",
-            },
-        ) else {
+        let tool = Target::Tool {
+            server: "time",
+            name: "now",
+        };
+        let Decision::Allow(p) = r.decide("bob", None, &Question::new(tool, "m", None)) else {
             panic!("allowed");
         };
         assert_eq!(
             (&**p.server(), p.tool(), p.item()),
             ("time", Some("now"), "now")
         );
-        let Decision::Deny(d) = r.decide(
-            "bob",
-            &Target::Resource {
-                server: "ev",
-                uri: "demo://x",
-            },
-        ) else {
+        let read = Target::Resource {
+            server: "ev",
+            uri: "demo://x",
+        };
+        let Decision::Deny(d) = r.decide("bob", None, &Question::new(read, "m", None)) else {
             panic!("refused");
         };
         assert_eq!(

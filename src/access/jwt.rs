@@ -90,7 +90,8 @@ impl JwtVerifier {
     }
 
     /// Verifies `token`; returns the value of the client claim.
-    pub fn verify(&self, token: &str) -> Result<String, String> {
+    /// The token's client (its `client_claim`) and all its claims, once it is verified.
+    pub fn verify(&self, token: &str) -> Result<(String, Value), String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed JWT: {e}"))?;
         if !self.validation.algorithms.contains(&header.alg) {
@@ -118,7 +119,9 @@ impl JwtVerifier {
             match jsonwebtoken::decode::<Value>(token, key, &validation) {
                 Ok(data) => {
                     return match data.claims.get(&self.client_claim) {
-                        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+                        Some(Value::String(s)) if !s.is_empty() => {
+                            Ok((s.clone(), data.claims.clone()))
+                        }
                         _ => Err(format!("JWT has no string `{}` claim", self.client_claim)),
                     }
                 }

@@ -31,6 +31,7 @@
 //! original request. Conditions on arguments or human approval extend [`Decision`] and the
 //! compiled rules, not the router.
 
+pub mod condition;
 mod decision;
 pub mod fair_slots;
 pub mod jwt;
@@ -38,6 +39,7 @@ pub mod limits;
 pub mod rules;
 pub mod session_quotas;
 pub mod token;
+mod weigh;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -45,7 +47,7 @@ use std::sync::{Arc, RwLock};
 use http::HeaderMap;
 
 use crate::policy::Policy;
-pub use decision::{Completed, Decision, Denied, Permit, Target};
+pub use decision::{Completed, Confirm, Decision, Denied, Matched, Permit, Question, Target};
 pub use limits::{Busy, Limited, Limits};
 pub use rules::Rules;
 pub use session_quotas::SessionLimit;
@@ -57,6 +59,9 @@ pub use session_quotas::SessionLimit;
 pub struct Identity {
     /// The policy's client name; `anonymous` when authentication is off.
     pub client: Arc<str>,
+    /// The verified claims of the JWT the client authenticated with, for `when` conditions
+    /// (`client.claims`); `None` for a bearer token or no authentication.
+    pub claims: Option<Arc<serde_json::Value>>,
 }
 
 impl PartialEq for Identity {
@@ -112,6 +117,7 @@ impl Clients {
         for (name, c) in &policy.clients {
             let id = Identity {
                 client: Arc::from(name.as_str()),
+                claims: None,
             };
             rules.insert(id.client.clone(), Arc::new(Rules::for_client(c)));
             if let Some(h) = &c.token_sha256 {
@@ -135,6 +141,7 @@ impl Clients {
         // With authentication off, a `[clients.anonymous]` entry (if any) still scopes access.
         let anonymous = Identity {
             client: Arc::from("anonymous"),
+            claims: None,
         };
         if !required {
             rules
@@ -195,17 +202,23 @@ impl Access {
         self.clients().rules(client)
     }
 
-    /// The access decision: may `identity` reach `target` under the policy in force now?
-    pub fn decide(&self, identity: &Identity, target: &Target) -> Decision {
+    /// The access decision: may `identity` make the call `question` describes under the
+    /// policy in force now?
+    pub fn decide(&self, identity: &Identity, question: &Question) -> Decision {
         self.rules(&identity.client)
-            .decide(&identity.client, target)
+            .decide(&identity.client, identity.claims.as_deref(), question)
     }
 
-    /// The decision, then every quota that applies to `target` (the tool's, the server's, the
-    /// client's, most specific first), each taking one request. A request the rules refuse
-    /// takes nothing from any quota.
-    pub async fn admit(&self, identity: &Identity, target: &Target<'_>) -> Result<Permit, Refused> {
-        match self.decide(identity, target) {
+    /// The decision, then every quota that applies to the target (the tool's, the server's,
+    /// the client's, most specific first), each taking one request. A request the rules
+    /// refuse takes nothing from any quota.
+    pub async fn admit(
+        &self,
+        identity: &Identity,
+        question: &Question<'_>,
+    ) -> Result<Permit, Refused> {
+        let target = &question.target;
+        match self.decide(identity, question) {
             Decision::Deny(d) => Err(Refused::Forbidden(d)),
             Decision::Allow(permit) => {
                 self.limits
@@ -284,11 +297,12 @@ impl Clients {
         }
         if let Some(v) = &self.jwt {
             if token.matches('.').count() == 2 {
-                let subject = v.verify(token).map_err(|reason| Unauthorized {
+                let (subject, claims) = v.verify(token).map_err(|reason| Unauthorized {
                     reason,
                     error: "invalid_token",
                 })?;
-                return self.jwt_clients.get(&subject).cloned().ok_or_else(|| Unauthorized {
+                let claims = Some(Arc::new(claims));
+                return self.jwt_clients.get(&subject).map(|id| Identity { client: id.client.clone(), claims }).ok_or_else(|| Unauthorized {
                     reason: format!("the JWT names `{subject}`, which is not a configured client (clients.NAME.jwt_subject)"),
                     error: "invalid_token",
                 });

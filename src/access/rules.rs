@@ -8,9 +8,21 @@
 //! server name (letters, digits, `-`, `*`), matches the server alone and the rest matches the
 //! item alone, so `a__*` never reaches into server `a-b`; a pattern without `__` (`*`, `git*`)
 //! matches the whole `server__item`. Deny wins; an empty allow list allows what is not denied.
+//!
+//! `[[clients.NAME.rules]]` entries ([`Conditional`]) add patterns with an effect (allow, deny,
+//! confirm) and an optional `when` condition on the call; [`Rules::decide`](super::Decision)
+//! in `decision.rs` weighs them.
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::condition::Condition;
 use crate::policy::glob::{self, Joined};
+use crate::policy::model::Effect;
 use crate::policy::Client;
+
+/// How long a `confirm` question waits when the policy does not say.
+pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// A compiled `*` glob.
 #[derive(Debug, Clone, PartialEq)]
@@ -92,23 +104,58 @@ impl Pattern {
     }
 }
 
+/// One `[[clients.NAME.rules]]` entry, compiled.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Conditional {
+    pub index: usize,
+    pub effect: Effect,
+    patterns: Vec<Pattern>,
+    pub when: Option<Arc<Condition>>,
+    /// The rule as written, for refusals and records.
+    pub text: Arc<str>,
+}
+
+impl Conditional {
+    pub fn matches(&self, server: &str, item: &str) -> bool {
+        self.patterns.iter().any(|p| p.matches(server, item))
+    }
+}
+
 /// One client's rules, compiled. Cheap to ask: a list of a thousand entries is filtered with
 /// a few byte comparisons per entry and pattern, and nothing is allocated.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Rules {
     allow: Vec<Pattern>,
     deny: Vec<Pattern>,
+    pub(super) rules: Vec<Conditional>,
+    pub(super) confirm_timeout: Option<Duration>,
 }
 
 impl Rules {
     pub fn for_client(c: &Client) -> Rules {
-        Rules::compile(&c.allow, &c.deny)
+        let mut r = Rules::compile(&c.allow, &c.deny);
+        r.rules = c
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| Conditional {
+                index,
+                effect: rule.effect,
+                patterns: rule.patterns.iter().map(|p| Pattern::compile(p)).collect(),
+                when: rule.when.clone(),
+                text: Arc::from(rule.text()),
+            })
+            .collect();
+        r.confirm_timeout = c.confirm_timeout;
+        r
     }
 
     pub fn compile(allow: &[String], deny: &[String]) -> Rules {
         Rules {
             allow: allow.iter().map(|p| Pattern::compile(p)).collect(),
             deny: deny.iter().map(|p| Pattern::compile(p)).collect(),
+            rules: Vec::new(),
+            confirm_timeout: None,
         }
     }
 
@@ -117,20 +164,56 @@ impl Rules {
         Rules {
             allow: Vec::new(),
             deny: vec![Pattern::AnyName],
+            rules: Vec::new(),
+            confirm_timeout: None,
         }
     }
 
-    /// Whether item `item` of `server` is granted. Deny wins; an empty allow list allows
-    /// everything not denied.
+    /// How long a `confirm` question of this client waits for an answer.
+    pub fn confirm_timeout(&self) -> Duration {
+        self.confirm_timeout.unwrap_or(DEFAULT_CONFIRM_TIMEOUT)
+    }
+
+    /// Whether `server`'s `item` may be granted to some call: not denied outright, and named by
+    /// an allow (flat, or a rule, conditional or not) unless nothing is named by any. Lists show
+    /// what this says yes to; the decision on a call then weighs the conditions.
     pub fn permits(&self, server: &str, item: &str) -> bool {
         if self.deny.iter().any(|p| p.matches(server, item)) {
             return false;
         }
-        self.allow.is_empty() || self.allow.iter().any(|p| p.matches(server, item))
+        let unconditional_deny = self
+            .rules
+            .iter()
+            .any(|r| r.effect == Effect::Deny && r.when.is_none() && r.matches(server, item));
+        if unconditional_deny {
+            return false;
+        }
+        !self.names_allows()
+            || self.allow.iter().any(|p| p.matches(server, item))
+            || self
+                .rules
+                .iter()
+                .any(|r| r.effect == Effect::Allow && r.matches(server, item))
+    }
+
+    /// Whether any allow pattern (flat or in a rule) exists: if none, what is not denied is
+    /// allowed.
+    pub(super) fn names_allows(&self) -> bool {
+        !self.allow.is_empty() || self.rules.iter().any(|r| r.effect == Effect::Allow)
+    }
+
+    /// Whether a flat `deny` pattern names the item.
+    pub(super) fn flat_denies(&self, server: &str, item: &str) -> bool {
+        self.deny.iter().any(|p| p.matches(server, item))
+    }
+
+    /// Whether a flat `allow` pattern names the item.
+    pub(super) fn flat_allows(&self, server: &str, item: &str) -> bool {
+        self.allow.iter().any(|p| p.matches(server, item))
     }
 
     pub fn is_unrestricted(&self) -> bool {
-        self.allow.is_empty() && self.deny.is_empty()
+        self.allow.is_empty() && self.deny.is_empty() && self.rules.is_empty()
     }
 }
 

@@ -37,6 +37,8 @@ pub enum Kind {
     KeyRotation,
     /// Log only: retention removed (or archived) the oldest segment.
     Retention,
+    /// A `confirm` rule's question to the caller, and its answer.
+    Approval,
 }
 
 impl Kind {
@@ -61,6 +63,7 @@ impl Kind {
         Kind::SegmentStart,
         Kind::KeyRotation,
         Kind::Retention,
+        Kind::Approval,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -85,6 +88,7 @@ impl Kind {
             Kind::SegmentStart => "segment_start",
             Kind::KeyRotation => "key_rotation",
             Kind::Retention => "retention",
+            Kind::Approval => "approval",
         }
     }
 
@@ -185,6 +189,10 @@ pub struct AuditEvent {
     pub bytes_in: Option<u64>,
     pub bytes_out: Option<u64>,
     pub detail: Option<String>,
+    /// The client rule that decided a refusal or an approval: `rules[INDEX] (TEXT)`, and
+    /// whether its `when` condition decided (`rule_condition`).
+    pub rule: Option<String>,
+    pub rule_condition: Option<bool>,
     /// The serial of the signed policy in force when the record was written (signed mode only).
     pub policy_serial: Option<u64>,
 }
@@ -224,6 +232,8 @@ impl AuditEvent {
             bytes_in: None,
             bytes_out: None,
             detail: None,
+            rule: None,
+            rule_condition: None,
         }
     }
 
@@ -241,6 +251,16 @@ impl AuditEvent {
     setter!(bytes_in, u64);
     setter!(bytes_out, u64);
     setter!(detail, String);
+    setter!(rule, String);
+    setter!(rule_condition, bool);
+
+    /// The rule that decided, if a rule entry did.
+    pub fn rule_of(self, rule: Option<&crate::access::Matched>) -> Self {
+        match rule {
+            Some(m) => self.rule(m.describe()).rule_condition(m.by_condition),
+            None => self,
+        }
+    }
 
     /// Records the SHA-256 of the raw argument bytes (always) and keeps the text for the log to
     /// write only if the policy opts in.
@@ -304,6 +324,12 @@ impl AuditEvent {
         }
         if let Some(d) = self.detail {
             m.insert("detail".into(), Value::from(red(d)));
+        }
+        if let Some(r) = self.rule {
+            m.insert("rule".into(), Value::from(red(r)));
+        }
+        if let Some(c) = self.rule_condition {
+            m.insert("rule_condition".into(), Value::from(c));
         }
         m
     }

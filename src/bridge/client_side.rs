@@ -134,6 +134,9 @@ struct Exchange {
     first_id: Id,
     /// The call was sent as a 2025-11-25 task.
     legacy_task: bool,
+    /// The call's params without what a retry adds: a retry must repeat them, so that what
+    /// was decided on (and approved, for a `confirm` rule) is what runs.
+    params: Map<String, Value>,
     sink: Arc<ExchangeSink>,
     events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
     progress: Mutex<Progress>,
@@ -177,6 +180,15 @@ pub fn item_of(method: &str, params: &Map<String, Value>) -> String {
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned()
+}
+
+/// `params` without the keys a retry adds (and `_meta`, which carries per-request context).
+fn call_params(params: &Map<String, Value>) -> Map<String, Value> {
+    params
+        .iter()
+        .filter(|(k, _)| !matches!(k.as_str(), "requestState" | "inputResponses" | "_meta"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect()
 }
 
 fn invalid(id: &Id, message: String) -> Answer {
@@ -304,6 +316,7 @@ impl ClientSide {
             item,
             first_id: call.id.clone(),
             legacy_task,
+            params: call_params(&call.params),
             sink: sink.clone(),
             events: tokio::sync::Mutex::new(rx),
             progress: Mutex::new(Progress::default()),
@@ -366,6 +379,18 @@ impl ClientSide {
             .unwrap_or(true)
         {
             return Err(ended());
+        }
+        if call_params(&call.params) != ex.params {
+            self.router.audit_token_refused(
+                &call.identity,
+                &call.session,
+                &call.method,
+                "requestState refused: the retry changed the call's arguments",
+            );
+            return Err(invalid(
+                &call.id,
+                "the retry's params differ from the call's: a retry must repeat the request as it was (only requestState and inputResponses are added); send a new request without requestState".into(),
+            ));
         }
         // The retry is a request like any other: the policy in force now decides again.
         let retry = Request {
@@ -466,10 +491,15 @@ impl ClientSide {
                 continue;
             }
             if !ex.caps.answers(&req.method) {
-                let why = format!(
-                    "the server asked the client for `{}`, which the client did not declare in its capabilities",
-                    req.method
-                );
+                let gateway_asks = matches!(&req.id, Id::Str(s) if s.starts_with(crate::router::APPROVAL_ID_PREFIX));
+                let why = if gateway_asks {
+                    "the policy requires a person's approval for this call (a `confirm` rule), asked through elicitation, which the client did not declare in its capabilities".to_owned()
+                } else {
+                    format!(
+                        "the server asked the client for `{}`, which the client did not declare in its capabilities",
+                        req.method
+                    )
+                };
                 self.refuse(ex, req.id, ErrorCode::METHOD_NOT_FOUND, &why)
                     .await;
                 drop(events);
@@ -513,6 +543,18 @@ impl ClientSide {
             ex.sink.set_out(None);
             self.expire_later(ex.clone(), round);
             return Waited::Held(self.input_required(ex));
+        }
+    }
+
+    /// Ends every held call (cancelled at its server): at shutdown no retry can reach this
+    /// gateway any more, so waiting for one would only hold the drain up.
+    pub async fn end_all(&self, reason: &str) {
+        let held: Vec<Arc<Exchange>> = match self.parked.lock() {
+            Ok(p) => p.values().cloned().collect(),
+            Err(_) => return,
+        };
+        for ex in held {
+            self.end(&ex, reason).await;
         }
     }
 

@@ -13,6 +13,7 @@ pub mod instance;
 pub mod policy;
 pub mod policy_gate;
 pub mod policy_sign;
+pub mod policy_test;
 pub mod serve;
 pub mod tools;
 
@@ -145,6 +146,19 @@ pub enum PolicyCommand {
     Import { file: PathBuf },
     /// Print the effective policy with every default filled in.
     Show { file: PathBuf },
+    /// Decide one sample call offline: prints allow, confirm (with the rule) or deny (with the
+    /// reason and the rule). CALL is a JSON-RPC request (`method`, `params`), optionally with
+    /// `claims` and `server`.
+    Test {
+        file: PathBuf,
+        #[arg(long)]
+        client: String,
+        #[arg(long, value_name = "CALL.json")]
+        call: PathBuf,
+        /// Exit with status 1 unless the decision is this one.
+        #[arg(long, value_enum)]
+        expect: Option<policy_test::Expect>,
+    },
 }
 
 /// Sets up logging to stderr; `RUST_LOG` overrides the default `info` filter. When the systemd

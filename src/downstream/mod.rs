@@ -348,6 +348,10 @@ impl Listener {
         // Drain: no new connections (the socket closes), calls in flight get their answers.
         drop(self.listener);
         shared.router.drain();
+        shared
+            .bridge
+            .end_all("the gateway is shutting down; the call was waiting for the client's input")
+            .await;
         ready::drain(&shared.router).await;
         shared.close_all_sessions().await;
     }

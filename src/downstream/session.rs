@@ -440,6 +440,7 @@ pub(super) mod tests {
     fn anon() -> Identity {
         Identity {
             client: Arc::from("anonymous"),
+            claims: None,
         }
     }
 
@@ -478,6 +479,7 @@ pub(super) mod tests {
     pub(in crate::downstream) fn who(client: &str) -> Identity {
         Identity {
             client: Arc::from(client),
+            claims: None,
         }
     }
 

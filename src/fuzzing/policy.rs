@@ -21,8 +21,57 @@ pub fn policy_toml(data: &[u8]) {
             let _ = show::render(&p);
             let _ = ruleset::plan(&p, &crate::egress::Names::default());
             check_reload(&p);
+            check_rules(&p);
         }
         Err(e) => check_diagnostics(src, &e),
+    }
+}
+
+/// Every client's rules (with their `when` conditions) decide sample calls on every server
+/// without panicking, and a refusal by a rule names one of the client's rules.
+fn check_rules(p: &Policy) {
+    use crate::access::{Decision, Question, Rules, Target};
+    let samples = [
+        serde_json::json!({"branch": "main", "url": "https://docs.example.com/a", "n": 1, "l": [1, "x", null], "m": {"k": 1.5}}),
+        serde_json::json!({"branch": 7, "text": "danger", "nested": [[[[]]]]}),
+        serde_json::json!(null),
+    ];
+    for (name, client) in &p.clients {
+        let rules = Rules::for_client(client);
+        for server in p.servers.keys() {
+            for args in &samples {
+                for (target, method) in [
+                    (
+                        Target::Tool {
+                            server,
+                            name: "git_push",
+                        },
+                        "tools/call",
+                    ),
+                    (Target::Prompt { server, name: "p" }, "prompts/get"),
+                    (
+                        Target::Resource {
+                            server,
+                            uri: "file:///workspace/a",
+                        },
+                        "resources/read",
+                    ),
+                ] {
+                    if let Decision::Deny(d) =
+                        rules.decide(name, Some(args), &Question::new(target, method, Some(args)))
+                    {
+                        if let Some(m) = d.rule {
+                            assert!(
+                                m.index < client.rules.len(),
+                                "a refusal names rule {} of {}",
+                                m.index,
+                                client.rules.len()
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -22,6 +22,7 @@ mod validate_egress;
 mod validate_guard;
 mod validate_oauth;
 mod validate_openapi;
+mod validate_rules;
 mod validate_telemetry;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};
@@ -160,5 +161,7 @@ pub fn default_policy() -> Result<Policy, PolicyError> {
 
 #[cfg(test)]
 mod tests;
+#[cfg(test)]
+mod tests_rules;
 #[cfg(test)]
 mod tests_workspace;

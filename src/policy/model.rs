@@ -777,6 +777,54 @@ pub struct Client {
     /// `server__tool` patterns (`*` globs).
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+    /// `[[clients.NAME.rules]]`, in the order written: patterns with an effect and an optional
+    /// `when` condition on the call.
+    pub rules: Vec<ClientRule>,
+    /// How long a `confirm` question waits for the person's answer; `None`: 120 s.
+    pub confirm_timeout: Option<std::time::Duration>,
+}
+
+/// What a `[[clients.NAME.rules]]` entry does when its patterns match and its `when` holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Effect {
+    /// Grants the call.
+    Allow,
+    /// Refuses the call.
+    Deny,
+    /// The call, granted by an allow, needs a person's approval first.
+    Confirm,
+}
+
+impl Effect {
+    pub fn key(self) -> &'static str {
+        match self {
+            Effect::Allow => "allow",
+            Effect::Deny => "deny",
+            Effect::Confirm => "confirm",
+        }
+    }
+}
+
+/// One `[[clients.NAME.rules]]` entry, its condition already compiled (so a policy that loads
+/// has only conditions that compile).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRule {
+    pub effect: Effect,
+    /// `server__item` patterns, as for `allow`/`deny`.
+    pub patterns: Vec<String>,
+    pub when: Option<std::sync::Arc<crate::access::condition::Condition>>,
+}
+
+impl ClientRule {
+    /// The rule in one line, as records and `policy show` print it.
+    pub fn text(&self) -> String {
+        let patterns: Vec<String> = self.patterns.iter().map(|p| format!("{p:?}")).collect();
+        let mut t = format!("{} = [{}]", self.effect.key(), patterns.join(", "));
+        if let Some(w) = &self.when {
+            t.push_str(&format!(" when {}", w.source()));
+        }
+        t
+    }
 }
 
 impl DockerSpec {

@@ -306,6 +306,19 @@ pub struct RawClient {
     pub weight: Option<Spanned<u64>>,
     pub allow: Option<Vec<Str>>,
     pub deny: Option<Vec<Str>>,
+    #[serde(default, deserialize_with = "in_rules")]
+    pub rules: Option<Vec<Spanned<RawRule>>>,
+    pub confirm_timeout: Option<Spanned<Value>>,
+}
+
+/// `[[clients.NAME.rules]]`: one of `allow`, `deny`, `confirm`, and an optional `when`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    pub allow: Option<Vec<Str>>,
+    pub deny: Option<Vec<Str>>,
+    pub confirm: Option<Vec<Str>>,
+    pub when: Option<Str>,
 }
 
 /// A table of named entries in document order, keeping each name's span.
@@ -379,6 +392,7 @@ in_table!(in_clients, "clients", Named<RawClient>);
 in_table!(in_audit, "audit", Option<RawAudit>);
 in_table!(in_telemetry, "telemetry", Option<RawTelemetry>);
 in_table!(in_workspace, "workspace", Option<RawEgress>);
+in_table!(in_rules, "rules", Option<Vec<Spanned<RawRule>>>);
 in_table!(in_sinks, "sinks", Option<Vec<RawSink>>);
 in_table!(in_witness, "witness", Option<Vec<RawWitness>>);
 in_table!(in_retention, "retention", Option<Spanned<RawRetention>>);

@@ -418,12 +418,23 @@ pub fn render(p: &Policy) -> String {
             o,
             "  allow                 {}",
             if c.allow.is_empty() {
-                "all".into()
+                let by_rules = c
+                    .rules
+                    .iter()
+                    .any(|r| r.effect == super::model::Effect::Allow);
+                if by_rules {
+                    "(none here: only what the allow rules below grant)".into()
+                } else {
+                    "all".into()
+                }
             } else {
                 c.allow.join(", ")
             }
         );
         let _ = writeln!(o, "  deny                  {}", list(&c.deny));
+        for (i, r) in c.rules.iter().enumerate() {
+            let _ = writeln!(o, "  rules[{i}]              {}", explain_rule(r, c));
+        }
         quota_lines(&mut o, p, &c.name);
     }
     if !p.requires_auth() && !p.clients.contains_key("anonymous") {
@@ -435,6 +446,30 @@ pub fn render(p: &Policy) -> String {
     }
     audit(&mut o, &p.audit);
     o
+}
+
+/// A `[[clients.NAME.rules]]` entry in words.
+fn explain_rule(r: &super::model::ClientRule, c: &super::model::Client) -> String {
+    use super::model::Effect;
+    let what = r.patterns.join(", ");
+    let mut t = match r.effect {
+        Effect::Allow => format!("grants {what}"),
+        Effect::Deny => format!("refuses {what}"),
+        Effect::Confirm => format!(
+            "asks the caller's person to approve {what} (when granted) and waits up to {}s",
+            c.confirm_timeout
+                .unwrap_or(crate::access::rules::DEFAULT_CONFIRM_TIMEOUT)
+                .as_secs()
+        ),
+    };
+    match &r.when {
+        Some(w) => t.push_str(&format!(
+            " only when `{}` is true; a call on which it cannot be evaluated is refused",
+            w.source()
+        )),
+        None => t.push_str(" on every call"),
+    }
+    t
 }
 
 /// A client's session quota, session rate and call-slot weight, defaults filled in.

@@ -202,6 +202,11 @@ pub(super) fn value_kind(v: &Value) -> &'static str {
 }
 
 impl Checker<'_> {
+    /// The policy text being checked.
+    pub(super) fn source(&self) -> &str {
+        self.src
+    }
+
     pub(super) fn error(&mut self, at: usize, message: impl Into<String>) {
         let (line, column) = line_col(self.src, at);
         self.diags.push(Diagnostic {
@@ -1162,7 +1167,7 @@ impl Checker<'_> {
     }
 
     /// Tool patterns (`qualified` = client patterns, written `server__tool`).
-    fn patterns(&mut self, v: &Option<Vec<Str>>, qualified: bool) -> Vec<String> {
+    pub(super) fn patterns(&mut self, v: &Option<Vec<Str>>, qualified: bool) -> Vec<String> {
         let mut out = Vec::new();
         for p in v.iter().flatten() {
             let s = p.get_ref();
@@ -1216,12 +1221,10 @@ impl Checker<'_> {
         let allow = self.patterns(&rc.allow, true);
         let deny = self.patterns(&rc.deny, true);
         for p in rc.allow.iter().chain(rc.deny.iter()).flatten() {
-            if let Some((server, _)) = p.get_ref().split_once("__") {
-                if !server.contains('*') && !servers.contains(server) && is_server_name(server) {
-                    self.error(p.span().start, format!("pattern \"{}\" names server `{server}`, which is not configured; configured servers: {}", p.get_ref(), if servers.is_empty() { "(none)".to_string() } else { servers.iter().cloned().collect::<Vec<_>>().join(", ") }));
-                }
-            }
+            self.pattern_server(p, servers);
         }
+        let rules = self.client_rules(&rc.rules, servers);
+        let confirm_timeout = self.duration(&rc.confirm_timeout, "confirm_timeout");
         let quotas = self.client_quotas(n, &rc, gateway_max_sessions);
         if self.diags.len() != before {
             return None;
@@ -1237,7 +1240,18 @@ impl Checker<'_> {
             weight: quotas.weight,
             allow,
             deny,
+            rules,
+            confirm_timeout,
         })
+    }
+
+    /// Refuses a `server__item` pattern that names a server the policy does not configure.
+    pub(super) fn pattern_server(&mut self, p: &Str, servers: &BTreeSet<String>) {
+        if let Some((server, _)) = p.get_ref().split_once("__") {
+            if !server.contains('*') && !servers.contains(server) && is_server_name(server) {
+                self.error(p.span().start, format!("pattern \"{}\" names server `{server}`, which is not configured; configured servers: {}", p.get_ref(), if servers.is_empty() { "(none)".to_string() } else { servers.iter().cloned().collect::<Vec<_>>().join(", ") }));
+            }
+        }
     }
 }
 

@@ -104,31 +104,43 @@ impl Router {
         session: &str,
         call: &Call,
     ) -> Result<Permit, Failure> {
-        let target = call.target();
+        let question = call.question();
         let mut span = crate::telemetry::child("access");
-        let admitted = self.access.admit(identity, &target).await;
+        let admitted = self.access.admit(identity, &question).await;
         span.outcome(match &admitted {
             Ok(_) => "allowed",
             Err(Refused::Forbidden(_)) => "forbidden",
             Err(Refused::Limited(_)) => "rate_limited",
         });
         admitted.map_err(|refused| {
-            let (outcome, reason, failure) = match refused {
+            let (outcome, reason, rule, failure) = match refused {
                 Refused::Forbidden(d) => (
                     Outcome::Error(ErrorCode::FORBIDDEN.0),
                     d.reason.clone(),
+                    d.rule,
                     Failure::Gateway(ErrorCode::FORBIDDEN, d.reason),
                 ),
-                Refused::Limited(l) => (Outcome::RateLimited, l.scope.clone(), Failure::Limited(l)),
+                Refused::Limited(l) => (
+                    Outcome::RateLimited,
+                    l.scope.clone(),
+                    None,
+                    Failure::Limited(l),
+                ),
             };
-            self.audit.record_later(AuditTrail::refused(
-                identity,
-                session,
-                call.method.method(),
-                &target,
-                outcome,
-                &reason,
-            ));
+            if let Some(rule) = &rule {
+                tracing::info!(client = %identity.client, rule = rule.index, by_condition = rule.by_condition, "refused by a rule");
+            }
+            self.audit.record_later(
+                AuditTrail::refused(
+                    identity,
+                    session,
+                    call.method.method(),
+                    &question.target,
+                    outcome,
+                    &reason,
+                )
+                .rule_of(rule.as_ref()),
+            );
             failure
         })
     }
@@ -213,6 +225,18 @@ impl Router {
         if method == Forwarded::ResourcesUnsubscribe && !self.relay.unsubscribe(key, &server, &item)
         {
             return Ok(crate::mcp::to_raw(&json!({})));
+        }
+        if let Some(confirm) = permit.confirm() {
+            self.approve(
+                key,
+                identity,
+                &permit,
+                confirm,
+                method.method(),
+                &params,
+                related.as_ref(),
+            )
+            .await?;
         }
         let result = self
             .forward(

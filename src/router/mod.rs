@@ -5,6 +5,8 @@
 //! (progress, logging, list changes, sampling/elicitation/roots requests) to the session that
 //! caused it. It knows sessions only as keys with message sinks; HTTP is the layer above.
 
+mod approval;
+pub use approval::ID_PREFIX as APPROVAL_ID_PREFIX;
 pub mod audit_trail;
 pub mod catalog;
 mod debounce;
@@ -62,6 +64,8 @@ pub struct Router {
     sessions: sessions::Sessions,
     flights: forward::Flights,
     relay: relay::Relay,
+    /// The gateway's own questions to clients (`confirm` rules) waiting for answers.
+    approvals: approval::Approvals,
     settings: RwLock<Arc<Settings>>,
     /// Becomes true once every server has started (or failed to) and its lists are loaded.
     settled: watch::Receiver<bool>,
@@ -177,6 +181,7 @@ impl Router {
             sessions: sessions::Sessions::default(),
             flights: forward::Flights::default(),
             relay: relay::Relay::default(),
+            approvals: approval::Approvals::default(),
             settings: RwLock::new(Arc::new(Settings::of(policy))),
             settled,
             settled_tx,
@@ -264,6 +269,8 @@ impl Router {
     /// Forgets a session: its subscriptions, dedicated instances and pending server requests.
     pub async fn close_session(&self, key: &str) {
         self.sessions.close(key);
+        // Its unanswered approval questions end now, refusing their calls.
+        self.approvals.drop_session(key);
         self.debounce.forget(key);
         let session: Arc<str> = Arc::from(key);
         for (server, uri) in self.relay.drop_session(key) {
@@ -338,6 +345,9 @@ impl Router {
 
     /// Handles a client's answer to a request that a server sent through the gateway.
     pub async fn handle_response(&self, key: &str, resp: Response) {
+        let Err(resp) = self.approvals.answer(key, resp) else {
+            return;
+        };
         match self.relay.take_pending(key, &resp.id) {
             Some((instance, upstream_id)) => {
                 if let Some(up) = self.servers.instance(instance) {

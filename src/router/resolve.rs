@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::catalog::Kind;
 use super::{hints, Failure, Router};
-use crate::access::{Completed, Identity, Target};
+use crate::access::{Completed, Identity, Question, Target};
 use crate::mcp::{methods, ErrorCode};
 
 /// The client requests the router forwards to a server.
@@ -95,9 +95,24 @@ pub(crate) struct Call {
     completes_prompt: bool,
     /// The params as the server gets them.
     pub params: Map<String, Value>,
+    /// For a completion: the arguments already given (`context.arguments`) with the one being
+    /// completed, which the prompt's (template's) `when` conditions judge.
+    completion_args: Option<Value>,
 }
 
 impl Call {
+    /// The access decision's question: the target, the method and the arguments.
+    pub fn question(&self) -> Question<'_> {
+        let args = match self.method {
+            Forwarded::ToolsCall | Forwarded::PromptsGet => self.params.get("arguments"),
+            Forwarded::CompletionComplete => self.completion_args.as_ref(),
+            Forwarded::ResourcesRead
+            | Forwarded::ResourcesSubscribe
+            | Forwarded::ResourcesUnsubscribe => None,
+        };
+        Question::new(self.target(), self.method.method(), args)
+    }
+
     /// What the access decision is asked about.
     pub fn target(&self) -> Target<'_> {
         let (server, item) = (&*self.server, self.item.as_str());
@@ -128,11 +143,13 @@ impl Router {
         method: Forwarded,
         mut params: Map<String, Value>,
     ) -> Result<Call, Failure> {
-        let call = |server, item, completes_prompt, params| Call {
+        let call = |server, item, completes_prompt, params: Map<String, Value>| Call {
             method,
             server,
             item,
             completes_prompt,
+            completion_args: (method == Forwarded::CompletionComplete)
+                .then(|| completion_args(&params)),
             params,
         };
         match method {
@@ -286,6 +303,25 @@ impl Router {
             format!("resource `{uri}` is not offered by any server behind this gateway"),
         ))
     }
+}
+
+/// What a completion's conditions see as `args`: `context.arguments`, then the argument being
+/// completed (`argument.name` = `argument.value`).
+fn completion_args(params: &Map<String, Value>) -> Value {
+    let mut args = params
+        .get("context")
+        .and_then(|c| c.get("arguments"))
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    let argument = params.get("argument");
+    if let (Some(Value::String(name)), Some(value)) = (
+        argument.and_then(|a| a.get("name")),
+        argument.and_then(|a| a.get("value")),
+    ) {
+        args.insert(name.clone(), value.clone());
+    }
+    Value::Object(args)
 }
 
 pub(super) fn str_param<'a>(params: &'a Map<String, Value>, key: &str) -> Result<&'a str, Failure> {

@@ -58,7 +58,10 @@ impl Router {
                 reason,
             ));
         };
-        let permit = match self.access.decide(&identity, &target) {
+        let permit = match self.access.decide(
+            &identity,
+            &crate::access::Question::new(target, &request.method, None),
+        ) {
             Decision::Allow(p) => p,
             Decision::Deny(d) => {
                 let reason = format!("{}; the task was made by that tool", d.reason);

@@ -28,6 +28,14 @@ pub fn gateway_bin() -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_portcullis")))
 }
 
+/// A count from the environment variable `name` (benches' knobs), else `default`.
+pub fn env_num(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The `token_sha256` a policy names for bearer token `token`.
 pub fn token_hash(token: &str) -> String {
     use sha2::{Digest, Sha256};
