@@ -31,6 +31,7 @@
 pub mod dns;
 pub mod host_forward;
 pub mod leftovers;
+pub mod mode;
 pub mod names;
 pub mod netns;
 pub mod network;

@@ -68,6 +68,9 @@ pub(super) struct Checker<'a> {
     pub(super) state_dir: PathBuf,
     /// `[gateway] max_message_bytes`: what a server without its own limit gets.
     message_limit: usize,
+    /// `[egress] mode` as written: a server may not run as the egress agent's uid in sidecar
+    /// mode.
+    egress_mode: EgressMode,
 }
 
 /// Validates `raw`; `base` is the policy file's directory, against which relative paths resolve.
@@ -84,12 +87,14 @@ pub fn validate(
         diags: Vec::new(),
         state_dir: PathBuf::new(),
         message_limit: DEFAULT_MAX_MESSAGE_BYTES as usize,
+        egress_mode: EgressMode::Auto,
     };
     let raw_gateway = raw.gateway.unwrap_or_default();
     let listen_at = raw_gateway.listen.as_ref().map_or(0, |l| l.span().start);
     let (gateway, naming_at) = c.gateway(raw_gateway);
     c.message_limit = gateway.max_message_bytes;
     let egress = c.egress_settings(raw.egress.unwrap_or_default());
+    c.egress_mode = egress.mode;
     // Judged on what was written, so a server that fails validation still counts.
     let written_servers = raw.servers.0.len();
     let server_names: BTreeSet<String> = raw
@@ -373,7 +378,30 @@ impl Checker<'_> {
                 }
             },
         };
+        let mode = match &e.mode {
+            None => EgressMode::Auto,
+            Some(m) => match m.get_ref().as_str() {
+                "host" => EgressMode::Host,
+                "sidecar" => EgressMode::Sidecar,
+                "auto" => EgressMode::Auto,
+                other => {
+                    self.error(
+                        m.span().start,
+                        format!("invalid `mode` \"{other}\"; use \"host\" (the gateway shares the host's network namespace), \"sidecar\" (an egress agent container per server network) or \"auto\""),
+                    );
+                    EgressMode::Auto
+                }
+            },
+        };
+        let agent_image = e.agent_image.as_ref().map(|i| i.get_ref().clone());
+        if let Some(i) = &e.agent_image {
+            if i.get_ref().trim().is_empty() {
+                self.error(i.span().start, "`agent_image` is empty; name the gateway's image (e.g. \"portcullis:latest\") or leave it out to use the image of the gateway's own container");
+            }
+        }
         EgressSettings {
+            mode,
+            agent_image,
             upstream_resolvers,
             pin_ttl_min,
             pin_ttl_max,
@@ -923,6 +951,8 @@ impl Checker<'_> {
             let uid = user.split(':').next().unwrap_or_default();
             if uid == "root" || uid == "0" {
                 self.error(u.span().start, format!("user = \"{user}\" runs the server as root inside its container; use a non-root user like \"65534:65534\" or leave `user` out to run as nobody (65534:65534)"));
+            } else if uid == AGENT_UID.to_string() && self.egress_mode != EgressMode::Host {
+                self.error(u.span().start, format!("user = \"{user}\" is the egress agent's uid ({AGENT_UID}): in sidecar mode the agent's DNS to the upstream resolvers is allowed by that socket owner, so a server running as it could reach them directly; use another uid like \"65534:65534\""));
             }
         }
         let mounts = self.mounts(rs);
