@@ -149,6 +149,9 @@ async fn handle(
                 trail.record_later(denied_record(&server, total));
             }
         }
+        EgressEvent::Pinned { server, pins } => {
+            tracing::debug!(%server, ?pins, "egress pinned");
+        }
         EgressEvent::Restored { reason } => {
             tracing::warn!(%reason, "egress firewall was tampered with and has been restored");
             let ev = AuditEvent::new(Kind::Tamper).detail(format!("{reason}; table restored"));
