@@ -101,13 +101,27 @@ pub fn warn_about_policy(policy: &Policy) {
     }
 }
 
-/// Consumes the firewall's events for the life of the gateway (from when it starts).
+/// Consumes the firewall's events for the life of the gateway (from when it starts), and the
+/// reports of sidecar mode's egress agents (the same events, one agent per server).
 pub fn spawn(backends: Arc<Backends>, trail: AuditTrail) -> tokio::task::JoinHandle<()> {
+    if let Some(events) = backends.firewall().take_sidecar_events() {
+        tokio::spawn(consume(events, backends.clone(), trail.clone()));
+    }
     tokio::spawn(async move {
         let egress = backends.firewall().started().await;
-        let Some(mut events) = egress.take_events() else {
+        let Some(events) = egress.take_events() else {
             return;
         };
+        consume(events, backends, trail).await;
+    })
+}
+
+async fn consume(
+    mut events: tokio::sync::mpsc::Receiver<EgressEvent>,
+    backends: Arc<Backends>,
+    trail: AuditTrail,
+) {
+    {
         let mut throttle = DenialThrottle::new(DENIED_EVERY);
         let mut tick = tokio::time::interval(DENIED_EVERY);
         loop {
@@ -123,7 +137,7 @@ pub fn spawn(backends: Arc<Backends>, trail: AuditTrail) -> tokio::task::JoinHan
                 }
             }
         }
-    })
+    }
 }
 
 fn denied_record(server: &str, packets: u64) -> AuditEvent {
