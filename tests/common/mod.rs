@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod docker;
+pub mod hostlab;
 pub mod netlab;
 pub mod remote;
 pub mod rest;
