@@ -44,6 +44,10 @@ fn main() -> ExitCode {
         Command::Firewall(FirewallCommand::Show { instance }) => {
             cli::firewall::show(instance.as_deref())
         }
+        Command::Tools(cmd) => {
+            cli::init_logging(args.log_format);
+            cli::tools::run(cmd)
+        }
         Command::Serve(serve) => {
             cli::init_logging(args.log_format);
             let runtime = match async_runtime() {

@@ -74,6 +74,7 @@ pub struct Metrics {
     sessions_expired: Family<AtomicU64>,
     server_stderr: Family<AtomicU64>,
     egress_denied: Family<AtomicU64>,
+    egress_dns: Family<AtomicU64>,
     egress_protection: Family<AtomicI64>,
     audit_queue: Family<AtomicI64>,
     audit_fsync_seconds: Family<Histogram>,
@@ -83,6 +84,9 @@ pub struct Metrics {
     list_fetches: Family<AtomicU64>,
     list_changed_sent: Family<AtomicU64>,
     catalog_unstable: Family<AtomicU64>,
+    sanitized: Family<AtomicU64>,
+    secret_echo: Family<AtomicU64>,
+    lock_mismatch: Family<AtomicU64>,
 }
 
 pub fn global() -> &'static Metrics {
@@ -99,6 +103,7 @@ pub fn global() -> &'static Metrics {
         server_stderr: family("Lines servers wrote on stderr, by server and outcome (logged, or suppressed beyond server_log_rate)."),
         sessions_expired: family("Client sessions closed by the gateway, by reason (idle: no request for session_idle_timeout; unused: only initialize and lists, then nothing for unused_session_timeout; evicted: closed while idle to make room for another client's session when max_sessions was reached)."),
         egress_denied: family("Egress attempts denied by the firewall, by server."),
+        egress_dns: family("Allowed DNS questions from sandboxes, by server and outcome (cached: answered from the server's cache; forwarded: asked upstream; over_budget: refused beyond the server's dns_rate)."),
         egress_protection: family("How the egress table is protected: 1 for the mode in force (owner: created with NFT_TABLE_F_OWNER | NFT_TABLE_F_PERSIST, nobody else can change it; watch: the kernel lacks the flags, changes are undone by the read-back watch)."),
         audit_queue: family("Audit records waiting to be written."),
         audit_fsync_seconds: family("Latency of audit log fsyncs."),
@@ -108,6 +113,9 @@ pub fn global() -> &'static Metrics {
         list_fetches: family("Lists fetched whole from servers (at start and after changes), by server and list."),
         list_changed_sent: family("List-change and resource-update notifications sent to client sessions, by list."),
         catalog_unstable: family("Windows in which a server sent more list changes than `unstable_list_changes` (each audited as catalog_unstable)."),
+        sanitized: family("Hidden characters removed (or refused) in what servers sent, by server, place (definition, result) and class (ansi, zero_width, bidi, tags)."),
+        secret_echo: family("Answers that echoed a secret the gateway injected (redacted before release), by server."),
+        lock_mismatch: family("Definitions that differ from the lock file (each counted once), images that differ from it or from a pinned digest (each refused start, or once in warn mode), by server, list and change (added, changed, image)."),
     })
 }
 
@@ -209,6 +217,15 @@ impl Metrics {
             .fetch_add(n, Ordering::Relaxed);
     }
 
+    pub fn egress_dns(&self, server: &str, outcome: &'static str) {
+        self.egress_dns
+            .get(vec![
+                ("server", server.to_owned()),
+                ("outcome", outcome.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The egress table's protection mode (`owner` or `watch`) is now `mode`.
     pub fn egress_protection(&self, mode: &str) {
         for m in ["owner", "watch"] {
@@ -273,6 +290,32 @@ impl Metrics {
             .fetch_add(1, Ordering::Relaxed);
     }
 
+    pub fn sanitized(&self, server: &str, place: &'static str, class: &'static str, n: u64) {
+        self.sanitized
+            .get(vec![
+                ("server", server.to_owned()),
+                ("place", place.to_owned()),
+                ("class", class.to_owned()),
+            ])
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn secret_echo(&self, server: &str) {
+        self.secret_echo
+            .get(vec![("server", server.to_owned())])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn lock_mismatch(&self, server: &str, list: &str, change: &'static str) {
+        self.lock_mismatch
+            .get(vec![
+                ("server", server.to_owned()),
+                ("list", list.to_owned()),
+                ("change", change.to_owned()),
+            ])
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         let mut o = String::with_capacity(4096);
@@ -310,6 +353,11 @@ impl Metrics {
             &mut o,
             "portcullis_egress_denied_total",
             &self.egress_denied,
+        );
+        counter(
+            &mut o,
+            "portcullis_egress_dns_questions_total",
+            &self.egress_dns,
         );
         gauge(
             &mut o,
@@ -351,6 +399,13 @@ impl Metrics {
             &mut o,
             "portcullis_catalog_unstable_total",
             &self.catalog_unstable,
+        );
+        counter(&mut o, "portcullis_sanitized_total", &self.sanitized);
+        counter(&mut o, "portcullis_secret_echo_total", &self.secret_echo);
+        counter(
+            &mut o,
+            "portcullis_lock_mismatch_total",
+            &self.lock_mismatch,
         );
         o
     }

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::client::{tool_text, Mcp, LATEST};
-use common::{audit_records as records, audit_verify as verify, Gateway};
+use common::{audit_records as records, audit_verify as verify, audit_verify_with, Gateway};
 use serde_json::{json, Value};
 
 const SECRET: &str = "audit-test-secret-value-7Q9";
@@ -151,7 +151,6 @@ async fn unauthenticated_requests_are_audited() {
 
 #[tokio::test]
 async fn every_answered_call_survives_kill_9() {
-    use sha2::{Digest, Sha256};
     let dir = tempfile::tempdir().unwrap();
     let audit = dir.path().join("audit");
     let mut answered: Vec<String> = Vec::new();
@@ -160,36 +159,14 @@ async fn every_answered_call_survives_kill_9() {
         let mut c = Mcp::new(&gw.url);
         c.initialize(LATEST).await;
         let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let mut tasks = Vec::new();
         // 16 callers, each calling until the gateway dies.
-        for worker in 0..16u64 {
-            let (url, sid, done) = (gw.url.clone(), c.session.clone().unwrap(), done.clone());
-            tasks.push(tokio::spawn(async move {
-                let http = reqwest::Client::new();
-                let mut mine = Vec::new();
-                for i in 0..10_000u64 {
-                    let text = format!("r{round}-w{worker}-{i}");
-                    let body = json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":"echo","arguments":{"text":text}}});
-                    let sent = http
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .header("accept", "application/json")
-                        .header("mcp-session-id", &sid)
-                        .body(body.to_string())
-                        .send()
-                        .await;
-                    let Ok(r) = sent else { break };
-                    match r.json::<Value>().await {
-                        Ok(v) if v["result"]["content"][0]["text"] == text => {
-                            mine.push(text);
-                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        }
-                        _ => break,
-                    }
-                }
-                mine
-            }));
-        }
+        let tasks = echo_callers(
+            &gw.url,
+            &c.session.clone().unwrap(),
+            16,
+            &format!("r{round}"),
+            &done,
+        );
         // Kill at a different moment each round, with calls in flight.
         let target = 100 + 37 * round as usize;
         let deadline = std::time::Instant::now() + Duration::from_secs(60);
@@ -222,10 +199,8 @@ async fn every_answered_call_survives_kill_9() {
         answered.len()
     );
     for text in &answered {
-        let args = json!({"text": text}).to_string();
-        let h = hex::encode(Sha256::digest(args.as_bytes()));
         assert!(
-            results.contains(&h),
+            results.contains(&echo_digest(text)),
             "answered call {text} has no durable result record"
         );
     }
@@ -344,5 +319,146 @@ async fn a_gateway_with_key_epochs_and_a_witness_writes_evidence_that_verifies()
     assert!(
         text.contains("key rotation(s) followed") && text.contains("checkpoint(s) match"),
         "{text}"
+    );
+}
+
+/// `workers` callers of the echo tool in session `sid`, each calling until the gateway stops
+/// answering. Each returns the texts it saw echoed back: the calls it saw answered, every one
+/// unique (`PREFIX-wWORKER-I`), so its arguments' digest finds its records.
+fn echo_callers(
+    url: &str,
+    sid: &str,
+    workers: u64,
+    prefix: &str,
+    done: &std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> Vec<tokio::task::JoinHandle<Vec<String>>> {
+    (0..workers)
+        .map(|worker| {
+            let (url, sid, done) = (url.to_owned(), sid.to_owned(), done.clone());
+            let prefix = format!("{prefix}-w{worker}");
+            tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                let mut mine = Vec::new();
+                for i in 0..1_000_000u64 {
+                    let text = format!("{prefix}-{i}");
+                    let body = json!({"jsonrpc":"2.0","id":i,"method":"tools/call","params":{"name":"echo","arguments":{"text":text}}});
+                    let sent = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .header("accept", "application/json")
+                        .header("mcp-session-id", &sid)
+                        .body(body.to_string())
+                        .send()
+                        .await;
+                    let Ok(r) = sent else { break };
+                    match r.json::<Value>().await {
+                        Ok(v) if v["result"]["content"][0]["text"] == text => {
+                            mine.push(text);
+                            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        _ => break,
+                    }
+                }
+                mine
+            })
+        })
+        .collect()
+}
+
+/// The digest the audit log keeps of an echo call's arguments.
+fn echo_digest(text: &str) -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(Sha256::digest(json!({"text": text}).to_string().as_bytes()))
+}
+
+/// The gateway under tool-call load with the checkpoint key rotating every 2 s, killed with
+/// SIGKILL five times at random moments (so kills land before, during and after rotations):
+/// every restart continues the log, it verifies each time against the auditor's copy of the
+/// first public key, and every call a client saw answered has its call and result records.
+#[tokio::test]
+async fn kill_9_across_key_rotations_under_load_keeps_every_answered_call_and_the_first_key() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let p = policy(&audit, "key_epoch = \"2s\"\ncheckpoint_interval = \"1s\"");
+    let env = [("AUDIT_TEST_SECRET", SECRET)];
+    // The auditor's copy of the first public key, taken before any rotation can happen.
+    let first = dir.path().join("auditor-copy.pub");
+    let mut answered: Vec<String> = Vec::new();
+    for round in 0..5u64 {
+        let mut gw = Gateway::start_with(&p, &env);
+        if round == 0 {
+            std::fs::copy(audit.join("signing.key.pub"), &first).unwrap();
+        }
+        let mut c = Mcp::new(&gw.url);
+        c.initialize(LATEST).await;
+        let done = std::sync::Arc::new(AtomicUsize::new(0));
+        // 8 callers, each calling until the gateway dies.
+        let tasks = echo_callers(
+            &gw.url,
+            &c.session.clone().unwrap(),
+            8,
+            &format!("k{round}"),
+            &done,
+        );
+        // Once calls are being answered, kill after 1-4 s: with 2 s epochs (which restarts do
+        // not extend) some kills fall next to a rotation.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while done.load(Ordering::Relaxed) == 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mut b = [0u8; 8];
+        getrandom::getrandom(&mut b).unwrap();
+        tokio::time::sleep(Duration::from_millis(1000 + u64::from_le_bytes(b) % 3000)).await;
+        gw.kill9();
+        let mut got = 0;
+        for t in tasks {
+            let mine = t.await.unwrap();
+            got += mine.len();
+            answered.extend(mine);
+        }
+        assert!(got > 0, "round {round}: no call was answered");
+        drop(gw);
+        // Restart on the same directory: recovery runs and the chain continues; a clean stop
+        // seals it, and the auditor's first key verifies it, every round.
+        let mut gw = Gateway::start_with(&p, &env);
+        let status = gw.terminate(Duration::from_secs(20));
+        assert!(status.success(), "round {round}: restart: {status}");
+        let (ok, out) = audit_verify_with(&audit, &["--pubkey".as_ref(), first.as_os_str()]);
+        assert!(ok, "round {round}: verify after kill -9 and restart: {out}");
+        eprintln!("round {round}: {got} calls answered; {}", out.trim());
+    }
+    let recs = records(&audit);
+    let rotations = recs.iter().filter(|r| r["kind"] == "key_rotation").count();
+    assert!(rotations >= 2, "only {rotations} key rotations happened");
+    assert!(
+        answered.len() > 100,
+        "too few calls answered to mean anything: {}",
+        answered.len()
+    );
+    // No answered call without its record: the call and its ok result, matched by the digest
+    // of the arguments (each call's text is unique).
+    let digests = |kind: &str| -> std::collections::HashSet<String> {
+        recs.iter()
+            .filter(|r| r["kind"] == kind && r["tool"] == "echo")
+            .filter(|r| kind == "call" || r["outcome"] == "ok")
+            .filter_map(|r| r["args_sha256"].as_str().map(str::to_owned))
+            .collect()
+    };
+    let (calls, results) = (digests("call"), digests("result"));
+    for text in &answered {
+        let h = echo_digest(text);
+        assert!(
+            calls.contains(&h),
+            "answered call {text} has no call record"
+        );
+        assert!(
+            results.contains(&h),
+            "answered call {text} has no ok result record"
+        );
+    }
+    eprintln!(
+        "{} answered calls over 5 kills, {rotations} key rotations, all recorded",
+        answered.len()
     );
 }

@@ -1,113 +1,29 @@
 //! Egress enforcement through the real gateway: docker servers in real containers and a
 //! process server in its own network namespace try the bypasses of the attack matrix, driven
 //! through `tools/call` of the fixture's `net_probe` tool. Privileged (root, dockerd, `ip`,
-//! `nft`); see `common::netlab` and `common::docker`.
-//!
-//! Topology (the host's network namespace is the router here, because Docker's bridges live
-//! there):
-//! ```text
-//!  container a ──bridge pc-…──┐                        ┌─ veth plabK ── netns "external"
-//!  container b ──bridge pc-…──┤  host: table inet       │   198.18.K.10-15,30,53
-//!  process   p ──veth   pc-…──┘  portcullis, resolvers  │   169.254.169.254 (fake metadata)
-//!                                 10.214.K.0/24 pool ────┘   DNS server of the test (.53)
-//! ```
-//! Network safety: a policy-routing rule sends everything from the sandbox pool (other than
-//! sandbox-to-sandbox) into the test's external namespace, which forwards nothing; so even a
-//! broken firewall could not reach anything but hosts this test made. The external namespace
-//! has no route back to the pool: answers reach a sandbox only through NAT (Docker's for
-//! bridges, the table's for the process veth), as on a real host.
+//! `nft`); see `common::netlab` and `common::docker`. The lab (topology, network safety) is `common::hostlab`.
 
 mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::path::Path;
+use std::net::{SocketAddr, TcpListener};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bollard::query_parameters::{InspectContainerOptions, ListNetworksOptionsBuilder};
 use common::client::{Mcp, LATEST};
-use common::docker::{containers_in, runtime, Scope, FIXTURE_IMAGE};
-use common::netlab::{self, Zone};
+use common::docker::containers_in;
+use common::hostlab::{
+    await_record, await_tools, blocked, container_addr, host_dns_answers, iface_addr, names_of,
+    nft_table, policy, probe, server, setup, tcp, Leftovers, Setup,
+};
+use common::netlab;
 use common::{
     audit_records, audit_verify, gateway_bin, http_get, table_protection, Cases, Gateway,
 };
 use portcullis::egress::{ruleset, Names};
-use portcullis::instance::InstanceId;
-use portcullis::sandbox::docker::DockerRuntime;
-use serde_json::{json, Value};
-
-/// The tests of this file share the host's namespace, its lab routes and Docker: they take turns.
-static HOST_TABLE: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-use common::hostlab::HostLab;
-
-/// The first IPv4 address of a host interface.
-fn iface_addr(iface: &str) -> Option<Ipv4Addr> {
-    let o = Command::new("ip")
-        .args(["-4", "-o", "addr", "show", "dev", iface])
-        .output()
-        .ok()?;
-    String::from_utf8_lossy(&o.stdout)
-        .split_whitespace()
-        .skip_while(|w| *w != "inet")
-        .nth(1)?
-        .split('/')
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// A DNS question from the host (the router) to the test's DNS server: the lab's control.
-fn host_dns_answers(server: SocketAddr) -> bool {
-    use hickory_proto::op::{Message, MessageType, OpCode, Query};
-    use hickory_proto::rr::{Name, RecordType};
-    let mut m = Message::new();
-    m.set_id(7)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query);
-    m.add_query(Query::query(
-        Name::from_ascii("unlisted.test.").unwrap(),
-        RecordType::A,
-    ));
-    let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    s.send_to(&m.to_vec().unwrap(), server).unwrap();
-    let mut buf = [0u8; 1500];
-    s.recv_from(&mut buf).is_ok()
-}
-
-/// What a gateway killed by a failing test leaves on the host (a gateway that stops normally
-/// removes it all itself): the namespaces of its process servers with their host-forward rules
-/// and resolver configuration, and the table. Declared before the gateway, so it runs after
-/// the gateway is killed.
-struct Leftovers(Names, Vec<String>);
-
-impl Drop for Leftovers {
-    fn drop(&mut self) {
-        for server in &self.1 {
-            let iface = self.0.iface(server);
-            let netns = self.0.netns(server);
-            let _ = Command::new("ip").args(["netns", "del", &netns]).output();
-            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&netns));
-            for dir in ["-i", "-o"] {
-                let _ = Command::new("iptables")
-                    .args(["-D", "DOCKER-USER", dir, &iface, "-j", "ACCEPT"])
-                    .output();
-            }
-        }
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.0.table()])
-            .output();
-    }
-}
-
-/// The names of the objects of the gateway instance `id`.
-fn names_of(id: &str) -> Names {
-    Names::new(InstanceId::parse(id).expect("instance id"))
-}
+use serde_json::json;
 
 /// The table protection a gateway reports on `/metrics`: `owner` or `watch`.
 fn protection_mode(gw: &Gateway) -> String {
@@ -128,90 +44,6 @@ fn host_service() -> u16 {
     port
 }
 
-/// Waits until an audit record satisfies `pred`; panics with what was there after `limit`.
-async fn await_record(dir: &Path, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let recs = audit_records(dir);
-        if recs.iter().any(&pred) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no audit record for {what} within {limit:?}; records: {recs:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// Waits until each server's tools are in the catalog (`/ready` can answer a moment before a
-/// just-started server's tools are listed).
-async fn await_tools(c: &mut Mcp, servers: &[&str]) {
-    for s in servers {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let r = c
-                .call_tool(&format!("{s}__echo"), json!({"text": "up"}))
-                .await;
-            if r["result"]["content"][0]["text"] == "up" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{s} never served a call: {r}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    }
-}
-
-async fn probe(c: &mut Mcp, server: &str, args: Value) -> String {
-    let r = c.call_tool(&format!("{server}__net_probe"), args).await;
-    match r["result"]["content"][0]["text"].as_str() {
-        Some(t) => t.to_owned(),
-        None => format!("call failed: {r}"),
-    }
-}
-
-fn tcp(target: &str) -> Value {
-    json!({"op": "tcp", "target": target, "timeout_ms": 1000})
-}
-
-fn blocked(out: &str) -> bool {
-    out.starts_with("failed")
-}
-
-/// The address of a container on its (only) network, and that network's gateway.
-async fn container_addr(rt: &DockerRuntime, scope: &str, server: &str) -> (Ipv4Addr, Ipv4Addr) {
-    let id = containers_in(rt, scope)
-        .await
-        .into_iter()
-        .find(|(_, l)| l.get("io.portcullis.server").map(String::as_str) == Some(server))
-        .map(|(id, _)| id)
-        .unwrap_or_else(|| panic!("no container of {server}"));
-    let info = rt
-        .api()
-        .inspect_container(&id, None::<InspectContainerOptions>)
-        .await
-        .expect("inspect");
-    let nets = info
-        .network_settings
-        .and_then(|n| n.networks)
-        .unwrap_or_default();
-    let (_, ep) = nets.into_iter().next().expect("a network");
-    (
-        ep.ip_address.unwrap_or_default().parse().expect("ip"),
-        ep.gateway.unwrap_or_default().parse().expect("gateway"),
-    )
-}
-
-fn nft_table(names: &Names) -> Option<String> {
-    let o = Command::new("nft")
-        .args(["list", "table", "inet", &names.table()])
-        .output()
-        .ok()?;
-    o.status
-        .success()
-        .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
-}
-
 fn names(tag: &str) -> (String, String, String, String) {
     (
         format!("ea{tag}"),
@@ -219,77 +51,6 @@ fn names(tag: &str) -> (String, String, String, String) {
         format!("ep{tag}"),
         format!("en{tag}"),
     )
-}
-
-/// A policy on the lab: its resolver, its pool, the audit folder, then `servers` (TOML).
-fn policy(lab: &HostLab, audit: &Path, servers: &str) -> String {
-    format!(
-        r#"
-[gateway]
-naming = "prefix"
-
-[egress]
-upstream_resolvers = ["{dns}"]
-pin_ttl_min = "2s"
-pin_ttl_max = "30s"
-network_pool = "{pool}"
-
-[audit]
-dir = "{audit}"
-{servers}"#,
-        dns = lab.sa(53, 53),
-        pool = lab.pool,
-        audit = audit.display(),
-    )
-}
-
-/// A server of `runtime` (docker: the fixture image; process: the fixture binary) with rules.
-fn server(name: &str, runtime: &str, allow: &[&str]) -> String {
-    let run = match runtime {
-        "docker" => format!("runtime = \"docker\"\nimage = \"{FIXTURE_IMAGE}\""),
-        _ => "runtime = \"process\"\ncommand = \"{fixture}\"".to_owned(),
-    };
-    let allow: Vec<String> = allow.iter().map(|r| format!("\"{r}\"")).collect();
-    format!(
-        "\n[servers.{name}]\n{run}\negress.allow = [{}]\n",
-        allow.join(", ")
-    )
-}
-
-/// What every test here needs: its turn at the host's table, Docker in a fresh scope, the
-/// lab with its services, an audit folder, and a tag for unique server names.
-struct Setup {
-    _turn: tokio::sync::MutexGuard<'static, ()>,
-    scope: Scope,
-    rt: DockerRuntime,
-    lab: HostLab,
-    zone: Arc<Zone>,
-    _audit_dir: tempfile::TempDir,
-    audit: std::path::PathBuf,
-    tag: String,
-}
-
-/// `None`: skipped (locally, without the privileges; under CI that fails instead).
-async fn setup(test: &str) -> Option<Setup> {
-    let turn = HOST_TABLE.lock().await;
-    if !netlab::privileged() {
-        return None;
-    }
-    let scope = Scope::new(test);
-    let rt = runtime(&scope.name).await?;
-    let lab = HostLab::new();
-    let zone = lab.serve();
-    let audit_dir = tempfile::tempdir().unwrap();
-    Some(Setup {
-        _turn: turn,
-        scope,
-        rt,
-        lab,
-        zone,
-        audit: audit_dir.path().to_path_buf(),
-        _audit_dir: audit_dir,
-        tag: netlab::tag().replace('x', ""),
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

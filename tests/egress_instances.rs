@@ -78,11 +78,7 @@ impl Lab {
         // A way back to the pool that does not need the table's NAT: without the firewall, a
         // sandbox's connection to the unlisted host would complete (and be counted).
         ext_ns.ip(&["route", "add", POOL, "via", "198.18.7.1"]);
-        let zone = Arc::new(Zone {
-            net: [198, 18, 7],
-            rotation: vec![ext(10)],
-            queries: AtomicUsize::new(0),
-        });
+        let zone = Zone::new([198, 18, 7], vec![ext(10)]);
         dns_server(&ext_ns, SocketAddr::from((ext(53), 53)), zone);
         tcp_service(&ext_ns, SocketAddr::from((ext(10), 443)), "ok");
         let unlisted = Arc::new(AtomicUsize::new(0));

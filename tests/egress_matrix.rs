@@ -15,8 +15,6 @@ mod common;
 use std::collections::BTreeSet;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr};
-use std::sync::atomic::AtomicUsize;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::netlab::*;
@@ -180,11 +178,10 @@ async fn attack_matrix() {
     assert_eq!(prep_a.resolver, SocketAddr::from((net_a.gateway, 53)));
 
     // --- services ------------------------------------------------------------------------
-    let zone = Arc::new(Zone {
-        net: [198, 18, 0],
-        rotation: vec![[198, 18, 0, 11].into(), [198, 18, 0, 12].into()],
-        queries: AtomicUsize::new(0),
-    });
+    let zone = Zone::new(
+        [198, 18, 0],
+        vec![[198, 18, 0, 11].into(), [198, 18, 0, 12].into()],
+    );
     dns_server(&ext, sa([198, 18, 0, 53], 53), zone.clone());
     tcp_service(&ext, "[::]:443".parse().unwrap(), "ok");
     tcp_service(&ext, "0.0.0.0:8443".parse().unwrap(), "ok");
@@ -426,10 +423,14 @@ async fn attack_matrix() {
         "echo on the held connection",
     );
 
-    // Rotation: each answer pins the address it hands out.
+    // Rotation: each answer pins the address it hands out. The name's TTL is 1 s: the
+    // resolver repeats its answer from the cache for that long, so the questions are spaced.
     let mut seen = BTreeSet::new();
     let mut rotation_ok = true;
-    for _ in 0..4 {
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
         let m = query(&sb_a, resolver, "rot.example.test", RecordType::A, false);
         for a in m.as_ref().map(a_records).unwrap_or_default() {
             seen.insert(a);

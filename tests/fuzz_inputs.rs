@@ -91,6 +91,23 @@ fn http_request_inputs() {
 }
 
 #[test]
+fn modern_request_inputs() {
+    let seeds = replay("modern_request");
+    // The seeds reach the decoder's accepting path, not only its refusals.
+    let stateless = seeds
+        .iter()
+        .filter(|s| {
+            std::str::from_utf8(s).is_ok_and(|t| t.contains("MCP-Protocol-Version: 2026-07-28"))
+        })
+        .count();
+    assert!(
+        stateless * 2 > seeds.len(),
+        "{stateless} of {} seeds are stateless requests",
+        seeds.len()
+    );
+}
+
+#[test]
 fn sse_stream_inputs() {
     replay("sse_stream");
 }
@@ -118,6 +135,17 @@ fn policy_import_inputs() {
         })
         .count();
     assert!(imported > 0, "no seed imports");
+}
+
+#[test]
+fn tool_definition_inputs() {
+    let seeds = replay("tool_definition");
+    // The seeds cover definitions with every class of hidden character.
+    let all = seeds.concat();
+    let all = String::from_utf8_lossy(&all);
+    for needle in ["\\u001b", "\\u200b", "\\u202e", "\\udb40"] {
+        assert!(all.contains(needle), "no seed holds {needle}");
+    }
 }
 
 #[test]

@@ -219,7 +219,9 @@ async fn host_and_origin_are_checked_against_dns_rebinding() {
 }
 
 #[tokio::test]
-async fn discover_probe_gets_a_plain_error_so_clients_fall_back() {
+async fn discover_without_its_envelope_gets_a_modern_error() {
+    // 2026-07-28 is served (tests/modern_http.rs): a discover probe without the per-request
+    // envelope is told what is wrong with a 2026-era error, not sent to the handshake.
     let gw = Gateway::start(&fixture_policy());
     let c = Mcp::new(&gw.url);
     let r = c
@@ -229,7 +231,7 @@ async fn discover_probe_gets_a_plain_error_so_clients_fall_back() {
         )
         .await;
     assert_eq!(r.status, 400, "{}", r.body);
-    assert_eq!(r.json()["error"]["code"], -32601);
+    assert_eq!(r.json()["error"]["code"], -32602);
     assert_eq!(r.json()["id"], 1);
 }
 

@@ -153,10 +153,12 @@ secrets = { API_TOKEN = "env:PORTCULLIS_TEST_SECRET" }
         ),
         "<unset>"
     );
-    // ...only the secrets the policy maps to it, under the names it chose.
+    // ...only the secrets the policy maps to it, under the names it chose. The answer echoes
+    // the value, so the gateway redacts it: the name in the redaction proves the server holds
+    // exactly the policy's value.
     assert_eq!(
         tool_text(&c.call_tool("env_get", json!({"name": "API_TOKEN"})).await),
-        "s3cr3t-value-for-env-test"
+        "[REDACTED:API_TOKEN]"
     );
     assert!(
         !gw.stderr().contains("s3cr3t-value-for-env-test"),
@@ -166,8 +168,10 @@ secrets = { API_TOKEN = "env:PORTCULLIS_TEST_SECRET" }
 
 #[tokio::test]
 async fn a_server_that_dies_during_the_handshake_is_reported_with_its_exit_status() {
-    // It reads the gateway's `initialize` and exits without answering. The startup timeout
-    // is long on purpose: the reason must come from the exit, not from the timeout.
+    // It reads the gateway's first message and exits without answering: first the
+    // `server/discover` probe, then (a server that died on the probe is not probed again)
+    // `initialize`. The startup timeout is long on purpose: the reason must come from the
+    // exit, not from the timeout.
     let gw = Gateway::spawn(
         r#"
 [gateway]

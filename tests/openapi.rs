@@ -225,6 +225,24 @@ async fn operations_allow_and_deny_choose_the_tools() {
     assert!(r.get("error").is_some() || is_error(&r), "{r}");
     // Nothing reached the API for the denied operation.
     assert!(api.requests().iter().all(|r| r["method"] != "DELETE"));
+    // A stateless 2026-07-28 client gets the same tools and calls the same way (the gateway
+    // speaks to an openapi server as to a 2025-era one and bridges the eras).
+    let m = common::modern::client(&gw, None);
+    let list = common::modern::request(&m, 1, "tools/list", json!({}), json!({}))
+        .await
+        .message();
+    let mut listed = names(&list);
+    listed.sort();
+    assert_eq!(listed, ["getPet", "listPets"], "{list}");
+    let call = json!({"name": "getPet", "arguments": {"pet_id": 1}});
+    let r = common::modern::request(&m, 2, "tools/call", call, json!({}))
+        .await
+        .message();
+    assert_eq!(r["result"]["structuredContent"]["name"], "Rex", "{r}");
+    let denied = json!({"name": "deletePet", "arguments": {"pet_id": 1}});
+    let r = common::modern::request(&m, 3, "tools/call", denied, json!({})).await;
+    assert!(r.status >= 400 || r.body.contains("error"), "{}", r.body);
+    assert!(api.requests().iter().all(|r| r["method"] != "DELETE"));
 }
 
 #[tokio::test]
@@ -401,6 +419,14 @@ fn policy_check_and_show_read_the_document() {
             "tool                  delete_items_id = DELETE /items/{id} (hidden by tools)"
         ),
         "{out}"
+    );
+    // The gateway makes an openapi server's MCP side itself: no protocol era to show or pin.
+    assert!(!out.contains("protocol"), "{out}");
+    let (code, _, err) = policy_cli("check", GOOD, "protocol = \"2026-07-28\"");
+    assert_ne!(code, 0, "protocol on an openapi server must be refused");
+    assert!(
+        err.contains("`protocol` does not apply to a runtime = \"openapi\" server"),
+        "{err}"
     );
 }
 

@@ -276,6 +276,8 @@ fn show_prints_effective_defaults() {
         "startup_timeout       30s",
         "list_changed_interval 250ms",
         "unstable_list_changes more than 60 per 1m",
+        "lock                  none",
+        "sanitize              strip",
         "egress                no rules: the host's network",
         // What the process server can and cannot do.
         "user                  65534:65534",

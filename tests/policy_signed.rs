@@ -199,6 +199,15 @@ async fn only_a_policy_signed_by_the_key_with_a_serial_not_lower_is_put_in_force
         .expect("policy_load");
     let detail = load["detail"].as_str().unwrap_or_default();
     assert!(detail.contains(" signed serial 1 key "), "{load}");
+    // Every call names the signed serial it ran under, in the order they were put in force.
+    let serials: Vec<Value> = common::audit_records(&audit)
+        .into_iter()
+        .filter(|r| r["kind"] == "call")
+        .map(|r| r["policy_serial"].clone())
+        .collect();
+    let mut distinct = serials.clone();
+    distinct.dedup();
+    assert_eq!(distinct, vec![json!(1), json!(3), json!(4)], "{serials:?}");
 
     // A restart does not forget the highest serial: the older signed policy is refused, the
     // newest starts; an unsigned one is refused.

@@ -41,6 +41,20 @@ fn start_gateway(url: &str, port: u16) -> Gateway {
     )
 }
 
+/// A gateway that speaks the 2025 era's Streamable HTTP (sessions, the GET stream) to the
+/// server even though the SDK's server also speaks 2026-07-28: the tests of that transport pin
+/// it (`tests/modern_upstream.rs` covers the 2026-07-28 one).
+fn start_legacy_gateway(url: &str, port: u16) -> Gateway {
+    Gateway::start_with(
+        &policy(
+            url,
+            &format!("\"127.0.0.1/32:{port}\""),
+            "protocol = \"legacy\"",
+        ),
+        &[("REMOTE_TOKEN", SECRET)],
+    )
+}
+
 fn names(tools: &Value) -> Vec<String> {
     tools["result"]["tools"]
         .as_array()
@@ -84,7 +98,7 @@ async fn python_streamable_http_server_with_injected_headers() {
     let Some(remote) = Remote::python("streamable-http") else {
         return;
     };
-    let gw = start_gateway(
+    let gw = start_legacy_gateway(
         &format!("http://127.0.0.1:{}/mcp", remote.port),
         remote.port,
     );
@@ -196,7 +210,7 @@ async fn expired_upstream_session_is_reinitialized_transparently() {
     let Some(remote) = Remote::python("streamable-http") else {
         return;
     };
-    let gw = start_gateway(
+    let gw = start_legacy_gateway(
         &format!("http://127.0.0.1:{}/mcp", remote.port),
         remote.port,
     );
@@ -225,7 +239,7 @@ async fn tools_added_upstream_reach_the_catalog() {
     let Some(remote) = Remote::python("streamable-http") else {
         return;
     };
-    let gw = start_gateway(
+    let gw = start_legacy_gateway(
         &format!("http://127.0.0.1:{}/mcp", remote.port),
         remote.port,
     );

@@ -18,7 +18,6 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -63,11 +62,7 @@ impl Lab {
             ext.ip(&["addr", "add", &format!("198.19.{k}.{h}/24"), "dev", "eth0"]);
         }
         ext.ip(&["link", "set", "eth0", "up"]);
-        let zone = Arc::new(Zone {
-            net: [198, 19, k],
-            rotation: vec![Ipv4Addr::new(198, 19, k, 10)],
-            queries: AtomicUsize::new(0),
-        });
+        let zone = Zone::new([198, 19, k], vec![Ipv4Addr::new(198, 19, k, 10)]);
         dns_server(&ext, SocketAddr::from(([198, 19, k, 53], 53)), zone.clone());
         for port in [443u16, 80] {
             tcp_service(&ext, SocketAddr::from(([0, 0, 0, 0], port)), "ok");

@@ -473,3 +473,84 @@ async fn a_client_holding_200_legacy_sse_streams_cannot_stop_another() {
         .iter()
         .all(|(s, e)| *s == 429 && [-32012, -32014].contains(&code(e))));
 }
+
+/// A 2026-07-28 client has no sessions, but each `subscriptions/listen` stream is held open
+/// like one: a client gets as many streams as its session quota (apart from its sessions), and
+/// the next is refused with the same 429 / -32012, audited once per burst, while another client
+/// still listens, and a closed stream makes room again.
+#[tokio::test]
+async fn a_client_holding_listen_streams_up_to_its_quota_cannot_stop_another() {
+    use common::modern::{listen_for_tools, open_listen, read_for};
+    // max_sessions = 8: each client's default quota is 4.
+    let mut gw = Gateway::start(&policy_with(8));
+    let bob = client(&gw, BOB);
+    let mut streams = Vec::new();
+    for id in 0..4 {
+        let mut s = listen_for_tools(&bob, &gw.url, id).await;
+        let ack = read_for(&mut s, "acknowledged", PATIENCE).await;
+        assert!(ack.contains("acknowledged"), "{ack}");
+        streams.push(s);
+    }
+    for id in 4..8 {
+        let r = open_listen(&bob, &gw.url, id).await;
+        assert_eq!(r.status(), 429);
+        let e: Value = r.json().await.unwrap();
+        assert_eq!(code(&e), -32012, "{e}");
+        assert!(
+            message(&e).contains("client `bob` already has 4 open subscriptions/listen streams"),
+            "{e}"
+        );
+        assert_eq!(e["error"]["data"]["maxStreams"], 4, "{e}");
+    }
+    // Bob's sessions are counted apart: he still opens one, and alice still listens.
+    let mut bob_session = open(&gw, BOB).await;
+    echo_works(&mut bob_session).await;
+    let alice = client(&gw, ALICE);
+    let mut a = listen_for_tools(&alice, &gw.url, 1).await;
+    assert!(read_for(&mut a, "acknowledged", PATIENCE)
+        .await
+        .contains("acknowledged"));
+    // A stream bob closes makes room for a new one.
+    drop(streams.pop());
+    // (The gateway notices the close when it next writes to the stream: retry until then.)
+    let deadline = Instant::now() + PATIENCE;
+    let mut refusals = 4;
+    loop {
+        let r = open_listen(&bob, &gw.url, 9).await;
+        if r.status() == 200 {
+            break;
+        }
+        refusals += 1;
+        assert!(Instant::now() < deadline, "a closed stream never made room");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (_, metrics) = http_get(&format!("{}/metrics", gw.base)).unwrap();
+    assert_eq!(
+        metric(
+            &metrics,
+            "portcullis_refusals_total{reason=\"listen_quota\"}"
+        ),
+        Some(refusals),
+        "{metrics}"
+    );
+
+    gw.terminate(PATIENCE);
+    let dir = gw.dir().join("portcullis-audit");
+    let refused: Vec<Value> = audit_records(&dir)
+        .into_iter()
+        .filter(|r| {
+            r["kind"] == "denied" && r["client"] == "bob" && r["method"] == "subscriptions/listen"
+        })
+        .collect();
+    assert_eq!(
+        refused.len(),
+        2,
+        "the first refusal, then the burst's count: {refused:#?}"
+    );
+    assert!(
+        refused[1]["detail"].as_str().unwrap().starts_with(&format!(
+            "{refusals} subscriptions/listen streams of client `bob` refused"
+        )),
+        "{refused:#?}"
+    );
+}

@@ -1,6 +1,7 @@
 //! (e) catalog requests answered from the gateway's cache: `tools/list` and `resources/list` over
 //! 50 servers with 20 tools and 20 resources each (one page of 1,000 entries), for a client
-//! without rules (e, er) and for one whose rules the gateway checks on every entry (ec, erc).
+//! without rules (e, er) and for one whose rules the gateway checks on every entry (ec, erc);
+//! (em) is (e) asked by stateless 2026-07-28 clients.
 //!
 //! With `BENCH_BASELINE_BIN=PATH` (another build of `portcullis`, e.g. the one before a change)
 //! every row also runs against that binary, on the same machine in the same run, alternating
@@ -41,32 +42,45 @@ struct Case {
     label: &'static str,
     method: &'static str,
     token: &'static str,
+    /// Asked as stateless 2026-07-28 requests.
+    modern: bool,
 }
 
-const CASES: [Case; 4] = [
+const CASES: [Case; 5] = [
     Case {
         id: "e",
         label: "Portcullis tools/list, 50 servers x 20 tools",
         method: "tools/list",
         token: OPEN,
+        modern: false,
+    },
+    Case {
+        id: "em",
+        label: "Portcullis tools/list, 50 servers x 20 tools, 2026-07-28 stateless",
+        method: "tools/list",
+        token: OPEN,
+        modern: true,
     },
     Case {
         id: "er",
         label: "Portcullis resources/list, 50 servers x 20 resources",
         method: "resources/list",
         token: OPEN,
+        modern: false,
     },
     Case {
         id: "ec",
         label: "Portcullis tools/list, 50 x 20, client rules checked per entry",
         method: "tools/list",
         token: RULED,
+        modern: false,
     },
     Case {
         id: "erc",
         label: "Portcullis resources/list, 50 x 20, client rules checked per entry",
         method: "resources/list",
         token: RULED,
+        modern: false,
     },
 ];
 
@@ -76,10 +90,14 @@ pub async fn run(plan: Plan, notes: &mut Vec<String>) -> Result<Vec<Row>, String
     let base = std::env::var_os("BENCH_BASELINE_BIN")
         .map(|bin| common::Gateway::start_bin(&PathBuf::from(bin), &policy(), &env));
     let mut rows = Vec::new();
-    for case in &CASES {
+    for case in CASES.iter().filter(|c| crate::wanted(c.id)) {
         let target = |gw: &common::Gateway| crate::drive::Target {
             url: gw.url.clone(),
-            work: Work::List(case.method),
+            work: if case.modern {
+                Work::ModernList
+            } else {
+                Work::List(case.method)
+            },
             bearer: Some(case.token.to_owned()),
         };
         let watch = |gw: &common::Gateway| Watch {

@@ -38,7 +38,21 @@ pub enum Work {
     Call(String),
     /// A list method (`tools/list`, `resources/list`), first page.
     List(&'static str),
+    /// The same as stateless 2026-07-28 requests: no session, the envelope in `_meta`, the
+    /// request metadata headers.
+    ModernCall(String),
+    ModernList,
 }
+
+impl Work {
+    fn is_modern(&self) -> bool {
+        matches!(self, Work::ModernCall(_) | Work::ModernList)
+    }
+}
+
+/// The revision of the stateless requests.
+pub const MODERN: &str = "2026-07-28";
+const ENVELOPE: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"portcullis-bench","version":"1"}}"#;
 
 /// How much load: `sessions` concurrent sessions, each doing `warmup` unmeasured requests and
 /// then `calls` measured ones; a session stops early at `deadline` (slow peers).
@@ -101,6 +115,8 @@ pub struct Session {
     session: Option<HeaderValue>,
     next_id: u64,
     body: Work,
+    /// The request metadata headers of the next request (stateless work only).
+    mirror: Vec<(&'static str, HeaderValue)>,
 }
 
 pub struct Answer {
@@ -139,7 +155,12 @@ impl Session {
             session: None,
             next_id: 1,
             body: target.work.clone(),
+            mirror: Vec::new(),
         };
+        if target.work.is_modern() {
+            // Stateless: nothing to open.
+            return Ok(s);
+        }
         let init = format!(
             r#"{{"jsonrpc":"2.0","id":0,"method":"initialize","params":{{"protocolVersion":"{PROTOCOL}","capabilities":{{}},"clientInfo":{{"name":"portcullis-bench","version":"1"}}}}}}"#
         );
@@ -188,6 +209,9 @@ impl Session {
         if let Some(b) = &self.bearer {
             req = req.header(header::AUTHORIZATION, b.clone());
         }
+        for (k, v) in self.mirror.drain(..) {
+            req = req.header(k, v);
+        }
         let req = req
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| e.to_string())?;
@@ -228,6 +252,17 @@ impl Session {
             Work::List(method) => {
                 format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"{method}"}}"#)
             }
+            Work::ModernCall(tool) => format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/call","params":{{"name":"{tool}","arguments":{{"text":"bench-{id}"}},{ENVELOPE}}}}}"#
+            ),
+            Work::ModernList => format!(
+                r#"{{"jsonrpc":"2.0","id":{id},"method":"tools/list","params":{{{ENVELOPE}}}}}"#
+            ),
+        };
+        self.mirror = match &self.body {
+            Work::ModernCall(tool) => mirror_headers("tools/call", Some(tool)),
+            Work::ModernList => mirror_headers("tools/list", None),
+            _ => Vec::new(),
         };
         let a = self.post(body.into_bytes()).await?;
         if a.status != 200 {
@@ -238,6 +273,18 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The request metadata headers of a stateless request.
+fn mirror_headers(method: &'static str, name: Option<&str>) -> Vec<(&'static str, HeaderValue)> {
+    let mut out = vec![
+        ("mcp-protocol-version", HeaderValue::from_static(MODERN)),
+        ("mcp-method", HeaderValue::from_static(method)),
+    ];
+    if let Some(v) = name.and_then(|n| HeaderValue::from_str(n).ok()) {
+        out.push(("mcp-name", v));
+    }
+    out
 }
 
 fn has(hay: &[u8], needle: &[u8]) -> bool {

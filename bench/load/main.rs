@@ -8,12 +8,17 @@
 //!   (b) Portcullis (runtime = remote) -> the same echo upstream, audit off
 //!   (c) Portcullis -> the fixture server over stdio: process runtime, and the shared Docker
 //!       container when dockerd is usable (skipped loudly otherwise)
-//!   (d) (b) with the audit log on, fsync = group; (dc) the same for (c), process runtime
+//!   (d) (b) with the audit log on, fsync = group; (dc) the same for (c), process runtime;
+//!       (dk), (dck): (d) and (dc) with the checkpoint key rotated every 60 s
 //!   (e) cached tools/list and resources/list over 50 servers x 20 items, without and with
 //!       client rules (bench/load/catalog.rs; BENCH_BASELINE_BIN compares with another build)
+//!   (em) (e)'s tools/list as stateless 2026-07-28 requests (the page from the gateway's cache)
+//!   (cm) (c) as stateless 2026-07-28 requests (no session; envelope and headers on each)
 //!   peers: ContextForge -> echo upstream (compare with b); supergateway -> fixture over stdio
 //!   (compare with c, process)
 //!   memory: gateway RSS with 1,000 open sessions
+//!   DNS (privileged, see dns.rs): questions/s from the resolver's cache (qc) vs forwarded (qf);
+//!   a neighbour's tools/call quiet (nq) and while another sandbox floods DNS (nf)
 //!
 //! Added latency = (b) - (a) per percentile; throughput as a ratio to (a). The load generator
 //! shares the CPU with everything it measures: its own CPU share is reported per scenario.
@@ -30,6 +35,7 @@
 mod catalog;
 #[path = "../../tests/common/mod.rs"]
 mod common;
+mod dns;
 mod drive;
 mod peers;
 mod procs;
@@ -134,6 +140,26 @@ fn profile(id: &str, pid: Option<u32>) -> Option<procs::Proc> {
 fn loud(notes: &mut Vec<String>, msg: String) {
     eprintln!("\n!!!!!!!! {msg} !!!!!!!!\n");
     notes.push(msg);
+}
+
+/// How many key rotations the audit log in `dir` holds: a rotation row whose run was shorter
+/// than its epoch measured the setting, not a rotation, and the notes must say so.
+fn rotations_note(notes: &mut Vec<String>, id: &str, dir: &std::path::Path) {
+    let n: usize = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().extension().is_some_and(|x| x == "jsonl"))
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .unwrap_or_default()
+                .matches(r#""kind":"key_rotation""#)
+                .count()
+        })
+        .sum();
+    let note = format!("{id}: {n} key rotation(s) happened during the row");
+    eprintln!("[bench] {note}");
+    notes.push(note);
 }
 
 /// `BENCH_ONLY=a,b,...`: run only these scenarios (for profiling); results are not written.
@@ -280,17 +306,17 @@ async fn run() -> Result<(), String> {
         rows.extend(through(&gw, echo_pid, "d", label, Work::Call("echo".into()), &three).await?);
     }
 
-    // (dk) = (d) with the checkpoint key rotated every second (the default epoch is an hour):
-    // what forward-secure keys cost under load.
+    // (dk) = (d) with the checkpoint key rotated every 60 s (the default epoch is an hour):
+    // what forward-secure keys cost under load, at the rate issue 28 compares.
     if wanted("dk") {
         let audit_dir =
             tempfile::tempdir_in(common::repo_root().join("bench")).map_err(|e| e.to_string())?;
         let audit = format!(
-            "dir = \"{}\"\nfsync = \"group\"\nkey_epoch = \"1s\"",
+            "dir = \"{}\"\nfsync = \"group\"\nkey_epoch = \"60s\"",
             audit_dir.path().join("log").display()
         );
         let gw = gateway(&remote_policy(&echo.url, &audit));
-        let label = "Portcullis -> echo, audit fsync=group, key rotated every 1 s";
+        let label = "Portcullis -> echo, audit fsync=group, key rotated every 60 s";
         rows.extend(
             through(
                 &gw,
@@ -302,26 +328,52 @@ async fn run() -> Result<(), String> {
             )
             .await?,
         );
+        rotations_note(&mut notes, "dk", &audit_dir.path().join("log"));
     }
 
     // (c) stdio upstream: our fixture server as a child process, and in the shared container.
-    if wanted("c") {
+    if wanted("c") || wanted("cm") {
         let gw = gateway(&format!(
             "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n{ONE_CLIENT_MANY_SESSIONS}",
         ));
-        let label = "Portcullis -> fixture (process, stdio)";
-        rows.extend(through(&gw, None, "c", label, Work::Call("echo".into()), &both).await?);
+        if wanted("c") {
+            let label = "Portcullis -> fixture (process, stdio)";
+            rows.extend(through(&gw, None, "c", label, Work::Call("echo".into()), &both).await?);
+        }
+        // The same gateway and server, stateless 2026-07-28 calls: compare with (c).
+        if wanted("cm") {
+            let label = "Portcullis -> fixture (process, stdio), 2026-07-28 stateless";
+            let work = Work::ModernCall("echo".into());
+            rows.extend(through(&gw, None, "cm", label, work, &both).await?);
+        }
     }
-    // (dc) (c) with the audit log on: the stdio path is the common deployment.
-    if wanted("dc") {
+    // (dc) (c) with the audit log on: the stdio path is the common deployment; (dck) the same
+    // with the checkpoint key rotated every 60 s.
+    for (id, epoch, label) in [
+        (
+            "dc",
+            "",
+            "Portcullis -> fixture (process, stdio), audit fsync=group",
+        ),
+        (
+            "dck",
+            "\nkey_epoch = \"60s\"",
+            "Portcullis -> fixture (process, stdio), audit fsync=group, key rotated every 60 s",
+        ),
+    ] {
+        if !wanted(id) {
+            continue;
+        }
         let audit_dir =
             tempfile::tempdir_in(common::repo_root().join("bench")).map_err(|e| e.to_string())?;
         let gw = gateway(&format!(
-            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\ndir = \"{}\"\nfsync = \"group\"\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n{ONE_CLIENT_MANY_SESSIONS}",
+            "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\ndir = \"{}\"\nfsync = \"group\"{epoch}\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n{ONE_CLIENT_MANY_SESSIONS}",
             audit_dir.path().join("log").display()
         ));
-        let label = "Portcullis -> fixture (process, stdio), audit fsync=group";
-        rows.extend(through(&gw, None, "dc", label, Work::Call("echo".into()), &both).await?);
+        rows.extend(through(&gw, None, id, label, Work::Call("echo".into()), &both).await?);
+        if !epoch.is_empty() {
+            rotations_note(&mut notes, id, &audit_dir.path().join("log"));
+        }
     }
     if wanted("c_docker") {
         match docker_scenario(&both).await {
@@ -333,14 +385,22 @@ async fn run() -> Result<(), String> {
         }
     }
 
-    // (e) cached tools/list and resources/list over 50 servers x 20 items.
-    if wanted("e") {
+    // (e) cached tools/list and resources/list over 50 servers x 20 items (and em).
+    if wanted("e") || wanted("em") {
         let plan = Plan {
             calls: (calls / 10).max(20),
             warmup: 5,
             ..heavy
         };
         rows.extend(catalog::run(plan, &mut notes).await?);
+    }
+
+    // DNS: the resolver's cache and budget, and a neighbour under a DNS flood.
+    if dns::IDS.iter().any(|id| wanted(id)) {
+        match dns::scenarios(wanted, &mut notes).await {
+            Ok(r) => rows.extend(r),
+            Err(e) => loud(&mut notes, format!("DNS rows not measured: {e}")),
+        }
     }
 
     // Peers.

@@ -138,6 +138,15 @@ fn ratio(a: Option<&Row>, b: Option<&Row>) -> Option<f64> {
     (b > 0.0).then(|| a / b)
 }
 
+/// `a`'s percentile `q` over `b`'s.
+fn latency_ratio(rows: &[Row], a: &str, b: &str, q: f64) -> Option<f64> {
+    let (a, b) = (
+        find(rows, a)?.stats.pct_us(q),
+        find(rows, b)?.stats.pct_us(q),
+    );
+    (b > 0.0).then(|| a / b)
+}
+
 fn added(rows: &[Row], through: &str, base: &str, q: f64) -> Option<f64> {
     Some(find(rows, through)?.stats.pct_us(q) - find(rows, base)?.stats.pct_us(q))
 }
@@ -186,6 +195,14 @@ pub fn write(
         "ratio_vs_contextforge": ratio(find(rows, "b"), find(rows, "cf")),
         "ratio_vs_contextforge_audit_on": ratio(find(rows, "d"), find(rows, "cf")),
         "ratio_vs_supergateway_stdio": ratio(find(rows, "c"), find(rows, "sg")),
+        "ratio_stateless_call_to_session_call": ratio(find(rows, "cm"), find(rows, "c")),
+        "ratio_stateless_list_to_session_list": ratio(find(rows, "em"), find(rows, "e")),
+        "stateless_list_calls_per_s": headline("em"),
+        "dns_cached_questions_per_s": headline("qc"),
+        "dns_forwarded_questions_per_s": headline("qf"),
+        "dns_cached_to_forwarded_ratio": ratio(find(rows, "qc"), find(rows, "qf")),
+        "neighbour_p50_ratio_dns_flood_to_quiet": latency_ratio(rows, "nf", "nq", 0.5),
+        "neighbour_p99_ratio_dns_flood_to_quiet": latency_ratio(rows, "nf", "nq", 0.99),
         "gateway_rss_mib_idle": rss.idle_kib as f64 / 1024.0,
         "gateway_rss_mib_at_sessions": rss.loaded_kib as f64 / 1024.0,
         "rss_sessions": rss.sessions,
@@ -225,7 +242,10 @@ pub fn write(
     let base1 = find(rows, "a1");
     let base_paced = find(rows, "ap");
     for r in rows {
-        let b = if r.sessions == 1 {
+        // DNS questions are not calls: no ratio to the direct calls.
+        let b = if r.id.starts_with('q') {
+            None
+        } else if r.sessions == 1 {
             base1
         } else if r.label.contains(", paced ") {
             base_paced
@@ -307,6 +327,30 @@ pub fn write(
         md,
         "| Portcullis / supergateway, stdio (c / sg) | {}× | |",
         f2("ratio_vs_supergateway_stdio")
+    );
+    let _ = writeln!(
+        md,
+        "| 2026-07-28 stateless tools/call / session tools/call, stdio (cm / c) | {}× | ≥ 1× |",
+        f2("ratio_stateless_call_to_session_call")
+    );
+    let _ = writeln!(
+        md,
+        "| 2026-07-28 tools/list from the cache / session tools/list, 50 x 20 tools (em / e) | {}× ({} calls/s) | ≥ 5× the (e) of before the cache (9279 calls/s on 2026-11-25) |",
+        f2("ratio_stateless_list_to_session_list"),
+        opt(summary["stateless_list_calls_per_s"].as_f64(), 0)
+    );
+    let _ = writeln!(
+        md,
+        "| DNS questions/s from the cache / forwarded (qc / qf) | {} / {} ({}×) | |",
+        opt(summary["dns_cached_questions_per_s"].as_f64(), 0),
+        opt(summary["dns_forwarded_questions_per_s"].as_f64(), 0),
+        f2("dns_cached_to_forwarded_ratio")
+    );
+    let _ = writeln!(
+        md,
+        "| neighbour's tools/call during a DNS flood / quiet, p50 / p99 (nf / nq) | {}× / {}× | p99 ≤ 1.5× |",
+        f2("neighbour_p50_ratio_dns_flood_to_quiet"),
+        f2("neighbour_p99_ratio_dns_flood_to_quiet")
     );
     let _ = writeln!(
         md,

@@ -80,7 +80,7 @@ pub struct Limits {
     table: RwLock<Arc<Table>>,
 }
 
-fn quota(r: &Rate) -> Option<Quota> {
+pub(crate) fn quota(r: &Rate) -> Option<Quota> {
     let count = NonZeroU32::new(r.count)?;
     let burst = NonZeroU32::new(r.burst.max(1))?;
     // Replenish one call every per/count.

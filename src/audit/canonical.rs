@@ -24,7 +24,28 @@ pub fn to_vec(v: &Value) -> Result<Vec<u8>, CanonicalError> {
     Ok(out)
 }
 
+/// RFC 8785 for any JSON value, numbers included: each is printed as ECMAScript prints the
+/// IEEE double it denotes (what other JCS implementations print). For documents that are not
+/// audit records, such as tool schemas with fractional bounds.
+pub fn to_vec_any(v: &Value) -> Vec<u8> {
+    let mut out = Vec::with_capacity(256);
+    // Every number is accepted in this mode, so nothing can fail.
+    let _ = emit(v, &mut out, Numbers::Any);
+    out
+}
+
 pub fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
+    emit(v, out, Numbers::SafeIntegers)
+}
+
+#[derive(Clone, Copy)]
+enum Numbers {
+    /// Audit records: integers within +/-(2^53-1) only.
+    SafeIntegers,
+    Any,
+}
+
+fn emit(v: &Value, out: &mut Vec<u8>, numbers: Numbers) -> Result<(), CanonicalError> {
     match v {
         Value::Null => out.extend_from_slice(b"null"),
         Value::Bool(true) => out.extend_from_slice(b"true"),
@@ -34,6 +55,8 @@ pub fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
                 out.extend_from_slice(u.to_string().as_bytes());
             } else if let Some(i) = n.as_i64().filter(|i| i.unsigned_abs() <= MAX_SAFE_INTEGER) {
                 out.extend_from_slice(i.to_string().as_bytes());
+            } else if let (Numbers::Any, Some(f)) = (numbers, n.as_f64()) {
+                out.extend_from_slice(ryu_js::Buffer::new().format(f).as_bytes());
             } else {
                 return Err(CanonicalError::Number(n.to_string()));
             }
@@ -45,7 +68,7 @@ pub fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
                 if i > 0 {
                     out.push(b',');
                 }
-                write(item, out)?;
+                emit(item, out, numbers)?;
             }
             out.push(b']');
         }
@@ -62,7 +85,7 @@ pub fn write(v: &Value, out: &mut Vec<u8>) -> Result<(), CanonicalError> {
                 write_str(k, out);
                 out.push(b':');
                 if let Some(v) = map.get(*k) {
-                    write(v, out)?;
+                    emit(v, out, numbers)?;
                 }
             }
             out.push(b'}');
@@ -107,6 +130,18 @@ mod tests {
         assert_eq!(
             s,
             "{\"a\":[true,null,\"x\\n\\u0001\\\"\\\\é\"],\"b\":1,\"\u{10000}\":0,\"\u{e000}\":0}"
+        );
+    }
+
+    #[test]
+    fn any_numbers_print_as_ecmascript_does() {
+        let v: Value = serde_json::from_str(
+            r#"{"a":1.5,"b":1e21,"c":-0.0,"d":100,"e":0.000001,"f":1E-7,"g":18446744073709551615}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            String::from_utf8(to_vec_any(&v)).unwrap(),
+            r#"{"a":1.5,"b":1e+21,"c":0,"d":100,"e":0.000001,"f":1e-7,"g":18446744073709552000}"#
         );
     }
 

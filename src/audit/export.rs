@@ -52,7 +52,7 @@ pub fn to_cef(v: &Value) -> String {
     let outcome = s("outcome");
     let severity = match kind {
         "tamper" | "recovery" => 7,
-        "denied" | "egress_denied" | "catalog_unstable" => 5,
+        "denied" | "egress_denied" | "catalog_unstable" | "sanitized" | "lock_mismatch" => 5,
         _ if !outcome.is_empty() && outcome != "ok" => 5,
         _ => 3,
     };

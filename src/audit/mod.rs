@@ -26,17 +26,29 @@
 //! | `seq` | 0, 1, 2, ... across all segments, no gaps |
 //! | `ts` | RFC 3339 UTC with milliseconds, `2026-11-24T16:53:51.123Z` (writer's clock; not used for ordering) |
 //! | `prev` | hex SHA-256 of the previous record's line (without `\n`); 64 zeros for `seq` 0 |
-//! | `kind` | `call`, `result`, `denied`, `egress_denied`, `policy_load`, `policy_reload`, `container_start`, `container_stop`, `firewall`, `tamper`, `gateway_start`, `gateway_stop`, `catalog_unstable`, and, written by the log itself, `segment_start`, `checkpoint`, `key_rotation`, `recovery` |
+//! | `kind` | `call`, `result`, `denied`, `egress_denied`, `policy_load`, `policy_reload`, `container_start`, `container_stop`, `firewall`, `tamper`, `gateway_start`, `gateway_stop`, `catalog_unstable`, `sanitized`, `lock_mismatch`, and, written by the log itself, `segment_start`, `checkpoint`, `key_rotation`, `recovery` |
 //!
 //! Optional event fields ([`AuditEvent`]): `client`, `session`, `server`, `image_digest`,
 //! `container`, `method`, `tool`, `args_sha256` (hex SHA-256 of the raw argument JSON),
 //! `args` (the argument JSON text, secrets redacted, only with `record_arguments = true` and a
 //! redactor installed), `outcome` (`ok`, `error` + `error_code`, `denied_auth`, `rate_limited`,
 //! `egress_denied`, `rejected` for a refused policy reload), `latency_us`, `bytes_in`,
-//! `bytes_out`, `detail` (redacted).
+//! `bytes_out`, `detail` (redacted), `policy_serial` (the signed policy's serial in force, on
+//! every record the router writes, in signed mode only).
 //!
 //! `catalog_unstable` (a server sent more list changes than `unstable_list_changes` within
 //! `unstable_window`) has `server` and `detail` = JSON `{"count", "lists", "limit", "window_ms"}`.
+//!
+//! `sanitized` (hidden characters in a server's tool, prompt, resource or template definition,
+//! written once per definition) has `server`, `tool` (the item's name or URI) and `detail` =
+//! JSON `{"list", "found": {"ansi", "zero_width", "bidi", "tags"}, "action": "stripped" |
+//! "withheld"}`. An answer's findings go into its `result` record's `detail`:
+//! `{"sanitized": {...}, "secret_echo": [secret names]}`.
+//!
+//! `lock_mismatch` (a definition or image that differs from the lock file, written once per
+//! difference) has `server`, `tool` and `detail` = JSON `{"list", "change": "added" | "changed"
+//! | "image", "locked", "found", "mode", "action": "withheld" | "allowed" | "not_started"}` with
+//! `locked`/`found` the hashes (or image digests) before and after.
 //!
 //! Log-written records: `segment_start` (`segment` = its file name, `prev_segment`) is the first
 //! record of every segment; `checkpoint` (`tree_size`, `root`, `key_id`, `sig`) covers records

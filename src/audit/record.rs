@@ -23,6 +23,10 @@ pub enum Kind {
     GatewayStart,
     GatewayStop,
     CatalogUnstable,
+    /// Hidden characters found in a server's definition (stripped or withheld).
+    Sanitized,
+    /// A definition or image that differs from the lock file.
+    LockMismatch,
     /// Log only.
     Recovery,
     /// Log only.
@@ -50,6 +54,8 @@ impl Kind {
         Kind::GatewayStart,
         Kind::GatewayStop,
         Kind::CatalogUnstable,
+        Kind::Sanitized,
+        Kind::LockMismatch,
         Kind::Recovery,
         Kind::Checkpoint,
         Kind::SegmentStart,
@@ -72,6 +78,8 @@ impl Kind {
             Kind::GatewayStart => "gateway_start",
             Kind::GatewayStop => "gateway_stop",
             Kind::CatalogUnstable => "catalog_unstable",
+            Kind::Sanitized => "sanitized",
+            Kind::LockMismatch => "lock_mismatch",
             Kind::Recovery => "recovery",
             Kind::Checkpoint => "checkpoint",
             Kind::SegmentStart => "segment_start",
@@ -177,6 +185,8 @@ pub struct AuditEvent {
     pub bytes_in: Option<u64>,
     pub bytes_out: Option<u64>,
     pub detail: Option<String>,
+    /// The serial of the signed policy in force when the record was written (signed mode only).
+    pub policy_serial: Option<u64>,
 }
 
 macro_rules! setter {
@@ -210,6 +220,7 @@ impl AuditEvent {
             args: None,
             outcome: None,
             latency_us: None,
+            policy_serial: None,
             bytes_in: None,
             bytes_out: None,
             detail: None,
@@ -226,6 +237,7 @@ impl AuditEvent {
     setter!(item, String);
     setter!(outcome, Outcome);
     setter!(latency_us, u64);
+    setter!(policy_serial, u64);
     setter!(bytes_in, u64);
     setter!(bytes_out, u64);
     setter!(detail, String);
@@ -280,6 +292,7 @@ impl AuditEvent {
             ("latency_us", self.latency_us),
             ("bytes_in", self.bytes_in),
             ("bytes_out", self.bytes_out),
+            ("policy_serial", self.policy_serial),
         ] {
             if let Some(v) = v {
                 // Kept inside the canonical integer range; a larger value is not meaningful.

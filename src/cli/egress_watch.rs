@@ -2,6 +2,9 @@
 //! - `Denied`: counted in `/metrics` (`portcullis_egress_denied_total`) and written to the audit
 //!   log as `egress_denied` records, at most one per server per [`DENIED_EVERY`] (the first at
 //!   once, later ones summed), so a server hammering a closed port cannot flood the log;
+//! - `DnsOverBudget`: an `egress_denied` record with outcome `rate_limited`, at most one per
+//!   server per [`DENIED_EVERY`] like denials (the resolver already counted each refusal in
+//!   `/metrics`, `portcullis_egress_dns_questions_total{outcome="over_budget"}`);
 //! - `Restored`: a `tamper` record (the table was altered and put back);
 //! - `RestoreFailed`: a `tamper` record, and every instance of the affected servers is stopped
 //!   (their traffic is no longer filtered); they restart only once the table is in force again.
@@ -12,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use crate::audit::{AuditEvent, Kind, Outcome};
 use crate::egress::EgressEvent;
-use crate::policy::{Policy, Runtime as Spec};
+use crate::policy::{Policy, Rate, Runtime as Spec};
 use crate::router::audit_trail::AuditTrail;
 use crate::sandbox::backends::Backends;
 
@@ -122,22 +125,56 @@ async fn consume(
     trail: AuditTrail,
 ) {
     {
-        let mut throttle = DenialThrottle::new(DENIED_EVERY);
+        let mut throttles = Throttles {
+            packets: DenialThrottle::new(DENIED_EVERY),
+            dns: DenialThrottle::new(DENIED_EVERY),
+            dns_rates: HashMap::new(),
+        };
         let mut tick = tokio::time::interval(DENIED_EVERY);
         loop {
             tokio::select! {
                 ev = events.recv() => match ev {
-                    Some(ev) => handle(ev, &mut throttle, &backends, &trail).await,
+                    Some(ev) => handle(ev, &mut throttles, &backends, &trail).await,
                     None => return,
                 },
                 _ = tick.tick() => {
-                    for (server, packets) in throttle.due(Instant::now()) {
+                    let now = Instant::now();
+                    for (server, packets) in throttles.packets.due(now) {
                         trail.record_later(denied_record(&server, packets));
+                    }
+                    for (server, queries) in throttles.dns.due(now) {
+                        let rate = throttles.dns_rates.get(&server).copied();
+                        trail.record_later(over_budget_record(&server, queries, rate));
                     }
                 }
             }
         }
     }
+}
+
+/// Denied packets and refused DNS questions are throttled separately: a flood of one does not
+/// hide the other.
+struct Throttles {
+    packets: DenialThrottle,
+    dns: DenialThrottle,
+    /// The budget each server was last reported with, for the record's detail.
+    dns_rates: HashMap<String, Rate>,
+}
+
+fn over_budget_record(server: &str, queries: u64, rate: Option<Rate>) -> AuditEvent {
+    let budget = rate.map_or_else(String::new, |r| {
+        format!(
+            " (dns_rate {}, burst {})",
+            crate::policy::units::format_rate(r.count, r.per),
+            r.burst
+        )
+    });
+    AuditEvent::new(Kind::EgressDenied)
+        .server(server)
+        .outcome(Outcome::RateLimited)
+        .detail(format!(
+            "{queries} DNS question(s) refused: over the server's DNS budget{budget}; not forwarded to the upstream resolvers"
+        ))
 }
 
 fn denied_record(server: &str, packets: u64) -> AuditEvent {
@@ -151,7 +188,7 @@ fn denied_record(server: &str, packets: u64) -> AuditEvent {
 
 async fn handle(
     ev: EgressEvent,
-    throttle: &mut DenialThrottle,
+    throttles: &mut Throttles,
     backends: &Backends,
     trail: &AuditTrail,
 ) {
@@ -159,12 +196,23 @@ async fn handle(
         EgressEvent::Denied { server, packets } => {
             crate::metrics::global().egress_denied(&server, packets);
             tracing::debug!(%server, packets, "egress denied");
-            if let Some(total) = throttle.add(&server, packets, Instant::now()) {
+            if let Some(total) = throttles.packets.add(&server, packets, Instant::now()) {
                 trail.record_later(denied_record(&server, total));
             }
         }
         EgressEvent::Pinned { server, pins } => {
             tracing::debug!(%server, ?pins, "egress pinned");
+        }
+        EgressEvent::DnsOverBudget {
+            server,
+            queries,
+            rate,
+        } => {
+            tracing::debug!(%server, queries, "DNS questions over budget");
+            throttles.dns_rates.insert(server.clone(), rate);
+            if let Some(total) = throttles.dns.add(&server, queries, Instant::now()) {
+                trail.record_later(over_budget_record(&server, total, Some(rate)));
+            }
         }
         EgressEvent::Restored { reason } => {
             tracing::warn!(%reason, "egress firewall was tampered with and has been restored");

@@ -12,6 +12,7 @@ pub mod policy;
 pub mod policy_gate;
 pub mod policy_sign;
 pub mod serve;
+pub mod tools;
 
 use std::path::PathBuf;
 
@@ -59,6 +60,10 @@ pub enum Command {
     /// Egress enforcement of one server in sidecar mode (run by the gateway in a container of
     /// its own; speaks a line protocol on stdin/stdout).
     EgressAgent,
+    /// Pin what servers offer: write the lock file of approved tool definitions, or show what
+    /// changed since.
+    #[command(subcommand)]
+    Tools(tools::ToolsCommand),
 }
 
 #[derive(Debug, Subcommand)]

@@ -14,7 +14,7 @@ use crate::downstream::Listener;
 use crate::policy::{self, Policy};
 use crate::reload::{self, Overrides, Reloader};
 use crate::router::audit_trail::AuditTrail;
-use crate::router::Router;
+use crate::router::{ActiveLock, Router};
 use crate::sandbox::backends::Backends;
 
 #[derive(Debug, clap::Args)]
@@ -94,6 +94,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let audit_log = open_audit(&policy).await?;
     let trail = AuditTrail::new(audit_log.clone());
+    trail.set_policy_serial(serial);
     // SIEM sinks and witnesses read the log the same way; witnesses keep only its seals.
     let outlets: Vec<crate::policy::AuditSink> = policy
         .audit
@@ -135,7 +136,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (runtime, runtime_generation) = backends.for_policy(&policy).await;
     let access =
         Arc::new(Access::from_policy(&policy).context("setting up client authentication")?);
-    let router = Router::start(&policy, runtime, access.clone(), trail.clone());
+    let lock = match policy.gateway.lock.clone() {
+        Some(settings) => {
+            let origin = policy.origin.clone();
+            let lock = tokio::task::spawn_blocking(move || ActiveLock::load(&settings, &origin))
+                .await
+                .context("lock file loading task")??;
+            tracing::info!(lock = %lock.settings.path.display(), mode = lock.settings.mode.as_str(), servers = lock.lock.servers.len(), "tool lock in force");
+            Some(lock)
+        }
+        None => None,
+    };
+    let router = Router::start_locked(&policy, runtime, access.clone(), trail.clone(), lock);
     let listener = Listener::bind(
         &policy.gateway,
         router.clone(),

@@ -226,10 +226,13 @@ fn initialize(shared: &Arc<Shared>, session: &Arc<Session>, req: &Request) {
         return;
     }
     let negotiated = protocol::negotiate(requested);
+    let caps = ClientCaps::from_initialize(&params);
+    session.set_caps(caps);
     shared.router.open_session(SessionInfo {
         key: session.id.clone(),
         client: session.identity.client.clone(),
-        caps: ClientCaps::from_initialize(&params),
+        caps,
+        log: crate::mcp::LogLevel::Unset,
         sink: session.standalone.clone() as Arc<dyn MessageSink>,
     });
     tracing::info!(session = %short(&session.id), protocol = negotiated, "legacy SSE session initialized");

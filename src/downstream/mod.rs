@@ -12,6 +12,7 @@ mod event_stream;
 mod eviction;
 mod guard;
 mod legacy_sse;
+pub(crate) mod modern;
 mod refusal_bursts;
 mod reply;
 mod session;
@@ -67,6 +68,11 @@ pub(crate) struct Shared {
     role: Role,
     admin: Admin,
     router: Arc<Router>,
+    /// What stateless (2026-07-28) clients carry between requests: held calls, task handles.
+    bridge: Arc<crate::bridge::ClientSide>,
+    tasks: crate::bridge::Tasks,
+    /// Open `subscriptions/listen` streams.
+    listens: modern::Streams,
     access: Arc<Access>,
     audit: AuditTrail,
     tls: bool,
@@ -117,9 +123,13 @@ impl Shared {
             None if gateway.listen.ip().is_loopback() => Admin::Open,
             None => Admin::Token,
         };
+        let seal = Arc::new(crate::bridge::Seal::new());
         Shared {
             role: Role::Main,
             admin,
+            bridge: crate::bridge::ClientSide::new(router.clone(), seal.clone()),
+            tasks: crate::bridge::Tasks::new(router.clone(), seal),
+            listens: modern::Streams::default(),
             router,
             access,
             audit,
@@ -137,6 +147,7 @@ impl Shared {
 
     /// Ends every session, as at shutdown, and audits the bursts of refusals still counting.
     async fn close_all_sessions(&self) {
+        self.listens.close_all();
         for id in self.sessions.drain() {
             self.router.close_session(&id).await;
         }

@@ -13,12 +13,15 @@ use std::time::{Duration, Instant};
 /// A pause this long ends a burst.
 pub const QUIET: Duration = Duration::from_secs(10);
 
-/// Why a session was refused, for grouping refusals into bursts.
+/// Why a session (or a `subscriptions/listen` stream) was refused, for grouping refusals into
+/// bursts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Cause {
     ClientLimit,
     Rate,
     GatewayFull,
+    /// A 2026-07-28 client holds as many listen streams as its session quota.
+    ListenLimit,
 }
 
 impl Cause {
@@ -27,6 +30,25 @@ impl Cause {
             Cause::ClientLimit => "its session quota (max_sessions)",
             Cause::Rate => "its session creation rate (session_rate)",
             Cause::GatewayFull => "the gateway's session limit (gateway.max_sessions)",
+            Cause::ListenLimit => "its limit of listen streams (max_sessions)",
+        }
+    }
+
+    /// The `reason` label of the refusal in `/metrics`.
+    pub fn metric(self) -> &'static str {
+        match self {
+            Cause::ClientLimit => "session_quota",
+            Cause::Rate => "session_rate",
+            Cause::GatewayFull => "max_sessions",
+            Cause::ListenLimit => "listen_quota",
+        }
+    }
+
+    /// What was refused.
+    pub fn what(self) -> &'static str {
+        match self {
+            Cause::ListenLimit => "subscriptions/listen streams",
+            _ => "sessions",
         }
     }
 }

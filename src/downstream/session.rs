@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use super::event_stream::EventStream;
 use crate::access::{Identity, Limited, SessionLimit};
+use crate::mcp::{ClientCaps, Request, RequestContext};
+use crate::router::Inbound;
 
 /// Finished POST streams kept for resumption, per session.
 const MAX_RETAINED_STREAMS: usize = 64;
@@ -36,6 +38,8 @@ pub struct Session {
     /// Whether the router knows the session: always for `/mcp` (created by initialize), only
     /// after the client's initialize for a legacy `/sse` session (created by its GET).
     pub initialized: std::sync::atomic::AtomicBool,
+    /// What the client's initialize declared.
+    caps: std::sync::OnceLock<ClientCaps>,
     /// Whether the client did more than initialize and list: called, read, answered a server,
     /// or held a stream open. Sessions that never do expire sooner (health checks).
     engaged: std::sync::atomic::AtomicBool,
@@ -59,8 +63,26 @@ impl Session {
             next_stream: AtomicU64::new(1),
             last_seen: Mutex::new(Instant::now()),
             initialized: std::sync::atomic::AtomicBool::new(true),
+            caps: std::sync::OnceLock::new(),
             engaged: std::sync::atomic::AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
+        }
+    }
+
+    /// Records the capabilities the client's initialize declared (the first time only).
+    pub fn set_caps(&self, caps: ClientCaps) {
+        let _ = self.caps.set(caps);
+    }
+
+    /// One request of this session in the router's model.
+    pub fn inbound(&self, request: Request) -> Inbound {
+        let caps = self.caps.get().copied().unwrap_or_default();
+        let context = RequestContext::of_session(self.protocol, caps, request.params.as_deref());
+        Inbound {
+            identity: self.identity.clone(),
+            session: self.id.clone(),
+            request,
+            context,
         }
     }
 
@@ -191,16 +213,21 @@ pub enum Refused {
     Rate(Limited),
 }
 
+/// Where a client's session quota comes from, for a refusal's advice.
+pub(super) fn quota_source(client: &str, limit: SessionLimit) -> String {
+    if limit.set {
+        format!("clients.{client}.max_sessions")
+    } else {
+        format!("the default: 256, at most half of gateway.max_sessions; set clients.{client}.max_sessions to change it")
+    }
+}
+
 impl std::fmt::Display for Refused {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Refused::GatewayFull(max) => write!(f, "too many open sessions (limit {max}), and every one is in use; close unused sessions or raise gateway.max_sessions"),
             Refused::ClientLimit { client, limit } => {
-                let source = if limit.set {
-                    format!("clients.{client}.max_sessions")
-                } else {
-                    format!("the default: 256, at most half of gateway.max_sessions; set clients.{client}.max_sessions to change it")
-                };
+                let source = quota_source(client, *limit);
                 write!(f, "client `{client}` already has {} open sessions, its limit ({source}); end sessions it no longer uses (HTTP DELETE) before opening more", limit.max)
             }
             Refused::Rate(l) => {

@@ -9,12 +9,12 @@ use serde_json::json;
 
 use super::refusal_bursts::{Cause, Ended};
 use super::reply::{self, Reply};
-use super::session::{Created, Refused, Session};
+use super::session::{quota_source, Created, Refused, Session};
 use super::streamable::short;
 use super::Shared;
-use crate::access::Identity;
+use crate::access::{Identity, SessionLimit};
 use crate::audit::Outcome;
-use crate::mcp::{ErrorCode, Id};
+use crate::mcp::{methods, ErrorCode, Id};
 use crate::router::audit_trail::AuditTrail;
 
 /// Creates a session for `identity`, or says why not.
@@ -61,18 +61,16 @@ fn cause_of(r: &Refused) -> Cause {
 fn outcome_of(cause: Cause) -> Outcome {
     match cause {
         Cause::Rate => Outcome::RateLimited,
-        Cause::ClientLimit | Cause::GatewayFull => Outcome::Error(ErrorCode::OVER_CAPACITY.0),
+        Cause::ClientLimit | Cause::GatewayFull | Cause::ListenLimit => {
+            Outcome::Error(ErrorCode::OVER_CAPACITY.0)
+        }
     }
 }
 
 /// Counts a refusal; the first of a burst is logged and audited at once.
 fn note_refusal(shared: &Shared, client: &Arc<str>, refused: &Refused) {
     let cause = cause_of(refused);
-    crate::metrics::global().refusal(match cause {
-        Cause::ClientLimit => "session_quota",
-        Cause::Rate => "session_rate",
-        Cause::GatewayFull => "max_sessions",
-    });
+    crate::metrics::global().refusal(cause.metric());
     if shared.session_refusals.note(client, cause) {
         tracing::warn!(%client, reason = %refused, "session refused (further refusals of this burst are counted, not logged)");
         shared.audit.record_later(AuditTrail::session_refused(
@@ -86,18 +84,62 @@ fn note_refusal(shared: &Shared, client: &Arc<str>, refused: &Refused) {
 /// The audit record summing up a burst of refusals that ended, when it had more than one.
 pub(super) fn burst_summary(e: &Ended) -> Option<crate::audit::AuditEvent> {
     (e.refused > 1).then(|| {
-        AuditTrail::session_refused(
+        let event = AuditTrail::session_refused(
             &e.client,
             outcome_of(e.cause),
             &format!(
-                "{} sessions of client `{}` refused over {:.1}s by {} (the first is recorded on its own)",
+                "{} {} of client `{}` refused over {:.1}s by {} (the first is recorded on its own)",
                 e.refused,
+                e.cause.what(),
                 e.client,
                 e.lasted.as_secs_f64(),
                 e.cause.describe()
             ),
-        )
+        );
+        match e.cause {
+            Cause::ListenLimit => event.method(methods::SUBSCRIPTIONS_LISTEN),
+            _ => event,
+        }
     })
+}
+
+/// Refuses a `subscriptions/listen` stream of `client`, which holds `limit.max` of them: a
+/// long-lived stream is held like a session, so a 2026-07-28 client gets as many as its
+/// session quota (counted apart from its sessions), and the same 429 / -32012 refusal,
+/// counted and audited once per burst.
+pub(super) fn listen_refused(
+    shared: &Shared,
+    client: &Arc<str>,
+    limit: SessionLimit,
+    id: &Id,
+) -> Reply {
+    let message = format!(
+        "client `{client}` already has {} open subscriptions/listen streams, its limit ({}); close streams it no longer reads before opening more",
+        limit.max,
+        quota_source(client, limit)
+    );
+    crate::metrics::global().refusal(Cause::ListenLimit.metric());
+    if shared.session_refusals.note(client, Cause::ListenLimit) {
+        tracing::warn!(%client, reason = %message, "listen stream refused (further refusals of this burst are counted, not logged)");
+        shared.audit.record_later(
+            AuditTrail::session_refused(
+                client,
+                outcome_of(Cause::ListenLimit),
+                &format!("listen stream refused: {message}"),
+            )
+            .method(methods::SUBSCRIPTIONS_LISTEN),
+        );
+    }
+    let data = json!({ "client": &**client, "maxStreams": limit.max });
+    reply::json(
+        StatusCode::TOO_MANY_REQUESTS,
+        crate::mcp::error_response_with_data(
+            Some(id),
+            ErrorCode::OVER_CAPACITY,
+            &message,
+            Some(&data),
+        ),
+    )
 }
 
 /// The HTTP answer to a refused session: 429 for the client's own quota or rate (with

@@ -89,6 +89,9 @@ pub async fn handle<B: RequestBody>(
 ) -> Reply {
     match *method {
         Method::POST => post(shared, headers, body, identity).await,
+        Method::GET | Method::DELETE if super::modern::claims_other(headers) => {
+            super::modern::method_not_allowed()
+        }
         Method::GET => get(shared, headers, &identity),
         Method::DELETE => delete(shared, headers, &identity).await,
         _ => {
@@ -249,6 +252,9 @@ async fn post<B: RequestBody>(
         Err(e) => return reply::json(StatusCode::BAD_REQUEST, e.to_response_bytes()),
     };
 
+    if super::modern::claims(headers, &parsed) {
+        return super::modern::post(shared, headers, parsed, acc.sse, identity).await;
+    }
     // Messages that may come without a session.
     if let Body::Single(Message::Request(req)) = &parsed {
         if req.method == methods::INITIALIZE {
@@ -259,16 +265,6 @@ async fn post<B: RequestBody>(
                 );
             }
             return initialize(shared, req, &acc, identity);
-        }
-        if req.method == methods::SERVER_DISCOVER && !headers.contains_key(SESSION_HEADER) {
-            // The 2026-07-28 era probe: a plain JSON-RPC error tells dual-era clients to fall
-            // back to the initialize handshake.
-            return reply::rpc_error(
-                StatusCode::BAD_REQUEST,
-                Some(&req.id),
-                ErrorCode::METHOD_NOT_FOUND,
-                "server/discover is not supported: use the initialize handshake (protocol versions 2024-11-05 to 2025-11-25)",
-            );
         }
     }
 
@@ -299,7 +295,7 @@ async fn post<B: RequestBody>(
             } else {
                 let out = shared
                     .router
-                    .handle_request(&session.id, &session.identity, req, None, admission)
+                    .handle_request(session.inbound(req), None, admission)
                     .await;
                 answer_reply(out)
             }
@@ -334,10 +330,13 @@ fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept, identity: Ident
         Ok(s) => s,
         Err(refused) => return super::session_open::refusal_reply(&refused, Some(&req.id)),
     };
+    let caps = ClientCaps::from_initialize(&params);
+    session.set_caps(caps);
     shared.router.open_session(SessionInfo {
         key: session.id.clone(),
         client: session.identity.client.clone(),
-        caps: ClientCaps::from_initialize(&params),
+        caps,
+        log: crate::mcp::LogLevel::Unset,
         sink: session.standalone.clone() as Arc<dyn MessageSink>,
     });
     let client = params
@@ -436,7 +435,7 @@ async fn batch(
                 }
                 shared
                     .router
-                    .handle_request(&session.id, &session.identity, req, None, None)
+                    .handle_request(session.inbound(req), None, None)
             }),
             Ok(other) => deliver(shared, session, other).await,
             Err(e) => answers.push(e.to_response_bytes()),
@@ -558,14 +557,11 @@ pub(super) fn answer_on(
     close: bool,
 ) {
     let router = shared.router.clone();
-    let key = session.id.clone();
-    let identity = session.identity.clone();
+    let inbound = session.inbound(req);
     tokio::spawn(async move {
         let out = router
             .handle_request(
-                &key,
-                &identity,
-                req,
+                inbound,
                 Some(stream.clone() as Arc<dyn MessageSink>),
                 admission,
             )

@@ -12,8 +12,10 @@
 //! IPv4-only, so an IPv6 address could never be pinned; NODATA makes clients fall back to A at
 //! once instead of waiting.
 //!
-//! For an A question the resolver asks the policy's upstream resolvers (UDP, in order, 2 s each)
-//! and then:
+//! An A question is answered from the server's cache when it can be ([`super::dns_cache`]);
+//! otherwise, if the server's DNS budget allows ([`super::dns_budget`]; REFUSED when it does
+//! not), the resolver asks the policy's upstream resolvers (UDP, in order, 2 s each;
+//! [`super::dns_upstream`]) and then ([`super::dns_lookup`] holds this path):
 //! - **CNAME chains** are followed inside the upstream answer, up to 8 links. Only the *queried*
 //!   name has to be allowed; the names along the chain do not (a CDN alias is an implementation
 //!   detail of the allowed service). The addresses at the end of the chain are pinned only for
@@ -32,7 +34,8 @@
 //!   along the chain. The answer is sent only after the kernel acknowledged the elements; if
 //!   pinning fails the answer is SERVFAIL (fail closed). The TTL given to the client is at most
 //!   the pin's lifetime minus one second, so a client never uses an address from its cache
-//!   after its pin ran out.
+//!   after its pin ran out; the same holds for the resolver's own cache. A pin is never
+//!   shortened by a later answer with a shorter TTL for the same address (`sets::PinCache`).
 //! - Upstream NXDOMAIN/SERVFAIL are passed on without records.
 //!
 //! Pins are TCP only: no allowed name opens UDP (so no QUIC and no DNS to other servers over
@@ -51,13 +54,16 @@ use hickory_proto::rr::rdata::A;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::Semaphore;
+use tokio::sync::{mpsc, Semaphore};
 
+use super::dns_budget::Budget;
+use super::dns_cache::Cache;
+use super::dns_upstream::UpstreamPool;
 use super::sets::Pin;
+use super::EgressEvent;
 use crate::policy::{EgressHost, EgressRule, EgressSettings, Server};
 
 const MAX_CHAIN: usize = 8;
-const UPSTREAM_TIMEOUT: Duration = Duration::from_secs(2);
 const TCP_TIMEOUT: Duration = Duration::from_secs(10);
 const UDP_IN_FLIGHT: usize = 256;
 const TCP_CONNS: usize = 32;
@@ -174,30 +180,7 @@ pub struct Stats {
     pub pin_samples: Vec<Duration>,
 }
 
-const MAX_SAMPLES: usize = 100_000;
-
-/// UDP sockets for upstream questions, bound in the resolver's namespace ahead of time (a
-/// socket belongs to the namespace it was created in, and the async runtime's threads may be
-/// in another one).
-pub(crate) struct UpstreamPool {
-    socks: Mutex<Vec<UdpSocket>>,
-    limit: Semaphore,
-}
-
-impl UpstreamPool {
-    pub(crate) fn new(socks: Vec<std::net::UdpSocket>) -> std::io::Result<UpstreamPool> {
-        let n = socks.len();
-        let mut out = Vec::with_capacity(n);
-        for s in socks {
-            s.set_nonblocking(true)?;
-            out.push(UdpSocket::from_std(s)?);
-        }
-        Ok(UpstreamPool {
-            socks: Mutex::new(out),
-            limit: Semaphore::new(n),
-        })
-    }
-}
+pub(crate) const MAX_SAMPLES: usize = 100_000;
 
 pub(crate) struct Ctx {
     pub upstream: UpstreamPool,
@@ -208,6 +191,14 @@ pub(crate) struct Ctx {
     pub settings: EgressSettings,
     pub pinner: Arc<dyn Pinner>,
     pub stats: Arc<Mutex<Stats>>,
+    pub cache: Cache,
+    pub budget: Arc<Budget>,
+}
+
+/// Where the budget's refusals are reported, and how often.
+pub(crate) struct Reports {
+    pub events: mpsc::Sender<EgressEvent>,
+    pub every: Duration,
 }
 
 /// A running resolver; dropping it stops it.
@@ -231,6 +222,7 @@ impl Resolver {
         ctx: Ctx,
         udp: std::net::UdpSocket,
         tcp: std::net::TcpListener,
+        reports: Reports,
     ) -> std::io::Result<Resolver> {
         udp.set_nonblocking(true)?;
         tcp.set_nonblocking(true)?;
@@ -240,18 +232,34 @@ impl Resolver {
         let ctx = Arc::new(ctx);
         let u = tokio::spawn(serve_udp(ctx.clone(), udp));
         let t = tokio::spawn(serve_tcp(ctx.clone(), tcp));
+        let r = super::dns_budget::spawn_reporter(
+            ctx.server.clone(),
+            ctx.budget.clone(),
+            reports.events,
+            reports.every,
+        );
         Ok(Resolver {
             addr,
             ctx,
-            tasks: vec![u, t],
+            tasks: vec![u, t, r],
         })
     }
 
-    /// Answers from now on by `allow` (the server's rules changed).
-    pub fn set_allow(&self, allow: Allow) {
+    /// The server's rules are about to change (its pins go with the old table): answers are
+    /// neither repeated nor kept until [`Resolver::set_rules`].
+    pub fn begin_rules_change(&self) {
+        self.ctx.cache.begin_change();
+    }
+
+    /// Answers from now on by `server`'s rules and DNS budget, with an empty cache.
+    pub fn set_rules(&self, server: &Server) {
         if let Ok(mut a) = self.ctx.allow.write() {
-            *a = Arc::new(allow);
+            *a = Arc::new(Allow::of(server));
         }
+        self.ctx
+            .budget
+            .set_rate(server.egress.dns_rate_in(&self.ctx.settings));
+        self.ctx.cache.end_change();
     }
 }
 
@@ -344,7 +352,7 @@ impl Ctx {
     }
 }
 
-fn reply(q: &Message, code: ResponseCode) -> Message {
+pub(crate) fn reply(q: &Message, code: ResponseCode) -> Message {
     let mut m = Message::new();
     m.set_id(q.id())
         .set_message_type(MessageType::Response)
@@ -369,35 +377,16 @@ pub(crate) async fn handle(ctx: &Ctx, bytes: &[u8]) -> Option<Vec<u8>> {
 }
 
 async fn decide(ctx: &Ctx, q: &Message) -> Message {
+    // Taken before the rules are read: an answer judged under rules that changed since is
+    // not kept.
+    let generation = ctx.cache.generation();
     let allow = ctx.allow();
-    let (query, ports) = match judge(&allow, q) {
-        Judgement::Answer(m) => return m,
-        Judgement::Resolve { query, ports } => (query, ports),
-    };
-    let Some(up) = ask_upstream(ctx, query.name()).await else {
-        return reply(q, ResponseCode::ServFail);
-    };
-    let resolution = match resolve(&allow, &ctx.settings, &up, query.name()) {
-        Ok(r) => r,
-        Err(code) => return reply(q, code),
-    };
-    if !resolution.addrs.is_empty() {
-        let started = Instant::now();
-        if ctx
-            .pinner
-            .pin(&ctx.server, resolution.pins(&ports), resolution.pin_for)
-            .await
-            .is_err()
-        {
-            return reply(q, ResponseCode::ServFail);
-        }
-        if let Ok(mut s) = ctx.stats.lock() {
-            if s.pin_samples.len() < MAX_SAMPLES {
-                s.pin_samples.push(started.elapsed());
-            }
+    match judge(&allow, q) {
+        Judgement::Answer(m) => m,
+        Judgement::Resolve { query, ports } => {
+            super::dns_lookup::lookup(ctx, &allow, generation, q, query, &ports).await
         }
     }
-    answer(q, query, &resolution)
 }
 
 /// What a query gets before anything is asked upstream.
@@ -443,7 +432,7 @@ pub(crate) struct Resolution {
 }
 
 impl Resolution {
-    fn pins(&self, ports: &[Option<u16>]) -> Vec<Pin> {
+    pub(crate) fn pins(&self, ports: &[Option<u16>]) -> Vec<Pin> {
         self.addrs
             .iter()
             .flat_map(|a| ports.iter().map(move |p| Pin { addr: *a, port: *p }))
@@ -532,56 +521,6 @@ fn follow_chain(up: &Message, name: &Name) -> (Vec<Ipv4Addr>, u32) {
         }
     }
     (Vec::new(), if ttl == u32::MAX { 0 } else { ttl })
-}
-
-async fn ask_upstream(ctx: &Ctx, name: &Name) -> Option<Message> {
-    let _permit = ctx.upstream.limit.acquire().await.ok()?;
-    let sock = ctx.upstream.socks.lock().ok()?.pop()?;
-    let mut answer = None;
-    for up in &ctx.settings.upstream_resolvers {
-        if let Ok(Some(m)) = tokio::time::timeout(UPSTREAM_TIMEOUT, ask_one(&sock, *up, name)).await
-        {
-            answer = Some(m);
-            break;
-        }
-    }
-    if let Ok(mut socks) = ctx.upstream.socks.lock() {
-        socks.push(sock);
-    }
-    answer
-}
-
-async fn ask_one(sock: &UdpSocket, up: SocketAddr, name: &Name) -> Option<Message> {
-    let mut id = [0u8; 2];
-    getrandom::getrandom(&mut id).ok()?;
-    let id = u16::from_ne_bytes(id);
-    let mut m = Message::new();
-    m.set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(true);
-    m.add_query(Query::query(name.clone(), RecordType::A));
-    sock.send_to(&m.to_vec().ok()?, up).await.ok()?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let (n, from) = sock.recv_from(&mut buf).await.ok()?;
-        // Anything that is not the answer to this question from this upstream (a spoof
-        // attempt, a late answer to an earlier question on this socket) is ignored; the
-        // timeout bounds the wait.
-        if from != up {
-            continue;
-        }
-        let Ok(r) = Message::from_vec(&buf[..n]) else {
-            continue;
-        };
-        let same_question = r
-            .queries()
-            .first()
-            .is_some_and(|q| q.name().to_lowercase() == name.to_lowercase());
-        if r.id() == id && r.message_type() == MessageType::Response && same_question {
-            return Some(r);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -30,6 +30,10 @@
 
 pub mod agent;
 pub mod dns;
+mod dns_budget;
+mod dns_cache;
+mod dns_lookup;
+mod dns_upstream;
 pub mod host_forward;
 pub mod leftovers;
 pub mod mode;
@@ -480,20 +484,25 @@ impl Egress {
         state: &mut BTreeMap<String, Entry>,
         server: &Server,
     ) -> Result<(), EgressError> {
-        let Some(net) = state.get(&server.name).map(|e| e.net.clone()) else {
+        let Some(e) = state.get(&server.name) else {
             return Ok(());
         };
-        self.apply(state, Some((server, &net)), None)
-            .await
-            .map_err(|source| EgressError::Program {
-                server: server.name.clone(),
-                source,
-            })?;
-        if let Some(e) = state.get_mut(&server.name) {
+        let net = e.net.clone();
+        // The old pins go with the old rules: from here on, no answer that counts on them is
+        // repeated from the resolver's cache.
+        e.resolver.begin_rules_change();
+        let applied = self.apply(state, Some((server, &net)), None).await;
+        let Some(e) = state.get_mut(&server.name) else {
+            return Ok(());
+        };
+        if applied.is_ok() {
             e.server = server.clone();
-            e.resolver.set_allow(dns::Allow::of(server));
         }
-        Ok(())
+        e.resolver.set_rules(&e.server);
+        applied.map_err(|source| EgressError::Program {
+            server: server.name.clone(),
+            source,
+        })
     }
 
     /// Whether `server` has rules programmed (a sandbox of it runs or is starting).
@@ -520,17 +529,24 @@ impl Egress {
         })
         .await
         .map_err(|_| std::io::Error::other("resolver setup task failed"))??;
+        let settings = &self.inner.settings;
         let ctx = dns::Ctx {
-            upstream: dns::UpstreamPool::new(upstream)?,
+            upstream: dns_upstream::UpstreamPool::new(upstream)?,
             server: server.name.clone(),
             allow: std::sync::RwLock::new(Arc::new(dns::Allow::of(server))),
-            settings: self.inner.settings.clone(),
+            settings: settings.clone(),
             pinner: Arc::new(WorkerPinner {
                 tx: self.inner.worker.tx.clone(),
             }),
             stats: self.inner.stats.clone(),
+            cache: dns_cache::Cache::default(),
+            budget: Arc::new(dns_budget::Budget::new(server.egress.dns_rate_in(settings))),
         };
-        dns::Resolver::serve(ctx, udp, tcp)
+        let reports = dns::Reports {
+            events: self.inner.worker.events.clone(),
+            every: self.inner.options.watch_interval,
+        };
+        dns::Resolver::serve(ctx, udp, tcp, reports)
     }
 
     /// Drops one reference; the last one removes the server's rules, pins and resolver.

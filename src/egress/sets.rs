@@ -36,21 +36,6 @@ impl Pin {
     }
 }
 
-/// Pins grouped by set, ready for one batch.
-pub fn group(
-    server: &str,
-    pins: &[Pin],
-    timeout: Duration,
-) -> BTreeMap<String, Vec<(Vec<u8>, Duration)>> {
-    let mut out: BTreeMap<String, Vec<(Vec<u8>, Duration)>> = BTreeMap::new();
-    for p in pins {
-        out.entry(p.set_name(server))
-            .or_default()
-            .push((p.key(), timeout));
-    }
-    out
-}
-
 /// The worker's record of live pins: (server, pin) -> expiry.
 #[derive(Debug, Default)]
 pub struct PinCache {
@@ -58,9 +43,38 @@ pub struct PinCache {
 }
 
 impl PinCache {
+    /// Pins grouped by set, ready for one batch, each with `timeout` or, when it is already
+    /// pinned for longer, its remaining time: a pin is never shortened, because an answer that
+    /// was handed out (and may be repeated from the resolver's cache) counts on it. Only a
+    /// change of the server's rules drops pins early.
+    pub fn lengthen(
+        &self,
+        server: &str,
+        pins: &[Pin],
+        timeout: Duration,
+        now: Instant,
+    ) -> BTreeMap<String, Vec<(Vec<u8>, Duration)>> {
+        let mut out: BTreeMap<String, Vec<(Vec<u8>, Duration)>> = BTreeMap::new();
+        for p in pins {
+            let left = self
+                .live
+                .get(&(server.to_string(), *p))
+                .map_or(Duration::ZERO, |exp| exp.saturating_duration_since(now));
+            out.entry(p.set_name(server))
+                .or_default()
+                .push((p.key(), timeout.max(left)));
+        }
+        out
+    }
+
+    /// Notes pins made at `now` for `timeout` (never shortening a longer one).
     pub fn record(&mut self, server: &str, pins: &[Pin], timeout: Duration, now: Instant) {
         for p in pins {
-            self.live.insert((server.to_string(), *p), now + timeout);
+            let exp = self
+                .live
+                .entry((server.to_string(), *p))
+                .or_insert(now + timeout);
+            *exp = (*exp).max(now + timeout);
         }
     }
 
@@ -123,5 +137,39 @@ mod tests {
         assert_eq!(c.len(), 1);
         c.forget_server("git");
         assert!(c.is_empty());
+    }
+
+    #[test]
+    fn a_shorter_pin_never_cuts_a_longer_one() {
+        let mut c = PinCache::default();
+        let t0 = Instant::now();
+        let a = Pin {
+            addr: Ipv4Addr::new(198, 18, 0, 15),
+            port: Some(443),
+        };
+        let b = Pin {
+            addr: Ipv4Addr::new(198, 18, 0, 16),
+            port: Some(443),
+        };
+        c.record("git", &[a], Duration::from_secs(30), t0);
+        // Another name with a TTL of 1 resolves to the same address 5 s later.
+        let t1 = t0 + Duration::from_secs(5);
+        let batch = c.lengthen("git", &[a, b], Duration::from_secs(2), t1);
+        assert_eq!(
+            batch["pin_git"],
+            vec![
+                (a.key(), Duration::from_secs(25)),
+                (b.key(), Duration::from_secs(2))
+            ]
+        );
+        c.record("git", &[a, b], Duration::from_secs(2), t1);
+        let r = c.replay(t1);
+        assert!(r["pin_git"].contains(&(a.key(), Duration::from_secs(25))));
+        // A longer one does lengthen it.
+        c.record("git", &[a], Duration::from_secs(300), t1);
+        assert!(c.replay(t1)["pin_git"].contains(&(a.key(), Duration::from_secs(300))));
+        // Another server's pins are its own.
+        let other = c.lengthen("db", &[a], Duration::from_secs(2), t1);
+        assert_eq!(other["pin_db"], vec![(a.key(), Duration::from_secs(2))]);
     }
 }

@@ -41,7 +41,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::names::{self, Names};
 use super::nft::{Netlink, NftError, Snapshot, TABLE_F_OWNER, TABLE_F_PERSIST};
 use super::ruleset::{self, ServerNet, Table};
-use super::sets::{self, Pin, PinCache};
+use super::sets::{Pin, PinCache};
 use super::EgressError;
 use crate::policy::Server;
 
@@ -111,6 +111,13 @@ pub enum EgressEvent {
     RestoreFailed { servers: Vec<String>, error: String },
     /// Addresses were pinned for a server (sidecar mode only: the agent reports them).
     Pinned { server: String, pins: Vec<Pin> },
+    /// A server's resolver refused `queries` questions over its DNS budget since its last
+    /// report (at most one report per server per interval).
+    DnsOverBudget {
+        server: String,
+        queries: u64,
+        rate: crate::policy::Rate,
+    },
 }
 
 pub(crate) enum Cmd {
@@ -138,6 +145,8 @@ pub(crate) struct WorkerHandle {
     pub tx: SyncSender<Cmd>,
     /// False from a failed restore until the table is programmed again.
     pub enforcing: Arc<AtomicBool>,
+    /// For events that do not come from the worker (the resolvers' budget reports).
+    pub events: mpsc::Sender<EgressEvent>,
 }
 
 /// Bounded: a flood of lookups waits here (and then fails closed) instead of growing memory.
@@ -157,6 +166,7 @@ pub(crate) fn spawn(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<Result<Startup, EgressError>>();
     let enforcing = Arc::new(AtomicBool::new(true));
     let flag = enforcing.clone();
+    let events = ev_tx.clone();
     std::thread::Builder::new()
         .name("portcullis-nft".into())
         .spawn(move || {
@@ -200,7 +210,15 @@ pub(crate) fn spawn(
         })
         .map_err(|e| EgressError::Start(NftError::Io(e)))?;
     match ready_rx.recv() {
-        Ok(Ok(startup)) => Ok((WorkerHandle { tx, enforcing }, ev_rx, startup)),
+        Ok(Ok(startup)) => Ok((
+            WorkerHandle {
+                tx,
+                enforcing,
+                events,
+            },
+            ev_rx,
+            startup,
+        )),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(EgressError::Start(NftError::Io(std::io::Error::other(
             "the netlink worker exited at start",
@@ -395,13 +413,14 @@ impl Worker {
                 "server `{server}` has no rules programmed"
             ))));
         }
+        let now = Instant::now();
         let mut b = self.nl.batch();
-        for (set, elems) in sets::group(server, pins, timeout) {
+        for (set, elems) in self.cache.lengthen(server, pins, timeout, now) {
             b.put_elements(&set, &elems)?;
         }
         self.nl
             .commit(b, &format!("pinning addresses for server `{server}`"))?;
-        self.cache.record(server, pins, timeout, Instant::now());
+        self.cache.record(server, pins, timeout, now);
         Ok(())
     }
 

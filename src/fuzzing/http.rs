@@ -366,6 +366,15 @@ pub fn http_request(data: &[u8]) {
     GATEWAY.with(|g| g.run(data));
 }
 
+/// Runs `f` with this thread's in-process gateway (no servers; clients `fuzz` and `other`)
+/// and its runtime, for other harnesses of the request path.
+pub(super) fn with_gateway<R>(f: impl FnOnce(&tokio::runtime::Runtime, &InProcess) -> R) -> R {
+    GATEWAY.with(|g| f(&g.rt, &g.handler))
+}
+
+/// Client `fuzz`'s bearer token.
+pub(super) const FUZZ_TOKEN: &str = TOKEN;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -8,16 +8,20 @@
 
 mod audit;
 mod dns;
+mod guard;
 mod http;
 mod mcp;
+mod modern;
 mod openapi;
 mod policy;
 mod sse;
 
 pub use audit::{audit_verify, SEED_LOG_KEY};
 pub use dns::dns_query;
+pub use guard::tool_definition;
 pub use http::http_request;
 pub use mcp::mcp_message;
+pub use modern::modern_request;
 pub use openapi::openapi_tools;
 pub use policy::{policy_import, policy_toml};
 pub use sse::sse_stream;
@@ -30,10 +34,12 @@ pub type Harness = fn(&[u8]);
 pub const TARGETS: &[(&str, Harness)] = &[
     ("mcp_message", mcp_message),
     ("http_request", http_request),
+    ("modern_request", modern_request),
     ("sse_stream", sse_stream),
     ("policy_toml", policy_toml),
     ("policy_import", policy_import),
     ("dns_query", dns_query),
     ("audit_verify", audit_verify),
+    ("tool_definition", tool_definition),
     ("openapi_tools", openapi_tools),
 ];

@@ -15,8 +15,15 @@ impl ErrorCode {
     pub const INTERNAL_ERROR: ErrorCode = ErrorCode(-32603);
     /// MCP: the request was cancelled.
     pub const REQUEST_CANCELLED: ErrorCode = ErrorCode(-32800);
-    /// MCP: resource not found.
+    /// MCP (2025 era): resource not found. 2026-07-28 uses `INVALID_PARAMS` instead.
     pub const RESOURCE_NOT_FOUND: ErrorCode = ErrorCode(-32002);
+    /// MCP 2026-07-28: the request metadata headers are missing or disagree with the body.
+    pub const HEADER_MISMATCH: ErrorCode = ErrorCode(-32020);
+    /// MCP 2026-07-28: answering needs a client capability the request did not declare.
+    pub const MISSING_CLIENT_CAPABILITY: ErrorCode = ErrorCode(-32021);
+    /// MCP 2026-07-28: the request's protocol revision is not served; `data.supported` lists
+    /// what is.
+    pub const UNSUPPORTED_PROTOCOL_VERSION: ErrorCode = ErrorCode(-32022);
     /// Gateway: the upstream server is not running or its connection broke.
     pub const UPSTREAM_UNAVAILABLE: ErrorCode = ErrorCode(-32010);
     /// Gateway: the upstream server did not answer in time.
@@ -31,6 +38,12 @@ impl ErrorCode {
     pub const BUSY: ErrorCode = ErrorCode(-32015);
     /// Gateway: the audit log cannot be written and the gateway is fail-closed.
     pub const AUDIT_UNAVAILABLE: ErrorCode = ErrorCode(-32016);
+    /// Gateway: the tool, prompt or resource template is withheld: it differs from the lock
+    /// file, or its definition holds hidden characters the policy refuses.
+    pub const WITHHELD: ErrorCode = ErrorCode(-32030);
+    /// Gateway: the server's answer held hidden characters and its policy says
+    /// `sanitize = "refuse"`.
+    pub const CONTENT_REFUSED: ErrorCode = ErrorCode(-32031);
     /// Gateway: a message is over `max_message_bytes`; `data` names the server, the method,
     /// the size and the limit.
     pub const MESSAGE_TOO_LARGE: ErrorCode = ErrorCode(-32017);

@@ -17,6 +17,17 @@ pub const PROMPTS_GET: &str = "prompts/get";
 pub const COMPLETION_COMPLETE: &str = "completion/complete";
 pub const LOGGING_SET_LEVEL: &str = "logging/setLevel";
 
+/// 2026-07-28: a long-lived stream of the change notifications the client opts in to.
+pub const SUBSCRIPTIONS_LISTEN: &str = "subscriptions/listen";
+pub const SUBSCRIPTIONS_ACKNOWLEDGED: &str = "notifications/subscriptions/acknowledged";
+
+/// Tasks: the 2026-07-28 extension (`io.modelcontextprotocol/tasks`) has get, update and
+/// cancel; the 2025-11-25 experimental tasks have get, result, list and cancel.
+pub const TASKS_GET: &str = "tasks/get";
+pub const TASKS_UPDATE: &str = "tasks/update";
+pub const TASKS_CANCEL: &str = "tasks/cancel";
+pub const TASKS_RESULT: &str = "tasks/result";
+
 pub const CANCELLED: &str = "notifications/cancelled";
 pub const PROGRESS: &str = "notifications/progress";
 pub const MESSAGE: &str = "notifications/message";

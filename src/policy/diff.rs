@@ -136,6 +136,9 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     if old.gateway.page_size != new.gateway.page_size {
         gateway.push("gateway.page_size");
     }
+    if old.gateway.list_ttl != new.gateway.list_ttl {
+        gateway.push("gateway.list_ttl");
+    }
     if old.effective_naming() != new.effective_naming() {
         gateway.push("gateway.naming");
     }
@@ -145,6 +148,9 @@ pub fn diff(old: &Policy, new: &Policy) -> PolicyDiff {
     }
     if (o.unstable_after, o.window) != (n.unstable_after, n.window) {
         gateway.push("gateway.unstable_list_changes");
+    }
+    if old.gateway.lock != new.gateway.lock {
+        gateway.push("gateway.lock");
     }
     PolicyDiff {
         servers,
@@ -181,9 +187,11 @@ fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
             _ => "runtime",
         });
     }
-    keys.extend(
-        differing!(o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes),
-    );
+    // `sanitize`: a new instance lists again, so its definitions are judged under the new mode.
+    keys.extend(differing!(
+        o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes, protocol,
+        sanitize
+    ));
     keys
 }
 

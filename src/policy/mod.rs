@@ -17,6 +17,8 @@ pub mod units;
 mod validate;
 mod validate_access;
 mod validate_audit;
+mod validate_egress;
+mod validate_guard;
 mod validate_oauth;
 mod validate_openapi;
 

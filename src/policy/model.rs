@@ -239,6 +239,9 @@ pub struct Gateway {
     pub max_sessions: usize,
     /// Items per page in aggregated `*/list` answers.
     pub page_size: usize,
+    /// How long 2026-07-28 clients may consider the gateway's lists fresh (`ttlMs`); list
+    /// changes still reach `subscriptions/listen` streams at once.
+    pub list_ttl: Duration,
     /// Interval between SSE keep-alive comments.
     pub sse_keepalive: Duration,
     /// When set, a POST's SSE stream is closed after this long and the client resumes it with
@@ -258,6 +261,61 @@ pub struct Gateway {
     pub serial: Option<u64>,
     /// How servers' list changes are paced and when a server counts as unstable.
     pub list_changes: ListChanges,
+    /// The approved tool definitions (`[gateway] lock`), and what a difference from them does.
+    pub lock: Option<LockSettings>,
+    /// Docker servers must name their image by digest (`name@sha256:...`).
+    pub require_image_digest: bool,
+}
+
+/// `[gateway] lock` and `lock_mode`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LockSettings {
+    /// The lock file written by `portcullis tools lock`; resolved against the policy file's
+    /// directory when relative.
+    pub path: PathBuf,
+    pub mode: LockMode,
+}
+
+/// What a definition (or image) that differs from the lock does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Withheld from lists and refused on call; a docker server whose image differs does not
+    /// start.
+    Enforce,
+    /// Shown and callable; logged, audited and counted.
+    Warn,
+}
+
+impl LockMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockMode::Enforce => "enforce",
+            LockMode::Warn => "warn",
+        }
+    }
+}
+
+/// `[servers.X] sanitize`: what happens to hidden characters (ANSI escapes, zero-width, bidi
+/// controls, Unicode tags) in a server's definitions and answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sanitize {
+    /// Removed before a client sees them.
+    #[default]
+    Strip,
+    /// A definition holding one is withheld; an answer holding one becomes an error.
+    Refuse,
+    /// Passed through.
+    Off,
+}
+
+impl Sanitize {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sanitize::Strip => "strip",
+            Sanitize::Refuse => "refuse",
+            Sanitize::Off => "off",
+        }
+    }
 }
 
 /// `[gateway] list_changed_interval`, `unstable_list_changes` and `unstable_window`: what keeps
@@ -310,6 +368,9 @@ pub struct EgressSettings {
     /// The image of the egress agent containers (sidecar mode). `None`: the image of the
     /// container the gateway itself runs in.
     pub agent_image: Option<String>,
+    /// Questions each server's resolver may forward to the upstream resolvers (cache misses);
+    /// beyond it the sandbox gets REFUSED. A server's `egress.dns_rate` overrides it.
+    pub dns_rate: Rate,
 }
 
 /// Where the nftables table of a docker server lives.
@@ -340,6 +401,14 @@ impl EgressMode {
 /// apart from the server's by this socket owner (`meta skuid`), so no server may run as it.
 pub const AGENT_UID: u32 = 65533;
 
+/// 50 questions a second per server, bursts of 100: far above what a well-behaved server asks
+/// once its answers are cached, far below what would load a shared resolver.
+pub const DEFAULT_DNS_RATE: Rate = Rate {
+    count: 50,
+    per: Duration::from_secs(1),
+    burst: 100,
+};
+
 impl Default for EgressSettings {
     fn default() -> Self {
         EgressSettings {
@@ -351,6 +420,7 @@ impl Default for EgressSettings {
             allow_unconfined_process: false,
             mode: EgressMode::Auto,
             agent_image: None,
+            dns_rate: DEFAULT_DNS_RATE,
         }
     }
 }
@@ -395,8 +465,12 @@ pub struct Server {
     pub roots: Vec<String>,
     /// Client capabilities the gateway declares to the server in its `initialize`.
     pub client_capabilities: ClientCapabilities,
+    /// Which protocol era the gateway speaks to the server.
+    pub protocol: ProtocolChoice,
     /// Overrides `[gateway] server_log_rate` for this server.
     pub log_rate: Option<Rate>,
+    /// Hidden characters in this server's definitions and answers.
+    pub sanitize: Sanitize,
 }
 
 /// The client capabilities declared to a server. Sampling and elicitation requests are relayed
@@ -469,6 +543,7 @@ impl std::fmt::Display for ProcessUser {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct DockerSpec {
+    /// As written: `name[:tag]`, optionally followed by `@sha256:<64 hex>` (pinned).
     pub image: String,
     /// Overrides the image's command when non-empty.
     pub command: Vec<String>,
@@ -495,6 +570,29 @@ pub struct RemoteSpec {
     /// The gateway gets its own access token for this server from an OAuth authorization
     /// server and sends it as `Authorization: Bearer`.
     pub oauth: Option<OAuth>,
+}
+
+/// `protocol` of a server: probe for 2026-07-28 and fall back (`auto`), or pin an era.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ProtocolChoice {
+    /// `server/discover` first; the initialize handshake when the server does not answer it as
+    /// a 2026-07-28 server.
+    #[default]
+    Auto,
+    /// The initialize handshake only (2025-11-25 and earlier), no probe.
+    Legacy,
+    /// 2026-07-28 only: a server that does not speak it fails to start, with the reason.
+    Modern,
+}
+
+impl ProtocolChoice {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProtocolChoice::Auto => "auto",
+            ProtocolChoice::Legacy => "legacy",
+            ProtocolChoice::Modern => "2026-07-28",
+        }
+    }
 }
 
 /// A REST API served as MCP tools (`runtime = "openapi"`): the gateway itself makes the HTTP
@@ -578,6 +676,15 @@ pub enum Lifecycle {
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Egress {
     pub allow: Vec<EgressRule>,
+    /// This server's own DNS budget; `None` follows `[egress] dns_rate`.
+    pub dns_rate: Option<Rate>,
+}
+
+impl Egress {
+    /// The DNS budget in force for this server.
+    pub fn dns_rate_in(&self, settings: &EgressSettings) -> Rate {
+        self.dns_rate.unwrap_or(settings.dns_rate)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -659,6 +766,13 @@ pub struct Client {
     /// `server__tool` patterns (`*` globs).
     pub allow: Vec<String>,
     pub deny: Vec<String>,
+}
+
+impl DockerSpec {
+    /// The digest the image is pinned to (`sha256:...`), when `image` names one.
+    pub fn pinned_digest(&self) -> Option<&str> {
+        self.image.rsplit_once('@').map(|(_, d)| d)
+    }
 }
 
 impl Policy {

@@ -109,6 +109,7 @@ pub struct RawGateway {
     pub server_log_rate: Option<Spanned<Value>>,
     pub max_sessions: Option<Spanned<u64>>,
     pub page_size: Option<Spanned<u64>>,
+    pub list_ttl: Option<Spanned<Value>>,
     pub sse_keepalive: Option<Spanned<Value>>,
     pub sse_poll_interval: Option<Spanned<Value>>,
     #[serde(default, deserialize_with = "in_tls")]
@@ -119,6 +120,9 @@ pub struct RawGateway {
     pub list_changed_interval: Option<Spanned<Value>>,
     pub unstable_list_changes: Option<Spanned<u64>>,
     pub unstable_window: Option<Spanned<Value>>,
+    pub lock: Option<Str>,
+    pub lock_mode: Option<Str>,
+    pub require_image_digest: Option<Spanned<bool>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -174,6 +178,7 @@ pub struct RawServer {
     pub ca_file: Option<Str>,
     #[serde(default, deserialize_with = "in_oauth")]
     pub oauth: Option<Spanned<RawOAuth>>,
+    pub protocol: Option<Str>,
     pub spec: Option<Str>,
     pub base_url: Option<Str>,
     #[serde(default, deserialize_with = "in_operations")]
@@ -198,6 +203,7 @@ pub struct RawServer {
     pub roots: Option<Vec<Str>>,
     pub client_capabilities: Option<Vec<Str>>,
     pub log_rate: Option<Spanned<Value>>,
+    pub sanitize: Option<Str>,
 }
 
 /// `oauth = { ... }` of a remote server.
@@ -226,6 +232,7 @@ pub struct RawMount {
 #[serde(deny_unknown_fields)]
 pub struct RawEgress {
     pub allow: Option<Vec<Str>>,
+    pub dns_rate: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -239,6 +246,7 @@ pub struct RawEgressSettings {
     pub allow_unconfined_process: Option<bool>,
     pub mode: Option<Str>,
     pub agent_image: Option<Str>,
+    pub dns_rate: Option<Spanned<Value>>,
 }
 
 #[derive(Debug, Default, Deserialize)]

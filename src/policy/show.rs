@@ -167,6 +167,7 @@ pub fn render(p: &Policy) -> String {
     );
     let _ = writeln!(o, "  max_sessions          {}", g.max_sessions);
     let _ = writeln!(o, "  page_size             {}", g.page_size);
+    let _ = writeln!(o, "  list_ttl              {}", format_duration(g.list_ttl));
     let _ = writeln!(
         o,
         "  sse_keepalive         {}",
@@ -201,6 +202,11 @@ pub fn render(p: &Policy) -> String {
         lc.unstable_after,
         format_duration(lc.window)
     );
+    let lock = g.lock.as_ref().map_or("none".to_owned(), |l| {
+        format!("{} ({})", l.path.display(), l.mode.as_str())
+    });
+    let _ = writeln!(o, "  lock                  {lock}");
+    let _ = writeln!(o, "  require_image_digest  {}", g.require_image_digest);
     let e = &p.egress;
     let _ = writeln!(o, "\n[egress]");
     let _ = writeln!(
@@ -256,6 +262,11 @@ pub fn render(p: &Policy) -> String {
         } else {
             "false"
         }
+    );
+    let _ = writeln!(
+        o,
+        "  dns_rate              {} per server, answered from its cache first",
+        rate_text(e.dns_rate)
     );
     for s in p.servers.values() {
         let _ = writeln!(o, "\n[servers.{}]", s.name);
@@ -326,6 +337,10 @@ pub fn render(p: &Policy) -> String {
             }
             Runtime::OpenApi(x) => openapi_lines(&mut o, s, x),
         }
+        // An openapi server's MCP side is the gateway's own: it has no era to show.
+        if !matches!(s.runtime, Runtime::OpenApi(_)) {
+            let _ = writeln!(o, "  protocol              {}", s.protocol.as_str());
+        }
         let lc = match s.lifecycle {
             Lifecycle::Shared => "shared",
             Lifecycle::PerSession => "per-session",
@@ -348,6 +363,11 @@ pub fn render(p: &Policy) -> String {
                     .join(", ")
             };
             let _ = writeln!(o, "  egress                {egress}");
+            let dns = match s.egress.dns_rate {
+                Some(r) => rate_text(r),
+                None => format!("{} (from [egress])", rate_text(e.dns_rate)),
+            };
+            let _ = writeln!(o, "  egress.dns_rate       {dns}");
         }
         for (k, r) in &s.secrets {
             let src = match r {
@@ -357,9 +377,7 @@ pub fn render(p: &Policy) -> String {
             };
             let _ = writeln!(o, "  secret                {k} <- {src}");
         }
-        let rate = s.rate.map_or("unlimited".to_string(), |r| {
-            format!("{} (burst {})", format_rate(r.count, r.per), r.burst)
-        });
+        let rate = s.rate.map_or("unlimited".to_string(), rate_text);
         let _ = writeln!(o, "  rate                  {rate}");
         let _ = writeln!(
             o,
@@ -381,6 +399,7 @@ pub fn render(p: &Policy) -> String {
             "  request_timeout       {}",
             format_duration(s.request_timeout.unwrap_or(g.request_timeout))
         );
+        let _ = writeln!(o, "  sanitize              {}", s.sanitize.as_str());
         let _ = writeln!(
             o,
             "  max_message_bytes     {} ({} bytes)",
@@ -537,6 +556,10 @@ fn audit(o: &mut String, a: &Audit) {
         let role = if s.witness { "witness" } else { "sink" };
         let _ = writeln!(o, "  {role} {:<16} {what}", s.name);
     }
+}
+
+fn rate_text(r: Rate) -> String {
+    format!("{} (burst {})", format_rate(r.count, r.per), r.burst)
 }
 
 fn quoted(v: &[String]) -> String {

@@ -302,6 +302,31 @@ fn runtime_rules() {
 }
 
 #[test]
+fn the_protocol_of_a_server() {
+    let remote = "[servers.r]\nruntime = \"remote\"\nurl = \"https://mcp.example/mcp\"\n";
+    let choice = |src: &str| match parse(src, "p.toml") {
+        Ok(p) => p.servers.values().next().unwrap().protocol,
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(choice(remote), ProtocolChoice::Auto);
+    assert_eq!(choice(TIME), ProtocolChoice::Auto);
+    assert_eq!(
+        choice(&format!("{remote}protocol = \"legacy\"\n")),
+        ProtocolChoice::Legacy
+    );
+    assert_eq!(
+        choice(&format!("{TIME}protocol = \"2026-07-28\"\n")),
+        ProtocolChoice::Modern
+    );
+    let e = one_error(&format!("{remote}protocol = \"2025-11-25\"\n"));
+    assert!(
+        e.starts_with("p.toml:4:12: error: unknown protocol \"2025-11-25\"")
+            && e.contains("\"legacy\""),
+        "{e}"
+    );
+}
+
+#[test]
 fn clients() {
     let ok = format!(
         "{TIME}[clients.ci]\ntoken_sha256 = \"{}\"\nallow = [\"time__*\"]\n",
@@ -599,5 +624,97 @@ fn egress_mode_is_read_and_a_server_may_not_run_as_the_agent_in_sidecar_mode() {
     assert_eq!(
         p.egress.agent_image.as_deref(),
         Some("portcullis/gateway:test")
+    );
+}
+
+#[test]
+fn dns_budgets_are_read_overridden_per_server_and_shown() {
+    let p = parse(TIME, "p.toml").unwrap();
+    assert_eq!(p.egress.dns_rate, DEFAULT_DNS_RATE);
+    assert_eq!(p.servers["time"].egress.dns_rate, None);
+    let src = r#"
+[egress]
+dns_rate = { quota = "20/s", burst = 40 }
+[servers.a]
+runtime = "docker"
+image = "x"
+egress.allow = ["*.example.test:443"]
+egress.dns_rate = "5/s"
+[servers.b]
+runtime = "process"
+command = "b"
+egress = { allow = ["api.example.test:443"] }
+"#;
+    let p = parse(src, "p.toml").unwrap();
+    let per_s = |count, burst| Rate {
+        count,
+        per: Duration::from_secs(1),
+        burst,
+    };
+    assert_eq!(p.egress.dns_rate, per_s(20, 40));
+    let a = &p.servers["a"].egress;
+    assert_eq!(a.dns_rate, Some(per_s(5, 5)));
+    assert_eq!(a.dns_rate_in(&p.egress), per_s(5, 5));
+    assert_eq!(p.servers["b"].egress.dns_rate_in(&p.egress), per_s(20, 40));
+    let out = show::render(&p);
+    assert!(
+        out.contains("  dns_rate              20/s (burst 40) per server"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  egress.dns_rate       5/s (burst 5)\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("  egress.dns_rate       20/s (burst 40) (from [egress])"),
+        "{out}"
+    );
+}
+
+#[test]
+fn dns_budget_errors_say_what_to_write() {
+    let e = one_error("[egress]\ndns_rate = \"0/s\"\n");
+    assert!(
+        e.starts_with("p.toml:2:12: error: `dns_rate` = \"0/s\" allows no DNS question at all"),
+        "{e}"
+    );
+    let e = one_error("[egress]\ndns_rate = 50\n");
+    assert!(
+        e.starts_with("p.toml:2:12: error: `dns_rate` must be a string like \"120/min\""),
+        "{e}"
+    );
+    let e = one_error(&format!(
+        "{TIME}egress.dns_rate = {{ quota = \"9/s\", burst = 0 }}\n"
+    ));
+    assert!(
+        e.contains("`egress.dns_rate.burst` must be a whole number, at least 1"),
+        "{e}"
+    );
+    let e = one_error(&format!(
+        "{TIME}egress.dns_rate = {{ quota = \"9/s\", brust = 2 }}\n"
+    ));
+    assert!(
+        e.contains("unknown key `brust` in `egress.dns_rate`"),
+        "{e}"
+    );
+    let e = one_error(&format!("{TIME}egress.dns_rate = \"9/week\"\n"));
+    assert!(e.contains("unknown rate period \"week\""), "{e}");
+    let e = one_error(
+        "[servers.r]\nruntime = \"remote\"\nurl = \"https://x/mcp\"\negress.dns_rate = \"5/s\"\n",
+    );
+    assert!(
+        e.starts_with(
+            "p.toml:4:8: error: `egress.dns_rate` budgets the DNS questions of a sandbox"
+        ),
+        "{e}"
+    );
+    let e = errors(
+        "[servers.o]\nruntime = \"openapi\"\nspec = \"/nonexistent.json\"\nbase_url = \"https://api.example.test\"\negress.dns_rate = \"5/s\"\n",
+    );
+    assert!(
+        e.iter().any(|e| e.starts_with(
+            "p.toml:5:8: error: `egress.dns_rate` budgets the DNS questions of a sandbox"
+        ) && e.contains("is \"openapi\"")),
+        "{e:?}"
     );
 }

@@ -1,12 +1,12 @@
 //! Raw TOML structs -> the validated [`Policy`]. Collects every semantic error instead of stopping
 //! at the first, so one `policy check` run shows everything to fix.
 
-use super::egress::parse_egress;
 use super::error::Diagnostic;
 use super::location::{key_start, line_col};
 use super::model::*;
 use super::raw::*;
 use super::units::{parse_duration, parse_rate, parse_size};
+use super::validate_guard::check_image_ref;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -32,6 +32,7 @@ pub const DEFAULT_SERVER_LOG_RATE: Rate = Rate {
 pub const DEFAULT_MAX_SESSIONS: usize = 10_000;
 pub const DEFAULT_PAGE_SIZE: usize = 200;
 pub const DEFAULT_SSE_KEEPALIVE: Duration = Duration::from_secs(15);
+pub const DEFAULT_LIST_TTL: Duration = Duration::from_secs(60);
 pub const DEFAULT_STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_QUEUE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Docker refuses containers with less memory than this.
@@ -104,6 +105,12 @@ pub fn validate(
         .map(|(n, _)| n.get_ref().clone())
         .collect();
     let mut servers = BTreeMap::new();
+    let image_spans: BTreeMap<String, usize> = raw
+        .servers
+        .0
+        .iter()
+        .filter_map(|(n, rs)| Some((n.get_ref().clone(), rs.image.as_ref()?.span().start)))
+        .collect();
     for (name, rs) in raw.servers.0 {
         if let Some(s) = c.server(&name, rs) {
             servers.insert(name.into_inner(), s);
@@ -128,6 +135,9 @@ pub fn validate(
     let auth = c.auth(raw.auth.unwrap_or_default());
     c.listener_safety(&gateway, &clients, &auth, listen_at);
     let audit = c.audit(raw.audit.unwrap_or_default());
+    if gateway.require_image_digest {
+        c.image_digests(&servers, &image_spans);
+    }
     if !c.diags.is_empty() {
         return Err(c.diags);
     }
@@ -140,24 +150,6 @@ pub fn validate(
         auth,
         audit,
     })
-}
-
-/// An IPv4 network for sandbox subnets: `a.b.c.d/n` with no host bits and room for /29s.
-fn parse_v4_pool(s: &str) -> Result<(std::net::Ipv4Addr, u8), String> {
-    let (a, p) = s
-        .split_once('/')
-        .ok_or("write an IPv4 network like \"10.213.0.0/16\"")?;
-    let addr: std::net::Ipv4Addr = a.parse().map_err(|_| "not an IPv4 address".to_string())?;
-    let prefix: u8 = p
-        .parse()
-        .ok()
-        .filter(|n| (8..=28).contains(n))
-        .ok_or("the prefix length must be 8 to 28 (each server takes a /29)")?;
-    let mask = u32::MAX << (32 - u32::from(prefix));
-    if u32::from(addr) & !mask != 0 {
-        return Err("host bits are set".into());
-    }
-    Ok((addr, prefix))
 }
 
 pub(crate) fn is_env_name(s: &str) -> bool {
@@ -192,7 +184,7 @@ pub fn sanitize_server_name(s: &str) -> String {
     }
 }
 
-fn value_kind(v: &Value) -> &'static str {
+pub(super) fn value_kind(v: &Value) -> &'static str {
     match v {
         Value::String(_) => "a string",
         Value::Integer(_) => "an integer",
@@ -325,94 +317,6 @@ impl Checker<'_> {
         v.iter().flatten().map(|s| s.get_ref().clone()).collect()
     }
 
-    fn egress_settings(&mut self, e: RawEgressSettings) -> EgressSettings {
-        let d = EgressSettings::default();
-        let mut upstream_resolvers = Vec::new();
-        for r in e.upstream_resolvers.iter().flatten() {
-            match r.get_ref().parse::<SocketAddr>() {
-                Ok(a) => upstream_resolvers.push(a),
-                Err(_) => self.error(
-                    r.span().start,
-                    format!(
-                        "invalid upstream resolver \"{}\"; use IP:PORT, like \"10.0.0.2:53\" (host names are not resolved)",
-                        r.get_ref()
-                    ),
-                ),
-            }
-        }
-        let pin_ttl_min = self
-            .duration(&e.pin_ttl_min, "pin_ttl_min")
-            .unwrap_or(d.pin_ttl_min);
-        let pin_ttl_max = self
-            .duration(&e.pin_ttl_max, "pin_ttl_max")
-            .unwrap_or(d.pin_ttl_max);
-        if pin_ttl_min > pin_ttl_max {
-            let at = e
-                .pin_ttl_min
-                .as_ref()
-                .or(e.pin_ttl_max.as_ref())
-                .map_or(0, |v| v.span().start);
-            self.error(
-                at,
-                format!("`pin_ttl_min` ({pin_ttl_min:?}) is longer than `pin_ttl_max` ({pin_ttl_max:?}); the floor must not exceed the cap"),
-            );
-        }
-        if pin_ttl_min.is_zero() {
-            if let Some(v) = &e.pin_ttl_min {
-                self.error(v.span().start, "`pin_ttl_min` must be at least 1s: a pin that expires at once would refuse the connection its answer was for");
-            }
-        }
-        let max_addresses_per_name = self
-            .count(&e.max_addresses_per_name, "max_addresses_per_name", (1, 64))
-            .map_or(d.max_addresses_per_name, |n| n as usize);
-        let network_pool = match &e.network_pool {
-            None => d.network_pool,
-            Some(p) => match parse_v4_pool(p.get_ref()) {
-                Ok(pool) => pool,
-                Err(why) => {
-                    self.error(
-                        p.span().start,
-                        format!("invalid `network_pool` \"{}\": {why}", p.get_ref()),
-                    );
-                    d.network_pool
-                }
-            },
-        };
-        let mode = match &e.mode {
-            None => EgressMode::Auto,
-            Some(m) => match m.get_ref().as_str() {
-                "host" => EgressMode::Host,
-                "sidecar" => EgressMode::Sidecar,
-                "auto" => EgressMode::Auto,
-                other => {
-                    self.error(
-                        m.span().start,
-                        format!("invalid `mode` \"{other}\"; use \"host\" (the gateway shares the host's network namespace), \"sidecar\" (an egress agent container per server network) or \"auto\""),
-                    );
-                    EgressMode::Auto
-                }
-            },
-        };
-        let agent_image = e.agent_image.as_ref().map(|i| i.get_ref().clone());
-        if let Some(i) = &e.agent_image {
-            if i.get_ref().trim().is_empty() {
-                self.error(i.span().start, "`agent_image` is empty; name the gateway's image (e.g. \"portcullis:latest\") or leave it out to use the image of the gateway's own container");
-            }
-        }
-        EgressSettings {
-            mode,
-            agent_image,
-            upstream_resolvers,
-            pin_ttl_min,
-            pin_ttl_max,
-            max_addresses_per_name,
-            network_pool,
-            allow_unconfined_process: e
-                .allow_unconfined_process
-                .unwrap_or(d.allow_unconfined_process),
-        }
-    }
-
     fn gateway(&mut self, g: RawGateway) -> (Gateway, usize) {
         let listen = match &g.listen {
             None => SocketAddr::from(([127, 0, 0, 1], 8811)),
@@ -520,6 +424,9 @@ impl Checker<'_> {
             page_size: self
                 .count(&g.page_size, "page_size", (1, 10_000))
                 .map_or(DEFAULT_PAGE_SIZE, |n| n as usize),
+            list_ttl: self
+                .duration(&g.list_ttl, "list_ttl")
+                .unwrap_or(DEFAULT_LIST_TTL),
             sse_keepalive: self
                 .duration(&g.sse_keepalive, "sse_keepalive")
                 .unwrap_or(DEFAULT_SSE_KEEPALIVE),
@@ -529,6 +436,11 @@ impl Checker<'_> {
             instance,
             serial: self.count(&g.serial, "serial", (0, i64::MAX as u64)),
             list_changes: self.list_changes(&g),
+            lock: self.lock(&g),
+            require_image_digest: g
+                .require_image_digest
+                .as_ref()
+                .is_some_and(|r| *r.get_ref()),
         };
         (gw, naming_at)
     }
@@ -648,13 +560,7 @@ impl Checker<'_> {
 
         let secrets = self.secrets(&rs.secrets);
         let env = self.env(&rs.env, &rs.secrets);
-        let mut egress = Egress::default();
-        for r in rs.egress.iter().flat_map(|e| e.allow.iter().flatten()) {
-            match parse_egress(r.get_ref()) {
-                Ok(rule) => egress.allow.push(rule),
-                Err(e) => self.error(r.span().start, e),
-            }
-        }
+        let egress = self.server_egress(n, rt, rs.egress.as_ref());
 
         let runtime = match rt {
             "process" => self.process(n, &rs, env),
@@ -722,6 +628,8 @@ impl Checker<'_> {
         let roots = self.roots(&rs.roots);
         let client_capabilities = self.client_capabilities(&rs.client_capabilities);
         let log_rate = self.rate(&rs.log_rate);
+        let protocol = self.protocol(n, rt, &rs.protocol);
+        let sanitize = self.sanitize(&rs.sanitize);
 
         if self.diags.len() != before {
             return None;
@@ -743,8 +651,28 @@ impl Checker<'_> {
             client_capabilities,
             log_rate,
             queue_timeout,
+            sanitize,
             max_message_bytes,
+            protocol,
         })
+    }
+
+    fn protocol(&mut self, n: &str, rt: &str, v: &Option<Str>) -> ProtocolChoice {
+        if let (Some(p), "openapi") = (v, rt) {
+            // The gateway answers an openapi server's MCP itself: there is no era to choose.
+            let at = self.key_at(p.span().start, "protocol");
+            self.error(at, format!("`protocol` does not apply to a runtime = \"openapi\" server [servers.{n}] (the gateway makes its MCP side itself); remove it"));
+            return ProtocolChoice::Auto;
+        }
+        match v.as_ref().map(|p| (p.get_ref().as_str(), p.span().start)) {
+            None | Some(("auto", _)) => ProtocolChoice::Auto,
+            Some(("legacy", _)) => ProtocolChoice::Legacy,
+            Some(("2026-07-28", _)) => ProtocolChoice::Modern,
+            Some((other, at)) => {
+                self.error(at, format!("unknown protocol \"{other}\" in [servers.{n}]; use \"auto\" (probe with server/discover, fall back to initialize), \"legacy\" (initialize only) or \"2026-07-28\" (stateless only)"));
+                ProtocolChoice::Auto
+            }
+        }
     }
 
     fn secrets(&mut self, raw: &Option<StrMap>) -> BTreeMap<String, SecretRef> {
@@ -907,7 +835,13 @@ impl Checker<'_> {
                 );
                 None
             }
-            Some(i) => Some(i.get_ref().clone()),
+            Some(i) => match check_image_ref(i.get_ref()) {
+                Ok(()) => Some(i.get_ref().clone()),
+                Err(why) => {
+                    self.error(i.span().start, why);
+                    None
+                }
+            },
             None => {
                 self.error(self.server_at(rs), format!("[servers.{n}] has runtime = \"docker\" but no `image`; add image = \"name:tag\""));
                 None
@@ -1158,6 +1092,12 @@ impl Checker<'_> {
     }
 
     pub(super) fn rate(&mut self, v: &Option<Spanned<Value>>) -> Option<Rate> {
+        self.rate_for(v, "rate")
+    }
+
+    /// A rate written as `"N/period"` or `{ quota = "N/period", burst = B }`; `key` names it in
+    /// messages.
+    pub(super) fn rate_for(&mut self, v: &Option<Spanned<Value>>, key: &str) -> Option<Rate> {
         let v = v.as_ref()?;
         let at = v.span().start;
         let (quota, quota_at, burst) = match v.get_ref() {
@@ -1167,7 +1107,7 @@ impl Checker<'_> {
                     if k != "quota" && k != "burst" {
                         self.error(
                             at,
-                            format!("unknown key `{k}` in `rate`; expected one of: quota, burst"),
+                            format!("unknown key `{k}` in `{key}`; expected one of: quota, burst"),
                         );
                         return None;
                     }
@@ -1175,7 +1115,7 @@ impl Checker<'_> {
                 let quota = match t.get("quota") {
                     Some(Value::String(s)) => s.clone(),
                     _ => {
-                        self.error(at, "`rate` needs quota = \"120/min\" (a string)");
+                        self.error(at, format!("`{key}` needs quota = \"120/min\" (a string)"));
                         return None;
                     }
                 };
@@ -1187,7 +1127,7 @@ impl Checker<'_> {
                     Some(_) => {
                         self.error(
                             at,
-                            "`rate.burst` must be a whole number of calls, at least 1",
+                            format!("`{key}.burst` must be a whole number, at least 1"),
                         );
                         return None;
                     }
@@ -1195,7 +1135,7 @@ impl Checker<'_> {
                 (quota, at, burst)
             }
             other => {
-                self.error(at, format!("`rate` must be a string like \"120/min\" or a table like {{ quota = \"120/min\", burst = 20 }}, not {}", value_kind(other)));
+                self.error(at, format!("`{key}` must be a string like \"120/min\" or a table like {{ quota = \"120/min\", burst = 20 }}, not {}", value_kind(other)));
                 return None;
             }
         };

@@ -10,6 +10,7 @@ use super::gate::{self, Gate, Refused, Signed};
 use super::{Overrides, Trigger};
 use crate::access::Clients;
 use crate::policy::{self, Policy};
+use crate::router::ActiveLock;
 
 /// A policy that passed every check at start, with what it was read from.
 pub struct Admitted {
@@ -94,6 +95,8 @@ pub(super) struct Valid {
     pub(super) signed: Option<Signed>,
     pub(super) clients: Clients,
     pub(super) secrets: BTreeMap<String, String>,
+    /// Its lock file (`[gateway] lock`), read again.
+    pub(super) lock: Option<ActiveLock>,
 }
 
 /// Why a reload was refused, and what of the file could be read.
@@ -161,15 +164,24 @@ pub(super) fn load_for_reload(
         Ok(s) => s,
         Err(e) => return invalid(&e),
     };
-    match Clients::from_policy(&policy) {
-        Ok(clients) => Loaded::Valid(Box::new(Valid {
-            secrets: super::fingerprints(&policy),
-            policy,
-            sha256: read.sha256,
-            fingerprint: read.fingerprint,
-            signed,
-            clients,
-        })),
-        Err(e) => invalid(&e),
-    }
+    let clients = match Clients::from_policy(&policy) {
+        Ok(c) => c,
+        Err(e) => return invalid(&e),
+    };
+    let lock = match &policy.gateway.lock {
+        Some(settings) => match ActiveLock::load(settings, &policy.origin) {
+            Ok(l) => Some(l),
+            Err(e) => return invalid(&e),
+        },
+        None => None,
+    };
+    Loaded::Valid(Box::new(Valid {
+        secrets: super::fingerprints(&policy),
+        policy,
+        sha256: read.sha256,
+        fingerprint: read.fingerprint,
+        signed,
+        clients,
+        lock,
+    }))
 }

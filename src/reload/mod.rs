@@ -32,7 +32,7 @@ use crate::downstream::SessionControl;
 use crate::policy::diff::{self, PolicyDiff};
 use crate::policy::{self, Policy};
 use crate::router::audit_trail::AuditTrail;
-use crate::router::Router;
+use crate::router::{ActiveLock, Router};
 use crate::sandbox::backends::Backends;
 use crate::sandbox::Runtime;
 pub use gate::{Gate, Refused, Signed};
@@ -159,6 +159,7 @@ struct Candidate {
     secrets: BTreeMap<String, String>,
     /// A runtime (and its generation) newer than the one servers were started on.
     runtime: Option<(Arc<dyn Runtime>, u64)>,
+    lock: Option<ActiveLock>,
 }
 
 impl Reloader {
@@ -296,6 +297,7 @@ impl Reloader {
             signed,
             clients,
             secrets,
+            lock,
         } = match loaded {
             Loaded::Tried => return Ok(None),
             Loaded::Invalid(r) => return Err(r),
@@ -338,6 +340,7 @@ impl Reloader {
             clients,
             secrets,
             runtime,
+            lock,
         }))
     }
 
@@ -353,6 +356,7 @@ impl Reloader {
             clients,
             secrets,
             runtime,
+            lock,
         } = c;
         let before = self.access.clients();
         // The new client table replaces the old in one step: no request sees a mix.
@@ -366,6 +370,8 @@ impl Reloader {
             rt
         });
         crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
+        // Before servers (re)start, so that they start under the new lock's image pins.
+        self.router.set_lock(lock);
         self.router.reload(&policy, &diff.servers, runtime, &before);
         if let Some(log) = &self.audit_log {
             // Old values stay: records about the old servers may still be written.
@@ -391,6 +397,8 @@ impl Reloader {
         }
         running.policy = policy;
         running.sha256 = sha256;
+        self.trail
+            .set_policy_serial(signed.as_ref().map(|s| s.serial));
         running.signed = signed;
         running.secrets = secrets;
     }

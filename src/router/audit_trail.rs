@@ -5,6 +5,7 @@
 //! With `fail_closed` (the default) a call whose record cannot be written is refused, and a
 //! response whose result record cannot be written is withheld: nothing runs unaudited.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +23,9 @@ pub fn session_tag(session: &str) -> String {
 #[derive(Clone, Default)]
 pub struct AuditTrail {
     log: Option<Arc<AuditLog>>,
+    /// The serial of the signed policy in force (0: not in signed mode); shared by every clone,
+    /// so that a reload changes it for every record written after it.
+    policy_serial: Arc<AtomicU64>,
 }
 
 /// The audit log refused a record that the gateway must not go without.
@@ -31,14 +35,31 @@ pub struct Unaudited(pub String);
 
 impl AuditTrail {
     pub fn new(log: Option<Arc<AuditLog>>) -> AuditTrail {
-        AuditTrail { log }
+        AuditTrail {
+            log,
+            policy_serial: Arc::default(),
+        }
+    }
+
+    /// Every record written from now on names this signed policy serial (`None`: unsigned).
+    pub fn set_policy_serial(&self, serial: Option<u64>) {
+        self.policy_serial
+            .store(serial.unwrap_or(0), Ordering::Relaxed);
+    }
+
+    fn stamped(&self, mut event: AuditEvent) -> AuditEvent {
+        let serial = self.policy_serial.load(Ordering::Relaxed);
+        if serial != 0 && event.policy_serial.is_none() {
+            event.policy_serial = Some(serial);
+        }
+        event
     }
 
     /// Writes `event` and waits until it is durable. An error is returned only when the log is
     /// fail-closed; otherwise the loss is logged and the caller goes on.
     pub async fn record(&self, event: AuditEvent) -> Result<(), Unaudited> {
         let Some(log) = &self.log else { return Ok(()) };
-        match log.append(event).await {
+        match log.append(self.stamped(event)).await {
             Ok(_) => Ok(()),
             Err(e) if log.fail_closed() => Err(Unaudited(e.to_string())),
             Err(e) => {
@@ -51,7 +72,7 @@ impl AuditTrail {
     /// Writes `event` without waiting (refusals, lifecycle events).
     pub fn record_later(&self, event: AuditEvent) {
         if let Some(log) = &self.log {
-            let write = log.append(event);
+            let write = log.append(self.stamped(event));
             tokio::spawn(async move {
                 if let Err(e) = write.await {
                     tracing::error!(error = %e, "audit record lost");
@@ -135,6 +156,23 @@ impl AuditTrail {
             .detail(detail)
             .client(client)
             .method(crate::mcp::methods::INITIALIZE)
+    }
+
+    /// The `denied` record of a request that carried a token of this gateway (a task handle or a
+    /// `requestState`) that was refused before any access decision: forged, altered, expired, or
+    /// issued to another client. Nothing reached a server; the record shows a client probing.
+    pub fn token_refused(
+        identity: &Identity,
+        session: &str,
+        method: &str,
+        reason: &str,
+    ) -> AuditEvent {
+        AuditEvent::new(Kind::Denied)
+            .outcome(Outcome::Error(ErrorCode::INVALID_PARAMS.0))
+            .detail(reason)
+            .client(identity.client.to_string())
+            .session(session_tag(session))
+            .method(method)
     }
 
     /// The `denied` record of a request without valid credentials.

@@ -15,9 +15,10 @@ use serde_json::{Map, Value};
 use super::naming;
 use super::uri_template::UriTemplate;
 use crate::access::Target;
+use crate::mcp::headers::{self, ParamHeader};
 use crate::policy::ToolFilter;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Kind {
     Tools = 0,
     Prompts = 1,
@@ -65,6 +66,11 @@ impl Kind {
         }
     }
 
+    /// The list a `*/list` method returns.
+    pub fn of_list_method(method: &str) -> Option<Kind> {
+        KINDS.into_iter().find(|k| k.list_method() == method)
+    }
+
     pub fn from_list_changed(method: &str) -> &'static [Kind] {
         use crate::mcp::methods::*;
         match method {
@@ -83,6 +89,15 @@ pub struct Route {
     pub name: String,
 }
 
+/// A definition the gateway keeps from clients (it differs from the lock file, or holds hidden
+/// characters it may not strip), and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Withheld {
+    /// The name (tools, prompts), URI or URI template (templates) the server gave it.
+    pub id: String,
+    pub reason: String,
+}
+
 /// The server of a list entry and its item (upstream name, URI or URI template), which the
 /// access rules judge.
 #[derive(Debug, Clone)]
@@ -99,14 +114,53 @@ pub struct Aggregate {
     /// Whose each entry is, by kind and index, for per-client filtering.
     owners: [Vec<Owner>; 4],
     tool_routes: HashMap<String, Route>,
+    /// The arguments each tool mirrors into `Mcp-Param-*` headers (tools that mirror any).
+    tool_mirrors: HashMap<String, Arc<[ParamHeader]>>,
+    /// Tools whose listing says they run as 2025-11-25 tasks (`execution.taskSupport`), and
+    /// whether they must.
+    tool_tasks: HashMap<String, bool>,
     prompt_routes: HashMap<String, Route>,
     resource_routes: HashMap<String, Arc<str>>,
     template_routes: Vec<(UriTemplate, Arc<str>)>,
+    /// Withheld tools (index 0) and prompts (1) by the name they would be exposed under.
+    withheld: [HashMap<String, (Route, String)>; 2],
+    withheld_templates: Vec<(UriTemplate, Arc<str>, String)>,
 }
 
 impl Aggregate {
+    /// Why the tool or prompt `exposed` is withheld, with where it would lead.
+    pub fn withheld(&self, kind: Kind, exposed: &str) -> Option<(&Route, &str)> {
+        let i = match kind {
+            Kind::Tools => 0,
+            Kind::Prompts => 1,
+            _ => return None,
+        };
+        self.withheld[i]
+            .get(exposed)
+            .map(|(r, why)| (r, why.as_str()))
+    }
+
+    /// Why reads of `uri` are refused: it matches only a withheld template.
+    pub fn withheld_template(&self, uri: &str) -> Option<(&Arc<str>, &str)> {
+        self.withheld_templates
+            .iter()
+            .find(|(t, _, _)| t.matches(uri))
+            .map(|(_, s, why)| (s, why.as_str()))
+    }
+
     pub fn tool(&self, exposed: &str) -> Option<&Route> {
         self.tool_routes.get(exposed)
+    }
+
+    /// The arguments tool `exposed` mirrors into request headers, when it mirrors any.
+    pub fn tool_mirrors(&self, exposed: &str) -> Option<&Arc<[ParamHeader]>> {
+        self.tool_mirrors.get(exposed)
+    }
+
+    /// Whether tool `exposed` runs as a task of its server (2025-11-25 `execution.taskSupport`
+    /// `optional` or `required`): `Some(true)` when it must.
+    pub fn tool_task_support(&self, exposed: &str) -> Option<bool> {
+        self.tool_tasks.get(exposed).copied()
     }
 
     pub fn prompt(&self, exposed: &str) -> Option<&Route> {
@@ -204,6 +258,7 @@ struct Lists {
     prefix: bool,
     filters: HashMap<String, ToolFilter>,
     per_server: BTreeMap<Arc<str>, ServerLists>,
+    withheld: BTreeMap<Arc<str>, [Vec<Withheld>; 4]>,
 }
 
 pub struct Catalog {
@@ -219,6 +274,7 @@ impl Catalog {
                 prefix,
                 filters,
                 per_server: BTreeMap::new(),
+                withheld: BTreeMap::new(),
             }),
             current: RwLock::new(Arc::new(Aggregate::default())),
             generation: AtomicU64::new(0),
@@ -232,12 +288,20 @@ impl Catalog {
         }
     }
 
-    /// Replaces one server's list of `kind`; returns whether what clients see changed.
-    pub fn set(&self, server: &Arc<str>, kind: Kind, items: Vec<Map<String, Value>>) -> bool {
+    /// Replaces one server's list of `kind`, and what of it is withheld; returns whether what
+    /// clients see changed.
+    pub fn set(
+        &self,
+        server: &Arc<str>,
+        kind: Kind,
+        items: Vec<Map<String, Value>>,
+        withheld: Vec<Withheld>,
+    ) -> bool {
         let Ok(mut lists) = self.lists.lock() else {
             return false;
         };
         lists.per_server.entry(server.clone()).or_default()[kind as usize] = items;
+        lists.withheld.entry(server.clone()).or_default()[kind as usize] = withheld;
         let (old, new) = self.rebuild(&lists);
         old.entries[kind as usize]
             .iter()
@@ -254,6 +318,7 @@ impl Catalog {
         lists.filters = filters;
         for server in gone {
             lists.per_server.remove(server.as_str());
+            lists.withheld.remove(server.as_str());
         }
         self.rebuild(&lists);
     }
@@ -265,6 +330,13 @@ impl Catalog {
             for kind in KINDS {
                 for item in &per[kind as usize] {
                     add(lists, &mut agg, server, kind, item);
+                }
+            }
+        }
+        for (server, per) in &lists.withheld {
+            for kind in KINDS {
+                for w in &per[kind as usize] {
+                    add_withheld(lists, &mut agg, server, kind, w);
                 }
             }
         }
@@ -287,7 +359,17 @@ impl Catalog {
         page_size: usize,
         visible: &dyn Fn(&Target) -> bool,
     ) -> Result<Box<RawValue>, CursorError> {
-        let agg = self.snapshot();
+        Self::page_of(&self.snapshot(), kind, cursor, page_size, visible)
+    }
+
+    /// [`Catalog::page`] of a given snapshot.
+    pub fn page_of(
+        agg: &Aggregate,
+        kind: Kind,
+        cursor: Option<&str>,
+        page_size: usize,
+        visible: &dyn Fn(&Target) -> bool,
+    ) -> Result<Box<RawValue>, CursorError> {
         let entries = &agg.entries[kind as usize];
         let start = match cursor {
             None => 0,
@@ -365,6 +447,32 @@ fn add(
                 server: server.clone(),
                 name: name.to_owned(),
             };
+            if kind == Kind::Tools {
+                match item
+                    .get("execution")
+                    .and_then(|e| e.get("taskSupport"))
+                    .and_then(Value::as_str)
+                {
+                    Some("required") => {
+                        agg.tool_tasks.insert(exposed.clone(), true);
+                    }
+                    Some("optional") => {
+                        agg.tool_tasks.insert(exposed.clone(), false);
+                    }
+                    _ => {}
+                }
+                if let Some(schema) = item.get("inputSchema") {
+                    match headers::annotations(schema) {
+                        Ok(a) if a.is_empty() => {}
+                        Ok(a) => {
+                            agg.tool_mirrors.insert(exposed.clone(), a.into());
+                        }
+                        Err(e) => {
+                            tracing::warn!(server = %server, tool = name, error = %e, "tool mirrors no argument into headers; 2026-07-28 clients will not list it")
+                        }
+                    }
+                }
+            }
             routes.insert(exposed.clone(), route);
             let mut out = item.clone();
             out.insert("name".to_owned(), Value::String(exposed));
@@ -394,6 +502,37 @@ fn add(
             agg.push(kind, server, text, crate::mcp::to_raw(item));
         }
     }
+}
+
+fn add_withheld(lists: &Lists, agg: &mut Aggregate, server: &Arc<str>, kind: Kind, w: &Withheld) {
+    let i = match kind {
+        Kind::Tools => 0,
+        Kind::Prompts => 1,
+        Kind::Templates => {
+            if let Some(t) = UriTemplate::parse(&w.id) {
+                agg.withheld_templates
+                    .push((t, server.clone(), w.reason.clone()));
+            }
+            return;
+        }
+        Kind::Resources => return,
+    };
+    // A tool the policy filters out stays unknown, whatever the lock says about it.
+    if kind == Kind::Tools
+        && lists
+            .filters
+            .get(server.as_ref())
+            .is_some_and(|f| !f.permits(&w.id))
+    {
+        return;
+    }
+    let route = Route {
+        server: server.clone(),
+        name: w.id.clone(),
+    };
+    agg.withheld[i]
+        .entry(naming::expose(server, &w.id, lists.prefix))
+        .or_insert((route, w.reason.clone()));
 }
 
 fn encode_cursor(kind: Kind, generation: u64, offset: usize) -> String {
@@ -435,21 +574,21 @@ mod tests {
         let c = Catalog::new(true, HashMap::new());
         let a: Arc<str> = Arc::from("a");
         let b: Arc<str> = Arc::from("b");
-        assert!(c.set(&a, Kind::Tools, tools(&["x", "y"])));
-        assert!(c.set(&b, Kind::Tools, tools(&["x"])));
+        assert!(c.set(&a, Kind::Tools, tools(&["x", "y"]), vec![]));
+        assert!(c.set(&b, Kind::Tools, tools(&["x"]), vec![]));
         let agg = c.snapshot();
         assert_eq!(agg.tool("a__x").unwrap().name, "x");
         assert_eq!(&*agg.tool("b__x").unwrap().server, "b");
         assert!(agg.tool("x").is_none());
         // Setting the same list again is not a change.
-        assert!(!c.set(&b, Kind::Tools, tools(&["x"])));
+        assert!(!c.set(&b, Kind::Tools, tools(&["x"]), vec![]));
     }
 
     #[test]
     fn paginates_with_opaque_cursors() {
         let c = Catalog::new(false, HashMap::new());
         let a: Arc<str> = Arc::from("a");
-        c.set(&a, Kind::Tools, tools(&["t1", "t2", "t3"]));
+        c.set(&a, Kind::Tools, tools(&["t1", "t2", "t3"]), vec![]);
         let p1: Value =
             serde_json::from_str(c.page(Kind::Tools, None, 2, &|_| true).unwrap().get()).unwrap();
         assert_eq!(p1["tools"].as_array().unwrap().len(), 2);
@@ -464,7 +603,7 @@ mod tests {
             c.page(Kind::Prompts, Some(cur), 2, &|_| true).is_err(),
             "cursor of another list"
         );
-        c.set(&a, Kind::Tools, tools(&["t1"]));
+        c.set(&a, Kind::Tools, tools(&["t1"]), vec![]);
         assert!(
             c.page(Kind::Tools, Some(cur), 2, &|_| true).is_err(),
             "cursor of an older catalog"
@@ -483,7 +622,7 @@ mod tests {
         );
         let c = Catalog::new(true, f);
         let a: Arc<str> = Arc::from("a");
-        c.set(&a, Kind::Tools, tools(&["safe", "danger_zone"]));
+        c.set(&a, Kind::Tools, tools(&["safe", "danger_zone"]), vec![]);
         let agg = c.snapshot();
         assert!(agg.tool("a__safe").is_some());
         assert!(agg.tool("a__danger_zone").is_none());
@@ -494,7 +633,7 @@ mod tests {
     fn views_differ_only_for_clients_whose_visible_list_changed() {
         let c = Catalog::new(true, HashMap::new());
         let a: Arc<str> = Arc::from("a");
-        c.set(&a, Kind::Tools, tools(&["x", "y"]));
+        c.set(&a, Kind::Tools, tools(&["x", "y"]), vec![]);
         let before = c.snapshot();
         let all = |_: &Target| true;
         let only_x = |t: &Target| t.item() == "x";
@@ -532,6 +671,7 @@ mod tests {
                 .as_object()
                 .cloned()
                 .unwrap()],
+            vec![],
         );
         c.set(
             &a,
@@ -540,6 +680,10 @@ mod tests {
                 .as_object()
                 .cloned()
                 .unwrap()],
+            vec![Withheld {
+                id: "test://w/{id}".into(),
+                reason: "changed".into(),
+            }],
         );
         let agg = c.snapshot();
         assert_eq!(
@@ -548,6 +692,42 @@ mod tests {
         );
         assert_eq!(agg.resource_server("test://t/9").map(|s| &**s), Some("a"));
         assert!(agg.resource_server("test://nope").is_none());
+        assert!(agg.resource_server("test://w/1").is_none());
+        assert_eq!(
+            agg.withheld_template("test://w/1").map(|x| x.1),
+            Some("changed")
+        );
+    }
+
+    #[test]
+    fn withheld_names_follow_naming_and_filters() {
+        let mut f = HashMap::new();
+        f.insert(
+            "a".to_owned(),
+            ToolFilter {
+                allow: vec![],
+                deny: vec!["hidden".into()],
+            },
+        );
+        let c = Catalog::new(true, f);
+        let a: Arc<str> = Arc::from("a");
+        let w = |id: &str| Withheld {
+            id: id.into(),
+            reason: format!("{id} changed"),
+        };
+        c.set(&a, Kind::Tools, tools(&["x"]), vec![w("y"), w("hidden")]);
+        let agg = c.snapshot();
+        assert!(agg.tool("a__y").is_none(), "withheld tools are not routed");
+        assert_eq!(
+            agg.withheld(Kind::Tools, "a__y").map(|x| x.1),
+            Some("y changed")
+        );
+        assert!(agg.withheld(Kind::Tools, "a__hidden").is_none());
+        assert!(agg.withheld(Kind::Prompts, "a__y").is_none());
+        c.reconfigure(false, HashMap::new(), &[]);
+        assert!(c.snapshot().withheld(Kind::Tools, "y").is_some());
+        c.reconfigure(false, HashMap::new(), &["a".to_owned()]);
+        assert!(c.snapshot().withheld(Kind::Tools, "y").is_none());
     }
 
     fn items(kind: &str, values: &[&str]) -> Vec<Map<String, Value>> {
@@ -578,18 +758,25 @@ mod tests {
         let c = Catalog::new(true, HashMap::new());
         let ev: Arc<str> = Arc::from("ev");
         let time: Arc<str> = Arc::from("time");
-        c.set(&ev, Kind::Tools, tools(&["echo"]));
-        c.set(&time, Kind::Tools, tools(&["now"]));
-        c.set(&ev, Kind::Prompts, items("name", &["simple", "complex"]));
+        c.set(&ev, Kind::Tools, tools(&["echo"]), vec![]);
+        c.set(&time, Kind::Tools, tools(&["now"]), vec![]);
+        c.set(
+            &ev,
+            Kind::Prompts,
+            items("name", &["simple", "complex"]),
+            vec![],
+        );
         c.set(
             &ev,
             Kind::Resources,
             items("uri", &["demo://static/a", "demo://other/b"]),
+            vec![],
         );
         c.set(
             &ev,
             Kind::Templates,
             items("uriTemplate", &["demo://static/{id}"]),
+            vec![],
         );
         let rules = crate::access::Rules::compile(
             &[

@@ -9,24 +9,22 @@ use serde_json::{json, Map, Value};
 use super::audit_trail::AuditTrail;
 use super::catalog::Kind;
 use super::resolve::{str_param, Call, Forwarded, Method};
-use super::{sessions, Answer, Failure, MessageSink, Router};
+use super::{sessions, Answer, Failure, Inbound, MessageSink, Router};
 use crate::access::{Identity, Permit, Refused};
 use crate::audit::Outcome;
-use crate::mcp::{ErrorCode, Id, Message, Request, Response};
+use crate::mcp::{ErrorCode, Id, Message, Request, RequestContext, Response};
 
 impl Router {
-    /// Handles one request from session `key`; `related` carries messages tied to it (the SSE
-    /// stream of its POST), when there is one. Returns the serialized response.
+    /// Handles one request; `related` carries messages tied to it (the SSE stream of its
+    /// POST), when there is one. Returns the serialized response.
     pub async fn handle_request(
         &self,
-        key: &str,
-        identity: &Identity,
-        req: Request,
+        inbound: Inbound,
         related: Option<Arc<dyn MessageSink>>,
         admission: Option<Admission>,
     ) -> Answer {
-        let id = req.id.clone();
-        match self.dispatch(key, identity, req, related, admission).await {
+        let id = inbound.request.id.clone();
+        match self.handle(inbound, related, admission).await {
             Ok(result) => Answer::ok(
                 Message::Response(Response {
                     id,
@@ -34,8 +32,27 @@ impl Router {
                 })
                 .to_bytes(),
             ),
-            Err(f) => f.answer(&id),
+            Err(refused) => refused,
         }
+    }
+
+    /// Handles one request: its result object, or its serialized error response.
+    pub async fn handle(
+        &self,
+        inbound: Inbound,
+        related: Option<Arc<dyn MessageSink>>,
+        admission: Option<Admission>,
+    ) -> Result<Box<RawValue>, Answer> {
+        let Inbound {
+            identity,
+            session,
+            request,
+            context,
+        } = inbound;
+        let id = request.id.clone();
+        self.dispatch(&session, &identity, request, &context, related, admission)
+            .await
+            .map_err(|f| f.answer(&id))
     }
 
     /// The access decision and rate limits for a forwarded request, before it is answered:
@@ -94,18 +111,20 @@ impl Router {
         })
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn dispatch(
         &self,
         key: &str,
         identity: &Identity,
         req: Request,
+        context: &RequestContext,
         related: Option<Arc<dyn MessageSink>>,
         admission: Option<Admission>,
     ) -> Result<Box<RawValue>, Failure> {
         let method = Method::of(&req.method);
         if let Some(Admission { call, permit }) = admission {
             return self
-                .send(key, identity, &req.id, call, permit, related)
+                .send(key, identity, &req.id, call, permit, context, related)
                 .await;
         }
         let params = object_params(req.params.as_deref())?;
@@ -121,7 +140,7 @@ impl Router {
                 self.wait_settled().await;
                 let call = self.resolve(identity, method, params)?;
                 let permit = self.authorize(identity, key, &call)?;
-                self.send(key, identity, &req.id, call, permit, related)
+                self.send(key, identity, &req.id, call, permit, context, related)
                     .await
             }
             Method::SetLevel => {
@@ -149,6 +168,7 @@ impl Router {
     }
 
     /// Forwards an admitted request, keeping the gateway's subscription table in step.
+    #[allow(clippy::too_many_arguments)]
     async fn send(
         &self,
         key: &str,
@@ -156,6 +176,7 @@ impl Router {
         id: &Id,
         call: Call,
         permit: Permit,
+        context: &RequestContext,
         related: Option<Arc<dyn MessageSink>>,
     ) -> Result<Box<RawValue>, Failure> {
         let server = permit.server().clone();
@@ -172,7 +193,16 @@ impl Router {
             return Ok(crate::mcp::to_raw(&json!({})));
         }
         let result = self
-            .forward(key, identity, id, permit, method.method(), params, related)
+            .forward(
+                key,
+                identity,
+                id,
+                permit,
+                method.method(),
+                params,
+                context,
+                related,
+            )
             .await;
         if method == Forwarded::ResourcesSubscribe && result.is_ok() {
             self.relay.subscribe(key, &server, &item);
@@ -187,22 +217,14 @@ impl Router {
         identity: &Identity,
     ) -> Result<Box<RawValue>, Failure> {
         self.wait_settled().await;
-        let cursor = match params.get("cursor") {
-            None | Some(Value::Null) => None,
-            Some(Value::String(s)) => Some(s.as_str()),
-            Some(_) => {
-                return Err(Failure::Gateway(
-                    ErrorCode::INVALID_PARAMS,
-                    "`cursor` must be a string".into(),
-                ))
-            }
-        };
-        let rules = self.access.rules(&identity.client);
-        self.catalog
-            .page(kind, cursor, self.settings().page_size, &|t| {
-                rules.allows(t)
-            })
-            .map_err(|e| Failure::Gateway(ErrorCode::INVALID_PARAMS, e.to_string()))
+        let cursor = cursor_param(params)?;
+        let page = self.cached_page(kind, cursor, identity)?;
+        RawValue::from_string(page.to_string()).map_err(|e| {
+            Failure::Gateway(
+                ErrorCode::INTERNAL_ERROR,
+                format!("list page is not JSON: {e}"),
+            )
+        })
     }
 }
 
@@ -213,7 +235,18 @@ pub struct Admission {
     permit: Permit,
 }
 
-fn object_params(params: Option<&RawValue>) -> Result<Map<String, Value>, Failure> {
+pub(super) fn cursor_param(params: &Map<String, Value>) -> Result<Option<&str>, Failure> {
+    match params.get("cursor") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.as_str())),
+        Some(_) => Err(Failure::Gateway(
+            ErrorCode::INVALID_PARAMS,
+            "`cursor` must be a string".into(),
+        )),
+    }
+}
+
+pub(super) fn object_params(params: Option<&RawValue>) -> Result<Map<String, Value>, Failure> {
     match params {
         None => Ok(Map::new()),
         Some(raw) => match serde_json::from_str::<Value>(raw.get()) {

@@ -12,7 +12,7 @@ use super::audit_trail::{self, AuditTrail};
 use super::{Failure, MessageSink, Router};
 use crate::access::{Identity, Permit};
 use crate::audit::Outcome;
-use crate::mcp::{methods, ErrorCode, Id};
+use crate::mcp::{methods, ErrorCode, Id, RequestContext};
 use crate::upstream::{Upstream, UpstreamError};
 
 /// A request in flight at a server, seen from the server's side.
@@ -95,6 +95,14 @@ impl Flights {
         self.table.lock().ok()?.progress.get(token).cloned()
     }
 
+    /// The caller of request `upstream_id`, while it is in flight.
+    pub fn caller_of(&self, upstream_id: u64) -> Option<Caller> {
+        let t = self.table.lock().ok()?;
+        t.by_upstream
+            .get(&upstream_id)
+            .map(|f| (f.session.clone(), f.related.clone()))
+    }
+
     /// The newest request in flight at `instance` (of `session`, when given): whose session a
     /// server-initiated message is for, and the stream it belongs on.
     pub fn newest_at(&self, instance: u64, session: Option<&str>) -> Option<Caller> {
@@ -146,6 +154,9 @@ impl Router {
         permit: Permit,
         method: &str,
         mut params: Map<String, Value>,
+        // What an upstream encoder needs to write the request for the server's era; servers of
+        // the 2025 era get `params` as they are (trace keys included).
+        context: &RequestContext,
         related: Option<Arc<dyn MessageSink>>,
     ) -> Result<Box<RawValue>, Failure> {
         let server = permit.server();
@@ -203,10 +214,12 @@ impl Router {
             upstream_id,
             notify_server: true,
         };
+        let caller = self.with_session_level(key, context);
         let call = up.call(
             upstream_id,
             method,
             Some(crate::mcp::to_raw(&params)),
+            Some(&caller),
             self.timeout_for(server),
         );
         let tool_name = permit.tool();
@@ -263,6 +276,10 @@ impl Router {
                 (Err(Failure::Gateway(ErrorCode::REQUEST_CANCELLED, "request cancelled by the client".into())), "cancelled")
             }
         };
+        let (result, report) = match result {
+            Ok(r) => self.check_answer(server, r),
+            Err(e) => (Err(e), Default::default()),
+        };
         let latency = started.elapsed();
         crate::metrics::global().call(server, tool_name.unwrap_or(method), outcome_label, latency);
         let (outcome, bytes_out) = match (&result, too_large) {
@@ -282,6 +299,9 @@ impl Router {
         };
         // Durable before the response is released.
         let mut result_record = AuditTrail::result(&call_record, outcome, latency, bytes_out);
+        if !report.is_empty() {
+            result_record = result_record.detail(report.to_json().to_string());
+        }
         if too_large.is_some() {
             result_record = result_record.detail(format!(
                 "answer of {bytes_out} bytes over max_message_bytes ({limit} bytes); the caller got error {}",
@@ -293,6 +313,19 @@ impl Router {
             .await
             .map_err(|e| Failure::Gateway(ErrorCode::AUDIT_UNAVAILABLE, e.to_string()))?;
         result
+    }
+
+    /// `context` with the log level its session set, when the request itself says none: a
+    /// 2025-era client sets it once with `logging/setLevel`, a 2026-07-28 server needs it on
+    /// each request.
+    fn with_session_level(&self, key: &str, context: &RequestContext) -> RequestContext {
+        let mut c = context.clone();
+        if c.log == crate::mcp::LogLevel::Unset {
+            if let Some(e) = self.sessions.get(key) {
+                c.log = e.log_level();
+            }
+        }
+        c
     }
 
     pub(super) async fn cancel_from_client(&self, key: &str, params: Option<&RawValue>) {

@@ -11,7 +11,11 @@ mod debounce;
 mod dispatch;
 mod flapping;
 mod forward;
+mod guarded;
 mod hints;
+pub mod inbound;
+mod list_cache;
+mod locked;
 pub mod naming;
 mod refresh;
 mod relay;
@@ -19,7 +23,9 @@ mod reload;
 mod resolve;
 mod servers;
 mod sessions;
+mod tasks;
 pub mod uri_template;
+pub mod views;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -38,6 +44,8 @@ use crate::sandbox::Runtime;
 use crate::upstream::UpstreamEvent;
 use catalog::{Catalog, Kind, KINDS};
 pub use dispatch::Admission;
+pub use inbound::Inbound;
+pub use locked::ActiveLock;
 pub use resolve::forwarded_methods;
 pub use sessions::{ClientCaps, MessageSink, SessionInfo};
 
@@ -49,6 +57,8 @@ const CATALOG_WAIT: Duration = Duration::from_secs(30);
 pub struct Router {
     servers: servers::Servers,
     catalog: Catalog,
+    /// Pages of the merged lists as each client sees them, until the catalog or rules change.
+    pages: list_cache::ListCache,
     sessions: sessions::Sessions,
     flights: forward::Flights,
     relay: relay::Relay,
@@ -61,6 +71,8 @@ pub struct Router {
     /// One list refresh at a time per server.
     refresh_locks: Mutex<HashMap<Arc<str>, Arc<tokio::sync::Mutex<()>>>>,
     refreshes: refresh::Refreshes,
+    /// Lists waiting for their `ttlMs` to run out, by instance.
+    ttl_timers: Mutex<HashSet<(u64, Kind)>>,
     flapping: flapping::Flapping,
     debounce: Arc<debounce::Debouncer>,
     /// Each server's `instructions` from its handshake, merged into ours.
@@ -68,6 +80,10 @@ pub struct Router {
     token_counter: AtomicU64,
     access: Arc<Access>,
     audit: audit_trail::AuditTrail,
+    /// Guard findings already audited.
+    reported: guarded::Reported,
+    /// The lock file in force (`[gateway] lock`).
+    lock: RwLock<Option<Arc<ActiveLock>>>,
 }
 
 /// The router's settings from the policy; replaced whole by a reload.
@@ -75,13 +91,29 @@ struct Settings {
     request_timeout: Duration,
     server_timeouts: HashMap<Arc<str>, Duration>,
     page_size: usize,
+    list_ttl: Duration,
     passthrough_instructions: bool,
     list_changes: crate::policy::ListChanges,
+    /// Servers whose `sanitize` is not the default.
+    sanitize: HashMap<Arc<str>, crate::policy::Sanitize>,
+    /// Secret values injected into servers, which answers must not echo.
+    injected: Arc<crate::secrets::Redactor>,
 }
 
 impl Settings {
+    fn sanitize_of(&self, server: &str) -> crate::policy::Sanitize {
+        self.sanitize.get(server).copied().unwrap_or_default()
+    }
+
     fn of(policy: &Policy) -> Settings {
         Settings {
+            sanitize: policy
+                .servers
+                .iter()
+                .filter(|(_, s)| s.sanitize != crate::policy::Sanitize::default())
+                .map(|(name, s)| (Arc::from(name.as_str()), s.sanitize))
+                .collect(),
+            injected: Arc::new(crate::secrets::injected(policy)),
             request_timeout: policy.gateway.request_timeout,
             server_timeouts: policy
                 .servers
@@ -89,6 +121,7 @@ impl Settings {
                 .filter_map(|(name, s)| Some((Arc::from(name.as_str()), s.request_timeout?)))
                 .collect(),
             page_size: policy.gateway.page_size,
+            list_ttl: policy.gateway.list_ttl,
             passthrough_instructions: policy.effective_naming() != Naming::Prefix,
             list_changes: policy.gateway.list_changes,
         }
@@ -113,14 +146,31 @@ impl Router {
         access: Arc<Access>,
         audit: audit_trail::AuditTrail,
     ) -> Arc<Router> {
+        Self::start_locked(policy, runtime, access, audit, None)
+    }
+
+    /// [`Router::start`] with the lock file `lock` in force from the first start of every
+    /// server (image pins included).
+    pub fn start_locked(
+        policy: &Policy,
+        runtime: Arc<dyn Runtime>,
+        access: Arc<Access>,
+        audit: audit_trail::AuditTrail,
+        lock: Option<ActiveLock>,
+    ) -> Arc<Router> {
         let (events_tx, events_rx) = mpsc::channel(EVENT_QUEUE);
-        let servers = servers::Servers::start(policy, runtime, events_tx);
+        let pins = Arc::new(crate::sandbox::ImagePins::default());
+        if let Some(l) = &lock {
+            pins.replace(l.image_pins());
+        }
+        let servers = servers::Servers::start(policy, runtime, events_tx, pins);
         let (prefix, filters) = catalog_layout(policy);
         let (settled_tx, settled) = watch::channel(servers.len() == 0);
         let router = Arc::new(Router {
             unsettled: Mutex::new(servers.names().into_iter().collect()),
             servers,
             catalog: Catalog::new(prefix, filters),
+            pages: list_cache::ListCache::default(),
             sessions: sessions::Sessions::default(),
             flights: forward::Flights::default(),
             relay: relay::Relay::default(),
@@ -129,12 +179,15 @@ impl Router {
             settled_tx,
             refresh_locks: Mutex::new(HashMap::new()),
             refreshes: refresh::Refreshes::default(),
+            ttl_timers: Mutex::new(HashSet::new()),
             flapping: flapping::Flapping::default(),
             debounce: Arc::default(),
             instructions: std::sync::Mutex::new(std::collections::BTreeMap::new()),
             token_counter: AtomicU64::new(1),
             access,
             audit,
+            reported: guarded::Reported::default(),
+            lock: RwLock::new(lock.map(Arc::new)),
         });
         tokio::spawn(router.clone().run_events(events_rx));
         router
@@ -165,11 +218,7 @@ impl Router {
                 "logging": {},
                 "completions": {}
             },
-            "serverInfo": {
-                "name": "portcullis",
-                "title": "Portcullis MCP gateway",
-                "version": env!("CARGO_PKG_VERSION")
-            }
+            "serverInfo": views::server_info()
         });
         if let Some(text) = self.instructions() {
             result["instructions"] = Value::String(text);
@@ -212,6 +261,7 @@ impl Router {
                         id,
                         methods::RESOURCES_UNSUBSCRIBE,
                         Some(params),
+                        None,
                         self.timeout_for(&server),
                     )
                     .await;
@@ -299,6 +349,7 @@ impl Router {
                         if let Some(d) = &info.instance.image_digest {
                             ev = ev.image_digest(d.clone());
                         }
+                        self.check_running_image(&from.server, info.instance.image_id.as_deref());
                         if let Some(owner) = from.owner.get() {
                             ev = ev.session(audit_trail::session_tag(owner));
                         }
@@ -333,20 +384,22 @@ impl Router {
                     from,
                     message,
                     handled: _handled,
+                    related,
                 } => {
                     let kinds = Kind::from_list_changed(&message.method);
                     if !kinds.is_empty() {
                         self.list_changed(&from, &message.method, kinds);
                     } else {
-                        self.relay_notification(&from, message);
+                        self.relay_notification(&from, message, related);
                     }
                 }
                 UpstreamEvent::Request {
                     from,
                     message,
                     handled: _handled,
+                    related,
                 } => {
-                    self.relay_request(&from, message).await;
+                    self.relay_request(&from, message, related).await;
                 }
             }
         }
@@ -378,6 +431,7 @@ impl Router {
                         id,
                         methods::LOGGING_SET_LEVEL,
                         Some(params.clone()),
+                        None,
                         self.timeout_for(up.name()),
                     )
                     .await;
@@ -400,13 +454,20 @@ enum Failure {
 impl Failure {
     fn answer(self, id: &crate::mcp::Id) -> Answer {
         match self {
-            Failure::Raw(error) => Answer::ok(
-                Message::Response(Response {
-                    id: id.clone(),
-                    outcome: Err(error),
-                })
-                .to_bytes(),
-            ),
+            Failure::Raw(error) => {
+                let code = serde_json::from_str::<Value>(error.get())
+                    .ok()
+                    .and_then(|v| v.get("code").and_then(Value::as_i64));
+                Answer {
+                    bytes: Message::Response(Response {
+                        id: id.clone(),
+                        outcome: Err(error),
+                    })
+                    .to_bytes(),
+                    refusal: None,
+                    code,
+                }
+            }
             Failure::Gateway(code, message) => {
                 match code {
                     ErrorCode::FORBIDDEN => crate::metrics::global().refusal("forbidden"),
@@ -416,6 +477,7 @@ impl Failure {
                 Answer {
                     bytes: error_response_bytes(Some(id), code, &message),
                     refusal: (code == ErrorCode::FORBIDDEN).then_some(Refusal::Forbidden),
+                    code: Some(code.0),
                 }
             }
             Failure::Limited(l) => {
@@ -433,6 +495,7 @@ impl Failure {
                     refusal: Some(Refusal::RateLimited {
                         retry_after_secs: secs,
                     }),
+                    code: Some(ErrorCode::RATE_LIMITED.0),
                 }
             }
         }
@@ -445,6 +508,8 @@ impl Failure {
 pub struct Answer {
     pub bytes: Bytes,
     pub refusal: Option<Refusal>,
+    /// The JSON-RPC error code, when the response is an error.
+    pub code: Option<i64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -458,6 +523,16 @@ impl Answer {
         Answer {
             bytes,
             refusal: None,
+            code: None,
+        }
+    }
+
+    /// An error response the caller made itself (outside the router).
+    pub fn error(id: Option<&crate::mcp::Id>, code: ErrorCode, message: &str) -> Answer {
+        Answer {
+            bytes: error_response_bytes(id, code, message),
+            refusal: (code == ErrorCode::FORBIDDEN).then_some(Refusal::Forbidden),
+            code: Some(code.0),
         }
     }
 }

@@ -11,19 +11,38 @@
 //! Every list the catalog takes from a server, at start-up, after a change or a restart, goes
 //! through [`Router::adopt`]: the one place to check a list before clients can see it (the
 //! tool-definition lock hooks in there).
+//!
+//! A list is also fetched again when the freshness its server gave (`ttlMs`, which 2026-07-28
+//! servers give) runs out, through the same coalesced rounds. A list the server also announces
+//! changes of is re-read after its `ttlMs` only when that is not zero (zero means "ask again
+//! each time", which the announcements make unnecessary); a list without announcements is
+//! re-read after its `ttlMs`, but never more often than [`MIN_TTL_REFRESH`]. One timer per
+//! instance and list at a time; a timer whose instance is gone does nothing.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
-use serde_json::{json, Map, Value};
+use serde_json::{Map, Value};
 use tokio::time::Instant;
 
 use super::catalog::{Kind, KINDS};
 use super::Router;
-use crate::upstream::{Source, Upstream};
+use crate::upstream::{InitInfo, Source, Upstream};
 
-/// Pages fetched from one server for one list before the gateway stops following cursors.
-const MAX_UPSTREAM_PAGES: usize = 1000;
+/// The shortest interval at which a list is re-read for its `ttlMs`.
+const MIN_TTL_REFRESH: Duration = Duration::from_secs(5);
+/// The longest: a server's day-long freshness is not trusted for longer than this.
+const MAX_TTL_REFRESH: Duration = Duration::from_secs(24 * 3600);
+
+/// Whether the server announces changes of `kind` (`listChanged` in its capabilities).
+fn pushes_changes(info: &InitInfo, kind: Kind) -> bool {
+    info.capabilities
+        .get(kind.capability())
+        .and_then(|c| c.get("listChanged"))
+        .and_then(Value::as_bool)
+        .unwrap_or(false)
+}
 
 /// The lists of one server waiting for the next round, and the instance to ask.
 struct Dirty<U> {
@@ -96,8 +115,13 @@ impl Router {
             return;
         };
         tracing::trace!(server = %from.server, method, "list changed");
-        if self.refreshes.mark(&from.server, &up, kinds) {
-            tokio::spawn(self.clone().refresh_rounds(from.server.clone()));
+        self.refresh_soon(&from.server, &up, kinds);
+    }
+
+    /// Has `kinds` of `server` fetched from `up` in the next round.
+    fn refresh_soon(self: &Arc<Self>, server: &Arc<str>, up: &Arc<Upstream>, kinds: &[Kind]) {
+        if self.refreshes.mark(server, up, kinds) {
+            tokio::spawn(self.clone().refresh_rounds(server.clone()));
         }
     }
 
@@ -116,7 +140,7 @@ impl Router {
     }
 
     /// Reloads `kinds` from `server` and tells the sessions whose view changed.
-    pub(super) async fn refresh(&self, up: &Arc<Upstream>, kinds: &[Kind]) {
+    pub(super) async fn refresh(self: &Arc<Self>, up: &Arc<Upstream>, kinds: &[Kind]) {
         let server = up.name();
         let lock = self
             .refresh_locks
@@ -131,15 +155,33 @@ impl Router {
         let Some(info) = up.init_info() else {
             return;
         };
-        if let (Some(text), Ok(mut all)) = (&info.instructions, self.instructions.lock()) {
-            all.insert(server.clone(), text.clone());
+        if let Some(text) = &info.instructions {
+            let shown = self.sanitize_instructions(server, text);
+            if let Ok(mut all) = self.instructions.lock() {
+                match shown {
+                    Some(t) => all.insert(server.clone(), t),
+                    None => all.remove(server),
+                };
+            }
         }
         let mut changed = false;
         for &kind in kinds {
             let items = if info.has_capability(kind.capability()) {
                 crate::metrics::global().list_fetched(server, kind.result_key());
-                match self.fetch_all(up, kind).await {
-                    Ok(items) => items,
+                let fetched = up
+                    .fetch_list(
+                        kind.list_method(),
+                        kind.result_key(),
+                        self.timeout_for(server),
+                    )
+                    .await;
+                match fetched {
+                    Ok((items, ttl)) => {
+                        if let Some(ttl) = ttl {
+                            self.refresh_after(up, kind, ttl, pushes_changes(&info, kind));
+                        }
+                        items
+                    }
                     Err(e) => {
                         tracing::warn!(server = %server, list = kind.list_method(), error = %e, "could not load list");
                         continue;
@@ -164,42 +206,39 @@ impl Router {
     /// least once after its last change). The tool-definition lock checks `items` here before
     /// they are adopted.
     fn adopt(&self, server: &Arc<str>, kind: Kind, items: Vec<Map<String, Value>>) -> bool {
-        self.catalog.set(server, kind, items)
+        let mut withheld = Vec::new();
+        // The lock judges what the server sent; sanitizing comes after, on what is kept.
+        let items = self.lock_definitions(server, kind, items, &mut withheld);
+        let items = self.sanitize_definitions(server, kind, items, &mut withheld);
+        self.catalog.set(server, kind, items, withheld)
     }
 
-    async fn fetch_all(
-        &self,
-        up: &Upstream,
-        kind: Kind,
-    ) -> Result<Vec<Map<String, Value>>, String> {
-        let mut out = Vec::new();
-        let mut cursor: Option<String> = None;
-        for _ in 0..MAX_UPSTREAM_PAGES {
-            let params = cursor
-                .as_ref()
-                .map(|c| crate::mcp::to_raw(&json!({ "cursor": c })));
-            let id = up.next_request_id();
-            let outcome = up
-                .call(id, kind.list_method(), params, self.timeout_for(up.name()))
-                .await
-                .map_err(|e| e.to_string())?;
-            let result = outcome.map_err(|e| format!("server error: {}", e.get()))?;
-            let mut page: Map<String, Value> = serde_json::from_str(result.get())
-                .map_err(|e| format!("unreadable result: {e}"))?;
-            if let Some(Value::Array(items)) = page.remove(kind.result_key()) {
-                out.extend(items.into_iter().filter_map(|v| match v {
-                    Value::Object(m) => Some(m),
-                    _ => None,
-                }));
-            }
-            match page.remove("nextCursor") {
-                Some(Value::String(c)) if !c.is_empty() => cursor = Some(c),
-                _ => return Ok(out),
-            }
+    /// Has `kind` at `up` read again once `ttl_ms` has passed (see the module documentation).
+    fn refresh_after(self: &Arc<Self>, up: &Arc<Upstream>, kind: Kind, ttl_ms: u64, pushes: bool) {
+        if pushes && ttl_ms == 0 {
+            return;
         }
-        Err(format!(
-            "more than {MAX_UPSTREAM_PAGES} pages; stopped following cursors"
-        ))
+        let key = (up.instance(), kind);
+        let fresh = self.ttl_timers.lock().is_ok_and(|mut t| t.insert(key));
+        if !fresh {
+            return;
+        }
+        let wait = Duration::from_millis(ttl_ms).clamp(MIN_TTL_REFRESH, MAX_TTL_REFRESH);
+        let router: Weak<Router> = Arc::downgrade(self);
+        let up: Weak<Upstream> = Arc::downgrade(up);
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let Some(router) = router.upgrade() else {
+                return;
+            };
+            if let Ok(mut t) = router.ttl_timers.lock() {
+                t.remove(&key);
+            }
+            if let Some(up) = up.upgrade() {
+                tracing::debug!(server = %up.name(), list = kind.list_method(), "list freshness ran out; reading it again");
+                router.refresh_soon(up.name(), &up, &[kind]);
+            }
+        });
     }
 }
 

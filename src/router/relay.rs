@@ -162,9 +162,13 @@ impl Router {
         }
     }
 
-    /// Who a server-initiated message from `from` is for: its owner session for a dedicated
-    /// instance, otherwise the newest caller in flight there.
-    fn addressee(&self, from: &Source) -> Option<super::forward::Caller> {
+    /// Who a server-initiated message from `from` is for: the caller of the request it came
+    /// for when the transport knows it (`related`), else its owner session for a dedicated
+    /// instance, else the newest caller in flight there.
+    fn addressee(&self, from: &Source, related: Option<u64>) -> Option<super::forward::Caller> {
+        if let Some(caller) = related.and_then(|id| self.flights.caller_of(id)) {
+            return Some(caller);
+        }
         match from.owner.get() {
             Some(owner) => Some(
                 self.flights
@@ -175,7 +179,12 @@ impl Router {
         }
     }
 
-    pub(super) fn relay_notification(&self, from: &Arc<Source>, n: Notification) {
+    pub(super) fn relay_notification(
+        &self,
+        from: &Arc<Source>,
+        n: Notification,
+        related: Option<u64>,
+    ) {
         let server = &from.server;
         let params: Option<Value> = n
             .params
@@ -204,7 +213,7 @@ impl Router {
                     .and_then(|p| p.get("level"))
                     .and_then(Value::as_str)
                     .unwrap_or("info");
-                match self.addressee(from) {
+                match self.addressee(from, related) {
                     Some((session, related)) => {
                         if self
                             .sessions
@@ -271,7 +280,12 @@ impl Router {
         }
     }
 
-    pub(super) async fn relay_request(&self, from: &Arc<Source>, req: Request) {
+    pub(super) async fn relay_request(
+        &self,
+        from: &Arc<Source>,
+        req: Request,
+        related: Option<u64>,
+    ) {
         let server = &from.server;
         let Some(up) = self.servers.instance(from.instance) else {
             return;
@@ -294,10 +308,12 @@ impl Router {
                 return;
             }
         };
-        let addressee = self.addressee(from).and_then(|(session, related)| {
-            let entry = self.sessions.get(&session)?;
-            Some((session, related, entry))
-        });
+        let addressee = self
+            .addressee(from, related)
+            .and_then(|(session, related)| {
+                let entry = self.sessions.get(&session)?;
+                Some((session, related, entry))
+            });
         // A server asking for roots when no session can be asked (a shared server between
         // calls) or of a client without roots gets the policy's roots, not an error.
         if req.method == methods::ROOTS_LIST

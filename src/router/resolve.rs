@@ -144,6 +144,9 @@ impl Router {
                 } else {
                     (agg.prompt(name), Kind::Prompts)
                 };
+                if route.is_none() {
+                    self.refuse_withheld(identity, &agg, kind, name)?;
+                }
                 let route = route
                     .cloned()
                     .ok_or_else(|| self.unknown(identity, kind, name))?;
@@ -231,11 +234,48 @@ impl Router {
         )
     }
 
+    /// Refuses a withheld tool or prompt with the reason, when `identity` may see it; `Ok`
+    /// when `exposed` is not withheld (or not the caller's to know about).
+    fn refuse_withheld(
+        &self,
+        identity: &Identity,
+        agg: &super::catalog::Aggregate,
+        kind: Kind,
+        exposed: &str,
+    ) -> Result<(), Failure> {
+        let Some((route, why)) = agg.withheld(kind, exposed) else {
+            return Ok(());
+        };
+        let (server, name) = (&*route.server, route.name.as_str());
+        let target = match kind {
+            Kind::Prompts => Target::Prompt { server, name },
+            _ => Target::Tool { server, name },
+        };
+        if !self.access.rules(&identity.client).allows(&target) {
+            return Ok(());
+        }
+        self.audit.record_later(
+            crate::audit::AuditEvent::new(crate::audit::Kind::Denied)
+                .outcome(crate::audit::Outcome::Error(ErrorCode::WITHHELD.0))
+                .client(identity.client.to_string())
+                .server(server)
+                .tool(name)
+                .detail(why),
+        );
+        crate::metrics::global().refusal("withheld");
+        Err(Failure::Gateway(ErrorCode::WITHHELD, why.to_owned()))
+    }
+
     /// The server that owns `uri`: the one listing it, else the one with a template for it (an
     /// exact template first, for completions), else the only server there is.
     fn resource_owner(&self, uri: &str) -> Result<Arc<str>, Failure> {
-        if let Some(s) = self.catalog.snapshot().resource_server(uri) {
+        let agg = self.catalog.snapshot();
+        if let Some(s) = agg.resource_server(uri) {
             return Ok(s.clone());
+        }
+        // Only a withheld template offers it: say why rather than let a single server answer.
+        if let Some((_, why)) = agg.withheld_template(uri) {
+            return Err(Failure::Gateway(ErrorCode::WITHHELD, why.to_owned()));
         }
         // With a single server there is no ambiguity: let it decide whether the URI exists.
         if let [only] = self.servers.names().as_slice() {

@@ -33,6 +33,7 @@ pub(super) struct Dedicated {
     runtime: Arc<dyn Runtime>,
     events: mpsc::Sender<UpstreamEvent>,
     policy_hash: String,
+    pins: Arc<crate::sandbox::ImagePins>,
     /// The slot this belongs to; its instances are registered under it.
     slot: u64,
     start_after: Option<watch::Receiver<bool>>,
@@ -83,6 +84,8 @@ pub(super) struct Servers {
     /// What servers started from now on run on (a reload may connect Docker late).
     runtime: RwLock<Arc<dyn Runtime>>,
     events: mpsc::Sender<UpstreamEvent>,
+    /// Images docker servers must run (from the lock file), read at every start.
+    pins: Arc<crate::sandbox::ImagePins>,
 }
 
 /// An instance the router started. The state outlives the `Upstream`: an instance whose last
@@ -105,12 +108,14 @@ impl Servers {
         policy: &Policy,
         runtime: Arc<dyn Runtime>,
         events: mpsc::Sender<UpstreamEvent>,
+        pins: Arc<crate::sandbox::ImagePins>,
     ) -> Servers {
         let me = Servers {
             slots: RwLock::new(BTreeMap::new()),
             instances: Mutex::new(HashMap::new()),
             runtime: RwLock::new(runtime),
             events,
+            pins,
         };
         let policy_hash = policy_hash(policy);
         let slots: BTreeMap<Arc<str>, Arc<Slot>> = policy
@@ -145,6 +150,7 @@ impl Servers {
                     StartOptions {
                         policy_hash: policy_hash.to_owned(),
                         start_after,
+                        image_pins: Some(self.pins.clone()),
                         ..StartOptions::default()
                     },
                 );
@@ -161,6 +167,7 @@ impl Servers {
                     runtime,
                     events: self.events.clone(),
                     policy_hash: policy_hash.to_owned(),
+                    pins: self.pins.clone(),
                     slot,
                     start_after,
                     retired: AtomicBool::new(false),
@@ -322,6 +329,11 @@ impl Servers {
                 },
             );
         }
+    }
+
+    /// The image pins every start reads.
+    pub fn pins(&self) -> &crate::sandbox::ImagePins {
+        &self.pins
     }
 
     pub fn len(&self) -> usize {
@@ -576,6 +588,7 @@ impl Dedicated {
                 restart,
                 policy_hash: self.policy_hash.clone(),
                 start_after: self.start_after.clone(),
+                image_pins: Some(self.pins.clone()),
             },
         )
     }

@@ -6,6 +6,9 @@ use std::sync::{Arc, RwLock};
 
 use bytes::Bytes;
 
+pub use crate::mcp::context::{level_rank, LEVELS};
+pub use crate::mcp::{ClientCaps, LogLevel};
+
 /// Somewhere to deliver a serialized message to a client: a session's standalone stream, or
 /// the stream of one request.
 pub trait MessageSink: Send + Sync {
@@ -19,33 +22,14 @@ pub trait MessageSink: Send + Sync {
     }
 }
 
-/// Client capabilities that decide whether a server's request can be relayed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct ClientCaps {
-    pub sampling: bool,
-    pub elicitation: bool,
-    pub roots: bool,
-}
-
-impl ClientCaps {
-    /// Reads the capabilities object of an `initialize` request.
-    pub fn from_initialize(params: &serde_json::Value) -> ClientCaps {
-        let caps = params.get("capabilities");
-        let has = |k: &str| caps.and_then(|c| c.get(k)).is_some_and(|v| !v.is_null());
-        ClientCaps {
-            sampling: has("sampling"),
-            elicitation: has("elicitation"),
-            roots: has("roots"),
-        }
-    }
-}
-
 pub struct SessionInfo {
     pub key: Arc<str>,
     /// The policy's name of the client that opened it: what it sees depends on that client's
     /// rules, and so does whether a reload changes its lists.
     pub client: Arc<str>,
     pub caps: ClientCaps,
+    /// Which server log messages it hears until it sets a level.
+    pub log: LogLevel,
     pub sink: Arc<dyn MessageSink>,
 }
 
@@ -56,31 +40,33 @@ pub(super) struct Entry {
 }
 
 const UNSET: u8 = u8::MAX;
+const SILENT: u8 = u8::MAX - 1;
 
-/// RFC 5424 severities as MCP names them, least severe first.
-pub const LEVELS: [&str; 8] = [
-    "debug",
-    "info",
-    "notice",
-    "warning",
-    "error",
-    "critical",
-    "alert",
-    "emergency",
-];
-
-pub fn level_rank(level: &str) -> Option<u8> {
-    LEVELS
-        .iter()
-        .position(|l| *l == level)
-        .and_then(|i| u8::try_from(i).ok())
+fn level_code(log: LogLevel) -> u8 {
+    match log {
+        LogLevel::Unset => UNSET,
+        LogLevel::AtLeast(rank) => rank.min(SILENT - 1),
+        LogLevel::Silent => SILENT,
+    }
 }
 
 impl Entry {
+    /// The log level this client asked for, however it asked (handshake era or per request).
+    pub fn log_level(&self) -> LogLevel {
+        match self.level.load(Ordering::Relaxed) {
+            UNSET => LogLevel::Unset,
+            SILENT => LogLevel::Silent,
+            rank => LogLevel::AtLeast(rank),
+        }
+    }
+
     /// Whether a log message at `level` should reach this client.
     pub fn wants_log(&self, level: &str) -> bool {
-        let min = self.level.load(Ordering::Relaxed);
-        min == UNSET || level_rank(level).is_none_or(|r| r >= min)
+        match self.level.load(Ordering::Relaxed) {
+            UNSET => true,
+            SILENT => false,
+            min => level_rank(level).is_none_or(|r| r >= min),
+        }
     }
 }
 
@@ -92,13 +78,8 @@ pub(super) struct Sessions {
 impl Sessions {
     pub fn open(&self, info: SessionInfo) {
         if let Ok(mut m) = self.map.write() {
-            m.insert(
-                info.key.clone(),
-                Arc::new(Entry {
-                    info,
-                    level: AtomicU8::new(UNSET),
-                }),
-            );
+            let level = AtomicU8::new(level_code(info.log));
+            m.insert(info.key.clone(), Arc::new(Entry { info, level }));
         }
     }
 
@@ -124,7 +105,7 @@ impl Sessions {
         let min = m
             .values()
             .map(|e| e.level.load(Ordering::Relaxed))
-            .filter(|l| *l != UNSET)
+            .filter(|l| *l < SILENT)
             .min()?;
         LEVELS.get(usize::from(min)).copied()
     }

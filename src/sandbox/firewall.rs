@@ -63,6 +63,23 @@ impl Firewall {
         Self::with_options(settings, EgressOptions::default())
     }
 
+    /// For a command that starts servers once and stops them (`doctor --start`, `tools lock`):
+    /// an instance of its own (`LABEL-PID`), so that the table and sandboxes it makes never
+    /// touch a running gateway's, and no persistent table outlives it.
+    pub fn transient(settings: &EgressSettings, label: &str) -> Firewall {
+        let names = crate::instance::InstanceId::parse(&format!("{label}-{}", std::process::id()))
+            .map(crate::egress::Names::new)
+            .unwrap_or_default();
+        Self::with_options(
+            settings,
+            EgressOptions {
+                names,
+                table_flags: false,
+                ..Default::default()
+            },
+        )
+    }
+
     pub fn with_options(settings: &EgressSettings, options: EgressOptions) -> Firewall {
         let (sidecar_tx, sidecar_rx) = tokio::sync::mpsc::channel(SIDECAR_EVENTS);
         Firewall {

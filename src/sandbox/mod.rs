@@ -37,6 +37,8 @@ pub struct InstanceInfo {
     pub id: String,
     /// The resolved image digest (`sha256:...`) for containers.
     pub image_digest: Option<String>,
+    /// The image id (`sha256:...`) the container was created from.
+    pub image_id: Option<String>,
 }
 
 /// Why an instance is being started, recorded in container labels.
@@ -60,6 +62,33 @@ impl Purpose {
     }
 }
 
+/// The image a docker server must run, from a source other than its policy's `image` (which a
+/// runtime reads itself): the lock file in `enforce` mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePin {
+    /// The image id (`sha256:...`) or registry digest the resolved image must have.
+    pub digest: String,
+    /// Where the pin comes from, for the error (`lock file /x/policy.toml.lock`).
+    pub source: String,
+}
+
+/// Image pins by server, replaced whole when the lock file is (re)loaded; read at each start.
+#[derive(Debug, Default)]
+pub struct ImagePins(std::sync::RwLock<std::collections::HashMap<String, ImagePin>>);
+
+impl ImagePins {
+    pub fn get(&self, server: &str) -> Option<ImagePin> {
+        self.0.read().ok()?.get(server).cloned()
+    }
+
+    pub fn replace(&self, pins: std::collections::HashMap<String, ImagePin>) {
+        match self.0.write() {
+            Ok(mut p) => *p = pins,
+            Err(e) => *e.into_inner() = pins,
+        }
+    }
+}
+
 /// Everything a runtime needs besides the server's policy to start one instance.
 #[derive(Clone, Default)]
 pub struct SpawnContext {
@@ -70,6 +99,8 @@ pub struct SpawnContext {
     /// Hash of the policy that asked for the instance (labels, audit).
     pub policy_hash: String,
     pub purpose: Option<Purpose>,
+    /// The image must be this one (besides any digest the policy's `image` names).
+    pub image_pin: Option<ImagePin>,
 }
 
 impl std::fmt::Debug for SpawnContext {
@@ -87,6 +118,7 @@ impl std::fmt::Debug for SpawnContext {
             .field("session", &self.session)
             .field("policy_hash", &self.policy_hash)
             .field("purpose", &self.purpose)
+            .field("image_pin", &self.image_pin)
             .finish()
     }
 }
@@ -160,6 +192,18 @@ impl Runtime for Runtimes {
     }
 }
 
+/// A docker server's image is not the one pinned for it.
+#[derive(Debug, thiserror::Error)]
+#[error("server `{server}` was not started: image `{image}` resolves to {found}, but the {source_of_pin} pins {expected}; rebuild or load the pinned image, or approve the new one ({hint})")]
+pub struct PinMismatch {
+    pub server: String,
+    pub image: String,
+    pub expected: String,
+    pub found: String,
+    pub source_of_pin: String,
+    pub hint: String,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
     #[error("server `{server}`: cannot start `{command}`: {source}{hint}")]
@@ -179,6 +223,9 @@ pub enum SandboxError {
     EngineUnreachable { reason: String },
     #[error("server `{server}`: image `{image}` is not in the local Docker engine and Portcullis never pulls; build it (`docker build -t {image} .`) or load it (`docker load -i image.tar`) first")]
     ImageMissing { server: String, image: String },
+    /// The image found is not the one the policy or the lock file pins.
+    #[error("{0}")]
+    ImagePin(Box<PinMismatch>),
     /// Egress could not be enforced for the server, so its sandbox was not started.
     #[error("server `{server}`: egress enforcement failed, so it was not started (fail closed): {reason}")]
     Egress { server: String, reason: String },

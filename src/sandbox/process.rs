@@ -289,6 +289,7 @@ fn spawn(
     let info = super::InstanceInfo {
         id: child.id().map(|p| format!("pid:{p}")).unwrap_or_default(),
         image_digest: None,
+        image_id: None,
     };
     let pid = child.id();
     if let (Some(pid), Ok(mut c)) = (pid, children.lock()) {

@@ -53,6 +53,34 @@ impl LiveSecrets {
         }
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.entries.read().map(|e| e.is_empty()).unwrap_or(true)
+    }
+
+    /// Whether any remembered value occurs in `text`.
+    pub fn occurs_in(&self, text: &str) -> bool {
+        self.entries
+            .read()
+            .map(|e| e.iter().any(|(v, _)| text.contains(v.as_str())))
+            .unwrap_or(false)
+    }
+
+    /// Like [`LiveSecrets::redact`], also naming the labels found.
+    pub fn redact_naming<'t>(&self, text: &'t str) -> (Cow<'t, str>, Vec<String>) {
+        let mut names = Vec::new();
+        let mut out = Cow::Borrowed(text);
+        let Ok(entries) = self.entries.read() else {
+            return (out, names);
+        };
+        for (value, replacement) in entries.iter() {
+            if out.contains(value.as_str()) {
+                out = Cow::Owned(out.replace(value.as_str(), replacement));
+                names.push(super::label_of(replacement));
+            }
+        }
+        (out, names)
+    }
+
     /// `text` with every remembered value replaced; borrowed when nothing matched.
     pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
         let mut out = Cow::Borrowed(text);

@@ -161,6 +161,30 @@ impl Redactor {
         self.entries.is_empty()
     }
 
+    /// Whether any secret value (or [`live`] one) occurs in `text`.
+    pub fn occurs_in(&self, text: &str) -> bool {
+        self.entries.iter().any(|(v, _)| text.contains(v.as_str())) || live().occurs_in(text)
+    }
+
+    /// Like [`Redactor::redact`], also naming the secrets that were found (each once).
+    pub fn redact_naming<'t>(&self, text: &'t str) -> (Cow<'t, str>, Vec<String>) {
+        let mut names = Vec::new();
+        let mut out = Cow::Borrowed(text);
+        for (value, replacement) in &self.entries {
+            if out.contains(value.as_str()) {
+                out = Cow::Owned(out.replace(value.as_str(), replacement));
+                names.push(label_of(replacement));
+            }
+        }
+        if let (Cow::Owned(scrubbed), found) = live().redact_naming(&out) {
+            names.extend(found);
+            out = Cow::Owned(scrubbed);
+        }
+        names.sort();
+        names.dedup();
+        (out, names)
+    }
+
     /// `text` with every secret value (and every [`live`] one) replaced by `[REDACTED:NAME]`;
     /// borrowed when there was nothing to replace (the common case costs no allocation).
     pub fn redact<'t>(&self, text: &'t str) -> Cow<'t, str> {
@@ -214,9 +238,43 @@ fn cut_secret<'a>(
         .max_by_key(|(n, _)| *n)
 }
 
+/// `NAME` of a `[REDACTED:NAME]` replacement.
+fn label_of(replacement: &str) -> String {
+    replacement
+        .strip_prefix("[REDACTED:")
+        .and_then(|r| r.strip_suffix(']'))
+        .unwrap_or(replacement)
+        .to_owned()
+}
+
+/// Every secret value `policy` gives its servers, with its name: what a server's answer must
+/// not echo. Secrets that cannot be read now are left out (the server cannot have them either).
+pub fn injected(policy: &crate::policy::Policy) -> Redactor {
+    let mut pairs = Vec::new();
+    for server in policy.servers.values() {
+        for (name, source) in &server.secrets {
+            if let Ok(v) = resolve(name, source) {
+                pairs.push((name.clone(), v));
+            }
+        }
+    }
+    Redactor::new(pairs.iter().map(|(n, v)| (n.as_str(), v.as_str())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redact_naming_names_each_secret_found_once() {
+        let r = Redactor::new([("TOKEN", "ghp_abcdef123456"), ("OTHER", "zzzz-9999")]);
+        let (out, names) = r.redact_naming("ghp_abcdef123456 and ghp_abcdef123456");
+        assert_eq!(out, "[REDACTED:TOKEN] and [REDACTED:TOKEN]");
+        assert_eq!(names, vec!["TOKEN".to_owned()]);
+        assert!(r.occurs_in("x zzzz-9999 y"));
+        assert!(!r.occurs_in("nothing"));
+        assert!(r.redact_naming("nothing").1.is_empty());
+    }
 
     #[test]
     fn a_cut_through_a_secret_does_not_leak_its_beginning() {

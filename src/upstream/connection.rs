@@ -13,7 +13,8 @@ use bytes::Bytes;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot};
 
-use super::{Handled, Outcome, UpstreamEvent};
+use super::modern::Listening;
+use super::{Era, Handled, Outcome, UpstreamEvent};
 use crate::mcp::{Id, Message, Notification, Request, Response};
 use crate::sandbox::{BoxRead, BoxWrite};
 
@@ -101,6 +102,13 @@ pub struct Connection {
     outbox: mpsc::Sender<Bytes>,
     direct: OnceLock<Box<dyn Direct>>,
     pending: Mutex<HashMap<u64, Waiter>>,
+    /// Set once the probe or the handshake has settled it; `Legacy` until then.
+    era: OnceLock<Era>,
+    /// A stdio connection, where a client cancels a request with `notifications/cancelled`
+    /// in every era (over HTTP, a 2026-07-28 client closes the request's stream instead).
+    stdio: bool,
+    /// 2026-07-28: the `subscriptions/listen` stream the transport keeps open.
+    listening: Listening,
 }
 
 impl Connection {
@@ -112,7 +120,7 @@ impl Connection {
         stdout: BoxRead,
         events: mpsc::Sender<UpstreamEvent>,
     ) -> (Arc<Connection>, tokio::task::JoinHandle<String>) {
-        let (conn, rx) = Connection::detached();
+        let (conn, rx) = Connection::new(true);
         tokio::spawn(super::stdio::write_loop(stdin, rx));
         let reader = tokio::spawn(super::stdio::read_loop(
             source,
@@ -126,13 +134,40 @@ impl Connection {
     /// A connection without a transport: the caller drains the returned outbox (messages as
     /// serialized JSON) and feeds what arrives to [`dispatch`].
     pub(super) fn detached() -> (Arc<Connection>, mpsc::Receiver<Bytes>) {
+        Connection::new(false)
+    }
+
+    fn new(stdio: bool) -> (Arc<Connection>, mpsc::Receiver<Bytes>) {
         let (tx, rx) = mpsc::channel(OUTBOX_CAPACITY);
         let conn = Arc::new(Connection {
             outbox: tx,
             direct: OnceLock::new(),
             pending: Mutex::new(HashMap::new()),
+            era: OnceLock::new(),
+            stdio,
+            listening: Listening::default(),
         });
         (conn, rx)
+    }
+
+    /// Whether this is a stdio connection.
+    pub(super) fn is_stdio(&self) -> bool {
+        self.stdio
+    }
+
+    /// The era the server on the other end speaks.
+    pub(super) fn era(&self) -> Era {
+        self.era.get().copied().unwrap_or_default()
+    }
+
+    /// Records the era the probe settled. Set once; a second call is ignored.
+    pub(super) fn set_era(&self, era: Era) {
+        let _ = self.era.set(era);
+    }
+
+    /// The `subscriptions/listen` stream of a 2026-07-28 server.
+    pub(super) fn listening(&self) -> &Listening {
+        &self.listening
     }
 
     /// From now on messages go to `direct` first. Set once; a second call is ignored.
@@ -228,6 +263,11 @@ impl Connection {
         let _ = self.send(msg.to_bytes()).await;
     }
 
+    /// Stops waiting for request `id` (the caller ends it another way).
+    pub(super) fn forget_request(&self, id: u64) {
+        self.forget(id);
+    }
+
     fn forget(&self, id: u64) {
         if let Ok(mut p) = self.pending.lock() {
             p.remove(&id);
@@ -302,12 +342,14 @@ pub(super) fn parse_incoming(source: &super::Source, text: &[u8]) -> Option<Mess
 }
 
 /// Hands one incoming message to its waiter (responses) or to the router (everything else),
-/// waiting for the router's ack so that order is kept. `Err` means the gateway is stopping.
+/// waiting for the router's ack so that order is kept. `related`: the request it came for,
+/// when the transport knows. `Err` means the gateway is stopping.
 pub(super) async fn dispatch_message(
     source: &Arc<super::Source>,
     conn: &Connection,
     events: &mpsc::Sender<UpstreamEvent>,
     message: Message,
+    related: Option<u64>,
 ) -> Result<(), String> {
     match message {
         Message::Response(resp) => {
@@ -320,11 +362,19 @@ pub(super) async fn dispatch_message(
             }
         }
         Message::Notification(message) => {
+            let message = match conn.era() {
+                Era::Modern => match conn.listening.incoming(message) {
+                    Some(m) => m,
+                    None => return Ok(()),
+                },
+                Era::Legacy => message,
+            };
             let (handled, done) = Handled::new();
             let ev = UpstreamEvent::Notification {
                 from: source.clone(),
                 message,
                 handled,
+                related,
             };
             if events.send(ev).await.is_err() {
                 return Err("gateway stopped".to_owned());
@@ -337,6 +387,7 @@ pub(super) async fn dispatch_message(
                 from: source.clone(),
                 message,
                 handled,
+                related,
             };
             if events.send(ev).await.is_err() {
                 return Err("gateway stopped".to_owned());

@@ -1,12 +1,15 @@
 //! One connection to one MCP server, kept alive.
 //!
 //! An `Upstream` owns a supervisor task that starts the server through a sandbox runtime,
-//! performs the initialize handshake, and restarts it with exponential backoff when it dies.
-//! Requests get gateway-assigned numeric ids; server-initiated messages are handed to the layer
-//! above as `UpstreamEvent`s.
+//! settles which protocol era it speaks (the initialize handshake, or 2026-07-28 after a
+//! `server/discover` probe: see [`modern`]), and restarts it with exponential backoff when it
+//! dies. Requests get gateway-assigned numeric ids; server-initiated messages are handed to the
+//! layer above as `UpstreamEvent`s. The era is this layer's business alone: the router sends
+//! the same requests and gets the same results and events from servers of either era.
 
 mod connection;
 pub mod http;
+mod modern;
 mod openapi;
 pub mod stderr;
 mod stdio;
@@ -19,18 +22,29 @@ use std::time::Duration;
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, watch};
 
-use crate::mcp::{Id, Notification, Request};
+use crate::mcp::{Id, Notification, Request, RequestContext};
 use crate::policy::Server;
 use crate::sandbox::{Purpose, Runtime};
 
 pub use connection::Connection;
 
-/// What the handshake told us about the server.
+/// Which protocol era a server instance speaks, settled when it starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Era {
+    /// The initialize handshake (2024-11-05 to 2025-11-25).
+    #[default]
+    Legacy,
+    /// Stateless 2026-07-28: every request carries its envelope in `_meta`.
+    Modern,
+}
+
+/// What the handshake (or the `server/discover` probe) told us about the server.
 #[derive(Debug, Clone)]
 pub struct InitInfo {
     /// The running instance (process or container) that completed the handshake.
     pub instance: crate::sandbox::InstanceInfo,
     pub protocol_version: String,
+    pub era: Era,
     pub capabilities: serde_json::Value,
     pub server_info: serde_json::Value,
     pub instructions: Option<String>,
@@ -81,11 +95,15 @@ pub enum UpstreamEvent {
         from: Arc<Source>,
         message: Notification,
         handled: Handled,
+        /// The gateway's id of the request this message belongs to, when the transport knows
+        /// (it came on that request's response stream, or answers for it).
+        related: Option<u64>,
     },
     Request {
         from: Arc<Source>,
         message: Request,
         handled: Handled,
+        related: Option<u64>,
     },
 }
 
@@ -124,6 +142,8 @@ pub struct StartOptions {
     /// reload starts only once the instances it replaces have stopped, so that the two never
     /// hold the server's resources (network, egress rules) at the same time.
     pub start_after: Option<watch::Receiver<bool>>,
+    /// Images docker servers must run (the lock file's), looked up at every start.
+    pub image_pins: Option<Arc<crate::sandbox::ImagePins>>,
 }
 
 impl Default for StartOptions {
@@ -134,9 +154,16 @@ impl Default for StartOptions {
             restart: true,
             policy_hash: String::new(),
             start_after: None,
+            image_pins: None,
         }
     }
 }
+
+/// Pages fetched from one server for one list before the gateway stops following cursors.
+const MAX_LIST_PAGES: usize = 1000;
+
+/// A server's list: its entries, and the shortest `ttlMs` one of its pages gave.
+pub type FetchedList = (Vec<serde_json::Map<String, serde_json::Value>>, Option<u64>);
 
 /// Request ids are unique across every upstream of the process, so that a request is
 /// identified by its id alone wherever it is tracked.
@@ -180,6 +207,12 @@ pub struct Upstream {
     shutdown: watch::Sender<bool>,
     /// The policy's `roots` of this server.
     roots: Arc<[String]>,
+    /// The client capabilities the policy lets the gateway declare to this server.
+    client_capabilities: crate::policy::ClientCapabilities,
+    /// Where requests made on a modern server's behalf (see [`modern`]) go.
+    events: mpsc::Sender<UpstreamEvent>,
+    /// Those requests that wait for the client's answer, by the id they went out with.
+    asks: modern::Asks,
 }
 
 impl Upstream {
@@ -192,6 +225,7 @@ impl Upstream {
     ) -> Arc<Upstream> {
         let name: Arc<str> = Arc::from(server.name.as_str());
         let roots: Arc<[String]> = server.roots.clone().into();
+        let client_capabilities = server.client_capabilities;
         let source = Arc::new(Source {
             server: name.clone(),
             instance: NEXT_INSTANCE.fetch_add(1, Ordering::Relaxed),
@@ -210,10 +244,11 @@ impl Upstream {
             source: source.clone(),
             options,
             runtime,
-            events,
+            events: events.clone(),
             state: state_tx,
             connection: connection.clone(),
             shutdown: shutdown_rx,
+            probe_broke: std::sync::atomic::AtomicBool::new(false),
         };
         tokio::spawn(sup.run());
         Arc::new(Upstream {
@@ -223,6 +258,9 @@ impl Upstream {
             connection,
             shutdown: shutdown_tx,
             roots,
+            client_capabilities,
+            events,
+            asks: modern::Asks::default(),
         })
     }
 
@@ -309,16 +347,48 @@ impl Upstream {
     }
 
     /// Sends request `id` and waits for its answer, at most `timeout` (start-up wait included).
+    /// `caller` is what the client that caused the request said about itself (`None` for the
+    /// gateway's own requests): a 2026-07-28 server gets it in the request's `_meta`.
     /// Dropping the future forgets the request; the caller sends `notifications/cancelled`.
     pub async fn call(
         &self,
         id: u64,
         method: &str,
         params: Option<Box<RawValue>>,
+        caller: Option<&RequestContext>,
         timeout: Duration,
     ) -> Result<Outcome, UpstreamError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let conn = self.ready(timeout).await?;
+        match conn.era() {
+            Era::Legacy => {
+                self.exchange(&conn, id, method, params, deadline, timeout)
+                    .await
+            }
+            Era::Modern => {
+                let call = modern::Call {
+                    id,
+                    method,
+                    params,
+                    caller,
+                    deadline,
+                    timeout,
+                };
+                self.call_modern(&conn, call).await
+            }
+        }
+    }
+
+    /// One request and its answer on `conn`, as it is.
+    async fn exchange(
+        &self,
+        conn: &Arc<Connection>,
+        id: u64,
+        method: &str,
+        params: Option<Box<RawValue>>,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<Outcome, UpstreamError> {
         let answer = conn.request(id, method, params).await;
         let answer = match answer {
             Ok(rx) => rx,
@@ -330,7 +400,7 @@ impl Upstream {
                 })
             }
         };
-        let guard = connection::PendingGuard::new(&conn, id);
+        let guard = connection::PendingGuard::new(conn, id);
         let lost = |reason: String| UpstreamError::Lost {
             server: self.name.to_string(),
             method: method.to_owned(),
@@ -359,17 +429,73 @@ impl Upstream {
         }
     }
 
+    /// Every entry of one of the server's lists (`method`, e.g. `tools/list`, whose result holds
+    /// the entries under `key`), following cursors; entries that are not objects are dropped.
+    /// With them, the shortest `ttlMs` a page gave (2026-07-28 servers).
+    pub async fn fetch_list(
+        &self,
+        method: &str,
+        key: &str,
+        timeout: Duration,
+    ) -> Result<FetchedList, String> {
+        use serde_json::Value;
+        let mut out = Vec::new();
+        let mut ttl: Option<u64> = None;
+        let mut cursor: Option<String> = None;
+        for _ in 0..MAX_LIST_PAGES {
+            let params = cursor
+                .as_ref()
+                .map(|c| crate::mcp::to_raw(&serde_json::json!({ "cursor": c })));
+            let id = self.next_request_id();
+            let outcome = self
+                .call(id, method, params, None, timeout)
+                .await
+                .map_err(|e| e.to_string())?;
+            let result = outcome.map_err(|e| format!("server error: {}", e.get()))?;
+            let mut page: serde_json::Map<String, Value> = serde_json::from_str(result.get())
+                .map_err(|e| format!("unreadable result: {e}"))?;
+            if let Some(t) = page.get("ttlMs").and_then(Value::as_u64) {
+                ttl = Some(ttl.map_or(t, |m| m.min(t)));
+            }
+            if let Some(Value::Array(items)) = page.remove(key) {
+                out.extend(items.into_iter().filter_map(|v| match v {
+                    Value::Object(m) => Some(m),
+                    _ => None,
+                }));
+            }
+            match page.remove("nextCursor") {
+                Some(Value::String(c)) if !c.is_empty() => cursor = Some(c),
+                _ => return Ok((out, ttl)),
+            }
+        }
+        Err(format!(
+            "more than {MAX_LIST_PAGES} pages; stopped following cursors"
+        ))
+    }
+
     /// Sends a notification if the server is connected; dropped otherwise (notifications to a
     /// server that is down have no one to act on them).
     pub async fn notify(&self, method: &str, params: Option<Box<RawValue>>) {
         if let Some(conn) = self.current() {
+            if conn.era() == Era::Modern && !modern::takes_notification(&conn, method) {
+                return;
+            }
             conn.notify(method, params).await;
         }
     }
 
-    /// Answers a request the server sent (sampling, elicitation, roots).
+    /// Answers a request the server sent (sampling, elicitation, roots), or one the gateway
+    /// made on a modern server's behalf.
     pub async fn respond(&self, id: Id, outcome: Outcome) {
+        let Some(outcome) = self.asks.answer(&id, outcome) else {
+            return;
+        };
         if let Some(conn) = self.current() {
+            if conn.era() == Era::Modern {
+                // A 2026-07-28 server sends no requests, so takes no responses.
+                tracing::debug!(server = %self.name, %id, "dropping an answer for a 2026-07-28 server");
+                return;
+            }
             conn.respond(id, outcome).await;
         }
     }

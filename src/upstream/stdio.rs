@@ -80,7 +80,8 @@ pub(super) async fn read_loop(
                     line = Vec::with_capacity(8192);
                 }
                 let Some(message) = parsed else { continue };
-                if let Err(reason) = dispatch_message(&source, &conn, &events, message).await {
+                if let Err(reason) = dispatch_message(&source, &conn, &events, message, None).await
+                {
                     return reason;
                 }
             }

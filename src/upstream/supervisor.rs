@@ -1,5 +1,6 @@
 //! Keeps one server running: start, handshake, watch, restart with exponential backoff.
 
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -7,9 +8,11 @@ use serde_json::json;
 use tokio::sync::{mpsc, watch};
 
 use super::connection::{Connection, PendingGuard};
+use super::modern::listen;
+use super::modern::stdio_probe::{self, settle};
 use super::{InitInfo, State, UpstreamEvent};
 use crate::mcp::{methods, protocol, to_raw};
-use crate::policy::Server;
+use crate::policy::{ProtocolChoice, Server};
 use crate::sandbox::{Runtime, SpawnContext, Spawned};
 use crate::secrets::Redactor;
 
@@ -23,6 +26,9 @@ const EXIT_REASON_GRACE: Duration = Duration::from_secs(1);
 const STDERR_DRAIN: Duration = Duration::from_millis(300);
 /// Stderr lines quoted in a failure report (and so in `/ready`).
 const STDERR_IN_REASON: usize = 5;
+/// How long a stdio server may take to answer the `server/discover` probe before it is taken
+/// for a 2025-era server that ignores requests before `initialize`.
+const PROBE_WAIT: Duration = Duration::from_secs(5);
 
 pub(super) struct Supervisor {
     pub server: Server,
@@ -34,6 +40,9 @@ pub(super) struct Supervisor {
     pub state: watch::Sender<State>,
     pub connection: Arc<Mutex<Option<Arc<Connection>>>>,
     pub shutdown: watch::Receiver<bool>,
+    /// Set when an instance died while probed with `server/discover`: later starts skip the
+    /// probe (a 2025-era server that cannot take it would otherwise crash at every start).
+    pub probe_broke: std::sync::atomic::AtomicBool,
 }
 
 impl Supervisor {
@@ -95,6 +104,9 @@ impl Supervisor {
                     running
                         .conn
                         .fail_all(&format!("server `{}` {reason}", self.name));
+                    if let Some(t) = running.listen_task.take() {
+                        t.abort();
+                    }
                     if *self.shutdown.borrow() {
                         reason
                     } else {
@@ -162,6 +174,11 @@ impl Supervisor {
             session: self.options.owner.clone(),
             policy_hash: self.options.policy_hash.clone(),
             purpose: Some(self.options.purpose),
+            image_pin: self
+                .options
+                .image_pins
+                .as_ref()
+                .and_then(|p| p.get(&self.server.name)),
         };
         let Spawned {
             stdin,
@@ -186,6 +203,62 @@ impl Supervisor {
         });
         let (conn, mut reader) =
             Connection::start(self.source.clone(), stdin, stdout, self.events.clone());
+        // 2026-07-28 first, unless pinned or known to break this server.
+        let probed = match self.server.protocol {
+            ProtocolChoice::Legacy => None,
+            _ if self.probe_broke.load(Ordering::Relaxed) => None,
+            choice => {
+                let wait = PROBE_WAIT.min(self.server.startup_timeout);
+                let probe = tokio::time::timeout(wait, stdio_probe::send(&conn));
+                let verdict = tokio::select! {
+                    v = probe => v,
+                    r = &mut reader => {
+                        let r = r.unwrap_or_else(|e| format!("reader failed: {e}"));
+                        let r = tokio::time::timeout(EXIT_REASON_GRACE, instance.wait())
+                            .await
+                            .unwrap_or(r);
+                        instance.kill().await;
+                        if choice == ProtocolChoice::Auto {
+                            self.probe_broke.store(true, Ordering::Relaxed);
+                        }
+                        let r = format!("{r} during the server/discover probe");
+                        return Err(self.with_stderr(&mut stderr_task, &r).await);
+                    }
+                };
+                match settle(choice, verdict, wait) {
+                    Ok(info) => info,
+                    Err(why) => {
+                        instance.kill().await;
+                        return Err(self.with_stderr(&mut stderr_task, &why).await);
+                    }
+                }
+            }
+        };
+        if let Some(info) = probed {
+            conn.set_era(super::Era::Modern);
+            let caps = info.capabilities.clone();
+            let listen = tokio::spawn(listen::stdio_loop(
+                conn.clone(),
+                caps,
+                self.server.client_capabilities,
+                || super::NEXT_REQUEST_ID.fetch_add(1, Ordering::Relaxed),
+            ));
+            if let Ok(mut c) = self.connection.lock() {
+                *c = Some(conn.clone());
+            }
+            return Ok(Running {
+                conn,
+                reader,
+                instance,
+                info: Arc::new(InitInfo {
+                    instance: instance_info,
+                    ..info
+                }),
+                spawned_desc,
+                stderr_task,
+                listen_task: Some(listen),
+            });
+        }
         let handshake = tokio::time::timeout(
             self.server.startup_timeout,
             handshake(&conn, self.server.client_capabilities),
@@ -234,6 +307,7 @@ impl Supervisor {
             info: Arc::new(info),
             spawned_desc,
             stderr_task,
+            listen_task: None,
         })
     }
 
@@ -310,6 +384,7 @@ impl Supervisor {
             instance: Box::new(RemoteInstance { remote }),
             info: Arc::new(info),
             stderr_task: None,
+            listen_task: None,
         })
     }
 
@@ -339,6 +414,7 @@ impl Supervisor {
             instance: Box::new(OpenApiInstance { api }),
             info: Arc::new(info),
             stderr_task: None,
+            listen_task: None,
         })
     }
 
@@ -363,6 +439,9 @@ struct Running {
     spawned_desc: String,
     /// Reads the server's stderr; `None` for remote servers.
     stderr_task: Option<tokio::task::JoinHandle<()>>,
+    /// Keeps a 2026-07-28 stdio server's `subscriptions/listen` request open (HTTP transports
+    /// keep theirs themselves).
+    listen_task: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// The reason an in-process instance (an HTTP session, an openapi server) ended, once it has;
@@ -453,6 +532,7 @@ pub(super) fn parse_init(outcome: super::Outcome) -> Result<InitInfo, String> {
     Ok(InitInfo {
         instance: crate::sandbox::InstanceInfo::default(),
         protocol_version: version.to_owned(),
+        era: super::Era::Legacy,
         capabilities: v.get("capabilities").cloned().unwrap_or(json!({})),
         server_info: v.get("serverInfo").cloned().unwrap_or(json!({})),
         instructions: v

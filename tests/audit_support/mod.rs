@@ -1,6 +1,8 @@
 //! Helpers shared by the audit tests: write logs with the library, run the real binary.
 #![allow(dead_code)]
 
+pub mod receiver;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;

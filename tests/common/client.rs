@@ -198,3 +198,16 @@ pub fn tool_text(resp: &Value) -> String {
         .unwrap_or_else(|| panic!("no text content in {resp}"))
         .to_owned()
 }
+
+/// The median time, in milliseconds, of `n` calls of `tool` (with `{"text": i}`), each answered.
+pub async fn median_call_ms(c: &mut Mcp, tool: &str, n: usize) -> f64 {
+    let mut v = Vec::with_capacity(n);
+    for i in 0..n {
+        let t = std::time::Instant::now();
+        let r = c.call_tool(tool, json!({"text": format!("{i}")})).await;
+        assert!(r.get("result").is_some(), "{r}");
+        v.push(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    v.sort_by(f64::total_cmp);
+    v[n / 2]
+}

@@ -4,6 +4,8 @@
 pub mod client;
 pub mod docker;
 pub mod hostlab;
+pub mod lock;
+pub mod modern;
 pub mod netlab;
 pub mod remote;
 pub mod rest;
@@ -142,9 +144,13 @@ impl Gateway {
     }
 
     fn write_policy_in(dir: &Path, policy: &str) -> PathBuf {
+        if policy.contains("{shared}") {
+            shared_dir(dir);
+        }
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
             .replace("{peers}", &repo_root().join(".peers").display().to_string())
+            .replace("{shared}", &dir.join("shared").display().to_string())
             .replace("{tmp}", &dir.display().to_string());
         let path = dir.join("policy.toml");
         std::fs::write(&path, text).expect("write policy");
@@ -276,6 +282,22 @@ impl Gateway {
         }
     }
 
+    /// Polls `/ready` (30 s at most) until its body mentions `needle`; returns the body.
+    pub fn ready_says(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, body) = http_get(&format!("{}/ready", self.base)).unwrap_or((0, String::new()));
+            if body.contains(needle) {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "/ready never said `{needle}`: {body}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     /// Waits until `/ready` says every server is up.
     pub fn wait_ready(&self, limit: Duration) {
         let start = Instant::now();
@@ -389,6 +411,7 @@ impl Gateway {
         let text = policy
             .replace("{fixture}", &fixture_bin().display().to_string())
             .replace("{peers}", &repo_root().join(".peers").display().to_string())
+            .replace("{shared}", &self.dir().join("shared").display().to_string())
             .replace("{tmp}", &self.dir().display().to_string());
         let tmp = self.dir().join(".policy.toml.new");
         std::fs::write(&tmp, text).expect("write policy");
@@ -423,6 +446,18 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `{shared}` in a policy: `DIR/shared`, a folder that confined process servers (another user,
+/// a private `/tmp`) can write when the policy mounts it, e.g. for a test server's log:
+/// `mounts = [{ source = "{shared}", target = "{shared}", read_only = false }]`. The gateway's
+/// folder becomes traversable (not listable) by others for it.
+fn shared_dir(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
+    let shared = dir.join("shared");
+    std::fs::create_dir_all(&shared).expect("create the shared folder");
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).expect("chmod");
 }
 
 /// The named checks of a test that reports every case before it fails: `[PASS]`/`[FAIL]` lines
@@ -564,8 +599,15 @@ pub fn audit_records(dir: &Path) -> Vec<serde_json::Value> {
 
 /// `portcullis audit verify DIR`: whether it passed, and what it printed.
 pub fn audit_verify(dir: &Path) -> (bool, String) {
+    audit_verify_with(dir, &[])
+}
+
+/// `portcullis audit verify ARGS... DIR` (e.g. `--pubkey`, `--witness`): whether it passed,
+/// and what it printed.
+pub fn audit_verify_with(dir: &Path, args: &[&std::ffi::OsStr]) -> (bool, String) {
     let out = Command::new(gateway_bin())
         .args(["audit", "verify"])
+        .args(args)
         .arg(dir)
         .output()
         .unwrap();
@@ -605,4 +647,29 @@ pub fn child_pids(parent: u32) -> Vec<u32> {
         }
     }
     out
+}
+
+/// Resident memory of process `pid`, in KiB (0 when it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// After a flood from one server: the gateway (`pid`) grew by less than 64 MiB over
+/// `rss_before` KiB, and the neighbour's median call (`calm__echo`, in ms) during the flood stayed
+/// within a loose bound of its quiet median, a cost no person at a client would notice.
+pub fn flood_was_harmless(pid: u32, rss_before: u64, quiet: f64, during: f64) {
+    let rss_after = rss_kib(pid);
+    assert!(
+        rss_after < rss_before + 64 * 1024,
+        "RSS grew from {rss_before} to {rss_after} KiB"
+    );
+    assert!(
+        during < (quiet * 20.0).max(quiet + 100.0),
+        "calm__echo median {during:.2} ms during the flood, {quiet:.2} ms before"
+    );
 }

@@ -6,12 +6,13 @@
 //! DNS server. Every namespace is deleted on drop, also when a test fails.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
@@ -175,15 +176,38 @@ pub fn udp_echo(ns: &Ns, addr: SocketAddr) {
     rx.recv().expect("udp thread").expect("bind udp");
 }
 
-/// The lab's authoritative DNS server for `.test` names: tiny TTLs, a rotating name, CNAMEs.
-/// Its public answers are in `net.0/24` (the matrix uses 198.18.0).
+/// The lab's authoritative DNS server for `.test` names: tiny TTLs, a rotating name, CNAMEs,
+/// one long TTL (`long.example.test`, 60 s), and any name below `any.example.test` (60 s). Its public answers are in `net.0/24` (the matrix
+/// uses 198.18.0). It counts what it is asked, in total and per name.
 pub struct Zone {
     pub net: [u8; 3],
     pub rotation: Vec<Ipv4Addr>,
     pub queries: AtomicUsize,
+    /// Questions per name (lower-case, without the trailing dot).
+    pub asked: Mutex<HashMap<String, usize>>,
 }
 
 impl Zone {
+    pub fn new(net: [u8; 3], rotation: Vec<Ipv4Addr>) -> Arc<Zone> {
+        Arc::new(Zone {
+            net,
+            rotation,
+            queries: AtomicUsize::new(0),
+            asked: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Questions received so far for the names `which` selects.
+    pub fn asked(&self, which: impl Fn(&str) -> bool) -> usize {
+        self.asked
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(n, _)| which(n))
+            .map(|(_, k)| k)
+            .sum()
+    }
+
     /// Address `.host` of the zone's /24.
     pub fn ip(&self, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(self.net[0], self.net[1], self.net[2], host)
@@ -207,6 +231,12 @@ fn zone_answer(zone: &Zone, q: &Message) -> Message {
     let a =
         |owner: &str, ttl: u32, ip: Ipv4Addr| Record::from_rdata(n(owner), ttl, RData::A(A(ip)));
     let k = zone.queries.fetch_add(1, Ordering::SeqCst);
+    *zone
+        .asked
+        .lock()
+        .unwrap()
+        .entry(name.to_owned())
+        .or_default() += 1;
     let mut answers = Vec::new();
     match (name, query.query_type()) {
         (_, RecordType::TXT) | (_, RecordType::ANY) => answers.push(Record::from_rdata(
@@ -216,6 +246,7 @@ fn zone_answer(zone: &Zone, q: &Message) -> Message {
         )),
         ("api.example.test", RecordType::A) => answers.push(a(name, 1, zone.ip(10))),
         ("short.example.test", RecordType::A) => answers.push(a(name, 0, zone.ip(14))),
+        ("long.example.test", RecordType::A) => answers.push(a(name, 60, zone.ip(15))),
         ("rot.example.test", RecordType::A) => {
             let ip = zone.rotation[k % zone.rotation.len()];
             answers.push(a(name, 1, ip));
@@ -237,6 +268,9 @@ fn zone_answer(zone: &Zone, q: &Message) -> Message {
         ("mixed.example.test", RecordType::A) => {
             answers.push(a(name, 1, [127, 0, 0, 1].into()));
             answers.push(a(name, 1, zone.ip(15)));
+        }
+        (n, RecordType::A) if n.ends_with(".any.example.test") => {
+            answers.push(a(name, 60, zone.ip(10)))
         }
         (_, RecordType::A) | (_, RecordType::AAAA) => {}
         _ => {}
@@ -398,4 +432,76 @@ pub fn udp_works(ns: &Ns, addr: SocketAddr) -> bool {
         let mut buf = [0u8; 16];
         s.recv_from(&mut buf).is_ok()
     })
+}
+
+/// What a DNS flood sent and what came back.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Flood {
+    pub sent: usize,
+    pub noerror: usize,
+    pub refused: usize,
+    pub other: usize,
+    pub elapsed: Duration,
+}
+
+impl Flood {
+    pub fn answered(&self) -> usize {
+        self.noerror + self.refused + self.other
+    }
+}
+
+/// Floods `resolver` from inside `netns` with A questions for `name(i)`: `rate` questions a
+/// second (in batches every 10 ms), at most `max` of them and for at most `limit`, then
+/// collects late answers for half a second. Counts the answers by response code.
+pub fn flood(
+    netns: &Path,
+    resolver: SocketAddr,
+    name: impl Fn(usize) -> String + Send + 'static,
+    rate: usize,
+    max: usize,
+    limit: Duration,
+) -> Flood {
+    netns::in_netns(Some(netns), move || {
+        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))?;
+        s.set_nonblocking(true)?;
+        let batch = (rate / 100).max(1);
+        let start = std::time::Instant::now();
+        let mut f = Flood::default();
+        let mut buf = [0u8; 1500];
+        let mut tally = |f: &mut Flood, s: &UdpSocket| {
+            while let Ok((n, _)) = s.recv_from(&mut buf) {
+                match Message::from_vec(&buf[..n]).map(|m| m.response_code()) {
+                    Ok(ResponseCode::NoError) => f.noerror += 1,
+                    Ok(ResponseCode::Refused) => f.refused += 1,
+                    _ => f.other += 1,
+                }
+            }
+        };
+        while f.sent < max && start.elapsed() < limit {
+            for _ in 0..batch.min(max - f.sent) {
+                let mut m = Message::new();
+                m.set_id(f.sent as u16)
+                    .set_message_type(MessageType::Query)
+                    .set_op_code(OpCode::Query)
+                    .set_recursion_desired(true);
+                let q = Name::from_ascii(format!("{}.", name(f.sent)))
+                    .map_err(std::io::Error::other)?;
+                m.add_query(Query::query(q, RecordType::A));
+                let bytes = m.to_vec().map_err(std::io::Error::other)?;
+                // A full socket buffer drops this one, as it would for the sandbox.
+                let _ = s.send_to(&bytes, resolver);
+                f.sent += 1;
+            }
+            tally(&mut f, &s);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        f.elapsed = start.elapsed();
+        let tail = std::time::Instant::now();
+        while tail.elapsed() < Duration::from_millis(500) && f.answered() < f.sent {
+            tally(&mut f, &s);
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Ok(f)
+    })
+    .expect("flood thread")
 }

@@ -56,10 +56,21 @@ impl Remote {
 
     /// Like [`Remote::python`], with the script's options (`--introspect URL`, `--tls CERT KEY`).
     pub fn python_with(mode: &str, options: &[String]) -> Option<Remote> {
+        Self::script("remote_server.py", mode, options)
+    }
+
+    /// `tests/python/servers/modern_server.py` in `mode` (`modern`, `dual` or `legacy`): a
+    /// server of the 2026-07-28 era, alone or beside the 2025 one, or one that predates it.
+    pub fn modern(mode: &str) -> Option<Remote> {
+        Self::script("modern_server.py", mode, &[])
+    }
+
+    /// A script of `tests/python/servers/` taking `MODE PORT LOG [OPTIONS]`.
+    fn script(name: &str, mode: &str, options: &[String]) -> Option<Remote> {
         let python = peer("venv/bin/python")?;
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
-        let script = repo_root().join("tests/python/servers/remote_server.py");
+        let script = repo_root().join("tests/python/servers").join(name);
         let log = dir.path().join("headers.jsonl");
         let mut cmd = vec![
             python.display().to_string(),

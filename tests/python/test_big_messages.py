@@ -4,7 +4,10 @@ The upstream is a Python SDK server (`servers/big_server.py`) that answers with 
 of 1 to 63 MiB and puts the payload's SHA-256 in `structuredContent`: each answer must arrive whole
 and byte-identical, through the Python and the TypeScript SDK clients, over Streamable HTTP (SSE
 and JSON responses) and the legacy HTTP+SSE transport, from a stdio server and from remote HTTP
-servers. Over the limit, the caller gets a clear error and nothing else is hurt.
+servers. Over the limit, the caller gets a clear error and nothing else is hurt. The SDK's
+servers speak 2026-07-28 too: the gateway speaks it to the stdio ones and to `remotejson*`; the
+`remote` and `remotecapped` servers are pinned to the 2025 era (`protocol = "legacy"`), whose
+SSE responses are what their tests are about.
 
 Sizes are big for a 2-core machine: every transport gets the whole size range, but not every
 (client, transport, upstream, kind) combination gets every size.
@@ -80,12 +83,13 @@ class RemoteServer:
                     raise RuntimeError("big_server.py did not listen")
                 time.sleep(0.1)
 
-    def section(self, name: str) -> str:
+    def section(self, name: str, era: str = "auto") -> str:
         return f"""
 [servers.{name}]
 runtime = "remote"
 url = "http://127.0.0.1:{self.port}/mcp"
 egress = {{ allow = ["127.0.0.1/32:{self.port}"] }}
+protocol = "{era}"
 """
 
     def stop(self) -> None:
@@ -114,9 +118,9 @@ runtime = "process"
 command = "{python}"
 args = ["{SERVER}", "stdio"]
 max_message_bytes = "8m"
-{remote_sse.section("remote")}
+{remote_sse.section("remote", "legacy")}
 {remote_json.section("remotejson")}
-{remote_sse.section("remotecapped")}max_message_bytes = "8m"
+{remote_sse.section("remotecapped", "legacy")}max_message_bytes = "8m"
 {remote_json.section("remotejsoncapped")}max_message_bytes = "8m"
 """
     )

@@ -21,10 +21,11 @@ def texts(result) -> str:
     return "\n".join(c.text for c in result.content if getattr(c, "type", None) == "text")
 
 
-async def test_auto_mode_falls_back_from_discover_and_lists_every_server(gateway):
-    # Default mode probes server/discover first; the gateway's 4xx makes it use initialize.
+async def test_auto_mode_adopts_2026_07_28_and_lists_every_server(gateway):
+    # Default mode probes server/discover first; the gateway answers it, so the client stays on
+    # the stateless revision (the 2025 era is covered with mode="legacy" in test_modern_client.py).
     async with Client(gateway.url) as client:
-        assert client.session.protocol_version == "2025-11-25"
+        assert client.session.protocol_version == "2026-07-28"
         names = {t.name for t in (await client.list_tools()).tools}
     for expected in ("time__get_current_time", "git__git_status", "everything__echo", "fixture__echo"):
         assert expected in names, sorted(names)
@@ -93,7 +94,8 @@ async def test_logging_reaches_the_calling_session(gateway):
     async def on_log(params):
         logs.append(params)
 
-    async with Client(gateway.url, logging_callback=on_log) as client:
+    # logging/setLevel is a 2025-era request (2026-07-28 sets the level per request).
+    async with Client(gateway.url, logging_callback=on_log, mode="legacy") as client:
         await client.set_logging_level("debug")
         result = await client.call_tool("fixture__test_tool_with_logging", {})
         await anyio.sleep(0.2)

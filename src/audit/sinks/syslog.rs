@@ -95,7 +95,8 @@ impl Syslog {
         let kind = v.get("kind").and_then(|k| k.as_str()).unwrap_or("-");
         let ts = v.get("ts").and_then(|k| k.as_str()).unwrap_or("-");
         let severity = match kind {
-            "tamper" | "recovery" | "denied" | "egress_denied" | "catalog_unstable" => 4,
+            "tamper" | "recovery" | "denied" | "egress_denied" | "catalog_unstable"
+            | "sanitized" | "lock_mismatch" => 4,
             _ => 6,
         };
         let body = match self.format {

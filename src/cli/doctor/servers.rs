@@ -127,19 +127,7 @@ fn host_port(url: &str) -> Option<(String, u16)> {
 
 /// `--start`: every server started once, as the gateway would, then stopped.
 pub async fn start_each(policy: &Policy, scope: &str) -> Vec<Finding> {
-    // Its own instance, so that the table and sandboxes it makes never touch a running
-    // gateway's, and no persistent table outlives it.
-    let names = crate::instance::InstanceId::parse(&format!("doctor-{}", std::process::id()))
-        .map(crate::egress::Names::new)
-        .unwrap_or_default();
-    let firewall = crate::sandbox::firewall::Firewall::with_options(
-        &policy.egress,
-        crate::egress::EgressOptions {
-            names,
-            table_flags: false,
-            ..Default::default()
-        },
-    );
+    let firewall = crate::sandbox::firewall::Firewall::transient(&policy.egress, "doctor");
     let backends = Arc::new(crate::sandbox::backends::Backends::new(scope, firewall));
     let (runtime, _) = backends.for_policy(policy).await;
     crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
@@ -193,9 +181,16 @@ async fn start_one(server: &Server, runtime: Arc<dyn crate::sandbox::Runtime>) -
                 })
                 .filter(|w| !w.is_empty())
                 .unwrap_or_else(|| "the server".to_owned());
-            let protocol = info.map(|i| i.protocol_version.clone()).unwrap_or_default();
+            let protocol = info
+                .as_ref()
+                .map(|i| i.protocol_version.clone())
+                .unwrap_or_default();
+            let asked = match info.map(|i| i.era) {
+                Some(crate::upstream::Era::Modern) => "server/discover",
+                _ => "initialize",
+            };
             Finding::ok(format!(
-                "server {name}: started; initialize answered by {who} (protocol {protocol})"
+                "server {name}: started; {asked} answered by {who} (protocol {protocol})"
             ))
         }
         Ok(Err(reason)) => Finding::problem(

@@ -196,6 +196,7 @@ pub async fn run(
 fn report(ev: EgressEvent) -> FromAgent {
     match ev {
         EgressEvent::Denied { packets, .. } => FromAgent::Denied { packets },
+        EgressEvent::DnsOverBudget { queries, .. } => FromAgent::DnsOverBudget { queries },
         EgressEvent::Restored { reason } => FromAgent::Tamper { reason },
         EgressEvent::RestoreFailed { error, .. } => FromAgent::RestoreFailed { error },
         EgressEvent::Pinned { pins, .. } => FromAgent::Pin {

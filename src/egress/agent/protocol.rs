@@ -19,7 +19,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
-use crate::policy::{EgressSettings, Server};
+use crate::policy::{EgressSettings, Rate, Server};
 
 /// The longest line either side accepts (a config with many rules fits easily).
 pub const MAX_LINE: usize = 64 * 1024;
@@ -63,6 +63,9 @@ pub enum FromAgent {
     Pin { addrs: Vec<String> },
     /// Packets dropped since the last report.
     Denied { packets: u64 },
+    /// DNS questions refused over the server's budget since the last report (the budget is
+    /// the one in the config, which the gateway knows).
+    DnsOverBudget { queries: u64 },
     /// The table was altered or removed and has been restored.
     Tamper { reason: String },
     /// The table was lost and could not be restored: the server must be stopped.
@@ -139,6 +142,7 @@ pub fn config_policy(server: &Server, settings: &EgressSettings) -> String {
         "max_addresses_per_name = {}",
         settings.max_addresses_per_name
     );
+    let _ = writeln!(o, "dns_rate = {}", rate_toml(settings.dns_rate));
     let _ = writeln!(o, "mode = \"sidecar\"");
     let _ = writeln!(o, "\n[servers.{}]", server.name);
     let _ = writeln!(o, "runtime = \"process\"\ncommand = \"true\"");
@@ -154,7 +158,19 @@ pub fn config_policy(server: &Server, settings: &EgressSettings) -> String {
                 .collect()
         )
     );
+    if let Some(r) = server.egress.dns_rate {
+        let _ = writeln!(o, "egress.dns_rate = {}", rate_toml(r));
+    }
     o
+}
+
+/// A DNS budget as the policy writes it.
+fn rate_toml(r: Rate) -> String {
+    format!(
+        "{{ quota = \"{}\", burst = {} }}",
+        crate::policy::units::format_rate(r.count, r.per),
+        r.burst
+    )
 }
 
 #[cfg(test)]
@@ -174,6 +190,7 @@ mod tests {
                 addrs: vec!["198.18.0.10:443".into()],
             },
             FromAgent::Denied { packets: 3 },
+            FromAgent::DnsOverBudget { queries: 9 },
             FromAgent::Tamper {
                 reason: "table inet portcullis_x was removed".into(),
             },

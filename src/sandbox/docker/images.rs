@@ -18,6 +18,16 @@ pub struct ResolvedImage {
 }
 
 impl ResolvedImage {
+    /// Whether this is the image `digest` (`sha256:...`) names: its id, or its registry digest.
+    pub fn is(&self, digest: &str) -> bool {
+        self.id == digest
+            || self
+                .repo_digest
+                .as_deref()
+                .and_then(|d| d.rsplit_once('@'))
+                .is_some_and(|(_, d)| d == digest)
+    }
+
     /// The digest recorded for audit: the registry digest when there is one, else the image id.
     pub fn audit_digest(&self) -> String {
         self.repo_digest.clone().unwrap_or_else(|| self.id.clone())
@@ -40,4 +50,39 @@ pub async fn resolve(docker: &Docker, image: &str) -> Result<Option<ResolvedImag
         }) => Ok(None),
         Err(e) => Err(e),
     }
+}
+
+/// An image reference resolved with the digest it may pin (`name[:tag]@sha256:...`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Pinned {
+    /// Present, and the pinned one when the reference pins one.
+    Image(ResolvedImage),
+    /// Nothing by that name or digest.
+    Missing,
+    /// The reference pins a digest, and the name resolves to another image (`found`).
+    Mismatch { expected: String, found: String },
+}
+
+/// Resolves `image`. A pinned reference is tried as a registry digest (what the engine knows
+/// for pulled images), then as an image id (what locally built images have); when neither
+/// exists but the name does, that is a mismatch, not a missing image.
+pub async fn resolve_pinned(docker: &Docker, image: &str) -> Result<Pinned, DockerFailure> {
+    let Some((name, digest)) = image.rsplit_once('@') else {
+        return Ok(resolve(docker, image)
+            .await?
+            .map_or(Pinned::Missing, Pinned::Image));
+    };
+    if let Some(found) = resolve(docker, image).await? {
+        return Ok(Pinned::Image(found));
+    }
+    if let Some(found) = resolve(docker, digest).await?.filter(|f| f.is(digest)) {
+        return Ok(Pinned::Image(found));
+    }
+    Ok(match resolve(docker, name).await? {
+        Some(other) => Pinned::Mismatch {
+            expected: digest.to_owned(),
+            found: other.id,
+        },
+        None => Pinned::Missing,
+    })
 }

@@ -33,7 +33,9 @@ pub use spec::Network;
 
 use super::firewall::Firewall;
 use super::leases::Lease;
-use super::{BoxFuture, Instance, InstanceInfo, Runtime, SandboxError, SpawnContext, Spawned};
+use super::{
+    BoxFuture, Instance, InstanceInfo, PinMismatch, Runtime, SandboxError, SpawnContext, Spawned,
+};
 use crate::policy::{Runtime as RuntimeSpec, Server};
 
 /// Upper bound for ordinary API calls (inspect, list, start, remove).
@@ -348,13 +350,43 @@ impl DockerRuntime {
                 reason: redactor.redact(&e.to_string()).into_owned(),
             }
         };
-        let image = images::resolve(&self.docker, &spec.image)
+        let image = match images::resolve_pinned(&self.docker, &spec.image)
             .await
             .map_err(failed("image inspect"))?
-            .ok_or_else(|| SandboxError::ImageMissing {
+        {
+            images::Pinned::Image(i) => i,
+            images::Pinned::Missing => {
+                return Err(SandboxError::ImageMissing {
+                    server: server.name.clone(),
+                    image: spec.image.clone(),
+                })
+            }
+            images::Pinned::Mismatch { expected, found } => {
+                crate::metrics::global().lock_mismatch(&server.name, "image", "image");
+                return Err(SandboxError::ImagePin(Box::new(PinMismatch {
+                    server: server.name.clone(),
+                    image: spec.image.clone(),
+                    expected,
+                    found,
+                    source_of_pin: "policy's image reference".to_owned(),
+                    hint: "pin the new digest in `image`".to_owned(),
+                })));
+            }
+        };
+        if let Some(pin) = ctx.image_pin.as_ref().filter(|p| !image.is(&p.digest)) {
+            crate::metrics::global().lock_mismatch(&server.name, "image", "image");
+            return Err(SandboxError::ImagePin(Box::new(PinMismatch {
                 server: server.name.clone(),
                 image: spec.image.clone(),
-            })?;
+                expected: pin.digest.clone(),
+                found: image.id.clone(),
+                source_of_pin: pin.source.clone(),
+                hint: format!(
+                    "`portcullis tools lock --update --server {}`, then SIGHUP the gateway",
+                    server.name
+                ),
+            })));
+        }
         let mut labels = labels::for_container(&server.name, ctx, &self.gateway, &self.scope);
         labels.insert(labels::IMAGE.to_owned(), spec.image.clone());
         // The rules exist before the container does; on any error below, dropping the lease
@@ -429,6 +461,7 @@ impl DockerRuntime {
             info: InstanceInfo {
                 id,
                 image_digest: Some(image.audit_digest()),
+                image_id: Some(image.id.clone()),
             },
         })
     }

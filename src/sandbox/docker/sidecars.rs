@@ -318,6 +318,7 @@ impl Sidecars {
         let (reply_tx, replies) = mpsc::channel(4);
         tokio::spawn(read_reports(
             name.clone(),
+            server.egress.dns_rate_in(self.firewall.settings()),
             lines,
             self.firewall.sidecar_reporter(),
             reply_tx,
@@ -395,6 +396,7 @@ async fn send_config(stdin: &mut BoxWrite, server: &Server, fw: &Firewall) -> Re
 /// The agent's report lines, until its output ends.
 async fn read_reports(
     server: String,
+    dns_rate: crate::policy::Rate,
     mut lines: tokio::io::Lines<BufReader<crate::sandbox::BoxRead>>,
     events: mpsc::Sender<EgressEvent>,
     replies: mpsc::Sender<FromAgent>,
@@ -407,6 +409,11 @@ async fn read_reports(
             Ok(FromAgent::Denied { packets }) => EgressEvent::Denied {
                 server: server.clone(),
                 packets,
+            },
+            Ok(FromAgent::DnsOverBudget { queries }) => EgressEvent::DnsOverBudget {
+                server: server.clone(),
+                queries,
+                rate: dns_rate,
             },
             Ok(FromAgent::Tamper { reason }) => EgressEvent::Restored {
                 reason: format!("egress agent of server `{server}`: {reason}"),

@@ -13,6 +13,7 @@
 mod body;
 pub(super) mod connector;
 pub mod egress;
+mod modern;
 pub(super) mod oauth;
 mod reach;
 pub mod sse;
@@ -58,6 +59,8 @@ pub(super) type HttpClient = Client<connector::Connector, Full<Bytes>>;
 enum Mode {
     Streamable,
     Legacy,
+    /// Stateless 2026-07-28 (see [`modern`]).
+    Modern,
 }
 
 /// One live connection to a remote server (one MCP session with it).
@@ -82,6 +85,8 @@ pub(super) struct Remote {
     tasks: Mutex<Vec<tokio::task::AbortHandle>>,
     startup_timeout: Duration,
     client_capabilities: crate::policy::ClientCapabilities,
+    /// 2026-07-28: the arguments each tool mirrors into `Mcp-Param-*` headers.
+    mirrors: modern::Mirrors,
 }
 
 /// What [`connect`] established.
@@ -144,7 +149,21 @@ pub(super) async fn connect(
         tasks: Mutex::new(Vec::new()),
         startup_timeout: server.startup_timeout,
         client_capabilities: server.client_capabilities,
+        mirrors: modern::Mirrors::default(),
     });
+    if let Some(info) = remote.probe(server.protocol).await? {
+        conn.set_era(super::Era::Modern);
+        remote.start_tasks(Mode::Modern, outbox, None);
+        let caps = info.capabilities.clone();
+        let me = remote.clone();
+        let h = tokio::spawn(async move { me.listen_loop(caps).await });
+        remote.track(h.abort_handle());
+        return Ok(Connected {
+            remote,
+            conn,
+            info: Some(info),
+        });
+    }
     match remote.initialize().await {
         Ok(Some(info)) => {
             remote.start_tasks(Mode::Streamable, outbox, None);
@@ -284,6 +303,11 @@ impl Remote {
             status,
             StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
         ) {
+            // A server that speaks only 2026-07-28 says so here; the legacy transport would
+            // only bury that under a GET refusal.
+            if let Some(why) = self.modern_only(resp).await {
+                return Err(why);
+            }
             tracing::info!(server = %self.server, %status, "initialize over Streamable HTTP refused; trying the legacy HTTP+SSE transport");
             return Ok(None);
         }
@@ -292,7 +316,7 @@ impl Remote {
         }
         let session = resp.headers().get(SESSION_HEADER).cloned();
         let mut answer = None;
-        self.read_messages(resp, self.startup_timeout, |m| {
+        self.read_messages(resp, self.startup_timeout, None, |m| {
             if let Message::Response(r) = m {
                 if r.id == Id::Num(0) {
                     answer = Some(r.outcome.clone());
@@ -330,11 +354,13 @@ impl Remote {
     }
 
     /// Reads a JSON or SSE response body, handing each JSON-RPC message to `each`; messages
-    /// the handshake does not need are dispatched like any other.
+    /// the handshake does not need are dispatched like any other, as related to request
+    /// `related` (the one whose response this is).
     async fn read_messages(
         &self,
         resp: http::Response<Incoming>,
         limit: Duration,
+        related: Option<u64>,
         mut each: impl FnMut(&Message),
     ) -> Result<(), ReadError> {
         let sse = is_sse(resp.headers());
@@ -356,13 +382,13 @@ impl Remote {
             return match parsed {
                 Ok(Body::Single(m)) => {
                     each(&m);
-                    self.deliver(m).await;
+                    self.deliver(m, related).await;
                     Ok(())
                 }
                 Ok(Body::Batch(items)) => {
                     for m in items.into_iter().flatten() {
                         each(&m);
-                        self.deliver(m).await;
+                        self.deliver(m, related).await;
                     }
                     Ok(())
                 }
@@ -389,7 +415,7 @@ impl Remote {
                 Ok(m) => {
                     each(&m);
                     let done = matches!(m, Message::Response(_));
-                    self.deliver(m).await;
+                    self.deliver(m, related).await;
                     // A response ends what the handshake waits for; servers may keep the
                     // stream open.
                     if done {
@@ -404,11 +430,13 @@ impl Remote {
     }
 
     /// Dispatches a message that is not the handshake's own answer.
-    async fn deliver(&self, m: Message) {
+    async fn deliver(&self, m: Message, related: Option<u64>) {
         if matches!(&m, Message::Response(r) if r.id == Id::Num(0)) {
             return;
         }
-        if let Err(reason) = dispatch_message(&self.source, &self.conn, &self.events, m).await {
+        if let Err(reason) =
+            dispatch_message(&self.source, &self.conn, &self.events, m, related).await
+        {
             self.die(reason);
         }
     }
@@ -468,6 +496,7 @@ impl Remote {
             None => {
                 let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT_POSTS));
                 self.conn.set_direct(Box::new(DirectPost {
+                    mode,
                     remote: Arc::downgrade(self),
                     to: self.url.clone(),
                     permits: permits.clone(),
@@ -477,9 +506,11 @@ impl Remote {
                 let h =
                     tokio::spawn(async move { me.write_loop(mode, outbox, url, permits).await });
                 self.track(h.abort_handle());
-                let me = self.clone();
-                let h = tokio::spawn(async move { me.get_loop().await });
-                self.track(h.abort_handle());
+                if mode == Mode::Streamable {
+                    let me = self.clone();
+                    let h = tokio::spawn(async move { me.get_loop().await });
+                    self.track(h.abort_handle());
+                }
             }
         }
     }
@@ -572,7 +603,16 @@ impl Remote {
         if mode == Mode::Legacy || status == StatusCode::ACCEPTED {
             return; // answers arrive on the SSE stream
         }
-        let read = self.read_messages(resp, limit, |_| {}).await;
+        let modern = mode == Mode::Modern;
+        let read = self
+            .read_messages(resp, limit, request_id, |m| {
+                if let (true, Message::Response(r)) = (modern, m) {
+                    if let Ok(result) = &r.outcome {
+                        self.mirrors.note(&self.server, result);
+                    }
+                }
+            })
+            .await;
         if let Err(ReadError::TooLarge { size, limit }) = &read {
             // The response is dropped unread (aborted): the connection and every other
             // request go on.
@@ -602,8 +642,10 @@ impl Remote {
     ) -> Result<Posted, SendError> {
         let with_session = mode == Mode::Streamable;
         let had_session = with_session && self.session.lock().is_ok_and(|s| s.is_some());
-        let req = self
-            .build(
+        let req = if mode == Mode::Modern {
+            self.build_modern(to, msg).await
+        } else {
+            self.build(
                 Method::POST,
                 to,
                 "application/json, text/event-stream",
@@ -611,7 +653,8 @@ impl Remote {
                 with_session,
             )
             .await
-            .map_err(SendError::Connection)?;
+        }
+        .map_err(SendError::Connection)?;
         let resp = self.send(req, limit).await?;
         if resp.status() == StatusCode::NOT_FOUND && had_session {
             return Ok(Posted::SessionExpired);
@@ -710,7 +753,8 @@ impl Remote {
             return;
         };
         drop(ev);
-        if let Err(reason) = dispatch_message(&self.source, &self.conn, &self.events, message).await
+        if let Err(reason) =
+            dispatch_message(&self.source, &self.conn, &self.events, message, None).await
         {
             self.die(reason);
         }
@@ -827,6 +871,7 @@ pub(super) fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// Streamable HTTP's direct path: each message is its own POST, sent without the outbox.
 struct DirectPost {
+    mode: Mode,
     // Weak: the connection (which holds this) is owned by the remote.
     remote: std::sync::Weak<Remote>,
     to: Uri,
@@ -846,8 +891,9 @@ impl super::connection::Direct for DirectPost {
             return Err(msg);
         };
         let to = self.to.clone();
+        let mode = self.mode;
         Ok(Box::pin(async move {
-            remote.post(Mode::Streamable, &to, msg, request_id).await;
+            remote.post(mode, &to, msg, request_id).await;
             drop(permit);
         }))
     }

@@ -106,6 +106,9 @@ pub(super) fn start(
     let info = InitInfo {
         instance: crate::sandbox::InstanceInfo::default(),
         protocol_version: protocol::LATEST.to_owned(),
+        // Answered in-process like a 2025-era server (the gateway never probes it); the
+        // router bridges 2026-07-28 clients to it as to any 2025-era server.
+        era: super::Era::Legacy,
         capabilities: json!({ "tools": {} }),
         server_info: json!({ "name": spec.api.title, "version": spec.api.version }),
         instructions: None,
@@ -202,7 +205,7 @@ impl OpenApi {
 
     async fn answer(&self, id: Id, outcome: super::Outcome) {
         let msg = Message::Response(Response { id, outcome });
-        let _ = dispatch_message(&self.source, &self.conn, &self.events, msg).await;
+        let _ = dispatch_message(&self.source, &self.conn, &self.events, msg, None).await;
     }
 
     fn cancel(&self, params: Option<&serde_json::value::RawValue>) {

@@ -1,0 +1,271 @@
+//! Tokens the gateway hands a client to carry between requests (an MRTR `requestState`, a task
+//! handle): signed by the gateway, bound to the client and the request they belong to, and
+//! short-lived, so that a client can neither forge one, alter one, use another client's, nor
+//! replay one on a different request.
+//!
+//! Format: `v1.<payload>.<mac>`, both parts base64url without padding; the payload is JSON
+//! (see [`Claims`]) and the MAC is HMAC-SHA256 over `v1.<payload>` with a key made at start-up
+//! for this process. The version prefix leaves room for a fleet format (a shared key and the
+//! name of the replica that holds the state) without ambiguity.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+const VERSION: &str = "v1";
+/// Longest token accepted: anything longer was not made here.
+const MAX_LEN: usize = 8192;
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// What a token stands for.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "k")]
+pub enum Held {
+    /// A call the gateway holds open while the client answers the server's requests.
+    #[serde(rename = "x")]
+    Exchange { id: u64, round: u64 },
+    /// A server's own `requestState`, to give back to that server on the retry (absent when
+    /// the server sent none).
+    #[serde(rename = "u")]
+    UpstreamState {
+        server: String,
+        #[serde(skip_serializing_if = "Option::is_none", default)]
+        state: Option<String>,
+    },
+    /// A server's task id.
+    #[serde(rename = "t")]
+    Task {
+        server: String,
+        /// The tool whose call created the task (the server's own name for it).
+        tool: String,
+        task: String,
+        /// The task is one of the 2025-11-25 experimental tasks (polled with that revision's
+        /// `tasks/get` and `tasks/result`).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        legacy: bool,
+    },
+}
+
+/// Everything a token says.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    #[serde(flatten)]
+    pub held: Held,
+    /// The client (policy name) it was issued to.
+    pub c: String,
+    /// The method and a digest of the item it was issued for (empty for task handles, which
+    /// travel on their own methods).
+    pub m: String,
+    pub n: String,
+    /// Expiry, seconds since the Unix epoch.
+    pub e: u64,
+}
+
+/// Why a token was refused. The message is safe to show the client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("it was not issued by this gateway (or was altered)")]
+    Forged,
+    #[error("it has expired")]
+    Expired,
+    #[error("it was issued to another client")]
+    OtherClient,
+    #[error("it was issued for another request ({0})")]
+    OtherRequest(String),
+}
+
+/// Makes and checks tokens with one key.
+pub struct Seal {
+    key: [u8; 32],
+}
+
+impl Seal {
+    /// A seal with a fresh random key: tokens it makes are good only in this process.
+    pub fn new() -> Seal {
+        let mut key = [0u8; 32];
+        if getrandom::getrandom(&mut key).is_err() {
+            // Without OS randomness no token can be trusted; refuse rather than use a weak key.
+            std::process::abort();
+        }
+        Seal { key }
+    }
+
+    /// A token for `held`, issued to `client` for `method` on `item`, good for `ttl`.
+    pub fn make(
+        &self,
+        held: Held,
+        client: &str,
+        method: &str,
+        item: &str,
+        ttl: Duration,
+    ) -> String {
+        let claims = Claims {
+            held,
+            c: client.to_owned(),
+            m: method.to_owned(),
+            n: digest(item),
+            e: now().saturating_add(ttl.as_secs().max(1)),
+        };
+        let payload = b64().encode(serde_json::to_vec(&claims).unwrap_or_default());
+        let signed = format!("{VERSION}.{payload}");
+        let mac = b64().encode(self.mac(signed.as_bytes()));
+        format!("{signed}.{mac}")
+    }
+
+    /// The claims of `token` when this gateway made it, it is unexpired, and it was issued to
+    /// `client` for `method` on `item` (`None` skips the request check, for task handles).
+    pub fn open(
+        &self,
+        token: &str,
+        client: &str,
+        request: Option<(&str, &str)>,
+    ) -> Result<Claims, Refused> {
+        if token.len() > MAX_LEN {
+            return Err(Refused::Forged);
+        }
+        let (signed, mac) = token.rsplit_once('.').ok_or(Refused::Forged)?;
+        let mac = b64().decode(mac).map_err(|_| Refused::Forged)?;
+        let mut check = HmacSha256::new_from_slice(&self.key).map_err(|_| Refused::Forged)?;
+        check.update(signed.as_bytes());
+        check.verify_slice(&mac).map_err(|_| Refused::Forged)?;
+        let payload = signed
+            .strip_prefix(VERSION)
+            .and_then(|p| p.strip_prefix('.'))
+            .ok_or(Refused::Forged)?;
+        let claims: Claims = b64()
+            .decode(payload)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .ok_or(Refused::Forged)?;
+        if claims.e < now() {
+            return Err(Refused::Expired);
+        }
+        if claims.c != client {
+            return Err(Refused::OtherClient);
+        }
+        if let Some((method, item)) = request {
+            if claims.m != method || claims.n != digest(item) {
+                return Err(Refused::OtherRequest(format!(
+                    "it belongs to a `{}` request",
+                    claims.m
+                )));
+            }
+        }
+        Ok(claims)
+    }
+
+    fn mac(&self, data: &[u8]) -> Vec<u8> {
+        match HmacSha256::new_from_slice(&self.key) {
+            Ok(mut m) => {
+                m.update(data);
+                m.finalize().into_bytes().to_vec()
+            }
+            // HMAC takes keys of any length; this cannot happen.
+            Err(_) => Vec::new(),
+        }
+    }
+}
+
+impl Default for Seal {
+    fn default() -> Self {
+        Seal::new()
+    }
+}
+
+fn b64() -> &'static base64::engine::GeneralPurpose {
+    &base64::engine::general_purpose::URL_SAFE_NO_PAD
+}
+
+/// A short digest of the item a token is bound to (the token need not reveal it).
+fn digest(item: &str) -> String {
+    hex::encode(&Sha256::digest(item.as_bytes())[..12])
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    #[test]
+    fn a_token_opens_only_for_its_client_and_request() {
+        let seal = Seal::new();
+        let t = seal.make(
+            Held::Exchange { id: 7, round: 1 },
+            "alice",
+            "tools/call",
+            "a__x",
+            HOUR,
+        );
+        assert!(t.starts_with("v1."));
+        let c = seal
+            .open(&t, "alice", Some(("tools/call", "a__x")))
+            .unwrap();
+        assert_eq!(c.held, Held::Exchange { id: 7, round: 1 });
+        assert_eq!(
+            seal.open(&t, "bob", Some(("tools/call", "a__x"))),
+            Err(Refused::OtherClient)
+        );
+        assert!(matches!(
+            seal.open(&t, "alice", Some(("tools/call", "a__y"))),
+            Err(Refused::OtherRequest(_))
+        ));
+        assert!(matches!(
+            seal.open(&t, "alice", Some(("prompts/get", "a__x"))),
+            Err(Refused::OtherRequest(_))
+        ));
+    }
+
+    #[test]
+    fn altered_foreign_and_expired_tokens_are_refused() {
+        let seal = Seal::new();
+        let t = seal.make(
+            Held::Exchange { id: 1, round: 1 },
+            "alice",
+            "tools/call",
+            "x",
+            HOUR,
+        );
+        // Another process (another key) made it.
+        assert_eq!(Seal::new().open(&t, "alice", None), Err(Refused::Forged));
+        // A forged payload that claims another exchange, with the old signature.
+        let (_, mac) = t.rsplit_once('.').unwrap();
+        let forged_claims = Claims {
+            held: Held::Exchange { id: 2, round: 1 },
+            c: "alice".into(),
+            m: "tools/call".into(),
+            n: digest("x"),
+            e: now() + 3600,
+        };
+        let forged = format!(
+            "v1.{}.{mac}",
+            b64().encode(serde_json::to_vec(&forged_claims).unwrap())
+        );
+        assert_eq!(seal.open(&forged, "alice", None), Err(Refused::Forged));
+        for junk in ["", "v1", "v1..", "v2.e30.AAAA", &"a".repeat(MAX_LEN + 1)] {
+            assert_eq!(
+                seal.open(junk, "alice", None),
+                Err(Refused::Forged),
+                "{junk}"
+            );
+        }
+        // Expired: made with an expiry in the past.
+        let mut claims = forged_claims;
+        claims.e = now() - 1;
+        let payload = b64().encode(serde_json::to_vec(&claims).unwrap());
+        let signed = format!("v1.{payload}");
+        let old = format!("{signed}.{}", b64().encode(seal.mac(signed.as_bytes())));
+        assert_eq!(seal.open(&old, "alice", None), Err(Refused::Expired));
+    }
+}
