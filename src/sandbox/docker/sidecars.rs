@@ -475,7 +475,14 @@ pub fn agent_config(
 ) -> ContainerCreateBody {
     let host_config = HostConfig {
         cap_drop: Some(vec!["ALL".to_owned()]),
-        cap_add: Some(vec!["NET_ADMIN".to_owned(), "NET_BIND_SERVICE".to_owned()]),
+        // SETUID/SETGID only to drop to the agent's uid at start (setgroups, setresgid,
+        // setresuid need them); the agent's capset right after leaves just the other two in
+        // its permitted set, so they are gone before it reads its config (`agent::privs`).
+        cap_add: Some(
+            ["NET_ADMIN", "NET_BIND_SERVICE", "SETUID", "SETGID"]
+                .map(str::to_owned)
+                .to_vec(),
+        ),
         privileged: Some(false),
         security_opt: Some(vec!["no-new-privileges:true".to_owned()]),
         readonly_rootfs: Some(true),
@@ -523,7 +530,11 @@ mod tests {
         assert_eq!(h.cap_drop, Some(vec!["ALL".to_owned()]));
         assert_eq!(
             h.cap_add,
-            Some(vec!["NET_ADMIN".to_owned(), "NET_BIND_SERVICE".to_owned()])
+            Some(
+                ["NET_ADMIN", "NET_BIND_SERVICE", "SETUID", "SETGID"]
+                    .map(str::to_owned)
+                    .to_vec()
+            )
         );
         assert_eq!(h.readonly_rootfs, Some(true));
         assert_eq!(h.privileged, Some(false));
