@@ -43,6 +43,8 @@ fn main() -> ExitCode {
             Err(code) => code,
         },
         Command::Health(health) => cli::health::run(health),
+        // Before any runtime or logging thread: it changes its uid and capabilities first.
+        Command::EgressAgent => portcullis::egress::agent::main(),
         Command::Firewall(FirewallCommand::Plan { file, instance }) => {
             cli::firewall::plan(&file, instance.as_deref())
         }

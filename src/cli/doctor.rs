@@ -101,6 +101,12 @@ pub async fn run(args: DoctorArgs) -> ExitCode {
             findings.extend(trust);
             findings.extend(servers::check(&policy).await);
             findings.extend(docker(&policy).await);
+            let mode = crate::egress::mode::resolve(policy.egress.mode);
+            findings.push(Finding::ok(format!(
+                "egress mode: {} ({})",
+                mode.mode.as_str(),
+                mode.reason
+            )));
             findings.extend(nftables::check(&policy, args.instance.as_deref()).await);
             findings.extend(audit_dir::check(&policy));
             findings.extend(process_access::check(&policy));

@@ -104,13 +104,27 @@ pub fn warn_about_policy(policy: &Policy) {
     }
 }
 
-/// Consumes the firewall's events for the life of the gateway (from when it starts).
+/// Consumes the firewall's events for the life of the gateway (from when it starts), and the
+/// reports of sidecar mode's egress agents (the same events, one agent per server).
 pub fn spawn(backends: Arc<Backends>, trail: AuditTrail) -> tokio::task::JoinHandle<()> {
+    if let Some(events) = backends.firewall().take_sidecar_events() {
+        tokio::spawn(consume(events, backends.clone(), trail.clone()));
+    }
     tokio::spawn(async move {
         let egress = backends.firewall().started().await;
-        let Some(mut events) = egress.take_events() else {
+        let Some(events) = egress.take_events() else {
             return;
         };
+        consume(events, backends, trail).await;
+    })
+}
+
+async fn consume(
+    mut events: tokio::sync::mpsc::Receiver<EgressEvent>,
+    backends: Arc<Backends>,
+    trail: AuditTrail,
+) {
+    {
         let mut throttles = Throttles {
             packets: DenialThrottle::new(DENIED_EVERY),
             dns: DenialThrottle::new(DENIED_EVERY),
@@ -135,7 +149,7 @@ pub fn spawn(backends: Arc<Backends>, trail: AuditTrail) -> tokio::task::JoinHan
                 }
             }
         }
-    })
+    }
 }
 
 /// Denied packets and refused DNS questions are throttled separately: a flood of one does not
@@ -185,6 +199,9 @@ async fn handle(
             if let Some(total) = throttles.packets.add(&server, packets, Instant::now()) {
                 trail.record_later(denied_record(&server, total));
             }
+        }
+        EgressEvent::Pinned { server, pins } => {
+            tracing::debug!(%server, ?pins, "egress pinned");
         }
         EgressEvent::DnsOverBudget {
             server,

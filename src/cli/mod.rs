@@ -63,6 +63,9 @@ pub enum Command {
     /// Show the nftables egress rules: planned for a policy, or live.
     #[command(subcommand)]
     Firewall(FirewallCommand),
+    /// Egress enforcement of one server in sidecar mode (run by the gateway in a container of
+    /// its own; speaks a line protocol on stdin/stdout).
+    EgressAgent,
     /// Pin what servers offer: write the lock file of approved tool definitions, or show what
     /// changed since.
     #[command(subcommand)]

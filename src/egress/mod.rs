@@ -28,6 +28,7 @@
 //! [`EgressEvent::RestoreFailed`]; [`Egress::is_enforcing`] stays false until the table is back,
 //! and no sandbox starts meanwhile.
 
+pub mod agent;
 pub mod dns;
 mod dns_budget;
 mod dns_cache;
@@ -35,12 +36,14 @@ mod dns_lookup;
 mod dns_upstream;
 pub mod host_forward;
 pub mod leftovers;
+pub mod mode;
 pub mod names;
 pub mod netns;
 pub mod network;
 pub mod nft;
 pub mod ruleset;
 pub mod sets;
+pub mod sidecar_rules;
 pub mod subnets;
 pub mod table;
 
@@ -58,7 +61,7 @@ pub use names::Names;
 pub use nft::{NftError, Snapshot};
 use ruleset::ServerNet;
 use table::{Cmd, WorkerHandle};
-pub use table::{EgressEvent, Protection, Startup};
+pub use table::{EgressEvent, Protection, Shape, Startup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {
@@ -128,11 +131,15 @@ pub enum Attachment {
         gateway: Ipv4Addr,
         subnet: (Ipv4Addr, u8),
     },
+    /// Sidecar mode: the agent's own namespace, which the server's container joins; the
+    /// resolver listens on its loopback.
+    Sidecar,
 }
 
 impl Attachment {
     fn net(&self, server: &str) -> ServerNet {
         let (iface, gateway, masquerade) = match self {
+            Attachment::Sidecar => ("lo".to_string(), sidecar_rules::RESOLVER, None),
             Attachment::Bridge { iface, gateway, .. } => (iface.clone(), *gateway, None),
             Attachment::Veth {
                 iface,
@@ -174,6 +181,8 @@ pub struct EgressOptions {
     pub table_flags: bool,
     /// The table's comment, naming who made it (see `instance::lock::comment_for`).
     pub comment: String,
+    /// Host table or a sidecar agent's table.
+    pub shape: Shape,
 }
 
 impl Default for EgressOptions {
@@ -185,6 +194,7 @@ impl Default for EgressOptions {
             names: Names::default(),
             table_flags: true,
             comment: format!("portcullis pid {}", std::process::id()),
+            shape: Shape::Host,
         }
     }
 }
@@ -267,6 +277,7 @@ impl Egress {
         let ns = options.netns.clone();
         let interval = options.watch_interval;
         let claim = table::Claim {
+            shape: options.shape.clone(),
             names: options.names.clone(),
             owned: options.table_flags,
             comment: options.comment.clone(),
@@ -388,8 +399,9 @@ impl Egress {
         server: &Server,
         attach: Attachment,
     ) -> Result<Prepared, EgressError> {
+        let sidecar = attach == Attachment::Sidecar;
         let net = attach.net(&server.name);
-        if !self.names().owns_iface(&net.iface) {
+        if !sidecar && !self.names().owns_iface(&net.iface) {
             return Err(EgressError::BadInterface {
                 server: server.name.clone(),
                 iface: net.iface,

@@ -75,7 +75,16 @@ pub enum Hook {
     Input,
     /// Source NAT (a `nat` chain).
     Postrouting,
+    /// Locally generated traffic (sidecar mode: the agent's namespace is the sandbox's).
+    Output,
+    /// Destination NAT of locally generated traffic, just before Docker's own (sidecar mode:
+    /// Docker's embedded resolver address is sent to the agent's resolver).
+    OutputNat,
 }
+
+/// One before Docker's `dstnat` (-100) output chain: the first NAT mapping of a connection
+/// is the one that sticks.
+pub const OUTPUT_NAT_PRIORITY: i32 = -101;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SetKind {
@@ -116,6 +125,9 @@ impl L4 {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Match {
     Iif(String),
+    Oif(String),
+    /// The owner (uid) of the sending socket; only meaningful on output.
+    SkUid(u32),
     IifPrefix(String),
     OifPrefix(String),
     CtEstablishedRelated,
@@ -138,6 +150,8 @@ pub enum Verdict {
     Jump(String),
     /// Source NAT to the outgoing interface's address (nat chains only).
     Masquerade,
+    /// Destination NAT to this IPv4 address and port (nat chains only).
+    Dnat(Ipv4Addr, u16),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -465,6 +479,14 @@ pub fn render(table: &str, t: &Table) -> String {
                 Hook::Postrouting => {
                     "type nat hook postrouting priority srcnat; policy accept;".to_string()
                 }
+                Hook::Output => format!(
+                    "type filter hook output priority filter - {}; policy accept;",
+                    -PRIORITY
+                ),
+                Hook::OutputNat => format!(
+                    "type nat hook output priority dstnat - {}; policy accept;",
+                    -100 - OUTPUT_NAT_PRIORITY
+                ),
             };
             let _ = writeln!(o, "\t\t{line}");
         }
@@ -484,6 +506,8 @@ fn render_rule(r: &Rule) -> String {
         let m = &r.matches[i];
         match m {
             Match::Iif(n) => parts.push(format!("iifname \"{n}\"")),
+            Match::Oif(n) => parts.push(format!("oifname \"{n}\"")),
+            Match::SkUid(u) => parts.push(format!("meta skuid {u}")),
             Match::IifPrefix(p) => parts.push(format!("iifname \"{p}*\"")),
             Match::OifPrefix(p) => parts.push(format!("oifname \"{p}*\"")),
             Match::CtEstablishedRelated => parts.push("ct state established,related".into()),
@@ -523,6 +547,7 @@ fn render_rule(r: &Rule) -> String {
         Verdict::Drop => "drop".into(),
         Verdict::Jump(c) => format!("jump {c}"),
         Verdict::Masquerade => "masquerade".into(),
+        Verdict::Dnat(a, p) => format!("dnat ip to {a}:{p}"),
     });
     parts.join(" ")
 }

@@ -66,9 +66,24 @@ impl Protection {
     }
 }
 
+/// Which rule set the worker programs.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Shape {
+    /// One table in the host's namespace judging every server's interface (`ruleset::build`).
+    #[default]
+    Host,
+    /// One server's table in its egress agent's namespace (`sidecar_rules::build`); pins are
+    /// reported as [`EgressEvent::Pinned`] so the agent can tell the gateway.
+    Sidecar {
+        agent_uid: u32,
+        upstream: Vec<std::net::SocketAddr>,
+    },
+}
+
 /// What to claim: the instance's names and how to mark the table.
 #[derive(Debug, Clone)]
 pub(crate) struct Claim {
+    pub shape: Shape,
     pub names: Names,
     /// Use OWNER | PERSIST when the kernel has them.
     pub owned: bool,
@@ -94,6 +109,8 @@ pub enum EgressEvent {
     /// The table was found missing or altered and could not be restored: these servers are
     /// without enforcement and must be stopped.
     RestoreFailed { servers: Vec<String>, error: String },
+    /// Addresses were pinned for a server (sidecar mode only: the agent reports them).
+    Pinned { server: String, pins: Vec<Pin> },
     /// A server's resolver refused `queries` questions over its DNS budget since its last
     /// report (at most one report per server per interval).
     DnsOverBudget {
@@ -167,6 +184,7 @@ pub(crate) fn spawn(
                 }
             };
             let mut worker = Worker {
+                shape: claim.shape.clone(),
                 nl,
                 names: claim.names.clone(),
                 flags: 0,
@@ -220,6 +238,7 @@ impl WorkerHandle {
 }
 
 struct Worker {
+    shape: Shape,
     nl: Netlink,
     names: Names,
     /// Table flags of every table this worker creates: OWNER | PERSIST, or none (watch only).
@@ -360,7 +379,11 @@ impl Worker {
                 timeout,
                 reply,
             } => {
-                let _ = reply.send(self.pin(&server, &pins, timeout));
+                let r = self.pin(&server, &pins, timeout);
+                if r.is_ok() && self.shape != Shape::Host {
+                    self.emit(EgressEvent::Pinned { server, pins });
+                }
+                let _ = reply.send(r);
             }
             Cmd::Snapshot { reply } => {
                 let _ = reply.send(self.nl.snapshot());
@@ -499,6 +522,17 @@ impl Worker {
 
 impl Worker {
     fn build(&self) -> Table {
+        if let Shape::Sidecar {
+            agent_uid,
+            upstream,
+        } = &self.shape
+        {
+            // One server per agent; an empty table (before it is prepared) has no chains.
+            return match self.desired.values().next() {
+                Some((server, _)) => super::sidecar_rules::build(server, *agent_uid, upstream),
+                None => Table::default(),
+            };
+        }
         let pairs: Vec<(&Server, &ServerNet)> =
             self.desired.values().map(|(s, n)| (s, n)).collect();
         ruleset::build(&self.names.iface_prefix(), &pairs)

@@ -405,10 +405,43 @@ pub struct EgressSettings {
     /// Whether a `process` server with egress rules may run without enforcement when the
     /// gateway is not root (it then has the host's network). Off: such servers do not start.
     pub allow_unconfined_process: bool,
+    /// Where docker servers' tables live (`[egress] mode`); see [`EgressMode`].
+    pub mode: EgressMode,
+    /// The image of the egress agent containers (sidecar mode). `None`: the image of the
+    /// container the gateway itself runs in.
+    pub agent_image: Option<String>,
     /// Questions each server's resolver may forward to the upstream resolvers (cache misses);
     /// beyond it the sandbox gets REFUSED. A server's `egress.dns_rate` overrides it.
     pub dns_rate: Rate,
 }
+
+/// Where the nftables table of a docker server lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EgressMode {
+    /// Not written: `host` when the gateway is in the host's network namespace, `sidecar`
+    /// otherwise (decided at start, see `egress::mode`).
+    #[default]
+    Auto,
+    /// One table in the gateway's (the host's) network namespace judges every server bridge.
+    Host,
+    /// Each server's network namespace is owned by a `portcullis egress-agent` container that
+    /// programs the table there; the server container joins that namespace.
+    Sidecar,
+}
+
+impl EgressMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EgressMode::Auto => "auto",
+            EgressMode::Host => "host",
+            EgressMode::Sidecar => "sidecar",
+        }
+    }
+}
+
+/// The uid the egress agent runs as in sidecar mode. Its DNS to the upstream resolvers is told
+/// apart from the server's by this socket owner (`meta skuid`), so no server may run as it.
+pub const AGENT_UID: u32 = 65533;
 
 /// 50 questions a second per server, bursts of 100: far above what a well-behaved server asks
 /// once its answers are cached, far below what would load a shared resolver.
@@ -427,6 +460,8 @@ impl Default for EgressSettings {
             max_addresses_per_name: 8,
             network_pool: (std::net::Ipv4Addr::new(10, 213, 0, 0), 16),
             allow_unconfined_process: false,
+            mode: EgressMode::Auto,
+            agent_image: None,
             dns_rate: DEFAULT_DNS_RATE,
         }
     }

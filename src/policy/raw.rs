@@ -277,6 +277,8 @@ pub struct RawEgressSettings {
     pub max_addresses_per_name: Option<Spanned<u64>>,
     pub network_pool: Option<Str>,
     pub allow_unconfined_process: Option<bool>,
+    pub mode: Option<Str>,
+    pub agent_image: Option<Str>,
     pub dns_rate: Option<Spanned<Value>>,
 }
 

@@ -239,6 +239,22 @@ pub fn render(p: &Policy) -> String {
         "  network_pool          {}/{}",
         e.network_pool.0, e.network_pool.1
     );
+    let resolved = crate::egress::mode::resolve(e.mode);
+    let _ = writeln!(
+        o,
+        "  mode                  {} ({})",
+        resolved.mode.as_str(),
+        resolved.reason
+    );
+    if resolved.mode == crate::policy::EgressMode::Sidecar {
+        let _ = writeln!(
+            o,
+            "  agent_image           {}",
+            e.agent_image
+                .as_deref()
+                .unwrap_or("(the image of the gateway's own container)")
+        );
+    }
     let _ = writeln!(
         o,
         "  allow_unconfined_process {}",

@@ -606,6 +606,28 @@ fn a_remote_url_on_a_private_address_needs_an_egress_rule() {
 }
 
 #[test]
+fn egress_mode_is_read_and_a_server_may_not_run_as_the_agent_in_sidecar_mode() {
+    let srv = "[servers.w]\nruntime = \"docker\"\nimage = \"i\"\nuser = \"65533:65533\"\negress.allow = [\"api.example.test:443\"]\n";
+    let p = parse(&format!("[egress]\nmode = \"host\"\n{srv}"), "p.toml").unwrap();
+    assert_eq!(p.egress.mode, EgressMode::Host);
+    assert_eq!(parse(TIME, "p.toml").unwrap().egress.mode, EgressMode::Auto);
+    let e = one_error(&format!("[egress]\nmode = \"sidecar\"\n{srv}"));
+    assert!(e.contains("egress agent's uid (65533)"), "{e}");
+    assert!(e.starts_with("p.toml:6:8:"), "{e}");
+    let e = one_error("[egress]\nmode = \"bridge\"\n");
+    assert!(e.contains("invalid `mode` \"bridge\""), "{e}");
+    let p = parse(
+        "[egress]\nmode = \"sidecar\"\nagent_image = \"portcullis/gateway:test\"\n",
+        "p.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        p.egress.agent_image.as_deref(),
+        Some("portcullis/gateway:test")
+    );
+}
+
+#[test]
 fn dns_budgets_are_read_overridden_per_server_and_shown() {
     let p = parse(TIME, "p.toml").unwrap();
     assert_eq!(p.egress.dns_rate, DEFAULT_DNS_RATE);

@@ -69,6 +69,9 @@ pub(super) struct Checker<'a> {
     pub(super) state_dir: PathBuf,
     /// `[gateway] max_message_bytes`: what a server without its own limit gets.
     message_limit: usize,
+    /// `[egress] mode` as written: a server may not run as the egress agent's uid in sidecar
+    /// mode.
+    egress_mode: EgressMode,
 }
 
 /// Validates `raw`; `base` is the policy file's directory, against which relative paths resolve.
@@ -85,12 +88,14 @@ pub fn validate(
         diags: Vec::new(),
         state_dir: PathBuf::new(),
         message_limit: DEFAULT_MAX_MESSAGE_BYTES as usize,
+        egress_mode: EgressMode::Auto,
     };
     let raw_gateway = raw.gateway.unwrap_or_default();
     let listen_at = raw_gateway.listen.as_ref().map_or(0, |l| l.span().start);
     let (gateway, naming_at) = c.gateway(raw_gateway);
     c.message_limit = gateway.max_message_bytes;
     let egress = c.egress_settings(raw.egress.unwrap_or_default());
+    c.egress_mode = egress.mode;
     // Judged on what was written, so a server that fails validation still counts.
     let written_servers = raw.servers.0.len();
     let server_names: BTreeSet<String> = raw
@@ -901,6 +906,8 @@ impl Checker<'_> {
             let uid = user.split(':').next().unwrap_or_default();
             if uid == "root" || uid == "0" {
                 self.error(u.span().start, format!("user = \"{user}\" runs the server as root inside its container; use a non-root user like \"65534:65534\" or leave `user` out to run as nobody (65534:65534)"));
+            } else if uid == AGENT_UID.to_string() && self.egress_mode != EgressMode::Host {
+                self.error(u.span().start, format!("user = \"{user}\" is the egress agent's uid ({AGENT_UID}): in sidecar mode the agent's DNS to the upstream resolvers is allowed by that socket owner, so a server running as it could reach them directly; use another uid like \"65534:65534\""));
             }
         }
         let mounts = self.mounts(rs);

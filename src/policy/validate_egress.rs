@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use toml::{Spanned, Value};
 
 use super::egress::parse_egress;
-use super::model::{Egress, EgressSettings, Rate};
+use super::model::{Egress, EgressMode, EgressSettings, Rate};
 use super::raw::{RawEgress, RawEgressSettings};
 use super::validate::Checker;
 
@@ -83,7 +83,30 @@ impl Checker<'_> {
                 }
             },
         };
+        let mode = match &e.mode {
+            None => EgressMode::Auto,
+            Some(m) => match m.get_ref().as_str() {
+                "host" => EgressMode::Host,
+                "sidecar" => EgressMode::Sidecar,
+                "auto" => EgressMode::Auto,
+                other => {
+                    self.error(
+                        m.span().start,
+                        format!("invalid `mode` \"{other}\"; use \"host\" (the gateway shares the host's network namespace), \"sidecar\" (an egress agent container per server network) or \"auto\""),
+                    );
+                    EgressMode::Auto
+                }
+            },
+        };
+        let agent_image = e.agent_image.as_ref().map(|i| i.get_ref().clone());
+        if let Some(i) = &e.agent_image {
+            if i.get_ref().trim().is_empty() {
+                self.error(i.span().start, "`agent_image` is empty; name the gateway's image (e.g. \"portcullis:latest\") or leave it out to use the image of the gateway's own container");
+            }
+        }
         EgressSettings {
+            mode,
+            agent_image,
             upstream_resolvers,
             pin_ttl_min,
             pin_ttl_max,

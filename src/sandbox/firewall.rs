@@ -28,12 +28,19 @@ use crate::policy::{EgressSettings, Server};
 
 use super::SandboxError;
 
+/// Bounded: a flood of agent reports is dropped (denials are summed anyway) rather than grown.
+const SIDECAR_EVENTS: usize = 256;
+
 struct Inner {
     settings: EgressSettings,
     options: EgressOptions,
     /// Serializes starts.
     start: tokio::sync::Mutex<()>,
     running: watch::Sender<Option<Egress>>,
+    /// Reports of sidecar mode's egress agents (each agent has its own table, so they do not
+    /// come from the service above); consumed by the same audit loop (`cli::egress_watch`).
+    sidecar_tx: tokio::sync::mpsc::Sender<crate::egress::EgressEvent>,
+    sidecar_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::egress::EgressEvent>>>,
 }
 
 /// Cheap to clone; every clone shares the one service.
@@ -74,14 +81,29 @@ impl Firewall {
     }
 
     pub fn with_options(settings: &EgressSettings, options: EgressOptions) -> Firewall {
+        let (sidecar_tx, sidecar_rx) = tokio::sync::mpsc::channel(SIDECAR_EVENTS);
         Firewall {
             inner: Arc::new(Inner {
                 settings: settings.clone(),
                 options,
                 start: tokio::sync::Mutex::new(()),
                 running: watch::channel(None).0,
+                sidecar_tx,
+                sidecar_rx: std::sync::Mutex::new(Some(sidecar_rx)),
             }),
         }
+    }
+
+    /// Where egress agents send their reports (sidecar mode).
+    pub fn sidecar_reporter(&self) -> tokio::sync::mpsc::Sender<crate::egress::EgressEvent> {
+        self.inner.sidecar_tx.clone()
+    }
+
+    /// The agents' reports; only the first caller gets them.
+    pub fn take_sidecar_events(
+        &self,
+    ) -> Option<tokio::sync::mpsc::Receiver<crate::egress::EgressEvent>> {
+        self.inner.sidecar_rx.lock().ok()?.take()
     }
 
     pub fn settings(&self) -> &EgressSettings {

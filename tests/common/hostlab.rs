@@ -1,6 +1,7 @@
-//! The lab of the egress tests that run the real gateway: Docker servers in real containers
-//! and process servers in their own network namespaces, on the host's own table, with a fake
-//! outside world and a DNS server that the test runs. Privileged (root, dockerd, `ip`, `nft`);
+//! The lab of the egress tests that run the real gateway (`egress_gateway.rs`, `egress_dns.rs`,
+//! `egress_sidecar.rs`): Docker servers in real containers and process servers in their own
+//! network namespaces, on the host's own table or behind sidecar agents, with a fake outside
+//! world and a DNS server that the test runs. Privileged (root, dockerd, `ip`, `nft`);
 //! see `netlab` and `docker`.
 //!
 //! Topology (the host's network namespace is the router here, because Docker's bridges live

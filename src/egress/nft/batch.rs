@@ -168,6 +168,12 @@ impl Batch {
                     Hook::Postrouting => {
                         (libc::NF_INET_POST_ROUTING, ruleset::NAT_PRIORITY, c"nat")
                     }
+                    Hook::Output => (libc::NF_INET_LOCAL_OUT, ruleset::PRIORITY, c"filter"),
+                    Hook::OutputNat => (
+                        libc::NF_INET_LOCAL_OUT,
+                        ruleset::OUTPUT_NAT_PRIORITY,
+                        c"nat",
+                    ),
                 };
                 sys::nftnl_chain_set_u32(ch.0, sys::NFTNL_CHAIN_HOOKNUM as u16, hook as u32);
                 sys::nftnl_chain_set_s32(ch.0, sys::NFTNL_CHAIN_PRIO as u16, prio);

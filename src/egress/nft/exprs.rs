@@ -122,6 +122,16 @@ impl Exprs<'_> {
                 data.resize(IFNAMSIZ, 0);
                 self.cmp(libc::NFT_CMP_EQ, &data)
             }
+            Match::Oif(name) => {
+                self.meta(libc::NFT_META_OIFNAME, REG1)?;
+                let mut data = name.as_bytes().to_vec();
+                data.resize(IFNAMSIZ, 0);
+                self.cmp(libc::NFT_CMP_EQ, &data)
+            }
+            Match::SkUid(uid) => {
+                self.meta(libc::NFT_META_SKUID, REG1)?;
+                self.cmp(libc::NFT_CMP_EQ, &uid.to_ne_bytes())
+            }
             Match::IifPrefix(p) => {
                 self.meta(libc::NFT_META_IIFNAME, REG1)?;
                 self.cmp(libc::NFT_CMP_EQ, p.as_bytes())
@@ -208,6 +218,7 @@ impl Exprs<'_> {
             Verdict::Jump(c) => (libc::NFT_JUMP, Some(cstr(c)?)),
             // A terminal statement of its own: it sets the verdict itself.
             Verdict::Masquerade => return self.add(c"masq", |_| Ok(())),
+            Verdict::Dnat(addr, port) => return self.dnat(*addr, *port),
         };
         // SAFETY: libnftnl copies the chain name.
         self.add(c"immediate", |e| unsafe {
@@ -220,6 +231,48 @@ impl Exprs<'_> {
             if let Some(c) = &chain {
                 sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_IMM_CHAIN as u16, c.as_ptr());
             }
+            Ok(())
+        })
+    }
+}
+
+impl Exprs<'_> {
+    /// `dnat ip to ADDR:PORT`: the address and port loaded into registers, then the NAT
+    /// statement reading them (what `nft` compiles it to).
+    fn dnat(&mut self, addr: std::net::Ipv4Addr, port: u16) -> Result<(), NftError> {
+        let a = addr.octets();
+        let p = port.to_be_bytes();
+        for (reg, data) in [(REG1, &a[..]), (libc::NFT_REG_2 as u32, &p[..])] {
+            // SAFETY: libnftnl copies the data.
+            self.add(c"immediate", |e| unsafe {
+                sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_IMM_DREG as u16, reg);
+                sys::nftnl_expr_set(
+                    e,
+                    sys::NFTNL_EXPR_IMM_DATA as u16,
+                    data.as_ptr().cast::<c_void>(),
+                    data.len() as u32,
+                );
+                Ok(())
+            })?;
+        }
+        // SAFETY: valid expression pointer from `add`.
+        self.add(c"nat", |e| unsafe {
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_NAT_TYPE as u16,
+                libc::NFT_NAT_DNAT as u32,
+            );
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_NAT_FAMILY as u16,
+                libc::NFPROTO_IPV4 as u32,
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_NAT_REG_ADDR_MIN as u16, REG1);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_NAT_REG_PROTO_MIN as u16,
+                libc::NFT_REG_2 as u32,
+            );
             Ok(())
         })
     }
@@ -241,7 +294,11 @@ pub fn expr_count(r: &Rule) -> usize {
     let mut n = 0;
     for m in &r.matches {
         n += match m {
-            Match::Iif(_) | Match::IifPrefix(_) | Match::OifPrefix(_) => 2,
+            Match::Iif(_)
+            | Match::Oif(_)
+            | Match::SkUid(_)
+            | Match::IifPrefix(_)
+            | Match::OifPrefix(_) => 2,
             Match::CtEstablishedRelated => 3,
             Match::Daddr(a, p) | Match::Saddr(a, p) => {
                 let bits = if a.is_ipv4() { 32 } else { 128 };
@@ -257,7 +314,11 @@ pub fn expr_count(r: &Rule) -> usize {
             Match::DaddrIn(_) => 4,
         };
     }
-    n + usize::from(r.counter) + 1
+    let verdict = match r.verdict {
+        Verdict::Dnat(..) => 3,
+        _ => 1,
+    };
+    n + usize::from(r.counter) + verdict
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@ mod images;
 pub mod labels;
 pub mod own_container;
 mod reconcile;
+mod sidecars;
 pub mod spec;
 
 use std::collections::HashMap;
@@ -40,7 +41,7 @@ use crate::policy::{Runtime as RuntimeSpec, Server};
 /// Upper bound for ordinary API calls (inspect, list, start, remove).
 pub(crate) const API_TIMEOUT: Duration = Duration::from_secs(30);
 /// Creating a container can be slow on a loaded engine (overlay setup).
-const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const CREATE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Reaching the engine at all.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// The reconciliation scope used when the operator names none.
@@ -106,6 +107,9 @@ pub struct DockerRuntime {
     /// Networks of firewalled servers; `None`: no firewall, so servers with egress rules are
     /// refused (fail closed).
     bridges: Option<Arc<bridges::Bridges>>,
+    /// Sidecar mode: an egress agent per firewalled server instead of bridges judged by the
+    /// gateway's own table.
+    sidecars: Option<Arc<sidecars::Sidecars>>,
 }
 
 impl std::fmt::Debug for DockerRuntime {
@@ -145,12 +149,26 @@ impl DockerRuntime {
             scope: scope.into(),
             started: Arc::default(),
             bridges: None,
+            sidecars: None,
         })
     }
 
     /// Enforces egress rules through `firewall`: servers with rules get their own bridge
     /// network, programmed before their containers start.
+    /// In sidecar mode (`[egress] mode`, see `egress::mode`) each such server gets an egress
+    /// agent container instead, whose table lives in the server's own namespace.
     pub fn with_firewall(mut self, firewall: Firewall) -> DockerRuntime {
+        let mode = crate::egress::mode::resolve(firewall.settings().mode);
+        tracing::info!(mode = mode.mode.as_str(), reason = %mode.reason, "egress mode of docker servers");
+        if mode.mode == crate::policy::EgressMode::Sidecar {
+            self.sidecars = Some(Arc::new(sidecars::Sidecars::new(
+                self.docker.clone(),
+                firewall,
+                self.scope.clone(),
+                self.gateway.clone(),
+            )));
+            return self;
+        }
         self.bridges = Some(Arc::new(bridges::Bridges::new(
             self.docker.clone(),
             firewall,
@@ -218,10 +236,16 @@ impl DockerRuntime {
     /// [`Self::shutdown`], then removes the sandbox networks and their egress rules; returns
     /// the containers removed and whether everything (containers and networks) is gone.
     pub async fn shutdown_all(&self) -> (usize, bool) {
+        if let Some(s) = &self.sidecars {
+            s.begin_shutdown();
+        }
         let removed = self.remove_containers().await;
         let containers_gone = self.started.lock().map(|s| s.is_empty()).unwrap_or(false);
         let networks_gone = match &self.bridges {
             Some(b) => b.shutdown().await,
+            None => true,
+        } && match &self.sidecars {
+            Some(s) => s.shutdown().await,
             None => true,
         };
         (removed, containers_gone && networks_gone)
@@ -275,6 +299,10 @@ impl DockerRuntime {
     async fn network(&self, server: &Server) -> Result<(Network, Option<Lease>), SandboxError> {
         if server.egress.allow.is_empty() {
             return Ok((Network::None, None));
+        }
+        if let Some(sidecars) = &self.sidecars {
+            let (agent, lease) = sidecars.join(server).await?;
+            return Ok((Network::Container { agent }, Some(lease)));
         }
         let Some(bridges) = &self.bridges else {
             return Err(SandboxError::Egress {

@@ -24,6 +24,10 @@ pub enum Network {
         /// The only DNS server the container is given: the server's pinning resolver.
         resolver: std::net::IpAddr,
     },
+    /// Sidecar mode: the network namespace of the server's egress agent container, joined only
+    /// after the agent reported its table verified. DNS is the agent's resolver through the
+    /// agent's own `/etc/resolv.conf` (Docker refuses `dns` with this mode).
+    Container { agent: String },
 }
 
 impl Network {
@@ -31,12 +35,13 @@ impl Network {
         match self {
             Network::None => "none".to_owned(),
             Network::Bridge { network, .. } => network.clone(),
+            Network::Container { agent } => format!("container:{agent}"),
         }
     }
 
     fn dns(&self) -> Option<Vec<String>> {
         match self {
-            Network::None => None,
+            Network::None | Network::Container { .. } => None,
             Network::Bridge { resolver, .. } => Some(vec![resolver.to_string()]),
         }
     }

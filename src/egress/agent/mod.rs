@@ -1,0 +1,212 @@
+//! `portcullis egress-agent`: the egress enforcement of one docker server in sidecar mode.
+//!
+//! The gateway starts it in a container of its own (from the gateway's image) on the server's
+//! network, with only NET_ADMIN and NET_BIND_SERVICE; the server's container later joins this
+//! container's network namespace (`network_mode: container:<agent>`). Contract, in order:
+//! 1. drop to [`crate::policy::AGENT_UID`] keeping those two capabilities (`privs.rs`);
+//! 2. read one `config` line on stdin (the server's rules, see `protocol.rs`);
+//! 3. program `table inet portcullis_<instance>` in this namespace over netlink
+//!    (`sidecar_rules.rs` through the same worker as host mode: owned and persistent, so
+//!    nobody else can change it and it outlives the agent), read it back, start the pinning
+//!    resolver on `127.0.0.1:53`;
+//! 4. only then print `ready`. Any failure before is one `error` line naming the step, and
+//!    exit status 1: the gateway never starts the server (fail closed);
+//! 5. afterwards: report pins, denials, restores after tampering and failed restores; apply a
+//!    later `config` (reload) in place; exit when stdin ends (the gateway is gone).
+
+pub mod privs;
+pub mod protocol;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+
+use super::{Attachment, Egress, EgressEvent, EgressOptions, Names, Shape};
+use crate::policy::AGENT_UID;
+use protocol::{FromAgent, ToAgent};
+
+/// How long the agent waits for its config before giving up.
+const CONFIG_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {message}")]
+pub struct AgentError {
+    pub step: &'static str,
+    pub message: String,
+}
+
+fn fail(step: &'static str) -> impl FnOnce(String) -> AgentError {
+    move |message| AgentError { step, message }
+}
+
+/// The subcommand: called from `main` before any thread exists (see `privs.rs`).
+pub fn main() -> ExitCode {
+    let uid = match privs::drop_to(AGENT_UID) {
+        Ok(uid) => uid,
+        Err(e) => {
+            report_sync(&FromAgent::Error {
+                step: "dropping to the agent's uid".into(),
+                message: e.to_string(),
+            });
+            return ExitCode::FAILURE;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            report_sync(&FromAgent::Error {
+                step: "starting the async runtime".into(),
+                message: e.to_string(),
+            });
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut out = tokio::io::stdout();
+    let r = rt.block_on(async {
+        let stdin = BufReader::new(tokio::io::stdin());
+        run(uid, stdin, &mut out).await
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            rt.block_on(send(
+                &mut out,
+                &FromAgent::Error {
+                    step: e.step.into(),
+                    message: e.message,
+                },
+            ));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn report_sync(msg: &FromAgent) {
+    use std::io::Write;
+    let mut o = std::io::stdout();
+    let _ = o.write_all(protocol::encode(msg).as_bytes());
+    let _ = o.flush();
+}
+
+async fn send(out: &mut (impl AsyncWrite + Unpin), msg: &FromAgent) {
+    // A gateway that stopped reading is gone; the agent notices on stdin.
+    let _ = out.write_all(protocol::encode(msg).as_bytes()).await;
+    let _ = out.flush().await;
+}
+
+async fn next_config(
+    lines: &mut tokio::io::Lines<impl tokio::io::AsyncBufRead + Unpin>,
+) -> Result<Option<(String, String, crate::policy::Policy)>, AgentError> {
+    let Some(line) = lines
+        .next_line()
+        .await
+        .map_err(|e| fail("reading the config")(e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let ToAgent::Config {
+        server,
+        instance,
+        policy,
+    } = protocol::decode_to_agent(&line).map_err(|e| fail("reading the config")(e.to_string()))?;
+    let policy = crate::policy::parse(&policy, "<egress-agent config>")
+        .map_err(|e| fail("validating the config")(e.to_string()))?;
+    if !policy.servers.contains_key(&server) {
+        return Err(fail("validating the config")(format!(
+            "the config has no server `{server}`"
+        )));
+    }
+    Ok(Some((server, instance, policy)))
+}
+
+/// Steps 2-5 of the module contract, with stdin and stdout given (tests drive it in-process).
+pub async fn run(
+    uid: u32,
+    input: impl tokio::io::AsyncBufRead + Unpin,
+    out: &mut (impl AsyncWrite + Unpin),
+) -> Result<(), AgentError> {
+    let mut lines = input.lines();
+    let first = tokio::time::timeout(CONFIG_WAIT, next_config(&mut lines))
+        .await
+        .map_err(|_| fail("reading the config")(format!("none within {CONFIG_WAIT:?}")))??;
+    let Some((name, instance, policy)) = first else {
+        return Err(fail("reading the config")("stdin closed first".into()));
+    };
+    let id = crate::instance::InstanceId::parse(&instance).map_err(fail("reading the config"))?;
+    let options = EgressOptions {
+        names: Names::new(id),
+        comment: format!("portcullis egress-agent of server {name}"),
+        shape: Shape::Sidecar {
+            agent_uid: uid,
+            upstream: policy.egress.upstream_resolvers.clone(),
+        },
+        ..Default::default()
+    };
+    let egress = Egress::start_with(&policy, options)
+        .await
+        .map_err(|e| fail("starting the nftables worker")(e.to_string()))?;
+    let mut events = egress
+        .take_events()
+        .ok_or_else(|| fail("starting the nftables worker")("no event stream".into()))?;
+    let server = &policy.servers[&name];
+    let prepared = egress
+        .prepare(server, Attachment::Sidecar)
+        .await
+        .map_err(|e| fail("programming and verifying the table")(e.to_string()))?;
+    send(
+        out,
+        &FromAgent::Ready {
+            table: egress.names().table(),
+            protection: egress.protection().mode().into(),
+            resolver: prepared.resolver.to_string(),
+        },
+    )
+    .await;
+    loop {
+        tokio::select! {
+            cfg = next_config(&mut lines) => match cfg {
+                Ok(None) => return Ok(()),
+                Ok(Some((n, _, p))) if n == name => {
+                    match egress.reprogram(&p.servers[&n]).await {
+                        Ok(_) => send(out, &FromAgent::Applied).await,
+                        Err(e) => return Err(fail("re-programming the table")(e.to_string())),
+                    }
+                }
+                Ok(Some((n, _, _))) => {
+                    return Err(fail("validating the config")(format!(
+                        "this agent serves `{name}`, not `{n}`"
+                    )))
+                }
+                Err(e) => return Err(e),
+            },
+            ev = events.recv() => match ev {
+                Some(ev) => send(out, &report(ev)).await,
+                None => return Err(fail("watching the table")("the nftables worker stopped".into())),
+            },
+        }
+    }
+}
+
+/// An event of the worker as a line for the gateway.
+fn report(ev: EgressEvent) -> FromAgent {
+    match ev {
+        EgressEvent::Denied { packets, .. } => FromAgent::Denied { packets },
+        EgressEvent::DnsOverBudget { queries, .. } => FromAgent::DnsOverBudget { queries },
+        EgressEvent::Restored { reason } => FromAgent::Tamper { reason },
+        EgressEvent::RestoreFailed { error, .. } => FromAgent::RestoreFailed { error },
+        EgressEvent::Pinned { pins, .. } => FromAgent::Pin {
+            addrs: pins
+                .iter()
+                .map(|p| match p.port {
+                    Some(port) => format!("{}:{port}", p.addr),
+                    None => p.addr.to_string(),
+                })
+                .collect(),
+        },
+    }
+}
