@@ -193,12 +193,23 @@ async fn a_locked_image_that_changed_does_not_start_in_enforce_mode() {
     let gw = Gateway::spawn(&policy("enforce"), &env);
     let body = wait_down(&gw, "was not started");
     assert!(body.contains(&first) && body.contains(&second), "{body}");
-    let records = audit_records(&gw.dir().join("portcullis-audit"));
-    assert!(
-        records.iter().any(|r| r["kind"] == "container_stop"
-            && r["detail"].as_str().is_some_and(|d| d.contains(&second))),
-        "the refused start is audited with both digests"
-    );
+    // The record is written after `/ready` says so (the audit log appends asynchronously):
+    // wait for it, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let records = audit_records(&gw.dir().join("portcullis-audit"));
+        if records.iter().any(|r| {
+            r["kind"] == "container_stop"
+                && r["detail"].as_str().is_some_and(|d| d.contains(&second))
+        }) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the refused start is audited with both digests: {records:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
     drop(gw);
 
     // warn: it starts on the new image, and the difference is audited.
