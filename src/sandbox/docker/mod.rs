@@ -88,6 +88,18 @@ pub(crate) async fn timed<T>(
     }
 }
 
+/// Attaching to a container's stdin, stdout and stderr as streams, without past output: done
+/// before the container starts, so not one byte it writes is missed.
+pub(crate) fn stdio_attach() -> bollard::query_parameters::AttachContainerOptions {
+    AttachContainerOptionsBuilder::new()
+        .stdin(true)
+        .stdout(true)
+        .stderr(true)
+        .stream(true)
+        .logs(false)
+        .build()
+}
+
 /// The engine's self-description, for `doctor` and the startup log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EngineInfo {
@@ -429,18 +441,7 @@ impl DockerRuntime {
         let attached = timed(
             "container attach",
             API_TIMEOUT,
-            self.docker.attach_container(
-                &id,
-                Some(
-                    AttachContainerOptionsBuilder::new()
-                        .stdin(true)
-                        .stdout(true)
-                        .stderr(true)
-                        .stream(true)
-                        .logs(false)
-                        .build(),
-                ),
-            ),
+            self.docker.attach_container(&id, Some(stdio_attach())),
         )
         .await
         .map_err(failed("container attach"))?;

@@ -26,8 +26,7 @@ use std::time::Duration;
 
 use bollard::models::{ContainerCreateBody, HostConfig, HostConfigLogConfig};
 use bollard::query_parameters::{
-    AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
-    ListNetworksOptions,
+    CreateContainerOptionsBuilder, InspectContainerOptions, ListNetworksOptions,
 };
 use bollard::Docker;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -269,18 +268,8 @@ impl Sidecars {
         let attached = timed(
             "container attach",
             API_TIMEOUT,
-            self.docker.attach_container(
-                &id,
-                Some(
-                    AttachContainerOptionsBuilder::new()
-                        .stdin(true)
-                        .stdout(true)
-                        .stderr(true)
-                        .stream(true)
-                        .logs(false)
-                        .build(),
-                ),
-            ),
+            self.docker
+                .attach_container(&id, Some(super::stdio_attach())),
         )
         .await
         .map_err(|e| err("attaching to the egress agent", e.to_string()))?;
@@ -501,22 +490,16 @@ pub fn agent_config(
         ipc_mode: Some("private".to_owned()),
         ..Default::default()
     };
-    ContainerCreateBody {
+    super::spec::with_stdio(ContainerCreateBody {
         image: Some(image.to_owned()),
         cmd: Some(vec!["egress-agent".to_owned()]),
         // Root only until the agent drops to its own uid (Docker gives capabilities to uid 0
         // alone); see `egress::agent::privs`.
         user: Some("0:0".to_owned()),
         labels: Some(labels),
-        attach_stdin: Some(true),
-        attach_stdout: Some(true),
-        attach_stderr: Some(true),
-        open_stdin: Some(true),
-        stdin_once: Some(false),
-        tty: Some(false),
         host_config: Some(host_config),
         ..Default::default()
-    }
+    })
 }
 
 #[cfg(test)]

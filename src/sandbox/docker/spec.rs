@@ -112,20 +112,28 @@ pub fn container_config(
         ipc_mode: Some("private".to_owned()),
         ..Default::default()
     };
-    ContainerCreateBody {
+    with_stdio(ContainerCreateBody {
         image: Some(inputs.image.to_owned()),
         cmd: (!spec.command.is_empty()).then(|| spec.command.clone()),
         env: Some(env),
         user: Some(spec.user.clone().unwrap_or_else(|| DEFAULT_USER.to_owned())),
         labels: Some(inputs.labels),
+        host_config: Some(host_config),
+        ..Default::default()
+    })
+}
+
+/// `body` for a container whose stdio is its channel to the gateway (MCP, or the egress
+/// agent's line protocol): every stream attached, stdin kept open, no tty.
+pub(super) fn with_stdio(body: ContainerCreateBody) -> ContainerCreateBody {
+    ContainerCreateBody {
         attach_stdin: Some(true),
         attach_stdout: Some(true),
         attach_stderr: Some(true),
         open_stdin: Some(true),
         stdin_once: Some(false),
         tty: Some(false),
-        host_config: Some(host_config),
-        ..Default::default()
+        ..body
     }
 }
 
