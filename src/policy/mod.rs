@@ -9,6 +9,8 @@ pub mod glob;
 pub mod import;
 pub mod location;
 pub mod model;
+mod model_audit;
+mod model_server;
 pub mod quotas;
 mod raw;
 pub mod show;
