@@ -3,6 +3,11 @@
 //!
 //!   portcullis-bench-echo --http 127.0.0.1:PORT [--tools N] [--resources N] [--big]   Streamable HTTP on /mcp
 //!   portcullis-bench-echo --stdio [--tools N] [--resources N] [--big]                 JSON-RPC lines on stdio
+//!   portcullis-bench-echo --http 127.0.0.1:PORT --static FILE                        the same bytes to every POST
+//!
+//! `--static`: the ceiling of a row whose answer is always the same (a cached list page): an
+//! HTTP server that reads nothing and computes nothing, only sends FILE, on the same hyper
+//! stack as the gateway.
 //!
 //! Tools: `echo` (returns its `text` argument) plus `tool_1` .. `tool_{N-1}` that behave the same,
 //! so that `tools/list` can be made as long as a benchmark needs. With `--resources N`, also
@@ -34,6 +39,8 @@ struct Server {
     sessions: AtomicU64,
     /// The text `big` answers with (a prefix of it), grown to the largest size asked for.
     big: std::sync::Mutex<Bytes>,
+    /// `--static`: the answer to every POST.
+    fixed: Option<Bytes>,
 }
 
 /// Largest answer `big` makes.
@@ -80,6 +87,7 @@ impl Server {
                 .then(|| raw(&json!({ "resources": resources }), "resources/list")),
             sessions: AtomicU64::new(1),
             big: std::sync::Mutex::new(Bytes::new()),
+            fixed: None,
         }
     }
 
@@ -206,6 +214,14 @@ async fn handle(server: Arc<Server>, req: Request<Incoming>) -> Response<Body> {
     let Ok(body) = req.into_body().collect().await.map(|c| c.to_bytes()) else {
         return reply(StatusCode::BAD_REQUEST, Vec::new());
     };
+    if let Some(fixed) = &server.fixed {
+        let mut r = Response::new(Full::new(fixed.clone()).boxed());
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/json"),
+        );
+        return r;
+    }
     let initialize = body
         .windows(b"\"initialize\"".len())
         .any(|w| w == b"\"initialize\"");
@@ -285,7 +301,7 @@ fn serve_stdio(server: &Server) -> std::io::Result<()> {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: portcullis-bench-echo (--http 127.0.0.1:PORT | --stdio) [--tools N] [--resources N] [--big]"
+        "usage: portcullis-bench-echo (--http 127.0.0.1:PORT | --stdio) [--tools N] [--resources N] [--big] [--static FILE]"
     );
     std::process::exit(2)
 }
@@ -297,6 +313,7 @@ fn main() {
     let mut tools = 1usize;
     let mut big = false;
     let mut resources = 0usize;
+    let mut fixed = None;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -310,6 +327,17 @@ fn main() {
                 tools = args.get(i + 1).and_then(|a| a.parse().ok()).unwrap_or(0);
                 i += 1;
             }
+            "--static" => {
+                let Some(path) = args.get(i + 1) else { usage() };
+                match std::fs::read(path) {
+                    Ok(b) => fixed = Some(Bytes::from(b)),
+                    Err(e) => {
+                        eprintln!("portcullis-bench-echo: cannot read {path}: {e}");
+                        std::process::exit(1)
+                    }
+                }
+                i += 1;
+            }
             "--resources" => {
                 resources = args.get(i + 1).and_then(|a| a.parse().ok()).unwrap_or(0);
                 i += 1;
@@ -318,7 +346,9 @@ fn main() {
         }
         i += 1;
     }
-    let server = Arc::new(Server::new(tools, resources, big));
+    let mut server = Server::new(tools, resources, big);
+    server.fixed = fixed;
+    let server = Arc::new(server);
     let result = match (http, stdio) {
         (Some(addr), false) if addr.ip().is_loopback() => {
             tokio::runtime::Runtime::new().and_then(|rt| rt.block_on(serve_http(addr, server)))

@@ -1,7 +1,9 @@
 //! (e) catalog requests answered from the gateway's cache: `tools/list` and `resources/list` over
 //! 50 servers with 20 tools and 20 resources each (one page of 1,000 entries), for a client
 //! without rules (e, er) and for one whose rules the gateway checks on every entry (ec, erc);
-//! (em) is (e) asked by stateless 2026-07-28 clients.
+//! (em) is (e) asked by stateless 2026-07-28 clients; (em0) is the ceiling of (em): the same
+//! answer, byte for byte, sent by a server that does nothing else (`portcullis-bench-echo
+//! --static`), so that the notes can say how far any gateway could go on this machine.
 //!
 //! With `BENCH_BASELINE_BIN=PATH` (another build of `portcullis`, e.g. the one before a change)
 //! every row also runs against that binary, on the same machine in the same run, alternating
@@ -135,5 +137,58 @@ pub async fn run(plan: Plan, notes: &mut Vec<String>) -> Result<Vec<Row>, String
         rows.push(b);
         rows.push(o);
     }
+    if crate::wanted("em0") || crate::wanted("em") {
+        match ceiling(&ours, plan).await {
+            Ok(row) => rows.push(row),
+            Err(e) => {
+                let note = format!("(em0) ceiling not measured: {e}");
+                eprintln!("[bench] {note}");
+                notes.push(note);
+            }
+        }
+    }
     Ok(rows)
+}
+
+/// (em0): the gateway's (em) answer, fetched once, served by a static server.
+async fn ceiling(gw: &common::Gateway, plan: Plan) -> Result<Row, String> {
+    let body = format!(
+        r#"{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{{}}}}}"#,
+        crate::drive::ENVELOPE
+    );
+    let answer = reqwest::Client::new()
+        .post(&gw.url)
+        .bearer_auth(OPEN)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("mcp-protocol-version", crate::drive::MODERN)
+        .header("mcp-method", "tools/list")
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| format!("fetching the (em) answer: {e}"))?
+        .bytes()
+        .await
+        .map_err(|e| format!("reading the (em) answer: {e}"))?;
+    let dir = tempfile::tempdir_in(common::repo_root().join("bench")).map_err(|e| e.to_string())?;
+    let file = dir.path().join("em-answer.json");
+    std::fs::write(&file, &answer).map_err(|e| e.to_string())?;
+    eprintln!("[bench] (em0) the answer is {} bytes", answer.len());
+    let port = crate::procs::free_port();
+    let mut cmd = std::process::Command::new(crate::procs::echo_bin());
+    cmd.args(["--http", &format!("127.0.0.1:{port}"), "--static"])
+        .arg(&file);
+    let mut proc = crate::procs::Proc::spawn("static server", cmd, &dir.path().join("static.log"))?;
+    crate::procs::wait_port(&mut proc, port, std::time::Duration::from_secs(10))?;
+    let target = crate::drive::Target {
+        url: format!("http://127.0.0.1:{port}/mcp"),
+        work: Work::ModernList,
+        bearer: None,
+    };
+    let watch = Watch {
+        gateway: Some(proc.pid()),
+        upstream: None,
+    };
+    let label = "ceiling: the (em) answer sent by a static server (no gateway)";
+    measure("em0", label, &target, plan, watch).await
 }

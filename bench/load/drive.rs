@@ -52,7 +52,7 @@ impl Work {
 
 /// The revision of the stateless requests.
 pub const MODERN: &str = "2026-07-28";
-const ENVELOPE: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"portcullis-bench","version":"1"}}"#;
+pub const ENVELOPE: &str = r#""_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientCapabilities":{},"io.modelcontextprotocol/clientInfo":{"name":"portcullis-bench","version":"1"}}"#;
 
 /// How much load: `sessions` concurrent sessions, each doing `warmup` unmeasured requests and
 /// then `calls` measured ones; a session stops early at `deadline` (slow peers).
@@ -288,7 +288,7 @@ fn mirror_headers(method: &'static str, name: Option<&str>) -> Vec<(&'static str
 }
 
 fn has(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    memchr::memmem::find(hay, needle).is_some()
 }
 
 fn excerpt(b: &[u8]) -> String {

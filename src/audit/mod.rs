@@ -103,6 +103,7 @@ pub mod epochs;
 pub mod error;
 pub mod export;
 pub mod keys;
+mod log_dir;
 pub mod merkle;
 pub mod prove;
 pub mod record;
@@ -114,6 +115,7 @@ pub mod sinks;
 mod syncer;
 pub mod verify;
 pub mod witness;
+mod write_thread;
 pub mod writer;
 
 pub use config::AuditConfig;

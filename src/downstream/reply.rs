@@ -38,6 +38,57 @@ pub fn json(status: StatusCode, bytes: Bytes) -> Reply {
     r
 }
 
+/// A JSON body sent as consecutive buffers, none of them copied (hyper writes them with one
+/// vectored write); its length is known, so the answer carries `Content-Length`.
+pub fn json_parts<const N: usize>(status: StatusCode, parts: [Bytes; N]) -> Reply {
+    let mut r = with_status(status, Parts::new(parts).boxed());
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// The body of [`json_parts`].
+struct Parts {
+    parts: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl Parts {
+    fn new<const N: usize>(parts: [Bytes; N]) -> Parts {
+        let remaining = parts.iter().map(|b| b.len() as u64).sum();
+        Parts {
+            parts: parts.into_iter().filter(|b| !b.is_empty()).collect(),
+            remaining,
+        }
+    }
+}
+
+impl hyper::body::Body for Parts {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        let next = self.parts.pop_front();
+        if let Some(b) = &next {
+            self.remaining -= b.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.parts.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        hyper::body::SizeHint::with_exact(self.remaining)
+    }
+}
+
 /// A JSON-RPC error as the body of an HTTP error status.
 pub fn rpc_error(status: StatusCode, id: Option<&Id>, code: ErrorCode, message: &str) -> Reply {
     json(status, error_response_bytes(id, code, message))

@@ -2,7 +2,7 @@
 //! gateway's `io.modelcontextprotocol/serverInfo` in `_meta`, cacheable results with `ttlMs`
 //! and `cacheScope`, errors with the HTTP status their code calls for and the revision's codes.
 
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use http::StatusCode;
@@ -115,22 +115,37 @@ pub fn result(result: &str, cache: Option<Cache>) -> String {
     write_object(&members, &replaced, &extra)
 }
 
-/// A list page the router built (its top level has only the list and `nextCursor`): the
-/// members are added without reading the page.
-pub fn list_page(page: &str, cache: Cache) -> String {
+/// The complete response to request `id` with a list page the router built (its top level has
+/// only the list and `nextCursor`): the members are added without reading the page, and the
+/// page itself is not copied. The cached page is shared by every answer (`Bytes` over the
+/// cache's `Arc`); the head and the closing brace are the only bytes written per answer, so a
+/// page of a thousand tools costs the gateway one `writev`, not three copies of the page.
+pub fn list_response(id: &Id, page: Arc<str>, cache: Cache) -> [Bytes; 3] {
     let [(_, ttl), (_, scope)] = cache.members();
-    let head = format!(
-        "{{\"resultType\":\"complete\",\"ttlMs\":{ttl},\"cacheScope\":{scope},\"_meta\":{{{}}}",
+    let id = serde_json::to_string(id).unwrap_or_else(|_| "null".into());
+    let mut head = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":{id},\"result\":{{\"resultType\":\"complete\",\"ttlMs\":{ttl},\"cacheScope\":{scope},\"_meta\":{{{}}}",
         server_info_member()
     );
-    let body = page.strip_prefix('{').unwrap_or(page);
-    let mut out = String::with_capacity(head.len() + body.len() + 1);
-    out.push_str(&head);
-    if !body.starts_with('}') {
-        out.push(',');
+    let page = Bytes::from_owner(SharedPage(page));
+    // The page is a JSON object: everything after its `{` follows the head's members.
+    let body = match page.first() {
+        Some(b'{') => page.slice(1..),
+        _ => page,
+    };
+    if !body.starts_with(b"}") {
+        head.push(',');
     }
-    out.push_str(body);
-    out
+    [Bytes::from(head), body, Bytes::from_static(b"}")]
+}
+
+/// A cached page lent to `Bytes` without a copy.
+struct SharedPage(Arc<str>);
+
+impl AsRef<[u8]> for SharedPage {
+    fn as_ref(&self) -> &[u8] {
+        self.0.as_bytes()
+    }
 }
 
 /// A complete response to request `id` with `result` (a JSON object).
@@ -208,26 +223,33 @@ mod tests {
 
     #[test]
     fn list_pages_are_spliced() {
+        let joined = |id: Id, page: &str, cache: Cache| {
+            let parts = list_response(&id, Arc::from(page), cache);
+            parse(std::str::from_utf8(&parts.concat()).unwrap())
+        };
         let page = r#"{"tools":[{"name":"a","_meta":{"x":1}}],"nextCursor":"c"}"#;
-        let r = parse(&list_page(
-            page,
-            Cache {
-                ttl_ms: 60000,
-                public: true,
-            },
-        ));
+        let cache = Cache {
+            ttl_ms: 60000,
+            public: true,
+        };
+        let resp = joined(Id::Str("q".into()), page, cache);
+        assert_eq!(resp["jsonrpc"], "2.0");
+        assert_eq!(resp["id"], "q");
+        let r = &resp["result"];
         assert_eq!(r["tools"][0]["name"], "a");
+        assert_eq!(r["nextCursor"], "c");
         assert_eq!(r["cacheScope"], "public");
         assert_eq!(r["ttlMs"], 60000);
         assert_eq!(r["resultType"], "complete");
-        assert!(parse(&list_page(
-            "{}",
-            Cache {
-                ttl_ms: 1,
-                public: false
-            }
-        ))
-        .is_object());
+        assert!(r["_meta"]["io.modelcontextprotocol/serverInfo"].is_object());
+        let empty = Cache {
+            ttl_ms: 1,
+            public: false,
+        };
+        let r = joined(Id::Num(7), "{}", empty);
+        assert_eq!(r["id"], 7);
+        assert_eq!(r["result"]["cacheScope"], "private");
+        assert_eq!(r["result"]["ttlMs"], 1);
         assert_eq!(
             Cache::of_upstream(r#"{"ttlMs":300,"cacheScope":"public"}"#, false),
             Cache {

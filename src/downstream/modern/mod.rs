@@ -312,7 +312,7 @@ async fn list(shared: &Shared, identity: &Identity, kind: Kind, d: &Decoded) -> 
                 ttl_ms: u64::try_from(router.list_ttl().as_millis()).unwrap_or(u64::MAX),
                 public: router.lists_are_shared(),
             };
-            ok(&d.id, &encode::list_page(&page, cache))
+            reply::json_parts(StatusCode::OK, encode::list_response(&d.id, page, cache))
         }
         Err(a) => answer_reply(&a),
     }
