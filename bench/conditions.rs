@@ -165,9 +165,14 @@ fn decisions() {
     let small = json!({"text": "ls -l /workspace/docs", "branch": "feature", "n": 3});
     let mut large = small.clone();
     large["content"] = json!("x".repeat(64 * 1024));
-    large["paths"] = json!((0..1000).map(|i| format!("/workspace/f{i}")).collect::<Vec<_>>());
+    large["paths"] = json!((0..1000)
+        .map(|i| format!("/workspace/f{i}"))
+        .collect::<Vec<_>>());
     println!("\nthe access decision alone, three `when` rules, {n} decisions");
-    for (name, args) in [("bench arguments", &small), ("+64 KiB text, 1000 paths", &large)] {
+    for (name, args) in [
+        ("bench arguments", &small),
+        ("+64 KiB text, 1000 paths", &large),
+    ] {
         let runs = if name.starts_with('+') { n / 20 } else { n };
         let best = (0..3)
             .map(|_| decision_ns(args, runs.max(1)))

@@ -297,7 +297,9 @@ confirm = ["fx__echo"]
     ));
     let mut mallory = Mcp::new(&gw.url);
     mallory.bearer = Some("mallory-token".into());
-    mallory.initialize_with(LATEST, json!({"elicitation": {}})).await;
+    mallory
+        .initialize_with(LATEST, json!({"elicitation": {}}))
+        .await;
     let mallory = std::sync::Arc::new(mallory);
     let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut flood = Vec::new();
@@ -323,7 +325,8 @@ confirm = ["fx__echo"]
     // Ada is still asked (and, unanswered, refused after her 1 s).
     let mut ada = Mcp::new(&gw.url);
     ada.bearer = Some("ada-token".into());
-    ada.initialize_with(LATEST, json!({"elicitation": {}})).await;
+    ada.initialize_with(LATEST, json!({"elicitation": {}}))
+        .await;
     let r = ada
         .post(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
             "params": {"name": "fx__echo", "arguments": {"text": "ada's call"}}}))
@@ -362,9 +365,9 @@ confirm = ["fx__echo"]
         let e = &msg["error"];
         assert_eq!(e["code"], -32012, "{msg}");
         assert!(
-            e["message"].as_str().is_some_and(|m| m.contains(
-                "client `mallory` already has 16 approval questions waiting"
-            ) && m.contains("clients.mallory.max_waiting_approvals")),
+            e["message"].as_str().is_some_and(|m| m
+                .contains("client `mallory` already has 16 approval questions waiting")
+                && m.contains("clients.mallory.max_waiting_approvals")),
             "{msg}"
         );
         refused += 1;

@@ -280,7 +280,9 @@ impl<'a> Prepared<'a> {
     fn make(&self, index: usize) -> Box<dyn Val + 'a> {
         let f = &self.facts;
         let empty = || -> Box<dyn Val + 'a> {
-            Box::new(CelMap::from(HashMap::<CelMapKey<'a>, Box<dyn Val + 'a>>::new()))
+            Box::new(CelMap::from(
+                HashMap::<CelMapKey<'a>, Box<dyn Val + 'a>>::new(),
+            ))
         };
         let text = |s: &'a str| -> Box<dyn Val + 'a> { Box::new(CelString::from(s)) };
         match VARIABLES.get(index).copied() {

@@ -145,9 +145,7 @@ pub async fn serve(
                     }
                 }
                 Some("failed") => {
-                    let error = match ask(router, call, origin, methods::TASKS_RESULT, task)
-                        .await
-                    {
+                    let error = match ask(router, call, origin, methods::TASKS_RESULT, task).await {
                         Err(a) => error_of(&a),
                         Ok(_) => {
                             json!({"code": ErrorCode::INTERNAL_ERROR.0, "message": "the task failed"})

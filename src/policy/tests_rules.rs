@@ -87,7 +87,9 @@ fn the_per_client_approval_cap_is_bounded_with_a_clear_error() {
     let p = parse(&format!("{GIT}[clients.bob]\n"), "p.toml").unwrap();
     assert_eq!(p.clients["bob"].max_waiting_approvals, None, "the default");
     for n in ["0", "1025"] {
-        let e = errors(&format!("{GIT}[clients.bob]\nmax_waiting_approvals = {n}\n"));
+        let e = errors(&format!(
+            "{GIT}[clients.bob]\nmax_waiting_approvals = {n}\n"
+        ));
         assert_eq!(e.len(), 1, "{e:?}");
         assert!(
             e[0].starts_with("p.toml:5:25: error: client `bob` has max_waiting_approvals")
