@@ -3,6 +3,11 @@
 //! system CPU time (`/proc/PID/stat`) over N calls, divided by N. Rows alternate (none, rules,
 //! none, rules) so that a busy machine weighs on both alike; the best of each pair is reported.
 //!
+//! Then the access decision alone, in process (no HTTP, no server): nanoseconds per decision
+//! with the same three rules, on the bench's small arguments and on large ones (a 64 KiB text
+//! and a 1000-entry list the conditions do not look at), which the tick-resolution CPU figure
+//! above cannot resolve.
+//!
 //!   cargo bench --bench conditions        (COND_BENCH_CALLS=4000, COND_BENCH_CONCURRENCY=16)
 
 #[path = "../tests/common/mod.rs"]
@@ -14,7 +19,36 @@ use std::time::Instant;
 
 use common::client::{Mcp, LATEST};
 use common::{env_num, Gateway};
-use serde_json::json;
+use portcullis::access::{Decision, Question, Rules, Target};
+use serde_json::{json, Value};
+
+/// Three conditions that each look at the arguments, all true for the bench's call.
+const RULES: &str = "[clients.anonymous]\n\n[[clients.anonymous.rules]]\nallow = [\"fixture__*\"]\nwhen = 'args.text.startsWith(\"ls \") && size(args.text) < 4096'\n\n[[clients.anonymous.rules]]\ndeny = [\"fixture__echo\"]\nwhen = 'args.branch in [\"main\", \"release\"]'\n\n[[clients.anonymous.rules]]\ndeny = [\"fixture__*\"]\nwhen = 'has(args.n) && args.n > 100'\n";
+
+/// Nanoseconds per access decision of `echo` with `args` under [`RULES`].
+fn decision_ns(args: &Value, n: usize) -> f64 {
+    let src = format!("[servers.fixture]\nruntime = \"process\"\ncommand = \"x\"\n{RULES}");
+    let policy = portcullis::policy::parse(&src, "bench.toml").expect("the bench policy");
+    let rules = Rules::for_client(&policy.clients["anonymous"]);
+    let target = Target::Tool {
+        server: "fixture",
+        name: "echo",
+    };
+    let mut allowed = 0usize;
+    let start = Instant::now();
+    for _ in 0..n {
+        let q = Question::new(target, "tools/call", Some(args));
+        if matches!(
+            std::hint::black_box(rules.decide("anonymous", None, &q)),
+            Decision::Allow(_)
+        ) {
+            allowed += 1;
+        }
+    }
+    let ns = start.elapsed().as_secs_f64() * 1e9 / n as f64;
+    assert_eq!(allowed, n, "the bench's call must be allowed");
+    ns
+}
 
 /// The gateway's CPU time so far (user + system), in seconds.
 fn cpu_seconds(pid: u32) -> f64 {
@@ -72,11 +106,12 @@ async fn run(gw: &Gateway, calls: usize, concurrency: usize) -> (f64, usize) {
 async fn main() {
     let calls = env_num("COND_BENCH_CALLS", 4000);
     let conc = env_num("COND_BENCH_CONCURRENCY", 16);
+    if calls == 0 {
+        decisions();
+        return;
+    }
     let base = "[gateway]\nlisten = \"127.0.0.1:0\"\n\n[audit]\nenabled = false\n\n[servers.fixture]\nruntime = \"process\"\ncommand = \"{fixture}\"\n";
-    // Three conditions that each look at the arguments, all true for the bench's call.
-    let rules = format!(
-        "{base}\n[clients.anonymous]\n\n[[clients.anonymous.rules]]\nallow = [\"fixture__*\"]\nwhen = 'args.text.startsWith(\"ls \") && size(args.text) < 4096'\n\n[[clients.anonymous.rules]]\ndeny = [\"fixture__echo\"]\nwhen = 'args.branch in [\"main\", \"release\"]'\n\n[[clients.anonymous.rules]]\ndeny = [\"fixture__*\"]\nwhen = 'has(args.n) && args.n > 100'\n"
-    );
+    let rules = format!("{base}\n{RULES}");
     let mut best = [f64::MAX; 2];
     let mut rates = [0f64; 2];
     println!("\ngateway CPU per tools/call, {calls} calls at concurrency {conc}, audit off");
@@ -121,4 +156,27 @@ async fn main() {
         rates[1],
         best[1] - best[0]
     );
+    decisions();
+}
+
+/// The decision rows (alone with `COND_BENCH_CALLS=0`).
+fn decisions() {
+    let n = env_num("COND_BENCH_DECISIONS", 200_000);
+    let small = json!({"text": "ls -l /workspace/docs", "branch": "feature", "n": 3});
+    let mut large = small.clone();
+    large["content"] = json!("x".repeat(64 * 1024));
+    large["paths"] = json!((0..1000)
+        .map(|i| format!("/workspace/f{i}"))
+        .collect::<Vec<_>>());
+    println!("\nthe access decision alone, three `when` rules, {n} decisions");
+    for (name, args) in [
+        ("bench arguments", &small),
+        ("+64 KiB text, 1000 paths", &large),
+    ] {
+        let runs = if name.starts_with('+') { n / 20 } else { n };
+        let best = (0..3)
+            .map(|_| decision_ns(args, runs.max(1)))
+            .fold(f64::MAX, f64::min);
+        println!("{name:<28} {best:>10.0} ns/decision (best of 3)");
+    }
 }

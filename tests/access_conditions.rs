@@ -14,20 +14,17 @@ use common::modern::{client, request, text};
 use common::{audit_records, audit_verify, Gateway};
 use serde_json::{json, Value};
 
+/// The gateway, its audit log in `audit`, and the fixture server `fx`.
+fn with_fixture(audit: &std::path::Path) -> String {
+    format!(
+        "[gateway]\nlisten = \"127.0.0.1:0\"\nnaming = \"prefix\"\n\n[audit]\ndir = \"{}\"\n\n[servers.fx]\nruntime = \"process\"\ncommand = \"{{fixture}}\"\n",
+        audit.display()
+    )
+}
+
 fn policy(audit: &std::path::Path) -> String {
     format!(
-        r#"
-[gateway]
-listen = "127.0.0.1:0"
-naming = "prefix"
-
-[audit]
-dir = "{}"
-
-[servers.fx]
-runtime = "process"
-command = "{{fixture}}"
-
+        r#"{}
 [clients.anonymous]
 allow = ["fx__test_simple_text", "fx__test://*", "fx__test_simple_prompt"]
 confirm_timeout = "5s"
@@ -48,7 +45,7 @@ when = 'uri.contains("binary") || method == "resources/subscribe"'
 confirm = ["fx__echo"]
 when = 'args.text.startsWith("danger")'
 "#,
-        audit.display()
+        with_fixture(audit)
     )
 }
 
@@ -262,4 +259,244 @@ async fn a_retry_cannot_change_what_was_decided_or_approved() {
             .contains("answer: accept")),
         "{approvals:#?}"
     );
+}
+
+/// More than the gateway holds in all: without a per-client share, this flood alone would fill
+/// every question slot.
+const FLOOD: usize = 1024 + 16;
+
+/// One hostile client floods `confirm` calls and never answers; another client's question is
+/// still asked. The flood's calls past its share (`max_waiting_approvals`, default 16) are
+/// refused at once with a clear error, and audited.
+#[tokio::test]
+async fn one_client_flooding_approvals_does_not_lock_out_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let gw = Gateway::start(&format!(
+        r#"{}
+[clients.mallory]
+token_sha256 = "{}"
+allow = ["fx__echo"]
+confirm_timeout = "60s"
+
+[[clients.mallory.rules]]
+confirm = ["fx__echo"]
+
+[clients.ada]
+token_sha256 = "{}"
+allow = ["fx__echo"]
+confirm_timeout = "1s"
+max_waiting_approvals = 2
+
+[[clients.ada.rules]]
+confirm = ["fx__echo"]
+"#,
+        with_fixture(&audit),
+        common::token_hash("mallory-token"),
+        common::token_hash("ada-token"),
+    ));
+    let mut mallory = Mcp::new(&gw.url);
+    mallory.bearer = Some("mallory-token".into());
+    mallory
+        .initialize_with(LATEST, json!({"elicitation": {}}))
+        .await;
+    let mallory = std::sync::Arc::new(mallory);
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut flood = Vec::new();
+    for i in 0..FLOOD {
+        let (m, done) = (mallory.clone(), done.clone());
+        flood.push(tokio::spawn(async move {
+            let body = json!({"jsonrpc": "2.0", "id": 10 + i, "method": "tools/call",
+                "params": {"name": "fx__echo", "arguments": {"text": format!("flood {i}")}}});
+            let r = m.post(&body).await;
+            done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            r
+        }));
+    }
+    // A refused call answers at once; an asked one waits for its 60 s timeout. Once
+    // FLOOD - 1024 have answered, a gateway without per-client shares would be full.
+    let answered = || done.load(std::sync::atomic::Ordering::Relaxed);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while answered() < FLOOD - 1024 {
+        assert!(tokio::time::Instant::now() < deadline, "the flood is stuck");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Ada is still asked (and, unanswered, refused after her 1 s).
+    let mut ada = Mcp::new(&gw.url);
+    ada.bearer = Some("ada-token".into());
+    ada.initialize_with(LATEST, json!({"elicitation": {}}))
+        .await;
+    let r = ada
+        .post(&json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+            "params": {"name": "fx__echo", "arguments": {"text": "ada's call"}}}))
+        .await;
+    let messages = r.sse_messages();
+    assert!(
+        messages.iter().any(|m| m["method"] == "elicitation/create"
+            && m["params"]["message"]
+                .as_str()
+                .is_some_and(|t| t.contains("ada's call"))),
+        "ada was not asked: {}",
+        r.body
+    );
+    assert!(r.message()["error"]["message"]
+        .as_str()
+        .is_some_and(|m| m.contains("no answer within 1s")));
+
+    // The flood's calls past its share were refused with the reason.
+    while answered() < FLOOD - 16 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of the flood's calls were answered: more than 16 questions were asked",
+            answered()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(answered(), FLOOD - 16, "16 questions wait for mallory");
+    let mut refused = 0;
+    for h in flood {
+        if !h.is_finished() {
+            h.abort();
+            continue;
+        }
+        let msg = h.await.unwrap().message();
+        let e = &msg["error"];
+        assert_eq!(e["code"], -32012, "{msg}");
+        assert!(
+            e["message"].as_str().is_some_and(|m| m
+                .contains("client `mallory` already has 16 approval questions waiting")
+                && m.contains("clients.mallory.max_waiting_approvals")),
+            "{msg}"
+        );
+        refused += 1;
+    }
+    assert_eq!(refused, FLOOD - 16);
+    let full: Vec<Value> = (0..50)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(100));
+            audit_records(&audit)
+                .into_iter()
+                .filter(|r| {
+                    r["kind"] == "approval"
+                        && r["client"] == "mallory"
+                        && r["detail"]
+                            .as_str()
+                            .is_some_and(|d| d.contains("already has 16 questions waiting"))
+                })
+                .collect::<Vec<Value>>()
+        })
+        .find(|v| v.len() == FLOOD - 16)
+        .expect("every refused question is audited");
+    assert!(
+        full.iter()
+            .all(|r| r["outcome"] == "error" && r["error_code"] == -32012),
+        "{:#}",
+        full[0]
+    );
+}
+
+const TASKS: &str = "io.modelcontextprotocol/tasks";
+
+/// Carol may start jobs on one queue only (`when` on the call's arguments); bob may use all of
+/// `shapes`.
+fn task_policy(audit: &std::path::Path, queue: &str) -> String {
+    format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+naming = "prefix"
+
+[audit]
+dir = "{}"
+
+{}
+[clients.carol]
+token_sha256 = "{}"
+
+[[clients.carol.rules]]
+allow = ["shapes__start_job"]
+when = 'args.queue == "{queue}"'
+
+[clients.bob]
+token_sha256 = "{}"
+allow = ["shapes__*"]
+"#,
+        audit.display(),
+        common::modern::shapes_server(),
+        common::token_hash("carol-token"),
+        common::token_hash("bob-token"),
+    )
+}
+
+/// A task request is decided as the call that made the task, arguments included: a client
+/// allowed a tool under a condition follows its own task, another client cannot use its handle,
+/// and once the policy would refuse the call, the task is refused too, naming the rule.
+#[tokio::test]
+async fn task_requests_are_judged_on_the_call_that_made_the_task() {
+    let dir = tempfile::tempdir().unwrap();
+    let audit = dir.path().join("audit");
+    let gw = Gateway::start(&task_policy(&audit, "docs"));
+    let carol = client(&gw, Some("carol-token"));
+    let bob = client(&gw, Some("bob-token"));
+    let caps = json!({"extensions": { TASKS: {} }});
+    let start = |queue: &str| json!({"name": "shapes__start_job", "arguments": {"queue": queue}});
+
+    let r = request(&carol, 1, "tools/call", start("docs"), caps.clone())
+        .await
+        .message();
+    assert_eq!(r["result"]["resultType"], "task", "{r}");
+    let handle = r["result"]["taskId"].as_str().unwrap().to_owned();
+    let no = request(&carol, 2, "tools/call", start("prod"), caps.clone()).await;
+    assert_eq!(no.status, 403, "{}", no.body);
+
+    // Carol follows her own task: decided on `queue = "docs"`, which her rule allows.
+    let get = json!({"taskId": handle});
+    let r = request(&carol, 3, "tasks/get", get.clone(), caps.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = r.message();
+    assert_eq!(m["result"]["status"], "completed", "{m}");
+    assert_eq!(m["result"]["taskId"], handle.as_str(), "{m}");
+    assert_eq!(text(&json!({"result": m["result"]["result"]})), "job done");
+
+    // Bob may use every tool of the server, but not carol's task.
+    let r = request(&bob, 4, "tasks/get", get.clone(), caps.clone()).await;
+    assert_eq!(r.status, 400, "{}", r.body);
+    assert!(r.body.contains("issued to another client"), "{}", r.body);
+
+    // Carol's rule now allows another queue: her call would be refused, so is its task.
+    gw.write_policy(&task_policy(&audit, "reports"));
+    gw.sighup();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        let r = request(&carol, 5, "tasks/get", get.clone(), caps.clone()).await;
+        if r.status == 403 {
+            break r;
+        }
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert!(tokio::time::Instant::now() < deadline, "reload not applied");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let msg = refused.message();
+    let reason = msg["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("rules[0]")
+            && reason.contains("condition is false")
+            && reason.contains("the task was made by that tool"),
+        "{reason}"
+    );
+    let r = request(&carol, 6, "tasks/cancel", get, caps).await;
+    assert_eq!(r.status, 403, "{}", r.body);
+    let denied = denied_records(&audit, 3);
+    assert!(
+        denied.iter().any(|d| d["method"] == "tasks/get"
+            && d["tool"] == "start_job"
+            && d["rule"]
+                .as_str()
+                .is_some_and(|r| r.starts_with("rules[0]"))
+            && d["rule_condition"] == true),
+        "{denied:#?}"
+    );
+    assert!(audit_verify(&audit).0);
 }

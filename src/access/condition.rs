@@ -6,7 +6,7 @@
 //! wrong type. Its cost is bounded at load too: the text's length ([`MAX_SOURCE`]), its number
 //! of nodes ([`MAX_NODES`]) and nesting ([`MAX_DEPTH`]), and no macro (`all`, `exists`, `map`,
 //! `filter`) inside another, so that evaluating it costs at most its size times the size of
-//! the arguments, which [`args_value`] caps at [`MAX_ARG_VALUES`] values.
+//! the arguments, which [`within_budget`] caps at [`MAX_ARG_VALUES`] values.
 //!
 //! At run time ([`Condition::eval`]) an error (a missing field, a wrong type) is an answer of
 //! its own, [`Evaluated::Error`], which the rules turn into a refusal: a condition never grants
@@ -18,6 +18,12 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, OnceLock};
 
 use cel::common::ast::{EntryExpr, Expr, IdedExpr};
+use cel::common::types::{
+    CelBool, CelDouble, CelInt, CelList, CelMap, CelMapKey, CelNull, CelString, CelTimestamp,
+    CelUInt,
+};
+use cel::common::value::{CowVal, Val};
+use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value as Cel};
 use serde_json::Value;
 
@@ -190,10 +196,10 @@ impl Condition {
 
     /// Evaluates the condition on a call's prepared facts. Anything but a boolean is an error.
     pub fn eval(&self, facts: &Prepared) -> Evaluated {
+        // A context per evaluation costs an `Arc` clone and two empty maps; the variables
+        // themselves are the prepared facts', borrowed (see [`Prepared`]).
         let mut ctx = Context::with_env(env());
-        for (name, v) in &facts.vars {
-            ctx.add_variable_from_value(*name, v.clone());
-        }
+        ctx.set_variable_resolver(facts);
         match catch_unwind(AssertUnwindSafe(|| self.program.execute(&ctx))) {
             Ok(Ok(Cel::Bool(true))) => Evaluated::True,
             Ok(Ok(Cel::Bool(false))) => Evaluated::False,
@@ -245,41 +251,90 @@ impl Condition {
     }
 }
 
-/// A call's facts as CEL values, made once per decision and shared by every condition of it.
-pub struct Prepared {
-    vars: Vec<(&'static str, Cel)>,
+/// A call's facts as CEL sees them, shared by every condition of one decision.
+///
+/// Each variable is made on its first lookup and kept for the decision's other conditions, so
+/// a decision pays only for the variables its conditions name (`now` reads the clock only when
+/// used; `client.claims` is converted only when named). Values borrow the call's strings
+/// rather than copying them: the arguments of a call become a tree of CEL values whose strings
+/// are the request's own. Before this, every condition converted every variable (the whole
+/// arguments, deep-copied) into a fresh context.
+pub struct Prepared<'a> {
+    facts: Facts<'a>,
+    vars: [OnceLock<Box<dyn Val + 'a>>; VARIABLES.len()],
 }
 
-impl Prepared {
-    /// Fails when the arguments are too large to judge ([`MAX_ARG_VALUES`]).
-    pub fn new(facts: &Facts) -> Result<Prepared, String> {
-        let empty = || Cel::Map(HashMap::<String, Cel>::new().into());
-        let args = match facts.args {
-            Some(a) => args_value(a)?,
-            None => empty(),
-        };
-        let claims = match facts.claims {
-            Some(c) => args_value(c).unwrap_or(Cel::Null),
-            None => empty(),
-        };
-        let client: HashMap<String, Cel> = [
-            ("name".to_owned(), Cel::from(facts.client)),
-            ("claims".to_owned(), claims),
-        ]
-        .into_iter()
-        .collect();
-        let mut vars = vec![("args", args), ("client", Cel::from(client))];
-        for (name, v) in [
-            ("server", facts.server),
-            ("tool", facts.tool),
-            ("prompt", facts.prompt),
-            ("uri", facts.uri),
-            ("method", facts.method),
-        ] {
-            vars.push((name, Cel::from(v)));
+impl<'a> Prepared<'a> {
+    /// Fails when the arguments are too large to judge ([`MAX_ARG_VALUES`]); this is counted
+    /// here, without converting anything, so that a condition sees either all of them or none.
+    pub fn new(facts: &Facts<'a>) -> Result<Prepared<'a>, String> {
+        if let Some(a) = facts.args {
+            within_budget(a)?;
         }
-        vars.push(("now", Cel::Timestamp(chrono::Utc::now().fixed_offset())));
-        Ok(Prepared { vars })
+        Ok(Prepared {
+            facts: *facts,
+            vars: Default::default(),
+        })
+    }
+
+    fn make(&self, index: usize) -> Box<dyn Val + 'a> {
+        let f = &self.facts;
+        let empty = || -> Box<dyn Val + 'a> {
+            Box::new(CelMap::from(
+                HashMap::<CelMapKey<'a>, Box<dyn Val + 'a>>::new(),
+            ))
+        };
+        let text = |s: &'a str| -> Box<dyn Val + 'a> { Box::new(CelString::from(s)) };
+        match VARIABLES.get(index).copied() {
+            Some("args") => f.args.map_or_else(empty, view),
+            Some("client") => {
+                let claims: Box<dyn Val + 'a> = match f.claims {
+                    Some(c) if within_budget(c).is_ok() => view(c),
+                    Some(_) => Box::new(CelNull),
+                    None => empty(),
+                };
+                let mut m: HashMap<CelMapKey<'a>, Box<dyn Val + 'a>> = HashMap::with_capacity(2);
+                m.insert(CelMapKey::from("name"), text(f.client));
+                m.insert(CelMapKey::from("claims"), claims);
+                Box::new(CelMap::from(m))
+            }
+            Some("server") => text(f.server),
+            Some("tool") => text(f.tool),
+            Some("prompt") => text(f.prompt),
+            Some("uri") => text(f.uri),
+            Some("method") => text(f.method),
+            Some("now") => Box::new(CelTimestamp::from(chrono::Utc::now().fixed_offset())),
+            _ => Box::new(CelNull),
+        }
+    }
+}
+
+impl VariableResolver for Prepared<'_> {
+    fn resolve<'b>(&'b self, variable: &str) -> Option<CowVal<'b, 'b>> {
+        let index = VARIABLES.iter().position(|v| *v == variable)?;
+        let value = self.vars.get(index)?.get_or_init(|| self.make(index));
+        Some(CowVal::Borrowed(value.as_ref()))
+    }
+}
+
+/// `v` as a CEL value borrowing its strings. Its size and depth were checked
+/// ([`within_budget`]), which bounds this recursion.
+fn view(v: &Value) -> Box<dyn Val + '_> {
+    match v {
+        Value::Null => Box::new(CelNull),
+        Value::Bool(b) => Box::new(CelBool::from(*b)),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => Box::new(CelInt::from(i)),
+            (None, Some(u)) => Box::new(CelUInt::from(u)),
+            _ => Box::new(CelDouble::from(n.as_f64().unwrap_or(f64::NAN))),
+        },
+        Value::String(s) => Box::new(CelString::from(s.as_str())),
+        Value::Array(a) => Box::new(CelList::from(a.iter().map(view).collect::<Vec<_>>())),
+        Value::Object(m) => Box::new(CelMap::from(
+            m.iter()
+                .map(|(k, x)| (CelMapKey::from(k.as_str()), view(x)))
+                .collect::<HashMap<_, _>>(),
+        )),
     }
 }
 
@@ -373,44 +428,25 @@ fn walk(e: &IdedExpr, depth: usize, macros: usize, scope: &mut Vec<String>, s: &
     }
 }
 
-/// A JSON value as CEL sees it; refused when it has more than [`MAX_ARG_VALUES`] values or
-/// nests deeper than 32.
-pub fn args_value(v: &Value) -> Result<Cel, String> {
+/// Refuses a JSON value with more than [`MAX_ARG_VALUES`] values or nested deeper than 32,
+/// which a condition will not judge (its cost would grow with it).
+pub fn within_budget(v: &Value) -> Result<(), String> {
     let mut budget = MAX_ARG_VALUES;
-    convert(v, 0, &mut budget).ok_or_else(|| {
+    count(v, 0, &mut budget).ok_or_else(|| {
         format!("the arguments are too large for a condition to judge (more than {MAX_ARG_VALUES} values, or nested deeper than {MAX_ARG_DEPTH})")
     })
 }
 
-fn convert(v: &Value, depth: usize, budget: &mut usize) -> Option<Cel> {
+fn count(v: &Value, depth: usize, budget: &mut usize) -> Option<()> {
     *budget = budget.checked_sub(1)?;
     if depth > MAX_ARG_DEPTH {
         return None;
     }
-    Some(match v {
-        Value::Null => Cel::Null,
-        Value::Bool(b) => Cel::Bool(*b),
-        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
-            (Some(i), _) => Cel::Int(i),
-            (None, Some(u)) => Cel::UInt(u),
-            _ => Cel::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Value::String(s) => Cel::from(s.as_str()),
-        Value::Array(a) => {
-            let mut out = Vec::with_capacity(a.len().min(*budget));
-            for x in a {
-                out.push(convert(x, depth + 1, budget)?);
-            }
-            Cel::List(Arc::new(out))
-        }
-        Value::Object(m) => {
-            let mut out = HashMap::with_capacity(m.len().min(*budget));
-            for (k, x) in m {
-                out.insert(k.clone(), convert(x, depth + 1, budget)?);
-            }
-            Cel::Map(out.into())
-        }
-    })
+    match v {
+        Value::Array(a) => a.iter().try_for_each(|x| count(x, depth + 1, budget)),
+        Value::Object(m) => m.values().try_for_each(|x| count(x, depth + 1, budget)),
+        _ => Some(()),
+    }
 }
 
 #[cfg(test)]

@@ -173,6 +173,8 @@ pub struct Confirm {
     pub rule: Matched,
     /// How long to wait for the answer.
     pub timeout: Duration,
+    /// How many questions of this client may wait at once (this one included).
+    pub max_waiting: usize,
 }
 
 /// The answer to "may this client do this?".

@@ -23,6 +23,12 @@ use crate::policy::Client;
 
 /// How long a `confirm` question waits when the policy does not say.
 pub const DEFAULT_CONFIRM_TIMEOUT: Duration = Duration::from_secs(120);
+/// How many approval questions one client may have waiting when the policy does not say: a
+/// person answers them one at a time, so more than a few means a runaway or hostile caller.
+pub const DEFAULT_MAX_WAITING_APPROVALS: usize = 16;
+/// Approval questions the gateway holds at once, for all clients together; past it questions
+/// are refused rather than queued.
+pub const WAITING_APPROVALS_IN_ALL: usize = 1024;
 
 /// A compiled `*` glob.
 #[derive(Debug, Clone, PartialEq)]
@@ -129,6 +135,7 @@ pub struct Rules {
     deny: Vec<Pattern>,
     pub(super) rules: Vec<Conditional>,
     pub(super) confirm_timeout: Option<Duration>,
+    pub(super) max_waiting_approvals: Option<usize>,
 }
 
 impl Rules {
@@ -147,6 +154,7 @@ impl Rules {
             })
             .collect();
         r.confirm_timeout = c.confirm_timeout;
+        r.max_waiting_approvals = c.max_waiting_approvals;
         r
     }
 
@@ -156,6 +164,7 @@ impl Rules {
             deny: deny.iter().map(|p| Pattern::compile(p)).collect(),
             rules: Vec::new(),
             confirm_timeout: None,
+            max_waiting_approvals: None,
         }
     }
 
@@ -166,12 +175,19 @@ impl Rules {
             deny: vec![Pattern::AnyName],
             rules: Vec::new(),
             confirm_timeout: None,
+            max_waiting_approvals: None,
         }
     }
 
     /// How long a `confirm` question of this client waits for an answer.
     pub fn confirm_timeout(&self) -> Duration {
         self.confirm_timeout.unwrap_or(DEFAULT_CONFIRM_TIMEOUT)
+    }
+
+    /// How many of this client's approval questions may wait at once.
+    pub fn max_waiting_approvals(&self) -> usize {
+        self.max_waiting_approvals
+            .unwrap_or(DEFAULT_MAX_WAITING_APPROVALS)
     }
 
     /// Whether `server`'s `item` may be granted to some call: not denied outright, and named by

@@ -21,7 +21,7 @@ use crate::policy::model::Effect;
 /// The facts of one call, made into CEL values on first need and then shared.
 struct Lazy<'a> {
     facts: Facts<'a>,
-    prepared: Option<Result<Prepared, String>>,
+    prepared: Option<Result<Prepared<'a>, String>>,
 }
 
 impl Lazy<'_> {
@@ -134,6 +134,7 @@ impl Rules {
                     confirm = Some(Confirm {
                         rule: matched(rule),
                         timeout: self.confirm_timeout(),
+                        max_waiting: self.max_waiting_approvals(),
                     });
                     break;
                 }

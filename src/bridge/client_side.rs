@@ -616,49 +616,29 @@ impl ClientSide {
     ) -> Box<RawValue> {
         if ex.legacy_task {
             if let Some((task, fields)) = legacy_tasks::created(&result) {
-                let held = Held::Task {
-                    server: server.to_owned(),
-                    tool: tool.to_owned(),
-                    task,
-                    legacy: true,
-                };
-                let handle =
-                    self.seal
-                        .make(held, &ex.identity.client, "", "", super::tasks::HANDLE_FOR);
+                let origin = super::tasks::Origin::of_call(server, tool, &ex.params);
+                let handle = origin.handle(&self.seal, &ex.identity.client, task, true);
                 return legacy_tasks::created_result(&fields, &handle);
             }
         }
-        let held = |shape: &Shape| match shape {
-            Shape::InputRequired { state } => Some((
-                Held::UpstreamState {
+        match results::shape(&result) {
+            Shape::InputRequired { state } => {
+                let held = Held::UpstreamState {
                     server: server.to_owned(),
-                    state: state.clone(),
-                },
-                "requestState",
-                PARK_FOR,
-            )),
-            Shape::Task { task } if ex.method == methods::TOOLS_CALL => Some((
-                Held::Task {
-                    server: server.to_owned(),
-                    tool: tool.to_owned(),
-                    task: task.clone(),
-                    legacy: false,
-                },
-                "taskId",
-                super::tasks::HANDLE_FOR,
-            )),
-            _ => None,
-        };
-        let shape = results::shape(&result);
-        let Some((held, field, ttl)) = held(&shape) else {
-            return result;
-        };
-        let (method, item) = match held {
-            Held::Task { .. } => ("", ""),
-            _ => (ex.method.as_str(), ex.item.as_str()),
-        };
-        let token = self.seal.make(held, &ex.identity.client, method, item, ttl);
-        results::with_field(&result, field, &token).unwrap_or(result)
+                    state,
+                };
+                let token =
+                    self.seal
+                        .make(held, &ex.identity.client, &ex.method, &ex.item, PARK_FOR);
+                results::with_field(&result, "requestState", &token).unwrap_or(result)
+            }
+            Shape::Task { task } if ex.method == methods::TOOLS_CALL => {
+                let origin = super::tasks::Origin::of_call(server, tool, &ex.params);
+                let handle = origin.handle(&self.seal, &ex.identity.client, task, false);
+                results::with_field(&result, "taskId", &handle).unwrap_or(result)
+            }
+            _ => result,
+        }
     }
 
     /// Answers a server's request to the client with an error.

@@ -11,12 +11,11 @@
 //! tasks take input on the `tasks/result` stream, which the gateway does not bridge), and a task
 //! that comes to need input is cancelled and reported failed.
 
-use std::sync::Arc;
-
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::client_side::Call;
+use super::tasks::Origin;
 use crate::mcp::{meta, methods, ErrorCode, Request};
 use crate::router::{Answer, Inbound, Router};
 
@@ -88,8 +87,7 @@ pub fn created_result(task: &Map<String, Value>, handle: &str) -> Box<RawValue> 
 async fn ask(
     router: &Router,
     call: &Call,
-    server: &Arc<str>,
-    tool: &str,
+    origin: &Origin,
     method: &str,
     task: &str,
 ) -> Result<Box<RawValue>, Answer> {
@@ -104,7 +102,7 @@ async fn ask(
         context: call.context.clone(),
     };
     router
-        .forward_task(inbound, server.clone(), tool, None)
+        .forward_task(inbound, &origin.decided_on(), None)
         .await
 }
 
@@ -120,23 +118,22 @@ fn error_of(answer: &Answer) -> Value {
 pub async fn serve(
     router: &Router,
     call: &Call,
-    server: Arc<str>,
-    tool: &str,
+    origin: &Origin,
     task: &str,
     handle: &str,
 ) -> Result<Box<RawValue>, Answer> {
     match call.method.as_str() {
         methods::TASKS_CANCEL => {
-            ask(router, call, &server, tool, methods::TASKS_CANCEL, task).await?;
+            ask(router, call, origin, methods::TASKS_CANCEL, task).await?;
             Ok(crate::mcp::to_raw(&json!({})))
         }
         methods::TASKS_GET => {
-            let state = ask(router, call, &server, tool, methods::TASKS_GET, task).await?;
+            let state = ask(router, call, origin, methods::TASKS_GET, task).await?;
             let state: Map<String, Value> = serde_json::from_str(state.get()).unwrap_or_default();
             let mut out = modern_task(&state, handle);
             match state.get("status").and_then(Value::as_str) {
                 Some("completed") => {
-                    match ask(router, call, &server, tool, methods::TASKS_RESULT, task).await {
+                    match ask(router, call, origin, methods::TASKS_RESULT, task).await {
                         Ok(r) => {
                             let r: Value = serde_json::from_str(r.get()).unwrap_or(Value::Null);
                             out.insert("result".into(), r);
@@ -148,9 +145,7 @@ pub async fn serve(
                     }
                 }
                 Some("failed") => {
-                    let error = match ask(router, call, &server, tool, methods::TASKS_RESULT, task)
-                        .await
-                    {
+                    let error = match ask(router, call, origin, methods::TASKS_RESULT, task).await {
                         Err(a) => error_of(&a),
                         Ok(_) => {
                             json!({"code": ErrorCode::INTERNAL_ERROR.0, "message": "the task failed"})
@@ -159,7 +154,7 @@ pub async fn serve(
                     out.insert("error".into(), error);
                 }
                 Some("input_required") => {
-                    let _ = ask(router, call, &server, tool, methods::TASKS_CANCEL, task).await;
+                    let _ = ask(router, call, origin, methods::TASKS_CANCEL, task).await;
                     out.insert("status".into(), json!("failed"));
                     out.insert(
                         "error".into(),

@@ -16,8 +16,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 const VERSION: &str = "v1";
-/// Longest token accepted: anything longer was not made here.
-const MAX_LEN: usize = 8192;
+/// Longest token accepted: anything longer was not made here (a task handle with
+/// [`MAX_TASK_ARGS`] of arguments is well below it).
+const MAX_LEN: usize = 16384;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -47,8 +48,21 @@ pub enum Held {
         /// `tasks/get` and `tasks/result`).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         legacy: bool,
+        /// The arguments of the call that made the task, so that a request about the task is
+        /// decided as that call would be now (`when` conditions see them); absent when the
+        /// call had none or they were too large to carry ([`MAX_TASK_ARGS`]).
+        #[serde(rename = "a", default, skip_serializing_if = "Option::is_none")]
+        args: Option<serde_json::Value>,
+        /// The call had arguments, larger than [`MAX_TASK_ARGS`]: they are not in the handle.
+        #[serde(rename = "b", default, skip_serializing_if = "std::ops::Not::not")]
+        args_dropped: bool,
     },
 }
+
+/// Largest arguments (compact JSON, bytes) a task handle carries: a handle travels in every
+/// `tasks/*` request, so it stays small; calls with larger arguments get a handle without
+/// them, and conditions on them then refuse (fail closed).
+pub const MAX_TASK_ARGS: usize = 4096;
 
 /// Everything a token says.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -373,6 +373,9 @@ pub struct Client {
     pub rules: Vec<ClientRule>,
     /// How long a `confirm` question waits for the person's answer; `None`: 120 s.
     pub confirm_timeout: Option<std::time::Duration>,
+    /// How many of its `confirm` questions may wait for an answer at once; `None`: 16. The
+    /// gateway holds at most 1024 in all, so one client's flood cannot take every slot.
+    pub max_waiting_approvals: Option<usize>,
 }
 
 /// What a `[[clients.NAME.rules]]` entry does when its patterns match and its `when` holds.

@@ -311,6 +311,7 @@ pub struct RawClient {
     #[serde(default, deserialize_with = "in_rules")]
     pub rules: Option<Vec<Spanned<RawRule>>>,
     pub confirm_timeout: Option<Spanned<Value>>,
+    pub max_waiting_approvals: Option<Spanned<u64>>,
 }
 
 /// `[[clients.NAME.rules]]`: one of `allow`, `deny`, `confirm`, and an optional `when`.

@@ -472,10 +472,12 @@ fn explain_rule(r: &super::model::ClientRule, c: &super::model::Client) -> Strin
         Effect::Allow => format!("grants {what}"),
         Effect::Deny => format!("refuses {what}"),
         Effect::Confirm => format!(
-            "asks the caller's person to approve {what} (when granted) and waits up to {}s",
+            "asks the caller's person to approve {what} (when granted) and waits up to {}s (at most {} of this client's questions wait at once; more are refused)",
             c.confirm_timeout
                 .unwrap_or(crate::access::rules::DEFAULT_CONFIRM_TIMEOUT)
-                .as_secs()
+                .as_secs(),
+            c.max_waiting_approvals
+                .unwrap_or(crate::access::rules::DEFAULT_MAX_WAITING_APPROVALS)
         ),
     };
     match &r.when {

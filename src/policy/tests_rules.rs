@@ -78,3 +78,23 @@ fn a_rule_needs_exactly_one_effect() {
     );
     assert!(errors(&src)[0].contains("when2"), "{:?}", errors(&src));
 }
+
+#[test]
+fn the_per_client_approval_cap_is_bounded_with_a_clear_error() {
+    let src = format!("{GIT}[clients.bob]\nmax_waiting_approvals = 3\n");
+    let p = parse(&src, "p.toml").unwrap();
+    assert_eq!(p.clients["bob"].max_waiting_approvals, Some(3));
+    let p = parse(&format!("{GIT}[clients.bob]\n"), "p.toml").unwrap();
+    assert_eq!(p.clients["bob"].max_waiting_approvals, None, "the default");
+    for n in ["0", "1025"] {
+        let e = errors(&format!(
+            "{GIT}[clients.bob]\nmax_waiting_approvals = {n}\n"
+        ));
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("p.toml:5:25: error: client `bob` has max_waiting_approvals")
+                && e[0].contains("use 1 to 1024"),
+            "{e:?}"
+        );
+    }
+}

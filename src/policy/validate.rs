@@ -1232,6 +1232,7 @@ impl Checker<'_> {
         }
         let rules = self.client_rules(&rc.rules, servers);
         let confirm_timeout = self.duration(&rc.confirm_timeout, "confirm_timeout");
+        let max_waiting_approvals = self.max_waiting_approvals(n, &rc.max_waiting_approvals);
         let quotas = self.client_quotas(n, &rc, gateway_max_sessions);
         if self.diags.len() != before {
             return None;
@@ -1249,6 +1250,7 @@ impl Checker<'_> {
             deny,
             rules,
             confirm_timeout,
+            max_waiting_approvals,
         })
     }
 

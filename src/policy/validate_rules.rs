@@ -12,6 +12,7 @@ use super::model::{ClientRule, Effect};
 use super::raw::{RawRule, Str};
 use super::validate::Checker;
 use crate::access::condition::Condition;
+use crate::access::rules::WAITING_APPROVALS_IN_ALL;
 
 /// Most rules one client may have.
 const MAX_RULES: usize = 256;
@@ -65,6 +66,26 @@ impl Checker<'_> {
             });
         }
         out
+    }
+
+    /// `clients.NAME.max_waiting_approvals`: at least one (a client with `confirm` rules must
+    /// be able to ask), at most what the gateway holds in all.
+    pub(super) fn max_waiting_approvals(
+        &mut self,
+        client: &str,
+        v: &Option<Spanned<u64>>,
+    ) -> Option<usize> {
+        let v = v.as_ref()?;
+        let n = *v.get_ref();
+        let most = WAITING_APPROVALS_IN_ALL as u64;
+        if n == 0 || n > most {
+            self.error(
+                v.span().start,
+                format!("client `{client}` has max_waiting_approvals = {n}; use 1 to {most} (how many of its approval questions may wait for an answer at once; the gateway holds at most {most} for all clients together)"),
+            );
+            return None;
+        }
+        usize::try_from(n).ok()
     }
 
     /// Compiles a `when` expression; an error points into the expression where it can.

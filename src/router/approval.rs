@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 
 use super::audit_trail::session_tag;
 use super::{Failure, MessageSink, Router};
+use crate::access::rules::WAITING_APPROVALS_IN_ALL;
 use crate::access::{Confirm, Identity, Permit};
 use crate::audit::{AuditEvent, Kind, Outcome};
 use crate::mcp::{methods, ErrorCode, Id, Message, Request, Response};
@@ -29,38 +30,98 @@ use crate::mcp::{methods, ErrorCode, Id, Message, Request, Response};
 /// The id prefix of the gateway's own questions, so that answers are told from answers to
 /// servers' requests (and the bridge can say who asked).
 pub const ID_PREFIX: &str = "portcullis-approval-";
-/// Questions waiting at once, in all; more are refused rather than queued.
-const MAX_WAITING: usize = 1024;
 /// Longest rendering of the arguments in a question.
 const MAX_SUMMARY: usize = 2000;
 
 type Answer = Result<Box<RawValue>, Box<RawValue>>;
-/// The session asked, and where its answer goes.
-type Asked = (Arc<str>, oneshot::Sender<Answer>);
+
+/// A question sent and not yet answered: the session asked, the client it belongs to, and
+/// where its answer goes.
+struct Asked {
+    session: Arc<str>,
+    client: Arc<str>,
+    tx: oneshot::Sender<Answer>,
+}
+
+/// Why a question could not be asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    /// The client has as many questions waiting as its policy allows.
+    Client(usize),
+    /// The gateway holds [`WAITING_APPROVALS_IN_ALL`] questions.
+    Gateway,
+}
+
+#[derive(Default)]
+struct Waiting {
+    by_id: HashMap<String, Asked>,
+    /// Questions waiting per client, so that one client's flood is stopped at its own share
+    /// and cannot take the slots every other client's questions need.
+    per_client: HashMap<Arc<str>, usize>,
+}
+
+impl Waiting {
+    fn remove(&mut self, id: &str) -> Option<Asked> {
+        let asked = self.by_id.remove(id)?;
+        if let Some(n) = self.per_client.get_mut(&asked.client) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_client.remove(&asked.client);
+            }
+        }
+        Some(asked)
+    }
+}
 
 /// Questions sent and not yet answered, by request id.
 #[derive(Default)]
 pub(super) struct Approvals {
-    waiting: Mutex<HashMap<String, Asked>>,
+    waiting: Mutex<Waiting>,
     next: AtomicU64,
 }
 
 impl Approvals {
-    fn ask(&self, session: &Arc<str>) -> Option<(String, oneshot::Receiver<Answer>)> {
-        let mut w = self.waiting.lock().ok()?;
-        if w.len() >= MAX_WAITING {
-            return None;
+    /// Registers a question of `client` to `session`, unless the client already has
+    /// `per_client` waiting or the gateway is full.
+    fn ask(
+        &self,
+        session: &Arc<str>,
+        client: &Arc<str>,
+        per_client: usize,
+    ) -> Result<(String, oneshot::Receiver<Answer>), Full> {
+        let mut w = self.waiting.lock().map_err(|_| Full::Gateway)?;
+        if w.per_client.get(client).copied().unwrap_or(0) >= per_client {
+            return Err(Full::Client(per_client));
+        }
+        if w.by_id.len() >= WAITING_APPROVALS_IN_ALL {
+            return Err(Full::Gateway);
         }
         let id = format!("{ID_PREFIX}{}", self.next.fetch_add(1, Ordering::Relaxed));
         let (tx, rx) = oneshot::channel();
-        w.insert(id.clone(), (session.clone(), tx));
-        Some((id, rx))
+        w.by_id.insert(
+            id.clone(),
+            Asked {
+                session: session.clone(),
+                client: client.clone(),
+                tx,
+            },
+        );
+        *w.per_client.entry(client.clone()).or_insert(0) += 1;
+        Ok((id, rx))
     }
 
     /// Ends the questions asked of `session` (closed): their calls are refused.
     pub fn drop_session(&self, session: &str) {
         if let Ok(mut w) = self.waiting.lock() {
-            w.retain(|_, (s, _)| &**s != session);
+            let gone: Vec<String> = w
+                .by_id
+                .iter()
+                .filter(|(_, a)| &*a.session == session)
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in gone {
+                w.remove(&id);
+            }
         }
     }
 
@@ -79,10 +140,10 @@ impl Approvals {
         let Ok(mut w) = self.waiting.lock() else {
             return Err(resp);
         };
-        match w.get(id.as_str()) {
-            Some((s, _)) if &**s == session => {
-                if let Some((_, tx)) = w.remove(id.as_str()) {
-                    let _ = tx.send(resp.outcome);
+        match w.by_id.get(id.as_str()) {
+            Some(a) if &*a.session == session => {
+                if let Some(a) = w.remove(id.as_str()) {
+                    let _ = a.tx.send(resp.outcome);
                 }
                 Ok(())
             }
@@ -173,16 +234,33 @@ impl Router {
             );
             return Err(refuse(why));
         };
-        let Some((id, answer)) = self.approvals.ask(&entry.info.key) else {
-            record(
-                "too many questions waiting",
-                Outcome::Error(ErrorCode::OVER_CAPACITY.0),
-                None,
-            );
-            return Err(Failure::Gateway(
-                ErrorCode::OVER_CAPACITY,
-                "too many approval questions are waiting; try again later".into(),
-            ));
+        let asked = self
+            .approvals
+            .ask(&entry.info.key, &identity.client, confirm.max_waiting);
+        let (id, answer) = match asked {
+            Ok(a) => a,
+            Err(Full::Client(most)) => {
+                record(
+                    &format!("this client already has {most} questions waiting (clients.{}.max_waiting_approvals)", identity.client),
+                    Outcome::Error(ErrorCode::OVER_CAPACITY.0),
+                    None,
+                );
+                return Err(Failure::Gateway(
+                    ErrorCode::OVER_CAPACITY,
+                    format!("{what} needs a person's approval ({rule}), and client `{}` already has {most} approval questions waiting, as many as its policy allows (clients.{}.max_waiting_approvals); answer or abandon those first", identity.client, identity.client),
+                ));
+            }
+            Err(Full::Gateway) => {
+                record(
+                    "too many questions waiting in the gateway",
+                    Outcome::Error(ErrorCode::OVER_CAPACITY.0),
+                    None,
+                );
+                return Err(Failure::Gateway(
+                    ErrorCode::OVER_CAPACITY,
+                    format!("{what} needs a person's approval ({rule}), and the gateway already holds {WAITING_APPROVALS_IN_ALL} approval questions; try again later"),
+                ));
+            }
         };
         let message = self.question_text(identity, permit, method, params, &rule);
         let request = Message::Request(Request {
@@ -291,7 +369,8 @@ mod tests {
     fn answers_reach_only_the_question_of_their_session() {
         let a = Approvals::default();
         let s: Arc<str> = Arc::from("s1");
-        let (id, mut rx) = a.ask(&s).unwrap();
+        let c: Arc<str> = Arc::from("alice");
+        let (id, mut rx) = a.ask(&s, &c, 4).unwrap();
         let resp = |id: &str| Response {
             id: Id::Str(id.to_owned()),
             outcome: Ok(crate::mcp::to_raw(&json!({"action": "accept"}))),
@@ -304,11 +383,40 @@ mod tests {
         assert!(rx.try_recv().is_err());
         assert!(a.answer("s1", resp(&id)).is_ok());
         assert!(rx.try_recv().is_ok_and(|r| r.is_ok()));
-        let (_, rx) = a.ask(&s).unwrap();
+        let (_, rx) = a.ask(&s, &c, 4).unwrap();
         a.drop_session("s1");
         assert!(
             rx.blocking_recv().is_err(),
             "a closed session's question ends"
         );
+    }
+
+    #[test]
+    fn one_client_cannot_hold_every_question_slot() {
+        let a = Approvals::default();
+        let (s1, s2): (Arc<str>, Arc<str>) = (Arc::from("s1"), Arc::from("s2"));
+        let (mallory, ada): (Arc<str>, Arc<str>) = (Arc::from("mallory"), Arc::from("ada"));
+        let mut held = Vec::new();
+        for _ in 0..3 {
+            held.push(a.ask(&s1, &mallory, 3).unwrap());
+        }
+        assert_eq!(a.ask(&s1, &mallory, 3).err(), Some(Full::Client(3)));
+        assert!(a.ask(&s2, &ada, 3).is_ok(), "another client still asks");
+        // An answered or ended question gives its slot back to its client.
+        a.forget(&held[0].0);
+        assert!(a.ask(&s1, &mallory, 3).is_ok());
+        a.drop_session("s1");
+        for _ in 0..3 {
+            assert!(a.ask(&s1, &mallory, 3).is_ok());
+        }
+        // The gateway-wide bound still holds across clients.
+        let mut n = 4;
+        while n < WAITING_APPROVALS_IN_ALL {
+            let c: Arc<str> = Arc::from(format!("c{n}"));
+            a.ask(&s2, &c, 1).unwrap();
+            n += 1;
+        }
+        let late: Arc<str> = Arc::from("late");
+        assert_eq!(a.ask(&s2, &late, 1).err(), Some(Full::Gateway));
     }
 }

@@ -50,6 +50,7 @@ pub use inbound::Inbound;
 pub use locked::ActiveLock;
 pub use resolve::forwarded_methods;
 pub use sessions::{ClientCaps, MessageSink, SessionInfo};
+pub use tasks::TaskCall;
 
 /// Queue between upstream readers and the router's event task.
 const EVENT_QUEUE: usize = 4096;

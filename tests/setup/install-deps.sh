@@ -76,6 +76,17 @@ install_python_peers() {
       "mcp==2.3.0" mcp-server-time mcp-server-git pytest
     touch "$stamp"
   fi
+  # mcp-server-fetch: the fetch recipe of the policy reference (tests/python/test_fetch_recipe.py).
+  local stamp_fetch=$venv/.portcullis-peers-fetch-v1
+  if [ ! -f "$stamp_fetch" ]; then
+    log "pip install mcp-server-fetch (the fetch recipe's server)"
+    "$venv/bin/pip" install -q --disable-pip-version-check mcp-server-fetch "mcp==2.3.0"
+    # readabilipy (its HTML extractor) npm-installs its JavaScript on first use, into its own
+    # package folder: the server runs as nobody and cannot write there, so its first fetch
+    # would fail. Install it now, as the owner of the venv.
+    "$venv/bin/python" -c 'from readabilipy.simple_json import have_node; have_node()' >/dev/null 2>&1 || true
+    touch "$stamp_fetch"
+  fi
   # FastAPI: the real REST API behind the `runtime = "openapi"` tests (tests/openapi.rs).
   local stamp_rest=$venv/.portcullis-peers-rest-v1
   if [ ! -f "$stamp_rest" ]; then

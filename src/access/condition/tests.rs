@@ -188,7 +188,8 @@ fn the_recipes_of_the_policy_reference_compile() {
     let read_only = Condition::compile(r#"!args.sql.matches("(?i)^\\s*select\\b")"#).unwrap();
     let on = |sql: &str| {
         let args = json!({ "sql": sql });
-        read_only.eval(&Prepared::new(&facts(&args, None)).unwrap())
+        let prepared = Prepared::new(&facts(&args, None)).unwrap();
+        read_only.eval(&prepared)
     };
     assert_eq!(on("  SELECT * FROM t"), Evaluated::False);
     assert_eq!(on("drop table t"), Evaluated::True);
