@@ -150,7 +150,14 @@ impl Drop for Served {
 fn make_cert(dir: &Path, ip: Ipv4Addr) {
     let d = |f: &str| dir.join(f).display().to_string();
     let out = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
         .args(["-nodes", "-days", "2", "-subj", "/CN=portcullis"])
         .args(["-addext", &format!("subjectAltName=IP:{ip}")])
         .args(["-keyout", &d("gateway.key"), "-out", &d("ca.crt")])
@@ -178,7 +185,9 @@ async fn the_workspace_reaches_only_its_rules_and_the_gateway() {
     }
     // The engine only: this test needs none of the shared test images (their build is slow).
     if !docker(&["info"]).status.success() {
-        eprintln!("\n!!!!!!!! SKIPPING: no Docker engine (tests/setup/dockerd.sh start) !!!!!!!!\n");
+        eprintln!(
+            "\n!!!!!!!! SKIPPING: no Docker engine (tests/setup/dockerd.sh start) !!!!!!!!\n"
+        );
         return;
     }
     let scope = format!("wsegress{}", common::netlab::tag().replace('x', ""));
@@ -253,11 +262,35 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
     let gw = Served::start(dir.path(), &policy, &scope, &socket);
     let mount = format!("{}:/run/portcullis-agent", sock.display());
     kit.agent = must(&[
-        "run", "-d", "--name", &kit.agent, "--network", &kit.net, "--user", "0:0",
-        "--cap-drop", "ALL", "--cap-add", "NET_ADMIN", "--cap-add", "NET_BIND_SERVICE",
-        "--cap-add", "SETUID", "--cap-add", "SETGID", "--security-opt",
-        "no-new-privileges:true", "--read-only", "--dns", "127.0.0.1", "-v", &mount,
-        AGENT_IMAGE, "egress-agent", "--connect", "/run/portcullis-agent/workspace.sock",
+        "run",
+        "-d",
+        "--name",
+        &kit.agent,
+        "--network",
+        &kit.net,
+        "--user",
+        "0:0",
+        "--cap-drop",
+        "ALL",
+        "--cap-add",
+        "NET_ADMIN",
+        "--cap-add",
+        "NET_BIND_SERVICE",
+        "--cap-add",
+        "SETUID",
+        "--cap-add",
+        "SETGID",
+        "--security-opt",
+        "no-new-privileges:true",
+        "--read-only",
+        "--dns",
+        "127.0.0.1",
+        "-v",
+        &mount,
+        AGENT_IMAGE,
+        "egress-agent",
+        "--connect",
+        "/run/portcullis-agent/workspace.sock",
     ]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !gw.stderr().contains("workspace egress agent ready") {
@@ -269,11 +302,28 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
         );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let ca = format!("{}:/etc/portcullis/tls/ca.crt:ro", tls.join("ca.crt").display());
+    let ca = format!(
+        "{}:/etc/portcullis/tls/ca.crt:ro",
+        tls.join("ca.crt").display()
+    );
     kit.workspace = must(&[
-        "run", "-d", "--name", &kit.workspace, "--network", &format!("container:{}", kit.agent),
-        "--user", "1000:1000", "--cap-drop", "ALL", "--security-opt", "no-new-privileges:true",
-        "-v", &ca, WORKSPACE_IMAGE, "sleep", "infinity",
+        "run",
+        "-d",
+        "--name",
+        &kit.workspace,
+        "--network",
+        &format!("container:{}", kit.agent),
+        "--user",
+        "1000:1000",
+        "--cap-drop",
+        "ALL",
+        "--security-opt",
+        "no-new-privileges:true",
+        "-v",
+        &ca,
+        WORKSPACE_IMAGE,
+        "sleep",
+        "infinity",
     ]);
     // A port of the host (the kit network's side of it) that is not the gateway's.
     let host_port = TcpListener::bind((gw_ip, 0)).unwrap();
@@ -294,7 +344,11 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
     );
     let ip30 = lab.ip(30).to_string();
     let out = kit.probe(&["tcp", &ip30, "443"]);
-    r.check("an unlisted address is blocked", out.starts_with("failed"), &out);
+    r.check(
+        "an unlisted address is blocked",
+        out.starts_with("failed"),
+        &out,
+    );
     let out = kit.probe(&["dns", &lab.sa(53, 53), "api.example.test"]);
     r.check(
         "a direct DNS question to another server is blocked",
@@ -302,11 +356,29 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
         &out,
     );
     let out = kit.probe(&["tcp", "169.254.169.254", "80"]);
-    r.check("the metadata address is blocked", out.starts_with("failed"), &out);
+    r.check(
+        "the metadata address is blocked",
+        out.starts_with("failed"),
+        &out,
+    );
     let out = kit.probe(&["tcp", &gw_ip.to_string(), &host_port]);
-    r.check("a host port other than the gateway's is blocked", out.starts_with("failed"), &out);
-    let out = text(&docker(&["exec", &kit.workspace, "sh", "-c", "test -e /var/run/docker.sock && echo present || echo absent"]));
-    r.check("the Docker socket is not in the workspace", out.trim() == "absent", &out);
+    r.check(
+        "a host port other than the gateway's is blocked",
+        out.starts_with("failed"),
+        &out,
+    );
+    let out = text(&docker(&[
+        "exec",
+        &kit.workspace,
+        "sh",
+        "-c",
+        "test -e /var/run/docker.sock && echo present || echo absent",
+    ]));
+    r.check(
+        "the Docker socket is not in the workspace",
+        out.trim() == "absent",
+        &out,
+    );
     let url = format!("https://{gw_ip}:{port}/mcp");
     let out = kit.probe(&["mcp", &url, TOKEN]);
     r.check(
@@ -326,7 +398,11 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
         rec["kind"] == "egress_denied" && rec["server"] == "workspace"
     })
     .await;
-    r.check("the denials are audited with the workspace as subject", found, "egress_denied, server = workspace");
+    r.check(
+        "the denials are audited with the workspace as subject",
+        found,
+        "egress_denied, server = workspace",
+    );
 
     // The changing address: pinned at question time, so a move is followed on the next
     // question, and the old address closes when its pin (TTL 1 s, at least pin_ttl_min) ends.
@@ -348,7 +424,11 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
     );
     tokio::time::sleep(Duration::from_secs(4)).await;
     let out = kit.probe(&["tcp", &old, "443"]);
-    r.check("the old address is closed once its pin expired", out.starts_with("failed"), &out);
+    r.check(
+        "the old address is closed once its pin expired",
+        out.starts_with("failed"),
+        &out,
+    );
     let out = kit.probe(&["tcp", &new, "443"]);
     r.check(
         "the new address is also closed once its pin expired (nothing asked again)",

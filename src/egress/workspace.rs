@@ -72,8 +72,8 @@ pub fn ready_file(socket: &Path) -> PathBuf {
 /// never starts it).
 pub fn as_server(egress: &Egress) -> Result<Server, WorkspaceError> {
     let doc = format!("[servers.{SUBJECT}]\nruntime = \"process\"\ncommand = \"true\"\n");
-    let policy =
-        crate::policy::parse(&doc, "<workspace>").map_err(|e| WorkspaceError::Config(e.to_string()))?;
+    let policy = crate::policy::parse(&doc, "<workspace>")
+        .map_err(|e| WorkspaceError::Config(e.to_string()))?;
     let mut server = policy
         .servers
         .get(SUBJECT)

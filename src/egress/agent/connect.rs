@@ -64,7 +64,12 @@ fn connect(path: &Path) -> std::io::Result<UnixStream> {
 pub fn main(path: &Path) -> ExitCode {
     let stream = match connect(path) {
         Ok(s) => s,
-        Err(e) => return error("connecting to the gateway", format!("{}: {e}", path.display())),
+        Err(e) => {
+            return error(
+                "connecting to the gateway",
+                format!("{}: {e}", path.display()),
+            )
+        }
     };
     let uid = match super::privs::drop_to(AGENT_UID) {
         Ok(uid) => uid,
@@ -85,11 +90,10 @@ pub fn main(path: &Path) -> ExitCode {
                 step: "connecting to the gateway",
                 message: e.to_string(),
             })?;
-        let stream =
-            tokio::net::UnixStream::from_std(stream).map_err(|e| super::AgentError {
-                step: "connecting to the gateway",
-                message: e.to_string(),
-            })?;
+        let stream = tokio::net::UnixStream::from_std(stream).map_err(|e| super::AgentError {
+            step: "connecting to the gateway",
+            message: e.to_string(),
+        })?;
         let (rd, mut wr) = stream.into_split();
         let r = super::run(uid, BufReader::new(rd), &mut wr).await;
         if let Err(e) = &r {
