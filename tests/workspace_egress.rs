@@ -306,9 +306,31 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
         "{}:/etc/portcullis/tls/ca.crt:ro",
         tls.join("ca.crt").display()
     );
+    // Claude Code's managed files for this gateway's URL, as the kit bakes them in.
+    let managed = dir.path().join("managed");
+    let out = Command::new(gateway_bin())
+        .args(["client-config", "claude", "--managed", "--policy"])
+        .arg(dir.path().join("policy.toml"))
+        .args([
+            "--base-url",
+            &format!("https://{gw_ip}:{port}"),
+            "--out-dir",
+        ])
+        .arg(&managed)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "client-config: {}", text(&out));
+    let mounts: Vec<String> = ["managed-mcp.json", "managed-settings.json"]
+        .iter()
+        .map(|f| format!("{}:/etc/claude-code/{f}:ro", managed.join(f).display()))
+        .collect();
     kit.workspace = must(&[
         "run",
         "-d",
+        "-v",
+        &mounts[0],
+        "-v",
+        &mounts[1],
         "--name",
         &kit.workspace,
         "--network",
@@ -385,6 +407,36 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
         "the gateway's MCP endpoint works (TLS, client token)",
         out.starts_with("status 200") && out.contains("protocolVersion"),
         &out,
+    );
+    // The full stack: Claude Code in the workspace lists only the gateway, Connected, through
+    // the workspace's table (its other traffic has nowhere to go but the test's lab).
+    let o = docker(&[
+        "exec",
+        "-e",
+        "HOME=/tmp",
+        "-e",
+        &format!("PORTCULLIS_TOKEN={TOKEN}"),
+        "-e",
+        "NODE_EXTRA_CA_CERTS=/etc/portcullis/tls/ca.crt",
+        "-e",
+        "DISABLE_TELEMETRY=1",
+        "-e",
+        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1",
+        "-e",
+        "DISABLE_AUTOUPDATER=1",
+        "-e",
+        "DISABLE_ERROR_REPORTING=1",
+        &kit.workspace,
+        "claude",
+        "mcp",
+        "list",
+    ]);
+    let listed = text(&o);
+    let rows: Vec<&str> = listed.lines().filter(|l| l.contains(": http")).collect();
+    r.check(
+        "`claude mcp list` in the workspace shows only the gateway, Connected",
+        rows.len() == 1 && rows[0].starts_with("portcullis:") && rows[0].contains("Connected"),
+        &listed,
     );
     for cmd in ["nft flush ruleset", "iptables -F"] {
         let o = docker(&["exec", "-u", "0", &kit.workspace, "sh", "-c", cmd]);
