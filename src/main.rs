@@ -44,7 +44,11 @@ fn main() -> ExitCode {
         },
         Command::Health(health) => cli::health::run(health),
         // Before any runtime or logging thread: it changes its uid and capabilities first.
-        Command::EgressAgent => portcullis::egress::agent::main(),
+        Command::EgressAgent(a) => match a.connect {
+            Some(path) if a.check => portcullis::egress::agent::connect::check(&path),
+            Some(path) => portcullis::egress::agent::connect::main(&path),
+            None => portcullis::egress::agent::main(),
+        },
         Command::Firewall(FirewallCommand::Plan { file, instance }) => {
             cli::firewall::plan(&file, instance.as_deref())
         }

@@ -1,9 +1,9 @@
 //! The devcontainer kit brought up with Debian's docker-compose, from the files `portcullis init
 //! devcontainer` writes: the workspace image is assembled offline
 //! (tests/docker/workspace-image.sh: host Node, git, the real Claude Code CLI from `.peers/`), and
-//! since the egress agent (`portcullis egress-agent`) is not in this release, a test override
-//! runs a placeholder that only holds the network namespace, as the agent will. The gateway
-//! service is not started (`--no-deps`). Needs root and the engine; run under the
+//! a test override runs a placeholder that only holds the network namespace (the real agent
+//! and its rules are tested in `tests/workspace_egress.rs`). The gateway service is not
+//! started (`--no-deps`). Needs root and the engine; run under the
 //! privileged-test lock. No network: the project's network is created by compose and the
 //! containers reach nothing outside it in this test.
 

@@ -64,12 +64,25 @@ pub enum Command {
     #[command(subcommand)]
     Firewall(FirewallCommand),
     /// Egress enforcement of one server in sidecar mode (run by the gateway in a container of
-    /// its own; speaks a line protocol on stdin/stdout).
-    EgressAgent,
+    /// its own; speaks a line protocol on stdin/stdout), or with --connect of the devcontainer
+    /// kit's workspace (started by compose; speaks it over the gateway's Unix socket).
+    EgressAgent(EgressAgentArgs),
     /// Pin what servers offer: write the lock file of approved tool definitions, or show what
     /// changed since.
     #[command(subcommand)]
     Tools(tools::ToolsCommand),
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EgressAgentArgs {
+    /// The gateway's workspace agent socket (`serve --workspace-agent-socket`): connect to it
+    /// instead of reading stdin; the config that arrives is the policy's `[workspace]`.
+    #[arg(long, env = "PORTCULLIS_AGENT_CONNECT")]
+    pub connect: Option<PathBuf>,
+    /// With --connect: exit 0 only if the gateway has this agent's verified table (the
+    /// container's healthcheck; compose starts the workspace after it passes).
+    #[arg(long, requires = "connect")]
+    pub check: bool,
 }
 
 #[derive(Debug, Subcommand)]

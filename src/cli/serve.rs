@@ -59,6 +59,11 @@ pub struct ServeArgs {
     /// of the container's bridge networks may connect, so other containers are refused.
     #[arg(long, env = "PORTCULLIS_PUBLISHED_ON_HOST_LOOPBACK")]
     pub published_on_host_loopback: bool,
+    /// The devcontainer kit: listen on this Unix socket for the workspace's egress agent
+    /// (`egress-agent --connect`) and give it the policy's `[workspace]` rules. Put it in a
+    /// volume that only the gateway and the agent mount.
+    #[arg(long, env = "PORTCULLIS_WORKSPACE_AGENT_SOCKET")]
+    pub workspace_agent_socket: Option<PathBuf>,
     #[command(flatten)]
     pub gate: super::policy_gate::PolicyGateArgs,
 }
@@ -151,6 +156,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| instance.to_string());
     let backends = Arc::new(Backends::new(&scope, held.firewall.clone()));
     let egress_watch = super::egress_watch::spawn(backends.clone(), trail.clone());
+    let _workspace_agent = workspace_agent(args.workspace_agent_socket.as_deref(), &policy, &held)?;
     let (runtime, runtime_generation) = backends.for_policy(&policy).await;
     let access =
         Arc::new(Access::from_policy(&policy).context("setting up client authentication")?);
@@ -318,4 +324,31 @@ async fn shutdown_signal() {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
     }
+}
+
+/// Starts the workspace agent's socket when the kit asks for it (`egress::workspace`).
+fn workspace_agent(
+    socket: Option<&std::path::Path>,
+    policy: &Policy,
+    held: &super::instance::Held,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    let (socket, egress) = match (socket, &policy.workspace) {
+        (None, None) => return Ok(None),
+        (None, Some(_)) => {
+            tracing::warn!("the policy has [workspace] rules, but no --workspace-agent-socket: nothing enforces them here (the devcontainer kit sets it)");
+            return Ok(None);
+        }
+        (Some(_), None) => anyhow::bail!(
+            "--workspace-agent-socket needs a [workspace] section in the policy: without it the workspace's agent would have no rules to enforce"
+        ),
+        (Some(s), Some(w)) => (s, w),
+    };
+    let rules = crate::egress::workspace::WorkspaceRules {
+        instance: held.firewall.names().instance().to_string(),
+        settings: policy.egress.clone(),
+        egress: egress.clone(),
+    };
+    let task = crate::egress::workspace::listen(socket, rules, held.firewall.sidecar_reporter())
+        .context("starting the workspace's egress agent socket")?;
+    Ok(Some(task))
 }

@@ -46,6 +46,7 @@ pub mod sets;
 pub mod sidecar_rules;
 pub mod subnets;
 pub mod table;
+pub mod workspace;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};

@@ -237,6 +237,13 @@ pub fn keep_running(new: &mut Policy, running: &Policy) -> Vec<&'static str> {
         kept.push("egress");
         new.egress = running.egress.clone();
     }
+    // The workspace's agent gets its rules when it connects; sending changed ones to a
+    // connected agent is not wired yet, so a change waits for a restart rather than being
+    // reported as applied.
+    if new.workspace != running.workspace {
+        kept.push("workspace");
+        new.workspace.clone_from(&running.workspace);
+    }
     kept
 }
 

@@ -182,6 +182,8 @@ pub fn udp_echo(ns: &Ns, addr: SocketAddr) {
 pub struct Zone {
     pub net: [u8; 3],
     pub rotation: Vec<Ipv4Addr>,
+    /// The address of `moved.example.test` (TTL 1 s), which a test changes while it runs.
+    pub moved: Mutex<Ipv4Addr>,
     pub queries: AtomicUsize,
     /// Questions per name (lower-case, without the trailing dot).
     pub asked: Mutex<HashMap<String, usize>>,
@@ -192,6 +194,7 @@ impl Zone {
         Arc::new(Zone {
             net,
             rotation,
+            moved: Mutex::new(Ipv4Addr::new(net[0], net[1], net[2], 11)),
             queries: AtomicUsize::new(0),
             asked: Mutex::new(HashMap::new()),
         })
@@ -245,6 +248,10 @@ fn zone_answer(zone: &Zone, q: &Message) -> Message {
             RData::TXT(TXT::new(vec!["secret-exfil-channel".into()])),
         )),
         ("api.example.test", RecordType::A) => answers.push(a(name, 1, zone.ip(10))),
+        ("moved.example.test", RecordType::A) => {
+            let ip = *zone.moved.lock().unwrap();
+            answers.push(a(name, 1, ip));
+        }
         ("short.example.test", RecordType::A) => answers.push(a(name, 0, zone.ip(14))),
         ("long.example.test", RecordType::A) => answers.push(a(name, 60, zone.ip(15))),
         ("rot.example.test", RecordType::A) => {

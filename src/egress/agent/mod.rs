@@ -14,6 +14,7 @@
 //! 5. afterwards: report pins, denials, restores after tampering and failed restores; apply a
 //!    later `config` (reload) in place; exit when stdin ends (the gateway is gone).
 
+pub mod connect;
 pub mod privs;
 pub mod protocol;
 
