@@ -66,6 +66,10 @@ pub struct Claims {
     /// The replica that issued it (with a fleet key and `--replica`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r: Option<String>,
+    /// Where that replica takes forwarded requests (`--replica-url`, or its own listener). It
+    /// is under the MAC, so a client cannot point another replica's hop anywhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u: Option<String>,
 }
 
 /// Why a token was refused. The message is safe to show the client.
@@ -88,6 +92,10 @@ pub struct Seal {
     key: [u8; 32],
     /// This replica's name, written into every token and checked against state only it holds.
     replica: Option<String>,
+    /// This replica's address for forwarded requests, written into every token.
+    url: Option<String>,
+    /// Made from a fleet secret (the key then also authenticates hops between replicas).
+    fleet: bool,
 }
 
 impl Seal {
@@ -98,7 +106,12 @@ impl Seal {
             // Without OS randomness no token can be trusted; refuse rather than use a weak key.
             std::process::abort();
         }
-        Seal { key, replica: None }
+        Seal {
+            key,
+            replica: None,
+            url: None,
+            fleet: false,
+        }
     }
 
     /// A seal every replica of a fleet shares: the key is derived from the fleet secret, and
@@ -112,7 +125,32 @@ impl Seal {
         Seal {
             key: h.finalize().into(),
             replica: replica.map(str::to_owned),
+            url: None,
+            fleet: true,
         }
+    }
+
+    /// Names `url` as where this replica takes forwarded requests, in every token it makes.
+    pub fn with_url(mut self, url: Option<String>) -> Seal {
+        self.url = url;
+        self
+    }
+
+    /// This replica's name in the fleet.
+    pub fn replica(&self) -> Option<&str> {
+        self.replica.as_deref()
+    }
+
+    /// The key that authenticates hops between replicas: derived from the seal key with its own
+    /// label, so a hop signature can never pass for a token or the reverse. Only a fleet has one.
+    pub fn hop_key(&self) -> Option<[u8; 32]> {
+        if !self.fleet {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(b"portcullis fleet hop v1\0");
+        h.update(self.key);
+        Some(h.finalize().into())
     }
 
     /// The seal of a gateway under `gateway`'s policy: the fleet key when one is set and
@@ -147,6 +185,7 @@ impl Seal {
             n: digest(item),
             e: now().saturating_add(ttl.as_secs().max(1)),
             r: self.replica.clone(),
+            u: self.url.clone(),
         };
         let payload = b64().encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signed = format!("{VERSION}.{payload}");
@@ -162,6 +201,43 @@ impl Seal {
         client: &str,
         request: Option<(&str, &str)>,
     ) -> Result<Claims, Refused> {
+        let claims = self.verify(token)?;
+        if claims.c != client {
+            return Err(Refused::OtherClient);
+        }
+        if claims.is_held_in_process() && claims.r != self.replica {
+            return Err(Refused::OtherReplica(
+                claims.r.clone().unwrap_or_else(|| "(unnamed)".into()),
+            ));
+        }
+        if let Some((method, item)) = request {
+            if claims.m != method || claims.n != digest(item) {
+                return Err(Refused::OtherRequest(format!(
+                    "it belongs to a `{}` request",
+                    claims.m
+                )));
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The owner of `token` when it is genuine, unexpired, issued to `client`, and names state
+    /// held in another replica's process that says where it takes forwarded requests: the
+    /// claims the request must be forwarded with. Anything else is `None`, and the request is
+    /// answered here (a forged or foreign token is then refused by [`Seal::open`]).
+    pub fn owner_elsewhere(&self, token: &str, client: &str) -> Option<Claims> {
+        let claims = self.verify(token).ok()?;
+        let elsewhere = self.fleet
+            && claims.c == client
+            && claims.is_held_in_process()
+            && claims.r.is_some()
+            && claims.r != self.replica
+            && claims.u.is_some();
+        elsewhere.then_some(claims)
+    }
+
+    /// The claims of a token this key made and that has not expired.
+    fn verify(&self, token: &str) -> Result<Claims, Refused> {
         if token.len() > MAX_LEN {
             return Err(Refused::Forged);
         }
@@ -182,23 +258,6 @@ impl Seal {
         if claims.e < now() {
             return Err(Refused::Expired);
         }
-        if claims.c != client {
-            return Err(Refused::OtherClient);
-        }
-        let in_process = !matches!(claims.held, Held::UpstreamState { .. });
-        if in_process && claims.r != self.replica {
-            return Err(Refused::OtherReplica(
-                claims.r.clone().unwrap_or_else(|| "(unnamed)".into()),
-            ));
-        }
-        if let Some((method, item)) = request {
-            if claims.m != method || claims.n != digest(item) {
-                return Err(Refused::OtherRequest(format!(
-                    "it belongs to a `{}` request",
-                    claims.m
-                )));
-            }
-        }
         Ok(claims)
     }
 
@@ -211,6 +270,14 @@ impl Seal {
             // HMAC takes keys of any length; this cannot happen.
             Err(_) => Vec::new(),
         }
+    }
+}
+
+impl Claims {
+    /// A call held open (an exchange) or a task lives in one replica's process; a server's own
+    /// `requestState` is self-contained and opens on any replica.
+    fn is_held_in_process(&self) -> bool {
+        !matches!(self.held, Held::UpstreamState { .. })
     }
 }
 
@@ -338,6 +405,7 @@ mod tests {
             n: digest("x"),
             e: now() + 3600,
             r: None,
+            u: None,
         };
         let forged = format!(
             "v1.{}.{mac}",
