@@ -6,106 +6,17 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::client::{Mcp, LATEST};
+use common::fleet::{free_port, haproxy, redis, tool};
 use common::{audit_records, Gateway};
 use serde_json::{json, Value};
 
 /// Calls per minute the fleet admits in total (the quota's burst equals it).
 const QUOTA: u32 = 6;
-
-fn tool(name: &str) -> Option<PathBuf> {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    let msg = format!("`{name}` is not installed: run `bash tests/setup/install-deps.sh` (apt-get install -y haproxy redis-server)");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
-    None
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits (bounded) until something accepts on `port`.
-fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis(bin: &Path, port: u16, dir: &Path) -> Proc {
-    let child = Command::new(bin)
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    wait_port(port, "redis-server");
-    Proc(child)
-}
-
-fn haproxy(bin: &Path, port: u16, backends: &[u16], dir: &Path) -> Proc {
-    let shipped = std::fs::read_to_string(common::repo_root().join("deploy/haproxy.cfg"))
-        .expect("deploy/haproxy.cfg");
-    // The shipped file, with this test's ports and no server lines of its own.
-    let mut cfg: String = shipped
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("server "))
-        .map(|l| l.replace("127.0.0.1:8811", &format!("127.0.0.1:{port}")) + "\n")
-        .collect();
-    for (i, p) in backends.iter().enumerate() {
-        cfg.push_str(&format!("    server gw{} 127.0.0.1:{p} check\n", i + 1));
-    }
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    let child = Command::new(bin)
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start haproxy");
-    wait_port(port, "haproxy");
-    Proc(child)
-}
 
 fn policy(redis_port: u16, on_error: &str) -> String {
     format!(

@@ -169,10 +169,11 @@ async fn send(
         .map_err(|_| "no answer in time".to_string())??;
     let mut r = reply::json(parts.status, body);
     for (name, value) in parts.headers.iter() {
-        if matches!(
-            name,
-            &header::CONNECTION | &header::TRANSFER_ENCODING | &header::CONTENT_LENGTH
-        ) {
+        // Hop-by-hop and length headers describe the hop's own message, not the answer.
+        if name == header::CONNECTION
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONTENT_LENGTH
+        {
             continue;
         }
         r.headers_mut().insert(name.clone(), value.clone());
