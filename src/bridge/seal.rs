@@ -353,6 +353,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_a_genuine_token_of_the_client_held_elsewhere_names_an_owner_to_forward_to() {
+        let a = Seal::fleet(b"k", Some("gw-1")).with_url(Some("http://10.0.0.1:8811".into()));
+        let b = Seal::fleet(b"k", Some("gw-2"));
+        let ex = Held::Exchange { id: 1, round: 1 };
+        let held = a.make(ex.clone(), "c", "tools/call", "t", HOUR);
+        let owner = b.owner_elsewhere(&held, "c").unwrap();
+        assert_eq!(owner.r.as_deref(), Some("gw-1"));
+        assert_eq!(owner.u.as_deref(), Some("http://10.0.0.1:8811"));
+        assert!(b.owner_elsewhere(&held, "mallory").is_none(), "another client's");
+        assert!(a.owner_elsewhere(&held, "c").is_none(), "held here");
+        let (signed, _) = held.rsplit_once('.').unwrap();
+        let forged = format!("{signed}.{}", b64().encode([0u8; 32]));
+        assert!(b.owner_elsewhere(&forged, "c").is_none(), "forged");
+        let other_fleet = Seal::fleet(b"other", Some("gw-2"));
+        assert!(other_fleet.owner_elsewhere(&held, "c").is_none());
+        let state = Held::UpstreamState {
+            server: "s".into(),
+            state: None,
+        };
+        let portable = a.make(state, "c", "tools/call", "t", HOUR);
+        assert!(b.owner_elsewhere(&portable, "c").is_none(), "opens anywhere");
+        let nowhere = Seal::fleet(b"k", Some("gw-1")).make(ex, "c", "tools/call", "t", HOUR);
+        assert!(b.owner_elsewhere(&nowhere, "c").is_none(), "no URL to go to");
+        assert!(Seal::new().hop_key().is_none() && a.hop_key().is_some());
+    }
+
     const HOUR: Duration = Duration::from_secs(3600);
 
     #[test]
