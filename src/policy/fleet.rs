@@ -39,6 +39,9 @@ pub struct QuotaStore {
     pub replicas: u32,
     /// Bound on one quota step (connect included); past it the step counts as a store error.
     pub timeout: Duration,
+    /// `store_ca`: a PEM file of the CA that signed a `rediss://` store's certificate, trusted
+    /// instead of the system roots (a private Redis has a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl QuotaStore {
@@ -158,6 +161,7 @@ impl Checker<'_> {
                     r.on_store_error.as_ref().map(|v| v.span().start),
                 ),
                 ("replicas", r.replicas.as_ref().map(|v| v.span().start)),
+                ("store_ca", r.store_ca.as_ref().map(|v| v.span().start)),
                 (
                     "store_timeout",
                     r.store_timeout.as_ref().map(|v| v.span().start),
@@ -171,18 +175,27 @@ impl Checker<'_> {
             return SharedLimits::default();
         };
         match parse_store_url(store.get_ref()) {
-            Ok((tls, host, port, db)) => SharedLimits {
-                store: Some(QuotaStore {
-                    tls,
-                    host,
-                    port,
-                    db,
-                    password,
-                    on_error,
-                    replicas,
-                    timeout,
-                }),
-            },
+            Ok((tls, host, port, db)) => {
+                let ca_file = r.store_ca.as_ref().map(|v| {
+                    if !tls {
+                        self.error(v.span().start, "`store_ca` applies only to a TLS store (`rediss://`)");
+                    }
+                    std::path::PathBuf::from(v.get_ref())
+                });
+                SharedLimits {
+                    store: Some(QuotaStore {
+                        tls,
+                        host,
+                        port,
+                        db,
+                        password,
+                        on_error,
+                        replicas,
+                        timeout,
+                        ca_file,
+                    }),
+                }
+            }
             Err(e) => {
                 self.error(store.span().start, e);
                 SharedLimits::default()
