@@ -145,7 +145,7 @@ async fn the_fleet_hop_refuses_forgeries_replays_and_direct_calls() {
         &p,
         &[
             ("PORTCULLIS_REPLICA", "gw-1"),
-            ("PORTCULLIS_REPLICA_URL", &relay_url),
+            ("PORTCULLIS_REPLICA_URL", relay_url.as_str()),
             key,
         ],
     );
