@@ -119,6 +119,13 @@ impl RedisQuotas {
     }
 
     async fn connect(&self) -> Result<ConnectionManager, StoreError> {
+        if self.config.tls {
+            // The redis crate builds its rustls config from the process-wide provider, which
+            // nothing installs (the gateway's own TLS names ring explicitly): without this a
+            // `rediss://` store panicked on its first connect. Ring, as everywhere else here; a
+            // provider installed already is kept.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let redis_err = |e: redis::RedisError| StoreError::Redis {
             store: self.store(),
             reason: e.to_string(),
