@@ -95,7 +95,9 @@ async fn main() {
     let tmp = tempfile::tempdir().unwrap();
     let redis_port = free_port();
     let _redis = redis(&redis_bin, redis_port, tmp.path());
-    println!("\nstateless tools/call through HAProxy, {calls} calls at concurrency {conc}, audit off");
+    println!(
+        "\nstateless tools/call through HAProxy, {calls} calls at concurrency {conc}, audit off"
+    );
     println!(
         "{:<10} {:<7} {:>10} {:>9} {:>9} {:>6}",
         "replicas", "store", "calls/s", "p50 µs", "p99 µs", "ok"

@@ -308,37 +308,53 @@ async fn stateless_retries_and_task_handles_reach_their_replica_through_haproxy(
     let elicit = json!({"name": "fixture__test_elicitation", "arguments": {"message": "who?"}});
     let one = Mcp::new(&gws[0].url);
     let two = Mcp::new(&gws[1].url);
-    let retry = |first: &Value| {
-        let r = &first["result"];
-        assert_eq!(r["resultType"], "input_required", "{first}");
-        let key = r["inputRequests"].as_object().unwrap().keys().next().unwrap().clone();
-        let mut retry = elicit.clone();
-        retry["requestState"] = r["requestState"].clone();
-        retry["inputResponses"] = json!({ key: {"action": "accept", "content": {"name": "Ada"}} });
-        retry
-    };
-    let first = request(&one, 10, "tools/call", elicit.clone(), caps.clone()).await.message();
+    let retry =
+        |first: &Value| common::modern::answer_input(first, &elicit, json!({"name": "Ada"}));
+    let first = request(&one, 10, "tools/call", elicit.clone(), caps.clone())
+        .await
+        .message();
     let elsewhere = request(&two, 11, "tools/call", retry(&first), caps.clone()).await;
     assert_eq!(elsewhere.status, 200, "{}", elsewhere.body);
     let answered = elsewhere.message();
     assert!(answered["result"]["content"].is_array(), "{answered}");
-    gws[1].wait_for_log("request forwarded to the replica that holds its state", 1, Duration::from_secs(5));
+    gws[1].wait_for_log(
+        "request forwarded to the replica that holds its state",
+        1,
+        Duration::from_secs(5),
+    );
 
     // The same through HAProxy: the start and its retry land on different replicas.
-    let first = request(&lb, 20, "tools/call", elicit.clone(), caps.clone()).await.message();
-    let done = request(&lb, 21, "tools/call", retry(&first), caps.clone()).await.message();
+    let first = request(&lb, 20, "tools/call", elicit.clone(), caps.clone())
+        .await
+        .message();
+    let done = request(&lb, 21, "tools/call", retry(&first), caps.clone())
+        .await
+        .message();
     assert!(done["result"]["content"].is_array(), "{done}");
 
     // A task started through HAProxy, polled through HAProxy: every poll lands on some
     // replica (two of three on one that does not hold it) and gets the owner's answer.
     let tasks = json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
-    let task = request(&lb, 30, "tools/call", json!({"name": "shapes__start_job", "arguments": {}}), tasks.clone())
-        .await
-        .message();
+    let task = request(
+        &lb,
+        30,
+        "tools/call",
+        json!({"name": "shapes__start_job", "arguments": {}}),
+        tasks.clone(),
+    )
+    .await
+    .message();
     assert_eq!(task["result"]["resultType"], "task", "{task}");
     let handle = task["result"]["taskId"].as_str().unwrap().to_owned();
     for id in 31..34 {
-        let got = request(&lb, id, "tasks/get", json!({"taskId": handle}), tasks.clone()).await;
+        let got = request(
+            &lb,
+            id,
+            "tasks/get",
+            json!({"taskId": handle}),
+            tasks.clone(),
+        )
+        .await;
         assert_eq!(got.status, 200, "{}", got.body);
         let got = got.json();
         assert_eq!(got["result"]["status"], "completed", "{got}");

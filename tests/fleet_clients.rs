@@ -31,7 +31,9 @@ fn sessions(gws: &[Gateway]) -> Vec<u64> {
 
 /// The replica whose session count grew between `before` and `after`.
 fn grew(before: &[u64], after: &[u64]) -> usize {
-    let grown: Vec<usize> = (0..before.len()).filter(|&i| after[i] > before[i]).collect();
+    let grown: Vec<usize> = (0..before.len())
+        .filter(|&i| after[i] > before[i])
+        .collect();
     assert_eq!(grown.len(), 1, "one new session: {before:?} -> {after:?}");
     grown[0]
 }
@@ -102,16 +104,20 @@ async fn python_and_rmcp_sessions_survive_haproxy_and_a_replica_dying() {
     let mut rmcp_clients = Vec::new();
     let other = loop {
         let before = sessions(&gws);
-        let c = ().serve(StreamableHttpClientTransport::from_uri(url.as_str()))
-            .await
-            .expect("rmcp connects through HAProxy");
+        let c =
+            ().serve(StreamableHttpClientTransport::from_uri(url.as_str()))
+                .await
+                .expect("rmcp connects through HAProxy");
         let at = grew(&before, &sessions(&gws));
         assert_eq!(echo(&c, "rmcp-0").await, "rmcp-0");
         rmcp_clients.push((at, c));
         if at != py_replica {
             break rmcp_clients.len() - 1;
         }
-        assert!(rmcp_clients.len() < 4, "round robin reached another replica");
+        assert!(
+            rmcp_clients.len() < 4,
+            "round robin reached another replica"
+        );
     };
     for i in 1..=5 {
         let (_, c) = &rmcp_clients[other];

@@ -163,20 +163,7 @@ async fn the_fleet_hop_refuses_forgeries_replays_and_direct_calls() {
             let first = request(alice1, id, "tools/call", elicit.clone(), caps)
                 .await
                 .message();
-            let r = &first["result"];
-            assert_eq!(r["resultType"], "input_required", "{first}");
-            let key = r["inputRequests"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .next()
-                .unwrap()
-                .clone();
-            let mut retry = elicit;
-            retry["requestState"] = r["requestState"].clone();
-            retry["inputResponses"] =
-                json!({ key: {"action": "accept", "content": {"name": "Ada"}} });
-            retry
+            common::modern::answer_input(&first, &elicit, json!({"name": "Ada"}))
         }
     };
     let hops = || seen.seen.lock().unwrap().len();

@@ -30,15 +30,38 @@ fn make_certs(dir: &Path) {
     openssl(
         dir,
         &[
-            "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
-            "-days", "2", "-subj", "/CN=test redis CA", "-keyout", "ca.key", "-out", "ca.pem",
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test redis CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
         ],
     );
     openssl(
         dir,
         &[
-            "req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj",
-            "/CN=127.0.0.1", "-keyout", "redis.key", "-out", "redis.csr",
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-keyout",
+            "redis.key",
+            "-out",
+            "redis.csr",
         ],
     );
     std::fs::write(
@@ -49,8 +72,21 @@ fn make_certs(dir: &Path) {
     openssl(
         dir,
         &[
-            "x509", "-req", "-in", "redis.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "redis.pem",
+            "x509",
+            "-req",
+            "-in",
+            "redis.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "redis.pem",
         ],
     );
 }
@@ -100,8 +136,18 @@ async fn quotas_are_shared_through_a_tls_only_redis_trusting_its_ca() {
         Command::new(redis_bin)
             .args(["--bind", "127.0.0.1", "--port", "0"])
             .args(["--tls-port", &port.to_string()])
-            .args(["--tls-cert-file", &d("redis.pem"), "--tls-key-file", &d("redis.key")])
-            .args(["--tls-ca-cert-file", &d("ca.pem"), "--tls-auth-clients", "no"])
+            .args([
+                "--tls-cert-file",
+                &d("redis.pem"),
+                "--tls-key-file",
+                &d("redis.key"),
+            ])
+            .args([
+                "--tls-ca-cert-file",
+                &d("ca.pem"),
+                "--tls-auth-clients",
+                "no",
+            ])
             .args(["--save", "", "--appendonly", "no"])
             .arg("--dir")
             .arg(tmp.path())
@@ -130,5 +176,8 @@ async fn quotas_are_shared_through_a_tls_only_redis_trusting_its_ca() {
     let r = c.call_tool("echo", json!({"text": "x"})).await;
     assert_eq!(r["error"]["code"], -32014, "{r}");
     let msg = r["error"]["message"].as_str().unwrap_or_default();
-    assert!(msg.contains("unavailable"), "a store error, not a quota: {r}");
+    assert!(
+        msg.contains("unavailable"),
+        "a store error, not a quota: {r}"
+    );
 }

@@ -362,7 +362,10 @@ mod tests {
         let owner = b.owner_elsewhere(&held, "c").unwrap();
         assert_eq!(owner.r.as_deref(), Some("gw-1"));
         assert_eq!(owner.u.as_deref(), Some("http://10.0.0.1:8811"));
-        assert!(b.owner_elsewhere(&held, "mallory").is_none(), "another client's");
+        assert!(
+            b.owner_elsewhere(&held, "mallory").is_none(),
+            "another client's"
+        );
         assert!(a.owner_elsewhere(&held, "c").is_none(), "held here");
         let (signed, _) = held.rsplit_once('.').unwrap();
         let forged = format!("{signed}.{}", b64().encode([0u8; 32]));
@@ -374,9 +377,15 @@ mod tests {
             state: None,
         };
         let portable = a.make(state, "c", "tools/call", "t", HOUR);
-        assert!(b.owner_elsewhere(&portable, "c").is_none(), "opens anywhere");
+        assert!(
+            b.owner_elsewhere(&portable, "c").is_none(),
+            "opens anywhere"
+        );
         let nowhere = Seal::fleet(b"k", Some("gw-1")).make(ex, "c", "tools/call", "t", HOUR);
-        assert!(b.owner_elsewhere(&nowhere, "c").is_none(), "no URL to go to");
+        assert!(
+            b.owner_elsewhere(&nowhere, "c").is_none(),
+            "no URL to go to"
+        );
         assert!(Seal::new().hop_key().is_none() && a.hop_key().is_some());
     }
 

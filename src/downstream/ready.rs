@@ -101,7 +101,13 @@ pub(super) fn refuse_new_session(shared: &Shared, id: Option<&crate::mcp::Id>) -
         "this gateway replica is shutting down and opens no new sessions: connect again (a load balancer sends the new connection to another replica)",
     );
     let h = r.headers_mut();
-    h.insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
-    h.insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    h.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
     Some(r)
 }

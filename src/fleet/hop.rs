@@ -224,7 +224,13 @@ mod tests {
             b.verify(None, &what("gw-2", b"{}")),
             Err(HopRefused::Missing)
         );
-        for junk in ["", "v1", "v1.gw-1.1.2.3", "v2.gw-1.1.00.AAAA", "v1.a.b.c.d.e"] {
+        for junk in [
+            "",
+            "v1",
+            "v1.gw-1.1.2.3",
+            "v2.gw-1.1.00.AAAA",
+            "v1.a.b.c.d.e",
+        ] {
             assert_eq!(
                 b.verify(Some(junk), &what("gw-2", b"{}")),
                 Err(HopRefused::Malformed),

@@ -113,7 +113,13 @@ mod tests {
 
     #[test]
     fn a_replica_url_is_an_origin_only() {
-        for bad in ["ftp://h:1", "http://", "http://h:1/mcp", "http://u@h:1", "h:1"] {
+        for bad in [
+            "ftp://h:1",
+            "http://",
+            "http://h:1/mcp",
+            "http://u@h:1",
+            "h:1",
+        ] {
             assert!(set_url(bad).is_err(), "{bad}");
         }
         assert!(set_url("http://10.0.0.2:8811").is_ok());

@@ -178,7 +178,10 @@ impl Checker<'_> {
             Ok((tls, host, port, db)) => {
                 let ca_file = r.store_ca.as_ref().map(|v| {
                     if !tls {
-                        self.error(v.span().start, "`store_ca` applies only to a TLS store (`rediss://`)");
+                        self.error(
+                            v.span().start,
+                            "`store_ca` applies only to a TLS store (`rediss://`)",
+                        );
                     }
                     std::path::PathBuf::from(v.get_ref())
                 });

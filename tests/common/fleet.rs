@@ -95,4 +95,3 @@ pub fn haproxy(bin: &Path, port: u16, backends: &[u16], dir: &Path) -> Proc {
     wait_port(port, "haproxy");
     Proc(child)
 }
-
