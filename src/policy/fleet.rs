@@ -257,6 +257,17 @@ mod tests {
     }
 
     #[test]
+    fn a_private_ca_is_for_a_tls_store_only() {
+        let l = limits("store = \"rediss://r:6380\"\nstore_ca = \"/etc/ca.pem\"").unwrap();
+        let ca = l.store.unwrap().ca_file;
+        assert_eq!(ca, Some(std::path::PathBuf::from("/etc/ca.pem")));
+        let e = limits("store = \"redis://r\"\nstore_ca = \"/etc/ca.pem\"").unwrap_err();
+        assert!(e.contains("only to a TLS store"), "{e}");
+        let e = limits("store_ca = \"/etc/ca.pem\"").unwrap_err();
+        assert!(e.contains("applies only with `store"), "{e}");
+    }
+
+    #[test]
     fn bad_settings_are_errors_with_a_way_out() {
         let e = limits("store = \"redis://:hunter2@h:6379/0\"").unwrap_err();
         assert!(e.contains("must not carry credentials"), "{e}");
