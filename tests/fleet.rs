@@ -6,106 +6,17 @@
 
 mod common;
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::client::{Mcp, LATEST};
+use common::fleet::{free_port, haproxy, redis, tool};
 use common::{audit_records, Gateway};
 use serde_json::{json, Value};
 
 /// Calls per minute the fleet admits in total (the quota's burst equals it).
 const QUOTA: u32 = 6;
-
-fn tool(name: &str) -> Option<PathBuf> {
-    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/sbin", "/usr/local/bin"] {
-        let p = Path::new(dir).join(name);
-        if p.exists() {
-            return Some(p);
-        }
-    }
-    let msg = format!("`{name}` is not installed: run `bash tests/setup/install-deps.sh` (apt-get install -y haproxy redis-server)");
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
-    None
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits (bounded) until something accepts on `port`.
-fn wait_port(port: u16, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not listen on {port}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// A child process killed (and reaped) on drop.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn redis(bin: &Path, port: u16, dir: &Path) -> Proc {
-    let child = Command::new(bin)
-        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--protected-mode",
-            "yes",
-        ])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server");
-    wait_port(port, "redis-server");
-    Proc(child)
-}
-
-fn haproxy(bin: &Path, port: u16, backends: &[u16], dir: &Path) -> Proc {
-    let shipped = std::fs::read_to_string(common::repo_root().join("deploy/haproxy.cfg"))
-        .expect("deploy/haproxy.cfg");
-    // The shipped file, with this test's ports and no server lines of its own.
-    let mut cfg: String = shipped
-        .lines()
-        .filter(|l| !l.trim_start().starts_with("server "))
-        .map(|l| l.replace("127.0.0.1:8811", &format!("127.0.0.1:{port}")) + "\n")
-        .collect();
-    for (i, p) in backends.iter().enumerate() {
-        cfg.push_str(&format!("    server gw{} 127.0.0.1:{p} check\n", i + 1));
-    }
-    let path = dir.join("haproxy.cfg");
-    std::fs::write(&path, cfg).unwrap();
-    let child = Command::new(bin)
-        .arg("-db")
-        .arg("-f")
-        .arg(&path)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start haproxy");
-    wait_port(port, "haproxy");
-    Proc(child)
-}
 
 fn policy(redis_port: u16, on_error: &str) -> String {
     format!(
@@ -347,20 +258,24 @@ async fn sigterm_lets_calls_in_flight_finish() {
     assert!(status.success(), "{status:?}");
 }
 
-/// Stateless 2026-07-28 clients through HAProxy round robin, and a multi round-trip retry that
-/// lands on another replica: with a shared fleet key the other replica reads the token and names
-/// its owner (the call is held open in the owner's process); the owner completes it.
+/// Stateless 2026-07-28 clients through HAProxy round robin, and state held in one replica's
+/// process reached from any: a multi round-trip retry and task polls that land on another
+/// replica are forwarded to the owner over the fleet hop and get the owner's answer, which the
+/// owner alone audits.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stateless_clients_round_robin_and_a_retry_names_its_replica() {
-    use common::modern::request;
+async fn stateless_retries_and_task_handles_reach_their_replica_through_haproxy() {
+    use common::modern::{request, shapes_server};
     let Some(haproxy_bin) = tool("haproxy") else {
         return;
     };
+    if common::peer("venv/bin/python").is_none() {
+        return;
+    }
     let tmp = tempfile::tempdir().unwrap();
     let p = common::fixture_policy().replace(
         "listen = \"127.0.0.1:0\"\n",
         "listen = \"127.0.0.1:0\"\nfleet_key = \"env:PORTCULLIS_TEST_FLEET_KEY\"\n",
-    );
+    ) + &shapes_server();
     let env = |n: &'static str| {
         [
             ("PORTCULLIS_REPLICA", n),
@@ -380,7 +295,7 @@ async fn stateless_clients_round_robin_and_a_retry_names_its_replica() {
             &lb,
             id,
             "tools/call",
-            json!({"name": "echo", "arguments": {"text": "hi"}}),
+            json!({"name": "fixture__echo", "arguments": {"text": "hi"}}),
             json!({}),
         )
         .await
@@ -388,34 +303,74 @@ async fn stateless_clients_round_robin_and_a_retry_names_its_replica() {
         assert_eq!(common::modern::text(&r), "hi", "{r}");
     }
 
+    // A held call: started on gw-1, retried on gw-2, answered by gw-1 through the hop.
     let caps = json!({"elicitation": {}});
-    let elicit = json!({"name": "test_elicitation", "arguments": {"message": "who?"}});
+    let elicit = json!({"name": "fixture__test_elicitation", "arguments": {"message": "who?"}});
     let one = Mcp::new(&gws[0].url);
     let two = Mcp::new(&gws[1].url);
+    let retry =
+        |first: &Value| common::modern::answer_input(first, &elicit, json!({"name": "Ada"}));
     let first = request(&one, 10, "tools/call", elicit.clone(), caps.clone())
         .await
         .message();
-    let r = &first["result"];
-    assert_eq!(r["resultType"], "input_required", "{first}");
-    let key = r["inputRequests"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .next()
-        .unwrap()
-        .clone();
-    let mut retry = elicit.clone();
-    retry["requestState"] = r["requestState"].clone();
-    retry["inputResponses"] = json!({ key: {"action": "accept", "content": {"name": "Ada"}} });
-    let elsewhere = request(&two, 11, "tools/call", retry.clone(), caps.clone()).await;
-    assert_eq!(elsewhere.status, 400, "{}", elsewhere.body);
-    assert!(
-        elsewhere.body.contains("replica `gw-1`"),
-        "{}",
-        elsewhere.body
+    let elsewhere = request(&two, 11, "tools/call", retry(&first), caps.clone()).await;
+    assert_eq!(elsewhere.status, 200, "{}", elsewhere.body);
+    let answered = elsewhere.message();
+    assert!(answered["result"]["content"].is_array(), "{answered}");
+    gws[1].wait_for_log(
+        "request forwarded to the replica that holds its state",
+        1,
+        Duration::from_secs(5),
     );
-    let owner = request(&one, 12, "tools/call", retry, caps).await.message();
-    assert!(owner["result"]["content"].is_array(), "{owner}");
+
+    // The same through HAProxy: the start and its retry land on different replicas.
+    let first = request(&lb, 20, "tools/call", elicit.clone(), caps.clone())
+        .await
+        .message();
+    let done = request(&lb, 21, "tools/call", retry(&first), caps.clone())
+        .await
+        .message();
+    assert!(done["result"]["content"].is_array(), "{done}");
+
+    // A task started through HAProxy, polled through HAProxy: every poll lands on some
+    // replica (two of three on one that does not hold it) and gets the owner's answer.
+    let tasks = json!({"extensions": {"io.modelcontextprotocol/tasks": {}}});
+    let task = request(
+        &lb,
+        30,
+        "tools/call",
+        json!({"name": "shapes__start_job", "arguments": {}}),
+        tasks.clone(),
+    )
+    .await
+    .message();
+    assert_eq!(task["result"]["resultType"], "task", "{task}");
+    let handle = task["result"]["taskId"].as_str().unwrap().to_owned();
+    for id in 31..34 {
+        let got = request(
+            &lb,
+            id,
+            "tasks/get",
+            json!({"taskId": handle}),
+            tasks.clone(),
+        )
+        .await;
+        assert_eq!(got.status, 200, "{}", got.body);
+        let got = got.json();
+        assert_eq!(got["result"]["status"], "completed", "{got}");
+        assert_eq!(got["result"]["taskId"], handle.as_str(), "{got}");
+    }
+    // Each forwarded request was audited once, by the replica that served it.
+    let calls: usize = gws
+        .iter()
+        .map(|g| {
+            audit_records(&g.dir().join("portcullis-audit"))
+                .iter()
+                .filter(|r| r["kind"] == "call" && r["method"] == "tasks/get")
+                .count()
+        })
+        .sum();
+    assert_eq!(calls, 3, "one audit record per poll, fleet-wide");
 }
 
 /// `on_store_error = "local"` with the store unreachable: each replica enforces its share of

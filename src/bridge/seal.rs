@@ -80,6 +80,10 @@ pub struct Claims {
     /// The replica that issued it (with a fleet key and `--replica`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub r: Option<String>,
+    /// Where that replica takes forwarded requests (`--replica-url`, or its own listener). It
+    /// is under the MAC, so a client cannot point another replica's hop anywhere else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub u: Option<String>,
 }
 
 /// Why a token was refused. The message is safe to show the client.
@@ -102,6 +106,10 @@ pub struct Seal {
     key: [u8; 32],
     /// This replica's name, written into every token and checked against state only it holds.
     replica: Option<String>,
+    /// This replica's address for forwarded requests, written into every token.
+    url: Option<String>,
+    /// Made from a fleet secret (the key then also authenticates hops between replicas).
+    fleet: bool,
 }
 
 impl Seal {
@@ -112,7 +120,12 @@ impl Seal {
             // Without OS randomness no token can be trusted; refuse rather than use a weak key.
             std::process::abort();
         }
-        Seal { key, replica: None }
+        Seal {
+            key,
+            replica: None,
+            url: None,
+            fleet: false,
+        }
     }
 
     /// A seal every replica of a fleet shares: the key is derived from the fleet secret, and
@@ -126,7 +139,32 @@ impl Seal {
         Seal {
             key: h.finalize().into(),
             replica: replica.map(str::to_owned),
+            url: None,
+            fleet: true,
         }
+    }
+
+    /// Names `url` as where this replica takes forwarded requests, in every token it makes.
+    pub fn with_url(mut self, url: Option<String>) -> Seal {
+        self.url = url;
+        self
+    }
+
+    /// This replica's name in the fleet.
+    pub fn replica(&self) -> Option<&str> {
+        self.replica.as_deref()
+    }
+
+    /// The key that authenticates hops between replicas: derived from the seal key with its own
+    /// label, so a hop signature can never pass for a token or the reverse. Only a fleet has one.
+    pub fn hop_key(&self) -> Option<[u8; 32]> {
+        if !self.fleet {
+            return None;
+        }
+        let mut h = Sha256::new();
+        h.update(b"portcullis fleet hop v1\0");
+        h.update(self.key);
+        Some(h.finalize().into())
     }
 
     /// The seal of a gateway under `gateway`'s policy: the fleet key when one is set and
@@ -161,6 +199,7 @@ impl Seal {
             n: digest(item),
             e: now().saturating_add(ttl.as_secs().max(1)),
             r: self.replica.clone(),
+            u: self.url.clone(),
         };
         let payload = b64().encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signed = format!("{VERSION}.{payload}");
@@ -176,6 +215,43 @@ impl Seal {
         client: &str,
         request: Option<(&str, &str)>,
     ) -> Result<Claims, Refused> {
+        let claims = self.verify(token)?;
+        if claims.c != client {
+            return Err(Refused::OtherClient);
+        }
+        if claims.is_held_in_process() && claims.r != self.replica {
+            return Err(Refused::OtherReplica(
+                claims.r.clone().unwrap_or_else(|| "(unnamed)".into()),
+            ));
+        }
+        if let Some((method, item)) = request {
+            if claims.m != method || claims.n != digest(item) {
+                return Err(Refused::OtherRequest(format!(
+                    "it belongs to a `{}` request",
+                    claims.m
+                )));
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The owner of `token` when it is genuine, unexpired, issued to `client`, and names state
+    /// held in another replica's process that says where it takes forwarded requests: the
+    /// claims the request must be forwarded with. Anything else is `None`, and the request is
+    /// answered here (a forged or foreign token is then refused by [`Seal::open`]).
+    pub fn owner_elsewhere(&self, token: &str, client: &str) -> Option<Claims> {
+        let claims = self.verify(token).ok()?;
+        let elsewhere = self.fleet
+            && claims.c == client
+            && claims.is_held_in_process()
+            && claims.r.is_some()
+            && claims.r != self.replica
+            && claims.u.is_some();
+        elsewhere.then_some(claims)
+    }
+
+    /// The claims of a token this key made and that has not expired.
+    fn verify(&self, token: &str) -> Result<Claims, Refused> {
         if token.len() > MAX_LEN {
             return Err(Refused::Forged);
         }
@@ -196,23 +272,6 @@ impl Seal {
         if claims.e < now() {
             return Err(Refused::Expired);
         }
-        if claims.c != client {
-            return Err(Refused::OtherClient);
-        }
-        let in_process = !matches!(claims.held, Held::UpstreamState { .. });
-        if in_process && claims.r != self.replica {
-            return Err(Refused::OtherReplica(
-                claims.r.clone().unwrap_or_else(|| "(unnamed)".into()),
-            ));
-        }
-        if let Some((method, item)) = request {
-            if claims.m != method || claims.n != digest(item) {
-                return Err(Refused::OtherRequest(format!(
-                    "it belongs to a `{}` request",
-                    claims.m
-                )));
-            }
-        }
         Ok(claims)
     }
 
@@ -225,6 +284,14 @@ impl Seal {
             // HMAC takes keys of any length; this cannot happen.
             Err(_) => Vec::new(),
         }
+    }
+}
+
+impl Claims {
+    /// A call held open (an exchange) or a task lives in one replica's process; a server's own
+    /// `requestState` is self-contained and opens on any replica.
+    fn is_held_in_process(&self) -> bool {
+        !matches!(self.held, Held::UpstreamState { .. })
     }
 }
 
@@ -300,6 +367,42 @@ mod tests {
         );
     }
 
+    #[test]
+    fn only_a_genuine_token_of_the_client_held_elsewhere_names_an_owner_to_forward_to() {
+        let a = Seal::fleet(b"k", Some("gw-1")).with_url(Some("http://10.0.0.1:8811".into()));
+        let b = Seal::fleet(b"k", Some("gw-2"));
+        let ex = Held::Exchange { id: 1, round: 1 };
+        let held = a.make(ex.clone(), "c", "tools/call", "t", HOUR);
+        let owner = b.owner_elsewhere(&held, "c").unwrap();
+        assert_eq!(owner.r.as_deref(), Some("gw-1"));
+        assert_eq!(owner.u.as_deref(), Some("http://10.0.0.1:8811"));
+        assert!(
+            b.owner_elsewhere(&held, "mallory").is_none(),
+            "another client's"
+        );
+        assert!(a.owner_elsewhere(&held, "c").is_none(), "held here");
+        let (signed, _) = held.rsplit_once('.').unwrap();
+        let forged = format!("{signed}.{}", b64().encode([0u8; 32]));
+        assert!(b.owner_elsewhere(&forged, "c").is_none(), "forged");
+        let other_fleet = Seal::fleet(b"other", Some("gw-2"));
+        assert!(other_fleet.owner_elsewhere(&held, "c").is_none());
+        let state = Held::UpstreamState {
+            server: "s".into(),
+            state: None,
+        };
+        let portable = a.make(state, "c", "tools/call", "t", HOUR);
+        assert!(
+            b.owner_elsewhere(&portable, "c").is_none(),
+            "opens anywhere"
+        );
+        let nowhere = Seal::fleet(b"k", Some("gw-1")).make(ex, "c", "tools/call", "t", HOUR);
+        assert!(
+            b.owner_elsewhere(&nowhere, "c").is_none(),
+            "no URL to go to"
+        );
+        assert!(Seal::new().hop_key().is_none() && a.hop_key().is_some());
+    }
+
     const HOUR: Duration = Duration::from_secs(3600);
 
     #[test]
@@ -352,6 +455,7 @@ mod tests {
             n: digest("x"),
             e: now() + 3600,
             r: None,
+            u: None,
         };
         let forged = format!(
             "v1.{}.{mac}",

@@ -35,6 +35,11 @@ pub struct ServeArgs {
     /// instance id, so replicas sharing a host or Docker engine keep to their own objects.
     #[arg(long, env = "PORTCULLIS_REPLICA")]
     pub replica: Option<String>,
+    /// Where the other replicas of the fleet reach this one with requests they forward to it (a
+    /// retry or task handle whose state lives here): `http://HOST:PORT`. Default: this
+    /// gateway's own listener when it has a definite address (not 0.0.0.0).
+    #[arg(long, env = "PORTCULLIS_REPLICA_URL")]
+    pub replica_url: Option<String>,
     /// Reconciliation scope: at start-up the gateway removes the Docker containers and networks
     /// a previous gateway of the same scope left behind. Default: the instance id, so gateways
     /// sharing one engine keep to their own.
@@ -87,6 +92,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     if let Some(name) = &args.replica {
         crate::fleet::replica::set(name).map_err(anyhow::Error::msg)?;
+    }
+    if let Some(url) = &args.replica_url {
+        crate::fleet::replica::set_url(url).map_err(anyhow::Error::msg)?;
     }
     let admitted = reload::load(args.policy.as_ref(), &overrides).map_err(refused)?;
     let (policy, sha256) = (admitted.policy.clone(), admitted.sha256.clone());

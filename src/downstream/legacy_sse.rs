@@ -36,6 +36,9 @@ fn bad(status: StatusCode, message: &str) -> Reply {
 
 /// `GET /sse`.
 pub fn open(shared: &Arc<Shared>, identity: Identity) -> Reply {
+    if let Some(r) = super::ready::refuse_new_session(shared, None) {
+        return r;
+    }
     let session = match super::session_open::open(shared, LEGACY_PROTOCOL, identity) {
         Ok(s) => s,
         Err(refused) => return super::session_open::refusal_reply(&refused, None),

@@ -10,6 +10,7 @@
 
 mod event_stream;
 mod eviction;
+mod fleet_hop;
 mod guard;
 mod legacy_sse;
 pub(crate) mod modern;
@@ -72,6 +73,11 @@ pub(crate) struct Shared {
     /// What stateless (2026-07-28) clients carry between requests: held calls, task handles.
     bridge: Arc<crate::bridge::ClientSide>,
     tasks: crate::bridge::Tasks,
+    /// The seal of held state, read to find a request's owning replica.
+    seal: Arc<crate::bridge::Seal>,
+    /// Signs and checks hops to and from the other replicas (a named replica with a fleet key).
+    hop: Option<Arc<crate::fleet::hop::Hop>>,
+    hop_client: fleet_hop::HopClient,
     /// Open `subscriptions/listen` streams.
     listens: modern::Streams,
     access: Arc<Access>,
@@ -118,18 +124,22 @@ impl Shared {
         access: Arc<Access>,
         audit: AuditTrail,
         tls: bool,
+        advertised: Option<String>,
     ) -> Shared {
         let admin = match gateway.admin_listen {
             Some(addr) => Admin::Elsewhere(addr),
             None if gateway.listen.ip().is_loopback() => Admin::Open,
             None => Admin::Token,
         };
-        let seal = Arc::new(crate::bridge::Seal::for_gateway(gateway));
+        let seal = Arc::new(crate::bridge::Seal::for_gateway(gateway).with_url(advertised));
         Shared {
             role: Role::Main,
             admin,
             bridge: crate::bridge::ClientSide::new(router.clone(), seal.clone()),
-            tasks: crate::bridge::Tasks::new(router.clone(), seal),
+            tasks: crate::bridge::Tasks::new(router.clone(), seal.clone()),
+            hop: fleet_hop::hop_of(&seal),
+            hop_client: fleet_hop::client(),
+            seal,
             listens: modern::Streams::default(),
             router,
             access,
@@ -181,7 +191,7 @@ impl InProcess {
         audit: AuditTrail,
     ) -> InProcess {
         InProcess {
-            shared: Arc::new(Shared::new(gateway, router, access, audit, false)),
+            shared: Arc::new(Shared::new(gateway, router, access, audit, false, None)),
         }
     }
 
@@ -226,9 +236,17 @@ impl Listener {
                 },
                 source,
             })?;
+        let advertised = advertised_url(&listener, tls.is_some());
         Ok(Listener {
             listener,
-            shared: Arc::new(Shared::new(gateway, router, access, audit, tls.is_some())),
+            shared: Arc::new(Shared::new(
+                gateway,
+                router,
+                access,
+                audit,
+                tls.is_some(),
+                advertised,
+            )),
             idle_timeout: gateway.session_idle_timeout,
             unused_timeout: gateway.unused_session_timeout,
             tls,
@@ -256,7 +274,7 @@ impl Listener {
                 },
                 source,
             })?;
-        let mut shared = Shared::new(gateway, router, access, audit, false);
+        let mut shared = Shared::new(gateway, router, access, audit, false, None);
         shared.role = Role::Admin;
         shared.admin = Admin::Open;
         Ok(Listener {
@@ -357,6 +375,20 @@ impl Listener {
     }
 }
 
+/// Where the other replicas reach this one with forwarded requests: `--replica-url`, or this
+/// listener when its address is definite (a wildcard bind says nothing the others can dial).
+fn advertised_url(listener: &TcpListener, tls: bool) -> Option<String> {
+    if let Some(u) = crate::fleet::replica::url() {
+        return Some(u.to_owned());
+    }
+    let addr = listener.local_addr().ok()?;
+    if addr.ip().is_unspecified() {
+        return None;
+    }
+    let scheme = if tls { "https" } else { "http" };
+    Some(format!("{scheme}://{addr}"))
+}
+
 /// Ends client sessions on behalf of a policy reload that revoked their clients.
 #[derive(Clone)]
 pub struct SessionControl(Arc<Shared>);
@@ -440,6 +472,7 @@ async fn route<B: RequestBody>(shared: &Arc<Shared>, req: Request<B>) -> Reply {
         );
     }
     match (path, &parts.method) {
+        (crate::fleet::hop::PATH, _) => fleet_hop::receive(shared, &parts, body).await,
         ("/mcp" | "/mcp/" | "/sse" | "/messages" | "/messages/", m) => match shared
             .access
             .authenticate(&parts.headers)

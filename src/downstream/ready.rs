@@ -83,3 +83,31 @@ pub(super) async fn ready(shared: &Shared) -> Reply {
     }
     reply::plain_json(status, &body)
 }
+
+/// The answer to a request that would open a session on a draining replica (SIGTERM): the
+/// listening socket is closed, but a connection opened before (a load balancer's kept-alive
+/// one) could still ask. 503 with `Retry-After` and `Connection: close`, like `/ready`, so the
+/// load balancer or the client opens the session on another replica.
+pub(super) fn refuse_new_session(shared: &Shared, id: Option<&crate::mcp::Id>) -> Option<Reply> {
+    if !shared.router.is_draining() {
+        return None;
+    }
+    crate::metrics::global().refusal("draining");
+    tracing::info!("new session refused: this replica is draining");
+    let mut r = reply::rpc_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        id,
+        crate::mcp::ErrorCode::OVER_CAPACITY,
+        "this gateway replica is shutting down and opens no new sessions: connect again (a load balancer sends the new connection to another replica)",
+    );
+    let h = r.headers_mut();
+    h.insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("1"),
+    );
+    h.insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    Some(r)
+}

@@ -252,6 +252,12 @@ async fn post<B: RequestBody>(
         Err(e) => return reply::json(StatusCode::BAD_REQUEST, e.to_response_bytes()),
     };
 
+    // State held in another replica's process goes to that replica, whichever era asked.
+    if let Some(r) =
+        super::fleet_hop::forward_if_elsewhere(shared, headers, &bytes, &parsed, &identity).await
+    {
+        return r;
+    }
     if super::modern::claims(headers, &parsed) {
         return super::modern::post(shared, headers, parsed, acc.sse, identity).await;
     }
@@ -316,6 +322,9 @@ async fn post<B: RequestBody>(
 }
 
 fn initialize(shared: &Arc<Shared>, req: &Request, acc: &Accept, identity: Identity) -> Reply {
+    if let Some(r) = super::ready::refuse_new_session(shared, Some(&req.id)) {
+        return r;
+    }
     let params: Value = req
         .params
         .as_deref()

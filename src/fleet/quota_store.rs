@@ -119,11 +119,35 @@ impl RedisQuotas {
     }
 
     async fn connect(&self) -> Result<ConnectionManager, StoreError> {
+        if self.config.tls {
+            // The redis crate builds its rustls config from the process-wide provider, which
+            // nothing installs (the gateway's own TLS names ring explicitly): without this a
+            // `rediss://` store panicked on its first connect. Ring, as everywhere else here; a
+            // provider installed already is kept.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
         let redis_err = |e: redis::RedisError| StoreError::Redis {
             store: self.store(),
             reason: e.to_string(),
         };
-        let client = redis::Client::open(self.url()?).map_err(redis_err)?;
+        let client = match &self.config.ca_file {
+            // A private Redis's CA, trusted instead of the system roots.
+            Some(ca) if self.config.tls => {
+                let root = std::fs::read(ca).map_err(|e| StoreError::Redis {
+                    store: self.store(),
+                    reason: format!("cannot read store_ca {}: {e}", ca.display()),
+                })?;
+                redis::Client::build_with_tls(
+                    self.url()?,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root),
+                    },
+                )
+                .map_err(redis_err)?
+            }
+            _ => redis::Client::open(self.url()?).map_err(redis_err)?,
+        };
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(self.config.timeout))
             .set_response_timeout(Some(self.config.timeout))
@@ -291,6 +315,7 @@ mod tests {
             on_error: crate::policy::OnStoreError::Deny,
             replicas: 1,
             timeout: Duration::from_millis(200),
+            ca_file: None,
         });
         let steps = [Step {
             key: "k".into(),

@@ -37,6 +37,30 @@ pub fn name() -> Option<&'static str> {
     NAME.get().map(String::as_str)
 }
 
+static URL: OnceLock<String> = OnceLock::new();
+
+/// Sets where this replica takes requests forwarded by the others (`--replica-url`): an
+/// `http://` or `https://` URL without a path, which the others must be able to reach.
+pub fn set_url(url: &str) -> Result<(), String> {
+    let rest = url
+        .strip_prefix("http://")
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| format!("--replica-url `{url}` must start with http:// or https://"))?;
+    if rest.is_empty() || rest.contains(['/', '?', '#', '@']) || rest.contains(char::is_whitespace)
+    {
+        return Err(format!(
+            "--replica-url `{url}` must be scheme://host:port, without a path or credentials"
+        ));
+    }
+    let _ = URL.set(url.to_owned());
+    Ok(())
+}
+
+/// Where this replica takes forwarded requests, when it was told (`--replica-url`).
+pub fn url() -> Option<&'static str> {
+    URL.get().map(String::as_str)
+}
+
 /// Formats log events with the replica's name: `replica=NAME ` before a text line, a
 /// `"replica"` member first in a JSON line.
 pub struct WithReplica<F> {
@@ -85,5 +109,19 @@ mod tests {
         assert!(e.contains("invalid replica name"), "{e}");
         assert!(check("").is_err());
         assert!(check(&"a".repeat(33)).is_err());
+    }
+
+    #[test]
+    fn a_replica_url_is_an_origin_only() {
+        for bad in [
+            "ftp://h:1",
+            "http://",
+            "http://h:1/mcp",
+            "http://u@h:1",
+            "h:1",
+        ] {
+            assert!(set_url(bad).is_err(), "{bad}");
+        }
+        assert!(set_url("http://10.0.0.2:8811").is_ok());
     }
 }

@@ -39,6 +39,9 @@ pub struct QuotaStore {
     pub replicas: u32,
     /// Bound on one quota step (connect included); past it the step counts as a store error.
     pub timeout: Duration,
+    /// `store_ca`: a PEM file of the CA that signed a `rediss://` store's certificate, trusted
+    /// instead of the system roots (a private Redis has a private CA).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl QuotaStore {
@@ -158,6 +161,7 @@ impl Checker<'_> {
                     r.on_store_error.as_ref().map(|v| v.span().start),
                 ),
                 ("replicas", r.replicas.as_ref().map(|v| v.span().start)),
+                ("store_ca", r.store_ca.as_ref().map(|v| v.span().start)),
                 (
                     "store_timeout",
                     r.store_timeout.as_ref().map(|v| v.span().start),
@@ -171,18 +175,30 @@ impl Checker<'_> {
             return SharedLimits::default();
         };
         match parse_store_url(store.get_ref()) {
-            Ok((tls, host, port, db)) => SharedLimits {
-                store: Some(QuotaStore {
-                    tls,
-                    host,
-                    port,
-                    db,
-                    password,
-                    on_error,
-                    replicas,
-                    timeout,
-                }),
-            },
+            Ok((tls, host, port, db)) => {
+                let ca_file = r.store_ca.as_ref().map(|v| {
+                    if !tls {
+                        self.error(
+                            v.span().start,
+                            "`store_ca` applies only to a TLS store (`rediss://`)",
+                        );
+                    }
+                    std::path::PathBuf::from(v.get_ref())
+                });
+                SharedLimits {
+                    store: Some(QuotaStore {
+                        tls,
+                        host,
+                        port,
+                        db,
+                        password,
+                        on_error,
+                        replicas,
+                        timeout,
+                        ca_file,
+                    }),
+                }
+            }
             Err(e) => {
                 self.error(store.span().start, e);
                 SharedLimits::default()
@@ -238,6 +254,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`fleet_key`") && !e.contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn a_private_ca_is_for_a_tls_store_only() {
+        let l = limits("store = \"rediss://r:6380\"\nstore_ca = \"/etc/ca.pem\"").unwrap();
+        let ca = l.store.unwrap().ca_file;
+        assert_eq!(ca, Some(std::path::PathBuf::from("/etc/ca.pem")));
+        let e = limits("store = \"redis://r\"\nstore_ca = \"/etc/ca.pem\"").unwrap_err();
+        assert!(e.contains("only to a TLS store"), "{e}");
+        let e = limits("store_ca = \"/etc/ca.pem\"").unwrap_err();
+        assert!(e.contains("applies only with `store"), "{e}");
     }
 
     #[test]

@@ -61,6 +61,7 @@ pub struct RawSharedLimits {
     pub on_store_error: Option<Str>,
     pub replicas: Option<Spanned<u64>>,
     pub store_timeout: Option<Spanned<Value>>,
+    pub store_ca: Option<Str>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod docker;
+pub mod fleet;
 pub mod hostlab;
 pub mod lock;
 pub mod modern;

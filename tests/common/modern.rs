@@ -152,3 +152,19 @@ pub fn shapes_server() -> String {
             .display()
     )
 }
+
+/// The retry of `params` answering the first input request of `first` (an
+/// `input_required` answer) with `content`, carrying its `requestState`.
+pub fn answer_input(first: &Value, params: &Value, content: Value) -> Value {
+    let r = &first["result"];
+    assert_eq!(r["resultType"], "input_required", "{first}");
+    let key = r["inputRequests"]
+        .as_object()
+        .and_then(|m| m.keys().next())
+        .unwrap_or_else(|| panic!("no input request in {first}"))
+        .clone();
+    let mut retry = params.clone();
+    retry["requestState"] = r["requestState"].clone();
+    retry["inputResponses"] = json!({ key: {"action": "accept", "content": content} });
+    retry
+}
