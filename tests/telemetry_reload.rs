@@ -8,10 +8,9 @@ mod otlp_support;
 
 use std::time::Duration;
 
-use common::client::{tool_text, Mcp, LATEST};
 use common::{audit_records, Gateway};
-use otlp_support::{Collector, Proto};
-use serde_json::{json, Value};
+use otlp_support::{traced_echo, Collector, Proto};
+use serde_json::Value;
 
 const TOKEN: &str = "Bearer otlp-reload-secret-8Jt2";
 const A: &str = "a1f7651916cd43dd8448eb211c80319c";
@@ -40,19 +39,6 @@ fn section(endpoint: &str, protocol: &str, header_env: &str) -> String {
     )
 }
 
-async fn call(gw: &Gateway, trace: &str) {
-    let mut c = Mcp::new(&gw.url);
-    c.initialize(LATEST).await;
-    let r = c
-        .request(
-            "tools/call",
-            json!({"name": "echo", "arguments": {"text": "r"},
-                   "_meta": {"traceparent": format!("00-{trace}-b7ad6b7169203331-01")}}),
-        )
-        .await;
-    assert_eq!(tool_text(&r), "r");
-}
-
 fn reload(gw: &Gateway, policy: &str, times: usize, says: &str) {
     gw.write_policy(policy);
     gw.sighup();
@@ -79,7 +65,7 @@ async fn a_reload_sends_spans_to_the_new_collector_and_can_stop_them() {
         &policy(&section(&old.url, "http/protobuf", "RELOAD_TOKEN")),
         &[("RELOAD_TOKEN", TOKEN), ("PORTCULLIS_NO_WATCH", "true")],
     );
-    call(&gw, A).await;
+    traced_echo(&gw.url, A).await;
     assert!(old.wait_span(A, "mcp tools/call", wait).await.is_some());
 
     // To another collector, over gRPC.
@@ -89,7 +75,7 @@ async fn a_reload_sends_spans_to_the_new_collector_and_can_stop_them() {
         1,
         "policy reloaded",
     );
-    call(&gw, B).await;
+    traced_echo(&gw.url, B).await;
     assert!(
         new.wait_span(B, "mcp tools/call", wait).await.is_some(),
         "no span at the new collector after the reload; log:\n{}",
@@ -105,13 +91,13 @@ async fn a_reload_sends_spans_to_the_new_collector_and_can_stop_them() {
         1,
         "policy reload rejected",
     );
-    call(&gw, C).await;
+    traced_echo(&gw.url, C).await;
     assert!(new.wait_span(C, "mcp tools/call", wait).await.is_some());
     assert!(old.spans_of(C).is_empty());
 
     // Without [telemetry]: no spans anywhere.
     reload(&gw, &policy(""), 2, "policy reloaded");
-    call(&gw, D).await;
+    traced_echo(&gw.url, D).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(old.spans_of(D).is_empty() && new.spans_of(D).is_empty());
 

@@ -9,10 +9,8 @@ mod otlp_support;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::client::{tool_text, Mcp, LATEST};
 use common::Gateway;
-use otlp_support::{make_certs, Collector, Proto};
-use serde_json::json;
+use otlp_support::{make_certs, traced_echo, Collector, Proto};
 
 const TOKEN: &str = "Bearer otlp-tls-secret-Hn4q";
 
@@ -46,20 +44,6 @@ fn start(policy: &str) -> Gateway {
     Gateway::start_with(policy, &[("TELEMETRY_TLS_TOKEN", TOKEN)])
 }
 
-/// One call carrying `trace`; the call itself must work whatever happens to the spans.
-async fn call(gw: &Gateway, trace: &str) {
-    let mut c = Mcp::new(&gw.url);
-    c.initialize(LATEST).await;
-    let r = c
-        .request(
-            "tools/call",
-            json!({"name": "echo", "arguments": {"text": "tls"},
-                   "_meta": {"traceparent": format!("00-{trace}-b7ad6b7169203331-01")}}),
-        )
-        .await;
-    assert_eq!(tool_text(&r), "tls");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_a_tls_collector_that_ca_file_trusts_over_https_and_grpc() {
     let pki = tempfile::tempdir().unwrap();
@@ -71,7 +55,7 @@ async fn spans_reach_a_tls_collector_that_ca_file_trusts_over_https_and_grpc() {
         let col = Collector::start_with(proto, Some((&cert, &key))).await;
         assert!(col.url.starts_with("https://"));
         let gw = start(&policy(&col.url, proto, Some(&ca)));
-        call(&gw, trace).await;
+        traced_echo(&gw.url, trace).await;
         let span = col
             .wait_span(trace, "mcp tools/call", Duration::from_secs(20))
             .await;
@@ -121,7 +105,7 @@ async fn an_untrusted_or_plain_collector_gets_nothing_and_the_failure_is_logged(
             let gw = start(&policy(&url, proto, ca));
             let started = Instant::now();
             for _ in 0..5 {
-                call(&gw, "3af7651916cd43dd8448eb211c80319c").await;
+                traced_echo(&gw.url, "3af7651916cd43dd8448eb211c80319c").await;
             }
             // Export is off the call path: five calls do not wait out five export timeouts (2 s).
             assert!(

@@ -57,7 +57,7 @@ fn current() -> Option<Arc<Installed>> {
     INSTALLED.read().ok().and_then(|i| i.clone())
 }
 
-/// A tracer built from a configuration, not yet in force ([`install`] puts it there).
+/// A tracer built from a configuration, not yet in force ([`apply`] puts it there).
 pub struct Pipeline {
     installed: Installed,
     starter: export::Starter,

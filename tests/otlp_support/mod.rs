@@ -198,6 +198,22 @@ where
     };
 }
 
+/// One `echo` call through the gateway at `url` carrying trace `trace` in `_meta`; the call
+/// itself must work whatever becomes of the spans.
+pub async fn traced_echo(url: &str, trace: &str) {
+    use crate::common::client::{tool_text, Mcp, LATEST};
+    let mut c = Mcp::new(url);
+    c.initialize(LATEST).await;
+    let r = c
+        .request(
+            "tools/call",
+            serde_json::json!({"name": "echo", "arguments": {"text": "traced"},
+                   "_meta": {"traceparent": format!("00-{trace}-b7ad6b7169203331-01")}}),
+        )
+        .await;
+    assert_eq!(tool_text(&r), "traced");
+}
+
 /// A collector that accepts connections and never answers.
 pub async fn silent_collector() -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
