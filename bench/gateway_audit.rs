@@ -191,8 +191,10 @@ async fn traces_interleaved(base_policy: &str, cases: &[(&str, String)], conc: u
             p50s[i].push(q(&lat, 0.5));
         }
     }
-    println!("
-trace export, interleaved: {rounds} rounds of {per_round} calls per case at concurrency {conc}");
+    println!(
+        "
+trace export, interleaved: {rounds} rounds of {per_round} calls per case at concurrency {conc}"
+    );
     println!(
         "{:<26} {:>10} {:>13} {:>17} {:>11}",
         "case", "calls/s", "median ratio", "ratio min-max", "median p50"

@@ -724,4 +724,3 @@ command = "{{fixture}}"
         gw.stderr()
     );
 }
-

@@ -81,8 +81,17 @@ async fn a_reload_sends_spans_to_the_new_collector_and_can_stop_them() {
         "no span at the new collector after the reload; log:\n{}",
         gw.stderr()
     );
-    assert!(old.spans_of(B).is_empty(), "the old collector still gets spans");
-    assert!(new.got.lock().unwrap().authorization.iter().all(|a| a == TOKEN));
+    assert!(
+        old.spans_of(B).is_empty(),
+        "the old collector still gets spans"
+    );
+    assert!(new
+        .got
+        .lock()
+        .unwrap()
+        .authorization
+        .iter()
+        .all(|a| a == TOKEN));
 
     // A header secret that cannot be read: rejected, the new collector stays in force.
     reload(

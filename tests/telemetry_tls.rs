@@ -113,7 +113,11 @@ async fn an_untrusted_or_plain_collector_gets_nothing_and_the_failure_is_logged(
                 "{proto:?}, {what}: calls took {:?}",
                 started.elapsed()
             );
-            gw.wait_for_log("trace export to the collector failed", 1, Duration::from_secs(20));
+            gw.wait_for_log(
+                "trace export to the collector failed",
+                1,
+                Duration::from_secs(20),
+            );
             gw.wait_for_log(says, 1, Duration::from_secs(5));
             let g = col.got.lock().unwrap();
             assert!(g.connections > 0, "{proto:?}, {what}: never tried");

@@ -44,7 +44,11 @@ pub(super) fn lines(o: &mut String, t: &Telemetry) {
         "  timeout               {:?} per export (a slower collector loses that batch, never a call)",
         t.timeout
     );
-    let _ = writeln!(o, "  queue                 {} spans (more are dropped and counted)", t.queue);
+    let _ = writeln!(
+        o,
+        "  queue                 {} spans (more are dropped and counted)",
+        t.queue
+    );
 }
 
 /// Where a secret comes from, never its value.
@@ -69,9 +73,18 @@ mod tests {
         .unwrap();
         let out = render(&p);
         assert!(out.contains("[telemetry]"), "{out}");
-        assert!(out.contains("endpoint              https://otel.example.com:4318"), "{out}");
-        assert!(out.contains("verified against /etc/pc/ca.pem only"), "{out}");
-        assert!(out.contains("Authorization: <secret from env:OTLP_AUTH>"), "{out}");
+        assert!(
+            out.contains("endpoint              https://otel.example.com:4318"),
+            "{out}"
+        );
+        assert!(
+            out.contains("verified against /etc/pc/ca.pem only"),
+            "{out}"
+        );
+        assert!(
+            out.contains("Authorization: <secret from env:OTLP_AUTH>"),
+            "{out}"
+        );
         assert!(out.contains("x-tenant: team-a"), "{out}");
         assert!(!out.contains("literal-key-9Qw"), "{out}");
         assert!(out.contains("sampling              0.5"), "{out}");

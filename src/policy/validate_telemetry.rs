@@ -36,7 +36,9 @@ impl Checker<'_> {
                 // A CA for a connection that has no TLS would be ignored: say so.
                 self.error(
                     p.span().start,
-                    format!("telemetry `ca_file` needs an https:// `endpoint` (it is \"{endpoint}\")"),
+                    format!(
+                        "telemetry `ca_file` needs an https:// `endpoint` (it is \"{endpoint}\")"
+                    ),
                 );
                 None
             }

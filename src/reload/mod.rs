@@ -329,13 +329,12 @@ impl Reloader {
         }
         // Built here, where a failure (an unreadable header secret or ca_file) rejects the
         // reload; put in force in `apply`.
-        let telemetry = crate::telemetry::prepare_change(policy.telemetry.as_ref()).map_err(|e| {
-            Rejection {
+        let telemetry =
+            crate::telemetry::prepare_change(policy.telemetry.as_ref()).map_err(|e| Rejection {
                 sha256: Some(sha256.clone()),
                 fingerprint: Some(fingerprint.clone()),
                 error: format!("[telemetry]: {e}"),
-            }
-        })?;
+            })?;
         let (rt, generation) = self.backends.for_policy(&policy).await;
         let runtime = (generation != running.runtime_generation).then(|| {
             // Docker servers that ran on a runtime that could not start them move to the one

@@ -73,8 +73,8 @@ impl CollectorConnector {
         alpn: Alpn,
     ) -> Result<CollectorConnector, TelemetryError> {
         let tls = if endpoint.starts_with("https://") {
-            let base = tls_config(ca_file)
-                .map_err(|e| TelemetryError::Config(format!("ca_file: {e}")))?;
+            let base =
+                tls_config(ca_file).map_err(|e| TelemetryError::Config(format!("ca_file: {e}")))?;
             let mut cfg = (*base).clone();
             cfg.alpn_protocols = match alpn {
                 Alpn::Http1 => vec![b"http/1.1".to_vec()],
@@ -108,7 +108,10 @@ impl CollectorConnector {
 
     async fn dial(&self, uri: &Uri) -> Result<TokioIo<Stream>, CollectorConnectError> {
         let host = uri.host().ok_or(CollectorConnectError::NoHost)?.to_owned();
-        let bare = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let bare = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let port = uri
             .port_u16()
             .unwrap_or(if self.tls.is_some() { 443 } else { 80 });

@@ -40,7 +40,8 @@ pub fn exporter(
             // export), over our connector: TLS exactly when the endpoint is https.
             let connector = CollectorConnector::new(&config.endpoint, ca_file, Alpn::Http1)?;
             let last_error = connector.last_error();
-            let client = opentelemetry_http::hyper::HyperClient::new(connector, config.timeout, None);
+            let client =
+                opentelemetry_http::hyper::HyperClient::new(connector, config.timeout, None);
             let build = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_http_client(client)

@@ -69,7 +69,9 @@ pub struct Change(Option<Pipeline>);
 impl Change {
     /// The endpoint spans go to after the change (`None`: no spans).
     pub fn endpoint(&self) -> Option<&str> {
-        self.0.as_ref().map(|p| p.installed.config.endpoint.as_str())
+        self.0
+            .as_ref()
+            .map(|p| p.installed.config.endpoint.as_str())
     }
 }
 

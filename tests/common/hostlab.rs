@@ -427,7 +427,9 @@ pub fn report_egress(audit: &Path, servers: &[&String], total: usize) -> Result<
         let counted = json["totals"]["egress_denied"].as_u64().unwrap_or(0);
         // The gateway may write one more denial between the count and the report.
         if counted < total as u64 || sum != counted {
-            return Err(format!("{total} records, report: total {counted}, by server {by_server}"));
+            return Err(format!(
+                "{total} records, report: total {counted}, by server {by_server}"
+            ));
         }
         for s in servers {
             if by_server[s.as_str()].as_u64().unwrap_or(0) == 0 {

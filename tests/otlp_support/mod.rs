@@ -149,9 +149,7 @@ where
                 Full<bytes::Bytes>,
                 StreamBody<
                     futures_util::stream::Iter<
-                        std::vec::IntoIter<
-                            Result<Frame<bytes::Bytes>, std::convert::Infallible>,
-                        >,
+                        std::vec::IntoIter<Result<Frame<bytes::Bytes>, std::convert::Infallible>>,
                     >,
                 >,
             >;
@@ -270,7 +268,13 @@ pub fn make_certs(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
             String::from_utf8_lossy(&o.stderr)
         );
     };
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
     let (ca_key, ca) = (f("-ca.key"), f("-ca.pem"));
     let (key, csr, cert, ext) = (f(".key"), f(".csr"), f(".pem"), f(".ext"));
     let (ca_key_s, ca_s) = (ca_key.as_str(), ca.as_str());
@@ -297,8 +301,21 @@ pub fn make_certs(dir: &Path, name: &str) -> (PathBuf, PathBuf, PathBuf) {
     args.extend(["-keyout", key_s, "-out", csr_s, "-subj", "/CN=localhost"]);
     run(&args);
     run(&[
-        "x509", "-req", "-in", csr_s, "-CA", ca_s, "-CAkey", ca_key_s, "-CAcreateserial", "-out",
-        cert_s, "-days", "2", "-extfile", ext_s,
+        "x509",
+        "-req",
+        "-in",
+        csr_s,
+        "-CA",
+        ca_s,
+        "-CAkey",
+        ca_key_s,
+        "-CAcreateserial",
+        "-out",
+        cert_s,
+        "-days",
+        "2",
+        "-extfile",
+        ext_s,
     ]);
     (dir.join(ca), dir.join(cert), dir.join(key))
 }
