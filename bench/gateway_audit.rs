@@ -181,13 +181,13 @@ async fn traces_interleaved(base_policy: &str, cases: &[(&str, String)], conc: u
         let _ = run(gw, 200, conc, false).await; // warm-up
     }
     // rates[case][round]
-    let mut rates = vec![vec![0.0; rounds]; cases.len()];
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
     let mut p50s = vec![Vec::new(); cases.len()];
     for round in 0..rounds {
         for k in 0..cases.len() {
             let i = (round + k) % cases.len();
             let (rate, lat) = run(&gateways[i], per_round, conc, false).await;
-            rates[i][round] = rate;
+            rates[i].push(rate);
             p50s[i].push(q(&lat, 0.5));
         }
     }
