@@ -5,7 +5,15 @@
 //! and never answers. The figures that matter are the ratios to the baseline: what each layer
 //! costs per call.
 //!
-//!   cargo bench --bench gateway_audit        (AUDIT_BENCH_CALLS=4000, AUDIT_BENCH_CONCURRENCY=32)
+//! The trace rows are measured apart, interleaved: the baseline and the two collector cases run
+//! side by side (three gateways up at once) in rounds, each round running every case once in a
+//! rotating order, and each round's ratio is taken against the baseline of the same round. A
+//! machine whose speed drifts (other builds starting and stopping) moves all three alike, so
+//! the median of the per-round ratios is far steadier than one sequential run per case (which
+//! gave 0.53 and 1.67 for the same row on a busy machine).
+//!
+//!   cargo bench --bench gateway_audit        (AUDIT_BENCH_CALLS=4000, AUDIT_BENCH_CONCURRENCY=32,
+//!                                             TRACE_BENCH_ROUNDS=8, TRACE_BENCH_CALLS=1000 per round)
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -134,18 +142,6 @@ async fn main() {
             false,
         ),
         ("auth+rules+limits", off.clone(), access.clone(), true),
-        (
-            "traces, dead collector",
-            off.clone(),
-            telemetry(dead),
-            false,
-        ),
-        (
-            "traces, silent collector",
-            off.clone(),
-            telemetry(silent_addr),
-            false,
-        ),
     ] {
         let gw = Gateway::start(&policy(&audit, &extra));
         let _ = run(&gw, 200, conc, auth).await; // warm-up
@@ -162,6 +158,61 @@ async fn main() {
         println!(
             "{name:<24} {rate:>10.0} {:>8.2} {p50:>9.2} {p99:>9.2}",
             rate / base
+        );
+    }
+    let cases = [
+        ("traces off (baseline)", String::new()),
+        ("traces, dead collector", telemetry(dead)),
+        ("traces, silent collector", telemetry(silent_addr)),
+    ];
+    traces_interleaved(&policy(&off, ""), &cases, conc).await;
+}
+
+/// The trace rows: every case's gateway up at once, run in rounds in a rotating order; per
+/// case the median (and range) of its per-round ratio to the same round's baseline.
+async fn traces_interleaved(base_policy: &str, cases: &[(&str, String)], conc: usize) {
+    let rounds = env_num("TRACE_BENCH_ROUNDS", 8).max(1);
+    let per_round = env_num("TRACE_BENCH_CALLS", 1000);
+    let gateways: Vec<Gateway> = cases
+        .iter()
+        .map(|(_, extra)| Gateway::start(&format!("{base_policy}{extra}")))
+        .collect();
+    for gw in &gateways {
+        let _ = run(gw, 200, conc, false).await; // warm-up
+    }
+    // rates[case][round]
+    let mut rates: Vec<Vec<f64>> = vec![Vec::new(); cases.len()];
+    let mut p50s = vec![Vec::new(); cases.len()];
+    for round in 0..rounds {
+        for k in 0..cases.len() {
+            let i = (round + k) % cases.len();
+            let (rate, lat) = run(&gateways[i], per_round, conc, false).await;
+            rates[i].push(rate);
+            p50s[i].push(q(&lat, 0.5));
+        }
+    }
+    println!(
+        "
+trace export, interleaved: {rounds} rounds of {per_round} calls per case at concurrency {conc}"
+    );
+    println!(
+        "{:<26} {:>10} {:>13} {:>17} {:>11}",
+        "case", "calls/s", "median ratio", "ratio min-max", "median p50"
+    );
+    for (i, (name, _)) in cases.iter().enumerate() {
+        let mut ratios: Vec<f64> = (0..rounds).map(|r| rates[i][r] / rates[0][r]).collect();
+        ratios.sort_by(f64::total_cmp);
+        let mut r = rates[i].clone();
+        r.sort_by(f64::total_cmp);
+        let mut p = p50s[i].clone();
+        p.sort_by(f64::total_cmp);
+        println!(
+            "{name:<26} {:>10.0} {:>13.2} {:>8.2}-{:<8.2} {:>11.2}",
+            r[r.len() / 2],
+            ratios[ratios.len() / 2],
+            ratios[0],
+            ratios[ratios.len() - 1],
+            p[p.len() / 2]
         );
     }
 }

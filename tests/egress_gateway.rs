@@ -16,7 +16,7 @@ use common::client::{Mcp, LATEST};
 use common::docker::containers_in;
 use common::hostlab::{
     await_record, await_tools, blocked, container_addr, host_dns_answers, iface_addr, names_of,
-    nft_table, policy, probe, server, setup, tcp, Leftovers, Setup,
+    nft_table, policy, probe, report_egress, server, setup, tcp, Leftovers, Setup,
 };
 use common::netlab;
 use common::{
@@ -320,6 +320,11 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
         "denials written to the audit log, rate-limited per server",
         (2..=8).contains(&denied),
         &format!("{denied} egress_denied records"),
+    );
+    // The compliance report counts these real denials by server (issue #19), JSON and HTML.
+    r.result(
+        "`audit report` counts the egress denials by server",
+        report_egress(&audit, &[&a, &p], denied),
     );
     let (_, metrics) = http_get(&format!("{}/metrics", gw.base)).unwrap();
     let line = metrics

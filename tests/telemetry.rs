@@ -1,21 +1,19 @@
 //! Traces through the real gateway to an OTLP/HTTP collector the test runs on loopback (the
 //! protobuf decoded with `opentelemetry-proto`): the caller's trace continued, the span tree
 //! (request -> access, audit, upstream), the attributes, the upstream's own `traceparent`, no
-//! argument or secret in any exported byte; and a collector that is down or never answers
-//! neither fails nor slows calls.
+//! argument or secret in any exported byte; the Python SDK's own server continuing the trace;
+//! and a collector that is down or never answers neither fails nor slows calls. TLS:
+//! `telemetry_tls.rs`; reload: `telemetry_reload.rs`.
 
 mod common;
+mod otlp_support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::client::{median_call_ms, tool_text, Mcp, LATEST};
 use common::{http_get, Gateway};
-use http_body_util::BodyExt;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-use opentelemetry_proto::tonic::common::v1::any_value::Value as Any;
 use opentelemetry_proto::tonic::trace::v1::Span;
-use prost::Message;
+use otlp_support::{attr, silent_collector, Collector, Proto};
 use serde_json::json;
 
 const TRACE: &str = "0af7651916cd43dd8448eb211c80319c";
@@ -25,89 +23,6 @@ const SERVER_SECRET: &str = "server-secret-value-Zq81";
 const ARGUMENT: &str = "argument-marker-7Hx3";
 const HEADER_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const HEADER_PARENT: &str = "00f067aa0ba902b7";
-
-#[derive(Default)]
-struct Received {
-    spans: Vec<Span>,
-    bodies: Vec<u8>,
-    authorization: Vec<String>,
-}
-
-/// Reads one export request (`path` checked, the protobuf after `skip` framing bytes) into
-/// `got`.
-async fn receive(
-    got: &Mutex<Received>,
-    req: hyper::Request<hyper::body::Incoming>,
-    path: &str,
-    skip: usize,
-) {
-    assert_eq!(req.uri().path(), path);
-    let auth = req
-        .headers()
-        .get("authorization")
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = req.into_body().collect().await.unwrap().to_bytes();
-    let export = ExportTraceServiceRequest::decode(&body[skip..]).unwrap();
-    let mut g = got.lock().unwrap();
-    g.bodies.extend_from_slice(&body);
-    g.authorization.extend(auth);
-    for rs in export.resource_spans {
-        for ss in rs.scope_spans {
-            g.spans.extend(ss.spans);
-        }
-    }
-}
-
-/// A loopback listener, its URL, and where a collector keeps what it receives.
-async fn listening() -> (tokio::net::TcpListener, String, Arc<Mutex<Received>>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    (listener, url, Arc::new(Mutex::new(Received::default())))
-}
-
-/// An OTLP/HTTP collector on loopback that keeps what it receives.
-async fn collector() -> (String, Arc<Mutex<Received>>) {
-    let (listener, url, got) = listening().await;
-    let keep = got.clone();
-    tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                return;
-            };
-            let got = keep.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let got = got.clone();
-                        async move {
-                            receive(&got, req, "/v1/traces", 0).await;
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .header("content-type", "application/x-protobuf")
-                                    .body(http_body_util::Full::new(bytes::Bytes::new()))
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                    .await;
-            });
-        }
-    });
-    (url, got)
-}
-
-fn attr(s: &Span, key: &str) -> Option<String> {
-    s.attributes.iter().find(|a| a.key == key).and_then(|a| {
-        match a.value.as_ref()?.value.as_ref()? {
-            Any::StringValue(v) => Some(v.clone()),
-            Any::IntValue(i) => Some(i.to_string()),
-            other => Some(format!("{other:?}")),
-        }
-    })
-}
 
 fn policy(endpoint: &str) -> String {
     format!(
@@ -146,7 +61,7 @@ fn start_policy(policy: &str) -> Gateway {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_continue_the_callers_trace_to_the_server_without_arguments_or_secrets() {
-    let (url, got) = collector().await;
+    let Collector { url, got } = Collector::start(Proto::Http).await;
     let gw = start(&url);
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
@@ -268,19 +183,6 @@ async fn spans_continue_the_callers_trace_to_the_server_without_arguments_or_sec
     );
 }
 
-/// A collector that accepts connections and never answers.
-async fn silent_collector() -> String {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((s, _)) = listener.accept().await {
-            held.push(s);
-        }
-    });
-    url
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_or_silent_collector_neither_fails_nor_slows_calls() {
     // Baseline: no [telemetry] at all.
@@ -334,57 +236,9 @@ command = "{fixture}"
     }
 }
 
-/// A gRPC OTLP collector (h2c on loopback) written against the wire format: a 5-byte frame
-/// header and the protobuf, answered with an empty message and `grpc-status: 0`.
-async fn grpc_collector() -> (String, Arc<Mutex<Received>>) {
-    use http_body_util::StreamBody;
-    use hyper::body::Frame;
-    let (listener, url, got) = listening().await;
-    let keep = got.clone();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let got = keep.clone();
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let got = got.clone();
-                        async move {
-                            // gRPC framing: a compressed flag (0) and a 4-byte length first.
-                            receive(
-                                &got,
-                                req,
-                                "/opentelemetry.proto.collector.trace.v1.TraceService/Export",
-                                5,
-                            )
-                            .await;
-                            let mut trailers = http::HeaderMap::new();
-                            trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                            let frames: Vec<Result<Frame<bytes::Bytes>, std::convert::Infallible>> = vec![
-                                Ok(Frame::data(bytes::Bytes::from_static(&[0, 0, 0, 0, 0]))),
-                                Ok(Frame::trailers(trailers)),
-                            ];
-                            Ok::<_, std::convert::Infallible>(
-                                hyper::Response::builder()
-                                    .header("content-type", "application/grpc")
-                                    .body(StreamBody::new(futures_util::stream::iter(frames)))
-                                    .unwrap(),
-                            )
-                        }
-                    },
-                );
-                let _ =
-                    hyper::server::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-            });
-        }
-    });
-    (url, got)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_reach_a_grpc_collector() {
-    let (url, got) = grpc_collector().await;
+    let Collector { url, got } = Collector::start(Proto::Grpc).await;
     let gw = start_policy(
         &policy(&url).replace("timeout = \"1s\"", "timeout = \"1s\"\nprotocol = \"grpc\""),
     );
@@ -426,4 +280,55 @@ async fn spans_reach_a_grpc_collector() {
         assert!(Instant::now() < deadline, "no span over gRPC");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The issue's "Python SDK upstream that records the traceparent it received": the real SDK
+/// (mcp 2.3, `tests/python/servers/trace_server.py`) reads `_meta.traceparent` itself (its
+/// `OpenTelemetryMiddleware`) and its tool reports the context the SDK took from the request:
+/// the caller's trace, with the gateway's `upstream` span as the parent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_sdk_server_continues_the_trace_under_the_gateways_upstream_span() {
+    let Some(python) = common::peer("venv/bin/python") else {
+        eprintln!("skipped: no .peers/venv (tests/setup installs the Python SDK)");
+        return;
+    };
+    let script = common::repo_root().join("tests/python/servers/trace_server.py");
+    let col = Collector::start(Proto::Http).await;
+    let gw = start_policy(&format!(
+        r#"
+[gateway]
+listen = "127.0.0.1:0"
+
+[telemetry]
+endpoint = "{url}"
+timeout = "1s"
+
+[servers.sdk]
+runtime = "process"
+command = "{python}"
+args = ["{script}"]
+"#,
+        url = col.url,
+        python = python.display(),
+        script = script.display(),
+    ));
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    let r = c
+        .request(
+            "tools/call",
+            json!({"name": "traceparent", "arguments": {},
+                   "_meta": {"traceparent": format!("00-{TRACE}-{PARENT}-01")}}),
+        )
+        .await;
+    let received = tool_text(&r);
+    let upstream = col
+        .wait_span(TRACE, "upstream", Duration::from_secs(20))
+        .await
+        .expect("no upstream span");
+    assert_eq!(
+        received,
+        format!("00-{TRACE}-{}-01", hex::encode(&upstream.span_id)),
+        "the SDK server did not continue the gateway's trace"
+    );
 }

@@ -14,6 +14,7 @@ mod model_server;
 pub mod quotas;
 mod raw;
 pub mod show;
+mod show_telemetry;
 pub mod signature;
 pub mod trust;
 pub mod units;

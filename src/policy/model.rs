@@ -42,10 +42,14 @@ pub struct Policy {
 /// `[telemetry]`: where and how the gateway exports its trace spans (OTLP).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Telemetry {
-    /// The collector's base URL (`http://host:4318` for OTLP/HTTP, `http://host:4317` for gRPC);
-    /// for OTLP/HTTP `/v1/traces` is appended unless the URL already ends with it.
+    /// The collector's base URL (`http://host:4318` for OTLP/HTTP, `http://host:4317` for gRPC;
+    /// `https://` for TLS); for OTLP/HTTP `/v1/traces` is appended unless the URL already ends
+    /// with it.
     pub endpoint: String,
     pub protocol: OtlpProtocol,
+    /// With an https endpoint: trust only the CAs in this PEM file (resolved against the
+    /// policy's directory) instead of the system's trust store.
+    pub ca_file: Option<PathBuf>,
     /// Request headers (OTLP/HTTP) or metadata (gRPC), e.g. `Authorization`.
     pub headers: Vec<(String, HeaderValue)>,
     /// Share of new traces kept, 0.0 to 1.0; a caller's sampled flag is followed.

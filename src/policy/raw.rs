@@ -45,6 +45,7 @@ pub struct RawPolicy {
 pub struct RawTelemetry {
     pub endpoint: Option<Str>,
     pub protocol: Option<Str>,
+    pub ca_file: Option<Str>,
     pub headers: Option<Spanned<BTreeMap<String, Str>>>,
     pub sampling: Option<Spanned<f64>>,
     pub service_name: Option<Str>,

@@ -282,6 +282,9 @@ pub fn render(p: &Policy) -> String {
         };
         let _ = writeln!(o, "  allow                 {allow}");
     }
+    if let Some(t) = &p.telemetry {
+        super::show_telemetry::lines(&mut o, t);
+    }
     for s in p.servers.values() {
         let _ = writeln!(o, "\n[servers.{}]", s.name);
         match &s.runtime {
@@ -633,7 +636,7 @@ fn extra(v: &[String]) -> String {
 
 /// Header values are shown unless they look like a literal credential: `show` output gets pasted
 /// into tickets, and a policy that (wrongly) holds a token should not spread it further.
-fn header_for_display(name: &str, value: &str) -> String {
+pub(super) fn header_for_display(name: &str, value: &str) -> String {
     let n = name.to_ascii_lowercase();
     let sensitive = n == "authorization"
         || n == "cookie"

@@ -15,19 +15,12 @@ impl Checker<'_> {
         let endpoint = match &t.endpoint {
             Some(e) => {
                 let url = e.get_ref().trim().to_owned();
-                if url.starts_with("https://") {
-                    // No TLS stack is built into the exporters (the gateway's rustls is set up
-                    // for servers, not for a collector): refuse rather than fail every export.
+                // https: TLS with verification always on (src/telemetry/connector.rs).
+                let scheme_ok = url.starts_with("http://") || url.starts_with("https://");
+                if !scheme_ok || url.parse::<http::Uri>().is_err() {
                     self.error(
                         e.span().start,
-                        format!("telemetry `endpoint` \"{url}\": https is not supported; export to a collector on http:// (an OpenTelemetry Collector sidecar can forward over TLS)"),
-                    );
-                    return None;
-                }
-                if !url.starts_with("http://") || url.parse::<http::Uri>().is_err() {
-                    self.error(
-                        e.span().start,
-                        format!("telemetry `endpoint` \"{url}\" is not an http:// URL, like \"http://127.0.0.1:4318\""),
+                        format!("telemetry `endpoint` \"{url}\" is not an http:// or https:// URL, like \"http://127.0.0.1:4318\""),
                     );
                     return None;
                 }
@@ -37,6 +30,20 @@ impl Checker<'_> {
                 self.error(0, "[telemetry] needs `endpoint`, the OTLP collector's URL (like \"http://127.0.0.1:4318\" for OTLP/HTTP)");
                 return None;
             }
+        };
+        let ca_file = match &t.ca_file {
+            Some(p) if !endpoint.starts_with("https://") => {
+                // A CA for a connection that has no TLS would be ignored: say so.
+                self.error(
+                    p.span().start,
+                    format!(
+                        "telemetry `ca_file` needs an https:// `endpoint` (it is \"{endpoint}\")"
+                    ),
+                );
+                None
+            }
+            Some(p) => Some(self.resolve(p.get_ref())),
+            None => None,
         };
         let protocol = match &t.protocol {
             None => OtlpProtocol::HttpProtobuf,
@@ -116,6 +123,7 @@ impl Checker<'_> {
         Some(Telemetry {
             endpoint,
             protocol,
+            ca_file,
             headers,
             sampling,
             service_name,
@@ -127,6 +135,8 @@ impl Checker<'_> {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use crate::policy::model::{HeaderValue, OtlpProtocol, SecretRef};
     use crate::policy::parse;
 
@@ -163,8 +173,19 @@ mod tests {
         assert!(parse("", "p.toml").unwrap().telemetry.is_none());
         let e = errors("[telemetry]\nendpoint = \"http://c:4318\"\nsampling = 2.0\n");
         assert!(e.contains("p.toml:3") && e.contains("0.0 to 1.0"), "{e}");
-        let e = errors("[telemetry]\nendpoint = \"https://cloud.langfuse.com/api/public/otel\"\n");
-        assert!(e.contains("https is not supported"), "{e}");
+        let t = parse(
+            "[telemetry]\nendpoint = \"https://cloud.langfuse.com/api/public/otel\"\nca_file = \"ca.pem\"\n",
+            "/etc/pc/p.toml",
+        )
+        .unwrap()
+        .telemetry
+        .unwrap();
+        // `parse` has no base folder; `load` resolves a relative path against the policy's.
+        assert_eq!(t.ca_file.as_deref(), Some(Path::new("ca.pem")));
+        let e = errors("[telemetry]\nendpoint = \"http://c:4318\"\nca_file = \"ca.pem\"\n");
+        assert!(e.contains("`ca_file` needs an https://"), "{e}");
+        let e = errors("[telemetry]\nendpoint = \"ftp://c:4318\"\n");
+        assert!(e.contains("not an http:// or https:// URL"), "{e}");
         let e = errors("[telemetry]\nendpoint = \"http://c:4318\"\nprotocol = \"udp\"\n");
         assert!(e.contains("unknown telemetry protocol"), "{e}");
         let e = errors("[telemetry]\nsampling = 1.0\n");

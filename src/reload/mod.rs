@@ -9,6 +9,8 @@
 //! removed, restarted, reconfigured), then applied: clients, rules and quotas are swapped at
 //! once, sessions of revoked clients are closed, and the router starts, stops or replaces only
 //! the servers whose instances are affected, then tells each session whose lists changed.
+//! A changed `[telemetry]` gets a new exporter, built (secrets read, CA loaded) while the file
+//! is checked and swapped in with the rest.
 //!
 //! Settings the listener, the audit log or the egress worker were built from need a restart of
 //! the gateway; a reload keeps their running values, applies the rest and names them
@@ -164,6 +166,8 @@ struct Candidate {
     /// A runtime (and its generation) newer than the one servers were started on.
     runtime: Option<(Arc<dyn Runtime>, u64)>,
     lock: Option<ActiveLock>,
+    /// A new tracer (or none) when `[telemetry]` or its header values changed.
+    telemetry: Option<crate::telemetry::Change>,
 }
 
 impl Reloader {
@@ -323,6 +327,14 @@ impl Reloader {
                 d.servers.restart(name, "secret values");
             }
         }
+        // Built here, where a failure (an unreadable header secret or ca_file) rejects the
+        // reload; put in force in `apply`.
+        let telemetry =
+            crate::telemetry::prepare_change(policy.telemetry.as_ref()).map_err(|e| Rejection {
+                sha256: Some(sha256.clone()),
+                fingerprint: Some(fingerprint.clone()),
+                error: format!("[telemetry]: {e}"),
+            })?;
         let (rt, generation) = self.backends.for_policy(&policy).await;
         let runtime = (generation != running.runtime_generation).then(|| {
             // Docker servers that ran on a runtime that could not start them move to the one
@@ -345,6 +357,7 @@ impl Reloader {
             secrets,
             runtime,
             lock,
+            telemetry,
         }))
     }
 
@@ -361,6 +374,7 @@ impl Reloader {
             secrets,
             runtime,
             lock,
+            telemetry,
         } = c;
         let before = self.access.clients();
         // The new client table replaces the old in one step: no request sees a mix.
@@ -374,6 +388,13 @@ impl Reloader {
             rt
         });
         crate::upstream::stderr::set_default_rate(policy.gateway.server_log_rate);
+        if let Some(change) = telemetry {
+            tracing::info!(
+                endpoint = change.endpoint().unwrap_or("none"),
+                "trace export reconfigured ([telemetry]); new spans go to the new settings"
+            );
+            crate::telemetry::apply(change);
+        }
         // Before servers (re)start, so that they start under the new lock's image pins.
         self.router.set_lock(lock);
         self.router.reload(&policy, &diff.servers, runtime, &before);
@@ -459,10 +480,14 @@ fn describe(trigger: Trigger, origin: &str, from: &str, c: &Candidate) -> Value 
     if !d.gateway.is_empty() {
         m.insert("gateway".into(), json!(d.gateway));
     }
+    if let Some(t) = &c.telemetry {
+        // The endpoint only: header values may be secrets.
+        m.insert("telemetry".into(), json!({ "endpoint": t.endpoint() }));
+    }
     if !c.requires_restart.is_empty() {
         m.insert("requires_restart".into(), json!(c.requires_restart));
     }
-    if d.is_empty() && c.requires_restart.is_empty() {
+    if d.is_empty() && c.requires_restart.is_empty() && c.telemetry.is_none() {
         m.insert("unchanged".into(), true.into());
     }
     Value::Object(m)

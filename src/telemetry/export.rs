@@ -14,6 +14,7 @@ use opentelemetry_sdk::trace::{Span, SpanData, SpanExporter as _, SpanProcessor}
 use opentelemetry_sdk::Resource;
 use tokio::sync::mpsc;
 
+use super::connector::{Alpn, CollectorConnector, LastError};
 use super::TelemetryError;
 use crate::policy::model::{OtlpProtocol, Telemetry as Config};
 
@@ -22,30 +23,34 @@ const BATCH: usize = 512;
 /// How long a partial batch waits for more spans.
 const LINGER: Duration = Duration::from_millis(500);
 
-/// The OTLP exporter for `config`, with `headers` (secret values already read).
+/// The OTLP exporter for `config`, with `headers` (secret values already read), and where its
+/// connector leaves the last connection error.
 pub fn exporter(
     config: &Config,
     headers: &[(String, String)],
-) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
-    let build = match config.protocol {
+) -> Result<(opentelemetry_otlp::SpanExporter, LastError), TelemetryError> {
+    let ca_file = config.ca_file.as_deref();
+    let (build, last_error) = match config.protocol {
         OtlpProtocol::HttpProtobuf => {
             let mut url = config.endpoint.trim_end_matches('/').to_owned();
             if !url.ends_with("/v1/traces") {
                 url.push_str("/v1/traces");
             }
-            // hyper's client on the gateway's own runtime: never a blocking thread per export.
-            let client = opentelemetry_http::hyper::HyperClient::with_default_connector(
-                config.timeout,
-                None,
-            );
-            opentelemetry_otlp::SpanExporter::builder()
+            // hyper's client on the gateway's own runtime (never a blocking thread per
+            // export), over our connector: TLS exactly when the endpoint is https.
+            let connector = CollectorConnector::new(&config.endpoint, ca_file, Alpn::Http1)?;
+            let last_error = connector.last_error();
+            let client =
+                opentelemetry_http::hyper::HyperClient::new(connector, config.timeout, None);
+            let build = opentelemetry_otlp::SpanExporter::builder()
                 .with_http()
                 .with_http_client(client)
                 .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
                 .with_endpoint(url)
                 .with_timeout(config.timeout)
                 .with_headers(headers.iter().cloned().collect::<HashMap<_, _>>())
-                .build()
+                .build();
+            (build, last_error)
         }
         OtlpProtocol::Grpc => {
             let mut map = http::HeaderMap::new();
@@ -59,17 +64,28 @@ pub fn exporter(
                 })?;
                 map.insert(name, value);
             }
-            opentelemetry_otlp::SpanExporter::builder()
+            // Our own channel rather than tonic's TLS features: the same rustls set-up
+            // (roots, `ca_file`, ring) as the HTTP exporter and the gateway's remote servers,
+            // and TLS decided by the configured scheme alone.
+            let connector = CollectorConnector::new(&config.endpoint, ca_file, Alpn::H2)?;
+            let last_error = connector.last_error();
+            let channel = tonic::transport::Endpoint::from_shared(config.endpoint.clone())
+                .map_err(|e| TelemetryError::Config(format!("endpoint: {e}")))?
+                .timeout(config.timeout)
+                .connect_with_connector_lazy(connector);
+            let build = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
-                .with_endpoint(config.endpoint.clone())
+                .with_channel(channel)
                 .with_timeout(config.timeout)
                 .with_metadata(
                     opentelemetry_otlp::tonic_types::metadata::MetadataMap::from_headers(map),
                 )
-                .build()
+                .build();
+            (build, last_error)
         }
     };
-    build.map_err(|e| TelemetryError::Config(e.to_string()))
+    let exporter = build.map_err(|e| TelemetryError::Config(e.to_string()))?;
+    Ok((exporter, last_error))
 }
 
 /// The bounded, never-blocking batch processor.
@@ -87,34 +103,91 @@ type Pending = Arc<Mutex<Option<(opentelemetry_otlp::SpanExporter, mpsc::Receive
 pub struct Starter {
     pending: Pending,
     timeout: Duration,
+    /// For the warning when exports fail: where to, and the connector's last error.
+    endpoint: String,
+    last_error: LastError,
 }
 
 impl Bounded {
     pub fn new(
         exporter: opentelemetry_otlp::SpanExporter,
-        queue: usize,
-        timeout: Duration,
+        config: &Config,
+        last_error: LastError,
     ) -> (Bounded, Starter) {
-        let (tx, rx) = mpsc::channel(queue.max(1));
+        let (tx, rx) = mpsc::channel(config.queue.max(1));
         let pending = Arc::new(Mutex::new(Some((exporter, rx))));
         (
             Bounded {
                 tx,
                 pending: pending.clone(),
             },
-            Starter { pending, timeout },
+            Starter {
+                pending,
+                timeout: config.timeout,
+                endpoint: config.endpoint.clone(),
+                last_error,
+            },
         )
     }
 }
 
 impl Starter {
-    /// Spawns the export task on the current runtime (once).
+    /// Spawns the export task on the current runtime (once). It ends when every span of its
+    /// provider has ended and the provider is gone (a reload that replaced it): what is still
+    /// queued is exported first.
     pub fn start(&self) {
         let taken = self.pending.lock().ok().and_then(|mut p| p.take());
         let Some((exporter, rx)) = taken else {
             return;
         };
-        tokio::spawn(run(exporter, rx, self.timeout));
+        let health = Health {
+            endpoint: self.endpoint.clone(),
+            last_error: self.last_error.clone(),
+            failing: false,
+            warned: None,
+        };
+        tokio::spawn(run(exporter, rx, self.timeout, health));
+    }
+}
+
+/// How often a collector that keeps failing is warned about.
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// Whether exports work, for warnings that are visible without flooding the log: the first
+/// failure, then once a minute while it lasts, and the recovery.
+struct Health {
+    endpoint: String,
+    last_error: LastError,
+    failing: bool,
+    warned: Option<std::time::Instant>,
+}
+
+impl Health {
+    fn ok(&mut self) {
+        if self.failing {
+            tracing::info!(endpoint = %self.endpoint, "trace export to the collector works again");
+        }
+        self.failing = false;
+        self.warned = None;
+    }
+
+    fn failed(&mut self, spans: u64, what: String) {
+        self.failing = true;
+        // The exporters say "connection failed"; the connector knows it was, say, the CA.
+        let cause = self
+            .last_error
+            .lock()
+            .ok()
+            .and_then(|mut e| e.take())
+            .map(|c| format!(" ({c})"))
+            .unwrap_or_default();
+        let due = self.warned.is_none_or(|at| at.elapsed() >= WARN_EVERY);
+        if due {
+            self.warned = Some(std::time::Instant::now());
+            tracing::warn!(endpoint = %self.endpoint, spans, "trace export to the collector failed: {what}{cause}; the spans are dropped (calls are not affected; counted in portcullis_telemetry_spans_total)");
+        } else {
+            tracing::debug!(endpoint = %self.endpoint, spans, "trace export failed: {what}{cause}");
+        }
     }
 }
 
@@ -122,6 +195,7 @@ async fn run(
     exporter: opentelemetry_otlp::SpanExporter,
     mut rx: mpsc::Receiver<SpanData>,
     timeout: Duration,
+    mut health: Health,
 ) {
     let metrics = crate::metrics::global();
     loop {
@@ -142,18 +216,17 @@ async fn run(
         }
         let n = batch.len() as u64;
         match tokio::time::timeout(timeout, exporter.export(batch)).await {
-            Ok(Ok(())) => metrics.telemetry_spans("exported", n),
+            Ok(Ok(())) => {
+                metrics.telemetry_spans("exported", n);
+                health.ok();
+            }
             Ok(Err(e)) => {
                 metrics.telemetry_spans("export_failed", n);
-                tracing::debug!(error = %e, spans = n, "trace export failed; the spans are dropped");
+                health.failed(n, e.to_string());
             }
             Err(_) => {
                 metrics.telemetry_spans("export_timeout", n);
-                tracing::debug!(
-                    spans = n,
-                    ?timeout,
-                    "trace export timed out; the spans are dropped"
-                );
+                health.failed(n, format!("no answer within {timeout:?}"));
             }
         }
     }

@@ -15,10 +15,11 @@
 //! Export never sits on a call's path ([`export`]): spans go on a bounded queue and a
 //! separate task exports them with a deadline. Without `[telemetry]` nothing is made at all.
 
+pub mod connector;
 pub mod export;
 pub mod propagation;
 
-use std::sync::OnceLock;
+use std::sync::{Arc, RwLock};
 
 use opentelemetry::trace::{
     Span as _, SpanContext, SpanKind, Status, TraceContextExt, Tracer as _, TracerProvider as _,
@@ -37,19 +38,44 @@ pub enum TelemetryError {
     Secret(String, String),
 }
 
+/// The tracer in force and what it was built from.
 struct Installed {
-    provider: SdkTracerProvider,
     tracer: SdkTracer,
+    config: Config,
+    /// Digest of the header values as read (secrets included), to see a changed secret.
+    headers: String,
+    // Held so the provider lives while installed; dropping it (after a reload replaced it)
+    // lets its export task drain and end.
+    _provider: SdkTracerProvider,
 }
 
-static INSTALLED: OnceLock<Installed> = OnceLock::new();
+/// The installed tracer. A lock rather than a `OnceLock` so that a reload can replace it; a
+/// read is an uncontended lock and an `Arc` clone per span, next to nothing beside the call.
+static INSTALLED: RwLock<Option<Arc<Installed>>> = RwLock::new(None);
 
-/// Builds the exporter and starts exporting. Call once, on the gateway's runtime; a second
-/// call keeps the first configuration (a reload does not change where spans go).
-pub fn init(config: &Config) -> Result<(), TelemetryError> {
-    if INSTALLED.get().is_some() {
-        return Ok(());
+fn current() -> Option<Arc<Installed>> {
+    INSTALLED.read().ok().and_then(|i| i.clone())
+}
+
+/// A tracer built from a configuration, not yet in force ([`apply`] puts it there).
+pub struct Pipeline {
+    installed: Installed,
+    starter: export::Starter,
+}
+
+/// What a reload does to the tracer: put in a new one, or remove it (`None`).
+pub struct Change(Option<Pipeline>);
+
+impl Change {
+    /// The endpoint spans go to after the change (`None`: no spans).
+    pub fn endpoint(&self) -> Option<&str> {
+        self.0
+            .as_ref()
+            .map(|p| p.installed.config.endpoint.as_str())
     }
+}
+
+fn read_headers(config: &Config) -> Result<Vec<(String, String)>, TelemetryError> {
     let mut headers = Vec::new();
     for (name, value) in &config.headers {
         let v = match value {
@@ -59,8 +85,28 @@ pub fn init(config: &Config) -> Result<(), TelemetryError> {
         };
         headers.push((name.clone(), v));
     }
-    let exporter = export::exporter(config, &headers)?;
-    let (processor, starter) = export::Bounded::new(exporter, config.queue, config.timeout);
+    Ok(headers)
+}
+
+fn digest(headers: &[(String, String)]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for (k, v) in headers {
+        h.update(k.as_bytes());
+        h.update([0]);
+        h.update(v.as_bytes());
+        h.update([0]);
+    }
+    hex::encode(h.finalize())
+}
+
+/// Reads the header secrets and builds the exporter and the provider, without starting or
+/// installing anything: every error (a secret that cannot be read, a bad `ca_file`) comes
+/// out here, before a start or a reload changes anything. Call on the gateway's runtime.
+pub fn prepare(config: &Config) -> Result<Pipeline, TelemetryError> {
+    let headers = read_headers(config)?;
+    let (exporter, last_error) = export::exporter(config, &headers)?;
+    let (processor, starter) = export::Bounded::new(exporter, config, last_error);
     let provider = SdkTracerProvider::builder()
         .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
             config.sampling,
@@ -72,22 +118,55 @@ pub fn init(config: &Config) -> Result<(), TelemetryError> {
         )
         .with_span_processor(processor)
         .build();
-    starter.start();
     let tracer = provider.tracer("portcullis");
-    let _ = INSTALLED.set(Installed { provider, tracer });
+    Ok(Pipeline {
+        installed: Installed {
+            tracer,
+            config: config.clone(),
+            headers: digest(&headers),
+            _provider: provider,
+        },
+        starter,
+    })
+}
+
+/// For a reload to `config`: `Ok(None)` when the tracer in force already matches it (same
+/// settings, same header values), else the [`Change`] to apply with [`apply`].
+pub fn prepare_change(config: Option<&Config>) -> Result<Option<Change>, TelemetryError> {
+    let now = current();
+    match (config, now) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Ok(Some(Change(None))),
+        (Some(c), Some(i)) if i.config == *c && i.headers == digest(&read_headers(c)?) => Ok(None),
+        (Some(c), _) => Ok(Some(Change(Some(prepare(c)?)))),
+    }
+}
+
+/// Puts a prepared pipeline in force, or removes the tracer. Spans already started keep the
+/// tracer they started with: they end to the collector they began with, whose export task
+/// drains its queue and ends after the last of them.
+pub fn apply(change: Change) {
+    let next = change.0.map(|p| {
+        p.starter.start();
+        Arc::new(p.installed)
+    });
+    let old = match INSTALLED.write() {
+        Ok(mut slot) => std::mem::replace(&mut *slot, next),
+        Err(poisoned) => std::mem::replace(&mut *poisoned.into_inner(), next),
+    };
+    // Dropped outside the lock: the provider's shutdown runs here, never under it.
+    drop(old);
+}
+
+/// Builds the exporter and starts exporting (start-up). Call on the gateway's runtime.
+pub fn init(config: &Config) -> Result<(), TelemetryError> {
+    apply(Change(Some(prepare(config)?)));
     Ok(())
 }
 
 /// Whether spans are made.
 pub fn enabled() -> bool {
-    INSTALLED.get().is_some()
-}
-
-/// Ends the provider (spans still queued may be lost; export never delays shutdown).
-pub fn shutdown() {
-    if let Some(i) = INSTALLED.get() {
-        let _ = i.provider.shutdown();
-    }
+    INSTALLED.read().map(|i| i.is_some()).unwrap_or(false)
 }
 
 /// The protocol era of a revision: `2026-07-28` and later are stateless (`modern`), the rest
@@ -108,7 +187,7 @@ pub struct RequestSpan {
 
 /// Starts the span of one client request.
 pub fn request(method: &str, client: &str, context: &RequestContext) -> RequestSpan {
-    let Some(i) = INSTALLED.get() else {
+    let Some(i) = current() else {
         return RequestSpan { cx: None };
     };
     let parent = match propagation::remote_parent(&context.trace, None) {
@@ -176,7 +255,7 @@ pub struct Child {
 /// Starts a child span of the current context's span (none without `[telemetry]`, or
 /// outside a request).
 pub fn child(name: &'static str) -> Child {
-    let Some(i) = INSTALLED.get() else {
+    let Some(i) = current() else {
         return Child { span: None };
     };
     let cx = Context::current();

@@ -399,3 +399,49 @@ pub async fn setup(test: &str) -> Option<Setup> {
         tag: netlab::tag().replace('x', ""),
     })
 }
+
+/// `portcullis audit report --format json` (and the HTML) of the running gateway's log: a
+/// check that the egress denials are `total`, per listed server at least one, with each
+/// server named in the HTML's egress section. The records carry no destination (the table
+/// counts dropped packets per server), so the report cannot break them down by one.
+pub fn report_egress(audit: &Path, servers: &[&String], total: usize) -> Result<(), String> {
+    {
+        let run = |args: &[&str]| {
+            let out = Command::new(super::gateway_bin())
+                .args(["audit", "report"])
+                .args(args)
+                .arg(audit)
+                .output()
+                .map_err(|e| e.to_string())?;
+            // A log still being written may end in a partial line; the report says so (exit 1)
+            // but still counts what is complete.
+            Ok::<_, String>(String::from_utf8_lossy(&out.stdout).into_owned())
+        };
+        let json: serde_json::Value = serde_json::from_str(&run(&["--format", "json"])?)
+            .map_err(|e| format!("report JSON: {e}"))?;
+        let by_server = &json["egress_denied_by_server"];
+        let sum: u64 = by_server
+            .as_object()
+            .map(|m| m.values().filter_map(|v| v.as_u64()).sum())
+            .unwrap_or(0);
+        let counted = json["totals"]["egress_denied"].as_u64().unwrap_or(0);
+        // The gateway may write one more denial between the count and the report.
+        if counted < total as u64 || sum != counted {
+            return Err(format!(
+                "{total} records, report: total {counted}, by server {by_server}"
+            ));
+        }
+        for s in servers {
+            if by_server[s.as_str()].as_u64().unwrap_or(0) == 0 {
+                return Err(format!("no denial of {s} in {by_server}"));
+            }
+        }
+        let html = run(&["--format", "html"])?;
+        for s in servers {
+            if !html.contains(s.as_str()) {
+                return Err(format!("{s} is not in the HTML report"));
+            }
+        }
+        Ok(())
+    }
+}

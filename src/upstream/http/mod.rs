@@ -11,7 +11,7 @@
 //! `oauth`, an access token the gateway obtained itself goes in `Authorization` (see [`oauth`]).
 
 mod body;
-pub(super) mod connector;
+pub(crate) mod connector;
 pub mod egress;
 mod listening;
 mod modern;
