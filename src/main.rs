@@ -45,9 +45,11 @@ fn main() -> ExitCode {
         Command::Health(health) => cli::health::run(health),
         // Before any runtime or logging thread: it changes its uid and capabilities first.
         Command::EgressAgent => portcullis::egress::agent::main(),
-        Command::Firewall(FirewallCommand::Plan { file, instance }) => {
-            cli::firewall::plan(&file, instance.as_deref())
-        }
+        Command::Firewall(FirewallCommand::Plan {
+            file,
+            instance,
+            mode,
+        }) => cli::firewall::plan(&file, instance.as_deref(), mode.as_deref()),
         Command::Firewall(FirewallCommand::Show { instance }) => {
             cli::firewall::show(instance.as_deref())
         }

@@ -68,6 +68,33 @@ impl Backends {
         runtime.stop_server(server).await
     }
 
+    /// Applies `server`'s changed egress rules (a reload that changed only them) to what runs
+    /// now, without touching its instances: the running egress agent in sidecar mode, the
+    /// gateway's table otherwise. `Ok(false)`: nothing of it runs (its next instance starts
+    /// under the rules in force, see [`Firewall::current`]). Call after
+    /// [`Firewall::set_policy`].
+    pub async fn apply_egress(&self, server: &policy::Server) -> Result<bool, super::SandboxError> {
+        if matches!(server.runtime, policy::Runtime::Docker(_)) {
+            let docker = match &self.state.lock().await.docker {
+                DockerState::Connected(d) => Some(d.clone()),
+                _ => None,
+            };
+            if let Some(r) = match &docker {
+                Some(d) => d.apply_egress_sidecar(server).await,
+                None => None,
+            } {
+                return r;
+            }
+        }
+        self.firewall
+            .reprogram(server)
+            .await
+            .map_err(|e| super::SandboxError::Egress {
+                server: server.name.clone(),
+                reason: e.to_string(),
+            })
+    }
+
     /// The runtimes servers start on, after connecting to Docker if `policy` has docker servers
     /// and the engine is not connected yet; with the generation of that runtime. A new
     /// generation means docker servers started earlier ran on a runtime that could not start
