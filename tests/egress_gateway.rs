@@ -15,9 +15,8 @@ use bollard::query_parameters::{InspectContainerOptions, ListNetworksOptionsBuil
 use common::client::{Mcp, LATEST};
 use common::docker::containers_in;
 use common::hostlab::{
-    host_service,
-    await_record, await_tools, blocked, container_addr, host_dns_answers, iface_addr, names_of,
-    nft_table, policy, probe, server, setup, tcp, Leftovers, Setup,
+    await_record, await_tools, blocked, container_addr, host_dns_answers, host_service, iface_addr,
+    names_of, nft_table, policy, probe, server, setup, tcp, Leftovers, Setup,
 };
 use common::netlab;
 use common::{
@@ -620,11 +619,18 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_running_sandb
     );
     for s in [&a, &p] {
         let name = s.clone();
-        await_record(&audit, Duration::from_secs(10), "the rules applied", |rec| {
-            rec["kind"] == "firewall"
-                && rec["server"] == name.as_str()
-                && rec["detail"].as_str().is_some_and(|d| d.contains("applied to the running"))
-        })
+        await_record(
+            &audit,
+            Duration::from_secs(10),
+            "the rules applied",
+            |rec| {
+                rec["kind"] == "firewall"
+                    && rec["server"] == name.as_str()
+                    && rec["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("applied to the running"))
+            },
+        )
         .await;
     }
     assert!(gw.terminate(Duration::from_secs(60)).success());

@@ -10,7 +10,7 @@
 mod common;
 
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bollard::query_parameters::{InspectContainerOptions, KillContainerOptions};
 use common::client::{Mcp, LATEST};
@@ -20,7 +20,7 @@ use common::hostlab::{
     probe, server, setup, sidecar_policy, tcp, Setup,
 };
 use common::{Cases, Gateway};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// The gateway's environment for a test's scope: its Docker scope and instance.
 fn env(scope: &str) -> [(&'static str, &str); 2] {
@@ -49,15 +49,16 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
     let audit = audit.as_path();
     let (a, b) = (format!("sa{tag}"), format!("sb{tag}"));
     let servers = [
-        server(&a, "docker", &["api.example.test:443", "meta.example.test:80"]),
+        server(
+            &a,
+            "docker",
+            &["api.example.test:443", "meta.example.test:80"],
+        ),
         server(&b, "docker", &["api.example.test:443"]),
     ]
     .concat();
     let host_port = host_service();
-    let mut gw = Gateway::start_with(
-        &sidecar_policy(&lab, audit, &servers),
-        &env(&scope.name),
-    );
+    let mut gw = Gateway::start_with(&sidecar_policy(&lab, audit, &servers), &env(&scope.name));
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
     await_tools(&mut c, &[&a, &b]).await;
@@ -76,17 +77,8 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
         out.starts_with("connected") && out.contains("banner=ok"),
         &out,
     );
-    let out = probe(
-        &mut c,
-        &a,
-        tcp(&lab.sa(30, 443)),
-    )
-    .await;
-    r.check(
-        "an unlisted address is blocked",
-        blocked(&out),
-        &out,
-    );
+    let out = probe(&mut c, &a, tcp(&lab.sa(30, 443))).await;
+    r.check("an unlisted address is blocked", blocked(&out), &out);
     let out = probe(
         &mut c,
         &a,
@@ -148,7 +140,10 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
         &out,
     );
     for (case, args) in [
-        ("an allowed host on another port is blocked", tcp(&lab.sa(10, 8443))),
+        (
+            "an allowed host on another port is blocked",
+            tcp(&lab.sa(10, 8443)),
+        ),
         ("DoT (853) is blocked", tcp(&lab.sa(53, 853))),
         (
             "UDP to an allowed address is blocked",
@@ -183,8 +178,14 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
     r.check(
         "the server has its own process and IPC namespaces and no Docker socket",
         hc.pid_mode.as_deref().is_none_or(|m| m.is_empty())
-            && hc.ipc_mode.as_deref().is_none_or(|m| !m.starts_with("container:"))
-            && hc.binds.as_ref().is_none_or(|b| b.iter().all(|b| !b.contains("docker.sock"))),
+            && hc
+                .ipc_mode
+                .as_deref()
+                .is_none_or(|m| !m.starts_with("container:"))
+            && hc
+                .binds
+                .as_ref()
+                .is_none_or(|b| b.iter().all(|b| !b.contains("docker.sock"))),
         &format!(
             "pid {:?} ipc {:?} binds {:?}",
             hc.pid_mode, hc.ipc_mode, hc.binds
@@ -363,9 +364,7 @@ async fn a_reload_changes_a_running_agents_rules_without_restarting_the_server()
     c.initialize(LATEST).await;
     await_tools(&mut c, &[&a]).await;
     let mut r = Cases(Vec::new());
-    let connect = |name: &str| {
-        json!({"op": "resolve_connect", "name": name, "port": 443, "timeout_ms": 2000})
-    };
+    let connect = |name: &str| json!({"op": "resolve_connect", "name": name, "port": 443, "timeout_ms": 2000});
     let out = probe(&mut c, &a, connect("api.example.test")).await;
     r.check(
         "before: the allowed host works",
@@ -409,7 +408,11 @@ async fn a_reload_changes_a_running_agents_rules_without_restarting_the_server()
     );
     // Its address was pinned before the reload: the pin went with the old rules.
     let out = probe(&mut c, &a, tcp(&lab.sa(10, 443))).await;
-    r.check("after: the removed host's address is blocked", blocked(&out), &out);
+    r.check(
+        "after: the removed host's address is blocked",
+        blocked(&out),
+        &out,
+    );
     let ids: Vec<String> = containers_in(&rt, &scope.name)
         .await
         .into_iter()

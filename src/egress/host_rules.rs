@@ -21,8 +21,7 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::names::Names;
 use super::ruleset::{
-    counted_drop, in_chain, rule, server_chain, Chain, Hook, Match, ServerNet, Table, Verdict,
-    L4,
+    counted_drop, in_chain, rule, server_chain, Chain, Hook, Match, ServerNet, Table, Verdict, L4,
 };
 use crate::policy::{Policy, Runtime, Server};
 

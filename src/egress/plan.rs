@@ -217,7 +217,11 @@ egress.allow = ["10.1.2.0/24:5432"]
         // The process server stays on the gateway's own table; a server without rules has none.
         assert!(text.contains("type filter hook forward priority filter - 10;"));
         assert!(!text.contains("quiet"), "{text}");
-        assert_eq!(text.matches(&format!("table inet {} {{", names.table())).count(), 2);
+        assert_eq!(
+            text.matches(&format!("table inet {} {{", names.table()))
+                .count(),
+            2
+        );
         // Host mode is the same policy's other plan.
         let host = plan_mode(&policy, &names, EgressMode::Host);
         assert!(!host.contains("meta skuid"), "{host}");

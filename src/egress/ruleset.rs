@@ -165,7 +165,6 @@ pub struct Table {
     pub chains: Vec<Chain>,
 }
 
-
 pub(super) fn rule(matches: Vec<Match>, verdict: Verdict) -> Rule {
     Rule {
         matches,
@@ -357,7 +356,6 @@ fn render_rule(r: &Rule) -> String {
     });
     parts.join(" ")
 }
-
 
 #[cfg(test)]
 mod tests {

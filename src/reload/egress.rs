@@ -44,7 +44,9 @@ pub(super) async fn apply<'a>(
                     AuditEvent::new(Kind::Firewall)
                         .server(name)
                         .outcome(Outcome::Ok)
-                        .detail(format!("egress rules changed by a reload to [{rules}]: {what}")),
+                        .detail(format!(
+                            "egress rules changed by a reload to [{rules}]: {what}"
+                        )),
                 );
             }
             Err(e) => {

@@ -193,7 +193,10 @@ impl DockerRuntime {
     /// Applies `server`'s changed egress rules (a reload) to its running agent in sidecar
     /// mode; `None` in host mode, where the gateway's own table holds them
     /// ([`Firewall::reprogram`]).
-    pub async fn apply_egress_sidecar(&self, server: &Server) -> Option<Result<bool, SandboxError>> {
+    pub async fn apply_egress_sidecar(
+        &self,
+        server: &Server,
+    ) -> Option<Result<bool, SandboxError>> {
         match &self.sidecars {
             Some(s) => Some(s.apply(server).await),
             None => None,

@@ -151,10 +151,12 @@ impl Sidecars {
             return Ok(());
         }
         let step = "re-programming the egress agent's table";
+        let mut replies = agent.replies.lock().await;
+        // A reply that came after an earlier wait gave up belongs to that config, not this one.
+        while replies.try_recv().is_ok() {}
         send_config(&mut rules.1, server, &self.firewall)
             .await
             .map_err(|e| failed(&server.name, step, e))?;
-        let mut replies = agent.replies.lock().await;
         match tokio::time::timeout(READY_WAIT, replies.recv()).await {
             Ok(Some(FromAgent::Applied)) => {
                 rules.0 = server.clone();
