@@ -49,9 +49,11 @@ fn main() -> ExitCode {
             Some(path) => portcullis::egress::agent::connect::main(&path),
             None => portcullis::egress::agent::main(),
         },
-        Command::Firewall(FirewallCommand::Plan { file, instance }) => {
-            cli::firewall::plan(&file, instance.as_deref())
-        }
+        Command::Firewall(FirewallCommand::Plan {
+            file,
+            instance,
+            mode,
+        }) => cli::firewall::plan(&file, instance.as_deref(), mode.as_deref()),
         Command::Firewall(FirewallCommand::Show { instance }) => {
             cli::firewall::show(instance.as_deref())
         }

@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -15,8 +15,8 @@ use bollard::query_parameters::{InspectContainerOptions, ListNetworksOptionsBuil
 use common::client::{Mcp, LATEST};
 use common::docker::containers_in;
 use common::hostlab::{
-    await_record, await_tools, blocked, container_addr, host_dns_answers, iface_addr, names_of,
-    nft_table, policy, probe, report_egress, server, setup, tcp, Leftovers, Setup,
+    await_record, await_tools, blocked, container_addr, host_dns_answers, host_service, iface_addr,
+    names_of, nft_table, policy, probe, report_egress, server, setup, tcp, Leftovers, Setup,
 };
 use common::netlab;
 use common::{
@@ -29,19 +29,6 @@ use serde_json::json;
 fn protection_mode(gw: &Gateway) -> String {
     let (_, metrics) = http_get(&format!("{}/metrics", gw.base)).unwrap();
     table_protection(&metrics)
-}
-
-/// A TCP service in the host's own namespace (the gateway's host): a sandbox must not reach it.
-fn host_service() -> u16 {
-    let l = TcpListener::bind("0.0.0.0:0").expect("bind host service");
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            let _ = c.write_all(b"ok");
-        }
-    });
-    port
 }
 
 fn names(tag: &str) -> (String, String, String, String) {

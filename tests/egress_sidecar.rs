@@ -9,153 +9,56 @@
 
 mod common;
 
-use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bollard::query_parameters::{InspectContainerOptions, KillContainerOptions};
 use common::client::{Mcp, LATEST};
-use common::docker::{containers_in, runtime, Scope, FIXTURE_IMAGE};
-use common::hostlab::HostLab;
-use common::{audit_records, gateway_bin, Cases, Gateway};
-use portcullis::egress::Names;
-use portcullis::instance::InstanceId;
-use serde_json::{json, Value};
+use common::docker::containers_in;
+use common::hostlab::{
+    await_record, await_tools, blocked, build_agent_image, container_of, host_service, names_of,
+    probe, server, setup, sidecar_policy, tcp, Setup,
+};
+use common::{Cases, Gateway};
+use serde_json::json;
 
-const AGENT_IMAGE: &str = "portcullis/gateway:sidecar-test";
-
-fn build_agent_image() {
-    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
-    BUILT.get_or_init(|| {
-        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = Command::new("bash")
-            .arg(root.join("tests/docker/build-gateway-image.sh"))
-            .arg(AGENT_IMAGE)
-            .env("PORTCULLIS_GATEWAY_BIN", gateway_bin())
-            .output()
-            .expect("build-gateway-image.sh");
-        assert!(
-            out.status.success(),
-            "building the agent image failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    });
-}
-
-fn policy(lab: &HostLab, audit: &Path, a: &str, b: &str) -> String {
-    format!(
-        r#"
-[gateway]
-naming = "prefix"
-
-[egress]
-mode = "sidecar"
-agent_image = "{AGENT_IMAGE}"
-upstream_resolvers = ["{dns}"]
-pin_ttl_min = "2s"
-pin_ttl_max = "30s"
-network_pool = "{pool}"
-
-[audit]
-dir = "{audit}"
-
-[servers.{a}]
-runtime = "docker"
-image = "{FIXTURE_IMAGE}"
-egress.allow = ["api.example.test:443"]
-
-[servers.{b}]
-runtime = "docker"
-image = "{FIXTURE_IMAGE}"
-egress.allow = ["api.example.test:443"]
-"#,
-        dns = lab.sa(53, 53),
-        pool = lab.pool,
-        audit = audit.display(),
-    )
-}
-
-async fn probe(c: &mut Mcp, server: &str, args: Value) -> String {
-    let r = c.call_tool(&format!("{server}__net_probe"), args).await;
-    match r["result"]["content"][0]["text"].as_str() {
-        Some(t) => t.to_owned(),
-        None => format!("call failed: {r}"),
-    }
-}
-
-async fn await_tools(c: &mut Mcp, servers: &[&str]) {
-    for s in servers {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        loop {
-            let r = c
-                .call_tool(&format!("{s}__echo"), json!({"text": "up"}))
-                .await;
-            if r["result"]["content"][0]["text"] == "up" {
-                break;
-            }
-            assert!(Instant::now() < deadline, "{s} never served a call: {r}");
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    }
-}
-
-async fn await_record(dir: &Path, limit: Duration, what: &str, pred: impl Fn(&Value) -> bool) {
-    let deadline = Instant::now() + limit;
-    loop {
-        if audit_records(dir).iter().any(&pred) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no audit record for {what} within {limit:?}: {:#?}",
-            audit_records(dir)
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The container of `server` with `purpose` (`egress-agent`, or empty for the server).
-async fn container_of(
-    rt: &portcullis::sandbox::docker::DockerRuntime,
-    scope: &str,
-    server: &str,
-    agent: bool,
-) -> String {
-    containers_in(rt, scope)
-        .await
-        .into_iter()
-        .find(|(_, l)| {
-            l.get("io.portcullis.server").map(String::as_str) == Some(server)
-                && (l.get("io.portcullis.purpose").map(String::as_str) == Some("egress-agent"))
-                    == agent
-        })
-        .map(|(id, _)| id)
-        .unwrap_or_else(|| panic!("no container of {server} (agent: {agent})"))
+/// The gateway's environment for a test's scope: its Docker scope and instance.
+fn env(scope: &str) -> [(&'static str, &str); 2] {
+    [
+        ("PORTCULLIS_DOCKER_SCOPE", scope),
+        ("PORTCULLIS_INSTANCE", scope),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sidecar_agents_hold_docker_servers_to_their_rules() {
-    if !common::netlab::privileged() {
-        return;
-    }
-    let scope = Scope::new("sidecar");
-    let Some(rt) = runtime(&scope.name).await else {
+    let Some(Setup {
+        _turn,
+        scope,
+        rt,
+        lab,
+        zone: _,
+        _audit_dir,
+        audit,
+        tag,
+    }) = setup("sidecar").await
+    else {
         return;
     };
     build_agent_image();
-    let lab = HostLab::new();
-    let _zone = lab.serve();
-    let audit_dir = tempfile::tempdir().unwrap();
-    let audit = audit_dir.path();
-    let tag = common::netlab::tag().replace('x', "");
+    let audit = audit.as_path();
     let (a, b) = (format!("sa{tag}"), format!("sb{tag}"));
-    let mut gw = Gateway::start_with(
-        &policy(&lab, audit, &a, &b),
-        &[
-            ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
-            ("PORTCULLIS_INSTANCE", scope.name.as_str()),
-        ],
-    );
+    let servers = [
+        server(
+            &a,
+            "docker",
+            &["api.example.test:443", "meta.example.test:80"],
+        ),
+        server(&b, "docker", &["api.example.test:443"]),
+    ]
+    .concat();
+    let host_port = host_service();
+    let mut gw = Gateway::start_with(&sidecar_policy(&lab, audit, &servers), &env(&scope.name));
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
     await_tools(&mut c, &[&a, &b]).await;
@@ -174,17 +77,8 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
         out.starts_with("connected") && out.contains("banner=ok"),
         &out,
     );
-    let out = probe(
-        &mut c,
-        &a,
-        json!({"op": "tcp", "target": lab.sa(30, 443), "timeout_ms": 1000}),
-    )
-    .await;
-    r.check(
-        "an unlisted address is blocked",
-        out.starts_with("failed"),
-        &out,
-    );
+    let out = probe(&mut c, &a, tcp(&lab.sa(30, 443))).await;
+    r.check("an unlisted address is blocked", blocked(&out), &out);
     let out = probe(
         &mut c,
         &a,
@@ -209,6 +103,139 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
             &out,
         );
     }
+
+    // The cases of host mode's matrix (`egress_gateway.rs`) that concern a docker server, here
+    // judged by the agent's table in the server's own namespace.
+    let a_agent = container_of(&rt, &scope.name, &a, true).await;
+    let a_gw = rt
+        .api()
+        .inspect_container(&a_agent, None::<InspectContainerOptions>)
+        .await
+        .expect("inspect")
+        .network_settings
+        .and_then(|n| n.networks)
+        .and_then(|n| n.into_values().next())
+        .and_then(|e| e.gateway)
+        .expect("the agent network's gateway");
+    let out = probe(
+        &mut c,
+        &a,
+        json!({"op": "dns", "server": "system", "name": "unlisted.test"}),
+    )
+    .await;
+    r.check(
+        "Docker's resolver (127.0.0.11) is answered by the agent: unlisted name refused",
+        out.starts_with("rcode=REFUSED a= "),
+        &out,
+    );
+    let out = probe(
+        &mut c,
+        &a,
+        json!({"op": "dns", "server": "system", "name": "meta.example.test"}),
+    )
+    .await;
+    r.check(
+        "an allowed name resolving to 169.254.169.254 is not handed out",
+        out.starts_with("rcode=REFUSED a= "),
+        &out,
+    );
+    for (case, args) in [
+        (
+            "an allowed host on another port is blocked",
+            tcp(&lab.sa(10, 8443)),
+        ),
+        ("DoT (853) is blocked", tcp(&lab.sa(53, 853))),
+        (
+            "UDP to an allowed address is blocked",
+            json!({"op": "udp", "target": lab.sa(10, 443), "timeout_ms": 1000}),
+        ),
+        ("the metadata address is blocked", tcp("169.254.169.254:80")),
+        (
+            "the host's own service (lab side) is blocked",
+            tcp(&format!("{}:{host_port}", lab.ip(1))),
+        ),
+        (
+            "the host's own service (network gateway) is blocked",
+            tcp(&format!("{a_gw}:{host_port}")),
+        ),
+    ] {
+        let out = probe(&mut c, &a, args).await;
+        r.check(case, blocked(&out), &out);
+    }
+
+    // The agent's control channel is its attached stdio, reachable through the Docker API
+    // only. The server shares the agent's network namespace and nothing else: no process,
+    // IPC or Docker socket of the agent's is in its reach, the agent binds no abstract unix
+    // socket (those are per network namespace), and every listener in the namespace but the
+    // resolver is closed to it.
+    let a_srv = container_of(&rt, &scope.name, &a, false).await;
+    let srv_info = rt
+        .api()
+        .inspect_container(&a_srv, None::<InspectContainerOptions>)
+        .await
+        .expect("inspect");
+    let hc = srv_info.host_config.clone().unwrap_or_default();
+    r.check(
+        "the server has its own process and IPC namespaces and no Docker socket",
+        hc.pid_mode.as_deref().is_none_or(|m| m.is_empty())
+            && hc
+                .ipc_mode
+                .as_deref()
+                .is_none_or(|m| !m.starts_with("container:"))
+            && hc
+                .binds
+                .as_ref()
+                .is_none_or(|b| b.iter().all(|b| !b.contains("docker.sock"))),
+        &format!(
+            "pid {:?} ipc {:?} binds {:?}",
+            hc.pid_mode, hc.ipc_mode, hc.binds
+        ),
+    );
+    let srv_pid = srv_info
+        .state
+        .as_ref()
+        .and_then(|s| s.pid)
+        .expect("pid")
+        .to_string();
+    let in_ns = |args: &[&str]| {
+        let o = Command::new("nsenter")
+            .args(["-t", &srv_pid, "-n"])
+            .args(args)
+            .output()
+            .expect("nsenter");
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let unix = in_ns(&["cat", "/proc/net/unix"]);
+    let abstract_sockets: Vec<&str> = unix.lines().filter(|l| l.contains(" @")).collect();
+    r.check(
+        "no abstract unix socket in the shared namespace",
+        abstract_sockets.is_empty(),
+        &format!("{abstract_sockets:?}"),
+    );
+    let listeners = in_ns(&["ss", "-Hltn"]);
+    let mut others = Vec::new();
+    for line in listeners.lines() {
+        let Some(local) = line.split_whitespace().nth(3) else {
+            continue;
+        };
+        if local == "127.0.0.1:53" || local.contains('[') || local.starts_with('*') {
+            continue;
+        }
+        others.push(local.replace("0.0.0.0:", "127.0.0.1:"));
+    }
+    for target in &others {
+        let out = probe(&mut c, &a, tcp(target)).await;
+        r.check(
+            &format!("a listener in the namespace ({target}) is closed to the server"),
+            blocked(&out),
+            &out,
+        );
+    }
+    r.check(
+        "the namespace's listeners were found",
+        listeners.contains("127.0.0.1:53"),
+        &listeners.replace('\n', " | "),
+    );
 
     // Another server's agent (its address on its own network) is out of reach.
     let b_agent = container_of(&rt, &scope.name, &b, true).await;
@@ -256,7 +283,7 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
         ),
     );
     let pid = info.state.and_then(|s| s.pid).expect("pid").to_string();
-    let table = Names::new(InstanceId::parse(&scope.name).unwrap()).table();
+    let table = names_of(&scope.name).table();
     let del = Command::new("nsenter")
         .args(["-t", &pid, "-n", "nft", "delete", "table", "inet", &table])
         .output()
@@ -301,5 +328,103 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
         left.is_empty(),
         &format!("{left:?}"),
     );
+    r.finish();
+}
+
+/// The fixture's process id inside its container: the same one means the same instance.
+async fn server_pid(c: &mut Mcp, server: &str) -> String {
+    let r = c.call_tool(&format!("{server}__pid"), json!({})).await;
+    r["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_changes_a_running_agents_rules_without_restarting_the_server() {
+    let Some(Setup {
+        _turn,
+        scope,
+        rt,
+        lab,
+        zone: _,
+        _audit_dir,
+        audit,
+        tag,
+    }) = setup("sidecarreload").await
+    else {
+        return;
+    };
+    build_agent_image();
+    let audit = audit.as_path();
+    let a = format!("ra{tag}");
+    let with = |allow: &str| sidecar_policy(&lab, audit, &server(&a, "docker", &[allow]));
+    let mut gw = Gateway::start_with(&with("api.example.test:443"), &env(&scope.name));
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    await_tools(&mut c, &[&a]).await;
+    let mut r = Cases(Vec::new());
+    let connect = |name: &str| json!({"op": "resolve_connect", "name": name, "port": 443, "timeout_ms": 2000});
+    let out = probe(&mut c, &a, connect("api.example.test")).await;
+    r.check(
+        "before: the allowed host works",
+        out.starts_with("connected"),
+        &out,
+    );
+    let out = probe(&mut c, &a, connect("long.example.test")).await;
+    r.check(
+        "before: the other host is refused",
+        !out.starts_with("connected"),
+        &out,
+    );
+    let container = container_of(&rt, &scope.name, &a, false).await;
+    let agent = container_of(&rt, &scope.name, &a, true).await;
+    let pid = server_pid(&mut c, &a).await;
+
+    // The policy now allows the other host instead of the first.
+    gw.write_policy(&with("long.example.test:443"));
+    gw.sighup();
+    let name = a.clone();
+    await_record(audit, Duration::from_secs(60), "the rules applied", |rec| {
+        rec["kind"] == "firewall"
+            && rec["server"] == name.as_str()
+            && rec["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("applied to the running egress enforcement"))
+    })
+    .await;
+    r.check("the reload's rules are audited", true, "firewall record");
+    let out = probe(&mut c, &a, connect("long.example.test")).await;
+    r.check(
+        "after: the newly allowed host works",
+        out.starts_with("connected") && out.contains("banner=ok"),
+        &out,
+    );
+    let out = probe(&mut c, &a, connect("api.example.test")).await;
+    r.check(
+        "after: the removed host's name is refused",
+        out.starts_with("rcode=REFUSED"),
+        &out,
+    );
+    // Its address was pinned before the reload: the pin went with the old rules.
+    let out = probe(&mut c, &a, tcp(&lab.sa(10, 443))).await;
+    r.check(
+        "after: the removed host's address is blocked",
+        blocked(&out),
+        &out,
+    );
+    let ids: Vec<String> = containers_in(&rt, &scope.name)
+        .await
+        .into_iter()
+        .filter(|(_, l)| l.get("io.portcullis.server").map(String::as_str) == Some(a.as_str()))
+        .map(|(id, _)| id)
+        .collect();
+    let pid_after = server_pid(&mut c, &a).await;
+    r.check(
+        "the server's container and agent kept running",
+        ids.len() == 2 && ids.contains(&container) && ids.contains(&agent) && pid_after == pid,
+        &format!("containers {ids:?} (were {container}, {agent}); pid {pid} -> {pid_after}"),
+    );
+    gw.terminate(Duration::from_secs(60));
     r.finish();
 }

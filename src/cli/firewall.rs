@@ -4,9 +4,9 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
-use crate::egress::{names, ruleset, Names};
+use crate::egress::{names, Names};
 use crate::instance::InstanceId;
-use crate::policy::{self, Policy};
+use crate::policy::{self, EgressMode, Policy};
 
 /// The instance a policy's gateway runs as: `explicit`, the policy's `[gateway] instance`, or
 /// the id derived from its state directory (as `serve` derives it, from the canonical path
@@ -20,8 +20,9 @@ pub fn instance_of(policy: &Policy, explicit: Option<&str>) -> Result<InstanceId
     InstanceId::resolve(explicit.or(policy.gateway.instance.as_deref()), &dir)
 }
 
-/// Prints the rule set the policy would program, in `nft` syntax.
-pub fn plan(path: &Path, instance: Option<&str>) -> ExitCode {
+/// Prints the rule set the policy would program, in `nft` syntax, in `mode` (`host` or
+/// `sidecar`; `None`: the policy's).
+pub fn plan(path: &Path, instance: Option<&str>, mode: Option<&str>) -> ExitCode {
     let p = match policy::load(path) {
         Ok(p) => p,
         Err(e) => {
@@ -31,7 +32,13 @@ pub fn plan(path: &Path, instance: Option<&str>) -> ExitCode {
     };
     match instance_of(&p, instance) {
         Ok(id) => {
-            let _ = std::io::stdout().write_all(ruleset::plan(&p, &Names::new(id)).as_bytes());
+            let mode = match mode {
+                Some("sidecar") => EgressMode::Sidecar,
+                Some(_) => EgressMode::Host,
+                None => p.egress.mode,
+            };
+            let text = crate::egress::plan::plan_mode(&p, &Names::new(id), mode);
+            let _ = std::io::stdout().write_all(text.as_bytes());
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -94,6 +94,11 @@ pub enum FirewallCommand {
         /// one derived from its state directory, as `serve` does).
         #[arg(long)]
         instance: Option<String>,
+        /// The egress mode to plan for: `host` (the gateway's one table) or `sidecar` (one
+        /// table per docker server, programmed by its egress agent). Default: the policy's
+        /// `[egress] mode`, with `auto` planned as host.
+        #[arg(long, value_parser = ["host", "sidecar"])]
+        mode: Option<String>,
     },
     /// Print an instance's live table (`inet portcullis_<instance>`) with pinned addresses and
     /// remaining timeouts. Without --instance: the only Portcullis table of this network

@@ -22,31 +22,15 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::ruleset::{
-    in_chain, needs_sets, pin_any_set, pin_set, srv_chain, Chain, Hook, Match, Rule, SetDef,
-    SetKind, Table, Verdict, L4,
+    counted_drop, in_chain, rule, server_chain, srv_chain, Chain, Hook, Match, Rule, Table,
+    Verdict, L4,
 };
-use crate::policy::{EgressHost, Server};
+use crate::policy::Server;
 
 /// Where the agent's resolver listens, in the shared namespace.
 pub const RESOLVER: Ipv4Addr = Ipv4Addr::LOCALHOST;
 /// Docker's embedded resolver, which `/etc/resolv.conf` names on user-defined networks.
 pub const DOCKER_DNS: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
-
-fn rule(matches: Vec<Match>, verdict: Verdict) -> Rule {
-    Rule {
-        matches,
-        counter: false,
-        verdict,
-    }
-}
-
-fn counted_drop() -> Rule {
-    Rule {
-        matches: Vec::new(),
-        counter: true,
-        verdict: Verdict::Drop,
-    }
-}
 
 /// Both transports of DNS to `addr` (port `port`), with `first` before the address match.
 fn dns_pair(first: &[Match], addr: Ipv4Addr, port: u16, verdict: Verdict) -> [Rule; 2] {
@@ -63,43 +47,8 @@ fn dns_pair(first: &[Match], addr: Ipv4Addr, port: u16, verdict: Verdict) -> [Ru
 pub fn build(server: &Server, agent_uid: u32, upstream: &[SocketAddr]) -> Table {
     let mut t = Table::default();
     let name = &server.name;
-    let (by_port, any_port) = needs_sets(server);
-    let mut srv = vec![rule(vec![Match::CtEstablishedRelated], Verdict::Accept)];
-    if by_port {
-        t.sets.push(SetDef {
-            name: pin_set(name),
-            kind: SetKind::AddrPort,
-        });
-        srv.push(rule(
-            vec![
-                Match::Proto(L4::Tcp, None),
-                Match::DaddrDportIn(pin_set(name)),
-            ],
-            Verdict::Accept,
-        ));
-    }
-    if any_port {
-        t.sets.push(SetDef {
-            name: pin_any_set(name),
-            kind: SetKind::Addr,
-        });
-        srv.push(rule(
-            vec![
-                Match::Proto(L4::Tcp, None),
-                Match::DaddrIn(pin_any_set(name)),
-            ],
-            Verdict::Accept,
-        ));
-    }
-    for r in &server.egress.allow {
-        if let EgressHost::Cidr { addr, prefix } = r.host {
-            srv.push(rule(
-                vec![Match::Daddr(addr, prefix), Match::Proto(L4::Tcp, r.port)],
-                Verdict::Accept,
-            ));
-        }
-    }
-    srv.push(counted_drop());
+    let (sets, srv) = server_chain(server);
+    t.sets = sets;
 
     let lo_out = [Match::Oif("lo".into())];
     let mut output = vec![rule(
@@ -146,16 +95,11 @@ pub fn build(server: &Server, agent_uid: u32, upstream: &[SocketAddr]) -> Table 
         rules: input,
         server: None,
     });
-    t.chains.push(Chain {
-        name: srv_chain(name),
-        hook: None,
-        rules: srv,
-        server: Some(name.clone()),
-    });
+    t.chains.push(srv);
     t.chains.push(Chain {
         name: in_chain(name),
         hook: None,
-        rules: vec![counted_drop()],
+        rules: vec![counted_drop(vec![])],
         server: Some(name.clone()),
     });
     t

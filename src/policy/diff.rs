@@ -192,12 +192,43 @@ fn restart_keys(o: &Server, n: &Server) -> Vec<&'static str> {
         o, n; lifecycle, egress, limits, secrets, startup_timeout, max_message_bytes, protocol,
         sanitize
     ));
+    if keys == ["egress"] && egress_in_place(o, n) {
+        keys.clear();
+    }
     keys
 }
 
-/// Keys of a server the router and the rate limiter apply without touching its instances.
+/// Whether `o`'s egress rules can become `n`'s without new instances: only the allow list of
+/// a sandboxed server changes, and it has rules before and after (moving between "no rules"
+/// and "rules" changes the instance's network, and the DNS budget lives in its resolver).
+/// The runtimes then re-program the running table or egress agent (`reload::apply`).
+fn egress_in_place(o: &Server, n: &Server) -> bool {
+    use super::Runtime::{Docker, Process};
+    matches!(n.runtime, Docker(_) | Process(_))
+        && o.egress.dns_rate == n.egress.dns_rate
+        && !o.egress.allow.is_empty()
+        && !n.egress.allow.is_empty()
+}
+
+/// Keys of a server the router and the rate limiter apply without touching its instances, and
+/// `egress` when only its allow list changed (see [`egress_in_place`]).
 fn live_keys(o: &Server, n: &Server) -> Vec<&'static str> {
-    differing!(o, n; tools, rate, tool_rates, max_in_flight, queue_timeout, request_timeout)
+    let mut keys =
+        differing!(o, n; tools, rate, tool_rates, max_in_flight, queue_timeout, request_timeout);
+    if o.egress != n.egress {
+        keys.push("egress");
+    }
+    keys
+}
+
+impl ServerChanges {
+    /// Servers whose egress rules change in place (their instances keep running).
+    pub fn egress_in_place(&self) -> impl Iterator<Item = &str> {
+        self.reconfigured
+            .iter()
+            .filter(|(_, keys)| keys.contains(&"egress"))
+            .map(|(name, _)| name.as_str())
+    }
 }
 
 /// Puts the running values of settings that cannot change live back into `new` and returns the
@@ -313,6 +344,32 @@ allow = ["a__*"]
             d.servers.restarted,
             vec![("b".to_owned(), vec!["egress", "secrets"])]
         );
+        // Only the allow list of a server that has rules before and after: in place.
+        let allowed = |rules: &str| {
+            BASE.replace(
+                "command = \"b\"",
+                &format!("command = \"b\"\negress.allow = [{rules}]"),
+            )
+        };
+        let d = diff(
+            &p(&allowed("\"api.example.test:443\"")),
+            &p(&allowed("\"other.example.test:443\"")),
+        );
+        assert!(d.servers.restarted.is_empty(), "{d:?}");
+        assert_eq!(
+            d.servers.reconfigured,
+            vec![("b".to_owned(), vec!["egress"])]
+        );
+        assert_eq!(d.servers.egress_in_place().collect::<Vec<_>>(), vec!["b"]);
+        // With another restart key, the new instances bring the new rules.
+        let with_args = allowed("\"other.example.test:443\"")
+            .replace("command = \"b\"", "command = \"b\"\nargs = [\"-v\"]");
+        let d = diff(&p(&allowed("\"api.example.test:443\"")), &p(&with_args));
+        assert_eq!(
+            d.servers.restarted,
+            vec![("b".to_owned(), vec!["process", "egress"])]
+        );
+        assert!(d.servers.egress_in_place().next().is_none());
         let quota_only = BASE.replace(
             "command = \"b\"",
             "command = \"b\"\nrate = { quota = \"5/min\" }",

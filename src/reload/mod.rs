@@ -12,10 +12,14 @@
 //! A changed `[telemetry]` gets a new exporter, built (secrets read, CA loaded) while the file
 //! is checked and swapped in with the rest.
 //!
+//! A server whose egress allow list alone changed keeps its instances: its rules are applied to
+//! the running enforcement ([`egress`]).
+//!
 //! Settings the listener, the audit log or the egress worker were built from need a restart of
 //! the gateway; a reload keeps their running values, applies the rest and names them
 //! ("requires restart") in the log and the audit record.
 
+mod egress;
 pub mod gate;
 mod load;
 pub mod triggers;
@@ -397,6 +401,15 @@ impl Reloader {
         }
         // Before servers (re)start, so that they start under the new lock's image pins.
         self.router.set_lock(lock);
+        // Before the router: instances it (re)starts join with the rules in force, and a
+        // server whose allow list alone changed keeps its instances under the new rules.
+        egress::apply(
+            &self.backends,
+            &self.trail,
+            &policy,
+            diff.servers.egress_in_place(),
+        )
+        .await;
         self.router.reload(&policy, &diff.servers, runtime, &before);
         if let Some(log) = &self.audit_log {
             // Old values stay: records about the old servers may still be written.

@@ -13,8 +13,14 @@
 //!
 //! For hot reload: [`Firewall::reprogram`] applies a server's changed rules to its running
 //! sandboxes; removing a server is [`super::Runtime::stop_server`], after which its network
-//! and rules go away with its last instance.
+//! and rules go away with its last instance. A reload that changes only a server's rules keeps
+//! its instances, whose supervisors still hold the server as it was when they started: so the
+//! rules in force are also kept here ([`Firewall::set_policy`]), and every join of a server's
+//! network or agent takes them from here ([`Firewall::current`]), never the older copy a
+//! restarting instance brings (which would put the old rules back).
 
+use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -24,7 +30,7 @@ use tokio::sync::watch;
 use crate::egress::leftovers::Removed;
 use crate::egress::subnets::PoolLock;
 use crate::egress::{Attachment, Egress, EgressError, EgressOptions, Names, Prepared};
-use crate::policy::{EgressSettings, Server};
+use crate::policy::{Egress as EgressRules, EgressSettings, Policy, Server};
 
 use super::SandboxError;
 
@@ -41,6 +47,9 @@ struct Inner {
     /// come from the service above); consumed by the same audit loop (`cli::egress_watch`).
     sidecar_tx: tokio::sync::mpsc::Sender<crate::egress::EgressEvent>,
     sidecar_rx: std::sync::Mutex<Option<tokio::sync::mpsc::Receiver<crate::egress::EgressEvent>>>,
+    /// Each server's rules in the policy in force, once a reload replaced the first policy
+    /// (empty until then: every server's own copy is current).
+    in_force: std::sync::Mutex<BTreeMap<String, EgressRules>>,
 }
 
 /// Cheap to clone; every clone shares the one service.
@@ -90,7 +99,39 @@ impl Firewall {
                 running: watch::channel(None).0,
                 sidecar_tx,
                 sidecar_rx: std::sync::Mutex::new(Some(sidecar_rx)),
+                in_force: std::sync::Mutex::new(BTreeMap::new()),
             }),
+        }
+    }
+
+    /// Records the rules of every server in `policy` as the ones in force (a reload, before
+    /// any server of the new policy starts).
+    pub fn set_policy(&self, policy: &Policy) {
+        let rules = policy
+            .servers
+            .iter()
+            .map(|(n, s)| (n.clone(), s.egress.clone()))
+            .collect();
+        match self.inner.in_force.lock() {
+            Ok(mut m) => *m = rules,
+            Err(p) => *p.into_inner() = rules,
+        }
+    }
+
+    /// `server` with the rules in force: its own, unless a reload changed them in place
+    /// since its instance's copy was taken.
+    pub fn current<'a>(&self, server: &'a Server) -> Cow<'a, Server> {
+        let m = match self.inner.in_force.lock() {
+            Ok(m) => m,
+            Err(p) => p.into_inner(),
+        };
+        match m.get(&server.name) {
+            Some(rules) if *rules != server.egress => {
+                let mut s = server.clone();
+                s.egress = rules.clone();
+                Cow::Owned(s)
+            }
+            _ => Cow::Borrowed(server),
         }
     }
 

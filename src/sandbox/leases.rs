@@ -79,6 +79,19 @@ impl<T: Clone + Send> Leases<T> {
         }
     }
 
+    /// Runs `use_it` on `server`'s resource if there is one (`None` otherwise), holding the
+    /// server's lock: the resource is neither created nor removed meanwhile.
+    pub async fn with_current<R, F, Fut>(&self, server: &str, use_it: F) -> Option<R>
+    where
+        F: FnOnce(T) -> Fut,
+        Fut: Future<Output = R>,
+    {
+        let slot = self.slot(server);
+        let s = slot.lock().await;
+        let v = s.value.clone()?;
+        Some(use_it(v).await)
+    }
+
     /// Takes every resource regardless of references (shutdown, after every instance is gone).
     pub async fn drain(&self) -> Vec<(String, T)> {
         let slots: Vec<(String, Arc<tokio::sync::Mutex<Slot<T>>>)> = {

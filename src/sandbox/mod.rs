@@ -4,6 +4,7 @@
 //! those pipes (MCP) is the upstream layer's business.
 
 pub mod backends;
+pub mod capset;
 pub mod confine;
 pub mod docker;
 pub mod firewall;

@@ -55,6 +55,9 @@ impl ProcessNets {
         self: &Arc<Self>,
         server: &Server,
     ) -> Result<(NetPaths, Lease), SandboxError> {
+        // The rules in force, not the possibly older copy a restarting instance holds.
+        let current = self.firewall.current(server);
+        let server = &*current;
         let joined = self
             .leases
             .acquire(&server.name, || self.create(server))

@@ -220,6 +220,20 @@ impl Drop for Leftovers {
     }
 }
 
+/// A TCP service in the host's own namespace (the gateway's host): a sandbox must not reach it.
+pub fn host_service() -> u16 {
+    use std::io::Write;
+    let l = std::net::TcpListener::bind("0.0.0.0:0").expect("bind host service");
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for c in l.incoming() {
+            let Ok(mut c) = c else { continue };
+            let _ = c.write_all(b"ok");
+        }
+    });
+    port
+}
+
 /// The names of the objects of the gateway instance `id`.
 pub fn names_of(id: &str) -> Names {
     Names::new(InstanceId::parse(id).expect("instance id"))
@@ -245,7 +259,8 @@ pub async fn await_record(dir: &Path, limit: Duration, what: &str, pred: impl Fn
 /// just-started server's tools are listed).
 pub async fn await_tools(c: &mut Mcp, servers: &[&str]) {
     for s in servers {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // Generous: in sidecar mode an agent container starts and verifies its table first.
+        let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             let r = c
                 .call_tool(&format!("{s}__echo"), json!({"text": "up"}))
@@ -349,6 +364,51 @@ dir = "{audit}"
         pool = lab.pool,
         audit = audit.display(),
     )
+}
+
+/// The gateway image built from the binary under test, which sidecar mode runs its egress
+/// agents from (as a deployment uses the gateway's own image).
+pub const AGENT_IMAGE: &str = "portcullis/gateway:sidecar-test";
+
+/// Builds [`AGENT_IMAGE`] once per test binary (`tests/docker/build-gateway-image.sh`).
+pub fn build_agent_image() {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let out = Command::new("bash")
+            .arg(super::repo_root().join("tests/docker/build-gateway-image.sh"))
+            .arg(AGENT_IMAGE)
+            .env("PORTCULLIS_GATEWAY_BIN", super::gateway_bin())
+            .output()
+            .expect("build-gateway-image.sh");
+        assert!(
+            out.status.success(),
+            "building the agent image failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    });
+}
+
+/// [`policy`] in sidecar mode: each docker server's egress is held by an agent container.
+pub fn sidecar_policy(lab: &HostLab, audit: &Path, servers: &str) -> String {
+    policy(lab, audit, servers).replacen(
+        "[egress]\n",
+        &format!("[egress]\nmode = \"sidecar\"\nagent_image = \"{AGENT_IMAGE}\"\n"),
+        1,
+    )
+}
+
+/// The running container of `server` in sidecar mode: its egress agent's (`agent`) or its own.
+pub async fn container_of(rt: &DockerRuntime, scope: &str, server: &str, agent: bool) -> String {
+    containers_in(rt, scope)
+        .await
+        .into_iter()
+        .find(|(_, l)| {
+            l.get("io.portcullis.server").map(String::as_str) == Some(server)
+                && (l.get("io.portcullis.purpose").map(String::as_str) == Some("egress-agent"))
+                    == agent
+        })
+        .map(|(id, _)| id)
+        .unwrap_or_else(|| panic!("no container of {server} (agent: {agent})"))
 }
 
 /// A server of `runtime` (docker: the fixture image; process: the fixture binary) with rules.

@@ -13,22 +13,6 @@ use nftnl_sys::libc;
 
 const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_ADMIN: u32 = 12;
-/// `_LINUX_CAPABILITY_VERSION_3`: two 32-bit words per set.
-const CAP_V3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum PrivError {
@@ -71,22 +55,10 @@ pub fn drop_to(uid: u32) -> Result<u32, PrivError> {
         check("setresgid", libc::setresgid(uid, uid, uid).into())?;
         check("setresuid", libc::setresuid(uid, uid, uid).into())?;
         let wanted = (1 << CAP_NET_ADMIN) | (1 << CAP_NET_BIND_SERVICE);
-        let mut header = CapHeader {
-            version: CAP_V3,
-            pid: 0,
-        };
-        let data = [
-            CapData {
-                effective: wanted,
-                permitted: wanted,
-                inheritable: 0,
-            },
-            CapData::default(),
-        ];
-        check(
-            "raising NET_ADMIN and NET_BIND_SERVICE after the uid change",
-            libc::syscall(libc::SYS_capset, &mut header, data.as_ptr()),
-        )?;
+        crate::sandbox::capset::set_low(wanted).map_err(|source| PrivError::Sys {
+            step: "raising NET_ADMIN and NET_BIND_SERVICE after the uid change",
+            source,
+        })?;
         check(
             "clearing keep-capabilities",
             libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0).into(),

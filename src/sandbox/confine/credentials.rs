@@ -15,21 +15,6 @@ const SECBIT_NOROOT: libc::c_ulong = 1 << 0;
 const SECBIT_NOROOT_LOCKED: libc::c_ulong = 1 << 1;
 const SECBIT_NO_CAP_AMBIENT_RAISE: libc::c_ulong = 1 << 6;
 const SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED: libc::c_ulong = 1 << 7;
-const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
-
-#[repr(C)]
-struct CapHeader {
-    version: u32,
-    pid: i32,
-}
-
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct CapData {
-    effective: u32,
-    permitted: u32,
-    inheritable: u32,
-}
 
 /// What the caller holds: `Root` (the gateway ran as root, or the helper is in its own user
 /// namespace: every capability there), or `Unprivileged` (no capabilities to drop but the
@@ -93,19 +78,8 @@ pub fn drop_all(holding: Holding, switch_user: Option<(u32, u32)>) -> Result<(),
         setresuid(uid, uid, uid)
             .map_err(|e| ConfineError::sys(format!("switch to uid {uid}"), e))?;
     }
-    let header = CapHeader {
-        version: LINUX_CAPABILITY_VERSION_3,
-        pid: 0,
-    };
-    let data = [CapData::default(); 2];
-    // SAFETY: header and data are the v3 layout capset(2) reads; it only reads them.
-    let rc = unsafe { libc::syscall(libc::SYS_capset, &header as *const CapHeader, data.as_ptr()) };
-    if rc != 0 {
-        return Err(ConfineError::sys(
-            "empty the capability sets",
-            std::io::Error::last_os_error(),
-        ));
-    }
+    crate::sandbox::capset::set_low(0)
+        .map_err(|e| ConfineError::sys("empty the capability sets", e))?;
     prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0).map_err(|e| ConfineError::sys("set no_new_privs", e))
 }
 

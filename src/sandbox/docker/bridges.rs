@@ -55,6 +55,9 @@ impl Bridges {
 
     /// Joins `server`'s network (creating and programming it for the first container).
     pub async fn join(self: &Arc<Self>, server: &Server) -> Result<(Joined, Lease), SandboxError> {
+        // The rules in force, not the possibly older copy a restarting instance holds.
+        let current = self.firewall.current(server);
+        let server = &*current;
         let bridge = self
             .leases
             .acquire(&server.name, || self.create(server))

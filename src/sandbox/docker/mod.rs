@@ -190,6 +190,19 @@ impl DockerRuntime {
         self
     }
 
+    /// Applies `server`'s changed egress rules (a reload) to its running agent in sidecar
+    /// mode; `None` in host mode, where the gateway's own table holds them
+    /// ([`Firewall::reprogram`]).
+    pub async fn apply_egress_sidecar(
+        &self,
+        server: &Server,
+    ) -> Option<Result<bool, SandboxError>> {
+        match &self.sidecars {
+            Some(s) => Some(s.apply(server).await),
+            None => None,
+        }
+    }
+
     /// This process's instance id, as found in the `io.portcullis.gateway` label.
     pub fn gateway_id(&self) -> &str {
         &self.gateway

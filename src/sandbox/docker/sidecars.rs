@@ -15,8 +15,10 @@
 //! After that, a task reads the agent's reports and passes them to the firewall's sidecar
 //! event stream (audited by `cli::egress_watch` like host mode's): denials, restores after
 //! tampering, and a failed restore or the agent's exit, both of which stop the server (its
-//! traffic is no longer watched). A changed policy (reload) is sent to the running agent when
-//! the next container of the server joins.
+//! traffic is no longer watched). A reload that changes a server's rules sends them to its
+//! running agent at once ([`Sidecars::apply`]) and waits for `applied`; the server's container
+//! keeps running. A later join compares again, so an agent never runs older rules than the
+//! policy in force.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
@@ -97,6 +99,10 @@ impl Sidecars {
     /// Joins `server`'s agent (starting it for the first container); returns the agent's
     /// container id, the namespace to join.
     pub async fn join(self: &Arc<Self>, server: &Server) -> Result<(String, Lease), SandboxError> {
+        // The rules in force, not the possibly older copy a restarting instance holds (which
+        // `update` below would otherwise send, undoing a reload).
+        let current = self.firewall.current(server);
+        let server = &*current;
         if let RuntimeSpec::Docker(spec) = &server.runtime {
             let uid = spec.user.as_deref().and_then(|u| u.split(':').next());
             if uid == Some(AGENT_UID.to_string().as_str()) {
@@ -121,6 +127,23 @@ impl Sidecars {
         Ok((agent.id.clone(), lease))
     }
 
+    /// Applies `server`'s rules (a reload) to its running agent; `Ok(false)` when it has none
+    /// (the rules are sent when its first container starts). Holding the server's lease slot
+    /// meanwhile, so the agent is neither started nor removed under it.
+    pub async fn apply(&self, server: &Server) -> Result<bool, SandboxError> {
+        self.leases
+            .with_current(&server.name, |agent: Arc<Agent>| async move {
+                if !agent.alive.load(Ordering::SeqCst) {
+                    // Its server is being stopped (the exit was reported); the next agent
+                    // starts with the rules in force.
+                    return Ok(false);
+                }
+                self.update(server, &agent).await.map(|()| true)
+            })
+            .await
+            .unwrap_or(Ok(false))
+    }
+
     /// Sends changed rules to a running agent and waits for `applied`.
     async fn update(&self, server: &Server, agent: &Agent) -> Result<(), SandboxError> {
         let mut rules = agent.rules.lock().await;
@@ -128,10 +151,12 @@ impl Sidecars {
             return Ok(());
         }
         let step = "re-programming the egress agent's table";
+        let mut replies = agent.replies.lock().await;
+        // A reply that came after an earlier wait gave up belongs to that config, not this one.
+        while replies.try_recv().is_ok() {}
         send_config(&mut rules.1, server, &self.firewall)
             .await
             .map_err(|e| failed(&server.name, step, e))?;
-        let mut replies = agent.replies.lock().await;
         match tokio::time::timeout(READY_WAIT, replies.recv()).await {
             Ok(Some(FromAgent::Applied)) => {
                 rules.0 = server.clone();
