@@ -93,11 +93,13 @@ fn the_workspace_runs_claude_as_non_root_and_cannot_touch_the_firewall_even_as_r
     std::fs::create_dir(dir.path().join("tls")).unwrap();
     std::fs::write(dir.path().join("tls/ca.crt"), "").unwrap();
     // The placeholder agent: the workspace image's `sleep`, with the agent's own settings
-    // (root, NET_ADMIN only) from the kit's compose file.
+    // (root, NET_ADMIN only) from the kit's compose file. Its healthcheck always passes: the
+    // kit's asks the real agent whether its table is verified, and the workspace waits for it
+    // (tests/workspace_egress.rs runs the real agent).
     std::fs::write(
         dir.path().join("override.yaml"),
         format!(
-            "services:\n  egress-agent:\n    image: {IMAGE}\n    entrypoint: [\"sleep\"]\n    command: [\"infinity\"]\n  workspace:\n    image: {IMAGE}\n"
+            "services:\n  egress-agent:\n    image: {IMAGE}\n    entrypoint: [\"sleep\"]\n    command: [\"infinity\"]\n    healthcheck:\n      test: [\"CMD-SHELL\", \"exit 0\"]\n      interval: 1s\n  workspace:\n    image: {IMAGE}\n"
         ),
     )
     .unwrap();
