@@ -36,7 +36,7 @@ use super::EgressEvent;
 use crate::policy::{Egress, EgressSettings, Server};
 
 /// The name the workspace has in the agent's table (`srv_workspace`) and in audit records.
-pub const SUBJECT: &str = "workspace";
+pub const SUBJECT: &str = crate::policy::RESERVED_WORKSPACE;
 /// How long a connected agent may take to program and verify its table.
 const READY_WAIT: Duration = Duration::from_secs(30);
 

@@ -36,6 +36,7 @@ pub use model::*;
 pub use quotas::ClientQuotas;
 pub use validate::{
     is_server_name, parse_secret_ref, secret_refs, validate_host_port, DEFAULT_SERVER_LOG_RATE,
+    RESERVED_WORKSPACE,
 };
 
 use std::path::Path;

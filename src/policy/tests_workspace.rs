@@ -48,3 +48,18 @@ fn a_bad_workspace_rule_is_an_error_at_its_line_and_column() {
     let unknown = format!("{TIME}\n[workspace]\ndeny = [\"x\"]\n");
     assert!(parse(&unknown, "p.toml").is_err());
 }
+
+#[test]
+fn a_server_cannot_take_the_workspaces_audit_name() {
+    let src = "[servers.workspace]\nruntime = \"process\"\ncommand = \"mcp-server-time\"\n";
+    let errs = match parse(src, "p.toml") {
+        Ok(p) => panic!("accepted: {p:?}"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        errs.contains("p.toml:1:10")
+            && errs.contains("reserved")
+            && errs.contains("workspace-tools"),
+        "{errs}"
+    );
+}

@@ -162,6 +162,9 @@ pub fn validate(
     })
 }
 
+/// The server name the workspace's records carry ([`crate::egress::workspace::SUBJECT`]).
+pub const RESERVED_WORKSPACE: &str = "workspace";
+
 pub(crate) fn is_env_name(s: &str) -> bool {
     let mut b = s.bytes();
     b.next()
@@ -518,6 +521,13 @@ impl Checker<'_> {
                     "server name `{n}` is invalid: {why}; rename it, e.g. `{}`",
                     sanitize_server_name(n)
                 ),
+            );
+        } else if n == RESERVED_WORKSPACE {
+            // The kit's workspace is audited under this name (its egress denials and tamper
+            // records): a server of the same name would make those records ambiguous.
+            self.error(
+                name.span().start,
+                format!("server name `{n}` is reserved for the devcontainer kit's workspace, whose egress denials are audited as server `{n}`; rename the server, e.g. `{n}-tools`"),
             );
         }
         let rt = rs.runtime.get_ref().as_str();
