@@ -51,8 +51,12 @@ fn a_bad_workspace_rule_is_an_error_at_its_line_and_column() {
 
 #[test]
 fn a_server_cannot_take_the_workspaces_audit_name() {
-    let src = "[servers.workspace]\nruntime = \"process\"\ncommand = \"mcp-server-time\"\n";
-    let errs = match parse(src, "p.toml") {
+    let server = "[servers.workspace]\nruntime = \"process\"\ncommand = \"mcp-server-time\"\n";
+    // Without a [workspace] the name is free (the workspace agent's own config is such a
+    // policy).
+    assert!(parse(server, "p.toml").is_ok());
+    let src = format!("{server}[workspace]\nallow = [\"github.com:443\"]\n");
+    let errs = match parse(&src, "p.toml") {
         Ok(p) => panic!("accepted: {p:?}"),
         Err(e) => e.to_string(),
     };

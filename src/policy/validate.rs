@@ -112,6 +112,16 @@ pub fn validate(
         .filter_map(|(n, rs)| Some((n.get_ref().clone(), rs.image.as_ref()?.span().start)))
         .collect();
     for (name, rs) in raw.servers.0 {
+        // With a [workspace], the kit's workspace is audited under this name (its egress
+        // denials and tamper records): a server of the same name would make those records
+        // ambiguous. (The config the gateway hands the workspace's own agent is a policy with
+        // just that server and no [workspace], so it is not refused here.)
+        if raw.workspace.is_some() && name.get_ref() == RESERVED_WORKSPACE {
+            c.error(
+                name.span().start,
+                format!("server name `{RESERVED_WORKSPACE}` is reserved while the policy has a [workspace] section: the workspace's egress denials are audited as server `{RESERVED_WORKSPACE}`; rename the server, e.g. `{RESERVED_WORKSPACE}-tools`"),
+            );
+        }
         if let Some(s) = c.server(&name, rs) {
             servers.insert(name.into_inner(), s);
         }
@@ -521,13 +531,6 @@ impl Checker<'_> {
                     "server name `{n}` is invalid: {why}; rename it, e.g. `{}`",
                     sanitize_server_name(n)
                 ),
-            );
-        } else if n == RESERVED_WORKSPACE {
-            // The kit's workspace is audited under this name (its egress denials and tamper
-            // records): a server of the same name would make those records ambiguous.
-            self.error(
-                name.span().start,
-                format!("server name `{n}` is reserved for the devcontainer kit's workspace, whose egress denials are audited as server `{n}`; rename the server, e.g. `{n}-tools`"),
             );
         }
         let rt = rs.runtime.get_ref().as_str();
