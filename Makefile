@@ -40,8 +40,10 @@ build:
 
 # Docker tests start dockerd themselves when /var/run/docker.sock is missing (and stop it after
 # the last test process exits) and build their images: see tests/common/docker.rs.
+# RUST_BACKTRACE=0: a failure ends with its own message (what failed, the gateway's last log
+# lines), not with the test runtime's frames; CI shows the tail of the output.
 rust-tests:
-	$(CARGO) test --all-targets -- --test-threads=2
+	RUST_BACKTRACE=0 $(CARGO) test --all-targets -- --test-threads=2
 
 # Soak and fault test at full length (make test runs the same test for 30 s): 10 minutes of
 # mixed load with server kills and a policy reload every minute; prints start/end RSS and fds.

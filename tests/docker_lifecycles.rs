@@ -208,6 +208,12 @@ async fn warm_pool_serves_per_call_calls_and_refills() {
     stop_and_expect_nothing_left(gw, &rt, &scope).await;
 }
 
+/// How long one call of the burst may take, start of its container included, and how long the
+/// whole burst may take. Not performance bounds: they turn a stuck call into a failure that says
+/// which calls were stuck, instead of a test that hangs until CI gives up.
+const CALL_LIMIT: Duration = Duration::from_secs(240);
+const BURST_LIMIT: Duration = Duration::from_secs(600);
+
 #[tokio::test]
 async fn two_hundred_concurrent_per_call_calls_leave_only_the_pool() {
     const CALLS: usize = 200;
@@ -221,6 +227,7 @@ async fn two_hundred_concurrent_per_call_calls_leave_only_the_pool() {
     c.initialize(LATEST).await;
     let session = c.session.clone();
 
+    let began = Instant::now();
     let permits = Arc::new(tokio::sync::Semaphore::new(CONCURRENCY));
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..CALLS {
@@ -231,13 +238,17 @@ async fn two_hundred_concurrent_per_call_calls_leave_only_the_pool() {
             let _permit = permits.acquire_owned().await.expect("semaphore");
             let mut c = Mcp::new(&url);
             c.session = session;
-            let r = c.call_tool("env_get", json!({"name": "HOSTNAME"})).await;
+            let call = c.call_tool("env_get", json!({"name": "HOSTNAME"}));
+            let r = tokio::time::timeout(CALL_LIMIT, call)
+                .await
+                .unwrap_or_else(|_| json!({"test": format!("no answer within {CALL_LIMIT:?}")}));
             (i, r)
         });
     }
     let mut hosts = HashSet::new();
     let mut failures: Vec<(usize, Value)> = Vec::new();
-    while let Some(done) = calls.join_next().await {
+    let deadline = tokio::time::Instant::now() + BURST_LIMIT;
+    while let Ok(Some(done)) = tokio::time::timeout_at(deadline, calls.join_next()).await {
         let (i, r) = done.expect("call task");
         match r["result"]["content"][0]["text"].as_str() {
             Some(h) if r["result"]["isError"] != true => {
@@ -246,7 +257,20 @@ async fn two_hundred_concurrent_per_call_calls_leave_only_the_pool() {
             _ => failures.push((i, r)),
         }
     }
-    assert!(failures.is_empty(), "failed calls: {failures:?}");
+    let unfinished = calls.len();
+    calls.abort_all();
+    println!(
+        "burst: {} answered, {} failed, {unfinished} unfinished after {:?}",
+        hosts.len(),
+        failures.len(),
+        began.elapsed()
+    );
+    assert!(
+        unfinished == 0 && failures.is_empty(),
+        "{} failed calls: {failures:?}\n{unfinished} calls unfinished after {BURST_LIMIT:?} \
+         (the gateway's stderr is above)",
+        failures.len()
+    );
     assert_eq!(hosts.len(), CALLS, "every call had a container of its own");
 
     // Afterwards only the refilled pool remains.
@@ -267,6 +291,7 @@ async fn two_hundred_concurrent_per_call_calls_leave_only_the_pool() {
             .map(|l| l.get(PURPOSE).cloned().unwrap_or_default())
             .collect::<Vec<_>>()
     );
+    println!("burst: settled after {:?}", began.elapsed());
     stop_and_expect_nothing_left(gw, &rt, &scope).await;
 }
 
