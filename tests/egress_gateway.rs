@@ -534,11 +534,11 @@ async fn a_table_that_cannot_be_restored_stops_the_sandboxes_until_it_is() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
+async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_running_sandboxes() {
     let Some(Setup {
         _turn,
         scope,
-        rt: _,
+        rt,
         lab,
         zone: _,
         _audit_dir,
@@ -564,7 +564,7 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
         )
     };
     let mut gw = Gateway::start_with(
-        &with("api.example.test:443"),
+        &with("long.example.test:443"),
         &[
             ("PORTCULLIS_DOCKER_SCOPE", scope.name.as_str()),
             ("PORTCULLIS_INSTANCE", scope.name.as_str()),
@@ -575,17 +575,34 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
     await_tools(&mut c, &[&a, &p]).await;
     let connect = |name: &str| json!({"op": "resolve_connect", "name": name, "port": 443});
     for s in [&a, &p] {
-        let out = probe(&mut c, s, connect("api.example.test")).await;
+        let out = probe(&mut c, s, connect("long.example.test")).await;
         assert!(out.starts_with("connected"), "{s} before the reload: {out}");
     }
 
-    // The policy now allows another name instead: the servers restart under the new rules.
+    // The docker server's container (its pid inside would repeat) and the process server's pid.
+    let container_of_a = |rt: &portcullis::sandbox::docker::DockerRuntime| {
+        let (rt, scope, a) = (rt.clone(), scope.name.clone(), a.clone());
+        async move {
+            let mut ids: Vec<String> = containers_in(&rt, &scope)
+                .await
+                .into_iter()
+                .filter(|(_, l)| l.get("io.portcullis.server") == Some(&a))
+                .map(|(id, _)| id)
+                .collect();
+            ids.sort();
+            ids
+        }
+    };
+    let pids_before = (container_of_a(&rt).await, probe_pid(&mut c, &p).await);
+
+    // The policy now allows another name instead: the rules change under the running
+    // servers (only their allow lists changed, so their instances are kept).
     gw.write_policy(&with("rot.example.test:443"));
     gw.sighup();
     for s in [&a, &p] {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let old = probe(&mut c, s, connect("api.example.test")).await;
+            let old = probe(&mut c, s, connect("long.example.test")).await;
             let new = probe(&mut c, s, connect("rot.example.test")).await;
             if old.starts_with("rcode=REFUSED") && new.starts_with("connected") {
                 break;
@@ -596,9 +613,31 @@ async fn a_reload_that_changes_a_servers_rules_applies_them_to_its_sandboxes() {
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        // What the old rules had opened is closed, also by address.
-        let out = probe(&mut c, s, tcp(&lab.sa(10, 443))).await;
+        // What the old rules had opened is closed, also by address, although its pin (TTL
+        // 60 s, held 30 s by `pin_ttl_max`) was made moments before the reload.
+        let out = probe(&mut c, s, tcp(&lab.sa(15, 443))).await;
         assert!(blocked(&out), "{s}: the old pin survived the reload: {out}");
+    }
+    let pids_after = (container_of_a(&rt).await, probe_pid(&mut c, &p).await);
+    assert_eq!(
+        pids_before, pids_after,
+        "the servers were restarted instead of re-programmed in place"
+    );
+    for s in [&a, &p] {
+        let name = s.clone();
+        await_record(
+            &audit,
+            Duration::from_secs(10),
+            "the rules applied",
+            |rec| {
+                rec["kind"] == "firewall"
+                    && rec["server"] == name.as_str()
+                    && rec["detail"]
+                        .as_str()
+                        .is_some_and(|d| d.contains("applied to the running"))
+            },
+        )
+        .await;
     }
     assert!(gw.terminate(Duration::from_secs(60)).success());
     assert!(nft_table(&names).is_none(), "table left after shutdown");

@@ -70,9 +70,13 @@ const TCP_CONNS: usize = 32;
 
 /// Pins addresses for one server; implemented by the egress service (netlink worker).
 pub trait Pinner: Send + Sync {
+    /// `rules` is the allow list the answer was judged under: the worker refuses the pins when
+    /// the server's programmed rules are no longer that list (a lookup that was in flight
+    /// across a reload must not open a destination the new rules removed).
     fn pin(
         &self,
         server: &str,
+        rules: Arc<[EgressRule]>,
         pins: Vec<Pin>,
         timeout: Duration,
     ) -> super::BoxFuture<'_, Result<(), String>>;
@@ -87,6 +91,9 @@ pub struct Allow {
     wildcards: Vec<(String, Option<u16>)>,
     /// CIDR rules, for the private-address exception.
     cidrs: Vec<(IpAddr, u8)>,
+    /// The list this was made from: pins carry it, so the worker can tell an answer judged
+    /// under rules that were replaced since.
+    rules: Arc<[EgressRule]>,
 }
 
 impl Allow {
@@ -96,6 +103,7 @@ impl Allow {
             names: vec![],
             wildcards: vec![],
             cidrs: vec![],
+            rules: Arc::from(Vec::new()),
         }
     }
 
@@ -106,6 +114,7 @@ impl Allow {
     /// What a list of egress rules allows.
     pub fn from_rules(rules: &[EgressRule]) -> Allow {
         let mut a = Allow::none();
+        a.rules = Arc::from(rules.to_vec());
         for r in rules {
             match &r.host {
                 EgressHost::Name(n) => a.names.push((n.clone(), r.port)),
@@ -114,6 +123,11 @@ impl Allow {
             }
         }
         a
+    }
+
+    /// The rule list this allows by.
+    pub fn rules(&self) -> Arc<[EgressRule]> {
+        self.rules.clone()
     }
 
     /// The ports `name` is allowed on (`None` in the list: every port); empty if not allowed.
@@ -245,20 +259,25 @@ impl Resolver {
         })
     }
 
-    /// The server's rules are about to change (its pins go with the old table): answers are
-    /// neither repeated nor kept until [`Resolver::set_rules`].
-    pub fn begin_rules_change(&self) {
+    /// The server's rules change to `server`'s (its pins go with the old table): questions are
+    /// judged by the new list from now on, and answers are neither repeated nor kept until
+    /// [`Resolver::end_rules_change`]. Called before the new table is programmed, so no
+    /// question is judged by the old list while the new table takes over; an answer judged by
+    /// the new list before that table is in force fails its pin (the worker compares lists)
+    /// and the client asks again.
+    pub fn begin_rules_change(&self, server: &Server) {
         self.ctx.cache.begin_change();
-    }
-
-    /// Answers from now on by `server`'s rules and DNS budget, with an empty cache.
-    pub fn set_rules(&self, server: &Server) {
         if let Ok(mut a) = self.ctx.allow.write() {
             *a = Arc::new(Allow::of(server));
         }
         self.ctx
             .budget
             .set_rate(server.egress.dns_rate_in(&self.ctx.settings));
+    }
+
+    /// The table of the rules given to [`Resolver::begin_rules_change`] is in force (or the
+    /// old one stayed and was given back): answers may be kept again, from an empty cache.
+    pub fn end_rules_change(&self) {
         self.ctx.cache.end_change();
     }
 }

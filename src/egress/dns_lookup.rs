@@ -95,7 +95,12 @@ async fn forward(
     let started = Instant::now();
     if ctx
         .pinner
-        .pin(&ctx.server, resolution.pins(ports), resolution.pin_for)
+        .pin(
+            &ctx.server,
+            allow.rules(),
+            resolution.pins(ports),
+            resolution.pin_for,
+        )
         .await
         .is_err()
     {

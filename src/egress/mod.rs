@@ -236,6 +236,7 @@ impl dns::Pinner for WorkerPinner {
     fn pin(
         &self,
         server: &str,
+        rules: Arc<[crate::policy::EgressRule]>,
         pins: Vec<sets::Pin>,
         timeout: Duration,
     ) -> BoxFuture<'_, Result<(), String>> {
@@ -245,6 +246,7 @@ impl dns::Pinner for WorkerPinner {
             self.tx
                 .try_send(Cmd::Pin {
                     server,
+                    rules,
                     pins,
                     timeout,
                     reply,
@@ -491,17 +493,22 @@ impl Egress {
             return Ok(());
         };
         let net = e.net.clone();
-        // The old pins go with the old rules: from here on, no answer that counts on them is
-        // repeated from the resolver's cache.
-        e.resolver.begin_rules_change();
+        // The resolver judges by the new rules before the new table is programmed: judging by
+        // the old ones meanwhile pinned a removed name's address into the new table (the
+        // worker now also refuses pins judged by a list it no longer has). No cached answer
+        // is repeated across the change: its pins go with the old rules.
+        e.resolver.begin_rules_change(server);
         let applied = self.apply(state, Some((server, &net)), None).await;
         let Some(e) = state.get_mut(&server.name) else {
             return Ok(());
         };
         if applied.is_ok() {
             e.server = server.clone();
+        } else {
+            // The kernel kept the old table: the resolver goes back to the old rules.
+            e.resolver.begin_rules_change(&e.server);
         }
-        e.resolver.set_rules(&e.server);
+        e.resolver.end_rules_change();
         applied.map_err(|source| EgressError::Program {
             server: server.name.clone(),
             source,

@@ -128,6 +128,8 @@ pub(crate) enum Cmd {
     },
     Pin {
         server: String,
+        /// The allow list the answer was judged under (see [`super::dns::Pinner::pin`]).
+        rules: Arc<[crate::policy::EgressRule]>,
         pins: Vec<Pin>,
         timeout: Duration,
         reply: oneshot::Sender<Result<(), NftError>>,
@@ -375,11 +377,12 @@ impl Worker {
             }
             Cmd::Pin {
                 server,
+                rules,
                 pins,
                 timeout,
                 reply,
             } => {
-                let r = self.pin(&server, &pins, timeout);
+                let r = self.pin(&server, &rules, &pins, timeout);
                 if r.is_ok() && self.shape != Shape::Host {
                     self.emit(EgressEvent::Pinned { server, pins });
                 }
@@ -407,10 +410,24 @@ impl Worker {
         self.nl.commit(b, &what)
     }
 
-    fn pin(&mut self, server: &str, pins: &[Pin], timeout: Duration) -> Result<(), NftError> {
-        if !self.desired.contains_key(server) {
+    fn pin(
+        &mut self,
+        server: &str,
+        rules: &[crate::policy::EgressRule],
+        pins: &[Pin],
+        timeout: Duration,
+    ) -> Result<(), NftError> {
+        let Some((programmed, _)) = self.desired.get(server) else {
             return Err(NftError::Io(std::io::Error::other(format!(
                 "server `{server}` has no rules programmed"
+            ))));
+        };
+        // The one place that sees every table change and every pin in order: an answer judged
+        // under rules that were replaced while it was looked up (a reload) would otherwise pin
+        // a destination the new rules removed into the new table.
+        if programmed.egress.allow.as_slice() != rules {
+            return Err(NftError::Io(std::io::Error::other(format!(
+                "server `{server}`'s rules changed while the answer was looked up"
             ))));
         }
         let now = Instant::now();

@@ -187,6 +187,9 @@ pub struct Zone {
     pub queries: AtomicUsize,
     /// Questions per name (lower-case, without the trailing dot).
     pub asked: Mutex<HashMap<String, usize>>,
+    /// How long UDP answers are held back (ms): a test that needs a lookup in flight while it
+    /// changes something sets it.
+    pub delay_ms: std::sync::atomic::AtomicU64,
 }
 
 impl Zone {
@@ -197,6 +200,7 @@ impl Zone {
             moved: Mutex::new(Ipv4Addr::new(net[0], net[1], net[2], 11)),
             queries: AtomicUsize::new(0),
             asked: Mutex::new(HashMap::new()),
+            delay_ms: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -301,7 +305,18 @@ pub fn dns_server(ns: &Ns, addr: SocketAddr, zone: Arc<Zone>) {
         while let Ok((n, from)) = s.recv_from(&mut buf) {
             if let Ok(q) = Message::from_vec(&buf[..n]) {
                 if let Ok(b) = zone_answer(&z, &q).to_vec() {
-                    let _ = s.send_to(&b, from);
+                    let delay = z.delay_ms.load(Ordering::SeqCst);
+                    match s.try_clone() {
+                        Ok(s) if delay > 0 => {
+                            std::thread::spawn(move || {
+                                std::thread::sleep(std::time::Duration::from_millis(delay));
+                                let _ = s.send_to(&b, from);
+                            });
+                        }
+                        _ => {
+                            let _ = s.send_to(&b, from);
+                        }
+                    }
                 }
             }
         }
