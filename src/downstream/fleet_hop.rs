@@ -13,13 +13,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, Request, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use serde_json::json;
 
 use super::reply::{self, Reply};
 use super::{RequestBody, Shared};
 use crate::access::Identity;
+use crate::fleet::connector::HopConnector;
 use crate::fleet::hop::{self, Hop, Signed};
 use crate::mcp::{ErrorCode, Message};
 
@@ -30,13 +31,38 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The client of hops, one per listener.
-pub(super) type HopClient = Client<HttpConnector, Full<Bytes>>;
+pub(super) type HopClient = Client<HopConnector, Full<Bytes>>;
 
-pub(super) fn client() -> HopClient {
-    let mut c = HttpConnector::new();
-    c.set_connect_timeout(Some(CONNECT_TIMEOUT));
-    c.set_nodelay(true);
-    Client::builder(TokioExecutor::new()).build(c)
+/// The hop client of a listener: TLS to `https://` replicas trusting `[gateway] fleet_ca`. A
+/// CA file that cannot be used is an error, so the listener does not start half able to reach
+/// its fleet.
+pub(super) fn client(
+    gateway: &crate::policy::Gateway,
+) -> Result<HopClient, crate::fleet::connector::HopConnectError> {
+    let c = HopConnector::new(gateway.fleet_ca.as_deref(), CONNECT_TIMEOUT)?;
+    Ok(Client::builder(TokioExecutor::new()).build(c))
+}
+
+/// A hop client for what never forwards (the admin listener, in-process handling): https hops
+/// fail there rather than go in clear.
+pub(super) fn plain_client() -> HopClient {
+    Client::builder(TokioExecutor::new()).build(HopConnector::plain_only(CONNECT_TIMEOUT))
+}
+
+/// An error with its causes: hyper's client reports only "client error (Connect)" at the top,
+/// and the cause (an untrusted certificate, a refused connection) is what the operator needs.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
 }
 
 /// The hop signer when this gateway is a named replica with a fleet key.
@@ -81,12 +107,6 @@ pub(super) async fn forward_if_elsewhere(
     let token = token_of(parsed)?;
     let claims = shared.seal.owner_elsewhere(token, &identity.client)?;
     let (owner, url) = (claims.r?, claims.u?);
-    if !url.starts_with("http://") {
-        // https between replicas would need the fleet's CA here; until then the client is told
-        // which replica owns the state (the local refusal).
-        tracing::warn!(%owner, %url, "cannot forward to the owning replica: only http:// replica URLs are forwarded");
-        return None;
-    }
     let authorization = headers
         .get(header::AUTHORIZATION)
         .map(HeaderValue::as_bytes)
@@ -153,7 +173,7 @@ async fn send(
             .hop_client
             .request(req)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| chain(&e))?;
         let (parts, body) = resp.into_parts();
         // Buffered: the answer to a retry or a task poll is one message (or a short stream
         // that ends with it); a cap keeps a broken owner from filling memory.

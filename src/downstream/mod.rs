@@ -97,6 +97,9 @@ pub(crate) struct Shared {
 pub enum ServeError {
     #[error("TLS: {0}")]
     Tls(String),
+    /// The CA of the hop between replicas cannot be used.
+    #[error("{0}")]
+    FleetCa(String),
     #[error("cannot listen on {addr}: {source}{hint}")]
     Bind {
         addr: SocketAddr,
@@ -125,6 +128,7 @@ impl Shared {
         audit: AuditTrail,
         tls: bool,
         advertised: Option<String>,
+        hop_client: fleet_hop::HopClient,
     ) -> Shared {
         let admin = match gateway.admin_listen {
             Some(addr) => Admin::Elsewhere(addr),
@@ -138,7 +142,7 @@ impl Shared {
             bridge: crate::bridge::ClientSide::new(router.clone(), seal.clone()),
             tasks: crate::bridge::Tasks::new(router.clone(), seal.clone()),
             hop: fleet_hop::hop_of(&seal),
-            hop_client: fleet_hop::client(),
+            hop_client,
             seal,
             listens: modern::Streams::default(),
             router,
@@ -191,7 +195,15 @@ impl InProcess {
         audit: AuditTrail,
     ) -> InProcess {
         InProcess {
-            shared: Arc::new(Shared::new(gateway, router, access, audit, false, None)),
+            shared: Arc::new(Shared::new(
+                gateway,
+                router,
+                access,
+                audit,
+                false,
+                None,
+                fleet_hop::plain_client(),
+            )),
         }
     }
 
@@ -236,6 +248,8 @@ impl Listener {
                 },
                 source,
             })?;
+        let hop_client =
+            fleet_hop::client(gateway).map_err(|e| ServeError::FleetCa(e.to_string()))?;
         let advertised = advertised_url(&listener, tls.is_some());
         Ok(Listener {
             listener,
@@ -246,6 +260,7 @@ impl Listener {
                 audit,
                 tls.is_some(),
                 advertised,
+                hop_client,
             )),
             idle_timeout: gateway.session_idle_timeout,
             unused_timeout: gateway.unused_session_timeout,
@@ -274,7 +289,15 @@ impl Listener {
                 },
                 source,
             })?;
-        let mut shared = Shared::new(gateway, router, access, audit, false, None);
+        let mut shared = Shared::new(
+            gateway,
+            router,
+            access,
+            audit,
+            false,
+            None,
+            fleet_hop::plain_client(),
+        );
         shared.role = Role::Admin;
         shared.admin = Admin::Open;
         Ok(Listener {

@@ -257,6 +257,30 @@ mod tests {
     }
 
     #[test]
+    fn the_fleet_ca_is_a_path_beside_the_policy_and_needs_the_fleet_key() {
+        let p = crate::policy::parse(
+            "[gateway]\nfleet_key = \"env:K\"\nfleet_ca = \"fleet/ca.pem\"\n",
+            "/etc/portcullis/t.toml",
+        )
+        .unwrap();
+        assert!(p.gateway.fleet_ca.unwrap().ends_with("fleet/ca.pem"));
+        let e = crate::policy::parse("[gateway]\nfleet_ca = \"/ca.pem\"\n", "t.toml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("`fleet_ca` applies only with `fleet_key`"),
+            "{e}"
+        );
+        let e = crate::policy::parse(
+            "[gateway]\nfleet_key = \"env:K\"\nfleet_ca = \" \"\n",
+            "t.toml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("`fleet_ca` is empty"), "{e}");
+    }
+
+    #[test]
     fn a_private_ca_is_for_a_tls_store_only() {
         let l = limits("store = \"rediss://r:6380\"\nstore_ca = \"/etc/ca.pem\"").unwrap();
         let ca = l.store.unwrap().ca_file;

@@ -174,6 +174,11 @@ pub struct Gateway {
     /// `[gateway] fleet_key`: the secret every replica of a fleet seals `requestState` and task
     /// handles with, so that a replica can check what another issued. `None`: a key per process.
     pub fleet_key: Option<SecretRef>,
+    /// `[gateway] fleet_ca`: a PEM file of the CA(s) that signed the other replicas' listener
+    /// certificates, the only roots trusted when forwarding to an `https://` replica. `None`:
+    /// the system's trust store (a replica with a private CA is then refused, never reached in
+    /// clear).
+    pub fleet_ca: Option<PathBuf>,
     /// The policy's version number (`[gateway] serial`). A gateway that requires signed
     /// policies loads none without it and none whose serial is lower than the one in force.
     pub serial: Option<u64>,

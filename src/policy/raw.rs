@@ -150,6 +150,7 @@ pub struct RawGateway {
     pub state_dir: Option<Str>,
     pub instance: Option<Str>,
     pub fleet_key: Option<Str>,
+    pub fleet_ca: Option<Str>,
     pub serial: Option<Spanned<u64>>,
     pub list_changed_interval: Option<Spanned<Value>>,
     pub unstable_list_changes: Option<Spanned<u64>>,

@@ -432,8 +432,21 @@ impl Checker<'_> {
                 .map_err(|e| self.error(v.span().start, format!("`fleet_key`: {e}")))
                 .ok()
         });
+        let fleet_ca = g.fleet_ca.as_ref().and_then(|v| {
+            if v.get_ref().trim().is_empty() {
+                self.error(v.span().start, "`fleet_ca` is empty; name the PEM file of the CA that signed the replicas' certificates, like \"/run/fleet/ca.pem\"");
+                return None;
+            }
+            // The CA only serves the hop between replicas, which needs the fleet key: alone it
+            // would look like it secured something it does not.
+            if g.fleet_key.is_none() {
+                self.error(v.span().start, "`fleet_ca` applies only with `fleet_key`: it is the CA trusted when one replica forwards a request to another");
+            }
+            Some(self.resolve(v.get_ref()))
+        });
         let gw = Gateway {
             fleet_key,
+            fleet_ca,
             listen,
             admin_listen,
             naming,
