@@ -72,7 +72,7 @@ pub fn ready_file(socket: &Path) -> PathBuf {
 /// never starts it).
 pub fn as_server(egress: &Egress) -> Result<Server, WorkspaceError> {
     let doc = format!("[servers.{SUBJECT}]\nruntime = \"process\"\ncommand = \"true\"\n");
-    let policy = crate::policy::parse(&doc, "<workspace>")
+    let policy = crate::policy::parse_agent_config(&doc, "<workspace>")
         .map_err(|e| WorkspaceError::Config(e.to_string()))?;
     let mut server = policy
         .servers
@@ -259,7 +259,10 @@ mod tests {
             policy,
         } = config(&rules).unwrap();
         assert_eq!((server.as_str(), instance.as_str()), (SUBJECT, "kit"));
-        let back = crate::policy::parse(&policy, "<agent>").unwrap();
+        // The agent reads it as the gateway's own document; as a person's policy the same
+        // text is refused (the name is reserved), so only this path accepts it.
+        let back = crate::policy::parse_agent_config(&policy, "<agent>").unwrap();
+        assert!(crate::policy::parse(&policy, "<agent>").is_err());
         assert_eq!(back.servers[SUBJECT].egress, rules.egress);
         assert_eq!(back.egress.upstream_resolvers, p.egress.upstream_resolvers);
     }

@@ -57,7 +57,17 @@ pub fn parse(src: &str, origin: &str) -> Result<Policy, PolicyError> {
 /// against `base`.
 pub fn parse_in(src: &str, origin: &str, base: Option<&Path>) -> Result<Policy, PolicyError> {
     let (raw, text) = raw_collecting_unknown_keys(src, origin)?;
-    validate::validate(raw, &text, origin, base).map_err(|d| PolicyError::Invalid(Diagnostics(d)))
+    validate::validate(raw, &text, origin, base, validate::Author::Person)
+        .map_err(|d| PolicyError::Invalid(Diagnostics(d)))
+}
+
+/// An egress agent's config, which the gateway writes (`egress::agent::protocol`): validated
+/// as a policy, except that the workspace's rules travel in it as a server named
+/// [`RESERVED_WORKSPACE`], the name a person's policy may not give a server.
+pub fn parse_agent_config(src: &str, origin: &str) -> Result<Policy, PolicyError> {
+    let (raw, text) = raw_collecting_unknown_keys(src, origin)?;
+    validate::validate(raw, &text, origin, None, validate::Author::Gateway)
+        .map_err(|d| PolicyError::Invalid(Diagnostics(d)))
 }
 
 /// Unknown keys reported in one run, not one per edit: serde stops at the first, so each one

@@ -72,6 +72,18 @@ pub(super) struct Checker<'a> {
     /// `[egress] mode` as written: a server may not run as the egress agent's uid in sidecar
     /// mode.
     egress_mode: EgressMode,
+    /// Whether [`RESERVED_WORKSPACE`] may name a server: only in the config the gateway itself
+    /// writes for the workspace's egress agent, which carries `[workspace]` as that server.
+    workspace_name_allowed: bool,
+}
+
+/// Who wrote the document being validated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Author {
+    /// A person (a policy file): every rule applies.
+    Person,
+    /// The gateway, for an egress agent: the workspace's reserved name is its own to use.
+    Gateway,
 }
 
 /// Validates `raw`; `base` is the policy file's directory, against which relative paths resolve.
@@ -80,6 +92,7 @@ pub fn validate(
     src: &str,
     origin: &str,
     base: Option<&Path>,
+    author: Author,
 ) -> Result<Policy, Vec<Diagnostic>> {
     let mut c = Checker {
         src,
@@ -89,6 +102,7 @@ pub fn validate(
         state_dir: PathBuf::new(),
         message_limit: DEFAULT_MAX_MESSAGE_BYTES as usize,
         egress_mode: EgressMode::Auto,
+        workspace_name_allowed: author == Author::Gateway,
     };
     let raw_gateway = raw.gateway.unwrap_or_default();
     let listen_at = raw_gateway.listen.as_ref().map_or(0, |l| l.span().start);
@@ -522,7 +536,7 @@ impl Checker<'_> {
                     sanitize_server_name(n)
                 ),
             );
-        } else if n == RESERVED_WORKSPACE {
+        } else if n == RESERVED_WORKSPACE && !self.workspace_name_allowed {
             // The kit's workspace is audited under this name (its egress denials and tamper
             // records): a server of the same name would make those records ambiguous.
             self.error(

@@ -115,7 +115,7 @@ async fn next_config(
         instance,
         policy,
     } = protocol::decode_to_agent(&line).map_err(|e| fail("reading the config")(e.to_string()))?;
-    let policy = crate::policy::parse(&policy, "<egress-agent config>")
+    let policy = crate::policy::parse_agent_config(&policy, "<egress-agent config>")
         .map_err(|e| fail("validating the config")(e.to_string()))?;
     if !policy.servers.contains_key(&server) {
         return Err(fail("validating the config")(format!(
