@@ -76,26 +76,70 @@ pub fn build_images() {
     }
 }
 
-/// A self-signed certificate for the gateway in `dir` (`gateway.crt`, `gateway.key`, and the
-/// same certificate as `ca.crt`), valid for `san` (`IP:…` or `DNS:…`).
+/// The gateway's certificate in `dir`: a test CA (`ca.crt`, what clients trust) and a leaf
+/// signed by it for `san` (`IP:…` or `DNS:…`; `gateway.crt`, `gateway.key`), as a deployment
+/// has them. Not one self-signed certificate for both: rustls (the gateway's own `health
+/// --ca` probe) refuses a CA certificate presented as the server's.
 pub fn make_cert(dir: &Path, san: &str) {
     let d = |f: &str| dir.join(f).display().to_string();
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=portcullis"])
-        .args(["-addext", &format!("subjectAltName={san}")])
-        .args(["-keyout", &d("gateway.key"), "-out", &d("ca.crt")])
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "openssl: {}", text(&out));
-    std::fs::copy(dir.join("ca.crt"), dir.join("gateway.crt")).unwrap();
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let openssl = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out));
+    };
+    openssl(
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &["-days", "2", "-subj", "/CN=portcullis test CA"],
+        ]
+        .concat()
+        .into_iter()
+        .chain(["-keyout", &d("ca.key"), "-out", &d("ca.crt")])
+        .collect::<Vec<_>>(),
+    );
+    openssl(
+        &[&["req"][..], &ec, &["-subj", "/CN=portcullis"]]
+            .concat()
+            .into_iter()
+            .chain(["-keyout", &d("gateway.key"), "-out", &d("gateway.csr")])
+            .collect::<Vec<_>>(),
+    );
+    std::fs::write(
+        dir.join("leaf.ext"),
+        format!("subjectAltName={san}\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"),
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &d("gateway.csr"),
+        "-CA",
+        &d("ca.crt"),
+        "-CAkey",
+        &d("ca.key"),
+        "-CAcreateserial",
+        "-extfile",
+        &d("leaf.ext"),
+        "-out",
+        &d("gateway.crt"),
+    ]);
+    // The CA's key is not needed again; the gateway's TLS folder holds only what it uses.
+    for f in ["ca.key", "gateway.csr", "leaf.ext", "ca.srl"] {
+        let _ = std::fs::remove_file(dir.join(f));
+    }
 }
 
 /// `claude mcp list`'s server rows (`name: url (http) - status`) from its output.
