@@ -19,70 +19,18 @@ mod common;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::hostlab::HostLab;
+use common::kit::{
+    build_images, docker, make_cert, must, only_the_gateway_connected, text, AGENT_IMAGE,
+    CLAUDE_QUIET_ENV, PROBE, WORKSPACE_IMAGE,
+};
 use common::{audit_records, gateway_bin, Cases};
 use serde_json::Value;
 
-const AGENT_IMAGE: &str = "portcullis/gateway:workspace-test";
-const WORKSPACE_IMAGE: &str = "portcullis/workspace:test";
 const TOKEN: &str = "pcs_workspace-egress-test-token";
-
-/// What a process inside the workspace tries; prints one line (`connected …`, `resolved …`,
-/// `status N`, or `failed …`).
-const PROBE: &str = r#"
-const net=require('net'),dns=require('dns'),https=require('https'),fs=require('fs');
-const [op,x,y]=process.argv.slice(1);
-const done=(s)=>{console.log(s);process.exit(0)};
-setTimeout(()=>done('failed timeout'),3000);
-function tcp(host,port){const s=net.connect({host,port:+port});s.setEncoding('utf8');let got='';
- s.on('connect',()=>setTimeout(()=>done('connected '+host+' banner='+got.trim()),300));
- s.on('data',d=>{got+=d});s.on('error',e=>done('failed '+e.code));}
-if(op==='tcp')tcp(x,y);
-else if(op==='resolve_connect')dns.lookup(x,{family:4},(e,a)=>e?done('failed dns '+e.code):tcp(a,y));
-else if(op==='dns'){const r=new dns.Resolver({timeout:1000,tries:1});r.setServers([x]);
- r.resolve4(y,(e,a)=>done(e?'failed '+e.code:'answered '+a));}
-else if(op==='mcp'){const body=JSON.stringify({jsonrpc:'2.0',id:1,method:'initialize',params:{protocolVersion:'2025-06-18',capabilities:{},clientInfo:{name:'ws',version:'0'}}});
- const q=https.request(x,{method:'POST',ca:fs.readFileSync('/etc/portcullis/tls/ca.crt'),headers:{'content-type':'application/json',accept:'application/json, text/event-stream',authorization:'Bearer '+y}},
-  r=>{let b='';r.on('data',d=>b+=d);r.on('end',()=>done('status '+r.statusCode+' '+b.slice(0,200).replace(/\n/g,' ')))});
- q.on('error',e=>done('failed '+e.code));q.end(body);}
-"#;
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
-}
-
-fn docker(args: &[&str]) -> Output {
-    Command::new("docker").args(args).output().expect("docker")
-}
-
-fn must(args: &[&str]) -> String {
-    let o = docker(args);
-    assert!(o.status.success(), "docker {args:?}: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).trim().to_owned()
-}
-
-fn build_images() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for (script, tag) in [
-        ("tests/docker/build-gateway-image.sh", AGENT_IMAGE),
-        ("tests/docker/workspace-image.sh", WORKSPACE_IMAGE),
-    ] {
-        let out = Command::new("bash")
-            .arg(root.join(script))
-            .arg(tag)
-            .env("PORTCULLIS_GATEWAY_BIN", gateway_bin())
-            .output()
-            .expect(script);
-        assert!(out.status.success(), "{script}: {}", text(&out));
-    }
-}
 
 /// The kit's containers and network; removed on drop.
 struct Kit {
@@ -146,27 +94,6 @@ impl Drop for Served {
     }
 }
 
-/// A self-signed certificate for `ip` (the gateway's address on the kit network).
-fn make_cert(dir: &Path, ip: Ipv4Addr) {
-    let d = |f: &str| dir.join(f).display().to_string();
-    let out = Command::new("openssl")
-        .args([
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-        ])
-        .args(["-nodes", "-days", "2", "-subj", "/CN=portcullis"])
-        .args(["-addext", &format!("subjectAltName=IP:{ip}")])
-        .args(["-keyout", &d("gateway.key"), "-out", &d("ca.crt")])
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "openssl: {}", text(&out));
-    std::fs::copy(dir.join("ca.crt"), dir.join("gateway.crt")).unwrap();
-}
-
 async fn await_record(dir: &Path, limit: Duration, pred: impl Fn(&Value) -> bool) -> bool {
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
@@ -209,7 +136,7 @@ async fn the_workspace_reaches_only_its_rules_and_the_gateway() {
     for d in [&tls, &sock, &audit] {
         std::fs::create_dir_all(d).unwrap();
     }
-    make_cert(&tls, gw_ip);
+    make_cert(&tls, &format!("IP:{gw_ip}"));
     let mut kit = Kit {
         net: format!("pcw-{tag}"),
         agent: format!("pcw-agent-{tag}"),
@@ -410,32 +337,17 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
     );
     // The full stack: Claude Code in the workspace lists only the gateway, Connected, through
     // the workspace's table (its other traffic has nowhere to go but the test's lab).
-    let o = docker(&[
-        "exec",
-        "-e",
-        "HOME=/tmp",
-        "-e",
-        &format!("PORTCULLIS_TOKEN={TOKEN}"),
-        "-e",
-        "NODE_EXTRA_CA_CERTS=/etc/portcullis/tls/ca.crt",
-        "-e",
-        "DISABLE_TELEMETRY=1",
-        "-e",
-        "CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC=1",
-        "-e",
-        "DISABLE_AUTOUPDATER=1",
-        "-e",
-        "DISABLE_ERROR_REPORTING=1",
-        &kit.workspace,
-        "claude",
-        "mcp",
-        "list",
-    ]);
-    let listed = text(&o);
-    let rows: Vec<&str> = listed.lines().filter(|l| l.contains(": http")).collect();
+    let token_env = format!("PORTCULLIS_TOKEN={TOKEN}");
+    let mut args = vec!["exec", "-e", "HOME=/tmp", "-e", &token_env];
+    args.extend(["-e", "NODE_EXTRA_CA_CERTS=/etc/portcullis/tls/ca.crt"]);
+    for e in &CLAUDE_QUIET_ENV {
+        args.extend(["-e", e]);
+    }
+    args.extend([kit.workspace.as_str(), "claude", "mcp", "list"]);
+    let listed = text(&docker(&args));
     r.check(
         "`claude mcp list` in the workspace shows only the gateway, Connected",
-        rows.len() == 1 && rows[0].starts_with("portcullis:") && rows[0].contains("Connected"),
+        only_the_gateway_connected(&listed),
         &listed,
     );
     for cmd in ["nft flush ruleset", "iptables -F"] {

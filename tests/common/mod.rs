@@ -5,6 +5,7 @@ pub mod client;
 pub mod docker;
 pub mod fleet;
 pub mod hostlab;
+pub mod kit;
 pub mod lock;
 pub mod modern;
 pub mod netlab;

@@ -11,7 +11,7 @@ pub mod cursor;
 pub mod http;
 pub mod journald;
 pub mod syslog;
-mod tls;
+pub(crate) mod tls;
 pub mod witness_dir;
 
 use std::collections::VecDeque;
