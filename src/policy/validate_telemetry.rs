@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use super::model::*;
 use super::raw::*;
-use super::validate::{parse_secret_ref, Checker};
+use super::validate::{is_loopback_url, parse_secret_ref, Checker};
 
 /// Spans waiting for export by default; at ~1 KiB each, a bounded few MiB.
 const DEFAULT_QUEUE: usize = 4096;
@@ -75,6 +75,14 @@ impl Checker<'_> {
                 let secret_like = ["env:", "file:", "dotenv:"]
                     .iter()
                     .any(|p| v.starts_with(p));
+                if secret_like && endpoint.starts_with("http://") && !is_loopback_url(&endpoint) {
+                    // As with an http sink's HEC token: a secret never crosses a network in clear.
+                    self.error(
+                        at,
+                        format!("telemetry header `{name}` holds a secret, and the endpoint \"{endpoint}\" is plain http to a host that is not this machine: the secret would cross the network in clear; use an https:// endpoint (`ca_file` trusts a private CA), or a collector on 127.0.0.1"),
+                    );
+                    continue;
+                }
                 if secret_like {
                     match parse_secret_ref(v) {
                         Ok(r) => headers.push((name.clone(), HeaderValue::Secret(r))),
@@ -191,8 +199,31 @@ mod tests {
         let e = errors("[telemetry]\nsampling = 1.0\n");
         assert!(e.contains("needs `endpoint`"), "{e}");
         let e = errors(
-            "[telemetry]\nendpoint = \"http://c:4318\"\nheaders = { A = \"env:not a name\" }\n",
+            "[telemetry]\nendpoint = \"http://127.0.0.1:4318\"\nheaders = { A = \"env:not a name\" }\n",
         );
         assert!(e.contains("telemetry header `A`"), "{e}");
+    }
+
+    #[test]
+    fn a_secret_header_never_goes_to_a_remote_collector_over_plain_http() {
+        let e = errors(
+            "[telemetry]\nendpoint = \"http://langfuse-web:3000/api/public/otel\"\nheaders = { Authorization = \"env:LANGFUSE_OTEL_AUTH\" }\n",
+        );
+        assert!(
+            e.contains("p.toml:3")
+                && e.contains("`Authorization` holds a secret")
+                && e.contains("use an https:// endpoint"),
+            "{e}"
+        );
+        // Over TLS, to this machine, or a literal value: accepted.
+        for ok in [
+            "endpoint = \"https://langfuse-web:3000/api/public/otel\"\nheaders = { Authorization = \"env:A\" }",
+            "endpoint = \"http://127.0.0.1:4318\"\nheaders = { Authorization = \"env:A\" }",
+            "endpoint = \"http://[::1]:4318\"\nheaders = { Authorization = \"env:A\" }",
+            "endpoint = \"http://collector:4318\"\nheaders = { x-tenant = \"team-a\" }",
+        ] {
+            let src = format!("[telemetry]\n{ok}\n");
+            assert!(parse(&src, "p.toml").is_ok(), "{src}");
+        }
     }
 }

@@ -31,6 +31,7 @@ const PING_LIMIT: Duration = Duration::from_secs(5);
 /// Held for the life of the test process (see the module comment).
 static USER_LOCK: OnceLock<Result<nix::fcntl::Flock<File>, String>> = OnceLock::new();
 static READY: OnceLock<Result<(), String>> = OnceLock::new();
+static ENGINE: OnceLock<Result<(), String>> = OnceLock::new();
 
 fn skip_or_fail(msg: &str) -> Option<()> {
     if std::env::var("CI").is_ok_and(|v| v == "true") {
@@ -116,7 +117,17 @@ pub fn start_reason(socket: &Path, engine: &Engine) -> Option<String> {
     }
 }
 
-fn prepare() -> Result<(), String> {
+/// The engine only, started when none answers (no test image is built): for tests that build
+/// their own images or drive docker-compose. Under `CI=true` an engine that cannot be had fails
+/// the test; locally it is skipped loudly (`None`).
+pub fn engine() -> Option<()> {
+    match ENGINE.get_or_init(start_engine) {
+        Ok(()) => Some(()),
+        Err(e) => skip_or_fail(&format!("Docker is not usable: {e}")),
+    }
+}
+
+fn start_engine() -> Result<(), String> {
     if let Err(e) = USER_LOCK.get_or_init(take_user_lock) {
         return Err(e.clone());
     }
@@ -136,8 +147,13 @@ fn prepare() -> Result<(), String> {
             ));
         }
     }
+    Ok(())
+}
+
+fn prepare() -> Result<(), String> {
+    ENGINE.get_or_init(start_engine).clone()?;
     let st = Command::new("bash")
-        .arg(root.join("tests/docker/build-images.sh"))
+        .arg(super::repo_root().join("tests/docker/build-images.sh"))
         .status()
         .map_err(|e| format!("running tests/docker/build-images.sh: {e}"))?;
     if !st.success() {
