@@ -173,6 +173,9 @@ pub async fn runtime(scope: &str) -> Option<DockerRuntime> {
     }
 }
 
+/// How long removing what a test's scope left behind may take.
+const SCOPE_CLEANUP: Duration = Duration::from_secs(120);
+
 /// A reconciliation scope unique to one test, so parallel tests never touch each other's
 /// containers. Removes whatever is left in it when dropped (the gateway under test is killed
 /// with SIGKILL and cannot clean up after itself).
@@ -199,11 +202,18 @@ impl Drop for Scope {
                 .enable_all()
                 .build()
                 .expect("runtime");
-            rt.block_on(async {
+            // Bounded: an engine that stopped answering must not hold a failed test (and CI)
+            // for a removal timeout per container left behind.
+            let cleanup = async {
                 if let Ok(d) = DockerRuntime::connect_scoped(&scope).await {
                     let _ = d.reconcile(|_| false).await;
                 }
-            });
+            };
+            if rt.block_on(tokio::time::timeout(SCOPE_CLEANUP, cleanup)).is_err() {
+                eprintln!(
+                    "\n!!!!!!!! the engine did not remove scope {scope} within {SCOPE_CLEANUP:?}: its containers may be left behind !!!!!!!!\n"
+                );
+            }
         })
         .join();
     }

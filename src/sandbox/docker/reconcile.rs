@@ -5,8 +5,12 @@
 use std::collections::HashMap;
 
 use bollard::query_parameters::{ListContainersOptionsBuilder, ListNetworksOptionsBuilder};
+use futures_util::stream::{self, StreamExt};
 
 use super::{labels, timed, DockerFailure, DockerRuntime, API_TIMEOUT};
+
+/// Containers removed at the same time by one pass.
+const REMOVALS_AT_ONCE: usize = 16;
 
 /// What a reconciliation pass did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -40,22 +44,39 @@ pub(super) async fn run(
         )),
     )
     .await?;
-    for c in containers {
-        let found = c.labels.unwrap_or_default();
-        let Some(id) = c.id else { continue };
-        if !labels::is_ours(&found, &rt.scope) || keep(&found) {
-            continue;
-        }
-        let name = c
-            .names
-            .and_then(|n| n.into_iter().next())
-            .map(|n| n.trim_start_matches('/').to_owned())
-            .unwrap_or_else(|| id.clone());
-        match super::remove(&rt.docker, &id).await {
-            Ok(()) => {
-                rt.forget(&id);
-                done.containers.push(name)
+    let doomed: Vec<(String, String)> = containers
+        .into_iter()
+        .filter_map(|c| {
+            let found = c.labels.unwrap_or_default();
+            let id = c.id?;
+            if !labels::is_ours(&found, &rt.scope) || keep(&found) {
+                return None;
             }
+            let name = c
+                .names
+                .and_then(|n| n.into_iter().next())
+                .map(|n| n.trim_start_matches('/').to_owned())
+                .unwrap_or_else(|| id.clone());
+            Some((id, name))
+        })
+        .collect();
+    // Removed a few at a time, not one after another: each removal may wait up to its own
+    // timeouts on a slow engine, and a gateway leaving hundreds of per-call containers behind
+    // must not take hundreds of those waits to shut down.
+    let outcomes: Vec<(String, Result<(), DockerFailure>)> = stream::iter(doomed)
+        .map(|(id, name)| async move {
+            let r = super::remove(&rt.docker, &id).await;
+            if r.is_ok() {
+                rt.forget(&id);
+            }
+            (name, r)
+        })
+        .buffer_unordered(REMOVALS_AT_ONCE)
+        .collect()
+        .await;
+    for (name, r) in outcomes {
+        match r {
+            Ok(()) => done.containers.push(name),
             Err(e) => done.failed.push(format!("container {name}: {e}")),
         }
     }
