@@ -209,7 +209,11 @@ impl Drop for Scope {
                     let _ = d.reconcile(|_| false).await;
                 }
             };
-            if rt.block_on(tokio::time::timeout(SCOPE_CLEANUP, cleanup)).is_err() {
+            // Made inside the runtime: the timer needs its reactor.
+            if rt
+                .block_on(async { tokio::time::timeout(SCOPE_CLEANUP, cleanup).await })
+                .is_err()
+            {
                 eprintln!(
                     "\n!!!!!!!! the engine did not remove scope {scope} within {SCOPE_CLEANUP:?}: its containers may be left behind !!!!!!!!\n"
                 );

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod client;
+pub mod compose;
 pub mod docker;
 pub mod fleet;
 pub mod hostlab;
