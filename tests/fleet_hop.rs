@@ -9,6 +9,7 @@
 mod common;
 
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 use common::client::Mcp;
 use common::modern::{request, sha};
@@ -239,4 +240,105 @@ async fn the_fleet_hop_refuses_forgeries_replays_and_direct_calls() {
     let body = refused(direct(&own).await, "no signature");
     assert!(body.contains("no fleet hop signature"), "{body}");
     assert_eq!(hops(), 1, "no refused request went anywhere");
+}
+
+/// An owner that answers a hop with an event stream: a progress notification at once, the
+/// result only when the test says so (`release`).
+async fn streaming_owner(
+    listener: tokio::net::TcpListener,
+    release: Arc<tokio::sync::Notify>,
+    seen: Arc<Relay>,
+) {
+    let Ok((mut s, _)) = listener.accept().await else {
+        return;
+    };
+    let Some((_, hop)) = read_request(&mut s).await else {
+        return;
+    };
+    seen.seen.lock().unwrap().push(hop.clone());
+    let id = serde_json::from_slice::<Value>(&hop.body).unwrap()["id"].clone();
+    let progress = json!({"jsonrpc": "2.0", "method": "notifications/progress",
+        "params": {"progressToken": "p1", "progress": 1, "message": "first half done"}});
+    let result = json!({"jsonrpc": "2.0", "id": id,
+        "result": {"content": [{"type": "text", "text": "both halves done"}]}});
+    // No length: the stream ends when the owner closes the connection.
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n";
+    let _ = s.write_all(head.as_bytes()).await;
+    let _ = s
+        .write_all(format!("event: message\ndata: {progress}\n\n").as_bytes())
+        .await;
+    let _ = s.flush().await;
+    release.notified().await;
+    let _ = s
+        .write_all(format!("event: message\ndata: {result}\n\n").as_bytes())
+        .await;
+    let _ = s.shutdown().await;
+}
+
+/// The owner's answer is relayed as it comes: the client reads the owner's first event while
+/// the owner still holds back its result (a buffering hop would show nothing until the end).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_owners_streamed_answer_reaches_the_client_as_it_comes() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let owner_url = format!("http://{}", listener.local_addr().unwrap());
+    let key = ("PORTCULLIS_TEST_FLEET_KEY", "a shared fleet secret");
+    let p = policy();
+    // gw-1 holds the call and advertises the scripted owner as its address.
+    let one = Gateway::start_with(
+        &p,
+        &[
+            ("PORTCULLIS_REPLICA", "gw-1"),
+            ("PORTCULLIS_REPLICA_URL", owner_url.as_str()),
+            key,
+        ],
+    );
+    let two = Gateway::start_with(&p, &[("PORTCULLIS_REPLICA", "gw-2"), key]);
+    let release = Arc::new(tokio::sync::Notify::new());
+    let seen = Arc::new(Relay::default());
+    tokio::spawn(streaming_owner(listener, release.clone(), seen.clone()));
+
+    let caps = json!({"elicitation": {}});
+    let elicit = json!({"name": "test_elicitation", "arguments": {"message": "who?"}});
+    let first = request(
+        &client(&one.url, ALICE),
+        1,
+        "tools/call",
+        elicit.clone(),
+        caps.clone(),
+    )
+    .await
+    .message();
+    let retry = common::modern::answer_input(&first, &elicit, json!({"name": "Ada"}));
+
+    let mut req = reqwest::Client::new()
+        .post(&two.url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header("authorization", format!("Bearer {ALICE}"))
+        .body(common::modern::body(2, "tools/call", retry, caps));
+    for (k, v) in common::modern::headers("tools/call", Some("test_elicitation")) {
+        req = req.header(k, v);
+    }
+    // Bounded: a hop that buffers answers only once the owner's result is in, which here
+    // never comes before the client has read the first event.
+    let mut resp = tokio::time::timeout(Duration::from_secs(20), req.send())
+        .await
+        .expect("no answer within 20 s while the owner held back its result: the hop buffered it")
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    let early =
+        common::modern::read_for(&mut resp, "first half done", Duration::from_secs(20)).await;
+    assert!(
+        early.contains("first half done") && !early.contains("both halves done"),
+        "the owner's first event did not arrive before its result: {early:?}"
+    );
+    release.notify_one();
+    let rest =
+        common::modern::read_for(&mut resp, "both halves done", Duration::from_secs(20)).await;
+    assert!(rest.contains("both halves done"), "{rest:?}");
+    assert_eq!(seen.seen.lock().unwrap().len(), 1, "one hop to the owner");
 }

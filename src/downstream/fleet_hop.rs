@@ -26,8 +26,8 @@ use crate::mcp::{ErrorCode, Message};
 
 /// Time to connect to the owner: it is on the fleet's own network, or gone.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
-/// Longest a forwarded request may take, answer included: a held call's retry or a task poll,
-/// not a stream.
+/// Longest a forwarded request may take, its answer relayed to the end: a held call's retry or
+/// a task poll.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// The client of hops, one per listener.
@@ -168,26 +168,26 @@ async fn send(
         .body(Full::new(bytes.clone()))
         .map_err(|e| e.to_string())?;
     let limit = shared.max_body_bytes.max(1 << 20);
-    let exchange = async {
-        let resp = shared
-            .hop_client
-            .request(req)
-            .await
-            .map_err(|e| chain(&e))?;
-        let (parts, body) = resp.into_parts();
-        // Buffered: the answer to a retry or a task poll is one message (or a short stream
-        // that ends with it); a cap keeps a broken owner from filling memory.
-        let body = http_body_util::Limited::new(body, limit.saturating_mul(4))
-            .collect()
-            .await
-            .map_err(|e| e.to_string())?
-            .to_bytes();
-        Ok::<_, String>((parts, body))
-    };
-    let (parts, body) = tokio::time::timeout(FORWARD_TIMEOUT, exchange)
+    let deadline = tokio::time::Instant::now() + FORWARD_TIMEOUT;
+    let resp = tokio::time::timeout_at(deadline, shared.hop_client.request(req))
         .await
-        .map_err(|_| "no answer in time".to_string())??;
-    let mut r = reply::json(parts.status, body);
+        .map_err(|_| "no answer in time".to_string())?
+        .map_err(|e| chain(&e))?;
+    let (parts, body) = resp.into_parts();
+    // Relayed as it comes, not buffered: the owner's progress notifications reach the client
+    // while the call runs, and the forwarding replica holds no whole answer in memory. A cap
+    // keeps a broken owner from streaming without end; the deadline bounds the whole hop.
+    let relayed = Relayed {
+        inner: http_body_util::Limited::new(body, limit.saturating_mul(4)),
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        done: false,
+    };
+    let mut r = http::Response::new(relayed.boxed());
+    *r.status_mut() = parts.status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     for (name, value) in parts.headers.iter() {
         // Hop-by-hop and length headers describe the hop's own message, not the answer.
         if name == header::CONNECTION
@@ -199,6 +199,60 @@ async fn send(
         r.headers_mut().insert(name.clone(), value.clone());
     }
     Ok(r)
+}
+
+/// The owner's answer on its way to the client: frames pass through as they arrive. It ends
+/// with the owner's body, or early (logged) when the owner's stream breaks, exceeds its cap or
+/// outlives the hop's deadline; the client then sees the answer cut, never a wait without end.
+struct Relayed {
+    inner: http_body_util::Limited<hyper::body::Incoming>,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+    done: bool,
+}
+
+impl hyper::body::Body for Relayed {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        loop {
+            if this.done {
+                return Poll::Ready(None);
+            }
+            if this.deadline.as_mut().poll(cx).is_ready() {
+                tracing::warn!(limit = ?FORWARD_TIMEOUT, "the owning replica's answer was cut: it outlived the hop's deadline");
+                this.done = true;
+                continue;
+            }
+            return match std::pin::Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(None) => {
+                    this.done = true;
+                    Poll::Ready(None)
+                }
+                Poll::Ready(Some(Err(e))) => {
+                    tracing::warn!(error = %e, "the owning replica's answer was cut");
+                    this.done = true;
+                    Poll::Ready(None)
+                }
+                // Trailers describe the hop's message, not the answer: dropped.
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => Poll::Ready(Some(Ok(hyper::body::Frame::data(data)))),
+                    Err(_) => continue,
+                },
+            };
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
 }
 
 /// A request on [`hop::PATH`]: served as `/mcp` when another replica of the fleet signed it,
