@@ -22,10 +22,13 @@ mod validate;
 mod validate_access;
 mod validate_audit;
 mod validate_egress;
+mod validate_gateway;
 mod validate_guard;
 mod validate_oauth;
 mod validate_openapi;
+mod validate_remote;
 mod validate_rules;
+mod validate_server;
 mod validate_telemetry;
 
 pub use error::{Diagnostic, Diagnostics, PolicyError};

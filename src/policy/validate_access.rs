@@ -1,8 +1,8 @@
-//! Validation of who may connect: the listener's TLS, JWT settings, client quotas (call rates,
-//! sessions, share of call slots), and the rule that a listener off loopback needs both TLS and
-//! client authentication.
+//! Validation of who may connect: `[clients]` (tokens, tool patterns, rules), the listener's TLS,
+//! JWT settings, client quotas (call rates, sessions, share of call slots), and the rule that a
+//! listener off loopback needs both TLS and client authentication.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use toml::{Spanned, Value};
 
@@ -45,6 +45,72 @@ impl Checker<'_> {
             }
         }
         out
+    }
+
+    pub(super) fn client(
+        &mut self,
+        name: &Str,
+        rc: RawClient,
+        servers: &BTreeSet<String>,
+        tokens: &mut BTreeMap<String, String>,
+        gateway_max_sessions: usize,
+    ) -> Option<Client> {
+        let n = name.get_ref();
+        let before = self.diags.len();
+        if n.is_empty()
+            || n.len() > 64
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            self.error(
+                name.span().start,
+                format!("client name `{n}` is invalid; use 1-64 letters, digits, `-`, `_` or `.`"),
+            );
+        }
+        if let Some(t) = &rc.token_sha256 {
+            let h = t.get_ref();
+            if h.len() != 64 || !h.bytes().all(|b| b.is_ascii_hexdigit()) {
+                self.error(t.span().start, "`token_sha256` must be 64 hex digits: the SHA-256 of the token, e.g. from `printf %s \"$TOKEN\" | sha256sum`");
+            } else if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                self.error(
+                    t.span().start,
+                    format!(
+                        "`token_sha256` must be lower-case hex; write \"{}\"",
+                        h.to_ascii_lowercase()
+                    ),
+                );
+            } else if let Some(other) = tokens.insert(h.clone(), n.clone()) {
+                self.error(t.span().start, format!("client `{n}` has the same token as client `{other}`; give every client its own token"));
+            }
+        }
+        let allow = self.patterns(&rc.allow, true);
+        let deny = self.patterns(&rc.deny, true);
+        for p in rc.allow.iter().chain(rc.deny.iter()).flatten() {
+            self.pattern_server(p, servers);
+        }
+        let rules = self.client_rules(&rc.rules, servers);
+        let confirm_timeout = self.duration(&rc.confirm_timeout, "confirm_timeout");
+        let max_waiting_approvals = self.max_waiting_approvals(n, &rc.max_waiting_approvals);
+        let quotas = self.client_quotas(n, &rc, gateway_max_sessions);
+        if self.diags.len() != before {
+            return None;
+        }
+        let rate = self.rate(&rc.rate);
+        Some(Client {
+            name: n.clone(),
+            token_sha256: rc.token_sha256.map(|t| t.into_inner()),
+            jwt_subject: rc.jwt_subject.map(|t| t.into_inner()),
+            rate,
+            max_sessions: quotas.max_sessions,
+            session_rate: quotas.session_rate,
+            weight: quotas.weight,
+            allow,
+            deny,
+            rules,
+            confirm_timeout,
+            max_waiting_approvals,
+        })
     }
 
     /// `max_sessions`, `session_rate` and `weight` of client `name`; a session quota above the
