@@ -58,11 +58,14 @@ docker-images:
 
 ## make images: the images compose.yaml runs, built offline from this checkout: the gateway
 ## (portcullis/gateway:local, FROM scratch + the host's release build) and the example server
-## (portcullis/mcp-time:local). With a registry, `docker-compose build` uses ./Dockerfile instead.
+## (portcullis/mcp-time:local), and the fetch server (portcullis/mcp-fetch:local) that
+## policy/compose.toml holds to one site. With a registry, `docker-compose build` uses
+## ./Dockerfile instead.
 images: deps
 	bash tests/setup/dockerd.sh start
 	bash tests/docker/build-gateway-image.sh portcullis/gateway:local
 	bash tests/docker/time-image.sh $(PEERS)/venv portcullis/mcp-time:local
+	bash tests/docker/fetch-image.sh portcullis/mcp-time:local portcullis/mcp-fetch:local
 
 ## make dockerd-stop: stop a dockerd that the test harness started (never one it did not start).
 dockerd-stop:

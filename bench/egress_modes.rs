@@ -109,7 +109,11 @@ async fn round(
                 eprintln!("[bench] {mode} {server}: warm-up call failed: {e}");
             }
         }
-        let n = if server.ends_with("cold") { n_cold } else { n_calls };
+        let n = if server.ends_with("cold") {
+            n_cold
+        } else {
+            n_calls
+        };
         for i in 0..n {
             match call(&c, server, i).await {
                 Ok(d) => out.by.entry((mode, server)).or_default().push(d),

@@ -1,6 +1,8 @@
 //! compose.yaml unchanged, with a docker server that has egress rules: the gateway runs in its
 //! own network namespace (no host networking), so `[egress] mode = "auto"` picks sidecar mode
-//! and each firewalled server gets an egress agent from the gateway's own image.
+//! and each firewalled server gets an egress agent from the gateway's own image. Two servers:
+//! the fixture (probes) and the reference fetch server as policy/compose.toml ships it, with
+//! the fake world's web site in place of the real one.
 //!
 //! The outside world is the test's (`common::hostlab`: a DNS server and fake external hosts in a
 //! namespace of the test's own; the sandbox pool is routed there only). A neighbouring stack
@@ -20,6 +22,7 @@ use common::client::{Mcp, LATEST};
 use common::compose::*;
 use common::docker::{FIXTURE_IMAGE, TIME_IMAGE};
 use common::hostlab::{await_record, await_tools, blocked, probe, setup, tcp, HostLab, Setup};
+use common::netlab::http_service;
 use common::Cases;
 use serde_json::json;
 
@@ -109,9 +112,30 @@ fn greets(addr: &str) -> Result<String, String> {
     }
 }
 
+/// `fetch__fetch` of `url`: the text it returned, or the error (the first call may wait for
+/// the server's agent and container to start).
+async fn fetch(c: &mut Mcp, url: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = c
+            .call_tool("fetch__fetch", json!({"url": url, "max_length": 2000}))
+            .await;
+        let text = r["result"]["content"][0]["text"]
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| r.to_string());
+        // Unknown tool or no server yet: the catalog is still filling.
+        let starting = r["result"].is_null() && Instant::now() < deadline;
+        if !starting {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 /// The policy baked into the gateway's image: the lab's resolver and pool, one docker server
 /// allowed one fake external host. No `mode`, no `agent_image`: the defaults must do.
-fn policy(lab: &HostLab) -> String {
+fn policy(lab: &HostLab, fetch_image: &str) -> String {
     format!(
         r#"
 [gateway]
@@ -129,6 +153,13 @@ runtime = "docker"
 image = "{FIXTURE_IMAGE}"
 egress.allow = ["api.example.test:443"]
 limits = {{ memory = "64m", pids = 32 }}
+
+# As policy/compose.toml ships it, with the fake world's site instead of a real one.
+[servers.fetch]
+runtime = "docker"
+image = "{fetch_image}"
+egress.allow = ["api.example.test:8080"]
+limits = {{ memory = "256m", cpus = 0.5, pids = 64 }}
 
 [audit]
 dir = "/var/lib/portcullis/audit"
@@ -162,11 +193,24 @@ async fn compose_yaml_unchanged_holds_a_docker_server_to_its_egress_rules() {
     build_gateway_image();
     let db = Database::start(&tag);
 
+    // The site the fetch server may read: a web server of the fake outside world.
+    http_service(
+        &lab.ext,
+        "0.0.0.0:8080".parse().expect("address"),
+        "hello from the fake outside",
+    );
+
     let port = free_loopback_port();
-    let project = Project::new(false);
+    let mut project = Project::new(false);
+    // The fetch image as `make images` builds it, from the test peers' venv.
+    let fetch_image = format!("portcullis/mcp-fetch:{}", project.name);
+    run(Command::new("bash")
+        .arg(common::repo_root().join("tests/docker/fetch-image.sh"))
+        .args([TIME_IMAGE, fetch_image.as_str()]));
+    project.images.push(fetch_image.clone());
     let baked = format!("portcullis/gateway:{}", project.name);
     let policy_file = project.dir.path().join("policy.toml");
-    std::fs::write(&policy_file, policy(&lab)).expect("write policy");
+    std::fs::write(&policy_file, policy(&lab, &fetch_image)).expect("write policy");
     std::fs::write(
         project.dir.path().join(".env"),
         format!(
@@ -176,7 +220,6 @@ async fn compose_yaml_unchanged_holds_a_docker_server_to_its_egress_rules() {
     )
     .expect("write .env");
     bake_policy_image(&policy_file, &baked);
-    let mut project = project;
     project.images.push(baked);
     run(project.compose().args(["up", "--detach", "--no-build"]));
     let container = project.container();
@@ -219,6 +262,21 @@ async fn compose_yaml_unchanged_holds_a_docker_server_to_its_egress_rules() {
         "an unlisted name is refused",
         !out.starts_with("connected"),
         &out,
+    );
+
+    // The reference fetch server, as policy/compose.toml ships it: it reads its one site through
+    // its agent, and nothing else.
+    let fetched = fetch(&mut c, "http://api.example.test:8080/page").await;
+    r.check(
+        "the fetch server reads its allowed site",
+        fetched.contains("hello from the fake outside"),
+        &fetched,
+    );
+    let fetched = fetch(&mut c, "http://unlisted.test:8080/page").await;
+    r.check(
+        "the fetch server cannot read an unlisted site",
+        !fetched.contains("hello from the fake outside"),
+        &fetched,
     );
 
     // The neighbouring stack's database: its published port answers at the host's address...

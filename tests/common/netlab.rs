@@ -128,8 +128,8 @@ impl Drop for Ns {
     }
 }
 
-/// A TCP listener that answers every connection with `banner` and then echoes.
-pub fn tcp_service(ns: &Ns, addr: SocketAddr, banner: &'static str) {
+/// A TCP listener in `ns` that hands every connection to `handle` on a thread of its own.
+fn serve_tcp(ns: &Ns, addr: SocketAddr, handle: impl Fn(TcpStream) + Send + Clone + 'static) {
     let (tx, rx) = std::sync::mpsc::channel();
     ns.spawn(move || {
         let l = match TcpListener::bind(addr) {
@@ -141,19 +141,40 @@ pub fn tcp_service(ns: &Ns, addr: SocketAddr, banner: &'static str) {
         };
         let _ = tx.send(Ok(()));
         for c in l.incoming() {
-            let Ok(mut c) = c else { continue };
-            std::thread::spawn(move || {
-                let _ = c.write_all(banner.as_bytes());
-                let mut buf = [0u8; 512];
-                while let Ok(n) = c.read(&mut buf) {
-                    if n == 0 || c.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
+            let Ok(c) = c else { continue };
+            let handle = handle.clone();
+            std::thread::spawn(move || handle(c));
         }
     });
     rx.recv().expect("listener thread").expect("bind listener");
+}
+
+/// A TCP listener that answers every connection with `banner` and then echoes.
+pub fn tcp_service(ns: &Ns, addr: SocketAddr, banner: &'static str) {
+    serve_tcp(ns, addr, move |mut c| {
+        let _ = c.write_all(banner.as_bytes());
+        let mut buf = [0u8; 512];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 || c.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+}
+
+/// A web server that answers every request with 200 and `body` (text/plain), then closes.
+pub fn http_service(ns: &Ns, addr: SocketAddr, body: &'static str) {
+    serve_tcp(ns, addr, move |mut c| {
+        let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        // The request head, as far as it comes in one read: its content does not matter.
+        let mut buf = [0u8; 4096];
+        let _ = c.read(&mut buf);
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = c.write_all(answer.as_bytes());
+    });
 }
 
 /// A UDP echo service.

@@ -39,7 +39,7 @@ fi
 TIME_TAG=${PORTCULLIS_TIME_IMAGE:-portcullis/mcp-time:test}
 VENV=${PORTCULLIS_PEERS:-$ROOT/.peers}/venv
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import mcp_server_time' 2>/dev/null; then
-  TSUM=$( { "$VENV/bin/python" -c 'import sys, importlib.metadata as m; print(sys.version, m.version("mcp-server-time"), m.version("mcp"))'; sha256sum tests/docker/time-image.sh; } | sha256sum | cut -d' ' -f1)
+  TSUM=$( { "$VENV/bin/python" -c 'import sys, importlib.metadata as m; print(sys.version, m.version("mcp-server-time"), m.version("mcp"), [d.metadata["Name"] + d.version for d in m.distributions() if d.metadata["Name"] == "mcp-server-fetch"])'; sha256sum tests/docker/time-image.sh; } | sha256sum | cut -d' ' -f1)
   if [ "$(label_of "$TIME_TAG" io.portcullis.time-sha256)" = "$TSUM" ]; then
     log "$TIME_TAG is up to date"
   else
