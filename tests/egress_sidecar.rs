@@ -54,7 +54,10 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
     ]
     .concat();
     let host_port = host_service();
-    let mut gw = Gateway::start_with(&sidecar_policy(&lab, audit, &servers), &scope_env(&scope.name));
+    let mut gw = Gateway::start_with(
+        &sidecar_policy(&lab, audit, &servers),
+        &scope_env(&scope.name),
+    );
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
     await_tools(&mut c, &[&a, &b]).await;
@@ -252,7 +255,9 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
     );
     let table = names_of(&scope.name).table();
     let del = Command::new("nsenter")
-        .args(["-t", &srv_pid, "-n", "nft", "delete", "table", "inet", &table])
+        .args([
+            "-t", &srv_pid, "-n", "nft", "delete", "table", "inet", &table,
+        ])
         .output()
         .expect("nsenter");
     let list = Command::new("nsenter")
@@ -341,9 +346,7 @@ async fn sidecar_agents_pass_the_attack_matrix() {
     await_tools(&mut c, &[&a, &b]).await;
     let mut r = Cases(Vec::new());
     let ip = |h: u8| lab.ip(h).to_string();
-    let dns = |name: &str, qtype: &str, tcp: bool| {
-        json!({"op": "dns", "server": "system", "name": name, "qtype": qtype, "tcp": tcp, "timeout_ms": 1500})
-    };
+    let dns = |name: &str, qtype: &str, tcp: bool| json!({"op": "dns", "server": "system", "name": name, "qtype": qtype, "tcp": tcp, "timeout_ms": 1500});
     let answer = |h: u8| format!("rcode=NOERROR a={} answers=1", lab.ip(h));
     let refused = |out: &str| out.starts_with("rcode=REFUSED a= answers=0");
 
@@ -356,7 +359,11 @@ async fn sidecar_agents_pass_the_attack_matrix() {
         );
     }
     let out = probe(&mut c, &a, dns("wild.example.test", "A", false)).await;
-    r.check("wildcard does not match its own domain", refused(&out), &out);
+    r.check(
+        "wildcard does not match its own domain",
+        refused(&out),
+        &out,
+    );
     let out = probe(&mut c, &a, dns("alias.example.test", "A", false)).await;
     r.check(
         "CNAME allowed->unlisted: flattened answer for the allowed name only",
@@ -401,7 +408,11 @@ async fn sidecar_agents_pass_the_attack_matrix() {
         &out,
     );
     let out = probe(&mut c, &a, tcp(&lab.sa(53, 443))).await;
-    r.check("DoH to a resolver IP (443, not pinned) blocked", blocked(&out), &out);
+    r.check(
+        "DoH to a resolver IP (443, not pinned) blocked",
+        blocked(&out),
+        &out,
+    );
     let out = probe(
         &mut c,
         &a,

@@ -19,10 +19,8 @@ pub fn listen_in(path: &Path, addr: SocketAddr) {
     use std::io::Write;
     let l = netlab::run_in(path, move || std::net::TcpListener::bind(addr)).expect("bind");
     std::thread::spawn(move || {
-        for c in l.incoming() {
-            if let Ok(mut c) = c {
-                let _ = c.write_all(b"ok");
-            }
+        for mut c in l.incoming().flatten() {
+            let _ = c.write_all(b"ok");
         }
     });
 }
