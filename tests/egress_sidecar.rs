@@ -407,19 +407,30 @@ async fn sidecar_agents_pass_the_attack_matrix() {
         out == answer(15),
         &out,
     );
-    let out = probe(&mut c, &a, tcp(&lab.sa(53, 443))).await;
+    // Controls from the host: the services these probes aim at are there and answer.
+    let t = Duration::from_millis(700);
+    let doh = SocketAddr::from((lab.ip(53), 443));
+    let host_doh = TcpStream::connect_timeout(&doh, t).is_ok();
+    let out = probe(&mut c, &a, tcp(&doh.to_string())).await;
     r.check(
         "DoH to a resolver IP (443, not pinned) blocked",
-        blocked(&out),
-        &out,
+        blocked(&out) && host_doh,
+        &format!("{out}; from the host (control): {host_doh}"),
     );
-    let out = probe(
-        &mut c,
-        &a,
-        json!({"op": "udp", "target": lab.sa(10, 5353), "timeout_ms": 1000}),
-    )
-    .await;
-    r.check("UDP elsewhere blocked", blocked(&out), &out);
+    let echo = SocketAddr::from((lab.ip(10), 5353));
+    let host_udp = std::net::UdpSocket::bind("0.0.0.0:0").is_ok_and(|s| {
+        let mut b = [0u8; 8];
+        s.set_read_timeout(Some(t)).is_ok()
+            && s.send_to(b"ping", echo).is_ok()
+            && s.recv_from(&mut b).is_ok()
+    });
+    let udp = json!({"op": "udp", "target": echo.to_string(), "timeout_ms": 1000});
+    let out = probe(&mut c, &a, udp).await;
+    r.check(
+        "UDP elsewhere blocked",
+        blocked(&out) && host_udp,
+        &format!("{out}; from the host (control): {host_udp}"),
+    );
     // ICMP from the server's namespace (the test's raw socket in there: the server itself has
     // no capability to open one); the host reaches the same address, so the lab answers pings.
     let a_ns = container_netns(&rt, &scope.name, &a).await;
