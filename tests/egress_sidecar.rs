@@ -21,8 +21,10 @@ use common::hostlab::{
     await_record, await_tools, blocked, build_agent_image, container_netns, container_of,
     host_service, names_of, probe, server, setup, sidecar_policy, tcp, Setup,
 };
-use common::netlab::{run_in, udp_echo};
-use common::sidecar::{addr_of, icmp_echo, listen_in, scope_env, server_pid};
+use common::netlab::udp_echo;
+use common::sidecar::{
+    addr_of, icmp_echo, listen_in, resolve_connect, scope_env, server_pid, tcp_hold, udp_echoes,
+};
 use common::{Cases, Gateway};
 use serde_json::json;
 
@@ -65,12 +67,7 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
 
     // The allowed name resolves through the agent (Docker's 127.0.0.11 is sent to it) and
     // its pinned address connects.
-    let out = probe(
-        &mut c,
-        &a,
-        json!({"op": "resolve_connect", "name": "api.example.test", "port": 443, "timeout_ms": 2000}),
-    )
-    .await;
+    let out = probe(&mut c, &a, resolve_connect("api.example.test")).await;
     r.check(
         "an allowed host works",
         out.starts_with("connected") && out.contains("banner=ok"),
@@ -345,7 +342,6 @@ async fn sidecar_agents_pass_the_attack_matrix() {
     c.initialize(LATEST).await;
     await_tools(&mut c, &[&a, &b]).await;
     let mut r = Cases(Vec::new());
-    let ip = |h: u8| lab.ip(h).to_string();
     let dns = |name: &str, qtype: &str, tcp: bool| json!({"op": "dns", "server": "system", "name": name, "qtype": qtype, "tcp": tcp, "timeout_ms": 1500});
     let answer = |h: u8| format!("rcode=NOERROR a={} answers=1", lab.ip(h));
     let refused = |out: &str| out.starts_with("rcode=REFUSED a= answers=0");
@@ -418,12 +414,7 @@ async fn sidecar_agents_pass_the_attack_matrix() {
         &format!("{out}; from the host (control): {host_doh}"),
     );
     let echo = SocketAddr::from((lab.ip(10), 5353));
-    let host_udp = std::net::UdpSocket::bind("0.0.0.0:0").is_ok_and(|s| {
-        let mut b = [0u8; 8];
-        s.set_read_timeout(Some(t)).is_ok()
-            && s.send_to(b"ping", echo).is_ok()
-            && s.recv_from(&mut b).is_ok()
-    });
+    let host_udp = udp_echoes(echo);
     let udp = json!({"op": "udp", "target": echo.to_string(), "timeout_ms": 1000});
     let out = probe(&mut c, &a, udp).await;
     r.check(
@@ -461,13 +452,7 @@ async fn sidecar_agents_pass_the_attack_matrix() {
     // the test in the server's namespace (a probe call cannot keep one open).
     let out = probe(&mut c, &a, dns("short.example.test", "A", false)).await;
     let to = SocketAddr::from((lab.ip(14), 443));
-    let held = run_in(&a_ns, move || {
-        let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(700)).ok()?;
-        s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
-        let mut b = [0u8; 2];
-        s.read_exact(&mut b).ok()?;
-        Some(s)
-    });
+    let held = tcp_hold(&a_ns, to);
     r.check(
         "TTL-0 answer pinned for pin_ttl_min",
         out == answer(14) && held.is_some(),
@@ -494,12 +479,7 @@ async fn sidecar_agents_pass_the_attack_matrix() {
         if i > 0 {
             tokio::time::sleep(Duration::from_millis(1100)).await;
         }
-        let out = probe(
-            &mut c,
-            &a,
-            json!({"op": "resolve_connect", "name": "rot.example.test", "port": 443, "timeout_ms": 2000}),
-        )
-        .await;
+        let out = probe(&mut c, &a, resolve_connect("rot.example.test")).await;
         if let Some(addr) = out.strip_prefix("connected ip=") {
             seen.insert(addr.split(' ').next().unwrap_or_default().to_owned());
         }
@@ -515,19 +495,12 @@ async fn sidecar_agents_pass_the_attack_matrix() {
     let mut outs = Vec::new();
     for _ in 0..6 {
         tokio::time::sleep(Duration::from_millis(2600)).await;
-        outs.push(
-            probe(
-                &mut c,
-                &a,
-                json!({"op": "resolve_connect", "name": "short.example.test", "port": 443, "timeout_ms": 2000}),
-            )
-            .await,
-        );
+        outs.push(probe(&mut c, &a, resolve_connect("short.example.test")).await);
     }
     r.check(
         "connects right after answers (pin expired before each) all succeed",
         outs.iter()
-            .all(|o| *o == format!("connected ip={} banner=ok", ip(14))),
+            .all(|o| *o == format!("connected ip={} banner=ok", lab.ip(14))),
         &format!("{outs:?}"),
     );
 
@@ -559,7 +532,7 @@ async fn a_reload_changes_a_running_agents_rules_without_restarting_the_server()
     c.initialize(LATEST).await;
     await_tools(&mut c, &[&a]).await;
     let mut r = Cases(Vec::new());
-    let connect = |name: &str| json!({"op": "resolve_connect", "name": name, "port": 443, "timeout_ms": 2000});
+    let connect = resolve_connect;
     // The allowed host's answer has a TTL of 60 s: its pin (held 30 s by `pin_ttl_max`) is
     // still live when the reload below removes it.
     let out = probe(&mut c, &a, connect("long.example.test")).await;

@@ -2,7 +2,8 @@
 //! network namespace or another's: a service in there, an ICMP echo from there, a container's
 //! address; and the gateway's environment for a test's Docker scope.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -120,4 +121,32 @@ pub async fn server_pid(c: &mut Mcp, server: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// A connection to `to` made from inside the namespace at `path`, its banner read; kept open
+/// by the caller (a probe call cannot hold one).
+pub fn tcp_hold(path: &Path, to: SocketAddr) -> Option<TcpStream> {
+    netlab::run_in(path, move || {
+        let mut s = TcpStream::connect_timeout(&to, Duration::from_millis(700)).ok()?;
+        s.set_read_timeout(Some(Duration::from_millis(700))).ok()?;
+        let mut b = [0u8; 2];
+        s.read_exact(&mut b).ok()?;
+        Some(s)
+    })
+}
+
+/// One datagram from the test's own namespace (the host) to `to`: `true` when it echoes.
+pub fn udp_echoes(to: SocketAddr) -> bool {
+    std::net::UdpSocket::bind("0.0.0.0:0").is_ok_and(|s| {
+        let mut b = [0u8; 8];
+        s.set_read_timeout(Some(Duration::from_millis(700))).is_ok()
+            && s.send_to(b"ping", to).is_ok()
+            && s.recv_from(&mut b).is_ok()
+    })
+}
+
+/// The probe that resolves `name` through the server's resolver and connects to port 443 of
+/// its first address the instant the answer is in.
+pub fn resolve_connect(name: &str) -> serde_json::Value {
+    json!({"op": "resolve_connect", "name": name, "port": 443, "timeout_ms": 2000})
 }
