@@ -9,6 +9,8 @@
 
 mod common;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::Duration;
 
@@ -16,19 +18,15 @@ use bollard::query_parameters::{InspectContainerOptions, KillContainerOptions};
 use common::client::{Mcp, LATEST};
 use common::docker::containers_in;
 use common::hostlab::{
-    await_record, await_tools, blocked, build_agent_image, container_of, host_service, names_of,
-    probe, server, setup, sidecar_policy, tcp, Setup,
+    await_record, await_tools, blocked, build_agent_image, container_netns, container_of,
+    host_service, names_of, probe, server, setup, sidecar_policy, tcp, Setup,
+};
+use common::netlab::udp_echo;
+use common::sidecar::{
+    addr_of, icmp_echo, listen_in, resolve_connect, scope_env, server_pid, tcp_hold, udp_echoes,
 };
 use common::{Cases, Gateway};
 use serde_json::json;
-
-/// The gateway's environment for a test's scope: its Docker scope and instance.
-fn env(scope: &str) -> [(&'static str, &str); 2] {
-    [
-        ("PORTCULLIS_DOCKER_SCOPE", scope),
-        ("PORTCULLIS_INSTANCE", scope),
-    ]
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sidecar_agents_hold_docker_servers_to_their_rules() {
@@ -58,7 +56,10 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
     ]
     .concat();
     let host_port = host_service();
-    let mut gw = Gateway::start_with(&sidecar_policy(&lab, audit, &servers), &env(&scope.name));
+    let mut gw = Gateway::start_with(
+        &sidecar_policy(&lab, audit, &servers),
+        &scope_env(&scope.name),
+    );
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
     await_tools(&mut c, &[&a, &b]).await;
@@ -66,12 +67,7 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
 
     // The allowed name resolves through the agent (Docker's 127.0.0.11 is sent to it) and
     // its pinned address connects.
-    let out = probe(
-        &mut c,
-        &a,
-        json!({"op": "resolve_connect", "name": "api.example.test", "port": 443, "timeout_ms": 2000}),
-    )
-    .await;
+    let out = probe(&mut c, &a, resolve_connect("api.example.test")).await;
     r.check(
         "an allowed host works",
         out.starts_with("connected") && out.contains("banner=ok"),
@@ -106,17 +102,7 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
 
     // The cases of host mode's matrix (`egress_gateway.rs`) that concern a docker server, here
     // judged by the agent's table in the server's own namespace.
-    let a_agent = container_of(&rt, &scope.name, &a, true).await;
-    let a_gw = rt
-        .api()
-        .inspect_container(&a_agent, None::<InspectContainerOptions>)
-        .await
-        .expect("inspect")
-        .network_settings
-        .and_then(|n| n.networks)
-        .and_then(|n| n.into_values().next())
-        .and_then(|e| e.gateway)
-        .expect("the agent network's gateway");
+    let (_, a_gw) = addr_of(&rt, &container_of(&rt, &scope.name, &a, true).await).await;
     let out = probe(
         &mut c,
         &a,
@@ -238,18 +224,7 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
     );
 
     // Another server's agent (its address on its own network) is out of reach.
-    let b_agent = container_of(&rt, &scope.name, &b, true).await;
-    let info = rt
-        .api()
-        .inspect_container(&b_agent, None::<InspectContainerOptions>)
-        .await
-        .expect("inspect");
-    let b_ip = info
-        .network_settings
-        .and_then(|n| n.networks)
-        .and_then(|n| n.into_values().next())
-        .and_then(|e| e.ip_address)
-        .expect("agent address");
+    let (b_ip, _) = addr_of(&rt, &container_of(&rt, &scope.name, &b, true).await).await;
     for args in [
         json!({"op": "dns", "server": format!("{b_ip}:53"), "name": "api.example.test", "qtype": "A", "timeout_ms": 1000}),
         json!({"op": "tcp", "target": format!("{b_ip}:53"), "timeout_ms": 1000}),
@@ -264,13 +239,6 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
 
     // The server has no capabilities, and its table is owned: not even root on the host,
     // entering the namespace, can change it.
-    let a_srv = container_of(&rt, &scope.name, &a, false).await;
-    let info = rt
-        .api()
-        .inspect_container(&a_srv, None::<InspectContainerOptions>)
-        .await
-        .expect("inspect");
-    let hc = info.host_config.clone().unwrap_or_default();
     let a_agent = container_of(&rt, &scope.name, &a, true).await;
     r.check(
         "the server joins its agent's namespace with no capabilities",
@@ -282,14 +250,15 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
             hc.cap_drop, hc.cap_add, hc.network_mode
         ),
     );
-    let pid = info.state.and_then(|s| s.pid).expect("pid").to_string();
     let table = names_of(&scope.name).table();
     let del = Command::new("nsenter")
-        .args(["-t", &pid, "-n", "nft", "delete", "table", "inet", &table])
+        .args([
+            "-t", &srv_pid, "-n", "nft", "delete", "table", "inet", &table,
+        ])
         .output()
         .expect("nsenter");
     let list = Command::new("nsenter")
-        .args(["-t", &pid, "-n", "nft", "list", "table", "inet", &table])
+        .args(["-t", &srv_pid, "-n", "nft", "list", "table", "inet", &table])
         .output()
         .expect("nsenter");
     r.check(
@@ -331,13 +300,212 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
     r.finish();
 }
 
-/// The fixture's process id inside its container: the same one means the same instance.
-async fn server_pid(c: &mut Mcp, server: &str) -> String {
-    let r = c.call_tool(&format!("{server}__pid"), json!({})).await;
-    r["result"]["content"][0]["text"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
+/// The rest of host mode's attack matrix (`egress_matrix.rs::attack_matrix`) that concerns a
+/// docker server, judged by the agent's table and resolver: DNS over TCP, record types,
+/// wildcards, CNAMEs, filtered answers, DoH, ICMP, other UDP, another sandbox, per-server pins,
+/// pin expiry and address rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sidecar_agents_pass_the_attack_matrix() {
+    let Some(Setup {
+        _turn,
+        scope,
+        rt,
+        lab,
+        zone: _,
+        _audit_dir,
+        audit,
+        tag,
+    }) = setup("sidematrix").await
+    else {
+        return;
+    };
+    build_agent_image();
+    udp_echo(&lab.ext, "0.0.0.0:5353".parse().unwrap());
+    let (a, b) = (format!("ma{tag}"), format!("mb{tag}"));
+    let allow_a = [
+        "api.example.test:443",
+        "rot.example.test:443",
+        "short.example.test:443",
+        "alias.example.test:443",
+        "private.example.test:443",
+        "mixed.example.test:443",
+        "*.wild.example.test:443",
+    ];
+    let servers = [
+        server(&a, "docker", &allow_a),
+        server(&b, "docker", &["api.example.test:443"]),
+    ]
+    .concat();
+    let policy = sidecar_policy(&lab, audit.as_path(), &servers);
+    let mut gw = Gateway::start_with(&policy, &scope_env(&scope.name));
+    let mut c = Mcp::new(&gw.url);
+    c.initialize(LATEST).await;
+    await_tools(&mut c, &[&a, &b]).await;
+    let mut r = Cases(Vec::new());
+    let dns = |name: &str, qtype: &str, tcp: bool| json!({"op": "dns", "server": "system", "name": name, "qtype": qtype, "tcp": tcp, "timeout_ms": 1500});
+    let answer = |h: u8| format!("rcode=NOERROR a={} answers=1", lab.ip(h));
+    let refused = |out: &str| out.starts_with("rcode=REFUSED a= answers=0");
+
+    for tcp in [false, true] {
+        let out = probe(&mut c, &a, dns("api.example.test", "A", tcp)).await;
+        r.check(
+            &format!("allowed name resolves through the agent (tcp: {tcp})"),
+            out == answer(10),
+            &out,
+        );
+    }
+    let out = probe(&mut c, &a, dns("wild.example.test", "A", false)).await;
+    r.check(
+        "wildcard does not match its own domain",
+        refused(&out),
+        &out,
+    );
+    let out = probe(&mut c, &a, dns("alias.example.test", "A", false)).await;
+    r.check(
+        "CNAME allowed->unlisted: flattened answer for the allowed name only",
+        out == answer(13),
+        &out,
+    );
+    let (open, closed) = (
+        probe(&mut c, &a, tcp(&lab.sa(13, 443))).await,
+        probe(&mut c, &a, tcp(&lab.sa(13, 8443))).await,
+    );
+    r.check(
+        "CNAME target address pinned for the allowed name's port",
+        open.starts_with("connected") && blocked(&closed),
+        &format!(":443 {open}; :8443 {closed}"),
+    );
+    let out = probe(&mut c, &a, dns("target.other.test", "A", false)).await;
+    r.check("CNAME target queried directly refused", refused(&out), &out);
+    for ty in ["TXT", "ANY", "MX"] {
+        let out = probe(&mut c, &a, dns("api.example.test", ty, false)).await;
+        r.check(
+            &format!("{ty} query for an allowed name refused"),
+            refused(&out),
+            &out,
+        );
+    }
+    let out = probe(&mut c, &a, dns("api.example.test", "AAAA", false)).await;
+    r.check(
+        "AAAA for an allowed name: empty NOERROR",
+        out == "rcode=NOERROR a= answers=0",
+        &out,
+    );
+    let out = probe(&mut c, &a, dns("private.example.test", "A", false)).await;
+    r.check(
+        "allowed name resolving to 10.0.0.5 not handed out",
+        refused(&out),
+        &out,
+    );
+    let out = probe(&mut c, &a, dns("mixed.example.test", "A", false)).await;
+    r.check(
+        "mixed answer: loopback filtered, public kept",
+        out == answer(15),
+        &out,
+    );
+    // Controls from the host: the services these probes aim at are there and answer.
+    let t = Duration::from_millis(700);
+    let doh = SocketAddr::from((lab.ip(53), 443));
+    let host_doh = TcpStream::connect_timeout(&doh, t).is_ok();
+    let out = probe(&mut c, &a, tcp(&doh.to_string())).await;
+    r.check(
+        "DoH to a resolver IP (443, not pinned) blocked",
+        blocked(&out) && host_doh,
+        &format!("{out}; from the host (control): {host_doh}"),
+    );
+    let echo = SocketAddr::from((lab.ip(10), 5353));
+    let host_udp = udp_echoes(echo);
+    let udp = json!({"op": "udp", "target": echo.to_string(), "timeout_ms": 1000});
+    let out = probe(&mut c, &a, udp).await;
+    r.check(
+        "UDP elsewhere blocked",
+        blocked(&out) && host_udp,
+        &format!("{out}; from the host (control): {host_udp}"),
+    );
+    // ICMP from the server's namespace (the test's raw socket in there: the server itself has
+    // no capability to open one); the host reaches the same address, so the lab answers pings.
+    let a_ns = container_netns(&rt, &scope.name, &a).await;
+    let (from_sandbox, from_host) = (
+        icmp_echo(Some(&a_ns), lab.ip(10)),
+        icmp_echo(None, lab.ip(10)),
+    );
+    r.check(
+        "ICMP to a pinned address blocked",
+        !from_sandbox && from_host,
+        &format!("from the sandbox: {from_sandbox}; from the host (control): {from_host}"),
+    );
+    // Another sandbox: a service on B's own address (the namespace of B's agent and server).
+    let (b_ip, _) = addr_of(&rt, &container_of(&rt, &scope.name, &b, true).await).await;
+    let b_ns = container_netns(&rt, &scope.name, &b).await;
+    listen_in(&b_ns, "0.0.0.0:443".parse().unwrap());
+    let out = probe(&mut c, &a, tcp(&format!("{b_ip}:443"))).await;
+    r.check("another sandbox blocked", blocked(&out), &out);
+    // A pinned 198.18.K.13 for 443 above (and reached it); B resolved nothing of the kind.
+    let out = probe(&mut c, &b, tcp(&lab.sa(13, 443))).await;
+    r.check(
+        "pins are per server (B cannot use A's pin)",
+        blocked(&out) && open.starts_with("connected"),
+        &out,
+    );
+
+    // Expiry: a TTL-0 answer is pinned for pin_ttl_min (2 s). The held connection is made by
+    // the test in the server's namespace (a probe call cannot keep one open).
+    let out = probe(&mut c, &a, dns("short.example.test", "A", false)).await;
+    let to = SocketAddr::from((lab.ip(14), 443));
+    let held = tcp_hold(&a_ns, to);
+    r.check(
+        "TTL-0 answer pinned for pin_ttl_min",
+        out == answer(14) && held.is_some(),
+        &format!("{out}; held connection: {}", held.is_some()),
+    );
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let out = probe(&mut c, &a, tcp(&lab.sa(14, 443))).await;
+    r.check("expired pin: new connection blocked", blocked(&out), &out);
+    let survived = held.is_some_and(|mut s| {
+        let mut b = [0u8; 2];
+        s.write_all(b"hi").is_ok() && s.read_exact(&mut b).is_ok() && &b == b"hi"
+    });
+    r.check(
+        "expired pin: established connection survives",
+        survived,
+        "echo on the held connection",
+    );
+
+    // Rotation: each answer pins the address it hands out (TTL 1 s: the questions are spaced
+    // past the agent's cache).
+    let mut seen = std::collections::BTreeSet::new();
+    let mut outs = Vec::new();
+    for i in 0..4 {
+        if i > 0 {
+            tokio::time::sleep(Duration::from_millis(1100)).await;
+        }
+        let out = probe(&mut c, &a, resolve_connect("rot.example.test")).await;
+        if let Some(addr) = out.strip_prefix("connected ip=") {
+            seen.insert(addr.split(' ').next().unwrap_or_default().to_owned());
+        }
+        outs.push(out);
+    }
+    r.check(
+        "address rotation: every new answer's address works",
+        outs.iter().all(|o| o.ends_with("banner=ok")) && seen.len() == 2,
+        &format!("{outs:?}"),
+    );
+    // Pin before answer: the name's pin has expired before each question, and the probe
+    // connects the instant the answer is in; a pin added after answering would lose the race.
+    let mut outs = Vec::new();
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(2600)).await;
+        outs.push(probe(&mut c, &a, resolve_connect("short.example.test")).await);
+    }
+    r.check(
+        "connects right after answers (pin expired before each) all succeed",
+        outs.iter()
+            .all(|o| *o == format!("connected ip={} banner=ok", lab.ip(14))),
+        &format!("{outs:?}"),
+    );
+
+    gw.terminate(Duration::from_secs(60));
+    r.finish();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -359,12 +527,12 @@ async fn a_reload_changes_a_running_agents_rules_without_restarting_the_server()
     let audit = audit.as_path();
     let a = format!("ra{tag}");
     let with = |allow: &str| sidecar_policy(&lab, audit, &server(&a, "docker", &[allow]));
-    let mut gw = Gateway::start_with(&with("long.example.test:443"), &env(&scope.name));
+    let mut gw = Gateway::start_with(&with("long.example.test:443"), &scope_env(&scope.name));
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
     await_tools(&mut c, &[&a]).await;
     let mut r = Cases(Vec::new());
-    let connect = |name: &str| json!({"op": "resolve_connect", "name": name, "port": 443, "timeout_ms": 2000});
+    let connect = resolve_connect;
     // The allowed host's answer has a TTL of 60 s: its pin (held 30 s by `pin_ttl_max`) is
     // still live when the reload below removes it.
     let out = probe(&mut c, &a, connect("long.example.test")).await;

@@ -12,6 +12,7 @@ pub mod modern;
 pub mod netlab;
 pub mod remote;
 pub mod rest;
+pub mod sidecar;
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
