@@ -1,9 +1,11 @@
 //! What egress enforcement costs in each mode, through the real gateway binary, a real dockerd
 //! and the tests' fake outside world (`tests/common/hostlab.rs`: nothing real is reached):
 //!
-//!   first call   a per-call server with egress rules and no pool: every call goes from "server
-//!                needed" to "first call answered" (sidecar mode: the agent container starts and
-//!                verifies its table, then the server container joins its namespace)
+//!   first ever   from the gateway's start to a shared server's first answer: the gateway starts
+//!                every server at boot, and in sidecar mode a server with rules first waits for
+//!                its agent container to start and verify its table
+//!   first call   a per-call server with egress rules and no pool: every call starts an instance
+//!                (in sidecar mode the server's agent is already running by then)
 //!   per call     a shared server with egress rules: one call once the server runs
 //!
 //! The baseline, in the same run: the same two servers without egress rules (no network at
@@ -61,6 +63,16 @@ async fn call(c: &Mcp, server: &str, i: usize) -> Result<Duration, String> {
     }
 }
 
+/// The case of a server's very first call.
+fn first_ever(server: &'static str) -> &'static str {
+    match server {
+        "cold" => "cold first ever",
+        "shared" => "shared first ever",
+        "plaincold" => "plaincold first ever",
+        _ => "plainshared first ever",
+    }
+}
+
 #[derive(Default)]
 struct Samples {
     /// (mode, server) -> latencies
@@ -92,6 +104,7 @@ async fn round(
         "sidecar" => sidecar_policy(lab, audit, &servers()),
         _ => policy(lab, audit, &servers()),
     };
+    let started = Instant::now();
     let mut gw = Gateway::start_with(
         &text,
         &[
@@ -102,8 +115,28 @@ async fn round(
     );
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
+    // From the gateway's start until each server first answers, all four polled at once: the
+    // gateway starts every server at boot to read its catalog (in sidecar mode a server with
+    // rules waits for its agent's verified table first).
+    let firsts = futures_util::future::join_all(SERVERS.map(|server| {
+        let c = &c;
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(120);
+            while call(c, server, 0).await.is_err() && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (server, started.elapsed())
+        }
+    }))
+    .await;
+    for (server, d) in firsts {
+        out.by
+            .entry((mode, first_ever(server)))
+            .or_default()
+            .push(d);
+    }
     for server in SERVERS {
-        // Warm-up: the shared servers start, the image is in the page cache.
+        // Warm-up: the image is in the page cache.
         for i in 0..2 {
             if let Err(e) = call(&c, server, i).await {
                 eprintln!("[bench] {mode} {server}: warm-up call failed: {e}");
@@ -186,7 +219,12 @@ async fn main() {
     );
     for mode in ["host", "sidecar"] {
         for (case, server, base) in [
-            ("first call", "cold", "plaincold"),
+            (
+                "gateway start to the server's first answer",
+                "shared first ever",
+                "plainshared first ever",
+            ),
+            ("first call of a per-call instance", "cold", "plaincold"),
             ("per call", "shared", "plainshared"),
         ] {
             let v = s.by.get(&(mode, server)).cloned().unwrap_or_default();
