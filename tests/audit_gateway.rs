@@ -462,3 +462,27 @@ async fn kill_9_across_key_rotations_under_load_keeps_every_answered_call_and_th
         answered.len()
     );
 }
+
+/// A stop that comes the moment the gateway says it listens is a clean stop: exit 0 and a
+/// `gateway_stop` record, every time (CI once saw a gateway stopped right after start die of
+/// SIGTERM, before it watched for it).
+#[tokio::test]
+async fn a_sigterm_right_after_the_banner_is_a_clean_stop() {
+    for round in 0..10 {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit");
+        // `spawn` returns as soon as the banner is printed, without waiting for /ready.
+        let mut gw = Gateway::spawn(&policy(&audit, ""), &[("AUDIT_TEST_SECRET", SECRET)]);
+        let status = gw.terminate(Duration::from_secs(20));
+        assert!(
+            status.success(),
+            "round {round}: {status}; stderr:\n{}",
+            gw.stderr()
+        );
+        let stops = records(&audit)
+            .iter()
+            .filter(|r| r["kind"] == "gateway_stop")
+            .count();
+        assert_eq!(stops, 1, "round {round}: no gateway_stop record");
+    }
+}

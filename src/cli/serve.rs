@@ -240,6 +240,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let base = super::client_config::base_url(&policy, addr);
     let url = format!("{base}/mcp");
     held.set_listener(&url);
+    let stop = shutdown_signal();
     tracing::info!(%url, %instance, "portcullis listening");
     // The banner goes to stdout so scripts (and people) can pick up the URL; the command is the
     // one `client-config claude` prints, token header included when clients must authenticate.
@@ -261,7 +262,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some((bound, _)) = &admin {
         println!("Admin endpoints (/ready, /metrics) on http://{bound}");
     }
-    listener.serve(shutdown_signal()).await;
+    listener.serve(stop).await;
     if let Some((_, task)) = admin {
         task.abort();
     }
@@ -318,19 +319,27 @@ async fn open_audit(policy: &Policy) -> anyhow::Result<Option<Arc<AuditLog>>> {
     Ok(Some(Arc::new(log)))
 }
 
-async fn shutdown_signal() {
+/// SIGTERM and SIGINT, watched from the moment this is called, not from the first poll of the
+/// returned future: called before the banner, so a stop that comes right after the gateway
+/// said it listens is a clean stop (final checkpoint, containers removed), never the default
+/// disposition's kill. CI once saw a gateway stopped right after start die of SIGTERM.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot watch SIGTERM; only Ctrl-C stops the gateway");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    async move {
+        match (term, int) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                tracing::warn!(error = %e, "cannot watch SIGTERM/SIGINT; only Ctrl-C stops the gateway");
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
     }
 }
 
