@@ -18,10 +18,11 @@ mod common;
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::client::{Mcp, LATEST};
+use common::compose::{free_loopback_port, run, skip_or_fail, stdout};
 use common::fleet::tool;
 use common::{audit_records, fixture_bin, gateway_bin, repo_root};
 use serde_json::{json, Value};
@@ -29,32 +30,6 @@ use serde_json::{json, Value};
 /// The shared quota of the `quota` server, for the whole fleet.
 const QUOTA: usize = 3;
 const REPLICAS: [&str; 3] = ["gw1", "gw2", "gw3"];
-
-fn skip_or_fail(msg: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
-}
-
-fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    if !out.status.success() {
-        panic!(
-            "{cmd:?} failed ({}):\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    out
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
-}
 
 /// One compose project in a directory of its own; torn down (and its images removed) on drop,
 /// whether the test got to the end or not.
@@ -174,11 +149,6 @@ fn env_file(path: &Path) -> HashMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_owned(), v.to_owned()))
         .collect()
-}
-
-fn free_loopback_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
-    l.local_addr().expect("local addr").port()
 }
 
 /// Makes the project: the shipped compose file and deploy/fleet/ copied in, the secrets
