@@ -310,11 +310,7 @@ async fn a_gateway_with_key_epochs_and_a_witness_writes_evidence_that_verifies()
         .arg(&audit)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(
         text.contains("key rotation(s) followed") && text.contains("checkpoint(s) match"),

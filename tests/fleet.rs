@@ -223,11 +223,7 @@ async fn three_replicas_share_quotas_through_redis_behind_haproxy() {
         .args(&dirs)
         .output()
         .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let text = common::output_text(&out);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("all 3 logs verified"), "{text}");
     drop(store);

@@ -4,7 +4,8 @@
 //!
 //! Refused: a forged or tampered handle (never forwarded), another client's handle (never
 //! forwarded), a replayed hop, an altered hop, a hop without or with a wrong signature, and a
-//! client calling the hop endpoint itself.
+//! client calling the hop endpoint itself. Served: a genuine hop that reaches its owner by a
+//! name outside the owner's `allowed_hosts` (a pod's DNS name on Kubernetes).
 
 mod common;
 
@@ -31,6 +32,9 @@ struct Seen {
 #[derive(Default)]
 struct Relay {
     target: OnceLock<u16>,
+    /// The Host the relay sends to the owner instead of `127.0.0.1:PORT` (a name the owner
+    /// does not list in `allowed_hosts`, as a pod's DNS name on Kubernetes).
+    host: OnceLock<String>,
     seen: Mutex<Vec<Seen>>,
 }
 
@@ -83,7 +87,7 @@ async fn relay(listener: tokio::net::TcpListener, relay: Arc<Relay>) {
         };
         relay.seen.lock().unwrap().push(seen.clone());
         let port = *relay.target.get().unwrap();
-        let (status, ct, body) = send(&http, port, &path, &seen).await;
+        let (status, ct, body) = send_as(&http, port, &path, &seen, relay.host.get()).await;
         let head = format!(
             "HTTP/1.1 {status} X\r\ncontent-type: {ct}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
             body.len()
@@ -100,7 +104,21 @@ async fn send(
     path: &str,
     seen: &Seen,
 ) -> (u16, String, Vec<u8>) {
+    send_as(http, port, path, seen, None).await
+}
+
+/// [`send`] with `host` (when given) as the Host header.
+async fn send_as(
+    http: &reqwest::Client,
+    port: u16,
+    path: &str,
+    seen: &Seen,
+    host: Option<&String>,
+) -> (u16, String, Vec<u8>) {
     let mut req = http.post(format!("http://127.0.0.1:{port}{path}"));
+    if let Some(h) = host {
+        req = req.header("host", h.as_str());
+    }
     for (k, v) in &seen.headers {
         if !matches!(k.as_str(), "host" | "content-length" | "connection") {
             req = req.header(k, v);
@@ -134,11 +152,31 @@ fn client(url: &str, token: &str) -> Mcp {
     c
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_fleet_hop_refuses_forgeries_replays_and_direct_calls() {
+/// Alice's answered elicitation for a call that `owner` holds: a retry only `owner` can finish.
+async fn held_retry(owner: &Gateway) -> Value {
+    let elicit = json!({"name": "test_elicitation", "arguments": {"message": "who?"}});
+    let caps = json!({"elicitation": {}});
+    let first = request(
+        &client(&owner.url, ALICE),
+        1,
+        "tools/call",
+        elicit.clone(),
+        caps,
+    )
+    .await
+    .message();
+    common::modern::answer_input(&first, &elicit, json!({"name": "Ada"}))
+}
+
+/// Two replicas with a fleet key; gw-1 advertises the recording relay (sending `host` as the
+/// Host, when given) as its hop address.
+async fn relayed_replicas(host: Option<&str>) -> (Gateway, Gateway, Arc<Relay>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let relay_url = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Relay::default());
+    if let Some(h) = host {
+        seen.host.set(h.to_owned()).unwrap();
+    }
     tokio::spawn(relay(listener, seen.clone()));
     let key = ("PORTCULLIS_TEST_FLEET_KEY", "a shared fleet secret");
     let p = policy();
@@ -152,6 +190,12 @@ async fn the_fleet_hop_refuses_forgeries_replays_and_direct_calls() {
     );
     let two = Gateway::start_with(&p, &[("PORTCULLIS_REPLICA", "gw-2"), key]);
     seen.target.set(one.port()).unwrap();
+    (one, two, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_hop_refuses_forgeries_replays_and_direct_calls() {
+    let (one, two, seen) = relayed_replicas(None).await;
 
     let caps = json!({"elicitation": {}});
     let elicit = json!({"name": "test_elicitation", "arguments": {"message": "who?"}});
@@ -298,17 +342,7 @@ async fn the_owners_streamed_answer_reaches_the_client_as_it_comes() {
     tokio::spawn(streaming_owner(listener, release.clone(), seen.clone()));
 
     let caps = json!({"elicitation": {}});
-    let elicit = json!({"name": "test_elicitation", "arguments": {"message": "who?"}});
-    let first = request(
-        &client(&one.url, ALICE),
-        1,
-        "tools/call",
-        elicit.clone(),
-        caps.clone(),
-    )
-    .await
-    .message();
-    let retry = common::modern::answer_input(&first, &elicit, json!({"name": "Ada"}));
+    let retry = held_retry(&one).await;
 
     let mut req = reqwest::Client::new()
         .post(&two.url)
@@ -341,4 +375,65 @@ async fn the_owners_streamed_answer_reaches_the_client_as_it_comes() {
         common::modern::read_for(&mut resp, "both halves done", Duration::from_secs(20)).await;
     assert!(rest.contains("both halves done"), "{rest:?}");
     assert_eq!(seen.seen.lock().unwrap().len(), 1, "one hop to the owner");
+}
+
+/// On Kubernetes a replica advertises its pod's DNS name (`POD.portcullis-peers.NS.svc`), which
+/// no `allowed_hosts` list can name for a Deployment's random pod names. A signed hop is served
+/// whatever Host it came by; an unsigned request by that name, on the hop path or on `/mcp`,
+/// and a hop carrying a web page's Origin, are still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_hop_is_served_under_the_owners_pod_name() {
+    const POD: &str = "portcullis-7f9c-x2x1.portcullis-peers.tools.svc:8811";
+    let (one, two, seen) = relayed_replicas(Some(POD)).await;
+
+    let caps = json!({"elicitation": {}});
+    let retry = held_retry(&one).await;
+    let r = request(
+        &client(&two.url, ALICE),
+        2,
+        "tools/call",
+        retry,
+        caps.clone(),
+    )
+    .await;
+    assert_eq!(
+        r.status, 200,
+        "the hop under the pod's name was refused: {}",
+        r.body
+    );
+    assert!(r.message()["result"]["content"].is_array(), "{}", r.body);
+    assert_eq!(seen.seen.lock().unwrap().len(), 1, "one hop to the owner");
+
+    // The same name without a signature: refused on /mcp (Host) and on the hop path.
+    let http = reqwest::Client::new();
+    let pod = POD.to_owned();
+    let ask = |path: &'static str, origin: Option<&'static str>| {
+        let (http, pod, port) = (http.clone(), pod.clone(), one.port());
+        async move {
+            let mut req = http
+                .post(format!("http://127.0.0.1:{port}{path}"))
+                .header("host", pod)
+                .header("content-type", "application/json")
+                .header("accept", "application/json, text/event-stream")
+                .header("authorization", format!("Bearer {ALICE}"));
+            if let Some(o) = origin {
+                req = req.header("origin", o);
+            }
+            let r = req
+                .body(r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    let (status, body) = ask("/mcp", None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("is not allowed"), "{body}");
+    let (status, body) = ask("/_fleet/mcp", None).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("no fleet hop signature"), "{body}");
+    let (status, body) = ask("/_fleet/mcp", Some("https://evil.example")).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("Origin"), "{body}");
 }

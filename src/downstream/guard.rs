@@ -47,6 +47,14 @@ impl Guard {
         if !is_loopback_authority(&host_l) && !self.host_listed(&host_l) {
             return Err(Rejection::Host(host.to_owned()));
         }
+        self.check_origin(headers)
+    }
+
+    /// The Origin half alone, for the fleet hop endpoint: a hop is addressed by whatever name
+    /// the owner advertises (a pod's DNS name on Kubernetes), and what makes it safe is the
+    /// fleet key's signature, which no web page can produce; a browser's request still carries
+    /// an Origin, and that is still judged.
+    pub fn check_origin(&self, headers: &HeaderMap) -> Result<(), Rejection> {
         if let Some(origin) = headers.get(http::header::ORIGIN) {
             let origin = origin.to_str().unwrap_or("<non-ASCII>");
             let o = origin.trim_end_matches('/').to_ascii_lowercase();

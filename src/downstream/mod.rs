@@ -473,10 +473,16 @@ async fn sweep_idle(shared: Arc<Shared>, limit: Duration, unused: Duration) {
 
 async fn route<B: RequestBody>(shared: &Arc<Shared>, req: Request<B>) -> Reply {
     let (parts, body) = req.into_parts();
-    if let Err(rejection) = shared
-        .guard
-        .check(&parts.headers, parts.uri.authority().map(|a| a.as_str()))
-    {
+    let guarded = if parts.uri.path() == crate::fleet::hop::PATH {
+        // Served only with a valid fleet signature (fleet_hop::receive; without one, refused
+        // before the body is read), so the name the owner was reached by does not matter.
+        shared.guard.check_origin(&parts.headers)
+    } else {
+        shared
+            .guard
+            .check(&parts.headers, parts.uri.authority().map(|a| a.as_str()))
+    };
+    if let Err(rejection) = guarded {
         tracing::warn!(%rejection, path = parts.uri.path(), "request refused by the Host/Origin guard");
         let status = StatusCode::FORBIDDEN;
         return reply::rpc_error(

@@ -54,6 +54,15 @@ pub fn fixture_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_portcullis-fixture-server"))
 }
 
+/// A finished command's stdout and stderr, as one text for assertions and failure messages.
+pub fn output_text(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// A peer installed by `make test` into `.peers/`. Missing peers fail under CI and skip loudly
 /// otherwise (returns `None`).
 pub fn peer(rel: &str) -> Option<PathBuf> {

@@ -94,6 +94,14 @@ install_python_peers() {
     "$venv/bin/pip" install -q --disable-pip-version-check fastapi uvicorn
     touch "$stamp_rest"
   fi
+  # kubernetes-validate: the Kubernetes API's schemas, bundled, to check deploy/kubernetes/
+  # offline (tests/deploy_kubernetes.rs); no cluster is needed or reached.
+  local stamp_kv=$venv/.portcullis-peers-kubevalidate-v1
+  if [ ! -f "$stamp_kv" ]; then
+    log "pip install kubernetes-validate (schema check of deploy/kubernetes)"
+    "$venv/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==1.37.0"
+    touch "$stamp_kv"
+  fi
 }
 
 install_npm_peers() {
