@@ -27,6 +27,9 @@ use cel::context::VariableResolver;
 use cel::{Context, Env, Program, Value as Cel};
 use serde_json::Value;
 
+mod args_use;
+pub use args_use::ArgsUse;
+
 /// The names an expression may use.
 pub const VARIABLES: [&str; 8] = [
     "args", "client", "server", "tool", "prompt", "uri", "method", "now",
@@ -57,6 +60,8 @@ pub struct CompileError {
 pub struct Condition {
     program: Program,
     source: Arc<str>,
+    /// What of the arguments it can read (see `args_use.rs`).
+    args_use: ArgsUse,
 }
 
 impl std::fmt::Debug for Condition {
@@ -184,6 +189,7 @@ impl Condition {
         let condition = Condition {
             program,
             source: Arc::from(source),
+            args_use: shape.args,
         };
         condition.check_types()?;
         Ok(condition)
@@ -192,6 +198,11 @@ impl Condition {
     /// The expression as written.
     pub fn source(&self) -> &str {
         &self.source
+    }
+
+    /// What of a call's arguments it can read.
+    pub fn args_use(&self) -> &ArgsUse {
+        &self.args_use
     }
 
     /// Evaluates the condition on a call's prepared facts. Anything but a boolean is an error.
@@ -261,18 +272,30 @@ impl Condition {
 /// arguments, deep-copied) into a fresh context.
 pub struct Prepared<'a> {
     facts: Facts<'a>,
+    /// What of the arguments the decision's conditions can read: only that is converted.
+    args_use: &'a ArgsUse,
     vars: [OnceLock<Box<dyn Val + 'a>>; VARIABLES.len()],
 }
+
+static ALL_ARGS: OnceLock<ArgsUse> = OnceLock::new();
 
 impl<'a> Prepared<'a> {
     /// Fails when the arguments are too large to judge ([`MAX_ARG_VALUES`]); this is counted
     /// here, without converting anything, so that a condition sees either all of them or none.
     pub fn new(facts: &Facts<'a>) -> Result<Prepared<'a>, String> {
+        Prepared::reading(facts, ALL_ARGS.get_or_init(ArgsUse::all))
+    }
+
+    /// [`Prepared::new`] for conditions that together read `args_use` of the arguments (the
+    /// union over every condition the decision may evaluate): the rest is never converted.
+    /// The budget still counts all of them, so a call is judged or refused alike either way.
+    pub fn reading(facts: &Facts<'a>, args_use: &'a ArgsUse) -> Result<Prepared<'a>, String> {
         if let Some(a) = facts.args {
             within_budget(a)?;
         }
         Ok(Prepared {
             facts: *facts,
+            args_use,
             vars: Default::default(),
         })
     }
@@ -286,7 +309,7 @@ impl<'a> Prepared<'a> {
         };
         let text = |s: &'a str| -> Box<dyn Val + 'a> { Box::new(CelString::from(s)) };
         match VARIABLES.get(index).copied() {
-            Some("args") => f.args.map_or_else(empty, view),
+            Some("args") => f.args.map_or_else(empty, |a| self.args_use.view(a, view)),
             Some("client") => {
                 let claims: Box<dyn Val + 'a> = match f.claims {
                     Some(c) if within_budget(c).is_ok() => view(c),
@@ -360,6 +383,7 @@ fn position(source: &str, offset: Option<(u32, u32)>) -> Option<(usize, usize)> 
 #[derive(Default)]
 struct Shape {
     nodes: usize,
+    args: ArgsUse,
     unknown: Vec<(u64, String)>,
     too_deep: Option<u64>,
     nested_macro: Option<u64>,
@@ -376,9 +400,12 @@ fn walk(e: &IdedExpr, depth: usize, macros: usize, scope: &mut Vec<String>, s: &
     let d = depth + 1;
     match &e.expr {
         Expr::Ident(name) => {
-            if !VARIABLES.contains(&name.as_str()) && !scope.iter().any(|v| v == name) {
+            let bound = scope.iter().any(|v| v == name);
+            if !VARIABLES.contains(&name.as_str()) && !bound {
                 s.unknown.push((e.id, name.clone()));
             }
+            // Reached here, `args` is used otherwise than by a field select.
+            s.args.whole |= name == "args" && !bound;
         }
         Expr::Call(c) => {
             if let Some(t) = &c.target {
@@ -388,7 +415,13 @@ fn walk(e: &IdedExpr, depth: usize, macros: usize, scope: &mut Vec<String>, s: &
                 walk(a, d, macros, scope, s);
             }
         }
-        Expr::Select(sel) => walk(&sel.operand, d, macros, scope, s),
+        Expr::Select(sel) => match &sel.operand.expr {
+            Expr::Ident(name) if name == "args" && !scope.iter().any(|v| v == name) => {
+                s.nodes += 1;
+                s.args.fields.insert(sel.field.clone());
+            }
+            _ => walk(&sel.operand, d, macros, scope, s),
+        },
         Expr::List(l) => {
             for el in &l.elements {
                 walk(el, d, macros, scope, s);

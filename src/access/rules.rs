@@ -16,7 +16,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::condition::Condition;
+use super::condition::{ArgsUse, Condition};
 use crate::policy::glob::{self, Joined};
 use crate::policy::model::Effect;
 use crate::policy::Client;
@@ -134,6 +134,8 @@ pub struct Rules {
     allow: Vec<Pattern>,
     deny: Vec<Pattern>,
     pub(super) rules: Vec<Conditional>,
+    /// What of a call's arguments the conditions of `rules` can read, together.
+    pub(super) args_use: ArgsUse,
     pub(super) confirm_timeout: Option<Duration>,
     pub(super) max_waiting_approvals: Option<usize>,
 }
@@ -153,6 +155,9 @@ impl Rules {
                 text: Arc::from(rule.text()),
             })
             .collect();
+        for when in r.rules.iter().filter_map(|c| c.when.as_ref()) {
+            r.args_use.union(when.args_use());
+        }
         r.confirm_timeout = c.confirm_timeout;
         r.max_waiting_approvals = c.max_waiting_approvals;
         r
@@ -163,6 +168,7 @@ impl Rules {
             allow: allow.iter().map(|p| Pattern::compile(p)).collect(),
             deny: deny.iter().map(|p| Pattern::compile(p)).collect(),
             rules: Vec::new(),
+            args_use: ArgsUse::default(),
             confirm_timeout: None,
             max_waiting_approvals: None,
         }
@@ -174,6 +180,7 @@ impl Rules {
             allow: Vec::new(),
             deny: vec![Pattern::AnyName],
             rules: Vec::new(),
+            args_use: ArgsUse::default(),
             confirm_timeout: None,
             max_waiting_approvals: None,
         }

@@ -13,7 +13,7 @@
 
 use serde_json::Value;
 
-use super::condition::{Evaluated, Facts, Prepared};
+use super::condition::{ArgsUse, Evaluated, Facts, Prepared};
 use super::decision::{Confirm, Decision, Denied, Matched, Permit, Question};
 use super::rules::{Conditional, Rules};
 use crate::policy::model::Effect;
@@ -21,6 +21,8 @@ use crate::policy::model::Effect;
 /// The facts of one call, made into CEL values on first need and then shared.
 struct Lazy<'a> {
     facts: Facts<'a>,
+    /// What of the arguments the client's conditions read: nothing else is converted.
+    args_use: &'a ArgsUse,
     prepared: Option<Result<Prepared<'a>, String>>,
 }
 
@@ -30,8 +32,11 @@ impl Lazy<'_> {
         let Some(when) = &rule.when else {
             return Evaluated::True;
         };
-        let facts = self.facts;
-        match self.prepared.get_or_insert_with(|| Prepared::new(&facts)) {
+        let (facts, args_use) = (self.facts, self.args_use);
+        match self
+            .prepared
+            .get_or_insert_with(|| Prepared::reading(&facts, args_use))
+        {
             Ok(p) => when.eval(p),
             Err(why) => Evaluated::Error(why.clone()),
         }
@@ -70,6 +75,7 @@ impl Rules {
                 method: question.method,
                 args: question.args,
             },
+            args_use: &self.args_use,
             prepared: None,
         };
         let what = format!("{} `{server}__{item}`", target.action());

@@ -15,9 +15,11 @@ fn facts<'a>(args: &'a Value, claims: Option<&'a Value>) -> Facts<'a> {
     }
 }
 
+/// As the gateway evaluates it: converting only the arguments the condition can read.
 fn eval(src: &str, args: Value) -> Evaluated {
     let c = Condition::compile(src).unwrap();
-    c.eval(&Prepared::new(&facts(&args, None)).unwrap())
+    let prepared = Prepared::reading(&facts(&args, None), c.args_use()).unwrap();
+    c.eval(&prepared)
 }
 
 #[test]
@@ -193,4 +195,99 @@ fn the_recipes_of_the_policy_reference_compile() {
     };
     assert_eq!(on("  SELECT * FROM t"), Evaluated::False);
     assert_eq!(on("drop table t"), Evaluated::True);
+}
+
+fn uses(src: &str) -> (bool, Vec<String>) {
+    let c = Condition::compile(src).unwrap();
+    let u = c.args_use();
+    (u.whole, u.fields.iter().cloned().collect())
+}
+
+#[test]
+fn the_fields_a_condition_can_read_are_found_at_load() {
+    let fields = |v: &[&str]| (false, v.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+    assert_eq!(
+        uses(r#"args.url.startsWith("https://a/")"#),
+        fields(&["url"])
+    );
+    assert_eq!(uses("has(args.x) && args.y == 1"), fields(&["x", "y"]));
+    assert_eq!(uses("args.a.b == 1 && tool == \"t\""), fields(&["a"]));
+    assert_eq!(
+        uses("[1, 2].exists(args, args > 1)"),
+        fields(&[]),
+        "a bound name"
+    );
+    assert_eq!(
+        uses("args.list.exists(x, x == args.k)"),
+        fields(&["k", "list"])
+    );
+    for whole in [
+        "size(args) > 0",
+        r#"args["url"] == "x""#,
+        "args == {}",
+        "args.a == 1 || [args].size() == 1",
+        r#""url" in args"#,
+        "args.list.exists(x, size(args) > 0)",
+    ] {
+        assert!(uses(whole).0, "{whole} reads the whole arguments");
+    }
+}
+
+/// Converting only the selected fields answers every condition exactly as converting them all.
+#[test]
+fn reading_only_the_selected_fields_answers_as_reading_all() {
+    let args = json!({"url": "https://docs.example.com/a", "branch": "main", "n": 3,
+        "nested": {"deep": [1, 2, {"k": "v"}]}, "big": "x".repeat(1000), "list": [1, 2, 3]});
+    for src in [
+        r#"args.url.startsWith("https://docs.example.com/")"#,
+        r#"args.branch in ["main", "release"]"#,
+        "has(args.missing)",
+        "has(args.n) && args.n > 2",
+        "args.missing == 1",
+        "args.nested.deep[2].k == \"v\"",
+        "args.nested.deep.size() == 3",
+        "args.list.exists(x, x == args.n)",
+        "args.n + 1",
+        "size(args) == 6",
+    ] {
+        let c = Condition::compile(src).unwrap();
+        let partial = c.eval(&Prepared::reading(&facts(&args, None), c.args_use()).unwrap());
+        let whole = c.eval(&Prepared::new(&facts(&args, None)).unwrap());
+        assert_eq!(partial, whole, "{src}");
+    }
+}
+
+#[test]
+fn fields_no_condition_reads_are_never_converted() {
+    let mut m = serde_json::Map::new();
+    for i in 0..1000 {
+        m.insert(format!("f{i}"), json!(i));
+    }
+    m.insert("url".into(), json!("https://a/"));
+    let args = Value::Object(m);
+    let converted = std::cell::RefCell::new(Vec::new());
+    let read_url = Condition::compile("args.url == \"x\"").unwrap();
+    let seen = read_url.args_use().view(&args, recording(&converted));
+    assert_eq!(
+        *converted.borrow(),
+        vec![json!("https://a/")],
+        "only `url` is converted"
+    );
+    drop(seen);
+    let whole = read_url.eval(&Prepared::new(&facts(&args, None)).unwrap());
+    let prepared = Prepared::reading(&facts(&args, None), read_url.args_use()).unwrap();
+    assert_eq!(
+        (whole, read_url.eval(&prepared)),
+        (Evaluated::False, Evaluated::False)
+    );
+}
+
+/// A conversion that notes each value it is given.
+fn recording<'a>(
+    seen: &'a std::cell::RefCell<Vec<Value>>,
+) -> impl Fn(&'a Value) -> Box<dyn Val + 'a> {
+    move |v| {
+        seen.borrow_mut().push(v.clone());
+        view(v)
+    }
 }
