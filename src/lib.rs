@@ -10,6 +10,7 @@ pub mod access;
 pub mod audit;
 pub mod bridge;
 pub mod cli;
+pub mod dial;
 pub mod downstream;
 pub mod egress;
 pub mod fleet;

@@ -16,11 +16,8 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
-use crate::upstream::http::connector::{tls_config, Stream};
+use crate::dial::{self, DialError, Stream};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HopConnectError {
@@ -58,10 +55,7 @@ impl HopConnector {
         fleet_ca: Option<&Path>,
         connect_timeout: Duration,
     ) -> Result<HopConnector, HopConnectError> {
-        let tls = tls_config(fleet_ca).map_err(|e| match e {
-            crate::upstream::http::connector::ConnectError::Ca(m) => HopConnectError::Ca(m),
-            other => HopConnectError::Ca(other.to_string()),
-        })?;
+        let tls = dial::tls_config(fleet_ca).map_err(HopConnectError::Ca)?;
         Ok(HopConnector {
             tls: Some(tls),
             custom_ca: fleet_ca.is_some(),
@@ -92,59 +86,29 @@ impl HopConnector {
             (false, _) => None,
         };
         let host = uri.host().ok_or(HopConnectError::NoHost)?.to_owned();
-        let bare = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
         let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
         let addr = format!("{host}:{port}");
-        let tcp = tokio::time::timeout(
-            self.connect_timeout,
-            TcpStream::connect((bare.as_str(), port)),
-        )
-        .await
-        .map_err(|_| HopConnectError::Connect {
-            addr: addr.clone(),
-            reason: "timed out".to_owned(),
-        })?
-        .map_err(|e| HopConnectError::Connect {
-            addr: addr.clone(),
-            reason: e.to_string(),
-        })?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = dial::tcp(&host, port, self.connect_timeout)
+            .await
+            .map_err(|e| HopConnectError::Connect {
+                addr: addr.clone(),
+                reason: e.to_string(),
+            })?;
         let Some(tls) = tls else {
-            return Ok(TokioIo::new(Stream::Plain(tcp)));
+            return Ok(Stream::Plain(tcp).into_io());
         };
-        let name = ServerName::try_from(bare.clone()).map_err(|e| HopConnectError::Tls {
-            host: bare.clone(),
-            reason: e.to_string(),
-        })?;
-        let stream = tokio::time::timeout(
-            self.connect_timeout,
-            TlsConnector::from(tls).connect(name, tcp),
-        )
-        .await
-        .map_err(|_| HopConnectError::Tls {
-            host: bare.clone(),
-            reason: "handshake timed out".to_owned(),
-        })?
-        .map_err(|e| HopConnectError::Tls {
-            reason: self.reason(&e),
-            host: bare,
-        })?;
-        Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
-    }
-
-    /// The handshake error, with the fix when the replica's certificate was not trusted.
-    fn reason(&self, e: &std::io::Error) -> String {
-        let untrusted = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-        match (untrusted, self.custom_ca) {
-            (false, _) => e.to_string(),
-            (true, true) => format!("{e}; the replica's certificate does not chain to the CAs in [gateway] fleet_ca, or does not name the host of its replica URL"),
-            (true, false) => format!("{e}; name the PEM file of the CA that signed the replicas' certificates in [gateway] fleet_ca"),
+        let hint = if self.custom_ca {
+            "the replica's certificate does not chain to the CAs in [gateway] fleet_ca, or does not name the host of its replica URL"
+        } else {
+            "name the PEM file of the CA that signed the replicas' certificates in [gateway] fleet_ca"
+        };
+        match dial::tls(tcp, tls, &host, self.connect_timeout).await {
+            Ok(s) => Ok(s.into_io()),
+            Err(DialError::Tls { reason, untrusted }) => Err(HopConnectError::Tls {
+                host: dial::bare_host(&host).to_owned(),
+                reason: dial::with_hint(reason, untrusted, hint),
+            }),
+            Err(DialError::Connect { reason }) => Err(HopConnectError::Connect { addr, reason }),
         }
     }
 }

@@ -16,12 +16,9 @@ use std::time::Duration;
 
 use http::Uri;
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
 use super::TelemetryError;
-use crate::upstream::http::connector::{tls_config, Stream};
+use crate::dial::{self, DialError, Stream};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -73,8 +70,8 @@ impl CollectorConnector {
         alpn: Alpn,
     ) -> Result<CollectorConnector, TelemetryError> {
         let tls = if endpoint.starts_with("https://") {
-            let base =
-                tls_config(ca_file).map_err(|e| TelemetryError::Config(format!("ca_file: {e}")))?;
+            let base = dial::tls_config(ca_file)
+                .map_err(|e| TelemetryError::Config(format!("ca_file: {e}")))?;
             let mut cfg = (*base).clone();
             cfg.alpn_protocols = match alpn {
                 Alpn::Http1 => vec![b"http/1.1".to_vec()],
@@ -108,58 +105,33 @@ impl CollectorConnector {
 
     async fn dial(&self, uri: &Uri) -> Result<TokioIo<Stream>, CollectorConnectError> {
         let host = uri.host().ok_or(CollectorConnectError::NoHost)?.to_owned();
-        let bare = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
         let port = uri
             .port_u16()
             .unwrap_or(if self.tls.is_some() { 443 } else { 80 });
         let addr = format!("{host}:{port}");
-        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((bare.as_str(), port)))
-            .await
-            .map_err(|_| CollectorConnectError::Connect {
-                addr: addr.clone(),
-                reason: "timed out".to_owned(),
-            })?
-            .map_err(|e| CollectorConnectError::Connect {
+        let tcp = dial::tcp(&host, port, CONNECT_TIMEOUT).await.map_err(|e| {
+            CollectorConnectError::Connect {
                 addr: addr.clone(),
                 reason: e.to_string(),
-            })?;
-        let _ = tcp.set_nodelay(true);
+            }
+        })?;
         let Some(tls) = &self.tls else {
-            return Ok(TokioIo::new(Stream::Plain(tcp)));
+            return Ok(Stream::Plain(tcp).into_io());
         };
-        let name = ServerName::try_from(bare.clone()).map_err(|e| CollectorConnectError::Tls {
-            host: bare.clone(),
-            reason: e.to_string(),
-        })?;
-        let stream = tokio::time::timeout(
-            CONNECT_TIMEOUT,
-            TlsConnector::from(tls.clone()).connect(name, tcp),
-        )
-        .await
-        .map_err(|_| CollectorConnectError::Tls {
-            host: bare.clone(),
-            reason: "handshake timed out".to_owned(),
-        })?
-        .map_err(|e| CollectorConnectError::Tls {
-            reason: self.reason(&e),
-            host: bare,
-        })?;
-        Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
-    }
-
-    /// The handshake error, with the fix when the collector's certificate was not trusted.
-    fn reason(&self, e: &std::io::Error) -> String {
-        let untrusted = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-            .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-        match (untrusted, self.custom_ca) {
-            (false, _) => e.to_string(),
-            (true, true) => format!("{e}; the collector's certificate does not chain to the CAs in [telemetry] ca_file, or does not name this host"),
-            (true, false) => format!("{e}; if the collector's certificate comes from a private CA, name that CA's PEM file in [telemetry] ca_file"),
+        let hint = if self.custom_ca {
+            "the collector's certificate does not chain to the CAs in [telemetry] ca_file, or does not name this host"
+        } else {
+            "if the collector's certificate comes from a private CA, name that CA's PEM file in [telemetry] ca_file"
+        };
+        match dial::tls(tcp, tls.clone(), &host, CONNECT_TIMEOUT).await {
+            Ok(s) => Ok(s.into_io()),
+            Err(DialError::Tls { reason, untrusted }) => Err(CollectorConnectError::Tls {
+                host: dial::bare_host(&host).to_owned(),
+                reason: dial::with_hint(reason, untrusted, hint),
+            }),
+            Err(DialError::Connect { reason }) => {
+                Err(CollectorConnectError::Connect { addr, reason })
+            }
         }
     }
 }

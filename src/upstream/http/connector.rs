@@ -5,7 +5,6 @@
 //! policy's `ca_file`).
 
 use std::future::Future;
-use std::io;
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,16 +12,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
-use hyper_util::client::legacy::connect::{Connected, Connection};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::TlsConnector;
 
 use super::egress::Egress;
+pub use crate::dial::Stream;
+use crate::dial::{self, DialError};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -40,54 +34,9 @@ pub enum ConnectError {
     Ca(String),
 }
 
-/// Builds the TLS client configuration: the policy's CA bundle if given, else the system's
-/// trust store. Verification is never disabled.
+/// The TLS client configuration for remote servers: see [`dial::tls_config`].
 pub fn tls_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, ConnectError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-                .map_err(|e| ConnectError::Ca(format!("cannot read `{}`: {e}", path.display())))?
-                .collect::<Result<_, _>>()
-                .map_err(|e| ConnectError::Ca(format!("bad PEM in `{}`: {e}", path.display())))?;
-            let (added, _) = roots.add_parsable_certificates(certs);
-            if added == 0 {
-                return Err(ConnectError::Ca(format!(
-                    "no usable certificate in `{}`",
-                    path.display()
-                )));
-            }
-        }
-        None => {
-            // The system store, so that a corporate CA installed in the devcontainer works.
-            let loaded = rustls_native_certs::load_native_certs();
-            roots.add_parsable_certificates(loaded.certs);
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| ConnectError::Ca(e.to_string()))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok(Arc::new(cfg))
-}
-
-/// Why a TLS handshake failed, with the fix when it is the certificate that was not trusted.
-fn tls_reason(e: &io::Error, custom_ca: bool) -> String {
-    let bad_certificate = e
-        .get_ref()
-        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        .is_some_and(|r| matches!(r, rustls::Error::InvalidCertificate(_)));
-    if !bad_certificate {
-        return e.to_string();
-    }
-    if custom_ca {
-        format!("{e}; the certificate does not chain to the CAs in the server's ca_file, or does not name this host")
-    } else {
-        format!("{e}; if the server's certificate comes from a private CA, name that CA's PEM file in the server's ca_file")
-    }
+    dial::tls_config(ca_file).map_err(ConnectError::Ca)
 }
 
 #[derive(Clone)]
@@ -115,43 +64,37 @@ impl Connector {
         let mut last = String::from("no address");
         let mut tcp = None;
         for addr in &addrs {
-            match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-                Ok(Ok(s)) => {
+            match dial::tcp_to(*addr, CONNECT_TIMEOUT).await {
+                Ok(s) => {
                     tcp = Some(s);
                     break;
                 }
-                Ok(Err(e)) => last = format!("{addr}: {e}"),
-                Err(_) => last = format!("{addr}: timed out"),
+                Err(e) => last = format!("{addr}: {e}"),
             }
         }
         let tcp = tcp.ok_or_else(|| ConnectError::Connect {
             addr: format!("{host}:{port}"),
             reason: last,
         })?;
-        let _ = tcp.set_nodelay(true);
         if !https {
-            return Ok(TokioIo::new(Stream::Plain(tcp)));
+            return Ok(Stream::Plain(tcp).into_io());
         }
-        let bare = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_owned();
-        let name = ServerName::try_from(bare.clone()).map_err(|e| ConnectError::Tls {
-            host: bare.clone(),
-            reason: e.to_string(),
-        })?;
-        let tls = TlsConnector::from(self.tls.clone());
-        let stream = tokio::time::timeout(CONNECT_TIMEOUT, tls.connect(name, tcp))
-            .await
-            .map_err(|_| ConnectError::Tls {
-                host: bare.clone(),
-                reason: "handshake timed out".to_owned(),
-            })?
-            .map_err(|e| ConnectError::Tls {
-                reason: tls_reason(&e, self.custom_ca),
-                host: bare,
-            })?;
-        Ok(TokioIo::new(Stream::Tls(Box::new(stream))))
+        let hint = if self.custom_ca {
+            "the certificate does not chain to the CAs in the server's ca_file, or does not name this host"
+        } else {
+            "if the server's certificate comes from a private CA, name that CA's PEM file in the server's ca_file"
+        };
+        match dial::tls(tcp, self.tls.clone(), &host, CONNECT_TIMEOUT).await {
+            Ok(s) => Ok(s.into_io()),
+            Err(DialError::Tls { reason, untrusted }) => Err(ConnectError::Tls {
+                host: dial::bare_host(&host).to_owned(),
+                reason: dial::with_hint(reason, untrusted, hint),
+            }),
+            Err(DialError::Connect { reason }) => Err(ConnectError::Connect {
+                addr: format!("{host}:{port}"),
+                reason,
+            }),
+        }
     }
 }
 
@@ -166,54 +109,5 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         Box::pin(self.clone().connect(uri))
-    }
-}
-
-pub enum Stream {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl Connection for Stream {
-    fn connected(&self) -> Connected {
-        Connected::new()
-    }
-}
-
-impl AsyncRead for Stream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for Stream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_flush(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }
