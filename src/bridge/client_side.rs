@@ -23,17 +23,17 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, oneshot};
 
+use super::exchange::{Event, Exchange, ExchangeSink, Progress, Waited, Waiting};
 use super::legacy_tasks;
 use super::results::{self, Shape};
 use super::seal::{Held, Seal};
 use crate::access::Identity;
 use crate::mcp::error::error_object;
-use crate::mcp::{methods, ClientCaps, ErrorCode, Id, Message, Request, RequestContext, Response};
+use crate::mcp::{methods, ClientCaps, ErrorCode, Id, Request, RequestContext, Response};
 use crate::router::{Answer, Inbound, MessageSink, Router, SessionInfo};
 
 /// How long a held call waits for the client's retry, and how long its token is good.
@@ -61,109 +61,6 @@ pub struct Call {
     /// The request's params, the era's `_meta` keys already lifted into `context`.
     pub params: Map<String, Value>,
     pub context: RequestContext,
-}
-
-enum Event {
-    Request(Request),
-    Done(Result<Box<RawValue>, Answer>),
-}
-
-/// Where the router delivers what concerns an exchange: server requests become events, other
-/// messages (progress, logs) go to the client's current response stream, if any.
-struct ExchangeSink {
-    events: mpsc::Sender<Event>,
-    out: Mutex<Option<Arc<dyn MessageSink>>>,
-}
-
-impl ExchangeSink {
-    fn set_out(&self, out: Option<Arc<dyn MessageSink>>) {
-        if let Ok(mut o) = self.out.lock() {
-            *o = out;
-        }
-    }
-}
-
-impl MessageSink for ExchangeSink {
-    fn send(&self, message: Bytes) {
-        match Message::parse(&message) {
-            Ok(Message::Request(req)) => {
-                let refused = self.events.try_send(Event::Request(req)).is_err();
-                if refused {
-                    tracing::warn!("server request to a held call dropped: its queue is full");
-                }
-            }
-            // Only what concerns this request goes on its response; list changes and resource
-            // updates belong on `subscriptions/listen` streams.
-            Ok(Message::Notification(n))
-                if n.method == methods::PROGRESS || n.method == methods::MESSAGE =>
-            {
-                let out = self.out.lock().ok().and_then(|o| o.clone());
-                if let Some(out) = out {
-                    out.send(message);
-                }
-            }
-            _ => {}
-        }
-    }
-}
-
-/// A server request waiting for the client.
-struct Waiting {
-    key: String,
-    method: String,
-    params: Option<Box<RawValue>>,
-}
-
-#[derive(Default)]
-struct Progress {
-    waiting: Vec<Waiting>,
-    /// Bumped each time the exchange is held; a token names the round it answers.
-    round: u64,
-    parked: bool,
-}
-
-struct Exchange {
-    id: u64,
-    session: Arc<str>,
-    identity: Identity,
-    caps: ClientCaps,
-    method: String,
-    /// The tool or prompt name, or resource URI, the call is about.
-    item: String,
-    /// The first request's id: how the router knows the call in flight.
-    first_id: Id,
-    /// The call was sent as a 2025-11-25 task.
-    legacy_task: bool,
-    /// The call's params without what a retry adds: a retry must repeat them, so that what
-    /// was decided on (and approved, for a `confirm` rule) is what runs.
-    params: Map<String, Value>,
-    sink: Arc<ExchangeSink>,
-    events: tokio::sync::Mutex<mpsc::Receiver<Event>>,
-    progress: Mutex<Progress>,
-}
-
-/// How waiting on an exchange ended.
-enum Waited {
-    /// The server answered the call (its result or its error).
-    Server(Result<Box<RawValue>, Answer>),
-    /// The call is held for the client's input: an `InputRequiredResult` of ours.
-    Held(Box<RawValue>),
-    /// The gateway ended it (cancelled, refused).
-    Gateway(Answer),
-}
-
-impl Waited {
-    /// The answer for the client; `wrap` sees the server's own results only.
-    fn into_answer(
-        self,
-        wrap: impl FnOnce(Box<RawValue>) -> Box<RawValue>,
-    ) -> Result<Box<RawValue>, Answer> {
-        match self {
-            Waited::Server(Ok(r)) => Ok(wrap(r)),
-            Waited::Server(Err(a)) | Waited::Gateway(a) => Err(a),
-            Waited::Held(r) => Ok(r),
-        }
-    }
 }
 
 pub struct ClientSide {

@@ -13,6 +13,7 @@
 //! with ordinary requests, responses and sessions.
 
 pub mod client_side;
+mod exchange;
 mod legacy_tasks;
 mod results;
 pub mod seal;
