@@ -144,8 +144,9 @@ impl Drop for Made {
     }
 }
 
-/// The agent as the manifest runs it: root only to be granted the two capabilities (it drops to
-/// its own uid at once), read-only root, the rules read-only.
+/// The agent as the manifest runs it: root only to be granted its capabilities (it drops to its
+/// own uid at once, keeping NET_ADMIN and NET_BIND_SERVICE; SETUID/SETGID serve only that
+/// switch), read-only root, the rules read-only.
 fn agent_args<'a>(name: &'a str, net: &'a str, mount: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
     let mut a = vec![
         "run",
@@ -162,6 +163,10 @@ fn agent_args<'a>(name: &'a str, net: &'a str, mount: &'a str, extra: &[&'a str]
         "NET_ADMIN",
         "--cap-add",
         "NET_BIND_SERVICE",
+        "--cap-add",
+        "SETUID",
+        "--cap-add",
+        "SETGID",
         "--read-only",
         "--security-opt",
         "no-new-privileges",
@@ -254,6 +259,10 @@ async fn a_standalone_agent_holds_a_pod_to_its_rules_file() {
         "ALL",
         "--cap-add",
         "NET_ADMIN",
+        "--cap-add",
+        "SETUID",
+        "--cap-add",
+        "SETGID",
         "-v",
         &mount,
         AGENT_IMAGE,
@@ -527,6 +536,10 @@ async fn a_standalone_agent_holds_a_pod_to_its_rules_file() {
         "ALL",
         "--cap-add",
         "NET_ADMIN",
+        "--cap-add",
+        "SETUID",
+        "--cap-add",
+        "SETGID",
         "-v",
         &mount,
         AGENT_IMAGE,
