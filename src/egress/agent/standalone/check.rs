@@ -8,6 +8,7 @@
 //! - its chains, rules and sets have exactly the shape that FILE and the same flags program
 //!   (what the agent's own verification and tamper watch compare), and
 //! - something accepts on the resolver's address (`127.0.0.1:53`, TCP).
+//!
 //! So a probe that passes means the table FILE describes is in force now, whoever asks.
 //!
 //! Like the agent it drops to the agent's uid keeping NET_ADMIN (reading nf_tables needs it)
