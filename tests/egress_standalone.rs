@@ -359,10 +359,10 @@ async fn a_standalone_agent_holds_a_pod_to_its_rules_file() {
     };
 
     let policy = format!(
-        "[gateway]\nnaming = \"prefix\"\n\n[audit]\ndir = \"{}\"\n\n[servers.fetch]\nruntime = \"remote\"\nurl = \"http://{server_ip}:{PORT}/mcp\"\n",
+        "[gateway]\nnaming = \"prefix\"\n\n[audit]\ndir = \"{}\"\n\n[servers.fetch]\nruntime = \"remote\"\nurl = \"http://{server_ip}:{PORT}/mcp\"\negress.allow = [\"{server_ip}/32:{PORT}\"]\n",
         audit.display()
     );
-    let gw = Gateway::start_with(&policy, &[]);
+    let gw = Gateway::start_with(&policy, &[("PORTCULLIS_INSTANCE", &scope.name)]);
     let mut c = Mcp::new(&gw.url);
     c.initialize(LATEST).await;
     let deadline = Instant::now() + Duration::from_secs(30);
