@@ -11,8 +11,10 @@
 //! pod's network is carved from the lab's pool, which is routed into the test's external
 //! namespace only, so nothing real is reached.
 //!
-//! Negative control: `EGRESS_STANDALONE_UNCONFINED=1` runs the server container on its own
+//! Negative controls: `EGRESS_STANDALONE_UNCONFINED=1` runs the server container on its own
 //! network namespace (no agent table): the confinement checks must then fail.
+//! `EGRESS_STANDALONE_NO_ACCEPT=1` starts the agent without `--accept-tcp`: the gateway's calls
+//! must then fail.
 
 mod common;
 
@@ -245,6 +247,12 @@ async fn a_standalone_agent_holds_a_pod_to_its_rules_file() {
     std::fs::create_dir(&cm_dir).unwrap();
     let mut cm = ConfigMap::new(&cm_dir, &rules(&dns, &["api.example.test:443"]));
     let mount = format!("{}:/etc/portcullis-agent:ro", cm_dir.display());
+    let accept_env = format!("PORTCULLIS_AGENT_ACCEPT_TCP={PORT}");
+    let accept: Vec<&str> = if std::env::var_os("EGRESS_STANDALONE_NO_ACCEPT").is_some() {
+        Vec::new()
+    } else {
+        vec!["-e", &accept_env]
+    };
     let mut r = Cases(Vec::new());
 
     // Not ready before any table: the probe, run in a namespace without one, says so.
@@ -279,12 +287,7 @@ async fn a_standalone_agent_holds_a_pod_to_its_rules_file() {
         &out,
     );
 
-    let (ok, out) = docker(&agent_args(
-        &agent,
-        &net,
-        &mount,
-        &["-e", &format!("PORTCULLIS_AGENT_ACCEPT_TCP={PORT}")],
-    ));
+    let (ok, out) = docker(&agent_args(&agent, &net, &mount, &accept));
     assert!(ok, "agent: {out}");
     // The startupProbe: poll --check; the server starts only once it passes.
     let deadline = Instant::now() + Duration::from_secs(30);
