@@ -44,11 +44,32 @@ fn main() -> ExitCode {
         },
         Command::Health(health) => cli::health::run(health),
         // Before any runtime or logging thread: it changes its uid and capabilities first.
-        Command::EgressAgent(a) => match a.connect {
-            Some(path) if a.check => portcullis::egress::agent::connect::check(&path),
-            Some(path) => portcullis::egress::agent::connect::main(&path),
-            None => portcullis::egress::agent::main(),
-        },
+        Command::EgressAgent(a) => {
+            use portcullis::egress::agent::{connect, standalone};
+            match (a.connect, a.rules) {
+                (Some(path), _) if a.check => connect::check(&path),
+                (Some(path), _) => connect::main(&path),
+                (None, Some(rules)) => {
+                    let opts = standalone::Options {
+                        rules,
+                        instance: a.instance,
+                        accept_tcp: a.accept_tcp,
+                        table_flags: std::env::var(cli::instance::TABLE_FLAGS_ENV)
+                            .map_or(true, |v| v != "off"),
+                    };
+                    if a.check {
+                        standalone::check::main(&opts)
+                    } else {
+                        standalone::main(&opts)
+                    }
+                }
+                (None, None) if a.check => {
+                    eprintln!("egress-agent --check needs --connect or --rules");
+                    std::process::ExitCode::from(2)
+                }
+                (None, None) => portcullis::egress::agent::main(),
+            }
+        }
         Command::Firewall(FirewallCommand::Plan {
             file,
             instance,

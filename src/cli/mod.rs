@@ -79,9 +79,25 @@ pub struct EgressAgentArgs {
     /// instead of reading stdin; the config that arrives is the policy's `[workspace]`.
     #[arg(long, env = "PORTCULLIS_AGENT_CONNECT")]
     pub connect: Option<PathBuf>,
+    /// Standalone (Kubernetes): take the server's rules from this file (`[egress]` and one
+    /// server with its `egress.allow`) instead of a gateway; it is re-read every second and a
+    /// changed, valid file is applied in place.
+    #[arg(long, env = "PORTCULLIS_AGENT_RULES", conflicts_with = "connect")]
+    pub rules: Option<PathBuf>,
+    /// With --rules: the instance that names the table (`inet portcullis_<instance>`).
+    #[arg(long, env = "PORTCULLIS_AGENT_INSTANCE", requires = "rules", conflicts_with = "connect",
+          default_value = crate::egress::agent::standalone::DEFAULT_INSTANCE)]
+    pub instance: String,
+    /// With --rules: accept new inbound TCP connections to these ports (the gateway's, to the
+    /// server's streamable HTTP port); all other inbound stays dropped.
+    #[arg(long = "accept-tcp", env = "PORTCULLIS_AGENT_ACCEPT_TCP", requires = "rules", conflicts_with = "connect",
+          value_delimiter = ',', value_parser = clap::value_parser!(u16).range(1..))]
+    pub accept_tcp: Vec<u16>,
     /// With --connect: exit 0 only if the gateway has this agent's verified table (the
-    /// container's healthcheck; compose starts the workspace after it passes).
-    #[arg(long, requires = "connect")]
+    /// container's healthcheck; compose starts the workspace after it passes). With --rules:
+    /// exit 0 only if this namespace's live table is the one the file programs and the
+    /// resolver answers (a Kubernetes startupProbe).
+    #[arg(long)]
     pub check: bool,
 }
 

@@ -171,7 +171,7 @@ fn sidecar_plan(policy: &Policy, names: &Names) -> String {
         );
         out.push_str(&render(
             &names.table(),
-            &sidecar_rules::build(s, AGENT_UID, &policy.egress.upstream_resolvers),
+            &sidecar_rules::build(s, AGENT_UID, &policy.egress.upstream_resolvers, &[]),
         ));
     }
     out

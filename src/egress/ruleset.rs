@@ -120,6 +120,8 @@ pub enum Match {
     IifPrefix(String),
     OifPrefix(String),
     CtEstablishedRelated,
+    /// The first packet of a connection (`ct state new`).
+    CtNew,
     /// Destination inside an address range (the family is implied by the address).
     Daddr(IpAddr, u8),
     /// Source inside an address range.
@@ -316,6 +318,7 @@ fn render_rule(r: &Rule) -> String {
             Match::IifPrefix(p) => parts.push(format!("iifname \"{p}*\"")),
             Match::OifPrefix(p) => parts.push(format!("oifname \"{p}*\"")),
             Match::CtEstablishedRelated => parts.push("ct state established,related".into()),
+            Match::CtNew => parts.push("ct state new".into()),
             Match::Daddr(IpAddr::V4(a), 32) => parts.push(format!("ip daddr {a}")),
             Match::Daddr(IpAddr::V4(a), p) => parts.push(format!("ip daddr {a}/{p}")),
             Match::Daddr(IpAddr::V6(a), 128) => parts.push(format!("ip6 daddr {a}")),

@@ -14,7 +14,10 @@
 //!   change its uid; everything else goes to `srv_NAME`: established, the pinned `ip . port`
 //!   sets, the static CIDR rules, a counted drop.
 //! - `input`: established/related, loopback to the resolver, then `in_NAME`: a counted drop.
-//!   Nothing outside can open a connection to the server or its agent.
+//!   Nothing outside can open a connection to the server or its agent, except new TCP
+//!   connections to the ports of `accept_tcp` (standalone mode only, `--accept-tcp`: on
+//!   Kubernetes the gateway reaches the server over the network; a gateway-driven agent talks
+//!   to its server over the container's stdio and never opens a port).
 //!
 //! The chain names of one server are those of the host table (`srv_NAME`, `in_NAME`), so the
 //! denial counters and the read-back watch work the same in both modes.
@@ -42,9 +45,14 @@ fn dns_pair(first: &[Match], addr: Ipv4Addr, port: u16, verdict: Verdict) -> [Ru
     })
 }
 
-/// The table of `server` in its agent's namespace; `agent_uid` owns the agent's sockets and
-/// `upstream` are the policy's resolvers.
-pub fn build(server: &Server, agent_uid: u32, upstream: &[SocketAddr]) -> Table {
+/// The table of `server` in its agent's namespace; `agent_uid` owns the agent's sockets,
+/// `upstream` are the policy's resolvers and `accept_tcp` the ports open to new inbound TCP.
+pub fn build(
+    server: &Server,
+    agent_uid: u32,
+    upstream: &[SocketAddr],
+    accept_tcp: &[u16],
+) -> Table {
     let mut t = Table::default();
     let name = &server.name;
     let (sets, srv) = server_chain(server);
@@ -75,6 +83,12 @@ pub fn build(server: &Server, agent_uid: u32, upstream: &[SocketAddr]) -> Table 
         53,
         Verdict::Accept,
     ));
+    for port in accept_tcp {
+        input.push(rule(
+            vec![Match::CtNew, Match::Proto(L4::Tcp, Some(*port))],
+            Verdict::Accept,
+        ));
+    }
     input.push(rule(vec![], Verdict::Jump(in_chain(name))));
 
     t.chains.push(Chain {
@@ -127,7 +141,7 @@ egress.allow = ["api.example.test:443", "10.1.2.0/24:5432"]
         let s = &policy.servers["web"];
         let text = render(
             "portcullis",
-            &build(s, 65533, &policy.egress.upstream_resolvers),
+            &build(s, 65533, &policy.egress.upstream_resolvers, &[]),
         );
         for line in [
             "type nat hook output priority dstnat - 1; policy accept;",
@@ -160,5 +174,30 @@ egress.allow = ["api.example.test:443", "10.1.2.0/24:5432"]
                 .unwrap();
             assert_eq!(last.trim(), "counter drop", "{chain}");
         }
+        assert!(!text.contains("ct state new"), "no port is open by default");
+    }
+
+    #[test]
+    fn accepted_ports_open_only_new_tcp_before_the_inbound_drop() {
+        let policy = crate::policy::parse(
+            "[servers.web]\nruntime = \"process\"\ncommand = \"true\"\n",
+            "<test>",
+        )
+        .unwrap();
+        let text = render(
+            "portcullis",
+            &build(&policy.servers["web"], 65533, &[], &[8000, 9000]),
+        );
+        let input = text.split("chain input {").nth(1).unwrap();
+        let input: Vec<&str> = input.lines().take_while(|l| !l.contains('}')).collect();
+        let at = |needle: &str| input.iter().position(|l| l.contains(needle)).unwrap();
+        assert!(at("ct state new tcp dport 8000 accept") < at("jump in_web"));
+        assert!(at("ct state new tcp dport 9000 accept") < at("jump in_web"));
+        assert!(at("ct state established,related accept") < at("tcp dport 8000"));
+        // Output is unchanged: an open port lets nothing out.
+        let output = text.split("chain output {").nth(1).unwrap();
+        assert!(!output.split('}').next().unwrap().contains("8000"));
+        // No UDP, and nothing in the server's own chains.
+        assert!(!text.contains("udp dport 8000"));
     }
 }

@@ -77,6 +77,8 @@ pub enum Shape {
     Sidecar {
         agent_uid: u32,
         upstream: Vec<std::net::SocketAddr>,
+        /// Ports open to new inbound TCP (standalone agents only, see `sidecar_rules`).
+        accept_tcp: Vec<u16>,
     },
 }
 
@@ -542,11 +544,14 @@ impl Worker {
         if let Shape::Sidecar {
             agent_uid,
             upstream,
+            accept_tcp,
         } = &self.shape
         {
             // One server per agent; an empty table (before it is prepared) has no chains.
             return match self.desired.values().next() {
-                Some((server, _)) => super::sidecar_rules::build(server, *agent_uid, upstream),
+                Some((server, _)) => {
+                    super::sidecar_rules::build(server, *agent_uid, upstream, accept_tcp)
+                }
                 None => Table::default(),
             };
         }

@@ -13,10 +13,15 @@
 //!    exit status 1: the gateway never starts the server (fail closed);
 //! 5. afterwards: report pins, denials, restores after tampering and failed restores; apply a
 //!    later `config` (reload) in place; exit when stdin ends (the gateway is gone).
+//!
+//! The devcontainer kit's agent connects to the gateway instead (`connect.rs`), and the
+//! Kubernetes agent reads its rules from a file (`standalone.rs`); both go through [`enforce`]
+//! for steps 3-4, so the table is programmed and verified the same way in every mode.
 
 pub mod connect;
 pub mod privs;
 pub mod protocol;
+pub mod standalone;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -138,36 +143,9 @@ pub async fn run(
     let Some((name, instance, policy)) = first else {
         return Err(fail("reading the config")("stdin closed first".into()));
     };
-    let id = crate::instance::InstanceId::parse(&instance).map_err(fail("reading the config"))?;
-    let options = EgressOptions {
-        names: Names::new(id),
-        comment: format!("portcullis egress-agent of server {name}"),
-        shape: Shape::Sidecar {
-            agent_uid: uid,
-            upstream: policy.egress.upstream_resolvers.clone(),
-        },
-        ..Default::default()
-    };
-    let egress = Egress::start_with(&policy, options)
-        .await
-        .map_err(|e| fail("starting the nftables worker")(e.to_string()))?;
-    let mut events = egress
-        .take_events()
-        .ok_or_else(|| fail("starting the nftables worker")("no event stream".into()))?;
-    let server = &policy.servers[&name];
-    let prepared = egress
-        .prepare(server, Attachment::Sidecar)
-        .await
-        .map_err(|e| fail("programming and verifying the table")(e.to_string()))?;
-    send(
-        out,
-        &FromAgent::Ready {
-            table: egress.names().table(),
-            protection: egress.protection().mode().into(),
-            resolver: prepared.resolver.to_string(),
-        },
-    )
-    .await;
+    let (egress, mut events, ready) =
+        enforce(uid, &name, &instance, &policy, Vec::new(), true).await?;
+    send(out, &ready).await;
     loop {
         tokio::select! {
             cfg = next_config(&mut lines) => match cfg {
@@ -193,8 +171,54 @@ pub async fn run(
     }
 }
 
+/// Steps 3-4 of the module contract, shared by every mode: programs `policy`'s server `name`
+/// in this namespace as table `inet portcullis_<instance>` (with `accept_tcp` open to new
+/// inbound TCP; `table_flags`: OWNER | PERSIST when the kernel has them), reads it back, starts the resolver on `127.0.0.1:53`, and returns the
+/// service, its events and the `ready` line to send. Any error is the step that failed.
+pub(crate) async fn enforce(
+    uid: u32,
+    name: &str,
+    instance: &str,
+    policy: &crate::policy::Policy,
+    accept_tcp: Vec<u16>,
+    table_flags: bool,
+) -> Result<(Egress, tokio::sync::mpsc::Receiver<EgressEvent>, FromAgent), AgentError> {
+    let id = crate::instance::InstanceId::parse(instance).map_err(fail("reading the config"))?;
+    let server = policy
+        .servers
+        .get(name)
+        .ok_or_else(|| fail("validating the config")(format!("no server `{name}`")))?;
+    let options = EgressOptions {
+        names: Names::new(id),
+        comment: format!("portcullis egress-agent of server {name}"),
+        shape: Shape::Sidecar {
+            agent_uid: uid,
+            upstream: policy.egress.upstream_resolvers.clone(),
+            accept_tcp,
+        },
+        table_flags,
+        ..Default::default()
+    };
+    let egress = Egress::start_with(policy, options)
+        .await
+        .map_err(|e| fail("starting the nftables worker")(e.to_string()))?;
+    let events = egress
+        .take_events()
+        .ok_or_else(|| fail("starting the nftables worker")("no event stream".into()))?;
+    let prepared = egress
+        .prepare(server, Attachment::Sidecar)
+        .await
+        .map_err(|e| fail("programming and verifying the table")(e.to_string()))?;
+    let ready = FromAgent::Ready {
+        table: egress.names().table(),
+        protection: egress.protection().mode().into(),
+        resolver: prepared.resolver.to_string(),
+    };
+    Ok((egress, events, ready))
+}
+
 /// An event of the worker as a line for the gateway.
-fn report(ev: EgressEvent) -> FromAgent {
+pub(crate) fn report(ev: EgressEvent) -> FromAgent {
     match ev {
         EgressEvent::Denied { packets, .. } => FromAgent::Denied { packets },
         EgressEvent::DnsOverBudget { queries, .. } => FromAgent::DnsOverBudget { queries },

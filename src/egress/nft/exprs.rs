@@ -8,7 +8,7 @@ use std::os::raw::c_void;
 use nftnl_sys as sys;
 use nftnl_sys::libc;
 
-use super::{cstr, NRule, NftError, CT_ESTABLISHED_RELATED, IFNAMSIZ};
+use super::{cstr, NRule, NftError, CT_ESTABLISHED_RELATED, CT_NEW, IFNAMSIZ};
 use crate::egress::ruleset::{Match, Rule, Verdict};
 
 pub(super) struct Exprs<'a> {
@@ -77,6 +77,18 @@ impl Exprs<'_> {
         })
     }
 
+    /// `ct state` has one of the bits of `mask`.
+    fn ct_state(&mut self, mask: u32) -> Result<(), NftError> {
+        // SAFETY: valid expression pointer from `add`.
+        self.add(c"ct", |e| unsafe {
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_KEY as u16, libc::NFT_CT_STATE as u32);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_DREG as u16, REG1);
+            Ok(())
+        })?;
+        self.bitwise(&mask.to_ne_bytes())?;
+        self.cmp(libc::NFT_CMP_NEQ, &[0, 0, 0, 0])
+    }
+
     fn bitwise(&mut self, mask: &[u8]) -> Result<(), NftError> {
         let xor = vec![0u8; mask.len()];
         // SAFETY: libnftnl copies the buffers.
@@ -140,20 +152,8 @@ impl Exprs<'_> {
                 self.meta(libc::NFT_META_OIFNAME, REG1)?;
                 self.cmp(libc::NFT_CMP_EQ, p.as_bytes())
             }
-            Match::CtEstablishedRelated => {
-                // SAFETY: valid expression pointer from `add`.
-                self.add(c"ct", |e| unsafe {
-                    sys::nftnl_expr_set_u32(
-                        e,
-                        sys::NFTNL_EXPR_CT_KEY as u16,
-                        libc::NFT_CT_STATE as u32,
-                    );
-                    sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_CT_DREG as u16, REG1);
-                    Ok(())
-                })?;
-                self.bitwise(&CT_ESTABLISHED_RELATED.to_ne_bytes())?;
-                self.cmp(libc::NFT_CMP_NEQ, &[0, 0, 0, 0])
-            }
+            Match::CtEstablishedRelated => self.ct_state(CT_ESTABLISHED_RELATED),
+            Match::CtNew => self.ct_state(CT_NEW),
             Match::Daddr(addr, prefix) => self.addr_in(addr, *prefix, false),
             Match::Saddr(addr, prefix) => self.addr_in(addr, *prefix, true),
             Match::Proto(l4, port) => {
@@ -299,7 +299,7 @@ pub fn expr_count(r: &Rule) -> usize {
             | Match::SkUid(_)
             | Match::IifPrefix(_)
             | Match::OifPrefix(_) => 2,
-            Match::CtEstablishedRelated => 3,
+            Match::CtEstablishedRelated | Match::CtNew => 3,
             Match::Daddr(a, p) | Match::Saddr(a, p) => {
                 let bits = if a.is_ipv4() { 32 } else { 128 };
                 if *p < bits {

@@ -80,6 +80,8 @@ const TYPE_IPV4: u32 = 7;
 const TYPE_ADDR_PORT: u32 = (7 << 6) | 13;
 
 const CT_ESTABLISHED_RELATED: u32 = (1 << 1) | (1 << 2);
+/// `ct state new` (NF_CT_STATE_BIT(IP_CT_NEW)).
+const CT_NEW: u32 = 1 << 3;
 const IFNAMSIZ: usize = 16;
 
 fn cstr(s: &str) -> Result<CString, NftError> {
