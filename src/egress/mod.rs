@@ -42,6 +42,7 @@ pub mod names;
 pub mod netns;
 pub mod network;
 pub mod nft;
+pub mod nflog;
 pub mod plan;
 pub mod ruleset;
 pub mod sets;

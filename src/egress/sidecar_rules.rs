@@ -22,7 +22,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::ruleset::{
-    counted_drop, in_chain, rule, server_chain, srv_chain, Chain, Hook, Match, Rule, Table,
+    in_chain, rule, server_chain, server_drop, srv_chain, Chain, Hook, Match, Rule, Table,
     Verdict, L4,
 };
 use crate::policy::Server;
@@ -43,11 +43,16 @@ fn dns_pair(first: &[Match], addr: Ipv4Addr, port: u16, verdict: Verdict) -> [Ru
 }
 
 /// The table of `server` in its agent's namespace; `agent_uid` owns the agent's sockets and
-/// `upstream` are the policy's resolvers.
-pub fn build(server: &Server, agent_uid: u32, upstream: &[SocketAddr]) -> Table {
+/// `upstream` are the policy's resolvers; `log` is the agent's NFLOG group for drop logs.
+pub fn build(
+    server: &Server,
+    agent_uid: u32,
+    upstream: &[SocketAddr],
+    log: Option<u16>,
+) -> Table {
     let mut t = Table::default();
     let name = &server.name;
-    let (sets, srv) = server_chain(server);
+    let (sets, srv) = server_chain(server, log);
     t.sets = sets;
 
     let lo_out = [Match::Oif("lo".into())];
@@ -99,7 +104,7 @@ pub fn build(server: &Server, agent_uid: u32, upstream: &[SocketAddr]) -> Table 
     t.chains.push(Chain {
         name: in_chain(name),
         hook: None,
-        rules: vec![counted_drop(vec![])],
+        rules: server_drop(name, log),
         server: Some(name.clone()),
     });
     t
@@ -127,7 +132,7 @@ egress.allow = ["api.example.test:443", "10.1.2.0/24:5432"]
         let s = &policy.servers["web"];
         let text = render(
             "portcullis",
-            &build(s, 65533, &policy.egress.upstream_resolvers),
+            &build(s, 65533, &policy.egress.upstream_resolvers, Some(7)),
         );
         for line in [
             "type nat hook output priority dstnat - 1; policy accept;",
@@ -141,6 +146,7 @@ egress.allow = ["api.example.test:443", "10.1.2.0/24:5432"]
             "ip daddr 10.1.2.0/24 tcp dport 5432 accept",
             "iifname \"lo\" ip daddr 127.0.0.1 udp dport 53 accept",
             "jump in_web",
+            "limit rate 20/second burst 20 packets log prefix \"pc:web\" group 7",
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");
         }
