@@ -459,7 +459,7 @@ mod tests {
         c.add(&json!({"seq": 9, "ts": ts(30), "kind": "call", "client": "eve", "server": "gh", "tool": "list"}));
         let a = c.finish();
         assert_eq!(a.totals.calls, 2);
-        assert_eq!(a.totals.records, 8);
+        assert_eq!(a.totals.records, 10);
         assert_eq!(a.calls_by_client.get("alice"), Some(&1));
         assert!(!a.calls_by_client.contains_key("eve"));
         assert_eq!(a.calls_by_tool.get("gh/list"), Some(&2));
