@@ -27,15 +27,17 @@ use portcullis::egress::{ruleset, Names};
 use serde_json::json;
 
 /// The `egress_denied` records of `server` name the lab's unlisted host (TCP 443) and other
-/// DNS server (UDP 53) it tried, and `audit report` lists the host under the server.
+/// DNS server (UDP 53) it tried and the unlisted name its resolver refused, and `audit report`
+/// lists the host under the server.
 async fn check_destinations(r: &mut Cases, audit: &std::path::Path, server: &str, lab: &HostLab) {
     let dests = [
-        (lab.ip(30).to_string(), "tcp", 443),
-        (lab.ip(53).to_string(), "udp", 53),
+        (lab.ip(30).to_string(), "tcp", Some(443)),
+        (lab.ip(53).to_string(), "udp", Some(53)),
+        ("unlisted.test".to_owned(), "dns", None),
     ];
     let named = denials::await_dests(audit, Duration::from_secs(30), server, &dests).await;
     r.check(
-        &format!("{server}: egress_denied names the unlisted address, protocol and port"),
+        &format!("{server}: egress_denied names the unlisted addresses, protocols, ports and name"),
         named.is_ok(),
         &named.unwrap_or_else(|e| e),
     );

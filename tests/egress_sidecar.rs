@@ -276,12 +276,13 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
     r.check("denials are audited", true, "egress_denied record written");
     // Where they went (issue #19): named from the agent's own NFLOG group, in its namespace.
     let dests = [
-        (lab.ip(30).to_string(), "tcp", 443),
-        (lab.ip(10).to_string(), "udp", 443),
+        (lab.ip(30).to_string(), "tcp", Some(443)),
+        (lab.ip(10).to_string(), "udp", Some(443)),
+        ("unlisted.test".to_owned(), "dns", None),
     ];
     let named = denials::await_dests(audit, Duration::from_secs(30), &a, &dests).await;
     r.check(
-        "the agent's denials name the unlisted address, protocol and port",
+        "the agent's denials name the unlisted addresses, protocols, ports and name",
         named.is_ok(),
         &named.unwrap_or_else(|e| e),
     );

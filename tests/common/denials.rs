@@ -8,15 +8,16 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-/// Whether `rec` is an `egress_denied` record of `server` naming `dest` (`proto`, `port`).
-pub fn names_dest(rec: &Value, server: &str, dest: &str, proto: &str, port: u16) -> bool {
+/// Whether `rec` is an `egress_denied` record of `server` naming `dest` (`proto`, `port`;
+/// none for a refused DNS name, protocol `dns`).
+pub fn names_dest(rec: &Value, server: &str, dest: &str, proto: &str, port: Option<u16>) -> bool {
     rec["kind"] == "egress_denied"
         && rec["server"] == server
         && rec["destinations"].as_array().is_some_and(|l| {
             l.iter().any(|d| {
                 d["dest"] == dest
                     && d["proto"] == proto
-                    && d["port"].as_u64() == Some(u64::from(port))
+                    && d["port"].as_u64() == port.map(u64::from)
                     && d["packets"].as_u64().unwrap_or(0) > 0
             })
         })
@@ -28,7 +29,7 @@ pub async fn await_dests(
     audit: &Path,
     limit: Duration,
     server: &str,
-    dests: &[(String, &str, u16)],
+    dests: &[(String, &str, Option<u16>)],
 ) -> Result<String, String> {
     let deadline = Instant::now() + limit;
     loop {
@@ -38,7 +39,10 @@ pub async fn await_dests(
             match recs.iter().find(|r| names_dest(r, server, d, proto, *port)) {
                 Some(r) => {
                     let text = r["detail"].as_str().unwrap_or_default().to_owned();
-                    let label = format!("{d}:{port}/{proto}");
+                    let label = match port {
+                        Some(p) => format!("{d}:{p}/{proto}"),
+                        None => format!("{d}/{proto}"),
+                    };
                     let ok = text.contains(&label);
                     details.push(text);
                     ok

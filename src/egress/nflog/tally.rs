@@ -61,6 +61,7 @@ impl DeniedDest {
         };
         match self.port {
             Some(p) => format!("{host}:{p}/{}", self.proto),
+            // A refused DNS name: `unlisted.test/dns`.
             None => format!("{}/{}", self.dest, self.proto),
         }
     }
