@@ -14,15 +14,15 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::{InspectContainerOptions, ListNetworksOptionsBuilder};
 use common::client::{Mcp, LATEST};
 use common::docker::containers_in;
+use common::hostlab::HostLab;
 use common::hostlab::{
     await_record, await_tools, blocked, container_addr, host_dns_answers, host_service, iface_addr,
     names_of, nft_table, policy, probe, report_egress, server, setup, tcp, Leftovers, Setup,
 };
-use common::hostlab::HostLab;
-use common::{denials, netlab};
 use common::{
     audit_records, audit_verify, gateway_bin, http_get, table_protection, Cases, Gateway,
 };
+use common::{denials, netlab};
 use portcullis::egress::{ruleset, Names};
 use serde_json::json;
 

@@ -361,7 +361,12 @@ mod tests {
         assert_eq!(dests.iter().map(|d| d.packets).sum::<u64>(), 5009);
         // Destinations alone (a log that came after its count) still make a record.
         assert_eq!(
-            t.add("web", 0, vec![dest("198.18.0.9", 80, 1)], t0 + Duration::from_secs(20)),
+            t.add(
+                "web",
+                0,
+                vec![dest("198.18.0.9", 80, 1)],
+                t0 + Duration::from_secs(20)
+            ),
             Some((0, vec![dest("198.18.0.9", 80, 1)]))
         );
         let rec = denied_record("web", 3, vec![dest("198.18.0.9", 443, 2)]);

@@ -17,8 +17,8 @@
 //! - A changed rate (policy reload) takes effect with a full bucket; an unchanged one keeps its
 //!   state, so a reload does not hand a flooding sandbox a fresh burst.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 

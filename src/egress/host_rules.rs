@@ -21,7 +21,8 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::names::Names;
 use super::ruleset::{
-    counted_drop, in_chain, rule, server_chain, server_drop, Chain, Hook, Match, ServerNet, Table, Verdict, L4,
+    counted_drop, in_chain, rule, server_chain, server_drop, Chain, Hook, Match, ServerNet, Table,
+    Verdict, L4,
 };
 use crate::policy::{Policy, Runtime, Server};
 

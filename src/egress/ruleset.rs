@@ -143,7 +143,10 @@ pub enum Verdict {
     Dnat(Ipv4Addr, u16),
     /// Not a verdict: a rate-limited NFLOG statement (`limit rate` then `log group`), after
     /// which the next rule is evaluated (see `nflog/mod.rs`).
-    Log { group: u16, prefix: String },
+    Log {
+        group: u16,
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

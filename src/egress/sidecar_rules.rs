@@ -22,8 +22,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::ruleset::{
-    in_chain, rule, server_chain, server_drop, srv_chain, Chain, Hook, Match, Rule, Table,
-    Verdict, L4,
+    in_chain, rule, server_chain, server_drop, srv_chain, Chain, Hook, Match, Rule, Table, Verdict,
+    L4,
 };
 use crate::policy::Server;
 
@@ -44,12 +44,7 @@ fn dns_pair(first: &[Match], addr: Ipv4Addr, port: u16, verdict: Verdict) -> [Ru
 
 /// The table of `server` in its agent's namespace; `agent_uid` owns the agent's sockets and
 /// `upstream` are the policy's resolvers; `log` is the agent's NFLOG group for drop logs.
-pub fn build(
-    server: &Server,
-    agent_uid: u32,
-    upstream: &[SocketAddr],
-    log: Option<u16>,
-) -> Table {
+pub fn build(server: &Server, agent_uid: u32, upstream: &[SocketAddr], log: Option<u16>) -> Table {
     let mut t = Table::default();
     let name = &server.name;
     let (sets, srv) = server_chain(server, log);

@@ -197,9 +197,9 @@ async fn serve_agent(
     while let Ok(Some(l)) = lines.next_line().await {
         let ev = match protocol::decode_from_agent(&l) {
             Ok(FromAgent::Denied {
-                    packets,
-                    destinations,
-                }) => EgressEvent::Denied {
+                packets,
+                destinations,
+            }) => EgressEvent::Denied {
                 server: server.clone(),
                 packets,
                 destinations,

@@ -150,7 +150,9 @@ pub async fn flood_is_bounded(
             break new;
         }
         if Instant::now() >= deadline {
-            return Err(format!("{counted} of {count} sprayed packets counted: {new:?}"));
+            return Err(format!(
+                "{counted} of {count} sprayed packets counted: {new:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     };

@@ -52,8 +52,14 @@ fn probe(args: &Value) -> Result<String, String> {
         // A hostile server's flood: one datagram to each of `count` ports (from `first_port`)
         // of `ip`, without waiting for anything.
         "udp_spray" => {
-            let ip: IpAddr = arg(args, "ip")?.parse().map_err(|e| format!("bad ip: {e}"))?;
-            let num = |k: &str| args.get(k).and_then(Value::as_u64).ok_or(format!("missing {k}"));
+            let ip: IpAddr = arg(args, "ip")?
+                .parse()
+                .map_err(|e| format!("bad ip: {e}"))?;
+            let num = |k: &str| {
+                args.get(k)
+                    .and_then(Value::as_u64)
+                    .ok_or(format!("missing {k}"))
+            };
             let first = num("first_port")?.clamp(1, 65535) as u16;
             let count = num("count")?.min(20_000) as u16;
             udp_spray(ip, first, count)

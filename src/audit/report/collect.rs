@@ -327,12 +327,18 @@ impl Collector {
             })
             .collect();
         list.sort_by(|a, b| {
-            (a.server.as_str(), std::cmp::Reverse(a.packets), &a.dest, a.port).cmp(&(
-                b.server.as_str(),
-                std::cmp::Reverse(b.packets),
-                &b.dest,
-                b.port,
-            ))
+            (
+                a.server.as_str(),
+                std::cmp::Reverse(a.packets),
+                &a.dest,
+                a.port,
+            )
+                .cmp(&(
+                    b.server.as_str(),
+                    std::cmp::Reverse(b.packets),
+                    &b.dest,
+                    b.port,
+                ))
         });
         self.activity.egress_denied_by_destination = list;
         self.activity
@@ -348,7 +354,10 @@ fn egress_destinations(a: &mut Activity, v: &Value) {
         .split_once(" packet(s)")
         .and_then(|(n, _)| n.parse::<u64>().ok())
     {
-        let e = a.egress_packets_by_server.entry(server.clone()).or_default();
+        let e = a
+            .egress_packets_by_server
+            .entry(server.clone())
+            .or_default();
         *e = e.saturating_add(n);
     }
     let Some(list) = v.get("destinations").and_then(Value::as_array) else {
@@ -360,7 +369,12 @@ fn egress_destinations(a: &mut Activity, v: &Value) {
             .get("port")
             .and_then(Value::as_u64)
             .and_then(|p| u16::try_from(p).ok());
-        let mut key = (server.clone(), s(d, "dest").to_owned(), s(d, "proto").to_owned(), port);
+        let mut key = (
+            server.clone(),
+            s(d, "dest").to_owned(),
+            s(d, "proto").to_owned(),
+            port,
+        );
         if !a.dest_rows.contains_key(&key) && a.dest_rows.len() >= DEST_ROWS {
             key = (server.clone(), "other".into(), "any".into(), None);
         }
@@ -475,7 +489,10 @@ mod tests {
             .collect();
         assert_eq!(
             rows,
-            [("198.18.0.9", "tcp", Some(443), 3), ("198.18.0.7", "udp", Some(53), 1)]
+            [
+                ("198.18.0.9", "tcp", Some(443), 3),
+                ("198.18.0.7", "udp", Some(53), 1)
+            ]
         );
         let t = &a.tools["gh/list"];
         assert_eq!((t.calls, t.errors, t.latency_max_us), (2, 1, 900));

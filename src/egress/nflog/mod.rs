@@ -313,7 +313,10 @@ mod tests {
         assert_ne!(a, b);
         let m = config_message(a, 9);
         assert_eq!(m.len() % 4, 0);
-        assert_eq!(u32::from_ne_bytes(m[..4].try_into().unwrap()) as usize, m.len());
+        assert_eq!(
+            u32::from_ne_bytes(m[..4].try_into().unwrap()) as usize,
+            m.len()
+        );
         assert_eq!(u16::from_be_bytes([m[18], m[19]]), a);
     }
 }

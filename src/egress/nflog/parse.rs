@@ -248,7 +248,11 @@ mod tests {
         for n in 0..v6p.len() {
             let _ = dest(&v6p[..n]);
         }
-        assert_eq!(dest(&v6p).unwrap().port, None, "extension runs past the copy");
+        assert_eq!(
+            dest(&v6p).unwrap().port,
+            None,
+            "extension runs past the copy"
+        );
         // A header length below the minimum.
         let mut bad = tcp.clone();
         bad[0] = 0x41;

@@ -103,11 +103,7 @@ pub fn merge(into: &mut Vec<DeniedDest>, more: Vec<DeniedDest>) {
             packets,
         })
         .collect();
-    let mut rest: u64 = all
-        .iter()
-        .filter(|d| d.is_other())
-        .map(|d| d.packets)
-        .sum();
+    let mut rest: u64 = all.iter().filter(|d| d.is_other()).map(|d| d.packets).sum();
     all.retain(|d| !d.is_other());
     all.sort_by(|a, b| b.packets.cmp(&a.packets).then_with(|| a.cmp(b)));
     for d in all.drain(REPORTED.min(all.len())..) {

@@ -421,9 +421,9 @@ async fn read_reports(
     while let Ok(Some(line)) = lines.next_line().await {
         let ev = match protocol::decode_from_agent(&line) {
             Ok(FromAgent::Denied {
-                    packets,
-                    destinations,
-                }) => EgressEvent::Denied {
+                packets,
+                destinations,
+            }) => EgressEvent::Denied {
                 server: server.clone(),
                 packets,
                 destinations,
