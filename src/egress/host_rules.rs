@@ -10,7 +10,7 @@
 //!   as part of a connection the sandbox opened.
 //! - `srv_NAME`: [`super::ruleset::server_chain`].
 //! - `in_NAME`: from the sandbox to the host, only DNS (UDP and TCP 53) to the server's resolver
-//!   address, then a counted drop.
+//!   address, then the server's NFLOG rule and a counted drop.
 //! - Interfaces with this instance's prefix that no server owns are dropped (a stale bridge
 //!   left by a crash must not become an open one).
 //! - `postrouting` (type nat, only when a process sandbox exists): a veth sandbox's subnet is

@@ -8,7 +8,9 @@
 //!
 //! Every server's own chain is the same in both modes ([`server_chain`]): `srv_NAME` accepts
 //! established/related, then the pinned `ip . port` set, then static CIDR rules, then a
-//! counted drop. Only TCP is ever accepted (see `dns.rs` for why pins are TCP-only).
+//! rate-limited NFLOG rule naming the server (where the gateway has a group, see
+//! `nflog/mod.rs`) and a counted drop. Only TCP is ever accepted (see `dns.rs` for why pins are
+//! TCP-only).
 
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};

@@ -12,8 +12,9 @@
 //!   upstream resolvers only from sockets of the agent's uid (`meta skuid`): the server runs as
 //!   another uid (policy check and the runtime refuse the agent's) and has no capabilities to
 //!   change its uid; everything else goes to `srv_NAME`: established, the pinned `ip . port`
-//!   sets, the static CIDR rules, a counted drop.
-//! - `input`: established/related, loopback to the resolver, then `in_NAME`: a counted drop.
+//!   sets, the static CIDR rules, the NFLOG rule (the agent's own group), a counted drop.
+//! - `input`: established/related, loopback to the resolver, then `in_NAME`: the NFLOG rule and
+//!   a counted drop (its "destination" is the server's own address and the port tried).
 //!   Nothing outside can open a connection to the server or its agent.
 //!
 //! The chain names of one server are those of the host table (`srv_NAME`, `in_NAME`), so the

@@ -27,7 +27,8 @@
 //! reports [`EgressEvent::RestoreFailed`] with the servers that are now unprotected, so the
 //! gateway can stop them (once per loss; the watch keeps retrying, and [`super::Egress::is_enforcing`]
 //! stays false until a retry succeeds). It also turns the drop counters into rate-limited
-//! [`EgressEvent::Denied`] events (at most one per server per interval, carrying the count).
+//! [`EgressEvent::Denied`] events (at most one per server per interval, carrying the count and
+//! the destinations the NFLOG listener tallied, see `nflog/mod.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

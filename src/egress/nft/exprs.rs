@@ -362,6 +362,15 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_log_rule_reads_back_as_limit_and_log_and_the_drop_keeps_its_counter() {
+        let rules = crate::egress::ruleset::server_drop("web", Some(7));
+        let counts: Vec<usize> = rules.iter().map(expr_count).collect();
+        assert_eq!(counts, [2, 2], "limit + log; counter + verdict");
+        let none = crate::egress::ruleset::server_drop("web", None);
+        assert_eq!(none.iter().map(expr_count).collect::<Vec<_>>(), [2]);
+    }
+
+    #[test]
     fn masks_cover_the_prefix() {
         assert_eq!(prefix_mask(4, 24), vec![255, 255, 255, 0]);
         assert_eq!(prefix_mask(4, 12), vec![255, 240, 0, 0]);
