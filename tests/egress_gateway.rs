@@ -14,7 +14,6 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::{InspectContainerOptions, ListNetworksOptionsBuilder};
 use common::client::{Mcp, LATEST};
 use common::docker::containers_in;
-use common::hostlab::HostLab;
 use common::hostlab::{
     await_record, await_tools, blocked, container_addr, host_dns_answers, host_service, iface_addr,
     names_of, nft_table, policy, probe, report_egress, server, setup, tcp, Leftovers, Setup,
@@ -25,27 +24,6 @@ use common::{
 use common::{denials, netlab};
 use portcullis::egress::{ruleset, Names};
 use serde_json::json;
-
-/// The `egress_denied` records of `server` name the lab's unlisted host (TCP 443) and other
-/// DNS server (UDP 53) it tried and the unlisted name its resolver refused, and `audit report`
-/// lists the host under the server.
-async fn check_destinations(r: &mut Cases, audit: &std::path::Path, server: &str, lab: &HostLab) {
-    let dests = [
-        (lab.ip(30).to_string(), "tcp", Some(443)),
-        (lab.ip(53).to_string(), "udp", Some(53)),
-        ("unlisted.test".to_owned(), "dns", None),
-    ];
-    let named = denials::await_dests(audit, Duration::from_secs(30), server, &dests).await;
-    r.check(
-        &format!("{server}: egress_denied names the unlisted addresses, protocols, ports and name"),
-        named.is_ok(),
-        &named.unwrap_or_else(|e| e),
-    );
-    r.result(
-        &format!("{server}: `audit report` lists the denial by server and destination"),
-        denials::report_lists_dest(audit, server, &lab.ip(30).to_string(), "tcp", 443),
-    );
-}
 
 /// The table protection a gateway reports on `/metrics`: `owner` or `watch`.
 fn protection_mode(gw: &Gateway) -> String {
@@ -338,7 +316,7 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     // Where they went (issue #19): the records name the unlisted hosts and ports each server
     // tried (NFLOG), and the report lists them by server and destination.
     for s in [&a, &p] {
-        check_destinations(&mut r, &audit, s, &lab).await;
+        denials::check_destinations(&mut r, &audit, s, &lab).await;
     }
     // A server spraying thousands of ports: exact counts, a handful of capped records.
     let flood = denials::flood_is_bounded(&mut c, &audit, &p, lab.ip(30), 3000).await;

@@ -177,3 +177,29 @@ pub async fn flood_is_bounded(
     }
     Ok(summary)
 }
+
+/// The `egress_denied` records of `server` name the lab's unlisted host (TCP 443) and other
+/// DNS server (UDP 53) it tried and the unlisted name its resolver refused, and `audit report`
+/// lists the host under the server.
+pub async fn check_destinations(
+    r: &mut super::Cases,
+    audit: &Path,
+    server: &str,
+    lab: &super::hostlab::HostLab,
+) {
+    let dests = [
+        (lab.ip(30).to_string(), "tcp", Some(443)),
+        (lab.ip(53).to_string(), "udp", Some(53)),
+        ("unlisted.test".to_owned(), "dns", None),
+    ];
+    let named = await_dests(audit, Duration::from_secs(30), server, &dests).await;
+    r.check(
+        &format!("{server}: egress_denied names the unlisted addresses, protocols, ports and name"),
+        named.is_ok(),
+        &named.unwrap_or_else(|e| e),
+    );
+    r.result(
+        &format!("{server}: `audit report` lists the denial by server and destination"),
+        report_lists_dest(audit, server, &lab.ip(30).to_string(), "tcp", 443),
+    );
+}
