@@ -79,7 +79,8 @@ fn main() {
             .iter()
             .map(|net| (&p.servers[&net.server], net))
             .collect();
-        let table = ruleset::build(&names.iface_prefix(), &pairs);
+        // No NFLOG group: the bench programs rules, nothing listens to a log.
+        let table = ruleset::build(&names.iface_prefix(), &pairs, None);
         let table_name = names.table();
         let chains = table.chains.len();
         let rules: usize = table.chains.iter().map(|c| c.rules.len()).sum();

@@ -18,10 +18,10 @@ use common::hostlab::{
     await_record, await_tools, blocked, container_addr, host_dns_answers, host_service, iface_addr,
     names_of, nft_table, policy, probe, report_egress, server, setup, tcp, Leftovers, Setup,
 };
-use common::netlab;
 use common::{
     audit_records, audit_verify, gateway_bin, http_get, table_protection, Cases, Gateway,
 };
+use common::{denials, netlab};
 use portcullis::egress::{ruleset, Names};
 use serde_json::json;
 
@@ -312,6 +312,18 @@ async fn containers_and_process_namespaces_are_held_to_their_egress_rules() {
     r.result(
         "`audit report` counts the egress denials by server",
         report_egress(&audit, &[&a, &p], denied),
+    );
+    // Where they went (issue #19): the records name the unlisted hosts and ports each server
+    // tried (NFLOG), and the report lists them by server and destination.
+    for s in [&a, &p] {
+        denials::check_destinations(&mut r, &audit, s, &lab).await;
+    }
+    // A server spraying thousands of ports: exact counts, a handful of capped records.
+    let flood = denials::flood_is_bounded(&mut c, &audit, &p, lab.ip(30), 3000).await;
+    r.check(
+        "a port flood is counted exactly but logged rate-limited and capped",
+        flood.is_ok(),
+        &flood.unwrap_or_else(|e| e),
     );
     let (_, metrics) = http_get(&format!("{}/metrics", gw.base)).unwrap();
     let line = metrics

@@ -487,7 +487,7 @@ async fn attack_matrix() {
     while Instant::now() < deadline && !saw_event {
         if let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(500), events.recv()).await
         {
-            saw_event |= matches!(ev, EgressEvent::Denied { ref server, packets } if *server == name_a && packets > 0);
+            saw_event |= matches!(ev, EgressEvent::Denied { ref server, packets, .. } if *server == name_a && packets > 0);
         }
     }
     r.check(

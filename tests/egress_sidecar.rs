@@ -25,7 +25,7 @@ use common::netlab::udp_echo;
 use common::sidecar::{
     addr_of, icmp_echo, listen_in, resolve_connect, scope_env, server_pid, tcp_hold, udp_echoes,
 };
-use common::{Cases, Gateway};
+use common::{denials, Cases, Gateway};
 use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -274,6 +274,22 @@ async fn sidecar_agents_hold_docker_servers_to_their_rules() {
     })
     .await;
     r.check("denials are audited", true, "egress_denied record written");
+    // Where they went (issue #19): named from the agent's own NFLOG group, in its namespace.
+    let dests = [
+        (lab.ip(30).to_string(), "tcp", Some(443)),
+        (lab.ip(10).to_string(), "udp", Some(443)),
+        ("unlisted.test".to_owned(), "dns", None),
+    ];
+    let named = denials::await_dests(audit, Duration::from_secs(30), &a, &dests).await;
+    r.check(
+        "the agent's denials name the unlisted addresses, protocols, ports and name",
+        named.is_ok(),
+        &named.unwrap_or_else(|e| e),
+    );
+    r.result(
+        "`audit report` lists the agent's denial by server and destination",
+        denials::report_lists_dest(audit, &a, &lab.ip(30).to_string(), "tcp", 443),
+    );
 
     // An agent that dies takes its server down (its table is no longer watched).
     rt.api()

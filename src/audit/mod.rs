@@ -120,5 +120,5 @@ pub mod writer;
 
 pub use config::AuditConfig;
 pub use error::AuditError;
-pub use record::{AuditEvent, Kind, Outcome, Redact, RedactStrings};
+pub use record::{AuditEvent, EgressDest, Kind, Outcome, Redact, RedactStrings};
 pub use writer::{AuditLog, Seq};

@@ -195,6 +195,36 @@ pub struct AuditEvent {
     pub rule_condition: Option<bool>,
     /// The serial of the signed policy in force when the record was written (signed mode only).
     pub policy_serial: Option<u64>,
+    /// `egress_denied`: where the dropped packets were going (written as `destinations`).
+    pub destinations: Option<Vec<EgressDest>>,
+}
+
+/// One destination of an `egress_denied` record: `{"dest":..,"proto":..,"port":..,"packets":..}`
+/// (strings and integers only, so the record stays canonical JSON).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressDest {
+    /// An address, a refused DNS name, or `other` (the rest past the cap, summed).
+    pub dest: String,
+    pub proto: String,
+    pub port: Option<u16>,
+    /// Logged packets (the log is rate-limited; the record's total is in its detail).
+    pub packets: u64,
+}
+
+impl EgressDest {
+    fn to_value(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("dest".into(), Value::from(self.dest.clone()));
+        m.insert("proto".into(), Value::from(self.proto.clone()));
+        if let Some(p) = self.port {
+            m.insert("port".into(), Value::from(p));
+        }
+        m.insert(
+            "packets".into(),
+            Value::from(self.packets.min(super::canonical::MAX_SAFE_INTEGER)),
+        );
+        Value::Object(m)
+    }
 }
 
 macro_rules! setter {
@@ -234,6 +264,7 @@ impl AuditEvent {
             detail: None,
             rule: None,
             rule_condition: None,
+            destinations: None,
         }
     }
 
@@ -253,6 +284,7 @@ impl AuditEvent {
     setter!(detail, String);
     setter!(rule, String);
     setter!(rule_condition, bool);
+    setter!(destinations, Vec<EgressDest>);
 
     /// The rule that decided, if a rule entry did.
     pub fn rule_of(self, rule: Option<&crate::access::Matched>) -> Self {
@@ -330,6 +362,10 @@ impl AuditEvent {
         }
         if let Some(c) = self.rule_condition {
             m.insert("rule_condition".into(), Value::from(c));
+        }
+        if let Some(d) = self.destinations {
+            let list = d.iter().map(EgressDest::to_value).collect();
+            m.insert("destinations".into(), Value::Array(list));
         }
         m
     }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::audit::{AuditEvent, Kind, Outcome};
+use crate::egress::nflog::DeniedDest;
 use crate::egress::EgressEvent;
 use crate::policy::{Policy, Rate, Runtime as Spec};
 use crate::router::audit_trail::AuditTrail;
@@ -26,8 +27,35 @@ pub const DENIED_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug)]
 pub struct DenialThrottle {
     every: Duration,
-    /// server -> (when the last record was written, packets since)
-    servers: HashMap<String, (Option<Instant>, u64)>,
+    servers: HashMap<String, Pending>,
+}
+
+/// What one server's next record will carry.
+#[derive(Debug, Default)]
+struct Pending {
+    /// When the last record was written.
+    last: Option<Instant>,
+    count: u64,
+    /// Merged and capped like one report (see `egress::nflog::tally::merge`).
+    dests: Vec<DeniedDest>,
+}
+
+/// A record's worth: the count and the destinations.
+pub type Due = (u64, Vec<DeniedDest>);
+
+impl Pending {
+    fn is_due(&self, every: Duration, now: Instant) -> bool {
+        (self.count > 0 || !self.dests.is_empty())
+            && self.last.is_none_or(|t| now.duration_since(t) >= every)
+    }
+
+    fn take(&mut self, now: Instant) -> Due {
+        self.last = Some(now);
+        (
+            std::mem::take(&mut self.count),
+            std::mem::take(&mut self.dests),
+        )
+    }
 }
 
 impl DenialThrottle {
@@ -38,25 +66,29 @@ impl DenialThrottle {
         }
     }
 
-    /// Adds `packets` for `server`; returns the total to record now, if a record is due.
-    pub fn add(&mut self, server: &str, packets: u64, now: Instant) -> Option<u64> {
-        let (last, pending) = self.servers.entry(server.to_owned()).or_insert((None, 0));
-        *pending = pending.saturating_add(packets);
-        let due = last.is_none_or(|t| now.duration_since(t) >= self.every);
-        if due && *pending > 0 {
-            *last = Some(now);
-            return Some(std::mem::take(pending));
+    /// Adds `count` (and where they went) for `server`; returns what to record now, if a
+    /// record is due.
+    pub fn add(
+        &mut self,
+        server: &str,
+        count: u64,
+        dests: Vec<DeniedDest>,
+        now: Instant,
+    ) -> Option<Due> {
+        let p = self.servers.entry(server.to_owned()).or_default();
+        p.count = p.count.saturating_add(count);
+        if !dests.is_empty() {
+            crate::egress::nflog::tally::merge(&mut p.dests, dests);
         }
-        None
+        p.is_due(self.every, now).then(|| p.take(now))
     }
 
     /// Totals whose window has passed (called on a timer, so a burst's tail is not lost).
-    pub fn due(&mut self, now: Instant) -> Vec<(String, u64)> {
+    pub fn due(&mut self, now: Instant) -> Vec<(String, Due)> {
         let mut out = Vec::new();
-        for (server, (last, pending)) in &mut self.servers {
-            if *pending > 0 && last.is_none_or(|t| now.duration_since(t) >= self.every) {
-                *last = Some(now);
-                out.push((server.clone(), std::mem::take(pending)));
+        for (server, p) in &mut self.servers {
+            if p.is_due(self.every, now) {
+                out.push((server.clone(), p.take(now)));
             }
         }
         out.sort();
@@ -139,10 +171,10 @@ async fn consume(
                 },
                 _ = tick.tick() => {
                     let now = Instant::now();
-                    for (server, packets) in throttles.packets.due(now) {
-                        trail.record_later(denied_record(&server, packets));
+                    for (server, (packets, dests)) in throttles.packets.due(now) {
+                        trail.record_later(denied_record(&server, packets, dests));
                     }
-                    for (server, queries) in throttles.dns.due(now) {
+                    for (server, (queries, _)) in throttles.dns.due(now) {
                         let rate = throttles.dns_rates.get(&server).copied();
                         trail.record_later(over_budget_record(&server, queries, rate));
                     }
@@ -177,13 +209,31 @@ fn over_budget_record(server: &str, queries: u64, rate: Option<Rate>) -> AuditEv
         ))
 }
 
-fn denied_record(server: &str, packets: u64) -> AuditEvent {
-    AuditEvent::new(Kind::EgressDenied)
+fn denied_record(server: &str, packets: u64, dests: Vec<DeniedDest>) -> AuditEvent {
+    let ev = AuditEvent::new(Kind::EgressDenied)
         .server(server)
-        .outcome(Outcome::EgressDenied)
-        .detail(format!(
+        .outcome(Outcome::EgressDenied);
+    if dests.is_empty() {
+        return ev.detail(format!(
             "{packets} packet(s) dropped by the egress firewall (destinations outside the server's egress rules)"
-        ))
+        ));
+    }
+    // The per-destination counts are of logged packets (the log is rate-limited); the total
+    // is the counters' exact one.
+    ev.detail(format!(
+        "{packets} packet(s) dropped by the egress firewall: {}",
+        crate::egress::nflog::tally::describe(&dests)
+    ))
+    .destinations(dests.into_iter().map(audit_dest).collect())
+}
+
+fn audit_dest(d: DeniedDest) -> crate::audit::EgressDest {
+    crate::audit::EgressDest {
+        dest: d.dest,
+        proto: d.proto,
+        port: d.port,
+        packets: d.packets,
+    }
 }
 
 async fn handle(
@@ -193,11 +243,19 @@ async fn handle(
     trail: &AuditTrail,
 ) {
     match ev {
-        EgressEvent::Denied { server, packets } => {
+        EgressEvent::Denied {
+            server,
+            packets,
+            destinations,
+        } => {
             crate::metrics::global().egress_denied(&server, packets);
-            tracing::debug!(%server, packets, "egress denied");
-            if let Some(total) = throttles.packets.add(&server, packets, Instant::now()) {
-                trail.record_later(denied_record(&server, total));
+            tracing::debug!(%server, packets, ?destinations, "egress denied");
+            if let Some((total, dests)) =
+                throttles
+                    .packets
+                    .add(&server, packets, destinations, Instant::now())
+            {
+                trail.record_later(denied_record(&server, total, dests));
             }
         }
         EgressEvent::Pinned { server, pins } => {
@@ -210,7 +268,7 @@ async fn handle(
         } => {
             tracing::debug!(%server, queries, "DNS questions over budget");
             throttles.dns_rates.insert(server.clone(), rate);
-            if let Some(total) = throttles.dns.add(&server, queries, Instant::now()) {
+            if let Some((total, _)) = throttles.dns.add(&server, queries, vec![], Instant::now()) {
                 trail.record_later(over_budget_record(&server, total, Some(rate)));
             }
         }
@@ -255,19 +313,67 @@ mod tests {
     fn denials_are_written_at_once_then_summed_per_window() {
         let mut t = DenialThrottle::new(Duration::from_secs(10));
         let t0 = Instant::now();
-        assert_eq!(t.add("git", 3, t0), Some(3), "the first one at once");
-        assert_eq!(t.add("git", 5, t0 + Duration::from_secs(1)), None);
-        assert_eq!(t.add("git", 2, t0 + Duration::from_secs(2)), None);
+        let n = |c: u64| Some((c, vec![]));
+        assert_eq!(t.add("git", 3, vec![], t0), n(3), "the first one at once");
+        assert_eq!(t.add("git", 5, vec![], t0 + Duration::from_secs(1)), None);
+        assert_eq!(t.add("git", 2, vec![], t0 + Duration::from_secs(2)), None);
         // Another server has its own window.
-        assert_eq!(t.add("db", 1, t0 + Duration::from_secs(2)), Some(1));
+        assert_eq!(t.add("db", 1, vec![], t0 + Duration::from_secs(2)), n(1));
         assert!(t.due(t0 + Duration::from_secs(5)).is_empty());
         assert_eq!(
             t.due(t0 + Duration::from_secs(10)),
-            vec![("git".to_owned(), 7)]
+            vec![("git".to_owned(), (7, vec![]))]
         );
         // Nothing pending: nothing due, and the next denial waits for its window.
         assert!(t.due(t0 + Duration::from_secs(30)).is_empty());
-        assert_eq!(t.add("git", 1, t0 + Duration::from_secs(31)), Some(1));
-        assert_eq!(t.add("git", 1, t0 + Duration::from_secs(32)), None);
+        assert_eq!(t.add("git", 1, vec![], t0 + Duration::from_secs(31)), n(1));
+        assert_eq!(t.add("git", 1, vec![], t0 + Duration::from_secs(32)), None);
+    }
+
+    fn dest(addr: &str, port: u16, packets: u64) -> DeniedDest {
+        DeniedDest {
+            dest: addr.into(),
+            proto: "tcp".into(),
+            port: Some(port),
+            packets,
+        }
+    }
+
+    #[test]
+    fn destinations_are_merged_within_a_window_and_capped() {
+        let mut t = DenialThrottle::new(Duration::from_secs(10));
+        let t0 = Instant::now();
+        let first = t.add("web", 1, vec![dest("198.18.0.9", 443, 1)], t0);
+        assert_eq!(first, Some((1, vec![dest("198.18.0.9", 443, 1)])));
+        // A hostile server spraying ports for the rest of the window: one record, capped.
+        for i in 0..5000u16 {
+            let at = t0 + Duration::from_millis(1 + u64::from(i));
+            assert_eq!(t.add("web", 1, vec![dest("198.18.0.7", i, 1)], at), None);
+        }
+        assert_eq!(t.add("web", 0, vec![dest("198.18.0.9", 443, 9)], t0), None);
+        let due = t.due(t0 + Duration::from_secs(10));
+        assert_eq!(due.len(), 1);
+        let (count, dests) = &due[0].1;
+        assert_eq!(*count, 5000);
+        assert_eq!(dests.len(), crate::egress::nflog::tally::REPORTED + 1);
+        assert_eq!(dests[0], dest("198.18.0.9", 443, 9));
+        assert_eq!(dests.last().map(|d| d.dest.as_str()), Some("other"));
+        assert_eq!(dests.iter().map(|d| d.packets).sum::<u64>(), 5009);
+        // Destinations alone (a log that came after its count) still make a record.
+        assert_eq!(
+            t.add(
+                "web",
+                0,
+                vec![dest("198.18.0.9", 80, 1)],
+                t0 + Duration::from_secs(20)
+            ),
+            Some((0, vec![dest("198.18.0.9", 80, 1)]))
+        );
+        let rec = denied_record("web", 3, vec![dest("198.18.0.9", 443, 2)]);
+        assert_eq!(
+            rec.detail.as_deref(),
+            Some("3 packet(s) dropped by the egress firewall: 198.18.0.9:443/tcp (2)")
+        );
+        assert_eq!(rec.destinations.map(|d| d.len()), Some(1));
     }
 }

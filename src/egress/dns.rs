@@ -400,6 +400,13 @@ async fn decide(ctx: &Ctx, q: &Message) -> Message {
     // not kept.
     let generation = ctx.cache.generation();
     let allow = ctx.allow();
+    if let [query] = q.queries() {
+        let name = query.name().to_ascii();
+        if allow.ports(&name).is_empty() {
+            // For the audit log: which names the server asked for and was refused.
+            ctx.budget.refuse_name(&name);
+        }
+    }
     match judge(&allow, q) {
         Judgement::Answer(m) => m,
         Judgement::Resolve { query, ports } => {

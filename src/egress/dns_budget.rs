@@ -9,17 +9,23 @@
 //!   `/metrics` at once and summed for [`spawn_reporter`], which sends one
 //!   [`EgressEvent::DnsOverBudget`] per report interval at most, so a flood cannot flood the
 //!   event channel (which also carries tamper events) or, through it, the audit log.
+//! - Names refused because no rule allows them are tallied too (at most
+//!   [`crate::egress::nflog::tally::TRACKED`] distinct names per interval, the rest summed as
+//!   `other`) and reported with the same interval as an [`EgressEvent::Denied`] whose
+//!   destinations are of protocol `dns`, so the audit log says which names a server asked for.
 //! - The budget of one server is never touched by another's questions.
 //! - A changed rate (policy reload) takes effect with a full bucket; an unchanged one keeps its
 //!   state, so a reload does not hand a flooding sandbox a fresh burst.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use governor::{DefaultDirectRateLimiter, RateLimiter};
 use tokio::sync::mpsc;
 
+use super::nflog::tally::{self, DeniedDest, TRACKED};
 use super::EgressEvent;
 use crate::policy::Rate;
 
@@ -42,14 +48,62 @@ pub(crate) struct Budget {
     bucket: RwLock<Arc<Bucket>>,
     /// Refused since the last report.
     refused: AtomicU64,
+    /// Names refused by the rules since the last report, and how many past the cap.
+    names: Mutex<(HashMap<String, u64>, u64)>,
 }
+
+/// Longer names are cut (DNS names are at most 253 characters; this is only a bound).
+const NAME_MAX: usize = 253;
 
 impl Budget {
     pub fn new(rate: Rate) -> Budget {
         Budget {
             bucket: RwLock::new(Arc::new(Bucket::new(rate))),
             refused: AtomicU64::new(0),
+            names: Mutex::new((HashMap::new(), 0)),
         }
+    }
+
+    /// Counts a question for `name` refused because no rule allows it.
+    pub fn refuse_name(&self, name: &str) {
+        let Ok(mut g) = self.names.lock() else { return };
+        let (names, other) = &mut *g;
+        let name: String = name.trim_end_matches('.').chars().take(NAME_MAX).collect();
+        if let Some(n) = names.get_mut(&name) {
+            *n = n.saturating_add(1);
+        } else if names.len() < TRACKED {
+            names.insert(name, 1);
+        } else {
+            *other = other.saturating_add(1);
+        }
+    }
+
+    /// Refused names since the last call (the largest, then `other`; see `tally::merge`).
+    fn take_names(&self) -> Vec<DeniedDest> {
+        let Ok(mut g) = self.names.lock() else {
+            return Vec::new();
+        };
+        let (names, other) = std::mem::take(&mut *g);
+        let mut list: Vec<DeniedDest> = names
+            .into_iter()
+            .map(|(dest, packets)| DeniedDest {
+                dest,
+                proto: "dns".into(),
+                port: None,
+                packets,
+            })
+            .collect();
+        if other > 0 {
+            list.push(DeniedDest {
+                dest: tally::OTHER.into(),
+                proto: "any".into(),
+                port: None,
+                packets: other,
+            });
+        }
+        let mut out = Vec::new();
+        tally::merge(&mut out, list);
+        out
     }
 
     /// Whether one more question may be forwarded now; a refusal is counted.
@@ -99,6 +153,15 @@ pub(crate) fn spawn_reporter(
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
+            let names = budget.take_names();
+            if !names.is_empty() {
+                // Only informative: a full queue drops it rather than holding the resolver.
+                let _ = events.try_send(EgressEvent::Denied {
+                    server: server.clone(),
+                    packets: 0,
+                    destinations: names,
+                });
+            }
             let queries = budget.take_refused();
             if queries == 0 {
                 continue;
@@ -135,6 +198,21 @@ mod tests {
         assert_eq!(forwarded, 5);
         assert_eq!(b.take_refused(), 45);
         assert_eq!(b.take_refused(), 0, "each refusal is reported once");
+    }
+
+    #[test]
+    fn refused_names_are_tallied_and_capped() {
+        let b = Budget::new(rate(1, 5));
+        for i in 0..5000 {
+            b.refuse_name(&format!("n{i}.unlisted.test."));
+        }
+        b.refuse_name("n0.unlisted.test.");
+        let names = b.take_names();
+        assert_eq!(names.len(), tally::REPORTED + 1);
+        assert_eq!(names[0].label(), "n0.unlisted.test/dns");
+        assert_eq!(names[0].packets, 2);
+        assert_eq!(names.iter().map(|d| d.packets).sum::<u64>(), 5001);
+        assert!(b.take_names().is_empty());
     }
 
     #[test]

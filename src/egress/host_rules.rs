@@ -10,7 +10,7 @@
 //!   as part of a connection the sandbox opened.
 //! - `srv_NAME`: [`super::ruleset::server_chain`].
 //! - `in_NAME`: from the sandbox to the host, only DNS (UDP and TCP 53) to the server's resolver
-//!   address, then a counted drop.
+//!   address, then the server's NFLOG rule and a counted drop.
 //! - Interfaces with this instance's prefix that no server owns are dropped (a stale bridge
 //!   left by a crash must not become an open one).
 //! - `postrouting` (type nat, only when a process sandbox exists): a veth sandbox's subnet is
@@ -21,14 +21,15 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use super::names::Names;
 use super::ruleset::{
-    counted_drop, in_chain, rule, server_chain, Chain, Hook, Match, ServerNet, Table, Verdict, L4,
+    counted_drop, in_chain, rule, server_chain, server_drop, Chain, Hook, Match, ServerNet, Table,
+    Verdict, L4,
 };
 use crate::policy::{Policy, Runtime, Server};
 
 /// Builds the table for `servers` (each with its attachment) of the instance whose interfaces
 /// start with `prefix` ([`Names::iface_prefix`]). Servers are taken in the order given;
-/// callers sort for stable output.
-pub fn build(prefix: &str, servers: &[(&Server, &ServerNet)]) -> Table {
+/// callers sort for stable output. `log` is the NFLOG group of the servers' drop logs.
+pub fn build(prefix: &str, servers: &[(&Server, &ServerNet)], log: Option<u16>) -> Table {
     let mut t = Table::default();
     let prefix = prefix.to_string();
     let mut forward = vec![
@@ -49,7 +50,7 @@ pub fn build(prefix: &str, servers: &[(&Server, &ServerNet)]) -> Table {
     let mut nat = Vec::new();
     let mut per_server = Vec::new();
     for (server, net) in servers {
-        let (sets, srv) = server_chain(server);
+        let (sets, srv) = server_chain(server, log);
         t.sets.extend(sets);
         forward.push(rule(
             vec![Match::Iif(net.iface.clone())],
@@ -66,7 +67,7 @@ pub fn build(prefix: &str, servers: &[(&Server, &ServerNet)]) -> Table {
             ));
         }
         let gw = IpAddr::V4(net.gateway);
-        let inc = vec![
+        let mut inc = vec![
             rule(vec![Match::CtEstablishedRelated], Verdict::Accept),
             rule(
                 vec![Match::Daddr(gw, 32), Match::Proto(L4::Udp, Some(53))],
@@ -76,8 +77,8 @@ pub fn build(prefix: &str, servers: &[(&Server, &ServerNet)]) -> Table {
                 vec![Match::Daddr(gw, 32), Match::Proto(L4::Tcp, Some(53))],
                 Verdict::Accept,
             ),
-            counted_drop(vec![]),
         ];
+        inc.extend(server_drop(&server.name, log));
         per_server.push(srv);
         per_server.push(Chain {
             name: in_chain(&server.name),
@@ -227,7 +228,11 @@ command = "x"
             "\tchain postrouting {\n\t\ttype nat hook postrouting priority srcnat; policy accept;\n\t\tip saddr 10.213.0.8/29 masquerade\n\t}"
         ), "{text}");
         assert!(!text.contains("quiet") && !text.contains("plain"), "{text}");
-        let table = build(&inst.iface_prefix(), &[(&policy.servers["box"], &nets[0])]);
+        let table = build(
+            &inst.iface_prefix(),
+            &[(&policy.servers["box"], &nets[0])],
+            None,
+        );
         assert!(table
             .chains
             .iter()

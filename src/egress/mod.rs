@@ -41,6 +41,7 @@ pub mod mode;
 pub mod names;
 pub mod netns;
 pub mod network;
+pub mod nflog;
 pub mod nft;
 pub mod plan;
 pub mod ruleset;

@@ -84,7 +84,7 @@ fn host_plan(policy: &Policy, names: &Names) -> String {
     }
     out.push_str(&render(
         &names.table(),
-        &build(&names.iface_prefix(), &pairs),
+        &build(&names.iface_prefix(), &pairs, Some(log_group(names))),
     ));
     out
 }
@@ -154,7 +154,7 @@ fn sidecar_plan(policy: &Policy, names: &Names) -> String {
         );
         out.push_str(&render(
             &names.table(),
-            &build(&names.iface_prefix(), &pairs),
+            &build(&names.iface_prefix(), &pairs, Some(log_group(names))),
         ));
     }
     for s in policy
@@ -171,10 +171,22 @@ fn sidecar_plan(policy: &Policy, names: &Names) -> String {
         );
         out.push_str(&render(
             &names.table(),
-            &sidecar_rules::build(s, AGENT_UID, &policy.egress.upstream_resolvers, &[]),
+            &sidecar_rules::build(
+                s,
+                AGENT_UID,
+                &policy.egress.upstream_resolvers,
+                &[],
+                Some(log_group(names)),
+            ),
         ));
     }
     out
+}
+
+/// The NFLOG group the plan shows: the first one the instance tries (a gateway takes the next
+/// free one when another socket holds it, and logs which).
+fn log_group(names: &Names) -> u16 {
+    super::nflog::base_group(names.instance().as_str())
 }
 
 #[cfg(test)]

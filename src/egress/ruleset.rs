@@ -8,7 +8,9 @@
 //!
 //! Every server's own chain is the same in both modes ([`server_chain`]): `srv_NAME` accepts
 //! established/related, then the pinned `ip . port` set, then static CIDR rules, then a
-//! counted drop. Only TCP is ever accepted (see `dns.rs` for why pins are TCP-only).
+//! rate-limited NFLOG rule naming the server (where the gateway has a group, see
+//! `nflog/mod.rs`) and a counted drop. Only TCP is ever accepted (see `dns.rs` for why pins are
+//! TCP-only).
 
 use std::fmt::Write;
 use std::net::{IpAddr, Ipv4Addr};
@@ -143,6 +145,12 @@ pub enum Verdict {
     Masquerade,
     /// Destination NAT to this IPv4 address and port (nat chains only).
     Dnat(Ipv4Addr, u16),
+    /// Not a verdict: a rate-limited NFLOG statement (`limit rate` then `log group`), after
+    /// which the next rule is evaluated (see `nflog/mod.rs`).
+    Log {
+        group: u16,
+        prefix: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +191,24 @@ pub(super) fn counted_drop(matches: Vec<Match>) -> Rule {
     }
 }
 
+/// The end of a server's own chain: a rate-limited log naming the server to NFLOG `group`
+/// (when the gateway has one), then the counted drop, so counts stay exact whatever the log
+/// rate drops.
+pub(super) fn server_drop(server: &str, group: Option<u16>) -> Vec<Rule> {
+    let mut out = Vec::new();
+    if let Some(group) = group {
+        out.push(rule(
+            vec![],
+            Verdict::Log {
+                group,
+                prefix: super::nflog::prefix(server),
+            },
+        ));
+    }
+    out.push(counted_drop(vec![]));
+    out
+}
+
 /// Which sets a server needs, from its name rules.
 pub fn needs_sets(server: &Server) -> (bool, bool) {
     let mut by_port = false;
@@ -200,8 +226,8 @@ pub fn needs_sets(server: &Server) -> (bool, bool) {
 
 /// `server`'s own chain (`srv_NAME`) and the pin sets it looks up, the same in both modes:
 /// established/related, the pinned `ip . port` and `ip` sets, the static CIDR rules, then a
-/// counted drop.
-pub fn server_chain(server: &Server) -> (Vec<SetDef>, Chain) {
+/// counted drop (logged to NFLOG `log` first, when given).
+pub fn server_chain(server: &Server, log: Option<u16>) -> (Vec<SetDef>, Chain) {
     let name = &server.name;
     let (by_port, any_port) = needs_sets(server);
     let mut sets = Vec::new();
@@ -240,7 +266,7 @@ pub fn server_chain(server: &Server) -> (Vec<SetDef>, Chain) {
             ));
         }
     }
-    srv.push(counted_drop(vec![]));
+    srv.extend(server_drop(name, log));
     let chain = Chain {
         name: srv_chain(name),
         hook: None,
@@ -356,6 +382,10 @@ fn render_rule(r: &Rule) -> String {
         Verdict::Jump(c) => format!("jump {c}"),
         Verdict::Masquerade => "masquerade".into(),
         Verdict::Dnat(a, p) => format!("dnat ip to {a}:{p}"),
+        Verdict::Log { group, prefix } => {
+            let rate = super::nflog::RATE;
+            format!("limit rate {rate}/second burst {rate} packets log prefix \"{prefix}\" group {group}")
+        }
     });
     parts.join(" ")
 }

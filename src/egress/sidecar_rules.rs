@@ -12,8 +12,9 @@
 //!   upstream resolvers only from sockets of the agent's uid (`meta skuid`): the server runs as
 //!   another uid (policy check and the runtime refuse the agent's) and has no capabilities to
 //!   change its uid; everything else goes to `srv_NAME`: established, the pinned `ip . port`
-//!   sets, the static CIDR rules, a counted drop.
-//! - `input`: established/related, loopback to the resolver, then `in_NAME`: a counted drop.
+//!   sets, the static CIDR rules, the NFLOG rule (the agent's own group), a counted drop.
+//! - `input`: established/related, loopback to the resolver, then `in_NAME`: the NFLOG rule and
+//!   a counted drop (its "destination" is the server's own address and the port tried).
 //!   Nothing outside can open a connection to the server or its agent, except new TCP
 //!   connections to the ports of `accept_tcp` (standalone mode only, `--accept-tcp`: on
 //!   Kubernetes the gateway reaches the server over the network; a gateway-driven agent talks
@@ -25,8 +26,8 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use super::ruleset::{
-    counted_drop, in_chain, rule, server_chain, srv_chain, Chain, Hook, Match, Rule, Table,
-    Verdict, L4,
+    in_chain, rule, server_chain, server_drop, srv_chain, Chain, Hook, Match, Rule, Table, Verdict,
+    L4,
 };
 use crate::policy::Server;
 
@@ -46,16 +47,18 @@ fn dns_pair(first: &[Match], addr: Ipv4Addr, port: u16, verdict: Verdict) -> [Ru
 }
 
 /// The table of `server` in its agent's namespace; `agent_uid` owns the agent's sockets,
-/// `upstream` are the policy's resolvers and `accept_tcp` the ports open to new inbound TCP.
+/// `upstream` are the policy's resolvers, `accept_tcp` the ports open to new inbound TCP and
+/// `log` the agent's NFLOG group for drop logs.
 pub fn build(
     server: &Server,
     agent_uid: u32,
     upstream: &[SocketAddr],
     accept_tcp: &[u16],
+    log: Option<u16>,
 ) -> Table {
     let mut t = Table::default();
     let name = &server.name;
-    let (sets, srv) = server_chain(server);
+    let (sets, srv) = server_chain(server, log);
     t.sets = sets;
 
     let lo_out = [Match::Oif("lo".into())];
@@ -113,7 +116,7 @@ pub fn build(
     t.chains.push(Chain {
         name: in_chain(name),
         hook: None,
-        rules: vec![counted_drop(vec![])],
+        rules: server_drop(name, log),
         server: Some(name.clone()),
     });
     t
@@ -141,7 +144,7 @@ egress.allow = ["api.example.test:443", "10.1.2.0/24:5432"]
         let s = &policy.servers["web"];
         let text = render(
             "portcullis",
-            &build(s, 65533, &policy.egress.upstream_resolvers, &[]),
+            &build(s, 65533, &policy.egress.upstream_resolvers, &[], Some(7)),
         );
         for line in [
             "type nat hook output priority dstnat - 1; policy accept;",
@@ -155,6 +158,7 @@ egress.allow = ["api.example.test:443", "10.1.2.0/24:5432"]
             "ip daddr 10.1.2.0/24 tcp dport 5432 accept",
             "iifname \"lo\" ip daddr 127.0.0.1 udp dport 53 accept",
             "jump in_web",
+            "limit rate 20/second burst 20 packets log prefix \"pc:web\" group 7",
         ] {
             assert!(text.contains(line), "missing `{line}` in\n{text}");
         }
@@ -186,7 +190,7 @@ egress.allow = ["api.example.test:443", "10.1.2.0/24:5432"]
         .unwrap();
         let text = render(
             "portcullis",
-            &build(&policy.servers["web"], 65533, &[], &[8000, 9000]),
+            &build(&policy.servers["web"], 65533, &[], &[8000, 9000], Some(7)),
         );
         let input = text.split("chain input {").nth(1).unwrap();
         let input: Vec<&str> = input.lines().take_while(|l| !l.contains('}')).collect();

@@ -27,7 +27,8 @@
 //! reports [`EgressEvent::RestoreFailed`] with the servers that are now unprotected, so the
 //! gateway can stop them (once per loss; the watch keeps retrying, and [`super::Egress::is_enforcing`]
 //! stays false until a retry succeeds). It also turns the drop counters into rate-limited
-//! [`EgressEvent::Denied`] events (at most one per server per interval, carrying the count).
+//! [`EgressEvent::Denied`] events (at most one per server per interval, carrying the count and
+//! the destinations the NFLOG listener tallied, see `nflog/mod.rs`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -39,6 +40,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::names::{self, Names};
+use super::nflog::{DeniedDest, Listener};
 use super::nft::{Netlink, NftError, Snapshot, TABLE_F_OWNER, TABLE_F_PERSIST};
 use super::ruleset::{self, ServerNet, Table};
 use super::sets::{Pin, PinCache};
@@ -104,8 +106,14 @@ pub struct Startup {
 /// What the gateway should audit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EgressEvent {
-    /// Packets from a server's sandbox were dropped since the last report.
-    Denied { server: String, packets: u64 },
+    /// Packets from a server's sandbox were dropped since the last report, and where the
+    /// logged ones were going (capped, see `nflog/tally.rs`; may name destinations whose
+    /// packets an earlier report counted, when the log arrived after that count).
+    Denied {
+        server: String,
+        packets: u64,
+        destinations: Vec<DeniedDest>,
+    },
     /// The table was found missing or altered and was programmed again.
     Restored { reason: String },
     /// The table was found missing or altered and could not be restored: these servers are
@@ -187,7 +195,24 @@ pub(crate) fn spawn(
                     return;
                 }
             };
+            // In the table's namespace, like the table: its drop rules log to this group.
+            let log = match Listener::open(claim.names.instance().as_str()) {
+                Ok(l) => {
+                    tracing::info!(
+                        group = l.group,
+                        table = %claim.names.table(),
+                        "denied packets are logged to NFLOG group {} (destinations named in egress_denied records)",
+                        l.group
+                    );
+                    Some(l)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "no NFLOG group: egress denials are counted but their destinations are not named");
+                    None
+                }
+            };
             let mut worker = Worker {
+                log,
                 shape: claim.shape.clone(),
                 nl,
                 names: claim.names.clone(),
@@ -242,6 +267,8 @@ impl WorkerHandle {
 }
 
 struct Worker {
+    /// The NFLOG listener naming where denied packets went (none when no group could be bound).
+    log: Option<Listener>,
     shape: Shape,
     nl: Netlink,
     names: Names,
@@ -523,16 +550,26 @@ impl Worker {
     }
 
     fn report_denials(&mut self, s: &Snapshot) {
+        let mut tally = self.log.as_ref().and_then(|l| l.tally.lock().ok());
+        if let Some(t) = tally.as_mut() {
+            // Prefixes of servers no longer programmed are not kept.
+            t.retain(|k| self.desired.contains_key(k));
+        }
         for name in self.desired.keys() {
             let total: u64 = [ruleset::srv_chain(name), ruleset::in_chain(name)]
                 .iter()
                 .filter_map(|c| s.counters.get(c))
                 .sum();
             let last = self.counters.insert(name.clone(), total).unwrap_or(0);
-            if total > last {
-                self.emit(EgressEvent::Denied {
+            let logged = tally.as_ref().is_some_and(|t| t.has(name));
+            // A log message can arrive just after the counter was read: it goes out with the
+            // next report, even one without new packets.
+            if total > last || logged {
+                let destinations = tally.as_mut().map(|t| t.take(name)).unwrap_or_default();
+                let _ = self.events.try_send(EgressEvent::Denied {
                     server: name.clone(),
-                    packets: total - last,
+                    packets: total.saturating_sub(last),
+                    destinations,
                 });
             }
         }
@@ -549,14 +586,22 @@ impl Worker {
         {
             // One server per agent; an empty table (before it is prepared) has no chains.
             return match self.desired.values().next() {
-                Some((server, _)) => {
-                    super::sidecar_rules::build(server, *agent_uid, upstream, accept_tcp)
-                }
+                Some((server, _)) => super::sidecar_rules::build(
+                    server,
+                    *agent_uid,
+                    upstream,
+                    accept_tcp,
+                    self.log_group(),
+                ),
                 None => Table::default(),
             };
         }
         let pairs: Vec<(&Server, &ServerNet)> =
             self.desired.values().map(|(s, n)| (s, n)).collect();
-        ruleset::build(&self.names.iface_prefix(), &pairs)
+        ruleset::build(&self.names.iface_prefix(), &pairs, self.log_group())
+    }
+
+    fn log_group(&self) -> Option<u16> {
+        self.log.as_ref().map(|l| l.group)
     }
 }

@@ -196,9 +196,13 @@ async fn serve_agent(
     let mut last_error = None;
     while let Ok(Some(l)) = lines.next_line().await {
         let ev = match protocol::decode_from_agent(&l) {
-            Ok(FromAgent::Denied { packets }) => EgressEvent::Denied {
+            Ok(FromAgent::Denied {
+                packets,
+                destinations,
+            }) => EgressEvent::Denied {
                 server: server.clone(),
                 packets,
+                destinations,
             },
             Ok(FromAgent::DnsOverBudget { queries }) => EgressEvent::DnsOverBudget {
                 server: server.clone(),

@@ -3,6 +3,7 @@
 
 pub mod client;
 pub mod compose;
+pub mod denials;
 pub mod docker;
 pub mod fleet;
 pub mod hostlab;

@@ -49,6 +49,21 @@ fn probe(args: &Value) -> Result<String, String> {
     match arg(args, "op")? {
         "tcp" => tcp(addr(arg(args, "target")?)?, timeout).map(|b| format!("connected banner={b}")),
         "udp" => udp(addr(arg(args, "target")?)?, timeout),
+        // A hostile server's flood: one datagram to each of `count` ports (from `first_port`)
+        // of `ip`, without waiting for anything.
+        "udp_spray" => {
+            let ip: IpAddr = arg(args, "ip")?
+                .parse()
+                .map_err(|e| format!("bad ip: {e}"))?;
+            let num = |k: &str| {
+                args.get(k)
+                    .and_then(Value::as_u64)
+                    .ok_or(format!("missing {k}"))
+            };
+            let first = num("first_port")?.clamp(1, 65535) as u16;
+            let count = num("count")?.min(20_000) as u16;
+            udp_spray(ip, first, count)
+        }
         "dns" => {
             let server = match arg(args, "server")? {
                 "system" => system_resolver()?,
@@ -104,6 +119,24 @@ fn udp(target: SocketAddr, timeout: Duration) -> Result<String, String> {
     let mut buf = [0u8; 64];
     s.recv_from(&mut buf).map_err(|e| e.to_string())?;
     Ok("echo".to_owned())
+}
+
+fn udp_spray(ip: IpAddr, first: u16, count: u16) -> Result<String, String> {
+    let bind: SocketAddr = match ip {
+        IpAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        IpAddr::V6(_) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let s = UdpSocket::bind(bind).map_err(|e| e.to_string())?;
+    let mut sent = 0u32;
+    for i in 0..count {
+        let Some(port) = first.checked_add(i) else {
+            break;
+        };
+        // A dropped datagram may still report EPERM: the attempt is what counts.
+        let _ = s.send_to(b"x", SocketAddr::from((ip, port)));
+        sent += 1;
+    }
+    Ok(format!("sent {sent}"))
 }
 
 fn system_resolver() -> Result<SocketAddr, String> {

@@ -52,6 +52,22 @@ pub struct EgressDenial {
     pub detail: String,
 }
 
+/// Denied packets of one server to one destination, summed over the window's `egress_denied`
+/// records (`dest` is `other` for what the records summed past their cap; `proto` `dns` for a
+/// refused name).
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct EgressDestRow {
+    pub server: String,
+    pub dest: String,
+    pub proto: String,
+    pub port: Option<u16>,
+    pub packets: u64,
+}
+
+/// Distinct (server, destination) rows a report keeps; later new ones are summed into the
+/// server's `other` row, so a log full of sprayed destinations cannot blow up the report.
+pub const DEST_ROWS: usize = 4096;
+
 /// A `policy_load` or `policy_reload` record, its `detail` JSON read for hashes and serials.
 #[derive(Debug, Clone, Serialize)]
 pub struct PolicyChange {
@@ -117,6 +133,12 @@ pub struct Activity {
     pub refusals_by_reason: Counts,
     pub refusals: Vec<Refusal>,
     pub egress_denied_by_server: Counts,
+    /// Dropped packets per server (the counters' totals; old records count too).
+    pub egress_packets_by_server: Counts,
+    /// Denials by server and destination, largest first within each server.
+    pub egress_denied_by_destination: Vec<EgressDestRow>,
+    #[serde(skip)]
+    dest_rows: BTreeMap<(String, String, String, Option<u16>), u64>,
     pub egress_denials: Vec<EgressDenial>,
     pub policy_changes: Vec<PolicyChange>,
     /// `server/tool -> stats`.
@@ -252,6 +274,7 @@ impl Collector {
                 *a.egress_denied_by_server
                     .entry(s(v, "server").to_owned())
                     .or_default() += 1;
+                egress_destinations(a, v);
                 if a.egress_denials.len() < LISTED {
                     a.egress_denials.push(EgressDenial {
                         seq,
@@ -292,7 +315,71 @@ impl Collector {
             t.latency_p50_us = percentile(&t.latencies, 50);
             t.latency_p95_us = percentile(&t.latencies, 95);
         }
+        let rows = std::mem::take(&mut self.activity.dest_rows);
+        let mut list: Vec<EgressDestRow> = rows
+            .into_iter()
+            .map(|((server, dest, proto, port), packets)| EgressDestRow {
+                server,
+                dest,
+                proto,
+                port,
+                packets,
+            })
+            .collect();
+        list.sort_by(|a, b| {
+            (
+                a.server.as_str(),
+                std::cmp::Reverse(a.packets),
+                &a.dest,
+                a.port,
+            )
+                .cmp(&(
+                    b.server.as_str(),
+                    std::cmp::Reverse(b.packets),
+                    &b.dest,
+                    b.port,
+                ))
+        });
+        self.activity.egress_denied_by_destination = list;
         self.activity
+    }
+}
+
+/// The packet total of an `egress_denied` record (`N packet(s) dropped ...`; DNS refusals
+/// and other details have none) and its `destinations`, if any.
+fn egress_destinations(a: &mut Activity, v: &Value) {
+    let server = s(v, "server").to_owned();
+    let detail = s(v, "detail");
+    if let Some(n) = detail
+        .split_once(" packet(s)")
+        .and_then(|(n, _)| n.parse::<u64>().ok())
+    {
+        let e = a
+            .egress_packets_by_server
+            .entry(server.clone())
+            .or_default();
+        *e = e.saturating_add(n);
+    }
+    let Some(list) = v.get("destinations").and_then(Value::as_array) else {
+        return;
+    };
+    for d in list {
+        let packets = d.get("packets").and_then(Value::as_u64).unwrap_or(0);
+        let port = d
+            .get("port")
+            .and_then(Value::as_u64)
+            .and_then(|p| u16::try_from(p).ok());
+        let mut key = (
+            server.clone(),
+            s(d, "dest").to_owned(),
+            s(d, "proto").to_owned(),
+            port,
+        );
+        if !a.dest_rows.contains_key(&key) && a.dest_rows.len() >= DEST_ROWS {
+            key = (server.clone(), "other".into(), "any".into(), None);
+        }
+        let e = a.dest_rows.entry(key).or_default();
+        *e = e.saturating_add(packets);
     }
 }
 
@@ -374,18 +461,39 @@ mod tests {
         c.add(&json!({"seq": 5, "ts": ts(3), "kind": "denied", "client": "bob", "server": "gh", "tool": "push", "method": "tools/call", "outcome": "error", "error_code": -32013}));
         c.add(&json!({"seq": 6, "ts": ts(3), "kind": "denied", "client": "bob", "outcome": "rate_limited"}));
         c.add(&json!({"seq": 7, "ts": ts(4), "kind": "egress_denied", "server": "gh", "outcome": "egress_denied", "detail": "3 packet(s)"}));
+        c.add(&json!({"seq": 8, "ts": ts(4), "kind": "egress_denied", "server": "gh", "outcome": "egress_denied",
+            "detail": "4 packet(s) dropped by the egress firewall: 198.18.0.9:443/tcp (2), 198.18.0.7:53/udp (1)",
+            "destinations": [{"dest": "198.18.0.9", "proto": "tcp", "port": 443, "packets": 2},
+                             {"dest": "198.18.0.7", "proto": "udp", "port": 53, "packets": 1}]}));
+        c.add(&json!({"seq": 9, "ts": ts(4), "kind": "egress_denied", "server": "gh", "outcome": "egress_denied",
+            "detail": "1 packet(s) dropped by the egress firewall: 198.18.0.9:443/tcp (1)",
+            "destinations": [{"dest": "198.18.0.9", "proto": "tcp", "port": 443, "packets": 1}]}));
         c.add(&json!({"seq": 8, "ts": ts(5), "kind": "policy_reload", "outcome": "ok", "detail": "{\"trigger\":\"sighup\",\"sha256\":{\"from\":\"aa\",\"to\":\"bb\"},\"serial\":{\"from\":1,\"to\":2}}"}));
         // Outside the window.
         c.add(&json!({"seq": 9, "ts": ts(30), "kind": "call", "client": "eve", "server": "gh", "tool": "list"}));
         let a = c.finish();
         assert_eq!(a.totals.calls, 2);
-        assert_eq!(a.totals.records, 8);
+        assert_eq!(a.totals.records, 10);
         assert_eq!(a.calls_by_client.get("alice"), Some(&1));
         assert!(!a.calls_by_client.contains_key("eve"));
         assert_eq!(a.calls_by_tool.get("gh/list"), Some(&2));
         assert_eq!(a.refusals_by_reason.get("not_allowed"), Some(&1));
         assert_eq!(a.refusals_by_reason.get("rate_limited"), Some(&1));
-        assert_eq!(a.egress_denied_by_server.get("gh"), Some(&1));
+        assert_eq!(a.egress_denied_by_server.get("gh"), Some(&3));
+        // Old records without destinations count in the totals; destinations are summed.
+        assert_eq!(a.egress_packets_by_server.get("gh"), Some(&8));
+        let rows: Vec<(&str, &str, Option<u16>, u64)> = a
+            .egress_denied_by_destination
+            .iter()
+            .map(|r| (r.dest.as_str(), r.proto.as_str(), r.port, r.packets))
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                ("198.18.0.9", "tcp", Some(443), 3),
+                ("198.18.0.7", "udp", Some(53), 1)
+            ]
+        );
         let t = &a.tools["gh/list"];
         assert_eq!((t.calls, t.errors, t.latency_max_us), (2, 1, 900));
         let p = &a.policy_changes[0];

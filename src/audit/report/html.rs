@@ -281,6 +281,27 @@ pub fn render(r: &Report) -> String {
         "egress denials per server",
         &counts_vec(&a.egress_denied_by_server),
     ));
+    s.push_str("<h3>Egress denials by server and destination</h3>");
+    head(
+        &mut s,
+        &["server", "destination", "protocol/port", "packets logged"],
+    );
+    for r in &a.egress_denied_by_destination {
+        let proto = match r.port {
+            Some(p) => format!("{}/{p}", r.proto),
+            None => r.proto.clone(),
+        };
+        row(
+            &mut s,
+            &[
+                esc(&r.server),
+                esc(&r.dest),
+                esc(&proto),
+                r.packets.to_string(),
+            ],
+        );
+    }
+    s.push_str("</table>");
     head(
         &mut s,
         &["seq", "time", "server", "outcome", "destination / detail"],

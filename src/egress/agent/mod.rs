@@ -220,7 +220,14 @@ pub(crate) async fn enforce(
 /// An event of the worker as a line for the gateway.
 pub(crate) fn report(ev: EgressEvent) -> FromAgent {
     match ev {
-        EgressEvent::Denied { packets, .. } => FromAgent::Denied { packets },
+        EgressEvent::Denied {
+            packets,
+            destinations,
+            ..
+        } => FromAgent::Denied {
+            packets,
+            destinations,
+        },
         EgressEvent::DnsOverBudget { queries, .. } => FromAgent::DnsOverBudget { queries },
         EgressEvent::Restored { reason } => FromAgent::Tamper { reason },
         EgressEvent::RestoreFailed { error, .. } => FromAgent::RestoreFailed { error },

@@ -1,6 +1,7 @@
 //! The agent's identity: it starts as root in its container (Docker grants capabilities only to
 //! uid 0) and drops to its own uid ([`crate::policy::AGENT_UID`]) at once, keeping exactly the two
-//! capabilities it needs: `CAP_NET_ADMIN` (its table) and `CAP_NET_BIND_SERVICE` (port 53).
+//! capabilities it needs: `CAP_NET_ADMIN` (its table, and binding its NFLOG group) and
+//! `CAP_NET_BIND_SERVICE` (port 53).
 //!
 //! Why its own uid: the table lets DNS reach the upstream resolvers only from sockets of this
 //! uid (`meta skuid`), and the server container in the same namespace runs as another uid with

@@ -61,8 +61,12 @@ pub enum FromAgent {
     Applied,
     /// Addresses pinned after an allowed answer (`ADDR:PORT`, or `ADDR` for any port).
     Pin { addrs: Vec<String> },
-    /// Packets dropped since the last report.
-    Denied { packets: u64 },
+    /// Packets dropped since the last report, and where the logged ones were going.
+    Denied {
+        packets: u64,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        destinations: Vec<crate::egress::nflog::DeniedDest>,
+    },
     /// DNS questions refused over the server's budget since the last report (the budget is
     /// the one in the config, which the gateway knows).
     DnsOverBudget { queries: u64 },
@@ -189,7 +193,19 @@ mod tests {
             FromAgent::Pin {
                 addrs: vec!["198.18.0.10:443".into()],
             },
-            FromAgent::Denied { packets: 3 },
+            FromAgent::Denied {
+                packets: 3,
+                destinations: vec![],
+            },
+            FromAgent::Denied {
+                packets: 3,
+                destinations: vec![crate::egress::nflog::DeniedDest {
+                    dest: "198.18.0.9".into(),
+                    proto: "tcp".into(),
+                    port: Some(443),
+                    packets: 2,
+                }],
+            },
             FromAgent::DnsOverBudget { queries: 9 },
             FromAgent::Tamper {
                 reason: "table inet portcullis_x was removed".into(),

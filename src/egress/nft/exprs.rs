@@ -219,6 +219,7 @@ impl Exprs<'_> {
             // A terminal statement of its own: it sets the verdict itself.
             Verdict::Masquerade => return self.add(c"masq", |_| Ok(())),
             Verdict::Dnat(addr, port) => return self.dnat(*addr, *port),
+            Verdict::Log { group, prefix } => return self.log(*group, prefix),
         };
         // SAFETY: libnftnl copies the chain name.
         self.add(c"immediate", |e| unsafe {
@@ -278,6 +279,39 @@ impl Exprs<'_> {
     }
 }
 
+impl Exprs<'_> {
+    /// `limit rate N/second burst N packets log prefix P group G`: over the rate the rule
+    /// stops at the limit and the next rule (the counted drop) still runs.
+    fn log(&mut self, group: u16, prefix: &str) -> Result<(), NftError> {
+        let rate = u64::from(crate::egress::nflog::RATE);
+        // SAFETY: valid expression pointer from `add`.
+        self.add(c"limit", |e| unsafe {
+            sys::nftnl_expr_set_u64(e, sys::NFTNL_EXPR_LIMIT_RATE as u16, rate);
+            sys::nftnl_expr_set_u64(e, sys::NFTNL_EXPR_LIMIT_UNIT as u16, 1);
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LIMIT_BURST as u16, rate as u32);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_LIMIT_TYPE as u16,
+                libc::NFT_LIMIT_PKTS as u32,
+            );
+            sys::nftnl_expr_set_u32(e, sys::NFTNL_EXPR_LIMIT_FLAGS as u16, 0);
+            Ok(())
+        })?;
+        let prefix = cstr(prefix)?;
+        // SAFETY: libnftnl copies the prefix.
+        self.add(c"log", |e| unsafe {
+            sys::nftnl_expr_set_str(e, sys::NFTNL_EXPR_LOG_PREFIX as u16, prefix.as_ptr());
+            sys::nftnl_expr_set_u16(e, sys::NFTNL_EXPR_LOG_GROUP as u16, group);
+            sys::nftnl_expr_set_u32(
+                e,
+                sys::NFTNL_EXPR_LOG_SNAPLEN as u16,
+                crate::egress::nflog::SNAPLEN,
+            );
+            Ok(())
+        })
+    }
+}
+
 fn prefix_mask(len: usize, prefix: u8) -> Vec<u8> {
     let mut m = vec![0u8; len];
     let mut left = usize::from(prefix);
@@ -316,6 +350,8 @@ pub fn expr_count(r: &Rule) -> usize {
     }
     let verdict = match r.verdict {
         Verdict::Dnat(..) => 3,
+        // `limit` and `log`: no verdict expression.
+        Verdict::Log { .. } => 2,
         _ => 1,
     };
     n + usize::from(r.counter) + verdict
@@ -324,6 +360,15 @@ pub fn expr_count(r: &Rule) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_rule_reads_back_as_limit_and_log_and_the_drop_keeps_its_counter() {
+        let rules = crate::egress::ruleset::server_drop("web", Some(7));
+        let counts: Vec<usize> = rules.iter().map(expr_count).collect();
+        assert_eq!(counts, [2, 2], "limit + log; counter + verdict");
+        let none = crate::egress::ruleset::server_drop("web", None);
+        assert_eq!(none.iter().map(expr_count).collect::<Vec<_>>(), [2]);
+    }
 
     #[test]
     fn masks_cover_the_prefix() {

@@ -420,9 +420,13 @@ async fn read_reports(
     let mut last_error = None;
     while let Ok(Some(line)) = lines.next_line().await {
         let ev = match protocol::decode_from_agent(&line) {
-            Ok(FromAgent::Denied { packets }) => EgressEvent::Denied {
+            Ok(FromAgent::Denied {
+                packets,
+                destinations,
+            }) => EgressEvent::Denied {
                 server: server.clone(),
                 packets,
+                destinations,
             },
             Ok(FromAgent::DnsOverBudget { queries }) => EgressEvent::DnsOverBudget {
                 server: server.clone(),
