@@ -26,27 +26,10 @@ use std::time::{Duration, Instant};
 
 use tokio::io::BufReader;
 
-use super::protocol::{self, FromAgent};
-use crate::policy::AGENT_UID;
+use super::protocol::FromAgent;
 
 /// How long the agent waits for the gateway's socket to accept.
 pub const CONNECT_WAIT: Duration = Duration::from_secs(120);
-
-fn say(msg: &FromAgent) {
-    use std::io::Write;
-    // Compose shows the container's output; the gateway hears nothing until connected.
-    let mut o = std::io::stdout();
-    let _ = o.write_all(protocol::encode(msg).as_bytes());
-    let _ = o.flush();
-}
-
-fn error(step: &str, message: impl std::fmt::Display) -> ExitCode {
-    say(&FromAgent::Error {
-        step: step.into(),
-        message: message.to_string(),
-    });
-    ExitCode::FAILURE
-}
 
 /// Connects to `path`, retrying until [`CONNECT_WAIT`] has passed.
 fn connect(path: &Path) -> std::io::Result<UnixStream> {
@@ -65,23 +48,15 @@ pub fn main(path: &Path) -> ExitCode {
     let stream = match connect(path) {
         Ok(s) => s,
         Err(e) => {
-            return error(
+            return super::exit_with(
                 "connecting to the gateway",
                 format!("{}: {e}", path.display()),
             )
         }
     };
-    let uid = match super::privs::drop_to(AGENT_UID) {
-        Ok(uid) => uid,
-        Err(e) => return error("dropping to the agent's uid", e),
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return error("starting the async runtime", e),
+    let (uid, rt) = match super::start() {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let r = rt.block_on(async {
         stream
@@ -111,7 +86,7 @@ pub fn main(path: &Path) -> ExitCode {
     });
     match r {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => error(e.step, e.message),
+        Err(e) => super::exit_with(e.step, e.message),
     }
 }
 

@@ -46,31 +46,34 @@ fn fail(step: &'static str) -> impl FnOnce(String) -> AgentError {
     move |message| AgentError { step, message }
 }
 
-/// The subcommand: called from `main` before any thread exists (see `privs.rs`).
-pub fn main() -> ExitCode {
-    let uid = match privs::drop_to(AGENT_UID) {
-        Ok(uid) => uid,
-        Err(e) => {
-            report_sync(&FromAgent::Error {
-                step: "dropping to the agent's uid".into(),
-                message: e.to_string(),
-            });
-            return ExitCode::FAILURE;
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+/// The first steps of every mode, called from `main` before any thread exists (see
+/// `privs.rs`): drop to the agent's uid, then build the runtime. On failure the `error` line
+/// is already printed and the exit code is returned.
+fn start() -> Result<(u32, tokio::runtime::Runtime), ExitCode> {
+    let uid = privs::drop_to(AGENT_UID).map_err(|e| exit_with("dropping to the agent's uid", e))?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            report_sync(&FromAgent::Error {
-                step: "starting the async runtime".into(),
-                message: e.to_string(),
-            });
-            return ExitCode::FAILURE;
-        }
+        .map_err(|e| exit_with("starting the async runtime", e))?;
+    Ok((uid, rt))
+}
+
+/// Prints the `error` line naming `step` on stdout (at once, without the runtime) and gives
+/// the failing exit code.
+fn exit_with(step: &str, message: impl std::fmt::Display) -> ExitCode {
+    report_sync(&FromAgent::Error {
+        step: step.into(),
+        message: message.to_string(),
+    });
+    ExitCode::FAILURE
+}
+
+/// The subcommand: called from `main` before any thread exists (see `privs.rs`).
+pub fn main() -> ExitCode {
+    let (uid, rt) = match start() {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let mut out = tokio::io::stdout();
     let r = rt.block_on(async {

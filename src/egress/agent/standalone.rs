@@ -40,7 +40,7 @@ use tokio::io::AsyncWrite;
 
 use super::protocol::{self, FromAgent};
 use super::{fail, send, AgentError};
-use crate::policy::{Policy, AGENT_UID};
+use crate::policy::Policy;
 
 pub mod check;
 
@@ -117,32 +117,16 @@ pub fn reload_refusal(old: &Rules, new: &Rules) -> Option<String> {
     None
 }
 
-fn error(step: &str, message: impl std::fmt::Display) -> ExitCode {
-    super::report_sync(&FromAgent::Error {
-        step: step.into(),
-        message: message.to_string(),
-    });
-    ExitCode::FAILURE
-}
-
 /// The subcommand with `--rules`: called from `main` before any thread exists.
 pub fn main(opts: &Options) -> ExitCode {
-    let uid = match super::privs::drop_to(AGENT_UID) {
-        Ok(uid) => uid,
-        Err(e) => return error("dropping to the agent's uid", e),
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return error("starting the async runtime", e),
+    let (uid, rt) = match super::start() {
+        Ok(started) => started,
+        Err(code) => return code,
     };
     let mut out = tokio::io::stdout();
     match rt.block_on(run(uid, opts, &mut out)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => error(e.step, e.message),
+        Err(e) => super::exit_with(e.step, e.message),
     }
 }
 
