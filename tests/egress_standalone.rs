@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use common::client::{Mcp, LATEST};
 use common::hostlab::{build_agent_image, setup, Setup, AGENT_IMAGE};
+use common::sidecar::AGENT_PRIVILEGES;
 use common::{peer, Cases, Gateway};
 use serde_json::json;
 
@@ -150,25 +151,9 @@ impl Drop for Made {
 /// own uid at once, keeping NET_ADMIN and NET_BIND_SERVICE; SETUID/SETGID serve only that
 /// switch), read-only root, the rules read-only.
 fn agent_args<'a>(name: &'a str, net: &'a str, mount: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut a = vec![
-        "run",
-        "-d",
-        "--name",
-        name,
-        "--network",
-        net,
-        "--user",
-        "0:0",
-        "--cap-drop",
-        "ALL",
-        "--cap-add",
-        "NET_ADMIN",
-        "--cap-add",
-        "NET_BIND_SERVICE",
-        "--cap-add",
-        "SETUID",
-        "--cap-add",
-        "SETGID",
+    let mut a = vec!["run", "-d", "--name", name, "--network", net];
+    a.extend_from_slice(&AGENT_PRIVILEGES);
+    a.extend_from_slice(&[
         "--read-only",
         "--security-opt",
         "no-new-privileges",
@@ -176,7 +161,7 @@ fn agent_args<'a>(name: &'a str, net: &'a str, mount: &'a str, extra: &[&'a str]
         mount,
         "-e",
         "PORTCULLIS_AGENT_RULES=/etc/portcullis-agent/rules.toml",
-    ];
+    ]);
     a.extend_from_slice(extra);
     a.extend_from_slice(&[AGENT_IMAGE, "egress-agent"]);
     a
@@ -187,6 +172,23 @@ async fn call(c: &mut Mcp, tool: &str, args: serde_json::Value) -> String {
     v["result"]["content"][0]["text"]
         .as_str()
         .map_or_else(|| format!("call failed: {v}"), str::to_owned)
+}
+
+/// `--check` in a fresh container of the agent's image and privileges on `network` (a Docker
+/// network, or `container:NAME` to share another's namespace), with the rules at `mount`.
+fn check_from(network: &str, mount: &str) -> (bool, String) {
+    let mut a = vec!["run", "--rm", "--network", network];
+    a.extend_from_slice(&AGENT_PRIVILEGES);
+    a.extend_from_slice(&[
+        "-v",
+        mount,
+        AGENT_IMAGE,
+        "egress-agent",
+        "--rules",
+        "/etc/portcullis-agent/rules.toml",
+        "--check",
+    ]);
+    docker(&a)
 }
 
 /// `--check` run the way the startupProbe runs it: in the agent's container, with its env.
@@ -256,31 +258,7 @@ async fn a_standalone_agent_holds_a_pod_to_its_rules_file() {
     let mut r = Cases(Vec::new());
 
     // Not ready before any table: the probe, run in a namespace without one, says so.
-    let (ok, out) = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        &net,
-        "--user",
-        "0:0",
-        "--cap-drop",
-        "ALL",
-        "--cap-add",
-        "NET_ADMIN",
-        "--cap-add",
-        "NET_BIND_SERVICE",
-        "--cap-add",
-        "SETUID",
-        "--cap-add",
-        "SETGID",
-        "-v",
-        &mount,
-        AGENT_IMAGE,
-        "egress-agent",
-        "--rules",
-        "/etc/portcullis-agent/rules.toml",
-        "--check",
-    ]);
+    let (ok, out) = check_from(&net, &mount);
     r.check(
         "--check is false where no agent programmed a table",
         !ok && out.contains("does not exist"),
@@ -530,31 +508,7 @@ async fn a_standalone_agent_holds_a_pod_to_its_rules_file() {
         .output()
         .expect("nsenter");
     let checker = format!("container:{spare}");
-    let (ok, out) = docker(&[
-        "run",
-        "--rm",
-        "--network",
-        &checker,
-        "--user",
-        "0:0",
-        "--cap-drop",
-        "ALL",
-        "--cap-add",
-        "NET_ADMIN",
-        "--cap-add",
-        "NET_BIND_SERVICE",
-        "--cap-add",
-        "SETUID",
-        "--cap-add",
-        "SETGID",
-        "-v",
-        &mount,
-        AGENT_IMAGE,
-        "egress-agent",
-        "--rules",
-        "/etc/portcullis-agent/rules.toml",
-        "--check",
-    ]);
+    let (ok, out) = check_from(&checker, &mount);
     r.check(
         "--check is false while the table is tampered with",
         tamper.status.success() && !ok && out.contains("differs"),

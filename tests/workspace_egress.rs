@@ -27,6 +27,7 @@ use common::kit::{
     build_images, docker, make_cert, must, only_the_gateway_connected, text, AGENT_IMAGE,
     CLAUDE_QUIET_ENV, PROBE, WORKSPACE_IMAGE,
 };
+use common::sidecar::AGENT_PRIVILEGES;
 use common::{audit_records, gateway_bin, Cases};
 use serde_json::Value;
 
@@ -185,25 +186,9 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
     let socket = sock.join("workspace.sock");
     let gw = Served::start(dir.path(), &policy, &scope, &socket);
     let mount = format!("{}:/run/portcullis-agent", sock.display());
-    kit.agent = must(&[
-        "run",
-        "-d",
-        "--name",
-        &kit.agent,
-        "--network",
-        &kit.net,
-        "--user",
-        "0:0",
-        "--cap-drop",
-        "ALL",
-        "--cap-add",
-        "NET_ADMIN",
-        "--cap-add",
-        "NET_BIND_SERVICE",
-        "--cap-add",
-        "SETUID",
-        "--cap-add",
-        "SETGID",
+    let mut args = vec!["run", "-d", "--name", &kit.agent, "--network", &kit.net];
+    args.extend_from_slice(&AGENT_PRIVILEGES);
+    args.extend_from_slice(&[
         "--security-opt",
         "no-new-privileges:true",
         "--read-only",
@@ -216,6 +201,7 @@ allow = ["api.example.test:443", "moved.example.test:443", "{gw_ip}:{port}"]
         "--connect",
         "/run/portcullis-agent/workspace.sock",
     ]);
+    kit.agent = must(&args);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !gw.stderr().contains("workspace egress agent ready") {
         assert!(

@@ -14,6 +14,24 @@ use serde_json::json;
 use super::client::Mcp;
 use super::netlab;
 
+/// The `docker run` options of an egress agent's container that no gateway starts (standalone,
+/// the devcontainer kit): root only until the agent drops to its own uid keeping NET_ADMIN and
+/// NET_BIND_SERVICE (SETUID and SETGID serve only that switch), no other capability.
+pub const AGENT_PRIVILEGES: [&str; 12] = [
+    "--user",
+    "0:0",
+    "--cap-drop",
+    "ALL",
+    "--cap-add",
+    "NET_ADMIN",
+    "--cap-add",
+    "NET_BIND_SERVICE",
+    "--cap-add",
+    "SETUID",
+    "--cap-add",
+    "SETGID",
+];
+
 /// A TCP service answering `ok` on `addr` inside the namespace at `path` (another sandbox's,
 /// say): the listener is made in there, then served from a thread of the test.
 pub fn listen_in(path: &Path, addr: SocketAddr) {
