@@ -281,7 +281,7 @@ pub(super) async fn receive<B: RequestBody>(
         tracing::warn!("request to the fleet hop endpoint without a hop signature refused");
         return refuse(hop::HopRefused::Missing.to_string());
     }
-    let bytes = match super::streamable::read_body(shared, &parts.headers, body).await {
+    let bytes = match super::request_body::read(shared, &parts.headers, body).await {
         Ok(b) => b,
         Err(r) => return *r,
     };

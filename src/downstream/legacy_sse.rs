@@ -20,8 +20,9 @@ use serde_json::Value;
 
 use super::event_stream::{self, SseBody};
 use super::reply::{self, Reply};
+use super::request_body;
 use super::session::Session;
-use super::streamable::{read_body, short};
+use super::streamable::short;
 use super::{RequestBody, Shared};
 use crate::access::Identity;
 use crate::mcp::{methods, protocol, Body, ErrorCode, Message, Request};
@@ -140,7 +141,7 @@ pub async fn message<B: RequestBody>(
         }
     };
     session.touch();
-    let bytes = match read_body(shared, headers, body).await {
+    let bytes = match request_body::read(shared, headers, body).await {
         Ok(b) => b,
         Err(r) => return *r,
     };

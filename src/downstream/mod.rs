@@ -18,6 +18,7 @@ pub(crate) mod modern;
 mod ready;
 mod refusal_bursts;
 mod reply;
+mod request_body;
 mod session;
 mod session_open;
 mod streamable;

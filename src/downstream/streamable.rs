@@ -5,11 +5,11 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use http_body_util::BodyExt;
 use serde_json::Value;
 
 use super::event_stream::{self, parse_event_id};
 use super::reply::{self, Reply, PROTOCOL_HEADER, SESSION_HEADER};
+use super::request_body;
 use super::session::{InUse, Session};
 use super::{RequestBody, Shared};
 use crate::access::Identity;
@@ -172,50 +172,6 @@ fn check_protocol_header(headers: &HeaderMap) -> Result<(), Box<Reply>> {
     Ok(())
 }
 
-pub(super) async fn read_body<B: RequestBody>(
-    shared: &Shared,
-    headers: &HeaderMap,
-    body: B,
-) -> Result<Bytes, Box<Reply>> {
-    let limit = shared.max_body_bytes;
-    let too_big = || {
-        reply::rpc_error(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            None,
-            ErrorCode::INVALID_REQUEST,
-            &format!(
-                "request body over {limit} bytes (gateway.max_body_bytes, at most gateway.max_message_bytes)"
-            ),
-        )
-    };
-    if headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok())
-        .is_some_and(|n| n > limit)
-    {
-        return Err(Box::new(too_big()));
-    }
-    let limited = http_body_util::Limited::new(body, limit);
-    match tokio::time::timeout(shared.body_timeout, limited.collect()).await {
-        Ok(Ok(c)) => Ok(c.to_bytes()),
-        Ok(Err(e))
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some() =>
-        {
-            Err(Box::new(too_big()))
-        }
-        Ok(Err(e)) => Err(Box::new(bad(
-            StatusCode::BAD_REQUEST,
-            &format!("could not read the request body: {e}"),
-        ))),
-        Err(_) => Err(Box::new(bad(
-            StatusCode::REQUEST_TIMEOUT,
-            "request body not received in time",
-        ))),
-    }
-}
-
 async fn post<B: RequestBody>(
     shared: &Arc<Shared>,
     headers: &HeaderMap,
@@ -243,7 +199,7 @@ async fn post<B: RequestBody>(
             "Accept must include application/json and text/event-stream",
         );
     }
-    let bytes = match read_body(shared, headers, body).await {
+    let bytes = match request_body::read(shared, headers, body).await {
         Ok(b) => b,
         Err(r) => return *r,
     };

@@ -14,6 +14,8 @@ mod model_server;
 pub mod quotas;
 mod raw;
 pub mod show;
+mod show_clients;
+mod show_server;
 mod show_telemetry;
 pub mod signature;
 pub mod trust;

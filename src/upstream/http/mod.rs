@@ -13,6 +13,7 @@
 mod body;
 pub(crate) mod connector;
 pub mod egress;
+mod handshake;
 mod listening;
 mod modern;
 pub(super) mod oauth;
@@ -32,9 +33,8 @@ use hyper_util::client::legacy::Client;
 use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::connection::{dispatch_message, parse_incoming, Broken, Connection};
-use super::supervisor::{init_params, parse_init};
 use super::{InitInfo, Source, UpstreamEvent};
-use crate::mcp::{methods, to_raw, Body, Id, Message, Notification, Request as RpcRequest};
+use crate::mcp::{Body, Id, Message};
 use crate::policy::{RemoteSpec, Server};
 use crate::secrets::Redactor;
 use body::{ReadError, SseReader};
@@ -236,6 +236,23 @@ impl Remote {
         }
     }
 
+    /// A POST of one JSON-RPC message to `to`, which may be answered with JSON or SSE.
+    async fn build_post(
+        &self,
+        to: &Uri,
+        msg: Bytes,
+        with_session: bool,
+    ) -> Result<Request<Full<Bytes>>, String> {
+        self.build(
+            Method::POST,
+            to,
+            "application/json, text/event-stream",
+            Some(msg),
+            with_session,
+        )
+        .await
+    }
+
     /// A request to `uri` with the configured headers and, in Streamable mode, the session's.
     async fn build(
         &self,
@@ -278,81 +295,6 @@ impl Remote {
             redactor: &self.redactor,
         };
         sender.send(req, limit).await
-    }
-
-    /// The Streamable HTTP handshake: POST initialize, read the answer (JSON or SSE), keep the
-    /// session id, send `notifications/initialized`. `Ok(None)` means the endpoint does not
-    /// speak Streamable HTTP (a 4xx without a JSON-RPC answer), so the legacy transport may.
-    async fn initialize(&self) -> Result<Option<InitInfo>, String> {
-        let msg = Message::Request(RpcRequest {
-            id: Id::Num(0),
-            method: methods::INITIALIZE.to_owned(),
-            params: Some(to_raw(&init_params(self.client_capabilities))),
-        })
-        .to_bytes();
-        let req = self
-            .build(
-                Method::POST,
-                &self.url,
-                "application/json, text/event-stream",
-                Some(msg),
-                false,
-            )
-            .await?;
-        let resp = self.send(req, self.startup_timeout).await?;
-        let status = resp.status();
-        if matches!(
-            status,
-            StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED
-        ) {
-            // A server that speaks only 2026-07-28 says so here; the legacy transport would
-            // only bury that under a GET refusal.
-            if let Some(why) = self.modern_only(resp).await {
-                return Err(why);
-            }
-            tracing::info!(server = %self.server, %status, "initialize over Streamable HTTP refused; trying the legacy HTTP+SSE transport");
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(self.status_error(resp, "initialize").await);
-        }
-        let session = resp.headers().get(SESSION_HEADER).cloned();
-        let mut answer = None;
-        self.read_messages(resp, self.startup_timeout, None, |m| {
-            if let Message::Response(r) = m {
-                if r.id == Id::Num(0) {
-                    answer = Some(r.outcome.clone());
-                }
-            }
-        })
-        .await?;
-        let outcome = answer.ok_or("the server sent no answer to initialize")?;
-        let info = parse_init(outcome)?;
-        if let Ok(mut s) = self.session.lock() {
-            *s = session;
-        }
-        if let Ok(mut p) = self.protocol.lock() {
-            *p = HeaderValue::from_str(&info.protocol_version).ok();
-        }
-        let note = Message::Notification(Notification {
-            method: methods::INITIALIZED.to_owned(),
-            params: None,
-        })
-        .to_bytes();
-        let req = self
-            .build(
-                Method::POST,
-                &self.url,
-                "application/json, text/event-stream",
-                Some(note),
-                true,
-            )
-            .await?;
-        let resp = self.send(req, SHORT_EXCHANGE).await?;
-        if !resp.status().is_success() {
-            return Err(self.status_error(resp, "notifications/initialized").await);
-        }
-        Ok(Some(info))
     }
 
     /// Reads a JSON or SSE response body, handing each JSON-RPC message to `each`; messages

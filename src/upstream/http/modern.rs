@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue};
-use http::{Method, Request, StatusCode, Uri};
+use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Full};
 use serde::Deserialize;
 use serde_json::value::RawValue;
@@ -200,15 +200,7 @@ impl Remote {
         msg: Bytes,
     ) -> Result<Request<Full<Bytes>>, String> {
         let metadata = self.metadata_headers(&msg);
-        let mut req = self
-            .build(
-                Method::POST,
-                to,
-                "application/json, text/event-stream",
-                Some(msg),
-                false,
-            )
-            .await?;
+        let mut req = self.build_post(to, msg, false).await?;
         for (name, value) in metadata {
             let (Ok(name), Ok(value)) = (
                 HeaderName::from_bytes(name.as_bytes()),

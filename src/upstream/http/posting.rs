@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::HeaderValue;
-use http::{Method, StatusCode, Uri};
+use http::{StatusCode, Uri};
 use tokio::sync::{mpsc, Semaphore};
 
 use super::body::ReadError;
@@ -143,14 +143,7 @@ impl Remote {
         let req = if mode == Mode::Modern {
             self.build_modern(to, msg.clone()).await
         } else {
-            self.build(
-                Method::POST,
-                to,
-                "application/json, text/event-stream",
-                Some(msg.clone()),
-                with_session,
-            )
-            .await
+            self.build_post(to, msg.clone(), with_session).await
         }
         .map_err(SendError::Connection)?;
         let mut req = req;
