@@ -131,8 +131,9 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
         r#"{"Type":"json-file","Config":{"max-file":"5","max-size":"10m"}}"#
     );
 
-    // The engine runs the gateway as compose.yaml promises: one capability, nothing writable
-    // but the audit volume and /tmp, no new privileges.
+    // The engine runs the gateway as compose.yaml promises: no capability at all (sidecar mode
+    // leaves the tables to the agents), nothing writable but its volumes and /tmp, no new
+    // privileges.
     let hardening = stdout(&run(Command::new("docker").args([
         "inspect",
         "--format",
@@ -140,7 +141,7 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
         &container,
     ])));
     assert_eq!(
-        hardening, r#"["ALL"] ["NET_ADMIN"] true ["no-new-privileges:true"] false"#,
+        hardening, r#"["ALL"] null true ["no-new-privileges:true"] false"#,
         "{hardening}"
     );
 

@@ -104,6 +104,9 @@ fn docker_compose_accepts_the_kit_and_confines_the_workspace() {
         ws["security_opt"],
         serde_json::json!(["no-new-privileges:true"])
     );
+    // The gateway programs no table (the agents do), so it adds no capability either.
+    let gw = &doc["services"]["portcullis"];
+    assert!(gw.get("cap_add").is_none(), "{gw}");
     // Only the gateway mounts the Docker socket.
     assert!(!ws["volumes"].to_string().contains("docker.sock"), "{ws}");
     for svc in ["portcullis", "egress-agent"] {

@@ -172,24 +172,31 @@ fn a_complete_setup_passes() {
     }
 }
 
-/// A server with egress rules needs nftables: without CAP_NET_ADMIN the doctor fails and says
-/// which servers will not start.
-#[test]
-fn egress_without_net_admin_fails_naming_the_servers() {
+/// A policy file for a test that runs the doctor with CAP_NET_ADMIN dropped, which takes root;
+/// `None` (after a loud message) when it cannot run here, and a failure under `CI=true`.
+fn policy_for_dropping_net_admin(policy: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     if !net_admin() {
         let msg = "needs root to drop CAP_NET_ADMIN for the doctor only";
         if std::env::var("CI").is_ok_and(|v| v == "true") {
             panic!("{msg}");
         }
         eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
-    let p = write(
-        dir.path(),
-        "p.toml",
+    let p = write(dir.path(), "p.toml", policy);
+    Some((dir, p))
+}
+
+/// A server with egress rules needs nftables: without CAP_NET_ADMIN the doctor fails and says
+/// which servers will not start.
+#[test]
+fn egress_without_net_admin_fails_naming_the_servers() {
+    let Some((dir, p)) = policy_for_dropping_net_admin(
         "[servers.fetcher]\nruntime = \"process\"\ncommand = \"true\"\negress.allow = [\"api.example.test:443\"]\n",
-    );
+    ) else {
+        return;
+    };
     let audit = dir.path().join("audit");
     let with = doctor(&p, &audit);
     assert!(
@@ -205,6 +212,30 @@ fn egress_without_net_admin_fails_naming_the_servers() {
         "{line}"
     );
     assert!(fix.contains("CAP_NET_ADMIN"), "{fix}");
+}
+
+/// In sidecar mode a docker server's rules are in its egress agent's table, not the gateway's:
+/// a gateway without CAP_NET_ADMIN (compose.yaml's) serves it, and the doctor says so instead
+/// of failing as it does for the process server above.
+#[test]
+fn sidecar_docker_servers_need_no_net_admin_in_the_gateway() {
+    let Some((dir, p)) = policy_for_dropping_net_admin(
+        "[egress]\nmode = \"sidecar\"\n[servers.fetch]\nruntime = \"docker\"\nimage = \"portcullis/mcp-fetch:local\"\negress.allow = [\"api.example.test:443\"]\n",
+    ) else {
+        return;
+    };
+    let audit = dir.path().join("audit");
+    let without = doctor_with(&["setpriv", "--bounding-set=-net_admin"], &p, &audit);
+    assert!(
+        finding(&without, "[FAIL]", "nftables").is_none(),
+        "{}",
+        without.text
+    );
+    let (line, _) = finding(&without, "[warn]", "nftables").expect(&without.text);
+    assert!(
+        line.contains("lacks CAP_NET_ADMIN") && line.contains("egress agent holds its rules"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -134,11 +134,15 @@ pub async fn hold(policy: &Policy, policy_path: Option<&Path>) -> anyhow::Result
                 }
             }
             Err(e @ EgressError::NameClash { .. }) => anyhow::bail!("{e}"),
-            Err(e) if policy.servers.values().any(ruleset::is_firewalled) => {
-                tracing::warn!(error = %e, "the egress firewall could not start now; servers with egress rules will not start until it can");
-            }
             Err(e) => {
-                tracing::debug!(error = %e, "the egress firewall could not start (no server needs it)");
+                let needing = ruleset::servers_in_gateway_table(policy);
+                if !needing.is_empty() {
+                    tracing::warn!(error = %e, servers = ?needing, "the egress firewall could not start now; these servers' egress rules are in the gateway's own table, and they will not start until it can");
+                } else if policy.servers.values().any(ruleset::is_firewalled) {
+                    tracing::info!(error = %e, "the gateway's own egress table is not in force, and no server needs it: in sidecar mode each docker server's egress agent holds its rules");
+                } else {
+                    tracing::debug!(error = %e, "the egress firewall could not start (no server needs it)");
+                }
             }
         }
     }

@@ -24,7 +24,7 @@ use super::ruleset::{
     counted_drop, in_chain, rule, server_chain, server_drop, Chain, Hook, Match, ServerNet, Table,
     Verdict, L4,
 };
-use crate::policy::{Policy, Runtime, Server};
+use crate::policy::{EgressMode, Policy, Runtime, Server};
 
 /// Builds the table for `servers` (each with its attachment) of the instance whose interfaces
 /// start with `prefix` ([`Names::iface_prefix`]). Servers are taken in the order given;
@@ -120,6 +120,28 @@ pub fn build(prefix: &str, servers: &[(&Server, &ServerNet)], log: Option<u16>) 
 pub fn is_firewalled(server: &Server) -> bool {
     matches!(server.runtime, Runtime::Docker(_) | Runtime::Process(_))
         && !server.egress.allow.is_empty()
+}
+
+/// Whether `server`'s rules are programmed in the gateway's own table, and so need
+/// `CAP_NET_ADMIN` in the gateway's network namespace: a process server's always (its namespace
+/// is joined to the gateway's by a veth pair), a docker server's only in host mode. In sidecar
+/// mode (`mode`, as resolved by `egress::mode`) a docker server's egress agent holds its table
+/// in the server's own namespace, so a gateway with only such servers needs no capability.
+pub fn in_gateway_table(server: &Server, mode: EgressMode) -> bool {
+    is_firewalled(server)
+        && (matches!(server.runtime, Runtime::Process(_)) || mode == EgressMode::Host)
+}
+
+/// The servers of `policy` whose rules need the gateway's own table, in the mode this process
+/// resolves ([`in_gateway_table`]).
+pub fn servers_in_gateway_table(policy: &Policy) -> Vec<&str> {
+    let mode = super::mode::resolve(policy.egress.mode).mode;
+    policy
+        .servers
+        .values()
+        .filter(|s| in_gateway_table(s, mode))
+        .map(|s| s.name.as_str())
+        .collect()
 }
 
 /// Deterministic /29 subnets from the pool, in order: slot `i` is `pool + 8*i`.

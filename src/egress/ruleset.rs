@@ -17,7 +17,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::policy::{EgressHost, Server};
 
-pub use super::host_rules::{build, gateway_of, is_firewalled, plan_nets, subnet_slot};
+pub use super::host_rules::{
+    build, gateway_of, in_gateway_table, is_firewalled, plan_nets, servers_in_gateway_table,
+    subnet_slot,
+};
 pub use super::plan::plan;
 
 /// Lower than Docker's `filter` (0), so our verdicts come first.

@@ -10,14 +10,10 @@ use crate::policy::Policy;
 const CAP_NET_ADMIN: u32 = 12;
 
 pub async fn check(policy: &Policy, instance: Option<&str>) -> Vec<Finding> {
-    // Servers whose sandbox gets an egress rule set; remote and openapi servers are checked in
-    // process.
-    let needing: Vec<&str> = policy
-        .servers
-        .values()
-        .filter(|s| ruleset::is_firewalled(s))
-        .map(|s| s.name.as_str())
-        .collect();
+    // Servers whose rules are in this gateway's own table; remote and openapi servers are
+    // checked in process, and in sidecar mode a docker server's agent holds its own table.
+    let needing = ruleset::servers_in_gateway_table(policy);
+    let in_agents = policy.servers.values().any(ruleset::is_firewalled);
     let severity = if needing.is_empty() {
         Status::Warn
     } else {
@@ -57,18 +53,21 @@ pub async fn check(policy: &Policy, instance: Option<&str>) -> Vec<Finding> {
             } else {
                 "the kernel refused"
             };
-            let need = if needing.is_empty() {
-                "no server in this policy declares egress, so nothing needs it yet".to_owned()
-            } else {
+            let need = if !needing.is_empty() {
                 format!(
                     "servers with egress rules will not start: {}",
                     needing.join(", ")
                 )
+            } else if in_agents {
+                "no server needs it: in sidecar mode each docker server's egress agent holds its rules"
+                    .to_owned()
+            } else {
+                "no server in this policy declares egress, so nothing needs it yet".to_owned()
             };
             vec![Finding::problem(
                 severity,
                 format!("nftables: cannot list tables over netlink ({e}); {why}; {need}"),
-                "run the gateway as root or with CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN; compose: user \"0:0\" with cap_add [NET_ADMIN]); the kernel needs nf_tables (`modprobe nf_tables`)",
+                "run the gateway as root or with CAP_NET_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN; compose: user \"0:0\" with cap_add [NET_ADMIN], which only host mode and process servers with egress rules need); the kernel needs nf_tables (`modprobe nf_tables`)",
             )]
         }
         Err(e) => vec![Finding::problem(
