@@ -242,11 +242,18 @@ async fn compose_stack_serves_mcp_on_host_loopback_and_leaves_nothing_behind() {
         "[ok]   policy file /etc/portcullis/policy.toml: it and the directories above it are writable only by trusted owners",
         "[ok]   docker: engine",
         &format!("[ok]   image {FIXTURE_IMAGE}"),
-        "[ok]   nftables: netlink answers",
+        // The gateway holds no capability and, with no server whose rules it programs,
+        // needs none: a warning that says so, not a failure.
+        "[warn] nftables: cannot list tables over netlink",
+        "this process lacks CAP_NET_ADMIN; no server in this policy declares egress",
         "[ok]   audit dir /var/lib/portcullis/audit: writable",
     ] {
         assert!(report.contains(line), "missing `{line}` in:\n{report}");
     }
+    assert!(!report.contains("[FAIL]"), "{report}");
+    // Nor does its log blame anything else for the table it does not need.
+    let logs = project.logs();
+    assert!(!logs.contains("NFLOG"), "{logs}");
 
     project.down();
     let leftovers = project.leftovers();

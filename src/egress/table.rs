@@ -188,13 +188,20 @@ pub(crate) fn spawn(
                     return;
                 }
             }
-            let nl = match Netlink::open(&claim.names.table()) {
+            let mut nl = match Netlink::open(&claim.names.table()) {
                 Ok(nl) => nl,
                 Err(e) => {
                     let _ = ready_tx.send(Err(EgressError::Start(e)));
                     return;
                 }
             };
+            // Without CAP_NET_ADMIN nothing below can work. Fail on that here: the log group
+            // probe would report it as every group being taken (the kernel answers both with
+            // EPERM), which misleads whoever reads the log of a gateway that needs no table.
+            if let Err(e) = nl.tables() {
+                let _ = ready_tx.send(Err(EgressError::Start(e)));
+                return;
+            }
             // In the table's namespace, like the table: its drop rules log to this group.
             let log = match Listener::open(claim.names.instance().as_str()) {
                 Ok(l) => {
