@@ -227,11 +227,18 @@ fn a_segment_removed_behind_retentions_back_is_found() {
         "{}",
         r.stderr
     );
-    // Without even the anchor it is found too.
+    // Without even the anchor it is found too: by the missing anchor, or, when retention had
+    // already written the next segment's anchor for a removal it had not recorded yet as the
+    // writer stopped (it writes the anchor first), by the last retention record.
     let l = write_with_late_witness();
     let lowest = segments(&l.dir)[0];
     std::fs::remove_file(segment(&l.dir, lowest)).unwrap();
     let r = verify_log(&l, &[]);
     assert_eq!(r.code, 1, "{}", r.stdout);
-    assert!(r.stderr.contains("not by retention"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not by retention")
+            || r.stderr.contains("beyond what retention recorded"),
+        "{}",
+        r.stderr
+    );
 }
