@@ -35,6 +35,7 @@ mod dns_budget;
 mod dns_cache;
 mod dns_lookup;
 mod dns_upstream;
+mod event;
 pub mod host_forward;
 pub mod host_rules;
 pub mod leftovers;
@@ -58,11 +59,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use crate::sandbox::BoxFuture;
+pub use event::EgressEvent;
 pub use names::Names;
 pub use nft::{NftError, Snapshot};
 use ruleset::ServerNet;
 pub use service::Egress;
-pub use table::{EgressEvent, Protection, Shape, Startup};
+pub use table::{Protection, Shape, Startup};
 
 #[derive(Debug, thiserror::Error)]
 pub enum EgressError {

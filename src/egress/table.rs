@@ -39,8 +39,9 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::event::EgressEvent;
 use super::names::{self, Names};
-use super::nflog::{DeniedDest, Listener};
+use super::nflog::Listener;
 use super::nft::{Netlink, NftError, Snapshot, TABLE_F_OWNER, TABLE_F_PERSIST};
 use super::ruleset::{self, ServerNet, Table};
 use super::sets::{Pin, PinCache};
@@ -101,33 +102,6 @@ pub struct Startup {
     pub protection: Protection,
     /// Set when a table of an earlier run of this instance was taken over: what it was.
     pub adopted: Option<String>,
-}
-
-/// What the gateway should audit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EgressEvent {
-    /// Packets from a server's sandbox were dropped since the last report, and where the
-    /// logged ones were going (capped, see `nflog/tally.rs`; may name destinations whose
-    /// packets an earlier report counted, when the log arrived after that count).
-    Denied {
-        server: String,
-        packets: u64,
-        destinations: Vec<DeniedDest>,
-    },
-    /// The table was found missing or altered and was programmed again.
-    Restored { reason: String },
-    /// The table was found missing or altered and could not be restored: these servers are
-    /// without enforcement and must be stopped.
-    RestoreFailed { servers: Vec<String>, error: String },
-    /// Addresses were pinned for a server (sidecar mode only: the agent reports them).
-    Pinned { server: String, pins: Vec<Pin> },
-    /// A server's resolver refused `queries` questions over its DNS budget since its last
-    /// report (at most one report per server per interval).
-    DnsOverBudget {
-        server: String,
-        queries: u64,
-        rate: crate::policy::Rate,
-    },
 }
 
 pub(crate) enum Cmd {

@@ -195,35 +195,19 @@ async fn serve_agent(
     let server = SUBJECT.to_owned();
     let mut last_error = None;
     while let Ok(Some(l)) = lines.next_line().await {
-        let ev = match protocol::decode_from_agent(&l) {
-            Ok(FromAgent::Denied {
-                packets,
-                destinations,
-            }) => EgressEvent::Denied {
-                server: server.clone(),
-                packets,
-                destinations,
-            },
-            Ok(FromAgent::DnsOverBudget { queries }) => EgressEvent::DnsOverBudget {
-                server: server.clone(),
-                queries,
-                rate: dns_rate,
-            },
-            Ok(FromAgent::Tamper { reason }) => EgressEvent::Restored {
-                reason: format!("egress agent of the workspace: {reason}"),
-            },
-            Ok(FromAgent::RestoreFailed { error }) => {
-                lost(format!("egress agent of the workspace: {error}"))
-            }
-            Ok(FromAgent::Pin { addrs }) => {
+        let ev = match protocol::decode_from_agent(&l)
+            .map(|m| m.into_event(&server, "the workspace", dns_rate))
+        {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(FromAgent::Pin { addrs })) => {
                 tracing::debug!(subject = SUBJECT, ?addrs, "workspace egress agent pinned");
                 continue;
             }
-            Ok(FromAgent::Error { step, message }) => {
+            Ok(Err(FromAgent::Error { step, message })) => {
                 last_error = Some(format!("{step}: {message}"));
                 continue;
             }
-            Ok(other) => {
+            Ok(Err(other)) => {
                 tracing::debug!(?other, "workspace egress agent");
                 continue;
             }

@@ -19,6 +19,7 @@ use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
 
+use crate::egress::EgressEvent;
 use crate::policy::{EgressSettings, Rate, Server};
 
 /// The longest line either side accepts (a config with many rules fits easily).
@@ -76,6 +77,39 @@ pub enum FromAgent {
     RestoreFailed { error: String },
     /// A step failed; the agent exits after sending this.
     Error { step: String, message: String },
+}
+
+impl FromAgent {
+    /// The audit event this report stands for, or the report itself when it is none (replies
+    /// and pins, which each reader handles its own way). `server` is whose agent sent it (the
+    /// server named in the event); `who` names the agent in reasons ("server `fetch`", "the
+    /// workspace"); `dns_rate` is the budget the gateway gave it. One mapping for the sidecar
+    /// agents' stdio and the workspace agent's socket, so both audit the same records.
+    pub fn into_event(self, server: &str, who: &str, dns_rate: Rate) -> Result<EgressEvent, Self> {
+        Ok(match self {
+            FromAgent::Denied {
+                packets,
+                destinations,
+            } => EgressEvent::Denied {
+                server: server.to_owned(),
+                packets,
+                destinations,
+            },
+            FromAgent::DnsOverBudget { queries } => EgressEvent::DnsOverBudget {
+                server: server.to_owned(),
+                queries,
+                rate: dns_rate,
+            },
+            FromAgent::Tamper { reason } => EgressEvent::Restored {
+                reason: format!("egress agent of {who}: {reason}"),
+            },
+            FromAgent::RestoreFailed { error } => EgressEvent::RestoreFailed {
+                servers: vec![server.to_owned()],
+                error: format!("egress agent of {who}: {error}"),
+            },
+            other => return Err(other),
+        })
+    }
 }
 
 fn decode<T: for<'de> Deserialize<'de>>(line: &str) -> Result<T, ProtocolError> {
@@ -225,6 +259,64 @@ mod tests {
             assert_eq!(decode_from_agent(&line).unwrap(), m);
         }
         assert_eq!(encode(&FromAgent::Applied), "{\"ev\":\"applied\"}\n");
+    }
+
+    #[test]
+    fn reports_become_the_events_the_gateway_audits_and_replies_stay_replies() {
+        let rate = crate::policy::Rate {
+            count: 5,
+            per: std::time::Duration::from_secs(1),
+            burst: 5,
+        };
+        let ev = |m: FromAgent| m.into_event("fetch", "server `fetch`", rate);
+        assert_eq!(
+            ev(FromAgent::Denied {
+                packets: 2,
+                destinations: vec![]
+            }),
+            Ok(EgressEvent::Denied {
+                server: "fetch".into(),
+                packets: 2,
+                destinations: vec![]
+            })
+        );
+        assert_eq!(
+            ev(FromAgent::DnsOverBudget { queries: 7 }),
+            Ok(EgressEvent::DnsOverBudget {
+                server: "fetch".into(),
+                queries: 7,
+                rate
+            })
+        );
+        assert_eq!(
+            ev(FromAgent::Tamper {
+                reason: "chain removed".into()
+            }),
+            Ok(EgressEvent::Restored {
+                reason: "egress agent of server `fetch`: chain removed".into()
+            })
+        );
+        assert_eq!(
+            ev(FromAgent::RestoreFailed {
+                error: "EPERM".into()
+            }),
+            Ok(EgressEvent::RestoreFailed {
+                servers: vec!["fetch".into()],
+                error: "egress agent of server `fetch`: EPERM".into()
+            })
+        );
+        for reply in [
+            FromAgent::Applied,
+            FromAgent::Pin {
+                addrs: vec!["198.18.0.9:443".into()],
+            },
+            FromAgent::Error {
+                step: "s".into(),
+                message: "m".into(),
+            },
+        ] {
+            assert_eq!(ev(reply.clone()), Err(reply));
+        }
     }
 
     #[test]

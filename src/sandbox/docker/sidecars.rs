@@ -419,37 +419,21 @@ async fn read_reports(
 ) {
     let mut last_error = None;
     while let Ok(Some(line)) = lines.next_line().await {
-        let ev = match protocol::decode_from_agent(&line) {
-            Ok(FromAgent::Denied {
-                packets,
-                destinations,
-            }) => EgressEvent::Denied {
-                server: server.clone(),
-                packets,
-                destinations,
-            },
-            Ok(FromAgent::DnsOverBudget { queries }) => EgressEvent::DnsOverBudget {
-                server: server.clone(),
-                queries,
-                rate: dns_rate,
-            },
-            Ok(FromAgent::Tamper { reason }) => EgressEvent::Restored {
-                reason: format!("egress agent of server `{server}`: {reason}"),
-            },
-            Ok(FromAgent::RestoreFailed { error }) => EgressEvent::RestoreFailed {
-                servers: vec![server.clone()],
-                error: format!("egress agent of server `{server}`: {error}"),
-            },
-            Ok(FromAgent::Pin { addrs }) => {
+        let who = format!("server `{server}`");
+        let ev = match protocol::decode_from_agent(&line)
+            .map(|m| m.into_event(&server, &who, dns_rate))
+        {
+            Ok(Ok(ev)) => ev,
+            Ok(Err(FromAgent::Pin { addrs })) => {
                 tracing::debug!(%server, ?addrs, "egress agent pinned");
                 continue;
             }
-            Ok(m @ FromAgent::Error { .. }) => {
+            Ok(Err(m @ FromAgent::Error { .. })) => {
                 last_error = Some(format!("{m:?}"));
                 let _ = replies.try_send(m);
                 continue;
             }
-            Ok(m) => {
+            Ok(Err(m)) => {
                 let _ = replies.try_send(m);
                 continue;
             }
