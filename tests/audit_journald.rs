@@ -18,17 +18,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::client::{tool_text, Mcp, LATEST};
-use common::{audit_records, Gateway};
+use common::{audit_records, skip_or_fail, Gateway};
 use serde_json::{json, Value};
 
 const JOURNALD: &str = "/lib/systemd/systemd-journald";
-
-fn skip_or_fail(msg: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
-}
 
 /// Sets up the namespace, then holds it (bounded: the test ends long before).
 const HOLDER: &str = r#"

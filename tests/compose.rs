@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use common::compose::*;
 use common::docker::{containers_in, runtime, Scope, FIXTURE_IMAGE};
 use common::gateway_bin;
+use common::skip_or_fail;
 use rmcp::model::CallToolRequestParams;
 use rmcp::transport::StreamableHttpClientTransport;
 use rmcp::ServiceExt;

@@ -23,6 +23,7 @@ use common::compose::*;
 use common::docker::{FIXTURE_IMAGE, TIME_IMAGE};
 use common::hostlab::{await_record, await_tools, blocked, probe, setup, tcp, HostLab, Setup};
 use common::netlab::http_service;
+use common::skip_or_fail;
 use common::Cases;
 use serde_json::json;
 

@@ -22,8 +22,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::client::{Mcp, LATEST};
-use common::compose::{free_loopback_port, run, skip_or_fail, stdout};
+use common::compose::{docker_compose_present, free_loopback_port, run, stdout};
 use common::fleet::tool;
+use common::skip_or_fail;
 use common::{audit_records, fixture_bin, gateway_bin, repo_root};
 use serde_json::{json, Value};
 
@@ -289,11 +290,7 @@ async fn the_compose_fleet_serves_through_haproxy_over_tls_and_leaves_nothing_be
     if common::docker::engine().is_none() {
         return;
     }
-    if !Command::new("docker-compose")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
+    if !docker_compose_present() {
         return skip_or_fail(
             "docker-compose is not installed: run `bash tests/setup/install-deps.sh system`",
         );

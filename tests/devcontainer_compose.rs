@@ -131,16 +131,10 @@ fn ready() -> bool {
     if common::docker::engine().is_none() {
         return false;
     }
-    let compose = Command::new("docker-compose")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !compose {
-        let msg = "docker-compose is not installed: run `bash tests/setup/install-deps.sh system`";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg}");
-        }
-        eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
+    if !common::compose::docker_compose_present() {
+        common::skip_or_fail(
+            "docker-compose is not installed: run `bash tests/setup/install-deps.sh system`",
+        );
         return false;
     }
     common::peer("node/node_modules/@anthropic-ai/claude-code/bin/claude.exe").is_some()

@@ -70,12 +70,10 @@ fn init_writes_the_deploy_kit_byte_for_byte_and_never_overwrites_without_force()
 
 #[test]
 fn docker_compose_accepts_the_kit_and_confines_the_workspace() {
-    if Command::new("docker-compose")
-        .arg("version")
-        .output()
-        .is_err()
-    {
-        eprintln!("\n!!!!!!!! SKIPPING: docker-compose is not installed !!!!!!!!\n");
+    if !common::compose::docker_compose_present() {
+        common::skip_or_fail(
+            "docker-compose is not installed: run `bash tests/setup/install-deps.sh system`",
+        );
         return;
     }
     let kit = common::repo_root().join("deploy/devcontainer");

@@ -65,18 +65,12 @@ fn engine_ready() -> bool {
     if common::docker::engine().is_none() {
         return false;
     }
-    let compose = Command::new("docker-compose")
-        .arg("version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if compose && common::peer("node/node_modules/.bin/claude").is_some() {
+    if common::compose::docker_compose_present()
+        && common::peer("node/node_modules/.bin/claude").is_some()
+    {
         return true;
     }
-    let msg = "needs docker-compose and the Claude Code CLI in .peers: run `bash tests/setup/install-deps.sh all`";
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
+    common::skip_or_fail("needs docker-compose and the Claude Code CLI in .peers: run `bash tests/setup/install-deps.sh all`");
     false
 }
 

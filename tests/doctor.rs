@@ -176,11 +176,7 @@ fn a_complete_setup_passes() {
 /// `None` (after a loud message) when it cannot run here, and a failure under `CI=true`.
 fn policy_for_dropping_net_admin(policy: &str) -> Option<(tempfile::TempDir, std::path::PathBuf)> {
     if !net_admin() {
-        let msg = "needs root to drop CAP_NET_ADMIN for the doctor only";
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("{msg}");
-        }
-        eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
+        common::skip_or_fail("needs root to drop CAP_NET_ADMIN for the doctor only");
         return None;
     }
     let dir = tempfile::tempdir().unwrap();

@@ -13,13 +13,6 @@ pub const GATEWAY_IMAGE: &str = "portcullis/gateway:test";
 /// Image pull-free start, first healthcheck after `interval` (5 s): generous for a loaded CI box.
 pub const HEALTHY_WITHIN: Duration = Duration::from_secs(180);
 
-pub fn skip_or_fail(msg: &str) {
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg}");
-    }
-    eprintln!("\n!!!!!!!! SKIPPING: {msg} !!!!!!!!\n");
-}
-
 pub fn run(cmd: &mut Command) -> Output {
     let out = cmd
         .output()
