@@ -134,16 +134,17 @@ pub async fn hold(policy: &Policy, policy_path: Option<&Path>) -> anyhow::Result
                 }
             }
             Err(e @ EgressError::NameClash { .. }) => anyhow::bail!("{e}"),
-            Err(e) => {
-                let needing = ruleset::servers_in_gateway_table(policy);
-                if !needing.is_empty() {
+            Err(e) => match ruleset::TableNeed::of(policy) {
+                ruleset::TableNeed::Servers(needing) => {
                     tracing::warn!(error = %e, servers = ?needing, "the egress firewall could not start now; these servers' egress rules are in the gateway's own table, and they will not start until it can");
-                } else if policy.servers.values().any(ruleset::is_firewalled) {
-                    tracing::info!(error = %e, "the gateway's own egress table is not in force, and no server needs it: in sidecar mode each docker server's egress agent holds its rules");
-                } else {
+                }
+                ruleset::TableNeed::AgentsOnly => {
+                    tracing::info!(error = %e, "the gateway's own egress table is not in force, and {}", ruleset::AGENTS_HOLD_THE_RULES);
+                }
+                ruleset::TableNeed::Nobody => {
                     tracing::debug!(error = %e, "the egress firewall could not start (no server needs it)");
                 }
-            }
+            },
         }
     }
     tracing::info!(instance = %id, state_dir = %dir.display(), "instance held");

@@ -132,16 +132,43 @@ pub fn in_gateway_table(server: &Server, mode: EgressMode) -> bool {
         && (matches!(server.runtime, Runtime::Process(_)) || mode == EgressMode::Host)
 }
 
-/// The servers of `policy` whose rules need the gateway's own table, in the mode this process
-/// resolves ([`in_gateway_table`]).
-pub fn servers_in_gateway_table(policy: &Policy) -> Vec<&str> {
-    let mode = super::mode::resolve(policy.egress.mode).mode;
-    policy
-        .servers
-        .values()
-        .filter(|s| in_gateway_table(s, mode))
-        .map(|s| s.name.as_str())
-        .collect()
+/// Why a gateway whose own table is not in force loses nothing when every server with egress
+/// rules is held by its agent (said by `doctor` and at start-up).
+pub const AGENTS_HOLD_THE_RULES: &str =
+    "no server needs it: in sidecar mode each docker server's egress agent holds its rules";
+
+/// Who needs the gateway's own table, and so `CAP_NET_ADMIN` in its network namespace.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TableNeed<'a> {
+    /// These servers' rules are in it ([`in_gateway_table`]): they cannot start without it.
+    Servers(Vec<&'a str>),
+    /// Servers declare egress, but each one's rules are in its own egress agent's table.
+    AgentsOnly,
+    /// No server declares egress.
+    Nobody,
+}
+
+impl<'a> TableNeed<'a> {
+    /// For `policy`, in the egress mode this process resolves.
+    pub fn of(policy: &'a Policy) -> Self {
+        Self::in_mode(policy, super::mode::resolve(policy.egress.mode).mode)
+    }
+
+    fn in_mode(policy: &'a Policy, mode: EgressMode) -> Self {
+        let servers: Vec<&str> = policy
+            .servers
+            .values()
+            .filter(|s| in_gateway_table(s, mode))
+            .map(|s| s.name.as_str())
+            .collect();
+        if !servers.is_empty() {
+            TableNeed::Servers(servers)
+        } else if policy.servers.values().any(is_firewalled) {
+            TableNeed::AgentsOnly
+        } else {
+            TableNeed::Nobody
+        }
+    }
 }
 
 /// Deterministic /29 subnets from the pool, in order: slot `i` is `pool + 8*i`.
@@ -186,6 +213,40 @@ pub fn plan_nets(policy: &Policy, names: &Names) -> Vec<ServerNet> {
 mod tests {
     use super::*;
     use crate::egress::ruleset::plan;
+
+    #[test]
+    fn only_process_servers_and_host_mode_docker_servers_need_the_gateways_table() {
+        let policy = |servers: &str| {
+            crate::policy::parse(
+                &format!("[egress]\nupstream_resolvers = [\"198.18.0.53:53\"]\n{servers}"),
+                "<test>",
+            )
+            .unwrap()
+        };
+        let docker = policy(
+            "[servers.web]\nruntime = \"docker\"\nimage = \"i\"\negress.allow = [\"api.example.test:443\"]\n",
+        );
+        assert_eq!(
+            TableNeed::in_mode(&docker, EgressMode::Host),
+            TableNeed::Servers(vec!["web"])
+        );
+        assert_eq!(
+            TableNeed::in_mode(&docker, EgressMode::Sidecar),
+            TableNeed::AgentsOnly
+        );
+        let process = policy(
+            "[servers.local]\nruntime = \"process\"\ncommand = \"true\"\negress.allow = [\"api.example.test:443\"]\n",
+        );
+        assert_eq!(
+            TableNeed::in_mode(&process, EgressMode::Sidecar),
+            TableNeed::Servers(vec!["local"])
+        );
+        let none = policy("[servers.web]\nruntime = \"docker\"\nimage = \"i\"\n");
+        assert_eq!(
+            TableNeed::in_mode(&none, EgressMode::Host),
+            TableNeed::Nobody
+        );
+    }
 
     #[test]
     fn an_instance_judges_only_its_own_interfaces() {

@@ -18,8 +18,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use crate::policy::{EgressHost, Server};
 
 pub use super::host_rules::{
-    build, gateway_of, in_gateway_table, is_firewalled, plan_nets, servers_in_gateway_table,
-    subnet_slot,
+    build, gateway_of, in_gateway_table, is_firewalled, plan_nets, subnet_slot, TableNeed,
+    AGENTS_HOLD_THE_RULES,
 };
 pub use super::plan::plan;
 

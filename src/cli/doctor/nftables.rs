@@ -3,7 +3,8 @@
 
 use super::{Finding, Status};
 use crate::egress::nft::{Netlink, TableInfo, TABLE_F_OWNER, TABLE_F_PERSIST};
-use crate::egress::{names, ruleset, subnets, Names};
+use crate::egress::ruleset::{TableNeed, AGENTS_HOLD_THE_RULES};
+use crate::egress::{names, subnets, Names};
 use crate::policy::Policy;
 
 /// `CAP_NET_ADMIN`'s bit in the capability sets (linux/capability.h).
@@ -12,12 +13,11 @@ const CAP_NET_ADMIN: u32 = 12;
 pub async fn check(policy: &Policy, instance: Option<&str>) -> Vec<Finding> {
     // Servers whose rules are in this gateway's own table; remote and openapi servers are
     // checked in process, and in sidecar mode a docker server's agent holds its own table.
-    let needing = ruleset::servers_in_gateway_table(policy);
-    let in_agents = policy.servers.values().any(ruleset::is_firewalled);
-    let severity = if needing.is_empty() {
-        Status::Warn
-    } else {
+    let need = TableNeed::of(policy);
+    let severity = if matches!(need, TableNeed::Servers(_)) {
         Status::Fail
+    } else {
+        Status::Warn
     };
     let names = match crate::cli::firewall::instance_of(policy, instance) {
         Ok(id) => Names::new(id),
@@ -53,16 +53,15 @@ pub async fn check(policy: &Policy, instance: Option<&str>) -> Vec<Finding> {
             } else {
                 "the kernel refused"
             };
-            let need = if !needing.is_empty() {
-                format!(
+            let need = match &need {
+                TableNeed::Servers(servers) => format!(
                     "servers with egress rules will not start: {}",
-                    needing.join(", ")
-                )
-            } else if in_agents {
-                "no server needs it: in sidecar mode each docker server's egress agent holds its rules"
-                    .to_owned()
-            } else {
-                "no server in this policy declares egress, so nothing needs it yet".to_owned()
+                    servers.join(", ")
+                ),
+                TableNeed::AgentsOnly => AGENTS_HOLD_THE_RULES.to_owned(),
+                TableNeed::Nobody => {
+                    "no server in this policy declares egress, so nothing needs it yet".to_owned()
+                }
             };
             vec![Finding::problem(
                 severity,
